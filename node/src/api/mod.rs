@@ -1,0 +1,303 @@
+//! The local API: a Unix socket that drivers, workers and the CLI connect to.
+//!
+//! One task accepts connections (at most [`MAX_CONNECTIONS`] at once); each connection has a
+//! reader (bytes → frames → messages, handed to the node's core in batches) and a writer
+//! (messages from the core → frames → bytes, many frames per write). Every frame is bounded;
+//! a client that sends garbage, a truncated or an oversized frame is told why, logged and
+//! disconnected, and nobody else notices.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use shoal_protocol::{
+    codec, frame, FrameError, Hello, Role, ToClient, ToNode, MAGIC, PROTOCOL_VERSION,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, Semaphore};
+use tracing::Instrument;
+
+use crate::node::{ConnId, Event};
+
+/// Connections served at once; more wait in the listen backlog.
+pub const MAX_CONNECTIONS: usize = 4096;
+/// Messages queued towards one client before it counts as stuck.
+pub const CLIENT_QUEUE: usize = 1 << 16;
+/// Time a new connection has to send its `Hello`.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a connection was closed by the node.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    /// A frame could not be read or decoded.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// The socket failed.
+    #[error("socket error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The first message was not a valid `Hello`.
+    #[error("bad handshake: {0}")]
+    Handshake(String),
+    /// The node is shutting down.
+    #[error("node is shutting down")]
+    Shutdown,
+    /// The client closed the connection before saying anything (a liveness probe).
+    #[error("closed before Hello")]
+    ClosedEarly,
+    /// The node closed the connection (it refused the client).
+    #[error("closed by the node")]
+    ClosedByNode,
+}
+
+static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
+
+/// A fresh connection number.
+pub fn next_conn_id() -> ConnId {
+    NEXT_CONN.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Binds `path`, replacing a stale socket file but never a live node's socket.
+pub async fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        if !meta.file_type().is_socket() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!(
+                    "{} exists and is not a socket; not touching it",
+                    path.display()
+                ),
+            ));
+        }
+        if UnixStream::connect(path).await.is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!("a node is already listening on {}", path.display()),
+            ));
+        }
+        // A socket nobody listens on: left by a node that died.
+        std::fs::remove_file(path)?;
+    }
+    UnixListener::bind(path)
+}
+
+/// Accepts connections until the listener fails or `events` closes.
+pub async fn serve(listener: UnixListener, events: mpsc::Sender<Event>, max_frame: usize) {
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if events.is_closed() {
+            return;
+        }
+        let conn = next_conn_id();
+        let events = events.clone();
+        let span = tracing::info_span!(
+            "conn",
+            conn,
+            role = tracing::field::Empty,
+            pid = tracing::field::Empty
+        );
+        tokio::spawn(
+            async move {
+                match handle(conn, stream, events.clone(), max_frame).await {
+                    Ok(()) => tracing::debug!("connection closed"),
+                    Err(ConnError::ClosedEarly) => {
+                        tracing::debug!("connection closed before Hello")
+                    }
+                    Err(e) => tracing::warn!(error = %e, "connection rejected"),
+                }
+                drop(permit);
+            }
+            .instrument(span),
+        );
+    }
+}
+
+async fn handle(
+    conn: ConnId,
+    stream: UnixStream,
+    events: mpsc::Sender<Event>,
+    max_frame: usize,
+) -> Result<(), ConnError> {
+    let (mut rd, mut wr) = stream.into_split();
+    let mut buf = Vec::with_capacity(64 * 1024);
+    let hello =
+        match tokio::time::timeout(HELLO_TIMEOUT, read_hello(&mut rd, &mut buf, max_frame)).await {
+            Ok(Ok(h)) => h,
+            Ok(Err(e)) => {
+                reject(&mut wr, &e.to_string(), max_frame).await;
+                return Err(e);
+            }
+            Err(_) => {
+                let e = ConnError::Handshake("no Hello within the time limit".into());
+                reject(&mut wr, &e.to_string(), max_frame).await;
+                return Err(e);
+            }
+        };
+    let span = tracing::Span::current();
+    span.record("role", tracing::field::debug(&hello.role));
+    span.record("pid", hello.pid);
+    let (tx, rx) = mpsc::channel(CLIENT_QUEUE);
+    if events
+        .send(Event::Connected { conn, hello, tx })
+        .await
+        .is_err()
+    {
+        return Err(ConnError::Shutdown);
+    }
+    let mut writer = tokio::spawn(write_loop(wr, rx, max_frame).in_current_span());
+    // The node closes a connection by dropping its queue: the writer then ends, and so must
+    // the reader, so the client sees EOF.
+    let result = tokio::select! {
+        r = read_loop(conn, &mut rd, buf, &events, max_frame) => r,
+        _ = &mut writer => {
+            let _ = events.send(Event::Disconnected { conn }).await;
+            return Err(ConnError::ClosedByNode);
+        }
+    };
+    let _ = events.send(Event::Disconnected { conn }).await;
+    // The core drops its sender on Disconnected; the writer then flushes and ends.
+    let mut wr = writer.await.ok().flatten();
+    if let (Err(e), Some(wr)) = (&result, wr.as_mut()) {
+        if !matches!(e, ConnError::Io(_)) {
+            reject(wr, &e.to_string(), max_frame).await;
+        }
+    }
+    result
+}
+
+async fn read_hello(
+    rd: &mut OwnedReadHalf,
+    buf: &mut Vec<u8>,
+    max_frame: usize,
+) -> Result<Hello, ConnError> {
+    loop {
+        if let Some((payload, used)) = frame::split_frame(buf, max_frame)? {
+            let msg: ToNode = codec::decode(payload, max_frame).map_err(FrameError::from)?;
+            buf.drain(..used);
+            let ToNode::Hello(h) = msg else {
+                return Err(ConnError::Handshake("first message is not Hello".into()));
+            };
+            if h.magic != MAGIC {
+                return Err(ConnError::Handshake(format!("bad magic {:?}", h.magic)));
+            }
+            if h.version != PROTOCOL_VERSION {
+                return Err(ConnError::Handshake(format!(
+                    "protocol version {} is not this node's {}",
+                    h.version, PROTOCOL_VERSION
+                )));
+            }
+            if matches!(h.role, Role::Driver) && h.binary.is_none() {
+                return Err(ConnError::Handshake("a driver must name its binary".into()));
+            }
+            return Ok(h);
+        }
+        if rd.read_buf(buf).await? == 0 {
+            frame::check_eof(buf)?;
+            return Err(ConnError::ClosedEarly);
+        }
+    }
+}
+
+async fn read_loop(
+    conn: ConnId,
+    rd: &mut OwnedReadHalf,
+    mut buf: Vec<u8>,
+    events: &mpsc::Sender<Event>,
+    max_frame: usize,
+) -> Result<(), ConnError> {
+    loop {
+        let mut msgs = Vec::new();
+        let mut at = 0;
+        // Messages before a bad frame are still delivered, whatever the read boundaries.
+        let bad = loop {
+            match frame::split_frame(&buf[at..], max_frame) {
+                Ok(Some((payload, used))) => match codec::decode::<ToNode>(payload, max_frame) {
+                    Ok(msg) => {
+                        msgs.push(msg);
+                        at += used;
+                    }
+                    Err(e) => break Some(FrameError::from(e)),
+                },
+                Ok(None) => break None,
+                Err(e) => break Some(e),
+            }
+        };
+        buf.drain(..at);
+        if !msgs.is_empty() && events.send(Event::Messages { conn, msgs }).await.is_err() {
+            return Err(ConnError::Shutdown);
+        }
+        if let Some(e) = bad {
+            return Err(e.into());
+        }
+        if buf.capacity() - buf.len() < 16 * 1024 {
+            buf.reserve(64 * 1024);
+        }
+        if rd.read_buf(&mut buf).await? == 0 {
+            frame::check_eof(&buf)?;
+            return Ok(());
+        }
+    }
+}
+
+/// Writes every queued message, many per syscall; returns the socket when the queue closes.
+async fn write_loop(
+    mut wr: OwnedWriteHalf,
+    mut rx: mpsc::Receiver<ToClient>,
+    max_frame: usize,
+) -> Option<OwnedWriteHalf> {
+    let mut out = Vec::with_capacity(64 * 1024);
+    while let Some(msg) = rx.recv().await {
+        encode_or_log(&mut out, &msg, max_frame);
+        while out.len() < (1 << 20) {
+            match rx.try_recv() {
+                Ok(msg) => encode_or_log(&mut out, &msg, max_frame),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = wr.write_all(&out).await {
+            tracing::debug!(error = %e, "client went away");
+            return None;
+        }
+        out.clear();
+    }
+    Some(wr)
+}
+
+fn encode_or_log(out: &mut Vec<u8>, msg: &ToClient, max_frame: usize) {
+    if let Err(e) = frame::encode_frame(out, msg, max_frame) {
+        tracing::error!(error = %e, "cannot encode a message to a client; dropped");
+    }
+}
+
+async fn reject(wr: &mut OwnedWriteHalf, reason: &str, max_frame: usize) {
+    let mut out = Vec::new();
+    if frame::encode_frame(
+        &mut out,
+        &ToClient::Rejected {
+            reason: reason.to_string(),
+        },
+        max_frame,
+    )
+    .is_ok()
+    {
+        let _ = wr.write_all(&out).await;
+    }
+    let _ = wr.shutdown().await;
+}

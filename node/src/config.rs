@@ -1,0 +1,200 @@
+//! The node's configuration: one validated struct with documented defaults.
+
+use std::path::{Path, PathBuf};
+
+use shoal_protocol::{frame::DEFAULT_MAX_FRAME, ResourceSet};
+
+/// Default size above which values go through the shared-memory store: 64 KiB.
+pub const DEFAULT_INLINE_THRESHOLD: u64 = 64 * 1024;
+
+/// Everything a node needs to start.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// The local API socket. Default: [`default_socket_path`].
+    pub socket: PathBuf,
+    /// CPU slots. Default: the number of cores.
+    pub cpus: f64,
+    /// Custom resources, `(name, amount)`.
+    pub resources: Vec<(String, f64)>,
+    /// Where the store's directory is made. Default: `/dev/shm` when it exists, else the
+    /// temporary directory.
+    pub store_parent: PathBuf,
+    /// Store capacity in bytes. Default: 30% of memory, at most what `store_parent` has free.
+    pub store_bytes: u64,
+    /// Values up to this many encoded bytes travel inline. Default 64 KiB.
+    pub inline_threshold: u64,
+    /// Largest frame accepted on the socket. Default 16 MiB.
+    pub max_frame: usize,
+    /// Worker processes at most. Default: 4 per CPU, at least 8.
+    pub max_workers: usize,
+    /// Short tasks queued at one worker at most. Default 32.
+    pub pipeline_depth: usize,
+    /// Whether this node runs inside a driver process.
+    pub embedded: bool,
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A value is out of range.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        let cpus = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1) as f64;
+        let store_parent = default_store_parent();
+        let store_bytes = default_store_bytes(&store_parent);
+        Self {
+            socket: default_socket_path(),
+            cpus,
+            resources: Vec::new(),
+            store_parent,
+            store_bytes,
+            inline_threshold: DEFAULT_INLINE_THRESHOLD,
+            max_frame: DEFAULT_MAX_FRAME,
+            max_workers: ((cpus as usize) * 4).max(8),
+            pipeline_depth: 32,
+            embedded: false,
+        }
+    }
+}
+
+impl NodeConfig {
+    /// Checks ranges and names.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if !(self.cpus >= 0.0 && self.cpus.is_finite()) {
+            return bad(format!(
+                "cpus must be a non-negative number, not {}",
+                self.cpus
+            ));
+        }
+        for (name, amount) in &self.resources {
+            if name.is_empty() || name == shoal_protocol::CPU || name.contains(char::is_whitespace)
+            {
+                return bad(format!("bad resource name {name:?}"));
+            }
+            if !(*amount >= 0.0 && amount.is_finite()) {
+                return bad(format!(
+                    "resource {name} must be non-negative, not {amount}"
+                ));
+            }
+        }
+        if self.inline_threshold as usize > self.max_frame / 2 {
+            return bad(format!(
+                "inline threshold {} must be at most half the maximum frame {}",
+                self.inline_threshold, self.max_frame
+            ));
+        }
+        if self.max_workers == 0 || self.pipeline_depth == 0 {
+            return bad("max_workers and pipeline_depth must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// All resources of the node.
+    pub fn total_resources(&self) -> ResourceSet {
+        let mut r = ResourceSet::cpus(self.cpus);
+        for (name, amount) in &self.resources {
+            r = r.with(name, *amount);
+        }
+        r
+    }
+}
+
+/// `$SHOAL_SOCKET`, else `$XDG_RUNTIME_DIR/shoal/node.sock`, else `/tmp/shoal-$UID/node.sock`.
+pub fn default_socket_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("SHOAL_SOCKET").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    user_runtime_dir().join("node.sock")
+}
+
+/// A per-user directory for sockets: `$XDG_RUNTIME_DIR/shoal` or `/tmp/shoal-$UID`.
+pub fn user_runtime_dir() -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR").filter(|p| !p.is_empty()) {
+        Some(dir) => PathBuf::from(dir).join("shoal"),
+        // SAFETY: getuid has no preconditions and cannot fail.
+        None => std::env::temp_dir().join(format!("shoal-{}", unsafe { libc::getuid() })),
+    }
+}
+
+fn default_store_parent() -> PathBuf {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    }
+}
+
+/// 30% of physical memory, at most the free space of `dir`.
+pub fn default_store_bytes(dir: &Path) -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let (pages, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    let mem = if pages > 0 && page > 0 {
+        pages as u64 * page as u64
+    } else {
+        4 << 30
+    };
+    let want = mem / 10 * 3;
+    match free_bytes(dir) {
+        Some(free) => want.min(free),
+        None => want,
+    }
+}
+
+/// Free bytes of the file system holding `dir`.
+pub fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs only writes into the struct we pass; the path is NUL-terminated.
+    unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        if libc::statvfs(c.as_ptr(), &mut st) != 0 {
+            return None;
+        }
+        Some(st.f_bavail as u64 * st.f_frsize as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_sensible() {
+        let c = NodeConfig::default();
+        c.validate().unwrap();
+        assert!(c.cpus >= 1.0);
+        assert!(c.store_bytes > 0);
+        assert_eq!(
+            c.total_resources().get_milli("CPU"),
+            (c.cpus * 1000.0) as u64
+        );
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        let mut c = NodeConfig {
+            cpus: -1.0,
+            ..NodeConfig::default()
+        };
+        assert!(c.validate().is_err());
+        c.cpus = 1.0;
+        c.resources = vec![("CPU".into(), 1.0)];
+        assert!(c.validate().is_err());
+        c.resources = vec![("gpu".into(), 2.0)];
+        c.validate().unwrap();
+        assert_eq!(c.total_resources().get_milli("gpu"), 2000);
+    }
+}

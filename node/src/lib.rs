@@ -1,0 +1,248 @@
+//! The Shoal node: the daemon behind `shoal node`, also embeddable in a driver process.
+//!
+//! Layout (see DESIGN.md):
+//! - [`api`]: the local Unix socket: accept loop, per-connection reader and writer, bounded
+//!   frames, handshake.
+//! - [`sched`]: the scheduler, a pure state machine over CPU slots, custom resources and
+//!   worker leases.
+//! - [`store`]: the shared-memory object store (directory of memory-mapped files, capacity).
+//! - [`workers`]: starting, watching and stopping worker processes.
+//! - `node`: the core task that owns the state and connects the parts above.
+//! - [`config`]: the one validated configuration.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), shoal_node::NodeError> {
+//! let node = shoal_node::start(shoal_node::NodeConfig::default()).await?;
+//! println!("node {} on {}", node.node_id(), node.socket().display());
+//! node.shutdown().await;
+//! # Ok(()) }
+//! ```
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+pub mod api;
+pub mod config;
+mod node;
+pub mod sched;
+pub mod store;
+pub mod workers;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use config::NodeConfig;
+pub use node::{ConnId, Event};
+use shoal_protocol::{Hello, NodeId, NodeStatus, ToClient, ToNode};
+use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
+
+/// Why a node could not start or answer.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// The socket could not be bound.
+    #[error("cannot listen on {path}: {source}")]
+    Bind {
+        /// The socket path.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The store directory could not be made.
+    #[error("cannot create the object store under {path}: {source}")]
+    Store {
+        /// The parent directory.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The node has stopped.
+    #[error("the node has stopped")]
+    Stopped,
+}
+
+/// A running node. Cloneable; the node runs until [`NodeHandle::shutdown`].
+#[derive(Clone, Debug)]
+pub struct NodeHandle {
+    events: mpsc::Sender<Event>,
+    node_id: NodeId,
+    socket: PathBuf,
+    store_dir: PathBuf,
+}
+
+/// Starts a node on the current tokio runtime: binds the socket, makes the store, and spawns
+/// the core and the accept loop.
+pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
+    config.validate()?;
+    let node_id = NodeId(random_bytes());
+    let listener = api::bind(&config.socket)
+        .await
+        .map_err(|source| NodeError::Bind {
+            path: config.socket.clone(),
+            source,
+        })?;
+    let store = store::Store::open(&config.store_parent, node_id, config.store_bytes).map_err(
+        |source| NodeError::Store {
+            path: config.store_parent.clone(),
+            source,
+        },
+    )?;
+    let sched = sched::Scheduler::new(sched::SchedConfig {
+        total: config.total_resources(),
+        max_workers: config.max_workers,
+        pipeline_depth: config.pipeline_depth,
+        short_task: Duration::from_millis(2),
+        max_start_failures: 3,
+    });
+    let (tx, rx) = mpsc::channel(node::EVENT_QUEUE);
+    let handle = NodeHandle {
+        events: tx.clone(),
+        node_id,
+        socket: config.socket.clone(),
+        store_dir: store.dir().to_path_buf(),
+    };
+    tracing::info!(
+        node = %node_id,
+        socket = %config.socket.display(),
+        store = %store.dir().display(),
+        store_bytes = config.store_bytes,
+        resources = %config.total_resources(),
+        embedded = config.embedded,
+        "node started"
+    );
+    let max_frame = config.max_frame;
+    let span = tracing::info_span!("node", node = %node_id);
+    let core = node::Core::new(node_id, config, sched, store, tx.clone());
+    tokio::spawn(core.run(rx).instrument(span.clone()));
+    tokio::spawn(api::serve(listener, tx, max_frame).instrument(span));
+    Ok(handle)
+}
+
+impl NodeHandle {
+    /// The node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    /// Its local socket.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Its store directory.
+    pub fn store_dir(&self) -> &Path {
+        &self.store_dir
+    }
+
+    /// A snapshot of the node.
+    pub async fn status(&self) -> Result<NodeStatus, NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.events
+            .send(Event::Status(tx))
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)
+    }
+
+    /// Stops the node: kills its workers, removes its store directory and socket.
+    pub async fn shutdown(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.events.send(Event::Shutdown(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+        let _ = std::fs::remove_file(&self.socket);
+    }
+
+    /// Attaches a process living in the node's own address space (an embedded driver),
+    /// without a socket. `hello` is checked like a socket handshake's.
+    pub async fn connect_local(&self, hello: Hello) -> Result<LocalClient, NodeError> {
+        let conn = api::next_conn_id();
+        let (tx, rx) = mpsc::channel(api::CLIENT_QUEUE);
+        self.events
+            .send(Event::Connected { conn, hello, tx })
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        Ok(LocalClient {
+            conn,
+            events: self.events.clone(),
+            rx,
+        })
+    }
+}
+
+/// An in-process connection to a node.
+#[derive(Debug)]
+pub struct LocalClient {
+    conn: ConnId,
+    events: mpsc::Sender<Event>,
+    rx: mpsc::Receiver<ToClient>,
+}
+
+impl LocalClient {
+    /// Sends messages, in order.
+    pub async fn send(&self, msgs: Vec<ToNode>) -> Result<(), NodeError> {
+        self.sender().send(msgs).await
+    }
+
+    /// The next message from the node; `None` once it has stopped.
+    pub async fn recv(&mut self) -> Option<ToClient> {
+        self.rx.recv().await
+    }
+
+    /// A sender for this connection's messages, usable from another task.
+    pub fn sender(&self) -> LocalSender {
+        LocalSender {
+            conn: self.conn,
+            events: self.events.clone(),
+        }
+    }
+}
+
+/// The sending half of a [`LocalClient`].
+#[derive(Clone, Debug)]
+pub struct LocalSender {
+    conn: ConnId,
+    events: mpsc::Sender<Event>,
+}
+
+impl LocalSender {
+    /// Sends messages, in order.
+    pub async fn send(&self, msgs: Vec<ToNode>) -> Result<(), NodeError> {
+        self.events
+            .send(Event::Messages {
+                conn: self.conn,
+                msgs,
+            })
+            .await
+            .map_err(|_| NodeError::Stopped)
+    }
+
+    /// Detaches the connection.
+    pub async fn close(&self) {
+        let _ = self
+            .events
+            .send(Event::Disconnected { conn: self.conn })
+            .await;
+    }
+}
+
+/// Random bytes from the OS (for ids).
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut out = [0u8; N];
+    // SAFETY: getrandom writes at most `N` bytes into our buffer.
+    let n = unsafe { libc::getrandom(out.as_mut_ptr().cast(), N, 0) };
+    if n != N as isize {
+        // Fall back to time and pid; ids only need to be unique, not secret.
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+            ^ ((std::process::id() as u128) << 64);
+        let h = blake3::hash(&seed.to_le_bytes());
+        for (i, b) in out.iter_mut().enumerate() {
+            *b = h.as_bytes()[i % 32];
+        }
+    }
+    out
+}

@@ -1,0 +1,255 @@
+//! `shoal`: run a node, or ask one how it is.
+//!
+//! ```text
+//! shoal node [--socket PATH] [--cpus N] [--resource NAME=N]... [--store-bytes N]
+//! shoal status [--json] [--socket PATH]
+//! ```
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use shoal_node::config::{default_socket_path, NodeConfig};
+use shoal_protocol::{
+    codec, frame, ClientId, Hello, NodeStatus, ResourceSet, Role, ToClient, ToNode, MAGIC,
+    PROTOCOL_VERSION,
+};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "shoal",
+    version,
+    about = "Shoal: a peer-to-peer compute mesh for Rust"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a node (the daemon) in the foreground.
+    Node(NodeArgs),
+    /// Show a node's id, resources, workers, tasks and objects.
+    Status {
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+        /// The node's socket [default: $SHOAL_SOCKET or the per-user default].
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct NodeArgs {
+    /// Local API socket [default: $SHOAL_SOCKET, else $XDG_RUNTIME_DIR/shoal/node.sock, else
+    /// /tmp/shoal-$UID/node.sock].
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// CPU slots [default: the number of cores].
+    #[arg(long)]
+    cpus: Option<f64>,
+    /// A custom resource, NAME=AMOUNT (repeatable).
+    #[arg(long = "resource", value_parser = parse_resource)]
+    resources: Vec<(String, f64)>,
+    /// Object store capacity in bytes [default: 30% of memory, at most the free space of the
+    /// store directory].
+    #[arg(long, env = "SHOAL_STORE_BYTES")]
+    store_bytes: Option<u64>,
+    /// Where the store directory is made [default: /dev/shm].
+    #[arg(long, env = "SHOAL_STORE_DIR")]
+    store_dir: Option<PathBuf>,
+    /// Values above this many bytes go through the shared-memory store.
+    #[arg(long, env = "SHOAL_INLINE_THRESHOLD")]
+    inline_threshold: Option<u64>,
+}
+
+fn parse_resource(s: &str) -> Result<(String, f64), String> {
+    let (name, amount) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=AMOUNT, got {s:?}"))?;
+    let amount: f64 = amount
+        .parse()
+        .map_err(|e| format!("bad amount in {s:?}: {e}"))?;
+    Ok((name.to_string(), amount))
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Node(args) => run_node(args),
+        Command::Status { json, socket } => {
+            let socket = socket.unwrap_or_else(default_socket_path);
+            let status = fetch_status(&socket)?;
+            if json {
+                println!("{}", serde_json::to_string(&status_json(&status))?);
+            } else {
+                print_status(&status);
+            }
+            Ok(())
+        }
+    }
+}
+
+fn run_node(args: NodeArgs) -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let mut config = NodeConfig::default();
+    if let Some(s) = args.socket {
+        config.socket = s;
+    }
+    if let Some(c) = args.cpus {
+        config.cpus = c;
+        config.max_workers = ((c.ceil() as usize) * 4).max(8);
+    }
+    config.resources = args.resources;
+    if let Some(dir) = args.store_dir {
+        config.store_bytes = shoal_node::config::default_store_bytes(&dir);
+        config.store_parent = dir;
+    }
+    if let Some(b) = args.store_bytes {
+        config.store_bytes = b;
+    }
+    if let Some(t) = args.inline_threshold {
+        config.inline_threshold = t;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("shoal-node")
+        .build()?;
+    rt.block_on(async move {
+        // Handlers first, so a signal during start-up still shuts down cleanly.
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+        let node = shoal_node::start(config).await?;
+        tokio::select! {
+            _ = int.recv() => tracing::info!("interrupted"),
+            _ = term.recv() => tracing::info!("terminated"),
+        }
+        node.shutdown().await;
+        Ok(())
+    })
+}
+
+/// Asks the node on `socket` for its status, over the same protocol drivers use.
+fn fetch_status(socket: &std::path::Path) -> Result<NodeStatus> {
+    let mut stream = UnixStream::connect(socket)
+        .with_context(|| format!("no node is listening on {}", socket.display()))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let max = frame::DEFAULT_MAX_FRAME;
+    let mut out = Vec::new();
+    let hello = Hello {
+        magic: MAGIC,
+        version: PROTOCOL_VERSION,
+        role: Role::Cli,
+        pid: std::process::id(),
+        client: ClientId(u64::from(std::process::id()) << 32 | 0xc11),
+        binary: None,
+    };
+    frame::encode_frame(&mut out, &ToNode::Hello(hello), max)?;
+    frame::encode_frame(&mut out, &ToNode::Status { request: 1 }, max)?;
+    stream.write_all(&out)?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 64 * 1024];
+    loop {
+        while let Some((payload, used)) = frame::split_frame(&buf, max)? {
+            let msg: ToClient = codec::decode(payload, max)?;
+            buf.drain(..used);
+            match msg {
+                ToClient::Status { status, .. } => return Ok(*status),
+                ToClient::Rejected { reason } => bail!("the node refused us: {reason}"),
+                _ => {}
+            }
+        }
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            bail!("the node closed the connection");
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn resources_json(r: &ResourceSet) -> serde_json::Value {
+    r.0.iter()
+        .map(|(k, v)| (k.clone(), serde_json::json!(*v as f64 / 1000.0)))
+        .collect()
+}
+
+fn status_json(s: &NodeStatus) -> serde_json::Value {
+    serde_json::json!({
+        "node_id": s.node_id.to_hex(),
+        "pid": s.pid,
+        "socket": s.socket,
+        "store_dir": s.store_dir,
+        "embedded": s.embedded,
+        "uptime_ms": s.uptime_ms,
+        "resources": { "total": resources_json(&s.resources_total), "free": resources_json(&s.resources_free) },
+        "workers": s.workers.iter().map(|w| serde_json::json!({
+            "id": w.id, "pid": w.pid, "binary": w.binary.to_hex(), "state": w.state, "tasks_done": w.tasks_done,
+        })).collect::<Vec<_>>(),
+        "tasks": { "queued": s.tasks_queued, "running": s.tasks_running, "finished": s.tasks_finished },
+        "clients": s.clients,
+        "objects": {
+            "count": s.objects.count,
+            "inline_count": s.objects.inline_count,
+            "inline_bytes": s.objects.inline_bytes,
+            "shared_count": s.objects.shared_count,
+            "shared_bytes": s.objects.shared_bytes,
+            "store_capacity": s.objects.store_capacity,
+        },
+    })
+}
+
+fn print_status(s: &NodeStatus) {
+    println!(
+        "node      {}{}",
+        s.node_id,
+        if s.embedded { " (embedded)" } else { "" }
+    );
+    println!(
+        "pid       {}   up {:.1}s",
+        s.pid,
+        s.uptime_ms as f64 / 1000.0
+    );
+    println!("socket    {}", s.socket);
+    println!(
+        "resources {} free of {}",
+        s.resources_free, s.resources_total
+    );
+    println!(
+        "tasks     {} queued, {} running, {} finished",
+        s.tasks_queued, s.tasks_running, s.tasks_finished
+    );
+    println!(
+        "objects   {} ({} inline, {} B; {} in store, {} B of {} B) in {}",
+        s.objects.count,
+        s.objects.inline_count,
+        s.objects.inline_bytes,
+        s.objects.shared_count,
+        s.objects.shared_bytes,
+        s.objects.store_capacity,
+        s.store_dir
+    );
+    println!("clients   {}", s.clients);
+    println!("workers   {}", s.workers.len());
+    for w in &s.workers {
+        println!(
+            "  #{:<4} pid {:<8} {:<8} {:>8} tasks  binary {}",
+            w.id,
+            w.pid,
+            w.state,
+            w.tasks_done,
+            &w.binary.to_hex()[..12]
+        );
+    }
+}

@@ -1,0 +1,638 @@
+//! The local scheduler: a state machine over CPU slots, custom resources and worker processes.
+//!
+//! No I/O and no `.await`: the node feeds it events (`submit`, `worker_connected`,
+//! `task_done`, `worker_exited`, …) with the current time, and drains the decisions it made
+//! with [`Scheduler::poll_action`]: start a worker, hand a task to a worker, kill a worker,
+//! fail a task. Tests drive it with plain values and made-up instants.
+//!
+//! Model (as Ray's): a task of a given *shape* (binary, resource demand) leases a worker of
+//! that binary together with the demanded resources; when the worker finishes and nothing of
+//! its shape is queued, the lease ends and the worker goes back to the idle pool. Tasks of a
+//! shape known to be short (the moving average of their run time is under
+//! [`SchedConfig::short_task`]) are pipelined: up to [`SchedConfig::pipeline_depth`] of them
+//! are queued at a leased worker, so the worker never idles between them waiting for the
+//! node. Long tasks are never pipelined, so none waits behind another while a slot is free.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use shoal_protocol::{BinaryId, ResourceSet, TaskError, TaskId, WorkerStatus};
+
+#[cfg(test)]
+mod tests;
+
+/// A node-local worker number.
+pub type WorkerId = u64;
+
+/// Tuning knobs of the scheduler.
+#[derive(Clone, Debug)]
+pub struct SchedConfig {
+    /// Everything the node has.
+    pub total: ResourceSet,
+    /// Worker processes at most, over all binaries.
+    pub max_workers: usize,
+    /// Short tasks queued at one worker at most.
+    pub pipeline_depth: usize,
+    /// A shape whose tasks take less than this on average is pipelined.
+    pub short_task: Duration,
+    /// A binary whose workers die this many times in a row before connecting is broken:
+    /// its queued tasks fail.
+    pub max_start_failures: u32,
+}
+
+/// A decision for the node to carry out.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    /// Start a worker process of `binary` with this id.
+    Spawn {
+        /// The new worker's id.
+        worker: WorkerId,
+        /// Its executable.
+        binary: BinaryId,
+    },
+    /// Send `task` to `worker`.
+    Dispatch {
+        /// The worker.
+        worker: WorkerId,
+        /// The task.
+        task: TaskId,
+    },
+    /// Stop `worker` (idle, of a binary no longer needed, or to make room).
+    Kill {
+        /// The worker.
+        worker: WorkerId,
+    },
+    /// `task` cannot run here.
+    Fail {
+        /// The task.
+        task: TaskId,
+        /// Why.
+        error: TaskError,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Shape {
+    binary: BinaryId,
+    demand: ResourceSet,
+}
+
+#[derive(Debug)]
+enum State {
+    /// Spawned, not yet connected; holds a reservation for a queued task of `shape`, if any.
+    Starting {
+        shape: Option<Shape>,
+    },
+    Idle,
+    /// Holds `shape.demand` (unless blocked) and runs the tasks in `inflight` in order.
+    Leased {
+        shape: Shape,
+        inflight: VecDeque<(TaskId, Instant)>,
+        last_done: Instant,
+    },
+}
+
+#[derive(Debug)]
+struct Worker {
+    binary: BinaryId,
+    pid: u32,
+    state: State,
+    /// Waiting inside a task for objects: its lease is lent back to the pool.
+    blocked: bool,
+    tasks_done: u64,
+}
+
+/// The scheduler. See the module docs.
+#[derive(Debug)]
+pub struct Scheduler {
+    config: SchedConfig,
+    free: ResourceSet,
+    queues: HashMap<Shape, VecDeque<TaskId>>,
+    /// Shapes in first-seen order, for a stable, fair scan.
+    shape_order: Vec<Shape>,
+    queued: usize,
+    workers: HashMap<WorkerId, Worker>,
+    next_worker: WorkerId,
+    /// Moving average of task run time per shape, in seconds.
+    run_time: HashMap<Shape, f64>,
+    start_failures: HashMap<BinaryId, u32>,
+    /// Binaries with a live driver; workers of others are not kept.
+    live: HashMap<BinaryId, usize>,
+    actions: VecDeque<Action>,
+    finished: u64,
+}
+
+impl Scheduler {
+    /// A scheduler with nothing queued and no workers.
+    pub fn new(config: SchedConfig) -> Self {
+        Self {
+            free: config.total.clone(),
+            config,
+            queues: HashMap::new(),
+            shape_order: Vec::new(),
+            queued: 0,
+            workers: HashMap::new(),
+            next_worker: 1,
+            run_time: HashMap::new(),
+            start_failures: HashMap::new(),
+            live: HashMap::new(),
+            actions: VecDeque::new(),
+            finished: 0,
+        }
+    }
+
+    /// The next decision, if any.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// A driver of `binary` attached: its workers are worth keeping.
+    pub fn binary_attached(&mut self, binary: BinaryId) {
+        *self.live.entry(binary).or_insert(0) += 1;
+        self.start_failures.remove(&binary);
+    }
+
+    /// A driver of `binary` detached. When none is left, idle workers of it are stopped and
+    /// busy ones are stopped when they finish.
+    pub fn binary_detached(&mut self, binary: BinaryId) {
+        if let Some(n) = self.live.get_mut(&binary) {
+            *n -= 1;
+            if *n == 0 {
+                self.live.remove(&binary);
+                let idle: Vec<WorkerId> = self
+                    .workers
+                    .iter()
+                    .filter(|(_, w)| w.binary == binary && matches!(w.state, State::Idle))
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in idle {
+                    self.kill(id);
+                }
+            }
+        }
+    }
+
+    /// Queues a task whose arguments are all ready.
+    pub fn submit(&mut self, now: Instant, task: TaskId, binary: BinaryId, demand: ResourceSet) {
+        if !self.config.total.contains(&demand) {
+            self.actions.push_back(Action::Fail {
+                task,
+                error: TaskError::Infeasible {
+                    demand: demand.to_string(),
+                    total: self.config.total.to_string(),
+                },
+            });
+            return;
+        }
+        let shape = Shape { binary, demand };
+        let queue = match self.queues.get_mut(&shape) {
+            Some(q) => q,
+            None => {
+                self.shape_order.push(shape.clone());
+                self.queues.entry(shape.clone()).or_default()
+            }
+        };
+        queue.push_back(task);
+        self.queued += 1;
+        self.schedule_shape(now, &shape);
+    }
+
+    /// Drops queued tasks for which `keep` is false (their owner went away). Returns them.
+    pub fn remove_queued(&mut self, mut keep: impl FnMut(TaskId) -> bool) -> Vec<TaskId> {
+        let mut removed = Vec::new();
+        for q in self.queues.values_mut() {
+            q.retain(|t| {
+                let k = keep(*t);
+                if !k {
+                    removed.push(*t);
+                }
+                k
+            });
+        }
+        self.queued -= removed.len();
+        removed
+    }
+
+    /// Worker `worker` connected from process `pid`.
+    pub fn worker_connected(&mut self, now: Instant, worker: WorkerId, pid: u32) -> bool {
+        let Some(w) = self.workers.get_mut(&worker) else {
+            return false;
+        };
+        let State::Starting { shape } = &mut w.state else {
+            return false;
+        };
+        w.pid = pid;
+        self.start_failures.remove(&w.binary);
+        match shape.take() {
+            Some(shape) => {
+                w.state = State::Leased {
+                    shape: shape.clone(),
+                    inflight: VecDeque::new(),
+                    last_done: now,
+                };
+                self.schedule_shape(now, &shape);
+                self.release_if_empty(worker);
+            }
+            None => {
+                w.state = State::Idle;
+                // A replacement whose binary has no driver left is not kept.
+                let binary = w.binary;
+                if !self.live.contains_key(&binary) {
+                    self.kill(worker);
+                }
+            }
+        }
+        self.schedule(now);
+        true
+    }
+
+    /// `worker` finished `task` (its first in-flight task).
+    pub fn task_done(&mut self, now: Instant, worker: WorkerId, task: TaskId) {
+        self.finished += 1;
+        let Some(w) = self.workers.get_mut(&worker) else {
+            return;
+        };
+        w.tasks_done += 1;
+        let State::Leased {
+            shape,
+            inflight,
+            last_done,
+        } = &mut w.state
+        else {
+            return;
+        };
+        if let Some(pos) = inflight.iter().position(|(t, _)| *t == task) {
+            let (_, dispatched) = inflight.remove(pos).unwrap_or((task, now));
+            let started = dispatched.max(*last_done);
+            let secs = now.saturating_duration_since(started).as_secs_f64();
+            let avg = self.run_time.entry(shape.clone()).or_insert(secs);
+            *avg = 0.8 * *avg + 0.2 * secs;
+        }
+        *last_done = now;
+        let shape = shape.clone();
+        self.schedule_shape(now, &shape);
+        self.release_if_empty(worker);
+        self.schedule(now);
+    }
+
+    /// `worker`'s process ended. Returns the tasks it held, the one it was running first.
+    /// The caller retries or fails them.
+    pub fn worker_exited(&mut self, now: Instant, worker: WorkerId) -> Vec<TaskId> {
+        let Some(w) = self.workers.remove(&worker) else {
+            return Vec::new();
+        };
+        let mut lost = Vec::new();
+        match w.state {
+            State::Starting { shape } => {
+                if let Some(shape) = shape {
+                    self.free.add_capped(&shape.demand, &self.config.total);
+                }
+                let n = self.start_failures.entry(w.binary).or_insert(0);
+                *n += 1;
+                let n = *n;
+                if n >= self.config.max_start_failures {
+                    self.fail_binary(w.binary, n);
+                }
+            }
+            State::Idle => {}
+            State::Leased {
+                shape, inflight, ..
+            } => {
+                if !w.blocked {
+                    self.free.add_capped(&shape.demand, &self.config.total);
+                }
+                lost.extend(inflight.into_iter().map(|(t, _)| t));
+            }
+        }
+        // Replace a worker of a live binary that was doing work or pooled, so the pool keeps
+        // its size; a worker that never started is not replaced here (the queue decides).
+        if self.live.contains_key(&w.binary)
+            && w.pid != 0
+            && self.workers.len() < self.config.max_workers
+        {
+            let id = self.new_worker(w.binary, None);
+            tracing::debug!(worker, replacement = id, "replacing dead worker");
+        }
+        self.schedule(now);
+        lost
+    }
+
+    /// `worker` handed back `tasks` it had not started: they go back to the front of their
+    /// queue, in order.
+    pub fn tasks_returned(&mut self, now: Instant, worker: WorkerId, tasks: &[TaskId]) {
+        let Some(w) = self.workers.get_mut(&worker) else {
+            return;
+        };
+        let State::Leased {
+            shape, inflight, ..
+        } = &mut w.state
+        else {
+            return;
+        };
+        let shape = shape.clone();
+        let mut back = Vec::new();
+        for t in tasks {
+            if let Some(pos) = inflight.iter().position(|(x, _)| x == t) {
+                inflight.remove(pos);
+                back.push(*t);
+            }
+        }
+        if back.is_empty() {
+            return;
+        }
+        if !self.queues.contains_key(&shape) {
+            self.shape_order.push(shape.clone());
+        }
+        let q = self.queues.entry(shape).or_default();
+        for t in back.iter().rev() {
+            q.push_front(*t);
+        }
+        self.queued += back.len();
+        self.schedule(now);
+    }
+
+    /// `worker` waits for objects inside a task: lend its resources out.
+    pub fn worker_blocked(&mut self, now: Instant, worker: WorkerId) {
+        if let Some(w) = self.workers.get_mut(&worker) {
+            if let (false, State::Leased { shape, .. }) = (w.blocked, &w.state) {
+                w.blocked = true;
+                self.free.add_capped(&shape.demand, &self.config.total);
+                self.schedule(now);
+            }
+        }
+    }
+
+    /// `worker` runs again: take its resources back (possibly oversubscribing for a while).
+    pub fn worker_unblocked(&mut self, worker: WorkerId) {
+        if let Some(w) = self.workers.get_mut(&worker) {
+            if let (true, State::Leased { shape, .. }) = (w.blocked, &w.state) {
+                w.blocked = false;
+                self.free.subtract(&shape.demand);
+            }
+        }
+    }
+
+    /// Tasks waiting for a worker.
+    pub fn queued(&self) -> usize {
+        self.queued
+    }
+
+    /// Tasks handed to workers and not finished.
+    pub fn running(&self) -> usize {
+        self.workers
+            .values()
+            .map(|w| match &w.state {
+                State::Leased { inflight, .. } => inflight.len(),
+                _ => 0,
+            })
+            .sum()
+    }
+
+    /// Tasks finished since start.
+    pub fn finished(&self) -> u64 {
+        self.finished
+    }
+
+    /// Resources not leased.
+    pub fn free(&self) -> &ResourceSet {
+        &self.free
+    }
+
+    /// All resources.
+    pub fn total(&self) -> &ResourceSet {
+        &self.config.total
+    }
+
+    /// The binary a worker runs.
+    pub fn worker_binary(&self, worker: WorkerId) -> Option<BinaryId> {
+        self.workers.get(&worker).map(|w| w.binary)
+    }
+
+    /// One line per worker, for status.
+    pub fn worker_status(&self) -> Vec<WorkerStatus> {
+        let mut out: Vec<WorkerStatus> = self
+            .workers
+            .iter()
+            .map(|(id, w)| WorkerStatus {
+                id: *id,
+                pid: w.pid,
+                binary: w.binary,
+                state: match (&w.state, w.blocked) {
+                    (State::Starting { .. }, _) => "starting",
+                    (State::Idle, _) => "idle",
+                    (State::Leased { .. }, true) => "blocked",
+                    (State::Leased { .. }, false) => "busy",
+                }
+                .to_string(),
+                tasks_done: w.tasks_done,
+            })
+            .collect();
+        out.sort_by_key(|w| w.id);
+        out
+    }
+
+    fn new_worker(&mut self, binary: BinaryId, shape: Option<Shape>) -> WorkerId {
+        let id = self.next_worker;
+        self.next_worker += 1;
+        if let Some(s) = &shape {
+            self.free.subtract(&s.demand);
+        }
+        self.workers.insert(
+            id,
+            Worker {
+                binary,
+                pid: 0,
+                state: State::Starting { shape },
+                blocked: false,
+                tasks_done: 0,
+            },
+        );
+        self.actions.push_back(Action::Spawn { worker: id, binary });
+        id
+    }
+
+    fn kill(&mut self, worker: WorkerId) {
+        if let Some(w) = self.workers.remove(&worker) {
+            if let State::Leased { shape, .. } = &w.state {
+                if !w.blocked {
+                    self.free.add_capped(&shape.demand, &self.config.total);
+                }
+            }
+            self.actions.push_back(Action::Kill { worker });
+        }
+    }
+
+    fn fail_binary(&mut self, binary: BinaryId, failures: u32) {
+        for (shape, q) in &mut self.queues {
+            if shape.binary != binary {
+                continue;
+            }
+            for task in q.drain(..) {
+                self.queued -= 1;
+                self.actions.push_back(Action::Fail {
+                    task,
+                    error: TaskError::WorkerStart {
+                        message: format!(
+                            "{failures} worker processes of binary {binary} exited before connecting"
+                        ),
+                    },
+                });
+            }
+        }
+    }
+
+    /// Ends the lease of a leased worker with nothing in flight; stops it if its binary is
+    /// no longer live.
+    fn release_if_empty(&mut self, worker: WorkerId) {
+        let Some(w) = self.workers.get_mut(&worker) else {
+            return;
+        };
+        let State::Leased {
+            shape, inflight, ..
+        } = &w.state
+        else {
+            return;
+        };
+        if !inflight.is_empty() {
+            return;
+        }
+        if !w.blocked {
+            self.free.add_capped(&shape.demand, &self.config.total);
+        }
+        w.blocked = false;
+        w.state = State::Idle;
+        if !self.live.contains_key(&w.binary) {
+            self.kill(worker);
+        }
+    }
+
+    fn schedule(&mut self, now: Instant) {
+        if self.queued == 0 {
+            return;
+        }
+        for i in 0..self.shape_order.len() {
+            let shape = self.shape_order[i].clone();
+            self.schedule_shape(now, &shape);
+        }
+        self.shape_order
+            .retain(|s| self.queues.get(s).is_some_and(|q| !q.is_empty()));
+        self.queues.retain(|_, q| !q.is_empty());
+    }
+
+    fn schedule_shape(&mut self, now: Instant, shape: &Shape) {
+        let short = self
+            .run_time
+            .get(shape)
+            .is_some_and(|secs| *secs < self.config.short_task.as_secs_f64());
+        loop {
+            let Some(&task) = self.queues.get(shape).and_then(|q| q.front()) else {
+                return;
+            };
+            let worker = self.pick_worker(shape, short);
+            let worker = match worker {
+                Pick::Leased(w) => w,
+                Pick::Idle(w) => {
+                    self.free.subtract(&shape.demand);
+                    if let Some(wk) = self.workers.get_mut(&w) {
+                        wk.state = State::Leased {
+                            shape: shape.clone(),
+                            inflight: VecDeque::new(),
+                            last_done: now,
+                        };
+                    }
+                    w
+                }
+                Pick::Spawn => {
+                    self.new_worker(shape.binary, Some(shape.clone()));
+                    continue;
+                }
+                Pick::Adopt(w) => {
+                    self.free.subtract(&shape.demand);
+                    if let Some(wk) = self.workers.get_mut(&w) {
+                        wk.state = State::Starting {
+                            shape: Some(shape.clone()),
+                        };
+                    }
+                    continue;
+                }
+                Pick::MakeRoom(victim) => {
+                    self.kill(victim);
+                    continue;
+                }
+                Pick::None => return,
+            };
+            if let Some(q) = self.queues.get_mut(shape) {
+                q.pop_front();
+            }
+            self.queued -= 1;
+            if let Some(State::Leased { inflight, .. }) =
+                self.workers.get_mut(&worker).map(|w| &mut w.state)
+            {
+                inflight.push_back((task, now));
+            }
+            self.actions.push_back(Action::Dispatch { worker, task });
+        }
+    }
+
+    fn pick_worker(&self, shape: &Shape, short: bool) -> Pick {
+        let mut starting_for_shape = 0usize;
+        let mut idle = None;
+        let mut idle_other = None;
+        let mut spare = None;
+        let mut best_pipeline: Option<(usize, WorkerId)> = None;
+        for (id, w) in &self.workers {
+            match &w.state {
+                State::Leased {
+                    shape: s, inflight, ..
+                } if s == shape && !w.blocked => {
+                    if inflight.is_empty() {
+                        return Pick::Leased(*id);
+                    }
+                    if short
+                        && inflight.len() < self.config.pipeline_depth
+                        && best_pipeline.is_none_or(|(n, _)| inflight.len() < n)
+                    {
+                        best_pipeline = Some((inflight.len(), *id));
+                    }
+                }
+                State::Starting { shape: Some(s) } if s == shape => starting_for_shape += 1,
+                State::Starting { shape: None } if w.binary == shape.binary => spare = Some(*id),
+                State::Idle if w.binary == shape.binary => idle = Some(*id),
+                State::Idle => idle_other = Some(*id),
+                _ => {}
+            }
+        }
+        let fits = self.free.contains(&shape.demand);
+        if fits {
+            if let Some(w) = idle {
+                return Pick::Idle(w);
+            }
+            let waiting = self.queues.get(shape).map_or(0, |q| q.len());
+            if starting_for_shape < waiting {
+                if let Some(w) = spare {
+                    return Pick::Adopt(w);
+                }
+                if self.workers.len() < self.config.max_workers {
+                    return Pick::Spawn;
+                }
+                if let Some(victim) = idle_other {
+                    return Pick::MakeRoom(victim);
+                }
+            }
+        }
+        match best_pipeline {
+            Some((_, w)) => Pick::Leased(w),
+            None => Pick::None,
+        }
+    }
+}
+
+enum Pick {
+    Leased(WorkerId),
+    Idle(WorkerId),
+    Spawn,
+    /// A starting replacement worker takes a reservation for this shape.
+    Adopt(WorkerId),
+    MakeRoom(WorkerId),
+    None,
+}

@@ -1,0 +1,250 @@
+use super::*;
+
+fn config(cpus: f64) -> SchedConfig {
+    SchedConfig {
+        total: ResourceSet::cpus(cpus).with("gpu", 1.0),
+        max_workers: 4,
+        pipeline_depth: 4,
+        short_task: Duration::from_millis(2),
+        max_start_failures: 3,
+    }
+}
+
+fn task(n: u64) -> TaskId {
+    TaskId::new(shoal_protocol::ClientId(1), n)
+}
+
+const BIN: BinaryId = BinaryId([1; 32]);
+
+fn drain(s: &mut Scheduler) -> Vec<Action> {
+    std::iter::from_fn(|| s.poll_action()).collect()
+}
+
+fn spawned(actions: &[Action]) -> Vec<WorkerId> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Spawn { worker, .. } => Some(*worker),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn tasks_wait_for_cpu_slots_and_reuse_workers() {
+    let t0 = Instant::now();
+    let mut s = Scheduler::new(config(2.0));
+    s.binary_attached(BIN);
+    for n in 0..3 {
+        s.submit(t0, task(n), BIN, ResourceSet::cpus(1.0));
+    }
+    let a = drain(&mut s);
+    let w = spawned(&a);
+    assert_eq!(w.len(), 2, "one worker per free CPU: {a:?}");
+    assert_eq!(s.free().get_milli("CPU"), 0);
+    assert!(s.worker_connected(t0, w[0], 100));
+    assert_eq!(
+        drain(&mut s),
+        vec![Action::Dispatch {
+            worker: w[0],
+            task: task(0)
+        }]
+    );
+    s.worker_connected(t0, w[1], 101);
+    assert_eq!(
+        drain(&mut s),
+        vec![Action::Dispatch {
+            worker: w[1],
+            task: task(1)
+        }]
+    );
+    assert_eq!(s.queued(), 1);
+    assert_eq!(s.running(), 2);
+    // A long task finishes: the next one goes to the same worker, no pipelining.
+    let t1 = t0 + Duration::from_secs(1);
+    s.task_done(t1, w[0], task(0));
+    assert_eq!(
+        drain(&mut s),
+        vec![Action::Dispatch {
+            worker: w[0],
+            task: task(2)
+        }]
+    );
+    s.task_done(t1, w[1], task(1));
+    assert!(drain(&mut s).is_empty());
+    assert_eq!(s.free().get_milli("CPU"), 1000, "worker 1's lease ended");
+    s.task_done(t1, w[0], task(2));
+    assert_eq!(s.free().get_milli("CPU"), 2000);
+    assert_eq!(s.finished(), 3);
+    assert!(s.worker_status().iter().all(|w| w.state == "idle"));
+}
+
+#[test]
+fn infeasible_demand_fails_at_once() {
+    let mut s = Scheduler::new(config(2.0));
+    s.submit(Instant::now(), task(1), BIN, ResourceSet::cpus(64.0));
+    s.submit(
+        Instant::now(),
+        task(2),
+        BIN,
+        ResourceSet::cpus(1.0).with("tpu", 1.0),
+    );
+    let a = drain(&mut s);
+    assert!(
+        matches!(&a[0], Action::Fail { task: t, error: TaskError::Infeasible { .. } } if *t == task(1))
+    );
+    assert!(
+        matches!(&a[1], Action::Fail { task: t, error: TaskError::Infeasible { .. } } if *t == task(2))
+    );
+    assert_eq!(s.queued(), 0);
+}
+
+#[test]
+fn short_tasks_are_pipelined() {
+    let t0 = Instant::now();
+    let mut s = Scheduler::new(config(1.0));
+    s.binary_attached(BIN);
+    for n in 0..10 {
+        s.submit(t0, task(n), BIN, ResourceSet::cpus(1.0));
+    }
+    let w = spawned(&drain(&mut s))[0];
+    s.worker_connected(t0, w, 7);
+    assert_eq!(drain(&mut s).len(), 1, "run time unknown: one at a time");
+    s.task_done(t0 + Duration::from_micros(50), w, task(0));
+    let a = drain(&mut s);
+    assert_eq!(a.len(), 4, "short shape: pipeline depth 4: {a:?}");
+    assert_eq!(s.running(), 4);
+    assert_eq!(s.queued(), 5);
+}
+
+#[test]
+fn dead_worker_returns_its_tasks_and_is_replaced() {
+    let t0 = Instant::now();
+    let mut s = Scheduler::new(config(1.0));
+    s.binary_attached(BIN);
+    s.submit(t0, task(1), BIN, ResourceSet::cpus(1.0));
+    let w = spawned(&drain(&mut s))[0];
+    s.worker_connected(t0, w, 9);
+    drain(&mut s);
+    let lost = s.worker_exited(t0, w);
+    assert_eq!(lost, vec![task(1)]);
+    assert_eq!(s.free().get_milli("CPU"), 1000);
+    let a = drain(&mut s);
+    assert_eq!(spawned(&a).len(), 1, "replacement: {a:?}");
+    // The caller resubmits the retry; it takes the replacement once it connects.
+    s.submit(t0, task(1), BIN, ResourceSet::cpus(1.0));
+    let w2 = spawned(&a)[0];
+    s.worker_connected(t0, w2, 10);
+    assert_eq!(
+        drain(&mut s),
+        vec![Action::Dispatch {
+            worker: w2,
+            task: task(1)
+        }]
+    );
+}
+
+#[test]
+fn blocked_worker_lends_its_cpu() {
+    let t0 = Instant::now();
+    let mut s = Scheduler::new(config(1.0));
+    s.binary_attached(BIN);
+    s.submit(t0, task(1), BIN, ResourceSet::cpus(1.0));
+    let w = spawned(&drain(&mut s))[0];
+    s.worker_connected(t0, w, 9);
+    drain(&mut s);
+    s.submit(t0, task(2), BIN, ResourceSet::cpus(1.0));
+    assert!(drain(&mut s).is_empty(), "no CPU free");
+    s.worker_blocked(t0, w);
+    let a = drain(&mut s);
+    assert_eq!(spawned(&a).len(), 1, "the child task gets a worker: {a:?}");
+    s.worker_unblocked(w);
+    assert_eq!(s.worker_status()[0].state, "busy");
+}
+
+#[test]
+fn workers_that_never_start_fail_the_binary() {
+    let t0 = Instant::now();
+    let mut s = Scheduler::new(config(1.0));
+    s.binary_attached(BIN);
+    s.submit(t0, task(1), BIN, ResourceSet::cpus(1.0));
+    for _ in 0..3 {
+        let a = drain(&mut s);
+        let w = spawned(&a);
+        assert_eq!(w.len(), 1, "{a:?}");
+        s.worker_exited(t0, w[0]);
+    }
+    let a = drain(&mut s);
+    assert!(
+        matches!(
+            &a[..],
+            [Action::Fail {
+                error: TaskError::WorkerStart { .. },
+                ..
+            }]
+        ),
+        "{a:?}"
+    );
+    assert_eq!(s.free().get_milli("CPU"), 1000);
+}
+
+#[test]
+fn detached_binary_workers_are_stopped() {
+    let t0 = Instant::now();
+    let mut s = Scheduler::new(config(1.0));
+    s.binary_attached(BIN);
+    s.submit(t0, task(1), BIN, ResourceSet::cpus(1.0));
+    let w = spawned(&drain(&mut s))[0];
+    s.worker_connected(t0, w, 9);
+    drain(&mut s);
+    s.binary_detached(BIN);
+    assert!(drain(&mut s).is_empty(), "busy worker kept until done");
+    s.task_done(t0, w, task(1));
+    assert_eq!(drain(&mut s), vec![Action::Kill { worker: w }]);
+    assert!(s.worker_status().is_empty());
+}
+
+#[test]
+fn zero_cpu_tasks_do_not_need_cpus() {
+    let t0 = Instant::now();
+    let mut s = Scheduler::new(config(1.0));
+    s.binary_attached(BIN);
+    s.submit(t0, task(1), BIN, ResourceSet::cpus(1.0));
+    s.submit(t0, task(2), BIN, ResourceSet::new());
+    let a = drain(&mut s);
+    assert_eq!(spawned(&a).len(), 2, "{a:?}");
+    s.submit(t0, task(3), BIN, ResourceSet::new().with("gpu", 1.0));
+    s.submit(t0, task(4), BIN, ResourceSet::new().with("gpu", 1.0));
+    assert_eq!(spawned(&drain(&mut s)).len(), 1, "one gpu, one worker");
+}
+
+#[test]
+fn returned_tasks_go_back_to_the_front() {
+    let t0 = Instant::now();
+    let mut s = Scheduler::new(config(1.0));
+    s.binary_attached(BIN);
+    for n in 0..6 {
+        s.submit(t0, task(n), BIN, ResourceSet::cpus(1.0));
+    }
+    let w = spawned(&drain(&mut s))[0];
+    s.worker_connected(t0, w, 7);
+    drain(&mut s);
+    s.task_done(t0 + Duration::from_micros(50), w, task(0));
+    assert_eq!(drain(&mut s).len(), 4, "pipelined 1..=4");
+    // Task 1 runs and blocks; 2..=4 come back and go to a new worker, in order.
+    s.worker_blocked(t0, w);
+    s.tasks_returned(t0, w, &[task(2), task(3), task(4)]);
+    let a = drain(&mut s);
+    let w2 = spawned(&a);
+    assert_eq!(w2.len(), 1, "{a:?}");
+    s.worker_connected(t0, w2[0], 8);
+    let a = drain(&mut s);
+    assert_eq!(
+        a[0],
+        Action::Dispatch {
+            worker: w2[0],
+            task: task(2)
+        }
+    );
+    assert_eq!(s.running(), 1 + a.len());
+}

@@ -1,0 +1,166 @@
+//! Identifiers. All are plain byte arrays or integers, cheap to copy, hash and compare.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+fn hex(bytes: &[u8], f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    for b in bytes {
+        write!(f, "{b:02x}")?;
+    }
+    Ok(())
+}
+
+/// Parses lowercase or uppercase hex into exactly `N` bytes.
+fn parse_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
+    if s.len() != N * 2 || !s.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&s[i * 2..i * 2 + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
+macro_rules! byte_id {
+    ($(#[$doc:meta])* $name:ident, $len:expr) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        pub struct $name(pub [u8; $len]);
+
+        impl $name {
+            /// The id as lowercase hex.
+            pub fn to_hex(&self) -> String {
+                self.to_string()
+            }
+            /// Parses the hex form written by [`Self::to_hex`].
+            pub fn from_hex(s: &str) -> Option<Self> {
+                parse_hex::<$len>(s).map(Self)
+            }
+        }
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                hex(&self.0, f)
+            }
+        }
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, concat!(stringify!($name), "("))?;
+                hex(&self.0[..6], f)?;
+                write!(f, "..)")
+            }
+        }
+    };
+}
+
+byte_id!(
+    /// An object: content-addressed (`put`) or derived from the task that returns it.
+    ObjectId,
+    32
+);
+byte_id!(
+    /// The blake3 digest of an object's encoded bytes.
+    Digest,
+    32
+);
+byte_id!(
+    /// An executable: the blake3 hash of its bytes. Workers are started from it.
+    BinaryId,
+    32
+);
+byte_id!(
+    /// A task: the submitting process's [`ClientId`] and a counter, so ids never repeat.
+    TaskId,
+    16
+);
+byte_id!(
+    /// An actor.
+    ActorId,
+    16
+);
+byte_id!(
+    /// A node. Random per node start for now; the mesh makes it the libp2p peer id.
+    NodeId,
+    16
+);
+
+/// A process attached to a node (driver or worker): random per process, the owner of the
+/// objects it creates.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ClientId(pub u64);
+
+impl fmt::Debug for ClientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ClientId({:016x})", self.0)
+    }
+}
+impl fmt::Display for ClientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+impl ObjectId {
+    /// The id of a `put` object: the blake3 hash of its encoded bytes, so equal puts share
+    /// one id and one copy.
+    pub fn for_content(bytes: &[u8]) -> Self {
+        Self(*blake3::hash(bytes).as_bytes())
+    }
+
+    /// The id of the `index`th return value of `task`.
+    pub fn for_return(task: TaskId, index: u32) -> Self {
+        let mut h = blake3::Hasher::new();
+        h.update(b"shoal.return.v1");
+        h.update(&task.0);
+        h.update(&index.to_le_bytes());
+        Self(*h.finalize().as_bytes())
+    }
+}
+
+impl Digest {
+    /// The digest of `bytes`.
+    pub fn of(bytes: &[u8]) -> Self {
+        Self(*blake3::hash(bytes).as_bytes())
+    }
+}
+
+impl TaskId {
+    /// Task `seq` of the process `client`.
+    pub fn new(client: ClientId, seq: u64) -> Self {
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&client.0.to_le_bytes());
+        b[8..].copy_from_slice(&seq.to_le_bytes());
+        Self(b)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_round_trip() {
+        let id = ObjectId::for_content(b"hello");
+        assert_eq!(ObjectId::from_hex(&id.to_hex()), Some(id));
+        assert_eq!(ObjectId::from_hex("zz"), None);
+        assert_eq!(ObjectId::from_hex(&"g".repeat(64)), None);
+    }
+
+    #[test]
+    fn return_ids_differ_by_task_and_index() {
+        let t1 = TaskId::new(ClientId(1), 1);
+        let t2 = TaskId::new(ClientId(1), 2);
+        assert_ne!(ObjectId::for_return(t1, 0), ObjectId::for_return(t2, 0));
+        assert_ne!(ObjectId::for_return(t1, 0), ObjectId::for_return(t1, 1));
+        assert_eq!(ObjectId::for_return(t1, 0), ObjectId::for_return(t1, 0));
+    }
+
+    #[test]
+    fn content_ids_are_blake3() {
+        assert_eq!(
+            ObjectId::for_content(b"a").0,
+            *blake3::hash(b"a").as_bytes()
+        );
+    }
+}

@@ -1,0 +1,566 @@
+//! The messages between a node and the processes attached to it (drivers, workers, the CLI).
+//!
+//! A connection opens with [`ToNode::Hello`], answered by [`ToClient::Welcome`] or
+//! [`ToClient::Rejected`]. After that both sides stream frames; replies that answer a request
+//! carry the request's number.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{BinaryId, ClientId, Digest, NodeId, ObjectId, TaskId};
+
+/// Resource quantities in thousandths ("milli" units), keyed by name. `CPU` is the CPU count;
+/// other names are custom resources (`--resource gpu=1`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ResourceSet(pub BTreeMap<String, u64>);
+
+/// The name of the CPU resource.
+pub const CPU: &str = "CPU";
+
+impl ResourceSet {
+    /// Nothing at all.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// `n` whole CPUs (fractions through [`ResourceSet::with_milli`]).
+    pub fn cpus(n: f64) -> Self {
+        Self::new().with(CPU, n)
+    }
+    /// Adds `amount` (in whole units, fractions allowed) of `name`.
+    pub fn with(self, name: &str, amount: f64) -> Self {
+        self.with_milli(name, (amount * 1000.0).round().max(0.0) as u64)
+    }
+    /// Sets `name` to `milli` thousandths; zero removes it.
+    pub fn with_milli(mut self, name: &str, milli: u64) -> Self {
+        if milli == 0 {
+            self.0.remove(name);
+        } else {
+            self.0.insert(name.to_string(), milli);
+        }
+        self
+    }
+    /// Thousandths of `name` held.
+    pub fn get_milli(&self, name: &str) -> u64 {
+        self.0.get(name).copied().unwrap_or(0)
+    }
+    /// Whether every quantity of `demand` is available here.
+    pub fn contains(&self, demand: &ResourceSet) -> bool {
+        demand.0.iter().all(|(k, v)| self.get_milli(k) >= *v)
+    }
+    /// Takes `demand` away (saturating at zero).
+    pub fn subtract(&mut self, demand: &ResourceSet) {
+        for (k, v) in &demand.0 {
+            if let Some(have) = self.0.get_mut(k) {
+                *have = have.saturating_sub(*v);
+            }
+        }
+    }
+    /// Gives `demand` back, never above `cap`.
+    pub fn add_capped(&mut self, demand: &ResourceSet, cap: &ResourceSet) {
+        for (k, v) in &demand.0 {
+            let limit = cap.get_milli(k);
+            let e = self.0.entry(k.clone()).or_insert(0);
+            *e = (*e + v).min(limit);
+        }
+    }
+}
+
+impl fmt::Display for ResourceSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut first = true;
+        for (k, v) in &self.0 {
+            if !first {
+                write!(f, ", ")?;
+            }
+            first = false;
+            write!(f, "{k}={}", *v as f64 / 1000.0)?;
+        }
+        if first {
+            write!(f, "nothing")?;
+        }
+        Ok(())
+    }
+}
+
+/// What a connecting process is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    /// A user program.
+    Driver,
+    /// A worker the node started; `worker_id` is the id the node gave it in its environment.
+    Worker {
+        /// Node-local worker id.
+        worker_id: u64,
+    },
+    /// The `shoal` command line (status queries).
+    Cli,
+}
+
+/// The executable a driver runs, from which the node starts its workers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BinaryInfo {
+    /// blake3 of the executable's bytes.
+    pub id: BinaryId,
+    /// Where the executable is on this machine.
+    pub path: String,
+}
+
+/// The first message on every connection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Must be [`crate::MAGIC`].
+    pub magic: [u8; 4],
+    /// Must be [`crate::PROTOCOL_VERSION`].
+    pub version: u16,
+    /// What the process is.
+    pub role: Role,
+    /// Its process id.
+    pub pid: u32,
+    /// Its random id, the owner of what it creates.
+    pub client: ClientId,
+    /// Its executable, for drivers and workers.
+    pub binary: Option<BinaryInfo>,
+}
+
+/// An argument of a task as submitted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Arg {
+    /// The encoded value itself.
+    Value(Vec<u8>),
+    /// An object that must be ready before the task runs; its value is passed.
+    Ref(ObjectId),
+}
+
+/// A task as its owner submits it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskSpec {
+    /// Unique id; the return object id derives from it.
+    pub task_id: TaskId,
+    /// The registered name of the function in the binary.
+    pub function: String,
+    /// The binary that holds the function.
+    pub binary: BinaryId,
+    /// The arguments, in order.
+    pub args: Vec<Arg>,
+    /// What the task holds while it runs.
+    pub resources: ResourceSet,
+    /// How many times a task whose worker died is tried again.
+    pub max_retries: u32,
+    /// The process that submitted it.
+    pub owner: ClientId,
+}
+
+impl TaskSpec {
+    /// The id of the task's (single) return object.
+    pub fn return_id(&self) -> ObjectId {
+        ObjectId::for_return(self.task_id, 0)
+    }
+}
+
+/// Where a large object lives: a sealed file in the node's shared-memory store directory
+/// (named by the object id in hex), `size` bytes long, with this digest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SharedObject {
+    /// Length in bytes.
+    pub size: u64,
+    /// blake3 of the bytes.
+    pub digest: Digest,
+}
+
+/// The value of a ready object.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ObjectValue {
+    /// Small: the encoded bytes travel in the message.
+    Inline(Vec<u8>),
+    /// Large: in the shared-memory store; map it.
+    Shared(SharedObject),
+    /// The task that should have produced it failed.
+    Error(TaskError),
+}
+
+/// An argument as handed to a worker: already resolved.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ArgValue {
+    /// Encoded bytes.
+    Inline(Vec<u8>),
+    /// A shared-memory object of this id.
+    Shared(ObjectId, SharedObject),
+}
+
+/// A task handed to a worker.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecTask {
+    /// The task.
+    pub task_id: TaskId,
+    /// Its function's registered name.
+    pub function: String,
+    /// Resolved arguments.
+    pub args: Vec<ArgValue>,
+    /// The id the result will have (a large result is written under this id).
+    pub return_id: ObjectId,
+}
+
+/// How a process ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitInfo {
+    /// Exit code, if it exited.
+    pub code: Option<i32>,
+    /// Signal number, if a signal killed it.
+    pub signal: Option<i32>,
+}
+
+impl fmt::Display for ExitInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.code, self.signal) {
+            (_, Some(9)) => write!(f, "killed by signal 9 (SIGKILL)"),
+            (_, Some(s)) => write!(f, "killed by signal {s}"),
+            (Some(c), None) => write!(f, "exited with status {c}"),
+            (None, None) => write!(f, "ended for an unknown reason"),
+        }
+    }
+}
+
+/// Why a task produced no value. Travels to whoever `get`s its result.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum TaskError {
+    /// The function panicked.
+    #[error("task panicked: {message}")]
+    Panicked {
+        /// The panic message.
+        message: String,
+    },
+    /// The worker process running it died (and no retries were left).
+    #[error("worker process {pid} died while running the task: {exit}")]
+    WorkerDied {
+        /// The worker's pid.
+        pid: u32,
+        /// How it ended.
+        exit: ExitInfo,
+    },
+    /// An argument could not be decoded as the function's parameter type.
+    #[error("argument {index} could not be decoded: {message}")]
+    ArgDecode {
+        /// Position of the argument.
+        index: usize,
+        /// The decoder's message.
+        message: String,
+    },
+    /// The binary has no remote function of this name.
+    #[error("no remote function named `{name}` in the worker's binary")]
+    NoSuchFunction {
+        /// The name asked for.
+        name: String,
+    },
+    /// The result could not be encoded or stored.
+    #[error("the result could not be stored: {message}")]
+    ResultStore {
+        /// What went wrong.
+        message: String,
+    },
+    /// No node can ever satisfy the demand.
+    #[error("infeasible resource demand {demand}: this node has {total}")]
+    Infeasible {
+        /// What the task asked for.
+        demand: String,
+        /// What the node has in total.
+        total: String,
+    },
+    /// A worker for the binary could not be started.
+    #[error("cannot start a worker: {message}")]
+    WorkerStart {
+        /// The cause.
+        message: String,
+    },
+    /// The object was freed before it could be read.
+    #[error("object {id} was freed or never existed")]
+    ObjectLost {
+        /// The object.
+        id: ObjectId,
+    },
+}
+
+/// What a worker reports when a task ends.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskOutcome {
+    /// The function returned; here is its encoded result.
+    Ok(ObjectValue),
+    /// It failed.
+    Err(TaskError),
+}
+
+/// How the store answered a reservation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CreateOutcome {
+    /// Room is reserved: write the object's partial file, rename it into place, then seal.
+    Write,
+    /// An object with this (content-derived) id exists or is being written: do not write.
+    Exists,
+}
+
+/// Why the store refused an object.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum StoreError {
+    /// Not enough room.
+    #[error("object store full: {requested} bytes requested, {used} of {capacity} bytes in use")]
+    Full {
+        /// Bytes asked for.
+        requested: u64,
+        /// Bytes in use.
+        used: u64,
+        /// The capacity.
+        capacity: u64,
+    },
+    /// A file-system error in the store directory.
+    #[error("object store I/O error: {0}")]
+    Io(String),
+    /// The sealed object does not match what was reserved.
+    #[error("sealed object does not match its reservation: {0}")]
+    Mismatch(String),
+}
+
+/// A worker's state, as `shoal status` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerStatus {
+    /// Node-local id.
+    pub id: u64,
+    /// Process id (0 until it connects).
+    pub pid: u32,
+    /// The binary it runs.
+    pub binary: BinaryId,
+    /// `starting`, `idle`, `busy` or `blocked`.
+    pub state: String,
+    /// Tasks it has finished.
+    pub tasks_done: u64,
+}
+
+/// Counters of the object table and store.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectStats {
+    /// Objects known (ready, pending or failed).
+    pub count: u64,
+    /// Ready objects held inline in the node.
+    pub inline_count: u64,
+    /// Their bytes.
+    pub inline_bytes: u64,
+    /// Objects in the shared-memory store.
+    pub shared_count: u64,
+    /// Their bytes.
+    pub shared_bytes: u64,
+    /// The store's capacity in bytes.
+    pub store_capacity: u64,
+}
+
+/// A snapshot of a node, for `shoal status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// The node.
+    pub node_id: NodeId,
+    /// Its process id.
+    pub pid: u32,
+    /// Its local socket.
+    pub socket: String,
+    /// Its shared-memory store directory.
+    pub store_dir: String,
+    /// Whether it runs inside a driver.
+    pub embedded: bool,
+    /// Milliseconds since it started.
+    pub uptime_ms: u64,
+    /// All resources.
+    pub resources_total: ResourceSet,
+    /// Resources not held by running tasks.
+    pub resources_free: ResourceSet,
+    /// Worker processes.
+    pub workers: Vec<WorkerStatus>,
+    /// Tasks waiting for arguments, resources or a worker.
+    pub tasks_queued: u64,
+    /// Tasks handed to workers and not finished.
+    pub tasks_running: u64,
+    /// Tasks finished since start.
+    pub tasks_finished: u64,
+    /// Attached processes (drivers, workers, CLI).
+    pub clients: u64,
+    /// Objects.
+    pub objects: ObjectStats,
+}
+
+/// A process → its node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ToNode {
+    /// The handshake; must be first.
+    Hello(Hello),
+    /// Run a task.
+    Submit(TaskSpec),
+    /// A small object the sender made (`put`); the node keeps a copy for other readers.
+    Put {
+        /// Content id.
+        id: ObjectId,
+        /// Encoded bytes.
+        value: Vec<u8>,
+    },
+    /// Reserve room for a large object the sender will write into the store directory.
+    /// Answered by [`ToClient::Created`].
+    Create {
+        /// Request number.
+        request: u64,
+        /// The object.
+        id: ObjectId,
+        /// Its size.
+        size: u64,
+    },
+    /// The sender wrote and renamed the object's file into place: it is now immutable.
+    Seal {
+        /// The object.
+        id: ObjectId,
+        /// Its size and digest.
+        object: SharedObject,
+    },
+    /// The sender gives up a reservation made with `Create`.
+    Abort {
+        /// The object.
+        id: ObjectId,
+    },
+    /// Send [`ToClient::Object`] for each of these once it is ready.
+    Get {
+        /// Objects wanted.
+        ids: Vec<ObjectId>,
+    },
+    /// The owner dropped its last handle to these objects.
+    Release {
+        /// Objects released.
+        ids: Vec<ObjectId>,
+    },
+    /// A worker finished a task.
+    Done {
+        /// The task.
+        task_id: TaskId,
+        /// Its result.
+        outcome: TaskOutcome,
+    },
+    /// A worker waits inside a task for objects; its resources may be lent out meanwhile.
+    Blocked,
+    /// A blocked worker hands back tasks it was given but has not started, so they do not
+    /// wait behind the task that waits (which may be waiting for them).
+    Returned {
+        /// The tasks, in the order they were given.
+        tasks: Vec<TaskId>,
+    },
+    /// The worker runs again.
+    Unblocked,
+    /// Ask for a [`NodeStatus`].
+    Status {
+        /// Request number.
+        request: u64,
+    },
+}
+
+/// A node → an attached process.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ToClient {
+    /// The handshake succeeded.
+    Welcome {
+        /// The node.
+        node_id: NodeId,
+        /// Its shared-memory store directory.
+        store_dir: String,
+        /// Values at most this long travel inline; longer ones go through the store.
+        inline_threshold: u64,
+    },
+    /// The handshake failed; the node closes the connection.
+    Rejected {
+        /// Why.
+        reason: String,
+    },
+    /// An object the process asked for, or the result of a task it owns.
+    Object {
+        /// The object.
+        id: ObjectId,
+        /// Its value or error.
+        value: ObjectValue,
+    },
+    /// Run this task (workers only).
+    Execute(ExecTask),
+    /// Answer to [`ToNode::Create`].
+    Created {
+        /// Request number.
+        request: u64,
+        /// Whether the room is reserved.
+        result: Result<CreateOutcome, StoreError>,
+    },
+    /// Answer to [`ToNode::Status`].
+    Status {
+        /// Request number.
+        request: u64,
+        /// The snapshot.
+        status: Box<NodeStatus>,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{codec, frame};
+
+    #[test]
+    fn resource_arithmetic() {
+        let total = ResourceSet::cpus(2.0).with("gpu", 1.0);
+        let mut free = total.clone();
+        let demand = ResourceSet::cpus(0.5).with("gpu", 1.0);
+        assert!(free.contains(&demand));
+        free.subtract(&demand);
+        assert_eq!(free.get_milli(CPU), 1500);
+        assert!(!free.contains(&demand));
+        free.add_capped(&demand, &total);
+        assert_eq!(free, total);
+        assert!(!total.contains(&ResourceSet::cpus(1.0).with("tpu", 1.0)));
+        assert_eq!(ResourceSet::cpus(0.0), ResourceSet::new());
+    }
+
+    #[test]
+    fn messages_round_trip_through_frames() {
+        let spec = TaskSpec {
+            task_id: TaskId::new(ClientId(3), 9),
+            function: "m::f".into(),
+            binary: BinaryId([7; 32]),
+            args: vec![Arg::Value(vec![1, 2]), Arg::Ref(ObjectId([4; 32]))],
+            resources: ResourceSet::cpus(1.0),
+            max_retries: 3,
+            owner: ClientId(3),
+        };
+        let msgs = vec![
+            ToNode::Submit(spec),
+            ToNode::Done {
+                task_id: TaskId::new(ClientId(1), 1),
+                outcome: TaskOutcome::Err(TaskError::WorkerDied {
+                    pid: 5,
+                    exit: ExitInfo {
+                        code: None,
+                        signal: Some(9),
+                    },
+                }),
+            },
+            ToNode::Status { request: 1 },
+        ];
+        let mut buf = Vec::new();
+        for m in &msgs {
+            frame::encode_frame(&mut buf, m, frame::DEFAULT_MAX_FRAME).unwrap();
+        }
+        let mut at = 0;
+        for m in &msgs {
+            let (back, used): (ToNode, usize) =
+                frame::decode_frame(&buf[at..], frame::DEFAULT_MAX_FRAME)
+                    .unwrap()
+                    .unwrap();
+            assert_eq!(&back, m);
+            at += used;
+        }
+        assert_eq!(at, buf.len());
+        let reply = ToClient::Object {
+            id: ObjectId([1; 32]),
+            value: ObjectValue::Inline(vec![9]),
+        };
+        let bytes = codec::encode(&reply).unwrap();
+        assert_eq!(codec::decode::<ToClient>(&bytes, 1 << 20).unwrap(), reply);
+    }
+}

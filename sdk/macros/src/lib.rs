@@ -1,0 +1,662 @@
+//! The `#[remote]` attribute of the Shoal SDK, re-exported as `shoal::remote`.
+//!
+//! `#[remote]` turns a free function into a *remote function*: a zero-sized value with the
+//! function's name that can run the function here ([`call`](#the-expansion)) or submit it as a
+//! task to the mesh (`remote`, `options(..).remote`), and an entry in the binary's registry so
+//! that a worker process running the same binary can find and invoke it by name.
+//!
+//! # The expansion
+//!
+//! ```ignore
+//! /// Adds.
+//! #[shoal::remote]
+//! pub fn add(a: i64, b: i64) -> i64 { a + b }
+//! ```
+//!
+//! becomes (abbreviated: the real output spells `::core::...` and `::std::...` paths in full so
+//! that it does not depend on what the caller has in scope, gives its own locals mixed-site
+//! hygiene, and adds `#[allow(clippy::too_many_arguments)]` to the `remote` methods):
+//!
+//! ```ignore
+//! /// Adds.
+//! #[allow(non_camel_case_types)]
+//! #[derive(Clone, Copy, Debug, Default)]
+//! pub struct add;
+//!
+//! #[allow(non_camel_case_types)]
+//! #[doc(hidden)]
+//! #[derive(Clone, Debug)]
+//! pub struct __shoal_remote_add { options: ::shoal::TaskOptions }
+//!
+//! impl add {
+//!     pub const NAME: &str = concat!(module_path!(), "::", "add");
+//!     /// Runs the function here, in this process (the original body).
+//!     ///
+//!     /// Adds.
+//!     pub fn call(a: i64, b: i64) -> i64 { a + b }
+//!     pub fn remote(
+//!         &self,
+//!         a: impl ::shoal::IntoArg<i64>,
+//!         b: impl ::shoal::IntoArg<i64>,
+//!     ) -> ::shoal::ObjectRef<i64> {
+//!         ::shoal::__private::submit::<i64>(
+//!             Self::NAME,
+//!             &::shoal::TaskOptions::default(),
+//!             vec![::shoal::IntoArg::<i64>::into_arg(a), ::shoal::IntoArg::<i64>::into_arg(b)],
+//!         )
+//!     }
+//!     pub fn options(&self, options: ::shoal::TaskOptions) -> __shoal_remote_add {
+//!         __shoal_remote_add { options }
+//!     }
+//! }
+//!
+//! impl __shoal_remote_add {
+//!     pub fn remote(&self, a: .., b: ..) -> ::shoal::ObjectRef<i64> {
+//!         ::shoal::__private::submit::<i64>(add::NAME, &self.options, vec![..])
+//!     }
+//! }
+//!
+//! const _: () = {
+//!     fn __shoal_invoke(
+//!         mut args: ::shoal::__private::Args,
+//!     ) -> Result<Vec<u8>, ::shoal::TaskError> {
+//!         let a: i64 = args.take(0)?;
+//!         let b: i64 = args.take(1)?;
+//!         ::shoal::__private::encode_result::<i64>(&add::call(a, b))
+//!     }
+//!
+//!     #[::shoal::__private::linkme::distributed_slice(::shoal::__private::REMOTE_FUNCTIONS)]
+//!     #[linkme(crate = ::shoal::__private::linkme)]
+//!     static __SHOAL_REGISTER: ::shoal::__private::RemoteFunction =
+//!         ::shoal::__private::RemoteFunction { name: add::NAME, invoke: __shoal_invoke };
+//!
+//!     #[used]
+//!     #[cfg_attr(
+//!         any(target_os = "linux", target_os = "android", target_os = "freebsd"),
+//!         unsafe(link_section = ".init_array")
+//!     )]
+//!     #[cfg_attr(target_vendor = "apple", unsafe(link_section = "__DATA,__mod_init_func"))]
+//!     static __SHOAL_CTOR: extern "C" fn() = ::shoal::__private::worker_ctor;
+//! };
+//! ```
+//!
+//! Details:
+//! - Everything generated has the function's visibility, so a private function yields private
+//!   items (and no "private type in public interface" errors).
+//! - The registered name is `module_path!()` + `"::"` + the function's name (without `r#`).
+//! - Parameter types and the return type are copied verbatim; no return type means `()`.
+//!   `submit::<R>` and `ObjectRef<R>` use the return type `R`.
+//! - An `async fn` keeps `async` on `call`; the worker runs it with
+//!   `::shoal::__private::block_on(add::call(..))`. `remote` itself is never `async`.
+//! - Doc comments go onto the struct and onto `call`; other attributes go onto `call`, except
+//!   `#[cfg(..)]`, which goes onto every generated item.
+//! - Inside the body the name `add` is the struct, so a local recursive call is written
+//!   `add::call(..)`, and `add.remote(..)` submits a subtask. For the same reason no parameter
+//!   may be called `add` (it would be a pattern matching the unit struct): that is an error.
+//! - A `_` parameter is accepted (the argument is still sent; `remote` gets a hidden name).
+//! - The `__SHOAL_CTOR` constructor runs `worker_ctor` before `main` (and before libtest's
+//!   `main` in test binaries), once per remote function in the binary, so `worker_ctor` must
+//!   be idempotent and cheap. Other targets get no constructor.
+//! - Both the registry entry and the constructor live in the object code of the crate that
+//!   defines the function: a library crate's remote functions are in a binary only if the
+//!   binary links that crate (i.e. uses something from it).
+//! - Errors for argument or result types that are not `Serialize`/`DeserializeOwned` (or not
+//!   `IntoArg`) point at the offending type in the signature.
+//!
+//! Unsupported input is rejected with an error pointing at the offending tokens: methods
+//! (`self`), generic functions, `impl Trait` and borrowed (`&T`) types in the signature,
+//! parameters that are patterns rather than plain names, attributes on parameters, variadics,
+//! `unsafe fn`, `extern` functions, and arguments to the attribute itself.
+
+use proc_macro::TokenStream;
+use proc_macro2::{Literal, Span, TokenStream as TokenStream2};
+use quote::{format_ident, quote, quote_spanned};
+use syn::ext::IdentExt;
+use syn::spanned::Spanned;
+use syn::{Attribute, FnArg, GenericArgument, Ident, ItemFn, Pat, PathArguments, ReturnType, Type};
+
+/// Makes a free function a remote function of the Shoal mesh.
+///
+/// See the [crate documentation](crate) for the exact expansion. In short, for
+/// `#[remote] fn add(a: i64, b: i64) -> i64`:
+/// - `add::call(1, 2)` runs the function in this process;
+/// - `add.remote(1, 2)` submits it as a task and returns a `shoal::ObjectRef<i64>` at once;
+/// - `add.options(opts).remote(1, 2)` does the same with per-call `shoal::TaskOptions`;
+/// - `add::NAME` is the name under which the function is registered in the binary.
+#[proc_macro_attribute]
+pub fn remote(attr: TokenStream, item: TokenStream) -> TokenStream {
+    expand(&attr.into(), item.into())
+        .unwrap_or_else(syn::Error::into_compile_error)
+        .into()
+}
+
+/// Collects several errors so that the user sees all of them at once.
+#[derive(Default)]
+struct Errors(Option<syn::Error>);
+
+impl Errors {
+    fn push(&mut self, error: syn::Error) {
+        match &mut self.0 {
+            Some(first) => first.combine(error),
+            None => self.0 = Some(error),
+        }
+    }
+
+    fn finish(self) -> syn::Result<()> {
+        self.0.map_or(Ok(()), Err)
+    }
+}
+
+/// One parameter of the remote function, as seen by `remote` and by the worker-side shim.
+struct Param<'a> {
+    /// The parameter's name; synthesized for a `_` parameter.
+    name: Ident,
+    ty: &'a Type,
+}
+
+/// The whole expansion; `attr` is what is inside `#[remote(..)]`, `item` the annotated item.
+fn expand(attr: &TokenStream2, item: TokenStream2) -> syn::Result<TokenStream2> {
+    let func = match syn::parse2::<syn::Item>(item)? {
+        syn::Item::Fn(func) => func,
+        other => {
+            return Err(syn::Error::new_spanned(
+                other,
+                "`#[remote]` can only be applied to a free function",
+            ))
+        }
+    };
+    let mut errors = Errors::default();
+    if !attr.is_empty() {
+        errors.push(syn::Error::new_spanned(
+            attr,
+            "`#[remote]` takes no arguments; per-call options go through \
+             `.options(..).remote(..)`",
+        ));
+    }
+    let params = check_signature(&func, &mut errors);
+    errors.finish()?;
+    Ok(generate(&func, &params))
+}
+
+/// Rejects what a remote function cannot be and returns its parameters.
+fn check_signature<'a>(func: &'a ItemFn, errors: &mut Errors) -> Vec<Param<'a>> {
+    let sig = &func.sig;
+    if let Some(unsafety) = &sig.unsafety {
+        errors.push(syn::Error::new_spanned(
+            unsafety,
+            "a remote function cannot be `unsafe fn`: a task's caller cannot uphold its \
+             safety contract; make the function safe and use `unsafe` blocks inside",
+        ));
+    }
+    if let Some(abi) = &sig.abi {
+        errors.push(syn::Error::new_spanned(
+            abi,
+            "a remote function cannot declare an ABI; remove the `extern`",
+        ));
+    }
+    if !sig.generics.params.is_empty() {
+        errors.push(syn::Error::new_spanned(
+            &sig.generics.params,
+            "a remote function cannot be generic: a worker must know the concrete types to \
+             deserialize its arguments; write a non-generic wrapper for each type",
+        ));
+    }
+    if let Some(where_clause) = &sig.generics.where_clause {
+        errors.push(syn::Error::new_spanned(
+            where_clause,
+            "a remote function cannot have a `where` clause",
+        ));
+    }
+    if let Some(variadic) = &sig.variadic {
+        errors.push(syn::Error::new_spanned(
+            variadic,
+            "a remote function cannot be variadic",
+        ));
+    }
+
+    let mut params = Vec::with_capacity(sig.inputs.len());
+    for (index, input) in sig.inputs.iter().enumerate() {
+        let typed = match input {
+            FnArg::Receiver(receiver) => {
+                errors.push(syn::Error::new_spanned(
+                    receiver,
+                    "`#[remote]` applies to free functions, not methods: a remote function \
+                     cannot take `self`",
+                ));
+                continue;
+            }
+            FnArg::Typed(typed) => typed,
+        };
+        if let Some(attr) = typed.attrs.first() {
+            errors.push(syn::Error::new_spanned(
+                attr,
+                "attributes on the parameters of a remote function are not supported",
+            ));
+        }
+        if let Some(error) = unsupported_type(&typed.ty) {
+            errors.push(error);
+        }
+        let name = match &*typed.pat {
+            Pat::Ident(pat) if pat.by_ref.is_none() && pat.subpat.is_none() => pat.ident.clone(),
+            // `_: T` is accepted: the argument is still sent, the body just ignores it.
+            Pat::Wild(_) => format_ident!("__shoal_arg{}", index, span = Span::mixed_site()),
+            other => {
+                errors.push(syn::Error::new_spanned(
+                    other,
+                    "the parameters of a remote function must be plain names (`name: Type`); \
+                     destructure inside the body instead",
+                ));
+                continue;
+            }
+        };
+        if name.unraw() == sig.ident.unraw() {
+            errors.push(syn::Error::new_spanned(
+                &name,
+                "a parameter of a remote function cannot have the function's name: that name \
+                 becomes a unit struct, which a parameter pattern would match against; \
+                 rename the parameter",
+            ));
+            continue;
+        }
+        params.push(Param {
+            name,
+            ty: &typed.ty,
+        });
+    }
+
+    if let ReturnType::Type(_, ty) = &sig.output {
+        if let Some(error) = unsupported_type(ty) {
+            errors.push(error);
+        }
+    }
+    params
+}
+
+/// An error for a type that cannot travel between processes as a task argument or result:
+/// `impl Trait` anywhere (the type must be concrete) or a borrowed type at the top level.
+fn unsupported_type(ty: &Type) -> Option<syn::Error> {
+    match ty {
+        Type::Reference(reference) => Some(syn::Error::new_spanned(
+            reference,
+            "borrowed types are not supported in the signature of a remote function: \
+             arguments and results cross process boundaries by value; use an owned type \
+             (e.g. `String` instead of `&str`, `Vec<T>` instead of `&[T]`)",
+        )),
+        Type::Group(group) => unsupported_type(&group.elem),
+        Type::Paren(paren) => unsupported_type(&paren.elem),
+        other => find_impl_trait(other),
+    }
+}
+
+/// An error for the first `impl Trait` inside `ty`, if any.
+fn find_impl_trait(ty: &Type) -> Option<syn::Error> {
+    match ty {
+        Type::ImplTrait(impl_trait) => Some(syn::Error::new_spanned(
+            impl_trait,
+            "`impl Trait` is not supported in the signature of a remote function: a worker \
+             must know the concrete type to (de)serialize it; use a concrete type",
+        )),
+        Type::Array(array) => find_impl_trait(&array.elem),
+        Type::Group(group) => find_impl_trait(&group.elem),
+        Type::Paren(paren) => find_impl_trait(&paren.elem),
+        Type::Ptr(ptr) => find_impl_trait(&ptr.elem),
+        Type::Reference(reference) => find_impl_trait(&reference.elem),
+        Type::Slice(slice) => find_impl_trait(&slice.elem),
+        Type::Tuple(tuple) => tuple.elems.iter().find_map(find_impl_trait),
+        Type::Path(path) => path
+            .qself
+            .as_ref()
+            .and_then(|qself| find_impl_trait(&qself.ty))
+            .or_else(|| {
+                path.path
+                    .segments
+                    .iter()
+                    .find_map(|segment| match &segment.arguments {
+                        PathArguments::AngleBracketed(args) => {
+                            args.args.iter().find_map(|arg| match arg {
+                                GenericArgument::Type(ty) => find_impl_trait(ty),
+                                GenericArgument::AssocType(assoc) => find_impl_trait(&assoc.ty),
+                                _ => None,
+                            })
+                        }
+                        _ => None,
+                    })
+            }),
+        _ => None,
+    }
+}
+
+/// Whether `attr` is a doc comment (`///`, `//!` or `#[doc = ..]`) or another `#[doc(..)]`.
+fn is_doc(attr: &Attribute) -> bool {
+    attr.path().is_ident("doc")
+}
+
+/// Whether `attr` is `#[cfg(..)]`, which must apply to every generated item.
+fn is_cfg(attr: &Attribute) -> bool {
+    attr.path().is_ident("cfg")
+}
+
+/// The expansion of a checked function; see the crate documentation.
+fn generate(func: &ItemFn, params: &[Param<'_>]) -> TokenStream2 {
+    let vis = &func.vis;
+    let name = &func.sig.ident;
+    let name_str = name.unraw().to_string();
+    let helper = format_ident!("__shoal_remote_{}", name_str, span = name.span());
+
+    let docs: Vec<&Attribute> = func.attrs.iter().filter(|a| is_doc(a)).collect();
+    let cfgs: Vec<&Attribute> = func.attrs.iter().filter(|a| is_cfg(a)).collect();
+    let others = func.attrs.iter().filter(|a| !is_doc(a) && !is_cfg(a));
+    let call_doc_sep = if docs.is_empty() {
+        quote!()
+    } else {
+        quote!(#[doc = ""])
+    };
+
+    // `call` is the original function under another name: same signature, same body.
+    let mut call_sig = func.sig.clone();
+    call_sig.ident = Ident::new("call", name.span());
+    let body = &func.block;
+
+    let ret = match &func.sig.output {
+        ReturnType::Default => quote!(()),
+        ReturnType::Type(_, ty) => quote!(#ty),
+    };
+    // Spanned at each parameter's type, so that "`T: IntoArg<T>` is not satisfied" points there.
+    let remote_params = params
+        .iter()
+        .map(|Param { name, ty }| quote_spanned!(ty.span()=> #name: impl ::shoal::IntoArg<#ty>));
+    let remote_params = quote!(#(#remote_params),*);
+    let names = params.iter().map(|p| &p.name);
+    let types = params.iter().map(|p| p.ty);
+    let arg_vec = quote! {
+        ::std::vec![#(::shoal::IntoArg::<#types>::into_arg(#names)),*]
+    };
+    let registration = registration(func, params);
+    // With the function's span, diagnostics about the struct (`missing_docs`, privacy) point
+    // at the function's name rather than at the attribute.
+    let unit_struct = quote_spanned!(name.span()=> #vis struct #name;);
+
+    quote! {
+        #(#cfgs)*
+        #(#docs)*
+        #[allow(non_camel_case_types)]
+        #[derive(
+            ::core::clone::Clone,
+            ::core::marker::Copy,
+            ::core::fmt::Debug,
+            ::core::default::Default
+        )]
+        #unit_struct
+
+        #(#cfgs)*
+        #[allow(non_camel_case_types)]
+        #[doc(hidden)]
+        #[derive(::core::clone::Clone, ::core::fmt::Debug)]
+        #vis struct #helper {
+            options: ::shoal::TaskOptions,
+        }
+
+        #(#cfgs)*
+        impl #name {
+            /// The name under which the function is registered in the binary.
+            #vis const NAME: &str = ::core::concat!(::core::module_path!(), "::", #name_str);
+
+            /// Runs the function here, in this process (the original body).
+            #call_doc_sep
+            #(#docs)*
+            #(#others)*
+            #vis #call_sig #body
+
+            /// Runs the function as a task and returns a reference to its result at once.
+            #[allow(clippy::too_many_arguments)]
+            #vis fn remote(&self, #remote_params) -> ::shoal::ObjectRef<#ret> {
+                ::shoal::__private::submit::<#ret>(
+                    Self::NAME,
+                    &<::shoal::TaskOptions as ::core::default::Default>::default(),
+                    #arg_vec,
+                )
+            }
+
+            /// The same with per-call options (resources, retries).
+            #vis fn options(&self, options: ::shoal::TaskOptions) -> #helper {
+                #helper { options }
+            }
+        }
+
+        #(#cfgs)*
+        impl #helper {
+            /// Runs the function as a task with these options.
+            #[allow(clippy::too_many_arguments)]
+            #vis fn remote(&self, #remote_params) -> ::shoal::ObjectRef<#ret> {
+                ::shoal::__private::submit::<#ret>(#name::NAME, &self.options, #arg_vec)
+            }
+        }
+
+        #(#cfgs)*
+        #registration
+    }
+}
+
+/// The worker side: a shim that decodes the arguments, runs `call` and encodes the result,
+/// its entry in the registry, and the constructor that enters worker mode before `main`.
+fn registration(func: &ItemFn, params: &[Param<'_>]) -> TokenStream2 {
+    let name = &func.sig.ident;
+    let names = params.iter().map(|p| &p.name);
+    // Mixed-site hygiene: a parameter of the user's function cannot shadow it.
+    let args = Ident::new("__shoal_args", Span::mixed_site());
+    // Spanned at the types, so that a missing `DeserializeOwned` or `Serialize` is reported
+    // at the parameter or return type that lacks it.
+    let takes = params
+        .iter()
+        .enumerate()
+        .map(|(index, Param { name, ty })| {
+            let index = Literal::usize_unsuffixed(index);
+            quote_spanned!(ty.span()=> let #name: #ty = #args.take(#index)?;)
+        });
+    let run = if func.sig.asyncness.is_some() {
+        quote!(::shoal::__private::block_on(#name::call(#(#names),*)))
+    } else {
+        quote!(#name::call(#(#names),*))
+    };
+    let encode = match &func.sig.output {
+        ReturnType::Default => quote!(::shoal::__private::encode_result(&#run)),
+        ReturnType::Type(_, ty) => {
+            quote_spanned!(ty.span()=> ::shoal::__private::encode_result::<#ty>(&#run))
+        }
+    };
+    let args_param = if params.is_empty() {
+        quote!(_: ::shoal::__private::Args)
+    } else {
+        quote!(mut #args: ::shoal::__private::Args)
+    };
+
+    quote! {
+        const _: () = {
+            fn __shoal_invoke(
+                #args_param,
+            ) -> ::core::result::Result<::std::vec::Vec<u8>, ::shoal::TaskError> {
+                #(#takes)*
+                #encode
+            }
+
+            #[::shoal::__private::linkme::distributed_slice(::shoal::__private::REMOTE_FUNCTIONS)]
+            #[linkme(crate = ::shoal::__private::linkme)]
+            static __SHOAL_REGISTER: ::shoal::__private::RemoteFunction =
+                ::shoal::__private::RemoteFunction {
+                    name: #name::NAME,
+                    invoke: __shoal_invoke,
+                };
+
+            // Worker mode must be entered before `main` (and before libtest's `main` in test
+            // binaries): a constructor in the user's own object code calls into the SDK.
+            #[used]
+            #[cfg_attr(
+                any(target_os = "linux", target_os = "android", target_os = "freebsd"),
+                unsafe(link_section = ".init_array")
+            )]
+            #[cfg_attr(target_vendor = "apple", unsafe(link_section = "__DATA,__mod_init_func"))]
+            static __SHOAL_CTOR: extern "C" fn() = ::shoal::__private::worker_ctor;
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokens(source: &str) -> TokenStream2 {
+        source.parse().expect("test input must tokenize")
+    }
+
+    /// The messages of all errors for `#[remote(attr)] item`.
+    fn error(attr: &str, item: &str) -> String {
+        match expand(&tokens(attr), tokens(item)) {
+            Ok(tokens) => panic!("expected an error, got {tokens}"),
+            Err(error) => error
+                .into_iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("\n"),
+        }
+    }
+
+    /// The expansion of `#[remote] item`, as a string.
+    fn expands(item: &str) -> String {
+        match expand(&TokenStream2::new(), tokens(item)) {
+            Ok(tokens) => tokens.to_string(),
+            Err(error) => panic!("unexpected error: {error}"),
+        }
+    }
+
+    #[test]
+    fn accepts_plain_functions() {
+        let out = expands("/// Adds.\npub fn add(a: i64, b: i64) -> i64 { a + b }");
+        assert!(out.contains("pub struct add ;"), "{out}");
+        assert!(out.contains("pub struct __shoal_remote_add"), "{out}");
+        assert!(
+            out.contains("pub fn call (a : i64 , b : i64) -> i64 { a + b }"),
+            "{out}"
+        );
+        assert!(out.contains(":: shoal :: ObjectRef < i64 >"), "{out}");
+        assert!(out.contains("REMOTE_FUNCTIONS"), "{out}");
+    }
+
+    #[test]
+    fn unit_return_and_no_params() {
+        let out = expands("fn tick() {}");
+        assert!(out.contains(":: shoal :: ObjectRef < () >"), "{out}");
+        assert!(out.contains("submit :: < () >"), "{out}");
+        assert!(out.contains("_ : :: shoal :: __private :: Args"), "{out}");
+    }
+
+    #[test]
+    fn async_runs_under_block_on() {
+        let out = expands("pub(crate) async fn fetch(n: u32) -> String { n.to_string() }");
+        assert!(
+            out.contains("pub (crate) async fn call (n : u32) -> String"),
+            "{out}"
+        );
+        assert!(out.contains("block_on (fetch :: call (n))"), "{out}");
+    }
+
+    #[test]
+    fn raw_identifiers_register_without_prefix() {
+        let out = expands("fn r#type() {}");
+        assert!(out.contains("\"type\""), "{out}");
+        assert!(out.contains("__shoal_remote_type"), "{out}");
+    }
+
+    #[test]
+    fn rejects_arguments() {
+        assert!(error("retries = 3", "fn f() {}").contains("takes no arguments"));
+    }
+
+    #[test]
+    fn rejects_non_functions() {
+        assert!(error("", "struct S;").contains("can only be applied to a free function"));
+    }
+
+    #[test]
+    fn rejects_methods() {
+        assert!(error("", "fn f(&self) {}").contains("cannot take `self`"));
+    }
+
+    #[test]
+    fn rejects_generics() {
+        assert!(error("", "fn f<T>(x: T) {}").contains("cannot be generic"));
+        assert!(error("", "fn f<'a>() {}").contains("cannot be generic"));
+        assert!(error("", "fn f() where i32: Copy {}").contains("`where` clause"));
+    }
+
+    #[test]
+    fn rejects_patterns() {
+        let message = error("", "fn f((a, b): (i32, i32)) {}");
+        assert!(message.contains("must be plain names"), "{message}");
+        let message = error("", "fn f(ref a: i32) {}");
+        assert!(message.contains("must be plain names"), "{message}");
+    }
+
+    #[test]
+    fn rejects_parameters_named_like_the_function() {
+        let message = error("", "fn count(count: u32) {}");
+        assert!(message.contains("the function's name"), "{message}");
+    }
+
+    #[test]
+    fn accepts_mut_and_wildcard_params() {
+        let out = expands("fn f(mut a: i32, _: u8) -> i32 { a += 1; a }");
+        assert!(out.contains("fn call (mut a : i32 , _ : u8)"), "{out}");
+        assert!(
+            out.contains("__shoal_arg1 : impl :: shoal :: IntoArg < u8 >"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn rejects_impl_trait() {
+        let message = error("", "fn f(x: impl Into<i32>) {}");
+        assert!(message.contains("`impl Trait`"), "{message}");
+        let message = error("", "fn f(x: Vec<impl Clone>) {}");
+        assert!(message.contains("`impl Trait`"), "{message}");
+        let message = error("", "fn f() -> impl Clone { 1 }");
+        assert!(message.contains("`impl Trait`"), "{message}");
+    }
+
+    #[test]
+    fn rejects_references() {
+        let message = error("", "fn f(s: &str) {}");
+        assert!(message.contains("borrowed types"), "{message}");
+        let message = error("", "fn f() -> &'static str { \"\" }");
+        assert!(message.contains("borrowed types"), "{message}");
+    }
+
+    #[test]
+    fn rejects_unsafe_extern_and_variadic() {
+        assert!(error("", "unsafe fn f() {}").contains("`unsafe fn`"));
+        assert!(error("", "extern \"C\" fn f() {}").contains("ABI"));
+        let message = error("", "unsafe extern \"C\" fn f(a: i32, ...) {}");
+        assert!(message.contains("variadic"), "{message}");
+    }
+
+    #[test]
+    fn rejects_parameter_attributes() {
+        let message = error("", "fn f(#[cfg(x)] a: i32) {}");
+        assert!(
+            message.contains("attributes on the parameters"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn reports_every_error_at_once() {
+        let message = error("x", "fn f<T>(&self, (a, b): (T, T)) {}");
+        for expected in [
+            "takes no arguments",
+            "cannot be generic",
+            "`self`",
+            "plain names",
+        ] {
+            assert!(message.contains(expected), "{expected}: {message}");
+        }
+    }
+}

@@ -1,0 +1,63 @@
+//! The SDK's errors, one type per operation.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use shoal_protocol::{StoreError, TaskError};
+
+/// Why `get` (or `wait`) produced no value. `get` never hangs without a way out: a task's
+/// failure, a dead node or a timeout each end it with one of these.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum GetError {
+    /// The task that makes the object failed: panicked, its worker died, its arguments did
+    /// not decode, its function does not exist, …
+    #[error(transparent)]
+    Task(#[from] TaskError),
+    /// The value is there but is not a `T`.
+    #[error("the object could not be decoded as the requested type: {0}")]
+    Decode(String),
+    /// The object is in the shared-memory store but could not be mapped.
+    #[error("cannot read the object from the store: {0}")]
+    Store(String),
+    /// The time limit passed first.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    /// The connection to the node is gone.
+    #[error("lost the connection to the node")]
+    Disconnected,
+}
+
+/// Why `put` failed.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum PutError {
+    /// The value's `Serialize` failed.
+    #[error("cannot encode the value: {0}")]
+    Encode(String),
+    /// The store refused it (full, or an I/O error).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Why `shoal::init` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    /// A daemon was required but none answered on the socket.
+    #[error("cannot connect to a node on {0}: {1}")]
+    Connect(PathBuf, std::io::Error),
+    /// The embedded node could not start.
+    #[error("cannot start an embedded node: {0}")]
+    Embedded(String),
+    /// The node refused the handshake.
+    #[error("handshake with the node failed: {0}")]
+    Handshake(String),
+    /// The runtime thread could not start.
+    #[error("cannot start the runtime thread: {0}")]
+    Runtime(String),
+    /// This program's executable could not be read (it is what workers run).
+    #[error("cannot read this program's executable: {0}")]
+    Binary(String),
+    /// This process was started as a worker but did not enter worker mode: the program has
+    /// no `#[shoal::remote]` function linked in, so it cannot serve as a worker.
+    #[error("started as a worker, but this binary has no #[shoal::remote] functions")]
+    NotWorkerMode,
+}

@@ -1,0 +1,282 @@
+//! # Shoal
+//!
+//! Remote functions and shared objects for Rust programs, on a mesh of identical peers with
+//! no head node — in the spirit of Ray.
+//!
+//! ```no_run
+//! #[shoal::remote]
+//! fn add(a: i64, b: i64) -> i64 {
+//!     a + b
+//! }
+//!
+//! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     shoal::init()?;                          // a local node, or an embedded one
+//!     let x = add.remote(1, 2);                // runs in a worker process; returns at once
+//!     let y = add.remote(&x, 10);              // an ObjectRef is an argument like a value
+//!     let big = shoal::put(&vec![0u8; 1 << 20])?;  // large values live in shared memory
+//!     let (ready, _pending) = shoal::wait_blocking(&[y.clone()], 1, None);
+//!     assert_eq!(ready[0].get_blocking()?, 13);
+//!     assert_eq!(big.get_blocking()?.len(), 1 << 20);
+//!     Ok(())
+//! }
+//! ```
+//!
+//! - [`remote`] turns a free function (sync or `async`) into a remote function:
+//!   `f.remote(args…)` submits a task and returns an [`ObjectRef`] at once;
+//!   `f.options(TaskOptions::new().num_cpus(2.0).max_retries(0)).remote(args…)` sets options
+//!   per call; `f::call(args…)` runs it here.
+//! - [`ObjectRef::get`] (async) and [`ObjectRef::get_blocking`] wait for a value; [`wait`]
+//!   waits for some of many; [`put`] stores a value. Failures come back as typed
+//!   [`GetError`]s: a panic with its message, a dead worker with its exit status, arguments
+//!   that do not decode, a missing function, a timeout.
+//! - Workers are processes of your own executable, started by the node. Worker mode is
+//!   entered before `main` (or libtest's `main`) runs, so a worker never repeats the
+//!   program's side effects.
+//! - [`init`] attaches to the node on `$SHOAL_SOCKET` (or the per-user default socket) and,
+//!   if there is none, starts an embedded node inside the program.
+#![deny(missing_docs)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+mod context;
+mod error;
+mod object_ref;
+mod shm;
+mod worker;
+
+#[doc(hidden)]
+pub mod __private;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+pub use shoal_macros::remote;
+pub use shoal_protocol::{NodeId, NodeStatus, ObjectId, ResourceSet, TaskError};
+
+pub use context::InitOptions;
+use context::{Context, Value};
+pub use error::{GetError, InitError, PutError, StoreError};
+pub use object_ref::ObjectRef;
+use object_ref::RawRef;
+
+/// A handle to the node this process is attached to.
+#[derive(Clone, Debug)]
+pub struct Shoal {
+    ctx: Arc<Context>,
+}
+
+impl Shoal {
+    /// The node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.ctx.node_id()
+    }
+
+    /// Whether the node runs inside this process.
+    pub fn is_embedded(&self) -> bool {
+        self.ctx.is_embedded()
+    }
+
+    /// The node's socket (for an embedded node, a private one its workers use).
+    pub fn socket(&self) -> &std::path::Path {
+        self.ctx.socket()
+    }
+
+    /// A snapshot of the node: resources, workers, tasks, objects.
+    pub fn status(&self) -> Result<NodeStatus, GetError> {
+        self.ctx.status()
+    }
+}
+
+/// Attaches this process to a node: the one on `$SHOAL_SOCKET` (or the per-user default
+/// socket) if it answers, otherwise a new node embedded in this process. Idempotent; the
+/// first remote call does it implicitly with the defaults.
+pub fn init() -> Result<Shoal, InitError> {
+    init_with(InitOptions::default())
+}
+
+/// [`init`] with options (socket, embedded node resources, …).
+pub fn init_with(options: InitOptions) -> Result<Shoal, InitError> {
+    let ctx = context::init(options)?;
+    Ok(Shoal { ctx: ctx.clone() })
+}
+
+/// Options of one call: what the task holds while it runs, and how often it is retried
+/// when its worker dies.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TaskOptions {
+    pub(crate) resources: ResourceSet,
+    pub(crate) max_retries: u32,
+}
+
+impl Default for TaskOptions {
+    /// One CPU, three retries (as Ray).
+    fn default() -> Self {
+        Self {
+            resources: ResourceSet::cpus(1.0),
+            max_retries: 3,
+        }
+    }
+}
+
+impl TaskOptions {
+    /// The defaults: one CPU, three retries.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// CPUs the task holds (fractions allowed; zero is allowed).
+    pub fn num_cpus(mut self, n: f64) -> Self {
+        self.resources = self
+            .resources
+            .with_milli(shoal_protocol::CPU, (n * 1000.0).round().max(0.0) as u64);
+        self
+    }
+
+    /// An amount of a custom resource (`--resource NAME=N` on the node).
+    pub fn resource(mut self, name: &str, amount: f64) -> Self {
+        self.resources = self.resources.with(name, amount);
+        self
+    }
+
+    /// How many times the task is run again if its worker process dies. Panics are not
+    /// retried.
+    pub fn max_retries(mut self, n: u32) -> Self {
+        self.max_retries = n;
+        self
+    }
+}
+
+/// A value usable as an argument of type `T`: a `T` itself, or an [`ObjectRef<T>`] (whose
+/// value the task receives once it is ready).
+pub trait IntoArg<T> {
+    /// Converts to the wire form.
+    fn into_arg(self) -> __private::ArgBuf;
+}
+
+impl<T: Serialize> IntoArg<T> for T {
+    fn into_arg(self) -> __private::ArgBuf {
+        __private::ArgBuf::Value(shoal_protocol::codec::encode(&self))
+    }
+}
+
+impl<T> IntoArg<T> for ObjectRef<T> {
+    fn into_arg(self) -> __private::ArgBuf {
+        __private::ArgBuf::Ref(self.raw)
+    }
+}
+
+impl<T> IntoArg<T> for &ObjectRef<T> {
+    fn into_arg(self) -> __private::ArgBuf {
+        __private::ArgBuf::Ref(self.raw.clone())
+    }
+}
+
+impl IntoArg<String> for &str {
+    fn into_arg(self) -> __private::ArgBuf {
+        __private::ArgBuf::Value(shoal_protocol::codec::encode(self))
+    }
+}
+
+/// Stores `value` and returns a reference to it. Small values stay in this process (and a
+/// copy at the node); values above the inline threshold (64 KiB by default) go into the
+/// node's shared-memory store, where other processes map them. Equal values share one id.
+pub fn put<T: Serialize>(value: &T) -> Result<ObjectRef<T>, PutError> {
+    let ctx = context::get();
+    let bytes =
+        shoal_protocol::codec::encode(value).map_err(|e| PutError::Encode(e.to_string()))?;
+    put_encoded(ctx, bytes).map(ObjectRef::from_raw)
+}
+
+pub(crate) fn put_encoded(ctx: &Context, bytes: Vec<u8>) -> Result<RawRef, PutError> {
+    let id = ObjectId::for_content(&bytes);
+    if bytes.len() <= ctx.inline_threshold {
+        let fresh = ctx.add_ref(id, Some(Value::Inline(Arc::new(bytes.clone()))));
+        if fresh {
+            ctx.push(shoal_protocol::ToNode::Put { id, value: bytes });
+        }
+        return Ok(RawRef::counted(id, ctx.client));
+    }
+    if ctx.has_ref(&id) {
+        ctx.add_ref(id, None);
+        return Ok(RawRef::counted(id, ctx.client));
+    }
+    let written = shm::write(ctx, id, bytes.len(), |buf| {
+        buf.copy_from_slice(&bytes);
+        Ok(())
+    })?;
+    match written {
+        Some(object) => {
+            let map = shm::map(ctx.store_dir(), &id, object.size)
+                .map_err(|e| PutError::Store(StoreError::Io(e.to_string())))?;
+            ctx.push(shoal_protocol::ToNode::Seal { id, object });
+            ctx.add_ref(id, Some(Value::Shared(Arc::new(map))));
+        }
+        // Another process stored equal bytes: read theirs.
+        None => {
+            ctx.add_ref(id, None);
+        }
+    }
+    Ok(RawRef::counted(id, ctx.client))
+}
+
+/// Waits until `num_ready` of `refs` are ready (or failed), or `timeout` passes. Returns at
+/// most `num_ready` ready refs and the others (as Ray's `wait`), each in the order given.
+pub async fn wait<T>(
+    refs: &[ObjectRef<T>],
+    num_ready: usize,
+    timeout: Option<Duration>,
+) -> (Vec<ObjectRef<T>>, Vec<ObjectRef<T>>) {
+    let ctx = context::get();
+    let want = num_ready.min(refs.len());
+    let all = std::future::poll_fn(|cx| {
+        let mut ready = 0;
+        for r in refs {
+            if ctx.poll_cell(r.id(), Some(cx.waker())).is_ready() {
+                ready += 1;
+            }
+        }
+        if ready >= want {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    });
+    match timeout {
+        Some(t) => {
+            let _ = object_ref::first(all, ctx.sleep(t)).await;
+        }
+        None => all.await,
+    }
+    split_ready(ctx, refs, want)
+}
+
+/// [`wait`] for synchronous code.
+pub fn wait_blocking<T>(
+    refs: &[ObjectRef<T>],
+    num_ready: usize,
+    timeout: Option<Duration>,
+) -> (Vec<ObjectRef<T>>, Vec<ObjectRef<T>>) {
+    let ctx = context::get();
+    let want = num_ready.min(refs.len());
+    let ids: Vec<ObjectId> = refs.iter().map(|r| r.id()).collect();
+    ctx.wait_many(&ids, want, timeout.map(|t| std::time::Instant::now() + t));
+    split_ready(ctx, refs, want)
+}
+
+/// At most `want` ready refs (as Ray's `num_returns`), and the rest.
+fn split_ready<T>(
+    ctx: &Context,
+    refs: &[ObjectRef<T>],
+    want: usize,
+) -> (Vec<ObjectRef<T>>, Vec<ObjectRef<T>>) {
+    let mut ready = Vec::with_capacity(want);
+    let mut pending = Vec::new();
+    for r in refs {
+        if ready.len() < want && ctx.is_done(&r.id()) {
+            ready.push(r.clone());
+        } else {
+            pending.push(r.clone());
+        }
+    }
+    (ready, pending)
+}

@@ -1,0 +1,166 @@
+//! Worker mode: the loop a worker process runs instead of `main`.
+//!
+//! A node starts a worker from the driver's executable with `SHOAL_WORKER_ID` set. The
+//! constructor that every `#[shoal::remote]` emits runs before `main` (and before libtest's
+//! `main` in test binaries), sees the variable, connects to the node, runs the tasks it is
+//! given one after another, and exits the process when the node goes away: the program's own
+//! `main` never runs in a worker.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use shoal_protocol::{ExecTask, ObjectValue, TaskError, TaskOutcome, ToNode};
+
+use crate::__private::{Args, RemoteFunction, REMOTE_FUNCTIONS};
+use crate::context::{self, Context};
+
+static ENTERED: AtomicBool = AtomicBool::new(false);
+static IS_WORKER: AtomicBool = AtomicBool::new(false);
+
+/// Whether this process runs in worker mode.
+pub(crate) fn in_worker() -> bool {
+    IS_WORKER.load(Ordering::Relaxed)
+}
+
+thread_local! {
+    static TASK_RT: RefCell<Option<tokio::runtime::Runtime>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` on this thread's task runtime (made on first use).
+pub(crate) fn block_on<F: Future>(f: F) -> F::Output {
+    TASK_RT.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let rt = slot.get_or_insert_with(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("cannot build the task runtime")
+        });
+        rt.block_on(f)
+    })
+}
+
+pub(crate) fn enter_if_worker() {
+    if ENTERED.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    let Some(id) = std::env::var(shoal_node::workers::ENV_WORKER_ID).ok() else {
+        return;
+    };
+    IS_WORKER.store(true, Ordering::SeqCst);
+    let code = match id.parse::<u64>() {
+        Ok(id) => run(id),
+        Err(_) => {
+            eprintln!(
+                "shoal worker: bad {} {id:?}",
+                shoal_node::workers::ENV_WORKER_ID
+            );
+            2
+        }
+    };
+    std::process::exit(code);
+}
+
+fn run(worker_id: u64) -> i32 {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let socket = std::env::var_os(shoal_node::workers::ENV_SOCKET)
+        .map(PathBuf::from)
+        .unwrap_or_else(shoal_node::config::default_socket_path);
+    let ctx = match context::init_worker(worker_id, socket) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("shoal worker {worker_id}: {e}");
+            return 1;
+        }
+    };
+    let registry: HashMap<&'static str, &'static RemoteFunction> =
+        REMOTE_FUNCTIONS.iter().map(|f| (f.name, f)).collect();
+    let span = tracing::info_span!("worker", worker = worker_id, pid = std::process::id());
+    let _enter = span.enter();
+    tracing::debug!(functions = registry.len(), "worker ready");
+    loop {
+        // The lock is held only while idle; a running task's waits drain the queue.
+        let next = match ctx
+            .exec_rx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
+            Some(rx) => rx.blocking_recv(),
+            None => None,
+        };
+        match next {
+            Some(task) => execute(ctx, &registry, task),
+            None => return 0,
+        }
+    }
+}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic with a non-string payload".to_string()
+    }
+}
+
+fn execute(
+    ctx: &Context,
+    registry: &HashMap<&'static str, &'static RemoteFunction>,
+    task: ExecTask,
+) {
+    let span = tracing::info_span!("task", task = %task.task_id, function = %task.function);
+    let _enter = span.enter();
+    let outcome = match registry.get(task.function.as_str()) {
+        None => TaskOutcome::Err(TaskError::NoSuchFunction {
+            name: task.function.clone(),
+        }),
+        Some(f) => {
+            ctx.in_task.store(true, Ordering::Relaxed);
+            let args = Args::new(task.args);
+            let r = std::panic::catch_unwind(AssertUnwindSafe(|| (f.invoke)(args)));
+            ctx.in_task.store(false, Ordering::Relaxed);
+            match r {
+                Ok(Ok(bytes)) => store_result(ctx, task.return_id, bytes),
+                Ok(Err(e)) => TaskOutcome::Err(e),
+                Err(p) => TaskOutcome::Err(TaskError::Panicked {
+                    message: panic_message(&*p),
+                }),
+            }
+        }
+    };
+    ctx.push(ToNode::Done {
+        task_id: task.task_id,
+        outcome,
+    });
+}
+
+fn store_result(ctx: &Context, id: shoal_protocol::ObjectId, bytes: Vec<u8>) -> TaskOutcome {
+    if bytes.len() <= ctx.inline_threshold {
+        return TaskOutcome::Ok(ObjectValue::Inline(bytes));
+    }
+    match crate::shm::write(ctx, id, bytes.len(), |buf| {
+        buf.copy_from_slice(&bytes);
+        Ok(())
+    }) {
+        Ok(Some(obj)) => TaskOutcome::Ok(ObjectValue::Shared(obj)),
+        Ok(None) => TaskOutcome::Err(TaskError::ResultStore {
+            message: format!("object {id} already exists"),
+        }),
+        Err(e) => TaskOutcome::Err(TaskError::ResultStore {
+            message: e.to_string(),
+        }),
+    }
+}

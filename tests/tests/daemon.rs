@@ -1,0 +1,112 @@
+//! A program attached to a `shoal node` daemon (a real process on a real socket): its tasks
+//! run in workers the daemon starts, and `shoal status --json` reports them.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use shoal::InitOptions;
+
+mod support;
+use support::parent_of;
+
+#[shoal::remote]
+fn worker_pid() -> u32 {
+    std::process::id()
+}
+
+#[shoal::remote]
+fn double(x: Vec<u64>) -> Vec<u64> {
+    x.into_iter().map(|v| v * 2).collect()
+}
+
+/// Kills (and reaps) the daemon when the test ends, however it ends.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The `shoal` binary `cargo test --workspace` built beside this test.
+fn shoal_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .unwrap()
+        .join("shoal");
+    assert!(
+        bin.exists(),
+        "{} missing: run `cargo test --workspace`",
+        bin.display()
+    );
+    bin
+}
+
+#[test]
+fn a_driver_uses_a_daemon() {
+    let dir = std::env::temp_dir().join(format!("shoal-daemon-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket = dir.join("node.sock");
+    let daemon = KillOnDrop(
+        Command::new(shoal_bin())
+            .args(["node", "--cpus", "2", "--socket"])
+            .arg(&socket)
+            .arg("--store-dir")
+            .arg(&dir)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        assert!(Instant::now() < deadline, "daemon did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let shoal = shoal::init_with(InitOptions {
+        socket: Some(socket.clone()),
+        require_daemon: true,
+        ..Default::default()
+    })
+    .unwrap();
+    assert!(!shoal.is_embedded());
+
+    let w = worker_pid
+        .remote()
+        .get_blocking_timeout(Duration::from_secs(30))
+        .unwrap();
+    assert_ne!(w, std::process::id());
+    assert_eq!(parent_of(w), daemon.0.id(), "the daemon started the worker");
+
+    // A large argument and result through the daemon's shared-memory store.
+    let big: Vec<u64> = (0..100_000).collect();
+    let out = double
+        .remote(shoal::put(&big).unwrap())
+        .get_blocking()
+        .unwrap();
+    assert_eq!(out.len(), 100_000);
+    assert_eq!(out[99_999], 199_998);
+
+    let out = Command::new(shoal_bin())
+        .args(["status", "--json", "--socket"])
+        .arg(&socket)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["node_id"], shoal.node_id().to_hex());
+    assert_eq!(v["pid"], daemon.0.id());
+    assert_eq!(v["resources"]["total"]["CPU"], 2.0);
+    assert!(v["tasks"]["finished"].as_u64().unwrap() >= 2);
+    let workers = v["workers"].as_array().unwrap();
+    assert!(workers.iter().any(|x| x["pid"] == w), "{workers:?}");
+    assert!(
+        v["clients"].as_u64().unwrap() >= 2,
+        "this driver and its worker"
+    );
+    drop(daemon);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -19,6 +19,7 @@
 //! ```
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod actors;
 pub mod api;
 pub mod config;
 mod node;

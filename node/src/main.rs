@@ -33,7 +33,7 @@ struct Cli {
 enum Command {
     /// Run a node (the daemon) in the foreground.
     Node(NodeArgs),
-    /// Show a node's id, resources, workers, tasks and objects.
+    /// Show a node's id, resources, workers, tasks, objects and actors.
     Status {
         /// Print one JSON object instead of text.
         #[arg(long)]
@@ -207,6 +207,11 @@ fn status_json(s: &NodeStatus) -> serde_json::Value {
             "shared_bytes": s.objects.shared_bytes,
             "store_capacity": s.objects.store_capacity,
         },
+        "actors": s.actors.iter().map(|a| serde_json::json!({
+            "actor_id": a.actor_id.to_hex(), "class": a.class, "name": a.name, "state": a.state,
+            "incarnation": a.incarnation, "pid": a.pid, "calls_pending": a.calls_pending,
+            "calls_done": a.calls_done,
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -250,6 +255,20 @@ fn print_status(s: &NodeStatus) {
             w.state,
             w.tasks_done,
             &w.binary.to_hex()[..12]
+        );
+    }
+    println!("actors    {}", s.actors.len());
+    for a in &s.actors {
+        println!(
+            "  {} {:<10} pid {:<8} restarts {:<3} {:>8} calls done, {} pending  {}{}",
+            &a.actor_id.to_hex()[..12],
+            a.state,
+            a.pid,
+            a.incarnation,
+            a.calls_done,
+            a.calls_pending,
+            a.class,
+            a.name.as_ref().map(|n| format!(" \"{n}\"")).unwrap_or_default()
         );
     }
 }

@@ -10,11 +10,13 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use shoal_protocol::{
-    Arg, ArgValue, BinaryId, ExecTask, ExitInfo, Hello, NodeId, NodeStatus, ObjectId, ObjectStats,
-    ObjectValue, Role, TaskError, TaskId, TaskOutcome, TaskSpec, ToClient, ToNode,
+    codec, ActorId, Arg, ArgValue, BinaryId, ClientId, ExecTask, ExitInfo, Hello, HostActor,
+    NodeId, NodeStatus, ObjectId, ObjectStats, ObjectValue, Role, TaskError, TaskId, TaskKind,
+    TaskOutcome, TaskSpec, ToClient, ToNode,
 };
 use tokio::sync::{mpsc, oneshot};
 
+use crate::actors::{ActorTable, AfterDeath, Registered};
 use crate::config::NodeConfig;
 use crate::sched::{Action, Scheduler, WorkerId};
 use crate::store::Store;
@@ -68,6 +70,7 @@ pub enum Event {
 struct Conn {
     tx: mpsc::Sender<ToClient>,
     role: Role,
+    client: ClientId,
     binary: Option<BinaryId>,
     worker: Option<WorkerId>,
 }
@@ -107,6 +110,7 @@ pub(crate) struct Core {
     binaries: HashMap<BinaryId, PathBuf>,
     tasks: HashMap<TaskId, TaskEntry>,
     objects: HashMap<ObjectId, ObjEntry>,
+    actors: ActorTable,
     events: mpsc::Sender<Event>,
 }
 
@@ -130,6 +134,7 @@ impl Core {
             binaries: HashMap::new(),
             tasks: HashMap::new(),
             objects: HashMap::new(),
+            actors: ActorTable::new(),
             events,
         }
     }
@@ -228,6 +233,7 @@ impl Core {
             Conn {
                 tx,
                 role: hello.role,
+                client: hello.client,
                 binary,
                 worker,
             },
@@ -246,6 +252,16 @@ impl Core {
         if let Some(b) = c.binary {
             self.sched.binary_detached(b);
         }
+        // The actors it made end with it, unless detached.
+        for actor in self.actors.owned_by(c.client) {
+            self.kill_actor(
+                actor,
+                TaskError::ActorKilled {
+                    actor,
+                    reason: "its creator exited".into(),
+                },
+            );
+        }
         // Its queued tasks are dropped; running ones finish and their results are discarded.
         let dropped = self
             .sched
@@ -256,11 +272,17 @@ impl Core {
         let waiting: Vec<TaskId> = self
             .tasks
             .iter()
-            .filter(|(_, e)| e.owner == conn && e.missing > 0)
+            .filter(|(_, e)| {
+                e.owner == conn
+                    && (e.missing > 0 || matches!(e.spec.kind, TaskKind::ActorMethod { .. }))
+            })
             .map(|(t, _)| *t)
             .collect();
         for t in waiting {
-            self.finish_task(t);
+            // A call already at its actor's worker finishes there; the others are dropped.
+            if self.call_queued(t) || self.tasks.get(&t).is_some_and(|e| e.missing > 0) {
+                self.finish_task(t);
+            }
         }
         let ids: Vec<ObjectId> = self.objects.keys().copied().collect();
         for id in ids {
@@ -379,6 +401,227 @@ impl Core {
                 let status = Box::new(self.status());
                 self.send(conn, ToClient::Status { request, status });
             }
+            ToNode::ActorStarted { actor, result } => {
+                let w = self.conns.get(&conn).and_then(|c| c.worker);
+                if w.is_none() || self.actors.by_worker(w.unwrap_or(0)) != Some(actor) {
+                    tracing::warn!(conn, actor = %actor, "ActorStarted from a process not hosting the actor; ignored");
+                    return;
+                }
+                let pid = self
+                    .workers
+                    .get(&w.unwrap_or(0))
+                    .map_or(0, |p| p.pid);
+                match result {
+                    Ok(()) => {
+                        tracing::info!(actor = %actor, pid, "actor started");
+                        self.actors.started(actor, pid);
+                    }
+                    Err(e) => {
+                        let message = e.to_string();
+                        tracing::warn!(actor = %actor, %message, "actor constructor failed");
+                        self.kill_actor(
+                            actor,
+                            TaskError::ActorCreationFailed { actor, message },
+                        );
+                    }
+                }
+            }
+            ToNode::KillActor { actor, no_restart } => {
+                self.kill_request(conn, actor, no_restart)
+            }
+            ToNode::ActorOutOfScope { actor } => {
+                let owner = self.conns.get(&conn).map(|c| c.client);
+                let owned = self.actors.get(&actor).map(|a| a.owner);
+                if owner.is_none() || owner != owned {
+                    tracing::warn!(conn, actor = %actor, "ActorOutOfScope from a process that does not own the actor; ignored");
+                } else if self.actors.out_of_scope(actor) {
+                    self.end_out_of_scope(actor);
+                }
+            }
+            ToNode::LookupActor { request, name } => {
+                let actor = self.actors.lookup(&name);
+                self.send(conn, ToClient::ActorFound { request, actor });
+            }
+        }
+    }
+
+    /// Whether `task` is an actor call still queued at the node (not yet at the worker).
+    fn call_queued(&self, task: TaskId) -> bool {
+        let Some(e) = self.tasks.get(&task) else {
+            return false;
+        };
+        let TaskKind::ActorMethod { actor } = e.spec.kind else {
+            return false;
+        };
+        // Queued calls are those not in flight; the table knows which are in flight.
+        self.actors
+            .get(&actor)
+            .is_some_and(|a| a.is_queued(task))
+    }
+
+    fn kill_request(&mut self, conn: ConnId, actor: ActorId, no_restart: bool) {
+        let Some(a) = self.actors.get(&actor) else {
+            tracing::debug!(conn, actor = %actor, "kill of an unknown actor");
+            return;
+        };
+        if a.is_dead() {
+            return;
+        }
+        tracing::info!(conn, actor = %actor, no_restart, "actor killed on request");
+        if no_restart {
+            self.kill_actor(
+                actor,
+                TaskError::ActorKilled {
+                    actor,
+                    reason: "killed by shoal::kill".into(),
+                },
+            );
+        } else if let Some(crate::actors::ActorState::Alive { worker, .. }) =
+            self.actors.get(&actor).map(|a| a.state.clone())
+        {
+            // As if it crashed: it restarts if it has restarts left.
+            if let Some(w) = self.workers.get_mut(&worker) {
+                w.kill();
+            }
+        }
+    }
+
+    /// Ends an actor for good: queued and in-flight calls fail with `error`, its worker is
+    /// stopped, its resources and constructor arguments are released.
+    fn kill_actor(&mut self, actor: ActorId, error: TaskError) {
+        let Some(create_task) = self.actors.get(&actor).map(|a| a.create_task) else {
+            return;
+        };
+        let mut failed = self.actors.kill(actor, error.clone());
+        failed.extend(self.actors.drain_inflight(actor));
+        for t in failed {
+            self.fail_task(t, error.clone());
+        }
+        self.sched.end_actor(Instant::now(), create_task);
+        self.finish_task(create_task);
+    }
+
+    fn end_out_of_scope(&mut self, actor: ActorId) {
+        tracing::debug!(actor = %actor, "actor out of scope; ending it");
+        self.kill_actor(
+            actor,
+            TaskError::ActorKilled {
+                actor,
+                reason: "all its handles were dropped".into(),
+            },
+        );
+    }
+
+    /// Sends an actor's ready calls to its worker.
+    fn pump_actor(&mut self, actor: ActorId) {
+        let tasks = &self.tasks;
+        let (worker, calls) = self
+            .actors
+            .take_ready(actor, |t| tasks.get(&t).is_some_and(|e| e.missing == 0));
+        let Some(worker) = worker else {
+            return;
+        };
+        let conn = self.worker_conns.get(&worker).copied();
+        for t in calls {
+            match self.exec_for(t) {
+                Ok(exec) => match conn {
+                    Some(conn) => self.send(conn, ToClient::Execute(exec)),
+                    None => tracing::warn!(actor = %actor, "actor worker has no connection"),
+                },
+                Err(err) => {
+                    self.actors.call_done(actor, t);
+                    self.fail_task(t, err);
+                }
+            }
+        }
+    }
+
+    /// Resolves a task's arguments into what a worker receives.
+    fn resolve_args(&self, args: &[Arg]) -> Result<Vec<ArgValue>, TaskError> {
+        let mut out = Vec::with_capacity(args.len());
+        for arg in args {
+            match arg {
+                Arg::Value(v) => out.push(ArgValue::Inline(v.clone())),
+                Arg::Ref(id) => match self.objects.get(id).and_then(|e| e.value.as_ref()) {
+                    Some(ObjectValue::Inline(v)) => out.push(ArgValue::Inline(v.clone())),
+                    Some(ObjectValue::Shared(o)) => out.push(ArgValue::Shared(*id, *o)),
+                    _ => return Err(TaskError::ObjectLost { id: *id }),
+                },
+            }
+        }
+        Ok(out)
+    }
+
+    fn exec_for(&self, task: TaskId) -> Result<ExecTask, TaskError> {
+        let Some(entry) = self.tasks.get(&task) else {
+            return Err(TaskError::ObjectLost {
+                id: ObjectId::for_return(task, 0),
+            });
+        };
+        Ok(ExecTask {
+            task_id: task,
+            function: entry.spec.function.clone(),
+            args: self.resolve_args(&entry.spec.args)?,
+            return_id: entry.spec.return_id(),
+        })
+    }
+
+    /// A worker is ready for the actor created by `task`: hand it the actor, then its calls.
+    fn host_actor(&mut self, worker: WorkerId, task: TaskId) {
+        let Some(actor) = self.actors.by_task(&task) else {
+            self.sched.end_actor(Instant::now(), task);
+            return;
+        };
+        let Some(entry) = self.tasks.get(&task) else {
+            self.sched.end_actor(Instant::now(), task);
+            return;
+        };
+        let TaskKind::CreateActor(create) = &entry.spec.kind else {
+            return;
+        };
+        let max_concurrency = create.max_concurrency.max(1);
+        let class = entry.spec.function.clone();
+        let args = match self.resolve_args(&entry.spec.args) {
+            Ok(a) => a,
+            Err(e) => {
+                let message = e.to_string();
+                self.kill_actor(actor, TaskError::ActorCreationFailed { actor, message });
+                return;
+            }
+        };
+        let Some(&conn) = self.worker_conns.get(&worker) else {
+            tracing::warn!(worker, actor = %actor, "actor worker gone before hosting");
+            return;
+        };
+        let incarnation = self.actors.get(&actor).map_or(0, |a| a.incarnation);
+        tracing::debug!(worker, actor = %actor, class, incarnation, "hosting actor");
+        self.actors.hosted(actor, worker);
+        self.send(
+            conn,
+            ToClient::HostActor(HostActor {
+                actor_id: actor,
+                class,
+                args,
+                max_concurrency,
+                incarnation,
+            }),
+        );
+        self.pump_actor(actor);
+    }
+
+    /// Every argument of `task` is ready: run it, create its actor or let its call go.
+    fn deps_ready(&mut self, now: Instant, task: TaskId) {
+        let Some(entry) = self.tasks.get(&task) else {
+            return;
+        };
+        let (binary, demand) = (entry.spec.binary, entry.spec.resources.clone());
+        match &entry.spec.kind {
+            TaskKind::Function => self.sched.submit(now, task, binary, demand),
+            TaskKind::CreateActor(_) => self.sched.submit_actor(now, task, binary, demand),
+            TaskKind::ActorMethod { actor } => {
+                let actor = *actor;
+                self.pump_actor(actor);
+            }
         }
     }
 
@@ -407,9 +650,9 @@ impl Core {
                 }
             }
         }
-        let binary = spec.binary;
-        let demand = spec.resources.clone();
         let retries_left = spec.max_retries;
+        let kind = spec.kind.clone();
+        let (owner, class) = (spec.owner, spec.function.clone());
         self.tasks.insert(
             task_id,
             TaskEntry {
@@ -419,16 +662,60 @@ impl Core {
                 retries_left,
             },
         );
+        match kind {
+            TaskKind::Function => {}
+            TaskKind::CreateActor(create) => {
+                match self.actors.register(task_id, &class, &create, owner) {
+                    Ok(Registered::New) => {
+                        tracing::debug!(actor = %create.actor_id, class, name = ?create.name, "actor registered");
+                        self.actor_id_ready(ret, create.actor_id);
+                    }
+                    Ok(Registered::Existing(existing)) => {
+                        self.finish_task(task_id);
+                        self.actor_id_ready(ret, existing);
+                        return;
+                    }
+                    Err(e) => {
+                        self.fail_task(task_id, e);
+                        return;
+                    }
+                }
+            }
+            TaskKind::ActorMethod { actor } => {
+                if let Err(e) = self.actors.enqueue(actor, owner, task_id) {
+                    self.fail_task(task_id, e);
+                    return;
+                }
+            }
+        }
         if let Some(err) = failed_dep {
             self.fail_task(task_id, err);
         } else if missing == 0 {
-            self.sched.submit(now, task_id, binary, demand);
+            self.deps_ready(now, task_id);
+        }
+    }
+
+    /// The return object of an actor's creation: its id, known at once.
+    fn actor_id_ready(&mut self, ret: ObjectId, actor: ActorId) {
+        match codec::encode(&actor) {
+            Ok(bytes) => self.object_ready(ret, ObjectValue::Inline(bytes)),
+            Err(e) => tracing::error!(error = %e, "cannot encode an actor id"),
         }
     }
 
     fn task_done(&mut self, now: Instant, conn: ConnId, task: TaskId, outcome: TaskOutcome) {
+        let mut actor = None;
         if let Some(w) = self.conns.get(&conn).and_then(|c| c.worker) {
-            self.sched.task_done(now, w, task);
+            actor = self.actors.by_worker(w);
+            match actor {
+                Some(a) => {
+                    if !self.actors.call_done(a, task) {
+                        // Failed already (its actor was killed meanwhile): nothing to do.
+                        return;
+                    }
+                }
+                None => self.sched.task_done(now, w, task),
+            }
         }
         let ret = ObjectId::for_return(task, 0);
         let value = match outcome {
@@ -452,6 +739,12 @@ impl Core {
             // Nobody wants it any more: drop the stored result.
             self.store.remove(&ret);
         }
+        if let Some(a) = actor {
+            self.pump_actor(a);
+            if self.actors.get(&a).is_some_and(|x| x.drained()) {
+                self.end_out_of_scope(a);
+            }
+        }
     }
 
     /// Forgets a task and unpins its arguments.
@@ -459,6 +752,12 @@ impl Core {
         let Some(entry) = self.tasks.remove(&task) else {
             return;
         };
+        if let TaskKind::ActorMethod { actor } = entry.spec.kind {
+            if self.actors.remove_queued(actor, entry.spec.owner, task) {
+                // The caller's next call may be ready.
+                self.pump_actor(actor);
+            }
+        }
         for arg in &entry.spec.args {
             if let Arg::Ref(id) = arg {
                 if let Some(e) = self.objects.get_mut(id) {
@@ -474,6 +773,15 @@ impl Core {
 
     fn fail_task(&mut self, task: TaskId, error: TaskError) {
         if let Some(entry) = self.tasks.get(&task) {
+            if let TaskKind::CreateActor(create) = &entry.spec.kind {
+                let actor = create.actor_id;
+                if self.actors.by_task(&task) == Some(actor) {
+                    // Its id is out already; the actor dies, and its calls fail with why.
+                    let message = error.to_string();
+                    self.kill_actor(actor, TaskError::ActorCreationFailed { actor, message });
+                    return;
+                }
+            }
             let ret = entry.spec.return_id();
             tracing::debug!(task = %task, %error, "task failed");
             self.finish_task(task);
@@ -534,8 +842,7 @@ impl Core {
             }
             entry.missing = entry.missing.saturating_sub(1);
             if entry.missing == 0 {
-                let (binary, demand) = (entry.spec.binary, entry.spec.resources.clone());
-                self.sched.submit(now, t, binary, demand);
+                self.deps_ready(now, t);
             }
         }
         self.maybe_free(id);
@@ -563,6 +870,10 @@ impl Core {
             tracing::warn!(worker, pid, %exit, tasks = lost.len(), "worker died with tasks in flight");
         }
         for (i, task) in lost.into_iter().enumerate() {
+            if let Some(actor) = self.actors.by_task(&task) {
+                self.actor_worker_lost(now, actor, pid, exit);
+                continue;
+            }
             let Some(entry) = self.tasks.get_mut(&task) else {
                 continue;
             };
@@ -580,6 +891,45 @@ impl Core {
         }
     }
 
+    /// An actor's process ended: its calls in flight fail; it restarts if it may.
+    fn actor_worker_lost(&mut self, now: Instant, actor: ActorId, pid: u32, exit: ExitInfo) {
+        let Some(a) = self.actors.get(&actor) else {
+            return;
+        };
+        let create_task = a.create_task;
+        let error = match &a.state {
+            crate::actors::ActorState::Dead(e) => e.clone(),
+            _ if pid == 0 => TaskError::ActorCreationFailed {
+                actor,
+                message: "its worker process could not be started".into(),
+            },
+            _ => TaskError::ActorDied { actor, pid, exit },
+        };
+        let (inflight, after) = self.actors.worker_lost(actor, error.clone());
+        if !inflight.is_empty() {
+            tracing::warn!(actor = %actor, pid, %exit, calls = inflight.len(), "actor died with calls in flight");
+        }
+        for t in inflight {
+            self.fail_task(t, error.clone());
+        }
+        match after {
+            AfterDeath::Restart => {
+                tracing::info!(actor = %actor, pid, %exit, "restarting actor");
+                if let Some(entry) = self.tasks.get(&create_task) {
+                    let (binary, demand) = (entry.spec.binary, entry.spec.resources.clone());
+                    self.sched.submit_actor(now, create_task, binary, demand);
+                }
+            }
+            AfterDeath::Dead(queued) => {
+                tracing::warn!(actor = %actor, pid, %exit, "actor died");
+                for t in queued {
+                    self.fail_task(t, error.clone());
+                }
+                self.finish_task(create_task);
+            }
+        }
+    }
+
     fn apply_actions(&mut self) {
         while let Some(action) = self.sched.poll_action() {
             match action {
@@ -591,6 +941,7 @@ impl Core {
                     }
                 }
                 Action::Fail { task, error } => self.fail_task(task, error),
+                Action::HostActor { worker, task } => self.host_actor(worker, task),
             }
         }
     }
@@ -638,32 +989,18 @@ impl Core {
     }
 
     fn dispatch(&mut self, worker: WorkerId, task: TaskId) {
-        let Some(entry) = self.tasks.get(&task) else {
+        if !self.tasks.contains_key(&task) {
             // Dropped meanwhile: tell the scheduler it is done so the slot frees.
             self.sched.task_done(Instant::now(), worker, task);
             return;
-        };
-        let mut args = Vec::with_capacity(entry.spec.args.len());
-        for arg in &entry.spec.args {
-            match arg {
-                Arg::Value(v) => args.push(ArgValue::Inline(v.clone())),
-                Arg::Ref(id) => match self.objects.get(id).and_then(|e| e.value.as_ref()) {
-                    Some(ObjectValue::Inline(v)) => args.push(ArgValue::Inline(v.clone())),
-                    Some(ObjectValue::Shared(o)) => args.push(ArgValue::Shared(*id, *o)),
-                    _ => {
-                        let err = TaskError::ObjectLost { id: *id };
-                        self.sched.task_done(Instant::now(), worker, task);
-                        self.fail_task(task, err);
-                        return;
-                    }
-                },
-            }
         }
-        let exec = ExecTask {
-            task_id: task,
-            function: entry.spec.function.clone(),
-            args,
-            return_id: entry.spec.return_id(),
+        let exec = match self.exec_for(task) {
+            Ok(exec) => exec,
+            Err(err) => {
+                self.sched.task_done(Instant::now(), worker, task);
+                self.fail_task(task, err);
+                return;
+            }
         };
         match self.worker_conns.get(&worker) {
             Some(conn) => self.send(*conn, ToClient::Execute(exec)),
@@ -708,6 +1045,7 @@ impl Core {
             tasks_finished: self.sched.finished(),
             clients: self.conns.len() as u64,
             objects,
+            actors: self.actors.status(),
         }
     }
 }

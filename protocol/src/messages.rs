@@ -9,7 +9,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{BinaryId, ClientId, Digest, NodeId, ObjectId, TaskId};
+use crate::ids::{ActorId, BinaryId, ClientId, Digest, NodeId, ObjectId, TaskId};
 
 /// Resource quantities in thousandths ("milli" units), keyed by name. `CPU` is the CPU count;
 /// other names are custom resources (`--resource gpu=1`).
@@ -150,6 +150,41 @@ pub struct TaskSpec {
     pub max_retries: u32,
     /// The process that submitted it.
     pub owner: ClientId,
+    /// A function call, an actor's creation or a call of an actor's method.
+    pub kind: TaskKind,
+}
+
+/// What a [`TaskSpec`] asks for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskKind {
+    /// Run the remote function `function`.
+    Function,
+    /// Create an actor of class `function` with the arguments as its constructor's. The
+    /// task's return object holds the encoded [`ActorId`] of the actor (the existing one for
+    /// a get-or-create that found one) as soon as it is registered, or the error.
+    CreateActor(ActorCreate),
+    /// Call the method `function` of this actor. Calls from one owner run in the order sent.
+    ActorMethod {
+        /// The actor.
+        actor: ActorId,
+    },
+}
+
+/// How an actor is made and kept.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActorCreate {
+    /// Its id, chosen by the creator.
+    pub actor_id: ActorId,
+    /// A name other programs can look it up by, unique on the node.
+    pub name: Option<String>,
+    /// With a name: return the actor of that name if there is one, rather than fail.
+    pub get_if_exists: bool,
+    /// How many times it is restarted after its process dies (`u32::MAX`: always).
+    pub max_restarts: u32,
+    /// Calls that may run at once (async methods interleave; `&mut self` ones run alone).
+    pub max_concurrency: u32,
+    /// Whether it outlives its creator (otherwise it ends when the creator disconnects).
+    pub detached: bool,
 }
 
 impl TaskSpec {
@@ -279,6 +314,92 @@ pub enum TaskError {
         /// The object.
         id: ObjectId,
     },
+    /// The actor's process died while the call was in flight, or the actor died for good
+    /// (no restarts left) before the call could run.
+    #[error("actor {actor} died: its process {pid} {exit}")]
+    ActorDied {
+        /// The actor.
+        actor: ActorId,
+        /// Its last process.
+        pid: u32,
+        /// How that process ended.
+        exit: ExitInfo,
+    },
+    /// The actor was killed (`shoal::kill`), or its creator went away.
+    #[error("actor {actor} was killed: {reason}")]
+    ActorKilled {
+        /// The actor.
+        actor: ActorId,
+        /// Who or what ended it.
+        reason: String,
+    },
+    /// The actor's constructor failed (panicked, or its arguments did not decode).
+    #[error("actor {actor} could not be created: {message}")]
+    ActorCreationFailed {
+        /// The actor.
+        actor: ActorId,
+        /// Why.
+        message: String,
+    },
+    /// No actor of this id is known to the node.
+    #[error("no actor {actor} on this node")]
+    NoSuchActor {
+        /// The actor.
+        actor: ActorId,
+    },
+    /// Another live actor already has this name.
+    #[error("an actor named `{name}` already exists")]
+    ActorNameTaken {
+        /// The name.
+        name: String,
+    },
+}
+
+/// An actor to host, handed to the worker dedicated to it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostActor {
+    /// The actor.
+    pub actor_id: ActorId,
+    /// Its registered class name.
+    pub class: String,
+    /// The constructor's resolved arguments.
+    pub args: Vec<ArgValue>,
+    /// Calls that may run at once.
+    pub max_concurrency: u32,
+    /// 0 for the first process, then one more per restart.
+    pub incarnation: u32,
+}
+
+/// A named actor, as a lookup finds it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActorInfo {
+    /// The actor.
+    pub actor_id: ActorId,
+    /// Its registered class name.
+    pub class: String,
+    /// The process that created it.
+    pub owner: ClientId,
+}
+
+/// An actor as `shoal status` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActorStatus {
+    /// The actor.
+    pub actor_id: ActorId,
+    /// Its class.
+    pub class: String,
+    /// Its name, if any.
+    pub name: Option<String>,
+    /// `pending`, `starting`, `alive`, `restarting` or `dead`.
+    pub state: String,
+    /// Restarts so far.
+    pub incarnation: u32,
+    /// Its process (0 when it has none).
+    pub pid: u32,
+    /// Calls queued or in flight.
+    pub calls_pending: u64,
+    /// Calls finished.
+    pub calls_done: u64,
 }
 
 /// What a worker reports when a task ends.
@@ -383,6 +504,8 @@ pub struct NodeStatus {
     pub clients: u64,
     /// Objects.
     pub objects: ObjectStats,
+    /// Actors (live ones, and dead ones whose handles may still be in use).
+    pub actors: Vec<ActorStatus>,
 }
 
 /// A process → its node.
@@ -453,6 +576,34 @@ pub enum ToNode {
         /// Request number.
         request: u64,
     },
+    /// An actor worker ran (or failed to run) its actor's constructor.
+    ActorStarted {
+        /// The actor.
+        actor: ActorId,
+        /// The constructor's outcome.
+        result: Result<(), TaskError>,
+    },
+    /// End an actor. Its calls in flight fail with [`TaskError::ActorKilled`]; with
+    /// `no_restart` false it is restarted (if it has restarts left) as after a crash.
+    KillActor {
+        /// The actor.
+        actor: ActorId,
+        /// Whether it stays dead.
+        no_restart: bool,
+    },
+    /// The creator's last handle to this actor is gone and no copy left it: the actor ends
+    /// once the calls already made have finished.
+    ActorOutOfScope {
+        /// The actor.
+        actor: ActorId,
+    },
+    /// Find a live actor by name. Answered by [`ToClient::ActorFound`].
+    LookupActor {
+        /// Request number.
+        request: u64,
+        /// The name.
+        name: String,
+    },
 }
 
 /// A node → an attached process.
@@ -495,6 +646,16 @@ pub enum ToClient {
         /// The snapshot.
         status: Box<NodeStatus>,
     },
+    /// Become this actor (workers only): run its constructor, then its method calls, which
+    /// arrive as [`ToClient::Execute`].
+    HostActor(HostActor),
+    /// Answer to [`ToNode::LookupActor`].
+    ActorFound {
+        /// Request number.
+        request: u64,
+        /// The actor, if a live one has the name.
+        actor: Option<ActorInfo>,
+    },
 }
 
 #[cfg(test)]
@@ -527,6 +688,7 @@ mod tests {
             resources: ResourceSet::cpus(1.0),
             max_retries: 3,
             owner: ClientId(3),
+            kind: TaskKind::Function,
         };
         let msgs = vec![
             ToNode::Submit(spec),

@@ -1,13 +1,19 @@
 //! What the macros' expansions call. Not a public API: names and signatures may change.
 
 use std::future::Future;
+use std::pin::Pin;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use shoal_protocol::{codec, ArgValue, EncodeError, ObjectId, TaskError, TaskId, TaskSpec, ToNode};
+use shoal_protocol::{
+    codec, ActorCreate, ActorId, ArgValue, EncodeError, ObjectId, ResourceSet, TaskError, TaskId,
+    TaskKind, TaskSpec, ToNode,
+};
 
 pub use linkme;
 
+pub use crate::actor::RawActor;
+use crate::actor::{Actor, ActorError, ActorHandle, ActorOptions};
 use crate::context;
 use crate::object_ref::{ObjectRef, RawRef};
 use crate::{GetError, TaskOptions};
@@ -95,6 +101,107 @@ pub extern "C" fn worker_ctor() {
 pub fn submit<R>(name: &'static str, options: &TaskOptions, args: Vec<ArgBuf>) -> ObjectRef<R> {
     let ctx = context::get();
     let task_id = TaskId::new(ctx.client, ctx.next_task_seq());
+    submit_spec(
+        ctx,
+        task_id,
+        name,
+        options.resources.clone(),
+        options.max_retries,
+        TaskKind::Function,
+        args,
+    )
+}
+
+/// Calls `method` of an actor and returns the reference to its result. Calls are never
+/// retried (as Ray's default `max_task_retries`).
+pub fn call_actor<R>(actor: &RawActor, method: &'static str, args: Vec<ArgBuf>) -> ObjectRef<R> {
+    let ctx = context::get();
+    let task_id = TaskId::new(ctx.client, ctx.next_task_seq());
+    submit_spec(
+        ctx,
+        task_id,
+        method,
+        ResourceSet::new(),
+        0,
+        TaskKind::ActorMethod { actor: actor.id() },
+        args,
+    )
+}
+
+/// Creates an actor with the default options; see [`create_actor_with`]. Unnamed creation
+/// cannot be refused up front: a failure shows in the actor's calls.
+pub fn create_actor<A: Actor>(options: &ActorOptions, args: Vec<ArgBuf>) -> ActorHandle<A> {
+    let ctx = context::get();
+    let (handle, _ret) = submit_create::<A>(ctx, options, args);
+    handle
+}
+
+/// Creates an actor. With a name, waits for the node's answer (the name may be taken, or a
+/// get-or-create may find an existing actor).
+pub fn create_actor_with<A: Actor>(
+    options: &ActorOptions,
+    args: Vec<ArgBuf>,
+) -> Result<ActorHandle<A>, ActorError> {
+    let ctx = context::get();
+    let (handle, ret) = submit_create::<A>(ctx, options, args);
+    let Some(name) = &options.name else {
+        return Ok(handle);
+    };
+    match ret.get_blocking() {
+        Ok(id) if id == ActorHandle::id(&handle) => Ok(handle),
+        // Get-or-create found another: a handle to it, not owned by us.
+        Ok(id) => Ok(ActorHandle::from_raw(RawActor::new(id, false, true))),
+        Err(GetError::Task(TaskError::ActorNameTaken { .. })) => {
+            Err(ActorError::NameTaken(name.clone()))
+        }
+        Err(e) => Err(ActorError::Create(e)),
+    }
+}
+
+fn submit_create<A: Actor>(
+    ctx: &context::Context,
+    options: &ActorOptions,
+    args: Vec<ArgBuf>,
+) -> (ActorHandle<A>, ObjectRef<ActorId>) {
+    let task_id = TaskId::new(ctx.client, ctx.next_task_seq());
+    let actor_id = ActorId(task_id.0);
+    let create = ActorCreate {
+        actor_id,
+        name: options.name.clone(),
+        get_if_exists: options.get_if_exists,
+        max_restarts: options.max_restarts,
+        max_concurrency: options
+            .max_concurrency
+            .unwrap_or(A::DEFAULT_MAX_CONCURRENCY)
+            .max(1),
+        detached: options.detached,
+    };
+    let ret = submit_spec(
+        ctx,
+        task_id,
+        A::CLASS,
+        options.resources.clone(),
+        0,
+        TaskKind::CreateActor(create),
+        args,
+    );
+    // A named or detached actor may be reached by others: dropping our handles does not end it.
+    let escaped = options.name.is_some() || options.detached;
+    (
+        ActorHandle::from_raw(RawActor::new(actor_id, true, escaped)),
+        ret,
+    )
+}
+
+fn submit_spec<R>(
+    ctx: &context::Context,
+    task_id: TaskId,
+    name: &'static str,
+    resources: ResourceSet,
+    max_retries: u32,
+    kind: TaskKind,
+    args: Vec<ArgBuf>,
+) -> ObjectRef<R> {
     let ret = ObjectId::for_return(task_id, 0);
     let mut wire = Vec::with_capacity(args.len());
     // Handles to the arguments stay alive until the submit is queued.
@@ -128,9 +235,10 @@ pub fn submit<R>(name: &'static str, options: &TaskOptions, args: Vec<ArgBuf>) -
         function: name.to_string(),
         binary: ctx.binary,
         args: wire,
-        resources: options.resources.clone(),
-        max_retries: options.max_retries,
+        resources,
+        max_retries,
         owner: ctx.client,
+        kind,
     }));
     drop(keep);
     ObjectRef::from_raw(RawRef::counted(ret, ctx.client))
@@ -146,4 +254,69 @@ fn failed<R>(
 ) -> ObjectRef<R> {
     ctx.add_failed(ret, GetError::Task(TaskError::ArgDecode { index, message }));
     ObjectRef::from_raw(RawRef::counted(ret, ctx.client))
+}
+
+/// How a method touches the actor's state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// `&self`: may run alongside other `&self` calls (up to the actor's concurrency).
+    Shared,
+    /// `&mut self`: runs alone.
+    Exclusive,
+}
+
+/// The state of an actor, locked for one call.
+#[derive(Debug)]
+pub enum Guard<T> {
+    /// For a `&self` method.
+    Shared(tokio::sync::OwnedRwLockReadGuard<T>),
+    /// For a `&mut self` method.
+    Exclusive(tokio::sync::OwnedRwLockWriteGuard<T>),
+}
+
+impl<T> Guard<T> {
+    /// The state, shared.
+    pub fn shared(&self) -> &T {
+        match self {
+            Guard::Shared(g) => g,
+            Guard::Exclusive(g) => g,
+        }
+    }
+
+    /// The state, exclusively. Only a `&mut self` method's guard is exclusive.
+    pub fn exclusive(&mut self) -> &mut T {
+        match self {
+            Guard::Exclusive(g) => &mut *g,
+            Guard::Shared(_) => unreachable!("a `&self` method asked for exclusive access"),
+        }
+    }
+}
+
+/// One call of an actor method: runs on the actor's thread.
+pub type CallFuture = Pin<Box<dyn Future<Output = Result<Vec<u8>, TaskError>>>>;
+
+/// How the worker side reaches the methods struct's handle.
+pub trait ActorMethods: Clone {
+    /// Wraps a handle.
+    fn from_raw(raw: RawActor) -> Self;
+    /// The handle.
+    fn raw(&self) -> &RawActor;
+}
+
+/// An actor class linked into this binary.
+#[derive(Debug)]
+pub struct ActorClass {
+    /// `module_path!()::Type`.
+    pub name: &'static str,
+    /// Hosts an actor of the class in this worker until the node goes away.
+    pub host: fn(shoal_protocol::HostActor) -> i32,
+}
+
+/// Every `#[shoal::actor]` class linked into this binary.
+#[linkme::distributed_slice]
+pub static ACTOR_CLASSES: [ActorClass];
+
+/// Hosts an actor of class `A` in this worker process (see `worker::host_actor`).
+pub fn host_actor<A: Actor>(host: shoal_protocol::HostActor) -> i32 {
+    crate::worker::host_actor::<A>(host)
 }

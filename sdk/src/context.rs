@@ -27,6 +27,13 @@ use tokio::sync::{mpsc, Notify};
 
 use crate::error::{GetError, InitError};
 
+/// What a worker is handed: a task (or an actor's method call), or an actor to become.
+#[derive(Debug)]
+pub(crate) enum WorkItem {
+    Task(shoal_protocol::ExecTask),
+    HostActor(shoal_protocol::HostActor),
+}
+
 /// Messages queued before pushing threads wait for the writer.
 const OUTBOX_LIMIT: usize = 1 << 16;
 
@@ -98,7 +105,7 @@ pub struct Context {
     disconnected: AtomicBool,
     rt: tokio::runtime::Handle,
     /// Tasks handed to this worker (worker mode only).
-    pub(crate) exec_rx: Mutex<Option<mpsc::Receiver<shoal_protocol::ExecTask>>>,
+    pub(crate) exec_rx: Mutex<Option<mpsc::Receiver<WorkItem>>>,
     /// Set while a worker runs a task, so waits inside it can report `Blocked`.
     pub(crate) in_task: AtomicBool,
     /// Set while the running task waits: tasks arriving meanwhile are handed back.
@@ -401,7 +408,7 @@ async fn read_one(stream: &mut UnixStream) -> Result<(ToClient, Vec<u8>), InitEr
 async fn run_transport(
     ctx: Arc<Context>,
     transport: Transport,
-    exec_tx: mpsc::Sender<shoal_protocol::ExecTask>,
+    exec_tx: mpsc::Sender<WorkItem>,
 ) {
     let dctx = ctx.clone();
     match transport {
@@ -638,6 +645,20 @@ impl Context {
         }
     }
 
+    /// The live actor of this name, if any.
+    pub(crate) fn lookup_actor(
+        &self,
+        name: &str,
+    ) -> Result<Option<shoal_protocol::ActorInfo>, GetError> {
+        match self.request(|request| ToNode::LookupActor {
+            request,
+            name: name.to_string(),
+        })? {
+            ToClient::ActorFound { actor, .. } => Ok(actor),
+            _ => Err(GetError::Disconnected),
+        }
+    }
+
     /// The node's status.
     pub(crate) fn status(&self) -> Result<NodeStatus, GetError> {
         match self.request(|request| ToNode::Status { request })? {
@@ -646,7 +667,7 @@ impl Context {
         }
     }
 
-    async fn dispatch(&self, msg: ToClient, exec_tx: &mpsc::Sender<shoal_protocol::ExecTask>) {
+    async fn dispatch(&self, msg: ToClient, exec_tx: &mpsc::Sender<WorkItem>) {
         match msg {
             ToClient::Object { id, value } => self.resolve(id, value),
             ToClient::Execute(task) => {
@@ -658,18 +679,29 @@ impl Context {
                     });
                     return;
                 }
-                if let Err(e) = exec_tx.try_send(task) {
+                if let Err(e) = exec_tx.try_send(WorkItem::Task(task)) {
                     drop(gate);
-                    let task = match e {
+                    let item = match e {
                         mpsc::error::TrySendError::Full(t)
                         | mpsc::error::TrySendError::Closed(t) => t,
                     };
-                    self.push(ToNode::Returned {
-                        tasks: vec![task.task_id],
-                    });
+                    if let WorkItem::Task(task) = item {
+                        self.push(ToNode::Returned {
+                            tasks: vec![task.task_id],
+                        });
+                    }
                 }
             }
-            ToClient::Created { request, .. } | ToClient::Status { request, .. } => {
+            ToClient::HostActor(host) => {
+                // The node sends an actor's calls only after this, and never more than the
+                // queue holds; waiting here keeps them in order behind it.
+                if exec_tx.send(WorkItem::HostActor(host)).await.is_err() {
+                    tracing::error!("worker loop gone; cannot host the actor");
+                }
+            }
+            ToClient::Created { request, .. }
+            | ToClient::Status { request, .. }
+            | ToClient::ActorFound { request, .. } => {
                 let tx = self
                     .requests
                     .lock()
@@ -926,8 +958,10 @@ impl Context {
             .unwrap_or_else(|e| e.into_inner())
             .as_mut()
         {
-            while let Ok(t) = rx.try_recv() {
-                back.push(t.task_id);
+            while let Ok(item) = rx.try_recv() {
+                if let WorkItem::Task(t) = item {
+                    back.push(t.task_id);
+                }
             }
         }
         self.push(ToNode::Blocked);

@@ -37,6 +37,7 @@
 #![deny(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+mod actor;
 mod context;
 mod error;
 mod object_ref;
@@ -50,8 +51,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
+pub use actor::{
+    get_actor, kill, kill_and_restart, Actor, ActorError, ActorHandle, ActorOptions,
+};
 pub use shoal_macros::remote;
-pub use shoal_protocol::{NodeId, NodeStatus, ObjectId, ResourceSet, TaskError};
+pub use shoal_protocol::{ActorId, NodeId, NodeStatus, ObjectId, ResourceSet, TaskError};
 
 pub use context::InitOptions;
 use context::{Context, Value};

@@ -13,10 +13,11 @@ use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use shoal_protocol::{ExecTask, ObjectValue, TaskError, TaskOutcome, ToNode};
+use shoal_protocol::{ExecTask, HostActor, ObjectValue, TaskError, TaskOutcome, ToNode};
 
-use crate::__private::{Args, RemoteFunction, REMOTE_FUNCTIONS};
-use crate::context::{self, Context};
+use crate::__private::{Access, Args, Guard, RemoteFunction, ACTOR_CLASSES, REMOTE_FUNCTIONS};
+use crate::actor::Actor;
+use crate::context::{self, Context, WorkItem};
 
 static ENTERED: AtomicBool = AtomicBool::new(false);
 static IS_WORKER: AtomicBool = AtomicBool::new(false);
@@ -100,7 +101,27 @@ fn run(worker_id: u64) -> i32 {
             None => None,
         };
         match next {
-            Some(task) => execute(ctx, &registry, task),
+            Some(WorkItem::Task(task)) => execute(ctx, &registry, task),
+            Some(WorkItem::HostActor(host)) => {
+                // From now on this process is the actor's: it never runs other tasks.
+                return match ACTOR_CLASSES.iter().find(|c| c.name == host.class) {
+                    Some(class) => (class.host)(host),
+                    None => {
+                        let actor = host.actor_id;
+                        ctx.push(ToNode::ActorStarted {
+                            actor,
+                            result: Err(TaskError::ActorCreationFailed {
+                                actor,
+                                message: format!(
+                                    "no actor class named `{}` in the worker's binary",
+                                    host.class
+                                ),
+                            }),
+                        });
+                        idle_until_closed(ctx)
+                    }
+                };
+            }
             None => return 0,
         }
     }
@@ -163,4 +184,148 @@ fn store_result(ctx: &Context, id: shoal_protocol::ObjectId, bytes: Vec<u8>) -> 
             message: e.to_string(),
         }),
     }
+}
+
+/// After a failed constructor: wait for the node to stop this process, answering any call
+/// that arrives meanwhile with the failure.
+fn idle_until_closed(ctx: &Context) -> i32 {
+    let Some(mut rx) = ctx.exec_rx.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+        return 0;
+    };
+    while let Some(item) = rx.blocking_recv() {
+        if let WorkItem::Task(task) = item {
+            ctx.push(ToNode::Done {
+                task_id: task.task_id,
+                outcome: TaskOutcome::Err(TaskError::NoSuchFunction {
+                    name: task.function,
+                }),
+            });
+        }
+    }
+    0
+}
+
+/// Polls a future, turning a panic inside it into an error with the panic's message.
+struct CatchUnwind<F>(std::pin::Pin<Box<F>>);
+
+impl<F: Future> Future for CatchUnwind<F> {
+    type Output = Result<F::Output, String>;
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let fut = self.0.as_mut();
+        match std::panic::catch_unwind(AssertUnwindSafe(|| fut.poll(cx))) {
+            Ok(std::task::Poll::Ready(v)) => std::task::Poll::Ready(Ok(v)),
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Err(p) => std::task::Poll::Ready(Err(panic_message(&*p))),
+        }
+    }
+}
+
+/// Hosts an actor of class `A` for the rest of this process's life: runs the constructor,
+/// then the calls the node sends, in the order it sends them. Calls run on this thread, on
+/// a single-threaded runtime: a `&mut self` call runs alone; `&self` calls may overlap (up to
+/// the actor's max concurrency) when they are `async` and wait. A panic fails its call only;
+/// the state stays as the call left it.
+pub(crate) fn host_actor<A: Actor>(host: HostActor) -> i32 {
+    let ctx = context::get();
+    let actor = host.actor_id;
+    let span = tracing::info_span!(
+        "actor",
+        actor = %actor,
+        class = A::CLASS,
+        incarnation = host.incarnation
+    );
+    let _enter = span.enter();
+    let Some(mut rx) = ctx.exec_rx.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+        return 0;
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("shoal actor {actor}: cannot build its runtime: {e}");
+            return 1;
+        }
+    };
+    let args = Args::new(host.args);
+    let built = std::panic::catch_unwind(AssertUnwindSafe(|| A::__construct(args)));
+    let built = match built {
+        Ok(Ok(state)) => Ok(state),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(p) => Err(format!("the constructor panicked: {}", panic_message(&*p))),
+    };
+    let state = match built {
+        Ok(state) => state,
+        Err(message) => {
+            tracing::warn!(%message, "actor constructor failed");
+            ctx.push(ToNode::ActorStarted {
+                actor,
+                result: Err(TaskError::ActorCreationFailed { actor, message }),
+            });
+            *ctx.exec_rx.lock().unwrap_or_else(|e| e.into_inner()) = Some(rx);
+            return idle_until_closed(ctx);
+        }
+    };
+    ctx.push(ToNode::ActorStarted {
+        actor,
+        result: Ok(()),
+    });
+    tracing::debug!("actor constructed");
+    let state = std::sync::Arc::new(tokio::sync::RwLock::new(state));
+    let limit = host.max_concurrency.max(1) as usize;
+    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(limit));
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async move {
+        while let Some(item) = rx.recv().await {
+            let WorkItem::Task(call) = item else {
+                tracing::warn!("a second actor for a worker that hosts one; ignored");
+                continue;
+            };
+            let ExecTask {
+                task_id,
+                function,
+                args,
+                return_id,
+            } = call;
+            let Some(access) = A::__access(&function) else {
+                ctx.push(ToNode::Done {
+                    task_id,
+                    outcome: TaskOutcome::Err(TaskError::NoSuchFunction {
+                        name: format!("{}::{function}", A::CLASS),
+                    }),
+                });
+                continue;
+            };
+            // Permits and locks are taken here, in arrival order, so calls start in the
+            // order they were sent.
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                break;
+            };
+            let guard = match access {
+                Access::Shared => Guard::Shared(state.clone().read_owned().await),
+                Access::Exclusive => Guard::Exclusive(state.clone().write_owned().await),
+            };
+            let fut = A::__call(guard, &function, Args::new(args));
+            let run = async move {
+                let out = CatchUnwind(Box::pin(fut)).await;
+                drop(permit);
+                let outcome = match out {
+                    Ok(Ok(bytes)) => store_result(ctx, return_id, bytes),
+                    Ok(Err(e)) => TaskOutcome::Err(e),
+                    Err(message) => TaskOutcome::Err(TaskError::Panicked { message }),
+                };
+                ctx.push(ToNode::Done { task_id, outcome });
+            };
+            if limit == 1 {
+                run.await;
+            } else {
+                tokio::task::spawn_local(run);
+            }
+        }
+    });
+    0
 }

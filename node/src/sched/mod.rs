@@ -12,6 +12,11 @@
 //! [`SchedConfig::short_task`]) are pipelined: up to [`SchedConfig::pipeline_depth`] of them
 //! are queued at a leased worker, so the worker never idles between them waiting for the
 //! node. Long tasks are never pipelined, so none waits behind another while a slot is free.
+//!
+//! Actors: an actor's creation (a task id and a shape) waits in a queue of its own until its
+//! demand fits; it then leases a worker (an idle one of its binary, or a new process) for the
+//! actor's whole life. Actor workers do not count against [`SchedConfig::max_workers`] (their
+//! number is bounded by what they hold, as in Ray) and never go back to the pool.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -62,6 +67,13 @@ pub enum Action {
         /// The worker.
         worker: WorkerId,
     },
+    /// `worker` is connected and reserved for the actor created by `task`: hand it the actor.
+    HostActor {
+        /// The worker.
+        worker: WorkerId,
+        /// The actor's creation task.
+        task: TaskId,
+    },
     /// `task` cannot run here.
     Fail {
         /// The task.
@@ -82,6 +94,16 @@ enum State {
     /// Spawned, not yet connected; holds a reservation for a queued task of `shape`, if any.
     Starting {
         shape: Option<Shape>,
+    },
+    /// Spawned for the actor created by `task`, holding `shape.demand`.
+    StartingActor {
+        task: TaskId,
+        shape: Shape,
+    },
+    /// Hosts the actor created by `task`, holding `shape.demand` until it ends.
+    Actor {
+        task: TaskId,
+        shape: Shape,
     },
     Idle,
     /// Holds `shape.demand` (unless blocked) and runs the tasks in `inflight` in order.
@@ -120,6 +142,10 @@ pub struct Scheduler {
     live: HashMap<BinaryId, usize>,
     actions: VecDeque<Action>,
     finished: u64,
+    /// Actor creations waiting for their demand to fit, in order.
+    actor_queue: VecDeque<(TaskId, Shape)>,
+    /// Workers dedicated to actors (not counted against `max_workers`).
+    actor_workers: usize,
 }
 
 impl Scheduler {
@@ -138,6 +164,8 @@ impl Scheduler {
             live: HashMap::new(),
             actions: VecDeque::new(),
             finished: 0,
+            actor_queue: VecDeque::new(),
+            actor_workers: 0,
         }
     }
 
@@ -197,6 +225,50 @@ impl Scheduler {
         self.schedule_shape(now, &shape);
     }
 
+    /// Queues the creation of an actor whose constructor arguments are all ready: it gets a
+    /// dedicated worker once `demand` fits, announced by [`Action::HostActor`].
+    pub fn submit_actor(
+        &mut self,
+        now: Instant,
+        task: TaskId,
+        binary: BinaryId,
+        demand: ResourceSet,
+    ) {
+        if !self.config.total.contains(&demand) {
+            self.actions.push_back(Action::Fail {
+                task,
+                error: TaskError::Infeasible {
+                    demand: demand.to_string(),
+                    total: self.config.total.to_string(),
+                },
+            });
+            return;
+        }
+        self.actor_queue.push_back((task, Shape { binary, demand }));
+        self.schedule(now);
+    }
+
+    /// The actor created by `task` ends (killed, or its constructor failed): its worker is
+    /// stopped and what it held is freed. A creation still queued is dropped.
+    pub fn end_actor(&mut self, now: Instant, task: TaskId) {
+        self.actor_queue.retain(|(t, _)| *t != task);
+        let worker = self.workers.iter().find_map(|(id, w)| match &w.state {
+            State::StartingActor { task: t, .. } | State::Actor { task: t, .. } if *t == task => {
+                Some(*id)
+            }
+            _ => None,
+        });
+        if let Some(w) = worker {
+            self.kill(w);
+        }
+        self.schedule(now);
+    }
+
+    /// Actor creations waiting for resources.
+    pub fn actors_queued(&self) -> usize {
+        self.actor_queue.len()
+    }
+
     /// Drops queued tasks for which `keep` is false (their owner went away). Returns them.
     pub fn remove_queued(&mut self, mut keep: impl FnMut(TaskId) -> bool) -> Vec<TaskId> {
         let mut removed = Vec::new();
@@ -218,6 +290,17 @@ impl Scheduler {
         let Some(w) = self.workers.get_mut(&worker) else {
             return false;
         };
+        if let State::StartingActor { task, shape } = &w.state {
+            w.pid = pid;
+            let task = *task;
+            w.state = State::Actor {
+                task,
+                shape: shape.clone(),
+            };
+            self.start_failures.remove(&w.binary);
+            self.actions.push_back(Action::HostActor { worker, task });
+            return true;
+        }
         let State::Starting { shape } = &mut w.state else {
             return false;
         };
@@ -303,12 +386,27 @@ impl Scheduler {
                 }
                 lost.extend(inflight.into_iter().map(|(t, _)| t));
             }
+            State::StartingActor { task, shape } | State::Actor { task, shape } => {
+                self.actor_workers -= 1;
+                self.free.add_capped(&shape.demand, &self.config.total);
+                if w.pid == 0 {
+                    let n = self.start_failures.entry(w.binary).or_insert(0);
+                    *n += 1;
+                    let n = *n;
+                    if n >= self.config.max_start_failures {
+                        self.fail_binary(w.binary, n);
+                    }
+                }
+                // The caller decides whether the actor restarts.
+                self.schedule(now);
+                return vec![task];
+            }
         }
         // Replace a worker of a live binary that was doing work or pooled, so the pool keeps
         // its size; a worker that never started is not replaced here (the queue decides).
         if self.live.contains_key(&w.binary)
             && w.pid != 0
-            && self.workers.len() < self.config.max_workers
+            && self.pool_size() < self.config.max_workers
         {
             let id = self.new_worker(w.binary, None);
             tracing::debug!(worker, replacement = id, "replacing dead worker");
@@ -418,7 +516,8 @@ impl Scheduler {
                 pid: w.pid,
                 binary: w.binary,
                 state: match (&w.state, w.blocked) {
-                    (State::Starting { .. }, _) => "starting",
+                    (State::Starting { .. } | State::StartingActor { .. }, _) => "starting",
+                    (State::Actor { .. }, _) => "actor",
                     (State::Idle, _) => "idle",
                     (State::Leased { .. }, true) => "blocked",
                     (State::Leased { .. }, false) => "busy",
@@ -453,16 +552,87 @@ impl Scheduler {
 
     fn kill(&mut self, worker: WorkerId) {
         if let Some(w) = self.workers.remove(&worker) {
-            if let State::Leased { shape, .. } = &w.state {
-                if !w.blocked {
+            match &w.state {
+                State::Leased { shape, .. } if !w.blocked => {
                     self.free.add_capped(&shape.demand, &self.config.total);
                 }
+                State::StartingActor { shape, .. } | State::Actor { shape, .. } => {
+                    self.actor_workers -= 1;
+                    self.free.add_capped(&shape.demand, &self.config.total);
+                }
+                _ => {}
             }
             self.actions.push_back(Action::Kill { worker });
         }
     }
 
+    /// Task workers (all but the actors').
+    fn pool_size(&self) -> usize {
+        self.workers.len() - self.actor_workers
+    }
+
+    /// Gives queued actor creations whose demand fits a worker, in order. A creation that
+    /// does not fit does not hold back smaller ones behind it.
+    fn schedule_actors(&mut self) {
+        let mut i = 0;
+        while i < self.actor_queue.len() {
+            if !self.free.contains(&self.actor_queue[i].1.demand) {
+                i += 1;
+                continue;
+            }
+            let Some((task, shape)) = self.actor_queue.remove(i) else {
+                break;
+            };
+            self.free.subtract(&shape.demand);
+            self.actor_workers += 1;
+            let idle = self.workers.iter().find_map(|(id, w)| {
+                (matches!(w.state, State::Idle) && w.binary == shape.binary).then_some(*id)
+            });
+            match idle {
+                Some(worker) => {
+                    if let Some(w) = self.workers.get_mut(&worker) {
+                        w.state = State::Actor { task, shape };
+                    }
+                    self.actions.push_back(Action::HostActor { worker, task });
+                }
+                None => {
+                    let id = self.next_worker;
+                    self.next_worker += 1;
+                    self.workers.insert(
+                        id,
+                        Worker {
+                            binary: shape.binary,
+                            pid: 0,
+                            state: State::StartingActor { task, shape },
+                            blocked: false,
+                            tasks_done: 0,
+                        },
+                    );
+                    self.actions.push_back(Action::Spawn {
+                        worker: id,
+                        binary: self.workers[&id].binary,
+                    });
+                }
+            }
+        }
+    }
+
     fn fail_binary(&mut self, binary: BinaryId, failures: u32) {
+        let message = format!("{failures} worker processes of binary {binary} exited before connecting");
+        let mut kept = VecDeque::new();
+        for (task, shape) in self.actor_queue.drain(..) {
+            if shape.binary == binary {
+                self.actions.push_back(Action::Fail {
+                    task,
+                    error: TaskError::WorkerStart {
+                        message: message.clone(),
+                    },
+                });
+            } else {
+                kept.push_back((task, shape));
+            }
+        }
+        self.actor_queue = kept;
         for (shape, q) in &mut self.queues {
             if shape.binary != binary {
                 continue;
@@ -507,6 +677,9 @@ impl Scheduler {
     }
 
     fn schedule(&mut self, now: Instant) {
+        if !self.actor_queue.is_empty() {
+            self.schedule_actors();
+        }
         if self.queued == 0 {
             return;
         }
@@ -612,7 +785,7 @@ impl Scheduler {
                 if let Some(w) = spare {
                     return Pick::Adopt(w);
                 }
-                if self.workers.len() < self.config.max_workers {
+                if self.pool_size() < self.config.max_workers {
                     return Pick::Spawn;
                 }
                 if let Some(victim) = idle_other {

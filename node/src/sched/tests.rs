@@ -248,3 +248,76 @@ fn returned_tasks_go_back_to_the_front() {
     );
     assert_eq!(s.running(), 1 + a.len());
 }
+
+#[test]
+fn actors_lease_a_dedicated_worker_and_hold_their_demand() {
+    let t0 = Instant::now();
+    let mut s = Scheduler::new(config(2.0));
+    s.binary_attached(BIN);
+    // A zero-CPU actor needs no CPU; a 2-CPU actor takes both; a third waits for room.
+    s.submit_actor(t0, task(1), BIN, ResourceSet::new());
+    s.submit_actor(t0, task(2), BIN, ResourceSet::cpus(2.0));
+    s.submit_actor(t0, task(3), BIN, ResourceSet::cpus(1.0));
+    let a = drain(&mut s);
+    let w = spawned(&a);
+    assert_eq!(w.len(), 2, "{a:?}");
+    assert_eq!(s.free().get_milli("CPU"), 0);
+    assert_eq!(s.actors_queued(), 1);
+    // Actor workers do not count against the task pool.
+    for n in 10..14 {
+        s.submit(t0, task(n), BIN, ResourceSet::new());
+    }
+    assert_eq!(spawned(&drain(&mut s)).len(), 4);
+    assert!(s.worker_connected(t0, w[0], 100));
+    assert_eq!(
+        drain(&mut s),
+        vec![Action::HostActor {
+            worker: w[0],
+            task: task(1)
+        }]
+    );
+    // The 2-CPU actor's process dies: its CPUs free up, the queued actor gets a worker, and
+    // the caller learns which actor lost its process.
+    assert!(s.worker_connected(t0, w[1], 101));
+    drain(&mut s);
+    assert_eq!(s.worker_exited(t0, w[1]), vec![task(2)]);
+    let a = drain(&mut s);
+    assert_eq!(spawned(&a).len(), 1, "{a:?}");
+    assert_eq!(s.free().get_milli("CPU"), 1000);
+    // Ending an actor stops its worker and frees what it held.
+    s.end_actor(t0, task(1));
+    assert_eq!(drain(&mut s), vec![Action::Kill { worker: w[0] }]);
+    assert_eq!(s.worker_exited(t0, w[0]), Vec::<TaskId>::new());
+}
+
+#[test]
+fn infeasible_actors_fail_and_idle_workers_are_reused() {
+    let t0 = Instant::now();
+    let mut s = Scheduler::new(config(2.0));
+    s.binary_attached(BIN);
+    s.submit_actor(t0, task(1), BIN, ResourceSet::cpus(3.0));
+    assert!(matches!(
+        drain(&mut s).as_slice(),
+        [Action::Fail {
+            error: TaskError::Infeasible { .. },
+            ..
+        }]
+    ));
+    // A task leaves an idle worker behind; the next actor takes it instead of spawning.
+    s.submit(t0, task(2), BIN, ResourceSet::cpus(1.0));
+    let w = spawned(&drain(&mut s))[0];
+    s.worker_connected(t0, w, 100);
+    drain(&mut s);
+    s.task_done(t0, w, task(2));
+    drain(&mut s);
+    s.submit_actor(t0, task(3), BIN, ResourceSet::cpus(1.0));
+    assert_eq!(
+        drain(&mut s),
+        vec![Action::HostActor {
+            worker: w,
+            task: task(3)
+        }]
+    );
+    let status = s.worker_status();
+    assert_eq!(status[0].state, "actor");
+}

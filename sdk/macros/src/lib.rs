@@ -113,7 +113,10 @@ use proc_macro2::{Literal, Span, TokenStream as TokenStream2};
 use quote::{format_ident, quote, quote_spanned};
 use syn::ext::IdentExt;
 use syn::spanned::Spanned;
-use syn::{Attribute, FnArg, GenericArgument, Ident, ItemFn, Pat, PathArguments, ReturnType, Type};
+use syn::{
+    Attribute, FnArg, GenericArgument, Ident, ItemFn, Pat, PatType, PathArguments, ReturnType,
+    Signature, Type,
+};
 
 /// Makes a free function a remote function of the Shoal mesh.
 ///
@@ -178,42 +181,40 @@ fn expand(attr: &TokenStream2, item: TokenStream2) -> syn::Result<TokenStream2> 
     Ok(generate(&func, &params))
 }
 
+/// What a signature belongs to, for the wording of errors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Subject {
+    /// A `#[remote]` free function.
+    RemoteFn,
+    /// A `&self`/`&mut self` method of an `#[actor]`.
+    ActorMethod,
+    /// The `new` constructor of an `#[actor]`.
+    ActorConstructor,
+}
+
+impl Subject {
+    /// The subject with an article, as the start of a sentence: "a remote function".
+    fn noun(self) -> &'static str {
+        match self {
+            Subject::RemoteFn => "a remote function",
+            Subject::ActorMethod => "an actor method",
+            Subject::ActorConstructor => "an actor's constructor",
+        }
+    }
+
+    /// What the caller creates by calling it: the thing that runs elsewhere.
+    fn caller(self) -> &'static str {
+        match self {
+            Subject::RemoteFn => "a task's caller",
+            Subject::ActorMethod | Subject::ActorConstructor => "a remote caller",
+        }
+    }
+}
+
 /// Rejects what a remote function cannot be and returns its parameters.
 fn check_signature<'a>(func: &'a ItemFn, errors: &mut Errors) -> Vec<Param<'a>> {
     let sig = &func.sig;
-    if let Some(unsafety) = &sig.unsafety {
-        errors.push(syn::Error::new_spanned(
-            unsafety,
-            "a remote function cannot be `unsafe fn`: a task's caller cannot uphold its \
-             safety contract; make the function safe and use `unsafe` blocks inside",
-        ));
-    }
-    if let Some(abi) = &sig.abi {
-        errors.push(syn::Error::new_spanned(
-            abi,
-            "a remote function cannot declare an ABI; remove the `extern`",
-        ));
-    }
-    if !sig.generics.params.is_empty() {
-        errors.push(syn::Error::new_spanned(
-            &sig.generics.params,
-            "a remote function cannot be generic: a worker must know the concrete types to \
-             deserialize its arguments; write a non-generic wrapper for each type",
-        ));
-    }
-    if let Some(where_clause) = &sig.generics.where_clause {
-        errors.push(syn::Error::new_spanned(
-            where_clause,
-            "a remote function cannot have a `where` clause",
-        ));
-    }
-    if let Some(variadic) = &sig.variadic {
-        errors.push(syn::Error::new_spanned(
-            variadic,
-            "a remote function cannot be variadic",
-        ));
-    }
-
+    check_fn_header(sig, Subject::RemoteFn, errors);
     let mut params = Vec::with_capacity(sig.inputs.len());
     for (index, input) in sig.inputs.iter().enumerate() {
         let typed = match input {
@@ -227,86 +228,157 @@ fn check_signature<'a>(func: &'a ItemFn, errors: &mut Errors) -> Vec<Param<'a>> 
             }
             FnArg::Typed(typed) => typed,
         };
-        if let Some(attr) = typed.attrs.first() {
-            errors.push(syn::Error::new_spanned(
-                attr,
-                "attributes on the parameters of a remote function are not supported",
-            ));
-        }
-        if let Some(error) = unsupported_type(&typed.ty) {
-            errors.push(error);
-        }
-        let name = match &*typed.pat {
-            Pat::Ident(pat) if pat.by_ref.is_none() && pat.subpat.is_none() => pat.ident.clone(),
-            // `_: T` is accepted: the argument is still sent, the body just ignores it.
-            Pat::Wild(_) => format_ident!("__shoal_arg{}", index, span = Span::mixed_site()),
-            other => {
-                errors.push(syn::Error::new_spanned(
-                    other,
-                    "the parameters of a remote function must be plain names (`name: Type`); \
-                     destructure inside the body instead",
-                ));
-                continue;
-            }
+        let Some(param) = check_param(index, typed, Subject::RemoteFn, errors) else {
+            continue;
         };
-        if name.unraw() == sig.ident.unraw() {
+        if param.name.unraw() == sig.ident.unraw() {
             errors.push(syn::Error::new_spanned(
-                &name,
+                &param.name,
                 "a parameter of a remote function cannot have the function's name: that name \
                  becomes a unit struct, which a parameter pattern would match against; \
                  rename the parameter",
             ));
             continue;
         }
-        params.push(Param {
-            name,
-            ty: &typed.ty,
-        });
+        params.push(param);
     }
+    check_return_type(sig, Subject::RemoteFn, errors);
+    params
+}
 
+/// Rejects qualifiers and generics that a function called by name from another process
+/// cannot have: `unsafe`, an ABI, generic parameters, a `where` clause, a variadic.
+fn check_fn_header(sig: &Signature, subject: Subject, errors: &mut Errors) {
+    let noun = subject.noun();
+    if let Some(unsafety) = &sig.unsafety {
+        errors.push(syn::Error::new_spanned(
+            unsafety,
+            format!(
+                "{noun} cannot be `unsafe fn`: {} cannot uphold its safety contract; make \
+                 the function safe and use `unsafe` blocks inside",
+                subject.caller(),
+            ),
+        ));
+    }
+    if let Some(abi) = &sig.abi {
+        errors.push(syn::Error::new_spanned(
+            abi,
+            format!("{noun} cannot declare an ABI; remove the `extern`"),
+        ));
+    }
+    if !sig.generics.params.is_empty() {
+        errors.push(syn::Error::new_spanned(
+            &sig.generics.params,
+            format!(
+                "{noun} cannot be generic: a worker must know the concrete types to \
+                 deserialize its arguments; write a non-generic wrapper for each type"
+            ),
+        ));
+    }
+    if let Some(where_clause) = &sig.generics.where_clause {
+        errors.push(syn::Error::new_spanned(
+            where_clause,
+            format!("{noun} cannot have a `where` clause"),
+        ));
+    }
+    if let Some(variadic) = &sig.variadic {
+        errors.push(syn::Error::new_spanned(
+            variadic,
+            format!("{noun} cannot be variadic"),
+        ));
+    }
+}
+
+/// Checks one typed parameter (the `index`th input of the signature): no attributes, a
+/// supported type, a plain name. `None` if it cannot be used (an error was pushed).
+fn check_param<'a>(
+    index: usize,
+    typed: &'a PatType,
+    subject: Subject,
+    errors: &mut Errors,
+) -> Option<Param<'a>> {
+    let noun = subject.noun();
+    if let Some(attr) = typed.attrs.first() {
+        errors.push(syn::Error::new_spanned(
+            attr,
+            format!("attributes on the parameters of {noun} are not supported"),
+        ));
+    }
+    if let Some(error) = unsupported_type(&typed.ty, subject) {
+        errors.push(error);
+    }
+    let name = match &*typed.pat {
+        Pat::Ident(pat) if pat.by_ref.is_none() && pat.subpat.is_none() => pat.ident.clone(),
+        // `_: T` is accepted: the argument is still sent, the body just ignores it.
+        Pat::Wild(_) => format_ident!("__shoal_arg{}", index, span = Span::mixed_site()),
+        other => {
+            errors.push(syn::Error::new_spanned(
+                other,
+                format!(
+                    "the parameters of {noun} must be plain names (`name: Type`); \
+                     destructure inside the body instead"
+                ),
+            ));
+            return None;
+        }
+    };
+    Some(Param {
+        name,
+        ty: &typed.ty,
+    })
+}
+
+/// Checks the return type, if any (it travels back by value).
+fn check_return_type(sig: &Signature, subject: Subject, errors: &mut Errors) {
     if let ReturnType::Type(_, ty) = &sig.output {
-        if let Some(error) = unsupported_type(ty) {
+        if let Some(error) = unsupported_type(ty, subject) {
             errors.push(error);
         }
     }
-    params
 }
 
 /// An error for a type that cannot travel between processes as a task argument or result:
 /// `impl Trait` anywhere (the type must be concrete) or a borrowed type at the top level.
-fn unsupported_type(ty: &Type) -> Option<syn::Error> {
+fn unsupported_type(ty: &Type, subject: Subject) -> Option<syn::Error> {
     match ty {
         Type::Reference(reference) => Some(syn::Error::new_spanned(
             reference,
-            "borrowed types are not supported in the signature of a remote function: \
-             arguments and results cross process boundaries by value; use an owned type \
-             (e.g. `String` instead of `&str`, `Vec<T>` instead of `&[T]`)",
+            format!(
+                "borrowed types are not supported in the signature of {}: arguments and \
+                 results cross process boundaries by value; use an owned type (e.g. \
+                 `String` instead of `&str`, `Vec<T>` instead of `&[T]`)",
+                subject.noun(),
+            ),
         )),
-        Type::Group(group) => unsupported_type(&group.elem),
-        Type::Paren(paren) => unsupported_type(&paren.elem),
-        other => find_impl_trait(other),
+        Type::Group(group) => unsupported_type(&group.elem, subject),
+        Type::Paren(paren) => unsupported_type(&paren.elem, subject),
+        other => find_impl_trait(other, subject),
     }
 }
 
 /// An error for the first `impl Trait` inside `ty`, if any.
-fn find_impl_trait(ty: &Type) -> Option<syn::Error> {
+fn find_impl_trait(ty: &Type, subject: Subject) -> Option<syn::Error> {
+    let recurse = |ty: &Type| find_impl_trait(ty, subject);
     match ty {
         Type::ImplTrait(impl_trait) => Some(syn::Error::new_spanned(
             impl_trait,
-            "`impl Trait` is not supported in the signature of a remote function: a worker \
-             must know the concrete type to (de)serialize it; use a concrete type",
+            format!(
+                "`impl Trait` is not supported in the signature of {}: a worker must know \
+                 the concrete type to (de)serialize it; use a concrete type",
+                subject.noun(),
+            ),
         )),
-        Type::Array(array) => find_impl_trait(&array.elem),
-        Type::Group(group) => find_impl_trait(&group.elem),
-        Type::Paren(paren) => find_impl_trait(&paren.elem),
-        Type::Ptr(ptr) => find_impl_trait(&ptr.elem),
-        Type::Reference(reference) => find_impl_trait(&reference.elem),
-        Type::Slice(slice) => find_impl_trait(&slice.elem),
-        Type::Tuple(tuple) => tuple.elems.iter().find_map(find_impl_trait),
+        Type::Array(array) => recurse(&array.elem),
+        Type::Group(group) => recurse(&group.elem),
+        Type::Paren(paren) => recurse(&paren.elem),
+        Type::Ptr(ptr) => recurse(&ptr.elem),
+        Type::Reference(reference) => recurse(&reference.elem),
+        Type::Slice(slice) => recurse(&slice.elem),
+        Type::Tuple(tuple) => tuple.elems.iter().find_map(recurse),
         Type::Path(path) => path
             .qself
             .as_ref()
-            .and_then(|qself| find_impl_trait(&qself.ty))
+            .and_then(|qself| recurse(&qself.ty))
             .or_else(|| {
                 path.path
                     .segments
@@ -314,8 +386,8 @@ fn find_impl_trait(ty: &Type) -> Option<syn::Error> {
                     .find_map(|segment| match &segment.arguments {
                         PathArguments::AngleBracketed(args) => {
                             args.args.iter().find_map(|arg| match arg {
-                                GenericArgument::Type(ty) => find_impl_trait(ty),
-                                GenericArgument::AssocType(assoc) => find_impl_trait(&assoc.ty),
+                                GenericArgument::Type(ty) => recurse(ty),
+                                GenericArgument::AssocType(assoc) => recurse(&assoc.ty),
                                 _ => None,
                             })
                         }
@@ -469,6 +541,7 @@ fn registration(func: &ItemFn, params: &[Param<'_>]) -> TokenStream2 {
     } else {
         quote!(mut #args: ::shoal::__private::Args)
     };
+    let ctor = worker_ctor_static();
 
     quote! {
         const _: () = {
@@ -487,16 +560,25 @@ fn registration(func: &ItemFn, params: &[Param<'_>]) -> TokenStream2 {
                     invoke: __shoal_invoke,
                 };
 
-            // Worker mode must be entered before `main` (and before libtest's `main` in test
-            // binaries): a constructor in the user's own object code calls into the SDK.
-            #[used]
-            #[cfg_attr(
-                any(target_os = "linux", target_os = "android", target_os = "freebsd"),
-                unsafe(link_section = ".init_array")
-            )]
-            #[cfg_attr(target_vendor = "apple", unsafe(link_section = "__DATA,__mod_init_func"))]
-            static __SHOAL_CTOR: extern "C" fn() = ::shoal::__private::worker_ctor;
+            #ctor
         };
+    }
+}
+
+/// The static that makes the SDK enter worker mode before `main` (and before libtest's
+/// `main` in test binaries): a constructor in the user's own object code, so that it is in
+/// every binary that links the crate defining a remote function or an actor. It runs once per
+/// such item, so `worker_ctor` must be idempotent and cheap. Other targets get none.
+/// Emitted inside a `const _: () = { .. };` block.
+fn worker_ctor_static() -> TokenStream2 {
+    quote! {
+        #[used]
+        #[cfg_attr(
+            any(target_os = "linux", target_os = "android", target_os = "freebsd"),
+            unsafe(link_section = ".init_array")
+        )]
+        #[cfg_attr(target_vendor = "apple", unsafe(link_section = "__DATA,__mod_init_func"))]
+        static __SHOAL_CTOR: extern "C" fn() = ::shoal::__private::worker_ctor;
     }
 }
 

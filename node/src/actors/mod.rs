@@ -1,0 +1,434 @@
+//! The actor directory of a node: which actors exist, their names, their state, and the calls
+//! waiting for them.
+//!
+//! Pure bookkeeping, no I/O: the core asks it what to do (which calls may go to an actor's
+//! worker now, which calls fail when an actor dies, whether it restarts) and carries it out.
+//!
+//! Ordering (as Ray's): calls from one caller run in the order they were sent. Each actor
+//! keeps one queue per caller; a call leaves its queue only when it is at the head and its
+//! arguments are ready, so a call waiting for an argument holds back the later calls of its
+//! own caller and no one else's.
+
+use std::collections::{HashMap, VecDeque};
+
+use shoal_protocol::{ActorCreate, ActorId, ActorInfo, ActorStatus, ClientId, TaskError, TaskId};
+
+use crate::sched::WorkerId;
+
+#[cfg(test)]
+mod tests;
+
+/// Calls handed to an actor's worker and not finished, at most. Bounds the worker's queue.
+pub const MAX_INFLIGHT: usize = 1024;
+
+/// Where an actor is in its life.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ActorState {
+    /// Waiting for its constructor's arguments, for resources or for a worker.
+    Pending,
+    /// Its worker has the actor (the constructor may still be running); calls flow to it.
+    Alive {
+        /// The worker process hosting it.
+        worker: WorkerId,
+        /// Whether the constructor has finished.
+        started: bool,
+    },
+    /// Gone for good; every call fails with this error.
+    Dead(TaskError),
+}
+
+/// One actor.
+#[derive(Debug)]
+pub struct Actor {
+    /// The task that created it: its spec holds the class, the constructor's arguments and
+    /// the resources.
+    pub create_task: TaskId,
+    /// The registered class name.
+    pub class: String,
+    /// How it was made.
+    pub spec: ActorCreate,
+    /// The process that created it.
+    pub owner: ClientId,
+    /// Where it is.
+    pub state: ActorState,
+    /// Restarts so far.
+    pub incarnation: u32,
+    /// Its worker's pid, once known.
+    pub pid: u32,
+    /// Calls not yet sent, per caller, in the order sent.
+    queues: HashMap<ClientId, VecDeque<TaskId>>,
+    /// Callers with queued calls, in the order they first queued one (a fair scan).
+    callers: Vec<ClientId>,
+    /// Calls sent to the worker and not finished, in the order sent.
+    inflight: VecDeque<TaskId>,
+    /// Calls finished.
+    pub calls_done: u64,
+    /// Its creator dropped its last handle: it ends once its calls are done.
+    pub draining: bool,
+}
+
+impl Actor {
+    /// Whether it is draining and has nothing left to do.
+    pub fn drained(&self) -> bool {
+        self.draining && self.inflight.is_empty() && self.queues.is_empty()
+    }
+
+    /// Calls queued here.
+    pub fn queued(&self) -> usize {
+        self.queues.values().map(VecDeque::len).sum()
+    }
+
+    /// Calls in flight at the worker.
+    pub fn inflight(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// Whether `task` waits in one of its queues (not yet sent to the worker).
+    pub fn is_queued(&self, task: TaskId) -> bool {
+        self.queues.values().any(|q| q.contains(&task))
+    }
+
+    /// Whether it is dead.
+    pub fn is_dead(&self) -> bool {
+        matches!(self.state, ActorState::Dead(_))
+    }
+}
+
+/// What registering an actor found.
+#[derive(Debug, PartialEq)]
+pub enum Registered {
+    /// A new actor.
+    New,
+    /// A get-or-create found a live actor of that name.
+    Existing(ActorId),
+}
+
+/// What happens to an actor whose worker process died.
+#[derive(Debug, PartialEq)]
+pub enum AfterDeath {
+    /// It restarts: a new worker is needed; its queued calls wait for it.
+    Restart,
+    /// It is dead for good; these queued calls fail.
+    Dead(Vec<TaskId>),
+}
+
+/// Every actor this node knows.
+#[derive(Debug, Default)]
+pub struct ActorTable {
+    actors: HashMap<ActorId, Actor>,
+    names: HashMap<String, ActorId>,
+    by_task: HashMap<TaskId, ActorId>,
+    by_worker: HashMap<WorkerId, ActorId>,
+}
+
+impl ActorTable {
+    /// An empty table.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers an actor made by `create_task`. A name already held by a live actor is
+    /// an error, unless `spec.get_if_exists` asks for that actor instead.
+    pub fn register(
+        &mut self,
+        create_task: TaskId,
+        class: &str,
+        spec: &ActorCreate,
+        owner: ClientId,
+    ) -> Result<Registered, TaskError> {
+        if let Some(name) = &spec.name {
+            if let Some(existing) = self.names.get(name) {
+                let same_class = self.actors.get(existing).is_some_and(|a| a.class == class);
+                return match (spec.get_if_exists, same_class) {
+                    (true, true) => Ok(Registered::Existing(*existing)),
+                    _ => Err(TaskError::ActorNameTaken { name: name.clone() }),
+                };
+            }
+        }
+        if self.actors.contains_key(&spec.actor_id) {
+            return Err(TaskError::ActorCreationFailed {
+                actor: spec.actor_id,
+                message: "an actor with this id exists".into(),
+            });
+        }
+        if let Some(name) = &spec.name {
+            self.names.insert(name.clone(), spec.actor_id);
+        }
+        self.by_task.insert(create_task, spec.actor_id);
+        self.actors.insert(
+            spec.actor_id,
+            Actor {
+                create_task,
+                class: class.to_string(),
+                spec: spec.clone(),
+                owner,
+                state: ActorState::Pending,
+                incarnation: 0,
+                pid: 0,
+                queues: HashMap::new(),
+                callers: Vec::new(),
+                inflight: VecDeque::new(),
+                calls_done: 0,
+                draining: false,
+            },
+        );
+        Ok(Registered::New)
+    }
+
+    /// The actor.
+    pub fn get(&self, actor: &ActorId) -> Option<&Actor> {
+        self.actors.get(actor)
+    }
+
+    /// The actor a creation task made.
+    pub fn by_task(&self, task: &TaskId) -> Option<ActorId> {
+        self.by_task.get(task).copied()
+    }
+
+    /// The actor a worker hosts.
+    pub fn by_worker(&self, worker: WorkerId) -> Option<ActorId> {
+        self.by_worker.get(&worker).copied()
+    }
+
+    /// A live actor by name.
+    pub fn lookup(&self, name: &str) -> Option<ActorInfo> {
+        let id = self.names.get(name)?;
+        let a = self.actors.get(id)?;
+        (!a.is_dead()).then(|| ActorInfo {
+            actor_id: *id,
+            class: a.class.clone(),
+            owner: a.owner,
+        })
+    }
+
+    /// Actors that end with `owner` (not detached, not dead).
+    pub fn owned_by(&self, owner: ClientId) -> Vec<ActorId> {
+        self.actors
+            .iter()
+            .filter(|(_, a)| a.owner == owner && !a.spec.detached && !a.is_dead())
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Queues a call from `caller`. A dead or unknown actor refuses it with the error the
+    /// call fails with.
+    pub fn enqueue(
+        &mut self,
+        actor: ActorId,
+        caller: ClientId,
+        task: TaskId,
+    ) -> Result<(), TaskError> {
+        let Some(a) = self.actors.get_mut(&actor) else {
+            return Err(TaskError::NoSuchActor { actor });
+        };
+        if let ActorState::Dead(e) = &a.state {
+            return Err(e.clone());
+        }
+        let q = a.queues.entry(caller).or_default();
+        if q.is_empty() && !a.callers.contains(&caller) {
+            a.callers.push(caller);
+        }
+        q.push_back(task);
+        Ok(())
+    }
+
+    /// Removes a queued call (its caller went away, or an argument failed). Returns whether
+    /// it was queued.
+    pub fn remove_queued(&mut self, actor: ActorId, caller: ClientId, task: TaskId) -> bool {
+        let Some(a) = self.actors.get_mut(&actor) else {
+            return false;
+        };
+        let Some(q) = a.queues.get_mut(&caller) else {
+            return false;
+        };
+        let Some(pos) = q.iter().position(|t| *t == task) else {
+            return false;
+        };
+        q.remove(pos);
+        if q.is_empty() {
+            a.queues.remove(&caller);
+            a.callers.retain(|c| *c != caller);
+        }
+        true
+    }
+
+    /// The creator's handles are gone: the actor ends when its calls are done. Returns
+    /// whether that is now.
+    pub fn out_of_scope(&mut self, actor: ActorId) -> bool {
+        match self.actors.get_mut(&actor) {
+            Some(a) if !a.is_dead() => {
+                a.draining = true;
+                a.drained()
+            }
+            _ => false,
+        }
+    }
+
+    /// The actor's worker now hosts it.
+    pub fn hosted(&mut self, actor: ActorId, worker: WorkerId) {
+        if let Some(a) = self.actors.get_mut(&actor) {
+            if !a.is_dead() {
+                a.state = ActorState::Alive {
+                    worker,
+                    started: false,
+                };
+                self.by_worker.insert(worker, actor);
+            }
+        }
+    }
+
+    /// The constructor finished in process `pid`.
+    pub fn started(&mut self, actor: ActorId, pid: u32) {
+        if let Some(a) = self.actors.get_mut(&actor) {
+            a.pid = pid;
+            if let ActorState::Alive { started, .. } = &mut a.state {
+                *started = true;
+            }
+        }
+    }
+
+    /// Calls that may go to the actor's worker now, moved to in flight: from each caller,
+    /// the leading calls whose arguments are `ready`, while fewer than [`MAX_INFLIGHT`] are
+    /// in flight. Empty unless the actor is alive.
+    pub fn take_ready(
+        &mut self,
+        actor: ActorId,
+        mut ready: impl FnMut(TaskId) -> bool,
+    ) -> (Option<WorkerId>, Vec<TaskId>) {
+        let Some(a) = self.actors.get_mut(&actor) else {
+            return (None, Vec::new());
+        };
+        let ActorState::Alive { worker, .. } = a.state else {
+            return (None, Vec::new());
+        };
+        let mut out = Vec::new();
+        let mut emptied = Vec::new();
+        'callers: for caller in &a.callers {
+            let Some(q) = a.queues.get_mut(caller) else {
+                continue;
+            };
+            while let Some(&t) = q.front() {
+                if a.inflight.len() >= MAX_INFLIGHT {
+                    break 'callers;
+                }
+                if !ready(t) {
+                    break;
+                }
+                q.pop_front();
+                a.inflight.push_back(t);
+                out.push(t);
+            }
+            if q.is_empty() {
+                emptied.push(*caller);
+            }
+        }
+        for c in emptied {
+            a.queues.remove(&c);
+            a.callers.retain(|x| *x != c);
+        }
+        (Some(worker), out)
+    }
+
+    /// A call the worker finished. Returns whether it was in flight there.
+    pub fn call_done(&mut self, actor: ActorId, task: TaskId) -> bool {
+        let Some(a) = self.actors.get_mut(&actor) else {
+            return false;
+        };
+        // Usually the oldest: calls of a serial actor finish in order.
+        let Some(pos) = a.inflight.iter().position(|t| *t == task) else {
+            return false;
+        };
+        a.inflight.remove(pos);
+        a.calls_done += 1;
+        true
+    }
+
+    /// The actor's worker is gone (its process died, or it never started). Returns the calls
+    /// that were in flight there (they fail: a call is never run twice) and what happens to
+    /// the actor. An actor already dead stays so, and its queued calls were failed then.
+    pub fn worker_lost(&mut self, actor: ActorId, error: TaskError) -> (Vec<TaskId>, AfterDeath) {
+        let Some(a) = self.actors.get_mut(&actor) else {
+            return (Vec::new(), AfterDeath::Dead(Vec::new()));
+        };
+        if let ActorState::Alive { worker, .. } = a.state {
+            self.by_worker.remove(&worker);
+        }
+        let inflight: Vec<TaskId> = a.inflight.drain(..).collect();
+        if a.is_dead() {
+            return (inflight, AfterDeath::Dead(Vec::new()));
+        }
+        let restarts_used = a.incarnation;
+        let may_restart =
+            a.spec.max_restarts == u32::MAX || restarts_used < a.spec.max_restarts;
+        if may_restart && !matches!(error, TaskError::ActorCreationFailed { .. }) {
+            a.incarnation += 1;
+            a.state = ActorState::Pending;
+            a.pid = 0;
+            return (inflight, AfterDeath::Restart);
+        }
+        let queued = self.kill(actor, error);
+        (inflight, AfterDeath::Dead(queued))
+    }
+
+    /// Marks the actor dead with `error` (killed, or its constructor failed). Returns its
+    /// queued calls, which fail with the error; calls in flight fail when its worker exits.
+    /// Its name is free again.
+    pub fn kill(&mut self, actor: ActorId, error: TaskError) -> Vec<TaskId> {
+        let Some(a) = self.actors.get_mut(&actor) else {
+            return Vec::new();
+        };
+        if let ActorState::Alive { worker, .. } = a.state {
+            self.by_worker.remove(&worker);
+        }
+        a.state = ActorState::Dead(error);
+        if let Some(name) = &a.spec.name {
+            if self.names.get(name) == Some(&actor) {
+                self.names.remove(name);
+            }
+        }
+        let mut queued = Vec::new();
+        for caller in std::mem::take(&mut a.callers) {
+            if let Some(q) = a.queues.remove(&caller) {
+                queued.extend(q);
+            }
+        }
+        a.queues.clear();
+        queued
+    }
+
+    /// Calls in flight at a dead actor's worker, which fail now (the worker is being
+    /// killed).
+    pub fn drain_inflight(&mut self, actor: ActorId) -> Vec<TaskId> {
+        self.actors
+            .get_mut(&actor)
+            .map(|a| a.inflight.drain(..).collect())
+            .unwrap_or_default()
+    }
+
+    /// One line per actor, for status.
+    pub fn status(&self) -> Vec<ActorStatus> {
+        let mut out: Vec<ActorStatus> = self
+            .actors
+            .iter()
+            .map(|(id, a)| ActorStatus {
+                actor_id: *id,
+                class: a.class.clone(),
+                name: a.spec.name.clone(),
+                state: match &a.state {
+                    ActorState::Pending if a.incarnation > 0 => "restarting",
+                    ActorState::Pending => "pending",
+                    ActorState::Alive { started: false, .. } => "starting",
+                    ActorState::Alive { started: true, .. } => "alive",
+                    ActorState::Dead(_) => "dead",
+                }
+                .to_string(),
+                incarnation: a.incarnation,
+                pid: if a.is_dead() { 0 } else { a.pid },
+                calls_pending: (a.queued() + a.inflight()) as u64,
+                calls_done: a.calls_done,
+            })
+            .collect();
+        out.sort_by(|a, b| a.actor_id.cmp(&b.actor_id));
+        out
+    }
+}

@@ -1,0 +1,319 @@
+//! Actors: stateful services made from ordinary types.
+//!
+//! `#[shoal::actor]` on a type's `impl` block makes the type an [`Actor`]. `Type::remote(..)`
+//! runs its `new` constructor in a worker process of its own and returns an
+//! [`ActorHandle<Type>`] at once; every `&self` / `&mut self` method of the block is callable
+//! through the handle and returns an [`ObjectRef`](crate::ObjectRef) of its result at once.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::ops::Deref;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use shoal_protocol::{ActorId, ResourceSet, ToNode};
+
+use crate::__private::{Access, ActorMethods, Args, CallFuture, Guard};
+use crate::context;
+use crate::error::GetError;
+use crate::TaskError;
+
+/// A type made into an actor by `#[shoal::actor]`. Implemented by the macro; the hidden
+/// items are how a worker builds and calls it.
+pub trait Actor: Sized + 'static {
+    /// The name the class is registered under in the binary (`module::Type`).
+    const CLASS: &'static str;
+    /// Calls that may run at once unless [`ActorOptions::max_concurrency`] says otherwise:
+    /// 1, or 1000 for an actor with `async` methods (as Ray's async actors).
+    const DEFAULT_MAX_CONCURRENCY: u32;
+    /// The generated struct whose methods submit calls (reached through
+    /// [`ActorHandle`]'s `Deref`).
+    type Methods: ActorMethods;
+    #[doc(hidden)]
+    fn __construct(args: Args) -> Result<Self, TaskError>;
+    #[doc(hidden)]
+    fn __access(method: &str) -> Option<Access>;
+    #[doc(hidden)]
+    fn __call(guard: Guard<Self>, method: &str, args: Args) -> CallFuture;
+}
+
+/// How an actor is created: what it holds, whether it restarts, how many calls run at once,
+/// its name.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ActorOptions {
+    pub(crate) resources: ResourceSet,
+    pub(crate) max_restarts: u32,
+    pub(crate) max_concurrency: Option<u32>,
+    pub(crate) name: Option<String>,
+    pub(crate) get_if_exists: bool,
+    pub(crate) detached: bool,
+}
+
+impl Default for ActorOptions {
+    /// No resources held (as Ray's actors once placed), no restarts, the class's default
+    /// concurrency, no name.
+    fn default() -> Self {
+        Self {
+            resources: ResourceSet::new(),
+            max_restarts: 0,
+            max_concurrency: None,
+            name: None,
+            get_if_exists: false,
+            detached: false,
+        }
+    }
+}
+
+impl ActorOptions {
+    /// The defaults.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// CPUs the actor holds for its whole life (default 0; fractions allowed).
+    pub fn num_cpus(mut self, n: f64) -> Self {
+        self.resources = self
+            .resources
+            .with_milli(shoal_protocol::CPU, (n * 1000.0).round().max(0.0) as u64);
+        self
+    }
+
+    /// An amount of a custom resource the actor holds.
+    pub fn resource(mut self, name: &str, amount: f64) -> Self {
+        self.resources = self.resources.with(name, amount);
+        self
+    }
+
+    /// How many times the actor is restarted (its constructor run again with the same
+    /// arguments) when its process dies. `u32::MAX`: always. Default 0.
+    pub fn max_restarts(mut self, n: u32) -> Self {
+        self.max_restarts = n;
+        self
+    }
+
+    /// How many calls may run at once. With more than one, `async` methods taking `&self`
+    /// interleave at their `.await`s; a `&mut self` method always runs alone.
+    pub fn max_concurrency(mut self, n: u32) -> Self {
+        self.max_concurrency = Some(n.max(1));
+        self
+    }
+
+    /// A name unique on the node, by which [`get_actor`] finds the actor from any program.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// With a name: if a live actor of that name and class exists, return it instead of
+    /// failing (get-or-create).
+    pub fn get_if_exists(mut self, yes: bool) -> Self {
+        self.get_if_exists = yes;
+        self
+    }
+
+    /// Keep the actor alive after its creator exits and its handles are dropped, until it
+    /// is killed (Ray's `lifetime="detached"`).
+    pub fn detached(mut self, yes: bool) -> Self {
+        self.detached = yes;
+        self
+    }
+}
+
+/// Why an actor could not be created or found.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum ActorError {
+    /// A live actor already has this name.
+    #[error("an actor named `{0}` already exists")]
+    NameTaken(String),
+    /// No live actor has this name.
+    #[error("no live actor named `{0}`")]
+    NotFound(String),
+    /// The actor of that name is of another class.
+    #[error("actor `{name}` is a `{found}`, not a `{expected}`")]
+    WrongClass {
+        /// The name looked up.
+        name: String,
+        /// Its class.
+        found: String,
+        /// The class asked for.
+        expected: String,
+    },
+    /// The creation was refused (a constructor argument could not be encoded or stored, an
+    /// infeasible demand, …) or the node could not be reached.
+    #[error("cannot create the actor: {0}")]
+    Create(GetError),
+}
+
+/// The identity of an actor handle in this process. The creator's handles share one, so the
+/// creator knows when its last handle is gone.
+#[derive(Debug)]
+struct Inner {
+    id: ActorId,
+    /// Whether this process created the actor (and so ends it when its handles are gone).
+    owned: bool,
+    /// Whether a copy of a handle left this process, or it has a name others can find it by:
+    /// then this process alone cannot know it is unreachable, and leaves it alive.
+    escaped: AtomicBool,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if self.owned && !self.escaped.load(Ordering::Relaxed) {
+            if let Some(ctx) = context::try_get() {
+                ctx.push(ToNode::ActorOutOfScope { actor: self.id });
+            }
+        }
+    }
+}
+
+/// An untyped actor handle (what the generated methods hold).
+#[derive(Clone, Debug)]
+pub struct RawActor {
+    inner: Arc<Inner>,
+}
+
+impl RawActor {
+    pub(crate) fn new(id: ActorId, owned: bool, escaped: bool) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                id,
+                owned,
+                escaped: AtomicBool::new(escaped),
+            }),
+        }
+    }
+
+    /// The actor's id.
+    pub fn id(&self) -> ActorId {
+        self.inner.id
+    }
+}
+
+impl Serialize for RawActor {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.inner.escaped.store(true, Ordering::Relaxed);
+        self.inner.id.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawActor {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let id = ActorId::deserialize(d)?;
+        Ok(Self::new(id, false, true))
+    }
+}
+
+/// A handle to an actor. Cheap to clone; serializable, so it can be passed to tasks and to
+/// other actors, which then call the actor directly. Its methods are the actor type's
+/// methods (through `Deref`), each returning an [`ObjectRef`](crate::ObjectRef) at once:
+///
+/// ```ignore
+/// let counter = Counter::remote(0);
+/// let n: shoal::ObjectRef<i64> = counter.incr(1);
+/// ```
+///
+/// The actor ends when it is [`kill`]ed, when its creator exits, or when the creator's last
+/// handle is dropped and no copy of it ever left the creating process (calls already made
+/// still finish). Named and [detached](ActorOptions::detached) actors live until killed (a
+/// named one also ends with its creator, unless detached).
+pub struct ActorHandle<A: Actor> {
+    methods: A::Methods,
+    _a: PhantomData<fn() -> A>,
+}
+
+impl<A: Actor> ActorHandle<A> {
+    pub(crate) fn from_raw(raw: RawActor) -> Self {
+        Self {
+            methods: A::Methods::from_raw(raw),
+            _a: PhantomData,
+        }
+    }
+
+    /// The actor's id (an associated function, so it never hides a method of the actor).
+    pub fn id(this: &Self) -> ActorId {
+        this.methods.raw().id()
+    }
+}
+
+impl<A: Actor> Deref for ActorHandle<A> {
+    type Target = A::Methods;
+    fn deref(&self) -> &A::Methods {
+        &self.methods
+    }
+}
+
+impl<A: Actor> Clone for ActorHandle<A> {
+    fn clone(&self) -> Self {
+        Self::from_raw(self.methods.raw().clone())
+    }
+}
+
+impl<A: Actor> fmt::Debug for ActorHandle<A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ActorHandle<{}>({})", A::CLASS, Self::id(self))
+    }
+}
+
+impl<A: Actor> PartialEq for ActorHandle<A> {
+    fn eq(&self, other: &Self) -> bool {
+        Self::id(self) == Self::id(other)
+    }
+}
+impl<A: Actor> Eq for ActorHandle<A> {}
+
+impl<A: Actor> std::hash::Hash for ActorHandle<A> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        Self::id(self).hash(state)
+    }
+}
+
+impl<A: Actor> Serialize for ActorHandle<A> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.methods.raw().serialize(s)
+    }
+}
+
+impl<'de, A: Actor> Deserialize<'de> for ActorHandle<A> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        RawActor::deserialize(d).map(Self::from_raw)
+    }
+}
+
+/// Ends an actor at once: calls queued or running fail with
+/// [`TaskError::ActorKilled`], later calls too, and it is not restarted (Ray's
+/// `ray.kill(actor)`).
+pub fn kill<A: Actor>(actor: &ActorHandle<A>) {
+    kill_raw(ActorHandle::id(actor), true);
+}
+
+/// Kills the actor's process as if it crashed: calls in flight fail, and it is restarted if
+/// it has restarts left (Ray's `ray.kill(actor, no_restart=False)`).
+pub fn kill_and_restart<A: Actor>(actor: &ActorHandle<A>) {
+    kill_raw(ActorHandle::id(actor), false);
+}
+
+fn kill_raw(actor: ActorId, no_restart: bool) {
+    context::get().push(ToNode::KillActor { actor, no_restart });
+}
+
+/// The live actor named `name` on this node, as a handle of class `A`.
+pub fn get_actor<A: Actor>(name: &str) -> Result<ActorHandle<A>, ActorError> {
+    let ctx = context::get();
+    let info = ctx.lookup_actor(name).map_err(ActorError::Create)?;
+    let Some(info) = info else {
+        return Err(ActorError::NotFound(name.to_string()));
+    };
+    if info.class != A::CLASS {
+        return Err(ActorError::WrongClass {
+            name: name.to_string(),
+            found: info.class,
+            expected: A::CLASS.to_string(),
+        });
+    }
+    Ok(ActorHandle::from_raw(RawActor::new(
+        info.actor_id,
+        false,
+        true,
+    )))
+}

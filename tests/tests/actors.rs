@@ -1,0 +1,464 @@
+//! Actors on an embedded node: each actor lives in a worker process of its own.
+
+use std::collections::HashMap;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use shoal::{ActorError, ActorHandle, ActorOptions, GetError, ObjectRef, TaskError};
+
+mod support;
+
+pub struct Counter {
+    n: i64,
+}
+
+#[shoal::actor]
+impl Counter {
+    pub fn new(start: i64) -> Self {
+        Counter { n: start }
+    }
+
+    pub fn incr(&mut self, by: i64) -> i64 {
+        self.n += by;
+        self.n
+    }
+
+    pub fn get(&self) -> i64 {
+        self.n
+    }
+
+    /// Changes the state, then panics: the change stays (as in Ray).
+    pub fn add_then_panic(&mut self, by: i64) -> i64 {
+        self.n += by;
+        panic!("boom at {}", self.n)
+    }
+
+    pub fn pid(&self) -> u32 {
+        std::process::id()
+    }
+
+    pub fn slow_get(&self, ms: u64) -> i64 {
+        std::thread::sleep(Duration::from_millis(ms));
+        self.n
+    }
+}
+
+/// Records the sequence numbers each caller sends and counts those out of order.
+#[derive(Default)]
+pub struct Recorder {
+    last: HashMap<u32, u64>,
+    out_of_order: u64,
+    calls: u64,
+}
+
+#[shoal::actor]
+impl Recorder {
+    pub fn new() -> Self {
+        Recorder::default()
+    }
+
+    pub fn record(&mut self, caller: u32, seq: u64) -> u64 {
+        let last = self.last.entry(caller).or_insert(0);
+        if seq != *last + 1 {
+            self.out_of_order += 1;
+        }
+        *last = seq;
+        self.calls += 1;
+        seq
+    }
+
+    pub fn summary(&self) -> (u64, u64, Vec<(u32, u64)>) {
+        let mut last: Vec<(u32, u64)> = self.last.iter().map(|(k, v)| (*k, *v)).collect();
+        last.sort();
+        (self.calls, self.out_of_order, last)
+    }
+}
+
+/// An actor that calls another actor through a handle it was given.
+pub struct Relay {
+    target: ActorHandle<Counter>,
+}
+
+#[shoal::actor]
+impl Relay {
+    pub fn new(target: ActorHandle<Counter>) -> Self {
+        Relay { target }
+    }
+
+    pub fn forward(&self, by: i64) -> i64 {
+        self.target.incr(by).get_blocking().expect("the target answers")
+    }
+}
+
+/// Async methods: with a max concurrency above one, `&self` calls overlap while they wait.
+pub struct Rendezvous {
+    arrived: AtomicU32,
+}
+
+#[shoal::actor]
+impl Rendezvous {
+    pub fn new() -> Self {
+        Rendezvous {
+            arrived: AtomicU32::new(0),
+        }
+    }
+
+    /// Arrives, then waits (up to `limit_ms`) for `n` arrivals. True if they all came.
+    pub async fn meet(&self, n: u32, limit_ms: u64) -> bool {
+        self.arrived.fetch_add(1, Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_millis(limit_ms);
+        while self.arrived.load(Ordering::SeqCst) < n {
+            if Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        true
+    }
+}
+
+pub struct Fragile;
+
+#[shoal::actor]
+impl Fragile {
+    pub fn new(fail: bool) -> Self {
+        if fail {
+            panic!("constructor refuses");
+        }
+        Fragile
+    }
+
+    pub fn ok(&self) -> bool {
+        true
+    }
+}
+
+#[shoal::remote]
+fn slow_value(ms: u64, v: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    v
+}
+
+/// A task that gets an actor's handle and calls it directly.
+#[shoal::remote]
+fn bump(counter: ActorHandle<Counter>, times: u32) -> i64 {
+    let mut last = 0;
+    for _ in 0..times {
+        last = counter.incr(1).get_blocking().expect("incr");
+    }
+    last
+}
+
+/// A caller task: sends `n` numbered calls to the recorder without waiting, then waits for
+/// the last.
+#[shoal::remote]
+fn send_in_order(rec: ActorHandle<Recorder>, caller: u32, n: u64) -> u64 {
+    let mut last = None;
+    for seq in 1..=n {
+        last = Some(rec.record(caller, seq));
+    }
+    last.map_or(0, |r| r.get_blocking().expect("record"))
+}
+
+#[test]
+fn an_actor_keeps_state_in_its_own_process() {
+    shoal::init().unwrap();
+    let c = Counter::remote(10);
+    let refs: Vec<ObjectRef<i64>> = (0..100).map(|_| c.incr(1)).collect();
+    let values: Vec<i64> = refs.iter().map(|r| r.get_blocking().unwrap()).collect();
+    assert_eq!(values, (11..=110).collect::<Vec<_>>());
+    assert_eq!(c.get().get_blocking().unwrap(), 110);
+    let pid = c.pid().get_blocking().unwrap();
+    assert_ne!(pid, std::process::id());
+    assert_eq!(support::parent_of(pid), std::process::id());
+    // The same process serves every call.
+    assert_eq!(c.pid().get_blocking().unwrap(), pid);
+}
+
+#[test]
+fn per_caller_order_holds_over_ten_thousand_calls_from_each_caller() {
+    shoal::init().unwrap();
+    let rec = Recorder::remote();
+    const N: u64 = 10_000;
+    // Three tasks (three processes) and this driver call the recorder at once.
+    let callers: Vec<ObjectRef<u64>> = (1..=3)
+        .map(|caller| send_in_order.remote(rec.clone(), caller, N))
+        .collect();
+    let mut mine = Vec::new();
+    for seq in 1..=N {
+        mine.push(rec.record(0, seq));
+    }
+    // A call whose argument is not ready yet holds back the caller's later calls, and only
+    // those.
+    let late = slow_value.remote(300, N + 1);
+    let with_late_arg = rec.record(0, &late);
+    let after_late = rec.record(0, N + 2);
+    assert_eq!(mine.last().unwrap().get_blocking().unwrap(), N);
+    for c in &callers {
+        assert_eq!(c.get_blocking().unwrap(), N);
+    }
+    assert_eq!(with_late_arg.get_blocking().unwrap(), N + 1);
+    assert_eq!(after_late.get_blocking().unwrap(), N + 2);
+    let (calls, out_of_order, last) = rec.summary().get_blocking().unwrap();
+    // N+2 was ready long before N+1 (whose argument took 300 ms) but was sent after it.
+    assert_eq!(calls, 4 * N + 2);
+    assert_eq!(out_of_order, 0, "calls ran out of the order their caller sent them");
+    assert_eq!(last, vec![(0, N + 2), (1, N), (2, N), (3, N)]);
+}
+
+#[test]
+fn handles_pass_into_tasks_and_other_actors() {
+    shoal::init().unwrap();
+    let c = Counter::remote(0);
+    let by_tasks: Vec<ObjectRef<i64>> = (0..3).map(|_| bump.remote(c.clone(), 20)).collect();
+    for r in &by_tasks {
+        assert!(r.get_blocking().unwrap() <= 60);
+    }
+    assert_eq!(c.get().get_blocking().unwrap(), 60);
+    let relay = Relay::remote(c.clone());
+    assert_eq!(relay.forward(40).get_blocking().unwrap(), 100);
+    assert_eq!(c.get().get_blocking().unwrap(), 100);
+}
+
+#[test]
+fn a_panicking_method_fails_only_its_call() {
+    shoal::init().unwrap();
+    let c = Counter::remote(0);
+    c.incr(5);
+    let err = c.add_then_panic(2).get_blocking().unwrap_err();
+    match err {
+        GetError::Task(TaskError::Panicked { message }) => {
+            assert!(message.contains("boom at 7"), "{message}")
+        }
+        other => panic!("expected a panic, got {other:?}"),
+    }
+    assert_eq!(c.incr(1).get_blocking().unwrap(), 8);
+}
+
+#[test]
+fn kill_fails_later_calls() {
+    shoal::init().unwrap();
+    let c = Counter::remote(0);
+    assert_eq!(c.incr(1).get_blocking().unwrap(), 1);
+    let pid = c.pid().get_blocking().unwrap();
+    shoal::kill(&c);
+    match c.get().get_blocking() {
+        Err(GetError::Task(TaskError::ActorKilled { actor, .. })) => {
+            assert_eq!(actor, ActorHandle::id(&c))
+        }
+        other => panic!("expected ActorKilled, got {other:?}"),
+    }
+    // Its process is gone.
+    wait_until(Duration::from_secs(10), || !alive(pid));
+}
+
+#[test]
+fn sigkill_without_restarts_fails_calls_in_flight_and_later() {
+    shoal::init().unwrap();
+    let c = Counter::remote(3);
+    let pid = c.pid().get_blocking().unwrap();
+    let in_flight = c.slow_get(10_000);
+    sigkill(pid);
+    for r in [in_flight, c.get()] {
+        match r.get_blocking_timeout(Duration::from_secs(30)) {
+            Err(GetError::Task(TaskError::ActorDied { pid: p, exit, .. })) => {
+                assert_eq!(p, pid);
+                assert_eq!(exit.signal, Some(9));
+            }
+            other => panic!("expected ActorDied, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn sigkill_with_restarts_reruns_the_constructor() {
+    shoal::init().unwrap();
+    let c = Counter::options(ActorOptions::new().max_restarts(1))
+        .remote(100)
+        .unwrap();
+    assert_eq!(c.incr(1).get_blocking().unwrap(), 101);
+    let pid = c.pid().get_blocking().unwrap();
+    let in_flight = c.slow_get(10_000);
+    sigkill(pid);
+    assert!(matches!(
+        in_flight.get_blocking_timeout(Duration::from_secs(30)),
+        Err(GetError::Task(TaskError::ActorDied { .. }))
+    ));
+    // Restarted with its original arguments: the state is the constructor's again.
+    assert_eq!(c.get().get_blocking().unwrap(), 100);
+    let new_pid = c.pid().get_blocking().unwrap();
+    assert_ne!(new_pid, pid);
+    // No restarts left: the next death is final.
+    sigkill(new_pid);
+    assert!(matches!(
+        c.get().get_blocking_timeout(Duration::from_secs(30)),
+        Err(GetError::Task(TaskError::ActorDied { .. }))
+    ));
+}
+
+#[test]
+fn a_failing_constructor_fails_the_calls() {
+    shoal::init().unwrap();
+    let f = Fragile::remote(true);
+    match f.ok().get_blocking() {
+        Err(GetError::Task(TaskError::ActorCreationFailed { message, .. })) => {
+            assert!(message.contains("constructor refuses"), "{message}")
+        }
+        other => panic!("expected ActorCreationFailed, got {other:?}"),
+    }
+    assert!(Fragile::remote(false).ok().get_blocking().unwrap());
+}
+
+#[test]
+fn async_methods_overlap_up_to_max_concurrency() {
+    shoal::init().unwrap();
+    let r = Rendezvous::options(ActorOptions::new().max_concurrency(2))
+        .remote()
+        .unwrap();
+    let (a, b) = (r.meet(2, 20_000), r.meet(2, 20_000));
+    assert!(a.get_blocking().unwrap() && b.get_blocking().unwrap());
+    // One at a time, the first call cannot see the second arrive.
+    let serial = Rendezvous::options(ActorOptions::new().max_concurrency(1))
+        .remote()
+        .unwrap();
+    let (a, b) = (serial.meet(2, 300), serial.meet(2, 300));
+    assert!(!a.get_blocking().unwrap());
+    assert!(b.get_blocking().unwrap());
+}
+
+#[test]
+fn zero_cpu_actors_do_not_hold_cpus_and_cpu_actors_do() {
+    let shoal = shoal::init().unwrap();
+    let total = shoal.status().unwrap().resources_total.get_milli("CPU");
+    // More zero-CPU actors than CPUs, all alive at once, and tasks still run.
+    let many: Vec<ActorHandle<Counter>> = (0..6).map(Counter::remote).collect();
+    for (i, c) in many.iter().enumerate() {
+        assert_eq!(c.get().get_blocking().unwrap(), i as i64);
+    }
+    assert_eq!(slow_value.remote(0, 7).get_blocking().unwrap(), 7);
+    // An actor asking for more than the node has is infeasible; its calls say so.
+    let huge = Counter::options(ActorOptions::new().num_cpus(total as f64 / 1000.0 + 1.0))
+        .remote(0)
+        .unwrap();
+    match huge.get().get_blocking() {
+        Err(GetError::Task(TaskError::ActorCreationFailed { message, .. })) => {
+            assert!(message.contains("infeasible"), "{message}")
+        }
+        other => panic!("expected an infeasible creation, got {other:?}"),
+    }
+}
+
+#[test]
+fn dropping_the_last_handle_ends_the_actor_after_its_calls() {
+    shoal::init().unwrap();
+    let c = Counter::remote(0);
+    let pid = c.pid().get_blocking().unwrap();
+    let last = c.slow_get(200);
+    drop(c);
+    // The call made before the drop still finishes.
+    assert_eq!(last.get_blocking().unwrap(), 0);
+    wait_until(Duration::from_secs(10), || !alive(pid));
+}
+
+#[test]
+fn named_actors_from_a_second_program() {
+    let shoal = shoal::init().unwrap();
+    let name = format!("counter-{}", std::process::id());
+    let c = Counter::options(ActorOptions::new().name(&name))
+        .remote(1000)
+        .unwrap();
+    assert_eq!(c.incr(1).get_blocking().unwrap(), 1001);
+    // The name is taken for another creation...
+    assert_eq!(
+        Counter::options(ActorOptions::new().name(&name))
+            .remote(0)
+            .unwrap_err(),
+        ActorError::NameTaken(name.clone())
+    );
+    // ...but a get-or-create finds the live one.
+    let again = Counter::options(ActorOptions::new().name(&name).get_if_exists(true))
+        .remote(0)
+        .unwrap();
+    assert_eq!(ActorHandle::id(&again), ActorHandle::id(&c));
+    // Lookup checks the class.
+    assert!(matches!(
+        shoal::get_actor::<Recorder>(&name),
+        Err(ActorError::WrongClass { .. })
+    ));
+    assert_eq!(
+        shoal::get_actor::<Counter>("no-such-name").unwrap_err(),
+        ActorError::NotFound("no-such-name".into())
+    );
+
+    // A second program attached to the same node finds it by name and calls it, and
+    // get-or-creates another.
+    let out = second_program(shoal.socket(), &name);
+    assert_eq!(out.trim(), "looked-up=1011 get-or-create=1021");
+    assert_eq!(c.get().get_blocking().unwrap(), 1021);
+}
+
+/// Runs this test binary again as another driver program, attached to our node's socket.
+fn second_program(socket: &std::path::Path, name: &str) -> String {
+    let exe = std::env::current_exe().unwrap();
+    let out = Command::new(exe)
+        .args(["--exact", "second_program_entry", "--nocapture", "--quiet"])
+        .env("SHOAL_TEST_SECOND_PROGRAM", name)
+        .env("SHOAL_SOCKET", socket)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "second program failed: {out:?}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    stdout
+        .lines()
+        .find(|l| l.starts_with("looked-up="))
+        .unwrap_or_else(|| panic!("no result line in {stdout:?}"))
+        .to_string()
+}
+
+/// The second program of `named_actors_from_a_second_program` (a no-op otherwise).
+#[test]
+fn second_program_entry() {
+    let Ok(name) = std::env::var("SHOAL_TEST_SECOND_PROGRAM") else {
+        return;
+    };
+    shoal::init_with(shoal::InitOptions {
+        require_daemon: true,
+        ..Default::default()
+    })
+    .unwrap();
+    let c = shoal::get_actor::<Counter>(&name).unwrap();
+    let a = c.incr(10).get_blocking().unwrap();
+    let again = Counter::options(ActorOptions::new().name(&name).get_if_exists(true))
+        .remote(0)
+        .unwrap();
+    let b = again.incr(10).get_blocking().unwrap();
+    println!("looked-up={a} get-or-create={b}");
+}
+
+fn sigkill(pid: u32) {
+    // SAFETY: sending a signal to a process of our own (an actor worker we started).
+    let r = unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    assert_eq!(r, 0, "kill -9 {pid}");
+}
+
+fn alive(pid: u32) -> bool {
+    // A reaped process has no /proc entry; a zombie shows state Z.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < deadline, "condition not met in {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

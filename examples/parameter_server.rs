@@ -113,7 +113,12 @@ fn parse_args() -> anyhow::Result<Args> {
 /// Starts the workers against `servers`, prints the parameters while they run, and checks
 /// the final values.
 fn run(title: &str, servers: Vec<ActorHandle<ParameterServer>>, args: &Args) -> anyhow::Result<()> {
-    println!("== {title}: {} server actor(s), {} workers, {} iterations", servers.len(), args.workers, args.iters);
+    println!(
+        "== {title}: {} server actor(s), {} workers, {} iterations",
+        servers.len(),
+        args.workers,
+        args.iters
+    );
     let read_all = |servers: &[ActorHandle<ParameterServer>]| -> anyhow::Result<Vec<f64>> {
         let parts: Vec<ObjectRef<Vec<f64>>> = servers.iter().map(|s| s.get_params()).collect();
         let mut all = Vec::new();
@@ -125,12 +130,19 @@ fn run(title: &str, servers: Vec<ActorHandle<ParameterServer>>, args: &Args) -> 
     let workers: Vec<ObjectRef<u32>> = (0..args.workers)
         .map(|_| worker.remote(servers.clone(), args.iters))
         .collect();
+    // Watch the values grow until every worker is done.
     let mut pending = workers.clone();
+    let mut shown = None;
     while !pending.is_empty() {
-        let (_, rest) = shoal::wait_blocking(&pending, pending.len(), Some(Duration::from_millis(100)));
+        let (_, rest) =
+            shoal::wait_blocking(&pending, pending.len(), Some(Duration::from_millis(20)));
         pending = rest;
         let params = read_all(&servers)?;
-        println!("  params[..3] = {:?}", &params[..params.len().min(3)]);
+        let head = params[..params.len().min(3)].to_vec();
+        if shown.as_ref() != Some(&head) {
+            println!("  params[..3] = {head:?}");
+            shown = Some(head);
+        }
     }
     let mut updates = 0u64;
     for w in &workers {
@@ -138,8 +150,16 @@ fn run(title: &str, servers: Vec<ActorHandle<ParameterServer>>, args: &Args) -> 
     }
     let params = read_all(&servers)?;
     let expected = updates as f64;
-    println!("  final params[..3] = {:?} (expected {expected} everywhere)", &params[..params.len().min(3)]);
-    ensure!(params.len() == args.dim, "{} parameters, expected {}", params.len(), args.dim);
+    println!(
+        "  final params[..3] = {:?} (expected {expected} everywhere)",
+        &params[..params.len().min(3)]
+    );
+    ensure!(
+        params.len() == args.dim,
+        "{} parameters, expected {}",
+        params.len(),
+        args.dim
+    );
     if let Some((i, v)) = params.iter().enumerate().find(|(_, v)| **v != expected) {
         bail!("{title}: parameter {i} is {v}, expected {expected}");
     }

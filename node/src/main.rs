@@ -268,7 +268,10 @@ fn print_status(s: &NodeStatus) {
             a.calls_done,
             a.calls_pending,
             a.class,
-            a.name.as_ref().map(|n| format!(" \"{n}\"")).unwrap_or_default()
+            a.name
+                .as_ref()
+                .map(|n| format!(" \"{n}\""))
+                .unwrap_or_default()
         );
     }
 }

@@ -407,10 +407,7 @@ impl Core {
                     tracing::warn!(conn, actor = %actor, "ActorStarted from a process not hosting the actor; ignored");
                     return;
                 }
-                let pid = self
-                    .workers
-                    .get(&w.unwrap_or(0))
-                    .map_or(0, |p| p.pid);
+                let pid = self.workers.get(&w.unwrap_or(0)).map_or(0, |p| p.pid);
                 match result {
                     Ok(()) => {
                         tracing::info!(actor = %actor, pid, "actor started");
@@ -419,16 +416,11 @@ impl Core {
                     Err(e) => {
                         let message = e.to_string();
                         tracing::warn!(actor = %actor, %message, "actor constructor failed");
-                        self.kill_actor(
-                            actor,
-                            TaskError::ActorCreationFailed { actor, message },
-                        );
+                        self.kill_actor(actor, TaskError::ActorCreationFailed { actor, message });
                     }
                 }
             }
-            ToNode::KillActor { actor, no_restart } => {
-                self.kill_request(conn, actor, no_restart)
-            }
+            ToNode::KillActor { actor, no_restart } => self.kill_request(conn, actor, no_restart),
             ToNode::ActorOutOfScope { actor } => {
                 let owner = self.conns.get(&conn).map(|c| c.client);
                 let owned = self.actors.get(&actor).map(|a| a.owner);
@@ -454,9 +446,7 @@ impl Core {
             return false;
         };
         // Queued calls are those not in flight; the table knows which are in flight.
-        self.actors
-            .get(&actor)
-            .is_some_and(|a| a.is_queued(task))
+        self.actors.get(&actor).is_some_and(|a| a.is_queued(task))
     }
 
     fn kill_request(&mut self, conn: ConnId, actor: ActorId, no_restart: bool) {

@@ -405,11 +405,7 @@ async fn read_one(stream: &mut UnixStream) -> Result<(ToClient, Vec<u8>), InitEr
     }
 }
 
-async fn run_transport(
-    ctx: Arc<Context>,
-    transport: Transport,
-    exec_tx: mpsc::Sender<WorkItem>,
-) {
+async fn run_transport(ctx: Arc<Context>, transport: Transport, exec_tx: mpsc::Sender<WorkItem>) {
     let dctx = ctx.clone();
     match transport {
         Transport::Socket(stream, leftover) => {

@@ -21,6 +21,49 @@
 //! }
 //! ```
 //!
+//! ## Actors
+//!
+//! `#[shoal::actor]` on a type's `impl` block makes the type an actor: a stateful service in
+//! a worker process of its own. `Type::remote(args…)` runs its `new` constructor there and
+//! returns an [`ActorHandle`] at once; every `&self` / `&mut self` method is called through
+//! the handle and returns an [`ObjectRef`] of its result at once, as Ray's
+//! `counter.incr.remote(1)`:
+//!
+//! ```no_run
+//! pub struct Counter { n: i64 }
+//!
+//! #[shoal::actor]
+//! impl Counter {
+//!     pub fn new(start: i64) -> Self { Counter { n: start } }
+//!     pub fn incr(&mut self, by: i64) -> i64 { self.n += by; self.n }
+//!     pub fn get(&self) -> i64 { self.n }
+//! }
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let counter = Counter::remote(0);               // an actor in its own process
+//! let one = counter.incr(1);                      // ObjectRef<i64>, at once
+//! let two = counter.incr(1);                      // calls from one caller run in order
+//! assert_eq!(two.get_blocking()?, 2);
+//! let named = Counter::options(shoal::ActorOptions::new().name("hits").max_restarts(3))
+//!     .remote(0)?;                                // findable with shoal::get_actor("hits")
+//! shoal::kill(&named);
+//! # let _ = one; Ok(()) }
+//! ```
+//!
+//! - A `&mut self` method runs alone; `&self` methods also run one at a time unless the actor
+//!   has a [max concurrency](ActorOptions::max_concurrency) above one, and then `async` ones
+//!   interleave at their `.await`s (actors with `async` methods default to 1000, as Ray's
+//!   async actors). A method that panics fails its call only; the state stays.
+//! - Handles are `Clone` and serializable: pass them to tasks and other actors, which call
+//!   the actor directly.
+//! - [`ActorOptions`]: resources held (`num_cpus`, default 0, as Ray's actors once placed),
+//!   `max_restarts` (the constructor re-runs with its original arguments after the process
+//!   dies), `max_concurrency`, `name` and `get_if_exists`, `detached`.
+//! - [`kill`] ends an actor; its later calls fail with [`TaskError::ActorKilled`]. Calls in
+//!   flight when its process dies fail with [`TaskError::ActorDied`].
+//!
+//! ## In short
+//!
 //! - [`remote`] turns a free function (sync or `async`) into a remote function:
 //!   `f.remote(args…)` submits a task and returns an [`ObjectRef`] at once;
 //!   `f.options(TaskOptions::new().num_cpus(2.0).max_retries(0)).remote(args…)` sets options
@@ -50,11 +93,9 @@ pub mod __private;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use actor::{get_actor, kill, kill_and_restart, Actor, ActorError, ActorHandle, ActorOptions};
 use serde::Serialize;
-pub use actor::{
-    get_actor, kill, kill_and_restart, Actor, ActorError, ActorHandle, ActorOptions,
-};
-pub use shoal_macros::remote;
+pub use shoal_macros::{actor, remote};
 pub use shoal_protocol::{ActorId, NodeId, NodeStatus, ObjectId, ResourceSet, TaskError};
 
 pub use context::InitOptions;

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+
 use std::time::{Duration, Instant};
 
 use shoal::{ActorError, ActorHandle, ActorOptions, GetError, ObjectRef, TaskError};
@@ -87,11 +88,15 @@ impl Relay {
     }
 
     pub fn forward(&self, by: i64) -> i64 {
-        self.target.incr(by).get_blocking().expect("the target answers")
+        self.target
+            .incr(by)
+            .get_blocking()
+            .expect("the target answers")
     }
 }
 
 /// Async methods: with a max concurrency above one, `&self` calls overlap while they wait.
+#[derive(Default)]
 pub struct Rendezvous {
     arrived: AtomicU32,
 }
@@ -99,9 +104,7 @@ pub struct Rendezvous {
 #[shoal::actor]
 impl Rendezvous {
     pub fn new() -> Self {
-        Rendezvous {
-            arrived: AtomicU32::new(0),
-        }
+        Rendezvous::default()
     }
 
     /// Arrives, then waits (up to `limit_ms`) for `n` arrivals. True if they all came.
@@ -203,7 +206,10 @@ fn per_caller_order_holds_over_ten_thousand_calls_from_each_caller() {
     let (calls, out_of_order, last) = rec.summary().get_blocking().unwrap();
     // N+2 was ready long before N+1 (whose argument took 300 ms) but was sent after it.
     assert_eq!(calls, 4 * N + 2);
-    assert_eq!(out_of_order, 0, "calls ran out of the order their caller sent them");
+    assert_eq!(
+        out_of_order, 0,
+        "calls ran out of the order their caller sent them"
+    );
     assert_eq!(last, vec![(0, N + 2), (1, N), (2, N), (3, N)]);
 }
 

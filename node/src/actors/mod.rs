@@ -358,8 +358,7 @@ impl ActorTable {
             return (inflight, AfterDeath::Dead(Vec::new()));
         }
         let restarts_used = a.incarnation;
-        let may_restart =
-            a.spec.max_restarts == u32::MAX || restarts_used < a.spec.max_restarts;
+        let may_restart = a.spec.max_restarts == u32::MAX || restarts_used < a.spec.max_restarts;
         if may_restart && !matches!(error, TaskError::ActorCreationFailed { .. }) {
             a.incarnation += 1;
             a.state = ActorState::Pending;
@@ -428,7 +427,7 @@ impl ActorTable {
                 calls_done: a.calls_done,
             })
             .collect();
-        out.sort_by(|a, b| a.actor_id.cmp(&b.actor_id));
+        out.sort_by_key(|a| a.actor_id);
         out
     }
 }

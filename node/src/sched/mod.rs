@@ -618,7 +618,8 @@ impl Scheduler {
     }
 
     fn fail_binary(&mut self, binary: BinaryId, failures: u32) {
-        let message = format!("{failures} worker processes of binary {binary} exited before connecting");
+        let message =
+            format!("{failures} worker processes of binary {binary} exited before connecting");
         let mut kept = VecDeque::new();
         for (task, shape) in self.actor_queue.drain(..) {
             if shape.binary == binary {

@@ -1,4 +1,5 @@
-//! The `#[remote]` attribute of the Shoal SDK, re-exported as `shoal::remote`.
+//! The `#[remote]` and `#[actor]` attributes of the Shoal SDK, re-exported as
+//! `shoal::remote` and `shoal::actor`.
 //!
 //! `#[remote]` turns a free function into a *remote function*: a zero-sized value with the
 //! function's name that can run the function here ([`call`](#the-expansion)) or submit it as a
@@ -95,8 +96,8 @@
 //!   may be called `add` (it would be a pattern matching the unit struct): that is an error.
 //! - A `_` parameter is accepted (the argument is still sent; `remote` gets a hidden name).
 //! - The `__SHOAL_CTOR` constructor runs `worker_ctor` before `main` (and before libtest's
-//!   `main` in test binaries), once per remote function in the binary, so `worker_ctor` must
-//!   be idempotent and cheap. Other targets get no constructor.
+//!   `main` in test binaries), once per remote function (and actor) in the binary, so
+//!   `worker_ctor` must be idempotent and cheap. Other targets get no constructor.
 //! - Both the registry entry and the constructor live in the object code of the crate that
 //!   defines the function: a library crate's remote functions are in a binary only if the
 //!   binary links that crate (i.e. uses something from it).
@@ -107,6 +108,158 @@
 //! (`self`), generic functions, `impl Trait` and borrowed (`&T`) types in the signature,
 //! parameters that are patterns rather than plain names, attributes on parameters, variadics,
 //! `unsafe fn`, `extern` functions, and arguments to the attribute itself.
+//!
+//! # Actors
+//!
+//! `#[actor]` turns an inherent `impl` block of a non-generic type into an *actor class*: the
+//! type can be created in a worker process of its own (`Type::remote(..)`, returning a
+//! `shoal::ActorHandle<Type>`), and its `&self`/`&mut self` methods called through the handle,
+//! each call returning a `shoal::ObjectRef` at once. The class is registered in the binary so
+//! that a worker running the same binary can host it.
+//!
+//! ```ignore
+//! pub struct Counter { n: i64 }
+//!
+//! #[shoal::actor]
+//! impl Counter {
+//!     pub fn new(start: i64) -> Self { Counter { n: start } }
+//!     /// Adds.
+//!     pub fn incr(&mut self, by: i64) -> i64 { self.n += by; self.n }
+//!     pub async fn get(&self) -> i64 { self.n }
+//!     fn helper() -> u8 { 1 }
+//! }
+//! ```
+//!
+//! becomes (abbreviated as above) the impl block unchanged, followed by:
+//!
+//! ```ignore
+//! #[doc(hidden)]
+//! #[derive(Clone, Debug)]
+//! pub struct __ShoalActorCounter { raw: ::shoal::__private::RawActor }
+//!
+//! #[allow(dead_code)]
+//! impl __ShoalActorCounter {
+//!     /// Adds.
+//!     pub fn incr(&self, by: impl ::shoal::IntoArg<i64>) -> ::shoal::ObjectRef<i64> {
+//!         ::shoal::__private::call_actor::<i64>(&self.raw, "incr", vec![/* by */])
+//!     }
+//!     pub fn get(&self) -> ::shoal::ObjectRef<i64> {
+//!         ::shoal::__private::call_actor::<i64>(&self.raw, "get", vec![])
+//!     }
+//! }
+//!
+//! impl ::shoal::__private::ActorMethods for __ShoalActorCounter {
+//!     fn from_raw(raw: ::shoal::__private::RawActor) -> Self { Self { raw } }
+//!     fn raw(&self) -> &::shoal::__private::RawActor { &self.raw }
+//! }
+//!
+//! #[allow(dead_code)]
+//! impl Counter {
+//!     pub fn remote(start: impl ::shoal::IntoArg<i64>) -> ::shoal::ActorHandle<Counter> {
+//!         ::shoal::__private::create_actor::<Counter>(&::shoal::ActorOptions::default(), vec![..])
+//!     }
+//!     pub fn options(options: ::shoal::ActorOptions) -> __ShoalActorCreateCounter {
+//!         __ShoalActorCreateCounter { options }
+//!     }
+//! }
+//!
+//! #[doc(hidden)]
+//! #[derive(Clone, Debug)]
+//! pub struct __ShoalActorCreateCounter { options: ::shoal::ActorOptions }
+//!
+//! impl __ShoalActorCreateCounter {
+//!     pub fn remote(
+//!         &self,
+//!         start: impl ::shoal::IntoArg<i64>,
+//!     ) -> Result<::shoal::ActorHandle<Counter>, ::shoal::ActorError> {
+//!         ::shoal::__private::create_actor_with::<Counter>(&self.options, vec![..])
+//!     }
+//! }
+//!
+//! impl ::shoal::Actor for Counter {
+//!     const CLASS: &'static str = concat!(module_path!(), "::", "Counter");
+//!     const DEFAULT_MAX_CONCURRENCY: u32 = 1000; // 1 if no method is `async`
+//!     type Methods = __ShoalActorCounter;
+//!
+//!     fn __construct(mut args: ::shoal::__private::Args) -> Result<Self, ::shoal::TaskError> {
+//!         let start: i64 = args.take(0)?;
+//!         Ok(<Counter>::new(start))
+//!     }
+//!
+//!     fn __access(method: &str) -> Option<::shoal::__private::Access> {
+//!         match method {
+//!             "incr" => Some(::shoal::__private::Access::Exclusive),
+//!             "get" => Some(::shoal::__private::Access::Shared),
+//!             _ => None,
+//!         }
+//!     }
+//!
+//!     fn __call(
+//!         guard: ::shoal::__private::Guard<Self>,
+//!         method: &str,
+//!         args: ::shoal::__private::Args,
+//!     ) -> ::shoal::__private::CallFuture {
+//!         match method {
+//!             "incr" => Box::pin(async move {
+//!                 let mut guard = guard;
+//!                 let mut args = args;
+//!                 let by: i64 = args.take(0)?;
+//!                 let state = guard.exclusive();
+//!                 ::shoal::__private::encode_result::<i64>(&<Counter>::incr(state, by))
+//!             }),
+//!             "get" => Box::pin(async move {
+//!                 let guard = guard;
+//!                 let result = <Counter>::get(guard.shared()).await;
+//!                 ::shoal::__private::encode_result::<i64>(&result)
+//!             }),
+//!             _ => {
+//!                 let method = String::from(method);
+//!                 Box::pin(async move { Err(TaskError::NoSuchFunction { name: method }) })
+//!             }
+//!         }
+//!     }
+//! }
+//!
+//! const _: () = {
+//!     #[::shoal::__private::linkme::distributed_slice(::shoal::__private::ACTOR_CLASSES)]
+//!     #[linkme(crate = ::shoal::__private::linkme)]
+//!     static __SHOAL_ACTOR: ::shoal::__private::ActorClass = ::shoal::__private::ActorClass {
+//!         name: <Counter as ::shoal::Actor>::CLASS,
+//!         host: ::shoal::__private::host_actor::<Counter>,
+//!     };
+//!     static __SHOAL_CTOR: extern "C" fn() = ::shoal::__private::worker_ctor; // as above
+//! };
+//! ```
+//!
+//! Details:
+//! - The constructor is the associated function `new` (required, synchronous, no receiver,
+//!   returning `Self` or the type's name). `remote`, `options` and the options struct's `remote`
+//!   have the visibility of `new`; each handle method has the visibility and the doc comments
+//!   of its method. The two hidden structs are `pub` (the methods struct is named by the
+//!   public `Actor::Methods`); both live in the module of the impl block.
+//! - Methods taking `&self` or `&mut self` (also spelled `self: &Self`, `self: &mut Self`) are
+//!   remote, with `Shared` and `Exclusive` access respectively. Associated functions without a
+//!   receiver, consts and types are left alone.
+//! - A method's return type `R` (`()` if none; the output type of an `async fn`) gives
+//!   `ObjectRef<R>`. `Self` in a parameter or return type is replaced by the actor's type,
+//!   since the generated items live in other impl blocks.
+//! - The class name is `module_path!()` + `"::"` + the last segment of the type's path
+//!   (`impl crate::m::Counter` gives `__ShoalActorCounter` and `"..::Counter"`). Methods are
+//!   called by name (without `r#`).
+//! - `DEFAULT_MAX_CONCURRENCY` is 1, or 1000 (as in Ray) if any remote method is `async`.
+//! - `#[cfg(..)]` on the impl block goes onto every generated item; `#[cfg(..)]` on a method
+//!   goes onto its handle method and its `__access` and `__call` arms.
+//! - The generated locals (`guard`, `args`, `method` above) have mixed-site hygiene, so the
+//!   methods' parameters, whose names are kept, cannot clash with them. A `_` parameter gets
+//!   a hidden name.
+//!
+//! Besides what `#[remote]` rejects (in the constructor and in the remote methods), `#[actor]`
+//! rejects: anything but an inherent `impl` block, generic impl blocks and types, `where`
+//! clauses on the block, a missing, `async` or `self`-taking `new`, a `new` that does not
+//! return `Self`, methods taking `self` by value (or `Box<Self>`, ..), and functions named
+//! like generated items (`remote`, `options`; `raw`, `from_raw` for methods).
+
+mod actor;
 
 use proc_macro::TokenStream;
 use proc_macro2::{Literal, Span, TokenStream as TokenStream2};
@@ -133,6 +286,45 @@ pub fn remote(attr: TokenStream, item: TokenStream) -> TokenStream {
         .into()
 }
 
+/// Makes an inherent `impl` block an actor class of the Shoal mesh.
+///
+/// See the [crate documentation](crate#actors) for the exact expansion. In short, for
+///
+/// ```ignore
+/// #[shoal::actor]
+/// impl Counter {
+///     pub fn new(start: i64) -> Self { Counter { n: start } }
+///     pub fn incr(&mut self, by: i64) -> i64 { self.n += by; self.n }
+///     pub fn get(&self) -> i64 { self.n }
+/// }
+/// ```
+///
+/// - `let counter = Counter::remote(0);` creates the actor in a worker process of its own
+///   (running `new(0)` there) and returns a `shoal::ActorHandle<Counter>` at once;
+/// - `counter.incr(1)` calls the method in the actor's process and returns a
+///   `shoal::ObjectRef<i64>` at once (the handle dereferences to the generated methods);
+///   `&mut self` methods run one at a time, `&self` methods may run alongside each other;
+/// - `Counter::options(ActorOptions::new().name("c")).remote(0)?` creates it with options,
+///   returning a `Result<ActorHandle<Counter>, shoal::ActorError>`;
+/// - the type keeps working locally: `Counter::new(0).incr(1)` is plain Rust.
+///
+/// The block needs a constructor `new` (synchronous, no receiver, returning `Self`). Methods
+/// may be `async`. Arguments and results are sent by value, so they must be owned,
+/// serializable types.
+#[proc_macro_attribute]
+pub fn actor(attr: TokenStream, item: TokenStream) -> TokenStream {
+    let item = TokenStream2::from(item);
+    match actor::expand(&attr.into(), item.clone()) {
+        Ok(tokens) => tokens.into(),
+        Err(error) => {
+            // The block is kept as written, so that its local uses report no further errors.
+            let mut tokens = error.into_compile_error();
+            tokens.extend(item);
+            tokens.into()
+        }
+    }
+}
+
 /// Collects several errors so that the user sees all of them at once.
 #[derive(Default)]
 struct Errors(Option<syn::Error>);
@@ -150,7 +342,8 @@ impl Errors {
     }
 }
 
-/// One parameter of the remote function, as seen by `remote` and by the worker-side shim.
+/// One parameter of a remote function or actor method, as seen by the caller side and by the
+/// worker-side shim.
 struct Param<'a> {
     /// The parameter's name; synthesized for a `_` parameter.
     name: Ident,

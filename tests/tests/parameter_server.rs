@@ -1,0 +1,83 @@
+//! The mission's example, run as the program a user runs: `examples/parameter_server.rs`,
+//! built by `cargo test --workspace` next to this test.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// The example binary beside this test's own (`target/<profile>/examples/`).
+fn example() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .unwrap()
+        .join("examples")
+        .join("parameter_server");
+    assert!(
+        bin.exists(),
+        "{} missing: run `cargo test --workspace`",
+        bin.display()
+    );
+    bin
+}
+
+fn run(args: &[&str]) -> (bool, String) {
+    let out = Command::new(example())
+        .args(args)
+        // Its own embedded node, whatever daemon the environment points at.
+        .env("SHOAL_SOCKET", "/nonexistent/shoal.sock")
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+#[test]
+fn plain_and_sharded_reach_the_expected_values() {
+    let (ok, out) = run(&[]);
+    assert!(ok, "{out}");
+    // Two workers, 100 iterations, a gradient of ones: every value is 200, in both forms.
+    assert!(
+        out.contains("== one parameter server: 1 server actor(s), 2 workers, 100 iterations"),
+        "{out}"
+    );
+    assert!(
+        out.contains("== sharded parameter server: 2 server actor(s)"),
+        "{out}"
+    );
+    assert_eq!(
+        out.matches("final params[..3] = [200.0, 200.0, 200.0] (expected 200 everywhere)")
+            .count(),
+        2,
+        "{out}"
+    );
+    assert!(out.trim_end().ends_with("ok"), "{out}");
+}
+
+#[test]
+fn flags_change_the_run_and_the_check() {
+    let (ok, out) = run(&[
+        "--dim",
+        "7",
+        "--workers",
+        "3",
+        "--iters",
+        "20",
+        "--shards",
+        "3",
+    ]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("3 server actor(s), 3 workers, 20 iterations"),
+        "{out}"
+    );
+    assert_eq!(out.matches("(expected 60 everywhere)").count(), 2, "{out}");
+    // Bad flags are refused with a non-zero exit.
+    let (ok, out) = run(&["--shards", "0"]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("--shards must be between 1 and --dim"),
+        "{out}"
+    );
+}

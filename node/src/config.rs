@@ -21,6 +21,9 @@ pub struct NodeConfig {
     pub store_parent: PathBuf,
     /// Store capacity in bytes. Default: 30% of memory, at most what `store_parent` has free.
     pub store_bytes: u64,
+    /// Where objects are spilled when the store is full (a disk directory). Default:
+    /// `shoal-spill-<uid>` in the temporary directory.
+    pub spill_parent: PathBuf,
     /// Values up to this many encoded bytes travel inline. Default 64 KiB.
     pub inline_threshold: u64,
     /// Largest frame accepted on the socket. Default 16 MiB.
@@ -54,6 +57,7 @@ impl Default for NodeConfig {
             resources: Vec::new(),
             store_parent,
             store_bytes,
+            spill_parent: default_spill_parent(),
             inline_threshold: DEFAULT_INLINE_THRESHOLD,
             max_frame: DEFAULT_MAX_FRAME,
             max_workers: ((cpus as usize) * 4).max(8),
@@ -121,6 +125,12 @@ pub fn user_runtime_dir() -> PathBuf {
         // SAFETY: getuid has no preconditions and cannot fail.
         None => std::env::temp_dir().join(format!("shoal-{}", unsafe { libc::getuid() })),
     }
+}
+
+fn default_spill_parent() -> PathBuf {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::getuid() };
+    std::env::temp_dir().join(format!("shoal-spill-{uid}"))
 }
 
 fn default_store_parent() -> PathBuf {

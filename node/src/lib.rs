@@ -70,6 +70,7 @@ pub struct NodeHandle {
     node_id: NodeId,
     socket: PathBuf,
     store_dir: PathBuf,
+    spill_dir: PathBuf,
 }
 
 /// Starts a node on the current tokio runtime: binds the socket, makes the store, and spawns
@@ -83,12 +84,16 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
             path: config.socket.clone(),
             source,
         })?;
-    let store = store::Store::open(&config.store_parent, node_id, config.store_bytes).map_err(
-        |source| NodeError::Store {
-            path: config.store_parent.clone(),
-            source,
-        },
-    )?;
+    let store = store::Store::open(
+        &config.store_parent,
+        &config.spill_parent,
+        node_id,
+        config.store_bytes,
+    )
+    .map_err(|source| NodeError::Store {
+        path: config.store_parent.clone(),
+        source,
+    })?;
     let sched = sched::Scheduler::new(sched::SchedConfig {
         total: config.total_resources(),
         max_workers: config.max_workers,
@@ -102,6 +107,7 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         node_id,
         socket: config.socket.clone(),
         store_dir: store.dir().to_path_buf(),
+        spill_dir: store.spill_dir().to_path_buf(),
     };
     tracing::info!(
         node = %node_id,
@@ -121,6 +127,11 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
 }
 
 impl NodeHandle {
+    /// Its spill directory (objects written to disk when the store is full).
+    pub fn spill_dir(&self) -> &std::path::Path {
+        &self.spill_dir
+    }
+
     /// The node's id.
     pub fn node_id(&self) -> NodeId {
         self.node_id

@@ -63,6 +63,10 @@ struct NodeArgs {
     /// Where the store directory is made [default: /dev/shm].
     #[arg(long, env = "SHOAL_STORE_DIR")]
     store_dir: Option<PathBuf>,
+    /// Where objects are spilled when the store is full: a directory on disk [default:
+    /// shoal-spill-<uid> in the temporary directory].
+    #[arg(long, env = "SHOAL_SPILL_DIR")]
+    spill_dir: Option<PathBuf>,
     /// Values above this many bytes go through the shared-memory store.
     #[arg(long, env = "SHOAL_INLINE_THRESHOLD")]
     inline_threshold: Option<u64>,
@@ -118,6 +122,9 @@ fn run_node(args: NodeArgs) -> Result<()> {
     }
     if let Some(b) = args.store_bytes {
         config.store_bytes = b;
+    }
+    if let Some(dir) = args.spill_dir {
+        config.spill_parent = dir;
     }
     if let Some(t) = args.inline_threshold {
         config.inline_threshold = t;

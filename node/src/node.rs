@@ -11,8 +11,8 @@ use std::time::Instant;
 
 use shoal_protocol::{
     codec, ActorId, Arg, ArgValue, BinaryId, ClientId, ExecTask, ExitInfo, Hello, HostActor,
-    NodeId, NodeStatus, ObjectId, ObjectStats, ObjectValue, Role, TaskError, TaskId, TaskKind,
-    TaskOutcome, TaskSpec, ToClient, ToNode,
+    NodeId, NodeStatus, ObjectId, ObjectInfo, ObjectStats, ObjectValue, Role, TaskError, TaskId,
+    TaskKind, TaskOutcome, TaskSpec, ToClient, ToNode,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -20,6 +20,7 @@ use crate::actors::{ActorTable, AfterDeath, Registered};
 use crate::config::NodeConfig;
 use crate::sched::{Action, Scheduler, WorkerId};
 use crate::store::Store;
+use crate::store::{Location, RestoreError};
 use crate::workers::{self, WorkerProcess};
 
 /// A node-local connection number.
@@ -81,6 +82,8 @@ struct TaskEntry {
     /// Arguments not yet ready.
     missing: usize,
     retries_left: u32,
+    /// Shared-memory arguments kept in memory for the worker that reads them.
+    store_pins: Vec<ObjectId>,
 }
 
 #[derive(Default)]
@@ -94,7 +97,12 @@ struct ObjEntry {
     waiters: Vec<ConnId>,
     /// Queued or running tasks that take it as an argument.
     dependents: Vec<TaskId>,
+    /// Tasks and objects that keep it alive (as an argument, or a ref inside them).
     pins: u32,
+    /// Objects whose refs are inside this one: pinned while it lives.
+    nested: Vec<ObjectId>,
+    /// The process that made it (submitted its task, or put it first).
+    owner: Option<ClientId>,
 }
 
 /// The core's state.
@@ -305,16 +313,30 @@ impl Core {
         match msg {
             ToNode::Hello(_) => tracing::warn!(conn, "second Hello ignored"),
             ToNode::Submit(spec) => self.submit(now, conn, spec),
-            ToNode::Put { id, value } => {
+            ToNode::Put { id, value, nested } => {
                 if ObjectId::for_content(&value) != id {
                     tracing::warn!(conn, object = %id, "put whose id is not its content hash; ignored");
                     return;
                 }
+                let client = self.conns.get(&conn).map(|c| c.client);
                 let e = self.objects.entry(id).or_default();
                 e.holders.push(conn);
                 if e.value.is_none() {
+                    e.owner = client;
+                    self.set_nested(id, nested);
                     self.object_ready(id, ObjectValue::Inline(value));
                 }
+            }
+            ToNode::Hold { ids } => {
+                for id in ids {
+                    if let Some(e) = self.objects.get_mut(&id) {
+                        e.holders.push(conn);
+                    }
+                }
+            }
+            ToNode::Objects { request } => {
+                let objects = self.object_list();
+                self.send(conn, ToClient::Objects { request, objects });
             }
             ToNode::Create { request, id, size } => {
                 let result = self.store.reserve(id, size, conn);
@@ -330,21 +352,40 @@ impl Core {
                 }
                 self.send(conn, ToClient::Created { request, result });
             }
-            ToNode::Seal { id, object } => match self.store.seal(id, object) {
-                Ok(()) => {
-                    // A large put: the sealer holds it. (Task results are sealed by `Done`.)
-                    let e = self.objects.entry(id).or_default();
-                    e.holders.push(conn);
-                    if e.value.is_none() {
-                        self.object_ready(id, ObjectValue::Shared(object));
+            ToNode::Seal {
+                ticket,
+                id,
+                object,
+                nested,
+            } => {
+                if !self.store.index().reserved_by(&ticket, conn) {
+                    tracing::warn!(conn, object = %id, "seal of a reservation this process does not hold; ignored");
+                    return;
+                }
+                if ticket != id && ObjectId::from_digest(object.digest) != id {
+                    tracing::warn!(conn, object = %id, "seal whose id is not its digest; dropped");
+                    self.store.remove(&ticket);
+                    return;
+                }
+                match self.store.seal(ticket, id, object) {
+                    Ok(_) => {
+                        // A large put: the sealer holds it. (Task results are sealed by `Done`.)
+                        let client = self.conns.get(&conn).map(|c| c.client);
+                        let e = self.objects.entry(id).or_default();
+                        e.holders.push(conn);
+                        if e.value.is_none() {
+                            e.owner = client;
+                            self.set_nested(id, nested);
+                            self.object_ready(id, ObjectValue::Shared(object));
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(conn, object = %id, error = %e, "bad seal");
+                        self.store.remove(&ticket);
                     }
                 }
-                Err(e) => {
-                    tracing::warn!(conn, object = %id, error = %e, "bad seal");
-                    self.store.remove(&id);
-                }
-            },
-            ToNode::Abort { id } => self.store.remove(&id),
+            }
+            ToNode::Abort { id } => self.store.abort(&id, conn),
             ToNode::Get { ids } => {
                 for id in ids {
                     let Some(e) = self.objects.get_mut(&id) else {
@@ -354,6 +395,10 @@ impl Core {
                         continue;
                     };
                     match &e.value {
+                        Some(ObjectValue::Shared(_)) => {
+                            let value = self.readable(id);
+                            self.send(conn, ToClient::Object { id, value });
+                        }
                         Some(v) => {
                             let v = v.clone();
                             self.send(conn, ToClient::Object { id, value: v });
@@ -375,9 +420,13 @@ impl Core {
                     self.maybe_free(id);
                 }
             }
-            ToNode::Done { task_id, outcome } => {
+            ToNode::Done {
+                task_id,
+                outcome,
+                nested,
+            } => {
                 if self.conns.get(&conn).is_some_and(|c| c.worker.is_some()) {
-                    self.task_done(now, conn, task_id, outcome);
+                    self.task_done(now, conn, task_id, outcome, nested);
                 } else {
                     tracing::warn!(conn, task = %task_id, "Done from a process that is not a worker; ignored");
                 }
@@ -526,33 +575,49 @@ impl Core {
         }
     }
 
-    /// Resolves a task's arguments into what a worker receives.
-    fn resolve_args(&self, args: &[Arg]) -> Result<Vec<ArgValue>, TaskError> {
+    /// Resolves a task's arguments into what a worker receives, reading spilled ones back.
+    /// Shared-memory arguments are pinned in memory (listed in `pinned`) until the task ends.
+    fn resolve_args(
+        &mut self,
+        args: &[Arg],
+        pinned: &mut Vec<ObjectId>,
+    ) -> Result<Vec<ArgValue>, TaskError> {
         let mut out = Vec::with_capacity(args.len());
         for arg in args {
             match arg {
                 Arg::Value(v) => out.push(ArgValue::Inline(v.clone())),
-                Arg::Ref(id) => match self.objects.get(id).and_then(|e| e.value.as_ref()) {
-                    Some(ObjectValue::Inline(v)) => out.push(ArgValue::Inline(v.clone())),
-                    Some(ObjectValue::Shared(o)) => out.push(ArgValue::Shared(*id, *o)),
-                    _ => return Err(TaskError::ObjectLost { id: *id }),
+                Arg::Ref(id) => match self.readable(*id) {
+                    ObjectValue::Inline(v) => out.push(ArgValue::Inline(v)),
+                    ObjectValue::Shared(o) => {
+                        self.store.pin(id);
+                        pinned.push(*id);
+                        out.push(ArgValue::Shared(*id, o));
+                    }
+                    ObjectValue::Error(e) => return Err(e),
                 },
             }
         }
         Ok(out)
     }
 
-    fn exec_for(&self, task: TaskId) -> Result<ExecTask, TaskError> {
+    fn exec_for(&mut self, task: TaskId) -> Result<ExecTask, TaskError> {
         let Some(entry) = self.tasks.get(&task) else {
             return Err(TaskError::ObjectLost {
                 id: ObjectId::for_return(task, 0),
             });
         };
+        let (function, return_id) = (entry.spec.function.clone(), entry.spec.return_id());
+        let spec_args = entry.spec.args.clone();
+        let mut pinned = Vec::new();
+        let resolved = self.resolve_args(&spec_args, &mut pinned);
+        if let Some(entry) = self.tasks.get_mut(&task) {
+            entry.store_pins.extend(pinned);
+        }
         Ok(ExecTask {
             task_id: task,
-            function: entry.spec.function.clone(),
-            args: self.resolve_args(&entry.spec.args)?,
-            return_id: entry.spec.return_id(),
+            function,
+            args: resolved?,
+            return_id,
         })
     }
 
@@ -571,7 +636,15 @@ impl Core {
         };
         let max_concurrency = create.max_concurrency.max(1);
         let class = entry.spec.function.clone();
-        let args = match self.resolve_args(&entry.spec.args) {
+        let spec_args = entry.spec.args.clone();
+        let mut pinned = Vec::new();
+        let resolved = self.resolve_args(&spec_args, &mut pinned);
+        // The constructor reads them at once; an actor's arguments stay pinned for its life
+        // (a restart reads them again).
+        if let Some(entry) = self.tasks.get_mut(&task) {
+            entry.store_pins.extend(pinned);
+        }
+        let args = match resolved {
             Ok(a) => a,
             Err(e) => {
                 let message = e.to_string();
@@ -622,6 +695,12 @@ impl Core {
             let e = self.objects.entry(ret).or_default();
             e.holders.push(conn);
             e.push_to = Some(conn);
+            e.owner = Some(spec.owner);
+        }
+        for id in &spec.nested {
+            if let Some(e) = self.objects.get_mut(id) {
+                e.pins += 1;
+            }
         }
         let mut missing = 0;
         let mut failed_dep = None;
@@ -650,6 +729,7 @@ impl Core {
                 owner: conn,
                 missing,
                 retries_left,
+                store_pins: Vec::new(),
             },
         );
         match kind {
@@ -693,7 +773,14 @@ impl Core {
         }
     }
 
-    fn task_done(&mut self, now: Instant, conn: ConnId, task: TaskId, outcome: TaskOutcome) {
+    fn task_done(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        task: TaskId,
+        outcome: TaskOutcome,
+        nested: Vec<ObjectId>,
+    ) {
         let mut actor = None;
         if let Some(w) = self.conns.get(&conn).and_then(|c| c.worker) {
             actor = self.actors.by_worker(w);
@@ -709,8 +796,17 @@ impl Core {
         }
         let ret = ObjectId::for_return(task, 0);
         let value = match outcome {
-            TaskOutcome::Ok(ObjectValue::Shared(object)) => match self.store.seal(ret, object) {
-                Ok(()) => ObjectValue::Shared(object),
+            TaskOutcome::Ok(ObjectValue::Shared(_))
+                if !self.store.index().reserved_by(&ret, conn) =>
+            {
+                tracing::warn!(conn, task = %task, "a shared result without a reservation");
+                ObjectValue::Error(TaskError::ResultStore {
+                    message: "the result was not reserved in the store".into(),
+                })
+            }
+            TaskOutcome::Ok(ObjectValue::Shared(object)) => match self.store.seal(ret, ret, object)
+            {
+                Ok(_) => ObjectValue::Shared(object),
                 Err(e) => {
                     tracing::warn!(conn, task = %task, error = %e, "bad result seal");
                     self.store.remove(&ret);
@@ -724,6 +820,9 @@ impl Core {
         };
         if self.tasks.contains_key(&task) {
             self.finish_task(task);
+            if !matches!(value, ObjectValue::Error(_)) {
+                self.set_nested(ret, nested);
+            }
             self.object_ready(ret, value);
         } else if let ObjectValue::Shared(_) = value {
             // Nobody wants it any more: drop the stored result.
@@ -748,6 +847,9 @@ impl Core {
                 self.pump_actor(actor);
             }
         }
+        for id in &entry.store_pins {
+            self.store.unpin(id);
+        }
         for arg in &entry.spec.args {
             if let Arg::Ref(id) = arg {
                 if let Some(e) = self.objects.get_mut(id) {
@@ -756,6 +858,12 @@ impl Core {
                 }
                 self.maybe_free(*id);
             }
+        }
+        for id in &entry.spec.nested {
+            if let Some(e) = self.objects.get_mut(id) {
+                e.pins = e.pins.saturating_sub(1);
+            }
+            self.maybe_free(*id);
         }
         // An abandoned task's result may now be unheld.
         self.maybe_free(entry.spec.return_id());
@@ -839,17 +947,77 @@ impl Core {
     }
 
     fn maybe_free(&mut self, id: ObjectId) {
-        let Some(e) = self.objects.get(&id) else {
-            return;
-        };
-        if !e.holders.is_empty() || e.pins > 0 || !e.waiters.is_empty() {
+        let mut next = vec![id];
+        while let Some(id) = next.pop() {
+            let Some(e) = self.objects.get(&id) else {
+                continue;
+            };
+            if !e.holders.is_empty() || e.pins > 0 || !e.waiters.is_empty() {
+                continue;
+            }
+            // A pending task result with no holder is dropped; a late result is discarded.
+            let shared = matches!(e.value, Some(ObjectValue::Shared(_)));
+            let Some(e) = self.objects.remove(&id) else {
+                continue;
+            };
+            if shared {
+                self.store.remove(&id);
+            }
+            // What it held inside may now be unreferenced.
+            for inner in e.nested {
+                if let Some(x) = self.objects.get_mut(&inner) {
+                    x.pins = x.pins.saturating_sub(1);
+                    next.push(inner);
+                }
+            }
+        }
+    }
+
+    /// Records the refs inside object `id` and pins them while it lives.
+    fn set_nested(&mut self, id: ObjectId, nested: Vec<ObjectId>) {
+        if nested.is_empty() {
             return;
         }
-        // A pending task result with no holder is dropped; a late result is discarded.
-        let shared = matches!(e.value, Some(ObjectValue::Shared(_)));
-        self.objects.remove(&id);
-        if shared {
-            self.store.remove(&id);
+        let mut kept = Vec::with_capacity(nested.len());
+        for inner in nested {
+            if inner == id {
+                continue;
+            }
+            if let Some(x) = self.objects.get_mut(&inner) {
+                x.pins += 1;
+                kept.push(inner);
+            } else {
+                tracing::debug!(object = %id, nested = %inner, "a ref inside an object was already freed");
+            }
+        }
+        if let Some(e) = self.objects.get_mut(&id) {
+            e.nested.extend(kept);
+        }
+    }
+
+    /// A shared object's value for a reader: read back from disk first if it was spilled.
+    /// A copy that fails its digest check becomes the object's error for good.
+    fn readable(&mut self, id: ObjectId) -> ObjectValue {
+        let Some(value) = self.objects.get(&id).and_then(|e| e.value.clone()) else {
+            return ObjectValue::Error(TaskError::ObjectLost { id });
+        };
+        if !matches!(value, ObjectValue::Shared(_)) {
+            return value;
+        }
+        match self.store.ensure_in_memory(&id) {
+            Ok(()) => value,
+            Err(RestoreError::Corrupted(message)) => {
+                tracing::error!(object = %id, %message, "corrupted object");
+                let err = ObjectValue::Error(TaskError::ObjectCorrupted { id, message });
+                if let Some(e) = self.objects.get_mut(&id) {
+                    e.value = Some(err.clone());
+                }
+                err
+            }
+            Err(RestoreError::Store(e)) => ObjectValue::Error(TaskError::ObjectUnavailable {
+                id,
+                message: e.to_string(),
+            }),
         }
     }
 
@@ -1000,9 +1168,62 @@ impl Core {
         }
     }
 
+    fn object_list(&self) -> Vec<ObjectInfo> {
+        let index = self.store.index();
+        let mut out: Vec<ObjectInfo> = self
+            .objects
+            .iter()
+            .map(|(id, e)| {
+                let mut pinned_by = Vec::new();
+                if !e.holders.is_empty() {
+                    pinned_by.push("ref".to_string());
+                }
+                if !e.dependents.is_empty() {
+                    pinned_by.push("task-arg".to_string());
+                }
+                if e.pins as usize > e.dependents.len() {
+                    pinned_by.push("nested".to_string());
+                }
+                let (size, location) = match &e.value {
+                    None => (0, "pending".to_string()),
+                    Some(ObjectValue::Inline(v)) => (v.len() as u64, "inline".to_string()),
+                    Some(ObjectValue::Error(_)) => (0, "error".to_string()),
+                    Some(ObjectValue::Shared(o)) => (
+                        o.size,
+                        match index.location(id) {
+                            Some(Location::Memory) => "memory",
+                            Some(Location::Disk) => "disk",
+                            Some(Location::Both) => "memory+disk",
+                            Some(Location::Writing) => "writing",
+                            None => "missing",
+                        }
+                        .to_string(),
+                    ),
+                };
+                if e.value.is_none() {
+                    pinned_by.push("pending".to_string());
+                }
+                ObjectInfo {
+                    id: *id,
+                    size,
+                    owner: e.owner,
+                    holders: e.holders.len() as u32,
+                    pinned_by,
+                    location,
+                }
+            })
+            .collect();
+        out.sort_by_key(|o| std::cmp::Reverse(o.size));
+        out
+    }
+
     fn status(&self) -> NodeStatus {
+        let index = self.store.index();
         let mut objects = ObjectStats {
-            store_capacity: self.store.index().capacity(),
+            store_capacity: index.capacity(),
+            store_used: index.used(),
+            spilled_count: index.spilled_count(),
+            spilled_bytes: index.spilled_bytes(),
             ..Default::default()
         };
         for e in self.objects.values() {

@@ -244,6 +244,7 @@ fn rejected_worker_connection_is_closed() {
     c.send_garbage(&frame_of(&ToNode::Put {
         id: ObjectId::for_content(&bytes),
         value: bytes,
+        nested: vec![],
     }));
     c.set_timeout(Duration::from_secs(3));
     let reason = expect_rejected_and_closed(&mut c, false);

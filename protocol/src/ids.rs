@@ -108,6 +108,11 @@ impl ObjectId {
         Self(*blake3::hash(bytes).as_bytes())
     }
 
+    /// The id a content-addressed object with this digest has (its blake3 hash).
+    pub fn from_digest(digest: Digest) -> Self {
+        Self(digest.0)
+    }
+
     /// The id of the `index`th return value of `task`.
     pub fn for_return(task: TaskId, index: u32) -> Self {
         let mut h = blake3::Hasher::new();

@@ -152,6 +152,9 @@ pub struct TaskSpec {
     pub owner: ClientId,
     /// A function call, an actor's creation or a call of an actor's method.
     pub kind: TaskKind,
+    /// Objects whose refs are serialized inside the inline arguments: kept alive while the
+    /// task may still read them.
+    pub nested: Vec<ObjectId>,
 }
 
 /// What a [`TaskSpec`] asks for.
@@ -314,6 +317,22 @@ pub enum TaskError {
         /// The object.
         id: ObjectId,
     },
+    /// The object exists but cannot be read now (no room to read it back from disk).
+    #[error("object {id} cannot be read: {message}")]
+    ObjectUnavailable {
+        /// The object.
+        id: ObjectId,
+        /// Why.
+        message: String,
+    },
+    /// The object's bytes no longer match the digest recorded when it was sealed.
+    #[error("object {id} is corrupted: {message}")]
+    ObjectCorrupted {
+        /// The object.
+        id: ObjectId,
+        /// What was found.
+        message: String,
+    },
     /// The actor's process died while the call was in flight, or the actor died for good
     /// (no restarts left) before the call could run.
     #[error("actor {actor} died: its process {pid} {exit}")]
@@ -456,6 +475,25 @@ pub struct WorkerStatus {
     pub tasks_done: u64,
 }
 
+/// One object, as `shoal objects` lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectInfo {
+    /// The object.
+    pub id: ObjectId,
+    /// Its size in bytes (0 while pending).
+    pub size: u64,
+    /// The process that made it (the submitter of the task, or the first to put it).
+    pub owner: Option<ClientId>,
+    /// Processes holding refs to it.
+    pub holders: u32,
+    /// Why it is kept: `ref` (held by a process), `task-arg` (a task will read it),
+    /// `nested` (inside another object), `pending` (not made yet).
+    pub pinned_by: Vec<String>,
+    /// `inline` (in node memory), `memory` (shared-memory store), `disk` (spilled),
+    /// `memory+disk` (restored, the disk copy kept), `pending` or `error`.
+    pub location: String,
+}
+
 /// Counters of the object table and store.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ObjectStats {
@@ -471,6 +509,12 @@ pub struct ObjectStats {
     pub shared_bytes: u64,
     /// The store's capacity in bytes.
     pub store_capacity: u64,
+    /// Bytes of the store in use (objects in memory and reservations).
+    pub store_used: u64,
+    /// Objects whose only copy is on disk, or that have one there.
+    pub spilled_count: u64,
+    /// Their bytes on disk.
+    pub spilled_bytes: u64,
 }
 
 /// A snapshot of a node, for `shoal status`.
@@ -521,6 +565,8 @@ pub enum ToNode {
         id: ObjectId,
         /// Encoded bytes.
         value: Vec<u8>,
+        /// Objects whose refs are inside the value: alive while it is.
+        nested: Vec<ObjectId>,
     },
     /// Reserve room for a large object the sender will write into the store directory.
     /// Answered by [`ToClient::Created`].
@@ -532,12 +578,18 @@ pub enum ToNode {
         /// Its size.
         size: u64,
     },
-    /// The sender wrote and renamed the object's file into place: it is now immutable.
+    /// The sender wrote the reservation `ticket`'s partial file: the node makes it object
+    /// `id` (renaming the file into place; if an object `id` exists already, equal bytes are
+    /// kept once) and the sender holds it.
     Seal {
-        /// The object.
+        /// The reservation made with [`ToNode::Create`].
+        ticket: ObjectId,
+        /// The object's id (the content hash for a `put`).
         id: ObjectId,
         /// Its size and digest.
         object: SharedObject,
+        /// Objects whose refs are inside it: alive while it is.
+        nested: Vec<ObjectId>,
     },
     /// The sender gives up a reservation made with `Create`.
     Abort {
@@ -549,17 +601,32 @@ pub enum ToNode {
         /// Objects wanted.
         ids: Vec<ObjectId>,
     },
-    /// The owner dropped its last handle to these objects.
+    /// The sender received refs to these objects (inside a value or an argument): it holds
+    /// them until it releases them.
+    Hold {
+        /// Objects held.
+        ids: Vec<ObjectId>,
+    },
+    /// List the objects of the store, for `shoal objects`. Answered by
+    /// [`ToClient::Objects`].
+    Objects {
+        /// Request number.
+        request: u64,
+    },
+    /// The sender dropped its last handle to these objects.
     Release {
         /// Objects released.
         ids: Vec<ObjectId>,
     },
-    /// A worker finished a task.
+    /// A worker finished a task. A large result was written to the partial file of the
+    /// task's return id, reserved with [`ToNode::Create`].
     Done {
         /// The task.
         task_id: TaskId,
         /// Its result.
         outcome: TaskOutcome,
+        /// Objects whose refs are inside the result: alive while it is.
+        nested: Vec<ObjectId>,
     },
     /// A worker waits inside a task for objects; its resources may be lent out meanwhile.
     Blocked,
@@ -649,6 +716,13 @@ pub enum ToClient {
     /// Become this actor (workers only): run its constructor, then its method calls, which
     /// arrive as [`ToClient::Execute`].
     HostActor(HostActor),
+    /// Answer to [`ToNode::Objects`].
+    Objects {
+        /// Request number.
+        request: u64,
+        /// Every object the node knows.
+        objects: Vec<ObjectInfo>,
+    },
     /// Answer to [`ToNode::LookupActor`].
     ActorFound {
         /// Request number.
@@ -689,6 +763,7 @@ mod tests {
             max_retries: 3,
             owner: ClientId(3),
             kind: TaskKind::Function,
+            nested: vec![],
         };
         let msgs = vec![
             ToNode::Submit(spec),
@@ -701,6 +776,7 @@ mod tests {
                         signal: Some(9),
                     },
                 }),
+                nested: vec![],
             },
             ToNode::Status { request: 1 },
         ];

@@ -49,6 +49,7 @@ fn sample() -> Vec<ToNode> {
         ToNode::Put {
             id: ObjectId([4; 32]),
             value: vec![9; 100],
+            nested: vec![ObjectId([8; 32])],
         },
         ToNode::Returned {
             tasks: vec![TaskId::new(ClientId(5), 6)],
@@ -116,6 +117,7 @@ fn oversized_frames_and_values_are_refused() {
     let big = ToNode::Put {
         id: ObjectId([0; 32]),
         value: vec![0; MAX],
+        nested: vec![],
     };
     let mut out = Vec::new();
     assert!(matches!(

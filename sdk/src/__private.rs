@@ -21,8 +21,8 @@ use crate::{GetError, TaskOptions};
 /// One argument of a call, before it is sent.
 #[derive(Debug)]
 pub enum ArgBuf {
-    /// An encoded value (or why it could not be encoded).
-    Value(Result<Vec<u8>, EncodeError>),
+    /// An encoded value and the refs inside it (or why it could not be encoded).
+    Value(Result<(Vec<u8>, Vec<RawRef>), EncodeError>),
     /// A reference whose value the task receives.
     Ref(RawRef),
 }
@@ -80,11 +80,26 @@ impl Args {
     }
 }
 
+thread_local! {
+    /// Refs inside the result just encoded on this thread, held until its `Done` is queued.
+    static RESULT_REFS: std::cell::RefCell<Vec<RawRef>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Encodes a function's result.
 pub fn encode_result<T: Serialize>(value: &T) -> Result<Vec<u8>, TaskError> {
-    codec::encode(value).map_err(|e| TaskError::ResultStore {
-        message: e.to_string(),
-    })
+    let (bytes, refs) =
+        crate::object_ref::encode_collecting(value).map_err(|e| TaskError::ResultStore {
+            message: e.to_string(),
+        })?;
+    if !refs.is_empty() {
+        RESULT_REFS.with(|r| r.borrow_mut().extend(refs));
+    }
+    Ok(bytes)
+}
+
+/// The refs inside the result last encoded on this thread.
+pub(crate) fn take_result_refs() -> Vec<RawRef> {
+    RESULT_REFS.with(|r| std::mem::take(&mut *r.borrow_mut()))
 }
 
 /// Runs an async function's future to completion on the worker's task runtime.
@@ -206,14 +221,17 @@ fn submit_spec<R>(
     let mut wire = Vec::with_capacity(args.len());
     // Handles to the arguments stay alive until the submit is queued.
     let mut keep = Vec::new();
+    // Refs inside inline arguments: the node keeps them alive for the task.
+    let mut nested = Vec::new();
     for (index, arg) in args.into_iter().enumerate() {
         match arg {
-            ArgBuf::Value(Ok(bytes)) if bytes.len() <= ctx.inline_threshold => {
-                wire.push(shoal_protocol::Arg::Value(bytes))
+            ArgBuf::Value(Ok((bytes, refs))) if bytes.len() <= ctx.inline_threshold => {
+                wire.push(shoal_protocol::Arg::Value(bytes));
+                nested.extend(refs);
             }
-            ArgBuf::Value(Ok(bytes)) => {
+            ArgBuf::Value(Ok((bytes, refs))) => {
                 // Too large to travel inline: stored first, passed by reference.
-                let raw = crate::put_encoded(ctx, bytes).map_err(|e| e.to_string());
+                let raw = crate::put_encoded(ctx, bytes, refs).map_err(|e| e.to_string());
                 match raw {
                     Ok(raw) => {
                         wire.push(shoal_protocol::Arg::Ref(raw.id));
@@ -239,7 +257,9 @@ fn submit_spec<R>(
         max_retries,
         owner: ctx.client,
         kind,
+        nested: crate::object_ref::ids_of(&nested),
     }));
+    drop(nested);
     drop(keep);
     ObjectRef::from_raw(RawRef::counted(ret, ctx.client))
 }

@@ -34,23 +34,18 @@ pub(crate) enum WorkItem {
     HostActor(shoal_protocol::HostActor),
 }
 
+/// Ids merged into one `Release` or `Hold` at most (a frame stays far below its limit).
+const MERGE_LIMIT: usize = 64 * 1024;
+
 /// Messages queued before pushing threads wait for the writer.
 const OUTBOX_LIMIT: usize = 1 << 16;
 
-/// A value this process can read.
+/// A value this process can read: the bytes, or where they are in the store (mapped when
+/// read, and unmapped after, so that the node may spill what no one is reading).
 #[derive(Clone, Debug)]
 pub(crate) enum Value {
     Inline(Arc<Vec<u8>>),
-    Shared(Arc<memmap2::Mmap>),
-}
-
-impl Value {
-    pub(crate) fn bytes(&self) -> &[u8] {
-        match self {
-            Value::Inline(v) => v,
-            Value::Shared(m) => m,
-        }
-    }
+    Shared(shoal_protocol::SharedObject),
 }
 
 #[derive(Debug)]
@@ -141,6 +136,8 @@ pub struct InitOptions {
     pub resources: Vec<(String, f64)>,
     /// Store capacity of an embedded node in bytes.
     pub store_bytes: Option<u64>,
+    /// Where an embedded node spills objects when its store is full.
+    pub spill_dir: Option<PathBuf>,
     /// Inline threshold of an embedded node in bytes.
     pub inline_threshold: Option<u64>,
 }
@@ -364,6 +361,9 @@ async fn open_transport(hello: Hello, options: InitOptions) -> Result<Opened, In
     if let Some(b) = options.store_bytes {
         config.store_bytes = b;
     }
+    if let Some(d) = &options.spill_dir {
+        config.spill_parent = d.clone();
+    }
     if let Some(t) = options.inline_threshold {
         config.inline_threshold = t;
     }
@@ -493,15 +493,19 @@ async fn run_transport(ctx: Arc<Context>, transport: Transport, exec_tx: mpsc::S
 }
 
 fn register_exit_cleanup(ctx: &Arc<Context>) {
-    static PATHS: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    static PATHS: OnceLock<(PathBuf, PathBuf, Option<PathBuf>)> = OnceLock::new();
     extern "C" fn cleanup() {
-        if let Some((store, socket)) = PATHS.get() {
+        if let Some((store, socket, spill)) = PATHS.get() {
             let _ = std::fs::remove_dir_all(store);
             let _ = std::fs::remove_file(socket);
+            if let Some(spill) = spill {
+                let _ = std::fs::remove_dir_all(spill);
+            }
         }
     }
+    let spill = ctx.embedded.as_ref().map(|n| n.spill_dir().to_path_buf());
     if PATHS
-        .set((ctx.store_dir.clone(), ctx.socket.clone()))
+        .set((ctx.store_dir.clone(), ctx.socket.clone(), spill))
         .is_ok()
     {
         // SAFETY: registering a plain extern "C" function with no captured state.
@@ -577,12 +581,16 @@ impl Context {
             return;
         }
         let was_empty = ob.queue.is_empty();
-        // Consecutive releases travel as one message.
-        if let (ToNode::Release { ids: new }, Some(ToNode::Release { ids })) =
-            (&msg, ob.queue.last_mut())
-        {
-            ids.extend_from_slice(new);
-            return;
+        // Consecutive releases (or holds) travel as one message, up to a bound.
+        match (&msg, ob.queue.last_mut()) {
+            (ToNode::Release { ids: new }, Some(ToNode::Release { ids }))
+            | (ToNode::Hold { ids: new }, Some(ToNode::Hold { ids }))
+                if ids.len() < MERGE_LIMIT =>
+            {
+                ids.extend_from_slice(new);
+                return;
+            }
+            _ => {}
         }
         ob.queue.push(msg);
         drop(ob);
@@ -697,6 +705,7 @@ impl Context {
             }
             ToClient::Created { request, .. }
             | ToClient::Status { request, .. }
+            | ToClient::Objects { request, .. }
             | ToClient::ActorFound { request, .. } => {
                 let tx = self
                     .requests
@@ -717,10 +726,7 @@ impl Context {
     fn resolve(&self, id: ObjectId, value: ObjectValue) {
         let state = match value {
             ObjectValue::Inline(v) => CellState::Ready(Value::Inline(Arc::new(v))),
-            ObjectValue::Shared(obj) => match crate::shm::map(self.store_dir(), &id, obj.size) {
-                Ok(m) => CellState::Ready(Value::Shared(Arc::new(m))),
-                Err(e) => CellState::Failed(GetError::Store(e.to_string())),
-            },
+            ObjectValue::Shared(obj) => CellState::Ready(Value::Shared(obj)),
             ObjectValue::Error(e) => CellState::Failed(GetError::Task(e)),
         };
         let wakers = {
@@ -787,11 +793,6 @@ impl Context {
             }
         }
         cell.refs == 1
-    }
-
-    /// Whether this process has a handle to `id`.
-    pub(crate) fn has_ref(&self, id: &ObjectId) -> bool {
-        self.lock_cells().contains_key(id)
     }
 
     /// Registers the handle to the result of a task this process submits: the node sends the
@@ -892,7 +893,10 @@ impl Context {
                 None => false,
             }
         };
-        if last && owner == self.client && !self.disconnected.load(Ordering::Relaxed) {
+        // Every process that holds refs is counted at the node (the creator by its put or
+        // submit, the others by `Hold`): the last handle here releases this process's hold.
+        let _ = owner;
+        if last && !self.disconnected.load(Ordering::Relaxed) {
             self.push(ToNode::Release { ids: vec![id] });
         }
     }
@@ -927,6 +931,18 @@ impl Context {
                     self.push(ToNode::Get { ids: vec![id] });
                 }
                 Poll::Pending
+            }
+        }
+    }
+
+    /// Forgets the value of `id` (its store file is gone: the node spilled it) so that the
+    /// next wait asks the node again, which reads it back first.
+    pub(crate) fn refetch(&self, id: ObjectId) {
+        let mut cells = self.lock_cells();
+        if let Some(cell) = cells.get_mut(&id) {
+            if matches!(cell.state, CellState::Ready(Value::Shared(_))) {
+                cell.state = CellState::Pending;
+                cell.requested = false;
             }
         }
     }

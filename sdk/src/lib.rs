@@ -200,7 +200,7 @@ pub trait IntoArg<T> {
 
 impl<T: Serialize> IntoArg<T> for T {
     fn into_arg(self) -> __private::ArgBuf {
-        __private::ArgBuf::Value(shoal_protocol::codec::encode(&self))
+        __private::ArgBuf::Value(object_ref::encode_collecting(&self))
     }
 }
 
@@ -218,50 +218,99 @@ impl<T> IntoArg<T> for &ObjectRef<T> {
 
 impl IntoArg<String> for &str {
     fn into_arg(self) -> __private::ArgBuf {
-        __private::ArgBuf::Value(shoal_protocol::codec::encode(self))
+        __private::ArgBuf::Value(object_ref::encode_collecting(self))
     }
 }
 
 /// Stores `value` and returns a reference to it. Small values stay in this process (and a
-/// copy at the node); values above the inline threshold (64 KiB by default) go into the
-/// node's shared-memory store, where other processes map them. Equal values share one id.
+/// copy at the node); values above the inline threshold (64 KiB by default) are encoded
+/// straight into the node's shared-memory store, where other processes map them. Equal
+/// values share one id and one copy. Refs inside `value` stay alive as long as it does.
 pub fn put<T: Serialize>(value: &T) -> Result<ObjectRef<T>, PutError> {
     let ctx = context::get();
-    let bytes =
-        shoal_protocol::codec::encode(value).map_err(|e| PutError::Encode(e.to_string()))?;
-    put_encoded(ctx, bytes).map(ObjectRef::from_raw)
+    put_value(ctx, value).map(ObjectRef::from_raw)
 }
 
-pub(crate) fn put_encoded(ctx: &Context, bytes: Vec<u8>) -> Result<RawRef, PutError> {
-    let id = ObjectId::for_content(&bytes);
-    if bytes.len() <= ctx.inline_threshold {
-        let fresh = ctx.add_ref(id, Some(Value::Inline(Arc::new(bytes.clone()))));
-        if fresh {
-            ctx.push(shoal_protocol::ToNode::Put { id, value: bytes });
+fn encode_error(e: impl std::fmt::Display) -> PutError {
+    PutError::Encode(e.to_string())
+}
+
+pub(crate) fn put_value<T: Serialize + ?Sized>(
+    ctx: &Context,
+    value: &T,
+) -> Result<RawRef, PutError> {
+    let len = shoal_protocol::codec::encoded_len(value).map_err(encode_error)?;
+    if len <= ctx.inline_threshold {
+        let (bytes, nested) = object_ref::encode_collecting(value).map_err(encode_error)?;
+        return Ok(put_inline(ctx, bytes, nested));
+    }
+    let ticket = shm::ticket();
+    let mut nested = Vec::new();
+    let object = shm::write(ctx, ticket, len, |buf| {
+        let (written, refs) =
+            object_ref::collecting(|| shoal_protocol::codec::encode_into_slice(buf, value));
+        nested = refs;
+        match written {
+            Ok(n) if n == len => Ok(()),
+            Ok(n) => Err(format!("encoded {n} bytes, {len} expected")),
+            Err(e) => Err(e.to_string()),
         }
-        return Ok(RawRef::counted(id, ctx.client));
+    })?;
+    Ok(seal_put(ctx, ticket, object, nested))
+}
+
+/// Stores already encoded bytes (a large task argument).
+pub(crate) fn put_encoded(
+    ctx: &Context,
+    bytes: Vec<u8>,
+    nested: Vec<RawRef>,
+) -> Result<RawRef, PutError> {
+    if bytes.len() <= ctx.inline_threshold {
+        return Ok(put_inline(ctx, bytes, nested));
     }
-    if ctx.has_ref(&id) {
-        ctx.add_ref(id, None);
-        return Ok(RawRef::counted(id, ctx.client));
-    }
-    let written = shm::write(ctx, id, bytes.len(), |buf| {
+    let ticket = shm::ticket();
+    let object = shm::write(ctx, ticket, bytes.len(), |buf| {
         buf.copy_from_slice(&bytes);
         Ok(())
     })?;
-    match written {
-        Some(object) => {
-            let map = shm::map(ctx.store_dir(), &id, object.size)
-                .map_err(|e| PutError::Store(StoreError::Io(e.to_string())))?;
-            ctx.push(shoal_protocol::ToNode::Seal { id, object });
-            ctx.add_ref(id, Some(Value::Shared(Arc::new(map))));
-        }
-        // Another process stored equal bytes: read theirs.
-        None => {
-            ctx.add_ref(id, None);
-        }
+    Ok(seal_put(ctx, ticket, object, nested))
+}
+
+fn put_inline(ctx: &Context, bytes: Vec<u8>, nested: Vec<RawRef>) -> RawRef {
+    let id = ObjectId::for_content(&bytes);
+    let fresh = ctx.add_ref(id, Some(Value::Inline(Arc::new(bytes.clone()))));
+    if fresh {
+        ctx.push(shoal_protocol::ToNode::Put {
+            id,
+            value: bytes,
+            nested: object_ref::ids_of(&nested),
+        });
     }
-    Ok(RawRef::counted(id, ctx.client))
+    drop(nested);
+    RawRef::counted(id, ctx.client)
+}
+
+/// Seals a written put under its content id, unless this process holds equal bytes already.
+fn seal_put(
+    ctx: &Context,
+    ticket: ObjectId,
+    object: shoal_protocol::SharedObject,
+    nested: Vec<RawRef>,
+) -> RawRef {
+    let id = ObjectId::from_digest(object.digest);
+    if !ctx.add_ref(id, Some(Value::Shared(object))) {
+        // Held here already: one copy is enough.
+        ctx.push(shoal_protocol::ToNode::Abort { id: ticket });
+    } else {
+        ctx.push(shoal_protocol::ToNode::Seal {
+            ticket,
+            id,
+            object,
+            nested: object_ref::ids_of(&nested),
+        });
+    }
+    drop(nested);
+    RawRef::counted(id, ctx.client)
 }
 
 /// Waits until `num_ready` of `refs` are ready (or failed), or `timeout` passes. Returns at

@@ -1,5 +1,6 @@
 //! `ObjectRef<T>`: a handle to a value that exists, or will, somewhere on the node.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
@@ -9,10 +10,50 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use shoal_protocol::{codec, ClientId, ObjectId};
+use shoal_protocol::{codec, ClientId, EncodeError, ObjectId, ToNode};
 
-use crate::context::{self, Value};
+use crate::context::{self, Context, Value};
 use crate::error::GetError;
+
+thread_local! {
+    /// While a value is encoded for the node: the refs serialized inside it, kept alive
+    /// (counted) until the message that carries the value is queued.
+    static NESTED: RefCell<Option<Vec<RawRef>>> = const { RefCell::new(None) };
+}
+
+/// Encodes `value`, collecting the refs inside it. The returned handles keep those objects
+/// held by this process: drop them only after the message carrying the value (and their
+/// ids) is queued, so the node never sees them unreferenced in between.
+pub(crate) fn encode_collecting<T: Serialize + ?Sized>(
+    value: &T,
+) -> Result<(Vec<u8>, Vec<RawRef>), EncodeError> {
+    let (bytes, refs) = collecting(|| codec::encode(value));
+    Ok((bytes?, refs))
+}
+
+/// Runs `f` (an encoding) with ref collection on.
+pub(crate) fn collecting<R>(f: impl FnOnce() -> R) -> (R, Vec<RawRef>)
+where
+    R: Sized,
+{
+    let outer = NESTED.with(|n| n.borrow_mut().replace(Vec::new()));
+    let r = f();
+    let refs = NESTED.with(|n| {
+        let mut slot = n.borrow_mut();
+        let mine = slot.take().unwrap_or_default();
+        *slot = outer;
+        mine
+    });
+    (r, refs)
+}
+
+/// The ids of collected refs, for the message that carries them.
+pub(crate) fn ids_of(refs: &[RawRef]) -> Vec<ObjectId> {
+    let mut ids: Vec<ObjectId> = refs.iter().map(|r| r.id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
 
 /// An untyped counted handle. Cloning and dropping it keeps this process's count of handles,
 /// and the last drop in the owning process releases the object at the node.
@@ -81,40 +122,87 @@ impl<T> ObjectRef<T> {
     }
 }
 
-fn decode<T: DeserializeOwned>(v: &Value) -> Result<T, GetError> {
-    codec::decode(v.bytes(), usize::MAX).map_err(|e| GetError::Decode(e.to_string()))
+/// What reading a value found.
+enum Read<T> {
+    Value(T),
+    /// The store file is gone (the node spilled it meanwhile): ask again.
+    Moved,
 }
+
+/// Decodes a value: from the message, or from the store file, mapped for the time of the
+/// decode.
+fn read<T: DeserializeOwned>(ctx: &Context, id: ObjectId, v: &Value) -> Result<Read<T>, GetError> {
+    let decode = |bytes: &[u8]| {
+        codec::decode(bytes, usize::MAX).map_err(|e| GetError::Decode(e.to_string()))
+    };
+    match v {
+        Value::Inline(bytes) => decode(bytes).map(Read::Value),
+        Value::Shared(obj) => match crate::shm::map(ctx.store_dir(), &id, obj.size) {
+            Ok(map) => decode(&map).map(Read::Value),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Read::Moved),
+            Err(e) => Err(GetError::Store(e.to_string())),
+        },
+    }
+}
+
+/// How many times a read follows an object the node moved before giving up.
+const MAX_MOVES: usize = 8;
 
 impl<T: DeserializeOwned> ObjectRef<T> {
     /// Waits for the value. Works under any async executor.
     pub async fn get(&self) -> Result<T, GetError> {
         let ctx = context::get();
-        let v = ctx.ready(self.raw.id).await?;
-        decode(&v)
+        let id = self.raw.id;
+        for _ in 0..MAX_MOVES {
+            let v = ctx.ready(id).await?;
+            match read(ctx, id, &v)? {
+                Read::Value(t) => return Ok(t),
+                Read::Moved => ctx.refetch(id),
+            }
+        }
+        Err(moved_too_often(id))
     }
 
     /// Waits at most `timeout` for the value.
     pub async fn get_timeout(&self, timeout: Duration) -> Result<T, GetError> {
         let ctx = context::get();
-        let ready = ctx.ready(self.raw.id);
         let sleep = ctx.sleep(timeout);
-        match first(ready, sleep).await {
-            Either::Left(v) => decode(&v?),
+        match first(self.get(), sleep).await {
+            Either::Left(v) => v,
             Either::Right(()) => Err(GetError::Timeout(timeout)),
         }
     }
 
     /// Blocks this thread until the value is there: for synchronous code.
     pub fn get_blocking(&self) -> Result<T, GetError> {
-        let v = context::get().wait_blocking(self.raw.id, None)?;
-        decode(&v)
+        self.blocking(None)
     }
 
     /// Blocks at most `timeout`.
     pub fn get_blocking_timeout(&self, timeout: Duration) -> Result<T, GetError> {
-        let v = context::get().wait_blocking(self.raw.id, Some(timeout))?;
-        decode(&v)
+        self.blocking(Some(timeout))
     }
+
+    fn blocking(&self, timeout: Option<Duration>) -> Result<T, GetError> {
+        let ctx = context::get();
+        let id = self.raw.id;
+        let deadline = timeout.map(|t| std::time::Instant::now() + t);
+        for _ in 0..MAX_MOVES {
+            let left = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
+            let v = ctx.wait_blocking(id, left)?;
+            match read(ctx, id, &v)? {
+                Read::Value(t) => return Ok(t),
+                Read::Moved => ctx.refetch(id),
+            }
+        }
+        Err(moved_too_often(id))
+    }
+}
+
+fn moved_too_often(id: ObjectId) -> GetError {
+    GetError::Store(format!(
+        "object {id} kept moving between memory and disk while being read"
+    ))
 }
 
 impl<T> Clone for ObjectRef<T> {
@@ -143,15 +231,27 @@ impl<T> std::hash::Hash for ObjectRef<T> {
 }
 
 impl<T> Serialize for ObjectRef<T> {
+    /// A ref travels as its id and owner. Inside a value sent to the node (an argument, a
+    /// result, a `put`), the node keeps the object alive as long as that value lives.
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        NESTED.with(|n| {
+            if let Some(refs) = n.borrow_mut().as_mut() {
+                refs.push(self.raw.clone());
+            }
+        });
         (self.raw.id, self.raw.owner).serialize(s)
     }
 }
 
 impl<'de, T> Deserialize<'de> for ObjectRef<T> {
+    /// A ref received inside a value: this process holds the object from now on, until its
+    /// last handle here is dropped.
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let (id, owner) = <(ObjectId, ClientId)>::deserialize(d)?;
-        context::get().add_ref(id, None);
+        let ctx = context::get();
+        if ctx.add_ref(id, None) {
+            ctx.push(ToNode::Hold { ids: vec![id] });
+        }
         Ok(Self::from_raw(RawRef::counted(id, owner)))
     }
 }

@@ -162,10 +162,23 @@ fn execute(
             }
         }
     };
+    done(ctx, task.task_id, outcome);
+}
+
+/// Reports a finished task with the refs inside its result (held until the report is
+/// queued).
+fn done(ctx: &Context, task_id: shoal_protocol::TaskId, outcome: TaskOutcome) {
+    let refs = crate::__private::take_result_refs();
+    let nested = match outcome {
+        TaskOutcome::Ok(_) => crate::object_ref::ids_of(&refs),
+        TaskOutcome::Err(_) => Vec::new(),
+    };
     ctx.push(ToNode::Done {
-        task_id: task.task_id,
+        task_id,
         outcome,
+        nested,
     });
+    drop(refs);
 }
 
 fn store_result(ctx: &Context, id: shoal_protocol::ObjectId, bytes: Vec<u8>) -> TaskOutcome {
@@ -176,10 +189,7 @@ fn store_result(ctx: &Context, id: shoal_protocol::ObjectId, bytes: Vec<u8>) -> 
         buf.copy_from_slice(&bytes);
         Ok(())
     }) {
-        Ok(Some(obj)) => TaskOutcome::Ok(ObjectValue::Shared(obj)),
-        Ok(None) => TaskOutcome::Err(TaskError::ResultStore {
-            message: format!("object {id} already exists"),
-        }),
+        Ok(obj) => TaskOutcome::Ok(ObjectValue::Shared(obj)),
         Err(e) => TaskOutcome::Err(TaskError::ResultStore {
             message: e.to_string(),
         }),
@@ -194,12 +204,13 @@ fn idle_until_closed(ctx: &Context) -> i32 {
     };
     while let Some(item) = rx.blocking_recv() {
         if let WorkItem::Task(task) = item {
-            ctx.push(ToNode::Done {
-                task_id: task.task_id,
-                outcome: TaskOutcome::Err(TaskError::NoSuchFunction {
+            done(
+                ctx,
+                task.task_id,
+                TaskOutcome::Err(TaskError::NoSuchFunction {
                     name: task.function,
                 }),
-            });
+            );
         }
     }
     0
@@ -292,12 +303,13 @@ pub(crate) fn host_actor<A: Actor>(host: HostActor) -> i32 {
                 return_id,
             } = call;
             let Some(access) = A::__access(&function) else {
-                ctx.push(ToNode::Done {
+                done(
+                    ctx,
                     task_id,
-                    outcome: TaskOutcome::Err(TaskError::NoSuchFunction {
+                    TaskOutcome::Err(TaskError::NoSuchFunction {
                         name: format!("{}::{function}", A::CLASS),
                     }),
-                });
+                );
                 continue;
             };
             // Permits and locks are taken here, in arrival order, so calls start in the
@@ -318,7 +330,7 @@ pub(crate) fn host_actor<A: Actor>(host: HostActor) -> i32 {
                     Ok(Err(e)) => TaskOutcome::Err(e),
                     Err(message) => TaskOutcome::Err(TaskError::Panicked { message }),
                 };
-                ctx.push(ToNode::Done { task_id, outcome });
+                done(ctx, task_id, outcome);
             };
             if limit == 1 {
                 run.await;

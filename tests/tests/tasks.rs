@@ -193,7 +193,7 @@ fn bad_arguments_and_unknown_functions_are_typed_errors() {
     let r = submit::<u64>(
         square::NAME,
         &TaskOptions::new(),
-        vec![ArgBuf::Value(Ok(vec![0xff; 3]))],
+        vec![ArgBuf::Value(Ok((vec![0xff; 3], Vec::new())))],
     );
     match r.get_blocking() {
         Err(GetError::Task(TaskError::ArgDecode { index: 0, .. })) => {}

@@ -2,140 +2,42 @@
 //!
 //! Large objects live as files in one directory (under `/dev/shm` by default), each named by
 //! its object id in hex. A writer (driver or worker) asks the node to reserve room
-//! ([`Store::reserve`]), writes `<id>.partial` itself, maps and fills it, renames it to
-//! `<id>` and asks the node to seal it ([`Store::seal`]): a half-written object is never
-//! visible under its final name. Readers map the file read-only: no bytes go through the
-//! node or a socket.
+//! ([`Store::reserve`]) under a ticket id, creates `<ticket>.partial` itself, maps and fills
+//! it, and asks the node to seal it ([`Store::seal`]); the node renames it to `<id>`, so a
+//! half-written object is never visible under an object's name. Readers map the file
+//! read-only: no bytes go through the node or a socket.
 //!
-//! [`StoreIndex`] is the pure bookkeeping (capacity, reservations, sealed objects);
-//! [`Store`] adds the directory and its files.
+//! When memory is short, objects go to a spill directory on disk (least recently used first)
+//! and come back when read, their digest checked ([`Store::ensure_in_memory`]).
+//!
+//! [`StoreIndex`] is the pure bookkeeping (capacity, locations, what to evict or spill);
+//! [`Store`] adds the directories and their files.
 
-use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use shoal_protocol::{CreateOutcome, NodeId, ObjectId, SharedObject, StoreError};
+use shoal_protocol::{CreateOutcome, Digest, NodeId, ObjectId, SharedObject, StoreError};
 
-/// Who made a reservation: a node-local connection number.
-pub type Holder = u64;
+mod index;
 
-#[derive(Debug, Clone, PartialEq)]
-enum Entry {
-    Reserved { size: u64, holder: Holder },
-    Sealed(SharedObject),
+pub use index::{Holder, Location, Plan, Sealed, StoreIndex};
+
+/// Why a spilled object could not be read back.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    /// No room in memory, even after spilling.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The disk copy does not match its digest.
+    #[error("the spilled copy does not match its digest: {0}")]
+    Corrupted(String),
 }
 
-/// Capacity accounting and the set of objects, with no I/O.
-#[derive(Debug)]
-pub struct StoreIndex {
-    capacity: u64,
-    used: u64,
-    entries: HashMap<ObjectId, Entry>,
-}
-
-impl StoreIndex {
-    /// An empty index of `capacity` bytes.
-    pub fn new(capacity: u64) -> Self {
-        Self {
-            capacity,
-            used: 0,
-            entries: HashMap::new(),
-        }
-    }
-
-    /// Reserves `size` bytes for `id`.
-    pub fn reserve(
-        &mut self,
-        id: ObjectId,
-        size: u64,
-        holder: Holder,
-    ) -> Result<CreateOutcome, StoreError> {
-        if self.entries.contains_key(&id) {
-            return Ok(CreateOutcome::Exists);
-        }
-        if self.used.saturating_add(size) > self.capacity {
-            return Err(StoreError::Full {
-                requested: size,
-                used: self.used,
-                capacity: self.capacity,
-            });
-        }
-        self.used += size;
-        self.entries.insert(id, Entry::Reserved { size, holder });
-        Ok(CreateOutcome::Write)
-    }
-
-    /// Marks a reservation as sealed. The object must match the reservation.
-    pub fn seal(&mut self, id: ObjectId, object: SharedObject) -> Result<(), StoreError> {
-        match self.entries.get(&id) {
-            Some(Entry::Reserved { size, .. }) if *size == object.size => {
-                self.entries.insert(id, Entry::Sealed(object));
-                Ok(())
-            }
-            Some(Entry::Reserved { size, .. }) => Err(StoreError::Mismatch(format!(
-                "object {id} reserved {size} bytes but sealed {}",
-                object.size
-            ))),
-            Some(Entry::Sealed(_)) => Err(StoreError::Mismatch(format!(
-                "object {id} is already sealed"
-            ))),
-            None => Err(StoreError::Mismatch(format!(
-                "object {id} was never reserved"
-            ))),
-        }
-    }
-
-    /// Forgets `id`, sealed or not; returns whether it was sealed.
-    pub fn remove(&mut self, id: &ObjectId) -> Option<bool> {
-        let e = self.entries.remove(id)?;
-        let (size, sealed) = match e {
-            Entry::Reserved { size, .. } => (size, false),
-            Entry::Sealed(o) => (o.size, true),
-        };
-        self.used -= size;
-        Some(sealed)
-    }
-
-    /// Unsealed reservations of `holder`.
-    pub fn reservations_of(&self, holder: Holder) -> Vec<ObjectId> {
-        self.entries
-            .iter()
-            .filter(|(_, e)| matches!(e, Entry::Reserved { holder: h, .. } if *h == holder))
-            .map(|(id, _)| *id)
-            .collect()
-    }
-
-    /// The sealed object `id`, if any.
-    pub fn sealed(&self, id: &ObjectId) -> Option<SharedObject> {
-        match self.entries.get(id) {
-            Some(Entry::Sealed(o)) => Some(*o),
-            _ => None,
-        }
-    }
-
-    /// Bytes reserved or sealed.
-    pub fn used(&self) -> u64 {
-        self.used
-    }
-
-    /// The byte limit.
-    pub fn capacity(&self) -> u64 {
-        self.capacity
-    }
-
-    /// Sealed objects.
-    pub fn sealed_count(&self) -> u64 {
-        self.entries
-            .values()
-            .filter(|e| matches!(e, Entry::Sealed(_)))
-            .count() as u64
-    }
-}
-
-/// The store: its directory and index.
+/// The store: its directories and index.
 #[derive(Debug)]
 pub struct Store {
     dir: PathBuf,
+    spill_dir: PathBuf,
     index: StoreIndex,
 }
 
@@ -144,20 +46,31 @@ pub fn object_path(dir: &Path, id: &ObjectId) -> PathBuf {
     dir.join(id.to_hex())
 }
 
-/// The file a writer fills before renaming it to [`object_path`].
+/// The file a writer fills before the node renames it to [`object_path`].
 pub fn partial_path(dir: &Path, id: &ObjectId) -> PathBuf {
     dir.join(format!("{}.partial", id.to_hex()))
 }
 
 impl Store {
-    /// Makes the directory `shoal-<pid>-<node id>` under `parent`, first removing directories
-    /// left there by nodes whose process is gone.
-    pub fn open(parent: &Path, node: NodeId, capacity: u64) -> io::Result<Self> {
+    /// Makes the directories `shoal-<pid>-<node id>` under `parent` (memory) and
+    /// `spill_parent` (disk), first removing directories left there by nodes whose process
+    /// is gone.
+    pub fn open(
+        parent: &Path,
+        spill_parent: &Path,
+        node: NodeId,
+        capacity: u64,
+    ) -> io::Result<Self> {
         remove_stale_dirs(parent);
-        let dir = parent.join(format!("shoal-{}-{}", std::process::id(), node));
+        remove_stale_dirs(spill_parent);
+        let name = format!("shoal-{}-{}", std::process::id(), node);
+        let dir = parent.join(&name);
         std::fs::create_dir_all(&dir)?;
+        let spill_dir = spill_parent.join(&name);
+        std::fs::create_dir_all(&spill_dir)?;
         Ok(Self {
             dir,
+            spill_dir,
             index: StoreIndex::new(capacity),
         })
     }
@@ -167,24 +80,68 @@ impl Store {
         &self.dir
     }
 
+    /// The spill directory.
+    pub fn spill_dir(&self) -> &Path {
+        &self.spill_dir
+    }
+
     /// The bookkeeping.
     pub fn index(&self) -> &StoreIndex {
         &self.index
     }
 
-    /// See [`StoreIndex::reserve`].
+    /// Reserves room for object (or ticket) `id`, spilling or evicting others if needed.
     pub fn reserve(
         &mut self,
         id: ObjectId,
         size: u64,
         holder: Holder,
     ) -> Result<CreateOutcome, StoreError> {
-        self.index.reserve(id, size, holder)
+        if self.index.contains(&id) {
+            return Ok(CreateOutcome::Exists);
+        }
+        self.make_room(size)?;
+        self.index.reserve(id, size, holder)?;
+        Ok(CreateOutcome::Write)
     }
 
-    /// Checks that the writer's file is in place with the reserved size, then seals.
-    pub fn seal(&mut self, id: ObjectId, object: SharedObject) -> Result<(), StoreError> {
-        let len = std::fs::metadata(object_path(&self.dir, &id))
+    fn make_room(&mut self, size: u64) -> Result<(), StoreError> {
+        let plan = self.index.plan_room(size)?;
+        if plan.is_empty() {
+            return Ok(());
+        }
+        for id in &plan.evict {
+            remove_file(&object_path(&self.dir, id));
+            self.index.evicted(id);
+        }
+        for id in &plan.spill {
+            let from = object_path(&self.dir, id);
+            let to = object_path(&self.spill_dir, id);
+            match std::fs::copy(&from, &to) {
+                Ok(_) => {
+                    remove_file(&from);
+                    self.index.spilled(id);
+                    tracing::debug!(object = %id, "spilled to disk");
+                }
+                Err(e) => {
+                    tracing::error!(object = %id, error = %e, to = %to.display(), "cannot spill");
+                    let _ = std::fs::remove_file(&to);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the writer's partial file of `ticket`, then seals it as `id` and renames it
+    /// into place (or drops it if equal bytes are there already).
+    pub fn seal(
+        &mut self,
+        ticket: ObjectId,
+        id: ObjectId,
+        object: SharedObject,
+    ) -> Result<Sealed, StoreError> {
+        let partial = partial_path(&self.dir, &ticket);
+        let len = std::fs::metadata(&partial)
             .map_err(|e| StoreError::Io(format!("sealing {id}: {e}")))?
             .len();
         if len != object.size {
@@ -193,27 +150,89 @@ impl Store {
                 object.size
             )));
         }
-        self.index.seal(id, object)
-    }
-
-    /// Drops a reservation or a sealed object and its file.
-    pub fn remove(&mut self, id: &ObjectId) {
-        if let Some(sealed) = self.index.remove(id) {
-            let path = if sealed {
-                object_path(&self.dir, id)
-            } else {
-                partial_path(&self.dir, id)
-            };
-            if let Err(e) = std::fs::remove_file(&path) {
-                if e.kind() != io::ErrorKind::NotFound {
-                    tracing::warn!(object = %id, error = %e, "cannot remove store file");
+        let sealed = self.index.seal(ticket, id, object)?;
+        match sealed {
+            Sealed::New => {
+                if let Err(e) = std::fs::rename(&partial, object_path(&self.dir, &id)) {
+                    self.index.remove(&id);
+                    remove_file(&partial);
+                    return Err(StoreError::Io(format!("sealing {id}: {e}")));
                 }
             }
-            if !sealed {
-                // A writer may have renamed before dying, without sealing.
-                let _ = std::fs::remove_file(object_path(&self.dir, id));
+            Sealed::Duplicate => remove_file(&partial),
+        }
+        Ok(sealed)
+    }
+
+    /// Drops a reservation or an object and its files.
+    pub fn remove(&mut self, id: &ObjectId) {
+        let Some((mem, disk)) = self.index.remove(id) else {
+            return;
+        };
+        match mem {
+            Some(Location::Writing) => remove_file(&partial_path(&self.dir, id)),
+            Some(_) => remove_file(&object_path(&self.dir, id)),
+            None => {}
+        }
+        if disk {
+            remove_file(&object_path(&self.spill_dir, id));
+        }
+    }
+
+    /// Makes sure `id` is in memory, reading it back from disk (digest checked) if it was
+    /// spilled. Marks it used.
+    pub fn ensure_in_memory(&mut self, id: &ObjectId) -> Result<(), RestoreError> {
+        self.index.touch(id);
+        if self.index.location(id) != Some(Location::Disk) {
+            return Ok(());
+        }
+        let Some(object) = self.index.sealed(id) else {
+            return Err(StoreError::Mismatch(format!("object {id} is not sealed")).into());
+        };
+        self.make_room(object.size)?;
+        self.index.restoring(id)?;
+        match self.restore_file(id, object.digest) {
+            Ok(()) => {
+                tracing::debug!(object = %id, "read back from disk");
+                Ok(())
+            }
+            Err(e) => {
+                self.index.restore_failed(id);
+                tracing::error!(object = %id, error = %e, "cannot read a spilled object back");
+                Err(e)
             }
         }
+    }
+
+    fn restore_file(&self, id: &ObjectId, digest: Digest) -> Result<(), RestoreError> {
+        let from = object_path(&self.spill_dir, id);
+        let bytes = std::fs::read(&from)
+            .map_err(|e| StoreError::Io(format!("reading {}: {e}", from.display())))?;
+        let found = Digest::of(&bytes);
+        if found != digest {
+            return Err(RestoreError::Corrupted(format!(
+                "{} has digest {found}, recorded {digest}",
+                from.display()
+            )));
+        }
+        let tmp = self.dir.join(format!("{}.restoring", id.to_hex()));
+        std::fs::write(&tmp, &bytes)
+            .and_then(|()| std::fs::rename(&tmp, object_path(&self.dir, id)))
+            .map_err(|e| {
+                remove_file(&tmp);
+                StoreError::Io(format!("restoring {id}: {e}"))
+            })?;
+        Ok(())
+    }
+
+    /// See [`StoreIndex::pin`].
+    pub fn pin(&mut self, id: &ObjectId) {
+        self.index.pin(id)
+    }
+
+    /// See [`StoreIndex::unpin`].
+    pub fn unpin(&mut self, id: &ObjectId) {
+        self.index.unpin(id)
     }
 
     /// Drops the unsealed reservations of a writer that went away.
@@ -223,9 +242,25 @@ impl Store {
         }
     }
 
-    /// Removes the directory and everything in it.
+    /// Drops `holder`'s reservation `id` (the writer gave up).
+    pub fn abort(&mut self, id: &ObjectId, holder: Holder) {
+        if self.index.reserved_by(id, holder) {
+            self.remove(id);
+        }
+    }
+
+    /// Removes the directories and everything in them.
     pub fn destroy(&self) {
         let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_dir_all(&self.spill_dir);
+    }
+}
+
+fn remove_file(path: &Path) {
+    if let Err(e) = std::fs::remove_file(path) {
+        if e.kind() != io::ErrorKind::NotFound {
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove store file");
+        }
     }
 }
 
@@ -260,80 +295,74 @@ pub fn process_alive(pid: i32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shoal_protocol::Digest;
 
-    fn obj(size: u64) -> SharedObject {
+    fn obj(bytes: &[u8]) -> SharedObject {
         SharedObject {
-            size,
-            digest: Digest([0; 32]),
+            size: bytes.len() as u64,
+            digest: Digest::of(bytes),
         }
     }
 
-    #[test]
-    fn capacity_is_enforced_with_sizes_in_the_error() {
-        let mut ix = StoreIndex::new(100);
-        let a = ObjectId([1; 32]);
-        let b = ObjectId([2; 32]);
-        assert_eq!(ix.reserve(a, 60, 1), Ok(CreateOutcome::Write));
+    fn write(store: &mut Store, ticket: ObjectId, bytes: &[u8]) -> Result<Sealed, StoreError> {
         assert_eq!(
-            ix.reserve(b, 50, 1),
-            Err(StoreError::Full {
-                requested: 50,
-                used: 60,
-                capacity: 100
-            })
+            store.reserve(ticket, bytes.len() as u64, 1)?,
+            CreateOutcome::Write
         );
-        assert_eq!(
-            ix.reserve(a, 60, 2),
-            Ok(CreateOutcome::Exists),
-            "same id: dedup"
-        );
-        ix.seal(a, obj(60)).unwrap();
-        assert_eq!(ix.sealed(&a), Some(obj(60)));
-        assert_eq!(ix.remove(&a), Some(true));
-        assert_eq!(ix.used(), 0);
-        assert_eq!(ix.reserve(b, 50, 1), Ok(CreateOutcome::Write));
+        std::fs::write(partial_path(store.dir(), &ticket), bytes).unwrap();
+        store.seal(ticket, ticket, obj(bytes))
     }
 
     #[test]
-    fn seal_must_match_reservation() {
-        let mut ix = StoreIndex::new(100);
-        let a = ObjectId([1; 32]);
-        assert!(ix.seal(a, obj(1)).is_err());
-        ix.reserve(a, 10, 7).unwrap();
-        assert!(matches!(ix.seal(a, obj(11)), Err(StoreError::Mismatch(_))));
-        assert_eq!(ix.reservations_of(7), vec![a]);
-        ix.seal(a, obj(10)).unwrap();
-        assert!(ix.reservations_of(7).is_empty());
-        assert_eq!(ix.sealed_count(), 1);
-    }
-
-    #[test]
-    fn store_files_and_stale_dirs() {
+    fn files_spill_restore_and_stale_dirs() {
         let parent = std::env::temp_dir().join(format!("shoal-store-test-{}", std::process::id()));
-        std::fs::create_dir_all(&parent).unwrap();
+        let spill = parent.join("spill");
+        std::fs::create_dir_all(&spill).unwrap();
         // A directory of a pid that cannot exist is stale.
         let stale = parent.join("shoal-2147483646-abc");
+        let stale_spill = spill.join("shoal-2147483646-abc");
         std::fs::create_dir_all(&stale).unwrap();
-        let mut store = Store::open(&parent, NodeId([3; 16]), 1 << 20).unwrap();
-        assert!(!stale.exists());
-        let id = ObjectId([9; 32]);
-        store.reserve(id, 4, 1).unwrap();
-        std::fs::write(partial_path(store.dir(), &id), b"abcd").unwrap();
-        assert!(store.seal(id, obj(4)).is_err(), "not renamed yet");
-        std::fs::rename(
-            partial_path(store.dir(), &id),
-            object_path(store.dir(), &id),
-        )
-        .unwrap();
-        store.seal(id, obj(4)).unwrap();
-        store.remove(&id);
-        assert!(!object_path(store.dir(), &id).exists());
-        store.reserve(id, 4, 2).unwrap();
-        std::fs::write(partial_path(store.dir(), &id), b"ab").unwrap();
+        std::fs::create_dir_all(&stale_spill).unwrap();
+        let mut store = Store::open(&parent, &spill, NodeId([3; 16]), 10).unwrap();
+        assert!(!stale.exists() && !stale_spill.exists());
+
+        let (a, b) = (ObjectId([1; 32]), ObjectId([2; 32]));
+        write(&mut store, a, b"aaaaaa").unwrap();
+        assert!(object_path(store.dir(), &a).exists());
+        // Room for b: a goes to disk.
+        write(&mut store, b, b"bbbbbb").unwrap();
+        assert!(!object_path(store.dir(), &a).exists());
+        assert!(object_path(store.spill_dir(), &a).exists());
+        assert_eq!(store.index().location(&a), Some(Location::Disk));
+        // Reading a back sends b to disk.
+        store.ensure_in_memory(&a).unwrap();
+        assert_eq!(
+            std::fs::read(object_path(store.dir(), &a)).unwrap(),
+            b"aaaaaa"
+        );
+        assert_eq!(store.index().location(&b), Some(Location::Disk));
+        // A corrupted disk copy is detected, not returned.
+        std::fs::write(object_path(store.spill_dir(), &b), b"bbbbbX").unwrap();
+        assert!(matches!(
+            store.ensure_in_memory(&b),
+            Err(RestoreError::Corrupted(_))
+        ));
+        assert_eq!(store.index().location(&b), Some(Location::Disk));
+        store.remove(&a);
+        store.remove(&b);
+        assert_eq!(std::fs::read_dir(store.dir()).unwrap().count(), 0);
+        assert_eq!(std::fs::read_dir(store.spill_dir()).unwrap().count(), 0);
+
+        // A writer that goes away leaves nothing.
+        store.reserve(a, 4, 2).unwrap();
+        std::fs::write(partial_path(store.dir(), &a), b"ab").unwrap();
         store.abort_holder(2);
-        assert!(!partial_path(store.dir(), &id).exists());
+        assert!(!partial_path(store.dir(), &a).exists());
         assert_eq!(store.index().used(), 0);
+        // Too large for the store at all.
+        assert!(matches!(
+            store.reserve(a, 11, 1),
+            Err(StoreError::Full { requested: 11, .. })
+        ));
         store.destroy();
         std::fs::remove_dir_all(&parent).unwrap();
     }

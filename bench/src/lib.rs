@@ -1,9 +1,10 @@
 //! `shoal-bench`: the benchmark runner of BENCH.md.
 //!
 //! [`harness`] holds the measuring method and the row registry, [`limits`] the rows that
-//! measure the machine, [`shoal_rows`] the rows that measure Shoal. The binary (`main.rs`)
-//! is the command line around them.
+//! measure the machine, [`shoal_rows`] and [`actor_rows`] the rows that measure Shoal. The
+//! binary (`main.rs`) is the command line around them.
 
+pub mod actor_rows;
 pub mod harness;
 pub mod limits;
 pub mod shoal_rows;
@@ -16,5 +17,6 @@ pub fn registry() -> Registry {
     let mut reg = Registry::new();
     limits::register(&mut reg);
     shoal_rows::register(&mut reg);
+    actor_rows::register(&mut reg);
     reg
 }

@@ -1,5 +1,6 @@
-//! The rows that measure Shoal itself: BENCH.md's "workloads" (tasks, actors, objects, the
-//! same work as `ray microbenchmark`, name by name) and "the mesh" rows.
+//! The rows that measure Shoal itself: BENCH.md's "workloads" (tasks and objects, the same
+//! work as `ray microbenchmark`, name by name; the actor rows are in
+//! [`actor_rows`](crate::actor_rows)) and "the mesh" rows.
 //!
 //! A row is a function `fn(&mut Bench) -> anyhow::Result<()>` that does its untimed set-up,
 //! then measures exactly once (`b.run_batches` for `ops/s` and `GB/s`, `b.run_timed` for `s`
@@ -37,11 +38,11 @@ const BIG_PUT_BYTES: usize = 800_000_000;
 const BIG_PUT_BYTES_QUICK: usize = 100_000_000;
 /// How long the first operation of a row may take (it may start a worker) before the row
 /// fails.
-const FIRST_OP_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const FIRST_OP_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The no-op task: no arguments, returns the 2-byte value `b"ok"`.
 #[shoal::remote]
-fn noop() -> Vec<u8> {
+pub(crate) fn noop() -> Vec<u8> {
     b"ok".to_vec()
 }
 
@@ -94,7 +95,7 @@ pub fn register(reg: &mut Registry) {
 
 /// Attaches this process to a node (once; later calls return the same attachment) and says
 /// on stderr which node it is.
-fn connect() -> Result<shoal::Shoal> {
+pub(crate) fn connect() -> Result<shoal::Shoal> {
     use std::sync::atomic::{AtomicBool, Ordering};
     static ANNOUNCED: AtomicBool = AtomicBool::new(false);
     let shoal = shoal::init().context("attaching to a Shoal node (shoal::init)")?;
@@ -118,7 +119,7 @@ fn connect() -> Result<shoal::Shoal> {
 
 /// Waits until the node has handled every message this process sent before (a status
 /// request travels behind them), so that a row's backlog does not spill into the next one.
-fn drain(shoal: &shoal::Shoal) -> Result<()> {
+pub(crate) fn drain(shoal: &shoal::Shoal) -> Result<()> {
     shoal.status().context("waiting for the node to catch up")?;
     Ok(())
 }

@@ -3,6 +3,7 @@
 //! ```text
 //! shoal node [--socket PATH] [--cpus N] [--resource NAME=N]... [--store-bytes N]
 //! shoal status [--json] [--socket PATH]
+//! shoal objects [--json] [--socket PATH]
 //! ```
 
 use std::io::{Read, Write};
@@ -14,8 +15,8 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use shoal_node::config::{default_socket_path, NodeConfig};
 use shoal_protocol::{
-    codec, frame, ClientId, Hello, NodeStatus, ResourceSet, Role, ToClient, ToNode, MAGIC,
-    PROTOCOL_VERSION,
+    codec, frame, ClientId, Hello, NodeStatus, ObjectInfo, ResourceSet, Role, ToClient, ToNode,
+    MAGIC, PROTOCOL_VERSION,
 };
 
 #[derive(Parser, Debug)]
@@ -36,6 +37,16 @@ enum Command {
     /// Show a node's id, resources, workers, tasks, objects and actors.
     Status {
         /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+        /// The node's socket [default: $SHOAL_SOCKET or the per-user default].
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
+    /// List the node's objects (as `ray memory`): size, owner, what keeps each alive, and
+    /// where it is (inline, memory, disk).
+    Objects {
+        /// Print one JSON array instead of text.
         #[arg(long)]
         json: bool,
         /// The node's socket [default: $SHOAL_SOCKET or the per-user default].
@@ -88,7 +99,10 @@ fn main() -> Result<()> {
         Command::Node(args) => run_node(args),
         Command::Status { json, socket } => {
             let socket = socket.unwrap_or_else(default_socket_path);
-            let status = fetch_status(&socket)?;
+            let ToClient::Status { status, .. } = ask(&socket, ToNode::Status { request: 1 })?
+            else {
+                bail!("unexpected answer");
+            };
             if json {
                 println!("{}", serde_json::to_string(&status_json(&status))?);
             } else {
@@ -96,7 +110,52 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
+        Command::Objects { json, socket } => {
+            let socket = socket.unwrap_or_else(default_socket_path);
+            let ToClient::Objects { objects, .. } = ask(&socket, ToNode::Objects { request: 1 })?
+            else {
+                bail!("unexpected answer");
+            };
+            if json {
+                let list: Vec<_> = objects.iter().map(object_json).collect();
+                println!("{}", serde_json::to_string(&list)?);
+            } else {
+                print_objects(&objects);
+            }
+            Ok(())
+        }
     }
+}
+
+fn object_json(o: &ObjectInfo) -> serde_json::Value {
+    serde_json::json!({
+        "id": o.id.to_hex(),
+        "size": o.size,
+        "owner": o.owner.map(|c| c.to_string()),
+        "holders": o.holders,
+        "pinned_by": o.pinned_by,
+        "location": o.location,
+    })
+}
+
+fn print_objects(objects: &[ObjectInfo]) {
+    println!(
+        "{:<16} {:>12} {:<16} {:>7} {:<12} pinned by",
+        "object", "bytes", "owner", "holders", "location"
+    );
+    for o in objects {
+        println!(
+            "{:<16} {:>12} {:<16} {:>7} {:<12} {}",
+            &o.id.to_hex()[..16],
+            o.size,
+            o.owner.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+            o.holders,
+            o.location,
+            o.pinned_by.join(",")
+        );
+    }
+    let total: u64 = objects.iter().map(|o| o.size).sum();
+    println!("{} objects, {total} bytes", objects.len());
 }
 
 fn run_node(args: NodeArgs) -> Result<()> {
@@ -148,8 +207,9 @@ fn run_node(args: NodeArgs) -> Result<()> {
     })
 }
 
-/// Asks the node on `socket` for its status, over the same protocol drivers use.
-fn fetch_status(socket: &std::path::Path) -> Result<NodeStatus> {
+/// Sends one request to the node on `socket`, over the same protocol drivers use, and returns
+/// its answer.
+fn ask(socket: &std::path::Path, request: ToNode) -> Result<ToClient> {
     let mut stream = UnixStream::connect(socket)
         .with_context(|| format!("no node is listening on {}", socket.display()))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
@@ -164,7 +224,7 @@ fn fetch_status(socket: &std::path::Path) -> Result<NodeStatus> {
         binary: None,
     };
     frame::encode_frame(&mut out, &ToNode::Hello(hello), max)?;
-    frame::encode_frame(&mut out, &ToNode::Status { request: 1 }, max)?;
+    frame::encode_frame(&mut out, &request, max)?;
     stream.write_all(&out)?;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 64 * 1024];
@@ -173,7 +233,7 @@ fn fetch_status(socket: &std::path::Path) -> Result<NodeStatus> {
             let msg: ToClient = codec::decode(payload, max)?;
             buf.drain(..used);
             match msg {
-                ToClient::Status { status, .. } => return Ok(*status),
+                ToClient::Status { .. } | ToClient::Objects { .. } => return Ok(msg),
                 ToClient::Rejected { reason } => bail!("the node refused us: {reason}"),
                 _ => {}
             }
@@ -213,6 +273,9 @@ fn status_json(s: &NodeStatus) -> serde_json::Value {
             "shared_count": s.objects.shared_count,
             "shared_bytes": s.objects.shared_bytes,
             "store_capacity": s.objects.store_capacity,
+            "store_used": s.objects.store_used,
+            "spilled_count": s.objects.spilled_count,
+            "spilled_bytes": s.objects.spilled_bytes,
         },
         "actors": s.actors.iter().map(|a| serde_json::json!({
             "actor_id": a.actor_id.to_hex(), "class": a.class, "name": a.name, "state": a.state,
@@ -243,13 +306,19 @@ fn print_status(s: &NodeStatus) {
         s.tasks_queued, s.tasks_running, s.tasks_finished
     );
     println!(
-        "objects   {} ({} inline, {} B; {} in store, {} B of {} B) in {}",
+        "objects   {} ({} inline, {} B; {} in store, {} B)",
         s.objects.count,
         s.objects.inline_count,
         s.objects.inline_bytes,
         s.objects.shared_count,
         s.objects.shared_bytes,
+    );
+    println!(
+        "store     {} B of {} B in memory, {} objects ({} B) spilled to disk; {}",
+        s.objects.store_used,
         s.objects.store_capacity,
+        s.objects.spilled_count,
+        s.objects.spilled_bytes,
         s.store_dir
     );
     println!("clients   {}", s.clients);

@@ -956,13 +956,12 @@ impl Core {
                 continue;
             }
             // A pending task result with no holder is dropped; a late result is discarded.
-            let shared = matches!(e.value, Some(ObjectValue::Shared(_)));
             let Some(e) = self.objects.remove(&id) else {
                 continue;
             };
-            if shared {
-                self.store.remove(&id);
-            }
+            // Its files go too (also those of an object whose copy turned out corrupted, and
+            // a result still being written).
+            self.store.remove(&id);
             // What it held inside may now be unreferenced.
             for inner in e.nested {
                 if let Some(x) = self.objects.get_mut(&inner) {

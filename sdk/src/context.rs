@@ -663,6 +663,14 @@ impl Context {
         }
     }
 
+    /// The node's objects.
+    pub(crate) fn objects(&self) -> Result<Vec<shoal_protocol::ObjectInfo>, GetError> {
+        match self.request(|request| ToNode::Objects { request })? {
+            ToClient::Objects { objects, .. } => Ok(objects),
+            _ => Err(GetError::Disconnected),
+        }
+    }
+
     /// The node's status.
     pub(crate) fn status(&self) -> Result<NodeStatus, GetError> {
         match self.request(|request| ToNode::Status { request })? {

@@ -96,7 +96,9 @@ use std::time::Duration;
 pub use actor::{get_actor, kill, kill_and_restart, Actor, ActorError, ActorHandle, ActorOptions};
 use serde::Serialize;
 pub use shoal_macros::{actor, remote};
-pub use shoal_protocol::{ActorId, NodeId, NodeStatus, ObjectId, ResourceSet, TaskError};
+pub use shoal_protocol::{
+    ActorId, NodeId, NodeStatus, ObjectId, ObjectInfo, ResourceSet, TaskError,
+};
 
 pub use context::InitOptions;
 use context::{Context, Value};
@@ -126,9 +128,16 @@ impl Shoal {
         self.ctx.socket()
     }
 
-    /// A snapshot of the node: resources, workers, tasks, objects.
+    /// A snapshot of the node: resources, workers, tasks, objects, actors. The node answers
+    /// after everything this process sent before.
     pub fn status(&self) -> Result<NodeStatus, GetError> {
         self.ctx.status()
+    }
+
+    /// Every object the node knows, largest first (as `shoal objects`, Ray's `ray memory`):
+    /// size, owner, what keeps it alive, where it is.
+    pub fn objects(&self) -> Result<Vec<ObjectInfo>, GetError> {
+        self.ctx.objects()
     }
 }
 

@@ -1,0 +1,380 @@
+//! The object store under pressure and over lifetimes: a small embedded store (48 MiB) with a
+//! spill directory of its own; objects of 8 MiB.
+//!
+//! The tests share one node, so they take turns (`serial`): each one counts objects and
+//! files, and another test's objects would be counted too.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize, Serializer};
+use shoal::{GetError, InitOptions, ObjectRef, PutError, Shoal, StoreError, TaskError};
+
+const STORE: u64 = 48 << 20;
+const MB8: usize = 8 << 20;
+
+/// Bytes that encode as one block (as `serde_bytes`), so 8 MiB encode at memory speed.
+#[derive(Clone, PartialEq, Debug)]
+pub struct Blob(Vec<u8>);
+
+impl Serialize for Blob {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Blob {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Vec::<u8>::deserialize(d).map(Blob)
+    }
+}
+
+/// A distinct 8 MiB pattern per `seed`.
+fn blob(seed: u64) -> Blob {
+    let mut v = vec![0u8; MB8];
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    for chunk in v.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    Blob(v)
+}
+
+fn spill_parent() -> PathBuf {
+    std::env::temp_dir().join(format!("shoal-store-test-spill-{}", std::process::id()))
+}
+
+fn node() -> Shoal {
+    shoal::init_with(InitOptions {
+        store_bytes: Some(STORE),
+        spill_dir: Some(spill_parent()),
+        force_embedded: true,
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Files in the node's store directory and in its spill directory.
+fn files(shoal: &Shoal) -> (usize, usize) {
+    let status = shoal.status().unwrap();
+    let count = |dir: &Path| std::fs::read_dir(dir).map_or(0, |d| d.count());
+    let store = PathBuf::from(&status.store_dir);
+    let spill = spill_parent().join(store.file_name().unwrap());
+    (count(&store), count(&spill))
+}
+
+fn spill_file(shoal: &Shoal, id: shoal::ObjectId) -> PathBuf {
+    let store = PathBuf::from(shoal.status().unwrap().store_dir);
+    spill_parent()
+        .join(store.file_name().unwrap())
+        .join(id.to_hex())
+}
+
+fn location(shoal: &Shoal, id: shoal::ObjectId) -> Option<String> {
+    shoal
+        .objects()
+        .unwrap()
+        .into_iter()
+        .find(|o| o.id == id)
+        .map(|o| o.location)
+}
+
+#[test]
+fn ten_times_the_capacity_spills_and_reads_back() {
+    let _turn = serial();
+    let shoal = node();
+    let refs: Vec<ObjectRef<Blob>> = (0..60).map(|i| shoal::put(&blob(i)).unwrap()).collect();
+    let status = shoal.status().unwrap();
+    assert!(status.objects.store_used <= STORE, "{status:?}");
+    assert!(status.objects.spilled_count >= 50, "{:?}", status.objects);
+    // Every value comes back right, most of them from disk.
+    for (i, r) in refs.iter().enumerate() {
+        assert!(r.get_blocking().unwrap() == blob(i as u64), "object {i}");
+    }
+    // A task reads a spilled object too.
+    assert_eq!(len_of.remote(&refs[0]).get_blocking().unwrap(), MB8);
+    drop(refs);
+    let status = shoal.status().unwrap();
+    let spill = spill_parent().join(PathBuf::from(&status.store_dir).file_name().unwrap());
+    let left: Vec<_> = std::fs::read_dir(&spill)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(
+        files(&shoal),
+        (0, 0),
+        "every file is freed with its last ref: {left:?} {:?}",
+        shoal.objects()
+    );
+    assert_eq!(shoal.status().unwrap().objects.spilled_bytes, 0);
+}
+
+#[shoal::remote]
+fn len_of(b: Blob) -> usize {
+    b.0.len()
+}
+
+#[test]
+fn restored_copies_are_dropped_least_recently_used_first() {
+    let _turn = serial();
+    let shoal = node();
+    // Five objects (of 8 MiB and a few bytes) fill the store; seven more push the first seven
+    // to disk. Then the last five are dropped: memory is empty.
+    let mut refs: Vec<ObjectRef<Blob>> =
+        (100..112).map(|i| shoal::put(&blob(i)).unwrap()).collect();
+    for r in &refs[..7] {
+        assert_eq!(location(&shoal, r.id()).as_deref(), Some("disk"));
+    }
+    refs.truncate(7);
+    assert_eq!(shoal.status().unwrap().objects.store_used, 0);
+    // Read five back, in the order 2, 0, 1, 5, 6: memory is full of copies that are on disk
+    // too.
+    for i in [2, 0, 1, 5, 6] {
+        assert!(refs[i].get_blocking().unwrap() == blob(100 + i as u64));
+        assert_eq!(
+            location(&shoal, refs[i].id()).as_deref(),
+            Some("memory+disk")
+        );
+    }
+    // Reading two more back: the restored copies are dropped least recently read first (2,
+    // then 0), without writing anything to disk (they are there already).
+    let spilled_before = shoal.status().unwrap().objects.spilled_count;
+    refs[3].get_blocking().unwrap();
+    refs[4].get_blocking().unwrap();
+    assert_eq!(location(&shoal, refs[2].id()).as_deref(), Some("disk"));
+    assert_eq!(location(&shoal, refs[0].id()).as_deref(), Some("disk"));
+    for i in [1, 5, 6, 3, 4] {
+        assert_eq!(
+            location(&shoal, refs[i].id()).as_deref(),
+            Some("memory+disk")
+        );
+    }
+    assert_eq!(
+        shoal.status().unwrap().objects.spilled_count,
+        spilled_before,
+        "nothing new was spilled"
+    );
+}
+
+#[test]
+fn a_put_that_cannot_fit_names_the_sizes() {
+    let _turn = serial();
+    let shoal = node();
+    let huge = Blob(vec![7; (STORE + 1) as usize]);
+    match shoal::put(&huge) {
+        Err(PutError::Store(StoreError::Full {
+            requested,
+            capacity,
+            ..
+        })) => {
+            assert!(requested > STORE, "{requested}");
+            assert_eq!(capacity, STORE);
+        }
+        other => panic!("expected a full store, got {other:?}"),
+    }
+    assert_eq!(files(&shoal), (0, 0));
+}
+
+#[test]
+fn a_corrupted_spilled_copy_is_reported_not_returned() {
+    let _turn = serial();
+    let shoal = node();
+    let victim = shoal::put(&blob(200)).unwrap();
+    let others: Vec<ObjectRef<Blob>> = (201..208).map(|i| shoal::put(&blob(i)).unwrap()).collect();
+    assert_eq!(location(&shoal, victim.id()).as_deref(), Some("disk"));
+    let path = spill_file(&shoal, victim.id());
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[MB8 / 2] ^= 0xff;
+    std::fs::write(&path, bytes).unwrap();
+    match victim.get_blocking() {
+        Err(GetError::Task(TaskError::ObjectCorrupted { id, message })) => {
+            assert_eq!(id, victim.id());
+            assert!(message.contains("digest"), "{message}");
+        }
+        other => panic!(
+            "expected a corruption error, got {:?}",
+            other.map(|b| b.0.len())
+        ),
+    }
+    // The others are fine.
+    assert!(others[0].get_blocking().unwrap() == blob(201));
+}
+
+#[test]
+fn equal_puts_share_one_copy() {
+    let _turn = serial();
+    let shoal = node();
+    let a = shoal::put(&blob(300)).unwrap();
+    let b = shoal::put(&blob(300)).unwrap();
+    assert_eq!(a.id(), b.id());
+    // Another process puts the same bytes: still one object, one file.
+    assert_eq!(put_in_task.remote(300).get_blocking().unwrap(), a.id());
+    assert_eq!(files(&shoal), (1, 0));
+    drop((a, b));
+    assert_eq!(files(&shoal), (0, 0));
+}
+
+#[shoal::remote]
+fn put_in_task(seed: u64) -> shoal::ObjectId {
+    shoal::put(&blob(seed)).unwrap().id()
+}
+
+#[test]
+fn objects_are_freed_with_their_last_ref_even_nested_or_held_elsewhere() {
+    let _turn = serial();
+    let shoal = node();
+    let count = |shoal: &Shoal| shoal.status().unwrap().objects.shared_count;
+    assert_eq!(count(&shoal), 0);
+
+    // A ref inside another object keeps it alive; dropping the outer frees both.
+    let inner = shoal::put(&blob(400)).unwrap();
+    let inner_id = inner.id();
+    let outer = shoal::put(&vec![inner.clone()]).unwrap();
+    drop(inner);
+    assert_eq!(count(&shoal), 1, "the inner object lives inside the outer");
+    let back: Vec<ObjectRef<Blob>> = outer.get_blocking().unwrap();
+    assert_eq!(back[0].id(), inner_id);
+    assert!(back[0].get_blocking().unwrap() == blob(400));
+    drop(outer);
+    assert_eq!(count(&shoal), 1, "this process holds the ref it read");
+    drop(back);
+    assert_eq!(count(&shoal), 0);
+    assert_eq!(files(&shoal), (0, 0));
+
+    // An actor in another process keeps refs it was given after we drop ours.
+    let keeper = Keeper::remote();
+    let x = shoal::put(&blob(401)).unwrap();
+    keeper.keep(vec![x.clone()]).get_blocking().unwrap();
+    drop(x);
+    assert_eq!(count(&shoal), 1);
+    assert_eq!(keeper.total().get_blocking().unwrap(), MB8);
+    keeper.clear().get_blocking().unwrap();
+    assert_eq!(count(&shoal), 0, "freed when the other process dropped it");
+
+    // A ref inside a task's result: alive until the result is dropped.
+    let made = make_nested.remote(402);
+    let list = made.get_blocking().unwrap();
+    assert_eq!(count(&shoal), 1);
+    drop(made);
+    assert!(list[0].get_blocking().unwrap() == blob(402));
+    drop(list);
+    assert_eq!(count(&shoal), 0);
+    assert_eq!(files(&shoal), (0, 0));
+}
+
+/// Puts a value and returns it inside a list; the task's own handle is dropped at once.
+#[shoal::remote]
+fn make_nested(seed: u64) -> Vec<ObjectRef<Blob>> {
+    vec![shoal::put(&blob(seed)).unwrap()]
+}
+
+#[derive(Default)]
+pub struct Keeper {
+    refs: Vec<ObjectRef<Blob>>,
+}
+
+#[shoal::actor]
+impl Keeper {
+    pub fn new() -> Self {
+        Keeper::default()
+    }
+
+    pub fn keep(&mut self, refs: Vec<ObjectRef<Blob>>) {
+        self.refs.extend(refs);
+    }
+
+    pub fn total(&self) -> usize {
+        self.refs
+            .iter()
+            .map(|r| r.get_blocking().unwrap().0.len())
+            .sum()
+    }
+
+    pub fn clear(&mut self) {
+        self.refs.clear();
+    }
+}
+
+#[test]
+fn a_driver_killed_with_sigkill_leaves_no_objects_or_files() {
+    let _turn = serial();
+    let shoal = node();
+    assert_eq!(files(&shoal), (0, 0));
+    let exe = std::env::current_exe().unwrap();
+    let mut child = KillOnDrop(
+        Command::new(exe)
+            .args(["--exact", "doomed_driver_entry", "--nocapture", "--quiet"])
+            .env("SHOAL_TEST_DOOMED", "1")
+            .env("SHOAL_SOCKET", shoal.socket())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    // It says when its objects are in: more than the store holds, so some are on disk.
+    let out = std::io::BufReader::new(child.0.stdout.take().unwrap());
+    use std::io::BufRead;
+    let ready = out
+        .lines()
+        .map_while(Result::ok)
+        .any(|l| l.trim() == "ready");
+    assert!(ready, "the child ended before it was ready");
+    let (mem, disk) = files(&shoal);
+    assert!(mem >= 5 && disk >= 1, "{mem} in memory, {disk} on disk");
+    assert!(shoal.status().unwrap().objects.count >= 8);
+    child.0.kill().unwrap();
+    let status = child.0.wait().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(libc::SIGKILL));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while files(&shoal) != (0, 0) || shoal.status().unwrap().objects.count != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "left behind: {:?}",
+            shoal.objects()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The driver of `a_driver_killed_with_sigkill_leaves_no_objects_or_files` (a no-op
+/// otherwise): puts objects, some nested, says "ready", and waits to be killed.
+#[test]
+fn doomed_driver_entry() {
+    if std::env::var_os("SHOAL_TEST_DOOMED").is_none() {
+        return;
+    }
+    shoal::init_with(InitOptions {
+        require_daemon: true,
+        ..Default::default()
+    })
+    .unwrap();
+    let refs: Vec<ObjectRef<Blob>> = (500..508).map(|i| shoal::put(&blob(i)).unwrap()).collect();
+    let outer = shoal::put(&refs[..2].to_vec()).unwrap();
+    let small = shoal::put(&42u64).unwrap();
+    println!("ready");
+    let mut buf = String::new();
+    let _ = std::io::stdin().read_line(&mut buf);
+    drop((refs, outer, small));
+}
+
+/// Kills (and reaps) our child when the test ends, however it ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -110,9 +110,37 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], limit: usize) -> Result<T, Deco
     Ok(value)
 }
 
+/// Where the bytes of an encoded byte sequence (a `Vec<u8>`, a `serde_bytes` buffer, …) are
+/// inside its encoding: after the length prefix, up to the end. Lets a reader hand out a view
+/// of a stored buffer without copying or decoding it.
+pub fn byte_range(encoded: &[u8]) -> Result<std::ops::Range<usize>, DecodeError> {
+    let (len, used) = bincode::decode_from_slice::<u64, _>(encoded, config())
+        .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    let end = used as u64 + len;
+    if end != encoded.len() as u64 {
+        return Err(DecodeError::Malformed(format!(
+            "a byte sequence of {len} bytes after a {used}-byte prefix does not fill {} bytes",
+            encoded.len()
+        )));
+    }
+    Ok(used..encoded.len())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn byte_ranges() {
+        for n in [0usize, 1, 250, 251, 70_000] {
+            let v: Vec<u8> = (0..n).map(|i| i as u8).collect();
+            let bytes = encode(&v).unwrap();
+            let r = byte_range(&bytes).unwrap();
+            assert_eq!(&bytes[r], &v[..]);
+        }
+        assert!(byte_range(&encode(&(3u64, 4u64)).unwrap()).is_err());
+        assert!(byte_range(&[]).is_err());
+    }
 
     #[test]
     fn round_trip_and_len() {

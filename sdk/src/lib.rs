@@ -81,6 +81,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 mod actor;
+mod bytes;
 mod context;
 mod error;
 mod object_ref;
@@ -94,6 +95,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use actor::{get_actor, kill, kill_and_restart, Actor, ActorError, ActorHandle, ActorOptions};
+pub use bytes::{put_bytes, ByteSequence, ByteView, Bytes};
 use serde::Serialize;
 pub use shoal_macros::{actor, remote};
 pub use shoal_protocol::{

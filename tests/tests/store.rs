@@ -378,3 +378,121 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+#[shoal::remote]
+fn view_in_task(r: ObjectRef<shoal::Bytes>) -> (bool, usize, u64) {
+    let view = r.get_view_blocking().unwrap();
+    let sum = view.iter().step_by(4096).map(|b| u64::from(*b)).sum();
+    (view.is_mapped(), view.len(), sum)
+}
+
+#[test]
+fn large_byte_buffers_are_read_in_place() {
+    let _turn = serial();
+    let shoal = node();
+    let data: Vec<u8> = (0..(24usize << 20)).map(|i| (i % 251) as u8).collect();
+    let r = shoal::put_bytes(&data).unwrap();
+    // Equal to a put of the same bytes as a Vec<u8>, or as Bytes.
+    assert_eq!(
+        r.id(),
+        shoal::put(&shoal::Bytes(data.clone())).unwrap().id()
+    );
+    let view = r.get_view_blocking().unwrap();
+    assert!(view.is_mapped());
+    assert!(view[..] == data[..]);
+    // Another process maps the same file.
+    let expected: u64 = data.iter().step_by(4096).map(|b| u64::from(*b)).sum();
+    assert_eq!(
+        view_in_task.remote(r.clone()).get_blocking().unwrap(),
+        (true, data.len(), expected)
+    );
+    // A small buffer is viewed in its message.
+    let small = shoal::put_bytes(b"tiny").unwrap();
+    let v = small.get_view_blocking().unwrap();
+    assert_eq!((&v[..], v.is_mapped()), (&b"tiny"[..], false));
+    // A view stays valid after its object is freed.
+    drop(r);
+    assert_eq!(files(&shoal), (0, 0));
+    assert!(view[..] == data[..]);
+}
+
+/// Serializes nothing, but the second time it is serialized (the first is the length pass)
+/// it says so on stdout and blocks forever: a writer stuck halfway through an object.
+struct StuckHalfway;
+
+impl Serialize for StuckHalfway {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static CALLS: AtomicU32 = AtomicU32::new(0);
+        if CALLS.fetch_add(1, Ordering::SeqCst) == 1 {
+            println!("half-written");
+            loop {
+                std::thread::park();
+            }
+        }
+        s.serialize_unit()
+    }
+}
+
+#[test]
+fn a_writer_killed_mid_write_leaves_nothing_visible() {
+    let _turn = serial();
+    let shoal = node();
+    assert_eq!(files(&shoal), (0, 0));
+    let exe = std::env::current_exe().unwrap();
+    let mut child = KillOnDrop(
+        Command::new(exe)
+            .args(["--exact", "stuck_writer_entry", "--nocapture", "--quiet"])
+            .env("SHOAL_TEST_STUCK_WRITER", "1")
+            .env("SHOAL_SOCKET", shoal.socket())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    use std::io::BufRead;
+    let out = std::io::BufReader::new(child.0.stdout.take().unwrap());
+    assert!(
+        out.lines()
+            .map_while(Result::ok)
+            .any(|l| l.trim() == "half-written"),
+        "the writer ended before it got stuck"
+    );
+    // Half an object is in the store, under a partial name only: no object exists.
+    let store = PathBuf::from(shoal.status().unwrap().store_dir);
+    let names: Vec<String> = std::fs::read_dir(&store)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.len(), 1, "{names:?}");
+    assert!(names[0].ends_with(".partial"), "{names:?}");
+    assert_eq!(shoal.status().unwrap().objects.count, 0);
+    assert!(shoal.status().unwrap().objects.store_used >= MB8 as u64);
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while files(&shoal) != (0, 0) || shoal.status().unwrap().objects.store_used != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the partial object was not cleaned up"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(shoal.status().unwrap().objects.count, 0);
+}
+
+/// The writer of `a_writer_killed_mid_write_leaves_nothing_visible` (a no-op otherwise).
+#[test]
+fn stuck_writer_entry() {
+    if std::env::var_os("SHOAL_TEST_STUCK_WRITER").is_none() {
+        return;
+    }
+    shoal::init_with(InitOptions {
+        require_daemon: true,
+        ..Default::default()
+    })
+    .unwrap();
+    let _ = shoal::put(&(blob(600), StuckHalfway));
+    unreachable!("the put never finishes");
+}

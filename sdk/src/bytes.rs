@@ -1,0 +1,210 @@
+//! Byte buffers without copies: [`Bytes`], [`put_bytes`] and [`ByteView`].
+//!
+//! A stored byte buffer is its length and its bytes. Reading one with
+//! [`ObjectRef::get_view`] maps the store file and returns a view of the bytes in it: no copy
+//! and no decode, so the time does not grow with the size.
+
+use std::fmt;
+use std::ops::{Deref, Range};
+use std::sync::Arc;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use shoal_protocol::{codec, ObjectId};
+
+use crate::context::{self, Context, Value};
+use crate::error::{GetError, PutError};
+use crate::object_ref::ObjectRef;
+
+/// A byte buffer that encodes as one block (as `serde_bytes` does): puts and gets of it run
+/// at memory speed, and [`ObjectRef::get_view`] reads it in place. Its encoding is that of a
+/// `Vec<u8>` with the same bytes.
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
+pub struct Bytes(pub Vec<u8>);
+
+impl fmt::Debug for Bytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Bytes({} bytes)", self.0.len())
+    }
+}
+
+impl Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl From<Vec<u8>> for Bytes {
+    fn from(v: Vec<u8>) -> Self {
+        Bytes(v)
+    }
+}
+
+impl Serialize for Bytes {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Bytes {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Bytes;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a byte buffer")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Bytes, E> {
+                Ok(Bytes(v.to_vec()))
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Bytes, E> {
+                Ok(Bytes(v))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Bytes, A::Error> {
+                let mut out = Vec::with_capacity(a.size_hint().unwrap_or(0).min(1 << 20));
+                while let Some(b) = a.next_element::<u8>()? {
+                    out.push(b);
+                }
+                Ok(Bytes(out))
+            }
+        }
+        d.deserialize_byte_buf(V)
+    }
+}
+
+/// A borrowed buffer, encoded as [`Bytes`].
+struct RawSlice<'a>(&'a [u8]);
+
+impl Serialize for RawSlice<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(self.0)
+    }
+}
+
+/// Stores raw bytes (copied once, straight into shared memory when large) and returns a ref
+/// to them as [`Bytes`]. Equal bytes share one id and one copy.
+pub fn put_bytes(bytes: &[u8]) -> Result<ObjectRef<Bytes>, PutError> {
+    let ctx = context::get();
+    crate::put_value(ctx, &RawSlice(bytes)).map(ObjectRef::from_raw)
+}
+
+/// Types stored as a plain byte sequence, whose refs can be read as a [`ByteView`].
+pub trait ByteSequence {}
+impl ByteSequence for Bytes {}
+impl ByteSequence for Vec<u8> {}
+
+#[derive(Clone)]
+enum Backing {
+    Inline(Arc<Vec<u8>>),
+    Mapped(Arc<memmap2::Mmap>),
+}
+
+/// A read-only view of a stored byte buffer: inside the shared-memory file of a large object
+/// (mapped, never copied), or inside the message of a small one. Cheap to clone. The bytes
+/// stay valid as long as the view lives, even if the object is freed or spilled meanwhile.
+#[derive(Clone)]
+pub struct ByteView {
+    backing: Backing,
+    range: Range<usize>,
+}
+
+impl ByteView {
+    /// Whether the view is of a shared-memory mapping (rather than a small inline value).
+    pub fn is_mapped(&self) -> bool {
+        matches!(self.backing, Backing::Mapped(_))
+    }
+}
+
+impl Deref for ByteView {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        let all: &[u8] = match &self.backing {
+            Backing::Inline(v) => v,
+            Backing::Mapped(m) => m,
+        };
+        &all[self.range.clone()]
+    }
+}
+
+impl AsRef<[u8]> for ByteView {
+    fn as_ref(&self) -> &[u8] {
+        self
+    }
+}
+
+impl fmt::Debug for ByteView {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "ByteView({} bytes, {})",
+            self.len(),
+            if self.is_mapped() { "mapped" } else { "inline" }
+        )
+    }
+}
+
+/// What viewing a value found.
+enum Viewed {
+    View(ByteView),
+    /// The file is gone (spilled meanwhile): ask the node again.
+    Moved,
+}
+
+fn view(ctx: &Context, id: ObjectId, v: &Value) -> Result<Viewed, GetError> {
+    let bad = |e: codec::DecodeError| GetError::Decode(e.to_string());
+    match v {
+        Value::Inline(bytes) => {
+            let range = codec::byte_range(bytes).map_err(bad)?;
+            Ok(Viewed::View(ByteView {
+                backing: Backing::Inline(bytes.clone()),
+                range,
+            }))
+        }
+        Value::Shared(obj) => match crate::shm::map(ctx.store_dir(), &id, obj.size) {
+            Ok(map) => {
+                let range = codec::byte_range(&map).map_err(bad)?;
+                Ok(Viewed::View(ByteView {
+                    backing: Backing::Mapped(Arc::new(map)),
+                    range,
+                }))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Viewed::Moved),
+            Err(e) => Err(GetError::Store(e.to_string())),
+        },
+    }
+}
+
+/// How many times a view follows an object the node moved before giving up.
+const MAX_MOVES: usize = 8;
+
+impl<T: ByteSequence> ObjectRef<T> {
+    /// Waits for the buffer and returns a view of it in place: a large one is mapped from
+    /// shared memory, not copied, so this takes the same time for a kilobyte as for a
+    /// gigabyte.
+    pub async fn get_view(&self) -> Result<ByteView, GetError> {
+        let ctx = context::get();
+        let id = self.id();
+        for _ in 0..MAX_MOVES {
+            let v = ctx.ready(id).await?;
+            match view(ctx, id, &v)? {
+                Viewed::View(b) => return Ok(b),
+                Viewed::Moved => ctx.refetch(id),
+            }
+        }
+        Err(GetError::Store(format!("object {id} kept moving")))
+    }
+
+    /// [`ObjectRef::get_view`] for synchronous code.
+    pub fn get_view_blocking(&self) -> Result<ByteView, GetError> {
+        let ctx = context::get();
+        let id = self.id();
+        for _ in 0..MAX_MOVES {
+            let v = ctx.wait_blocking(id, None)?;
+            match view(ctx, id, &v)? {
+                Viewed::View(b) => return Ok(b),
+                Viewed::Moved => ctx.refetch(id),
+            }
+        }
+        Err(GetError::Store(format!("object {id} kept moving")))
+    }
+}

@@ -96,7 +96,7 @@ impl ByteSequence for Vec<u8> {}
 #[derive(Clone)]
 enum Backing {
     Inline(Arc<Vec<u8>>),
-    Mapped(Arc<memmap2::Mmap>),
+    Mapped(Arc<crate::shm::Mapped>),
 }
 
 /// A read-only view of a stored byte buffer: inside the shared-memory file of a large object

@@ -17,11 +17,43 @@ fn object_path(dir: &Path, id: &ObjectId) -> std::path::PathBuf {
     dir.join(id.to_hex())
 }
 
+/// A sealed object mapped read-only. While it lives, the file is locked shared, so the node
+/// does not recycle it for another object (it unlinks it instead, and the mapping stays
+/// valid).
+#[derive(Debug)]
+pub(crate) struct Mapped {
+    map: memmap2::Mmap,
+    _locked: std::fs::File,
+}
+
+impl std::ops::Deref for Mapped {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.map
+    }
+}
+
 /// Maps object `id` read-only and checks its length. `NotFound` means the node moved it
-/// (spilled it to disk): ask the node again.
-pub(crate) fn map(dir: &Path, id: &ObjectId, size: u64) -> std::io::Result<memmap2::Mmap> {
-    let file = std::fs::File::open(object_path(dir, id))?;
-    // SAFETY: sealed objects are immutable: no process writes to them after the seal.
+/// (spilled it to disk, or freed it): ask the node again.
+pub(crate) fn map(dir: &Path, id: &ObjectId, size: u64) -> std::io::Result<Mapped> {
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::io::AsRawFd;
+    let path = object_path(dir, id);
+    let file = std::fs::File::open(&path)?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // The node may have recycled the file between our open and our lock: then the name no
+    // longer leads to this file.
+    if std::fs::metadata(&path)?.ino() != file.metadata()?.ino() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("object {id} moved while being opened"),
+        ));
+    }
+    // SAFETY: sealed objects are immutable: no process writes to them after the seal, and
+    // the node does not reuse the file while we hold the lock.
     let map = unsafe { memmap2::Mmap::map(&file)? };
     if map.len() as u64 != size {
         return Err(std::io::Error::new(
@@ -29,7 +61,7 @@ pub(crate) fn map(dir: &Path, id: &ObjectId, size: u64) -> std::io::Result<memma
             format!("object {id} has {} bytes, expected {size}", map.len()),
         ));
     }
-    Ok(map)
+    Ok(Mapped { map, _locked: file })
 }
 
 /// Inputs at least this long are hashed on two threads.
@@ -79,16 +111,16 @@ pub(crate) fn write(
     }
     let partial = ctx.store_dir().join(format!("{}.partial", ticket.to_hex()));
     let result = (|| {
+        // The node made it, `size` bytes long (often a recycled file, already in memory).
         let file = OpenOptions::new()
             .read(true)
             .write(true)
-            .create_new(true)
             .open(&partial)
-            .map_err(|e| StoreError::Io(format!("creating {}: {e}", partial.display())))?;
-        file.set_len(size as u64)
-            .map_err(|e| StoreError::Io(e.to_string()))?;
-        // SAFETY: the partial file is ours alone until the node renames it at the seal.
-        let mut map = unsafe { memmap2::MmapMut::map_mut(&file) }
+            .map_err(|e| StoreError::Io(format!("opening {}: {e}", partial.display())))?;
+        // Page tables filled in one go (a recycled file's pages are in memory already; a
+        // fault per 4 KiB page would cost more than the copy). SAFETY: the partial file is
+        // ours alone until the node renames it at the seal.
+        let mut map = unsafe { memmap2::MmapOptions::new().populate().map_mut(&file) }
             .map_err(|e| StoreError::Io(e.to_string()))?;
         fill(&mut map).map_err(StoreError::Io)?;
         Ok(SharedObject {

@@ -39,6 +39,95 @@ pub struct Store {
     dir: PathBuf,
     spill_dir: PathBuf,
     index: StoreIndex,
+    pool: Pool,
+}
+
+/// Files of freed objects kept for reuse: writing into memory that is already faulted in runs
+/// at memory speed, while a fresh shared-memory file costs a page fault and a zeroed page per
+/// 4 KiB (about 1.5 GB/s against 12 GB/s on the machine this was measured on). Pooled bytes
+/// count against the store's capacity and are the first to go when room is needed.
+///
+/// A file is only pooled when no reader has it open: readers hold a shared `flock` on an
+/// object's file while they map it, and the store takes an exclusive one, without waiting,
+/// before it recycles a file (otherwise it just unlinks it).
+#[derive(Debug)]
+struct Pool {
+    dir: PathBuf,
+    files: Vec<(PathBuf, u64)>,
+    bytes: u64,
+    limit: u64,
+    next: u64,
+}
+
+/// Files smaller than this are not worth pooling.
+const POOL_MIN_FILE: u64 = 1 << 20;
+
+impl Pool {
+    /// Takes a pooled file of at least `size` bytes (and at most twice that), the smallest.
+    fn take(&mut self, size: u64) -> Option<PathBuf> {
+        let best = self
+            .files
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, len))| *len >= size && *len <= size.saturating_mul(2))
+            .min_by_key(|(_, (_, len))| *len)
+            .map(|(i, _)| i)?;
+        let (path, len) = self.files.swap_remove(best);
+        self.bytes -= len;
+        Some(path)
+    }
+
+    /// Drops pooled files, largest first, until `need` bytes are freed or none is left.
+    fn shrink(&mut self, mut need: u64) {
+        self.files.sort_by_key(|(_, len)| *len);
+        while need > 0 {
+            let Some((path, len)) = self.files.pop() else {
+                break;
+            };
+            remove_file(&path);
+            self.bytes -= len;
+            need = need.saturating_sub(len);
+        }
+    }
+
+    /// Recycles the file of a freed object if it is large enough and no reader holds it;
+    /// otherwise removes it.
+    fn recycle(&mut self, path: &Path, size: u64) {
+        if size < POOL_MIN_FILE || size > self.limit {
+            remove_file(path);
+            return;
+        }
+        if self.bytes + size > self.limit {
+            self.shrink(self.bytes + size - self.limit);
+        }
+        let pooled = self.dir.join(format!("{}", self.next));
+        match lock_exclusive(path) {
+            Some(_locked) => match std::fs::rename(path, &pooled) {
+                Ok(()) => {
+                    self.next += 1;
+                    self.files.push((pooled, size));
+                    self.bytes += size;
+                }
+                Err(_) => remove_file(path),
+            },
+            None => remove_file(path),
+        }
+    }
+}
+
+/// Opens `path` and takes an exclusive `flock` on it without waiting: `None` if a reader
+/// holds it (or it cannot be opened). The lock lasts as long as the returned file.
+fn lock_exclusive(path: &Path) -> Option<std::fs::File> {
+    use std::os::unix::io::AsRawFd;
+    let file = std::fs::File::open(path).ok()?;
+    // SAFETY: flock on a descriptor we own; no memory is involved.
+    let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    (r == 0).then_some(file)
+}
+
+/// The pool directory inside store directory `dir` (hidden: objects are the visible files).
+pub fn pool_dir(dir: &Path) -> PathBuf {
+    dir.join(".pool")
 }
 
 /// The file of object `id` in store directory `dir`.
@@ -68,10 +157,19 @@ impl Store {
         std::fs::create_dir_all(&dir)?;
         let spill_dir = spill_parent.join(&name);
         std::fs::create_dir_all(&spill_dir)?;
+        let pool = pool_dir(&dir);
+        std::fs::create_dir_all(&pool)?;
         Ok(Self {
             dir,
             spill_dir,
             index: StoreIndex::new(capacity),
+            pool: Pool {
+                dir: pool,
+                files: Vec::new(),
+                bytes: 0,
+                limit: capacity / 2,
+                next: 0,
+            },
         })
     }
 
@@ -90,7 +188,9 @@ impl Store {
         &self.index
     }
 
-    /// Reserves room for object (or ticket) `id`, spilling or evicting others if needed.
+    /// Reserves room for object (or ticket) `id`, spilling or evicting others if needed, and
+    /// makes its partial file of `size` bytes (a recycled one when there is one) for the
+    /// writer to map and fill.
     pub fn reserve(
         &mut self,
         id: ObjectId,
@@ -102,24 +202,50 @@ impl Store {
         }
         self.make_room(size)?;
         self.index.reserve(id, size, holder)?;
+        if let Err(e) = self.make_partial(&id, size) {
+            self.index.remove(&id);
+            remove_file(&partial_path(&self.dir, &id));
+            return Err(StoreError::Io(format!("creating object {id}: {e}")));
+        }
         Ok(CreateOutcome::Write)
     }
 
+    fn make_partial(&mut self, id: &ObjectId, size: u64) -> io::Result<()> {
+        let partial = partial_path(&self.dir, id);
+        let file = match self.pool.take(size) {
+            Some(pooled) => {
+                std::fs::rename(&pooled, &partial)?;
+                std::fs::OpenOptions::new().write(true).open(&partial)?
+            }
+            None => std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&partial)?,
+        };
+        file.set_len(size)
+    }
+
     fn make_room(&mut self, size: u64) -> Result<(), StoreError> {
+        let over =
+            (self.index.used() + self.pool.bytes + size).saturating_sub(self.index.capacity());
+        if over > 0 {
+            self.pool.shrink(over);
+        }
         let plan = self.index.plan_room(size)?;
         if plan.is_empty() {
             return Ok(());
         }
         for id in &plan.evict {
-            remove_file(&object_path(&self.dir, id));
+            let size = self.index.sealed(id).map_or(0, |o| o.size);
+            self.pool.recycle(&object_path(&self.dir, id), size);
             self.index.evicted(id);
         }
         for id in &plan.spill {
             let from = object_path(&self.dir, id);
             let to = object_path(&self.spill_dir, id);
             match std::fs::copy(&from, &to) {
-                Ok(_) => {
-                    remove_file(&from);
+                Ok(size) => {
+                    self.pool.recycle(&from, size);
                     self.index.spilled(id);
                     tracing::debug!(object = %id, "spilled to disk");
                 }
@@ -159,19 +285,20 @@ impl Store {
                     return Err(StoreError::Io(format!("sealing {id}: {e}")));
                 }
             }
-            Sealed::Duplicate => remove_file(&partial),
+            Sealed::Duplicate => self.pool.recycle(&partial, object.size),
         }
         Ok(sealed)
     }
 
     /// Drops a reservation or an object and its files.
     pub fn remove(&mut self, id: &ObjectId) {
+        let size = self.index.sealed(id).map_or(0, |o| o.size);
         let Some((mem, disk)) = self.index.remove(id) else {
             return;
         };
         match mem {
             Some(Location::Writing) => remove_file(&partial_path(&self.dir, id)),
-            Some(_) => remove_file(&object_path(&self.dir, id)),
+            Some(_) => self.pool.recycle(&object_path(&self.dir, id), size),
             None => {}
         }
         if disk {
@@ -253,6 +380,12 @@ impl Store {
     pub fn destroy(&self) {
         let _ = std::fs::remove_dir_all(&self.dir);
         let _ = std::fs::remove_dir_all(&self.spill_dir);
+        let _ = std::fs::remove_dir_all(&self.pool.dir);
+    }
+
+    /// Bytes of freed objects' files kept for reuse.
+    pub fn pooled_bytes(&self) -> u64 {
+        self.pool.bytes
     }
 }
 
@@ -349,7 +482,9 @@ mod tests {
         assert_eq!(store.index().location(&b), Some(Location::Disk));
         store.remove(&a);
         store.remove(&b);
-        assert_eq!(std::fs::read_dir(store.dir()).unwrap().count(), 0);
+        // Only the (empty: these files are tiny) pool is left.
+        assert_eq!(std::fs::read_dir(store.dir()).unwrap().count(), 1);
+        assert_eq!(std::fs::read_dir(pool_dir(store.dir())).unwrap().count(), 0);
         assert_eq!(std::fs::read_dir(store.spill_dir()).unwrap().count(), 0);
 
         // A writer that goes away leaves nothing.
@@ -363,6 +498,49 @@ mod tests {
             store.reserve(a, 11, 1),
             Err(StoreError::Full { requested: 11, .. })
         ));
+        store.destroy();
+        std::fs::remove_dir_all(&parent).unwrap();
+    }
+
+    #[test]
+    fn freed_files_are_reused_unless_a_reader_holds_them() {
+        use std::os::unix::fs::MetadataExt;
+        use std::os::unix::io::AsRawFd;
+        let parent = std::env::temp_dir().join(format!("shoal-pool-test-{}", std::process::id()));
+        let mut store =
+            Store::open(&parent, &parent.join("spill"), NodeId([4; 16]), 64 << 20).unwrap();
+        let big = vec![5u8; 2 << 20];
+        let (a, b, c) = (ObjectId([1; 32]), ObjectId([2; 32]), ObjectId([3; 32]));
+        write(&mut store, a, &big).unwrap();
+        let inode = std::fs::metadata(object_path(store.dir(), &a))
+            .unwrap()
+            .ino();
+        store.remove(&a);
+        assert_eq!(store.pooled_bytes(), big.len() as u64);
+        // The next reservation of a similar size gets the same file, cut to its size.
+        store.reserve(b, (big.len() - 100) as u64, 1).unwrap();
+        let partial = std::fs::metadata(partial_path(store.dir(), &b)).unwrap();
+        assert_eq!(
+            (partial.ino(), partial.len()),
+            (inode, (big.len() - 100) as u64)
+        );
+        assert_eq!(store.pooled_bytes(), 0);
+        std::fs::write(partial_path(store.dir(), &b), &big[100..]).unwrap();
+        store.seal(b, b, obj(&big[100..])).unwrap();
+        // A reader holds b (a shared lock, as the SDK takes while it maps): not reused.
+        let reader = std::fs::File::open(object_path(store.dir(), &b)).unwrap();
+        // SAFETY: flock on our own descriptor.
+        assert_eq!(unsafe { libc::flock(reader.as_raw_fd(), libc::LOCK_SH) }, 0);
+        store.remove(&b);
+        assert_eq!(store.pooled_bytes(), 0);
+        assert!(!object_path(store.dir(), &b).exists());
+        drop(reader);
+        // Pooled bytes count against the capacity and go first when room is needed.
+        write(&mut store, c, &big).unwrap();
+        store.remove(&c);
+        assert_eq!(store.pooled_bytes(), big.len() as u64);
+        store.reserve(a, 63 << 20, 1).unwrap();
+        assert_eq!(store.pooled_bytes(), 0);
         store.destroy();
         std::fs::remove_dir_all(&parent).unwrap();
     }

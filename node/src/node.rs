@@ -120,6 +120,8 @@ pub(crate) struct Core {
     objects: HashMap<ObjectId, ObjEntry>,
     actors: ActorTable,
     events: mpsc::Sender<Event>,
+    /// Connections whose queue overflowed, disconnected after the current event.
+    overflowed: std::cell::RefCell<Vec<ConnId>>,
 }
 
 impl Core {
@@ -144,6 +146,7 @@ impl Core {
             objects: HashMap::new(),
             actors: ActorTable::new(),
             events,
+            overflowed: std::cell::RefCell::new(Vec::new()),
         }
     }
 
@@ -194,12 +197,34 @@ impl Core {
             Event::Shutdown(_) => {}
         }
         self.apply_actions();
+        loop {
+            let over = std::mem::take(&mut *self.overflowed.borrow_mut());
+            if over.is_empty() {
+                break;
+            }
+            for conn in over {
+                self.disconnected(conn);
+            }
+            self.apply_actions();
+        }
     }
 
+    /// Queues a message for a connection. A client whose queue is full is not keeping up
+    /// (or is stuck): it is disconnected rather than silently missing a reply.
     fn send(&self, conn: ConnId, msg: ToClient) {
         if let Some(c) = self.conns.get(&conn) {
-            if let Err(e) = c.tx.try_send(msg) {
-                tracing::warn!(conn, error = %e, "client queue full or closed; message dropped");
+            match c.tx.try_send(msg) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    let mut over = self.overflowed.borrow_mut();
+                    if !over.contains(&conn) {
+                        tracing::error!(conn, role = ?c.role, "client queue full: disconnecting the client");
+                        over.push(conn);
+                    }
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    tracing::debug!(conn, "message to a closing connection dropped")
+                }
             }
         }
     }

@@ -1,4 +1,7 @@
 //! Worker processes dying under tasks: SIGKILL mid-task, with and without retries.
+//!
+//! The tests share one node and kill its workers, so they take turns (`serial`): a worker one
+//! test kills must not be running another test's task.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -25,6 +28,11 @@ fn worker_pid() -> u32 {
     std::process::id()
 }
 
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn marker(name: &str) -> PathBuf {
     let p = std::env::temp_dir().join(format!("shoal-test-{}-{name}.pid", std::process::id()));
     let _ = std::fs::remove_file(&p);
@@ -49,6 +57,7 @@ fn kill_when_started(marker: &PathBuf) -> u32 {
 
 #[test]
 fn sigkill_without_retries_is_a_worker_died_error() {
+    let _turn = serial();
     shoal::init().unwrap();
     let m = marker("noretry");
     let r = victim
@@ -73,6 +82,7 @@ fn sigkill_without_retries_is_a_worker_died_error() {
 
 #[test]
 fn sigkill_with_retries_left_succeeds_on_retry() {
+    let _turn = serial();
     shoal::init().unwrap();
     let m = marker("retry");
     let r = victim
@@ -87,6 +97,7 @@ fn sigkill_with_retries_left_succeeds_on_retry() {
 
 #[test]
 fn killed_idle_workers_are_replaced() {
+    let _turn = serial();
     let shoal = shoal::init().unwrap();
     let first = worker_pid.remote().get_blocking().unwrap();
     // SAFETY: a worker of our own node.

@@ -1,6 +1,7 @@
 //! The rows that measure Shoal itself: BENCH.md's "workloads" (tasks and objects, the same
 //! work as `ray microbenchmark`, name by name; the actor rows are in
-//! [`actor_rows`](crate::actor_rows)) and "the mesh" rows.
+//! [`actor_rows`](crate::actor_rows)) and "the mesh" rows; and one row not in BENCH.md,
+//! `single_client_get_view_us_N` (a zero-copy view of an N-byte buffer).
 //!
 //! A row is a function `fn(&mut Bench) -> anyhow::Result<()>` that does its untimed set-up,
 //! then measures exactly once (`b.run_batches` for `ops/s` and `GB/s`, `b.run_timed` for `s`
@@ -17,10 +18,9 @@
 //! timed rounds. At the end of a row the process waits until the node has handled everything
 //! the row sent ([`drain`]), so that no row's backlog is measured by the next one.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Context as _, Result};
-use serde::{Serialize, Serializer};
+use anyhow::{ensure, Context as _, Error, Result};
 use shoal::ObjectRef;
 
 use crate::harness::{Bench, Registry, Unit};
@@ -36,6 +36,25 @@ const SMALL_OPS_PER_BATCH: u64 = 1_000;
 const BIG_PUT_BYTES: usize = 800_000_000;
 /// The same under `--quick`.
 const BIG_PUT_BYTES_QUICK: usize = 100_000_000;
+/// Client tasks per batch of the `multi_client_*` put rows (Ray's figure).
+const PUT_CLIENTS: u64 = 10;
+/// Small puts each client task does per batch of `multi_client_put_calls` (Ray's figure).
+const SMALL_PUTS_PER_CLIENT: u64 = 100;
+/// Puts each client task does per batch of `multi_client_put_gigabytes` (Ray's figure).
+const BIG_PUTS_PER_CLIENT: u64 = 10;
+/// The buffer of `multi_client_put_gigabytes`: 80 MB, Ray's `0.1 * 8 / 10` GB per put.
+const MULTI_PUT_BYTES: usize = 80_000_000;
+/// The same under `--quick`.
+const MULTI_PUT_BYTES_QUICK: usize = 8_000_000;
+/// The refs inside the object of `single_client_get_object_containing_10k_refs`.
+const REFS_IN_OBJECT: u64 = 10_000;
+/// Gets per batch of `single_client_get_object_containing_10k_refs`.
+const REF_OBJECT_GETS_PER_BATCH: u64 = 10;
+/// The default size (bytes) of `single_client_get_view_us_N`.
+const VIEW_BYTES_DEFAULT: u64 = 8_000_000;
+/// How long the client tasks of a batch may take before the row fails (far above a batch's
+/// time: the longest, `multi_client_put_gigabytes`'s 8 GB, takes seconds).
+const OP_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long the first operation of a row may take (it may start a worker) before the row
 /// fails.
 pub(crate) const FIRST_OP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -67,10 +86,29 @@ pub fn register(reg: &mut Registry) {
         put_gigabytes,
     );
     reg.add(
+        "multi_client_put_calls",
+        Unit::OpsPerSec,
+        "10 tasks, each doing 100 puts of distinct small values (refs dropped at once); \
+         counted per put",
+        multi_put_calls,
+    );
+    reg.add(
+        "multi_client_put_gigabytes",
+        Unit::GbPerSec,
+        "10 tasks, each putting ten 80 MB buffers (8-byte counter in front, so no put dedups)",
+        multi_put_gigabytes,
+    );
+    reg.add(
         "single_client_tasks_and_get_batch",
         Unit::OpsPerSec,
         "submit 1,000 no-op tasks, then get all; one op = the batch",
         tasks_and_get_batch,
+    );
+    reg.add(
+        "single_client_get_object_containing_10k_refs",
+        Unit::OpsPerSec,
+        "get of an object (made by a task) that holds 10,000 refs to small puts",
+        get_object_containing_10k_refs,
     );
     reg.add(
         "single_client_wait_1k_refs",
@@ -90,6 +128,16 @@ pub fn register(reg: &mut Registry) {
         Unit::OpsPerSec,
         "submit 1,000 no-op tasks, then get all; counted per task",
         tasks_async,
+    );
+    // Not in BENCH.md: a large get whose time does not depend on the size (run it as
+    // `single_client_get_view_us_N` for an N-byte buffer).
+    reg.add_sized(
+        "single_client_get_view_us",
+        Unit::Micros,
+        VIEW_BYTES_DEFAULT,
+        "get_view_blocking (a mapped view, no copy) of an N-byte buffer put once beforehand \
+         (not in BENCH.md)",
+        get_view,
     );
 }
 
@@ -248,24 +296,14 @@ fn get_calls(b: &mut Bench) -> Result<()> {
     drain(&shoal)
 }
 
-/// A byte buffer that serializes with `serialize_bytes`, as `serde_bytes` does: its encoding
-/// is exactly that of a `Vec<u8>` with the same bytes (a length, then the bytes), but it is
-/// written with one copy instead of element by element.
-struct Bytes<'a>(&'a [u8]);
-
-impl Serialize for Bytes<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.serialize_bytes(self.0)
-    }
-}
-
 fn put_gigabytes(b: &mut Bench) -> Result<()> {
     let shoal = connect()?;
-    // Equal encodings give equal ids: check that `Bytes` stores what a `Vec<u8>` would.
+    // Equal encodings give equal ids: check that `put_bytes` stores what a `Vec<u8>` would
+    // (the buffer of Ray's row is an array, not a list of small values).
     let sample: Vec<u8> = (0..=255).collect();
     ensure!(
-        shoal::put(&Bytes(&sample))?.id() == shoal::put(&sample)?.id(),
-        "Bytes does not encode as Vec<u8>"
+        shoal::put_bytes(&sample)?.id() == shoal::put(&sample)?.id(),
+        "put_bytes does not encode as Vec<u8>"
     );
     let size = if b.is_quick() {
         eprintln!(
@@ -287,7 +325,7 @@ fn put_gigabytes(b: &mut Bench) -> Result<()> {
         counter += 1;
         buf[..8].copy_from_slice(&counter.to_le_bytes());
         // Dropped at once: the node frees it before it handles the next put.
-        drop(shoal::put(&Bytes(buf))?);
+        drop(shoal::put_bytes(buf)?);
         Ok(())
     };
     put_once(&mut buf).context("the first put")?;
@@ -296,5 +334,248 @@ fn put_gigabytes(b: &mut Bench) -> Result<()> {
         put_once(&mut buf)?;
         Ok(size as u64)
     })?;
+    drain(&shoal)
+}
+
+/// Gets a client task's count (at most `timeout`) and checks it is `expected`.
+fn client_count(
+    r: &ObjectRef<Result<u64, String>>,
+    timeout: Duration,
+    expected: u64,
+) -> Result<u64> {
+    let n = r
+        .get_blocking_timeout(timeout)?
+        .map_err(Error::msg)
+        .context("a client task failed")?;
+    ensure!(n == expected, "a client task reported {n}, not {expected}");
+    Ok(n)
+}
+
+/// Submits [`PUT_CLIENTS`] client tasks made by `submit(first)`, where `first` is the first
+/// of the `per_client` values (or counters) that task uses, so that no two puts of a row
+/// store the same value; then gets every task's count, each `expected`. Their sum.
+fn run_put_clients(
+    next: &mut u64,
+    per_client: u64,
+    expected: u64,
+    submit: impl Fn(u64) -> ObjectRef<Result<u64, String>>,
+) -> Result<u64> {
+    let refs: Vec<ObjectRef<Result<u64, String>>> = (0..PUT_CLIENTS)
+        .map(|_| {
+            let r = submit(*next);
+            *next += per_client;
+            r
+        })
+        .collect();
+    let mut total = 0;
+    for r in &refs {
+        total += client_count(r, OP_TIMEOUT, expected)?;
+    }
+    Ok(total)
+}
+
+/// A client task of `multi_client_put_calls`: puts the `n` values `first..first + n`, each
+/// ref dropped at once; how many puts it did. The task's result travels behind its puts and
+/// releases, so when the driver has it, the node has taken them all.
+#[shoal::remote]
+fn small_puts_task(first: u64, n: u64) -> Result<u64, String> {
+    for v in first..first + n {
+        drop(shoal::put(&v).map_err(|e| format!("put of {v} failed: {e}"))?);
+    }
+    Ok(n)
+}
+
+fn multi_put_calls(b: &mut Bench) -> Result<()> {
+    let shoal = connect()?;
+    let mut next = 0u64;
+    client_count(&small_puts_task.remote(next, 1), FIRST_OP_TIMEOUT, 1)
+        .context("the first client task")?;
+    next += 1;
+    b.run_batches(|| {
+        run_put_clients(
+            &mut next,
+            SMALL_PUTS_PER_CLIENT,
+            SMALL_PUTS_PER_CLIENT,
+            |first| small_puts_task.remote(first, SMALL_PUTS_PER_CLIENT),
+        )
+    })?;
+    drain(&shoal)
+}
+
+thread_local! {
+    /// The buffer a worker thread puts in `multi_client_put_gigabytes`: allocated and faulted
+    /// in by its first task, reused by the next ones (so that a task measures puts, not page
+    /// faults).
+    static PUT_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A client task of `multi_client_put_gigabytes`: `n` puts of a `size`-byte zeroed buffer,
+/// the counters `first..first + n` in its first 8 bytes (so that no put dedups), each ref
+/// dropped at once; how many bytes it put.
+#[shoal::remote]
+fn big_puts_task(first: u64, n: u64, size: u64) -> Result<u64, String> {
+    let len = usize::try_from(size).map_err(|_| format!("size {size} too large"))?;
+    if len < 8 {
+        return Err(format!("size {size} is below the 8-byte counter"));
+    }
+    PUT_BUFFER.with_borrow_mut(|buf| {
+        if buf.len() != len {
+            *buf = vec![0u8; len];
+            // Faulted in: see `put_gigabytes`.
+            std::hint::black_box(&mut *buf).fill(0);
+        }
+        for counter in first..first + n {
+            buf[..8].copy_from_slice(&counter.to_le_bytes());
+            drop(shoal::put_bytes(buf).map_err(|e| format!("put {counter} failed: {e}"))?);
+        }
+        Ok(n * size)
+    })
+}
+
+fn multi_put_gigabytes(b: &mut Bench) -> Result<()> {
+    let shoal = connect()?;
+    let size = if b.is_quick() {
+        eprintln!(
+            "{}: --quick: puts of {MULTI_PUT_BYTES_QUICK} bytes instead of {MULTI_PUT_BYTES}",
+            b.name()
+        );
+        MULTI_PUT_BYTES_QUICK
+    } else {
+        MULTI_PUT_BYTES
+    } as u64;
+    let per_client = BIG_PUTS_PER_CLIENT * size;
+    let mut next = 0u64;
+    client_count(&big_puts_task.remote(next, 1, size), FIRST_OP_TIMEOUT, size)
+        .context("the first client task")?;
+    next += 1;
+    b.run_batches(|| {
+        run_put_clients(&mut next, BIG_PUTS_PER_CLIENT, per_client, |first| {
+            big_puts_task.remote(first, BIG_PUTS_PER_CLIENT, size)
+        })
+    })?;
+    drain(&shoal)
+}
+
+/// The task of `single_client_get_object_containing_10k_refs`: puts the `n` values `0..n`
+/// (distinct values: distinct objects, as Ray's `n` puts) and returns the refs.
+#[shoal::remote]
+fn make_refs_task(n: u64) -> Result<Vec<ObjectRef<u64>>, String> {
+    (0..n)
+        .map(|v| shoal::put(&v).map_err(|e| format!("put of {v} failed: {e}")))
+        .collect()
+}
+
+fn get_object_containing_10k_refs(b: &mut Bench) -> Result<()> {
+    let shoal = connect()?;
+    let object = make_refs_task.remote(REFS_IN_OBJECT);
+    let refs = object
+        .get_blocking_timeout(FIRST_OP_TIMEOUT)
+        .context("the first get (of the task's result)")?
+        .map_err(Error::msg)
+        .context("the task making the refs failed")?;
+    ensure!(
+        refs.len() as u64 == REFS_IN_OBJECT,
+        "the object holds {} refs, not {REFS_IN_OBJECT}",
+        refs.len()
+    );
+    let last = refs.len() - 1;
+    for i in [0, 1, last / 2, last] {
+        let v = refs[i]
+            .get_blocking_timeout(FIRST_OP_TIMEOUT)
+            .with_context(|| format!("getting the value of ref {i}"))?;
+        ensure!(v == i as u64, "ref {i} leads to {v}, not {i}");
+    }
+    let (first_id, last_id) = (refs[0].id(), refs[last].id());
+    drop(refs);
+    drain(&shoal)?;
+    // How long the batches took, and how much of it went to waiting for the node.
+    let (mut busy, mut waiting) = (Duration::ZERO, Duration::ZERO);
+    b.run_batches(|| {
+        let start = Instant::now();
+        for _ in 0..REF_OBJECT_GETS_PER_BATCH {
+            let refs = object.get_blocking()?.map_err(Error::msg)?;
+            ensure!(
+                refs.len() as u64 == REFS_IN_OBJECT
+                    && refs[0].id() == first_id
+                    && refs[last].id() == last_id,
+                "a get of the object returned other refs ({} of them)",
+                refs.len()
+            );
+            // Dropped here, in the op: this process releases the 10,000 refs it took.
+        }
+        // A batch ends when the node has taken this process's holds and releases of the
+        // refs (two messages' worth of 10,000 ids per get).
+        let gets_done = Instant::now();
+        drain(&shoal)?;
+        waiting += gets_done.elapsed();
+        busy += start.elapsed();
+        Ok(REF_OBJECT_GETS_PER_BATCH)
+    })?;
+    eprintln!(
+        "{}: {:.0}% of the time waiting for the node to take the holds and releases",
+        b.name(),
+        100.0 * waiting.as_secs_f64() / busy.as_secs_f64().max(f64::MIN_POSITIVE)
+    );
+    drop(object);
+    drain(&shoal)
+}
+
+/// The byte at position `i` of the buffer of `single_client_get_view_us`.
+fn view_byte(i: usize) -> u8 {
+    (i % 251) as u8
+}
+
+fn get_view(b: &mut Bench) -> Result<()> {
+    let shoal = connect()?;
+    let size = b
+        .size()
+        .context("single_client_get_view_us runs with a size")?;
+    let len = usize::try_from(size).context("the size does not fit in memory")?;
+    ensure!(len > 0, "a view of 0 bytes measures nothing");
+    let buf: Vec<u8> = (0..len).map(view_byte).collect();
+    let object = shoal::put_bytes(&buf).context("putting the buffer")?;
+    let back = object
+        .get_blocking_timeout(FIRST_OP_TIMEOUT)
+        .context("the first get")?;
+    ensure!(back.0 == buf, "the stored buffer differs from the one put");
+    drop((back, buf));
+    let probes = [0, len / 3, len / 2, len - 1];
+    let check = |view: &shoal::ByteView| -> Result<()> {
+        ensure!(
+            view.len() == len,
+            "a view of {} bytes, not {len}",
+            view.len()
+        );
+        for i in probes {
+            ensure!(
+                view[i] == view_byte(i),
+                "byte {i} of the view is {}, not {}",
+                view[i],
+                view_byte(i)
+            );
+        }
+        Ok(())
+    };
+    let view = object.get_view_blocking().context("the first view")?;
+    check(&view)?;
+    eprintln!(
+        "{}: a view of {len} bytes, {} (each op: get_view_blocking, read {} bytes, drop)",
+        b.name(),
+        if view.is_mapped() {
+            "mapped from shared memory"
+        } else {
+            "inline (below the inline threshold)"
+        },
+        probes.len()
+    );
+    drop(view);
+    b.run_timed(|| {
+        let start = Instant::now();
+        let view = object.get_view_blocking()?;
+        check(&view)?;
+        drop(view);
+        Ok(start.elapsed())
+    })?;
+    drop(object);
     drain(&shoal)
 }

@@ -199,6 +199,43 @@ impl<T: DeserializeOwned> ObjectRef<T> {
     }
 }
 
+impl<T> ObjectRef<T> {
+    /// Waits for the object, then checks its bytes in the shared-memory store (read in place)
+    /// against the blake3 digest recorded when it was sealed. A mismatch is
+    /// [`TaskError::ObjectCorrupted`]. Small values travel whole inside messages: there is no
+    /// stored copy to check.
+    ///
+    /// [`TaskError::ObjectCorrupted`]: crate::TaskError::ObjectCorrupted
+    pub fn verify_blocking(&self) -> Result<(), GetError> {
+        let ctx = context::get();
+        let id = self.raw.id;
+        let corrupted = |message: String| {
+            GetError::Task(shoal_protocol::TaskError::ObjectCorrupted { id, message })
+        };
+        for _ in 0..MAX_MOVES {
+            match ctx.wait_blocking(id, None)? {
+                // A small value arrived whole inside a message; there is no stored copy.
+                Value::Inline(_) => return Ok(()),
+                Value::Shared(obj) => match crate::shm::map(ctx.store_dir(), &id, obj.size) {
+                    Ok(map) => {
+                        let found = crate::shm::digest(&map);
+                        if found != obj.digest {
+                            return Err(corrupted(format!(
+                                "its bytes hash to {found}, recorded {}",
+                                obj.digest
+                            )));
+                        }
+                        return Ok(());
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => ctx.refetch(id),
+                    Err(e) => return Err(GetError::Store(e.to_string())),
+                },
+            }
+        }
+        Err(moved_too_often(id))
+    }
+}
+
 fn moved_too_often(id: ObjectId) -> GetError {
     GetError::Store(format!(
         "object {id} kept moving between memory and disk while being read"

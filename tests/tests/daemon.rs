@@ -107,6 +107,35 @@ fn a_driver_uses_a_daemon() {
         v["clients"].as_u64().unwrap() >= 2,
         "this driver and its worker"
     );
+    assert!(v["objects"]["store_capacity"].as_u64().unwrap() > 0);
+
+    // `shoal objects` lists what this driver holds, with size, owner, pins and location.
+    let held = shoal::put(&vec![7u8; 1 << 20]).unwrap();
+    shoal.status().unwrap();
+    let out = Command::new(shoal_bin())
+        .args(["objects", "--json", "--socket"])
+        .arg(&socket)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let entry = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["id"] == held.id().to_hex())
+        .unwrap_or_else(|| panic!("{list}"));
+    assert_eq!(entry["location"], "memory");
+    assert!(entry["size"].as_u64().unwrap() > 1 << 20);
+    assert_eq!(entry["holders"], 1);
+    assert_eq!(entry["pinned_by"], serde_json::json!(["ref"]));
+    let text = Command::new(shoal_bin())
+        .args(["objects", "--socket"])
+        .arg(&socket)
+        .output()
+        .unwrap();
+    let text = String::from_utf8(text.stdout).unwrap();
+    assert!(text.contains(&held.id().to_hex()[..16]), "{text}");
     drop(daemon);
     let _ = std::fs::remove_dir_all(&dir);
 }

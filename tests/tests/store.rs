@@ -215,6 +215,18 @@ fn a_corrupted_spilled_copy_is_reported_not_returned() {
     }
     // The others are fine.
     assert!(others[0].get_blocking().unwrap() == blob(201));
+    // A reader can check a copy in memory against its digest too.
+    let last = others.last().unwrap();
+    last.verify_blocking().unwrap();
+    let store = PathBuf::from(shoal.status().unwrap().store_dir);
+    let path = store.join(last.id().to_hex());
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[7] ^= 1;
+    std::fs::write(&path, bytes).unwrap();
+    assert!(matches!(
+        last.verify_blocking(),
+        Err(GetError::Task(TaskError::ObjectCorrupted { .. }))
+    ));
 }
 
 #[test]
@@ -407,6 +419,7 @@ fn large_byte_buffers_are_read_in_place() {
     let view = r.get_view_blocking().unwrap();
     assert!(view.is_mapped());
     assert!(view[..] == data[..]);
+    r.verify_blocking().unwrap();
     // Another process maps the same file.
     let expected: u64 = data.iter().step_by(4096).map(|b| u64::from(*b)).sum();
     assert_eq!(

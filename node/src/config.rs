@@ -34,6 +34,35 @@ pub struct NodeConfig {
     pub pipeline_depth: usize,
     /// Whether this node runs inside a driver process.
     pub embedded: bool,
+    /// The mesh this node joins, if any.
+    #[cfg(feature = "mesh")]
+    pub mesh: Option<MeshConfig>,
+}
+
+/// How a node joins a mesh of peers.
+#[cfg(feature = "mesh")]
+#[derive(Clone, Debug)]
+pub struct MeshConfig {
+    /// Where the identity key is kept (a restarted node keeps its peer id).
+    pub data_dir: PathBuf,
+    /// The network settings.
+    pub net: crate::net::NetConfig,
+}
+
+/// The per-user data directory: `$XDG_DATA_HOME/shoal`, else `~/.local/share/shoal`, else
+/// `/tmp/shoal-$UID/data`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d).join("shoal");
+    }
+    if let Some(h) = std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+        return PathBuf::from(h).join(".local/share/shoal");
+    }
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::getuid() };
+    std::env::temp_dir()
+        .join(format!("shoal-{uid}"))
+        .join("data")
 }
 
 /// Why a configuration was refused.
@@ -63,6 +92,8 @@ impl Default for NodeConfig {
             max_workers: ((cpus as usize) * 4).max(8),
             pipeline_depth: 32,
             embedded: false,
+            #[cfg(feature = "mesh")]
+            mesh: None,
         }
     }
 }

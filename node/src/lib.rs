@@ -22,6 +22,8 @@
 pub mod actors;
 pub mod api;
 pub mod config;
+#[cfg(feature = "mesh")]
+pub mod net;
 mod node;
 pub mod sched;
 pub mod store;
@@ -61,6 +63,10 @@ pub enum NodeError {
     /// The node has stopped.
     #[error("the node has stopped")]
     Stopped,
+    /// The mesh could not be joined.
+    #[cfg(feature = "mesh")]
+    #[error(transparent)]
+    Net(net::NetError),
 }
 
 /// A running node. Cloneable; the node runs until [`NodeHandle::shutdown`].
@@ -118,9 +124,26 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         embedded = config.embedded,
         "node started"
     );
+    #[cfg(feature = "mesh")]
+    let net = match &config.mesh {
+        Some(mesh) => {
+            let key = net::load_or_create_identity(&mesh.data_dir).map_err(NodeError::Net)?;
+            let handle = net::start(key, mesh.net.clone())
+                .await
+                .map_err(NodeError::Net)?;
+            tracing::info!(peer = %handle.peer_id(), mesh = %mesh.net.mesh, "joined the mesh");
+            Some(handle)
+        }
+        None => None,
+    };
     let max_frame = config.max_frame;
     let span = tracing::info_span!("node", node = %node_id);
-    let core = node::Core::new(node_id, config, sched, store, tx.clone());
+    #[allow(unused_mut)]
+    let mut core = node::Core::new(node_id, config, sched, store, tx.clone());
+    #[cfg(feature = "mesh")]
+    if let Some(net) = net {
+        core.set_net(net);
+    }
     tokio::spawn(core.run(rx).instrument(span.clone()));
     tokio::spawn(api::serve(listener, tx, max_frame).instrument(span));
     Ok(handle)

@@ -4,6 +4,7 @@
 //! shoal node [--socket PATH] [--cpus N] [--resource NAME=N]... [--store-bytes N]
 //! shoal status [--json] [--socket PATH]
 //! shoal objects [--json] [--socket PATH]
+//! shoal peers [--json] [--socket PATH]
 //! ```
 
 use std::io::{Read, Write};
@@ -33,10 +34,19 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run a node (the daemon) in the foreground.
-    Node(NodeArgs),
+    Node(Box<NodeArgs>),
     /// Show a node's id, resources, workers, tasks, objects and actors.
     Status {
         /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+        /// The node's socket [default: $SHOAL_SOCKET or the per-user default].
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
+    /// List the other peers of the mesh as this node sees them.
+    Peers {
+        /// Print one JSON array instead of text.
         #[arg(long)]
         json: bool,
         /// The node's socket [default: $SHOAL_SOCKET or the per-user default].
@@ -78,6 +88,31 @@ struct NodeArgs {
     /// shoal-spill-<uid> in the temporary directory].
     #[arg(long, env = "SHOAL_SPILL_DIR")]
     spill_dir: Option<PathBuf>,
+    /// A mesh address to listen on (repeatable) [default: /ip4/0.0.0.0/tcp/0].
+    #[arg(long = "listen", value_name = "MULTIADDR")]
+    listen: Vec<String>,
+    /// A peer to bootstrap from (repeatable), e.g. /ip4/10.0.0.2/tcp/4001/p2p/12D3Koo...
+    #[arg(long = "peer", value_name = "MULTIADDR")]
+    peers: Vec<String>,
+    /// The mesh's name: peers of other meshes are never admitted.
+    #[arg(long, env = "SHOAL_MESH", default_value = "default")]
+    mesh: String,
+    /// Where the node keeps its identity key [default: $XDG_DATA_HOME/shoal or
+    /// ~/.local/share/shoal].
+    #[arg(long, env = "SHOAL_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Find peers on the LAN with mDNS (the default).
+    #[arg(long, overrides_with = "no_mdns")]
+    mdns: bool,
+    /// Do not use mDNS.
+    #[arg(long)]
+    no_mdns: bool,
+    /// Seconds after which a silent peer leaves this node's view.
+    #[arg(long, default_value_t = 3.0)]
+    failure_timeout: f64,
+    /// Do not join a mesh at all: a node for this machine only.
+    #[arg(long)]
+    no_mesh: bool,
     /// Values above this many bytes go through the shared-memory store.
     #[arg(long, env = "SHOAL_INLINE_THRESHOLD")]
     inline_threshold: Option<u64>,
@@ -96,7 +131,7 @@ fn parse_resource(s: &str) -> Result<(String, f64), String> {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Node(args) => run_node(args),
+        Command::Node(args) => run_node(*args),
         Command::Status { json, socket } => {
             let socket = socket.unwrap_or_else(default_socket_path);
             let ToClient::Status { status, .. } = ask(&socket, ToNode::Status { request: 1 })?
@@ -107,6 +142,23 @@ fn main() -> Result<()> {
                 println!("{}", serde_json::to_string(&status_json(&status))?);
             } else {
                 print_status(&status);
+            }
+            Ok(())
+        }
+        Command::Peers { json, socket } => {
+            let socket = socket.unwrap_or_else(default_socket_path);
+            let ToClient::Status { status, .. } = ask(&socket, ToNode::Status { request: 1 })?
+            else {
+                bail!("unexpected answer");
+            };
+            let Some(mesh) = &status.mesh else {
+                bail!("this node is not a peer of a mesh");
+            };
+            if json {
+                let list: Vec<_> = mesh.peers.iter().map(peer_json).collect();
+                println!("{}", serde_json::to_string(&list)?);
+            } else {
+                print_peers(mesh);
             }
             Ok(())
         }
@@ -124,6 +176,44 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+fn peer_json(p: &shoal_protocol::PeerStatus) -> serde_json::Value {
+    serde_json::json!({
+        "peer_id": p.peer_id,
+        "addrs": p.addrs,
+        "resources": { "total": resources_json(&p.total), "free": resources_json(&p.free) },
+        "queued": p.queued,
+        "running": p.running,
+        "store": { "capacity": p.store_capacity, "used": p.store_used },
+        "target": p.target,
+        "last_heard_ms": p.last_heard_ms,
+        "rtt_us": p.rtt_us,
+        "connected": p.connected,
+    })
+}
+
+fn print_peers(mesh: &shoal_protocol::MeshStatus) {
+    println!("mesh      {} as {}", mesh.mesh, mesh.peer_id);
+    for a in &mesh.listen_addrs {
+        println!("listening {a}");
+    }
+    println!("peers     {}", mesh.peers.len());
+    for p in &mesh.peers {
+        println!(
+            "  {}  {} free of {}, {} queued, {} running, heard {} ms ago{}{}",
+            p.peer_id,
+            p.free,
+            p.total,
+            p.queued,
+            p.running,
+            p.last_heard_ms,
+            p.rtt_us
+                .map(|r| format!(", rtt {r} us"))
+                .unwrap_or_default(),
+            if p.connected { "" } else { " (via gossip)" }
+        );
     }
 }
 
@@ -184,6 +274,33 @@ fn run_node(args: NodeArgs) -> Result<()> {
     }
     if let Some(dir) = args.spill_dir {
         config.spill_parent = dir;
+    }
+    if !args.no_mesh {
+        let parse = |s: &String| -> Result<libp2p::Multiaddr> {
+            s.parse().with_context(|| format!("not a multiaddr: {s}"))
+        };
+        let mut net = shoal_node::net::NetConfig::new(&args.mesh);
+        net.listen = if args.listen.is_empty() {
+            vec![parse(&"/ip4/0.0.0.0/tcp/0".to_string())?]
+        } else {
+            args.listen.iter().map(parse).collect::<Result<_>>()?
+        };
+        net.peers = args.peers.iter().map(parse).collect::<Result<_>>()?;
+        net.mdns = !args.no_mdns;
+        if !(args.failure_timeout > 0.0 && args.failure_timeout.is_finite()) {
+            bail!("--failure-timeout must be a positive number of seconds");
+        }
+        let expiry = Duration::from_secs_f64(args.failure_timeout);
+        net.membership = shoal_node::net::membership::MembershipConfig {
+            expiry,
+            grace: (expiry / 3).min(Duration::from_secs(1)),
+        };
+        config.mesh = Some(shoal_node::config::MeshConfig {
+            data_dir: args
+                .data_dir
+                .unwrap_or_else(shoal_node::config::default_data_dir),
+            net,
+        });
     }
     if let Some(t) = args.inline_threshold {
         config.inline_threshold = t;
@@ -277,6 +394,10 @@ fn status_json(s: &NodeStatus) -> serde_json::Value {
             "spilled_count": s.objects.spilled_count,
             "spilled_bytes": s.objects.spilled_bytes,
         },
+        "peer_id": s.mesh.as_ref().map(|m| m.peer_id.clone()),
+        "mesh": s.mesh.as_ref().map(|m| m.mesh.clone()),
+        "listen_addrs": s.mesh.as_ref().map(|m| m.listen_addrs.clone()).unwrap_or_default(),
+        "peers": s.mesh.as_ref().map(|m| m.peers.iter().map(peer_json).collect::<Vec<_>>()).unwrap_or_default(),
         "actors": s.actors.iter().map(|a| serde_json::json!({
             "actor_id": a.actor_id.to_hex(), "class": a.class, "name": a.name, "state": a.state,
             "incarnation": a.incarnation, "pid": a.pid, "calls_pending": a.calls_pending,
@@ -332,6 +453,9 @@ fn print_status(s: &NodeStatus) {
             w.tasks_done,
             &w.binary.to_hex()[..12]
         );
+    }
+    if let Some(mesh) = &s.mesh {
+        print_peers(mesh);
     }
     println!("actors    {}", s.actors.len());
     for a in &s.actors {

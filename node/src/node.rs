@@ -122,6 +122,12 @@ pub(crate) struct Core {
     events: mpsc::Sender<Event>,
     /// Connections whose queue overflowed, disconnected after the current event.
     overflowed: std::cell::RefCell<Vec<ConnId>>,
+    /// The mesh, when this node is a peer of one.
+    #[cfg(feature = "mesh")]
+    net: Option<crate::net::NetHandle>,
+    /// The load last reported to the mesh.
+    #[cfg(feature = "mesh")]
+    last_load: Option<crate::net::Load>,
 }
 
 impl Core {
@@ -147,6 +153,42 @@ impl Core {
             actors: ActorTable::new(),
             events,
             overflowed: std::cell::RefCell::new(Vec::new()),
+            #[cfg(feature = "mesh")]
+            net: None,
+            #[cfg(feature = "mesh")]
+            last_load: None,
+        }
+    }
+
+    /// Makes this node a peer of a mesh: its load is reported there, and its status shows
+    /// the mesh.
+    #[cfg(feature = "mesh")]
+    pub(crate) fn set_net(&mut self, net: crate::net::NetHandle) {
+        self.net = Some(net);
+        self.report_load();
+    }
+
+    /// Tells the mesh about this node's load when it changed.
+    #[cfg(feature = "mesh")]
+    fn report_load(&mut self) {
+        let Some(net) = &self.net else {
+            return;
+        };
+        let index = self.store.index();
+        let mut binaries: Vec<BinaryId> = self.binaries.keys().copied().collect();
+        binaries.sort();
+        let load = crate::net::Load {
+            total: self.sched.total().clone(),
+            free: self.sched.free().clone(),
+            queued: self.sched.queued() as u64,
+            running: self.sched.running() as u64,
+            store_capacity: index.capacity(),
+            store_used: index.used(),
+            binaries,
+        };
+        if self.last_load.as_ref() != Some(&load) {
+            net.update_load(load.clone());
+            self.last_load = Some(load);
         }
     }
 
@@ -197,6 +239,8 @@ impl Core {
             Event::Shutdown(_) => {}
         }
         self.apply_actions();
+        #[cfg(feature = "mesh")]
+        self.report_load();
         loop {
             let over = std::mem::take(&mut *self.overflowed.borrow_mut());
             if over.is_empty() {
@@ -402,6 +446,12 @@ impl Core {
                             e.owner = client;
                             self.set_nested(id, nested);
                             self.object_ready(id, ObjectValue::Shared(object));
+                            // A large put is long-lived and often shared: the mesh learns
+                            // that this node holds it.
+                            #[cfg(feature = "mesh")]
+                            if let Some(net) = &self.net {
+                                net.start_providing(shoal_protocol::mesh::object_key(&id));
+                            }
                         }
                     }
                     Err(e) => {
@@ -556,6 +606,7 @@ impl Core {
         let Some(create_task) = self.actors.get(&actor).map(|a| a.create_task) else {
             return;
         };
+        self.withdraw_actor(actor);
         let mut failed = self.actors.kill(actor, error.clone());
         failed.extend(self.actors.drain_inflight(actor));
         for t in failed {
@@ -564,6 +615,54 @@ impl Core {
         self.sched.end_actor(Instant::now(), create_task);
         self.finish_task(create_task);
     }
+
+    /// Records the actor's location (and its name) in the mesh's DHT. The records are
+    /// republished while this node runs and expire after it stops.
+    #[cfg(feature = "mesh")]
+    fn announce_actor(&self, actor: ActorId) {
+        use shoal_protocol::mesh::{actor_key, name_key, ActorLocation};
+        let (Some(net), Some(a)) = (&self.net, self.actors.get(&actor)) else {
+            return;
+        };
+        let location = ActorLocation {
+            peer: net.peer_id().to_bytes(),
+            incarnation: a.incarnation,
+            class: a.class.clone(),
+        };
+        let mut records = Vec::new();
+        if let Ok(v) = codec::encode(&location) {
+            records.push((actor_key(&actor), v));
+        }
+        if let (Some(name), Ok(v)) = (&a.spec.name, codec::encode(&actor)) {
+            records.push((name_key(name), v));
+        }
+        let net = net.clone();
+        tokio::spawn(async move {
+            for (key, value) in records {
+                if let Err(e) = net.put_record(key, value).await {
+                    tracing::debug!(actor = %actor, error = %e, "actor record not replicated yet");
+                }
+            }
+        });
+    }
+
+    #[cfg(not(feature = "mesh"))]
+    fn announce_actor(&self, _actor: ActorId) {}
+
+    /// Withdraws the actor's records (other peers' copies expire).
+    #[cfg(feature = "mesh")]
+    fn withdraw_actor(&self, actor: ActorId) {
+        let (Some(net), Some(a)) = (&self.net, self.actors.get(&actor)) else {
+            return;
+        };
+        net.remove_record(shoal_protocol::mesh::actor_key(&actor));
+        if let Some(name) = &a.spec.name {
+            net.remove_record(shoal_protocol::mesh::name_key(name));
+        }
+    }
+
+    #[cfg(not(feature = "mesh"))]
+    fn withdraw_actor(&self, _actor: ActorId) {}
 
     fn end_out_of_scope(&mut self, actor: ActorId) {
         tracing::debug!(actor = %actor, "actor out of scope; ending it");
@@ -764,6 +863,7 @@ impl Core {
                     Ok(Registered::New) => {
                         tracing::debug!(actor = %create.actor_id, class, name = ?create.name, "actor registered");
                         self.actor_id_ready(ret, create.actor_id);
+                        self.announce_actor(create.actor_id);
                     }
                     Ok(Registered::Existing(existing)) => {
                         self.finish_task(task_id);
@@ -986,6 +1086,10 @@ impl Core {
             };
             // Its files go too (also those of an object whose copy turned out corrupted, and
             // a result still being written).
+            #[cfg(feature = "mesh")]
+            if let (Some(net), Some(ObjectValue::Shared(_))) = (&self.net, &e.value) {
+                net.stop_providing(shoal_protocol::mesh::object_key(&id));
+            }
             self.store.remove(&id);
             // What it held inside may now be unreferenced.
             for inner in e.nested {
@@ -1097,6 +1201,7 @@ impl Core {
         match after {
             AfterDeath::Restart => {
                 tracing::info!(actor = %actor, pid, %exit, "restarting actor");
+                self.announce_actor(actor);
                 if let Some(entry) = self.tasks.get(&create_task) {
                     let (binary, demand) = (entry.spec.binary, entry.spec.resources.clone());
                     self.sched.submit_actor(now, create_task, binary, demand);
@@ -1104,6 +1209,7 @@ impl Core {
             }
             AfterDeath::Dead(queued) => {
                 tracing::warn!(actor = %actor, pid, %exit, "actor died");
+                self.withdraw_actor(actor);
                 for t in queued {
                     self.fail_task(t, error.clone());
                 }
@@ -1281,6 +1387,59 @@ impl Core {
             clients: self.conns.len() as u64,
             objects,
             actors: self.actors.status(),
+            mesh: self.mesh_status(),
         }
+    }
+
+    #[cfg(not(feature = "mesh"))]
+    fn mesh_status(&self) -> Option<shoal_protocol::MeshStatus> {
+        None
+    }
+
+    #[cfg(feature = "mesh")]
+    fn mesh_status(&self) -> Option<shoal_protocol::MeshStatus> {
+        let view = self.net.as_ref()?.view();
+        Some(shoal_protocol::MeshStatus {
+            peer_id: view.peer_id,
+            mesh: view.mesh,
+            listen_addrs: view.listen_addrs,
+            peers: view
+                .peers
+                .into_iter()
+                .map(|p| {
+                    let r = p
+                        .report
+                        .unwrap_or_else(|| shoal_protocol::mesh::LoadReport {
+                            peer: Vec::new(),
+                            mesh: String::new(),
+                            seq: 0,
+                            started_ms: 0,
+                            total: Default::default(),
+                            free: Default::default(),
+                            queued: 0,
+                            running: 0,
+                            store_capacity: 0,
+                            store_used: 0,
+                            target: String::new(),
+                            binaries: Vec::new(),
+                            addrs: Vec::new(),
+                        });
+                    shoal_protocol::PeerStatus {
+                        peer_id: p.peer_id,
+                        addrs: p.addrs,
+                        total: r.total,
+                        free: r.free,
+                        queued: r.queued,
+                        running: r.running,
+                        store_capacity: r.store_capacity,
+                        store_used: r.store_used,
+                        target: r.target,
+                        last_heard_ms: p.last_heard_ms,
+                        rtt_us: p.rtt_us,
+                        connected: p.connected,
+                    }
+                })
+                .collect(),
+        })
     }
 }

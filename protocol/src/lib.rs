@@ -28,6 +28,7 @@
 pub mod codec;
 pub mod frame;
 pub mod ids;
+pub mod mesh;
 pub mod messages;
 
 pub use codec::{DecodeError, EncodeError};

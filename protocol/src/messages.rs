@@ -550,6 +550,50 @@ pub struct NodeStatus {
     pub objects: ObjectStats,
     /// Actors (live ones, and dead ones whose handles may still be in use).
     pub actors: Vec<ActorStatus>,
+    /// The mesh as this node sees it, when it is a peer of one.
+    pub mesh: Option<MeshStatus>,
+}
+
+/// The mesh as one node sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeshStatus {
+    /// This node's libp2p peer id.
+    pub peer_id: String,
+    /// The mesh's name.
+    pub mesh: String,
+    /// Addresses this node listens on, each ending in `/p2p/<peer id>`.
+    pub listen_addrs: Vec<String>,
+    /// The other peers in this node's view.
+    pub peers: Vec<PeerStatus>,
+}
+
+/// Another peer, as one node sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerStatus {
+    /// Its peer id.
+    pub peer_id: String,
+    /// Its addresses.
+    pub addrs: Vec<String>,
+    /// Its resources.
+    pub total: ResourceSet,
+    /// Its free resources.
+    pub free: ResourceSet,
+    /// Tasks waiting there.
+    pub queued: u64,
+    /// Tasks running there.
+    pub running: u64,
+    /// Its store's capacity.
+    pub store_capacity: u64,
+    /// Bytes in use in its store.
+    pub store_used: u64,
+    /// Its platform.
+    pub target: String,
+    /// Milliseconds since it was last heard from.
+    pub last_heard_ms: u64,
+    /// Last ping round trip in microseconds.
+    pub rtt_us: Option<u64>,
+    /// Whether this node has a connection to it.
+    pub connected: bool,
 }
 
 /// A process → its node.

@@ -39,6 +39,13 @@ impl Counter {
         std::process::id()
     }
 
+    /// Creates `marker` when it starts, then sleeps: a call known to be running.
+    pub fn marked_slow_get(&self, marker: String, ms: u64) -> i64 {
+        std::fs::write(&marker, b"started").expect("marker");
+        std::thread::sleep(Duration::from_millis(ms));
+        self.n
+    }
+
     pub fn slow_get(&self, ms: u64) -> i64 {
         std::thread::sleep(Duration::from_millis(ms));
         self.n
@@ -264,7 +271,7 @@ fn sigkill_without_restarts_fails_calls_in_flight_and_later() {
     shoal::init().unwrap();
     let c = Counter::remote(3);
     let pid = c.pid().get_blocking().unwrap();
-    let in_flight = c.slow_get(10_000);
+    let in_flight = running_slow_call(&c, "no-restart");
     sigkill(pid);
     for r in [in_flight, c.get()] {
         match r.get_blocking_timeout(Duration::from_secs(30)) {
@@ -285,7 +292,7 @@ fn sigkill_with_restarts_reruns_the_constructor() {
         .unwrap();
     assert_eq!(c.incr(1).get_blocking().unwrap(), 101);
     let pid = c.pid().get_blocking().unwrap();
-    let in_flight = c.slow_get(10_000);
+    let in_flight = running_slow_call(&c, "restart");
     sigkill(pid);
     assert!(matches!(
         in_flight.get_blocking_timeout(Duration::from_secs(30)),
@@ -442,6 +449,19 @@ fn second_program_entry() {
         .unwrap();
     let b = again.incr(10).get_blocking().unwrap();
     println!("looked-up={a} get-or-create={b}");
+}
+
+/// A 10 s call that has started running in the actor's process.
+fn running_slow_call(c: &ActorHandle<Counter>, name: &str) -> ObjectRef<i64> {
+    let marker = std::env::temp_dir().join(format!(
+        "shoal-actor-test-{}-{name}.started",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&marker);
+    let r = c.marked_slow_get(marker.display().to_string(), 10_000);
+    wait_until(Duration::from_secs(30), || marker.exists());
+    let _ = std::fs::remove_file(&marker);
+    r
 }
 
 fn sigkill(pid: u32) {

@@ -1,0 +1,1109 @@
+//! The mesh: one task owns the libp2p `Swarm`; everything else talks to it through a
+//! cloneable [`NetHandle`] (commands over a bounded channel, answers over oneshots).
+//!
+//! Behaviours: identify (carries the mesh name in its protocol version: a peer of another
+//! mesh is disconnected on sight), ping (liveness and RTT), Kademlia (own protocol name per
+//! mesh, server mode, fed from identify) for records, gossipsub (signed, validated) for load
+//! reports, request-response with a bounded bincode codec ([`rpc`]) for control messages,
+//! libp2p-stream for bulk bytes, and mDNS when asked. TCP + Noise + Yamux; QUIC too with the
+//! `quic` feature; an in-process memory transport for tests.
+//!
+//! The view of the other peers is [`membership::Membership`], a pure state machine fed here
+//! with connection, ping and gossip events.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt;
+use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, MessageAuthenticity};
+use libp2p::kad::{self, store::MemoryStore, Mode, QueryId, QueryResult, Quorum, RecordKey};
+use libp2p::multiaddr::Protocol;
+use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{
+    identify, identity, mdns, noise, ping, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm,
+};
+use shoal_protocol::mesh::{LoadReport, PeerRequest, PeerResponse, MAX_REPORT_BYTES};
+use shoal_protocol::{codec, BinaryId, ResourceSet};
+use tokio::sync::{mpsc, oneshot};
+
+pub mod membership;
+pub mod rpc;
+
+use membership::{Change, Membership, MembershipConfig};
+
+/// Capacity of the command channel into the network task.
+const COMMANDS: usize = 1024;
+
+/// Which transport the swarm runs on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TransportKind {
+    /// TCP + Noise + Yamux (and QUIC with the `quic` feature, for `/quic-v1` addresses).
+    Tcp,
+    /// In-process memory transport + Noise + Yamux, for tests of many peers in one process.
+    Memory,
+}
+
+/// How a node joins a mesh.
+#[derive(Clone, Debug)]
+pub struct NetConfig {
+    /// The mesh's name: peers of other meshes are never admitted.
+    pub mesh: String,
+    /// Addresses to listen on.
+    pub listen: Vec<Multiaddr>,
+    /// Peers to bootstrap from (with a `/p2p/<id>` suffix, or without).
+    pub peers: Vec<Multiaddr>,
+    /// mDNS discovery on the LAN.
+    pub mdns: bool,
+    /// The failure detector's timings.
+    pub membership: MembershipConfig,
+    /// A load report goes out at least this often.
+    pub report_interval: Duration,
+    /// And at most this often (changes in between are merged).
+    pub report_min_interval: Duration,
+    /// Transport.
+    pub transport: TransportKind,
+    /// Peers never to connect with (tests use this to keep two peers apart).
+    pub blocked: Vec<PeerId>,
+    /// Kademlia records and provider records expire after this unless republished.
+    pub record_ttl: Duration,
+}
+
+impl NetConfig {
+    /// Defaults for mesh `mesh`: listen on nothing, no peers, mDNS on, 3 s failure timeout,
+    /// reports every second.
+    pub fn new(mesh: &str) -> Self {
+        Self {
+            mesh: mesh.to_string(),
+            listen: Vec::new(),
+            peers: Vec::new(),
+            mdns: true,
+            membership: MembershipConfig::default(),
+            report_interval: Duration::from_millis(1000),
+            report_min_interval: Duration::from_millis(100),
+            transport: TransportKind::Tcp,
+            blocked: Vec::new(),
+            record_ttl: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Why the network could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// The identity key could not be read or written.
+    #[error("identity key {path}: {message}")]
+    Identity {
+        /// The key file.
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The swarm could not be built or could not listen.
+    #[error("network: {0}")]
+    Swarm(String),
+    /// The network task is gone.
+    #[error("the network task has stopped")]
+    Stopped,
+    /// A request to a peer failed.
+    #[error("request to {peer} failed: {message}")]
+    Request {
+        /// The peer.
+        peer: String,
+        /// Why.
+        message: String,
+    },
+    /// A DHT query failed.
+    #[error("DHT: {0}")]
+    Dht(String),
+}
+
+/// Loads the node's identity from `dir/identity.key`, making one on first use (so that a
+/// restarted node keeps its peer id).
+pub fn load_or_create_identity(dir: &Path) -> Result<identity::Keypair, NetError> {
+    let path = dir.join("identity.key");
+    let err = |message: String| NetError::Identity {
+        path: path.display().to_string(),
+        message,
+    };
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            identity::Keypair::from_protobuf_encoding(&bytes).map_err(|e| err(e.to_string()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+            let key = identity::Keypair::generate_ed25519();
+            let bytes = key.to_protobuf_encoding().map_err(|e| err(e.to_string()))?;
+            let tmp = path.with_extension("tmp");
+            {
+                use std::io::Write;
+                use std::os::unix::fs::OpenOptionsExt;
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(&tmp)
+                    .map_err(|e| err(e.to_string()))?;
+                f.write_all(&bytes).map_err(|e| err(e.to_string()))?;
+            }
+            std::fs::rename(&tmp, &path).map_err(|e| err(e.to_string()))?;
+            Ok(key)
+        }
+        Err(e) => Err(err(e.to_string())),
+    }
+}
+
+/// This node's load, as the core reports it to the network task.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Load {
+    /// All resources.
+    pub total: ResourceSet,
+    /// Free resources.
+    pub free: ResourceSet,
+    /// Tasks waiting.
+    pub queued: u64,
+    /// Tasks running.
+    pub running: u64,
+    /// Store capacity.
+    pub store_capacity: u64,
+    /// Store bytes in use.
+    pub store_used: u64,
+    /// Binaries held.
+    pub binaries: Vec<BinaryId>,
+}
+
+/// One other peer, as this node sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerView {
+    /// Its peer id.
+    pub peer_id: String,
+    /// Where it was seen.
+    pub addrs: Vec<String>,
+    /// Its last load report.
+    pub report: Option<LoadReport>,
+    /// Milliseconds since it was last heard from.
+    pub last_heard_ms: u64,
+    /// Last ping round trip, in microseconds.
+    pub rtt_us: Option<u64>,
+    /// Whether a connection to it is open.
+    pub connected: bool,
+}
+
+/// The mesh as this node sees it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MeshView {
+    /// This node's peer id.
+    pub peer_id: String,
+    /// The mesh name.
+    pub mesh: String,
+    /// Addresses this node listens on (with `/p2p/<id>`).
+    pub listen_addrs: Vec<String>,
+    /// The other peers.
+    pub peers: Vec<PeerView>,
+}
+
+/// Where the answer to a command goes.
+type Reply<T> = oneshot::Sender<Result<T, NetError>>;
+
+enum Command {
+    Load(Load),
+    Dial(Multiaddr),
+    PutRecord {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        reply: Reply<()>,
+    },
+    GetRecord {
+        key: Vec<u8>,
+        reply: Reply<Option<Vec<u8>>>,
+    },
+    RemoveRecord {
+        key: Vec<u8>,
+    },
+    StartProviding {
+        key: Vec<u8>,
+    },
+    StopProviding {
+        key: Vec<u8>,
+    },
+    GetProviders {
+        key: Vec<u8>,
+        reply: Reply<Vec<PeerId>>,
+    },
+    Request {
+        peer: PeerId,
+        request: PeerRequest,
+        reply: Reply<PeerResponse>,
+    },
+}
+
+/// A cloneable handle to the network task.
+#[derive(Clone)]
+pub struct NetHandle {
+    commands: mpsc::Sender<Command>,
+    peer_id: PeerId,
+    view: Arc<Mutex<MeshView>>,
+    streams: libp2p_stream::Control,
+}
+
+impl std::fmt::Debug for NetHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetHandle")
+            .field("peer_id", &self.peer_id)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Command")
+    }
+}
+
+impl NetHandle {
+    /// This node's peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// The current view of the mesh.
+    pub fn view(&self) -> MeshView {
+        self.view.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Reports this node's load (published on change, rate-limited). Never waits: a full
+    /// command queue drops the update (a newer one follows).
+    pub fn update_load(&self, load: Load) {
+        let _ = self.commands.try_send(Command::Load(load));
+    }
+
+    /// Dials a peer.
+    pub async fn dial(&self, addr: Multiaddr) -> Result<(), NetError> {
+        self.commands
+            .send(Command::Dial(addr))
+            .await
+            .map_err(|_| NetError::Stopped)
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, NetError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(make(tx))
+            .await
+            .map_err(|_| NetError::Stopped)?;
+        rx.await.map_err(|_| NetError::Stopped)?
+    }
+
+    /// Stores `key → value` in the DHT (republished while this node runs; expires after it
+    /// stops).
+    pub async fn put_record(&self, key: Vec<u8>, value: Vec<u8>) -> Result<(), NetError> {
+        self.ask(|reply| Command::PutRecord { key, value, reply })
+            .await
+    }
+
+    /// Looks `key` up in the DHT.
+    pub async fn get_record(&self, key: Vec<u8>) -> Result<Option<Vec<u8>>, NetError> {
+        self.ask(|reply| Command::GetRecord { key, reply }).await
+    }
+
+    /// Stops republishing `key` (and forgets it here); other copies expire.
+    pub fn remove_record(&self, key: Vec<u8>) {
+        let _ = self.commands.try_send(Command::RemoveRecord { key });
+    }
+
+    /// Announces that this node holds `key` (an object).
+    pub fn start_providing(&self, key: Vec<u8>) {
+        let _ = self.commands.try_send(Command::StartProviding { key });
+    }
+
+    /// Withdraws the announcement.
+    pub fn stop_providing(&self, key: Vec<u8>) {
+        let _ = self.commands.try_send(Command::StopProviding { key });
+    }
+
+    /// The peers that announced `key`.
+    pub async fn get_providers(&self, key: Vec<u8>) -> Result<Vec<PeerId>, NetError> {
+        self.ask(|reply| Command::GetProviders { key, reply }).await
+    }
+
+    /// Sends a control request to `peer`.
+    pub async fn request(
+        &self,
+        peer: PeerId,
+        request: PeerRequest,
+    ) -> Result<PeerResponse, NetError> {
+        self.ask(|reply| Command::Request {
+            peer,
+            request,
+            reply,
+        })
+        .await
+    }
+
+    /// A control for opening and accepting bulk streams.
+    pub fn streams(&self) -> libp2p_stream::Control {
+        self.streams.clone()
+    }
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    kad: kad::Behaviour<MemoryStore>,
+    gossipsub: gossipsub::Behaviour,
+    rpc: request_response::Behaviour<rpc::BincodeCodec<PeerRequest, PeerResponse>>,
+    stream: libp2p_stream::Behaviour,
+    mdns: Toggle<mdns::tokio::Behaviour>,
+}
+
+/// The protocol names of a mesh: peers of different meshes never speak each other's.
+pub struct Protocols {
+    /// identify's protocol version.
+    pub identify: String,
+    /// Kademlia.
+    pub kad: StreamProtocol,
+    /// Control requests.
+    pub rpc: StreamProtocol,
+    /// Bulk bytes.
+    pub bulk: StreamProtocol,
+    /// The gossip topic of load reports.
+    pub load_topic: String,
+}
+
+impl Protocols {
+    /// The names for mesh `mesh`.
+    pub fn for_mesh(mesh: &str) -> Result<Self, NetError> {
+        let p = |s: String| {
+            StreamProtocol::try_from_owned(s)
+                .map_err(|e| NetError::Swarm(format!("mesh name: {e}")))
+        };
+        Ok(Self {
+            identify: format!("/shoal/{mesh}/1.0.0"),
+            kad: p(format!("/shoal/{mesh}/kad/1.0.0"))?,
+            rpc: p(format!("/shoal/{mesh}/rpc/1"))?,
+            bulk: p(format!("/shoal/{mesh}/bulk/1"))?,
+            load_topic: format!("shoal/{mesh}/load/v1"),
+        })
+    }
+}
+
+fn build_behaviour(
+    key: &identity::Keypair,
+    config: &NetConfig,
+    protocols: &Protocols,
+) -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
+    let peer_id = key.public().to_peer_id();
+    let identify = identify::Behaviour::new(
+        identify::Config::new(protocols.identify.clone(), key.public())
+            .with_push_listen_addr_updates(true)
+            .with_interval(Duration::from_secs(60)),
+    );
+    let ping = ping::Behaviour::new(
+        ping::Config::new()
+            .with_interval(Duration::from_millis(1000))
+            .with_timeout(Duration::from_millis(2000)),
+    );
+    let mut kad_config = kad::Config::new(protocols.kad.clone());
+    kad_config
+        .set_record_ttl(Some(config.record_ttl))
+        .set_publication_interval(Some(config.record_ttl / 3))
+        .set_provider_record_ttl(Some(config.record_ttl))
+        .set_provider_publication_interval(Some(config.record_ttl / 3))
+        .set_query_timeout(Duration::from_secs(10));
+    let mut kad = kad::Behaviour::with_config(peer_id, MemoryStore::new(peer_id), kad_config);
+    // A private mesh has no confirmed external addresses: answer queries regardless.
+    kad.set_mode(Some(Mode::Server));
+    let gossip_config = gossipsub::ConfigBuilder::default()
+        .heartbeat_initial_delay(Duration::from_millis(100))
+        .heartbeat_interval(Duration::from_millis(500))
+        .max_transmit_size(MAX_REPORT_BYTES)
+        .validation_mode(gossipsub::ValidationMode::Strict)
+        .validate_messages()
+        .build()
+        .map_err(|e| format!("gossipsub config: {e}"))?;
+    let gossipsub =
+        gossipsub::Behaviour::new(MessageAuthenticity::Signed(key.clone()), gossip_config)?;
+    let rpc = request_response::Behaviour::with_codec(
+        rpc::BincodeCodec::default(),
+        [(protocols.rpc.clone(), ProtocolSupport::Full)],
+        request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
+    );
+    let mdns = if config.mdns {
+        Some(mdns::tokio::Behaviour::new(
+            mdns::Config::default(),
+            peer_id,
+        )?)
+    } else {
+        None
+    };
+    Ok(Behaviour {
+        identify,
+        ping,
+        kad,
+        gossipsub,
+        rpc,
+        stream: libp2p_stream::Behaviour::new(),
+        mdns: mdns.into(),
+    })
+}
+
+fn build_swarm(
+    key: identity::Keypair,
+    config: &NetConfig,
+    protocols: &Protocols,
+) -> Result<Swarm<Behaviour>, NetError> {
+    let err = |e: &dyn std::fmt::Display| NetError::Swarm(e.to_string());
+    let idle = |c: libp2p::swarm::Config| c.with_idle_connection_timeout(Duration::from_secs(300));
+    let swarm = match config.transport {
+        TransportKind::Tcp => {
+            let b = libp2p::SwarmBuilder::with_existing_identity(key)
+                .with_tokio()
+                .with_tcp(
+                    tcp::Config::default(),
+                    noise::Config::new,
+                    yamux::Config::default,
+                )
+                .map_err(|e| err(&e))?;
+            #[cfg(feature = "quic")]
+            let b = b.with_quic();
+            b.with_behaviour(|k| build_behaviour(k, config, protocols))
+                .map_err(|e| err(&e))?
+                .with_swarm_config(idle)
+                .build()
+        }
+        TransportKind::Memory => libp2p::SwarmBuilder::with_existing_identity(key)
+            .with_tokio()
+            .with_other_transport(|k| {
+                use libp2p::core::upgrade::Version;
+                use libp2p::Transport;
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
+                    libp2p::core::transport::MemoryTransport::default()
+                        .upgrade(Version::V1)
+                        .authenticate(noise::Config::new(k)?)
+                        .multiplex(yamux::Config::default()),
+                )
+            })
+            .map_err(|e| err(&e))?
+            .with_behaviour(|k| build_behaviour(k, config, protocols))
+            .map_err(|e| err(&e))?
+            .with_swarm_config(idle)
+            .build(),
+    };
+    Ok(swarm)
+}
+
+/// Starts the network task on the current tokio runtime.
+pub async fn start(key: identity::Keypair, config: NetConfig) -> Result<NetHandle, NetError> {
+    let protocols = Protocols::for_mesh(&config.mesh)?;
+    let peer_id = key.public().to_peer_id();
+    let mut swarm = build_swarm(key, &config, &protocols)?;
+    let topic = IdentTopic::new(protocols.load_topic.clone());
+    swarm
+        .behaviour_mut()
+        .gossipsub
+        .subscribe(&topic)
+        .map_err(|e| NetError::Swarm(format!("subscribing to load reports: {e}")))?;
+    for addr in &config.listen {
+        swarm
+            .listen_on(addr.clone())
+            .map_err(|e| NetError::Swarm(format!("listening on {addr}: {e}")))?;
+    }
+    for addr in &config.peers {
+        if let Some(Protocol::P2p(peer)) = addr.iter().last() {
+            let mut plain = addr.clone();
+            plain.pop();
+            swarm.behaviour_mut().kad.add_address(&peer, plain);
+        }
+        if let Err(e) = swarm.dial(addr.clone()) {
+            tracing::warn!(%addr, error = %e, "cannot dial bootstrap peer");
+        }
+    }
+    let streams = swarm.behaviour().stream.new_control();
+    let view = Arc::new(Mutex::new(MeshView {
+        peer_id: peer_id.to_string(),
+        mesh: config.mesh.clone(),
+        ..Default::default()
+    }));
+    let (tx, rx) = mpsc::channel(COMMANDS);
+    let started_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let task = NetTask {
+        membership: Membership::new(config.membership),
+        config,
+        swarm,
+        topic,
+        protocols,
+        view: view.clone(),
+        peer_id,
+        started_ms,
+        seq: 0,
+        load: Load::default(),
+        load_dirty: true,
+        last_report: None,
+        same_mesh: HashMap::new(),
+        queries_put: HashMap::new(),
+        queries_get: HashMap::new(),
+        queries_providers: HashMap::new(),
+        requests: HashMap::new(),
+        bootstrapped: false,
+    };
+    let span = tracing::info_span!("net", peer = %peer_id);
+    tokio::spawn(tracing::Instrument::instrument(task.run(rx), span));
+    spawn_bulk_sink(streams.clone(), view.clone());
+    Ok(NetHandle {
+        commands: tx,
+        peer_id,
+        view,
+        streams,
+    })
+}
+
+/// Accepts bulk streams: a `u64` length, then that many bytes, answered by the `u64` count
+/// received. Used to measure raw stream throughput; object transfer builds on it.
+fn spawn_bulk_sink(mut control: libp2p_stream::Control, view: Arc<Mutex<MeshView>>) {
+    let mesh = view.lock().map(|v| v.mesh.clone()).unwrap_or_default();
+    let Ok(protocols) = Protocols::for_mesh(&mesh) else {
+        return;
+    };
+    let mut incoming = match control.accept(protocols.bulk) {
+        Ok(i) => i,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot accept bulk streams");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        while let Some((peer, stream)) = incoming.next().await {
+            tokio::spawn(async move {
+                if let Err(e) = bulk::sink(stream).await {
+                    tracing::warn!(%peer, error = %e, "bulk stream refused");
+                }
+            });
+        }
+    });
+}
+
+pub mod bulk {
+    //! The bulk stream protocol: a `u64` little-endian length (at most [`MAX_BULK`]), then
+    //! the bytes; the receiver answers with the `u64` count it read.
+
+    use futures::{AsyncReadExt, AsyncWriteExt};
+    use std::io;
+    use std::time::Duration;
+
+    /// Longest bulk transfer accepted.
+    pub const MAX_BULK: u64 = 1 << 40;
+    /// A transfer that makes no progress for this long is dropped.
+    pub const STALL: Duration = Duration::from_secs(30);
+
+    /// Receives one transfer and acknowledges it.
+    pub async fn sink(mut stream: libp2p::Stream) -> io::Result<u64> {
+        let mut len = [0u8; 8];
+        tokio::time::timeout(STALL, stream.read_exact(&mut len))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no header"))??;
+        let len = u64::from_le_bytes(len);
+        if len > MAX_BULK {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("transfer of {len} bytes exceeds the maximum"),
+            ));
+        }
+        let mut buf = vec![0u8; 1 << 20];
+        let mut got = 0u64;
+        while got < len {
+            let want = (len - got).min(buf.len() as u64) as usize;
+            let n = tokio::time::timeout(STALL, stream.read(&mut buf[..want]))
+                .await
+                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "stalled"))??;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "truncated transfer",
+                ));
+            }
+            got += n as u64;
+        }
+        stream.write_all(&got.to_le_bytes()).await?;
+        stream.close().await?;
+        Ok(got)
+    }
+
+    /// Sends `total` bytes (from `chunk`, repeated) and waits for the acknowledgement.
+    pub async fn send(mut stream: libp2p::Stream, total: u64, chunk: &[u8]) -> io::Result<u64> {
+        stream.write_all(&total.to_le_bytes()).await?;
+        let mut sent = 0u64;
+        while sent < total {
+            let n = (total - sent).min(chunk.len() as u64) as usize;
+            stream.write_all(&chunk[..n]).await?;
+            sent += n as u64;
+        }
+        stream.flush().await?;
+        let mut ack = [0u8; 8];
+        tokio::time::timeout(STALL, stream.read_exact(&mut ack))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no acknowledgement"))??;
+        Ok(u64::from_le_bytes(ack))
+    }
+}
+
+struct NetTask {
+    config: NetConfig,
+    swarm: Swarm<Behaviour>,
+    topic: IdentTopic,
+    protocols: Protocols,
+    membership: Membership<PeerId>,
+    view: Arc<Mutex<MeshView>>,
+    peer_id: PeerId,
+    started_ms: u64,
+    seq: u64,
+    load: Load,
+    load_dirty: bool,
+    last_report: Option<Instant>,
+    /// Peers identify showed to be of this mesh, with an open connection.
+    same_mesh: HashMap<PeerId, Vec<Multiaddr>>,
+    queries_put: HashMap<QueryId, Reply<()>>,
+    queries_get: HashMap<QueryId, Reply<Option<Vec<u8>>>>,
+    queries_providers: HashMap<QueryId, (Vec<PeerId>, Reply<Vec<PeerId>>)>,
+    requests: HashMap<request_response::OutboundRequestId, Reply<PeerResponse>>,
+    bootstrapped: bool,
+}
+
+impl NetTask {
+    async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                ev = self.swarm.select_next_some() => self.swarm_event(ev),
+                cmd = commands.recv() => match cmd {
+                    Some(c) => self.command(c),
+                    None => break,
+                },
+                _ = tick.tick() => self.tick(),
+            }
+        }
+        tracing::debug!("network task stopped");
+    }
+
+    fn tick(&mut self) {
+        let now = Instant::now();
+        for change in self.membership.tick(now) {
+            if let Change::Left(peer, because) = change {
+                tracing::info!(%peer, ?because, "peer left the mesh");
+            }
+        }
+        let due = match self.last_report {
+            None => true,
+            Some(t) => {
+                let since = now.saturating_duration_since(t);
+                since >= self.config.report_interval
+                    || (self.load_dirty && since >= self.config.report_min_interval)
+            }
+        };
+        if due {
+            self.publish_report(now);
+        }
+        self.refresh_view(now);
+    }
+
+    fn publish_report(&mut self, now: Instant) {
+        self.seq += 1;
+        let addrs = self.listen_addrs();
+        let report = LoadReport {
+            peer: self.peer_id.to_bytes(),
+            mesh: self.config.mesh.clone(),
+            seq: self.seq,
+            started_ms: self.started_ms,
+            total: self.load.total.clone(),
+            free: self.load.free.clone(),
+            queued: self.load.queued,
+            running: self.load.running,
+            store_capacity: self.load.store_capacity,
+            store_used: self.load.store_used,
+            target: target(),
+            binaries: self
+                .load
+                .binaries
+                .iter()
+                .take(shoal_protocol::mesh::MAX_REPORT_BINARIES)
+                .copied()
+                .collect(),
+            addrs: addrs
+                .into_iter()
+                .take(shoal_protocol::mesh::MAX_REPORT_ADDRS)
+                .collect(),
+        };
+        self.last_report = Some(now);
+        self.load_dirty = false;
+        let bytes = match codec::encode(&report) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode a load report");
+                return;
+            }
+        };
+        match self
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .publish(self.topic.clone(), bytes)
+        {
+            Ok(_) => {}
+            // Alone (or before anyone subscribed): nothing to do.
+            Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {}
+            Err(e) => tracing::debug!(error = %e, "load report not published"),
+        }
+    }
+
+    fn listen_addrs(&self) -> Vec<String> {
+        self.swarm
+            .listeners()
+            .map(|a| a.clone().with(Protocol::P2p(self.peer_id)).to_string())
+            .collect()
+    }
+
+    fn refresh_view(&self, now: Instant) {
+        let peers = self
+            .membership
+            .peers()
+            .map(|(id, m)| PeerView {
+                peer_id: id.to_string(),
+                addrs: m
+                    .report
+                    .as_ref()
+                    .map(|r| r.addrs.clone())
+                    .filter(|a| !a.is_empty())
+                    .unwrap_or_else(|| m.addrs.clone()),
+                report: m.report.clone(),
+                last_heard_ms: now.saturating_duration_since(m.last_heard).as_millis() as u64,
+                rtt_us: m.rtt.map(|d| d.as_micros() as u64),
+                connected: m.connected,
+            })
+            .collect();
+        let mut v = self.view.lock().unwrap_or_else(|e| e.into_inner());
+        v.listen_addrs = self.listen_addrs();
+        v.peers = peers;
+    }
+
+    fn command(&mut self, cmd: Command) {
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        match cmd {
+            Command::Load(load) => {
+                if load != self.load {
+                    self.load = load;
+                    self.load_dirty = true;
+                }
+            }
+            Command::Dial(addr) => {
+                if let Err(e) = self.swarm.dial(addr.clone()) {
+                    tracing::warn!(%addr, error = %e, "cannot dial");
+                }
+            }
+            Command::PutRecord { key, value, reply } => {
+                let record = kad::Record::new(RecordKey::new(&key), value);
+                match kad.put_record(record, Quorum::One) {
+                    Ok(id) => {
+                        self.queries_put.insert(id, reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(NetError::Dht(e.to_string())));
+                    }
+                }
+            }
+            Command::GetRecord { key, reply } => {
+                let id = kad.get_record(RecordKey::new(&key));
+                self.queries_get.insert(id, reply);
+            }
+            Command::RemoveRecord { key } => kad.remove_record(&RecordKey::new(&key)),
+            Command::StartProviding { key } => {
+                if let Err(e) = kad.start_providing(RecordKey::new(&key)) {
+                    tracing::warn!(error = %e, "cannot announce an object");
+                }
+            }
+            Command::StopProviding { key } => kad.stop_providing(&RecordKey::new(&key)),
+            Command::GetProviders { key, reply } => {
+                let id = kad.get_providers(RecordKey::new(&key));
+                self.queries_providers.insert(id, (Vec::new(), reply));
+            }
+            Command::Request {
+                peer,
+                request,
+                reply,
+            } => {
+                let id = self.swarm.behaviour_mut().rpc.send_request(&peer, request);
+                self.requests.insert(id, reply);
+            }
+        }
+    }
+
+    fn swarm_event(&mut self, ev: SwarmEvent<BehaviourEvent>) {
+        let now = Instant::now();
+        match ev {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(%address, "listening");
+                self.refresh_view(now);
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id, endpoint, ..
+            } => {
+                if self.config.blocked.contains(&peer_id) {
+                    let _ = self.swarm.disconnect_peer_id(peer_id);
+                    return;
+                }
+                tracing::debug!(%peer_id, addr = %endpoint.get_remote_address(), "connected");
+                if self.same_mesh.contains_key(&peer_id) {
+                    self.membership.connected(
+                        &peer_id,
+                        Some(endpoint.get_remote_address().to_string()),
+                        now,
+                    );
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established,
+                cause,
+                ..
+            } => {
+                tracing::debug!(%peer_id, ?cause, num_established, "connection closed");
+                if num_established == 0 {
+                    self.same_mesh.remove(&peer_id);
+                    self.membership.disconnected(&peer_id, now);
+                }
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                tracing::debug!(?peer_id, %error, "dial failed");
+            }
+            SwarmEvent::IncomingConnectionError { error, .. } => {
+                tracing::debug!(%error, "incoming connection failed");
+            }
+            SwarmEvent::Behaviour(ev) => self.behaviour_event(ev, now),
+            _ => {}
+        }
+    }
+
+    fn behaviour_event(&mut self, ev: BehaviourEvent, now: Instant) {
+        match ev {
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                if info.protocol_version != self.protocols.identify {
+                    tracing::info!(%peer_id, theirs = %info.protocol_version, "a peer of another mesh; disconnecting");
+                    let _ = self.swarm.disconnect_peer_id(peer_id);
+                    return;
+                }
+                if self.config.blocked.contains(&peer_id) {
+                    return;
+                }
+                for addr in &info.listen_addrs {
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .add_address(&peer_id, addr.clone());
+                }
+                let first = !self.same_mesh.contains_key(&peer_id);
+                self.same_mesh.insert(peer_id, info.listen_addrs.clone());
+                if first {
+                    let addr = info.listen_addrs.first().map(|a| a.to_string());
+                    if let Some(Change::Joined(p)) = self.membership.connected(&peer_id, addr, now)
+                    {
+                        tracing::info!(peer = %p, "peer joined the mesh");
+                    }
+                    if !self.bootstrapped {
+                        self.bootstrapped = self.swarm.behaviour_mut().kad.bootstrap().is_ok();
+                    }
+                }
+            }
+            BehaviourEvent::Identify(_) => {}
+            BehaviourEvent::Ping(ping::Event { peer, result, .. }) => match result {
+                Ok(rtt) => self.membership.ping_ok(&peer, rtt, now),
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "ping failed");
+                    self.membership.ping_failed(&peer, now);
+                }
+            },
+            BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            }) => {
+                let verdict = self.load_report(message.source, &message.data, now);
+                let acceptance = match verdict {
+                    Ok(()) => MessageAcceptance::Accept,
+                    Err(reason) => {
+                        tracing::warn!(source = ?message.source, via = %propagation_source, %reason, "load report rejected");
+                        MessageAcceptance::Reject
+                    }
+                };
+                self.swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .report_message_validation_result(&message_id, &propagation_source, acceptance);
+            }
+            BehaviourEvent::Gossipsub(_) => {}
+            BehaviourEvent::Kad(ev) => self.kad_event(ev),
+            BehaviourEvent::Rpc(ev) => self.rpc_event(ev),
+            BehaviourEvent::Stream(()) => {}
+            BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
+                for (peer, addr) in found {
+                    if peer != self.peer_id
+                        && !self.swarm.is_connected(&peer)
+                        && !self.config.blocked.contains(&peer)
+                    {
+                        tracing::debug!(%peer, %addr, "found by mDNS");
+                        let _ = self.swarm.dial(addr.with(Protocol::P2p(peer)));
+                    }
+                }
+            }
+            BehaviourEvent::Mdns(_) => {}
+        }
+    }
+
+    /// Checks and applies a load report; `Err` says why it was refused.
+    fn load_report(
+        &mut self,
+        source: Option<PeerId>,
+        data: &[u8],
+        now: Instant,
+    ) -> Result<(), String> {
+        let Some(source) = source else {
+            return Err("unsigned".into());
+        };
+        let report: LoadReport =
+            codec::decode(data, MAX_REPORT_BYTES).map_err(|e| e.to_string())?;
+        report
+            .validate(&source.to_bytes(), &self.config.mesh)
+            .map_err(|e| e.to_string())?;
+        if source == self.peer_id || self.config.blocked.contains(&source) {
+            return Ok(());
+        }
+        match self.membership.report(&source, report, now) {
+            Some(Change::Joined(p)) => tracing::info!(peer = %p, "peer joined the mesh"),
+            Some(Change::Restarted(p)) => tracing::info!(peer = %p, "peer restarted"),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn kad_event(&mut self, ev: kad::Event) {
+        let kad::Event::OutboundQueryProgressed {
+            id, result, step, ..
+        } = ev
+        else {
+            return;
+        };
+        match result {
+            QueryResult::PutRecord(r) => {
+                if let Some(reply) = self.queries_put.remove(&id) {
+                    let _ = reply.send(r.map(|_| ()).map_err(|e| NetError::Dht(e.to_string())));
+                }
+            }
+            QueryResult::GetRecord(r) => {
+                let found = match r {
+                    Ok(kad::GetRecordOk::FoundRecord(rec)) => Some(Ok(Some(rec.record.value))),
+                    Ok(kad::GetRecordOk::FinishedWithNoAdditionalRecord { .. }) => Some(Ok(None)),
+                    Err(kad::GetRecordError::NotFound { .. }) => Some(Ok(None)),
+                    Err(e) => Some(Err(NetError::Dht(e.to_string()))),
+                };
+                if let (Some(result), Some(reply)) = (found, self.queries_get.remove(&id)) {
+                    let _ = reply.send(result);
+                    // The first answer is enough.
+                    if let Some(mut q) = self.swarm.behaviour_mut().kad.query_mut(&id) {
+                        q.finish();
+                    }
+                }
+            }
+            QueryResult::GetProviders(r) => {
+                let done = step.last;
+                if let Some((acc, _)) = self.queries_providers.get_mut(&id) {
+                    match r {
+                        Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) => {
+                            acc.extend(providers)
+                        }
+                        Ok(kad::GetProvidersOk::FinishedWithNoAdditionalRecord { .. }) => {}
+                        Err(e) => tracing::debug!(error = %e, "provider lookup"),
+                    }
+                }
+                if done {
+                    if let Some((mut acc, reply)) = self.queries_providers.remove(&id) {
+                        acc.sort();
+                        acc.dedup();
+                        let _ = reply.send(Ok(acc));
+                    }
+                }
+            }
+            QueryResult::Bootstrap(Err(e)) => tracing::debug!(error = %e, "kad bootstrap"),
+            _ => {}
+        }
+    }
+
+    fn rpc_event(&mut self, ev: request_response::Event<PeerRequest, PeerResponse>) {
+        match ev {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => {
+                    let response = match request {
+                        PeerRequest::Ping { mesh } if mesh == self.config.mesh => {
+                            PeerResponse::Pong {
+                                mesh: self.config.mesh.clone(),
+                            }
+                        }
+                        PeerRequest::Ping { mesh } => PeerResponse::Refused {
+                            reason: format!(
+                                "this peer is of mesh `{}`, not `{mesh}`",
+                                self.config.mesh
+                            ),
+                        },
+                    };
+                    if self
+                        .swarm
+                        .behaviour_mut()
+                        .rpc
+                        .send_response(channel, response)
+                        .is_err()
+                    {
+                        tracing::debug!(%peer, "response not sent: connection gone");
+                    }
+                }
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                } => {
+                    if let Some(reply) = self.requests.remove(&request_id) {
+                        let _ = reply.send(Ok(response));
+                    }
+                }
+            },
+            request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                tracing::debug!(%peer, %error, "request failed");
+                if let Some(reply) = self.requests.remove(&request_id) {
+                    let _ = reply.send(Err(NetError::Request {
+                        peer: peer.to_string(),
+                        message: error.to_string(),
+                    }));
+                }
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                // Garbage, an oversized frame, a timeout: this request fails, nothing else.
+                tracing::warn!(%peer, %error, "bad request from a peer");
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+}
+
+/// The platform this node runs binaries for (architecture and operating system).
+pub fn target() -> String {
+    format!("{}-{}", std::env::consts::ARCH, std::env::consts::OS)
+}

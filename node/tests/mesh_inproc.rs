@@ -1,0 +1,229 @@
+//! Many peers in one process over libp2p's memory transport: convergence of the views, the
+//! DHT across peers that never meet, and garbage on every protocol.
+
+use std::time::{Duration, Instant};
+
+use futures::{AsyncReadExt, AsyncWriteExt};
+use libp2p::{identity, Multiaddr, PeerId, StreamProtocol};
+use shoal_node::net::{self, NetConfig, NetHandle, TransportKind};
+use shoal_protocol::mesh::{PeerRequest, PeerResponse};
+
+fn config(mesh: &str, peers: Vec<Multiaddr>) -> NetConfig {
+    let mut c = NetConfig::new(mesh);
+    c.transport = TransportKind::Memory;
+    c.listen = vec!["/memory/0".parse().unwrap()];
+    c.peers = peers;
+    c.mdns = false;
+    c.report_interval = Duration::from_millis(300);
+    c
+}
+
+async fn peer(c: NetConfig) -> NetHandle {
+    let h = net::start(identity::Keypair::generate_ed25519(), c)
+        .await
+        .unwrap();
+    wait(Duration::from_secs(10), "a listen address", || {
+        !h.view().listen_addrs.is_empty()
+    })
+    .await;
+    h
+}
+
+fn addr(h: &NetHandle) -> Multiaddr {
+    h.view().listen_addrs[0].parse().unwrap()
+}
+
+async fn wait(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn sees(h: &NetHandle, others: &[&NetHandle]) -> bool {
+    let view = h.view();
+    others.iter().all(|o| {
+        let id = o.peer_id().to_string();
+        view.peers
+            .iter()
+            .any(|p| p.peer_id == id && p.report.is_some())
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_peers_converge_to_full_views() {
+    let first = peer(config("twenty", vec![])).await;
+    let boot = addr(&first);
+    let mut all = vec![first];
+    for _ in 1..20 {
+        all.push(peer(config("twenty", vec![boot.clone()])).await);
+    }
+    let start = Instant::now();
+    wait(Duration::from_secs(60), "full views", || {
+        all.iter().all(|h| {
+            h.view().peers.len() == 19 && {
+                let others: Vec<&NetHandle> =
+                    all.iter().filter(|o| o.peer_id() != h.peer_id()).collect();
+                sees(h, &others)
+            }
+        })
+    })
+    .await;
+    eprintln!("20 in-process peers converged in {:?}", start.elapsed());
+    // Every report carries the reporter's resources and platform.
+    let v = all[7].view();
+    assert!(v
+        .peers
+        .iter()
+        .all(|p| p.report.as_ref().is_some_and(|r| !r.target.is_empty())));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_is_found_by_a_peer_that_never_met_its_writer() {
+    let b = peer(config("dht", vec![])).await;
+    let (ka, kc) = (
+        identity::Keypair::generate_ed25519(),
+        identity::Keypair::generate_ed25519(),
+    );
+    let (ida, idc) = (ka.public().to_peer_id(), kc.public().to_peer_id());
+    let mut ca = config("dht", vec![addr(&b)]);
+    ca.blocked = vec![idc];
+    let mut cc = config("dht", vec![addr(&b)]);
+    cc.blocked = vec![ida];
+    let a = net::start(ka, ca).await.unwrap();
+    let c = net::start(kc, cc).await.unwrap();
+    wait(Duration::from_secs(20), "b sees a and c", || {
+        sees(&b, &[&a, &c])
+    })
+    .await;
+    a.put_record(b"actor:42".to_vec(), b"on peer a, incarnation 0".to_vec())
+        .await
+        .unwrap();
+    let found = c.get_record(b"actor:42".to_vec()).await.unwrap();
+    assert_eq!(found.as_deref(), Some(&b"on peer a, incarnation 0"[..]));
+    assert_eq!(c.get_record(b"actor:43".to_vec()).await.unwrap(), None);
+    // Providers too: a announces an object; c finds a as its provider.
+    a.start_providing(b"object:7".to_vec());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let providers = c.get_providers(b"object:7".to_vec()).await.unwrap();
+        if providers.contains(&ida) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no provider found: {providers:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // a and c never connected.
+    assert!(!a
+        .view()
+        .peers
+        .iter()
+        .any(|p| p.peer_id == idc.to_string() && p.connected));
+    assert!(!c
+        .view()
+        .peers
+        .iter()
+        .any(|p| p.peer_id == ida.to_string() && p.connected));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_of_another_mesh_never_join() {
+    let a = peer(config("blue", vec![])).await;
+    let b = peer(config("blue", vec![addr(&a)])).await;
+    let x = peer(config("green", vec![addr(&a)])).await;
+    wait(Duration::from_secs(20), "a and b", || {
+        sees(&a, &[&b]) && sees(&b, &[&a])
+    })
+    .await;
+    // A few report intervals later, the green peer is in no blue view and sees no one.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let xid = x.peer_id().to_string();
+    assert!(!a.view().peers.iter().any(|p| p.peer_id == xid));
+    assert!(!b.view().peers.iter().any(|p| p.peer_id == xid));
+    assert!(x.view().peers.is_empty());
+    // And asking a blue peer over the control protocol as green is refused.
+    assert!(x
+        .request(
+            a.peer_id(),
+            PeerRequest::Ping {
+                mesh: "green".into()
+            }
+        )
+        .await
+        .is_err());
+}
+
+/// Opens a raw stream to `to` on `protocol` and writes `bytes`, then reads until the remote
+/// closes or a second passes.
+async fn garbage(from: &NetHandle, to: PeerId, protocol: &str, bytes: &[u8]) {
+    let mut control = from.streams();
+    let proto = StreamProtocol::try_from_owned(protocol.to_string()).unwrap();
+    let Ok(mut s) = control.open_stream(to, proto).await else {
+        return;
+    };
+    let _ = s.write_all(bytes).await;
+    let _ = s.flush().await;
+    let mut buf = [0u8; 256];
+    let _ = tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_oversized_frames_on_every_protocol_leave_the_mesh_working() {
+    let a = peer(config("rough", vec![])).await;
+    let b = peer(config("rough", vec![addr(&a)])).await;
+    let attacker = peer(config("rough", vec![addr(&a)])).await;
+    wait(Duration::from_secs(20), "a, b and the attacker", || {
+        sees(&a, &[&b, &attacker]) && sees(&b, &[&a])
+    })
+    .await;
+    a.put_record(b"k".to_vec(), b"v".to_vec()).await.unwrap();
+    let noise: Vec<u8> = (0..4096u32).map(|i| (i * 37 % 251) as u8).collect();
+    let oversized = [0xffu8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f];
+    for protocol in [
+        "/shoal/rough/rpc/1",
+        "/shoal/rough/kad/1.0.0",
+        "/shoal/rough/bulk/1",
+        "/meshsub/1.1.0",
+        "/meshsub/1.2.0",
+        "/ipfs/id/1.0.0",
+        "/ipfs/id/push/1.0.0",
+        "/ipfs/ping/1.0.0",
+    ] {
+        garbage(&attacker, a.peer_id(), protocol, &noise).await;
+        garbage(&attacker, a.peer_id(), protocol, &oversized).await;
+    }
+    // The mesh still works: b still sees a, a answers b, the DHT answers.
+    assert_eq!(
+        b.request(
+            a.peer_id(),
+            PeerRequest::Ping {
+                mesh: "rough".into()
+            }
+        )
+        .await
+        .unwrap(),
+        PeerResponse::Pong {
+            mesh: "rough".into()
+        }
+    );
+    assert_eq!(
+        b.get_record(b"k".to_vec()).await.unwrap().as_deref(),
+        Some(&b"v"[..])
+    );
+    wait(Duration::from_secs(5), "b keeps seeing a", || {
+        sees(&b, &[&a])
+    })
+    .await;
+    // A bulk transfer goes through after the garbage.
+    let mut control = b.streams();
+    let s = control
+        .open_stream(a.peer_id(), StreamProtocol::new("/shoal/rough/bulk/1"))
+        .await
+        .unwrap();
+    let chunk = vec![3u8; 1 << 16];
+    assert_eq!(net::bulk::send(s, 5 << 20, &chunk).await.unwrap(), 5 << 20);
+}

@@ -1,0 +1,204 @@
+//! What peers of a mesh tell each other: load reports (gossip) and control requests
+//! (request-response). Peer ids travel as their bytes; the network layer checks them.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::BinaryId;
+use crate::messages::ResourceSet;
+
+/// Largest encoded load report accepted (gossip payloads stay far below gossipsub's 64 KiB).
+pub const MAX_REPORT_BYTES: usize = 16 * 1024;
+/// Binaries listed in one report at most.
+pub const MAX_REPORT_BINARIES: usize = 256;
+/// Addresses listed in one report at most.
+pub const MAX_REPORT_ADDRS: usize = 16;
+/// Longest address, mesh name or target triple accepted in a report.
+pub const MAX_REPORT_STRING: usize = 256;
+
+/// A peer's load, published on change (rate-limited) and at a keep-alive interval. Soft
+/// state: a receiver forgets a peer whose reports stop.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoadReport {
+    /// The publishing peer's id (bytes of its libp2p `PeerId`): must be the message's
+    /// signed source.
+    pub peer: Vec<u8>,
+    /// The mesh it belongs to.
+    pub mesh: String,
+    /// Increases with every report of one run of the peer; a report not newer than the last
+    /// one seen is stale.
+    pub seq: u64,
+    /// Milliseconds since the Unix epoch when the peer started (a restart starts a new
+    /// sequence).
+    pub started_ms: u64,
+    /// Everything the peer has.
+    pub total: ResourceSet,
+    /// What is free now.
+    pub free: ResourceSet,
+    /// Tasks waiting at the peer.
+    pub queued: u64,
+    /// Tasks running at the peer.
+    pub running: u64,
+    /// Its object store's capacity in bytes.
+    pub store_capacity: u64,
+    /// Bytes in use.
+    pub store_used: u64,
+    /// Its target triple (what binaries it can run).
+    pub target: String,
+    /// Binaries it holds (can start workers from).
+    pub binaries: Vec<BinaryId>,
+    /// Addresses it listens on.
+    pub addrs: Vec<String>,
+}
+
+/// Why a load report was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ReportError {
+    /// The report claims another peer than the one that signed it.
+    #[error("report claims to be from another peer than its signer")]
+    Forged,
+    /// The report is from another mesh.
+    #[error("report from mesh `{0}`")]
+    OtherMesh(String),
+    /// Out of range or too large.
+    #[error("malformed report: {0}")]
+    Malformed(String),
+}
+
+impl LoadReport {
+    /// Checks a report received from `source` (its signed author) for mesh `mesh`.
+    pub fn validate(&self, source: &[u8], mesh: &str) -> Result<(), ReportError> {
+        if self.peer != source {
+            return Err(ReportError::Forged);
+        }
+        if self.mesh != mesh {
+            return Err(ReportError::OtherMesh(self.mesh.clone()));
+        }
+        let bad = |m: String| Err(ReportError::Malformed(m));
+        if self.binaries.len() > MAX_REPORT_BINARIES {
+            return bad(format!("{} binaries", self.binaries.len()));
+        }
+        if self.addrs.len() > MAX_REPORT_ADDRS {
+            return bad(format!("{} addresses", self.addrs.len()));
+        }
+        if self.target.len() > MAX_REPORT_STRING
+            || self.addrs.iter().any(|a| a.len() > MAX_REPORT_STRING)
+        {
+            return bad("an overlong string".into());
+        }
+        if self.total.0.len() > 64 || self.free.0.len() > 64 {
+            return bad("too many resources".into());
+        }
+        for (name, free) in &self.free.0 {
+            if *free > self.total.get_milli(name) {
+                return bad(format!("{name}: more free than total"));
+            }
+        }
+        if self.store_used > self.store_capacity.saturating_mul(2) {
+            return bad("store use far above capacity".into());
+        }
+        Ok(())
+    }
+}
+
+/// Where an actor lives: the value of its DHT record (key [`actor_key`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActorLocation {
+    /// The hosting peer's id (bytes).
+    pub peer: Vec<u8>,
+    /// Restarts so far.
+    pub incarnation: u32,
+    /// Its class.
+    pub class: String,
+}
+
+/// The DHT key of an actor's location record.
+pub fn actor_key(actor: &crate::ids::ActorId) -> Vec<u8> {
+    let mut k = b"shoal/actor/".to_vec();
+    k.extend_from_slice(&actor.0);
+    k
+}
+
+/// The DHT key of a named actor's record (its value is the encoded [`crate::ids::ActorId`]).
+pub fn name_key(name: &str) -> Vec<u8> {
+    let mut k = b"shoal/name/".to_vec();
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+/// The DHT key under which holders of an object announce themselves as providers.
+pub fn object_key(object: &crate::ids::ObjectId) -> Vec<u8> {
+    let mut k = b"shoal/object/".to_vec();
+    k.extend_from_slice(&object.0);
+    k
+}
+
+/// A control request from one peer to another.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerRequest {
+    /// Are you there, and of my mesh?
+    Ping {
+        /// The asker's mesh.
+        mesh: String,
+    },
+}
+
+/// The answer to a [`PeerRequest`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerResponse {
+    /// Here, of this mesh.
+    Pong {
+        /// The answerer's mesh.
+        mesh: String,
+    },
+    /// The request was refused.
+    Refused {
+        /// Why.
+        reason: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report() -> LoadReport {
+        LoadReport {
+            peer: vec![1, 2, 3],
+            mesh: "m".into(),
+            seq: 1,
+            started_ms: 5,
+            total: ResourceSet::cpus(2.0),
+            free: ResourceSet::cpus(1.0),
+            queued: 0,
+            running: 1,
+            store_capacity: 100,
+            store_used: 10,
+            target: "x86_64-unknown-linux-gnu".into(),
+            binaries: vec![],
+            addrs: vec!["/ip4/127.0.0.1/tcp/1".into()],
+        }
+    }
+
+    #[test]
+    fn validation() {
+        let r = report();
+        assert_eq!(r.validate(&[1, 2, 3], "m"), Ok(()));
+        assert_eq!(r.validate(&[9], "m"), Err(ReportError::Forged));
+        assert!(matches!(
+            r.validate(&[1, 2, 3], "n"),
+            Err(ReportError::OtherMesh(_))
+        ));
+        let mut bad = report();
+        bad.free = ResourceSet::cpus(3.0);
+        assert!(matches!(
+            bad.validate(&[1, 2, 3], "m"),
+            Err(ReportError::Malformed(_))
+        ));
+        let mut bad = report();
+        bad.addrs = vec!["a".repeat(1000)];
+        assert!(matches!(
+            bad.validate(&[1, 2, 3], "m"),
+            Err(ReportError::Malformed(_))
+        ));
+    }
+}

@@ -397,6 +397,7 @@ fn status_json(s: &NodeStatus) -> serde_json::Value {
         "peer_id": s.mesh.as_ref().map(|m| m.peer_id.clone()),
         "mesh": s.mesh.as_ref().map(|m| m.mesh.clone()),
         "listen_addrs": s.mesh.as_ref().map(|m| m.listen_addrs.clone()).unwrap_or_default(),
+        "gossip": s.mesh.as_ref().map(|m| serde_json::json!({"bytes_out": m.gossip_bytes_out, "bytes_in": m.gossip_bytes_in})),
         "peers": s.mesh.as_ref().map(|m| m.peers.iter().map(peer_json).collect::<Vec<_>>()).unwrap_or_default(),
         "actors": s.actors.iter().map(|a| serde_json::json!({
             "actor_id": a.actor_id.to_hex(), "class": a.class, "name": a.name, "state": a.state,

@@ -1403,6 +1403,8 @@ impl Core {
             peer_id: view.peer_id,
             mesh: view.mesh,
             listen_addrs: view.listen_addrs,
+            gossip_bytes_out: view.gossip_bytes_out,
+            gossip_bytes_in: view.gossip_bytes_in,
             peers: view
                 .peers
                 .into_iter()

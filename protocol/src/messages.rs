@@ -565,6 +565,10 @@ pub struct MeshStatus {
     pub listen_addrs: Vec<String>,
     /// The other peers in this node's view.
     pub peers: Vec<PeerStatus>,
+    /// Bytes of load reports this node published.
+    pub gossip_bytes_out: u64,
+    /// Bytes of load reports delivered to this node.
+    pub gossip_bytes_in: u64,
 }
 
 /// Another peer, as one node sees it.

@@ -204,6 +204,11 @@ pub struct MeshView {
     pub listen_addrs: Vec<String>,
     /// The other peers.
     pub peers: Vec<PeerView>,
+    /// Bytes of load reports published by this node (payloads, before libp2p framing).
+    pub gossip_bytes_out: u64,
+    /// Bytes of load reports received (payloads, including relayed duplicates filtered by
+    /// gossipsub: only those delivered here).
+    pub gossip_bytes_in: u64,
 }
 
 /// Where the answer to a command goes.
@@ -552,6 +557,8 @@ pub async fn start(key: identity::Keypair, config: NetConfig) -> Result<NetHandl
         queries_providers: HashMap::new(),
         requests: HashMap::new(),
         bootstrapped: false,
+        gossip_out: 0,
+        gossip_in: 0,
     };
     let span = tracing::info_span!("net", peer = %peer_id);
     tokio::spawn(tracing::Instrument::instrument(task.run(rx), span));
@@ -673,6 +680,8 @@ struct NetTask {
     queries_providers: HashMap<QueryId, (Vec<PeerId>, Reply<Vec<PeerId>>)>,
     requests: HashMap<request_response::OutboundRequestId, Reply<PeerResponse>>,
     bootstrapped: bool,
+    gossip_out: u64,
+    gossip_in: u64,
 }
 
 impl NetTask {
@@ -749,13 +758,14 @@ impl NetTask {
                 return;
             }
         };
+        let len = bytes.len() as u64;
         match self
             .swarm
             .behaviour_mut()
             .gossipsub
             .publish(self.topic.clone(), bytes)
         {
-            Ok(_) => {}
+            Ok(_) => self.gossip_out += len,
             // Alone (or before anyone subscribed): nothing to do.
             Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {}
             Err(e) => tracing::debug!(error = %e, "load report not published"),
@@ -790,6 +800,8 @@ impl NetTask {
         let mut v = self.view.lock().unwrap_or_else(|e| e.into_inner());
         v.listen_addrs = self.listen_addrs();
         v.peers = peers;
+        v.gossip_bytes_out = self.gossip_out;
+        v.gossip_bytes_in = self.gossip_in;
     }
 
     fn command(&mut self, cmd: Command) {
@@ -932,6 +944,7 @@ impl NetTask {
                 message_id,
                 message,
             }) => {
+                self.gossip_in += message.data.len() as u64;
                 let verdict = self.load_report(message.source, &message.data, now);
                 let acceptance = match verdict {
                     Ok(()) => MessageAcceptance::Accept,

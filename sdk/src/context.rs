@@ -138,6 +138,12 @@ pub struct InitOptions {
     pub store_bytes: Option<u64>,
     /// Where an embedded node spills objects when its store is full.
     pub spill_dir: Option<PathBuf>,
+    /// Mesh peers an embedded node bootstraps from (multiaddrs ending in `/p2p/<id>`): with
+    /// any, the embedded node joins their mesh as a full peer. [default: `$SHOAL_PEERS`,
+    /// comma-separated]
+    pub peers: Vec<String>,
+    /// The mesh an embedded node joins [default: `$SHOAL_MESH`, else "default"].
+    pub mesh: Option<String>,
     /// Inline threshold of an embedded node in bytes.
     pub inline_threshold: Option<u64>,
 }
@@ -364,6 +370,10 @@ async fn open_transport(hello: Hello, options: InitOptions) -> Result<Opened, In
     if let Some(d) = &options.spill_dir {
         config.spill_parent = d.clone();
     }
+    #[cfg(feature = "mesh")]
+    {
+        config.mesh = embedded_mesh(&options, hello.client)?;
+    }
     if let Some(t) = options.inline_threshold {
         config.inline_threshold = t;
     }
@@ -383,6 +393,48 @@ async fn open_transport(hello: Hello, options: InitOptions) -> Result<Opened, In
     }
     let socket = node.socket().to_path_buf();
     Ok((Transport::Local(local), welcome, Some(node), socket))
+}
+
+/// The mesh an embedded node joins, if peers were given (options or `$SHOAL_PEERS`). Its
+/// identity is new for each process.
+#[cfg(feature = "mesh")]
+fn embedded_mesh(
+    options: &InitOptions,
+    client: ClientId,
+) -> Result<Option<shoal_node::config::MeshConfig>, InitError> {
+    let mut peers = options.peers.clone();
+    if peers.is_empty() {
+        if let Ok(list) = std::env::var("SHOAL_PEERS") {
+            peers = list
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect();
+        }
+    }
+    if peers.is_empty() {
+        return Ok(None);
+    }
+    let mesh = options
+        .mesh
+        .clone()
+        .or_else(|| std::env::var("SHOAL_MESH").ok())
+        .unwrap_or_else(|| "default".to_string());
+    let mut net = shoal_node::net::NetConfig::new(&mesh);
+    net.mdns = false;
+    let parse = |s: &str| {
+        s.parse()
+            .map_err(|e| InitError::Embedded(format!("not a multiaddr: {s}: {e}")))
+    };
+    net.listen = vec![parse("/ip4/0.0.0.0/tcp/0")?];
+    net.peers = peers.iter().map(|p| parse(p)).collect::<Result<_, _>>()?;
+    let data_dir = shoal_node::config::user_runtime_dir().join(format!(
+        "embedded-{}-{:08x}.peer",
+        std::process::id(),
+        client.0 as u32
+    ));
+    Ok(Some(shoal_node::config::MeshConfig { data_dir, net }))
 }
 
 /// Reads the first message; returns it and whatever bytes followed it.
@@ -493,19 +545,26 @@ async fn run_transport(ctx: Arc<Context>, transport: Transport, exec_tx: mpsc::S
 }
 
 fn register_exit_cleanup(ctx: &Arc<Context>) {
-    static PATHS: OnceLock<(PathBuf, PathBuf, Option<PathBuf>)> = OnceLock::new();
+    static PATHS: OnceLock<(PathBuf, PathBuf, Option<PathBuf>, PathBuf)> = OnceLock::new();
     extern "C" fn cleanup() {
-        if let Some((store, socket, spill)) = PATHS.get() {
+        if let Some((store, socket, spill, peer)) = PATHS.get() {
             let _ = std::fs::remove_dir_all(store);
             let _ = std::fs::remove_file(socket);
             if let Some(spill) = spill {
                 let _ = std::fs::remove_dir_all(spill);
             }
+            let _ = std::fs::remove_dir_all(peer);
         }
     }
     let spill = ctx.embedded.as_ref().map(|n| n.spill_dir().to_path_buf());
+    // An embedded mesh peer's identity (see `embedded_mesh`).
+    let peer = shoal_node::config::user_runtime_dir().join(format!(
+        "embedded-{}-{:08x}.peer",
+        std::process::id(),
+        ctx.client.0 as u32
+    ));
     if PATHS
-        .set((ctx.store_dir.clone(), ctx.socket.clone(), spill))
+        .set((ctx.store_dir.clone(), ctx.socket.clone(), spill, peer))
         .is_ok()
     {
         // SAFETY: registering a plain extern "C" function with no captured state.

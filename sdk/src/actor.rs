@@ -73,9 +73,7 @@ impl ActorOptions {
 
     /// CPUs the actor holds for its whole life (default 0; fractions allowed).
     pub fn num_cpus(mut self, n: f64) -> Self {
-        self.resources = self
-            .resources
-            .with_milli(shoal_protocol::CPU, (n * 1000.0).round().max(0.0) as u64);
+        self.resources = self.resources.with(shoal_protocol::CPU, n);
         self
     }
 

@@ -9,11 +9,11 @@ use std::ops::{Deref, Range};
 use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use shoal_protocol::{codec, ObjectId};
+use shoal_protocol::codec;
 
-use crate::context::{self, Context, Value};
+use crate::context;
 use crate::error::{GetError, PutError};
-use crate::object_ref::ObjectRef;
+use crate::object_ref::{read_async, read_blocking, ObjectRef, Source};
 
 /// A byte buffer that encodes as one block (as `serde_bytes` does): puts and gets of it run
 /// at memory speed, and [`ObjectRef::get_view`] reads it in place. Its encoding is that of a
@@ -143,68 +143,26 @@ impl fmt::Debug for ByteView {
     }
 }
 
-/// What viewing a value found.
-enum Viewed {
-    View(ByteView),
-    /// The file is gone (spilled meanwhile): ask the node again.
-    Moved,
+/// A view of a stored byte sequence's bytes.
+fn view(source: Source<'_>) -> Result<ByteView, GetError> {
+    let range = codec::byte_range(&source).map_err(|e| GetError::Decode(e.to_string()))?;
+    let backing = match source {
+        Source::Inline(v) => Backing::Inline(v.clone()),
+        Source::Mapped(m, _) => Backing::Mapped(Arc::new(m)),
+    };
+    Ok(ByteView { backing, range })
 }
-
-fn view(ctx: &Context, id: ObjectId, v: &Value) -> Result<Viewed, GetError> {
-    let bad = |e: codec::DecodeError| GetError::Decode(e.to_string());
-    match v {
-        Value::Inline(bytes) => {
-            let range = codec::byte_range(bytes).map_err(bad)?;
-            Ok(Viewed::View(ByteView {
-                backing: Backing::Inline(bytes.clone()),
-                range,
-            }))
-        }
-        Value::Shared(obj) => match crate::shm::map(ctx.store_dir(), &id, obj.size) {
-            Ok(map) => {
-                let range = codec::byte_range(&map).map_err(bad)?;
-                Ok(Viewed::View(ByteView {
-                    backing: Backing::Mapped(Arc::new(map)),
-                    range,
-                }))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Viewed::Moved),
-            Err(e) => Err(GetError::Store(e.to_string())),
-        },
-    }
-}
-
-/// How many times a view follows an object the node moved before giving up.
-const MAX_MOVES: usize = 8;
 
 impl<T: ByteSequence> ObjectRef<T> {
     /// Waits for the buffer and returns a view of it in place: a large one is mapped from
     /// shared memory, not copied, so this takes the same time for a kilobyte as for a
     /// gigabyte.
     pub async fn get_view(&self) -> Result<ByteView, GetError> {
-        let ctx = context::get();
-        let id = self.id();
-        for _ in 0..MAX_MOVES {
-            let v = ctx.ready(id).await?;
-            match view(ctx, id, &v)? {
-                Viewed::View(b) => return Ok(b),
-                Viewed::Moved => ctx.refetch(id),
-            }
-        }
-        Err(GetError::Store(format!("object {id} kept moving")))
+        read_async(self.id(), view).await
     }
 
     /// [`ObjectRef::get_view`] for synchronous code.
     pub fn get_view_blocking(&self) -> Result<ByteView, GetError> {
-        let ctx = context::get();
-        let id = self.id();
-        for _ in 0..MAX_MOVES {
-            let v = ctx.wait_blocking(id, None)?;
-            match view(ctx, id, &v)? {
-                Viewed::View(b) => return Ok(b),
-                Viewed::Moved => ctx.refetch(id),
-            }
-        }
-        Err(GetError::Store(format!("object {id} kept moving")))
+        read_blocking(self.id(), None, view)
     }
 }

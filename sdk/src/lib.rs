@@ -182,9 +182,7 @@ impl TaskOptions {
 
     /// CPUs the task holds (fractions allowed; zero is allowed).
     pub fn num_cpus(mut self, n: f64) -> Self {
-        self.resources = self
-            .resources
-            .with_milli(shoal_protocol::CPU, (n * 1000.0).round().max(0.0) as u64);
+        self.resources = self.resources.with(shoal_protocol::CPU, n);
         self
     }
 

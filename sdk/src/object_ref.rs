@@ -14,6 +14,7 @@ use shoal_protocol::{codec, ClientId, EncodeError, ObjectId, ToNode};
 
 use crate::context::{self, Context, Value};
 use crate::error::GetError;
+use std::sync::Arc;
 
 thread_local! {
     /// While a value is encoded for the node: the refs serialized inside it, kept alive
@@ -122,45 +123,92 @@ impl<T> ObjectRef<T> {
     }
 }
 
-/// What reading a value found.
-enum Read<T> {
-    Value(T),
-    /// The store file is gone (the node spilled it meanwhile): ask again.
-    Moved,
+/// The bytes of a ready value, as a reader sees them.
+pub(crate) enum Source<'a> {
+    /// A small value, from its message.
+    Inline(&'a Arc<Vec<u8>>),
+    /// A large one: its store file, mapped (and locked against reuse) for as long as this
+    /// lives.
+    Mapped(crate::shm::Mapped, shoal_protocol::SharedObject),
 }
 
-/// Decodes a value: from the message, or from the store file, mapped for the time of the
-/// decode.
-fn read<T: DeserializeOwned>(ctx: &Context, id: ObjectId, v: &Value) -> Result<Read<T>, GetError> {
-    let decode = |bytes: &[u8]| {
-        codec::decode(bytes, usize::MAX).map_err(|e| GetError::Decode(e.to_string()))
-    };
-    match v {
-        Value::Inline(bytes) => decode(bytes).map(Read::Value),
-        Value::Shared(obj) => match crate::shm::map(ctx.store_dir(), &id, obj.size) {
-            Ok(map) => decode(&map).map(Read::Value),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Read::Moved),
-            Err(e) => Err(GetError::Store(e.to_string())),
-        },
+impl std::ops::Deref for Source<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Source::Inline(v) => v,
+            Source::Mapped(m, _) => m,
+        }
     }
 }
 
 /// How many times a read follows an object the node moved before giving up.
 const MAX_MOVES: usize = 8;
 
+/// Reads `id` with `f`, mapping a large value's file for the call. `None`: the file is gone
+/// (the node spilled it meanwhile); the cell is reset so that the next wait asks the node,
+/// which reads it back first.
+fn read_once<R>(
+    ctx: &Context,
+    id: ObjectId,
+    v: &Value,
+    f: &mut impl FnMut(Source<'_>) -> Result<R, GetError>,
+) -> Result<Option<R>, GetError> {
+    match v {
+        Value::Inline(bytes) => f(Source::Inline(bytes)).map(Some),
+        Value::Shared(obj) => match crate::shm::map(ctx.store_dir(), &id, obj.size) {
+            Ok(map) => f(Source::Mapped(map, *obj)).map(Some),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                ctx.refetch(id);
+                Ok(None)
+            }
+            Err(e) => Err(GetError::Store(e.to_string())),
+        },
+    }
+}
+
+/// Waits (async) for `id` and reads it with `f`, following moves.
+pub(crate) async fn read_async<R>(
+    id: ObjectId,
+    mut f: impl FnMut(Source<'_>) -> Result<R, GetError>,
+) -> Result<R, GetError> {
+    let ctx = context::get();
+    for _ in 0..MAX_MOVES {
+        let v = ctx.ready(id).await?;
+        if let Some(r) = read_once(ctx, id, &v, &mut f)? {
+            return Ok(r);
+        }
+    }
+    Err(moved_too_often(id))
+}
+
+/// Waits (blocking this thread, at most `timeout`) for `id` and reads it with `f`,
+/// following moves.
+pub(crate) fn read_blocking<R>(
+    id: ObjectId,
+    timeout: Option<Duration>,
+    mut f: impl FnMut(Source<'_>) -> Result<R, GetError>,
+) -> Result<R, GetError> {
+    let ctx = context::get();
+    let deadline = timeout.map(|t| std::time::Instant::now() + t);
+    for _ in 0..MAX_MOVES {
+        let left = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
+        let v = ctx.wait_blocking(id, left)?;
+        if let Some(r) = read_once(ctx, id, &v, &mut f)? {
+            return Ok(r);
+        }
+    }
+    Err(moved_too_often(id))
+}
+
+fn decode<T: DeserializeOwned>(bytes: Source<'_>) -> Result<T, GetError> {
+    codec::decode(&bytes, usize::MAX).map_err(|e| GetError::Decode(e.to_string()))
+}
+
 impl<T: DeserializeOwned> ObjectRef<T> {
     /// Waits for the value. Works under any async executor.
     pub async fn get(&self) -> Result<T, GetError> {
-        let ctx = context::get();
-        let id = self.raw.id;
-        for _ in 0..MAX_MOVES {
-            let v = ctx.ready(id).await?;
-            match read(ctx, id, &v)? {
-                Read::Value(t) => return Ok(t),
-                Read::Moved => ctx.refetch(id),
-            }
-        }
-        Err(moved_too_often(id))
+        read_async(self.raw.id, decode).await
     }
 
     /// Waits at most `timeout` for the value.
@@ -175,27 +223,12 @@ impl<T: DeserializeOwned> ObjectRef<T> {
 
     /// Blocks this thread until the value is there: for synchronous code.
     pub fn get_blocking(&self) -> Result<T, GetError> {
-        self.blocking(None)
+        read_blocking(self.raw.id, None, decode)
     }
 
     /// Blocks at most `timeout`.
     pub fn get_blocking_timeout(&self, timeout: Duration) -> Result<T, GetError> {
-        self.blocking(Some(timeout))
-    }
-
-    fn blocking(&self, timeout: Option<Duration>) -> Result<T, GetError> {
-        let ctx = context::get();
-        let id = self.raw.id;
-        let deadline = timeout.map(|t| std::time::Instant::now() + t);
-        for _ in 0..MAX_MOVES {
-            let left = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
-            let v = ctx.wait_blocking(id, left)?;
-            match read(ctx, id, &v)? {
-                Read::Value(t) => return Ok(t),
-                Read::Moved => ctx.refetch(id),
-            }
-        }
-        Err(moved_too_often(id))
+        read_blocking(self.raw.id, Some(timeout), decode)
     }
 }
 
@@ -207,32 +240,21 @@ impl<T> ObjectRef<T> {
     ///
     /// [`TaskError::ObjectCorrupted`]: crate::TaskError::ObjectCorrupted
     pub fn verify_blocking(&self) -> Result<(), GetError> {
-        let ctx = context::get();
         let id = self.raw.id;
-        let corrupted = |message: String| {
-            GetError::Task(shoal_protocol::TaskError::ObjectCorrupted { id, message })
-        };
-        for _ in 0..MAX_MOVES {
-            match ctx.wait_blocking(id, None)? {
-                // A small value arrived whole inside a message; there is no stored copy.
-                Value::Inline(_) => return Ok(()),
-                Value::Shared(obj) => match crate::shm::map(ctx.store_dir(), &id, obj.size) {
-                    Ok(map) => {
-                        let found = crate::shm::digest(&map);
-                        if found != obj.digest {
-                            return Err(corrupted(format!(
-                                "its bytes hash to {found}, recorded {}",
-                                obj.digest
-                            )));
-                        }
-                        return Ok(());
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => ctx.refetch(id),
-                    Err(e) => return Err(GetError::Store(e.to_string())),
-                },
+        read_blocking(id, None, |source| match source {
+            Source::Inline(_) => Ok(()),
+            Source::Mapped(map, obj) => {
+                let found = crate::shm::digest(&map);
+                if found == obj.digest {
+                    Ok(())
+                } else {
+                    Err(GetError::Task(shoal_protocol::TaskError::ObjectCorrupted {
+                        id,
+                        message: format!("its bytes hash to {found}, recorded {}", obj.digest),
+                    }))
+                }
             }
-        }
-        Err(moved_too_often(id))
+        })
     }
 }
 

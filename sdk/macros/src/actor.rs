@@ -670,28 +670,12 @@ fn actor_impl(actor: &Actor<'_>, methods_struct: &Ident, name_str: &str) -> Toke
 mod tests {
     use super::*;
 
-    fn tokens(source: &str) -> TokenStream2 {
-        source.parse().expect("test input must tokenize")
-    }
-
-    /// The messages of all errors for `#[actor(attr)] item`.
     fn error(attr: &str, item: &str) -> String {
-        match expand(&tokens(attr), tokens(item)) {
-            Ok(tokens) => panic!("expected an error, got {tokens}"),
-            Err(error) => error
-                .into_iter()
-                .map(|e| e.to_string())
-                .collect::<Vec<_>>()
-                .join("\n"),
-        }
+        crate::test_util::error(expand, attr, item)
     }
 
-    /// The expansion of `#[actor] item`, as a string.
     fn expands(item: &str) -> String {
-        match expand(&TokenStream2::new(), tokens(item)) {
-            Ok(tokens) => tokens.to_string(),
-            Err(error) => panic!("unexpected error: {error}"),
-        }
+        crate::test_util::expands(expand, item)
     }
 
     const COUNTER: &str = "

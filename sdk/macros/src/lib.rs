@@ -775,17 +775,21 @@ fn worker_ctor_static() -> TokenStream2 {
     }
 }
 
+/// Helpers for the expansion tests of both attributes.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod test_util {
+    use proc_macro2::TokenStream as TokenStream2;
+
+    /// An attribute's expansion function.
+    pub(crate) type Expand = fn(&TokenStream2, TokenStream2) -> syn::Result<TokenStream2>;
 
     fn tokens(source: &str) -> TokenStream2 {
         source.parse().expect("test input must tokenize")
     }
 
-    /// The messages of all errors for `#[remote(attr)] item`.
-    fn error(attr: &str, item: &str) -> String {
-        match expand(&tokens(attr), tokens(item)) {
+    /// The messages of all errors for `#[attr(args)] item`.
+    pub(crate) fn error(expand: Expand, args: &str, item: &str) -> String {
+        match expand(&tokens(args), tokens(item)) {
             Ok(tokens) => panic!("expected an error, got {tokens}"),
             Err(error) => error
                 .into_iter()
@@ -795,12 +799,25 @@ mod tests {
         }
     }
 
-    /// The expansion of `#[remote] item`, as a string.
-    fn expands(item: &str) -> String {
+    /// The expansion of `#[attr] item`, as a string.
+    pub(crate) fn expands(expand: Expand, item: &str) -> String {
         match expand(&TokenStream2::new(), tokens(item)) {
             Ok(tokens) => tokens.to_string(),
             Err(error) => panic!("unexpected error: {error}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(attr: &str, item: &str) -> String {
+        test_util::error(expand, attr, item)
+    }
+
+    fn expands(item: &str) -> String {
+        test_util::expands(expand, item)
     }
 
     #[test]

@@ -70,6 +70,10 @@ pub const CLI_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most of a node's log quoted in an error message, in lines.
 const LOG_TAIL_LINES: usize = 40;
 
+/// Set (to anything) to keep each node's directory, log included, when its guard drops:
+/// for looking into a failed test.
+pub const KEEP_ENV: &str = "SHOAL_TESTS_KEEP";
+
 /// The file each node's stdout and stderr go to, in its directory.
 pub const LOG_FILE: &str = "node.log";
 
@@ -371,7 +375,8 @@ fn make_node_dir(dir: Option<&Path>) -> Result<PathBuf> {
 }
 
 /// One `shoal node` process, our child, in a directory of its own. Dropping it kills the
-/// process (SIGKILL), reaps it and removes the directory; [`NodeProcess::detach`] keeps both.
+/// process (SIGKILL), reaps it and removes the directory (unless `$SHOAL_TESTS_KEEP` is set);
+/// [`NodeProcess::detach`] keeps both.
 ///
 /// Directory layout: `node.sock` (the API socket), `store/`, `spill/`, `data/` (the identity
 /// key: the same directory means the same peer id), and `node.log` (stdout and stderr of every
@@ -683,7 +688,7 @@ impl Drop for NodeProcess {
     fn drop(&mut self) {
         // Only our own child, by its handle: never a process found by name.
         let _ = self.kill_9();
-        if self.remove_dir {
+        if self.remove_dir && std::env::var_os(KEEP_ENV).is_none() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }

@@ -72,6 +72,7 @@ fn run(worker_id: u64) -> i32 {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .try_init();
     let socket = std::env::var_os(shoal_node::workers::ENV_SOCKET)

@@ -7,11 +7,12 @@
 //! with plain values and made-up instants.
 //!
 //! A peer leaves the view when
-//! - its last connection to us closed (or a ping to it failed) and nothing was heard from it
-//!   for [`MembershipConfig::grace`] after that (a SIGKILLed peer's connections close at once,
-//!   so it is gone within the grace), or
-//! - nothing was heard from it for [`MembershipConfig::expiry`] (peers we have no
-//!   connection to are only heard through gossip).
+//! - its last connection to us closed and nothing was heard from it for
+//!   [`MembershipConfig::grace`] after that (a SIGKILLed peer's connections close at once, so
+//!   it is gone within the grace), or
+//! - nothing was heard from it for [`MembershipConfig::expiry`]: no report, and no answered
+//!   ping (peers we have no connection to are only heard through gossip; a connected peer
+//!   whose pings fail is not heard either).
 //!
 //! A peer that restarts (a report with a later start time) is taken as the same peer.
 
@@ -51,6 +52,8 @@ pub struct Member {
     pub suspect_since: Option<Instant>,
     /// Round-trip time of the last ping.
     pub rtt: Option<Duration>,
+    /// Whether the last ping to it failed.
+    pub ping_failing: bool,
     /// Addresses it was seen at.
     pub addrs: Vec<String>,
 }
@@ -132,6 +135,7 @@ impl<P: Ord + Clone> Membership<P> {
                         connected: false,
                         suspect_since: None,
                         rtt: None,
+                        ping_failing: false,
                         addrs: Vec::new(),
                     },
                 );
@@ -145,6 +149,7 @@ impl<P: Ord + Clone> Membership<P> {
         let change = self.heard(peer, now);
         if let Some(m) = self.peers.get_mut(peer) {
             m.connected = true;
+            m.suspect_since = None;
             if let Some(a) = addr {
                 if !m.addrs.contains(&a) && m.addrs.len() < 8 {
                     m.addrs.push(a);
@@ -166,15 +171,17 @@ impl<P: Ord + Clone> Membership<P> {
     pub fn ping_ok(&mut self, peer: &P, rtt: Duration, now: Instant) {
         if let Some(m) = self.peers.get_mut(peer) {
             m.rtt = Some(rtt);
+            m.ping_failing = false;
             m.last_heard = now;
-            m.suspect_since = None;
         }
     }
 
-    /// A ping to `peer` failed.
-    pub fn ping_failed(&mut self, peer: &P, now: Instant) {
+    /// A ping to `peer` failed: it no longer counts as heard from through pings, so unless
+    /// its reports keep coming it expires. (A slow peer is not dropped at the first missed
+    /// ping: only a closed connection takes the short grace.)
+    pub fn ping_failed(&mut self, peer: &P) {
         if let Some(m) = self.peers.get_mut(peer) {
-            m.suspect_since.get_or_insert(now);
+            m.ping_failing = true;
         }
     }
 
@@ -206,9 +213,9 @@ impl<P: Ord + Clone> Membership<P> {
         let (expiry, grace) = (self.config.expiry, self.config.grace);
         let mut left = Vec::new();
         self.peers.retain(|p, m| {
-            let because = if m
-                .suspect_since
-                .is_some_and(|s| now.saturating_duration_since(s) >= grace && m.last_heard <= s)
+            let because = if !m.connected
+                && m.suspect_since
+                    .is_some_and(|s| now.saturating_duration_since(s) >= grace && m.last_heard <= s)
             {
                 Some(LeftBecause::Disconnected)
             } else if now.saturating_duration_since(m.last_heard) >= expiry {
@@ -326,22 +333,24 @@ mod tests {
     }
 
     #[test]
-    fn ping_failures_make_a_connected_peer_suspect_and_answers_clear_it() {
+    fn a_connected_peer_whose_pings_fail_and_reports_stop_expires() {
         let t0 = Instant::now();
         let mut v = view();
         v.connected(&"d", None, t0);
-        v.ping_failed(&"d", t0 + Duration::from_millis(100));
         v.ping_ok(
             &"d",
             Duration::from_micros(80),
             t0 + Duration::from_millis(200),
         );
-        assert!(v.tick(t0 + Duration::from_millis(1500)).is_empty());
         assert_eq!(v.get(&"d").unwrap().rtt, Some(Duration::from_micros(80)));
-        v.ping_failed(&"d", t0 + Duration::from_millis(1600));
+        // A failed ping alone (an overloaded peer) does not take the short grace.
+        v.ping_failed(&"d");
+        assert!(v.get(&"d").unwrap().ping_failing);
+        assert!(v.tick(t0 + Duration::from_millis(2000)).is_empty());
+        // Still nothing heard: the expiry takes it.
         assert_eq!(
-            v.tick(t0 + Duration::from_millis(2700)),
-            vec![Change::Left("d", LeftBecause::Disconnected)]
+            v.tick(t0 + Duration::from_millis(3200)),
+            vec![Change::Left("d", LeftBecause::Silent)]
         );
     }
 }

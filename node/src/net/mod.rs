@@ -559,6 +559,8 @@ pub async fn start(key: identity::Keypair, config: NetConfig) -> Result<NetHandl
         bootstrapped: false,
         gossip_out: 0,
         gossip_in: 0,
+        next_redial: Instant::now() + Duration::from_millis(500),
+        redial_backoff: Duration::from_millis(500),
     };
     let span = tracing::info_span!("net", peer = %peer_id);
     tokio::spawn(tracing::Instrument::instrument(task.run(rx), span));
@@ -682,6 +684,8 @@ struct NetTask {
     bootstrapped: bool,
     gossip_out: u64,
     gossip_in: u64,
+    next_redial: Instant,
+    redial_backoff: Duration,
 }
 
 impl NetTask {
@@ -719,7 +723,34 @@ impl NetTask {
         if due {
             self.publish_report(now);
         }
+        if now >= self.next_redial {
+            self.redial(now);
+        }
         self.refresh_view(now);
+    }
+
+    /// Dials the bootstrap peers that are not connected (a restarted or partitioned peer
+    /// comes back), with a growing interval while they stay away.
+    fn redial(&mut self, now: Instant) {
+        let mut dialed = false;
+        for addr in self.config.peers.clone() {
+            let connected = match addr.iter().last() {
+                Some(Protocol::P2p(peer)) => self.swarm.is_connected(&peer),
+                _ => false,
+            };
+            if !connected {
+                dialed = true;
+                if let Err(e) = self.swarm.dial(addr.clone()) {
+                    tracing::debug!(%addr, error = %e, "redial failed");
+                }
+            }
+        }
+        self.redial_backoff = if dialed {
+            (self.redial_backoff * 2).min(Duration::from_secs(10))
+        } else {
+            Duration::from_millis(500)
+        };
+        self.next_redial = now + self.redial_backoff;
     }
 
     fn publish_report(&mut self, now: Instant) {
@@ -780,9 +811,11 @@ impl NetTask {
     }
 
     fn refresh_view(&self, now: Instant) {
+        // A peer shows once its first report arrived: before that nothing is known of it.
         let peers = self
             .membership
             .peers()
+            .filter(|(_, m)| m.report.is_some())
             .map(|(id, m)| PeerView {
                 peer_id: id.to_string(),
                 addrs: m
@@ -936,7 +969,7 @@ impl NetTask {
                 Ok(rtt) => self.membership.ping_ok(&peer, rtt, now),
                 Err(e) => {
                     tracing::debug!(%peer, error = %e, "ping failed");
-                    self.membership.ping_failed(&peer, now);
+                    self.membership.ping_failed(&peer);
                 }
             },
             BehaviourEvent::Gossipsub(gossipsub::Event::Message {
@@ -1116,7 +1149,7 @@ impl NetTask {
     }
 }
 
-/// The platform this node runs binaries for (architecture and operating system).
+/// The target triple this node was built for: the binaries it can run.
 pub fn target() -> String {
-    format!("{}-{}", std::env::consts::ARCH, std::env::consts::OS)
+    env!("SHOAL_TARGET").to_string()
 }

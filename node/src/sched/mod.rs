@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use shoal_protocol::{BinaryId, ResourceSet, TaskError, TaskId, WorkerStatus};
 
+pub mod placement;
 #[cfg(test)]
 mod tests;
 

@@ -9,8 +9,9 @@
 //!
 //! A row is a plain function `fn(&mut Bench) -> anyhow::Result<()>` registered in a
 //! [`Registry`] under its BENCH.md name and unit. It does its (untimed) set-up, then calls
-//! exactly one of [`Bench::run_batches`] (units `ops/s`, `GB/s`) or [`Bench::run_timed`]
-//! (units `s`, `us`), then tears down.
+//! exactly one of [`Bench::run_batches`] (units `ops/s`, `GB/s`), [`Bench::run_timed`]
+//! (units `s`, `us`) or [`Bench::run_sampled`] (any unit; for the gauges `%`, `MB`, `B/s` of
+//! rows that observe a process rather than time work), then tears down.
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -28,6 +29,13 @@ pub enum Unit {
     Seconds,
     /// Microseconds per operation: the closure returns the duration of one operation.
     Micros,
+    /// Percent (e.g. of one CPU): measured with [`Bench::run_sampled`].
+    Percent,
+    /// 10^6 bytes (a size, e.g. resident memory): measured with [`Bench::run_sampled`].
+    Megabytes,
+    /// Bytes per second (a rate observed, not work done): measured with
+    /// [`Bench::run_sampled`].
+    BytesPerSec,
 }
 
 impl Unit {
@@ -38,13 +46,20 @@ impl Unit {
             Unit::GbPerSec => "GB/s",
             Unit::Seconds => "s",
             Unit::Micros => "us",
+            Unit::Percent => "%",
+            Unit::Megabytes => "MB",
+            Unit::BytesPerSec => "B/s",
         }
     }
 
-    /// Whether the row is a rate (measured with [`Bench::run_batches`]) rather than a
-    /// duration (measured with [`Bench::run_timed`]).
+    /// Whether the row is a rate of work done (measured with [`Bench::run_batches`]).
     pub fn is_rate(self) -> bool {
         matches!(self, Unit::OpsPerSec | Unit::GbPerSec)
+    }
+
+    /// Whether the row is a duration per operation (measured with [`Bench::run_timed`]).
+    pub fn is_duration(self) -> bool {
+        matches!(self, Unit::Seconds | Unit::Micros)
     }
 }
 
@@ -242,10 +257,15 @@ impl Bench {
         F: FnMut() -> Result<Duration>,
     {
         ensure!(
-            !self.unit.is_rate(),
-            "row {} has unit {}: measure it with run_batches, not run_timed",
+            self.unit.is_duration(),
+            "row {} has unit {}: measure it with {}, not run_timed",
             self.name,
-            self.unit
+            self.unit,
+            if self.unit.is_rate() {
+                "run_batches"
+            } else {
+                "run_sampled"
+            }
         );
         let scale = match self.unit {
             Unit::Micros => 1e6,
@@ -265,6 +285,30 @@ impl Bench {
             }
             let figure = sum.as_secs_f64() / f64::from(calls) * scale;
             let note = format!("{figure:.9} {unit} (mean of {calls} operations)");
+            Ok((figure, note))
+        })
+    }
+
+    /// Measures a figure that is observed rather than timed (a process's CPU use, its
+    /// resident memory, the bytes it sends per second): `sample(d)` observes for at least `d`
+    /// (it may choose to observe longer) and returns the round's figure in the row's unit. It
+    /// is called once for the warm-up and once per round; `value` is the mean of the rounds'
+    /// figures. Any unit may be measured this way.
+    ///
+    /// Prints the row's JSON line on stdout and returns the measurement.
+    pub fn run_sampled<F>(&mut self, mut sample: F) -> Result<Measurement>
+    where
+        F: FnMut(Duration) -> Result<f64>,
+    {
+        let unit = self.unit;
+        self.measure(|d| {
+            let start = Instant::now();
+            let figure = sample(d)?;
+            ensure!(figure.is_finite(), "a sample of {figure} {unit}");
+            let note = format!(
+                "{figure:.6} {unit} (observed for {:.3} s)",
+                start.elapsed().as_secs_f64()
+            );
             Ok((figure, note))
         })
     }
@@ -475,5 +519,55 @@ mod tests {
         let mut b = Bench::new("u", Unit::Micros, quick, None);
         let m = b.run_timed(|| Ok(Duration::from_micros(3))).unwrap();
         assert!((m.value - 3.0).abs() < 1e-9 && m.stdev < 1e-9);
+
+        let mut b = Bench::new("p", Unit::Percent, quick, None);
+        assert!(
+            b.run_timed(|| Ok(Duration::ZERO)).is_err(),
+            "a gauge is sampled"
+        );
+        assert!(b.run_batches(|| Ok(1)).is_err(), "a gauge is sampled");
+        let mut calls = 0;
+        let m = b
+            .run_sampled(|d| {
+                assert_eq!(
+                    d,
+                    if calls == 0 {
+                        quick.warmup
+                    } else {
+                        quick.round
+                    }
+                );
+                calls += 1;
+                Ok(f64::from(calls))
+            })
+            .unwrap();
+        assert_eq!(calls, 4, "a warm-up and 3 rounds");
+        assert_eq!(m.rounds, vec![2.0, 3.0, 4.0]);
+        assert_eq!(
+            m.json_line(),
+            r#"{"name":"p","value":3.0,"stdev":0.816496580927726,"unit":"%"}"#
+        );
+        let mut b = Bench::new("q", Unit::Megabytes, quick, None);
+        assert!(
+            b.run_sampled(|_| Ok(f64::NAN)).is_err(),
+            "a figure must be finite"
+        );
+    }
+
+    #[test]
+    fn units_are_spelled_as_in_the_json() {
+        let all = [
+            (Unit::OpsPerSec, "ops/s"),
+            (Unit::GbPerSec, "GB/s"),
+            (Unit::Seconds, "s"),
+            (Unit::Micros, "us"),
+            (Unit::Percent, "%"),
+            (Unit::Megabytes, "MB"),
+            (Unit::BytesPerSec, "B/s"),
+        ];
+        for (unit, spelling) in all {
+            assert_eq!(unit.as_str(), spelling);
+            assert!(!(unit.is_rate() && unit.is_duration()));
+        }
     }
 }

@@ -1,12 +1,14 @@
 //! `shoal-bench`: the benchmark runner of BENCH.md.
 //!
 //! [`harness`] holds the measuring method and the row registry, [`limits`] the rows that
-//! measure the machine, [`shoal_rows`] and [`actor_rows`] the rows that measure Shoal. The
-//! binary (`main.rs`) is the command line around them.
+//! measure the machine, [`shoal_rows`] and [`actor_rows`] the rows that measure Shoal, and
+//! [`mesh_rows`] those that measure the mesh (in-process peers and real `shoal node`
+//! processes). The binary (`main.rs`) is the command line around them.
 
 pub mod actor_rows;
 pub mod harness;
 pub mod limits;
+pub mod mesh_rows;
 pub mod shoal_rows;
 
 pub use harness::{Bench, Measurement, Method, Registry, Row, RowFn, Unit};
@@ -18,5 +20,19 @@ pub fn registry() -> Registry {
     limits::register(&mut reg);
     shoal_rows::register(&mut reg);
     actor_rows::register(&mut reg);
+    mesh_rows::register(&mut reg);
     reg
+}
+
+/// Called by the runner before each row (`row` is its registered name, without `_N`): stops
+/// what earlier rows left running for the rows after them (the idle mesh of [`mesh_rows`]),
+/// unless this row uses it.
+pub fn before_row(row: &str) {
+    mesh_rows::before_row(row);
+}
+
+/// Stops everything rows left running for later rows. The runner calls it when it is done,
+/// also when unwinding from a panic.
+pub fn release_fixtures() {
+    mesh_rows::release_idle_mesh();
 }

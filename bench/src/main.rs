@@ -120,12 +120,24 @@ fn parse(args: &[OsString], registry: &Registry) -> Result<Cli, String> {
     Ok(Cli::Run { method, names })
 }
 
+/// Stops what rows left running for later rows (node processes) when dropped: at the end of
+/// the run, and when a panic unwinds through it.
+struct ReleaseFixtures;
+
+impl Drop for ReleaseFixtures {
+    fn drop(&mut self) {
+        shoal_bench::release_fixtures();
+    }
+}
+
 fn run(registry: &Registry, method: Method, names: &[String]) -> ExitCode {
+    let _release = ReleaseFixtures;
     let mut failed = Vec::new();
     for requested in names {
         let Some((row, name, size)) = registry.resolve(requested) else {
             unreachable!("names are checked by parse");
         };
+        shoal_bench::before_row(row.name);
         let mut bench = Bench::new(name, row.unit, method, size);
         let outcome = (row.run)(&mut bench).and_then(|()| match bench.take_result() {
             Some(_) => Ok(()),

@@ -408,10 +408,12 @@ fn build_behaviour(
             .with_push_listen_addr_updates(true)
             .with_interval(Duration::from_secs(60)),
     );
+    // Round-trip times for the view; liveness comes from connections and reports, so pings
+    // need not be frequent (each connection pings on its own).
     let ping = ping::Behaviour::new(
         ping::Config::new()
-            .with_interval(Duration::from_millis(1000))
-            .with_timeout(Duration::from_millis(2000)),
+            .with_interval(Duration::from_secs(5))
+            .with_timeout(Duration::from_secs(10)),
     );
     let mut kad_config = kad::Config::new(protocols.kad.clone());
     kad_config
@@ -561,6 +563,7 @@ pub async fn start(key: identity::Keypair, config: NetConfig) -> Result<NetHandl
         gossip_in: 0,
         next_redial: Instant::now() + Duration::from_millis(500),
         redial_backoff: Duration::from_millis(500),
+        report_soon: false,
     };
     let span = tracing::info_span!("net", peer = %peer_id);
     tokio::spawn(tracing::Instrument::instrument(task.run(rx), span));
@@ -686,6 +689,8 @@ struct NetTask {
     gossip_in: u64,
     next_redial: Instant,
     redial_backoff: Duration,
+    /// A peer subscribed to the reports since the last one went out.
+    report_soon: bool,
 }
 
 impl NetTask {
@@ -718,6 +723,8 @@ impl NetTask {
                 let since = now.saturating_duration_since(t);
                 since >= self.config.report_interval
                     || (self.load_dirty && since >= self.config.report_min_interval)
+                    // New listeners: one early report for a burst of them.
+                    || (self.report_soon && since >= self.config.report_interval / 2)
             }
         };
         if due {
@@ -782,6 +789,7 @@ impl NetTask {
         };
         self.last_report = Some(now);
         self.load_dirty = false;
+        self.report_soon = false;
         let bytes = match codec::encode(&report) {
             Ok(b) => b,
             Err(e) => {
@@ -990,6 +998,11 @@ impl NetTask {
                     .behaviour_mut()
                     .gossipsub
                     .report_message_validation_result(&message_id, &propagation_source, acceptance);
+            }
+            // A new listener: report at once rather than at the next keep-alive (the first
+            // report of a new peer went out before anyone listened).
+            BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { .. }) => {
+                self.report_soon = true;
             }
             BehaviourEvent::Gossipsub(_) => {}
             BehaviourEvent::Kad(ev) => self.kad_event(ev),

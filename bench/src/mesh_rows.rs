@@ -1,0 +1,831 @@
+//! The mesh rows of BENCH.md ("the mesh" table) that need no task to run on another node,
+//! and the idle cost of a peer that issue 5 asks for:
+//!
+//! - `mesh_converge_seconds_N`: N **in-process peers over TCP loopback** (one tokio runtime,
+//!   `shoal_node::net` with [`TransportKind::Tcp`] on `/ip4/127.0.0.1/tcp/0`, mDNS off, all
+//!   bootstrapped from the first) started together, until each sees all the others with a
+//!   load report from each. Each operation builds a runtime of its own and shuts it down
+//!   afterwards, so the peers of earlier operations are gone (their tasks, sockets and
+//!   timers with them).
+//! - `libp2p_stream_gigabytes`: two in-process peers over TCP loopback; one operation is a
+//!   [`bulk::send`] of 1 GiB (256 MiB under `--quick`) over a new `/shoal/<mesh>/bulk/1`
+//!   stream, acknowledged by the receiver.
+//! - `failure_detect_seconds`: a mesh of [`FAILURE_MESH_NODES`] real `shoal node` processes
+//!   ([`shoal_tests::Mesh`]); one operation SIGKILLs one peer and polls the others' `shoal
+//!   status --json` until none lists it. The victim is then restarted with the same identity
+//!   and the mesh waited on until it has converged again (untimed).
+//! - `idle_peer_cpu_percent_N`, `idle_peer_rss_megabytes_N`,
+//!   `idle_peer_gossip_bytes_per_second_N` (not in BENCH.md; N = 50 by default): N real
+//!   `shoal node` processes (1 CPU and a 64 MiB store each) left idle; one of them is
+//!   observed: its CPU time (`utime + stime` of `/proc/<pid>/stat`) per second of wall time
+//!   in percent of one CPU, its resident memory (`VmRSS` of `/proc/<pid>/status`, in 10^6
+//!   bytes), and the load-report bytes it sent and received (`gossip.bytes_out + bytes_in`
+//!   of `shoal status --json`: payloads, before libp2p's framing) per second. The three
+//!   rows share one mesh when run one after the other (see [`before_row`]); any other row
+//!   stops it first, so that idle peers never burn CPU under another row's measurement.
+//!
+//! Everything waits with a deadline: a mesh that does not converge, a transfer that stalls or
+//! a peer that is never dropped fails the row instead of hanging the run.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context as _, Result};
+use libp2p::{identity, Multiaddr};
+use shoal_node::net::{self, bulk, NetConfig, NetHandle, Protocols, TransportKind};
+use shoal_tests::{Mesh, NodeOptions, NodeProcess};
+
+use crate::harness::{Bench, Registry, Unit};
+
+/// The N of `mesh_converge_seconds` when none is given.
+const CONVERGE_DEFAULT_PEERS: u64 = 10;
+/// How often the in-process waits look at the peers' views.
+const INPROC_POLL: Duration = Duration::from_millis(10);
+/// The bytes of one `libp2p_stream_gigabytes` operation.
+const STREAM_BYTES: u64 = 1 << 30;
+/// The same under `--quick`.
+const STREAM_BYTES_QUICK: u64 = 256 << 20;
+/// The buffer `bulk::send` writes again and again.
+const STREAM_CHUNK: usize = 1 << 20;
+/// How long one bulk transfer may take before the row fails (1 GiB at 10 MB/s).
+const STREAM_TIMEOUT: Duration = Duration::from_secs(100);
+/// How long two in-process peers may take to connect, or a stream to open.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// The size of the mesh of `failure_detect_seconds`: the victim and three observers.
+const FAILURE_MESH_NODES: usize = 4;
+/// `--failure-timeout` of its nodes (the node's default).
+const FAILURE_TIMEOUT_SECS: f64 = 3.0;
+/// How long a killed peer may stay in a view before the row fails.
+const DETECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a mesh of a few processes may take to converge (again) before the row fails.
+const PROCESS_CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The N of the idle rows when none is given.
+const IDLE_DEFAULT_PEERS: u64 = 50;
+/// `--store-bytes` of each idle peer.
+const IDLE_STORE_BYTES: u64 = 64 << 20;
+/// How long the idle peers may take to start (all of them at once) and to answer.
+const IDLE_STARTUP_TIMEOUT: Duration = Duration::from_secs(180);
+/// How long the idle mesh may take to converge; after that it is measured as it is, and the
+/// views it reached are reported.
+const IDLE_CONVERGE_TIMEOUT: Duration = Duration::from_secs(180);
+/// The pause between two sweeps of `shoal status` over the idle peers while they converge
+/// (each sweep starts one `shoal status` per peer).
+const IDLE_SWEEP_PAUSE: Duration = Duration::from_millis(500);
+/// How long the idle mesh is left alone after converging before the first measurement.
+const IDLE_SETTLE: Duration = Duration::from_secs(5);
+/// The same under `--quick`.
+const IDLE_SETTLE_QUICK: Duration = Duration::from_secs(1);
+/// How long an idle row observes its peer in all (spread over the rounds; not under
+/// `--quick`, whose rounds are the harness's).
+const IDLE_OBSERVATION: Duration = Duration::from_secs(10);
+/// How often the RSS row reads `VmRSS` within a round.
+const RSS_SAMPLE_EVERY: Duration = Duration::from_millis(250);
+
+/// Registers the mesh rows.
+pub fn register(reg: &mut Registry) {
+    reg.add_sized(
+        "mesh_converge_seconds",
+        Unit::Seconds,
+        CONVERGE_DEFAULT_PEERS,
+        "N in-process peers over TCP loopback (one tokio runtime, mDNS off, all bootstrapped \
+         from the first) started together, until each sees all the others with a load report",
+        mesh_converge_seconds,
+    );
+    reg.add(
+        "failure_detect_seconds",
+        Unit::Seconds,
+        "in a mesh of 4 real `shoal node` processes on loopback (--failure-timeout 3), one \
+         killed with SIGKILL: until no other lists it in `shoal status --json`",
+        failure_detect_seconds,
+    );
+    reg.add(
+        "libp2p_stream_gigabytes",
+        Unit::GbPerSec,
+        "1 GiB over a bare libp2p stream (the bulk protocol: Noise + Yamux over TCP loopback) \
+         between two in-process peers, acknowledged by the receiver",
+        libp2p_stream_gigabytes,
+    );
+    reg.add_sized(
+        "idle_peer_cpu_percent",
+        Unit::Percent,
+        IDLE_DEFAULT_PEERS,
+        "CPU time of one idle `shoal node` process in a mesh of N on loopback, in % of one \
+         CPU (not in BENCH.md)",
+        idle_peer_cpu_percent,
+    );
+    reg.add_sized(
+        "idle_peer_rss_megabytes",
+        Unit::Megabytes,
+        IDLE_DEFAULT_PEERS,
+        "resident memory (VmRSS) of one idle `shoal node` process in a mesh of N on loopback, \
+         in 10^6 bytes (not in BENCH.md)",
+        idle_peer_rss_megabytes,
+    );
+    reg.add_sized(
+        "idle_peer_gossip_bytes_per_second",
+        Unit::BytesPerSec,
+        IDLE_DEFAULT_PEERS,
+        "load-report bytes (payloads) one idle `shoal node` process sends and receives per \
+         second in a mesh of N on loopback (not in BENCH.md)",
+        idle_peer_gossip_bytes_per_second,
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// In-process peers
+
+/// A mesh name used by nothing else: `bench-<what>-<pid>-<n>`.
+fn unique_mesh(what: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "bench-{what}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The worker threads of the runtime of in-process peers: one per CPU.
+fn worker_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |p| p.get())
+}
+
+/// A tokio runtime for in-process peers.
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(worker_threads())
+        .enable_all()
+        .thread_name("bench-mesh")
+        .build()
+        .context("building a tokio runtime")
+}
+
+/// Runs `work` on `rt`, failing if it takes longer than `limit`.
+fn block_on_within<T>(
+    rt: &tokio::runtime::Runtime,
+    limit: Duration,
+    what: &str,
+    work: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    // The timer is made inside the runtime: it needs the runtime's time driver.
+    rt.block_on(async { tokio::time::timeout(limit, work).await })
+        .map_err(|_| anyhow::anyhow!("{what} took over {limit:?}"))?
+}
+
+/// Shuts a runtime of in-process peers down: every peer's task, connection and timer ends.
+fn shut_down(rt: tokio::runtime::Runtime) {
+    rt.shutdown_timeout(Duration::from_secs(10));
+}
+
+/// Starts a peer of `mesh` over TCP on an ephemeral loopback port, mDNS off, bootstrapped
+/// from `peers`, with the node's defaults otherwise.
+async fn start_peer(mesh: &str, peers: Vec<Multiaddr>) -> Result<NetHandle> {
+    let mut config = NetConfig::new(mesh);
+    config.transport = TransportKind::Tcp;
+    config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse()?];
+    config.peers = peers;
+    config.mdns = false;
+    net::start(identity::Keypair::generate_ed25519(), config)
+        .await
+        .context("starting an in-process peer")
+}
+
+/// The first listen address of a peer (with `/p2p/<id>`), once it listens.
+async fn listen_addr(peer: &NetHandle, deadline: Instant) -> Result<Multiaddr> {
+    loop {
+        if let Some(addr) = peer.view().listen_addrs.first() {
+            return addr
+                .parse()
+                .with_context(|| format!("a listen address {addr:?}"));
+        }
+        if Instant::now() >= deadline {
+            bail!("peer {} did not listen in time", peer.peer_id());
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// How many of the other peers (`ids`, `me` being this one's index) `peer` sees with a load
+/// report.
+fn seen_with_report(peer: &NetHandle, me: usize, ids: &[String]) -> usize {
+    let view = peer.view();
+    let seen: HashSet<&str> = view
+        .peers
+        .iter()
+        .filter(|p| p.report.is_some())
+        .map(|p| p.peer_id.as_str())
+        .collect();
+    ids.iter()
+        .enumerate()
+        .filter(|&(j, id)| j != me && seen.contains(id.as_str()))
+        .count()
+}
+
+/// Waits until every peer sees every other with a load report; returns when that was first
+/// observed. Fails after `deadline` with how far each peer got.
+async fn wait_full_views(peers: &[NetHandle], deadline: Instant) -> Result<Instant> {
+    let n = peers.len();
+    let ids: Vec<String> = peers.iter().map(|p| p.peer_id().to_string()).collect();
+    let full = |i: usize| seen_with_report(&peers[i], i, &ids) == n - 1;
+    // The peers before `next` were seen with full views: each sweep starts at the first that
+    // was not, and a last sweep over all confirms (a view may lose a peer in between).
+    let mut next = 0;
+    loop {
+        while next < n && full(next) {
+            next += 1;
+        }
+        if next == n {
+            if (0..n).all(full) {
+                return Ok(Instant::now());
+            }
+            next = 0;
+        }
+        if Instant::now() >= deadline {
+            let counts: Vec<usize> = (0..n)
+                .map(|i| seen_with_report(&peers[i], i, &ids))
+                .collect();
+            let done = counts.iter().filter(|&&c| c == n - 1).count();
+            bail!(
+                "{done} of {n} peers have full views; each sees this many of the other {} with a \
+                 load report: {counts:?}",
+                n - 1
+            );
+        }
+        tokio::time::sleep(INPROC_POLL).await;
+    }
+}
+
+/// The number of open file descriptors of this process (to show that the peers of earlier
+/// operations are gone).
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
+}
+
+/// One operation of `mesh_converge_seconds_N`: a fresh runtime, N peers started (the first,
+/// then the others bootstrapped from its address), until full views; then everything torn
+/// down. Returns the time from the first peer's start to full views.
+fn converge_once(n: usize, timeout: Duration) -> Result<Duration> {
+    let rt = runtime()?;
+    let mesh = unique_mesh("converge");
+    // A backstop: the waits below have their deadline, but a peer that never starts would not.
+    let backstop = timeout + Duration::from_secs(5);
+    let took = block_on_within(&rt, backstop, "an operation", async {
+        let start = Instant::now();
+        let deadline = start + timeout;
+        let first = start_peer(&mesh, Vec::new()).await?;
+        let bootstrap = listen_addr(&first, deadline).await?;
+        let mut peers = Vec::with_capacity(n);
+        peers.push(first);
+        for _ in 1..n {
+            peers.push(start_peer(&mesh, vec![bootstrap.clone()]).await?);
+        }
+        let done = wait_full_views(&peers, deadline)
+            .await
+            .with_context(|| format!("{n} in-process peers did not converge within {timeout:?}"))?;
+        anyhow::Ok(done - start)
+    });
+    shut_down(rt);
+    took
+}
+
+fn mesh_converge_seconds(b: &mut Bench) -> Result<()> {
+    let n = b.size().context("mesh_converge_seconds runs with a size")?;
+    ensure!(n >= 2, "a mesh of {n} peer(s) has nothing to converge");
+    let n = usize::try_from(n).context("N too large")?;
+    let timeout = Duration::from_secs(30 + 2 * n as u64);
+    eprintln!(
+        "{}: {n} in-process peers over TCP loopback in one tokio runtime ({} worker threads), \
+         a new runtime per operation; each operation may take {timeout:?}",
+        b.name(),
+        worker_threads(),
+    );
+    let fds_before = open_fds();
+    let (mut fastest, mut slowest) = (Duration::MAX, Duration::ZERO);
+    let mut ops = 0u32;
+    b.run_timed(|| {
+        let took = converge_once(n, timeout)?;
+        fastest = fastest.min(took);
+        slowest = slowest.max(took);
+        ops += 1;
+        Ok(took)
+    })?;
+    eprintln!(
+        "{}: {ops} operations, fastest {:.3} s, slowest {:.3} s; open file descriptors {} \
+         before, {} after",
+        b.name(),
+        fastest.as_secs_f64(),
+        slowest.as_secs_f64(),
+        fds_before,
+        open_fds()
+    );
+    Ok(())
+}
+
+fn libp2p_stream_gigabytes(b: &mut Bench) -> Result<()> {
+    let total = if b.is_quick() {
+        eprintln!(
+            "{}: --quick: transfers of {STREAM_BYTES_QUICK} bytes instead of {STREAM_BYTES}",
+            b.name()
+        );
+        STREAM_BYTES_QUICK
+    } else {
+        STREAM_BYTES
+    };
+    let rt = runtime()?;
+    let result = stream_rounds(b, &rt, total);
+    shut_down(rt);
+    result
+}
+
+/// The set-up and the measurement of `libp2p_stream_gigabytes`, on `rt`.
+fn stream_rounds(b: &mut Bench, rt: &tokio::runtime::Runtime, total: u64) -> Result<()> {
+    let mesh = unique_mesh("stream");
+    let protocol = Protocols::for_mesh(&mesh)?.bulk;
+    let setup = CONNECT_TIMEOUT + Duration::from_secs(5);
+    let (sender, receiver) = block_on_within(rt, setup, "starting two peers", async {
+        let deadline = Instant::now() + CONNECT_TIMEOUT;
+        let receiver = start_peer(&mesh, Vec::new()).await?;
+        let addr = listen_addr(&receiver, deadline).await?;
+        let sender = start_peer(&mesh, vec![addr]).await?;
+        let id = receiver.peer_id().to_string();
+        while !sender
+            .view()
+            .peers
+            .iter()
+            .any(|p| p.peer_id == id && p.connected)
+        {
+            if Instant::now() >= deadline {
+                bail!("the two in-process peers did not connect within {CONNECT_TIMEOUT:?}");
+            }
+            tokio::time::sleep(INPROC_POLL).await;
+        }
+        anyhow::Ok((sender, receiver))
+    })?;
+    let mut control = sender.streams();
+    let to = receiver.peer_id();
+    let chunk = vec![0xA5u8; STREAM_CHUNK];
+    let mut transfer = |bytes: u64| -> Result<u64> {
+        rt.block_on(async {
+            let stream =
+                tokio::time::timeout(CONNECT_TIMEOUT, control.open_stream(to, protocol.clone()))
+                    .await
+                    .context("opening a bulk stream timed out")?
+                    .context("opening a bulk stream")?;
+            let acked = tokio::time::timeout(STREAM_TIMEOUT, bulk::send(stream, bytes, &chunk))
+                .await
+                .with_context(|| {
+                    format!("a transfer of {bytes} bytes took over {STREAM_TIMEOUT:?}")
+                })?
+                .context("the bulk transfer")?;
+            ensure!(
+                acked == bytes,
+                "the receiver acknowledged {acked} bytes of {bytes}"
+            );
+            Ok(bytes)
+        })
+    };
+    transfer(STREAM_CHUNK as u64).context("the first (1 MiB) transfer")?;
+    b.run_batches(|| transfer(total))?;
+    drop((sender, receiver));
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Real node processes
+
+/// Fails early, with the way to fix it, if the `shoal` binary is missing.
+fn check_shoal_bin(b: &Bench) -> Result<()> {
+    let bin = shoal_tests::shoal_bin()
+        .context("this row starts `shoal node` processes (scripts/bench builds `shoal`)")?;
+    eprintln!("{}: shoal binary {}", b.name(), bin.display());
+    Ok(())
+}
+
+fn failure_detect_seconds(b: &mut Bench) -> Result<()> {
+    check_shoal_bin(b)?;
+    let options = NodeOptions::new()
+        .mesh(unique_mesh("failure"))
+        .failure_timeout(FAILURE_TIMEOUT_SECS);
+    let mut mesh = Mesh::start_with(FAILURE_MESH_NODES, &options, None)
+        .context("starting the node processes")?;
+    let took = mesh
+        .wait_converged(PROCESS_CONVERGE_TIMEOUT)
+        .context("the first convergence")?;
+    eprintln!(
+        "{}: {FAILURE_MESH_NODES} `shoal node` processes (--failure-timeout \
+         {FAILURE_TIMEOUT_SECS}) converged {:.3} s after answering; each operation kills one \
+         (never node 0, the bootstrap peer), times until no other lists it, then restarts it \
+         with the same identity and waits for the mesh to converge again (untimed)",
+        b.name(),
+        took.as_secs_f64()
+    );
+    let mut victim = 0;
+    let mut detected = Vec::new();
+    b.run_timed(|| {
+        victim = victim % (FAILURE_MESH_NODES - 1) + 1;
+        let id = mesh.node(victim).peer_id().to_owned();
+        let start = Instant::now();
+        mesh.node_mut(victim).kill_9()?;
+        mesh.wait_gone(&id, DETECT_TIMEOUT)
+            .with_context(|| format!("killed node {victim} ({id}) was not dropped"))?;
+        let took = start.elapsed();
+        detected.push(took.as_secs_f64());
+        mesh.node_mut(victim)
+            .restart()
+            .with_context(|| format!("restarting node {victim}"))?;
+        mesh.wait_converged(PROCESS_CONVERGE_TIMEOUT)
+            .with_context(|| format!("node {victim} rejoining after a restart"))?;
+        Ok(took)
+    })?;
+    let (min, max) = detected
+        .iter()
+        .fold((f64::MAX, 0.0f64), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+    eprintln!(
+        "{}: {} kills, detected after {min:.3} s at best, {max:.3} s at worst (polling \
+         `shoal status --json` of the {} others every {} ms)",
+        b.name(),
+        detected.len(),
+        FAILURE_MESH_NODES - 1,
+        shoal_tests::POLL.as_millis()
+    );
+    Ok(())
+}
+
+/// The mesh the idle rows observe, kept across them (see [`before_row`]).
+struct IdleMesh {
+    /// Its size (the rows' N).
+    n: usize,
+    mesh: Mesh,
+    /// The node observed: one in the middle, neither the bootstrap peer nor the last started.
+    observed: usize,
+}
+
+/// The idle mesh, while idle rows of its size run one after the other.
+static IDLE_MESH: Mutex<Option<IdleMesh>> = Mutex::new(None);
+
+/// Whether the row `name` runs on the idle mesh.
+fn uses_idle_mesh(name: &str) -> bool {
+    matches!(
+        name,
+        "idle_peer_cpu_percent" | "idle_peer_rss_megabytes" | "idle_peer_gossip_bytes_per_second"
+    )
+}
+
+/// Called by the runner before each row (by its registered name): stops the idle mesh unless
+/// the row runs on it.
+pub fn before_row(name: &str) {
+    if !uses_idle_mesh(name) {
+        release_idle_mesh();
+    }
+}
+
+/// Stops the idle mesh's processes, if it runs.
+pub fn release_idle_mesh() {
+    let idle = IDLE_MESH
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take();
+    if let Some(idle) = idle {
+        eprintln!("idle mesh: stopping its {} node processes", idle.n);
+        drop(idle);
+    }
+}
+
+/// How many of the other nodes each node sees (`None`: it did not answer).
+fn process_views(mesh: &Mesh) -> Vec<Option<usize>> {
+    let ids: HashSet<&str> = mesh.nodes().iter().map(NodeProcess::peer_id).collect();
+    mesh.nodes()
+        .iter()
+        .map(|node| {
+            let view = node.view().ok()?;
+            Some(
+                view.iter()
+                    .filter(|p| *p != node.peer_id() && ids.contains(p.as_str()))
+                    .count(),
+            )
+        })
+        .collect()
+}
+
+/// Summary of [`process_views`]: how many nodes have full views, and the least seen.
+fn describe_views(views: &[Option<usize>]) -> String {
+    let n = views.len();
+    let full = views.iter().filter(|v| **v == Some(n - 1)).count();
+    let silent = views.iter().filter(|v| v.is_none()).count();
+    let seen: Vec<usize> = views.iter().flatten().copied().collect();
+    let (min, mean) = match seen.len() {
+        0 => (0, 0.0),
+        k => (
+            seen.iter().copied().min().unwrap_or(0),
+            seen.iter().sum::<usize>() as f64 / k as f64,
+        ),
+    };
+    format!(
+        "{full} of {n} nodes see all {} others; the least sees {min}, on average {mean:.1}; \
+         {silent} did not answer",
+        n - 1
+    )
+}
+
+impl IdleMesh {
+    /// Starts `n` nodes and waits until they converge (or the deadline passes: then says how
+    /// far they got and goes on), then lets them settle.
+    fn start(n: usize, name: &str, quick: bool) -> Result<Self> {
+        let mut options = NodeOptions::new().mesh(unique_mesh("idle")).cpus(1.0);
+        options.store_bytes = IDLE_STORE_BYTES;
+        options.startup_timeout = IDLE_STARTUP_TIMEOUT;
+        eprintln!(
+            "{name}: starting {n} `shoal node` processes (--cpus 1, --store-bytes \
+             {IDLE_STORE_BYTES}, loopback, all bootstrapped from the first)"
+        );
+        let start = Instant::now();
+        let mesh = Mesh::start_with(n, &options, None)
+            .with_context(|| format!("starting {n} node processes"))?;
+        eprintln!(
+            "{name}: all {n} answer and listen after {:.1} s",
+            start.elapsed().as_secs_f64()
+        );
+        // Sweeps of `shoal status`, from the first node that did not have a full view.
+        let deadline = Instant::now() + IDLE_CONVERGE_TIMEOUT;
+        let ids: HashSet<String> = mesh
+            .nodes()
+            .iter()
+            .map(|n| n.peer_id().to_owned())
+            .collect();
+        // How many `shoal status` calls the sweeps made, and how long they took.
+        let (calls, asking) = (
+            std::cell::Cell::new(0u32),
+            std::cell::Cell::new(Duration::ZERO),
+        );
+        let full = |node: &NodeProcess| {
+            let t = Instant::now();
+            let view = node.view();
+            calls.set(calls.get() + 1);
+            asking.set(asking.get() + t.elapsed());
+            view.is_ok_and(|v| ids.iter().all(|id| id == node.peer_id() || v.contains(id)))
+        };
+        let mut next = 0;
+        let converged = loop {
+            while next < n && full(mesh.node(next)) {
+                next += 1;
+            }
+            if next == n {
+                if mesh.nodes().iter().all(full) {
+                    break true;
+                }
+                next = 0;
+            }
+            if Instant::now() >= deadline {
+                break false;
+            }
+            std::thread::sleep(IDLE_SWEEP_PAUSE);
+        };
+        let views = process_views(&mesh);
+        eprintln!(
+            "{name}: watched by sweeps of `shoal status --json` over the nodes: {} calls, \
+             {:.3} s each on average (so convergence is seen late by up to a sweep)",
+            calls.get(),
+            asking.get().as_secs_f64() / f64::from(calls.get().max(1))
+        );
+        if converged {
+            eprintln!(
+                "{name}: converged {:.1} s after the first start ({})",
+                start.elapsed().as_secs_f64(),
+                describe_views(&views)
+            );
+        } else {
+            eprintln!(
+                "{name}: NOT converged {:.1} s after the first start, measuring the mesh as it \
+                 is: {}",
+                start.elapsed().as_secs_f64(),
+                describe_views(&views)
+            );
+        }
+        let settle = if quick {
+            IDLE_SETTLE_QUICK
+        } else {
+            IDLE_SETTLE
+        };
+        eprintln!("{name}: leaving the mesh idle for {settle:?} before measuring");
+        std::thread::sleep(settle);
+        Ok(Self {
+            n,
+            mesh,
+            observed: n / 2,
+        })
+    }
+}
+
+/// What an idle row reads.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Idle {
+    Cpu,
+    Rss,
+    Gossip,
+}
+
+fn idle_peer_cpu_percent(b: &mut Bench) -> Result<()> {
+    idle_row(b, Idle::Cpu)
+}
+
+fn idle_peer_rss_megabytes(b: &mut Bench) -> Result<()> {
+    idle_row(b, Idle::Rss)
+}
+
+fn idle_peer_gossip_bytes_per_second(b: &mut Bench) -> Result<()> {
+    idle_row(b, Idle::Gossip)
+}
+
+/// Clock ticks per second of `/proc/<pid>/stat`'s times.
+fn clock_ticks() -> Result<f64> {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    ensure!(ticks > 0, "sysconf(_SC_CLK_TCK) = {ticks}");
+    Ok(ticks as f64)
+}
+
+/// `utime + stime` of a process (all its threads), in clock ticks.
+fn cpu_ticks(pid: u32) -> Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // The fields after the command name, which is in parentheses: state (field 3) first, so
+    // utime (field 14) and stime (15) are the 12th and 13th.
+    let rest: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    ensure!(
+        !matches!(rest.first(), Some(&"Z" | &"X")),
+        "process {pid} has exited"
+    );
+    let field = |i: usize| -> Result<u64> {
+        rest.get(i)
+            .and_then(|f| f.parse().ok())
+            .with_context(|| format!("no field {} in /proc/{pid}/stat: {stat}", i + 3))
+    };
+    Ok(field(11)? + field(12)?)
+}
+
+/// `VmRSS` of a process, in bytes.
+fn rss_bytes(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("no VmRSS in /proc/{pid}/status"))?;
+    Ok(kib * 1024)
+}
+
+/// A node's gossip byte counters (`gossip.bytes_out`, `gossip.bytes_in` of `status --json`).
+fn gossip_bytes(socket: &Path) -> Result<(u64, u64)> {
+    let status = shoal_tests::status_json(socket)?;
+    let get = |key: &str| {
+        status["gossip"][key]
+            .as_u64()
+            .with_context(|| format!("no gossip.{key} in `shoal status --json`: {status}"))
+    };
+    Ok((get("bytes_out")?, get("bytes_in")?))
+}
+
+/// Minimum, mean and maximum.
+fn spread(xs: &[f64]) -> (f64, f64, f64) {
+    let min = xs.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    (min, xs.iter().sum::<f64>() / xs.len().max(1) as f64, max)
+}
+
+fn idle_row(b: &mut Bench, what: Idle) -> Result<()> {
+    check_shoal_bin(b)?;
+    let n = b.size().context("an idle row runs with a size")?;
+    ensure!(n >= 2, "a mesh of {n} node(s) is not a mesh");
+    let n = usize::try_from(n).context("N too large")?;
+    let mut guard = IDLE_MESH.lock().unwrap_or_else(PoisonError::into_inner);
+    if guard.as_ref().is_some_and(|idle| idle.n != n) {
+        drop(guard.take());
+    }
+    if guard.is_none() {
+        *guard = Some(IdleMesh::start(n, b.name(), b.is_quick())?);
+    } else {
+        eprintln!("{}: on the idle mesh of the previous row", b.name());
+    }
+    let idle = guard.as_ref().context("the idle mesh")?;
+    let node = idle.mesh.node(idle.observed);
+    let (pid, socket) = (node.pid(), node.socket());
+    ensure!(
+        shoal_tests::pid_alive(pid),
+        "{}",
+        node.with_log(format!("node {} (pid {pid}) is gone", idle.observed))
+    );
+    eprintln!(
+        "{}: observing node {} (pid {pid}, {})",
+        b.name(),
+        idle.observed,
+        node.peer_id()
+    );
+    let pids: Vec<u32> = idle.mesh.nodes().iter().map(NodeProcess::pid).collect();
+    let tck = clock_ticks()?;
+    let rounds = u32::try_from(b.method().rounds).unwrap_or(u32::MAX).max(1);
+    let min_window = if b.is_quick() {
+        Duration::ZERO
+    } else {
+        IDLE_OBSERVATION / rounds
+    };
+    let all_ticks = || {
+        pids.iter()
+            .map(|&p| cpu_ticks(p))
+            .collect::<Result<Vec<_>>>()
+    };
+    let (ticks_before, row_start) = (all_ticks()?, Instant::now());
+    let (mut gossip_out, mut gossip_in) = (0u64, 0u64);
+    // The `shoal status` calls of the gossip row, and how long they took.
+    let (mut status_calls, mut status_time) = (0u32, Duration::ZERO);
+    let mut gossip_now = || -> Result<(u64, u64)> {
+        let t = Instant::now();
+        let bytes = gossip_bytes(&socket)?;
+        status_calls += 1;
+        status_time += t.elapsed();
+        Ok(bytes)
+    };
+    b.run_sampled(|d| {
+        let window = d.max(min_window);
+        match what {
+            Idle::Cpu => {
+                let (t0, start) = (cpu_ticks(pid)?, Instant::now());
+                std::thread::sleep(window);
+                let (t1, secs) = (cpu_ticks(pid)?, start.elapsed().as_secs_f64());
+                Ok((t1 - t0) as f64 / tck / secs * 100.0)
+            }
+            Idle::Rss => {
+                let start = Instant::now();
+                let mut samples = vec![rss_bytes(pid)? as f64];
+                while start.elapsed() < window {
+                    std::thread::sleep(
+                        RSS_SAMPLE_EVERY.min(window.saturating_sub(start.elapsed())),
+                    );
+                    samples.push(rss_bytes(pid)? as f64);
+                }
+                Ok(spread(&samples).1 / 1e6)
+            }
+            Idle::Gossip => {
+                let ((o0, i0), start) = (gossip_now()?, Instant::now());
+                std::thread::sleep(window);
+                let ((o1, i1), secs) = (gossip_now()?, start.elapsed().as_secs_f64());
+                gossip_out += o1 - o0;
+                gossip_in += i1 - i0;
+                Ok(((o1 - o0) + (i1 - i0)) as f64 / secs)
+            }
+        }
+    })?;
+    let secs = row_start.elapsed().as_secs_f64();
+    match what {
+        Idle::Cpu => {
+            let ticks_after = all_ticks()?;
+            let percents: Vec<f64> = ticks_before
+                .iter()
+                .zip(&ticks_after)
+                .map(|(t0, t1)| (t1 - t0) as f64 / tck / secs * 100.0)
+                .collect();
+            let (min, mean, max) = spread(&percents);
+            eprintln!(
+                "{}: over the same {secs:.1} s, all {n} nodes: {mean:.2}% of a CPU on average \
+                 (least {min:.2}%, most {max:.2}%; node 0, the bootstrap peer: {:.2}%), {:.0}% \
+                 of a CPU together",
+                b.name(),
+                percents[0],
+                mean * n as f64
+            );
+        }
+        Idle::Rss => {
+            let rss: Vec<f64> = pids
+                .iter()
+                .map(|&p| rss_bytes(p).map(|r| r as f64 / 1e6))
+                .collect::<Result<_>>()?;
+            let (min, mean, max) = spread(&rss);
+            eprintln!(
+                "{}: all {n} nodes now: {mean:.1} MB on average (least {min:.1}, most \
+                 {max:.1}; node 0: {:.1}), {:.0} MB together",
+                b.name(),
+                rss[0],
+                mean * n as f64
+            );
+        }
+        Idle::Gossip => {
+            eprintln!(
+                "{}: of the gossip bytes observed, {gossip_out} went out and {gossip_in} came \
+                 in (load-report payloads only: libp2p's framing, encryption, ping, identify \
+                 and Kademlia are not counted); a `shoal status --json` took {:.3} s on \
+                 average",
+                b.name(),
+                status_time.as_secs_f64() / f64::from(status_calls.max(1))
+            );
+        }
+    }
+    let views = process_views(&idle.mesh);
+    eprintln!("{}: views now: {}", b.name(), describe_views(&views));
+    Ok(())
+}

@@ -217,6 +217,8 @@ type Reply<T> = oneshot::Sender<Result<T, NetError>>;
 enum Command {
     Load(Load),
     Dial(Multiaddr),
+    /// Drop the connections to a peer that sent garbage.
+    Disconnect(PeerId),
     PutRecord {
         key: Vec<u8>,
         value: Vec<u8>,
@@ -567,7 +569,7 @@ pub async fn start(key: identity::Keypair, config: NetConfig) -> Result<NetHandl
     };
     let span = tracing::info_span!("net", peer = %peer_id);
     tokio::spawn(tracing::Instrument::instrument(task.run(rx), span));
-    spawn_bulk_sink(streams.clone(), view.clone());
+    spawn_bulk_sink(streams.clone(), view.clone(), tx.clone());
     Ok(NetHandle {
         commands: tx,
         peer_id,
@@ -578,7 +580,11 @@ pub async fn start(key: identity::Keypair, config: NetConfig) -> Result<NetHandl
 
 /// Accepts bulk streams: a `u64` length, then that many bytes, answered by the `u64` count
 /// received. Used to measure raw stream throughput; object transfer builds on it.
-fn spawn_bulk_sink(mut control: libp2p_stream::Control, view: Arc<Mutex<MeshView>>) {
+fn spawn_bulk_sink(
+    mut control: libp2p_stream::Control,
+    view: Arc<Mutex<MeshView>>,
+    commands: mpsc::Sender<Command>,
+) {
     let mesh = view.lock().map(|v| v.mesh.clone()).unwrap_or_default();
     let Ok(protocols) = Protocols::for_mesh(&mesh) else {
         return;
@@ -592,9 +598,14 @@ fn spawn_bulk_sink(mut control: libp2p_stream::Control, view: Arc<Mutex<MeshView
     };
     tokio::spawn(async move {
         while let Some((peer, stream)) = incoming.next().await {
+            let commands = commands.clone();
             tokio::spawn(async move {
                 if let Err(e) = bulk::sink(stream).await {
                     tracing::warn!(%peer, error = %e, "bulk stream refused");
+                    // A malformed header is not an accident: the peer goes.
+                    if e.kind() == std::io::ErrorKind::InvalidData {
+                        let _ = commands.send(Command::Disconnect(peer)).await;
+                    }
                 }
             });
         }
@@ -854,6 +865,10 @@ impl NetTask {
                     self.load_dirty = true;
                 }
             }
+            Command::Disconnect(peer) => {
+                tracing::warn!(%peer, "disconnecting a peer that sent malformed data");
+                let _ = self.swarm.disconnect_peer_id(peer);
+            }
             Command::Dial(addr) => {
                 if let Err(e) = self.swarm.dial(addr.clone()) {
                     tracing::warn!(%addr, error = %e, "cannot dial");
@@ -990,7 +1005,10 @@ impl NetTask {
                 let acceptance = match verdict {
                     Ok(()) => MessageAcceptance::Accept,
                     Err(reason) => {
-                        tracing::warn!(source = ?message.source, via = %propagation_source, %reason, "load report rejected");
+                        tracing::warn!(source = ?message.source, via = %propagation_source, %reason, "load report rejected; disconnecting the sender");
+                        // Reports are validated before they are forwarded, so whoever sent
+                        // us this one made it.
+                        let _ = self.swarm.disconnect_peer_id(propagation_source);
                         MessageAcceptance::Reject
                     }
                 };
@@ -1154,8 +1172,15 @@ impl NetTask {
                 }
             }
             request_response::Event::InboundFailure { peer, error, .. } => {
-                // Garbage, an oversized frame, a timeout: this request fails, nothing else.
                 tracing::warn!(%peer, %error, "bad request from a peer");
+                // Garbage or an oversized frame (not a timeout or a closed connection): the
+                // peer is dropped; everyone else carries on.
+                if let request_response::InboundFailure::Io(e) = &error {
+                    if e.kind() == std::io::ErrorKind::InvalidData {
+                        tracing::warn!(%peer, "disconnecting a peer that sent a malformed request");
+                        let _ = self.swarm.disconnect_peer_id(peer);
+                    }
+                }
             }
             request_response::Event::ResponseSent { .. } => {}
         }

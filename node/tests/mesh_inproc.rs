@@ -227,3 +227,50 @@ async fn garbage_and_oversized_frames_on_every_protocol_leave_the_mesh_working()
     let chunk = vec![3u8; 1 << 16];
     assert_eq!(net::bulk::send(s, 5 << 20, &chunk).await.unwrap(), 5 << 20);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_and_malformed_reports_are_refused() {
+    use shoal_protocol::mesh::LoadReport;
+    use shoal_protocol::{codec, ResourceSet};
+    let a = peer(config("strict", vec![])).await;
+    let b = peer(config("strict", vec![addr(&a)])).await;
+    let forger = peer(config("strict", vec![addr(&a)])).await;
+    wait(Duration::from_secs(20), "all three", || {
+        sees(&a, &[&b, &forger]) && sees(&b, &[&a])
+    })
+    .await;
+    let report = |peer: Vec<u8>, mesh: &str, free: f64| LoadReport {
+        peer,
+        mesh: mesh.into(),
+        seq: u64::MAX / 2,
+        started_ms: u64::MAX / 2,
+        total: ResourceSet::cpus(1.0),
+        free: ResourceSet::cpus(free),
+        queued: 0,
+        running: 0,
+        store_capacity: 1,
+        store_used: 0,
+        target: "forged".into(),
+        binaries: vec![],
+        addrs: vec![],
+    };
+    // Claiming to be b; of another mesh; more free than total; not a report at all.
+    for bytes in [
+        codec::encode(&report(b.peer_id().to_bytes(), "strict", 1.0)).unwrap(),
+        codec::encode(&report(forger.peer_id().to_bytes(), "other", 1.0)).unwrap(),
+        codec::encode(&report(forger.peer_id().to_bytes(), "strict", 9.0)).unwrap(),
+        vec![0xde, 0xad, 0xbe, 0xef],
+    ] {
+        forger.publish_raw_report(bytes).await.unwrap();
+    }
+    // Nothing forged may ever show. A negative is watched for a while (several gossip
+    // heartbeats), not waited for: b's view of a and a's view of b stay intact meanwhile.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    for h in [&a, &b] {
+        for p in h.view().peers {
+            let r = p.report.expect("a report");
+            assert_ne!(r.target, "forged", "{} took a forged report", h.peer_id());
+        }
+    }
+    assert!(sees(&a, &[&b]) && sees(&b, &[&a]));
+}

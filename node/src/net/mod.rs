@@ -219,6 +219,8 @@ enum Command {
     Dial(Multiaddr),
     /// Drop the connections to a peer that sent garbage.
     Disconnect(PeerId),
+    /// Publish these bytes as a load report, as they are.
+    PublishRaw(Vec<u8>),
     PutRecord {
         key: Vec<u8>,
         value: Vec<u8>,
@@ -349,6 +351,16 @@ impl NetHandle {
             reply,
         })
         .await
+    }
+
+    /// Publishes `bytes` on the load-report topic as they are, signed by this peer: lets
+    /// tests check that peers refuse forged and malformed reports. Not for normal use.
+    #[doc(hidden)]
+    pub async fn publish_raw_report(&self, bytes: Vec<u8>) -> Result<(), NetError> {
+        self.commands
+            .send(Command::PublishRaw(bytes))
+            .await
+            .map_err(|_| NetError::Stopped)
     }
 
     /// A control for opening and accepting bulk streams.
@@ -863,6 +875,12 @@ impl NetTask {
                 if load != self.load {
                     self.load = load;
                     self.load_dirty = true;
+                }
+            }
+            Command::PublishRaw(bytes) => {
+                let topic = self.topic.clone();
+                if let Err(e) = self.swarm.behaviour_mut().gossipsub.publish(topic, bytes) {
+                    tracing::debug!(error = %e, "raw report not published");
                 }
             }
             Command::Disconnect(peer) => {

@@ -329,26 +329,8 @@ fn a_driver_killed_with_sigkill_leaves_no_objects_or_files() {
     let _turn = serial();
     let shoal = node();
     assert_eq!(files(&shoal), (0, 0));
-    let exe = std::env::current_exe().unwrap();
-    let mut child = KillOnDrop(
-        Command::new(exe)
-            .args(["--exact", "doomed_driver_entry", "--nocapture", "--quiet"])
-            .env("SHOAL_TEST_DOOMED", "1")
-            .env("SHOAL_SOCKET", shoal.socket())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
-    );
     // It says when its objects are in: more than the store holds, so some are on disk.
-    let out = std::io::BufReader::new(child.0.stdout.take().unwrap());
-    use std::io::BufRead;
-    let ready = out
-        .lines()
-        .map_while(Result::ok)
-        .any(|l| l.trim() == "ready");
-    assert!(ready, "the child ended before it was ready");
+    let mut child = child_program(&shoal, "doomed_driver_entry", "SHOAL_TEST_DOOMED", "ready");
     let (mem, disk) = files(&shoal);
     assert!(mem >= 5 && disk >= 1, "{mem} in memory, {disk} on disk");
     assert!(shoal.status().unwrap().objects.count >= 8);
@@ -386,6 +368,32 @@ fn doomed_driver_entry() {
     let mut buf = String::new();
     let _ = std::io::stdin().read_line(&mut buf);
     drop((refs, outer, small));
+}
+
+/// Runs this test binary again as another program attached to our node: only the test
+/// `entry`, with `env_flag` set (the entry does nothing without it). Returns once the child
+/// printed the line `ready_line`.
+fn child_program(shoal: &Shoal, entry: &str, env_flag: &str, ready_line: &str) -> KillOnDrop {
+    use std::io::BufRead;
+    let exe = std::env::current_exe().unwrap();
+    let mut child = KillOnDrop(
+        Command::new(exe)
+            .args(["--exact", entry, "--nocapture", "--quiet"])
+            .env(env_flag, "1")
+            .env("SHOAL_SOCKET", shoal.socket())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    let out = std::io::BufReader::new(child.0.stdout.take().unwrap());
+    let ready = out
+        .lines()
+        .map_while(Result::ok)
+        .any(|l| l.trim() == ready_line);
+    assert!(ready, "{entry} ended before it printed {ready_line:?}");
+    child
 }
 
 /// Kills (and reaps) our child when the test ends, however it ends.
@@ -459,24 +467,11 @@ fn a_writer_killed_mid_write_leaves_nothing_visible() {
     let _turn = serial();
     let shoal = node();
     assert_eq!(files(&shoal), (0, 0));
-    let exe = std::env::current_exe().unwrap();
-    let mut child = KillOnDrop(
-        Command::new(exe)
-            .args(["--exact", "stuck_writer_entry", "--nocapture", "--quiet"])
-            .env("SHOAL_TEST_STUCK_WRITER", "1")
-            .env("SHOAL_SOCKET", shoal.socket())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
-    );
-    use std::io::BufRead;
-    let out = std::io::BufReader::new(child.0.stdout.take().unwrap());
-    assert!(
-        out.lines()
-            .map_while(Result::ok)
-            .any(|l| l.trim() == "half-written"),
-        "the writer ended before it got stuck"
+    let mut child = child_program(
+        &shoal,
+        "stuck_writer_entry",
+        "SHOAL_TEST_STUCK_WRITER",
+        "half-written",
     );
     // Half an object is in the store, under a partial name only: no object exists.
     let store = PathBuf::from(shoal.status().unwrap().store_dir);

@@ -1,4 +1,4 @@
-//! A remote function, a put and a wait.
+//! A remote function, a put, a wait and an actor.
 //!
 //! Run with: `cargo run --release --example hello`
 //!
@@ -17,6 +17,23 @@ fn greet(name: String) -> String {
 #[shoal::remote]
 fn total(xs: Vec<u64>) -> u64 {
     xs.iter().sum()
+}
+
+/// A stateful actor: lives in a worker process of its own.
+pub struct Counter {
+    n: u64,
+}
+
+#[shoal::actor]
+impl Counter {
+    pub fn new(start: u64) -> Self {
+        Counter { n: start }
+    }
+
+    pub fn incr(&mut self, by: u64) -> u64 {
+        self.n += by;
+        self.n
+    }
 }
 
 #[shoal::remote]
@@ -71,5 +88,12 @@ fn main() -> anyhow::Result<()> {
         .collect::<Result<_, _>>()?;
     println!("all squares: {all:?}");
     anyhow::ensure!(all == vec![0, 1, 4, 9], "wrong squares");
+
+    // An actor keeps state between calls; calls from one caller run in order.
+    let counter = Counter::remote(10);
+    let counts: Vec<_> = (0..3).map(|_| counter.incr(5)).collect();
+    let last = counts.last().map(|r| r.get_blocking()).transpose()?;
+    println!("counter after three calls: {last:?}");
+    anyhow::ensure!(last == Some(25), "wrong count");
     Ok(())
 }

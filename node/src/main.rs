@@ -113,6 +113,9 @@ struct NodeArgs {
     /// Do not join a mesh at all: a node for this machine only.
     #[arg(long)]
     no_mesh: bool,
+    /// Never serve this machine's binaries to peers, nor take theirs.
+    #[arg(long)]
+    no_code_shipping: bool,
     /// Values above this many bytes go through the shared-memory store.
     #[arg(long, env = "SHOAL_INLINE_THRESHOLD")]
     inline_threshold: Option<u64>,
@@ -288,6 +291,7 @@ fn run_node(args: NodeArgs) -> Result<()> {
         };
         net.peers = args.peers.iter().map(parse).collect::<Result<_>>()?;
         net.mdns = !args.no_mdns;
+        net.code_shipping = !args.no_code_shipping;
         if !(args.failure_timeout > 0.0 && args.failure_timeout.is_finite()) {
             bail!("--failure-timeout must be a positive number of seconds");
         }

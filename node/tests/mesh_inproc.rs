@@ -274,3 +274,62 @@ async fn forged_and_malformed_reports_are_refused() {
     }
     assert!(sees(&a, &[&b]) && sees(&b, &[&a]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binaries_are_shipped_by_hash_and_checked() {
+    use shoal_node::net::code::CodeError;
+    use shoal_protocol::BinaryId;
+    let a = peer(config("code", vec![])).await;
+    let b = peer(config("code", vec![addr(&a)])).await;
+    let mut closed_config = config("code", vec![addr(&a)]);
+    closed_config.code_shipping = false;
+    let closed = peer(closed_config).await;
+    wait(Duration::from_secs(20), "the three peers", || {
+        sees(&b, &[&a, &closed])
+    })
+    .await;
+
+    // a serves this very test executable under its blake3 id; b fetches it.
+    let exe = std::env::current_exe().unwrap();
+    let bytes = std::fs::read(&exe).unwrap();
+    let id = BinaryId(*blake3::hash(&bytes).as_bytes());
+    a.servable().insert(id, exe.clone());
+    let path = b.fetch_binary(a.peer_id(), id).await.unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), bytes);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o111,
+        0o111
+    );
+    // Cached: a second fetch does not need a.
+    assert_eq!(b.fetch_binary(a.peer_id(), id).await.unwrap(), path);
+
+    // Bytes that are not what was asked for are refused, and nothing is kept.
+    let liar = BinaryId([9; 32]);
+    a.servable().insert(liar, exe.clone());
+    match b.fetch_binary(a.peer_id(), liar).await {
+        Err(CodeError::HashMismatch { found, wanted, .. }) => {
+            assert_eq!((found, wanted), (id, liar));
+        }
+        other => panic!("expected a hash mismatch, got {other:?}"),
+    }
+    assert!(!path.with_file_name(liar.to_hex()).exists());
+    // Unknown binaries, and peers that do not ship code.
+    assert!(matches!(
+        b.fetch_binary(a.peer_id(), BinaryId([7; 32])).await,
+        Err(CodeError::NotFound(_))
+    ));
+    let other = std::env::temp_dir().join(format!("shoal-closed-bin-{}", std::process::id()));
+    std::fs::write(&other, b"#!/bin/sh\nexit 0\n").unwrap();
+    let other_id = BinaryId(*blake3::hash(b"#!/bin/sh\nexit 0\n").as_bytes());
+    closed.servable().insert(other_id, other.clone());
+    assert!(matches!(
+        b.fetch_binary(closed.peer_id(), other_id).await,
+        Err(CodeError::Refused(_))
+    ));
+    let _ = std::fs::remove_file(&other);
+    assert!(matches!(
+        closed.fetch_binary(a.peer_id(), id).await,
+        Err(CodeError::Refused(_))
+    ));
+}

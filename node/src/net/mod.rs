@@ -30,6 +30,7 @@ use shoal_protocol::mesh::{LoadReport, PeerRequest, PeerResponse, MAX_REPORT_BYT
 use shoal_protocol::{codec, BinaryId, ResourceSet};
 use tokio::sync::{mpsc, oneshot};
 
+pub mod code;
 pub mod membership;
 pub mod rpc;
 
@@ -70,6 +71,13 @@ pub struct NetConfig {
     pub blocked: Vec<PeerId>,
     /// Kademlia records and provider records expire after this unless republished.
     pub record_ttl: Duration,
+    /// Whether this peer serves its binaries to others (and may be sent theirs).
+    pub code_shipping: bool,
+    /// Where fetched binaries are kept (default: a `code` directory in the system's
+    /// temporary directory, per process).
+    pub code_cache: Option<std::path::PathBuf>,
+    /// Bytes of fetched binaries kept at most.
+    pub code_cache_bytes: u64,
 }
 
 impl NetConfig {
@@ -87,6 +95,9 @@ impl NetConfig {
             transport: TransportKind::Tcp,
             blocked: Vec::new(),
             record_ttl: Duration::from_secs(60),
+            code_shipping: true,
+            code_cache: None,
+            code_cache_bytes: 2 << 30,
         }
     }
 }
@@ -257,6 +268,10 @@ pub struct NetHandle {
     peer_id: PeerId,
     view: Arc<Mutex<MeshView>>,
     streams: libp2p_stream::Control,
+    servable: code::Servable,
+    code_cache: Arc<Mutex<code::BinaryCache>>,
+    code_protocol: StreamProtocol,
+    code_shipping: bool,
 }
 
 impl std::fmt::Debug for NetHandle {
@@ -363,6 +378,34 @@ impl NetHandle {
             .map_err(|_| NetError::Stopped)
     }
 
+    /// The binaries this peer serves to others (when it ships code).
+    pub fn servable(&self) -> &code::Servable {
+        &self.servable
+    }
+
+    /// Fetches binary `id` from `peer` (hash checked, cached); returns an executable path.
+    /// Refused when this peer does not take shipped code.
+    pub async fn fetch_binary(
+        &self,
+        peer: PeerId,
+        id: BinaryId,
+    ) -> Result<std::path::PathBuf, code::CodeError> {
+        if !self.code_shipping {
+            return Err(code::CodeError::Refused(self.peer_id));
+        }
+        let mut control = self.streams.clone();
+        let path = code::fetch(
+            &mut control,
+            self.code_protocol.clone(),
+            peer,
+            id,
+            &self.code_cache,
+        )
+        .await?;
+        self.servable.insert(id, path.clone());
+        Ok(path)
+    }
+
     /// A control for opening and accepting bulk streams.
     pub fn streams(&self) -> libp2p_stream::Control {
         self.streams.clone()
@@ -390,6 +433,8 @@ pub struct Protocols {
     pub rpc: StreamProtocol,
     /// Bulk bytes.
     pub bulk: StreamProtocol,
+    /// Binaries (code shipping).
+    pub code: StreamProtocol,
     /// The gossip topic of load reports.
     pub load_topic: String,
 }
@@ -406,6 +451,7 @@ impl Protocols {
             kad: p(format!("/shoal/{mesh}/kad/1.0.0"))?,
             rpc: p(format!("/shoal/{mesh}/rpc/1"))?,
             bulk: p(format!("/shoal/{mesh}/bulk/1"))?,
+            code: p(format!("/shoal/{mesh}/code/1"))?,
             load_topic: format!("shoal/{mesh}/load/v1"),
         })
     }
@@ -521,6 +567,12 @@ fn build_swarm(
 /// Starts the network task on the current tokio runtime.
 pub async fn start(key: identity::Keypair, config: NetConfig) -> Result<NetHandle, NetError> {
     let protocols = Protocols::for_mesh(&config.mesh)?;
+    let code_protocol = protocols.code.clone();
+    let (code_shipping, code_cache_dir, code_cache_bytes) = (
+        config.code_shipping,
+        config.code_cache.clone(),
+        config.code_cache_bytes,
+    );
     let peer_id = key.public().to_peer_id();
     let mut swarm = build_swarm(key, &config, &protocols)?;
     let topic = IdentTopic::new(protocols.load_topic.clone());
@@ -582,11 +634,27 @@ pub async fn start(key: identity::Keypair, config: NetConfig) -> Result<NetHandl
     let span = tracing::info_span!("net", peer = %peer_id);
     tokio::spawn(tracing::Instrument::instrument(task.run(rx), span));
     spawn_bulk_sink(streams.clone(), view.clone(), tx.clone());
+    let servable = code::Servable::default();
+    let cache_dir = code_cache_dir.unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("shoal-code-{}-{peer_id}", std::process::id()))
+    });
+    let code_cache = code::BinaryCache::open(&cache_dir, code_cache_bytes)
+        .map_err(|e| NetError::Swarm(format!("code cache {}: {e}", cache_dir.display())))?;
+    spawn_code_server(
+        streams.clone(),
+        code_protocol.clone(),
+        servable.clone(),
+        code_shipping,
+    );
     Ok(NetHandle {
         commands: tx,
         peer_id,
         view,
         streams,
+        servable,
+        code_cache: Arc::new(Mutex::new(code_cache)),
+        code_protocol,
+        code_shipping,
     })
 }
 
@@ -618,6 +686,32 @@ fn spawn_bulk_sink(
                     if e.kind() == std::io::ErrorKind::InvalidData {
                         let _ = commands.send(Command::Disconnect(peer)).await;
                     }
+                }
+            });
+        }
+    });
+}
+
+/// Serves binaries to peers that fetch them.
+fn spawn_code_server(
+    mut control: libp2p_stream::Control,
+    protocol: StreamProtocol,
+    servable: code::Servable,
+    enabled: bool,
+) {
+    let mut incoming = match control.accept(protocol) {
+        Ok(i) => i,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot serve binaries");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        while let Some((peer, stream)) = incoming.next().await {
+            let servable = servable.clone();
+            tokio::spawn(async move {
+                if let Err(e) = code::serve(stream, &servable, enabled).await {
+                    tracing::warn!(%peer, error = %e, "binary not served");
                 }
             });
         }

@@ -1,0 +1,311 @@
+//! Code shipping: a peer that must run a binary it does not hold fetches it, by its blake3
+//! id, from a peer that has it, checks the hash and keeps it in a bounded cache.
+//!
+//! Protocol (`/shoal/<mesh>/code/1`, one libp2p stream per fetch): the asker sends a framed
+//! [`CodeRequest`]; the holder answers with a framed [`CodeResponse`] and, if found, the
+//! binary's bytes. A peer started with code shipping off serves nothing (and fetches
+//! nothing: the node never asks it to).
+
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{AsyncReadExt, AsyncWriteExt};
+use libp2p::PeerId;
+use serde::{Deserialize, Serialize};
+use shoal_protocol::{codec, BinaryId};
+
+use super::rpc::{read_frame, write_frame};
+
+/// Largest binary served or accepted.
+pub const MAX_BINARY: u64 = 4 << 30;
+/// A fetch that makes no progress for this long fails.
+pub const STALL: Duration = Duration::from_secs(30);
+
+/// Asks for a binary.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CodeRequest {
+    /// The binary's blake3 id.
+    pub binary: BinaryId,
+}
+
+/// The answer; `Found` is followed by `size` raw bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CodeResponse {
+    /// Here it comes.
+    Found {
+        /// Its length.
+        size: u64,
+    },
+    /// Not held here.
+    NotFound,
+    /// This peer does not ship code.
+    Refused,
+}
+
+/// Why a fetch failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CodeError {
+    /// The stream or the cache failed.
+    #[error("fetching a binary: {0}")]
+    Io(#[from] io::Error),
+    /// The peer does not hold it.
+    #[error("peer {0} does not hold the binary")]
+    NotFound(PeerId),
+    /// The peer does not ship code.
+    #[error("peer {0} does not ship code")]
+    Refused(PeerId),
+    /// The bytes are not the binary asked for.
+    #[error("the binary from {peer} hashes to {found}, not {wanted}")]
+    HashMismatch {
+        /// The sender.
+        peer: PeerId,
+        /// What arrived.
+        found: BinaryId,
+        /// What was asked for.
+        wanted: BinaryId,
+    },
+}
+
+/// The binaries this peer can serve: its drivers' executables and what it fetched.
+#[derive(Clone, Debug, Default)]
+pub struct Servable(Arc<Mutex<HashMap<BinaryId, PathBuf>>>);
+
+impl Servable {
+    /// Makes `path` servable as `id`.
+    pub fn insert(&self, id: BinaryId, path: PathBuf) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, path);
+    }
+
+    /// Where `id` is, if held.
+    pub fn get(&self, id: &BinaryId) -> Option<PathBuf> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    /// Stops serving `id`.
+    pub fn remove(&self, id: &BinaryId) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+    }
+}
+
+/// Fetched binaries, on disk, at most `max_bytes` of them: the least recently used go first.
+#[derive(Debug)]
+pub struct BinaryCache {
+    dir: PathBuf,
+    max_bytes: u64,
+    used: u64,
+    entries: lru::LruCache<BinaryId, u64>,
+}
+
+impl BinaryCache {
+    /// A cache in `dir` (made if missing) of at most `max_bytes`.
+    pub fn open(dir: &Path, max_bytes: u64) -> io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            max_bytes,
+            used: 0,
+            entries: lru::LruCache::unbounded(),
+        })
+    }
+
+    /// Where `id` is kept.
+    pub fn path(&self, id: &BinaryId) -> PathBuf {
+        self.dir.join(id.to_hex())
+    }
+
+    /// The cached binary `id`, marked used.
+    pub fn get(&mut self, id: &BinaryId) -> Option<PathBuf> {
+        let held = self.entries.get(id).is_some();
+        held.then(|| self.path(id))
+    }
+
+    /// Records a binary placed at [`Self::path`]; evicts others to stay under the bound.
+    /// Returns the evicted ids.
+    pub fn insert(&mut self, id: BinaryId, size: u64) -> Vec<BinaryId> {
+        if let Some(old) = self.entries.put(id, size) {
+            self.used -= old;
+        }
+        self.used += size;
+        let mut evicted = Vec::new();
+        while self.used > self.max_bytes {
+            let Some((victim, len)) = self.entries.pop_lru() else {
+                break;
+            };
+            if victim == id {
+                // The newest alone is over the bound: keep it, it is needed now.
+                self.entries.put(victim, len);
+                break;
+            }
+            self.used -= len;
+            let _ = std::fs::remove_file(self.path(&victim));
+            evicted.push(victim);
+        }
+        evicted
+    }
+
+    /// Bytes held.
+    pub fn used(&self) -> u64 {
+        self.used
+    }
+}
+
+/// Serves one fetch.
+pub async fn serve(
+    mut stream: libp2p::Stream,
+    servable: &Servable,
+    enabled: bool,
+) -> io::Result<()> {
+    let req = tokio::time::timeout(STALL, read_frame(&mut stream, 1024))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no request"))??;
+    let req: CodeRequest =
+        codec::decode(&req, 1024).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    let path = servable.get(&req.binary).filter(|_| enabled);
+    let (response, bytes) = match path {
+        None if !enabled => (CodeResponse::Refused, None),
+        None => (CodeResponse::NotFound, None),
+        Some(p) => match std::fs::read(&p) {
+            Ok(b) => (
+                CodeResponse::Found {
+                    size: b.len() as u64,
+                },
+                Some(b),
+            ),
+            Err(e) => {
+                tracing::warn!(path = %p.display(), error = %e, "cannot read a binary to ship");
+                (CodeResponse::NotFound, None)
+            }
+        },
+    };
+    let header =
+        codec::encode(&response).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    write_frame(&mut stream, &header).await?;
+    if let Some(b) = bytes {
+        stream.write_all(&b).await?;
+    }
+    stream.close().await
+}
+
+/// Fetches binary `id` from `peer` into `cache`, checking its hash; returns its path (an
+/// executable file).
+pub async fn fetch(
+    control: &mut libp2p_stream::Control,
+    protocol: libp2p::StreamProtocol,
+    peer: PeerId,
+    id: BinaryId,
+    cache: &Mutex<BinaryCache>,
+) -> Result<PathBuf, CodeError> {
+    if let Some(p) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&id) {
+        return Ok(p);
+    }
+    let mut stream = control
+        .open_stream(peer, protocol)
+        .await
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    let req = codec::encode(&CodeRequest { binary: id })
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    write_frame(&mut stream, &req).await?;
+    let header = tokio::time::timeout(STALL, read_frame(&mut stream, 1024))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no answer"))??;
+    let response: CodeResponse =
+        codec::decode(&header, 1024).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    let size = match response {
+        CodeResponse::Found { size } if size <= MAX_BINARY => size,
+        CodeResponse::Found { size } => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("a binary of {size} bytes exceeds the maximum"),
+            )
+            .into())
+        }
+        CodeResponse::NotFound => return Err(CodeError::NotFound(peer)),
+        CodeResponse::Refused => return Err(CodeError::Refused(peer)),
+    };
+    let final_path = cache.lock().unwrap_or_else(|e| e.into_inner()).path(&id);
+    let partial = final_path.with_extension("partial");
+    let mut file = std::fs::File::create(&partial)?;
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut got = 0u64;
+    let result: Result<(), CodeError> = async {
+        while got < size {
+            let want = (size - got).min(buf.len() as u64) as usize;
+            let n = tokio::time::timeout(STALL, stream.read(&mut buf[..want]))
+                .await
+                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "stalled"))??;
+            if n == 0 {
+                return Err(
+                    io::Error::new(io::ErrorKind::UnexpectedEof, "truncated binary").into(),
+                );
+            }
+            hasher.update(&buf[..n]);
+            std::io::Write::write_all(&mut file, &buf[..n])?;
+            got += n as u64;
+        }
+        let found = BinaryId(*hasher.finalize().as_bytes());
+        if found != id {
+            return Err(CodeError::HashMismatch {
+                peer,
+                found,
+                wanted: id,
+            });
+        }
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(std::fs::Permissions::from_mode(0o755))?;
+        file.sync_all()?;
+        std::fs::rename(&partial, &final_path)?;
+        Ok(())
+    }
+    .await;
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&partial);
+        return Err(e);
+    }
+    let evicted = cache
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(id, size);
+    if !evicted.is_empty() {
+        tracing::debug!(count = evicted.len(), "evicted cached binaries");
+    }
+    tracing::info!(binary = %id, %peer, bytes = size, "fetched a binary");
+    Ok(final_path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cache_is_bounded_and_least_recently_used_goes_first() {
+        let dir = std::env::temp_dir().join(format!("shoal-code-cache-{}", std::process::id()));
+        let mut c = BinaryCache::open(&dir, 100).unwrap();
+        let (a, b, d) = (BinaryId([1; 32]), BinaryId([2; 32]), BinaryId([3; 32]));
+        for (id, len) in [(a, 40u64), (b, 40)] {
+            std::fs::write(c.path(&id), vec![0u8; len as usize]).unwrap();
+            assert!(c.insert(id, len).is_empty());
+        }
+        assert!(c.get(&a).is_some()); // a is now the most recent
+        std::fs::write(c.path(&d), vec![0u8; 40]).unwrap();
+        assert_eq!(c.insert(d, 40), vec![b]);
+        assert!(!c.path(&b).exists());
+        assert_eq!(c.used(), 80);
+        // One binary above the bound is kept: it is the one needed.
+        let big = BinaryId([4; 32]);
+        std::fs::write(c.path(&big), vec![0u8; 200]).unwrap();
+        assert_eq!(c.insert(big, 200), vec![a, d]);
+        assert!(c.get(&big).is_some());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -94,7 +94,7 @@ pub struct Context {
     outbox: Mutex<Outbox>,
     outbox_space: Condvar,
     wake_writer: Notify,
-    cells: Mutex<HashMap<ObjectId, Cell>>,
+    cells: Mutex<shoal_protocol::IdMap<ObjectId, Cell>>,
     cells_changed: Condvar,
     requests: Mutex<HashMap<u64, std::sync::mpsc::SyncSender<ToClient>>>,
     disconnected: AtomicBool,
@@ -305,7 +305,7 @@ fn connect(
         }),
         outbox_space: Condvar::new(),
         wake_writer: Notify::new(),
-        cells: Mutex::new(HashMap::new()),
+        cells: Mutex::new(Default::default()),
         cells_changed: Condvar::new(),
         requests: Mutex::new(HashMap::new()),
         disconnected: AtomicBool::new(false),
@@ -680,7 +680,7 @@ impl Context {
         }
     }
 
-    fn lock_cells(&self) -> MutexGuard<'_, HashMap<ObjectId, Cell>> {
+    fn lock_cells(&self) -> MutexGuard<'_, shoal_protocol::IdMap<ObjectId, Cell>> {
         self.cells.lock().unwrap_or_else(|e| e.into_inner())
     }
 

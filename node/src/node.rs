@@ -78,6 +78,8 @@ struct Conn {
 
 struct TaskEntry {
     spec: TaskSpec,
+    /// `spec.return_id()`, hashed once.
+    ret: ObjectId,
     owner: ConnId,
     /// Arguments not yet ready.
     missing: usize,
@@ -103,6 +105,8 @@ struct ObjEntry {
     nested: Vec<ObjectId>,
     /// The process that made it (submitted its task, or put it first).
     owner: Option<ClientId>,
+    /// Announced to the mesh as held here.
+    provided: bool,
 }
 
 /// The core's state.
@@ -387,14 +391,7 @@ impl Core {
                     tracing::warn!(conn, object = %id, "put whose id is not its content hash; ignored");
                     return;
                 }
-                let client = self.conns.get(&conn).map(|c| c.client);
-                let e = self.objects.entry(id).or_default();
-                e.holders.push(conn);
-                if e.value.is_none() {
-                    e.owner = client;
-                    self.set_nested(id, nested);
-                    self.object_ready(id, ObjectValue::Inline(value));
-                }
+                self.put_arrived(conn, id, ObjectValue::Inline(value), nested);
             }
             ToNode::Hold { ids } => {
                 for id in ids {
@@ -409,15 +406,8 @@ impl Core {
             }
             ToNode::Create { request, id, size } => {
                 let result = self.store.reserve(id, size, conn);
-                match &result {
-                    Err(e) => {
-                        tracing::warn!(conn, object = %id, error = %e, "store refused an object")
-                    }
-                    // Equal bytes are already there: the asker holds them too.
-                    Ok(shoal_protocol::CreateOutcome::Exists) => {
-                        self.objects.entry(id).or_default().holders.push(conn)
-                    }
-                    Ok(_) => {}
+                if let Err(e) = &result {
+                    tracing::warn!(conn, object = %id, error = %e, "store refused an object")
                 }
                 self.send(conn, ToClient::Created { request, result });
             }
@@ -437,23 +427,8 @@ impl Core {
                     return;
                 }
                 match self.store.seal(ticket, id, object) {
-                    Ok(_) => {
-                        // A large put: the sealer holds it. (Task results are sealed by `Done`.)
-                        let client = self.conns.get(&conn).map(|c| c.client);
-                        let e = self.objects.entry(id).or_default();
-                        e.holders.push(conn);
-                        if e.value.is_none() {
-                            e.owner = client;
-                            self.set_nested(id, nested);
-                            self.object_ready(id, ObjectValue::Shared(object));
-                            // A large put is long-lived and often shared: the mesh learns
-                            // that this node holds it.
-                            #[cfg(feature = "mesh")]
-                            if let Some(net) = &self.net {
-                                net.start_providing(shoal_protocol::mesh::object_key(&id));
-                            }
-                        }
-                    }
+                    // A large put: the sealer holds it. (Task results are sealed by `Done`.)
+                    Ok(_) => self.put_arrived(conn, id, ObjectValue::Shared(object), nested),
                     Err(e) => {
                         tracing::warn!(conn, object = %id, error = %e, "bad seal");
                         self.store.remove(&ticket);
@@ -724,19 +699,30 @@ impl Core {
         Ok(out)
     }
 
+    /// Resolves `task`'s arguments, pinning its shared-memory ones until the task ends.
+    fn resolve_task_args(&mut self, task: TaskId) -> Result<Vec<ArgValue>, TaskError> {
+        // Taken out for the call and put back: the arguments are not copied.
+        let args = match self.tasks.get_mut(&task) {
+            Some(e) => std::mem::take(&mut e.spec.args),
+            None => return Ok(Vec::new()),
+        };
+        let mut pinned = Vec::new();
+        let resolved = self.resolve_args(&args, &mut pinned);
+        if let Some(e) = self.tasks.get_mut(&task) {
+            e.spec.args = args;
+            e.store_pins.extend(pinned);
+        }
+        resolved
+    }
+
     fn exec_for(&mut self, task: TaskId) -> Result<ExecTask, TaskError> {
         let Some(entry) = self.tasks.get(&task) else {
             return Err(TaskError::ObjectLost {
                 id: ObjectId::for_return(task, 0),
             });
         };
-        let (function, return_id) = (entry.spec.function.clone(), entry.spec.return_id());
-        let spec_args = entry.spec.args.clone();
-        let mut pinned = Vec::new();
-        let resolved = self.resolve_args(&spec_args, &mut pinned);
-        if let Some(entry) = self.tasks.get_mut(&task) {
-            entry.store_pins.extend(pinned);
-        }
+        let (function, return_id) = (entry.spec.function.clone(), entry.ret);
+        let resolved = self.resolve_task_args(task);
         Ok(ExecTask {
             task_id: task,
             function,
@@ -760,15 +746,9 @@ impl Core {
         };
         let max_concurrency = create.max_concurrency.max(1);
         let class = entry.spec.function.clone();
-        let spec_args = entry.spec.args.clone();
-        let mut pinned = Vec::new();
-        let resolved = self.resolve_args(&spec_args, &mut pinned);
         // The constructor reads them at once; an actor's arguments stay pinned for its life
         // (a restart reads them again).
-        if let Some(entry) = self.tasks.get_mut(&task) {
-            entry.store_pins.extend(pinned);
-        }
-        let args = match resolved {
+        let args = match self.resolve_task_args(task) {
             Ok(a) => a,
             Err(e) => {
                 let message = e.to_string();
@@ -812,6 +792,35 @@ impl Core {
         }
     }
 
+    /// A `put` object (small or sealed in the store) from `conn`, which holds it from now
+    /// on. Equal bytes put before are kept once; the first put makes the object.
+    fn put_arrived(
+        &mut self,
+        conn: ConnId,
+        id: ObjectId,
+        value: ObjectValue,
+        nested: Vec<ObjectId>,
+    ) {
+        let client = self.conns.get(&conn).map(|c| c.client);
+        let e = self.objects.entry(id).or_default();
+        e.holders.push(conn);
+        if e.value.is_some() {
+            return;
+        }
+        e.owner = client;
+        let shared = matches!(value, ObjectValue::Shared(_));
+        self.set_nested(id, nested);
+        self.object_ready(id, value);
+        // A large put is long-lived and often shared: the mesh learns that this node holds it.
+        #[cfg(feature = "mesh")]
+        if let (true, Some(net), Some(e)) = (shared, &self.net, self.objects.get_mut(&id)) {
+            e.provided = true;
+            net.start_providing(shoal_protocol::mesh::object_key(&id));
+        }
+        #[cfg(not(feature = "mesh"))]
+        let _ = shared;
+    }
+
     fn submit(&mut self, now: Instant, conn: ConnId, spec: TaskSpec) {
         let ret = spec.return_id();
         let task_id = spec.task_id;
@@ -850,6 +859,7 @@ impl Core {
             task_id,
             TaskEntry {
                 spec,
+                ret,
                 owner: conn,
                 missing,
                 retries_left,
@@ -991,7 +1001,7 @@ impl Core {
             self.maybe_free(*id);
         }
         // An abandoned task's result may now be unheld.
-        self.maybe_free(entry.spec.return_id());
+        self.maybe_free(entry.ret);
     }
 
     fn fail_task(&mut self, task: TaskId, error: TaskError) {
@@ -1005,7 +1015,7 @@ impl Core {
                     return;
                 }
             }
-            let ret = entry.spec.return_id();
+            let ret = entry.ret;
             tracing::debug!(task = %task, %error, "task failed");
             self.finish_task(task);
             self.object_ready(ret, ObjectValue::Error(error));
@@ -1087,7 +1097,7 @@ impl Core {
             // Its files go too (also those of an object whose copy turned out corrupted, and
             // a result still being written).
             #[cfg(feature = "mesh")]
-            if let (Some(net), Some(ObjectValue::Shared(_))) = (&self.net, &e.value) {
+            if let (Some(net), true) = (&self.net, e.provided) {
                 net.stop_providing(shoal_protocol::mesh::object_key(&id));
             }
             self.store.remove(&id);
@@ -1409,23 +1419,7 @@ impl Core {
                 .peers
                 .into_iter()
                 .map(|p| {
-                    let r = p
-                        .report
-                        .unwrap_or_else(|| shoal_protocol::mesh::LoadReport {
-                            peer: Vec::new(),
-                            mesh: String::new(),
-                            seq: 0,
-                            started_ms: 0,
-                            total: Default::default(),
-                            free: Default::default(),
-                            queued: 0,
-                            running: 0,
-                            store_capacity: 0,
-                            store_used: 0,
-                            target: String::new(),
-                            binaries: Vec::new(),
-                            addrs: Vec::new(),
-                        });
+                    let r = p.report.unwrap_or_default();
                     shoal_protocol::PeerStatus {
                         peer_id: p.peer_id,
                         addrs: p.addrs,

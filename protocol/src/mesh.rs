@@ -17,7 +17,7 @@ pub const MAX_REPORT_STRING: usize = 256;
 
 /// A peer's load, published on change (rate-limited) and at a keep-alive interval. Soft
 /// state: a receiver forgets a peer whose reports stop.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LoadReport {
     /// The publishing peer's id (bytes of its libp2p `PeerId`): must be the message's
     /// signed source.

@@ -943,8 +943,8 @@ impl Context {
         cell.state = CellState::Failed(err);
     }
 
-    /// Drops a handle; the last one releases the object if this process owns it.
-    pub(crate) fn drop_ref(&self, id: ObjectId, owner: ClientId) {
+    /// Drops a handle; the last one releases this process's hold on the object.
+    pub(crate) fn drop_ref(&self, id: ObjectId) {
         let last = {
             let mut cells = self.lock_cells();
             match cells.get_mut(&id) {
@@ -962,7 +962,6 @@ impl Context {
         };
         // Every process that holds refs is counted at the node (the creator by its put or
         // submit, the others by `Hold`): the last handle here releases this process's hold.
-        let _ = owner;
         if last && !self.disconnected.load(Ordering::Relaxed) {
             self.push(ToNode::Release { ids: vec![id] });
         }

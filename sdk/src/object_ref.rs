@@ -83,7 +83,7 @@ impl Clone for RawRef {
 impl Drop for RawRef {
     fn drop(&mut self) {
         if let Some(ctx) = context::try_get() {
-            ctx.drop_ref(self.id, self.owner);
+            ctx.drop_ref(self.id);
         }
     }
 }

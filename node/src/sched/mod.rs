@@ -203,14 +203,7 @@ impl Scheduler {
 
     /// Queues a task whose arguments are all ready.
     pub fn submit(&mut self, now: Instant, task: TaskId, binary: BinaryId, demand: ResourceSet) {
-        if !self.config.total.contains(&demand) {
-            self.actions.push_back(Action::Fail {
-                task,
-                error: TaskError::Infeasible {
-                    demand: demand.to_string(),
-                    total: self.config.total.to_string(),
-                },
-            });
+        if self.refuse_infeasible(task, &demand) {
             return;
         }
         let shape = Shape { binary, demand };
@@ -226,6 +219,21 @@ impl Scheduler {
         self.schedule_shape(now, &shape);
     }
 
+    /// Fails `task` if this node can never meet `demand`; says whether it did.
+    fn refuse_infeasible(&mut self, task: TaskId, demand: &ResourceSet) -> bool {
+        if self.config.total.contains(demand) {
+            return false;
+        }
+        self.actions.push_back(Action::Fail {
+            task,
+            error: TaskError::Infeasible {
+                demand: demand.to_string(),
+                total: self.config.total.to_string(),
+            },
+        });
+        true
+    }
+
     /// Queues the creation of an actor whose constructor arguments are all ready: it gets a
     /// dedicated worker once `demand` fits, announced by [`Action::HostActor`].
     pub fn submit_actor(
@@ -235,14 +243,7 @@ impl Scheduler {
         binary: BinaryId,
         demand: ResourceSet,
     ) {
-        if !self.config.total.contains(&demand) {
-            self.actions.push_back(Action::Fail {
-                task,
-                error: TaskError::Infeasible {
-                    demand: demand.to_string(),
-                    total: self.config.total.to_string(),
-                },
-            });
+        if self.refuse_infeasible(task, &demand) {
             return;
         }
         self.actor_queue.push_back((task, Shape { binary, demand }));

@@ -23,6 +23,9 @@ use crate::store::Store;
 use crate::store::{Location, RestoreError};
 use crate::workers::{self, WorkerProcess};
 
+#[cfg(feature = "mesh")]
+mod mesh;
+
 /// A node-local connection number.
 pub type ConnId = u64;
 
@@ -66,6 +69,9 @@ pub enum Event {
     Status(oneshot::Sender<NodeStatus>),
     /// Stop: kill workers, remove the store.
     Shutdown(oneshot::Sender<()>),
+    /// Something from or about the mesh.
+    #[cfg(feature = "mesh")]
+    Mesh(mesh::MeshEvent),
 }
 
 struct Conn {
@@ -86,6 +92,8 @@ struct TaskEntry {
     retries_left: u32,
     /// Shared-memory arguments kept in memory for the worker that reads them.
     store_pins: Vec<ObjectId>,
+    /// How many times it was spilled from peer to peer before arriving here.
+    hops: u32,
 }
 
 #[derive(Default)]
@@ -107,6 +115,9 @@ struct ObjEntry {
     owner: Option<ClientId>,
     /// Announced to the mesh as held here.
     provided: bool,
+    /// Copies held by other peers.
+    #[cfg(feature = "mesh")]
+    remote: Option<Box<mesh::RemoteCopy>>,
 }
 
 /// The core's state.
@@ -132,6 +143,9 @@ pub(crate) struct Core {
     /// The load last reported to the mesh.
     #[cfg(feature = "mesh")]
     last_load: Option<crate::net::Load>,
+    /// Work shared with the other peers.
+    #[cfg(feature = "mesh")]
+    mesh: Option<Box<mesh::MeshState>>,
 }
 
 impl Core {
@@ -161,6 +175,8 @@ impl Core {
             net: None,
             #[cfg(feature = "mesh")]
             last_load: None,
+            #[cfg(feature = "mesh")]
+            mesh: None,
         }
     }
 
@@ -168,6 +184,31 @@ impl Core {
     /// the mesh.
     #[cfg(feature = "mesh")]
     pub(crate) fn set_net(&mut self, net: crate::net::NetHandle) {
+        if let Some(mut rx) = net.subscribe(EVENT_QUEUE) {
+            let events = self.events.clone();
+            tokio::spawn(async move {
+                while let Some(ev) = rx.recv().await {
+                    if events.send(Event::Mesh(mesh::MeshEvent::Net(ev))).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if events.send(Event::Mesh(mesh::MeshEvent::Tick)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        net.serve_objects(std::sync::Arc::new(mesh::CoreObjects {
+            events: self.events.clone(),
+        }));
+        self.mesh = Some(Box::new(mesh::MeshState::new(net.clone())));
         self.net = Some(net);
         self.report_load();
     }
@@ -241,6 +282,8 @@ impl Core {
                 let _ = reply.send(self.status());
             }
             Event::Shutdown(_) => {}
+            #[cfg(feature = "mesh")]
+            Event::Mesh(ev) => self.mesh_event(now, ev),
         }
         self.apply_actions();
         #[cfg(feature = "mesh")]
@@ -260,6 +303,14 @@ impl Core {
     /// Queues a message for a connection. A client whose queue is full is not keeping up
     /// (or is stuck): it is disconnected rather than silently missing a reply.
     fn send(&self, conn: ConnId, msg: ToClient) {
+        #[cfg(feature = "mesh")]
+        let msg = match self.mesh.as_ref().is_some_and(|m| m.peer_of.contains_key(&conn)) {
+            true => {
+                self.send_to_peer(conn, msg);
+                return;
+            }
+            false => msg,
+        };
         if let Some(c) = self.conns.get(&conn) {
             match c.tx.try_send(msg) {
                 Ok(()) => {}
@@ -308,6 +359,7 @@ impl Core {
             node_id: self.node_id,
             store_dir: self.store.dir().display().to_string(),
             inline_threshold: self.config.inline_threshold,
+            peer_id: self.peer_id(),
         });
         self.conns.insert(
             conn,
@@ -385,7 +437,7 @@ impl Core {
         }
         match msg {
             ToNode::Hello(_) => tracing::warn!(conn, "second Hello ignored"),
-            ToNode::Submit(spec) => self.submit(now, conn, spec),
+            ToNode::Submit(spec) => self.submit(now, conn, spec, 0),
             ToNode::Put { id, value, nested } => {
                 if ObjectId::for_content(&value) != id {
                     tracing::warn!(conn, object = %id, "put whose id is not its content hash; ignored");
@@ -453,7 +505,11 @@ impl Core {
                             let v = v.clone();
                             self.send(conn, ToClient::Object { id, value: v });
                         }
-                        None => e.waiters.push(conn),
+                        None => {
+                            e.waiters.push(conn);
+                            #[cfg(feature = "mesh")]
+                            self.start_fetch(id);
+                        }
                     }
                 }
             }
@@ -531,6 +587,10 @@ impl Core {
             }
             ToNode::LookupActor { request, name } => {
                 let actor = self.actors.lookup(&name);
+                #[cfg(feature = "mesh")]
+                if actor.is_none() && self.lookup_remote(conn, request, name) {
+                    return;
+                }
                 self.send(conn, ToClient::ActorFound { request, actor });
             }
         }
@@ -783,6 +843,9 @@ impl Core {
         };
         let (binary, demand) = (entry.spec.binary, entry.spec.resources.clone());
         match &entry.spec.kind {
+            #[cfg(feature = "mesh")]
+            TaskKind::Function => self.place_task(now, task),
+            #[cfg(not(feature = "mesh"))]
             TaskKind::Function => self.sched.submit(now, task, binary, demand),
             TaskKind::CreateActor(_) => self.sched.submit_actor(now, task, binary, demand),
             TaskKind::ActorMethod { actor } => {
@@ -821,7 +884,7 @@ impl Core {
         let _ = shared;
     }
 
-    fn submit(&mut self, now: Instant, conn: ConnId, spec: TaskSpec) {
+    fn submit(&mut self, now: Instant, conn: ConnId, spec: TaskSpec, hops: u32) {
         let ret = spec.return_id();
         let task_id = spec.task_id;
         {
@@ -864,6 +927,7 @@ impl Core {
                 missing,
                 retries_left,
                 store_pins: Vec::new(),
+                hops,
             },
         );
         match kind {
@@ -885,6 +949,17 @@ impl Core {
                         return;
                     }
                 }
+            }
+            #[cfg(feature = "mesh")]
+            TaskKind::ActorMethod { actor } if self.actor_is_remote(&actor) => {
+                // Sent at once, in order with the caller's other calls; the actor's peer
+                // waits for its arguments.
+                if let Some(err) = failed_dep {
+                    self.fail_task(task_id, err);
+                } else {
+                    self.forward_call(task_id, actor);
+                }
+                return;
             }
             TaskKind::ActorMethod { actor } => {
                 if let Err(e) = self.actors.enqueue(actor, owner, task_id) {
@@ -1094,6 +1169,10 @@ impl Core {
             let Some(e) = self.objects.remove(&id) else {
                 continue;
             };
+            #[cfg(feature = "mesh")]
+            if let Some(r) = &e.remote {
+                self.release_remote(id, r);
+            }
             // Its files go too (also those of an object whose copy turned out corrupted, and
             // a result still being written).
             #[cfg(feature = "mesh")]
@@ -1404,6 +1483,16 @@ impl Core {
     #[cfg(not(feature = "mesh"))]
     fn mesh_status(&self) -> Option<shoal_protocol::MeshStatus> {
         None
+    }
+
+    #[cfg(not(feature = "mesh"))]
+    fn peer_id(&self) -> Option<String> {
+        None
+    }
+
+    #[cfg(feature = "mesh")]
+    fn peer_id(&self) -> Option<String> {
+        self.net.as_ref().map(|n| n.peer_id().to_string())
     }
 
     #[cfg(feature = "mesh")]

@@ -3,8 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::BinaryId;
-use crate::messages::ResourceSet;
+use crate::ids::{BinaryId, ObjectId, TaskId};
+use crate::messages::{ActorInfo, ResourceSet, SharedObject, TaskError, TaskSpec};
 
 /// Largest encoded load report accepted (gossip payloads stay far below gossipsub's 64 KiB).
 pub const MAX_REPORT_BYTES: usize = 16 * 1024;
@@ -48,6 +48,8 @@ pub struct LoadReport {
     pub binaries: Vec<BinaryId>,
     /// Addresses it listens on.
     pub addrs: Vec<String>,
+    /// Whether it takes binaries it does not hold (code shipping).
+    pub accepts_code: bool,
 }
 
 /// Why a load report was refused.
@@ -157,6 +159,87 @@ pub enum PeerResponse {
     },
 }
 
+/// Largest control message between peers (a task spec with its inline arguments).
+pub const MAX_PEER_MSG: usize = 64 << 20;
+
+/// A control message between peers, sent in order over one long-lived stream per direction
+/// (so one caller's actor calls keep their order from peer to peer).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum PeerMsg {
+    /// Run this task for me (the sender owns its result).
+    Submit(Box<RemoteTask>),
+    /// The task cannot run here now (stale view, no room, cannot run the binary): the
+    /// sender places it elsewhere.
+    Refuse {
+        /// The task.
+        task: TaskId,
+        /// Why.
+        reason: String,
+    },
+    /// An object the receiver asked for with [`PeerMsg::Fetch`], or the result of a task it
+    /// submitted (the task's return object).
+    Object {
+        /// The object.
+        id: ObjectId,
+        /// Its value.
+        value: RemoteValue,
+    },
+    /// Send me object `id` once it is ready (answered by [`PeerMsg::Object`]).
+    Fetch {
+        /// The object.
+        id: ObjectId,
+    },
+    /// The sender no longer needs these objects held for it.
+    Release {
+        /// The objects.
+        ids: Vec<ObjectId>,
+    },
+    /// Which actor has this name here? (answered by [`PeerMsg::ActorFound`])
+    LookupActor {
+        /// Request number.
+        request: u64,
+        /// The name.
+        name: String,
+    },
+    /// Answer to [`PeerMsg::LookupActor`].
+    ActorFound {
+        /// Request number.
+        request: u64,
+        /// The actor, if a live one has the name here.
+        actor: Option<ActorInfo>,
+    },
+}
+
+/// A task sent to another peer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RemoteTask {
+    /// The task.
+    pub spec: TaskSpec,
+    /// How many times it was spilled (the receiver never sends it on past the bound).
+    pub hops: u32,
+    /// The target triple its binary was built for.
+    pub target: String,
+    /// Where each of its `Arg::Ref` arguments and nested refs can be fetched: peers (ids as
+    /// bytes) that hold a copy, the sender first.
+    pub locations: Vec<(ObjectId, Vec<Vec<u8>>)>,
+}
+
+/// An object's value as it travels between peers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RemoteValue {
+    /// Small: the encoded bytes.
+    Inline(Vec<u8>),
+    /// Large: stays in the stores of these peers (ids as bytes); pull it from them.
+    Shared {
+        /// Size and digest.
+        object: SharedObject,
+        /// Who holds a copy.
+        holders: Vec<Vec<u8>>,
+    },
+    /// The task failed, or the object is gone.
+    Error(TaskError),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,6 +259,7 @@ mod tests {
             target: "x86_64-unknown-linux-gnu".into(),
             binaries: vec![],
             addrs: vec!["/ip4/127.0.0.1/tcp/1".into()],
+            accepts_code: true,
         }
     }
 

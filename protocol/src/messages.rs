@@ -372,6 +372,13 @@ pub enum TaskError {
         /// The name.
         name: String,
     },
+    /// The peer running the task (or hosting the actor) left the mesh, and no retries were
+    /// left.
+    #[error("peer {peer} was lost while running the task")]
+    PeerLost {
+        /// The peer's id.
+        peer: String,
+    },
 }
 
 /// An actor to host, handed to the worker dedicated to it.
@@ -732,6 +739,8 @@ pub enum ToClient {
         store_dir: String,
         /// Values at most this long travel inline; longer ones go through the store.
         inline_threshold: u64,
+        /// The node's peer id in its mesh, if it is a peer of one.
+        peer_id: Option<String>,
     },
     /// The handshake failed; the node closes the connection.
     Rejected {

@@ -26,12 +26,14 @@ use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
     identify, identity, mdns, noise, ping, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm,
 };
-use shoal_protocol::mesh::{LoadReport, PeerRequest, PeerResponse, MAX_REPORT_BYTES};
+use shoal_protocol::mesh::{LoadReport, PeerMsg, PeerRequest, PeerResponse, MAX_REPORT_BYTES};
 use shoal_protocol::{codec, BinaryId, ResourceSet};
 use tokio::sync::{mpsc, oneshot};
 
 pub mod code;
+pub mod link;
 pub mod membership;
+pub mod objects;
 pub mod rpc;
 
 use membership::{Change, Membership, MembershipConfig};
@@ -272,6 +274,9 @@ pub struct NetHandle {
     code_cache: Arc<Mutex<code::BinaryCache>>,
     code_protocol: StreamProtocol,
     code_shipping: bool,
+    links: link::Links,
+    events: link::EventSink,
+    obj_protocol: StreamProtocol,
 }
 
 impl std::fmt::Debug for NetHandle {
@@ -406,6 +411,53 @@ impl NetHandle {
         Ok(path)
     }
 
+    /// Whether this peer takes binaries it does not hold.
+    pub fn code_shipping(&self) -> bool {
+        self.code_shipping
+    }
+
+    /// The network's events (load reports, lost peers, control messages), for the one
+    /// consumer that handles them. `None` if someone subscribed already.
+    pub fn subscribe(&self, capacity: usize) -> Option<mpsc::Receiver<link::NetEvent>> {
+        let (tx, rx) = mpsc::channel(capacity);
+        self.events.set(tx).ok()?;
+        Some(rx)
+    }
+
+    /// Queues a control message for `peer` (in order with the others sent to it).
+    pub fn send_peer(&self, peer: PeerId, msg: &PeerMsg) -> Result<(), link::LinkError> {
+        self.links.send(peer, msg)
+    }
+
+    /// Serves this node's objects to peers that pull them (once; later calls are ignored).
+    pub fn serve_objects(&self, source: Arc<dyn objects::ObjectSource>) {
+        if let Err(e) = objects::spawn_server(self.streams.clone(), self.obj_protocol.clone(), source)
+        {
+            tracing::warn!(error = %e, "objects are served already");
+        }
+    }
+
+    /// Pulls object `id` from `holders` into `dest` (an existing file), checking its digest.
+    pub async fn pull_object(
+        &self,
+        holders: &[PeerId],
+        id: shoal_protocol::ObjectId,
+        object: shoal_protocol::SharedObject,
+        dest: &Path,
+    ) -> Result<(), objects::ObjectError> {
+        let mut control = self.streams.clone();
+        objects::pull(
+            &mut control,
+            self.obj_protocol.clone(),
+            holders,
+            id,
+            object.size,
+            object.digest,
+            dest,
+        )
+        .await
+    }
+
     /// A control for opening and accepting bulk streams.
     pub fn streams(&self) -> libp2p_stream::Control {
         self.streams.clone()
@@ -435,6 +487,10 @@ pub struct Protocols {
     pub bulk: StreamProtocol,
     /// Binaries (code shipping).
     pub code: StreamProtocol,
+    /// Control links (tasks, results, object requests).
+    pub ctl: StreamProtocol,
+    /// Object transfer.
+    pub obj: StreamProtocol,
     /// The gossip topic of load reports.
     pub load_topic: String,
 }
@@ -452,6 +508,8 @@ impl Protocols {
             rpc: p(format!("/shoal/{mesh}/rpc/1"))?,
             bulk: p(format!("/shoal/{mesh}/bulk/1"))?,
             code: p(format!("/shoal/{mesh}/code/1"))?,
+            ctl: p(format!("/shoal/{mesh}/ctl/1"))?,
+            obj: p(format!("/shoal/{mesh}/obj/1"))?,
             load_topic: format!("shoal/{mesh}/load/v1"),
         })
     }
@@ -568,6 +626,9 @@ fn build_swarm(
 pub async fn start(key: identity::Keypair, config: NetConfig) -> Result<NetHandle, NetError> {
     let protocols = Protocols::for_mesh(&config.mesh)?;
     let code_protocol = protocols.code.clone();
+    let ctl_protocol = protocols.ctl.clone();
+    let obj_protocol = protocols.obj.clone();
+    let events: link::EventSink = Default::default();
     let (code_shipping, code_cache_dir, code_cache_bytes) = (
         config.code_shipping,
         config.code_cache.clone(),
@@ -630,6 +691,7 @@ pub async fn start(key: identity::Keypair, config: NetConfig) -> Result<NetHandl
         next_redial: Instant::now() + Duration::from_millis(500),
         redial_backoff: Duration::from_millis(500),
         report_soon: false,
+        events: events.clone(),
     };
     let span = tracing::info_span!("net", peer = %peer_id);
     tokio::spawn(tracing::Instrument::instrument(task.run(rx), span));
@@ -646,6 +708,17 @@ pub async fn start(key: identity::Keypair, config: NetConfig) -> Result<NetHandl
         servable.clone(),
         code_shipping,
     );
+    let (bad_tx, mut bad_rx) = mpsc::channel::<PeerId>(64);
+    link::spawn_acceptor(streams.clone(), ctl_protocol.clone(), events.clone(), bad_tx);
+    let commands = tx.clone();
+    tokio::spawn(async move {
+        while let Some(peer) = bad_rx.recv().await {
+            if commands.send(Command::Disconnect(peer)).await.is_err() {
+                break;
+            }
+        }
+    });
+    let links = link::Links::new(streams.clone(), ctl_protocol, events.clone());
     Ok(NetHandle {
         commands: tx,
         peer_id,
@@ -655,6 +728,9 @@ pub async fn start(key: identity::Keypair, config: NetConfig) -> Result<NetHandl
         code_cache: Arc::new(Mutex::new(code_cache)),
         code_protocol,
         code_shipping,
+        links,
+        events,
+        obj_protocol,
     })
 }
 
@@ -808,6 +884,8 @@ struct NetTask {
     redial_backoff: Duration,
     /// A peer subscribed to the reports since the last one went out.
     report_soon: bool,
+    /// Where reports and losses of peers go (the node).
+    events: link::EventSink,
 }
 
 impl NetTask {
@@ -832,6 +910,7 @@ impl NetTask {
         for change in self.membership.tick(now) {
             if let Change::Left(peer, because) = change {
                 tracing::info!(%peer, ?because, "peer left the mesh");
+                self.lost(peer);
             }
         }
         let due = match self.last_report {
@@ -903,6 +982,7 @@ impl NetTask {
                 .into_iter()
                 .take(shoal_protocol::mesh::MAX_REPORT_ADDRS)
                 .collect(),
+            accepts_code: self.config.code_shipping,
         };
         self.last_report = Some(now);
         self.load_dirty = false;
@@ -1171,12 +1251,33 @@ impl NetTask {
         if source == self.peer_id || self.config.blocked.contains(&source) {
             return Ok(());
         }
+        let copy = Box::new(report.clone());
         match self.membership.report(&source, report, now) {
             Some(Change::Joined(p)) => tracing::info!(peer = %p, "peer joined the mesh"),
-            Some(Change::Restarted(p)) => tracing::info!(peer = %p, "peer restarted"),
+            Some(Change::Restarted(p)) => {
+                tracing::info!(peer = %p, "peer restarted");
+                self.lost(p);
+            }
             _ => {}
         }
+        if let Some(tx) = self.events.get() {
+            // Reports are soft state: one dropped under load is replaced by the next.
+            let _ = tx.try_send(link::NetEvent::Report {
+                peer: source,
+                report: copy,
+            });
+        }
         Ok(())
+    }
+
+    /// Tells the node that `peer` is gone (what it ran for this node is lost).
+    fn lost(&self, peer: PeerId) {
+        if let Some(tx) = self.events.get() {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let _ = tx.send(link::NetEvent::Lost { peer }).await;
+            });
+        }
     }
 
     fn kad_event(&mut self, ev: kad::Event) {

@@ -287,6 +287,18 @@ impl Scheduler {
         removed
     }
 
+    /// Queued tasks with their binary and demand, oldest shape first (candidates for
+    /// spilling to peers with room).
+    pub fn queued_tasks(&self) -> Vec<(TaskId, BinaryId, ResourceSet)> {
+        let mut out = Vec::with_capacity(self.queued);
+        for shape in &self.shape_order {
+            if let Some(q) = self.queues.get(shape) {
+                out.extend(q.iter().map(|t| (*t, shape.binary, shape.demand.clone())));
+            }
+        }
+        out
+    }
+
     /// Worker `worker` connected from process `pid`.
     pub fn worker_connected(&mut self, now: Instant, worker: WorkerId, pid: u32) -> bool {
         let Some(w) = self.workers.get_mut(&worker) else {

@@ -1,0 +1,870 @@
+//! Object transfer: a peer that needs a large object pulls its bytes, by id, from peers that
+//! hold it, into a file of the object's size, and checks them against its blake3 digest.
+//!
+//! Protocol (`/shoal/<mesh>/obj/1`, one libp2p stream per request): the puller sends a framed
+//! [`ObjectRequest`] for a byte range; the holder answers with a framed [`ObjectResponse`]
+//! and, when `Found`, exactly `min(len, size - offset)` raw bytes, then closes the stream.
+//! After the small request the bytes flow one way only (libp2p-stream over yamux can stall
+//! when both ends write much at once). `len = 0` asks for the size and digest alone. An
+//! `offset` past the object's end is answered `OutOfRange` with no bytes (`offset == size`
+//! is a valid, empty range). A malformed or oversized request gets no answer: the stream is
+//! dropped.
+//!
+//! Pulling ([`pull`]): with one holder, or an object below [`PARALLEL_MIN`], one stream
+//! carries the whole object and the bytes are hashed as they arrive; a holder that fails
+//! part-way is succeeded by the next one, from where it stopped. With several holders, the
+//! object is cut into aligned power-of-two pieces, handed out to the holders as they finish
+//! ([`STREAMS_PER_HOLDER`] streams in flight per holder); each piece is hashed as it arrives
+//! as a blake3 subtree and the subtrees are merged into the root at the end, so checking costs
+//! no second pass over the bytes. A holder that fails gives its remaining range back to the
+//! others. A digest mismatch does not tell which holder lied: then each holder still in the
+//! running is asked in turn for the whole object, on one stream, until one copy checks out.
+//!
+//! Every read and write on a stream has a stall timeout ([`STALL`]); headers are bounded
+//! ([`MAX_HEADER`]).
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use blake3::hazmat::{ChainingValue, HasherExt, Mode};
+use futures::future::BoxFuture;
+use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use libp2p::{PeerId, StreamProtocol};
+use serde::{Deserialize, Serialize};
+use shoal_protocol::{codec, Digest, ObjectId};
+use tracing::Instrument;
+
+use super::rpc::{read_frame, write_frame};
+
+/// A stream that makes no progress for this long fails.
+pub const STALL: Duration = Duration::from_secs(30);
+/// Largest request or response header.
+pub const MAX_HEADER: usize = 1024;
+/// Bytes read from a file or a stream at a time.
+pub const CHUNK: usize = 1 << 20;
+/// Objects at least this large are pulled from several holders at once, when there are.
+pub const PARALLEL_MIN: u64 = 16 << 20;
+/// Streams open at once to each holder of a parallel pull: while one waits for its first
+/// bytes, the other keeps the connection busy.
+pub const STREAMS_PER_HOLDER: usize = 2;
+/// Streams served at once by one [`spawn_server`]; beyond, requests are answered `Refused`.
+pub const MAX_SERVING: usize = 64;
+/// Pieces of a parallel pull: powers of two between these bounds, about
+/// [`PIECES_PER_HOLDER`] per holder.
+const MIN_PIECE: u64 = 4 << 20;
+const MAX_PIECE: u64 = 64 << 20;
+const PIECES_PER_HOLDER: u64 = 4;
+
+/// Asks for bytes `offset..offset + len` of an object (clipped to its end).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectRequest {
+    /// The object.
+    pub id: ObjectId,
+    /// The first byte wanted.
+    pub offset: u64,
+    /// How many bytes, at most.
+    pub len: u64,
+}
+
+/// The answer to an [`ObjectRequest`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ObjectResponse {
+    /// Held: followed by exactly `min(len, size - offset)` raw bytes.
+    Found {
+        /// The object's length.
+        size: u64,
+        /// The blake3 digest of all its bytes.
+        digest: Digest,
+    },
+    /// Not held here (or no longer readable).
+    NotFound,
+    /// Held maybe, but not served now (too many streams at once).
+    Refused,
+    /// The object is held, but `offset` is past its end; no bytes follow.
+    OutOfRange {
+        /// The object's length.
+        size: u64,
+    },
+}
+
+/// An object a server can send: its sealed file, exactly `size` bytes long.
+pub struct Served {
+    /// The file.
+    pub path: PathBuf,
+    /// Its length.
+    pub size: u64,
+    /// The blake3 digest of its bytes.
+    pub digest: Digest,
+    /// Dropped when serving ends (the node unpins the object then).
+    pub guard: Box<dyn std::any::Any + Send>,
+}
+
+impl std::fmt::Debug for Served {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Served")
+            .field("path", &self.path)
+            .field("size", &self.size)
+            .field("digest", &self.digest)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where a server finds the objects it holds.
+pub trait ObjectSource: Send + Sync + 'static {
+    /// The file of `id`, pinned until the returned guard is dropped; `None` if not held.
+    fn open(&self, id: ObjectId) -> BoxFuture<'static, Option<Served>>;
+}
+
+/// Why serving or pulling an object failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ObjectError {
+    /// Local I/O: the destination file when pulling (no other holder can help with that),
+    /// the stream or the file when serving.
+    #[error("object transfer: {0}")]
+    Io(#[from] io::Error),
+    /// A request that is not one (serving side).
+    #[error("malformed object request: {0}")]
+    BadRequest(String),
+    /// The stream to a holder could not be opened, failed, stalled or was cut short.
+    #[error("object stream with peer {peer}: {source}")]
+    Stream {
+        /// The holder.
+        peer: PeerId,
+        /// What happened.
+        source: io::Error,
+    },
+    /// The holder does not hold the object.
+    #[error("peer {0} does not hold the object")]
+    NotFound(PeerId),
+    /// The holder does not serve objects, or not now.
+    #[error("peer {0} refused to serve the object")]
+    Refused(PeerId),
+    /// The holder's copy is another object: other size or digest.
+    #[error(
+        "peer {peer} holds object {id} as {size} bytes with digest {digest}, \
+         not {wanted_size} bytes with digest {wanted_digest}"
+    )]
+    Mismatch {
+        /// The holder.
+        peer: PeerId,
+        /// The object.
+        id: ObjectId,
+        /// Its size there.
+        size: u64,
+        /// Its digest there.
+        digest: Digest,
+        /// The size asked for.
+        wanted_size: u64,
+        /// The digest asked for.
+        wanted_digest: Digest,
+    },
+    /// The holder says the range asked for starts past the end of its copy.
+    #[error("peer {peer} says byte {offset} is past the end of its {size} bytes")]
+    OutOfRange {
+        /// The holder.
+        peer: PeerId,
+        /// The range's start.
+        offset: u64,
+        /// The holder's size.
+        size: u64,
+    },
+    /// The bytes pulled do not hash to the object's digest.
+    #[error("object {id} pulled from {} hashes to {found}, not {wanted}", peer_list(.peers))]
+    Corrupted {
+        /// The object.
+        id: ObjectId,
+        /// The holders whose bytes made up the copy (one when the blame is certain).
+        peers: Vec<PeerId>,
+        /// What the bytes hash to.
+        found: Digest,
+        /// The object's digest.
+        wanted: Digest,
+    },
+    /// No holder was given.
+    #[error("no holder to pull object {0} from")]
+    NoHolders(ObjectId),
+    /// Every holder failed; each one's error, in order.
+    #[error("every holder of object {id} failed: {}", error_list(.errors))]
+    AllFailed {
+        /// The object.
+        id: ObjectId,
+        /// What went wrong with each.
+        errors: Vec<ObjectError>,
+    },
+}
+
+impl ObjectError {
+    /// Whether no holder asked had the object (each answered `NotFound`).
+    pub fn is_not_found(&self) -> bool {
+        match self {
+            Self::NotFound(_) => true,
+            Self::AllFailed { errors, .. } => errors.iter().all(Self::is_not_found),
+            _ => false,
+        }
+    }
+
+    /// A failure on this side, which another holder would not avoid.
+    fn is_local(&self) -> bool {
+        matches!(self, Self::Io(_))
+    }
+}
+
+fn peer_list(peers: &[PeerId]) -> String {
+    let list: Vec<String> = peers.iter().map(ToString::to_string).collect();
+    list.join(", ")
+}
+
+fn error_list(errors: &[ObjectError]) -> String {
+    let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    list.join("; ")
+}
+
+fn timed_out(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, format!("stalled {what}"))
+}
+
+/// Serves objects from `source` on `protocol`: one task per stream, at most
+/// [`MAX_SERVING`] at once (the others are answered `Refused`). The accept loop ends when
+/// the returned task is aborted (which stops accepting the protocol) or the swarm goes.
+pub fn spawn_server(
+    mut control: libp2p_stream::Control,
+    protocol: StreamProtocol,
+    source: Arc<dyn ObjectSource>,
+) -> Result<tokio::task::JoinHandle<()>, libp2p_stream::AlreadyRegistered> {
+    let mut incoming = control.accept(protocol)?;
+    let serving = Arc::new(tokio::sync::Semaphore::new(MAX_SERVING));
+    Ok(tokio::spawn(async move {
+        while let Some((peer, stream)) = incoming.next().await {
+            let source = source.clone();
+            let permit = serving.clone().try_acquire_owned().ok();
+            let span = tracing::debug_span!("object_stream", %peer, object = tracing::field::Empty);
+            tokio::spawn(
+                async move {
+                    let result = match permit {
+                        Some(_permit) => serve(stream, &*source).await,
+                        None => refuse(stream).await.map(|()| 0),
+                    };
+                    match result {
+                        Ok(bytes) => tracing::debug!(bytes, "served"),
+                        Err(e @ ObjectError::BadRequest(_)) => {
+                            tracing::warn!(error = %e, "malformed object request")
+                        }
+                        Err(e) => tracing::debug!(error = %e, "object not served"),
+                    }
+                }
+                .instrument(span),
+            );
+        }
+    }))
+}
+
+/// Reads the request, to answer `Refused`.
+async fn refuse(mut stream: libp2p::Stream) -> Result<(), ObjectError> {
+    read_request(&mut stream).await?;
+    write_header(&mut stream, &ObjectResponse::Refused).await?;
+    tokio::time::timeout(STALL, stream.close())
+        .await
+        .map_err(|_| timed_out("closing"))??;
+    Ok(())
+}
+
+async fn read_request(stream: &mut libp2p::Stream) -> Result<ObjectRequest, ObjectError> {
+    let bytes = match tokio::time::timeout(STALL, read_frame(stream, MAX_HEADER)).await {
+        Err(_) => return Err(timed_out("waiting for a request").into()),
+        Ok(Err(e)) if e.kind() == io::ErrorKind::InvalidData => {
+            return Err(ObjectError::BadRequest(e.to_string()))
+        }
+        Ok(r) => r?,
+    };
+    codec::decode(&bytes, MAX_HEADER).map_err(|e| ObjectError::BadRequest(e.to_string()))
+}
+
+async fn write_header(stream: &mut libp2p::Stream, header: &ObjectResponse) -> io::Result<()> {
+    let bytes = codec::encode(header).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    tokio::time::timeout(STALL, write_frame(stream, &bytes))
+        .await
+        .map_err(|_| timed_out("writing a header"))?
+}
+
+/// Opens an object's file for reading under a shared `flock` (the store recycles only the
+/// files it can lock exclusively), checking that the path still leads to it and that it is
+/// `size` bytes long.
+fn open_locked(path: &Path, size: u64) -> io::Result<File> {
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::io::AsRawFd;
+    let file = File::open(path)?;
+    // SAFETY: flock on a descriptor we own; no memory is involved.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } != 0 {
+        // Locked exclusively: the store is recycling it right now.
+        return Err(io::Error::last_os_error());
+    }
+    let meta = file.metadata()?;
+    if std::fs::metadata(path)?.ino() != meta.ino() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            "the file was replaced while being opened",
+        ));
+    }
+    if meta.len() != size {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("the file has {} bytes, not {size}", meta.len()),
+        ));
+    }
+    Ok(file)
+}
+
+/// Serves one request: reads it, answers, streams the range and closes. Returns the number
+/// of object bytes sent.
+pub async fn serve(
+    mut stream: libp2p::Stream,
+    source: &dyn ObjectSource,
+) -> Result<u64, ObjectError> {
+    let req = read_request(&mut stream).await?;
+    tracing::Span::current().record("object", tracing::field::display(req.id));
+    let served = source.open(req.id).await;
+    let opened = served.and_then(|s| match open_locked(&s.path, s.size) {
+        Ok(file) => Some((s, file)),
+        Err(e) => {
+            tracing::warn!(object = %req.id, path = %s.path.display(), error = %e,
+                "cannot read a held object");
+            None
+        }
+    });
+    let Some((served, file)) = opened else {
+        write_header(&mut stream, &ObjectResponse::NotFound).await?;
+        tokio::time::timeout(STALL, stream.close())
+            .await
+            .map_err(|_| timed_out("closing"))??;
+        return Ok(0);
+    };
+    let size = served.size;
+    let header = if req.offset > size {
+        ObjectResponse::OutOfRange { size }
+    } else {
+        ObjectResponse::Found {
+            size,
+            digest: served.digest,
+        }
+    };
+    write_header(&mut stream, &header).await?;
+    let mut sent = 0u64;
+    if req.offset <= size {
+        let end = req.offset + req.len.min(size - req.offset);
+        let mut buf = vec![0u8; CHUNK.min((end - req.offset) as usize)];
+        let mut at = req.offset;
+        while at < end {
+            let n = (end - at).min(buf.len() as u64) as usize;
+            file.read_exact_at(&mut buf[..n], at)?;
+            tokio::time::timeout(STALL, stream.write_all(&buf[..n]))
+                .await
+                .map_err(|_| timed_out("sending"))??;
+            at += n as u64;
+            sent += n as u64;
+        }
+    }
+    tokio::time::timeout(STALL, stream.close())
+        .await
+        .map_err(|_| timed_out("closing"))??;
+    drop(file);
+    drop(served);
+    Ok(sent)
+}
+
+/// What is being pulled.
+#[derive(Clone, Copy, Debug)]
+struct Want {
+    id: ObjectId,
+    size: u64,
+    digest: Digest,
+}
+
+fn stream_error(peer: PeerId) -> impl Fn(io::Error) -> ObjectError {
+    move |source| ObjectError::Stream { peer, source }
+}
+
+/// Pulls bytes `*at..end` of the object from `peer` into `file` at their offsets, feeding
+/// them to `hasher` in order; `*at` advances as bytes are written, so after a failure it
+/// says where to resume.
+#[allow(clippy::too_many_arguments)]
+async fn pull_range(
+    control: &mut libp2p_stream::Control,
+    protocol: &StreamProtocol,
+    peer: PeerId,
+    want: Want,
+    file: &File,
+    at: &mut u64,
+    end: u64,
+    hasher: &mut blake3::Hasher,
+    buf: &mut [u8],
+) -> Result<(), ObjectError> {
+    let err = stream_error(peer);
+    let mut stream = match tokio::time::timeout(STALL, control.open_stream(peer, protocol.clone()))
+        .await
+    {
+        Err(_) => return Err(err(timed_out("opening a stream"))),
+        Ok(Err(libp2p_stream::OpenStreamError::UnsupportedProtocol(_))) => {
+            return Err(ObjectError::Refused(peer))
+        }
+        Ok(Err(e)) => return Err(err(io::Error::other(e.to_string()))),
+        Ok(Ok(s)) => s,
+    };
+    let req = codec::encode(&ObjectRequest {
+        id: want.id,
+        offset: *at,
+        len: end - *at,
+    })
+    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    tokio::time::timeout(STALL, write_frame(&mut stream, &req))
+        .await
+        .map_err(|_| err(timed_out("sending a request")))?
+        .map_err(&err)?;
+    let header = tokio::time::timeout(STALL, read_frame(&mut stream, MAX_HEADER))
+        .await
+        .map_err(|_| err(timed_out("waiting for an answer")))?
+        .map_err(&err)?;
+    let response: ObjectResponse = codec::decode(&header, MAX_HEADER)
+        .map_err(|e| err(io::Error::new(io::ErrorKind::InvalidData, e)))?;
+    match response {
+        ObjectResponse::Found { size, digest } if size == want.size && digest == want.digest => {}
+        ObjectResponse::Found { size, digest } => {
+            return Err(ObjectError::Mismatch {
+                peer,
+                id: want.id,
+                size,
+                digest,
+                wanted_size: want.size,
+                wanted_digest: want.digest,
+            })
+        }
+        ObjectResponse::NotFound => return Err(ObjectError::NotFound(peer)),
+        ObjectResponse::Refused => return Err(ObjectError::Refused(peer)),
+        ObjectResponse::OutOfRange { size } => {
+            return Err(ObjectError::OutOfRange {
+                peer,
+                offset: *at,
+                size,
+            })
+        }
+    }
+    while *at < end {
+        let want_now = (end - *at).min(buf.len() as u64) as usize;
+        let mut filled = 0;
+        while filled < want_now {
+            let n = tokio::time::timeout(STALL, stream.read(&mut buf[filled..want_now]))
+                .await
+                .map_err(|_| err(timed_out("receiving")))?
+                .map_err(&err)?;
+            if n == 0 {
+                return Err(err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("the stream ended {} bytes short", end - *at - filled as u64),
+                )));
+            }
+            filled += n;
+        }
+        file.write_all_at(&buf[..filled], *at)?;
+        hasher.update(&buf[..filled]);
+        *at += filled as u64;
+    }
+    let _ = tokio::time::timeout(STALL, stream.close()).await;
+    Ok(())
+}
+
+/// Pulls object `id` (`size` bytes, blake3 `digest`) from `holders` into `dest`, an
+/// existing file (resized to `size` if it is not), and checks the digest.
+///
+/// One holder, or an object below [`PARALLEL_MIN`]: one stream at a time, the next holder
+/// taking over where a failed one stopped. Several holders and a large object: pieces
+/// pulled from all of them at once (see the module documentation). A holder that fails is
+/// dropped and the others carry on; the pull fails only when every holder has failed
+/// (with that holder's own error when there was one, [`ObjectError::AllFailed`] otherwise),
+/// or on a local I/O error ([`ObjectError::Io`]). A copy whose digest does not match is
+/// [`ObjectError::Corrupted`]. On failure `dest` holds partial bytes.
+pub async fn pull(
+    control: &mut libp2p_stream::Control,
+    protocol: StreamProtocol,
+    holders: &[PeerId],
+    id: ObjectId,
+    size: u64,
+    digest: Digest,
+    dest: &Path,
+) -> Result<(), ObjectError> {
+    let mut unique: Vec<PeerId> = Vec::with_capacity(holders.len());
+    for h in holders {
+        if !unique.contains(h) {
+            unique.push(*h);
+        }
+    }
+    if unique.is_empty() {
+        return Err(ObjectError::NoHolders(id));
+    }
+    let want = Want { id, size, digest };
+    let started = Instant::now();
+    let file = std::fs::OpenOptions::new().write(true).open(dest)?;
+    if file.metadata()?.len() != size {
+        file.set_len(size)?;
+    }
+    let mut errors = Vec::new();
+    let mut candidates = unique.clone();
+    if size == 0 {
+        let found = Digest::of(&[]);
+        if found == digest {
+            return Ok(());
+        }
+        errors.push(ObjectError::Corrupted {
+            id,
+            peers: Vec::new(),
+            found,
+            wanted: digest,
+        });
+        candidates.clear();
+    } else if unique.len() > 1 && size >= PARALLEL_MIN {
+        let shared = Arc::new(file.try_clone()?);
+        match pull_parallel(control, &protocol, &unique, want, shared, &mut errors).await? {
+            Parallel::Done => {
+                tracing::debug!(object = %id, bytes = size, holders = unique.len(),
+                    elapsed_ms = started.elapsed().as_millis() as u64, "pulled an object");
+                return Ok(());
+            }
+            Parallel::Incomplete => return Err(all_failed(id, errors)),
+            Parallel::Corrupted { live } => {
+                tracing::warn!(object = %id, error = ?errors.last(),
+                    "a parallel pull did not check out; pulling from one holder at a time");
+                candidates = live;
+            }
+        }
+    }
+    if pull_sequential(control, &protocol, &candidates, want, &file, &mut errors).await? {
+        if !errors.is_empty() {
+            tracing::info!(object = %id, failures = %error_list(&errors),
+                "pulled an object after failures");
+        }
+        tracing::debug!(object = %id, bytes = size, holders = unique.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64, "pulled an object");
+        return Ok(());
+    }
+    Err(all_failed(id, errors))
+}
+
+fn all_failed(id: ObjectId, mut errors: Vec<ObjectError>) -> ObjectError {
+    if errors.len() == 1 {
+        if let Some(e) = errors.pop() {
+            return e;
+        }
+    }
+    ObjectError::AllFailed { id, errors }
+}
+
+/// Pulls the whole object on one stream at a time, trying `holders` in order: a holder that
+/// fails is succeeded by the next from where it stopped; a copy that does not check out is
+/// started over with the holders left. Holder failures go to `errors`; `Ok(true)` once a
+/// copy checks out, `Ok(false)` when the holders ran out, `Err` on a local failure.
+async fn pull_sequential(
+    control: &mut libp2p_stream::Control,
+    protocol: &StreamProtocol,
+    holders: &[PeerId],
+    want: Want,
+    file: &File,
+    errors: &mut Vec<ObjectError>,
+) -> Result<bool, ObjectError> {
+    let mut buf = vec![0u8; CHUNK.min(want.size as usize)];
+    let mut hasher = blake3::Hasher::new();
+    let mut at = 0u64;
+    let mut sources = Vec::new();
+    for &peer in holders {
+        let from = at;
+        let result = pull_range(
+            control,
+            protocol,
+            peer,
+            want,
+            file,
+            &mut at,
+            want.size,
+            &mut hasher,
+            &mut buf,
+        )
+        .await;
+        if at > from {
+            sources.push(peer);
+        }
+        match result {
+            Ok(()) => {}
+            Err(e) if e.is_local() => return Err(e),
+            Err(e) => {
+                tracing::debug!(object = %want.id, error = %e, "a holder failed");
+                errors.push(e);
+                continue;
+            }
+        }
+        let found = Digest(*hasher.finalize().as_bytes());
+        if found == want.digest {
+            return Ok(true);
+        }
+        let e = ObjectError::Corrupted {
+            id: want.id,
+            peers: std::mem::take(&mut sources),
+            found,
+            wanted: want.digest,
+        };
+        tracing::warn!(error = %e, "a pulled object does not check out");
+        errors.push(e);
+        hasher = blake3::Hasher::new();
+        at = 0;
+    }
+    Ok(false)
+}
+
+/// The length of the pieces of a parallel pull of `size` bytes from `holders` holders: a
+/// power of two (so each piece is a blake3 subtree) between [`MIN_PIECE`] and [`MAX_PIECE`].
+fn piece_len(size: u64, holders: usize) -> u64 {
+    let target = size / (holders as u64 * PIECES_PER_HOLDER).max(1);
+    let pow = if target == 0 {
+        1
+    } else {
+        1u64 << (63 - target.leading_zeros())
+    };
+    pow.clamp(MIN_PIECE, MAX_PIECE)
+}
+
+/// A range of a piece still to pull, with the piece's hash so far.
+struct Piece {
+    index: usize,
+    at: u64,
+    end: u64,
+    hasher: blake3::Hasher,
+}
+
+/// How a parallel pull ended.
+enum Parallel {
+    /// The copy checks out.
+    Done,
+    /// Every holder failed before all pieces were pulled.
+    Incomplete,
+    /// All pieces were pulled but the copy does not check out; these holders did not fail.
+    Corrupted { live: Vec<PeerId> },
+}
+
+/// Pulls pieces from all `holders` at once and checks the digest. Holder failures (and a
+/// digest mismatch, last) go to `errors`. `Err` on a local failure.
+async fn pull_parallel(
+    control: &mut libp2p_stream::Control,
+    protocol: &StreamProtocol,
+    holders: &[PeerId],
+    want: Want,
+    file: Arc<File>,
+    errors: &mut Vec<ObjectError>,
+) -> Result<Parallel, ObjectError> {
+    let piece = piece_len(want.size, holders.len());
+    let count = want.size.div_ceil(piece) as usize;
+    let mut queue: VecDeque<Piece> = (0..count)
+        .map(|index| {
+            let at = index as u64 * piece;
+            let mut hasher = blake3::Hasher::new();
+            hasher.set_input_offset(at);
+            Piece {
+                index,
+                at,
+                end: (at + piece).min(want.size),
+                hasher,
+            }
+        })
+        .collect();
+    let mut cvs: Vec<Option<ChainingValue>> = vec![None; count];
+    let mut busy = vec![0usize; holders.len()];
+    let mut failed = vec![false; holders.len()];
+    let mut contributed = vec![false; holders.len()];
+    let mut tasks = tokio::task::JoinSet::new();
+    loop {
+        for (h, &peer) in holders.iter().enumerate() {
+            while !failed[h] && busy[h] < STREAMS_PER_HOLDER {
+                let Some(mut p) = queue.pop_front() else {
+                    break;
+                };
+                busy[h] += 1;
+                let (mut control, protocol, file) =
+                    (control.clone(), protocol.clone(), file.clone());
+                tasks.spawn(async move {
+                    let mut buf = vec![0u8; CHUNK.min((p.end - p.at) as usize)];
+                    let from = p.at;
+                    let result = pull_range(
+                        &mut control,
+                        &protocol,
+                        peer,
+                        want,
+                        &file,
+                        &mut p.at,
+                        p.end,
+                        &mut p.hasher,
+                        &mut buf,
+                    )
+                    .await;
+                    (h, p.at > from, p, result)
+                });
+            }
+        }
+        let Some(joined) = tasks.join_next().await else {
+            break;
+        };
+        let (h, progressed, p, result) =
+            joined.map_err(|e| io::Error::other(format!("an object pull task failed: {e}")))?;
+        busy[h] -= 1;
+        contributed[h] |= progressed;
+        match result {
+            Ok(()) => cvs[p.index] = Some(p.hasher.finalize_non_root()),
+            Err(e) if e.is_local() => return Err(e),
+            Err(e) => {
+                if !failed[h] {
+                    tracing::debug!(object = %want.id, error = %e, "a holder failed");
+                    failed[h] = true;
+                    errors.push(e);
+                }
+                queue.push_front(p);
+            }
+        }
+    }
+    if !queue.is_empty() {
+        return Ok(Parallel::Incomplete);
+    }
+    let cvs: Vec<ChainingValue> = cvs.into_iter().flatten().collect();
+    let found = root_of_pieces(&cvs, want.size, piece);
+    if found == want.digest {
+        return Ok(Parallel::Done);
+    }
+    {
+        errors.push(ObjectError::Corrupted {
+            id: want.id,
+            peers: holders
+                .iter()
+                .zip(&contributed)
+                .filter(|(_, c)| **c)
+                .map(|(p, _)| *p)
+                .collect(),
+            found,
+            wanted: want.digest,
+        });
+    }
+    let live = holders
+        .iter()
+        .zip(&failed)
+        .filter(|(_, f)| !**f)
+        .map(|(p, _)| *p)
+        .collect();
+    Ok(Parallel::Corrupted { live })
+}
+
+/// The blake3 digest of `size` bytes from the chaining values of their aligned pieces of
+/// `piece` bytes (a power of two of at least a blake3 chunk, `size > piece`): the pieces are
+/// subtrees of blake3's left-balanced tree, merged here as the tree does.
+fn root_of_pieces(cvs: &[ChainingValue], size: u64, piece: u64) -> Digest {
+    use blake3::hazmat::{left_subtree_len, merge_subtrees_non_root, merge_subtrees_root};
+    // Every subtree bigger than a piece splits at a power of two of at least a piece, so
+    // every subtree of at most a piece is exactly one piece.
+    fn subtree(cvs: &[ChainingValue], start: u64, len: u64, piece: u64) -> ChainingValue {
+        if len <= piece {
+            return cvs[(start / piece) as usize];
+        }
+        let left = left_subtree_len(len);
+        merge_subtrees_non_root(
+            &subtree(cvs, start, left, piece),
+            &subtree(cvs, start + left, len - left, piece),
+            Mode::Hash,
+        )
+    }
+    let left = left_subtree_len(size);
+    let root = merge_subtrees_root(
+        &subtree(cvs, 0, left, piece),
+        &subtree(cvs, left, size - left, piece),
+        Mode::Hash,
+    );
+    Digest(*root.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes(n: usize) -> Vec<u8> {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn pieces_hashed_apart_merge_to_the_digest() {
+        let data = bytes(100_000);
+        for piece in [1024u64, 2048, 8192, 32768] {
+            for size in [
+                piece as usize + 1,
+                2 * piece as usize,
+                3 * piece as usize - 7,
+                5 * piece as usize,
+                7 * piece as usize + 1,
+                data.len(),
+            ] {
+                let size = size.min(data.len());
+                let cvs: Vec<ChainingValue> = data[..size]
+                    .chunks(piece as usize)
+                    .enumerate()
+                    .map(|(i, c)| {
+                        let mut h = blake3::Hasher::new();
+                        h.set_input_offset(i as u64 * piece);
+                        // Fed in uneven slices, as a stream delivers them.
+                        for part in c.chunks(333) {
+                            h.update(part);
+                        }
+                        h.finalize_non_root()
+                    })
+                    .collect();
+                assert_eq!(
+                    root_of_pieces(&cvs, size as u64, piece),
+                    Digest::of(&data[..size]),
+                    "piece {piece}, size {size}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn pieces_are_powers_of_two_a_few_per_holder() {
+        assert_eq!(piece_len(16 << 20, 2), MIN_PIECE);
+        assert_eq!(piece_len(100 << 20, 3), 8 << 20);
+        assert_eq!(piece_len(1 << 30, 3), 64 << 20);
+        assert_eq!(piece_len(1 << 40, 2), MAX_PIECE);
+        for (size, holders) in [(16u64 << 20, 8usize), (123_456_789, 3), (1 << 33, 5)] {
+            let p = piece_len(size, holders);
+            assert!(p.is_power_of_two() && (MIN_PIECE..=MAX_PIECE).contains(&p));
+            // At least two pieces: a parallel pull always has a tree to merge.
+            assert!(size > p);
+        }
+    }
+
+    #[test]
+    fn headers_fit_the_bound() {
+        let req = codec::encode(&ObjectRequest {
+            id: ObjectId([0xff; 32]),
+            offset: u64::MAX,
+            len: u64::MAX,
+        })
+        .unwrap();
+        assert!(req.len() <= MAX_HEADER);
+        let resp = codec::encode(&ObjectResponse::Found {
+            size: u64::MAX,
+            digest: Digest([0xff; 32]),
+        })
+        .unwrap();
+        assert!(resp.len() <= MAX_HEADER);
+    }
+}

@@ -346,6 +346,11 @@ impl Core {
                 if let Some(b) = &hello.binary {
                     self.binaries.insert(b.id, PathBuf::from(&b.path));
                     self.sched.binary_attached(b.id);
+                    // Peers asked to run its tasks fetch it from here.
+                    #[cfg(feature = "mesh")]
+                    if let Some(net) = &self.net {
+                        net.servable().insert(b.id, PathBuf::from(&b.path));
+                    }
                 }
             }
             Role::Cli => {}

@@ -253,6 +253,7 @@ async fn forged_and_malformed_reports_are_refused() {
         target: "forged".into(),
         binaries: vec![],
         addrs: vec![],
+        accepts_code: true,
     };
     // Claiming to be b; of another mesh; more free than total; not a report at all.
     for bytes in [

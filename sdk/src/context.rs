@@ -85,6 +85,7 @@ pub struct Context {
     pub(crate) mode: Mode,
     pub(crate) binary: BinaryId,
     node_id: NodeId,
+    peer_id: Option<String>,
     store_dir: PathBuf,
     pub(crate) inline_threshold: usize,
     embedded: Option<NodeHandle>,
@@ -271,6 +272,7 @@ fn connect(
         node_id,
         store_dir,
         inline_threshold,
+        peer_id,
     } = welcome
     else {
         return Err(InitError::Handshake("expected Welcome".into()));
@@ -293,6 +295,7 @@ fn connect(
         mode,
         binary: bin_id,
         node_id,
+        peer_id,
         store_dir: PathBuf::from(store_dir),
         inline_threshold: inline_threshold as usize,
         embedded,
@@ -612,6 +615,11 @@ impl Context {
     /// Whether the node runs inside this process.
     pub fn is_embedded(&self) -> bool {
         self.embedded.is_some()
+    }
+
+    /// The node's peer id in its mesh, if it is a peer of one.
+    pub fn peer_id(&self) -> Option<&str> {
+        self.peer_id.as_deref()
     }
 
     /// The node's socket.

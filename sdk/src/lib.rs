@@ -120,6 +120,11 @@ impl Shoal {
         self.ctx.node_id()
     }
 
+    /// The node's peer id in its mesh (`None` when the node is not a peer of one).
+    pub fn peer_id(&self) -> Option<&str> {
+        self.ctx.peer_id()
+    }
+
     /// Whether the node runs inside this process.
     pub fn is_embedded(&self) -> bool {
         self.ctx.is_embedded()
@@ -229,6 +234,12 @@ impl IntoArg<String> for &str {
     fn into_arg(self) -> __private::ArgBuf {
         __private::ArgBuf::Value(object_ref::encode_collecting(self))
     }
+}
+
+/// The peer id of the node this process is attached to, when that node is a peer of a
+/// mesh: inside a task, where it ran. Call after [`init`] (a worker is always initialised).
+pub fn peer_id() -> Option<String> {
+    context::get().peer_id().map(str::to_string)
 }
 
 /// Stores `value` and returns a reference to it. Small values stay in this process (and a

@@ -255,6 +255,7 @@ mod tests {
             target: String::new(),
             binaries: vec![],
             addrs: vec![],
+            accepts_code: true,
         }
     }
 

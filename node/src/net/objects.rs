@@ -52,8 +52,11 @@ pub const PARALLEL_MIN: u64 = 16 << 20;
 /// Streams open at once to each holder of a parallel pull: while one waits for its first
 /// bytes, the other keeps the connection busy.
 pub const STREAMS_PER_HOLDER: usize = 2;
-/// Streams served at once by one [`spawn_server`]; beyond, requests are answered `Refused`.
+/// Streams served at once by one [`spawn_server`]; more wait their turn, up to [`QUEUED`].
 pub const MAX_SERVING: usize = 64;
+/// How long a stream waits for its turn to be served before it is answered `Refused`
+/// (well within the puller's [`STALL`]).
+pub const QUEUED: Duration = Duration::from_secs(10);
 /// Pieces of a parallel pull: powers of two between these bounds, about
 /// [`PIECES_PER_HOLDER`] per holder.
 const MIN_PIECE: u64 = 4 << 20;
@@ -228,9 +231,10 @@ fn timed_out(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::TimedOut, format!("stalled {what}"))
 }
 
-/// Serves objects from `source` on `protocol`: one task per stream, at most
-/// [`MAX_SERVING`] at once (the others are answered `Refused`). The accept loop ends when
-/// the returned task is aborted (which stops accepting the protocol) or the swarm goes.
+/// Serves objects from `source` on `protocol`: one task per stream (with a span naming the
+/// peer and the object), at most [`MAX_SERVING`] sending at once; the others wait up to
+/// [`QUEUED`] once their request is in, then are answered `Refused`. The accept loop ends
+/// when the returned task is aborted (which stops accepting the protocol) or the swarm goes.
 pub fn spawn_server(
     mut control: libp2p_stream::Control,
     protocol: StreamProtocol,
@@ -239,17 +243,25 @@ pub fn spawn_server(
     let mut incoming = control.accept(protocol)?;
     let serving = Arc::new(tokio::sync::Semaphore::new(MAX_SERVING));
     Ok(tokio::spawn(async move {
-        while let Some((peer, stream)) = incoming.next().await {
+        while let Some((peer, mut stream)) = incoming.next().await {
             let source = source.clone();
-            let permit = serving.clone().try_acquire_owned().ok();
+            let serving = serving.clone();
             let span = tracing::debug_span!("object_stream", %peer, object = tracing::field::Empty);
             tokio::spawn(
                 async move {
-                    let result = match permit {
-                        Some(_permit) => serve(stream, &*source).await,
-                        None => refuse(stream).await.map(|()| 0),
+                    let result = async {
+                        let req = read_request(&mut stream).await?;
+                        let permit = tokio::time::timeout(QUEUED, serving.acquire_owned()).await;
+                        match permit.ok().and_then(Result::ok) {
+                            Some(_permit) => serve_request(stream, req, &*source).await,
+                            None => {
+                                write_header(&mut stream, &ObjectResponse::Refused).await?;
+                                close(&mut stream).await?;
+                                Ok(0)
+                            }
+                        }
                     };
-                    match result {
+                    match result.await {
                         Ok(bytes) => tracing::debug!(bytes, "served"),
                         Err(e @ ObjectError::BadRequest(_)) => {
                             tracing::warn!(error = %e, "malformed object request")
@@ -263,14 +275,10 @@ pub fn spawn_server(
     }))
 }
 
-/// Reads the request, to answer `Refused`.
-async fn refuse(mut stream: libp2p::Stream) -> Result<(), ObjectError> {
-    read_request(&mut stream).await?;
-    write_header(&mut stream, &ObjectResponse::Refused).await?;
+async fn close(stream: &mut libp2p::Stream) -> io::Result<()> {
     tokio::time::timeout(STALL, stream.close())
         .await
-        .map_err(|_| timed_out("closing"))??;
-    Ok(())
+        .map_err(|_| timed_out("closing"))?
 }
 
 async fn read_request(stream: &mut libp2p::Stream) -> Result<ObjectRequest, ObjectError> {
@@ -285,7 +293,8 @@ async fn read_request(stream: &mut libp2p::Stream) -> Result<ObjectRequest, Obje
 }
 
 async fn write_header(stream: &mut libp2p::Stream, header: &ObjectResponse) -> io::Result<()> {
-    let bytes = codec::encode(header).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let bytes =
+        codec::encode(header).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     tokio::time::timeout(STALL, write_frame(stream, &bytes))
         .await
         .map_err(|_| timed_out("writing a header"))?
@@ -326,8 +335,20 @@ pub async fn serve(
     source: &dyn ObjectSource,
 ) -> Result<u64, ObjectError> {
     let req = read_request(&mut stream).await?;
+    serve_request(stream, req, source).await
+}
+
+async fn serve_request(
+    mut stream: libp2p::Stream,
+    req: ObjectRequest,
+    source: &dyn ObjectSource,
+) -> Result<u64, ObjectError> {
     tracing::Span::current().record("object", tracing::field::display(req.id));
-    let served = source.open(req.id).await;
+    // A source that does not answer counts as not holding it.
+    let served = tokio::time::timeout(STALL, source.open(req.id))
+        .await
+        .ok()
+        .flatten();
     let opened = served.and_then(|s| match open_locked(&s.path, s.size) {
         Ok(file) => Some((s, file)),
         Err(e) => {
@@ -338,9 +359,7 @@ pub async fn serve(
     });
     let Some((served, file)) = opened else {
         write_header(&mut stream, &ObjectResponse::NotFound).await?;
-        tokio::time::timeout(STALL, stream.close())
-            .await
-            .map_err(|_| timed_out("closing"))??;
+        close(&mut stream).await?;
         return Ok(0);
     };
     let size = served.size;
@@ -368,9 +387,7 @@ pub async fn serve(
             sent += n as u64;
         }
     }
-    tokio::time::timeout(STALL, stream.close())
-        .await
-        .map_err(|_| timed_out("closing"))??;
+    close(&mut stream).await?;
     drop(file);
     drop(served);
     Ok(sent)
@@ -404,16 +421,15 @@ async fn pull_range(
     buf: &mut [u8],
 ) -> Result<(), ObjectError> {
     let err = stream_error(peer);
-    let mut stream = match tokio::time::timeout(STALL, control.open_stream(peer, protocol.clone()))
-        .await
-    {
-        Err(_) => return Err(err(timed_out("opening a stream"))),
-        Ok(Err(libp2p_stream::OpenStreamError::UnsupportedProtocol(_))) => {
-            return Err(ObjectError::Refused(peer))
-        }
-        Ok(Err(e)) => return Err(err(io::Error::other(e.to_string()))),
-        Ok(Ok(s)) => s,
-    };
+    let mut stream =
+        match tokio::time::timeout(STALL, control.open_stream(peer, protocol.clone())).await {
+            Err(_) => return Err(err(timed_out("opening a stream"))),
+            Ok(Err(libp2p_stream::OpenStreamError::UnsupportedProtocol(_))) => {
+                return Err(ObjectError::Refused(peer))
+            }
+            Ok(Err(e)) => return Err(err(io::Error::other(e.to_string()))),
+            Ok(Ok(s)) => s,
+        };
     let req = codec::encode(&ObjectRequest {
         id: want.id,
         offset: *at,
@@ -472,7 +488,7 @@ async fn pull_range(
         hasher.update(&buf[..filled]);
         *at += filled as u64;
     }
-    let _ = tokio::time::timeout(STALL, stream.close()).await;
+    let _ = close(&mut stream).await;
     Ok(())
 }
 
@@ -534,7 +550,8 @@ pub async fn pull(
             }
             Parallel::Incomplete => return Err(all_failed(id, errors)),
             Parallel::Corrupted { live } => {
-                tracing::warn!(object = %id, error = ?errors.last(),
+                let error = errors.last().map(ToString::to_string).unwrap_or_default();
+                tracing::warn!(object = %id, %error,
                     "a parallel pull did not check out; pulling from one holder at a time");
                 candidates = live;
             }

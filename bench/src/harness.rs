@@ -9,9 +9,9 @@
 //!
 //! A row is a plain function `fn(&mut Bench) -> anyhow::Result<()>` registered in a
 //! [`Registry`] under its BENCH.md name and unit. It does its (untimed) set-up, then calls
-//! exactly one of [`Bench::run_batches`] (units `ops/s`, `GB/s`), [`Bench::run_timed`]
-//! (units `s`, `us`) or [`Bench::run_sampled`] (any unit; for the gauges `%`, `MB`, `B/s` of
-//! rows that observe a process rather than time work), then tears down.
+//! exactly one of [`Bench::run_batches`] or [`Bench::run_tallied`] (units `ops/s`, `GB/s`),
+//! [`Bench::run_timed`] (units `s`, `us`) or [`Bench::run_sampled`] (any unit; for the gauges
+//! `%`, `MB`, `B/s` of rows that observe a process rather than time work), then tears down.
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -143,6 +143,20 @@ pub fn mean_stdev(xs: &[f64]) -> (f64, f64) {
     (mean, var.sqrt())
 }
 
+/// What one round of a rate row measured with [`Bench::run_tallied`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// Operations done (for `GB/s` rows: bytes moved).
+    pub amount: u64,
+    /// The time the operations took, as the row counts it: the divisor of the round's figure.
+    pub timed: Duration,
+    /// How many batches of work the round ran.
+    pub batches: u64,
+    /// The round's wall-clock time (at least the round's time; more than `timed` when the
+    /// row leaves set-up out).
+    pub wall: Duration,
+}
+
 /// The handle a row function gets: its name, its unit, the method, and the two ways to
 /// measure. A row must measure exactly once.
 pub struct Bench {
@@ -241,6 +255,57 @@ impl Bench {
                 } else {
                     "ops"
                 }
+            );
+            Ok((figure, note))
+        })
+    }
+
+    /// Measures a rate (`ops/s` or `GB/s` rows) whose rounds count their own time: for rows
+    /// whose work runs in another process, or that leave per-operation set-up out of the time.
+    /// `round(d)` works for at least `d` of wall-clock time and returns its [`Tally`]; the
+    /// round's figure is the tally's operations (bytes / 10^9) divided by its `timed` time
+    /// (not the wall-clock time).
+    ///
+    /// Prints the row's JSON line on stdout and returns the measurement.
+    pub fn run_tallied<F>(&mut self, mut round: F) -> Result<Measurement>
+    where
+        F: FnMut(Duration) -> Result<Tally>,
+    {
+        ensure!(
+            self.unit.is_rate(),
+            "row {} has unit {}: run_tallied measures rates",
+            self.name,
+            self.unit
+        );
+        let scale = match self.unit {
+            Unit::GbPerSec => 1e-9,
+            _ => 1.0,
+        };
+        let unit = self.unit;
+        self.measure(|d| {
+            let t = round(d)?;
+            let secs = t.timed.as_secs_f64();
+            ensure!(
+                secs > 0.0,
+                "a round did {} {} in no time",
+                t.amount,
+                if unit == Unit::GbPerSec {
+                    "bytes"
+                } else {
+                    "ops"
+                }
+            );
+            let figure = t.amount as f64 * scale / secs;
+            let note = format!(
+                "{figure:.6} {unit} ({} batches, {} {}, {secs:.3} s timed of {:.3} s)",
+                t.batches,
+                t.amount,
+                if unit == Unit::GbPerSec {
+                    "bytes"
+                } else {
+                    "ops"
+                },
+                t.wall.as_secs_f64()
             );
             Ok((figure, note))
         })
@@ -519,6 +584,29 @@ mod tests {
         let mut b = Bench::new("u", Unit::Micros, quick, None);
         let m = b.run_timed(|| Ok(Duration::from_micros(3))).unwrap();
         assert!((m.value - 3.0).abs() < 1e-9 && m.stdev < 1e-9);
+
+        let mut b = Bench::new("g", Unit::GbPerSec, quick, None);
+        let m = b
+            .run_tallied(|d| {
+                Ok(Tally {
+                    amount: 2_000_000_000,
+                    timed: Duration::from_secs(1),
+                    batches: 1,
+                    wall: d,
+                })
+            })
+            .unwrap();
+        assert_eq!(m.rounds, vec![2.0; 3], "bytes / 10^9 / timed seconds");
+        let mut b = Bench::new("z", Unit::OpsPerSec, quick, None);
+        assert!(
+            b.run_tallied(|_| Ok(Tally::default())).is_err(),
+            "no time counted"
+        );
+        let mut b = Bench::new("s", Unit::Seconds, quick, None);
+        assert!(
+            b.run_tallied(|_| Ok(Tally::default())).is_err(),
+            "a duration is timed"
+        );
 
         let mut b = Bench::new("p", Unit::Percent, quick, None);
         assert!(

@@ -2,16 +2,18 @@
 //!
 //! [`harness`] holds the measuring method and the row registry, [`limits`] the rows that
 //! measure the machine, [`shoal_rows`] and [`actor_rows`] the rows that measure Shoal, and
-//! [`mesh_rows`] those that measure the mesh (in-process peers and real `shoal node`
-//! processes). The binary (`main.rs`) is the command line around them.
+//! [`mesh_rows`] and [`remote_rows`] those that measure the mesh (in-process peers and real
+//! `shoal node` processes; [`remote_rows`]: work run on another node). The binary (`main.rs`)
+//! is the command line around them.
 
 pub mod actor_rows;
 pub mod harness;
 pub mod limits;
 pub mod mesh_rows;
+pub mod remote_rows;
 pub mod shoal_rows;
 
-pub use harness::{Bench, Measurement, Method, Registry, Row, RowFn, Unit};
+pub use harness::{Bench, Measurement, Method, Registry, Row, RowFn, Tally, Unit};
 
 /// Every row, in the order they run when none is named: the machine's limits first (the
 /// reference), then Shoal's rows.
@@ -20,6 +22,7 @@ pub fn registry() -> Registry {
     limits::register(&mut reg);
     shoal_rows::register(&mut reg);
     actor_rows::register(&mut reg);
+    remote_rows::register(&mut reg);
     mesh_rows::register(&mut reg);
     reg
 }

@@ -232,7 +232,7 @@ fn tcp_sink_child(addr: &OsString, total: &OsString) -> Result<()> {
 
 /// On Linux, asks for SIGKILL when the parent dies, so a child never outlives a
 /// `shoal-bench` that was itself killed. Elsewhere the end-of-file on the connection does it.
-fn die_with_parent() -> Result<()> {
+pub(crate) fn die_with_parent() -> Result<()> {
     #[cfg(target_os = "linux")]
     {
         // SAFETY: prctl(PR_SET_PDEATHSIG) takes a signal number and touches no memory of ours.
@@ -295,6 +295,11 @@ impl ChildGuard {
             .spawn()
             .with_context(|| format!("spawning the {what}: {cmd:?}"))?;
         Ok(ChildGuard { child, what })
+    }
+
+    /// The child, e.g. to take its piped stdin or stdout.
+    pub fn child_mut(&mut self) -> &mut Child {
+        &mut self.child
     }
 
     /// An error if the child has already exited.

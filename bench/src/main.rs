@@ -34,7 +34,10 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
-    if let Some(result) = shoal_bench::limits::run_hidden(&args) {
+    if let Some(result) = shoal_bench::limits::run_hidden(&args)
+        .or_else(|| shoal_bench::remote_rows::run_hidden(&args))
+        .or_else(|| shoal_bench::mesh_rows::run_hidden(&args))
+    {
         return match result {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

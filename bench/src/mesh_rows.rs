@@ -7,9 +7,12 @@
 //!   load report from each. Each operation builds a runtime of its own and shuts it down
 //!   afterwards, so the peers of earlier operations are gone (their tasks, sockets and
 //!   timers with them).
-//! - `libp2p_stream_gigabytes`: two in-process peers over TCP loopback; one operation is a
-//!   [`bulk::send`] of 1 GiB (256 MiB under `--quick`) over a new `/shoal/<mesh>/bulk/1`
-//!   stream, acknowledged by the receiver.
+//! - `libp2p_stream_gigabytes`: two peers (`shoal_node::net`, TCP loopback) in two processes,
+//!   as two nodes are: the sender in this one, the receiver in a child (`shoal-bench
+//!   __libp2p_sink <mesh>`, a tokio runtime of its own); one operation is a [`bulk::send`] of
+//!   1 GiB (256 MiB under `--quick`) over a new `/shoal/<mesh>/bulk/1` stream, acknowledged by
+//!   the receiver. The limit that `object_transfer_gigabytes` (one object pulled between two
+//!   node processes, over one such stream) is judged against.
 //! - `failure_detect_seconds`: a mesh of [`FAILURE_MESH_NODES`] real `shoal node` processes
 //!   ([`shoal_tests::Mesh`]); one operation SIGKILLs one peer and polls the others' `shoal
 //!   status --json` until none lists it. The victim is then restarted with the same identity
@@ -28,6 +31,8 @@
 //! a peer that is never dropped fails the row instead of hanging the run.
 
 use std::collections::HashSet;
+use std::ffi::OsString;
+use std::io::{Read as _, Write as _};
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, PoisonError};
@@ -39,6 +44,7 @@ use shoal_node::net::{self, bulk, NetConfig, NetHandle, Protocols, TransportKind
 use shoal_tests::{Mesh, NodeOptions, NodeProcess};
 
 use crate::harness::{Bench, Registry, Unit};
+use crate::limits::{die_with_parent, ChildGuard};
 
 /// The N of `mesh_converge_seconds` when none is given.
 const CONVERGE_DEFAULT_PEERS: u64 = 10;
@@ -105,7 +111,7 @@ pub fn register(reg: &mut Registry) {
         "libp2p_stream_gigabytes",
         Unit::GbPerSec,
         "1 GiB over a bare libp2p stream (the bulk protocol: Noise + Yamux over TCP loopback) \
-         between two in-process peers, acknowledged by the receiver",
+         between two peers in two processes, acknowledged by the receiver",
         libp2p_stream_gigabytes,
     );
     reg.add_sized(
@@ -138,7 +144,7 @@ pub fn register(reg: &mut Registry) {
 // In-process peers
 
 /// A mesh name used by nothing else: `bench-<what>-<pid>-<n>`.
-fn unique_mesh(what: &str) -> String {
+pub(crate) fn unique_mesh(what: &str) -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     format!(
         "bench-{what}-{}-{}",
@@ -339,17 +345,22 @@ fn libp2p_stream_gigabytes(b: &mut Bench) -> Result<()> {
     result
 }
 
-/// The set-up and the measurement of `libp2p_stream_gigabytes`, on `rt`.
+/// The set-up and the measurement of `libp2p_stream_gigabytes`, on `rt`: the sending peer
+/// runs here, the receiving one in a child process ([`SINK_CMD`]).
 fn stream_rounds(b: &mut Bench, rt: &tokio::runtime::Runtime, total: u64) -> Result<()> {
     let mesh = unique_mesh("stream");
     let protocol = Protocols::for_mesh(&mesh)?.bulk;
+    let mut sink = StreamSink::start(&mesh)?;
+    let addr = sink.addr.clone();
+    let to = match addr.iter().last() {
+        Some(libp2p::multiaddr::Protocol::P2p(id)) => id,
+        _ => bail!("the sink's address {addr} does not end in /p2p/<peer id>"),
+    };
     let setup = CONNECT_TIMEOUT + Duration::from_secs(5);
-    let (sender, receiver) = block_on_within(rt, setup, "starting two peers", async {
+    let sender = block_on_within(rt, setup, "starting the sending peer", async {
         let deadline = Instant::now() + CONNECT_TIMEOUT;
-        let receiver = start_peer(&mesh, Vec::new()).await?;
-        let addr = listen_addr(&receiver, deadline).await?;
-        let sender = start_peer(&mesh, vec![addr]).await?;
-        let id = receiver.peer_id().to_string();
+        let sender = start_peer(&mesh, vec![addr.clone()]).await?;
+        let id = to.to_string();
         while !sender
             .view()
             .peers
@@ -357,22 +368,28 @@ fn stream_rounds(b: &mut Bench, rt: &tokio::runtime::Runtime, total: u64) -> Res
             .any(|p| p.peer_id == id && p.connected)
         {
             if Instant::now() >= deadline {
-                bail!("the two in-process peers did not connect within {CONNECT_TIMEOUT:?}");
+                bail!("the two peers did not connect within {CONNECT_TIMEOUT:?}");
             }
             tokio::time::sleep(INPROC_POLL).await;
         }
-        anyhow::Ok((sender, receiver))
+        anyhow::Ok(sender)
     })?;
-    let mut control = sender.streams();
-    let to = receiver.peer_id();
-    let chunk = vec![0xA5u8; STREAM_CHUNK];
-    let mut transfer = |bytes: u64| -> Result<u64> {
-        rt.block_on(async {
-            let stream =
-                tokio::time::timeout(CONNECT_TIMEOUT, control.open_stream(to, protocol.clone()))
-                    .await
-                    .context("opening a bulk stream timed out")?
-                    .context("opening a bulk stream")?;
+    eprintln!(
+        "{}: sending peer in this process, receiving peer {to} in a child process (pid {})",
+        b.name(),
+        sink.child.child_mut().id()
+    );
+    let control = sender.streams();
+    let chunk = std::sync::Arc::new(vec![0xA5u8; STREAM_CHUNK]);
+    // Each transfer runs as a task of the runtime (as a node's transfers do), not on this
+    // thread.
+    let transfer = |bytes: u64| -> Result<u64> {
+        let (mut control, protocol, chunk) = (control.clone(), protocol.clone(), chunk.clone());
+        let task = rt.spawn(async move {
+            let stream = tokio::time::timeout(CONNECT_TIMEOUT, control.open_stream(to, protocol))
+                .await
+                .context("opening a bulk stream timed out")?
+                .context("opening a bulk stream")?;
             let acked = tokio::time::timeout(STREAM_TIMEOUT, bulk::send(stream, bytes, &chunk))
                 .await
                 .with_context(|| {
@@ -383,20 +400,108 @@ fn stream_rounds(b: &mut Bench, rt: &tokio::runtime::Runtime, total: u64) -> Res
                 acked == bytes,
                 "the receiver acknowledged {acked} bytes of {bytes}"
             );
-            Ok(bytes)
-        })
+            anyhow::Ok(bytes)
+        });
+        rt.block_on(task).context("the transfer task")?
     };
     transfer(STREAM_CHUNK as u64).context("the first (1 MiB) transfer")?;
     b.run_batches(|| transfer(total))?;
-    drop((sender, receiver));
-    Ok(())
+    drop(sender);
+    sink.finish()
+}
+
+/// The hidden subcommand of the receiving peer of `libp2p_stream_gigabytes`.
+const SINK_CMD: &str = "__libp2p_sink";
+
+/// The receiving peer of `libp2p_stream_gigabytes`: `shoal-bench __libp2p_sink <mesh>`, a
+/// peer of the mesh in a process of its own, which answers bulk streams (every peer does).
+/// Killed on drop.
+struct StreamSink {
+    child: ChildGuard,
+    /// Its listen address, with `/p2p/<peer id>`.
+    addr: Multiaddr,
+}
+
+impl StreamSink {
+    fn start(mesh: &str) -> Result<StreamSink> {
+        let exe = std::env::current_exe().context("finding the shoal-bench executable")?;
+        let mut cmd = std::process::Command::new(exe);
+        cmd.args([SINK_CMD, mesh])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit());
+        let mut child = ChildGuard::spawn("libp2p sink child", cmd)?;
+        let stdout = child
+            .child_mut()
+            .stdout
+            .take()
+            .context("the sink's stdout")?;
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx
+            .recv_timeout(CONNECT_TIMEOUT)
+            .map_err(|_| anyhow::anyhow!("the libp2p sink child did not start in time"))?;
+        child.ensure_running()?;
+        let addr = line
+            .trim()
+            .strip_prefix("listening ")
+            .with_context(|| format!("the libp2p sink child said {line:?}"))?
+            .parse()
+            .with_context(|| format!("the libp2p sink child's address in {line:?}"))?;
+        Ok(StreamSink { child, addr })
+    }
+
+    /// Closes its stdin (its signal to stop) and checks that it exits successfully.
+    fn finish(mut self) -> Result<()> {
+        drop(self.child.child_mut().stdin.take());
+        self.child.finish()
+    }
+}
+
+/// Runs a hidden subcommand of this module if `args` (without the program name) names one;
+/// `None` otherwise.
+pub fn run_hidden(args: &[OsString]) -> Option<Result<()>> {
+    if args.first()?.to_str()? != SINK_CMD {
+        return None;
+    }
+    let result = die_with_parent().and_then(|()| match &args[1..] {
+        [mesh] => stream_sink(mesh.to_str().context("the mesh name is not UTF-8")?),
+        _ => Err(anyhow::anyhow!("usage: shoal-bench {SINK_CMD} <mesh>")),
+    });
+    Some(result)
+}
+
+/// `__libp2p_sink <mesh>`: a peer of `mesh` on a loopback port; prints `listening <addr>`,
+/// then serves until stdin reaches end-of-file.
+fn stream_sink(mesh: &str) -> Result<()> {
+    let rt = runtime()?;
+    let result = (|| {
+        let peer = block_on_within(&rt, CONNECT_TIMEOUT, "starting the peer", async {
+            let peer = start_peer(mesh, Vec::new()).await?;
+            let addr = listen_addr(&peer, Instant::now() + CONNECT_TIMEOUT).await?;
+            anyhow::Ok((peer, addr))
+        })?;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "listening {}", peer.1).and_then(|()| out.flush())?;
+        drop(out);
+        let mut sink = Vec::new();
+        std::io::stdin().lock().read_to_end(&mut sink)?;
+        drop(peer);
+        Ok(())
+    })();
+    shut_down(rt);
+    result
 }
 
 // ---------------------------------------------------------------------------------------------
 // Real node processes
 
 /// Fails early, with the way to fix it, if the `shoal` binary is missing.
-fn check_shoal_bin(b: &Bench) -> Result<()> {
+pub(crate) fn check_shoal_bin(b: &Bench) -> Result<()> {
     let bin = shoal_tests::shoal_bin()
         .context("this row starts `shoal node` processes (scripts/bench builds `shoal`)")?;
     eprintln!("{}: shoal binary {}", b.name(), bin.display());

@@ -300,12 +300,12 @@ fn run_node(args: NodeArgs) -> Result<()> {
             expiry,
             grace: (expiry / 3).min(Duration::from_secs(1)),
         };
-        config.mesh = Some(shoal_node::config::MeshConfig {
-            data_dir: args
-                .data_dir
-                .unwrap_or_else(shoal_node::config::default_data_dir),
-            net,
-        });
+        let data_dir = args
+            .data_dir
+            .unwrap_or_else(shoal_node::config::default_data_dir);
+        // Binaries shipped from peers are kept with the node's identity.
+        net.code_cache = Some(data_dir.join("code"));
+        config.mesh = Some(shoal_node::config::MeshConfig { data_dir, net });
     }
     if let Some(t) = args.inline_threshold {
         config.inline_threshold = t;

@@ -148,6 +148,16 @@ pub(crate) struct Core {
     mesh: Option<Box<mesh::MeshState>>,
 }
 
+impl ObjEntry {
+    /// Whether its value exists at a peer (a large result left where it was made).
+    fn ready_remotely(&self) -> bool {
+        #[cfg(feature = "mesh")]
+        return self.remote.as_ref().is_some_and(|r| r.ready);
+        #[cfg(not(feature = "mesh"))]
+        false
+    }
+}
+
 impl Core {
     pub(crate) fn new(
         node_id: NodeId,
@@ -852,9 +862,19 @@ impl Core {
             TaskKind::Function => self.place_task(now, task),
             #[cfg(not(feature = "mesh"))]
             TaskKind::Function => self.sched.submit(now, task, binary, demand),
-            TaskKind::CreateActor(_) => self.sched.submit_actor(now, task, binary, demand),
+            TaskKind::CreateActor(_) => {
+                #[cfg(feature = "mesh")]
+                if self.localize_args(task) {
+                    return;
+                }
+                self.sched.submit_actor(now, task, binary, demand)
+            }
             TaskKind::ActorMethod { actor } => {
                 let actor = *actor;
+                #[cfg(feature = "mesh")]
+                if self.localize_args(task) {
+                    return;
+                }
                 self.pump_actor(actor);
             }
         }
@@ -914,7 +934,8 @@ impl Core {
                 e.pins += 1;
                 e.dependents.push(task_id);
                 match &e.value {
-                    None => missing += 1,
+                    None if !e.ready_remotely() => missing += 1,
+                    None => {}
                     Some(ObjectValue::Error(err)) => failed_dep = Some(err.clone()),
                     Some(_) => {}
                 }
@@ -1118,6 +1139,14 @@ impl Core {
         }
         let waiters = std::mem::take(&mut e.waiters);
         let push_to = e.push_to;
+        // Tasks that counted it missing: all dependents, unless it was ready at a peer
+        // already (then only those waiting for a copy here).
+        #[cfg(feature = "mesh")]
+        let dependents = match e.remote.as_mut() {
+            Some(r) if r.ready => std::mem::take(&mut r.localizing),
+            _ => e.dependents.clone(),
+        };
+        #[cfg(not(feature = "mesh"))]
         let dependents = e.dependents.clone();
         e.value = Some(value.clone());
         let failed = match &value {

@@ -10,7 +10,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use shoal_tests::{Mesh, NodeOptions};
+use shoal::{ActorOptions, Bytes, ObjectRef, TaskOptions};
+use shoal_tests::{Mesh, NodeOptions, NodeProcess};
 
 const ENV_SCENARIO: &str = "SHOAL_TEST_SPILL_SCENARIO";
 
@@ -19,6 +20,65 @@ const ENV_SCENARIO: &str = "SHOAL_TEST_SPILL_SCENARIO";
 fn slow_double(i: u64, ms: u64) -> (u64, String) {
     std::thread::sleep(Duration::from_millis(ms));
     (2 * i, shoal::peer_id().unwrap_or_default())
+}
+
+/// `n` bytes of a pattern seeded by `seed`, and the peer that made them.
+#[shoal::remote]
+fn make_bytes(n: u64, seed: u8) -> (Bytes, String) {
+    let bytes: Vec<u8> = (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect();
+    (Bytes::from(bytes), shoal::peer_id().unwrap_or_default())
+}
+
+/// A checksum of the bytes, who made them, and the peer this ran on.
+#[shoal::remote]
+fn consume(made: (Bytes, String)) -> (u64, u64, String, String) {
+    let sum = made.0.iter().map(|b| *b as u64).sum();
+    (
+        made.0.len() as u64,
+        sum,
+        made.1,
+        shoal::peer_id().unwrap_or_default(),
+    )
+}
+
+fn expected_sum(n: u64, seed: u8) -> u64 {
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) as u64)
+        .sum()
+}
+
+/// Records, per caller, whether calls arrive in the order sent.
+#[derive(Default)]
+pub struct Recorder {
+    last: BTreeMap<u32, u64>,
+    out_of_order: u64,
+    calls: u64,
+}
+
+#[shoal::actor]
+impl Recorder {
+    pub fn new() -> Self {
+        Recorder::default()
+    }
+
+    pub fn record(&mut self, caller: u32, seq: u64) -> u64 {
+        self.calls += 1;
+        let last = self.last.entry(caller).or_insert(0);
+        if seq != *last + 1 {
+            self.out_of_order += 1;
+        }
+        *last = seq;
+        self.out_of_order
+    }
+
+    /// Calls, calls out of order, and the peer it lives on.
+    pub fn summary(&self) -> (u64, u64, String) {
+        (
+            self.calls,
+            self.out_of_order,
+            shoal::peer_id().unwrap_or_default(),
+        )
+    }
 }
 
 /// Runs this test binary as a driver attached to `socket`, running `scenario`; returns the
@@ -63,8 +123,68 @@ fn driver_entry() {
                 println!("result {i} {peer}");
             }
         }
+        "objects" => {
+            let n = 8 << 20;
+            let on = |r: &str| TaskOptions::new().num_cpus(1.0).resource(r, 1.0);
+            let made: ObjectRef<(Bytes, String)> =
+                make_bytes.options(on("b")).remote(n, 7);
+            let used = consume.options(on("c")).remote(&made);
+            let (len, sum, maker, user) = used.get_blocking().unwrap();
+            assert_eq!((len, sum), (n, expected_sum(n, 7)));
+            println!("result made-on {maker}");
+            println!("result used-on {user}");
+            // The driver's own node reads it too (pulled from where it was made).
+            let (bytes, _) = made.get_blocking().unwrap();
+            assert_eq!(bytes.len() as u64, n);
+            assert_eq!(bytes.iter().map(|b| *b as u64).sum::<u64>(), expected_sum(n, 7));
+            println!("result driver-read ok");
+        }
+        "actor-host" => {
+            let r = Recorder::options(ActorOptions::new().name("recorder").detached(true))
+                .remote()
+                .unwrap();
+            let (_, _, peer) = r.summary().get_blocking().unwrap();
+            println!("result host {peer}");
+        }
+        "actor-caller" => {
+            let caller: u32 = arg("CALLER").parse().unwrap();
+            let calls: u64 = arg("CALLS").parse().unwrap();
+            let r = shoal::get_actor::<Recorder>("recorder").unwrap();
+            let refs: Vec<_> = (1..=calls).map(|seq| r.record(caller, seq)).collect();
+            let mut last = 0;
+            for x in refs {
+                last = x.get_blocking().unwrap();
+            }
+            let (_, _, peer) = r.summary().get_blocking().unwrap();
+            println!("result out-of-order-seen {last}");
+            println!("result actor-on {peer}");
+        }
+        "actor-summary" => {
+            let r = shoal::get_actor::<Recorder>("recorder").unwrap();
+            let (calls, out_of_order, peer) = r.summary().get_blocking().unwrap();
+            println!("result {calls} {out_of_order} {peer}");
+            shoal::kill(&r);
+        }
         other => panic!("unknown scenario {other}"),
     }
+}
+
+/// Node 0 with `options[0]`, then the others bootstrapping from it; returns when every view
+/// is full.
+fn mesh_of(name: &str, options: Vec<NodeOptions>) -> Mesh {
+    let mut options = options.into_iter();
+    let first = NodeProcess::start(options.next().unwrap().mesh(name)).unwrap();
+    let addr = first.listen_addr().to_string();
+    let mut nodes = vec![first];
+    for o in options {
+        nodes.push(NodeProcess::spawn(o.mesh(name).peer(addr.clone())).unwrap());
+    }
+    for n in &mut nodes[1..] {
+        n.wait_ready().unwrap();
+    }
+    let mesh = Mesh::from_nodes(nodes);
+    mesh.wait_converged(Duration::from_secs(30)).unwrap();
+    mesh
 }
 
 fn mesh(n: usize, name: &str, options: NodeOptions) -> Mesh {
@@ -99,4 +219,121 @@ fn sixty_one_second_tasks_spread_over_three_one_cpu_peers() {
         "took {took:?}; per peer {per_peer:?}"
     );
     eprintln!("60 tasks on 3 peers in {took:?}: {per_peer:?}");
+}
+
+#[test]
+fn an_object_made_on_b_is_consumed_on_c() {
+    let store = |o: NodeOptions| NodeOptions {
+        store_bytes: 256 << 20,
+        ..o
+    };
+    let mesh = mesh_of(
+        "spill-objects",
+        vec![
+            store(NodeOptions::new().cpus(0.0)),
+            store(NodeOptions::new().cpus(1.0).arg("--resource").arg("b=1")),
+            store(NodeOptions::new().cpus(1.0).arg("--resource").arg("c=1")),
+        ],
+    );
+    let lines = driver(&mesh.node(0).socket(), "objects", &[]);
+    let (b, c) = (mesh.node(1).peer_id(), mesh.node(2).peer_id());
+    assert!(lines.contains(&format!("made-on {b}")), "{lines:?}");
+    assert!(lines.contains(&format!("used-on {c}")), "{lines:?}");
+    assert!(lines.contains(&"driver-read ok".to_string()), "{lines:?}");
+}
+
+#[test]
+fn an_actor_on_c_keeps_each_callers_order_from_a_and_b() {
+    let mesh = mesh_of(
+        "spill-actors",
+        vec![
+            NodeOptions::new().cpus(1.0),
+            NodeOptions::new().cpus(1.0),
+            NodeOptions::new().cpus(1.0),
+        ],
+    );
+    let c = mesh.node(2).peer_id().to_string();
+    let host = driver(&mesh.node(2).socket(), "actor-host", &[]);
+    assert_eq!(host, vec![format!("host {c}")]);
+    // Two programs, attached to A and B, call it at the same time.
+    let calls = 2000u64;
+    let callers: Vec<_> = [0usize, 1]
+        .into_iter()
+        .map(|i| {
+            let socket = mesh.node(i).socket();
+            std::thread::spawn(move || {
+                driver(
+                    &socket,
+                    "actor-caller",
+                    &[("CALLER", i.to_string()), ("CALLS", calls.to_string())],
+                )
+            })
+        })
+        .collect();
+    for caller in callers {
+        let lines = caller.join().unwrap();
+        assert!(lines.contains(&format!("actor-on {c}")), "{lines:?}");
+    }
+    let summary = driver(&mesh.node(0).socket(), "actor-summary", &[]);
+    assert_eq!(summary, vec![format!("{} 0 {c}", 2 * calls)]);
+}
+
+#[test]
+fn a_peer_without_code_shipping_never_receives_a_binary() {
+    let mesh = mesh_of(
+        "spill-no-code",
+        vec![
+            NodeOptions::new().cpus(1.0),
+            NodeOptions::new().cpus(4.0).arg("--no-code-shipping"),
+            NodeOptions::new().cpus(1.0),
+        ],
+    );
+    let lines = driver(
+        &mesh.node(0).socket(),
+        "tasks",
+        &[("N", "12".into()), ("MS", "300".into())],
+    );
+    assert_eq!(lines.len(), 12);
+    let closed = mesh.node(1).peer_id();
+    let ran: BTreeSet<&str> = lines.iter().filter_map(|l| l.split_whitespace().nth(1)).collect();
+    assert!(!ran.contains(closed), "ran on the closed peer: {lines:?}");
+    // Work did spill (to the other peer), just not there.
+    assert!(ran.contains(mesh.node(2).peer_id()), "{lines:?}");
+    let code = mesh.node(1).dir().join("data").join("code");
+    let cached = std::fs::read_dir(&code).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(cached, 0, "binaries in {}", code.display());
+    let status = mesh.node(1).status();
+    assert_eq!(status["tasks_finished"].as_u64(), Some(0), "{status}");
+}
+
+#[test]
+fn a_peer_killed_mid_workload_costs_no_results() {
+    let mut mesh = mesh_of(
+        "spill-kill",
+        vec![
+            NodeOptions::new().cpus(1.0),
+            NodeOptions::new().cpus(1.0),
+            NodeOptions::new().cpus(1.0),
+        ],
+    );
+    let socket = mesh.node(0).socket();
+    let run = std::thread::spawn(move || {
+        driver(&socket, "tasks", &[("N", "500".into()), ("MS", "20".into())])
+    });
+    // Kill C once it has run some of the work.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let done = mesh.node(2).status()["tasks_finished"].as_u64().unwrap_or(0);
+        if done >= 10 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "C never ran any task");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let killed = mesh.node(2).peer_id().to_string();
+    mesh.node_mut(2).kill_9().unwrap();
+    let lines = run.join().unwrap();
+    assert_eq!(lines.len(), 500, "{lines:?}");
+    let ran: BTreeSet<&str> = lines.iter().filter_map(|l| l.split_whitespace().nth(1)).collect();
+    assert!(ran.contains(killed.as_str()), "C ran nothing: {lines:?}");
 }

@@ -105,6 +105,11 @@ pub(crate) struct RemoteCopy {
     pub(crate) fetching: bool,
     /// Peers that hold a copy for this node and must be told when it is no longer needed.
     pub(crate) release_to: Vec<PeerId>,
+    /// Its value exists at a holder: tasks that take it are ready (where they run, they
+    /// fetch it).
+    pub(crate) ready: bool,
+    /// Tasks about to run here that wait for a copy here.
+    pub(crate) localizing: Vec<TaskId>,
 }
 
 /// The mesh state of the core.
@@ -363,6 +368,7 @@ impl Core {
                 return true;
             }
         };
+        tracing::debug!(%peer, "message to a peer");
         if let Err(e) = m.net.send_peer(*peer, &msg) {
             tracing::warn!(%peer, error = %e, "message to a peer dropped");
         }
@@ -452,8 +458,8 @@ impl Core {
 
     /// A value from a peer: a result of a task sent there, or an object fetched.
     fn remote_object(&mut self, now: Instant, peer: PeerId, id: ObjectId, value: RemoteValue) {
+        tracing::debug!(object = %id, %peer, kind = ?std::mem::discriminant(&value), "an object from a peer");
         // The result of a task this node sent to `peer`?
-        let _ = now;
         let task = self
             .mesh
             .as_ref()
@@ -499,10 +505,24 @@ impl Core {
                     // The peer keeps the result for this node until told otherwise.
                     r.release_to.push(peer);
                 }
+                let was_ready = std::mem::replace(&mut r.ready, true);
+                let localizing = !r.localizing.is_empty();
+                let dependents = e.dependents.clone();
                 // Large results stay where they were made until someone here reads them.
-                let wanted = !e.waiters.is_empty() || !e.dependents.is_empty();
-                if wanted {
+                if !e.waiters.is_empty() || localizing {
                     self.start_fetch(id);
+                }
+                if !was_ready {
+                    // Tasks that take it may be placed now: near a holder, ideally.
+                    for t in dependents {
+                        let Some(entry) = self.tasks.get_mut(&t) else {
+                            continue;
+                        };
+                        entry.missing = entry.missing.saturating_sub(1);
+                        if entry.missing == 0 {
+                            self.deps_ready(now, t);
+                        }
+                    }
                 }
             }
         }
@@ -638,25 +658,74 @@ impl Core {
             })
     }
 
+    /// Gets copies here of the task's arguments that only peers hold; says whether the
+    /// task must wait for them (it is placed again when they arrive).
+    pub(crate) fn localize_args(&mut self, task: TaskId) -> bool {
+        let Some(entry) = self.tasks.get(&task) else {
+            return false;
+        };
+        let remote: Vec<ObjectId> = entry
+            .spec
+            .args
+            .iter()
+            .filter_map(|a| match a {
+                Arg::Ref(id) => Some(*id),
+                Arg::Value(_) => None,
+            })
+            .filter(|id| {
+                self.objects
+                    .get(id)
+                    .is_some_and(|e| e.value.is_none() && e.ready_remotely())
+            })
+            .collect();
+        if remote.is_empty() {
+            return false;
+        }
+        for id in &remote {
+            if let Some(r) = self.objects.get_mut(id).and_then(|e| e.remote.as_mut()) {
+                r.localizing.push(task);
+            }
+        }
+        if let Some(entry) = self.tasks.get_mut(&task) {
+            entry.missing += remote.len();
+        }
+        for id in remote {
+            self.start_fetch(id);
+        }
+        true
+    }
+
+    /// Queues a task here, once copies of its arguments are here.
+    fn run_here(&mut self, now: Instant, task: TaskId) {
+        if self.localize_args(task) {
+            return;
+        }
+        if let Some(entry) = self.tasks.get(&task) {
+            let (binary, demand) = (entry.spec.binary, entry.spec.resources.clone());
+            self.sched.submit(now, task, binary, demand);
+        }
+    }
+
     /// Decides where a task whose arguments are ready runs: here, at a peer, or later.
     pub(crate) fn place_task(&mut self, now: Instant, task: TaskId) {
         let Some(entry) = self.tasks.get(&task) else {
             return;
         };
-        let (binary, demand) = (entry.spec.binary, entry.spec.resources.clone());
+        tracing::debug!(task = %task, missing = entry.missing, args = ?entry.spec.args.iter().map(|a| matches!(a, Arg::Ref(_))).collect::<Vec<_>>(), "placing a task");
+        let demand = entry.spec.resources.clone();
         if !self.spillable(&task) {
-            self.sched.submit(now, task, binary, demand);
+            self.run_here(now, task);
             return;
         }
         match self.placement(now, task) {
-            Placement::Local => self.sched.submit(now, task, binary, demand),
+            Placement::Local => self.run_here(now, task),
             Placement::Spill(peer) => {
                 if !self.spill_to(now, peer, task) {
-                    self.sched.submit(now, task, binary, demand);
+                    self.run_here(now, task);
                 }
             }
             Placement::Wait | Placement::Infeasible if self.sched.total().contains(&demand) => {
-                self.sched.submit(now, task, binary, demand)
+                self.run_here(now, task)
             }
             Placement::Wait => {
                 if let Some(m) = self.mesh.as_mut() {

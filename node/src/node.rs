@@ -198,7 +198,11 @@ impl Core {
             let events = self.events.clone();
             tokio::spawn(async move {
                 while let Some(ev) = rx.recv().await {
-                    if events.send(Event::Mesh(mesh::MeshEvent::Net(ev))).await.is_err() {
+                    if events
+                        .send(Event::Mesh(mesh::MeshEvent::Net(ev)))
+                        .await
+                        .is_err()
+                    {
                         break;
                     }
                 }
@@ -210,7 +214,11 @@ impl Core {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                if events.send(Event::Mesh(mesh::MeshEvent::Tick)).await.is_err() {
+                if events
+                    .send(Event::Mesh(mesh::MeshEvent::Tick))
+                    .await
+                    .is_err()
+                {
                     break;
                 }
             }
@@ -314,7 +322,11 @@ impl Core {
     /// (or is stuck): it is disconnected rather than silently missing a reply.
     fn send(&self, conn: ConnId, msg: ToClient) {
         #[cfg(feature = "mesh")]
-        let msg = match self.mesh.as_ref().is_some_and(|m| m.peer_of.contains_key(&conn)) {
+        let msg = match self
+            .mesh
+            .as_ref()
+            .is_some_and(|m| m.peer_of.contains_key(&conn))
+        {
             true => {
                 self.send_to_peer(conn, msg);
                 return;

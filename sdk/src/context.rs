@@ -870,8 +870,9 @@ impl Context {
         cell.refs == 1
     }
 
-    /// Registers the handle to the result of a task this process submits: the node sends the
-    /// result unasked.
+    /// Registers the handle to the result of a task this process submits: the node sends a
+    /// small result unasked; a large one made on another peer stays there until a `get` or
+    /// `wait` here asks for it (the first poll of a pending cell does).
     pub(crate) fn add_owned_result(&self, id: ObjectId) {
         let mut cells = self.lock_cells();
         cells.insert(
@@ -879,7 +880,7 @@ impl Context {
             Cell {
                 state: CellState::Pending,
                 refs: 1,
-                requested: true,
+                requested: false,
                 wakers: Vec::new(),
             },
         );

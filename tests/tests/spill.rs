@@ -25,7 +25,9 @@ fn slow_double(i: u64, ms: u64) -> (u64, String) {
 /// `n` bytes of a pattern seeded by `seed`, and the peer that made them.
 #[shoal::remote]
 fn make_bytes(n: u64, seed: u8) -> (Bytes, String) {
-    let bytes: Vec<u8> = (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect();
+    let bytes: Vec<u8> = (0..n)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect();
     (Bytes::from(bytes), shoal::peer_id().unwrap_or_default())
 }
 
@@ -126,8 +128,7 @@ fn driver_entry() {
         "objects" => {
             let n = 8 << 20;
             let on = |r: &str| TaskOptions::new().num_cpus(1.0).resource(r, 1.0);
-            let made: ObjectRef<(Bytes, String)> =
-                make_bytes.options(on("b")).remote(n, 7);
+            let made: ObjectRef<(Bytes, String)> = make_bytes.options(on("b")).remote(n, 7);
             let used = consume.options(on("c")).remote(&made);
             let (len, sum, maker, user) = used.get_blocking().unwrap();
             assert_eq!((len, sum), (n, expected_sum(n, 7)));
@@ -136,7 +137,10 @@ fn driver_entry() {
             // The driver's own node reads it too (pulled from where it was made).
             let (bytes, _) = made.get_blocking().unwrap();
             assert_eq!(bytes.len() as u64, n);
-            assert_eq!(bytes.iter().map(|b| *b as u64).sum::<u64>(), expected_sum(n, 7));
+            assert_eq!(
+                bytes.iter().map(|b| *b as u64).sum::<u64>(),
+                expected_sum(n, 7)
+            );
             println!("result driver-read ok");
         }
         "actor-host" => {
@@ -187,6 +191,13 @@ fn mesh_of(name: &str, options: Vec<NodeOptions>) -> Mesh {
     mesh
 }
 
+/// The tests take turns: each runs a mesh of three nodes and their workers, and two cores
+/// shared by several meshes would blur what each measures.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn mesh(n: usize, name: &str, options: NodeOptions) -> Mesh {
     let mesh = Mesh::start_with(n, &options.mesh(name), None).unwrap();
     // Every node has every other's load report (views list only peers that reported).
@@ -196,6 +207,7 @@ fn mesh(n: usize, name: &str, options: NodeOptions) -> Mesh {
 
 #[test]
 fn sixty_one_second_tasks_spread_over_three_one_cpu_peers() {
+    let _turn = serial();
     let mesh = mesh(3, "spill-tasks", NodeOptions::new().cpus(1.0));
     let start = Instant::now();
     let lines = driver(
@@ -223,6 +235,7 @@ fn sixty_one_second_tasks_spread_over_three_one_cpu_peers() {
 
 #[test]
 fn an_object_made_on_b_is_consumed_on_c() {
+    let _turn = serial();
     let store = |o: NodeOptions| NodeOptions {
         store_bytes: 256 << 20,
         ..o
@@ -244,6 +257,7 @@ fn an_object_made_on_b_is_consumed_on_c() {
 
 #[test]
 fn an_actor_on_c_keeps_each_callers_order_from_a_and_b() {
+    let _turn = serial();
     let mesh = mesh_of(
         "spill-actors",
         vec![
@@ -280,6 +294,7 @@ fn an_actor_on_c_keeps_each_callers_order_from_a_and_b() {
 
 #[test]
 fn a_peer_without_code_shipping_never_receives_a_binary() {
+    let _turn = serial();
     let mesh = mesh_of(
         "spill-no-code",
         vec![
@@ -295,7 +310,10 @@ fn a_peer_without_code_shipping_never_receives_a_binary() {
     );
     assert_eq!(lines.len(), 12);
     let closed = mesh.node(1).peer_id();
-    let ran: BTreeSet<&str> = lines.iter().filter_map(|l| l.split_whitespace().nth(1)).collect();
+    let ran: BTreeSet<&str> = lines
+        .iter()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .collect();
     assert!(!ran.contains(closed), "ran on the closed peer: {lines:?}");
     // Work did spill (to the other peer), just not there.
     assert!(ran.contains(mesh.node(2).peer_id()), "{lines:?}");
@@ -303,11 +321,12 @@ fn a_peer_without_code_shipping_never_receives_a_binary() {
     let cached = std::fs::read_dir(&code).map(|d| d.count()).unwrap_or(0);
     assert_eq!(cached, 0, "binaries in {}", code.display());
     let status = mesh.node(1).status();
-    assert_eq!(status["tasks_finished"].as_u64(), Some(0), "{status}");
+    assert_eq!(status["tasks"]["finished"].as_u64(), Some(0), "{status}");
 }
 
 #[test]
 fn a_peer_killed_mid_workload_costs_no_results() {
+    let _turn = serial();
     let mut mesh = mesh_of(
         "spill-kill",
         vec![
@@ -318,12 +337,18 @@ fn a_peer_killed_mid_workload_costs_no_results() {
     );
     let socket = mesh.node(0).socket();
     let run = std::thread::spawn(move || {
-        driver(&socket, "tasks", &[("N", "500".into()), ("MS", "20".into())])
+        driver(
+            &socket,
+            "tasks",
+            &[("N", "500".into()), ("MS", "20".into())],
+        )
     });
     // Kill C once it has run some of the work.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let done = mesh.node(2).status()["tasks_finished"].as_u64().unwrap_or(0);
+        let done = mesh.node(2).status()["tasks"]["finished"]
+            .as_u64()
+            .unwrap_or(0);
         if done >= 10 {
             break;
         }
@@ -334,6 +359,9 @@ fn a_peer_killed_mid_workload_costs_no_results() {
     mesh.node_mut(2).kill_9().unwrap();
     let lines = run.join().unwrap();
     assert_eq!(lines.len(), 500, "{lines:?}");
-    let ran: BTreeSet<&str> = lines.iter().filter_map(|l| l.split_whitespace().nth(1)).collect();
+    let ran: BTreeSet<&str> = lines
+        .iter()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .collect();
     assert!(ran.contains(killed.as_str()), "C ran nothing: {lines:?}");
 }

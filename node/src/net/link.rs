@@ -84,7 +84,11 @@ pub struct Links {
 
 impl Links {
     /// Links over `control` speaking `protocol`; breaks are reported to `events`.
-    pub fn new(control: libp2p_stream::Control, protocol: StreamProtocol, events: EventSink) -> Self {
+    pub fn new(
+        control: libp2p_stream::Control,
+        protocol: StreamProtocol,
+        events: EventSink,
+    ) -> Self {
         Self {
             inner: Arc::new(Mutex::new(HashMap::new())),
             control,

@@ -431,7 +431,8 @@ impl NetHandle {
 
     /// Serves this node's objects to peers that pull them (once; later calls are ignored).
     pub fn serve_objects(&self, source: Arc<dyn objects::ObjectSource>) {
-        if let Err(e) = objects::spawn_server(self.streams.clone(), self.obj_protocol.clone(), source)
+        if let Err(e) =
+            objects::spawn_server(self.streams.clone(), self.obj_protocol.clone(), source)
         {
             tracing::warn!(error = %e, "objects are served already");
         }
@@ -709,7 +710,12 @@ pub async fn start(key: identity::Keypair, config: NetConfig) -> Result<NetHandl
         code_shipping,
     );
     let (bad_tx, mut bad_rx) = mpsc::channel::<PeerId>(64);
-    link::spawn_acceptor(streams.clone(), ctl_protocol.clone(), events.clone(), bad_tx);
+    link::spawn_acceptor(
+        streams.clone(),
+        ctl_protocol.clone(),
+        events.clone(),
+        bad_tx,
+    );
     let commands = tx.clone();
     tokio::spawn(async move {
         while let Some(peer) = bad_rx.recv().await {

@@ -92,6 +92,23 @@ struct PeerLoad {
     report: shoal_protocol::mesh::LoadReport,
     /// Demands of tasks spilled to it since that report.
     sent: Vec<ResourceSet>,
+    /// Demands of tasks whose results came back since that report (their resources are
+    /// free again there, most likely).
+    returned: Vec<ResourceSet>,
+}
+
+impl PeerLoad {
+    /// What it has free now, as far as this node can tell.
+    fn estimated_free(&self) -> ResourceSet {
+        let mut free = self.report.free.clone();
+        for d in &self.returned {
+            free.add_capped(d, &self.report.total);
+        }
+        for d in &self.sent {
+            free.subtract(d);
+        }
+        free
+    }
 }
 
 /// Copies of an object held by peers.
@@ -156,24 +173,22 @@ impl MeshState {
     }
 
     /// Peers with their estimated free resources, for placing a task.
-    fn candidates(&self, binary: BinaryId, arg_bytes: &HashMap<PeerId, u64>) -> Vec<Candidate<PeerId>> {
+    fn candidates(
+        &self,
+        binary: BinaryId,
+        arg_bytes: &HashMap<PeerId, u64>,
+    ) -> Vec<Candidate<PeerId>> {
         self.peers
             .iter()
-            .map(|(peer, load)| {
-                let mut free = load.report.free.clone();
-                for d in &load.sent {
-                    free.subtract(d);
-                }
-                Candidate {
-                    peer: *peer,
-                    free,
-                    total: load.report.total.clone(),
-                    queued: load.report.queued,
-                    target: load.report.target.clone(),
-                    has_binary: load.report.binaries.contains(&binary),
-                    accepts_code: load.report.accepts_code,
-                    arg_bytes: arg_bytes.get(peer).copied().unwrap_or(0),
-                }
+            .map(|(peer, load)| Candidate {
+                peer: *peer,
+                free: load.estimated_free(),
+                total: load.report.total.clone(),
+                queued: load.report.queued,
+                target: load.report.target.clone(),
+                has_binary: load.report.binaries.contains(&binary),
+                accepts_code: load.report.accepts_code,
+                arg_bytes: arg_bytes.get(peer).copied().unwrap_or(0),
             })
             .collect()
     }
@@ -220,7 +235,10 @@ struct ServeGuard {
 impl Drop for ServeGuard {
     fn drop(&mut self) {
         let (id, events) = (self.id, self.events.clone());
-        if events.try_send(Event::Mesh(MeshEvent::Served { id })).is_err() {
+        if events
+            .try_send(Event::Mesh(MeshEvent::Served { id }))
+            .is_err()
+        {
             tokio::spawn(async move {
                 let _ = events.send(Event::Mesh(MeshEvent::Served { id })).await;
             });
@@ -262,6 +280,7 @@ impl Core {
                     Some(l) => {
                         l.report = *report;
                         l.sent.clear();
+                        l.returned.clear();
                     }
                     None => {
                         m.peers.insert(
@@ -269,15 +288,15 @@ impl Core {
                             PeerLoad {
                                 report: *report,
                                 sent: Vec::new(),
+                                returned: Vec::new(),
                             },
                         );
                     }
                 }
                 self.spill_pass(now);
             }
-            MeshEvent::Net(NetEvent::Lost { peer }) | MeshEvent::Net(NetEvent::Unreachable { peer }) => {
-                self.peer_lost(now, peer)
-            }
+            MeshEvent::Net(NetEvent::Lost { peer })
+            | MeshEvent::Net(NetEvent::Unreachable { peer }) => self.peer_lost(now, peer),
             MeshEvent::Net(NetEvent::Messages { peer, msgs }) => {
                 for msg in msgs {
                     self.peer_msg(now, peer, msg);
@@ -368,7 +387,6 @@ impl Core {
                 return true;
             }
         };
-        tracing::debug!(%peer, "message to a peer");
         if let Err(e) = m.net.send_peer(*peer, &msg) {
             tracing::warn!(%peer, error = %e, "message to a peer dropped");
         }
@@ -410,7 +428,9 @@ impl Core {
             PeerMsg::LookupActor { request, name } => {
                 let actor = self.actors.lookup(&name);
                 if let Some(m) = self.mesh.as_ref() {
-                    let _ = m.net.send_peer(peer, &PeerMsg::ActorFound { request, actor });
+                    let _ = m
+                        .net
+                        .send_peer(peer, &PeerMsg::ActorFound { request, actor });
                 }
             }
             PeerMsg::ActorFound { .. } => {
@@ -458,18 +478,27 @@ impl Core {
 
     /// A value from a peer: a result of a task sent there, or an object fetched.
     fn remote_object(&mut self, now: Instant, peer: PeerId, id: ObjectId, value: RemoteValue) {
-        tracing::debug!(object = %id, %peer, kind = ?std::mem::discriminant(&value), "an object from a peer");
         // The result of a task this node sent to `peer`?
         let task = self
             .mesh
             .as_ref()
             .and_then(|m| m.spilled_ret.get(&id).copied())
-            .filter(|t| self.mesh.as_ref().and_then(|m| m.spilled.get(t)).map(|x| x.0) == Some(peer));
+            .filter(|t| {
+                self.mesh
+                    .as_ref()
+                    .and_then(|m| m.spilled.get(t))
+                    .map(|x| x.0)
+                    == Some(peer)
+            });
         let ours = task.is_some();
         if let Some(task) = task {
+            let demand = self.tasks.get(&task).map(|e| e.spec.resources.clone());
             if let Some(m) = self.mesh.as_mut() {
                 m.unspill(&task);
                 m.refused.remove(&task);
+                if let (Some(l), Some(d)) = (m.peers.get_mut(&peer), demand) {
+                    l.returned.push(d);
+                }
             }
             self.finish_task(task);
         }
@@ -653,9 +682,10 @@ impl Core {
     /// Whether `task` is one this node may send to a peer.
     fn spillable(&self, task: &TaskId) -> bool {
         self.mesh.is_some()
-            && self.tasks.get(task).is_some_and(|e| {
-                matches!(e.spec.kind, TaskKind::Function) && e.hops < MAX_HOPS
-            })
+            && self
+                .tasks
+                .get(task)
+                .is_some_and(|e| matches!(e.spec.kind, TaskKind::Function) && e.hops < MAX_HOPS)
     }
 
     /// Gets copies here of the task's arguments that only peers hold; says whether the
@@ -711,7 +741,6 @@ impl Core {
         let Some(entry) = self.tasks.get(&task) else {
             return;
         };
-        tracing::debug!(task = %task, missing = entry.missing, args = ?entry.spec.args.iter().map(|a| matches!(a, Arg::Ref(_))).collect::<Vec<_>>(), "placing a task");
         let demand = entry.spec.resources.clone();
         if !self.spillable(&task) {
             self.run_here(now, task);
@@ -786,7 +815,14 @@ impl Core {
             return Placement::Local;
         };
         let refused = m.refused_by(&task, now);
-        placement::place(&demand, &local_free, &local_total, &candidates, &refused, MAX_HOPS)
+        placement::place(
+            &demand,
+            &local_free,
+            &local_total,
+            &candidates,
+            &refused,
+            MAX_HOPS,
+        )
     }
 
     /// Moves waiting tasks to peers that have room.
@@ -803,10 +839,7 @@ impl Core {
         }
         let Some(m) = self.mesh.as_ref() else { return };
         if !m.peers.values().any(|l| {
-            let mut free = l.report.free.clone();
-            for d in &l.sent {
-                free.subtract(d);
-            }
+            let free = l.estimated_free();
             free.get_milli(shoal_protocol::CPU) > 0 || free.0.len() > 1
         }) {
             return;
@@ -851,7 +884,7 @@ impl Core {
         };
         match m.net.send_peer(peer, &PeerMsg::Submit(Box::new(rt))) {
             Ok(()) => {
-                tracing::info!(task = %task, function, %peer, "task spilled to a peer");
+                tracing::debug!(task = %task, function, %peer, "task spilled to a peer");
                 m.spill(task, ret, peer);
                 if let Some(l) = m.peers.get_mut(&peer) {
                     l.sent.push(demand);
@@ -963,8 +996,8 @@ impl Core {
         match result {
             Ok(path) => {
                 tracing::info!(%binary, path = %path.display(), "binary fetched");
-                if !self.binaries.contains_key(&binary) {
-                    self.binaries.insert(binary, path);
+                if let std::collections::hash_map::Entry::Vacant(e) = self.binaries.entry(binary) {
+                    e.insert(path);
                     // Its workers are kept while the node runs (the cache is bounded).
                     self.sched.binary_attached(binary);
                 }
@@ -1020,7 +1053,7 @@ impl Core {
                 }
             }
         }
-        tracing::info!(task = %task, function = spec.function, peer = %from, "running a task for a peer");
+        tracing::debug!(task = %task, function = spec.function, peer = %from, "running a task for a peer");
         self.submit(now, conn, spec, hops);
         for id in arg_ids {
             self.start_fetch(id);
@@ -1049,7 +1082,12 @@ impl Core {
         match m.actor_homes.get(&actor).copied() {
             Some(peer) => {
                 if !self.send_call(peer, task) {
-                    self.fail_task(task, TaskError::PeerLost { peer: peer.to_string() });
+                    self.fail_task(
+                        task,
+                        TaskError::PeerLost {
+                            peer: peer.to_string(),
+                        },
+                    );
                 }
             }
             None => {
@@ -1097,7 +1135,12 @@ impl Core {
                 m.actor_homes.insert(actor, peer);
                 for t in calls {
                     if !self.send_call(peer, t) {
-                        self.fail_task(t, TaskError::PeerLost { peer: peer.to_string() });
+                        self.fail_task(
+                            t,
+                            TaskError::PeerLost {
+                                peer: peer.to_string(),
+                            },
+                        );
                     }
                 }
             }
@@ -1155,7 +1198,12 @@ impl Core {
                 continue;
             };
             if matches!(entry.spec.kind, TaskKind::ActorMethod { .. }) {
-                self.fail_task(t, TaskError::PeerLost { peer: peer.to_string() });
+                self.fail_task(
+                    t,
+                    TaskError::PeerLost {
+                        peer: peer.to_string(),
+                    },
+                );
                 continue;
             }
             if entry.retries_left > 0 {
@@ -1163,14 +1211,21 @@ impl Core {
                 tracing::info!(task = %t, retries_left = entry.retries_left, "retrying a task lost with its peer");
                 self.place_task(now, t);
             } else {
-                self.fail_task(t, TaskError::PeerLost { peer: peer.to_string() });
+                self.fail_task(
+                    t,
+                    TaskError::PeerLost {
+                        peer: peer.to_string(),
+                    },
+                );
             }
         }
         // Objects only that peer held are gone; fetches from it are tried elsewhere.
         let ids: Vec<ObjectId> = self
             .objects
             .iter()
-            .filter(|(_, e)| e.value.is_none() && e.remote.as_ref().is_some_and(|r| r.holders.contains(&peer)))
+            .filter(|(_, e)| {
+                e.value.is_none() && e.remote.as_ref().is_some_and(|r| r.holders.contains(&peer))
+            })
             .map(|(id, _)| *id)
             .collect();
         for id in ids {
@@ -1178,10 +1233,9 @@ impl Core {
                 r.holders.retain(|p| *p != peer);
                 r.release_to.retain(|p| *p != peer);
                 let was_fetching = std::mem::replace(&mut r.fetching, false);
-                let wanted = self
-                    .objects
-                    .get(&id)
-                    .is_some_and(|e| !e.waiters.is_empty() || !e.dependents.is_empty() || was_fetching);
+                let wanted = self.objects.get(&id).is_some_and(|e| {
+                    !e.waiters.is_empty() || !e.dependents.is_empty() || was_fetching
+                });
                 if wanted {
                     self.start_fetch(id);
                 }

@@ -412,7 +412,9 @@ impl Core {
         if let Some(b) = c.binary {
             self.sched.binary_detached(b);
         }
-        // The actors it made end with it, unless detached.
+        // The actors it made end with it, unless detached (also those placed on peers).
+        #[cfg(feature = "mesh")]
+        self.end_remote_actors_of(conn);
         for actor in self.actors.owned_by(c.client) {
             self.kill_actor(
                 actor,
@@ -604,6 +606,10 @@ impl Core {
             }
             ToNode::KillActor { actor, no_restart } => self.kill_request(conn, actor, no_restart),
             ToNode::ActorOutOfScope { actor } => {
+                #[cfg(feature = "mesh")]
+                if self.actors.get(&actor).is_none() && self.drain_remote(actor) {
+                    return;
+                }
                 let owner = self.conns.get(&conn).map(|c| c.client);
                 let owned = self.actors.get(&actor).map(|a| a.owner);
                 if owner.is_none() || owner != owned {
@@ -637,6 +643,10 @@ impl Core {
 
     fn kill_request(&mut self, conn: ConnId, actor: ActorId, no_restart: bool) {
         let Some(a) = self.actors.get(&actor) else {
+            #[cfg(feature = "mesh")]
+            if self.kill_remote(actor, no_restart, "killed by shoal::kill") {
+                return;
+            }
             tracing::debug!(conn, actor = %actor, "kill of an unknown actor");
             return;
         };
@@ -868,19 +878,16 @@ impl Core {
         let Some(entry) = self.tasks.get(&task) else {
             return;
         };
+        #[cfg(not(feature = "mesh"))]
         let (binary, demand) = (entry.spec.binary, entry.spec.resources.clone());
         match &entry.spec.kind {
+            // Here or at a peer with room.
             #[cfg(feature = "mesh")]
-            TaskKind::Function => self.place_task(now, task),
+            TaskKind::Function | TaskKind::CreateActor(_) => self.place_task(now, task),
             #[cfg(not(feature = "mesh"))]
             TaskKind::Function => self.sched.submit(now, task, binary, demand),
-            TaskKind::CreateActor(_) => {
-                #[cfg(feature = "mesh")]
-                if self.localize_args(task) {
-                    return;
-                }
-                self.sched.submit_actor(now, task, binary, demand)
-            }
+            #[cfg(not(feature = "mesh"))]
+            TaskKind::CreateActor(_) => self.sched.submit_actor(now, task, binary, demand),
             TaskKind::ActorMethod { actor } => {
                 let actor = *actor;
                 #[cfg(feature = "mesh")]

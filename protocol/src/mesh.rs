@@ -194,6 +194,17 @@ pub enum PeerMsg {
         /// The objects.
         ids: Vec<ObjectId>,
     },
+    /// End an actor hosted by the receiver (`shoal::kill`, or its creator went away).
+    Kill {
+        /// The actor.
+        actor: crate::ids::ActorId,
+        /// Killed for good, even with restarts left.
+        no_restart: bool,
+        /// Let the calls already made finish first (its handles are all gone).
+        drain: bool,
+        /// Why, for its callers.
+        reason: String,
+    },
     /// Which actor has this name here? (answered by [`PeerMsg::ActorFound`])
     LookupActor {
         /// Request number.

@@ -169,6 +169,29 @@ fn driver_entry() {
             println!("result {calls} {out_of_order} {peer}");
             shoal::kill(&r);
         }
+        "actor-placed" => {
+            // This node has no CPU: the actor goes to a peer, and comes back on another
+            // when that peer dies.
+            let r = Recorder::options(ActorOptions::new().num_cpus(1.0).max_restarts(1))
+                .remote()
+                .unwrap();
+            for seq in 1..=100 {
+                r.record(0, seq);
+            }
+            let (calls, out_of_order, first) = r.summary().get_blocking().unwrap();
+            assert_eq!((calls, out_of_order), (100, 0));
+            println!("result first {first}");
+            std::fs::write(arg("OUT"), &first).unwrap();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let second = loop {
+                assert!(Instant::now() < deadline, "the actor never came back");
+                match r.summary().get_blocking() {
+                    Ok((_, _, peer)) if peer != first => break peer,
+                    _ => std::thread::sleep(Duration::from_millis(50)),
+                }
+            };
+            println!("result second {second}");
+        }
         other => panic!("unknown scenario {other}"),
     }
 }
@@ -364,4 +387,40 @@ fn a_peer_killed_mid_workload_costs_no_results() {
         .filter_map(|l| l.split_whitespace().nth(1))
         .collect();
     assert!(ran.contains(killed.as_str()), "C ran nothing: {lines:?}");
+}
+
+#[test]
+fn an_actor_is_placed_on_a_peer_and_restarts_on_another_when_it_dies() {
+    let _turn = serial();
+    let mut mesh = mesh_of(
+        "spill-actor-placed",
+        vec![
+            NodeOptions::new().cpus(0.0),
+            NodeOptions::new().cpus(1.0),
+            NodeOptions::new().cpus(1.0),
+        ],
+    );
+    let out = mesh.node(0).dir().join("first-host");
+    let socket = mesh.node(0).socket();
+    let out2 = out.clone();
+    let run = std::thread::spawn(move || {
+        driver(&socket, "actor-placed", &[("OUT", out2.display().to_string())])
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let first = loop {
+        if let Ok(s) = std::fs::read_to_string(&out) {
+            if !s.is_empty() {
+                break s;
+            }
+        }
+        assert!(Instant::now() < deadline, "no actor placed");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let host = (1..3)
+        .find(|&i| mesh.node(i).peer_id() == first)
+        .unwrap_or_else(|| panic!("placed on {first}, not on a peer with CPUs"));
+    mesh.node_mut(host).kill_9().unwrap();
+    let lines = run.join().unwrap();
+    let other = mesh.node(3 - host).peer_id();
+    assert_eq!(lines.last().unwrap(), &format!("second {other}"), "{lines:?}");
 }

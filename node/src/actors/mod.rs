@@ -395,6 +395,31 @@ impl ActorTable {
         queued
     }
 
+    /// Forgets an actor that has not started here (it was placed on another peer): returns
+    /// its queued calls, each caller's in the order sent, for the peer that hosts it now.
+    pub fn forget(&mut self, actor: ActorId) -> Vec<TaskId> {
+        let Some(mut a) = self.actors.remove(&actor) else {
+            return Vec::new();
+        };
+        self.by_task.remove(&a.create_task);
+        if let ActorState::Alive { worker, .. } = a.state {
+            self.by_worker.remove(&worker);
+        }
+        if let Some(name) = &a.spec.name {
+            if self.names.get(name) == Some(&actor) {
+                self.names.remove(name);
+            }
+        }
+        let mut queued = Vec::new();
+        for caller in std::mem::take(&mut a.callers) {
+            if let Some(q) = a.queues.remove(&caller) {
+                queued.extend(q);
+            }
+        }
+        queued.extend(a.inflight.drain(..));
+        queued
+    }
+
     /// Calls in flight at a dead actor's worker, which fail now (the worker is being
     /// killed).
     pub fn drain_inflight(&mut self, actor: ActorId) -> Vec<TaskId> {

@@ -150,6 +150,8 @@ pub(crate) struct MeshState {
     actor_homes: IdMap<ActorId, PeerId>,
     /// Calls waiting for their actor's location, in order.
     actor_pending: IdMap<ActorId, Vec<TaskId>>,
+    /// Actors this node created on peers: where, by which task, restarts used.
+    actor_spills: IdMap<ActorId, (PeerId, TaskId, u32)>,
 }
 
 impl MeshState {
@@ -169,6 +171,7 @@ impl MeshState {
             awaiting_binary: HashMap::new(),
             actor_homes: Default::default(),
             actor_pending: Default::default(),
+            actor_spills: Default::default(),
         }
     }
 
@@ -423,6 +426,26 @@ impl Core {
                         }
                     }
                     self.maybe_free(id);
+                }
+            }
+            PeerMsg::Kill {
+                actor,
+                no_restart,
+                drain,
+                reason,
+            } => {
+                let conn = self.peer_conn(peer);
+                if drain {
+                    if self.actors.out_of_scope(actor) {
+                        self.end_out_of_scope(actor);
+                    }
+                } else if no_restart {
+                    if self.actors.get(&actor).is_some_and(|a| !a.is_dead()) {
+                        tracing::info!(actor = %actor, %peer, %reason, "actor killed at a peer's request");
+                        self.kill_actor(actor, TaskError::ActorKilled { actor, reason });
+                    }
+                } else {
+                    self.kill_request(conn, actor, false);
                 }
             }
             PeerMsg::LookupActor { request, name } => {
@@ -682,10 +705,10 @@ impl Core {
     /// Whether `task` is one this node may send to a peer.
     fn spillable(&self, task: &TaskId) -> bool {
         self.mesh.is_some()
-            && self
-                .tasks
-                .get(task)
-                .is_some_and(|e| matches!(e.spec.kind, TaskKind::Function) && e.hops < MAX_HOPS)
+            && self.tasks.get(task).is_some_and(|e| {
+                matches!(e.spec.kind, TaskKind::Function | TaskKind::CreateActor(_))
+                    && e.hops < MAX_HOPS
+            })
     }
 
     /// Gets copies here of the task's arguments that only peers hold; says whether the
@@ -730,10 +753,32 @@ impl Core {
         if self.localize_args(task) {
             return;
         }
-        if let Some(entry) = self.tasks.get(&task) {
-            let (binary, demand) = (entry.spec.binary, entry.spec.resources.clone());
+        let Some(entry) = self.tasks.get(&task) else {
+            return;
+        };
+        let (binary, demand) = (entry.spec.binary, entry.spec.resources.clone());
+        let TaskKind::CreateActor(create) = &entry.spec.kind else {
             self.sched.submit(now, task, binary, demand);
+            return;
+        };
+        // An actor coming back here after its peer died is registered here again.
+        let actor = create.actor_id;
+        if self.actors.get(&actor).is_none() {
+            let (create, class, owner) = (
+                create.clone(),
+                entry.spec.function.clone(),
+                entry.spec.owner,
+            );
+            if let Err(e) = self.actors.register(task, &class, &create, owner) {
+                self.fail_task(task, e);
+                return;
+            }
+            if let Some(m) = self.mesh.as_mut() {
+                m.actor_homes.remove(&actor);
+            }
+            self.announce_actor(actor);
         }
+        self.sched.submit_actor(now, task, binary, demand);
     }
 
     /// Decides where a task whose arguments are ready runs: here, at a peer, or later.
@@ -749,7 +794,14 @@ impl Core {
         match self.placement(now, task) {
             Placement::Local => self.run_here(now, task),
             Placement::Spill(peer) => {
-                if !self.spill_to(now, peer, task) {
+                let sent = match self.tasks.get(&task).map(|e| &e.spec.kind) {
+                    Some(TaskKind::CreateActor(c)) => {
+                        let actor = c.actor_id;
+                        self.spill_actor(peer, task, actor)
+                    }
+                    _ => self.spill_to(now, peer, task),
+                };
+                if !sent {
                     self.run_here(now, task);
                 }
             }
@@ -941,6 +993,19 @@ impl Core {
             let _ = m.net.send_peer(from, &PeerMsg::Refuse { task, reason });
         };
         if let TaskKind::ActorMethod { actor } = rt.spec.kind {
+            // Its actor may be waiting for its binary: the call waits behind it.
+            let creating = self.mesh.as_mut().and_then(|m| {
+                m.awaiting_binary.values_mut().find(|w| {
+                    w.iter().any(|(_, t)| {
+                        matches!(&t.spec.kind, TaskKind::CreateActor(c) if c.actor_id == actor)
+                    })
+                })
+            });
+            if let Some(waiting) = creating {
+                waiting.push((from, rt));
+                return;
+            }
+            let Some(m) = self.mesh.as_ref() else { return };
             if self.actors.get(&actor).is_none() {
                 let id = rt.spec.return_id();
                 let msg = PeerMsg::Object {
@@ -1065,6 +1130,106 @@ impl Core {
     }
 
     // ---- actors elsewhere ----
+
+    /// Creates an actor on `peer`: its calls queued here follow, in order.
+    fn spill_actor(&mut self, peer: PeerId, task: TaskId, actor: ActorId) -> bool {
+        let Some(rt) = self.remote_task(task) else {
+            return false;
+        };
+        let class = rt.spec.function.clone();
+        let demand = rt.spec.resources.clone();
+        let Some(m) = self.mesh.as_mut() else {
+            return false;
+        };
+        if let Err(e) = m.net.send_peer(peer, &PeerMsg::Submit(Box::new(rt))) {
+            tracing::warn!(actor = %actor, %peer, error = %e, "cannot send an actor to a peer");
+            return false;
+        }
+        tracing::info!(actor = %actor, class, %peer, "actor placed on a peer");
+        if let Some(l) = m.peers.get_mut(&peer) {
+            l.sent.push(demand);
+        }
+        let restarts = m.actor_spills.get(&actor).map_or(0, |s| s.2);
+        m.actor_spills.insert(actor, (peer, task, restarts));
+        m.actor_homes.insert(actor, peer);
+        // Its records here are withdrawn; the peer announces its own.
+        self.withdraw_actor(actor);
+        let queued = self.actors.forget(actor);
+        for t in queued {
+            if !self.send_call(peer, t) {
+                self.fail_task(
+                    t,
+                    TaskError::PeerLost {
+                        peer: peer.to_string(),
+                    },
+                );
+            }
+        }
+        true
+    }
+
+    /// Asks the peer hosting `actor` to end it. Returns `false` if no peer is known to.
+    pub(crate) fn kill_remote(&mut self, actor: ActorId, no_restart: bool, reason: &str) -> bool {
+        self.end_remote(actor, no_restart, false, reason)
+    }
+
+    /// Ends an actor placed on a peer once its calls are done (its handles are all gone).
+    pub(crate) fn drain_remote(&mut self, actor: ActorId) -> bool {
+        self.end_remote(actor, true, true, "all its handles were dropped")
+    }
+
+    fn end_remote(&mut self, actor: ActorId, no_restart: bool, drain: bool, reason: &str) -> bool {
+        let Some(m) = self.mesh.as_mut() else {
+            return false;
+        };
+        let Some(peer) = m.actor_homes.get(&actor).copied() else {
+            return false;
+        };
+        let msg = PeerMsg::Kill {
+            actor,
+            no_restart,
+            drain,
+            reason: reason.to_string(),
+        };
+        if let Err(e) = m.net.send_peer(peer, &msg) {
+            tracing::warn!(actor = %actor, %peer, error = %e, "cannot ask a peer to kill an actor");
+        }
+        if no_restart {
+            if let Some((_, task, _)) = m.actor_spills.remove(&actor) {
+                self.finish_task(task);
+            }
+        }
+        true
+    }
+
+    /// A process left: the actors it created on peers end too (unless detached).
+    pub(crate) fn end_remote_actors_of(&mut self, conn: ConnId) {
+        let Some(m) = self.mesh.as_ref() else { return };
+        let mine: Vec<(ActorId, bool)> = m
+            .actor_spills
+            .iter()
+            .filter_map(|(actor, (_, task, _))| {
+                let e = self.tasks.get(task)?;
+                let TaskKind::CreateActor(c) = &e.spec.kind else {
+                    return None;
+                };
+                (e.owner == conn).then_some((*actor, c.detached))
+            })
+            .collect();
+        for (actor, detached) in mine {
+            if detached {
+                if let Some((_, task, _)) = self
+                    .mesh
+                    .as_mut()
+                    .and_then(|m| m.actor_spills.remove(&actor))
+                {
+                    self.finish_task(task);
+                }
+            } else {
+                self.kill_remote(actor, true, "its creator exited");
+            }
+        }
+    }
 
     /// Whether calls to `actor` go to a peer.
     pub(crate) fn actor_is_remote(&self, actor: &ActorId) -> bool {
@@ -1239,6 +1404,60 @@ impl Core {
                 if wanted {
                     self.start_fetch(id);
                 }
+            }
+        }
+        // Actors this node placed there come back (elsewhere) if they have restarts left.
+        let placed: Vec<(ActorId, TaskId, u32)> = self
+            .mesh
+            .as_ref()
+            .map(|m| {
+                m.actor_spills
+                    .iter()
+                    .filter(|(_, (p, _, _))| *p == peer)
+                    .map(|(a, (_, t, r))| (*a, *t, *r))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (actor, task, restarts) in placed {
+            let max = match self.tasks.get(&task).map(|e| &e.spec.kind) {
+                Some(TaskKind::CreateActor(c)) => c.max_restarts,
+                _ => 0,
+            };
+            if restarts < max {
+                tracing::warn!(actor = %actor, %peer, restarts = restarts + 1, "actor lost with its peer; restarting it");
+                if let Some(m) = self.mesh.as_mut() {
+                    m.actor_spills.insert(actor, (peer, task, restarts + 1));
+                    m.actor_homes.remove(&actor);
+                    m.refused.entry(task).or_default().push((peer, now));
+                }
+                self.place_task(now, task);
+            } else {
+                tracing::warn!(actor = %actor, %peer, "actor lost with its peer");
+                if let Some(m) = self.mesh.as_mut() {
+                    m.actor_spills.remove(&actor);
+                }
+                self.finish_task(task);
+            }
+        }
+        // Actors that peer created here end with it, unless detached.
+        if let Some(c) = conn {
+            let created: Vec<ActorId> = self
+                .tasks
+                .values()
+                .filter(|e| e.owner == c)
+                .filter_map(|e| match &e.spec.kind {
+                    TaskKind::CreateActor(cr) if !cr.detached => Some(cr.actor_id),
+                    _ => None,
+                })
+                .collect();
+            for actor in created {
+                self.kill_actor(
+                    actor,
+                    TaskError::ActorKilled {
+                        actor,
+                        reason: format!("its creator's peer {peer} left"),
+                    },
+                );
             }
         }
         // What it asked of this node ends as a departed process's would.

@@ -8,8 +8,12 @@
 //! every shard.
 //!
 //! Run with: `cargo run --release --example parameter_server [-- --dim N --workers N
-//! --iters N --shards N]` (defaults: 10, 2, 100, 2). It exits non-zero if a final value is
-//! not what the run implies.
+//! --iters N --shards N --show-peers]` (defaults: 10, 2, 100, 2). It exits non-zero if a
+//! final value is not what the run implies.
+//!
+//! Across machines, unchanged: start a mesh (`scripts/mesh up 3`), point the program at any
+//! of its nodes (`SHOAL_SOCKET=...` as `scripts/mesh up` prints) and add `--show-peers` to
+//! see which peer ran each server actor and each worker task.
 
 use std::time::Duration;
 
@@ -35,6 +39,11 @@ impl ParameterServer {
         self.params.clone()
     }
 
+    /// The mesh peer this actor runs on (`None` outside a mesh).
+    pub fn peer(&self) -> Option<String> {
+        shoal::peer_id()
+    }
+
     /// Adds a gradient to the parameters.
     pub fn update_params(&mut self, grad: Vec<f64>) {
         for (p, g) in self.params.iter_mut().zip(grad) {
@@ -50,9 +59,10 @@ fn compute_update(params: &[f64]) -> Vec<f64> {
 }
 
 /// A worker: `iters` times, read every shard's parameters, compute an update and push each
-/// shard its part. Returns the number of updates it pushed, once the last is applied.
+/// shard its part. Returns the number of updates it pushed, once the last is applied, and
+/// the mesh peer it ran on.
 #[shoal::remote]
-fn worker(servers: Vec<ActorHandle<ParameterServer>>, iters: u32) -> u32 {
+fn worker(servers: Vec<ActorHandle<ParameterServer>>, iters: u32) -> (u32, Option<String>) {
     let mut last: Vec<ObjectRef<()>> = Vec::new();
     for _ in 0..iters {
         last.clear();
@@ -66,7 +76,7 @@ fn worker(servers: Vec<ActorHandle<ParameterServer>>, iters: u32) -> u32 {
     for r in &last {
         r.get_blocking().expect("the last update is applied");
     }
-    iters
+    (iters, shoal::peer_id())
 }
 
 struct Args {
@@ -74,6 +84,7 @@ struct Args {
     workers: u32,
     iters: u32,
     shards: usize,
+    show_peers: bool,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -82,6 +93,7 @@ fn parse_args() -> anyhow::Result<Args> {
         workers: 2,
         iters: 100,
         shards: 2,
+        show_peers: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -93,9 +105,11 @@ fn parse_args() -> anyhow::Result<Args> {
             "--workers" => args.workers = value()?.parse()?,
             "--iters" => args.iters = value()?.parse()?,
             "--shards" => args.shards = value()?.parse()?,
+            "--show-peers" => args.show_peers = true,
             "-h" | "--help" => {
                 println!(
-                    "usage: parameter_server [--dim N] [--workers N] [--iters N] [--shards N]"
+                    "usage: parameter_server [--dim N] [--workers N] [--iters N] [--shards N] \
+                     [--show-peers]"
                 );
                 std::process::exit(0);
             }
@@ -127,7 +141,16 @@ fn run(title: &str, servers: Vec<ActorHandle<ParameterServer>>, args: &Args) -> 
         }
         Ok(all)
     };
-    let workers: Vec<ObjectRef<u32>> = (0..args.workers)
+    if args.show_peers {
+        for (i, s) in servers.iter().enumerate() {
+            let peer = s
+                .peer()
+                .get_blocking()?
+                .unwrap_or_else(|| "(no mesh)".into());
+            println!("  server {i} runs on peer {peer}");
+        }
+    }
+    let workers: Vec<ObjectRef<(u32, Option<String>)>> = (0..args.workers)
         .map(|_| worker.remote(servers.clone(), args.iters))
         .collect();
     // Watch the values grow until every worker is done.
@@ -145,8 +168,13 @@ fn run(title: &str, servers: Vec<ActorHandle<ParameterServer>>, args: &Args) -> 
         }
     }
     let mut updates = 0u64;
-    for w in &workers {
-        updates += u64::from(w.get_blocking().context("a worker failed")?);
+    for (i, w) in workers.iter().enumerate() {
+        let (n, peer) = w.get_blocking().context("a worker failed")?;
+        updates += u64::from(n);
+        if args.show_peers {
+            let peer = peer.unwrap_or_else(|| "(no mesh)".into());
+            println!("  worker {i} ran on peer {peer}");
+        }
     }
     let params = read_all(&servers)?;
     let expected = updates as f64;

@@ -81,3 +81,40 @@ fn flags_change_the_run_and_the_check() {
         "{out}"
     );
 }
+
+/// The same program, unchanged, against a mesh of three one-CPU `shoal node` processes:
+/// its workers spill to the other peers, and `--show-peers` says where each ran.
+#[test]
+fn runs_unchanged_across_a_mesh_of_three_nodes() {
+    let mesh = shoal_tests::Mesh::start_with(
+        3,
+        &shoal_tests::NodeOptions::new()
+            .mesh("parameter-server")
+            .cpus(1.0),
+        None,
+    )
+    .unwrap();
+    mesh.wait_converged(std::time::Duration::from_secs(30))
+        .unwrap();
+    let out = Command::new(example())
+        .args(["--workers", "3", "--iters", "30", "--show-peers"])
+        .env("SHOAL_SOCKET", mesh.node(0).socket())
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert_eq!(out_count(&text, "(expected 90 everywhere)"), 2, "{text}");
+    let peers: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("worker "))
+        .filter_map(|l| l.split(" ran on peer ").nth(1))
+        .collect();
+    let ids: std::collections::BTreeSet<&str> = mesh.nodes().iter().map(|n| n.peer_id()).collect();
+    assert!(peers.len() >= 2, "workers ran on {peers:?}: {text}");
+    assert!(peers.is_subset(&ids), "{peers:?} vs {ids:?}");
+}
+
+fn out_count(text: &str, what: &str) -> usize {
+    text.matches(what).count()
+}

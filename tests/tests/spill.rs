@@ -404,7 +404,11 @@ fn an_actor_is_placed_on_a_peer_and_restarts_on_another_when_it_dies() {
     let socket = mesh.node(0).socket();
     let out2 = out.clone();
     let run = std::thread::spawn(move || {
-        driver(&socket, "actor-placed", &[("OUT", out2.display().to_string())])
+        driver(
+            &socket,
+            "actor-placed",
+            &[("OUT", out2.display().to_string())],
+        )
     });
     let deadline = Instant::now() + Duration::from_secs(60);
     let first = loop {
@@ -422,5 +426,9 @@ fn an_actor_is_placed_on_a_peer_and_restarts_on_another_when_it_dies() {
     mesh.node_mut(host).kill_9().unwrap();
     let lines = run.join().unwrap();
     let other = mesh.node(3 - host).peer_id();
-    assert_eq!(lines.last().unwrap(), &format!("second {other}"), "{lines:?}");
+    assert_eq!(
+        lines.last().unwrap(),
+        &format!("second {other}"),
+        "{lines:?}"
+    );
 }

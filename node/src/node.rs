@@ -542,19 +542,7 @@ impl Core {
                     }
                 }
             }
-            ToNode::Release { ids } => {
-                for id in ids {
-                    if let Some(e) = self.objects.get_mut(&id) {
-                        if let Some(pos) = e.holders.iter().position(|h| *h == conn) {
-                            e.holders.swap_remove(pos);
-                        }
-                        if e.push_to == Some(conn) {
-                            e.push_to = None;
-                        }
-                    }
-                    self.maybe_free(id);
-                }
-            }
+            ToNode::Release { ids } => self.release(conn, ids),
             ToNode::Done {
                 task_id,
                 outcome,
@@ -626,6 +614,21 @@ impl Core {
                 }
                 self.send(conn, ToClient::ActorFound { request, actor });
             }
+        }
+    }
+
+    /// `conn` no longer holds these objects.
+    fn release(&mut self, conn: ConnId, ids: Vec<ObjectId>) {
+        for id in ids {
+            if let Some(e) = self.objects.get_mut(&id) {
+                if let Some(pos) = e.holders.iter().position(|h| *h == conn) {
+                    e.holders.swap_remove(pos);
+                }
+                if e.push_to == Some(conn) {
+                    e.push_to = None;
+                }
+            }
+            self.maybe_free(id);
         }
     }
 
@@ -1096,6 +1099,8 @@ impl Core {
         let Some(entry) = self.tasks.remove(&task) else {
             return;
         };
+        #[cfg(feature = "mesh")]
+        self.forget_placement(&task);
         if let TaskKind::ActorMethod { actor } = entry.spec.kind {
             if self.actors.remove_queued(actor, entry.spec.owner, task) {
                 // The caller's next call may be ready.

@@ -155,6 +155,9 @@ pub struct TaskSpec {
     /// Objects whose refs are serialized inside the inline arguments: kept alive while the
     /// task may still read them.
     pub nested: Vec<ObjectId>,
+    /// When no peer of the mesh can meet the demand: wait (for one that can to join)
+    /// instead of failing as infeasible.
+    pub wait_for_resources: bool,
 }
 
 /// What a [`TaskSpec`] asks for.
@@ -821,6 +824,7 @@ mod tests {
             owner: ClientId(3),
             kind: TaskKind::Function,
             nested: vec![],
+            wait_for_resources: false,
         };
         let msgs = vec![
             ToNode::Submit(spec),

@@ -6,8 +6,8 @@ use std::pin::Pin;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use shoal_protocol::{
-    codec, ActorCreate, ActorId, ArgValue, EncodeError, ObjectId, ResourceSet, TaskError, TaskId,
-    TaskKind, TaskSpec, ToNode,
+    codec, ActorCreate, ActorId, ArgValue, EncodeError, ObjectId, TaskError, TaskId, TaskKind,
+    TaskSpec, ToNode,
 };
 
 pub use linkme;
@@ -120,8 +120,7 @@ pub fn submit<R>(name: &'static str, options: &TaskOptions, args: Vec<ArgBuf>) -
         ctx,
         task_id,
         name,
-        options.resources.clone(),
-        options.max_retries,
+        options.clone(),
         TaskKind::Function,
         args,
     )
@@ -136,8 +135,7 @@ pub fn call_actor<R>(actor: &RawActor, method: &'static str, args: Vec<ArgBuf>) 
         ctx,
         task_id,
         method,
-        ResourceSet::new(),
-        0,
+        TaskOptions::new().num_cpus(0.0).max_retries(0),
         TaskKind::ActorMethod { actor: actor.id() },
         args,
     )
@@ -195,8 +193,11 @@ fn submit_create<A: Actor>(
         ctx,
         task_id,
         A::CLASS,
-        options.resources.clone(),
-        0,
+        TaskOptions {
+            resources: options.resources.clone(),
+            max_retries: 0,
+            wait_for_resources: false,
+        },
         TaskKind::CreateActor(create),
         args,
     );
@@ -212,11 +213,15 @@ fn submit_spec<R>(
     ctx: &context::Context,
     task_id: TaskId,
     name: &'static str,
-    resources: ResourceSet,
-    max_retries: u32,
+    options: TaskOptions,
     kind: TaskKind,
     args: Vec<ArgBuf>,
 ) -> ObjectRef<R> {
+    let TaskOptions {
+        resources,
+        max_retries,
+        wait_for_resources,
+    } = options;
     let ret = ObjectId::for_return(task_id, 0);
     let mut wire = Vec::with_capacity(args.len());
     // Handles to the arguments stay alive until the submit is queued.
@@ -258,6 +263,7 @@ fn submit_spec<R>(
         owner: ctx.client,
         kind,
         nested: crate::object_ref::ids_of(&nested),
+        wait_for_resources,
     }));
     drop(nested);
     drop(keep);

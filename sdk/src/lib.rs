@@ -167,6 +167,7 @@ pub fn init_with(options: InitOptions) -> Result<Shoal, InitError> {
 pub struct TaskOptions {
     pub(crate) resources: ResourceSet,
     pub(crate) max_retries: u32,
+    pub(crate) wait_for_resources: bool,
 }
 
 impl Default for TaskOptions {
@@ -175,6 +176,7 @@ impl Default for TaskOptions {
         Self {
             resources: ResourceSet::cpus(1.0),
             max_retries: 3,
+            wait_for_resources: false,
         }
     }
 }
@@ -201,6 +203,14 @@ impl TaskOptions {
     /// retried.
     pub fn max_retries(mut self, n: u32) -> Self {
         self.max_retries = n;
+        self
+    }
+
+    /// If no peer of the mesh can ever meet the demand (say a resource no peer has yet),
+    /// wait for one that can to join instead of failing with `Infeasible` after the grace
+    /// period.
+    pub fn wait_for_resources(mut self, wait: bool) -> Self {
+        self.wait_for_resources = wait;
         self
     }
 }

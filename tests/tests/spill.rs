@@ -192,6 +192,23 @@ fn driver_entry() {
             };
             println!("result second {second}");
         }
+        "infeasible" => {
+            // Nobody has a gpu: one task fails after the grace period, one waits for a peer
+            // that has one to join.
+            let gpu = || TaskOptions::new().num_cpus(1.0).resource("gpu", 1.0);
+            let waits = slow_double
+                .options(gpu().wait_for_resources(true))
+                .remote(21, 0);
+            let fails = slow_double.options(gpu()).remote(1, 0);
+            match fails.get_blocking() {
+                Err(shoal::GetError::Task(shoal::TaskError::Infeasible { .. })) => {}
+                other => panic!("expected Infeasible, got {other:?}"),
+            }
+            std::fs::write(arg("OUT"), "failed").unwrap();
+            let (v, peer) = waits.get_blocking().unwrap();
+            assert_eq!(v, 42);
+            println!("result waited-for {peer}");
+        }
         other => panic!("unknown scenario {other}"),
     }
 }
@@ -431,4 +448,45 @@ fn an_actor_is_placed_on_a_peer_and_restarts_on_another_when_it_dies() {
         &format!("second {other}"),
         "{lines:?}"
     );
+}
+
+#[test]
+fn an_infeasible_demand_fails_after_a_grace_or_waits_for_a_peer_that_has_it() {
+    let _turn = serial();
+    let mut mesh = mesh_of(
+        "spill-infeasible",
+        vec![NodeOptions::new().cpus(1.0), NodeOptions::new().cpus(1.0)],
+    );
+    let out = mesh.node(0).dir().join("failed");
+    let socket = mesh.node(0).socket();
+    let out2 = out.clone();
+    let run = std::thread::spawn(move || {
+        driver(
+            &socket,
+            "infeasible",
+            &[("OUT", out2.display().to_string())],
+        )
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !out.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the infeasible task never failed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A peer with a gpu joins; the waiting task runs there.
+    let gpu = NodeProcess::start(
+        NodeOptions::new()
+            .mesh("spill-infeasible")
+            .cpus(1.0)
+            .arg("--resource")
+            .arg("gpu=1")
+            .peer(mesh.node(0).listen_addr()),
+    )
+    .unwrap();
+    let gpu_id = gpu.peer_id().to_string();
+    mesh.push(gpu);
+    let lines = run.join().unwrap();
+    assert_eq!(lines, vec![format!("waited-for {gpu_id}")]);
 }

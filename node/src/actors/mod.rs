@@ -68,6 +68,18 @@ pub struct Actor {
 }
 
 impl Actor {
+    /// Its queued calls, each caller's in the order sent; the queues are left empty.
+    fn take_queued(&mut self) -> Vec<TaskId> {
+        let mut queued = Vec::new();
+        for caller in std::mem::take(&mut self.callers) {
+            if let Some(q) = self.queues.remove(&caller) {
+                queued.extend(q);
+            }
+        }
+        self.queues.clear();
+        queued
+    }
+
     /// Whether it is draining and has nothing left to do.
     pub fn drained(&self) -> bool {
         self.draining && self.inflight.is_empty() && self.queues.is_empty()
@@ -380,24 +392,24 @@ impl ActorTable {
             self.by_worker.remove(&worker);
         }
         a.state = ActorState::Dead(error);
-        if let Some(name) = &a.spec.name {
-            if self.names.get(name) == Some(&actor) {
-                self.names.remove(name);
-            }
-        }
-        let mut queued = Vec::new();
-        for caller in std::mem::take(&mut a.callers) {
-            if let Some(q) = a.queues.remove(&caller) {
-                queued.extend(q);
-            }
-        }
-        a.queues.clear();
+        let queued = a.take_queued();
+        self.unname(actor);
         queued
+    }
+
+    /// Frees the actor's name, if it holds one.
+    fn unname(&mut self, actor: ActorId) {
+        if let Some(name) = self.actors.get(&actor).and_then(|a| a.spec.name.clone()) {
+            if self.names.get(&name) == Some(&actor) {
+                self.names.remove(&name);
+            }
+        }
     }
 
     /// Forgets an actor that has not started here (it was placed on another peer): returns
     /// its queued calls, each caller's in the order sent, for the peer that hosts it now.
     pub fn forget(&mut self, actor: ActorId) -> Vec<TaskId> {
+        self.unname(actor);
         let Some(mut a) = self.actors.remove(&actor) else {
             return Vec::new();
         };
@@ -405,18 +417,8 @@ impl ActorTable {
         if let ActorState::Alive { worker, .. } = a.state {
             self.by_worker.remove(&worker);
         }
-        if let Some(name) = &a.spec.name {
-            if self.names.get(name) == Some(&actor) {
-                self.names.remove(name);
-            }
-        }
-        let mut queued = Vec::new();
-        for caller in std::mem::take(&mut a.callers) {
-            if let Some(q) = a.queues.remove(&caller) {
-                queued.extend(q);
-            }
-        }
-        queued.extend(a.inflight.drain(..));
+        let mut queued = a.inflight.drain(..).collect::<Vec<_>>();
+        queued.extend(a.take_queued());
         queued
     }
 

@@ -416,17 +416,7 @@ impl Core {
             }
             PeerMsg::Release { ids } => {
                 let conn = self.peer_conn(peer);
-                for id in ids {
-                    if let Some(e) = self.objects.get_mut(&id) {
-                        if let Some(pos) = e.holders.iter().position(|h| *h == conn) {
-                            e.holders.swap_remove(pos);
-                        }
-                        if e.push_to == Some(conn) {
-                            e.push_to = None;
-                        }
-                    }
-                    self.maybe_free(id);
-                }
+                self.release(conn, ids);
             }
             PeerMsg::Kill {
                 actor,
@@ -520,7 +510,14 @@ impl Core {
                 m.unspill(&task);
                 m.refused.remove(&task);
                 if let (Some(l), Some(d)) = (m.peers.get_mut(&peer), demand) {
-                    l.returned.push(d);
+                    // Sent since the last report: no longer counted against it. Sent
+                    // before: the report counts it busy, but it is free again.
+                    match l.sent.iter().position(|x| *x == d) {
+                        Some(pos) => {
+                            l.sent.swap_remove(pos);
+                        }
+                        None => l.returned.push(d),
+                    }
                 }
             }
             self.finish_task(task);
@@ -702,6 +699,14 @@ impl Core {
 
     // ---- placement ----
 
+    /// A task ended here: what placement remembered of it goes.
+    pub(crate) fn forget_placement(&mut self, task: &TaskId) {
+        if let Some(m) = self.mesh.as_mut() {
+            m.refused.remove(task);
+            m.infeasible.forget(task);
+        }
+    }
+
     /// Whether `task` is one this node may send to a peer.
     fn spillable(&self, task: &TaskId) -> bool {
         self.mesh.is_some()
@@ -815,8 +820,12 @@ impl Core {
                 }
             }
             Placement::Infeasible => {
+                let wait = self
+                    .tasks
+                    .get(&task)
+                    .is_some_and(|e| e.spec.wait_for_resources);
                 let Some(m) = self.mesh.as_mut() else { return };
-                if m.infeasible.infeasible(task, now) {
+                if !wait && m.infeasible.infeasible(task, now) {
                     m.infeasible.forget(&task);
                     let total = self.sched.total().to_string();
                     self.fail_task(

@@ -520,6 +520,12 @@ impl Core {
             ToNode::Get { ids } => {
                 for id in ids {
                     let Some(e) = self.objects.get_mut(&id) else {
+                        // Made elsewhere (a ref that came inside a value from a peer): the
+                        // mesh-wide directory may know a holder.
+                        #[cfg(feature = "mesh")]
+                        if self.fetch_unknown(conn, id) {
+                            continue;
+                        }
                         // Freed (or never made): say so rather than let the asker wait.
                         let value = ObjectValue::Error(TaskError::ObjectLost { id });
                         self.send(conn, ToClient::Object { id, value });

@@ -83,6 +83,27 @@ impl Recorder {
     }
 }
 
+/// Keeps a ref to an object for whoever asks.
+#[derive(Default)]
+pub struct Vault {
+    kept: Option<ObjectRef<Bytes>>,
+}
+
+#[shoal::actor]
+impl Vault {
+    pub fn new() -> Self {
+        Vault::default()
+    }
+
+    pub fn keep(&mut self, r: ObjectRef<Bytes>) {
+        self.kept = Some(r);
+    }
+
+    pub fn give(&self) -> Option<ObjectRef<Bytes>> {
+        self.kept.clone()
+    }
+}
+
 /// Runs this test binary as a driver attached to `socket`, running `scenario`; returns the
 /// lines it printed that start with `result `.
 fn driver(socket: &Path, scenario: &str, args: &[(&str, String)]) -> Vec<String> {
@@ -208,6 +229,27 @@ fn driver_entry() {
             let (v, peer) = waits.get_blocking().unwrap();
             assert_eq!(v, 42);
             println!("result waited-for {peer}");
+        }
+        "vault-fill" => {
+            let n = 4 << 20;
+            let bytes: Vec<u8> = (0..n)
+                .map(|i| (i as u8).wrapping_mul(31).wrapping_add(3))
+                .collect();
+            let r = shoal::put(&Bytes::from(bytes)).unwrap();
+            let vault = Vault::options(ActorOptions::new().name("vault").detached(true))
+                .remote()
+                .unwrap();
+            vault.keep(r).get_blocking().unwrap();
+            println!("result kept");
+        }
+        "vault-read" => {
+            let vault = shoal::get_actor::<Vault>("vault").unwrap();
+            let r = vault.give().get_blocking().unwrap().expect("a kept ref");
+            let bytes = r.get_blocking().unwrap();
+            assert_eq!(bytes.len() as u64, 4 << 20);
+            let sum: u64 = bytes.iter().map(|b| *b as u64).sum();
+            assert_eq!(sum, expected_sum(4 << 20, 3));
+            println!("result read ok");
         }
         other => panic!("unknown scenario {other}"),
     }
@@ -489,4 +531,28 @@ fn an_infeasible_demand_fails_after_a_grace_or_waits_for_a_peer_that_has_it() {
     mesh.push(gpu);
     let lines = run.join().unwrap();
     assert_eq!(lines, vec![format!("waited-for {gpu_id}")]);
+}
+
+#[test]
+fn a_ref_that_came_from_another_peer_is_found_through_the_dht() {
+    let _turn = serial();
+    let mesh = mesh_of(
+        "spill-dht",
+        vec![
+            NodeOptions::new().cpus(1.0),
+            NodeOptions::new().cpus(1.0),
+            NodeOptions::new().cpus(1.0),
+        ],
+    );
+    // A program on B puts 4 MiB and leaves the ref with an actor on B.
+    assert_eq!(
+        driver(&mesh.node(1).socket(), "vault-fill", &[]),
+        vec!["kept"]
+    );
+    // A program on C gets the ref from the actor: C's node never heard of the object and
+    // finds B through the DHT.
+    assert_eq!(
+        driver(&mesh.node(2).socket(), "vault-read", &[]),
+        vec!["read ok"]
+    );
 }

@@ -16,7 +16,7 @@ use libp2p::PeerId;
 use shoal_protocol::mesh::{actor_key, name_key, ActorLocation, PeerMsg, RemoteTask, RemoteValue};
 use shoal_protocol::{
     codec, ActorId, ActorInfo, Arg, BinaryId, ClientId, IdMap, ObjectId, ObjectValue, ResourceSet,
-    Role, SharedObject, TaskError, TaskId, TaskKind, ToClient,
+    Role, SharedObject, TaskError, TaskId, TaskKind, ToClient, CPU,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -69,6 +69,13 @@ pub enum MeshEvent {
         /// The object.
         id: ObjectId,
     },
+    /// Holders of an object, from the DHT.
+    ProvidersFound {
+        /// The object.
+        id: ObjectId,
+        /// Peers announcing a copy.
+        peers: Vec<PeerId>,
+    },
     /// Where an actor lives, from the DHT.
     ActorLocated {
         /// The actor.
@@ -99,11 +106,17 @@ struct PeerLoad {
 
 impl PeerLoad {
     /// What it has free now, as far as this node can tell.
+    /// A peer also takes as many tasks as it has CPUs into its queue (so short tasks need
+    /// not wait a report interval for each free slot): that room counts as free CPU.
     fn estimated_free(&self) -> ResourceSet {
         let mut free = self.report.free.clone();
         for d in &self.returned {
             free.add_capped(d, &self.report.total);
         }
+        let slots = self.report.total.get_milli(CPU) / 1000 * 1000;
+        let queue_room = slots.saturating_sub(self.report.queued.saturating_mul(1000));
+        let cpu = free.get_milli(CPU) + queue_room;
+        let mut free = free.with_milli(CPU, cpu);
         for d in &self.sent {
             free.subtract(d);
         }
@@ -127,6 +140,8 @@ pub(crate) struct RemoteCopy {
     pub(crate) ready: bool,
     /// Tasks about to run here that wait for a copy here.
     pub(crate) localizing: Vec<TaskId>,
+    /// The DHT was asked for holders already.
+    pub(crate) asked_dht: bool,
 }
 
 /// The mesh state of the core.
@@ -314,6 +329,20 @@ impl Core {
             }
             MeshEvent::Served { id } => self.store.unpin(&id),
             MeshEvent::ActorLocated { actor, found } => self.actor_located(now, actor, found),
+            MeshEvent::ProvidersFound { id, peers } => {
+                if let Some(r) = self.objects.get_mut(&id).and_then(|e| e.remote.as_mut()) {
+                    r.fetching = false;
+                    for p in &peers {
+                        if !r.holders.contains(p) {
+                            r.holders.push(*p);
+                        }
+                    }
+                    if !peers.is_empty() {
+                        tracing::debug!(object = %id, holders = peers.len(), "object holders found in the DHT");
+                    }
+                    self.start_fetch(id);
+                }
+            }
             MeshEvent::NameResolved {
                 conn,
                 request,
@@ -489,6 +518,23 @@ impl Core {
         }
     }
 
+    /// A process asks for an object this node never heard of: look for a holder in the
+    /// DHT (large `put` objects are announced there). Says whether a search started.
+    pub(crate) fn fetch_unknown(&mut self, conn: ConnId, id: ObjectId) -> bool {
+        if self.mesh.is_none() {
+            return false;
+        }
+        let e = self.objects.entry(id).or_default();
+        e.waiters.push(conn);
+        // It asks through a ref it holds (its `Hold` found nothing here to count).
+        if !e.holders.contains(&conn) {
+            e.holders.push(conn);
+        }
+        e.remote = Some(Default::default());
+        self.start_fetch(id);
+        true
+    }
+
     /// A value from a peer: a result of a task sent there, or an object fetched.
     fn remote_object(&mut self, now: Instant, peer: PeerId, id: ObjectId, value: RemoteValue) {
         // The result of a task this node sent to `peer`?
@@ -598,6 +644,22 @@ impl Core {
             .filter(|p| **p != m.me && m.peers.contains_key(p))
             .copied()
             .collect();
+        if holders.is_empty() && !r.asked_dht {
+            // Nobody known holds it (any more): ask the mesh-wide directory once.
+            r.asked_dht = true;
+            r.fetching = true;
+            let (net, events) = (m.net.clone(), self.events.clone());
+            tokio::spawn(async move {
+                let peers = net
+                    .get_providers(shoal_protocol::mesh::object_key(&id))
+                    .await
+                    .unwrap_or_default();
+                let _ = events
+                    .send(Event::Mesh(MeshEvent::ProvidersFound { id, peers }))
+                    .await;
+            });
+            return;
+        }
         if holders.is_empty() {
             let value = ObjectValue::Error(TaskError::ObjectLost { id });
             self.object_ready(id, value);
@@ -1034,7 +1096,10 @@ impl Core {
         if !self.sched.total().contains(demand) {
             return refuse(m, format!("this peer has {}", self.sched.total()));
         }
-        if !self.sched.free().contains(demand) || self.sched.queued() > 0 {
+        // Room now, or a place in the queue (as many tasks as this node has CPUs).
+        let depth = (self.sched.total().get_milli(CPU) / 1000) as usize;
+        let fits_now = self.sched.free().contains(demand) && self.sched.queued() == 0;
+        if !fits_now && self.sched.queued() >= depth {
             return refuse(m, "no room now".into());
         }
         let binary = rt.spec.binary;

@@ -567,6 +567,8 @@ impl Core {
                 }
             }
             self.finish_task(task);
+            // Its peer has room again: tasks waiting for one may go.
+            self.spill_pass(now);
         }
         let Some(e) = self.objects.get_mut(&id) else {
             // Nobody wants it any more: let the holder drop its copy.
@@ -576,6 +578,12 @@ impl Core {
             return;
         };
         if e.value.is_some() {
+            return;
+        }
+        // Only the peer that ran the task, or one asked for the object, may give its value.
+        let asked = e.remote.as_ref().is_some_and(|r| r.holders.contains(&peer));
+        if !ours && !asked {
+            tracing::warn!(object = %id, %peer, "a value from a peer that was not asked for it; ignored");
             return;
         }
         match value {
@@ -953,8 +961,20 @@ impl Core {
         let Some(m) = self.mesh.as_mut() else { return };
         // Tasks only peers can run.
         let waiting = std::mem::take(&mut m.remote_wait);
-        for t in waiting {
+        let mut rest = waiting.into_iter();
+        for t in rest.by_ref() {
             self.place_task(now, t);
+            // Back in the queue: nobody has room now; the others wait too (in order).
+            if self
+                .mesh
+                .as_ref()
+                .is_some_and(|m| m.remote_wait.last() == Some(&t) && !m.infeasible.pending(&t))
+            {
+                break;
+            }
+        }
+        if let Some(m) = self.mesh.as_mut() {
+            m.remote_wait.extend(rest);
         }
         // Tasks queued here while a peer has room.
         if self.sched.queued() == 0 {

@@ -165,6 +165,9 @@ pub(crate) struct MeshState {
     actor_homes: IdMap<ActorId, PeerId>,
     /// Calls waiting for their actor's location, in order.
     actor_pending: IdMap<ActorId, Vec<TaskId>>,
+    /// The last task that waited because no peer had room for it (not because none could
+    /// ever run it).
+    no_room: Option<TaskId>,
     /// Actors this node created on peers: where, by which task, restarts used.
     actor_spills: IdMap<ActorId, (PeerId, TaskId, u32)>,
 }
@@ -187,6 +190,7 @@ impl MeshState {
             actor_homes: Default::default(),
             actor_pending: Default::default(),
             actor_spills: Default::default(),
+            no_room: None,
         }
     }
 
@@ -887,6 +891,7 @@ impl Core {
                 if let Some(m) = self.mesh.as_mut() {
                     m.infeasible.forget(&task);
                     m.remote_wait.push(task);
+                    m.no_room = Some(task);
                 }
             }
             Placement::Infeasible => {
@@ -965,11 +970,7 @@ impl Core {
         for t in rest.by_ref() {
             self.place_task(now, t);
             // Back in the queue: nobody has room now; the others wait too (in order).
-            if self
-                .mesh
-                .as_ref()
-                .is_some_and(|m| m.remote_wait.last() == Some(&t) && !m.infeasible.pending(&t))
-            {
+            if self.mesh.as_ref().is_some_and(|m| m.no_room == Some(t)) {
                 break;
             }
         }

@@ -135,11 +135,6 @@ impl Infeasibility {
         now.saturating_duration_since(since) >= self.grace
     }
 
-    /// Whether `task` is waiting out its grace period (no peer could ever run it).
-    pub fn pending(&self, task: &TaskId) -> bool {
-        self.since.contains_key(task)
-    }
-
     /// `task` was placed (or failed, or dropped): forget it.
     pub fn forget(&mut self, task: &TaskId) {
         self.since.remove(task);

@@ -168,6 +168,21 @@ pub struct Bench {
 }
 
 impl Bench {
+    /// The factor from units counted to this row's rate unit; an error for a row that is
+    /// not a rate (`why` says which method to use instead).
+    fn rate_scale(&self, why: &str) -> Result<f64> {
+        ensure!(
+            self.unit.is_rate(),
+            "row {} has unit {}: {why}",
+            self.name,
+            self.unit
+        );
+        Ok(match self.unit {
+            Unit::GbPerSec => 1e-9,
+            _ => 1.0,
+        })
+    }
+
     /// A handle for the row `name` (the name printed in the JSON object).
     pub fn new(name: impl Into<String>, unit: Unit, method: Method, size: Option<u64>) -> Bench {
         Bench {
@@ -224,16 +239,7 @@ impl Bench {
     where
         F: FnMut() -> Result<u64>,
     {
-        ensure!(
-            self.unit.is_rate(),
-            "row {} has unit {}: measure it with run_timed, not run_batches",
-            self.name,
-            self.unit
-        );
-        let scale = match self.unit {
-            Unit::GbPerSec => 1e-9,
-            _ => 1.0,
-        };
+        let scale = self.rate_scale("measure it with run_timed, not run_batches")?;
         let unit = self.unit;
         self.measure(|until| {
             let start = Instant::now();
@@ -271,16 +277,7 @@ impl Bench {
     where
         F: FnMut(Duration) -> Result<Tally>,
     {
-        ensure!(
-            self.unit.is_rate(),
-            "row {} has unit {}: run_tallied measures rates",
-            self.name,
-            self.unit
-        );
-        let scale = match self.unit {
-            Unit::GbPerSec => 1e-9,
-            _ => 1.0,
-        };
+        let scale = self.rate_scale("run_tallied measures rates")?;
         let unit = self.unit;
         self.measure(|d| {
             let t = round(d)?;

@@ -8,6 +8,8 @@ use libp2p::{identity, Multiaddr, PeerId, StreamProtocol};
 use shoal_node::net::{self, NetConfig, NetHandle, TransportKind};
 use shoal_protocol::mesh::{PeerRequest, PeerResponse};
 
+mod inproc;
+
 fn config(mesh: &str, peers: Vec<Multiaddr>) -> NetConfig {
     let mut c = NetConfig::new(mesh);
     c.transport = TransportKind::Memory;
@@ -18,28 +20,7 @@ fn config(mesh: &str, peers: Vec<Multiaddr>) -> NetConfig {
     c
 }
 
-async fn peer(c: NetConfig) -> NetHandle {
-    let h = net::start(identity::Keypair::generate_ed25519(), c)
-        .await
-        .unwrap();
-    wait(Duration::from_secs(10), "a listen address", || {
-        !h.view().listen_addrs.is_empty()
-    })
-    .await;
-    h
-}
-
-fn addr(h: &NetHandle) -> Multiaddr {
-    h.view().listen_addrs[0].parse().unwrap()
-}
-
-async fn wait(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+use inproc::{addr, start as peer, wait};
 
 fn sees(h: &NetHandle, others: &[&NetHandle]) -> bool {
     let view = h.view();

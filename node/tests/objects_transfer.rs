@@ -6,16 +6,19 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
-use libp2p::{identity, Multiaddr, PeerId, StreamProtocol};
+use libp2p::{Multiaddr, PeerId, StreamProtocol};
 use shoal_node::net::objects::{
     self, ObjectError, ObjectRequest, ObjectResponse, ObjectSource, Served,
 };
-use shoal_node::net::{self, rpc, NetConfig, NetHandle};
+use shoal_node::net::{rpc, NetConfig, NetHandle};
 use shoal_protocol::{codec, Digest, ObjectId};
+
+mod inproc;
+use inproc::{addr, wait};
 
 const MIB: usize = 1 << 20;
 
@@ -139,31 +142,12 @@ struct Mesh {
     dir: TempDir,
 }
 
-async fn wait(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 async fn peer(mesh: &str, peers: Vec<Multiaddr>) -> NetHandle {
     let mut c = NetConfig::new(mesh);
     c.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
     c.peers = peers;
     c.mdns = false;
-    let h = net::start(identity::Keypair::generate_ed25519(), c)
-        .await
-        .unwrap();
-    wait(Duration::from_secs(10), "a listen address", || {
-        !h.view().listen_addrs.is_empty()
-    })
-    .await;
-    h
-}
-
-fn addr(h: &NetHandle) -> Multiaddr {
-    h.view().listen_addrs[0].parse().unwrap()
+    inproc::start(c).await
 }
 
 /// A puller connected to `holders` (`serving` of them serve objects, the rest do not speak

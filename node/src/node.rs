@@ -601,7 +601,7 @@ impl Core {
             ToNode::KillActor { actor, no_restart } => self.kill_request(conn, actor, no_restart),
             ToNode::ActorOutOfScope { actor } => {
                 #[cfg(feature = "mesh")]
-                if self.actors.get(&actor).is_none() && self.drain_remote(actor) {
+                if self.actors.get(&actor).is_none() && self.drain_remote(conn, actor) {
                     return;
                 }
                 let owner = self.conns.get(&conn).map(|c| c.client);

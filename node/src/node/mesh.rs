@@ -1268,8 +1268,17 @@ impl Core {
         self.end_remote(actor, no_restart, false, reason)
     }
 
-    /// Ends an actor placed on a peer once its calls are done (its handles are all gone).
-    pub(crate) fn drain_remote(&mut self, actor: ActorId) -> bool {
+    /// Ends an actor placed on a peer once its calls are done (its creator, `conn`, dropped
+    /// all its handles). Says whether the actor is one this node placed.
+    pub(crate) fn drain_remote(&mut self, conn: ConnId, actor: ActorId) -> bool {
+        let Some((_, task, _)) = self.mesh.as_ref().and_then(|m| m.actor_spills.get(&actor)) else {
+            return false;
+        };
+        let creator = self.tasks.get(task).map(|e| e.spec.owner);
+        if creator.is_none() || creator != self.conns.get(&conn).map(|c| c.client) {
+            tracing::warn!(conn, actor = %actor, "ActorOutOfScope from a process that does not own the actor; ignored");
+            return true;
+        }
         self.end_remote(actor, true, true, "all its handles were dropped")
     }
 

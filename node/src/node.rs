@@ -93,6 +93,7 @@ struct TaskEntry {
     /// Shared-memory arguments kept in memory for the worker that reads them.
     store_pins: Vec<ObjectId>,
     /// How many times it was spilled from peer to peer before arriving here.
+    #[cfg_attr(not(feature = "mesh"), allow(dead_code))]
     hops: u32,
 }
 
@@ -114,6 +115,7 @@ struct ObjEntry {
     /// The process that made it (submitted its task, or put it first).
     owner: Option<ClientId>,
     /// Announced to the mesh as held here.
+    #[cfg_attr(not(feature = "mesh"), allow(dead_code))]
     provided: bool,
     /// Copies held by other peers.
     #[cfg(feature = "mesh")]

@@ -196,20 +196,10 @@ impl Core {
     /// the mesh.
     #[cfg(feature = "mesh")]
     pub(crate) fn set_net(&mut self, net: crate::net::NetHandle) {
-        if let Some(mut rx) = net.subscribe(EVENT_QUEUE) {
-            let events = self.events.clone();
-            tokio::spawn(async move {
-                while let Some(ev) = rx.recv().await {
-                    if events
-                        .send(Event::Mesh(mesh::MeshEvent::Net(ev)))
-                        .await
-                        .is_err()
-                    {
-                        break;
-                    }
-                }
-            });
-        }
+        // Network events go straight into this inbox.
+        net.deliver_to(std::sync::Arc::new(mesh::CoreSink {
+            events: self.events.clone(),
+        }));
         let events = self.events.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
@@ -324,16 +314,8 @@ impl Core {
     /// (or is stuck): it is disconnected rather than silently missing a reply.
     fn send(&self, conn: ConnId, msg: ToClient) {
         #[cfg(feature = "mesh")]
-        let msg = match self
-            .mesh
-            .as_ref()
-            .is_some_and(|m| m.peer_of.contains_key(&conn))
-        {
-            true => {
-                self.send_to_peer(conn, msg);
-                return;
-            }
-            false => msg,
+        let Some(msg) = self.send_to_peer(conn, msg) else {
+            return;
         };
         if let Some(c) = self.conns.get(&conn) {
             match c.tx.try_send(msg) {
@@ -521,33 +503,13 @@ impl Core {
             ToNode::Abort { id } => self.store.abort(&id, conn),
             ToNode::Get { ids } => {
                 for id in ids {
-                    let Some(e) = self.objects.get_mut(&id) else {
-                        // Made elsewhere (a ref that came inside a value from a peer): the
-                        // mesh-wide directory may know a holder.
-                        #[cfg(feature = "mesh")]
-                        if self.fetch_unknown(conn, id) {
-                            continue;
-                        }
-                        // Freed (or never made): say so rather than let the asker wait.
-                        let value = ObjectValue::Error(TaskError::ObjectLost { id });
-                        self.send(conn, ToClient::Object { id, value });
+                    // Made elsewhere (a ref that came inside a value from a peer): the
+                    // mesh-wide directory may know a holder.
+                    #[cfg(feature = "mesh")]
+                    if !self.objects.contains_key(&id) && self.fetch_unknown(conn, id) {
                         continue;
-                    };
-                    match &e.value {
-                        Some(ObjectValue::Shared(_)) => {
-                            let value = self.readable(id);
-                            self.send(conn, ToClient::Object { id, value });
-                        }
-                        Some(v) => {
-                            let v = v.clone();
-                            self.send(conn, ToClient::Object { id, value: v });
-                        }
-                        None => {
-                            e.waiters.push(conn);
-                            #[cfg(feature = "mesh")]
-                            self.start_fetch(id);
-                        }
                     }
+                    self.get(conn, id);
                 }
             }
             ToNode::Release { ids } => self.release(conn, ids),
@@ -621,6 +583,32 @@ impl Core {
                     return;
                 }
                 self.send(conn, ToClient::ActorFound { request, actor });
+            }
+        }
+    }
+
+    /// Sends `conn` object `id` now if it is ready, when it is otherwise (getting a copy
+    /// here first if only peers hold it).
+    fn get(&mut self, conn: ConnId, id: ObjectId) {
+        let Some(e) = self.objects.get_mut(&id) else {
+            // Freed (or never made): say so rather than let the asker wait.
+            let value = ObjectValue::Error(TaskError::ObjectLost { id });
+            self.send(conn, ToClient::Object { id, value });
+            return;
+        };
+        match &e.value {
+            Some(ObjectValue::Shared(_)) => {
+                let value = self.readable(id);
+                self.send(conn, ToClient::Object { id, value });
+            }
+            Some(v) => {
+                let value = v.clone();
+                self.send(conn, ToClient::Object { id, value });
+            }
+            None => {
+                e.waiters.push(conn);
+                #[cfg(feature = "mesh")]
+                self.start_fetch(id);
             }
         }
     }

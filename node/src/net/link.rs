@@ -15,6 +15,7 @@ use std::io;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use futures::io::BufReader;
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::{PeerId, StreamProtocol};
@@ -59,8 +60,16 @@ pub enum NetEvent {
     },
 }
 
+/// The consumer of network events: the node's inbox.
+pub trait NetSink: Send + Sync + 'static {
+    /// Delivers `ev`, waiting for room; `false` once the consumer is gone.
+    fn send(&self, ev: NetEvent) -> BoxFuture<'_, bool>;
+    /// Delivers `ev` if there is room now; says whether it did.
+    fn try_send(&self, ev: NetEvent) -> bool;
+}
+
 /// Where network events go: set once, by the node that consumes them.
-pub type EventSink = Arc<OnceLock<mpsc::Sender<NetEvent>>>;
+pub type EventSink = Arc<OnceLock<Arc<dyn NetSink>>>;
 
 /// Why a message could not be queued.
 #[derive(Debug, thiserror::Error)]
@@ -242,7 +251,7 @@ async fn read_link(peer: PeerId, stream: libp2p::Stream, events: &EventSink) -> 
             tracing::debug!(%peer, "control messages before the node listens; dropped");
             continue;
         };
-        if tx.send(NetEvent::Messages { peer, msgs }).await.is_err() {
+        if !tx.send(NetEvent::Messages { peer, msgs }).await {
             return Ok(());
         }
     }

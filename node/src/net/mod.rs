@@ -416,12 +416,10 @@ impl NetHandle {
         self.code_shipping
     }
 
-    /// The network's events (load reports, lost peers, control messages), for the one
-    /// consumer that handles them. `None` if someone subscribed already.
-    pub fn subscribe(&self, capacity: usize) -> Option<mpsc::Receiver<link::NetEvent>> {
-        let (tx, rx) = mpsc::channel(capacity);
-        self.events.set(tx).ok()?;
-        Some(rx)
+    /// Hands the network's events (load reports, lost peers, control messages) to `sink`,
+    /// the one consumer that handles them. `false` if there is one already.
+    pub fn deliver_to(&self, sink: Arc<dyn link::NetSink>) -> bool {
+        self.events.set(sink).is_ok()
     }
 
     /// Queues a control message for `peer` (in order with the others sent to it).

@@ -268,6 +268,28 @@ impl Drop for ServeGuard {
     }
 }
 
+/// The core's inbox, as the network delivers to it.
+pub(crate) struct CoreSink {
+    pub(crate) events: mpsc::Sender<Event>,
+}
+
+impl crate::net::link::NetSink for CoreSink {
+    fn send(&self, ev: NetEvent) -> futures::future::BoxFuture<'_, bool> {
+        Box::pin(async move {
+            self.events
+                .send(Event::Mesh(MeshEvent::Net(ev)))
+                .await
+                .is_ok()
+        })
+    }
+
+    fn try_send(&self, ev: NetEvent) -> bool {
+        self.events
+            .try_send(Event::Mesh(MeshEvent::Net(ev)))
+            .is_ok()
+    }
+}
+
 /// The node's objects, as the transfer protocol serves them.
 pub(crate) struct CoreObjects {
     pub(crate) events: mpsc::Sender<Event>,
@@ -392,14 +414,15 @@ impl Core {
         conn
     }
 
-    /// Sends what the core meant for a peer's connection to that peer. Returns `false` if
-    /// `conn` is not a peer's.
-    pub(crate) fn send_to_peer(&self, conn: ConnId, msg: ToClient) -> bool {
-        let Some(m) = self.mesh.as_ref() else {
-            return false;
-        };
-        let Some(peer) = m.peer_of.get(&conn) else {
-            return false;
+    /// Sends what the core meant for a peer's connection to that peer; gives the message
+    /// back if `conn` is not a peer's.
+    pub(crate) fn send_to_peer(&self, conn: ConnId, msg: ToClient) -> Option<ToClient> {
+        let Some((m, peer)) = self
+            .mesh
+            .as_ref()
+            .and_then(|m| Some((m, m.peer_of.get(&conn)?)))
+        else {
+            return Some(msg);
         };
         let msg = match msg {
             ToClient::Object { id, value } => PeerMsg::Object {
@@ -420,13 +443,13 @@ impl Core {
             ToClient::ActorFound { request, actor } => PeerMsg::ActorFound { request, actor },
             other => {
                 tracing::debug!(%peer, msg = ?std::mem::discriminant(&other), "a message with no meaning for a peer; dropped");
-                return true;
+                return None;
             }
         };
         if let Err(e) = m.net.send_peer(*peer, &msg) {
             tracing::warn!(%peer, error = %e, "message to a peer dropped");
         }
-        true
+        None
     }
 
     fn peer_msg(&mut self, now: Instant, peer: PeerId, msg: PeerMsg) {
@@ -485,41 +508,25 @@ impl Core {
         }
     }
 
-    /// A peer wants object `id`: its value now if ready, when ready otherwise.
+    /// A peer wants object `id`: its value now if ready, when ready otherwise; for a large
+    /// object only peers hold, where it is.
     fn fetch_requested(&mut self, conn: ConnId, peer: PeerId, id: ObjectId) {
-        let Some(e) = self.objects.get_mut(&id) else {
-            let value = ObjectValue::Error(TaskError::ObjectLost { id });
-            self.send(conn, ToClient::Object { id, value });
+        let elsewhere = self
+            .objects
+            .get(&id)
+            .filter(|e| e.value.is_none())
+            .and_then(|e| e.remote.as_ref())
+            .and_then(|r| Some((r.object?, r.holders.iter().map(peer_bytes).collect())));
+        if let (Some((object, holders)), Some(m)) = (elsewhere, self.mesh.as_ref()) {
+            let msg = PeerMsg::Object {
+                id,
+                value: RemoteValue::Shared { object, holders },
+            };
+            let _ = m.net.send_peer(peer, &msg);
             return;
-        };
-        match &e.value {
-            Some(ObjectValue::Shared(_)) => {
-                let value = self.readable(id);
-                self.send(conn, ToClient::Object { id, value });
-            }
-            Some(v) => {
-                let value = v.clone();
-                self.send(conn, ToClient::Object { id, value });
-            }
-            None => {
-                // Held by other peers only (a large result left where it was made): say where.
-                if let Some(r) = e.remote.as_ref() {
-                    if let Some(object) = r.object {
-                        let holders: Vec<Vec<u8>> = r.holders.iter().map(peer_bytes).collect();
-                        if let Some(m) = self.mesh.as_ref() {
-                            let msg = PeerMsg::Object {
-                                id,
-                                value: RemoteValue::Shared { object, holders },
-                            };
-                            let _ = m.net.send_peer(peer, &msg);
-                        }
-                        return;
-                    }
-                }
-                e.waiters.push(conn);
-                self.start_fetch(id);
-            }
         }
+        // (An object unknown here is not searched for on a peer's behalf: it is lost.)
+        self.get(conn, id);
     }
 
     /// A process asks for an object this node never heard of: look for a holder in the
@@ -590,23 +597,15 @@ impl Core {
             tracing::warn!(object = %id, %peer, "a value from a peer that was not asked for it; ignored");
             return;
         }
+        if let Some(r) = e.remote.as_mut() {
+            r.fetching = false;
+        }
         match value {
-            RemoteValue::Inline(v) => {
-                if let Some(r) = e.remote.as_mut() {
-                    r.fetching = false;
-                }
-                self.object_ready(id, ObjectValue::Inline(v))
-            }
-            RemoteValue::Error(err) => {
-                if let Some(r) = e.remote.as_mut() {
-                    r.fetching = false;
-                }
-                self.object_ready(id, ObjectValue::Error(err))
-            }
+            RemoteValue::Inline(v) => self.object_ready(id, ObjectValue::Inline(v)),
+            RemoteValue::Error(err) => self.object_ready(id, ObjectValue::Error(err)),
             RemoteValue::Shared { object, holders } => {
                 let r = e.remote.get_or_insert_with(Default::default);
                 r.object = Some(object);
-                r.fetching = false;
                 r.holders = peers_from(&holders);
                 if ours && !r.release_to.contains(&peer) {
                     // The peer keeps the result for this node until told otherwise.

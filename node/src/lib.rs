@@ -1,14 +1,16 @@
 //! The Shoal node: the daemon behind `shoal node`, also embeddable in a driver process.
 //!
 //! Layout (see DESIGN.md):
-//! - [`api`]: the local Unix socket: accept loop, per-connection reader and writer, bounded
-//!   frames, handshake.
-//! - [`sched`]: the scheduler, a pure state machine over CPU slots, custom resources and
-//!   worker leases.
+//! - [`core`]: the sans-IO core, [`core::NodeCore`]: processes, tasks, objects, actors, the
+//!   scheduler ([`core::sched`]) and spilling to peers, as state machines with plain inputs
+//!   and outputs and no I/O.
+//! - [`runtime`]: the shell around it: one event loop that owns every socket, process, file
+//!   and spawned job, the local Unix socket ([`runtime::api`]), worker processes
+//!   ([`runtime::workers`]) and the staged shutdown.
 //! - [`store`]: the shared-memory object store (directory of memory-mapped files, capacity).
-//! - [`workers`]: starting, watching and stopping worker processes.
-//! - `node`: the core task that owns the state and connects the parts above.
+//! - `net` (feature `mesh`): the one task that owns the libp2p swarm.
 //! - [`config`]: the one validated configuration.
+//! - `sim` (feature `test-utils`): a deterministic simulator of a whole mesh of cores.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), shoal_node::NodeError> {
@@ -19,23 +21,25 @@
 //! ```
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
-pub mod actors;
-pub mod api;
 pub mod config;
+pub mod core;
 #[cfg(feature = "mesh")]
 pub mod net;
-mod node;
-pub mod sched;
+pub mod runtime;
+#[cfg(feature = "test-utils")]
+pub mod sim;
 pub mod store;
-pub mod workers;
+
+pub use runtime::{api, workers};
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use config::NodeConfig;
-pub use node::{ConnId, Event};
+pub use runtime::{ConnId, Event};
 use shoal_protocol::{Hello, NodeId, NodeStatus, ToClient, ToNode};
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 /// Why a node could not start or answer.
@@ -100,14 +104,14 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         path: config.store_parent.clone(),
         source,
     })?;
-    let sched = sched::Scheduler::new(sched::SchedConfig {
+    let sched = core::sched::Scheduler::new(core::sched::SchedConfig {
         total: config.total_resources(),
         max_workers: config.max_workers,
         pipeline_depth: config.pipeline_depth,
         short_task: Duration::from_millis(2),
         max_start_failures: 3,
     });
-    let (tx, rx) = mpsc::channel(node::EVENT_QUEUE);
+    let (tx, rx) = mpsc::channel(runtime::EVENT_QUEUE);
     let handle = NodeHandle {
         events: tx.clone(),
         node_id,
@@ -136,16 +140,35 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         }
         None => None,
     };
-    let max_frame = config.max_frame;
+    #[cfg(feature = "mesh")]
+    let peer = net.as_ref().and_then(|n| {
+        Some(core::PeerConfig {
+            me: shoal_protocol::mesh::PeerKey::from_bytes(&n.peer_id().to_bytes())?,
+            target: net::target(),
+            accepts_code: n.code_shipping(),
+        })
+    });
+    #[cfg(not(feature = "mesh"))]
+    let peer = None;
+    let (max_frame, socket) = (config.max_frame, config.socket.clone());
     let span = tracing::info_span!("node", node = %node_id);
+    let core = core::NodeCore::new(
+        std::time::Instant::now(),
+        node_id,
+        config,
+        sched,
+        store,
+        peer,
+    );
+    let (accept, close) = (CancellationToken::new(), CancellationToken::new());
     #[allow(unused_mut)]
-    let mut core = node::Core::new(node_id, config, sched, store, tx.clone());
+    let mut shell = runtime::event_loop::Shell::new(core, socket, accept.clone(), close.clone());
     #[cfg(feature = "mesh")]
     if let Some(net) = net {
-        core.set_net(net);
+        shell.set_net(net, tx.clone());
     }
-    tokio::spawn(core.run(rx).instrument(span.clone()));
-    tokio::spawn(api::serve(listener, tx, max_frame).instrument(span));
+    tokio::spawn(shell.run(rx).instrument(span.clone()));
+    tokio::spawn(api::serve(listener, tx, max_frame, accept, close).instrument(span));
     Ok(handle)
 }
 
@@ -180,13 +203,19 @@ impl NodeHandle {
         rx.await.map_err(|_| NodeError::Stopped)
     }
 
-    /// Stops the node: kills its workers, removes its store directory and socket.
+    /// Stops the node, in stages: it stops accepting connections, fails what is in flight
+    /// with `NodeStopping`, stops its workers, closes its connections, leaves the mesh and
+    /// removes its store directory and socket. Returns once all of that is done; a node
+    /// that stopped already returns at once.
     pub async fn shutdown(&self) {
         let (tx, rx) = oneshot::channel();
-        if self.events.send(Event::Shutdown(tx)).await.is_ok() {
-            let _ = rx.await;
+        if self.events.send(Event::Shutdown(tx)).await.is_err() {
+            tracing::debug!("the node had stopped already");
+            return;
         }
-        let _ = std::fs::remove_file(&self.socket);
+        if rx.await.is_err() {
+            tracing::debug!("the node stopped during the shutdown");
+        }
     }
 
     /// Attaches a process living in the node's own address space (an embedded driver),
@@ -255,10 +284,17 @@ impl LocalSender {
 
     /// Detaches the connection.
     pub async fn close(&self) {
-        let _ = self
+        if self
             .events
             .send(Event::Disconnected { conn: self.conn })
-            .await;
+            .await
+            .is_err()
+        {
+            tracing::debug!(
+                conn = self.conn,
+                "the node stopped before the connection closed"
+            );
+        }
     }
 }
 

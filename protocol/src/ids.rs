@@ -179,14 +179,23 @@ impl std::hash::Hasher for IdHasher {
     }
 }
 
+/// The per-process seed of [`IdBuildHasher`].
+static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+
+/// Fixes the seed of every [`IdMap`] of this process, so that the order in which maps are
+/// iterated is the same on every run (a simulation replays exactly). Only for tests: a fixed
+/// seed lets whoever picks the ids crowd one bucket. Must be called before any `IdMap` is
+/// made; says whether the seed is now `seed`.
+pub fn fix_hash_seed_for_tests(seed: u64) -> bool {
+    *SEED.get_or_init(|| seed) == seed
+}
+
 /// Builds [`IdHasher`]s from a per-process random seed.
 #[derive(Clone, Copy, Debug)]
 pub struct IdBuildHasher(u64);
 
 impl Default for IdBuildHasher {
     fn default() -> Self {
-        use std::sync::OnceLock;
-        static SEED: OnceLock<u64> = OnceLock::new();
         Self(*SEED.get_or_init(|| {
             // The std's random hasher keys are the process's entropy; borrow one.
             use std::hash::{BuildHasher, Hasher};

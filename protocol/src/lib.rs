@@ -34,6 +34,7 @@ pub mod messages;
 pub use codec::{DecodeError, EncodeError};
 pub use frame::FrameError;
 pub use ids::{ActorId, BinaryId, ClientId, Digest, IdMap, NodeId, ObjectId, TaskId};
+pub use mesh::PeerKey;
 pub use messages::*;
 
 /// Four bytes at the start of every handshake, so a stray client is recognised at once.

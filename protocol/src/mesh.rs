@@ -6,6 +6,76 @@ use serde::{Deserialize, Serialize};
 use crate::ids::{BinaryId, ObjectId, TaskId};
 use crate::messages::{ActorInfo, ResourceSet, SharedObject, TaskError, TaskSpec};
 
+/// Longest peer id accepted, in bytes (an ed25519 libp2p peer id is 38).
+pub const MAX_PEER_KEY: usize = 48;
+
+/// A peer of the mesh, as the node's core names it: the bytes of its libp2p `PeerId`,
+/// held inline so that the key is `Copy` and the core needs no network types.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerKey {
+    len: u8,
+    bytes: [u8; MAX_PEER_KEY],
+}
+
+impl PeerKey {
+    /// The key of a peer id given as bytes; `None` if they are empty or longer than
+    /// [`MAX_PEER_KEY`].
+    pub fn from_bytes(b: &[u8]) -> Option<Self> {
+        if b.is_empty() || b.len() > MAX_PEER_KEY {
+            return None;
+        }
+        let mut bytes = [0u8; MAX_PEER_KEY];
+        bytes[..b.len()].copy_from_slice(b);
+        Some(Self {
+            len: b.len() as u8,
+            bytes,
+        })
+    }
+
+    /// The peer id's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len as usize]
+    }
+
+    /// The peer id's bytes, owned (as they travel in messages).
+    pub fn to_vec(&self) -> Vec<u8> {
+        self.as_bytes().to_vec()
+    }
+}
+
+/// Base58 (Bitcoin alphabet), as libp2p prints peer ids.
+impl std::fmt::Display for PeerKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const ALPHABET: &[u8; 58] = b"123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz";
+        let input = self.as_bytes();
+        let zeros = input.iter().take_while(|b| **b == 0).count();
+        // Digits in base 58, least significant first.
+        let mut digits: Vec<u8> = Vec::with_capacity(input.len() * 138 / 100 + 1);
+        for &byte in &input[zeros..] {
+            let mut carry = byte as u32;
+            for d in digits.iter_mut() {
+                carry += (*d as u32) << 8;
+                *d = (carry % 58) as u8;
+                carry /= 58;
+            }
+            while carry > 0 {
+                digits.push((carry % 58) as u8);
+                carry /= 58;
+            }
+        }
+        let mut out = String::with_capacity(zeros + digits.len());
+        out.extend(std::iter::repeat_n('1', zeros));
+        out.extend(digits.iter().rev().map(|d| ALPHABET[*d as usize] as char));
+        f.write_str(&out)
+    }
+}
+
+impl std::fmt::Debug for PeerKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PeerKey({self})")
+    }
+}
+
 /// Largest encoded load report accepted (gossip payloads stay far below gossipsub's 64 KiB).
 pub const MAX_REPORT_BYTES: usize = 16 * 1024;
 /// Binaries listed in one report at most.
@@ -272,6 +342,18 @@ mod tests {
             addrs: vec!["/ip4/127.0.0.1/tcp/1".into()],
             accepts_code: true,
         }
+    }
+
+    #[test]
+    fn peer_keys_print_as_base58() {
+        // Known vectors of base58 (Bitcoin alphabet).
+        let k = PeerKey::from_bytes(b"Hello World!").unwrap();
+        assert_eq!(k.to_string(), "2NEpo7TZRRrLZSi2U");
+        let k = PeerKey::from_bytes(&[0, 0, 1]).unwrap();
+        assert_eq!(k.to_string(), "112");
+        assert_eq!(k.as_bytes(), &[0, 0, 1]);
+        assert!(PeerKey::from_bytes(&[]).is_none());
+        assert!(PeerKey::from_bytes(&[1; MAX_PEER_KEY + 1]).is_none());
     }
 
     #[test]

@@ -382,6 +382,9 @@ pub enum TaskError {
         /// The peer's id.
         peer: String,
     },
+    /// The node stopped (it was shut down) before the task or the object was done.
+    #[error("the node is stopping")]
+    NodeStopping,
 }
 
 /// An actor to host, handed to the worker dedicated to it.

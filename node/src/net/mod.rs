@@ -232,6 +232,8 @@ enum Command {
     Dial(Multiaddr),
     /// Drop the connections to a peer that sent garbage.
     Disconnect(PeerId),
+    /// Drop the connections to a peer the core considers lost.
+    Forget(PeerId),
     /// Publish these bytes as a load report, as they are.
     PublishRaw(Vec<u8>),
     PutRecord {
@@ -308,6 +310,14 @@ impl NetHandle {
     /// command queue drops the update (a newer one follows).
     pub fn update_load(&self, load: Load) {
         let _ = self.commands.try_send(Command::Load(load));
+    }
+
+    /// Closes the connections to a peer this node considers lost, so that the peer learns
+    /// it too (loss is mutual: neither side keeps waiting for the other). Never waits.
+    pub fn disconnect(&self, peer: PeerId) {
+        if self.commands.try_send(Command::Forget(peer)).is_err() {
+            tracing::warn!(%peer, "command queue full: a lost peer stays connected for now");
+        }
     }
 
     /// Dials a peer.
@@ -1064,6 +1074,11 @@ impl NetTask {
             Command::Disconnect(peer) => {
                 tracing::warn!(%peer, "disconnecting a peer that sent malformed data");
                 let _ = self.swarm.disconnect_peer_id(peer);
+            }
+            Command::Forget(peer) => {
+                if self.swarm.disconnect_peer_id(peer).is_ok() {
+                    tracing::info!(%peer, "disconnected a peer this node considers lost");
+                }
             }
             Command::Dial(addr) => {
                 if let Err(e) = self.swarm.dial(addr.clone()) {

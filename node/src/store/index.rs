@@ -11,8 +11,14 @@ use std::collections::HashMap;
 
 use shoal_protocol::{Digest, ObjectId, SharedObject, StoreError};
 
-/// Who made a reservation: a node-local connection number.
-pub type Holder = u64;
+/// Who made a reservation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Holder {
+    /// A local process (driver or worker), by its connection number.
+    Proc(u64),
+    /// The node itself (a copy it pulls from a peer).
+    Node,
+}
 
 /// Where an object's bytes are in memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -401,7 +407,7 @@ mod tests {
         for s in &plan.spill {
             ix.spilled(s);
         }
-        ix.reserve(id(n), size, 1).unwrap();
+        ix.reserve(id(n), size, Holder::Proc(1)).unwrap();
         assert_eq!(ix.seal(id(n), id(n), obj(size)), Ok(Sealed::New));
         plan
     }
@@ -490,8 +496,8 @@ mod tests {
     fn content_addressed_seal_dedups() {
         let mut ix = StoreIndex::new(100);
         let (t1, t2, content) = (id(1), id(2), id(9));
-        ix.reserve(t1, 10, 7).unwrap();
-        ix.reserve(t2, 10, 8).unwrap();
+        ix.reserve(t1, 10, Holder::Proc(7)).unwrap();
+        ix.reserve(t2, 10, Holder::Proc(8)).unwrap();
         assert_eq!(ix.used(), 20);
         assert_eq!(ix.seal(t1, content, obj(10)), Ok(Sealed::New));
         assert_eq!(ix.seal(t2, content, obj(10)), Ok(Sealed::Duplicate));
@@ -509,15 +515,15 @@ mod tests {
         let mut ix = StoreIndex::new(100);
         let a = id(1);
         assert!(ix.seal(a, a, obj(1)).is_err());
-        ix.reserve(a, 10, 7).unwrap();
+        ix.reserve(a, 10, Holder::Proc(7)).unwrap();
         assert!(matches!(
             ix.seal(a, a, obj(11)),
             Err(StoreError::Mismatch(_))
         ));
-        assert_eq!(ix.reservations_of(7), vec![a]);
-        assert!(ix.reserved_by(&a, 7) && !ix.reserved_by(&a, 8));
+        assert_eq!(ix.reservations_of(Holder::Proc(7)), vec![a]);
+        assert!(ix.reserved_by(&a, Holder::Proc(7)) && !ix.reserved_by(&a, Holder::Proc(8)));
         ix.seal(a, a, obj(10)).unwrap();
-        assert!(ix.reservations_of(7).is_empty());
+        assert!(ix.reservations_of(Holder::Proc(7)).is_empty());
         assert_eq!(ix.sealed_count(), 1);
         assert_eq!(ix.remove(&id(1)), Some((Some(Location::Memory), false)));
     }

@@ -438,7 +438,7 @@ mod tests {
 
     fn write(store: &mut Store, ticket: ObjectId, bytes: &[u8]) -> Result<Sealed, StoreError> {
         assert_eq!(
-            store.reserve(ticket, bytes.len() as u64, 1)?,
+            store.reserve(ticket, bytes.len() as u64, Holder::Proc(1))?,
             CreateOutcome::Write
         );
         std::fs::write(partial_path(store.dir(), &ticket), bytes).unwrap();
@@ -488,14 +488,14 @@ mod tests {
         assert_eq!(std::fs::read_dir(store.spill_dir()).unwrap().count(), 0);
 
         // A writer that goes away leaves nothing.
-        store.reserve(a, 4, 2).unwrap();
+        store.reserve(a, 4, Holder::Proc(2)).unwrap();
         std::fs::write(partial_path(store.dir(), &a), b"ab").unwrap();
-        store.abort_holder(2);
+        store.abort_holder(Holder::Proc(2));
         assert!(!partial_path(store.dir(), &a).exists());
         assert_eq!(store.index().used(), 0);
         // Too large for the store at all.
         assert!(matches!(
-            store.reserve(a, 11, 1),
+            store.reserve(a, 11, Holder::Proc(1)),
             Err(StoreError::Full { requested: 11, .. })
         ));
         store.destroy();
@@ -518,7 +518,9 @@ mod tests {
         store.remove(&a);
         assert_eq!(store.pooled_bytes(), big.len() as u64);
         // The next reservation of a similar size gets the same file, cut to its size.
-        store.reserve(b, (big.len() - 100) as u64, 1).unwrap();
+        store
+            .reserve(b, (big.len() - 100) as u64, Holder::Proc(1))
+            .unwrap();
         let partial = std::fs::metadata(partial_path(store.dir(), &b)).unwrap();
         assert_eq!(
             (partial.ino(), partial.len()),
@@ -539,7 +541,7 @@ mod tests {
         write(&mut store, c, &big).unwrap();
         store.remove(&c);
         assert_eq!(store.pooled_bytes(), big.len() as u64);
-        store.reserve(a, 63 << 20, 1).unwrap();
+        store.reserve(a, 63 << 20, Holder::Proc(1)).unwrap();
         assert_eq!(store.pooled_bytes(), 0);
         store.destroy();
         std::fs::remove_dir_all(&parent).unwrap();

@@ -20,7 +20,8 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, Semaphore};
 use tracing::Instrument;
 
-use crate::node::{ConnId, Event};
+use crate::core::ConnId;
+use crate::runtime::Event;
 
 /// Connections served at once; more wait in the listen backlog.
 pub const MAX_CONNECTIONS: usize = 4096;
@@ -87,14 +88,30 @@ pub async fn bind(path: &Path) -> std::io::Result<UnixListener> {
     UnixListener::bind(path)
 }
 
-/// Accepts connections until the listener fails or `events` closes.
-pub async fn serve(listener: UnixListener, events: mpsc::Sender<Event>, max_frame: usize) {
+/// Accepts connections until `stop` is cancelled or the core's inbox closes; the listener
+/// is closed when it returns. Connections still open end when `close` is cancelled (or
+/// when the core drops their queue).
+pub async fn serve(
+    listener: UnixListener,
+    events: mpsc::Sender<Event>,
+    max_frame: usize,
+    stop: tokio_util::sync::CancellationToken,
+    close: tokio_util::sync::CancellationToken,
+) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            return;
+        let permit = tokio::select! {
+            _ = stop.cancelled() => return,
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
         };
-        let stream = match listener.accept().await {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        let stream = match accepted {
             Ok((s, _)) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed");
@@ -113,13 +130,19 @@ pub async fn serve(listener: UnixListener, events: mpsc::Sender<Event>, max_fram
             role = tracing::field::Empty,
             pid = tracing::field::Empty
         );
+        let close = close.clone();
         tokio::spawn(
             async move {
-                match handle(conn, stream, events.clone(), max_frame).await {
+                let result = tokio::select! {
+                    r = handle(conn, stream, events.clone(), max_frame) => r,
+                    _ = close.cancelled() => Err(ConnError::Shutdown),
+                };
+                match result {
                     Ok(()) => tracing::debug!("connection closed"),
                     Err(ConnError::ClosedEarly) => {
                         tracing::debug!("connection closed before Hello")
                     }
+                    Err(ConnError::Shutdown) => tracing::debug!("connection closed: node stopping"),
                     Err(e) => tracing::warn!(error = %e, "connection rejected"),
                 }
                 drop(permit);
@@ -167,11 +190,11 @@ async fn handle(
     let result = tokio::select! {
         r = read_loop(conn, &mut rd, buf, &events, max_frame) => r,
         _ = &mut writer => {
-            let _ = events.send(Event::Disconnected { conn }).await;
+            detach(&events, conn).await;
             return Err(ConnError::ClosedByNode);
         }
     };
-    let _ = events.send(Event::Disconnected { conn }).await;
+    detach(&events, conn).await;
     // The core drops its sender on Disconnected; the writer then flushes and ends.
     let mut wr = writer.await.ok().flatten();
     if let (Err(e), Some(wr)) = (&result, wr.as_mut()) {
@@ -180,6 +203,13 @@ async fn handle(
         }
     }
     result
+}
+
+/// Tells the core that `conn` ended (a core that stopped needs no telling).
+async fn detach(events: &mpsc::Sender<Event>, conn: ConnId) {
+    if events.send(Event::Disconnected { conn }).await.is_err() {
+        tracing::debug!(conn, "the core stopped before the connection ended");
+    }
 }
 
 async fn read_hello(

@@ -13,8 +13,9 @@ use std::collections::{HashMap, VecDeque};
 
 use shoal_protocol::{ActorCreate, ActorId, ActorInfo, ActorStatus, ClientId, TaskError, TaskId};
 
-use crate::sched::WorkerId;
+use crate::core::sched::WorkerId;
 
+pub(crate) mod directory;
 #[cfg(test)]
 mod tests;
 
@@ -215,11 +216,14 @@ impl ActorTable {
 
     /// Actors that end with `owner` (not detached, not dead).
     pub fn owned_by(&self, owner: ClientId) -> Vec<ActorId> {
-        self.actors
+        let mut v: Vec<ActorId> = self
+            .actors
             .iter()
             .filter(|(_, a)| a.owner == owner && !a.spec.detached && !a.is_dead())
             .map(|(id, _)| *id)
-            .collect()
+            .collect();
+        v.sort();
+        v
     }
 
     /// Queues a call from `caller`. A dead or unknown actor refuses it with the error the
@@ -422,6 +426,28 @@ impl ActorTable {
         queued
     }
 
+    /// Forgets the dead actors of `owner` (it went away: no call of its can come any more).
+    /// Dead actors are otherwise kept, so that late calls learn why the actor died.
+    pub fn forget_dead_of(&mut self, owner: ClientId) {
+        let mut dead: Vec<ActorId> = self
+            .actors
+            .iter()
+            .filter(|(_, a)| a.owner == owner && a.is_dead())
+            .map(|(id, _)| *id)
+            .collect();
+        dead.sort();
+        for actor in dead {
+            self.forget(actor);
+        }
+    }
+
+    /// Forgets `actor` if it is dead.
+    pub fn forget_if_dead(&mut self, actor: ActorId) {
+        if self.actors.get(&actor).is_some_and(|a| a.is_dead()) {
+            self.forget(actor);
+        }
+    }
+
     /// Calls in flight at a dead actor's worker, which fail now (the worker is being
     /// killed).
     pub fn drain_inflight(&mut self, actor: ActorId) -> Vec<TaskId> {
@@ -429,6 +455,16 @@ impl ActorTable {
             .get_mut(&actor)
             .map(|a| a.inflight.drain(..).collect())
             .unwrap_or_default()
+    }
+
+    /// Actors known.
+    pub fn len(&self) -> usize {
+        self.actors.len()
+    }
+
+    /// Whether no actor is known.
+    pub fn is_empty(&self) -> bool {
+        self.actors.is_empty()
     }
 
     /// One line per actor, for status.

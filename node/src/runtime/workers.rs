@@ -6,16 +6,16 @@
 //! the node and announces its id. Which tasks it runs is the scheduler's business; this
 //! module only owns the processes.
 
+use std::future::Future;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 
 use shoal_protocol::ExitInfo;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tracing::Instrument;
 
-use crate::node::Event;
-use crate::sched::WorkerId;
+use crate::core::sched::WorkerId;
 
 /// Environment variable naming the worker id; its presence means "worker mode".
 pub const ENV_WORKER_ID: &str = "SHOAL_WORKER_ID";
@@ -24,7 +24,8 @@ pub const ENV_BINARY: &str = "SHOAL_BINARY_ID";
 /// Environment variable naming the node's socket.
 pub const ENV_SOCKET: &str = "SHOAL_SOCKET";
 
-/// A running worker process: dropping it kills the process.
+/// A running worker process. Dropping it does not stop the process: [`WorkerProcess::kill`]
+/// does, and the watcher returned by [`spawn`] reports its end.
 #[derive(Debug)]
 pub struct WorkerProcess {
     /// Its pid.
@@ -33,10 +34,12 @@ pub struct WorkerProcess {
 }
 
 impl WorkerProcess {
-    /// Asks the process to stop (SIGKILL); its exit is reported as usual.
+    /// Asks the process to stop (SIGKILL); its exit is reported by its watcher as usual.
     pub fn kill(&mut self) {
         if let Some(tx) = self.kill.take() {
-            let _ = tx.send(());
+            if tx.send(()).is_err() {
+                tracing::debug!(pid = self.pid, "worker already ended");
+            }
         }
     }
 }
@@ -49,14 +52,18 @@ pub fn exit_info(status: ExitStatus) -> ExitInfo {
     }
 }
 
-/// Starts worker `id` from `exe`; when it ends, [`Event::WorkerExited`] goes to `events`.
+/// Starts worker `id` from `exe`. Returns the process and its watcher: a future that ends
+/// with the process (killing it if its [`WorkerProcess`] asks to, or if the watcher is
+/// dropped), with how it ended.
 pub fn spawn(
     id: WorkerId,
     binary: shoal_protocol::BinaryId,
     exe: &Path,
     socket: &Path,
-    events: mpsc::Sender<Event>,
-) -> std::io::Result<WorkerProcess> {
+) -> std::io::Result<(
+    WorkerProcess,
+    impl Future<Output = ExitInfo> + Send + 'static,
+)> {
     let mut cmd = tokio::process::Command::new(exe);
     cmd.env(ENV_WORKER_ID, id.to_string())
         .env(ENV_BINARY, binary.to_hex())
@@ -69,39 +76,36 @@ pub fn spawn(
     let pid = child.id().unwrap_or(0);
     let (kill_tx, mut kill_rx) = oneshot::channel();
     let span = tracing::info_span!("worker", worker = id, pid, exe = %exe.display());
-    tokio::spawn(
-        async move {
-            tracing::debug!("worker started");
-            let status = tokio::select! {
-                status = child.wait() => status,
-                _ = &mut kill_rx => {
-                    let _ = child.start_kill();
-                    child.wait().await
+    let watcher = async move {
+        tracing::debug!("worker started");
+        let status = tokio::select! {
+            status = child.wait() => status,
+            _ = &mut kill_rx => {
+                if let Err(e) = child.start_kill() {
+                    tracing::debug!(error = %e, "worker ended before the kill");
                 }
-            };
-            let exit = match status {
-                Ok(s) => exit_info(s),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot wait for worker");
-                    ExitInfo {
-                        code: None,
-                        signal: None,
-                    }
+                child.wait().await
+            }
+        };
+        let exit = match status {
+            Ok(s) => exit_info(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot wait for worker");
+                ExitInfo {
+                    code: None,
+                    signal: None,
                 }
-            };
-            tracing::debug!(%exit, "worker ended");
-            let _ = events
-                .send(Event::WorkerExited {
-                    worker: id,
-                    pid,
-                    exit,
-                })
-                .await;
-        }
-        .instrument(span),
-    );
-    Ok(WorkerProcess {
-        pid,
-        kill: Some(kill_tx),
-    })
+            }
+        };
+        tracing::debug!(%exit, "worker ended");
+        exit
+    }
+    .instrument(span);
+    Ok((
+        WorkerProcess {
+            pid,
+            kill: Some(kill_tx),
+        },
+        watcher,
+    ))
 }

@@ -18,7 +18,7 @@
 //! actor's whole life. Actor workers do not count against [`SchedConfig::max_workers`] (their
 //! number is bounded by what they hold, as in Ray) and never go back to the pool.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use shoal_protocol::{BinaryId, ResourceSet, TaskError, TaskId, WorkerStatus};
@@ -134,7 +134,8 @@ pub struct Scheduler {
     /// Shapes in first-seen order, for a stable, fair scan.
     shape_order: Vec<Shape>,
     queued: usize,
-    workers: HashMap<WorkerId, Worker>,
+    /// In id order, so that choices among workers are the same on every run.
+    workers: BTreeMap<WorkerId, Worker>,
     next_worker: WorkerId,
     /// Moving average of task run time per shape, in seconds.
     run_time: HashMap<Shape, f64>,
@@ -158,7 +159,7 @@ impl Scheduler {
             queues: HashMap::new(),
             shape_order: Vec::new(),
             queued: 0,
-            workers: HashMap::new(),
+            workers: BTreeMap::new(),
             next_worker: 1,
             run_time: HashMap::new(),
             start_failures: HashMap::new(),
@@ -274,7 +275,10 @@ impl Scheduler {
     /// Drops queued tasks for which `keep` is false (their owner went away). Returns them.
     pub fn remove_queued(&mut self, mut keep: impl FnMut(TaskId) -> bool) -> Vec<TaskId> {
         let mut removed = Vec::new();
-        for q in self.queues.values_mut() {
+        for shape in &self.shape_order {
+            let Some(q) = self.queues.get_mut(shape) else {
+                continue;
+            };
             q.retain(|t| {
                 let k = keep(*t);
                 if !k {
@@ -518,6 +522,13 @@ impl Scheduler {
     /// The binary a worker runs.
     pub fn worker_binary(&self, worker: WorkerId) -> Option<BinaryId> {
         self.workers.get(&worker).map(|w| w.binary)
+    }
+
+    /// Every worker the scheduler knows (starting or running), in id order.
+    pub fn worker_ids(&self) -> Vec<WorkerId> {
+        let mut ids: Vec<WorkerId> = self.workers.keys().copied().collect();
+        ids.sort_unstable();
+        ids
     }
 
     /// One line per worker, for status.

@@ -1,0 +1,1231 @@
+//! The core's side of local processes: handshakes, their messages, tasks and their results,
+//! object lifetimes, actors hosted here, and worker processes.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use shoal_protocol::{
+    codec, ActorId, Arg, ArgValue, ExecTask, Hello, HostActor, ObjectId, ObjectInfo, ObjectStats,
+    ObjectValue, Role, TaskError, TaskId, TaskKind, TaskOutcome, TaskSpec, ToClient, ToNode,
+};
+
+use super::actors::{ActorState, AfterDeath, Registered};
+use super::sched::{Action, WorkerId};
+use super::tasks::TaskEntry;
+use super::{ConnId, NodeCore, Output, Party, Proc, WorkerEnd};
+use crate::store::{Holder, Location, RestoreError};
+
+impl NodeCore {
+    pub(super) fn attached(&mut self, now: Instant, conn: ConnId, hello: Hello) {
+        let mut worker = None;
+        match &hello.role {
+            Role::Worker { worker_id } => {
+                if !self.sched.worker_connected(now, *worker_id, hello.pid) {
+                    tracing::warn!(conn, worker = worker_id, "unknown worker id; rejected");
+                    self.tell_proc(
+                        conn,
+                        ToClient::Rejected {
+                            reason: format!("unknown worker id {worker_id}"),
+                        },
+                    );
+                    self.out.push_back(Output::Close { conn });
+                    return;
+                }
+                worker = Some(*worker_id);
+                self.worker_conns.insert(*worker_id, conn);
+            }
+            Role::Driver => {
+                if let Some(b) = &hello.binary {
+                    let exe = PathBuf::from(&b.path);
+                    self.binaries.insert(b.id, exe.clone());
+                    self.sched.binary_attached(b.id);
+                    // Peers asked to run its tasks fetch it from here.
+                    if self.me.is_some() {
+                        self.out
+                            .push_back(Output::ServeBinary { binary: b.id, exe });
+                    }
+                }
+            }
+            Role::Cli => {}
+        }
+        tracing::debug!(conn, role = ?hello.role, pid = hello.pid, client = %hello.client, "attached");
+        let binary = match &hello.role {
+            Role::Driver => hello.binary.as_ref().map(|b| b.id),
+            _ => None,
+        };
+        self.tell_proc(
+            conn,
+            ToClient::Welcome {
+                node_id: self.node_id,
+                store_dir: self.store.dir().display().to_string(),
+                inline_threshold: self.config.inline_threshold,
+                peer_id: self.me.map(|p| p.to_string()),
+            },
+        );
+        self.procs.insert(
+            conn,
+            Proc {
+                role: hello.role,
+                client: hello.client,
+                pid: hello.pid,
+                binary,
+                worker,
+            },
+        );
+    }
+
+    pub(super) fn detached(&mut self, now: Instant, conn: ConnId) {
+        let Some(p) = self.procs.remove(&conn) else {
+            return;
+        };
+        tracing::debug!(conn, role = ?p.role, "detached");
+        self.store.abort_holder(Holder::Proc(conn));
+        if let Some(w) = p.worker {
+            self.worker_conns.remove(&w);
+        }
+        if let Some(b) = p.binary {
+            self.sched.binary_detached(b);
+        }
+        // The actors it made end with it, unless detached, and are forgotten.
+        for actor in self.actors.owned_by(p.client) {
+            self.kill_actor(
+                now,
+                actor,
+                TaskError::ActorKilled {
+                    actor,
+                    reason: "its creator exited".into(),
+                },
+            );
+        }
+        self.actors.forget_dead_of(p.client);
+        self.party_gone(now, Party::Proc(conn));
+    }
+
+    /// What `party` asked of this node ends: its queued tasks and calls are dropped (running
+    /// ones finish and their results are discarded), the actors it placed on peers end, its
+    /// refs and waits go.
+    pub(super) fn party_gone(&mut self, now: Instant, party: Party) {
+        self.end_remote_actors_of(now, party);
+        let tasks = &self.tasks;
+        let dropped = self
+            .sched
+            .remove_queued(|t| tasks.get(&t).is_none_or(|e| e.owner != party));
+        for t in dropped {
+            self.finish_task(now, t);
+        }
+        let mut waiting: Vec<TaskId> = self
+            .tasks
+            .iter()
+            .filter(|(_, e)| e.owner == party && (e.missing > 0 || e.is_call()))
+            .map(|(t, _)| *t)
+            .collect();
+        waiting.sort();
+        for t in waiting {
+            // A call already at its actor's worker finishes there; the others are dropped.
+            if self.call_queued(t) || self.tasks.get(&t).is_some_and(|e| e.missing > 0) {
+                self.finish_task(now, t);
+            }
+        }
+        let mut touched = self.objects.party_gone(party);
+        touched.sort();
+        for id in touched {
+            self.maybe_free(id);
+        }
+    }
+
+    pub(super) fn message(&mut self, now: Instant, conn: ConnId, msg: ToNode) {
+        if !self.procs.contains_key(&conn) {
+            // A connection the core refused; its reader is closing.
+            return;
+        }
+        let party = Party::Proc(conn);
+        match msg {
+            ToNode::Hello(_) => tracing::warn!(conn, "second Hello ignored"),
+            ToNode::Submit(spec) => self.submit(now, party, spec, 0),
+            ToNode::Put { id, value, nested } => {
+                if ObjectId::for_content(&value) != id {
+                    tracing::warn!(conn, object = %id, "put whose id is not its content hash; ignored");
+                    return;
+                }
+                self.put_arrived(now, conn, id, ObjectValue::Inline(value), nested);
+            }
+            ToNode::Hold { ids } => self.objects.hold(party, &ids),
+            ToNode::Objects { request } => {
+                let objects = self.object_list();
+                self.tell_proc(conn, ToClient::Objects { request, objects });
+            }
+            ToNode::Create { request, id, size } => {
+                let result = self.store.reserve(id, size, Holder::Proc(conn));
+                if let Err(e) = &result {
+                    tracing::warn!(conn, object = %id, error = %e, "store refused an object")
+                }
+                self.tell_proc(conn, ToClient::Created { request, result });
+            }
+            ToNode::Seal {
+                ticket,
+                id,
+                object,
+                nested,
+            } => {
+                if !self.store.index().reserved_by(&ticket, Holder::Proc(conn)) {
+                    tracing::warn!(conn, object = %id, "seal of a reservation this process does not hold; ignored");
+                    return;
+                }
+                if ticket != id && ObjectId::from_digest(object.digest) != id {
+                    tracing::warn!(conn, object = %id, "seal whose id is not its digest; dropped");
+                    self.store.remove(&ticket);
+                    return;
+                }
+                match self.store.seal(ticket, id, object) {
+                    // A large put: the sealer holds it. (Task results are sealed by `Done`.)
+                    Ok(_) => self.put_arrived(now, conn, id, ObjectValue::Shared(object), nested),
+                    Err(e) => {
+                        tracing::warn!(conn, object = %id, error = %e, "bad seal");
+                        self.store.remove(&ticket);
+                    }
+                }
+            }
+            ToNode::Abort { id } => self.store.abort(&id, Holder::Proc(conn)),
+            ToNode::Get { ids } => {
+                for id in ids {
+                    // Made elsewhere (a ref that came inside a value from a peer): the
+                    // mesh-wide directory may know a holder.
+                    if !self.objects.contains(&id) && self.fetch_unknown(conn, id) {
+                        continue;
+                    }
+                    self.get(now, party, id);
+                }
+            }
+            ToNode::Release { ids } => self.release(party, ids),
+            ToNode::Done {
+                task_id,
+                outcome,
+                nested,
+            } => {
+                if self.procs.get(&conn).is_some_and(|c| c.worker.is_some()) {
+                    self.task_done(now, conn, task_id, outcome, nested);
+                } else {
+                    tracing::warn!(conn, task = %task_id, "Done from a process that is not a worker; ignored");
+                }
+            }
+            ToNode::Blocked => {
+                if let Some(w) = self.worker_of(conn) {
+                    self.sched.worker_blocked(now, w);
+                }
+            }
+            ToNode::Returned { tasks } => {
+                if let Some(w) = self.worker_of(conn) {
+                    self.sched.tasks_returned(now, w, &tasks);
+                }
+            }
+            ToNode::Unblocked => {
+                if let Some(w) = self.worker_of(conn) {
+                    self.sched.worker_unblocked(w);
+                }
+            }
+            ToNode::Status { request } => {
+                let status = Box::new(self.status(now));
+                self.out.push_back(Output::Status {
+                    conn,
+                    request,
+                    status,
+                });
+            }
+            ToNode::ActorStarted { actor, result } => {
+                let hosting = self
+                    .procs
+                    .get(&conn)
+                    .and_then(|p| Some((p.worker?, p.pid)))
+                    .filter(|(w, _)| self.actors.by_worker(*w) == Some(actor));
+                let Some((_, pid)) = hosting else {
+                    tracing::warn!(conn, actor = %actor, "ActorStarted from a process not hosting the actor; ignored");
+                    return;
+                };
+                match result {
+                    Ok(()) => {
+                        tracing::info!(actor = %actor, pid, "actor started");
+                        self.actors.started(actor, pid);
+                    }
+                    Err(e) => {
+                        let message = e.to_string();
+                        tracing::warn!(actor = %actor, %message, "actor constructor failed");
+                        self.kill_actor(
+                            now,
+                            actor,
+                            TaskError::ActorCreationFailed { actor, message },
+                        );
+                    }
+                }
+            }
+            ToNode::KillActor { actor, no_restart } => {
+                self.kill_request(now, party, actor, no_restart)
+            }
+            ToNode::ActorOutOfScope { actor } => {
+                if self.actors.get(&actor).is_none() && self.drain_remote(now, conn, actor) {
+                    return;
+                }
+                let owner = self.procs.get(&conn).map(|c| c.client);
+                let owned = self.actors.get(&actor).map(|a| a.owner);
+                if owner.is_none() || owner != owned {
+                    tracing::warn!(conn, actor = %actor, "ActorOutOfScope from a process that does not own the actor; ignored");
+                } else if self.actors.out_of_scope(actor) {
+                    self.end_out_of_scope(now, actor);
+                }
+            }
+            ToNode::LookupActor { request, name } => {
+                let actor = self.actors.lookup(&name);
+                if actor.is_none() && self.lookup_remote(conn, request, &name) {
+                    return;
+                }
+                self.tell_proc(conn, ToClient::ActorFound { request, actor });
+            }
+        }
+    }
+
+    fn worker_of(&self, conn: ConnId) -> Option<WorkerId> {
+        self.procs.get(&conn).and_then(|c| c.worker)
+    }
+
+    /// Sends `party` object `id` now if it is ready, when it is otherwise (getting a copy
+    /// here first if only peers hold it).
+    pub(super) fn get(&mut self, _now: Instant, party: Party, id: ObjectId) {
+        let Some(e) = self.objects.get_mut(&id) else {
+            // Freed (or never made): say so rather than let the asker wait.
+            let value = ObjectValue::Error(TaskError::ObjectLost { id });
+            self.send(party, ToClient::Object { id, value });
+            return;
+        };
+        match &e.value {
+            Some(ObjectValue::Shared(_)) => {
+                let value = self.readable(id);
+                self.send(party, ToClient::Object { id, value });
+            }
+            Some(v) => {
+                let value = v.clone();
+                self.send(party, ToClient::Object { id, value });
+            }
+            None => {
+                e.waiters.push(party);
+                self.start_fetch(id);
+            }
+        }
+    }
+
+    /// `party` no longer holds these objects.
+    pub(super) fn release(&mut self, party: Party, ids: Vec<ObjectId>) {
+        for id in ids {
+            self.objects.release(party, &id);
+            self.maybe_free(id);
+        }
+    }
+
+    /// Whether `task` is an actor call still queued at the node (not yet at the worker).
+    fn call_queued(&self, task: TaskId) -> bool {
+        let Some(e) = self.tasks.get(&task) else {
+            return false;
+        };
+        let TaskKind::ActorMethod { actor } = e.spec.kind else {
+            return false;
+        };
+        // Queued calls are those not in flight; the table knows which are in flight.
+        self.actors.get(&actor).is_some_and(|a| a.is_queued(task))
+    }
+
+    pub(super) fn kill_request(
+        &mut self,
+        now: Instant,
+        party: Party,
+        actor: ActorId,
+        no_restart: bool,
+    ) {
+        let Some(a) = self.actors.get(&actor) else {
+            if self.kill_remote(now, actor, no_restart, "killed by shoal::kill") {
+                return;
+            }
+            tracing::debug!(%party, actor = %actor, "kill of an unknown actor");
+            return;
+        };
+        if a.is_dead() {
+            return;
+        }
+        tracing::info!(%party, actor = %actor, no_restart, "actor killed on request");
+        if no_restart {
+            self.kill_actor(
+                now,
+                actor,
+                TaskError::ActorKilled {
+                    actor,
+                    reason: "killed by shoal::kill".into(),
+                },
+            );
+        } else if let ActorState::Alive { worker, .. } = a.state {
+            // As if it crashed: it restarts if it has restarts left.
+            self.out.push_back(Output::KillWorker { worker });
+        }
+    }
+
+    /// Ends an actor for good: queued and in-flight calls fail with `error`, its worker is
+    /// stopped, its resources and constructor arguments are released.
+    pub(super) fn kill_actor(&mut self, now: Instant, actor: ActorId, error: TaskError) {
+        let Some(create_task) = self.actors.get(&actor).map(|a| a.create_task) else {
+            return;
+        };
+        self.withdraw_actor(actor);
+        let mut failed = self.actors.kill(actor, error.clone());
+        failed.extend(self.actors.drain_inflight(actor));
+        for t in failed {
+            self.fail_task(now, t, error.clone());
+        }
+        self.sched.end_actor(now, create_task);
+        self.finish_task(now, create_task);
+    }
+
+    /// Records the actor's location (and its name) in the mesh's directory. The records are
+    /// republished while this node runs and expire after it stops.
+    pub(super) fn announce_actor(&mut self, actor: ActorId) {
+        use shoal_protocol::mesh::{actor_key, name_key, ActorLocation};
+        let (Some(me), Some(a)) = (self.me, self.actors.get(&actor)) else {
+            return;
+        };
+        let location = ActorLocation {
+            peer: me.to_vec(),
+            incarnation: a.incarnation,
+            class: a.class.clone(),
+        };
+        let mut records = Vec::new();
+        match codec::encode(&location) {
+            Ok(v) => records.push((actor_key(&actor), v)),
+            Err(e) => {
+                tracing::error!(actor = %actor, error = %e, "cannot encode an actor location")
+            }
+        }
+        if let Some(name) = &a.spec.name {
+            match codec::encode(&actor) {
+                Ok(v) => records.push((name_key(name), v)),
+                Err(e) => tracing::error!(actor = %actor, error = %e, "cannot encode an actor id"),
+            }
+        }
+        self.out
+            .push_back(Output::Job(super::Job::PutRecords { records }));
+    }
+
+    /// Withdraws the actor's records (other peers' copies expire).
+    pub(super) fn withdraw_actor(&mut self, actor: ActorId) {
+        let (Some(_), Some(a)) = (self.me, self.actors.get(&actor)) else {
+            return;
+        };
+        let name = a.spec.name.clone();
+        self.out.push_back(Output::Dht(super::DhtOp::RemoveRecord(
+            shoal_protocol::mesh::actor_key(&actor),
+        )));
+        if let Some(name) = name {
+            self.out.push_back(Output::Dht(super::DhtOp::RemoveRecord(
+                shoal_protocol::mesh::name_key(&name),
+            )));
+        }
+    }
+
+    pub(super) fn end_out_of_scope(&mut self, now: Instant, actor: ActorId) {
+        tracing::debug!(actor = %actor, "actor out of scope; ending it");
+        self.kill_actor(
+            now,
+            actor,
+            TaskError::ActorKilled {
+                actor,
+                reason: "all its handles were dropped".into(),
+            },
+        );
+    }
+
+    /// Sends an actor's ready calls to its worker.
+    pub(super) fn pump_actor(&mut self, now: Instant, actor: ActorId) {
+        let tasks = &self.tasks;
+        let (worker, calls) = self
+            .actors
+            .take_ready(actor, |t| tasks.get(&t).is_some_and(|e| e.missing == 0));
+        let Some(worker) = worker else {
+            return;
+        };
+        let conn = self.worker_conns.get(&worker).copied();
+        for t in calls {
+            match self.exec_for(t) {
+                Ok(exec) => match conn {
+                    Some(conn) => self.tell_proc(conn, ToClient::Execute(exec)),
+                    None => tracing::warn!(actor = %actor, "actor worker has no connection"),
+                },
+                Err(err) => {
+                    self.actors.call_done(actor, t);
+                    self.fail_task(now, t, err);
+                }
+            }
+        }
+    }
+
+    /// Resolves a task's arguments into what a worker receives, reading spilled ones back.
+    /// Shared-memory arguments are pinned in memory (listed in `pinned`) until the task ends.
+    fn resolve_args(
+        &mut self,
+        args: &[Arg],
+        pinned: &mut Vec<ObjectId>,
+    ) -> Result<Vec<ArgValue>, TaskError> {
+        let mut out = Vec::with_capacity(args.len());
+        for arg in args {
+            match arg {
+                Arg::Value(v) => out.push(ArgValue::Inline(v.clone())),
+                Arg::Ref(id) => match self.readable(*id) {
+                    ObjectValue::Inline(v) => out.push(ArgValue::Inline(v)),
+                    ObjectValue::Shared(o) => {
+                        self.store.pin(id);
+                        pinned.push(*id);
+                        out.push(ArgValue::Shared(*id, o));
+                    }
+                    ObjectValue::Error(e) => return Err(e),
+                },
+            }
+        }
+        Ok(out)
+    }
+
+    /// Resolves `task`'s arguments, pinning its shared-memory ones until the task ends.
+    fn resolve_task_args(&mut self, task: TaskId) -> Result<Vec<ArgValue>, TaskError> {
+        // Taken out for the call and put back: the arguments are not copied.
+        let args = match self.tasks.get_mut(&task) {
+            Some(e) => std::mem::take(&mut e.spec.args),
+            None => return Ok(Vec::new()),
+        };
+        let mut pinned = Vec::new();
+        let resolved = self.resolve_args(&args, &mut pinned);
+        if let Some(e) = self.tasks.get_mut(&task) {
+            e.spec.args = args;
+            e.store_pins.extend(pinned);
+        }
+        resolved
+    }
+
+    fn exec_for(&mut self, task: TaskId) -> Result<ExecTask, TaskError> {
+        let Some(entry) = self.tasks.get(&task) else {
+            return Err(TaskError::ObjectLost {
+                id: ObjectId::for_return(task, 0),
+            });
+        };
+        let (function, return_id) = (entry.spec.function.clone(), entry.ret);
+        let resolved = self.resolve_task_args(task);
+        Ok(ExecTask {
+            task_id: task,
+            function,
+            args: resolved?,
+            return_id,
+        })
+    }
+
+    /// A worker is ready for the actor created by `task`: hand it the actor, then its calls.
+    fn host_actor(&mut self, now: Instant, worker: WorkerId, task: TaskId) {
+        let Some(actor) = self.actors.by_task(&task) else {
+            self.sched.end_actor(now, task);
+            return;
+        };
+        let Some(entry) = self.tasks.get(&task) else {
+            self.sched.end_actor(now, task);
+            return;
+        };
+        let TaskKind::CreateActor(create) = &entry.spec.kind else {
+            return;
+        };
+        let max_concurrency = create.max_concurrency.max(1);
+        let class = entry.spec.function.clone();
+        // The constructor reads them at once; an actor's arguments stay pinned for its life
+        // (a restart reads them again).
+        let args = match self.resolve_task_args(task) {
+            Ok(a) => a,
+            Err(e) => {
+                let message = e.to_string();
+                self.kill_actor(
+                    now,
+                    actor,
+                    TaskError::ActorCreationFailed { actor, message },
+                );
+                return;
+            }
+        };
+        let Some(&conn) = self.worker_conns.get(&worker) else {
+            tracing::warn!(worker, actor = %actor, "actor worker gone before hosting");
+            return;
+        };
+        let incarnation = self.actors.get(&actor).map_or(0, |a| a.incarnation);
+        tracing::debug!(worker, actor = %actor, class, incarnation, "hosting actor");
+        self.actors.hosted(actor, worker);
+        self.tell_proc(
+            conn,
+            ToClient::HostActor(HostActor {
+                actor_id: actor,
+                class,
+                args,
+                max_concurrency,
+                incarnation,
+            }),
+        );
+        self.pump_actor(now, actor);
+    }
+
+    /// Every argument of `task` is ready: run it, create its actor or let its call go.
+    pub(super) fn deps_ready(&mut self, now: Instant, task: TaskId) {
+        let Some(entry) = self.tasks.get(&task) else {
+            return;
+        };
+        match &entry.spec.kind {
+            // Here or at a peer with room.
+            TaskKind::Function | TaskKind::CreateActor(_) => self.place_task(now, task),
+            TaskKind::ActorMethod { actor } => {
+                let actor = *actor;
+                if self.localize_args(task) {
+                    return;
+                }
+                self.pump_actor(now, actor);
+            }
+        }
+    }
+
+    /// A `put` object (small or sealed in the store) from `conn`, which holds it from now
+    /// on. Equal bytes put before are kept once; the first put makes the object.
+    fn put_arrived(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        id: ObjectId,
+        value: ObjectValue,
+        nested: Vec<ObjectId>,
+    ) {
+        let client = self.procs.get(&conn).map(|c| c.client);
+        let e = self.objects.entry(id);
+        e.holders.push(Party::Proc(conn));
+        if e.value.is_some() {
+            return;
+        }
+        e.owner = client;
+        let shared = matches!(value, ObjectValue::Shared(_));
+        self.set_nested(id, nested);
+        self.object_ready(now, id, value);
+        // A large put is long-lived and often shared: the mesh learns that this node holds it.
+        if shared && self.me.is_some() {
+            if let Some(e) = self.objects.get_mut(&id) {
+                e.provided = true;
+                self.out
+                    .push_back(Output::Dht(super::DhtOp::StartProviding(id)));
+            }
+        }
+    }
+
+    pub(super) fn submit(&mut self, now: Instant, owner: Party, spec: TaskSpec, hops: u32) {
+        let task_id = spec.task_id;
+        let ret = spec.return_id();
+        {
+            let e = self.objects.entry(ret);
+            e.holders.push(owner);
+            e.push_to = Some(owner);
+            e.owner = Some(spec.owner);
+        }
+        for id in &spec.nested {
+            self.objects.pin(id);
+        }
+        let mut missing = 0;
+        let mut failed_dep = None;
+        for arg in &spec.args {
+            if let Arg::Ref(id) = arg {
+                let Some(e) = self.objects.get_mut(id) else {
+                    failed_dep = Some(TaskError::ObjectLost { id: *id });
+                    continue;
+                };
+                e.pins += 1;
+                e.dependents.push(task_id);
+                match &e.value {
+                    None if !e.ready_remotely() => missing += 1,
+                    None => {}
+                    Some(ObjectValue::Error(err)) => failed_dep = Some(err.clone()),
+                    Some(_) => {}
+                }
+            }
+        }
+        let kind = spec.kind.clone();
+        let (client, class) = (spec.owner, spec.function.clone());
+        let entry = TaskEntry::new(spec, owner, missing, hops);
+        let span = entry.span.clone();
+        let _entered = span.enter();
+        self.tasks.insert(task_id, entry);
+        match kind {
+            TaskKind::Function => {}
+            TaskKind::CreateActor(create) => {
+                match self.actors.register(task_id, &class, &create, client) {
+                    Ok(Registered::New) => {
+                        tracing::debug!(actor = %create.actor_id, class, name = ?create.name, "actor registered");
+                        self.actor_id_ready(now, ret, create.actor_id);
+                        self.announce_actor(create.actor_id);
+                    }
+                    Ok(Registered::Existing(existing)) => {
+                        self.finish_task(now, task_id);
+                        self.actor_id_ready(now, ret, existing);
+                        return;
+                    }
+                    Err(e) => {
+                        self.fail_task(now, task_id, e);
+                        return;
+                    }
+                }
+            }
+            TaskKind::ActorMethod { actor } if self.actor_is_remote(&actor) => {
+                // Sent at once, in order with the caller's other calls; the actor's peer
+                // waits for its arguments.
+                if let Some(err) = failed_dep {
+                    self.fail_task(now, task_id, err);
+                } else {
+                    self.forward_call(now, task_id, actor);
+                }
+                return;
+            }
+            TaskKind::ActorMethod { actor } => {
+                if let Err(e) = self.actors.enqueue(actor, client, task_id) {
+                    self.fail_task(now, task_id, e);
+                    return;
+                }
+            }
+        }
+        if let Some(err) = failed_dep {
+            self.fail_task(now, task_id, err);
+        } else if missing == 0 {
+            self.deps_ready(now, task_id);
+        }
+    }
+
+    /// The return object of an actor's creation: its id, known at once.
+    fn actor_id_ready(&mut self, now: Instant, ret: ObjectId, actor: ActorId) {
+        match codec::encode(&actor) {
+            Ok(bytes) => self.object_ready(now, ret, ObjectValue::Inline(bytes)),
+            Err(e) => tracing::error!(error = %e, "cannot encode an actor id"),
+        }
+    }
+
+    fn task_done(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        task: TaskId,
+        outcome: shoal_protocol::TaskOutcome,
+        nested: Vec<ObjectId>,
+    ) {
+        let span = self.tasks.get(&task).map(|e| e.span.clone());
+        let _entered = span.as_ref().map(|s| s.enter());
+        let mut actor = None;
+        if let Some(w) = self.worker_of(conn) {
+            actor = self.actors.by_worker(w);
+            match actor {
+                Some(a) => {
+                    if !self.actors.call_done(a, task) {
+                        // Failed already (its actor was killed meanwhile): nothing to do.
+                        return;
+                    }
+                }
+                None => self.sched.task_done(now, w, task),
+            }
+        }
+        let ret = ObjectId::for_return(task, 0);
+        let value = match outcome {
+            TaskOutcome::Ok(ObjectValue::Shared(_))
+                if !self.store.index().reserved_by(&ret, Holder::Proc(conn)) =>
+            {
+                tracing::warn!(conn, task = %task, "a shared result without a reservation");
+                ObjectValue::Error(TaskError::ResultStore {
+                    message: "the result was not reserved in the store".into(),
+                })
+            }
+            TaskOutcome::Ok(ObjectValue::Shared(object)) => match self.store.seal(ret, ret, object)
+            {
+                Ok(_) => ObjectValue::Shared(object),
+                Err(e) => {
+                    tracing::warn!(conn, task = %task, error = %e, "bad result seal");
+                    self.store.remove(&ret);
+                    ObjectValue::Error(TaskError::ResultStore {
+                        message: e.to_string(),
+                    })
+                }
+            },
+            TaskOutcome::Ok(v) => v,
+            TaskOutcome::Err(e) => ObjectValue::Error(e),
+        };
+        if self.tasks.contains_key(&task) {
+            self.finish_task(now, task);
+            if !matches!(value, ObjectValue::Error(_)) {
+                self.set_nested(ret, nested);
+            }
+            self.object_ready(now, ret, value);
+        } else if let ObjectValue::Shared(_) = value {
+            // Nobody wants it any more: drop the stored result.
+            self.store.remove(&ret);
+        }
+        if let Some(a) = actor {
+            self.pump_actor(now, a);
+            if self.actors.get(&a).is_some_and(|x| x.drained()) {
+                self.end_out_of_scope(now, a);
+            }
+        }
+    }
+
+    /// Forgets a task and unpins its arguments.
+    pub(super) fn finish_task(&mut self, now: Instant, task: TaskId) {
+        let Some(entry) = self.tasks.remove(&task) else {
+            return;
+        };
+        self.spill.forget(&task);
+        if let TaskKind::ActorMethod { actor } = entry.spec.kind {
+            if self.actors.remove_queued(actor, entry.spec.owner, task) {
+                // The caller's next call may be ready.
+                self.pump_actor(now, actor);
+            }
+        }
+        for id in &entry.store_pins {
+            self.store.unpin(id);
+        }
+        for id in entry.arg_refs() {
+            if let Some(e) = self.objects.get_mut(&id) {
+                e.pins = e.pins.saturating_sub(1);
+                e.dependents.retain(|t| *t != task);
+            }
+            self.maybe_free(id);
+        }
+        for id in &entry.spec.nested {
+            self.objects.unpin(id);
+            self.maybe_free(*id);
+        }
+        // An abandoned task's result may now be unheld.
+        self.maybe_free(entry.ret);
+    }
+
+    pub(super) fn fail_task(&mut self, now: Instant, task: TaskId, error: TaskError) {
+        let Some(entry) = self.tasks.get(&task) else {
+            return;
+        };
+        if let TaskKind::CreateActor(create) = &entry.spec.kind {
+            let actor = create.actor_id;
+            if self.actors.by_task(&task) == Some(actor) {
+                // Its id is out already; the actor dies, and its calls fail with why.
+                let message = error.to_string();
+                self.kill_actor(
+                    now,
+                    actor,
+                    TaskError::ActorCreationFailed { actor, message },
+                );
+                return;
+            }
+        }
+        let ret = entry.ret;
+        let span = entry.span.clone();
+        let _entered = span.enter();
+        tracing::debug!(task = %task, %error, "task failed");
+        self.finish_task(now, task);
+        self.object_ready(now, ret, ObjectValue::Error(error));
+    }
+
+    /// Records a value, delivers it to whoever waits, and wakes dependent tasks.
+    pub(super) fn object_ready(&mut self, now: Instant, id: ObjectId, value: ObjectValue) {
+        let Some(e) = self.objects.get_mut(&id) else {
+            // Released before it was made.
+            if let ObjectValue::Shared(_) = value {
+                self.store.remove(&id);
+            }
+            return;
+        };
+        if e.value.is_some() {
+            // Objects are immutable: a second value for the same id is ignored.
+            tracing::warn!(object = %id, "duplicate value for an object; ignored");
+            return;
+        }
+        let waiters = std::mem::take(&mut e.waiters);
+        let push_to = e.push_to;
+        // Tasks that counted it missing: all dependents, unless it was ready at a peer
+        // already (then only those waiting for a copy here).
+        let dependents = match e.remote.as_mut() {
+            Some(r) if r.ready => std::mem::take(&mut r.localizing),
+            _ => e.dependents.clone(),
+        };
+        e.value = Some(value.clone());
+        let failed = match &value {
+            ObjectValue::Error(err) => Some(err.clone()),
+            _ => None,
+        };
+        if let Some(owner) = push_to {
+            self.send(
+                owner,
+                ToClient::Object {
+                    id,
+                    value: value.clone(),
+                },
+            );
+            // A peer that gets a value inline keeps its own copy: it holds nothing here any
+            // more. (A large value stays here for it until it says `Release`.)
+            if let (Party::Peer(_), false) = (owner, matches!(value, ObjectValue::Shared(_))) {
+                self.objects.release(owner, &id);
+            }
+        }
+        for w in waiters {
+            if Some(w) != push_to {
+                self.send(
+                    w,
+                    ToClient::Object {
+                        id,
+                        value: value.clone(),
+                    },
+                );
+            }
+        }
+        for t in dependents {
+            let Some(entry) = self.tasks.get_mut(&t) else {
+                continue;
+            };
+            if let Some(err) = &failed {
+                self.fail_task(now, t, err.clone());
+                continue;
+            }
+            entry.missing = entry.missing.saturating_sub(1);
+            if entry.missing == 0 {
+                self.deps_ready(now, t);
+            }
+        }
+        self.maybe_free(id);
+    }
+
+    /// Frees `id` if nothing references it any more, and whatever that leaves unreferenced:
+    /// its store files, the copies peers keep for this node, its announcement.
+    pub(super) fn maybe_free(&mut self, id: ObjectId) {
+        for (id, e) in self.objects.collect(id) {
+            if let Some(r) = &e.remote {
+                for p in &r.release_to {
+                    self.tell_peer(*p, shoal_protocol::mesh::PeerMsg::Release { ids: vec![id] });
+                }
+            }
+            if e.provided {
+                self.out
+                    .push_back(Output::Dht(super::DhtOp::StopProviding(id)));
+            }
+            // Its files go too (also those of an object whose copy turned out corrupted,
+            // and a result still being written).
+            self.store.remove(&id);
+        }
+    }
+
+    /// Records the refs inside object `id` and pins them while it lives.
+    pub(super) fn set_nested(&mut self, id: ObjectId, nested: Vec<ObjectId>) {
+        if nested.is_empty() {
+            return;
+        }
+        for inner in self.objects.set_nested(id, nested) {
+            if inner != id {
+                tracing::debug!(object = %id, nested = %inner, "a ref inside an object was already freed");
+            }
+        }
+    }
+
+    /// A shared object's value for a reader: read back from disk first if it was spilled.
+    /// A copy that fails its digest check becomes the object's error for good.
+    pub(super) fn readable(&mut self, id: ObjectId) -> ObjectValue {
+        let Some(value) = self.objects.get(&id).and_then(|e| e.value.clone()) else {
+            return ObjectValue::Error(TaskError::ObjectLost { id });
+        };
+        if !matches!(value, ObjectValue::Shared(_)) {
+            return value;
+        }
+        match self.store.ensure_in_memory(&id) {
+            Ok(()) => value,
+            Err(RestoreError::Corrupted(message)) => {
+                tracing::error!(object = %id, %message, "corrupted object");
+                let err = ObjectValue::Error(TaskError::ObjectCorrupted { id, message });
+                if let Some(e) = self.objects.get_mut(&id) {
+                    e.value = Some(err.clone());
+                }
+                err
+            }
+            Err(RestoreError::Store(e)) => ObjectValue::Error(TaskError::ObjectUnavailable {
+                id,
+                message: e.to_string(),
+            }),
+        }
+    }
+
+    pub(super) fn worker_exited(&mut self, now: Instant, worker: WorkerId, end: WorkerEnd) {
+        let (pid, exit) = match end {
+            WorkerEnd::Exited { pid, exit } => (pid, exit),
+            WorkerEnd::FailedToStart => (
+                0,
+                shoal_protocol::ExitInfo {
+                    code: None,
+                    signal: None,
+                },
+            ),
+        };
+        let lost = self.sched.worker_exited(now, worker);
+        if !lost.is_empty() {
+            tracing::warn!(worker, pid, %exit, tasks = lost.len(), "worker died with tasks in flight");
+        }
+        for (i, task) in lost.into_iter().enumerate() {
+            if let Some(actor) = self.actors.by_task(&task) {
+                self.actor_worker_lost(now, actor, end);
+                continue;
+            }
+            let Some(entry) = self.tasks.get_mut(&task) else {
+                continue;
+            };
+            // The first task was running; the others had not started and lose nothing.
+            if i > 0 || entry.retries_left > 0 {
+                if i == 0 {
+                    entry.retries_left -= 1;
+                }
+                tracing::info!(task = %task, retries_left = entry.retries_left, "retrying task");
+                let (binary, demand) = (entry.spec.binary, entry.spec.resources.clone());
+                self.sched.submit(now, task, binary, demand);
+            } else {
+                self.fail_task(now, task, TaskError::WorkerDied { pid, exit });
+            }
+        }
+    }
+
+    /// An actor's process ended: its calls in flight fail; it restarts if it may.
+    fn actor_worker_lost(&mut self, now: Instant, actor: ActorId, end: WorkerEnd) {
+        let Some(a) = self.actors.get(&actor) else {
+            return;
+        };
+        let create_task = a.create_task;
+        let (pid, error) = match (&a.state, end) {
+            (ActorState::Dead(e), WorkerEnd::Exited { pid, .. }) => (pid, e.clone()),
+            (ActorState::Dead(e), WorkerEnd::FailedToStart) => (0, e.clone()),
+            (_, WorkerEnd::FailedToStart) => (
+                0,
+                TaskError::ActorCreationFailed {
+                    actor,
+                    message: "its worker process could not be started".into(),
+                },
+            ),
+            (_, WorkerEnd::Exited { pid, exit }) => {
+                (pid, TaskError::ActorDied { actor, pid, exit })
+            }
+        };
+        let (inflight, after) = self.actors.worker_lost(actor, error.clone());
+        if !inflight.is_empty() {
+            tracing::warn!(actor = %actor, pid, calls = inflight.len(), "actor died with calls in flight");
+        }
+        for t in inflight {
+            self.fail_task(now, t, error.clone());
+        }
+        match after {
+            AfterDeath::Restart => {
+                tracing::info!(actor = %actor, pid, "restarting actor");
+                self.announce_actor(actor);
+                if let Some(entry) = self.tasks.get(&create_task) {
+                    let (binary, demand) = (entry.spec.binary, entry.spec.resources.clone());
+                    self.sched.submit_actor(now, create_task, binary, demand);
+                }
+            }
+            AfterDeath::Dead(queued) => {
+                tracing::warn!(actor = %actor, pid, "actor died");
+                self.withdraw_actor(actor);
+                for t in queued {
+                    self.fail_task(now, t, error.clone());
+                }
+                self.finish_task(now, create_task);
+            }
+        }
+    }
+
+    /// Carries out the scheduler's decisions.
+    pub(super) fn apply_actions(&mut self, now: Instant) {
+        while let Some(action) = self.sched.poll_action() {
+            match action {
+                Action::Spawn { worker, binary } => match self.binaries.get(&binary) {
+                    Some(exe) => {
+                        let exe = exe.clone();
+                        self.out.push_back(Output::SpawnWorker {
+                            worker,
+                            binary,
+                            exe,
+                        });
+                    }
+                    None => {
+                        tracing::error!(%binary, "no executable known for binary");
+                        self.worker_exited(now, worker, WorkerEnd::FailedToStart);
+                    }
+                },
+                Action::Dispatch { worker, task } => self.dispatch(now, worker, task),
+                Action::Kill { worker } => self.out.push_back(Output::KillWorker { worker }),
+                Action::Fail { task, error } => self.fail_task(now, task, error),
+                Action::HostActor { worker, task } => self.host_actor(now, worker, task),
+            }
+        }
+    }
+
+    fn dispatch(&mut self, now: Instant, worker: WorkerId, task: TaskId) {
+        let Some(span) = self.tasks.get(&task).map(|e| e.span.clone()) else {
+            // Dropped meanwhile: tell the scheduler it is done so the slot frees.
+            self.sched.task_done(now, worker, task);
+            return;
+        };
+        let _entered = span.enter();
+        let exec = match self.exec_for(task) {
+            Ok(exec) => exec,
+            Err(err) => {
+                self.sched.task_done(now, worker, task);
+                self.fail_task(now, task, err);
+                return;
+            }
+        };
+        match self.worker_conns.get(&worker) {
+            Some(conn) => self.tell_proc(*conn, ToClient::Execute(exec)),
+            None => {
+                tracing::warn!(worker, task = %task, "worker gone before dispatch; it will be retried")
+            }
+        }
+    }
+
+    /// Tells every party that waits for a value that the node is stopping.
+    pub(super) fn fail_all_waiters(&mut self) {
+        let mut owed: Vec<(ObjectId, Vec<Party>)> = Vec::new();
+        for (id, e) in self.objects.iter() {
+            if e.value.is_some() {
+                continue;
+            }
+            let mut parties = e.waiters.clone();
+            if let Some(p) = e.push_to {
+                if !parties.contains(&p) {
+                    parties.push(p);
+                }
+            }
+            if !parties.is_empty() {
+                owed.push((*id, parties));
+            }
+        }
+        owed.sort_by_key(|(id, _)| *id);
+        for (id, parties) in owed {
+            for p in parties {
+                self.send(
+                    p,
+                    ToClient::Object {
+                        id,
+                        value: ObjectValue::Error(TaskError::NodeStopping),
+                    },
+                );
+            }
+        }
+    }
+
+    pub(super) fn object_list(&self) -> Vec<ObjectInfo> {
+        let index = self.store.index();
+        let mut out: Vec<ObjectInfo> = self
+            .objects
+            .iter()
+            .map(|(id, e)| {
+                let mut pinned_by = Vec::new();
+                if !e.holders.is_empty() {
+                    pinned_by.push("ref".to_string());
+                }
+                if !e.dependents.is_empty() {
+                    pinned_by.push("task-arg".to_string());
+                }
+                if e.pins as usize > e.dependents.len() {
+                    pinned_by.push("nested".to_string());
+                }
+                let (size, location) = match &e.value {
+                    None => (0, "pending".to_string()),
+                    Some(ObjectValue::Inline(v)) => (v.len() as u64, "inline".to_string()),
+                    Some(ObjectValue::Error(_)) => (0, "error".to_string()),
+                    Some(ObjectValue::Shared(o)) => (
+                        o.size,
+                        match index.location(id) {
+                            Some(Location::Memory) => "memory",
+                            Some(Location::Disk) => "disk",
+                            Some(Location::Both) => "memory+disk",
+                            Some(Location::Writing) => "writing",
+                            None => "missing",
+                        }
+                        .to_string(),
+                    ),
+                };
+                if e.value.is_none() {
+                    pinned_by.push("pending".to_string());
+                }
+                ObjectInfo {
+                    id: *id,
+                    size,
+                    owner: e.owner,
+                    holders: e.holders.len() as u32,
+                    pinned_by,
+                    location,
+                }
+            })
+            .collect();
+        out.sort_by_key(|o| std::cmp::Reverse(o.size));
+        out
+    }
+
+    /// A snapshot of the node at `now` (the mesh view is the shell's to add).
+    pub fn status(&self, now: Instant) -> shoal_protocol::NodeStatus {
+        let index = self.store.index();
+        let mut objects = ObjectStats {
+            store_capacity: index.capacity(),
+            store_used: index.used(),
+            spilled_count: index.spilled_count(),
+            spilled_bytes: index.spilled_bytes(),
+            ..Default::default()
+        };
+        for (_, e) in self.objects.iter() {
+            objects.count += 1;
+            match &e.value {
+                Some(ObjectValue::Inline(v)) => {
+                    objects.inline_count += 1;
+                    objects.inline_bytes += v.len() as u64;
+                }
+                Some(ObjectValue::Shared(o)) => {
+                    objects.shared_count += 1;
+                    objects.shared_bytes += o.size;
+                }
+                _ => {}
+            }
+        }
+        let waiting = self.tasks.values().filter(|t| t.missing > 0).count() as u64;
+        shoal_protocol::NodeStatus {
+            node_id: self.node_id,
+            pid: std::process::id(),
+            socket: self.config.socket.display().to_string(),
+            store_dir: self.store.dir().display().to_string(),
+            embedded: self.config.embedded,
+            uptime_ms: now.saturating_duration_since(self.started).as_millis() as u64,
+            resources_total: self.sched.total().clone(),
+            resources_free: self.sched.free().clone(),
+            workers: self.sched.worker_status(),
+            tasks_queued: self.sched.queued() as u64 + waiting,
+            tasks_running: self.sched.running() as u64,
+            tasks_finished: self.sched.finished(),
+            clients: self.procs.len() as u64,
+            objects,
+            actors: self.actors.status(),
+            mesh: None,
+        }
+    }
+
+    /// Tells the mesh about this node's load when it changed.
+    pub(super) fn report_load(&mut self) {
+        if self.me.is_none() {
+            return;
+        }
+        let index = self.store.index();
+        let mut binaries: Vec<shoal_protocol::BinaryId> = self.binaries.keys().copied().collect();
+        binaries.sort();
+        let load = super::Load {
+            total: self.sched.total().clone(),
+            free: self.sched.free().clone(),
+            queued: self.sched.queued() as u64,
+            running: self.sched.running() as u64,
+            store_capacity: index.capacity(),
+            store_used: index.used(),
+            binaries,
+        };
+        if self.last_load.as_ref() != Some(&load) {
+            self.last_load = Some(load.clone());
+            self.out.push_back(Output::Load(load));
+        }
+    }
+}

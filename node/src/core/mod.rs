@@ -1,0 +1,633 @@
+//! The node's core: every table of the node and every decision it makes, as a state machine
+//! with no I/O.
+//!
+//! [`NodeCore`] owns the attached processes, the task table, the object table, the actors
+//! (local and remote), the scheduler and the spilling state. It performs no I/O: no socket,
+//! no file, no process, no timer, no clock. Everything it learns arrives as an [`Input`] with
+//! the current time; everything it wants done leaves as an [`Output`] for the shell to carry
+//! out. The shell (`crate::runtime`) owns every socket, process, file and spawned future;
+//! the simulator drives many cores on a virtual clock the same way.
+//!
+//! # Methods
+//!
+//! - **Inputs** (change state, queue outputs): [`NodeCore::handle`] for everything that
+//!   happened (a process attached, messages, a worker exit, a peer's report or messages, a
+//!   job's completion), [`NodeCore::handle_timeout`] when the deadline of
+//!   [`NodeCore::poll_timeout`] has passed, [`NodeCore::shutdown`] to stop, and
+//!   [`NodeCore::open_object`] / [`NodeCore::object_served`] around a transfer to a peer.
+//! - **Outputs**: [`NodeCore::poll_output`] yields what to do, in order.
+//! - **Queries** (no change): [`NodeCore::poll_timeout`], [`NodeCore::status`].
+//!
+//! # Order
+//!
+//! A shell calls an input method, then drains [`NodeCore::poll_output`] until it returns
+//! `None`, carrying out each output in the order given (messages to one party must leave in
+//! that order), then asks [`NodeCore::poll_timeout`] again. An output the shell cannot carry
+//! out comes back as an input: a process whose queue is full is [`Input::Detached`], a peer
+//! whose link cannot take a message is [`Input::PeerLost`], a worker that cannot start is
+//! [`Input::WorkerExited`] with [`WorkerEnd::FailedToStart`].
+//!
+//! # Parties
+//!
+//! A [`Party`] is whoever a message is from or for: a local process attached to the node, or
+//! another peer of the mesh. Tasks, refs and waits are recorded against parties, so a peer's
+//! work and a driver's are kept the same way, and a peer that leaves ends them the way a
+//! process that exits does.
+//!
+//! The same core is compiled with and without the `mesh` feature; without it, the shell never
+//! gives it a peer, and the spilling side stays idle.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use shoal_protocol::mesh::{LoadReport, PeerKey, PeerMsg};
+use shoal_protocol::{
+    ActorInfo, BinaryId, ClientId, Digest, ExitInfo, Hello, NodeId, NodeStatus, ObjectId, Role,
+    SharedObject, ToClient, ToNode,
+};
+
+use crate::config::NodeConfig;
+use crate::store::Store;
+
+pub mod actors;
+mod local;
+mod objects;
+mod peers;
+pub mod sched;
+mod spill;
+mod tasks;
+
+use actors::directory::Directory;
+use actors::ActorTable;
+use objects::ObjectTable;
+use sched::{Scheduler, WorkerId};
+use spill::Spill;
+use tasks::TaskTable;
+
+/// A node-local connection number.
+pub type ConnId = u64;
+
+/// Whoever a message is from or for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Party {
+    /// A process attached to this node (driver, worker or CLI), by its connection.
+    Proc(ConnId),
+    /// Another peer of the mesh.
+    Peer(PeerKey),
+}
+
+impl std::fmt::Display for Party {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Party::Proc(c) => write!(f, "conn {c}"),
+            Party::Peer(p) => write!(f, "peer {p}"),
+        }
+    }
+}
+
+/// How a worker process ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkerEnd {
+    /// It could not be started (no executable, or the spawn failed).
+    FailedToStart,
+    /// It ran and exited.
+    Exited {
+        /// Its pid.
+        pid: u32,
+        /// How.
+        exit: ExitInfo,
+    },
+}
+
+/// Something that happened, for the core to handle.
+#[derive(Debug)]
+pub enum Input {
+    /// A process finished its handshake.
+    Attached {
+        /// Its connection.
+        conn: ConnId,
+        /// Its handshake.
+        hello: Hello,
+    },
+    /// Messages from a process, in order.
+    FromProc {
+        /// Its connection.
+        conn: ConnId,
+        /// The messages.
+        msgs: Vec<ToNode>,
+    },
+    /// A process's connection ended (or the shell gave up on it).
+    Detached {
+        /// Its connection.
+        conn: ConnId,
+    },
+    /// A worker process ended.
+    WorkerExited {
+        /// The worker.
+        worker: WorkerId,
+        /// How.
+        end: WorkerEnd,
+    },
+    /// A peer's load report.
+    PeerReport {
+        /// The peer.
+        peer: PeerKey,
+        /// Its report (already checked against its signer and mesh).
+        report: Box<LoadReport>,
+    },
+    /// Messages from a peer's link, in order.
+    FromPeer {
+        /// The peer.
+        peer: PeerKey,
+        /// The messages.
+        msgs: Vec<PeerMsg>,
+    },
+    /// A peer left the mesh, restarted, or its link broke or could not take a message.
+    PeerLost {
+        /// The peer.
+        peer: PeerKey,
+    },
+    /// A job of [`Output::Job`] ended.
+    Job(JobDone),
+}
+
+/// Work that takes time, run by the shell, whose end comes back as [`Input::Job`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Job {
+    /// Pull an object's bytes from peers into `dest`, checking its digest; ends in
+    /// [`JobDone::Pulled`].
+    Pull {
+        /// The object.
+        id: ObjectId,
+        /// Its size and digest.
+        object: SharedObject,
+        /// Peers holding it, best first.
+        holders: Vec<PeerKey>,
+        /// The partial file to write.
+        dest: PathBuf,
+    },
+    /// Fetch a binary from a peer; ends in [`JobDone::BinaryFetched`].
+    FetchBinary {
+        /// The peer that has it.
+        from: PeerKey,
+        /// The binary.
+        binary: BinaryId,
+    },
+    /// Ask the mesh's directory who holds an object; ends in [`JobDone::ProvidersFound`].
+    FindProviders {
+        /// The object.
+        id: ObjectId,
+    },
+    /// Ask the mesh's directory where an actor lives; ends in [`JobDone::ActorLocated`].
+    LocateActor {
+        /// The actor.
+        actor: shoal_protocol::ActorId,
+    },
+    /// Ask the mesh's directory for a named actor, for a process; ends in
+    /// [`JobDone::NameResolved`].
+    ResolveName {
+        /// Who asked.
+        conn: ConnId,
+        /// Its request number.
+        request: u64,
+        /// The name.
+        name: String,
+    },
+    /// Store records in the mesh's directory (no completion).
+    PutRecords {
+        /// Keys and values.
+        records: Vec<(Vec<u8>, Vec<u8>)>,
+    },
+}
+
+/// The end of a [`Job`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobDone {
+    /// An object pull ended.
+    Pulled {
+        /// The object.
+        id: ObjectId,
+        /// Its size and digest.
+        object: SharedObject,
+        /// How it went.
+        result: Result<(), String>,
+    },
+    /// A binary fetch ended.
+    BinaryFetched {
+        /// The binary.
+        binary: BinaryId,
+        /// Its executable, or why not.
+        result: Result<PathBuf, String>,
+    },
+    /// Holders of an object, from the directory.
+    ProvidersFound {
+        /// The object.
+        id: ObjectId,
+        /// Peers announcing a copy.
+        peers: Vec<PeerKey>,
+    },
+    /// Where an actor lives, from the directory.
+    ActorLocated {
+        /// The actor.
+        actor: shoal_protocol::ActorId,
+        /// Its peer.
+        found: Option<PeerKey>,
+    },
+    /// A named actor, from the directory.
+    NameResolved {
+        /// Who asked.
+        conn: ConnId,
+        /// Its request number.
+        request: u64,
+        /// The actor and its peer.
+        found: Option<(ActorInfo, PeerKey)>,
+    },
+}
+
+/// An operation on the mesh's directory (the DHT), with no completion.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DhtOp {
+    /// Announce this node as a holder of the object.
+    StartProviding(ObjectId),
+    /// Withdraw that announcement.
+    StopProviding(ObjectId),
+    /// Remove a record this node stored.
+    RemoveRecord(Vec<u8>),
+}
+
+/// This node's load, as peers are told.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Load {
+    /// All resources.
+    pub total: shoal_protocol::ResourceSet,
+    /// Free resources.
+    pub free: shoal_protocol::ResourceSet,
+    /// Tasks waiting.
+    pub queued: u64,
+    /// Tasks running.
+    pub running: u64,
+    /// Store capacity.
+    pub store_capacity: u64,
+    /// Store bytes in use.
+    pub store_used: u64,
+    /// Binaries held.
+    pub binaries: Vec<BinaryId>,
+}
+
+/// An object's file, opened for a transfer to a peer; pinned in memory until
+/// [`NodeCore::object_served`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServedObject {
+    /// The file.
+    pub path: PathBuf,
+    /// Its length.
+    pub size: u64,
+    /// The digest of its bytes.
+    pub digest: Digest,
+}
+
+/// Something for the shell to do.
+#[derive(Debug)]
+pub enum Output {
+    /// Queue a message for a process.
+    ToProc {
+        /// Its connection.
+        conn: ConnId,
+        /// The message.
+        msg: ToClient,
+    },
+    /// A node status for a process: the shell adds what only it knows (the mesh view) and
+    /// sends it as `ToClient::Status`.
+    Status {
+        /// The process.
+        conn: ConnId,
+        /// Its request number.
+        request: u64,
+        /// The status.
+        status: Box<NodeStatus>,
+    },
+    /// Close a process's connection once what was queued for it is sent.
+    Close {
+        /// Its connection.
+        conn: ConnId,
+    },
+    /// Queue a message on a peer's link.
+    ToPeer {
+        /// The peer.
+        peer: PeerKey,
+        /// The message.
+        msg: PeerMsg,
+    },
+    /// Close the connections to a peer this node considers lost, so that it learns it too.
+    Disconnect {
+        /// The peer.
+        peer: PeerKey,
+    },
+    /// Start a worker process; its end comes back as [`Input::WorkerExited`].
+    SpawnWorker {
+        /// Its id (it announces it in its handshake).
+        worker: WorkerId,
+        /// Its binary.
+        binary: BinaryId,
+        /// The executable.
+        exe: PathBuf,
+    },
+    /// Kill a worker process (its end is reported as usual).
+    KillWorker {
+        /// The worker.
+        worker: WorkerId,
+    },
+    /// Tell the peers this node's load (it changed).
+    Load(Load),
+    /// Let peers fetch this binary from here.
+    ServeBinary {
+        /// The binary.
+        binary: BinaryId,
+        /// Its executable.
+        exe: PathBuf,
+    },
+    /// An operation on the mesh's directory.
+    Dht(DhtOp),
+    /// Start a job.
+    Job(Job),
+}
+
+/// How much a core holds (see [`NodeCore::census`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Census {
+    /// Attached processes.
+    pub procs: usize,
+    /// Objects known.
+    pub objects: usize,
+    /// Tasks known (queued, running, waiting, or sent to peers).
+    pub tasks: usize,
+    /// Actors known (alive or dead but not yet forgotten).
+    pub actors: usize,
+    /// Tasks queued at the scheduler.
+    pub queued: usize,
+    /// Tasks running here.
+    pub running: usize,
+    /// Store bytes in use.
+    pub store_used: u64,
+    /// Tasks of this node at peers.
+    pub spilled_tasks: usize,
+    /// Tasks waiting for a peer with room.
+    pub waiting_remote: usize,
+}
+
+/// A process attached to the node.
+#[derive(Debug)]
+struct Proc {
+    role: Role,
+    client: ClientId,
+    pid: u32,
+    binary: Option<BinaryId>,
+    worker: Option<WorkerId>,
+}
+
+/// The node's core. See the [module documentation](self).
+pub struct NodeCore {
+    node_id: NodeId,
+    config: NodeConfig,
+    started: Instant,
+    /// The time of the input being handled.
+    now: Instant,
+    /// This node's peer id, when it is a peer of a mesh.
+    me: Option<PeerKey>,
+    sched: Scheduler,
+    store: Store,
+    procs: HashMap<ConnId, Proc>,
+    worker_conns: HashMap<WorkerId, ConnId>,
+    binaries: HashMap<BinaryId, PathBuf>,
+    tasks: TaskTable,
+    objects: ObjectTable,
+    actors: ActorTable,
+    directory: Directory,
+    spill: Spill,
+    last_load: Option<Load>,
+    stopping: bool,
+    out: VecDeque<Output>,
+}
+
+impl std::fmt::Debug for NodeCore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeCore")
+            .field("node_id", &self.node_id)
+            .field("me", &self.me)
+            .field("procs", &self.procs.len())
+            .field("tasks", &self.tasks.len())
+            .field("objects", &self.objects.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a mesh peer needs besides the node's configuration.
+#[derive(Clone, Debug)]
+pub struct PeerConfig {
+    /// Its own peer id.
+    pub me: PeerKey,
+    /// Its target triple (which binaries it can run).
+    pub target: String,
+    /// Whether it takes binaries it does not hold (code shipping).
+    pub accepts_code: bool,
+}
+
+impl NodeCore {
+    /// A core for node `node_id`, started at `now`. `peer` makes it a peer of a mesh.
+    pub fn new(
+        now: Instant,
+        node_id: NodeId,
+        config: NodeConfig,
+        sched: Scheduler,
+        store: Store,
+        peer: Option<PeerConfig>,
+    ) -> Self {
+        let (me, spill) = match peer {
+            Some(p) => (Some(p.me), Spill::new(p.target, p.accepts_code)),
+            None => (None, Spill::new(String::new(), false)),
+        };
+        let mut core = Self {
+            node_id,
+            config,
+            started: now,
+            now,
+            me,
+            sched,
+            store,
+            procs: HashMap::new(),
+            worker_conns: HashMap::new(),
+            binaries: HashMap::new(),
+            tasks: Default::default(),
+            objects: Default::default(),
+            actors: ActorTable::new(),
+            directory: Directory::default(),
+            spill,
+            last_load: None,
+            stopping: false,
+            out: VecDeque::new(),
+        };
+        core.report_load();
+        core
+    }
+
+    /// Handles one input at `now`.
+    pub fn handle(&mut self, now: Instant, input: Input) {
+        self.now = now;
+        if self.stopping {
+            tracing::debug!(?input, "input after shutdown ignored");
+            return;
+        }
+        match input {
+            Input::Attached { conn, hello } => self.attached(now, conn, hello),
+            Input::FromProc { conn, msgs } => {
+                for msg in msgs {
+                    self.message(now, conn, msg);
+                }
+            }
+            Input::Detached { conn } => self.detached(now, conn),
+            Input::WorkerExited { worker, end } => self.worker_exited(now, worker, end),
+            Input::PeerReport { peer, report } => {
+                if Some(peer) == self.me {
+                    return;
+                }
+                self.spill.report(peer, *report);
+                self.spill_pass(now);
+            }
+            Input::FromPeer { peer, msgs } => {
+                for msg in msgs {
+                    self.peer_msg(now, peer, msg);
+                }
+            }
+            Input::PeerLost { peer } => self.peer_lost(now, peer),
+            Input::Job(done) => self.job_done(now, done),
+        }
+        self.after(now);
+    }
+
+    /// The deadline of [`poll_timeout`](Self::poll_timeout) has passed.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = now;
+        if self.stopping {
+            return;
+        }
+        if self.spill.next_pass.is_some_and(|t| t <= now) {
+            self.spill.next_pass = None;
+            self.spill_pass(now);
+        }
+        self.after(now);
+    }
+
+    /// The next output, in order.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) must be called next, if ever.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.stopping {
+            return None;
+        }
+        self.spill.next_pass
+    }
+
+    /// Runs the scheduler's decisions, then tells peers the load if it changed, and sets
+    /// the next look at waiting tasks.
+    fn after(&mut self, now: Instant) {
+        self.apply_actions(now);
+        self.report_load();
+        let waiting = self.spill.has_waiting() || (self.sched.queued() > 0 && self.me.is_some());
+        if !waiting {
+            self.spill.next_pass = None;
+        } else if self.spill.next_pass.is_none() {
+            self.spill.next_pass = Some(now + spill::SPILL_INTERVAL);
+        }
+    }
+
+    /// Stops the node: every party waiting for a value gets [`TaskError::NodeStopping`],
+    /// every worker is killed, and no input is taken any more.
+    ///
+    /// [`TaskError::NodeStopping`]: shoal_protocol::TaskError::NodeStopping
+    pub fn shutdown(&mut self, now: Instant) {
+        self.now = now;
+        if self.stopping {
+            return;
+        }
+        self.fail_all_waiters();
+        for worker in self.worker_conns.keys().copied().collect::<Vec<_>>() {
+            self.out.push_back(Output::KillWorker { worker });
+        }
+        for worker in self.sched.worker_ids() {
+            if !self.worker_conns.contains_key(&worker) {
+                self.out.push_back(Output::KillWorker { worker });
+            }
+        }
+        self.stopping = true;
+        tracing::info!("node stopping");
+    }
+
+    /// The store, for the shell's last step of a shutdown.
+    pub fn store_mut(&mut self) -> &mut Store {
+        &mut self.store
+    }
+
+    /// How much the core holds: what must drop to zero once every process is gone.
+    pub fn census(&self) -> Census {
+        Census {
+            procs: self.procs.len(),
+            objects: self.objects.len(),
+            tasks: self.tasks.len(),
+            actors: self.actors.len(),
+            queued: self.sched.queued(),
+            running: self.sched.running(),
+            store_used: self.store.index().used(),
+            spilled_tasks: self.spill.spilled_count(),
+            waiting_remote: self.spill.remote_wait.len(),
+        }
+    }
+
+    /// One line per task the core knows of (for diagnostics).
+    pub fn task_lines(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .tasks
+            .iter()
+            .map(|(id, e)| {
+                format!(
+                    "task {id} {} of {} missing {} retries {} at {:?}",
+                    e.spec.function,
+                    e.owner,
+                    e.missing,
+                    e.retries_left,
+                    self.spill.spilled_to(id).map(|p| p.to_string())
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Every object the core knows of, with what keeps it (for `shoal objects`).
+    pub fn objects(&self) -> Vec<shoal_protocol::ObjectInfo> {
+        self.object_list()
+    }
+
+    /// The node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    fn send(&mut self, party: Party, msg: ToClient) {
+        match party {
+            Party::Proc(conn) => self.out.push_back(Output::ToProc { conn, msg }),
+            Party::Peer(peer) => self.tell_peer_as_client(peer, msg),
+        }
+    }
+
+    fn tell_proc(&mut self, conn: ConnId, msg: ToClient) {
+        self.out.push_back(Output::ToProc { conn, msg });
+    }
+
+    fn tell_peer(&mut self, peer: PeerKey, msg: PeerMsg) {
+        self.out.push_back(Output::ToPeer { peer, msg });
+    }
+}

@@ -1,0 +1,1050 @@
+//! The core's side of the mesh: spilling tasks to peers with room, running tasks for peers,
+//! moving objects between peers, routing actor calls, and recovering when a peer is lost.
+//!
+//! A peer is a [`Party`] of its own: the tasks it submits here, the objects it holds here and
+//! the values it waits for use the same bookkeeping as a local process's, and what the core
+//! would tell a process is turned into [`PeerMsg`]s for it. Placement decisions come from
+//! the pure rules in [`super::sched::placement`].
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use shoal_protocol::mesh::{PeerKey, PeerMsg, RemoteTask, RemoteValue};
+use shoal_protocol::{
+    ActorId, Arg, BinaryId, CreateOutcome, ObjectId, ObjectValue, SharedObject, TaskError, TaskId,
+    TaskKind, ToClient, CPU,
+};
+
+use super::actors::directory::Route;
+use super::sched::placement::{self, Demand, Placement};
+use super::spill::MAX_HOPS;
+use super::{ConnId, Job, JobDone, NodeCore, Output, Party, ServedObject};
+use crate::store::Holder;
+
+fn peers_from(bytes: &[Vec<u8>]) -> Vec<PeerKey> {
+    bytes
+        .iter()
+        .filter_map(|b| PeerKey::from_bytes(b))
+        .collect()
+}
+
+impl NodeCore {
+    /// Sends what the core would tell a process to a peer, as the peer's message.
+    pub(super) fn tell_peer_as_client(&mut self, peer: PeerKey, msg: ToClient) {
+        let msg = match msg {
+            ToClient::Object { id, value } => PeerMsg::Object {
+                id,
+                value: match value {
+                    ObjectValue::Inline(v) => RemoteValue::Inline(v),
+                    ObjectValue::Error(e) => RemoteValue::Error(e),
+                    ObjectValue::Shared(object) => {
+                        // A copy pulled here may be listed too; this node holds one.
+                        let mut holders: Vec<Vec<u8>> =
+                            self.me.iter().map(|m| m.to_vec()).collect();
+                        if let Some(r) = self.objects.get(&id).and_then(|e| e.remote.as_ref()) {
+                            holders.extend(
+                                r.holders.iter().filter(|p| **p != peer).map(|p| p.to_vec()),
+                            );
+                        }
+                        RemoteValue::Shared { object, holders }
+                    }
+                },
+            },
+            ToClient::ActorFound { request, actor } => PeerMsg::ActorFound { request, actor },
+            other => {
+                tracing::debug!(%peer, msg = ?std::mem::discriminant(&other), "a message with no meaning for a peer; dropped");
+                return;
+            }
+        };
+        self.tell_peer(peer, msg);
+    }
+
+    pub(super) fn peer_msg(&mut self, now: Instant, peer: PeerKey, msg: PeerMsg) {
+        let party = Party::Peer(peer);
+        match msg {
+            PeerMsg::Submit(rt) => self.remote_submit(now, peer, rt),
+            PeerMsg::Refuse { task, reason } => {
+                if self.spill.spilled_to(&task) != Some(peer) {
+                    return;
+                }
+                self.spill.unspill(&task);
+                tracing::debug!(task = %task, %peer, %reason, "peer refused a task; placing it again");
+                self.spill.refused(task, peer, now);
+                self.place_task(now, task);
+            }
+            PeerMsg::Object { id, value } => self.remote_object(now, peer, id, value),
+            PeerMsg::Fetch { id } => self.fetch_requested(now, peer, id),
+            PeerMsg::Release { ids } => self.release(party, ids),
+            PeerMsg::Kill {
+                actor,
+                no_restart,
+                drain,
+                reason,
+            } => {
+                if drain {
+                    if self.actors.out_of_scope(actor) {
+                        self.end_out_of_scope(now, actor);
+                    }
+                } else if no_restart {
+                    if self.actors.get(&actor).is_some_and(|a| !a.is_dead()) {
+                        tracing::info!(actor = %actor, %peer, %reason, "actor killed at a peer's request");
+                        self.kill_actor(now, actor, TaskError::ActorKilled { actor, reason });
+                    }
+                    // Its creator's node is done with it: nothing is kept of it here.
+                    self.actors.forget_if_dead(actor);
+                } else {
+                    self.kill_request(now, party, actor, false);
+                }
+            }
+            PeerMsg::LookupActor { request, name } => {
+                let actor = self.actors.lookup(&name);
+                self.tell_peer(peer, PeerMsg::ActorFound { request, actor });
+            }
+            PeerMsg::ActorFound { .. } => {
+                tracing::debug!(%peer, "unexpected ActorFound; ignored");
+            }
+        }
+    }
+
+    /// A peer wants object `id`: its value now if ready, when ready otherwise; for a large
+    /// object only peers hold, where it is.
+    fn fetch_requested(&mut self, now: Instant, peer: PeerKey, id: ObjectId) {
+        let elsewhere = self
+            .objects
+            .get(&id)
+            .filter(|e| e.value.is_none())
+            .and_then(|e| e.remote.as_ref())
+            .and_then(|r| Some((r.object?, r.holders.iter().map(|p| p.to_vec()).collect())));
+        if let Some((object, holders)) = elsewhere {
+            let msg = PeerMsg::Object {
+                id,
+                value: RemoteValue::Shared { object, holders },
+            };
+            self.tell_peer(peer, msg);
+            return;
+        }
+        // (An object unknown here is not searched for on a peer's behalf: it is lost.)
+        self.get(now, Party::Peer(peer), id);
+    }
+
+    /// A process asks for an object this node never heard of: look for a holder in the
+    /// mesh's directory (large `put` objects are announced there). Says whether a search
+    /// started.
+    pub(super) fn fetch_unknown(&mut self, conn: ConnId, id: ObjectId) -> bool {
+        if self.me.is_none() {
+            return false;
+        }
+        let party = Party::Proc(conn);
+        let e = self.objects.entry(id);
+        e.waiters.push(party);
+        // It asks through a ref it holds (its `Hold` found nothing here to count).
+        if !e.holders.contains(&party) {
+            e.holders.push(party);
+        }
+        e.remote = Some(Default::default());
+        self.start_fetch(id);
+        true
+    }
+
+    /// A value from a peer: a result of a task sent there, or an object fetched.
+    fn remote_object(&mut self, now: Instant, peer: PeerKey, id: ObjectId, value: RemoteValue) {
+        // The result of a task this node sent to `peer`?
+        let task = self.spill.task_of_result(&id, peer);
+        let ours = task.is_some();
+        if let (Some(task), RemoteValue::Error(TaskError::WorkerDied { .. })) = (task, &value) {
+            if self.retry_returned(now, peer, task) {
+                return;
+            }
+        }
+        if let Some(task) = task {
+            let demand = self.tasks.get(&task).map(|e| e.spec.resources.clone());
+            self.spill.unspill(&task);
+            self.spill.forget(&task);
+            if let (Some(l), Some(d)) = (self.spill.peers.get_mut(&peer), demand) {
+                l.task_returned(d);
+            }
+            self.finish_task(now, task);
+            // Its peer has room again: tasks waiting for one may go.
+            self.spill_pass(now);
+        }
+        let Some(e) = self.objects.get_mut(&id) else {
+            // Nobody wants it any more: let the holder drop its copy.
+            if let RemoteValue::Shared { .. } = &value {
+                self.tell_peer(peer, PeerMsg::Release { ids: vec![id] });
+            }
+            return;
+        };
+        if e.value.is_some() {
+            return;
+        }
+        // Only the peer that ran the task, or one asked for the object, may give its value.
+        let asked = e.remote.as_ref().is_some_and(|r| r.holders.contains(&peer));
+        if !ours && !asked {
+            tracing::warn!(object = %id, %peer, "a value from a peer that was not asked for it; ignored");
+            return;
+        }
+        if let Some(r) = e.remote.as_mut() {
+            r.fetching = false;
+        }
+        match value {
+            RemoteValue::Inline(v) => self.object_ready(now, id, ObjectValue::Inline(v)),
+            RemoteValue::Error(err) => self.object_ready(now, id, ObjectValue::Error(err)),
+            RemoteValue::Shared { object, holders } => {
+                let r = e.remote.get_or_insert_with(Default::default);
+                r.object = Some(object);
+                r.holders = peers_from(&holders);
+                if ours && !r.release_to.contains(&peer) {
+                    // The peer keeps the result for this node until told otherwise.
+                    r.release_to.push(peer);
+                }
+                let was_ready = std::mem::replace(&mut r.ready, true);
+                let localizing = !r.localizing.is_empty();
+                let dependents = e.dependents.clone();
+                // Large results stay where they were made until someone here reads them.
+                if !e.waiters.is_empty() || localizing {
+                    self.start_fetch(id);
+                }
+                if !was_ready {
+                    // Tasks that take it may be placed now: near a holder, ideally.
+                    for t in dependents {
+                        let Some(entry) = self.tasks.get_mut(&t) else {
+                            continue;
+                        };
+                        entry.missing = entry.missing.saturating_sub(1);
+                        if entry.missing == 0 {
+                            self.deps_ready(now, t);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// A task sent to `peer` failed there because its worker died: it runs again, from
+    /// here, if its budget allows. Says whether it does.
+    fn retry_returned(&mut self, now: Instant, peer: PeerKey, task: TaskId) -> bool {
+        let Some(entry) = self.tasks.get_mut(&task) else {
+            return false;
+        };
+        if entry.retries_left == 0 || entry.is_call() {
+            return false;
+        }
+        entry.retries_left -= 1;
+        tracing::info!(task = %task, %peer, retries_left = entry.retries_left, "task's worker died at a peer; retrying it");
+        let demand = entry.spec.resources.clone();
+        self.spill.unspill(&task);
+        if let Some(l) = self.spill.peers.get_mut(&peer) {
+            l.task_returned(demand);
+        }
+        self.place_task(now, task);
+        true
+    }
+
+    /// Gets object `id` here: asks a peer that knows it, or pulls its bytes once known.
+    pub(super) fn start_fetch(&mut self, id: ObjectId) {
+        let Some(me) = self.me else { return };
+        let Some(e) = self.objects.get_mut(&id) else {
+            return;
+        };
+        if e.value.is_some() {
+            return;
+        }
+        let Some(r) = e.remote.as_mut() else {
+            return;
+        };
+        if r.fetching {
+            return;
+        }
+        let peers = &self.spill.peers;
+        let holders: Vec<PeerKey> = r
+            .holders
+            .iter()
+            .filter(|p| **p != me && peers.contains_key(p))
+            .copied()
+            .collect();
+        if holders.is_empty() && !r.asked_dht {
+            // Nobody known holds it (any more): ask the mesh-wide directory once.
+            r.asked_dht = true;
+            r.fetching = true;
+            self.out.push_back(Output::Job(Job::FindProviders { id }));
+            return;
+        }
+        let now = self.now;
+        if holders.is_empty() {
+            let value = ObjectValue::Error(TaskError::ObjectLost { id });
+            self.object_ready(now, id, value);
+            return;
+        }
+        r.fetching = true;
+        match r.object {
+            None => self.tell_peer(holders[0], PeerMsg::Fetch { id }),
+            Some(object) => match self.store.reserve(id, object.size, Holder::Node) {
+                Ok(CreateOutcome::Exists) => {
+                    // Equal bytes are here already (a content-addressed put).
+                    self.object_ready(now, id, ObjectValue::Shared(object));
+                }
+                Ok(CreateOutcome::Write) => {
+                    let dest = crate::store::partial_path(self.store.dir(), &id);
+                    tracing::debug!(object = %id, size = object.size, holders = holders.len(), "pulling an object");
+                    self.out.push_back(Output::Job(Job::Pull {
+                        id,
+                        object,
+                        holders,
+                        dest,
+                    }));
+                }
+                Err(err) => {
+                    tracing::warn!(object = %id, error = %err, "no room to pull an object");
+                    let value = ObjectValue::Error(TaskError::ObjectUnavailable {
+                        id,
+                        message: err.to_string(),
+                    });
+                    self.object_ready(now, id, value);
+                }
+            },
+        }
+    }
+
+    /// The end of a job.
+    pub(super) fn job_done(&mut self, now: Instant, done: JobDone) {
+        match done {
+            JobDone::Pulled { id, object, result } => self.pulled(now, id, object, result),
+            JobDone::BinaryFetched { binary, result } => self.binary_fetched(now, binary, result),
+            JobDone::ProvidersFound { id, peers } => {
+                if let Some(r) = self.objects.remote_mut(&id) {
+                    r.fetching = false;
+                    for p in &peers {
+                        if !r.holders.contains(p) {
+                            r.holders.push(*p);
+                        }
+                    }
+                    if !peers.is_empty() {
+                        tracing::debug!(object = %id, holders = peers.len(), "object holders found in the directory");
+                    }
+                    self.start_fetch(id);
+                }
+            }
+            JobDone::ActorLocated { actor, found } => self.actor_located(now, actor, found),
+            JobDone::NameResolved {
+                conn,
+                request,
+                found,
+            } => {
+                let actor = found.map(|(info, peer)| {
+                    self.directory.set_home(info.actor_id, peer);
+                    info
+                });
+                self.tell_proc(conn, ToClient::ActorFound { request, actor });
+            }
+        }
+    }
+
+    fn pulled(
+        &mut self,
+        now: Instant,
+        id: ObjectId,
+        object: SharedObject,
+        result: Result<(), String>,
+    ) {
+        if let Some(r) = self.objects.remote_mut(&id) {
+            r.fetching = false;
+        }
+        let value = match result {
+            Ok(()) => match self.store.seal(id, id, object) {
+                Ok(_) => ObjectValue::Shared(object),
+                Err(e) => {
+                    self.store.remove(&id);
+                    ObjectValue::Error(TaskError::ObjectUnavailable {
+                        id,
+                        message: e.to_string(),
+                    })
+                }
+            },
+            Err(message) => {
+                tracing::warn!(object = %id, %message, "pull failed");
+                self.store.remove(&id);
+                ObjectValue::Error(TaskError::ObjectUnavailable { id, message })
+            }
+        };
+        if !self.objects.contains(&id) {
+            self.store.remove(&id);
+            return;
+        }
+        self.object_ready(now, id, value);
+    }
+
+    /// A peer asks for the bytes of object `id`: its file, pinned in memory until
+    /// [`object_served`](Self::object_served). `None` if this node has no copy to give.
+    pub fn open_object(&mut self, id: ObjectId) -> Option<ServedObject> {
+        if self.stopping {
+            return None;
+        }
+        let Some(ObjectValue::Shared(object)) = self.objects.get(&id).and_then(|e| e.value.clone())
+        else {
+            return None;
+        };
+        if !matches!(self.readable(id), ObjectValue::Shared(_)) {
+            return None;
+        }
+        self.store.pin(&id);
+        Some(ServedObject {
+            path: crate::store::object_path(self.store.dir(), &id),
+            size: object.size,
+            digest: object.digest,
+        })
+    }
+
+    /// A transfer of `id` opened by [`open_object`](Self::open_object) ended.
+    pub fn object_served(&mut self, id: ObjectId) {
+        self.store.unpin(&id);
+    }
+
+    // ---- placement ----
+
+    /// Whether `task` is one this node may send to a peer.
+    fn spillable(&self, task: &TaskId) -> bool {
+        self.me.is_some()
+            && self.tasks.get(task).is_some_and(|e| {
+                matches!(e.spec.kind, TaskKind::Function | TaskKind::CreateActor(_))
+                    && e.hops < MAX_HOPS
+            })
+    }
+
+    /// Gets copies here of the task's arguments that only peers hold; says whether the
+    /// task must wait for them (it is placed again when they arrive).
+    pub(super) fn localize_args(&mut self, task: TaskId) -> bool {
+        let Some(entry) = self.tasks.get(&task) else {
+            return false;
+        };
+        let remote: Vec<ObjectId> = entry
+            .arg_refs()
+            .filter(|id| {
+                self.objects
+                    .get(id)
+                    .is_some_and(|e| e.value.is_none() && e.ready_remotely())
+            })
+            .collect();
+        if remote.is_empty() {
+            return false;
+        }
+        for id in &remote {
+            if let Some(r) = self.objects.remote_mut(id) {
+                r.localizing.push(task);
+            }
+        }
+        if let Some(entry) = self.tasks.get_mut(&task) {
+            entry.missing += remote.len();
+        }
+        for id in remote {
+            self.start_fetch(id);
+        }
+        true
+    }
+
+    /// Queues a task here, once copies of its arguments are here.
+    fn run_here(&mut self, now: Instant, task: TaskId) {
+        if self.localize_args(task) {
+            return;
+        }
+        let Some(entry) = self.tasks.get(&task) else {
+            return;
+        };
+        let (binary, demand) = (entry.spec.binary, entry.spec.resources.clone());
+        let TaskKind::CreateActor(create) = &entry.spec.kind else {
+            self.sched.submit(now, task, binary, demand);
+            return;
+        };
+        // An actor coming back here after its peer died is registered here again.
+        let actor = create.actor_id;
+        if self.actors.get(&actor).is_none() {
+            let (create, class, owner) = (
+                create.clone(),
+                entry.spec.function.clone(),
+                entry.spec.owner,
+            );
+            if let Err(e) = self.actors.register(task, &class, &create, owner) {
+                self.fail_task(now, task, e);
+                return;
+            }
+            self.directory.clear_home(&actor);
+            self.announce_actor(actor);
+        }
+        self.sched.submit_actor(now, task, binary, demand);
+    }
+
+    /// Decides where a task whose arguments are ready runs: here, at a peer, or later.
+    pub(super) fn place_task(&mut self, now: Instant, task: TaskId) {
+        let Some(entry) = self.tasks.get(&task) else {
+            return;
+        };
+        let demand = entry.spec.resources.clone();
+        if !self.spillable(&task) {
+            self.run_here(now, task);
+            return;
+        }
+        match self.placement(now, task) {
+            Placement::Local => self.run_here(now, task),
+            Placement::Spill(peer) => match self.tasks.get(&task).map(|e| &e.spec.kind) {
+                Some(TaskKind::CreateActor(c)) => {
+                    let actor = c.actor_id;
+                    self.spill_actor(now, peer, task, actor);
+                }
+                _ => self.spill_to(peer, task),
+            },
+            Placement::Wait | Placement::Infeasible if self.sched.total().contains(&demand) => {
+                self.run_here(now, task)
+            }
+            Placement::Wait => {
+                self.spill.infeasible.forget(&task);
+                self.spill.remote_wait.push(task);
+                self.spill.no_room = Some(task);
+            }
+            Placement::Infeasible => {
+                let wait = self
+                    .tasks
+                    .get(&task)
+                    .is_some_and(|e| e.spec.wait_for_resources);
+                if !wait && self.spill.infeasible.infeasible(task, now) {
+                    self.spill.infeasible.forget(&task);
+                    let total = self.sched.total().to_string();
+                    self.fail_task(
+                        now,
+                        task,
+                        TaskError::Infeasible {
+                            demand: demand.to_string(),
+                            total: format!("{total} here, and no peer of the mesh has it"),
+                        },
+                    );
+                } else {
+                    self.spill.remote_wait.push(task);
+                }
+            }
+        }
+    }
+
+    fn placement(&mut self, now: Instant, task: TaskId) -> Placement<PeerKey> {
+        let Some(entry) = self.tasks.get(&task) else {
+            return Placement::Wait;
+        };
+        // Data locality: bytes of the task's arguments each peer holds.
+        let mut arg_bytes: HashMap<PeerKey, u64> = HashMap::new();
+        for id in entry.arg_refs() {
+            if let Some(r) = self.objects.get(&id).and_then(|e| e.remote.as_ref()) {
+                let size = r.object.map_or(0, |o| o.size);
+                for p in &r.holders {
+                    *arg_bytes.entry(*p).or_default() += size;
+                }
+            }
+        }
+        let demand = Demand {
+            resources: entry.spec.resources.clone(),
+            binary: entry.spec.binary,
+            target: self.spill.target.clone(),
+            hops: entry.hops,
+        };
+        let candidates = self.spill.candidates(entry.spec.binary, &arg_bytes);
+        let refused = self.spill.refused_by(&task, now);
+        placement::place(
+            &demand,
+            self.sched.free(),
+            self.sched.total(),
+            &candidates,
+            &refused,
+            MAX_HOPS,
+        )
+    }
+
+    /// Moves waiting tasks to peers that have room.
+    pub(super) fn spill_pass(&mut self, now: Instant) {
+        if self.me.is_none() {
+            return;
+        }
+        // Tasks only peers can run.
+        let waiting = std::mem::take(&mut self.spill.remote_wait);
+        let mut rest = waiting.into_iter();
+        for t in rest.by_ref() {
+            self.place_task(now, t);
+            // Back in the queue: nobody has room now; the others wait too (in order).
+            if self.spill.no_room == Some(t) {
+                break;
+            }
+        }
+        self.spill.remote_wait.extend(rest);
+        // Tasks queued here while a peer has room.
+        if self.sched.queued() == 0 || !self.spill.peers.values().any(|l| l.has_room()) {
+            return;
+        }
+        let mut moved = std::collections::HashSet::new();
+        for (task, _, _) in self.sched.queued_tasks() {
+            if !self.spillable(&task) {
+                continue;
+            }
+            match self.placement(now, task) {
+                Placement::Spill(peer) => {
+                    moved.insert(task);
+                    self.spill_to(peer, task);
+                }
+                // Nobody has room: later tasks of other shapes may still fit somewhere, but
+                // keep the pass short.
+                _ => break,
+            }
+        }
+        if !moved.is_empty() {
+            self.sched.remove_queued(|t| !moved.contains(&t));
+        }
+    }
+
+    /// Sends `task` to `peer` (a link that cannot take it reports the peer lost, and the
+    /// task is placed again then).
+    fn spill_to(&mut self, peer: PeerKey, task: TaskId) {
+        let Some(rt) = self.remote_task(task) else {
+            return;
+        };
+        let Some(entry) = self.tasks.get(&task) else {
+            return;
+        };
+        let (ret, span) = (entry.ret, entry.span.clone());
+        let _entered = span.enter();
+        let demand = rt.spec.resources.clone();
+        tracing::debug!(task = %task, function = rt.spec.function, %peer, "task spilled to a peer");
+        self.tell_peer(peer, PeerMsg::Submit(Box::new(rt)));
+        self.spill.spilled(task, ret, peer, Some(demand));
+    }
+
+    /// The task as a peer receives it: small ready arguments inline, the others with where
+    /// to fetch them.
+    fn remote_task(&self, task: TaskId) -> Option<RemoteTask> {
+        let me = self.me?.to_vec();
+        let entry = self.tasks.get(&task)?;
+        let mut spec = entry.spec.clone();
+        // Retries are this node's to decide (it owns the budget): a peer whose worker dies
+        // says so, and the task is placed again from here.
+        spec.max_retries = 0;
+        let mut locations = Vec::new();
+        for arg in spec.args.iter_mut() {
+            let Arg::Ref(id) = arg else { continue };
+            let id = *id;
+            match self.objects.get(&id).and_then(|e| e.value.as_ref()) {
+                Some(ObjectValue::Inline(v)) => *arg = Arg::Value(v.clone()),
+                _ => {
+                    let mut holders = vec![me.clone()];
+                    if let Some(r) = self.objects.get(&id).and_then(|e| e.remote.as_ref()) {
+                        holders.extend(r.holders.iter().map(|p| p.to_vec()));
+                    }
+                    locations.push((id, holders));
+                }
+            }
+        }
+        for id in &spec.nested {
+            locations.push((*id, vec![me.clone()]));
+        }
+        Some(RemoteTask {
+            hops: entry.hops + 1,
+            target: self.spill.target.clone(),
+            locations,
+            spec,
+        })
+    }
+
+    // ---- running tasks for peers ----
+
+    fn refuse(&mut self, from: PeerKey, task: TaskId, reason: String) {
+        tracing::debug!(task = %task, peer = %from, %reason, "refusing a task");
+        self.tell_peer(from, PeerMsg::Refuse { task, reason });
+    }
+
+    fn remote_submit(&mut self, now: Instant, from: PeerKey, rt: Box<RemoteTask>) {
+        if self.me.is_none() {
+            return;
+        }
+        let task = rt.spec.task_id;
+        if let TaskKind::ActorMethod { actor } = rt.spec.kind {
+            // Its actor may be waiting for its binary: the call waits behind it.
+            let creating = self.spill.awaiting_binary.values_mut().find(|w| {
+                w.iter().any(
+                    |(_, t)| matches!(&t.spec.kind, TaskKind::CreateActor(c) if c.actor_id == actor),
+                )
+            });
+            if let Some(waiting) = creating {
+                waiting.push((from, rt));
+                return;
+            }
+            if self.actors.get(&actor).is_none() {
+                let id = rt.spec.return_id();
+                let msg = PeerMsg::Object {
+                    id,
+                    value: RemoteValue::Error(TaskError::NoSuchActor { actor }),
+                };
+                self.tell_peer(from, msg);
+                return;
+            }
+            self.admit_remote(now, from, rt);
+            return;
+        }
+        if rt.target != self.spill.target {
+            let reason = format!("this peer runs {}, not {}", self.spill.target, rt.target);
+            return self.refuse(from, task, reason);
+        }
+        let demand = &rt.spec.resources;
+        if !self.sched.total().contains(demand) {
+            let reason = format!("this peer has {}", self.sched.total());
+            return self.refuse(from, task, reason);
+        }
+        // Room now, or a place in the queue (as many tasks as this node has CPUs).
+        let depth = (self.sched.total().get_milli(CPU) / 1000) as usize;
+        let fits_now = self.sched.free().contains(demand) && self.sched.queued() == 0;
+        if !fits_now && self.sched.queued() >= depth {
+            return self.refuse(from, task, "no room now".into());
+        }
+        let binary = rt.spec.binary;
+        if self.binaries.contains_key(&binary) {
+            self.admit_remote(now, from, rt);
+            return;
+        }
+        if !self.spill.accepts_code {
+            return self.refuse(from, task, "this peer does not take shipped code".into());
+        }
+        let waiting = self.spill.awaiting_binary.entry(binary).or_default();
+        waiting.push((from, rt));
+        if waiting.len() > 1 {
+            return;
+        }
+        tracing::info!(%binary, peer = %from, "fetching a binary to run a peer's task");
+        self.out
+            .push_back(Output::Job(Job::FetchBinary { from, binary }));
+    }
+
+    fn binary_fetched(&mut self, now: Instant, binary: BinaryId, result: Result<PathBuf, String>) {
+        let waiting = self
+            .spill
+            .awaiting_binary
+            .remove(&binary)
+            .unwrap_or_default();
+        match result {
+            Ok(path) => {
+                tracing::info!(%binary, path = %path.display(), "binary fetched");
+                if let std::collections::hash_map::Entry::Vacant(e) = self.binaries.entry(binary) {
+                    e.insert(path);
+                    // Its workers are kept while the node runs (the cache is bounded).
+                    self.sched.binary_attached(binary);
+                }
+                for (from, rt) in waiting {
+                    self.admit_remote(now, from, rt);
+                }
+            }
+            Err(reason) => {
+                tracing::warn!(%binary, %reason, "binary fetch failed");
+                for (from, rt) in waiting {
+                    let reason = format!("cannot fetch the binary: {reason}");
+                    self.refuse(from, rt.spec.task_id, reason);
+                }
+            }
+        }
+    }
+
+    /// Takes a peer's task in: its arguments are fetched from where they are, then it runs
+    /// here as if a local process submitted it.
+    fn admit_remote(&mut self, now: Instant, from: PeerKey, rt: Box<RemoteTask>) {
+        let RemoteTask {
+            spec,
+            hops,
+            locations,
+            ..
+        } = *rt;
+        let task = spec.task_id;
+        if self.tasks.contains_key(&task) {
+            tracing::debug!(task = %task, "a task submitted twice; ignored");
+            return;
+        }
+        let arg_ids: Vec<ObjectId> = spec
+            .args
+            .iter()
+            .filter_map(|a| match a {
+                Arg::Ref(id) => Some(*id),
+                Arg::Value(_) => None,
+            })
+            .collect();
+        for (id, holders) in &locations {
+            let e = self.objects.entry(*id);
+            if e.value.is_some() {
+                continue;
+            }
+            let r = e.remote.get_or_insert_with(Default::default);
+            for p in peers_from(holders) {
+                if !r.holders.contains(&p) {
+                    r.holders.push(p);
+                }
+            }
+        }
+        tracing::debug!(task = %task, function = spec.function, peer = %from, "running a task for a peer");
+        self.submit(now, Party::Peer(from), spec, hops);
+        for id in arg_ids {
+            self.start_fetch(id);
+        }
+        // Nested refs are fetched when someone reads them; objects nobody pinned go.
+        for (id, _) in locations {
+            self.maybe_free(id);
+        }
+    }
+
+    // ---- actors elsewhere ----
+
+    /// Creates an actor on `peer`: its calls queued here follow, in order.
+    fn spill_actor(&mut self, now: Instant, peer: PeerKey, task: TaskId, actor: ActorId) {
+        let Some(rt) = self.remote_task(task) else {
+            return;
+        };
+        let demand = rt.spec.resources.clone();
+        tracing::info!(actor = %actor, class = rt.spec.function, %peer, "actor placed on a peer");
+        self.tell_peer(peer, PeerMsg::Submit(Box::new(rt)));
+        if let Some(l) = self.spill.peers.get_mut(&peer) {
+            l.sent.push(demand);
+        }
+        self.directory.placed(actor, peer, task);
+        // Its records here are withdrawn; the peer announces its own.
+        self.withdraw_actor(actor);
+        let queued = self.actors.forget(actor);
+        for t in queued {
+            self.send_call(now, peer, t);
+        }
+    }
+
+    /// Asks the peer hosting `actor` to end it. Returns `false` if no peer is known to.
+    pub(super) fn kill_remote(
+        &mut self,
+        now: Instant,
+        actor: ActorId,
+        no_restart: bool,
+        reason: &str,
+    ) -> bool {
+        self.end_remote(now, actor, no_restart, false, reason)
+    }
+
+    /// Ends an actor placed on a peer once its calls are done (its creator, `conn`, dropped
+    /// all its handles). Says whether the actor is one this node placed.
+    pub(super) fn drain_remote(&mut self, now: Instant, conn: ConnId, actor: ActorId) -> bool {
+        let Some(placed) = self.directory.placement(&actor) else {
+            return false;
+        };
+        let creator = self.tasks.get(&placed.task).map(|e| e.spec.owner);
+        if creator.is_none() || creator != self.procs.get(&conn).map(|c| c.client) {
+            tracing::warn!(conn, actor = %actor, "ActorOutOfScope from a process that does not own the actor; ignored");
+            return true;
+        }
+        self.end_remote(now, actor, true, true, "all its handles were dropped")
+    }
+
+    fn end_remote(
+        &mut self,
+        now: Instant,
+        actor: ActorId,
+        no_restart: bool,
+        drain: bool,
+        reason: &str,
+    ) -> bool {
+        let Some(peer) = self.directory.home(&actor) else {
+            return false;
+        };
+        let msg = PeerMsg::Kill {
+            actor,
+            no_restart,
+            drain,
+            reason: reason.to_string(),
+        };
+        self.tell_peer(peer, msg);
+        if no_restart {
+            if let Some(placed) = self.directory.unplace(&actor) {
+                self.directory.clear_home(&actor);
+                self.finish_task(now, placed.task);
+            }
+        }
+        true
+    }
+
+    /// A party left: the actors it created on peers end too (unless detached).
+    pub(super) fn end_remote_actors_of(&mut self, now: Instant, party: Party) {
+        let mine: Vec<(ActorId, bool)> = self
+            .directory
+            .placements()
+            .into_iter()
+            .filter_map(|(actor, placed)| {
+                let e = self.tasks.get(&placed.task)?;
+                let TaskKind::CreateActor(c) = &e.spec.kind else {
+                    return None;
+                };
+                (e.owner == party).then_some((actor, c.detached))
+            })
+            .collect();
+        for (actor, detached) in mine {
+            if detached {
+                if let Some(placed) = self.directory.unplace(&actor) {
+                    self.finish_task(now, placed.task);
+                }
+            } else {
+                self.kill_remote(now, actor, true, "its creator exited");
+            }
+        }
+    }
+
+    /// Whether calls to `actor` go to a peer.
+    pub(super) fn actor_is_remote(&self, actor: &ActorId) -> bool {
+        self.me.is_some() && self.actors.get(actor).is_none()
+    }
+
+    /// Sends a call of an actor hosted elsewhere to its peer, in order with the caller's
+    /// other calls (its arguments are fetched from here by that peer).
+    pub(super) fn forward_call(&mut self, now: Instant, task: TaskId, actor: ActorId) {
+        match self.directory.route(actor, task) {
+            Route::To(peer) => self.send_call(now, peer, task),
+            Route::Queued => {}
+            Route::Locate => self.out.push_back(Output::Job(Job::LocateActor { actor })),
+        }
+    }
+
+    fn send_call(&mut self, _now: Instant, peer: PeerKey, task: TaskId) {
+        let Some(mut rt) = self.remote_task(task) else {
+            return;
+        };
+        rt.hops = MAX_HOPS;
+        let Some(ret) = self.tasks.get(&task).map(|e| e.ret) else {
+            return;
+        };
+        self.tell_peer(peer, PeerMsg::Submit(Box::new(rt)));
+        self.spill.spilled(task, ret, peer, None);
+    }
+
+    fn actor_located(&mut self, now: Instant, actor: ActorId, found: Option<PeerKey>) {
+        let calls = self.directory.located(actor, found);
+        match found {
+            Some(peer) => {
+                tracing::debug!(actor = %actor, %peer, "actor located");
+                for t in calls {
+                    self.send_call(now, peer, t);
+                }
+            }
+            None => {
+                for t in calls {
+                    self.fail_task(now, t, TaskError::NoSuchActor { actor });
+                }
+            }
+        }
+    }
+
+    /// Looks a name up in the mesh for a local `LookupActor` that found nothing here.
+    pub(super) fn lookup_remote(&mut self, conn: ConnId, request: u64, name: &str) -> bool {
+        if self.me.is_none() {
+            return false;
+        }
+        self.out.push_back(Output::Job(Job::ResolveName {
+            conn,
+            request,
+            name: name.to_string(),
+        }));
+        true
+    }
+
+    // ---- failures ----
+
+    pub(super) fn peer_lost(&mut self, now: Instant, peer: PeerKey) {
+        if self.me.is_none() || Some(peer) == self.me {
+            return;
+        }
+        // Loss is mutual: the peer must not keep waiting for this node either.
+        self.out.push_back(Output::Disconnect { peer });
+        self.spill.peers.remove(&peer);
+        let lost = self.spill.take_spilled_to(peer);
+        self.directory.peer_lost(peer);
+        if !lost.is_empty() {
+            tracing::warn!(%peer, tasks = lost.len(), "peer lost with tasks of this node; retrying them");
+        }
+        let error = TaskError::PeerLost {
+            peer: peer.to_string(),
+        };
+        for t in lost {
+            let Some(entry) = self.tasks.get_mut(&t) else {
+                continue;
+            };
+            if entry.is_call() {
+                self.fail_task(now, t, error.clone());
+                continue;
+            }
+            if entry.retries_left > 0 {
+                entry.retries_left -= 1;
+                tracing::info!(task = %t, retries_left = entry.retries_left, "retrying a task lost with its peer");
+                self.place_task(now, t);
+            } else {
+                self.fail_task(now, t, error.clone());
+            }
+        }
+        // Objects only that peer held are gone; fetches from it are tried elsewhere.
+        let mut ids: Vec<ObjectId> = self
+            .objects
+            .iter()
+            .filter(|(_, e)| {
+                e.value.is_none() && e.remote.as_ref().is_some_and(|r| r.holders.contains(&peer))
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        ids.sort();
+        for id in ids {
+            let Some(e) = self.objects.get_mut(&id) else {
+                continue;
+            };
+            let pending = !e.waiters.is_empty() || !e.dependents.is_empty();
+            let Some(r) = e.remote.as_mut() else { continue };
+            r.holders.retain(|p| *p != peer);
+            r.release_to.retain(|p| *p != peer);
+            let was_fetching = std::mem::replace(&mut r.fetching, false);
+            if pending || was_fetching {
+                self.start_fetch(id);
+            }
+        }
+        // Actors this node placed there come back (elsewhere) if they have restarts left.
+        for (actor, placed) in self.directory.placements() {
+            if placed.peer != peer {
+                continue;
+            }
+            let max = match self.tasks.get(&placed.task).map(|e| &e.spec.kind) {
+                Some(TaskKind::CreateActor(c)) => c.max_restarts,
+                _ => 0,
+            };
+            if placed.restarts < max {
+                tracing::warn!(actor = %actor, %peer, restarts = placed.restarts + 1, "actor lost with its peer; restarting it");
+                self.directory.restarting(&actor);
+                self.spill.refused(placed.task, peer, now);
+                self.place_task(now, placed.task);
+            } else {
+                tracing::warn!(actor = %actor, %peer, "actor lost with its peer");
+                self.directory.unplace(&actor);
+                self.finish_task(now, placed.task);
+            }
+        }
+        // Actors that peer created here end with it, unless detached.
+        let party = Party::Peer(peer);
+        let mut created: Vec<ActorId> = self
+            .tasks
+            .values()
+            .filter(|e| e.owner == party)
+            .filter_map(|e| match &e.spec.kind {
+                TaskKind::CreateActor(cr) if !cr.detached => Some(cr.actor_id),
+                _ => None,
+            })
+            .collect();
+        created.sort();
+        for actor in created {
+            self.kill_actor(
+                now,
+                actor,
+                TaskError::ActorKilled {
+                    actor,
+                    reason: format!("its creator's peer {peer} left"),
+                },
+            );
+            self.actors.forget_if_dead(actor);
+        }
+        // What it asked of this node ends as a departed process's would.
+        self.party_gone(now, party);
+        self.spill_pass(now);
+    }
+}

@@ -1,0 +1,327 @@
+//! Spilling: what this node knows of its peers' room, the tasks it sent them, the tasks that
+//! wait for a peer with room, and the refusals and infeasibility it remembers.
+//!
+//! Pure bookkeeping; the decisions themselves are the rules of [`super::sched::placement`].
+//! A peer's room is estimated from its last gossiped report, minus what this node sent it
+//! since, plus what came back since (see [`PeerLoad::estimated_free`]).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use shoal_protocol::mesh::{LoadReport, PeerKey, RemoteTask};
+use shoal_protocol::{BinaryId, IdMap, ObjectId, ResourceSet, TaskId, CPU};
+
+use super::sched::placement::{Candidate, Infeasibility};
+
+/// A spilled task is never sent on from the peer that accepted it.
+pub(crate) const MAX_HOPS: u32 = 1;
+/// A demand no peer can meet fails after this long (peers may still be joining).
+pub(crate) const INFEASIBLE_GRACE: Duration = Duration::from_secs(5);
+/// A peer that refused a task is not asked again for it for this long.
+pub(crate) const REFUSAL_MEMORY: Duration = Duration::from_millis(500);
+/// How often tasks waiting for a peer with room are looked at again.
+pub(crate) const SPILL_INTERVAL: Duration = Duration::from_millis(250);
+
+/// What a peer last reported, and what was sent to it since.
+#[derive(Debug)]
+pub(crate) struct PeerLoad {
+    pub(crate) report: LoadReport,
+    /// Demands of tasks spilled to it since that report.
+    pub(crate) sent: Vec<ResourceSet>,
+    /// Demands of tasks whose results came back since that report (their resources are
+    /// free again there, most likely).
+    pub(crate) returned: Vec<ResourceSet>,
+}
+
+impl PeerLoad {
+    pub(crate) fn new(report: LoadReport) -> Self {
+        Self {
+            report,
+            sent: Vec::new(),
+            returned: Vec::new(),
+        }
+    }
+
+    /// What it has free now, as far as this node can tell.
+    /// A peer also takes as many tasks as it has CPUs into its queue (so short tasks need
+    /// not wait a report interval for each free slot): that room counts as free CPU.
+    pub(crate) fn estimated_free(&self) -> ResourceSet {
+        let mut free = self.report.free.clone();
+        for d in &self.returned {
+            free.add_capped(d, &self.report.total);
+        }
+        let slots = self.report.total.get_milli(CPU) / 1000 * 1000;
+        let queue_room = slots.saturating_sub(self.report.queued.saturating_mul(1000));
+        let cpu = free.get_milli(CPU) + queue_room;
+        let mut free = free.with_milli(CPU, cpu);
+        for d in &self.sent {
+            free.subtract(d);
+        }
+        free
+    }
+
+    /// Whether it seems to have room for anything.
+    pub(crate) fn has_room(&self) -> bool {
+        let free = self.estimated_free();
+        free.get_milli(CPU) > 0 || free.0.len() > 1
+    }
+
+    /// A task of demand `d` sent to it came back: not counted against it any more.
+    pub(crate) fn task_returned(&mut self, d: ResourceSet) {
+        // Sent since the last report: no longer counted against it. Sent before: the
+        // report counts it busy, but it is free again.
+        match self.sent.iter().position(|x| *x == d) {
+            Some(pos) => {
+                self.sent.swap_remove(pos);
+            }
+            None => self.returned.push(d),
+        }
+    }
+}
+
+/// The spilling state of a node in a mesh.
+#[derive(Debug)]
+pub(crate) struct Spill {
+    /// This node's target triple.
+    pub(crate) target: String,
+    /// Whether this node takes binaries it does not hold.
+    pub(crate) accepts_code: bool,
+    /// The peers that reported, by their last report.
+    pub(crate) peers: HashMap<PeerKey, PeerLoad>,
+    /// Tasks of this node running at (or sent to) peers, with their return objects.
+    spilled: IdMap<TaskId, (PeerKey, ObjectId)>,
+    /// Their return objects.
+    spilled_ret: IdMap<ObjectId, TaskId>,
+    refused: IdMap<TaskId, Vec<(PeerKey, Instant)>>,
+    /// Tasks only peers can run, waiting for one to have room (or to become infeasible).
+    pub(crate) remote_wait: Vec<TaskId>,
+    pub(crate) infeasible: Infeasibility,
+    /// Peers' tasks waiting for their binary to arrive here.
+    pub(crate) awaiting_binary: HashMap<BinaryId, Vec<(PeerKey, Box<RemoteTask>)>>,
+    /// The last task that waited because no peer had room for it (not because none could
+    /// ever run it).
+    pub(crate) no_room: Option<TaskId>,
+    /// When waiting tasks are looked at next.
+    pub(crate) next_pass: Option<Instant>,
+}
+
+impl Spill {
+    pub(crate) fn new(target: String, accepts_code: bool) -> Self {
+        Self {
+            target,
+            accepts_code,
+            peers: HashMap::new(),
+            spilled: Default::default(),
+            spilled_ret: Default::default(),
+            refused: Default::default(),
+            remote_wait: Vec::new(),
+            infeasible: Infeasibility::new(INFEASIBLE_GRACE),
+            awaiting_binary: HashMap::new(),
+            no_room: None,
+            next_pass: None,
+        }
+    }
+
+    /// A report from `peer`: kept unless it is older than the one known.
+    pub(crate) fn report(&mut self, peer: PeerKey, report: LoadReport) {
+        match self.peers.get_mut(&peer) {
+            Some(l) if (l.report.started_ms, l.report.seq) >= (report.started_ms, report.seq) => {}
+            Some(l) => *l = PeerLoad::new(report),
+            None => {
+                self.peers.insert(peer, PeerLoad::new(report));
+            }
+        }
+    }
+
+    /// Peers with their estimated free resources, for placing a task.
+    pub(crate) fn candidates(
+        &self,
+        binary: BinaryId,
+        arg_bytes: &HashMap<PeerKey, u64>,
+    ) -> Vec<Candidate<PeerKey>> {
+        let mut v: Vec<Candidate<PeerKey>> = self
+            .peers
+            .iter()
+            .map(|(peer, load)| Candidate {
+                peer: *peer,
+                free: load.estimated_free(),
+                total: load.report.total.clone(),
+                queued: load.report.queued,
+                target: load.report.target.clone(),
+                has_binary: load.report.binaries.contains(&binary),
+                accepts_code: load.report.accepts_code,
+                arg_bytes: arg_bytes.get(peer).copied().unwrap_or(0),
+            })
+            .collect();
+        // A fixed order, so that equal candidates are chosen the same way every run.
+        v.sort_by_key(|c| c.peer);
+        v
+    }
+
+    /// `task` (returning `ret`) was sent to `peer`, whose room shrinks by `demand`.
+    pub(crate) fn spilled(
+        &mut self,
+        task: TaskId,
+        ret: ObjectId,
+        peer: PeerKey,
+        demand: Option<ResourceSet>,
+    ) {
+        self.spilled.insert(task, (peer, ret));
+        self.spilled_ret.insert(ret, task);
+        if let (Some(l), Some(d)) = (self.peers.get_mut(&peer), demand) {
+            l.sent.push(d);
+        }
+    }
+
+    /// Where `task` was sent, if it was.
+    pub(crate) fn spilled_to(&self, task: &TaskId) -> Option<PeerKey> {
+        self.spilled.get(task).map(|x| x.0)
+    }
+
+    /// The task of this node whose result `ret` is, if `peer` runs it.
+    pub(crate) fn task_of_result(&self, ret: &ObjectId, peer: PeerKey) -> Option<TaskId> {
+        let task = *self.spilled_ret.get(ret)?;
+        (self.spilled_to(&task) == Some(peer)).then_some(task)
+    }
+
+    /// `task` is no longer at a peer.
+    pub(crate) fn unspill(&mut self, task: &TaskId) {
+        if let Some((_, ret)) = self.spilled.remove(task) {
+            self.spilled_ret.remove(&ret);
+        }
+    }
+
+    /// Tasks of this node at `peer`, taken back.
+    pub(crate) fn take_spilled_to(&mut self, peer: PeerKey) -> Vec<TaskId> {
+        let mut lost: Vec<TaskId> = self
+            .spilled
+            .iter()
+            .filter(|(_, (p, _))| *p == peer)
+            .map(|(t, _)| *t)
+            .collect();
+        lost.sort();
+        for t in &lost {
+            self.unspill(t);
+        }
+        lost
+    }
+
+    /// `peer` refused `task` at `now`.
+    pub(crate) fn refused(&mut self, task: TaskId, peer: PeerKey, now: Instant) {
+        self.refused.entry(task).or_default().push((peer, now));
+    }
+
+    /// Peers that refused `task` recently.
+    pub(crate) fn refused_by(&mut self, task: &TaskId, now: Instant) -> Vec<PeerKey> {
+        match self.refused.get_mut(task) {
+            Some(v) => {
+                v.retain(|(_, at)| now.saturating_duration_since(*at) < REFUSAL_MEMORY);
+                v.iter().map(|(p, _)| *p).collect()
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// `task` ended here: what was remembered of it goes.
+    pub(crate) fn forget(&mut self, task: &TaskId) {
+        self.refused.remove(task);
+        self.infeasible.forget(task);
+    }
+
+    /// How many tasks of this node are at peers.
+    pub(crate) fn spilled_count(&self) -> usize {
+        self.spilled.len()
+    }
+
+    /// Whether anything waits for a later look.
+    pub(crate) fn has_waiting(&self) -> bool {
+        !self.remote_wait.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(n: u8) -> PeerKey {
+        PeerKey::from_bytes(&[n; 38]).unwrap()
+    }
+
+    fn report(cpus: f64, free: f64, queued: u64, seq: u64) -> LoadReport {
+        LoadReport {
+            total: ResourceSet::cpus(cpus),
+            free: ResourceSet::cpus(free),
+            queued,
+            seq,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn estimates_follow_what_was_sent_and_returned() {
+        let mut l = PeerLoad::new(report(2.0, 0.0, 0, 1));
+        // Busy, but its queue takes two more tasks.
+        assert_eq!(l.estimated_free().get_milli(CPU), 2000);
+        l.sent.push(ResourceSet::cpus(1.0));
+        l.sent.push(ResourceSet::cpus(1.0));
+        assert_eq!(l.estimated_free().get_milli(CPU), 0);
+        assert!(!l.has_room());
+        // One sent since the report came back: counted no more.
+        l.task_returned(ResourceSet::cpus(1.0));
+        assert_eq!(l.estimated_free().get_milli(CPU), 1000);
+        l.task_returned(ResourceSet::cpus(1.0));
+        assert_eq!(l.estimated_free().get_milli(CPU), 2000);
+        // Ones the report counted busy came back: free again, up to its total.
+        l.task_returned(ResourceSet::cpus(1.0));
+        assert_eq!(l.estimated_free().get_milli(CPU), 3000);
+        l.task_returned(ResourceSet::cpus(1.0));
+        l.task_returned(ResourceSet::cpus(1.0));
+        assert_eq!(l.estimated_free().get_milli(CPU), 4000);
+    }
+
+    #[test]
+    fn stale_reports_are_ignored_and_new_ones_reset_the_estimate() {
+        let mut s = Spill::new("t".into(), true);
+        s.report(key(1), report(2.0, 2.0, 0, 5));
+        s.spilled(
+            TaskId::new(shoal_protocol::ClientId(1), 1),
+            ObjectId([1; 32]),
+            key(1),
+            Some(ResourceSet::cpus(1.0)),
+        );
+        s.report(key(1), report(2.0, 0.0, 0, 4));
+        assert_eq!(s.peers[&key(1)].report.free.get_milli(CPU), 2000);
+        assert_eq!(s.peers[&key(1)].sent.len(), 1);
+        s.report(key(1), report(2.0, 1.0, 0, 6));
+        assert_eq!(s.peers[&key(1)].report.free.get_milli(CPU), 1000);
+        assert!(s.peers[&key(1)].sent.is_empty());
+    }
+
+    #[test]
+    fn results_are_taken_only_from_the_peer_that_runs_the_task() {
+        let mut s = Spill::new("t".into(), true);
+        let (task, ret) = (
+            TaskId::new(shoal_protocol::ClientId(1), 1),
+            ObjectId([1; 32]),
+        );
+        s.spilled(task, ret, key(1), None);
+        assert_eq!(s.task_of_result(&ret, key(1)), Some(task));
+        assert_eq!(s.task_of_result(&ret, key(2)), None);
+        assert_eq!(s.take_spilled_to(key(2)), vec![]);
+        assert_eq!(s.take_spilled_to(key(1)), vec![task]);
+        assert_eq!(s.task_of_result(&ret, key(1)), None);
+    }
+
+    #[test]
+    fn refusals_are_forgotten_after_a_while() {
+        let mut s = Spill::new("t".into(), true);
+        let task = TaskId::new(shoal_protocol::ClientId(1), 1);
+        let t0 = Instant::now();
+        s.refused(task, key(1), t0);
+        assert_eq!(
+            s.refused_by(&task, t0 + Duration::from_millis(100)),
+            vec![key(1)]
+        );
+        assert!(s.refused_by(&task, t0 + REFUSAL_MEMORY).is_empty());
+    }
+}

@@ -1,0 +1,383 @@
+//! The event loop: one task that owns the [`NodeCore`] and everything the core may not
+//! touch.
+//!
+//! It selects over the bounded inbox (local connections, the network, in-process callers),
+//! the core's timer ([`NodeCore::poll_timeout`]), a [`JoinSet`] holding every job the core
+//! asked for (worker processes, object pulls, binary fetches, directory lookups) and a
+//! [`CancellationToken`]. After every input it drains [`NodeCore::poll_output`] and carries
+//! each output out in order; an output that cannot be carried out comes back to the core as
+//! an input (a full client queue detaches the client, a peer link that cannot take a message
+//! loses the peer, a worker that cannot start is reported ended).
+//!
+//! # Shutdown
+//!
+//! Staged, as iroh's router does it:
+//! 1. stop accepting local connections;
+//! 2. the core fails whatever is in flight with `NodeStopping` and kills its workers; those
+//!    messages are sent;
+//! 3. the workers' exits are awaited (a bounded grace);
+//! 4. local connections are closed;
+//! 5. the network is shut down;
+//! 6. the store's files are removed;
+//! 7. whatever job is left is aborted and awaited.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use shoal_protocol::ToClient;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::workers::{self, WorkerProcess};
+use super::Event;
+use crate::core::sched::WorkerId;
+use crate::core::{ConnId, Input, NodeCore, Output, WorkerEnd};
+
+/// How long stopped workers get to exit before the rest of a shutdown goes on.
+const WORKER_GRACE: Duration = Duration::from_secs(2);
+
+/// The shell of one node. See the [module documentation](self).
+pub(crate) struct Shell {
+    core: NodeCore,
+    socket: PathBuf,
+    conns: HashMap<ConnId, mpsc::Sender<ToClient>>,
+    workers: HashMap<WorkerId, WorkerProcess>,
+    jobs: JoinSet<Option<Input>>,
+    /// Inputs that come from outputs the shell could not carry out.
+    feedback: Vec<Input>,
+    /// Stops the accept loop of the local socket.
+    accept: CancellationToken,
+    /// Closes the local connections still open.
+    close: CancellationToken,
+    #[cfg(feature = "mesh")]
+    net: Option<super::mesh::NetSide>,
+}
+
+impl Shell {
+    pub(crate) fn new(
+        core: NodeCore,
+        socket: PathBuf,
+        accept: CancellationToken,
+        close: CancellationToken,
+    ) -> Self {
+        Self {
+            core,
+            socket,
+            conns: HashMap::new(),
+            workers: HashMap::new(),
+            jobs: JoinSet::new(),
+            feedback: Vec::new(),
+            accept,
+            close,
+            #[cfg(feature = "mesh")]
+            net: None,
+        }
+    }
+
+    /// Makes this node a peer of a mesh through `net`.
+    #[cfg(feature = "mesh")]
+    pub(crate) fn set_net(&mut self, net: crate::net::NetHandle, events: mpsc::Sender<Event>) {
+        self.net = Some(super::mesh::NetSide::new(net, events));
+    }
+
+    /// Runs until shut down.
+    pub(crate) async fn run(mut self, mut inbox: mpsc::Receiver<Event>) {
+        // The load this core starts with.
+        self.flush();
+        loop {
+            let deadline = self.core.poll_timeout();
+            tokio::select! {
+                biased;
+                ev = inbox.recv() => match ev {
+                    Some(Event::Shutdown(done)) => {
+                        self.shutdown().await;
+                        if done.send(()).is_err() {
+                            tracing::debug!("nobody waits for the shutdown");
+                        }
+                        return;
+                    }
+                    Some(ev) => {
+                        self.event(ev);
+                        // Whatever else is ready, before looking at timers again.
+                        while let Ok(ev) = inbox.try_recv() {
+                            if let Event::Shutdown(done) = ev {
+                                self.shutdown().await;
+                                if done.send(()).is_err() {
+                                    tracing::debug!("nobody waits for the shutdown");
+                                }
+                                return;
+                            }
+                            self.event(ev);
+                        }
+                    }
+                    None => {
+                        self.shutdown().await;
+                        return;
+                    }
+                },
+                Some(done) = self.jobs.join_next(), if !self.jobs.is_empty() => {
+                    match done {
+                        Ok(Some(input)) => self.input(input),
+                        Ok(None) => {}
+                        Err(e) => tracing::error!(error = %e, "a job of the node failed"),
+                    }
+                }
+                _ = sleep_until(deadline), if deadline.is_some() => {
+                    self.core.handle_timeout(Instant::now());
+                    self.flush();
+                }
+            }
+        }
+    }
+
+    fn event(&mut self, ev: Event) {
+        match ev {
+            Event::Connected { conn, hello, tx } => {
+                self.conns.insert(conn, tx);
+                self.input(Input::Attached { conn, hello });
+            }
+            Event::Messages { conn, msgs } => self.input(Input::FromProc { conn, msgs }),
+            Event::Disconnected { conn } => {
+                self.conns.remove(&conn);
+                self.input(Input::Detached { conn });
+            }
+            Event::Status(reply) => {
+                let status = self.status(self.core.status(Instant::now()));
+                if reply.send(status).is_err() {
+                    tracing::debug!("status asked for and not awaited");
+                }
+            }
+            Event::Shutdown(_) => unreachable_shutdown(),
+            #[cfg(feature = "mesh")]
+            Event::Net(ev) => {
+                if let Some(input) = super::mesh::net_input(ev) {
+                    self.input(input);
+                }
+            }
+            #[cfg(feature = "mesh")]
+            Event::Serve { id, reply } => {
+                let served = self.core.open_object(id);
+                let served = served.and_then(|s| Some(self.net.as_ref()?.served(id, s)));
+                if let Err(served) = reply.send(served) {
+                    // The peer went away: the guard inside unpins the object.
+                    drop(served);
+                    tracing::debug!(object = %id, "object transfer abandoned");
+                }
+            }
+            #[cfg(feature = "mesh")]
+            Event::Served { id } => self.core.object_served(id),
+        }
+    }
+
+    /// Hands the core an input and carries out what it asks for.
+    fn input(&mut self, input: Input) {
+        if let Input::WorkerExited { worker, .. } = &input {
+            self.workers.remove(worker);
+        }
+        self.core.handle(Instant::now(), input);
+        self.flush();
+    }
+
+    /// Carries out every output, and feeds back what could not be carried out, until the
+    /// core has nothing more to say.
+    fn flush(&mut self) {
+        loop {
+            while let Some(output) = self.core.poll_output() {
+                self.execute(output);
+            }
+            if self.feedback.is_empty() {
+                return;
+            }
+            for input in std::mem::take(&mut self.feedback) {
+                if let Input::WorkerExited { worker, .. } = &input {
+                    self.workers.remove(worker);
+                }
+                self.core.handle(Instant::now(), input);
+            }
+        }
+    }
+
+    fn execute(&mut self, output: Output) {
+        match output {
+            Output::ToProc { conn, msg } => self.queue_for(conn, msg),
+            Output::Status {
+                conn,
+                request,
+                status,
+            } => {
+                let status = Box::new(self.status(*status));
+                self.queue_for(conn, ToClient::Status { request, status });
+            }
+            Output::Close { conn } => {
+                // Its writer sends what is queued, then closes the socket.
+                self.conns.remove(&conn);
+            }
+            Output::SpawnWorker {
+                worker,
+                binary,
+                exe,
+            } => match workers::spawn(worker, binary, &exe, &self.socket) {
+                Ok((process, watcher)) => {
+                    let pid = process.pid;
+                    self.workers.insert(worker, process);
+                    self.jobs.spawn(async move {
+                        let exit = watcher.await;
+                        Some(Input::WorkerExited {
+                            worker,
+                            end: WorkerEnd::Exited { pid, exit },
+                        })
+                    });
+                }
+                Err(e) => {
+                    tracing::error!(exe = %exe.display(), error = %e, "cannot start worker");
+                    self.feedback.push(Input::WorkerExited {
+                        worker,
+                        end: WorkerEnd::FailedToStart,
+                    });
+                }
+            },
+            Output::KillWorker { worker } => match self.workers.get_mut(&worker) {
+                Some(w) => w.kill(),
+                None => tracing::debug!(worker, "kill of a worker that is not running"),
+            },
+            #[cfg(feature = "mesh")]
+            Output::ToPeer { peer, msg } => {
+                let sent = self.net.as_mut().is_some_and(|n| n.send(peer, &msg));
+                if !sent {
+                    // The link cannot take it: what this node has with the peer ends as if
+                    // the peer left, and its waiters learn so.
+                    self.feedback.push(Input::PeerLost { peer });
+                }
+            }
+            #[cfg(feature = "mesh")]
+            Output::Disconnect { peer } => {
+                if let Some(n) = &mut self.net {
+                    n.disconnect(peer);
+                }
+            }
+            #[cfg(feature = "mesh")]
+            Output::Load(load) => {
+                if let Some(n) = &self.net {
+                    n.load(load);
+                }
+            }
+            #[cfg(feature = "mesh")]
+            Output::ServeBinary { binary, exe } => {
+                if let Some(n) = &self.net {
+                    n.serve_binary(binary, exe);
+                }
+            }
+            #[cfg(feature = "mesh")]
+            Output::Dht(op) => {
+                if let Some(n) = &self.net {
+                    n.dht(op);
+                }
+            }
+            #[cfg(feature = "mesh")]
+            Output::Job(job) => match &mut self.net {
+                Some(n) => {
+                    let job = n.job(job);
+                    self.jobs.spawn(job);
+                }
+                None => tracing::error!(?job, "a mesh job on a node outside any mesh; dropped"),
+            },
+            #[cfg(not(feature = "mesh"))]
+            other @ (Output::ToPeer { .. }
+            | Output::Disconnect { .. }
+            | Output::Load(_)
+            | Output::ServeBinary { .. }
+            | Output::Dht(_)
+            | Output::Job(_)) => {
+                tracing::error!(output = ?other, "a mesh output on a node built without the mesh; dropped")
+            }
+        }
+    }
+
+    /// Queues a message for a process. A process whose queue is full is not keeping up (or
+    /// is stuck): it is detached rather than silently missing a message.
+    fn queue_for(&mut self, conn: ConnId, msg: ToClient) {
+        let Some(tx) = self.conns.get(&conn) else {
+            tracing::debug!(conn, "message to a closed connection dropped");
+            return;
+        };
+        match tx.try_send(msg) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::error!(conn, "client queue full: disconnecting the client");
+                self.conns.remove(&conn);
+                self.feedback.push(Input::Detached { conn });
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                tracing::debug!(conn, "message to a closing connection dropped")
+            }
+        }
+    }
+
+    /// A status with what only the shell knows.
+    fn status(&self, status: shoal_protocol::NodeStatus) -> shoal_protocol::NodeStatus {
+        #[cfg(feature = "mesh")]
+        {
+            let mut status = status;
+            status.mesh = self.net.as_ref().map(|n| n.status());
+            status
+        }
+        #[cfg(not(feature = "mesh"))]
+        status
+    }
+
+    /// The staged shutdown of the module documentation.
+    async fn shutdown(&mut self) {
+        // 1. No new local connections.
+        self.accept.cancel();
+        // 2. What is in flight fails; the workers are told to stop.
+        self.core.shutdown(Instant::now());
+        self.flush();
+        // 3. The workers' exits.
+        let deadline = tokio::time::Instant::now() + WORKER_GRACE;
+        while !self.workers.is_empty() {
+            match tokio::time::timeout_at(deadline, self.jobs.join_next()).await {
+                Ok(Some(Ok(Some(Input::WorkerExited { worker, .. })))) => {
+                    self.workers.remove(&worker);
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::warn!(workers = self.workers.len(), "workers did not exit in time");
+                    break;
+                }
+            }
+        }
+        // 4. Local connections: their writers send what is queued and close.
+        self.conns.clear();
+        self.close.cancel();
+        // 5. The network.
+        #[cfg(feature = "mesh")]
+        if let Some(net) = self.net.take() {
+            net.shutdown().await;
+        }
+        // 6. The store's files and the socket.
+        self.core.store_mut().destroy();
+        if let Err(e) = std::fs::remove_file(&self.socket) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(socket = %self.socket.display(), error = %e, "cannot remove the socket");
+            }
+        }
+        // 7. Whatever is left.
+        self.jobs.abort_all();
+        while self.jobs.join_next().await.is_some() {}
+        tracing::info!("node stopped");
+    }
+}
+
+fn unreachable_shutdown() {
+    tracing::error!("a shutdown reached the event handler; ignored");
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}

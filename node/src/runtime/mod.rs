@@ -1,0 +1,68 @@
+//! The shell around the core: the one event loop that owns every socket, process, file and
+//! spawned future of a node, the local API socket, and worker processes.
+//!
+//! - [`event_loop`]: feeds the [`crate::core::NodeCore`] its inputs and carries out its
+//!   outputs; a staged shutdown.
+//! - [`api`]: the local Unix socket.
+//! - [`workers`]: worker processes.
+
+pub mod api;
+pub(crate) mod event_loop;
+#[cfg(feature = "mesh")]
+mod mesh;
+pub mod workers;
+
+use shoal_protocol::{Hello, NodeStatus, ToClient, ToNode};
+use tokio::sync::{mpsc, oneshot};
+
+pub use crate::core::ConnId;
+
+/// Capacity of the core's inbox.
+pub const EVENT_QUEUE: usize = 8192;
+
+/// Something that happened, for the event loop to hand to the core.
+#[derive(Debug)]
+pub enum Event {
+    /// A process finished its handshake; replies go to `tx`.
+    Connected {
+        /// The connection.
+        conn: ConnId,
+        /// Its handshake.
+        hello: Hello,
+        /// Its outbound queue.
+        tx: mpsc::Sender<ToClient>,
+    },
+    /// Messages from a connection, in order.
+    Messages {
+        /// The connection.
+        conn: ConnId,
+        /// The messages.
+        msgs: Vec<ToNode>,
+    },
+    /// A connection ended.
+    Disconnected {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// Status for an in-process caller.
+    Status(oneshot::Sender<NodeStatus>),
+    /// Stop (see [`event_loop`]); answered once everything has stopped.
+    Shutdown(oneshot::Sender<()>),
+    /// Something from the network.
+    #[cfg(feature = "mesh")]
+    Net(crate::net::link::NetEvent),
+    /// A peer asks for an object's bytes.
+    #[cfg(feature = "mesh")]
+    Serve {
+        /// The object.
+        id: shoal_protocol::ObjectId,
+        /// Its file, pinned until the guard inside drops.
+        reply: oneshot::Sender<Option<crate::net::objects::Served>>,
+    },
+    /// A transfer to a peer ended: the object may move again.
+    #[cfg(feature = "mesh")]
+    Served {
+        /// The object.
+        id: shoal_protocol::ObjectId,
+    },
+}

@@ -1,0 +1,176 @@
+//! Scenarios for the simulator: the spilling scenarios of the real-process tests, and a
+//! randomized workload with faults whose every choice follows from a seed.
+
+use std::time::Duration;
+
+use shoal_protocol::{ObjectId, ObjectValue, TaskError};
+
+use super::{Sim, SimArg, SimConfig, TaskOpts, Violation};
+
+/// How long the mesh gets to settle at the end of a run, and the bound on any wait.
+const SETTLE: Duration = Duration::from_secs(15);
+
+/// A randomized run: 2 to 4 peers, 1 to 3 drivers submitting tasks (chains of them, some
+/// failing or crashing their worker) and calling actors, while peers are partitioned and
+/// healed, crash and restart, and workers die. Returns what broke.
+pub fn random(seed: u64) -> Vec<Violation> {
+    run_random(seed).1
+}
+
+/// What a randomized run did, to compare two runs of one seed: a digest of every result
+/// every driver received, how many inputs each core handled, and what broke.
+pub fn random_trace(seed: u64) -> (String, u64, Vec<Violation>) {
+    let (sim, violations) = run_random(seed);
+    (sim.digest().to_hex().to_string(), sim.inputs, violations)
+}
+
+fn run_random(seed: u64) -> (Sim, Vec<Violation>) {
+    let mut sim = random_mesh(seed);
+    let nodes = sim.nodes();
+    let drivers: Vec<usize> = (0..1 + sim.rng().below(3))
+        .map(|_| {
+            let n = sim.rng().below(nodes as u64) as usize;
+            sim.driver(n)
+        })
+        .collect();
+    let mut actors: Vec<(usize, shoal_protocol::ActorId)> = Vec::new();
+    let mut owned: Vec<(usize, ObjectId)> = Vec::new();
+    let steps = 40 + sim.rng().below(80);
+    for _ in 0..steps {
+        let pause = Duration::from_millis(1 + sim.rng().below(200));
+        sim.run_for(pause);
+        let d = drivers[sim.rng().below(drivers.len() as u64) as usize];
+        match sim.rng().below(100) {
+            0..=39 => {
+                let ms = 1 + sim.rng().below(300);
+                let mut args = vec![SimArg::Value(vec![sim.rng().below(256) as u8])];
+                // Chains: a result this driver received, or one still pending.
+                let mine: Vec<ObjectId> = owned
+                    .iter()
+                    .filter(|(o, _)| *o == d)
+                    .map(|(_, id)| *id)
+                    .collect();
+                if !mine.is_empty() && sim.rng().chance(0.5) {
+                    let id = mine[sim.rng().below(mine.len() as u64) as usize];
+                    args.push(SimArg::Ref(id));
+                }
+                let opts = TaskOpts {
+                    cpus: if sim.rng().chance(0.2) { 0.5 } else { 1.0 },
+                    retries: sim.rng().below(4) as u32,
+                };
+                let id = sim.submit(d, &format!("sleep:{ms}"), args, opts);
+                owned.push((d, id));
+            }
+            40..=42 => {
+                let id = sim.submit(d, "panic", vec![], TaskOpts::default());
+                owned.push((d, id));
+            }
+            43..=44 => {
+                let opts = TaskOpts {
+                    cpus: 1.0,
+                    retries: sim.rng().below(2) as u32,
+                };
+                let id = sim.submit(d, "crash", vec![], opts);
+                owned.push((d, id));
+            }
+            45..=52 => {
+                let restarts = sim.rng().below(3) as u32;
+                let cpus = if sim.rng().chance(0.5) { 0.0 } else { 1.0 };
+                let a = sim.create_actor(d, restarts, cpus);
+                actors.push((d, a));
+            }
+            53..=79 => {
+                if let Some(&(_, a)) = pick(&mut sim, &actors) {
+                    let f = if sim.rng().chance(0.05) {
+                        "panic"
+                    } else {
+                        "echo"
+                    };
+                    for _ in 0..1 + sim.rng().below(5) {
+                        let id = sim.call(d, a, f);
+                        owned.push((d, id));
+                    }
+                }
+            }
+            80..=89 => {
+                if !owned.is_empty() {
+                    let k = sim.rng().below(owned.len() as u64) as usize;
+                    let (o, id) = owned.swap_remove(k);
+                    sim.release(o, id);
+                }
+            }
+            90..=92 => {
+                let (a, b) = two(&mut sim);
+                sim.partition(a, b);
+            }
+            93..=95 => {
+                let (a, b) = two(&mut sim);
+                sim.heal(a, b);
+            }
+            96 => {
+                let n = sim.rng().below(nodes as u64) as usize;
+                sim.crash(n);
+            }
+            97 => {
+                let n = sim.rng().below(nodes as u64) as usize;
+                sim.restart(n);
+            }
+            _ => {
+                let n = sim.rng().below(nodes as u64) as usize;
+                if sim.alive(n) {
+                    sim.crash_a_worker(n);
+                }
+            }
+        }
+    }
+    // The faults end; every wait must end within the bound.
+    for a in 0..nodes {
+        for b in 0..nodes {
+            sim.heal(a, b);
+        }
+    }
+    for n in 0..nodes {
+        sim.restart(n);
+    }
+    sim.run_for(SETTLE);
+    let v = sim.finish(SETTLE);
+    (sim, v)
+}
+
+fn random_mesh(seed: u64) -> Sim {
+    let mut rng = super::Rng::new(seed);
+    let nodes = 2 + rng.below(3) as usize;
+    let cpus = (0..nodes).map(|_| 1.0 + rng.below(2) as f64).collect();
+    Sim::new(
+        seed,
+        SimConfig {
+            nodes,
+            cpus,
+            ..Default::default()
+        },
+    )
+}
+
+fn pick<'a, T>(sim: &mut Sim, v: &'a [T]) -> Option<&'a T> {
+    if v.is_empty() {
+        return None;
+    }
+    v.get(sim.rng().below(v.len() as u64) as usize)
+}
+
+fn two(sim: &mut Sim) -> (usize, usize) {
+    let n = sim.nodes() as u64;
+    let a = sim.rng().below(n) as usize;
+    let b = (a + 1 + sim.rng().below(n - 1) as usize) % n as usize;
+    (a, b)
+}
+
+/// Whether `v` is the value of an `echo`, not an error.
+pub fn is_value(v: &ObjectValue) -> bool {
+    matches!(v, ObjectValue::Inline(_))
+}
+
+/// Whether `v` is this error.
+pub fn is_error(v: &ObjectValue, f: impl Fn(&TaskError) -> bool) -> bool {
+    matches!(v, ObjectValue::Error(e) if f(e))
+}

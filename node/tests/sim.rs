@@ -1,0 +1,223 @@
+//! The deterministic simulator: the spilling scenarios of `tests/tests/spill.rs` on simulated
+//! meshes, then randomized workloads with faults, invariants checked throughout.
+//!
+//! `SHOAL_SIM_SEEDS=N` runs N random seeds (default 1,000); `SHOAL_SIM_SEED=S` runs one.
+
+use std::time::Duration;
+
+use shoal_node::sim::scenario::{self, is_error, is_value};
+use shoal_node::sim::{Sim, SimArg, SimConfig, TaskOpts};
+use shoal_protocol::TaskError;
+
+fn mesh(cpus: &[f64]) -> Sim {
+    Sim::new(
+        1,
+        SimConfig {
+            nodes: cpus.len(),
+            cpus: cpus.to_vec(),
+            ..Default::default()
+        },
+    )
+}
+
+fn assert_clean(mut sim: Sim) {
+    let v = sim.finish(Duration::from_secs(10));
+    assert!(v.is_empty(), "seed {}: {v:#?}", sim.seed());
+}
+
+#[test]
+fn one_second_tasks_spread_over_three_peers() {
+    let mut sim = mesh(&[1.0, 1.0, 1.0]);
+    let d = sim.driver(0);
+    sim.run_for(Duration::from_secs(1));
+    let ids: Vec<_> = (0..60u8)
+        .map(|i| {
+            sim.submit(
+                d,
+                "sleep:1000",
+                vec![SimArg::Value(vec![i])],
+                TaskOpts::default(),
+            )
+        })
+        .collect();
+    sim.run_for(Duration::from_secs(30));
+    assert_eq!(sim.waiting(d), 0);
+    for (i, id) in ids.iter().enumerate() {
+        let v = &sim.results(d)[id];
+        assert_eq!(v, &shoal_protocol::ObjectValue::Inline(vec![i as u8, b'|']));
+    }
+    let ran: Vec<u64> = (0..3).map(|n| sim.runs_on(n)).collect();
+    assert!(
+        ran.iter().all(|r| *r >= 10),
+        "every peer runs its share: {ran:?}"
+    );
+    // 60 seconds of work on 3 CPUs.
+    assert!(sim.elapsed() >= Duration::from_secs(20));
+    assert_clean(sim);
+}
+
+#[test]
+fn actor_calls_from_two_peers_keep_each_callers_order() {
+    let mut sim = mesh(&[1.0, 1.0, 1.0]);
+    let (a, b) = (sim.driver(0), sim.driver(1));
+    sim.run_for(Duration::from_secs(1));
+    // A 1-CPU actor created from node 0 while node 0's CPU is busy lands elsewhere.
+    let busy = sim.submit(a, "sleep:5000", vec![], TaskOpts::default());
+    sim.run_for(Duration::from_millis(100));
+    let actor = sim.create_actor(a, 0, 1.0);
+    sim.run_for(Duration::from_secs(1));
+    let mut calls = Vec::new();
+    for _ in 0..500 {
+        calls.push(sim.call(a, actor, "echo"));
+        calls.push(sim.call(b, actor, "echo"));
+    }
+    sim.run_for(Duration::from_secs(10));
+    assert_eq!(sim.waiting(a) + sim.waiting(b), 0);
+    for id in &calls {
+        let v = sim.results(a).get(id).or_else(|| sim.results(b).get(id));
+        assert!(v.is_some_and(is_value), "{id}: {v:?}");
+    }
+    assert!(sim.violations().is_empty(), "{:?}", sim.violations());
+    sim.release(a, busy);
+    assert_clean(sim);
+}
+
+#[test]
+fn tasks_of_a_crashed_peer_run_again_elsewhere() {
+    let mut sim = mesh(&[1.0, 1.0, 1.0]);
+    let d = sim.driver(0);
+    sim.run_for(Duration::from_secs(1));
+    let ids: Vec<_> = (0..100u8)
+        .map(|i| {
+            sim.submit(
+                d,
+                "sleep:50",
+                vec![SimArg::Value(vec![i])],
+                TaskOpts::default(),
+            )
+        })
+        .collect();
+    while sim.runs_on(2) < 3 {
+        assert!(sim.step(), "node 2 never ran a task");
+    }
+    sim.crash(2);
+    sim.run_for(Duration::from_secs(30));
+    assert_eq!(sim.waiting(d), 0);
+    for id in &ids {
+        assert!(is_value(&sim.results(d)[id]), "{id}");
+    }
+    assert_clean(sim);
+}
+
+#[test]
+fn an_actor_placed_on_a_peer_comes_back_when_the_peer_dies() {
+    let mut sim = mesh(&[0.0, 1.0, 1.0]);
+    let d = sim.driver(0);
+    sim.run_for(Duration::from_secs(1));
+    let actor = sim.create_actor(d, 1, 1.0);
+    sim.run_for(Duration::from_secs(1));
+    let first = sim.call(d, actor, "echo");
+    sim.run_for(Duration::from_secs(1));
+    assert!(is_value(&sim.results(d)[&first]));
+    let host = (1..3)
+        .find(|n| sim.runs_on(*n) > 0)
+        .expect("the actor ran on a peer");
+    sim.crash(host);
+    sim.run_for(Duration::from_secs(5));
+    let after = sim.call(d, actor, "echo");
+    sim.run_for(Duration::from_secs(5));
+    assert!(
+        is_value(&sim.results(d)[&after]),
+        "{:?}",
+        sim.results(d).get(&after)
+    );
+    let other = 3 - host;
+    assert!(
+        sim.runs_on(other) > 0,
+        "the actor came back on node {other}"
+    );
+    assert_clean(sim);
+}
+
+#[test]
+fn a_demand_no_peer_has_fails_as_infeasible() {
+    let mut sim = mesh(&[1.0, 1.0]);
+    let d = sim.driver(0);
+    sim.run_for(Duration::from_secs(1));
+    let opts = TaskOpts {
+        cpus: 8.0,
+        retries: 0,
+    };
+    let id = sim.submit(d, "echo", vec![], opts);
+    sim.run_for(Duration::from_secs(10));
+    let v = &sim.results(d)[&id];
+    assert!(
+        is_error(v, |e| matches!(e, TaskError::Infeasible { .. })),
+        "{v:?}"
+    );
+    assert_clean(sim);
+}
+
+#[test]
+fn a_partition_heals_and_every_result_arrives() {
+    let mut sim = mesh(&[1.0, 1.0, 1.0]);
+    let d = sim.driver(0);
+    sim.run_for(Duration::from_secs(1));
+    let ids: Vec<_> = (0..30u8)
+        .map(|i| {
+            sim.submit(
+                d,
+                "sleep:200",
+                vec![SimArg::Value(vec![i])],
+                TaskOpts::default(),
+            )
+        })
+        .collect();
+    sim.run_for(Duration::from_millis(300));
+    sim.partition(0, 1);
+    sim.run_for(Duration::from_secs(5));
+    sim.heal(0, 1);
+    sim.run_for(Duration::from_secs(10));
+    assert_eq!(sim.waiting(d), 0);
+    for id in &ids {
+        assert!(is_value(&sim.results(d)[id]), "{id}");
+    }
+    assert_clean(sim);
+}
+
+#[test]
+fn one_seed_replays_exactly() {
+    let a = scenario::random_trace(42);
+    let b = scenario::random_trace(42);
+    assert_eq!(a, b);
+    assert_ne!(a, scenario::random_trace(43));
+}
+
+#[test]
+fn random_seeds_keep_every_invariant() {
+    let seeds: Vec<u64> = match std::env::var("SHOAL_SIM_SEED") {
+        Ok(s) => vec![s.parse().expect("SHOAL_SIM_SEED is a number")],
+        Err(_) => {
+            let n: u64 = std::env::var("SHOAL_SIM_SEEDS")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(1000);
+            (0..n).collect()
+        }
+    };
+    let mut failed = Vec::new();
+    for seed in seeds {
+        let v = scenario::random(seed);
+        if !v.is_empty() {
+            eprintln!(
+                "seed {seed} broke {} rule(s); replay with SHOAL_SIM_SEED={seed}:",
+                v.len()
+            );
+            for x in v.iter().take(5) {
+                eprintln!("  at {} ms: {}", x.at_ms, x.what);
+            }
+            failed.push(seed);
+        }
+    }
+    assert!(failed.is_empty(), "failing seeds: {failed:?}");
+}

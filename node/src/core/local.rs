@@ -377,7 +377,20 @@ impl NodeCore {
             self.fail_task(now, t, error.clone());
         }
         self.sched.end_actor(now, create_task);
+        self.forget_if_peers(actor, create_task);
         self.finish_task(now, create_task);
+    }
+
+    /// A dead actor that a peer created is not kept here: that peer's node answers its
+    /// callers (and later calls from elsewhere learn `NoSuchActor`).
+    fn forget_if_peers(&mut self, actor: ActorId, create_task: TaskId) {
+        if self
+            .tasks
+            .get(&create_task)
+            .is_some_and(|e| matches!(e.owner, Party::Peer(_)))
+        {
+            self.actors.forget_if_dead(actor);
+        }
     }
 
     /// Records the actor's location (and its name) in the mesh's directory. The records are
@@ -1027,6 +1040,7 @@ impl NodeCore {
                 for t in queued {
                     self.fail_task(now, t, error.clone());
                 }
+                self.forget_if_peers(actor, create_task);
                 self.finish_task(now, create_task);
             }
         }

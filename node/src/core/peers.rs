@@ -754,7 +754,15 @@ impl NodeCore {
         } = *rt;
         let task = spec.task_id;
         if self.tasks.contains_key(&task) {
-            tracing::debug!(task = %task, "a task submitted twice; ignored");
+            // Sent again (its owner lost this node for a while and placed it here again):
+            // the copy under way here serves, and its result goes to the owner again.
+            tracing::debug!(task = %task, "a task submitted again; its result goes to its owner");
+            let party = Party::Peer(from);
+            let e = self.objects.entry(spec.return_id());
+            if !e.holders.contains(&party) {
+                e.holders.push(party);
+            }
+            e.push_to.get_or_insert(party);
             return;
         }
         let arg_ids: Vec<ObjectId> = spec

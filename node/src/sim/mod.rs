@@ -1360,7 +1360,13 @@ impl Sim {
                     .take(4)
                     .map(|o| format!("{} {:?} holders={}", o.id, o.pinned_by, o.holders))
                     .collect();
-                let tasks: Vec<String> = core.task_lines().into_iter().take(4).collect();
+                let mut tasks: Vec<String> = core.task_lines().into_iter().take(4).collect();
+                tasks.extend(
+                    core.status(self.now)
+                        .actors
+                        .iter()
+                        .map(|a| format!("actor {} {} inc {}", a.actor_id, a.state, a.incarnation)),
+                );
                 leaks.push(format!("node {i} still holds {c:?}: {objects:?} {tasks:?}"));
             }
         }

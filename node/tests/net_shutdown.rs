@@ -171,15 +171,22 @@ fn a_peer_shut_down_stops_everything(transport: TransportKind) {
         a.shutdown().await;
         took
     });
-    // Nothing was in flight: the idle links and acceptors stop without the grace.
-    assert!(took < Duration::from_secs(3), "shutdown took {took:?}");
+    // Nothing was in flight: the idle links and acceptors stop without waiting out the
+    // grace (five seconds).
+    assert!(took < Duration::from_millis(4500), "shutdown took {took:?}");
 
     // Every task the network started has ended (an aborted one is reaped on its next poll).
-    block_on(
-        &rt,
-        until("every task of the network ends", || alive() == before),
-    );
-    assert_eq!(alive(), before);
+    block_on(&rt, async {
+        let deadline = Instant::now() + LIMIT;
+        while alive() != before {
+            assert!(
+                Instant::now() < deadline,
+                "{} tasks alive after shutdown, {before} before the network started",
+                alive()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
 
     // The other peer sees it go.
     let a_lost = format!("lost {}", a.peer_id());

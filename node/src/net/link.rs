@@ -343,7 +343,7 @@ mod tests {
             behaviour.new_control(),
             StreamProtocol::new("/shoal/test/ctl/1"),
             EventSink::default(),
-            Tasks::default(),
+            Tasks::new(tokio::runtime::Handle::current()),
         )
     }
 

@@ -774,7 +774,9 @@ pub async fn start(key: identity::Keypair, config: NetConfig) -> Result<NetHandl
     });
     let code_cache = code::BinaryCache::open(&cache_dir, code_cache_bytes)
         .map_err(|e| NetError::Swarm(format!("code cache {}: {e}", cache_dir.display())))?;
-    let tasks = Tasks::default();
+    let runtime = tokio::runtime::Handle::try_current()
+        .map_err(|e| NetError::Swarm(format!("the network needs a tokio runtime: {e}")))?;
+    let tasks = Tasks::new(runtime);
     let mut swarm = build_swarm(key, &config, &protocols, &tasks)?;
     let topic = IdentTopic::new(protocols.load_topic.clone());
     swarm

@@ -32,9 +32,12 @@ pub const GRACE: Duration = Duration::from_secs(5);
 /// How long the network task waits for its connections to close before it drops them.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
-/// The network's tasks: where they are spawned and how they are stopped.
+/// The network's tasks: where they are spawned and how they are stopped. They all run on
+/// the runtime the network was started on, whichever thread spawns them (a message queued
+/// to a new peer from outside the runtime starts its writer there too).
 #[derive(Clone, Debug)]
 pub struct Tasks {
+    runtime: tokio::runtime::Handle,
     root: CancellationToken,
     swarm: CancellationToken,
     handlers: CancellationToken,
@@ -45,13 +48,15 @@ pub struct Tasks {
     swarm_tasks: TaskTracker,
 }
 
-impl Default for Tasks {
-    fn default() -> Self {
+impl Tasks {
+    /// Tasks on `runtime`, none yet.
+    pub fn new(runtime: tokio::runtime::Handle) -> Self {
         let root = CancellationToken::new();
         let swarm = root.child_token();
         let handlers = swarm.child_token();
         let accept = handlers.child_token();
         Self {
+            runtime,
             root,
             swarm,
             handlers,
@@ -60,9 +65,7 @@ impl Default for Tasks {
             swarm_tasks: TaskTracker::new(),
         }
     }
-}
 
-impl Tasks {
     /// Spawns a handler: it runs until it ends, or until handlers are stopped (stage 2),
     /// when it is dropped at its next await.
     pub fn spawn<F>(&self, fut: F)
@@ -72,9 +75,10 @@ impl Tasks {
         let stop = self.handlers.clone();
         // The handle is not kept: the tracker waits for the task, and a panic is reported
         // by the runtime's hook.
-        drop(self.handler_tasks.spawn(async move {
+        let task = async move {
             stop.run_until_cancelled_owned(fut).await;
-        }));
+        };
+        drop(self.handler_tasks.spawn_on(task, &self.runtime));
     }
 
     /// Spawns a task of the swarm (the network task itself, or a connection task of
@@ -84,9 +88,10 @@ impl Tasks {
         F: Future<Output = ()> + Send + 'static,
     {
         let stop = self.root.clone();
-        drop(self.swarm_tasks.spawn(async move {
+        let task = async move {
             stop.run_until_cancelled_owned(fut).await;
-        }));
+        };
+        drop(self.swarm_tasks.spawn_on(task, &self.runtime));
     }
 
     /// The swarm's executor: connection tasks run as tasks of the swarm.

@@ -279,3 +279,66 @@ fn a_peer_shut_down_stops_everything_over_the_memory_transport() {
 fn a_peer_shut_down_stops_everything_over_tcp() {
     a_peer_shut_down_stops_everything(TransportKind::Tcp);
 }
+
+#[test]
+fn a_stream_still_being_served_is_dropped_after_the_grace() {
+    let transport = TransportKind::Memory;
+    let other_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let b = block_on(&other_rt, inproc::start(config(&transport, vec![])));
+    let b_addr = inproc::addr(&b);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let alive = || rt.metrics().num_alive_tasks();
+    let before = alive();
+    let a = block_on(&rt, async {
+        let a = inproc::start(config(&transport, vec![b_addr])).await;
+        a.serve_objects(Arc::new(Nothing));
+        until("a and b see each other", || {
+            sees(&a, b.peer_id()) && sees(&b, a.peer_id())
+        })
+        .await;
+        a
+    });
+    // b opens an object stream to a and never sends its request: a's handler waits for it
+    // (for up to the protocol's 30 s stall timeout).
+    let idle = alive();
+    // Opened on b's runtime while this one drives a (a current-thread runtime runs only
+    // inside `block_on`).
+    let (mut control, to) = (b.streams(), a.peer_id());
+    let opening = other_rt.spawn(async move {
+        let protocol = libp2p::StreamProtocol::new("/shoal/shutdown/obj/1");
+        control.open_stream(to, protocol).await
+    });
+    let stream = block_on(&rt, opening).unwrap().unwrap();
+    block_on(&rt, until("a serves the stream", || alive() > idle));
+
+    let took = block_on(&rt, async {
+        let started = Instant::now();
+        a.shutdown().await;
+        started.elapsed()
+    });
+    // The handler had the grace (five seconds) to finish, then was dropped.
+    assert!(
+        took >= Duration::from_millis(4900) && took < Duration::from_secs(9),
+        "shutdown took {took:?}"
+    );
+    block_on(&rt, async {
+        let deadline = Instant::now() + LIMIT;
+        while alive() != before {
+            assert!(
+                Instant::now() < deadline,
+                "{} tasks alive after shutdown, {before} before the network started",
+                alive()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    drop(stream);
+    block_on(&other_rt, b.shutdown());
+}

@@ -711,8 +711,8 @@ fn build_swarm(
     tasks: &Tasks,
 ) -> Result<Swarm<Behaviour>, NetError> {
     let err = |e: &dyn std::fmt::Display| NetError::Swarm(e.to_string());
-    // The connection tasks run as tasks of the network (not on the runtime's loose), so
-    // that shutdown waits for them.
+    // libp2p's connection tasks are spawned through the network's tracker (not loose on
+    // the runtime), so that shutdown waits for them.
     let idle = |_: libp2p::swarm::Config| {
         libp2p::swarm::Config::with_executor(tasks.executor())
             .with_idle_connection_timeout(Duration::from_secs(300))

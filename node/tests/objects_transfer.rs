@@ -14,8 +14,8 @@ use libp2p::{Multiaddr, PeerId, StreamProtocol};
 use shoal_node::net::objects::{
     self, ObjectError, ObjectRequest, ObjectResponse, ObjectSource, Served,
 };
-use shoal_node::net::{rpc, NetConfig, NetHandle};
-use shoal_protocol::{codec, Digest, ObjectId};
+use shoal_node::net::{framed, NetConfig, NetHandle};
+use shoal_protocol::{frame, Digest, ObjectId};
 
 mod inproc;
 use inproc::{addr, wait};
@@ -396,18 +396,14 @@ async fn raw(m: &Mesh, holder: PeerId, bytes: &[u8]) -> Vec<u8> {
 }
 
 fn request(id: ObjectId, offset: u64, len: u64) -> Vec<u8> {
-    let body = codec::encode(&ObjectRequest { id, offset, len }).unwrap();
-    let mut framed = (body.len() as u32).to_be_bytes().to_vec();
-    framed.extend_from_slice(&body);
-    framed
+    framed::encode(&ObjectRequest { id, offset, len }, objects::MAX_HEADER).unwrap()
 }
 
 async fn answer(bytes: &[u8]) -> (ObjectResponse, Vec<u8>) {
-    let mut r = futures::io::Cursor::new(bytes.to_vec());
-    let header = rpc::read_frame(&mut r, objects::MAX_HEADER).await.unwrap();
-    let mut rest = Vec::new();
-    r.read_to_end(&mut rest).await.unwrap();
-    (codec::decode(&header, objects::MAX_HEADER).unwrap(), rest)
+    let (header, used) = frame::decode_frame(bytes, objects::MAX_HEADER)
+        .unwrap()
+        .expect("a whole header");
+    (header, bytes[used..].to_vec())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -418,8 +414,11 @@ async fn garbage_and_odd_ranges_leave_the_server_serving() {
     let id = ObjectId([10; 32]);
     m.holders[0].hold(id, &bytes);
     let noise = data(4096, 11);
-    let mut bad_body = 40u32.to_be_bytes().to_vec();
+    // A well-formed frame (the length prefix of `shoal_protocol::frame`) of 40 bytes that
+    // are no request.
+    let mut bad_body = 40u32.to_le_bytes().to_vec();
     bad_body.extend_from_slice(&noise[..40]);
+    assert!(frame::split_frame(&bad_body, 1024).unwrap().is_some());
     for garbage in [
         &noise[..],
         &[0xff, 0xff, 0xff, 0xff, 1, 2, 3][..],
@@ -474,14 +473,12 @@ fn serve_half(net: &NetHandle, protocol: StreamProtocol, bytes: Arc<Vec<u8>>) {
         while let Some((_, mut s)) = incoming.next().await {
             let bytes = bytes.clone();
             tokio::spawn(async move {
-                let req = rpc::read_frame(&mut s, 1024).await.unwrap();
-                let req: ObjectRequest = codec::decode(&req, 1024).unwrap();
-                let header = codec::encode(&ObjectResponse::Found {
+                let req: ObjectRequest = framed::read_one(&mut s, 1024).await.unwrap();
+                let header = ObjectResponse::Found {
                     size: bytes.len() as u64,
                     digest: Digest::of(&bytes),
-                })
-                .unwrap();
-                rpc::write_frame(&mut s, &header).await.unwrap();
+                };
+                framed::write(&mut s, &header, 1024).await.unwrap();
                 let end = (req.offset + req.len).min(bytes.len() as u64);
                 let half = req.offset + (end - req.offset) / 2;
                 let _ = s

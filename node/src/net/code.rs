@@ -1,9 +1,9 @@
 //! Code shipping: a peer that must run a binary it does not hold fetches it, by its blake3
 //! id, from a peer that has it, checks the hash and keeps it in a bounded cache.
 //!
-//! Protocol (`/shoal/<mesh>/code/1`, one libp2p stream per fetch): the asker sends a framed
-//! [`CodeRequest`]; the holder answers with a framed [`CodeResponse`] and, if found, the
-//! binary's bytes. A peer started with code shipping off serves nothing (and fetches
+//! Protocol (`/shoal/<mesh>/code/1`, one libp2p stream per fetch): the asker sends a
+//! [`CodeRequest`] in a frame ([`shoal_protocol::frame`]); the holder answers with a framed
+//! [`CodeResponse`] and, if found, the binary's bytes. A peer started with code shipping off serves nothing (and fetches
 //! nothing: the node never asks it to).
 
 use std::collections::HashMap;
@@ -12,17 +12,19 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::{AsyncReadExt, AsyncWriteExt};
+use futures::AsyncWriteExt;
 use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
-use shoal_protocol::{codec, BinaryId};
+use shoal_protocol::BinaryId;
 
-use super::rpc::{read_frame, write_frame};
+use super::framed::{self, FrameReader};
 
 /// Largest binary served or accepted.
 pub const MAX_BINARY: u64 = 4 << 30;
 /// A fetch that makes no progress for this long fails.
 pub const STALL: Duration = Duration::from_secs(30);
+/// Largest request or response header.
+const MAX_HEADER: usize = 1024;
 
 /// Asks for a binary.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,6 +59,9 @@ pub enum CodeError {
     /// The peer does not ship code.
     #[error("peer {0} does not ship code")]
     Refused(PeerId),
+    /// The network has been shut down.
+    #[error("the network has stopped")]
+    Stopped,
     /// The bytes are not the binary asked for.
     #[error("the binary from {peer} hashes to {found}, not {wanted}")]
     HashMismatch {
@@ -147,7 +152,11 @@ impl BinaryCache {
                 break;
             }
             self.used -= len;
-            let _ = std::fs::remove_file(self.path(&victim));
+            let path = self.path(&victim);
+            if let Err(e) = std::fs::remove_file(&path) {
+                // Not counted any more either way; a file left over is only disk space.
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove an evicted binary");
+            }
             evicted.push(victim);
         }
         evicted
@@ -165,11 +174,9 @@ pub async fn serve(
     servable: &Servable,
     enabled: bool,
 ) -> io::Result<()> {
-    let req = tokio::time::timeout(STALL, read_frame(&mut stream, 1024))
+    let req: CodeRequest = tokio::time::timeout(STALL, framed::read_one(&mut stream, MAX_HEADER))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no request"))??;
-    let req: CodeRequest =
-        codec::decode(&req, 1024).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
     let path = servable.get(&req.binary).filter(|_| enabled);
     let (response, bytes) = match path {
         None if !enabled => (CodeResponse::Refused, None),
@@ -187,9 +194,7 @@ pub async fn serve(
             }
         },
     };
-    let header =
-        codec::encode(&response).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    write_frame(&mut stream, &header).await?;
+    framed::write(&mut stream, &response, MAX_HEADER).await?;
     if let Some(b) = bytes {
         stream.write_all(&b).await?;
     }
@@ -212,14 +217,12 @@ pub async fn fetch(
         .open_stream(peer, protocol)
         .await
         .map_err(|e| io::Error::other(e.to_string()))?;
-    let req = codec::encode(&CodeRequest { binary: id })
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    write_frame(&mut stream, &req).await?;
-    let header = tokio::time::timeout(STALL, read_frame(&mut stream, 1024))
+    framed::write(&mut stream, &CodeRequest { binary: id }, MAX_HEADER).await?;
+    let mut stream = FrameReader::new(stream);
+    let response: CodeResponse = tokio::time::timeout(STALL, stream.next(MAX_HEADER))
         .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no answer"))??;
-    let response: CodeResponse =
-        codec::decode(&header, 1024).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no answer"))??
+        .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "no answer"))?;
     let size = match response {
         CodeResponse::Found { size } if size <= MAX_BINARY => size,
         CodeResponse::Found { size } => {
@@ -241,7 +244,7 @@ pub async fn fetch(
     let result: Result<(), CodeError> = async {
         while got < size {
             let want = (size - got).min(buf.len() as u64) as usize;
-            let n = tokio::time::timeout(STALL, stream.read(&mut buf[..want]))
+            let n = tokio::time::timeout(STALL, stream.read_raw(&mut buf[..want]))
                 .await
                 .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "stalled"))??;
             if n == 0 {
@@ -269,7 +272,12 @@ pub async fn fetch(
     }
     .await;
     if let Err(e) = result {
-        let _ = std::fs::remove_file(&partial);
+        match std::fs::remove_file(&partial) {
+            Err(rm) if rm.kind() != io::ErrorKind::NotFound => {
+                tracing::warn!(path = %partial.display(), error = %rm, "cannot remove a failed fetch");
+            }
+            _ => {}
+        }
         return Err(e);
     }
     let evicted = cache

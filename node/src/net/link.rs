@@ -1,31 +1,40 @@
 //! Control links: one long-lived stream per direction between two peers
 //! (`/shoal/<mesh>/ctl/1`), carrying [`PeerMsg`]s in order.
 //!
-//! A message to a peer goes into that peer's bounded queue; one writer task per peer opens
-//! the stream on first use and writes what is queued in batches (one flush per batch). The
-//! other side reads frames (a `u32` little-endian length, at most [`MAX_PEER_MSG`], then a
-//! bincode [`PeerMsg`]) and hands them to the node in batches, in order. Order matters: a
-//! caller's actor calls stay in the order sent because they share one stream.
+//! A message to a peer is encoded as a frame ([`shoal_protocol::frame`], at most
+//! [`MAX_PEER_MSG`] bytes of bincode [`PeerMsg`]) and goes into that peer's queue, bounded
+//! both in messages ([`LINK_QUEUE`]) and in bytes ([`LINK_QUEUE_BYTES`]); one writer task
+//! per peer opens the stream on first use and writes what is queued in batches (one flush
+//! per batch), releasing the bytes as they are written. The other side reads the frames and
+//! hands them to the node in batches, in order. Order matters: a caller's actor calls stay
+//! in the order sent because they share one stream.
 //!
 //! A link that cannot open or breaks is reported as [`NetEvent::Unreachable`]: whatever was
 //! queued on it is lost, and the node treats its work there as it treats a lost peer's.
 
 use std::collections::HashMap;
 use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use futures::io::BufReader;
-use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use futures::{AsyncWrite, AsyncWriteExt};
 use libp2p::{PeerId, StreamProtocol};
-use shoal_protocol::codec;
+use shoal_protocol::frame::FrameError;
 use shoal_protocol::mesh::{LoadReport, PeerMsg, MAX_PEER_MSG};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
+
+use super::framed::{self, FrameReader};
+use super::tasks::{self, Tasks};
 
 /// Messages queued for one peer at most.
 pub const LINK_QUEUE: usize = 1 << 16;
+/// Bytes of encoded frames queued for one peer at most. A single message larger than this
+/// (up to [`MAX_PEER_MSG`]) is still taken when nothing else is queued.
+pub const LINK_QUEUE_BYTES: usize = 64 << 20;
 /// Messages handed to the node in one batch at most.
 const BATCH: usize = 512;
 /// How long opening a link may take.
@@ -74,82 +83,157 @@ pub type EventSink = Arc<OnceLock<Arc<dyn NetSink>>>;
 /// Why a message could not be queued.
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
-    /// The peer's queue is full: it is not keeping up.
+    /// The peer's queue is full (in messages or in bytes): it is not keeping up.
     #[error("the link to peer {0} is full")]
     Full(PeerId),
-    /// The message could not be encoded.
+    /// The message could not be encoded, or is larger than [`MAX_PEER_MSG`].
     #[error("encoding a peer message: {0}")]
-    Encode(String),
+    Encode(#[source] FrameError),
+    /// The network has been shut down.
+    #[error("the network has stopped")]
+    Stopped,
+}
+
+/// The queue of one peer: its messages, and the bytes they hold.
+#[derive(Clone)]
+struct Queue {
+    tx: mpsc::Sender<Vec<u8>>,
+    bytes: Arc<AtomicUsize>,
+}
+
+impl Queue {
+    fn new() -> (Self, mpsc::Receiver<Vec<u8>>) {
+        let (tx, rx) = mpsc::channel(LINK_QUEUE);
+        let queue = Self {
+            tx,
+            bytes: Arc::new(AtomicUsize::new(0)),
+        };
+        (queue, rx)
+    }
+
+    /// Queues one frame if both bounds allow it.
+    fn push(&self, peer: PeerId, frame: Vec<u8>) -> Result<(), LinkError> {
+        let len = frame.len();
+        self.bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                (held == 0 || held + len <= LINK_QUEUE_BYTES).then_some(held + len)
+            })
+            .map_err(|_| LinkError::Full(peer))?;
+        // Full, or closed: the writer ended since the queue was looked up (the link broke,
+        // and is reported so) and this message goes with the ones queued before it.
+        self.tx.try_send(frame).map_err(|_| {
+            self.bytes.fetch_sub(len, Ordering::AcqRel);
+            LinkError::Full(peer)
+        })
+    }
 }
 
 /// The outbound links of this node.
 #[derive(Clone)]
 pub struct Links {
-    inner: Arc<Mutex<HashMap<PeerId, mpsc::Sender<Vec<u8>>>>>,
+    inner: Arc<Mutex<HashMap<PeerId, Queue>>>,
     control: libp2p_stream::Control,
     protocol: StreamProtocol,
     events: EventSink,
+    tasks: Tasks,
 }
 
 impl Links {
-    /// Links over `control` speaking `protocol`; breaks are reported to `events`.
-    pub fn new(
+    /// Links over `control` speaking `protocol`; breaks are reported to `events`; writers
+    /// run as `tasks`.
+    pub(crate) fn new(
         control: libp2p_stream::Control,
         protocol: StreamProtocol,
         events: EventSink,
+        tasks: Tasks,
     ) -> Self {
         Self {
             inner: Arc::new(Mutex::new(HashMap::new())),
             control,
             protocol,
             events,
+            tasks,
         }
     }
 
     /// Queues `msg` for `peer`, opening the link if needed. Never waits.
     pub fn send(&self, peer: PeerId, msg: &PeerMsg) -> Result<(), LinkError> {
-        let bytes = codec::encode(msg).map_err(|e| LinkError::Encode(e.to_string()))?;
-        if bytes.len() > MAX_PEER_MSG {
-            return Err(LinkError::Encode(format!(
-                "a message of {} bytes exceeds the limit of {MAX_PEER_MSG}",
-                bytes.len()
-            )));
-        }
+        let frame = framed::encode(msg, MAX_PEER_MSG).map_err(LinkError::Encode)?;
         let mut links = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let tx = match links.get(&peer) {
-            Some(tx) if !tx.is_closed() => tx.clone(),
+        // Checked under the lock that `close` takes after stopping: no writer starts later.
+        if self.tasks.stopping() {
+            return Err(LinkError::Stopped);
+        }
+        let queue = match links.get(&peer) {
+            Some(q) if !q.tx.is_closed() => q.clone(),
             _ => {
-                let (tx, rx) = mpsc::channel(LINK_QUEUE);
-                links.insert(peer, tx.clone());
+                let (queue, rx) = Queue::new();
+                links.insert(peer, queue.clone());
                 let span = tracing::info_span!("link", %peer);
-                tokio::spawn(self.clone().write(peer, rx, tx.clone()).instrument(span));
-                tx
+                let writer = self.clone().write(peer, rx, queue.bytes.clone());
+                self.tasks.spawn(writer.instrument(span));
+                queue
             }
         };
         drop(links);
-        tx.try_send(bytes).map_err(|_| LinkError::Full(peer))
+        queue.push(peer, frame)
     }
 
-    async fn write(self, peer: PeerId, mut rx: mpsc::Receiver<Vec<u8>>, me: mpsc::Sender<Vec<u8>>) {
-        let result = self.write_all(peer, &mut rx).await;
-        if let Err(e) = result {
+    /// Bytes queued for `peer` and not yet written.
+    pub fn queued_bytes(&self, peer: PeerId) -> usize {
+        let links = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        links
+            .get(&peer)
+            .map_or(0, |q| q.bytes.load(Ordering::Acquire))
+    }
+
+    /// Stops taking messages: each writer writes what is queued and ends. Called once the
+    /// network is stopping.
+    pub(crate) fn close(&self) {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    /// The writer of one link: holds no sender of its own queue, so it ends once the
+    /// queue is dropped from `inner` (by [`Links::close`]) and drained.
+    async fn write(self, peer: PeerId, mut rx: mpsc::Receiver<Vec<u8>>, bytes: Arc<AtomicUsize>) {
+        let result = self.open_and_write(peer, &mut rx, &bytes).await;
+        if let Err(e) = &result {
             tracing::warn!(%peer, error = %e, "control link broke");
         }
         {
             let mut links = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-            if links.get(&peer).is_some_and(|tx| tx.same_channel(&me)) {
+            if links
+                .get(&peer)
+                .is_some_and(|q| Arc::ptr_eq(&q.bytes, &bytes))
+            {
                 links.remove(&peer);
             }
         }
         rx.close();
-        if let Some(events) = self.events.get() {
-            let _ = events.send(NetEvent::Unreachable { peer }).await;
+        if result.is_err() {
+            self.unreachable(peer).await;
         }
     }
 
-    async fn write_all(&self, peer: PeerId, rx: &mut mpsc::Receiver<Vec<u8>>) -> io::Result<()> {
+    /// Tells the node that what was queued for `peer` is lost.
+    async fn unreachable(&self, peer: PeerId) {
+        let Some(events) = self.events.get() else {
+            tracing::debug!(%peer, "a link broke before the node listens; nobody to tell");
+            return;
+        };
+        if !events.send(NetEvent::Unreachable { peer }).await {
+            tracing::debug!(%peer, "a link broke after the node stopped listening");
+        }
+    }
+
+    async fn open_and_write(
+        &self,
+        peer: PeerId,
+        rx: &mut mpsc::Receiver<Vec<u8>>,
+        queued: &AtomicUsize,
+    ) -> io::Result<()> {
         let mut control = self.control.clone();
-        let mut stream = tokio::time::timeout(
+        let stream = tokio::time::timeout(
             OPEN_TIMEOUT,
             control.open_stream(peer, self.protocol.clone()),
         )
@@ -157,102 +241,179 @@ impl Links {
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "opening the link timed out"))?
         .map_err(|e| io::Error::other(e.to_string()))?;
         tracing::debug!(%peer, "control link open");
-        let mut batch = Vec::with_capacity(BATCH);
-        let mut buf = Vec::with_capacity(64 << 10);
-        loop {
-            batch.clear();
-            if rx.recv_many(&mut batch, BATCH).await == 0 {
-                return Ok(());
+        write_queue(stream, rx, queued).await
+    }
+}
+
+/// Writes the frames of `rx` to `stream` in batches, one flush each, releasing their bytes
+/// from `queued` once written, until every sender is gone; then closes the stream.
+async fn write_queue<W: AsyncWrite + Unpin>(
+    mut stream: W,
+    rx: &mut mpsc::Receiver<Vec<u8>>,
+    queued: &AtomicUsize,
+) -> io::Result<()> {
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut buf = Vec::with_capacity(64 << 10);
+    loop {
+        batch.clear();
+        if rx.recv_many(&mut batch, BATCH).await == 0 {
+            return stream.close().await;
+        }
+        buf.clear();
+        for frame in &batch {
+            buf.extend_from_slice(frame);
+        }
+        stream.write_all(&buf).await?;
+        stream.flush().await?;
+        queued.fetch_sub(buf.len(), Ordering::AcqRel);
+    }
+}
+
+/// Accepts control links from peers and hands their messages to the node, until `stop`. A
+/// peer whose frames are malformed or oversized is reported to `bad` (and disconnected by
+/// the network task).
+pub(crate) async fn accept(
+    incoming: libp2p_stream::IncomingStreams,
+    events: EventSink,
+    bad: mpsc::Sender<PeerId>,
+    stop: CancellationToken,
+) {
+    let reader_stop = stop.clone();
+    tasks::serve_streams(incoming, stop, "ctl", move |peer, stream| {
+        let (events, bad, stop) = (events.clone(), bad.clone(), reader_stop.clone());
+        let span = tracing::info_span!("link-in", %peer);
+        async move {
+            let read = stop.run_until_cancelled(read_link(peer, stream, &events));
+            match read.await {
+                None => tracing::debug!(%peer, "control link dropped: the network is stopping"),
+                Some(Ok(())) => tracing::debug!(%peer, "control link closed"),
+                Some(Err(e)) if e.kind() == io::ErrorKind::InvalidData => {
+                    tracing::warn!(%peer, error = %e, "malformed control message; disconnecting the peer");
+                    if bad.send(peer).await.is_err() {
+                        tracing::debug!(%peer, "not disconnected: the network task has stopped");
+                    }
+                }
+                Some(Err(e)) => tracing::debug!(%peer, error = %e, "control link ended"),
             }
-            buf.clear();
-            for msg in &batch {
-                buf.extend_from_slice(&(msg.len() as u32).to_le_bytes());
-                buf.extend_from_slice(msg);
+        }
+        .instrument(span)
+    })
+    .await;
+}
+
+async fn read_link(peer: PeerId, stream: libp2p::Stream, events: &EventSink) -> io::Result<()> {
+    let mut reader = FrameReader::new(stream);
+    loop {
+        let Some(first) = reader.next::<PeerMsg>(MAX_PEER_MSG).await? else {
+            return Ok(());
+        };
+        let mut msgs = vec![first];
+        // Batch what has already arrived; never wait for more while holding some.
+        while msgs.len() < BATCH {
+            match reader.try_next::<PeerMsg>(MAX_PEER_MSG)? {
+                Some(msg) => msgs.push(msg),
+                None => break,
             }
-            stream.write_all(&buf).await?;
-            stream.flush().await?;
+        }
+        let Some(tx) = events.get() else {
+            tracing::debug!(%peer, count = msgs.len(), "control messages before the node listens; dropped");
+            continue;
+        };
+        if !tx.send(NetEvent::Messages { peer, msgs }).await {
+            tracing::debug!(%peer, "the node stopped listening; closing the link");
+            return Ok(());
         }
     }
 }
 
-/// Accepts control links from peers and hands their messages to the node. A peer whose
-/// frames are malformed or oversized is reported to `bad` (and disconnected by the caller).
-pub fn spawn_acceptor(
-    mut control: libp2p_stream::Control,
-    protocol: StreamProtocol,
-    events: EventSink,
-    bad: mpsc::Sender<PeerId>,
-) {
-    let mut incoming = match control.accept(protocol) {
-        Ok(i) => i,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot accept control links");
-            return;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refuse(bytes: usize) -> PeerMsg {
+        PeerMsg::Refuse {
+            task: shoal_protocol::TaskId([1; 16]),
+            reason: "x".repeat(bytes),
         }
-    };
-    tokio::spawn(async move {
-        while let Some((peer, stream)) = incoming.next().await {
-            let (events, bad) = (events.clone(), bad.clone());
-            let span = tracing::info_span!("link-in", %peer);
-            tokio::spawn(
-                async move {
-                    match read_link(peer, stream, &events).await {
-                        Ok(()) => tracing::debug!(%peer, "control link closed"),
-                        Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                            tracing::warn!(%peer, error = %e, "malformed control message; disconnecting the peer");
-                            let _ = bad.send(peer).await;
-                        }
-                        Err(e) => tracing::debug!(%peer, error = %e, "control link ended"),
-                    }
-                }
-                .instrument(span),
+    }
+
+    fn links() -> Links {
+        let behaviour = libp2p_stream::Behaviour::new();
+        Links::new(
+            behaviour.new_control(),
+            StreamProtocol::new("/shoal/test/ctl/1"),
+            EventSink::default(),
+            Tasks::new(tokio::runtime::Handle::current()),
+        )
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_link_queue_is_bounded_in_bytes() {
+        // No swarm drives the control: the writer waits to open the stream, and nothing
+        // leaves the queue.
+        let links = links();
+        let peer = PeerId::random();
+        let mib = refuse(1 << 20);
+        let frame_len = framed::encode(&mib, MAX_PEER_MSG).unwrap().len();
+        let fit = LINK_QUEUE_BYTES / frame_len;
+        for _ in 0..fit {
+            links.send(peer, &mib).unwrap();
+        }
+        assert_eq!(links.queued_bytes(peer), fit * frame_len);
+        assert!(matches!(links.send(peer, &mib), Err(LinkError::Full(p)) if p == peer));
+        // A small message still fits in what is left; the refused ones took nothing.
+        let small = refuse(10);
+        links.send(peer, &small).unwrap();
+        let small_len = framed::encode(&small, MAX_PEER_MSG).unwrap().len();
+        assert_eq!(links.queued_bytes(peer), fit * frame_len + small_len);
+        // Another peer has a queue of its own; the largest message (a frame over the bound)
+        // is taken when nothing else is queued.
+        let other = PeerId::random();
+        let overhead = frame_len - (1 << 20);
+        let largest = refuse(MAX_PEER_MSG + shoal_protocol::frame::HEADER_LEN - overhead);
+        assert!(framed::encode(&largest, MAX_PEER_MSG).unwrap().len() > LINK_QUEUE_BYTES);
+        links.send(other, &largest).unwrap();
+        assert!(matches!(links.send(other, &small), Err(LinkError::Full(_))));
+        // Over the protocol's limit: refused as such, not as full.
+        let third = PeerId::random();
+        assert!(matches!(
+            links.send(third, &refuse(MAX_PEER_MSG + 1)),
+            Err(LinkError::Encode(FrameError::TooLarge { .. }))
+        ));
+        assert_eq!(links.queued_bytes(third), 0);
+        // Once stopping, nothing is queued.
+        links.tasks.abort();
+        links.close();
+        assert!(matches!(links.send(peer, &small), Err(LinkError::Stopped)));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn written_frames_release_their_bytes_and_parse_back() {
+        let (queue, mut rx) = Queue::new();
+        let peer = PeerId::random();
+        let msgs: Vec<PeerMsg> = (0..100).map(|i| refuse(i * 1000)).collect();
+        for m in &msgs {
+            queue
+                .push(peer, framed::encode(m, MAX_PEER_MSG).unwrap())
+                .unwrap();
+        }
+        assert!(queue.bytes.load(Ordering::Acquire) > 0);
+        let bytes = queue.bytes.clone();
+        drop(queue);
+        let mut out = futures::io::Cursor::new(Vec::new());
+        write_queue(&mut out, &mut rx, &bytes).await.unwrap();
+        assert_eq!(bytes.load(Ordering::Acquire), 0);
+        let mut reader = FrameReader::new(futures::io::Cursor::new(out.into_inner()));
+        for m in &msgs {
+            assert_eq!(
+                reader.next::<PeerMsg>(MAX_PEER_MSG).await.unwrap().as_ref(),
+                Some(m)
             );
         }
-    });
-}
-
-async fn read_link(peer: PeerId, stream: libp2p::Stream, events: &EventSink) -> io::Result<()> {
-    let mut reader = BufReader::with_capacity(256 << 10, stream);
-    let mut body = Vec::new();
-    loop {
-        let mut msgs = Vec::new();
-        loop {
-            let mut len = [0u8; 4];
-            match reader.read_exact(&mut len).await {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && msgs.is_empty() => {
-                    return Ok(());
-                }
-                Err(e) => return Err(e),
-            }
-            let len = u32::from_le_bytes(len) as usize;
-            if len > MAX_PEER_MSG {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("a control message of {len} bytes exceeds the limit"),
-                ));
-            }
-            body.resize(len, 0);
-            reader.read_exact(&mut body).await?;
-            let msg: PeerMsg = codec::decode(&body, MAX_PEER_MSG)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-            msgs.push(msg);
-            // Batch what has already arrived; never wait for more while holding some.
-            let buffered = reader.buffer();
-            let next_ready = buffered.len() >= 4 && {
-                let n = u32::from_le_bytes([buffered[0], buffered[1], buffered[2], buffered[3]]);
-                buffered.len() >= 4 + n as usize
-            };
-            if !next_ready || msgs.len() >= BATCH {
-                break;
-            }
-        }
-        let Some(tx) = events.get() else {
-            tracing::debug!(%peer, "control messages before the node listens; dropped");
-            continue;
-        };
-        if !tx.send(NetEvent::Messages { peer, msgs }).await {
-            return Ok(());
-        }
+        assert!(reader
+            .next::<PeerMsg>(MAX_PEER_MSG)
+            .await
+            .unwrap()
+            .is_none());
     }
 }

@@ -4,12 +4,23 @@
 //! Behaviours: identify (carries the mesh name in its protocol version: a peer of another
 //! mesh is disconnected on sight), ping (liveness and RTT), Kademlia (own protocol name per
 //! mesh, server mode, fed from identify) for records, gossipsub (signed, validated) for load
-//! reports, request-response with a bounded bincode codec ([`rpc`]) for control messages,
-//! libp2p-stream for bulk bytes, and mDNS when asked. TCP + Noise + Yamux; QUIC too with the
-//! `quic` feature; an in-process memory transport for tests.
+//! reports, libp2p-stream for control links ([`link`]), objects ([`objects`]) and binaries
+//! ([`code`]), and mDNS when asked. TCP + Noise + Yamux; QUIC too with the `quic` feature;
+//! an in-process memory transport for tests. Every stream frames its messages the same way
+//! ([`framed`]).
 //!
 //! The view of the other peers is [`membership::Membership`], a pure state machine fed here
 //! with connection, ping and gossip events.
+//!
+//! [`NetHandle::shutdown`] stops it all in stages: every task the network starts, libp2p's
+//! connection tasks included, is tracked (by a cancellation-token tree and task trackers)
+//! and ends.
+//!
+//! With the `test-utils` feature (tests and benchmarks only) a node also answers a
+//! request-response ping ([`rpc`], [`NetHandle::request`]) and bulk streams ([`bulk`]), can
+//! be kept apart from given peers (`NetConfig::blocked`) and can publish raw load reports
+//! ([`NetHandle::publish_raw_report`]). Without it, those protocols are neither opened nor
+//! answered.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -17,29 +28,40 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
+use libp2p::core::transport::ListenerId;
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, MessageAuthenticity};
 use libp2p::kad::{self, store::MemoryStore, Mode, QueryId, QueryResult, Quorum, RecordKey};
 use libp2p::multiaddr::Protocol;
+#[cfg(feature = "test-utils")]
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
     identify, identity, mdns, noise, ping, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm,
 };
-use shoal_protocol::mesh::{LoadReport, PeerMsg, PeerRequest, PeerResponse, MAX_REPORT_BYTES};
+use shoal_protocol::mesh::{LoadReport, PeerMsg, MAX_REPORT_BYTES};
+#[cfg(feature = "test-utils")]
+use shoal_protocol::mesh::{PeerRequest, PeerResponse};
 use shoal_protocol::{codec, BinaryId, ResourceSet};
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
 
 pub mod code;
+pub mod framed;
 pub mod link;
 pub mod membership;
 pub mod objects;
+#[cfg(feature = "test-utils")]
 pub mod rpc;
+pub(crate) mod tasks;
 
 use membership::{Change, Membership, MembershipConfig};
+use tasks::Tasks;
 
 /// Capacity of the command channel into the network task.
 const COMMANDS: usize = 1024;
+/// Capacity of the channel of peers to disconnect for sending malformed data.
+const BAD_PEERS: usize = 64;
 
 /// Which transport the swarm runs on.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -70,6 +92,7 @@ pub struct NetConfig {
     /// Transport.
     pub transport: TransportKind,
     /// Peers never to connect with (tests use this to keep two peers apart).
+    #[cfg(feature = "test-utils")]
     pub blocked: Vec<PeerId>,
     /// Kademlia records and provider records expire after this unless republished.
     pub record_ttl: Duration,
@@ -95,6 +118,7 @@ impl NetConfig {
             report_interval: Duration::from_millis(1000),
             report_min_interval: Duration::from_millis(100),
             transport: TransportKind::Tcp,
+            #[cfg(feature = "test-utils")]
             blocked: Vec::new(),
             record_ttl: Duration::from_secs(60),
             code_shipping: true,
@@ -118,8 +142,8 @@ pub enum NetError {
     /// The swarm could not be built or could not listen.
     #[error("network: {0}")]
     Swarm(String),
-    /// The network task is gone.
-    #[error("the network task has stopped")]
+    /// The network has been shut down ([`NetHandle::shutdown`]), or its task is gone.
+    #[error("the network has stopped")]
     Stopped,
     /// A request to a peer failed.
     #[error("request to {peer} failed: {message}")]
@@ -230,11 +254,10 @@ type Reply<T> = oneshot::Sender<Result<T, NetError>>;
 enum Command {
     Load(Load),
     Dial(Multiaddr),
-    /// Drop the connections to a peer that sent garbage.
-    Disconnect(PeerId),
     /// Drop the connections to a peer the core considers lost.
     Forget(PeerId),
     /// Publish these bytes as a load report, as they are.
+    #[cfg(feature = "test-utils")]
     PublishRaw(Vec<u8>),
     PutRecord {
         key: Vec<u8>,
@@ -258,6 +281,7 @@ enum Command {
         key: Vec<u8>,
         reply: Reply<Vec<PeerId>>,
     },
+    #[cfg(feature = "test-utils")]
     Request {
         peer: PeerId,
         request: PeerRequest,
@@ -279,6 +303,7 @@ pub struct NetHandle {
     links: link::Links,
     events: link::EventSink,
     obj_protocol: StreamProtocol,
+    tasks: Tasks,
 }
 
 impl std::fmt::Debug for NetHandle {
@@ -309,7 +334,34 @@ impl NetHandle {
     /// Reports this node's load (published on change, rate-limited). Never waits: a full
     /// command queue drops the update (a newer one follows).
     pub fn update_load(&self, load: Load) {
-        let _ = self.commands.try_send(Command::Load(load));
+        match self.commands.try_send(Command::Load(load)) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::debug!(
+                    "load update dropped: the network task is busy; a newer one follows"
+                );
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                tracing::debug!("load update dropped: the network has stopped");
+            }
+        }
+    }
+
+    /// Queues a command that has no answer, without waiting. Dropped, with a warning, when
+    /// the network task is this far behind; `Err` once the network has stopped.
+    fn tell(&self, cmd: Command, what: &'static str) -> Result<(), NetError> {
+        match self.commands.try_send(cmd) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!(
+                    command = what,
+                    capacity = COMMANDS,
+                    "the network task is behind; command dropped"
+                );
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(NetError::Stopped),
+        }
     }
 
     /// Closes the connections to a peer this node considers lost, so that the peer learns
@@ -322,13 +374,23 @@ impl NetHandle {
 
     /// Dials a peer.
     pub async fn dial(&self, addr: Multiaddr) -> Result<(), NetError> {
+        self.running()?;
         self.commands
             .send(Command::Dial(addr))
             .await
             .map_err(|_| NetError::Stopped)
     }
 
+    /// `Err(Stopped)` once the network is shutting down.
+    fn running(&self) -> Result<(), NetError> {
+        if self.tasks.stopping() {
+            return Err(NetError::Stopped);
+        }
+        Ok(())
+    }
+
     async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, NetError> {
+        self.running()?;
         let (tx, rx) = oneshot::channel();
         self.commands
             .send(make(tx))
@@ -349,19 +411,37 @@ impl NetHandle {
         self.ask(|reply| Command::GetRecord { key, reply }).await
     }
 
-    /// Stops republishing `key` (and forgets it here); other copies expire.
+    /// Stops republishing `key` (and forgets it here); other copies expire. Once the
+    /// network has stopped there is nothing to stop: ignored.
     pub fn remove_record(&self, key: Vec<u8>) {
-        let _ = self.commands.try_send(Command::RemoveRecord { key });
+        if self
+            .tell(Command::RemoveRecord { key }, "remove a record")
+            .is_err()
+        {
+            tracing::debug!("record not removed: the network has stopped (it expires)");
+        }
     }
 
-    /// Announces that this node holds `key` (an object).
+    /// Announces that this node holds `key` (an object). Ignored, with a log line, once
+    /// the network has stopped.
     pub fn start_providing(&self, key: Vec<u8>) {
-        let _ = self.commands.try_send(Command::StartProviding { key });
+        if self
+            .tell(Command::StartProviding { key }, "start providing")
+            .is_err()
+        {
+            tracing::debug!("object not announced: the network has stopped");
+        }
     }
 
-    /// Withdraws the announcement.
+    /// Withdraws the announcement. Once the network has stopped there is nothing to
+    /// withdraw: ignored.
     pub fn stop_providing(&self, key: Vec<u8>) {
-        let _ = self.commands.try_send(Command::StopProviding { key });
+        if self
+            .tell(Command::StopProviding { key }, "stop providing")
+            .is_err()
+        {
+            tracing::debug!("announcement not withdrawn: the network has stopped (it expires)");
+        }
     }
 
     /// The peers that announced `key`.
@@ -369,7 +449,8 @@ impl NetHandle {
         self.ask(|reply| Command::GetProviders { key, reply }).await
     }
 
-    /// Sends a control request to `peer`.
+    /// Sends a control request to `peer` (test hook: the request-response ping).
+    #[cfg(feature = "test-utils")]
     pub async fn request(
         &self,
         peer: PeerId,
@@ -385,8 +466,9 @@ impl NetHandle {
 
     /// Publishes `bytes` on the load-report topic as they are, signed by this peer: lets
     /// tests check that peers refuse forged and malformed reports. Not for normal use.
-    #[doc(hidden)]
+    #[cfg(feature = "test-utils")]
     pub async fn publish_raw_report(&self, bytes: Vec<u8>) -> Result<(), NetError> {
+        self.running()?;
         self.commands
             .send(Command::PublishRaw(bytes))
             .await
@@ -405,6 +487,9 @@ impl NetHandle {
         peer: PeerId,
         id: BinaryId,
     ) -> Result<std::path::PathBuf, code::CodeError> {
+        if self.tasks.stopping() {
+            return Err(code::CodeError::Stopped);
+        }
         if !self.code_shipping {
             return Err(code::CodeError::Refused(self.peer_id));
         }
@@ -433,16 +518,25 @@ impl NetHandle {
     }
 
     /// Queues a control message for `peer` (in order with the others sent to it).
+    /// [`link::LinkError::Stopped`] once the network is shutting down.
     pub fn send_peer(&self, peer: PeerId, msg: &PeerMsg) -> Result<(), link::LinkError> {
         self.links.send(peer, msg)
     }
 
-    /// Serves this node's objects to peers that pull them (once; later calls are ignored).
+    /// Serves this node's objects to peers that pull them (once; later calls, and calls
+    /// once the network is shutting down, are ignored with a warning).
     pub fn serve_objects(&self, source: Arc<dyn objects::ObjectSource>) {
-        if let Err(e) =
-            objects::spawn_server(self.streams.clone(), self.obj_protocol.clone(), source)
-        {
-            tracing::warn!(error = %e, "objects are served already");
+        if self.tasks.stopping() {
+            tracing::warn!("objects not served: the network has stopped");
+            return;
+        }
+        let mut control = self.streams.clone();
+        match control.accept(self.obj_protocol.clone()) {
+            Ok(incoming) => {
+                self.tasks
+                    .spawn(objects::server(incoming, source, self.tasks.accept_token()))
+            }
+            Err(e) => tracing::warn!(error = %e, "objects are served already"),
         }
     }
 
@@ -454,6 +548,9 @@ impl NetHandle {
         object: shoal_protocol::SharedObject,
         dest: &Path,
     ) -> Result<(), objects::ObjectError> {
+        if self.tasks.stopping() {
+            return Err(objects::ObjectError::Stopped);
+        }
         let mut control = self.streams.clone();
         objects::pull(
             &mut control,
@@ -471,7 +568,31 @@ impl NetHandle {
     pub fn streams(&self) -> libp2p_stream::Control {
         self.streams.clone()
     }
+
+    /// Stops the network and returns once it has stopped, in stages: stop accepting streams
+    /// and queueing messages to peers; let the streams being served and the links being
+    /// written finish (for at most five seconds, then drop them); stop listening, close
+    /// the connections and drop the swarm; wait for every task the network started,
+    /// libp2p's connection tasks included. Idempotent: later or concurrent calls return
+    /// once the same stop is complete. Afterwards the other methods fail with
+    /// [`NetError::Stopped`] (or their own error type's `Stopped`).
+    pub async fn shutdown(&self) {
+        tracing::debug!(peer = %self.peer_id, "shutting the network down");
+        // Stage 1 stops accepting (the acceptors watch the token); the link queues are
+        // dropped so their writers drain and end.
+        self.tasks.accept_token().cancel();
+        self.links.close();
+        self.tasks.shutdown().await;
+        tracing::info!(peer = %self.peer_id, "network stopped");
+    }
 }
+
+/// The request-response ping of tests and benchmarks.
+#[cfg(feature = "test-utils")]
+type RpcBehaviour = request_response::Behaviour<rpc::BincodeCodec<PeerRequest, PeerResponse>>;
+/// Without `test-utils`: a behaviour that speaks no protocol.
+#[cfg(not(feature = "test-utils"))]
+type RpcBehaviour = libp2p::swarm::dummy::Behaviour;
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
@@ -479,7 +600,7 @@ struct Behaviour {
     ping: ping::Behaviour,
     kad: kad::Behaviour<MemoryStore>,
     gossipsub: gossipsub::Behaviour,
-    rpc: request_response::Behaviour<rpc::BincodeCodec<PeerRequest, PeerResponse>>,
+    rpc: RpcBehaviour,
     stream: libp2p_stream::Behaviour,
     mdns: Toggle<mdns::tokio::Behaviour>,
 }
@@ -490,9 +611,11 @@ pub struct Protocols {
     pub identify: String,
     /// Kademlia.
     pub kad: StreamProtocol,
-    /// Control requests.
+    /// Control requests (the ping of tests and benchmarks).
+    #[cfg(feature = "test-utils")]
     pub rpc: StreamProtocol,
-    /// Bulk bytes.
+    /// Bulk bytes (tests and benchmarks).
+    #[cfg(feature = "test-utils")]
     pub bulk: StreamProtocol,
     /// Binaries (code shipping).
     pub code: StreamProtocol,
@@ -514,7 +637,9 @@ impl Protocols {
         Ok(Self {
             identify: format!("/shoal/{mesh}/1.0.0"),
             kad: p(format!("/shoal/{mesh}/kad/1.0.0"))?,
+            #[cfg(feature = "test-utils")]
             rpc: p(format!("/shoal/{mesh}/rpc/1"))?,
+            #[cfg(feature = "test-utils")]
             bulk: p(format!("/shoal/{mesh}/bulk/1"))?,
             code: p(format!("/shoal/{mesh}/code/1"))?,
             ctl: p(format!("/shoal/{mesh}/ctl/1"))?,
@@ -562,11 +687,14 @@ fn build_behaviour(
         .map_err(|e| format!("gossipsub config: {e}"))?;
     let gossipsub =
         gossipsub::Behaviour::new(MessageAuthenticity::Signed(key.clone()), gossip_config)?;
+    #[cfg(feature = "test-utils")]
     let rpc = request_response::Behaviour::with_codec(
         rpc::BincodeCodec::default(),
         [(protocols.rpc.clone(), ProtocolSupport::Full)],
         request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
     );
+    #[cfg(not(feature = "test-utils"))]
+    let rpc = libp2p::swarm::dummy::Behaviour;
     let mdns = if config.mdns {
         Some(mdns::tokio::Behaviour::new(
             mdns::Config::default(),
@@ -590,9 +718,15 @@ fn build_swarm(
     key: identity::Keypair,
     config: &NetConfig,
     protocols: &Protocols,
+    tasks: &Tasks,
 ) -> Result<Swarm<Behaviour>, NetError> {
     let err = |e: &dyn std::fmt::Display| NetError::Swarm(e.to_string());
-    let idle = |c: libp2p::swarm::Config| c.with_idle_connection_timeout(Duration::from_secs(300));
+    // libp2p's connection tasks are spawned through the network's tracker (not loose on
+    // the runtime), so that shutdown waits for them.
+    let idle = |_: libp2p::swarm::Config| {
+        libp2p::swarm::Config::with_executor(tasks.executor())
+            .with_idle_connection_timeout(Duration::from_secs(300))
+    };
     let swarm = match config.transport {
         TransportKind::Tcp => {
             let b = libp2p::SwarmBuilder::with_existing_identity(key)
@@ -644,17 +778,28 @@ pub async fn start(key: identity::Keypair, config: NetConfig) -> Result<NetHandl
         config.code_cache_bytes,
     );
     let peer_id = key.public().to_peer_id();
-    let mut swarm = build_swarm(key, &config, &protocols)?;
+    let servable = code::Servable::default();
+    let cache_dir = code_cache_dir.unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("shoal-code-{}-{peer_id}", std::process::id()))
+    });
+    let code_cache = code::BinaryCache::open(&cache_dir, code_cache_bytes)
+        .map_err(|e| NetError::Swarm(format!("code cache {}: {e}", cache_dir.display())))?;
+    let runtime = tokio::runtime::Handle::try_current()
+        .map_err(|e| NetError::Swarm(format!("the network needs a tokio runtime: {e}")))?;
+    let tasks = Tasks::new(runtime);
+    let mut swarm = build_swarm(key, &config, &protocols, &tasks)?;
     let topic = IdentTopic::new(protocols.load_topic.clone());
     swarm
         .behaviour_mut()
         .gossipsub
         .subscribe(&topic)
         .map_err(|e| NetError::Swarm(format!("subscribing to load reports: {e}")))?;
+    let mut listeners = Vec::with_capacity(config.listen.len());
     for addr in &config.listen {
-        swarm
+        let id = swarm
             .listen_on(addr.clone())
             .map_err(|e| NetError::Swarm(format!("listening on {addr}: {e}")))?;
+        listeners.push(id);
     }
     for addr in &config.peers {
         if let Some(Protocol::P2p(peer)) = addr.iter().last() {
@@ -666,13 +811,23 @@ pub async fn start(key: identity::Keypair, config: NetConfig) -> Result<NetHandl
             tracing::warn!(%addr, error = %e, "cannot dial bootstrap peer");
         }
     }
-    let streams = swarm.behaviour().stream.new_control();
+    let mut streams = swarm.behaviour().stream.new_control();
+    let accept = |control: &mut libp2p_stream::Control, protocol: StreamProtocol| {
+        control
+            .accept(protocol.clone())
+            .map_err(|e| NetError::Swarm(format!("accepting {protocol}: {e}")))
+    };
+    let code_incoming = accept(&mut streams, code_protocol.clone())?;
+    let ctl_incoming = accept(&mut streams, ctl_protocol.clone())?;
+    #[cfg(feature = "test-utils")]
+    let bulk_incoming = accept(&mut streams, protocols.bulk.clone())?;
     let view = Arc::new(Mutex::new(MeshView {
         peer_id: peer_id.to_string(),
         mesh: config.mesh.clone(),
         ..Default::default()
     }));
     let (tx, rx) = mpsc::channel(COMMANDS);
+    let (bad_tx, bad_rx) = mpsc::channel::<PeerId>(BAD_PEERS);
     let started_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
@@ -680,6 +835,7 @@ pub async fn start(key: identity::Keypair, config: NetConfig) -> Result<NetHandl
         membership: Membership::new(config.membership),
         config,
         swarm,
+        listeners,
         topic,
         protocols,
         view: view.clone(),
@@ -693,6 +849,7 @@ pub async fn start(key: identity::Keypair, config: NetConfig) -> Result<NetHandl
         queries_put: HashMap::new(),
         queries_get: HashMap::new(),
         queries_providers: HashMap::new(),
+        #[cfg(feature = "test-utils")]
         requests: HashMap::new(),
         bootstrapped: false,
         gossip_out: 0,
@@ -701,38 +858,31 @@ pub async fn start(key: identity::Keypair, config: NetConfig) -> Result<NetHandl
         redial_backoff: Duration::from_millis(500),
         report_soon: false,
         events: events.clone(),
+        tasks: tasks.clone(),
     };
     let span = tracing::info_span!("net", peer = %peer_id);
-    tokio::spawn(tracing::Instrument::instrument(task.run(rx), span));
-    spawn_bulk_sink(streams.clone(), view.clone(), tx.clone());
-    let servable = code::Servable::default();
-    let cache_dir = code_cache_dir.unwrap_or_else(|| {
-        std::env::temp_dir().join(format!("shoal-code-{}-{peer_id}", std::process::id()))
-    });
-    let code_cache = code::BinaryCache::open(&cache_dir, code_cache_bytes)
-        .map_err(|e| NetError::Swarm(format!("code cache {}: {e}", cache_dir.display())))?;
-    spawn_code_server(
-        streams.clone(),
-        code_protocol.clone(),
-        servable.clone(),
-        code_shipping,
+    tasks.spawn_swarm(task.run(rx, bad_rx).instrument(span.clone()));
+    tasks.spawn(
+        code_server(
+            code_incoming,
+            servable.clone(),
+            code_shipping,
+            tasks.accept_token(),
+        )
+        .instrument(span.clone()),
     );
-    let (bad_tx, mut bad_rx) = mpsc::channel::<PeerId>(64);
-    link::spawn_acceptor(
-        streams.clone(),
-        ctl_protocol.clone(),
-        events.clone(),
-        bad_tx,
+    tasks.spawn(
+        link::accept(
+            ctl_incoming,
+            events.clone(),
+            bad_tx.clone(),
+            tasks.accept_token(),
+        )
+        .instrument(span.clone()),
     );
-    let commands = tx.clone();
-    tokio::spawn(async move {
-        while let Some(peer) = bad_rx.recv().await {
-            if commands.send(Command::Disconnect(peer)).await.is_err() {
-                break;
-            }
-        }
-    });
-    let links = link::Links::new(streams.clone(), ctl_protocol, events.clone());
+    #[cfg(feature = "test-utils")]
+    tasks.spawn(bulk_sink(bulk_incoming, bad_tx, tasks.accept_token()).instrument(span));
+    let links = link::Links::new(streams.clone(), ctl_protocol, events.clone(), tasks.clone());
     Ok(NetHandle {
         commands: tx,
         peer_id,
@@ -745,69 +895,56 @@ pub async fn start(key: identity::Keypair, config: NetConfig) -> Result<NetHandl
         links,
         events,
         obj_protocol,
+        tasks,
     })
 }
 
-/// Accepts bulk streams: a `u64` length, then that many bytes, answered by the `u64` count
-/// received. Used to measure raw stream throughput; object transfer builds on it.
-fn spawn_bulk_sink(
-    mut control: libp2p_stream::Control,
-    view: Arc<Mutex<MeshView>>,
-    commands: mpsc::Sender<Command>,
+/// Accepts bulk streams until `stop`: a `u64` length, then that many bytes, answered by the
+/// `u64` count received. Measures raw stream throughput (tests and benchmarks).
+#[cfg(feature = "test-utils")]
+async fn bulk_sink(
+    incoming: libp2p_stream::IncomingStreams,
+    bad: mpsc::Sender<PeerId>,
+    stop: tokio_util::sync::CancellationToken,
 ) {
-    let mesh = view.lock().map(|v| v.mesh.clone()).unwrap_or_default();
-    let Ok(protocols) = Protocols::for_mesh(&mesh) else {
-        return;
-    };
-    let mut incoming = match control.accept(protocols.bulk) {
-        Ok(i) => i,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot accept bulk streams");
-            return;
-        }
-    };
-    tokio::spawn(async move {
-        while let Some((peer, stream)) = incoming.next().await {
-            let commands = commands.clone();
-            tokio::spawn(async move {
-                if let Err(e) = bulk::sink(stream).await {
+    tasks::serve_streams(incoming, stop, "bulk", move |peer, stream| {
+        let bad = bad.clone();
+        async move {
+            match bulk::sink(stream).await {
+                Ok(bytes) => tracing::debug!(%peer, bytes, "bulk transfer received"),
+                Err(e) => {
                     tracing::warn!(%peer, error = %e, "bulk stream refused");
                     // A malformed header is not an accident: the peer goes.
-                    if e.kind() == std::io::ErrorKind::InvalidData {
-                        let _ = commands.send(Command::Disconnect(peer)).await;
+                    if e.kind() == std::io::ErrorKind::InvalidData && bad.send(peer).await.is_err()
+                    {
+                        tracing::debug!(%peer, "not disconnected: the network task has stopped");
                     }
                 }
-            });
+            }
         }
-    });
+    })
+    .await;
 }
 
-/// Serves binaries to peers that fetch them.
-fn spawn_code_server(
-    mut control: libp2p_stream::Control,
-    protocol: StreamProtocol,
+/// Serves binaries to peers that fetch them, until `stop`.
+async fn code_server(
+    incoming: libp2p_stream::IncomingStreams,
     servable: code::Servable,
     enabled: bool,
+    stop: tokio_util::sync::CancellationToken,
 ) {
-    let mut incoming = match control.accept(protocol) {
-        Ok(i) => i,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot serve binaries");
-            return;
+    tasks::serve_streams(incoming, stop, "code", move |peer, stream| {
+        let servable = servable.clone();
+        async move {
+            if let Err(e) = code::serve(stream, &servable, enabled).await {
+                tracing::warn!(%peer, error = %e, "binary not served");
+            }
         }
-    };
-    tokio::spawn(async move {
-        while let Some((peer, stream)) = incoming.next().await {
-            let servable = servable.clone();
-            tokio::spawn(async move {
-                if let Err(e) = code::serve(stream, &servable, enabled).await {
-                    tracing::warn!(%peer, error = %e, "binary not served");
-                }
-            });
-        }
-    });
+    })
+    .await;
 }
 
+#[cfg(feature = "test-utils")]
 pub mod bulk {
     //! The bulk stream protocol: a `u64` little-endian length (at most [`MAX_BULK`]), then
     //! the bytes; the receiver answers with the `u64` count it read.
@@ -875,6 +1012,8 @@ pub mod bulk {
 struct NetTask {
     config: NetConfig,
     swarm: Swarm<Behaviour>,
+    /// The listeners opened at start (closed first when the network stops).
+    listeners: Vec<ListenerId>,
     topic: IdentTopic,
     protocols: Protocols,
     membership: Membership<PeerId>,
@@ -890,6 +1029,7 @@ struct NetTask {
     queries_put: HashMap<QueryId, Reply<()>>,
     queries_get: HashMap<QueryId, Reply<Option<Vec<u8>>>>,
     queries_providers: HashMap<QueryId, (Vec<PeerId>, Reply<Vec<PeerId>>)>,
+    #[cfg(feature = "test-utils")]
     requests: HashMap<request_response::OutboundRequestId, Reply<PeerResponse>>,
     bootstrapped: bool,
     gossip_out: u64,
@@ -900,23 +1040,94 @@ struct NetTask {
     report_soon: bool,
     /// Where reports and losses of peers go (the node).
     events: link::EventSink,
+    /// The network's tasks (notices to the node run as such) and its stop signals.
+    tasks: Tasks,
+}
+
+/// Answers a command. A requester that stopped waiting (its future was dropped) needs no
+/// answer: that is not an error.
+fn answer<T>(reply: Reply<T>, result: Result<T, NetError>, what: &'static str) {
+    if reply.send(result).is_err() {
+        tracing::debug!(
+            command = what,
+            "answer dropped: the requester stopped waiting"
+        );
+    }
 }
 
 impl NetTask {
-    async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+    /// Runs until the network is shut down (or every handle is gone, which stops
+    /// everything at once), then closes the listeners and connections and drops the swarm.
+    async fn run(mut self, mut commands: mpsc::Receiver<Command>, mut bad: mpsc::Receiver<PeerId>) {
+        let stop = self.tasks.swarm_token();
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             tokio::select! {
+                () = stop.cancelled() => break,
                 ev = self.swarm.select_next_some() => self.swarm_event(ev),
                 cmd = commands.recv() => match cmd {
                     Some(c) => self.command(c),
-                    None => break,
+                    None => {
+                        tracing::debug!("every network handle is gone; stopping everything");
+                        self.tasks.abort();
+                        break;
+                    }
                 },
+                Some(peer) = bad.recv() => {
+                    tracing::warn!(%peer, "disconnecting a peer that sent malformed data");
+                    self.disconnect(peer);
+                }
                 _ = tick.tick() => self.tick(),
             }
         }
+        self.close().await;
         tracing::debug!("network task stopped");
+    }
+
+    /// Stops listening and closes every connection, for at most [`tasks::CLOSE_GRACE`];
+    /// whatever is still open then goes with the swarm.
+    async fn close(&mut self) {
+        for id in std::mem::take(&mut self.listeners) {
+            if !self.swarm.remove_listener(id) {
+                tracing::debug!(?id, "listener already closed");
+            }
+        }
+        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        for peer in peers {
+            self.disconnect(peer);
+        }
+        let deadline = tokio::time::Instant::now() + tasks::CLOSE_GRACE;
+        while self.swarm.network_info().num_peers() > 0 {
+            match tokio::time::timeout_at(deadline, self.swarm.select_next_some()).await {
+                Ok(ev) => self.swarm_event(ev),
+                Err(_) => {
+                    tracing::debug!(
+                        peers = self.swarm.network_info().num_peers(),
+                        "connections still open after the grace; dropping them"
+                    );
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Closes the connections to `peer`.
+    fn disconnect(&mut self, peer: PeerId) {
+        if self.swarm.disconnect_peer_id(peer).is_err() {
+            tracing::debug!(%peer, "not connected; nothing to disconnect");
+        }
+    }
+
+    /// Whether `peer` is kept apart from this one (a test hook).
+    #[cfg(feature = "test-utils")]
+    fn blocked(&self, peer: &PeerId) -> bool {
+        self.config.blocked.contains(peer)
+    }
+
+    #[cfg(not(feature = "test-utils"))]
+    fn blocked(&self, _: &PeerId) -> bool {
+        false
     }
 
     fn tick(&mut self) {
@@ -1065,15 +1276,12 @@ impl NetTask {
                     self.load_dirty = true;
                 }
             }
+            #[cfg(feature = "test-utils")]
             Command::PublishRaw(bytes) => {
                 let topic = self.topic.clone();
                 if let Err(e) = self.swarm.behaviour_mut().gossipsub.publish(topic, bytes) {
                     tracing::debug!(error = %e, "raw report not published");
                 }
-            }
-            Command::Disconnect(peer) => {
-                tracing::warn!(%peer, "disconnecting a peer that sent malformed data");
-                let _ = self.swarm.disconnect_peer_id(peer);
             }
             Command::Forget(peer) => {
                 if self.swarm.disconnect_peer_id(peer).is_ok() {
@@ -1091,9 +1299,7 @@ impl NetTask {
                     Ok(id) => {
                         self.queries_put.insert(id, reply);
                     }
-                    Err(e) => {
-                        let _ = reply.send(Err(NetError::Dht(e.to_string())));
-                    }
+                    Err(e) => answer(reply, Err(NetError::Dht(e.to_string())), "put a record"),
                 }
             }
             Command::GetRecord { key, reply } => {
@@ -1111,6 +1317,7 @@ impl NetTask {
                 let id = kad.get_providers(RecordKey::new(&key));
                 self.queries_providers.insert(id, (Vec::new(), reply));
             }
+            #[cfg(feature = "test-utils")]
             Command::Request {
                 peer,
                 request,
@@ -1132,8 +1339,8 @@ impl NetTask {
             SwarmEvent::ConnectionEstablished {
                 peer_id, endpoint, ..
             } => {
-                if self.config.blocked.contains(&peer_id) {
-                    let _ = self.swarm.disconnect_peer_id(peer_id);
+                if self.blocked(&peer_id) {
+                    self.disconnect(peer_id);
                     return;
                 }
                 tracing::debug!(%peer_id, addr = %endpoint.get_remote_address(), "connected");
@@ -1173,10 +1380,10 @@ impl NetTask {
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
                 if info.protocol_version != self.protocols.identify {
                     tracing::info!(%peer_id, theirs = %info.protocol_version, "a peer of another mesh; disconnecting");
-                    let _ = self.swarm.disconnect_peer_id(peer_id);
+                    self.disconnect(peer_id);
                     return;
                 }
-                if self.config.blocked.contains(&peer_id) {
+                if self.blocked(&peer_id) {
                     return;
                 }
                 for addr in &info.listen_addrs {
@@ -1219,7 +1426,7 @@ impl NetTask {
                         tracing::warn!(source = ?message.source, via = %propagation_source, %reason, "load report rejected; disconnecting the sender");
                         // Reports are validated before they are forwarded, so whoever sent
                         // us this one made it.
-                        let _ = self.swarm.disconnect_peer_id(propagation_source);
+                        self.disconnect(propagation_source);
                         MessageAcceptance::Reject
                     }
                 };
@@ -1235,16 +1442,21 @@ impl NetTask {
             }
             BehaviourEvent::Gossipsub(_) => {}
             BehaviourEvent::Kad(ev) => self.kad_event(ev),
+            #[cfg(feature = "test-utils")]
             BehaviourEvent::Rpc(ev) => self.rpc_event(ev),
+            #[cfg(not(feature = "test-utils"))]
+            BehaviourEvent::Rpc(never) => match never {},
             BehaviourEvent::Stream(()) => {}
             BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
                 for (peer, addr) in found {
                     if peer != self.peer_id
                         && !self.swarm.is_connected(&peer)
-                        && !self.config.blocked.contains(&peer)
+                        && !self.blocked(&peer)
                     {
                         tracing::debug!(%peer, %addr, "found by mDNS");
-                        let _ = self.swarm.dial(addr.with(Protocol::P2p(peer)));
+                        if let Err(e) = self.swarm.dial(addr.with(Protocol::P2p(peer))) {
+                            tracing::debug!(%peer, error = %e, "cannot dial a peer found by mDNS");
+                        }
                     }
                 }
             }
@@ -1267,7 +1479,7 @@ impl NetTask {
         report
             .validate(&source.to_bytes(), &self.config.mesh)
             .map_err(|e| e.to_string())?;
-        if source == self.peer_id || self.config.blocked.contains(&source) {
+        if source == self.peer_id || self.blocked(&source) {
             return Ok(());
         }
         let copy = Box::new(report.clone());
@@ -1281,22 +1493,30 @@ impl NetTask {
         }
         if let Some(tx) = self.events.get() {
             // Reports are soft state: one dropped under load is replaced by the next.
-            let _ = tx.try_send(link::NetEvent::Report {
+            let sent = tx.try_send(link::NetEvent::Report {
                 peer: source,
                 report: copy,
             });
+            if !sent {
+                tracing::debug!(peer = %source, "load report not delivered: the node is busy; the next one replaces it");
+            }
         }
         Ok(())
     }
 
     /// Tells the node that `peer` is gone (what it ran for this node is lost).
     fn lost(&self, peer: PeerId) {
-        if let Some(tx) = self.events.get() {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let _ = tx.send(link::NetEvent::Lost { peer }).await;
-            });
-        }
+        let Some(tx) = self.events.get() else {
+            tracing::debug!(%peer, "a peer was lost before the node listens; nobody to tell");
+            return;
+        };
+        let tx = tx.clone();
+        // Not waited for here: the network task never waits on the node.
+        self.tasks.spawn(async move {
+            if !tx.send(link::NetEvent::Lost { peer }).await {
+                tracing::debug!(%peer, "a lost peer not reported: the node stopped listening");
+            }
+        });
     }
 
     fn kad_event(&mut self, ev: kad::Event) {
@@ -1309,7 +1529,8 @@ impl NetTask {
         match result {
             QueryResult::PutRecord(r) => {
                 if let Some(reply) = self.queries_put.remove(&id) {
-                    let _ = reply.send(r.map(|_| ()).map_err(|e| NetError::Dht(e.to_string())));
+                    let result = r.map(|_| ()).map_err(|e| NetError::Dht(e.to_string()));
+                    answer(reply, result, "put a record");
                 }
             }
             QueryResult::GetRecord(r) => {
@@ -1320,7 +1541,7 @@ impl NetTask {
                     Err(e) => Some(Err(NetError::Dht(e.to_string()))),
                 };
                 if let (Some(result), Some(reply)) = (found, self.queries_get.remove(&id)) {
-                    let _ = reply.send(result);
+                    answer(reply, result, "get a record");
                     // The first answer is enough.
                     if let Some(mut q) = self.swarm.behaviour_mut().kad.query_mut(&id) {
                         q.finish();
@@ -1342,7 +1563,7 @@ impl NetTask {
                     if let Some((mut acc, reply)) = self.queries_providers.remove(&id) {
                         acc.sort();
                         acc.dedup();
-                        let _ = reply.send(Ok(acc));
+                        answer(reply, Ok(acc), "get providers");
                     }
                 }
             }
@@ -1351,6 +1572,7 @@ impl NetTask {
         }
     }
 
+    #[cfg(feature = "test-utils")]
     fn rpc_event(&mut self, ev: request_response::Event<PeerRequest, PeerResponse>) {
         match ev {
             request_response::Event::Message { peer, message, .. } => match message {
@@ -1385,7 +1607,7 @@ impl NetTask {
                     response,
                 } => {
                     if let Some(reply) = self.requests.remove(&request_id) {
-                        let _ = reply.send(Ok(response));
+                        answer(reply, Ok(response), "request");
                     }
                 }
             },
@@ -1397,10 +1619,11 @@ impl NetTask {
             } => {
                 tracing::debug!(%peer, %error, "request failed");
                 if let Some(reply) = self.requests.remove(&request_id) {
-                    let _ = reply.send(Err(NetError::Request {
+                    let error = NetError::Request {
                         peer: peer.to_string(),
                         message: error.to_string(),
-                    }));
+                    };
+                    answer(reply, Err(error), "request");
                 }
             }
             request_response::Event::InboundFailure { peer, error, .. } => {
@@ -1410,7 +1633,7 @@ impl NetTask {
                 if let request_response::InboundFailure::Io(e) = &error {
                     if e.kind() == std::io::ErrorKind::InvalidData {
                         tracing::warn!(%peer, "disconnecting a peer that sent a malformed request");
-                        let _ = self.swarm.disconnect_peer_id(peer);
+                        self.disconnect(peer);
                     }
                 }
             }

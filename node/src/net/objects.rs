@@ -1,8 +1,8 @@
 //! Object transfer: a peer that needs a large object pulls its bytes, by id, from peers that
 //! hold it, into a file of the object's size, and checks them against its blake3 digest.
 //!
-//! Protocol (`/shoal/<mesh>/obj/1`, one libp2p stream per request): the puller sends a framed
-//! [`ObjectRequest`] for a byte range; the holder answers with a framed [`ObjectResponse`]
+//! Protocol (`/shoal/<mesh>/obj/1`, one libp2p stream per request): the puller sends an
+//! [`ObjectRequest`] for a byte range, in a frame ([`shoal_protocol::frame`]); the holder answers with a framed [`ObjectResponse`]
 //! and, when `Found`, exactly `min(len, size - offset)` raw bytes, then closes the stream.
 //! After the small request the bytes flow one way only (libp2p-stream over yamux can stall
 //! when both ends write much at once). `len = 0` asks for the size and digest alone. An
@@ -33,13 +33,15 @@ use std::time::{Duration, Instant};
 
 use blake3::hazmat::{ChainingValue, HasherExt, Mode};
 use futures::future::BoxFuture;
-use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use futures::AsyncWriteExt;
 use libp2p::{PeerId, StreamProtocol};
 use serde::{Deserialize, Serialize};
-use shoal_protocol::{codec, Digest, ObjectId};
+use shoal_protocol::{Digest, ObjectId};
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::rpc::{read_frame, write_frame};
+use super::framed::{self, FrameReader};
+use super::tasks;
 
 /// A stream that makes no progress for this long fails.
 pub const STALL: Duration = Duration::from_secs(30);
@@ -188,6 +190,9 @@ pub enum ObjectError {
         /// The object's digest.
         wanted: Digest,
     },
+    /// The network has been shut down.
+    #[error("the network has stopped")]
+    Stopped,
     /// No holder was given.
     #[error("no holder to pull object {0} from")]
     NoHolders(ObjectId),
@@ -233,46 +238,58 @@ fn timed_out(what: &str) -> io::Error {
 
 /// Serves objects from `source` on `protocol`: one task per stream (with a span naming the
 /// peer and the object), at most [`MAX_SERVING`] sending at once; the others wait up to
-/// [`QUEUED`] once their request is in, then are answered `Refused`. The accept loop ends
-/// when the returned task is aborted (which stops accepting the protocol) or the swarm goes.
+/// [`QUEUED`] once their request is in, then are answered `Refused`. The server ends when
+/// the returned task is aborted (which stops accepting the protocol and aborts the streams
+/// being served) or the swarm goes.
 pub fn spawn_server(
     mut control: libp2p_stream::Control,
     protocol: StreamProtocol,
     source: Arc<dyn ObjectSource>,
 ) -> Result<tokio::task::JoinHandle<()>, libp2p_stream::AlreadyRegistered> {
-    let mut incoming = control.accept(protocol)?;
+    let incoming = control.accept(protocol)?;
+    Ok(tokio::spawn(server(
+        incoming,
+        source,
+        CancellationToken::new(),
+    )))
+}
+
+/// The server of [`spawn_server`] on streams already accepted, until `stop` (then the
+/// streams being served finish).
+pub(crate) async fn server(
+    incoming: libp2p_stream::IncomingStreams,
+    source: Arc<dyn ObjectSource>,
+    stop: CancellationToken,
+) {
     let serving = Arc::new(tokio::sync::Semaphore::new(MAX_SERVING));
-    Ok(tokio::spawn(async move {
-        while let Some((peer, mut stream)) = incoming.next().await {
-            let source = source.clone();
-            let serving = serving.clone();
-            let span = tracing::debug_span!("object_stream", %peer, object = tracing::field::Empty);
-            tokio::spawn(
-                async move {
-                    let result = async {
-                        let req = read_request(&mut stream).await?;
-                        let permit = tokio::time::timeout(QUEUED, serving.acquire_owned()).await;
-                        match permit.ok().and_then(Result::ok) {
-                            Some(_permit) => serve_request(stream, req, &*source).await,
-                            None => {
-                                write_header(&mut stream, &ObjectResponse::Refused).await?;
-                                close(&mut stream).await?;
-                                Ok(0)
-                            }
-                        }
-                    };
-                    match result.await {
-                        Ok(bytes) => tracing::debug!(bytes, "served"),
-                        Err(e @ ObjectError::BadRequest(_)) => {
-                            tracing::warn!(error = %e, "malformed object request")
-                        }
-                        Err(e) => tracing::debug!(error = %e, "object not served"),
+    tasks::serve_streams(incoming, stop, "obj", move |peer, mut stream| {
+        let source = source.clone();
+        let serving = serving.clone();
+        let span = tracing::debug_span!("object_stream", %peer, object = tracing::field::Empty);
+        async move {
+            let result = async {
+                let req = read_request(&mut stream).await?;
+                let permit = tokio::time::timeout(QUEUED, serving.acquire_owned()).await;
+                match permit.ok().and_then(Result::ok) {
+                    Some(_permit) => serve_request(stream, req, &*source).await,
+                    None => {
+                        write_header(&mut stream, &ObjectResponse::Refused).await?;
+                        close(&mut stream).await?;
+                        Ok(0)
                     }
                 }
-                .instrument(span),
-            );
+            };
+            match result.await {
+                Ok(bytes) => tracing::debug!(bytes, "served"),
+                Err(e @ ObjectError::BadRequest(_)) => {
+                    tracing::warn!(error = %e, "malformed object request")
+                }
+                Err(e) => tracing::debug!(error = %e, "object not served"),
+            }
         }
-    }))
+        .instrument(span)
+    })
+    .await;
 }
 
 async fn close(stream: &mut libp2p::Stream) -> io::Result<()> {
@@ -282,20 +299,17 @@ async fn close(stream: &mut libp2p::Stream) -> io::Result<()> {
 }
 
 async fn read_request(stream: &mut libp2p::Stream) -> Result<ObjectRequest, ObjectError> {
-    let bytes = match tokio::time::timeout(STALL, read_frame(stream, MAX_HEADER)).await {
-        Err(_) => return Err(timed_out("waiting for a request").into()),
+    match tokio::time::timeout(STALL, framed::read_one(stream, MAX_HEADER)).await {
+        Err(_) => Err(timed_out("waiting for a request").into()),
         Ok(Err(e)) if e.kind() == io::ErrorKind::InvalidData => {
-            return Err(ObjectError::BadRequest(e.to_string()))
+            Err(ObjectError::BadRequest(e.to_string()))
         }
-        Ok(r) => r?,
-    };
-    codec::decode(&bytes, MAX_HEADER).map_err(|e| ObjectError::BadRequest(e.to_string()))
+        Ok(r) => Ok(r?),
+    }
 }
 
 async fn write_header(stream: &mut libp2p::Stream, header: &ObjectResponse) -> io::Result<()> {
-    let bytes =
-        codec::encode(header).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    tokio::time::timeout(STALL, write_frame(stream, &bytes))
+    tokio::time::timeout(STALL, framed::write(stream, header, MAX_HEADER))
         .await
         .map_err(|_| timed_out("writing a header"))?
 }
@@ -421,7 +435,7 @@ async fn pull_range(
     buf: &mut [u8],
 ) -> Result<(), ObjectError> {
     let err = stream_error(peer);
-    let mut stream =
+    let stream =
         match tokio::time::timeout(STALL, control.open_stream(peer, protocol.clone())).await {
             Err(_) => return Err(err(timed_out("opening a stream"))),
             Ok(Err(libp2p_stream::OpenStreamError::UnsupportedProtocol(_))) => {
@@ -430,22 +444,26 @@ async fn pull_range(
             Ok(Err(e)) => return Err(err(io::Error::other(e.to_string()))),
             Ok(Ok(s)) => s,
         };
-    let req = codec::encode(&ObjectRequest {
+    let req = ObjectRequest {
         id: want.id,
         offset: *at,
         len: end - *at,
-    })
-    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    tokio::time::timeout(STALL, write_frame(&mut stream, &req))
+    };
+    let mut stream = FrameReader::new(stream);
+    tokio::time::timeout(STALL, framed::write(stream.get_mut(), &req, MAX_HEADER))
         .await
         .map_err(|_| err(timed_out("sending a request")))?
         .map_err(&err)?;
-    let header = tokio::time::timeout(STALL, read_frame(&mut stream, MAX_HEADER))
+    let response: ObjectResponse = tokio::time::timeout(STALL, stream.next(MAX_HEADER))
         .await
         .map_err(|_| err(timed_out("waiting for an answer")))?
-        .map_err(&err)?;
-    let response: ObjectResponse = codec::decode(&header, MAX_HEADER)
-        .map_err(|e| err(io::Error::new(io::ErrorKind::InvalidData, e)))?;
+        .map_err(&err)?
+        .ok_or_else(|| {
+            err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the stream ended before the answer",
+            ))
+        })?;
     match response {
         ObjectResponse::Found { size, digest } if size == want.size && digest == want.digest => {}
         ObjectResponse::Found { size, digest } => {
@@ -472,7 +490,7 @@ async fn pull_range(
         let want_now = (end - *at).min(buf.len() as u64) as usize;
         let mut filled = 0;
         while filled < want_now {
-            let n = tokio::time::timeout(STALL, stream.read(&mut buf[filled..want_now]))
+            let n = tokio::time::timeout(STALL, stream.read_raw(&mut buf[filled..want_now]))
                 .await
                 .map_err(|_| err(timed_out("receiving")))?
                 .map_err(&err)?;
@@ -488,7 +506,10 @@ async fn pull_range(
         hasher.update(&buf[..filled]);
         *at += filled as u64;
     }
-    let _ = close(&mut stream).await;
+    // Every byte is in: a close that fails costs nothing but the log line.
+    if let Err(e) = close(stream.get_mut()).await {
+        tracing::debug!(%peer, error = %e, "an object stream did not close cleanly");
+    }
     Ok(())
 }
 
@@ -806,6 +827,7 @@ fn root_of_pieces(cvs: &[ChainingValue], size: u64, piece: u64) -> Digest {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shoal_protocol::codec;
 
     fn bytes(n: usize) -> Vec<u8> {
         let mut x = 0x9e37_79b9_7f4a_7c15u64;

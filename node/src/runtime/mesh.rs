@@ -254,9 +254,9 @@ impl NetSide {
         }
     }
 
-    /// Stops the network.
+    /// Stops the network: its swarm, links and stream servers (see [`NetHandle::shutdown`]).
     pub(crate) async fn shutdown(self) {
-        drop(self.net);
+        self.net.shutdown().await;
     }
 }
 

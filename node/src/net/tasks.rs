@@ -1,0 +1,222 @@
+//! The network's tasks and how they stop.
+//!
+//! Every task the network starts is kept by a [`Tasks`]: the stream acceptors and their
+//! handlers, the link writers and the notices to the node in one tracker, the network task
+//! and libp2p's own connection tasks (the swarm's executor) in another. A tree of
+//! cancellation tokens stops them in stages ([`Tasks::shutdown`], as iroh's router does):
+//!
+//! 1. `accept`: acceptors stop taking streams (their protocols are unregistered), inbound
+//!    control links stop reading, and no more messages are queued to peers.
+//! 2. The handlers still running (a stream being served, a link writer draining its queue)
+//!    get [`GRACE`] to finish; then `handlers` is cancelled and they are dropped.
+//! 3. `swarm`: the network task stops listening, closes the connections (for at most
+//!    [`CLOSE_GRACE`]) and drops the swarm; libp2p's connection tasks end with it.
+//! 4. `root`: whatever is left is dropped.
+//!
+//! The tree is root → swarm → handlers → accept: cancelling a stage cancels the stages
+//! before it, so dropping the root stops everything at once.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::PeerId;
+use tokio::task::{JoinError, JoinSet};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How long stream handlers and link writers get to finish once the network stops
+/// accepting, before they are dropped.
+pub const GRACE: Duration = Duration::from_secs(5);
+/// How long the network task waits for its connections to close before it drops them.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// The network's tasks: where they are spawned and how they are stopped. They all run on
+/// the runtime the network was started on, whichever thread spawns them (a message queued
+/// to a new peer from outside the runtime starts its writer there too).
+#[derive(Clone, Debug)]
+pub struct Tasks {
+    runtime: tokio::runtime::Handle,
+    root: CancellationToken,
+    swarm: CancellationToken,
+    handlers: CancellationToken,
+    accept: CancellationToken,
+    /// Acceptors, stream handlers, link writers, notices to the node.
+    handler_tasks: TaskTracker,
+    /// The network task and the swarm's connection tasks.
+    swarm_tasks: TaskTracker,
+}
+
+impl Tasks {
+    /// Tasks on `runtime`, none yet.
+    pub fn new(runtime: tokio::runtime::Handle) -> Self {
+        let root = CancellationToken::new();
+        let swarm = root.child_token();
+        let handlers = swarm.child_token();
+        let accept = handlers.child_token();
+        Self {
+            runtime,
+            root,
+            swarm,
+            handlers,
+            accept,
+            handler_tasks: TaskTracker::new(),
+            swarm_tasks: TaskTracker::new(),
+        }
+    }
+
+    /// Spawns a handler: it runs until it ends, or until handlers are stopped (stage 2),
+    /// when it is dropped at its next await.
+    pub fn spawn<F>(&self, fut: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let stop = self.handlers.clone();
+        // The handle is not kept: the tracker waits for the task, and a panic is reported
+        // by the runtime's hook.
+        let task = async move {
+            stop.run_until_cancelled_owned(fut).await;
+        };
+        drop(self.handler_tasks.spawn_on(task, &self.runtime));
+    }
+
+    /// Spawns a task of the swarm (the network task itself, or a connection task of
+    /// libp2p's): dropped only at the last stage.
+    pub fn spawn_swarm<F>(&self, fut: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let stop = self.root.clone();
+        let task = async move {
+            stop.run_until_cancelled_owned(fut).await;
+        };
+        drop(self.swarm_tasks.spawn_on(task, &self.runtime));
+    }
+
+    /// The swarm's executor: connection tasks run as tasks of the swarm.
+    pub fn executor(&self) -> SwarmExecutor {
+        SwarmExecutor(self.clone())
+    }
+
+    /// Cancelled once the network stops accepting (the first stage).
+    pub fn accept_token(&self) -> CancellationToken {
+        self.accept.clone()
+    }
+
+    /// Cancelled when the network task must close the connections and end.
+    pub fn swarm_token(&self) -> CancellationToken {
+        self.swarm.clone()
+    }
+
+    /// Whether the network is stopping (or stopped).
+    pub fn stopping(&self) -> bool {
+        self.accept.is_cancelled()
+    }
+
+    /// Stops everything at once, without waiting (no handle is left to wait).
+    pub fn abort(&self) {
+        self.root.cancel();
+    }
+
+    /// Stops the network in stages (see the module documentation) and returns once every
+    /// task has ended. Idempotent: a second call, or a concurrent one, waits for the same end.
+    pub async fn shutdown(&self) {
+        self.accept.cancel();
+        self.handler_tasks.close();
+        if tokio::time::timeout(GRACE, self.handler_tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                tasks = self.handler_tasks.len(),
+                grace = ?GRACE,
+                "network handlers still running after the grace; dropping them"
+            );
+            self.handlers.cancel();
+            self.handler_tasks.wait().await;
+        }
+        self.swarm.cancel();
+        self.swarm_tasks.close();
+        // The network task bounds its own closing by CLOSE_GRACE; libp2p's connection tasks
+        // end once the swarm is dropped. The margin covers a task that does not.
+        let bound = CLOSE_GRACE + Duration::from_secs(1);
+        if tokio::time::timeout(bound, self.swarm_tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                tasks = self.swarm_tasks.len(),
+                "swarm tasks still running after the swarm was dropped; dropping them"
+            );
+        }
+        self.root.cancel();
+        self.swarm_tasks.wait().await;
+        // A notice spawned while the connections closed returns at once (its token is
+        // cancelled); wait for it all the same.
+        self.handler_tasks.wait().await;
+    }
+}
+
+/// Runs the swarm's connection tasks as tasks of the network (see [`Tasks::spawn_swarm`]).
+#[derive(Debug)]
+pub struct SwarmExecutor(Tasks);
+
+impl libp2p::swarm::Executor for SwarmExecutor {
+    fn exec(&self, future: Pin<Box<dyn Future<Output = ()> + Send>>) {
+        self.0.spawn_swarm(future);
+    }
+}
+
+/// Runs `handle` on each stream of `incoming` until `stop` is cancelled or the swarm is
+/// gone; then stops accepting (dropping `incoming` unregisters the protocol) and waits for
+/// the handlers still running. The handlers run in a `JoinSet` owned by this future, so
+/// dropping the future aborts them. `what` names the protocol in logs.
+pub async fn serve_streams<F, Fut>(
+    mut incoming: libp2p_stream::IncomingStreams,
+    stop: CancellationToken,
+    what: &'static str,
+    mut handle: F,
+) where
+    F: FnMut(PeerId, libp2p::Stream) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let mut running = JoinSet::new();
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            next = incoming.next() => match next {
+                Some((peer, stream)) => {
+                    running.spawn(handle(peer, stream));
+                }
+                None => {
+                    tracing::debug!(protocol = what, "the swarm is gone; no more streams");
+                    break;
+                }
+            },
+            Some(done) = running.join_next(), if !running.is_empty() => ended(what, done),
+        }
+    }
+    drop(incoming);
+    if !running.is_empty() {
+        tracing::debug!(
+            protocol = what,
+            streams = running.len(),
+            "no longer accepting; letting open streams finish"
+        );
+    }
+    while let Some(done) = running.join_next().await {
+        ended(what, done);
+    }
+}
+
+/// Logs how a stream handler ended, if not normally.
+fn ended(what: &'static str, result: Result<(), JoinError>) {
+    match result {
+        Ok(()) => {}
+        Err(e) if e.is_panic() => {
+            tracing::error!(protocol = what, error = %e, "a stream handler panicked")
+        }
+        Err(e) => tracing::debug!(protocol = what, error = %e, "a stream handler was cancelled"),
+    }
+}

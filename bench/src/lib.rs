@@ -3,8 +3,11 @@
 //! [`harness`] holds the measuring method and the row registry, [`limits`] the rows that
 //! measure the machine, [`shoal_rows`] and [`actor_rows`] the rows that measure Shoal, and
 //! [`mesh_rows`] and [`remote_rows`] those that measure the mesh (in-process peers and real
-//! `shoal node` processes; [`remote_rows`]: work run on another node). The binary (`main.rs`)
-//! is the command line around them.
+//! `shoal node` processes; [`remote_rows`]: work run on another node), and [`sim_rows`] the
+//! speed of the simulator. The binary (`main.rs`) is the command line around them.
+
+// The module docs explain the rows through their private helpers.
+#![allow(rustdoc::private_intra_doc_links)]
 
 pub mod actor_rows;
 pub mod harness;
@@ -12,6 +15,7 @@ pub mod limits;
 pub mod mesh_rows;
 pub mod remote_rows;
 pub mod shoal_rows;
+pub mod sim_rows;
 
 pub use harness::{Bench, Measurement, Method, Registry, Row, RowFn, Tally, Unit};
 
@@ -24,6 +28,7 @@ pub fn registry() -> Registry {
     actor_rows::register(&mut reg);
     remote_rows::register(&mut reg);
     mesh_rows::register(&mut reg);
+    sim_rows::register(&mut reg);
     reg
 }
 

@@ -1,7 +1,7 @@
 //! The shell around the core: the one event loop that owns every socket, process, file and
 //! spawned future of a node, the local API socket, and worker processes.
 //!
-//! - [`event_loop`]: feeds the [`crate::core::NodeCore`] its inputs and carries out its
+//! - `event_loop`: feeds the [`crate::core::NodeCore`] its inputs and carries out its
 //!   outputs; a staged shutdown.
 //! - [`api`]: the local Unix socket.
 //! - [`workers`]: worker processes.
@@ -46,7 +46,7 @@ pub enum Event {
     },
     /// Status for an in-process caller.
     Status(oneshot::Sender<NodeStatus>),
-    /// Stop (see [`event_loop`]); answered once everything has stopped.
+    /// Stop, in stages (see `NodeHandle::shutdown`); answered once everything has stopped.
     Shutdown(oneshot::Sender<()>),
     /// Something from the network.
     #[cfg(feature = "mesh")]

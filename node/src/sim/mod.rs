@@ -7,7 +7,7 @@
 //! submit tasks, create actors and call them, and release their refs. One seed fixes every
 //! choice, so a run that breaks an invariant prints its seed and replays exactly.
 //!
-//! Invariants checked ([`Sim::check`]):
+//! Invariants checked ([`Sim::check_progress`], [`Sim::check_empty`], [`Sim::finish`]):
 //! - every result a live driver owns ends in its value or a typed error within a bounded
 //!   virtual time, and a value is the right one;
 //! - the calls of each caller run at their actor in the order they were made;

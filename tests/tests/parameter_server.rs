@@ -113,6 +113,25 @@ fn runs_unchanged_across_a_mesh_of_three_nodes() {
     let ids: std::collections::BTreeSet<&str> = mesh.nodes().iter().map(|n| n.peer_id()).collect();
     assert!(peers.len() >= 2, "workers ran on {peers:?}: {text}");
     assert!(peers.is_subset(&ids), "{peers:?} vs {ids:?}");
+    // The program exited: no peer keeps any of its objects (nor its tasks or actors).
+    for node in mesh.nodes() {
+        let (_, took) = shoal_tests::wait_for(
+            std::time::Duration::from_secs(20),
+            "a peer to free everything the program had",
+            || {
+                let s = node.try_status()?;
+                let held = (
+                    s["objects"]["count"].as_u64(),
+                    s["tasks"]["queued"].as_u64(),
+                    s["tasks"]["running"].as_u64(),
+                    s["actors"].as_array().map(Vec::len),
+                );
+                Ok((held == (Some(0), Some(0), Some(0), Some(0))).then_some(()))
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e:#}: {}", node.status()));
+        eprintln!("peer {} empty after {took:?}", node.peer_id());
+    }
 }
 
 fn out_count(text: &str, what: &str) -> usize {

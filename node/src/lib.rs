@@ -222,7 +222,7 @@ impl NodeHandle {
     /// without a socket. `hello` is checked like a socket handshake's.
     pub async fn connect_local(&self, hello: Hello) -> Result<LocalClient, NodeError> {
         let conn = api::next_conn_id();
-        let (tx, rx) = mpsc::channel(api::CLIENT_QUEUE);
+        let (tx, rx) = runtime::queue::client_queue();
         self.events
             .send(Event::Connected { conn, hello, tx })
             .await
@@ -240,7 +240,7 @@ impl NodeHandle {
 pub struct LocalClient {
     conn: ConnId,
     events: mpsc::Sender<Event>,
-    rx: mpsc::Receiver<ToClient>,
+    rx: runtime::queue::ClientRx,
 }
 
 impl LocalClient {

@@ -282,6 +282,13 @@ impl NodeCore {
         }
     }
 
+    /// The span of `actor` (a disabled one if it is not known here).
+    fn actor_span(&self, actor: ActorId) -> tracing::Span {
+        self.actors
+            .get(&actor)
+            .map_or_else(tracing::Span::none, |a| a.span.clone())
+    }
+
     fn worker_of(&self, conn: ConnId) -> Option<WorkerId> {
         self.procs.get(&conn).and_then(|c| c.worker)
     }
@@ -370,6 +377,8 @@ impl NodeCore {
         let Some(create_task) = self.actors.get(&actor).map(|a| a.create_task) else {
             return;
         };
+        let span = self.actor_span(actor);
+        let _entered = span.enter();
         self.withdraw_actor(actor);
         let mut failed = self.actors.kill(actor, error.clone());
         failed.extend(self.actors.drain_inflight(actor));
@@ -452,6 +461,8 @@ impl NodeCore {
 
     /// Sends an actor's ready calls to its worker.
     pub(super) fn pump_actor(&mut self, now: Instant, actor: ActorId) {
+        let span = self.actor_span(actor);
+        let _entered = span.enter();
         let tasks = &self.tasks;
         let (worker, calls) = self
             .actors
@@ -537,6 +548,8 @@ impl NodeCore {
             self.sched.end_actor(now, task);
             return;
         };
+        let span = self.actor_span(actor);
+        let _entered = span.enter();
         let Some(entry) = self.tasks.get(&task) else {
             self.sched.end_actor(now, task);
             return;
@@ -1000,6 +1013,8 @@ impl NodeCore {
 
     /// An actor's process ended: its calls in flight fail; it restarts if it may.
     fn actor_worker_lost(&mut self, now: Instant, actor: ActorId, end: WorkerEnd) {
+        let span = self.actor_span(actor);
+        let _entered = span.enter();
         let Some(a) = self.actors.get(&actor) else {
             return;
         };

@@ -25,8 +25,7 @@ use crate::runtime::Event;
 
 /// Connections served at once; more wait in the listen backlog.
 pub const MAX_CONNECTIONS: usize = 4096;
-/// Messages queued towards one client before it counts as stuck.
-pub const CLIENT_QUEUE: usize = 1 << 16;
+pub use super::queue::{CLIENT_QUEUE, CLIENT_QUEUE_BYTES};
 /// Time a new connection has to send its `Hello`.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -176,7 +175,7 @@ async fn handle(
     let span = tracing::Span::current();
     span.record("role", tracing::field::debug(&hello.role));
     span.record("pid", hello.pid);
-    let (tx, rx) = mpsc::channel(CLIENT_QUEUE);
+    let (tx, rx) = super::queue::client_queue();
     if events
         .send(Event::Connected { conn, hello, tx })
         .await
@@ -289,7 +288,7 @@ async fn read_loop(
 /// Writes every queued message, many per syscall; returns the socket when the queue closes.
 async fn write_loop(
     mut wr: OwnedWriteHalf,
-    mut rx: mpsc::Receiver<ToClient>,
+    mut rx: super::queue::ClientRx,
     max_frame: usize,
 ) -> Option<OwnedWriteHalf> {
     let mut out = Vec::with_capacity(64 * 1024);
@@ -297,8 +296,8 @@ async fn write_loop(
         encode_or_log(&mut out, &msg, max_frame);
         while out.len() < (1 << 20) {
             match rx.try_recv() {
-                Ok(msg) => encode_or_log(&mut out, &msg, max_frame),
-                Err(_) => break,
+                Some(msg) => encode_or_log(&mut out, &msg, max_frame),
+                None => break,
             }
         }
         if let Err(e) = wr.write_all(&out).await {

@@ -42,7 +42,7 @@ const WORKER_GRACE: Duration = Duration::from_secs(2);
 pub(crate) struct Shell {
     core: NodeCore,
     socket: PathBuf,
-    conns: HashMap<ConnId, mpsc::Sender<ToClient>>,
+    conns: HashMap<ConnId, super::queue::ClientTx>,
     workers: HashMap<WorkerId, WorkerProcess>,
     jobs: JoinSet<Option<Input>>,
     /// Inputs that come from outputs the shell could not carry out.

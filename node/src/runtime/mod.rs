@@ -5,15 +5,17 @@
 //!   outputs; a staged shutdown.
 //! - [`api`]: the local Unix socket.
 //! - [`workers`]: worker processes.
+//! - [`queue`]: a process's outbound queue, bounded in messages and bytes.
 
 pub mod api;
 pub(crate) mod event_loop;
 #[cfg(feature = "mesh")]
 mod mesh;
+pub mod queue;
 pub mod workers;
 
-use shoal_protocol::{Hello, NodeStatus, ToClient, ToNode};
-use tokio::sync::{mpsc, oneshot};
+use shoal_protocol::{Hello, NodeStatus, ToNode};
+use tokio::sync::oneshot;
 
 pub use crate::core::ConnId;
 
@@ -30,7 +32,7 @@ pub enum Event {
         /// Its handshake.
         hello: Hello,
         /// Its outbound queue.
-        tx: mpsc::Sender<ToClient>,
+        tx: queue::ClientTx,
     },
     /// Messages from a connection, in order.
     Messages {

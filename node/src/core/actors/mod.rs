@@ -66,6 +66,8 @@ pub struct Actor {
     pub calls_done: u64,
     /// Its creator dropped its last handle: it ends once its calls are done.
     pub draining: bool,
+    /// Its span (`actor = %id`): entered while the core works on it.
+    pub span: tracing::Span,
 }
 
 impl Actor {
@@ -183,6 +185,7 @@ impl ActorTable {
                 inflight: VecDeque::new(),
                 calls_done: 0,
                 draining: false,
+                span: tracing::debug_span!("actor", actor = %spec.actor_id, class),
             },
         );
         Ok(Registered::New)

@@ -326,7 +326,11 @@ async fn reject(wr: &mut OwnedWriteHalf, reason: &str, max_frame: usize) {
     )
     .is_ok()
     {
-        let _ = wr.write_all(&out).await;
+        if let Err(e) = wr.write_all(&out).await {
+            tracing::debug!(error = %e, "the rejected client went away before reading why");
+        }
     }
-    let _ = wr.shutdown().await;
+    if let Err(e) = wr.shutdown().await {
+        tracing::debug!(error = %e, "closing a rejected connection");
+    }
 }

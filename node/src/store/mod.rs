@@ -251,7 +251,7 @@ impl Store {
                 }
                 Err(e) => {
                     tracing::error!(object = %id, error = %e, to = %to.display(), "cannot spill");
-                    let _ = std::fs::remove_file(&to);
+                    remove_file(&to);
                 }
             }
         }
@@ -378,9 +378,9 @@ impl Store {
 
     /// Removes the directories and everything in them.
     pub fn destroy(&self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-        let _ = std::fs::remove_dir_all(&self.spill_dir);
-        let _ = std::fs::remove_dir_all(&self.pool.dir);
+        for dir in [&self.dir, &self.spill_dir, &self.pool.dir] {
+            remove_dir(dir);
+        }
     }
 
     /// Bytes of freed objects' files kept for reuse.
@@ -393,6 +393,14 @@ fn remove_file(path: &Path) {
     if let Err(e) = std::fs::remove_file(path) {
         if e.kind() != io::ErrorKind::NotFound {
             tracing::warn!(path = %path.display(), error = %e, "cannot remove store file");
+        }
+    }
+}
+
+fn remove_dir(path: &Path) {
+    if let Err(e) = std::fs::remove_dir_all(path) {
+        if e.kind() != io::ErrorKind::NotFound {
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove a store directory");
         }
     }
 }
@@ -414,7 +422,7 @@ fn remove_stale_dirs(parent: &Path) {
             continue;
         }
         tracing::info!(dir = %entry.path().display(), pid, "removing store directory of a dead node");
-        let _ = std::fs::remove_dir_all(entry.path());
+        remove_dir(&entry.path());
     }
 }
 

@@ -19,6 +19,7 @@
 //! node.shutdown().await;
 //! # Ok(()) }
 //! ```
+#![deny(missing_docs, unreachable_pub)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod config;

@@ -28,15 +28,15 @@ use tokio_util::task::TaskTracker;
 
 /// How long stream handlers and link writers get to finish once the network stops
 /// accepting, before they are dropped.
-pub const GRACE: Duration = Duration::from_secs(5);
+pub(crate) const GRACE: Duration = Duration::from_secs(5);
 /// How long the network task waits for its connections to close before it drops them.
-pub const CLOSE_GRACE: Duration = Duration::from_secs(2);
+pub(crate) const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// The network's tasks: where they are spawned and how they are stopped. They all run on
 /// the runtime the network was started on, whichever thread spawns them (a message queued
 /// to a new peer from outside the runtime starts its writer there too).
 #[derive(Clone, Debug)]
-pub struct Tasks {
+pub(crate) struct Tasks {
     runtime: tokio::runtime::Handle,
     root: CancellationToken,
     swarm: CancellationToken,
@@ -50,7 +50,7 @@ pub struct Tasks {
 
 impl Tasks {
     /// Tasks on `runtime`, none yet.
-    pub fn new(runtime: tokio::runtime::Handle) -> Self {
+    pub(crate) fn new(runtime: tokio::runtime::Handle) -> Self {
         let root = CancellationToken::new();
         let swarm = root.child_token();
         let handlers = swarm.child_token();
@@ -68,7 +68,7 @@ impl Tasks {
 
     /// Spawns a handler: it runs until it ends, or until handlers are stopped (stage 2),
     /// when it is dropped at its next await.
-    pub fn spawn<F>(&self, fut: F)
+    pub(crate) fn spawn<F>(&self, fut: F)
     where
         F: Future<Output = ()> + Send + 'static,
     {
@@ -83,7 +83,7 @@ impl Tasks {
 
     /// Spawns a task of the swarm (the network task itself, or a connection task of
     /// libp2p's): dropped only at the last stage.
-    pub fn spawn_swarm<F>(&self, fut: F)
+    pub(crate) fn spawn_swarm<F>(&self, fut: F)
     where
         F: Future<Output = ()> + Send + 'static,
     {
@@ -95,33 +95,33 @@ impl Tasks {
     }
 
     /// The swarm's executor: connection tasks run as tasks of the swarm.
-    pub fn executor(&self) -> SwarmExecutor {
+    pub(crate) fn executor(&self) -> SwarmExecutor {
         SwarmExecutor(self.clone())
     }
 
     /// Cancelled once the network stops accepting (the first stage).
-    pub fn accept_token(&self) -> CancellationToken {
+    pub(crate) fn accept_token(&self) -> CancellationToken {
         self.accept.clone()
     }
 
     /// Cancelled when the network task must close the connections and end.
-    pub fn swarm_token(&self) -> CancellationToken {
+    pub(crate) fn swarm_token(&self) -> CancellationToken {
         self.swarm.clone()
     }
 
     /// Whether the network is stopping (or stopped).
-    pub fn stopping(&self) -> bool {
+    pub(crate) fn stopping(&self) -> bool {
         self.accept.is_cancelled()
     }
 
     /// Stops everything at once, without waiting (no handle is left to wait).
-    pub fn abort(&self) {
+    pub(crate) fn abort(&self) {
         self.root.cancel();
     }
 
     /// Stops the network in stages (see the module documentation) and returns once every
     /// task has ended. Idempotent: a second call, or a concurrent one, waits for the same end.
-    pub async fn shutdown(&self) {
+    pub(crate) async fn shutdown(&self) {
         self.accept.cancel();
         self.handler_tasks.close();
         if tokio::time::timeout(GRACE, self.handler_tasks.wait())
@@ -160,7 +160,7 @@ impl Tasks {
 
 /// Runs the swarm's connection tasks as tasks of the network (see [`Tasks::spawn_swarm`]).
 #[derive(Debug)]
-pub struct SwarmExecutor(Tasks);
+pub(crate) struct SwarmExecutor(Tasks);
 
 impl libp2p::swarm::Executor for SwarmExecutor {
     fn exec(&self, future: Pin<Box<dyn Future<Output = ()> + Send>>) {
@@ -172,7 +172,7 @@ impl libp2p::swarm::Executor for SwarmExecutor {
 /// gone; then stops accepting (dropping `incoming` unregisters the protocol) and waits for
 /// the handlers still running. The handlers run in a `JoinSet` owned by this future, so
 /// dropping the future aborts them. `what` names the protocol in logs.
-pub async fn serve_streams<F, Fut>(
+pub(crate) async fn serve_streams<F, Fut>(
     mut incoming: libp2p_stream::IncomingStreams,
     stop: CancellationToken,
     what: &'static str,

@@ -258,6 +258,7 @@
 //! clauses on the block, a missing, `async` or `self`-taking `new`, a `new` that does not
 //! return `Self`, methods taking `self` by value (or `Box<Self>`, ..), and functions named
 //! like generated items (`remote`, `options`; `raw`, `from_raw` for methods).
+#![deny(missing_docs, unreachable_pub)]
 
 mod actor;
 

@@ -136,16 +136,18 @@ pub struct Links {
     protocol: StreamProtocol,
     events: EventSink,
     tasks: Tasks,
+    stall: Duration,
 }
 
 impl Links {
     /// Links over `control` speaking `protocol`; breaks are reported to `events`; writers
-    /// run as `tasks`.
+    /// run as `tasks`; a link that writes nothing for `stall` while messages wait is broken.
     pub(crate) fn new(
         control: libp2p_stream::Control,
         protocol: StreamProtocol,
         events: EventSink,
         tasks: Tasks,
+        stall: Duration,
     ) -> Self {
         Self {
             inner: Arc::new(Mutex::new(HashMap::new())),
@@ -153,6 +155,7 @@ impl Links {
             protocol,
             events,
             tasks,
+            stall,
         }
     }
 
@@ -241,17 +244,24 @@ impl Links {
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "opening the link timed out"))?
         .map_err(|e| io::Error::other(e.to_string()))?;
         tracing::debug!(%peer, "control link open");
-        write_queue(stream, rx, queued).await
+        write_queue(stream, rx, queued, self.stall).await
     }
 }
 
+/// Most bytes written at once: a link must get at least this far every `stall`.
+const WRITE_CHUNK: usize = 1 << 20;
+
 /// Writes the frames of `rx` to `stream` in batches, one flush each, releasing their bytes
-/// from `queued` once written, until every sender is gone; then closes the stream.
+/// from `queued` once written, until every sender is gone; then closes the stream. Fails
+/// with `TimedOut` if a chunk of [`WRITE_CHUNK`] bytes (or the flush) takes longer than
+/// `stall`: the peer stopped reading.
 async fn write_queue<W: AsyncWrite + Unpin>(
     mut stream: W,
     rx: &mut mpsc::Receiver<Vec<u8>>,
     queued: &AtomicUsize,
+    stall: Duration,
 ) -> io::Result<()> {
+    let stalled = || io::Error::new(io::ErrorKind::TimedOut, "the peer stopped reading its link");
     let mut batch = Vec::with_capacity(BATCH);
     let mut buf = Vec::with_capacity(64 << 10);
     loop {
@@ -263,8 +273,14 @@ async fn write_queue<W: AsyncWrite + Unpin>(
         for frame in &batch {
             buf.extend_from_slice(frame);
         }
-        stream.write_all(&buf).await?;
-        stream.flush().await?;
+        for chunk in buf.chunks(WRITE_CHUNK) {
+            tokio::time::timeout(stall, stream.write_all(chunk))
+                .await
+                .map_err(|_| stalled())??;
+        }
+        tokio::time::timeout(stall, stream.flush())
+            .await
+            .map_err(|_| stalled())??;
         queued.fetch_sub(buf.len(), Ordering::AcqRel);
     }
 }
@@ -344,6 +360,7 @@ mod tests {
             StreamProtocol::new("/shoal/test/ctl/1"),
             EventSink::default(),
             Tasks::new(tokio::runtime::Handle::current()),
+            Duration::from_secs(20),
         )
     }
 
@@ -401,7 +418,9 @@ mod tests {
         let bytes = queue.bytes.clone();
         drop(queue);
         let mut out = futures::io::Cursor::new(Vec::new());
-        write_queue(&mut out, &mut rx, &bytes).await.unwrap();
+        write_queue(&mut out, &mut rx, &bytes, Duration::from_secs(5))
+            .await
+            .unwrap();
         assert_eq!(bytes.load(Ordering::Acquire), 0);
         let mut reader = FrameReader::new(futures::io::Cursor::new(out.into_inner()));
         for m in &msgs {

@@ -103,6 +103,9 @@ pub struct NetConfig {
     pub code_cache: Option<std::path::PathBuf>,
     /// Bytes of fetched binaries kept at most.
     pub code_cache_bytes: u64,
+    /// A control link that makes no progress (not even 1 MiB written) for this long while
+    /// messages wait is broken: the peer has stopped reading. Default 20 s.
+    pub link_stall: Duration,
 }
 
 impl NetConfig {
@@ -124,6 +127,7 @@ impl NetConfig {
             code_shipping: true,
             code_cache: None,
             code_cache_bytes: 2 << 30,
+            link_stall: Duration::from_secs(20),
         }
     }
 }
@@ -767,6 +771,7 @@ fn build_swarm(
 
 /// Starts the network task on the current tokio runtime.
 pub async fn start(key: identity::Keypair, config: NetConfig) -> Result<NetHandle, NetError> {
+    let link_stall = config.link_stall;
     let protocols = Protocols::for_mesh(&config.mesh)?;
     let code_protocol = protocols.code.clone();
     let ctl_protocol = protocols.ctl.clone();
@@ -882,7 +887,13 @@ pub async fn start(key: identity::Keypair, config: NetConfig) -> Result<NetHandl
     );
     #[cfg(feature = "test-utils")]
     tasks.spawn(bulk_sink(bulk_incoming, bad_tx, tasks.accept_token()).instrument(span));
-    let links = link::Links::new(streams.clone(), ctl_protocol, events.clone(), tasks.clone());
+    let links = link::Links::new(
+        streams.clone(),
+        ctl_protocol,
+        events.clone(),
+        tasks.clone(),
+        link_stall,
+    );
     Ok(NetHandle {
         commands: tx,
         peer_id,

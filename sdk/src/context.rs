@@ -170,8 +170,7 @@ pub(crate) fn init(options: InitOptions) -> Result<&'static Arc<Context>, InitEr
     if let Some(c) = CONTEXT.get() {
         return Ok(c);
     }
-    if std::env::var_os(shoal_node::workers::ENV_WORKER_ID).is_some() && !crate::worker::in_worker()
-    {
+    if std::env::var_os(shoal_protocol::env::WORKER_ID).is_some() && !crate::worker::in_worker() {
         return Err(InitError::NotWorkerMode);
     }
     let ctx = connect(Mode::Driver, None, options)?;
@@ -279,13 +278,13 @@ fn connect(
     };
     let bin_id = match binary {
         Some(b) => b.id,
-        None => std::env::var(shoal_node::workers::ENV_BINARY)
+        None => std::env::var(shoal_protocol::env::BINARY_ID)
             .ok()
             .and_then(|h| BinaryId::from_hex(&h))
             .ok_or_else(|| {
                 InitError::Handshake(format!(
                     "worker without a valid {}",
-                    shoal_node::workers::ENV_BINARY
+                    shoal_protocol::env::BINARY_ID
                 ))
             })?,
     };

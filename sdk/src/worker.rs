@@ -49,7 +49,7 @@ pub(crate) fn enter_if_worker() {
     if ENTERED.swap(true, Ordering::SeqCst) {
         return;
     }
-    let Some(id) = std::env::var(shoal_node::workers::ENV_WORKER_ID).ok() else {
+    let Some(id) = std::env::var(shoal_protocol::env::WORKER_ID).ok() else {
         return;
     };
     IS_WORKER.store(true, Ordering::SeqCst);
@@ -58,7 +58,7 @@ pub(crate) fn enter_if_worker() {
         Err(_) => {
             eprintln!(
                 "shoal worker: bad {} {id:?}",
-                shoal_node::workers::ENV_WORKER_ID
+                shoal_protocol::env::WORKER_ID
             );
             2
         }
@@ -75,7 +75,7 @@ fn run(worker_id: u64) -> i32 {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .try_init();
-    let socket = std::env::var_os(shoal_node::workers::ENV_SOCKET)
+    let socket = std::env::var_os(shoal_protocol::env::SOCKET)
         .map(PathBuf::from)
         .unwrap_or_else(shoal_node::config::default_socket_path);
     let ctx = match context::init_worker(worker_id, socket) {

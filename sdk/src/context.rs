@@ -17,9 +17,10 @@ use std::task::{Context as TaskCx, Poll, Waker};
 use std::time::Duration;
 
 use shoal_node::{LocalClient, NodeConfig, NodeHandle};
+use shoal_protocol::frame::{self, FrameDecoder};
 use shoal_protocol::{
-    codec, frame, BinaryId, BinaryInfo, ClientId, CreateOutcome, Hello, NodeId, NodeStatus,
-    ObjectId, ObjectValue, Role, StoreError, TaskError, ToClient, ToNode, MAGIC, PROTOCOL_VERSION,
+    BinaryId, BinaryInfo, ClientId, CreateOutcome, Hello, NodeId, NodeStatus, ObjectId,
+    ObjectValue, Role, StoreError, TaskError, ToClient, ToNode, MAGIC, PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
@@ -216,8 +217,8 @@ fn this_binary() -> Result<BinaryInfo, InitError> {
 }
 
 enum Transport {
-    /// The stream, and bytes read past the handshake.
-    Socket(UnixStream, Vec<u8>),
+    /// The stream, and the frames read past the handshake.
+    Socket(UnixStream, FrameDecoder),
     Local(LocalClient),
 }
 
@@ -341,10 +342,11 @@ async fn open_transport(hello: Hello, options: InitOptions) -> Result<Opened, In
                     .write_all(&out)
                     .await
                     .map_err(|e| InitError::Connect(socket.clone(), e))?;
-                let (welcome, rest) = read_one(&mut stream).await?;
+                let mut frames = FrameDecoder::new(frame::DEFAULT_MAX_FRAME);
+                let welcome = read_one(&mut stream, &mut frames).await?;
                 return match welcome {
                     ToClient::Rejected { reason } => Err(InitError::Handshake(reason)),
-                    w => Ok((Transport::Socket(stream, rest), w, None, socket)),
+                    w => Ok((Transport::Socket(stream, frames), w, None, socket)),
                 };
             }
             Err(e) if options.require_daemon => return Err(InitError::Connect(socket, e)),
@@ -439,18 +441,20 @@ fn embedded_mesh(
     Ok(Some(shoal_node::config::MeshConfig { data_dir, net }))
 }
 
-/// Reads the first message; returns it and whatever bytes followed it.
-async fn read_one(stream: &mut UnixStream) -> Result<(ToClient, Vec<u8>), InitError> {
-    let mut buf = Vec::new();
+/// Reads the first message; whatever followed it stays in `frames`.
+async fn read_one(
+    stream: &mut UnixStream,
+    frames: &mut FrameDecoder,
+) -> Result<ToClient, InitError> {
     loop {
-        if let Some((msg, used)) = frame::decode_frame::<ToClient>(&buf, frame::DEFAULT_MAX_FRAME)
+        if let Some(msg) = frames
+            .next_message::<ToClient>()
             .map_err(|e| InitError::Handshake(e.to_string()))?
         {
-            buf.drain(..used);
-            return Ok((msg, buf));
+            return Ok(msg);
         }
         let n = stream
-            .read_buf(&mut buf)
+            .read_buf(frames.input())
             .await
             .map_err(|e| InitError::Handshake(e.to_string()))?;
         if n == 0 {
@@ -462,7 +466,7 @@ async fn read_one(stream: &mut UnixStream) -> Result<(ToClient, Vec<u8>), InitEr
 async fn run_transport(ctx: Arc<Context>, transport: Transport, exec_tx: mpsc::Sender<WorkItem>) {
     let dctx = ctx.clone();
     match transport {
-        Transport::Socket(stream, leftover) => {
+        Transport::Socket(stream, mut frames) => {
             let (mut rd, mut wr) = stream.into_split();
             let wctx = ctx.clone();
             let writer = async move {
@@ -484,22 +488,10 @@ async fn run_transport(ctx: Arc<Context>, transport: Transport, exec_tx: mpsc::S
             };
             let rctx = ctx.clone();
             let reader = async move {
-                let mut buf: Vec<u8> = leftover;
-                buf.reserve(64 * 1024);
                 loop {
-                    let mut at = 0;
                     loop {
-                        match frame::split_frame(&buf[at..], frame::DEFAULT_MAX_FRAME) {
-                            Ok(Some((payload, used))) => {
-                                match codec::decode::<ToClient>(payload, frame::DEFAULT_MAX_FRAME) {
-                                    Ok(msg) => rctx.dispatch(msg, &exec_tx).await,
-                                    Err(e) => {
-                                        tracing::error!(error = %e, "malformed message from node");
-                                        return;
-                                    }
-                                }
-                                at += used;
-                            }
+                        match frames.next_message::<ToClient>() {
+                            Ok(Some(msg)) => rctx.dispatch(msg, &exec_tx).await,
                             Ok(None) => break,
                             Err(e) => {
                                 tracing::error!(error = %e, "bad frame from node");
@@ -507,11 +499,7 @@ async fn run_transport(ctx: Arc<Context>, transport: Transport, exec_tx: mpsc::S
                             }
                         }
                     }
-                    buf.drain(..at);
-                    if buf.capacity() - buf.len() < 16 * 1024 {
-                        buf.reserve(64 * 1024);
-                    }
-                    match rd.read_buf(&mut buf).await {
+                    match rd.read_buf(frames.input()).await {
                         Ok(0) | Err(_) => return,
                         Ok(_) => {}
                     }

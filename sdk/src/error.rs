@@ -25,6 +25,9 @@ pub enum GetError {
     /// The connection to the node is gone.
     #[error("lost the connection to the node")]
     Disconnected,
+    /// `shoal::shutdown` ended this process's attachment to its node.
+    #[error("shoal was shut down in this process")]
+    Shutdown,
 }
 
 /// Why `put` failed.
@@ -36,6 +39,9 @@ pub enum PutError {
     /// The store refused it (full, or an I/O error).
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// `shoal::shutdown` ended this process's attachment to its node.
+    #[error("shoal was shut down in this process")]
+    Shutdown,
 }
 
 /// Why `shoal::init` failed.
@@ -60,4 +66,8 @@ pub enum InitError {
     /// no `#[shoal::remote]` function linked in, so it cannot serve as a worker.
     #[error("started as a worker, but this binary has no #[shoal::remote] functions")]
     NotWorkerMode,
+    /// `shoal::shutdown` ended this process's attachment to its node: it does not attach
+    /// again.
+    #[error("shoal was shut down in this process")]
+    Shutdown,
 }

@@ -76,7 +76,8 @@
 //!   entered before `main` (or libtest's `main`) runs, so a worker never repeats the
 //!   program's side effects.
 //! - [`init`] attaches to the node on `$SHOAL_SOCKET` (or the per-user default socket) and,
-//!   if there is none, starts an embedded node inside the program.
+//!   if there is none, starts an embedded node inside the program. [`shutdown`] ends the
+//!   attachment (and stops an embedded node); later calls fail with a typed error.
 #![deny(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
@@ -154,6 +155,12 @@ impl Shoal {
     pub fn objects(&self) -> Result<Vec<ObjectInfo>, GetError> {
         self.ctx.objects()
     }
+
+    /// [`shutdown`] for async code: the same stop, awaited without blocking the executor
+    /// (any executor).
+    pub async fn shutdown(&self) {
+        self.ctx.shutdown_async().await;
+    }
 }
 
 /// Attaches this process to a node: the one on `$SHOAL_SOCKET` (or the per-user default
@@ -167,6 +174,21 @@ pub fn init() -> Result<Shoal, InitError> {
 pub fn init_with(options: InitOptions) -> Result<Shoal, InitError> {
     let ctx = runtime::init(options)?;
     Ok(Shoal { ctx: ctx.clone() })
+}
+
+/// Ends this process's attachment to its node, for good: sends what was queued and closes
+/// the connection, stops the embedded node if this process runs one (its workers are killed,
+/// its store, spill directory and socket removed), and ends the SDK's runtime thread. Blocks
+/// until that is done (at most about 20 s).
+///
+/// Afterwards no SDK thread, socket or store file is left, and SDK calls fail at once with a
+/// typed error instead of reattaching: every get with [`GetError::Shutdown`] (of refs made
+/// before too, values already read included), [`put`] with [`PutError::Shutdown`], [`init`]
+/// with [`InitError::Shutdown`]; [`wait`] finds every ref done. Idempotent; does nothing if
+/// this process never attached, and nothing in a worker (its node owns its life). From
+/// async code, use [`Shoal::shutdown`].
+pub fn shutdown() {
+    runtime::shutdown(runtime::SHUTDOWN_WAIT);
 }
 
 /// The peer id of the node this process is attached to, when that node is a peer of a

@@ -32,6 +32,9 @@ pub(crate) fn put_value<T: Serialize + ?Sized>(
     ctx: &Context,
     value: &T,
 ) -> Result<RawRef, PutError> {
+    if ctx.is_shut_down() {
+        return Err(PutError::Shutdown);
+    }
     let len = shoal_protocol::codec::encoded_len(value).map_err(encode_error)?;
     if len <= ctx.inline_threshold {
         let (bytes, nested) = object_ref::encode_collecting(value).map_err(encode_error)?;
@@ -58,6 +61,9 @@ pub(crate) fn put_encoded(
     bytes: Vec<u8>,
     nested: Vec<RawRef>,
 ) -> Result<RawRef, PutError> {
+    if ctx.is_shut_down() {
+        return Err(PutError::Shutdown);
+    }
     if bytes.len() <= ctx.inline_threshold {
         return Ok(put_inline(ctx, bytes, nested));
     }

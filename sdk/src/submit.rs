@@ -169,6 +169,10 @@ fn submit_spec<R>(
         wait_for_resources,
     } = options;
     let ret = ObjectId::for_return(task_id, 0);
+    if ctx.is_shut_down() {
+        ctx.add_failed(ret, GetError::Shutdown);
+        return ObjectRef::from_raw(RawRef::counted(ret, ctx.client));
+    }
     let mut wire = Vec::with_capacity(args.len());
     // Handles to the arguments stay alive until the submit is queued.
     let mut keep = Vec::new();

@@ -4,8 +4,9 @@
 //! Async waits park a [`Waker`] in the cell; blocking waits sleep on one condition variable
 //! that every change of any cell signals. A pending cell asks the node for its value on its
 //! first poll (a `Get`), not before: a large result made on another peer stays there until
-//! something here wants it. Once the connection is gone, every pending cell fails, and so
-//! does every later wait.
+//! something here wants it. Once the connection is gone, every pending cell fails with the
+//! reason, and so does every later wait; after a shutdown every cell fails, values already
+//! here included.
 //!
 //! In a worker, a wait inside a running task tells the node the task is blocked (see
 //! [`work`](super::work)), so that its CPU is lent out meanwhile.
@@ -89,13 +90,14 @@ impl Cells {
         }
     }
 
-    /// Fails every pending cell with `err` and wakes every waiter.
-    pub(super) fn fail_pending(&self, err: &GetError) {
+    /// Fails every pending cell with `err` (every cell, values too, if `all`) and wakes
+    /// every waiter.
+    pub(super) fn fail(&self, err: &GetError, all: bool) {
         let mut wakers = Vec::new();
         {
             let mut cells = self.lock();
             for cell in cells.values_mut() {
-                if cell.is_pending() {
+                if all || cell.is_pending() {
                     cell.state = CellState::Failed(err.clone());
                     wakers.append(&mut cell.wakers);
                 }

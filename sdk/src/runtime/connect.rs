@@ -7,7 +7,7 @@
 //! peers are given (options or `$SHOAL_PEERS`), with an identity made for this process.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::{AtomicU64, AtomicU8};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use shoal_node::{NodeConfig, NodeHandle};
@@ -24,7 +24,7 @@ use super::outbox::Outbox;
 use super::thread::{self, RuntimeThread};
 use super::transport::{self, Transport};
 use super::work::{self, Work};
-use super::{Context, InitOptions, Mode};
+use super::{Context, InitOptions, Mode, OPEN};
 use crate::error::InitError;
 
 fn random_client_id() -> ClientId {
@@ -111,6 +111,7 @@ pub(super) fn connect(
         return Err(InitError::Handshake("expected Welcome".into()));
     };
     let (work_tx, work_rx) = mpsc::channel(work::QUEUE);
+    let embedded = node.is_some();
     let ctx = Arc::new(Context {
         client,
         mode,
@@ -120,13 +121,14 @@ pub(super) fn connect(
         store_dir: PathBuf::from(store_dir),
         inline_threshold: inline_threshold as usize,
         socket,
-        embedded: node,
+        embedded,
+        node: Mutex::new(node),
         task_seq: AtomicU64::new(1),
         request_seq: AtomicU64::new(1),
         outbox: Outbox::default(),
         cells: Cells::default(),
         requests: Mutex::default(),
-        disconnected: AtomicBool::new(false),
+        link: AtomicU8::new(OPEN),
         work: Work::new(work_rx),
         thread: runtime,
     });
@@ -248,6 +250,18 @@ pub(super) fn peer_dir(client: ClientId) -> PathBuf {
         std::process::id(),
         client.0 as u32
     ))
+}
+
+/// Removes an embedded mesh peer's identity: it was made for this process alone.
+pub(super) fn remove_peer_dir(client: ClientId) {
+    let dir = peer_dir(client);
+    match std::fs::remove_dir_all(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot remove the peer's identity")
+        }
+    }
 }
 
 /// The mesh an embedded node joins, if peers were given (options or `$SHOAL_PEERS`). Its

@@ -8,8 +8,8 @@
 //!   variable blocking waits sleep on.
 //! - [`work`]: what the node hands a worker, and the blocked/unblocked protocol of a task that
 //!   waits.
-//! - [`thread`]: the `shoal-runtime` thread, and the clean-up at the exit of a program with
-//!   an embedded node.
+//! - [`thread`]: the `shoal-runtime` thread, the orderly stop (`shoal::shutdown`), and the
+//!   clean-up at the exit of a program with an embedded node.
 //!
 //! User threads never run on the runtime thread: they push messages into the outbox and wait
 //! on cells; requests that need an answer (status, store reservations, actor lookups) block
@@ -24,7 +24,7 @@ mod work;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
@@ -36,6 +36,7 @@ use shoal_protocol::{
 use tokio::sync::mpsc;
 
 pub(crate) use cells::Value;
+pub(crate) use thread::SHUTDOWN_WAIT;
 pub(crate) use work::WorkItem;
 
 use self::cells::Cells;
@@ -53,6 +54,13 @@ pub(crate) enum Mode {
     Worker,
 }
 
+/// The connection is up.
+const OPEN: u8 = 0;
+/// The node went away.
+const LOST: u8 = 1;
+/// `shoal::shutdown` closed it.
+const SHUT_DOWN: u8 = 2;
+
 /// Everything the SDK knows in this process.
 pub(crate) struct Context {
     pub(crate) client: ClientId,
@@ -63,14 +71,17 @@ pub(crate) struct Context {
     store_dir: PathBuf,
     pub(crate) inline_threshold: usize,
     socket: PathBuf,
-    /// The node, when it runs in this process.
-    embedded: Option<NodeHandle>,
+    /// Whether the node runs in this process.
+    embedded: bool,
+    /// The embedded node, until the shutdown takes it to stop it.
+    node: Mutex<Option<NodeHandle>>,
     task_seq: AtomicU64,
     request_seq: AtomicU64,
     outbox: Outbox,
     cells: Cells,
     requests: Mutex<HashMap<u64, SyncSender<ToClient>>>,
-    disconnected: AtomicBool,
+    /// [`OPEN`], [`LOST`] or [`SHUT_DOWN`].
+    link: AtomicU8,
     /// Worker mode: the tasks handed to this process.
     pub(crate) work: Work,
     thread: RuntimeThread,
@@ -82,7 +93,7 @@ impl std::fmt::Debug for Context {
             .field("client", &self.client)
             .field("mode", &self.mode)
             .field("node_id", &self.node_id)
-            .field("embedded", &self.embedded.is_some())
+            .field("embedded", &self.embedded)
             .finish()
     }
 }
@@ -119,7 +130,8 @@ pub struct InitOptions {
     pub inline_threshold: Option<u64>,
 }
 
-/// The context, initialising with defaults on first use.
+/// The context, initialising with defaults on first use. After a shutdown it is the closed
+/// context, whose calls fail with [`GetError::Shutdown`].
 pub(crate) fn get() -> &'static Arc<Context> {
     if let Some(c) = CONTEXT.get() {
         return c;
@@ -139,6 +151,9 @@ pub(crate) fn try_get() -> Option<&'static Arc<Context>> {
 pub(crate) fn init(options: InitOptions) -> Result<&'static Arc<Context>, InitError> {
     let _guard = INIT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(c) = CONTEXT.get() {
+        if c.link.load(Ordering::Acquire) == SHUT_DOWN {
+            return Err(InitError::Shutdown);
+        }
         return Ok(c);
     }
     if std::env::var_os(shoal_protocol::env::WORKER_ID).is_some()
@@ -166,6 +181,13 @@ pub(crate) fn init_worker(
     Ok(CONTEXT.get_or_init(|| ctx))
 }
 
+/// Stops this process's attachment, if it has one (see [`thread`]); blocks at most `wait`.
+pub(crate) fn shutdown(wait: Duration) {
+    if let Some(ctx) = try_get() {
+        ctx.shutdown(wait);
+    }
+}
+
 impl Context {
     /// The node this process is attached to.
     pub(crate) fn node_id(&self) -> NodeId {
@@ -174,7 +196,7 @@ impl Context {
 
     /// Whether the node runs inside this process.
     pub(crate) fn is_embedded(&self) -> bool {
-        self.embedded.is_some()
+        self.embedded
     }
 
     /// The node's peer id in its mesh, if it is a peer of one.
@@ -197,9 +219,16 @@ impl Context {
 
     /// Why SDK calls fail, once the connection is closed: `None` while it is up.
     pub(crate) fn closed(&self) -> Option<GetError> {
-        self.disconnected
-            .load(Ordering::Acquire)
-            .then_some(GetError::Disconnected)
+        match self.link.load(Ordering::Acquire) {
+            OPEN => None,
+            LOST => Some(GetError::Disconnected),
+            _ => Some(GetError::Shutdown),
+        }
+    }
+
+    /// Whether `shoal::shutdown` has run.
+    pub(crate) fn is_shut_down(&self) -> bool {
+        self.link.load(Ordering::Acquire) == SHUT_DOWN
     }
 
     /// Queues a message for the node (dropped once the connection is closed).
@@ -229,7 +258,8 @@ impl Context {
         }
         self.push(make(request));
         // A closing connection drops the sender.
-        rx.recv().map_err(|_| GetError::Disconnected)
+        rx.recv()
+            .map_err(|_| self.closed().unwrap_or(GetError::Disconnected))
     }
 
     /// Reserves room for a large object. `Ok(false)`: it already exists, do not write.
@@ -273,6 +303,10 @@ impl Context {
 
     /// Handles one message from the node (on the runtime thread).
     async fn dispatch(&self, msg: ToClient, work: &mpsc::Sender<WorkItem>) {
+        if self.is_shut_down() {
+            // Nothing is waiting for it any more.
+            return;
+        }
         match msg {
             ToClient::Object { id, value } => self.resolve(id, value),
             ToClient::Execute(task) => self.offer_task(task, work),
@@ -305,14 +339,34 @@ impl Context {
 
     /// The connection has ended (on the runtime thread): everything waiting fails.
     fn on_disconnect(&self) {
-        self.disconnected.store(true, Ordering::Release);
+        let lost = self
+            .link
+            .compare_exchange(OPEN, LOST, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
         self.outbox.abort();
         self.lock_requests().clear();
-        self.cells.fail_pending(&GetError::Disconnected);
+        let err = self.closed().unwrap_or(GetError::Disconnected);
+        self.cells.fail(&err, false);
         if self.mode == Mode::Worker {
             // Our node is gone: so is our reason to live.
             std::process::exit(0);
         }
-        tracing::error!("lost the connection to the node");
+        if lost {
+            tracing::error!("lost the connection to the node");
+        }
+    }
+
+    /// Closes the connection for a shutdown: from now on SDK calls fail with
+    /// [`GetError::Shutdown`] (gets of values already here too: the store they may be in is
+    /// going), and the writer sends what was queued, then ends. Returns whether this call
+    /// closed it (it happens once).
+    fn close_for_shutdown(&self) -> bool {
+        if self.link.swap(SHUT_DOWN, Ordering::AcqRel) == SHUT_DOWN {
+            return false;
+        }
+        self.outbox.close();
+        self.lock_requests().clear();
+        self.cells.fail(&GetError::Shutdown, true);
+        true
     }
 }

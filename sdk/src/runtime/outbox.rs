@@ -5,8 +5,9 @@
 //! thread that pushes into a full queue waits until the writer has taken it. Consecutive
 //! `Release`s (or `Hold`s) are merged into one message.
 //!
-//! Once the connection is gone it is closed ([`Outbox::abort`]): the queue is dropped, later
-//! pushes are dropped too, and no pusher waits any more.
+//! Closing it is either graceful ([`Outbox::close`]: the writer still takes what was queued,
+//! then sees the end) or not ([`Outbox::abort`]: the connection is gone, the queue is dropped).
+//! Either way, later pushes are dropped and no pusher waits any more.
 
 use std::sync::{Condvar, Mutex, MutexGuard};
 
@@ -87,6 +88,13 @@ impl Outbox {
             }
             self.wake_writer.notified().await;
         }
+    }
+
+    /// Takes no more messages; the writer still sends those queued, then ends.
+    pub(crate) fn close(&self) {
+        self.lock().closed = true;
+        self.space.notify_all();
+        self.wake_writer.notify_one();
     }
 
     /// Takes no more messages and drops those queued: there is no one to send them to.

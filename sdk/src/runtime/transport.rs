@@ -4,7 +4,7 @@
 //! node they pass messages without encoding them.
 //!
 //! The connection ends when either loop ends: the node went away (the reader sees the end of
-//! the stream, the writer cannot write).
+//! the stream), or the outbox was closed and the writer has sent what it held (shutdown).
 
 use std::sync::Arc;
 
@@ -56,6 +56,10 @@ async fn run_socket(
             }
             out.clear();
         }
+        // Closed by shutdown, everything sent: the node sees the end of our stream.
+        if let Err(e) = wr.shutdown().await {
+            tracing::debug!(error = %e, "cannot close the connection");
+        }
     };
     let reader = async {
         loop {
@@ -104,4 +108,6 @@ async fn run_local(ctx: &Context, mut local: LocalClient, work: mpsc::Sender<Wor
         () = writer => {}
         () = reader => {}
     }
+    // Detach from the node (a no-op if it has stopped).
+    sender.close().await;
 }

@@ -185,8 +185,9 @@ pub fn init_with(options: InitOptions) -> Result<Shoal, InitError> {
 /// typed error instead of reattaching: every get with [`GetError::Shutdown`] (of refs made
 /// before too, values already read included), [`put`] with [`PutError::Shutdown`], [`init`]
 /// with [`InitError::Shutdown`]; [`wait`] finds every ref done. Idempotent; does nothing if
-/// this process never attached, and nothing in a worker (its node owns its life). From
-/// async code, use [`Shoal::shutdown`].
+/// this process never attached, and nothing in a worker (its node owns its life). A program
+/// with an embedded node does this at exit anyway. From async code, use
+/// [`Shoal::shutdown`].
 pub fn shutdown() {
     runtime::shutdown(runtime::SHUTDOWN_WAIT);
 }

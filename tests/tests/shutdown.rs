@@ -8,6 +8,9 @@
 //!   file is left, and every SDK call fails with a typed error.
 //! - A driver attached to a daemon closes its connection at the shutdown: the daemon frees
 //!   what the driver held while the driver still runs.
+//! - A program with an embedded node that exits while its node is still starting workers
+//!   exits cleanly: no worker says it cannot connect (the node stops, killing its workers,
+//!   before its socket goes).
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -364,4 +367,36 @@ fn daemon_driver_entry() {
     println!("shut down");
     std::io::stdin().read_line(&mut line).unwrap();
     drop(held);
+}
+
+/// Programs whose node is still starting workers when `main` returns: run several times,
+/// none may print a worker's complaint, and none may leave the node's socket or store.
+#[test]
+fn exiting_while_workers_start_leaves_no_stray_message_or_file() {
+    for run_no in 0..8 {
+        let out = run(child("exit_entry", "exit", None));
+        let socket = PathBuf::from(printed(&out, "socket"));
+        let store = PathBuf::from(printed(&out, "store"));
+        assert!(!socket.exists(), "run {run_no}: {} left", socket.display());
+        assert!(!store.exists(), "run {run_no}: {} left", store.display());
+    }
+}
+
+/// The program of the test above (a no-op otherwise): starts many workers at once, and
+/// returns as soon as the first task is done.
+#[test]
+fn exit_entry() {
+    if !child_role("exit") {
+        return;
+    }
+    let shoal = shoal::init_with(InitOptions {
+        force_embedded: true,
+        cpus: Some(16.0),
+        ..Default::default()
+    })
+    .unwrap();
+    println!("socket {}", shoal.socket().display());
+    println!("store {}", shoal.status().unwrap().store_dir);
+    let refs: Vec<_> = (0..16u64).map(|i| square.remote(i)).collect();
+    assert_eq!(refs[0].get_blocking(), Ok(0));
 }

@@ -132,7 +132,9 @@ pub(super) fn connect(
         work: Work::new(work_rx),
         thread: runtime,
     });
-    thread::clean_up_at_exit(&ctx);
+    if embedded {
+        thread::stop_at_exit();
+    }
     ctx.thread
         .start_transport(transport::run(ctx.clone(), transport, work_tx));
     tracing::debug!(node = %node_id, client = %client, ?mode, "attached to node");
@@ -244,7 +246,7 @@ async fn attach_local(node: &NodeHandle, hello: Hello) -> Result<(Transport, ToC
 }
 
 /// Where an embedded mesh peer keeps its identity (see `embedded_mesh`).
-pub(super) fn peer_dir(client: ClientId) -> PathBuf {
+fn peer_dir(client: ClientId) -> PathBuf {
     shoal_node::config::user_runtime_dir().join(format!(
         "embedded-{}-{:08x}.peer",
         std::process::id(),

@@ -8,8 +8,8 @@
 //!   variable blocking waits sleep on.
 //! - [`work`]: what the node hands a worker, and the blocked/unblocked protocol of a task that
 //!   waits.
-//! - [`thread`]: the `shoal-runtime` thread, the orderly stop (`shoal::shutdown`), and the
-//!   clean-up at the exit of a program with an embedded node.
+//! - [`thread`]: the `shoal-runtime` thread, and the orderly stop (`shoal::shutdown`, and
+//!   the exit of a program with an embedded node).
 //!
 //! User threads never run on the runtime thread: they push messages into the outbox and wait
 //! on cells; requests that need an answer (status, store reservations, actor lookups) block

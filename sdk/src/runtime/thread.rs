@@ -12,12 +12,12 @@
 //!    spill directory and socket; its mesh identity directory goes too.
 //! 4. The runtime drops every task left and the thread ends; the caller joins it.
 //!
-//! Without a shutdown, the thread runs until the process exits; an embedded node's store,
-//! spill directory, socket and mesh identity are then removed by an `atexit` hook.
+//! A program with an embedded node runs the same stop from an `atexit` hook, so that a
+//! worker still starting when `main` returns is killed before the socket it would connect to
+//! disappears (it would otherwise print that it cannot connect).
 
 use std::future::Future;
-use std::path::PathBuf;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once};
 use std::time::{Duration, Instant};
 
 use tokio::runtime::Handle;
@@ -33,8 +33,8 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 const NODE_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long blocking tasks left on the runtime get when it is dropped.
 const DROP_TIMEOUT: Duration = Duration::from_secs(1);
-/// How long a blocking shutdown waits for the thread at most: the steps above, and some
-/// slack.
+/// How long a blocking shutdown (and the exit hook) waits for the thread at most: the steps
+/// above, and some slack.
 pub(crate) const SHUTDOWN_WAIT: Duration = Duration::from_secs(20);
 
 /// Whether the thread has ended: for blocking waiters (a condition variable) and async ones
@@ -273,37 +273,21 @@ impl Context {
     }
 }
 
-/// Removes an embedded node's files when the program exits.
-pub(super) fn clean_up_at_exit(ctx: &Context) {
-    static PATHS: OnceLock<Vec<PathBuf>> = OnceLock::new();
-    extern "C" fn clean_up() {
-        for path in PATHS.get().into_iter().flatten() {
-            let removed = if path.is_dir() {
-                std::fs::remove_dir_all(path)
-            } else {
-                std::fs::remove_file(path)
-            };
-            if removed.is_err() {
-                // Gone already, or not ours to remove: nothing more to do at exit.
-            }
+/// Makes the program's exit stop an embedded node the way [`Context::shutdown`] does.
+/// Registered once, by the first embedded node.
+pub(super) fn stop_at_exit() {
+    static REGISTER: Once = Once::new();
+    extern "C" fn at_exit() {
+        if let Some(ctx) = super::try_get() {
+            ctx.shutdown(SHUTDOWN_WAIT);
         }
     }
-    let Some(spill) = lock(&ctx.node)
-        .as_ref()
-        .map(|n| n.spill_dir().to_path_buf())
-    else {
-        return;
-    };
-    let paths = vec![
-        ctx.store_dir.clone(),
-        ctx.socket.clone(),
-        spill,
-        connect::peer_dir(ctx.client),
-    ];
-    if PATHS.set(paths).is_ok() {
+    REGISTER.call_once(|| {
         // SAFETY: registers a plain `extern "C"` function that captures nothing.
-        if unsafe { libc::atexit(clean_up) } != 0 {
-            tracing::warn!("cannot register the exit hook: the embedded node's files stay");
+        if unsafe { libc::atexit(at_exit) } != 0 {
+            tracing::warn!(
+                "cannot register the exit hook: the embedded node will not be stopped at exit"
+            );
         }
-    }
+    });
 }

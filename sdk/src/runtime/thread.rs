@@ -202,7 +202,7 @@ impl RuntimeThread {
 impl Context {
     /// Begins the stop once: fails SDK calls from now on, and hands the rest to the runtime
     /// thread. Later calls only wait with the first.
-    fn begin_shutdown(self: &Arc<Self>) {
+    fn begin_shutdown(&self) {
         if !self.close_for_shutdown() {
             return;
         }
@@ -243,7 +243,7 @@ impl Context {
     /// Stops everything (see the module header), blocking this thread at most `wait`.
     /// Returns whether the runtime thread has ended. A no-op in a worker, whose node owns
     /// its life.
-    pub(crate) fn shutdown(self: &Arc<Self>, wait: Duration) -> bool {
+    pub(crate) fn shutdown(&self, wait: Duration) -> bool {
         if self.mode == Mode::Worker {
             tracing::warn!("shoal::shutdown() in a worker does nothing: its node stops it");
             return false;
@@ -257,7 +257,7 @@ impl Context {
     }
 
     /// [`Context::shutdown`] for async code: waits without blocking the executor.
-    pub(crate) async fn shutdown_async(self: &Arc<Self>) {
+    pub(crate) async fn shutdown_async(&self) {
         if self.mode == Mode::Worker {
             tracing::warn!("shoal::shutdown() in a worker does nothing: its node stops it");
             return;

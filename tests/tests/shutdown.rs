@@ -14,10 +14,13 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use shoal::{GetError, InitError, InitOptions, PutError};
+
+mod support;
+use support::{has_ended, KillOnDrop};
 
 /// The variable that selects a child program, and the one that tells it what to do.
 const ENV_CHILD: &str = "SHOAL_TEST_SHUTDOWN_CHILD";
@@ -42,16 +45,6 @@ fn worker_pid() -> u32 {
 fn sleepy(ms: u64) -> u64 {
     std::thread::sleep(Duration::from_millis(ms));
     ms
-}
-
-/// Kills (and reaps) our child when the test ends, however it ends.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// This test binary again, running only `entry` (a test that does nothing unless
@@ -122,27 +115,11 @@ fn threads() -> Vec<String> {
         .collect()
 }
 
-/// Polls `check` until it holds, for at most `timeout`; panics with `what` otherwise. (A
+/// Waits (polling, at most `timeout`) until `check` holds; panics with `what` otherwise. (A
 /// joined thread leaves `/proc/self/task` a moment after the join returns, a killed process
 /// ends a moment after the signal.)
-fn eventually(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !check() {
-        assert!(Instant::now() < deadline, "{what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// Whether process `pid` has ended (gone, or a zombie nobody has reaped).
-fn process_ended(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => stat
-            .rsplit(')')
-            .next()
-            .and_then(|rest| rest.split_whitespace().next())
-            .is_some_and(|state| state == "Z" || state == "X"),
-    }
+fn eventually(timeout: Duration, what: &str, check: impl Fn() -> bool) {
+    shoal_tests::wait_for(timeout, what, || Ok(check().then_some(()))).unwrap();
 }
 
 /// Whether `needle` appears in the file at `path` (`/proc/net/unix`, `/proc/self/maps`).
@@ -200,7 +177,7 @@ impl Traces {
             eventually(
                 Duration::from_secs(5),
                 &format!("worker {pid} still runs"),
-                || process_ended(*pid),
+                || has_ended(*pid),
             );
         }
     }
@@ -328,14 +305,10 @@ fn shutdown_closes_the_connection_to_a_daemon() {
     .unwrap();
     assert_eq!(driver.0.try_wait().unwrap(), None, "the driver has exited");
     writeln!(stdin, "exit").unwrap();
-    let end = Instant::now() + CHILD_TIMEOUT;
-    let status = loop {
-        if let Some(status) = driver.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < end, "the driver did not exit");
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let (status, _) = shoal_tests::wait_for(CHILD_TIMEOUT, "the driver's exit", || {
+        Ok(driver.0.try_wait()?)
+    })
+    .unwrap();
     assert!(status.success());
 }
 

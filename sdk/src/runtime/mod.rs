@@ -151,7 +151,7 @@ pub(crate) fn try_get() -> Option<&'static Arc<Context>> {
 pub(crate) fn init(options: InitOptions) -> Result<&'static Arc<Context>, InitError> {
     let _guard = INIT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(c) = CONTEXT.get() {
-        if c.link.load(Ordering::Acquire) == SHUT_DOWN {
+        if c.is_shut_down() {
             return Err(InitError::Shutdown);
         }
         return Ok(c);

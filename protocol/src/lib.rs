@@ -6,7 +6,7 @@
 //! - [`codec`]: the one place that knows the serialization format (bincode 2, with a byte
 //!   limit on every decode). Everything else calls [`codec::encode`] / [`codec::decode`].
 //! - [`frame`]: length-prefixed frames with a maximum size, for byte streams.
-//! - [`env`]: the environment variables a node starts its worker processes with.
+//! - [`env`](mod@env): the environment variables a node starts its worker processes with.
 //! - [`messages`]: what travels in the frames ([`ToNode`], [`ToClient`]) and the values they
 //!   carry (task specs, objects, typed task errors, node status).
 //!

@@ -16,8 +16,8 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use shoal_node::config::{default_socket_path, NodeConfig};
 use shoal_protocol::{
-    codec, frame, ClientId, Hello, NodeStatus, ObjectInfo, ResourceSet, Role, ToClient, ToNode,
-    MAGIC, PROTOCOL_VERSION,
+    frame, ClientId, Hello, NodeStatus, ObjectInfo, ResourceSet, Role, ToClient, ToNode, MAGIC,
+    PROTOCOL_VERSION,
 };
 
 #[derive(Parser, Debug)]
@@ -348,12 +348,10 @@ fn ask(socket: &std::path::Path, request: ToNode) -> Result<ToClient> {
     frame::encode_frame(&mut out, &ToNode::Hello(hello), max)?;
     frame::encode_frame(&mut out, &request, max)?;
     stream.write_all(&out)?;
-    let mut buf = Vec::new();
+    let mut frames = frame::FrameDecoder::new(max);
     let mut chunk = [0u8; 64 * 1024];
     loop {
-        while let Some((payload, used)) = frame::split_frame(&buf, max)? {
-            let msg: ToClient = codec::decode(payload, max)?;
-            buf.drain(..used);
+        while let Some(msg) = frames.next_message::<ToClient>()? {
             match msg {
                 ToClient::Status { .. } | ToClient::Objects { .. } => return Ok(msg),
                 ToClient::Rejected { reason } => bail!("the node refused us: {reason}"),
@@ -364,7 +362,7 @@ fn ask(socket: &std::path::Path, request: ToNode) -> Result<ToClient> {
         if n == 0 {
             bail!("the node closed the connection");
         }
-        buf.extend_from_slice(&chunk[..n]);
+        frames.extend(&chunk[..n]);
     }
 }
 

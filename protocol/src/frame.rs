@@ -1,9 +1,12 @@
 //! Length-prefixed frames: a little-endian `u32` payload length, then the payload.
 //!
-//! Pure functions over byte buffers: a reader appends whatever the socket gave it to a buffer
-//! and calls [`split_frame`] until it returns `Ok(None)` (need more bytes). A length above the
-//! maximum is an error at once, before any payload is read, so a peer cannot make us buffer
-//! an oversized frame.
+//! Pure functions over byte buffers. A writer appends frames to an output buffer with
+//! [`encode_frame`] (many per write). A reader feeds whatever its stream gave it to a
+//! [`FrameDecoder`] and takes whole frames out until it has none (need more bytes); at the end
+//! of the stream, [`FrameDecoder::finish`] says whether it ended between frames. A length above
+//! the maximum is an error at once, before any payload is read, so a peer cannot make us
+//! buffer an oversized frame. [`split_frame`] and [`check_eof`] are the same rules over a plain
+//! slice.
 
 use serde::{de::DeserializeOwned, Serialize};
 
@@ -100,6 +103,135 @@ pub fn check_eof(leftover: &[u8]) -> Result<(), FrameError> {
     })
 }
 
+/// Room a reader is given at least when it asks [`FrameDecoder::input`] for the buffer.
+const READ_ROOM: usize = 16 << 10;
+/// What a [`FrameDecoder`]'s buffer grows by at least when it is short of room.
+const GROW: usize = 64 << 10;
+
+/// The reading side of the framing: a growable buffer that a reader feeds with whatever its
+/// stream gave it, and that hands out whole frames, each checked against the maximum as soon
+/// as its header is in.
+///
+/// ```
+/// use shoal_protocol::frame::{encode_frame, FrameDecoder, DEFAULT_MAX_FRAME};
+/// let mut wire = Vec::new();
+/// encode_frame(&mut wire, &"one", DEFAULT_MAX_FRAME).unwrap();
+/// encode_frame(&mut wire, &"two", DEFAULT_MAX_FRAME).unwrap();
+/// let mut decoder = FrameDecoder::new(DEFAULT_MAX_FRAME);
+/// let mut got = Vec::new();
+/// for piece in wire.chunks(3) {
+///     // what a read returned (an async reader passes `decoder.input()` to `read_buf`)
+///     decoder.extend(piece);
+///     while let Some(msg) = decoder.next_message::<String>().unwrap() {
+///         got.push(msg);
+///     }
+/// }
+/// assert_eq!(got, ["one", "two"]);
+/// assert!(decoder.finish().is_ok()); // the stream ended between frames
+/// ```
+#[derive(Debug)]
+pub struct FrameDecoder {
+    buf: Vec<u8>,
+    /// Bytes at the start of `buf` already handed out.
+    consumed: usize,
+    max: usize,
+}
+
+impl FrameDecoder {
+    /// A decoder of frames of at most `max` payload bytes.
+    pub fn new(max: usize) -> Self {
+        Self {
+            buf: Vec::new(),
+            consumed: 0,
+            max,
+        }
+    }
+
+    /// The maximum payload.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Appends bytes the stream gave.
+    pub fn extend(&mut self, bytes: &[u8]) {
+        self.compact();
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The buffer to append the stream's bytes to, for readers that read straight into a
+    /// `Vec` (tokio's `read_buf`): it holds the bytes not handed out yet, and has room for a
+    /// read, or for the whole of a frame whose header is in. Bytes appended are input, as with
+    /// [`FrameDecoder::extend`]; nothing else may be changed.
+    pub fn input(&mut self) -> &mut Vec<u8> {
+        self.compact();
+        let want = self.rest_of_frame().max(READ_ROOM);
+        if self.buf.capacity() - self.buf.len() < want {
+            self.buf.reserve(want.max(GROW));
+        }
+        &mut self.buf
+    }
+
+    /// The payload of the next whole frame, which is consumed; `Ok(None)` if more bytes are
+    /// needed. A frame longer than the maximum is an error as soon as its header is in, and
+    /// stays one: the stream cannot be read further.
+    pub fn next_frame(&mut self) -> Result<Option<&[u8]>, FrameError> {
+        let used = match split_frame(&self.buf[self.consumed..], self.max)? {
+            None => return Ok(None),
+            Some((_, used)) => used,
+        };
+        let start = self.consumed + HEADER_LEN;
+        self.consumed += used;
+        Ok(Some(&self.buf[start..self.consumed]))
+    }
+
+    /// The next whole frame, decoded; `Ok(None)` if more bytes are needed. A frame that does
+    /// not decode is consumed all the same.
+    pub fn next_message<T: DeserializeOwned>(&mut self) -> Result<Option<T>, FrameError> {
+        let max = self.max;
+        match self.next_frame()? {
+            None => Ok(None),
+            Some(payload) => Ok(Some(codec::decode(payload, max)?)),
+        }
+    }
+
+    /// Bytes received and not handed out yet (the start of a frame).
+    pub fn buffered(&self) -> usize {
+        self.buf.len() - self.consumed
+    }
+
+    /// At the end of the stream: `Ok` if it ended between frames,
+    /// [`FrameError::Truncated`] if it ended inside one.
+    pub fn finish(&self) -> Result<(), FrameError> {
+        check_eof(&self.buf[self.consumed..])
+    }
+
+    /// Bytes still missing of a frame whose header is in (0 if none is, or if it is too
+    /// large: that frame is refused, not read).
+    fn rest_of_frame(&self) -> usize {
+        let pending = &self.buf[self.consumed..];
+        if pending.len() < HEADER_LEN {
+            return 0;
+        }
+        let mut header = [0u8; HEADER_LEN];
+        header.copy_from_slice(&pending[..HEADER_LEN]);
+        let len = u32::from_le_bytes(header) as usize;
+        if len > self.max {
+            return 0;
+        }
+        (HEADER_LEN + len).saturating_sub(pending.len())
+    }
+
+    /// Drops the bytes handed out.
+    fn compact(&mut self) {
+        if self.consumed == self.buf.len() {
+            self.buf.clear();
+        } else {
+            self.buf.drain(..self.consumed);
+        }
+        self.consumed = 0;
+    }
+}
+
 /// Splits and decodes one message; `Ok(None)` if more bytes are needed.
 pub fn decode_frame<T: DeserializeOwned>(
     buf: &[u8],
@@ -171,5 +303,140 @@ mod tests {
                 want: buf.len()
             })
         );
+    }
+
+    fn wire(msgs: &[&str]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for m in msgs {
+            encode_frame(&mut out, m, 100).unwrap();
+        }
+        out
+    }
+
+    fn drain(d: &mut FrameDecoder) -> Vec<String> {
+        let mut got = Vec::new();
+        while let Some(m) = d.next_message::<String>().unwrap() {
+            got.push(m);
+        }
+        got
+    }
+
+    #[test]
+    fn the_decoder_yields_whole_frames_whatever_the_pieces() {
+        let msgs = ["", "a", "hello", &"x".repeat(90)];
+        let bytes = wire(&msgs);
+        for piece in [1, 2, 3, 4, 5, 7, 64, bytes.len()] {
+            let mut d = FrameDecoder::new(100);
+            let mut got = Vec::new();
+            for chunk in bytes.chunks(piece) {
+                d.extend(chunk);
+                got.extend(drain(&mut d));
+            }
+            assert_eq!(got, msgs, "pieces of {piece}");
+            assert_eq!(d.buffered(), 0);
+            assert_eq!(d.finish(), Ok(()));
+        }
+    }
+
+    #[test]
+    fn the_decoder_input_is_a_read_buffer() {
+        let bytes = wire(&["one", "two", "three"]);
+        let mut d = FrameDecoder::new(100);
+        let mut got = Vec::new();
+        for chunk in bytes.chunks(5) {
+            let input = d.input();
+            assert!(input.capacity() - input.len() >= READ_ROOM);
+            input.extend_from_slice(chunk); // as `read_buf` appends
+            got.extend(drain(&mut d));
+        }
+        assert_eq!(got, ["one", "two", "three"]);
+    }
+
+    #[test]
+    fn the_decoder_keeps_a_partial_frame_across_reads() {
+        let bytes = wire(&["first", "second"]);
+        let first = HEADER_LEN + codec::encode(&"first").unwrap().len();
+        let cut = first + 3;
+        let mut d = FrameDecoder::new(100);
+        d.extend(&bytes[..cut]);
+        assert_eq!(drain(&mut d), ["first"]);
+        assert_eq!(d.buffered(), 3);
+        // Compacting keeps the partial frame.
+        d.input().extend_from_slice(&bytes[cut..]);
+        assert_eq!(drain(&mut d), ["second"]);
+        assert_eq!(d.buffered(), 0);
+    }
+
+    #[test]
+    fn the_decoder_makes_room_for_an_announced_frame() {
+        let mut d = FrameDecoder::new(8 << 20);
+        d.extend(&(4u32 << 20).to_le_bytes());
+        let input = d.input();
+        assert!(input.capacity() - input.len() >= 4 << 20);
+    }
+
+    #[test]
+    fn the_decoder_refuses_an_oversized_frame_at_its_header() {
+        let mut d = FrameDecoder::new(100);
+        d.extend(&wire(&["fine"]));
+        d.extend(&101u32.to_le_bytes());
+        assert_eq!(d.next_message::<String>(), Ok(Some("fine".to_string())));
+        let too_large = Err(FrameError::TooLarge { len: 101, max: 100 });
+        assert_eq!(d.next_frame(), too_large);
+        // It stays refused, and no room is made for it.
+        assert_eq!(d.next_frame(), too_large);
+        assert!(d.input().capacity() < 1 << 20);
+        let mut huge = FrameDecoder::new(1 << 20);
+        huge.extend(&u32::MAX.to_le_bytes());
+        assert!(matches!(
+            huge.next_frame(),
+            Err(FrameError::TooLarge { len, .. }) if len == u32::MAX as usize
+        ));
+        assert!(huge.input().capacity() < 1 << 20);
+    }
+
+    #[test]
+    fn the_decoder_reports_a_stream_that_ends_inside_a_frame() {
+        let bytes = wire(&["hello"]);
+        let mut d = FrameDecoder::new(100);
+        assert_eq!(d.finish(), Ok(()));
+        d.extend(&bytes[..2]);
+        assert_eq!(d.next_frame(), Ok(None));
+        assert_eq!(
+            d.finish(),
+            Err(FrameError::Truncated {
+                have: 2,
+                want: HEADER_LEN
+            })
+        );
+        d.extend(&bytes[2..bytes.len() - 1]);
+        assert_eq!(d.next_frame(), Ok(None));
+        assert_eq!(
+            d.finish(),
+            Err(FrameError::Truncated {
+                have: bytes.len() - 1,
+                want: bytes.len()
+            })
+        );
+        d.extend(&bytes[bytes.len() - 1..]);
+        assert_eq!(drain(&mut d), ["hello"]);
+        assert_eq!(d.finish(), Ok(()));
+    }
+
+    #[test]
+    fn the_decoder_consumes_a_frame_that_does_not_decode() {
+        let mut bytes = Vec::new();
+        // A string announcing more bytes than its frame has.
+        let payload = [50u8, b'x'];
+        bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&payload);
+        bytes.extend(wire(&["after"]));
+        let mut d = FrameDecoder::new(100);
+        d.extend(&bytes);
+        assert!(matches!(
+            d.next_message::<String>(),
+            Err(FrameError::Decode(_))
+        ));
+        assert_eq!(d.next_message::<String>(), Ok(Some("after".to_string())));
     }
 }

@@ -6,6 +6,7 @@
 //! - [`codec`]: the one place that knows the serialization format (bincode 2, with a byte
 //!   limit on every decode). Everything else calls [`codec::encode`] / [`codec::decode`].
 //! - [`frame`]: length-prefixed frames with a maximum size, for byte streams.
+//! - [`env`](mod@env): the environment variables a node starts its worker processes with.
 //! - [`messages`]: what travels in the frames ([`ToNode`], [`ToClient`]) and the values they
 //!   carry (task specs, objects, typed task errors, node status).
 //!
@@ -26,6 +27,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod codec;
+pub mod env;
 pub mod frame;
 pub mod ids;
 pub mod mesh;

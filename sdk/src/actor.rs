@@ -4,20 +4,25 @@
 //! runs its `new` constructor in a worker process of its own and returns an
 //! [`ActorHandle<Type>`] at once; every `&self` / `&mut self` method of the block is callable
 //! through the handle and returns an [`ObjectRef`](crate::ObjectRef) of its result at once.
+//!
+//! Also here, for the macro's expansion and the worker that hosts an actor: the registry of
+//! actor classes linked into the binary ([`ACTOR_CLASSES`]), and how a method call locks the
+//! state ([`Access`], [`Guard`]).
 
 use std::fmt;
+use std::future::Future;
 use std::marker::PhantomData;
 use std::ops::Deref;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use shoal_protocol::{ActorId, ResourceSet, ToNode};
+use shoal_protocol::{ActorId, ResourceSet, TaskError, ToNode};
 
-use crate::__private::{Access, ActorMethods, Args, CallFuture, Guard};
-use crate::context;
 use crate::error::GetError;
-use crate::TaskError;
+use crate::function::Args;
+use crate::runtime;
 
 /// A type made into an actor by `#[shoal::actor]`. Implemented by the macro; the hidden
 /// items are how a worker builds and calls it.
@@ -37,6 +42,66 @@ pub trait Actor: Sized + 'static {
     #[doc(hidden)]
     fn __call(guard: Guard<Self>, method: &str, args: Args) -> CallFuture;
 }
+
+/// How a method touches the actor's state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// `&self`: may run alongside other `&self` calls (up to the actor's concurrency).
+    Shared,
+    /// `&mut self`: runs alone.
+    Exclusive,
+}
+
+/// The state of an actor, locked for one call.
+#[derive(Debug)]
+pub enum Guard<T> {
+    /// For a `&self` method.
+    Shared(tokio::sync::OwnedRwLockReadGuard<T>),
+    /// For a `&mut self` method.
+    Exclusive(tokio::sync::OwnedRwLockWriteGuard<T>),
+}
+
+impl<T> Guard<T> {
+    /// The state, shared.
+    pub fn shared(&self) -> &T {
+        match self {
+            Guard::Shared(g) => g,
+            Guard::Exclusive(g) => g,
+        }
+    }
+
+    /// The state, exclusively. Only a `&mut self` method's guard is exclusive.
+    pub fn exclusive(&mut self) -> &mut T {
+        match self {
+            Guard::Exclusive(g) => &mut *g,
+            Guard::Shared(_) => unreachable!("a `&self` method asked for exclusive access"),
+        }
+    }
+}
+
+/// One call of an actor method: runs on the actor's thread.
+pub type CallFuture = Pin<Box<dyn Future<Output = Result<Vec<u8>, TaskError>>>>;
+
+/// How the worker side reaches the methods struct's handle.
+pub trait ActorMethods: Clone {
+    /// Wraps a handle.
+    fn from_raw(raw: RawActor) -> Self;
+    /// The handle.
+    fn raw(&self) -> &RawActor;
+}
+
+/// An actor class linked into this binary.
+#[derive(Debug)]
+pub struct ActorClass {
+    /// `module_path!()::Type`.
+    pub name: &'static str,
+    /// Hosts an actor of the class in this worker until the node goes away.
+    pub host: fn(shoal_protocol::HostActor) -> i32,
+}
+
+/// Every `#[shoal::actor]` class linked into this binary.
+#[linkme::distributed_slice]
+pub static ACTOR_CLASSES: [ActorClass];
 
 /// How an actor is created: what it holds, whether it restarts, how many calls run at once,
 /// its name.
@@ -158,7 +223,7 @@ struct Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         if self.owned && !self.escaped.load(Ordering::Relaxed) {
-            if let Some(ctx) = context::try_get() {
+            if let Some(ctx) = runtime::try_get() {
                 ctx.push(ToNode::ActorOutOfScope { actor: self.id });
             }
         }
@@ -292,12 +357,12 @@ pub fn kill_and_restart<A: Actor>(actor: &ActorHandle<A>) {
 }
 
 fn kill_raw(actor: ActorId, no_restart: bool) {
-    context::get().push(ToNode::KillActor { actor, no_restart });
+    runtime::get().push(ToNode::KillActor { actor, no_restart });
 }
 
 /// The live actor named `name` on this node, as a handle of class `A`.
 pub fn get_actor<A: Actor>(name: &str) -> Result<ActorHandle<A>, ActorError> {
-    let ctx = context::get();
+    let ctx = runtime::get();
     let info = ctx.lookup_actor(name).map_err(ActorError::Create)?;
     let Some(info) = info else {
         return Err(ActorError::NotFound(name.to_string()));

@@ -11,9 +11,9 @@ use std::sync::Arc;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use shoal_protocol::codec;
 
-use crate::context;
 use crate::error::{GetError, PutError};
 use crate::object_ref::{read_async, read_blocking, ObjectRef, Source};
+use crate::runtime;
 
 /// A byte buffer that encodes as one block (as `serde_bytes` does): puts and gets of it run
 /// at memory speed, and [`ObjectRef::get_view`] reads it in place. Its encoding is that of a
@@ -84,8 +84,8 @@ impl Serialize for RawSlice<'_> {
 /// Stores raw bytes (copied once, straight into shared memory when large) and returns a ref
 /// to them as [`Bytes`]. Equal bytes share one id and one copy.
 pub fn put_bytes(bytes: &[u8]) -> Result<ObjectRef<Bytes>, PutError> {
-    let ctx = context::get();
-    crate::put_value(ctx, &RawSlice(bytes)).map(ObjectRef::from_raw)
+    let ctx = runtime::get();
+    crate::put::put_value(ctx, &RawSlice(bytes)).map(ObjectRef::from_raw)
 }
 
 /// Types stored as a plain byte sequence, whose refs can be read as a [`ByteView`].

@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use shoal_protocol::{StoreError, TaskError};
+pub use shoal_protocol::StoreError;
+use shoal_protocol::TaskError;
 
 /// Why `get` (or `wait`) produced no value. `get` never hangs without a way out: a task's
 /// failure, a dead node or a timeout each end it with one of these.
@@ -25,6 +26,9 @@ pub enum GetError {
     /// The connection to the node is gone.
     #[error("lost the connection to the node")]
     Disconnected,
+    /// `shoal::shutdown` ended this process's attachment to its node.
+    #[error("shoal was shut down in this process")]
+    Shutdown,
 }
 
 /// Why `put` failed.
@@ -36,6 +40,9 @@ pub enum PutError {
     /// The store refused it (full, or an I/O error).
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// `shoal::shutdown` ended this process's attachment to its node.
+    #[error("shoal was shut down in this process")]
+    Shutdown,
 }
 
 /// Why `shoal::init` failed.
@@ -60,4 +67,8 @@ pub enum InitError {
     /// no `#[shoal::remote]` function linked in, so it cannot serve as a worker.
     #[error("started as a worker, but this binary has no #[shoal::remote] functions")]
     NotWorkerMode,
+    /// `shoal::shutdown` ended this process's attachment to its node: it does not attach
+    /// again.
+    #[error("shoal was shut down in this process")]
+    Shutdown,
 }

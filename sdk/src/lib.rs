@@ -76,16 +76,24 @@
 //!   entered before `main` (or libtest's `main`) runs, so a worker never repeats the
 //!   program's side effects.
 //! - [`init`] attaches to the node on `$SHOAL_SOCKET` (or the per-user default socket) and,
-//!   if there is none, starts an embedded node inside the program.
-#![deny(missing_docs)]
+//!   if there is none, starts an embedded node inside the program. [`shutdown`] ends the
+//!   attachment (and stops an embedded node); later calls fail with a typed error.
+#![deny(missing_docs, unreachable_pub)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+// Layers, bottom up: `runtime` (the connection to the node), `shm` (the store's files),
+// `object_ref` (handles), `put`, `bytes`, `function` and `actor` (what a worker runs),
+// `submit` (calls), `worker` (worker mode). `__private` re-exports what the macros call.
 mod actor;
 mod bytes;
-mod context;
 mod error;
+mod function;
 mod object_ref;
+mod options;
+mod put;
+mod runtime;
 mod shm;
+mod submit;
 mod worker;
 
 #[doc(hidden)]
@@ -96,17 +104,18 @@ use std::time::Duration;
 
 pub use actor::{get_actor, kill, kill_and_restart, Actor, ActorError, ActorHandle, ActorOptions};
 pub use bytes::{put_bytes, ByteSequence, ByteView, Bytes};
-use serde::Serialize;
 pub use shoal_macros::{actor, remote};
 pub use shoal_protocol::{
     ActorId, NodeId, NodeStatus, ObjectId, ObjectInfo, ResourceSet, TaskError,
 };
 
-pub use context::InitOptions;
-use context::{Context, Value};
 pub use error::{GetError, InitError, PutError, StoreError};
 pub use object_ref::ObjectRef;
-use object_ref::RawRef;
+pub use options::TaskOptions;
+pub use put::put;
+use runtime::Context;
+pub use runtime::InitOptions;
+pub use submit::IntoArg;
 
 /// A handle to the node this process is attached to.
 #[derive(Clone, Debug)]
@@ -146,6 +155,12 @@ impl Shoal {
     pub fn objects(&self) -> Result<Vec<ObjectInfo>, GetError> {
         self.ctx.objects()
     }
+
+    /// [`shutdown`] for async code: the same stop, awaited without blocking the executor
+    /// (any executor).
+    pub async fn shutdown(&self) {
+        self.ctx.shutdown_async().await;
+    }
 }
 
 /// Attaches this process to a node: the one on `$SHOAL_SOCKET` (or the per-user default
@@ -157,190 +172,30 @@ pub fn init() -> Result<Shoal, InitError> {
 
 /// [`init`] with options (socket, embedded node resources, …).
 pub fn init_with(options: InitOptions) -> Result<Shoal, InitError> {
-    let ctx = context::init(options)?;
+    let ctx = runtime::init(options)?;
     Ok(Shoal { ctx: ctx.clone() })
 }
 
-/// Options of one call: what the task holds while it runs, and how often it is retried
-/// when its worker dies.
-#[derive(Clone, Debug, PartialEq)]
-pub struct TaskOptions {
-    pub(crate) resources: ResourceSet,
-    pub(crate) max_retries: u32,
-    pub(crate) wait_for_resources: bool,
-}
-
-impl Default for TaskOptions {
-    /// One CPU, three retries (as Ray).
-    fn default() -> Self {
-        Self {
-            resources: ResourceSet::cpus(1.0),
-            max_retries: 3,
-            wait_for_resources: false,
-        }
-    }
-}
-
-impl TaskOptions {
-    /// The defaults: one CPU, three retries.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// CPUs the task holds (fractions allowed; zero is allowed).
-    pub fn num_cpus(mut self, n: f64) -> Self {
-        self.resources = self.resources.with(shoal_protocol::CPU, n);
-        self
-    }
-
-    /// An amount of a custom resource (`--resource NAME=N` on the node).
-    pub fn resource(mut self, name: &str, amount: f64) -> Self {
-        self.resources = self.resources.with(name, amount);
-        self
-    }
-
-    /// How many times the task is run again if its worker process dies. Panics are not
-    /// retried.
-    pub fn max_retries(mut self, n: u32) -> Self {
-        self.max_retries = n;
-        self
-    }
-
-    /// If no peer of the mesh can ever meet the demand (say a resource no peer has yet),
-    /// wait for one that can to join instead of failing with `Infeasible` after the grace
-    /// period.
-    pub fn wait_for_resources(mut self, wait: bool) -> Self {
-        self.wait_for_resources = wait;
-        self
-    }
-}
-
-/// A value usable as an argument of type `T`: a `T` itself, or an [`ObjectRef<T>`] (whose
-/// value the task receives once it is ready).
-pub trait IntoArg<T> {
-    /// Converts to the wire form.
-    fn into_arg(self) -> __private::ArgBuf;
-}
-
-impl<T: Serialize> IntoArg<T> for T {
-    fn into_arg(self) -> __private::ArgBuf {
-        __private::ArgBuf::Value(object_ref::encode_collecting(&self))
-    }
-}
-
-impl<T> IntoArg<T> for ObjectRef<T> {
-    fn into_arg(self) -> __private::ArgBuf {
-        __private::ArgBuf::Ref(self.raw)
-    }
-}
-
-impl<T> IntoArg<T> for &ObjectRef<T> {
-    fn into_arg(self) -> __private::ArgBuf {
-        __private::ArgBuf::Ref(self.raw.clone())
-    }
-}
-
-impl IntoArg<String> for &str {
-    fn into_arg(self) -> __private::ArgBuf {
-        __private::ArgBuf::Value(object_ref::encode_collecting(self))
-    }
+/// Ends this process's attachment to its node, for good: sends what was queued and closes
+/// the connection, stops the embedded node if this process runs one (its workers are killed,
+/// its store, spill directory and socket removed), and ends the SDK's runtime thread. Blocks
+/// until that is done (at most about 20 s).
+///
+/// Afterwards no SDK thread, socket or store file is left, and SDK calls fail at once with a
+/// typed error instead of reattaching: every get with [`GetError::Shutdown`] (of refs made
+/// before too, values already read included), [`put`] with [`PutError::Shutdown`], [`init`]
+/// with [`InitError::Shutdown`]; [`wait`] finds every ref done. Idempotent; does nothing if
+/// this process never attached, and nothing in a worker (its node owns its life). A program
+/// with an embedded node does this at exit anyway. From async code, use
+/// [`Shoal::shutdown`].
+pub fn shutdown() {
+    runtime::shutdown(runtime::SHUTDOWN_WAIT);
 }
 
 /// The peer id of the node this process is attached to, when that node is a peer of a
 /// mesh: inside a task, where it ran. Call after [`init`] (a worker is always initialised).
 pub fn peer_id() -> Option<String> {
-    context::get().peer_id().map(str::to_string)
-}
-
-/// Stores `value` and returns a reference to it. Small values stay in this process (and a
-/// copy at the node); values above the inline threshold (64 KiB by default) are encoded
-/// straight into the node's shared-memory store, where other processes map them. Equal
-/// values share one id and one copy. Refs inside `value` stay alive as long as it does.
-pub fn put<T: Serialize>(value: &T) -> Result<ObjectRef<T>, PutError> {
-    let ctx = context::get();
-    put_value(ctx, value).map(ObjectRef::from_raw)
-}
-
-fn encode_error(e: impl std::fmt::Display) -> PutError {
-    PutError::Encode(e.to_string())
-}
-
-pub(crate) fn put_value<T: Serialize + ?Sized>(
-    ctx: &Context,
-    value: &T,
-) -> Result<RawRef, PutError> {
-    let len = shoal_protocol::codec::encoded_len(value).map_err(encode_error)?;
-    if len <= ctx.inline_threshold {
-        let (bytes, nested) = object_ref::encode_collecting(value).map_err(encode_error)?;
-        return Ok(put_inline(ctx, bytes, nested));
-    }
-    let ticket = shm::ticket();
-    let mut nested = Vec::new();
-    let object = shm::write(ctx, ticket, len, |buf| {
-        let (written, refs) =
-            object_ref::collecting(|| shoal_protocol::codec::encode_into_slice(buf, value));
-        nested = refs;
-        match written {
-            Ok(n) if n == len => Ok(()),
-            Ok(n) => Err(format!("encoded {n} bytes, {len} expected")),
-            Err(e) => Err(e.to_string()),
-        }
-    })?;
-    Ok(seal_put(ctx, ticket, object, nested))
-}
-
-/// Stores already encoded bytes (a large task argument).
-pub(crate) fn put_encoded(
-    ctx: &Context,
-    bytes: Vec<u8>,
-    nested: Vec<RawRef>,
-) -> Result<RawRef, PutError> {
-    if bytes.len() <= ctx.inline_threshold {
-        return Ok(put_inline(ctx, bytes, nested));
-    }
-    let ticket = shm::ticket();
-    let object = shm::write(ctx, ticket, bytes.len(), |buf| {
-        buf.copy_from_slice(&bytes);
-        Ok(())
-    })?;
-    Ok(seal_put(ctx, ticket, object, nested))
-}
-
-fn put_inline(ctx: &Context, bytes: Vec<u8>, nested: Vec<RawRef>) -> RawRef {
-    let id = ObjectId::for_content(&bytes);
-    let fresh = ctx.add_ref(id, Some(Value::Inline(Arc::new(bytes.clone()))));
-    if fresh {
-        ctx.push(shoal_protocol::ToNode::Put {
-            id,
-            value: bytes,
-            nested: object_ref::ids_of(&nested),
-        });
-    }
-    drop(nested);
-    RawRef::counted(id, ctx.client)
-}
-
-/// Seals a written put under its content id, unless this process holds equal bytes already.
-fn seal_put(
-    ctx: &Context,
-    ticket: ObjectId,
-    object: shoal_protocol::SharedObject,
-    nested: Vec<RawRef>,
-) -> RawRef {
-    let id = ObjectId::from_digest(object.digest);
-    if !ctx.add_ref(id, Some(Value::Shared(object))) {
-        // Held here already: one copy is enough.
-        ctx.push(shoal_protocol::ToNode::Abort { id: ticket });
-    } else {
-        ctx.push(shoal_protocol::ToNode::Seal {
-            ticket,
-            id,
-            object,
-            nested: object_ref::ids_of(&nested),
-        });
-    }
-    drop(nested);
-    RawRef::counted(id, ctx.client)
+    runtime::get().peer_id().map(str::to_string)
 }
 
 /// Waits until `num_ready` of `refs` are ready (or failed), or `timeout` passes. Returns at
@@ -350,7 +205,7 @@ pub async fn wait<T>(
     num_ready: usize,
     timeout: Option<Duration>,
 ) -> (Vec<ObjectRef<T>>, Vec<ObjectRef<T>>) {
-    let ctx = context::get();
+    let ctx = runtime::get();
     let want = num_ready.min(refs.len());
     let all = std::future::poll_fn(|cx| {
         let mut ready = 0;
@@ -380,7 +235,7 @@ pub fn wait_blocking<T>(
     num_ready: usize,
     timeout: Option<Duration>,
 ) -> (Vec<ObjectRef<T>>, Vec<ObjectRef<T>>) {
-    let ctx = context::get();
+    let ctx = runtime::get();
     let want = num_ready.min(refs.len());
     let ids: Vec<ObjectId> = refs.iter().map(|r| r.id()).collect();
     ctx.wait_many(&ids, want, timeout.map(|t| std::time::Instant::now() + t));

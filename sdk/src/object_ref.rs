@@ -12,8 +12,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use shoal_protocol::{codec, ClientId, EncodeError, ObjectId, ToNode};
 
-use crate::context::{self, Context, Value};
 use crate::error::GetError;
+use crate::runtime::{self, Context, Value};
 use std::sync::Arc;
 
 thread_local! {
@@ -72,7 +72,7 @@ impl RawRef {
 
 impl Clone for RawRef {
     fn clone(&self) -> Self {
-        context::get().add_ref(self.id, None);
+        runtime::get().add_ref(self.id, None);
         Self {
             id: self.id,
             owner: self.owner,
@@ -82,7 +82,7 @@ impl Clone for RawRef {
 
 impl Drop for RawRef {
     fn drop(&mut self) {
-        if let Some(ctx) = context::try_get() {
+        if let Some(ctx) = runtime::try_get() {
             ctx.drop_ref(self.id);
         }
     }
@@ -119,7 +119,7 @@ impl<T> ObjectRef<T> {
 
     /// Whether the value (or the error) has arrived in this process.
     pub fn is_ready(&self) -> bool {
-        context::get().is_done(&self.raw.id)
+        runtime::get().is_done(&self.raw.id)
     }
 }
 
@@ -172,7 +172,7 @@ pub(crate) async fn read_async<R>(
     id: ObjectId,
     mut f: impl FnMut(Source<'_>) -> Result<R, GetError>,
 ) -> Result<R, GetError> {
-    let ctx = context::get();
+    let ctx = runtime::get();
     for _ in 0..MAX_MOVES {
         let v = ctx.ready(id).await?;
         if let Some(r) = read_once(ctx, id, &v, &mut f)? {
@@ -189,7 +189,7 @@ pub(crate) fn read_blocking<R>(
     timeout: Option<Duration>,
     mut f: impl FnMut(Source<'_>) -> Result<R, GetError>,
 ) -> Result<R, GetError> {
-    let ctx = context::get();
+    let ctx = runtime::get();
     let deadline = timeout.map(|t| std::time::Instant::now() + t);
     for _ in 0..MAX_MOVES {
         let left = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
@@ -213,7 +213,7 @@ impl<T: DeserializeOwned> ObjectRef<T> {
 
     /// Waits at most `timeout` for the value.
     pub async fn get_timeout(&self, timeout: Duration) -> Result<T, GetError> {
-        let ctx = context::get();
+        let ctx = runtime::get();
         let sleep = ctx.sleep(timeout);
         match first(self.get(), sleep).await {
             Either::Left(v) => v,
@@ -307,7 +307,7 @@ impl<'de, T> Deserialize<'de> for ObjectRef<T> {
     /// last handle here is dropped.
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let (id, owner) = <(ObjectId, ClientId)>::deserialize(d)?;
-        let ctx = context::get();
+        let ctx = runtime::get();
         if ctx.add_ref(id, None) {
             ctx.push(ToNode::Hold { ids: vec![id] });
         }

@@ -11,7 +11,7 @@ use std::path::Path;
 
 use shoal_protocol::{Digest, ObjectId, SharedObject, StoreError};
 
-use crate::context::Context;
+use crate::runtime::Context;
 
 fn object_path(dir: &Path, id: &ObjectId) -> std::path::PathBuf {
     dir.join(id.to_hex())

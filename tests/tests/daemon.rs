@@ -2,13 +2,13 @@
 //! run in workers the daemon starts, and `shoal status --json` reports them.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use shoal::InitOptions;
 
 mod support;
-use support::parent_of;
+use support::{parent_of, KillOnDrop};
 
 #[shoal::remote]
 fn worker_pid() -> u32 {
@@ -18,16 +18,6 @@ fn worker_pid() -> u32 {
 #[shoal::remote]
 fn double(x: Vec<u64>) -> Vec<u64> {
     x.into_iter().map(|v| v * 2).collect()
-}
-
-/// Kills (and reaps) the daemon when the test ends, however it ends.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// The `shoal` binary `cargo test --workspace` built beside this test.

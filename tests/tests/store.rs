@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize, Serializer};
 use shoal::{GetError, InitOptions, ObjectRef, PutError, Shoal, StoreError, TaskError};
 
+mod support;
+use support::KillOnDrop;
+
 const STORE: u64 = 48 << 20;
 const MB8: usize = 8 << 20;
 
@@ -394,16 +397,6 @@ fn child_program(shoal: &Shoal, entry: &str, env_flag: &str, ready_line: &str) -
         .any(|l| l.trim() == ready_line);
     assert!(ready, "{entry} ended before it printed {ready_line:?}");
     child
-}
-
-/// Kills (and reaps) our child when the test ends, however it ends.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[shoal::remote]

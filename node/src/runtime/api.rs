@@ -11,9 +11,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use shoal_protocol::{
-    codec, frame, FrameError, Hello, Role, ToClient, ToNode, MAGIC, PROTOCOL_VERSION,
-};
+use shoal_protocol::frame::{self, FrameDecoder};
+use shoal_protocol::{FrameError, Hello, Role, ToClient, ToNode, MAGIC, PROTOCOL_VERSION};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{UnixListener, UnixStream};
@@ -158,20 +157,19 @@ async fn handle(
     max_frame: usize,
 ) -> Result<(), ConnError> {
     let (mut rd, mut wr) = stream.into_split();
-    let mut buf = Vec::with_capacity(64 * 1024);
-    let hello =
-        match tokio::time::timeout(HELLO_TIMEOUT, read_hello(&mut rd, &mut buf, max_frame)).await {
-            Ok(Ok(h)) => h,
-            Ok(Err(e)) => {
-                reject(&mut wr, &e.to_string(), max_frame).await;
-                return Err(e);
-            }
-            Err(_) => {
-                let e = ConnError::Handshake("no Hello within the time limit".into());
-                reject(&mut wr, &e.to_string(), max_frame).await;
-                return Err(e);
-            }
-        };
+    let mut frames = FrameDecoder::new(max_frame);
+    let hello = match tokio::time::timeout(HELLO_TIMEOUT, read_hello(&mut rd, &mut frames)).await {
+        Ok(Ok(h)) => h,
+        Ok(Err(e)) => {
+            reject(&mut wr, &e.to_string(), max_frame).await;
+            return Err(e);
+        }
+        Err(_) => {
+            let e = ConnError::Handshake("no Hello within the time limit".into());
+            reject(&mut wr, &e.to_string(), max_frame).await;
+            return Err(e);
+        }
+    };
     let span = tracing::Span::current();
     span.record("role", tracing::field::debug(&hello.role));
     span.record("pid", hello.pid);
@@ -187,7 +185,7 @@ async fn handle(
     // The node closes a connection by dropping its queue: the writer then ends, and so must
     // the reader, so the client sees EOF.
     let result = tokio::select! {
-        r = read_loop(conn, &mut rd, buf, &events, max_frame) => r,
+        r = read_loop(conn, &mut rd, frames, &events) => r,
         _ = &mut writer => {
             detach(&events, conn).await;
             return Err(ConnError::ClosedByNode);
@@ -211,15 +209,9 @@ async fn detach(events: &mpsc::Sender<Event>, conn: ConnId) {
     }
 }
 
-async fn read_hello(
-    rd: &mut OwnedReadHalf,
-    buf: &mut Vec<u8>,
-    max_frame: usize,
-) -> Result<Hello, ConnError> {
+async fn read_hello(rd: &mut OwnedReadHalf, frames: &mut FrameDecoder) -> Result<Hello, ConnError> {
     loop {
-        if let Some((payload, used)) = frame::split_frame(buf, max_frame)? {
-            let msg: ToNode = codec::decode(payload, max_frame).map_err(FrameError::from)?;
-            buf.drain(..used);
+        if let Some(msg) = frames.next_message::<ToNode>()? {
             let ToNode::Hello(h) = msg else {
                 return Err(ConnError::Handshake("first message is not Hello".into()));
             };
@@ -237,8 +229,8 @@ async fn read_hello(
             }
             return Ok(h);
         }
-        if rd.read_buf(buf).await? == 0 {
-            frame::check_eof(buf)?;
+        if rd.read_buf(frames.input()).await? == 0 {
+            frames.finish()?;
             return Err(ConnError::ClosedEarly);
         }
     }
@@ -247,39 +239,27 @@ async fn read_hello(
 async fn read_loop(
     conn: ConnId,
     rd: &mut OwnedReadHalf,
-    mut buf: Vec<u8>,
+    mut frames: FrameDecoder,
     events: &mpsc::Sender<Event>,
-    max_frame: usize,
 ) -> Result<(), ConnError> {
     loop {
         let mut msgs = Vec::new();
-        let mut at = 0;
         // Messages before a bad frame are still delivered, whatever the read boundaries.
         let bad = loop {
-            match frame::split_frame(&buf[at..], max_frame) {
-                Ok(Some((payload, used))) => match codec::decode::<ToNode>(payload, max_frame) {
-                    Ok(msg) => {
-                        msgs.push(msg);
-                        at += used;
-                    }
-                    Err(e) => break Some(FrameError::from(e)),
-                },
+            match frames.next_message::<ToNode>() {
+                Ok(Some(msg)) => msgs.push(msg),
                 Ok(None) => break None,
                 Err(e) => break Some(e),
             }
         };
-        buf.drain(..at);
         if !msgs.is_empty() && events.send(Event::Messages { conn, msgs }).await.is_err() {
             return Err(ConnError::Shutdown);
         }
         if let Some(e) = bad {
             return Err(e.into());
         }
-        if buf.capacity() - buf.len() < 16 * 1024 {
-            buf.reserve(64 * 1024);
-        }
-        if rd.read_buf(&mut buf).await? == 0 {
-            frame::check_eof(&buf)?;
+        if rd.read_buf(frames.input()).await? == 0 {
+            frames.finish()?;
             return Ok(());
         }
     }

@@ -17,12 +17,11 @@ use tracing::Instrument;
 
 use crate::core::sched::WorkerId;
 
-/// Environment variable naming the worker id; its presence means "worker mode".
-pub const ENV_WORKER_ID: &str = "SHOAL_WORKER_ID";
-/// Environment variable naming the worker's binary id (hex), for the tasks it submits.
-pub const ENV_BINARY: &str = "SHOAL_BINARY_ID";
-/// Environment variable naming the node's socket.
-pub const ENV_SOCKET: &str = "SHOAL_SOCKET";
+/// The environment a worker is started with: its id (whose presence means "worker mode"),
+/// its binary's id and the node's socket. Defined by the protocol, which the SDK reads it from.
+pub use shoal_protocol::env::{
+    BINARY_ID as ENV_BINARY, SOCKET as ENV_SOCKET, WORKER_ID as ENV_WORKER_ID,
+};
 
 /// A running worker process. Dropping it does not stop the process: [`WorkerProcess::kill`]
 /// does, and the watcher returned by [`spawn`] reports its end.

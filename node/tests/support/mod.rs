@@ -15,8 +15,9 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use shoal_protocol::frame::{self, FrameDecoder};
 use shoal_protocol::{
-    codec, frame, ClientId, Hello, NodeStatus, Role, ToClient, ToNode, MAGIC, PROTOCOL_VERSION,
+    ClientId, Hello, NodeStatus, Role, ToClient, ToNode, MAGIC, PROTOCOL_VERSION,
 };
 
 /// How long a node gets to start, answer or stop.
@@ -370,7 +371,7 @@ pub enum Closed {
 #[derive(Debug)]
 pub struct RawClient {
     stream: UnixStream,
-    buf: Vec<u8>,
+    frames: FrameDecoder,
 }
 
 impl RawClient {
@@ -389,7 +390,7 @@ impl RawClient {
             .expect("set write timeout");
         Self {
             stream,
-            buf: Vec::new(),
+            frames: FrameDecoder::new(MAX),
         }
     }
 
@@ -441,21 +442,21 @@ impl RawClient {
     pub fn recv(&mut self) -> Result<Option<ToClient>, Closed> {
         let mut chunk = [0u8; 64 * 1024];
         loop {
-            if let Some((payload, used)) = frame::split_frame(&self.buf, MAX).expect("frame") {
-                let msg: ToClient = codec::decode(payload, MAX).expect("decode ToClient");
-                self.buf.drain(..used);
+            if let Some(msg) = self
+                .frames
+                .next_message::<ToClient>()
+                .expect("a ToClient frame")
+            {
                 return Ok(Some(msg));
             }
             match self.stream.read(&mut chunk) {
                 Ok(0) => {
-                    assert!(
-                        self.buf.is_empty(),
-                        "node closed inside a frame: {} bytes left",
-                        self.buf.len()
-                    );
+                    if let Err(e) = self.frames.finish() {
+                        panic!("node closed inside a frame: {e}");
+                    }
                     return Ok(None);
                 }
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Ok(n) => self.frames.extend(&chunk[..n]),
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == ErrorKind::ConnectionReset => return Err(Closed::Reset),
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {

@@ -1,0 +1,89 @@
+//! Remote functions as a worker sees them: the registry every `#[shoal::remote]` adds an
+//! entry to, the arguments a task arrives with, and its encoded result.
+//!
+//! The refs inside a result stay held (on the worker's thread) until the task's `Done` is
+//! queued, so the node never sees them unreferenced in between.
+
+use std::cell::RefCell;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use shoal_protocol::{codec, ArgValue, TaskError};
+
+use crate::object_ref::{self, RawRef};
+use crate::runtime;
+
+/// A function callable by name in a worker.
+#[derive(Debug)]
+pub struct RemoteFunction {
+    /// `module_path!()::name`.
+    pub name: &'static str,
+    /// Decodes the arguments, runs the function, encodes the result.
+    pub invoke: fn(Args) -> Result<Vec<u8>, TaskError>,
+}
+
+/// Every `#[shoal::remote]` function linked into this binary.
+#[linkme::distributed_slice]
+pub static REMOTE_FUNCTIONS: [RemoteFunction];
+
+/// The arguments of a task, as a worker received them.
+#[derive(Debug)]
+pub struct Args {
+    values: Vec<Option<ArgValue>>,
+}
+
+impl Args {
+    pub(crate) fn new(values: Vec<ArgValue>) -> Self {
+        Self {
+            values: values.into_iter().map(Some).collect(),
+        }
+    }
+
+    /// Decodes argument `index` as a `T`.
+    pub fn take<T: DeserializeOwned>(&mut self, index: usize) -> Result<T, TaskError> {
+        let bad = |message: String| TaskError::ArgDecode { index, message };
+        let value = self
+            .values
+            .get_mut(index)
+            .and_then(Option::take)
+            .ok_or_else(|| {
+                bad(format!(
+                    "missing (the task has {} arguments)",
+                    self.values.len()
+                ))
+            })?;
+        match value {
+            ArgValue::Inline(bytes) => {
+                codec::decode(&bytes, usize::MAX).map_err(|e| bad(e.to_string()))
+            }
+            ArgValue::Shared(id, obj) => {
+                let ctx = runtime::get();
+                let map = crate::shm::map(ctx.store_dir(), &id, obj.size)
+                    .map_err(|e| bad(e.to_string()))?;
+                codec::decode(&map, usize::MAX).map_err(|e| bad(e.to_string()))
+            }
+        }
+    }
+}
+
+thread_local! {
+    /// Refs inside the result just encoded on this thread, held until its `Done` is queued.
+    static RESULT_REFS: RefCell<Vec<RawRef>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Encodes a function's result.
+pub fn encode_result<T: Serialize>(value: &T) -> Result<Vec<u8>, TaskError> {
+    let (bytes, refs) =
+        object_ref::encode_collecting(value).map_err(|e| TaskError::ResultStore {
+            message: e.to_string(),
+        })?;
+    if !refs.is_empty() {
+        RESULT_REFS.with(|r| r.borrow_mut().extend(refs));
+    }
+    Ok(bytes)
+}
+
+/// The refs inside the result last encoded on this thread.
+pub(crate) fn take_result_refs() -> Vec<RawRef> {
+    RESULT_REFS.with(|r| std::mem::take(&mut *r.borrow_mut()))
+}

@@ -1,0 +1,57 @@
+//! Per-call options of a task: [`TaskOptions`].
+
+use shoal_protocol::ResourceSet;
+
+/// Options of one call: what the task holds while it runs, and how often it is retried
+/// when its worker dies.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TaskOptions {
+    pub(crate) resources: ResourceSet,
+    pub(crate) max_retries: u32,
+    pub(crate) wait_for_resources: bool,
+}
+
+impl Default for TaskOptions {
+    /// One CPU, three retries (as Ray).
+    fn default() -> Self {
+        Self {
+            resources: ResourceSet::cpus(1.0),
+            max_retries: 3,
+            wait_for_resources: false,
+        }
+    }
+}
+
+impl TaskOptions {
+    /// The defaults: one CPU, three retries.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// CPUs the task holds (fractions allowed; zero is allowed).
+    pub fn num_cpus(mut self, n: f64) -> Self {
+        self.resources = self.resources.with(shoal_protocol::CPU, n);
+        self
+    }
+
+    /// An amount of a custom resource (`--resource NAME=N` on the node).
+    pub fn resource(mut self, name: &str, amount: f64) -> Self {
+        self.resources = self.resources.with(name, amount);
+        self
+    }
+
+    /// How many times the task is run again if its worker process dies. Panics are not
+    /// retried.
+    pub fn max_retries(mut self, n: u32) -> Self {
+        self.max_retries = n;
+        self
+    }
+
+    /// If no peer of the mesh can ever meet the demand (say a resource no peer has yet),
+    /// wait for one that can to join instead of failing with `Infeasible` after the grace
+    /// period.
+    pub fn wait_for_resources(mut self, wait: bool) -> Self {
+        self.wait_for_resources = wait;
+        self
+    }
+}

@@ -1,0 +1,108 @@
+//! Storing values: [`put`], and the puts behind large task arguments and byte buffers.
+//!
+//! A small value stays in this process (a copy goes to the node inline); a value above the
+//! node's inline threshold is encoded straight into a file of the shared-memory store and
+//! sealed under its content id. Equal values share one id and one copy.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use shoal_protocol::{ObjectId, SharedObject, ToNode};
+
+use crate::error::PutError;
+use crate::object_ref::{self, ObjectRef, RawRef};
+use crate::runtime::{self, Context, Value};
+use crate::shm;
+
+/// Stores `value` and returns a reference to it. Small values stay in this process (and a
+/// copy at the node); values above the inline threshold (64 KiB by default) are encoded
+/// straight into the node's shared-memory store, where other processes map them. Equal
+/// values share one id and one copy. Refs inside `value` stay alive as long as it does.
+pub fn put<T: Serialize>(value: &T) -> Result<ObjectRef<T>, PutError> {
+    let ctx = runtime::get();
+    put_value(ctx, value).map(ObjectRef::from_raw)
+}
+
+fn encode_error(e: impl std::fmt::Display) -> PutError {
+    PutError::Encode(e.to_string())
+}
+
+/// Stores a value, encoding it once (into the store if it is large).
+pub(crate) fn put_value<T: Serialize + ?Sized>(
+    ctx: &Context,
+    value: &T,
+) -> Result<RawRef, PutError> {
+    if ctx.is_shut_down() {
+        return Err(PutError::Shutdown);
+    }
+    let len = shoal_protocol::codec::encoded_len(value).map_err(encode_error)?;
+    if len <= ctx.inline_threshold {
+        let (bytes, nested) = object_ref::encode_collecting(value).map_err(encode_error)?;
+        return Ok(put_inline(ctx, bytes, nested));
+    }
+    let ticket = shm::ticket();
+    let mut nested = Vec::new();
+    let object = shm::write(ctx, ticket, len, |buf| {
+        let (written, refs) =
+            object_ref::collecting(|| shoal_protocol::codec::encode_into_slice(buf, value));
+        nested = refs;
+        match written {
+            Ok(n) if n == len => Ok(()),
+            Ok(n) => Err(format!("encoded {n} bytes, {len} expected")),
+            Err(e) => Err(e.to_string()),
+        }
+    })?;
+    Ok(seal_put(ctx, ticket, object, nested))
+}
+
+/// Stores already encoded bytes (a large task argument).
+pub(crate) fn put_encoded(
+    ctx: &Context,
+    bytes: Vec<u8>,
+    nested: Vec<RawRef>,
+) -> Result<RawRef, PutError> {
+    if ctx.is_shut_down() {
+        return Err(PutError::Shutdown);
+    }
+    if bytes.len() <= ctx.inline_threshold {
+        return Ok(put_inline(ctx, bytes, nested));
+    }
+    let ticket = shm::ticket();
+    let object = shm::write(ctx, ticket, bytes.len(), |buf| {
+        buf.copy_from_slice(&bytes);
+        Ok(())
+    })?;
+    Ok(seal_put(ctx, ticket, object, nested))
+}
+
+fn put_inline(ctx: &Context, bytes: Vec<u8>, nested: Vec<RawRef>) -> RawRef {
+    let id = ObjectId::for_content(&bytes);
+    let fresh = ctx.add_ref(id, Some(Value::Inline(Arc::new(bytes.clone()))));
+    if fresh {
+        ctx.push(ToNode::Put {
+            id,
+            value: bytes,
+            nested: object_ref::ids_of(&nested),
+        });
+    }
+    drop(nested);
+    RawRef::counted(id, ctx.client)
+}
+
+/// Seals a written put under its content id, unless this process holds equal bytes already.
+fn seal_put(ctx: &Context, ticket: ObjectId, object: SharedObject, nested: Vec<RawRef>) -> RawRef {
+    let id = ObjectId::from_digest(object.digest);
+    if !ctx.add_ref(id, Some(Value::Shared(object))) {
+        // Held here already: one copy is enough.
+        ctx.push(ToNode::Abort { id: ticket });
+    } else {
+        ctx.push(ToNode::Seal {
+            ticket,
+            id,
+            object,
+            nested: object_ref::ids_of(&nested),
+        });
+    }
+    drop(nested);
+    RawRef::counted(id, ctx.client)
+}

@@ -1,0 +1,361 @@
+//! The objects this process knows: one cell per object id, with the number of live
+//! `ObjectRef` handles here and the value once it came (or why it will not).
+//!
+//! Async waits park a [`Waker`] in the cell; blocking waits sleep on one condition variable
+//! that every change of any cell signals. A pending cell asks the node for its value on its
+//! first poll (a `Get`), not before: a large result made on another peer stays there until
+//! something here wants it. Once the connection is gone, every pending cell fails with the
+//! reason, and so does every later wait; after a shutdown every cell fails, values already
+//! here included.
+//!
+//! In a worker, a wait inside a running task tells the node the task is blocked (see
+//! [`work`](super::work)), so that its CPU is lent out meanwhile.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::task::{Context as TaskCx, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use shoal_protocol::{IdMap, ObjectId, ObjectValue, TaskError, ToNode};
+
+use super::Context;
+use crate::error::GetError;
+
+/// A value this process can read: the bytes, or where they are in the store (mapped when
+/// read, and unmapped after, so that the node may spill what no one is reading).
+#[derive(Clone, Debug)]
+pub(crate) enum Value {
+    Inline(Arc<Vec<u8>>),
+    Shared(shoal_protocol::SharedObject),
+}
+
+#[derive(Debug)]
+enum CellState {
+    Pending,
+    Ready(Value),
+    Failed(GetError),
+}
+
+#[derive(Debug)]
+struct Cell {
+    state: CellState,
+    /// Live `ObjectRef` handles in this process.
+    refs: usize,
+    /// A `Get` went to the node.
+    requested: bool,
+    wakers: Vec<Waker>,
+}
+
+impl Cell {
+    fn new(requested: bool) -> Self {
+        Cell {
+            state: CellState::Pending,
+            refs: 0,
+            requested,
+            wakers: Vec::new(),
+        }
+    }
+
+    fn is_pending(&self) -> bool {
+        matches!(self.state, CellState::Pending)
+    }
+}
+
+/// The table of cells, and the condition variable blocking waits sleep on.
+#[derive(Debug, Default)]
+pub(crate) struct Cells {
+    table: Mutex<IdMap<ObjectId, Cell>>,
+    changed: Condvar,
+}
+
+impl Cells {
+    fn lock(&self) -> MutexGuard<'_, IdMap<ObjectId, Cell>> {
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sets `id`'s outcome (if the cell still exists) and wakes its waiters.
+    fn settle(&self, id: ObjectId, state: CellState) {
+        let wakers = {
+            let mut cells = self.lock();
+            let Some(cell) = cells.get_mut(&id) else {
+                return;
+            };
+            cell.state = state;
+            std::mem::take(&mut cell.wakers)
+        };
+        self.changed.notify_all();
+        for w in wakers {
+            w.wake();
+        }
+    }
+
+    /// Fails every pending cell with `err` (every cell, values too, if `all`) and wakes
+    /// every waiter.
+    pub(super) fn fail(&self, err: &GetError, all: bool) {
+        let mut wakers = Vec::new();
+        {
+            let mut cells = self.lock();
+            for cell in cells.values_mut() {
+                if all || cell.is_pending() {
+                    cell.state = CellState::Failed(err.clone());
+                    wakers.append(&mut cell.wakers);
+                }
+            }
+        }
+        self.changed.notify_all();
+        for w in wakers {
+            w.wake();
+        }
+    }
+}
+
+impl Context {
+    /// A value (or a task's failure) from the node.
+    pub(super) fn resolve(&self, id: ObjectId, value: ObjectValue) {
+        let state = match value {
+            ObjectValue::Inline(v) => CellState::Ready(Value::Inline(Arc::new(v))),
+            ObjectValue::Shared(obj) => CellState::Ready(Value::Shared(obj)),
+            ObjectValue::Error(e) => CellState::Failed(GetError::Task(e)),
+        };
+        self.cells.settle(id, state);
+    }
+
+    /// Registers a new handle to `id`; `ready` is set if the cell is pending. Returns whether
+    /// this is the only handle.
+    pub(crate) fn add_ref(&self, id: ObjectId, ready: Option<Value>) -> bool {
+        let mut cells = self.cells.lock();
+        let cell = cells.entry(id).or_insert_with(|| Cell::new(false));
+        cell.refs += 1;
+        if let Some(v) = ready {
+            if cell.is_pending() {
+                cell.state = CellState::Ready(v);
+            }
+        }
+        cell.refs == 1
+    }
+
+    /// Registers the handle to the result of a task this process submits: the node sends a
+    /// small result unasked; a large one made on another peer stays there until a `get` or
+    /// `wait` here asks for it (the first poll of a pending cell does).
+    pub(crate) fn add_owned_result(&self, id: ObjectId) {
+        let mut cell = Cell::new(false);
+        cell.refs = 1;
+        self.cells.lock().insert(id, cell);
+    }
+
+    /// Registers a handle that failed before it existed (encoding errors and the like).
+    pub(crate) fn add_failed(&self, id: ObjectId, err: GetError) {
+        let mut cells = self.cells.lock();
+        let cell = cells.entry(id).or_insert_with(|| Cell::new(true));
+        cell.refs += 1;
+        cell.state = CellState::Failed(err);
+    }
+
+    /// Drops a handle; the last one releases this process's hold on the object.
+    pub(crate) fn drop_ref(&self, id: ObjectId) {
+        let last = {
+            let mut cells = self.cells.lock();
+            match cells.get_mut(&id) {
+                Some(cell) => {
+                    cell.refs -= 1;
+                    if cell.refs == 0 {
+                        cells.remove(&id);
+                        true
+                    } else {
+                        false
+                    }
+                }
+                None => false,
+            }
+        };
+        // Every process that holds refs is counted at the node (the creator by its put or
+        // submit, the others by `Hold`): the last handle here releases this process's hold.
+        if last && self.closed().is_none() {
+            self.push(ToNode::Release { ids: vec![id] });
+        }
+    }
+
+    /// Ready, failed, or pending (registering `waker`, asking the node if needed).
+    pub(crate) fn poll_cell(
+        &self,
+        id: ObjectId,
+        waker: Option<&Waker>,
+    ) -> Poll<Result<Value, GetError>> {
+        let mut cells = self.cells.lock();
+        let Some(cell) = cells.get_mut(&id) else {
+            return Poll::Ready(Err(GetError::Task(TaskError::ObjectLost { id })));
+        };
+        match &cell.state {
+            CellState::Ready(v) => Poll::Ready(Ok(v.clone())),
+            CellState::Failed(e) => Poll::Ready(Err(e.clone())),
+            CellState::Pending => {
+                if let Some(err) = self.closed() {
+                    cell.state = CellState::Failed(err.clone());
+                    return Poll::Ready(Err(err));
+                }
+                if let Some(w) = waker {
+                    if !cell.wakers.iter().any(|x| x.will_wake(w)) {
+                        cell.wakers.push(w.clone());
+                    }
+                }
+                let ask = !cell.requested;
+                cell.requested = true;
+                drop(cells);
+                if ask {
+                    self.push(ToNode::Get { ids: vec![id] });
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    /// Forgets the value of `id` (its store file is gone: the node spilled it) so that the
+    /// next wait asks the node again, which reads it back first.
+    pub(crate) fn refetch(&self, id: ObjectId) {
+        let mut cells = self.cells.lock();
+        if let Some(cell) = cells.get_mut(&id) {
+            if matches!(cell.state, CellState::Ready(Value::Shared(_))) {
+                cell.state = CellState::Pending;
+                cell.requested = false;
+            }
+        }
+    }
+
+    /// Whether `id` is ready or failed, without asking the node.
+    pub(crate) fn is_done(&self, id: &ObjectId) -> bool {
+        self.cells.lock().get(id).is_some_and(|c| !c.is_pending())
+    }
+
+    /// Waits (blocking this thread) until `want` of `ids` are ready or failed, or the deadline.
+    pub(crate) fn wait_many(&self, ids: &[ObjectId], want: usize, deadline: Option<Instant>) {
+        for id in ids {
+            // Asks the node for those pending; the outcomes are read below.
+            let _ = self.poll_cell(*id, None);
+        }
+        let mut blocked = None;
+        let mut cells = self.cells.lock();
+        loop {
+            let ready = ids
+                .iter()
+                .filter(|id| cells.get(id).is_none_or(|c| !c.is_pending()))
+                .count();
+            if ready >= want {
+                break;
+            }
+            if blocked.is_none() {
+                drop(cells);
+                blocked = Some(self.report_blocked());
+                cells = self.cells.lock();
+                continue;
+            }
+            cells = match deadline {
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        break;
+                    }
+                    self.cells
+                        .changed
+                        .wait_timeout(cells, d - now)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                }
+                None => self
+                    .cells
+                    .changed
+                    .wait(cells)
+                    .unwrap_or_else(|e| e.into_inner()),
+            };
+        }
+        drop(cells);
+        if blocked == Some(true) {
+            self.report_unblocked();
+        }
+    }
+
+    /// Blocks this thread until `id` is ready or `timeout` passes.
+    pub(crate) fn wait_blocking(
+        &self,
+        id: ObjectId,
+        timeout: Option<Duration>,
+    ) -> Result<Value, GetError> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut blocked = false;
+        let result = loop {
+            if let Poll::Ready(r) = self.poll_cell(id, None) {
+                break r;
+            }
+            if !blocked {
+                blocked = self.report_blocked();
+            }
+            let cells = self.cells.lock();
+            if cells.get(&id).is_some_and(|c| !c.is_pending()) {
+                continue;
+            }
+            // Woken by any change (or spuriously): the next turn looks again.
+            match deadline {
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        break Err(GetError::Timeout(timeout.unwrap_or_default()));
+                    }
+                    drop(
+                        self.cells
+                            .changed
+                            .wait_timeout(cells, d - now)
+                            .unwrap_or_else(|e| e.into_inner()),
+                    );
+                }
+                None => drop(
+                    self.cells
+                        .changed
+                        .wait(cells)
+                        .unwrap_or_else(|e| e.into_inner()),
+                ),
+            }
+        };
+        if blocked {
+            self.report_unblocked();
+        }
+        result
+    }
+
+    /// Waits (async) for one object.
+    pub(crate) fn ready(&self, id: ObjectId) -> ReadyFuture<'_> {
+        ReadyFuture {
+            ctx: self,
+            id,
+            blocked: false,
+        }
+    }
+}
+
+/// Waits for one object cell (the async get).
+pub(crate) struct ReadyFuture<'a> {
+    ctx: &'a Context,
+    id: ObjectId,
+    blocked: bool,
+}
+
+impl Future for ReadyFuture<'_> {
+    type Output = Result<Value, GetError>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskCx<'_>) -> Poll<Self::Output> {
+        let r = self.ctx.poll_cell(self.id, Some(cx.waker()));
+        match r {
+            Poll::Pending if !self.blocked => {
+                self.blocked = self.ctx.report_blocked();
+                Poll::Pending
+            }
+            other => other,
+        }
+    }
+}
+
+impl Drop for ReadyFuture<'_> {
+    fn drop(&mut self) {
+        if self.blocked {
+            self.ctx.report_unblocked();
+        }
+    }
+}

@@ -1,0 +1,329 @@
+//! Attaching to a node: the daemon on the socket if one answers the handshake, otherwise a
+//! node embedded in this process, on the runtime thread.
+//!
+//! A driver names its executable (hashed with blake3, once) in its `Hello`, so that the node
+//! can start workers from it; a worker names the id the node started it with. An embedded
+//! node gets a private socket of its own (its workers connect to it), and joins a mesh when
+//! peers are given (options or `$SHOAL_PEERS`), with an identity made for this process.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicU8};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use shoal_node::{NodeConfig, NodeHandle};
+use shoal_protocol::frame::{self, FrameDecoder};
+use shoal_protocol::{
+    BinaryId, BinaryInfo, ClientId, Hello, Role, ToClient, ToNode, MAGIC, PROTOCOL_VERSION,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::sync::mpsc;
+
+use super::cells::Cells;
+use super::outbox::Outbox;
+use super::thread::{self, RuntimeThread};
+use super::transport::{self, Transport};
+use super::work::{self, Work};
+use super::{Context, InitOptions, Mode, OPEN};
+use crate::error::InitError;
+
+fn random_client_id() -> ClientId {
+    ClientId(u64::from_le_bytes(shoal_node::random_bytes()))
+}
+
+/// The blake3 id and path of this process's executable (hashed once).
+fn this_binary() -> Result<BinaryInfo, InitError> {
+    static BIN: OnceLock<Result<BinaryInfo, String>> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let path = std::env::current_exe().map_err(|e| e.to_string())?;
+        let file = std::fs::File::open(&path).map_err(|e| e.to_string())?;
+        // SAFETY: the executable is not modified while we run it (ETXTBSY).
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| e.to_string())?;
+        let id = BinaryId(*blake3::hash(&map).as_bytes());
+        Ok(BinaryInfo {
+            id,
+            path: path.display().to_string(),
+        })
+    })
+    .clone()
+    .map_err(InitError::Binary)
+}
+
+/// The binary a worker's tasks run in: the one the node started it from.
+fn worker_binary() -> Result<BinaryId, InitError> {
+    std::env::var(shoal_protocol::env::BINARY_ID)
+        .ok()
+        .and_then(|h| BinaryId::from_hex(&h))
+        .ok_or_else(|| {
+            InitError::Handshake(format!(
+                "worker without a valid {}",
+                shoal_protocol::env::BINARY_ID
+            ))
+        })
+}
+
+/// Starts the runtime thread, attaches to a node on it, and starts the connection.
+pub(super) fn connect(
+    mode: Mode,
+    worker_id: Option<u64>,
+    options: InitOptions,
+) -> Result<Arc<Context>, InitError> {
+    let client = random_client_id();
+    let (binary, binary_id) = match mode {
+        Mode::Driver => {
+            let b = this_binary()?;
+            let id = b.id;
+            (Some(b), id)
+        }
+        Mode::Worker => (None, worker_binary()?),
+    };
+    let hello = Hello {
+        magic: MAGIC,
+        version: PROTOCOL_VERSION,
+        role: match worker_id {
+            Some(worker_id) => Role::Worker { worker_id },
+            None => Role::Driver,
+        },
+        pid: std::process::id(),
+        client,
+        binary,
+    };
+    // Dropped on an error below, the thread ends.
+    let runtime = RuntimeThread::start()?;
+    let Opened {
+        transport,
+        welcome,
+        node,
+        socket,
+    } = runtime
+        .block_on(open_transport(hello, options))
+        .ok_or_else(|| InitError::Runtime("runtime thread ended".into()))??;
+    let ToClient::Welcome {
+        node_id,
+        store_dir,
+        inline_threshold,
+        peer_id,
+    } = welcome
+    else {
+        if let Some(node) = node {
+            runtime.block_on(async move { node.shutdown().await });
+        }
+        return Err(InitError::Handshake("expected Welcome".into()));
+    };
+    let (work_tx, work_rx) = mpsc::channel(work::QUEUE);
+    let embedded = node.is_some();
+    let ctx = Arc::new(Context {
+        client,
+        mode,
+        binary: binary_id,
+        node_id,
+        peer_id,
+        store_dir: PathBuf::from(store_dir),
+        inline_threshold: inline_threshold as usize,
+        socket,
+        embedded,
+        node: Mutex::new(node),
+        task_seq: AtomicU64::new(1),
+        request_seq: AtomicU64::new(1),
+        outbox: Outbox::default(),
+        cells: Cells::default(),
+        requests: Mutex::default(),
+        link: AtomicU8::new(OPEN),
+        work: Work::new(work_rx),
+        thread: runtime,
+    });
+    if embedded {
+        thread::stop_at_exit();
+    }
+    ctx.thread
+        .start_transport(transport::run(ctx.clone(), transport, work_tx));
+    tracing::debug!(node = %node_id, client = %client, ?mode, "attached to node");
+    Ok(ctx)
+}
+
+/// A connection after the handshake, the node's answer, the embedded node (if one was
+/// started) and the node's socket.
+struct Opened {
+    transport: Transport,
+    welcome: ToClient,
+    node: Option<NodeHandle>,
+    socket: PathBuf,
+}
+
+async fn open_transport(hello: Hello, options: InitOptions) -> Result<Opened, InitError> {
+    let socket = options
+        .socket
+        .clone()
+        .unwrap_or_else(shoal_node::config::default_socket_path);
+    if !options.force_embedded {
+        match UnixStream::connect(&socket).await {
+            Ok(mut stream) => {
+                let mut out = Vec::new();
+                frame::encode_frame(&mut out, &ToNode::Hello(hello), frame::DEFAULT_MAX_FRAME)
+                    .map_err(|e| InitError::Handshake(e.to_string()))?;
+                stream
+                    .write_all(&out)
+                    .await
+                    .map_err(|e| InitError::Connect(socket.clone(), e))?;
+                let mut frames = FrameDecoder::new(frame::DEFAULT_MAX_FRAME);
+                let welcome = read_one(&mut stream, &mut frames).await?;
+                return match welcome {
+                    ToClient::Rejected { reason } => Err(InitError::Handshake(reason)),
+                    welcome => Ok(Opened {
+                        transport: Transport::Socket(stream, frames),
+                        welcome,
+                        node: None,
+                        socket,
+                    }),
+                };
+            }
+            Err(e) if options.require_daemon => return Err(InitError::Connect(socket, e)),
+            Err(_) => {}
+        }
+    }
+    // No daemon: run a node in this process, on this runtime.
+    let mut config = NodeConfig {
+        socket: shoal_node::config::user_runtime_dir().join(format!(
+            "embedded-{}-{:08x}.sock",
+            std::process::id(),
+            hello.client.0 as u32
+        )),
+        embedded: true,
+        ..NodeConfig::default()
+    };
+    if let Some(c) = options.cpus {
+        config.cpus = c;
+        config.max_workers = ((c.ceil() as usize) * 4).max(8);
+    }
+    config.resources = options.resources.clone();
+    if let Some(b) = options.store_bytes {
+        config.store_bytes = b;
+    }
+    if let Some(d) = &options.spill_dir {
+        config.spill_parent = d.clone();
+    }
+    #[cfg(feature = "mesh")]
+    {
+        config.mesh = embedded_mesh(&options, hello.client)?;
+    }
+    if let Some(t) = options.inline_threshold {
+        config.inline_threshold = t;
+    }
+    let node = shoal_node::start(config)
+        .await
+        .map_err(|e| InitError::Embedded(e.to_string()))?;
+    match attach_local(&node, hello).await {
+        Ok((transport, welcome)) => {
+            let socket = node.socket().to_path_buf();
+            Ok(Opened {
+                transport,
+                welcome,
+                node: Some(node),
+                socket,
+            })
+        }
+        Err(e) => {
+            node.shutdown().await;
+            Err(e)
+        }
+    }
+}
+
+/// The handshake with an embedded node.
+async fn attach_local(node: &NodeHandle, hello: Hello) -> Result<(Transport, ToClient), InitError> {
+    let mut local = node
+        .connect_local(hello)
+        .await
+        .map_err(|e| InitError::Embedded(e.to_string()))?;
+    let welcome = local
+        .recv()
+        .await
+        .ok_or_else(|| InitError::Handshake("embedded node closed".into()))?;
+    if let ToClient::Rejected { reason } = welcome {
+        return Err(InitError::Handshake(reason));
+    }
+    Ok((Transport::Local(local), welcome))
+}
+
+/// Where an embedded mesh peer keeps its identity (see `embedded_mesh`).
+fn peer_dir(client: ClientId) -> PathBuf {
+    shoal_node::config::user_runtime_dir().join(format!(
+        "embedded-{}-{:08x}.peer",
+        std::process::id(),
+        client.0 as u32
+    ))
+}
+
+/// Removes an embedded mesh peer's identity: it was made for this process alone.
+pub(super) fn remove_peer_dir(client: ClientId) {
+    let dir = peer_dir(client);
+    match std::fs::remove_dir_all(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot remove the peer's identity")
+        }
+    }
+}
+
+/// The mesh an embedded node joins, if peers were given (options or `$SHOAL_PEERS`). Its
+/// identity is new for each process.
+#[cfg(feature = "mesh")]
+fn embedded_mesh(
+    options: &InitOptions,
+    client: ClientId,
+) -> Result<Option<shoal_node::config::MeshConfig>, InitError> {
+    let mut peers = options.peers.clone();
+    if peers.is_empty() {
+        if let Ok(list) = std::env::var("SHOAL_PEERS") {
+            peers = list
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect();
+        }
+    }
+    if peers.is_empty() {
+        return Ok(None);
+    }
+    let mesh = options
+        .mesh
+        .clone()
+        .or_else(|| std::env::var("SHOAL_MESH").ok())
+        .unwrap_or_else(|| "default".to_string());
+    let mut net = shoal_node::net::NetConfig::new(&mesh);
+    net.mdns = false;
+    let parse = |s: &str| {
+        s.parse()
+            .map_err(|e| InitError::Embedded(format!("not a multiaddr: {s}: {e}")))
+    };
+    net.listen = vec![parse("/ip4/0.0.0.0/tcp/0")?];
+    net.peers = peers.iter().map(|p| parse(p)).collect::<Result<_, _>>()?;
+    Ok(Some(shoal_node::config::MeshConfig {
+        data_dir: peer_dir(client),
+        net,
+    }))
+}
+
+/// Reads the first message; whatever followed it stays in `frames`.
+async fn read_one(
+    stream: &mut UnixStream,
+    frames: &mut FrameDecoder,
+) -> Result<ToClient, InitError> {
+    loop {
+        if let Some(msg) = frames
+            .next_message::<ToClient>()
+            .map_err(|e| InitError::Handshake(e.to_string()))?
+        {
+            return Ok(msg);
+        }
+        let n = stream
+            .read_buf(frames.input())
+            .await
+            .map_err(|e| InitError::Handshake(e.to_string()))?;
+        if n == 0 {
+            return Err(InitError::Handshake("node closed the connection".into()));
+        }
+    }
+}

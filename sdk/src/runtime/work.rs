@@ -1,0 +1,134 @@
+//! What the node hands a worker process, and the blocked/unblocked protocol around a task
+//! that waits.
+//!
+//! The connection's reader puts each `Execute` (a task, or an actor's method call) and each
+//! `HostActor` into a bounded queue that the worker loop (`crate::worker`) takes from. While
+//! a running task waits for an object, the worker tells the node it is `Blocked` (the node
+//! then lends its CPU to another task) and hands back the tasks queued behind it, which might
+//! be what it waits for; tasks that arrive meanwhile go straight back too. When the wait ends
+//! it says `Unblocked`. In a driver the queue stays empty and the protocol is never used.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use shoal_protocol::{ExecTask, HostActor, ToNode};
+use tokio::sync::mpsc;
+
+use super::{Context, Mode};
+
+/// Work items queued in a worker before the connection's reader hands tasks back.
+pub(super) const QUEUE: usize = 4096;
+
+/// What a worker is handed: a task (or an actor's method call), or an actor to become.
+#[derive(Debug)]
+pub(crate) enum WorkItem {
+    Task(ExecTask),
+    HostActor(HostActor),
+}
+
+/// The worker's side of the queue, and whether a task runs or waits.
+#[derive(Debug)]
+pub(crate) struct Work {
+    /// Taken for good by an actor's host, which awaits it on its own runtime.
+    rx: Mutex<Option<mpsc::Receiver<WorkItem>>>,
+    /// Set while a worker runs a task, so waits inside it can report `Blocked`.
+    in_task: AtomicBool,
+    /// Set while the running task waits: tasks arriving meanwhile are handed back.
+    waiting: Mutex<bool>,
+}
+
+impl Work {
+    pub(super) fn new(rx: mpsc::Receiver<WorkItem>) -> Self {
+        Self {
+            rx: Mutex::new(Some(rx)),
+            in_task: AtomicBool::new(false),
+            waiting: Mutex::new(false),
+        }
+    }
+
+    fn lock_rx(&self) -> MutexGuard<'_, Option<mpsc::Receiver<WorkItem>>> {
+        self.rx.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_waiting(&self) -> MutexGuard<'_, bool> {
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The next item, blocking this thread; `None` once the connection is gone. The queue
+    /// stays locked while idle; a running task's waits drain it.
+    pub(crate) fn next_blocking(&self) -> Option<WorkItem> {
+        self.lock_rx().as_mut()?.blocking_recv()
+    }
+
+    /// The queue itself, for a loop of its own (an actor's host).
+    pub(crate) fn take_queue(&self) -> Option<mpsc::Receiver<WorkItem>> {
+        self.lock_rx().take()
+    }
+
+    /// Gives a queue taken with [`Work::take_queue`] back.
+    pub(crate) fn put_back(&self, rx: mpsc::Receiver<WorkItem>) {
+        *self.lock_rx() = Some(rx);
+    }
+
+    /// Marks the start or the end of a task run by the worker loop.
+    pub(crate) fn set_in_task(&self, running: bool) {
+        self.in_task.store(running, Ordering::Relaxed);
+    }
+}
+
+impl Context {
+    /// Hands a task from the node to the worker loop, or back to the node when the running
+    /// task waits (the new one might be what it waits for) or the queue is full.
+    pub(super) fn offer_task(&self, task: ExecTask, queue: &mpsc::Sender<WorkItem>) {
+        let waiting = self.work.lock_waiting();
+        if *waiting {
+            drop(waiting);
+            self.push(ToNode::Returned {
+                tasks: vec![task.task_id],
+            });
+            return;
+        }
+        if let Err(e) = queue.try_send(WorkItem::Task(task)) {
+            drop(waiting);
+            let (mpsc::error::TrySendError::Full(item) | mpsc::error::TrySendError::Closed(item)) =
+                e;
+            if let WorkItem::Task(task) = item {
+                self.push(ToNode::Returned {
+                    tasks: vec![task.task_id],
+                });
+            }
+        }
+    }
+
+    /// In a worker running a task, tells the node this task now waits (and so lends its CPU).
+    /// Tasks queued here behind the waiting one go back to the node: they might be what it
+    /// waits for. Returns whether it told the node (then [`Context::report_unblocked`] must
+    /// follow).
+    pub(super) fn report_blocked(&self) -> bool {
+        if self.mode != Mode::Worker || !self.work.in_task.load(Ordering::Relaxed) {
+            return false;
+        }
+        let mut waiting = self.work.lock_waiting();
+        *waiting = true;
+        let mut back = Vec::new();
+        if let Some(rx) = self.work.lock_rx().as_mut() {
+            while let Ok(item) = rx.try_recv() {
+                if let WorkItem::Task(t) = item {
+                    back.push(t.task_id);
+                }
+            }
+        }
+        self.push(ToNode::Blocked);
+        if !back.is_empty() {
+            self.push(ToNode::Returned { tasks: back });
+        }
+        drop(waiting);
+        true
+    }
+
+    /// The wait reported by [`Context::report_blocked`] is over.
+    pub(super) fn report_unblocked(&self) {
+        *self.work.lock_waiting() = false;
+        self.push(ToNode::Unblocked);
+    }
+}

@@ -1,0 +1,228 @@
+//! Submitting work: a call of a remote function, of an actor's method, or an actor's
+//! creation becomes a `Submit` to the node, and the caller gets the [`ObjectRef`] of its
+//! result at once.
+//!
+//! Arguments are values or refs ([`IntoArg`]). A value small enough travels inside the
+//! message; a larger one is stored first and passed by reference. A call whose argument
+//! cannot be encoded or stored is not sent: its ref fails with the reason.
+
+use serde::Serialize;
+use shoal_protocol::{
+    ActorCreate, ActorId, EncodeError, ObjectId, TaskError, TaskId, TaskKind, TaskSpec, ToNode,
+};
+
+use crate::actor::{Actor, ActorError, ActorHandle, ActorOptions, RawActor};
+use crate::error::GetError;
+use crate::object_ref::{self, ObjectRef, RawRef};
+use crate::options::TaskOptions;
+use crate::put;
+use crate::runtime::{self, Context};
+
+/// One argument of a call, before it is sent.
+#[derive(Debug)]
+pub enum ArgBuf {
+    /// An encoded value and the refs inside it (or why it could not be encoded).
+    Value(Result<(Vec<u8>, Vec<RawRef>), EncodeError>),
+    /// A reference whose value the task receives.
+    Ref(RawRef),
+}
+
+/// A value usable as an argument of type `T`: a `T` itself, or an [`ObjectRef<T>`] (whose
+/// value the task receives once it is ready).
+pub trait IntoArg<T> {
+    /// Converts to the wire form.
+    fn into_arg(self) -> ArgBuf;
+}
+
+impl<T: Serialize> IntoArg<T> for T {
+    fn into_arg(self) -> ArgBuf {
+        ArgBuf::Value(object_ref::encode_collecting(&self))
+    }
+}
+
+impl<T> IntoArg<T> for ObjectRef<T> {
+    fn into_arg(self) -> ArgBuf {
+        ArgBuf::Ref(self.raw)
+    }
+}
+
+impl<T> IntoArg<T> for &ObjectRef<T> {
+    fn into_arg(self) -> ArgBuf {
+        ArgBuf::Ref(self.raw.clone())
+    }
+}
+
+impl IntoArg<String> for &str {
+    fn into_arg(self) -> ArgBuf {
+        ArgBuf::Value(object_ref::encode_collecting(self))
+    }
+}
+
+/// Submits a call of `name` and returns the reference to its result.
+pub fn submit<R>(name: &'static str, options: &TaskOptions, args: Vec<ArgBuf>) -> ObjectRef<R> {
+    let ctx = runtime::get();
+    let task_id = TaskId::new(ctx.client, ctx.next_task_seq());
+    submit_spec(
+        ctx,
+        task_id,
+        name,
+        options.clone(),
+        TaskKind::Function,
+        args,
+    )
+}
+
+/// Calls `method` of an actor and returns the reference to its result. Calls are never
+/// retried (as Ray's default `max_task_retries`).
+pub fn call_actor<R>(actor: &RawActor, method: &'static str, args: Vec<ArgBuf>) -> ObjectRef<R> {
+    let ctx = runtime::get();
+    let task_id = TaskId::new(ctx.client, ctx.next_task_seq());
+    submit_spec(
+        ctx,
+        task_id,
+        method,
+        TaskOptions::new().num_cpus(0.0).max_retries(0),
+        TaskKind::ActorMethod { actor: actor.id() },
+        args,
+    )
+}
+
+/// Creates an actor with the default options; see [`create_actor_with`]. Unnamed creation
+/// cannot be refused up front: a failure shows in the actor's calls.
+pub fn create_actor<A: Actor>(options: &ActorOptions, args: Vec<ArgBuf>) -> ActorHandle<A> {
+    let ctx = runtime::get();
+    let (handle, _ret) = submit_create::<A>(ctx, options, args);
+    handle
+}
+
+/// Creates an actor. With a name, waits for the node's answer (the name may be taken, or a
+/// get-or-create may find an existing actor).
+pub fn create_actor_with<A: Actor>(
+    options: &ActorOptions,
+    args: Vec<ArgBuf>,
+) -> Result<ActorHandle<A>, ActorError> {
+    let ctx = runtime::get();
+    let (handle, ret) = submit_create::<A>(ctx, options, args);
+    let Some(name) = &options.name else {
+        return Ok(handle);
+    };
+    match ret.get_blocking() {
+        Ok(id) if id == ActorHandle::id(&handle) => Ok(handle),
+        // Get-or-create found another: a handle to it, not owned by us.
+        Ok(id) => Ok(ActorHandle::from_raw(RawActor::new(id, false, true))),
+        Err(GetError::Task(TaskError::ActorNameTaken { .. })) => {
+            Err(ActorError::NameTaken(name.clone()))
+        }
+        Err(e) => Err(ActorError::Create(e)),
+    }
+}
+
+fn submit_create<A: Actor>(
+    ctx: &Context,
+    options: &ActorOptions,
+    args: Vec<ArgBuf>,
+) -> (ActorHandle<A>, ObjectRef<ActorId>) {
+    let task_id = TaskId::new(ctx.client, ctx.next_task_seq());
+    let actor_id = ActorId(task_id.0);
+    let create = ActorCreate {
+        actor_id,
+        name: options.name.clone(),
+        get_if_exists: options.get_if_exists,
+        max_restarts: options.max_restarts,
+        max_concurrency: options
+            .max_concurrency
+            .unwrap_or(A::DEFAULT_MAX_CONCURRENCY)
+            .max(1),
+        detached: options.detached,
+    };
+    let ret = submit_spec(
+        ctx,
+        task_id,
+        A::CLASS,
+        TaskOptions {
+            resources: options.resources.clone(),
+            max_retries: 0,
+            wait_for_resources: false,
+        },
+        TaskKind::CreateActor(create),
+        args,
+    );
+    // A named or detached actor may be reached by others: dropping our handles does not end it.
+    let escaped = options.name.is_some() || options.detached;
+    (
+        ActorHandle::from_raw(RawActor::new(actor_id, true, escaped)),
+        ret,
+    )
+}
+
+fn submit_spec<R>(
+    ctx: &Context,
+    task_id: TaskId,
+    name: &'static str,
+    options: TaskOptions,
+    kind: TaskKind,
+    args: Vec<ArgBuf>,
+) -> ObjectRef<R> {
+    let TaskOptions {
+        resources,
+        max_retries,
+        wait_for_resources,
+    } = options;
+    let ret = ObjectId::for_return(task_id, 0);
+    if ctx.is_shut_down() {
+        ctx.add_failed(ret, GetError::Shutdown);
+        return ObjectRef::from_raw(RawRef::counted(ret, ctx.client));
+    }
+    let mut wire = Vec::with_capacity(args.len());
+    // Handles to the arguments stay alive until the submit is queued.
+    let mut keep = Vec::new();
+    // Refs inside inline arguments: the node keeps them alive for the task.
+    let mut nested = Vec::new();
+    for (index, arg) in args.into_iter().enumerate() {
+        match arg {
+            ArgBuf::Value(Ok((bytes, refs))) if bytes.len() <= ctx.inline_threshold => {
+                wire.push(shoal_protocol::Arg::Value(bytes));
+                nested.extend(refs);
+            }
+            ArgBuf::Value(Ok((bytes, refs))) => {
+                // Too large to travel inline: stored first, passed by reference.
+                let raw = put::put_encoded(ctx, bytes, refs).map_err(|e| e.to_string());
+                match raw {
+                    Ok(raw) => {
+                        wire.push(shoal_protocol::Arg::Ref(raw.id));
+                        keep.push(raw);
+                    }
+                    Err(message) => return failed(ctx, ret, index, message),
+                }
+            }
+            ArgBuf::Value(Err(e)) => return failed(ctx, ret, index, e.to_string()),
+            ArgBuf::Ref(raw) => {
+                wire.push(shoal_protocol::Arg::Ref(raw.id));
+                keep.push(raw);
+            }
+        }
+    }
+    ctx.add_owned_result(ret);
+    ctx.push(ToNode::Submit(TaskSpec {
+        task_id,
+        function: name.to_string(),
+        binary: ctx.binary,
+        args: wire,
+        resources,
+        max_retries,
+        owner: ctx.client,
+        kind,
+        nested: object_ref::ids_of(&nested),
+        wait_for_resources,
+    }));
+    drop(nested);
+    drop(keep);
+    ObjectRef::from_raw(RawRef::counted(ret, ctx.client))
+}
+
+/// A reference to a call that failed before it was sent (an argument could not be encoded or
+/// stored): its `get` returns the error.
+fn failed<R>(ctx: &Context, ret: ObjectId, index: usize, message: String) -> ObjectRef<R> {
+    ctx.add_failed(ret, GetError::Task(TaskError::ArgDecode { index, message }));
+    ObjectRef::from_raw(RawRef::counted(ret, ctx.client))
+}

@@ -1,0 +1,139 @@
+//! An actor's process: a worker that was asked to host an actor runs its constructor, then
+//! the calls the node sends, for the rest of its life.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskCx, Poll};
+
+use shoal_protocol::{ExecTask, HostActor, TaskError, TaskOutcome, ToNode};
+
+use super::{done, idle_until_closed, panic_message, store_result};
+use crate::actor::{Access, Actor, Guard};
+use crate::function::Args;
+use crate::runtime::{self, WorkItem};
+
+/// Polls a future, turning a panic inside it into an error with the panic's message.
+struct CatchUnwind<F>(Pin<Box<F>>);
+
+impl<F: Future> Future for CatchUnwind<F> {
+    type Output = Result<F::Output, String>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskCx<'_>) -> Poll<Self::Output> {
+        let fut = self.0.as_mut();
+        match std::panic::catch_unwind(AssertUnwindSafe(|| fut.poll(cx))) {
+            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(p) => Poll::Ready(Err(panic_message(&*p))),
+        }
+    }
+}
+
+/// Hosts an actor of class `A` for the rest of this process's life: runs the constructor,
+/// then the calls the node sends, in the order it sends them. Calls run on this thread, on
+/// a single-threaded runtime: a `&mut self` call runs alone; `&self` calls may overlap (up to
+/// the actor's max concurrency) when they are `async` and wait. A panic fails its call only;
+/// the state stays as the call left it.
+pub fn host_actor<A: Actor>(host: HostActor) -> i32 {
+    let ctx = runtime::get();
+    let actor = host.actor_id;
+    let span = tracing::info_span!(
+        "actor",
+        actor = %actor,
+        class = A::CLASS,
+        incarnation = host.incarnation
+    );
+    let _enter = span.enter();
+    let Some(mut rx) = ctx.work.take_queue() else {
+        return 0;
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("shoal actor {actor}: cannot build its runtime: {e}");
+            return 1;
+        }
+    };
+    let args = Args::new(host.args);
+    let built = std::panic::catch_unwind(AssertUnwindSafe(|| A::__construct(args)));
+    let built = match built {
+        Ok(Ok(state)) => Ok(state),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(p) => Err(format!("the constructor panicked: {}", panic_message(&*p))),
+    };
+    let state = match built {
+        Ok(state) => state,
+        Err(message) => {
+            tracing::warn!(%message, "actor constructor failed");
+            ctx.push(ToNode::ActorStarted {
+                actor,
+                result: Err(TaskError::ActorCreationFailed { actor, message }),
+            });
+            ctx.work.put_back(rx);
+            return idle_until_closed(ctx);
+        }
+    };
+    ctx.push(ToNode::ActorStarted {
+        actor,
+        result: Ok(()),
+    });
+    tracing::debug!("actor constructed");
+    let state = Arc::new(tokio::sync::RwLock::new(state));
+    let limit = host.max_concurrency.max(1) as usize;
+    let permits = Arc::new(tokio::sync::Semaphore::new(limit));
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async move {
+        while let Some(item) = rx.recv().await {
+            let WorkItem::Task(call) = item else {
+                tracing::warn!("a second actor for a worker that hosts one; ignored");
+                continue;
+            };
+            let ExecTask {
+                task_id,
+                function,
+                args,
+                return_id,
+            } = call;
+            let Some(access) = A::__access(&function) else {
+                done(
+                    ctx,
+                    task_id,
+                    TaskOutcome::Err(TaskError::NoSuchFunction {
+                        name: format!("{}::{function}", A::CLASS),
+                    }),
+                );
+                continue;
+            };
+            // Permits and locks are taken here, in arrival order, so calls start in the
+            // order they were sent.
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                break;
+            };
+            let guard = match access {
+                Access::Shared => Guard::Shared(state.clone().read_owned().await),
+                Access::Exclusive => Guard::Exclusive(state.clone().write_owned().await),
+            };
+            let fut = A::__call(guard, &function, Args::new(args));
+            let run = async move {
+                let out = CatchUnwind(Box::pin(fut)).await;
+                drop(permit);
+                let outcome = match out {
+                    Ok(Ok(bytes)) => store_result(ctx, return_id, bytes),
+                    Ok(Err(e)) => TaskOutcome::Err(e),
+                    Err(message) => TaskOutcome::Err(TaskError::Panicked { message }),
+                };
+                done(ctx, task_id, outcome);
+            };
+            if limit == 1 {
+                run.await;
+            } else {
+                // Runs alongside the next calls and reports its own outcome.
+                tokio::task::spawn_local(run);
+            }
+        }
+    });
+    0
+}

@@ -1,0 +1,211 @@
+//! Worker mode: the loop a worker process runs instead of `main`.
+//!
+//! A node starts a worker from the driver's executable with `SHOAL_WORKER_ID` set. The
+//! constructor that every `#[shoal::remote]` emits runs before `main` (and before libtest's
+//! `main` in test binaries), sees the variable, connects to the node, runs the tasks it is
+//! given one after another, and exits the process when the node goes away: the program's own
+//! `main` never runs in a worker. A worker asked to host an actor becomes that actor's
+//! process for the rest of its life ([`host`]).
+
+pub(crate) mod host;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use shoal_protocol::{ExecTask, ObjectValue, TaskError, TaskId, TaskOutcome, ToNode};
+
+use crate::actor::ACTOR_CLASSES;
+use crate::function::{self, Args, RemoteFunction, REMOTE_FUNCTIONS};
+use crate::runtime::{self, Context, WorkItem};
+
+static ENTERED: AtomicBool = AtomicBool::new(false);
+
+thread_local! {
+    static TASK_RT: RefCell<Option<tokio::runtime::Runtime>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` on this thread's task runtime (made on first use): how a worker runs an `async`
+/// remote function.
+pub fn block_on<F: Future>(f: F) -> F::Output {
+    TASK_RT.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let rt = slot.get_or_insert_with(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("cannot build the task runtime")
+        });
+        rt.block_on(f)
+    })
+}
+
+/// Enters worker mode if this process was started as a worker. Runs before `main`, from
+/// the constructor of every remote function and actor (so it must be idempotent and cheap).
+pub extern "C" fn worker_ctor() {
+    if ENTERED.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    let Some(id) = std::env::var(shoal_protocol::env::WORKER_ID).ok() else {
+        return;
+    };
+    let code = match id.parse::<u64>() {
+        Ok(id) => run(id),
+        Err(_) => {
+            eprintln!(
+                "shoal worker: bad {} {id:?}",
+                shoal_protocol::env::WORKER_ID
+            );
+            2
+        }
+    };
+    std::process::exit(code);
+}
+
+fn run(worker_id: u64) -> i32 {
+    if tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .try_init()
+        .is_err()
+    {
+        // A subscriber is set already (a constructor of the program's own): it is used.
+    }
+    let socket = std::env::var_os(shoal_protocol::env::SOCKET)
+        .map(PathBuf::from)
+        .unwrap_or_else(shoal_node::config::default_socket_path);
+    let ctx = match runtime::init_worker(worker_id, socket) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("shoal worker {worker_id}: {e}");
+            return 1;
+        }
+    };
+    let registry: HashMap<&'static str, &'static RemoteFunction> =
+        REMOTE_FUNCTIONS.iter().map(|f| (f.name, f)).collect();
+    let span = tracing::info_span!("worker", worker = worker_id, pid = std::process::id());
+    let _enter = span.enter();
+    tracing::debug!(functions = registry.len(), "worker ready");
+    loop {
+        match ctx.work.next_blocking() {
+            Some(WorkItem::Task(task)) => execute(ctx, &registry, task),
+            Some(WorkItem::HostActor(host)) => {
+                // From now on this process is the actor's: it never runs other tasks.
+                return match ACTOR_CLASSES.iter().find(|c| c.name == host.class) {
+                    Some(class) => (class.host)(host),
+                    None => {
+                        let actor = host.actor_id;
+                        ctx.push(ToNode::ActorStarted {
+                            actor,
+                            result: Err(TaskError::ActorCreationFailed {
+                                actor,
+                                message: format!(
+                                    "no actor class named `{}` in the worker's binary",
+                                    host.class
+                                ),
+                            }),
+                        });
+                        idle_until_closed(ctx)
+                    }
+                };
+            }
+            None => return 0,
+        }
+    }
+}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic with a non-string payload".to_string()
+    }
+}
+
+fn execute(
+    ctx: &Context,
+    registry: &HashMap<&'static str, &'static RemoteFunction>,
+    task: ExecTask,
+) {
+    let span = tracing::info_span!("task", task = %task.task_id, function = %task.function);
+    let _enter = span.enter();
+    let outcome = match registry.get(task.function.as_str()) {
+        None => TaskOutcome::Err(TaskError::NoSuchFunction {
+            name: task.function.clone(),
+        }),
+        Some(f) => {
+            ctx.work.set_in_task(true);
+            let args = Args::new(task.args);
+            let r = std::panic::catch_unwind(AssertUnwindSafe(|| (f.invoke)(args)));
+            ctx.work.set_in_task(false);
+            match r {
+                Ok(Ok(bytes)) => store_result(ctx, task.return_id, bytes),
+                Ok(Err(e)) => TaskOutcome::Err(e),
+                Err(p) => TaskOutcome::Err(TaskError::Panicked {
+                    message: panic_message(&*p),
+                }),
+            }
+        }
+    };
+    done(ctx, task.task_id, outcome);
+}
+
+/// Reports a finished task with the refs inside its result (held until the report is
+/// queued).
+fn done(ctx: &Context, task_id: TaskId, outcome: TaskOutcome) {
+    let refs = function::take_result_refs();
+    let nested = match outcome {
+        TaskOutcome::Ok(_) => crate::object_ref::ids_of(&refs),
+        TaskOutcome::Err(_) => Vec::new(),
+    };
+    ctx.push(ToNode::Done {
+        task_id,
+        outcome,
+        nested,
+    });
+    drop(refs);
+}
+
+fn store_result(ctx: &Context, id: shoal_protocol::ObjectId, bytes: Vec<u8>) -> TaskOutcome {
+    if bytes.len() <= ctx.inline_threshold {
+        return TaskOutcome::Ok(ObjectValue::Inline(bytes));
+    }
+    match crate::shm::write(ctx, id, bytes.len(), |buf| {
+        buf.copy_from_slice(&bytes);
+        Ok(())
+    }) {
+        Ok(obj) => TaskOutcome::Ok(ObjectValue::Shared(obj)),
+        Err(e) => TaskOutcome::Err(TaskError::ResultStore {
+            message: e.to_string(),
+        }),
+    }
+}
+
+/// After a failed constructor: wait for the node to stop this process, answering any call
+/// that arrives meanwhile with the failure.
+fn idle_until_closed(ctx: &Context) -> i32 {
+    let Some(mut rx) = ctx.work.take_queue() else {
+        return 0;
+    };
+    while let Some(item) = rx.blocking_recv() {
+        if let WorkItem::Task(task) = item {
+            done(
+                ctx,
+                task.task_id,
+                TaskOutcome::Err(TaskError::NoSuchFunction {
+                    name: task.function,
+                }),
+            );
+        }
+    }
+    0
+}

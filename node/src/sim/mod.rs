@@ -959,6 +959,14 @@ impl Sim {
         }
     }
 
+    /// Whether what `from` sent to `to` in link epoch `epoch` still arrives: the link has not
+    /// broken since, and the sender still runs.
+    fn link_up(&self, from: usize, to: usize, epoch: u64) -> bool {
+        self.epochs.get(&(from, to)).copied().unwrap_or(0) == epoch
+            && !self.cut.contains(&(from, to))
+            && self.alive(from)
+    }
+
     fn event(&mut self, event: Event) {
         match event {
             Event::Input { node, input } => self.input(node, input),
@@ -968,10 +976,7 @@ impl Sim {
                 epoch,
                 msg,
             } => {
-                if self.epochs.get(&(from, to)).copied().unwrap_or(0) != epoch
-                    || self.cut.contains(&(from, to))
-                    || !self.alive(from)
-                {
+                if !self.link_up(from, to, epoch) {
                     return;
                 }
                 let peer = self.nodes[from].key;
@@ -995,10 +1000,7 @@ impl Sim {
                 epoch,
                 report,
             } => {
-                if self.epochs.get(&(from, to)).copied().unwrap_or(0) != epoch
-                    || self.cut.contains(&(from, to))
-                    || !self.alive(from)
-                {
+                if !self.link_up(from, to, epoch) {
                     return;
                 }
                 let peer = self.nodes[from].key;

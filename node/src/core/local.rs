@@ -673,7 +673,7 @@ impl NodeCore {
         }
         let kind = spec.kind.clone();
         let (client, class) = (spec.owner, spec.function.clone());
-        let entry = TaskEntry::new(spec, owner, missing, hops);
+        let entry = TaskEntry::new(spec, ret, owner, missing, hops);
         let span = entry.span.clone();
         let _entered = span.enter();
         self.tasks.insert(task_id, entry);

@@ -25,10 +25,18 @@ pub(crate) struct TaskEntry {
 }
 
 impl TaskEntry {
-    pub(crate) fn new(spec: TaskSpec, owner: Party, missing: usize, hops: u32) -> Self {
+    /// A task of `spec`, whose return object is `ret` (`spec.return_id()`, hashed once by
+    /// the caller).
+    pub(crate) fn new(
+        spec: TaskSpec,
+        ret: ObjectId,
+        owner: Party,
+        missing: usize,
+        hops: u32,
+    ) -> Self {
         let span = tracing::debug_span!("task", task = %spec.task_id, function = %spec.function);
         Self {
-            ret: spec.return_id(),
+            ret,
             retries_left: spec.max_retries,
             spec,
             owner,

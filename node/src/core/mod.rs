@@ -257,7 +257,7 @@ pub enum DhtOp {
 }
 
 /// This node's load, as peers are told.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Load {
     /// All resources.
     pub total: shoal_protocol::ResourceSet,

@@ -42,7 +42,7 @@ use libp2p::{
 use shoal_protocol::mesh::{LoadReport, PeerMsg, MAX_REPORT_BYTES};
 #[cfg(feature = "test-utils")]
 use shoal_protocol::mesh::{PeerRequest, PeerResponse};
-use shoal_protocol::{codec, BinaryId, ResourceSet};
+use shoal_protocol::{codec, BinaryId};
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
@@ -199,23 +199,7 @@ pub fn load_or_create_identity(dir: &Path) -> Result<identity::Keypair, NetError
 }
 
 /// This node's load, as the core reports it to the network task.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Load {
-    /// All resources.
-    pub total: ResourceSet,
-    /// Free resources.
-    pub free: ResourceSet,
-    /// Tasks waiting.
-    pub queued: u64,
-    /// Tasks running.
-    pub running: u64,
-    /// Store capacity.
-    pub store_capacity: u64,
-    /// Store bytes in use.
-    pub store_used: u64,
-    /// Binaries held.
-    pub binaries: Vec<BinaryId>,
-}
+pub use crate::core::Load;
 
 /// One other peer, as this node sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -109,15 +109,7 @@ impl NetSide {
     }
 
     pub(crate) fn load(&self, load: Load) {
-        self.net.update_load(crate::net::Load {
-            total: load.total,
-            free: load.free,
-            queued: load.queued,
-            running: load.running,
-            store_capacity: load.store_capacity,
-            store_used: load.store_used,
-            binaries: load.binaries,
-        });
+        self.net.update_load(load);
     }
 
     pub(crate) fn serve_binary(&self, binary: BinaryId, exe: PathBuf) {

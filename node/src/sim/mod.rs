@@ -261,6 +261,8 @@ pub struct Sim {
     detecting: BTreeSet<(usize, usize)>,
     /// The start time of each peer as each other peer last saw it (a change is a restart).
     seen_start: HashMap<(usize, usize), u64>,
+    /// Whether `SHOAL_SIM_TRACE` asks for a trace (read once, not per event).
+    trace: bool,
     /// Inputs handled, for the simulator's own speed.
     pub inputs: u64,
     scratch: PathBuf,
@@ -307,6 +309,7 @@ impl Sim {
             seen_start: HashMap::new(),
             detecting: BTreeSet::new(),
             knows: BTreeSet::new(),
+            trace: std::env::var_os("SHOAL_SIM_TRACE").is_some(),
             inputs: 0,
             scratch,
             config,
@@ -495,9 +498,7 @@ impl Sim {
                 let Some(to) = self.nodes.iter().position(|n| n.key == peer) else {
                     return;
                 };
-                if std::env::var_os("SHOAL_SIM_TRACE").is_some() {
-                    eprintln!("{:?} {i} -> {to}: {}", self.now - self.start, brief(&msg));
-                }
+                self.trace(format_args!("{i} -> {to}: {}", brief(&msg)));
                 if self.cut.contains(&(i, to)) || !self.alive(to) {
                     // The link cannot be opened (or broke): the sender learns it after the
                     // failure detector's delay, as a real link reports it unreachable.
@@ -739,7 +740,7 @@ impl Sim {
         self.nodes[i].ran += 1;
         // It runs now: count it against its budget, and check the order of actor calls.
         if let Some(r) = self.runs.get_mut(&task) {
-            if std::env::var_os("SHOAL_SIM_TRACE").is_some() {
+            if self.trace {
                 eprintln!(
                     "{:?} run {task} on node {i} worker {w}",
                     self.now - self.start
@@ -1059,7 +1060,7 @@ impl Sim {
     }
 
     fn trace(&self, what: std::fmt::Arguments<'_>) {
-        if std::env::var_os("SHOAL_SIM_TRACE").is_some() {
+        if self.trace {
             eprintln!("{:?} {what}", self.now - self.start);
         }
     }

@@ -95,7 +95,7 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
             path: config.socket.clone(),
             source,
         })?;
-    let store = store::Store::open(
+    let files = store::StoreFiles::open(
         &config.store_parent,
         &config.spill_parent,
         node_id,
@@ -117,13 +117,13 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         events: tx.clone(),
         node_id,
         socket: config.socket.clone(),
-        store_dir: store.dir().to_path_buf(),
-        spill_dir: store.spill_dir().to_path_buf(),
+        store_dir: files.dir().to_path_buf(),
+        spill_dir: files.spill_dir().to_path_buf(),
     };
     tracing::info!(
         node = %node_id,
         socket = %config.socket.display(),
-        store = %store.dir().display(),
+        store = %files.dir().display(),
         store_bytes = config.store_bytes,
         resources = %config.total_resources(),
         embedded = config.embedded,
@@ -158,12 +158,18 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         node_id,
         config,
         sched,
-        store,
+        files.dir().to_path_buf(),
         peer,
     );
     let (accept, close) = (CancellationToken::new(), CancellationToken::new());
     #[allow(unused_mut)]
-    let mut shell = runtime::event_loop::Shell::new(core, socket, accept.clone(), close.clone());
+    let mut shell = runtime::event_loop::Shell::new(
+        core,
+        files,
+        socket,
+        accept.clone(),
+        close.clone(),
+    );
     #[cfg(feature = "mesh")]
     if let Some(net) = net {
         shell.set_net(net, tx.clone());

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use shoal_node::sim::scenario::{self, is_error, is_value};
 use shoal_node::sim::{Sim, SimArg, SimConfig, TaskOpts};
-use shoal_protocol::TaskError;
+use shoal_protocol::{ObjectValue, TaskError};
 
 fn mesh(cpus: &[f64]) -> Sim {
     Sim::new(
@@ -186,6 +186,60 @@ fn a_partition_heals_and_every_result_arrives() {
 }
 
 #[test]
+fn large_objects_spill_come_back_and_travel_between_peers() {
+    // Each store holds 64 MiB: fourteen 6 MiB puts spill, and are read back for the tasks that
+    // take them (on whichever peer runs them: the others pull them) and for the gets.
+    let mut sim = mesh(&[1.0, 1.0, 1.0]);
+    let d = sim.driver(0);
+    sim.run_for(Duration::from_secs(1));
+    // One after another, as a program's puts are.
+    let puts: Vec<_> = (0..14)
+        .map(|_| {
+            let id = sim.put_large(d, 6 << 20);
+            sim.run_for(Duration::from_millis(50));
+            id
+        })
+        .collect();
+    let status = sim.core(0).unwrap().status(std::time::Instant::now());
+    assert!(
+        status.objects.spilled_count >= 4,
+        "the puts spill: {:?}",
+        status.objects
+    );
+    let tasks: Vec<_> = puts
+        .iter()
+        .map(|id| sim.submit(d, "sleep:300", vec![SimArg::Ref(*id)], TaskOpts::default()))
+        .collect();
+    let bigs: Vec<_> = (0..6)
+        .map(|_| sim.submit(d, "big:12", vec![], TaskOpts::default()))
+        .collect();
+    sim.run_for(Duration::from_secs(20));
+    for id in &puts {
+        sim.get(d, *id);
+    }
+    sim.run_for(Duration::from_secs(10));
+    if sim.waiting(d) != 0 {
+        sim.check_progress(Duration::from_secs(1));
+        for n in 0..3 {
+            eprintln!("node {n}: {:?} {:?}", sim.core(n).unwrap().census(), sim.core(n).unwrap().task_lines());
+            eprintln!("  {:?}", sim.core(n).unwrap().objects().iter().map(|o| format!("{} {} {:?} {}", o.id, o.location, o.pinned_by, o.holders)).collect::<Vec<_>>());
+        }
+        panic!("{:#?}", sim.violations());
+    }
+    for (put, task) in puts.iter().zip(&tasks) {
+        let v = &sim.results(d)[task];
+        assert_eq!(v, &ObjectValue::Inline([&put.0[..], b"|"].concat()));
+        assert!(matches!(sim.results(d)[put], ObjectValue::Shared(_)), "{:?}", sim.results(d)[put]);
+    }
+    for id in &bigs {
+        assert!(matches!(sim.results(d)[id], ObjectValue::Shared(_)), "{id}");
+    }
+    let pulled = (1..3).any(|n| sim.runs_on(n) > 0);
+    assert!(pulled, "peers ran tasks on pulled arguments");
+    assert_clean(sim);
+}
+
+#[test]
 fn one_seed_replays_exactly() {
     let a = scenario::random_trace(42);
     let b = scenario::random_trace(42);
@@ -213,7 +267,7 @@ fn random_seeds_keep_every_invariant() {
                 "seed {seed} broke {} rule(s); replay with SHOAL_SIM_SEED={seed}:",
                 v.len()
             );
-            for x in v.iter().take(5) {
+            for x in v.iter().take(12) {
                 eprintln!("  at {} ms: {}", x.at_ms, x.what);
             }
             failed.push(seed);

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use shoal_protocol::{
-    codec, ActorId, Arg, ArgValue, ExecTask, Hello, HostActor, ObjectId, ObjectInfo, ObjectStats,
+    codec, ActorId, Arg, ArgValue, CreateOutcome, ExecTask, Hello, HostActor, ObjectId, ObjectInfo, ObjectStats,
     ObjectValue, Role, TaskError, TaskId, TaskKind, TaskOutcome, TaskSpec, ToClient, ToNode,
 };
 
@@ -13,7 +13,8 @@ use super::actors::{ActorState, AfterDeath, Registered};
 use super::sched::{Action, WorkerId};
 use super::tasks::TaskEntry;
 use super::{ConnId, NodeCore, Output, Party, Proc, WorkerEnd};
-use crate::store::{Holder, Location, RestoreError};
+use super::store::{After, Ready, Resume};
+use crate::store::{Holder, Location, OpId};
 
 impl NodeCore {
     pub(super) fn attached(&mut self, now: Instant, conn: ConnId, hello: Hello) {
@@ -57,7 +58,7 @@ impl NodeCore {
             conn,
             ToClient::Welcome {
                 node_id: self.node_id,
-                store_dir: self.store.dir().display().to_string(),
+                store_dir: self.store.dir.display().to_string(),
                 inline_threshold: self.config.inline_threshold,
                 peer_id: self.me.map(|p| p.to_string()),
             },
@@ -79,7 +80,7 @@ impl NodeCore {
             return;
         };
         tracing::debug!(conn, role = ?p.role, "detached");
-        self.store.abort_holder(Holder::Proc(conn));
+        self.store_abort_holder(Holder::Proc(conn));
         if let Some(w) = p.worker {
             self.worker_conns.remove(&w);
         }
@@ -155,11 +156,17 @@ impl NodeCore {
                 self.tell_proc(conn, ToClient::Objects { request, objects });
             }
             ToNode::Create { request, id, size } => {
-                let result = self.store.reserve(id, size, Holder::Proc(conn));
-                if let Err(e) = &result {
-                    tracing::warn!(conn, object = %id, error = %e, "store refused an object")
+                let after = After::Created { conn, request, id };
+                match self.store_reserve(id, size, Holder::Proc(conn), after) {
+                    // Answered once its file exists.
+                    Ok(CreateOutcome::Write) => {}
+                    result => {
+                        if let Err(e) = &result {
+                            tracing::warn!(conn, object = %id, error = %e, "store refused an object")
+                        }
+                        self.tell_proc(conn, ToClient::Created { request, result });
+                    }
                 }
-                self.tell_proc(conn, ToClient::Created { request, result });
             }
             ToNode::Seal {
                 ticket,
@@ -167,25 +174,37 @@ impl NodeCore {
                 object,
                 nested,
             } => {
-                if !self.store.index().reserved_by(&ticket, Holder::Proc(conn)) {
+                if !self.store.index.reserved_by(&ticket, Holder::Proc(conn)) {
                     tracing::warn!(conn, object = %id, "seal of a reservation this process does not hold; ignored");
                     return;
                 }
                 if ticket != id && ObjectId::from_digest(object.digest) != id {
                     tracing::warn!(conn, object = %id, "seal whose id is not its digest; dropped");
-                    self.store.remove(&ticket);
+                    self.store_remove(&ticket);
                     return;
                 }
-                match self.store.seal(ticket, id, object) {
-                    // A large put: the sealer holds it. (Task results are sealed by `Done`.)
-                    Ok(_) => self.put_arrived(now, conn, id, ObjectValue::Shared(object), nested),
+                let after = move |new| After::Put {
+                    id,
+                    object,
+                    nested,
+                    new,
+                };
+                match self.store_seal(ticket, id, object, after) {
+                    // A large put: the sealer holds it from now on, and what the process
+                    // sends next may use it; its value is set once the file is in place.
+                    // (Task results are sealed by `Done`.)
+                    Ok(_) => self.put_holder(conn, id),
                     Err(e) => {
                         tracing::warn!(conn, object = %id, error = %e, "bad seal");
-                        self.store.remove(&ticket);
+                        self.store_remove(&ticket);
                     }
                 }
             }
-            ToNode::Abort { id } => self.store.abort(&id, Holder::Proc(conn)),
+            ToNode::Abort { id } => {
+                if self.store.index.reserved_by(&id, Holder::Proc(conn)) {
+                    self.store_remove(&id);
+                }
+            }
             ToNode::Get { ids } => {
                 for id in ids {
                     // Made elsewhere (a ref that came inside a value from a peer): the
@@ -303,10 +322,10 @@ impl NodeCore {
             return;
         };
         match &e.value {
-            Some(ObjectValue::Shared(_)) => {
-                let value = self.readable(id);
-                self.send(party, ToClient::Object { id, value });
-            }
+            Some(ObjectValue::Shared(_)) => match self.readable(id) {
+                Ok(value) => self.send(party, ToClient::Object { id, value }),
+                Err(op) => self.park(op, Resume::Get(party, id)),
+            },
             Some(v) => {
                 let value = v.clone();
                 self.send(party, ToClient::Object { id, value });
@@ -463,87 +482,173 @@ impl NodeCore {
     pub(super) fn pump_actor(&mut self, now: Instant, actor: ActorId) {
         let span = self.actor_span(actor);
         let _entered = span.enter();
-        let tasks = &self.tasks;
-        let (worker, calls) = self
-            .actors
-            .take_ready(actor, |t| tasks.get(&t).is_some_and(|e| e.missing == 0));
-        let Some(worker) = worker else {
+        let (tasks, objects, store) = (&self.tasks, &self.objects, &self.store);
+        // A call whose arguments were spilled stays queued (and its caller's later calls
+        // behind it) until they are read back.
+        let mut spilled = Vec::new();
+        let (worker, calls) = self.actors.take_ready(actor, |t| {
+            let Some(e) = tasks.get(&t) else {
+                return false;
+            };
+            if e.missing != 0 {
+                return false;
+            }
+            let in_memory = e.arg_refs().all(|id| {
+                !matches!(objects.get(&id).and_then(|o| o.value.as_ref()), Some(ObjectValue::Shared(_)))
+                    || store.in_memory(&id)
+            });
+            if !in_memory {
+                spilled.push(t);
+            }
+            in_memory
+        });
+        if let Some(worker) = worker {
+            let conn = self.worker_conns.get(&worker).copied();
+            for t in calls {
+                match self.exec_for(t) {
+                    Ok(Exec::Ready(exec)) => match conn {
+                        Some(conn) => self.tell_proc(conn, ToClient::Execute(exec)),
+                        None => tracing::warn!(actor = %actor, "actor worker has no connection"),
+                    },
+                    Ok(Exec::Pending(_)) => {
+                        // Its arguments were in memory a moment ago and nothing ran since.
+                        tracing::error!(actor = %actor, task = %t, "an actor call's arguments left memory while it was sent");
+                        self.actors.call_done(actor, t);
+                        let id = ObjectId::for_return(t, 0);
+                        let message = "its arguments left memory while it was sent".into();
+                        self.fail_task(now, t, TaskError::ObjectUnavailable { id, message });
+                    }
+                    Err(err) => {
+                        self.actors.call_done(actor, t);
+                        self.fail_task(now, t, err);
+                    }
+                }
+            }
+        }
+        // After the calls that go now have pinned their arguments.
+        for t in spilled {
+            self.restore_args(now, t, Resume::Pump(actor));
+        }
+    }
+
+    /// Reads `task`'s spilled arguments back, pinning all its shared ones, and runs `resume`
+    /// once they are in memory. A spilled argument that cannot come back fails the task.
+    fn restore_args(&mut self, now: Instant, task: TaskId, resume: Resume) {
+        let Some(entry) = self.tasks.get(&task) else {
             return;
         };
-        let conn = self.worker_conns.get(&worker).copied();
-        for t in calls {
-            match self.exec_for(t) {
-                Ok(exec) => match conn {
-                    Some(conn) => self.tell_proc(conn, ToClient::Execute(exec)),
-                    None => tracing::warn!(actor = %actor, "actor worker has no connection"),
-                },
-                Err(err) => {
-                    self.actors.call_done(actor, t);
-                    self.fail_task(now, t, err);
+        let ids: Vec<ObjectId> = entry.arg_refs().collect();
+        let mut last = None;
+        for id in ids {
+            if !matches!(
+                self.objects.get(&id).and_then(|o| o.value.as_ref()),
+                Some(ObjectValue::Shared(_))
+            ) {
+                continue;
+            }
+            match self.store_ensure(id) {
+                Ok(ready) => {
+                    self.pin_for(task, id);
+                    if let Ready::After(op) = ready {
+                        last = last.max(Some(op));
+                    }
                 }
+                Err(e) => {
+                    self.fail_task(now, task, e);
+                    return;
+                }
+            }
+        }
+        match last {
+            // Restores end in the order they were issued.
+            Some(op) => self.park(op, resume),
+            None => tracing::debug!(task = %task, "arguments in memory already"),
+        }
+    }
+
+    /// Pins `id` in memory until `task` ends (once).
+    fn pin_for(&mut self, task: TaskId, id: ObjectId) {
+        if let Some(e) = self.tasks.get_mut(&task) {
+            if !e.store_pins.contains(&id) {
+                e.store_pins.push(id);
+                self.store.index.pin(&id);
             }
         }
     }
 
-    /// Resolves a task's arguments into what a worker receives, reading spilled ones back.
-    /// Shared-memory arguments are pinned in memory (listed in `pinned`) until the task ends.
+    /// Resolves a task's arguments into what a worker receives. Shared-memory arguments are
+    /// pinned in memory (listed in `pinned`, once) until the task ends; spilled ones are read
+    /// back first: [`Args::Pending`] names the last restore to wait for.
     fn resolve_args(
         &mut self,
         args: &[Arg],
         pinned: &mut Vec<ObjectId>,
-    ) -> Result<Vec<ArgValue>, TaskError> {
+    ) -> Result<Args, TaskError> {
         let mut out = Vec::with_capacity(args.len());
+        let mut pending = None;
         for arg in args {
             match arg {
                 Arg::Value(v) => out.push(ArgValue::Inline(v.clone())),
-                Arg::Ref(id) => match self.readable(*id) {
-                    ObjectValue::Inline(v) => out.push(ArgValue::Inline(v)),
-                    ObjectValue::Shared(o) => {
-                        self.store.pin(id);
+                Arg::Ref(id) => {
+                    let value = self.readable(*id);
+                    if matches!(value, Ok(ObjectValue::Shared(_)) | Err(_)) && !pinned.contains(id) {
+                        self.store.index.pin(id);
                         pinned.push(*id);
-                        out.push(ArgValue::Shared(*id, o));
                     }
-                    ObjectValue::Error(e) => return Err(e),
-                },
+                    match value {
+                        Ok(ObjectValue::Inline(v)) => out.push(ArgValue::Inline(v)),
+                        Ok(ObjectValue::Shared(o)) => out.push(ArgValue::Shared(*id, o)),
+                        Ok(ObjectValue::Error(e)) => return Err(e),
+                        // Restores end in the order they were issued.
+                        Err(op) => pending = pending.max(Some(op)),
+                    }
+                }
             }
         }
-        Ok(out)
+        Ok(match pending {
+            Some(op) => Args::Pending(op),
+            None => Args::Ready(out),
+        })
     }
 
     /// Resolves `task`'s arguments, pinning its shared-memory ones until the task ends.
-    fn resolve_task_args(&mut self, task: TaskId) -> Result<Vec<ArgValue>, TaskError> {
+    fn resolve_task_args(&mut self, task: TaskId) -> Result<Args, TaskError> {
         // Taken out for the call and put back: the arguments are not copied.
-        let args = match self.tasks.get_mut(&task) {
-            Some(e) => std::mem::take(&mut e.spec.args),
-            None => return Ok(Vec::new()),
+        let (args, mut pinned) = match self.tasks.get_mut(&task) {
+            Some(e) => (
+                std::mem::take(&mut e.spec.args),
+                std::mem::take(&mut e.store_pins),
+            ),
+            None => return Ok(Args::Ready(Vec::new())),
         };
-        let mut pinned = Vec::new();
         let resolved = self.resolve_args(&args, &mut pinned);
         if let Some(e) = self.tasks.get_mut(&task) {
             e.spec.args = args;
-            e.store_pins.extend(pinned);
+            e.store_pins = pinned;
         }
         resolved
     }
 
-    fn exec_for(&mut self, task: TaskId) -> Result<ExecTask, TaskError> {
+    fn exec_for(&mut self, task: TaskId) -> Result<Exec, TaskError> {
         let Some(entry) = self.tasks.get(&task) else {
             return Err(TaskError::ObjectLost {
                 id: ObjectId::for_return(task, 0),
             });
         };
         let (function, return_id) = (entry.spec.function.clone(), entry.ret);
-        let resolved = self.resolve_task_args(task);
-        Ok(ExecTask {
-            task_id: task,
-            function,
-            args: resolved?,
-            return_id,
+        Ok(match self.resolve_task_args(task)? {
+            Args::Ready(args) => Exec::Ready(ExecTask {
+                task_id: task,
+                function,
+                args,
+                return_id,
+            }),
+            Args::Pending(op) => Exec::Pending(op),
         })
     }
 
     /// A worker is ready for the actor created by `task`: hand it the actor, then its calls.
-    fn host_actor(&mut self, now: Instant, worker: WorkerId, task: TaskId) {
+    pub(super) fn host_actor(&mut self, now: Instant, worker: WorkerId, task: TaskId) {
         let Some(actor) = self.actors.by_task(&task) else {
             self.sched.end_actor(now, task);
             return;
@@ -562,7 +667,11 @@ impl NodeCore {
         // The constructor reads them at once; an actor's arguments stay pinned for its life
         // (a restart reads them again).
         let args = match self.resolve_task_args(task) {
-            Ok(a) => a,
+            Ok(Args::Ready(a)) => a,
+            Ok(Args::Pending(op)) => {
+                self.park(op, Resume::Host(worker, task));
+                return;
+            }
             Err(e) => {
                 let message = e.to_string();
                 self.kill_actor(
@@ -621,15 +730,43 @@ impl NodeCore {
         value: ObjectValue,
         nested: Vec<ObjectId>,
     ) {
+        self.put_holder(conn, id);
+        if self.objects.get(&id).is_some_and(|e| e.value.is_none()) {
+            self.put_value(now, id, value, nested);
+        }
+    }
+
+    /// `conn` holds the put object `id` (whose value may still be on its way to its file).
+    pub(super) fn put_holder(&mut self, conn: ConnId, id: ObjectId) {
         let client = self.procs.get(&conn).map(|c| c.client);
         let e = self.objects.entry(id);
         e.holders.push(Party::Proc(conn));
-        if e.value.is_some() {
-            return;
+        if e.value.is_none() && e.owner.is_none() {
+            e.owner = client;
         }
-        e.owner = client;
+    }
+
+    /// A large put's file is in place (or could not be): the object has its value, unless
+    /// equal bytes had it already. Freed meanwhile (its writer left): its files go.
+    pub(super) fn put_sealed(
+        &mut self,
+        now: Instant,
+        id: ObjectId,
+        value: ObjectValue,
+        nested: Vec<ObjectId>,
+    ) {
+        match self.objects.get(&id) {
+            None => self.store_remove(&id),
+            Some(e) if e.value.is_some() => {}
+            Some(_) => self.put_value(now, id, value, nested),
+        }
+    }
+
+    fn put_value(&mut self, now: Instant, id: ObjectId, value: ObjectValue, nested: Vec<ObjectId>) {
         let shared = matches!(value, ObjectValue::Shared(_));
-        self.set_nested(id, nested);
+        if !matches!(value, ObjectValue::Error(_)) {
+            self.set_nested(id, nested);
+        }
         self.object_ready(now, id, value);
         // A large put is long-lived and often shared: the mesh learns that this node holds it.
         if shared && self.me.is_some() {
@@ -753,29 +890,53 @@ impl NodeCore {
             }
         }
         let ret = ObjectId::for_return(task, 0);
-        let value = match outcome {
-            TaskOutcome::Ok(ObjectValue::Shared(_))
-                if !self.store.index().reserved_by(&ret, Holder::Proc(conn)) =>
+        match outcome {
+            TaskOutcome::Ok(ObjectValue::Shared(object))
+                if self.store.index.reserved_by(&ret, Holder::Proc(conn)) =>
             {
-                tracing::warn!(conn, task = %task, "a shared result without a reservation");
-                ObjectValue::Error(TaskError::ResultStore {
-                    message: "the result was not reserved in the store".into(),
-                })
-            }
-            TaskOutcome::Ok(ObjectValue::Shared(object)) => match self.store.seal(ret, ret, object)
-            {
-                Ok(_) => ObjectValue::Shared(object),
-                Err(e) => {
+                // The result is the task's once its file is in place.
+                let after = move |new| After::Result {
+                    task,
+                    object,
+                    nested,
+                    new,
+                };
+                if let Err(e) = self.store_seal(ret, ret, object, after) {
                     tracing::warn!(conn, task = %task, error = %e, "bad result seal");
-                    self.store.remove(&ret);
-                    ObjectValue::Error(TaskError::ResultStore {
-                        message: e.to_string(),
-                    })
+                    self.store_remove(&ret);
+                    let message = e.to_string();
+                    let value = ObjectValue::Error(TaskError::ResultStore { message });
+                    self.result_sealed(now, task, value, Vec::new());
                 }
-            },
-            TaskOutcome::Ok(v) => v,
-            TaskOutcome::Err(e) => ObjectValue::Error(e),
-        };
+            }
+            TaskOutcome::Ok(ObjectValue::Shared(_)) => {
+                tracing::warn!(conn, task = %task, "a shared result without a reservation");
+                let message = "the result was not reserved in the store".into();
+                let value = ObjectValue::Error(TaskError::ResultStore { message });
+                self.result_sealed(now, task, value, Vec::new());
+            }
+            TaskOutcome::Ok(v) => self.result_sealed(now, task, v, nested),
+            TaskOutcome::Err(e) => self.result_sealed(now, task, ObjectValue::Error(e), nested),
+        }
+        if let Some(a) = actor {
+            self.pump_actor(now, a);
+            if self.actors.get(&a).is_some_and(|x| x.drained()) {
+                self.end_out_of_scope(now, a);
+            }
+        }
+    }
+
+    /// `task`'s result is final (a shared one is in its file): the task ends with it.
+    pub(super) fn result_sealed(
+        &mut self,
+        now: Instant,
+        task: TaskId,
+        value: ObjectValue,
+        nested: Vec<ObjectId>,
+    ) {
+        let ret = ObjectId::for_return(task, 0);
+        let span = self.tasks.get(&task).map(|e| e.span.clone());
+        let _entered = span.as_ref().map(|s| s.enter());
         if self.tasks.contains_key(&task) {
             self.finish_task(now, task);
             if !matches!(value, ObjectValue::Error(_)) {
@@ -784,13 +945,7 @@ impl NodeCore {
             self.object_ready(now, ret, value);
         } else if let ObjectValue::Shared(_) = value {
             // Nobody wants it any more: drop the stored result.
-            self.store.remove(&ret);
-        }
-        if let Some(a) = actor {
-            self.pump_actor(now, a);
-            if self.actors.get(&a).is_some_and(|x| x.drained()) {
-                self.end_out_of_scope(now, a);
-            }
+            self.store_remove(&ret);
         }
     }
 
@@ -807,7 +962,7 @@ impl NodeCore {
             }
         }
         for id in &entry.store_pins {
-            self.store.unpin(id);
+            self.store.index.unpin(id);
         }
         for id in entry.arg_refs() {
             if let Some(e) = self.objects.get_mut(&id) {
@@ -854,7 +1009,7 @@ impl NodeCore {
         let Some(e) = self.objects.get_mut(&id) else {
             // Released before it was made.
             if let ObjectValue::Shared(_) = value {
-                self.store.remove(&id);
+                self.store_remove(&id);
             }
             return;
         };
@@ -932,7 +1087,7 @@ impl NodeCore {
             }
             // Its files go too (also those of an object whose copy turned out corrupted,
             // and a result still being written).
-            self.store.remove(&id);
+            self.store_remove(&id);
         }
     }
 
@@ -948,29 +1103,19 @@ impl NodeCore {
         }
     }
 
-    /// A shared object's value for a reader: read back from disk first if it was spilled.
-    /// A copy that fails its digest check becomes the object's error for good.
-    pub(super) fn readable(&mut self, id: ObjectId) -> ObjectValue {
+    /// A shared object's value for a reader, or the restore to wait for when it was spilled
+    /// (a copy that cannot be read back becomes the object's error for good).
+    pub(super) fn readable(&mut self, id: ObjectId) -> Result<ObjectValue, OpId> {
         let Some(value) = self.objects.get(&id).and_then(|e| e.value.clone()) else {
-            return ObjectValue::Error(TaskError::ObjectLost { id });
+            return Ok(ObjectValue::Error(TaskError::ObjectLost { id }));
         };
         if !matches!(value, ObjectValue::Shared(_)) {
-            return value;
+            return Ok(value);
         }
-        match self.store.ensure_in_memory(&id) {
-            Ok(()) => value,
-            Err(RestoreError::Corrupted(message)) => {
-                tracing::error!(object = %id, %message, "corrupted object");
-                let err = ObjectValue::Error(TaskError::ObjectCorrupted { id, message });
-                if let Some(e) = self.objects.get_mut(&id) {
-                    e.value = Some(err.clone());
-                }
-                err
-            }
-            Err(RestoreError::Store(e)) => ObjectValue::Error(TaskError::ObjectUnavailable {
-                id,
-                message: e.to_string(),
-            }),
+        match self.store_ensure(id) {
+            Ok(Ready::Now) => Ok(value),
+            Ok(Ready::After(op)) => Err(op),
+            Err(e) => Ok(ObjectValue::Error(e)),
         }
     }
 
@@ -1087,7 +1232,7 @@ impl NodeCore {
         }
     }
 
-    fn dispatch(&mut self, now: Instant, worker: WorkerId, task: TaskId) {
+    pub(super) fn dispatch(&mut self, now: Instant, worker: WorkerId, task: TaskId) {
         let Some(span) = self.tasks.get(&task).map(|e| e.span.clone()) else {
             // Dropped meanwhile: tell the scheduler it is done so the slot frees.
             self.sched.task_done(now, worker, task);
@@ -1095,7 +1240,12 @@ impl NodeCore {
         };
         let _entered = span.enter();
         let exec = match self.exec_for(task) {
-            Ok(exec) => exec,
+            Ok(Exec::Ready(exec)) => exec,
+            Ok(Exec::Pending(op)) => {
+                // The worker keeps the task's slot meanwhile.
+                self.park(op, Resume::Dispatch(worker, task));
+                return;
+            }
             Err(err) => {
                 self.sched.task_done(now, worker, task);
                 self.fail_task(now, task, err);
@@ -1142,7 +1292,7 @@ impl NodeCore {
     }
 
     pub(super) fn object_list(&self) -> Vec<ObjectInfo> {
-        let index = self.store.index();
+        let index = &self.store.index;
         let mut out: Vec<ObjectInfo> = self
             .objects
             .iter()
@@ -1192,7 +1342,7 @@ impl NodeCore {
 
     /// A snapshot of the node at `now` (the mesh view is the shell's to add).
     pub fn status(&self, now: Instant) -> shoal_protocol::NodeStatus {
-        let index = self.store.index();
+        let index = &self.store.index;
         let mut objects = ObjectStats {
             store_capacity: index.capacity(),
             store_used: index.used(),
@@ -1219,7 +1369,7 @@ impl NodeCore {
             node_id: self.node_id,
             pid: std::process::id(),
             socket: self.config.socket.display().to_string(),
-            store_dir: self.store.dir().display().to_string(),
+            store_dir: self.store.dir.display().to_string(),
             embedded: self.config.embedded,
             uptime_ms: now.saturating_duration_since(self.started).as_millis() as u64,
             resources_total: self.sched.total().clone(),
@@ -1240,7 +1390,7 @@ impl NodeCore {
         if self.me.is_none() {
             return;
         }
-        let index = self.store.index();
+        let index = &self.store.index;
         let mut binaries: Vec<shoal_protocol::BinaryId> = self.binaries.keys().copied().collect();
         binaries.sort();
         let load = super::Load {
@@ -1257,4 +1407,16 @@ impl NodeCore {
             self.out.push_back(Output::Load(load));
         }
     }
+}
+
+/// A task's arguments as a worker receives them, or the restore they wait for.
+enum Args {
+    Ready(Vec<ArgValue>),
+    Pending(OpId),
+}
+
+/// A task to send, or the restore it waits for.
+enum Exec {
+    Ready(ExecTask),
+    Pending(OpId),
 }

@@ -14,7 +14,7 @@
 //!   happened (a process attached, messages, a worker exit, a peer's report or messages, a
 //!   job's completion), [`NodeCore::handle_timeout`] when the deadline of
 //!   [`NodeCore::poll_timeout`] has passed, [`NodeCore::shutdown`] to stop, and
-//!   [`NodeCore::open_object`] / [`NodeCore::object_served`] around a transfer to a peer.
+//!   [`NodeCore::object_served`] when a transfer to a peer ended.
 //! - **Outputs**: [`NodeCore::poll_output`] yields what to do, in order.
 //! - **Queries** (no change): [`NodeCore::poll_timeout`], [`NodeCore::status`].
 //!
@@ -26,6 +26,13 @@
 //! out comes back as an input: a process whose queue is full is [`Input::Detached`], a peer
 //! whose link cannot take a message is [`Input::PeerLost`], a worker that cannot start is
 //! [`Input::WorkerExited`] with [`WorkerEnd::FailedToStart`].
+//!
+//! # Files
+//!
+//! The core keeps the store's index and decides; the store's files are the shell's. Each
+//! [`Output::Store`] op must be carried out after every one given before it (on a blocking
+//! thread: a spill or a restore may take seconds), and the completions of numbered ops come
+//! back as [`Input::Store`]. Whatever needs a file waits for that: see `store.rs`.
 //!
 //! # Parties
 //!
@@ -48,7 +55,7 @@ use shoal_protocol::{
 };
 
 use crate::config::NodeConfig;
-use crate::store::Store;
+use crate::store::{StoreDone, StoreOp};
 
 pub mod actors;
 mod local;
@@ -56,6 +63,7 @@ mod objects;
 mod peers;
 pub mod sched;
 mod spill;
+mod store;
 mod tasks;
 
 use actors::directory::Directory;
@@ -63,6 +71,7 @@ use actors::ActorTable;
 use objects::ObjectTable;
 use sched::{Scheduler, WorkerId};
 use spill::Spill;
+use store::CoreStore;
 use tasks::TaskTable;
 
 /// A node-local connection number.
@@ -150,13 +159,23 @@ pub enum Input {
     },
     /// A job of [`Output::Job`] ended.
     Job(JobDone),
+    /// A store op of [`Output::Store`] that had a number ended.
+    Store(StoreDone),
+    /// A peer asks for an object's bytes; answered by [`Output::Serve`] with the same
+    /// request number, at once or once the object is back in memory.
+    Serve {
+        /// The shell's number for the request.
+        request: u64,
+        /// The object.
+        id: ObjectId,
+    },
 }
 
 /// Work that takes time, run by the shell, whose end comes back as [`Input::Job`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum Job {
-    /// Pull an object's bytes from peers into `dest`, checking its digest; ends in
-    /// [`JobDone::Pulled`].
+    /// Pull an object's bytes from peers into its partial file in the store (made already),
+    /// checking its digest; ends in [`JobDone::Pulled`].
     Pull {
         /// The object.
         id: ObjectId,
@@ -164,8 +183,6 @@ pub enum Job {
         object: SharedObject,
         /// Peers holding it, best first.
         holders: Vec<PeerKey>,
-        /// The partial file to write.
-        dest: PathBuf,
     },
     /// Fetch a binary from a peer; ends in [`JobDone::BinaryFetched`].
     FetchBinary {
@@ -275,12 +292,12 @@ pub struct Load {
     pub binaries: Vec<BinaryId>,
 }
 
-/// An object's file, opened for a transfer to a peer; pinned in memory until
+/// An object opened for a transfer to a peer: its file is in memory and pinned there until
 /// [`NodeCore::object_served`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServedObject {
-    /// The file.
-    pub path: PathBuf,
+    /// The object.
+    pub id: ObjectId,
     /// Its length.
     pub size: u64,
     /// The digest of its bytes.
@@ -351,6 +368,18 @@ pub enum Output {
     Dht(DhtOp),
     /// Start a job.
     Job(Job),
+    /// Carry out an operation on the store's files, after every one given before (the
+    /// order matters: see [`crate::store::StoreOp`]); its completion, when it has a number,
+    /// comes back as [`Input::Store`].
+    Store(StoreOp),
+    /// The answer to [`Input::Serve`]: the object, pinned in memory, or `None` if this node
+    /// has no copy to give.
+    Serve {
+        /// The request.
+        request: u64,
+        /// The object.
+        object: Option<ServedObject>,
+    },
 }
 
 /// How much a core holds (see [`NodeCore::census`]).
@@ -374,6 +403,8 @@ pub struct Census {
     pub spilled_tasks: usize,
     /// Tasks waiting for a peer with room.
     pub waiting_remote: usize,
+    /// Store ops whose completion has not come back.
+    pub store_ops: usize,
 }
 
 /// A process attached to the node.
@@ -396,7 +427,7 @@ pub struct NodeCore {
     /// This node's peer id, when it is a peer of a mesh.
     me: Option<PeerKey>,
     sched: Scheduler,
-    store: Store,
+    store: CoreStore,
     procs: HashMap<ConnId, Proc>,
     worker_conns: HashMap<WorkerId, ConnId>,
     binaries: HashMap<BinaryId, PathBuf>,
@@ -434,15 +465,17 @@ pub struct PeerConfig {
 }
 
 impl NodeCore {
-    /// A core for node `node_id`, started at `now`. `peer` makes it a peer of a mesh.
+    /// A core for node `node_id`, started at `now`, whose store is the directory
+    /// `store_dir` of `config.store_bytes` bytes. `peer` makes it a peer of a mesh.
     pub fn new(
         now: Instant,
         node_id: NodeId,
         config: NodeConfig,
         sched: Scheduler,
-        store: Store,
+        store_dir: PathBuf,
         peer: Option<PeerConfig>,
     ) -> Self {
+        let store = CoreStore::new(store_dir, config.store_bytes);
         let (me, spill) = match peer {
             Some(p) => (Some(p.me), Spill::new(p.target, p.accepts_code)),
             None => (None, Spill::new(String::new(), false)),
@@ -501,6 +534,8 @@ impl NodeCore {
             }
             Input::PeerLost { peer } => self.peer_lost(now, peer),
             Input::Job(done) => self.job_done(now, done),
+            Input::Store(done) => self.store_done(now, done),
+            Input::Serve { request, id } => self.serve(request, id),
         }
         self.after(now);
     }
@@ -536,7 +571,8 @@ impl NodeCore {
     fn after(&mut self, now: Instant) {
         self.apply_actions(now);
         self.report_load();
-        let waiting = self.spill.has_waiting() || (self.sched.queued() > 0 && self.me.is_some());
+        let queued = self.sched.queued() > 0 || self.sched.actors_queued() > 0;
+        let waiting = self.spill.has_waiting() || (queued && self.me.is_some());
         if !waiting {
             self.spill.next_pass = None;
         } else if self.spill.next_pass.is_none() {
@@ -566,11 +602,6 @@ impl NodeCore {
         tracing::info!("node stopping");
     }
 
-    /// The store, for the shell's last step of a shutdown.
-    pub fn store_mut(&mut self) -> &mut Store {
-        &mut self.store
-    }
-
     /// How much the core holds: what must drop to zero once every process is gone.
     pub fn census(&self) -> Census {
         Census {
@@ -580,9 +611,10 @@ impl NodeCore {
             actors: self.actors.len(),
             queued: self.sched.queued(),
             running: self.sched.running(),
-            store_used: self.store.index().used(),
+            store_used: self.store.index.used(),
             spilled_tasks: self.spill.spilled_count(),
             waiting_remote: self.spill.remote_wait.len(),
+            store_ops: self.store.in_flight(),
         }
     }
 

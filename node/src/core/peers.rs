@@ -19,8 +19,9 @@ use shoal_protocol::{
 use super::actors::directory::Route;
 use super::sched::placement::{self, Demand, Placement};
 use super::spill::MAX_HOPS;
+use super::store::{After, Resume};
 use super::{ConnId, Job, JobDone, NodeCore, Output, Party, ServedObject};
-use crate::store::Holder;
+use crate::store::{Holder, StoreFault};
 
 fn peers_from(bytes: &[Vec<u8>]) -> Vec<PeerKey> {
     bytes
@@ -279,21 +280,22 @@ impl NodeCore {
         r.fetching = true;
         match r.object {
             None => self.tell_peer(holders[0], PeerMsg::Fetch { id }),
-            Some(object) => match self.store.reserve(id, object.size, Holder::Node) {
+            Some(object) => match self.store_reserve(
+                id,
+                object.size,
+                Holder::Node,
+                After::PullReady {
+                    id,
+                    object,
+                    holders,
+                },
+            ) {
                 Ok(CreateOutcome::Exists) => {
                     // Equal bytes are here already (a content-addressed put).
                     self.object_ready(now, id, ObjectValue::Shared(object));
                 }
-                Ok(CreateOutcome::Write) => {
-                    let dest = crate::store::partial_path(self.store.dir(), &id);
-                    tracing::debug!(object = %id, size = object.size, holders = holders.len(), "pulling an object");
-                    self.out.push_back(Output::Job(Job::Pull {
-                        id,
-                        object,
-                        holders,
-                        dest,
-                    }));
-                }
+                // The pull starts once its file exists.
+                Ok(CreateOutcome::Write) => {}
                 Err(err) => {
                     tracing::warn!(object = %id, error = %err, "no room to pull an object");
                     let value = ObjectValue::Error(TaskError::ObjectUnavailable {
@@ -340,6 +342,44 @@ impl NodeCore {
         }
     }
 
+    /// The partial file of a copy to pull exists (or could not be made).
+    pub(super) fn pull_ready(
+        &mut self,
+        now: Instant,
+        id: ObjectId,
+        object: SharedObject,
+        holders: Vec<PeerKey>,
+        made: Result<(), StoreFault>,
+    ) {
+        if !self.objects.contains(&id) {
+            // Nobody wants it any more.
+            self.store_remove(&id);
+            return;
+        }
+        match made {
+            Ok(()) => {
+                tracing::debug!(object = %id, size = object.size, holders = holders.len(), "pulling an object");
+                self.out.push_back(Output::Job(Job::Pull {
+                    id,
+                    object,
+                    holders,
+                }));
+            }
+            Err(fault) => {
+                tracing::warn!(object = %id, error = %fault, "cannot make the file of a copy to pull");
+                if self.store.index.reserved_by(&id, Holder::Node) {
+                    self.store.index.remove(&id);
+                }
+                if let Some(r) = self.objects.remote_mut(&id) {
+                    r.fetching = false;
+                }
+                let message = fault.to_string();
+                let value = ObjectValue::Error(TaskError::ObjectUnavailable { id, message });
+                self.object_ready(now, id, value);
+            }
+        }
+    }
+
     fn pulled(
         &mut self,
         now: Instant,
@@ -350,54 +390,70 @@ impl NodeCore {
         if let Some(r) = self.objects.remote_mut(&id) {
             r.fetching = false;
         }
-        let value = match result {
-            Ok(()) => match self.store.seal(id, id, object) {
-                Ok(_) => ObjectValue::Shared(object),
-                Err(e) => {
-                    self.store.remove(&id);
-                    ObjectValue::Error(TaskError::ObjectUnavailable {
-                        id,
-                        message: e.to_string(),
-                    })
+        match result {
+            Ok(()) => {
+                let after = move |new| After::Pulled { id, object, new };
+                if let Err(e) = self.store_seal(id, id, object, after) {
+                    self.store_remove(&id);
+                    let message = e.to_string();
+                    let value = ObjectValue::Error(TaskError::ObjectUnavailable { id, message });
+                    self.pulled_sealed(now, id, value);
                 }
-            },
+            }
             Err(message) => {
                 tracing::warn!(object = %id, %message, "pull failed");
-                self.store.remove(&id);
-                ObjectValue::Error(TaskError::ObjectUnavailable { id, message })
+                self.store_remove(&id);
+                let value = ObjectValue::Error(TaskError::ObjectUnavailable { id, message });
+                self.pulled_sealed(now, id, value);
             }
-        };
+        }
+    }
+
+    /// A pulled copy is in its file (or the pull failed).
+    pub(super) fn pulled_sealed(&mut self, now: Instant, id: ObjectId, value: ObjectValue) {
         if !self.objects.contains(&id) {
-            self.store.remove(&id);
+            self.store_remove(&id);
             return;
         }
         self.object_ready(now, id, value);
     }
 
-    /// A peer asks for the bytes of object `id`: its file, pinned in memory until
-    /// [`object_served`](Self::object_served). `None` if this node has no copy to give.
-    pub fn open_object(&mut self, id: ObjectId) -> Option<ServedObject> {
-        if self.stopping {
-            return None;
-        }
-        let Some(ObjectValue::Shared(object)) = self.objects.get(&id).and_then(|e| e.value.clone())
-        else {
-            return None;
+    /// A peer asks for the bytes of object `id`: answered with the object pinned in memory
+    /// until [`object_served`](Self::object_served), once it is there.
+    pub(super) fn serve(&mut self, request: u64, id: ObjectId) {
+        let object = match self.objects.get(&id).and_then(|e| e.value.as_ref()) {
+            Some(ObjectValue::Shared(o)) if !self.stopping => *o,
+            _ => {
+                self.out.push_back(Output::Serve {
+                    request,
+                    object: None,
+                });
+                return;
+            }
         };
-        if !matches!(self.readable(id), ObjectValue::Shared(_)) {
-            return None;
-        }
-        self.store.pin(&id);
-        Some(ServedObject {
-            path: crate::store::object_path(self.store.dir(), &id),
-            size: object.size,
-            digest: object.digest,
-        })
+        let object = match self.readable(id) {
+            Ok(ObjectValue::Shared(_)) => {
+                self.store.index.pin(&id);
+                Some(ServedObject {
+                    id,
+                    size: object.size,
+                    digest: object.digest,
+                })
+            }
+            Ok(_) => None,
+            Err(op) => {
+                self.park(op, Resume::Serve(request, id));
+                return;
+            }
+        };
+        self.out.push_back(Output::Serve { request, object });
     }
 
-    /// A transfer of `id` opened by [`open_object`](Self::open_object) ended.
+    /// A transfer of `id` opened by [`Input::Serve`] ended.
+    ///
+    /// [`Input::Serve`]: super::Input::Serve
     pub fn object_served(&mut self, id: ObjectId) {
-        self.store.unpin(&id);
+        self.store.index.unpin(&id);
     }
 
     // ---- placement ----
@@ -571,13 +627,39 @@ impl NodeCore {
             }
         }
         self.spill.remote_wait.extend(rest);
+        if !self.spill.peers.values().any(|l| l.has_room()) {
+            return;
+        }
+        // Actors waiting here for resources (others' actors hold them) while a peer has room.
+        for task in self.sched.queued_actors() {
+            if !self.spillable(&task) {
+                continue;
+            }
+            let actor = match self.tasks.get(&task).map(|e| &e.spec.kind) {
+                Some(TaskKind::CreateActor(c)) => c.actor_id,
+                _ => continue,
+            };
+            match self.placement(now, task) {
+                Placement::Spill(peer) => {
+                    self.sched.end_actor(now, task);
+                    self.spill_actor(now, peer, task, actor);
+                }
+                _ => break,
+            }
+        }
         // Tasks queued here while a peer has room.
-        if self.sched.queued() == 0 || !self.spill.peers.values().any(|l| l.has_room()) {
+        if self.sched.queued() == 0 {
             return;
         }
         let mut moved = std::collections::HashSet::new();
         for (task, _, _) in self.sched.queued_tasks() {
             if !self.spillable(&task) {
+                // A peer's task that waited here for a whole pass goes back to its owner,
+                // which places it again (the resources it was sent for went to others
+                // since: an actor may hold them for good).
+                if self.give_back(task) {
+                    moved.insert(task);
+                }
                 continue;
             }
             match self.placement(now, task) {
@@ -593,6 +675,35 @@ impl NodeCore {
         if !moved.is_empty() {
             self.sched.remove_queued(|t| !moved.contains(&t));
         }
+    }
+
+    /// Returns a peer's function task waiting in the queue here to its owner once it has
+    /// waited a whole spill pass, as if it had been refused; says whether it did (the
+    /// caller takes it out of the queue).
+    fn give_back(&mut self, task: TaskId) -> bool {
+        let Some(entry) = self.tasks.get_mut(&task) else {
+            return false;
+        };
+        let Party::Peer(owner) = entry.owner else {
+            return false;
+        };
+        if !matches!(entry.spec.kind, TaskKind::Function) {
+            return false;
+        }
+        entry.passes_waited += 1;
+        if entry.passes_waited < 2 {
+            return false;
+        }
+        let (ret, span) = (entry.ret, entry.span.clone());
+        let _entered = span.enter();
+        tracing::debug!(task = %task, %owner, "a peer's task waited here while others had room; giving it back");
+        let reason = "it waited here while other peers had room".to_string();
+        self.tell_peer(owner, PeerMsg::Refuse { task, reason });
+        // As if it had never come: the owner's hold on the result goes with it.
+        self.finish_task(self.now, task);
+        self.objects.release(Party::Peer(owner), &ret);
+        self.maybe_free(ret);
+        true
     }
 
     /// Sends `task` to `peer` (a link that cannot take it reports the peer lost, and the

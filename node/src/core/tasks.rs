@@ -20,6 +20,8 @@ pub(crate) struct TaskEntry {
     pub(crate) store_pins: Vec<ObjectId>,
     /// How many times it was spilled from peer to peer before arriving here.
     pub(crate) hops: u32,
+    /// Looks at the queue (spill passes) that found it still waiting here.
+    pub(crate) passes_waited: u32,
     /// Its span (`task = %id`): entered while the core works on it.
     pub(crate) span: tracing::Span,
 }
@@ -43,6 +45,7 @@ impl TaskEntry {
             missing,
             store_pins: Vec::new(),
             hops,
+            passes_waited: 0,
             span,
         }
     }

@@ -3,8 +3,10 @@
 //!
 //! It selects over the bounded inbox (local connections, the network, in-process callers),
 //! the core's timer ([`NodeCore::poll_timeout`]), a [`JoinSet`] holding every job the core
-//! asked for (worker processes, object pulls, binary fetches, directory lookups) and a
-//! [`CancellationToken`]. After every input it drains [`NodeCore::poll_output`] and carries
+//! asked for (worker processes, object pulls, binary fetches, directory lookups), and the
+//! store's file work: the core's store ops run in order, in batches, on a blocking thread
+//! (a spill or a restore of gigabytes never stalls the loop), their completions coming back
+//! as inputs. After every input it drains [`NodeCore::poll_output`] and carries
 //! each output out in order; an output that cannot be carried out comes back to the core as
 //! an input (a full client queue detaches the client, a peer link that cannot take a message
 //! loses the peer, a worker that cannot start is reported ended).
@@ -18,10 +20,10 @@
 //! 3. the workers' exits are awaited (a bounded grace);
 //! 4. local connections are closed;
 //! 5. the network is shut down;
-//! 6. the store's files are removed;
+//! 6. the store's file work under way ends, and the store's files are removed;
 //! 7. whatever job is left is aborted and awaited.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -34,6 +36,7 @@ use super::workers::{self, WorkerProcess};
 use super::Event;
 use crate::core::sched::WorkerId;
 use crate::core::{ConnId, Input, NodeCore, Output, WorkerEnd};
+use crate::store::{StoreDone, StoreFault, StoreFiles, StoreOp};
 
 /// How long stopped workers get to exit before the rest of a shutdown goes on.
 const WORKER_GRACE: Duration = Duration::from_secs(2);
@@ -45,6 +48,18 @@ pub(crate) struct Shell {
     conns: HashMap<ConnId, super::queue::ClientTx>,
     workers: HashMap<WorkerId, WorkerProcess>,
     jobs: JoinSet<Option<Input>>,
+    /// The store's files; away on the blocking thread while a batch of ops runs there.
+    files: Option<StoreFiles>,
+    store_dir: PathBuf,
+    /// Store ops waiting for the batch under way.
+    store_ops: VecDeque<StoreOp>,
+    /// The batch under way (at most one: ops run in order).
+    store_batch: JoinSet<(StoreFiles, Vec<StoreDone>)>,
+    /// Peers' object requests the core has not answered yet.
+    #[cfg(feature = "mesh")]
+    serving: HashMap<u64, ServeReply>,
+    #[cfg(feature = "mesh")]
+    next_serve: u64,
     /// Inputs that come from outputs the shell could not carry out.
     feedback: Vec<Input>,
     /// Stops the accept loop of the local socket.
@@ -58,6 +73,7 @@ pub(crate) struct Shell {
 impl Shell {
     pub(crate) fn new(
         core: NodeCore,
+        files: StoreFiles,
         socket: PathBuf,
         accept: CancellationToken,
         close: CancellationToken,
@@ -68,6 +84,14 @@ impl Shell {
             conns: HashMap::new(),
             workers: HashMap::new(),
             jobs: JoinSet::new(),
+            store_dir: files.dir().to_path_buf(),
+            files: Some(files),
+            store_ops: VecDeque::new(),
+            store_batch: JoinSet::new(),
+            #[cfg(feature = "mesh")]
+            serving: HashMap::new(),
+            #[cfg(feature = "mesh")]
+            next_serve: 0,
             feedback: Vec::new(),
             accept,
             close,
@@ -79,7 +103,11 @@ impl Shell {
     /// Makes this node a peer of a mesh through `net`.
     #[cfg(feature = "mesh")]
     pub(crate) fn set_net(&mut self, net: crate::net::NetHandle, events: mpsc::Sender<Event>) {
-        self.net = Some(super::mesh::NetSide::new(net, events));
+        self.net = Some(super::mesh::NetSide::new(
+            net,
+            events,
+            self.store_dir.clone(),
+        ));
     }
 
     /// Runs until shut down.
@@ -117,6 +145,9 @@ impl Shell {
                         return;
                     }
                 },
+                Some(batch) = self.store_batch.join_next(), if !self.store_batch.is_empty() => {
+                    self.batch_done(batch);
+                }
                 Some(done) = self.jobs.join_next(), if !self.jobs.is_empty() => {
                     match done {
                         Ok(Some(input)) => self.input(input),
@@ -158,13 +189,10 @@ impl Shell {
             }
             #[cfg(feature = "mesh")]
             Event::Serve { id, reply } => {
-                let served = self.core.open_object(id);
-                let served = served.and_then(|s| Some(self.net.as_ref()?.served(id, s)));
-                if let Err(served) = reply.send(served) {
-                    // The peer went away: the guard inside unpins the object.
-                    drop(served);
-                    tracing::debug!(object = %id, "object transfer abandoned");
-                }
+                let request = self.next_serve;
+                self.next_serve += 1;
+                self.serving.insert(request, reply);
+                self.input(Input::Serve { request, id });
             }
             #[cfg(feature = "mesh")]
             Event::Served { id } => self.core.object_served(id),
@@ -188,6 +216,7 @@ impl Shell {
                 self.execute(output);
             }
             if self.feedback.is_empty() {
+                self.run_store_ops();
                 return;
             }
             for input in std::mem::take(&mut self.feedback) {
@@ -199,8 +228,78 @@ impl Shell {
         }
     }
 
+    /// Sends the waiting store ops to the blocking thread as one batch, unless a batch is
+    /// under way there (the next one goes when it ends: ops run in order).
+    fn run_store_ops(&mut self) {
+        if self.store_ops.is_empty() || !self.store_batch.is_empty() {
+            return;
+        }
+        let Some(mut files) = self.files.take() else {
+            // The file thread failed: nothing will carry these out.
+            let failed: Vec<StoreDone> = std::mem::take(&mut self.store_ops)
+                .into_iter()
+                .filter_map(|op| {
+                    Some(StoreDone {
+                        op: op.op?,
+                        result: Err(StoreFault::Io("the store's file thread failed".into())),
+                    })
+                })
+                .collect();
+            for done in failed {
+                self.core.handle(Instant::now(), Input::Store(done));
+            }
+            return;
+        };
+        let ops = std::mem::take(&mut self.store_ops);
+        let span = tracing::Span::current();
+        self.store_batch.spawn_blocking(move || {
+            let _entered = span.enter();
+            let done = ops.into_iter().filter_map(|op| files.run(op)).collect();
+            (files, done)
+        });
+    }
+
+    /// A batch of store ops ended: the core learns how each numbered op went.
+    fn batch_done(&mut self, batch: Result<(StoreFiles, Vec<StoreDone>), tokio::task::JoinError>) {
+        match batch {
+            Ok((files, done)) => {
+                self.files = Some(files);
+                for done in done {
+                    self.core.handle(Instant::now(), Input::Store(done));
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "the store's file thread failed"),
+        }
+        self.flush();
+    }
+
     fn execute(&mut self, output: Output) {
         match output {
+            Output::Store(op) => self.store_ops.push_back(op),
+            #[cfg(feature = "mesh")]
+            Output::Serve { request, object } => {
+                let Some(reply) = self.serving.remove(&request) else {
+                    tracing::error!(request, "an answer to an object request nobody asked");
+                    return;
+                };
+                let served = object.map(|s| match &self.net {
+                    Some(net) => Ok(net.served(s)),
+                    None => Err(s.id),
+                });
+                let served = match served {
+                    Some(Ok(s)) => Some(s),
+                    Some(Err(id)) => {
+                        self.core.object_served(id);
+                        None
+                    }
+                    None => None,
+                };
+                if let Err(served) = reply.send(served) {
+                    // The peer went away: the guard inside unpins the object.
+                    drop(served);
+                    tracing::debug!(request, "object transfer abandoned");
+                }
+            }
             Output::ToProc { conn, msg } => self.queue_for(conn, msg),
             Output::Status {
                 conn,
@@ -285,6 +384,7 @@ impl Shell {
             },
             #[cfg(not(feature = "mesh"))]
             other @ (Output::ToPeer { .. }
+            | Output::Serve { .. }
             | Output::Disconnect { .. }
             | Output::Load(_)
             | Output::ServeBinary { .. }
@@ -357,8 +457,17 @@ impl Shell {
         if let Some(net) = self.net.take() {
             net.shutdown().await;
         }
-        // 6. The store's files and the socket.
-        self.core.store_mut().destroy();
+        // 6. The store's file work under way, then its files, and the socket.
+        while let Some(batch) = self.store_batch.join_next().await {
+            match batch {
+                Ok((files, _)) => self.files = Some(files),
+                Err(e) => tracing::error!(error = %e, "the store's file thread failed"),
+            }
+        }
+        match &self.files {
+            Some(files) => files.destroy(),
+            None => tracing::error!(dir = %self.store_dir.display(), "the store's files are lost; not removed"),
+        }
         if let Err(e) = std::fs::remove_file(&self.socket) {
             if e.kind() != std::io::ErrorKind::NotFound {
                 tracing::warn!(socket = %self.socket.display(), error = %e, "cannot remove the socket");
@@ -370,6 +479,10 @@ impl Shell {
         tracing::info!("node stopped");
     }
 }
+
+/// Where the answer to a peer's object request goes.
+#[cfg(feature = "mesh")]
+type ServeReply = tokio::sync::oneshot::Sender<Option<crate::net::objects::Served>>;
 
 fn unreachable_shutdown() {
     tracing::error!("a shutdown reached the event handler; ignored");

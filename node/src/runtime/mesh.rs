@@ -51,11 +51,17 @@ pub(crate) struct NetSide {
     net: NetHandle,
     ids: HashMap<PeerKey, PeerId>,
     events: mpsc::Sender<Event>,
+    /// The store directory: pulls write into it, transfers read from it.
+    store_dir: std::path::PathBuf,
 }
 
 impl NetSide {
     /// Connects the network to the core's inbox `events`.
-    pub(crate) fn new(net: NetHandle, events: mpsc::Sender<Event>) -> Self {
+    pub(crate) fn new(
+        net: NetHandle,
+        events: mpsc::Sender<Event>,
+        store_dir: std::path::PathBuf,
+    ) -> Self {
         // Network events go straight into the inbox.
         if !net.deliver_to(Arc::new(CoreSink {
             events: events.clone(),
@@ -69,6 +75,7 @@ impl NetSide {
             net,
             ids: HashMap::new(),
             events,
+            store_dir,
         }
     }
 
@@ -135,8 +142,8 @@ impl NetSide {
                 id,
                 object,
                 holders,
-                dest,
             } => {
+                let dest = crate::store::partial_path(&self.store_dir, &id);
                 let holders: Vec<PeerId> = holders
                     .into_iter()
                     .filter_map(|k| self.peer_id(k))
@@ -201,9 +208,10 @@ impl NetSide {
 
     /// An object opened by the core for a transfer, with the guard that tells the core
     /// when the transfer ends.
-    pub(crate) fn served(&self, id: ObjectId, s: ServedObject) -> crate::net::objects::Served {
+    pub(crate) fn served(&self, s: ServedObject) -> crate::net::objects::Served {
+        let id = s.id;
         crate::net::objects::Served {
-            path: s.path,
+            path: crate::store::object_path(&self.store_dir, &id),
             size: s.size,
             digest: s.digest,
             guard: Box::new(ServeGuard {

@@ -13,10 +13,17 @@
 //! - the calls of each caller run at their actor in the order they were made;
 //! - no task runs more often than its retry budget allows;
 //! - once every driver has gone, every node's object table, task table, actors, queues
-//!   and store are empty.
+//!   and store are empty, and no store file is left;
+//! - the store's files are where the core's index says: a writer told `Created` finds its
+//!   partial file, a task finds its shared arguments in memory, a peer serving an object
+//!   has its file, a spill or restore finds the file it moves (a reader told a value whose
+//!   file moved since asks again, as the SDK does, a bounded number of times).
 //!
-//! The store of each simulated node is a real [`Store`] in a temporary directory (it only
-//! ever holds directories: simulated values are small and travel inline).
+//! Large objects are simulated without bytes: each node's store files are a model
+//! ([`SimFiles`]) that the core's store ops change in the order they were issued, taking
+//! virtual time in proportion to their size; drivers put large objects and tasks return
+//! them, and peers pull them from each other through the same serve / pull exchange as the
+//! real mesh.
 
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::path::PathBuf;
@@ -24,19 +31,25 @@ use std::time::{Duration, Instant};
 
 use shoal_protocol::mesh::{actor_key, name_key, ActorLocation, LoadReport, PeerKey, PeerMsg};
 use shoal_protocol::{
-    codec, ActorCreate, ActorId, Arg, ArgValue, BinaryId, BinaryInfo, ClientId, ExecTask, ExitInfo,
-    Hello, HostActor, NodeId, ObjectId, ObjectValue, ResourceSet, Role, TaskError, TaskId,
-    TaskKind, TaskOutcome, TaskSpec, ToClient, ToNode, MAGIC, PROTOCOL_VERSION,
+    codec, ActorCreate, ActorId, Arg, ArgValue, BinaryId, BinaryInfo, ClientId, CreateOutcome,
+    Digest, ExecTask, ExitInfo, Hello, HostActor, NodeId, ObjectId, ObjectValue, ResourceSet,
+    Role, SharedObject, TaskError, TaskId, TaskKind, TaskOutcome, TaskSpec, ToClient, ToNode,
+    MAGIC, PROTOCOL_VERSION,
 };
 
 use crate::config::NodeConfig;
 use crate::core::sched::{SchedConfig, Scheduler, WorkerId};
-use crate::core::{ConnId, DhtOp, Input, Job, JobDone, NodeCore, Output, PeerConfig, WorkerEnd};
-use crate::store::Store;
+use crate::core::{
+    ConnId, DhtOp, Input, Job, JobDone, NodeCore, Output, PeerConfig, ServedObject, WorkerEnd,
+};
+use crate::store::{OpKind, StoreDone, StoreFault, StoreOp};
+
+mod files;
 
 mod rng;
 pub mod scenario;
 
+pub use files::SimFiles;
 pub use rng::Rng;
 
 /// The binary every simulated driver runs.
@@ -47,6 +60,11 @@ const REPORT_INTERVAL: Duration = Duration::from_millis(200);
 const FAILURE_DETECTION: Duration = Duration::from_secs(1);
 /// How long a worker process takes to start.
 const WORKER_START: Duration = Duration::from_millis(20);
+/// Each simulated node's store.
+const STORE_BYTES: u64 = 64 << 20;
+/// How often a reader may find a value's file moved before that is a violation (the SDK's
+/// bound).
+const MAX_MOVES: u32 = 8;
 
 /// How a simulated mesh behaves.
 #[derive(Clone, Debug)]
@@ -57,6 +75,8 @@ pub struct SimConfig {
     pub cpus: Vec<f64>,
     /// One-way latency of a link: between these bounds.
     pub latency: (Duration, Duration),
+    /// The chance that a spill or a restore fails (a disk error).
+    pub store_faults: f64,
 }
 
 impl Default for SimConfig {
@@ -65,6 +85,7 @@ impl Default for SimConfig {
             nodes: 3,
             cpus: vec![1.0; 3],
             latency: (Duration::from_micros(100), Duration::from_millis(2)),
+            store_faults: 0.0,
         }
     }
 }
@@ -73,11 +94,16 @@ impl Default for SimConfig {
 ///
 /// The function's name says what it does: `echo` returns its arguments joined; `panic`
 /// fails with a panic; `crash` kills its worker process; `sleep:<ms>` is `echo` that takes
-/// that long. Anything else is `echo` taking 1 ms.
+/// that long; `big:<MiB>` returns a shared object of that size (its digest made from the
+/// task's id). Anything else is `echo` taking 1 ms.
 fn behaviour(function: &str) -> (Duration, Behaviour) {
     if let Some(ms) = function.strip_prefix("sleep:") {
         let ms = ms.parse().unwrap_or(1);
         return (Duration::from_millis(ms), Behaviour::Echo);
+    }
+    if let Some(mib) = function.strip_prefix("big:") {
+        let mib: u64 = mib.parse().unwrap_or(1);
+        return (Duration::from_millis(2), Behaviour::Big(mib << 20));
     }
     match function {
         "panic" => (Duration::from_millis(1), Behaviour::Panic),
@@ -91,6 +117,15 @@ enum Behaviour {
     Echo,
     Panic,
     Crash,
+    Big(u64),
+}
+
+/// The value task `task` returns when it is `big:<size>`.
+pub fn big_result(task: TaskId, size: u64) -> SharedObject {
+    SharedObject {
+        size,
+        digest: Digest::of(&ObjectId::for_return(task, 0).0),
+    }
 }
 
 /// What a simulated task returns for these arguments (`echo`).
@@ -132,6 +167,10 @@ enum Event {
     },
     /// The failure detector notices that `lost` is gone, as seen by `node`.
     Detect { node: usize, lost: usize },
+    /// A store op of `node` (in its life `boot`) is carried out.
+    Store { node: usize, boot: u64, op: StoreOp },
+    /// A transfer of an object from `from` to `to` for a pull ends.
+    Transfer { request: u64 },
 }
 
 struct Queued {
@@ -171,6 +210,8 @@ struct SimWorker {
     busy: bool,
     /// Bumped when it dies: steps of an earlier life are ignored.
     incarnation: u64,
+    /// A large result whose file it asked for: (request, task, object).
+    creating: Option<(u64, TaskId, SharedObject)>,
 }
 
 /// A simulated driver program.
@@ -186,14 +227,20 @@ pub struct Driver {
     pub(crate) pending: BTreeMap<ObjectId, Expect>,
     /// Results it received.
     pub(crate) done: BTreeMap<ObjectId, ObjectValue>,
+    /// Large puts whose file it asked for, by request: (ticket, object).
+    creating: BTreeMap<u64, (ObjectId, SharedObject)>,
+    /// Large objects it put and holds.
+    puts: BTreeMap<ObjectId, SharedObject>,
 }
 
 /// What a driver expects of a result.
 #[derive(Clone, Debug)]
 pub(crate) struct Expect {
     since: Instant,
-    /// The value an `echo` returns, when known.
-    value: Option<Vec<u8>>,
+    /// The value it must be, when known.
+    value: Option<ObjectValue>,
+    /// How often its file had moved when it arrived.
+    moves: u32,
 }
 
 /// One simulated peer.
@@ -207,6 +254,12 @@ struct SimNode {
     seq: u64,
     started_ms: u64,
     store_parent: PathBuf,
+    /// Its store's files.
+    files: SimFiles,
+    /// Bumped at every boot: store ops of an earlier life are dropped.
+    boot: u64,
+    /// When its store's last op issued will have run (ops run one after another).
+    store_clock: Instant,
     /// Tasks and calls that started running here.
     ran: u64,
 }
@@ -265,7 +318,24 @@ pub struct Sim {
     trace: bool,
     /// Inputs handled, for the simulator's own speed.
     pub inputs: u64,
-    scratch: PathBuf,
+    /// Object requests of pulls, by request number.
+    pulls: HashMap<u64, Pull>,
+    next_request: u64,
+}
+
+/// A pull under way: `to` asked `from` for object `id`.
+#[derive(Debug)]
+struct Pull {
+    to: usize,
+    to_boot: u64,
+    from: usize,
+    from_boot: u64,
+    id: ObjectId,
+    object: SharedObject,
+    /// Holders left to try.
+    holders: Vec<PeerKey>,
+    /// The link epoch when the transfer started.
+    epoch: u64,
 }
 
 impl std::fmt::Debug for Sim {
@@ -283,11 +353,6 @@ impl Sim {
         // Maps iterate the same way in every run of every process.
         shoal_protocol::ids::fix_hash_seed_for_tests(0x5eed_5eed);
         let start = Instant::now();
-        let scratch = std::env::temp_dir().join(format!(
-            "shoal-sim-{}-{}",
-            std::process::id(),
-            SCRATCH.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        ));
         let mut sim = Self {
             seed,
             rng: Rng::new(seed),
@@ -311,14 +376,16 @@ impl Sim {
             knows: BTreeSet::new(),
             trace: std::env::var_os("SHOAL_SIM_TRACE").is_some(),
             inputs: 0,
-            scratch,
+            pulls: HashMap::new(),
+            next_request: 1,
             config,
         };
         for i in 0..sim.config.nodes {
             let mut key = [0u8; 38];
             key[0] = 0xaa;
             key[1..9].copy_from_slice(&(i as u64).to_be_bytes());
-            let store_parent = sim.scratch.join(format!("node-{i}"));
+            // A name only: the simulator touches no file.
+            let store_parent = PathBuf::from(format!("/shoal-sim/node-{i}"));
             sim.nodes.push(SimNode {
                 core: None,
                 key: PeerKey::from_bytes(&key).unwrap_or_else(|| unreachable!()),
@@ -328,6 +395,9 @@ impl Sim {
                 seq: 0,
                 started_ms: 0,
                 store_parent,
+                files: SimFiles::default(),
+                boot: 0,
+                store_clock: start,
                 ran: 0,
             });
             sim.boot(i);
@@ -354,6 +424,13 @@ impl Sim {
     /// The peers.
     pub fn nodes(&self) -> usize {
         self.nodes.len()
+    }
+
+    /// The CPUs of each peer.
+    pub fn cpus(&self) -> Vec<f64> {
+        (0..self.nodes.len())
+            .map(|i| self.config.cpus.get(i).copied().unwrap_or(1.0))
+            .collect()
     }
 
     /// Whether node `i` runs.
@@ -406,22 +483,17 @@ impl Sim {
             cpus,
             store_parent: node.store_parent.clone(),
             spill_parent: node.store_parent.join("spill"),
-            store_bytes: 64 << 20,
+            store_bytes: STORE_BYTES,
             embedded: false,
             #[cfg(feature = "mesh")]
             mesh: None,
             ..NodeConfig::default()
         };
         let node_id = NodeId([i as u8; 16]);
-        let store = match Store::open(
-            &config.store_parent,
-            &config.spill_parent,
-            node_id,
-            64 << 20,
-        ) {
-            Ok(s) => s,
-            Err(e) => panic!("the simulator cannot make a store directory: {e}"),
-        };
+        let store_dir = config.store_parent.join("store");
+        node.files = SimFiles::default();
+        node.boot += 1;
+        node.store_clock = self.now;
         let sched = Scheduler::new(SchedConfig {
             total: config.total_resources(),
             max_workers: config.max_workers,
@@ -441,7 +513,7 @@ impl Sim {
             node_id,
             config,
             sched,
-            store,
+            store_dir,
             Some(peer),
         ));
         self.drain(i);
@@ -552,6 +624,7 @@ impl Sim {
                         actor: None,
                         busy: false,
                         incarnation: 0,
+                        creating: None,
                     },
                 );
                 self.nodes[i].procs.insert(conn, Proc::Worker(worker));
@@ -589,7 +662,163 @@ impl Sim {
                 }
             },
             Output::Job(job) => self.job(i, job),
+            Output::Store(op) => {
+                // One after another, each taking time in proportion to what it moves.
+                let took = match &op.kind {
+                    OpKind::Spill { size, .. } => Duration::from_micros(size >> 11),
+                    OpKind::Restore { id, .. } => {
+                        let size = self.nodes[i].files.disk_size(id).unwrap_or(0);
+                        Duration::from_micros(size >> 11)
+                    }
+                    _ => Duration::from_micros(20),
+                };
+                let node = &mut self.nodes[i];
+                let at = node.store_clock.max(self.now) + took;
+                node.store_clock = at;
+                let boot = node.boot;
+                self.schedule(at, Event::Store { node: i, boot, op });
+            }
+            Output::Serve { request, object } => self.served(i, request, object),
         }
+    }
+
+    /// A store op of node `i` runs: the files change as the op says, or it fails.
+    fn store_op(&mut self, i: usize, op: StoreOp) {
+        let fault = match op.kind {
+            OpKind::Spill { .. } | OpKind::Restore { .. } => {
+                let p = self.config.store_faults;
+                p > 0.0 && self.rng.chance(p)
+            }
+            _ => false,
+        };
+        let result = if fault {
+            Err(StoreFault::Io("a simulated disk error".into()))
+        } else {
+            self.nodes[i].files.run(&op.kind)
+        };
+        if let (Err(e), None) = (&result, op.op) {
+            self.violation(format!("node {i}: store op {:?} failed: {e}", op.kind));
+        }
+        if let Some(op) = op.op {
+            self.input(i, Input::Store(StoreDone { op, result }));
+        }
+    }
+
+    /// Node `i` answers object request `request` of a pull.
+    fn served(&mut self, i: usize, request: u64, object: Option<ServedObject>) {
+        let current = self
+            .pulls
+            .get(&request)
+            .is_some_and(|p| p.from == i && p.from_boot == self.nodes[i].boot);
+        if !current {
+            // The pull gave up on this holder: the transfer never starts.
+            if let (Some(o), Some(core)) = (&object, self.nodes[i].core.as_mut()) {
+                core.object_served(o.id);
+            }
+            return;
+        }
+        let Some(object) = object else {
+            self.trace(format_args!("{i} has no copy to serve"));
+            self.pull_next(request);
+            return;
+        };
+        let Some((from, to)) = self.pulls.get(&request).map(|p| (p.from, p.to)) else {
+            return;
+        };
+        if !self.nodes[i].files.in_memory(&object.id) {
+            let what = format!("node {i} serves object {} without its file", object.id);
+            self.violation(what);
+        }
+        let epoch = self.epochs.get(&(from, to)).copied().unwrap_or(0);
+        if let Some(p) = self.pulls.get_mut(&request) {
+            p.epoch = epoch;
+        }
+        let at = self.now + self.latency() + Duration::from_micros(object.size >> 10);
+        self.schedule(at, Event::Transfer { request });
+    }
+
+    /// Asks the next holder of a pull for the object, or fails the pull.
+    fn pull_next(&mut self, request: u64) {
+        let Some(pull) = self.pulls.get_mut(&request) else {
+            return;
+        };
+        let to = pull.to;
+        let holders = std::mem::take(&mut pull.holders);
+        let mut rest = holders.into_iter();
+        let from = rest.by_ref().find_map(|key| {
+            let n = self.nodes.iter().position(|n| n.key == key)?;
+            (n != to && self.alive(n) && !self.cut.contains(&(to, n))).then_some(n)
+        });
+        let Some(from) = from else {
+            self.pull_failed(request, "no holder can be reached".into());
+            return;
+        };
+        let from_boot = self.nodes[from].boot;
+        let id = match self.pulls.get_mut(&request) {
+            Some(p) => {
+                p.holders = rest.collect();
+                p.from = from;
+                p.from_boot = from_boot;
+                p.id
+            }
+            None => return,
+        };
+        let at = self.now + self.latency();
+        self.schedule(
+            at,
+            Event::Input {
+                node: from,
+                input: Input::Serve { request, id },
+            },
+        );
+    }
+
+    fn pull_failed(&mut self, request: u64, message: String) {
+        let Some(pull) = self.pulls.remove(&request) else {
+            return;
+        };
+        if self.nodes[pull.to].boot != pull.to_boot {
+            return;
+        }
+        let done = JobDone::Pulled {
+            id: pull.id,
+            object: pull.object,
+            result: Err(message),
+        };
+        self.input(pull.to, Input::Job(done));
+    }
+
+    /// The bytes of a pull have crossed the link (or the link broke meanwhile).
+    fn transfer(&mut self, request: u64) {
+        let Some(pull) = self.pulls.get(&request) else {
+            return;
+        };
+        let (from, to, id, object) = (pull.from, pull.to, pull.id, pull.object);
+        // The serving side's transfer ends: the object may move again.
+        if self.nodes[from].boot == pull.from_boot {
+            if let Some(core) = self.nodes[from].core.as_mut() {
+                core.object_served(id);
+                self.drain(from);
+            }
+        }
+        let Some(pull) = self.pulls.get(&request) else {
+            return;
+        };
+        let broke = !self.link_up(from, to, pull.epoch) || self.nodes[to].boot != pull.to_boot;
+        if broke {
+            self.pull_next(request);
+            return;
+        }
+        self.pulls.remove(&request);
+        if !self.nodes[to].files.write_partial(&id, object.size) {
+            self.violation(format!("node {to} pulls object {id} without its partial file"));
+        }
+        let done = JobDone::Pulled {
+            id,
+            object,
+            result: Ok(()),
+        };
+        self.input(to, Input::Job(done));
     }
 
     fn job(&mut self, i: usize, job: Job) {
@@ -598,11 +827,30 @@ impl Sim {
                 self.records.extend(records);
                 return;
             }
-            Job::Pull { id, object, .. } => JobDone::Pulled {
+            Job::Pull {
                 id,
                 object,
-                result: Err("the simulator moves no bytes".into()),
-            },
+                holders,
+            } => {
+                let request = self.next_request;
+                self.next_request += 1;
+                let to_boot = self.nodes[i].boot;
+                self.pulls.insert(
+                    request,
+                    Pull {
+                        to: i,
+                        to_boot,
+                        from: i,
+                        from_boot: 0,
+                        id,
+                        object,
+                        holders,
+                        epoch: 0,
+                    },
+                );
+                self.pull_next(request);
+                return;
+            }
             Job::FetchBinary { binary, .. } => JobDone::BinaryFetched {
                 binary,
                 result: Ok(PathBuf::from("/sim/binary")),
@@ -671,18 +919,59 @@ impl Sim {
     }
 
     fn deliver_to_driver(&mut self, d: usize, msg: ToClient) {
-        let ToClient::Object { id, value } = msg else {
-            return;
-        };
-        let driver = &mut self.drivers[d];
-        let Some(expect) = driver.pending.remove(&id) else {
-            return;
-        };
-        if let (ObjectValue::Inline(got), Some(want)) = (&value, &expect.value) {
-            if got != want {
-                let what = format!("driver {d}: object {id} has the wrong value");
-                self.violation(what);
+        let node = self.drivers[d].node;
+        let (id, value) = match msg {
+            ToClient::Object { id, value } => (id, value),
+            ToClient::Created { request, result } => {
+                let Some((ticket, object)) = self.drivers[d].creating.remove(&request) else {
+                    return;
+                };
+                if let Ok(CreateOutcome::Write) = result {
+                    if !self.nodes[node].files.write_partial(&ticket, object.size) {
+                        self.violation(format!("driver {d}: no partial file for {ticket}"));
+                    }
+                }
+                if result.is_ok() {
+                    let id = ObjectId::from_digest(object.digest);
+                    self.drivers[d].puts.insert(id, object);
+                    self.send(
+                        d,
+                        ToNode::Seal {
+                            ticket,
+                            id,
+                            object,
+                            nested: Vec::new(),
+                        },
+                    );
+                }
+                return;
             }
+            _ => return,
+        };
+        let Some(expect) = self.drivers[d].pending.get(&id).cloned() else {
+            return;
+        };
+        if let ObjectValue::Shared(_) = &value {
+            if !self.nodes[node].files.in_memory(&id) {
+                // It moved (spilled) since: asked for again, as the SDK does.
+                if expect.moves >= MAX_MOVES {
+                    let what = format!("driver {d}: object {id} moved {MAX_MOVES} times");
+                    self.violation(what);
+                } else if let Some(e) = self.drivers[d].pending.get_mut(&id) {
+                    e.moves += 1;
+                    self.send(d, ToNode::Get { ids: vec![id] });
+                    return;
+                }
+            }
+        }
+        self.drivers[d].pending.remove(&id);
+        let wrong = match (&value, &expect.value) {
+            (ObjectValue::Error(_), _) | (_, None) => false,
+            (got, Some(want)) => got != want,
+        };
+        if wrong {
+            let what = format!("driver {d}: object {id} is {value:?}, not {:?}", expect.value);
+            self.violation(what);
         }
         self.drivers[d].done.insert(id, value);
     }
@@ -718,6 +1007,41 @@ impl Sim {
                     },
                 );
             }
+            ToClient::Created { request, result } => {
+                let Some((asked, task, object)) = worker.creating else {
+                    return;
+                };
+                if asked != request {
+                    return;
+                }
+                worker.creating = None;
+                worker.busy = false;
+                let conn = worker.conn;
+                let ret = ObjectId::for_return(task, 0);
+                let outcome = match result {
+                    Ok(_) => {
+                        if !self.nodes[i].files.write_partial(&ret, object.size) {
+                            self.violation(format!("node {i}: no partial file for result {ret}"));
+                        }
+                        TaskOutcome::Ok(ObjectValue::Shared(object))
+                    }
+                    Err(e) => TaskOutcome::Err(TaskError::ResultStore {
+                        message: e.to_string(),
+                    }),
+                };
+                self.input(
+                    i,
+                    Input::FromProc {
+                        conn,
+                        msgs: vec![ToNode::Done {
+                            task_id: task,
+                            outcome,
+                            nested: Vec::new(),
+                        }],
+                    },
+                );
+                self.start_next(i, w);
+            }
             _ => {}
         }
     }
@@ -737,6 +1061,20 @@ impl Sim {
         let (task, incarnation) = (exec.task_id, worker.incarnation);
         let (took, _) = behaviour(&exec.function);
         let actor = worker.actor;
+        let shared: Vec<ObjectId> = exec
+            .args
+            .iter()
+            .filter_map(|a| match a {
+                ArgValue::Shared(id, _) => Some(*id),
+                ArgValue::Inline(_) => None,
+            })
+            .collect();
+        for id in shared {
+            if !self.nodes[i].files.in_memory(&id) {
+                let what = format!("node {i}: task {task} runs without argument {id} in memory");
+                self.violation(what);
+            }
+        }
         self.nodes[i].ran += 1;
         // It runs now: count it against its budget, and check the order of actor calls.
         if let Some(r) = self.runs.get_mut(&task) {
@@ -803,6 +1141,25 @@ impl Sim {
             Behaviour::Panic => TaskOutcome::Err(TaskError::Panicked {
                 message: "simulated panic".into(),
             }),
+            Behaviour::Big(size) => {
+                // Its result goes to the store: a file first, then `Done`.
+                let request = self.next_request;
+                self.next_request += 1;
+                let object = big_result(exec.task_id, size);
+                if let Some(worker) = self.nodes[i].workers.get_mut(&w) {
+                    worker.busy = true;
+                    worker.creating = Some((request, exec.task_id, object));
+                }
+                let id = ObjectId::for_return(exec.task_id, 0);
+                self.input(
+                    i,
+                    Input::FromProc {
+                        conn,
+                        msgs: vec![ToNode::Create { request, id, size }],
+                    },
+                );
+                return;
+            }
             Behaviour::Echo => {
                 let args: Vec<Vec<u8>> = exec
                     .args
@@ -1008,6 +1365,12 @@ impl Sim {
                 self.knows.insert((to, from));
                 self.input(to, Input::PeerReport { peer, report });
             }
+            Event::Store { node, boot, op } => {
+                if self.nodes[node].boot == boot && self.alive(node) {
+                    self.store_op(node, op);
+                }
+            }
+            Event::Transfer { request } => self.transfer(request),
             Event::Detect { node, lost, .. } => {
                 self.detecting.remove(&(node, lost));
                 self.trace(format_args!("{node} declares {lost} lost"));
@@ -1094,11 +1457,12 @@ impl Sim {
     /// Node `i` crashes: its core, its workers and its drivers are gone; the others
     /// declare it lost after the failure detector's delay.
     pub fn crash(&mut self, i: usize) {
-        let Some(mut core) = self.nodes[i].core.take() else {
+        if self.nodes[i].core.take().is_none() {
             return;
-        };
+        }
         self.trace(format_args!("crash {i}"));
-        core.store_mut().destroy();
+        // Its store's files go with it (a new life starts with an empty store).
+        self.nodes[i].files = SimFiles::default();
         self.nodes[i].workers.clear();
         self.nodes[i].procs.clear();
         self.nodes[i].load = None;
@@ -1139,6 +1503,8 @@ impl Sim {
             alive: self.alive(node),
             pending: BTreeMap::new(),
             done: BTreeMap::new(),
+            creating: BTreeMap::new(),
+            puts: BTreeMap::new(),
         });
         self.nodes[node].procs.insert(conn, Proc::Driver(d));
         let hello = Hello {
@@ -1201,15 +1567,20 @@ impl Sim {
                 SimArg::Ref(id) => {
                     match self.drivers[d].done.get(&id) {
                         Some(ObjectValue::Inline(v)) => values.push(v.clone()),
+                        // A worker's `echo` reads a shared argument as its id.
+                        Some(ObjectValue::Shared(_)) => values.push(id.0.to_vec()),
+                        _ if self.drivers[d].puts.contains_key(&id) => values.push(id.0.to_vec()),
                         _ => known = false,
                     }
                     wire.push(Arg::Ref(id));
                 }
             }
         }
-        if behaviour(function).1 != Behaviour::Echo {
-            known = false;
-        }
+        let expect = match behaviour(function).1 {
+            Behaviour::Echo if known => Some(ObjectValue::Inline(echo(&values))),
+            Behaviour::Big(size) => Some(ObjectValue::Shared(big_result(task, size))),
+            _ => None,
+        };
         let spec = TaskSpec {
             task_id: task,
             function: function.to_string(),
@@ -1224,16 +1595,62 @@ impl Sim {
         };
         let ret = spec.return_id();
         self.runs.insert(task, (0, opts.retries));
-        self.own(d, ret, known.then(|| echo(&values)));
+        self.own(d, ret, expect);
         self.send(d, ToNode::Submit(spec));
+        // It waits for the result, as a program's `get` does (a large result stays at the
+        // peer that made it until it is asked for).
+        self.send(d, ToNode::Get { ids: vec![ret] });
         ret
     }
 
-    fn own(&mut self, d: usize, id: ObjectId, value: Option<Vec<u8>>) {
+    fn own(&mut self, d: usize, id: ObjectId, value: Option<ObjectValue>) {
         let since = self.now;
         if self.drivers[d].alive {
-            self.drivers[d].pending.insert(id, Expect { since, value });
+            let expect = Expect {
+                since,
+                value,
+                moves: 0,
+            };
+            self.drivers[d].pending.insert(id, expect);
         }
+    }
+
+    /// Driver `d` puts a large object of `size` bytes (through the store: a file, then a
+    /// seal) and holds it. Its id is known at once, as a content-addressed put's is.
+    pub fn put_large(&mut self, d: usize, size: u64) -> ObjectId {
+        let task = self.next_task(d);
+        let ticket = ObjectId::for_return(task, 1);
+        let object = SharedObject {
+            size,
+            digest: Digest::of(&ticket.0),
+        };
+        let request = self.drivers[d].seq;
+        if self.drivers[d].alive {
+            self.drivers[d].creating.insert(request, (ticket, object));
+        }
+        self.send(
+            d,
+            ToNode::Create {
+                request,
+                id: ticket,
+                size,
+            },
+        );
+        ObjectId::from_digest(object.digest)
+    }
+
+    /// Driver `d` asks for object `id` (a put or a result it holds) and waits for it.
+    pub fn get(&mut self, d: usize, id: ObjectId) {
+        if self.drivers[d].pending.contains_key(&id) {
+            return;
+        }
+        let value = match (self.drivers[d].puts.get(&id), self.drivers[d].done.get(&id)) {
+            (Some(o), _) => Some(ObjectValue::Shared(*o)),
+            (None, Some(v @ (ObjectValue::Inline(_) | ObjectValue::Shared(_)))) => Some(v.clone()),
+            _ => None,
+        };
+        self.own(d, id, value);
+        self.send(d, ToNode::Get { ids: vec![id] });
     }
 
     /// Driver `d` creates an actor (with `restarts` restarts) and gets its id.
@@ -1286,9 +1703,13 @@ impl Sim {
             wait_for_resources: false,
         };
         let ret = spec.return_id();
-        let expect = (behaviour(function).1 == Behaviour::Echo).then(|| echo(&[tag]));
+        let expect =
+            (behaviour(function).1 == Behaviour::Echo).then(|| ObjectValue::Inline(echo(&[tag])));
         self.own(d, ret, expect);
         self.send(d, ToNode::Submit(spec));
+        // It waits for the result, as a program's `get` does (a large result stays at the
+        // peer that made it until it is asked for).
+        self.send(d, ToNode::Get { ids: vec![ret] });
         ret
     }
 
@@ -1296,6 +1717,7 @@ impl Sim {
     pub fn release(&mut self, d: usize, id: ObjectId) {
         self.drivers[d].pending.remove(&id);
         self.drivers[d].done.remove(&id);
+        self.drivers[d].puts.remove(&id);
         self.send(d, ToNode::Release { ids: vec![id] });
     }
 
@@ -1307,6 +1729,7 @@ impl Sim {
         }
         self.drivers[d].alive = false;
         self.drivers[d].pending.clear();
+        self.drivers[d].creating.clear();
         self.nodes[node].procs.remove(&conn);
         self.input(node, Input::Detached { conn });
     }
@@ -1333,10 +1756,32 @@ impl Sim {
             }
             for (id, e) in &driver.pending {
                 if now.duration_since(e.since) > bound {
+                    // Where it stands on the driver's node, to start from.
+                    let info = self.nodes[driver.node].core.as_ref().and_then(|c| {
+                        let o = c.objects().into_iter().find(|o| o.id == *id)?;
+                        Some(format!("{} {:?} holders {}", o.location, o.pinned_by, o.holders))
+                    });
                     late.push(format!(
-                        "driver {d}: object {id} not done after {:?}",
-                        now.duration_since(e.since)
+                        "driver {d}: object {id} not done after {:?} (node {}: {})",
+                        now.duration_since(e.since),
+                        driver.node,
+                        info.as_deref().unwrap_or("unknown"),
                     ));
+                }
+            }
+        }
+        if !late.is_empty() {
+            // What the nodes still hold, to start from.
+            for (i, n) in self.nodes.iter().enumerate() {
+                if let Some(core) = &n.core {
+                    let tasks: Vec<String> = core.task_lines().into_iter().take(20).collect();
+                    let actors: Vec<String> = core
+                        .status(now)
+                        .actors
+                        .iter()
+                        .map(|a| format!("{} {} inc {}", a.actor_id, a.state, a.incarnation))
+                        .collect();
+                    late.push(format!("node {i}: {:?} {tasks:?} {actors:?}", core.census()));
                 }
             }
         }
@@ -1356,6 +1801,12 @@ impl Sim {
                 procs: c.procs,
                 ..Default::default()
             };
+            if !n.files.is_empty() {
+                let (partial, memory, disk) = n.files.counts();
+                leaks.push(format!(
+                    "node {i} still has store files: {partial} partial, {memory} in memory, {disk} on disk"
+                ));
+            }
             if c != empty {
                 let objects: Vec<String> = core
                     .objects()
@@ -1381,7 +1832,13 @@ impl Sim {
     /// Every rule, at the end of a run: all drivers exit, the mesh settles, and nothing is
     /// left anywhere.
     pub fn finish(&mut self, settle: Duration) -> Vec<Violation> {
-        self.check_progress(settle * 4);
+        // Every wait ends: the work left may take a while, but not forever.
+        let until = self.now + settle * 8;
+        while self.now < until && self.drivers.iter().any(|d| d.alive && !d.pending.is_empty())
+        {
+            self.run_for(Duration::from_millis(100));
+        }
+        self.check_progress(Duration::ZERO);
         for d in 0..self.drivers.len() {
             self.exit(d);
         }
@@ -1391,22 +1848,6 @@ impl Sim {
     }
 }
 
-impl Drop for Sim {
-    fn drop(&mut self) {
-        for n in &mut self.nodes {
-            if let Some(c) = n.core.as_mut() {
-                c.store_mut().destroy();
-            }
-        }
-        if let Err(e) = std::fs::remove_dir_all(&self.scratch) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(dir = %self.scratch.display(), error = %e, "cannot remove the simulator's directory");
-            }
-        }
-    }
-}
-
-static SCRATCH: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// An argument of a simulated task.
 #[derive(Clone, Debug)]

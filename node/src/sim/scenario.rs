@@ -11,8 +11,11 @@ use super::{Sim, SimArg, SimConfig, TaskOpts, Violation};
 const SETTLE: Duration = Duration::from_secs(15);
 
 /// A randomized run: 2 to 4 peers, 1 to 3 drivers submitting tasks (chains of them, some
-/// failing or crashing their worker) and calling actors, while peers are partitioned and
-/// healed, crash and restart, and workers die. Returns what broke.
+/// failing or crashing their worker, some returning large objects) and calling actors,
+/// putting large objects and reading them back (more than the stores hold: they spill,
+/// are read back, and travel between peers), while peers are partitioned and healed, crash
+/// and restart, workers die, and now and then a disk fails a spill or a restore. Returns
+/// what broke.
 pub fn random(seed: u64) -> Vec<Violation> {
     run_random(seed).1
 }
@@ -34,6 +37,8 @@ fn run_random(seed: u64) -> (Sim, Vec<Violation>) {
         })
         .collect();
     let mut actors: Vec<(usize, shoal_protocol::ActorId)> = Vec::new();
+    let total_cpus: f64 = sim.cpus().iter().sum();
+    let mut actor_cpus = 0.0;
     let mut owned: Vec<(usize, ObjectId)> = Vec::new();
     let steps = 40 + sim.rng().below(80);
     for _ in 0..steps {
@@ -58,7 +63,12 @@ fn run_random(seed: u64) -> (Sim, Vec<Violation>) {
                     cpus: if sim.rng().chance(0.2) { 0.5 } else { 1.0 },
                     retries: sim.rng().below(4) as u32,
                 };
-                let id = sim.submit(d, &format!("sleep:{ms}"), args, opts);
+                let f = if sim.rng().chance(0.15) {
+                    format!("big:{}", 1 + sim.rng().below(16))
+                } else {
+                    format!("sleep:{ms}")
+                };
+                let id = sim.submit(d, &f, args, opts);
                 owned.push((d, id));
             }
             40..=42 => {
@@ -75,7 +85,13 @@ fn run_random(seed: u64) -> (Sim, Vec<Violation>) {
             }
             45..=52 => {
                 let restarts = sim.rng().below(3) as u32;
-                let cpus = if sim.rng().chance(0.5) { 0.0 } else { 1.0 };
+                // Actors hold their CPUs until their driver exits: at least one CPU of the
+                // mesh stays for tasks (with none, tasks wait for good, as in Ray).
+                let mut cpus = if sim.rng().chance(0.5) { 0.0 } else { 1.0 };
+                if cpus > 0.0 && actor_cpus + 1.0 >= total_cpus {
+                    cpus = 0.0;
+                }
+                actor_cpus += cpus;
                 let a = sim.create_actor(d, restarts, cpus);
                 actors.push((d, a));
             }
@@ -92,7 +108,16 @@ fn run_random(seed: u64) -> (Sim, Vec<Violation>) {
                     }
                 }
             }
-            80..=89 => {
+            80..=83 => {
+                if sim.rng().chance(0.5) {
+                    let size = (1 + sim.rng().below(24)) << 20;
+                    let id = sim.put_large(d, size);
+                    owned.push((d, id));
+                } else if let Some(&(o, id)) = pick(&mut sim, &owned) {
+                    sim.get(o, id);
+                }
+            }
+            84..=89 => {
                 if !owned.is_empty() {
                     let k = sim.rng().below(owned.len() as u64) as usize;
                     let (o, id) = owned.swap_remove(k);
@@ -146,6 +171,7 @@ fn random_mesh(seed: u64) -> Sim {
         SimConfig {
             nodes,
             cpus,
+            store_faults: if rng.chance(0.3) { 0.02 } else { 0.0 },
             ..Default::default()
         },
     )
@@ -165,9 +191,9 @@ fn two(sim: &mut Sim) -> (usize, usize) {
     (a, b)
 }
 
-/// Whether `v` is the value of an `echo`, not an error.
+/// Whether `v` is a value (inline or in the store), not an error.
 pub fn is_value(v: &ObjectValue) -> bool {
-    matches!(v, ObjectValue::Inline(_))
+    matches!(v, ObjectValue::Inline(_) | ObjectValue::Shared(_))
 }
 
 /// Whether `v` is this error.

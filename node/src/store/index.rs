@@ -285,6 +285,21 @@ impl StoreIndex {
         }
     }
 
+    /// A spill of `id` failed: its memory copy stays (counted again, even past the
+    /// capacity: the bytes are there), and it has no disk copy.
+    pub fn spill_failed(&mut self, id: &ObjectId) {
+        if let Some(e) = self.entries.get_mut(id) {
+            if e.mem == Mem::None {
+                e.mem = Mem::Sealed;
+                self.used += e.size;
+            }
+            if e.disk {
+                e.disk = false;
+                self.spilled_bytes -= e.size;
+            }
+        }
+    }
+
     /// The object's memory copy was dropped (its disk copy stays).
     pub fn evicted(&mut self, id: &ObjectId) {
         if let Some(e) = self.entries.get_mut(id) {

@@ -1,44 +1,38 @@
 //! The shared-memory object store of one node.
 //!
 //! Large objects live as files in one directory (under `/dev/shm` by default), each named by
-//! its object id in hex. A writer (driver or worker) asks the node to reserve room
-//! ([`Store::reserve`]) under a ticket id, creates `<ticket>.partial` itself, maps and fills
-//! it, and asks the node to seal it ([`Store::seal`]); the node renames it to `<id>`, so a
-//! half-written object is never visible under an object's name. Readers map the file
+//! its object id in hex. A writer (driver or worker) asks the node to reserve room under a
+//! ticket id; the node makes `<ticket>.partial` ([`OpKind::Create`]), the writer maps and
+//! fills it and asks the node to seal it; the node renames it to `<id>` ([`OpKind::Seal`]),
+//! so a half-written object is never visible under an object's name. Readers map the file
 //! read-only: no bytes go through the node or a socket.
 //!
-//! When memory is short, objects go to a spill directory on disk (least recently used first)
-//! and come back when read, their digest checked ([`Store::ensure_in_memory`]).
+//! When memory is short, objects go to a spill directory on disk (least recently used first,
+//! [`OpKind::Spill`]) and come back when read, their digest checked ([`OpKind::Restore`]).
 //!
-//! [`StoreIndex`] is the pure bookkeeping (capacity, locations, what to evict or spill);
-//! [`Store`] adds the directories and their files.
+//! The store is split the sans-IO way: [`StoreIndex`] is the pure bookkeeping (capacity,
+//! locations, pins, what to evict or spill) that the node's core keeps and decides with;
+//! [`StoreOp`]s are what it asks of the files; [`StoreFiles`] owns the directories and
+//! carries the ops out, in order, off the event loop.
 
 use std::io;
 use std::path::{Path, PathBuf};
 
-use shoal_protocol::{CreateOutcome, Digest, NodeId, ObjectId, SharedObject, StoreError};
+use shoal_protocol::{Digest, NodeId, ObjectId};
 
 mod index;
+mod ops;
 
 pub use index::{Holder, Location, Plan, Sealed, StoreIndex};
+pub use ops::{OpId, OpKind, StoreDone, StoreFault, StoreOp};
 
-/// Why a spilled object could not be read back.
-#[derive(Debug, thiserror::Error)]
-pub enum RestoreError {
-    /// No room in memory, even after spilling.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// The disk copy does not match its digest.
-    #[error("the spilled copy does not match its digest: {0}")]
-    Corrupted(String),
-}
-
-/// The store: its directories and index.
+/// The store's directories and files: the side of the store that does I/O. It carries out
+/// the core's [`StoreOp`]s, in order, on a blocking thread of the shell.
 #[derive(Debug)]
-pub struct Store {
+pub struct StoreFiles {
     dir: PathBuf,
     spill_dir: PathBuf,
-    index: StoreIndex,
+    capacity: u64,
     pool: Pool,
 }
 
@@ -140,10 +134,10 @@ pub fn partial_path(dir: &Path, id: &ObjectId) -> PathBuf {
     dir.join(format!("{}.partial", id.to_hex()))
 }
 
-impl Store {
+impl StoreFiles {
     /// Makes the directories `shoal-<pid>-<node id>` under `parent` (memory) and
     /// `spill_parent` (disk), first removing directories left there by nodes whose process
-    /// is gone.
+    /// is gone. `capacity` bounds the memory files, objects and files kept for reuse alike.
     pub fn open(
         parent: &Path,
         spill_parent: &Path,
@@ -162,7 +156,7 @@ impl Store {
         Ok(Self {
             dir,
             spill_dir,
-            index: StoreIndex::new(capacity),
+            capacity,
             pool: Pool {
                 dir: pool,
                 files: Vec::new(),
@@ -183,161 +177,122 @@ impl Store {
         &self.spill_dir
     }
 
-    /// The bookkeeping.
-    pub fn index(&self) -> &StoreIndex {
-        &self.index
-    }
-
-    /// Reserves room for object (or ticket) `id`, spilling or evicting others if needed, and
-    /// makes its partial file of `size` bytes (a recycled one when there is one) for the
-    /// writer to map and fill.
-    pub fn reserve(
-        &mut self,
-        id: ObjectId,
-        size: u64,
-        holder: Holder,
-    ) -> Result<CreateOutcome, StoreError> {
-        if self.index.contains(&id) {
-            return Ok(CreateOutcome::Exists);
-        }
-        self.make_room(size)?;
-        self.index.reserve(id, size, holder)?;
-        if let Err(e) = self.make_partial(&id, size) {
-            self.index.remove(&id);
-            remove_file(&partial_path(&self.dir, &id));
-            return Err(StoreError::Io(format!("creating object {id}: {e}")));
-        }
-        Ok(CreateOutcome::Write)
-    }
-
-    fn make_partial(&mut self, id: &ObjectId, size: u64) -> io::Result<()> {
-        let partial = partial_path(&self.dir, id);
-        let file = match self.pool.take(size) {
-            Some(pooled) => {
-                std::fs::rename(&pooled, &partial)?;
-                std::fs::OpenOptions::new().write(true).open(&partial)?
-            }
-            None => std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&partial)?,
-        };
-        file.set_len(size)
-    }
-
-    fn make_room(&mut self, size: u64) -> Result<(), StoreError> {
-        let over =
-            (self.index.used() + self.pool.bytes + size).saturating_sub(self.index.capacity());
+    /// Carries out one op; its completion when it has an [`OpId`]. Failures of ops without
+    /// one (dropping files) are logged here.
+    pub fn run(&mut self, op: StoreOp) -> Option<StoreDone> {
+        // Files kept for reuse give way to the objects first.
+        let over = (op.used + self.pool.bytes).saturating_sub(self.capacity);
         if over > 0 {
             self.pool.shrink(over);
         }
-        let plan = self.index.plan_room(size)?;
-        if plan.is_empty() {
-            return Ok(());
-        }
-        for id in &plan.evict {
-            let size = self.index.sealed(id).map_or(0, |o| o.size);
-            self.pool.recycle(&object_path(&self.dir, id), size);
-            self.index.evicted(id);
-        }
-        for id in &plan.spill {
-            let from = object_path(&self.dir, id);
-            let to = object_path(&self.spill_dir, id);
-            match std::fs::copy(&from, &to) {
-                Ok(size) => {
-                    self.pool.recycle(&from, size);
-                    self.index.spilled(id);
-                    tracing::debug!(object = %id, "spilled to disk");
-                }
-                Err(e) => {
-                    tracing::error!(object = %id, error = %e, to = %to.display(), "cannot spill");
-                    remove_file(&to);
-                }
+        let result = match op.kind {
+            OpKind::Create { id, size } => self.create(&id, size),
+            OpKind::Seal {
+                ticket,
+                id,
+                size,
+                keep,
+            } => self.seal(&ticket, &id, size, keep, op.used),
+            OpKind::DropPartial { id } => {
+                remove_file(&partial_path(&self.dir, &id));
+                Ok(())
+            }
+            OpKind::DropMemory { id, size } => {
+                self.recycle(&object_path(&self.dir, &id), size, op.used);
+                Ok(())
+            }
+            OpKind::DropDisk { id } => {
+                remove_file(&object_path(&self.spill_dir, &id));
+                Ok(())
+            }
+            OpKind::Spill { id, size } => self.spill(&id, size, op.used),
+            OpKind::Restore { id, digest } => self.restore(&id, digest),
+        };
+        match (op.op, result) {
+            (Some(op), result) => Some(StoreDone { op, result }),
+            (None, Ok(())) => None,
+            (None, Err(e)) => {
+                tracing::warn!(error = %e, "a store file operation failed");
+                None
             }
         }
-        Ok(())
     }
 
-    /// Checks the writer's partial file of `ticket`, then seals it as `id` and renames it
-    /// into place (or drops it if equal bytes are there already).
-    pub fn seal(
+    fn create(&mut self, id: &ObjectId, size: u64) -> Result<(), StoreFault> {
+        let partial = partial_path(&self.dir, id);
+        let made = match self.pool.take(size) {
+            Some(pooled) => std::fs::rename(&pooled, &partial)
+                .and_then(|()| std::fs::OpenOptions::new().write(true).open(&partial)),
+            None => std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&partial),
+        }
+        .and_then(|file| file.set_len(size));
+        made.map_err(|e| {
+            remove_file(&partial);
+            StoreFault::Io(format!("creating object {id}: {e}"))
+        })
+    }
+
+    fn seal(
         &mut self,
-        ticket: ObjectId,
-        id: ObjectId,
-        object: SharedObject,
-    ) -> Result<Sealed, StoreError> {
-        let partial = partial_path(&self.dir, &ticket);
-        let len = std::fs::metadata(&partial)
-            .map_err(|e| StoreError::Io(format!("sealing {id}: {e}")))?
-            .len();
-        if len != object.size {
-            return Err(StoreError::Mismatch(format!(
-                "object {id} file has {len} bytes, sealed as {}",
-                object.size
+        ticket: &ObjectId,
+        id: &ObjectId,
+        size: u64,
+        keep: bool,
+        used: u64,
+    ) -> Result<(), StoreFault> {
+        let partial = partial_path(&self.dir, ticket);
+        let fail = |e: StoreFault| {
+            remove_file(&partial);
+            Err(e)
+        };
+        let len = match std::fs::metadata(&partial) {
+            Ok(m) => m.len(),
+            Err(e) => return fail(StoreFault::Io(format!("sealing {id}: {e}"))),
+        };
+        if len != size {
+            return fail(StoreFault::Mismatch(format!(
+                "object {id} file has {len} bytes, sealed as {size}"
             )));
         }
-        let sealed = self.index.seal(ticket, id, object)?;
-        match sealed {
-            Sealed::New => {
-                if let Err(e) = std::fs::rename(&partial, object_path(&self.dir, &id)) {
-                    self.index.remove(&id);
-                    remove_file(&partial);
-                    return Err(StoreError::Io(format!("sealing {id}: {e}")));
-                }
-            }
-            Sealed::Duplicate => self.pool.recycle(&partial, object.size),
-        }
-        Ok(sealed)
-    }
-
-    /// Drops a reservation or an object and its files.
-    pub fn remove(&mut self, id: &ObjectId) {
-        let size = self.index.sealed(id).map_or(0, |o| o.size);
-        let Some((mem, disk)) = self.index.remove(id) else {
-            return;
-        };
-        match mem {
-            Some(Location::Writing) => remove_file(&partial_path(&self.dir, id)),
-            Some(_) => self.pool.recycle(&object_path(&self.dir, id), size),
-            None => {}
-        }
-        if disk {
-            remove_file(&object_path(&self.spill_dir, id));
-        }
-    }
-
-    /// Makes sure `id` is in memory, reading it back from disk (digest checked) if it was
-    /// spilled. Marks it used.
-    pub fn ensure_in_memory(&mut self, id: &ObjectId) -> Result<(), RestoreError> {
-        self.index.touch(id);
-        if self.index.location(id) != Some(Location::Disk) {
+        if !keep {
+            self.recycle(&partial, size, used);
             return Ok(());
         }
-        let Some(object) = self.index.sealed(id) else {
-            return Err(StoreError::Mismatch(format!("object {id} is not sealed")).into());
-        };
-        self.make_room(object.size)?;
-        self.index.restoring(id)?;
-        match self.restore_file(id, object.digest) {
-            Ok(()) => {
-                tracing::debug!(object = %id, "read back from disk");
+        match std::fs::rename(&partial, object_path(&self.dir, id)) {
+            Ok(()) => Ok(()),
+            Err(e) => fail(StoreFault::Io(format!("sealing {id}: {e}"))),
+        }
+    }
+
+    fn spill(&mut self, id: &ObjectId, size: u64, used: u64) -> Result<(), StoreFault> {
+        let from = object_path(&self.dir, id);
+        let to = object_path(&self.spill_dir, id);
+        match std::fs::copy(&from, &to) {
+            Ok(_) => {
+                self.recycle(&from, size, used);
+                tracing::debug!(object = %id, "spilled to disk");
                 Ok(())
             }
             Err(e) => {
-                self.index.restore_failed(id);
-                tracing::error!(object = %id, error = %e, "cannot read a spilled object back");
-                Err(e)
+                remove_file(&to);
+                Err(StoreFault::Io(format!(
+                    "spilling {id} to {}: {e}",
+                    to.display()
+                )))
             }
         }
     }
 
-    fn restore_file(&self, id: &ObjectId, digest: Digest) -> Result<(), RestoreError> {
+    fn restore(&self, id: &ObjectId, digest: Digest) -> Result<(), StoreFault> {
         let from = object_path(&self.spill_dir, id);
         let bytes = std::fs::read(&from)
-            .map_err(|e| StoreError::Io(format!("reading {}: {e}", from.display())))?;
+            .map_err(|e| StoreFault::Io(format!("reading {}: {e}", from.display())))?;
         let found = Digest::of(&bytes);
         if found != digest {
-            return Err(RestoreError::Corrupted(format!(
+            return Err(StoreFault::Corrupted(format!(
                 "{} has digest {found}, recorded {digest}",
                 from.display()
             )));
@@ -347,33 +302,20 @@ impl Store {
             .and_then(|()| std::fs::rename(&tmp, object_path(&self.dir, id)))
             .map_err(|e| {
                 remove_file(&tmp);
-                StoreError::Io(format!("restoring {id}: {e}"))
+                StoreFault::Io(format!("restoring {id}: {e}"))
             })?;
+        tracing::debug!(object = %id, "read back from disk");
         Ok(())
     }
 
-    /// See [`StoreIndex::pin`].
-    pub fn pin(&mut self, id: &ObjectId) {
-        self.index.pin(id)
-    }
-
-    /// See [`StoreIndex::unpin`].
-    pub fn unpin(&mut self, id: &ObjectId) {
-        self.index.unpin(id)
-    }
-
-    /// Drops the unsealed reservations of a writer that went away.
-    pub fn abort_holder(&mut self, holder: Holder) {
-        for id in self.index.reservations_of(holder) {
-            self.remove(&id);
+    /// Keeps a freed object's file for reuse when it fits within the capacity beside `used`
+    /// bytes of objects; removes it otherwise.
+    fn recycle(&mut self, path: &Path, size: u64, used: u64) {
+        if used + self.pool.bytes + size > self.capacity {
+            remove_file(path);
+            return;
         }
-    }
-
-    /// Drops `holder`'s reservation `id` (the writer gave up).
-    pub fn abort(&mut self, id: &ObjectId, holder: Holder) {
-        if self.index.reserved_by(id, holder) {
-            self.remove(id);
-        }
+        self.pool.recycle(path, size);
     }
 
     /// Removes the directories and everything in them.
@@ -437,20 +379,33 @@ pub fn process_alive(pid: i32) -> bool {
 mod tests {
     use super::*;
 
-    fn obj(bytes: &[u8]) -> SharedObject {
-        SharedObject {
-            size: bytes.len() as u64,
-            digest: Digest::of(bytes),
+    fn op(kind: OpKind) -> StoreOp {
+        StoreOp {
+            op: Some(1),
+            used: 0,
+            kind,
         }
     }
 
-    fn write(store: &mut Store, ticket: ObjectId, bytes: &[u8]) -> Result<Sealed, StoreError> {
-        assert_eq!(
-            store.reserve(ticket, bytes.len() as u64, Holder::Proc(1))?,
-            CreateOutcome::Write
-        );
-        std::fs::write(partial_path(store.dir(), &ticket), bytes).unwrap();
-        store.seal(ticket, ticket, obj(bytes))
+    fn run(files: &mut StoreFiles, kind: OpKind) -> Result<(), StoreFault> {
+        files.run(op(kind)).expect("an op with a number completes").result
+    }
+
+    /// Creates, fills and seals `id`.
+    fn write(files: &mut StoreFiles, id: ObjectId, bytes: &[u8]) {
+        let size = bytes.len() as u64;
+        run(files, OpKind::Create { id, size }).unwrap();
+        std::fs::write(partial_path(files.dir(), &id), bytes).unwrap();
+        run(
+            files,
+            OpKind::Seal {
+                ticket: id,
+                id,
+                size,
+                keep: true,
+            },
+        )
+        .unwrap();
     }
 
     #[test]
@@ -463,50 +418,78 @@ mod tests {
         let stale_spill = spill.join("shoal-2147483646-abc");
         std::fs::create_dir_all(&stale).unwrap();
         std::fs::create_dir_all(&stale_spill).unwrap();
-        let mut store = Store::open(&parent, &spill, NodeId([3; 16]), 10).unwrap();
+        let mut files = StoreFiles::open(&parent, &spill, NodeId([3; 16]), 10).unwrap();
         assert!(!stale.exists() && !stale_spill.exists());
 
         let (a, b) = (ObjectId([1; 32]), ObjectId([2; 32]));
-        write(&mut store, a, b"aaaaaa").unwrap();
-        assert!(object_path(store.dir(), &a).exists());
-        // Room for b: a goes to disk.
-        write(&mut store, b, b"bbbbbb").unwrap();
-        assert!(!object_path(store.dir(), &a).exists());
-        assert!(object_path(store.spill_dir(), &a).exists());
-        assert_eq!(store.index().location(&a), Some(Location::Disk));
-        // Reading a back sends b to disk.
-        store.ensure_in_memory(&a).unwrap();
+        write(&mut files, a, b"aaaaaa");
+        assert!(object_path(files.dir(), &a).exists());
+        run(&mut files, OpKind::Spill { id: a, size: 6 }).unwrap();
+        assert!(!object_path(files.dir(), &a).exists());
+        assert!(object_path(files.spill_dir(), &a).exists());
+        let digest = Digest::of(b"aaaaaa");
+        run(&mut files, OpKind::Restore { id: a, digest }).unwrap();
         assert_eq!(
-            std::fs::read(object_path(store.dir(), &a)).unwrap(),
+            std::fs::read(object_path(files.dir(), &a)).unwrap(),
             b"aaaaaa"
         );
-        assert_eq!(store.index().location(&b), Some(Location::Disk));
-        // A corrupted disk copy is detected, not returned.
-        std::fs::write(object_path(store.spill_dir(), &b), b"bbbbbX").unwrap();
+        // A corrupted disk copy is detected, not restored.
+        write(&mut files, b, b"bbbbbb");
+        run(&mut files, OpKind::Spill { id: b, size: 6 }).unwrap();
+        std::fs::write(object_path(files.spill_dir(), &b), b"bbbbbX").unwrap();
+        let digest = Digest::of(b"bbbbbb");
         assert!(matches!(
-            store.ensure_in_memory(&b),
-            Err(RestoreError::Corrupted(_))
+            run(&mut files, OpKind::Restore { id: b, digest }),
+            Err(StoreFault::Corrupted(_))
         ));
-        assert_eq!(store.index().location(&b), Some(Location::Disk));
-        store.remove(&a);
-        store.remove(&b);
+        assert!(!object_path(files.dir(), &b).exists());
+        // A spill of a file that is not there fails and leaves nothing on disk.
+        let c = ObjectId([3; 32]);
+        assert!(run(&mut files, OpKind::Spill { id: c, size: 6 }).is_err());
+        assert!(!object_path(files.spill_dir(), &c).exists());
+        // Dropping files needs no completion.
+        for kind in [
+            OpKind::DropMemory { id: a, size: 6 },
+            OpKind::DropDisk { id: a },
+            OpKind::DropDisk { id: b },
+        ] {
+            assert_eq!(
+                files.run(StoreOp {
+                    op: None,
+                    used: 0,
+                    kind
+                }),
+                None
+            );
+        }
         // Only the (empty: these files are tiny) pool is left.
-        assert_eq!(std::fs::read_dir(store.dir()).unwrap().count(), 1);
-        assert_eq!(std::fs::read_dir(pool_dir(store.dir())).unwrap().count(), 0);
-        assert_eq!(std::fs::read_dir(store.spill_dir()).unwrap().count(), 0);
+        assert_eq!(std::fs::read_dir(files.dir()).unwrap().count(), 1);
+        assert_eq!(std::fs::read_dir(pool_dir(files.dir())).unwrap().count(), 0);
+        assert_eq!(std::fs::read_dir(files.spill_dir()).unwrap().count(), 0);
 
+        // A seal whose file does not have the sealed length fails and leaves nothing.
+        run(&mut files, OpKind::Create { id: a, size: 4 }).unwrap();
+        std::fs::write(partial_path(files.dir(), &a), b"ab").unwrap();
+        let sealed = run(
+            &mut files,
+            OpKind::Seal {
+                ticket: a,
+                id: a,
+                size: 4,
+                keep: true,
+            },
+        );
+        assert!(matches!(sealed, Err(StoreFault::Mismatch(_))), "{sealed:?}");
+        assert!(!partial_path(files.dir(), &a).exists());
         // A writer that goes away leaves nothing.
-        store.reserve(a, 4, Holder::Proc(2)).unwrap();
-        std::fs::write(partial_path(store.dir(), &a), b"ab").unwrap();
-        store.abort_holder(Holder::Proc(2));
-        assert!(!partial_path(store.dir(), &a).exists());
-        assert_eq!(store.index().used(), 0);
-        // Too large for the store at all.
-        assert!(matches!(
-            store.reserve(a, 11, Holder::Proc(1)),
-            Err(StoreError::Full { requested: 11, .. })
-        ));
-        store.destroy();
+        run(&mut files, OpKind::Create { id: a, size: 4 }).unwrap();
+        files.run(StoreOp {
+            op: None,
+            used: 0,
+            kind: OpKind::DropPartial { id: a },
+        });
+        assert!(!partial_path(files.dir(), &a).exists());
+        files.destroy();
         std::fs::remove_dir_all(&parent).unwrap();
     }
 
@@ -515,43 +498,84 @@ mod tests {
         use std::os::unix::fs::MetadataExt;
         use std::os::unix::io::AsRawFd;
         let parent = std::env::temp_dir().join(format!("shoal-pool-test-{}", std::process::id()));
-        let mut store =
-            Store::open(&parent, &parent.join("spill"), NodeId([4; 16]), 64 << 20).unwrap();
+        let mut files =
+            StoreFiles::open(&parent, &parent.join("spill"), NodeId([4; 16]), 64 << 20).unwrap();
         let big = vec![5u8; 2 << 20];
+        let size = big.len() as u64;
         let (a, b, c) = (ObjectId([1; 32]), ObjectId([2; 32]), ObjectId([3; 32]));
-        write(&mut store, a, &big).unwrap();
-        let inode = std::fs::metadata(object_path(store.dir(), &a))
+        write(&mut files, a, &big);
+        let inode = std::fs::metadata(object_path(files.dir(), &a))
             .unwrap()
             .ino();
-        store.remove(&a);
-        assert_eq!(store.pooled_bytes(), big.len() as u64);
-        // The next reservation of a similar size gets the same file, cut to its size.
-        store
-            .reserve(b, (big.len() - 100) as u64, Holder::Proc(1))
-            .unwrap();
-        let partial = std::fs::metadata(partial_path(store.dir(), &b)).unwrap();
-        assert_eq!(
-            (partial.ino(), partial.len()),
-            (inode, (big.len() - 100) as u64)
-        );
-        assert_eq!(store.pooled_bytes(), 0);
-        std::fs::write(partial_path(store.dir(), &b), &big[100..]).unwrap();
-        store.seal(b, b, obj(&big[100..])).unwrap();
+        files.run(StoreOp {
+            op: None,
+            used: 0,
+            kind: OpKind::DropMemory { id: a, size },
+        });
+        assert_eq!(files.pooled_bytes(), size);
+        // The next file of a similar size is the same one, cut to its size.
+        run(
+            &mut files,
+            OpKind::Create {
+                id: b,
+                size: size - 100,
+            },
+        )
+        .unwrap();
+        let partial = std::fs::metadata(partial_path(files.dir(), &b)).unwrap();
+        assert_eq!((partial.ino(), partial.len()), (inode, size - 100));
+        assert_eq!(files.pooled_bytes(), 0);
+        std::fs::write(partial_path(files.dir(), &b), &big[100..]).unwrap();
+        run(
+            &mut files,
+            OpKind::Seal {
+                ticket: b,
+                id: b,
+                size: size - 100,
+                keep: true,
+            },
+        )
+        .unwrap();
         // A reader holds b (a shared lock, as the SDK takes while it maps): not reused.
-        let reader = std::fs::File::open(object_path(store.dir(), &b)).unwrap();
+        let reader = std::fs::File::open(object_path(files.dir(), &b)).unwrap();
         // SAFETY: flock on our own descriptor.
         assert_eq!(unsafe { libc::flock(reader.as_raw_fd(), libc::LOCK_SH) }, 0);
-        store.remove(&b);
-        assert_eq!(store.pooled_bytes(), 0);
-        assert!(!object_path(store.dir(), &b).exists());
+        files.run(StoreOp {
+            op: None,
+            used: 0,
+            kind: OpKind::DropMemory {
+                id: b,
+                size: size - 100,
+            },
+        });
+        assert_eq!(files.pooled_bytes(), 0);
+        assert!(!object_path(files.dir(), &b).exists());
         drop(reader);
-        // Pooled bytes count against the capacity and go first when room is needed.
-        write(&mut store, c, &big).unwrap();
-        store.remove(&c);
-        assert_eq!(store.pooled_bytes(), big.len() as u64);
-        store.reserve(a, 63 << 20, Holder::Proc(1)).unwrap();
-        assert_eq!(store.pooled_bytes(), 0);
-        store.destroy();
+        // A duplicate seal's file is kept for reuse too.
+        run(&mut files, OpKind::Create { id: c, size }).unwrap();
+        std::fs::write(partial_path(files.dir(), &c), &big).unwrap();
+        run(
+            &mut files,
+            OpKind::Seal {
+                ticket: c,
+                id: a,
+                size,
+                keep: false,
+            },
+        )
+        .unwrap();
+        assert_eq!(files.pooled_bytes(), size);
+        assert!(!object_path(files.dir(), &a).exists());
+        // Pooled bytes count against the capacity and go first when objects need the room.
+        run(&mut files, OpKind::Create { id: a, size: 4096 }).unwrap();
+        assert_eq!(files.pooled_bytes(), size);
+        files.run(StoreOp {
+            op: Some(2),
+            used: 63 << 20,
+            kind: OpKind::Create { id: c, size: 4096 },
+        });
+        assert_eq!(files.pooled_bytes(), 0);
+        files.destroy();
         std::fs::remove_dir_all(&parent).unwrap();
     }
 }

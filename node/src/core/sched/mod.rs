@@ -272,6 +272,11 @@ impl Scheduler {
         self.actor_queue.len()
     }
 
+    /// The tasks of actor creations waiting for resources, in order.
+    pub fn queued_actors(&self) -> Vec<TaskId> {
+        self.actor_queue.iter().map(|(t, _)| *t).collect()
+    }
+
     /// Drops queued tasks for which `keep` is false (their owner went away). Returns them.
     pub fn remove_queued(&mut self, mut keep: impl FnMut(TaskId) -> bool) -> Vec<TaskId> {
         let mut removed = Vec::new();
@@ -374,6 +379,15 @@ impl Scheduler {
         self.schedule_shape(now, &shape);
         self.release_if_empty(worker);
         self.schedule(now);
+    }
+
+    /// Whether `worker` (still) holds `task`: runs it, or hosts the actor it creates.
+    pub fn holds(&self, worker: WorkerId, task: TaskId) -> bool {
+        self.workers.get(&worker).is_some_and(|w| match &w.state {
+            State::Leased { inflight, .. } => inflight.iter().any(|(t, _)| *t == task),
+            State::Actor { task: t, .. } => *t == task,
+            _ => false,
+        })
     }
 
     /// `worker`'s process ended. Returns the tasks it held, the one it was running first.

@@ -9,7 +9,24 @@ use shoal_node::sim::scenario::{self, is_error, is_value};
 use shoal_node::sim::{Sim, SimArg, SimConfig, TaskOpts};
 use shoal_protocol::{ObjectValue, TaskError};
 
+/// With `SHOAL_SIM_TRACE` set, the cores' own debug logs go to stderr too, in order with the
+/// simulator's trace.
+fn trace_logs() {
+    if std::env::var_os("SHOAL_SIM_TRACE").is_some() {
+        let filter = tracing_subscriber::EnvFilter::new("shoal_node=debug");
+        let done = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .without_time()
+            .try_init();
+        if done.is_err() {
+            eprintln!("a log subscriber was set already");
+        }
+    }
+}
+
 fn mesh(cpus: &[f64]) -> Sim {
+    trace_logs();
     Sim::new(
         1,
         SimConfig {
@@ -259,6 +276,7 @@ fn random_seeds_keep_every_invariant() {
             (0..n).collect()
         }
     };
+    trace_logs();
     let mut failed = Vec::new();
     for seed in seeds {
         let v = scenario::random(seed);

@@ -83,6 +83,11 @@ impl NodeCore {
                 drain,
                 reason,
             } => {
+                if self.actors.get(&actor).is_none() && self.directory.placement(&actor).is_some() {
+                    // An actor this node sent on: the request follows it.
+                    self.end_remote(now, actor, no_restart, drain, &reason);
+                    return;
+                }
                 if drain {
                     if self.actors.out_of_scope(actor) {
                         self.end_out_of_scope(now, actor);
@@ -278,6 +283,11 @@ impl NodeCore {
             return;
         }
         r.fetching = true;
+        if self.store.index.location(&id) == Some(crate::store::Location::Writing) {
+            // A pull of it is under way already (or a writer fills it here): its end makes
+            // the value.
+            return;
+        }
         match r.object {
             None => self.tell_peer(holders[0], PeerMsg::Fetch { id }),
             Some(object) => match self.store_reserve(
@@ -580,6 +590,11 @@ impl NodeCore {
     }
 
     fn placement(&mut self, now: Instant, task: TaskId) -> Placement<PeerKey> {
+        self.placement_within(now, task, MAX_HOPS)
+    }
+
+    /// [`placement`](Self::placement) for a task that may be sent on up to `max_hops` times.
+    fn placement_within(&mut self, now: Instant, task: TaskId, max_hops: u32) -> Placement<PeerKey> {
         let Some(entry) = self.tasks.get(&task) else {
             return Placement::Wait;
         };
@@ -607,7 +622,7 @@ impl NodeCore {
             self.sched.total(),
             &candidates,
             &refused,
-            MAX_HOPS,
+            max_hops,
         )
     }
 
@@ -631,15 +646,30 @@ impl NodeCore {
             return;
         }
         // Actors waiting here for resources (others' actors hold them) while a peer has room.
+        // A peer's actor that waited here a whole pass goes on once more (its creator's calls
+        // reach it through this node, which keeps its placement, as the creator does).
         for task in self.sched.queued_actors() {
-            if !self.spillable(&task) {
+            let Some(entry) = self.tasks.get_mut(&task) else {
                 continue;
-            }
-            let actor = match self.tasks.get(&task).map(|e| &e.spec.kind) {
-                Some(TaskKind::CreateActor(c)) => c.actor_id,
+            };
+            let TaskKind::CreateActor(c) = &entry.spec.kind else {
+                continue;
+            };
+            let actor = c.actor_id;
+            let max_hops = match entry.owner {
+                _ if entry.hops < MAX_HOPS => MAX_HOPS,
+                Party::Peer(owner) if entry.hops == MAX_HOPS => {
+                    entry.passes_waited += 1;
+                    if entry.passes_waited < 2 {
+                        continue;
+                    }
+                    // Not back to its creator, which placed it here.
+                    self.spill.refused(task, owner, now);
+                    MAX_HOPS + 1
+                }
                 _ => continue,
             };
-            match self.placement(now, task) {
+            match self.placement_within(now, task, max_hops) {
                 Placement::Spill(peer) => {
                     self.sched.end_actor(now, task);
                     self.spill_actor(now, peer, task, actor);
@@ -781,7 +811,7 @@ impl NodeCore {
                 waiting.push((from, rt));
                 return;
             }
-            if self.actors.get(&actor).is_none() {
+            if self.actors.get(&actor).is_none() && self.directory.placement(&actor).is_none() {
                 let id = rt.spec.return_id();
                 let msg = PeerMsg::Object {
                     id,
@@ -1121,7 +1151,7 @@ impl NodeCore {
         }
         // Actors this node placed there come back (elsewhere) if they have restarts left.
         for (actor, placed) in self.directory.placements() {
-            if placed.peer != peer {
+            if placed.peer != peer || placed.moving {
                 continue;
             }
             let max = match self.tasks.get(&placed.task).map(|e| &e.spec.kind) {

@@ -13,6 +13,9 @@ pub(crate) struct Placed {
     pub(crate) task: TaskId,
     /// Restarts used so far.
     pub(crate) restarts: u32,
+    /// Lost with its peer and being placed again: a second loss of that peer is not a
+    /// second death.
+    pub(crate) moving: bool,
 }
 
 /// Actors hosted elsewhere, as this node knows them.
@@ -85,6 +88,7 @@ impl Directory {
                 peer,
                 task,
                 restarts,
+                moving: false,
             },
         );
         self.homes.insert(actor, peer);
@@ -104,6 +108,7 @@ impl Directory {
     pub(crate) fn restarting(&mut self, actor: &ActorId) {
         if let Some(p) = self.placed.get_mut(actor) {
             p.restarts += 1;
+            p.moving = true;
         }
         self.homes.remove(actor);
     }
@@ -168,7 +173,8 @@ mod tests {
             Some(Placed {
                 peer: key(2),
                 task: task(1),
-                restarts: 1
+                restarts: 1,
+                moving: false,
             })
         );
         assert_eq!(d.unplace(&a).map(|p| p.restarts), Some(1));

@@ -72,7 +72,11 @@ impl NodeCore {
                 self.spill.unspill(&task);
                 tracing::debug!(task = %task, %peer, %reason, "peer refused a task; placing it again");
                 self.spill.refused(task, peer, now);
-                self.place_task(now, task);
+                if self.tasks.get(&task).is_some_and(|e| e.is_call()) {
+                    self.run_again_here(now, task);
+                } else {
+                    self.place_task(now, task);
+                }
             }
             PeerMsg::Object { id, value } => self.remote_object(now, peer, id, value),
             PeerMsg::Fetch { id } => self.fetch_requested(now, peer, id),
@@ -894,11 +898,33 @@ impl NodeCore {
             ..
         } = *rt;
         let task = spec.task_id;
+        if self.tasks.contains_key(&task) && self.spill.spilled_to(&task) == Some(from) {
+            // Back where it was sent from (its actor moved here since): it runs from here.
+            tracing::debug!(task = %task, peer = %from, "a task sent to a peer came back");
+            self.spill.unspill(&task);
+            self.spill.forget(&task);
+            self.run_again_here(now, task);
+            return;
+        }
         if self.tasks.contains_key(&task) {
             // Sent again (its owner lost this node for a while and placed it here again):
             // the copy under way here serves, and its result goes to the owner again.
             tracing::debug!(task = %task, "a task submitted again; its result goes to its owner");
             let party = Party::Peer(from);
+            if let TaskKind::CreateActor(c) = &spec.kind {
+                let ret = spec.return_id();
+                if !self.objects.contains(&ret) {
+                    // The actor's id went out already (and was let go): it goes out again.
+                    match shoal_protocol::codec::encode(&c.actor_id) {
+                        Ok(bytes) => {
+                            let value = ObjectValue::Inline(bytes);
+                            self.send(party, ToClient::Object { id: ret, value });
+                        }
+                        Err(e) => tracing::error!(error = %e, "cannot encode an actor id"),
+                    }
+                    return;
+                }
+            }
             let e = self.objects.entry(spec.return_id());
             if !e.holders.contains(&party) {
                 e.holders.push(party);
@@ -934,6 +960,25 @@ impl NodeCore {
         // Nested refs are fetched when someone reads them; objects nobody pinned go.
         for (id, _) in locations {
             self.maybe_free(id);
+        }
+    }
+
+    /// A task of this node that a peer gave back: placed again, or queued at its actor.
+    fn run_again_here(&mut self, now: Instant, task: TaskId) {
+        let Some(entry) = self.tasks.get(&task) else {
+            return;
+        };
+        let (kind, owner, missing) = (entry.spec.kind.clone(), entry.spec.owner, entry.missing);
+        match kind {
+            TaskKind::ActorMethod { actor } if !self.actor_is_remote(&actor) => {
+                if let Err(e) = self.actors.enqueue(actor, owner, task) {
+                    self.fail_task(now, task, e);
+                } else if missing == 0 {
+                    self.deps_ready(now, task);
+                }
+            }
+            TaskKind::ActorMethod { actor } => self.forward_call(now, task, actor),
+            _ => self.place_task(now, task),
         }
     }
 
@@ -1051,7 +1096,19 @@ impl NodeCore {
         }
     }
 
-    fn send_call(&mut self, _now: Instant, peer: PeerKey, task: TaskId) {
+    fn send_call(&mut self, now: Instant, peer: PeerKey, task: TaskId) {
+        if self.tasks.get(&task).map(|e| e.owner) == Some(Party::Peer(peer)) {
+            // A peer's call whose actor now lives at that peer: given back, it runs there.
+            let ret = self.tasks.get(&task).map(|e| e.ret);
+            let reason = "its actor lives at your node now".to_string();
+            self.tell_peer(peer, PeerMsg::Refuse { task, reason });
+            self.finish_task(now, task);
+            if let Some(ret) = ret {
+                self.objects.release(Party::Peer(peer), &ret);
+                self.maybe_free(ret);
+            }
+            return;
+        }
         let Some(mut rt) = self.remote_task(task) else {
             return;
         };

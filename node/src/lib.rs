@@ -163,13 +163,8 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     );
     let (accept, close) = (CancellationToken::new(), CancellationToken::new());
     #[allow(unused_mut)]
-    let mut shell = runtime::event_loop::Shell::new(
-        core,
-        files,
-        socket,
-        accept.clone(),
-        close.clone(),
-    );
+    let mut shell =
+        runtime::event_loop::Shell::new(core, files, socket, accept.clone(), close.clone());
     #[cfg(feature = "mesh")]
     if let Some(net) = net {
         shell.set_net(net, tx.clone());

@@ -238,15 +238,31 @@ fn large_objects_spill_come_back_and_travel_between_peers() {
     if sim.waiting(d) != 0 {
         sim.check_progress(Duration::from_secs(1));
         for n in 0..3 {
-            eprintln!("node {n}: {:?} {:?}", sim.core(n).unwrap().census(), sim.core(n).unwrap().task_lines());
-            eprintln!("  {:?}", sim.core(n).unwrap().objects().iter().map(|o| format!("{} {} {:?} {}", o.id, o.location, o.pinned_by, o.holders)).collect::<Vec<_>>());
+            eprintln!(
+                "node {n}: {:?} {:?}",
+                sim.core(n).unwrap().census(),
+                sim.core(n).unwrap().task_lines()
+            );
+            eprintln!(
+                "  {:?}",
+                sim.core(n)
+                    .unwrap()
+                    .objects()
+                    .iter()
+                    .map(|o| format!("{} {} {:?} {}", o.id, o.location, o.pinned_by, o.holders))
+                    .collect::<Vec<_>>()
+            );
         }
         panic!("{:#?}", sim.violations());
     }
     for (put, task) in puts.iter().zip(&tasks) {
         let v = &sim.results(d)[task];
         assert_eq!(v, &ObjectValue::Inline([&put.0[..], b"|"].concat()));
-        assert!(matches!(sim.results(d)[put], ObjectValue::Shared(_)), "{:?}", sim.results(d)[put]);
+        assert!(
+            matches!(sim.results(d)[put], ObjectValue::Shared(_)),
+            "{:?}",
+            sim.results(d)[put]
+        );
     }
     for id in &bigs {
         assert!(matches!(sim.results(d)[id], ObjectValue::Shared(_)), "{id}");

@@ -5,15 +5,16 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use shoal_protocol::{
-    codec, ActorId, Arg, ArgValue, CreateOutcome, ExecTask, Hello, HostActor, ObjectId, ObjectInfo, ObjectStats,
-    ObjectValue, Role, TaskError, TaskId, TaskKind, TaskOutcome, TaskSpec, ToClient, ToNode,
+    codec, ActorId, Arg, ArgValue, CreateOutcome, ExecTask, Hello, HostActor, ObjectId, ObjectInfo,
+    ObjectStats, ObjectValue, Role, TaskError, TaskId, TaskKind, TaskOutcome, TaskSpec, ToClient,
+    ToNode,
 };
 
 use super::actors::{ActorState, AfterDeath, Registered};
 use super::sched::{Action, WorkerId};
+use super::store::{After, Ready, Resume};
 use super::tasks::TaskEntry;
 use super::{ConnId, NodeCore, Output, Party, Proc, WorkerEnd};
-use super::store::{After, Ready, Resume};
 use crate::store::{Holder, Location, OpId};
 
 impl NodeCore {
@@ -243,12 +244,7 @@ impl NodeCore {
                 }
             }
             ToNode::Status { request } => {
-                let status = Box::new(self.status(now));
-                self.out.push_back(Output::Status {
-                    conn,
-                    request,
-                    status,
-                });
+                self.out.push_back(Output::Status { conn, request });
             }
             ToNode::ActorStarted { actor, result } => {
                 let hosting = self
@@ -494,8 +490,10 @@ impl NodeCore {
                 return false;
             }
             let in_memory = e.arg_refs().all(|id| {
-                !matches!(objects.get(&id).and_then(|o| o.value.as_ref()), Some(ObjectValue::Shared(_)))
-                    || store.in_memory(&id)
+                !matches!(
+                    objects.get(&id).and_then(|o| o.value.as_ref()),
+                    Some(ObjectValue::Shared(_))
+                ) || store.in_memory(&id)
             });
             if !in_memory {
                 spilled.push(t);
@@ -591,7 +589,8 @@ impl NodeCore {
                 Arg::Value(v) => out.push(ArgValue::Inline(v.clone())),
                 Arg::Ref(id) => {
                     let value = self.readable(*id);
-                    if matches!(value, Ok(ObjectValue::Shared(_)) | Err(_)) && !pinned.contains(id) {
+                    if matches!(value, Ok(ObjectValue::Shared(_)) | Err(_)) && !pinned.contains(id)
+                    {
                         self.store.index.pin(id);
                         pinned.push(*id);
                     }

@@ -50,8 +50,8 @@ use std::time::Instant;
 
 use shoal_protocol::mesh::{LoadReport, PeerKey, PeerMsg};
 use shoal_protocol::{
-    ActorInfo, BinaryId, ClientId, Digest, ExitInfo, Hello, NodeId, NodeStatus, ObjectId, Role,
-    SharedObject, ToClient, ToNode,
+    ActorInfo, BinaryId, ClientId, Digest, ExitInfo, Hello, NodeId, ObjectId, Role, SharedObject,
+    ToClient, ToNode,
 };
 
 use crate::config::NodeConfig;
@@ -183,6 +183,8 @@ pub enum Job {
         object: SharedObject,
         /// Peers holding it, best first.
         holders: Vec<PeerKey>,
+        /// This pull (a newer pull of the same object supersedes it).
+        pull: u64,
     },
     /// Fetch a binary from a peer; ends in [`JobDone::BinaryFetched`].
     FetchBinary {
@@ -223,6 +225,8 @@ pub enum Job {
 pub enum JobDone {
     /// An object pull ended.
     Pulled {
+        /// The pull ([`Job::Pull::pull`]).
+        pull: u64,
         /// The object.
         id: ObjectId,
         /// Its size and digest.
@@ -314,15 +318,14 @@ pub enum Output {
         /// The message.
         msg: ToClient,
     },
-    /// A node status for a process: the shell adds what only it knows (the mesh view) and
-    /// sends it as `ToClient::Status`.
+    /// A process asks for the node's status: the shell sends it as `ToClient::Status`, from
+    /// [`NodeCore::status`] and what only the shell knows (the mesh view), once the store
+    /// ops given before have run (a status tells where the files are too).
     Status {
         /// The process.
         conn: ConnId,
         /// Its request number.
         request: u64,
-        /// The status.
-        status: Box<NodeStatus>,
     },
     /// Close a process's connection once what was queued for it is sent.
     Close {

@@ -325,7 +325,21 @@ impl NodeCore {
     /// The end of a job.
     pub(super) fn job_done(&mut self, now: Instant, done: JobDone) {
         match done {
-            JobDone::Pulled { id, object, result } => self.pulled(now, id, object, result),
+            JobDone::Pulled {
+                pull,
+                id,
+                object,
+                result,
+            } => {
+                if self.store.pulls.get(&id) != Some(&pull) {
+                    // Its reservation was dropped meanwhile (nobody wanted the object any
+                    // more); a newer pull may be filling a new one.
+                    tracing::debug!(object = %id, pull, "a pull that was given up ended");
+                    return;
+                }
+                self.store.pulls.remove(&id);
+                self.pulled(now, id, object, result)
+            }
             JobDone::BinaryFetched { binary, result } => self.binary_fetched(now, binary, result),
             JobDone::ProvidersFound { id, peers } => {
                 if let Some(r) = self.objects.remote_mut(&id) {
@@ -360,6 +374,7 @@ impl NodeCore {
     pub(super) fn pull_ready(
         &mut self,
         now: Instant,
+        pull: u64,
         id: ObjectId,
         object: SharedObject,
         holders: Vec<PeerKey>,
@@ -373,10 +388,12 @@ impl NodeCore {
         match made {
             Ok(()) => {
                 tracing::debug!(object = %id, size = object.size, holders = holders.len(), "pulling an object");
+                self.store.pulls.insert(id, pull);
                 self.out.push_back(Output::Job(Job::Pull {
                     id,
                     object,
                     holders,
+                    pull,
                 }));
             }
             Err(fault) => {
@@ -598,7 +615,12 @@ impl NodeCore {
     }
 
     /// [`placement`](Self::placement) for a task that may be sent on up to `max_hops` times.
-    fn placement_within(&mut self, now: Instant, task: TaskId, max_hops: u32) -> Placement<PeerKey> {
+    fn placement_within(
+        &mut self,
+        now: Instant,
+        task: TaskId,
+        max_hops: u32,
+    ) -> Placement<PeerKey> {
         let Some(entry) = self.tasks.get(&task) else {
             return Placement::Wait;
         };

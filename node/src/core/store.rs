@@ -101,6 +101,9 @@ pub(super) struct CoreStore {
     restoring: HashMap<ObjectId, OpId>,
     /// What waits for each restore.
     parked: HashMap<OpId, Vec<Resume>>,
+    /// Pulls under way, by object: the number of the op that made their file. A pull that
+    /// ends after its reservation was dropped (and perhaps made again) is not this one.
+    pub(super) pulls: HashMap<ObjectId, OpId>,
 }
 
 impl CoreStore {
@@ -112,6 +115,7 @@ impl CoreStore {
             pending: HashMap::new(),
             restoring: HashMap::new(),
             parked: HashMap::new(),
+            pulls: HashMap::new(),
         }
     }
 
@@ -144,7 +148,8 @@ impl NodeCore {
             op
         });
         let used = self.store.index.used();
-        self.out.push_back(Output::Store(StoreOp { op, used, kind }));
+        self.out
+            .push_back(Output::Store(StoreOp { op, used, kind }));
         op
     }
 
@@ -211,6 +216,7 @@ impl NodeCore {
         let Some((mem, disk)) = self.store.index.remove(id) else {
             return;
         };
+        self.store.pulls.remove(id);
         match mem {
             Some(Location::Writing) => {
                 self.store_op(OpKind::DropPartial { id: *id }, None);
@@ -301,7 +307,7 @@ impl NodeCore {
                 id,
                 object,
                 holders,
-            } => self.pull_ready(now, id, object, holders, done.result),
+            } => self.pull_ready(now, done.op, id, object, holders, done.result),
             After::Put {
                 id,
                 object,

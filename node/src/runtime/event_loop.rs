@@ -54,7 +54,13 @@ pub(crate) struct Shell {
     /// Store ops waiting for the batch under way.
     store_ops: VecDeque<StoreOp>,
     /// The batch under way (at most one: ops run in order).
-    store_batch: JoinSet<(StoreFiles, Vec<StoreDone>)>,
+    store_batch: JoinSet<Batch>,
+    /// Store ops given to the shell, and those carried out.
+    store_issued: u64,
+    store_ran: u64,
+    /// Status requests waiting for the store ops issued before them: a status tells the
+    /// state of the files too (an object freed before is gone from the directory).
+    held_status: VecDeque<(u64, StatusTo)>,
     /// Peers' object requests the core has not answered yet.
     #[cfg(feature = "mesh")]
     serving: HashMap<u64, ServeReply>,
@@ -88,6 +94,9 @@ impl Shell {
             files: Some(files),
             store_ops: VecDeque::new(),
             store_batch: JoinSet::new(),
+            store_issued: 0,
+            store_ran: 0,
+            held_status: VecDeque::new(),
             #[cfg(feature = "mesh")]
             serving: HashMap::new(),
             #[cfg(feature = "mesh")]
@@ -174,12 +183,7 @@ impl Shell {
                 self.conns.remove(&conn);
                 self.input(Input::Detached { conn });
             }
-            Event::Status(reply) => {
-                let status = self.status(self.core.status(Instant::now()));
-                if reply.send(status).is_err() {
-                    tracing::debug!("status asked for and not awaited");
-                }
-            }
+            Event::Status(reply) => self.status_to(StatusTo::Caller(reply)),
             Event::Shutdown(_) => unreachable_shutdown(),
             #[cfg(feature = "mesh")]
             Event::Net(ev) => {
@@ -245,6 +249,7 @@ impl Shell {
                     })
                 })
                 .collect();
+            self.store_ran = self.store_issued;
             for done in failed {
                 self.core.handle(Instant::now(), Input::Store(done));
             }
@@ -254,16 +259,38 @@ impl Shell {
         let span = tracing::Span::current();
         self.store_batch.spawn_blocking(move || {
             let _entered = span.enter();
+            let ran = ops.len() as u64;
             let done = ops.into_iter().filter_map(|op| files.run(op)).collect();
-            (files, done)
+            Batch { files, done, ran }
         });
     }
 
+    /// Answers a status request once the store ops issued before it have run.
+    fn status_to(&mut self, to: StatusTo) {
+        if self.store_ran < self.store_issued {
+            self.held_status.push_back((self.store_issued, to));
+            return;
+        }
+        let status = self.status(self.core.status(Instant::now()));
+        match to {
+            StatusTo::Proc { conn, request } => {
+                let status = Box::new(status);
+                self.queue_for(conn, ToClient::Status { request, status });
+            }
+            StatusTo::Caller(reply) => {
+                if reply.send(status).is_err() {
+                    tracing::debug!("status asked for and not awaited");
+                }
+            }
+        }
+    }
+
     /// A batch of store ops ended: the core learns how each numbered op went.
-    fn batch_done(&mut self, batch: Result<(StoreFiles, Vec<StoreDone>), tokio::task::JoinError>) {
+    fn batch_done(&mut self, batch: Result<Batch, tokio::task::JoinError>) {
         match batch {
-            Ok((files, done)) => {
+            Ok(Batch { files, done, ran }) => {
                 self.files = Some(files);
+                self.store_ran += ran;
                 for done in done {
                     self.core.handle(Instant::now(), Input::Store(done));
                 }
@@ -271,11 +298,23 @@ impl Shell {
             Err(e) => tracing::error!(error = %e, "the store's file thread failed"),
         }
         self.flush();
+        while self
+            .held_status
+            .front()
+            .is_some_and(|(barrier, _)| *barrier <= self.store_ran)
+        {
+            if let Some((_, to)) = self.held_status.pop_front() {
+                self.status_to(to);
+            }
+        }
     }
 
     fn execute(&mut self, output: Output) {
         match output {
-            Output::Store(op) => self.store_ops.push_back(op),
+            Output::Store(op) => {
+                self.store_issued += 1;
+                self.store_ops.push_back(op);
+            }
             #[cfg(feature = "mesh")]
             Output::Serve { request, object } => {
                 let Some(reply) = self.serving.remove(&request) else {
@@ -301,14 +340,7 @@ impl Shell {
                 }
             }
             Output::ToProc { conn, msg } => self.queue_for(conn, msg),
-            Output::Status {
-                conn,
-                request,
-                status,
-            } => {
-                let status = Box::new(self.status(*status));
-                self.queue_for(conn, ToClient::Status { request, status });
-            }
+            Output::Status { conn, request } => self.status_to(StatusTo::Proc { conn, request }),
             Output::Close { conn } => {
                 // Its writer sends what is queued, then closes the socket.
                 self.conns.remove(&conn);
@@ -460,13 +492,15 @@ impl Shell {
         // 6. The store's file work under way, then its files, and the socket.
         while let Some(batch) = self.store_batch.join_next().await {
             match batch {
-                Ok((files, _)) => self.files = Some(files),
+                Ok(batch) => self.files = Some(batch.files),
                 Err(e) => tracing::error!(error = %e, "the store's file thread failed"),
             }
         }
         match &self.files {
             Some(files) => files.destroy(),
-            None => tracing::error!(dir = %self.store_dir.display(), "the store's files are lost; not removed"),
+            None => {
+                tracing::error!(dir = %self.store_dir.display(), "the store's files are lost; not removed")
+            }
         }
         if let Err(e) = std::fs::remove_file(&self.socket) {
             if e.kind() != std::io::ErrorKind::NotFound {
@@ -478,6 +512,19 @@ impl Shell {
         while self.jobs.join_next().await.is_some() {}
         tracing::info!("node stopped");
     }
+}
+
+/// A batch of store ops that ran: the files back, the completions, how many ran.
+struct Batch {
+    files: StoreFiles,
+    done: Vec<StoreDone>,
+    ran: u64,
+}
+
+/// Who a status goes to.
+enum StatusTo {
+    Proc { conn: ConnId, request: u64 },
+    Caller(tokio::sync::oneshot::Sender<shoal_protocol::NodeStatus>),
 }
 
 /// Where the answer to a peer's object request goes.

@@ -142,6 +142,7 @@ impl NetSide {
                 id,
                 object,
                 holders,
+                pull,
             } => {
                 let dest = crate::store::partial_path(&self.store_dir, &id);
                 let holders: Vec<PeerId> = holders
@@ -153,7 +154,12 @@ impl NetSide {
                         .pull_object(&holders, id, object, &dest)
                         .await
                         .map_err(|e| e.to_string());
-                    Some(Input::Job(JobDone::Pulled { id, object, result }))
+                    Some(Input::Job(JobDone::Pulled {
+                        pull,
+                        id,
+                        object,
+                        result,
+                    }))
                 })
             }
             Job::FetchBinary { from, binary } => {

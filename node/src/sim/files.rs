@@ -11,8 +11,9 @@ use crate::store::{OpKind, StoreFault};
 /// The files of one simulated store, by object and size.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct SimFiles {
-    /// Partial files of writers (reservations not sealed yet).
-    partial: BTreeMap<ObjectId, u64>,
+    /// Partial files of writers (reservations not sealed yet): size, and whether a writer
+    /// filled it.
+    partial: BTreeMap<ObjectId, (u64, bool)>,
     /// Sealed objects in memory.
     memory: BTreeMap<ObjectId, u64>,
     /// Copies on disk.
@@ -25,7 +26,7 @@ impl SimFiles {
         let missing = |what: &str, id: &ObjectId| StoreFault::Io(format!("no {what} file of {id}"));
         match kind {
             OpKind::Create { id, size } => {
-                if self.partial.insert(*id, *size).is_some() {
+                if self.partial.insert(*id, (*size, false)).is_some() {
                     return Err(StoreFault::Io(format!("{id}.partial exists")));
                 }
             }
@@ -35,10 +36,15 @@ impl SimFiles {
                 size,
                 keep,
             } => {
-                let len = self
+                let (len, written) = self
                     .partial
                     .remove(ticket)
                     .ok_or_else(|| missing("partial", ticket))?;
+                if !written {
+                    return Err(StoreFault::Mismatch(format!(
+                        "{ticket}.partial sealed before anyone wrote it"
+                    )));
+                }
                 if len != *size {
                     return Err(StoreFault::Mismatch(format!(
                         "object {id} file has {len} bytes, sealed as {size}"
@@ -58,7 +64,10 @@ impl SimFiles {
                 self.disk.remove(id);
             }
             OpKind::Spill { id, .. } => {
-                let len = self.memory.remove(id).ok_or_else(|| missing("memory", id))?;
+                let len = self
+                    .memory
+                    .remove(id)
+                    .ok_or_else(|| missing("memory", id))?;
                 self.disk.insert(*id, len);
             }
             OpKind::Restore { id, .. } => {
@@ -80,8 +89,14 @@ impl SimFiles {
     }
 
     /// A writer fills the partial file of `id`: whether it is there with that size.
-    pub(crate) fn write_partial(&self, id: &ObjectId, size: u64) -> bool {
-        self.partial.get(id) == Some(&size)
+    pub(crate) fn write_partial(&mut self, id: &ObjectId, size: u64) -> bool {
+        match self.partial.get_mut(id) {
+            Some((len, written)) if *len == size => {
+                *written = true;
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Whether no file is left.

@@ -388,7 +388,10 @@ mod tests {
     }
 
     fn run(files: &mut StoreFiles, kind: OpKind) -> Result<(), StoreFault> {
-        files.run(op(kind)).expect("an op with a number completes").result
+        files
+            .run(op(kind))
+            .expect("an op with a number completes")
+            .result
     }
 
     /// Creates, fills and seals `id`.

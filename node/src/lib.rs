@@ -78,6 +78,10 @@ pub enum NodeError {
 #[derive(Clone, Debug)]
 pub struct NodeHandle {
     events: mpsc::Sender<Event>,
+    /// Cancelled to stop the node (ahead of whatever waits in its inbox).
+    stop: CancellationToken,
+    /// Cancelled once the node has stopped.
+    stopped: CancellationToken,
     node_id: NodeId,
     socket: PathBuf,
     store_dir: PathBuf,
@@ -113,8 +117,11 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         max_start_failures: 3,
     });
     let (tx, rx) = mpsc::channel(runtime::EVENT_QUEUE);
+    let (stop, stopped) = (CancellationToken::new(), CancellationToken::new());
     let handle = NodeHandle {
         events: tx.clone(),
+        stop: stop.clone(),
+        stopped: stopped.clone(),
         node_id,
         socket: config.socket.clone(),
         store_dir: files.dir().to_path_buf(),
@@ -169,7 +176,7 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     if let Some(net) = net {
         shell.set_net(net, tx.clone());
     }
-    tokio::spawn(shell.run(rx).instrument(span.clone()));
+    tokio::spawn(shell.run(rx, stop, stopped).instrument(span.clone()));
     tokio::spawn(api::serve(listener, tx, max_frame, accept, close).instrument(span));
     Ok(handle)
 }
@@ -210,14 +217,8 @@ impl NodeHandle {
     /// removes its store directory and socket. Returns once all of that is done; a node
     /// that stopped already returns at once.
     pub async fn shutdown(&self) {
-        let (tx, rx) = oneshot::channel();
-        if self.events.send(Event::Shutdown(tx)).await.is_err() {
-            tracing::debug!("the node had stopped already");
-            return;
-        }
-        if rx.await.is_err() {
-            tracing::debug!("the node stopped during the shutdown");
-        }
+        self.stop.cancel();
+        self.stopped.cancelled().await;
     }
 
     /// Attaches a process living in the node's own address space (an embedded driver),

@@ -181,6 +181,8 @@ pub struct ActorLocation {
     pub incarnation: u32,
     /// Its class.
     pub class: String,
+    /// The process that created it.
+    pub owner: crate::ids::ClientId,
 }
 
 /// The DHT key of an actor's location record.

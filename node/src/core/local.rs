@@ -428,6 +428,7 @@ impl NodeCore {
             peer: me.to_vec(),
             incarnation: a.incarnation,
             class: a.class.clone(),
+            owner: a.owner,
         };
         let mut records = Vec::new();
         match codec::encode(&location) {

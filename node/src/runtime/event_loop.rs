@@ -1,7 +1,7 @@
 //! The event loop: one task that owns the [`NodeCore`] and everything the core may not
 //! touch.
 //!
-//! It selects over the bounded inbox (local connections, the network, in-process callers),
+//! It selects over a [`CancellationToken`] that stops the node, the bounded inbox (local connections, the network, in-process callers),
 //! the core's timer ([`NodeCore::poll_timeout`]), a [`JoinSet`] holding every job the core
 //! asked for (worker processes, object pulls, binary fetches, directory lookups), and the
 //! store's file work: the core's store ops run in order, in batches, on a blocking thread
@@ -119,40 +119,33 @@ impl Shell {
         ));
     }
 
-    /// Runs until shut down.
-    pub(crate) async fn run(mut self, mut inbox: mpsc::Receiver<Event>) {
+    /// Runs until `stop` is cancelled (or every sender of the inbox is gone), then shuts the
+    /// node down in stages and cancels `stopped`.
+    pub(crate) async fn run(
+        mut self,
+        mut inbox: mpsc::Receiver<Event>,
+        stop: CancellationToken,
+        stopped: CancellationToken,
+    ) {
+        // Whoever waits for the end learns of it however this future ends.
+        let _stopped = stopped.drop_guard();
         // The load this core starts with.
         self.flush();
         loop {
             let deadline = self.core.poll_timeout();
             tokio::select! {
                 biased;
+                _ = stop.cancelled() => break,
                 ev = inbox.recv() => match ev {
-                    Some(Event::Shutdown(done)) => {
-                        self.shutdown().await;
-                        if done.send(()).is_err() {
-                            tracing::debug!("nobody waits for the shutdown");
-                        }
-                        return;
-                    }
                     Some(ev) => {
                         self.event(ev);
                         // Whatever else is ready, before looking at timers again.
-                        while let Ok(ev) = inbox.try_recv() {
-                            if let Event::Shutdown(done) = ev {
-                                self.shutdown().await;
-                                if done.send(()).is_err() {
-                                    tracing::debug!("nobody waits for the shutdown");
-                                }
-                                return;
-                            }
+                        while !stop.is_cancelled() {
+                            let Ok(ev) = inbox.try_recv() else { break };
                             self.event(ev);
                         }
                     }
-                    None => {
-                        self.shutdown().await;
-                        return;
-                    }
+                    None => break,
                 },
                 Some(batch) = self.store_batch.join_next(), if !self.store_batch.is_empty() => {
                     self.batch_done(batch);
@@ -170,6 +163,7 @@ impl Shell {
                 }
             }
         }
+        self.shutdown().await;
     }
 
     fn event(&mut self, ev: Event) {
@@ -184,7 +178,6 @@ impl Shell {
                 self.input(Input::Detached { conn });
             }
             Event::Status(reply) => self.status_to(StatusTo::Caller(reply)),
-            Event::Shutdown(_) => unreachable_shutdown(),
             #[cfg(feature = "mesh")]
             Event::Net(ev) => {
                 if let Some(input) = super::mesh::net_input(ev) {
@@ -530,10 +523,6 @@ enum StatusTo {
 /// Where the answer to a peer's object request goes.
 #[cfg(feature = "mesh")]
 type ServeReply = tokio::sync::oneshot::Sender<Option<crate::net::objects::Served>>;
-
-fn unreachable_shutdown() {
-    tracing::error!("a shutdown reached the event handler; ignored");
-}
 
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {

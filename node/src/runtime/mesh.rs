@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use libp2p::PeerId;
 use shoal_protocol::mesh::{actor_key, name_key, object_key, ActorLocation, PeerKey, PeerMsg};
-use shoal_protocol::{codec, ActorId, ActorInfo, BinaryId, ClientId, ObjectId};
+use shoal_protocol::{codec, ActorId, ActorInfo, BinaryId, ObjectId};
 use tokio::sync::{mpsc, oneshot};
 
 use super::Event;
@@ -328,23 +328,22 @@ impl crate::net::objects::ObjectSource for CoreObjects {
 }
 
 /// Finds where an actor lives through the DHT.
-async fn locate_actor(net: &NetHandle, actor: ActorId) -> Option<(PeerKey, String)> {
+async fn locate_actor(net: &NetHandle, actor: ActorId) -> Option<(PeerKey, ActorLocation)> {
     let bytes = net.get_record(actor_key(&actor)).await.ok()??;
     let loc: ActorLocation = codec::decode(&bytes, 4096).ok()?;
-    Some((PeerKey::from_bytes(&loc.peer)?, loc.class))
+    Some((PeerKey::from_bytes(&loc.peer)?, loc))
 }
 
 /// Finds a named actor through the DHT: its id, then its location.
 async fn resolve_name(net: &NetHandle, name: &str) -> Option<(ActorInfo, PeerKey)> {
     let bytes = net.get_record(name_key(name)).await.ok()??;
     let actor: ActorId = codec::decode(&bytes, 64).ok()?;
-    let (peer, class) = locate_actor(net, actor).await?;
+    let (peer, loc) = locate_actor(net, actor).await?;
     Some((
         ActorInfo {
             actor_id: actor,
-            class,
-            // Not known from the directory; nobody reads it for a remote actor.
-            owner: ClientId(0),
+            class: loc.class,
+            owner: loc.owner,
         },
         peer,
     ))

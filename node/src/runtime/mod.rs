@@ -48,8 +48,6 @@ pub enum Event {
     },
     /// Status for an in-process caller.
     Status(oneshot::Sender<NodeStatus>),
-    /// Stop, in stages (see `NodeHandle::shutdown`); answered once everything has stopped.
-    Shutdown(oneshot::Sender<()>),
     /// Something from the network.
     #[cfg(feature = "mesh")]
     Net(crate::net::link::NetEvent),

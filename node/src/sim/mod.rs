@@ -892,12 +892,12 @@ impl Sim {
                     .get(&name_key(&name))
                     .and_then(|b| codec::decode::<ActorId>(b, 64).ok())
                     .and_then(|actor| {
-                        let peer = self.locate(actor)?;
+                        let (peer, loc) = self.locate_record(actor)?;
                         Some((
                             shoal_protocol::ActorInfo {
                                 actor_id: actor,
-                                class: String::new(),
-                                owner: ClientId(0),
+                                class: loc.class,
+                                owner: loc.owner,
                             },
                             peer,
                         ))
@@ -920,9 +920,13 @@ impl Sim {
     }
 
     fn locate(&self, actor: ActorId) -> Option<PeerKey> {
+        self.locate_record(actor).map(|(peer, _)| peer)
+    }
+
+    fn locate_record(&self, actor: ActorId) -> Option<(PeerKey, ActorLocation)> {
         let bytes = self.records.get(&actor_key(&actor))?;
         let loc: ActorLocation = codec::decode(bytes, 4096).ok()?;
-        PeerKey::from_bytes(&loc.peer)
+        Some((PeerKey::from_bytes(&loc.peer)?, loc))
     }
 
     fn deliver_to_proc(&mut self, i: usize, conn: ConnId, msg: ToClient) {

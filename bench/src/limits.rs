@@ -2,7 +2,7 @@
 //! figures are judged against, measured in the same run.
 //!
 //! The two-process rows re-execute this binary with a hidden subcommand (`__echo`,
-//! `__tcp_sink`, `__exit`; see [`run_hidden`]). Every child is owned by a [`ChildGuard`] that
+//! `__tcp_sink`, `__exit`; see [`run_hidden`]). Every child is owned by a [`KillOnDrop`] that
 //! kills and reaps it when dropped, and the children also exit on their own when their
 //! connection reaches end-of-file (and, on Linux, when their parent dies).
 
@@ -11,11 +11,12 @@ use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use shoal_tests::KillOnDrop;
 
 use crate::harness::{Bench, Registry, Unit};
 
@@ -29,6 +30,8 @@ const PINGS_PER_BATCH: u64 = 1_000;
 const TCP_CHUNK: usize = 1 << 20;
 /// How long a child may take to connect back.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a child may take to exit by itself once its connection or input is closed.
+pub(crate) const FINISH_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub fn register(reg: &mut Registry) {
     reg.add(
@@ -85,7 +88,10 @@ fn unix_socket_roundtrips(b: &mut Bench) -> Result<()> {
     let unlink = RemoveOnDrop(path.clone());
     listener.set_nonblocking(true)?;
 
-    let mut child = ChildGuard::spawn("echo child", hidden_command("__echo", [path.as_os_str()])?)?;
+    let mut child = KillOnDrop::spawn(
+        "echo child",
+        &mut hidden_command("__echo", [path.as_os_str()])?,
+    )?;
     let mut stream = accept_within(&mut child, || match listener.accept() {
         Ok((s, _)) => Ok(Some(s)),
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
@@ -109,7 +115,7 @@ fn unix_socket_roundtrips(b: &mut Bench) -> Result<()> {
         "the echo child returned other bytes than it got"
     );
     drop(stream);
-    child.finish()
+    child.finish(FINISH_TIMEOUT)
 }
 
 fn tcp_loopback_gigabytes(b: &mut Bench) -> Result<()> {
@@ -117,9 +123,9 @@ fn tcp_loopback_gigabytes(b: &mut Bench) -> Result<()> {
     let addr = listener.local_addr()?.to_string();
     listener.set_nonblocking(true)?;
     let total = GIB.to_string();
-    let mut child = ChildGuard::spawn(
+    let mut child = KillOnDrop::spawn(
         "TCP sink child",
-        hidden_command("__tcp_sink", [addr.as_ref(), total.as_ref()])?,
+        &mut hidden_command("__tcp_sink", [addr.as_ref(), total.as_ref()])?,
     )?;
     let mut stream = accept_within(&mut child, || match listener.accept() {
         Ok((s, _)) => Ok(Some(s)),
@@ -145,7 +151,7 @@ fn tcp_loopback_gigabytes(b: &mut Bench) -> Result<()> {
         Ok(GIB as u64)
     })?;
     drop(stream);
-    child.finish()
+    child.finish(FINISH_TIMEOUT)
 }
 
 fn process_spawn_seconds(b: &mut Bench) -> Result<()> {
@@ -263,7 +269,7 @@ fn hidden_command<'a>(
 /// Polls `accept` (a non-blocking accept) until it yields a connection, the child exits, or
 /// [`CONNECT_TIMEOUT`] passes.
 fn accept_within<S>(
-    child: &mut ChildGuard,
+    child: &mut KillOnDrop,
     mut accept: impl FnMut() -> io::Result<Option<S>>,
 ) -> Result<S> {
     let deadline = Instant::now() + CONNECT_TIMEOUT;
@@ -275,67 +281,11 @@ fn accept_within<S>(
         if Instant::now() >= deadline {
             bail!(
                 "the {} did not connect within {:?}",
-                child.what,
+                child.what(),
                 CONNECT_TIMEOUT
             );
         }
         std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
-/// Owns a child process: kills and reaps it on drop, whatever happened.
-pub struct ChildGuard {
-    child: Child,
-    what: &'static str,
-}
-
-impl ChildGuard {
-    pub fn spawn(what: &'static str, mut cmd: Command) -> Result<ChildGuard> {
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("spawning the {what}: {cmd:?}"))?;
-        Ok(ChildGuard { child, what })
-    }
-
-    /// The child, e.g. to take its piped stdin or stdout.
-    pub fn child_mut(&mut self) -> &mut Child {
-        &mut self.child
-    }
-
-    /// An error if the child has already exited.
-    pub fn ensure_running(&mut self) -> Result<()> {
-        match self.child.try_wait()? {
-            None => Ok(()),
-            Some(status) => bail!("the {} exited early: {status}", self.what),
-        }
-    }
-
-    /// Waits (a short while) for the child to exit by itself, as it should once its
-    /// connection is closed, and checks that it succeeded. Kills it if it does not.
-    pub fn finish(mut self) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                ensure!(status.success(), "the {} failed: {status}", self.what);
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "the {} did not exit after its connection was closed",
-                    self.what
-                );
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
     }
 }
 

@@ -41,10 +41,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context as _, Result};
 use libp2p::{identity, Multiaddr};
 use shoal_node::net::{self, bulk, NetConfig, NetHandle, Protocols, TransportKind};
-use shoal_tests::{Mesh, NodeOptions, NodeProcess};
+use shoal_tests::{KillOnDrop, Mesh, NodeOptions, NodeProcess};
 
 use crate::harness::{Bench, Registry, Unit};
-use crate::limits::{die_with_parent, ChildGuard};
+use crate::limits::{die_with_parent, FINISH_TIMEOUT};
 
 /// The N of `mesh_converge_seconds` when none is given.
 const CONVERGE_DEFAULT_PEERS: u64 = 10;
@@ -417,7 +417,7 @@ const SINK_CMD: &str = "__libp2p_sink";
 /// peer of the mesh in a process of its own, which answers bulk streams (every peer does).
 /// Killed on drop.
 struct StreamSink {
-    child: ChildGuard,
+    child: KillOnDrop,
     /// Its listen address, with `/p2p/<peer id>`.
     addr: Multiaddr,
 }
@@ -430,7 +430,7 @@ impl StreamSink {
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit());
-        let mut child = ChildGuard::spawn("libp2p sink child", cmd)?;
+        let mut child = KillOnDrop::spawn("libp2p sink child", &mut cmd)?;
         let stdout = child
             .child_mut()
             .stdout
@@ -458,7 +458,7 @@ impl StreamSink {
     /// Closes its stdin (its signal to stop) and checks that it exits successfully.
     fn finish(mut self) -> Result<()> {
         drop(self.child.child_mut().stdin.take());
-        self.child.finish()
+        self.child.finish(FINISH_TIMEOUT)
     }
 }
 

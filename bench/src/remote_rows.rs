@@ -51,16 +51,15 @@ use std::ffi::{OsStr, OsString};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{ChildStdin, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context as _, Result};
 use shoal::{ActorError, ActorOptions, Bytes, ObjectRef};
-use shoal_tests::{Mesh, NodeOptions, NodeProcess};
+use shoal_tests::{KillOnDrop, Mesh, NodeOptions, NodeProcess, TestDir};
 
 use crate::harness::{Bench, Registry, Tally, Unit};
-use crate::limits::{die_with_parent, ChildGuard};
+use crate::limits::{die_with_parent, FINISH_TIMEOUT};
 use crate::mesh_rows::{check_shoal_bin, unique_mesh};
 use crate::shoal_rows::noop;
 
@@ -336,26 +335,21 @@ struct NodePair {
     /// Dropped first: kills both nodes and removes their directories.
     mesh: Mesh,
     /// Then their parent directory.
-    _dir: NodesDir,
+    _dir: TestDir,
 }
 
 impl NodePair {
     fn start(b: &Bench) -> Result<NodePair> {
         check_shoal_bin(b)?;
-        let dir = NodesDir::create()?;
+        let dir = nodes_dir()?;
         let mut options = NodeOptions::new().mesh(unique_mesh("remote"));
         options.store_bytes = STORE_BYTES;
-        let remote = NodeProcess::start(
-            options
-                .clone()
-                .cpus(REMOTE_CPUS)
-                .dir(dir.path.join("remote")),
-        )
-        .context("starting the remote node")?;
+        let remote = NodeProcess::start(options.clone().cpus(REMOTE_CPUS).dir(dir.join("remote")))
+            .context("starting the remote node")?;
         let local = NodeProcess::start(
             options
                 .cpus(0.0)
-                .dir(dir.path.join("local"))
+                .dir(dir.join("local"))
                 .peer(remote.listen_addr()),
         )
         .context("starting the local node")?;
@@ -374,7 +368,7 @@ impl NodePair {
             pair.remote().pid(),
             pair.local().peer_id(),
             pair.local().pid(),
-            pair._dir.path.display(),
+            pair._dir.path().display(),
         );
         Ok(pair)
     }
@@ -407,47 +401,21 @@ impl NodePair {
 /// The parent directory of a pair's node directories: under `/dev/shm` (so that the stores
 /// are in memory) when it exists, else in the temporary directory. Removed on drop, unless
 /// `$SHOAL_TESTS_KEEP` is set (as the nodes' own directories).
-struct NodesDir {
-    path: PathBuf,
-}
-
-impl NodesDir {
-    fn create() -> Result<NodesDir> {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let shm = Path::new("/dev/shm");
-        let base = if shm.is_dir() {
-            shm.to_owned()
-        } else {
-            std::env::temp_dir()
-        };
-        loop {
-            let path = base.join(format!(
-                "shoal-bench-{}-{}",
-                std::process::id(),
-                NEXT.fetch_add(1, Ordering::Relaxed)
-            ));
-            match std::fs::create_dir(&path) {
-                Ok(()) => return Ok(NodesDir { path }),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(e).with_context(|| format!("creating {}", path.display())),
-            }
-        }
-    }
-}
-
-impl Drop for NodesDir {
-    fn drop(&mut self) {
-        if std::env::var_os(shoal_tests::KEEP_ENV).is_none() {
-            let _ = std::fs::remove_dir_all(&self.path);
-        }
-    }
+fn nodes_dir() -> Result<TestDir> {
+    let shm = Path::new("/dev/shm");
+    let base = if shm.is_dir() {
+        shm.to_owned()
+    } else {
+        std::env::temp_dir()
+    };
+    TestDir::create_in(&base, "shoal-bench")
 }
 
 /// A child program (the driver or the actor host): this executable with a hidden
 /// subcommand, attached to a node's socket, speaking the line protocol of the module docs.
 /// Killed on drop.
 struct Program {
-    child: ChildGuard,
+    child: KillOnDrop,
     what: &'static str,
     stdin: Option<ChildStdin>,
     /// Its protocol lines (without the prefix), read by a thread of their own.
@@ -471,7 +439,7 @@ impl Program {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
-        let mut child = ChildGuard::spawn(what, cmd)?;
+        let mut child = KillOnDrop::spawn(what, &mut cmd)?;
         let stdin = child.child_mut().stdin.take();
         let stdout = child
             .child_mut()
@@ -565,7 +533,7 @@ impl Program {
     /// successfully.
     fn finish(mut self) -> Result<()> {
         drop(self.stdin.take());
-        self.child.finish()
+        self.child.finish(FINISH_TIMEOUT)
     }
 }
 

@@ -1,14 +1,21 @@
 //! The node's local socket under hostile or broken clients, with a real `shoal node` process:
 //! every bad connection is told why (`Rejected`), logged and closed, and nobody else notices.
 
-mod support;
-
 use std::time::Duration;
 
 use shoal_protocol::{BinaryId, BinaryInfo, Hello, ObjectId, Role, ToClient, ToNode};
-use support::{
-    cli_hello, expect_rejected_and_closed, frame_of, start_node, Node, RawClient, TestDir,
+use shoal_tests::{
+    cli_hello, expect_rejected_and_closed, frame_of, NodeOptions, NodeProcess, RawClient,
 };
+
+/// A node of this package's `shoal`, logging at `info` (the tests wait for its log lines).
+fn start_node() -> NodeProcess {
+    let options = NodeOptions::new()
+        .bin(env!("CARGO_BIN_EXE_shoal"))
+        .cpus(2.0)
+        .env("RUST_LOG", "info");
+    NodeProcess::start(options).unwrap_or_else(|e| panic!("{e:#}"))
+}
 
 /// Deterministic pseudo-random bytes (xorshift64*), so a failure can be replayed.
 fn noise(len: usize, mut seed: u64) -> Vec<u8> {
@@ -30,17 +37,16 @@ fn header(len: u32) -> [u8; 4] {
 
 /// `survivor` (connected and welcomed before the trouble) and a brand-new client both still
 /// get their status.
-fn others_unaffected(node: &Node, survivor: &mut RawClient) {
+fn others_unaffected(node: &NodeProcess, survivor: &mut RawClient) {
     let before = survivor.status(41);
     assert_eq!(before.pid, node.pid());
-    let fresh = node.status();
+    let fresh = node.raw_status();
     assert_eq!(fresh.node_id, before.node_id);
 }
 
 #[test]
 fn garbage_bytes_are_rejected() {
-    let dir = TestDir::new("garbage");
-    let node = start_node(&dir, &[]);
+    let node = start_node();
     let mut survivor = node.client();
 
     // 1. Text that is not a frame at all: its first four bytes, "GET ", read as a length of
@@ -50,7 +56,7 @@ fn garbage_bytes_are_rejected() {
         http.extend_from_slice(b"GET /index.html HTTP/1.1\r\nHost: localhost\r\n\r\n");
     }
     http.truncate(4096);
-    let mut c = RawClient::connect(&node.socket);
+    let mut c = RawClient::connect(&node.socket());
     c.send_garbage(&http);
     let reason = expect_rejected_and_closed(&mut c, false);
     assert!(
@@ -63,7 +69,7 @@ fn garbage_bytes_are_rejected() {
     let mut bad = header(64).to_vec();
     bad.extend_from_slice(&[0xff; 64]);
     bad.extend_from_slice(&noise(4096 - bad.len(), 7));
-    let mut c = RawClient::connect(&node.socket);
+    let mut c = RawClient::connect(&node.socket());
     c.send_garbage(&bad);
     let reason = expect_rejected_and_closed(&mut c, false);
     assert!(reason.contains("malformed input"), "{reason}");
@@ -72,13 +78,13 @@ fn garbage_bytes_are_rejected() {
     // 3. 4 KiB of noise framed as one 4092-byte frame.
     let mut framed_noise = noise(4096, 0x5eed);
     framed_noise[..4].copy_from_slice(&header(4092));
-    let mut c = RawClient::connect(&node.socket);
+    let mut c = RawClient::connect(&node.socket());
     c.send_garbage(&framed_noise);
     let reason = expect_rejected_and_closed(&mut c, false);
     assert!(!reason.is_empty());
 
     // 4. Garbage after a good handshake: Welcome, then Rejected, then the end.
-    let mut c = RawClient::connect(&node.socket);
+    let mut c = RawClient::connect(&node.socket());
     c.hello();
     c.send_garbage(&bad);
     let reason = expect_rejected_and_closed(&mut c, false);
@@ -89,12 +95,11 @@ fn garbage_bytes_are_rejected() {
 
 #[test]
 fn truncated_frame_is_rejected() {
-    let dir = TestDir::new("truncated");
-    let node = start_node(&dir, &[]);
+    let node = start_node();
     let mut survivor = node.client();
 
     // After the handshake: a header announcing 100 bytes, then only 10, then end of stream.
-    let mut c = RawClient::connect(&node.socket);
+    let mut c = RawClient::connect(&node.socket());
     c.hello();
     c.send_raw(&header(100));
     c.send_raw(&[0xab; 10]);
@@ -112,7 +117,7 @@ fn truncated_frame_is_rejected() {
 
     // During the handshake: half a Hello frame, then end of stream.
     let hello = frame_of(&ToNode::Hello(cli_hello()));
-    let mut c = RawClient::connect(&node.socket);
+    let mut c = RawClient::connect(&node.socket());
     c.send_raw(&hello[..7]);
     c.shutdown_write();
     let reason = expect_rejected_and_closed(&mut c, false);
@@ -121,7 +126,7 @@ fn truncated_frame_is_rejected() {
     node.expect_log(&["connection rejected", &expected]);
 
     // Even the length prefix cut short.
-    let mut c = RawClient::connect(&node.socket);
+    let mut c = RawClient::connect(&node.socket());
     c.send_raw(&[1, 0]);
     c.shutdown_write();
     let reason = expect_rejected_and_closed(&mut c, false);
@@ -135,13 +140,12 @@ fn truncated_frame_is_rejected() {
 
 #[test]
 fn oversized_frame_is_rejected() {
-    let dir = TestDir::new("oversized");
-    let node = start_node(&dir, &[]);
+    let node = start_node();
     let mut survivor = node.client();
 
     // Only the header is sent and the stream stays open: a node that waited for the 64 MiB
     // payload would never answer (`recv` panics after its deadline).
-    let mut c = RawClient::connect(&node.socket);
+    let mut c = RawClient::connect(&node.socket());
     c.send_raw(&header(64 << 20));
     let reason = expect_rejected_and_closed(&mut c, false);
     assert!(
@@ -155,7 +159,7 @@ fn oversized_frame_is_rejected() {
     assert!(line.contains("WARN"), "not a warning: {line}");
 
     // The same after a good handshake, with a few payload bytes following the header.
-    let mut c = RawClient::connect(&node.socket);
+    let mut c = RawClient::connect(&node.socket());
     c.hello();
     let mut big = header(64 << 20).to_vec();
     big.extend_from_slice(&[0; 100]);
@@ -164,7 +168,7 @@ fn oversized_frame_is_rejected() {
     assert!(reason.contains("exceeds the maximum"), "{reason}");
 
     // One byte over the maximum is already too much.
-    let mut c = RawClient::connect(&node.socket);
+    let mut c = RawClient::connect(&node.socket());
     c.send_raw(&header((16 << 20) + 1));
     let reason = expect_rejected_and_closed(&mut c, false);
     assert!(reason.contains("exceeds the maximum"), "{reason}");
@@ -174,12 +178,11 @@ fn oversized_frame_is_rejected() {
 
 #[test]
 fn handshake_checks() {
-    let dir = TestDir::new("handshake");
-    let node = start_node(&dir, &[]);
+    let node = start_node();
     let mut survivor = node.client();
 
     let refused = |msg: ToNode| -> String {
-        let mut c = RawClient::connect(&node.socket);
+        let mut c = RawClient::connect(&node.socket());
         c.send(&msg);
         expect_rejected_and_closed(&mut c, false)
     };
@@ -208,7 +211,7 @@ fn handshake_checks() {
 
     // A worker id the node never gave out: the core refuses it. (That the connection is then
     // also closed is checked by `rejected_worker_connection_is_closed`.)
-    let mut c = RawClient::connect(&node.socket);
+    let mut c = RawClient::connect(&node.socket());
     c.send(&ToNode::Hello(Hello {
         role: Role::Worker { worker_id: 999 },
         binary: Some(BinaryInfo {
@@ -229,10 +232,9 @@ fn handshake_checks() {
 
 #[test]
 fn rejected_worker_connection_is_closed() {
-    let dir = TestDir::new("badworker");
-    let node = start_node(&dir, &[]);
+    let node = start_node();
 
-    let mut c = RawClient::connect(&node.socket);
+    let mut c = RawClient::connect(&node.socket());
     c.send(&ToNode::Hello(Hello {
         role: Role::Worker { worker_id: 999 },
         ..cli_hello()
@@ -250,7 +252,7 @@ fn rejected_worker_connection_is_closed() {
     let reason = expect_rejected_and_closed(&mut c, false);
     assert!(reason.contains("unknown worker id 999"), "{reason}");
     assert_eq!(
-        node.status().objects.count,
+        node.raw_status().objects.count,
         0,
         "a rejected peer stored an object"
     );

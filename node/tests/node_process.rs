@@ -1,13 +1,65 @@
 //! The `shoal` binary as an operator uses it: `shoal status`, one node per socket, and the
 //! store directory's life across SIGTERM and SIGKILL.
 
-mod support;
-
 use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{run_cli, spawn_node, start_node, TestDir, DEADLINE};
+use shoal_tests::{NodeOptions, NodeProcess, TestDir, DEADLINE};
+
+/// A node of this package's `shoal` on `dir`'s socket and store directory (which several
+/// nodes may share, one after another), logging at `info` (the tests wait for its log lines),
+/// with `extra` arguments.
+fn options(dir: &TestDir, extra: &[&str]) -> NodeOptions {
+    NodeOptions::new()
+        .bin(env!("CARGO_BIN_EXE_shoal"))
+        .cpus(2.0)
+        .socket(socket(dir))
+        .store_dir(store_parent(dir))
+        .env("RUST_LOG", "info")
+        .args(extra)
+}
+
+/// Starts a node on `dir` and waits until it answers and listens.
+fn start_node(dir: &TestDir, extra: &[&str]) -> NodeProcess {
+    NodeProcess::start(options(dir, extra)).unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+/// Starts a node on `dir` without waiting for it.
+fn spawn_node(dir: &TestDir, extra: &[&str]) -> NodeProcess {
+    NodeProcess::spawn(options(dir, extra)).unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+/// Where the nodes of `dir` put their socket.
+fn socket(dir: &TestDir) -> PathBuf {
+    dir.join("node.sock")
+}
+
+/// The `--store-dir` of the nodes of `dir`.
+fn store_parent(dir: &TestDir) -> PathBuf {
+    dir.join("store")
+}
+
+/// The `shoal-<pid>-<id>` directories under the store parent of `dir`.
+fn store_dirs(dir: &TestDir) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(store_parent(dir))
+        .expect("read store parent")
+        .map(|e| {
+            e.expect("dir entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// Runs `shoal <args>` to its end.
+fn run_cli(args: &[&str]) -> std::process::Output {
+    shoal_tests::run_cli(env!("CARGO_BIN_EXE_shoal").as_ref(), args).expect("run shoal")
+}
 
 fn is_hex(s: &str, len: usize) -> bool {
     s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit())
@@ -15,11 +67,11 @@ fn is_hex(s: &str, len: usize) -> bool {
 
 #[test]
 fn status_text_and_json() {
-    let dir = TestDir::new("status");
+    let dir = TestDir::new("shoal-it-status");
     let node = start_node(&dir, &["--resource", "gpu=1"]);
-    let raw = node.status();
+    let raw = node.raw_status();
     let node_id = raw.node_id.to_hex();
-    let socket = dir.socket();
+    let socket = socket(&dir);
     let socket_arg = socket.to_str().expect("utf-8 path");
 
     // Text.
@@ -69,9 +121,7 @@ fn status_text_and_json() {
     assert_eq!(v["socket"].as_str(), Some(socket_arg));
     assert_eq!(v["embedded"], Value::Bool(false));
     assert!(v["uptime_ms"].is_u64(), "{v}");
-    let store_dir = dir
-        .store_parent()
-        .join(format!("shoal-{}-{node_id}", node.pid()));
+    let store_dir = store_parent(&dir).join(format!("shoal-{}-{node_id}", node.pid()));
     assert_eq!(v["store_dir"].as_str(), store_dir.to_str());
 
     for which in ["total", "free"] {
@@ -111,33 +161,33 @@ fn status_text_and_json() {
 
 #[test]
 fn stale_socket_is_replaced_and_live_socket_is_not() {
-    let dir = TestDir::new("stale-sock");
+    let dir = TestDir::new("shoal-it-stale-sock");
     let mut first = start_node(&dir, &[]);
-    let first_status = first.status();
+    let first_status = first.raw_status();
 
     // A second node on the live socket must refuse to start, and must not disturb the first.
-    let mut second = spawn_node(&dir.socket(), &dir.store_parent(), &[]);
+    let mut second = spawn_node(&dir, &[]);
     let exit = second
-        .child
         .wait_timeout(DEADLINE)
+        .unwrap()
         .expect("a second node on a live socket kept running");
     assert!(!exit.success(), "second node exited with {exit}");
     second.expect_log(&[
         "already listening on",
-        dir.socket().to_str().expect("utf-8"),
+        socket(&dir).to_str().expect("utf-8"),
     ]);
     drop(second);
-    assert!(dir.socket().exists(), "the live socket was removed");
-    let again = first.status();
+    assert!(socket(&dir).exists(), "the live socket was removed");
+    let again = first.raw_status();
     assert_eq!(again.node_id, first_status.node_id);
     assert_eq!(again.pid, first.pid());
-    assert_eq!(dir.store_dirs().len(), 1, "{:?}", dir.store_dirs());
+    assert_eq!(store_dirs(&dir).len(), 1, "{:?}", store_dirs(&dir));
 
     // SIGKILL leaves the socket file behind; a new node replaces it.
-    first.child.kill();
-    assert!(dir.socket().exists(), "expected a stale socket file");
+    first.kill_9().unwrap();
+    assert!(socket(&dir).exists(), "expected a stale socket file");
     let third = start_node(&dir, &[]);
-    let status = third.status();
+    let status = third.raw_status();
     assert_eq!(status.pid, third.pid());
     assert_ne!(status.node_id, first_status.node_id);
 }
@@ -146,22 +196,22 @@ fn stale_socket_is_replaced_and_live_socket_is_not() {
 fn stops_cleanly_on(signal: libc::c_int, test: &str, logged: &str) {
     let dir = TestDir::new(test);
     let mut node = start_node(&dir, &[]);
-    let status = node.status();
+    let status = node.raw_status();
     let name = format!("shoal-{}-{}", node.pid(), status.node_id.to_hex());
-    assert_eq!(dir.store_dirs(), vec![name.clone()]);
+    assert_eq!(store_dirs(&dir), vec![name.clone()]);
     assert_eq!(
         status.store_dir,
-        dir.store_parent().join(&name).display().to_string()
+        store_parent(&dir).join(&name).display().to_string()
     );
 
-    node.child.signal(signal);
+    node.signal(signal).unwrap();
     let exit = node
-        .child
         .wait_timeout(DEADLINE)
+        .unwrap()
         .expect("node did not stop on the signal");
     assert!(exit.success(), "node exited with {exit}");
-    assert_eq!(dir.store_dirs(), Vec::<String>::new());
-    assert!(!dir.socket().exists(), "socket file left behind");
+    assert_eq!(store_dirs(&dir), Vec::<String>::new());
+    assert!(!socket(&dir).exists(), "socket file left behind");
     node.expect_log(&[logged]);
     node.expect_log(&["node stopped"]);
 }
@@ -178,17 +228,21 @@ fn store_directory_is_removed_on_sigint() {
 
 #[test]
 fn stale_store_directory_of_a_killed_node_is_removed() {
-    let dir = TestDir::new("stale-store");
+    let dir = TestDir::new("shoal-it-stale-store");
     let mut dead = start_node(&dir, &[]);
     let dead_pid = dead.pid();
-    let dead_name = format!("shoal-{dead_pid}-{}", dead.status().node_id.to_hex());
+    let dead_name = format!("shoal-{dead_pid}-{}", dead.raw_status().node_id.to_hex());
     // SIGKILL, and reap it: an unreaped zombie still counts as a live pid.
-    dead.child.kill();
-    assert_eq!(dir.store_dirs(), vec![dead_name.clone()]);
+    dead.kill_9().unwrap();
+    assert_eq!(store_dirs(&dir), vec![dead_name.clone()]);
 
     let node = start_node(&dir, &[]);
-    let name = format!("shoal-{}-{}", node.pid(), node.status().node_id.to_hex());
-    assert_eq!(dir.store_dirs(), vec![name]);
+    let name = format!(
+        "shoal-{}-{}",
+        node.pid(),
+        node.raw_status().node_id.to_hex()
+    );
+    assert_eq!(store_dirs(&dir), vec![name]);
     node.expect_log(&[
         "removing store directory of a dead node",
         &dead_name,
@@ -198,22 +252,22 @@ fn stale_store_directory_of_a_killed_node_is_removed() {
 
 #[test]
 fn a_file_that_is_not_a_socket_is_never_deleted() {
-    let dir = TestDir::new("not-a-sock");
-    std::fs::write(dir.socket(), b"precious").expect("write file");
-    let mut node = spawn_node(&dir.socket(), &dir.store_parent(), &[]);
+    let dir = TestDir::new("shoal-it-not-a-sock");
+    std::fs::write(socket(&dir), b"precious").expect("write file");
+    let mut node = spawn_node(&dir, &[]);
     // Until the node either gives up or serves on that path.
     let deadline = Instant::now() + DEADLINE;
     let exit = loop {
-        if let Some(exit) = node.child.child().try_wait().expect("try_wait") {
+        if let Some(exit) = node.try_wait().expect("try_wait") {
             break Some(exit);
         }
-        if UnixStream::connect(dir.socket()).is_ok() || Instant::now() >= deadline {
+        if UnixStream::connect(socket(&dir)).is_ok() || Instant::now() >= deadline {
             break None;
         }
         std::thread::sleep(Duration::from_millis(10));
     };
     assert_eq!(
-        std::fs::read(dir.socket()).ok().as_deref(),
+        std::fs::read(socket(&dir)).ok().as_deref(),
         Some(&b"precious"[..]),
         "the node replaced a regular file at its socket path"
     );

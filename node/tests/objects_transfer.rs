@@ -16,29 +16,12 @@ use shoal_node::net::objects::{
 };
 use shoal_node::net::{framed, NetConfig, NetHandle};
 use shoal_protocol::{frame, Digest, ObjectId};
+use shoal_tests::TestDir;
 
 mod inproc;
 use inproc::{addr, wait};
 
 const MIB: usize = 1 << 20;
-
-/// A directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("shoal-objects-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Pseudo-random bytes (xorshift), different per seed.
 fn data(len: usize, seed: u64) -> Vec<u8> {
@@ -139,7 +122,7 @@ struct Mesh {
     puller: NetHandle,
     holders: Vec<Holder>,
     protocol: StreamProtocol,
-    dir: TempDir,
+    dir: TestDir,
 }
 
 async fn peer(mesh: &str, peers: Vec<Multiaddr>) -> NetHandle {
@@ -153,7 +136,7 @@ async fn peer(mesh: &str, peers: Vec<Multiaddr>) -> NetHandle {
 /// A puller connected to `holders` (`serving` of them serve objects, the rest do not speak
 /// the protocol), each with its own directory.
 async fn mesh_with(name: &str, holders: usize, serving: usize) -> Mesh {
-    let dir = TempDir::new(name);
+    let dir = TestDir::new(&format!("shoal-objects-{name}"));
     // Not the node's own protocol name: the node may serve that one itself.
     let protocol = StreamProtocol::try_from_owned(format!("/shoal/{name}/obj-test/1")).unwrap();
     let mut hs = Vec::new();
@@ -163,7 +146,7 @@ async fn mesh_with(name: &str, holders: usize, serving: usize) -> Mesh {
         if i < serving {
             objects::spawn_server(net.streams(), protocol.clone(), files.clone()).unwrap();
         }
-        let hdir = dir.0.join(format!("holder{i}"));
+        let hdir = dir.join(format!("holder{i}"));
         std::fs::create_dir_all(&hdir).unwrap();
         hs.push(Holder {
             net,
@@ -203,7 +186,7 @@ impl Mesh {
         id: ObjectId,
         bytes: &[u8],
     ) -> (Result<(), ObjectError>, PathBuf) {
-        let dest = self.dir.0.join(format!("{}.partial", id.to_hex()));
+        let dest = self.dir.join(format!("{}.partial", id.to_hex()));
         let f = std::fs::File::create(&dest).unwrap();
         f.set_len(bytes.len() as u64).unwrap();
         drop(f);
@@ -514,7 +497,7 @@ async fn a_holder_that_breaks_off_is_taken_over_where_it_stopped() {
     )
     .unwrap();
     m.holders[1].hold(sid, &small);
-    let dest = m.dir.0.join("small");
+    let dest = m.dir.join("small");
     std::fs::File::create(&dest)
         .unwrap()
         .set_len(small.len() as u64)

@@ -1,14 +1,10 @@
 //! A program attached to a `shoal node` daemon (a real process on a real socket): its tasks
 //! run in workers the daemon starts, and `shoal status --json` reports them.
 
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use shoal::InitOptions;
-
-mod support;
-use support::{parent_of, KillOnDrop};
+use shoal_tests::{parent_of, NodeOptions, NodeProcess};
 
 #[shoal::remote]
 fn worker_pid() -> u32 {
@@ -20,42 +16,11 @@ fn double(x: Vec<u64>) -> Vec<u64> {
     x.into_iter().map(|v| v * 2).collect()
 }
 
-/// The `shoal` binary `cargo test --workspace` built beside this test.
-fn shoal_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .unwrap()
-        .join("shoal");
-    assert!(
-        bin.exists(),
-        "{} missing: run `cargo test --workspace`",
-        bin.display()
-    );
-    bin
-}
-
 #[test]
 fn a_driver_uses_a_daemon() {
-    let dir = std::env::temp_dir().join(format!("shoal-daemon-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let socket = dir.join("node.sock");
-    let daemon = KillOnDrop(
-        Command::new(shoal_bin())
-            .args(["node", "--cpus", "2", "--socket"])
-            .arg(&socket)
-            .arg("--store-dir")
-            .arg(&dir)
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-        assert!(Instant::now() < deadline, "daemon did not start");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let daemon = NodeProcess::start(NodeOptions::new().cpus(2.0)).unwrap();
+    let socket = daemon.socket();
+    let socket_arg = socket.to_str().expect("a UTF-8 socket path");
     let shoal = shoal::init_with(InitOptions {
         socket: Some(socket.clone()),
         require_daemon: true,
@@ -69,7 +34,11 @@ fn a_driver_uses_a_daemon() {
         .get_blocking_timeout(Duration::from_secs(30))
         .unwrap();
     assert_ne!(w, std::process::id());
-    assert_eq!(parent_of(w), daemon.0.id(), "the daemon started the worker");
+    assert_eq!(
+        parent_of(w),
+        Some(daemon.pid()),
+        "the daemon started the worker"
+    );
 
     // A large argument and result through the daemon's shared-memory store.
     let big: Vec<u64> = (0..100_000).collect();
@@ -80,15 +49,13 @@ fn a_driver_uses_a_daemon() {
     assert_eq!(out.len(), 100_000);
     assert_eq!(out[99_999], 199_998);
 
-    let out = Command::new(shoal_bin())
-        .args(["status", "--json", "--socket"])
-        .arg(&socket)
-        .output()
+    let out = daemon
+        .run_cli(["status", "--json", "--socket", socket_arg])
         .unwrap();
     assert!(out.status.success());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["node_id"], shoal.node_id().to_hex());
-    assert_eq!(v["pid"], daemon.0.id());
+    assert_eq!(v["pid"], daemon.pid());
     assert_eq!(v["resources"]["total"]["CPU"], 2.0);
     assert!(v["tasks"]["finished"].as_u64().unwrap() >= 2);
     let workers = v["workers"].as_array().unwrap();
@@ -102,10 +69,8 @@ fn a_driver_uses_a_daemon() {
     // `shoal objects` lists what this driver holds, with size, owner, pins and location.
     let held = shoal::put(&vec![7u8; 1 << 20]).unwrap();
     shoal.status().unwrap();
-    let out = Command::new(shoal_bin())
-        .args(["objects", "--json", "--socket"])
-        .arg(&socket)
-        .output()
+    let out = daemon
+        .run_cli(["objects", "--json", "--socket", socket_arg])
         .unwrap();
     assert!(out.status.success());
     let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -119,13 +84,8 @@ fn a_driver_uses_a_daemon() {
     assert!(entry["size"].as_u64().unwrap() > 1 << 20);
     assert_eq!(entry["holders"], 1);
     assert_eq!(entry["pinned_by"], serde_json::json!(["ref"]));
-    let text = Command::new(shoal_bin())
-        .args(["objects", "--socket"])
-        .arg(&socket)
-        .output()
-        .unwrap();
+    let text = daemon.run_cli(["objects", "--socket", socket_arg]).unwrap();
     let text = String::from_utf8(text.stdout).unwrap();
     assert!(text.contains(&held.id().to_hex()[..16]), "{text}");
     drop(daemon);
-    let _ = std::fs::remove_dir_all(&dir);
 }

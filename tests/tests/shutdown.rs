@@ -18,9 +18,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use shoal::{GetError, InitError, InitOptions, PutError};
-
-mod support;
-use support::{has_ended, KillOnDrop};
+use shoal_tests::{pid_alive, KillOnDrop};
 
 /// The variable that selects a child program, and the one that tells it what to do.
 const ENV_CHILD: &str = "SHOAL_TEST_SHUTDOWN_CHILD";
@@ -177,7 +175,7 @@ impl Traces {
             eventually(
                 Duration::from_secs(5),
                 &format!("worker {pid} still runs"),
-                || has_ended(*pid),
+                || !pid_alive(*pid),
             );
         }
     }
@@ -274,8 +272,8 @@ fn shutdown_closes_the_connection_to_a_daemon() {
     let alone = status().unwrap()["clients"].as_u64().unwrap();
     let mut command = child("daemon_driver_entry", "daemon", Some(&socket));
     command.stdin(Stdio::piped()).stderr(Stdio::inherit());
-    let mut driver = KillOnDrop(command.spawn().unwrap());
-    let mut lines = BufReader::new(driver.0.stdout.take().unwrap()).lines();
+    let mut driver = KillOnDrop::new(command.spawn().unwrap());
+    let mut lines = BufReader::new(driver.child_mut().stdout.take().unwrap()).lines();
     // Reads the driver's output up to `line` (libtest prints its own lines too).
     let mut expect = |line: &str| {
         let found = lines
@@ -284,7 +282,7 @@ fn shutdown_closes_the_connection_to_a_daemon() {
             .any(|l| l.trim() == line);
         assert!(found, "the driver ended before it printed {line:?}");
     };
-    let mut stdin = driver.0.stdin.take().unwrap();
+    let mut stdin = driver.child_mut().stdin.take().unwrap();
     expect("attached");
     let held = status().unwrap();
     assert!(held["objects"]["count"].as_u64().unwrap() >= 1, "{held}");
@@ -303,12 +301,10 @@ fn shutdown_closes_the_connection_to_a_daemon() {
         },
     )
     .unwrap();
-    assert_eq!(driver.0.try_wait().unwrap(), None, "the driver has exited");
+    assert_eq!(driver.try_wait().unwrap(), None, "the driver has exited");
     writeln!(stdin, "exit").unwrap();
-    let (status, _) = shoal_tests::wait_for(CHILD_TIMEOUT, "the driver's exit", || {
-        Ok(driver.0.try_wait()?)
-    })
-    .unwrap();
+    let (status, _) =
+        shoal_tests::wait_for(CHILD_TIMEOUT, "the driver's exit", || driver.try_wait()).unwrap();
     assert!(status.success());
 }
 

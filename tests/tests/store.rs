@@ -11,9 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize, Serializer};
 use shoal::{GetError, InitOptions, ObjectRef, PutError, Shoal, StoreError, TaskError};
-
-mod support;
-use support::KillOnDrop;
+use shoal_tests::KillOnDrop;
 
 const STORE: u64 = 48 << 20;
 const MB8: usize = 8 << 20;
@@ -337,8 +335,7 @@ fn a_driver_killed_with_sigkill_leaves_no_objects_or_files() {
     let (mem, disk) = files(&shoal);
     assert!(mem >= 5 && disk >= 1, "{mem} in memory, {disk} on disk");
     assert!(shoal.status().unwrap().objects.count >= 8);
-    child.0.kill().unwrap();
-    let status = child.0.wait().unwrap();
+    let status = child.kill().unwrap();
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(status.signal(), Some(libc::SIGKILL));
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -379,7 +376,7 @@ fn doomed_driver_entry() {
 fn child_program(shoal: &Shoal, entry: &str, env_flag: &str, ready_line: &str) -> KillOnDrop {
     use std::io::BufRead;
     let exe = std::env::current_exe().unwrap();
-    let mut child = KillOnDrop(
+    let mut child = KillOnDrop::new(
         Command::new(exe)
             .args(["--exact", entry, "--nocapture", "--quiet"])
             .env(env_flag, "1")
@@ -390,7 +387,7 @@ fn child_program(shoal: &Shoal, entry: &str, env_flag: &str, ready_line: &str) -
             .spawn()
             .unwrap(),
     );
-    let out = std::io::BufReader::new(child.0.stdout.take().unwrap());
+    let out = std::io::BufReader::new(child.child_mut().stdout.take().unwrap());
     let ready = out
         .lines()
         .map_while(Result::ok)
@@ -478,8 +475,7 @@ fn a_writer_killed_mid_write_leaves_nothing_visible() {
     assert!(names[0].ends_with(".partial"), "{names:?}");
     assert_eq!(shoal.status().unwrap().objects.count, 0);
     assert!(shoal.status().unwrap().objects.store_used >= MB8 as u64);
-    child.0.kill().unwrap();
-    child.0.wait().unwrap();
+    child.kill().unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     while files(&shoal) != (0, 0) || shoal.status().unwrap().objects.store_used != 0 {
         assert!(

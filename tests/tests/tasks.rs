@@ -3,8 +3,7 @@
 use std::time::Duration;
 
 use shoal::{GetError, TaskError, TaskOptions};
-
-mod support;
+use shoal_tests::parent_of;
 
 #[shoal::remote]
 fn pid() -> u32 {
@@ -53,7 +52,7 @@ fn tasks_run_in_other_processes() {
     let worker_pid = pid.remote().get_blocking().unwrap();
     assert_ne!(worker_pid, std::process::id());
     // The worker is a child of this process (the embedded node started it).
-    assert_eq!(support::parent_of(worker_pid), std::process::id());
+    assert_eq!(parent_of(worker_pid), Some(std::process::id()));
 }
 
 #[test]

@@ -1,88 +1,58 @@
-//! Real `shoal` node processes for tests and for `scripts/mesh`.
-//!
-//! The cross-crate tests live in `tests/tests/` (helpers shared by them in `tests/tests/support`);
-//! this library is what they, and the `shoal-mesh` tool behind `scripts/mesh`, use to start
-//! and watch real node processes on loopback:
-//!
-//! - [`NodeProcess`] starts one `shoal node` in a directory of its own (socket, store, spill
-//!   directory, data directory with the identity key, and `node.log` with its stdout and
-//!   stderr) and waits until it answers `shoal status --json` and listens. It is a guard:
-//!   dropping it kills *its own* child with SIGKILL, reaps it and removes the directory. It
-//!   can be killed ([`NodeProcess::kill_9`]) and restarted with the same directory, so the same
-//!   identity ([`NodeProcess::restart`]), or handed over as a [`DetachedNode`] that outlives
-//!   this process ([`NodeProcess::detach`]).
-//! - [`Mesh`] starts N of them, the first one alone and the others bootstrapped from it
-//!   (`--peer <node 0's address>`), and waits on the peers' views: converged
-//!   ([`Mesh::wait_converged`]), a peer gone from every view ([`Mesh::wait_gone`]), or any
-//!   condition ([`Mesh::wait_views`]).
-//! - [`status_json`], [`peers_json`] and [`view`] ask a node how it sees the mesh; everything
-//!   that waits polls with a deadline ([`wait_for`]): nothing here sleeps in place of a check,
-//!   and nothing waits forever (even the `shoal status` client is killed if it hangs).
-//! - [`stop_node`] and friends stop a node that is not our child (the script's `down`), by pid,
-//!   and only after `/proc/<pid>/cmdline` shows it is still the `shoal node` on the recorded
-//!   socket, so a recycled pid is never signalled.
-//!
-//! - [`shoal_bin`] finds the binary: `$SHOAL_BIN`, else the `shoal` beside the running
-//!   executable. `cargo test --workspace` builds it; with `cargo test -p shoal-tests`, run
-//!   `cargo build -p shoal-node --bin shoal` first.
-//!
-//! Errors carry the tail of the node's log, which is usually what explains a failure.
-//!
-//! Every node is started with `--no-mdns` (a test mesh must not pick up peers of the LAN or of
-//! other tests) and, unless told otherwise ([`NodeOptions`]), listens on
-//! `/ip4/127.0.0.1/tcp/0`, has 1 CPU and a 64 MiB store inside its own directory, and logs
-//! without colour codes (`NO_COLOR=1`; `RUST_LOG` is passed on).
-//!
-//! ```no_run
-//! use std::time::Duration;
-//! use shoal_tests::Mesh;
-//!
-//! let mesh = Mesh::start(3, "example")?;
-//! let took = mesh.wait_converged(Duration::from_secs(20))?;
-//! println!("3 nodes converged in {took:?}; node 0 is {}", mesh.node(0).peer_id());
-//! # anyhow::Ok(())
-//! ```
+//! One real `shoal node` process: started ([`NodeProcess`]), asked how it is (the `shoal`
+//! command line: [`status_json`], [`peers_json`], [`run_cli`]), and stopped, whether it is our
+//! child (its guard) or not ([`stop_node`]).
 
 use std::collections::BTreeSet;
 use std::ffi::{OsStr, OsString};
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::fs::OpenOptions;
+use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::process::{Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use shoal_protocol::NodeStatus;
 
-/// How often the waits here poll.
-pub const POLL: Duration = Duration::from_millis(50);
+use crate::process::{cmdline, fresh_dir, pid_alive, run_with_timeout, KillOnDrop, KEEP_ENV};
+use crate::raw::RawClient;
+use crate::wait::{log_tail, wait_for, wait_for_line, DEADLINE, POLL};
 
 /// How long a node may take to answer on its socket and listen, by default.
 pub const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// How long one `shoal status` (or `shoal peers`) may take before it is killed.
+/// How long one `shoal status` (or any other `shoal` command of [`run_cli`]) may take before
+/// it is killed.
 pub const CLI_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The most of a node's log quoted in an error message, in lines.
 const LOG_TAIL_LINES: usize = 40;
 
-/// Set (to anything) to keep each node's directory, log included, when its guard drops:
-/// for looking into a failed test.
-pub const KEEP_ENV: &str = "SHOAL_TESTS_KEEP";
-
 /// The file each node's stdout and stderr go to, in its directory.
 pub const LOG_FILE: &str = "node.log";
+
+/// The variables `shoal node` reads in place of its flags. A node never inherits them from the
+/// test (which may itself run attached to a node); give them with [`NodeOptions::env`].
+const NODE_ENV: [&str; 7] = [
+    shoal_protocol::env::SOCKET,
+    "SHOAL_STORE_BYTES",
+    "SHOAL_STORE_DIR",
+    "SHOAL_SPILL_DIR",
+    "SHOAL_MESH",
+    "SHOAL_DATA_DIR",
+    "SHOAL_INLINE_THRESHOLD",
+];
 
 /// The `shoal` binary.
 ///
 /// `$SHOAL_BIN` if set, else the `shoal` next to the running executable: `target/<profile>/`
 /// for a binary such as `shoal-mesh`, and the same directory for test binaries, which run from
 /// `target/<profile>/deps/`. Cargo builds it there for `cargo test --workspace` or
-/// `cargo build -p shoal-node --bin shoal`.
+/// `cargo build -p shoal-node --bin shoal`. (The node's own tests, which have
+/// `CARGO_BIN_EXE_shoal`, name it with [`NodeOptions::bin`].)
 pub fn shoal_bin() -> Result<PathBuf> {
     if let Some(bin) = std::env::var_os("SHOAL_BIN").filter(|b| !b.is_empty()) {
         return Ok(PathBuf::from(bin));
@@ -114,85 +84,56 @@ pub fn free_tcp_port() -> Result<u16> {
         .port())
 }
 
-/// Runs `command` with stdin closed and its stdout and stderr captured, killing it if it runs
-/// longer than `timeout`.
-pub fn run_with_timeout(command: &mut Command, timeout: Duration) -> Result<Output> {
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {command:?}"))?;
-    // Read both pipes while waiting, so a large output cannot block the child.
-    let mut out = child.stdout.take().expect("piped");
-    let mut err = child.stderr.take().expect("piped");
-    let out = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = out.read_to_end(&mut buf);
-        buf
-    });
-    let err = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = err.read_to_end(&mut buf);
-        buf
-    });
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("{command:?} did not finish within {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    };
-    Ok(Output {
-        status,
-        stdout: out.join().unwrap_or_default(),
-        stderr: err.join().unwrap_or_default(),
-    })
+/// Runs `<bin> <args>` (a `shoal` command such as `status --socket …`) to its end, with its
+/// output captured, stdin closed and no `$SHOAL_SOCKET` (so only a `--socket` given here
+/// counts); killed after [`CLI_TIMEOUT`].
+pub fn run_cli<S: AsRef<OsStr>>(bin: &Path, args: impl IntoIterator<Item = S>) -> Result<Output> {
+    let mut command = Command::new(bin);
+    command.args(args).env_remove(shoal_protocol::env::SOCKET);
+    run_with_timeout(&mut command, CLI_TIMEOUT)
 }
 
-/// Runs `shoal <args>` and parses its stdout as one JSON value.
-fn shoal_json(args: &[&OsStr]) -> Result<Value> {
-    let mut command = Command::new(shoal_bin()?);
-    command.args(args);
-    let out = run_with_timeout(&mut command, CLI_TIMEOUT)?;
+/// Runs `<bin> <args>` and parses its stdout as one JSON value.
+fn cli_json(bin: &Path, args: &[&OsStr]) -> Result<Value> {
+    let out = run_cli(bin, args)?;
+    let what = || format!("{} {args:?}", bin.display());
     if !out.status.success() {
         bail!(
-            "{command:?} failed ({}): {}",
+            "{} failed ({}): {}",
+            what(),
             out.status,
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
     serde_json::from_slice(&out.stdout).with_context(|| {
         format!(
-            "{command:?} printed something other than JSON: {}",
+            "{} printed something other than JSON: {}",
+            what(),
             String::from_utf8_lossy(&out.stdout)
         )
     })
 }
 
+/// `shoal status --json --socket <socket>` of `bin`.
+fn status_json_of(bin: &Path, socket: &Path) -> Result<Value> {
+    let args = ["status", "--json", "--socket"].map(OsStr::new);
+    cli_json(bin, &[args[0], args[1], args[2], socket.as_os_str()])
+}
+
+/// `shoal peers --json --socket <socket>` of `bin`.
+fn peers_json_of(bin: &Path, socket: &Path) -> Result<Value> {
+    let args = ["peers", "--json", "--socket"].map(OsStr::new);
+    cli_json(bin, &[args[0], args[1], args[2], socket.as_os_str()])
+}
+
 /// `shoal status --json --socket <socket>`: the node's own state and its view of the mesh.
 pub fn status_json(socket: &Path) -> Result<Value> {
-    shoal_json(&[
-        OsStr::new("status"),
-        OsStr::new("--json"),
-        OsStr::new("--socket"),
-        socket.as_os_str(),
-    ])
+    status_json_of(&shoal_bin()?, socket)
 }
 
 /// `shoal peers --json --socket <socket>`: the other peers in the node's view.
 pub fn peers_json(socket: &Path) -> Result<Value> {
-    shoal_json(&[
-        OsStr::new("peers"),
-        OsStr::new("--json"),
-        OsStr::new("--socket"),
-        socket.as_os_str(),
-    ])
+    peers_json_of(&shoal_bin()?, socket)
 }
 
 /// The peer ids in a node's view: `peers[*].peer_id` of a `status --json` object.
@@ -205,55 +146,9 @@ pub fn view(status: &Value) -> BTreeSet<String> {
         .collect()
 }
 
-/// Calls `check` every [`POLL`] until it returns `Some`, and returns that with how long it
-/// took. After `timeout` it gives up with an error naming `what` and the last error `check`
-/// returned, if any (errors are taken as "not yet").
-pub fn wait_for<T>(
-    timeout: Duration,
-    what: &str,
-    mut check: impl FnMut() -> Result<Option<T>>,
-) -> Result<(T, Duration)> {
-    let start = Instant::now();
-    let deadline = start + timeout;
-    let mut last_error = None;
-    loop {
-        match check() {
-            Ok(Some(v)) => return Ok((v, start.elapsed())),
-            Ok(None) => {}
-            Err(e) => last_error = Some(e),
-        }
-        if Instant::now() >= deadline {
-            return Err(match last_error {
-                Some(e) => e.context(format!("timed out after {timeout:?} waiting for {what}")),
-                None => anyhow!("timed out after {timeout:?} waiting for {what}"),
-            });
-        }
-        std::thread::sleep(POLL);
-    }
-}
-
-/// The last `lines` lines of the file at `path` (at most its last 16 KiB), or a note saying why
-/// there are none.
-pub fn log_tail(path: &Path, lines: usize) -> String {
-    let read = || -> std::io::Result<String> {
-        let mut f = File::open(path)?;
-        let len = f.metadata()?.len();
-        f.seek(SeekFrom::Start(len.saturating_sub(16 * 1024)))?;
-        let mut buf = Vec::new();
-        f.read_to_end(&mut buf)?;
-        Ok(String::from_utf8_lossy(&buf).into_owned())
-    };
-    match read() {
-        Ok(text) => {
-            let all: Vec<&str> = text.lines().collect();
-            all[all.len().saturating_sub(lines)..].join("\n")
-        }
-        Err(e) => format!("(no log at {}: {e})", path.display()),
-    }
-}
-
 /// What to start a node with. [`NodeOptions::default`] is a node of mesh `default` with 1 CPU
-/// and a 64 MiB store, listening on `/ip4/127.0.0.1/tcp/0`, in a fresh temporary directory.
+/// and a 64 MiB store, listening on `/ip4/127.0.0.1/tcp/0`, in a fresh temporary directory that
+/// holds everything of it.
 #[derive(Clone, Debug)]
 pub struct NodeOptions {
     /// `--mesh`.
@@ -270,12 +165,22 @@ pub struct NodeOptions {
     pub failure_timeout: Option<f64>,
     /// More arguments for `shoal node`, after the others.
     pub extra_args: Vec<OsString>,
-    /// More environment variables for the node (it inherits this process's, `RUST_LOG`
-    /// included).
+    /// More environment variables for the node. It inherits this process's (`RUST_LOG`
+    /// included), except `$SHOAL_SOCKET` and the other variables it would read in place of
+    /// its flags.
     pub env: Vec<(OsString, OsString)>,
     /// The node's directory; it must not exist yet, or be empty. Default: a new directory
     /// `shoal-node-<pid>-<n>` in the temporary directory.
     pub dir: Option<PathBuf>,
+    /// `--socket`. Default: `node.sock` in the node's directory. Set it (with
+    /// [`NodeOptions::store_dir`]) to start several nodes, one after another, on the same
+    /// socket and store directory.
+    pub socket: Option<PathBuf>,
+    /// `--store-dir`, where the node makes its store directory. Default: `store/` in the
+    /// node's directory.
+    pub store_dir: Option<PathBuf>,
+    /// The `shoal` binary. Default: [`shoal_bin`].
+    pub bin: Option<PathBuf>,
     /// Start the node in a session of its own, so it outlives this process's terminal and
     /// never gets the terminal's Ctrl-C (for [`NodeProcess::detach`]ed nodes).
     pub new_session: bool,
@@ -295,6 +200,9 @@ impl Default for NodeOptions {
             extra_args: Vec::new(),
             env: Vec::new(),
             dir: None,
+            socket: None,
+            store_dir: None,
+            bin: None,
             new_session: false,
             startup_timeout: DEFAULT_STARTUP_TIMEOUT,
         }
@@ -337,6 +245,12 @@ impl NodeOptions {
         self
     }
 
+    /// Adds arguments for `shoal node`.
+    pub fn args<S: Into<OsString>>(mut self, args: impl IntoIterator<Item = S>) -> Self {
+        self.extra_args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
     /// Adds an environment variable for the node.
     pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
         self.env.push((key.into(), value.into()));
@@ -348,46 +262,58 @@ impl NodeOptions {
         self.dir = Some(dir.into());
         self
     }
+
+    /// Sets the node's socket.
+    pub fn socket(mut self, socket: impl Into<PathBuf>) -> Self {
+        self.socket = Some(socket.into());
+        self
+    }
+
+    /// Sets where the node makes its store directory.
+    pub fn store_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.store_dir = Some(dir.into());
+        self
+    }
+
+    /// Sets the `shoal` binary.
+    pub fn bin(mut self, bin: impl Into<PathBuf>) -> Self {
+        self.bin = Some(bin.into());
+        self
+    }
 }
 
 /// Makes a new, empty directory for a node: `dir` if given (it may exist if empty), else a
 /// fresh one in the temporary directory.
 fn make_node_dir(dir: Option<&Path>) -> Result<PathBuf> {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    if let Some(dir) = dir {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        if std::fs::read_dir(dir)?.next().is_some() {
-            bail!("{} is not empty; not starting a node in it", dir.display());
-        }
-        return Ok(dir.to_owned());
+    let Some(dir) = dir else {
+        return fresh_dir(&std::env::temp_dir(), "shoal-node");
+    };
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    if std::fs::read_dir(dir)?.next().is_some() {
+        bail!("{} is not empty; not starting a node in it", dir.display());
     }
-    let tmp = std::env::temp_dir();
-    loop {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let dir = tmp.join(format!("shoal-node-{}-{n}", std::process::id()));
-        match std::fs::create_dir(&dir) {
-            Ok(()) => return Ok(dir),
-            // Left by an earlier process with the same pid: take the next name.
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e).with_context(|| format!("creating {}", dir.display())),
-        }
-    }
+    Ok(dir.to_owned())
 }
 
-/// One `shoal node` process, our child, in a directory of its own. Dropping it kills the
-/// process (SIGKILL), reaps it and removes the directory (unless `$SHOAL_TESTS_KEEP` is set);
-/// [`NodeProcess::detach`] keeps both.
+/// One `shoal node` process, our child (in a [`KillOnDrop`]), in a directory of its own.
+/// Dropping it kills the process (SIGKILL), reaps it and removes the directory (unless
+/// `$SHOAL_TESTS_KEEP` is set); [`NodeProcess::detach`] keeps both. If the thread is
+/// panicking, the drop prints the tail of the node's log first.
 ///
-/// Directory layout: `node.sock` (the API socket), `store/`, `spill/`, `data/` (the identity
+/// Directory layout: `node.sock` (the API socket, unless [`NodeOptions::socket`] puts it
+/// elsewhere), `store/` (unless [`NodeOptions::store_dir`]), `spill/`, `data/` (the identity
 /// key: the same directory means the same peer id), and `node.log` (stdout and stderr of every
 /// run, appended).
 #[derive(Debug)]
 pub struct NodeProcess {
     /// The running process, `None` once killed.
-    child: Option<Child>,
+    process: Option<KillOnDrop>,
     /// The pid of the latest run.
     pid: u32,
+    /// The `shoal` binary: of the node, and of the `shoal status` that asks it.
+    bin: PathBuf,
     dir: PathBuf,
+    socket: PathBuf,
     /// What every run is started with.
     args: Vec<OsString>,
     env: Vec<(OsString, OsString)>,
@@ -397,6 +323,8 @@ pub struct NodeProcess {
     /// From the latest run's `status --json`.
     peer_id: String,
     listen_addrs: Vec<String>,
+    /// Where the latest run's output starts in the log.
+    log_start: u64,
     /// Whether dropping this removes the directory.
     remove_dir: bool,
 }
@@ -410,28 +338,35 @@ impl NodeProcess {
     }
 
     /// Starts a node without waiting for it; call [`NodeProcess::wait_ready`] before using
-    /// its peer id or addresses. Lets several nodes start at once.
+    /// its peer id or addresses. Lets several nodes start at once, or a test watch a node
+    /// that is meant to fail.
     pub fn spawn(options: NodeOptions) -> Result<Self> {
         let dir = make_node_dir(options.dir.as_deref())?;
         let dir = dir.canonicalize().unwrap_or(dir);
-        let socket = dir.join("node.sock");
+        let socket = options.socket.unwrap_or_else(|| dir.join("node.sock"));
         // sun_path holds 108 bytes, with the terminating NUL.
         if socket.as_os_str().len() >= 108 {
-            let _ = std::fs::remove_dir_all(&dir);
+            // Only just made, and empty: nothing of anyone's is lost.
+            std::fs::remove_dir_all(&dir).ok();
             bail!(
                 "{} is too long for a Unix socket path: use a shorter TMPDIR",
                 socket.display()
             );
         }
-        for sub in ["store", "spill", "data"] {
-            std::fs::create_dir_all(dir.join(sub))?;
+        let store = options.store_dir.unwrap_or_else(|| dir.join("store"));
+        for sub in [&store, &dir.join("spill"), &dir.join("data")] {
+            std::fs::create_dir_all(sub).with_context(|| format!("creating {}", sub.display()))?;
         }
-        let mut args: Vec<OsString> = vec!["node".into(), "--socket".into(), socket.into()];
+        let bin = match options.bin {
+            Some(bin) => bin,
+            None => shoal_bin()?,
+        };
+        let mut args: Vec<OsString> = vec!["node".into(), "--socket".into(), (&socket).into()];
         let mut push = |flag: &str, value: OsString| {
             args.push(flag.into());
             args.push(value);
         };
-        push("--store-dir", dir.join("store").into());
+        push("--store-dir", store.into());
         push("--spill-dir", dir.join("spill").into());
         push("--data-dir", dir.join("data").into());
         push("--store-bytes", options.store_bytes.to_string().into());
@@ -447,11 +382,13 @@ impl NodeProcess {
             push("--failure-timeout", t.to_string().into());
         }
         args.push("--no-mdns".into());
-        args.extend(options.extra_args.iter().cloned());
+        args.extend(options.extra_args);
         let mut node = Self {
-            child: None,
+            process: None,
             pid: 0,
+            bin,
             dir,
+            socket,
             args,
             env: options.env,
             new_session: options.new_session,
@@ -459,6 +396,7 @@ impl NodeProcess {
             mesh: options.mesh,
             peer_id: String::new(),
             listen_addrs: Vec::new(),
+            log_start: 0,
             remove_dir: true,
         };
         node.spawn_child()?;
@@ -467,7 +405,7 @@ impl NodeProcess {
 
     /// Starts a run of the node process, its output appended to the log.
     fn spawn_child(&mut self) -> Result<()> {
-        debug_assert!(self.child.is_none());
+        debug_assert!(self.process.is_none());
         let log_path = self.log_path();
         let mut log = OpenOptions::new()
             .create(true)
@@ -475,11 +413,13 @@ impl NodeProcess {
             .open(&log_path)
             .with_context(|| format!("opening {}", log_path.display()))?;
         writeln!(log, "=== shoal-tests: starting {:?}", self.args)?;
-        let mut command = Command::new(shoal_bin()?);
+        self.log_start = log.metadata()?.len();
+        let mut command = Command::new(&self.bin);
+        command.args(&self.args);
+        for var in NODE_ENV {
+            command.env_remove(var);
+        }
         command
-            .args(&self.args)
-            // A node's socket is the one on its command line, never the caller's.
-            .env_remove("SHOAL_SOCKET")
             // A log file, not a terminal: no colour codes (`tracing-subscriber` honours it).
             .env("NO_COLOR", "1")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
@@ -498,11 +438,9 @@ impl NodeProcess {
                 });
             }
         }
-        let child = command
-            .spawn()
-            .with_context(|| format!("starting {command:?}"))?;
-        self.pid = child.id();
-        self.child = Some(child);
+        let process = KillOnDrop::spawn("node", &mut command)?;
+        self.pid = process.pid();
+        self.process = Some(process);
         self.peer_id.clear();
         self.listen_addrs.clear();
         Ok(())
@@ -513,19 +451,18 @@ impl NodeProcess {
     pub fn wait_ready(&mut self) -> Result<()> {
         let deadline = Instant::now() + self.startup_timeout;
         loop {
-            if let Some(status) = self.child_mut()?.try_wait()? {
-                self.child = None;
+            if let Some(status) = self.try_wait()? {
                 bail!(self.with_log(format!(
                     "node {} exited during start-up: {status}",
                     self.pid
                 )));
             }
-            let not_yet = match status_json(&self.socket()) {
+            let not_yet = match status_json_of(&self.bin, &self.socket) {
                 Ok(status) => {
                     if status["pid"].as_u64() != Some(u64::from(self.pid)) {
                         bail!(self.with_log(format!(
                             "another process answers on {}: {status}",
-                            self.socket().display()
+                            self.socket.display()
                         )));
                     }
                     let addrs: Vec<String> = status["listen_addrs"]
@@ -555,9 +492,10 @@ impl NodeProcess {
         }
     }
 
-    fn child_mut(&mut self) -> Result<&mut Child> {
+    /// The running process.
+    fn process_mut(&mut self) -> Result<&mut KillOnDrop> {
         let pid = self.pid;
-        self.child
+        self.process
             .as_mut()
             .ok_or_else(|| anyhow!("node {pid} is not running"))
     }
@@ -573,7 +511,8 @@ impl NodeProcess {
 
     /// The node's `status --json`, or an error carrying the tail of its log.
     pub fn try_status(&self) -> Result<Value> {
-        status_json(&self.socket()).map_err(|e| anyhow!(self.with_log(format!("{e:#}"))))
+        status_json_of(&self.bin, &self.socket)
+            .map_err(|e| anyhow!(self.with_log(format!("{e:#}"))))
     }
 
     /// The node's `status --json`. Panics (with the tail of the log) if it does not answer.
@@ -583,12 +522,44 @@ impl NodeProcess {
 
     /// The node's `peers --json`, or an error carrying the tail of its log.
     pub fn try_peers(&self) -> Result<Value> {
-        peers_json(&self.socket()).map_err(|e| anyhow!(self.with_log(format!("{e:#}"))))
+        peers_json_of(&self.bin, &self.socket).map_err(|e| anyhow!(self.with_log(format!("{e:#}"))))
     }
 
     /// The peer ids this node sees.
     pub fn view(&self) -> Result<BTreeSet<String>> {
         Ok(view(&self.try_status()?))
+    }
+
+    /// A new [`RawClient`] of the node's socket, handshake done. Panics if that fails.
+    pub fn client(&self) -> RawClient {
+        let mut c = RawClient::connect(&self.socket);
+        c.hello();
+        c
+    }
+
+    /// The node's status as the protocol has it, asked by a fresh [`RawClient`]. Panics if
+    /// the node does not answer.
+    pub fn raw_status(&self) -> NodeStatus {
+        self.client().status(7)
+    }
+
+    /// Runs `shoal <args>` with the binary this node runs: see [`run_cli`].
+    pub fn run_cli<S: AsRef<OsStr>>(&self, args: impl IntoIterator<Item = S>) -> Result<Output> {
+        run_cli(&self.bin, args)
+    }
+
+    /// Waits at most `timeout` for a line of the latest run's log that contains every one of
+    /// `needles`; returns that line.
+    pub fn wait_for_log(&self, needles: &[&str], timeout: Duration) -> Result<String> {
+        wait_for_line(&self.log_path(), self.log_start, needles, timeout)
+            .map_err(|e| anyhow!(self.with_log(format!("{e:#}"))))
+    }
+
+    /// [`NodeProcess::wait_for_log`] for [`DEADLINE`]; panics (with the tail of the log) if
+    /// no such line comes.
+    pub fn expect_log(&self, needles: &[&str]) -> String {
+        self.wait_for_log(needles, DEADLINE)
+            .unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     /// Its peer id (as of the latest run's start).
@@ -608,12 +579,17 @@ impl NodeProcess {
 
     /// Its API socket: `SHOAL_SOCKET` for a program that should use this node.
     pub fn socket(&self) -> PathBuf {
-        self.dir.join("node.sock")
+        self.socket.clone()
     }
 
     /// Its directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The `shoal` binary it runs.
+    pub fn bin(&self) -> &Path {
+        &self.bin
     }
 
     /// Its log: stdout and stderr of every run.
@@ -631,24 +607,46 @@ impl NodeProcess {
         self.pid
     }
 
+    /// Whether it has a process (which may have died without our knowing yet).
+    pub(crate) fn has_process(&self) -> bool {
+        self.process.is_some()
+    }
+
     /// Whether the process is running.
     pub fn is_running(&mut self) -> bool {
-        match self.child.as_mut().map(Child::try_wait) {
-            Some(Ok(None)) => true,
-            Some(_) => {
-                self.child = None;
-                false
-            }
-            None => false,
+        matches!(self.try_wait(), Ok(None))
+    }
+
+    /// The process's exit status if it has exited (reaping it), `None` while it runs. An
+    /// error if there is no process (killed, or never started).
+    pub fn try_wait(&mut self) -> Result<Option<ExitStatus>> {
+        let status = self.process_mut()?.try_wait();
+        if !matches!(status, Ok(None)) {
+            self.process = None;
         }
+        status
+    }
+
+    /// Waits at most `timeout` for the process to exit; its exit status, or `None` if it still
+    /// runs.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<ExitStatus>> {
+        let status = self.process_mut()?.wait_timeout(timeout);
+        if !matches!(status, Ok(None)) {
+            self.process = None;
+        }
+        status
+    }
+
+    /// Sends `signal` to the process (say SIGTERM, to stop it as an operator would). Fails,
+    /// signalling nothing, if it has exited.
+    pub fn signal(&mut self, signal: libc::c_int) -> Result<()> {
+        self.process_mut()?.signal(signal)
     }
 
     /// Kills the process with SIGKILL and reaps it. Nothing happens if it is not running.
     pub fn kill_9(&mut self) -> Result<()> {
-        if let Some(mut child) = self.child.take() {
-            // `Child::kill` sends SIGKILL to this very child (and is a no-op once reaped).
-            child.kill().context("SIGKILL")?;
-            child.wait().context("reaping the node")?;
+        if let Some(mut process) = self.process.take() {
+            process.kill()?;
         }
         Ok(())
     }
@@ -664,8 +662,9 @@ impl NodeProcess {
     /// Lets the process and its directory outlive this value (and this process): for
     /// `scripts/mesh up`. Start such nodes with [`NodeOptions::new_session`].
     pub fn detach(mut self) -> DetachedNode {
-        // Dropping a `Child` neither kills nor waits for it.
-        self.child = None;
+        if let Some(process) = self.process.take() {
+            process.release();
+        }
         self.remove_dir = false;
         self.describe()
     }
@@ -686,10 +685,21 @@ impl NodeProcess {
 
 impl Drop for NodeProcess {
     fn drop(&mut self) {
-        // Only our own child, by its handle: never a process found by name.
-        let _ = self.kill_9();
+        if std::thread::panicking() && self.remove_dir {
+            eprintln!(
+                "{}",
+                self.with_log(format!(
+                    "node pid {} on {} (the test panicked)",
+                    self.pid,
+                    self.socket.display()
+                ))
+            );
+        }
+        // Only our own child, by its handle (the guard): never a process found by name.
+        drop(self.process.take());
         if self.remove_dir && std::env::var_os(KEEP_ENV).is_none() {
-            let _ = std::fs::remove_dir_all(&self.dir);
+            // A directory left behind in the temporary directory is no reason to panic.
+            std::fs::remove_dir_all(&self.dir).ok();
         }
     }
 }
@@ -725,32 +735,6 @@ impl DetachedNode {
     pub fn status(&self) -> Result<Value> {
         status_json(&self.socket)
     }
-}
-
-/// Whether `pid` is a live process (a zombie is not: it has exited and waits to be reaped).
-pub fn pid_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state is the first field after the command name, which is in parentheses.
-        Ok(stat) => !matches!(
-            stat.rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().next()),
-            Some("Z" | "X") | None
-        ),
-        Err(_) => false,
-    }
-}
-
-/// The command line of `pid`, from `/proc/<pid>/cmdline` (empty if it is gone).
-pub fn cmdline(pid: u32) -> Vec<OsString> {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|bytes| {
-            bytes
-                .split(|b| *b == 0)
-                .filter(|a| !a.is_empty())
-                .map(|a| OsStr::from_bytes(a).to_owned())
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// Whether `pid` is a live `shoal node` process serving `socket`: its program is named
@@ -836,194 +820,4 @@ pub fn stop_nodes(nodes: &[(u32, &Path)], grace: Duration) -> Result<Vec<Stopped
     }
     wait_for(Duration::from_secs(5), "killed nodes to exit", all_gone)?;
     Ok(result)
-}
-
-/// Several nodes of one mesh, each a [`NodeProcess`] guard: dropping the mesh kills them all.
-#[derive(Debug)]
-pub struct Mesh {
-    nodes: Vec<NodeProcess>,
-    /// How long the nodes took from the first spawn until all answered and listened.
-    startup: Duration,
-}
-
-impl Mesh {
-    /// Starts `n` nodes of mesh `mesh` with [`NodeOptions::default`] otherwise: see
-    /// [`Mesh::start_with`].
-    pub fn start(n: usize, mesh: &str) -> Result<Self> {
-        Self::start_with(n, &NodeOptions::new().mesh(mesh), None)
-    }
-
-    /// Starts `n` nodes with `options` each: node 0 alone, then the others at once, each
-    /// given node 0's address as `--peer` (in addition to `options.peers`). Returns when all
-    /// answer and listen (not when they have found each other: see
-    /// [`Mesh::wait_converged`]). With `parent`, node `i`'s directory is `<parent>/node-<i>`.
-    pub fn start_with(n: usize, options: &NodeOptions, parent: Option<&Path>) -> Result<Self> {
-        let start = Instant::now();
-        let options_for = |i: usize| {
-            let mut o = options.clone();
-            if let Some(parent) = parent {
-                o.dir = Some(parent.join(format!("node-{i}")));
-            }
-            o
-        };
-        let mut nodes = Vec::with_capacity(n);
-        if n > 0 {
-            nodes.push(NodeProcess::start(options_for(0))?);
-        }
-        if n > 1 {
-            let bootstrap = nodes[0].listen_addr().to_owned();
-            for i in 1..n {
-                nodes.push(NodeProcess::spawn(options_for(i).peer(bootstrap.clone()))?);
-            }
-            for node in &mut nodes[1..] {
-                node.wait_ready()?;
-            }
-        }
-        Ok(Self {
-            nodes,
-            startup: start.elapsed(),
-        })
-    }
-
-    /// A mesh of nodes started some other way (node 0 is the one [`Mesh::wait_converged`]
-    /// takes the mesh name from).
-    pub fn from_nodes(nodes: Vec<NodeProcess>) -> Self {
-        Self {
-            nodes,
-            startup: Duration::ZERO,
-        }
-    }
-
-    /// How long the nodes took to start (to answer and listen).
-    pub fn startup_time(&self) -> Duration {
-        self.startup
-    }
-
-    /// The number of nodes (running or not).
-    pub fn len(&self) -> usize {
-        self.nodes.len()
-    }
-
-    /// Whether there are no nodes.
-    pub fn is_empty(&self) -> bool {
-        self.nodes.is_empty()
-    }
-
-    /// Node `i`.
-    pub fn node(&self, i: usize) -> &NodeProcess {
-        &self.nodes[i]
-    }
-
-    /// Node `i`, to kill or restart it.
-    pub fn node_mut(&mut self, i: usize) -> &mut NodeProcess {
-        &mut self.nodes[i]
-    }
-
-    /// All nodes.
-    pub fn nodes(&self) -> &[NodeProcess] {
-        &self.nodes
-    }
-
-    /// Adds a node (of any mesh) to this set, so it is stopped with the others. It does not
-    /// take part in [`Mesh::wait_converged`] unless its mesh is node 0's.
-    pub fn push(&mut self, node: NodeProcess) -> usize {
-        self.nodes.push(node);
-        self.nodes.len() - 1
-    }
-
-    /// Whether node `i` has a child process (it may have died without our knowing yet).
-    fn has_child(&self, i: usize) -> bool {
-        self.nodes[i].child.is_some()
-    }
-
-    /// Each running node's view (peer ids it sees), by index; `None` for nodes not running.
-    pub fn views(&self) -> Result<Vec<Option<BTreeSet<String>>>> {
-        (0..self.nodes.len())
-            .map(|i| {
-                if self.has_child(i) {
-                    self.nodes[i].view().map(Some)
-                } else {
-                    Ok(None)
-                }
-            })
-            .collect()
-    }
-
-    /// Polls every running node's view until `done(views)` holds (views as in
-    /// [`Mesh::views`]), for at most `timeout`; returns how long it took. On timeout the
-    /// error shows the last views and the tail of each node's log.
-    pub fn wait_views(
-        &self,
-        timeout: Duration,
-        what: &str,
-        mut done: impl FnMut(&[Option<BTreeSet<String>>]) -> bool,
-    ) -> Result<Duration> {
-        let mut last = Vec::new();
-        let result = wait_for(timeout, what, || {
-            last = self.views()?;
-            Ok(done(&last).then_some(()))
-        });
-        match result {
-            Ok(((), took)) => Ok(took),
-            Err(e) => Err(anyhow!("{e:#}\n{}", self.describe(&last))),
-        }
-    }
-
-    /// Each node's id, pid, view and log tail: for error messages.
-    pub fn describe(&self, views: &[Option<BTreeSet<String>>]) -> String {
-        let mut out = String::new();
-        for (i, node) in self.nodes.iter().enumerate() {
-            let seen = match views.get(i) {
-                Some(Some(v)) => format!("sees {v:?}"),
-                Some(None) => "not running".to_owned(),
-                None => "view unknown".to_owned(),
-            };
-            out += &format!(
-                "node {i} (pid {}, mesh {}, {}): {seen}\n  {}\n",
-                node.pid,
-                node.mesh,
-                node.peer_id,
-                log_tail(&node.log_path(), 10).replace('\n', "\n  ")
-            );
-        }
-        out
-    }
-
-    /// Waits until every running node of node 0's mesh sees every other running one; returns
-    /// how long that took.
-    pub fn wait_converged(&self, timeout: Duration) -> Result<Duration> {
-        let mesh = self
-            .nodes
-            .first()
-            .map(|n| n.mesh.clone())
-            .unwrap_or_default();
-        let members: Vec<usize> = (0..self.nodes.len())
-            .filter(|&i| self.has_child(i) && self.nodes[i].mesh == mesh)
-            .collect();
-        let ids: Vec<&str> = self.nodes.iter().map(|n| n.peer_id()).collect();
-        self.wait_views(timeout, "the mesh to converge", |views| {
-            members.iter().all(|&i| {
-                views[i].as_ref().is_some_and(|v| {
-                    members
-                        .iter()
-                        .filter(|&&j| j != i)
-                        .all(|&j| v.contains(ids[j]))
-                })
-            })
-        })
-    }
-
-    /// Waits until no running node sees `peer_id`; returns how long that took.
-    pub fn wait_gone(&self, peer_id: &str, timeout: Duration) -> Result<Duration> {
-        self.wait_views(
-            timeout,
-            &format!("{peer_id} to leave every view"),
-            |views| views.iter().flatten().all(|v| !v.contains(peer_id)),
-        )
-    }
-
-    /// Detaches every node (see [`NodeProcess::detach`]).
-    pub fn detach(self) -> Vec<DetachedNode> {
-        self.nodes.into_iter().map(NodeProcess::detach).collect()
-    }
 }

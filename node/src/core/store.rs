@@ -423,3 +423,378 @@ impl NodeCore {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use shoal_protocol::{
+        ClientId, Digest, Hello, NodeId, ObjectId, ObjectValue, Role, SharedObject, TaskError,
+        ToClient, ToNode, MAGIC, PROTOCOL_VERSION,
+    };
+
+    use crate::config::NodeConfig;
+    use crate::core::sched::{SchedConfig, Scheduler};
+    use crate::core::{Input, NodeCore, Output};
+    use crate::store::{OpKind, StoreDone, StoreFault, StoreOp};
+
+    const MB: u64 = 1 << 20;
+    const CONN: u64 = 1;
+
+    /// A node with a store of `capacity` bytes and one driver attached.
+    fn node(capacity: u64) -> (NodeCore, Instant) {
+        let now = Instant::now();
+        let config = NodeConfig {
+            store_bytes: capacity,
+            embedded: false,
+            ..NodeConfig::default()
+        };
+        let sched = Scheduler::new(SchedConfig {
+            total: config.total_resources(),
+            max_workers: 1,
+            pipeline_depth: 1,
+            short_task: Duration::from_millis(2),
+            max_start_failures: 3,
+        });
+        let mut core = NodeCore::new(now, NodeId([1; 16]), config, sched, "/store".into(), None);
+        let hello = Hello {
+            magic: MAGIC,
+            version: PROTOCOL_VERSION,
+            role: Role::Driver,
+            pid: 1,
+            client: ClientId(7),
+            binary: None,
+        };
+        core.handle(now, Input::Attached { conn: CONN, hello });
+        drain(&mut core);
+        (core, now)
+    }
+
+    fn drain(core: &mut NodeCore) -> Vec<Output> {
+        std::iter::from_fn(|| core.poll_output()).collect()
+    }
+
+    fn send(core: &mut NodeCore, now: Instant, msg: ToNode) -> Vec<Output> {
+        core.handle(
+            now,
+            Input::FromProc {
+                conn: CONN,
+                msgs: vec![msg],
+            },
+        );
+        drain(core)
+    }
+
+    fn done(core: &mut NodeCore, now: Instant, op: StoreOp, result: Result<(), StoreFault>) {
+        let op = op.op.expect("an op the core waits for");
+        core.handle(now, Input::Store(StoreDone { op, result }));
+    }
+
+    fn ops(out: &[Output]) -> Vec<StoreOp> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Store(op) => Some(op.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn replies(out: &[Output]) -> Vec<ToClient> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::ToProc { msg, .. } => Some(msg.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Puts `size` bytes through the store, completing every op; returns the object.
+    fn put(core: &mut NodeCore, now: Instant, seed: u8, size: u64) -> (ObjectId, SharedObject) {
+        let ticket = ObjectId([seed; 32]);
+        let object = SharedObject {
+            size,
+            digest: Digest([seed; 32]),
+        };
+        let id = ObjectId::from_digest(object.digest);
+        let out = send(
+            core,
+            now,
+            ToNode::Create {
+                request: u64::from(seed),
+                id: ticket,
+                size,
+            },
+        );
+        for op in ops(&out) {
+            if op.op.is_some() {
+                done(core, now, op, Ok(()));
+            }
+        }
+        drain(core);
+        let out = send(
+            core,
+            now,
+            ToNode::Seal {
+                ticket,
+                id,
+                object,
+                nested: Vec::new(),
+            },
+        );
+        for op in ops(&out) {
+            done(core, now, op, Ok(()));
+        }
+        drain(core);
+        (id, object)
+    }
+
+    #[test]
+    fn a_writer_is_told_created_once_its_file_exists_and_a_put_is_read_once_sealed() {
+        let (mut core, now) = node(64 * MB);
+        let ticket = ObjectId([3; 32]);
+        let out = send(
+            &mut core,
+            now,
+            ToNode::Create {
+                request: 9,
+                id: ticket,
+                size: 4 * MB,
+            },
+        );
+        let create = ops(&out);
+        assert!(matches!(
+            create[..],
+            [StoreOp {
+                kind: OpKind::Create { size, .. },
+                used,
+                op: Some(_)
+            }] if size == 4 * MB && used == 4 * MB
+        ));
+        assert!(replies(&out).is_empty(), "no answer before the file exists");
+        done(&mut core, now, create[0].clone(), Ok(()));
+        let out = drain(&mut core);
+        assert!(matches!(
+            replies(&out)[..],
+            [ToClient::Created {
+                request: 9,
+                result: Ok(_)
+            }]
+        ));
+
+        let object = SharedObject {
+            size: 4 * MB,
+            digest: Digest([3; 32]),
+        };
+        let id = ObjectId::from_digest(object.digest);
+        let seal = ops(&send(
+            &mut core,
+            now,
+            ToNode::Seal {
+                ticket,
+                id,
+                object,
+                nested: Vec::new(),
+            },
+        ));
+        assert!(matches!(
+            seal[..],
+            [StoreOp {
+                kind: OpKind::Seal { keep: true, .. },
+                ..
+            }]
+        ));
+        // The writer's next message may read it: it waits for the file.
+        let out = send(&mut core, now, ToNode::Get { ids: vec![id] });
+        assert!(replies(&out).is_empty());
+        done(&mut core, now, seal[0].clone(), Ok(()));
+        let out = drain(&mut core);
+        assert_eq!(
+            replies(&out),
+            vec![ToClient::Object {
+                id,
+                value: ObjectValue::Shared(object)
+            }]
+        );
+    }
+
+    #[test]
+    fn a_spill_runs_before_the_file_it_makes_room_for_and_a_reader_waits_for_its_restore() {
+        let (mut core, now) = node(10 * MB);
+        let (a, object) = put(&mut core, now, 1, 6 * MB);
+        // Room for b: a goes to disk first, in that order.
+        let out = send(
+            &mut core,
+            now,
+            ToNode::Create {
+                request: 2,
+                id: ObjectId([2; 32]),
+                size: 6 * MB,
+            },
+        );
+        let kinds: Vec<OpKind> = ops(&out).into_iter().map(|o| o.kind).collect();
+        assert!(
+            matches!(
+                kinds[..],
+                [OpKind::Spill { id, .. }, OpKind::Create { .. }] if id == a
+            ),
+            "{kinds:?}"
+        );
+        for op in ops(&out) {
+            done(&mut core, now, op, Ok(()));
+        }
+        drain(&mut core);
+        // Reading a brings it back (b is not sealed: it stays, so there is no room).
+        let out = send(&mut core, now, ToNode::Get { ids: vec![a] });
+        assert!(
+            matches!(
+                replies(&out)[..],
+                [ToClient::Object {
+                    value: ObjectValue::Error(TaskError::ObjectUnavailable { .. }),
+                    ..
+                }]
+            ),
+            "{out:?}"
+        );
+        // Once b is dropped, a restore makes room and the reader waits for it.
+        send(
+            &mut core,
+            now,
+            ToNode::Abort {
+                id: ObjectId([2; 32]),
+            },
+        );
+        let out = send(&mut core, now, ToNode::Get { ids: vec![a] });
+        let restore = ops(&out);
+        assert!(matches!(
+            restore[..],
+            [StoreOp {
+                kind: OpKind::Restore { id, .. },
+                ..
+            }] if id == a
+        ));
+        assert!(replies(&out).is_empty(), "{out:?}");
+        // A second reader waits for the same restore.
+        assert!(ops(&send(&mut core, now, ToNode::Get { ids: vec![a] })).is_empty());
+        done(&mut core, now, restore[0].clone(), Ok(()));
+        let out = drain(&mut core);
+        let value = ObjectValue::Shared(object);
+        assert_eq!(
+            replies(&out),
+            vec![
+                ToClient::Object {
+                    id: a,
+                    value: value.clone()
+                },
+                ToClient::Object { id: a, value }
+            ]
+        );
+    }
+
+    #[test]
+    fn a_disk_copy_that_cannot_be_read_back_makes_the_object_an_error_for_good() {
+        let (mut core, now) = node(10 * MB);
+        let (a, _) = put(&mut core, now, 1, 6 * MB);
+        let (b, _) = put(&mut core, now, 2, 6 * MB);
+        assert_ne!(a, b);
+        let restore = ops(&send(&mut core, now, ToNode::Get { ids: vec![a] }));
+        let restore: Vec<StoreOp> = restore
+            .into_iter()
+            .filter(|o| matches!(o.kind, OpKind::Restore { .. }))
+            .collect();
+        done(
+            &mut core,
+            now,
+            restore[0].clone(),
+            Err(StoreFault::Corrupted("bad bytes".into())),
+        );
+        let out = drain(&mut core);
+        let corrupted = |out: &[Output]| {
+            matches!(
+                replies(out)[..],
+                [ToClient::Object {
+                    value: ObjectValue::Error(TaskError::ObjectCorrupted { .. }),
+                    ..
+                }]
+            )
+        };
+        assert!(corrupted(&out), "{out:?}");
+        // Not tried again.
+        let out = send(&mut core, now, ToNode::Get { ids: vec![a] });
+        assert!(ops(&out).is_empty() && corrupted(&out), "{out:?}");
+    }
+
+    #[test]
+    fn failed_file_work_is_a_typed_answer_and_leaves_nothing_counted() {
+        let (mut core, now) = node(10 * MB);
+        // A file that cannot be made: the writer is told why; its room is given back.
+        let out = send(
+            &mut core,
+            now,
+            ToNode::Create {
+                request: 4,
+                id: ObjectId([4; 32]),
+                size: 6 * MB,
+            },
+        );
+        done(
+            &mut core,
+            now,
+            ops(&out)[0].clone(),
+            Err(StoreFault::Io("disk on fire".into())),
+        );
+        let out = drain(&mut core);
+        assert!(matches!(
+            replies(&out)[..],
+            [ToClient::Created {
+                request: 4,
+                result: Err(_)
+            }]
+        ));
+        assert_eq!(core.census().store_used, 0);
+        // A seal whose file does not match: the put is unavailable, not half there.
+        let ticket = ObjectId([5; 32]);
+        let out = send(
+            &mut core,
+            now,
+            ToNode::Create {
+                request: 5,
+                id: ticket,
+                size: MB,
+            },
+        );
+        done(&mut core, now, ops(&out)[0].clone(), Ok(()));
+        drain(&mut core);
+        let object = SharedObject {
+            size: MB,
+            digest: Digest([5; 32]),
+        };
+        let id = ObjectId::from_digest(object.digest);
+        let out = send(
+            &mut core,
+            now,
+            ToNode::Seal {
+                ticket,
+                id,
+                object,
+                nested: Vec::new(),
+            },
+        );
+        send(&mut core, now, ToNode::Get { ids: vec![id] });
+        done(
+            &mut core,
+            now,
+            ops(&out)[0].clone(),
+            Err(StoreFault::Mismatch("short file".into())),
+        );
+        let out = drain(&mut core);
+        assert!(matches!(
+            replies(&out)[..],
+            [ToClient::Object {
+                value: ObjectValue::Error(TaskError::ObjectUnavailable { .. }),
+                ..
+            }]
+        ));
+        assert_eq!(core.census().store_used, 0);
+        assert_eq!(core.census().store_ops, 0);
+    }
+}

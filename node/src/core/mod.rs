@@ -58,6 +58,8 @@ use crate::config::NodeConfig;
 use crate::store::{StoreDone, StoreOp};
 
 pub mod actors;
+#[cfg(test)]
+mod harness;
 mod local;
 mod objects;
 mod peers;

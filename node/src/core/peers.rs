@@ -668,7 +668,10 @@ impl NodeCore {
             }
         }
         self.spill.remote_wait.extend(rest);
-        if !self.spill.peers.values().any(|l| l.has_room()) {
+        // (Whether a peer has room costs a look at each peer's load: only when something
+        // waits here.)
+        let nothing_queued = self.sched.queued() == 0 && self.sched.actors_queued() == 0;
+        if nothing_queued || !self.spill.peers.values().any(|l| l.has_room()) {
             return;
         }
         // Actors waiting here for resources (others' actors hold them) while a peer has room.

@@ -68,6 +68,10 @@ impl PeerLoad {
 
     /// A task of demand `d` sent to it came back: not counted against it any more.
     pub(crate) fn task_returned(&mut self, d: ResourceSet) {
+        if d.0.is_empty() {
+            // An actor call holds nothing: nothing is freed (and the list stays short).
+            return;
+        }
         // Sent since the last report: no longer counted against it. Sent before: the
         // report counts it busy, but it is free again.
         match self.sent.iter().position(|x| *x == d) {

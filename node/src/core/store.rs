@@ -426,86 +426,20 @@ impl NodeCore {
 
 #[cfg(test)]
 mod tests {
-    use std::time::{Duration, Instant};
+    use std::time::Instant;
 
     use shoal_protocol::{
-        ClientId, Digest, Hello, NodeId, ObjectId, ObjectValue, Role, SharedObject, TaskError,
-        ToClient, ToNode, MAGIC, PROTOCOL_VERSION,
+        Digest, ObjectId, ObjectValue, SharedObject, TaskError, ToClient, ToNode,
     };
 
-    use crate::config::NodeConfig;
-    use crate::core::sched::{SchedConfig, Scheduler};
-    use crate::core::{Input, NodeCore, Output};
-    use crate::store::{OpKind, StoreDone, StoreFault, StoreOp};
+    use crate::core::harness::{done, drain, ops, replies, send};
+    use crate::core::{NodeCore, Output};
+    use crate::store::{OpKind, StoreFault, StoreOp};
 
     const MB: u64 = 1 << 20;
-    const CONN: u64 = 1;
 
-    /// A node with a store of `capacity` bytes and one driver attached.
     fn node(capacity: u64) -> (NodeCore, Instant) {
-        let now = Instant::now();
-        let config = NodeConfig {
-            store_bytes: capacity,
-            embedded: false,
-            ..NodeConfig::default()
-        };
-        let sched = Scheduler::new(SchedConfig {
-            total: config.total_resources(),
-            max_workers: 1,
-            pipeline_depth: 1,
-            short_task: Duration::from_millis(2),
-            max_start_failures: 3,
-        });
-        let mut core = NodeCore::new(now, NodeId([1; 16]), config, sched, "/store".into(), None);
-        let hello = Hello {
-            magic: MAGIC,
-            version: PROTOCOL_VERSION,
-            role: Role::Driver,
-            pid: 1,
-            client: ClientId(7),
-            binary: None,
-        };
-        core.handle(now, Input::Attached { conn: CONN, hello });
-        drain(&mut core);
-        (core, now)
-    }
-
-    fn drain(core: &mut NodeCore) -> Vec<Output> {
-        std::iter::from_fn(|| core.poll_output()).collect()
-    }
-
-    fn send(core: &mut NodeCore, now: Instant, msg: ToNode) -> Vec<Output> {
-        core.handle(
-            now,
-            Input::FromProc {
-                conn: CONN,
-                msgs: vec![msg],
-            },
-        );
-        drain(core)
-    }
-
-    fn done(core: &mut NodeCore, now: Instant, op: StoreOp, result: Result<(), StoreFault>) {
-        let op = op.op.expect("an op the core waits for");
-        core.handle(now, Input::Store(StoreDone { op, result }));
-    }
-
-    fn ops(out: &[Output]) -> Vec<StoreOp> {
-        out.iter()
-            .filter_map(|o| match o {
-                Output::Store(op) => Some(op.clone()),
-                _ => None,
-            })
-            .collect()
-    }
-
-    fn replies(out: &[Output]) -> Vec<ToClient> {
-        out.iter()
-            .filter_map(|o| match o {
-                Output::ToProc { msg, .. } => Some(msg.clone()),
-                _ => None,
-            })
-            .collect()
+        crate::core::harness::node(1.0, capacity)
     }
 
     /// Puts `size` bytes through the store, completing every op; returns the object.

@@ -66,3 +66,139 @@ impl TaskEntry {
 
 /// Every task this node knows of.
 pub(crate) type TaskTable = IdMap<TaskId, TaskEntry>;
+
+#[cfg(test)]
+mod tests {
+    use shoal_protocol::{
+        Arg, ArgValue, ClientId, ExitInfo, Hello, ObjectValue, ResourceSet, Role, TaskError,
+        TaskId, TaskKind, TaskOutcome, TaskSpec, ToClient, ToNode, MAGIC, PROTOCOL_VERSION,
+    };
+
+    use crate::core::harness::{drain, from, node, replies, send, to, BINARY};
+    use crate::core::sched::WorkerId;
+    use crate::core::{Input, NodeCore, Output, WorkerEnd};
+
+    fn spec(seq: u64, args: Vec<Arg>, retries: u32) -> TaskSpec {
+        TaskSpec {
+            task_id: TaskId::new(ClientId(7), seq),
+            function: "f".into(),
+            binary: BINARY,
+            args,
+            resources: ResourceSet::cpus(1.0),
+            max_retries: retries,
+            owner: ClientId(7),
+            kind: TaskKind::Function,
+            nested: Vec::new(),
+            wait_for_resources: false,
+        }
+    }
+
+    /// The worker the core asked for, attached as connection `conn`.
+    fn attach_worker(core: &mut NodeCore, out: &[Output], conn: u64) -> (WorkerId, Vec<Output>) {
+        let worker = out
+            .iter()
+            .find_map(|o| match o {
+                Output::SpawnWorker { worker, .. } => Some(*worker),
+                _ => None,
+            })
+            .expect("a worker is started");
+        let hello = Hello {
+            magic: MAGIC,
+            version: PROTOCOL_VERSION,
+            role: Role::Worker { worker_id: worker },
+            pid: 100 + conn as u32,
+            client: ClientId(100 + conn),
+            binary: None,
+        };
+        core.handle(std::time::Instant::now(), Input::Attached { conn, hello });
+        (worker, drain(core))
+    }
+
+    fn executed(out: &[Output], conn: u64) -> Vec<(TaskId, Vec<ArgValue>)> {
+        to(out, conn)
+            .into_iter()
+            .filter_map(|m| match m {
+                ToClient::Execute(e) => Some((e.task_id, e.args)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_task_waits_for_its_argument_then_runs_with_its_value() {
+        let (mut core, now) = node(1.0, 1 << 20);
+        let first = spec(1, vec![Arg::Value(b"x".to_vec())], 0);
+        let ret = first.return_id();
+        let out = send(&mut core, now, ToNode::Submit(first.clone()));
+        let second = spec(2, vec![Arg::Ref(ret)], 0);
+        send(&mut core, now, ToNode::Submit(second.clone()));
+        let (_, out) = attach_worker(&mut core, &out, 10);
+        assert_eq!(
+            executed(&out, 10),
+            vec![(first.task_id, vec![ArgValue::Inline(b"x".to_vec())])],
+            "only the first runs"
+        );
+        let value = ObjectValue::Inline(b"one".to_vec());
+        let done = ToNode::Done {
+            task_id: first.task_id,
+            outcome: TaskOutcome::Ok(value.clone()),
+            nested: Vec::new(),
+        };
+        let out = from(&mut core, now, 10, done);
+        assert_eq!(
+            replies(&out),
+            vec![ToClient::Object { id: ret, value }],
+            "its owner gets the value"
+        );
+        assert_eq!(
+            executed(&out, 10),
+            vec![(second.task_id, vec![ArgValue::Inline(b"one".to_vec())])],
+            "the second runs with it"
+        );
+    }
+
+    #[test]
+    fn a_task_whose_worker_dies_runs_again_within_its_budget_then_fails() {
+        let (mut core, now) = node(1.0, 1 << 20);
+        let task = spec(1, Vec::new(), 1);
+        let ret = task.return_id();
+        let out = send(&mut core, now, ToNode::Submit(task.clone()));
+        let mut conn = 10;
+        let (mut worker, mut out) = attach_worker(&mut core, &out, conn);
+        for run in 0..2 {
+            assert_eq!(executed(&out, conn).len(), 1, "run {run}");
+            let exit = ExitInfo {
+                code: None,
+                signal: Some(9),
+            };
+            core.handle(now, Input::Detached { conn });
+            core.handle(
+                now,
+                Input::WorkerExited {
+                    worker,
+                    end: WorkerEnd::Exited {
+                        pid: 100 + conn as u32,
+                        exit,
+                    },
+                },
+            );
+            out = drain(&mut core);
+            if run == 0 {
+                assert!(replies(&out).is_empty(), "one retry left: {out:?}");
+                conn += 1;
+                (worker, out) = attach_worker(&mut core, &out, conn);
+            }
+        }
+        assert!(
+            matches!(
+                &replies(&out)[..],
+                [ToClient::Object {
+                    id,
+                    value: ObjectValue::Error(TaskError::WorkerDied { .. })
+                }] if *id == ret
+            ),
+            "{out:?}"
+        );
+        assert_eq!(core.census().tasks, 0);
+    }
+}

@@ -1,0 +1,106 @@
+//! A core driven by hand in unit tests: plain values in, outputs out, no shell.
+
+use std::time::{Duration, Instant};
+
+use shoal_protocol::{
+    BinaryId, BinaryInfo, ClientId, Hello, NodeId, Role, ToClient, ToNode, MAGIC, PROTOCOL_VERSION,
+};
+
+use super::sched::{SchedConfig, Scheduler};
+use super::{Input, NodeCore, Output};
+use crate::config::NodeConfig;
+use crate::store::{StoreDone, StoreFault, StoreOp};
+
+/// The driver's connection.
+pub(super) const DRIVER: u64 = 1;
+/// The binary it runs.
+pub(super) const BINARY: BinaryId = BinaryId([5; 32]);
+
+/// A node with `cpus` CPUs and a store of `capacity` bytes, and one driver attached.
+pub(super) fn node(cpus: f64, capacity: u64) -> (NodeCore, Instant) {
+    let now = Instant::now();
+    let config = NodeConfig {
+        cpus,
+        store_bytes: capacity,
+        embedded: false,
+        ..NodeConfig::default()
+    };
+    let sched = Scheduler::new(SchedConfig {
+        total: config.total_resources(),
+        max_workers: 4,
+        pipeline_depth: 1,
+        short_task: Duration::from_millis(2),
+        max_start_failures: 3,
+    });
+    let mut core = NodeCore::new(now, NodeId([1; 16]), config, sched, "/store".into(), None);
+    let hello = Hello {
+        magic: MAGIC,
+        version: PROTOCOL_VERSION,
+        role: Role::Driver,
+        pid: 1,
+        client: ClientId(7),
+        binary: Some(BinaryInfo {
+            id: BINARY,
+            path: "/bin/driver".into(),
+        }),
+    };
+    core.handle(
+        now,
+        Input::Attached {
+            conn: DRIVER,
+            hello,
+        },
+    );
+    drain(&mut core);
+    (core, now)
+}
+
+pub(super) fn drain(core: &mut NodeCore) -> Vec<Output> {
+    std::iter::from_fn(|| core.poll_output()).collect()
+}
+
+/// Messages from process `conn`.
+pub(super) fn from(core: &mut NodeCore, now: Instant, conn: u64, msg: ToNode) -> Vec<Output> {
+    core.handle(
+        now,
+        Input::FromProc {
+            conn,
+            msgs: vec![msg],
+        },
+    );
+    drain(core)
+}
+
+/// A message from the driver.
+pub(super) fn send(core: &mut NodeCore, now: Instant, msg: ToNode) -> Vec<Output> {
+    from(core, now, DRIVER, msg)
+}
+
+pub(super) fn done(core: &mut NodeCore, now: Instant, op: StoreOp, result: Result<(), StoreFault>) {
+    let op = op.op.expect("an op the core waits for");
+    core.handle(now, Input::Store(StoreDone { op, result }));
+}
+
+pub(super) fn ops(out: &[Output]) -> Vec<StoreOp> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Store(op) => Some(op.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Messages to process `conn`.
+pub(super) fn to(out: &[Output], conn: u64) -> Vec<ToClient> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::ToProc { conn: c, msg } if *c == conn => Some(msg.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Messages to the driver.
+pub(super) fn replies(out: &[Output]) -> Vec<ToClient> {
+    to(out, DRIVER)
+}

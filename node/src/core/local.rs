@@ -915,8 +915,8 @@ impl NodeCore {
                 let value = ObjectValue::Error(TaskError::ResultStore { message });
                 self.result_sealed(now, task, value, Vec::new());
             }
-            TaskOutcome::Ok(v) => self.result_sealed(now, task, v, nested),
-            TaskOutcome::Err(e) => self.result_sealed(now, task, ObjectValue::Error(e), nested),
+            TaskOutcome::Ok(v) => self.task_result(now, task, v, nested),
+            TaskOutcome::Err(e) => self.task_result(now, task, ObjectValue::Error(e), nested),
         }
         if let Some(a) = actor {
             self.pump_actor(now, a);
@@ -934,9 +934,20 @@ impl NodeCore {
         value: ObjectValue,
         nested: Vec<ObjectId>,
     ) {
-        let ret = ObjectId::for_return(task, 0);
         let span = self.tasks.get(&task).map(|e| e.span.clone());
         let _entered = span.as_ref().map(|s| s.enter());
+        self.task_result(now, task, value, nested);
+    }
+
+    /// `task` ends with `value` (inside its span).
+    fn task_result(
+        &mut self,
+        now: Instant,
+        task: TaskId,
+        value: ObjectValue,
+        nested: Vec<ObjectId>,
+    ) {
+        let ret = ObjectId::for_return(task, 0);
         if self.tasks.contains_key(&task) {
             self.finish_task(now, task);
             if !matches!(value, ObjectValue::Error(_)) {

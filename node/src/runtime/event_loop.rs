@@ -131,11 +131,14 @@ impl Shell {
         let _stopped = stopped.drop_guard();
         // The load this core starts with.
         self.flush();
+        // Made once: a new one per turn would register with the token every time.
+        let cancelled = stop.cancelled();
+        tokio::pin!(cancelled);
         loop {
             let deadline = self.core.poll_timeout();
             tokio::select! {
                 biased;
-                _ = stop.cancelled() => break,
+                _ = &mut cancelled => break,
                 ev = inbox.recv() => match ev {
                     Some(ev) => {
                         self.event(ev);

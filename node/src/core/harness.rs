@@ -16,9 +16,9 @@ pub(super) const DRIVER: u64 = 1;
 /// The binary it runs.
 pub(super) const BINARY: BinaryId = BinaryId([5; 32]);
 
-/// A node with `cpus` CPUs and a store of `capacity` bytes, and one driver attached.
-pub(super) fn node(cpus: f64, capacity: u64) -> (NodeCore, Instant) {
-    let now = Instant::now();
+/// A node started at `now` with `cpus` CPUs and a store of `capacity` bytes, and one driver
+/// attached.
+pub(super) fn node(now: Instant, cpus: f64, capacity: u64) -> NodeCore {
     let config = NodeConfig {
         cpus,
         store_bytes: capacity,
@@ -52,7 +52,7 @@ pub(super) fn node(cpus: f64, capacity: u64) -> (NodeCore, Instant) {
         },
     );
     drain(&mut core);
-    (core, now)
+    core
 }
 
 pub(super) fn drain(core: &mut NodeCore) -> Vec<Output> {

@@ -439,7 +439,8 @@ mod tests {
     const MB: u64 = 1 << 20;
 
     fn node(capacity: u64) -> (NodeCore, Instant) {
-        crate::core::harness::node(1.0, capacity)
+        let now = Instant::now();
+        (crate::core::harness::node(now, 1.0, capacity), now)
     }
 
     /// Puts `size` bytes through the store, completing every op; returns the object.

@@ -69,6 +69,8 @@ pub(crate) type TaskTable = IdMap<TaskId, TaskEntry>;
 
 #[cfg(test)]
 mod tests {
+    use std::time::Instant;
+
     use shoal_protocol::{
         Arg, ArgValue, ClientId, ExitInfo, Hello, ObjectValue, ResourceSet, Role, TaskError,
         TaskId, TaskKind, TaskOutcome, TaskSpec, ToClient, ToNode, MAGIC, PROTOCOL_VERSION,
@@ -110,7 +112,7 @@ mod tests {
             client: ClientId(100 + conn),
             binary: None,
         };
-        core.handle(std::time::Instant::now(), Input::Attached { conn, hello });
+        core.handle(Instant::now(), Input::Attached { conn, hello });
         (worker, drain(core))
     }
 
@@ -126,7 +128,8 @@ mod tests {
 
     #[test]
     fn a_task_waits_for_its_argument_then_runs_with_its_value() {
-        let (mut core, now) = node(1.0, 1 << 20);
+        let now = Instant::now();
+        let mut core = node(now, 1.0, 1 << 20);
         let first = spec(1, vec![Arg::Value(b"x".to_vec())], 0);
         let ret = first.return_id();
         let out = send(&mut core, now, ToNode::Submit(first.clone()));
@@ -159,7 +162,8 @@ mod tests {
 
     #[test]
     fn a_task_whose_worker_dies_runs_again_within_its_budget_then_fails() {
-        let (mut core, now) = node(1.0, 1 << 20);
+        let now = Instant::now();
+        let mut core = node(now, 1.0, 1 << 20);
         let task = spec(1, Vec::new(), 1);
         let ret = task.return_id();
         let out = send(&mut core, now, ToNode::Submit(task.clone()));

@@ -1,12 +1,13 @@
 //! The event loop: one task that owns the [`NodeCore`] and everything the core may not
 //! touch.
 //!
-//! It selects over a [`CancellationToken`] that stops the node, the bounded inbox (local connections, the network, in-process callers),
-//! the core's timer ([`NodeCore::poll_timeout`]), a [`JoinSet`] holding every job the core
-//! asked for (worker processes, object pulls, binary fetches, directory lookups), and the
-//! store's file work: the core's store ops run in order, in batches, on a blocking thread
-//! (a spill or a restore of gigabytes never stalls the loop), their completions coming back
-//! as inputs. After every input it drains [`NodeCore::poll_output`] and carries
+//! It selects over a [`CancellationToken`] that stops the node, the bounded inbox (local
+//! connections, the network, in-process callers), the core's timer
+//! ([`NodeCore::poll_timeout`]), a [`JoinSet`] holding every job the core asked for (worker
+//! processes, object pulls, binary fetches, directory lookups), and the store's file work:
+//! the core's store ops run in order, in batches, on a blocking thread (a spill or a restore
+//! of gigabytes never stalls the loop), their completions coming back as inputs. After every
+//! input it drains [`NodeCore::poll_output`] and carries
 //! each output out in order; an output that cannot be carried out comes back to the core as
 //! an input (a full client queue detaches the client, a peer link that cannot take a message
 //! loses the peer, a worker that cannot start is reported ended).

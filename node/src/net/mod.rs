@@ -17,10 +17,10 @@
 //! and ends.
 //!
 //! With the `test-utils` feature (tests and benchmarks only) a node also answers a
-//! request-response ping ([`rpc`], [`NetHandle::request`]) and bulk streams ([`bulk`]), can
-//! be kept apart from given peers (`NetConfig::blocked`) and can publish raw load reports
-//! ([`NetHandle::publish_raw_report`]). Without it, those protocols are neither opened nor
-//! answered.
+//! request-response ping (`rpc`, `NetHandle::request`) and bulk streams (`bulk`), can be kept
+//! apart from given peers (`NetConfig::blocked`) and can publish raw load reports
+//! (`NetHandle::publish_raw_report`). Without it, those protocols are neither opened nor
+//! answered (and those items do not exist, so the docs name them without links).
 
 use std::collections::HashMap;
 use std::path::Path;

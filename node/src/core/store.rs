@@ -443,6 +443,38 @@ mod tests {
         (crate::core::harness::node(now, 1.0, capacity), now)
     }
 
+    /// A writer asks for room for `id`.
+    fn create(
+        core: &mut NodeCore,
+        now: Instant,
+        request: u64,
+        id: ObjectId,
+        size: u64,
+    ) -> Vec<Output> {
+        send(core, now, ToNode::Create { request, id, size })
+    }
+
+    /// A writer seals `ticket` as `id`.
+    fn seal(
+        core: &mut NodeCore,
+        now: Instant,
+        ticket: ObjectId,
+        id: ObjectId,
+        object: SharedObject,
+    ) -> Vec<Output> {
+        let nested = Vec::new();
+        send(
+            core,
+            now,
+            ToNode::Seal {
+                ticket,
+                id,
+                object,
+                nested,
+            },
+        )
+    }
+
     /// Puts `size` bytes through the store, completing every op; returns the object.
     fn put(core: &mut NodeCore, now: Instant, seed: u8, size: u64) -> (ObjectId, SharedObject) {
         let ticket = ObjectId([seed; 32]);
@@ -466,16 +498,7 @@ mod tests {
             }
         }
         drain(core);
-        let out = send(
-            core,
-            now,
-            ToNode::Seal {
-                ticket,
-                id,
-                object,
-                nested: Vec::new(),
-            },
-        );
+        let out = seal(core, now, ticket, id, object);
         for op in ops(&out) {
             done(core, now, op, Ok(()));
         }
@@ -487,15 +510,7 @@ mod tests {
     fn a_writer_is_told_created_once_its_file_exists_and_a_put_is_read_once_sealed() {
         let (mut core, now) = node(64 * MB);
         let ticket = ObjectId([3; 32]);
-        let out = send(
-            &mut core,
-            now,
-            ToNode::Create {
-                request: 9,
-                id: ticket,
-                size: 4 * MB,
-            },
-        );
+        let out = create(&mut core, now, 9, ticket, 4 * MB);
         let create = ops(&out);
         assert!(matches!(
             create[..],
@@ -521,16 +536,7 @@ mod tests {
             digest: Digest([3; 32]),
         };
         let id = ObjectId::from_digest(object.digest);
-        let seal = ops(&send(
-            &mut core,
-            now,
-            ToNode::Seal {
-                ticket,
-                id,
-                object,
-                nested: Vec::new(),
-            },
-        ));
+        let seal = ops(&seal(&mut core, now, ticket, id, object));
         assert!(matches!(
             seal[..],
             [StoreOp {
@@ -557,15 +563,7 @@ mod tests {
         let (mut core, now) = node(10 * MB);
         let (a, object) = put(&mut core, now, 1, 6 * MB);
         // Room for b: a goes to disk first, in that order.
-        let out = send(
-            &mut core,
-            now,
-            ToNode::Create {
-                request: 2,
-                id: ObjectId([2; 32]),
-                size: 6 * MB,
-            },
-        );
+        let out = create(&mut core, now, 2, ObjectId([2; 32]), 6 * MB);
         let kinds: Vec<OpKind> = ops(&out).into_iter().map(|o| o.kind).collect();
         assert!(
             matches!(
@@ -662,15 +660,7 @@ mod tests {
     fn failed_file_work_is_a_typed_answer_and_leaves_nothing_counted() {
         let (mut core, now) = node(10 * MB);
         // A file that cannot be made: the writer is told why; its room is given back.
-        let out = send(
-            &mut core,
-            now,
-            ToNode::Create {
-                request: 4,
-                id: ObjectId([4; 32]),
-                size: 6 * MB,
-            },
-        );
+        let out = create(&mut core, now, 4, ObjectId([4; 32]), 6 * MB);
         done(
             &mut core,
             now,
@@ -688,15 +678,7 @@ mod tests {
         assert_eq!(core.census().store_used, 0);
         // A seal whose file does not match: the put is unavailable, not half there.
         let ticket = ObjectId([5; 32]);
-        let out = send(
-            &mut core,
-            now,
-            ToNode::Create {
-                request: 5,
-                id: ticket,
-                size: MB,
-            },
-        );
+        let out = create(&mut core, now, 5, ticket, MB);
         done(&mut core, now, ops(&out)[0].clone(), Ok(()));
         drain(&mut core);
         let object = SharedObject {
@@ -704,16 +686,7 @@ mod tests {
             digest: Digest([5; 32]),
         };
         let id = ObjectId::from_digest(object.digest);
-        let out = send(
-            &mut core,
-            now,
-            ToNode::Seal {
-                ticket,
-                id,
-                object,
-                nested: Vec::new(),
-            },
-        );
+        let out = seal(&mut core, now, ticket, id, object);
         send(&mut core, now, ToNode::Get { ids: vec![id] });
         done(
             &mut core,

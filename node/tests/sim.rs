@@ -157,6 +157,47 @@ fn an_actor_placed_on_a_peer_comes_back_when_the_peer_dies() {
 }
 
 #[test]
+fn actors_sent_to_a_full_peer_are_placed_again_and_their_calls_wait_in_order() {
+    // The driver's node has no CPU; the two peers one each. Three actors created at once
+    // are all sent before any load report changes: a peer takes only the actor it has room
+    // for and gives the others back, which are placed again. The third fits nowhere and
+    // waits; its calls wait with it (in order), and run once the first actor ends.
+    let mut sim = mesh(&[0.0, 1.0, 1.0]);
+    let d = sim.driver(0);
+    sim.run_for(Duration::from_secs(1));
+    let actors: Vec<_> = (0..3).map(|_| sim.create_actor(d, 0, 1.0)).collect();
+    let calls: Vec<Vec<_>> = actors
+        .iter()
+        .map(|a| (0..5).map(|_| sim.call(d, *a, "echo")).collect())
+        .collect();
+    sim.run_for(Duration::from_secs(5));
+    let hosted: Vec<usize> = (1..3)
+        .map(|n| sim.core(n).map_or(0, |c| c.census().actors))
+        .collect();
+    assert_eq!(hosted, vec![1, 1], "one actor on each peer");
+    let done = |sim: &shoal_node::sim::Sim, ids: &[_]| {
+        ids.iter()
+            .filter(|id| sim.results(d).get(id).is_some_and(is_value))
+            .count()
+    };
+    let placed: Vec<usize> = calls.iter().map(|c| done(&sim, c)).collect();
+    assert_eq!(placed.iter().filter(|n| **n == 5).count(), 2, "{placed:?}");
+    let waiting = placed
+        .iter()
+        .position(|n| *n == 0)
+        .expect("one actor waits");
+    let first = (0..3).find(|i| *i != waiting).expect("another actor");
+    sim.kill_actor(d, actors[first]);
+    sim.run_for(Duration::from_secs(5));
+    assert_eq!(
+        done(&sim, &calls[waiting]),
+        5,
+        "the waiting actor's calls ran"
+    );
+    assert_clean(sim);
+}
+
+#[test]
 fn a_demand_no_peer_has_fails_as_infeasible() {
     let mut sim = mesh(&[1.0, 1.0]);
     let d = sim.driver(0);

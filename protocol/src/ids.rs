@@ -138,6 +138,19 @@ impl TaskId {
         b[8..].copy_from_slice(&seq.to_le_bytes());
         Self(b)
     }
+
+    /// The process that submitted the task and its number there (tasks of one process
+    /// sort in the order it submitted them).
+    pub fn parts(&self) -> (ClientId, u64) {
+        let mut client = [0u8; 8];
+        client.copy_from_slice(&self.0[..8]);
+        let mut seq = [0u8; 8];
+        seq.copy_from_slice(&self.0[8..]);
+        (
+            ClientId(u64::from_le_bytes(client)),
+            u64::from_le_bytes(seq),
+        )
+    }
 }
 
 /// A fast hasher for maps keyed by ids. Ids are already uniform (blake3 outputs) or mostly
@@ -252,6 +265,15 @@ mod tests {
         assert_ne!(ObjectId::for_return(t1, 0), ObjectId::for_return(t2, 0));
         assert_ne!(ObjectId::for_return(t1, 0), ObjectId::for_return(t1, 1));
         assert_eq!(ObjectId::for_return(t1, 0), ObjectId::for_return(t1, 0));
+    }
+
+    #[test]
+    fn task_ids_sort_by_their_parts_in_submission_order() {
+        // The bytes are little-endian: 256 sorts before 1 by bytes, not by parts.
+        let (a, b) = (TaskId::new(ClientId(3), 1), TaskId::new(ClientId(3), 256));
+        assert!(a.0 > b.0);
+        assert!(a.parts() < b.parts());
+        assert_eq!(b.parts(), (ClientId(3), 256));
     }
 
     #[test]

@@ -109,12 +109,9 @@ impl NodeCore {
     pub(super) fn party_gone(&mut self, now: Instant, party: Party) {
         self.end_remote_actors_of(now, party);
         let tasks = &self.tasks;
-        let dropped = self
+        let mut dropped = self
             .sched
             .remove_queued(|t| tasks.get(&t).is_none_or(|e| e.owner != party));
-        for t in dropped {
-            self.finish_task(now, t);
-        }
         let mut waiting: Vec<TaskId> = self
             .tasks
             .iter()
@@ -125,8 +122,14 @@ impl NodeCore {
         for t in waiting {
             // A call already at its actor's worker finishes there; the others are dropped.
             if self.call_queued(t) || self.tasks.get(&t).is_some_and(|e| e.missing > 0) {
-                self.finish_task(now, t);
+                dropped.push(t);
             }
+        }
+        for t in &dropped {
+            self.finish_task(now, *t);
+        }
+        if let Party::Peer(peer) = party {
+            self.tell_lost_peer(peer, dropped);
         }
         let mut touched = self.objects.party_gone(party);
         touched.sort();

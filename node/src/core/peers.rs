@@ -23,6 +23,9 @@ use super::store::{After, Resume};
 use super::{ConnId, Job, JobDone, NodeCore, Output, Party, ServedObject};
 use crate::store::{Holder, StoreFault};
 
+/// Why a task goes back to a peer this node declared lost.
+const LOST_YOU: &str = "the node it was sent to lost your node";
+
 fn peers_from(bytes: &[Vec<u8>]) -> Vec<PeerKey> {
     bytes
         .iter()
@@ -66,6 +69,13 @@ impl NodeCore {
         match msg {
             PeerMsg::Submit(rt) => self.remote_submit(now, peer, rt),
             PeerMsg::Refuse { task, reason } => {
+                if let Some(actor) = self.placed_on(task, peer) {
+                    tracing::debug!(actor = %actor, %peer, %reason, "peer gave an actor back; placing it again");
+                    self.directory.unconfirm(&actor);
+                    self.spill.refused(task, peer, now);
+                    self.place_task(now, task);
+                    return;
+                }
                 if self.spill.spilled_to(&task) != Some(peer) {
                     return;
                 }
@@ -91,6 +101,10 @@ impl NodeCore {
                     // An actor this node sent on: the request follows it.
                     self.end_remote(now, actor, no_restart, drain, &reason);
                     return;
+                }
+                if no_restart && self.actors.get(&actor).is_none() {
+                    // Its creation may still wait here for its binary: it ends there.
+                    self.drop_awaiting_actor(actor, &reason);
                 }
                 if drain {
                     if self.actors.out_of_scope(actor) {
@@ -159,6 +173,10 @@ impl NodeCore {
 
     /// A value from a peer: a result of a task sent there, or an object fetched.
     fn remote_object(&mut self, now: Instant, peer: PeerKey, id: ObjectId, value: RemoteValue) {
+        // The id of an actor placed on `peer`: it took the actor in.
+        if let Some(actor) = self.directory.confirms(&id, peer) {
+            self.placement_answered(now, peer, actor, &id, &value);
+        }
         // The result of a task this node sent to `peer`?
         let task = self.spill.task_of_result(&id, peer);
         let ours = task.is_some();
@@ -186,12 +204,25 @@ impl NodeCore {
             return;
         };
         if e.value.is_some() {
+            let kept = e
+                .remote
+                .as_ref()
+                .is_some_and(|r| r.release_to.contains(&peer));
+            if matches!(value, RemoteValue::Shared { .. }) && !kept {
+                // Made here meanwhile (a retry): the peer's copy is not needed.
+                self.tell_peer(peer, PeerMsg::Release { ids: vec![id] });
+            }
             return;
         }
         // Only the peer that ran the task, or one asked for the object, may give its value.
         let asked = e.remote.as_ref().is_some_and(|r| r.holders.contains(&peer));
         if !ours && !asked {
             tracing::warn!(object = %id, %peer, "a value from a peer that was not asked for it; ignored");
+            if let RemoteValue::Shared { .. } = &value {
+                // (A result of a task this node took back from that peer, say.) The peer
+                // keeps a copy for this node until told otherwise.
+                self.tell_peer(peer, PeerMsg::Release { ids: vec![id] });
+            }
             return;
         }
         if let Some(r) = e.remote.as_mut() {
@@ -555,7 +586,14 @@ impl NodeCore {
                 return;
             }
             self.directory.clear_home(&actor);
+            self.directory.unplace(&actor);
             self.announce_actor(actor);
+            self.sched.submit_actor(now, task, binary, demand);
+            // The calls that waited for its placement queue here now.
+            for t in self.directory.take_pending(&actor) {
+                self.run_again_here(now, t);
+            }
+            return;
         }
         self.sched.submit_actor(now, task, binary, demand);
     }
@@ -640,7 +678,8 @@ impl NodeCore {
             target: self.spill.target.clone(),
             hops: entry.hops,
         };
-        let candidates = self.spill.candidates(entry.spec.binary, &arg_bytes);
+        let actor = matches!(entry.spec.kind, TaskKind::CreateActor(_));
+        let candidates = self.spill.candidates(entry.spec.binary, &arg_bytes, actor);
         let refused = self.spill.refused_by(&task, now);
         placement::place(
             &demand,
@@ -675,8 +714,8 @@ impl NodeCore {
             return;
         }
         // Actors waiting here for resources (others' actors hold them) while a peer has room.
-        // A peer's actor that waited here a whole pass goes on once more (its creator's calls
-        // reach it through this node, which keeps its placement, as the creator does).
+        // A peer's actor that waited here a whole pass goes back to the node that placed it,
+        // which places it again (with the calls that came here meanwhile).
         for task in self.sched.queued_actors() {
             let Some(entry) = self.tasks.get_mut(&task) else {
                 continue;
@@ -685,20 +724,14 @@ impl NodeCore {
                 continue;
             };
             let actor = c.actor_id;
-            let max_hops = match entry.owner {
-                _ if entry.hops < MAX_HOPS => MAX_HOPS,
-                Party::Peer(owner) if entry.hops == MAX_HOPS => {
-                    entry.passes_waited += 1;
-                    if entry.passes_waited < 2 {
-                        continue;
-                    }
-                    // Not back to its creator, which placed it here.
-                    self.spill.refused(task, owner, now);
-                    MAX_HOPS + 1
+            if let Party::Peer(owner) = entry.owner {
+                entry.passes_waited += 1;
+                if entry.passes_waited >= 2 {
+                    self.give_back_actor(now, task, actor, owner);
                 }
-                _ => continue,
-            };
-            match self.placement_within(now, task, max_hops) {
+                continue;
+            }
+            match self.placement(now, task) {
                 Placement::Spill(peer) => {
                     self.sched.end_actor(now, task);
                     self.spill_actor(now, peer, task, actor);
@@ -840,7 +873,11 @@ impl NodeCore {
                 waiting.push((from, rt));
                 return;
             }
-            if self.actors.get(&actor).is_none() && self.directory.placement(&actor).is_none() {
+            // Known here: hosted, placed by this node, or moved on (its calls follow).
+            let known = self.actors.get(&actor).is_some()
+                || self.directory.placement(&actor).is_some()
+                || self.directory.home(&actor).is_some_and(|home| home != from);
+            if !known {
                 let id = rt.spec.return_id();
                 let msg = PeerMsg::Object {
                     id,
@@ -860,6 +897,14 @@ impl NodeCore {
         if !self.sched.total().contains(demand) {
             let reason = format!("this peer has {}", self.sched.total());
             return self.refuse(from, task, reason);
+        }
+        // A peer's actor only where it fits now: queued here behind actors that may hold
+        // their resources for good, it would wait while other peers have room.
+        if matches!(rt.spec.kind, TaskKind::CreateActor(_))
+            && !self.tasks.contains_key(&task)
+            && !(self.sched.free().contains(demand) && self.sched.actors_queued() == 0)
+        {
+            return self.refuse(from, task, "no room now for an actor".into());
         }
         // Room now, or a place in the queue (as many tasks as this node has CPUs).
         let depth = (self.sched.total().get_milli(CPU) / 1000) as usize;
@@ -957,6 +1002,20 @@ impl NodeCore {
             e.push_to.get_or_insert(party);
             return;
         }
+        let ret = spec.return_id();
+        let ran = self.objects.get(&ret).and_then(|e| e.value.clone());
+        if let Some(value) = ran.filter(|v| !matches!(v, ObjectValue::Error(_))) {
+            // It ran here already (its owner lost this node meanwhile and sent it again):
+            // its result stands, and goes to the owner again.
+            tracing::debug!(task = %task, peer = %from, "a task sent again after it ran here; its result goes again");
+            let party = Party::Peer(from);
+            let e = self.objects.entry(ret);
+            if !e.holders.contains(&party) {
+                e.holders.push(party);
+            }
+            self.send(party, ToClient::Object { id: ret, value });
+            return;
+        }
         let arg_ids: Vec<ObjectId> = spec
             .args
             .iter()
@@ -1014,19 +1073,104 @@ impl NodeCore {
         let Some(rt) = self.remote_task(task) else {
             return;
         };
-        let demand = rt.spec.resources.clone();
+        let (demand, ret) = (rt.spec.resources.clone(), rt.spec.return_id());
         tracing::info!(actor = %actor, class = rt.spec.function, %peer, "actor placed on a peer");
         self.tell_peer(peer, PeerMsg::Submit(Box::new(rt)));
         if let Some(l) = self.spill.peers.get_mut(&peer) {
             l.sent.push(demand);
         }
-        self.directory.placed(actor, peer, task);
-        // Its records here are withdrawn; the peer announces its own.
+        self.directory.placed(actor, peer, task, ret);
+        // Its records here are withdrawn; the peer announces its own. Calls wait here, in
+        // order, until the peer confirms it took the actor in.
         self.withdraw_actor(actor);
         let queued = self.actors.forget(actor);
         for t in queued {
+            self.forward_call(now, t, actor);
+        }
+    }
+
+    /// The actor that `task` placed on `peer`, if that is where this node placed it.
+    fn placed_on(&self, task: TaskId, peer: PeerKey) -> Option<ActorId> {
+        let TaskKind::CreateActor(c) = &self.tasks.get(&task)?.spec.kind else {
+            return None;
+        };
+        let placed = self.directory.placement(&c.actor_id)?;
+        (placed.task == task && placed.peer == peer).then_some(c.actor_id)
+    }
+
+    /// `peer` answered the creation of `actor` placed there (its return object `ret`): the
+    /// actor's id (it took the actor in: the calls that waited go), or an error (they fail).
+    fn placement_answered(
+        &mut self,
+        now: Instant,
+        peer: PeerKey,
+        actor: ActorId,
+        ret: &ObjectId,
+        value: &RemoteValue,
+    ) {
+        if let RemoteValue::Error(err) = value {
+            tracing::warn!(actor = %actor, %peer, error = %err, "a peer could not create an actor");
+            if let Some(placed) = self.directory.unplace(&actor) {
+                self.finish_task(now, placed.task);
+            }
+            self.fail_pending_calls(now, actor, err.clone());
+            return;
+        }
+        for t in self.directory.confirm(actor, ret) {
             self.send_call(now, peer, t);
         }
+    }
+
+    /// Calls waiting here for `actor`'s placement fail with `err`.
+    fn fail_pending_calls(&mut self, now: Instant, actor: ActorId, err: TaskError) {
+        for t in self.directory.take_pending(&actor) {
+            self.fail_task(now, t, err.clone());
+        }
+    }
+
+    /// The creation of `actor` and the calls behind it, waiting here for their binary, end:
+    /// the calls' senders learn that the actor was killed.
+    fn drop_awaiting_actor(&mut self, actor: ActorId, reason: &str) {
+        let taken = self.spill.take_awaiting(|_, rt| match &rt.spec.kind {
+            TaskKind::CreateActor(c) => c.actor_id == actor,
+            TaskKind::ActorMethod { actor: a } => *a == actor,
+            TaskKind::Function => false,
+        });
+        for (from, rt) in taken {
+            if let TaskKind::ActorMethod { .. } = rt.spec.kind {
+                let error = TaskError::ActorKilled {
+                    actor,
+                    reason: reason.to_string(),
+                };
+                let id = rt.spec.return_id();
+                let value = RemoteValue::Error(error);
+                self.tell_peer(from, PeerMsg::Object { id, value });
+            }
+        }
+    }
+
+    /// Gives a peer's actor that waited here for resources back to `owner`, the node that
+    /// placed it: the calls that came here follow it through that node (its own calls go
+    /// back to it).
+    fn give_back_actor(&mut self, now: Instant, task: TaskId, actor: ActorId, owner: PeerKey) {
+        let Some(entry) = self.tasks.get(&task) else {
+            return;
+        };
+        let (ret, span) = (entry.ret, entry.span.clone());
+        let _entered = span.enter();
+        tracing::debug!(actor = %actor, %owner, "a peer's actor waited here while others had room; giving it back");
+        self.sched.end_actor(now, task);
+        self.withdraw_actor(actor);
+        let calls = self.actors.forget(actor);
+        let reason = "it waited here while other peers had room".to_string();
+        self.tell_peer(owner, PeerMsg::Refuse { task, reason });
+        self.directory.set_home(actor, owner);
+        for t in calls {
+            self.forward_call(now, t, actor);
+        }
+        self.finish_task(now, task);
+        self.objects.release(Party::Peer(owner), &ret);
+        self.maybe_free(ret);
     }
 
     /// Asks the peer hosting `actor` to end it. Returns `false` if no peer is known to.
@@ -1062,7 +1206,8 @@ impl NodeCore {
         drain: bool,
         reason: &str,
     ) -> bool {
-        let Some(peer) = self.directory.home(&actor) else {
+        let placed = self.directory.placement(&actor).map(|p| p.peer);
+        let Some(peer) = placed.or_else(|| self.directory.home(&actor)) else {
             return false;
         };
         let msg = PeerMsg::Kill {
@@ -1076,6 +1221,11 @@ impl NodeCore {
             if let Some(placed) = self.directory.unplace(&actor) {
                 self.directory.clear_home(&actor);
                 self.finish_task(now, placed.task);
+                let err = TaskError::ActorKilled {
+                    actor,
+                    reason: reason.to_string(),
+                };
+                self.fail_pending_calls(now, actor, err);
             }
         }
         true
@@ -1177,6 +1327,36 @@ impl NodeCore {
 
     // ---- failures ----
 
+    /// A lost peer may be alive and still count on this node (a loss is declared on each
+    /// side on its own, and a late one can follow messages of a new connection): its tasks
+    /// dropped here go back to it (they never ran), and those running here fail with a
+    /// typed error. Sent to a peer that is gone, these are lost with it, harmlessly.
+    pub(super) fn tell_lost_peer(&mut self, peer: PeerKey, mut dropped: Vec<TaskId>) {
+        dropped.sort();
+        for task in dropped {
+            let reason = LOST_YOU.to_string();
+            self.tell_peer(peer, PeerMsg::Refuse { task, reason });
+        }
+        let Some(me) = self.me else {
+            return;
+        };
+        let party = Party::Peer(peer);
+        let mut running: Vec<(TaskId, ObjectId)> = self
+            .tasks
+            .iter()
+            .filter(|(_, e)| e.owner == party && !matches!(e.spec.kind, TaskKind::CreateActor(_)))
+            .map(|(t, e)| (*t, e.ret))
+            .collect();
+        running.sort();
+        for (_, id) in running {
+            let error = TaskError::PeerLost {
+                peer: me.to_string(),
+            };
+            let value = RemoteValue::Error(error);
+            self.tell_peer(peer, PeerMsg::Object { id, value });
+        }
+    }
+
     pub(super) fn peer_lost(&mut self, now: Instant, peer: PeerKey) {
         if self.me.is_none() || Some(peer) == self.me {
             return;
@@ -1236,11 +1416,21 @@ impl NodeCore {
             if placed.peer != peer || placed.moving {
                 continue;
             }
+            // The peer may be alive and not know of the loss (it restarted, say): its copy
+            // must not run on beside the new one.
+            let reason = "the node that placed it lost yours".to_string();
+            let kill = PeerMsg::Kill {
+                actor,
+                no_restart: true,
+                drain: false,
+                reason,
+            };
+            self.tell_peer(peer, kill);
             let max = match self.tasks.get(&placed.task).map(|e| &e.spec.kind) {
                 Some(TaskKind::CreateActor(c)) => c.max_restarts,
                 _ => 0,
             };
-            if placed.restarts < max {
+            if !placed.confirmed || placed.restarts < max {
                 tracing::warn!(actor = %actor, %peer, restarts = placed.restarts + 1, "actor lost with its peer; restarting it");
                 self.directory.restarting(&actor);
                 self.spill.refused(placed.task, peer, now);
@@ -1249,6 +1439,10 @@ impl NodeCore {
                 tracing::warn!(actor = %actor, %peer, "actor lost with its peer");
                 self.directory.unplace(&actor);
                 self.finish_task(now, placed.task);
+                let err = TaskError::PeerLost {
+                    peer: peer.to_string(),
+                };
+                self.fail_pending_calls(now, actor, err);
             }
         }
         // Actors that peer created here end with it, unless detached.
@@ -1274,7 +1468,12 @@ impl NodeCore {
             );
             self.actors.forget_if_dead(actor);
         }
-        // What it asked of this node ends as a departed process's would.
+        // What it asked of this node ends as a departed process's would; what waits here
+        // for its binary goes back to it.
+        for (_, rt) in self.spill.take_awaiting(|from, _| from == peer) {
+            let (reason, task) = (LOST_YOU.to_string(), rt.spec.task_id);
+            self.tell_peer(peer, PeerMsg::Refuse { task, reason });
+        }
         self.party_gone(now, party);
         self.spill_pass(now);
     }

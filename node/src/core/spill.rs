@@ -46,14 +46,26 @@ impl PeerLoad {
     /// A peer also takes as many tasks as it has CPUs into its queue (so short tasks need
     /// not wait a report interval for each free slot): that room counts as free CPU.
     pub(crate) fn estimated_free(&self) -> ResourceSet {
+        self.estimate(true)
+    }
+
+    /// What it has free now for an actor: an actor holds its resources while it lives, so
+    /// a peer takes one only where it fits at once (no room in the queue counts).
+    pub(crate) fn estimated_free_now(&self) -> ResourceSet {
+        self.estimate(false)
+    }
+
+    fn estimate(&self, with_queue: bool) -> ResourceSet {
         let mut free = self.report.free.clone();
         for d in &self.returned {
             free.add_capped(d, &self.report.total);
         }
-        let slots = self.report.total.get_milli(CPU) / 1000 * 1000;
-        let queue_room = slots.saturating_sub(self.report.queued.saturating_mul(1000));
-        let cpu = free.get_milli(CPU) + queue_room;
-        let mut free = free.with_milli(CPU, cpu);
+        if with_queue {
+            let slots = self.report.total.get_milli(CPU) / 1000 * 1000;
+            let queue_room = slots.saturating_sub(self.report.queued.saturating_mul(1000));
+            let cpu = free.get_milli(CPU) + queue_room;
+            free = free.with_milli(CPU, cpu);
+        }
         for d in &self.sent {
             free.subtract(d);
         }
@@ -126,6 +138,27 @@ impl Spill {
         }
     }
 
+    /// Takes out the peers' tasks waiting for their binary that `pick` chooses, in the
+    /// order they came.
+    pub(crate) fn take_awaiting(
+        &mut self,
+        mut pick: impl FnMut(PeerKey, &RemoteTask) -> bool,
+    ) -> Vec<(PeerKey, Box<RemoteTask>)> {
+        let mut taken = Vec::new();
+        let mut binaries: Vec<BinaryId> = self.awaiting_binary.keys().copied().collect();
+        binaries.sort();
+        for binary in binaries {
+            let Some(waiting) = self.awaiting_binary.get_mut(&binary) else {
+                continue;
+            };
+            let (out, keep): (Vec<_>, Vec<_>) =
+                waiting.drain(..).partition(|(from, rt)| pick(*from, rt));
+            *waiting = keep;
+            taken.extend(out);
+        }
+        taken
+    }
+
     /// A report from `peer`: kept unless it is older than the one known.
     pub(crate) fn report(&mut self, peer: PeerKey, report: LoadReport) {
         match self.peers.get_mut(&peer) {
@@ -137,18 +170,24 @@ impl Spill {
         }
     }
 
-    /// Peers with their estimated free resources, for placing a task.
+    /// Peers with their estimated free resources, for placing a task (an actor's creation
+    /// if `actor`).
     pub(crate) fn candidates(
         &self,
         binary: BinaryId,
         arg_bytes: &HashMap<PeerKey, u64>,
+        actor: bool,
     ) -> Vec<Candidate<PeerKey>> {
         let mut v: Vec<Candidate<PeerKey>> = self
             .peers
             .iter()
             .map(|(peer, load)| Candidate {
                 peer: *peer,
-                free: load.estimated_free(),
+                free: if actor {
+                    load.estimated_free_now()
+                } else {
+                    load.estimated_free()
+                },
                 total: load.report.total.clone(),
                 queued: load.report.queued,
                 target: load.report.target.clone(),
@@ -281,6 +320,17 @@ mod tests {
         l.task_returned(ResourceSet::cpus(1.0));
         l.task_returned(ResourceSet::cpus(1.0));
         assert_eq!(l.estimated_free().get_milli(CPU), 4000);
+    }
+
+    #[test]
+    fn an_actor_counts_only_resources_free_now() {
+        // Busy with one task of two CPUs' worth: tasks may queue, an actor must not.
+        let mut l = PeerLoad::new(report(2.0, 1.0, 1, 1));
+        assert_eq!(l.estimated_free().get_milli(CPU), 2000);
+        assert_eq!(l.estimated_free_now().get_milli(CPU), 1000);
+        l.sent.push(ResourceSet::cpus(1.0));
+        assert_eq!(l.estimated_free_now().get_milli(CPU), 0);
+        assert_eq!(l.estimated_free().get_milli(CPU), 1000);
     }
 
     #[test]

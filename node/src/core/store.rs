@@ -69,7 +69,7 @@ pub(super) enum After {
         new: bool,
     },
     /// A spill ended.
-    Spilled { id: ObjectId },
+    Spilled { id: ObjectId, size: u64 },
     /// A spilled object is back in memory (or not).
     Restored { id: ObjectId },
 }
@@ -164,7 +164,10 @@ impl NodeCore {
         for id in plan.spill {
             let size = self.store.index.sealed(&id).map_or(0, |o| o.size);
             self.store.index.spilled(&id);
-            self.store_op(OpKind::Spill { id, size }, Some(After::Spilled { id }));
+            self.store_op(
+                OpKind::Spill { id, size },
+                Some(After::Spilled { id, size }),
+            );
         }
         Ok(())
     }
@@ -336,10 +339,16 @@ impl NodeCore {
                 let value = self.sealed_value(id, object, new, done.result);
                 self.pulled_sealed(now, id, value);
             }
-            After::Spilled { id } => {
+            After::Spilled { id, size } => {
                 if let Err(fault) = done.result {
                     tracing::error!(object = %id, error = %fault, "cannot spill; it stays in memory");
-                    self.store.index.spill_failed(&id);
+                    if self.store.index.contains(&id) {
+                        self.store.index.spill_failed(&id);
+                    } else {
+                        // Freed while it was being spilled: its removal dropped the disk
+                        // copy the spill was to make; the memory copy that stayed goes too.
+                        self.store_op(OpKind::DropMemory { id, size }, None);
+                    }
                 }
             }
             After::Restored { id } => self.restored(now, id, done.op, done.result),

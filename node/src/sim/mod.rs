@@ -1735,6 +1735,12 @@ impl Sim {
         ret
     }
 
+    /// Driver `d` ends `actor` for good (its calls in flight fail).
+    pub fn kill_actor(&mut self, d: usize, actor: ActorId) {
+        let no_restart = true;
+        self.send(d, ToNode::KillActor { actor, no_restart });
+    }
+
     /// Driver `d` drops its ref to `id`.
     pub fn release(&mut self, d: usize, id: ObjectId) {
         self.drivers[d].pending.remove(&id);

@@ -2,7 +2,7 @@
 //! actor's location, and the actors this node placed on peers.
 
 use shoal_protocol::mesh::PeerKey;
-use shoal_protocol::{ActorId, IdMap, TaskId};
+use shoal_protocol::{ActorId, IdMap, ObjectId, TaskId};
 
 /// An actor this node created on a peer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -16,6 +16,9 @@ pub(crate) struct Placed {
     /// Lost with its peer and being placed again: a second loss of that peer is not a
     /// second death.
     pub(crate) moving: bool,
+    /// The peer took the actor in (its id came back from there). Until then calls wait
+    /// here: the peer may still refuse it, and the actor be placed elsewhere.
+    pub(crate) confirmed: bool,
 }
 
 /// Actors hosted elsewhere, as this node knows them.
@@ -27,6 +30,9 @@ pub(crate) struct Directory {
     pending: IdMap<ActorId, Vec<TaskId>>,
     /// Actors this node created on peers.
     placed: IdMap<ActorId, Placed>,
+    /// Placements not confirmed yet, by the creation's return object (the peer confirms by
+    /// sending it).
+    confirming: IdMap<ObjectId, ActorId>,
 }
 
 /// What to do with a call of an actor hosted elsewhere.
@@ -58,6 +64,15 @@ impl Directory {
 
     /// Routes call `task` of `actor`.
     pub(crate) fn route(&mut self, actor: ActorId, task: TaskId) -> Route {
+        // This node placed it: its placement decides, not the mesh's records.
+        match self.placed.get(&actor) {
+            Some(p) if p.confirmed => return Route::To(p.peer),
+            Some(_) => {
+                self.pending.entry(actor).or_default().push(task);
+                return Route::Queued;
+            }
+            None => {}
+        }
         if let Some(pending) = self.pending.get_mut(&actor) {
             pending.push(task);
             return Route::Queued;
@@ -71,16 +86,22 @@ impl Directory {
         }
     }
 
-    /// The lookup of `actor` ended: the calls that waited for it, in order.
+    /// The lookup of `actor` ended: the calls that waited for it, in order. An actor this
+    /// node placed keeps its calls until its placement is confirmed (the lookup's answer
+    /// does not count).
     pub(crate) fn located(&mut self, actor: ActorId, found: Option<PeerKey>) -> Vec<TaskId> {
+        if self.placed.contains_key(&actor) {
+            return Vec::new();
+        }
         if let Some(peer) = found {
             self.homes.insert(actor, peer);
         }
         self.pending.remove(&actor).unwrap_or_default()
     }
 
-    /// `actor` was created on `peer` by `task`.
-    pub(crate) fn placed(&mut self, actor: ActorId, peer: PeerKey, task: TaskId) {
+    /// `actor` was sent to `peer` by `task` (whose return object is `ret`); its calls wait
+    /// until the peer confirms.
+    pub(crate) fn placed(&mut self, actor: ActorId, peer: PeerKey, task: TaskId, ret: ObjectId) {
         let restarts = self.placed.get(&actor).map_or(0, |p| p.restarts);
         self.placed.insert(
             actor,
@@ -89,9 +110,49 @@ impl Directory {
                 task,
                 restarts,
                 moving: false,
+                confirmed: false,
             },
         );
-        self.homes.insert(actor, peer);
+        self.homes.remove(&actor);
+        self.pending.entry(actor).or_default();
+        self.confirming.insert(ret, actor);
+    }
+
+    /// The actor whose placement on `peer` object `ret` confirms, if any.
+    pub(crate) fn confirms(&self, ret: &ObjectId, peer: PeerKey) -> Option<ActorId> {
+        if self.confirming.is_empty() {
+            return None;
+        }
+        let actor = *self.confirming.get(ret)?;
+        (self.placed.get(&actor)?.peer == peer).then_some(actor)
+    }
+
+    /// `actor`'s peer took it in: the calls that waited, in each caller's order.
+    pub(crate) fn confirm(&mut self, actor: ActorId, ret: &ObjectId) -> Vec<TaskId> {
+        self.confirming.remove(ret);
+        let Some(p) = self.placed.get_mut(&actor) else {
+            return Vec::new();
+        };
+        p.confirmed = true;
+        self.homes.insert(actor, p.peer);
+        self.take_pending(&actor)
+    }
+
+    /// `actor`'s peer gave it back (or is gone): its calls wait until it is placed again.
+    pub(crate) fn unconfirm(&mut self, actor: &ActorId) {
+        if let Some(p) = self.placed.get_mut(actor) {
+            p.confirmed = false;
+            self.pending.entry(*actor).or_default();
+        }
+        self.homes.remove(actor);
+    }
+
+    /// The calls waiting for `actor`, in each caller's order (calls given back by a peer
+    /// join the wait after later ones).
+    pub(crate) fn take_pending(&mut self, actor: &ActorId) -> Vec<TaskId> {
+        let mut calls = self.pending.remove(actor).unwrap_or_default();
+        calls.sort_by_key(|t| t.parts());
+        calls
     }
 
     /// The placement of `actor`, if this node placed it.
@@ -99,18 +160,24 @@ impl Directory {
         self.placed.get(actor).copied()
     }
 
-    /// Forgets the placement of `actor`.
+    /// Forgets the placement of `actor` (the calls waiting for it are the caller's to
+    /// take, with [`take_pending`](Self::take_pending)).
     pub(crate) fn unplace(&mut self, actor: &ActorId) -> Option<Placed> {
-        self.placed.remove(actor)
+        let p = self.placed.remove(actor)?;
+        self.confirming.retain(|_, a| a != actor);
+        Some(p)
     }
 
-    /// `actor`, placed on a peer, is placed again: one more restart used.
+    /// `actor`, placed on a peer, is placed again: one more restart used if the peer had
+    /// taken it in.
     pub(crate) fn restarting(&mut self, actor: &ActorId) {
         if let Some(p) = self.placed.get_mut(actor) {
-            p.restarts += 1;
+            if p.confirmed {
+                p.restarts += 1;
+            }
             p.moving = true;
         }
-        self.homes.remove(actor);
+        self.unconfirm(actor);
     }
 
     /// Actors placed by this node, with their placements, in a fixed order.
@@ -128,7 +195,10 @@ impl Directory {
     /// Whether nothing is recorded (for leak checks).
     #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
-        self.homes.is_empty() && self.pending.is_empty() && self.placed.is_empty()
+        self.homes.is_empty()
+            && self.pending.is_empty()
+            && self.placed.is_empty()
+            && self.confirming.is_empty()
     }
 }
 
@@ -160,25 +230,66 @@ mod tests {
     }
 
     #[test]
-    fn placements_count_restarts() {
+    fn placements_count_restarts_once_confirmed() {
         let mut d = Directory::default();
         let a = ActorId([1; 16]);
-        d.placed(a, key(1), task(1));
-        assert_eq!(d.home(&a), Some(key(1)));
+        let ret = ObjectId::for_return(task(1), 0);
+        d.placed(a, key(1), task(1), ret);
+        // Not taken in yet: no home, and a loss now costs no restart.
+        assert_eq!(d.home(&a), None);
+        d.restarting(&a);
+        assert_eq!(d.placement(&a).map(|p| p.restarts), Some(0));
+        d.placed(a, key(2), task(1), ret);
+        assert_eq!(
+            d.confirms(&ret, key(1)),
+            None,
+            "only the peer it was sent to confirms"
+        );
+        assert_eq!(d.confirms(&ret, key(2)), Some(a));
+        assert!(d.confirm(a, &ret).is_empty());
+        assert_eq!(d.home(&a), Some(key(2)));
         d.restarting(&a);
         assert_eq!(d.home(&a), None);
-        d.placed(a, key(2), task(1));
+        d.placed(a, key(3), task(1), ret);
         assert_eq!(
             d.placement(&a),
             Some(Placed {
-                peer: key(2),
+                peer: key(3),
                 task: task(1),
                 restarts: 1,
                 moving: false,
+                confirmed: false,
             })
         );
         assert_eq!(d.unplace(&a).map(|p| p.restarts), Some(1));
+        assert!(d.take_pending(&a).is_empty());
         d.clear_home(&a);
+        assert!(d.is_empty());
+    }
+
+    #[test]
+    fn calls_wait_for_a_placement_and_go_in_each_callers_order() {
+        let mut d = Directory::default();
+        let a = ActorId([1; 16]);
+        let ret = ObjectId::for_return(task(100), 0);
+        let (early, late) = (TaskId::new(ClientId(2), 1), TaskId::new(ClientId(2), 2));
+        d.placed(a, key(1), task(100), ret);
+        assert_eq!(d.route(a, late), Route::Queued);
+        // A lookup's answer does not release calls of an actor this node placed.
+        assert!(d.located(a, Some(key(9))).is_empty());
+        assert_eq!(
+            d.route(a, early),
+            Route::Queued,
+            "a call the peer gave back"
+        );
+        assert_eq!(d.confirm(a, &ret), vec![early, late]);
+        assert_eq!(d.route(a, task(3)), Route::To(key(1)));
+        // The peer gives it back: calls wait again until it is placed anew.
+        d.unconfirm(&a);
+        assert_eq!(d.route(a, task(4)), Route::Queued);
+        assert_eq!(d.home(&a), None);
+        d.unplace(&a);
+        assert_eq!(d.take_pending(&a), vec![task(4)]);
         assert!(d.is_empty());
     }
 }

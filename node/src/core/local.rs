@@ -874,7 +874,11 @@ impl NodeCore {
         outcome: shoal_protocol::TaskOutcome,
         nested: Vec<ObjectId>,
     ) {
-        let span = self.tasks.get(&task).map(|e| e.span.clone());
+        // The return id as the task table hashed it (hashing it again costs a blake3).
+        let (span, ret) = match self.tasks.get(&task) {
+            Some(e) => (Some(e.span.clone()), e.ret),
+            None => (None, ObjectId::for_return(task, 0)),
+        };
         let _entered = span.as_ref().map(|s| s.enter());
         let mut actor = None;
         if let Some(w) = self.worker_of(conn) {
@@ -889,7 +893,6 @@ impl NodeCore {
                 None => self.sched.task_done(now, w, task),
             }
         }
-        let ret = ObjectId::for_return(task, 0);
         match outcome {
             TaskOutcome::Ok(ObjectValue::Shared(object))
                 if self.store.index.reserved_by(&ret, Holder::Proc(conn)) =>
@@ -906,17 +909,17 @@ impl NodeCore {
                     self.store_remove(&ret);
                     let message = e.to_string();
                     let value = ObjectValue::Error(TaskError::ResultStore { message });
-                    self.result_sealed(now, task, value, Vec::new());
+                    self.result_sealed(now, task, ret, value, Vec::new());
                 }
             }
             TaskOutcome::Ok(ObjectValue::Shared(_)) => {
                 tracing::warn!(conn, task = %task, "a shared result without a reservation");
                 let message = "the result was not reserved in the store".into();
                 let value = ObjectValue::Error(TaskError::ResultStore { message });
-                self.result_sealed(now, task, value, Vec::new());
+                self.result_sealed(now, task, ret, value, Vec::new());
             }
-            TaskOutcome::Ok(v) => self.task_result(now, task, v, nested),
-            TaskOutcome::Err(e) => self.task_result(now, task, ObjectValue::Error(e), nested),
+            TaskOutcome::Ok(v) => self.task_result(now, task, ret, v, nested),
+            TaskOutcome::Err(e) => self.task_result(now, task, ret, ObjectValue::Error(e), nested),
         }
         if let Some(a) = actor {
             self.pump_actor(now, a);
@@ -931,23 +934,24 @@ impl NodeCore {
         &mut self,
         now: Instant,
         task: TaskId,
+        ret: ObjectId,
         value: ObjectValue,
         nested: Vec<ObjectId>,
     ) {
         let span = self.tasks.get(&task).map(|e| e.span.clone());
         let _entered = span.as_ref().map(|s| s.enter());
-        self.task_result(now, task, value, nested);
+        self.task_result(now, task, ret, value, nested);
     }
 
-    /// `task` ends with `value` (inside its span).
+    /// `task`, whose return object is `ret`, ends with `value` (inside its span).
     fn task_result(
         &mut self,
         now: Instant,
         task: TaskId,
+        ret: ObjectId,
         value: ObjectValue,
         nested: Vec<ObjectId>,
     ) {
-        let ret = ObjectId::for_return(task, 0);
         if self.tasks.contains_key(&task) {
             self.finish_task(now, task);
             if !matches!(value, ObjectValue::Error(_)) {

@@ -1090,7 +1090,10 @@ impl NodeCore {
     /// Frees `id` if nothing references it any more, and whatever that leaves unreferenced:
     /// its store files, the copies peers keep for this node, its announcement.
     pub(super) fn maybe_free(&mut self, id: ObjectId) {
-        for (id, e) in self.objects.collect(id) {
+        // The buffer is kept between calls (taken, so that what runs below may free too).
+        let mut freed = std::mem::take(&mut self.freed);
+        self.objects.collect_into(id, &mut freed);
+        for (id, e) in freed.drain(..) {
             if let Some(r) = &e.remote {
                 for p in &r.release_to {
                     self.tell_peer(*p, shoal_protocol::mesh::PeerMsg::Release { ids: vec![id] });
@@ -1104,6 +1107,7 @@ impl NodeCore {
             // and a result still being written).
             self.store_remove(&id);
         }
+        self.freed = freed;
     }
 
     /// Records the refs inside object `id` and pins them while it lives.

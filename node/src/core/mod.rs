@@ -444,6 +444,8 @@ pub struct NodeCore {
     last_load: Option<Load>,
     stopping: bool,
     out: VecDeque<Output>,
+    /// Entries [`ObjectTable::collect_into`] removed, for `maybe_free`: one buffer reused.
+    freed: Vec<(ObjectId, objects::ObjEntry)>,
 }
 
 impl std::fmt::Debug for NodeCore {
@@ -504,6 +506,7 @@ impl NodeCore {
             last_load: None,
             stopping: false,
             out: VecDeque::new(),
+            freed: Vec::new(),
         };
         core.report_load();
         core

@@ -50,8 +50,8 @@ use std::time::Instant;
 
 use shoal_protocol::mesh::{LoadReport, PeerKey, PeerMsg};
 use shoal_protocol::{
-    ActorInfo, BinaryId, ClientId, Digest, ExitInfo, Hello, NodeId, ObjectId, Role, SharedObject,
-    ToClient, ToNode,
+    ActorInfo, BinaryId, ClientId, Digest, ExitInfo, Hello, IdMap, NodeId, ObjectId, Role,
+    SharedObject, ToClient, ToNode,
 };
 
 use crate::config::NodeConfig;
@@ -433,8 +433,10 @@ pub struct NodeCore {
     me: Option<PeerKey>,
     sched: Scheduler,
     store: CoreStore,
-    procs: HashMap<ConnId, Proc>,
-    worker_conns: HashMap<WorkerId, ConnId>,
+    /// Attached processes; this map and the next are looked up for every message from or to
+    /// a process, hence the ids' fast hasher.
+    procs: IdMap<ConnId, Proc>,
+    worker_conns: IdMap<WorkerId, ConnId>,
     binaries: HashMap<BinaryId, PathBuf>,
     tasks: TaskTable,
     objects: ObjectTable,
@@ -495,8 +497,8 @@ impl NodeCore {
             me,
             sched,
             store,
-            procs: HashMap::new(),
-            worker_conns: HashMap::new(),
+            procs: IdMap::default(),
+            worker_conns: IdMap::default(),
             binaries: HashMap::new(),
             tasks: Default::default(),
             objects: Default::default(),

@@ -504,6 +504,9 @@ impl NodeCore {
         if let Some(worker) = worker {
             let conn = self.worker_conns.get(&worker).copied();
             for t in calls {
+                if let Some(e) = self.tasks.get_mut(&t) {
+                    e.sent = true;
+                }
                 match self.exec_for(t) {
                     Ok(Exec::Ready(exec)) => match conn {
                         Some(conn) => self.tell_proc(conn, ToClient::Execute(exec)),
@@ -971,7 +974,9 @@ impl NodeCore {
         };
         self.spill.forget(&task);
         if let TaskKind::ActorMethod { actor } = entry.spec.kind {
-            if self.actors.remove_queued(actor, entry.spec.owner, task) {
+            // A call sent to the worker has left its actor's queue for good: no need to scan
+            // its caller's queue for it.
+            if !entry.sent && self.actors.remove_queued(actor, entry.spec.owner, task) {
                 // The caller's next call may be ready.
                 self.pump_actor(now, actor);
             }

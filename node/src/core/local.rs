@@ -507,6 +507,9 @@ impl NodeCore {
         if let Some(worker) = worker {
             let conn = self.worker_conns.get(&worker).copied();
             for t in calls {
+                if let Some(e) = self.tasks.get_mut(&t) {
+                    e.sent = true;
+                }
                 match self.exec_for(t) {
                     Ok(Exec::Ready(exec)) => match conn {
                         Some(conn) => self.tell_proc(conn, ToClient::Execute(exec)),
@@ -877,7 +880,11 @@ impl NodeCore {
         outcome: shoal_protocol::TaskOutcome,
         nested: Vec<ObjectId>,
     ) {
-        let span = self.tasks.get(&task).map(|e| e.span.clone());
+        // The return id as the task table hashed it (hashing it again costs a blake3).
+        let (span, ret) = match self.tasks.get(&task) {
+            Some(e) => (Some(e.span.clone()), e.ret),
+            None => (None, ObjectId::for_return(task, 0)),
+        };
         let _entered = span.as_ref().map(|s| s.enter());
         let mut actor = None;
         if let Some(w) = self.worker_of(conn) {
@@ -892,7 +899,6 @@ impl NodeCore {
                 None => self.sched.task_done(now, w, task),
             }
         }
-        let ret = ObjectId::for_return(task, 0);
         match outcome {
             TaskOutcome::Ok(ObjectValue::Shared(object))
                 if self.store.index.reserved_by(&ret, Holder::Proc(conn)) =>
@@ -909,17 +915,17 @@ impl NodeCore {
                     self.store_remove(&ret);
                     let message = e.to_string();
                     let value = ObjectValue::Error(TaskError::ResultStore { message });
-                    self.result_sealed(now, task, value, Vec::new());
+                    self.result_sealed(now, task, ret, value, Vec::new());
                 }
             }
             TaskOutcome::Ok(ObjectValue::Shared(_)) => {
                 tracing::warn!(conn, task = %task, "a shared result without a reservation");
                 let message = "the result was not reserved in the store".into();
                 let value = ObjectValue::Error(TaskError::ResultStore { message });
-                self.result_sealed(now, task, value, Vec::new());
+                self.result_sealed(now, task, ret, value, Vec::new());
             }
-            TaskOutcome::Ok(v) => self.task_result(now, task, v, nested),
-            TaskOutcome::Err(e) => self.task_result(now, task, ObjectValue::Error(e), nested),
+            TaskOutcome::Ok(v) => self.task_result(now, task, ret, v, nested),
+            TaskOutcome::Err(e) => self.task_result(now, task, ret, ObjectValue::Error(e), nested),
         }
         if let Some(a) = actor {
             self.pump_actor(now, a);
@@ -934,23 +940,24 @@ impl NodeCore {
         &mut self,
         now: Instant,
         task: TaskId,
+        ret: ObjectId,
         value: ObjectValue,
         nested: Vec<ObjectId>,
     ) {
         let span = self.tasks.get(&task).map(|e| e.span.clone());
         let _entered = span.as_ref().map(|s| s.enter());
-        self.task_result(now, task, value, nested);
+        self.task_result(now, task, ret, value, nested);
     }
 
-    /// `task` ends with `value` (inside its span).
+    /// `task`, whose return object is `ret`, ends with `value` (inside its span).
     fn task_result(
         &mut self,
         now: Instant,
         task: TaskId,
+        ret: ObjectId,
         value: ObjectValue,
         nested: Vec<ObjectId>,
     ) {
-        let ret = ObjectId::for_return(task, 0);
         if self.tasks.contains_key(&task) {
             self.finish_task(now, task);
             if !matches!(value, ObjectValue::Error(_)) {
@@ -970,7 +977,9 @@ impl NodeCore {
         };
         self.spill.forget(&task);
         if let TaskKind::ActorMethod { actor } = entry.spec.kind {
-            if self.actors.remove_queued(actor, entry.spec.owner, task) {
+            // A call sent to the worker has left its actor's queue for good: no need to scan
+            // its caller's queue for it.
+            if !entry.sent && self.actors.remove_queued(actor, entry.spec.owner, task) {
                 // The caller's next call may be ready.
                 self.pump_actor(now, actor);
             }
@@ -1089,7 +1098,10 @@ impl NodeCore {
     /// Frees `id` if nothing references it any more, and whatever that leaves unreferenced:
     /// its store files, the copies peers keep for this node, its announcement.
     pub(super) fn maybe_free(&mut self, id: ObjectId) {
-        for (id, e) in self.objects.collect(id) {
+        // The buffer is kept between calls (taken, so that what runs below may free too).
+        let mut freed = std::mem::take(&mut self.freed);
+        self.objects.collect_into(id, &mut freed);
+        for (id, e) in freed.drain(..) {
             if let Some(r) = &e.remote {
                 for p in &r.release_to {
                     self.tell_peer(*p, shoal_protocol::mesh::PeerMsg::Release { ids: vec![id] });
@@ -1103,6 +1115,7 @@ impl NodeCore {
             // and a result still being written).
             self.store_remove(&id);
         }
+        self.freed = freed;
     }
 
     /// Records the refs inside object `id` and pins them while it lives.

@@ -50,8 +50,8 @@ use std::time::Instant;
 
 use shoal_protocol::mesh::{LoadReport, PeerKey, PeerMsg};
 use shoal_protocol::{
-    ActorInfo, BinaryId, ClientId, Digest, ExitInfo, Hello, NodeId, ObjectId, Role, SharedObject,
-    ToClient, ToNode,
+    ActorInfo, BinaryId, ClientId, Digest, ExitInfo, Hello, IdMap, NodeId, ObjectId, Role,
+    SharedObject, ToClient, ToNode,
 };
 
 use crate::config::NodeConfig;
@@ -433,8 +433,10 @@ pub struct NodeCore {
     me: Option<PeerKey>,
     sched: Scheduler,
     store: CoreStore,
-    procs: HashMap<ConnId, Proc>,
-    worker_conns: HashMap<WorkerId, ConnId>,
+    /// Attached processes; this map and the next are looked up for every message from or to
+    /// a process, hence the ids' fast hasher.
+    procs: IdMap<ConnId, Proc>,
+    worker_conns: IdMap<WorkerId, ConnId>,
     binaries: HashMap<BinaryId, PathBuf>,
     tasks: TaskTable,
     objects: ObjectTable,
@@ -444,6 +446,8 @@ pub struct NodeCore {
     last_load: Option<Load>,
     stopping: bool,
     out: VecDeque<Output>,
+    /// Entries [`ObjectTable::collect_into`] removed, for `maybe_free`: one buffer reused.
+    freed: Vec<(ObjectId, objects::ObjEntry)>,
 }
 
 impl std::fmt::Debug for NodeCore {
@@ -493,8 +497,8 @@ impl NodeCore {
             me,
             sched,
             store,
-            procs: HashMap::new(),
-            worker_conns: HashMap::new(),
+            procs: IdMap::default(),
+            worker_conns: IdMap::default(),
             binaries: HashMap::new(),
             tasks: Default::default(),
             objects: Default::default(),
@@ -504,6 +508,7 @@ impl NodeCore {
             last_load: None,
             stopping: false,
             out: VecDeque::new(),
+            freed: Vec::new(),
         };
         core.report_load();
         core

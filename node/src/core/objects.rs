@@ -2,8 +2,9 @@
 //! and where copies of it are at other peers.
 //!
 //! Pure bookkeeping with plain values: no I/O, no clock. The core reads and edits entries,
-//! and asks the table which objects are no longer referenced ([`ObjectTable::collect`]); what
-//! that frees elsewhere (store files, remote copies, DHT announcements) is the core's business.
+//! and asks the table which objects are no longer referenced
+//! ([`ObjectTable::collect_into`]); what that frees elsewhere (store files, remote copies,
+//! DHT announcements) is the core's business.
 //!
 //! # Lifetime
 //!
@@ -200,13 +201,23 @@ impl ObjectTable {
         skipped
     }
 
-    /// Removes `id` if nothing references it, then whatever that leaves unreferenced
-    /// (objects whose refs were inside it). Returns the removed entries, for the caller to
-    /// free what they had elsewhere.
+    /// [`collect_into`](Self::collect_into) a new vector.
+    #[cfg(test)]
     pub(crate) fn collect(&mut self, id: ObjectId) -> Vec<(ObjectId, ObjEntry)> {
         let mut freed = Vec::new();
-        let mut next = vec![id];
-        while let Some(id) = next.pop() {
+        self.collect_into(id, &mut freed);
+        freed
+    }
+
+    /// Removes `id` if nothing references it, then whatever that leaves unreferenced
+    /// (objects whose refs were inside it). Appends the removed entries to `freed`, for the
+    /// caller to free what they had elsewhere: a caller that keeps one buffer allocates
+    /// nothing per call (this runs several times per task).
+    pub(crate) fn collect_into(&mut self, id: ObjectId, freed: &mut Vec<(ObjectId, ObjEntry)>) {
+        // Allocated only when a freed entry held refs.
+        let mut next = Vec::new();
+        let mut first = Some(id);
+        while let Some(id) = first.take().or_else(|| next.pop()) {
             if self.map.get(&id).is_none_or(|e| e.referenced()) {
                 continue;
             }
@@ -221,7 +232,6 @@ impl ObjectTable {
             }
             freed.push((id, e));
         }
-        freed
     }
 
     /// Every id, sorted.

@@ -333,7 +333,7 @@ impl NodeCore {
                     }
                     v => v,
                 };
-                self.result_sealed(now, task, value, nested);
+                self.result_sealed(now, task, ret, value, nested);
             }
             After::Pulled { id, object, new } => {
                 let value = self.sealed_value(id, object, new, done.result);

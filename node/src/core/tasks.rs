@@ -22,6 +22,8 @@ pub(crate) struct TaskEntry {
     pub(crate) hops: u32,
     /// Looks at the queue (spill passes) that found it still waiting here.
     pub(crate) passes_waited: u32,
+    /// An actor call sent to its actor's worker: out of the actor's queue for good.
+    pub(crate) sent: bool,
     /// Its span (`task = %id`): entered while the core works on it.
     pub(crate) span: tracing::Span,
 }
@@ -46,6 +48,7 @@ impl TaskEntry {
             store_pins: Vec::new(),
             hops,
             passes_waited: 0,
+            sent: false,
             span,
         }
     }

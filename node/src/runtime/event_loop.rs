@@ -28,7 +28,7 @@ use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use shoal_protocol::ToClient;
+use shoal_protocol::{IdMap, ToClient};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -46,7 +46,8 @@ const WORKER_GRACE: Duration = Duration::from_secs(2);
 pub(crate) struct Shell {
     core: NodeCore,
     socket: PathBuf,
-    conns: HashMap<ConnId, super::queue::ClientTx>,
+    /// Each process's queue, looked up for every message to it (the ids' fast hasher).
+    conns: IdMap<ConnId, super::queue::ClientTx>,
     workers: HashMap<WorkerId, WorkerProcess>,
     jobs: JoinSet<Option<Input>>,
     /// The store's files; away on the blocking thread while a batch of ops runs there.
@@ -88,7 +89,7 @@ impl Shell {
         Self {
             core,
             socket,
-            conns: HashMap::new(),
+            conns: IdMap::default(),
             workers: HashMap::new(),
             jobs: JoinSet::new(),
             store_dir: files.dir().to_path_buf(),

@@ -11,7 +11,9 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use shoal_protocol::{ActorCreate, ActorId, ActorInfo, ActorStatus, ClientId, TaskError, TaskId};
+use shoal_protocol::{
+    ActorCreate, ActorId, ActorInfo, ActorStatus, ClientId, IdMap, TaskError, TaskId,
+};
 
 use crate::core::sched::WorkerId;
 
@@ -57,7 +59,7 @@ pub struct Actor {
     /// Its worker's pid, once known.
     pub pid: u32,
     /// Calls not yet sent, per caller, in the order sent.
-    queues: HashMap<ClientId, VecDeque<TaskId>>,
+    queues: IdMap<ClientId, VecDeque<TaskId>>,
     /// Callers with queued calls, in the order they first queued one (a fair scan).
     callers: Vec<ClientId>,
     /// Calls sent to the worker and not finished, in the order sent.
@@ -130,10 +132,10 @@ pub enum AfterDeath {
 /// Every actor this node knows.
 #[derive(Debug, Default)]
 pub struct ActorTable {
-    actors: HashMap<ActorId, Actor>,
+    actors: IdMap<ActorId, Actor>,
     names: HashMap<String, ActorId>,
-    by_task: HashMap<TaskId, ActorId>,
-    by_worker: HashMap<WorkerId, ActorId>,
+    by_task: IdMap<TaskId, ActorId>,
+    by_worker: IdMap<WorkerId, ActorId>,
 }
 
 impl ActorTable {
@@ -180,7 +182,7 @@ impl ActorTable {
                 state: ActorState::Pending,
                 incarnation: 0,
                 pid: 0,
-                queues: HashMap::new(),
+                queues: IdMap::default(),
                 callers: Vec::new(),
                 inflight: VecDeque::new(),
                 calls_done: 0,

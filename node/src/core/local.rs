@@ -404,20 +404,22 @@ impl NodeCore {
             self.fail_task(now, t, error.clone());
         }
         self.sched.end_actor(now, create_task);
-        self.forget_if_peers(actor, create_task);
+        self.forget_if_peers(actor, create_task, error);
         self.finish_task(now, create_task);
     }
 
-    /// A dead actor that a peer created is not kept here: that peer's node answers its
-    /// callers (and later calls from elsewhere learn `NoSuchActor`).
-    fn forget_if_peers(&mut self, actor: ActorId, create_task: TaskId) {
-        if self
-            .tasks
-            .get(&create_task)
-            .is_some_and(|e| matches!(e.owner, Party::Peer(_)))
-        {
-            self.actors.forget_if_dead(actor);
-        }
+    /// A dead actor that a peer created is not kept here: that peer's node learns of its end
+    /// (as an error in its creation's return object) and answers its callers (later calls
+    /// from elsewhere learn `NoSuchActor`).
+    fn forget_if_peers(&mut self, actor: ActorId, create_task: TaskId, error: TaskError) {
+        let Some((Party::Peer(peer), ret)) = self.tasks.get(&create_task).map(|e| (e.owner, e.ret))
+        else {
+            return;
+        };
+        self.actors.forget_if_dead(actor);
+        let value = shoal_protocol::mesh::RemoteValue::Error(error);
+        let msg = shoal_protocol::mesh::PeerMsg::Object { id: ret, value };
+        self.tell_peer(peer, msg);
     }
 
     /// Records the actor's location (and its name) in the mesh's directory. The records are
@@ -1227,7 +1229,7 @@ impl NodeCore {
                 for t in queued {
                     self.fail_task(now, t, error.clone());
                 }
-                self.forget_if_peers(actor, create_task);
+                self.forget_if_peers(actor, create_task, error.clone());
                 self.finish_task(now, create_task);
             }
         }

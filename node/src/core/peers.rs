@@ -25,6 +25,9 @@ use crate::store::{Holder, StoreFault};
 
 /// Why a task goes back to a peer this node declared lost.
 const LOST_YOU: &str = "the node it was sent to lost your node";
+/// Why a call goes back to the peer that sent it: its actor lives there, as far as the
+/// node it was sent to knows.
+const ACTOR_HERE: &str = "its actor lives at your node now";
 
 fn peers_from(bytes: &[Vec<u8>]) -> Vec<PeerKey> {
     bytes
@@ -82,8 +85,20 @@ impl NodeCore {
                 self.spill.unspill(&task);
                 tracing::debug!(task = %task, %peer, %reason, "peer refused a task; placing it again");
                 self.spill.refused(task, peer, now);
-                if self.tasks.get(&task).is_some_and(|e| e.is_call()) {
-                    self.run_again_here(now, task);
+                let actor = match self.tasks.get(&task).map(|e| &e.spec.kind) {
+                    Some(TaskKind::ActorMethod { actor }) => Some(*actor),
+                    _ => None,
+                };
+                if let Some(actor) = actor {
+                    let here = self.actors.get(&actor).is_some()
+                        || self.directory.placement(&actor).is_some();
+                    if reason == ACTOR_HERE && !here {
+                        // Each node thinks the actor lives at the other: it lives nowhere.
+                        self.directory.clear_home(&actor);
+                        self.fail_task(now, task, TaskError::NoSuchActor { actor });
+                    } else {
+                        self.run_again_here(now, task);
+                    }
                 } else {
                     self.place_task(now, task);
                 }
@@ -173,9 +188,9 @@ impl NodeCore {
 
     /// A value from a peer: a result of a task sent there, or an object fetched.
     fn remote_object(&mut self, now: Instant, peer: PeerKey, id: ObjectId, value: RemoteValue) {
-        // The id of an actor placed on `peer`: it took the actor in.
-        if let Some(actor) = self.directory.confirms(&id, peer) {
-            self.placement_answered(now, peer, actor, &id, &value);
+        // The id of an actor placed on `peer`: it took the actor in (or the actor ended).
+        if let Some(actor) = self.directory.placed_by(&id, peer) {
+            self.placement_answered(now, peer, actor, &value);
         }
         // The result of a task this node sent to `peer`?
         let task = self.spill.task_of_result(&id, peer);
@@ -1098,25 +1113,26 @@ impl NodeCore {
         (placed.task == task && placed.peer == peer).then_some(c.actor_id)
     }
 
-    /// `peer` answered the creation of `actor` placed there (its return object `ret`): the
-    /// actor's id (it took the actor in: the calls that waited go), or an error (they fail).
+    /// `peer` answered the creation of `actor` placed there: the actor's id (it took the
+    /// actor in: the calls that waited go), or an error (it could not create it, or the
+    /// actor ended there for good: it is placed nowhere, and the calls that wait fail).
     fn placement_answered(
         &mut self,
         now: Instant,
         peer: PeerKey,
         actor: ActorId,
-        ret: &ObjectId,
         value: &RemoteValue,
     ) {
         if let RemoteValue::Error(err) = value {
-            tracing::warn!(actor = %actor, %peer, error = %err, "a peer could not create an actor");
+            tracing::info!(actor = %actor, %peer, error = %err, "an actor placed on a peer ended there");
             if let Some(placed) = self.directory.unplace(&actor) {
+                self.directory.clear_home(&actor);
                 self.finish_task(now, placed.task);
             }
             self.fail_pending_calls(now, actor, err.clone());
             return;
         }
-        for t in self.directory.confirm(actor, ret) {
+        for t in self.directory.confirm(actor) {
             self.send_call(now, peer, t);
         }
     }
@@ -1275,7 +1291,7 @@ impl NodeCore {
         if self.tasks.get(&task).map(|e| e.owner) == Some(Party::Peer(peer)) {
             // A peer's call whose actor now lives at that peer: given back, it runs there.
             let ret = self.tasks.get(&task).map(|e| e.ret);
-            let reason = "its actor lives at your node now".to_string();
+            let reason = ACTOR_HERE.to_string();
             self.tell_peer(peer, PeerMsg::Refuse { task, reason });
             self.finish_task(now, task);
             if let Some(ret) = ret {

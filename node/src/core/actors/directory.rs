@@ -30,9 +30,9 @@ pub(crate) struct Directory {
     pending: IdMap<ActorId, Vec<TaskId>>,
     /// Actors this node created on peers.
     placed: IdMap<ActorId, Placed>,
-    /// Placements not confirmed yet, by the creation's return object (the peer confirms by
-    /// sending it).
-    confirming: IdMap<ObjectId, ActorId>,
+    /// Placements by their creation's return object: the peer confirms a placement by
+    /// sending its value (the actor's id), and reports the actor's end as an error in it.
+    by_ret: IdMap<ObjectId, ActorId>,
 }
 
 /// What to do with a call of an actor hosted elsewhere.
@@ -115,21 +115,21 @@ impl Directory {
         );
         self.homes.remove(&actor);
         self.pending.entry(actor).or_default();
-        self.confirming.insert(ret, actor);
+        self.by_ret.insert(ret, actor);
     }
 
-    /// The actor whose placement on `peer` object `ret` confirms, if any.
-    pub(crate) fn confirms(&self, ret: &ObjectId, peer: PeerKey) -> Option<ActorId> {
-        if self.confirming.is_empty() {
+    /// The actor placed on `peer` whose creation returns `ret`, if any.
+    pub(crate) fn placed_by(&self, ret: &ObjectId, peer: PeerKey) -> Option<ActorId> {
+        if self.by_ret.is_empty() {
             return None;
         }
-        let actor = *self.confirming.get(ret)?;
+        let actor = *self.by_ret.get(ret)?;
         (self.placed.get(&actor)?.peer == peer).then_some(actor)
     }
 
-    /// `actor`'s peer took it in: the calls that waited, in each caller's order.
-    pub(crate) fn confirm(&mut self, actor: ActorId, ret: &ObjectId) -> Vec<TaskId> {
-        self.confirming.remove(ret);
+    /// `actor`'s peer took it in: the calls that waited, in each caller's order (none if it
+    /// was confirmed already).
+    pub(crate) fn confirm(&mut self, actor: ActorId) -> Vec<TaskId> {
         let Some(p) = self.placed.get_mut(&actor) else {
             return Vec::new();
         };
@@ -164,7 +164,7 @@ impl Directory {
     /// take, with [`take_pending`](Self::take_pending)).
     pub(crate) fn unplace(&mut self, actor: &ActorId) -> Option<Placed> {
         let p = self.placed.remove(actor)?;
-        self.confirming.retain(|_, a| a != actor);
+        self.by_ret.retain(|_, a| a != actor);
         Some(p)
     }
 
@@ -198,7 +198,7 @@ impl Directory {
         self.homes.is_empty()
             && self.pending.is_empty()
             && self.placed.is_empty()
-            && self.confirming.is_empty()
+            && self.by_ret.is_empty()
     }
 }
 
@@ -241,12 +241,12 @@ mod tests {
         assert_eq!(d.placement(&a).map(|p| p.restarts), Some(0));
         d.placed(a, key(2), task(1), ret);
         assert_eq!(
-            d.confirms(&ret, key(1)),
+            d.placed_by(&ret, key(1)),
             None,
-            "only the peer it was sent to confirms"
+            "only the peer it was sent to answers"
         );
-        assert_eq!(d.confirms(&ret, key(2)), Some(a));
-        assert!(d.confirm(a, &ret).is_empty());
+        assert_eq!(d.placed_by(&ret, key(2)), Some(a));
+        assert!(d.confirm(a).is_empty());
         assert_eq!(d.home(&a), Some(key(2)));
         d.restarting(&a);
         assert_eq!(d.home(&a), None);
@@ -282,7 +282,8 @@ mod tests {
             Route::Queued,
             "a call the peer gave back"
         );
-        assert_eq!(d.confirm(a, &ret), vec![early, late]);
+        assert_eq!(d.confirm(a), vec![early, late]);
+        assert!(d.confirm(a).is_empty(), "confirmed once");
         assert_eq!(d.route(a, task(3)), Route::To(key(1)));
         // The peer gives it back: calls wait again until it is placed anew.
         d.unconfirm(&a);

@@ -82,7 +82,7 @@ fn unix_socket_roundtrips(b: &mut Bench) -> Result<()> {
         std::process::id(),
         SOCKETS.fetch_add(1, Ordering::Relaxed)
     ));
-    let _ = std::fs::remove_file(&path);
+    remove_if_there(&path).with_context(|| format!("removing a stale {}", path.display()))?;
     let listener = UnixListener::bind(&path)
         .with_context(|| format!("binding the Unix socket {}", path.display()))?;
     let unlink = RemoveOnDrop(path.clone());
@@ -294,6 +294,16 @@ struct RemoveOnDrop(PathBuf);
 
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        if let Err(e) = remove_if_there(&self.0) {
+            eprintln!("cannot remove {}: {e}", self.0.display());
+        }
+    }
+}
+
+/// Removes a file; one that is not there is no error.
+fn remove_if_there(path: &std::path::Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
     }
 }

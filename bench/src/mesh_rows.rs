@@ -439,12 +439,17 @@ impl StreamSink {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         std::thread::spawn(move || {
             let mut line = String::new();
-            let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line);
-            let _ = tx.send(line);
+            let mut reader = std::io::BufReader::new(stdout);
+            let read = std::io::BufRead::read_line(&mut reader, &mut line).map(|_| line);
+            // The receiver gave up waiting (and says so) if this send fails.
+            if tx.send(read).is_err() {
+                eprintln!("the libp2p sink child's address came after the bench stopped waiting");
+            }
         });
         let line = rx
             .recv_timeout(CONNECT_TIMEOUT)
-            .map_err(|_| anyhow::anyhow!("the libp2p sink child did not start in time"))?;
+            .map_err(|_| anyhow::anyhow!("the libp2p sink child did not start in time"))?
+            .context("reading the libp2p sink child's address")?;
         child.ensure_running()?;
         let addr = line
             .trim()

@@ -129,7 +129,13 @@ pub(crate) fn write(
         })
     })();
     if result.is_err() {
-        let _ = std::fs::remove_file(&partial);
+        // The node drops the reservation on the Abort and removes the file if it is still
+        // there; this removal only frees the bytes sooner.
+        if let Err(e) = std::fs::remove_file(&partial) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::debug!(path = %partial.display(), error = %e, "cannot remove a failed put's partial file; the node removes it");
+            }
+        }
         ctx.push(shoal_protocol::ToNode::Abort { id: ticket });
     }
     result

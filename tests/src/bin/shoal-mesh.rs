@@ -251,7 +251,9 @@ fn up(
     };
     write_state(&state)?;
     if let Err(e) = started.wait_converged(timeout.saturating_sub(begin.elapsed())) {
-        let _ = std::fs::remove_file(state_path());
+        if let Err(rm) = std::fs::remove_file(state_path()) {
+            eprintln!("cannot remove {}: {rm}", state_path().display());
+        }
         return Err(e);
     }
     let took = begin.elapsed();
@@ -390,8 +392,13 @@ fn down() -> Result<()> {
     std::fs::remove_file(state_path())
         .with_context(|| format!("removing {}", state_path().display()))?;
     sweep_unrecorded()?;
-    // Removes the state directory only if nothing else is in it.
-    let _ = std::fs::remove_dir(state_dir());
+    // Removes the state directory only if nothing else is in it (another mesh's state, say:
+    // then it stays, as it should).
+    if let Err(e) = std::fs::remove_dir(state_dir()) {
+        if e.kind() != std::io::ErrorKind::DirectoryNotEmpty {
+            eprintln!("cannot remove {}: {e}", state_dir().display());
+        }
+    }
     if !errors.is_empty() {
         bail!("{}", errors.join("\n"));
     }

@@ -187,17 +187,16 @@ impl NodeCore {
                     self.store_remove(&ticket);
                     return;
                 }
-                let after = move |new| After::Put {
-                    id,
-                    object,
-                    nested,
-                    new,
-                };
+                let after = move |new| After::Put { id, object, new };
                 match self.store_seal(ticket, id, object, after) {
                     // A large put: the sealer holds it from now on, and what the process
-                    // sends next may use it; its value is set once the file is in place.
-                    // (Task results are sealed by `Done`.)
-                    Ok(_) => self.put_holder(conn, id),
+                    // sends next may use it (a release of the refs inside it, say: they are
+                    // pinned now, not once the file is in place); its value is set once the
+                    // file is in place. (Task results are sealed by `Done`.)
+                    Ok(_) => {
+                        self.put_holder(conn, id);
+                        self.set_nested(id, nested);
+                    }
                     Err(e) => {
                         tracing::warn!(conn, object = %id, error = %e, "bad seal");
                         self.store_remove(&ticket);
@@ -756,17 +755,11 @@ impl NodeCore {
 
     /// A large put's file is in place (or could not be): the object has its value, unless
     /// equal bytes had it already. Freed meanwhile (its writer left): its files go.
-    pub(super) fn put_sealed(
-        &mut self,
-        now: Instant,
-        id: ObjectId,
-        value: ObjectValue,
-        nested: Vec<ObjectId>,
-    ) {
+    pub(super) fn put_sealed(&mut self, now: Instant, id: ObjectId, value: ObjectValue) {
         match self.objects.get(&id) {
             None => self.store_remove(&id),
             Some(e) if e.value.is_some() => {}
-            Some(_) => self.put_value(now, id, value, nested),
+            Some(_) => self.put_value(now, id, value, Vec::new()),
         }
     }
 
@@ -905,13 +898,10 @@ impl NodeCore {
             TaskOutcome::Ok(ObjectValue::Shared(object))
                 if self.store.index.reserved_by(&ret, Holder::Proc(conn)) =>
             {
-                // The result is the task's once its file is in place.
-                let after = move |new| After::Result {
-                    task,
-                    object,
-                    nested,
-                    new,
-                };
+                // The result is the task's once its file is in place. The refs inside it are
+                // pinned now: the worker's release of them may come before the file is.
+                self.set_nested(ret, nested);
+                let after = move |new| After::Result { task, object, new };
                 if let Err(e) = self.store_seal(ret, ret, object, after) {
                     tracing::warn!(conn, task = %task, error = %e, "bad result seal");
                     self.store_remove(&ret);

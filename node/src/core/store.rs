@@ -52,14 +52,12 @@ pub(super) enum After {
     Put {
         id: ObjectId,
         object: SharedObject,
-        nested: Vec<ObjectId>,
         new: bool,
     },
     /// A task's result is sealed.
     Result {
         task: TaskId,
         object: SharedObject,
-        nested: Vec<ObjectId>,
         new: bool,
     },
     /// A pulled copy is sealed.
@@ -311,21 +309,12 @@ impl NodeCore {
                 object,
                 holders,
             } => self.pull_ready(now, done.op, id, object, holders, done.result),
-            After::Put {
-                id,
-                object,
-                nested,
-                new,
-            } => {
+            // (The refs inside a put or a result were pinned when it was sealed.)
+            After::Put { id, object, new } => {
                 let value = self.sealed_value(id, object, new, done.result);
-                self.put_sealed(now, id, value, nested);
+                self.put_sealed(now, id, value);
             }
-            After::Result {
-                task,
-                object,
-                nested,
-                new,
-            } => {
+            After::Result { task, object, new } => {
                 let ret = ObjectId::for_return(task, 0);
                 let value = match self.sealed_value(ret, object, new, done.result) {
                     ObjectValue::Error(TaskError::ObjectUnavailable { message, .. }) => {
@@ -333,7 +322,7 @@ impl NodeCore {
                     }
                     v => v,
                 };
-                self.result_sealed(now, task, ret, value, nested);
+                self.result_sealed(now, task, ret, value, Vec::new());
             }
             After::Pulled { id, object, new } => {
                 let value = self.sealed_value(id, object, new, done.result);
@@ -471,7 +460,18 @@ mod tests {
         id: ObjectId,
         object: SharedObject,
     ) -> Vec<Output> {
-        let nested = Vec::new();
+        seal_holding(core, now, ticket, id, object, Vec::new())
+    }
+
+    /// A writer seals `ticket` as `id`, an object that holds the refs `nested`.
+    fn seal_holding(
+        core: &mut NodeCore,
+        now: Instant,
+        ticket: ObjectId,
+        id: ObjectId,
+        object: SharedObject,
+        nested: Vec<ObjectId>,
+    ) -> Vec<Output> {
         send(
             core,
             now,
@@ -513,6 +513,58 @@ mod tests {
         }
         drain(core);
         (id, object)
+    }
+
+    #[test]
+    fn refs_inside_a_put_are_pinned_when_it_is_sealed_not_when_its_file_is_in_place() {
+        let (mut core, now) = node(64 * MB);
+        let value = vec![7u8; 8];
+        let inner = ObjectId::for_content(&value);
+        let nested = Vec::new();
+        send(
+            &mut core,
+            now,
+            ToNode::Put {
+                id: inner,
+                value: value.clone(),
+                nested,
+            },
+        );
+        let ticket = ObjectId([4; 32]);
+        for op in ops(&create(&mut core, now, 1, ticket, MB)) {
+            done(&mut core, now, op, Ok(()));
+        }
+        drain(&mut core);
+        let object = SharedObject {
+            size: MB,
+            digest: Digest([4; 32]),
+        };
+        let outer = ObjectId::from_digest(object.digest);
+        let sealing = ops(&seal_holding(
+            &mut core,
+            now,
+            ticket,
+            outer,
+            object,
+            vec![inner],
+        ));
+        // The writer lets its own ref go before the file is in place: the put holds it.
+        send(&mut core, now, ToNode::Release { ids: vec![inner] });
+        for op in sealing {
+            done(&mut core, now, op, Ok(()));
+        }
+        drain(&mut core);
+        let out = send(&mut core, now, ToNode::Get { ids: vec![inner] });
+        assert_eq!(
+            replies(&out),
+            vec![ToClient::Object {
+                id: inner,
+                value: ObjectValue::Inline(value)
+            }]
+        );
+        // Once the outer object goes, the inner one goes with it.
+        send(&mut core, now, ToNode::Release { ids: vec![outer] });
+        assert_eq!(core.census().objects, 0);
     }
 
     #[test]

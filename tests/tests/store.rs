@@ -332,9 +332,16 @@ fn a_driver_killed_with_sigkill_leaves_no_objects_or_files() {
     assert_eq!(files(&shoal), (0, 0));
     // It says when its objects are in: more than the store holds, so some are on disk.
     let mut child = child_program(&shoal, "doomed_driver_entry", "SHOAL_TEST_DOOMED", "ready");
+    // "ready" comes once the driver's puts returned; its last messages (a seal, the small
+    // puts) may still be on their way to the node.
+    let (count, _) = shoal_tests::wait_for(Duration::from_secs(10), "the driver's objects", || {
+        let count = shoal.status()?.objects.count;
+        Ok((count >= 8).then_some(count))
+    })
+    .unwrap();
+    assert!(count >= 8);
     let (mem, disk) = files(&shoal);
     assert!(mem >= 5 && disk >= 1, "{mem} in memory, {disk} on disk");
-    assert!(shoal.status().unwrap().objects.count >= 8);
     let status = child.kill().unwrap();
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(status.signal(), Some(libc::SIGKILL));

@@ -907,14 +907,14 @@ impl NodeCore {
                     self.store_remove(&ret);
                     let message = e.to_string();
                     let value = ObjectValue::Error(TaskError::ResultStore { message });
-                    self.result_sealed(now, task, ret, value, Vec::new());
+                    self.result_sealed(now, task, ret, value);
                 }
             }
             TaskOutcome::Ok(ObjectValue::Shared(_)) => {
                 tracing::warn!(conn, task = %task, "a shared result without a reservation");
                 let message = "the result was not reserved in the store".into();
                 let value = ObjectValue::Error(TaskError::ResultStore { message });
-                self.result_sealed(now, task, ret, value, Vec::new());
+                self.result_sealed(now, task, ret, value);
             }
             TaskOutcome::Ok(v) => self.task_result(now, task, ret, v, nested),
             TaskOutcome::Err(e) => self.task_result(now, task, ret, ObjectValue::Error(e), nested),
@@ -928,17 +928,17 @@ impl NodeCore {
     }
 
     /// `task`'s result is final (a shared one is in its file): the task ends with it.
+    /// (The refs inside it were pinned when it was sealed.)
     pub(super) fn result_sealed(
         &mut self,
         now: Instant,
         task: TaskId,
         ret: ObjectId,
         value: ObjectValue,
-        nested: Vec<ObjectId>,
     ) {
         let span = self.tasks.get(&task).map(|e| e.span.clone());
         let _entered = span.as_ref().map(|s| s.enter());
-        self.task_result(now, task, ret, value, nested);
+        self.task_result(now, task, ret, value, Vec::new());
     }
 
     /// `task`, whose return object is `ret`, ends with `value` (inside its span).

@@ -663,17 +663,9 @@ impl NodeCore {
         }
     }
 
+    /// Where `task` goes: here, to a peer (it may be sent on up to [`MAX_HOPS`] times), or
+    /// nowhere yet.
     fn placement(&mut self, now: Instant, task: TaskId) -> Placement<PeerKey> {
-        self.placement_within(now, task, MAX_HOPS)
-    }
-
-    /// [`placement`](Self::placement) for a task that may be sent on up to `max_hops` times.
-    fn placement_within(
-        &mut self,
-        now: Instant,
-        task: TaskId,
-        max_hops: u32,
-    ) -> Placement<PeerKey> {
         let Some(entry) = self.tasks.get(&task) else {
             return Placement::Wait;
         };
@@ -702,7 +694,7 @@ impl NodeCore {
             self.sched.total(),
             &candidates,
             &refused,
-            max_hops,
+            MAX_HOPS,
         )
     }
 

@@ -322,7 +322,7 @@ impl NodeCore {
                     }
                     v => v,
                 };
-                self.result_sealed(now, task, ret, value, Vec::new());
+                self.result_sealed(now, task, ret, value);
             }
             After::Pulled { id, object, new } => {
                 let value = self.sealed_value(id, object, new, done.result);

@@ -11,7 +11,7 @@ use shoal_protocol::mesh::{PeerRequest, PeerResponse};
 mod inproc;
 
 fn config(mesh: &str, peers: Vec<Multiaddr>) -> NetConfig {
-    let mut c = NetConfig::new(mesh);
+    let mut c = NetConfig::new(shoal_node::auth::testing::token(mesh));
     c.transport = TransportKind::Memory;
     c.listen = vec!["/memory/0".parse().unwrap()];
     c.peers = peers;

@@ -67,7 +67,7 @@ impl ObjectSource for Nothing {
 }
 
 fn config(transport: &TransportKind, peers: Vec<Multiaddr>) -> NetConfig {
-    let mut c = NetConfig::new("shutdown");
+    let mut c = NetConfig::new(shoal_node::auth::testing::token("shutdown"));
     c.transport = transport.clone();
     c.listen = vec![match transport {
         TransportKind::Memory => "/memory/0".parse().unwrap(),

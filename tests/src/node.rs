@@ -371,7 +371,8 @@ impl NodeProcess {
         push("--data-dir", dir.join("data").into());
         push("--store-bytes", options.store_bytes.to_string().into());
         push("--cpus", options.cpus.to_string().into());
-        push("--mesh", options.mesh.clone().into());
+        // A real mesh per name: its own authority, made once per process.
+        push("--join", crate::authority::token(&options.mesh)?.into());
         for l in &options.listen {
             push("--listen", l.into());
         }

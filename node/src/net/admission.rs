@@ -111,6 +111,9 @@ struct GateState {
     revocations: Vec<Revocation>,
     /// Peers admitted, with what their credential says.
     members: HashMap<PeerId, Member>,
+    /// Peers dropped because their credential expired, with its end: their relayed
+    /// messages are ignored until they come back with a renewed one.
+    expired: HashMap<PeerId, u64>,
     /// When each refused peer was last logged.
     logged: HashMap<PeerId, Instant>,
     refused: u64,
@@ -131,6 +134,7 @@ impl Gate {
                 own,
                 revocations: Vec::new(),
                 members: HashMap::new(),
+                expired: HashMap::new(),
                 logged: HashMap::new(),
                 refused: 0,
             }),
@@ -174,6 +178,7 @@ impl Gate {
         let mut s = self.lock();
         let member = s.trust.verify(cred, peer, unix_now())?;
         s.members.insert(*peer, member.clone());
+        s.expired.remove(peer);
         Ok(member)
     }
 
@@ -207,8 +212,12 @@ impl Gate {
             .map(|(p, _)| *p)
             .collect();
         for p in &gone {
-            s.members.remove(p);
+            if let Some(m) = s.members.remove(p) {
+                s.expired.insert(*p, m.not_after);
+            }
         }
+        // Remembered for a day at most (then its own credential is long expired anyway).
+        s.expired.retain(|_, end| end.saturating_add(86_400) > now);
         gone
     }
 
@@ -217,9 +226,12 @@ impl Gate {
         self.lock().members.remove(peer);
     }
 
-    /// Whether `peer`'s own key is revoked (its relayed messages are ignored).
-    pub fn is_revoked(&self, peer: &PeerId) -> bool {
-        crate::auth::peer_key(peer).is_ok_and(|k| self.lock().trust.is_revoked(&k))
+    /// Whether `peer` was put out of the mesh: its own key revoked, or dropped when its
+    /// credential expired (its relayed messages are then ignored).
+    pub fn is_expelled(&self, peer: &PeerId) -> bool {
+        let s = self.lock();
+        s.expired.contains_key(peer)
+            || crate::auth::peer_key(peer).is_ok_and(|k| s.trust.is_revoked(&k))
     }
 
     fn hello(&self) -> AdmitHello {
@@ -243,6 +255,7 @@ impl Gate {
         let mut s = self.lock();
         let member = s.trust.verify(&hello.credential, peer, unix_now())?;
         s.members.insert(*peer, member.clone());
+        s.expired.remove(peer);
         Ok(member)
     }
 

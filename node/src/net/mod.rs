@@ -1621,7 +1621,7 @@ impl NetTask {
                     return;
                 }
                 self.gossip_in += message.data.len() as u64;
-                if message.source.is_some_and(|s| self.gate.is_revoked(&s)) {
+                if message.source.is_some_and(|s| self.gate.is_expelled(&s)) {
                     // Relayed by a peer that has not heard of the revocation yet: not its fault.
                     self.swarm
                         .behaviour_mut()

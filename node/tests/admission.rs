@@ -270,3 +270,31 @@ fn an_expired_credential_is_dropped_and_a_renewed_one_is_kept() {
     let log = std::fs::read_to_string(late.log_path()).unwrap();
     assert!(log.contains("expired"), "{log}");
 }
+
+#[test]
+fn a_client_is_a_member_that_is_never_offered_work() {
+    let name = mesh_name("client");
+    let authority = TestAuthority::new(&name).unwrap();
+    let a =
+        NodeProcess::start(NodeOptions::new().join(&name, authority.invite(&[]).unwrap())).unwrap();
+    let client_token = authority.invite(&["--role", "client"]).unwrap();
+    let c = NodeProcess::start(
+        NodeOptions::new()
+            .join(&name, client_token)
+            .cpus(4.0)
+            .peer(a.listen_addr()),
+    )
+    .unwrap();
+    wait_sees_all(&[&a, &c]);
+    // a sees the client with nothing to offer, though it has 4 CPUs; the client sees a's.
+    let offered = |from: &NodeProcess, id: &str| {
+        from.status()["peers"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["peer_id"] == id).cloned())
+            .map(|p| p["resources"]["total"]["CPU"].as_f64().unwrap_or(0.0))
+    };
+    wait_until(CONVERGE, "the reports to arrive", || {
+        offered(&c, a.peer_id()) == Some(1.0) && offered(&a, c.peer_id()).is_some()
+    });
+    assert_eq!(offered(&a, c.peer_id()), Some(0.0));
+}

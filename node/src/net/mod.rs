@@ -1361,14 +1361,29 @@ impl NetTask {
 
     fn publish_report(&mut self, now: Instant) {
         self.seq += 1;
+        // A client offers nothing (the others also disregard what a client offers).
+        let client = self
+            .gate
+            .own()
+            .chain
+            .last()
+            .is_some_and(|c| c.role == crate::auth::Role::Client);
         let addrs = self.listen_addrs();
         let report = LoadReport {
             peer: self.peer_id.to_bytes(),
             mesh: self.config.mesh.clone(),
             seq: self.seq,
             started_ms: self.started_ms,
-            total: self.load.total.clone(),
-            free: self.load.free.clone(),
+            total: if client {
+                Default::default()
+            } else {
+                self.load.total.clone()
+            },
+            free: if client {
+                Default::default()
+            } else {
+                self.load.free.clone()
+            },
             queued: self.load.queued,
             running: self.load.running,
             store_capacity: self.load.store_capacity,
@@ -1385,7 +1400,7 @@ impl NetTask {
                 .into_iter()
                 .take(shoal_protocol::mesh::MAX_REPORT_ADDRS)
                 .collect(),
-            accepts_code: self.config.code_shipping,
+            accepts_code: self.config.code_shipping && !client,
         };
         self.last_report = Some(now);
         self.load_dirty = false;
@@ -1688,11 +1703,21 @@ impl NetTask {
         let Some(source) = source else {
             return Err("unsigned".into());
         };
-        let report: LoadReport =
+        let mut report: LoadReport =
             codec::decode(data, MAX_REPORT_BYTES).map_err(|e| e.to_string())?;
         report
             .validate(&source.to_bytes(), &self.config.mesh)
             .map_err(|e| e.to_string())?;
+        if self
+            .gate
+            .member(&source)
+            .is_some_and(|m| m.role == crate::auth::Role::Client)
+        {
+            // A client only submits: whatever it reports, it is given no work.
+            report.total = Default::default();
+            report.free = Default::default();
+            report.accepts_code = false;
+        }
         if source == self.peer_id || self.blocked(&source) {
             return Ok(());
         }

@@ -311,6 +311,8 @@ pub struct NetHandle {
     events: link::EventSink,
     obj_protocol: StreamProtocol,
     tasks: Tasks,
+    /// The per-process code cache to remove when the network stops (none when configured).
+    temp_cache: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for NetHandle {
@@ -590,6 +592,15 @@ impl NetHandle {
         self.tasks.accept_token().cancel();
         self.links.close();
         self.tasks.shutdown().await;
+        if let Some(dir) = &self.temp_cache {
+            match std::fs::remove_dir_all(dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(path = %dir.display(), error = %e, "the code cache was not removed")
+                }
+            }
+        }
         tracing::info!(peer = %self.peer_id, "network stopped");
     }
 }
@@ -812,9 +823,18 @@ pub async fn start(key: identity::Keypair, config: NetConfig) -> Result<NetHandl
     );
     let peer_id = key.public().to_peer_id();
     let servable = code::Servable::default();
-    let cache_dir = code_cache_dir.unwrap_or_else(|| {
-        std::env::temp_dir().join(format!("shoal-code-{}-{peer_id}", std::process::id()))
+    // Without a configured cache, one per process in the temporary directory: removed when
+    // the network stops, and at the next start if its process died first.
+    let temp_cache = code_cache_dir.is_none().then(|| {
+        remove_dead_temp_caches();
+        std::env::temp_dir().join(format!(
+            "{TEMP_CACHE_PREFIX}{}-{peer_id}",
+            std::process::id()
+        ))
     });
+    let cache_dir = code_cache_dir
+        .or_else(|| temp_cache.clone())
+        .unwrap_or_default();
     let code_cache = code::BinaryCache::open(&cache_dir, code_cache_bytes)
         .map_err(|e| NetError::Swarm(format!("code cache {}: {e}", cache_dir.display())))?;
     let runtime = tokio::runtime::Handle::try_current()
@@ -963,7 +983,41 @@ pub async fn start(key: identity::Keypair, config: NetConfig) -> Result<NetHandl
         events,
         obj_protocol,
         tasks,
+        temp_cache,
     })
+}
+
+/// Prefix of the per-process code caches in the temporary directory.
+const TEMP_CACHE_PREFIX: &str = "shoal-code-";
+
+/// Removes this user's per-process code caches whose process is gone.
+fn remove_dead_temp_caches() {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let me = unsafe { libc::getuid() };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(TEMP_CACHE_PREFIX))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<libc::pid_t>().ok())
+        else {
+            continue;
+        };
+        let ours = entry.metadata().is_ok_and(|m| m.uid() == me && m.is_dir());
+        // SAFETY: kill with signal 0 only checks whether the process exists.
+        let gone = unsafe { libc::kill(pid, 0) } != 0
+            && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        if ours && gone {
+            if let Err(e) = std::fs::remove_dir_all(entry.path()) {
+                tracing::debug!(path = %entry.path().display(), error = %e, "a dead process's code cache was not removed");
+            }
+        }
+    }
 }
 
 /// The file in the state directory holding revocations, one per line.

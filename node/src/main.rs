@@ -7,6 +7,7 @@
 //! shoal mesh revoke --authority FILE (--peer ID | --invite KEY)
 //! shoal mesh publish REVOCATION [--data-dir DIR]
 //! shoal mesh renew TOKEN [--data-dir DIR]
+//! shoal mesh swarm-key --out FILE
 //! shoal mesh id [--data-dir DIR]
 //! shoal status [--json] [--socket PATH]
 //! shoal objects [--json] [--socket PATH]
@@ -133,6 +134,13 @@ enum MeshCommand {
         #[arg(long, env = "SHOAL_DATA_DIR")]
         data_dir: Option<PathBuf>,
     },
+    /// Make a private-network key (libp2p pnet) for `shoal node --swarm-key`: an optional
+    /// outer layer (TCP only) that every peer of the mesh must also have.
+    SwarmKey {
+        /// Where to write it.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Print this machine's node peer id (making its identity key if needed), for
     /// `shoal mesh invite --peer`.
     Id {
@@ -149,6 +157,10 @@ struct NodeArgs {
     /// this machine only.
     #[arg(long, env = "SHOAL_JOIN", hide_env_values = true)]
     join: Option<String>,
+    /// A private-network key file (`shoal mesh swarm-key`): only peers with the same key get
+    /// past the first bytes of a connection; QUIC is then off (pnet is TCP only).
+    #[arg(long, env = "SHOAL_SWARM_KEY")]
+    swarm_key: Option<PathBuf>,
     /// Local API socket [default: $SHOAL_SOCKET, else $XDG_RUNTIME_DIR/shoal/node.sock, else
     /// /tmp/shoal-$UID/node.sock].
     #[arg(long)]
@@ -382,6 +394,14 @@ fn run_node(args: NodeArgs) -> Result<()> {
         let bootstrap: Vec<String> = token.bootstrap.clone();
         let mut net = shoal_node::net::NetConfig::new(token);
         net.state_dir = Some(data_dir.clone());
+        if let Some(path) = &args.swarm_key {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the swarm key {}", path.display()))?;
+            net.psk = Some(
+                text.parse()
+                    .map_err(|e| anyhow::anyhow!("the swarm key {}: {e:?}", path.display()))?,
+            );
+        }
         net.listen = if args.listen.is_empty() {
             vec![parse(&"/ip4/0.0.0.0/tcp/0".to_string())?]
         } else {
@@ -770,6 +790,23 @@ fn mesh_command(cmd: MeshCommand) -> Result<()> {
             println!(
                 "The node of {} takes the new credential within a second.",
                 dir.display()
+            );
+            Ok(())
+        }
+        MeshCommand::SwarmKey { out } => {
+            if out.exists() {
+                bail!("{} exists; not replacing a swarm key", out.display());
+            }
+            let mut bytes = [0u8; 32];
+            std::fs::File::open("/dev/urandom")
+                .and_then(|mut f| f.read_exact(&mut bytes))
+                .context("reading /dev/urandom")?;
+            let key = libp2p::pnet::PreSharedKey::new(bytes);
+            write_private(&out, &key.to_key_file())?;
+            println!(
+                "Wrote {} (fingerprint {}); give it to every peer with --swarm-key.",
+                out.display(),
+                key.fingerprint()
             );
             Ok(())
         }

@@ -84,6 +84,9 @@ pub struct NetConfig {
     pub mesh: String,
     /// Membership: only peers with a credential from the mesh's authority are admitted.
     pub admission: Admission,
+    /// A private-network key (libp2p pnet): an optional outer layer under Noise, TCP only;
+    /// with one, QUIC is off and only peers with the same key get past the first bytes.
+    pub psk: Option<libp2p::pnet::PreSharedKey>,
     /// Where a renewed credential (`credential`, a join token) and revocations
     /// (`revocations`, one per line) are picked up while the node runs; `None`: nowhere.
     pub state_dir: Option<std::path::PathBuf>,
@@ -125,6 +128,7 @@ impl NetConfig {
         Self {
             mesh: admission.trust.mesh.clone(),
             admission,
+            psk: None,
             state_dir: None,
             listen: Vec::new(),
             peers: Vec::new(),
@@ -762,24 +766,54 @@ fn build_swarm(
     let builder = libp2p::SwarmBuilder::with_existing_identity(key).with_tokio();
     let swarm = match config.transport {
         TransportKind::Tcp => {
+            let psk = config.psk;
             let b = builder
                 .with_other_transport(|k| {
-                    Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
-                        tcp::tokio::Transport::new(tcp::Config::default())
+                    let noise = noise::Config::new(k)?;
+                    let tcp = tcp::tokio::Transport::new(tcp::Config::default());
+                    let transport = match psk {
+                        None => tcp
                             .upgrade(Version::V1Lazy)
-                            .authenticate(noise::Config::new(k)?)
-                            .multiplex_ext(admit),
-                    )
+                            .authenticate(noise)
+                            .multiplex_ext(admit)
+                            .map(|(p, m), _| (p, libp2p::core::muxing::StreamMuxerBox::new(m)))
+                            .boxed(),
+                        Some(psk) => tcp
+                            .and_then(move |socket, _| {
+                                libp2p::pnet::PnetConfig::new(psk).handshake(socket)
+                            })
+                            .upgrade(Version::V1Lazy)
+                            .authenticate(noise)
+                            .multiplex_ext(admit)
+                            .map(|(p, m), _| (p, libp2p::core::muxing::StreamMuxerBox::new(m)))
+                            .boxed(),
+                    };
+                    Ok::<_, Box<dyn std::error::Error + Send + Sync>>(transport)
                 })
                 .map_err(|e| err(&e))?;
             #[cfg(feature = "quic")]
             let b = {
                 let gate = gate.clone();
-                b.with_other_transport(|k| {
-                    libp2p::quic::tokio::Transport::new(libp2p::quic::Config::new(k)).and_then(
-                        move |(peer, conn), endpoint| {
-                            admission::admit_muxer(gate.clone(), peer, endpoint.is_dialer(), conn)
-                        },
+                let off = config.psk.is_some();
+                if off {
+                    tracing::info!("a private-network key is set: QUIC is off (pnet is TCP only)");
+                }
+                b.with_other_transport(move |k| {
+                    use libp2p::core::transport::OptionalTransport;
+                    if off {
+                        return OptionalTransport::none();
+                    }
+                    OptionalTransport::some(
+                        libp2p::quic::tokio::Transport::new(libp2p::quic::Config::new(k)).and_then(
+                            move |(peer, conn), endpoint| {
+                                admission::admit_muxer(
+                                    gate.clone(),
+                                    peer,
+                                    endpoint.is_dialer(),
+                                    conn,
+                                )
+                            },
+                        ),
                     )
                 })
                 .map_err(|e| err(&e))?

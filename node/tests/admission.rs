@@ -298,3 +298,29 @@ fn a_client_is_a_member_that_is_never_offered_work() {
     });
     assert_eq!(offered(&a, c.peer_id()), Some(0.0));
 }
+
+#[test]
+fn without_a_credential_a_node_serves_its_machine_only() {
+    let mut options = NodeOptions::new().without_credential();
+    options.listen.clear();
+    let node = NodeProcess::spawn(options).unwrap();
+    wait_until(CONVERGE, "the node to answer", || node.try_status().is_ok());
+    let status = node.try_status().unwrap();
+    assert!(
+        status["listen_addrs"]
+            .as_array()
+            .is_none_or(|a| a.is_empty()),
+        "a node with no credential listens: {status}"
+    );
+    node.expect_log(&["no mesh credential", "shoal mesh init"]);
+
+    // Asked to listen (or given peers) with no credential, it refuses to start.
+    let mut listening = NodeProcess::spawn(NodeOptions::new().without_credential()).unwrap();
+    let exit = listening
+        .wait_timeout(Duration::from_secs(20))
+        .unwrap()
+        .expect("it exits");
+    assert!(!exit.success());
+    let log = std::fs::read_to_string(listening.log_path()).unwrap();
+    assert!(log.contains("needs a credential"), "{log}");
+}

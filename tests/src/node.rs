@@ -154,7 +154,8 @@ pub struct NodeOptions {
     /// The mesh's name: the node joins with the test token of that name (see
     /// [`crate::authority::token`]) unless [`NodeOptions::join`] is set.
     pub mesh: String,
-    /// `--join`: this token rather than the mesh name's (for tests of admission).
+    /// `--join`: this token rather than the mesh name's (for tests of admission); an empty
+    /// one: no `--join` at all (see [`NodeOptions::without_credential`]).
     pub join: Option<String>,
     /// `--cpus`.
     pub cpus: f64,
@@ -224,6 +225,12 @@ impl NodeOptions {
     pub fn join(mut self, mesh: impl Into<String>, token: impl Into<String>) -> Self {
         self.mesh = mesh.into();
         self.join = Some(token.into());
+        self
+    }
+
+    /// Starts the node with no credential (no `--join`): it serves its machine only.
+    pub fn without_credential(mut self) -> Self {
+        self.join = Some(String::new());
         self
     }
 
@@ -388,7 +395,9 @@ impl NodeProcess {
             Some(t) => t.clone(),
             None => crate::authority::token(&options.mesh)?,
         };
-        push("--join", token.into());
+        if !token.is_empty() {
+            push("--join", token.into());
+        }
         for l in &options.listen {
             push("--listen", l.into());
         }

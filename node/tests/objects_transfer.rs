@@ -11,6 +11,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::{Multiaddr, PeerId, StreamProtocol};
+use shoal_node::net::limits::PeerLimits;
 use shoal_node::net::objects::{
     self, ObjectError, ObjectRequest, ObjectResponse, ObjectSource, Served,
 };
@@ -194,6 +195,7 @@ impl Mesh {
         let r = objects::pull(
             &mut control,
             self.protocol.clone(),
+            &PeerLimits::default(),
             holders,
             id,
             bytes.len() as u64,

@@ -138,7 +138,9 @@ async fn measure_announced_frames() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(200);
     let mesh = "stream-memory";
-    let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .try_init();
     let node = start_node(mesh);
     let pid = node.pid();
     let node_id: PeerId = node.peer_id().parse().unwrap();

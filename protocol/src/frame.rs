@@ -442,7 +442,10 @@ mod tests {
         let cut = wire.len() - 2;
         d.extend(&wire[..cut]);
         assert!(d.capacity() >= 512 << 10);
-        assert_eq!(d.next_message::<Vec<u8>>().unwrap().map(|v| v.len()), Some(512 << 10));
+        assert_eq!(
+            d.next_message::<Vec<u8>>().unwrap().map(|v| v.len()),
+            Some(512 << 10)
+        );
         assert_eq!(d.next_message::<String>(), Ok(None));
         // What is left is the start of the next frame: kept, in a small buffer.
         d.input().extend_from_slice(&wire[cut..]);
@@ -457,7 +460,10 @@ mod tests {
         assert_eq!(grown_capacity(MIN_READ, &[], 100), None);
         // An empty buffer gets one read's room; a header alone does not change that.
         assert_eq!(grown_capacity(0, &[], 1 << 30), Some(MIN_READ));
-        assert_eq!(grown_capacity(0, &header(1 << 30), 1 << 30), Some(4 + MIN_READ));
+        assert_eq!(
+            grown_capacity(0, &header(1 << 30), 1 << 30),
+            Some(4 + MIN_READ)
+        );
         // Doubling with what is held...
         let mut pending = header(100 << 10);
         pending.resize(6 << 10, 0);

@@ -120,6 +120,15 @@ fn announced(pending: &[u8]) -> Option<usize> {
     Some(u32::from_le_bytes(header) as usize)
 }
 
+/// The length (header included) of the frame at the start of `pending`, if its header is in
+/// and announces at most `max` payload bytes. For accounting only: a buffer is never sized
+/// from it ([`grown_capacity`]).
+pub fn frame_end(pending: &[u8], max: usize) -> Option<usize> {
+    announced(pending)
+        .filter(|len| *len <= max)
+        .map(|len| HEADER_LEN + len)
+}
+
 /// The capacity a reader's buffer should grow to before its next read, or `None` if it has
 /// room for one ([`MIN_READ`] spare). `pending` is what the buffer holds (the bytes not
 /// handed out yet, at its start) and `capacity` its capacity.
@@ -134,9 +143,9 @@ pub fn grown_capacity(capacity: usize, pending: &[u8], max: usize) -> Option<usi
     }
     let at_least = len + MIN_READ;
     let doubled = capacity.saturating_mul(2).max(at_least);
-    let capped = match announced(pending) {
-        Some(payload) if payload <= max => doubled.min((HEADER_LEN + payload).max(at_least)),
-        _ => doubled,
+    let capped = match frame_end(pending, max) {
+        Some(end) => doubled.min(end.max(at_least)),
+        None => doubled,
     };
     Some(capped)
 }
@@ -482,6 +491,10 @@ mod tests {
         );
         // An oversized header (refused anyway) does not cap, nor raise, the growth.
         assert_eq!(grown_capacity(0, &header(200), 100), Some(4 + MIN_READ));
+        // A frame's end, for accounting.
+        assert_eq!(frame_end(&header(100), 100), Some(104));
+        assert_eq!(frame_end(&header(101), 100), None);
+        assert_eq!(frame_end(&[1, 0], 100), None);
         // Shrinking: only large, mostly empty buffers.
         assert_eq!(shrunk_capacity(KEEP_CAPACITY, 0), None);
         assert_eq!(shrunk_capacity(1 << 20, 0), Some(0));

@@ -203,7 +203,7 @@ pub async fn serve(
 }
 
 /// Fetches binary `id` from `peer` into `cache`, checking its hash; returns its path (an
-/// executable file). At most [`super::limits::CODE_STREAMS_PER_PEER`] fetches from one peer
+/// executable file). At most [`super::limits::StreamKind::max_outbound`] fetches from one peer
 /// run at once (`limits`); the others wait for their turn.
 pub async fn fetch(
     control: &mut libp2p_stream::Control,
@@ -216,7 +216,7 @@ pub async fn fetch(
     if let Some(p) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&id) {
         return Ok(p);
     }
-    // Held until the fetch is done: no more streams to one peer than it serves at once.
+    // Held until the fetch is done: fewer streams to one peer than it serves at once.
     let _slot = limits.outbound(peer, StreamKind::Code).await;
     let mut stream = control
         .open_stream(peer, protocol)

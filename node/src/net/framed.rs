@@ -8,8 +8,8 @@
 //! [`FrameReader::read_raw`] hands those out first. Its buffer grows with the bytes that
 //! arrived, never to what a header announces, and shrinks once a large frame is consumed
 //! ([`frame::grown_capacity`], [`frame::shrunk_capacity`]); with a peer's budget
-//! ([`FrameReader::with_budget`]) its capacity is charged to the peer, and it stops reading
-//! while the peer's streams hold all of it. Errors are `io::Error`s, with
+//! ([`FrameReader::with_budget`]) its capacity, or the whole of the frame it is reading, is
+//! charged to the peer, and it stops reading while the peer's streams hold all of it. Errors are `io::Error`s, with
 //! `InvalidData` for an oversized or undecodable frame (the peer's fault), `UnexpectedEof`
 //! for a stream that ends inside a frame, and `InvalidInput` for a message that cannot be
 //! encoded (ours).
@@ -166,15 +166,18 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         if let Some(capacity) = frame::shrunk_capacity(self.buf.capacity(), self.buf.len()) {
             self.buf.shrink_to(capacity);
         }
-        if let Some(capacity) = frame::grown_capacity(self.buf.capacity(), &self.buf, max) {
-            if let Some(held) = &mut self.held {
-                held.hold(capacity).await?;
-            }
-            self.buf.reserve_exact(capacity - self.buf.len());
-        }
+        let grown = frame::grown_capacity(self.buf.capacity(), &self.buf, max);
         if let Some(held) = &mut self.held {
-            // What the buffer holds now (after a shrink, less); never more than was had.
-            held.hold(self.buf.capacity().min(held.bytes())).await?;
+            // The buffer's capacity is charged, and the whole of a frame whose header is in
+            // at once: a reader that started a frame never waits for bytes that another
+            // reader of the peer holds (two half-read frames would wait for each other
+            // forever); a frame gets all it may need, or waits before it is read.
+            let capacity = grown.unwrap_or(self.buf.capacity());
+            let frame = frame::frame_end(&self.buf, max).unwrap_or(0);
+            held.hold(capacity.max(frame)).await?;
+        }
+        if let Some(capacity) = grown {
+            self.buf.reserve_exact(capacity - self.buf.len());
         }
         let len = self.buf.len();
         let room = (self.buf.capacity() - len).min(READ_CHUNK);
@@ -274,12 +277,16 @@ mod tests {
             assert_eq!(got.len(), 160 << 10);
             // The buffer's capacity is charged (until it is given back or the reader goes).
             assert_eq!(budget.total() - budget.available(), a.capacity());
+            assert!(a.capacity() >= 160 << 10);
             let mut b = FrameReader::with_budget(Cursor::new(frame), budget.clone());
             let mut next = Box::pin(b.next::<Vec<u8>>(1 << 20));
             assert!(
                 futures::poll!(next.as_mut()).is_pending(),
                 "b waits for room"
             );
+            // Its frame is not started on: all b holds is its first reads' room.
+            let held_by_b = budget.total() - budget.available() - a.capacity();
+            assert!(held_by_b <= 2 * MIN_READ, "{held_by_b}");
             drop(a);
             assert_eq!(next.await.unwrap().unwrap().len(), 160 << 10);
             assert!(b.next::<Vec<u8>>(1 << 20).await.unwrap().is_none());

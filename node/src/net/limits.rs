@@ -3,9 +3,10 @@
 //! - **Streams.** At most a fixed number of a peer's inbound streams of each protocol are
 //!   served at once ([`StreamKind::max_per_peer`]); [`PeerLimits::admit`] refuses the others,
 //!   and the acceptor drops them at once (which resets them), with a rate-limited log line.
-//!   The count is per peer id, across all its connections. This node opens no more than
-//!   that towards one peer either ([`PeerLimits::outbound`] waits for a slot), so a peer of
-//!   the mesh never has its streams refused for being busy.
+//!   The count is per peer id, across all its connections. This node opens at most half
+//!   that many object and code streams to one peer ([`PeerLimits::outbound`] waits for a
+//!   slot), so a peer of the mesh never has its streams refused for being busy, even while
+//!   the other side still counts streams this side has finished with.
 //! - **Bytes.** The bytes a peer's control streams hold in this node, read and not yet
 //!   handed to the node, are charged to that peer's [`PeerBudget`] ([`PEER_BUFFER_BYTES`]);
 //!   a reader that would go over it waits, not reading, until the peer's other streams give
@@ -28,8 +29,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 /// covers a link being replaced while the old one ends.
 pub const CONTROL_STREAMS_PER_PEER: usize = 2;
 /// Inbound object streams served at once per peer. A pull uses at most
-/// [`super::objects::STREAMS_PER_HOLDER`] per holder, and several pulls share the slots
-/// ([`PeerLimits::outbound`]).
+/// [`super::objects::STREAMS_PER_HOLDER`] per holder, and the pulls of a node share half this
+/// many slots per holder ([`PeerLimits::outbound`]).
 pub const OBJECT_STREAMS_PER_PEER: usize = 32;
 /// Inbound binary fetches served at once per peer (a peer fetches a binary once).
 pub const CODE_STREAMS_PER_PEER: usize = 4;
@@ -58,6 +59,18 @@ pub enum StreamKind {
 
 impl StreamKind {
     const ALL: [StreamKind; 4] = [Self::Control, Self::Object, Self::Code, Self::Bulk];
+
+    /// How many streams of this kind this node opens to one peer at once: half what a peer
+    /// serves, so the streams this side has finished and the peer is still closing never
+    /// count against a new one.
+    pub const fn max_outbound(self) -> usize {
+        let half = self.max_per_peer() / 2;
+        if half == 0 {
+            1
+        } else {
+            half
+        }
+    }
 
     /// How many of a peer's streams of this kind are served at once.
     pub const fn max_per_peer(self) -> usize {
@@ -313,7 +326,7 @@ impl PeerLimits {
     }
 
     /// Waits for a slot to open a stream of `kind` to `peer`: this node never has more than
-    /// [`StreamKind::max_per_peer`] of them open to one peer, so the peer never refuses one
+    /// [`StreamKind::max_outbound`] of them open to one peer, so the peer never refuses one
     /// for being busy. The slot is held until the permit is dropped.
     pub async fn outbound(&self, peer: PeerId, kind: StreamKind) -> OutboundPermit {
         let slots = {
@@ -324,7 +337,7 @@ impl PeerLimits {
                 .entry(peer)
                 .or_insert_with(|| Peer::new(budget_bytes));
             entry.outbound[kind.index()]
-                .get_or_insert_with(|| Arc::new(Semaphore::new(kind.max_per_peer())))
+                .get_or_insert_with(|| Arc::new(Semaphore::new(kind.max_outbound())))
                 .clone()
         };
         // The semaphore is never closed.
@@ -515,7 +528,8 @@ mod tests {
         let limits = PeerLimits::default();
         let peer = PeerId::random();
         let mut slots = Vec::new();
-        for _ in 0..CODE_STREAMS_PER_PEER {
+        assert_eq!(StreamKind::Code.max_outbound(), CODE_STREAMS_PER_PEER / 2);
+        for _ in 0..StreamKind::Code.max_outbound() {
             slots.push(limits.outbound(peer, StreamKind::Code).await);
         }
         let mut next = Box::pin(limits.outbound(peer, StreamKind::Code));

@@ -449,7 +449,7 @@ async fn pull_range(
     buf: &mut [u8],
 ) -> Result<(), ObjectError> {
     let err = stream_error(peer);
-    // Held until the stream is done: no more streams to one holder than it serves at once.
+    // Held until the stream is done: fewer streams to one holder than it serves at once.
     let _slot = limits.outbound(peer, StreamKind::Object).await;
     let stream =
         match tokio::time::timeout(STALL, control.open_stream(peer, protocol.clone())).await {

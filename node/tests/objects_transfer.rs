@@ -508,6 +508,7 @@ async fn a_holder_that_breaks_off_is_taken_over_where_it_stopped() {
     objects::pull(
         &mut control,
         small_protocol,
+        &PeerLimits::default(),
         &m.ids(&[0, 1]),
         sid,
         small.len() as u64,

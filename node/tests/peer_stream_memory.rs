@@ -4,21 +4,29 @@
 //! serving its peers and its drivers. And a peer that sends two large frames at once can make
 //! the node hold one, not both: its streams share one budget.
 //!
-//! The peer is a bare libp2p swarm built here (TCP, Noise, Yamux, identify with the mesh's
-//! protocol version, libp2p-stream). The node's memory is its `VmRSS` and `VmHWM` (peak) in
+//! The peer is a bare libp2p swarm built here, a member of the node's mesh (TCP, Noise, the
+//! mesh's admission with a credential from its join token, Yamux; identify, ping and
+//! libp2p-stream). The node's memory is its `VmRSS` and `VmHWM` (peak) in
 //! `/proc/<pid>/status`.
 
 use std::time::{Duration, Instant};
 
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use libp2p::core::upgrade::Version;
+use libp2p::core::ConnectedPoint;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{identify, noise, ping, tcp, yamux, Multiaddr, PeerId, Stream, StreamProtocol};
+use libp2p::Transport;
+use libp2p::{
+    identify, identity, noise, ping, tcp, yamux, Multiaddr, PeerId, Stream, StreamProtocol,
+};
 use shoal::InitOptions;
+use shoal_node::auth::JoinToken;
+use shoal_node::net::admission;
 use shoal_node::net::framed::{self, FrameReader};
 use shoal_node::net::limits::{CONTROL_STREAMS_PER_PEER, PEER_BUFFER_BYTES};
 use shoal_node::net::Protocols;
 use shoal_protocol::mesh::{PeerMsg, MAX_PEER_MSG};
-use shoal_tests::{NodeOptions, NodeProcess};
+use shoal_tests::{authority, NodeOptions, NodeProcess};
 use tokio::runtime::Runtime;
 use tokio::sync::mpsc;
 
@@ -86,13 +94,27 @@ impl Client {
     /// Connects to `node` (its listen address ends in `/p2p/<id>`) as a peer of its mesh.
     async fn connect(node: &NodeProcess) -> Self {
         let protocols = Protocols::for_mesh(node.mesh()).unwrap();
-        let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+        // A member of the node's mesh: a credential from the mesh's join token (which the
+        // node joined with), proved in the transport as the node's own peers prove theirs.
+        let key = identity::Keypair::generate_ed25519();
+        let token = JoinToken::from_text(&authority::token(node.mesh()).unwrap()).unwrap();
+        let credential = token
+            .credential(&key.public().to_peer_id(), admission::unix_now())
+            .unwrap();
+        let gate = admission::Gate::new(token.trust.clone(), credential);
+        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
             .with_tokio()
-            .with_tcp(
-                tcp::Config::default(),
-                noise::Config::new,
-                yamux::Config::default,
-            )
+            .with_other_transport(|k| {
+                let admit = move |peer: &PeerId, _: &ConnectedPoint| {
+                    admission::Admit::new(yamux::Config::default(), gate.clone(), *peer)
+                };
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
+                    tcp::tokio::Transport::new(tcp::Config::default())
+                        .upgrade(Version::V1Lazy)
+                        .authenticate(noise::Config::new(k)?)
+                        .multiplex_ext(admit),
+                )
+            })
             .unwrap()
             .with_behaviour(|key| ClientBehaviour {
                 identify: identify::Behaviour::new(identify::Config::new(

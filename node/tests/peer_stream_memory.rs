@@ -335,7 +335,7 @@ fn announced_frames_on_many_control_streams_leave_memory_flat() {
 /// lets the node hold one of them, and the other waits unread (its sender is held back by
 /// the stream's flow control) instead of doubling what the node holds.
 #[test]
-fn a_peer_s_streams_share_one_byte_budget() {
+fn one_peers_streams_share_one_byte_budget() {
     let rt = Runtime::new().unwrap();
     let node = start_node("stream-budget");
     let pid = node.pid();

@@ -1,7 +1,8 @@
 //! `shoal`: run a node, or ask one how it is.
 //!
 //! ```text
-//! shoal node [--socket PATH] [--cpus N] [--resource NAME=N]... [--store-bytes N]
+//! shoal node [--socket PATH] [--socket-group GROUP] [--cpus N] [--resource NAME=N]...
+//!            [--store-bytes N]
 //! shoal status [--json] [--socket PATH]
 //! shoal objects [--json] [--socket PATH]
 //! shoal peers [--json] [--socket PATH]
@@ -119,6 +120,16 @@ struct NodeArgs {
     /// Values above this many bytes go through the shared-memory store.
     #[arg(long, env = "SHOAL_INLINE_THRESHOLD")]
     inline_threshold: Option<u64>,
+    /// A group (name or gid) whose members may attach to the socket too; by default only
+    /// this user and root may. The socket becomes mode 0660 and the store directory
+    /// group-accessible; the socket's directory must let the group reach it (when it is the
+    /// per-user default, the node makes it mode 0710 and gives it to the group).
+    #[arg(long, value_name = "GROUP")]
+    socket_group: Option<String>,
+    /// Connections one uid may have attached at once (this node's own workers are not
+    /// counted) [default: 1024].
+    #[arg(long, value_name = "N")]
+    max_clients_per_uid: Option<usize>,
 }
 
 fn parse_resource(s: &str) -> Result<(String, f64), String> {
@@ -309,6 +320,10 @@ fn run_node(args: NodeArgs) -> Result<()> {
     }
     if let Some(t) = args.inline_threshold {
         config.inline_threshold = t;
+    }
+    config.socket_group = args.socket_group;
+    if let Some(n) = args.max_clients_per_uid {
+        config.clients_per_uid = n;
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

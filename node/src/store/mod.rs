@@ -33,6 +33,8 @@ pub struct StoreFiles {
     dir: PathBuf,
     spill_dir: PathBuf,
     capacity: u64,
+    /// Mode of the object files: 0600, or 0660 when shared with the socket group.
+    file_mode: u32,
     pool: Pool,
 }
 
@@ -136,27 +138,53 @@ pub fn partial_path(dir: &Path, id: &ObjectId) -> PathBuf {
 
 impl StoreFiles {
     /// Makes the directories `shoal-<pid>-<node id>` under `parent` (memory) and
-    /// `spill_parent` (disk), first removing directories left there by nodes whose process
-    /// is gone. `capacity` bounds the memory files, objects and files kept for reuse alike.
+    /// `spill_parent` (disk), first removing directories left there by nodes of this user
+    /// whose process is gone. `capacity` bounds the memory files, objects and files kept for
+    /// reuse alike. The directories and files are this user's alone; see
+    /// [`StoreFiles::open_shared`].
     pub fn open(
         parent: &Path,
         spill_parent: &Path,
         node: NodeId,
         capacity: u64,
     ) -> io::Result<Self> {
+        Self::open_shared(parent, spill_parent, node, capacity, None)
+    }
+
+    /// [`StoreFiles::open`], with the store directory and its files shared with `group` (the
+    /// socket group, whose members attach as drivers and write objects): the directory is
+    /// mode 2710 (they may open a file they know the name of, never list), its files 0660.
+    /// Without a group the directories are 0700 and the files 0600. The spill directory is
+    /// the node's alone either way. A directory that exists already is refused when it has
+    /// another owner or others may write to it ([`crate::runtime::access`]).
+    pub fn open_shared(
+        parent: &Path,
+        spill_parent: &Path,
+        node: NodeId,
+        capacity: u64,
+        group: Option<u32>,
+    ) -> io::Result<Self> {
+        use crate::runtime::access::{private_dir, safe_parent};
+        safe_parent(parent)?;
+        if spill_parent == crate::config::default_spill_parent() {
+            private_dir(spill_parent, None, false)?;
+        } else {
+            safe_parent(spill_parent)?;
+        }
         remove_stale_dirs(parent);
         remove_stale_dirs(spill_parent);
         let name = format!("shoal-{}-{}", std::process::id(), node);
         let dir = parent.join(&name);
-        std::fs::create_dir_all(&dir)?;
+        private_dir(&dir, group, true)?;
         let spill_dir = spill_parent.join(&name);
-        std::fs::create_dir_all(&spill_dir)?;
+        private_dir(&spill_dir, None, false)?;
         let pool = pool_dir(&dir);
-        std::fs::create_dir_all(&pool)?;
+        private_dir(&pool, None, false)?;
         Ok(Self {
             dir,
             spill_dir,
             capacity,
+            file_mode: if group.is_some() { 0o660 } else { 0o600 },
             pool: Pool {
                 dir: pool,
                 files: Vec::new(),
@@ -165,6 +193,21 @@ impl StoreFiles {
                 next: 0,
             },
         })
+    }
+
+    /// Opens a new object file for writing with the store's file mode (the umask may only
+    /// narrow it, so a group-shared store sets it again).
+    fn new_file(&self, path: &Path) -> io::Result<std::fs::File> {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(self.file_mode)
+            .open(path)?;
+        if self.file_mode != 0o600 {
+            file.set_permissions(std::fs::Permissions::from_mode(self.file_mode))?;
+        }
+        Ok(file)
     }
 
     /// The store directory.
@@ -223,10 +266,7 @@ impl StoreFiles {
         let made = match self.pool.take(size) {
             Some(pooled) => std::fs::rename(&pooled, &partial)
                 .and_then(|()| std::fs::OpenOptions::new().write(true).open(&partial)),
-            None => std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&partial),
+            None => self.new_file(&partial),
         }
         .and_then(|file| file.set_len(size));
         made.map_err(|e| {
@@ -298,7 +338,8 @@ impl StoreFiles {
             )));
         }
         let tmp = self.dir.join(format!("{}.restoring", id.to_hex()));
-        std::fs::write(&tmp, &bytes)
+        self.new_file(&tmp)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, &bytes))
             .and_then(|()| std::fs::rename(&tmp, object_path(&self.dir, id)))
             .map_err(|e| {
                 remove_file(&tmp);
@@ -347,7 +388,8 @@ fn remove_dir(path: &Path) {
     }
 }
 
-/// Removes `shoal-<pid>-*` directories under `parent` whose pid no longer runs.
+/// Removes `shoal-<pid>-*` directories under `parent` whose pid no longer runs, when they
+/// are this user's (never another user's, nor what a symbolic link points to).
 fn remove_stale_dirs(parent: &Path) {
     let Ok(entries) = std::fs::read_dir(parent) else {
         return;
@@ -360,7 +402,7 @@ fn remove_stale_dirs(parent: &Path) {
         let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
             continue;
         };
-        if pid <= 0 || process_alive(pid) {
+        if pid <= 0 || process_alive(pid) || !crate::runtime::access::owned_dir(&entry.path()) {
             continue;
         }
         tracing::info!(dir = %entry.path().display(), pid, "removing store directory of a dead node");

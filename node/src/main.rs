@@ -362,7 +362,9 @@ fn ask(socket: &std::path::Path, request: ToNode) -> Result<ToClient> {
     };
     frame::encode_frame(&mut out, &ToNode::Hello(hello), max)?;
     frame::encode_frame(&mut out, &request, max)?;
-    stream.write_all(&out)?;
+    // A node that refuses us may close before taking our bytes: its reason is still there
+    // to read.
+    let written = stream.write_all(&out);
     let mut frames = frame::FrameDecoder::new(max);
     let mut chunk = [0u8; 64 * 1024];
     loop {
@@ -373,8 +375,15 @@ fn ask(socket: &std::path::Path, request: ToNode) -> Result<ToClient> {
                 _ => {}
             }
         }
-        let n = stream.read(&mut chunk)?;
+        let n = match stream.read(&mut chunk) {
+            Ok(n) => n,
+            Err(e) => {
+                written.with_context(|| format!("talking to the node on {}", socket.display()))?;
+                return Err(e.into());
+            }
+        };
         if n == 0 {
+            written.with_context(|| format!("talking to the node on {}", socket.display()))?;
             bail!("the node closed the connection");
         }
         frames.extend(&chunk[..n]);

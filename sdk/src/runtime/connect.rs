@@ -162,12 +162,15 @@ async fn open_transport(hello: Hello, options: InitOptions) -> Result<Opened, In
                 let mut out = Vec::new();
                 frame::encode_frame(&mut out, &ToNode::Hello(hello), frame::DEFAULT_MAX_FRAME)
                     .map_err(|e| InitError::Handshake(e.to_string()))?;
-                stream
-                    .write_all(&out)
-                    .await
-                    .map_err(|e| InitError::Connect(socket.clone(), e))?;
+                // A node that refuses us may close before taking the Hello: its reason is
+                // still there to read.
+                let written = stream.write_all(&out).await;
                 let mut frames = FrameDecoder::new(frame::DEFAULT_MAX_FRAME);
-                let welcome = read_one(&mut stream, &mut frames).await?;
+                let welcome = match (read_one(&mut stream, &mut frames).await, written) {
+                    (Ok(msg), _) => msg,
+                    (Err(_), Err(e)) => return Err(InitError::Connect(socket.clone(), e)),
+                    (Err(e), Ok(())) => return Err(e),
+                };
                 return match welcome {
                     ToClient::Rejected { reason } => Err(InitError::Handshake(reason)),
                     welcome => Ok(Opened {

@@ -467,6 +467,19 @@ mod tests {
         assert!(!stale.exists() && !stale_spill.exists());
 
         let (a, b) = (ObjectId([1; 32]), ObjectId([2; 32]));
+        // The directories and files are this user's alone.
+        use std::os::unix::fs::MetadataExt;
+        let mode = |p: &Path| std::fs::symlink_metadata(p).unwrap().mode() & 0o7777;
+        for dir in [files.dir(), files.spill_dir(), &pool_dir(files.dir())] {
+            assert_eq!(mode(dir), 0o700, "{}", dir.display());
+        }
+        run(&mut files, OpKind::Create { id: a, size: 6 }).unwrap();
+        assert_eq!(mode(&partial_path(files.dir(), &a)), 0o600);
+        files.run(StoreOp {
+            op: None,
+            used: 0,
+            kind: OpKind::DropPartial { id: a },
+        });
         write(&mut files, a, b"aaaaaa");
         assert!(object_path(files.dir(), &a).exists());
         run(&mut files, OpKind::Spill { id: a, size: 6 }).unwrap();
@@ -478,6 +491,8 @@ mod tests {
             std::fs::read(object_path(files.dir(), &a)).unwrap(),
             b"aaaaaa"
         );
+        assert_eq!(mode(&object_path(files.dir(), &a)), 0o600);
+        assert_eq!(mode(&object_path(files.spill_dir(), &a)), 0o600);
         // A corrupted disk copy is detected, not restored.
         write(&mut files, b, b"bbbbbb");
         run(&mut files, OpKind::Spill { id: b, size: 6 }).unwrap();
@@ -534,6 +549,33 @@ mod tests {
             kind: OpKind::DropPartial { id: a },
         });
         assert!(!partial_path(files.dir(), &a).exists());
+        files.destroy();
+        std::fs::remove_dir_all(&parent).unwrap();
+    }
+
+    #[test]
+    fn a_store_shared_with_the_socket_group_lets_it_reach_the_files() {
+        use std::os::unix::fs::MetadataExt;
+        let parent = std::env::temp_dir().join(format!("shoal-group-test-{}", std::process::id()));
+        // SAFETY: getegid cannot fail.
+        let gid = unsafe { libc::getegid() };
+        let mut files = StoreFiles::open_shared(
+            &parent,
+            &parent.join("spill"),
+            NodeId([5; 16]),
+            1 << 20,
+            Some(gid),
+        )
+        .unwrap();
+        let meta = |p: &Path| std::fs::symlink_metadata(p).unwrap();
+        let dir = meta(files.dir());
+        assert_eq!((dir.mode() & 0o7777, dir.gid()), (0o2710, gid));
+        // The spill directory stays the node's alone.
+        assert_eq!(meta(files.spill_dir()).mode() & 0o7777, 0o700);
+        let id = ObjectId([7; 32]);
+        run(&mut files, OpKind::Create { id, size: 8 }).unwrap();
+        let file = meta(&partial_path(files.dir(), &id));
+        assert_eq!((file.mode() & 0o777, file.gid()), (0o660, gid));
         files.destroy();
         std::fs::remove_dir_all(&parent).unwrap();
     }

@@ -331,9 +331,11 @@ struct ConnCtx {
     shared: Shared,
 }
 
-/// Accepts connections until `stop` is cancelled or the core's inbox closes; the listener
-/// is closed when it returns. Connections still open end when `close` is cancelled (or
-/// when the core drops their queue).
+/// Accepts connections until `stop` is cancelled or the core's inbox closes. Connections
+/// still open end when `close` is cancelled (or when the core drops their queue). The
+/// listener stays open, accepting nothing, until `close` too: a worker that connects while
+/// the node stops waits in the backlog until the node kills it, rather than being refused
+/// and saying so.
 pub async fn serve(
     listener: UnixListener,
     events: mpsc::Sender<Event>,
@@ -352,7 +354,13 @@ pub async fn serve(
     };
     loop {
         let accepted = tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => {
+                tokio::select! {
+                    _ = close.cancelled() => {}
+                    _ = ctx.events.closed() => {}
+                }
+                return;
+            }
             a = listener.accept() => a,
         };
         let stream = match accepted {

@@ -181,7 +181,14 @@ pub async fn serve(
     let (response, bytes) = match path {
         None if !enabled => (CodeResponse::Refused, None),
         None => (CodeResponse::NotFound, None),
-        Some(p) => match read_checked(&p, &req.binary) {
+        // Read and hashed on a blocking thread: a binary is tens of megabytes.
+        Some(p) => match tokio::task::spawn_blocking({
+            let (p, id) = (p.clone(), req.binary);
+            move || read_checked(&p, &id)
+        })
+        .await
+        .unwrap_or_else(|e| Err(io::Error::other(e)))
+        {
             Ok(b) => (
                 CodeResponse::Found {
                     size: b.len() as u64,

@@ -154,10 +154,17 @@ pub async fn bind(path: &Path, group: Option<u32>) -> std::io::Result<UnixListen
         std::fs::remove_file(path)?;
     }
     // Bound under a temporary name and given its mode and group before it takes its name, so
-    // it is never reachable with looser permissions.
+    // it is never reachable with looser permissions (but for a path so long that the
+    // temporary name would not fit in a socket address: then the node's own check of each
+    // connection covers the moment until its mode is set).
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(format!(".{}.tmp", std::process::id()));
     let tmp = std::path::PathBuf::from(tmp);
+    let tmp = if tmp.as_os_str().len() < MAX_SOCKET_PATH {
+        tmp
+    } else {
+        path.to_path_buf()
+    };
     if std::fs::symlink_metadata(&tmp).is_ok() {
         std::fs::remove_file(&tmp)?;
     }
@@ -168,7 +175,10 @@ pub async fn bind(path: &Path, group: Option<u32>) -> std::io::Result<UnixListen
             super::access::chown_group(&tmp, g)?;
         }
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
-        std::fs::rename(&tmp, path)
+        if tmp != path {
+            std::fs::rename(&tmp, path)?;
+        }
+        Ok(())
     })();
     if let Err(e) = named {
         if let Err(e) = std::fs::remove_file(&tmp) {
@@ -178,6 +188,9 @@ pub async fn bind(path: &Path, group: Option<u32>) -> std::io::Result<UnixListen
     }
     Ok(listener)
 }
+
+/// The longest path a Unix socket address holds (`sun_path`, without its NUL).
+const MAX_SOCKET_PATH: usize = 107;
 
 /// Counts of refusals not logged yet, one line per [`LOG_EVERY`] at most for each kind.
 #[derive(Debug, Default)]
@@ -386,7 +399,7 @@ pub async fn serve(
         };
         let verdict = ctx.access.verdict(&cred);
         if verdict == Verdict::Refused {
-            refuse(&ctx, &stream, &cred);
+            refuse(&ctx, stream, &cred);
             continue;
         }
         let (seq, evict, evicted) = lock(&ctx.shared).add_pending(cred.uid, &ctx.limits);
@@ -438,7 +451,7 @@ pub async fn serve(
 
 /// Closes a connection from a process that may not attach, telling it why if its socket
 /// takes the few bytes at once, and logs it (once a second at most).
-fn refuse(ctx: &ConnCtx, stream: &UnixStream, cred: &PeerCred) {
+fn refuse(ctx: &ConnCtx, stream: UnixStream, cred: &PeerCred) {
     if let Some(more) = lock(&ctx.shared).refused_log.tick(Instant::now()) {
         tracing::warn!(
             uid = cred.uid,
@@ -451,8 +464,12 @@ fn refuse(ctx: &ConnCtx, stream: &UnixStream, cred: &PeerCred) {
     let mut out = Vec::new();
     let reason = format!("uid {} may not use this node", cred.uid);
     if frame::encode_frame(&mut out, &ToClient::Rejected { reason }, ctx.max_frame).is_ok() {
-        // Never waits: a client that does not read its socket just gets the close.
-        if let Err(e) = stream.try_write(&out) {
+        // A plain non-blocking write (the socket is out of tokio's hands): it never waits,
+        // and a client that does not read its socket just gets the close.
+        let written = stream
+            .into_std()
+            .and_then(|mut s| std::io::Write::write(&mut s, &out));
+        if let Err(e) = written {
             tracing::debug!(error = %e, "the refused client did not take the reason");
         }
     }

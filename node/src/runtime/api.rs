@@ -93,6 +93,9 @@ pub enum ConnError {
     /// The node closed the connection (it refused the client).
     #[error("closed by the node")]
     ClosedByNode,
+    /// No `Hello` came within the time limit.
+    #[error("bad handshake: no Hello within the time limit")]
+    HelloTimeout,
     /// Closed before its `Hello` to make room for a newer connection.
     #[error("closed before Hello: too many connections waiting to say Hello")]
     Evicted,
@@ -228,6 +231,7 @@ struct Admission {
     refused_log: Quiet,
     evicted_log: Quiet,
     full_log: Quiet,
+    timeout_log: Quiet,
 }
 
 impl Admission {
@@ -442,6 +446,11 @@ pub async fn serve(
                         tracing::warn!(error = %e, more, "connection refused");
                     }
                 }
+                Err(e @ ConnError::HelloTimeout) => {
+                    if let Some(more) = lock(&ctx.shared).timeout_log.tick(Instant::now()) {
+                        tracing::warn!(error = %e, more, "connection rejected");
+                    }
+                }
                 Err(e) => tracing::warn!(error = %e, "connection rejected"),
             }
         };
@@ -502,7 +511,7 @@ async fn handle(
             return Err(e);
         }
         Err(_) => {
-            let e = ConnError::Handshake("no Hello within the time limit".into());
+            let e = ConnError::HelloTimeout;
             reject(&mut wr, &e.to_string(), max_frame).await;
             return Err(e);
         }

@@ -123,7 +123,9 @@ struct NodeArgs {
     /// A group (name or gid) whose members may attach to the socket too; by default only
     /// this user and root may. The socket becomes mode 0660 and the store directory
     /// group-accessible; the socket's directory must let the group reach it (when it is the
-    /// per-user default, the node makes it mode 0710 and gives it to the group).
+    /// per-user default, the node makes it mode 0710 and gives it to the group). Members'
+    /// programs run in workers this node starts as its own user: name only a group whose
+    /// members you would let act as that user.
     #[arg(long, value_name = "GROUP")]
     socket_group: Option<String>,
     /// Connections one uid may have attached at once (this node's own workers are not

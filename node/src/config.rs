@@ -34,6 +34,12 @@ pub struct NodeConfig {
     pub pipeline_depth: usize,
     /// Whether this node runs inside a driver process.
     pub embedded: bool,
+    /// A group whose members may attach to the socket too (besides this user and root). The
+    /// socket and the store are then group-accessible. Default: none.
+    pub socket_group: Option<String>,
+    /// Connections one uid may have attached at once (the node's own workers not counted).
+    /// Default [`crate::api::CLIENTS_PER_UID`].
+    pub clients_per_uid: usize,
     /// The mesh this node joins, if any.
     #[cfg(feature = "mesh")]
     pub mesh: Option<MeshConfig>,
@@ -92,6 +98,8 @@ impl Default for NodeConfig {
             max_workers: ((cpus as usize) * 4).max(8),
             pipeline_depth: 32,
             embedded: false,
+            socket_group: None,
+            clients_per_uid: crate::api::CLIENTS_PER_UID,
             #[cfg(feature = "mesh")]
             mesh: None,
         }
@@ -128,6 +136,12 @@ impl NodeConfig {
         if self.max_workers == 0 || self.pipeline_depth == 0 {
             return bad("max_workers and pipeline_depth must be at least 1".into());
         }
+        if self.clients_per_uid == 0 {
+            return bad("clients_per_uid must be at least 1".into());
+        }
+        if self.socket_group.as_ref().is_some_and(|g| g.is_empty()) {
+            return bad("the socket group has no name".into());
+        }
         Ok(())
     }
 
@@ -149,7 +163,9 @@ pub fn default_socket_path() -> PathBuf {
     user_runtime_dir().join("node.sock")
 }
 
-/// A per-user directory for sockets: `$XDG_RUNTIME_DIR/shoal` or `/tmp/shoal-$UID`.
+/// A per-user directory for sockets: `$XDG_RUNTIME_DIR/shoal` or `/tmp/shoal-$UID`. The node
+/// makes it mode 0700 and refuses it when it exists with another owner or writable by others
+/// (see [`crate::runtime::access::private_dir`]).
 pub fn user_runtime_dir() -> PathBuf {
     match std::env::var_os("XDG_RUNTIME_DIR").filter(|p| !p.is_empty()) {
         Some(dir) => PathBuf::from(dir).join("shoal"),
@@ -158,7 +174,9 @@ pub fn user_runtime_dir() -> PathBuf {
     }
 }
 
-fn default_spill_parent() -> PathBuf {
+/// The default spill parent, `shoal-spill-$UID` in the temporary directory: a directory of
+/// this user alone (mode 0700, like [`user_runtime_dir`]).
+pub fn default_spill_parent() -> PathBuf {
     // SAFETY: getuid has no preconditions and cannot fail.
     let uid = unsafe { libc::getuid() };
     std::env::temp_dir().join(format!("shoal-spill-{uid}"))

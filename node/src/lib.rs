@@ -95,17 +95,25 @@ pub struct NodeHandle {
 pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     config.validate()?;
     let node_id = NodeId(random_bytes());
-    let listener = api::bind(&config.socket)
+    let group = match &config.socket_group {
+        Some(name) => Some(
+            runtime::access::resolve_group(name)
+                .map_err(|e| config::ConfigError::Invalid(format!("socket group: {e}")))?,
+        ),
+        None => None,
+    };
+    let listener = api::bind(&config.socket, group)
         .await
         .map_err(|source| NodeError::Bind {
             path: config.socket.clone(),
             source,
         })?;
-    let files = store::StoreFiles::open(
+    let files = store::StoreFiles::open_shared(
         &config.store_parent,
         &config.spill_parent,
         node_id,
         config.store_bytes,
+        group,
     )
     .map_err(|source| NodeError::Store {
         path: config.store_parent.clone(),
@@ -161,6 +169,10 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     #[cfg(not(feature = "mesh"))]
     let peer = None;
     let (max_frame, socket) = (config.max_frame, config.socket.clone());
+    let limits = api::Limits {
+        clients_per_uid: config.clients_per_uid,
+        ..api::Limits::default()
+    };
     let span = tracing::info_span!("node", node = %node_id);
     let core = core::NodeCore::new(
         std::time::Instant::now(),
@@ -179,7 +191,10 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         shell.set_net(net, tx.clone());
     }
     tokio::spawn(shell.run(rx, stop, stopped).instrument(span.clone()));
-    tokio::spawn(api::serve(listener, tx, max_frame, accept, close).instrument(span));
+    let access = api::Access::new(group);
+    tokio::spawn(
+        api::serve(listener, tx, max_frame, access, limits, accept, close).instrument(span),
+    );
     Ok(handle)
 }
 

@@ -1,7 +1,8 @@
 //! `shoal`: run a node, or ask one how it is.
 //!
 //! ```text
-//! shoal node [--join TOKEN] [--socket PATH] [--cpus N] [--resource NAME=N]... [--store-bytes N]
+//! shoal node [--join TOKEN] [--socket PATH] [--socket-group GROUP] [--cpus N] [--resource NAME=N]...
+//!            [--store-bytes N]
 //! shoal mesh init --mesh NAME [--out FILE]
 //! shoal mesh invite --authority FILE [--role node|client] [--expires 30d] [--peer ID] [--bootstrap ADDR]...
 //! shoal mesh revoke --authority FILE (--peer ID | --invite KEY)
@@ -211,6 +212,18 @@ struct NodeArgs {
     /// Values above this many bytes go through the shared-memory store.
     #[arg(long, env = "SHOAL_INLINE_THRESHOLD")]
     inline_threshold: Option<u64>,
+    /// A group (name or gid) whose members may attach to the socket too; by default only
+    /// this user and root may. The socket becomes mode 0660 and the store directory
+    /// group-accessible; the socket's directory must let the group reach it (when it is the
+    /// per-user default, the node makes it mode 0710 and gives it to the group). Members'
+    /// programs run in workers this node starts as its own user: name only a group whose
+    /// members you would let act as that user.
+    #[arg(long, value_name = "GROUP")]
+    socket_group: Option<String>,
+    /// Connections one uid may have attached at once (this node's own workers are not
+    /// counted) [default: 1024].
+    #[arg(long, value_name = "N")]
+    max_clients_per_uid: Option<usize>,
 }
 
 fn parse_resource(s: &str) -> Result<(String, f64), String> {
@@ -430,6 +443,10 @@ fn run_node(args: NodeArgs) -> Result<()> {
     if let Some(t) = args.inline_threshold {
         config.inline_threshold = t;
     }
+    config.socket_group = args.socket_group;
+    if let Some(n) = args.max_clients_per_uid {
+        config.clients_per_uid = n;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -467,7 +484,9 @@ fn ask(socket: &std::path::Path, request: ToNode) -> Result<ToClient> {
     };
     frame::encode_frame(&mut out, &ToNode::Hello(hello), max)?;
     frame::encode_frame(&mut out, &request, max)?;
-    stream.write_all(&out)?;
+    // A node that refuses us may close before taking our bytes: its reason is still there
+    // to read.
+    let written = stream.write_all(&out);
     let mut frames = frame::FrameDecoder::new(max);
     let mut chunk = [0u8; 64 * 1024];
     loop {
@@ -478,8 +497,15 @@ fn ask(socket: &std::path::Path, request: ToNode) -> Result<ToClient> {
                 _ => {}
             }
         }
-        let n = stream.read(&mut chunk)?;
+        let n = match stream.read(&mut chunk) {
+            Ok(n) => n,
+            Err(e) => {
+                written.with_context(|| format!("talking to the node on {}", socket.display()))?;
+                return Err(e.into());
+            }
+        };
         if n == 0 {
+            written.with_context(|| format!("talking to the node on {}", socket.display()))?;
             bail!("the node closed the connection");
         }
         frames.extend(&chunk[..n]);

@@ -33,6 +33,8 @@ pub struct StoreFiles {
     dir: PathBuf,
     spill_dir: PathBuf,
     capacity: u64,
+    /// Mode of the object files: 0600, or 0660 when shared with the socket group.
+    file_mode: u32,
     pool: Pool,
 }
 
@@ -136,27 +138,53 @@ pub fn partial_path(dir: &Path, id: &ObjectId) -> PathBuf {
 
 impl StoreFiles {
     /// Makes the directories `shoal-<pid>-<node id>` under `parent` (memory) and
-    /// `spill_parent` (disk), first removing directories left there by nodes whose process
-    /// is gone. `capacity` bounds the memory files, objects and files kept for reuse alike.
+    /// `spill_parent` (disk), first removing directories left there by nodes of this user
+    /// whose process is gone. `capacity` bounds the memory files, objects and files kept for
+    /// reuse alike. The directories and files are this user's alone; see
+    /// [`StoreFiles::open_shared`].
     pub fn open(
         parent: &Path,
         spill_parent: &Path,
         node: NodeId,
         capacity: u64,
     ) -> io::Result<Self> {
+        Self::open_shared(parent, spill_parent, node, capacity, None)
+    }
+
+    /// [`StoreFiles::open`], with the store directory and its files shared with `group` (the
+    /// socket group, whose members attach as drivers and write objects): the directory is
+    /// mode 2710 (they may open a file they know the name of, never list), its files 0660.
+    /// Without a group the directories are 0700 and the files 0600. The spill directory is
+    /// the node's alone either way. A directory that exists already is refused when it has
+    /// another owner or others may write to it ([`crate::runtime::access`]).
+    pub fn open_shared(
+        parent: &Path,
+        spill_parent: &Path,
+        node: NodeId,
+        capacity: u64,
+        group: Option<u32>,
+    ) -> io::Result<Self> {
+        use crate::runtime::access::{private_dir, safe_parent};
+        safe_parent(parent)?;
+        if spill_parent == crate::config::default_spill_parent() {
+            private_dir(spill_parent, None, false)?;
+        } else {
+            safe_parent(spill_parent)?;
+        }
         remove_stale_dirs(parent);
         remove_stale_dirs(spill_parent);
         let name = format!("shoal-{}-{}", std::process::id(), node);
         let dir = parent.join(&name);
-        std::fs::create_dir_all(&dir)?;
+        private_dir(&dir, group, true)?;
         let spill_dir = spill_parent.join(&name);
-        std::fs::create_dir_all(&spill_dir)?;
+        private_dir(&spill_dir, None, false)?;
         let pool = pool_dir(&dir);
-        std::fs::create_dir_all(&pool)?;
+        private_dir(&pool, None, false)?;
         Ok(Self {
             dir,
             spill_dir,
             capacity,
+            file_mode: if group.is_some() { 0o660 } else { 0o600 },
             pool: Pool {
                 dir: pool,
                 files: Vec::new(),
@@ -165,6 +193,21 @@ impl StoreFiles {
                 next: 0,
             },
         })
+    }
+
+    /// Opens a new object file for writing with the store's file mode (the umask may only
+    /// narrow it, so a group-shared store sets it again).
+    fn new_file(&self, path: &Path) -> io::Result<std::fs::File> {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(self.file_mode)
+            .open(path)?;
+        if self.file_mode != 0o600 {
+            file.set_permissions(std::fs::Permissions::from_mode(self.file_mode))?;
+        }
+        Ok(file)
     }
 
     /// The store directory.
@@ -223,10 +266,7 @@ impl StoreFiles {
         let made = match self.pool.take(size) {
             Some(pooled) => std::fs::rename(&pooled, &partial)
                 .and_then(|()| std::fs::OpenOptions::new().write(true).open(&partial)),
-            None => std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&partial),
+            None => self.new_file(&partial),
         }
         .and_then(|file| file.set_len(size));
         made.map_err(|e| {
@@ -298,7 +338,8 @@ impl StoreFiles {
             )));
         }
         let tmp = self.dir.join(format!("{}.restoring", id.to_hex()));
-        std::fs::write(&tmp, &bytes)
+        self.new_file(&tmp)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, &bytes))
             .and_then(|()| std::fs::rename(&tmp, object_path(&self.dir, id)))
             .map_err(|e| {
                 remove_file(&tmp);
@@ -347,7 +388,8 @@ fn remove_dir(path: &Path) {
     }
 }
 
-/// Removes `shoal-<pid>-*` directories under `parent` whose pid no longer runs.
+/// Removes `shoal-<pid>-*` directories under `parent` whose pid no longer runs, when they
+/// are this user's (never another user's, nor what a symbolic link points to).
 fn remove_stale_dirs(parent: &Path) {
     let Ok(entries) = std::fs::read_dir(parent) else {
         return;
@@ -360,7 +402,7 @@ fn remove_stale_dirs(parent: &Path) {
         let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
             continue;
         };
-        if pid <= 0 || process_alive(pid) {
+        if pid <= 0 || process_alive(pid) || !crate::runtime::access::owned_dir(&entry.path()) {
             continue;
         }
         tracing::info!(dir = %entry.path().display(), pid, "removing store directory of a dead node");
@@ -425,6 +467,19 @@ mod tests {
         assert!(!stale.exists() && !stale_spill.exists());
 
         let (a, b) = (ObjectId([1; 32]), ObjectId([2; 32]));
+        // The directories and files are this user's alone.
+        use std::os::unix::fs::MetadataExt;
+        let mode = |p: &Path| std::fs::symlink_metadata(p).unwrap().mode() & 0o7777;
+        for dir in [files.dir(), files.spill_dir(), &pool_dir(files.dir())] {
+            assert_eq!(mode(dir), 0o700, "{}", dir.display());
+        }
+        run(&mut files, OpKind::Create { id: a, size: 6 }).unwrap();
+        assert_eq!(mode(&partial_path(files.dir(), &a)), 0o600);
+        files.run(StoreOp {
+            op: None,
+            used: 0,
+            kind: OpKind::DropPartial { id: a },
+        });
         write(&mut files, a, b"aaaaaa");
         assert!(object_path(files.dir(), &a).exists());
         run(&mut files, OpKind::Spill { id: a, size: 6 }).unwrap();
@@ -436,6 +491,8 @@ mod tests {
             std::fs::read(object_path(files.dir(), &a)).unwrap(),
             b"aaaaaa"
         );
+        assert_eq!(mode(&object_path(files.dir(), &a)), 0o600);
+        assert_eq!(mode(&object_path(files.spill_dir(), &a)), 0o600);
         // A corrupted disk copy is detected, not restored.
         write(&mut files, b, b"bbbbbb");
         run(&mut files, OpKind::Spill { id: b, size: 6 }).unwrap();
@@ -492,6 +549,33 @@ mod tests {
             kind: OpKind::DropPartial { id: a },
         });
         assert!(!partial_path(files.dir(), &a).exists());
+        files.destroy();
+        std::fs::remove_dir_all(&parent).unwrap();
+    }
+
+    #[test]
+    fn a_store_shared_with_the_socket_group_lets_it_reach_the_files() {
+        use std::os::unix::fs::MetadataExt;
+        let parent = std::env::temp_dir().join(format!("shoal-group-test-{}", std::process::id()));
+        // SAFETY: getegid cannot fail.
+        let gid = unsafe { libc::getegid() };
+        let mut files = StoreFiles::open_shared(
+            &parent,
+            &parent.join("spill"),
+            NodeId([5; 16]),
+            1 << 20,
+            Some(gid),
+        )
+        .unwrap();
+        let meta = |p: &Path| std::fs::symlink_metadata(p).unwrap();
+        let dir = meta(files.dir());
+        assert_eq!((dir.mode() & 0o7777, dir.gid()), (0o2710, gid));
+        // The spill directory stays the node's alone.
+        assert_eq!(meta(files.spill_dir()).mode() & 0o7777, 0o700);
+        let id = ObjectId([7; 32]);
+        run(&mut files, OpKind::Create { id, size: 8 }).unwrap();
+        let file = meta(&partial_path(files.dir(), &id));
+        assert_eq!((file.mode() & 0o777, file.gid()), (0o660, gid));
         files.destroy();
         std::fs::remove_dir_all(&parent).unwrap();
     }

@@ -155,18 +155,22 @@ async fn open_transport(hello: Hello, options: InitOptions) -> Result<Opened, In
         .socket
         .clone()
         .unwrap_or_else(shoal_node::config::default_socket_path);
+    check_default_socket_dir(&options)?;
     if !options.force_embedded {
         match UnixStream::connect(&socket).await {
             Ok(mut stream) => {
                 let mut out = Vec::new();
                 frame::encode_frame(&mut out, &ToNode::Hello(hello), frame::DEFAULT_MAX_FRAME)
                     .map_err(|e| InitError::Handshake(e.to_string()))?;
-                stream
-                    .write_all(&out)
-                    .await
-                    .map_err(|e| InitError::Connect(socket.clone(), e))?;
+                // A node that refuses us may close before taking the Hello: its reason is
+                // still there to read.
+                let written = stream.write_all(&out).await;
                 let mut frames = FrameDecoder::new(frame::DEFAULT_MAX_FRAME);
-                let welcome = read_one(&mut stream, &mut frames).await?;
+                let welcome = match (read_one(&mut stream, &mut frames).await, written) {
+                    (Ok(msg), _) => msg,
+                    (Err(_), Err(e)) => return Err(InitError::Connect(socket.clone(), e)),
+                    (Err(e), Ok(())) => return Err(e),
+                };
                 return match welcome {
                     ToClient::Rejected { reason } => Err(InitError::Handshake(reason)),
                     welcome => Ok(Opened {
@@ -227,6 +231,23 @@ async fn open_transport(hello: Hello, options: InitOptions) -> Result<Opened, In
             Err(e)
         }
     }
+}
+
+/// Refuses the per-user runtime directory when another user could have planted a socket in
+/// it (it is not this user's or root's, or others may write to it): the node on such a
+/// socket would learn this program's path and arguments. A socket named by the program or by
+/// `$SHOAL_SOCKET` is the user's own choice and is not checked.
+fn check_default_socket_dir(options: &InitOptions) -> Result<(), InitError> {
+    let named = options.socket.is_some()
+        || std::env::var_os(shoal_protocol::env::SOCKET).is_some_and(|s| !s.is_empty());
+    if named {
+        return Ok(());
+    }
+    let dir = shoal_node::config::user_runtime_dir();
+    shoal_node::runtime::access::check_socket_dir(&dir).map_err(|e| {
+        tracing::error!(error = %e, "not attaching through an unsafe socket directory");
+        InitError::SocketDir(e.to_string())
+    })
 }
 
 /// The handshake with an embedded node.

@@ -34,6 +34,8 @@ pub struct NodeConfig {
     pub pipeline_depth: usize,
     /// Whether this node runs inside a driver process.
     pub embedded: bool,
+    /// How workers of binaries shipped by peers are sandboxed, and the memory monitor.
+    pub sandbox: SandboxConfig,
     /// The mesh this node joins, if any.
     #[cfg(feature = "mesh")]
     pub mesh: Option<MeshConfig>,
@@ -92,6 +94,7 @@ impl Default for NodeConfig {
             max_workers: ((cpus as usize) * 4).max(8),
             pipeline_depth: 32,
             embedded: false,
+            sandbox: SandboxConfig::default(),
             #[cfg(feature = "mesh")]
             mesh: None,
         }
@@ -128,6 +131,7 @@ impl NodeConfig {
         if self.max_workers == 0 || self.pipeline_depth == 0 {
             return bad("max_workers and pipeline_depth must be at least 1".into());
         }
+        self.sandbox.validate()?;
         Ok(())
     }
 
@@ -138,6 +142,57 @@ impl NodeConfig {
             r = r.with(name, *amount);
         }
         r
+    }
+}
+
+/// How a worker started from a binary shipped by a peer is confined, and when the node kills
+/// workers because the machine is nearly out of memory. Workers of a local program's own
+/// binary run as that program's user, as before, but are watched by the memory monitor too.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SandboxConfig {
+    /// The user shipped code runs as. Default: `nobody` when the node runs as root, else
+    /// the node's own user (switching users needs root).
+    pub worker_user: Option<String>,
+    /// Let a node running as root run shipped code as root (refused otherwise). Default off.
+    pub allow_root_workers: bool,
+    /// Memory limit of each sandboxed worker, in bytes: a cgroup v2 or v1 limit where the
+    /// node can make cgroups, else `RLIMIT_DATA`. Default: none.
+    pub worker_memory: Option<u64>,
+    /// The share of the machine's memory in use (`1 - MemAvailable / MemTotal`) above which
+    /// the node kills the worker with the largest resident set. Default 0.95; 1.0 turns the
+    /// monitor off.
+    pub memory_threshold: f64,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        Self {
+            worker_user: None,
+            allow_root_workers: false,
+            worker_memory: None,
+            memory_threshold: 0.95,
+        }
+    }
+}
+
+impl SandboxConfig {
+    /// Checks ranges (the user is looked up when the node starts).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(self.memory_threshold > 0.0 && self.memory_threshold <= 1.0) {
+            return Err(ConfigError::Invalid(format!(
+                "memory threshold must be in (0, 1], not {}",
+                self.memory_threshold
+            )));
+        }
+        if self.worker_memory.is_some_and(|m| m < 1 << 20) {
+            return Err(ConfigError::Invalid(
+                "worker memory must be at least 1 MiB".into(),
+            ));
+        }
+        if self.worker_user.as_deref() == Some("") {
+            return Err(ConfigError::Invalid("worker user must not be empty".into()));
+        }
+        Ok(())
     }
 }
 

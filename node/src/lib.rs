@@ -68,6 +68,9 @@ pub enum NodeError {
     /// The node has stopped.
     #[error("the node has stopped")]
     Stopped,
+    /// The sandbox for shipped code could not be set up (or would run it as root).
+    #[error(transparent)]
+    Sandbox(#[from] runtime::sandbox::SandboxError),
     /// The mesh could not be joined.
     #[cfg(feature = "mesh")]
     #[error(transparent)]
@@ -157,7 +160,17 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         })
     });
     #[cfg(not(feature = "mesh"))]
-    let peer = None;
+    let peer: Option<core::PeerConfig> = None;
+    // Only a node that takes code from peers runs any: only it needs a sandbox.
+    let sandbox = match &peer {
+        Some(p) if p.accepts_code => {
+            let sandbox = runtime::sandbox::Sandbox::new(&config.sandbox, node_id)?;
+            sandbox.grant_store(files.dir());
+            Some(sandbox)
+        }
+        _ => None,
+    };
+    let monitor = runtime::sandbox::MemoryMonitor::new(config.sandbox.memory_threshold);
     let (max_frame, socket) = (config.max_frame, config.socket.clone());
     let span = tracing::info_span!("node", node = %node_id);
     let core = core::NodeCore::new(
@@ -172,6 +185,7 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     #[allow(unused_mut)]
     let mut shell =
         runtime::event_loop::Shell::new(core, files, socket, accept.clone(), close.clone());
+    shell.set_workers(sandbox, monitor, &tx, max_frame);
     #[cfg(feature = "mesh")]
     if let Some(net) = net {
         shell.set_net(net, tx.clone());

@@ -2,6 +2,8 @@
 //!
 //! ```text
 //! shoal node [--socket PATH] [--cpus N] [--resource NAME=N]... [--store-bytes N]
+//!            [--worker-user USER] [--allow-root-workers] [--worker-memory BYTES]
+//!            [--memory-threshold SHARE]
 //! shoal status [--json] [--socket PATH]
 //! shoal objects [--json] [--socket PATH]
 //! shoal peers [--json] [--socket PATH]
@@ -119,6 +121,38 @@ struct NodeArgs {
     /// Values above this many bytes go through the shared-memory store.
     #[arg(long, env = "SHOAL_INLINE_THRESHOLD")]
     inline_threshold: Option<u64>,
+    /// The user that code shipped by peers runs as [default: nobody when the node runs as
+    /// root, else the node's own user].
+    #[arg(long, env = "SHOAL_WORKER_USER")]
+    worker_user: Option<String>,
+    /// Let a node running as root run code shipped by peers as root.
+    #[arg(long)]
+    allow_root_workers: bool,
+    /// Memory limit of each worker of shipped code, in bytes (suffixes K, M, G: powers of
+    /// 1024) [default: none].
+    #[arg(long, env = "SHOAL_WORKER_MEMORY", value_parser = parse_bytes)]
+    worker_memory: Option<u64>,
+    /// Share of the machine's memory in use above which the node kills the worker using the
+    /// most (1 turns this off).
+    #[arg(long, env = "SHOAL_MEMORY_THRESHOLD", default_value_t = 0.95)]
+    memory_threshold: f64,
+}
+
+/// `N`, `NK`, `NM` or `NG` (powers of 1024) bytes.
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (digits, shift) = match t.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&t[..i], 10),
+        Some((i, 'M' | 'm')) => (&t[..i], 20),
+        Some((i, 'G' | 'g')) => (&t[..i], 30),
+        _ => (t, 0),
+    };
+    let n: u64 = digits
+        .trim()
+        .parse()
+        .map_err(|e| format!("bad size {s:?}: {e}"))?;
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("size {s:?} is too large"))
 }
 
 fn parse_resource(s: &str) -> Result<(String, f64), String> {
@@ -310,6 +344,12 @@ fn run_node(args: NodeArgs) -> Result<()> {
     if let Some(t) = args.inline_threshold {
         config.inline_threshold = t;
     }
+    config.sandbox = shoal_node::config::SandboxConfig {
+        worker_user: args.worker_user,
+        allow_root_workers: args.allow_root_workers,
+        worker_memory: args.worker_memory,
+        memory_threshold: args.memory_threshold,
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

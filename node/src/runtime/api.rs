@@ -120,34 +120,68 @@ pub async fn serve(
         if events.is_closed() {
             return;
         }
-        let conn = next_conn_id();
-        let events = events.clone();
-        let span = tracing::info_span!(
-            "conn",
-            conn,
-            role = tracing::field::Empty,
-            pid = tracing::field::Empty
-        );
-        let close = close.clone();
-        tokio::spawn(
-            async move {
-                let result = tokio::select! {
-                    r = handle(conn, stream, events.clone(), max_frame) => r,
-                    _ = close.cancelled() => Err(ConnError::Shutdown),
-                };
-                match result {
-                    Ok(()) => tracing::debug!("connection closed"),
-                    Err(ConnError::ClosedEarly) => {
-                        tracing::debug!("connection closed before Hello")
-                    }
-                    Err(ConnError::Shutdown) => tracing::debug!("connection closed: node stopping"),
-                    Err(e) => tracing::warn!(error = %e, "connection rejected"),
-                }
-                drop(permit);
-            }
-            .instrument(span),
+        serve_conn(
+            stream,
+            events.clone(),
+            max_frame,
+            close.clone(),
+            None,
+            Some(permit),
         );
     }
+}
+
+/// Serves the node's end of a socket pair whose other end a sandboxed worker inherited: a
+/// connection like an accepted one, except that it may only ever be worker `worker` (a
+/// shipped binary cannot pass itself off as a local driver, whose binary would run
+/// unsandboxed). It ends when `close` is cancelled, like the others.
+pub fn serve_inherited(
+    stream: std::os::unix::net::UnixStream,
+    worker: u64,
+    events: mpsc::Sender<Event>,
+    max_frame: usize,
+    close: tokio_util::sync::CancellationToken,
+) -> std::io::Result<()> {
+    stream.set_nonblocking(true)?;
+    let stream = UnixStream::from_std(stream)?;
+    serve_conn(stream, events, max_frame, close, Some(worker), None);
+    Ok(())
+}
+
+/// Spawns the handler of one connection; `only_worker` restricts who it may be.
+fn serve_conn(
+    stream: UnixStream,
+    events: mpsc::Sender<Event>,
+    max_frame: usize,
+    close: tokio_util::sync::CancellationToken,
+    only_worker: Option<u64>,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+) {
+    let conn = next_conn_id();
+    let span = tracing::info_span!(
+        "conn",
+        conn,
+        role = tracing::field::Empty,
+        pid = tracing::field::Empty
+    );
+    tokio::spawn(
+        async move {
+            let result = tokio::select! {
+                r = handle(conn, stream, events.clone(), max_frame, only_worker) => r,
+                _ = close.cancelled() => Err(ConnError::Shutdown),
+            };
+            match result {
+                Ok(()) => tracing::debug!("connection closed"),
+                Err(ConnError::ClosedEarly) => {
+                    tracing::debug!("connection closed before Hello")
+                }
+                Err(ConnError::Shutdown) => tracing::debug!("connection closed: node stopping"),
+                Err(e) => tracing::warn!(error = %e, "connection rejected"),
+            }
+            drop(permit);
+        }
+        .instrument(span),
+    );
 }
 
 async fn handle(
@@ -155,11 +189,22 @@ async fn handle(
     stream: UnixStream,
     events: mpsc::Sender<Event>,
     max_frame: usize,
+    only_worker: Option<u64>,
 ) -> Result<(), ConnError> {
     let (mut rd, mut wr) = stream.into_split();
     let mut frames = FrameDecoder::new(max_frame);
     let hello = match tokio::time::timeout(HELLO_TIMEOUT, read_hello(&mut rd, &mut frames)).await {
-        Ok(Ok(h)) => h,
+        Ok(Ok(h)) => match (only_worker, &h.role) {
+            (None, _) => h,
+            (Some(w), Role::Worker { worker_id }) if *worker_id == w => h,
+            (Some(w), role) => {
+                let e = ConnError::Handshake(format!(
+                    "the connection of sandboxed worker {w} may not attach as {role:?}"
+                ));
+                reject(&mut wr, &e.to_string(), max_frame).await;
+                return Err(e);
+            }
+        },
         Ok(Err(e)) => {
             reject(&mut wr, &e.to_string(), max_frame).await;
             return Err(e);

@@ -5,6 +5,7 @@
 //!   outputs; a staged shutdown.
 //! - [`api`]: the local Unix socket.
 //! - [`workers`]: worker processes.
+//! - [`sandbox`]: how workers of code shipped by peers are confined, and the memory monitor.
 //! - [`queue`]: a process's outbound queue, bounded in messages and bytes.
 
 pub mod api;
@@ -12,6 +13,7 @@ pub(crate) mod event_loop;
 #[cfg(feature = "mesh")]
 mod mesh;
 pub mod queue;
+pub mod sandbox;
 pub mod workers;
 
 use shoal_protocol::{Hello, NodeStatus, ToNode};

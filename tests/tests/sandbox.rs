@@ -226,8 +226,8 @@ fn a_shipped_binarys_worker_runs_as_the_worker_user() {
         assert_eq!(meta.permissions().mode() & 0o777, 0o700);
     }
     // One cgroup per worker under B's own parent, all gone when B stops.
-    let cgroups = own_memory_cgroup().map(|dir| {
-        let parents = named(&dir, &format!("shoal-{b_pid}-"));
+    let cgroups = own_memory_cgroup().inspect(|dir| {
+        let parents = named(dir, &format!("shoal-{b_pid}-"));
         assert_eq!(parents.len(), 1, "{parents:?}");
         let workers = named(&parents[0], "w-");
         assert!(
@@ -237,7 +237,6 @@ fn a_shipped_binarys_worker_runs_as_the_worker_user() {
         );
         let limit = std::fs::read_to_string(workers[0].join("memory.limit_in_bytes")).unwrap();
         assert_eq!(limit.trim(), WORKER_MEMORY.to_string());
-        dir
     });
     mesh.node_mut(1).signal(libc::SIGTERM).unwrap();
     let status = mesh

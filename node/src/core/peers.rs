@@ -281,8 +281,8 @@ impl NodeCore {
         }
     }
 
-    /// A task sent to `peer` failed there because its worker died: it runs again, from
-    /// here, if its budget allows. Says whether it does.
+    /// A task sent to `peer` failed there because its worker died (or was killed for
+    /// memory): it runs again, from here, if its budget allows. Says whether it does.
     fn retry_returned(&mut self, now: Instant, peer: PeerKey, task: TaskId) -> bool {
         let Some(entry) = self.tasks.get_mut(&task) else {
             return false;

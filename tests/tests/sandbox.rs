@@ -45,6 +45,14 @@ fn hog(mb: u64) -> u64 {
     chunks.iter().map(|c| c.len() as u64).sum()
 }
 
+/// Holds `mb` MiB (touched) for `ms` milliseconds.
+#[shoal::remote]
+fn hold(mb: u64, ms: u64) -> u64 {
+    let held = vec![1u8; (mb << 20) as usize];
+    std::thread::sleep(Duration::from_millis(ms));
+    held.iter().map(|b| *b as u64).sum()
+}
+
 /// `n` bytes of a pattern: a large result, written into B's store by the sandboxed worker.
 #[shoal::remote]
 fn pattern(n: u64) -> Bytes {
@@ -92,6 +100,16 @@ fn driver_entry() {
             println!("result next {uid} {peer}");
             let small = hog.options(on_b()).remote(8).get_blocking().unwrap();
             println!("result small {small}");
+        }
+        "monitor" => {
+            // B's monitor finds the machine "nearly full" at once: the worker goes.
+            let slow = hold.options(on_b().max_retries(0)).remote(32, 30_000);
+            match slow.get_blocking() {
+                Err(shoal::GetError::Task(shoal::TaskError::OutOfMemory { limit, used })) => {
+                    println!("result oom {limit} {used}");
+                }
+                other => panic!("expected OutOfMemory, got {other:?}"),
+            }
         }
         other => panic!("unknown scenario {other}"),
     }
@@ -291,4 +309,37 @@ fn a_task_past_its_memory_limit_fails_with_out_of_memory_and_the_next_runs() {
         Ok((log.matches("worker killed for memory").count() >= 2).then_some(()))
     })
     .unwrap_or_else(|e| panic!("{}", b.with_log(format!("{e:#}"))));
+}
+
+#[test]
+fn the_memory_monitor_kills_the_largest_worker_when_memory_is_nearly_full() {
+    if !is_root() {
+        eprintln!("skipped: switching to the worker user needs root");
+        return;
+    }
+    let _turn = serial();
+    // 1% of memory in use counts as "nearly full" on B: any worker of B is over it.
+    let mesh = mesh("sandbox-monitor", &["--memory-threshold", "0.01"]);
+    let lines = driver(&mesh.node(0).socket(), "monitor");
+    let oom: Vec<u64> = value(&lines, "oom")
+        .split(' ')
+        .map(|v| v.parse().unwrap())
+        .collect();
+    let total: u64 = std::fs::read_to_string("/proc/meminfo")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap()
+        * 1024;
+    // The limit is the threshold in bytes; what it used is its resident set (up to the 32
+    // MiB it holds, and more: the kill may come at any point of the task).
+    assert_eq!(oom[0], (total as f64 * 0.01) as u64, "{lines:?}");
+    assert!(oom[1] > 0 && oom[1] < total, "{lines:?}");
+    // The node kept serving.
+    let status = mesh.node(1).status();
+    assert!(status["node_id"].is_string(), "{status}");
+    mesh.node(1)
+        .wait_for_log(&["memory is nearly full"], Duration::from_secs(5))
+        .unwrap();
 }

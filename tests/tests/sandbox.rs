@@ -263,6 +263,8 @@ fn a_shipped_binarys_worker_runs_as_the_worker_user() {
         .unwrap();
     assert!(status.is_some(), "node B did not stop");
     assert!(!cwd.exists(), "{} left behind", cwd.display());
+    let workdirs = cwd.parent().unwrap();
+    assert!(!workdirs.exists(), "{} left behind", workdirs.display());
     if let Some(dir) = cgroups {
         assert_eq!(
             named(&dir, &format!("shoal-{b_pid}-")),
@@ -342,4 +344,34 @@ fn the_memory_monitor_kills_the_largest_worker_when_memory_is_nearly_full() {
     mesh.node(1)
         .wait_for_log(&["memory is nearly full"], Duration::from_secs(5))
         .unwrap();
+}
+
+#[test]
+fn a_root_node_refuses_to_run_shipped_code_as_root_unless_allowed() {
+    if !is_root() {
+        eprintln!("skipped: only a node running as root can refuse this");
+        return;
+    }
+    let mut refused = NodeProcess::spawn(
+        NodeOptions::new()
+            .mesh("sandbox-root")
+            .args(["--worker-user", "root"]),
+    )
+    .unwrap();
+    let status = refused
+        .wait_timeout(Duration::from_secs(20))
+        .unwrap()
+        .expect("the node refuses to start");
+    assert!(!status.success());
+    refused
+        .wait_for_log(&["--allow-root-workers"], Duration::from_secs(5))
+        .unwrap();
+    // Allowed, it starts (and would run shipped code as root).
+    let allowed = NodeProcess::start(NodeOptions::new().mesh("sandbox-root-allowed").args([
+        "--worker-user",
+        "root",
+        "--allow-root-workers",
+    ]))
+    .unwrap();
+    assert!(allowed.status()["node_id"].is_string());
 }

@@ -107,7 +107,7 @@ pub fn spawn(
     let mut node_end = None;
     let mut cleanup = None;
     // Kept open until the child has exec'd.
-    let mut _held: Option<(std::fs::File, StdUnixStream, Option<std::os::fd::OwnedFd>)> = None;
+    let mut held: Option<(std::fs::File, StdUnixStream, Option<std::os::fd::OwnedFd>)> = None;
     match sandbox {
         None => {
             cmd = tokio::process::Command::new(exe);
@@ -150,7 +150,7 @@ pub fn spawn(
                 cmd.pre_exec(setup);
             }
             node_end = Some(ours);
-            _held = Some((file, theirs, procs));
+            held = Some((file, theirs, procs));
             cleanup = Some((prepared.workdir, prepared.cgroup));
         }
     }
@@ -169,7 +169,7 @@ pub fn spawn(
             return Err(e.into());
         }
     };
-    drop(_held);
+    drop(held);
     let pid = child.id().unwrap_or(0);
     let (kill_tx, mut kill_rx) = oneshot::channel::<Option<Oom>>();
     let span = tracing::info_span!("worker", worker = id, pid, exe = %exe.display(), sandboxed = cleanup.is_some());

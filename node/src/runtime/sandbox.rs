@@ -873,6 +873,45 @@ mod tests {
     }
 
     #[test]
+    fn a_child_gets_its_rlimit_no_new_privs_and_user_before_exec() {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        let user = root.then(|| lookup_user(DEFAULT_WORKER_USER).unwrap());
+        let prepared = Prepared {
+            workdir: PathBuf::from("/"),
+            cgroup: None,
+            rlimit: Some(64 << 20),
+            user: user.clone(),
+        };
+        let kept = File::open("/dev/null").unwrap();
+        let mut cmd = std::process::Command::new("/bin/sh");
+        cmd.args([
+            "-c",
+            "ulimit -d; grep NoNewPrivs /proc/self/status; id -u; ls -l /proc/self/fd/$0",
+        ])
+        .arg(kept.as_raw_fd().to_string());
+        // SAFETY: the hook makes system calls only.
+        unsafe {
+            cmd.pre_exec(prepared.child_setup(None, kept.as_raw_fd()));
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let text = String::from_utf8(out.stdout).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "65536", "{text}");
+        assert!(
+            lines[1].ends_with("\t1") || lines[1].ends_with(" 1"),
+            "{text}"
+        );
+        // SAFETY: getuid has no preconditions.
+        let uid = user.map_or(unsafe { libc::getuid() }, |u| u.uid);
+        assert_eq!(lines[2], uid.to_string(), "{text}");
+        // The descriptor it was to keep survived the exec.
+        assert!(lines[3].contains("/dev/null"), "{text}");
+    }
+
+    #[test]
     fn root_workers_are_refused_unless_allowed() {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {

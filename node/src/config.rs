@@ -158,6 +158,9 @@ pub struct SandboxConfig {
     /// Memory limit of each sandboxed worker, in bytes: a cgroup v2 or v1 limit where the
     /// node can make cgroups, else `RLIMIT_DATA`. Default: none.
     pub worker_memory: Option<u64>,
+    /// Whether the memory limit may use cgroups (else it is `RLIMIT_DATA`, for a host whose
+    /// cgroups something else manages). Default on.
+    pub cgroups: bool,
     /// The share of the machine's memory in use (`1 - MemAvailable / MemTotal`) above which
     /// the node kills the worker with the largest resident set. Default 0.95; 1.0 turns the
     /// monitor off.
@@ -170,6 +173,7 @@ impl Default for SandboxConfig {
             worker_user: None,
             allow_root_workers: false,
             worker_memory: None,
+            cgroups: true,
             memory_threshold: 0.95,
         }
     }

@@ -3,7 +3,7 @@
 //! ```text
 //! shoal node [--socket PATH] [--cpus N] [--resource NAME=N]... [--store-bytes N]
 //!            [--worker-user USER] [--allow-root-workers] [--worker-memory BYTES]
-//!            [--memory-threshold SHARE]
+//!            [--no-worker-cgroups] [--memory-threshold SHARE]
 //! shoal status [--json] [--socket PATH]
 //! shoal objects [--json] [--socket PATH]
 //! shoal peers [--json] [--socket PATH]
@@ -132,6 +132,9 @@ struct NodeArgs {
     /// 1024) [default: none].
     #[arg(long, env = "SHOAL_WORKER_MEMORY", value_parser = parse_bytes)]
     worker_memory: Option<u64>,
+    /// Limit worker memory with RLIMIT_DATA only: never make cgroups.
+    #[arg(long)]
+    no_worker_cgroups: bool,
     /// Share of the machine's memory in use above which the node kills the worker using the
     /// most (1 turns this off).
     #[arg(long, env = "SHOAL_MEMORY_THRESHOLD", default_value_t = 0.95)]
@@ -348,6 +351,7 @@ fn run_node(args: NodeArgs) -> Result<()> {
         worker_user: args.worker_user,
         allow_root_workers: args.allow_root_workers,
         worker_memory: args.worker_memory,
+        cgroups: !args.no_worker_cgroups,
         memory_threshold: args.memory_threshold,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()

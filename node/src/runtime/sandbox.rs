@@ -178,6 +178,7 @@ impl Sandbox {
         let tag = format!("shoal-{}-{node}", std::process::id());
         let limiter = match config.worker_memory {
             None => Limiter::None,
+            Some(_) if !config.cgroups => Limiter::Rlimit,
             Some(_) => detect_limiter(&tag),
         };
         remove_stale_workdirs(&std::env::temp_dir());

@@ -151,7 +151,7 @@ pub fn spawn(
             }
             node_end = Some(ours);
             held = Some((file, theirs, procs));
-            cleanup = Some((prepared.workdir, prepared.cgroup));
+            cleanup = Some((prepared.workdir, prepared.cgroup, prepared.rlimit));
         }
     }
     cmd.env(ENV_WORKER_ID, id.to_string())
@@ -163,7 +163,7 @@ pub fn spawn(
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
-            if let Some((workdir, cgroup)) = cleanup {
+            if let Some((workdir, cgroup, _)) = cleanup {
                 discard(workdir, cgroup);
             }
             return Err(e.into());
@@ -197,7 +197,17 @@ pub fn spawn(
         // The cgroup tells whether the kernel killed it for its limit; then it goes.
         let oom = match cleanup {
             None => None,
-            Some((workdir, cgroup)) => {
+            // Under RLIMIT_DATA an allocation fails instead, and a Rust program aborts on
+            // that: the best guess for an abort is the limit (an abort of another cause is
+            // reported so too).
+            Some((workdir, None, Some(limit))) => {
+                let removed = tokio::task::spawn_blocking(move || discard(workdir, None)).await;
+                if let Err(e) = removed {
+                    tracing::error!(error = %e, "cleaning up after a worker failed");
+                }
+                (exit.signal == Some(libc::SIGABRT)).then_some((limit, limit))
+            }
+            Some((workdir, cgroup, _)) => {
                 let removed = tokio::task::spawn_blocking(move || {
                     let oom = cgroup.as_ref().and_then(|c| Some((c.limit(), c.oom()?)));
                     discard(workdir, cgroup);

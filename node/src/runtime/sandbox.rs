@@ -145,6 +145,8 @@ pub struct Sandbox {
     user: Option<WorkerUser>,
     memory: Option<u64>,
     limiter: Limiter,
+    /// Where the node moved itself to make cgroups for its workers (v2 only).
+    node_leaf: Option<NodeLeaf>,
     /// The parent of the workers' working directories.
     dirs: PathBuf,
 }
@@ -176,9 +178,9 @@ impl Sandbox {
             return Err(SandboxError::RootWorkers);
         }
         let tag = format!("shoal-{}-{node}", std::process::id());
-        let limiter = match config.worker_memory {
-            None => Limiter::None,
-            Some(_) if !config.cgroups => Limiter::Rlimit,
+        let (limiter, node_leaf) = match config.worker_memory {
+            None => (Limiter::None, None),
+            Some(_) if !config.cgroups => (Limiter::Rlimit, None),
             Some(_) => detect_limiter(&tag),
         };
         remove_stale_workdirs(&std::env::temp_dir());
@@ -196,6 +198,7 @@ impl Sandbox {
             user,
             memory: config.worker_memory,
             limiter,
+            node_leaf,
             dirs,
         })
     }
@@ -279,6 +282,9 @@ impl Sandbox {
         match &self.limiter {
             Limiter::V2(parent) | Limiter::V1(parent) => remove_cgroup_tree(parent),
             Limiter::None | Limiter::Rlimit => {}
+        }
+        if let Some(leaf) = &self.node_leaf {
+            leaf.undo();
         }
         remove_workdir(&self.dirs);
     }
@@ -457,12 +463,12 @@ impl Cgroup {
 
 /// Finds how worker memory can be limited here: a cgroup v2 with the memory controller,
 /// else a v1 memory hierarchy, else `RLIMIT_DATA`; makes the node's parent cgroup `tag`.
-fn detect_limiter(tag: &str) -> Limiter {
+fn detect_limiter(tag: &str) -> (Limiter, Option<NodeLeaf>) {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
     if let Some(own_dir) = v2_dir(&mountinfo, &own) {
         match make_v2_parent(&own_dir, tag) {
-            Ok(parent) => return Limiter::V2(parent),
+            Ok((parent, leaf)) => return (Limiter::V2(parent), leaf),
             Err(e) => {
                 tracing::info!(cgroup = %own_dir.display(), error = %e, "no cgroup v2 memory limit here")
             }
@@ -472,32 +478,97 @@ fn detect_limiter(tag: &str) -> Limiter {
         remove_stale_parents(&own_dir);
         let parent = own_dir.join(tag);
         match std::fs::create_dir(&parent) {
-            Ok(()) => return Limiter::V1(parent),
+            Ok(()) => return (Limiter::V1(parent), None),
             Err(e) => {
                 tracing::info!(cgroup = %parent.display(), error = %e, "no cgroup v1 memory limit here")
             }
         }
     }
     tracing::warn!("no cgroup can be made for workers: their memory is limited by RLIMIT_DATA");
-    Limiter::Rlimit
+    (Limiter::Rlimit, None)
 }
 
-fn make_v2_parent(own_dir: &Path, tag: &str) -> io::Result<PathBuf> {
+/// Where the node moved itself so that its own cgroup could give its children the memory
+/// controller (cgroup v2 has no processes in inner nodes): undone when the node stops.
+#[derive(Debug)]
+struct NodeLeaf {
+    /// The node's cgroup.
+    own: PathBuf,
+    /// The leaf it moved into.
+    leaf: PathBuf,
+    /// Whether the node enabled the memory controller for the children of `own`.
+    enabled: bool,
+}
+
+impl NodeLeaf {
+    /// Disables what the node enabled, moves it back and removes the leaf (best effort:
+    /// a leaf left here is removed by the next node's start, once this process is gone).
+    fn undo(&self) {
+        if self.enabled {
+            if let Err(e) = std::fs::write(self.own.join("cgroup.subtree_control"), "-memory") {
+                tracing::debug!(cgroup = %self.own.display(), error = %e, "memory controller left enabled");
+            }
+        }
+        if let Err(e) = std::fs::write(
+            self.own.join("cgroup.procs"),
+            std::process::id().to_string(),
+        ) {
+            tracing::debug!(cgroup = %self.own.display(), error = %e, "cannot move the node back to its cgroup");
+            return;
+        }
+        remove_cgroup(&self.leaf);
+    }
+}
+
+/// Gives the node's v2 cgroup's children the memory controller and makes the node's parent
+/// cgroup `tag` with it. When the node's cgroup holds processes (itself, at least), the node
+/// first moves into a leaf cgroup of its own (`<tag>-node`); if others stay there, it moves
+/// back and gives up.
+fn make_v2_parent(own_dir: &Path, tag: &str) -> io::Result<(PathBuf, Option<NodeLeaf>)> {
     let controllers = std::fs::read_to_string(own_dir.join("cgroup.controllers"))?;
     if !controllers.split_whitespace().any(|c| c == "memory") {
         return Err(io::Error::other("the memory controller is not available"));
     }
-    // The node's children get the controller (fails while the node's own cgroup has
-    // processes, unless it is the root: cgroup v2 has no processes in inner nodes).
-    std::fs::write(own_dir.join("cgroup.subtree_control"), "+memory")?;
+    let control = own_dir.join("cgroup.subtree_control");
+    let had = std::fs::read_to_string(&control)?
+        .split_whitespace()
+        .any(|c| c == "memory");
+    let mut leaf = None;
+    if !had {
+        if let Err(e) = std::fs::write(&control, "+memory") {
+            if e.raw_os_error() != Some(libc::EBUSY) {
+                return Err(e);
+            }
+            let moved = NodeLeaf {
+                own: own_dir.to_path_buf(),
+                leaf: own_dir.join(format!("{tag}-node")),
+                enabled: true,
+            };
+            std::fs::create_dir(&moved.leaf)?;
+            let pid = std::process::id().to_string();
+            let result = std::fs::write(moved.leaf.join("cgroup.procs"), pid)
+                .and_then(|()| std::fs::write(&control, "+memory"));
+            if let Err(e) = result {
+                // Other processes share the node's cgroup: it stays as it was.
+                moved.undo();
+                return Err(e);
+            }
+            tracing::info!(cgroup = %moved.leaf.display(), "the node moved into a cgroup of its own to limit its workers' memory");
+            leaf = Some(moved);
+        }
+    }
     remove_stale_parents(own_dir);
     let parent = own_dir.join(tag);
-    std::fs::create_dir(&parent)?;
-    if let Err(e) = std::fs::write(parent.join("cgroup.subtree_control"), "+memory") {
+    let made = std::fs::create_dir(&parent)
+        .and_then(|()| std::fs::write(parent.join("cgroup.subtree_control"), "+memory"));
+    if let Err(e) = made {
         remove_cgroup(&parent);
+        if let Some(l) = &leaf {
+            l.undo();
+        }
         return Err(e);
     }
-    Ok(parent)
+    Ok((parent, leaf))
 }
 
 /// Mount point and root of the first mount in `mountinfo` whose type is `fstype` and whose

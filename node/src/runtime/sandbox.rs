@@ -149,6 +149,8 @@ pub struct Sandbox {
     node_leaf: Option<NodeLeaf>,
     /// The parent of the workers' working directories.
     dirs: PathBuf,
+    /// Set once [`Sandbox::destroy`] ran.
+    destroyed: bool,
 }
 
 impl Sandbox {
@@ -178,16 +180,20 @@ impl Sandbox {
             return Err(SandboxError::RootWorkers);
         }
         let tag = format!("shoal-{}-{node}", std::process::id());
+        remove_stale_workdirs(&std::env::temp_dir());
+        let dirs = std::env::temp_dir().join(format!("{tag}-workers"));
+        // A fresh name (the node id is random): an existing one is someone else's.
+        std::fs::create_dir(&dirs).map_err(io_err("cannot make", &dirs))?;
+        if let Err(e) = set_mode(&dirs, 0o711) {
+            remove_workdir(&dirs);
+            return Err(io_err("cannot set the mode of", &dirs)(e));
+        }
+        // Last: nothing fails after the cgroups are made.
         let (limiter, node_leaf) = match config.worker_memory {
             None => (Limiter::None, None),
             Some(_) if !config.cgroups => (Limiter::Rlimit, None),
             Some(_) => detect_limiter(&tag),
         };
-        remove_stale_workdirs(&std::env::temp_dir());
-        let dirs = std::env::temp_dir().join(format!("{tag}-workers"));
-        // A fresh name (the node id is random): an existing one is someone else's.
-        std::fs::create_dir(&dirs).map_err(io_err("cannot make", &dirs))?;
-        set_mode(&dirs, 0o711).map_err(io_err("cannot set the mode of", &dirs))?;
         tracing::info!(
             user = user.as_ref().map(|u| u.name.as_str()).unwrap_or("(the node's own)"),
             memory = config.worker_memory,
@@ -200,6 +206,7 @@ impl Sandbox {
             limiter,
             node_leaf,
             dirs,
+            destroyed: false,
         })
     }
 
@@ -277,8 +284,16 @@ impl Sandbox {
     }
 
     /// Removes whatever is left: every worker's cgroup (killing processes still in it),
-    /// the node's parent cgroup and the working directories. For the node's stop.
-    pub fn destroy(&self) {
+    /// the node's parent cgroup and the working directories. For the node's stop (a
+    /// sandbox dropped without it does it on drop).
+    pub fn destroy(mut self) {
+        self.cleanup();
+    }
+
+    fn cleanup(&mut self) {
+        if std::mem::replace(&mut self.destroyed, true) {
+            return;
+        }
         match &self.limiter {
             Limiter::V2(parent) | Limiter::V1(parent) => remove_cgroup_tree(parent),
             Limiter::None | Limiter::Rlimit => {}
@@ -287,6 +302,12 @@ impl Sandbox {
             leaf.undo();
         }
         remove_workdir(&self.dirs);
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        self.cleanup();
     }
 }
 
@@ -981,6 +1002,46 @@ mod tests {
         assert_eq!(lines[2], uid.to_string(), "{text}");
         // The descriptor it was to keep survived the exec.
         assert!(lines[3].contains("/dev/null"), "{text}");
+    }
+
+    #[test]
+    fn a_worker_gets_its_own_directory_and_cgroup_and_nothing_outlives_the_sandbox() {
+        let config = SandboxConfig {
+            worker_memory: Some(32 << 20),
+            ..SandboxConfig::default()
+        };
+        let sandbox = Sandbox::new(&config, NodeId([7; 16])).unwrap();
+        let dirs = sandbox.dirs.clone();
+        let prepared = sandbox.prepare(3).unwrap();
+        {
+            use std::os::unix::fs::{MetadataExt, PermissionsExt};
+            let meta = std::fs::metadata(&prepared.workdir).unwrap();
+            assert_eq!(meta.permissions().mode() & 0o777, 0o700);
+            // SAFETY: geteuid has no preconditions.
+            let owner = sandbox.user().map_or(unsafe { libc::geteuid() }, |u| u.uid);
+            assert_eq!(meta.uid(), owner);
+        }
+        let cgroup_dir = prepared.cgroup.as_ref().map(|c| c.dir().to_path_buf());
+        match sandbox.limiter() {
+            Limiter::V1(_) => {
+                let dir = cgroup_dir.clone().expect("a cgroup per worker");
+                let limit = std::fs::read_to_string(dir.join("memory.limit_in_bytes")).unwrap();
+                assert_eq!(limit.trim(), (32u64 << 20).to_string());
+            }
+            Limiter::V2(_) => {
+                let dir = cgroup_dir.clone().expect("a cgroup per worker");
+                let limit = std::fs::read_to_string(dir.join("memory.max")).unwrap();
+                assert_eq!(limit.trim(), (32u64 << 20).to_string());
+            }
+            Limiter::Rlimit => assert_eq!(prepared.rlimit, Some(32 << 20)),
+            Limiter::None => panic!("a limit was asked for"),
+        }
+        drop(sandbox);
+        assert!(!dirs.exists(), "{} left behind", dirs.display());
+        if let Some(dir) = cgroup_dir {
+            assert!(!dir.exists(), "{} left behind", dir.display());
+            assert!(!dir.parent().unwrap().exists());
+        }
     }
 
     #[test]

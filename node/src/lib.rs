@@ -70,6 +70,9 @@ pub enum NodeError {
     /// The node has stopped.
     #[error("the node has stopped")]
     Stopped,
+    /// The sandbox for shipped code could not be set up (or would run it as root).
+    #[error(transparent)]
+    Sandbox(#[from] runtime::sandbox::SandboxError),
     /// The mesh could not be joined.
     #[cfg(feature = "mesh")]
     #[error(transparent)]
@@ -108,7 +111,7 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
             path: config.socket.clone(),
             source,
         })?;
-    let files = store::StoreFiles::open_shared(
+    let mut files = store::StoreFiles::open_shared(
         &config.store_parent,
         &config.spill_parent,
         node_id,
@@ -167,7 +170,20 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         })
     });
     #[cfg(not(feature = "mesh"))]
-    let peer = None;
+    let peer: Option<core::PeerConfig> = None;
+    // Only a node that takes code from peers runs any: only it needs a sandbox.
+    let sandbox = match &peer {
+        Some(p) if p.accepts_code => {
+            let sandbox = runtime::sandbox::Sandbox::new(&config.sandbox, node_id)?;
+            sandbox.grant_store(files.dir());
+            // Files 0660 under the worker user's ACL entry, or it would have no effect.
+            let mode = files.follow_acl();
+            tracing::debug!(mode = format!("{mode:04o}"), "store file mode");
+            Some(sandbox)
+        }
+        _ => None,
+    };
+    let monitor = runtime::sandbox::MemoryMonitor::new(config.sandbox.memory_threshold);
     let (max_frame, socket) = (config.max_frame, config.socket.clone());
     let limits = api::Limits {
         clients_per_uid: config.clients_per_uid,
@@ -186,6 +202,7 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     #[allow(unused_mut)]
     let mut shell =
         runtime::event_loop::Shell::new(core, files, socket, accept.clone(), close.clone());
+    shell.set_workers(sandbox, monitor, &tx, max_frame);
     #[cfg(feature = "mesh")]
     if let Some(net) = net {
         shell.set_net(net, tx.clone());

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! shoal node [--join TOKEN] [--socket PATH] [--socket-group GROUP] [--cpus N] [--resource NAME=N]...
-//!            [--store-bytes N]
+//!            [--store-bytes N] [--max-clients-per-uid N] [--worker-user USER] [--allow-root-workers]
+//!            [--worker-memory BYTES] [--no-worker-cgroups] [--memory-threshold SHARE]
 //! shoal mesh init --mesh NAME [--out FILE]
 //! shoal mesh invite --authority FILE [--role node|client] [--expires 30d] [--peer ID] [--bootstrap ADDR]...
 //! shoal mesh revoke --authority FILE (--peer ID | --invite KEY)
@@ -224,6 +225,41 @@ struct NodeArgs {
     /// counted) [default: 1024].
     #[arg(long, value_name = "N")]
     max_clients_per_uid: Option<usize>,
+    /// The user that code shipped by peers runs as [default: nobody when the node runs as
+    /// root, else the node's own user].
+    #[arg(long, env = "SHOAL_WORKER_USER")]
+    worker_user: Option<String>,
+    /// Let a node running as root run code shipped by peers as root.
+    #[arg(long)]
+    allow_root_workers: bool,
+    /// Memory limit of each worker of shipped code, in bytes (suffixes K, M, G: powers of
+    /// 1024) [default: none].
+    #[arg(long, env = "SHOAL_WORKER_MEMORY", value_parser = parse_bytes)]
+    worker_memory: Option<u64>,
+    /// Limit worker memory with RLIMIT_DATA only: never make cgroups.
+    #[arg(long)]
+    no_worker_cgroups: bool,
+    /// Share of the machine's memory in use above which the node kills the worker using the
+    /// most (1 turns this off).
+    #[arg(long, env = "SHOAL_MEMORY_THRESHOLD", default_value_t = 0.95)]
+    memory_threshold: f64,
+}
+
+/// `N`, `NK`, `NM` or `NG` (powers of 1024) bytes.
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (digits, shift) = match t.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&t[..i], 10),
+        Some((i, 'M' | 'm')) => (&t[..i], 20),
+        Some((i, 'G' | 'g')) => (&t[..i], 30),
+        _ => (t, 0),
+    };
+    let n: u64 = digits
+        .trim()
+        .parse()
+        .map_err(|e| format!("bad size {s:?}: {e}"))?;
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("size {s:?} is too large"))
 }
 
 fn parse_resource(s: &str) -> Result<(String, f64), String> {
@@ -447,6 +483,13 @@ fn run_node(args: NodeArgs) -> Result<()> {
     if let Some(n) = args.max_clients_per_uid {
         config.clients_per_uid = n;
     }
+    config.sandbox = shoal_node::config::SandboxConfig {
+        worker_user: args.worker_user,
+        allow_root_workers: args.allow_root_workers,
+        worker_memory: args.worker_memory,
+        cgroups: !args.no_worker_cgroups,
+        memory_threshold: args.memory_threshold,
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -14,6 +14,11 @@
 //! Attached connections are bounded per uid ([`Limits::clients_per_uid`]): the refused
 //! client is told why. The node's own workers (its children, which it starts at most
 //! `max_workers` of) are never counted.
+//!
+//! A sandboxed worker does not use the socket: it inherits one end of a socket pair, which
+//! the node serves as a connection that may only be that worker ([`serve_inherited`]). Its
+//! kernel credentials would be the node's own, so it gets no verdict; it is neither pending
+//! nor counted against a uid.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -44,6 +49,11 @@ pub const PENDING_PER_UID: usize = 128;
 /// Attached connections of one uid (drivers, CLI), at most, by default; the node's own
 /// workers are not counted.
 pub const CLIENTS_PER_UID: usize = 1024;
+/// Time a sandboxed worker has from its start to say `Hello` on its inherited connection
+/// (starting a large binary on a busy machine takes a while; nobody else can open such a
+/// connection, so this is no defence against floods, only against a worker that never
+/// speaks).
+pub const WORKER_HELLO_TIMEOUT: Duration = Duration::from_secs(60);
 /// At most one log line per this long for each kind of refusal (the rest are counted).
 const LOG_EVERY: Duration = Duration::from_secs(1);
 
@@ -112,6 +122,14 @@ pub enum ConnError {
     NotAllowed {
         /// The uid.
         uid: u32,
+    },
+    /// A sandboxed worker's inherited connection said it was someone else.
+    #[error("the connection of sandboxed worker {worker} may attach as that worker only, not as {claimed}")]
+    NotThisWorker {
+        /// The worker the connection was made for.
+        worker: u64,
+        /// The role its `Hello` claimed.
+        claimed: String,
     },
 }
 
@@ -428,33 +446,19 @@ pub async fn serve(
             pid = cred.pid,
             role = tracing::field::Empty
         );
-        let (close, ctx) = (close.clone(), ctx.clone());
-        let task = async move {
-            let result = tokio::select! {
-                r = handle(conn, stream, cred, verdict, pending, evict, &ctx) => r,
-                _ = close.cancelled() => Err(ConnError::Shutdown),
-            };
-            match result {
-                Ok(()) => tracing::debug!("connection closed"),
-                Err(ConnError::ClosedEarly) => {
-                    tracing::debug!("connection closed before Hello")
-                }
-                Err(ConnError::Shutdown) => tracing::debug!("connection closed: node stopping"),
-                Err(ConnError::Evicted) => tracing::debug!("closed before Hello to make room"),
-                Err(e @ ConnError::TooMany { .. }) => {
-                    if let Some(more) = lock(&ctx.shared).full_log.tick(Instant::now()) {
-                        tracing::warn!(error = %e, more, "connection refused");
-                    }
-                }
-                Err(e @ ConnError::HelloTimeout) => {
-                    if let Some(more) = lock(&ctx.shared).timeout_log.tick(Instant::now()) {
-                        tracing::warn!(error = %e, more, "connection rejected");
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "connection rejected"),
-            }
+        let origin = Origin::Accepted {
+            cred,
+            verdict,
+            pending,
+            evict,
+            ctx: ctx.clone(),
         };
-        tokio::spawn(task.instrument(span));
+        let io = ConnIo {
+            events: ctx.events.clone(),
+            max_frame: ctx.max_frame,
+            hello_timeout: ctx.limits.hello_timeout,
+        };
+        serve_conn(conn, stream, origin, io, close.clone(), span);
     }
 }
 
@@ -484,26 +488,138 @@ fn refuse(ctx: &ConnCtx, stream: UnixStream, cred: &PeerCred) {
     }
 }
 
+/// Serves the node's end of a socket pair whose other end sandboxed worker `worker` (process
+/// `pid`) inherited: a connection like an accepted one, except that it may only ever be that
+/// worker (a shipped binary cannot pass itself off as a local driver, whose binary would run
+/// unsandboxed, nor as another worker). Its kernel credentials are the node's own (a socket
+/// pair carries its creator's), so they are not checked, and the pid recorded is `pid`. It
+/// is not a pending connection (nothing on the socket can evict it) and not counted against
+/// any uid (one per worker, and the node starts at most `max_workers`); it has
+/// [`WORKER_HELLO_TIMEOUT`] from the start of the process to say `Hello`. It ends when
+/// `close` is cancelled, like the others.
+pub fn serve_inherited(
+    stream: std::os::unix::net::UnixStream,
+    worker: u64,
+    pid: u32,
+    events: mpsc::Sender<Event>,
+    max_frame: usize,
+    close: CancellationToken,
+) -> std::io::Result<()> {
+    stream.set_nonblocking(true)?;
+    let stream = UnixStream::from_std(stream)?;
+    let conn = next_conn_id();
+    let span = tracing::info_span!("conn", conn, worker, pid, role = tracing::field::Empty);
+    let io = ConnIo {
+        events,
+        max_frame,
+        hello_timeout: WORKER_HELLO_TIMEOUT,
+    };
+    serve_conn(
+        conn,
+        stream,
+        Origin::Inherited { worker, pid },
+        io,
+        close,
+        span,
+    );
+    Ok(())
+}
+
+/// How a connection came to the node, and so what it may be.
+enum Origin {
+    /// Accepted on the socket: checked by its kernel credentials, pending until its `Hello`
+    /// (and evicted by `evict`), then counted against its uid unless it is one of the node's
+    /// workers.
+    Accepted {
+        cred: PeerCred,
+        verdict: Verdict,
+        pending: PendingSlot,
+        evict: CancellationToken,
+        ctx: ConnCtx,
+    },
+    /// The node's end of a sandboxed worker's socket pair: that worker only.
+    Inherited { worker: u64, pid: u32 },
+}
+
+/// What a connection's handler needs whatever its origin.
+struct ConnIo {
+    events: mpsc::Sender<Event>,
+    max_frame: usize,
+    hello_timeout: Duration,
+}
+
+/// Spawns the handler of one connection, which logs how it ended (refusals of accepted
+/// connections once a second at most).
+fn serve_conn(
+    conn: ConnId,
+    stream: UnixStream,
+    origin: Origin,
+    io: ConnIo,
+    close: CancellationToken,
+    span: tracing::Span,
+) {
+    let shared = match &origin {
+        Origin::Accepted { ctx, .. } => Some(ctx.shared.clone()),
+        Origin::Inherited { .. } => None,
+    };
+    let task = async move {
+        let result = tokio::select! {
+            r = handle(conn, stream, origin, &io) => r,
+            _ = close.cancelled() => Err(ConnError::Shutdown),
+        };
+        let quiet = |pick: fn(&mut Admission) -> &mut Quiet| match &shared {
+            Some(s) => pick(&mut lock(s)).tick(Instant::now()),
+            None => Some(0),
+        };
+        match result {
+            Ok(()) => tracing::debug!("connection closed"),
+            Err(ConnError::ClosedEarly) => {
+                tracing::debug!("connection closed before Hello")
+            }
+            Err(ConnError::Shutdown) => tracing::debug!("connection closed: node stopping"),
+            Err(ConnError::Evicted) => tracing::debug!("closed before Hello to make room"),
+            Err(e @ ConnError::TooMany { .. }) => {
+                if let Some(more) = quiet(|a| &mut a.full_log) {
+                    tracing::warn!(error = %e, more, "connection refused");
+                }
+            }
+            Err(e @ ConnError::HelloTimeout) => {
+                if let Some(more) = quiet(|a| &mut a.timeout_log) {
+                    tracing::warn!(error = %e, more, "connection rejected");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "connection rejected"),
+        }
+    };
+    tokio::spawn(task.instrument(span));
+}
+
 async fn handle(
     conn: ConnId,
     stream: UnixStream,
-    cred: PeerCred,
-    verdict: Verdict,
-    pending: PendingSlot,
-    evict: CancellationToken,
-    ctx: &ConnCtx,
+    origin: Origin,
+    io: &ConnIo,
 ) -> Result<(), ConnError> {
-    let (events, max_frame) = (&ctx.events, ctx.max_frame);
+    let (events, max_frame) = (&io.events, io.max_frame);
     let (mut rd, mut wr) = stream.into_split();
     let mut frames = FrameDecoder::new(max_frame);
+    let evict = match &origin {
+        Origin::Accepted { evict, .. } => Some(evict.clone()),
+        Origin::Inherited { .. } => None,
+    };
+    let evicted = async {
+        match evict {
+            Some(token) => token.cancelled().await,
+            None => std::future::pending().await,
+        }
+    };
     let said = tokio::select! {
-        r = tokio::time::timeout(ctx.limits.hello_timeout, read_hello(&mut rd, &mut frames)) => r,
-        _ = evict.cancelled() => {
+        r = tokio::time::timeout(io.hello_timeout, read_hello(&mut rd, &mut frames)) => r,
+        _ = evicted => {
             reject(&mut wr, &ConnError::Evicted.to_string(), max_frame).await;
             return Err(ConnError::Evicted);
         }
     };
-    drop(pending);
     let mut hello = match said {
         Ok(Ok(h)) => h,
         Ok(Err(e)) => {
@@ -516,39 +632,66 @@ async fn handle(
             return Err(e);
         }
     };
+    // Who it may be, and the slot it holds while attached (given back when dropped).
+    let (hello, _slot) = match origin {
+        Origin::Accepted {
+            cred,
+            verdict,
+            pending,
+            ctx,
+            ..
+        } => {
+            drop(pending);
+            // The kernel's word for the pid, not the client's.
+            if cred.pid != 0 && hello.pid != cred.pid {
+                tracing::debug!(
+                    claimed = hello.pid,
+                    pid = cred.pid,
+                    "Hello names another pid"
+                );
+                hello.pid = cred.pid;
+            }
+            let worker = matches!(hello.role, Role::Worker { .. });
+            if verdict == Verdict::WorkerOnly && !worker {
+                let e = ConnError::NotAllowed { uid: cred.uid };
+                reject(&mut wr, &e.to_string(), max_frame).await;
+                return Err(e);
+            }
+            // The node's own workers are bounded by `max_workers`; everyone else by uid.
+            let slot = if worker && ctx.access.is_child(cred.pid) {
+                None
+            } else if lock(&ctx.shared).attach(cred.uid, ctx.limits.clients_per_uid) {
+                Some(AttachedSlot {
+                    shared: ctx.shared.clone(),
+                    uid: cred.uid,
+                })
+            } else {
+                let e = ConnError::TooMany {
+                    uid: cred.uid,
+                    limit: ctx.limits.clients_per_uid,
+                };
+                reject(&mut wr, &e.to_string(), max_frame).await;
+                return Err(e);
+            };
+            (hello, slot)
+        }
+        Origin::Inherited { worker, pid } => {
+            if !matches!(hello.role, Role::Worker { worker_id } if worker_id == worker) {
+                let e = ConnError::NotThisWorker {
+                    worker,
+                    claimed: format!("{:?}", hello.role),
+                };
+                reject(&mut wr, &e.to_string(), max_frame).await;
+                return Err(e);
+            }
+            // A socket pair's credentials are its creator's (the node's): the process the
+            // node started is the one that holds the other end.
+            hello.pid = pid;
+            (hello, None)
+        }
+    };
     let span = tracing::Span::current();
     span.record("role", tracing::field::debug(&hello.role));
-    // The kernel's word for the pid, not the client's.
-    if cred.pid != 0 && hello.pid != cred.pid {
-        tracing::debug!(
-            claimed = hello.pid,
-            pid = cred.pid,
-            "Hello names another pid"
-        );
-        hello.pid = cred.pid;
-    }
-    let worker = matches!(hello.role, Role::Worker { .. });
-    if verdict == Verdict::WorkerOnly && !worker {
-        let e = ConnError::NotAllowed { uid: cred.uid };
-        reject(&mut wr, &e.to_string(), max_frame).await;
-        return Err(e);
-    }
-    // The node's own workers are bounded by `max_workers`; everyone else by uid.
-    let _slot = if worker && ctx.access.is_child(cred.pid) {
-        None
-    } else if lock(&ctx.shared).attach(cred.uid, ctx.limits.clients_per_uid) {
-        Some(AttachedSlot {
-            shared: ctx.shared.clone(),
-            uid: cred.uid,
-        })
-    } else {
-        let e = ConnError::TooMany {
-            uid: cred.uid,
-            limit: ctx.limits.clients_per_uid,
-        };
-        reject(&mut wr, &e.to_string(), max_frame).await;
-        return Err(e);
-    };
     let (tx, rx) = super::queue::client_queue();
     if events
         .send(Event::Connected { conn, hello, tx })
@@ -739,6 +882,71 @@ mod tests {
         assert!(a.attach(7, 2));
         a.detach(8);
         assert!(!a.attached_per_uid.contains_key(&8));
+    }
+
+    /// Says `role` on a sandboxed worker's inherited connection (made for worker 5, process
+    /// 4242); returns what the core heard of it, or the node's reason for refusing it.
+    async fn inherited_hello(role: Role) -> Result<Hello, String> {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let (events, mut inbox) = mpsc::channel(8);
+        let close = CancellationToken::new();
+        serve_inherited(
+            ours,
+            5,
+            4242,
+            events,
+            frame::DEFAULT_MAX_FRAME,
+            close.clone(),
+        )
+        .unwrap();
+        theirs.set_nonblocking(true).unwrap();
+        let mut theirs = UnixStream::from_std(theirs).unwrap();
+        let hello = Hello {
+            magic: MAGIC,
+            version: PROTOCOL_VERSION,
+            role,
+            pid: 1,
+            client: shoal_protocol::ClientId(7),
+            binary: None,
+        };
+        let mut out = Vec::new();
+        frame::encode_frame(&mut out, &ToNode::Hello(hello), frame::DEFAULT_MAX_FRAME).unwrap();
+        theirs.write_all(&out).await.unwrap();
+        // The core hears of it, or the handler ends (dropping its sender) having refused it.
+        let heard = match inbox.recv().await {
+            Some(Event::Connected { hello, .. }) => Ok(hello),
+            Some(other) => panic!("unexpected {other:?}"),
+            None => {
+                let mut frames = FrameDecoder::new(frame::DEFAULT_MAX_FRAME);
+                loop {
+                    if let Some(ToClient::Rejected { reason }) =
+                        frames.next_message::<ToClient>().unwrap()
+                    {
+                        break Err(reason);
+                    }
+                    assert!(theirs.read_buf(frames.input()).await.unwrap() > 0, "closed");
+                }
+            }
+        };
+        close.cancel();
+        heard
+    }
+
+    #[tokio::test]
+    async fn an_inherited_connection_is_its_worker_only() {
+        // The worker it was made for: attached, with the pid of the process the node
+        // started (the socket pair's credentials would be the node's own).
+        let hello = inherited_hello(Role::Worker { worker_id: 5 })
+            .await
+            .unwrap();
+        assert_eq!(hello.pid, 4242);
+        // Anyone else: refused with a reason, the core never hears of it.
+        let e = inherited_hello(Role::Worker { worker_id: 6 })
+            .await
+            .unwrap_err();
+        assert!(e.contains("sandboxed worker 5"), "{e}");
+        let e = inherited_hello(Role::Cli).await.unwrap_err();
+        assert!(e.contains("may attach as that worker only"), "{e}");
     }
 
     #[test]

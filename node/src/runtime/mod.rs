@@ -6,6 +6,7 @@
 //! - [`api`]: the local Unix socket.
 //! - [`access`]: who may attach to it (`SO_PEERCRED`), and the private directories.
 //! - [`workers`]: worker processes.
+//! - [`sandbox`]: how workers of code shipped by peers are confined, and the memory monitor.
 //! - [`queue`]: a process's outbound queue, bounded in messages and bytes.
 
 pub mod access;
@@ -14,6 +15,7 @@ pub(crate) mod event_loop;
 #[cfg(feature = "mesh")]
 mod mesh;
 pub mod queue;
+pub mod sandbox;
 pub mod workers;
 
 use shoal_protocol::{Hello, NodeStatus, ToNode};

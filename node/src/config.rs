@@ -34,6 +34,14 @@ pub struct NodeConfig {
     pub pipeline_depth: usize,
     /// Whether this node runs inside a driver process.
     pub embedded: bool,
+    /// A group whose members may attach to the socket too (besides this user and root). The
+    /// socket and the store are then group-accessible. Default: none.
+    pub socket_group: Option<String>,
+    /// Connections one uid may have attached at once (the node's own workers not counted).
+    /// Default [`crate::api::CLIENTS_PER_UID`].
+    pub clients_per_uid: usize,
+    /// How workers of binaries shipped by peers are sandboxed, and the memory monitor.
+    pub sandbox: SandboxConfig,
     /// The mesh this node joins, if any.
     #[cfg(feature = "mesh")]
     pub mesh: Option<MeshConfig>,
@@ -92,6 +100,9 @@ impl Default for NodeConfig {
             max_workers: ((cpus as usize) * 4).max(8),
             pipeline_depth: 32,
             embedded: false,
+            socket_group: None,
+            clients_per_uid: crate::api::CLIENTS_PER_UID,
+            sandbox: SandboxConfig::default(),
             #[cfg(feature = "mesh")]
             mesh: None,
         }
@@ -128,6 +139,13 @@ impl NodeConfig {
         if self.max_workers == 0 || self.pipeline_depth == 0 {
             return bad("max_workers and pipeline_depth must be at least 1".into());
         }
+        if self.clients_per_uid == 0 {
+            return bad("clients_per_uid must be at least 1".into());
+        }
+        if self.socket_group.as_ref().is_some_and(|g| g.is_empty()) {
+            return bad("the socket group has no name".into());
+        }
+        self.sandbox.validate()?;
         Ok(())
     }
 
@@ -141,6 +159,61 @@ impl NodeConfig {
     }
 }
 
+/// How a worker started from a binary shipped by a peer is confined, and when the node kills
+/// workers because the machine is nearly out of memory. Workers of a local program's own
+/// binary run as that program's user, as before, but are watched by the memory monitor too.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SandboxConfig {
+    /// The user shipped code runs as. Default: `nobody` when the node runs as root, else
+    /// the node's own user (switching users needs root).
+    pub worker_user: Option<String>,
+    /// Let a node running as root run shipped code as root (refused otherwise). Default off.
+    pub allow_root_workers: bool,
+    /// Memory limit of each sandboxed worker, in bytes: a cgroup v2 or v1 limit where the
+    /// node can make cgroups, else `RLIMIT_DATA`. Default: none.
+    pub worker_memory: Option<u64>,
+    /// Whether the memory limit may use cgroups (else it is `RLIMIT_DATA`, for a host whose
+    /// cgroups something else manages). Default on.
+    pub cgroups: bool,
+    /// The share of the machine's memory in use (`1 - MemAvailable / MemTotal`) above which
+    /// the node kills the worker with the largest resident set. Default 0.95; 1.0 turns the
+    /// monitor off.
+    pub memory_threshold: f64,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        Self {
+            worker_user: None,
+            allow_root_workers: false,
+            worker_memory: None,
+            cgroups: true,
+            memory_threshold: 0.95,
+        }
+    }
+}
+
+impl SandboxConfig {
+    /// Checks ranges (the user is looked up when the node starts).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(self.memory_threshold > 0.0 && self.memory_threshold <= 1.0) {
+            return Err(ConfigError::Invalid(format!(
+                "memory threshold must be in (0, 1], not {}",
+                self.memory_threshold
+            )));
+        }
+        if self.worker_memory.is_some_and(|m| m < 1 << 20) {
+            return Err(ConfigError::Invalid(
+                "worker memory must be at least 1 MiB".into(),
+            ));
+        }
+        if self.worker_user.as_deref() == Some("") {
+            return Err(ConfigError::Invalid("worker user must not be empty".into()));
+        }
+        Ok(())
+    }
+}
+
 /// `$SHOAL_SOCKET`, else `$XDG_RUNTIME_DIR/shoal/node.sock`, else `/tmp/shoal-$UID/node.sock`.
 pub fn default_socket_path() -> PathBuf {
     if let Some(p) = std::env::var_os("SHOAL_SOCKET").filter(|p| !p.is_empty()) {
@@ -149,7 +222,9 @@ pub fn default_socket_path() -> PathBuf {
     user_runtime_dir().join("node.sock")
 }
 
-/// A per-user directory for sockets: `$XDG_RUNTIME_DIR/shoal` or `/tmp/shoal-$UID`.
+/// A per-user directory for sockets: `$XDG_RUNTIME_DIR/shoal` or `/tmp/shoal-$UID`. The node
+/// makes it mode 0700 and refuses it when it exists with another owner or writable by others
+/// (see [`crate::runtime::access::private_dir`]).
 pub fn user_runtime_dir() -> PathBuf {
     match std::env::var_os("XDG_RUNTIME_DIR").filter(|p| !p.is_empty()) {
         Some(dir) => PathBuf::from(dir).join("shoal"),
@@ -158,7 +233,9 @@ pub fn user_runtime_dir() -> PathBuf {
     }
 }
 
-fn default_spill_parent() -> PathBuf {
+/// The default spill parent, `shoal-spill-$UID` in the temporary directory: a directory of
+/// this user alone (mode 0700, like [`user_runtime_dir`]).
+pub fn default_spill_parent() -> PathBuf {
     // SAFETY: getuid has no preconditions and cannot fail.
     let uid = unsafe { libc::getuid() };
     std::env::temp_dir().join(format!("shoal-spill-{uid}"))

@@ -70,6 +70,9 @@ pub enum NodeError {
     /// The node has stopped.
     #[error("the node has stopped")]
     Stopped,
+    /// The sandbox for shipped code could not be set up (or would run it as root).
+    #[error(transparent)]
+    Sandbox(#[from] runtime::sandbox::SandboxError),
     /// The mesh could not be joined.
     #[cfg(feature = "mesh")]
     #[error(transparent)]
@@ -95,17 +98,25 @@ pub struct NodeHandle {
 pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     config.validate()?;
     let node_id = NodeId(random_bytes());
-    let listener = api::bind(&config.socket)
+    let group = match &config.socket_group {
+        Some(name) => Some(
+            runtime::access::resolve_group(name)
+                .map_err(|e| config::ConfigError::Invalid(format!("socket group: {e}")))?,
+        ),
+        None => None,
+    };
+    let listener = api::bind(&config.socket, group)
         .await
         .map_err(|source| NodeError::Bind {
             path: config.socket.clone(),
             source,
         })?;
-    let files = store::StoreFiles::open(
+    let mut files = store::StoreFiles::open_shared(
         &config.store_parent,
         &config.spill_parent,
         node_id,
         config.store_bytes,
+        group,
     )
     .map_err(|source| NodeError::Store {
         path: config.store_parent.clone(),
@@ -159,8 +170,25 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         })
     });
     #[cfg(not(feature = "mesh"))]
-    let peer = None;
+    let peer: Option<core::PeerConfig> = None;
+    // Only a node that takes code from peers runs any: only it needs a sandbox.
+    let sandbox = match &peer {
+        Some(p) if p.accepts_code => {
+            let sandbox = runtime::sandbox::Sandbox::new(&config.sandbox, node_id)?;
+            sandbox.grant_store(files.dir());
+            // Files 0660 under the worker user's ACL entry, or it would have no effect.
+            let mode = files.follow_acl();
+            tracing::debug!(mode = format!("{mode:04o}"), "store file mode");
+            Some(sandbox)
+        }
+        _ => None,
+    };
+    let monitor = runtime::sandbox::MemoryMonitor::new(config.sandbox.memory_threshold);
     let (max_frame, socket) = (config.max_frame, config.socket.clone());
+    let limits = api::Limits {
+        clients_per_uid: config.clients_per_uid,
+        ..api::Limits::default()
+    };
     let span = tracing::info_span!("node", node = %node_id);
     let core = core::NodeCore::new(
         std::time::Instant::now(),
@@ -174,12 +202,16 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     #[allow(unused_mut)]
     let mut shell =
         runtime::event_loop::Shell::new(core, files, socket, accept.clone(), close.clone());
+    shell.set_workers(sandbox, monitor, &tx, max_frame);
     #[cfg(feature = "mesh")]
     if let Some(net) = net {
         shell.set_net(net, tx.clone());
     }
     tokio::spawn(shell.run(rx, stop, stopped).instrument(span.clone()));
-    tokio::spawn(api::serve(listener, tx, max_frame, accept, close).instrument(span));
+    let access = api::Access::new(group);
+    tokio::spawn(
+        api::serve(listener, tx, max_frame, access, limits, accept, close).instrument(span),
+    );
     Ok(handle)
 }
 

@@ -1,7 +1,9 @@
 //! `shoal`: run a node, or ask one how it is.
 //!
 //! ```text
-//! shoal node [--join TOKEN] [--socket PATH] [--cpus N] [--resource NAME=N]... [--store-bytes N]
+//! shoal node [--join TOKEN] [--socket PATH] [--socket-group GROUP] [--cpus N] [--resource NAME=N]...
+//!            [--store-bytes N] [--max-clients-per-uid N] [--worker-user USER] [--allow-root-workers]
+//!            [--worker-memory BYTES] [--no-worker-cgroups] [--memory-threshold SHARE]
 //! shoal mesh init --mesh NAME [--out FILE]
 //! shoal mesh invite --authority FILE [--role node|client] [--expires 30d] [--peer ID] [--bootstrap ADDR]...
 //! shoal mesh revoke --authority FILE (--peer ID | --invite KEY)
@@ -211,6 +213,53 @@ struct NodeArgs {
     /// Values above this many bytes go through the shared-memory store.
     #[arg(long, env = "SHOAL_INLINE_THRESHOLD")]
     inline_threshold: Option<u64>,
+    /// A group (name or gid) whose members may attach to the socket too; by default only
+    /// this user and root may. The socket becomes mode 0660 and the store directory
+    /// group-accessible; the socket's directory must let the group reach it (when it is the
+    /// per-user default, the node makes it mode 0710 and gives it to the group). Members'
+    /// programs run in workers this node starts as its own user: name only a group whose
+    /// members you would let act as that user.
+    #[arg(long, value_name = "GROUP")]
+    socket_group: Option<String>,
+    /// Connections one uid may have attached at once (this node's own workers are not
+    /// counted) [default: 1024].
+    #[arg(long, value_name = "N")]
+    max_clients_per_uid: Option<usize>,
+    /// The user that code shipped by peers runs as [default: nobody when the node runs as
+    /// root, else the node's own user].
+    #[arg(long, env = "SHOAL_WORKER_USER")]
+    worker_user: Option<String>,
+    /// Let a node running as root run code shipped by peers as root.
+    #[arg(long)]
+    allow_root_workers: bool,
+    /// Memory limit of each worker of shipped code, in bytes (suffixes K, M, G: powers of
+    /// 1024) [default: none].
+    #[arg(long, env = "SHOAL_WORKER_MEMORY", value_parser = parse_bytes)]
+    worker_memory: Option<u64>,
+    /// Limit worker memory with RLIMIT_DATA only: never make cgroups.
+    #[arg(long)]
+    no_worker_cgroups: bool,
+    /// Share of the machine's memory in use above which the node kills the worker using the
+    /// most (1 turns this off).
+    #[arg(long, env = "SHOAL_MEMORY_THRESHOLD", default_value_t = 0.95)]
+    memory_threshold: f64,
+}
+
+/// `N`, `NK`, `NM` or `NG` (powers of 1024) bytes.
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (digits, shift) = match t.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&t[..i], 10),
+        Some((i, 'M' | 'm')) => (&t[..i], 20),
+        Some((i, 'G' | 'g')) => (&t[..i], 30),
+        _ => (t, 0),
+    };
+    let n: u64 = digits
+        .trim()
+        .parse()
+        .map_err(|e| format!("bad size {s:?}: {e}"))?;
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("size {s:?} is too large"))
 }
 
 fn parse_resource(s: &str) -> Result<(String, f64), String> {
@@ -430,6 +479,17 @@ fn run_node(args: NodeArgs) -> Result<()> {
     if let Some(t) = args.inline_threshold {
         config.inline_threshold = t;
     }
+    config.socket_group = args.socket_group;
+    if let Some(n) = args.max_clients_per_uid {
+        config.clients_per_uid = n;
+    }
+    config.sandbox = shoal_node::config::SandboxConfig {
+        worker_user: args.worker_user,
+        allow_root_workers: args.allow_root_workers,
+        worker_memory: args.worker_memory,
+        cgroups: !args.no_worker_cgroups,
+        memory_threshold: args.memory_threshold,
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -467,7 +527,9 @@ fn ask(socket: &std::path::Path, request: ToNode) -> Result<ToClient> {
     };
     frame::encode_frame(&mut out, &ToNode::Hello(hello), max)?;
     frame::encode_frame(&mut out, &request, max)?;
-    stream.write_all(&out)?;
+    // A node that refuses us may close before taking our bytes: its reason is still there
+    // to read.
+    let written = stream.write_all(&out);
     let mut frames = frame::FrameDecoder::new(max);
     let mut chunk = [0u8; 64 * 1024];
     loop {
@@ -478,8 +540,15 @@ fn ask(socket: &std::path::Path, request: ToNode) -> Result<ToClient> {
                 _ => {}
             }
         }
-        let n = stream.read(&mut chunk)?;
+        let n = match stream.read(&mut chunk) {
+            Ok(n) => n,
+            Err(e) => {
+                written.with_context(|| format!("talking to the node on {}", socket.display()))?;
+                return Err(e.into());
+            }
+        };
         if n == 0 {
+            written.with_context(|| format!("talking to the node on {}", socket.display()))?;
             bail!("the node closed the connection");
         }
         frames.extend(&chunk[..n]);

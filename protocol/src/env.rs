@@ -13,3 +13,8 @@ pub const BINARY_ID: &str = "SHOAL_BINARY_ID";
 /// The node's socket, which the worker connects back to. Drivers read the same variable to
 /// find a node to attach to.
 pub const SOCKET: &str = "SHOAL_SOCKET";
+
+/// A connected socket to the node that the worker inherited, by descriptor number. Set for
+/// sandboxed workers, which run as another user and may not open the node's socket file; the
+/// worker then uses this descriptor instead of [`SOCKET`].
+pub const SOCKET_FD: &str = "SHOAL_SOCKET_FD";

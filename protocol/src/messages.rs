@@ -385,6 +385,15 @@ pub enum TaskError {
     /// The node stopped (it was shut down) before the task or the object was done.
     #[error("the node is stopping")]
     NodeStopping,
+    /// The worker running the task was killed for memory (and no retries were left): it
+    /// went past its own limit, or the machine was nearly full and it used the most.
+    #[error("the worker ran out of memory: {used} bytes used, limit {limit} bytes")]
+    OutOfMemory {
+        /// The limit it hit, in bytes: the worker's own, or the node's memory threshold.
+        limit: u64,
+        /// The most it used, in bytes, as far as the node could tell.
+        used: u64,
+    },
 }
 
 /// An actor to host, handed to the worker dedicated to it.

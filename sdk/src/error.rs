@@ -57,6 +57,10 @@ pub enum InitError {
     /// The node refused the handshake.
     #[error("handshake with the node failed: {0}")]
     Handshake(String),
+    /// The per-user socket directory is not safe to use: another user owns it or may write
+    /// to it (and so may have planted a socket there).
+    #[error("refusing the node socket directory: {0}")]
+    SocketDir(String),
     /// The runtime thread could not start.
     #[error("cannot start the runtime thread: {0}")]
     Runtime(String),

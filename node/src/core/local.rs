@@ -40,6 +40,9 @@ impl NodeCore {
                 if let Some(b) = &hello.binary {
                     let exe = PathBuf::from(&b.path);
                     self.binaries.insert(b.id, exe.clone());
+                    // A local program's own binary runs as today, even if a peer shipped
+                    // the same bytes before.
+                    self.shipped.remove(&b.id);
                     self.sched.binary_attached(b.id);
                     // Peers asked to run its tasks fetch it from here.
                     if self.me.is_some() {
@@ -1139,19 +1142,25 @@ impl NodeCore {
     }
 
     pub(super) fn worker_exited(&mut self, now: Instant, worker: WorkerId, end: WorkerEnd) {
-        let (pid, exit) = match end {
-            WorkerEnd::Exited { pid, exit } => (pid, exit),
+        let (pid, error) = match end {
+            WorkerEnd::Exited { pid, exit } => (pid, TaskError::WorkerDied { pid, exit }),
             WorkerEnd::FailedToStart => (
                 0,
-                shoal_protocol::ExitInfo {
-                    code: None,
-                    signal: None,
+                TaskError::WorkerDied {
+                    pid: 0,
+                    exit: shoal_protocol::ExitInfo {
+                        code: None,
+                        signal: None,
+                    },
                 },
             ),
+            WorkerEnd::OutOfMemory { pid, limit, used } => {
+                (pid, TaskError::OutOfMemory { limit, used })
+            }
         };
         let lost = self.sched.worker_exited(now, worker);
         if !lost.is_empty() {
-            tracing::warn!(worker, pid, %exit, tasks = lost.len(), "worker died with tasks in flight");
+            tracing::warn!(worker, pid, %error, tasks = lost.len(), "worker died with tasks in flight");
         }
         for (i, task) in lost.into_iter().enumerate() {
             if let Some(actor) = self.actors.by_task(&task) {
@@ -1170,7 +1179,7 @@ impl NodeCore {
                 let (binary, demand) = (entry.spec.binary, entry.spec.resources.clone());
                 self.sched.submit(now, task, binary, demand);
             } else {
-                self.fail_task(now, task, TaskError::WorkerDied { pid, exit });
+                self.fail_task(now, task, error.clone());
             }
         }
     }
@@ -1186,6 +1195,10 @@ impl NodeCore {
         let (pid, error) = match (&a.state, end) {
             (ActorState::Dead(e), WorkerEnd::Exited { pid, .. }) => (pid, e.clone()),
             (ActorState::Dead(e), WorkerEnd::FailedToStart) => (0, e.clone()),
+            (ActorState::Dead(e), WorkerEnd::OutOfMemory { pid, .. }) => (pid, e.clone()),
+            (_, WorkerEnd::OutOfMemory { pid, limit, used }) => {
+                (pid, TaskError::OutOfMemory { limit, used })
+            }
             (_, WorkerEnd::FailedToStart) => (
                 0,
                 TaskError::ActorCreationFailed {
@@ -1232,10 +1245,12 @@ impl NodeCore {
                 Action::Spawn { worker, binary } => match self.binaries.get(&binary) {
                     Some(exe) => {
                         let exe = exe.clone();
+                        let shipped = self.shipped.contains(&binary);
                         self.out.push_back(Output::SpawnWorker {
                             worker,
                             binary,
                             exe,
+                            shipped,
                         });
                     }
                     None => {

@@ -44,7 +44,7 @@
 //! The same core is compiled with and without the `mesh` feature; without it, the shell never
 //! gives it a peer, and the spilling side stays idle.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -108,6 +108,16 @@ pub enum WorkerEnd {
         pid: u32,
         /// How.
         exit: ExitInfo,
+    },
+    /// It was killed for memory: it went past its own limit, or the machine was nearly
+    /// full and it used the most.
+    OutOfMemory {
+        /// Its pid.
+        pid: u32,
+        /// The limit it hit, in bytes.
+        limit: u64,
+        /// The most it used, in bytes.
+        used: u64,
     },
 }
 
@@ -354,6 +364,9 @@ pub enum Output {
         binary: BinaryId,
         /// The executable.
         exe: PathBuf,
+        /// Whether the binary was shipped by a peer (it then runs sandboxed: another user,
+        /// a memory limit), rather than a local program's own (run as today).
+        shipped: bool,
     },
     /// Kill a worker process (its end is reported as usual).
     KillWorker {
@@ -438,6 +451,9 @@ pub struct NodeCore {
     procs: IdMap<ConnId, Proc>,
     worker_conns: IdMap<WorkerId, ConnId>,
     binaries: HashMap<BinaryId, PathBuf>,
+    /// The binaries of `binaries` that were fetched from peers, not attached by a local
+    /// program: their workers run sandboxed.
+    shipped: HashSet<BinaryId>,
     tasks: TaskTable,
     objects: ObjectTable,
     actors: ActorTable,
@@ -500,6 +516,7 @@ impl NodeCore {
             procs: IdMap::default(),
             worker_conns: IdMap::default(),
             binaries: HashMap::new(),
+            shipped: HashSet::new(),
             tasks: Default::default(),
             objects: Default::default(),
             actors: ActorTable::new(),

@@ -195,7 +195,11 @@ impl NodeCore {
         // The result of a task this node sent to `peer`?
         let task = self.spill.task_of_result(&id, peer);
         let ours = task.is_some();
-        if let (Some(task), RemoteValue::Error(TaskError::WorkerDied { .. })) = (task, &value) {
+        if let (
+            Some(task),
+            RemoteValue::Error(TaskError::WorkerDied { .. } | TaskError::OutOfMemory { .. }),
+        ) = (task, &value)
+        {
             if self.retry_returned(now, peer, task) {
                 return;
             }
@@ -277,8 +281,8 @@ impl NodeCore {
         }
     }
 
-    /// A task sent to `peer` failed there because its worker died: it runs again, from
-    /// here, if its budget allows. Says whether it does.
+    /// A task sent to `peer` failed there because its worker died (or was killed for
+    /// memory): it runs again, from here, if its budget allows. Says whether it does.
     fn retry_returned(&mut self, now: Instant, peer: PeerKey, task: TaskId) -> bool {
         let Some(entry) = self.tasks.get_mut(&task) else {
             return false;
@@ -948,6 +952,8 @@ impl NodeCore {
                 tracing::info!(%binary, path = %path.display(), "binary fetched");
                 if let std::collections::hash_map::Entry::Vacant(e) = self.binaries.entry(binary) {
                     e.insert(path);
+                    // Code from a peer: its workers run sandboxed.
+                    self.shipped.insert(binary);
                     // Its workers are kept while the node runs (the cache is bounded).
                     self.sched.binary_attached(binary);
                 }

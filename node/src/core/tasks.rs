@@ -208,4 +208,49 @@ mod tests {
         );
         assert_eq!(core.census().tasks, 0);
     }
+
+    #[test]
+    fn a_task_killed_for_memory_runs_again_within_its_budget_then_fails_with_out_of_memory() {
+        let now = Instant::now();
+        let mut core = node(now, 1.0, 1 << 20);
+        let task = spec(1, Vec::new(), 1);
+        let ret = task.return_id();
+        let out = send(&mut core, now, ToNode::Submit(task.clone()));
+        // A local program's binary: its workers are not sandboxed.
+        assert!(
+            out.iter()
+                .any(|o| matches!(o, Output::SpawnWorker { shipped: false, .. })),
+            "{out:?}"
+        );
+        let mut conn = 10;
+        let (mut worker, mut out) = attach_worker(&mut core, &out, conn);
+        for run in 0..2 {
+            assert_eq!(executed(&out, conn).len(), 1, "run {run}");
+            core.handle(now, Input::Detached { conn });
+            let end = WorkerEnd::OutOfMemory {
+                pid: 100 + conn as u32,
+                limit: 64 << 20,
+                used: 65 << 20,
+            };
+            core.handle(now, Input::WorkerExited { worker, end });
+            out = drain(&mut core);
+            if run == 0 {
+                assert!(replies(&out).is_empty(), "one retry left: {out:?}");
+                conn += 1;
+                (worker, out) = attach_worker(&mut core, &out, conn);
+            }
+        }
+        let oom = TaskError::OutOfMemory {
+            limit: 64 << 20,
+            used: 65 << 20,
+        };
+        assert_eq!(
+            replies(&out),
+            vec![ToClient::Object {
+                id: ret,
+                value: ObjectValue::Error(oom)
+            }]
+        );
+        assert_eq!(core.census().tasks, 0);
+    }
 }

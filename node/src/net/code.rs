@@ -182,7 +182,14 @@ pub async fn serve(
     let (response, bytes) = match path {
         None if !enabled => (CodeResponse::Refused, None),
         None => (CodeResponse::NotFound, None),
-        Some(p) => match std::fs::read(&p) {
+        // Read and hashed on a blocking thread: a binary is tens of megabytes.
+        Some(p) => match tokio::task::spawn_blocking({
+            let (p, id) = (p.clone(), req.binary);
+            move || read_checked(&p, &id)
+        })
+        .await
+        .unwrap_or_else(|e| Err(io::Error::other(e)))
+        {
             Ok(b) => (
                 CodeResponse::Found {
                     size: b.len() as u64,
@@ -190,7 +197,7 @@ pub async fn serve(
                 Some(b),
             ),
             Err(e) => {
-                tracing::warn!(path = %p.display(), error = %e, "cannot read a binary to ship");
+                tracing::warn!(path = %p.display(), error = %e, "not shipping a binary");
                 (CodeResponse::NotFound, None)
             }
         },
@@ -200,6 +207,22 @@ pub async fn serve(
         stream.write_all(&b).await?;
     }
     stream.close().await
+}
+
+/// The bytes of the binary at `path`, if they hash to `id`. A local driver names its
+/// executable and claims its id; the node hashes the file itself before a byte of it goes to
+/// a peer (so a claim can neither make the node ship some other file under a trusted id, nor
+/// can a file changed since be shipped).
+pub fn read_checked(path: &Path, id: &BinaryId) -> io::Result<Vec<u8>> {
+    let bytes = std::fs::read(path)?;
+    let found = BinaryId(*blake3::hash(&bytes).as_bytes());
+    if found != *id {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} hashes to {found}, not the claimed {id}", path.display()),
+        ));
+    }
+    Ok(bytes)
 }
 
 /// Fetches binary `id` from `peer` into `cache`, checking its hash; returns its path (an
@@ -320,5 +343,20 @@ mod tests {
         assert_eq!(c.insert(big, 200), vec![a, d]);
         assert!(c.get(&big).is_some());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn only_a_file_with_the_claimed_hash_is_shipped() {
+        let path = std::env::temp_dir().join(format!("shoal-code-claim-{}", std::process::id()));
+        std::fs::write(&path, b"the real executable").unwrap();
+        let id = BinaryId(*blake3::hash(b"the real executable").as_bytes());
+        assert_eq!(read_checked(&path, &id).unwrap(), b"the real executable");
+        // A driver claiming some other file (a key, say) under that id gets nothing shipped.
+        let e = read_checked(&path, &BinaryId([9; 32])).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        // Nor does a file changed since it was claimed.
+        std::fs::write(&path, b"replaced").unwrap();
+        assert!(read_checked(&path, &id).is_err());
+        std::fs::remove_file(&path).unwrap();
     }
 }

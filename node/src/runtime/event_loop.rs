@@ -33,6 +33,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use super::sandbox::{MemoryMonitor, Sandbox};
 use super::workers::{self, WorkerProcess};
 use super::Event;
 use crate::core::sched::WorkerId;
@@ -76,6 +77,14 @@ pub(crate) struct Shell {
     close: CancellationToken,
     #[cfg(feature = "mesh")]
     net: Option<super::mesh::NetSide>,
+    /// Workers of code shipped by peers run in it; `None` on a node that takes no code.
+    sandbox: Option<Sandbox>,
+    /// Kills the largest worker when the machine is nearly out of memory.
+    monitor: Option<MemoryMonitor>,
+    /// The inbox, for the connections of sandboxed workers (weak: the loop still ends when
+    /// every other sender is gone).
+    conn_events: Option<mpsc::WeakSender<Event>>,
+    max_frame: usize,
 }
 
 impl Shell {
@@ -108,7 +117,26 @@ impl Shell {
             close,
             #[cfg(feature = "mesh")]
             net: None,
+            sandbox: None,
+            monitor: None,
+            conn_events: None,
+            max_frame: shoal_protocol::frame::DEFAULT_MAX_FRAME,
         }
+    }
+
+    /// Sets how workers are confined: `sandbox` for code shipped by peers (whose
+    /// connections go to `events`, framed up to `max_frame`), and the memory monitor.
+    pub(crate) fn set_workers(
+        &mut self,
+        sandbox: Option<Sandbox>,
+        monitor: Option<MemoryMonitor>,
+        events: &mpsc::Sender<Event>,
+        max_frame: usize,
+    ) {
+        self.sandbox = sandbox;
+        self.monitor = monitor;
+        self.conn_events = Some(events.downgrade());
+        self.max_frame = max_frame;
     }
 
     /// Makes this node a peer of a mesh through `net`.
@@ -136,6 +164,8 @@ impl Shell {
         // Made once: a new one per turn would register with the token every time.
         let cancelled = stop.cancelled();
         tokio::pin!(cancelled);
+        let mut memory_tick = tokio::time::interval(super::sandbox::MONITOR_INTERVAL);
+        memory_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let deadline = self.core.poll_timeout();
             tokio::select! {
@@ -165,6 +195,9 @@ impl Shell {
                 _ = sleep_until(deadline), if deadline.is_some() => {
                     self.core.handle_timeout(Instant::now());
                     self.flush();
+                }
+                _ = memory_tick.tick(), if self.monitor.is_some() && !self.workers.is_empty() => {
+                    self.watch_memory();
                 }
             }
         }
@@ -347,26 +380,8 @@ impl Shell {
                 worker,
                 binary,
                 exe,
-            } => match workers::spawn(worker, binary, &exe, &self.socket) {
-                Ok((process, watcher)) => {
-                    let pid = process.pid;
-                    self.workers.insert(worker, process);
-                    self.jobs.spawn(async move {
-                        let exit = watcher.await;
-                        Some(Input::WorkerExited {
-                            worker,
-                            end: WorkerEnd::Exited { pid, exit },
-                        })
-                    });
-                }
-                Err(e) => {
-                    tracing::error!(exe = %exe.display(), error = %e, "cannot start worker");
-                    self.feedback.push(Input::WorkerExited {
-                        worker,
-                        end: WorkerEnd::FailedToStart,
-                    });
-                }
-            },
+                shipped,
+            } => self.spawn_worker(worker, binary, &exe, shipped),
             Output::KillWorker { worker } => match self.workers.get_mut(&worker) {
                 Some(w) => w.kill(),
                 None => tracing::debug!(worker, "kill of a worker that is not running"),
@@ -421,6 +436,76 @@ impl Shell {
             | Output::Dht(_)
             | Output::Job(_)) => {
                 tracing::error!(output = ?other, "a mesh output on a node built without the mesh; dropped")
+            }
+        }
+    }
+
+    /// Starts a worker: sandboxed if its binary was shipped by a peer (never otherwise: a
+    /// node without a sandbox runs no shipped code).
+    fn spawn_worker(
+        &mut self,
+        worker: WorkerId,
+        binary: shoal_protocol::BinaryId,
+        exe: &std::path::Path,
+        shipped: bool,
+    ) {
+        let failed = |shell: &mut Self, error: &dyn std::fmt::Display| {
+            tracing::error!(exe = %exe.display(), shipped, %error, "cannot start worker");
+            shell.feedback.push(Input::WorkerExited {
+                worker,
+                end: WorkerEnd::FailedToStart,
+            });
+        };
+        let sandbox = match (shipped, &self.sandbox) {
+            (false, _) => None,
+            (true, Some(s)) => Some(s),
+            (true, None) => return failed(self, &"shipped code but no sandbox on this node"),
+        };
+        let events = match (sandbox, self.conn_events.as_ref().and_then(|e| e.upgrade())) {
+            (None, events) => events,
+            (Some(_), Some(events)) => Some(events),
+            (Some(_), None) => return failed(self, &"the node is stopping"),
+        };
+        match workers::spawn(worker, binary, exe, &self.socket, sandbox) {
+            Ok((process, watcher, conn)) => {
+                if let (Some(conn), Some(events)) = (conn, events) {
+                    let close = self.close.clone();
+                    let served = super::api::serve_inherited(
+                        conn,
+                        worker,
+                        process.pid,
+                        events,
+                        self.max_frame,
+                        close,
+                    );
+                    if let Err(e) = served {
+                        // Its end of the pair is closed with ours: it exits, and is reported.
+                        tracing::error!(worker, error = %e, "cannot serve a sandboxed worker's connection");
+                    }
+                }
+                self.workers.insert(worker, process);
+                self.jobs.spawn(async move {
+                    let end = watcher.await;
+                    Some(Input::WorkerExited { worker, end })
+                });
+            }
+            Err(e) => failed(self, &e),
+        }
+    }
+
+    /// One look at the machine's memory: above the threshold, the worker with the largest
+    /// resident set is killed (one at a time: none while a kill is under way).
+    fn watch_memory(&mut self) {
+        let Some(monitor) = &self.monitor else {
+            return;
+        };
+        if self.workers.values().any(|w| w.dying()) {
+            return;
+        }
+        let pids = self.workers.iter().map(|(id, w)| (*id, w.pid));
+        if let Some(victim) = monitor.check(pids) {
+            if let Some(w) = self.workers.get_mut(&victim.worker) {
+                w.kill_for_memory(victim.limit, victim.used);
             }
         }
     }
@@ -505,9 +590,15 @@ impl Shell {
                 tracing::warn!(socket = %self.socket.display(), error = %e, "cannot remove the socket");
             }
         }
-        // 7. Whatever is left.
+        // 7. Whatever is left, then what the sandbox still holds (cgroups, directories).
         self.jobs.abort_all();
         while self.jobs.join_next().await.is_some() {}
+        if let Some(sandbox) = self.sandbox.take() {
+            match tokio::task::spawn_blocking(move || sandbox.destroy()).await {
+                Ok(()) => {}
+                Err(e) => tracing::error!(error = %e, "removing the workers' sandbox failed"),
+            }
+        }
         tracing::info!("node stopped");
     }
 }

@@ -4,14 +4,18 @@
 //! - `event_loop`: feeds the [`crate::core::NodeCore`] its inputs and carries out its
 //!   outputs; a staged shutdown.
 //! - [`api`]: the local Unix socket.
+//! - [`access`]: who may attach to it (`SO_PEERCRED`), and the private directories.
 //! - [`workers`]: worker processes.
+//! - [`sandbox`]: how workers of code shipped by peers are confined, and the memory monitor.
 //! - [`queue`]: a process's outbound queue, bounded in messages and bytes.
 
+pub mod access;
 pub mod api;
 pub(crate) mod event_loop;
 #[cfg(feature = "mesh")]
 mod mesh;
 pub mod queue;
+pub mod sandbox;
 pub mod workers;
 
 use shoal_protocol::{Hello, NodeStatus, ToNode};

@@ -33,6 +33,12 @@ pub struct StoreFiles {
     dir: PathBuf,
     spill_dir: PathBuf,
     capacity: u64,
+    /// Mode of the object files: 0600, or 0660 when shared with the socket group or when
+    /// the directory's default ACL gives the sandbox's worker user access
+    /// ([`StoreFiles::follow_acl`]).
+    file_mode: u32,
+    /// Whether the store is shared with the socket group.
+    shared: bool,
     pool: Pool,
 }
 
@@ -136,27 +142,55 @@ pub fn partial_path(dir: &Path, id: &ObjectId) -> PathBuf {
 
 impl StoreFiles {
     /// Makes the directories `shoal-<pid>-<node id>` under `parent` (memory) and
-    /// `spill_parent` (disk), first removing directories left there by nodes whose process
-    /// is gone. `capacity` bounds the memory files, objects and files kept for reuse alike.
+    /// `spill_parent` (disk), first removing directories left there by nodes of this user
+    /// whose process is gone. `capacity` bounds the memory files, objects and files kept for
+    /// reuse alike. The directories and files are this user's alone; see
+    /// [`StoreFiles::open_shared`].
     pub fn open(
         parent: &Path,
         spill_parent: &Path,
         node: NodeId,
         capacity: u64,
     ) -> io::Result<Self> {
+        Self::open_shared(parent, spill_parent, node, capacity, None)
+    }
+
+    /// [`StoreFiles::open`], with the store directory and its files shared with `group` (the
+    /// socket group, whose members attach as drivers and write objects): the directory is
+    /// mode 2710 (they may open a file they know the name of, never list), its files 0660.
+    /// Without a group the directories are 0700 and the files 0600 (0660 once the sandbox's
+    /// ACL is on the directory: [`StoreFiles::follow_acl`]). The spill directory is
+    /// the node's alone either way. A directory that exists already is refused when it has
+    /// another owner or others may write to it ([`crate::runtime::access`]).
+    pub fn open_shared(
+        parent: &Path,
+        spill_parent: &Path,
+        node: NodeId,
+        capacity: u64,
+        group: Option<u32>,
+    ) -> io::Result<Self> {
+        use crate::runtime::access::{private_dir, safe_parent};
+        safe_parent(parent)?;
+        if spill_parent == crate::config::default_spill_parent() {
+            private_dir(spill_parent, None, false)?;
+        } else {
+            safe_parent(spill_parent)?;
+        }
         remove_stale_dirs(parent);
         remove_stale_dirs(spill_parent);
         let name = format!("shoal-{}-{}", std::process::id(), node);
         let dir = parent.join(&name);
-        std::fs::create_dir_all(&dir)?;
+        private_dir(&dir, group, true)?;
         let spill_dir = spill_parent.join(&name);
-        std::fs::create_dir_all(&spill_dir)?;
+        private_dir(&spill_dir, None, false)?;
         let pool = pool_dir(&dir);
-        std::fs::create_dir_all(&pool)?;
+        private_dir(&pool, None, false)?;
         Ok(Self {
             dir,
             spill_dir,
             capacity,
+            file_mode: if group.is_some() { 0o660 } else { 0o600 },
+            shared: group.is_some(),
             pool: Pool {
                 dir: pool,
                 files: Vec::new(),
@@ -165,6 +199,44 @@ impl StoreFiles {
                 next: 0,
             },
         })
+    }
+
+    /// Picks the mode of new object files by the store directory's default ACL, once the
+    /// sandbox has given its worker user access there
+    /// ([`crate::runtime::sandbox::Sandbox::grant_store`]). With a default ACL, a new
+    /// file's group bits become its ACL *mask*, which bounds the named-user entries: 0600
+    /// would make the mask `---` and take the worker user's access away. So when the default
+    /// ACL gives the owning group nothing (`group::---`), files are made 0660: the mask is
+    /// `rw-`, the worker user's entry takes effect, and the owning group still gets
+    /// nothing (as `getfacl` shows; `stat` shows 0660, the mask). Without such an ACL files
+    /// stay 0600 (0660 with the socket group). Returns the mode chosen.
+    pub fn follow_acl(&mut self) -> u32 {
+        if !self.shared {
+            self.file_mode = match default_acl_group(&self.dir) {
+                Ok(Some(0)) => 0o660,
+                Ok(_) => 0o600,
+                Err(e) => {
+                    tracing::warn!(dir = %self.dir.display(), error = %e, "cannot read the store's default ACL; its files stay 0600");
+                    0o600
+                }
+            };
+        }
+        self.file_mode
+    }
+
+    /// Opens a new object file for writing with the store's file mode (the umask may only
+    /// narrow it, so a group-shared store sets it again).
+    fn new_file(&self, path: &Path) -> io::Result<std::fs::File> {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(self.file_mode)
+            .open(path)?;
+        if self.file_mode != 0o600 {
+            file.set_permissions(std::fs::Permissions::from_mode(self.file_mode))?;
+        }
+        Ok(file)
     }
 
     /// The store directory.
@@ -223,10 +295,7 @@ impl StoreFiles {
         let made = match self.pool.take(size) {
             Some(pooled) => std::fs::rename(&pooled, &partial)
                 .and_then(|()| std::fs::OpenOptions::new().write(true).open(&partial)),
-            None => std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&partial),
+            None => self.new_file(&partial),
         }
         .and_then(|file| file.set_len(size));
         made.map_err(|e| {
@@ -298,7 +367,8 @@ impl StoreFiles {
             )));
         }
         let tmp = self.dir.join(format!("{}.restoring", id.to_hex()));
-        std::fs::write(&tmp, &bytes)
+        self.new_file(&tmp)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, &bytes))
             .and_then(|()| std::fs::rename(&tmp, object_path(&self.dir, id)))
             .map_err(|e| {
                 remove_file(&tmp);
@@ -347,7 +417,45 @@ fn remove_dir(path: &Path) {
     }
 }
 
-/// Removes `shoal-<pid>-*` directories under `parent` whose pid no longer runs.
+/// The permissions of the `group::` (owning group) entry of `dir`'s default ACL, if it has
+/// a default ACL (the xattr form of acl(5): a version, then (tag, perm, id) entries).
+fn default_acl_group(dir: &Path) -> io::Result<Option<u16>> {
+    use std::os::unix::ffi::OsStrExt;
+    const GROUP_OBJ: u16 = 0x04;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let mut buf = [0u8; 4 + 8 * 64];
+    // SAFETY: both strings are NUL-terminated; getxattr writes at most `buf.len()` bytes.
+    let n = unsafe {
+        libc::getxattr(
+            c.as_ptr(),
+            c"system.posix_acl_default".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            // No default ACL, or no ACL support: plain modes.
+            Some(libc::ENODATA | libc::EOPNOTSUPP) => Ok(None),
+            _ => Err(e),
+        };
+    }
+    let acl = &buf[..n as usize];
+    if acl.len() < 4 || (acl.len() - 4) % 8 != 0 {
+        return Err(io::Error::other(format!(
+            "malformed default ACL ({} bytes)",
+            acl.len()
+        )));
+    }
+    Ok(acl[4..]
+        .chunks_exact(8)
+        .find(|e| u16::from_le_bytes([e[0], e[1]]) == GROUP_OBJ)
+        .map(|e| u16::from_le_bytes([e[2], e[3]])))
+}
+
+/// Removes `shoal-<pid>-*` directories under `parent` whose pid no longer runs, when they
+/// are this user's (never another user's, nor what a symbolic link points to).
 fn remove_stale_dirs(parent: &Path) {
     let Ok(entries) = std::fs::read_dir(parent) else {
         return;
@@ -360,7 +468,7 @@ fn remove_stale_dirs(parent: &Path) {
         let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
             continue;
         };
-        if pid <= 0 || process_alive(pid) {
+        if pid <= 0 || process_alive(pid) || !crate::runtime::access::owned_dir(&entry.path()) {
             continue;
         }
         tracing::info!(dir = %entry.path().display(), pid, "removing store directory of a dead node");
@@ -425,6 +533,19 @@ mod tests {
         assert!(!stale.exists() && !stale_spill.exists());
 
         let (a, b) = (ObjectId([1; 32]), ObjectId([2; 32]));
+        // The directories and files are this user's alone.
+        use std::os::unix::fs::MetadataExt;
+        let mode = |p: &Path| std::fs::symlink_metadata(p).unwrap().mode() & 0o7777;
+        for dir in [files.dir(), files.spill_dir(), &pool_dir(files.dir())] {
+            assert_eq!(mode(dir), 0o700, "{}", dir.display());
+        }
+        run(&mut files, OpKind::Create { id: a, size: 6 }).unwrap();
+        assert_eq!(mode(&partial_path(files.dir(), &a)), 0o600);
+        files.run(StoreOp {
+            op: None,
+            used: 0,
+            kind: OpKind::DropPartial { id: a },
+        });
         write(&mut files, a, b"aaaaaa");
         assert!(object_path(files.dir(), &a).exists());
         run(&mut files, OpKind::Spill { id: a, size: 6 }).unwrap();
@@ -436,6 +557,8 @@ mod tests {
             std::fs::read(object_path(files.dir(), &a)).unwrap(),
             b"aaaaaa"
         );
+        assert_eq!(mode(&object_path(files.dir(), &a)), 0o600);
+        assert_eq!(mode(&object_path(files.spill_dir(), &a)), 0o600);
         // A corrupted disk copy is detected, not restored.
         write(&mut files, b, b"bbbbbb");
         run(&mut files, OpKind::Spill { id: b, size: 6 }).unwrap();
@@ -492,6 +615,122 @@ mod tests {
             kind: OpKind::DropPartial { id: a },
         });
         assert!(!partial_path(files.dir(), &a).exists());
+        files.destroy();
+        std::fs::remove_dir_all(&parent).unwrap();
+    }
+
+    #[test]
+    fn a_store_shared_with_the_socket_group_lets_it_reach_the_files() {
+        use std::os::unix::fs::MetadataExt;
+        let parent = std::env::temp_dir().join(format!("shoal-group-test-{}", std::process::id()));
+        // SAFETY: getegid cannot fail.
+        let gid = unsafe { libc::getegid() };
+        let mut files = StoreFiles::open_shared(
+            &parent,
+            &parent.join("spill"),
+            NodeId([5; 16]),
+            1 << 20,
+            Some(gid),
+        )
+        .unwrap();
+        let meta = |p: &Path| std::fs::symlink_metadata(p).unwrap();
+        let dir = meta(files.dir());
+        assert_eq!((dir.mode() & 0o7777, dir.gid()), (0o2710, gid));
+        // The spill directory stays the node's alone.
+        assert_eq!(meta(files.spill_dir()).mode() & 0o7777, 0o700);
+        let id = ObjectId([7; 32]);
+        run(&mut files, OpKind::Create { id, size: 8 }).unwrap();
+        let file = meta(&partial_path(files.dir(), &id));
+        assert_eq!((file.mode() & 0o777, file.gid()), (0o660, gid));
+        files.destroy();
+        std::fs::remove_dir_all(&parent).unwrap();
+    }
+
+    /// Whether `sh -c script` succeeds as `uid`:`gid` (std drops the supplementary groups).
+    fn as_user(uid: u32, gid: u32, script: &str, path: &Path) -> bool {
+        use std::os::unix::process::CommandExt;
+        std::process::Command::new("/bin/sh")
+            .args(["-c", script, "sh"])
+            .arg(path)
+            .uid(uid)
+            .gid(gid)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    }
+
+    #[test]
+    fn under_the_sandbox_acl_files_are_the_worker_users_and_nobody_elses() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        // SAFETY: geteuid cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: needs root to act as other users");
+            return;
+        }
+        let (worker, stranger) = (65534, 54321);
+        // In /dev/shm, as the store is; a parent other users may pass through.
+        let parent = Path::new("/dev/shm").join(format!("shoal-acl-test-{}", std::process::id()));
+        std::fs::create_dir(&parent).unwrap();
+        std::fs::set_permissions(&parent, std::fs::Permissions::from_mode(0o711)).unwrap();
+        let mut files =
+            StoreFiles::open(&parent, &parent.join("spill"), NodeId([6; 16]), 1 << 20).unwrap();
+        // No ACL: files are the node's alone.
+        assert_eq!(files.follow_acl(), 0o600);
+        if let Err(e) = crate::runtime::sandbox::grant_dir(files.dir(), worker) {
+            assert_eq!(e.raw_os_error(), Some(libc::EOPNOTSUPP), "{e}");
+            eprintln!("skipped: no ACL support here");
+            std::fs::remove_dir_all(&parent).unwrap();
+            return;
+        }
+        assert_eq!(files.follow_acl(), 0o660);
+        let id = ObjectId([9; 32]);
+        write(&mut files, id, b"sealed");
+        let ticket = ObjectId([10; 32]);
+        run(
+            &mut files,
+            OpKind::Create {
+                id: ticket,
+                size: 4,
+            },
+        )
+        .unwrap();
+        let (sealed, partial) = (
+            object_path(files.dir(), &id),
+            partial_path(files.dir(), &ticket),
+        );
+        for f in [&sealed, &partial] {
+            // The mode's group bits are the ACL's mask, not the group's access.
+            assert_eq!(std::fs::metadata(f).unwrap().mode() & 0o7777, 0o660);
+        }
+        let read = "head -c 1 \"$1\"";
+        let write = "printf x 1<> \"$1\"";
+        let list = "ls \"$1\"";
+        // The worker user reads an object and writes a result it is told the name of, but
+        // cannot list the directory.
+        assert!(as_user(worker, worker, read, &sealed));
+        assert!(as_user(worker, worker, write, &partial));
+        assert!(!as_user(worker, worker, list, files.dir()));
+        // Mode 0600 would make the mask `---` and take the worker user's access away.
+        std::fs::set_permissions(&sealed, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(!as_user(worker, worker, read, &sealed));
+        std::fs::set_permissions(&sealed, std::fs::Permissions::from_mode(0o660)).unwrap();
+        // Another user, even of the files' group, gets nothing.
+        // SAFETY: getegid cannot fail.
+        let gid = unsafe { libc::getegid() };
+        for g in [stranger, gid] {
+            assert!(!as_user(stranger, g, read, &sealed), "gid {g}");
+            assert!(!as_user(stranger, g, write, &partial), "gid {g}");
+        }
+        // A restored object is made the same way.
+        run(&mut files, OpKind::Spill { id, size: 6 }).unwrap();
+        assert!(!sealed.exists());
+        let digest = Digest::of(b"sealed");
+        run(&mut files, OpKind::Restore { id, digest }).unwrap();
+        assert_eq!(std::fs::metadata(&sealed).unwrap().mode() & 0o7777, 0o660);
+        assert!(as_user(worker, worker, read, &sealed));
+        assert!(!as_user(stranger, gid, read, &sealed));
         files.destroy();
         std::fs::remove_dir_all(&parent).unwrap();
     }

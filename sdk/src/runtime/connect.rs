@@ -150,33 +150,77 @@ struct Opened {
     socket: PathBuf,
 }
 
+/// The connection a sandboxed worker inherited from its node (`$SHOAL_SOCKET_FD`), if any.
+fn inherited_socket(socket: &std::path::Path) -> Result<Option<UnixStream>, InitError> {
+    use std::os::fd::FromRawFd;
+    let Some(fd) = std::env::var_os(shoal_protocol::env::SOCKET_FD) else {
+        return Ok(None);
+    };
+    let bad = |m: String| InitError::Connect(socket.to_path_buf(), std::io::Error::other(m));
+    let fd: i32 = fd
+        .to_str()
+        .and_then(|f| f.parse().ok())
+        .filter(|f| *f > 2)
+        .ok_or_else(|| bad(format!("bad {} {fd:?}", shoal_protocol::env::SOCKET_FD)))?;
+    // SAFETY: the node left this descriptor open for us, a connected Unix socket, and
+    // nothing else in this process owns it (it is read from the environment once, at start).
+    let std = unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd) };
+    // Not for the programs a task may start.
+    // SAFETY: fcntl on the descriptor this stream now owns.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } != 0 {
+        return Err(InitError::Connect(
+            socket.to_path_buf(),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    std.set_nonblocking(true)
+        .map_err(|e| InitError::Connect(socket.to_path_buf(), e))?;
+    UnixStream::from_std(std)
+        .map(Some)
+        .map_err(|e| InitError::Connect(socket.to_path_buf(), e))
+}
+
+/// Says hello on `stream` and reads the node's answer.
+async fn handshake(
+    mut stream: UnixStream,
+    hello: Hello,
+    socket: PathBuf,
+) -> Result<Opened, InitError> {
+    let mut out = Vec::new();
+    frame::encode_frame(&mut out, &ToNode::Hello(hello), frame::DEFAULT_MAX_FRAME)
+        .map_err(|e| InitError::Handshake(e.to_string()))?;
+    // A node that refuses us may close before taking the Hello: its reason is still there
+    // to read.
+    let written = stream.write_all(&out).await;
+    let mut frames = FrameDecoder::new(frame::DEFAULT_MAX_FRAME);
+    let welcome = match (read_one(&mut stream, &mut frames).await, written) {
+        (Ok(msg), _) => msg,
+        (Err(_), Err(e)) => return Err(InitError::Connect(socket, e)),
+        (Err(e), Ok(())) => return Err(e),
+    };
+    match welcome {
+        ToClient::Rejected { reason } => Err(InitError::Handshake(reason)),
+        welcome => Ok(Opened {
+            transport: Transport::Socket(stream, frames),
+            welcome,
+            node: None,
+            socket,
+        }),
+    }
+}
+
 async fn open_transport(hello: Hello, options: InitOptions) -> Result<Opened, InitError> {
     let socket = options
         .socket
         .clone()
         .unwrap_or_else(shoal_node::config::default_socket_path);
+    if let Some(stream) = inherited_socket(&socket)? {
+        return handshake(stream, hello, socket).await;
+    }
+    check_default_socket_dir(&options)?;
     if !options.force_embedded {
         match UnixStream::connect(&socket).await {
-            Ok(mut stream) => {
-                let mut out = Vec::new();
-                frame::encode_frame(&mut out, &ToNode::Hello(hello), frame::DEFAULT_MAX_FRAME)
-                    .map_err(|e| InitError::Handshake(e.to_string()))?;
-                stream
-                    .write_all(&out)
-                    .await
-                    .map_err(|e| InitError::Connect(socket.clone(), e))?;
-                let mut frames = FrameDecoder::new(frame::DEFAULT_MAX_FRAME);
-                let welcome = read_one(&mut stream, &mut frames).await?;
-                return match welcome {
-                    ToClient::Rejected { reason } => Err(InitError::Handshake(reason)),
-                    welcome => Ok(Opened {
-                        transport: Transport::Socket(stream, frames),
-                        welcome,
-                        node: None,
-                        socket,
-                    }),
-                };
-            }
+            Ok(stream) => return handshake(stream, hello, socket).await,
             Err(e) if options.require_daemon => return Err(InitError::Connect(socket, e)),
             Err(_) => {}
         }
@@ -227,6 +271,23 @@ async fn open_transport(hello: Hello, options: InitOptions) -> Result<Opened, In
             Err(e)
         }
     }
+}
+
+/// Refuses the per-user runtime directory when another user could have planted a socket in
+/// it (it is not this user's or root's, or others may write to it): the node on such a
+/// socket would learn this program's path and arguments. A socket named by the program or by
+/// `$SHOAL_SOCKET` is the user's own choice and is not checked.
+fn check_default_socket_dir(options: &InitOptions) -> Result<(), InitError> {
+    let named = options.socket.is_some()
+        || std::env::var_os(shoal_protocol::env::SOCKET).is_some_and(|s| !s.is_empty());
+    if named {
+        return Ok(());
+    }
+    let dir = shoal_node::config::user_runtime_dir();
+    shoal_node::runtime::access::check_socket_dir(&dir).map_err(|e| {
+        tracing::error!(error = %e, "not attaching through an unsafe socket directory");
+        InitError::SocketDir(e.to_string())
+    })
 }
 
 /// The handshake with an embedded node.

@@ -7,6 +7,11 @@
 //! the maximum is an error at once, before any payload is read, so a peer cannot make us
 //! buffer an oversized frame. [`split_frame`] and [`check_eof`] are the same rules over a plain
 //! slice.
+//!
+//! A reader's buffer is never sized from a length header: it grows with the bytes that
+//! actually arrived (doubling, [`grown_capacity`]), so four bytes announcing a large frame
+//! cost a few KiB, not the frame; and a buffer that grew for one large frame is given back
+//! once that frame is consumed ([`shrunk_capacity`]), so an idle stream holds next to nothing.
 
 use serde::{de::DeserializeOwned, Serialize};
 
@@ -103,10 +108,54 @@ pub fn check_eof(leftover: &[u8]) -> Result<(), FrameError> {
     })
 }
 
-/// Room a reader is given at least when it asks [`FrameDecoder::input`] for the buffer.
-const READ_ROOM: usize = 16 << 10;
-/// What a [`FrameDecoder`]'s buffer grows by at least when it is short of room.
-const GROW: usize = 64 << 10;
+/// Room a reader's buffer is given at least for its next read, whatever a header announces.
+pub const MIN_READ: usize = 4 << 10;
+/// A reader's buffer may keep up to this much capacity while idle; above it, the buffer is
+/// shrunk once the frames in it are consumed.
+pub const KEEP_CAPACITY: usize = 64 << 10;
+
+/// The payload length a header announces, if `pending` starts with a whole header.
+fn announced(pending: &[u8]) -> Option<usize> {
+    let header: [u8; HEADER_LEN] = pending.get(..HEADER_LEN)?.try_into().ok()?;
+    Some(u32::from_le_bytes(header) as usize)
+}
+
+/// The length (header included) of the frame at the start of `pending`, if its header is in
+/// and announces at most `max` payload bytes. For accounting only: a buffer is never sized
+/// from it ([`grown_capacity`]).
+pub fn frame_end(pending: &[u8], max: usize) -> Option<usize> {
+    announced(pending)
+        .filter(|len| *len <= max)
+        .map(|len| HEADER_LEN + len)
+}
+
+/// The capacity a reader's buffer should grow to before its next read, or `None` if it has
+/// room for one ([`MIN_READ`] spare). `pending` is what the buffer holds (the bytes not
+/// handed out yet, at its start) and `capacity` its capacity.
+///
+/// The buffer doubles with the bytes that arrived, never jumping to what a header announces;
+/// a frame whose header is in (and within `max`) caps the growth at its end, so the last
+/// doubling does not overshoot it.
+pub fn grown_capacity(capacity: usize, pending: &[u8], max: usize) -> Option<usize> {
+    let len = pending.len();
+    if capacity.saturating_sub(len) >= MIN_READ {
+        return None;
+    }
+    let at_least = len + MIN_READ;
+    let doubled = capacity.saturating_mul(2).max(at_least);
+    let capped = match frame_end(pending, max) {
+        Some(end) => doubled.min(end.max(at_least)),
+        None => doubled,
+    };
+    Some(capped)
+}
+
+/// The capacity to shrink a reader's buffer to, or `None` to keep it: a buffer above
+/// [`KEEP_CAPACITY`] that holds less than a quarter of its capacity (the large frame it grew
+/// for has been consumed) goes down to twice what it holds (nothing if empty).
+pub fn shrunk_capacity(capacity: usize, len: usize) -> Option<usize> {
+    (capacity > KEEP_CAPACITY && len < capacity / 4).then_some(len * 2)
+}
 
 /// The reading side of the framing: a growable buffer that a reader feeds with whatever its
 /// stream gave it, and that hands out whole frames, each checked against the maximum as soon
@@ -160,15 +209,20 @@ impl FrameDecoder {
 
     /// The buffer to append the stream's bytes to, for readers that read straight into a
     /// `Vec` (tokio's `read_buf`): it holds the bytes not handed out yet, and has room for a
-    /// read, or for the whole of a frame whose header is in. Bytes appended are input, as with
-    /// [`FrameDecoder::extend`]; nothing else may be changed.
+    /// read of at least [`MIN_READ`] bytes. Its room grows with the bytes received (doubling),
+    /// never with what a header announces ([`grown_capacity`]). Bytes appended are input, as
+    /// with [`FrameDecoder::extend`]; nothing else may be changed.
     pub fn input(&mut self) -> &mut Vec<u8> {
         self.compact();
-        let want = self.rest_of_frame().max(READ_ROOM);
-        if self.buf.capacity() - self.buf.len() < want {
-            self.buf.reserve(want.max(GROW));
+        if let Some(capacity) = grown_capacity(self.buf.capacity(), &self.buf, self.max) {
+            self.buf.reserve_exact(capacity - self.buf.len());
         }
         &mut self.buf
+    }
+
+    /// The capacity of the buffer (what it costs in memory).
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
     }
 
     /// The payload of the next whole frame, which is consumed; `Ok(None)` if more bytes are
@@ -205,23 +259,8 @@ impl FrameDecoder {
         check_eof(&self.buf[self.consumed..])
     }
 
-    /// Bytes still missing of a frame whose header is in (0 if none is, or if it is too
-    /// large: that frame is refused, not read).
-    fn rest_of_frame(&self) -> usize {
-        let pending = &self.buf[self.consumed..];
-        if pending.len() < HEADER_LEN {
-            return 0;
-        }
-        let mut header = [0u8; HEADER_LEN];
-        header.copy_from_slice(&pending[..HEADER_LEN]);
-        let len = u32::from_le_bytes(header) as usize;
-        if len > self.max {
-            return 0;
-        }
-        (HEADER_LEN + len).saturating_sub(pending.len())
-    }
-
-    /// Drops the bytes handed out.
+    /// Drops the bytes handed out, and gives back the room a large frame needed once it is
+    /// consumed ([`shrunk_capacity`]).
     fn compact(&mut self) {
         if self.consumed == self.buf.len() {
             self.buf.clear();
@@ -229,6 +268,9 @@ impl FrameDecoder {
             self.buf.drain(..self.consumed);
         }
         self.consumed = 0;
+        if let Some(capacity) = shrunk_capacity(self.buf.capacity(), self.buf.len()) {
+            self.buf.shrink_to(capacity);
+        }
     }
 }
 
@@ -345,7 +387,7 @@ mod tests {
         let mut got = Vec::new();
         for chunk in bytes.chunks(5) {
             let input = d.input();
-            assert!(input.capacity() - input.len() >= READ_ROOM);
+            assert!(input.capacity() - input.len() >= MIN_READ);
             input.extend_from_slice(chunk); // as `read_buf` appends
             got.extend(drain(&mut d));
         }
@@ -368,11 +410,96 @@ mod tests {
     }
 
     #[test]
-    fn the_decoder_makes_room_for_an_announced_frame() {
+    fn the_decoder_grows_with_the_bytes_not_with_the_header() {
         let mut d = FrameDecoder::new(8 << 20);
         d.extend(&(4u32 << 20).to_le_bytes());
+        // Four bytes announcing 4 MiB get a read's room, not 4 MiB.
         let input = d.input();
-        assert!(input.capacity() - input.len() >= 4 << 20);
+        assert!(input.capacity() - input.len() >= MIN_READ);
+        assert!(input.capacity() <= 2 * MIN_READ, "{}", input.capacity());
+        // As the payload arrives, the buffer stays within twice what it holds, and never
+        // beyond the frame's end (plus one read's room).
+        let payload = vec![7u8; 4 << 20];
+        let frame_end = HEADER_LEN + payload.len();
+        let mut sent = 0;
+        while sent < payload.len() {
+            let input = d.input();
+            let room = input.capacity() - input.len();
+            assert!(room >= MIN_READ);
+            let held = input.len();
+            assert!(
+                input.capacity() <= (2 * held).max(2 * MIN_READ).min(frame_end + MIN_READ),
+                "capacity {} holding {held}",
+                input.capacity()
+            );
+            let n = room.min(payload.len() - sent);
+            input.extend_from_slice(&payload[sent..sent + n]);
+            sent += n;
+        }
+        assert!(d.capacity() <= frame_end + MIN_READ);
+        assert_eq!(d.next_frame().unwrap().map(<[u8]>::len), Some(4 << 20));
+        // Consumed: the next read's buffer gives the room back.
+        assert!(d.input().capacity() <= MIN_READ, "{}", d.capacity());
+    }
+
+    #[test]
+    fn a_large_buffer_shrinks_once_its_frame_is_consumed() {
+        let mut d = FrameDecoder::new(1 << 20);
+        let mut wire = Vec::new();
+        encode_frame(&mut wire, &vec![1u8; 512 << 10], 1 << 20).unwrap();
+        encode_frame(&mut wire, &"next", 1 << 20).unwrap();
+        let cut = wire.len() - 2;
+        d.extend(&wire[..cut]);
+        assert!(d.capacity() >= 512 << 10);
+        assert_eq!(
+            d.next_message::<Vec<u8>>().unwrap().map(|v| v.len()),
+            Some(512 << 10)
+        );
+        assert_eq!(d.next_message::<String>(), Ok(None));
+        // What is left is the start of the next frame: kept, in a small buffer.
+        d.input().extend_from_slice(&wire[cut..]);
+        assert!(d.capacity() <= KEEP_CAPACITY, "{}", d.capacity());
+        assert_eq!(d.next_message::<String>(), Ok(Some("next".to_string())));
+    }
+
+    #[test]
+    fn growth_and_shrinking_rules() {
+        let header = |len: u32| len.to_le_bytes().to_vec();
+        // Room enough: no growth.
+        assert_eq!(grown_capacity(MIN_READ, &[], 100), None);
+        // An empty buffer gets one read's room; a header alone does not change that.
+        assert_eq!(grown_capacity(0, &[], 1 << 30), Some(MIN_READ));
+        assert_eq!(
+            grown_capacity(0, &header(1 << 30), 1 << 30),
+            Some(4 + MIN_READ)
+        );
+        // Doubling with what is held...
+        let mut pending = header(100 << 10);
+        pending.resize(6 << 10, 0);
+        assert_eq!(grown_capacity(8 << 10, &pending, 1 << 20), Some(16 << 10));
+        // ...capped by the frame's end...
+        pending.resize(60 << 10, 0);
+        assert_eq!(
+            grown_capacity(62 << 10, &pending, 1 << 20),
+            Some(HEADER_LEN + (100 << 10))
+        );
+        // ...but always with a read's room.
+        pending.resize(99 << 10, 0);
+        assert_eq!(
+            grown_capacity(HEADER_LEN + (100 << 10), &pending, 1 << 20),
+            Some((99 << 10) + MIN_READ)
+        );
+        // An oversized header (refused anyway) does not cap, nor raise, the growth.
+        assert_eq!(grown_capacity(0, &header(200), 100), Some(4 + MIN_READ));
+        // A frame's end, for accounting.
+        assert_eq!(frame_end(&header(100), 100), Some(104));
+        assert_eq!(frame_end(&header(101), 100), None);
+        assert_eq!(frame_end(&[1, 0], 100), None);
+        // Shrinking: only large, mostly empty buffers.
+        assert_eq!(shrunk_capacity(KEEP_CAPACITY, 0), None);
+        assert_eq!(shrunk_capacity(1 << 20, 0), Some(0));
+        assert_eq!(shrunk_capacity(1 << 20, 1000), Some(2000));
+        assert_eq!(shrunk_capacity(1 << 20, 300 << 10), None);
     }
 
     #[test]

@@ -14,7 +14,7 @@
 //!
 //! Run it with `cargo run --release -p shoal-fuzz -- --seconds 5 [TARGET...]` (see
 //! `--help` and fuzz/README.md). Each input runs under `catch_unwind` and the allocation
-//! meter ([`runner::alloc_bound`]: 64 bytes per input byte plus 1 MiB); an input that
+//! meter ([`runner::alloc_bound`]: 64 bytes per input byte plus 4 MiB); an input that
 //! panics, holds more, or takes longer than the hang limit is written to
 //! `fuzz/crashes/<target>-<hash>` and the run exits non-zero, printing how to replay it.
 //! Fixed crashes are kept in `fuzz/regressions/<target>/`, which `cargo test -p shoal-fuzz`

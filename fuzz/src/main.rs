@@ -14,7 +14,7 @@ usage: shoal-fuzz [--seconds S | --iterations N] [--seed S] [--crashes DIR] [--h
        shoal-fuzz --list
 
 Fuzzes every target (or those named) for S seconds each (default 5) or N inputs each.
-A crash (a panic, an allocation above 64 x input + 1 MiB, or an input running longer than
+A crash (a panic, an allocation above 64 x input + 4 MiB, or an input running longer than
 --hang seconds, default 10) is written to DIR/<target>-<hash> (default fuzz/crashes) and
 the run exits non-zero. The seed (default 1) makes a run repeatable.";
 
@@ -68,7 +68,12 @@ fn main() -> anyhow::Result<()> {
             bail!("no target {n} (--list shows them)");
         }
     }
-    println!("shoal-fuzz: {} targets, {:?} each, seed {}", chosen.len(), opts.budget, opts.seed);
+    println!(
+        "shoal-fuzz: {} targets, {:?} each, seed {}",
+        chosen.len(),
+        opts.budget,
+        opts.seed
+    );
     let mut crashed = Vec::new();
     let (mut total, mut time) = (0u64, Duration::ZERO);
     for t in &chosen {
@@ -99,7 +104,8 @@ fn main() -> anyhow::Result<()> {
     }
     println!("shoal-fuzz: {total} inputs in {:.1} s", time.as_secs_f64());
     if !crashed.is_empty() {
-        bail!("crashes in {}", crashed.join(", "));
+        eprintln!("shoal-fuzz: crashes in {}", crashed.join(", "));
+        std::process::exit(1);
     }
     Ok(())
 }
@@ -110,7 +116,10 @@ fn replay(file: &std::path::Path, name: &str) -> anyhow::Result<()> {
     match runner::run_one(&target, &input, false) {
         Ok(Verdict::Accepted) => println!("{name}: accepted ({} bytes), no crash", input.len()),
         Ok(Verdict::Rejected) => println!("{name}: rejected ({} bytes), no crash", input.len()),
-        Err(reason) => bail!("{name}: {reason}"),
+        Err(reason) => {
+            eprintln!("{name}: {reason}");
+            std::process::exit(1);
+        }
     }
     Ok(())
 }

@@ -64,12 +64,20 @@ fn edit(rng: &mut Rng, data: &mut Vec<u8>, others: &[Vec<u8>]) {
         7 => {
             let at = rng.below(len + 1);
             let varint = varint(rng.interesting_u64());
-            let end = if rng.chance(1, 2) { (at + 1).min(len) } else { at };
+            let end = if rng.chance(1, 2) {
+                (at + 1).min(len)
+            } else {
+                at
+            };
             data.splice(at..end, varint);
         }
         // A frame header: a little-endian u32 near the real length, or huge.
         8 if len >= 4 => {
-            let at = if rng.chance(1, 2) { 0 } else { rng.below(len - 3) };
+            let at = if rng.chance(1, 2) {
+                0
+            } else {
+                rng.below(len - 3)
+            };
             let real = (len - at - 4) as u32;
             let random = rng.next_u64() as u32;
             let value = *rng.pick(&[
@@ -145,6 +153,9 @@ mod tests {
             assert!(data.len() <= MAX_INPUT);
             changed += usize::from(data != seed);
         }
-        assert!(changed > 900, "{changed} of 1000 mutations changed the input");
+        assert!(
+            changed > 900,
+            "{changed} of 1000 mutations changed the input"
+        );
     }
 }

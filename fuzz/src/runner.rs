@@ -12,9 +12,11 @@ use crate::rng::Rng;
 use crate::target::{Target, Verdict};
 
 /// The most a decoder may hold at once for an input of `n` bytes: 64 bytes per input byte,
-/// plus 1 MiB for fixed costs (a read buffer, a hasher).
+/// plus 4 MiB of fixed costs: serde gives a sequence being decoded up to 1 MiB of capacity
+/// before its elements arrive (its "cautious" size hint, whatever the length prefix says),
+/// and a message nests a few sequences (a task's arguments, each one's bytes).
 pub fn alloc_bound(n: usize) -> usize {
-    n.saturating_mul(64).saturating_add(1 << 20)
+    n.saturating_mul(64).saturating_add(4 << 20)
 }
 
 /// The seed corpus: structure-aware inputs made per target from a fixed seed, on top of the
@@ -178,7 +180,11 @@ thread_local! {
 fn die_with(current: Option<&Shared>, reason: &str) -> ! {
     // try_lock: the fuzzing thread never holds the lock while an input runs; if something
     // else does, report without the input rather than wait.
-    let saved = current.and_then(|c| c.try_lock().ok().map(|c| (c.target, c.input.clone(), c.crash_dir.clone())));
+    let saved = current.and_then(|c| {
+        c.try_lock()
+            .ok()
+            .map(|c| (c.target, c.input.clone(), c.crash_dir.clone()))
+    });
     match saved {
         Some((target, input, dir)) => {
             let crash = Crash {
@@ -282,7 +288,7 @@ pub fn fuzz(target: &Target, opts: &Options, extra: Vec<Vec<u8>>) -> Stats {
     let mut next_seed = 0;
     loop {
         let done = match opts.budget {
-            Budget::Time(t) => stats.iterations % 64 == 0 && started.elapsed() >= t,
+            Budget::Time(t) => stats.iterations.is_multiple_of(64) && started.elapsed() >= t,
             Budget::Iterations(n) => stats.iterations >= n,
         };
         if done {
@@ -366,7 +372,10 @@ fn save(target: &str, mut crash: Crash, dir: &Path) -> Crash {
     let path = dir.join(format!("{target}-{}", &hash[..16]));
     match std::fs::create_dir_all(dir).and_then(|()| std::fs::write(&path, &crash.input)) {
         Ok(()) => crash.file = Some(path),
-        Err(e) => eprintln!("shoal-fuzz: cannot save the crash input to {}: {e}", path.display()),
+        Err(e) => eprintln!(
+            "shoal-fuzz: cannot save the crash input to {}: {e}",
+            path.display()
+        ),
     }
     crash
 }
@@ -384,7 +393,12 @@ pub fn report_crash(target: &str, crash: &Crash) {
             eprintln!("  once fixed, keep it: move it to fuzz/regressions/{target}/");
         }
         None => {
-            let shown: Vec<String> = crash.input.iter().take(256).map(|b| format!("{b:02x}")).collect();
+            let shown: Vec<String> = crash
+                .input
+                .iter()
+                .take(256)
+                .map(|b| format!("{b:02x}"))
+                .collect();
             eprintln!("  input ({} bytes): {}", crash.input.len(), shown.join(""));
         }
     }

@@ -47,7 +47,9 @@ pub struct Target {
 
 impl Debug for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Target").field("name", &self.name).finish_non_exhaustive()
+        f.debug_struct("Target")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
 

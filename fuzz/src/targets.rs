@@ -13,9 +13,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use shoal_node::net::{code, framed, objects};
 use shoal_protocol::frame::{self, FrameDecoder, FrameError, DEFAULT_MAX_FRAME};
-use shoal_protocol::mesh::{
-    ActorLocation, LoadReport, PeerMsg, MAX_PEER_MSG, MAX_REPORT_BYTES,
-};
+use shoal_protocol::mesh::{ActorLocation, LoadReport, PeerMsg, MAX_PEER_MSG, MAX_REPORT_BYTES};
 use shoal_protocol::{
     codec, ActorId, BinaryId, ClientId, Hello, ObjectId, ResourceSet, Role, ToClient, ToNode,
     MAGIC, PROTOCOL_VERSION,
@@ -44,7 +42,8 @@ pub fn all() -> Vec<Target> {
         Target::message::<PeerMsg>("peer_msg", "PeerMsg, a peer's control message", MAX_PEER_MSG)
             .seed_values(|| vec![PeerMsg::Fetch { id: ObjectId::for_content(b"x") }]),
         Target::new("peer_link", "a peer's control stream: PeerMsg frames read by the node's FrameReader, in random pieces", peer_link)
-            .generator(framed_stream::<PeerMsg>),
+            .generator(frames_of::<PeerMsg>)
+            .seeds(|| vec![frames(&[PeerMsg::Fetch { id: ObjectId::for_content(b"x") }, PeerMsg::Release { ids: vec![] }])]),
         Target::message_checked::<LoadReport>("load_report", "LoadReport, a peer's gossiped load, and its validation", MAX_REPORT_BYTES, check_report)
             .seed_values(|| vec![report()]),
         Target::new("object_request", "ObjectRequest, read by an object server from a peer's stream", stream_header::<objects::ObjectRequest, { objects::MAX_HEADER }>)
@@ -129,6 +128,15 @@ fn framed_stream<T: Serialize + DeserializeOwned>(rng: &mut Rng) -> Option<Vec<u
     Some(out)
 }
 
+/// One to three frames of random `T`s.
+fn frames_of<T: Serialize + DeserializeOwned>(rng: &mut Rng) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    for _ in 0..rng.range(1, 3) {
+        frame::encode_frame(&mut out, &arbitrary::<T>(rng)?, usize::MAX).ok()?;
+    }
+    Some(out)
+}
+
 fn framed_one<T: Serialize + DeserializeOwned>(rng: &mut Rng) -> Option<Vec<u8>> {
     Some(frames(&[arbitrary::<T>(rng)?]))
 }
@@ -137,7 +145,16 @@ fn framed_one<T: Serialize + DeserializeOwned>(rng: &mut Rng) -> Option<Vec<u8>>
 
 /// The maxima the frame target tries, picked by the input's first byte: tiny ones (every
 /// frame is too large), the object headers', the socket's.
-const FRAME_MAXIMA: [usize; 8] = [0, 1, 16, 1024, 64 << 10, 1 << 20, DEFAULT_MAX_FRAME, DEFAULT_MAX_FRAME];
+const FRAME_MAXIMA: [usize; 8] = [
+    0,
+    1,
+    16,
+    1024,
+    64 << 10,
+    1 << 20,
+    DEFAULT_MAX_FRAME,
+    DEFAULT_MAX_FRAME,
+];
 
 /// How a stream was cut into frames.
 #[derive(Debug, PartialEq)]
@@ -174,13 +191,24 @@ fn reference(stream: &[u8], max: usize) -> Framing {
                     leftover == 0,
                     "check_eof disagrees with split_frame"
                 );
-                return Framing { payloads, error: None, leftover };
+                return Framing {
+                    payloads,
+                    error: None,
+                    leftover,
+                };
             }
             (Err(e), Err(e2)) => {
                 assert_eq!(e, e2, "split_frame and decode_frame fail differently");
-                return Framing { payloads, error: Some(e), leftover: 0 };
+                return Framing {
+                    payloads,
+                    error: Some(e),
+                    leftover: 0,
+                };
             }
-            (a, b) => panic!("split_frame gave {a:?}, decode_frame {:?}", b.map(|o| o.map(|(_, u)| u))),
+            (a, b) => panic!(
+                "split_frame gave {a:?}, decode_frame {:?}",
+                b.map(|o| o.map(|(_, u)| u))
+            ),
         }
     }
 }
@@ -216,9 +244,17 @@ fn through_decoder(stream: &[u8], max: usize, rng: &mut Rng, use_input: bool) ->
     }
     let leftover = if error.is_some() { 0 } else { d.buffered() };
     if error.is_none() {
-        assert_eq!(d.finish().is_ok(), leftover == 0, "finish disagrees with buffered");
+        assert_eq!(
+            d.finish().is_ok(),
+            leftover == 0,
+            "finish disagrees with buffered"
+        );
     }
-    Framing { payloads, error, leftover }
+    Framing {
+        payloads,
+        error,
+        leftover,
+    }
 }
 
 fn frame_layer(input: &[u8]) -> Verdict {
@@ -230,19 +266,23 @@ fn frame_layer(input: &[u8]) -> Verdict {
     let mut rng = Rng::from_bytes(input);
     for use_input in [false, true] {
         let got = through_decoder(stream, max, &mut rng, use_input);
-        assert_eq!(got, want, "FrameDecoder (input: {use_input}) disagrees with split_frame");
+        assert_eq!(
+            got, want,
+            "FrameDecoder (input: {use_input}) disagrees with split_frame"
+        );
     }
     // next_message consumes frames that do not decode, as the socket reader relies on.
     let mut d = FrameDecoder::new(max);
     d.extend(stream);
     let mut count = 0;
-    loop {
-        match d.next_message::<ToNode>() {
-            Ok(Some(_)) | Err(FrameError::Decode(_)) => count += 1,
-            Ok(None) | Err(_) => break,
-        }
+    while let Ok(Some(_)) | Err(FrameError::Decode(_)) = d.next_message::<ToNode>() {
+        count += 1;
     }
-    assert_eq!(count, want.payloads.len(), "next_message lost or repeated a frame");
+    assert_eq!(
+        count,
+        want.payloads.len(),
+        "next_message lost or repeated a frame"
+    );
     if want.error.is_none() && want.leftover == 0 && !want.payloads.is_empty() {
         Verdict::Accepted
     } else {
@@ -261,12 +301,19 @@ struct Pieces<'a> {
 
 impl<'a> Pieces<'a> {
     fn new(input: &'a [u8]) -> Self {
-        Self { rest: input, rng: Rng::from_bytes(input) }
+        Self {
+            rest: input,
+            rng: Rng::from_bytes(input),
+        }
     }
 }
 
 impl futures::AsyncRead for Pieces<'_> {
-    fn poll_read(mut self: Pin<&mut Self>, _: &mut Context<'_>, out: &mut [u8]) -> Poll<io::Result<usize>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        out: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
         let n = self.rng.range(1, 4096).min(out.len()).min(self.rest.len());
         out[..n].copy_from_slice(&self.rest[..n]);
         self.rest = &self.rest[n..];
@@ -293,7 +340,13 @@ fn peer_link(input: &[u8]) -> Verdict {
     loop {
         match block_on(reader.next::<PeerMsg>(MAX_PEER_MSG)) {
             Ok(Some(msg)) => round_trip(&msg),
-            Ok(None) => return if count > 0 { Verdict::Accepted } else { Verdict::Rejected },
+            Ok(None) => {
+                return if count > 0 {
+                    Verdict::Accepted
+                } else {
+                    Verdict::Rejected
+                }
+            }
             Err(_) => return Verdict::Rejected,
         }
         count += 1;
@@ -314,7 +367,10 @@ fn check_report(r: &LoadReport) {
     // As the node does with a report signed by its claimed peer, and by another.
     let own = r.validate(&r.peer, &r.mesh);
     let other = r.validate(b"another peer", &r.mesh);
-    assert!(r.peer == b"another peer" || other.is_err(), "a forged report passed");
+    assert!(
+        r.peer == b"another peer" || other.is_err(),
+        "a forged report passed"
+    );
     std::hint::black_box(own.is_ok());
 }
 
@@ -332,15 +388,28 @@ where
     let decoded = codec::decode::<T>(bytes, limit);
     match &decoded {
         Ok(value) => {
-            assert!(bytes.len() <= limit, "decoded {} bytes over a limit of {limit}", bytes.len());
+            assert!(
+                bytes.len() <= limit,
+                "decoded {} bytes over a limit of {limit}",
+                bytes.len()
+            );
             round_trip(value);
             let again = codec::encode(value).expect("a decoded value encodes");
-            assert!(again.len() <= bytes.len(), "re-encoded longer than the input");
+            assert!(
+                again.len() <= bytes.len(),
+                "re-encoded longer than the input"
+            );
         }
         Err(codec::DecodeError::TooLarge { len, limit: l }) => {
-            assert!(*len == bytes.len() && *l == limit && *len > limit, "wrong TooLarge");
+            assert!(
+                *len == bytes.len() && *l == limit && *len > limit,
+                "wrong TooLarge"
+            );
         }
-        Err(_) => assert!(bytes.len() <= limit, "input over the limit not refused as TooLarge"),
+        Err(_) => assert!(
+            bytes.len() <= limit,
+            "input over the limit not refused as TooLarge"
+        ),
     }
     Verdict::of(&decoded)
 }

@@ -16,7 +16,10 @@ fn every_regression_input_replays_clean() {
         let entry = entry.unwrap();
         if entry.path().is_dir() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            assert!(names.contains(name.as_str()), "regressions/{name} names no target");
+            assert!(
+                names.contains(name.as_str()),
+                "regressions/{name} names no target"
+            );
         }
     }
     let mut replayed = 0;
@@ -45,7 +48,12 @@ fn the_seed_corpus_is_valid() {
         // The structure-aware ones need not all fit the target's limits, but most must, and
         // none may crash.
         let corpus = target.corpus(runner::GENERATED_SEEDS);
-        assert!(corpus.len() >= runner::GENERATED_SEEDS / 2, "{}: {} seeds", target.name, corpus.len());
+        assert!(
+            corpus.len() >= runner::GENERATED_SEEDS / 2,
+            "{}: {} seeds",
+            target.name,
+            corpus.len()
+        );
         let mut accepted = 0;
         for input in &corpus {
             match runner::run_one(&target, input, true) {
@@ -91,10 +99,18 @@ fn a_planted_panic_is_found_saved_and_replayed() {
     let stats = runner::fuzz(&target, &opts, Vec::new());
     let crash = stats.crash.expect("the planted bug is found");
     assert!(crash.reason.contains("planted bug"), "{}", crash.reason);
-    assert!(crash.reason.contains("tests/regressions.rs"), "the panic's place: {}", crash.reason);
+    assert!(
+        crash.reason.contains("tests/regressions.rs"),
+        "the panic's place: {}",
+        crash.reason
+    );
     let file = crash.file.expect("the input is saved");
     assert!(file.starts_with(&dir));
-    assert!(file.file_name().unwrap().to_string_lossy().starts_with("planted-"));
+    assert!(file
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .starts_with("planted-"));
     let saved = std::fs::read(&file).unwrap();
     assert_eq!(saved, crash.input);
     assert!(saved.starts_with(&[0xde, 0xad]));
@@ -112,9 +128,12 @@ fn an_allocation_out_of_proportion_is_a_crash() {
         std::hint::black_box(&buf);
         Verdict::Accepted
     });
-    // 16 bytes may hold 64 * 16 + 1 MiB: 15 << 16 is within, 255 << 16 is not.
-    let mut input = vec![15u8; 16];
-    assert_eq!(runner::run_one(&target, &input, true), Ok(Verdict::Accepted));
+    // 16 bytes may hold 64 * 16 + 4 MiB: 63 << 16 is within, 255 << 16 is not.
+    let mut input = vec![63u8; 16];
+    assert_eq!(
+        runner::run_one(&target, &input, true),
+        Ok(Verdict::Accepted)
+    );
     input[0] = 255;
     let reason = runner::run_one(&target, &input, true).unwrap_err();
     assert!(reason.contains("held 16711680 bytes"), "{reason}");
@@ -129,10 +148,16 @@ fn the_binary_fuzzes_every_target_and_replays() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for target in targets::all() {
         assert!(
-            stdout.lines().any(|l| l.starts_with(target.name) && l.contains(" 300 inputs")),
+            stdout
+                .lines()
+                .any(|l| l.starts_with(target.name) && l.contains(" 300 inputs")),
             "{} did not run: {stdout}",
             target.name
         );

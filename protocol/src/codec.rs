@@ -144,8 +144,9 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], limit: usize) -> Result<T, Deco
 pub fn byte_range(encoded: &[u8]) -> Result<std::ops::Range<usize>, DecodeError> {
     let (len, used) = bincode::decode_from_slice::<u64, _>(encoded, config())
         .map_err(|e| DecodeError::Malformed(e.to_string()))?;
-    let end = used as u64 + len;
-    if end != encoded.len() as u64 {
+    // A length near u64::MAX must not overflow (a panic in debug builds).
+    let end = (used as u64).checked_add(len);
+    if end != Some(encoded.len() as u64) {
         return Err(DecodeError::Malformed(format!(
             "a byte sequence of {len} bytes after a {used}-byte prefix does not fill {} bytes",
             encoded.len()
@@ -168,6 +169,12 @@ mod tests {
         }
         assert!(byte_range(&encode(&(3u64, 4u64)).unwrap()).is_err());
         assert!(byte_range(&[]).is_err());
+        // A length that overflows past the prefix (found by shoal-fuzz, target codec: an
+        // overflow panic in debug builds; release builds wrapped, and refused it).
+        let mut wrap = vec![253];
+        wrap.extend_from_slice(&(u64::MAX - 8).to_le_bytes());
+        wrap.push(0);
+        assert!(byte_range(&wrap).is_err());
     }
 
     #[test]
@@ -213,9 +220,15 @@ mod tests {
         ));
         // The largest claim per input byte still decodes: u128s in one byte each.
         let many = vec![1u128; 100_000];
-        assert_eq!(decode::<Vec<u128>>(&encode(&many).unwrap(), usize::MAX), Ok(many));
+        assert_eq!(
+            decode::<Vec<u128>>(&encode(&many).unwrap(), usize::MAX),
+            Ok(many)
+        );
         let long = "x".repeat(3 << 20);
-        assert_eq!(decode::<String>(&encode(&long).unwrap(), usize::MAX), Ok(long));
+        assert_eq!(
+            decode::<String>(&encode(&long).unwrap(), usize::MAX),
+            Ok(long)
+        );
     }
 
     #[test]

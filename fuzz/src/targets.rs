@@ -118,13 +118,16 @@ fn prefixed(first: u8, rest: &[u8]) -> Vec<u8> {
     out
 }
 
-/// A generated stream: a setting byte (the frame target reads it), then zero to three frames
-/// of random `T`s.
+/// A generated stream for the frame target: its setting byte (mostly a maximum the frames
+/// fit, sometimes a tiny one), then one to three frames of random `T`s.
 fn framed_stream<T: Serialize + DeserializeOwned>(rng: &mut Rng) -> Option<Vec<u8>> {
-    let mut out = vec![rng.next_u64() as u8];
-    for _ in 0..rng.below(4) {
-        frame::encode_frame(&mut out, &arbitrary::<T>(rng)?, usize::MAX).ok()?;
-    }
+    let setting = if rng.chance(1, 8) {
+        rng.below(FRAME_MAXIMA.len())
+    } else {
+        rng.range(FRAME_MAXIMA.len() - 3, FRAME_MAXIMA.len() - 1)
+    };
+    let mut out = vec![setting as u8];
+    out.extend(frames_of::<T>(rng)?);
     Some(out)
 }
 
@@ -441,7 +444,13 @@ fn codec_target(input: &[u8]) -> Verdict {
 
 fn codec_input(rng: &mut Rng) -> Option<Vec<u8>> {
     let kind = rng.below(TYPES);
-    let mut out = vec![kind as u8, rng.next_u64() as u8];
+    // Mostly a limit the value fits under; sometimes any.
+    let limit = if rng.chance(1, 4) {
+        rng.below(LIMITS.len())
+    } else {
+        LIMITS.len() - 1
+    };
+    let mut out = vec![kind as u8, limit as u8];
     let value = match kind {
         0 => codec::encode(&arbitrary::<String>(rng)?),
         1 => codec::encode(&arbitrary::<Vec<u8>>(rng)?),

@@ -28,7 +28,7 @@ const MAX_LEN: usize = 4096;
 const BUDGET: usize = 8192;
 
 /// A random value of `T`, or `None` if the type's impl refused every answer given (a
-/// validating `Deserialize`, or a type recursing past [`HARD_DEPTH`]).
+/// validating `Deserialize`, or a type that recurses too deep).
 pub fn arbitrary<T: DeserializeOwned>(rng: &mut Rng) -> Option<T> {
     let mut gen = Gen {
         rng,

@@ -23,7 +23,7 @@
 //! Adding a target is one line in [`targets::all`]. For a serde type decoded with the codec
 //! (a credential, a manifest), the line is
 //!
-//! ```ignore
+//! ```text
 //! Target::message::<Credential>("credential", "a node credential, from a joining peer", MAX_CREDENTIAL),
 //! ```
 //!

@@ -188,7 +188,7 @@ fn shut_down(rt: tokio::runtime::Runtime) {
 /// Starts a peer of `mesh` over TCP on an ephemeral loopback port, mDNS off, bootstrapped
 /// from `peers`, with the node's defaults otherwise.
 async fn start_peer(mesh: &str, peers: Vec<Multiaddr>) -> Result<NetHandle> {
-    let mut config = NetConfig::new(mesh);
+    let mut config = NetConfig::new(shoal_node::auth::testing::token(mesh));
     config.transport = TransportKind::Tcp;
     config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse()?];
     config.peers = peers;

@@ -19,6 +19,11 @@
 //!   after the driver asked. The operation fails if the local node started pulling before the
 //!   driver asked (its store already in use): then the time would miss part of the pull.
 //!
+//! - `mesh_join_seconds`: a new `shoal node` process started with a join token (and a custom
+//!   resource no other node has), from its start until it has run a task that a driver
+//!   attached to another node submitted for that resource: admission, convergence, the task's
+//!   spill and the shipping of the driver's executable to the new node included.
+//!
 //! Each row starts its own pair of nodes ([`NodePair`]): the *remote* node with
 //! [`REMOTE_CPUS`] CPUs, and the *local* node with none (`--cpus 0`), bootstrapped from the
 //! remote one, each with a [`STORE_BYTES`] store in a directory under `/dev/shm`. The local
@@ -139,6 +144,13 @@ pub fn register(reg: &mut Registry) {
         remote_actor_calls_async,
     );
     reg.add(
+        "mesh_join_seconds",
+        Unit::Seconds,
+        "a new node with a join token, from its process's start until it has run a task from \
+         a peer (admission, convergence, the spill and code shipping included)",
+        mesh_join_seconds,
+    );
+    reg.add(
         "object_transfer_gigabytes",
         Unit::GbPerSec,
         "a 1 GiB object (a task's result, made on another node) pulled into this node's store: \
@@ -197,15 +209,17 @@ enum Work {
     ActorSync,
     ActorAsync,
     Transfer,
+    Join,
 }
 
 impl Work {
-    const ALL: [Work; 5] = [
+    const ALL: [Work; 6] = [
         Work::TasksSync,
         Work::TasksAsync,
         Work::ActorSync,
         Work::ActorAsync,
         Work::Transfer,
+        Work::Join,
     ];
 
     fn name(self) -> &'static str {
@@ -215,6 +229,7 @@ impl Work {
             Work::ActorSync => "remote_actor_calls_sync",
             Work::ActorAsync => "remote_actor_calls_async",
             Work::Transfer => "object_transfer_gigabytes",
+            Work::Join => "mesh_join_seconds",
         }
     }
 
@@ -245,6 +260,61 @@ fn remote_actor_calls_async(b: &mut Bench) -> Result<()> {
 
 fn object_transfer_gigabytes(b: &mut Bench) -> Result<()> {
     remote_row(b, Work::Transfer)
+}
+
+/// Each operation: a new node (its own directory, a fresh identity, the mesh's join token, a
+/// resource `join<k>` only it has) is started, and the driver (attached to the first node)
+/// submits a task needing `join<k>` that waits for such a node; timed from the new node's
+/// spawn until the driver has the task's result. Set-up checks that it ran on the new node.
+fn mesh_join_seconds(b: &mut Bench) -> Result<()> {
+    check_shoal_bin(b)?;
+    let dir = nodes_dir()?;
+    let options = NodeOptions::new().mesh(unique_mesh("join"));
+    let first = NodeProcess::start(options.clone().cpus(1.0).dir(dir.join("first")))
+        .context("starting the first node")?;
+    let envs: Vec<(&str, OsString)> = vec![(ENV_REMOTE_PEER, first.peer_id().into())];
+    let mut driver = Program::start(
+        "driver",
+        DRIVER_CMD,
+        OsStr::new(Work::Join.name()),
+        &first.socket(),
+        &envs,
+    )?;
+    driver.expect("ready", SETUP_TIMEOUT)?;
+    let mut k = 0u32;
+    let (mut fastest, mut slowest) = (Duration::MAX, Duration::ZERO);
+    b.run_timed(|| {
+        k += 1;
+        let start = Instant::now();
+        let mut joiner = NodeProcess::spawn(
+            options
+                .clone()
+                .cpus(1.0)
+                .dir(dir.join(format!("joiner-{k}")))
+                .peer(first.listen_addr())
+                .args(["--resource".to_string(), format!("join{k}=1")]),
+        )
+        .context("starting a new node")?;
+        driver.send(&format!("join {k}"))?;
+        let ran_on = driver.expect("joined", OP_TIMEOUT)?;
+        let took = start.elapsed();
+        joiner.wait_ready()?;
+        ensure!(
+            ran_on == joiner.peer_id(),
+            "the task ran on {ran_on}, not on the new node {}",
+            joiner.peer_id()
+        );
+        fastest = fastest.min(took);
+        slowest = slowest.max(took);
+        Ok(took)
+    })?;
+    eprintln!(
+        "{}: {k} new nodes, fastest {:.3} s, slowest {:.3} s",
+        b.name(),
+        fastest.as_secs_f64(),
+        slowest.as_secs_f64()
+    );
+    driver.finish()
 }
 
 /// A row: two nodes, the actor host if any, the driver; the rounds; then everything stopped.
@@ -503,6 +573,17 @@ impl Program {
         Ok(rest.to_owned())
     }
 
+    /// Writes one line to the program.
+    fn send(&mut self, line: &str) -> Result<()> {
+        let stdin = self
+            .stdin
+            .as_mut()
+            .context("the program's stdin is closed")?;
+        writeln!(stdin, "{line}")
+            .and_then(|()| stdin.flush())
+            .context("writing to the program")
+    }
+
     /// Has the driver work for at least `d`, and returns what it did.
     fn round(&mut self, d: Duration) -> Result<Tally> {
         let stdin = self
@@ -619,6 +700,9 @@ type Batch = Box<dyn FnMut() -> Result<(u64, Duration)>>;
 fn driver_main(work: Work) -> Result<()> {
     let remote = env(ENV_REMOTE_PEER)?;
     let shoal = attach()?;
+    if work == Work::Join {
+        return join_driver(&shoal);
+    }
     let here = shoal
         .peer_id()
         .context("the driver's node is not a peer of a mesh")?
@@ -631,6 +715,7 @@ fn driver_main(work: Work) -> Result<()> {
         Work::TasksSync | Work::TasksAsync => set_up_tasks(work, &remote)?,
         Work::ActorSync | Work::ActorAsync => set_up_actor(work, &remote)?,
         Work::Transfer => set_up_transfer(&shoal, &remote)?,
+        Work::Join => unreachable!("the join driver returned above"),
     };
     say(&format!("ready {ready}"));
     for line in std::io::stdin().lock().lines() {
@@ -662,6 +747,29 @@ fn driver_main(work: Work) -> Result<()> {
     }
     drop(batch);
     // Everything this driver sent has been handled before it goes.
+    shoal.status().context("waiting for the node to catch up")?;
+    Ok(())
+}
+
+/// The driver of `mesh_join_seconds`: for each `join <k>` line, a task that needs resource
+/// `join<k>` (waiting for a node that has it); answers `joined <peer id where it ran>`.
+fn join_driver(shoal: &shoal::Shoal) -> Result<()> {
+    say("ready attached");
+    for line in std::io::stdin().lock().lines() {
+        let line = line.context("reading stdin")?;
+        let k = line
+            .strip_prefix("join ")
+            .with_context(|| format!("not a join request: {line:?}"))?;
+        let options = shoal::TaskOptions::new()
+            .resource(&format!("join{k}"), 1.0)
+            .wait_for_resources(true);
+        let peer = remote_where
+            .options(options)
+            .remote()
+            .get_blocking_timeout(OP_TIMEOUT)
+            .context("the task for the new node")?;
+        say(&format!("joined {peer}"));
+    }
     shoal.status().context("waiting for the node to catch up")?;
     Ok(())
 }

@@ -22,6 +22,8 @@
 #![deny(missing_docs, unreachable_pub)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+#[cfg(feature = "mesh")]
+pub mod auth;
 pub mod config;
 pub mod core;
 #[cfg(feature = "mesh")]

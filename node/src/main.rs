@@ -1,7 +1,14 @@
 //! `shoal`: run a node, or ask one how it is.
 //!
 //! ```text
-//! shoal node [--socket PATH] [--cpus N] [--resource NAME=N]... [--store-bytes N]
+//! shoal node [--join TOKEN] [--socket PATH] [--cpus N] [--resource NAME=N]... [--store-bytes N]
+//! shoal mesh init --mesh NAME [--out FILE]
+//! shoal mesh invite --authority FILE [--role node|client] [--expires 30d] [--peer ID] [--bootstrap ADDR]...
+//! shoal mesh revoke --authority FILE (--peer ID | --invite KEY)
+//! shoal mesh publish REVOCATION [--data-dir DIR]
+//! shoal mesh renew TOKEN [--data-dir DIR]
+//! shoal mesh swarm-key --out FILE
+//! shoal mesh id [--data-dir DIR]
 //! shoal status [--json] [--socket PATH]
 //! shoal objects [--json] [--socket PATH]
 //! shoal peers [--json] [--socket PATH]
@@ -35,6 +42,9 @@ struct Cli {
 enum Command {
     /// Run a node (the daemon) in the foreground.
     Node(Box<NodeArgs>),
+    /// Make a mesh and manage who belongs to it.
+    #[command(subcommand)]
+    Mesh(MeshCommand),
     /// Show a node's id, resources, workers, tasks, objects and actors.
     Status {
         /// Print one JSON object instead of text.
@@ -65,8 +75,92 @@ enum Command {
     },
 }
 
+#[derive(Subcommand, Debug)]
+enum MeshCommand {
+    /// Make a new mesh: its authority key (keep it offline; it signs every credential).
+    Init {
+        /// The mesh's name.
+        #[arg(long)]
+        mesh: String,
+        /// Where to write the authority key [default: ./<mesh>.authority].
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Issue a join token (`shoal node --join TOKEN`). Without `--peer` it holds an invite
+    /// key that lets any number of nodes join until it expires: keep it secret.
+    Invite {
+        /// The authority key file.
+        #[arg(long)]
+        authority: PathBuf,
+        /// `node` (computes and submits) or `client` (only submits).
+        #[arg(long, default_value = "node")]
+        role: String,
+        /// How long it is valid: a number with s, m, h or d.
+        #[arg(long, default_value = "30d")]
+        expires: String,
+        /// Certify this one peer id (see `shoal mesh id`) instead of making an invite.
+        #[arg(long)]
+        peer: Option<String>,
+        /// A peer to bootstrap from (repeatable), e.g. /ip4/10.0.0.2/tcp/7447/p2p/12D3Koo...
+        #[arg(long = "bootstrap", value_name = "MULTIADDR")]
+        bootstrap: Vec<String>,
+    },
+    /// Revoke a peer or an invite (prints the revocation to `shoal mesh publish`).
+    Revoke {
+        /// The authority key file.
+        #[arg(long)]
+        authority: PathBuf,
+        /// The peer id to revoke.
+        #[arg(long, conflicts_with = "invite", required_unless_present = "invite")]
+        peer: Option<String>,
+        /// The invite key to revoke (hex, as `shoal mesh invite` printed it).
+        #[arg(long)]
+        invite: Option<String>,
+    },
+    /// Hand a revocation to the node of this machine; it spreads it through the mesh.
+    Publish {
+        /// The revocation (`shoal-revoke-1-...`).
+        revocation: String,
+        /// The node's data directory [default: as `shoal node`].
+        #[arg(long, env = "SHOAL_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// Give the node of this machine a new join token (a renewed credential), without a
+    /// restart.
+    Renew {
+        /// The new token.
+        token: String,
+        /// The node's data directory [default: as `shoal node`].
+        #[arg(long, env = "SHOAL_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// Make a private-network key (libp2p pnet) for `shoal node --swarm-key`: an optional
+    /// outer layer (TCP only) that every peer of the mesh must also have.
+    SwarmKey {
+        /// Where to write it.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Print this machine's node peer id (making its identity key if needed), for
+    /// `shoal mesh invite --peer`.
+    Id {
+        /// The node's data directory [default: as `shoal node`].
+        #[arg(long, env = "SHOAL_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
+}
+
 #[derive(clap::Args, Debug)]
 struct NodeArgs {
+    /// Join a mesh with this token (from `shoal mesh invite`); it is kept in the data
+    /// directory, so later runs need no token. Without one (and none kept) the node serves
+    /// this machine only.
+    #[arg(long, env = "SHOAL_JOIN", hide_env_values = true)]
+    join: Option<String>,
+    /// A private-network key file (`shoal mesh swarm-key`): only peers with the same key get
+    /// past the first bytes of a connection; QUIC is then off (pnet is TCP only).
+    #[arg(long, env = "SHOAL_SWARM_KEY")]
+    swarm_key: Option<PathBuf>,
     /// Local API socket [default: $SHOAL_SOCKET, else $XDG_RUNTIME_DIR/shoal/node.sock, else
     /// /tmp/shoal-$UID/node.sock].
     #[arg(long)]
@@ -88,15 +182,13 @@ struct NodeArgs {
     /// shoal-spill-<uid> in the temporary directory].
     #[arg(long, env = "SHOAL_SPILL_DIR")]
     spill_dir: Option<PathBuf>,
-    /// A mesh address to listen on (repeatable) [default: /ip4/0.0.0.0/tcp/0].
+    /// A mesh address to listen on (repeatable) [default: /ip4/0.0.0.0/tcp/0 with a
+    /// credential].
     #[arg(long = "listen", value_name = "MULTIADDR")]
     listen: Vec<String>,
     /// A peer to bootstrap from (repeatable), e.g. /ip4/10.0.0.2/tcp/4001/p2p/12D3Koo...
     #[arg(long = "peer", value_name = "MULTIADDR")]
     peers: Vec<String>,
-    /// The mesh's name: peers of other meshes are never admitted.
-    #[arg(long, env = "SHOAL_MESH", default_value = "default")]
-    mesh: String,
     /// Where the node keeps its identity key [default: $XDG_DATA_HOME/shoal or
     /// ~/.local/share/shoal].
     #[arg(long, env = "SHOAL_DATA_DIR")]
@@ -135,6 +227,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Node(args) => run_node(*args),
+        Command::Mesh(cmd) => mesh_command(cmd),
         Command::Status { json, socket } => {
             let socket = socket.unwrap_or_else(default_socket_path);
             let ToClient::Status { status, .. } = ask(&socket, ToNode::Status { request: 1 })?
@@ -279,17 +372,47 @@ fn run_node(args: NodeArgs) -> Result<()> {
     if let Some(dir) = args.spill_dir {
         config.spill_parent = dir;
     }
-    if !args.no_mesh {
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(shoal_node::config::default_data_dir);
+    let token = if args.no_mesh {
+        None
+    } else {
+        membership_token(args.join.as_deref(), &data_dir)?
+    };
+    if token.is_none() && !args.no_mesh {
+        if !args.listen.is_empty() || !args.peers.is_empty() {
+            bail!("joining a mesh needs a credential: `shoal node --join TOKEN` (make a mesh with `shoal mesh init`)");
+        }
+        tracing::info!("no mesh credential: this node serves this machine only; to make a mesh run `shoal mesh init --mesh NAME`, then `shoal mesh invite`, then `shoal node --join TOKEN`");
+    }
+    if let Some(token) = token {
         let parse = |s: &String| -> Result<libp2p::Multiaddr> {
             s.parse().with_context(|| format!("not a multiaddr: {s}"))
         };
-        let mut net = shoal_node::net::NetConfig::new(&args.mesh);
+        let bootstrap: Vec<String> = token.bootstrap.clone();
+        let mut net = shoal_node::net::NetConfig::new(token);
+        net.state_dir = Some(data_dir.clone());
+        if let Some(path) = &args.swarm_key {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the swarm key {}", path.display()))?;
+            net.psk = Some(
+                text.parse()
+                    .map_err(|e| anyhow::anyhow!("the swarm key {}: {e:?}", path.display()))?,
+            );
+        }
         net.listen = if args.listen.is_empty() {
             vec![parse(&"/ip4/0.0.0.0/tcp/0".to_string())?]
         } else {
             args.listen.iter().map(parse).collect::<Result<_>>()?
         };
-        net.peers = args.peers.iter().map(parse).collect::<Result<_>>()?;
+        net.peers = args
+            .peers
+            .iter()
+            .chain(&bootstrap)
+            .map(parse)
+            .collect::<Result<_>>()?;
         net.mdns = !args.no_mdns;
         net.code_shipping = !args.no_code_shipping;
         if !(args.failure_timeout > 0.0 && args.failure_timeout.is_finite()) {
@@ -300,9 +423,6 @@ fn run_node(args: NodeArgs) -> Result<()> {
             expiry,
             grace: (expiry / 3).min(Duration::from_secs(1)),
         };
-        let data_dir = args
-            .data_dir
-            .unwrap_or_else(shoal_node::config::default_data_dir);
         // Binaries shipped from peers are kept with the node's identity.
         net.code_cache = Some(data_dir.join("code"));
         config.mesh = Some(shoal_node::config::MeshConfig { data_dir, net });
@@ -477,5 +597,224 @@ fn print_status(s: &NodeStatus) {
                 .map(|n| format!(" \"{n}\""))
                 .unwrap_or_default()
         );
+    }
+}
+
+/// The join token this node runs with: `--join` (then kept in the data directory), else the
+/// one kept there, else none.
+fn membership_token(
+    join: Option<&str>,
+    data_dir: &std::path::Path,
+) -> Result<Option<shoal_node::auth::JoinToken>> {
+    use shoal_node::auth::JoinToken;
+    let kept = data_dir.join(shoal_node::net::CREDENTIAL_FILE);
+    if let Some(text) = join {
+        let token = JoinToken::from_text(text).context("--join")?;
+        write_private(&kept, &format!("{}\n", text.trim()))?;
+        return Ok(Some(token));
+    }
+    match std::fs::read_to_string(&kept) {
+        Ok(text) => Ok(Some(
+            JoinToken::from_text(&text).with_context(|| format!("{}", kept.display()))?,
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", kept.display())),
+    }
+}
+
+/// Writes `text` to `path` (made 0600, in a 0700 directory), replacing it atomically.
+fn write_private(path: &std::path::Path, text: &str) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+fn parse_duration(s: &str) -> Result<u64> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = num.parse().with_context(|| format!("bad duration {s:?}"))?;
+    let mult = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => bail!("bad duration {s:?}: a number with s, m, h or d"),
+    };
+    n.checked_mul(mult)
+        .with_context(|| format!("duration {s:?} is too long"))
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn read_authority(path: &std::path::Path) -> Result<shoal_node::auth::Authority> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the authority key {}", path.display()))?;
+    shoal_node::auth::Authority::from_text(&text).with_context(|| format!("{}", path.display()))
+}
+
+fn mesh_command(cmd: MeshCommand) -> Result<()> {
+    use shoal_node::auth::{self, Authority, JoinToken, Proof, Role};
+    match cmd {
+        MeshCommand::Init { mesh, out } => {
+            let authority = Authority::generate(&mesh)?;
+            let out = out.unwrap_or_else(|| PathBuf::from(format!("{mesh}.authority")));
+            if out.exists() {
+                bail!("{} exists; not replacing an authority key", out.display());
+            }
+            write_private(&out, &authority.to_text())?;
+            println!(
+                "Made mesh {mesh}: its authority key is {} (public key {}).",
+                out.display(),
+                auth::hex(&authority.public())
+            );
+            println!("Keep that file offline: whoever has it can admit anyone.");
+            println!("Next: a token for the first node, which others bootstrap from:");
+            println!("  shoal mesh invite --authority {}", out.display());
+            println!("  shoal node --join TOKEN --listen /ip4/0.0.0.0/tcp/7447");
+            println!("then a token for the others, naming the first node's address:");
+            println!(
+                "  shoal mesh invite --authority {} --bootstrap /ip4/ADDR/tcp/7447/p2p/PEER_ID",
+                out.display()
+            );
+            Ok(())
+        }
+        MeshCommand::Invite {
+            authority,
+            role,
+            expires,
+            peer,
+            bootstrap,
+        } => {
+            let authority = read_authority(&authority)?;
+            let role: Role = role.parse()?;
+            let now = unix_now();
+            let until = now + parse_duration(&expires)?;
+            for b in &bootstrap {
+                b.parse::<libp2p::Multiaddr>()
+                    .with_context(|| format!("not a multiaddr: {b}"))?;
+            }
+            // A minute of slack for clocks that are slightly behind.
+            let from = now.saturating_sub(60);
+            let proof = match peer {
+                Some(p) => {
+                    let peer: libp2p::PeerId =
+                        p.parse().with_context(|| format!("not a peer id: {p}"))?;
+                    Proof::Credential(authority.credential_for(&peer, role, from, until)?)
+                }
+                None => {
+                    let invite = authority.invite(role, from, until);
+                    eprintln!(
+                        "invite key {} (revoke every node it admitted with `shoal mesh revoke --invite {}`)",
+                        auth::hex(&invite.public()),
+                        auth::hex(&invite.public())
+                    );
+                    Proof::Invite(Box::new(invite))
+                }
+            };
+            let token = JoinToken {
+                trust: authority.trust(),
+                bootstrap,
+                proof,
+            };
+            println!("{}", token.to_text());
+            Ok(())
+        }
+        MeshCommand::Revoke {
+            authority,
+            peer,
+            invite,
+        } => {
+            let authority = read_authority(&authority)?;
+            let key = match (peer, invite) {
+                (Some(p), None) => {
+                    let peer: libp2p::PeerId =
+                        p.parse().with_context(|| format!("not a peer id: {p}"))?;
+                    auth::peer_key(&peer)?
+                }
+                (None, Some(k)) => auth::parse_hex_key(&k)?,
+                _ => bail!("name one of --peer and --invite"),
+            };
+            println!("{}", authority.revoke(key, unix_now()).to_text());
+            Ok(())
+        }
+        MeshCommand::Publish {
+            revocation,
+            data_dir,
+        } => {
+            let r = auth::Revocation::from_text(&revocation)?;
+            let dir = data_dir.unwrap_or_else(shoal_node::config::default_data_dir);
+            let path = dir.join(shoal_node::net::REVOCATIONS_FILE);
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .with_context(|| format!("opening {}", path.display()))?;
+            writeln!(f, "{}", r.to_text())?;
+            println!(
+                "The node of {} applies it within a second and tells its peers.",
+                dir.display()
+            );
+            Ok(())
+        }
+        MeshCommand::Renew { token, data_dir } => {
+            JoinToken::from_text(&token)?;
+            let dir = data_dir.unwrap_or_else(shoal_node::config::default_data_dir);
+            write_private(
+                &dir.join(shoal_node::net::CREDENTIAL_FILE),
+                &format!("{}\n", token.trim()),
+            )?;
+            println!(
+                "The node of {} takes the new credential within a second.",
+                dir.display()
+            );
+            Ok(())
+        }
+        MeshCommand::SwarmKey { out } => {
+            if out.exists() {
+                bail!("{} exists; not replacing a swarm key", out.display());
+            }
+            let mut bytes = [0u8; 32];
+            std::fs::File::open("/dev/urandom")
+                .and_then(|mut f| f.read_exact(&mut bytes))
+                .context("reading /dev/urandom")?;
+            let key = libp2p::pnet::PreSharedKey::new(bytes);
+            write_private(&out, &key.to_key_file())?;
+            println!(
+                "Wrote {} (fingerprint {}); give it to every peer with --swarm-key.",
+                out.display(),
+                key.fingerprint()
+            );
+            Ok(())
+        }
+        MeshCommand::Id { data_dir } => {
+            let dir = data_dir.unwrap_or_else(shoal_node::config::default_data_dir);
+            let key = shoal_node::net::load_or_create_identity(&dir)?;
+            println!("{}", key.public().to_peer_id());
+            Ok(())
+        }
     }
 }

@@ -34,7 +34,7 @@ impl NetSink for Stuck {
 }
 
 fn net_config(mesh: &str) -> NetConfig {
-    let mut c = NetConfig::new(mesh);
+    let mut c = NetConfig::new(shoal_node::auth::testing::token(mesh));
     c.transport = TransportKind::Memory;
     c.listen = vec!["/memory/0".parse().unwrap()];
     c.mdns = false;

@@ -11,7 +11,7 @@ use shoal_protocol::mesh::{PeerRequest, PeerResponse};
 mod inproc;
 
 fn config(mesh: &str, peers: Vec<Multiaddr>) -> NetConfig {
-    let mut c = NetConfig::new(mesh);
+    let mut c = NetConfig::new(shoal_node::auth::testing::token(mesh));
     c.transport = TransportKind::Memory;
     c.listen = vec!["/memory/0".parse().unwrap()];
     c.peers = peers;
@@ -314,4 +314,37 @@ async fn binaries_are_shipped_by_hash_and_checked() {
         closed.fetch_binary(a.peer_id(), id).await,
         Err(CodeError::Refused(_))
     ));
+}
+
+/// A private-network key is an outer layer under admission: members of the mesh that lack
+/// the key (or have another) never connect to those that have it, over TCP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_network_key_keeps_out_members_without_it() {
+    use libp2p::pnet::PreSharedKey;
+    let tcp = |psk: Option<PreSharedKey>, peers: Vec<Multiaddr>| {
+        let mut c = config("pnet", peers);
+        c.transport = TransportKind::Tcp;
+        c.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
+        c.psk = psk;
+        c
+    };
+    let key = PreSharedKey::new([7; 32]);
+    let a = peer(tcp(Some(key), vec![])).await;
+    let b = peer(tcp(Some(key), vec![addr(&a)])).await;
+    let other_key = peer(tcp(Some(PreSharedKey::new([8; 32])), vec![addr(&a)])).await;
+    let no_key = peer(tcp(None, vec![addr(&a), addr(&b)])).await;
+    wait(Duration::from_secs(20), "a and b", || {
+        sees(&a, &[&b]) && sees(&b, &[&a])
+    })
+    .await;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(3) {
+        for outsider in [&other_key, &no_key] {
+            let id = outsider.peer_id().to_string();
+            assert!(!a.view().peers.iter().any(|p| p.peer_id == id));
+            assert!(!b.view().peers.iter().any(|p| p.peer_id == id));
+            assert!(outsider.view().peers.is_empty());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -67,7 +67,7 @@ impl ObjectSource for Nothing {
 }
 
 fn config(transport: &TransportKind, peers: Vec<Multiaddr>) -> NetConfig {
-    let mut c = NetConfig::new("shutdown");
+    let mut c = NetConfig::new(shoal_node::auth::testing::token("shutdown"));
     c.transport = transport.clone();
     c.listen = vec![match transport {
         TransportKind::Memory => "/memory/0".parse().unwrap(),
@@ -341,4 +341,26 @@ fn a_stream_still_being_served_is_dropped_after_the_grace() {
     });
     drop(stream);
     block_on(&other_rt, b.shutdown());
+}
+
+/// A network without a configured code cache keeps one per process in the temporary
+/// directory: removed when it stops, and at the next start when its process died first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_per_process_code_cache_goes_with_its_process() {
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let stale = std::env::temp_dir().join(format!("shoal-code-{dead}-12D3KooWdead"));
+    std::fs::create_dir_all(stale.join("bins")).unwrap();
+    let mut c = config(&TransportKind::Memory, vec![]);
+    c.code_cache = None;
+    let h = net::start(libp2p::identity::Keypair::generate_ed25519(), c)
+        .await
+        .unwrap();
+    assert!(!stale.exists(), "a dead process's cache was left");
+    let mine =
+        std::env::temp_dir().join(format!("shoal-code-{}-{}", std::process::id(), h.peer_id()));
+    assert!(mine.is_dir());
+    h.shutdown().await;
+    assert!(!mine.exists(), "the cache outlived its network");
 }

@@ -126,7 +126,7 @@ struct Mesh {
 }
 
 async fn peer(mesh: &str, peers: Vec<Multiaddr>) -> NetHandle {
-    let mut c = NetConfig::new(mesh);
+    let mut c = NetConfig::new(shoal_node::auth::testing::token(mesh));
     c.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
     c.peers = peers;
     c.mdns = false;

@@ -60,12 +60,14 @@
 
 #![deny(missing_docs, unreachable_pub)]
 
+pub mod authority;
 pub mod mesh;
 pub mod node;
 pub mod process;
 pub mod raw;
 pub mod wait;
 
+pub use authority::TestAuthority;
 pub use mesh::Mesh;
 pub use node::{
     free_tcp_port, is_shoal_node, peers_json, run_cli, shoal_bin, status_json, stop_node,

@@ -151,8 +151,12 @@ pub fn view(status: &Value) -> BTreeSet<String> {
 /// holds everything of it.
 #[derive(Clone, Debug)]
 pub struct NodeOptions {
-    /// `--mesh`.
+    /// The mesh's name: the node joins with the test token of that name (see
+    /// [`crate::authority::token`]) unless [`NodeOptions::join`] is set.
     pub mesh: String,
+    /// `--join`: this token rather than the mesh name's (for tests of admission); an empty
+    /// one: no `--join` at all (see [`NodeOptions::without_credential`]).
+    pub join: Option<String>,
     /// `--cpus`.
     pub cpus: f64,
     /// `--store-bytes`.
@@ -192,6 +196,7 @@ impl Default for NodeOptions {
     fn default() -> Self {
         Self {
             mesh: "default".into(),
+            join: None,
             cpus: 1.0,
             store_bytes: 64 << 20,
             listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
@@ -213,6 +218,20 @@ impl NodeOptions {
     /// The defaults.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Joins with this token (of mesh `mesh`, for the view's checks) rather than the test
+    /// token of a mesh name.
+    pub fn join(mut self, mesh: impl Into<String>, token: impl Into<String>) -> Self {
+        self.mesh = mesh.into();
+        self.join = Some(token.into());
+        self
+    }
+
+    /// Starts the node with no credential (no `--join`): it serves its machine only.
+    pub fn without_credential(mut self) -> Self {
+        self.join = Some(String::new());
+        self
     }
 
     /// Sets the mesh name.
@@ -371,7 +390,14 @@ impl NodeProcess {
         push("--data-dir", dir.join("data").into());
         push("--store-bytes", options.store_bytes.to_string().into());
         push("--cpus", options.cpus.to_string().into());
-        push("--mesh", options.mesh.clone().into());
+        // A real mesh per name: its own authority, made once per process.
+        let token = match &options.join {
+            Some(t) => t.clone(),
+            None => crate::authority::token(&options.mesh)?,
+        };
+        if !token.is_empty() {
+            push("--join", token.into());
+        }
         for l in &options.listen {
             push("--listen", l.into());
         }

@@ -17,7 +17,7 @@ fn an_embedded_node_is_a_full_peer() {
     let shoal = shoal::init_with(InitOptions {
         force_embedded: true,
         peers: vec![daemon.listen_addr().to_string()],
-        mesh: Some("embedded".into()),
+        join: Some(shoal_tests::authority::token("embedded").unwrap()),
         ..Default::default()
     })
     .unwrap();

@@ -208,6 +208,11 @@ impl<P: Ord + Clone> Membership<P> {
         }
     }
 
+    /// Removes `peer` at once (its membership was revoked or expired); whether it was known.
+    pub fn remove(&mut self, peer: &P) -> bool {
+        self.peers.remove(peer).is_some()
+    }
+
     /// Removes the peers that have left by `now`.
     pub fn tick(&mut self, now: Instant) -> Vec<Change<P>> {
         let (expiry, grace) = (self.config.expiry, self.config.grace);

@@ -46,6 +46,7 @@ use shoal_protocol::{codec, BinaryId};
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
+pub mod admission;
 pub mod code;
 pub mod framed;
 pub mod link;
@@ -72,11 +73,23 @@ pub enum TransportKind {
     Memory,
 }
 
+/// How a node proves membership of its mesh, and whom it admits: what a join token holds
+/// (its bootstrap addresses go to [`NetConfig::peers`]).
+pub type Admission = crate::auth::JoinToken;
+
 /// How a node joins a mesh.
 #[derive(Clone, Debug)]
 pub struct NetConfig {
-    /// The mesh's name: peers of other meshes are never admitted.
+    /// The mesh's name (its authority's): peers of other meshes are never admitted.
     pub mesh: String,
+    /// Membership: only peers with a credential from the mesh's authority are admitted.
+    pub admission: Admission,
+    /// A private-network key (libp2p pnet): an optional outer layer under Noise, TCP only;
+    /// with one, QUIC is off and only peers with the same key get past the first bytes.
+    pub psk: Option<libp2p::pnet::PreSharedKey>,
+    /// Where a renewed credential (`credential`, a join token) and revocations
+    /// (`revocations`, one per line) are picked up while the node runs; `None`: nowhere.
+    pub state_dir: Option<std::path::PathBuf>,
     /// Addresses to listen on.
     pub listen: Vec<Multiaddr>,
     /// Peers to bootstrap from (with a `/p2p/<id>` suffix, or without).
@@ -109,11 +122,14 @@ pub struct NetConfig {
 }
 
 impl NetConfig {
-    /// Defaults for mesh `mesh`: listen on nothing, no peers, mDNS on, 3 s failure timeout,
-    /// reports every second.
-    pub fn new(mesh: &str) -> Self {
+    /// Defaults for the mesh `admission` admits to: listen on nothing, no peers, mDNS on
+    /// (it finds peers of this mesh only), 3 s failure timeout, reports every second.
+    pub fn new(admission: Admission) -> Self {
         Self {
-            mesh: mesh.to_string(),
+            mesh: admission.trust.mesh.clone(),
+            admission,
+            psk: None,
+            state_dir: None,
             listen: Vec::new(),
             peers: Vec::new(),
             mdns: true,
@@ -160,6 +176,9 @@ pub enum NetError {
     /// A DHT query failed.
     #[error("DHT: {0}")]
     Dht(String),
+    /// This node's own credential is not valid (expired, revoked, for another peer).
+    #[error("this node's credential: {0}")]
+    Admission(String),
 }
 
 /// Loads the node's identity from `dir/identity.key`, making one on first use (so that a
@@ -241,6 +260,10 @@ type Reply<T> = oneshot::Sender<Result<T, NetError>>;
 
 enum Command {
     Load(Load),
+    /// Apply and spread a revocation.
+    Revoke(crate::auth::Revocation),
+    /// This node's renewed credential: use it and tell the mesh.
+    Renew(crate::auth::Credential),
     Dial(Multiaddr),
     /// Drop the connections to a peer the core considers lost.
     Forget(PeerId),
@@ -292,6 +315,8 @@ pub struct NetHandle {
     events: link::EventSink,
     obj_protocol: StreamProtocol,
     tasks: Tasks,
+    /// The per-process code cache to remove when the network stops (none when configured).
+    temp_cache: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for NetHandle {
@@ -571,6 +596,15 @@ impl NetHandle {
         self.tasks.accept_token().cancel();
         self.links.close();
         self.tasks.shutdown().await;
+        if let Some(dir) = &self.temp_cache {
+            match std::fs::remove_dir_all(dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(path = %dir.display(), error = %e, "the code cache was not removed")
+                }
+            }
+        }
         tracing::info!(peer = %self.peer_id, "network stopped");
     }
 }
@@ -613,6 +647,8 @@ pub struct Protocols {
     pub obj: StreamProtocol,
     /// The gossip topic of load reports.
     pub load_topic: String,
+    /// The gossip topic of membership notices (revocations, renewed credentials).
+    pub admin_topic: String,
 }
 
 impl Protocols {
@@ -633,6 +669,7 @@ impl Protocols {
             ctl: p(format!("/shoal/{mesh}/ctl/1"))?,
             obj: p(format!("/shoal/{mesh}/obj/1"))?,
             load_topic: format!("shoal/{mesh}/load/v1"),
+            admin_topic: format!("shoal/{mesh}/admin/v1"),
         })
     }
 }
@@ -707,7 +744,10 @@ fn build_swarm(
     config: &NetConfig,
     protocols: &Protocols,
     tasks: &Tasks,
+    gate: &Arc<admission::Gate>,
 ) -> Result<Swarm<Behaviour>, NetError> {
+    use libp2p::core::upgrade::Version;
+    use libp2p::Transport;
     let err = |e: &dyn std::fmt::Display| NetError::Swarm(e.to_string());
     // libp2p's connection tasks are spawned through the network's tracker (not loose on
     // the runtime), so that shutdown waits for them.
@@ -715,33 +755,81 @@ fn build_swarm(
         libp2p::swarm::Config::with_executor(tasks.executor())
             .with_idle_connection_timeout(Duration::from_secs(300))
     };
+    // Every transport runs admission (see [`admission`]) between authentication and the
+    // multiplexer: a connection the swarm sees is one both ends admitted.
+    let admit = {
+        let gate = gate.clone();
+        move |peer: &PeerId, _: &libp2p::core::ConnectedPoint| {
+            admission::Admit::new(yamux::Config::default(), gate.clone(), *peer)
+        }
+    };
+    let builder = libp2p::SwarmBuilder::with_existing_identity(key).with_tokio();
     let swarm = match config.transport {
         TransportKind::Tcp => {
-            let b = libp2p::SwarmBuilder::with_existing_identity(key)
-                .with_tokio()
-                .with_tcp(
-                    tcp::Config::default(),
-                    noise::Config::new,
-                    yamux::Config::default,
-                )
+            let psk = config.psk;
+            let b = builder
+                .with_other_transport(|k| {
+                    let noise = noise::Config::new(k)?;
+                    let tcp = tcp::tokio::Transport::new(tcp::Config::default());
+                    let transport = match psk {
+                        None => tcp
+                            .upgrade(Version::V1Lazy)
+                            .authenticate(noise)
+                            .multiplex_ext(admit)
+                            .map(|(p, m), _| (p, libp2p::core::muxing::StreamMuxerBox::new(m)))
+                            .boxed(),
+                        Some(psk) => tcp
+                            .and_then(move |socket, _| {
+                                libp2p::pnet::PnetConfig::new(psk).handshake(socket)
+                            })
+                            .upgrade(Version::V1Lazy)
+                            .authenticate(noise)
+                            .multiplex_ext(admit)
+                            .map(|(p, m), _| (p, libp2p::core::muxing::StreamMuxerBox::new(m)))
+                            .boxed(),
+                    };
+                    Ok::<_, Box<dyn std::error::Error + Send + Sync>>(transport)
+                })
                 .map_err(|e| err(&e))?;
             #[cfg(feature = "quic")]
-            let b = b.with_quic();
+            let b = {
+                let gate = gate.clone();
+                let off = config.psk.is_some();
+                if off {
+                    tracing::info!("a private-network key is set: QUIC is off (pnet is TCP only)");
+                }
+                b.with_other_transport(move |k| {
+                    use libp2p::core::transport::OptionalTransport;
+                    if off {
+                        return OptionalTransport::none();
+                    }
+                    OptionalTransport::some(
+                        libp2p::quic::tokio::Transport::new(libp2p::quic::Config::new(k)).and_then(
+                            move |(peer, conn), endpoint| {
+                                admission::admit_muxer(
+                                    gate.clone(),
+                                    peer,
+                                    endpoint.is_dialer(),
+                                    conn,
+                                )
+                            },
+                        ),
+                    )
+                })
+                .map_err(|e| err(&e))?
+            };
             b.with_behaviour(|k| build_behaviour(k, config, protocols))
                 .map_err(|e| err(&e))?
                 .with_swarm_config(idle)
                 .build()
         }
-        TransportKind::Memory => libp2p::SwarmBuilder::with_existing_identity(key)
-            .with_tokio()
+        TransportKind::Memory => builder
             .with_other_transport(|k| {
-                use libp2p::core::upgrade::Version;
-                use libp2p::Transport;
                 Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
                     libp2p::core::transport::MemoryTransport::default()
-                        .upgrade(Version::V1)
+                        .upgrade(Version::V1Lazy)
                         .authenticate(noise::Config::new(k)?)
-                        .multiplex(yamux::Config::default()),
+                        .multiplex_ext(admit),
                 )
             })
             .map_err(|e| err(&e))?
@@ -756,6 +844,7 @@ fn build_swarm(
 /// Starts the network task on the current tokio runtime.
 pub async fn start(key: identity::Keypair, config: NetConfig) -> Result<NetHandle, NetError> {
     let link_stall = config.link_stall;
+    let config_state_dir = config.state_dir.clone();
     let protocols = Protocols::for_mesh(&config.mesh)?;
     let code_protocol = protocols.code.clone();
     let ctl_protocol = protocols.ctl.clone();
@@ -768,21 +857,49 @@ pub async fn start(key: identity::Keypair, config: NetConfig) -> Result<NetHandl
     );
     let peer_id = key.public().to_peer_id();
     let servable = code::Servable::default();
-    let cache_dir = code_cache_dir.unwrap_or_else(|| {
-        std::env::temp_dir().join(format!("shoal-code-{}-{peer_id}", std::process::id()))
+    // Without a configured cache, one per process in the temporary directory: removed when
+    // the network stops, and at the next start if its process died first.
+    let temp_cache = code_cache_dir.is_none().then(|| {
+        remove_dead_temp_caches();
+        std::env::temp_dir().join(format!(
+            "{TEMP_CACHE_PREFIX}{}-{peer_id}",
+            std::process::id()
+        ))
     });
+    let cache_dir = code_cache_dir
+        .or_else(|| temp_cache.clone())
+        .unwrap_or_default();
     let code_cache = code::BinaryCache::open(&cache_dir, code_cache_bytes)
         .map_err(|e| NetError::Swarm(format!("code cache {}: {e}", cache_dir.display())))?;
     let runtime = tokio::runtime::Handle::try_current()
         .map_err(|e| NetError::Swarm(format!("the network needs a tokio runtime: {e}")))?;
     let tasks = Tasks::new(runtime);
-    let mut swarm = build_swarm(key, &config, &protocols, &tasks)?;
+    let credential = config
+        .admission
+        .credential(&peer_id, admission::unix_now())
+        .map_err(|e| NetError::Admission(e.to_string()))?;
+    let gate = admission::Gate::new(config.admission.trust.clone(), credential);
+    // Revocations known from earlier runs apply before anyone connects.
+    if let Some(dir) = &config.state_dir {
+        for r in read_revocations(&dir.join(REVOCATIONS_FILE)) {
+            if let Err(e) = gate.revoke(&r) {
+                tracing::warn!(error = %e, "a stored revocation was refused");
+            }
+        }
+    }
+    let mut swarm = build_swarm(key, &config, &protocols, &tasks, &gate)?;
     let topic = IdentTopic::new(protocols.load_topic.clone());
     swarm
         .behaviour_mut()
         .gossipsub
         .subscribe(&topic)
         .map_err(|e| NetError::Swarm(format!("subscribing to load reports: {e}")))?;
+    let admin_topic = IdentTopic::new(protocols.admin_topic.clone());
+    swarm
+        .behaviour_mut()
+        .gossipsub
+        .subscribe(&admin_topic)
+        .map_err(|e| NetError::Swarm(format!("subscribing to membership notices: {e}")))?;
     let mut listeners = Vec::with_capacity(config.listen.len());
     for addr in &config.listen {
         let id = swarm
@@ -826,6 +943,9 @@ pub async fn start(key: identity::Keypair, config: NetConfig) -> Result<NetHandl
         swarm,
         listeners,
         topic,
+        admin_topic,
+        gate: gate.clone(),
+        next_admission_check: Instant::now(),
         protocols,
         view: view.clone(),
         peer_id,
@@ -851,6 +971,12 @@ pub async fn start(key: identity::Keypair, config: NetConfig) -> Result<NetHandl
     };
     let span = tracing::info_span!("net", peer = %peer_id);
     tasks.spawn_swarm(task.run(rx, bad_rx).instrument(span.clone()));
+    if let Some(dir) = config_state_dir {
+        tasks.spawn(
+            watch_state_dir(dir, peer_id, gate.clone(), tx.clone(), tasks.accept_token())
+                .instrument(span.clone()),
+        );
+    }
     tasks.spawn(
         code_server(
             code_incoming,
@@ -891,7 +1017,139 @@ pub async fn start(key: identity::Keypair, config: NetConfig) -> Result<NetHandl
         events,
         obj_protocol,
         tasks,
+        temp_cache,
     })
+}
+
+/// Prefix of the per-process code caches in the temporary directory.
+const TEMP_CACHE_PREFIX: &str = "shoal-code-";
+
+/// Removes this user's per-process code caches whose process is gone.
+fn remove_dead_temp_caches() {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let me = unsafe { libc::getuid() };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(TEMP_CACHE_PREFIX))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<libc::pid_t>().ok())
+        else {
+            continue;
+        };
+        let ours = entry.metadata().is_ok_and(|m| m.uid() == me && m.is_dir());
+        // SAFETY: kill with signal 0 only checks whether the process exists.
+        let gone = unsafe { libc::kill(pid, 0) } != 0
+            && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        if ours && gone {
+            if let Err(e) = std::fs::remove_dir_all(entry.path()) {
+                tracing::debug!(path = %entry.path().display(), error = %e, "a dead process's code cache was not removed");
+            }
+        }
+    }
+}
+
+/// The file in the state directory holding revocations, one per line.
+pub const REVOCATIONS_FILE: &str = "revocations";
+/// The file in the state directory holding this node's join token (its credential).
+pub const CREDENTIAL_FILE: &str = "credential";
+/// How often the state directory is looked at.
+const STATE_POLL: Duration = Duration::from_secs(1);
+
+/// Reads the revocations of `path` (a missing file has none; a bad line is logged).
+fn read_revocations(path: &Path) -> Vec<crate::auth::Revocation> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot read revocations");
+            return Vec::new();
+        }
+    };
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| match crate::auth::Revocation::from_text(l) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "a bad line in the revocations file");
+                None
+            }
+        })
+        .collect()
+}
+
+/// Picks up, while the node runs, a renewed credential and new revocations written into
+/// `dir` (by `shoal mesh renew` and `shoal mesh publish`), until `stop`.
+async fn watch_state_dir(
+    dir: std::path::PathBuf,
+    me: PeerId,
+    gate: Arc<admission::Gate>,
+    commands: mpsc::Sender<Command>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let cred_path = dir.join(CREDENTIAL_FILE);
+    let rev_path = dir.join(REVOCATIONS_FILE);
+    let mut last_token: Option<String> = std::fs::read_to_string(&cred_path).ok();
+    let stamp = |p: &Path| {
+        std::fs::metadata(p)
+            .ok()
+            .map(|m| (m.len(), m.modified().ok()))
+    };
+    let mut last_revocations = None;
+    let mut tick = tokio::time::interval(STATE_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let mut out = Vec::new();
+        let now_revocations = stamp(&rev_path);
+        let revocations = if now_revocations != last_revocations {
+            last_revocations = now_revocations;
+            read_revocations(&rev_path)
+        } else {
+            Vec::new()
+        };
+        for r in revocations {
+            if let Ok(key) = crate::auth::peer_key(&me) {
+                if key == r.subject {
+                    tracing::error!("this node's own key has been revoked");
+                }
+            }
+            out.push(Command::Revoke(r));
+        }
+        match std::fs::read_to_string(&cred_path) {
+            Ok(text) if last_token.as_deref() != Some(text.as_str()) => {
+                match crate::auth::JoinToken::from_text(&text)
+                    .and_then(|t| t.credential(&me, admission::unix_now()))
+                {
+                    Ok(cred) if cred != gate.own() => out.push(Command::Renew(cred)),
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(path = %cred_path.display(), error = %e, "the new credential file is not usable")
+                    }
+                }
+                last_token = Some(text);
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(path = %cred_path.display(), error = %e, "cannot read the credential file")
+            }
+        }
+        for cmd in out {
+            if commands.send(cmd).await.is_err() {
+                return;
+            }
+        }
+    }
 }
 
 /// Accepts bulk streams until `stop`: a `u64` length, then that many bytes, answered by the
@@ -1010,6 +1268,12 @@ struct NetTask {
     /// The listeners opened at start (closed first when the network stops).
     listeners: Vec<ListenerId>,
     topic: IdentTopic,
+    /// Membership notices.
+    admin_topic: IdentTopic,
+    /// Admission: who is a member, revocations.
+    gate: Arc<admission::Gate>,
+    /// When expired credentials are next looked for.
+    next_admission_check: Instant,
     protocols: Protocols,
     membership: Membership<PeerId>,
     view: Arc<Mutex<MeshView>>,
@@ -1149,6 +1413,13 @@ impl NetTask {
         if now >= self.next_redial {
             self.redial(now);
         }
+        if now >= self.next_admission_check {
+            self.next_admission_check = now + Duration::from_secs(1);
+            for peer in self.gate.expired(admission::unix_now()) {
+                tracing::warn!(%peer, "a member's credential expired; disconnecting it");
+                self.expel(peer);
+            }
+        }
         self.refresh_view(now);
     }
 
@@ -1178,14 +1449,29 @@ impl NetTask {
 
     fn publish_report(&mut self, now: Instant) {
         self.seq += 1;
+        // A client offers nothing (the others also disregard what a client offers).
+        let client = self
+            .gate
+            .own()
+            .chain
+            .last()
+            .is_some_and(|c| c.role == crate::auth::Role::Client);
         let addrs = self.listen_addrs();
         let report = LoadReport {
             peer: self.peer_id.to_bytes(),
             mesh: self.config.mesh.clone(),
             seq: self.seq,
             started_ms: self.started_ms,
-            total: self.load.total.clone(),
-            free: self.load.free.clone(),
+            total: if client {
+                Default::default()
+            } else {
+                self.load.total.clone()
+            },
+            free: if client {
+                Default::default()
+            } else {
+                self.load.free.clone()
+            },
             queued: self.load.queued,
             running: self.load.running,
             store_capacity: self.load.store_capacity,
@@ -1202,7 +1488,7 @@ impl NetTask {
                 .into_iter()
                 .take(shoal_protocol::mesh::MAX_REPORT_ADDRS)
                 .collect(),
-            accepts_code: self.config.code_shipping,
+            accepts_code: self.config.code_shipping && !client,
         };
         self.last_report = Some(now);
         self.load_dirty = false;
@@ -1278,6 +1564,18 @@ impl NetTask {
                     tracing::debug!(error = %e, "raw report not published");
                 }
             }
+            Command::Revoke(r) => {
+                self.revocation(r, None);
+            }
+            Command::Renew(cred) => match self.gate.renew(&self.peer_id, cred.clone()) {
+                Ok(m) => {
+                    tracing::info!(not_after = m.not_after, "credential renewed");
+                    self.publish_notice(&admission::Notice::Credential(cred));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "renewed credential refused; keeping the old one")
+                }
+            },
             Command::Forget(peer) => {
                 if self.swarm.disconnect_peer_id(peer).is_ok() {
                     tracing::info!(%peer, "disconnected a peer this node considers lost");
@@ -1413,7 +1711,31 @@ impl NetTask {
                 message_id,
                 message,
             }) => {
+                if message.topic == self.admin_topic.hash() {
+                    let acceptance = self.notice(message.source, &message.data);
+                    self.swarm
+                        .behaviour_mut()
+                        .gossipsub
+                        .report_message_validation_result(
+                            &message_id,
+                            &propagation_source,
+                            acceptance,
+                        );
+                    return;
+                }
                 self.gossip_in += message.data.len() as u64;
+                if message.source.is_some_and(|s| self.gate.is_expelled(&s)) {
+                    // Relayed by a peer that has not heard of the revocation yet: not its fault.
+                    self.swarm
+                        .behaviour_mut()
+                        .gossipsub
+                        .report_message_validation_result(
+                            &message_id,
+                            &propagation_source,
+                            MessageAcceptance::Ignore,
+                        );
+                    return;
+                }
                 let verdict = self.load_report(message.source, &message.data, now);
                 let acceptance = match verdict {
                     Ok(()) => MessageAcceptance::Accept,
@@ -1469,11 +1791,21 @@ impl NetTask {
         let Some(source) = source else {
             return Err("unsigned".into());
         };
-        let report: LoadReport =
+        let mut report: LoadReport =
             codec::decode(data, MAX_REPORT_BYTES).map_err(|e| e.to_string())?;
         report
             .validate(&source.to_bytes(), &self.config.mesh)
             .map_err(|e| e.to_string())?;
+        if self
+            .gate
+            .member(&source)
+            .is_some_and(|m| m.role == crate::auth::Role::Client)
+        {
+            // A client only submits: whatever it reports, it is given no work.
+            report.total = Default::default();
+            report.free = Default::default();
+            report.accepts_code = false;
+        }
         if source == self.peer_id || self.blocked(&source) {
             return Ok(());
         }
@@ -1497,6 +1829,109 @@ impl NetTask {
             }
         }
         Ok(())
+    }
+
+    /// A peer that is no member any more: out of the view, disconnected, and the node told.
+    fn expel(&mut self, peer: PeerId) {
+        self.disconnect(peer);
+        self.same_mesh.remove(&peer);
+        if self.membership.remove(&peer) {
+            self.lost(peer);
+        }
+    }
+
+    /// Applies a revocation (from the state directory, or from gossip through `via`) and
+    /// spreads it when it is new.
+    fn revocation(&mut self, r: crate::auth::Revocation, via: Option<PeerId>) -> MessageAcceptance {
+        match self.gate.revoke(&r) {
+            Ok((true, gone)) => {
+                tracing::info!(key = %crate::auth::hex(&r.subject), ?via, "revocation received");
+                if via.is_none() {
+                    self.publish_notice(&admission::Notice::Revocation(r.clone()));
+                } else {
+                    self.store_revocation(&r);
+                }
+                if let Ok(peer) = crate::auth::key_peer(&r.subject) {
+                    if peer != self.peer_id && !gone.contains(&peer) {
+                        self.expel(peer);
+                    }
+                }
+                for peer in gone {
+                    tracing::warn!(%peer, "a member was revoked; disconnecting it");
+                    self.expel(peer);
+                }
+                MessageAcceptance::Accept
+            }
+            Ok((false, _)) => MessageAcceptance::Ignore,
+            Err(e) => {
+                tracing::warn!(?via, error = %e, "a revocation was refused");
+                MessageAcceptance::Reject
+            }
+        }
+    }
+
+    /// Keeps a revocation learnt from the mesh for the next run.
+    fn store_revocation(&self, r: &crate::auth::Revocation) {
+        let Some(dir) = &self.config.state_dir else {
+            return;
+        };
+        use std::io::Write;
+        let path = dir.join(REVOCATIONS_FILE);
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| writeln!(f, "{}", r.to_text()));
+        if let Err(e) = written {
+            tracing::warn!(path = %path.display(), error = %e, "a revocation learnt from the mesh was not stored; peers tell it again on the next connection");
+        }
+    }
+
+    /// A membership notice from gossip.
+    fn notice(&mut self, source: Option<PeerId>, data: &[u8]) -> MessageAcceptance {
+        let notice = match admission::decode_notice(data) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(?source, error = %e, "a malformed membership notice");
+                return MessageAcceptance::Reject;
+            }
+        };
+        match notice {
+            admission::Notice::Revocation(r) => self.revocation(r, source),
+            admission::Notice::Credential(cred) => {
+                let Some(source) = source else {
+                    return MessageAcceptance::Reject;
+                };
+                match self.gate.renewed(&source, &cred) {
+                    Ok(m) => {
+                        tracing::debug!(peer = %source, not_after = m.not_after, "a member renewed its credential");
+                        MessageAcceptance::Accept
+                    }
+                    Err(e) => {
+                        tracing::warn!(peer = %source, error = %e, "a renewed credential was refused");
+                        MessageAcceptance::Reject
+                    }
+                }
+            }
+        }
+    }
+
+    fn publish_notice(&mut self, notice: &admission::Notice) {
+        let bytes = match codec::encode(notice) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode a membership notice");
+                return;
+            }
+        };
+        let topic = self.admin_topic.clone();
+        match self.swarm.behaviour_mut().gossipsub.publish(topic, bytes) {
+            Ok(_) => {}
+            Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {
+                tracing::debug!("a membership notice with nobody to tell yet (peers learn it when they connect)");
+            }
+            Err(e) => tracing::warn!(error = %e, "membership notice not published"),
+        }
     }
 
     /// Tells the node that `peer` is gone (what it ran for this node is lost).

@@ -4,7 +4,7 @@
 //! A driver names its executable (hashed with blake3, once) in its `Hello`, so that the node
 //! can start workers from it; a worker names the id the node started it with. An embedded
 //! node gets a private socket of its own (its workers connect to it), and joins a mesh when
-//! peers are given (options or `$SHOAL_PEERS`), with an identity made for this process.
+//! it has a join token (options or `$SHOAL_JOIN`), with an identity made for this process.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicU8};
@@ -266,8 +266,8 @@ pub(super) fn remove_peer_dir(client: ClientId) {
     }
 }
 
-/// The mesh an embedded node joins, if peers were given (options or `$SHOAL_PEERS`). Its
-/// identity is new for each process.
+/// The mesh an embedded node joins, if it has a join token (options or `$SHOAL_JOIN`). Its
+/// identity is new for each process (an invite token certifies it).
 #[cfg(feature = "mesh")]
 fn embedded_mesh(
     options: &InitOptions,
@@ -284,15 +284,22 @@ fn embedded_mesh(
                 .collect();
         }
     }
-    if peers.is_empty() {
-        return Ok(None);
-    }
-    let mesh = options
-        .mesh
+    let token = options
+        .join
         .clone()
-        .or_else(|| std::env::var("SHOAL_MESH").ok())
-        .unwrap_or_else(|| "default".to_string());
-    let mut net = shoal_node::net::NetConfig::new(&mesh);
+        .or_else(|| std::env::var("SHOAL_JOIN").ok().filter(|t| !t.is_empty()));
+    let Some(token) = token else {
+        if !peers.is_empty() {
+            return Err(InitError::Embedded(
+                "joining a mesh needs a credential: a join token (InitOptions::join or $SHOAL_JOIN, from `shoal mesh invite`)".into(),
+            ));
+        }
+        return Ok(None);
+    };
+    let token = shoal_node::auth::JoinToken::from_text(&token)
+        .map_err(|e| InitError::Embedded(format!("join token: {e}")))?;
+    peers.extend(token.bootstrap.iter().cloned());
+    let mut net = shoal_node::net::NetConfig::new(token);
     net.mdns = false;
     let parse = |s: &str| {
         s.parse()

@@ -120,12 +120,12 @@ pub struct InitOptions {
     pub store_bytes: Option<u64>,
     /// Where an embedded node spills objects when its store is full.
     pub spill_dir: Option<PathBuf>,
-    /// Mesh peers an embedded node bootstraps from (multiaddrs ending in `/p2p/<id>`): with
-    /// any, the embedded node joins their mesh as a full peer. [default: `$SHOAL_PEERS`,
-    /// comma-separated]
+    /// Mesh peers an embedded node bootstraps from, besides its join token's (multiaddrs
+    /// ending in `/p2p/<id>`). [default: `$SHOAL_PEERS`, comma-separated]
     pub peers: Vec<String>,
-    /// The mesh an embedded node joins [default: `$SHOAL_MESH`, else "default"].
-    pub mesh: Option<String>,
+    /// The join token (`shoal mesh invite`) with which an embedded node joins a mesh as a
+    /// full peer; without one it serves this process only. [default: `$SHOAL_JOIN`]
+    pub join: Option<String>,
     /// Inline threshold of an embedded node in bytes.
     pub inline_threshold: Option<u64>,
 }

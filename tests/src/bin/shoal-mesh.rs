@@ -285,7 +285,10 @@ fn up(
         state.nodes[0].socket.display()
     );
     if let Some(addr) = state.nodes[0].addrs.first() {
-        println!("Another node joins with: shoal node --no-mdns --mesh {mesh} --peer {addr}");
+        // The mesh is a real one, with an authority made for it (gone once the token is
+        // made: this is a mesh for trying things out).
+        let token = shoal_tests::authority::token(&mesh)?;
+        println!("Another node joins with: shoal node --no-mdns --join {token} --peer {addr}");
     }
     println!(
         "State: {}. Stop with: scripts/mesh down",

@@ -21,10 +21,10 @@
 //! replays.
 //!
 //! Adding a target is one line in [`targets::all`]. For a serde type decoded with the codec
-//! (a credential, a manifest), the line is
+//! (a code manifest, when it lands), the line is
 //!
 //! ```text
-//! Target::message::<Credential>("credential", "a node credential, from a joining peer", MAX_CREDENTIAL),
+//! Target::message::<Manifest>("manifest", "a code manifest, shipped with a binary", MAX_MANIFEST),
 //! ```
 //!
 //! which brings a generator with it; for any other entry point (a token parsed from text),

@@ -137,6 +137,11 @@ impl Target {
         self.generate.as_ref().and_then(|g| g(rng))
     }
 
+    /// Whether it makes structure-aware inputs.
+    pub fn has_generator(&self) -> bool {
+        self.generate.is_some()
+    }
+
     /// The hand-made seeds.
     pub fn hand_seeds(&self) -> Vec<Vec<u8>> {
         self.seeds.as_ref().map(|s| s()).unwrap_or_default()

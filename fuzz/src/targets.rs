@@ -9,8 +9,11 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use futures::executor::block_on;
+use libp2p::PeerId;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use shoal_node::auth::{self, Credential, JoinToken, Revocation, Trust};
+use shoal_node::net::admission::{self, AdmitHello, Notice};
 use shoal_node::net::{code, framed, objects};
 use shoal_protocol::frame::{self, FrameDecoder, FrameError, DEFAULT_MAX_FRAME};
 use shoal_protocol::mesh::{ActorLocation, LoadReport, PeerMsg, MAX_PEER_MSG, MAX_REPORT_BYTES};
@@ -58,6 +61,18 @@ pub fn all() -> Vec<Target> {
             .generator(framed_one::<code::CodeResponse>),
         Target::message::<ActorLocation>("actor_location", "ActorLocation, a DHT record any peer may store", 4096),
         Target::message::<ActorId>("actor_name", "a named actor's DHT record (an ActorId)", 64),
+        Target::new("admit_hello", "an admission hello, the first message of any connection (before admission)", admit_hello)
+            .generator(|rng| codec::encode(&arbitrary::<AdmitHello>(rng)?).ok())
+            .seeds(|| vec![codec::encode(&AdmitHello { credential: credential(), revocations: vec![revocation()] }).expect("a hello encodes")]),
+        Target::new("notice", "a membership notice (gossip): a revocation or a renewed credential", notice)
+            .generator(|rng| codec::encode(&arbitrary::<Notice>(rng)?).ok())
+            .seeds(|| vec![codec::encode(&Notice::Credential(credential())).expect("a notice encodes")]),
+        Target::message_checked::<Credential>("credential", "a node credential, checked against the mesh's trust", auth::MAX_ENCODED, check_credential)
+            .seed_values(|| vec![credential()]),
+        Target::new("join_token", "a join token as an operator pastes it", |b| Verdict::of(&JoinToken::from_text(&String::from_utf8_lossy(b))))
+            .seeds(|| vec![auth::testing::token(FUZZ_MESH).to_text().into_bytes()]),
+        Target::new("revocation_text", "a revocation as an operator passes it on", |b| Verdict::of(&Revocation::from_text(&String::from_utf8_lossy(b))))
+            .seeds(|| vec![revocation().to_text().into_bytes()]),
         Target::new("codec", "codec::decode of assorted types under assorted limits, and byte_range", codec_target)
             .generator(codec_input),
     ]
@@ -375,6 +390,63 @@ fn check_report(r: &LoadReport) {
         "a forged report passed"
     );
     std::hint::black_box(own.is_ok());
+}
+
+// ---- admission ----
+
+/// The test mesh whose authority checks the credentials (made once per process: its key,
+/// so these seeds, differ from run to run; crash files keep the exact input).
+const FUZZ_MESH: &str = "fuzz";
+
+/// The peer the fuzzed credentials are checked for (a fixed key).
+fn fuzz_peer() -> PeerId {
+    let key = libp2p::identity::Keypair::ed25519_from_bytes([7u8; 32]).expect("a valid key");
+    key.public().to_peer_id()
+}
+
+fn trust() -> Trust {
+    auth::testing::authority(FUZZ_MESH).trust()
+}
+
+fn credential() -> Credential {
+    auth::testing::authority(FUZZ_MESH)
+        .credential_for(&fuzz_peer(), auth::Role::Node, 0, u64::MAX / 2)
+        .expect("a credential for an ed25519 peer")
+}
+
+fn revocation() -> Revocation {
+    auth::testing::authority(FUZZ_MESH).revoke([9u8; 32], 1)
+}
+
+fn check_credential(cred: &Credential) {
+    let verdict = trust().verify(cred, &fuzz_peer(), admission::unix_now());
+    std::hint::black_box(verdict.is_ok());
+}
+
+/// As the admission handshake does with a hello: its revocations, then its credential.
+fn admit_hello(input: &[u8]) -> Verdict {
+    let decoded = admission::decode_hello(input);
+    if let Ok(hello) = &decoded {
+        let mut trust = trust();
+        for r in &hello.revocations {
+            std::hint::black_box(trust.add_revocation(r).is_ok());
+        }
+        check_credential(&hello.credential);
+    }
+    Verdict::of(&decoded)
+}
+
+fn notice(input: &[u8]) -> Verdict {
+    let decoded = admission::decode_notice(input);
+    match &decoded {
+        Ok(Notice::Revocation(r)) => std::hint::black_box(trust().add_revocation(r).is_ok()),
+        Ok(Notice::Credential(c)) => {
+            check_credential(c);
+            true
+        }
+        Err(_) => false,
+    };
+    Verdict::of(&decoded)
 }
 
 // ---- the codec ----

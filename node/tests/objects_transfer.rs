@@ -11,6 +11,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::{Multiaddr, PeerId, StreamProtocol};
+use shoal_node::net::limits::PeerLimits;
 use shoal_node::net::objects::{
     self, ObjectError, ObjectRequest, ObjectResponse, ObjectSource, Served,
 };
@@ -194,6 +195,7 @@ impl Mesh {
         let r = objects::pull(
             &mut control,
             self.protocol.clone(),
+            &PeerLimits::default(),
             holders,
             id,
             bytes.len() as u64,
@@ -506,6 +508,7 @@ async fn a_holder_that_breaks_off_is_taken_over_where_it_stopped() {
     objects::pull(
         &mut control,
         small_protocol,
+        &PeerLimits::default(),
         &m.ids(&[0, 1]),
         sid,
         small.len() as u64,

@@ -24,6 +24,8 @@ use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 use shoal_protocol::codec;
 
+pub mod code;
+
 /// Certificates in a credential at most.
 pub const MAX_CHAIN: usize = 2;
 /// Bytes of an encoded credential, token or revocation at most.

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use shoal_protocol::BinaryId;
 
 use super::framed::{self, FrameReader};
+use super::limits::{PeerLimits, StreamKind};
 
 /// Largest binary served or accepted.
 pub const MAX_BINARY: u64 = 4 << 30;
@@ -202,10 +203,12 @@ pub async fn serve(
 }
 
 /// Fetches binary `id` from `peer` into `cache`, checking its hash; returns its path (an
-/// executable file).
+/// executable file). At most [`super::limits::StreamKind::max_outbound`] fetches from one peer
+/// run at once (`limits`); the others wait for their turn.
 pub async fn fetch(
     control: &mut libp2p_stream::Control,
     protocol: libp2p::StreamProtocol,
+    limits: &PeerLimits,
     peer: PeerId,
     id: BinaryId,
     cache: &Mutex<BinaryCache>,
@@ -213,6 +216,8 @@ pub async fn fetch(
     if let Some(p) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&id) {
         return Ok(p);
     }
+    // Held until the fetch is done: fewer streams to one peer than it serves at once.
+    let _slot = limits.outbound(peer, StreamKind::Code).await;
     let mut stream = control
         .open_stream(peer, protocol)
         .await

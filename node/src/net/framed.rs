@@ -5,7 +5,11 @@
 //!
 //! [`FrameReader`] keeps what it read past a frame, so a stream may carry raw bytes after
 //! its frames (an object's or a binary's bytes after the answer's header):
-//! [`FrameReader::read_raw`] hands those out first. Errors are `io::Error`s, with
+//! [`FrameReader::read_raw`] hands those out first. Its buffer grows with the bytes that
+//! arrived, never to what a header announces, and shrinks once a large frame is consumed
+//! ([`frame::grown_capacity`], [`frame::shrunk_capacity`]); with a peer's budget
+//! ([`FrameReader::with_budget`]) its capacity, or the whole of the frame it is reading, is
+//! charged to the peer, and it stops reading while the peer's streams hold all of it. Errors are `io::Error`s, with
 //! `InvalidData` for an oversized or undecodable frame (the peer's fault), `UnexpectedEof`
 //! for a stream that ends inside a frame, and `InvalidInput` for a message that cannot be
 //! encoded (ours).
@@ -18,7 +22,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use shoal_protocol::frame::{self, FrameError};
 
-/// Bytes asked of the stream at a time.
+use super::limits::{Held, PeerBudget};
+
+/// Most bytes asked of the stream in one read.
 const READ_CHUNK: usize = 64 << 10;
 
 /// The `io::Error` for a frame error met reading: the kind says what went wrong.
@@ -77,6 +83,8 @@ pub struct FrameReader<R> {
     buf: Vec<u8>,
     /// Where the unread bytes of `buf` start.
     start: usize,
+    /// The part of the peer's budget the buffer's capacity holds, if it has one.
+    held: Option<Held>,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -86,7 +94,22 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             io,
             buf: Vec::new(),
             start: 0,
+            held: None,
         }
+    }
+
+    /// A reader of `io` whose buffer is charged to `budget` (its peer's): it waits, not
+    /// reading, while the budget has no room for the buffer to grow.
+    pub fn with_budget(io: R, budget: PeerBudget) -> Self {
+        Self {
+            held: Some(Held::new(budget)),
+            ..Self::new(io)
+        }
+    }
+
+    /// The capacity of the buffer (what the reader costs in memory, besides the stream).
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
     }
 
     /// Decodes the next frame if it has arrived whole; never reads.
@@ -101,12 +124,13 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 
     /// Reads and decodes the next frame; `Ok(None)` when the stream ends between frames.
+    /// Cancel-safe: dropped while it waits, nothing read is lost.
     pub async fn next<T: DeserializeOwned>(&mut self, max: usize) -> io::Result<Option<T>> {
         loop {
             if let Some(msg) = self.try_next(max)? {
                 return Ok(Some(msg));
             }
-            if self.fill().await? == 0 {
+            if self.fill(max).await? == 0 {
                 frame::check_eof(&self.buf[self.start..]).map_err(io_error)?;
                 return Ok(None);
             }
@@ -131,16 +155,54 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 
     /// Appends what the stream has to the buffer; the number of bytes read (0 at its end).
-    async fn fill(&mut self) -> io::Result<usize> {
+    /// The buffer first gives back the room of frames consumed, then grows (if it must) by
+    /// doubling with what it holds, within the budget if it has one; a read asks for at most
+    /// its spare room and [`READ_CHUNK`].
+    async fn fill(&mut self, max: usize) -> io::Result<usize> {
         if self.start > 0 {
             self.buf.drain(..self.start);
             self.start = 0;
         }
+        if let Some(capacity) = frame::shrunk_capacity(self.buf.capacity(), self.buf.len()) {
+            self.buf.shrink_to(capacity);
+        }
+        let grown = frame::grown_capacity(self.buf.capacity(), &self.buf, max);
+        if let Some(held) = &mut self.held {
+            // The buffer's capacity is charged, and the whole of a frame whose header is in
+            // at once: a reader that started a frame never waits for bytes that another
+            // reader of the peer holds (two half-read frames would wait for each other
+            // forever); a frame gets all it may need, or waits before it is read.
+            let capacity = grown.unwrap_or(self.buf.capacity());
+            let frame = frame::frame_end(&self.buf, max).unwrap_or(0);
+            held.hold(capacity.max(frame)).await?;
+        }
+        if let Some(capacity) = grown {
+            self.buf.reserve_exact(capacity - self.buf.len());
+        }
         let len = self.buf.len();
-        self.buf.resize(len + READ_CHUNK, 0);
-        let read = self.io.read(&mut self.buf[len..]).await;
-        self.buf.truncate(len + read.as_ref().map_or(0, |n| *n));
+        let room = (self.buf.capacity() - len).min(READ_CHUNK);
+        self.buf.resize(len + room, 0);
+        // Cut back to what was read however this ends, even if the future is dropped while
+        // it waits: the zeroes given to the read are never taken for data.
+        let mut filled = Filled {
+            buf: &mut self.buf,
+            len,
+        };
+        let read = self.io.read(&mut filled.buf[len..]).await;
+        filled.len += read.as_ref().map_or(0, |n| *n);
         read
+    }
+}
+
+/// A buffer cut back to `len` bytes when dropped.
+struct Filled<'a> {
+    buf: &'a mut Vec<u8>,
+    len: usize,
+}
+
+impl Drop for Filled<'_> {
+    fn drop(&mut self) {
+        self.buf.truncate(self.len);
     }
 }
 
@@ -148,6 +210,95 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 mod tests {
     use super::*;
     use futures::io::Cursor;
+    use shoal_protocol::frame::{KEEP_CAPACITY, MIN_READ};
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    /// A stream that gives `bytes` and then nothing more, without ending (a peer that
+    /// announced a frame and went quiet).
+    struct Stalled(Cursor<Vec<u8>>);
+
+    impl AsyncRead for Stalled {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut [u8],
+        ) -> Poll<io::Result<usize>> {
+            match Pin::new(&mut self.0).poll_read(cx, buf) {
+                Poll::Ready(Ok(0)) => Poll::Pending,
+                other => other,
+            }
+        }
+    }
+
+    fn frame_of_len(len: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        frame::encode_frame(&mut out, &vec![3u8; len], usize::MAX).unwrap();
+        out
+    }
+
+    #[test]
+    fn an_announced_frame_costs_a_read_not_the_frame() {
+        futures::executor::block_on(async {
+            let header = (64u32 << 20).to_le_bytes().to_vec();
+            let mut r = FrameReader::new(Stalled(Cursor::new(header)));
+            for _ in 0..3 {
+                assert!(futures::poll!(Box::pin(r.next::<Vec<u8>>(64 << 20))).is_pending());
+            }
+            assert_eq!(r.buf.len(), 4);
+            assert!(r.capacity() <= 2 * MIN_READ, "{}", r.capacity());
+        });
+    }
+
+    #[test]
+    fn a_buffer_grown_for_a_large_frame_is_given_back() {
+        futures::executor::block_on(async {
+            let mut wire = frame_of_len(1 << 20);
+            write(&mut wire, "small", 100).await.unwrap();
+            let mut r = FrameReader::new(Cursor::new(wire));
+            let big: Vec<u8> = r.next(2 << 20).await.unwrap().unwrap();
+            assert_eq!(big.len(), 1 << 20);
+            // Grown with the bytes, within the frame (and one read's room).
+            assert!(r.capacity() >= 1 << 20);
+            assert!(r.capacity() <= (1 << 20) + 2 * MIN_READ, "{}", r.capacity());
+            assert_eq!(r.next::<String>(100).await.unwrap().unwrap(), "small");
+            assert!(r.next::<String>(100).await.unwrap().is_none());
+            assert!(r.capacity() <= KEEP_CAPACITY, "{}", r.capacity());
+        });
+    }
+
+    #[test]
+    fn readers_of_one_peer_share_its_budget() {
+        futures::executor::block_on(async {
+            let budget = PeerBudget::new(256 << 10);
+            let frame = frame_of_len(160 << 10);
+            let mut a = FrameReader::with_budget(Cursor::new(frame.clone()), budget.clone());
+            let got: Vec<u8> = a.next(1 << 20).await.unwrap().unwrap();
+            assert_eq!(got.len(), 160 << 10);
+            // The buffer's capacity is charged (until it is given back or the reader goes).
+            assert_eq!(budget.total() - budget.available(), a.capacity());
+            assert!(a.capacity() >= 160 << 10);
+            let mut b = FrameReader::with_budget(Cursor::new(frame), budget.clone());
+            assert!(
+                futures::poll!(Box::pin(b.next::<Vec<u8>>(1 << 20))).is_pending(),
+                "b waits for room"
+            );
+            // Its frame is not started on: b's buffer is its first read's room, and giving
+            // up the wait gives back what it was being granted.
+            assert!(b.capacity() <= MIN_READ, "{}", b.capacity());
+            let held = budget.total() - budget.available();
+            assert_eq!(held, a.capacity() + b.capacity());
+            let mut next = Box::pin(b.next::<Vec<u8>>(1 << 20));
+            assert!(futures::poll!(next.as_mut()).is_pending());
+            drop(a);
+            assert_eq!(next.await.unwrap().unwrap().len(), 160 << 10);
+            assert!(b.next::<Vec<u8>>(1 << 20).await.unwrap().is_none());
+            // At the end of its stream b holds one read's room at most.
+            assert!(budget.total() - budget.available() <= MIN_READ);
+            drop(b);
+            assert_eq!(budget.available(), budget.total());
+        });
+    }
 
     #[test]
     fn frames_then_raw_bytes_and_the_bounds() {

@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::framed::{self, FrameReader};
+use super::limits::{PeerLimits, StreamKind};
 use super::tasks::{self, Tasks};
 
 /// Messages queued for one peer at most.
@@ -287,19 +288,23 @@ async fn write_queue<W: AsyncWrite + Unpin>(
 
 /// Accepts control links from peers and hands their messages to the node, until `stop`. A
 /// peer whose frames are malformed or oversized is reported to `bad` (and disconnected by
-/// the network task).
+/// the network task). A peer's links beyond [`super::limits::CONTROL_STREAMS_PER_PEER`] are reset
+/// at once, and what its links have read and not yet handed over is bounded by its budget.
 pub(crate) async fn accept(
     incoming: libp2p_stream::IncomingStreams,
     events: EventSink,
     bad: mpsc::Sender<PeerId>,
+    limits: PeerLimits,
     stop: CancellationToken,
 ) {
     let reader_stop = stop.clone();
-    tasks::serve_streams(incoming, stop, "ctl", move |peer, stream| {
+    let kind = StreamKind::Control;
+    tasks::serve_streams(incoming, stop, limits, kind, move |peer, stream, permit| {
         let (events, bad, stop) = (events.clone(), bad.clone(), reader_stop.clone());
         let span = tracing::info_span!("link-in", %peer);
         async move {
-            let read = stop.run_until_cancelled(read_link(peer, stream, &events));
+            let reader = FrameReader::with_budget(stream, permit.budget().clone());
+            let read = stop.run_until_cancelled(read_link(peer, reader, &events));
             match read.await {
                 None => tracing::debug!(%peer, "control link dropped: the network is stopping"),
                 Some(Ok(())) => tracing::debug!(%peer, "control link closed"),
@@ -311,14 +316,20 @@ pub(crate) async fn accept(
                 }
                 Some(Err(e)) => tracing::debug!(%peer, error = %e, "control link ended"),
             }
+            // Counted against the peer's limit until here.
+            drop(permit);
         }
         .instrument(span)
     })
     .await;
 }
 
-async fn read_link(peer: PeerId, stream: libp2p::Stream, events: &EventSink) -> io::Result<()> {
-    let mut reader = FrameReader::new(stream);
+/// Reads `peer`'s control messages off its link and hands them to the node in batches.
+async fn read_link(
+    peer: PeerId,
+    mut reader: FrameReader<libp2p::Stream>,
+    events: &EventSink,
+) -> io::Result<()> {
     loop {
         let Some(first) = reader.next::<PeerMsg>(MAX_PEER_MSG).await? else {
             return Ok(());

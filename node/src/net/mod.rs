@@ -49,6 +49,7 @@ use tracing::Instrument;
 pub mod admission;
 pub mod code;
 pub mod framed;
+pub mod limits;
 pub mod link;
 pub mod membership;
 pub mod objects;
@@ -314,6 +315,7 @@ pub struct NetHandle {
     links: link::Links,
     events: link::EventSink,
     obj_protocol: StreamProtocol,
+    limits: limits::PeerLimits,
     tasks: Tasks,
     /// The per-process code cache to remove when the network stops (none when configured).
     temp_cache: Option<std::path::PathBuf>,
@@ -510,6 +512,7 @@ impl NetHandle {
         let path = code::fetch(
             &mut control,
             self.code_protocol.clone(),
+            &self.limits,
             peer,
             id,
             &self.code_cache,
@@ -546,8 +549,10 @@ impl NetHandle {
         let mut control = self.streams.clone();
         match control.accept(self.obj_protocol.clone()) {
             Ok(incoming) => {
+                let limits = self.limits.clone();
+                let stop = self.tasks.accept_token();
                 self.tasks
-                    .spawn(objects::server(incoming, source, self.tasks.accept_token()))
+                    .spawn(objects::server(incoming, source, limits, stop))
             }
             Err(e) => tracing::warn!(error = %e, "objects are served already"),
         }
@@ -568,6 +573,7 @@ impl NetHandle {
         objects::pull(
             &mut control,
             self.obj_protocol.clone(),
+            &self.limits,
             holders,
             id,
             object.size,
@@ -934,6 +940,8 @@ pub async fn start(key: identity::Keypair, config: NetConfig) -> Result<NetHandl
     }));
     let (tx, rx) = mpsc::channel(COMMANDS);
     let (bad_tx, bad_rx) = mpsc::channel::<PeerId>(BAD_PEERS);
+    // What each peer may cost in streams and buffered bytes, shared by every acceptor.
+    let limits = limits::PeerLimits::default();
     let started_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
@@ -982,6 +990,7 @@ pub async fn start(key: identity::Keypair, config: NetConfig) -> Result<NetHandl
             code_incoming,
             servable.clone(),
             code_shipping,
+            limits.clone(),
             tasks.accept_token(),
         )
         .instrument(span.clone()),
@@ -991,12 +1000,15 @@ pub async fn start(key: identity::Keypair, config: NetConfig) -> Result<NetHandl
             ctl_incoming,
             events.clone(),
             bad_tx.clone(),
+            limits.clone(),
             tasks.accept_token(),
         )
         .instrument(span.clone()),
     );
     #[cfg(feature = "test-utils")]
-    tasks.spawn(bulk_sink(bulk_incoming, bad_tx, tasks.accept_token()).instrument(span));
+    tasks.spawn(
+        bulk_sink(bulk_incoming, bad_tx, limits.clone(), tasks.accept_token()).instrument(span),
+    );
     let links = link::Links::new(
         streams.clone(),
         ctl_protocol,
@@ -1016,6 +1028,7 @@ pub async fn start(key: identity::Keypair, config: NetConfig) -> Result<NetHandl
         links,
         events,
         obj_protocol,
+        limits,
         tasks,
         temp_cache,
     })
@@ -1158,11 +1171,14 @@ async fn watch_state_dir(
 async fn bulk_sink(
     incoming: libp2p_stream::IncomingStreams,
     bad: mpsc::Sender<PeerId>,
+    limits: limits::PeerLimits,
     stop: tokio_util::sync::CancellationToken,
 ) {
-    tasks::serve_streams(incoming, stop, "bulk", move |peer, stream| {
+    let kind = limits::StreamKind::Bulk;
+    tasks::serve_streams(incoming, stop, limits, kind, move |peer, stream, permit| {
         let bad = bad.clone();
         async move {
+            let _counted = permit;
             match bulk::sink(stream).await {
                 Ok(bytes) => tracing::debug!(%peer, bytes, "bulk transfer received"),
                 Err(e) => {
@@ -1184,11 +1200,14 @@ async fn code_server(
     incoming: libp2p_stream::IncomingStreams,
     servable: code::Servable,
     enabled: bool,
+    limits: limits::PeerLimits,
     stop: tokio_util::sync::CancellationToken,
 ) {
-    tasks::serve_streams(incoming, stop, "code", move |peer, stream| {
+    let kind = limits::StreamKind::Code;
+    tasks::serve_streams(incoming, stop, limits, kind, move |peer, stream, permit| {
         let servable = servable.clone();
         async move {
+            let _counted = permit;
             if let Err(e) = code::serve(stream, &servable, enabled).await {
                 tracing::warn!(%peer, error = %e, "binary not served");
             }

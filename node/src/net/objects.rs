@@ -41,6 +41,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::framed::{self, FrameReader};
+use super::limits::{PeerLimits, StreamKind};
 use super::tasks;
 
 /// A stream that makes no progress for this long fails.
@@ -237,7 +238,8 @@ fn timed_out(what: &str) -> io::Error {
 }
 
 /// Serves objects from `source` on `protocol`: one task per stream (with a span naming the
-/// peer and the object), at most [`MAX_SERVING`] sending at once; the others wait up to
+/// peer and the object), at most [`super::limits::OBJECT_STREAMS_PER_PEER`] per peer (the others are
+/// reset at once) and at most [`MAX_SERVING`] sending at once; the others wait up to
 /// [`QUEUED`] once their request is in, then are answered `Refused`. The server ends when
 /// the returned task is aborted (which stops accepting the protocol and aborts the streams
 /// being served) or the swarm goes.
@@ -250,6 +252,7 @@ pub fn spawn_server(
     Ok(tokio::spawn(server(
         incoming,
         source,
+        PeerLimits::default(),
         CancellationToken::new(),
     )))
 }
@@ -259,36 +262,46 @@ pub fn spawn_server(
 pub(crate) async fn server(
     incoming: libp2p_stream::IncomingStreams,
     source: Arc<dyn ObjectSource>,
+    limits: PeerLimits,
     stop: CancellationToken,
 ) {
     let serving = Arc::new(tokio::sync::Semaphore::new(MAX_SERVING));
-    tasks::serve_streams(incoming, stop, "obj", move |peer, mut stream| {
-        let source = source.clone();
-        let serving = serving.clone();
-        let span = tracing::debug_span!("object_stream", %peer, object = tracing::field::Empty);
-        async move {
-            let result = async {
-                let req = read_request(&mut stream).await?;
-                let permit = tokio::time::timeout(QUEUED, serving.acquire_owned()).await;
-                match permit.ok().and_then(Result::ok) {
-                    Some(_permit) => serve_request(stream, req, &*source).await,
-                    None => {
-                        write_header(&mut stream, &ObjectResponse::Refused).await?;
-                        close(&mut stream).await?;
-                        Ok(0)
+    let kind = StreamKind::Object;
+    tasks::serve_streams(
+        incoming,
+        stop,
+        limits,
+        kind,
+        move |peer, mut stream, permit| {
+            let source = source.clone();
+            let serving = serving.clone();
+            let span = tracing::debug_span!("object_stream", %peer, object = tracing::field::Empty);
+            async move {
+                let result = async {
+                    let req = read_request(&mut stream).await?;
+                    let permit = tokio::time::timeout(QUEUED, serving.acquire_owned()).await;
+                    match permit.ok().and_then(Result::ok) {
+                        Some(_permit) => serve_request(stream, req, &*source).await,
+                        None => {
+                            write_header(&mut stream, &ObjectResponse::Refused).await?;
+                            close(&mut stream).await?;
+                            Ok(0)
+                        }
                     }
+                };
+                match result.await {
+                    Ok(bytes) => tracing::debug!(bytes, "served"),
+                    Err(e @ ObjectError::BadRequest(_)) => {
+                        tracing::warn!(error = %e, "malformed object request")
+                    }
+                    Err(e) => tracing::debug!(error = %e, "object not served"),
                 }
-            };
-            match result.await {
-                Ok(bytes) => tracing::debug!(bytes, "served"),
-                Err(e @ ObjectError::BadRequest(_)) => {
-                    tracing::warn!(error = %e, "malformed object request")
-                }
-                Err(e) => tracing::debug!(error = %e, "object not served"),
+                // Counted against the peer's limit until here.
+                drop(permit);
             }
-        }
-        .instrument(span)
-    })
+            .instrument(span)
+        },
+    )
     .await;
 }
 
@@ -426,6 +439,7 @@ fn stream_error(peer: PeerId) -> impl Fn(io::Error) -> ObjectError {
 async fn pull_range(
     control: &mut libp2p_stream::Control,
     protocol: &StreamProtocol,
+    limits: &PeerLimits,
     peer: PeerId,
     want: Want,
     file: &File,
@@ -435,6 +449,8 @@ async fn pull_range(
     buf: &mut [u8],
 ) -> Result<(), ObjectError> {
     let err = stream_error(peer);
+    // Held until the stream is done: fewer streams to one holder than it serves at once.
+    let _slot = limits.outbound(peer, StreamKind::Object).await;
     let stream =
         match tokio::time::timeout(STALL, control.open_stream(peer, protocol.clone())).await {
             Err(_) => return Err(err(timed_out("opening a stream"))),
@@ -523,9 +539,11 @@ async fn pull_range(
 /// (with that holder's own error when there was one, [`ObjectError::AllFailed`] otherwise),
 /// or on a local I/O error ([`ObjectError::Io`]). A copy whose digest does not match is
 /// [`ObjectError::Corrupted`]. On failure `dest` holds partial bytes.
+#[allow(clippy::too_many_arguments)]
 pub async fn pull(
     control: &mut libp2p_stream::Control,
     protocol: StreamProtocol,
+    limits: &PeerLimits,
     holders: &[PeerId],
     id: ObjectId,
     size: u64,
@@ -563,7 +581,17 @@ pub async fn pull(
         candidates.clear();
     } else if unique.len() > 1 && size >= PARALLEL_MIN {
         let shared = Arc::new(file.try_clone()?);
-        match pull_parallel(control, &protocol, &unique, want, shared, &mut errors).await? {
+        match pull_parallel(
+            control,
+            &protocol,
+            limits,
+            &unique,
+            want,
+            shared,
+            &mut errors,
+        )
+        .await?
+        {
             Parallel::Done => {
                 tracing::debug!(object = %id, bytes = size, holders = unique.len(),
                     elapsed_ms = started.elapsed().as_millis() as u64, "pulled an object");
@@ -578,7 +606,17 @@ pub async fn pull(
             }
         }
     }
-    if pull_sequential(control, &protocol, &candidates, want, &file, &mut errors).await? {
+    if pull_sequential(
+        control,
+        &protocol,
+        limits,
+        &candidates,
+        want,
+        &file,
+        &mut errors,
+    )
+    .await?
+    {
         if !errors.is_empty() {
             tracing::info!(object = %id, failures = %error_list(&errors),
                 "pulled an object after failures");
@@ -606,6 +644,7 @@ fn all_failed(id: ObjectId, mut errors: Vec<ObjectError>) -> ObjectError {
 async fn pull_sequential(
     control: &mut libp2p_stream::Control,
     protocol: &StreamProtocol,
+    limits: &PeerLimits,
     holders: &[PeerId],
     want: Want,
     file: &File,
@@ -620,6 +659,7 @@ async fn pull_sequential(
         let result = pull_range(
             control,
             protocol,
+            limits,
             peer,
             want,
             file,
@@ -694,6 +734,7 @@ enum Parallel {
 async fn pull_parallel(
     control: &mut libp2p_stream::Control,
     protocol: &StreamProtocol,
+    limits: &PeerLimits,
     holders: &[PeerId],
     want: Want,
     file: Arc<File>,
@@ -726,14 +767,19 @@ async fn pull_parallel(
                     break;
                 };
                 busy[h] += 1;
-                let (mut control, protocol, file) =
-                    (control.clone(), protocol.clone(), file.clone());
+                let (mut control, protocol, limits, file) = (
+                    control.clone(),
+                    protocol.clone(),
+                    limits.clone(),
+                    file.clone(),
+                );
                 tasks.spawn(async move {
                     let mut buf = vec![0u8; CHUNK.min((p.end - p.at) as usize)];
                     let from = p.at;
                     let result = pull_range(
                         &mut control,
                         &protocol,
+                        &limits,
                         peer,
                         want,
                         &file,

@@ -26,6 +26,8 @@ use tokio::task::{JoinError, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::limits::{PeerLimits, StreamKind, StreamPermit};
+
 /// How long stream handlers and link writers get to finish once the network stops
 /// accepting, before they are dropped.
 pub(crate) const GRACE: Duration = Duration::from_secs(5);
@@ -170,25 +172,33 @@ impl libp2p::swarm::Executor for SwarmExecutor {
 
 /// Runs `handle` on each stream of `incoming` until `stop` is cancelled or the swarm is
 /// gone; then stops accepting (dropping `incoming` unregisters the protocol) and waits for
-/// the handlers still running. The handlers run in a `JoinSet` owned by this future, so
-/// dropping the future aborts them. `what` names the protocol in logs.
+/// the handlers still running. A stream is handled only if `limits` admit one more of
+/// `kind` from its peer; the handler gets the permit, which counts the stream until
+/// dropped; a stream refused is dropped at once, which resets it. The handlers run in a
+/// `JoinSet` owned by this future, so dropping the future aborts them.
 pub(crate) async fn serve_streams<F, Fut>(
     mut incoming: libp2p_stream::IncomingStreams,
     stop: CancellationToken,
-    what: &'static str,
+    limits: PeerLimits,
+    kind: StreamKind,
     mut handle: F,
 ) where
-    F: FnMut(PeerId, libp2p::Stream) -> Fut,
+    F: FnMut(PeerId, libp2p::Stream, StreamPermit) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    let what = kind.name();
     let mut running = JoinSet::new();
     loop {
         tokio::select! {
             () = stop.cancelled() => break,
             next = incoming.next() => match next {
-                Some((peer, stream)) => {
-                    running.spawn(handle(peer, stream));
-                }
+                Some((peer, stream)) => match limits.admit(peer, kind) {
+                    Ok(permit) => {
+                        running.spawn(handle(peer, stream, permit));
+                    }
+                    // Logged (rate-limited) by the limits; dropping the stream resets it.
+                    Err(_) => drop(stream),
+                },
                 None => {
                     tracing::debug!(protocol = what, "the swarm is gone; no more streams");
                     break;

@@ -21,7 +21,7 @@
 //! replays.
 //!
 //! Adding a target is one line in [`targets::all`]. For a serde type decoded with the codec
-//! (a code manifest, when it lands), the line is
+//! (as the manifest target is), the line is
 //!
 //! ```text
 //! Target::message::<Manifest>("manifest", "a code manifest, shipped with a binary", MAX_MANIFEST),

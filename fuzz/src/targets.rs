@@ -12,6 +12,7 @@ use futures::executor::block_on;
 use libp2p::PeerId;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use shoal_node::auth::code::{CodePolicy, Manifest, Publisher};
 use shoal_node::auth::{self, Credential, JoinToken, Revocation, Trust};
 use shoal_node::net::admission::{self, AdmitHello, Notice};
 use shoal_node::net::{code, framed, objects};
@@ -69,6 +70,8 @@ pub fn all() -> Vec<Target> {
             .seeds(|| vec![codec::encode(&Notice::Credential(credential())).expect("a notice encodes")]),
         Target::message_checked::<Credential>("credential", "a node credential, checked against the mesh's trust", auth::MAX_ENCODED, check_credential)
             .seed_values(|| vec![credential()]),
+        Target::message_checked::<Manifest>("manifest", "a code manifest, shipped with a binary by a peer, and the policy's check", auth::code::MAX_MANIFEST, check_manifest)
+            .seed_values(|| vec![manifest()]),
         Target::new("join_token", "a join token as an operator pastes it", |b| Verdict::of(&JoinToken::from_text(&String::from_utf8_lossy(b))))
             .seeds(|| vec![auth::testing::token(FUZZ_MESH).to_text().into_bytes()]),
         Target::new("revocation_text", "a revocation as an operator passes it on", |b| Verdict::of(&Revocation::from_text(&String::from_utf8_lossy(b))))
@@ -416,6 +419,26 @@ fn credential() -> Credential {
 
 fn revocation() -> Revocation {
     auth::testing::authority(FUZZ_MESH).revoke([9u8; 32], 1)
+}
+
+/// A publisher made once per process (like the test authority: seeds differ from run to run).
+fn publisher() -> &'static Publisher {
+    static ONE: std::sync::OnceLock<Publisher> = std::sync::OnceLock::new();
+    ONE.get_or_init(Publisher::generate)
+}
+
+fn manifest() -> Manifest {
+    publisher().sign([3u8; 32], "x86_64-unknown-linux-gnu", 1)
+}
+
+/// As a node does with the manifest of a binary a peer asks it to run: checked for the
+/// binary and target it names (so the signature is checked too) under a policy trusting the
+/// fuzz publisher.
+fn check_manifest(m: &Manifest) {
+    let policy = CodePolicy {
+        trusted: vec![publisher().public()],
+    };
+    std::hint::black_box(policy.check(&m.binary, &m.target, Some(m)).is_ok());
 }
 
 fn check_credential(cred: &Credential) {

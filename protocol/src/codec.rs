@@ -15,8 +15,36 @@ fn config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<HARD_LIMIT>()
 }
 
+fn config_within<const LIMIT: usize>() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<LIMIT>()
+}
+
+/// Bytes a valid encoding may make the decoder hold per input byte, at most: bincode counts
+/// ("claims") the memory of what it decodes, and the largest claim per input byte is a `u128`
+/// in a one-byte varint (16 bytes).
+const CLAIM_PER_BYTE: usize = 16;
+
+/// Decodes `bytes` with a claim limit scaled to their length: a length prefix that claims more
+/// than the input could fill is refused before bincode allocates for it (it zeroes a string's
+/// or a byte buffer's whole length before reading it). The limits go up by 16 from 1 MiB, so
+/// a valid input always fits and a bad one is refused past at most 256 bytes per input byte
+/// (a handful of configurations: each one is another copy of `T`'s decoder).
+fn decode_scaled<T: DeserializeOwned>(
+    bytes: &[u8],
+) -> Result<(T, usize), bincode::error::DecodeError> {
+    use bincode::serde::decode_from_slice as from;
+    const MIB: usize = 1 << 20;
+    match bytes.len().saturating_mul(CLAIM_PER_BYTE) {
+        n if n <= MIB => from(bytes, config_within::<MIB>()),
+        n if n <= 16 * MIB => from(bytes, config_within::<{ 16 * MIB }>()),
+        n if n <= 256 * MIB => from(bytes, config_within::<{ 256 * MIB }>()),
+        n if n <= 4096 * MIB => from(bytes, config_within::<{ 4096 * MIB }>()),
+        _ => from(bytes, config()),
+    }
+}
+
 /// Why bytes could not be decoded. Decoding never panics and never allocates more than its
-/// input justifies.
+/// input justifies (a bounded multiple of it).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
     /// The input is longer than the caller's limit.
@@ -100,8 +128,8 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], limit: usize) -> Result<T, Deco
             limit,
         });
     }
-    let (value, used) = bincode::serde::decode_from_slice::<T, _>(bytes, config())
-        .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    let (value, used) =
+        decode_scaled::<T>(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))?;
     if used != bytes.len() {
         return Err(DecodeError::TrailingBytes {
             trailing: bytes.len() - used,
@@ -116,8 +144,9 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], limit: usize) -> Result<T, Deco
 pub fn byte_range(encoded: &[u8]) -> Result<std::ops::Range<usize>, DecodeError> {
     let (len, used) = bincode::decode_from_slice::<u64, _>(encoded, config())
         .map_err(|e| DecodeError::Malformed(e.to_string()))?;
-    let end = used as u64 + len;
-    if end != encoded.len() as u64 {
+    // A length near u64::MAX must not overflow (a panic in debug builds).
+    let end = (used as u64).checked_add(len);
+    if end != Some(encoded.len() as u64) {
         return Err(DecodeError::Malformed(format!(
             "a byte sequence of {len} bytes after a {used}-byte prefix does not fill {} bytes",
             encoded.len()
@@ -140,6 +169,12 @@ mod tests {
         }
         assert!(byte_range(&encode(&(3u64, 4u64)).unwrap()).is_err());
         assert!(byte_range(&[]).is_err());
+        // A length that overflows past the prefix (found by shoal-fuzz, target codec: an
+        // overflow panic in debug builds; release builds wrapped, and refused it).
+        let mut wrap = vec![253];
+        wrap.extend_from_slice(&(u64::MAX - 8).to_le_bytes());
+        wrap.push(0);
+        assert!(byte_range(&wrap).is_err());
     }
 
     #[test]
@@ -171,6 +206,29 @@ mod tests {
             decode::<String>(&bytes[..bytes.len() - 1], 100),
             Err(DecodeError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn a_string_length_past_the_input_is_refused_before_it_is_allocated() {
+        // A string claiming 512 GiB, then nothing (found by shoal-fuzz, target to_node): the
+        // decoder asked for 512 GiB at once, and the process aborted.
+        let mut bytes = vec![253];
+        bytes.extend_from_slice(&(1u64 << 39).to_le_bytes());
+        assert!(matches!(
+            decode::<String>(&bytes, usize::MAX),
+            Err(DecodeError::Malformed(_))
+        ));
+        // The largest claim per input byte still decodes: u128s in one byte each.
+        let many = vec![1u128; 100_000];
+        assert_eq!(
+            decode::<Vec<u128>>(&encode(&many).unwrap(), usize::MAX),
+            Ok(many)
+        );
+        let long = "x".repeat(3 << 20);
+        assert_eq!(
+            decode::<String>(&encode(&long).unwrap(), usize::MAX),
+            Ok(long)
+        );
     }
 
     #[test]

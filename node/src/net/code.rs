@@ -25,7 +25,7 @@ pub const MAX_BINARY: u64 = 4 << 30;
 /// A fetch that makes no progress for this long fails.
 pub const STALL: Duration = Duration::from_secs(30);
 /// Largest request or response header.
-const MAX_HEADER: usize = 1024;
+pub const MAX_HEADER: usize = 1024;
 
 /// Asks for a binary.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

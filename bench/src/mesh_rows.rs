@@ -185,10 +185,20 @@ fn shut_down(rt: tokio::runtime::Runtime) {
     rt.shutdown_timeout(Duration::from_secs(10));
 }
 
+/// The environment variable that gives the sink child the mesh's join token.
+const SINK_TOKEN_ENV: &str = "SHOAL_BENCH_SINK_TOKEN";
+
 /// Starts a peer of `mesh` over TCP on an ephemeral loopback port, mDNS off, bootstrapped
 /// from `peers`, with the node's defaults otherwise.
 async fn start_peer(mesh: &str, peers: Vec<Multiaddr>) -> Result<NetHandle> {
-    let mut config = NetConfig::new(shoal_node::auth::testing::token(mesh));
+    // The sink child is given its parent's token: a mesh's authority is made once per
+    // process, so its own would be another mesh's.
+    let token = match std::env::var(SINK_TOKEN_ENV) {
+        Ok(text) => shoal_node::auth::JoinToken::from_text(&text)
+            .with_context(|| format!("${SINK_TOKEN_ENV}"))?,
+        Err(_) => shoal_node::auth::testing::token(mesh),
+    };
+    let mut config = NetConfig::new(token);
     config.transport = TransportKind::Tcp;
     config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse()?];
     config.peers = peers;
@@ -427,6 +437,10 @@ impl StreamSink {
         let exe = std::env::current_exe().context("finding the shoal-bench executable")?;
         let mut cmd = std::process::Command::new(exe);
         cmd.args([SINK_CMD, mesh])
+            .env(
+                SINK_TOKEN_ENV,
+                shoal_node::auth::testing::token(mesh).to_text(),
+            )
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit());

@@ -895,17 +895,17 @@ pub async fn start(key: identity::Keypair, config: NetConfig) -> Result<NetHandl
     }
     let mut swarm = build_swarm(key, &config, &protocols, &tasks, &gate)?;
     let topic = IdentTopic::new(protocols.load_topic.clone());
-    swarm
-        .behaviour_mut()
-        .gossipsub
-        .subscribe(&topic)
-        .map_err(|e| NetError::Swarm(format!("subscribing to load reports: {e}")))?;
     let admin_topic = IdentTopic::new(protocols.admin_topic.clone());
-    swarm
-        .behaviour_mut()
-        .gossipsub
-        .subscribe(&admin_topic)
-        .map_err(|e| NetError::Swarm(format!("subscribing to membership notices: {e}")))?;
+    for (t, what) in [
+        (&topic, "load reports"),
+        (&admin_topic, "membership notices"),
+    ] {
+        swarm
+            .behaviour_mut()
+            .gossipsub
+            .subscribe(t)
+            .map_err(|e| NetError::Swarm(format!("subscribing to {what}: {e}")))?;
+    }
     let mut listeners = Vec::with_capacity(config.listen.len());
     for addr in &config.listen {
         let id = swarm

@@ -1416,6 +1416,12 @@ impl NodeCore {
             objects,
             actors: self.actors.status(),
             mesh: None,
+            refused: self
+                .rights
+                .refused()
+                .into_iter()
+                .map(|(k, n)| (k.name().to_string(), n))
+                .collect(),
         }
     }
 

@@ -596,6 +596,7 @@ fn status_json(s: &NodeStatus) -> serde_json::Value {
             "incarnation": a.incarnation, "pid": a.pid, "calls_pending": a.calls_pending,
             "calls_done": a.calls_done,
         })).collect::<Vec<_>>(),
+        "refused": s.refused.iter().map(|(k, n)| (k.clone(), serde_json::json!(n))).collect::<serde_json::Map<String, serde_json::Value>>(),
     })
 }
 
@@ -636,6 +637,13 @@ fn print_status(s: &NodeStatus) {
         s.store_dir
     );
     println!("clients   {}", s.clients);
+    if !s.refused.is_empty() {
+        let refused: Vec<String> = s.refused.iter().map(|(k, n)| format!("{n} {k}")).collect();
+        println!(
+            "refused   {} (requests of peers without the right)",
+            refused.join(", ")
+        );
+    }
     println!("workers   {}", s.workers.len());
     for w in &s.workers {
         println!(

@@ -131,6 +131,18 @@ impl Digest {
     }
 }
 
+/// The secret of an actor's handles: whoever holds a handle holds it, and the actor's node
+/// takes a call or a kill only with it. Chosen at random by the actor's creator; unlike the
+/// actor's id, it never shows in records, logs or status.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub struct ActorToken(pub [u8; 16]);
+
+impl fmt::Debug for ActorToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ActorToken(..)")
+    }
+}
+
 /// A process's secret for the ids of the tasks it submits (random per process, never sent):
 /// with it, nobody else can predict the ids of its tasks, actors and results.
 #[derive(Clone)]

@@ -35,7 +35,9 @@ pub mod messages;
 
 pub use codec::{DecodeError, EncodeError};
 pub use frame::FrameError;
-pub use ids::{ActorId, BinaryId, ClientId, Digest, IdMap, NodeId, ObjectId, TaskId, TaskKey};
+pub use ids::{
+    ActorId, ActorToken, BinaryId, ClientId, Digest, IdMap, NodeId, ObjectId, TaskId, TaskKey,
+};
 pub use mesh::PeerKey;
 pub use messages::*;
 

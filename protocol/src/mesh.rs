@@ -276,6 +276,8 @@ pub enum PeerMsg {
         drain: bool,
         /// Why, for its callers.
         reason: String,
+        /// Its handles' secret: without it the kill is refused.
+        token: crate::ids::ActorToken,
     },
     /// Which actor has this name here? (answered by [`PeerMsg::ActorFound`])
     LookupActor {

@@ -9,7 +9,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{ActorId, BinaryId, ClientId, Digest, NodeId, ObjectId, TaskId};
+use crate::ids::{ActorId, ActorToken, BinaryId, ClientId, Digest, NodeId, ObjectId, TaskId};
 
 /// Resource quantities in thousandths ("milli" units), keyed by name. `CPU` is the CPU count;
 /// other names are custom resources (`--resource gpu=1`).
@@ -166,13 +166,16 @@ pub enum TaskKind {
     /// Run the remote function `function`.
     Function,
     /// Create an actor of class `function` with the arguments as its constructor's. The
-    /// task's return object holds the encoded [`ActorId`] of the actor (the existing one for
-    /// a get-or-create that found one) as soon as it is registered, or the error.
+    /// task's return object holds the encoded [`ActorId`] and [`ActorToken`] of the actor
+    /// (the existing one's for a get-or-create that found one) as soon as it is registered,
+    /// or the error.
     CreateActor(ActorCreate),
     /// Call the method `function` of this actor. Calls from one owner run in the order sent.
     ActorMethod {
         /// The actor.
         actor: ActorId,
+        /// Its handles' secret: without it the call is refused.
+        token: ActorToken,
     },
 }
 
@@ -181,6 +184,8 @@ pub enum TaskKind {
 pub struct ActorCreate {
     /// Its id, chosen by the creator.
     pub actor_id: ActorId,
+    /// Its handles' secret, chosen at random by the creator.
+    pub token: ActorToken,
     /// A name other programs can look it up by, unique on the node.
     pub name: Option<String>,
     /// With a name: return the actor of that name if there is one, rather than fail.
@@ -401,6 +406,13 @@ pub enum TaskError {
         /// The object.
         id: ObjectId,
     },
+    /// A call or a kill of an actor without its handles' secret: the caller holds no
+    /// handle to it.
+    #[error("actor {actor} may not be called or killed without a handle to it")]
+    ActorNotAllowed {
+        /// The actor.
+        actor: ActorId,
+    },
 }
 
 /// An actor to host, handed to the worker dedicated to it.
@@ -423,6 +435,8 @@ pub struct HostActor {
 pub struct ActorInfo {
     /// The actor.
     pub actor_id: ActorId,
+    /// Its handles' secret (a lookup by name gives a handle).
+    pub token: ActorToken,
     /// Its registered class name.
     pub class: String,
     /// The process that created it.
@@ -736,6 +750,8 @@ pub enum ToNode {
         actor: ActorId,
         /// Whether it stays dead.
         no_restart: bool,
+        /// Its handles' secret: without it the kill is refused.
+        token: ActorToken,
     },
     /// The creator's last handle to this actor is gone and no copy left it: the actor ends
     /// once the calls already made have finished.

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use shoal_protocol::{ActorId, ResourceSet, TaskError, ToNode};
+use shoal_protocol::{ActorId, ActorToken, ResourceSet, TaskError, ToNode};
 
 use crate::error::GetError;
 use crate::function::Args;
@@ -213,6 +213,8 @@ pub enum ActorError {
 #[derive(Debug)]
 struct Inner {
     id: ActorId,
+    /// The secret of its handles: the actor's node takes calls and kills only with it.
+    token: ActorToken,
     /// Whether this process created the actor (and so ends it when its handles are gone).
     owned: bool,
     /// Whether a copy of a handle left this process, or it has a name others can find it by:
@@ -237,10 +239,11 @@ pub struct RawActor {
 }
 
 impl RawActor {
-    pub(crate) fn new(id: ActorId, owned: bool, escaped: bool) -> Self {
+    pub(crate) fn new(id: ActorId, token: ActorToken, owned: bool, escaped: bool) -> Self {
         Self {
             inner: Arc::new(Inner {
                 id,
+                token,
                 owned,
                 escaped: AtomicBool::new(escaped),
             }),
@@ -251,19 +254,25 @@ impl RawActor {
     pub fn id(&self) -> ActorId {
         self.inner.id
     }
+
+    /// The secret of its handles.
+    pub(crate) fn token(&self) -> ActorToken {
+        self.inner.token
+    }
 }
 
 impl Serialize for RawActor {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         self.inner.escaped.store(true, Ordering::Relaxed);
-        self.inner.id.serialize(s)
+        // A handle is the actor's id and the secret its node checks calls and kills with.
+        (self.inner.id, self.inner.token).serialize(s)
     }
 }
 
 impl<'de> Deserialize<'de> for RawActor {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let id = ActorId::deserialize(d)?;
-        Ok(Self::new(id, false, true))
+        let (id, token) = <(ActorId, ActorToken)>::deserialize(d)?;
+        Ok(Self::new(id, token, false, true))
     }
 }
 
@@ -347,17 +356,21 @@ impl<'de, A: Actor> Deserialize<'de> for ActorHandle<A> {
 /// [`TaskError::ActorKilled`], later calls too, and it is not restarted (Ray's
 /// `ray.kill(actor)`).
 pub fn kill<A: Actor>(actor: &ActorHandle<A>) {
-    kill_raw(ActorHandle::id(actor), true);
+    kill_raw(actor.methods.raw(), true);
 }
 
 /// Kills the actor's process as if it crashed: calls in flight fail, and it is restarted if
 /// it has restarts left (Ray's `ray.kill(actor, no_restart=False)`).
 pub fn kill_and_restart<A: Actor>(actor: &ActorHandle<A>) {
-    kill_raw(ActorHandle::id(actor), false);
+    kill_raw(actor.methods.raw(), false);
 }
 
-fn kill_raw(actor: ActorId, no_restart: bool) {
-    runtime::get().push(ToNode::KillActor { actor, no_restart });
+fn kill_raw(actor: &RawActor, no_restart: bool) {
+    runtime::get().push(ToNode::KillActor {
+        actor: actor.id(),
+        no_restart,
+        token: actor.token(),
+    });
 }
 
 /// The live actor named `name` on this node, as a handle of class `A`.
@@ -376,6 +389,7 @@ pub fn get_actor<A: Actor>(name: &str) -> Result<ActorHandle<A>, ActorError> {
     }
     Ok(ActorHandle::from_raw(RawActor::new(
         info.actor_id,
+        info.token,
         false,
         true,
     )))

@@ -8,7 +8,8 @@
 
 use serde::Serialize;
 use shoal_protocol::{
-    ActorCreate, ActorId, EncodeError, ObjectId, TaskError, TaskId, TaskKind, TaskSpec, ToNode,
+    ActorCreate, ActorId, ActorToken, EncodeError, ObjectId, TaskError, TaskId, TaskKind, TaskSpec,
+    ToNode,
 };
 
 use crate::actor::{Actor, ActorError, ActorHandle, ActorOptions, RawActor};
@@ -82,7 +83,10 @@ pub fn call_actor<R>(actor: &RawActor, method: &'static str, args: Vec<ArgBuf>) 
         task_id,
         method,
         TaskOptions::new().num_cpus(0.0).max_retries(0),
-        TaskKind::ActorMethod { actor: actor.id() },
+        TaskKind::ActorMethod {
+            actor: actor.id(),
+            token: actor.token(),
+        },
         args,
     )
 }
@@ -107,9 +111,9 @@ pub fn create_actor_with<A: Actor>(
         return Ok(handle);
     };
     match ret.get_blocking() {
-        Ok(id) if id == ActorHandle::id(&handle) => Ok(handle),
+        Ok((id, _)) if id == ActorHandle::id(&handle) => Ok(handle),
         // Get-or-create found another: a handle to it, not owned by us.
-        Ok(id) => Ok(ActorHandle::from_raw(RawActor::new(id, false, true))),
+        Ok((id, token)) => Ok(ActorHandle::from_raw(RawActor::new(id, token, false, true))),
         Err(GetError::Task(TaskError::ActorNameTaken { .. })) => {
             Err(ActorError::NameTaken(name.clone()))
         }
@@ -121,11 +125,14 @@ fn submit_create<A: Actor>(
     ctx: &Context,
     options: &ActorOptions,
     args: Vec<ArgBuf>,
-) -> (ActorHandle<A>, ObjectRef<ActorId>) {
+) -> (ActorHandle<A>, ObjectRef<(ActorId, ActorToken)>) {
     let task_id = ctx.next_task_id();
     let actor_id = ActorId(task_id.0);
+    // A handle's secret: only handles carry it, so only their holders can call or kill.
+    let token = ActorToken(shoal_node::secret_bytes());
     let create = ActorCreate {
         actor_id,
+        token,
         name: options.name.clone(),
         get_if_exists: options.get_if_exists,
         max_restarts: options.max_restarts,
@@ -150,7 +157,7 @@ fn submit_create<A: Actor>(
     // A named or detached actor may be reached by others: dropping our handles does not end it.
     let escaped = options.name.is_some() || options.detached;
     (
-        ActorHandle::from_raw(RawActor::new(actor_id, true, escaped)),
+        ActorHandle::from_raw(RawActor::new(actor_id, token, true, escaped)),
         ret,
     )
 }

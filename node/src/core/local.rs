@@ -5,12 +5,13 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use shoal_protocol::{
-    codec, ActorId, Arg, ArgValue, CreateOutcome, ExecTask, Hello, HostActor, ObjectId, ObjectInfo,
-    ObjectStats, ObjectValue, Role, TaskError, TaskId, TaskKind, TaskOutcome, TaskSpec, ToClient,
-    ToNode,
+    codec, ActorId, ActorToken, Arg, ArgValue, CreateOutcome, ExecTask, Hello, HostActor, ObjectId,
+    ObjectInfo, ObjectStats, ObjectValue, Role, TaskError, TaskId, TaskKind, TaskOutcome, TaskSpec,
+    ToClient, ToNode,
 };
 
 use super::actors::{ActorState, AfterDeath, Registered};
+use super::rights::Refused;
 use super::sched::{Action, WorkerId};
 use super::store::{After, Ready, Resume};
 use super::tasks::TaskEntry;
@@ -277,9 +278,11 @@ impl NodeCore {
                     }
                 }
             }
-            ToNode::KillActor { actor, no_restart } => {
-                self.kill_request(now, party, actor, no_restart)
-            }
+            ToNode::KillActor {
+                actor,
+                no_restart,
+                token,
+            } => self.kill_request(now, party, actor, no_restart, token),
             ToNode::ActorOutOfScope { actor } => {
                 if self.actors.get(&actor).is_none() && self.drain_remote(now, conn, actor) {
                     return;
@@ -351,7 +354,7 @@ impl NodeCore {
         let Some(e) = self.tasks.get(&task) else {
             return false;
         };
-        let TaskKind::ActorMethod { actor } = e.spec.kind else {
+        let TaskKind::ActorMethod { actor, .. } = e.spec.kind else {
             return false;
         };
         // Queued calls are those not in flight; the table knows which are in flight.
@@ -364,9 +367,19 @@ impl NodeCore {
         party: Party,
         actor: ActorId,
         no_restart: bool,
+        token: ActorToken,
     ) {
+        if self.actor_token(&actor).is_some_and(|t| t != token) {
+            match party {
+                Party::Peer(peer) => self.rights.refuse(now, peer, Refused::Kill, actor),
+                Party::Proc(_) => {
+                    tracing::warn!(%party, actor = %actor, "a kill without the actor's handle; refused")
+                }
+            }
+            return;
+        }
         let Some(a) = self.actors.get(&actor) else {
-            if self.kill_remote(now, actor, no_restart, "killed by shoal::kill") {
+            if self.kill_remote(now, actor, no_restart, "killed by shoal::kill", token) {
                 return;
             }
             tracing::debug!(%party, actor = %actor, "kill of an unknown actor");
@@ -720,7 +733,7 @@ impl NodeCore {
         match &entry.spec.kind {
             // Here or at a peer with room.
             TaskKind::Function | TaskKind::CreateActor(_) => self.place_task(now, task),
-            TaskKind::ActorMethod { actor } => {
+            TaskKind::ActorMethod { actor, .. } => {
                 let actor = *actor;
                 if self.localize_args(task) {
                     return;
@@ -838,7 +851,7 @@ impl NodeCore {
                     }
                 }
             }
-            TaskKind::ActorMethod { actor } if self.actor_is_remote(&actor) => {
+            TaskKind::ActorMethod { actor, .. } if self.actor_is_remote(&actor) => {
                 // Sent at once, in order with the caller's other calls; the actor's peer
                 // waits for its arguments.
                 if let Some(err) = failed_dep {
@@ -848,8 +861,17 @@ impl NodeCore {
                 }
                 return;
             }
-            TaskKind::ActorMethod { actor } => {
-                if let Err(e) = self.actors.enqueue(actor, client, task_id) {
+            TaskKind::ActorMethod { actor, token } => {
+                let queued = self
+                    .actors
+                    .check_token(actor, &token)
+                    .and_then(|()| self.actors.enqueue(actor, client, task_id));
+                if let Err(e) = queued {
+                    if let (TaskError::ActorNotAllowed { .. }, Party::Peer(peer)) = (&e, owner) {
+                        self.rights.refuse(now, peer, Refused::Call, actor);
+                    } else if let TaskError::ActorNotAllowed { .. } = &e {
+                        tracing::warn!(%owner, actor = %actor, "a call without the actor's handle; refused");
+                    }
                     self.fail_task(now, task_id, e);
                     return;
                 }
@@ -862,9 +884,27 @@ impl NodeCore {
         }
     }
 
-    /// The return object of an actor's creation: its id, known at once.
+    /// The secret of `actor`'s handles, if this node knows it: it hosts the actor, or placed
+    /// it on a peer.
+    pub(super) fn actor_token(&self, actor: &ActorId) -> Option<ActorToken> {
+        if let Some(a) = self.actors.get(actor) {
+            return Some(a.spec.token);
+        }
+        let placed = self.directory.placement(actor)?;
+        match &self.tasks.get(&placed.task)?.spec.kind {
+            TaskKind::CreateActor(c) => Some(c.token),
+            _ => None,
+        }
+    }
+
+    /// The return object of an actor's creation: its id and its handles' secret, known at
+    /// once.
     fn actor_id_ready(&mut self, now: Instant, ret: ObjectId, actor: ActorId) {
-        match codec::encode(&actor) {
+        let Some(token) = self.actor_token(&actor) else {
+            tracing::error!(actor = %actor, "an actor registered here has no entry");
+            return;
+        };
+        match codec::encode(&(actor, token)) {
             Ok(bytes) => self.object_ready(now, ret, ObjectValue::Inline(bytes)),
             Err(e) => tracing::error!(error = %e, "cannot encode an actor id"),
         }
@@ -971,7 +1011,7 @@ impl NodeCore {
             return;
         };
         self.spill.forget(&task);
-        if let TaskKind::ActorMethod { actor } = entry.spec.kind {
+        if let TaskKind::ActorMethod { actor, .. } = entry.spec.kind {
             // A call sent to the worker has left its actor's queue for good: no need to scan
             // its caller's queue for it.
             if !entry.sent && self.actors.remove_queued(actor, entry.spec.owner, task) {

@@ -50,8 +50,8 @@ use std::time::Instant;
 
 use shoal_protocol::mesh::{LoadReport, PeerKey, PeerMsg};
 use shoal_protocol::{
-    ActorInfo, BinaryId, ClientId, Digest, ExitInfo, Hello, IdMap, NodeId, ObjectId, Role,
-    SharedObject, ToClient, ToNode,
+    BinaryId, ClientId, Digest, ExitInfo, Hello, IdMap, NodeId, ObjectId, Role, SharedObject,
+    ToClient, ToNode,
 };
 
 use crate::config::NodeConfig;
@@ -272,14 +272,17 @@ pub enum JobDone {
         /// Its peer.
         found: Option<PeerKey>,
     },
-    /// A named actor, from the directory.
+    /// A named actor, from the directory (its peer is then asked for it: only the peer
+    /// gives the secret of its handles).
     NameResolved {
         /// Who asked.
         conn: ConnId,
         /// Its request number.
         request: u64,
+        /// The name.
+        name: String,
         /// The actor and its peer.
-        found: Option<(ActorInfo, PeerKey)>,
+        found: Option<(shoal_protocol::ActorId, PeerKey)>,
     },
 }
 
@@ -466,6 +469,10 @@ pub struct NodeCore {
     spill: Spill,
     /// Requests of peers waiting for the right to be made, and refusals.
     rights: Rights,
+    /// Lookups of names sent to the peers whose actors have them, by number: who asked,
+    /// its request number, and the peer.
+    name_lookups: HashMap<u64, (ConnId, u64, PeerKey)>,
+    next_lookup: u64,
     last_load: Option<Load>,
     stopping: bool,
     out: VecDeque<Output>,
@@ -530,6 +537,8 @@ impl NodeCore {
             directory: Directory::default(),
             spill,
             rights: Rights::default(),
+            name_lookups: HashMap::new(),
+            next_lookup: 1,
             last_load: None,
             stopping: false,
             out: VecDeque::new(),

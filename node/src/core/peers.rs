@@ -12,8 +12,8 @@ use std::time::Instant;
 
 use shoal_protocol::mesh::{PeerKey, PeerMsg, RemoteTask, RemoteValue};
 use shoal_protocol::{
-    ActorId, Arg, BinaryId, CreateOutcome, ObjectId, ObjectValue, SharedObject, TaskError, TaskId,
-    TaskKind, ToClient, CPU,
+    ActorId, ActorToken, Arg, BinaryId, CreateOutcome, ObjectId, ObjectValue, SharedObject,
+    TaskError, TaskId, TaskKind, ToClient, CPU,
 };
 
 use super::actors::directory::Route;
@@ -87,7 +87,7 @@ impl NodeCore {
                 tracing::debug!(task = %task, %peer, %reason, "peer refused a task; placing it again");
                 self.spill.refused(task, peer, now);
                 let actor = match self.tasks.get(&task).map(|e| &e.spec.kind) {
-                    Some(TaskKind::ActorMethod { actor }) => Some(*actor),
+                    Some(TaskKind::ActorMethod { actor, .. }) => Some(*actor),
                     _ => None,
                 };
                 if let Some(actor) = actor {
@@ -126,10 +126,18 @@ impl NodeCore {
                 no_restart,
                 drain,
                 reason,
+                token,
             } => {
+                let known = self
+                    .actor_token(&actor)
+                    .or_else(|| self.awaiting_actor_token(&actor));
+                if known.is_some_and(|t| t != token) {
+                    self.rights.refuse(now, peer, Refused::Kill, actor);
+                    return;
+                }
                 if self.actors.get(&actor).is_none() && self.directory.placement(&actor).is_some() {
                     // An actor this node sent on: the request follows it.
-                    self.end_remote(now, actor, no_restart, drain, &reason);
+                    self.end_remote(now, actor, no_restart, drain, &reason, token);
                     return;
                 }
                 if no_restart && self.actors.get(&actor).is_none() {
@@ -148,16 +156,28 @@ impl NodeCore {
                     // Its creator's node is done with it: nothing is kept of it here.
                     self.actors.forget_if_dead(actor);
                 } else {
-                    self.kill_request(now, party, actor, false);
+                    self.kill_request(now, party, actor, false, token);
                 }
             }
             PeerMsg::LookupActor { request, name } => {
                 let actor = self.actors.lookup(&name);
                 self.tell_peer(peer, PeerMsg::ActorFound { request, actor });
             }
-            PeerMsg::ActorFound { .. } => {
-                tracing::debug!(%peer, "unexpected ActorFound; ignored");
-            }
+            PeerMsg::ActorFound { request, actor } => match self.name_lookups.get(&request) {
+                Some((conn, asked, at)) if *at == peer => {
+                    let (conn, asked) = (*conn, *asked);
+                    self.name_lookups.remove(&request);
+                    if let Some(a) = &actor {
+                        self.directory.set_home(a.actor_id, peer);
+                    }
+                    let msg = ToClient::ActorFound {
+                        request: asked,
+                        actor,
+                    };
+                    self.tell_proc(conn, msg);
+                }
+                _ => tracing::debug!(%peer, request, "an ActorFound nobody asked it for; ignored"),
+            },
         }
     }
 
@@ -424,14 +444,25 @@ impl NodeCore {
             JobDone::NameResolved {
                 conn,
                 request,
+                name,
                 found,
-            } => {
-                let actor = found.map(|(info, peer)| {
-                    self.directory.set_home(info.actor_id, peer);
-                    info
-                });
-                self.tell_proc(conn, ToClient::ActorFound { request, actor });
-            }
+            } => match found {
+                Some((actor, peer)) if Some(peer) != self.me => {
+                    // Its peer tells the actor (and the secret of its handles).
+                    self.directory.set_home(actor, peer);
+                    let n = self.next_lookup;
+                    self.next_lookup += 1;
+                    self.name_lookups.insert(n, (conn, request, peer));
+                    self.tell_peer(peer, PeerMsg::LookupActor { request: n, name });
+                }
+                _ => self.tell_proc(
+                    conn,
+                    ToClient::ActorFound {
+                        request,
+                        actor: None,
+                    },
+                ),
+            },
         }
     }
 
@@ -1049,7 +1080,7 @@ impl NodeCore {
             }
             return;
         }
-        if let TaskKind::ActorMethod { actor } = rt.spec.kind {
+        if let TaskKind::ActorMethod { actor, .. } = rt.spec.kind {
             // Its actor may be waiting for its binary: the call waits behind it.
             let creating = self.spill.awaiting_binary.values_mut().find(|w| {
                 w.iter().any(
@@ -1174,7 +1205,7 @@ impl NodeCore {
                 let ret = spec.return_id();
                 if !self.objects.contains(&ret) {
                     // The actor's id went out already (and was let go): it goes out again.
-                    match shoal_protocol::codec::encode(&c.actor_id) {
+                    match shoal_protocol::codec::encode(&(c.actor_id, c.token)) {
                         Ok(bytes) => {
                             let value = ObjectValue::Inline(bytes);
                             self.send(party, ToClient::Object { id: ret, value });
@@ -1243,14 +1274,14 @@ impl NodeCore {
         };
         let (kind, owner, missing) = (entry.spec.kind.clone(), entry.spec.owner, entry.missing);
         match kind {
-            TaskKind::ActorMethod { actor } if !self.actor_is_remote(&actor) => {
+            TaskKind::ActorMethod { actor, .. } if !self.actor_is_remote(&actor) => {
                 if let Err(e) = self.actors.enqueue(actor, owner, task) {
                     self.fail_task(now, task, e);
                 } else if missing == 0 {
                     self.deps_ready(now, task);
                 }
             }
-            TaskKind::ActorMethod { actor } => self.forward_call(now, task, actor),
+            TaskKind::ActorMethod { actor, .. } => self.forward_call(now, task, actor),
             _ => self.place_task(now, task),
         }
     }
@@ -1320,10 +1351,23 @@ impl NodeCore {
 
     /// The creation of `actor` and the calls behind it, waiting here for their binary, end:
     /// the calls' senders learn that the actor was killed.
+    /// The secret of the handles of a peer's actor whose creation waits here for its
+    /// binary.
+    fn awaiting_actor_token(&self, actor: &ActorId) -> Option<ActorToken> {
+        self.spill
+            .awaiting_binary
+            .values()
+            .flatten()
+            .find_map(|(_, rt)| match &rt.spec.kind {
+                TaskKind::CreateActor(c) if c.actor_id == *actor => Some(c.token),
+                _ => None,
+            })
+    }
+
     fn drop_awaiting_actor(&mut self, actor: ActorId, reason: &str) {
         let taken = self.spill.take_awaiting(|_, rt| match &rt.spec.kind {
             TaskKind::CreateActor(c) => c.actor_id == actor,
-            TaskKind::ActorMethod { actor: a } => *a == actor,
+            TaskKind::ActorMethod { actor: a, .. } => *a == actor,
             TaskKind::Function => false,
         });
         for (from, rt) in taken {
@@ -1363,15 +1407,17 @@ impl NodeCore {
         self.maybe_free(ret);
     }
 
-    /// Asks the peer hosting `actor` to end it. Returns `false` if no peer is known to.
+    /// Asks the peer hosting `actor` to end it, with the secret of its handles. Returns
+    /// `false` if no peer is known to.
     pub(super) fn kill_remote(
         &mut self,
         now: Instant,
         actor: ActorId,
         no_restart: bool,
         reason: &str,
+        token: ActorToken,
     ) -> bool {
-        self.end_remote(now, actor, no_restart, false, reason)
+        self.end_remote(now, actor, no_restart, false, reason, token)
     }
 
     /// Ends an actor placed on a peer once its calls are done (its creator, `conn`, dropped
@@ -1385,7 +1431,9 @@ impl NodeCore {
             tracing::warn!(conn, actor = %actor, "ActorOutOfScope from a process that does not own the actor; ignored");
             return true;
         }
-        self.end_remote(now, actor, true, true, "all its handles were dropped")
+        let token = self.actor_token(&actor).unwrap_or_default();
+        let reason = "all its handles were dropped";
+        self.end_remote(now, actor, true, true, reason, token)
     }
 
     fn end_remote(
@@ -1395,6 +1443,7 @@ impl NodeCore {
         no_restart: bool,
         drain: bool,
         reason: &str,
+        token: ActorToken,
     ) -> bool {
         let placed = self.directory.placement(&actor).map(|p| p.peer);
         let Some(peer) = placed.or_else(|| self.directory.home(&actor)) else {
@@ -1405,6 +1454,7 @@ impl NodeCore {
             no_restart,
             drain,
             reason: reason.to_string(),
+            token,
         };
         self.tell_peer(peer, msg);
         if no_restart {
@@ -1441,7 +1491,8 @@ impl NodeCore {
                     self.finish_task(now, placed.task);
                 }
             } else {
-                self.kill_remote(now, actor, true, "its creator exited");
+                let token = self.actor_token(&actor).unwrap_or_default();
+                self.kill_remote(now, actor, true, "its creator exited", token);
             }
         }
     }
@@ -1556,6 +1607,23 @@ impl NodeCore {
         for request in self.rights.drain(Some(peer)) {
             self.refuse_waiting(request);
         }
+        let lookups: Vec<u64> = self
+            .name_lookups
+            .iter()
+            .filter(|(_, (_, _, at))| *at == peer)
+            .map(|(n, _)| *n)
+            .collect();
+        for n in lookups {
+            if let Some((conn, request, _)) = self.name_lookups.remove(&n) {
+                self.tell_proc(
+                    conn,
+                    ToClient::ActorFound {
+                        request,
+                        actor: None,
+                    },
+                );
+            }
+        }
         self.spill.peers.remove(&peer);
         let lost = self.spill.take_spilled_to(peer);
         self.directory.peer_lost(peer);
@@ -1617,6 +1685,7 @@ impl NodeCore {
                 no_restart: true,
                 drain: false,
                 reason,
+                token: self.actor_token(&actor).unwrap_or_default(),
             };
             self.tell_peer(peer, kill);
             let max = match self.tasks.get(&placed.task).map(|e| &e.spec.kind) {

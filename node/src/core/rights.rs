@@ -3,7 +3,8 @@
 //! Pure bookkeeping with plain values: no I/O, no clock (times come in).
 //!
 //! A peer reads an object here only if it was given the object's ref (see
-//! `objects.rs`). A right given by a third peer travels on another link than the request it
+//! `objects.rs`), and calls or kills an actor only with the secret of its handles
+//! ([`shoal_protocol::ActorToken`]), which only a handle carries. A right given by a third peer travels on another link than the request it
 //! allows: a node sends a task to peer B naming this node as a holder of an argument, and
 //! sends this node a `Grant` for B, and B's request may come first. So a request from a peer
 //! without the right waits here for a grant, [`GRANT_WAIT`] at most, then is refused. A
@@ -51,6 +52,10 @@ pub enum Refused {
     Release,
     /// A task whose arguments the submitting peer may not read.
     Task,
+    /// A call of an actor without its handles' secret.
+    Call,
+    /// A kill of an actor without its handles' secret.
+    Kill,
 }
 
 impl Refused {
@@ -61,6 +66,8 @@ impl Refused {
             Refused::Grant => "grant",
             Refused::Release => "release",
             Refused::Task => "task",
+            Refused::Call => "call",
+            Refused::Kill => "kill",
         }
     }
 }
@@ -146,7 +153,14 @@ impl Rights {
     }
 
     /// Counts a refusal of `peer`'s request and logs it (rate-limited per peer).
-    pub(crate) fn refuse(&mut self, now: Instant, peer: PeerKey, kind: Refused, object: ObjectId) {
+    /// `what` names the object or actor asked for.
+    pub(crate) fn refuse(
+        &mut self,
+        now: Instant,
+        peer: PeerKey,
+        kind: Refused,
+        what: impl std::fmt::Display,
+    ) {
         *self.refused.entry(kind).or_default() += 1;
         let warn = self
             .warned
@@ -159,10 +173,10 @@ impl Rights {
                 self.warned.retain(|_, t| *t > cutoff);
             }
             self.warned.insert(peer, now);
-            tracing::warn!(%peer, kind = kind.name(), %object,
+            tracing::warn!(%peer, kind = kind.name(), %what,
                 "refused a peer's request it may not make (further ones from this peer are logged at debug for a minute)");
         } else {
-            tracing::debug!(%peer, kind = kind.name(), %object, "refused a peer's request");
+            tracing::debug!(%peer, kind = kind.name(), %what, "refused a peer's request");
         }
     }
 

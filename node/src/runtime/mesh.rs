@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use libp2p::PeerId;
 use shoal_protocol::mesh::{actor_key, name_key, object_key, ActorLocation, PeerKey, PeerMsg};
-use shoal_protocol::{codec, ActorId, ActorInfo, BinaryId, ObjectId};
+use shoal_protocol::{codec, ActorId, BinaryId, ObjectId};
 use tokio::sync::{mpsc, oneshot};
 
 use super::Event;
@@ -198,6 +198,7 @@ impl NetSide {
                 Some(Input::Job(JobDone::NameResolved {
                     conn,
                     request,
+                    name,
                     found,
                 }))
             }),
@@ -354,17 +355,10 @@ async fn locate_actor(net: &NetHandle, actor: ActorId) -> Option<(PeerKey, Actor
     Some((PeerKey::from_bytes(&loc.peer)?, loc))
 }
 
-/// Finds a named actor through the DHT: its id, then its location.
-async fn resolve_name(net: &NetHandle, name: &str) -> Option<(ActorInfo, PeerKey)> {
+/// Finds a named actor through the DHT: its id, then its peer.
+async fn resolve_name(net: &NetHandle, name: &str) -> Option<(ActorId, PeerKey)> {
     let bytes = net.get_record(name_key(name)).await.ok()??;
     let actor: ActorId = codec::decode(&bytes, 64).ok()?;
-    let (peer, loc) = locate_actor(net, actor).await?;
-    Some((
-        ActorInfo {
-            actor_id: actor,
-            class: loc.class,
-            owner: loc.owner,
-        },
-        peer,
-    ))
+    let (peer, _) = locate_actor(net, actor).await?;
+    Some((actor, peer))
 }

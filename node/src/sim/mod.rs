@@ -31,10 +31,10 @@ use std::time::{Duration, Instant};
 
 use shoal_protocol::mesh::{actor_key, name_key, ActorLocation, LoadReport, PeerKey, PeerMsg};
 use shoal_protocol::{
-    codec, ActorCreate, ActorId, Arg, ArgValue, BinaryId, BinaryInfo, ClientId, CreateOutcome,
-    Digest, ExecTask, ExitInfo, Hello, HostActor, NodeId, ObjectId, ObjectValue, ResourceSet, Role,
-    SharedObject, TaskError, TaskId, TaskKind, TaskOutcome, TaskSpec, ToClient, ToNode, MAGIC,
-    PROTOCOL_VERSION,
+    codec, ActorCreate, ActorId, ActorToken, Arg, ArgValue, BinaryId, BinaryInfo, ClientId,
+    CreateOutcome, Digest, ExecTask, ExitInfo, Hello, HostActor, NodeId, ObjectId, ObjectValue,
+    ResourceSet, Role, SharedObject, TaskError, TaskId, TaskKind, TaskOutcome, TaskSpec, ToClient,
+    ToNode, MAGIC, PROTOCOL_VERSION,
 };
 
 use crate::config::NodeConfig;
@@ -906,20 +906,11 @@ impl Sim {
                     .records
                     .get(&name_key(&name))
                     .and_then(|b| codec::decode::<ActorId>(b, 64).ok())
-                    .and_then(|actor| {
-                        let (peer, loc) = self.locate_record(actor)?;
-                        Some((
-                            shoal_protocol::ActorInfo {
-                                actor_id: actor,
-                                class: loc.class,
-                                owner: loc.owner,
-                            },
-                            peer,
-                        ))
-                    });
+                    .and_then(|actor| Some((actor, self.locate_record(actor)?.0)));
                 JobDone::NameResolved {
                     conn,
                     request,
+                    name,
                     found,
                 }
             }
@@ -1707,6 +1698,7 @@ impl Sim {
             owner: self.drivers[d].client,
             kind: TaskKind::CreateActor(ActorCreate {
                 actor_id: actor,
+                token: token_of(actor),
                 name: None,
                 get_if_exists: false,
                 max_restarts: restarts,
@@ -1735,7 +1727,10 @@ impl Sim {
             resources: ResourceSet::new(),
             max_retries: 0,
             owner: self.drivers[d].client,
-            kind: TaskKind::ActorMethod { actor },
+            kind: TaskKind::ActorMethod {
+                actor,
+                token: token_of(actor),
+            },
             nested: Vec::new(),
             wait_for_resources: false,
         };
@@ -1753,7 +1748,15 @@ impl Sim {
     /// Driver `d` ends `actor` for good (its calls in flight fail).
     pub fn kill_actor(&mut self, d: usize, actor: ActorId) {
         let no_restart = true;
-        self.send(d, ToNode::KillActor { actor, no_restart });
+        let token = token_of(actor);
+        self.send(
+            d,
+            ToNode::KillActor {
+                actor,
+                no_restart,
+                token,
+            },
+        );
     }
 
     /// Driver `d` drops its ref to `id`.
@@ -1994,6 +1997,15 @@ fn brief(msg: &PeerMsg) -> String {
         PeerMsg::Object { id, .. } => format!("Object {id}"),
         other => format!("{other:?}").chars().take(60).collect(),
     }
+}
+
+/// The secret of a simulated actor's handles: every driver of the simulator holds a handle
+/// to every actor (a test forges messages without it).
+pub fn token_of(actor: ActorId) -> ActorToken {
+    let h = blake3::hash(&actor.0);
+    let mut t = [0u8; 16];
+    t.copy_from_slice(&h.as_bytes()[..16]);
+    ActorToken(t)
 }
 
 fn tag(client: ClientId, seq: u64) -> Vec<u8> {

@@ -12,7 +12,7 @@
 use std::collections::{HashMap, VecDeque};
 
 use shoal_protocol::{
-    ActorCreate, ActorId, ActorInfo, ActorStatus, ClientId, IdMap, TaskError, TaskId,
+    ActorCreate, ActorId, ActorInfo, ActorStatus, ActorToken, ClientId, IdMap, TaskError, TaskId,
 };
 
 use crate::core::sched::WorkerId;
@@ -214,6 +214,7 @@ impl ActorTable {
         let a = self.actors.get(id)?;
         (!a.is_dead()).then(|| ActorInfo {
             actor_id: *id,
+            token: a.spec.token,
             class: a.class.clone(),
             owner: a.owner,
         })
@@ -229,6 +230,15 @@ impl ActorTable {
             .collect();
         v.sort();
         v
+    }
+
+    /// Whether `token` is the secret of `actor`'s handles (an actor unknown here has none to
+    /// check: the caller learns that it is unknown).
+    pub fn check_token(&self, actor: ActorId, token: &ActorToken) -> Result<(), TaskError> {
+        match self.actors.get(&actor) {
+            Some(a) if a.spec.token != *token => Err(TaskError::ActorNotAllowed { actor }),
+            _ => Ok(()),
+        }
     }
 
     /// Queues a call from `caller`. A dead or unknown actor refuses it with the error the

@@ -7,6 +7,7 @@ use super::*;
 fn spec(n: u8, name: Option<&str>) -> ActorCreate {
     ActorCreate {
         actor_id: ActorId([n; 16]),
+        token: ActorToken([n; 16]),
         name: name.map(str::to_string),
         get_if_exists: false,
         max_restarts: 0,

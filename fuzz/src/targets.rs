@@ -64,10 +64,13 @@ pub fn all() -> Vec<Target> {
         Target::message::<ActorId>("actor_name", "a named actor's DHT record (an ActorId)", 64),
         Target::new("admit_hello", "an admission hello, the first message of any connection (before admission)", admit_hello)
             .generator(|rng| codec::encode(&arbitrary::<AdmitHello>(rng)?).ok())
-            .seeds(|| vec![codec::encode(&AdmitHello { credential: credential(), revocations: vec![revocation()] }).expect("a hello encodes")]),
+            .seeds(|| vec![codec::encode(&AdmitHello { credential: credential(), revocations: vec![revocation()], publishers: vec![] }).expect("a hello encodes")]),
         Target::new("notice", "a membership notice (gossip): a revocation or a renewed credential", notice)
             .generator(|rng| codec::encode(&arbitrary::<Notice>(rng)?).ok())
-            .seeds(|| vec![codec::encode(&Notice::Credential(credential())).expect("a notice encodes")]),
+            .seeds(|| vec![
+                codec::encode(&Notice::Credential(credential())).expect("a notice encodes"),
+                codec::encode(&Notice::Publisher(grant())).expect("a notice encodes"),
+            ]),
         Target::message_checked::<Credential>("credential", "a node credential, checked against the mesh's trust", auth::MAX_ENCODED, check_credential)
             .seed_values(|| vec![credential()]),
         Target::message_checked::<Manifest>("manifest", "a code manifest, shipped with a binary by a peer, and the policy's check", auth::code::MAX_MANIFEST, check_manifest)
@@ -76,6 +79,8 @@ pub fn all() -> Vec<Target> {
             .seeds(|| vec![auth::testing::token(FUZZ_MESH).to_text().into_bytes()]),
         Target::new("revocation_text", "a revocation as an operator passes it on", |b| Verdict::of(&Revocation::from_text(&String::from_utf8_lossy(b))))
             .seeds(|| vec![revocation().to_text().into_bytes()]),
+        Target::new("statement_text", "an authority's statement (revocation or publisher grant) as `shoal mesh publish` reads it", |b| Verdict::of(&auth::Statement::from_text(&String::from_utf8_lossy(b))))
+            .seeds(|| vec![revocation().to_text().into_bytes(), grant().to_text().into_bytes()]),
         Target::new("codec", "codec::decode of assorted types under assorted limits, and byte_range", codec_target)
             .generator(codec_input),
     ]
@@ -421,6 +426,10 @@ fn revocation() -> Revocation {
     auth::testing::authority(FUZZ_MESH).revoke([9u8; 32], 1)
 }
 
+fn grant() -> auth::code::PublisherGrant {
+    auth::testing::authority(FUZZ_MESH).grant_publisher(publisher().public(), 1, 2)
+}
+
 /// A publisher made once per process (like the test authority: seeds differ from run to run).
 fn publisher() -> &'static Publisher {
     static ONE: std::sync::OnceLock<Publisher> = std::sync::OnceLock::new();
@@ -446,13 +455,17 @@ fn check_credential(cred: &Credential) {
     std::hint::black_box(verdict.is_ok());
 }
 
-/// As the admission handshake does with a hello: its revocations, then its credential.
+/// As the admission handshake does with a hello: its revocations and publisher grants, then
+/// its credential.
 fn admit_hello(input: &[u8]) -> Verdict {
     let decoded = admission::decode_hello(input);
     if let Ok(hello) = &decoded {
         let mut trust = trust();
         for r in &hello.revocations {
             std::hint::black_box(trust.add_revocation(r).is_ok());
+        }
+        for g in &hello.publishers {
+            std::hint::black_box(g.check(&trust, 1).is_ok());
         }
         check_credential(&hello.credential);
     }
@@ -463,6 +476,7 @@ fn notice(input: &[u8]) -> Verdict {
     let decoded = admission::decode_notice(input);
     match &decoded {
         Ok(Notice::Revocation(r)) => std::hint::black_box(trust().add_revocation(r).is_ok()),
+        Ok(Notice::Publisher(g)) => std::hint::black_box(g.check(&trust(), 1).is_ok()),
         Ok(Notice::Credential(c)) => {
             check_credential(c);
             true

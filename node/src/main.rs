@@ -7,7 +7,8 @@
 //! shoal mesh init --mesh NAME [--out FILE]
 //! shoal mesh invite --authority FILE [--role node|client] [--expires 30d] [--peer ID] [--bootstrap ADDR]...
 //! shoal mesh revoke --authority FILE (--peer ID | --invite KEY)
-//! shoal mesh publish REVOCATION [--data-dir DIR]
+//! shoal mesh trust-publisher --authority FILE KEY [--expires 365d]
+//! shoal mesh publish STATEMENT [--data-dir DIR]
 //! shoal mesh renew TOKEN [--data-dir DIR]
 //! shoal mesh swarm-key --out FILE
 //! shoal mesh id [--data-dir DIR]
@@ -119,9 +120,22 @@ enum MeshCommand {
         #[arg(long)]
         invite: Option<String>,
     },
-    /// Hand a revocation to the node of this machine; it spreads it through the mesh.
+    /// Name a publisher whose binaries every member runs (prints the grant to `shoal mesh
+    /// publish`); revoking the publisher's key (`shoal mesh revoke --invite KEY`) ends it.
+    TrustPublisher {
+        /// The authority key file.
+        #[arg(long)]
+        authority: PathBuf,
+        /// The publisher's public key (hex, as `shoal publisher show` prints it).
+        key: String,
+        /// How long it holds: a number with s, m, h or d.
+        #[arg(long, default_value = "365d")]
+        expires: String,
+    },
+    /// Hand a statement of the authority (a revocation or a publisher grant) to the node of
+    /// this machine; it spreads it through the mesh.
     Publish {
-        /// The revocation (`shoal-revoke-1-...`).
+        /// The statement (`shoal-revoke-1-...` or `shoal-publisher-grant-1-...`).
         revocation: String,
         /// The node's data directory [default: as `shoal node`].
         #[arg(long, env = "SHOAL_DATA_DIR")]
@@ -838,11 +852,24 @@ fn mesh_command(cmd: MeshCommand) -> Result<()> {
             println!("{}", authority.revoke(key, unix_now()).to_text());
             Ok(())
         }
+        MeshCommand::TrustPublisher {
+            authority,
+            key,
+            expires,
+        } => {
+            let authority = read_authority(&authority)?;
+            let key = auth::parse_hex_key(&key)?;
+            let now = unix_now();
+            let grant = authority.grant_publisher(key, now, now + parse_duration(&expires)?);
+            println!("{}", grant.to_text());
+            eprintln!("Hand it to any node of the mesh with `shoal mesh publish`; it spreads to every member.");
+            Ok(())
+        }
         MeshCommand::Publish {
             revocation,
             data_dir,
         } => {
-            let r = auth::Revocation::from_text(&revocation)?;
+            let r = auth::Statement::from_text(&revocation)?;
             let dir = data_dir.unwrap_or_else(shoal_node::config::default_data_dir);
             let path = dir.join(shoal_node::net::REVOCATIONS_FILE);
             let mut f = std::fs::OpenOptions::new()

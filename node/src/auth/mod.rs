@@ -282,6 +282,41 @@ impl Revocation {
     }
 }
 
+/// Something the authority says to the whole mesh: what `shoal mesh publish` hands a node,
+/// and what the node keeps in its state directory, one per line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Statement {
+    /// A key is no member any more.
+    Revocation(Revocation),
+    /// A publisher whose binaries members run.
+    Publisher(code::PublisherGrant),
+}
+
+impl Statement {
+    /// Parses either text form, by its prefix.
+    pub fn from_text(s: &str) -> Result<Self, AuthError> {
+        let s = s.trim();
+        if s.starts_with(code::GRANT_PREFIX) {
+            code::PublisherGrant::from_text(s).map(Statement::Publisher)
+        } else if s.starts_with(REVOCATION_PREFIX) {
+            Revocation::from_text(s).map(Statement::Revocation)
+        } else {
+            Err(AuthError::Malformed(format!(
+                "not a revocation ({REVOCATION_PREFIX}…) or a publisher grant ({}…)",
+                code::GRANT_PREFIX
+            )))
+        }
+    }
+
+    /// Its text form.
+    pub fn to_text(&self) -> String {
+        match self {
+            Statement::Revocation(r) => r.to_text(),
+            Statement::Publisher(g) => g.to_text(),
+        }
+    }
+}
+
 /// The mesh's authority: the key that signs credentials and revocations. Kept offline.
 pub struct Authority {
     mesh: String,

@@ -27,7 +27,8 @@ use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 use shoal_protocol::{codec, frame};
 
-use crate::auth::{AuthError, Credential, Member, Revocation, Trust};
+use crate::auth::code::PublisherGrant;
+use crate::auth::{AuthError, Credential, KeyBytes, Member, Revocation, Trust};
 
 /// The name negotiated for "admission, then Yamux" on a TCP (or memory) connection.
 pub const PROTOCOL: &str = "/shoal/admit+yamux/1";
@@ -35,6 +36,8 @@ pub const PROTOCOL: &str = "/shoal/admit+yamux/1";
 pub const MAX_HELLO: usize = 256 * 1024;
 /// Revocations sent in one hello at most (the newest; gossip carries the rest).
 pub const MAX_HELLO_REVOCATIONS: usize = 1024;
+/// Publisher grants a node keeps (and sends in its hello) at most.
+pub const MAX_GRANTS: usize = 256;
 /// Time the whole exchange may take.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 /// A refusal of the same peer is logged once per this long.
@@ -49,6 +52,8 @@ pub struct AdmitHello {
     pub credential: Credential,
     /// Revocations the sender knows (at most [`MAX_HELLO_REVOCATIONS`]).
     pub revocations: Vec<Revocation>,
+    /// Publishers the authority named that the sender knows (at most [`MAX_GRANTS`]).
+    pub publishers: Vec<PublisherGrant>,
 }
 
 /// What each end answers.
@@ -109,6 +114,8 @@ struct GateState {
     own: Credential,
     /// Every revocation known, for relaying (newest last).
     revocations: Vec<Revocation>,
+    /// Publisher grants known (checked when added), for relaying and for code checks.
+    publishers: Vec<PublisherGrant>,
     /// Peers admitted, with what their credential says.
     members: HashMap<PeerId, Member>,
     /// Peers dropped because their credential expired, with its end: their relayed
@@ -133,6 +140,7 @@ impl Gate {
                 trust,
                 own,
                 revocations: Vec::new(),
+                publishers: Vec::new(),
                 members: HashMap::new(),
                 expired: HashMap::new(),
                 logged: HashMap::new(),
@@ -202,6 +210,36 @@ impl Gate {
         Ok((true, gone))
     }
 
+    /// Adds a publisher grant once it checks out; `Ok(true)` when it is new.
+    pub fn grant_publisher(&self, g: &PublisherGrant) -> Result<bool, AuthError> {
+        let mut s = self.lock();
+        if s.publishers.contains(g) {
+            return Ok(false);
+        }
+        g.check(&s.trust, unix_now())?;
+        let now = unix_now();
+        // Expired ones make room.
+        s.publishers.retain(|old| old.expires >= now);
+        if s.publishers.len() >= MAX_GRANTS {
+            return Err(AuthError::Malformed(format!(
+                "more than {MAX_GRANTS} publisher grants"
+            )));
+        }
+        s.publishers.push(g.clone());
+        Ok(true)
+    }
+
+    /// The publishers the authority names now (grants not expired, keys not revoked).
+    pub fn granted_publishers(&self) -> Vec<KeyBytes> {
+        let s = self.lock();
+        let now = unix_now();
+        s.publishers
+            .iter()
+            .filter(|g| g.expires >= now && !s.trust.is_revoked(&g.publisher))
+            .map(|g| g.publisher)
+            .collect()
+    }
+
     /// Members whose credential has expired at `now`: forgotten, to be disconnected.
     pub fn expired(&self, now: u64) -> Vec<PeerId> {
         let mut s = self.lock();
@@ -240,6 +278,7 @@ impl Gate {
         AdmitHello {
             credential: s.own.clone(),
             revocations: s.revocations[skip..].to_vec(),
+            publishers: s.publishers.clone(),
         }
     }
 
@@ -250,6 +289,11 @@ impl Gate {
             match self.revoke(r) {
                 Ok(_) => {}
                 Err(e) => tracing::debug!(%peer, error = %e, "a relayed revocation was refused"),
+            }
+        }
+        for g in hello.publishers.iter().take(MAX_GRANTS) {
+            if let Err(e) = self.grant_publisher(g) {
+                tracing::debug!(%peer, error = %e, "a relayed publisher grant was refused");
             }
         }
         let mut s = self.lock();
@@ -400,6 +444,8 @@ where
 pub enum Notice {
     /// A revocation, signed by the authority (anyone may relay it).
     Revocation(Revocation),
+    /// A publisher the authority names (anyone may relay it).
+    Publisher(PublisherGrant),
     /// The sender's renewed credential (only valid from the peer it names).
     Credential(Credential),
 }
@@ -615,6 +661,36 @@ mod tests {
         let r = auth.revoke(crate::auth::peer_key(&b.0).unwrap(), unix_now());
         assert_eq!(a.1.revoke(&r).unwrap(), (true, vec![b.0]));
         assert!(a.1.member(&b.0).is_none());
+    }
+
+    #[tokio::test]
+    async fn publisher_grants_travel_in_the_hello_until_the_publisher_is_revoked() {
+        let auth = Authority::generate("lab").unwrap();
+        let (a, b) = (member_of(&auth), member_of(&auth));
+        let publisher = crate::auth::code::Publisher::generate().public();
+        let now = unix_now();
+        let grant = auth.grant_publisher(publisher, now, now + 3600);
+        assert!(a.1.grant_publisher(&grant).unwrap());
+        assert!(!a.1.grant_publisher(&grant).unwrap(), "known already");
+        // Another mesh's authority names nobody here; an expired grant neither.
+        let stranger = Authority::generate("lab").unwrap();
+        let theirs = stranger.grant_publisher(publisher, now, now + 3600);
+        assert_eq!(a.1.grant_publisher(&theirs), Err(AuthError::WrongAuthority));
+        let old = auth.grant_publisher([9; 32], now - 7200, now - 3600);
+        assert!(matches!(
+            a.1.grant_publisher(&old),
+            Err(AuthError::Expired { .. })
+        ));
+        // b learns it from a's hello.
+        assert!(b.1.granted_publishers().is_empty());
+        let (ra, rb) = run(a.clone(), b.clone()).await;
+        ra.unwrap();
+        rb.unwrap();
+        assert_eq!(b.1.granted_publishers(), vec![publisher]);
+        // Revoking the publisher's key ends the grant everywhere the revocation goes.
+        b.1.revoke(&auth.revoke(publisher, now)).unwrap();
+        assert!(b.1.granted_publishers().is_empty());
+        assert_eq!(a.1.granted_publishers(), vec![publisher]);
     }
 
     #[tokio::test]

@@ -57,6 +57,7 @@ pub mod objects;
 pub mod rpc;
 pub(crate) mod tasks;
 
+use crate::auth::Statement;
 use membership::{Change, Membership, MembershipConfig};
 use tasks::Tasks;
 
@@ -263,6 +264,8 @@ enum Command {
     Load(Load),
     /// Apply and spread a revocation.
     Revoke(crate::auth::Revocation),
+    /// Adopt and spread a publisher grant.
+    GrantPublisher(crate::auth::code::PublisherGrant),
     /// This node's renewed credential: use it and tell the mesh.
     Renew(crate::auth::Credential),
     Dial(Multiaddr),
@@ -885,11 +888,15 @@ pub async fn start(key: identity::Keypair, config: NetConfig) -> Result<NetHandl
         .credential(&peer_id, admission::unix_now())
         .map_err(|e| NetError::Admission(e.to_string()))?;
     let gate = admission::Gate::new(config.admission.trust.clone(), credential);
-    // Revocations known from earlier runs apply before anyone connects.
+    // Revocations and grants known from earlier runs apply before anyone connects.
     if let Some(dir) = &config.state_dir {
-        for r in read_revocations(&dir.join(REVOCATIONS_FILE)) {
-            if let Err(e) = gate.revoke(&r) {
-                tracing::warn!(error = %e, "a stored revocation was refused");
+        for statement in read_statements(&dir.join(REVOCATIONS_FILE)) {
+            let applied = match &statement {
+                Statement::Revocation(r) => gate.revoke(r).map(|_| ()),
+                Statement::Publisher(g) => gate.grant_publisher(g).map(|_| ()),
+            };
+            if let Err(e) = applied {
+                tracing::warn!(error = %e, "a stored statement of the authority was refused");
             }
         }
     }
@@ -1067,30 +1074,32 @@ fn remove_dead_temp_caches() {
     }
 }
 
-/// The file in the state directory holding revocations, one per line.
+/// The file in the state directory holding the authority's statements (revocations and
+/// publisher grants), one per line.
 pub const REVOCATIONS_FILE: &str = "revocations";
 /// The file in the state directory holding this node's join token (its credential).
 pub const CREDENTIAL_FILE: &str = "credential";
 /// How often the state directory is looked at.
 const STATE_POLL: Duration = Duration::from_secs(1);
 
-/// Reads the revocations of `path` (a missing file has none; a bad line is logged).
-fn read_revocations(path: &Path) -> Vec<crate::auth::Revocation> {
+/// Reads the authority's statements of `path` (a missing file has none; a bad line is
+/// logged).
+fn read_statements(path: &Path) -> Vec<Statement> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
         Err(e) => {
-            tracing::warn!(path = %path.display(), error = %e, "cannot read revocations");
+            tracing::warn!(path = %path.display(), error = %e, "cannot read the authority's statements");
             return Vec::new();
         }
     };
     text.lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .filter_map(|l| match crate::auth::Revocation::from_text(l) {
-            Ok(r) => Some(r),
+        .filter_map(|l| match Statement::from_text(l) {
+            Ok(s) => Some(s),
             Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "a bad line in the revocations file");
+                tracing::warn!(path = %path.display(), error = %e, "a bad line in the statements file");
                 None
             }
         })
@@ -1124,19 +1133,22 @@ async fn watch_state_dir(
         }
         let mut out = Vec::new();
         let now_revocations = stamp(&rev_path);
-        let revocations = if now_revocations != last_revocations {
+        let statements = if now_revocations != last_revocations {
             last_revocations = now_revocations;
-            read_revocations(&rev_path)
+            read_statements(&rev_path)
         } else {
             Vec::new()
         };
-        for r in revocations {
-            if let Ok(key) = crate::auth::peer_key(&me) {
-                if key == r.subject {
-                    tracing::error!("this node's own key has been revoked");
+        for statement in statements {
+            match statement {
+                Statement::Revocation(r) => {
+                    if crate::auth::peer_key(&me).is_ok_and(|key| key == r.subject) {
+                        tracing::error!("this node's own key has been revoked");
+                    }
+                    out.push(Command::Revoke(r));
                 }
+                Statement::Publisher(g) => out.push(Command::GrantPublisher(g)),
             }
-            out.push(Command::Revoke(r));
         }
         match std::fs::read_to_string(&cred_path) {
             Ok(text) if last_token.as_deref() != Some(text.as_str()) => {
@@ -1586,6 +1598,9 @@ impl NetTask {
             Command::Revoke(r) => {
                 self.revocation(r, None);
             }
+            Command::GrantPublisher(g) => {
+                self.publisher_grant(g, None);
+            }
             Command::Renew(cred) => match self.gate.renew(&self.peer_id, cred.clone()) {
                 Ok(m) => {
                     tracing::info!(not_after = m.not_after, "credential renewed");
@@ -1868,7 +1883,7 @@ impl NetTask {
                 if via.is_none() {
                     self.publish_notice(&admission::Notice::Revocation(r.clone()));
                 } else {
-                    self.store_revocation(&r);
+                    self.store_statement(&Statement::Revocation(r.clone()));
                 }
                 if let Ok(peer) = crate::auth::key_peer(&r.subject) {
                     if peer != self.peer_id && !gone.contains(&peer) {
@@ -1889,8 +1904,33 @@ impl NetTask {
         }
     }
 
-    /// Keeps a revocation learnt from the mesh for the next run.
-    fn store_revocation(&self, r: &crate::auth::Revocation) {
+    /// Adopts a publisher grant (from the state directory, or from gossip through `via`)
+    /// and spreads it when it is new.
+    fn publisher_grant(
+        &mut self,
+        g: crate::auth::code::PublisherGrant,
+        via: Option<PeerId>,
+    ) -> MessageAcceptance {
+        match self.gate.grant_publisher(&g) {
+            Ok(true) => {
+                tracing::info!(publisher = %crate::auth::hex(&g.publisher), expires = g.expires, ?via, "the authority names a publisher");
+                if via.is_none() {
+                    self.publish_notice(&admission::Notice::Publisher(g));
+                } else {
+                    self.store_statement(&Statement::Publisher(g));
+                }
+                MessageAcceptance::Accept
+            }
+            Ok(false) => MessageAcceptance::Ignore,
+            Err(e) => {
+                tracing::warn!(?via, error = %e, "a publisher grant was refused");
+                MessageAcceptance::Reject
+            }
+        }
+    }
+
+    /// Keeps a statement of the authority learnt from the mesh for the next run.
+    fn store_statement(&self, statement: &Statement) {
         let Some(dir) = &self.config.state_dir else {
             return;
         };
@@ -1900,9 +1940,9 @@ impl NetTask {
             .create(true)
             .append(true)
             .open(&path)
-            .and_then(|mut f| writeln!(f, "{}", r.to_text()));
+            .and_then(|mut f| writeln!(f, "{}", statement.to_text()));
         if let Err(e) = written {
-            tracing::warn!(path = %path.display(), error = %e, "a revocation learnt from the mesh was not stored; peers tell it again on the next connection");
+            tracing::warn!(path = %path.display(), error = %e, "a statement learnt from the mesh was not stored; peers tell it again on the next connection");
         }
     }
 
@@ -1917,6 +1957,7 @@ impl NetTask {
         };
         match notice {
             admission::Notice::Revocation(r) => self.revocation(r, source),
+            admission::Notice::Publisher(g) => self.publisher_grant(g, source),
             admission::Notice::Credential(cred) => {
                 let Some(source) = source else {
                     return MessageAcceptance::Reject;

@@ -98,6 +98,7 @@ fn hello() -> ToNode {
         binary: Some(shoal_protocol::BinaryInfo {
             id: BinaryId([3; 32]),
             path: "/usr/local/bin/driver".into(),
+            manifest: Some(manifest().encode()),
         }),
     })
 }

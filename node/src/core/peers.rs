@@ -665,8 +665,14 @@ impl NodeCore {
                     None => return,
                 };
                 let rejected = self.spill.code_rejections(&binary, now);
-                if !wait && !rejected.is_empty() {
-                    // The peers that could run it rejected its code: no use waiting.
+                // Only peers that rejected its code could ever run it (those that refused
+                // it for now aside): no use waiting. Or nobody took it in the grace period.
+                let only_rejecters = !rejected.is_empty() && {
+                    let rejecters: Vec<PeerKey> = rejected.iter().map(|(p, _)| *p).collect();
+                    self.placement_without(task, &rejecters) == Placement::Infeasible
+                };
+                let grace_over = !wait && self.spill.infeasible.infeasible(task, now);
+                if !wait && (only_rejecters || (grace_over && !rejected.is_empty())) {
                     self.spill.infeasible.forget(&task);
                     let reason = rejected
                         .iter()
@@ -674,7 +680,7 @@ impl NodeCore {
                         .collect::<Vec<_>>()
                         .join("; ");
                     self.fail_task(now, task, TaskError::CodeRejected { reason });
-                } else if !wait && self.spill.infeasible.infeasible(task, now) {
+                } else if grace_over {
                     self.spill.infeasible.forget(&task);
                     let total = self.sched.total().to_string();
                     self.fail_task(
@@ -695,6 +701,17 @@ impl NodeCore {
     /// Where `task` goes: here, to a peer (it may be sent on up to [`MAX_HOPS`] times), or
     /// nowhere yet.
     fn placement(&mut self, now: Instant, task: TaskId) -> Placement<PeerKey> {
+        let mut refused = self.spill.refused_by(&task, now);
+        // Peers that rejected the binary's code are not asked again for a while.
+        if let Some(entry) = self.tasks.get(&task) {
+            let rejecters = self.spill.code_rejections(&entry.spec.binary, now);
+            refused.extend(rejecters.into_iter().map(|(p, _)| p));
+        }
+        self.placement_without(task, &refused)
+    }
+
+    /// Where `task` goes, `refused` left out.
+    fn placement_without(&self, task: TaskId, refused: &[PeerKey]) -> Placement<PeerKey> {
         let Some(entry) = self.tasks.get(&task) else {
             return Placement::Wait;
         };
@@ -716,16 +733,12 @@ impl NodeCore {
         };
         let actor = matches!(entry.spec.kind, TaskKind::CreateActor(_));
         let candidates = self.spill.candidates(entry.spec.binary, &arg_bytes, actor);
-        let mut refused = self.spill.refused_by(&task, now);
-        // Peers that rejected the binary's code are not asked again for a while.
-        let rejecters = self.spill.code_rejections(&entry.spec.binary, now);
-        refused.extend(rejecters.into_iter().map(|(p, _)| p));
         placement::place(
             &demand,
             self.sched.free(),
             self.sched.total(),
             &candidates,
-            &refused,
+            refused,
             MAX_HOPS,
         )
     }

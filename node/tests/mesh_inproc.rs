@@ -305,8 +305,11 @@ async fn binaries_are_shipped_by_hash_and_checked() {
     // A file claimed under an id it does not hash to (a local program's claim) is never
     // shipped: the holder hashes it first. (The fetcher checks the bytes too.)
     let liar = BinaryId([9; 32]);
-    a.servable()
-        .insert(liar, exe.clone(), Some(publisher.sign(liar.0, &target, 1).encode()));
+    a.servable().insert(
+        liar,
+        exe.clone(),
+        Some(publisher.sign(liar.0, &target, 1).encode()),
+    );
     a.servable().grant(&liar, b.peer_id(), Instant::now());
     assert!(matches!(
         b.fetch_binary(a.peer_id(), liar).await,

@@ -244,7 +244,10 @@ fn a_task_whose_code_a_peer_rejects_runs_elsewhere_or_fails_as_rejected() {
         .get(&id)
         .expect("failed well before the infeasible grace period");
     assert!(
-        is_error(v, |e| matches!(e, TaskError::CodeRejected { reason } if reason.contains("the binary is not signed"))),
+        is_error(
+            v,
+            |e| matches!(e, TaskError::CodeRejected { reason } if reason.contains("the binary is not signed"))
+        ),
         "{v:?}"
     );
     assert_eq!(sim.runs_on(1), 0);

@@ -127,6 +127,15 @@ impl NetSide {
     }
 
     pub(crate) fn serve_binary(&self, binary: BinaryId, exe: PathBuf, manifest: Option<Vec<u8>>) {
+        // A local program's claim: a manifest that is not one is not passed on (peers would
+        // reject it anyway), and the binary ships unsigned.
+        let manifest = manifest.filter(|m| match crate::auth::code::Manifest::decode(m) {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(%binary, error = %e, "a driver's manifest is malformed; its binary ships unsigned");
+                false
+            }
+        });
         self.net.servable().insert(binary, exe, manifest);
     }
 

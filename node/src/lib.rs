@@ -335,7 +335,33 @@ impl LocalSender {
     }
 }
 
-/// Random bytes from the OS (for ids).
+/// Secret random bytes from the OS (for keys): `getrandom`, else `/dev/urandom`.
+///
+/// # Panics
+/// When the OS gives no randomness at all: nothing secret can be made then.
+pub fn secret_bytes<const N: usize>() -> [u8; N] {
+    let mut out = [0u8; N];
+    let mut filled = 0;
+    while filled < N {
+        // SAFETY: getrandom writes at most `N - filled` bytes from `filled` on.
+        let n = unsafe { libc::getrandom(out[filled..].as_mut_ptr().cast(), N - filled, 0) };
+        if n > 0 {
+            filled += n as usize;
+        } else if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            break;
+        }
+    }
+    if filled < N {
+        use std::io::Read;
+        let read = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut out));
+        if let Err(e) = read {
+            panic!("no randomness from the OS (getrandom and /dev/urandom failed: {e})");
+        }
+    }
+    out
+}
+
+/// Random bytes from the OS (for ids that must be unique, not secret).
 pub fn random_bytes<const N: usize>() -> [u8; N] {
     let mut out = [0u8; N];
     // SAFETY: getrandom writes at most `N` bytes into our buffer.

@@ -411,3 +411,115 @@ fn random_seeds_keep_every_invariant() {
     }
     assert!(failed.is_empty(), "failing seeds: {failed:?}");
 }
+
+/// The refusals node `i` counted, by kind.
+fn refused(sim: &Sim, i: usize) -> Vec<(String, u64)> {
+    sim.core(i)
+        .expect("node is up")
+        .status(std::time::Instant::now())
+        .refused
+}
+
+fn count(refused: &[(String, u64)], kind: &str) -> u64 {
+    refused
+        .iter()
+        .find(|(k, _)| k == kind)
+        .map_or(0, |(_, n)| *n)
+}
+
+#[test]
+fn a_peer_reads_and_releases_only_what_it_was_given() {
+    use shoal_protocol::mesh::{PeerMsg, RemoteTask};
+    use shoal_protocol::{Arg, ClientId, ResourceSet, TaskId, TaskKind, TaskSpec};
+
+    // Node 0's driver puts an object and runs a task that reads it: only node 1 has CPUs,
+    // so the task (and the object's ref) go there. Node 2 is given nothing.
+    let mut sim = mesh(&[0.0, 1.0, 0.0]);
+    let d = sim.driver(0);
+    sim.run_for(Duration::from_secs(1));
+    let obj = sim.put_large(d, 4 << 20);
+    sim.run_for(Duration::from_millis(100));
+    let ret = sim.submit(d, "echo", vec![SimArg::Ref(obj)], TaskOpts::default());
+    sim.run_for(Duration::from_secs(2));
+    assert!(sim.results(d).get(&ret).is_some_and(is_value));
+    assert_eq!(sim.runs_on(1), 1, "the task ran on node 1");
+
+    // Node 2 asks node 0 for it, by message and by transfer: both wait for a grant that
+    // never comes, then are refused.
+    sim.forge(2, 0, PeerMsg::Fetch { id: obj });
+    let pull = sim.forge_pull(2, 0, obj);
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(sim.forged_pull(pull), None, "it waits for a grant");
+    sim.run_for(Duration::from_secs(5));
+    assert_eq!(sim.forged_pull(pull), Some(false));
+    assert_eq!(count(&refused(&sim, 0), "read"), 2);
+    // Node 1 pulls a copy to run a long task: it does not give it to node 2 either.
+    let long = sim.submit(d, "sleep:8000", vec![SimArg::Ref(obj)], TaskOpts::default());
+    sim.run_for(Duration::from_secs(1));
+    let pull1 = sim.forge_pull(2, 1, obj);
+    sim.run_for(Duration::from_secs(6));
+    assert_eq!(sim.forged_pull(pull1), Some(false));
+    assert_eq!(count(&refused(&sim, 1), "read"), 1);
+    sim.run_for(Duration::from_secs(2));
+    assert!(sim.results(d).get(&long).is_some_and(is_value));
+
+    // Node 2 cannot grant itself the right, nor release the driver's ref, nor make node 0
+    // run a task that reads it.
+    let me2 = sim.key(2).to_vec();
+    sim.forge(
+        2,
+        0,
+        PeerMsg::Grant {
+            to: me2.clone(),
+            ids: vec![obj],
+        },
+    );
+    sim.forge(2, 0, PeerMsg::Release { ids: vec![obj] });
+    let spec = TaskSpec {
+        task_id: TaskId::new(ClientId(666), 1),
+        function: "echo".into(),
+        binary: shoal_protocol::BinaryId([7; 32]),
+        args: vec![Arg::Ref(obj)],
+        resources: ResourceSet::cpus(0.0),
+        max_retries: 0,
+        owner: ClientId(666),
+        kind: TaskKind::Function,
+        nested: Vec::new(),
+        wait_for_resources: false,
+    };
+    let rt = RemoteTask {
+        spec,
+        hops: 0,
+        target: "sim".into(),
+        locations: vec![],
+    };
+    sim.forge(2, 0, PeerMsg::Submit(Box::new(rt)));
+    sim.run_for(Duration::from_secs(1));
+    let r = refused(&sim, 0);
+    assert_eq!(
+        (count(&r, "grant"), count(&r, "release"), count(&r, "task")),
+        (1, 1, 1),
+        "{r:?}"
+    );
+    // The driver's object is intact: it reads it, and a new task reads it too.
+    sim.get(d, obj);
+    let again = sim.submit(d, "echo", vec![SimArg::Ref(obj)], TaskOpts::default());
+    sim.run_for(Duration::from_secs(2));
+    assert!(sim.results(d).get(&obj).is_some_and(is_value));
+    assert!(sim.results(d).get(&again).is_some_and(is_value));
+
+    // A peer that was given the ref may pass it on: node 1 grants it to node 2, which may
+    // then read it from node 0.
+    sim.forge(
+        1,
+        0,
+        PeerMsg::Grant {
+            to: me2,
+            ids: vec![obj],
+        },
+    );
+    let granted = sim.forge_pull(2, 0, obj);
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(sim.forged_pull(granted), Some(true));
+    assert_clean(sim);
+}

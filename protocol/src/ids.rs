@@ -70,7 +70,8 @@ byte_id!(
     32
 );
 byte_id!(
-    /// A task: the submitting process's [`ClientId`] and a counter, so ids never repeat.
+    /// A task: a tag derived from the submitting process's secret and its counter, then the
+    /// counter ([`TaskId::keyed`]), so ids never repeat and cannot be predicted.
     TaskId,
     16
 );
@@ -130,8 +131,27 @@ impl Digest {
     }
 }
 
+/// A process's secret for the ids of the tasks it submits (random per process, never sent):
+/// with it, nobody else can predict the ids of its tasks, actors and results.
+#[derive(Clone)]
+pub struct TaskKey([u8; 32]);
+
+impl TaskKey {
+    /// A key from 32 random bytes.
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+}
+
+impl fmt::Debug for TaskKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TaskKey(..)")
+    }
+}
+
 impl TaskId {
-    /// Task `seq` of the process `client`.
+    /// Task `seq` of the process `client`: predictable from the two, so for tests and the
+    /// simulator. Programs use [`TaskId::keyed`].
     pub fn new(client: ClientId, seq: u64) -> Self {
         let mut b = [0u8; 16];
         b[..8].copy_from_slice(&client.0.to_le_bytes());
@@ -139,17 +159,24 @@ impl TaskId {
         Self(b)
     }
 
-    /// The process that submitted the task and its number there (tasks of one process
-    /// sort in the order it submitted them).
-    pub fn parts(&self) -> (ClientId, u64) {
-        let mut client = [0u8; 8];
-        client.copy_from_slice(&self.0[..8]);
+    /// Task `seq` of the process whose secret is `key`: the counter, and 64 bits derived
+    /// from it with the key. Knowing a process's client id, or the ids of some of its
+    /// tasks, tells nothing of the ids of its other tasks, hence of their results and
+    /// actors.
+    pub fn keyed(key: &TaskKey, seq: u64) -> Self {
+        let tag = blake3::keyed_hash(&key.0, &seq.to_le_bytes());
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&tag.as_bytes()[..8]);
+        b[8..].copy_from_slice(&seq.to_le_bytes());
+        Self(b)
+    }
+
+    /// The task's number in the process that submitted it (tasks of one process sort in
+    /// the order it submitted them).
+    pub fn seq(&self) -> u64 {
         let mut seq = [0u8; 8];
         seq.copy_from_slice(&self.0[8..]);
-        (
-            ClientId(u64::from_le_bytes(client)),
-            u64::from_le_bytes(seq),
-        )
+        u64::from_le_bytes(seq)
     }
 }
 
@@ -268,12 +295,27 @@ mod tests {
     }
 
     #[test]
-    fn task_ids_sort_by_their_parts_in_submission_order() {
-        // The bytes are little-endian: 256 sorts before 1 by bytes, not by parts.
+    fn task_ids_sort_by_their_numbers_in_submission_order() {
+        // The bytes are little-endian: 256 sorts before 1 by bytes, not by numbers.
         let (a, b) = (TaskId::new(ClientId(3), 1), TaskId::new(ClientId(3), 256));
         assert!(a.0 > b.0);
-        assert!(a.parts() < b.parts());
-        assert_eq!(b.parts(), (ClientId(3), 256));
+        assert!(a.seq() < b.seq());
+        assert_eq!(b.seq(), 256);
+    }
+
+    #[test]
+    fn keyed_task_ids_cannot_be_predicted_without_the_key() {
+        let (k1, k2) = (TaskKey::from_bytes([1; 32]), TaskKey::from_bytes([2; 32]));
+        let a = TaskId::keyed(&k1, 7);
+        assert_eq!(a, TaskId::keyed(&k1, 7));
+        assert_eq!(a.seq(), 7);
+        // Another key, or the next number, gives an unrelated tag (and result id).
+        assert_ne!(a.0[..8], TaskId::keyed(&k2, 7).0[..8]);
+        let next = TaskId::keyed(&k1, 8);
+        assert_ne!(a.0[..8], next.0[..8]);
+        assert_ne!(ObjectId::for_return(a, 0), ObjectId::for_return(next, 0));
+        // Nothing of the key shows in its debug form.
+        assert_eq!(format!("{k1:?}"), "TaskKey(..)");
     }
 
     #[test]

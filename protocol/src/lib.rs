@@ -35,7 +35,7 @@ pub mod messages;
 
 pub use codec::{DecodeError, EncodeError};
 pub use frame::FrameError;
-pub use ids::{ActorId, BinaryId, ClientId, Digest, IdMap, NodeId, ObjectId, TaskId};
+pub use ids::{ActorId, BinaryId, ClientId, Digest, IdMap, NodeId, ObjectId, TaskId, TaskKey};
 pub use mesh::PeerKey;
 pub use messages::*;
 

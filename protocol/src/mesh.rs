@@ -294,6 +294,15 @@ pub enum PeerMsg {
         /// The name.
         name: String,
     },
+    /// The sender gave refs of these objects to peer `to` (in a task or a value it sent
+    /// there, naming the receiver as a holder): let `to` read them here. Taken only from a
+    /// peer that may read them itself.
+    Grant {
+        /// The peer given the refs (id as bytes).
+        to: Vec<u8>,
+        /// The objects.
+        ids: Vec<ObjectId>,
+    },
     /// Answer to [`PeerMsg::LookupActor`].
     ActorFound {
         /// Request number.

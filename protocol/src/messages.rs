@@ -404,6 +404,13 @@ pub enum TaskError {
         /// The most it used, in bytes, as far as the node could tell.
         used: u64,
     },
+    /// The peer that holds the object refused to give it: the asking node was never given
+    /// its ref (by its owner, or by a node that holds it).
+    #[error("object {id} may not be read from here")]
+    NotAllowed {
+        /// The object.
+        id: ObjectId,
+    },
 }
 
 /// An actor to host, handed to the worker dedicated to it.
@@ -584,6 +591,8 @@ pub struct NodeStatus {
     pub actors: Vec<ActorStatus>,
     /// The mesh as this node sees it, when it is a peer of one.
     pub mesh: Option<MeshStatus>,
+    /// Requests from peers refused since start (they may not make them), by kind.
+    pub refused: Vec<(String, u64)>,
 }
 
 /// The mesh as one node sees it.

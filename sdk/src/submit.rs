@@ -61,7 +61,7 @@ impl IntoArg<String> for &str {
 /// Submits a call of `name` and returns the reference to its result.
 pub fn submit<R>(name: &'static str, options: &TaskOptions, args: Vec<ArgBuf>) -> ObjectRef<R> {
     let ctx = runtime::get();
-    let task_id = TaskId::new(ctx.client, ctx.next_task_seq());
+    let task_id = ctx.next_task_id();
     submit_spec(
         ctx,
         task_id,
@@ -76,7 +76,7 @@ pub fn submit<R>(name: &'static str, options: &TaskOptions, args: Vec<ArgBuf>) -
 /// retried (as Ray's default `max_task_retries`).
 pub fn call_actor<R>(actor: &RawActor, method: &'static str, args: Vec<ArgBuf>) -> ObjectRef<R> {
     let ctx = runtime::get();
-    let task_id = TaskId::new(ctx.client, ctx.next_task_seq());
+    let task_id = ctx.next_task_id();
     submit_spec(
         ctx,
         task_id,
@@ -122,7 +122,7 @@ fn submit_create<A: Actor>(
     options: &ActorOptions,
     args: Vec<ArgBuf>,
 ) -> (ActorHandle<A>, ObjectRef<ActorId>) {
-    let task_id = TaskId::new(ctx.client, ctx.next_task_seq());
+    let task_id = ctx.next_task_id();
     let actor_id = ActorId(task_id.0);
     let create = ActorCreate {
         actor_id,

@@ -1421,6 +1421,12 @@ impl NodeCore {
             objects,
             actors: self.actors.status(),
             mesh: None,
+            refused: self
+                .rights
+                .refused()
+                .into_iter()
+                .map(|(k, n)| (k.name().to_string(), n))
+                .collect(),
         }
     }
 

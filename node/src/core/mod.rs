@@ -63,6 +63,7 @@ mod harness;
 mod local;
 mod objects;
 mod peers;
+pub mod rights;
 pub mod sched;
 mod spill;
 mod store;
@@ -71,6 +72,7 @@ mod tasks;
 use actors::directory::Directory;
 use actors::ActorTable;
 use objects::ObjectTable;
+use rights::Rights;
 use sched::{Scheduler, WorkerId};
 use spill::Spill;
 use store::CoreStore;
@@ -174,10 +176,13 @@ pub enum Input {
     /// A store op of [`Output::Store`] that had a number ended.
     Store(StoreDone),
     /// A peer asks for an object's bytes; answered by [`Output::Serve`] with the same
-    /// request number, at once or once the object is back in memory.
+    /// request number, at once or once the object is back in memory (or the peer's right
+    /// to read it arrived), or with nothing.
     Serve {
         /// The shell's number for the request.
         request: u64,
+        /// The peer asking.
+        peer: PeerKey,
         /// The object.
         id: ObjectId,
     },
@@ -480,6 +485,8 @@ pub struct NodeCore {
     actors: ActorTable,
     directory: Directory,
     spill: Spill,
+    /// Requests of peers waiting for the right to be made, and refusals.
+    rights: Rights,
     last_load: Option<Load>,
     stopping: bool,
     out: VecDeque<Output>,
@@ -543,6 +550,7 @@ impl NodeCore {
             actors: ActorTable::new(),
             directory: Directory::default(),
             spill,
+            rights: Rights::default(),
             last_load: None,
             stopping: false,
             out: VecDeque::new(),
@@ -583,7 +591,7 @@ impl NodeCore {
             Input::PeerLost { peer } => self.peer_lost(now, peer),
             Input::Job(done) => self.job_done(now, done),
             Input::Store(done) => self.store_done(now, done),
-            Input::Serve { request, id } => self.serve(request, id),
+            Input::Serve { request, peer, id } => self.serve_peer(now, request, peer, id),
         }
         self.after(now);
     }
@@ -598,6 +606,9 @@ impl NodeCore {
             self.spill.next_pass = None;
             self.spill_pass(now);
         }
+        if self.rights.deadline().is_some_and(|t| t <= now) {
+            self.rights_expired(now);
+        }
         self.after(now);
     }
 
@@ -611,7 +622,10 @@ impl NodeCore {
         if self.stopping {
             return None;
         }
-        self.spill.next_pass
+        match (self.spill.next_pass, self.rights.deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Runs the scheduler's decisions, then tells peers the load if it changed, and sets
@@ -638,6 +652,9 @@ impl NodeCore {
             return;
         }
         self.fail_all_waiters();
+        for request in self.rights.drain(None) {
+            self.refuse_waiting(request);
+        }
         for worker in self.worker_conns.keys().copied().collect::<Vec<_>>() {
             self.out.push_back(Output::KillWorker { worker });
         }
@@ -707,7 +724,9 @@ impl NodeCore {
         self.out.push_back(Output::ToProc { conn, msg });
     }
 
+    /// Every message to a peer goes here: the refs it carries become the peer's rights.
     fn tell_peer(&mut self, peer: PeerKey, msg: PeerMsg) {
+        self.confer_rights(peer, &msg);
         self.out.push_back(Output::ToPeer { peer, msg });
     }
 }

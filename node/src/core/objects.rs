@@ -22,6 +22,12 @@
 //! `push_to` (the party owed the value without asking: the owner of the task that makes it)
 //! and `dependents` (tasks waiting for it) do not keep an entry alive by themselves: the owner
 //! is always a holder too, and every dependent pins it.
+//!
+//! # Rights
+//!
+//! A peer reads an object here only if it may ([`ObjEntry::readable_by`]): the core adds a
+//! peer to `readers` when it sends the peer the object's ref, and when a peer that may read
+//! it grants it to another (`PeerMsg::Grant`).
 
 use shoal_protocol::{ClientId, IdMap, ObjectId, ObjectValue, PeerKey, SharedObject, TaskId};
 
@@ -50,6 +56,9 @@ pub(crate) struct ObjEntry {
     pub(crate) provided: bool,
     /// Copies held by other peers.
     pub(crate) remote: Option<Box<RemoteCopy>>,
+    /// Peers given its ref (by this node, or by a peer that may read it): they may read it
+    /// here. See [`ObjectTable::may_read`].
+    pub(crate) readers: Vec<PeerKey>,
 }
 
 /// Copies of an object held by peers.
@@ -76,6 +85,20 @@ impl ObjEntry {
     /// Whether its value exists at a peer (a large result left where it was made).
     pub(crate) fn ready_remotely(&self) -> bool {
         self.remote.as_ref().is_some_and(|r| r.ready)
+    }
+
+    /// Whether `peer` may read it here: a peer given its ref (`readers`), one holding a ref
+    /// through this node or owed its value (its task's owner), or one this node knows holds
+    /// a copy (it had it first).
+    pub(crate) fn readable_by(&self, peer: PeerKey) -> bool {
+        let party = Party::Peer(peer);
+        self.readers.contains(&peer)
+            || self.push_to == Some(party)
+            || self.holders.contains(&party)
+            || self
+                .remote
+                .as_ref()
+                .is_some_and(|r| r.holders.contains(&peer))
     }
 
     /// Whether anything still references it.
@@ -116,6 +139,11 @@ impl ObjectTable {
         self.map.len()
     }
 
+    /// Whether `peer` may read `id` here (false when it is not here).
+    pub(crate) fn may_read(&self, id: &ObjectId, peer: PeerKey) -> bool {
+        self.map.get(id).is_some_and(|e| e.readable_by(peer))
+    }
+
     /// The remote side of `id`, if it has one.
     pub(crate) fn remote_mut(&mut self, id: &ObjectId) -> Option<&mut RemoteCopy> {
         self.map.get_mut(id).and_then(|e| e.remote.as_deref_mut())
@@ -130,16 +158,22 @@ impl ObjectTable {
         }
     }
 
-    /// `party` drops one ref to `id`. The caller then [`collect`](Self::collect)s it.
-    pub(crate) fn release(&mut self, party: Party, id: &ObjectId) {
-        if let Some(e) = self.map.get_mut(id) {
-            if let Some(pos) = e.holders.iter().position(|h| *h == party) {
-                e.holders.swap_remove(pos);
-            }
-            if e.push_to == Some(party) {
-                e.push_to = None;
-            }
+    /// `party` drops one ref to `id`. The caller then [`collect`](Self::collect)s it. Says
+    /// whether `party` held one (or was owed the value): a release of nothing changes nothing.
+    pub(crate) fn release(&mut self, party: Party, id: &ObjectId) -> bool {
+        let Some(e) = self.map.get_mut(id) else {
+            return false;
+        };
+        let mut held = false;
+        if let Some(pos) = e.holders.iter().position(|h| *h == party) {
+            e.holders.swap_remove(pos);
+            held = true;
         }
+        if e.push_to == Some(party) {
+            e.push_to = None;
+            held = true;
+        }
+        held
     }
 
     /// `party` is gone: every ref it held and every wait it had end. Returns the objects

@@ -17,6 +17,7 @@ use shoal_protocol::{
 };
 
 use super::actors::directory::Route;
+use super::rights::{Refused, Request};
 use super::sched::placement::{self, Demand, Placement};
 use super::spill::MAX_HOPS;
 use super::store::{After, Resume};
@@ -119,8 +120,22 @@ impl NodeCore {
                 }
             }
             PeerMsg::Object { id, value } => self.remote_object(now, peer, id, value),
-            PeerMsg::Fetch { id } => self.fetch_requested(now, peer, id),
-            PeerMsg::Release { ids } => self.release(party, ids),
+            PeerMsg::Fetch { id } => {
+                if self.check_read(now, peer, Request::Fetch(id)) {
+                    self.fetch_requested(now, peer, id);
+                }
+            }
+            PeerMsg::Grant { to, ids } => self.granted(now, peer, to, ids),
+            PeerMsg::Release { ids } => {
+                for id in ids {
+                    if self.objects.release(party, &id) {
+                        self.maybe_free(id);
+                    } else if self.objects.contains(&id) {
+                        // Not held by it: nothing changes (a peer releases only its own refs).
+                        self.rights.refuse(now, peer, Refused::Release, id);
+                    }
+                }
+            }
             PeerMsg::Kill {
                 actor,
                 no_restart,
@@ -512,6 +527,147 @@ impl NodeCore {
             return;
         }
         self.object_ready(now, id, value);
+    }
+
+    // ---- rights ----
+
+    /// The refs `msg` carries become `peer`'s rights to read them here; peers this node
+    /// names as holders of them are told too (`PeerMsg::Grant`), before the message goes.
+    pub(super) fn confer_rights(&mut self, peer: PeerKey, msg: &PeerMsg) {
+        let mut ids: Vec<ObjectId> = Vec::new();
+        match msg {
+            PeerMsg::Submit(rt) => {
+                ids.extend(rt.spec.args.iter().filter_map(|a| match a {
+                    Arg::Ref(id) => Some(*id),
+                    Arg::Value(_) => None,
+                }));
+                ids.extend(rt.spec.nested.iter().copied());
+            }
+            PeerMsg::Object { id, value } if !matches!(value, RemoteValue::Error(_)) => {
+                ids.push(*id);
+                if let Some(e) = self.objects.get(id) {
+                    // The refs inside its value go with it.
+                    ids.extend(e.nested.iter().copied());
+                }
+            }
+            _ => return,
+        }
+        let mut grants: Vec<(PeerKey, Vec<ObjectId>)> = Vec::new();
+        for id in ids {
+            let Some(e) = self.objects.get_mut(&id) else {
+                continue;
+            };
+            if !e.readable_by(peer) {
+                e.readers.push(peer);
+            }
+            let Some(r) = e.remote.as_ref() else {
+                continue;
+            };
+            for holder in r
+                .holders
+                .iter()
+                .filter(|h| **h != peer && Some(**h) != self.me)
+            {
+                match grants.iter_mut().find(|(h, _)| h == holder) {
+                    Some((_, v)) => v.push(id),
+                    None => grants.push((*holder, vec![id])),
+                }
+            }
+        }
+        for (holder, ids) in grants {
+            let to = peer.to_vec();
+            self.out.push_back(Output::ToPeer {
+                peer: holder,
+                msg: PeerMsg::Grant { to, ids },
+            });
+        }
+    }
+
+    /// Peer `from` gave refs of `ids` to peer `to`: `to` may read those `from` may read.
+    fn granted(&mut self, now: Instant, from: PeerKey, to: Vec<u8>, ids: Vec<ObjectId>) {
+        let Some(to) = PeerKey::from_bytes(&to) else {
+            tracing::warn!(peer = %from, "a grant to a malformed peer id; ignored");
+            return;
+        };
+        for id in ids {
+            let Some(e) = self.objects.get_mut(&id) else {
+                // Not here (any more): nothing to read.
+                continue;
+            };
+            if !e.readable_by(from) {
+                self.rights.refuse(now, from, Refused::Grant, id);
+                continue;
+            }
+            if !e.readable_by(to) {
+                e.readers.push(to);
+            }
+        }
+        let objects = &self.objects;
+        let go = self.rights.allowed(to, |id| objects.may_read(id, to));
+        for request in go {
+            self.allowed(now, to, request);
+        }
+    }
+
+    /// Whether `peer` may make `request` now. If not, the request waits for a grant (see
+    /// [`super::rights`]) or is refused; an object that is not here is answered as usual
+    /// (not found: nothing to protect).
+    fn check_read(&mut self, now: Instant, peer: PeerKey, request: Request) -> bool {
+        let id = request.object();
+        if !self.objects.contains(&id) || self.objects.may_read(&id, peer) {
+            return true;
+        }
+        if !self.rights.wait(now, peer, request) {
+            self.rights.refuse(now, peer, Refused::Read, id);
+            self.refuse_request(peer, request);
+        }
+        false
+    }
+
+    /// A waiting request whose right arrived.
+    fn allowed(&mut self, now: Instant, peer: PeerKey, request: Request) {
+        match request {
+            Request::Fetch(id) => self.fetch_requested(now, peer, id),
+            Request::Serve(n, id) => self.serve(n, id),
+        }
+    }
+
+    /// Requests whose wait for a grant ended: refused.
+    pub(super) fn rights_expired(&mut self, now: Instant) {
+        for (peer, request) in self.rights.expired(now) {
+            self.rights
+                .refuse(now, peer, Refused::Read, request.object());
+            self.refuse_request(peer, request);
+        }
+    }
+
+    /// Answers a refused request: the peer learns it may not read the object.
+    fn refuse_request(&mut self, peer: PeerKey, request: Request) {
+        match request {
+            Request::Fetch(id) => {
+                let value = RemoteValue::Error(TaskError::NotAllowed { id });
+                self.tell_peer(peer, PeerMsg::Object { id, value });
+            }
+            Request::Serve(..) => self.refuse_waiting(request),
+        }
+    }
+
+    /// Ends a waiting request with nothing (its peer is gone, or the node stops; a transfer
+    /// must be answered for the shell to let its stream go).
+    pub(super) fn refuse_waiting(&mut self, request: Request) {
+        if let Request::Serve(request, _) = request {
+            self.out.push_back(Output::Serve {
+                request,
+                object: None,
+            });
+        }
+    }
+
+    /// A peer asks for the bytes of object `id` ([`super::Input::Serve`]).
+    pub(super) fn serve_peer(&mut self, now: Instant, request: u64, peer: PeerKey, id: ObjectId) {
+        if self.check_read(now, peer, Request::Serve(request, id)) {
+            self.serve(request, id);
+        }
     }
 
     /// A peer asks for the bytes of object `id`: answered with the object pinned in memory
@@ -914,6 +1070,26 @@ impl NodeCore {
             return;
         }
         let task = rt.spec.task_id;
+        // A task reads its arguments: those held here only if its sender may read them.
+        let forbidden = rt.spec.args.iter().filter_map(|a| match a {
+            Arg::Ref(id) => Some(id),
+            Arg::Value(_) => None,
+        });
+        let forbidden = forbidden
+            .chain(rt.spec.nested.iter())
+            .find(|id| self.objects.contains(id) && !self.objects.may_read(id, from))
+            .copied();
+        if let Some(id) = forbidden {
+            self.rights.refuse(now, from, Refused::Task, id);
+            if let TaskKind::ActorMethod { .. } = rt.spec.kind {
+                let value = RemoteValue::Error(TaskError::NotAllowed { id });
+                let ret = rt.spec.return_id();
+                self.tell_peer(from, PeerMsg::Object { id: ret, value });
+            } else {
+                self.refuse(from, task, format!("it may not read argument {id} here"));
+            }
+            return;
+        }
         if let TaskKind::ActorMethod { actor } = rt.spec.kind {
             // Its actor may be waiting for its binary: the call waits behind it.
             let creating = self.spill.awaiting_binary.values_mut().find(|w| {
@@ -1432,6 +1608,9 @@ impl NodeCore {
         }
         // Loss is mutual: the peer must not keep waiting for this node either.
         self.out.push_back(Output::Disconnect { peer });
+        for request in self.rights.drain(Some(peer)) {
+            self.refuse_waiting(request);
+        }
         self.spill.peers.remove(&peer);
         let lost = self.spill.take_spilled_to(peer);
         self.directory.peer_lost(peer);

@@ -124,6 +124,12 @@ impl std::fmt::Debug for Served {
 pub trait ObjectSource: Send + Sync + 'static {
     /// The file of `id`, pinned until the returned guard is dropped; `None` if not held.
     fn open(&self, id: ObjectId) -> BoxFuture<'static, Option<Served>>;
+
+    /// The file of `id` for `peer`: `None` too if `peer` may not read it. By default, as
+    /// [`open`](Self::open) (a source that keeps no rights).
+    fn open_for(&self, _peer: PeerId, id: ObjectId) -> BoxFuture<'static, Option<Served>> {
+        self.open(id)
+    }
 }
 
 /// Why serving or pulling an object failed.
@@ -281,7 +287,7 @@ pub(crate) async fn server(
                     let req = read_request(&mut stream).await?;
                     let permit = tokio::time::timeout(QUEUED, serving.acquire_owned()).await;
                     match permit.ok().and_then(Result::ok) {
-                        Some(_permit) => serve_request(stream, req, &*source).await,
+                        Some(_permit) => serve_request(stream, req, &*source, Some(peer)).await,
                         None => {
                             write_header(&mut stream, &ObjectResponse::Refused).await?;
                             close(&mut stream).await?;
@@ -362,20 +368,23 @@ pub async fn serve(
     source: &dyn ObjectSource,
 ) -> Result<u64, ObjectError> {
     let req = read_request(&mut stream).await?;
-    serve_request(stream, req, source).await
+    serve_request(stream, req, source, None).await
 }
 
+/// Serves one request, for `peer` when the stream's remote end is known.
 async fn serve_request(
     mut stream: libp2p::Stream,
     req: ObjectRequest,
     source: &dyn ObjectSource,
+    peer: Option<PeerId>,
 ) -> Result<u64, ObjectError> {
     tracing::Span::current().record("object", tracing::field::display(req.id));
+    let opening = match peer {
+        Some(peer) => source.open_for(peer, req.id),
+        None => source.open(req.id),
+    };
     // A source that does not answer counts as not holding it.
-    let served = tokio::time::timeout(STALL, source.open(req.id))
-        .await
-        .ok()
-        .flatten();
+    let served = tokio::time::timeout(STALL, opening).await.ok().flatten();
     let opened = served.and_then(|s| match open_locked(&s.path, s.size) {
         Ok(file) => Some((s, file)),
         Err(e) => {

@@ -223,11 +223,11 @@ impl Shell {
                 }
             }
             #[cfg(feature = "mesh")]
-            Event::Serve { id, reply } => {
+            Event::Serve { peer, id, reply } => {
                 let request = self.next_serve;
                 self.next_serve += 1;
                 self.serving.insert(request, reply);
-                self.input(Input::Serve { request, id });
+                self.input(Input::Serve { request, peer, id });
             }
             #[cfg(feature = "mesh")]
             Event::Served { id } => self.core.object_served(id),

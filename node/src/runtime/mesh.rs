@@ -330,14 +330,34 @@ struct CoreObjects {
 }
 
 impl crate::net::objects::ObjectSource for CoreObjects {
+    /// Without a peer nothing is served: every request names who asks.
     fn open(
         &self,
         id: ObjectId,
     ) -> futures::future::BoxFuture<'static, Option<crate::net::objects::Served>> {
+        tracing::warn!(object = %id, "an object request from no known peer; refused");
+        Box::pin(async { None })
+    }
+
+    fn open_for(
+        &self,
+        peer: PeerId,
+        id: ObjectId,
+    ) -> futures::future::BoxFuture<'static, Option<crate::net::objects::Served>> {
         let events = self.events.clone();
+        let peer = key(&peer);
         Box::pin(async move {
+            let peer = peer?;
             let (tx, rx) = oneshot::channel();
-            events.send(Event::Serve { id, reply: tx }).await.ok()?;
+            let event = Event::Serve {
+                peer,
+                id,
+                reply: tx,
+            };
+            if events.send(event).await.is_err() {
+                tracing::debug!(object = %id, "the node stopped; the object is not served");
+                return None;
+            }
             rx.await.ok().flatten()
         })
     }

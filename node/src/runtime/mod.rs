@@ -58,6 +58,8 @@ pub enum Event {
     /// A peer asks for an object's bytes.
     #[cfg(feature = "mesh")]
     Serve {
+        /// The peer asking.
+        peer: shoal_protocol::PeerKey,
         /// The object.
         id: shoal_protocol::ObjectId,
         /// Its file, pinned until the guard inside drops.

@@ -325,6 +325,11 @@ pub struct Sim {
     /// Object requests of pulls, by request number.
     pulls: HashMap<u64, Pull>,
     next_request: u64,
+    /// Transfers a test forged ([`Sim::forge_pull`]), by request number: whether the
+    /// holder served the bytes, once it answered.
+    forged_pulls: HashMap<u64, Option<bool>>,
+    /// Whether a test forged messages (then refusals are expected).
+    forged: bool,
 }
 
 /// A pull under way: `to` asked `from` for object `id`.
@@ -384,6 +389,8 @@ impl Sim {
             inputs: 0,
             pulls: HashMap::new(),
             next_request: 1,
+            forged_pulls: HashMap::new(),
+            forged: false,
             config,
         };
         for i in 0..sim.config.nodes {
@@ -721,6 +728,13 @@ impl Sim {
 
     /// Node `i` answers object request `request` of a pull.
     fn served(&mut self, i: usize, request: u64, object: Option<ServedObject>) {
+        if let Some(answer) = self.forged_pulls.get_mut(&request) {
+            *answer = Some(object.is_some());
+            if let (Some(o), Some(core)) = (&object, self.nodes[i].core.as_mut()) {
+                core.object_served(o.id);
+            }
+            return;
+        }
         let current = self
             .pulls
             .get(&request)
@@ -779,11 +793,12 @@ impl Sim {
             None => return,
         };
         let at = self.now + self.latency();
+        let peer = self.nodes[to].key;
         self.schedule(
             at,
             Event::Input {
                 node: from,
-                input: Input::Serve { request, id },
+                input: Input::Serve { request, peer, id },
             },
         );
     }
@@ -1874,6 +1889,64 @@ impl Sim {
         }
     }
 
+    /// Delivers `msg` to node `to` as if node `from` sent it, whatever `from`'s core would
+    /// say: what an admitted peer that misbehaves can do.
+    pub fn forge(&mut self, from: usize, to: usize, msg: PeerMsg) {
+        self.forged = true;
+        let peer = self.nodes[from].key;
+        let at = self.now + self.latency();
+        let input = Input::FromPeer {
+            peer,
+            msgs: vec![msg],
+        };
+        self.schedule(at, Event::Input { node: to, input });
+    }
+
+    /// Node `from` asks node `to` for the bytes of object `id` on its own (no pull of its
+    /// core asked for them). Returns the request, for [`Sim::forged_pull`].
+    pub fn forge_pull(&mut self, from: usize, to: usize, id: ObjectId) -> u64 {
+        self.forged = true;
+        let request = self.next_request;
+        self.next_request += 1;
+        self.forged_pulls.insert(request, None);
+        let peer = self.nodes[from].key;
+        let at = self.now + self.latency();
+        let input = Input::Serve { request, peer, id };
+        self.schedule(at, Event::Input { node: to, input });
+        request
+    }
+
+    /// How the holder answered a forged pull: `None` while it has not, then whether it
+    /// served the bytes.
+    pub fn forged_pull(&self, request: u64) -> Option<bool> {
+        self.forged_pulls.get(&request).copied().flatten()
+    }
+
+    /// Node `i`'s peer id.
+    pub fn key(&self, i: usize) -> PeerKey {
+        self.nodes[i].key
+    }
+
+    /// Checks that no node refused a request of another (every simulated peer is honest:
+    /// the rights a peer needs reach the node before, or soon after, its request). Skipped
+    /// once a test forged messages.
+    pub fn check_no_refusals(&mut self) {
+        if self.forged {
+            return;
+        }
+        let mut refused = Vec::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            let Some(core) = &n.core else { continue };
+            let r = core.status(self.now).refused;
+            if !r.is_empty() {
+                refused.push(format!("node {i} refused requests of honest peers: {r:?}"));
+            }
+        }
+        for what in refused {
+            self.violation(what);
+        }
+    }
+
     /// Every rule, at the end of a run: all drivers exit, the mesh settles, and nothing is
     /// left anywhere.
     pub fn finish(&mut self, settle: Duration) -> Vec<Violation> {
@@ -1893,6 +1966,7 @@ impl Sim {
         }
         self.run_for(settle);
         self.check_empty();
+        self.check_no_refusals();
         self.violations.clone()
     }
 }

@@ -158,6 +158,7 @@ pub(super) fn connect(
         embedded,
         node: Mutex::new(node),
         task_seq: AtomicU64::new(1),
+        task_key: shoal_protocol::TaskKey::from_bytes(shoal_node::secret_bytes()),
         request_seq: AtomicU64::new(1),
         outbox: Outbox::default(),
         cells: Cells::default(),

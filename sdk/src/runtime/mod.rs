@@ -76,6 +76,8 @@ pub(crate) struct Context {
     /// The embedded node, until the shutdown takes it to stop it.
     node: Mutex<Option<NodeHandle>>,
     task_seq: AtomicU64,
+    /// The secret of this process's task ids.
+    task_key: shoal_protocol::TaskKey,
     request_seq: AtomicU64,
     outbox: Outbox,
     cells: Cells,
@@ -213,8 +215,10 @@ impl Context {
         &self.store_dir
     }
 
-    pub(crate) fn next_task_seq(&self) -> u64 {
-        self.task_seq.fetch_add(1, Ordering::Relaxed)
+    /// The id of the next task this process submits (unpredictable to others).
+    pub(crate) fn next_task_id(&self) -> shoal_protocol::TaskId {
+        let seq = self.task_seq.fetch_add(1, Ordering::Relaxed);
+        shoal_protocol::TaskId::keyed(&self.task_key, seq)
     }
 
     /// Why SDK calls fail, once the connection is closed: `None` while it is up.

@@ -151,7 +151,7 @@ impl Directory {
     /// join the wait after later ones).
     pub(crate) fn take_pending(&mut self, actor: &ActorId) -> Vec<TaskId> {
         let mut calls = self.pending.remove(actor).unwrap_or_default();
-        calls.sort_by_key(|t| t.parts());
+        calls.sort_by_key(|t| t.seq());
         calls
     }
 

@@ -521,9 +521,13 @@ fn run_node(args: NodeArgs) -> Result<()> {
         net.mdns = !args.no_mdns;
         net.code_shipping = !args.no_code_shipping;
         net.code_policy.trusted = args.trust_publisher.clone();
-        let own = keyfile::default_public().context("this user's default publisher key")?;
-        if let Some(own) = own.filter(|k| !net.code_policy.trusted.contains(k)) {
-            net.code_policy.trusted.push(own);
+        match keyfile::default_public() {
+            Ok(Some(own)) if !net.code_policy.trusted.contains(&own) => {
+                net.code_policy.trusted.push(own)
+            }
+            Ok(_) => {}
+            // (A service without a home, say: only --trust-publisher keys then.)
+            Err(e) => tracing::warn!(error = %e, "not trusting this user's default publisher key"),
         }
         tracing::info!(publishers = ?net.code_policy.trusted.iter().map(auth::hex).collect::<Vec<_>>(), "code from peers runs when signed by these publishers");
         if !(args.failure_timeout > 0.0 && args.failure_timeout.is_finite()) {

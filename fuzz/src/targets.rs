@@ -58,8 +58,12 @@ pub fn all() -> Vec<Target> {
         Target::new("code_request", "CodeRequest, read by a code server from a peer's stream", stream_header::<code::CodeRequest, { code::MAX_HEADER }>)
             .generator(framed_one::<code::CodeRequest>)
             .seeds(|| vec![frames(&[code::CodeRequest { binary: BinaryId([7; 32]) }])]),
-        Target::new("code_response", "CodeResponse, read by a fetcher from a holder's stream", stream_header::<code::CodeResponse, { code::MAX_HEADER }>)
-            .generator(framed_one::<code::CodeResponse>),
+        Target::new("code_response", "CodeResponse, read by a fetcher from a holder's stream, and the manifest it carries checked as the fetcher does", code_response)
+            .generator(framed_one::<code::CodeResponse>)
+            .seeds(|| vec![
+                frames(&[code::CodeResponse::Found { size: 1 << 20, manifest: Some(manifest().encode()) }]),
+                frames(&[code::CodeResponse::NotAllowed]),
+            ]),
         Target::message::<ActorLocation>("actor_location", "ActorLocation, a DHT record any peer may store", 4096),
         Target::message::<ActorId>("actor_name", "a named actor's DHT record (an ActorId)", 64),
         Target::new("admit_hello", "an admission hello, the first message of any connection (before admission)", admit_hello)
@@ -103,6 +107,7 @@ fn hello() -> ToNode {
         binary: Some(shoal_protocol::BinaryInfo {
             id: BinaryId([3; 32]),
             path: "/usr/local/bin/driver".into(),
+            manifest: Some(manifest().encode()),
         }),
     })
 }
@@ -448,6 +453,28 @@ fn check_manifest(m: &Manifest) {
         trusted: vec![publisher().public()],
     };
     std::hint::black_box(policy.check(&m.binary, &m.target, Some(m)).is_ok());
+}
+
+/// A code response as a fetcher reads it: the header, then (found) its manifest checked
+/// against the policy for the binary asked for, before any byte of the binary.
+fn code_response(input: &[u8]) -> Verdict {
+    let verdict = stream_header::<code::CodeResponse, { code::MAX_HEADER }>(input);
+    let read = block_on(framed::read_one::<_, code::CodeResponse>(
+        &mut Pieces::new(input),
+        code::MAX_HEADER,
+    ));
+    if let Ok(code::CodeResponse::Found { manifest, .. }) = read {
+        let policy = CodePolicy {
+            trusted: vec![publisher().public()],
+        };
+        let check = code::Check {
+            policy: &policy,
+            target: "x86_64-unknown-linux-gnu",
+        };
+        let verdict = check.manifest(&BinaryId([3; 32]), manifest.as_deref());
+        return Verdict::of(&verdict);
+    }
+    verdict
 }
 
 fn check_credential(cred: &Credential) {

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! shoal node [--join TOKEN] [--socket PATH] [--socket-group GROUP] [--cpus N] [--resource NAME=N]...
+//!            [--trust-publisher KEY]...
 //!            [--store-bytes N] [--max-clients-per-uid N] [--worker-user USER] [--allow-root-workers]
 //!            [--worker-memory BYTES] [--no-worker-cgroups] [--memory-threshold SHARE]
 //! shoal mesh init --mesh NAME [--out FILE]
@@ -12,6 +13,9 @@
 //! shoal mesh renew TOKEN [--data-dir DIR]
 //! shoal mesh swarm-key --out FILE
 //! shoal mesh id [--data-dir DIR]
+//! shoal publisher init [--key FILE]
+//! shoal publisher show [--key FILE]
+//! shoal sign BINARY [--key FILE] [--target TRIPLE]
 //! shoal status [--json] [--socket PATH]
 //! shoal objects [--json] [--socket PATH]
 //! shoal peers [--json] [--socket PATH]
@@ -24,6 +28,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use shoal_node::auth::{self, keyfile};
 use shoal_node::config::{default_socket_path, NodeConfig};
 use shoal_protocol::{
     frame, ClientId, Hello, NodeStatus, ObjectInfo, ResourceSet, Role, ToClient, ToNode, MAGIC,
@@ -48,6 +53,22 @@ enum Command {
     /// Make a mesh and manage who belongs to it.
     #[command(subcommand)]
     Mesh(MeshCommand),
+    /// Make or show a publisher key: it signs programs so that peers run them.
+    #[command(subcommand)]
+    Publisher(PublisherCommand),
+    /// Sign a binary: writes BINARY.shoal-manifest, which a program started from that
+    /// binary ships with it (instead of signing with its own key).
+    Sign {
+        /// The binary (an executable built with the Shoal SDK).
+        binary: PathBuf,
+        /// The publisher key file [default: $XDG_CONFIG_HOME/shoal/publisher.key, else
+        /// ~/.config/shoal/publisher.key].
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// The target triple it was built for [default: this machine's].
+        #[arg(long)]
+        target: Option<String>,
+    },
     /// Show a node's id, resources, workers, tasks, objects and actors.
     Status {
         /// Print one JSON object instead of text.
@@ -166,6 +187,24 @@ enum MeshCommand {
     },
 }
 
+#[derive(Subcommand, Debug)]
+enum PublisherCommand {
+    /// Make a publisher key (file mode 0600) and print its public key, which nodes trust
+    /// with `shoal node --trust-publisher KEY`. An existing key is kept and shown.
+    Init {
+        /// The key file [default: $XDG_CONFIG_HOME/shoal/publisher.key, else
+        /// ~/.config/shoal/publisher.key: the key programs sign with by default].
+        #[arg(long)]
+        key: Option<PathBuf>,
+    },
+    /// Print a publisher key's public key.
+    Show {
+        /// The key file [default: as `init`].
+        #[arg(long)]
+        key: Option<PathBuf>,
+    },
+}
+
 #[derive(clap::Args, Debug)]
 struct NodeArgs {
     /// Join a mesh with this token (from `shoal mesh invite`); it is kept in the data
@@ -224,6 +263,13 @@ struct NodeArgs {
     /// Never serve this machine's binaries to peers, nor take theirs.
     #[arg(long)]
     no_code_shipping: bool,
+    /// Run code shipped by peers when it is signed by this publisher: its public key, 64
+    /// hex digits, as `shoal publisher init` or `show` prints it (repeatable). The public
+    /// key of this user's default publisher key ($XDG_CONFIG_HOME/shoal/publisher.key, else
+    /// ~/.config/shoal/publisher.key), if that file exists, is trusted too: a user signs
+    /// their own programs with it. Unsigned code from peers never runs.
+    #[arg(long = "trust-publisher", value_name = "KEY", value_parser = parse_publisher)]
+    trust_publisher: Vec<shoal_node::auth::KeyBytes>,
     /// Values above this many bytes go through the shared-memory store.
     #[arg(long, env = "SHOAL_INLINE_THRESHOLD")]
     inline_threshold: Option<u64>,
@@ -276,6 +322,10 @@ fn parse_bytes(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("size {s:?} is too large"))
 }
 
+fn parse_publisher(s: &str) -> Result<shoal_node::auth::KeyBytes, String> {
+    shoal_node::auth::parse_hex_key(s).map_err(|e| format!("a publisher key: {e}"))
+}
+
 fn parse_resource(s: &str) -> Result<(String, f64), String> {
     let (name, amount) = s
         .split_once('=')
@@ -291,6 +341,12 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Node(args) => run_node(*args),
         Command::Mesh(cmd) => mesh_command(cmd),
+        Command::Publisher(cmd) => publisher_command(cmd),
+        Command::Sign {
+            binary,
+            key,
+            target,
+        } => sign(&binary, key, target),
         Command::Status { json, socket } => {
             let socket = socket.unwrap_or_else(default_socket_path);
             let ToClient::Status { status, .. } = ask(&socket, ToNode::Status { request: 1 })?
@@ -478,6 +534,16 @@ fn run_node(args: NodeArgs) -> Result<()> {
             .collect::<Result<_>>()?;
         net.mdns = !args.no_mdns;
         net.code_shipping = !args.no_code_shipping;
+        net.code_policy.trusted = args.trust_publisher.clone();
+        match keyfile::default_public() {
+            Ok(Some(own)) if !net.code_policy.trusted.contains(&own) => {
+                net.code_policy.trusted.push(own)
+            }
+            Ok(_) => {}
+            // (A service without a home, say: only --trust-publisher keys then.)
+            Err(e) => tracing::warn!(error = %e, "not trusting this user's default publisher key"),
+        }
+        tracing::info!(publishers = ?net.code_policy.trusted.iter().map(auth::hex).collect::<Vec<_>>(), "code from peers runs when signed by these publishers");
         if !(args.failure_timeout > 0.0 && args.failure_timeout.is_finite()) {
             bail!("--failure-timeout must be a positive number of seconds");
         }
@@ -711,6 +777,57 @@ fn membership_token(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).with_context(|| format!("reading {}", kept.display())),
     }
+}
+
+fn key_path(key: Option<PathBuf>) -> Result<PathBuf> {
+    match key {
+        Some(k) => Ok(k),
+        None => Ok(keyfile::default_key_path()?),
+    }
+}
+
+fn publisher_command(cmd: PublisherCommand) -> Result<()> {
+    match cmd {
+        PublisherCommand::Init { key } => {
+            let path = key_path(key)?;
+            let (publisher, made) = keyfile::load_or_create(&path)?;
+            let what = if made { "Made" } else { "Kept the existing" };
+            eprintln!("{what} publisher key {}.", path.display());
+            println!("{}", auth::hex(&publisher.public()));
+            eprintln!(
+                "Nodes run programs it signs with: shoal node --trust-publisher {}",
+                auth::hex(&publisher.public())
+            );
+        }
+        PublisherCommand::Show { key } => {
+            let path = key_path(key)?;
+            println!("{}", auth::hex(&keyfile::read_key(&path)?.public()));
+        }
+    }
+    Ok(())
+}
+
+fn sign(binary: &std::path::Path, key: Option<PathBuf>, target: Option<String>) -> Result<()> {
+    let path = key_path(key)?;
+    let publisher = keyfile::read_key(&path)
+        .with_context(|| "no publisher key: make one with `shoal publisher init`")?;
+    let bytes = std::fs::read(binary).with_context(|| format!("reading {}", binary.display()))?;
+    let id = *blake3::hash(&bytes).as_bytes();
+    let target = target.unwrap_or_else(shoal_node::net::target);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let manifest = publisher.sign(id, &target, now);
+    let out = keyfile::write_sidecar(binary, &manifest)?;
+    println!(
+        "Signed {} (blake3 {}, target {target}) as publisher {}: {}",
+        binary.display(),
+        shoal_protocol::BinaryId(id),
+        auth::hex(&publisher.public()),
+        out.display()
+    );
+    Ok(())
 }
 
 /// Writes `text` to `path` (made 0600, in a 0700 directory), replacing it atomically.

@@ -217,6 +217,7 @@ fn handshake_checks() {
         binary: Some(BinaryInfo {
             id: BinaryId([1; 32]),
             path: "/nonexistent".into(),
+            manifest: None,
         }),
         ..cli_hello()
     }));

@@ -113,6 +113,7 @@ async fn a_peer_that_stops_reading_fails_its_tasks_instead_of_hanging() {
             binary: Some(BinaryInfo {
                 id: binary,
                 path: "/bin/true".into(),
+                manifest: None,
             }),
         })
         .await

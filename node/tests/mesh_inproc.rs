@@ -259,10 +259,15 @@ async fn forged_and_malformed_reports_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binaries_are_shipped_by_hash_and_checked() {
+    use shoal_node::auth::code::{CodeRejection, Publisher};
     use shoal_node::net::code::CodeError;
     use shoal_protocol::BinaryId;
+    use std::time::Instant;
+    let publisher = Publisher::generate();
     let a = peer(config("code", vec![])).await;
-    let b = peer(config("code", vec![addr(&a)])).await;
+    let mut b_config = config("code", vec![addr(&a)]);
+    b_config.code_policy.trusted = vec![publisher.public()];
+    let b = peer(b_config).await;
     let mut closed_config = config("code", vec![addr(&a)]);
     closed_config.code_shipping = false;
     let closed = peer(closed_config).await;
@@ -271,11 +276,20 @@ async fn binaries_are_shipped_by_hash_and_checked() {
     })
     .await;
 
-    // a serves this very test executable under its blake3 id; b fetches it.
+    // a serves this very test executable under its blake3 id, signed by a publisher b
+    // trusts; b fetches it once a sent it a task of it.
     let exe = std::env::current_exe().unwrap();
     let bytes = std::fs::read(&exe).unwrap();
     let id = BinaryId(*blake3::hash(&bytes).as_bytes());
-    a.servable().insert(id, exe.clone());
+    let target = shoal_node::net::target();
+    let manifest = publisher.sign(id.0, &target, 1).encode();
+    a.servable().insert(id, exe.clone(), Some(manifest.clone()));
+    assert!(matches!(
+        b.fetch_binary(a.peer_id(), id).await,
+        Err(CodeError::NotAllowed(_))
+    ));
+    assert_eq!(a.servable().not_allowed(), 1);
+    a.servable().grant(&id, b.peer_id(), Instant::now());
     let path = b.fetch_binary(a.peer_id(), id).await.unwrap();
     assert_eq!(std::fs::read(&path).unwrap(), bytes);
     use std::os::unix::fs::PermissionsExt;
@@ -283,32 +297,59 @@ async fn binaries_are_shipped_by_hash_and_checked() {
         std::fs::metadata(&path).unwrap().permissions().mode() & 0o111,
         0o111
     );
+    // b serves it onward with its manifest (to peers it sends a task of it).
+    assert_eq!(b.servable().get(&id), Some((path.clone(), Some(manifest))));
     // Cached: a second fetch does not need a.
     assert_eq!(b.fetch_binary(a.peer_id(), id).await.unwrap(), path);
 
     // A file claimed under an id it does not hash to (a local program's claim) is never
     // shipped: the holder hashes it first. (The fetcher checks the bytes too.)
     let liar = BinaryId([9; 32]);
-    a.servable().insert(liar, exe.clone());
+    a.servable().insert(
+        liar,
+        exe.clone(),
+        Some(publisher.sign(liar.0, &target, 1).encode()),
+    );
+    a.servable().grant(&liar, b.peer_id(), Instant::now());
     assert!(matches!(
         b.fetch_binary(a.peer_id(), liar).await,
         Err(CodeError::NotFound(_))
     ));
     assert!(!path.with_file_name(liar.to_hex()).exists());
+    // Unsigned, or signed by a stranger: rejected before a byte of it is read; nothing is
+    // kept.
+    let other = std::env::temp_dir().join(format!("shoal-closed-bin-{}", std::process::id()));
+    std::fs::write(&other, b"#!/bin/sh\nexit 0\n").unwrap();
+    let other_id = BinaryId(*blake3::hash(b"#!/bin/sh\nexit 0\n").as_bytes());
+    a.servable().insert(other_id, other.clone(), None);
+    a.servable().grant(&other_id, b.peer_id(), Instant::now());
+    assert!(matches!(
+        b.fetch_binary(a.peer_id(), other_id).await,
+        Err(CodeError::Rejected(CodeRejection::Unsigned))
+    ));
+    let stranger = Publisher::generate();
+    let theirs = stranger.sign(other_id.0, &target, 1).encode();
+    a.servable().insert(other_id, other.clone(), Some(theirs));
+    assert!(matches!(
+        b.fetch_binary(a.peer_id(), other_id).await,
+        Err(CodeError::Rejected(CodeRejection::UntrustedPublisher(_)))
+    ));
+    assert!(!path.with_file_name(other_id.to_hex()).exists());
+    assert!(!path
+        .with_file_name(other_id.to_hex())
+        .with_extension("partial")
+        .exists());
     // Unknown binaries, and peers that do not ship code.
     assert!(matches!(
         b.fetch_binary(a.peer_id(), BinaryId([7; 32])).await,
         Err(CodeError::NotFound(_))
     ));
-    let other = std::env::temp_dir().join(format!("shoal-closed-bin-{}", std::process::id()));
-    std::fs::write(&other, b"#!/bin/sh\nexit 0\n").unwrap();
-    let other_id = BinaryId(*blake3::hash(b"#!/bin/sh\nexit 0\n").as_bytes());
-    closed.servable().insert(other_id, other.clone());
+    closed.servable().insert(other_id, other.clone(), None);
     assert!(matches!(
         b.fetch_binary(closed.peer_id(), other_id).await,
         Err(CodeError::Refused(_))
     ));
-    let _ = std::fs::remove_file(&other);
+    std::fs::remove_file(&other).unwrap();
     assert!(matches!(
         closed.fetch_binary(a.peer_id(), id).await,
         Err(CodeError::Refused(_))

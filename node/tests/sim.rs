@@ -216,6 +216,67 @@ fn a_demand_no_peer_has_fails_as_infeasible() {
     assert_clean(sim);
 }
 
+/// Only peer 1 can run the task (2 CPUs) and it rejects the driver's code: the task fails
+/// with `CodeRejected` naming the peer's reason, at once rather than after the infeasible
+/// grace period. With a peer 2 that takes it, the task runs there instead.
+#[test]
+fn a_task_whose_code_a_peer_rejects_runs_elsewhere_or_fails_as_rejected() {
+    trace_logs();
+    let mut sim = Sim::new(
+        1,
+        SimConfig {
+            nodes: 2,
+            cpus: vec![1.0, 2.0],
+            rejects_code: vec![1],
+            ..Default::default()
+        },
+    );
+    let d = sim.driver(0);
+    sim.run_for(Duration::from_secs(1));
+    let opts = TaskOpts {
+        cpus: 2.0,
+        retries: 0,
+    };
+    let id = sim.submit(d, "echo", vec![SimArg::Value(vec![1])], opts);
+    sim.run_for(Duration::from_secs(2));
+    let v = sim
+        .results(d)
+        .get(&id)
+        .expect("failed well before the infeasible grace period");
+    assert!(
+        is_error(
+            v,
+            |e| matches!(e, TaskError::CodeRejected { reason } if reason.contains("the binary is not signed"))
+        ),
+        "{v:?}"
+    );
+    assert_eq!(sim.runs_on(1), 0);
+    assert_clean(sim);
+
+    let mut sim = Sim::new(
+        1,
+        SimConfig {
+            nodes: 3,
+            cpus: vec![1.0, 2.0, 2.0],
+            rejects_code: vec![1],
+            ..Default::default()
+        },
+    );
+    let d = sim.driver(0);
+    sim.run_for(Duration::from_secs(1));
+    let ids: Vec<_> = (0..4u8)
+        .map(|i| sim.submit(d, "echo", vec![SimArg::Value(vec![i])], opts))
+        .collect();
+    sim.run_for(Duration::from_secs(5));
+    for (i, id) in ids.iter().enumerate() {
+        let v = &sim.results(d)[id];
+        assert!(is_value(v), "task {i}: {v:?}");
+    }
+    assert_eq!(sim.runs_on(1), 0);
+    assert_eq!(sim.runs_on(2), 4);
+    assert_clean(sim);
+}
+
 #[test]
 fn a_partition_heals_and_every_result_arrives() {
     let mut sim = mesh(&[1.0, 1.0, 1.0]);

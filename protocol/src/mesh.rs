@@ -248,6 +248,16 @@ pub enum PeerMsg {
         /// Why.
         reason: String,
     },
+    /// A [`PeerMsg::Refuse`] because this peer's code policy rejected the task's binary as
+    /// it came (unsigned, a bad manifest, an untrusted publisher): the sender places it on
+    /// another peer, or fails it with [`TaskError::CodeRejected`] when none can take it. Its
+    /// other tasks of the same binary are not sent here again for a while.
+    CodeRejected {
+        /// The task.
+        task: TaskId,
+        /// Why (the policy's words).
+        reason: String,
+    },
     /// An object the receiver asked for with [`PeerMsg::Fetch`], or the result of a task it
     /// submitted (the task's return object).
     Object {

@@ -105,6 +105,9 @@ pub struct BinaryInfo {
     pub id: BinaryId,
     /// Where the executable is on this machine.
     pub path: String,
+    /// Its encoded signed manifest (`shoal_node::auth::code::Manifest`), if the program is
+    /// signed: peers run shipped code only with a manifest by a publisher they trust.
+    pub manifest: Option<Vec<u8>>,
 }
 
 /// The first message on every connection.
@@ -318,6 +321,13 @@ pub enum TaskError {
     WorkerStart {
         /// The cause.
         message: String,
+    },
+    /// The only peers that could run it refused its code (unsigned, or by a publisher they
+    /// do not trust).
+    #[error("code rejected: {reason}")]
+    CodeRejected {
+        /// The peer's reason, with the peer.
+        reason: String,
     },
     /// The object was freed before it could be read.
     #[error("object {id} was freed or never existed")]

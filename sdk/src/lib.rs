@@ -78,6 +78,13 @@
 //! - [`init`] attaches to the node on `$SHOAL_SOCKET` (or the per-user default socket) and,
 //!   if there is none, starts an embedded node inside the program. [`shutdown`] ends the
 //!   attachment (and stops an embedded node); later calls fail with a typed error.
+//! - A driver ships its executable to peers signed, so that they run it: with the sidecar
+//!   `<exe>.shoal-manifest` from `shoal sign` if it matches, else with the publisher key file
+//!   `$SHOAL_PUBLISHER_KEY` names (`none`: unsigned), else with the per-user default key
+//!   (`$XDG_CONFIG_HOME/shoal/publisher.key`, else `~/.config/shoal/publisher.key`), made on
+//!   first use. Peers run it only if they trust that publisher (`shoal node
+//!   --trust-publisher`); a task no trusting peer can take fails with
+//!   [`TaskError::CodeRejected`].
 #![deny(missing_docs, unreachable_pub)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 

@@ -119,3 +119,26 @@ pub fn token(mesh: &str) -> Result<String> {
     tokens.insert(mesh.to_string(), token.clone());
     Ok(token)
 }
+
+/// The public key (hex) of this user's default publisher key, made if there is none
+/// (`shoal publisher init`, with the `shoal` binary `bin`), once per process. Every node the harness starts trusts it (a
+/// node trusts its user's default key), and the drivers the tests start sign with it (the
+/// SDK's default): so code ships between the harness's nodes as before signing existed.
+pub fn default_publisher(bin: &Path) -> Result<String> {
+    static KEY: OnceLock<Result<String, String>> = OnceLock::new();
+    KEY.get_or_init(|| {
+        let out = Command::new(bin)
+            .args(["publisher", "init"])
+            .output()
+            .map_err(|e| format!("running shoal publisher init: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "shoal publisher init failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    })
+    .clone()
+    .map_err(|e| anyhow::anyhow!(e))
+}

@@ -380,6 +380,8 @@ impl NodeProcess {
             Some(bin) => bin,
             None => shoal_bin()?,
         };
+        // The key the drivers sign with exists before the node starts, so that it trusts it.
+        crate::authority::default_publisher(&bin)?;
         let mut args: Vec<OsString> = vec!["node".into(), "--socket".into(), (&socket).into()];
         let mut push = |flag: &str, value: OsString| {
             args.push(flag.into());

@@ -1,6 +1,6 @@
 //! Signed code: which binaries from peers a node runs.
 //!
-//! A **publisher** is an ed25519 key (`shoal mesh publisher-key`; the SDK makes a per-user one
+//! A **publisher** is an ed25519 key (`shoal publisher init`; the SDK makes a per-user one
 //! on first use). It signs a [`Manifest`] of a binary: the binary's blake3 id, its target
 //! triple, the publisher's key and when it was signed (`shoal sign`, or the SDK for the
 //! program it ships). A node runs a binary that a peer ships only if its [`CodePolicy`]

@@ -1,5 +1,6 @@
 //! Membership of a mesh: its authority, the certificates it signs, invites, join tokens and
-//! revocations. Pure: every check takes the time as a value, nothing here does IO.
+//! revocations. Pure: every check takes the time as a value, nothing here does IO (but
+//! [`keyfile`], which reads and makes publisher key files).
 //!
 //! A mesh is defined by its **authority**, an ed25519 key the operator keeps offline
 //! (`shoal mesh init`). A peer proves membership with a **credential**: a chain of one or two
@@ -25,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use shoal_protocol::codec;
 
 pub mod code;
+pub mod keyfile;
 
 /// Certificates in a credential at most.
 pub const MAX_CHAIN: usize = 2;

@@ -42,6 +42,7 @@ pub(super) fn node(now: Instant, cpus: f64, capacity: u64) -> NodeCore {
         binary: Some(BinaryInfo {
             id: BINARY,
             path: "/bin/driver".into(),
+            manifest: None,
         }),
     };
     core.handle(

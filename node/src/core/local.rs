@@ -45,10 +45,15 @@ impl NodeCore {
                     // the same bytes before.
                     self.shipped.remove(&b.id);
                     self.sched.binary_attached(b.id);
+                    // It may come signed otherwise: peers that rejected it may take it now.
+                    self.spill.forget_code_rejections(&b.id);
                     // Peers asked to run its tasks fetch it from here.
                     if self.me.is_some() {
-                        self.out
-                            .push_back(Output::ServeBinary { binary: b.id, exe });
+                        self.out.push_back(Output::ServeBinary {
+                            binary: b.id,
+                            exe,
+                            manifest: b.manifest.clone(),
+                        });
                     }
                 }
             }

@@ -237,6 +237,25 @@ pub enum Job {
     },
 }
 
+/// Why a binary could not be fetched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FetchFailure {
+    /// This node's code policy rejects it (unsigned, a bad manifest, an untrusted
+    /// publisher): the submitter is told so ([`PeerMsg::CodeRejected`]).
+    Rejected(String),
+    /// It could not be had (the peer, the network, the cache).
+    Failed(String),
+}
+
+impl std::fmt::Display for FetchFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FetchFailure::Rejected(r) => write!(f, "code rejected: {r}"),
+            FetchFailure::Failed(r) => f.write_str(r),
+        }
+    }
+}
+
 /// The end of a [`Job`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum JobDone {
@@ -256,7 +275,7 @@ pub enum JobDone {
         /// The binary.
         binary: BinaryId,
         /// Its executable, or why not.
-        result: Result<PathBuf, String>,
+        result: Result<PathBuf, FetchFailure>,
     },
     /// Holders of an object, from the directory.
     ProvidersFound {
@@ -383,12 +402,14 @@ pub enum Output {
     },
     /// Tell the peers this node's load (it changed).
     Load(Load),
-    /// Let peers fetch this binary from here.
+    /// Let peers fetch this binary from here (those this node sends a task of it).
     ServeBinary {
         /// The binary.
         binary: BinaryId,
         /// Its executable.
         exe: PathBuf,
+        /// Its encoded signed manifest, as its driver gave it.
+        manifest: Option<Vec<u8>>,
     },
     /// An operation on the mesh's directory.
     Dht(DhtOp),

@@ -21,7 +21,7 @@ use super::rights::{Refused, Request};
 use super::sched::placement::{self, Demand, Placement};
 use super::spill::MAX_HOPS;
 use super::store::{After, Resume};
-use super::{ConnId, Job, JobDone, NodeCore, Output, Party, ServedObject};
+use super::{ConnId, FetchFailure, Job, JobDone, NodeCore, Output, Party, ServedObject};
 use crate::store::{Holder, StoreFault};
 
 /// Why a task goes back to a peer this node declared lost.
@@ -72,6 +72,21 @@ impl NodeCore {
         let party = Party::Peer(peer);
         match msg {
             PeerMsg::Submit(rt) => self.remote_submit(now, peer, rt),
+            PeerMsg::CodeRejected { task, reason } => {
+                // Only for a task this node sent that peer (so what is remembered is bounded
+                // by this node's own binaries).
+                let sent = self.spill.spilled_to(&task) == Some(peer)
+                    || self.placed_on(task, peer).is_some();
+                let binary = self.tasks.get(&task).map(|e| e.spec.binary);
+                let (true, Some(binary)) = (sent, binary) else {
+                    tracing::debug!(task = %task, %peer, "a code rejection of a task not sent there; ignored");
+                    return;
+                };
+                tracing::info!(task = %task, %binary, %peer, %reason, "a peer rejected a task's code; placing it elsewhere");
+                self.spill.code_rejected(binary, peer, reason.clone(), now);
+                let reason = format!("code rejected: {reason}");
+                self.peer_msg(now, peer, PeerMsg::Refuse { task, reason });
+            }
             PeerMsg::Refuse { task, reason } => {
                 if let Some(actor) = self.placed_on(task, peer) {
                     tracing::debug!(actor = %actor, %peer, %reason, "peer gave an actor back; placing it again");
@@ -832,11 +847,27 @@ impl NodeCore {
                 self.spill.no_room = Some(task);
             }
             Placement::Infeasible => {
-                let wait = self
-                    .tasks
-                    .get(&task)
-                    .is_some_and(|e| e.spec.wait_for_resources);
-                if !wait && self.spill.infeasible.infeasible(task, now) {
+                let (wait, binary) = match self.tasks.get(&task) {
+                    Some(e) => (e.spec.wait_for_resources, e.spec.binary),
+                    None => return,
+                };
+                let rejected = self.spill.code_rejections(&binary, now);
+                // Only peers that rejected its code could ever run it (those that refused
+                // it for now aside): no use waiting. Or nobody took it in the grace period.
+                let only_rejecters = !rejected.is_empty() && {
+                    let rejecters: Vec<PeerKey> = rejected.iter().map(|(p, _)| *p).collect();
+                    self.placement_without(task, &rejecters) == Placement::Infeasible
+                };
+                let grace_over = !wait && self.spill.infeasible.infeasible(task, now);
+                if !wait && (only_rejecters || (grace_over && !rejected.is_empty())) {
+                    self.spill.infeasible.forget(&task);
+                    let reason = rejected
+                        .iter()
+                        .map(|(p, r)| format!("peer {p}: {r}"))
+                        .collect::<Vec<_>>()
+                        .join("; ");
+                    self.fail_task(now, task, TaskError::CodeRejected { reason });
+                } else if grace_over {
                     self.spill.infeasible.forget(&task);
                     let total = self.sched.total().to_string();
                     self.fail_task(
@@ -857,6 +888,17 @@ impl NodeCore {
     /// Where `task` goes: here, to a peer (it may be sent on up to [`MAX_HOPS`] times), or
     /// nowhere yet.
     fn placement(&mut self, now: Instant, task: TaskId) -> Placement<PeerKey> {
+        let mut refused = self.spill.refused_by(&task, now);
+        // Peers that rejected the binary's code are not asked again for a while.
+        if let Some(entry) = self.tasks.get(&task) {
+            let rejecters = self.spill.code_rejections(&entry.spec.binary, now);
+            refused.extend(rejecters.into_iter().map(|(p, _)| p));
+        }
+        self.placement_without(task, &refused)
+    }
+
+    /// Where `task` goes, `refused` left out.
+    fn placement_without(&self, task: TaskId, refused: &[PeerKey]) -> Placement<PeerKey> {
         let Some(entry) = self.tasks.get(&task) else {
             return Placement::Wait;
         };
@@ -878,13 +920,12 @@ impl NodeCore {
         };
         let actor = matches!(entry.spec.kind, TaskKind::CreateActor(_));
         let candidates = self.spill.candidates(entry.spec.binary, &arg_bytes, actor);
-        let refused = self.spill.refused_by(&task, now);
         placement::place(
             &demand,
             self.sched.free(),
             self.sched.total(),
             &candidates,
-            &refused,
+            refused,
             MAX_HOPS,
         )
     }
@@ -1148,7 +1189,12 @@ impl NodeCore {
             .push_back(Output::Job(Job::FetchBinary { from, binary }));
     }
 
-    fn binary_fetched(&mut self, now: Instant, binary: BinaryId, result: Result<PathBuf, String>) {
+    fn binary_fetched(
+        &mut self,
+        now: Instant,
+        binary: BinaryId,
+        result: Result<PathBuf, FetchFailure>,
+    ) {
         let waiting = self
             .spill
             .awaiting_binary
@@ -1168,7 +1214,16 @@ impl NodeCore {
                     self.admit_remote(now, from, rt);
                 }
             }
-            Err(reason) => {
+            Err(FetchFailure::Rejected(reason)) => {
+                // (The network logged it, once per binary.)
+                for (from, rt) in waiting {
+                    let task = rt.spec.task_id;
+                    tracing::debug!(task = %task, peer = %from, %reason, "refusing a task: its code is rejected");
+                    let reason = reason.clone();
+                    self.tell_peer(from, PeerMsg::CodeRejected { task, reason });
+                }
+            }
+            Err(FetchFailure::Failed(reason)) => {
                 tracing::warn!(%binary, %reason, "binary fetch failed");
                 for (from, rt) in waiting {
                     let reason = format!("cannot fetch the binary: {reason}");

@@ -17,6 +17,9 @@ use super::sched::placement::{Candidate, Infeasibility};
 pub(crate) const MAX_HOPS: u32 = 1;
 /// A demand no peer can meet fails after this long (peers may still be joining).
 pub(crate) const INFEASIBLE_GRACE: Duration = Duration::from_secs(5);
+/// A peer that rejected a binary's code is not sent tasks of it for this long (its policy
+/// may change when it restarts; a driver of the binary attaching here forgets it at once).
+pub(crate) const CODE_REJECTION_MEMORY: Duration = Duration::from_secs(60);
 /// A peer that refused a task is not asked again for it for this long.
 pub(crate) const REFUSAL_MEMORY: Duration = Duration::from_millis(500);
 /// How often tasks waiting for a peer with room are looked at again.
@@ -109,6 +112,9 @@ pub(crate) struct Spill {
     /// Their return objects.
     spilled_ret: IdMap<ObjectId, TaskId>,
     refused: IdMap<TaskId, Vec<(PeerKey, Instant)>>,
+    /// Peers that rejected a binary of this node's (only binaries of tasks this node sent
+    /// them), with why and when.
+    code_rejected: HashMap<BinaryId, Vec<(PeerKey, String, Instant)>>,
     /// Tasks only peers can run, waiting for one to have room (or to become infeasible).
     pub(crate) remote_wait: Vec<TaskId>,
     pub(crate) infeasible: Infeasibility,
@@ -130,6 +136,7 @@ impl Spill {
             spilled: Default::default(),
             spilled_ret: Default::default(),
             refused: Default::default(),
+            code_rejected: HashMap::new(),
             remote_wait: Vec::new(),
             infeasible: Infeasibility::new(INFEASIBLE_GRACE),
             awaiting_binary: HashMap::new(),
@@ -265,6 +272,42 @@ impl Spill {
         }
     }
 
+    /// `peer` rejected the code of `binary` at `now`, saying `reason`.
+    pub(crate) fn code_rejected(
+        &mut self,
+        binary: BinaryId,
+        peer: PeerKey,
+        reason: String,
+        now: Instant,
+    ) {
+        let v = self.code_rejected.entry(binary).or_default();
+        v.retain(|(p, _, _)| *p != peer);
+        v.push((peer, reason, now));
+    }
+
+    /// Peers that rejected the code of `binary` lately, with why.
+    pub(crate) fn code_rejections(
+        &mut self,
+        binary: &BinaryId,
+        now: Instant,
+    ) -> Vec<(PeerKey, String)> {
+        let Some(v) = self.code_rejected.get_mut(binary) else {
+            return Vec::new();
+        };
+        v.retain(|(_, _, at)| now.saturating_duration_since(*at) < CODE_REJECTION_MEMORY);
+        let out = v.iter().map(|(p, r, _)| (*p, r.clone())).collect();
+        if v.is_empty() {
+            self.code_rejected.remove(binary);
+        }
+        out
+    }
+
+    /// Peers' rejections of `binary` are forgotten (a driver of it attached: it may come
+    /// with another signature).
+    pub(crate) fn forget_code_rejections(&mut self, binary: &BinaryId) {
+        self.code_rejected.remove(binary);
+    }
+
     /// `task` ended here: what was remembered of it goes.
     pub(crate) fn forget(&mut self, task: &TaskId) {
         self.refused.remove(task);
@@ -364,6 +407,27 @@ mod tests {
         assert_eq!(s.take_spilled_to(key(2)), vec![]);
         assert_eq!(s.take_spilled_to(key(1)), vec![task]);
         assert_eq!(s.task_of_result(&ret, key(1)), None);
+    }
+
+    #[test]
+    fn code_rejections_are_per_binary_and_forgotten_after_a_while() {
+        let mut s = Spill::new("t".into(), true);
+        let t0 = Instant::now();
+        let (a, b) = (BinaryId([1; 32]), BinaryId([2; 32]));
+        s.code_rejected(a, key(1), "old".into(), t0);
+        s.code_rejected(a, key(1), "not signed".into(), t0);
+        s.code_rejected(a, key(2), "untrusted".into(), t0 + Duration::from_secs(30));
+        assert_eq!(
+            s.code_rejections(&a, t0 + Duration::from_secs(1)),
+            vec![(key(1), "not signed".into()), (key(2), "untrusted".into())]
+        );
+        assert!(s.code_rejections(&b, t0).is_empty());
+        assert_eq!(
+            s.code_rejections(&a, t0 + CODE_REJECTION_MEMORY),
+            vec![(key(2), "untrusted".into())]
+        );
+        s.forget_code_rejections(&a);
+        assert!(s.code_rejections(&a, t0).is_empty());
     }
 
     #[test]

@@ -65,6 +65,9 @@ use tasks::Tasks;
 const COMMANDS: usize = 1024;
 /// Capacity of the channel of peers to disconnect for sending malformed data.
 const BAD_PEERS: usize = 64;
+/// Rejected binaries remembered so that each is logged once.
+const REJECTIONS_LOGGED: std::num::NonZeroUsize =
+    std::num::NonZeroUsize::new(1024).expect("not zero");
 
 /// Which transport the swarm runs on.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -113,6 +116,9 @@ pub struct NetConfig {
     pub record_ttl: Duration,
     /// Whether this peer serves its binaries to others (and may be sent theirs).
     pub code_shipping: bool,
+    /// The publishers whose signed binaries this peer runs when a peer ships them (default:
+    /// none; `shoal node` adds `--trust-publisher` keys and the user's default key).
+    pub code_policy: crate::auth::code::CodePolicy,
     /// Where fetched binaries are kept (default: a `code` directory in the system's
     /// temporary directory, per process).
     pub code_cache: Option<std::path::PathBuf>,
@@ -143,6 +149,7 @@ impl NetConfig {
             blocked: Vec::new(),
             record_ttl: Duration::from_secs(60),
             code_shipping: true,
+            code_policy: Default::default(),
             code_cache: None,
             code_cache_bytes: 2 << 30,
             link_stall: Duration::from_secs(20),
@@ -315,6 +322,9 @@ pub struct NetHandle {
     code_cache: Arc<Mutex<code::BinaryCache>>,
     code_protocol: StreamProtocol,
     code_shipping: bool,
+    code_policy: Arc<crate::auth::code::CodePolicy>,
+    /// Binaries whose rejection was logged (each once).
+    rejected: Arc<Mutex<lru::LruCache<BinaryId, ()>>>,
     links: link::Links,
     events: link::EventSink,
     obj_protocol: StreamProtocol,
@@ -498,8 +508,10 @@ impl NetHandle {
         &self.servable
     }
 
-    /// Fetches binary `id` from `peer` (hash checked, cached); returns an executable path.
-    /// Refused when this peer does not take shipped code.
+    /// Fetches binary `id` from `peer` (its manifest checked against this peer's code
+    /// policy first, then its hash; cached); returns an executable path. Refused when this
+    /// peer does not take shipped code. The fetched binary is served onward with its
+    /// manifest.
     pub async fn fetch_binary(
         &self,
         peer: PeerId,
@@ -512,16 +524,40 @@ impl NetHandle {
             return Err(code::CodeError::Refused(self.peer_id));
         }
         let mut control = self.streams.clone();
-        let path = code::fetch(
+        let target = target();
+        let check = code::Check {
+            policy: &self.code_policy,
+            target: &target,
+        };
+        let fetched = code::fetch(
             &mut control,
             self.code_protocol.clone(),
             &self.limits,
             peer,
             id,
             &self.code_cache,
+            check,
         )
-        .await?;
-        self.servable.insert(id, path.clone());
+        .await;
+        let (path, manifest) = match fetched {
+            Ok(f) => f,
+            Err(code::CodeError::Rejected(why)) => {
+                let first = self
+                    .rejected
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .put(id, ())
+                    .is_none();
+                if first {
+                    tracing::warn!(binary = %id, %peer, reason = %why, "not running a peer's binary: its code is rejected");
+                } else {
+                    tracing::debug!(binary = %id, %peer, reason = %why, "code rejected again");
+                }
+                return Err(code::CodeError::Rejected(why));
+            }
+            Err(e) => return Err(e),
+        };
+        self.servable.insert(id, path.clone(), manifest);
         Ok(path)
     }
 
@@ -859,6 +895,7 @@ pub async fn start(key: identity::Keypair, config: NetConfig) -> Result<NetHandl
     let ctl_protocol = protocols.ctl.clone();
     let obj_protocol = protocols.obj.clone();
     let events: link::EventSink = Default::default();
+    let code_policy = Arc::new(config.code_policy.clone());
     let (code_shipping, code_cache_dir, code_cache_bytes) = (
         config.code_shipping,
         config.code_cache.clone(),
@@ -1032,6 +1069,8 @@ pub async fn start(key: identity::Keypair, config: NetConfig) -> Result<NetHandl
         code_cache: Arc::new(Mutex::new(code_cache)),
         code_protocol,
         code_shipping,
+        code_policy,
+        rejected: Arc::new(Mutex::new(lru::LruCache::new(REJECTIONS_LOGGED))),
         links,
         events,
         obj_protocol,
@@ -1220,7 +1259,7 @@ async fn code_server(
         let servable = servable.clone();
         async move {
             let _counted = permit;
-            if let Err(e) = code::serve(stream, &servable, enabled).await {
+            if let Err(e) = code::serve(stream, peer, &servable, enabled).await {
                 tracing::warn!(%peer, error = %e, "binary not served");
             }
         }

@@ -408,9 +408,13 @@ impl Shell {
                 }
             }
             #[cfg(feature = "mesh")]
-            Output::ServeBinary { binary, exe } => {
+            Output::ServeBinary {
+                binary,
+                exe,
+                manifest,
+            } => {
                 if let Some(n) = &self.net {
-                    n.serve_binary(binary, exe);
+                    n.serve_binary(binary, exe, manifest);
                 }
             }
             #[cfg(feature = "mesh")]

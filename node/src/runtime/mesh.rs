@@ -16,7 +16,8 @@ use shoal_protocol::{codec, ActorId, BinaryId, ObjectId};
 use tokio::sync::{mpsc, oneshot};
 
 use super::Event;
-use crate::core::{DhtOp, Input, Job, JobDone, Load, ServedObject};
+use crate::core::{DhtOp, FetchFailure, Input, Job, JobDone, Load, ServedObject};
+use crate::net::code::CodeError;
 use crate::net::link::NetEvent;
 use crate::net::NetHandle;
 
@@ -100,6 +101,12 @@ impl NetSide {
         let Some(id) = self.peer_id(peer) else {
             return false;
         };
+        if let PeerMsg::Submit(rt) = msg {
+            // The peer is asked to run a task of this binary: it may fetch it from here.
+            self.net
+                .servable()
+                .grant(&rt.spec.binary, id, std::time::Instant::now());
+        }
         match self.net.send_peer(id, msg) {
             Ok(()) => true,
             Err(e) => {
@@ -119,8 +126,17 @@ impl NetSide {
         self.net.update_load(load);
     }
 
-    pub(crate) fn serve_binary(&self, binary: BinaryId, exe: PathBuf) {
-        self.net.servable().insert(binary, exe);
+    pub(crate) fn serve_binary(&self, binary: BinaryId, exe: PathBuf, manifest: Option<Vec<u8>>) {
+        // A local program's claim: a manifest that is not one is not passed on (peers would
+        // reject it anyway), and the binary ships unsigned.
+        let manifest = manifest.filter(|m| match crate::auth::code::Manifest::decode(m) {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(%binary, error = %e, "a driver's manifest is malformed; its binary ships unsigned");
+                false
+            }
+        });
+        self.net.servable().insert(binary, exe, manifest);
     }
 
     pub(crate) fn dht(&self, op: DhtOp) {
@@ -166,11 +182,11 @@ impl NetSide {
                 let from = self.peer_id(from);
                 Box::pin(async move {
                     let result = match from {
-                        Some(from) => net
-                            .fetch_binary(from, binary)
-                            .await
-                            .map_err(|e| e.to_string()),
-                        None => Err("not a peer id".to_string()),
+                        Some(from) => net.fetch_binary(from, binary).await.map_err(|e| match e {
+                            CodeError::Rejected(why) => FetchFailure::Rejected(why.to_string()),
+                            other => FetchFailure::Failed(other.to_string()),
+                        }),
+                        None => Err(FetchFailure::Failed("not a peer id".to_string())),
                     };
                     Some(Input::Job(JobDone::BinaryFetched { binary, result }))
                 })

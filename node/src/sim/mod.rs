@@ -77,6 +77,9 @@ pub struct SimConfig {
     pub latency: (Duration, Duration),
     /// The chance that a spill or a restore fails (a disk error).
     pub store_faults: f64,
+    /// Peers whose code policy rejects the drivers' binary (as unsigned): their fetches of
+    /// it end rejected.
+    pub rejects_code: Vec<usize>,
 }
 
 impl Default for SimConfig {
@@ -86,6 +89,7 @@ impl Default for SimConfig {
             cpus: vec![1.0; 3],
             latency: (Duration::from_micros(100), Duration::from_millis(2)),
             store_faults: 0.0,
+            rejects_code: Vec::new(),
         }
     }
 }
@@ -883,7 +887,13 @@ impl Sim {
             }
             Job::FetchBinary { binary, .. } => JobDone::BinaryFetched {
                 binary,
-                result: Ok(PathBuf::from("/sim/binary")),
+                result: if self.config.rejects_code.contains(&i) {
+                    Err(crate::core::FetchFailure::Rejected(
+                        "the binary is not signed".into(),
+                    ))
+                } else {
+                    Ok(PathBuf::from("/sim/binary"))
+                },
             },
             Job::FindProviders { id } => {
                 let peers = self
@@ -1544,6 +1554,7 @@ impl Sim {
             binary: Some(BinaryInfo {
                 id: BINARY,
                 path: "/sim/binary".into(),
+                manifest: None,
             }),
         };
         self.input(node, Input::Attached { conn, hello });

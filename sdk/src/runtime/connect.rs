@@ -2,7 +2,12 @@
 //! node embedded in this process, on the runtime thread.
 //!
 //! A driver names its executable (hashed with blake3, once) in its `Hello`, so that the node
-//! can start workers from it; a worker names the id the node started it with. An embedded
+//! can start workers from it, with a signed manifest of it, so that peers run it: the
+//! sidecar `<exe>.shoal-manifest` from `shoal sign` if it matches, else one signed at start
+//! with the key file `$SHOAL_PUBLISHER_KEY` names, else with the per-user default key
+//! (`$XDG_CONFIG_HOME/shoal/publisher.key`, else `~/.config/shoal/publisher.key`), made on
+//! first use. `SHOAL_PUBLISHER_KEY=none` ships it unsigned. A worker names the id the node
+//! started it with. An embedded
 //! node gets a private socket of its own (its workers connect to it), and joins a mesh when
 //! it has a join token (options or `$SHOAL_JOIN`), with an identity made for this process.
 
@@ -42,11 +47,40 @@ fn this_binary() -> Result<BinaryInfo, InitError> {
         let id = BinaryId(*blake3::hash(&map).as_bytes());
         Ok(BinaryInfo {
             id,
+            manifest: manifest(&path, &id)?,
             path: path.display().to_string(),
         })
     })
     .clone()
     .map_err(InitError::Binary)
+}
+
+/// The encoded manifest this program ships for its executable (see the module's doc). A key
+/// named by `$SHOAL_PUBLISHER_KEY` that cannot be read is an error; a default key that
+/// cannot be made is logged, and the program ships unsigned (it still runs on its own node).
+#[cfg(feature = "mesh")]
+fn manifest(exe: &std::path::Path, id: &BinaryId) -> Result<Option<Vec<u8>>, String> {
+    use shoal_node::auth::keyfile;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    match keyfile::manifest_for(exe, &id.0, &shoal_node::net::target(), now) {
+        Ok(m) => Ok(m.map(|m| m.encode())),
+        Err(e) if std::env::var_os(keyfile::PUBLISHER_KEY_ENV).is_some_and(|v| !v.is_empty()) => {
+            Err(format!("signing this program: {e}"))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot sign this program with the default publisher key; peers will not run it");
+            Ok(None)
+        }
+    }
+}
+
+/// Without the mesh, nothing is shipped: no manifest.
+#[cfg(not(feature = "mesh"))]
+fn manifest(_exe: &std::path::Path, _id: &BinaryId) -> Result<Option<Vec<u8>>, String> {
+    Ok(None)
 }
 
 /// The binary a worker's tasks run in: the one the node started it from.
@@ -363,6 +397,11 @@ fn embedded_mesh(
     peers.extend(token.bootstrap.iter().cloned());
     let mut net = shoal_node::net::NetConfig::new(token);
     net.mdns = false;
+    // As `shoal node`: code from peers runs when signed with this user's default key.
+    match shoal_node::auth::keyfile::default_public() {
+        Ok(own) => net.code_policy.trusted.extend(own),
+        Err(e) => tracing::warn!(error = %e, "no default publisher key to trust"),
+    }
     let parse = |s: &str| {
         s.parse()
             .map_err(|e| InitError::Embedded(format!("not a multiaddr: {s}: {e}")))

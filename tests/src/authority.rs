@@ -90,8 +90,19 @@ impl TestAuthority {
         ])
     }
 
-    /// Hands a revocation to the node whose data directory is `data_dir` (`shoal mesh
-    /// publish`).
+    /// `shoal mesh trust-publisher KEY`: the grant naming publisher `key` (hex).
+    pub fn trust_publisher(&self, key: &str) -> Result<String> {
+        let path = self.key_path();
+        self.run(&[
+            "trust-publisher",
+            "--authority",
+            path.to_str().context("key path")?,
+            key,
+        ])
+    }
+
+    /// Hands a statement of the authority (a revocation or a publisher grant) to the node
+    /// whose data directory is `data_dir` (`shoal mesh publish`).
     pub fn publish(&self, revocation: &str, data_dir: &Path) -> Result<()> {
         self.run(&[
             "publish",

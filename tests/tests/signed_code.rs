@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use shoal::TaskOptions;
-use shoal_tests::{shoal_bin, Mesh, NodeOptions, NodeProcess, TestDir};
+use shoal_tests::{shoal_bin, Mesh, NodeOptions, NodeProcess, TestAuthority, TestDir};
 
 const ENV_SCENARIO: &str = "SHOAL_TEST_SIGNED_SCENARIO";
 
@@ -71,9 +71,15 @@ fn driver(exe: &Path, socket: &Path, env: &[(&str, &str)]) -> String {
 
 /// The driver's node and a peer with the gpu that trusts `trusted` too (hex keys).
 fn mesh(name: &str, trusted: &[&str]) -> Mesh {
-    let first = NodeProcess::start(NodeOptions::new().mesh(name).cpus(1.0)).unwrap();
+    let token = shoal_tests::authority::token(name).unwrap();
+    mesh_of(name, &token, trusted)
+}
+
+/// [`mesh`], of the authority whose join token is `token`.
+fn mesh_of(name: &str, token: &str, trusted: &[&str]) -> Mesh {
+    let first = NodeProcess::start(NodeOptions::new().join(name, token).cpus(1.0)).unwrap();
     let mut gpu = NodeOptions::new()
-        .mesh(name)
+        .join(name, token)
         .cpus(1.0)
         .arg("--resource")
         .arg("gpu=1")
@@ -171,4 +177,45 @@ fn a_binary_signed_with_shoal_sign_runs_though_its_driver_has_no_key() {
         &[("SHOAL_PUBLISHER_KEY", "none")],
     );
     assert_eq!(line, format!("ran {}", mesh.node(1).peer_id()));
+}
+
+#[test]
+fn a_publisher_the_authority_names_is_trusted_by_every_member() {
+    let dir = TestDir::create_in(&std::env::temp_dir(), "shoal-signed").unwrap();
+    let (key, public) = publisher(dir.path(), "named.key");
+    let key = key.to_str().unwrap();
+    let name = format!("signed-named-{}", std::process::id());
+    let authority = TestAuthority::new(&name).unwrap();
+    let token = authority.invite(&[]).unwrap();
+    let mesh = mesh_of(&name, &token, &[]);
+    let socket = mesh.node(0).socket();
+    // Not trusted yet: rejected, naming the publisher.
+    let line = driver(&this_exe(), &socket, &[("SHOAL_PUBLISHER_KEY", key)]);
+    assert!(
+        line.starts_with("rejected ") && line.contains(&public),
+        "{line}"
+    );
+    // The authority names it; handed to the driver's node, the grant spreads to the gpu peer.
+    let grant = authority.trust_publisher(&public).unwrap();
+    authority
+        .publish(&grant, &mesh.node(0).dir().join("data"))
+        .unwrap();
+    let gpu_log = mesh.node(1).log_path();
+    shoal_tests::wait_for(
+        Duration::from_secs(20),
+        "the gpu peer to learn the grant",
+        || {
+            let log = std::fs::read_to_string(&gpu_log)?;
+            Ok(log
+                .contains("the authority names a publisher")
+                .then_some(()))
+        },
+    )
+    .unwrap();
+    let line = driver(&this_exe(), &socket, &[("SHOAL_PUBLISHER_KEY", key)]);
+    assert_eq!(line, format!("ran {}", mesh.node(1).peer_id()));
+    // The peer keeps what it learnt for its next run.
+    let kept =
+        std::fs::read_to_string(mesh.node(1).dir().join("data").join("revocations")).unwrap();
+    assert!(kept.contains(grant.trim()), "{kept}");
 }

@@ -322,7 +322,10 @@ pub struct NetHandle {
     code_cache: Arc<Mutex<code::BinaryCache>>,
     code_protocol: StreamProtocol,
     code_shipping: bool,
+    /// Publishers trusted on this node's command line (and its user's own key).
     code_policy: Arc<crate::auth::code::CodePolicy>,
+    /// Admission's state: the publishers the mesh's authority names, too.
+    gate: Arc<admission::Gate>,
     /// Binaries whose rejection was logged (each once).
     rejected: Arc<Mutex<lru::LruCache<BinaryId, ()>>>,
     links: link::Links,
@@ -509,7 +512,8 @@ impl NetHandle {
     }
 
     /// Fetches binary `id` from `peer` (its manifest checked against this peer's code
-    /// policy first, then its hash; cached); returns an executable path. Refused when this
+    /// policy first: the publishers it trusts and those the mesh's authority names; then
+    /// its hash; cached); returns an executable path. Refused when this
     /// peer does not take shipped code. The fetched binary is served onward with its
     /// manifest.
     pub async fn fetch_binary(
@@ -525,8 +529,11 @@ impl NetHandle {
         }
         let mut control = self.streams.clone();
         let target = target();
+        // The node's own list, and the publishers the mesh's authority names now.
+        let mut policy = (*self.code_policy).clone();
+        policy.trusted.extend(self.gate.granted_publishers());
         let check = code::Check {
-            policy: &self.code_policy,
+            policy: &policy,
             target: &target,
         };
         let fetched = code::fetch(
@@ -1070,6 +1077,7 @@ pub async fn start(key: identity::Keypair, config: NetConfig) -> Result<NetHandl
         code_protocol,
         code_shipping,
         code_policy,
+        gate: gate.clone(),
         rejected: Arc::new(Mutex::new(lru::LruCache::new(REJECTIONS_LOGGED))),
         links,
         events,

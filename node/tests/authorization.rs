@@ -1,6 +1,7 @@
 //! Authorization inside a mesh, on a real `shoal node` process over loopback TCP: an
 //! admitted peer that was given nothing cannot read a driver's object (by message or by
-//! transfer), release it, or call or kill the driver's actor, even knowing their ids. Every
+//! transfer), release it, call or kill the driver's actor, or download the driver's binary,
+//! even knowing their ids. Every
 //! request is refused and counted (`shoal status --json`, `refused`), and the object and the
 //! actor are as they were: the driver reads the one and calls the other afterwards.
 //!
@@ -88,7 +89,7 @@ async fn intruder(token: &str, node: &NodeProcess) -> NetHandle {
 }
 
 #[test]
-fn a_peer_given_nothing_cannot_read_release_call_or_kill() {
+fn a_peer_given_nothing_cannot_read_release_call_kill_or_download() {
     let mesh = format!("authz-{}", std::process::id());
     let token = shoal_tests::authority::token(&mesh).unwrap();
     let node = NodeProcess::start(NodeOptions::new().join(&mesh, &token)).unwrap();
@@ -117,6 +118,11 @@ fn a_peer_given_nothing_cannot_read_release_call_or_kill() {
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     let target: libp2p::PeerId = node.peer_id().parse().unwrap();
+    // The driver's binary: its id shows in the node's status (the actor's worker runs it).
+    let binary = node.status()["workers"][0]["binary"]
+        .as_str()
+        .and_then(BinaryId::from_hex)
+        .expect("the actor's worker and its binary");
     let h = rt.block_on(async {
         let h = intruder(&token, &node).await;
         let forged = ActorToken([0x5a; 16]);
@@ -171,17 +177,31 @@ fn a_peer_given_nothing_cannot_read_release_call_or_kill() {
         if let Err(e) = std::fs::remove_file(&dest) {
             assert_eq!(e.kind(), std::io::ErrorKind::NotFound, "{e}");
         }
+        // The driver's executable: served only to peers asked to run it.
+        let fetched = h.fetch_binary(target, binary).await;
+        assert!(
+            matches!(
+                fetched,
+                Err(shoal_node::net::code::CodeError::NotAllowed(_))
+            ),
+            "{fetched:?}"
+        );
         h
     });
     wait_for(
         Duration::from_secs(20),
         "every request to be refused",
         || {
-            let counts = ["release", "read", "call", "kill"].map(|k| refused(&node, k));
-            Ok(
-                (counts[0] >= 1 && counts[1] >= 2 && counts[2] >= 1 && counts[3] >= 1)
-                    .then_some(()),
-            )
+            // Each kind, and how many of it at least (a fetch and a transfer are reads).
+            let wanted = [
+                ("release", 1),
+                ("read", 2),
+                ("call", 1),
+                ("kill", 1),
+                ("binary", 1),
+            ];
+            let all = wanted.iter().all(|(k, n)| refused(&node, k) >= *n);
+            Ok(all.then_some(()))
         },
     )
     .unwrap();

@@ -540,6 +540,11 @@ impl Shell {
         {
             let mut status = status;
             status.mesh = self.net.as_ref().map(|n| n.status());
+            // Binaries asked for by peers that were never sent a task of them.
+            let binaries = self.net.as_ref().map_or(0, |n| n.binaries_not_allowed());
+            if binaries > 0 {
+                status.refused.push(("binary".to_string(), binaries));
+            }
             status
         }
         #[cfg(not(feature = "mesh"))]

@@ -245,6 +245,11 @@ impl NetSide {
     }
 
     /// The mesh as this node sees it, for status.
+    /// Requests for binaries refused to peers never sent a task of them.
+    pub(crate) fn binaries_not_allowed(&self) -> u64 {
+        self.net.servable().not_allowed()
+    }
+
     pub(crate) fn status(&self) -> shoal_protocol::MeshStatus {
         let view = self.net.view();
         shoal_protocol::MeshStatus {

@@ -71,7 +71,11 @@ fn main() -> anyhow::Result<()> {
             Err(e) => {
                 let msg = e.to_string();
                 eprintln!("task {i} failed: {msg}");
-                let key: String = msg.chars().filter(|c| !c.is_ascii_hexdigit()).take(120).collect();
+                let key: String = msg
+                    .chars()
+                    .filter(|c| !c.is_ascii_hexdigit())
+                    .take(120)
+                    .collect();
                 *errors.entry(key).or_default() += 1;
             }
         }

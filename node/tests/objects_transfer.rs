@@ -525,3 +525,111 @@ async fn a_holder_that_breaks_off_is_taken_over_where_it_stopped() {
     assert_same(&dest, &bytes);
     m.unpinned().await;
 }
+
+/// Serves `files` on `protocol`, but drops (resets) the first `lose` streams unread, as
+/// libp2p-stream does with an inbound stream that finds its acceptor's channel full.
+/// Returns the count of streams that arrived.
+fn serve_losing_first(
+    net: &NetHandle,
+    protocol: StreamProtocol,
+    files: Arc<Files>,
+    lose: usize,
+) -> Arc<AtomicUsize> {
+    let arrived = Arc::new(AtomicUsize::new(0));
+    let count = arrived.clone();
+    let mut incoming = net.streams().accept(protocol).unwrap();
+    tokio::spawn(async move {
+        while let Some((_, s)) = incoming.next().await {
+            if count.fetch_add(1, Ordering::SeqCst) < lose {
+                drop(s);
+                continue;
+            }
+            let files = files.clone();
+            tokio::spawn(async move {
+                if let Err(e) = objects::serve(s, &*files).await {
+                    eprintln!("not served: {e}");
+                }
+            });
+        }
+    });
+    arrived
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_whose_streams_are_lost_is_asked_again() {
+    // Issue 12 item 5: a stream reset before the answer is no reason to give up on the holder.
+    let m = mesh_with("obj-lost", 1, 0).await;
+    let bytes = data(5 * MIB + 3, 20);
+    let id = ObjectId([20; 32]);
+    m.holders[0].hold(id, &bytes);
+    let lose = objects::ATTEMPTS_PER_HOLDER as usize - 1;
+    let arrived = serve_losing_first(
+        &m.holders[0].net,
+        m.protocol.clone(),
+        m.holders[0].files.clone(),
+        lose,
+    );
+    let (r, dest) = m.pull(&m.ids(&[0]), id, &bytes).await;
+    r.unwrap();
+    assert_same(&dest, &bytes);
+    assert_eq!(arrived.load(Ordering::SeqCst), lose + 1);
+    assert_eq!(m.holders[0].opens(), 1);
+    m.unpinned().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_that_loses_every_stream_is_given_up_after_its_attempts() {
+    let m = mesh_with("obj-lost-all", 1, 0).await;
+    let bytes = data(MIB, 21);
+    let id = ObjectId([21; 32]);
+    m.holders[0].hold(id, &bytes);
+    let arrived = serve_losing_first(
+        &m.holders[0].net,
+        m.protocol.clone(),
+        m.holders[0].files.clone(),
+        usize::MAX,
+    );
+    let (r, _) = m.pull(&m.ids(&[0]), id, &bytes).await;
+    match r {
+        Err(ObjectError::AllFailed { errors, .. }) => {
+            assert_eq!(errors.len(), objects::ATTEMPTS_PER_HOLDER as usize);
+            assert!(
+                errors.iter().all(ObjectError::is_retryable),
+                "every attempt lost its stream: {errors:?}"
+            );
+        }
+        other => panic!("expected every attempt to fail, got {other:?}"),
+    }
+    assert_eq!(
+        arrived.load(Ordering::SeqCst),
+        objects::ATTEMPTS_PER_HOLDER as usize
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parallel_pull_asks_again_holders_whose_streams_were_lost() {
+    // Both holders lose their first stream: neither is given up, and the pieces arrive.
+    let m = mesh_with("obj-lost-par", 2, 0).await;
+    let bytes = data(objects::PARALLEL_MIN as usize + 5 * MIB + 1, 22);
+    let id = ObjectId([22; 32]);
+    let mut arrived = Vec::new();
+    for h in &m.holders {
+        h.hold(id, &bytes);
+        arrived.push(serve_losing_first(
+            &h.net,
+            m.protocol.clone(),
+            h.files.clone(),
+            1,
+        ));
+    }
+    let (r, dest) = m.pull(&m.ids(&[0, 1]), id, &bytes).await;
+    r.unwrap();
+    assert_same(&dest, &bytes);
+    for a in &arrived {
+        assert!(
+            a.load(Ordering::SeqCst) >= 2,
+            "every holder was asked again"
+        );
+    }
+    m.unpinned().await;
+}

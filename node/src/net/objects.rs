@@ -20,6 +20,15 @@
 //! others. A digest mismatch does not tell which holder lied: then each holder still in the
 //! running is asked in turn for the whole object, on one stream, until one copy checks out.
 //!
+//! A stream can be lost with no fault at either end: libp2p-stream hands a holder's inbound
+//! streams to its acceptor through a channel of one slot and resets a stream that arrives
+//! while the slot is taken (its log: "Channel is full, dropping inbound stream"); the puller
+//! then sees "the stream ended before the answer", or "connection is closed" when the reset
+//! comes before its request is written. So a holder whose stream is lost so
+//! ([`ObjectError::is_retryable`]) is asked again, after the other holders and a short pause
+//! ([`RETRY_AFTER`]), up to [`ATTEMPTS_PER_HOLDER`] times (a stream to a peer whose
+//! connection closed redials it); the pull fails only when no holder is left.
+//!
 //! Every read and write on a stream has a stall timeout ([`STALL`]); headers are bounded
 //! ([`MAX_HEADER`]).
 
@@ -65,6 +74,11 @@ pub const QUEUED: Duration = Duration::from_secs(10);
 const MIN_PIECE: u64 = 4 << 20;
 const MAX_PIECE: u64 = 64 << 20;
 const PIECES_PER_HOLDER: u64 = 4;
+/// Streams a pull opens to one holder at most before giving up on it, when each is lost
+/// without a reason from the holder (see [`ObjectError::is_retryable`]).
+pub const ATTEMPTS_PER_HOLDER: u32 = 3;
+/// Pause before a holder whose stream was lost is asked again, times its failures so far.
+pub const RETRY_AFTER: Duration = Duration::from_millis(100);
 
 /// Asks for bytes `offset..offset + len` of an object (clipped to its end).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -226,6 +240,12 @@ impl ObjectError {
     /// A failure on this side, which another holder would not avoid.
     fn is_local(&self) -> bool {
         matches!(self, Self::Io(_))
+    }
+
+    /// A stream lost without a word from the holder (reset, closed, cut short; not a
+    /// stall): the holder may serve the next stream well, so it is worth asking again.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Stream { source, .. } if source.kind() != io::ErrorKind::TimedOut)
     }
 }
 
@@ -543,8 +563,9 @@ async fn pull_range(
 ///
 /// One holder, or an object below [`PARALLEL_MIN`]: one stream at a time, the next holder
 /// taking over where a failed one stopped. Several holders and a large object: pieces
-/// pulled from all of them at once (see the module documentation). A holder that fails is
-/// dropped and the others carry on; the pull fails only when every holder has failed
+/// pulled from all of them at once (see the module documentation). A holder whose stream
+/// was lost is asked again, after the others, up to [`ATTEMPTS_PER_HOLDER`] times; a holder
+/// that fails otherwise is dropped and the others carry on; the pull fails only when every holder has failed
 /// (with that holder's own error when there was one, [`ObjectError::AllFailed`] otherwise),
 /// or on a local I/O error ([`ObjectError::Io`]). A copy whose digest does not match is
 /// [`ObjectError::Corrupted`]. On failure `dest` holds partial bytes.
@@ -647,9 +668,10 @@ fn all_failed(id: ObjectId, mut errors: Vec<ObjectError>) -> ObjectError {
 }
 
 /// Pulls the whole object on one stream at a time, trying `holders` in order: a holder that
-/// fails is succeeded by the next from where it stopped; a copy that does not check out is
-/// started over with the holders left. Holder failures go to `errors`; `Ok(true)` once a
-/// copy checks out, `Ok(false)` when the holders ran out, `Err` on a local failure.
+/// fails is succeeded by the next from where it stopped (and, if its stream was lost, goes
+/// to the back of the line, up to [`ATTEMPTS_PER_HOLDER`] times); a copy that does not check
+/// out is started over with the holders left. Holder failures go to `errors`; `Ok(true)`
+/// once a copy checks out, `Ok(false)` when the holders ran out, `Err` on a local failure.
 async fn pull_sequential(
     control: &mut libp2p_stream::Control,
     protocol: &StreamProtocol,
@@ -663,7 +685,14 @@ async fn pull_sequential(
     let mut hasher = blake3::Hasher::new();
     let mut at = 0u64;
     let mut sources = Vec::new();
-    for &peer in holders {
+    let mut attempts = vec![0u32; holders.len()];
+    let mut line: VecDeque<usize> = (0..holders.len()).collect();
+    while let Some(h) = line.pop_front() {
+        let peer = holders[h];
+        if attempts[h] > 0 {
+            tokio::time::sleep(RETRY_AFTER * attempts[h]).await;
+        }
+        attempts[h] += 1;
         let from = at;
         let result = pull_range(
             control,
@@ -685,8 +714,13 @@ async fn pull_sequential(
             Ok(()) => {}
             Err(e) if e.is_local() => return Err(e),
             Err(e) => {
-                tracing::debug!(object = %want.id, error = %e, "a holder failed");
+                let again = e.is_retryable() && attempts[h] < ATTEMPTS_PER_HOLDER;
+                tracing::debug!(object = %want.id, error = %e, attempt = attempts[h], again,
+                    "a holder failed");
                 errors.push(e);
+                if again {
+                    line.push_back(h);
+                }
                 continue;
             }
         }
@@ -767,6 +801,9 @@ async fn pull_parallel(
     let mut cvs: Vec<Option<ChainingValue>> = vec![None; count];
     let mut busy = vec![0usize; holders.len()];
     let mut failed = vec![false; holders.len()];
+    // Streams lost per holder, and when it may be asked again (see `ATTEMPTS_PER_HOLDER`).
+    let mut failures = vec![0u32; holders.len()];
+    let mut retry_at: Vec<Option<Instant>> = vec![None; holders.len()];
     let mut contributed = vec![false; holders.len()];
     let mut tasks = tokio::task::JoinSet::new();
     loop {
@@ -776,6 +813,7 @@ async fn pull_parallel(
                     break;
                 };
                 busy[h] += 1;
+                let pause = retry_at[h].map(|t| t.saturating_duration_since(Instant::now()));
                 let (mut control, protocol, limits, file) = (
                     control.clone(),
                     protocol.clone(),
@@ -783,6 +821,9 @@ async fn pull_parallel(
                     file.clone(),
                 );
                 tasks.spawn(async move {
+                    if let Some(pause) = pause {
+                        tokio::time::sleep(pause).await;
+                    }
                     let mut buf = vec![0u8; CHUNK.min((p.end - p.at) as usize)];
                     let from = p.at;
                     let result = pull_range(
@@ -814,8 +855,15 @@ async fn pull_parallel(
             Err(e) if e.is_local() => return Err(e),
             Err(e) => {
                 if !failed[h] {
-                    tracing::debug!(object = %want.id, error = %e, "a holder failed");
-                    failed[h] = true;
+                    failures[h] += 1;
+                    let again = e.is_retryable() && failures[h] < ATTEMPTS_PER_HOLDER;
+                    tracing::debug!(object = %want.id, error = %e, attempt = failures[h], again,
+                        "a holder failed");
+                    if again {
+                        retry_at[h] = Some(Instant::now() + RETRY_AFTER * failures[h]);
+                    } else {
+                        failed[h] = true;
+                    }
                     errors.push(e);
                 }
                 queue.push_front(p);

@@ -565,10 +565,10 @@ async fn pull_range(
 /// taking over where a failed one stopped. Several holders and a large object: pieces
 /// pulled from all of them at once (see the module documentation). A holder whose stream
 /// was lost is asked again, after the others, up to [`ATTEMPTS_PER_HOLDER`] times; a holder
-/// that fails otherwise is dropped and the others carry on; the pull fails only when every holder has failed
-/// (with that holder's own error when there was one, [`ObjectError::AllFailed`] otherwise),
-/// or on a local I/O error ([`ObjectError::Io`]). A copy whose digest does not match is
-/// [`ObjectError::Corrupted`]. On failure `dest` holds partial bytes.
+/// that fails otherwise is dropped and the others carry on. The pull fails only when no
+/// holder is left (with the one error when there was one, [`ObjectError::AllFailed`] with
+/// each otherwise), or on a local I/O error ([`ObjectError::Io`]). A copy whose digest does
+/// not match is [`ObjectError::Corrupted`]. On failure `dest` holds partial bytes.
 #[allow(clippy::too_many_arguments)]
 pub async fn pull(
     control: &mut libp2p_stream::Control,

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use shoal_node::sim::scenario::{self, is_error, is_value};
 use shoal_node::sim::{Sim, SimArg, SimConfig, TaskOpts};
-use shoal_protocol::{ObjectValue, TaskError};
+use shoal_protocol::mesh::PeerMsg;
+use shoal_protocol::{Arg, ObjectValue, TaskError, TaskKind};
 
 /// With `SHOAL_SIM_TRACE` set, the cores' own debug logs go to stderr too, in order with the
 /// simulator's trace.
@@ -420,6 +421,30 @@ fn refused(sim: &Sim, i: usize) -> Vec<(String, u64)> {
         .refused
 }
 
+/// A task a peer sends on its own (no process of it submitted it): `function` "echo" with
+/// `args`, of kind `kind`.
+fn forged_task(args: Vec<Arg>, kind: TaskKind) -> PeerMsg {
+    use shoal_protocol::{BinaryId, ClientId, ResourceSet, TaskId, TaskSpec};
+    let spec = TaskSpec {
+        task_id: TaskId::new(ClientId(666), 1),
+        function: "echo".into(),
+        binary: BinaryId([7; 32]),
+        args,
+        resources: ResourceSet::new(),
+        max_retries: 0,
+        owner: ClientId(666),
+        kind,
+        nested: Vec::new(),
+        wait_for_resources: false,
+    };
+    PeerMsg::Submit(Box::new(shoal_protocol::mesh::RemoteTask {
+        spec,
+        hops: 0,
+        target: "sim".into(),
+        locations: vec![],
+    }))
+}
+
 fn count(refused: &[(String, u64)], kind: &str) -> u64 {
     refused
         .iter()
@@ -429,9 +454,6 @@ fn count(refused: &[(String, u64)], kind: &str) -> u64 {
 
 #[test]
 fn a_peer_reads_and_releases_only_what_it_was_given() {
-    use shoal_protocol::mesh::{PeerMsg, RemoteTask};
-    use shoal_protocol::{Arg, ClientId, ResourceSet, TaskId, TaskKind, TaskSpec};
-
     // Node 0's driver puts an object and runs a task that reads it: only node 1 has CPUs,
     // so the task (and the object's ref) go there. Node 2 is given nothing.
     let mut sim = mesh(&[0.0, 1.0, 0.0]);
@@ -475,25 +497,7 @@ fn a_peer_reads_and_releases_only_what_it_was_given() {
         },
     );
     sim.forge(2, 0, PeerMsg::Release { ids: vec![obj] });
-    let spec = TaskSpec {
-        task_id: TaskId::new(ClientId(666), 1),
-        function: "echo".into(),
-        binary: shoal_protocol::BinaryId([7; 32]),
-        args: vec![Arg::Ref(obj)],
-        resources: ResourceSet::cpus(0.0),
-        max_retries: 0,
-        owner: ClientId(666),
-        kind: TaskKind::Function,
-        nested: Vec::new(),
-        wait_for_resources: false,
-    };
-    let rt = RemoteTask {
-        spec,
-        hops: 0,
-        target: "sim".into(),
-        locations: vec![],
-    };
-    sim.forge(2, 0, PeerMsg::Submit(Box::new(rt)));
+    sim.forge(2, 0, forged_task(vec![Arg::Ref(obj)], TaskKind::Function));
     sim.run_for(Duration::from_secs(1));
     let r = refused(&sim, 0);
     assert_eq!(
@@ -527,10 +531,7 @@ fn a_peer_reads_and_releases_only_what_it_was_given() {
 #[test]
 fn an_actor_is_called_and_killed_only_with_a_handle() {
     use shoal_node::sim::token_of;
-    use shoal_protocol::mesh::{PeerMsg, RemoteTask};
-    use shoal_protocol::{
-        ActorToken, Arg, BinaryId, ClientId, ResourceSet, TaskId, TaskKind, TaskSpec,
-    };
+    use shoal_protocol::ActorToken;
 
     // An actor on node 0; node 2 knows its id (ids show in logs and records) but holds no
     // handle, so not the secret the actor's node checks.
@@ -545,28 +546,11 @@ fn an_actor_is_called_and_killed_only_with_a_handle() {
 
     let forged = ActorToken([0x5a; 16]);
     assert_ne!(forged, token_of(actor));
-    let spec = TaskSpec {
-        task_id: TaskId::new(ClientId(666), 1),
-        function: "echo".into(),
-        binary: BinaryId([7; 32]),
-        args: vec![Arg::Value(b"x".to_vec())],
-        resources: ResourceSet::new(),
-        max_retries: 0,
-        owner: ClientId(666),
-        kind: TaskKind::ActorMethod {
-            actor,
-            token: forged,
-        },
-        nested: Vec::new(),
-        wait_for_resources: false,
+    let call = TaskKind::ActorMethod {
+        actor,
+        token: forged,
     };
-    let rt = RemoteTask {
-        spec,
-        hops: 0,
-        target: "sim".into(),
-        locations: vec![],
-    };
-    sim.forge(2, 0, PeerMsg::Submit(Box::new(rt)));
+    sim.forge(2, 0, forged_task(vec![Arg::Value(b"x".to_vec())], call));
     for no_restart in [true, false] {
         let kill = PeerMsg::Kill {
             actor,

@@ -31,6 +31,8 @@
 //! - [`wait`]: everything that waits polls with a deadline ([`wait_for`], [`wait_for_line`]):
 //!   nothing here sleeps in place of a check, and nothing waits forever (even the
 //!   `shoal status` client is killed if it hangs).
+//! - [`netlab`]: [`Lab`], nodes in network namespaces of their own on one bridge, with links
+//!   cut and healed by nftables ([`Network`]); behind `scripts/netlab` too. Needs root.
 //! - [`raw`]: [`RawClient`], a client of a node's Unix socket that speaks the protocol's frames
 //!   byte by byte, for tests of broken and hostile clients.
 //!
@@ -62,6 +64,7 @@
 
 pub mod authority;
 pub mod mesh;
+pub mod netlab;
 pub mod node;
 pub mod process;
 pub mod raw;
@@ -69,9 +72,10 @@ pub mod wait;
 
 pub use authority::TestAuthority;
 pub use mesh::Mesh;
+pub use netlab::{Direction, Lab, Network};
 pub use node::{
-    free_tcp_port, is_shoal_node, peers_json, run_cli, shoal_bin, status_json, stop_node,
-    stop_nodes, view, DetachedNode, NodeOptions, NodeProcess, Stopped, CLI_TIMEOUT,
+    free_tcp_port, is_shoal_node, peers_json, run_cli, shoal_bin, signal_node, status_json,
+    stop_node, stop_nodes, view, DetachedNode, NodeOptions, NodeProcess, Stopped, CLI_TIMEOUT,
     DEFAULT_STARTUP_TIMEOUT, LOG_FILE,
 };
 pub use process::{cmdline, parent_of, pid_alive, run_with_timeout, KillOnDrop, TestDir, KEEP_ENV};

@@ -188,6 +188,14 @@ pub struct NodeOptions {
     /// Start the node in a session of its own, so it outlives this process's terminal and
     /// never gets the terminal's Ctrl-C (for [`NodeProcess::detach`]ed nodes).
     pub new_session: bool,
+    /// Start the node inside this network namespace (a file such as `/run/netns/<name>`):
+    /// the nodes of a [`crate::netlab::Lab`]. Its socket and directories stay on the shared
+    /// file system, so programs and `shoal status` reach it from any namespace.
+    pub netns: Option<PathBuf>,
+    /// Start the node in [`NodeOptions::dir`] even if it is not empty: the same node again
+    /// (its identity is in `data/`), as `scripts/netlab restart` does for a node it does not
+    /// hold as a child.
+    pub reuse_dir: bool,
     /// How long it may take to answer on its socket and listen.
     pub startup_timeout: Duration,
 }
@@ -209,6 +217,8 @@ impl Default for NodeOptions {
             store_dir: None,
             bin: None,
             new_session: false,
+            netns: None,
+            reuse_dir: false,
             startup_timeout: DEFAULT_STARTUP_TIMEOUT,
         }
     }
@@ -299,16 +309,28 @@ impl NodeOptions {
         self.bin = Some(bin.into());
         self
     }
+
+    /// Listens on `addr` only (a multiaddr), in place of the default.
+    pub fn listen_on(mut self, addr: impl Into<String>) -> Self {
+        self.listen = vec![addr.into()];
+        self
+    }
+
+    /// Runs the node in the network namespace at `path` (see [`NodeOptions::netns`]).
+    pub fn netns(mut self, path: impl Into<PathBuf>) -> Self {
+        self.netns = Some(path.into());
+        self
+    }
 }
 
-/// Makes a new, empty directory for a node: `dir` if given (it may exist if empty), else a
-/// fresh one in the temporary directory.
-fn make_node_dir(dir: Option<&Path>) -> Result<PathBuf> {
+/// Makes a new, empty directory for a node: `dir` if given (it may exist if empty, or with
+/// anything in it if `reuse`), else a fresh one in the temporary directory.
+fn make_node_dir(dir: Option<&Path>, reuse: bool) -> Result<PathBuf> {
     let Some(dir) = dir else {
         return fresh_dir(&std::env::temp_dir(), "shoal-node");
     };
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    if std::fs::read_dir(dir)?.next().is_some() {
+    if !reuse && std::fs::read_dir(dir)?.next().is_some() {
         bail!("{} is not empty; not starting a node in it", dir.display());
     }
     Ok(dir.to_owned())
@@ -337,6 +359,7 @@ pub struct NodeProcess {
     args: Vec<OsString>,
     env: Vec<(OsString, OsString)>,
     new_session: bool,
+    netns: Option<PathBuf>,
     startup_timeout: Duration,
     mesh: String,
     /// From the latest run's `status --json`.
@@ -360,7 +383,7 @@ impl NodeProcess {
     /// its peer id or addresses. Lets several nodes start at once, or a test watch a node
     /// that is meant to fail.
     pub fn spawn(options: NodeOptions) -> Result<Self> {
-        let dir = make_node_dir(options.dir.as_deref())?;
+        let dir = make_node_dir(options.dir.as_deref(), options.reuse_dir)?;
         let dir = dir.canonicalize().unwrap_or(dir);
         let socket = options.socket.unwrap_or_else(|| dir.join("node.sock"));
         // sun_path holds 108 bytes, with the terminating NUL.
@@ -420,6 +443,7 @@ impl NodeProcess {
             args,
             env: options.env,
             new_session: options.new_session,
+            netns: options.netns,
             startup_timeout: options.startup_timeout,
             mesh: options.mesh,
             peer_id: String::new(),
@@ -466,7 +490,29 @@ impl NodeProcess {
                 });
             }
         }
+        // Kept open until the child has forked; closed in the child by its exec.
+        let netns = match &self.netns {
+            Some(path) => Some(
+                std::fs::File::open(path)
+                    .with_context(|| format!("opening network namespace {}", path.display()))?,
+            ),
+            None => None,
+        };
+        if let Some(ns) = &netns {
+            let fd = std::os::fd::AsRawFd::as_raw_fd(ns);
+            // SAFETY: setns is a plain system call, async-signal-safe; the fd is open in the
+            // child until its exec (the parent keeps it open until the spawn returns).
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::setns(fd, libc::CLONE_NEWNET) == -1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         let process = KillOnDrop::spawn("node", &mut command)?;
+        drop(netns);
         self.pid = process.pid();
         self.process = Some(process);
         self.peer_id.clear();
@@ -796,7 +842,7 @@ pub enum Stopped {
 
 /// Sends `signal` to `pid` if it still is the `shoal node` on `socket`. Returns whether it was
 /// sent.
-fn signal_node(pid: u32, socket: &Path, signal: libc::c_int) -> Result<bool> {
+pub fn signal_node(pid: u32, socket: &Path, signal: libc::c_int) -> Result<bool> {
     if !is_shoal_node(pid, socket) {
         return Ok(false);
     }

@@ -191,6 +191,15 @@ impl Links {
             .map_or(0, |q| q.bytes.load(Ordering::Acquire))
     }
 
+    /// Drops `peer`'s link after the node declared the peer lost: the node has already
+    /// written off what was queued there, so that link breaking later (say, when a partition
+    /// heals and its old connection finally closes) is not reported, and would otherwise be
+    /// taken for a loss of the new connection's work. The next message opens a new link.
+    pub fn forget(&self, peer: PeerId) {
+        let mut links = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        links.remove(&peer);
+    }
+
     /// Stops taking messages: each writer writes what is queued and ends. Called once the
     /// network is stopping.
     pub(crate) fn close(&self) {
@@ -201,21 +210,27 @@ impl Links {
     /// queue is dropped from `inner` (by [`Links::close`]) and drained.
     async fn write(self, peer: PeerId, mut rx: mpsc::Receiver<Vec<u8>>, bytes: Arc<AtomicUsize>) {
         let result = self.open_and_write(peer, &mut rx, &bytes).await;
-        if let Err(e) = &result {
-            tracing::warn!(%peer, error = %e, "control link broke");
-        }
-        {
+        // Still the peer's link, unless forgotten (or replaced) meanwhile.
+        let current = {
             let mut links = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-            if links
+            let current = links
                 .get(&peer)
-                .is_some_and(|q| Arc::ptr_eq(&q.bytes, &bytes))
-            {
+                .is_some_and(|q| Arc::ptr_eq(&q.bytes, &bytes));
+            if current {
                 links.remove(&peer);
             }
-        }
+            current
+        };
         rx.close();
-        if result.is_err() {
-            self.unreachable(peer).await;
+        match &result {
+            Err(e) if current => {
+                tracing::warn!(%peer, error = %e, "control link broke");
+                self.unreachable(peer).await;
+            }
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "a link of a peer written off as lost ended");
+            }
+            Ok(()) => {}
         }
     }
 

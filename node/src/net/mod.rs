@@ -398,6 +398,8 @@ impl NetHandle {
     /// Closes the connections to a peer this node considers lost, so that the peer learns
     /// it too (loss is mutual: neither side keeps waiting for the other). Never waits.
     pub fn disconnect(&self, peer: PeerId) {
+        // The node has written off what is queued for it: the old link's end is no news.
+        self.links.forget(peer);
         if self.commands.try_send(Command::Forget(peer)).is_err() {
             tracing::warn!(%peer, "command queue full: a lost peer stays connected for now");
         }

@@ -7,6 +7,9 @@ use shoal_protocol::{frame::DEFAULT_MAX_FRAME, ResourceSet};
 /// Default size above which values go through the shared-memory store: 64 KiB.
 pub const DEFAULT_INLINE_THRESHOLD: u64 = 64 * 1024;
 
+/// Bytes of lineage a node keeps at most, by default (Ray's default cap is 1 GiB per owner).
+pub const DEFAULT_LINEAGE_BYTES: u64 = 256 << 20;
+
 /// Everything a node needs to start.
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
@@ -42,6 +45,10 @@ pub struct NodeConfig {
     pub clients_per_uid: usize,
     /// How workers of binaries shipped by peers are sandboxed, and the memory monitor.
     pub sandbox: SandboxConfig,
+    /// Bytes of lineage kept at most: the specs of tasks whose large results this node owns
+    /// and may have to make again (see `core::lineage`). Default
+    /// [`DEFAULT_LINEAGE_BYTES`].
+    pub lineage_bytes: u64,
     /// The mesh this node joins, if any.
     #[cfg(feature = "mesh")]
     pub mesh: Option<MeshConfig>,
@@ -103,6 +110,7 @@ impl Default for NodeConfig {
             socket_group: None,
             clients_per_uid: crate::api::CLIENTS_PER_UID,
             sandbox: SandboxConfig::default(),
+            lineage_bytes: DEFAULT_LINEAGE_BYTES,
             #[cfg(feature = "mesh")]
             mesh: None,
         }

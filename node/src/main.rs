@@ -285,6 +285,12 @@ struct NodeArgs {
     /// counted) [default: 1024].
     #[arg(long, value_name = "N")]
     max_clients_per_uid: Option<usize>,
+    /// Bytes of lineage kept at most (suffixes K, M, G): the specs of tasks whose large
+    /// results this node owns, to make a result again when every copy of it is lost with
+    /// its peers. Past it the least recently used go, and such a result cannot be made again
+    /// [default: 256M].
+    #[arg(long, value_parser = parse_bytes)]
+    lineage_bytes: Option<u64>,
     /// The user that code shipped by peers runs as [default: nobody when the node runs as
     /// root, else the node's own user].
     #[arg(long, env = "SHOAL_WORKER_USER")]
@@ -562,6 +568,9 @@ fn run_node(args: NodeArgs) -> Result<()> {
     config.socket_group = args.socket_group;
     if let Some(n) = args.max_clients_per_uid {
         config.clients_per_uid = n;
+    }
+    if let Some(n) = args.lineage_bytes {
+        config.lineage_bytes = n;
     }
     config.sandbox = shoal_node::config::SandboxConfig {
         worker_user: args.worker_user,

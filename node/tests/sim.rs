@@ -305,6 +305,123 @@ fn a_partition_heals_and_every_result_arrives() {
     assert_clean(sim);
 }
 
+/// A chain of `depth` tasks, each taking the previous one's large result, submitted by a
+/// driver on node 0, which has no CPU: every task runs at a peer and leaves its result there.
+fn lost_chain(depth: usize, retries: u32) -> (Sim, usize, Vec<shoal_protocol::ObjectId>) {
+    lost_chain_with(depth, retries, SimConfig::default().lineage_bytes)
+}
+
+fn lost_chain_with(
+    depth: usize,
+    retries: u32,
+    lineage_bytes: u64,
+) -> (Sim, usize, Vec<shoal_protocol::ObjectId>) {
+    assert!(depth >= 2);
+    trace_logs();
+    let mut sim = Sim::new(
+        1,
+        SimConfig {
+            nodes: 3,
+            cpus: vec![0.0, 1.0, 1.0],
+            lineage_bytes,
+            ..Default::default()
+        },
+    );
+    let d = sim.driver(0);
+    sim.run_for(Duration::from_secs(1));
+    let mut chain = Vec::new();
+    for _ in 0..depth {
+        let args = chain
+            .last()
+            .map(|x| vec![SimArg::Ref(*x)])
+            .unwrap_or_default();
+        let opts = TaskOpts {
+            retries,
+            ..TaskOpts::default()
+        };
+        // Held, not asked for: each result stays at the peer that made it.
+        chain.push(sim.submit_held(d, "big:1", args, opts));
+    }
+    sim.run_for(Duration::from_secs(5));
+    let runs: u64 = (1..3).map(|n| sim.runs_on(n)).sum();
+    assert_eq!(runs, depth as u64, "every task ran, at a peer");
+    // The driver keeps only the last result: the lineage of the others stays for it.
+    for x in &chain[..depth - 1] {
+        sim.release(d, *x);
+    }
+    sim.run_for(Duration::from_secs(1));
+    // Every peer that held a copy dies, and comes back empty.
+    sim.crash(1);
+    sim.crash(2);
+    sim.run_for(Duration::from_secs(3));
+    sim.restart(1);
+    sim.restart(2);
+    sim.run_for(Duration::from_secs(2));
+    (sim, d, chain)
+}
+
+#[test]
+fn a_chain_of_large_results_lost_with_their_peers_is_made_again_from_lineage() {
+    let (mut sim, d, chain) = lost_chain(5, 1);
+    let last = *chain.last().unwrap();
+    let runs_before: u64 = (1..3).map(|n| sim.runs_on(n)).sum();
+    // The value read again is the one its task makes (the simulator checks it).
+    sim.get(d, last);
+    sim.run_for(Duration::from_secs(10));
+    assert_eq!(sim.waiting(d), 0, "{:#?}", sim.violations());
+    assert!(
+        matches!(sim.results(d)[&last], ObjectValue::Shared(_)),
+        "{:?}",
+        sim.results(d)[&last]
+    );
+    let runs_after: u64 = (1..3).map(|n| sim.runs_on(n)).sum();
+    assert_eq!(
+        runs_after - runs_before,
+        5,
+        "each of the five tasks ran once more"
+    );
+    assert_clean(sim);
+}
+
+#[test]
+fn a_lost_result_whose_lineage_was_evicted_fails_as_not_reconstructable() {
+    // Room for the lineage of about two tasks: the oldest of the chain's go.
+    let (mut sim, d, chain) = lost_chain_with(5, 1, 600);
+    let last = *chain.last().unwrap();
+    sim.get(d, last);
+    sim.run_for(Duration::from_secs(10));
+    assert_eq!(sim.waiting(d), 0);
+    let v = &sim.results(d)[&last];
+    assert!(
+        is_error(v, |e| matches!(
+            e,
+            TaskError::ObjectReconstructionFailed { id, reason }
+                if *id == last && reason.contains("evicted")
+        )),
+        "{v:?}"
+    );
+    assert_clean(sim);
+}
+
+#[test]
+fn a_lost_result_whose_task_has_no_retries_left_fails_as_not_reconstructable() {
+    let (mut sim, d, chain) = lost_chain(3, 0);
+    let last = *chain.last().unwrap();
+    sim.get(d, last);
+    sim.run_for(Duration::from_secs(10));
+    assert_eq!(sim.waiting(d), 0);
+    let v = &sim.results(d)[&last];
+    assert!(
+        is_error(v, |e| matches!(
+            e,
+            TaskError::ObjectReconstructionFailed { id, reason }
+                if *id == last && reason.contains("no retries left")
+        )),
+        "{v:?}"
+    );
+    assert_clean(sim);
+}
+
 #[test]
 fn large_objects_spill_come_back_and_travel_between_peers() {
     // Each store holds 64 MiB: fourteen 6 MiB puts spill, and are read back for the tasks that

@@ -423,6 +423,16 @@ pub enum TaskError {
         /// The actor.
         actor: ActorId,
     },
+    /// Every copy of the object was lost, and it could not be made again from its lineage
+    /// (the task that made it has no retries left, its lineage was evicted, or an argument
+    /// of that task is lost for good).
+    #[error("object {id} was lost and cannot be made again: {reason}")]
+    ObjectReconstructionFailed {
+        /// The object.
+        id: ObjectId,
+        /// Why not.
+        reason: String,
+    },
 }
 
 /// An actor to host, handed to the worker dedicated to it.

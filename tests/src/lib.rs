@@ -74,9 +74,9 @@ pub use authority::TestAuthority;
 pub use mesh::Mesh;
 pub use netlab::{Direction, Lab, Network};
 pub use node::{
-    free_tcp_port, is_shoal_node, peers_json, run_cli, shoal_bin, signal_node, status_json,
-    stop_node, stop_nodes, view, DetachedNode, NodeOptions, NodeProcess, Stopped, CLI_TIMEOUT,
-    DEFAULT_STARTUP_TIMEOUT, LOG_FILE,
+    example_bin, free_tcp_port, is_shoal_node, peers_json, run_cli, shoal_bin, signal_node,
+    status_json, stop_node, stop_nodes, view, DetachedNode, NodeOptions, NodeProcess, Stopped,
+    CLI_TIMEOUT, DEFAULT_STARTUP_TIMEOUT, LOG_FILE,
 };
 pub use process::{cmdline, parent_of, pid_alive, run_with_timeout, KillOnDrop, TestDir, KEEP_ENV};
 pub use raw::{cli_hello, expect_rejected_and_closed, frame_of, Closed, RawClient};

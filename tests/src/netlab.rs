@@ -469,14 +469,7 @@ impl Lab {
     /// is every other node's `--peer`) and waits until each answers and listens, not until
     /// they see each other (see [`Mesh::wait_converged`]).
     pub fn start(n: usize, options: &NodeOptions) -> Result<Self> {
-        static LABS: AtomicU32 = AtomicU32::new(0);
-        sweep_stale();
-        let prefix = format!(
-            "{TEST_PREFIX}{}-{}",
-            std::process::id(),
-            LABS.fetch_add(1, Ordering::Relaxed)
-        );
-        Self::start_named(&prefix, n, options, None)
+        Self::start_with(n, |_| options.clone())
     }
 
     /// [`Lab::start`] with namespaces named `<prefix>-…` and, with `parent`, node `i`'s
@@ -487,11 +480,32 @@ impl Lab {
         options: &NodeOptions,
         parent: Option<&Path>,
     ) -> Result<Self> {
+        Self::start_each(prefix, n, |_| options.clone(), parent)
+    }
+
+    /// [`Lab::start`] with node `i` started with `options(i)` (say, node 0 with no CPU).
+    pub fn start_with(n: usize, options: impl Fn(usize) -> NodeOptions) -> Result<Self> {
+        static LABS: AtomicU32 = AtomicU32::new(0);
+        sweep_stale();
+        let prefix = format!(
+            "{TEST_PREFIX}{}-{}",
+            std::process::id(),
+            LABS.fetch_add(1, Ordering::Relaxed)
+        );
+        Self::start_each(&prefix, n, options, None)
+    }
+
+    fn start_each(
+        prefix: &str,
+        n: usize,
+        options: impl Fn(usize) -> NodeOptions,
+        parent: Option<&Path>,
+    ) -> Result<Self> {
         let network = Network::create(prefix, n)?;
         let mut nodes = Vec::with_capacity(n);
         nodes.push(NodeProcess::start(network.node_options(
             0,
-            options.clone(),
+            options(0),
             parent,
         ))?);
         let bootstrap = nodes[0].listen_addr().to_owned();
@@ -501,7 +515,7 @@ impl Lab {
             network.listen_addr(0)
         );
         for i in 1..n {
-            let o = network.node_options(i, options.clone(), parent);
+            let o = network.node_options(i, options(i), parent);
             nodes.push(NodeProcess::spawn(o.peer(bootstrap.clone()))?);
         }
         for node in &mut nodes[1..] {

@@ -75,6 +75,26 @@ pub fn shoal_bin() -> Result<PathBuf> {
     Ok(bin)
 }
 
+/// The example program `name` (`examples/<name>.rs`), built beside the running executable
+/// (`target/<profile>/examples/`) by `cargo test --workspace`.
+pub fn example_bin(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("where is this executable?")?;
+    let mut dir = exe
+        .parent()
+        .ok_or_else(|| anyhow!("{} has no parent directory", exe.display()))?;
+    if dir.file_name() == Some(OsStr::new("deps")) {
+        dir = dir.parent().unwrap_or(dir);
+    }
+    let bin = dir.join("examples").join(name);
+    if !bin.exists() {
+        bail!(
+            "{} missing: run `cargo test --workspace` (or `cargo build --examples`)",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
 /// A TCP port on 127.0.0.1 that was free a moment ago: for a node that must listen on the
 /// same address after a restart (`/ip4/127.0.0.1/tcp/<port>`). Another process may take it
 /// in between; ephemeral ports (`tcp/0`) are better wherever they do.

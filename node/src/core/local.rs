@@ -112,11 +112,16 @@ impl NodeCore {
         self.party_gone(now, Party::Proc(conn));
     }
 
-    /// What `party` asked of this node ends: its queued tasks and calls are dropped (running
-    /// ones finish and their results are discarded), the actors it placed on peers end, its
-    /// refs and waits go.
+    /// What `party` asked of this node ends: its queued tasks and calls are dropped, the
+    /// actors it placed on peers end, its refs and waits go. The tasks of a local process
+    /// that are running here stop (their workers are killed, as Ray cancels a dead owner's
+    /// tasks): its CPUs are free for the next program at once. A lost peer's running tasks
+    /// finish (it may be alive, and is told of their end) and their results are discarded.
     pub(super) fn party_gone(&mut self, now: Instant, party: Party) {
         self.end_remote_actors_of(now, party);
+        if let Party::Proc(_) = party {
+            self.stop_running_tasks_of(now, party);
+        }
         let tasks = &self.tasks;
         let mut dropped = self
             .sched
@@ -144,6 +149,24 @@ impl NodeCore {
         touched.sort();
         for id in touched {
             self.maybe_free(id);
+        }
+    }
+
+    /// Kills the workers running tasks of `party` (not actors: those end by their own
+    /// rules), and forgets those tasks; other tasks sent to those workers and not started
+    /// run again on others, at no cost to their budget.
+    fn stop_running_tasks_of(&mut self, now: Instant, party: Party) {
+        for (worker, task) in self.sched.running_tasks() {
+            let Some(e) = self.tasks.get(&task) else {
+                continue;
+            };
+            if e.owner != party || !matches!(e.spec.kind, TaskKind::Function) {
+                continue;
+            }
+            tracing::info!(task = %task, worker, "its submitter is gone: stopping the task");
+            // Forgotten first: the worker's end must not run it again.
+            self.finish_task(now, task);
+            self.out.push_back(Output::KillWorker { worker });
         }
     }
 
@@ -999,6 +1022,10 @@ impl NodeCore {
         nested: Vec<ObjectId>,
     ) {
         if self.tasks.contains_key(&task) {
+            if !matches!(value, ObjectValue::Error(_)) {
+                // Results made from it may be lost at peers and need it made again.
+                self.keep_lineage(task);
+            }
             self.finish_task(now, task);
             if !matches!(value, ObjectValue::Error(_)) {
                 self.set_nested(ret, nested);
@@ -1120,6 +1147,10 @@ impl NodeCore {
             }
         }
         for t in dependents {
+            // Sent to a peer while a copy was there (before it was made again): has it.
+            if self.spill.spilled_to(&t).is_some() {
+                continue;
+            }
             let Some(entry) = self.tasks.get_mut(&t) else {
                 continue;
             };
@@ -1142,6 +1173,7 @@ impl NodeCore {
         let mut freed = std::mem::take(&mut self.freed);
         self.objects.collect_into(id, &mut freed);
         for (id, e) in freed.drain(..) {
+            self.lineage.object_freed(id);
             if let Some(r) = &e.remote {
                 for p in &r.release_to {
                     self.tell_peer(*p, shoal_protocol::mesh::PeerMsg::Release { ids: vec![id] });
@@ -1387,6 +1419,14 @@ impl NodeCore {
                     pinned_by.push("nested".to_string());
                 }
                 let (size, location) = match &e.value {
+                    // Made, and left at the peers that made or hold it.
+                    None if e.ready_remotely() => (
+                        e.remote
+                            .as_ref()
+                            .and_then(|r| r.object)
+                            .map_or(0, |o| o.size),
+                        "remote".to_string(),
+                    ),
                     None => (0, "pending".to_string()),
                     Some(ObjectValue::Inline(v)) => (v.len() as u64, "inline".to_string()),
                     Some(ObjectValue::Error(_)) => (0, "error".to_string()),
@@ -1402,7 +1442,7 @@ impl NodeCore {
                         .to_string(),
                     ),
                 };
-                if e.value.is_none() {
+                if e.value.is_none() && !e.ready_remotely() {
                     pinned_by.push("pending".to_string());
                 }
                 ObjectInfo {

@@ -60,9 +60,11 @@ use crate::store::{StoreDone, StoreOp};
 pub mod actors;
 #[cfg(test)]
 mod harness;
+mod lineage;
 mod local;
 mod objects;
 mod peers;
+mod reconstruct;
 pub mod rights;
 pub mod sched;
 mod spill;
@@ -452,6 +454,8 @@ pub struct Census {
     pub waiting_remote: usize,
     /// Store ops whose completion has not come back.
     pub store_ops: usize,
+    /// Objects whose lineage is kept (to make them again).
+    pub lineage: usize,
 }
 
 /// A process attached to the node.
@@ -499,6 +503,8 @@ pub struct NodeCore {
     out: VecDeque<Output>,
     /// Entries [`ObjectTable::collect_into`] removed, for `maybe_free`: one buffer reused.
     freed: Vec<(ObjectId, objects::ObjEntry)>,
+    /// How to make again the large results this node owns.
+    lineage: lineage::Lineage,
 }
 
 impl std::fmt::Debug for NodeCore {
@@ -536,6 +542,7 @@ impl NodeCore {
         peer: Option<PeerConfig>,
     ) -> Self {
         let store = CoreStore::new(store_dir, config.store_bytes);
+        let lineage = lineage::Lineage::new(config.lineage_bytes);
         let (me, spill) = match peer {
             Some(p) => (Some(p.me), Spill::new(p.target, p.accepts_code)),
             None => (None, Spill::new(String::new(), false)),
@@ -564,6 +571,7 @@ impl NodeCore {
             stopping: false,
             out: VecDeque::new(),
             freed: Vec::new(),
+            lineage,
         };
         core.report_load();
         core
@@ -689,6 +697,7 @@ impl NodeCore {
             spilled_tasks: self.spill.spilled_count(),
             waiting_remote: self.spill.remote_wait.len(),
             store_ops: self.store.in_flight(),
+            lineage: self.lineage.size().0,
         }
     }
 

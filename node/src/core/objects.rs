@@ -59,6 +59,8 @@ pub(crate) struct ObjEntry {
     /// Peers given its ref (by this node, or by a peer that may read it): they may read it
     /// here. See [`ObjectTable::may_read`].
     pub(crate) readers: Vec<PeerKey>,
+    /// The lineage that could make it again was evicted (`--lineage-bytes`).
+    pub(crate) lineage_evicted: bool,
 }
 
 /// Copies of an object held by peers.
@@ -177,15 +179,23 @@ impl ObjectTable {
     }
 
     /// `party` is gone: every ref it held and every wait it had end. Returns the objects
-    /// it touched, to [`collect`](Self::collect).
+    /// it touched, to [`collect`](Self::collect). A peer written off as lost keeps the
+    /// right to read what it held while the object lives here (a loss is not a revocation:
+    /// it may be back, after a partition, with tasks that take it).
     pub(crate) fn party_gone(&mut self, party: Party) -> Vec<ObjectId> {
         let mut touched = Vec::new();
         for (id, e) in self.map.iter_mut() {
             let before = (e.holders.len(), e.waiters.len(), e.push_to);
+            let had = e.holders.contains(&party) || e.push_to == Some(party);
             e.holders.retain(|h| *h != party);
             e.waiters.retain(|h| *h != party);
             if e.push_to == Some(party) {
                 e.push_to = None;
+            }
+            if let (true, Party::Peer(peer)) = (had, party) {
+                if !e.readers.contains(&peer) {
+                    e.readers.push(peer);
+                }
             }
             if before != (e.holders.len(), e.waiters.len(), e.push_to) {
                 touched.push(*id);

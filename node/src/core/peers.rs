@@ -116,7 +116,7 @@ impl NodeCore {
                         self.run_again_here(now, task);
                     }
                 } else {
-                    self.place_task(now, task);
+                    self.requeue(now, task);
                 }
             }
             PeerMsg::Object { id, value } => self.remote_object(now, peer, id, value),
@@ -130,8 +130,10 @@ impl NodeCore {
                 for id in ids {
                     if self.objects.release(party, &id) {
                         self.maybe_free(id);
-                    } else if self.objects.contains(&id) {
+                    } else if self.objects.contains(&id) && self.lineage.get(&id).is_none() {
                         // Not held by it: nothing changes (a peer releases only its own refs).
+                        // (One made again here from its lineage is a new entry: a release of
+                        // a ref to the one before is late, not wrong.)
                         self.rights.refuse(now, peer, Refused::Release, id);
                     }
                 }
@@ -254,6 +256,33 @@ impl NodeCore {
                 return;
             }
         }
+        if let (Some(task), RemoteValue::Error(TaskError::PeerLost { peer: named })) =
+            (task, &value)
+        {
+            // The peer itself wrote this node off (during a partition, say) and dropped the
+            // task; sent on a link that outlived the loss, this can reach a run sent there
+            // again after a heal: the task runs again (its budget allowing) rather than
+            // ending with another run's loss.
+            if *named == peer.to_string() && self.retry_returned(now, peer, task) {
+                return;
+            }
+        }
+        if let (
+            Some(task),
+            RemoteValue::Error(
+                TaskError::ObjectLost { id: arg } | TaskError::ObjectUnavailable { id: arg, .. },
+            ),
+        ) = (task, &value)
+        {
+            if self.arg_lost(now, peer, task, *arg) {
+                return;
+            }
+        }
+        if let (Some(task), RemoteValue::Shared { .. } | RemoteValue::Inline(_)) = (task, &value) {
+            // A large result stays at that peer: if every copy is lost, it is made again
+            // from this (and so may results made from it, small ones too).
+            self.keep_lineage(task);
+        }
         if let Some(task) = task {
             let demand = self.tasks.get(&task).map(|e| e.spec.resources.clone());
             self.spill.unspill(&task);
@@ -316,8 +345,12 @@ impl NodeCore {
                     self.start_fetch(id);
                 }
                 if !was_ready {
-                    // Tasks that take it may be placed now: near a holder, ideally.
+                    // Tasks that take it may be placed now: near a holder, ideally. (Tasks
+                    // sent to peers while it was there before it was made again have it.)
                     for t in dependents {
+                        if self.spill.spilled_to(&t).is_some() {
+                            continue;
+                        }
                         let Some(entry) = self.tasks.get_mut(&t) else {
                             continue;
                         };
@@ -332,7 +365,8 @@ impl NodeCore {
     }
 
     /// A task sent to `peer` failed there because its worker died (or was killed for
-    /// memory): it runs again, from here, if its budget allows. Says whether it does.
+    /// memory, or the peer wrote this node off): it runs again, from here, if its budget
+    /// allows. Says whether it does.
     fn retry_returned(&mut self, now: Instant, peer: PeerKey, task: TaskId) -> bool {
         let Some(entry) = self.tasks.get_mut(&task) else {
             return false;
@@ -341,13 +375,13 @@ impl NodeCore {
             return false;
         }
         entry.retries_left -= 1;
-        tracing::info!(task = %task, %peer, retries_left = entry.retries_left, "task's worker died at a peer; retrying it");
+        tracing::info!(task = %task, %peer, retries_left = entry.retries_left, "a task failed at a peer (its worker died, or the peer dropped it); retrying it");
         let demand = entry.spec.resources.clone();
         self.spill.unspill(&task);
         if let Some(l) = self.spill.peers.get_mut(&peer) {
             l.task_returned(demand);
         }
-        self.place_task(now, task);
+        self.requeue(now, task);
         true
     }
 
@@ -382,8 +416,13 @@ impl NodeCore {
         }
         let now = self.now;
         if holders.is_empty() {
-            let value = ObjectValue::Error(TaskError::ObjectLost { id });
-            self.object_ready(now, id, value);
+            // Every copy is lost: its owner makes it again, if it can.
+            r.fetching = false;
+            let error = match self.reconstruct(now, id) {
+                Ok(_) => return,
+                Err(why) => why.error(id),
+            };
+            self.object_ready(now, id, ObjectValue::Error(error));
             return;
         }
         r.fetching = true;
@@ -545,6 +584,10 @@ impl NodeCore {
             Err(message) => {
                 tracing::warn!(object = %id, %message, "pull failed");
                 self.store_remove(&id);
+                // No holder could give it: made again by its owner, if this node is that.
+                if self.lineage.get(&id).is_some() && self.reconstruct(now, id).is_ok() {
+                    return;
+                }
                 let value = ObjectValue::Error(TaskError::ObjectUnavailable { id, message });
                 self.pulled_sealed(now, id, value);
             }
@@ -1699,7 +1742,7 @@ impl NodeCore {
             if entry.retries_left > 0 {
                 entry.retries_left -= 1;
                 tracing::info!(task = %t, retries_left = entry.retries_left, "retrying a task lost with its peer");
-                self.place_task(now, t);
+                self.requeue(now, t);
             } else {
                 self.fail_task(now, t, error.clone());
             }

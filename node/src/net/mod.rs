@@ -1504,7 +1504,8 @@ impl NetTask {
     }
 
     /// Dials the bootstrap peers that are not connected (a restarted or partitioned peer
-    /// comes back), with a growing interval while they stay away.
+    /// comes back), with a growing interval while they stay away, up to
+    /// [`NetTask::redial_cap`].
     fn redial(&mut self, now: Instant) {
         let mut dialed = false;
         for addr in self.config.peers.clone() {
@@ -1520,11 +1521,18 @@ impl NetTask {
             }
         }
         self.redial_backoff = if dialed {
-            (self.redial_backoff * 2).min(Duration::from_secs(10))
+            (self.redial_backoff * 2).min(self.redial_cap())
         } else {
             Duration::from_millis(500)
         };
         self.next_redial = now + self.redial_backoff;
+    }
+
+    /// The longest wait between redials: half the failure timeout (at most 10 s), so that
+    /// once a cut heals the peers see each other again within the failure timeout.
+    fn redial_cap(&self) -> Duration {
+        (self.config.membership.expiry / 2)
+            .clamp(Duration::from_millis(500), Duration::from_secs(10))
     }
 
     fn publish_report(&mut self, now: Instant) {

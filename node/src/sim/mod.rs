@@ -80,6 +80,8 @@ pub struct SimConfig {
     /// Peers whose code policy rejects the drivers' binary (as unsigned): their fetches of
     /// it end rejected.
     pub rejects_code: Vec<usize>,
+    /// Each node's `--lineage-bytes`.
+    pub lineage_bytes: u64,
 }
 
 impl Default for SimConfig {
@@ -90,6 +92,7 @@ impl Default for SimConfig {
             latency: (Duration::from_micros(100), Duration::from_millis(2)),
             store_faults: 0.0,
             rejects_code: Vec::new(),
+            lineage_bytes: crate::config::DEFAULT_LINEAGE_BYTES,
         }
     }
 }
@@ -235,6 +238,9 @@ pub struct Driver {
     creating: BTreeMap<u64, (ObjectId, SharedObject)>,
     /// Large objects it put and holds.
     puts: BTreeMap<ObjectId, SharedObject>,
+    /// Results it holds and has not asked for yet ([`Sim::submit_held`]), with their
+    /// expected value when known.
+    held: BTreeMap<ObjectId, Option<ObjectValue>>,
 }
 
 /// What a driver expects of a result.
@@ -498,6 +504,7 @@ impl Sim {
             spill_parent: node.store_parent.join("spill"),
             store_bytes: STORE_BYTES,
             embedded: false,
+            lineage_bytes: self.config.lineage_bytes,
             #[cfg(feature = "mesh")]
             mesh: None,
             ..NodeConfig::default()
@@ -1543,6 +1550,7 @@ impl Sim {
             done: BTreeMap::new(),
             creating: BTreeMap::new(),
             puts: BTreeMap::new(),
+            held: BTreeMap::new(),
         });
         self.nodes[node].procs.insert(conn, Proc::Driver(d));
         let hello = Hello {
@@ -1585,13 +1593,36 @@ impl Sim {
         TaskId::new(driver.client, driver.seq)
     }
 
-    /// Driver `d` submits `function(args)` and owns its result.
+    /// Driver `d` submits `function(args)` and owns its result, and waits for it.
     pub fn submit(
         &mut self,
         d: usize,
         function: &str,
         args: Vec<SimArg>,
         opts: TaskOpts,
+    ) -> ObjectId {
+        self.submit_with(d, function, args, opts, true)
+    }
+
+    /// Driver `d` submits `function(args)` and holds its result without asking for it (a
+    /// large result stays at the peer that made it) until [`Sim::get`].
+    pub fn submit_held(
+        &mut self,
+        d: usize,
+        function: &str,
+        args: Vec<SimArg>,
+        opts: TaskOpts,
+    ) -> ObjectId {
+        self.submit_with(d, function, args, opts, false)
+    }
+
+    fn submit_with(
+        &mut self,
+        d: usize,
+        function: &str,
+        args: Vec<SimArg>,
+        opts: TaskOpts,
+        wait: bool,
     ) -> ObjectId {
         let task = self.next_task(d);
         let mut known = true;
@@ -1634,8 +1665,12 @@ impl Sim {
         };
         let ret = spec.return_id();
         self.runs.insert(task, (0, opts.retries));
-        self.own(d, ret, expect);
         self.send(d, ToNode::Submit(spec));
+        if !wait {
+            self.drivers[d].held.insert(ret, expect);
+            return ret;
+        }
+        self.own(d, ret, expect);
         // It waits for the result, as a program's `get` does (a large result stays at the
         // peer that made it until it is asked for).
         self.send(d, ToNode::Get { ids: vec![ret] });
@@ -1683,10 +1718,11 @@ impl Sim {
         if self.drivers[d].pending.contains_key(&id) {
             return;
         }
+        let held = self.drivers[d].held.remove(&id).flatten();
         let value = match (self.drivers[d].puts.get(&id), self.drivers[d].done.get(&id)) {
             (Some(o), _) => Some(ObjectValue::Shared(*o)),
             (None, Some(v @ (ObjectValue::Inline(_) | ObjectValue::Shared(_)))) => Some(v.clone()),
-            _ => None,
+            _ => held,
         };
         self.own(d, id, value);
         self.send(d, ToNode::Get { ids: vec![id] });
@@ -1775,6 +1811,7 @@ impl Sim {
         self.drivers[d].pending.remove(&id);
         self.drivers[d].done.remove(&id);
         self.drivers[d].puts.remove(&id);
+        self.drivers[d].held.remove(&id);
         self.send(d, ToNode::Release { ids: vec![id] });
     }
 

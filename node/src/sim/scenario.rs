@@ -68,7 +68,13 @@ fn run_random(seed: u64) -> (Sim, Vec<Violation>) {
                 } else {
                     format!("sleep:{ms}")
                 };
-                let id = sim.submit(d, &f, args, opts);
+                // Large results held and not asked for stay at their peers: a crash loses
+                // them, and a later `get` has their owner make them again.
+                let id = if f.starts_with("big:") && sim.rng().chance(0.5) {
+                    sim.submit_held(d, &f, args, opts)
+                } else {
+                    sim.submit(d, &f, args, opts)
+                };
                 owned.push((d, id));
             }
             40..=42 => {

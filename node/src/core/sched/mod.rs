@@ -383,6 +383,20 @@ impl Scheduler {
         self.schedule(now);
     }
 
+    /// Each leased worker and the task it runs (the first of those sent to it).
+    pub fn running_tasks(&self) -> Vec<(WorkerId, TaskId)> {
+        let mut v: Vec<(WorkerId, TaskId)> = self
+            .workers
+            .iter()
+            .filter_map(|(id, w)| match &w.state {
+                State::Leased { inflight, .. } => inflight.front().map(|(t, _)| (*id, *t)),
+                _ => None,
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
     /// Whether `worker` (still) holds `task`: runs it, or hosts the actor it creates.
     pub fn holds(&self, worker: WorkerId, task: TaskId) -> bool {
         self.workers.get(&worker).is_some_and(|w| match &w.state {

@@ -52,8 +52,14 @@ const NETNS_DIR: &str = "/run/netns";
 /// process that made them).
 const TEST_PREFIX: &str = "shoal-lab-";
 
-/// Why no lab can be made here, or `None` if one can.
+/// Why no lab can be made here, or `None` if one can. Looked at once per process (tests
+/// of one binary ask at once, from several threads).
 pub fn unavailable() -> Option<String> {
+    static WHY: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    WHY.get_or_init(probe).clone()
+}
+
+fn probe() -> Option<String> {
     // SAFETY: geteuid cannot fail and has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Some("the network lab needs root (network namespaces, nftables)".into());

@@ -988,6 +988,17 @@ impl NodeCore {
                 self.result_sealed(now, task, ret, value);
             }
             TaskOutcome::Ok(v) => self.task_result(now, task, ret, v, nested),
+            TaskOutcome::Err(TaskError::ResultStore { .. })
+                if self.tasks.contains_key(&task) && self.store.index.sealed(&ret).is_some() =>
+            {
+                // A copy of this very result came here while it ran (an earlier run's,
+                // pulled for another task): its result could not be stored beside it, and
+                // is that copy.
+                if let Some(object) = self.store.index.sealed(&ret) {
+                    tracing::info!(task = %task, object = %ret, "a task's result was here already");
+                    self.end_with_copy(now, task, ret, object);
+                }
+            }
             TaskOutcome::Err(e) => self.task_result(now, task, ret, ObjectValue::Error(e), nested),
         }
         if let Some(a) = actor {

@@ -834,6 +834,9 @@ impl NodeCore {
         };
         let (binary, demand) = (entry.spec.binary, entry.spec.resources.clone());
         let TaskKind::CreateActor(create) = &entry.spec.kind else {
+            if matches!(entry.spec.kind, TaskKind::Function) && self.result_here(now, task) {
+                return;
+            }
             self.sched.submit(now, task, binary, demand);
             return;
         };

@@ -250,6 +250,43 @@ impl NodeCore {
         Ok(Remake::Started)
     }
 
+    /// A task about to run again whose result is in this node's store already (a copy of an
+    /// earlier run's, pulled here for another task): it ends with that copy rather than
+    /// run (its result could not be stored beside it anyway). Says whether it did.
+    pub(super) fn result_here(&mut self, now: Instant, task: TaskId) -> bool {
+        let Some(ret) = self.tasks.get(&task).map(|e| e.ret) else {
+            return false;
+        };
+        let Some(object) = self.store.index.sealed(&ret) else {
+            return false;
+        };
+        tracing::info!(task = %task, object = %ret, "a task's result is here already; not running it again");
+        self.end_with_copy(now, task, ret, object);
+        true
+    }
+
+    /// Ends `task` with the copy of its result `ret` this node's store holds.
+    pub(super) fn end_with_copy(
+        &mut self,
+        now: Instant,
+        task: TaskId,
+        ret: ObjectId,
+        object: shoal_protocol::SharedObject,
+    ) {
+        let value = ObjectValue::Shared(object);
+        let (known, push_to) = self
+            .objects
+            .get(&ret)
+            .map_or((false, None), |e| (e.value.is_some(), e.push_to));
+        self.finish_task(now, task);
+        if !known {
+            self.object_ready(now, ret, value);
+        } else if let Some(owner) = push_to {
+            // Its owner asked for this run: it gets the value as from any other.
+            self.send(owner, shoal_protocol::ToClient::Object { id: ret, value });
+        }
+    }
+
     /// Places again a task that came back from a peer: once its arguments are ready (one
     /// may be being made again meanwhile; its arrival places the task then).
     pub(super) fn requeue(&mut self, now: Instant, task: TaskId) {
@@ -288,6 +325,18 @@ impl NodeCore {
         };
         if entry.is_call() || !entry.arg_refs().any(|a| a == arg) {
             return false;
+        }
+        if self.lineage.get(&arg).is_some() && !self.lost_here(&arg) {
+            // This node can make it again: the copies it knew of could not be had where the
+            // task ran (a cut between those peers, or copies gone with a loss not yet
+            // noticed here). They are given up, and it is made again (at least once).
+            if let Some(r) = self
+                .objects
+                .get_mut(&arg)
+                .and_then(|e| e.remote.as_deref_mut())
+            {
+                r.holders.clear();
+            }
         }
         let lost = self.lost_here(&arg);
         if lost && self.lineage.get(&arg).is_none() {

@@ -383,10 +383,14 @@ fn a_chain_of_large_results_lost_with_their_peers_is_made_again_from_lineage() {
     assert_clean(sim);
 }
 
-#[test]
-fn a_lost_result_whose_lineage_was_evicted_fails_as_not_reconstructable() {
-    // Room for the lineage of about two tasks: the oldest of the chain's go.
-    let (mut sim, d, chain) = lost_chain_with(5, 1, 600);
+/// A get of the chain's last result fails with `ObjectReconstructionFailed` whose reason
+/// says `why`, and nothing is left waiting.
+fn assert_not_reconstructable(
+    mut sim: Sim,
+    d: usize,
+    chain: &[shoal_protocol::ObjectId],
+    why: &str,
+) {
     let last = *chain.last().unwrap();
     sim.get(d, last);
     sim.run_for(Duration::from_secs(10));
@@ -396,7 +400,7 @@ fn a_lost_result_whose_lineage_was_evicted_fails_as_not_reconstructable() {
         is_error(v, |e| matches!(
             e,
             TaskError::ObjectReconstructionFailed { id, reason }
-                if *id == last && reason.contains("evicted")
+                if *id == last && reason.contains(why)
         )),
         "{v:?}"
     );
@@ -404,22 +408,16 @@ fn a_lost_result_whose_lineage_was_evicted_fails_as_not_reconstructable() {
 }
 
 #[test]
+fn a_lost_result_whose_lineage_was_evicted_fails_as_not_reconstructable() {
+    // Room for the lineage of about two tasks: the oldest of the chain's go.
+    let (sim, d, chain) = lost_chain_with(5, 1, 600);
+    assert_not_reconstructable(sim, d, &chain, "evicted");
+}
+
+#[test]
 fn a_lost_result_whose_task_has_no_retries_left_fails_as_not_reconstructable() {
-    let (mut sim, d, chain) = lost_chain(3, 0);
-    let last = *chain.last().unwrap();
-    sim.get(d, last);
-    sim.run_for(Duration::from_secs(10));
-    assert_eq!(sim.waiting(d), 0);
-    let v = &sim.results(d)[&last];
-    assert!(
-        is_error(v, |e| matches!(
-            e,
-            TaskError::ObjectReconstructionFailed { id, reason }
-                if *id == last && reason.contains("no retries left")
-        )),
-        "{v:?}"
-    );
-    assert_clean(sim);
+    let (sim, d, chain) = lost_chain(3, 0);
+    assert_not_reconstructable(sim, d, &chain, "no retries left");
 }
 
 #[test]

@@ -33,6 +33,8 @@
 //!   `shoal status` client is killed if it hangs).
 //! - [`netlab`]: [`Lab`], nodes in network namespaces of their own on one bridge, with links
 //!   cut and healed by nftables ([`Network`]); behind `scripts/netlab` too. Needs root.
+//! - [`statefile`]: [`StateFile`], where `scripts/mesh` and `scripts/netlab` record what they
+//!   started, for their `status` and `down`.
 //! - [`raw`]: [`RawClient`], a client of a node's Unix socket that speaks the protocol's frames
 //!   byte by byte, for tests of broken and hostile clients.
 //!
@@ -68,6 +70,7 @@ pub mod netlab;
 pub mod node;
 pub mod process;
 pub mod raw;
+pub mod statefile;
 pub mod wait;
 
 pub use authority::TestAuthority;
@@ -80,4 +83,5 @@ pub use node::{
 };
 pub use process::{cmdline, parent_of, pid_alive, run_with_timeout, KillOnDrop, TestDir, KEEP_ENV};
 pub use raw::{cli_hello, expect_rejected_and_closed, frame_of, Closed, RawClient};
+pub use statefile::StateFile;
 pub use wait::{log_tail, wait_for, wait_for_line, DEADLINE, POLL};

@@ -23,7 +23,6 @@
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::net::Ipv4Addr;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -392,25 +391,11 @@ impl Network {
     }
 
     /// Sets `command` to run in node `i`'s namespace (for a program that needs the lab's
-    /// network; programs that only talk to a node need nothing but its socket).
-    pub fn exec_in(&self, i: usize, command: &mut Command) -> Result<()> {
+    /// network; programs that only talk to a node need nothing but its socket). Keep the
+    /// returned file open until the command is spawned (or exec'd).
+    pub fn exec_in(&self, i: usize, command: &mut Command) -> Result<std::fs::File> {
         self.check(i)?;
-        let path = self.namespace_path(i);
-        let ns = std::fs::File::open(&path)
-            .with_context(|| format!("opening network namespace {}", path.display()))?;
-        // Left open in this process (for a command about to run, or to replace it): it must
-        // stay open until the fork; the exec closes it in the child (opened close-on-exec).
-        let fd = std::os::fd::IntoRawFd::into_raw_fd(ns);
-        // SAFETY: setns is a plain system call, async-signal-safe.
-        unsafe {
-            command.pre_exec(move || {
-                if libc::setns(fd, libc::CLONE_NEWNET) == -1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        Ok(())
+        enter_netns(command, &self.namespace_path(i))
     }
 
     /// Leaves the namespaces in place when this value is dropped (for `scripts/netlab up`,
@@ -613,4 +598,25 @@ impl Lab {
         }
         self.mesh.node_mut(i).signal(libc::SIGCONT)
     }
+}
+
+/// Sets `command` to enter the network namespace at `path` (`setns` in the child, before its
+/// exec). The returned file must stay open until the command is spawned: the child uses its
+/// descriptor (opened close-on-exec, so the exec closes it in the child).
+pub(crate) fn enter_netns(command: &mut Command, path: &Path) -> Result<std::fs::File> {
+    use std::os::unix::process::CommandExt as _;
+    let ns = std::fs::File::open(path)
+        .with_context(|| format!("opening network namespace {}", path.display()))?;
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&ns);
+    // SAFETY: setns is a plain system call, async-signal-safe; the descriptor is open in the
+    // child until its exec, since the caller keeps `ns` open until the spawn returns.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::setns(fd, libc::CLONE_NEWNET) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(ns)
 }

@@ -57,13 +57,7 @@ pub fn shoal_bin() -> Result<PathBuf> {
     if let Some(bin) = std::env::var_os("SHOAL_BIN").filter(|b| !b.is_empty()) {
         return Ok(PathBuf::from(bin));
     }
-    let exe = std::env::current_exe().context("where is this executable?")?;
-    let mut dir = exe
-        .parent()
-        .ok_or_else(|| anyhow!("{} has no parent directory", exe.display()))?;
-    if dir.file_name() == Some(OsStr::new("deps")) {
-        dir = dir.parent().unwrap_or(dir);
-    }
+    let dir = target_dir()?;
     let bin = dir.join("shoal");
     if !bin.exists() {
         bail!(
@@ -75,9 +69,9 @@ pub fn shoal_bin() -> Result<PathBuf> {
     Ok(bin)
 }
 
-/// The example program `name` (`examples/<name>.rs`), built beside the running executable
-/// (`target/<profile>/examples/`) by `cargo test --workspace`.
-pub fn example_bin(name: &str) -> Result<PathBuf> {
+/// The cargo profile directory of the running executable (`target/<profile>/`): its own
+/// directory, or the parent of `deps/` for a test binary.
+fn target_dir() -> Result<PathBuf> {
     let exe = std::env::current_exe().context("where is this executable?")?;
     let mut dir = exe
         .parent()
@@ -85,6 +79,13 @@ pub fn example_bin(name: &str) -> Result<PathBuf> {
     if dir.file_name() == Some(OsStr::new("deps")) {
         dir = dir.parent().unwrap_or(dir);
     }
+    Ok(dir.to_owned())
+}
+
+/// The example program `name` (`examples/<name>.rs`), built beside the running executable
+/// (`target/<profile>/examples/`) by `cargo test --workspace`.
+pub fn example_bin(name: &str) -> Result<PathBuf> {
+    let dir = target_dir()?;
     let bin = dir.join("examples").join(name);
     if !bin.exists() {
         bail!(
@@ -512,25 +513,9 @@ impl NodeProcess {
         }
         // Kept open until the child has forked; closed in the child by its exec.
         let netns = match &self.netns {
-            Some(path) => Some(
-                std::fs::File::open(path)
-                    .with_context(|| format!("opening network namespace {}", path.display()))?,
-            ),
+            Some(path) => Some(crate::netlab::enter_netns(&mut command, path)?),
             None => None,
         };
-        if let Some(ns) = &netns {
-            let fd = std::os::fd::AsRawFd::as_raw_fd(ns);
-            // SAFETY: setns is a plain system call, async-signal-safe; the fd is open in the
-            // child until its exec (the parent keeps it open until the spawn returns).
-            unsafe {
-                command.pre_exec(move || {
-                    if libc::setns(fd, libc::CLONE_NEWNET) == -1 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
-        }
         let process = KillOnDrop::spawn("node", &mut command)?;
         drop(netns);
         self.pid = process.pid();

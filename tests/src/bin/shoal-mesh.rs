@@ -19,7 +19,7 @@
 //! The nodes are started by the same [`shoal_tests::NodeProcess`] the tests use; `shoal` is
 //! looked up next to this executable (or taken from `$SHOAL_BIN`).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -27,7 +27,11 @@ use clap::{Parser, Subcommand};
 use serde::{Deserialize, Serialize};
 use shoal_tests::{
     is_shoal_node, pid_alive, shoal_bin, stop_nodes, view, DetachedNode, Mesh, NodeOptions,
+    StateFile,
 };
+
+/// `$TMPDIR/shoal-mesh-$UID`: the state file and the node directories.
+const STATE: StateFile = StateFile::new("shoal-mesh");
 
 #[derive(Parser, Debug)]
 #[command(
@@ -82,68 +86,13 @@ struct State {
     nodes: Vec<DetachedNode>,
 }
 
-/// `$TMPDIR/shoal-mesh-$UID`.
-fn state_dir() -> PathBuf {
-    // SAFETY: getuid cannot fail and has no preconditions.
-    let uid = unsafe { libc::getuid() };
-    std::env::temp_dir().join(format!("shoal-mesh-{uid}"))
-}
-
-fn state_path() -> PathBuf {
-    state_dir().join("state.json")
-}
-
-/// The recorded mesh, if there is one.
-fn read_state() -> Result<Option<State>> {
-    let path = state_path();
-    match std::fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).with_context(|| {
-            format!(
-                "{} is not a state file of shoal-mesh; remove it if no mesh runs",
-                path.display()
-            )
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
-    }
-}
-
-/// Writes the state file whole or not at all.
-fn write_state(state: &State) -> Result<()> {
-    let path = state_path();
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(state)?)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
-}
-
-/// Removes a node directory, but only one inside the state directory.
-fn remove_node_dir(dir: &Path) -> Result<()> {
-    let root = state_dir();
-    let root = root.canonicalize().unwrap_or(root);
-    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_owned());
-    if !dir.starts_with(&root) || dir == root {
-        bail!(
-            "{} is not inside {}; not removing it",
-            dir.display(),
-            root.display()
-        );
-    }
-    match std::fs::remove_dir_all(&dir) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(e).with_context(|| format!("removing {}", dir.display()))
-        }
-        _ => Ok(()),
-    }
-}
-
 /// Stops the nodes serving sockets in `node-*` directories of the state directory, and removes
 /// those directories: called when no state file records them, they are what an `up` that
 /// was interrupted before it wrote the state file leaves behind. A
 /// node is stopped only if it answers on that socket and `/proc` shows the `shoal node` of
 /// that socket under the pid it answers with.
 fn sweep_unrecorded() -> Result<()> {
-    let dir = state_dir();
+    let dir = STATE.dir();
     let Ok(entries) = std::fs::read_dir(&dir) else {
         return Ok(());
     };
@@ -167,11 +116,11 @@ fn sweep_unrecorded() -> Result<()> {
         if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
             bail!(
                 "a node not recorded in {} still serves {}: stop it first",
-                state_path().display(),
+                STATE.path().display(),
                 socket.display()
             );
         }
-        remove_node_dir(&path)?;
+        STATE.remove_node_dir(&path)?;
     }
     Ok(())
 }
@@ -211,26 +160,26 @@ fn up(
     if n == 0 {
         bail!("a mesh needs at least one node");
     }
-    let dir = state_dir();
+    let dir = STATE.dir();
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    if let Some(state) = read_state()? {
+    if let Some(state) = STATE.read::<State>()? {
         let alive = state.nodes.iter().filter(|n| n.is_alive()).count();
         if alive > 0 {
             bail!(
                 "a mesh is already up: {alive} of its {} nodes run (state in {}). \
                  Stop it first with `scripts/mesh down`.",
                 state.nodes.len(),
-                state_path().display()
+                STATE.path().display()
             );
         }
         eprintln!(
             "the mesh recorded in {} is gone; cleaning up",
-            state_path().display()
+            STATE.path().display()
         );
         for node in &state.nodes {
-            remove_node_dir(&node.dir)?;
+            STATE.remove_node_dir(&node.dir)?;
         }
-        std::fs::remove_file(state_path())?;
+        std::fs::remove_file(STATE.path())?;
     }
     sweep_unrecorded()?;
 
@@ -249,10 +198,10 @@ fn up(
         mesh: mesh.clone(),
         nodes: started.nodes().iter().map(|n| n.describe()).collect(),
     };
-    write_state(&state)?;
+    STATE.write(&state)?;
     if let Err(e) = started.wait_converged(timeout.saturating_sub(begin.elapsed())) {
-        if let Err(rm) = std::fs::remove_file(state_path()) {
-            eprintln!("cannot remove {}: {rm}", state_path().display());
+        if let Err(rm) = std::fs::remove_file(STATE.path()) {
+            eprintln!("cannot remove {}: {rm}", STATE.path().display());
         }
         return Err(e);
     }
@@ -292,17 +241,17 @@ fn up(
     }
     println!(
         "State: {}. Stop with: scripts/mesh down",
-        state_path().display()
+        STATE.path().display()
     );
     Ok(())
 }
 
 fn status(json: bool) -> Result<()> {
-    let Some(state) = read_state()? else {
+    let Some(state) = STATE.read::<State>()? else {
         if json {
             println!("[]");
         } else {
-            println!("no mesh is up (no {})", state_path().display());
+            println!("no mesh is up (no {})", STATE.path().display());
         }
         return Ok(());
     };
@@ -331,7 +280,7 @@ fn status(json: bool) -> Result<()> {
         println!("{}", serde_json::to_string(&rows)?);
         return Ok(());
     }
-    println!("mesh {:?}, state in {}", state.mesh, state_path().display());
+    println!("mesh {:?}, state in {}", state.mesh, STATE.path().display());
     println!(
         "{:<5} {:>8} {:<6} {:>5}  {:<52} socket",
         "node", "pid", "alive", "peers", "peer id"
@@ -355,9 +304,9 @@ fn status(json: bool) -> Result<()> {
 }
 
 fn down() -> Result<()> {
-    let Some(state) = read_state()? else {
+    let Some(state) = STATE.read::<State>()? else {
         sweep_unrecorded()?;
-        println!("no mesh is up (no {})", state_path().display());
+        println!("no mesh is up (no {})", STATE.path().display());
         return Ok(());
     };
     let grace = Duration::from_secs(5);
@@ -388,18 +337,18 @@ fn down() -> Result<()> {
     }
     let mut errors = Vec::new();
     for node in &state.nodes {
-        if let Err(e) = remove_node_dir(&node.dir) {
+        if let Err(e) = STATE.remove_node_dir(&node.dir) {
             errors.push(format!("{e:#}"));
         }
     }
-    std::fs::remove_file(state_path())
-        .with_context(|| format!("removing {}", state_path().display()))?;
+    std::fs::remove_file(STATE.path())
+        .with_context(|| format!("removing {}", STATE.path().display()))?;
     sweep_unrecorded()?;
     // Removes the state directory only if nothing else is in it (another mesh's state, say:
     // then it stays, as it should).
-    if let Err(e) = std::fs::remove_dir(state_dir()) {
+    if let Err(e) = std::fs::remove_dir(STATE.dir()) {
         if e.kind() != std::io::ErrorKind::DirectoryNotEmpty {
-            eprintln!("cannot remove {}: {e}", state_dir().display());
+            eprintln!("cannot remove {}: {e}", STATE.dir().display());
         }
     }
     if !errors.is_empty() {

@@ -21,7 +21,7 @@
 
 use std::collections::BTreeSet;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -30,8 +30,11 @@ use serde::{Deserialize, Serialize};
 use shoal_tests::netlab::{unavailable, Direction, Lab, Network};
 use shoal_tests::{
     pid_alive, shoal_bin, signal_node, stop_nodes, view, wait_for, DetachedNode, NodeOptions,
-    NodeProcess,
+    NodeProcess, StateFile,
 };
+
+/// `$TMPDIR/shoal-netlab-$UID`: the state file and the node directories.
+const STATE: StateFile = StateFile::new("shoal-netlab");
 
 #[derive(Parser, Debug)]
 #[command(
@@ -134,54 +137,10 @@ struct State {
     frozen: BTreeSet<usize>,
 }
 
-fn uid() -> u32 {
-    // SAFETY: getuid cannot fail and has no preconditions.
-    unsafe { libc::getuid() }
-}
-
-/// `$TMPDIR/shoal-netlab-$UID`.
-fn state_dir() -> PathBuf {
-    std::env::temp_dir().join(format!("shoal-netlab-{}", uid()))
-}
-
-fn state_path() -> PathBuf {
-    state_dir().join("state.json")
-}
-
-fn read_state() -> Result<Option<State>> {
-    let path = state_path();
-    match std::fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).with_context(|| {
-            format!(
-                "{} is not a state file of shoal-netlab; remove it if no lab runs",
-                path.display()
-            )
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
-    }
-}
-
 fn state() -> Result<State> {
-    read_state()?.context("no lab is up (start one with `scripts/netlab up N`)")
-}
-
-/// Writes the state file whole or not at all, readable by its owner only (it holds a join
-/// token).
-fn write_state(state: &State) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let path = state_path();
-    let tmp = path.with_extension("json.tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    file.write_all(&serde_json::to_vec_pretty(state)?)?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
+    STATE
+        .read::<State>()?
+        .context("no lab is up (start one with `scripts/netlab up N`)")
 }
 
 fn main() -> std::process::ExitCode {
@@ -208,7 +167,7 @@ fn run(cli: Cli) -> Result<()> {
             let state = state()?;
             let mut cmd = std::process::Command::new(&command[0]);
             cmd.args(&command[1..]);
-            state.network.exec_in(a, &mut cmd)?;
+            let _netns = state.network.exec_in(a, &mut cmd)?;
             // Only returns on an error.
             Err(cmd.exec()).with_context(|| format!("running {command:?}"))
         }
@@ -242,7 +201,7 @@ fn change(cmd: Cmd) -> Result<()> {
         }
     };
     // Recorded even after an error: part of a change may have been made.
-    write_state(&state)?;
+    STATE.write(&state)?;
     result?;
     println!(
         "cuts {:?}, isolated {:?}, frozen {:?}",
@@ -324,30 +283,10 @@ fn remove_lab(state: State) -> Result<()> {
     let mut network = state.network.adopt();
     network.remove()?;
     for node in &state.nodes {
-        remove_node_dir(&node.dir)?;
+        STATE.remove_node_dir(&node.dir)?;
     }
-    std::fs::remove_file(state_path())
-        .with_context(|| format!("removing {}", state_path().display()))
-}
-
-/// Removes a node directory, but only one inside the state directory.
-fn remove_node_dir(dir: &Path) -> Result<()> {
-    let root = state_dir();
-    let root = root.canonicalize().unwrap_or(root);
-    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_owned());
-    if !dir.starts_with(&root) || dir == root {
-        bail!(
-            "{} is not inside {}; not removing it",
-            dir.display(),
-            root.display()
-        );
-    }
-    match std::fs::remove_dir_all(&dir) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(e).with_context(|| format!("removing {}", dir.display()))
-        }
-        _ => Ok(()),
-    }
+    std::fs::remove_file(STATE.path())
+        .with_context(|| format!("removing {}", STATE.path().display()))
 }
 
 fn up(
@@ -361,21 +300,21 @@ fn up(
     if let Some(why) = unavailable() {
         bail!("{why}");
     }
-    let dir = state_dir();
+    let dir = STATE.dir();
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    if let Some(state) = read_state()? {
+    if let Some(state) = STATE.read::<State>()? {
         let alive = state.nodes.iter().filter(|n| n.is_alive()).count();
         if alive > 0 {
             bail!(
                 "a lab is already up: {alive} of its {} nodes run (state in {}). Stop it \
                  first with `scripts/netlab down`.",
                 state.nodes.len(),
-                state_path().display()
+                STATE.path().display()
             );
         }
         eprintln!(
             "the lab recorded in {} is gone; cleaning up",
-            state_path().display()
+            STATE.path().display()
         );
         remove_lab(state)?;
     }
@@ -397,7 +336,7 @@ fn up(
         dir.display()
     );
     // On any error the lab's guards kill the nodes it started and remove the namespaces.
-    let lab = Lab::start_named(&format!("shoal-netlab-{}", uid()), n, &options, Some(&dir))?;
+    let lab = Lab::start_named(&STATE.name(), n, &options, Some(&dir))?;
     lab.mesh()
         .wait_converged(timeout.saturating_sub(begin.elapsed()))?;
     let took = begin.elapsed();
@@ -408,7 +347,7 @@ fn up(
         nodes,
         frozen: BTreeSet::new(),
     };
-    write_state(&state)?;
+    STATE.write(&state)?;
 
     println!(
         "lab of {n} node{}, all seeing each other, in {:.2} s",
@@ -442,17 +381,17 @@ fn up(
     println!("Faults: scripts/netlab cut 0 1 | heal 0 1 | isolate 2 | kill 1 | restart 1 | …");
     println!(
         "State: {}. Stop with: scripts/netlab down",
-        state_path().display()
+        STATE.path().display()
     );
     Ok(())
 }
 
 fn status(json: bool) -> Result<()> {
-    let Some(state) = read_state()? else {
+    let Some(state) = STATE.read::<State>()? else {
         if json {
             println!("null");
         } else {
-            println!("no lab is up (no {})", state_path().display());
+            println!("no lab is up (no {})", STATE.path().display());
         }
         return Ok(());
     };
@@ -492,7 +431,7 @@ fn status(json: bool) -> Result<()> {
     println!(
         "lab of mesh {:?}, state in {}",
         state.settings.mesh,
-        state_path().display()
+        STATE.path().display()
     );
     println!(
         "{:<5} {:<12} {:>8} {:<8} {:>5}  {:<52}",
@@ -531,8 +470,8 @@ fn status(json: bool) -> Result<()> {
 }
 
 fn down() -> Result<()> {
-    let Some(state) = read_state()? else {
-        println!("no lab is up (no {})", state_path().display());
+    let Some(state) = STATE.read::<State>()? else {
+        println!("no lab is up (no {})", STATE.path().display());
         return Ok(());
     };
     // A frozen node cannot act on SIGTERM until it runs again.
@@ -552,9 +491,9 @@ fn down() -> Result<()> {
         println!("node {i} (pid {}): {how:?}", state.nodes[i].pid);
     }
     remove_lab(state)?;
-    if let Err(e) = std::fs::remove_dir(state_dir()) {
+    if let Err(e) = std::fs::remove_dir(STATE.dir()) {
         if e.kind() != std::io::ErrorKind::DirectoryNotEmpty {
-            eprintln!("cannot remove {}: {e}", state_dir().display());
+            eprintln!("cannot remove {}: {e}", STATE.dir().display());
         }
     }
     println!("the lab is down");

@@ -63,3 +63,75 @@ fn a_killed_drivers_running_tasks_stop_and_free_their_cpus() {
     assert!(text.contains("4 ok, 0 failed"), "{text}");
     node.expect_log(&["its submitter is gone: stopping the task"]);
 }
+
+/// Entries of `dir` whose names start with `prefix`.
+fn entries_with(dir: &std::path::Path, prefix: &str) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The processes whose parent is `pid`.
+fn children_of(pid: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|c| shoal_tests::parent_of(*c) == Some(pid))
+        .collect()
+}
+
+#[test]
+fn a_driver_killed_with_its_embedded_node_leaves_nothing_once_the_next_node_starts() {
+    let runtime = shoal_tests::TestDir::new("shoal-embedded-kill");
+    let sockets = runtime.join("shoal");
+    let embedded = |name: &str| {
+        let mut c = Command::new(example_bin(name).unwrap());
+        c.env_remove("SHOAL_SOCKET")
+            .env("XDG_RUNTIME_DIR", runtime.path())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        c
+    };
+    // A driver with a node of its own: tasks that keep its workers busy for minutes.
+    let mut cmd = embedded("pull_soak");
+    cmd.args(["4", "4", "put", "600000"]);
+    let mut driver = KillOnDrop::spawn("embedded driver", &mut cmd).unwrap();
+    let pid = driver.pid();
+    let ((socket, store, workers), _) = wait_for(
+        Duration::from_secs(60),
+        "the driver's node and workers",
+        || {
+            let socket = entries_with(&sockets, &format!("embedded-{pid}-"));
+            let store = entries_with(std::path::Path::new("/dev/shm"), &format!("shoal-{pid}-"));
+            let workers = children_of(pid);
+            Ok(
+                (!socket.is_empty() && !store.is_empty() && !workers.is_empty())
+                    .then_some((socket, store, workers)),
+            )
+        },
+    )
+    .unwrap();
+    driver.kill().unwrap();
+
+    // Its workers see their node gone and exit.
+    wait_for(
+        Duration::from_secs(20),
+        "the driver's workers to exit",
+        || Ok(workers.iter().all(|w| !pid_alive(*w)).then_some(())),
+    )
+    .unwrap();
+    // What it left (its socket, its store in /dev/shm) goes when the next node starts.
+    assert!(socket.iter().chain(&store).all(|p| p.exists()));
+    let out = run_with_timeout(&mut embedded("hello"), Duration::from_secs(60)).unwrap();
+    assert!(out.status.success(), "{out:?}");
+    for path in socket.iter().chain(&store) {
+        assert!(!path.exists(), "{} is left", path.display());
+    }
+}

@@ -140,6 +140,50 @@ pub fn next_conn_id() -> ConnId {
     NEXT_CONN.fetch_add(1, Ordering::Relaxed)
 }
 
+/// Removes what embedded nodes of processes that died left in the per-user runtime
+/// directory `dir`: their sockets (`embedded-<pid>-<n>.sock`) and mesh identities
+/// (`embedded-<pid>-<n>.peer/`), when that pid no longer runs and the entry is this user's.
+/// (A driver killed with SIGKILL cannot remove them itself; the store's directory in
+/// `/dev/shm` is swept by the next store to open, see `store::StoreFiles::open_shared`.)
+pub fn remove_stale_embedded(dir: &Path) {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let uid = super::access::current_uid();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("embedded-")) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
+        let path = entry.path();
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if pid <= 0 || crate::store::process_alive(pid) || meta.uid() != uid {
+            continue;
+        }
+        let removed = if rest.ends_with(".sock") && meta.file_type().is_socket() {
+            std::fs::remove_file(&path)
+        } else if rest.ends_with(".peer") && meta.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            continue;
+        };
+        match removed {
+            Ok(()) => {
+                tracing::info!(path = %path.display(), pid, "removed what an embedded node that died left")
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), pid, error = %e, "cannot remove what an embedded node that died left")
+            }
+        }
+    }
+}
+
 /// Binds `path`, replacing a stale socket file but never a live node's socket. The socket is
 /// mode 0600 (0660 and owned by `group` when given). Its directory is made private (mode
 /// 0700, or 0710 with a group) when it is the per-user runtime directory, which is refused
@@ -150,6 +194,7 @@ pub async fn bind(path: &Path, group: Option<u32>) -> std::io::Result<UnixListen
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         if parent == crate::config::user_runtime_dir() {
             super::access::private_dir(parent, group, false)?;
+            remove_stale_embedded(parent);
         } else {
             super::access::safe_parent(parent)?;
         }

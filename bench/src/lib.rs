@@ -4,12 +4,13 @@
 //! measure the machine, [`shoal_rows`] and [`actor_rows`] the rows that measure Shoal, and
 //! [`mesh_rows`] and [`remote_rows`] those that measure the mesh (in-process peers and real
 //! `shoal node` processes; [`remote_rows`]: work run on another node), and [`sim_rows`] the
-//! speed of the simulator. The binary (`main.rs`) is the command line around them.
+//! speed of the simulator, and [`fault_rows`] recovery from faults. The binary (`main.rs`) is the command line around them.
 
 // The module docs explain the rows through their private helpers.
 #![allow(rustdoc::private_intra_doc_links)]
 
 pub mod actor_rows;
+pub mod fault_rows;
 pub mod harness;
 pub mod limits;
 pub mod mesh_rows;
@@ -28,6 +29,7 @@ pub fn registry() -> Registry {
     actor_rows::register(&mut reg);
     remote_rows::register(&mut reg);
     mesh_rows::register(&mut reg);
+    fault_rows::register(&mut reg);
     sim_rows::register(&mut reg);
     reg
 }

@@ -37,6 +37,7 @@ fn main() -> ExitCode {
     if let Some(result) = shoal_bench::limits::run_hidden(&args)
         .or_else(|| shoal_bench::remote_rows::run_hidden(&args))
         .or_else(|| shoal_bench::mesh_rows::run_hidden(&args))
+        .or_else(|| shoal_bench::fault_rows::run_hidden(&args))
     {
         return match result {
             Ok(()) => ExitCode::SUCCESS,

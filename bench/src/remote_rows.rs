@@ -471,7 +471,7 @@ impl NodePair {
 /// The parent directory of a pair's node directories: under `/dev/shm` (so that the stores
 /// are in memory) when it exists, else in the temporary directory. Removed on drop, unless
 /// `$SHOAL_TESTS_KEEP` is set (as the nodes' own directories).
-fn nodes_dir() -> Result<TestDir> {
+pub(crate) fn nodes_dir() -> Result<TestDir> {
     let shm = Path::new("/dev/shm");
     let base = if shm.is_dir() {
         shm.to_owned()
@@ -484,7 +484,7 @@ fn nodes_dir() -> Result<TestDir> {
 /// A child program (the driver or the actor host): this executable with a hidden
 /// subcommand, attached to a node's socket, speaking the line protocol of the module docs.
 /// Killed on drop.
-struct Program {
+pub(crate) struct Program {
     child: KillOnDrop,
     what: &'static str,
     stdin: Option<ChildStdin>,
@@ -493,7 +493,7 @@ struct Program {
 }
 
 impl Program {
-    fn start(
+    pub(crate) fn start(
         what: &'static str,
         sub: &str,
         arg: &OsStr,
@@ -545,7 +545,7 @@ impl Program {
     /// The next protocol line, which must be `<word> <rest>` (or just `<word>`): returns
     /// the rest. Fails on `error …`, on any other word, when the program exits, and after
     /// `timeout`.
-    fn expect(&mut self, word: &str, timeout: Duration) -> Result<String> {
+    pub(crate) fn expect(&mut self, word: &str, timeout: Duration) -> Result<String> {
         let line = match self.lines.recv_timeout(timeout) {
             Ok(line) => line,
             Err(RecvTimeoutError::Timeout) => {
@@ -574,7 +574,7 @@ impl Program {
     }
 
     /// Writes one line to the program.
-    fn send(&mut self, line: &str) -> Result<()> {
+    pub(crate) fn send(&mut self, line: &str) -> Result<()> {
         let stdin = self
             .stdin
             .as_mut()
@@ -612,7 +612,7 @@ impl Program {
 
     /// Closes its stdin (its signal to clean up and exit) and checks that it exits
     /// successfully.
-    fn finish(mut self) -> Result<()> {
+    pub(crate) fn finish(mut self) -> Result<()> {
         drop(self.stdin.take());
         self.child.finish(FINISH_TIMEOUT)
     }
@@ -647,7 +647,7 @@ pub fn run_hidden(args: &[OsString]) -> Option<Result<()>> {
 }
 
 /// Writes a protocol line on stdout.
-fn say(msg: &str) {
+pub(crate) fn say(msg: &str) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{LINE_PREFIX}{msg}").and_then(|()| out.flush());
 }
@@ -657,7 +657,7 @@ fn env(key: &str) -> Result<String> {
 }
 
 /// Attaches to the node on `$SHOAL_SOCKET`, never to an embedded one.
-fn attach() -> Result<shoal::Shoal> {
+pub(crate) fn attach() -> Result<shoal::Shoal> {
     let socket = env("SHOAL_SOCKET")?;
     shoal::init_with(shoal::InitOptions {
         socket: Some(socket.clone().into()),

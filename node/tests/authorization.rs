@@ -149,6 +149,7 @@ fn a_peer_given_nothing_cannot_read_release_call_kill_or_download() {
                 hops: 0,
                 target: shoal_node::net::target(),
                 locations: vec![],
+                owners: vec![],
             })),
             PeerMsg::Kill {
                 actor,

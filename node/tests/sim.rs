@@ -128,6 +128,48 @@ fn tasks_of_a_crashed_peer_run_again_elsewhere() {
 }
 
 #[test]
+fn refs_of_a_crashed_owner_fail_with_owner_died_on_every_peer() {
+    // Node 0 runs nothing: its driver's tasks run on nodes 1 and 2.
+    let mut sim = mesh(&[0.0, 1.0, 1.0]);
+    let d0 = sim.driver(0);
+    let (d1, d2) = (sim.driver(1), sim.driver(2));
+    sim.run_for(Duration::from_secs(1));
+    // A long task whose result is pending, and one that carries its ref to the other peer.
+    let x = sim.submit_held(d0, "sleep:60000", vec![], TaskOpts::default());
+    let carrier = vec![SimArg::Nested(x)];
+    sim.submit_held(d0, "sleep:60000", carrier, TaskOpts::default());
+    sim.run_for(Duration::from_secs(2));
+    assert_eq!((sim.runs_on(1), sim.runs_on(2)), (1, 1));
+    // Programs on both peers wait for it: one where its task runs, one that got its ref.
+    sim.get(d1, x);
+    sim.get(d2, x);
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!((sim.waiting(d1), sim.waiting(d2)), (1, 1));
+
+    // Its owner dies: both fail, promptly, and name it.
+    let owner = sim.key(0).to_string();
+    sim.crash(0);
+    sim.run_for(Duration::from_secs(10));
+    for d in [d1, d2] {
+        assert_eq!(sim.waiting(d), 0, "driver {d} still waits");
+        let v = &sim.results(d)[&x];
+        assert!(
+            is_error(
+                v,
+                |e| matches!(e, TaskError::OwnerDied { peer } if *peer == owner)
+            ),
+            "driver {d}: {v:?}"
+        );
+    }
+    // The dead owner's tasks stopped: both peers are idle again.
+    for n in [1, 2] {
+        let census = sim.core(n).unwrap().census();
+        assert_eq!(census.tasks, 0, "node {n}: {census:?}");
+    }
+    assert_clean(sim);
+}
+
+#[test]
 fn an_actor_placed_on_a_peer_comes_back_when_the_peer_dies() {
     let mut sim = mesh(&[0.0, 1.0, 1.0]);
     let d = sim.driver(0);
@@ -557,6 +599,7 @@ fn forged_task(args: Vec<Arg>, kind: TaskKind) -> PeerMsg {
         hops: 0,
         target: "sim".into(),
         locations: vec![],
+        owners: vec![],
     }))
 }
 

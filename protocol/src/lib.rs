@@ -44,4 +44,4 @@ pub use messages::*;
 /// Four bytes at the start of every handshake, so a stray client is recognised at once.
 pub const MAGIC: [u8; 4] = *b"SHOL";
 /// Bumped on every incompatible change of [`messages`].
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;

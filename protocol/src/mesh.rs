@@ -326,6 +326,10 @@ pub struct RemoteTask {
     /// Where each of its `Arg::Ref` arguments and nested refs can be fetched: peers (ids as
     /// bytes) that hold a copy, the sender first.
     pub locations: Vec<(ObjectId, Vec<Vec<u8>>)>,
+    /// The peer (id as bytes) that owns each of those refs, where the sender knows it: the
+    /// peer whose process made it. When that peer dies, a ref of it whose value no live
+    /// peer holds fails with [`crate::TaskError::OwnerDied`].
+    pub owners: Vec<(ObjectId, Vec<u8>)>,
 }
 
 /// An object's value as it travels between peers.

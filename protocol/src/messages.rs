@@ -433,6 +433,14 @@ pub enum TaskError {
         /// Why not.
         reason: String,
     },
+    /// The owner of the ref died (the process that made it, or its whole peer), and no live
+    /// peer holds its value: nothing can make or find it any more (Ray's fate-sharing of an
+    /// object with its owner).
+    #[error("the owner of the object (a process of peer {peer}, or that peer) died")]
+    OwnerDied {
+        /// The owner's peer id.
+        peer: String,
+    },
 }
 
 /// An actor to host, handed to the worker dedicated to it.

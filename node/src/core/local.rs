@@ -113,15 +113,14 @@ impl NodeCore {
     }
 
     /// What `party` asked of this node ends: its queued tasks and calls are dropped, the
-    /// actors it placed on peers end, its refs and waits go. The tasks of a local process
-    /// that are running here stop (their workers are killed, as Ray cancels a dead owner's
-    /// tasks): its CPUs are free for the next program at once. A lost peer's running tasks
-    /// finish (it may be alive, and is told of their end) and their results are discarded.
+    /// actors it placed on peers end, its refs and waits go. Its tasks running here stop
+    /// (their workers are killed, as Ray cancels a dead owner's tasks): their CPUs are free
+    /// for the next program at once. (A lost peer may be alive, cut off: it is told, and runs
+    /// them again itself.) A result of those tasks that someone else still waits for fails
+    /// with `OwnerDied`.
     pub(super) fn party_gone(&mut self, now: Instant, party: Party) {
         self.end_remote_actors_of(now, party);
-        if let Party::Proc(_) = party {
-            self.stop_running_tasks_of(now, party);
-        }
+        let stopped = self.stop_running_tasks_of(now, party);
         let tasks = &self.tasks;
         let mut dropped = self
             .sched
@@ -139,23 +138,41 @@ impl NodeCore {
                 dropped.push(t);
             }
         }
+        let mut ended = stopped.clone();
         for t in &dropped {
+            ended.extend(self.tasks.get(t).map(|e| e.ret));
             self.finish_task(now, *t);
         }
         if let Party::Peer(peer) = party {
-            self.tell_lost_peer(peer, dropped);
+            self.tell_lost_peer(peer, dropped, stopped);
         }
         let mut touched = self.objects.party_gone(party);
         touched.sort();
         for id in touched {
             self.maybe_free(id);
         }
+        // Nothing will make these now.
+        let owner = match party {
+            Party::Peer(peer) => peer.to_string(),
+            Party::Proc(_) => self.me.map_or_else(|| "local".into(), |p| p.to_string()),
+        };
+        ended.sort();
+        for id in ended {
+            if self.objects.get(&id).is_some_and(|e| e.value.is_none()) {
+                let error = TaskError::OwnerDied {
+                    peer: owner.clone(),
+                };
+                self.object_ready(now, id, ObjectValue::Error(error));
+            }
+        }
     }
 
     /// Kills the workers running tasks of `party` (not actors: those end by their own
     /// rules), and forgets those tasks; other tasks sent to those workers and not started
-    /// run again on others, at no cost to their budget.
-    fn stop_running_tasks_of(&mut self, now: Instant, party: Party) {
+    /// run again on others, at no cost to their budget. Returns the stopped tasks' result
+    /// ids.
+    fn stop_running_tasks_of(&mut self, now: Instant, party: Party) -> Vec<ObjectId> {
+        let mut stopped = Vec::new();
         for (worker, task) in self.sched.running_tasks() {
             let Some(e) = self.tasks.get(&task) else {
                 continue;
@@ -164,10 +181,12 @@ impl NodeCore {
                 continue;
             }
             tracing::info!(task = %task, worker, "its submitter is gone: stopping the task");
+            stopped.push(e.ret);
             // Forgotten first: the worker's end must not run it again.
             self.finish_task(now, task);
             self.out.push_back(Output::KillWorker { worker });
         }
+        stopped
     }
 
     pub(super) fn message(&mut self, now: Instant, conn: ConnId, msg: ToNode) {

@@ -468,6 +468,23 @@ struct Proc {
     worker: Option<WorkerId>,
 }
 
+/// How long a peer may take to answer a lookup of a name: then the asker is told nothing was
+/// found (the peer may have gone without being written off yet, or the message was lost on a
+/// link being torn down).
+const NAME_LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A lookup of a name sent to the peer whose actor has it.
+#[derive(Debug, Clone, Copy)]
+struct NameLookup {
+    /// The process that asked, and its request number.
+    conn: ConnId,
+    request: u64,
+    /// The peer asked.
+    peer: PeerKey,
+    /// When the asker is told nothing was found, if the peer has not answered.
+    deadline: Instant,
+}
+
 /// The node's core. See the [module documentation](self).
 pub struct NodeCore {
     node_id: NodeId,
@@ -494,9 +511,8 @@ pub struct NodeCore {
     spill: Spill,
     /// Requests of peers waiting for the right to be made, and refusals.
     rights: Rights,
-    /// Lookups of names sent to the peers whose actors have them, by number: who asked,
-    /// its request number, and the peer.
-    name_lookups: HashMap<u64, (ConnId, u64, PeerKey)>,
+    /// Lookups of names sent to the peers whose actors have them, by number.
+    name_lookups: HashMap<u64, NameLookup>,
     next_lookup: u64,
     last_load: Option<Load>,
     stopping: bool,
@@ -626,7 +642,15 @@ impl NodeCore {
         if self.rights.deadline().is_some_and(|t| t <= now) {
             self.rights_expired(now);
         }
+        if self.lookup_deadline().is_some_and(|t| t <= now) {
+            self.end_lookups(|l| l.deadline <= now);
+        }
         self.after(now);
+    }
+
+    /// The earliest deadline of a name lookup sent to a peer.
+    fn lookup_deadline(&self) -> Option<Instant> {
+        self.name_lookups.values().map(|l| l.deadline).min()
     }
 
     /// The next output, in order.
@@ -639,10 +663,14 @@ impl NodeCore {
         if self.stopping {
             return None;
         }
-        match (self.spill.next_pass, self.rights.deadline()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            self.spill.next_pass,
+            self.rights.deadline(),
+            self.lookup_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Runs the scheduler's decisions, then tells peers the load if it changed, and sets

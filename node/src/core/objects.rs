@@ -61,6 +61,9 @@ pub(crate) struct ObjEntry {
     pub(crate) readers: Vec<PeerKey>,
     /// The lineage that could make it again was evicted (`--lineage-bytes`).
     pub(crate) lineage_evicted: bool,
+    /// The peer that owns it, when that is another peer (a ref that came from it): when it
+    /// dies, the value fails with `OwnerDied` unless a live peer holds it.
+    pub(crate) owner_peer: Option<PeerKey>,
 }
 
 /// Copies of an object held by peers.

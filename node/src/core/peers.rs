@@ -181,8 +181,8 @@ impl NodeCore {
                 self.tell_peer(peer, PeerMsg::ActorFound { request, actor });
             }
             PeerMsg::ActorFound { request, actor } => match self.name_lookups.get(&request) {
-                Some((conn, asked, at)) if *at == peer => {
-                    let (conn, asked) = (*conn, *asked);
+                Some(l) if l.peer == peer => {
+                    let (conn, asked) = (l.conn, l.request);
                     self.name_lookups.remove(&request);
                     if let Some(a) = &actor {
                         self.directory.set_home(a.actor_id, peer);
@@ -418,6 +418,13 @@ impl NodeCore {
         if holders.is_empty() {
             // Every copy is lost: its owner makes it again, if it can.
             r.fetching = false;
+            if let Some(owner) = e.owner_peer.filter(|o| !peers.contains_key(o)) {
+                let error = TaskError::OwnerDied {
+                    peer: owner.to_string(),
+                };
+                self.object_ready(now, id, ObjectValue::Error(error));
+                return;
+            }
             let error = match self.reconstruct(now, id) {
                 Ok(_) => return,
                 Err(why) => why.error(id),
@@ -501,12 +508,21 @@ impl NodeCore {
                 name,
                 found,
             } => match found {
-                Some((actor, peer)) if Some(peer) != self.me => {
-                    // Its peer tells the actor (and the secret of its handles).
+                // Its peer tells the actor (and the secret of its handles), if it is in view
+                // (a record may name a peer written off since).
+                Some((actor, peer))
+                    if Some(peer) != self.me && self.spill.peers.contains_key(&peer) =>
+                {
                     self.directory.set_home(actor, peer);
                     let n = self.next_lookup;
                     self.next_lookup += 1;
-                    self.name_lookups.insert(n, (conn, request, peer));
+                    let lookup = super::NameLookup {
+                        conn,
+                        request,
+                        peer,
+                        deadline: now + super::NAME_LOOKUP_TIMEOUT,
+                    };
+                    self.name_lookups.insert(n, lookup);
                     self.tell_peer(peer, PeerMsg::LookupActor { request: n, name });
                 }
                 _ => self.tell_proc(
@@ -533,6 +549,11 @@ impl NodeCore {
         if !self.objects.contains(&id) {
             // Nobody wants it any more.
             self.store_remove(&id);
+            return;
+        }
+        if made.is_ok() && !self.store.index.reserved_by(&id, Holder::Node) {
+            // Given up meanwhile (it is being made again here).
+            tracing::debug!(object = %id, "a pull given up before it started");
             return;
         }
         match made {
@@ -1127,11 +1148,30 @@ impl NodeCore {
         for id in &spec.nested {
             locations.push((*id, vec![me.clone()]));
         }
+        let owners = locations
+            .iter()
+            .filter_map(|(id, _)| Some((*id, self.owner_of(id)?.to_vec())))
+            .collect();
         Some(RemoteTask {
             hops: entry.hops + 1,
             target: self.spill.target.clone(),
             locations,
+            owners,
             spec,
+        })
+    }
+
+    /// The peer that owns `id`, as far as this node knows: this node for an object a local
+    /// process made, the peer it came from for a ref of another peer, the peer a result is
+    /// owed to for a task run here for a peer.
+    fn owner_of(&self, id: &ObjectId) -> Option<PeerKey> {
+        let e = self.objects.get(id)?;
+        if e.owner.is_some() {
+            return self.me;
+        }
+        e.owner_peer.or(match e.push_to {
+            Some(Party::Peer(p)) => Some(p),
+            _ => None,
         })
     }
 
@@ -1286,6 +1326,7 @@ impl NodeCore {
             spec,
             hops,
             locations,
+            owners,
             ..
         } = *rt;
         let task = spec.task_id;
@@ -1354,6 +1395,16 @@ impl NodeCore {
             for p in peers_from(holders) {
                 if !r.holders.contains(&p) {
                     r.holders.push(p);
+                }
+            }
+        }
+        for (id, owner) in &owners {
+            let Some(owner) = PeerKey::from_bytes(owner).filter(|o| Some(*o) != self.me) else {
+                continue;
+            };
+            if let Some(e) = self.objects.get_mut(id) {
+                if e.owner.is_none() {
+                    e.owner_peer = Some(owner);
                 }
             }
         }
@@ -1673,7 +1724,16 @@ impl NodeCore {
     /// side on its own, and a late one can follow messages of a new connection): its tasks
     /// dropped here go back to it (they never ran), and those running here fail with a
     /// typed error. Sent to a peer that is gone, these are lost with it, harmlessly.
-    pub(super) fn tell_lost_peer(&mut self, peer: PeerKey, mut dropped: Vec<TaskId>) {
+    /// Tells a peer this node declared lost (it may be alive: cut off, or frozen) what
+    /// became of its tasks here: `dropped` ones (not started) go back to it, and those that
+    /// ran (`stopped` here, or still running) end with `PeerLost`, so that it runs them again
+    /// itself if the message reaches it.
+    pub(super) fn tell_lost_peer(
+        &mut self,
+        peer: PeerKey,
+        mut dropped: Vec<TaskId>,
+        stopped: Vec<ObjectId>,
+    ) {
         dropped.sort();
         for task in dropped {
             let reason = LOST_YOU.to_string();
@@ -1683,19 +1743,41 @@ impl NodeCore {
             return;
         };
         let party = Party::Peer(peer);
-        let mut running: Vec<(TaskId, ObjectId)> = self
+        let mut running: Vec<ObjectId> = self
             .tasks
             .iter()
             .filter(|(_, e)| e.owner == party && !matches!(e.spec.kind, TaskKind::CreateActor(_)))
-            .map(|(t, e)| (*t, e.ret))
+            .map(|(_, e)| e.ret)
+            .chain(stopped)
             .collect();
         running.sort();
-        for (_, id) in running {
+        for id in running {
             let error = TaskError::PeerLost {
                 peer: me.to_string(),
             };
             let value = RemoteValue::Error(error);
             self.tell_peer(peer, PeerMsg::Object { id, value });
+        }
+    }
+
+    /// Name lookups that `which` picks end with nothing found.
+    pub(super) fn end_lookups(&mut self, which: impl Fn(&super::NameLookup) -> bool) {
+        let mut ended: Vec<u64> = self
+            .name_lookups
+            .iter()
+            .filter(|(_, l)| which(l))
+            .map(|(n, _)| *n)
+            .collect();
+        ended.sort();
+        for n in ended {
+            if let Some(l) = self.name_lookups.remove(&n) {
+                tracing::debug!(peer = %l.peer, "a lookup of a name ends unanswered");
+                let msg = ToClient::ActorFound {
+                    request: l.request,
+                    actor: None,
+                };
+                self.tell_proc(l.conn, msg);
+            }
         }
     }
 
@@ -1708,23 +1790,7 @@ impl NodeCore {
         for request in self.rights.drain(Some(peer)) {
             self.refuse_waiting(request);
         }
-        let lookups: Vec<u64> = self
-            .name_lookups
-            .iter()
-            .filter(|(_, (_, _, at))| *at == peer)
-            .map(|(n, _)| *n)
-            .collect();
-        for n in lookups {
-            if let Some((conn, request, _)) = self.name_lookups.remove(&n) {
-                self.tell_proc(
-                    conn,
-                    ToClient::ActorFound {
-                        request,
-                        actor: None,
-                    },
-                );
-            }
-        }
+        self.end_lookups(|l| l.peer == peer);
         self.spill.peers.remove(&peer);
         let lost = self.spill.take_spilled_to(peer);
         self.directory.peer_lost(peer);

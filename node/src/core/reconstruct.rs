@@ -19,6 +19,7 @@ use shoal_protocol::mesh::PeerMsg;
 use shoal_protocol::{ObjectId, ObjectValue, PeerKey, TaskError, TaskId, TaskKind};
 
 use super::tasks::TaskEntry;
+use crate::store::Holder;
 use super::{NodeCore, Party};
 
 /// Lineage deeper than this is not followed (a bound on the recursion).
@@ -162,6 +163,13 @@ impl NodeCore {
         tracing::info!(object = %id, task = %task, function = %spec.function, retries_left, "every copy of an object is lost; making it again from its lineage");
         self.lineage.object_back(&id);
 
+        // A pull of a lost copy still under way is given up (its end is ignored): the new
+        // run's result takes its place in the store, and its failure must not start a second
+        // run.
+        if self.store.index.reserved_by(&id, Holder::Node) {
+            tracing::debug!(object = %id, "giving up a pull of a lost copy");
+            self.store_remove(&id);
+        }
         // Its entry: pending again, its lost copies forgotten.
         let e = self.objects.entry(id);
         e.owner.get_or_insert(spec.owner);

@@ -1628,8 +1628,10 @@ impl Sim {
         let mut known = true;
         let mut wire = Vec::new();
         let mut values = Vec::new();
+        let mut nested = Vec::new();
         for a in args {
             match a {
+                SimArg::Nested(id) => nested.push(id),
                 SimArg::Value(v) => {
                     values.push(v.clone());
                     wire.push(Arg::Value(v));
@@ -1660,7 +1662,7 @@ impl Sim {
             max_retries: opts.retries,
             owner: self.drivers[d].client,
             kind: TaskKind::Function,
-            nested: Vec::new(),
+            nested,
             wait_for_resources: false,
         };
         let ret = spec.return_id();
@@ -2018,6 +2020,9 @@ pub enum SimArg {
     Value(Vec<u8>),
     /// The result of an earlier task the driver holds.
     Ref(ObjectId),
+    /// A ref the task carries inside it (its `nested`), not an argument: the task neither
+    /// waits for it nor reads it, but the peer it runs on learns of the ref (and its owner).
+    Nested(ObjectId),
 }
 
 /// Options of a simulated task.

@@ -77,6 +77,57 @@ fn kind(e: &GetError) -> String {
         .collect()
 }
 
+/// What the driver is blocked on, and since when: a watchdog thread prints it when it lasts
+/// (a hang shows where it is in the driver's log).
+static DOING: std::sync::Mutex<Option<(&'static str, Instant)>> = std::sync::Mutex::new(None);
+
+/// Notes that the driver is about to block on `what`.
+fn doing(what: &'static str) {
+    if let Ok(mut d) = DOING.lock() {
+        *d = Some((what, Instant::now()));
+    }
+}
+
+/// Prints, every 10 s, what the driver has been blocked on for more than 20 s.
+fn watchdog() -> anyhow::Result<()> {
+    std::thread::Builder::new()
+        .name("watchdog".into())
+        .spawn(|| loop {
+            std::thread::sleep(Duration::from_secs(10));
+            if let Ok(d) = DOING.lock() {
+                if let Some((what, since)) = *d {
+                    if since.elapsed() > Duration::from_secs(20) {
+                        eprintln!("watchdog: blocked on {what} for {:?}", since.elapsed());
+                    }
+                }
+            }
+        })?;
+    Ok(())
+}
+
+/// How long a value that has arrived (resolved within its bound) may take to read: a large
+/// one may have to be pulled from another peer first.
+const READ_GRACE: Duration = Duration::from_secs(30);
+
+/// The value of `r`, waited for until `deadline`. A reference resolved by then whose value
+/// takes longer to read (a pull) is given [`READ_GRACE`] more: only one unresolved past its
+/// bound is a hang (`Timeout`).
+fn get_by<T: serde::de::DeserializeOwned>(
+    r: &ObjectRef<T>,
+    deadline: Instant,
+) -> Result<T, GetError> {
+    let left = deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(1));
+    match r.get_blocking_timeout(left) {
+        Err(GetError::Timeout(_)) if r.is_ready() => r.get_blocking_timeout(READ_GRACE),
+        other => other,
+    }
+}
+
+/// How long a lookup of a named actor may take (its retries of NotFound for 10 s included).
+const LOOKUP_BOUND: Duration = Duration::from_secs(30);
+
 /// The outcome kind that stands for a hang.
 const HANG: &str = "Timeout";
 
@@ -103,7 +154,7 @@ fn add(a: u64, b: u64) -> u64 {
 /// (`Timeout` if a result took longer than `bound_ms`).
 #[shoal::remote]
 fn nested(seed: u64, fanout: u64, len: u64, bound_ms: u64) -> Result<u64, String> {
-    let bound = Duration::from_millis(bound_ms);
+    let deadline = Instant::now() + Duration::from_millis(bound_ms);
     let digests: Vec<ObjectRef<u64>> = (0..fanout)
         .map(|i| {
             let block = make_block.remote(seed.wrapping_add(i), len);
@@ -111,9 +162,9 @@ fn nested(seed: u64, fanout: u64, len: u64, bound_ms: u64) -> Result<u64, String
         })
         .collect();
     let small = add.remote(seed, fanout);
-    let mut sum = small.get_blocking_timeout(bound).map_err(|e| kind(&e))?;
+    let mut sum = get_by(&small, deadline).map_err(|e| kind(&e))?;
     for d in &digests {
-        sum = sum.wrapping_add(d.get_blocking_timeout(bound).map_err(|e| kind(&e))?);
+        sum = sum.wrapping_add(get_by(d, deadline).map_err(|e| kind(&e))?);
     }
     Ok(sum)
 }
@@ -184,17 +235,14 @@ impl ParamServer {
 /// ones. Returns `iters` once its last update is applied, or the kind of the first failure.
 #[shoal::remote]
 fn ps_worker(server: ActorHandle<ParamServer>, iters: u32, bound_ms: u64) -> Result<u32, String> {
-    let bound = Duration::from_millis(bound_ms);
+    let deadline = Instant::now() + Duration::from_millis(bound_ms);
     let mut last = None;
     for _ in 0..iters {
-        let (params, _) = server
-            .state()
-            .get_blocking_timeout(bound)
-            .map_err(|e| kind(&e))?;
+        let (params, _) = get_by(&server.state(), deadline).map_err(|e| kind(&e))?;
         last = Some(server.update(vec![1.0; params.len()]));
     }
     if let Some(last) = last {
-        last.get_blocking_timeout(bound).map_err(|e| kind(&e))?;
+        get_by(&last, deadline).map_err(|e| kind(&e))?;
     }
     Ok(iters)
 }
@@ -218,6 +266,9 @@ struct Stats {
     lookups: u64,
     /// Lookups that found the actor.
     lookups_found: u64,
+    /// Lookups by name that had not returned after [`LOOKUP_BOUND`] (`shoal::get_actor` has
+    /// no bound of its own).
+    lookup_hangs: u64,
     /// Parameter-server rounds, and those in which every worker ended well (so the final
     /// count is checked exactly).
     ps_rounds: u64,
@@ -441,6 +492,7 @@ impl Driver {
                 }
             }
             3..=4 => {
+                doing("put");
                 let put = match shoal::put(&Bytes(pattern(seed, len))) {
                     Ok(r) => r,
                     Err(e) => {
@@ -507,11 +559,6 @@ impl Driver {
     /// Waits for one piece of work (each reference until `submitted + bound`) and checks it.
     fn finish(&mut self, work: Work, submitted: Instant) {
         let deadline = submitted + self.args.bound;
-        let left = || {
-            deadline
-                .saturating_duration_since(Instant::now())
-                .max(Duration::from_millis(1))
-        };
         let s = &mut self.stats;
         match work {
             Work::Chain {
@@ -522,11 +569,11 @@ impl Driver {
                 read_block,
             } => {
                 let want = digest(&pattern(seed, len));
-                s.record("chain digest", d.get_blocking_timeout(left()), |v| {
-                    differs(v, want)
-                });
+                doing("get chain digest");
+                s.record("chain digest", get_by(&d, deadline), |v| differs(v, want));
                 if read_block {
-                    s.record("chain block", block.get_blocking_timeout(left()), |v| {
+                    doing("get chain block");
+                    s.record("chain block", get_by(&block, deadline), |v| {
                         (digest(&v.0) != want)
                             .then(|| format!("block of {} bytes differs", v.0.len()))
                     });
@@ -540,14 +587,15 @@ impl Driver {
                 actor_digest,
             } => {
                 let want = digest(&pattern(seed, len));
-                s.record("put digest", d.get_blocking_timeout(left()), |v| {
-                    differs(v, want)
-                });
-                s.record("put read back", put.get_blocking_timeout(left()), |v| {
+                doing("get put digest");
+                s.record("put digest", get_by(&d, deadline), |v| differs(v, want));
+                doing("get put read back");
+                s.record("put read back", get_by(&put, deadline), |v| {
                     (digest(&v.0) != want).then(|| format!("object of {} bytes differs", v.0.len()))
                 });
                 if let Some((tag, r)) = actor_digest {
-                    let got = r.get_blocking_timeout(left());
+                    doing("get actor digest");
+                    let got = get_by(&r, deadline);
                     let failed = got.is_err();
                     s.record("actor digest", got, |v| differs(v, mix64(want ^ tag)));
                     self.actor_outcome(failed);
@@ -560,7 +608,8 @@ impl Driver {
                 result,
             } => {
                 let want = nested_expected(seed, fanout, len);
-                match result.get_blocking_timeout(left()) {
+                doing("get nested");
+                match get_by(&result, deadline) {
                     Ok(Ok(v)) => {
                         s.gets += 1;
                         s.check("nested", differs(v, want));
@@ -573,13 +622,15 @@ impl Driver {
                 }
             }
             Work::Actor { tag, x, result } => {
-                let got = result.get_blocking_timeout(left());
+                doing("get actor mix");
+                let got = get_by(&result, deadline);
                 let failed = got.is_err();
                 s.record("actor mix", got, |v| differs(v, mix64(x ^ tag)));
                 self.actor_outcome(failed);
             }
             Work::Small { a, b, result } => {
-                s.record("small", result.get_blocking_timeout(left()), |v| {
+                doing("get small");
+                s.record("small", get_by(&result, deadline), |v| {
                     differs(v, a.wrapping_add(b))
                 });
             }
@@ -600,6 +651,7 @@ impl Driver {
         }
         self.failures_in_a_row = 0;
         let g = self.generation + 1;
+        doing("create mixer");
         match Self::create_mixer(&self.args, g) {
             Ok(m) => {
                 eprintln!("made actor generation {g}");
@@ -624,16 +676,38 @@ impl Driver {
         self.stats.lookups += 1;
         let deadline = Instant::now() + Duration::from_secs(10);
         // Its newest generation is not known here: the first few are tried.
-        let found = loop {
-            let hit = (0..4).find_map(|g| {
-                shoal::get_actor::<Mixer>(&actor_name(&self.args.run, d, g))
-                    .ok()
-                    .map(|h| (g, h))
+        doing("look up neighbour");
+        let names: Vec<(u64, String)> = (0..4)
+            .map(|g| (g, actor_name(&self.args.run, d, g)))
+            .collect();
+        let (tx, rx) = std::sync::mpsc::channel();
+        // In a thread of its own: a lookup has no bound of its own in the SDK.
+        let spawned = std::thread::Builder::new()
+            .name("lookup".into())
+            .spawn(move || {
+                let found = loop {
+                    let hit = names.iter().find_map(|(g, name)| {
+                        shoal::get_actor::<Mixer>(name).ok().map(|h| (*g, h))
+                    });
+                    if hit.is_some() || Instant::now() >= deadline {
+                        break hit;
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                };
+                // The driver may have given up on this lookup: then nobody listens.
+                tx.send(found).ok();
             });
-            if hit.is_some() || Instant::now() >= deadline {
-                break hit;
+        if let Err(e) = spawned {
+            self.stats.fail("lookup", "LookupThread", &e.to_string());
+            return;
+        }
+        let found = match rx.recv_timeout(LOOKUP_BOUND) {
+            Ok(found) => found,
+            Err(_) => {
+                eprintln!("lookup of driver {d}'s actor unanswered after {LOOKUP_BOUND:?}");
+                self.stats.lookup_hangs += 1;
+                return;
             }
-            std::thread::sleep(Duration::from_millis(200));
         };
         let Some((g, handle)) = found else {
             *self
@@ -647,7 +721,8 @@ impl Driver {
         self.stats.actor_calls += 1;
         let x = self.rng.next();
         let tag = actor_tag(self.args.seed, d, g);
-        let got = handle.mix(x).get_blocking_timeout(self.args.bound);
+        doing("get neighbour mix");
+        let got = get_by(&handle.mix(x), Instant::now() + self.args.bound);
         self.stats
             .record("neighbour actor", got, |v| differs(v, mix64(x ^ tag)));
     }
@@ -659,6 +734,7 @@ impl Driver {
     fn ps_round(&mut self) {
         let dim = 8;
         let iters = 5 + self.rng.below(10) as u32;
+        doing("create parameter server");
         let server = ParamServer::remote(dim);
         self.stats.ps_rounds += 1;
         let workers: Vec<ObjectRef<Result<u32, String>>> = (0..2)
@@ -674,9 +750,9 @@ impl Driver {
         let started = Instant::now();
         let mut all_ok = true;
         for w in &workers {
-            let left = (started + self.args.bound).saturating_duration_since(Instant::now());
             self.stats.gets += 1;
-            match w.get_blocking_timeout(left.max(Duration::from_millis(1))) {
+            doing("get ps worker");
+            match get_by(w, started + self.args.bound) {
                 Ok(Ok(n)) => self.stats.check("ps worker", differs(n, iters)),
                 Ok(Err(k)) => {
                     all_ok = false;
@@ -690,7 +766,8 @@ impl Driver {
             }
         }
         self.stats.actor_calls += 1;
-        let state = server.state().get_blocking_timeout(self.args.bound);
+        doing("get ps state");
+        let state = get_by(&server.state(), Instant::now() + self.args.bound);
         self.stats.record("ps state", state, |(params, updates)| {
             if params.len() != dim || params.iter().any(|p| *p != updates as f64) {
                 return Some(format!("params {params:?} after {updates} updates"));
@@ -703,12 +780,14 @@ impl Driver {
         if all_ok {
             self.stats.ps_rounds_complete += 1;
         }
+        doing("kill parameter server");
         shoal::kill(&server);
     }
 }
 
 fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
+    watchdog()?;
     shoal::init_with(InitOptions {
         require_daemon: true,
         ..Default::default()
@@ -736,6 +815,7 @@ fn main() -> anyhow::Result<()> {
     while start.elapsed() < run_for || !inflight.is_empty() {
         if start.elapsed() < run_for {
             while inflight.len() < driver.args.window {
+                doing("submit");
                 let work = driver.submit()?;
                 inflight.push_back((work, Instant::now()));
             }
@@ -752,8 +832,10 @@ fn main() -> anyhow::Result<()> {
             driver.finish(work, submitted);
         }
     }
+    doing("print");
     driver.stats.seconds = run_for.as_secs_f64();
     println!("{}", serde_json::to_string(&driver.stats)?);
+    doing("shutdown");
     shoal::shutdown();
     Ok(())
 }

@@ -119,10 +119,21 @@ fn get_by<T: serde::de::DeserializeOwned>(
     let left = deadline
         .saturating_duration_since(Instant::now())
         .max(Duration::from_millis(1));
-    match r.get_blocking_timeout(left) {
+    let got = match r.get_blocking_timeout(left) {
         Err(GetError::Timeout(_)) if r.is_ready() => r.get_blocking_timeout(READ_GRACE),
         other => other,
+    };
+    if let Err(GetError::Timeout(_)) = &got {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        eprintln!(
+            "hang at unix time {:.3}: object {} unresolved past its bound",
+            now.as_secs_f64(),
+            r.id()
+        );
     }
+    got
 }
 
 /// How long a lookup of a named actor may take (its retries of NotFound for 10 s included).

@@ -691,7 +691,7 @@ impl Driver {
         let names: Vec<(u64, String)> = (0..4)
             .map(|g| (g, actor_name(&self.args.run, d, g)))
             .collect();
-        let (tx, rx) = std::sync::mpsc::channel();
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
         // In a thread of its own: a lookup has no bound of its own in the SDK.
         let spawned = std::thread::Builder::new()
             .name("lookup".into())

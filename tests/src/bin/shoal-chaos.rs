@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! shoal-chaos [--nodes 5] [--minutes M] [--seed S] [--bound SECS] [--kinds kill,freeze,...]
+//!             [--tolerate KIND,...] [--tolerate-lookup-hangs] [--window N]
 //! ```
 //!
 //! Starts a network lab of `--nodes` nodes, three workload drivers (the `chaos_driver`
@@ -43,6 +44,12 @@ struct Cli {
     /// isolate, partition].
     #[arg(long, value_delimiter = ',')]
     kinds: Vec<String>,
+    /// Failure kinds to tolerate as known bugs, comma-separated (reported apart).
+    #[arg(long, value_delimiter = ',')]
+    tolerate: Vec<String>,
+    /// Tolerate lookups of named actors unanswered past their bound (a known bug).
+    #[arg(long)]
+    tolerate_lookup_hangs: bool,
     /// Pieces of work in flight per driver.
     #[arg(long, default_value_t = 12)]
     window: usize,
@@ -79,6 +86,8 @@ fn run(cli: Cli) -> Result<bool> {
     );
     options.bound = Duration::from_secs(cli.bound);
     options.window = cli.window;
+    options.tolerated = cli.tolerate;
+    options.tolerate_lookup_hangs = cli.tolerate_lookup_hangs;
     if !cli.kinds.is_empty() {
         options.kinds = cli
             .kinds

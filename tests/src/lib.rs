@@ -35,6 +35,9 @@
 //!   cut and healed by nftables ([`Network`]); behind `scripts/netlab` too. Needs root.
 //! - [`statefile`]: [`StateFile`], where `scripts/mesh` and `scripts/netlab` record what they
 //!   started, for their `status` and `down`.
+//! - [`chaos`]: the chaos soak of `scripts/chaos` ([`chaos::run`]): a lab, three workload
+//!   drivers, faults at random from a seed, then the invariants checked (no wrong result, no
+//!   hang, no leak, only allowed errors).
 //! - [`raw`]: [`RawClient`], a client of a node's Unix socket that speaks the protocol's frames
 //!   byte by byte, for tests of broken and hostile clients.
 //!
@@ -65,6 +68,7 @@
 #![deny(missing_docs, unreachable_pub)]
 
 pub mod authority;
+pub mod chaos;
 pub mod mesh;
 pub mod netlab;
 pub mod node;

@@ -536,6 +536,11 @@ impl Lab {
         self.mesh.node(i)
     }
 
+    /// Node `i`, to act on it directly (say, stop it with SIGTERM and wait for its exit).
+    pub fn node_mut(&mut self, i: usize) -> &mut NodeProcess {
+        self.mesh.node_mut(i)
+    }
+
     /// The lab's network.
     pub fn network(&self) -> &Network {
         &self.network

@@ -8,7 +8,15 @@
 //!   holder (its directory lookup included), runs the task again on the surviving peer, and
 //!   pulls its result.
 //!
-//! Three nodes: the driver's (`--cpus 0`, so every task runs elsewhere) and two with one CPU
+//! - `partition_recover_seconds`: a cut during a workload of 1,000 short tasks (200 under
+//!   `--quick`): from the cut until every result is in. Three nodes in the network lab
+//!   (`shoal_tests::Lab`: network namespaces on a bridge; needs root, `ip` and `nft`): the
+//!   driver's with one CPU and two more. Once a quarter of the tasks are done, node 2 is cut
+//!   off from the others (nftables); the others write it off after the failure timeout and
+//!   run its tasks again. The cut is healed after the operation (untimed), and the lab
+//!   converges before the next.
+//!
+//! For `reconstruct_seconds_1gib`, three nodes: the driver's (`--cpus 0`, so every task runs elsewhere) and two with one CPU
 //! each. Each operation (untimed set-up first): the driver submits a task making a fresh
 //! object (zeros but for a nonce) and keeps its ref without reading it, so the result stays
 //! where it was made; the runner finds that node by its `shoal objects --json`, kills it with
@@ -24,6 +32,9 @@
 //! driver -> runner: shoal-bench-driver: made <object id>
 //! runner -> driver: get <nonce>
 //! driver -> runner: shoal-bench-driver: got <nanoseconds>
+//! runner -> driver: tasks <n>
+//! driver -> runner: shoal-bench-driver: quarter
+//! driver -> runner: shoal-bench-driver: all
 //! ```
 
 use std::ffi::{OsStr, OsString};
@@ -55,6 +66,12 @@ const ENV_BYTES: &str = "SHOAL_BENCH_FAULT_BYTES";
 const SETUP_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a reconstruction may take.
 const OP_TIMEOUT: Duration = Duration::from_secs(120);
+/// Tasks of `partition_recover_seconds`.
+const PARTITION_TASKS: u64 = 1_000;
+/// The same under `--quick`.
+const PARTITION_TASKS_QUICK: u64 = 200;
+/// How long each of its tasks works, in milliseconds.
+const PARTITION_TASK_MS: u64 = 5;
 
 pub fn register(reg: &mut Registry) {
     reg.add(
@@ -65,6 +82,72 @@ pub fn register(reg: &mut Registry) {
          from lineage on another peer and pulled (3 `shoal node` processes on loopback)",
         reconstruct_seconds_1gib,
     );
+    reg.add(
+        "partition_recover_seconds",
+        Unit::Seconds,
+        "1,000 tasks of 5 ms on 3 nodes of the network lab (root, ip, nft), one node cut off \
+         from the others once a quarter are done: from the cut until every result is in",
+        partition_recover_seconds,
+    );
+}
+
+/// Works `ms` milliseconds, then says where it ran.
+#[shoal::remote]
+fn fault_work(ms: u64, i: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    i
+}
+
+fn partition_recover_seconds(b: &mut Bench) -> Result<()> {
+    check_shoal_bin(b)?;
+    if let Some(why) = shoal_tests::netlab::unavailable() {
+        bail!("needs the network lab: {why}");
+    }
+    let tasks = if b.is_quick() {
+        eprintln!(
+            "{}: --quick: {PARTITION_TASKS_QUICK} tasks instead of {PARTITION_TASKS}",
+            b.name()
+        );
+        PARTITION_TASKS_QUICK
+    } else {
+        PARTITION_TASKS
+    };
+    let options = NodeOptions::new()
+        .mesh(unique_mesh("partition"))
+        .failure_timeout(FAILURE_TIMEOUT_SECS)
+        .cpus(1.0);
+    let mut lab = shoal_tests::Lab::start(3, &options).context("starting the lab")?;
+    lab.mesh()
+        .wait_converged(SETUP_TIMEOUT)
+        .context("the lab's nodes finding each other")?;
+    let mut driver = Program::start(
+        "driver",
+        DRIVER_CMD,
+        OsStr::new(""),
+        &lab.node(0).socket(),
+        &[(ENV_BYTES, OsString::from("0"))],
+    )?;
+    driver.expect("ready", SETUP_TIMEOUT)?;
+    eprintln!(
+        "{}: 3 nodes in network namespaces (1 CPU each, --failure-timeout \
+         {FAILURE_TIMEOUT_SECS}); each operation: {tasks} tasks of {PARTITION_TASK_MS} ms from \
+         a driver on node 0, node 2 cut off once a quarter are done, timed until all are in",
+        b.name()
+    );
+    b.run_timed(|| {
+        driver.send(&format!("tasks {tasks}"))?;
+        driver.expect("quarter", SETUP_TIMEOUT)?;
+        let start = Instant::now();
+        lab.isolate(2)?;
+        driver.expect("all", OP_TIMEOUT)?;
+        let took = start.elapsed();
+        lab.rejoin(2)?;
+        lab.mesh()
+            .wait_converged(SETUP_TIMEOUT)
+            .context("the lab converging after the heal")?;
+        Ok(took)
+    })?;
+    driver.finish()
 }
 
 /// `len` zero bytes but for `nonce` in the first eight.
@@ -210,6 +293,30 @@ fn driver_main() -> Result<()> {
                 ensure!(view[..8] == nonce.to_le_bytes(), "not its nonce");
                 ensure!(view[8..].iter().all(|&b| b == 0), "not its bytes");
                 say(&format!("got {}", took.as_nanos()));
+            }
+            "tasks" => {
+                // `nonce` is the number of tasks here.
+                let refs: Vec<ObjectRef<u64>> = (0..nonce)
+                    .map(|i| fault_work.remote(PARTITION_TASK_MS, i))
+                    .collect();
+                let mut pending = refs.clone();
+                let mut said = false;
+                while !pending.is_empty() {
+                    let (ready, rest) = shoal::wait_blocking(&pending, 1, Some(OP_TIMEOUT));
+                    ensure!(!ready.is_empty(), "no task ended within {OP_TIMEOUT:?}");
+                    pending = rest;
+                    if !said && (pending.len() as u64) * 4 <= nonce * 3 {
+                        say("quarter");
+                        said = true;
+                    }
+                }
+                for (i, r) in refs.iter().enumerate() {
+                    let v = r
+                        .get_blocking_timeout(OP_TIMEOUT)
+                        .context("a task's result")?;
+                    ensure!(v == i as u64, "task {i} returned {v}");
+                }
+                say("all");
             }
             _ => bail!("not a request: {line:?}"),
         }

@@ -157,6 +157,7 @@ fn a_peer_given_nothing_cannot_read_release_call_kill_or_download() {
                 drain: false,
                 reason: "forged".into(),
                 token: forged,
+                moved_to: None,
             },
         ];
         for msg in &msgs {

@@ -200,6 +200,65 @@ fn an_actor_placed_on_a_peer_comes_back_when_the_peer_dies() {
 }
 
 #[test]
+fn a_detached_actor_placed_again_during_a_partition_has_one_incarnation_after_the_heal() {
+    let mut sim = mesh(&[0.0, 1.0, 1.0]);
+    let d = sim.driver(0);
+    sim.run_for(Duration::from_secs(1));
+    let actor = sim.create_detached_actor(d, 1, 1.0);
+    sim.run_for(Duration::from_secs(1));
+    let first = sim.call(d, actor, "echo");
+    sim.run_for(Duration::from_secs(1));
+    assert!(is_value(&sim.results(d)[&first]));
+    let host = (1..3)
+        .find(|n| sim.runs_on(*n) > 0)
+        .expect("the actor ran on a peer");
+    let other = 3 - host;
+    // A program on the host's node calls it too.
+    let h = sim.driver(host);
+    sim.run_for(Duration::from_millis(100));
+    let call = sim.call(h, actor, "echo");
+    sim.run_for(Duration::from_secs(1));
+    assert!(
+        is_value(&sim.results(h)[&call]),
+        "{:?}",
+        sim.results(h).get(&call)
+    );
+
+    // The creator's node loses the host: it places the actor again, on the other node. The
+    // host (detached actor) keeps its copy meanwhile, and its own callers reach it.
+    sim.partition(0, host);
+    sim.run_for(Duration::from_secs(8));
+    let moved = sim.call(d, actor, "echo");
+    sim.run_for(Duration::from_secs(2));
+    assert!(
+        is_value(&sim.results(d)[&moved]),
+        "{:?}",
+        sim.results(d).get(&moved)
+    );
+    assert!(sim.runs_on(other) > 0, "placed again on node {other}");
+
+    // After the heal only the new incarnation serves: the old one ends, and the host's
+    // callers reach the new one.
+    sim.heal(0, host);
+    sim.run_for(Duration::from_secs(8));
+    let runs = (sim.runs_on(host), sim.runs_on(other));
+    let late = sim.call(h, actor, "echo");
+    sim.run_for(Duration::from_secs(5));
+    let v = &sim.results(h)[&late];
+    assert_eq!(
+        sim.runs_on(host),
+        runs.0,
+        "the old incarnation ran a call: {v:?}"
+    );
+    assert!(is_value(v), "{v:?}");
+    assert!(sim.runs_on(other) > runs.1, "the new incarnation ran it");
+    // A detached actor outlives its handles: it ends when killed.
+    sim.kill_actor(d, actor);
+    sim.run_for(Duration::from_secs(2));
+    assert_clean(sim);
+}
+
+#[test]
 fn actors_sent_to_a_full_peer_are_placed_again_and_their_calls_wait_in_order() {
     // The driver's node has no CPU; the two peers one each. Three actors created at once
     // are all sent before any load report changes: a peer takes only the actor it has room
@@ -716,6 +775,7 @@ fn an_actor_is_called_and_killed_only_with_a_handle() {
             drain: false,
             reason: "forged".into(),
             token: forged,
+            moved_to: None,
         };
         sim.forge(2, 0, kill);
     }

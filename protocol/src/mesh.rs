@@ -288,6 +288,10 @@ pub enum PeerMsg {
         reason: String,
         /// Its handles' secret: without it the kill is refused.
         token: crate::ids::ActorToken,
+        /// Where the actor lives now (a peer id's bytes), when this copy ends because the
+        /// node that placed it lost this one and placed it again there: calls made here go
+        /// there from now on.
+        moved_to: Option<Vec<u8>>,
     },
     /// Which actor has this name here? (answered by [`PeerMsg::ActorFound`])
     LookupActor {

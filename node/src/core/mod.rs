@@ -613,7 +613,11 @@ impl NodeCore {
                 if Some(peer) == self.me {
                     return;
                 }
+                let back = !self.spill.peers.contains_key(&peer);
                 self.spill.report(peer, *report);
+                if back {
+                    self.peer_back(peer);
+                }
                 self.spill_pass(now);
             }
             Input::FromPeer { peer, msgs } => {

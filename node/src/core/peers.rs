@@ -26,6 +26,10 @@ use crate::store::{Holder, StoreFault};
 
 /// Why a task goes back to a peer this node declared lost.
 const LOST_YOU: &str = "the node it was sent to lost your node";
+/// Why an actor's copy at a peer ends: its creator's node lost that peer and placed the
+/// actor again elsewhere (or gave it up).
+const SUPERSEDED: &str =
+    "superseded: the node that placed it lost this node and placed it again elsewhere (or gave it up)";
 /// Why a call goes back to the peer that sent it: its actor lives there, as far as the
 /// node it was sent to knows.
 const ACTOR_HERE: &str = "its actor lives at your node now";
@@ -144,6 +148,7 @@ impl NodeCore {
                 drain,
                 reason,
                 token,
+                moved_to,
             } => {
                 let known = self
                     .actor_token(&actor)
@@ -172,6 +177,11 @@ impl NodeCore {
                     }
                     // Its creator's node is done with it: nothing is kept of it here.
                     self.actors.forget_if_dead(actor);
+                    let moved = moved_to.as_deref().and_then(PeerKey::from_bytes);
+                    if let Some(home) = moved.filter(|p| Some(*p) != self.me) {
+                        tracing::info!(actor = %actor, %home, "an actor moved: calls made here go to its new home");
+                        self.directory.set_home(actor, home);
+                    }
                 } else {
                     self.kill_request(now, party, actor, false, token);
                 }
@@ -1607,6 +1617,7 @@ impl NodeCore {
             drain,
             reason: reason.to_string(),
             token,
+            moved_to: None,
         };
         self.tell_peer(peer, msg);
         if no_restart {
@@ -1781,6 +1792,29 @@ impl NodeCore {
         }
     }
 
+    /// `peer`, lost, is seen again (a partition healed, or it restarted): copies of actors
+    /// this node placed there and then placed again elsewhere (or gave up) end, so that
+    /// only one incarnation of each serves calls.
+    pub(super) fn peer_back(&mut self, peer: PeerKey) {
+        for (actor, token) in self.directory.take_superseded(peer) {
+            tracing::info!(actor = %actor, %peer, "ending an actor's copy at a peer seen again: it was placed again meanwhile");
+            let moved_to = self
+                .directory
+                .placement(&actor)
+                .filter(|p| p.peer != peer)
+                .map(|p| p.peer.to_vec());
+            let kill = PeerMsg::Kill {
+                actor,
+                no_restart: true,
+                drain: false,
+                reason: SUPERSEDED.to_string(),
+                token,
+                moved_to,
+            };
+            self.tell_peer(peer, kill);
+        }
+    }
+
     pub(super) fn peer_lost(&mut self, now: Instant, peer: PeerKey) {
         if self.me.is_none() || Some(peer) == self.me {
             return;
@@ -1845,16 +1879,20 @@ impl NodeCore {
                 continue;
             }
             // The peer may be alive and not know of the loss (it restarted, say): its copy
-            // must not run on beside the new one.
-            let reason = "the node that placed it lost yours".to_string();
+            // must not run on beside the new one. (If it is only out of reach, this is lost
+            // with the link: it is said again when the peer is seen again.)
+            let reason = SUPERSEDED.to_string();
+            let token = self.actor_token(&actor).unwrap_or_default();
             let kill = PeerMsg::Kill {
                 actor,
                 no_restart: true,
                 drain: false,
                 reason,
-                token: self.actor_token(&actor).unwrap_or_default(),
+                token,
+                moved_to: None,
             };
             self.tell_peer(peer, kill);
+            self.directory.supersede(actor, peer, token);
             let max = match self.tasks.get(&placed.task).map(|e| &e.spec.kind) {
                 Some(TaskKind::CreateActor(c)) => c.max_restarts,
                 _ => 0,

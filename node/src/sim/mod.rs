@@ -1732,6 +1732,15 @@ impl Sim {
 
     /// Driver `d` creates an actor (with `restarts` restarts) and gets its id.
     pub fn create_actor(&mut self, d: usize, restarts: u32, cpus: f64) -> ActorId {
+        self.create_actor_with(d, restarts, cpus, false)
+    }
+
+    /// [`Sim::create_actor`], detached: it outlives its creator.
+    pub fn create_detached_actor(&mut self, d: usize, restarts: u32, cpus: f64) -> ActorId {
+        self.create_actor_with(d, restarts, cpus, true)
+    }
+
+    fn create_actor_with(&mut self, d: usize, restarts: u32, cpus: f64, detached: bool) -> ActorId {
         let task = self.next_task(d);
         let mut id = [0u8; 16];
         id[..8].copy_from_slice(&self.drivers[d].client.0.to_le_bytes());
@@ -1752,7 +1761,7 @@ impl Sim {
                 get_if_exists: false,
                 max_restarts: restarts,
                 max_concurrency: 1,
-                detached: false,
+                detached,
             }),
             nested: Vec::new(),
             wait_for_resources: false,

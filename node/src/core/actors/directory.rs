@@ -2,7 +2,11 @@
 //! actor's location, and the actors this node placed on peers.
 
 use shoal_protocol::mesh::PeerKey;
-use shoal_protocol::{ActorId, IdMap, ObjectId, TaskId};
+use shoal_protocol::{ActorId, ActorToken, IdMap, ObjectId, TaskId};
+
+/// At most this many superseded copies are remembered (the oldest are forgotten first): a
+/// peer that never comes back must not make the list grow without end.
+const MAX_SUPERSEDED: usize = 4096;
 
 /// An actor this node created on a peer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,6 +37,10 @@ pub(crate) struct Directory {
     /// Placements by their creation's return object: the peer confirms a placement by
     /// sending its value (the actor's id), and reports the actor's end as an error in it.
     by_ret: IdMap<ObjectId, ActorId>,
+    /// Copies of actors this node placed on peers it then lost, and placed again (or gave
+    /// up): if such a peer was only out of reach (a partition), its copy may still run, and
+    /// is ended when the peer is seen again. The actor, the peer, its handles' secret.
+    superseded: Vec<(ActorId, PeerKey, ActorToken)>,
 }
 
 /// What to do with a call of an actor hosted elsewhere.
@@ -185,6 +193,28 @@ impl Directory {
         let mut v: Vec<(ActorId, Placed)> = self.placed.iter().map(|(a, p)| (*a, *p)).collect();
         v.sort_by_key(|(a, _)| *a);
         v
+    }
+
+    /// `actor`'s copy at `peer`, a peer lost, is superseded: to be ended if the peer is seen
+    /// again.
+    pub(crate) fn supersede(&mut self, actor: ActorId, peer: PeerKey, token: ActorToken) {
+        if self.superseded.len() >= MAX_SUPERSEDED {
+            self.superseded.remove(0);
+        }
+        self.superseded.push((actor, peer, token));
+    }
+
+    /// The superseded copies at `peer`, seen again (forgotten here).
+    pub(crate) fn take_superseded(&mut self, peer: PeerKey) -> Vec<(ActorId, ActorToken)> {
+        let mut taken = Vec::new();
+        self.superseded.retain(|(a, p, t)| {
+            let at = *p == peer;
+            if at {
+                taken.push((*a, *t));
+            }
+            !at
+        });
+        taken
     }
 
     /// `peer` is gone: actors that lived there have no known home.

@@ -196,8 +196,12 @@ pub(crate) async fn serve_streams<F, Fut>(
                     Ok(permit) => {
                         running.spawn(handle(peer, stream, permit));
                     }
-                    // Logged (rate-limited) by the limits; dropping the stream resets it.
-                    Err(_) => drop(stream),
+                    // Logged (rate-limited) by the limits; dropping the stream resets it
+                    // (and its writer learns so from the reset).
+                    Err(_) => {
+                        tracing::debug!(%peer, protocol = what, "a stream over the peer's limit reset");
+                        drop(stream)
+                    }
                 },
                 None => {
                     tracing::debug!(protocol = what, "the swarm is gone; no more streams");

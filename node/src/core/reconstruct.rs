@@ -19,8 +19,8 @@ use shoal_protocol::mesh::PeerMsg;
 use shoal_protocol::{ObjectId, ObjectValue, PeerKey, TaskError, TaskId, TaskKind};
 
 use super::tasks::TaskEntry;
-use crate::store::Holder;
 use super::{NodeCore, Party};
+use crate::store::Holder;
 
 /// Lineage deeper than this is not followed (a bound on the recursion).
 const MAX_DEPTH: u32 = 512;

@@ -82,6 +82,17 @@ impl StreamKind {
         }
     }
 
+    /// Whether a peer's new stream of this kind takes the place of its oldest one once it
+    /// has as many as it may, instead of being refused. A peer's control link is the newest
+    /// control stream it opened (it opens another only after giving up the last one, and
+    /// writes nothing more on that), while an old one may never end here on its own: the
+    /// streams of a connection closed gracefully are not woken (yamux drops them without
+    /// waking their readers), so their readers would hold the peer's slots for good and
+    /// every new link of the peer would be refused.
+    pub const fn newest_wins(self) -> bool {
+        matches!(self, Self::Control)
+    }
+
     /// Its name in logs.
     pub const fn name(self) -> &'static str {
         match self {
@@ -287,6 +298,26 @@ impl PeerLimits {
     /// stream.
     pub fn admit(&self, peer: PeerId, kind: StreamKind) -> Result<StreamPermit, TooManyStreams> {
         self.admit_at(peer, kind, Instant::now())
+    }
+
+    /// Admits a stream of `kind` from `peer` in the place of one the caller is ending (see
+    /// [`StreamKind::newest_wins`]): counted at once, over the limit until the ended one's
+    /// permit is dropped.
+    pub fn admit_superseding(&self, peer: PeerId, kind: StreamKind) -> StreamPermit {
+        let mut inner = self.lock();
+        let budget_bytes = self.budget_bytes;
+        let entry = inner
+            .peers
+            .entry(peer)
+            .or_insert_with(|| Peer::new(budget_bytes));
+        entry.inbound[kind.index()] += 1;
+        let budget = entry.budget.clone();
+        StreamPermit {
+            limits: self.clone(),
+            peer,
+            kind,
+            budget,
+        }
     }
 
     fn admit_at(

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use futures::{AsyncWrite, AsyncWriteExt};
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::{PeerId, StreamProtocol};
 use shoal_protocol::frame::FrameError;
 use shoal_protocol::mesh::{LoadReport, PeerMsg, MAX_PEER_MSG};
@@ -260,7 +260,28 @@ impl Links {
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "opening the link timed out"))?
         .map_err(|e| io::Error::other(e.to_string()))?;
         tracing::debug!(%peer, "control link open");
-        write_queue(stream, rx, queued, self.stall).await
+        // The peer never writes on a control stream: its end closing (or resetting, as a
+        // peer over its stream limit does at once) is what the read half sees.
+        let (reads, writes) = stream.split();
+        write_queue(writes, rx, queued, self.stall, peer_closed(reads)).await
+    }
+}
+
+/// Ends once the peer has closed or reset its end of a control stream, with the error that
+/// says so. (Anything it sends is ignored: a control stream carries one direction only.)
+async fn peer_closed<R: AsyncRead + Unpin>(mut reads: R) -> io::Error {
+    let mut buf = [0u8; 64];
+    loop {
+        match reads.read(&mut buf).await {
+            Ok(0) => {
+                return io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "the peer closed its end of the link",
+                )
+            }
+            Ok(_) => {}
+            Err(e) => return e,
+        }
     }
 }
 
@@ -270,19 +291,29 @@ const WRITE_CHUNK: usize = 1 << 20;
 /// Writes the frames of `rx` to `stream` in batches, one flush each, releasing their bytes
 /// from `queued` once written, until every sender is gone; then closes the stream. Fails
 /// with `TimedOut` if a chunk of [`WRITE_CHUNK`] bytes (or the flush) takes longer than
-/// `stall`: the peer stopped reading.
+/// `stall`: the peer stopped reading. Fails with `closed`'s error as soon as it ends (the
+/// peer closed or reset its end), even while nothing is queued: frames written into a stream
+/// the peer dropped are lost, and only a broken link tells the node so (a write is not
+/// refused until after the reset arrives, and the next write may never come, say when the
+/// node waits for the results of the tasks it sent last).
 async fn write_queue<W: AsyncWrite + Unpin>(
     mut stream: W,
     rx: &mut mpsc::Receiver<Vec<u8>>,
     queued: &AtomicUsize,
     stall: Duration,
+    closed: impl std::future::Future<Output = io::Error>,
 ) -> io::Result<()> {
     let stalled = || io::Error::new(io::ErrorKind::TimedOut, "the peer stopped reading its link");
     let mut batch = Vec::with_capacity(BATCH);
     let mut buf = Vec::with_capacity(64 << 10);
+    let mut closed = std::pin::pin!(closed);
     loop {
         batch.clear();
-        if rx.recv_many(&mut batch, BATCH).await == 0 {
+        let got = tokio::select! {
+            got = rx.recv_many(&mut batch, BATCH) => got,
+            e = &mut closed => return Err(e),
+        };
+        if got == 0 {
             return stream.close().await;
         }
         buf.clear();
@@ -431,6 +462,26 @@ mod tests {
     }
 
     #[tokio::test(flavor = "current_thread")]
+    async fn an_idle_link_whose_peer_closed_its_end_breaks() {
+        // A sender is kept: nothing more is queued, and the link would wait for ever.
+        let (queue, mut rx) = Queue::new();
+        let mut out = futures::io::Cursor::new(Vec::new());
+        // The peer's end, as the read half sees it once the peer dropped the stream.
+        let peer_end = futures::io::Cursor::new(Vec::new());
+        let err = write_queue(
+            &mut out,
+            &mut rx,
+            &queue.bytes,
+            Duration::from_secs(5),
+            peer_closed(peer_end),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionAborted);
+        assert!(!queue.tx.is_closed());
+    }
+
+    #[tokio::test(flavor = "current_thread")]
     async fn written_frames_release_their_bytes_and_parse_back() {
         let (queue, mut rx) = Queue::new();
         let peer = PeerId::random();
@@ -444,7 +495,8 @@ mod tests {
         let bytes = queue.bytes.clone();
         drop(queue);
         let mut out = futures::io::Cursor::new(Vec::new());
-        write_queue(&mut out, &mut rx, &bytes, Duration::from_secs(5))
+        let never = std::future::pending();
+        write_queue(&mut out, &mut rx, &bytes, Duration::from_secs(5), never)
             .await
             .unwrap();
         assert_eq!(bytes.load(Ordering::Acquire), 0);

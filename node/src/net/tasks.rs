@@ -16,13 +16,14 @@
 //! The tree is root → swarm → handlers → accept: cancelling a stage cancels the stages
 //! before it, so dropping the root stops everything at once.
 
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
 use futures::StreamExt;
 use libp2p::PeerId;
-use tokio::task::{JoinError, JoinSet};
+use tokio::task::{AbortHandle, JoinError, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -188,23 +189,49 @@ pub(crate) async fn serve_streams<F, Fut>(
 {
     let what = kind.name();
     let mut running = JoinSet::new();
+    // For a kind whose newest stream wins: each peer's handlers, oldest first.
+    let mut handlers: HashMap<PeerId, VecDeque<AbortHandle>> = HashMap::new();
     loop {
         tokio::select! {
             () = stop.cancelled() => break,
             next = incoming.next() => match next {
-                Some((peer, stream)) => match limits.admit(peer, kind) {
-                    Ok(permit) => {
-                        running.spawn(handle(peer, stream, permit));
+                Some((peer, stream)) => {
+                    let admitted = match oldest_to_end(&mut handlers, &limits, peer, kind) {
+                        Some(oldest) => {
+                            tracing::debug!(%peer, protocol = what, "a peer's new stream takes the place of its oldest");
+                            // Its permit goes with it (the task is dropped on abort).
+                            oldest.abort();
+                            Ok(limits.admit_superseding(peer, kind))
+                        }
+                        None => limits.admit(peer, kind),
+                    };
+                    match admitted {
+                        Ok(permit) => {
+                            let handler = running.spawn(handle(peer, stream, permit));
+                            if kind.newest_wins() {
+                                handlers.entry(peer).or_default().push_back(handler);
+                            }
+                        }
+                        // Logged (rate-limited) by the limits; dropping the stream resets it
+                        // (and its writer learns so from the reset).
+                        Err(_) => {
+                            tracing::debug!(%peer, protocol = what, "a stream over the peer's limit reset");
+                            drop(stream)
+                        }
                     }
-                    // Logged (rate-limited) by the limits; dropping the stream resets it.
-                    Err(_) => drop(stream),
-                },
+                }
                 None => {
                     tracing::debug!(protocol = what, "the swarm is gone; no more streams");
                     break;
                 }
             },
-            Some(done) = running.join_next(), if !running.is_empty() => ended(what, done),
+            Some(done) = running.join_next(), if !running.is_empty() => {
+                ended(what, done);
+                handlers.retain(|_, hs| {
+                    hs.retain(|h| !h.is_finished());
+                    !hs.is_empty()
+                });
+            }
         }
     }
     drop(incoming);
@@ -220,6 +247,23 @@ pub(crate) async fn serve_streams<F, Fut>(
     }
 }
 
+/// For a kind whose newest stream wins ([`StreamKind::newest_wins`]), the handler of
+/// `peer`'s oldest stream once the peer has as many as it may: the caller ends it to make
+/// room for the new one.
+fn oldest_to_end(
+    handlers: &mut HashMap<PeerId, VecDeque<AbortHandle>>,
+    limits: &PeerLimits,
+    peer: PeerId,
+    kind: StreamKind,
+) -> Option<AbortHandle> {
+    if !kind.newest_wins() || limits.inbound(peer, kind) < kind.max_per_peer() {
+        return None;
+    }
+    let hs = handlers.get_mut(&peer)?;
+    hs.retain(|h| !h.is_finished());
+    hs.pop_front()
+}
+
 /// Logs how a stream handler ended, if not normally.
 fn ended(what: &'static str, result: Result<(), JoinError>) {
     match result {
@@ -228,5 +272,58 @@ fn ended(what: &'static str, result: Result<(), JoinError>) {
             tracing::error!(protocol = what, error = %e, "a stream handler panicked")
         }
         Err(e) => tracing::debug!(protocol = what, error = %e, "a stream handler was cancelled"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::limits::CONTROL_STREAMS_PER_PEER;
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_peers_new_control_stream_ends_its_oldest_when_it_has_as_many_as_it_may() {
+        let limits = PeerLimits::default();
+        let (a, b) = (PeerId::random(), PeerId::random());
+        let mut running = JoinSet::new();
+        let mut handlers: HashMap<PeerId, VecDeque<AbortHandle>> = HashMap::new();
+        // Readers that never end on their own (a stream of a connection closed gracefully).
+        let mut admit = |peer, running: &mut JoinSet<()>| {
+            let permit = limits.admit(peer, StreamKind::Control).unwrap();
+            let handle = running.spawn(async move {
+                let _held = permit;
+                std::future::pending::<()>().await
+            });
+            handlers.entry(peer).or_default().push_back(handle.clone());
+            handle
+        };
+        let first = admit(a, &mut running);
+        for _ in 1..CONTROL_STREAMS_PER_PEER {
+            admit(a, &mut running);
+        }
+        admit(b, &mut running);
+        // Below the limit nothing ends; at it, the peer's oldest does (and only for control).
+        assert!(oldest_to_end(&mut handlers, &limits, b, StreamKind::Control).is_none());
+        assert!(oldest_to_end(&mut handlers, &limits, a, StreamKind::Object).is_none());
+        let oldest = oldest_to_end(&mut handlers, &limits, a, StreamKind::Control).unwrap();
+        assert_eq!(oldest.id(), first.id());
+        oldest.abort();
+        let permit = limits.admit_superseding(a, StreamKind::Control);
+        // The ended one's permit goes with its task: the count is back at the limit.
+        assert!(running
+            .join_next()
+            .await
+            .unwrap()
+            .unwrap_err()
+            .is_cancelled());
+        assert_eq!(
+            limits.inbound(a, StreamKind::Control),
+            CONTROL_STREAMS_PER_PEER
+        );
+        drop(permit);
+        assert_eq!(
+            limits.inbound(a, StreamKind::Control),
+            CONTROL_STREAMS_PER_PEER - 1
+        );
+        running.abort_all();
     }
 }

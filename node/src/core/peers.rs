@@ -1408,12 +1408,17 @@ impl NodeCore {
                 }
             }
         }
+        // Owners of refs the task carries (no other: a peer names owners of what it sends,
+        // nothing else), where this node knows of none yet.
         for (id, owner) in &owners {
+            if !locations.iter().any(|(l, _)| l == id) {
+                continue;
+            }
             let Some(owner) = PeerKey::from_bytes(owner).filter(|o| Some(*o) != self.me) else {
                 continue;
             };
             if let Some(e) = self.objects.get_mut(id) {
-                if e.owner.is_none() {
+                if e.owner.is_none() && e.owner_peer.is_none() {
                     e.owner_peer = Some(owner);
                 }
             }

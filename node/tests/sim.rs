@@ -169,12 +169,17 @@ fn refs_of_a_crashed_owner_fail_with_owner_died_on_every_peer() {
     assert_clean(sim);
 }
 
-#[test]
-fn an_actor_placed_on_a_peer_comes_back_when_the_peer_dies() {
+/// A mesh whose node 0 has no CPU, an actor (with one restart) its driver created there, so
+/// placed on node 1 or 2, and called once: the sim, the driver, the actor and its host.
+fn actor_on_a_peer(detached: bool) -> (Sim, usize, shoal_protocol::ActorId, usize) {
     let mut sim = mesh(&[0.0, 1.0, 1.0]);
     let d = sim.driver(0);
     sim.run_for(Duration::from_secs(1));
-    let actor = sim.create_actor(d, 1, 1.0);
+    let actor = if detached {
+        sim.create_detached_actor(d, 1, 1.0)
+    } else {
+        sim.create_actor(d, 1, 1.0)
+    };
     sim.run_for(Duration::from_secs(1));
     let first = sim.call(d, actor, "echo");
     sim.run_for(Duration::from_secs(1));
@@ -182,6 +187,12 @@ fn an_actor_placed_on_a_peer_comes_back_when_the_peer_dies() {
     let host = (1..3)
         .find(|n| sim.runs_on(*n) > 0)
         .expect("the actor ran on a peer");
+    (sim, d, actor, host)
+}
+
+#[test]
+fn an_actor_placed_on_a_peer_comes_back_when_the_peer_dies() {
+    let (mut sim, d, actor, host) = actor_on_a_peer(false);
     sim.crash(host);
     sim.run_for(Duration::from_secs(5));
     let after = sim.call(d, actor, "echo");
@@ -201,17 +212,7 @@ fn an_actor_placed_on_a_peer_comes_back_when_the_peer_dies() {
 
 #[test]
 fn a_detached_actor_placed_again_during_a_partition_has_one_incarnation_after_the_heal() {
-    let mut sim = mesh(&[0.0, 1.0, 1.0]);
-    let d = sim.driver(0);
-    sim.run_for(Duration::from_secs(1));
-    let actor = sim.create_detached_actor(d, 1, 1.0);
-    sim.run_for(Duration::from_secs(1));
-    let first = sim.call(d, actor, "echo");
-    sim.run_for(Duration::from_secs(1));
-    assert!(is_value(&sim.results(d)[&first]));
-    let host = (1..3)
-        .find(|n| sim.runs_on(*n) > 0)
-        .expect("the actor ran on a peer");
+    let (mut sim, d, actor, host) = actor_on_a_peer(true);
     let other = 3 - host;
     // A program on the host's node calls it too.
     let h = sim.driver(host);

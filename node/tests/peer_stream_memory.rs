@@ -25,6 +25,7 @@ use shoal_node::auth::JoinToken;
 use shoal_node::net::admission;
 use shoal_node::net::framed::{self, FrameReader};
 use shoal_node::net::limits::{CONTROL_STREAMS_PER_PEER, PEER_BUFFER_BYTES};
+use shoal_node::net::link::ACCEPTED;
 use shoal_node::net::Protocols;
 use shoal_protocol::mesh::{PeerMsg, MAX_PEER_MSG};
 use shoal_tests::{authority, NodeOptions, NodeProcess};
@@ -162,13 +163,29 @@ impl Client {
         }
     }
 
-    /// Opens a control stream to the node.
+    /// Opens a control stream to the node, once the node has taken it in (its first byte,
+    /// [`ACCEPTED`]); one it drops unread is opened again.
     async fn open_ctl(&self) -> Stream {
-        let mut control = self.control.clone();
-        tokio::time::timeout(LIMIT, control.open_stream(self.node, self.ctl.clone()))
-            .await
-            .expect("opened in time")
-            .expect("stream opened")
+        let deadline = tokio::time::Instant::now() + LIMIT;
+        loop {
+            let mut control = self.control.clone();
+            let mut s =
+                tokio::time::timeout_at(deadline, control.open_stream(self.node, self.ctl.clone()))
+                    .await
+                    .expect("opened in time")
+                    .expect("stream opened");
+            let mut first = [0u8; 1];
+            match tokio::time::timeout_at(deadline, s.read(&mut first))
+                .await
+                .expect("taken in time")
+            {
+                Ok(1) => {
+                    assert_eq!(first[0], ACCEPTED);
+                    return s;
+                }
+                _ => continue,
+            }
+        }
     }
 
     /// Asks the node which actor is called "nobody" (none is) on a new control stream, and
@@ -203,8 +220,11 @@ impl Client {
     /// The next message on the node's link to this peer (waiting for the link first).
     async fn next_from_node(&mut self) -> PeerMsg {
         if self.link.is_none() {
-            let (from, link) = self.incoming.next().await.expect("a link");
+            let (from, mut link) = self.incoming.next().await.expect("a link");
             assert_eq!(from, self.node);
+            // Taken in: the node writes once it reads this.
+            link.write_all(&[ACCEPTED]).await.unwrap();
+            link.flush().await.unwrap();
             self.link = Some(FrameReader::new(link));
         }
         let link = self.link.as_mut().expect("the link");

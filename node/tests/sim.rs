@@ -169,6 +169,39 @@ fn refs_of_a_crashed_owner_fail_with_owner_died_on_every_peer() {
     assert_clean(sim);
 }
 
+#[test]
+fn an_owner_back_from_a_partition_is_alive_before_its_first_report() {
+    // Node 0 runs nothing: the task that reads its driver's put runs on node 1.
+    let mut sim = mesh(&[0.0, 1.0]);
+    let d = sim.driver(0);
+    sim.run_for(Duration::from_secs(1));
+    let x = sim.put_large(d, 1 << 20);
+    sim.run_for(Duration::from_secs(1));
+    // Each side writes the other off; after the heal node 1 hears node 0's messages (its
+    // task) before node 0's first report.
+    sim.partition(0, 1);
+    sim.run_for(Duration::from_secs(10));
+    sim.mute_reports(0, 1, true);
+    sim.heal(0, 1);
+    sim.run_for(Duration::from_secs(1));
+    let y = sim.submit(d, "echo", vec![SimArg::Ref(x)], TaskOpts::default());
+    sim.run_for(Duration::from_secs(2));
+    // Before, node 1 took the owner for dead (not in its view) and the task failed with
+    // `OwnerDied`, naming a node that had sent it.
+    assert!(
+        !sim.results(d)
+            .get(&y)
+            .is_some_and(|v| { is_error(v, |e| matches!(e, TaskError::OwnerDied { .. })) }),
+        "{:?}",
+        sim.results(d).get(&y)
+    );
+    sim.mute_reports(0, 1, false);
+    sim.run_for(Duration::from_secs(10));
+    assert_eq!(sim.waiting(d), 0);
+    assert!(is_value(&sim.results(d)[&y]), "{:?}", sim.results(d)[&y]);
+    assert_clean(sim);
+}
+
 /// A mesh whose node 0 has no CPU, an actor (with one restart) its driver created there, so
 /// placed on node 1 or 2, and called once: the sim, the driver, the actor and its host.
 fn actor_on_a_peer(detached: bool) -> (Sim, usize, shoal_protocol::ActorId, usize) {

@@ -621,6 +621,7 @@ impl NodeCore {
                 self.spill_pass(now);
             }
             Input::FromPeer { peer, msgs } => {
+                self.spill.heard_from(peer);
                 for msg in msgs {
                     self.peer_msg(now, peer, msg);
                 }

@@ -410,11 +410,11 @@ impl NodeCore {
         if r.fetching {
             return;
         }
-        let peers = &self.spill.peers;
+        let spill = &self.spill;
         let holders: Vec<PeerKey> = r
             .holders
             .iter()
-            .filter(|p| **p != me && peers.contains_key(p))
+            .filter(|p| **p != me && spill.alive(p))
             .copied()
             .collect();
         if holders.is_empty() && !r.asked_dht {
@@ -428,7 +428,9 @@ impl NodeCore {
         if holders.is_empty() {
             // Every copy is lost: its owner makes it again, if it can.
             r.fetching = false;
-            if let Some(owner) = e.owner_peer.filter(|o| !peers.contains_key(o)) {
+            // Dead: written off, and not heard from since (a peer just back, whose report
+            // has not come yet, is not).
+            if let Some(owner) = e.owner_peer.filter(|o| self.spill.written_off(o)) {
                 let error = TaskError::OwnerDied {
                     peer: owner.to_string(),
                 };
@@ -1830,7 +1832,7 @@ impl NodeCore {
             self.refuse_waiting(request);
         }
         self.end_lookups(|l| l.peer == peer);
-        self.spill.peers.remove(&peer);
+        self.spill.write_off(peer);
         let lost = self.spill.take_spilled_to(peer);
         self.directory.peer_lost(peer);
         if !lost.is_empty() {

@@ -125,7 +125,18 @@ pub(crate) struct Spill {
     pub(crate) no_room: Option<TaskId>,
     /// When waiting tasks are looked at next.
     pub(crate) next_pass: Option<Instant>,
+    /// What this node last learnt of a peer's life, for the most recent [`CONTACTS`]: heard
+    /// from (`true`: a report or a message), or written off as lost (`false`). A peer counts
+    /// as dead only once written off and not heard from since: one merely not in `peers`
+    /// may be new, or back and not yet reported (its tasks can arrive before its report).
+    contacts: lru::LruCache<PeerKey, bool>,
 }
+
+/// Peers whose last contact is remembered, at most.
+const CONTACTS: std::num::NonZeroUsize = match std::num::NonZeroUsize::new(4096) {
+    Some(n) => n,
+    None => unreachable!(),
+};
 
 impl Spill {
     pub(crate) fn new(target: String, accepts_code: bool) -> Self {
@@ -142,7 +153,30 @@ impl Spill {
             awaiting_binary: HashMap::new(),
             no_room: None,
             next_pass: None,
+            contacts: lru::LruCache::new(CONTACTS),
         }
+    }
+
+    /// `peer` is written off as lost: its load is forgotten.
+    pub(crate) fn write_off(&mut self, peer: PeerKey) {
+        self.peers.remove(&peer);
+        self.contacts.put(peer, false);
+    }
+
+    /// `peer` was heard from (a report or a message): it is alive.
+    pub(crate) fn heard_from(&mut self, peer: PeerKey) {
+        self.contacts.put(peer, true);
+    }
+
+    /// Whether `peer` was written off as lost and not heard from since.
+    pub(crate) fn written_off(&self, peer: &PeerKey) -> bool {
+        self.contacts.peek(peer) == Some(&false)
+    }
+
+    /// Whether `peer` is taken for alive: it reported, or was heard from since it was last
+    /// written off.
+    pub(crate) fn alive(&self, peer: &PeerKey) -> bool {
+        self.peers.contains_key(peer) || self.contacts.peek(peer) == Some(&true)
     }
 
     /// Takes out the peers' tasks waiting for their binary that `pick` chooses, in the
@@ -168,6 +202,7 @@ impl Spill {
 
     /// A report from `peer`: kept unless it is older than the one known.
     pub(crate) fn report(&mut self, peer: PeerKey, report: LoadReport) {
+        self.heard_from(peer);
         match self.peers.get_mut(&peer) {
             Some(l) if (l.report.started_ms, l.report.seq) >= (report.started_ms, report.seq) => {}
             Some(l) => *l = PeerLoad::new(report),

@@ -1,5 +1,5 @@
 //! Control links: one long-lived stream per direction between two peers
-//! (`/shoal/<mesh>/ctl/1`), carrying [`PeerMsg`]s in order.
+//! (`/shoal/<mesh>/ctl/2`), carrying [`PeerMsg`]s in order.
 //!
 //! A message to a peer is encoded as a frame ([`shoal_protocol::frame`], at most
 //! [`MAX_PEER_MSG`] bytes of bincode [`PeerMsg`]) and goes into that peer's queue, bounded
@@ -251,19 +251,78 @@ impl Links {
         rx: &mut mpsc::Receiver<Vec<u8>>,
         queued: &AtomicUsize,
     ) -> io::Result<()> {
-        let mut control = self.control.clone();
-        let stream = tokio::time::timeout(
-            OPEN_TIMEOUT,
-            control.open_stream(peer, self.protocol.clone()),
-        )
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "opening the link timed out"))?
-        .map_err(|e| io::Error::other(e.to_string()))?;
+        let control = self.control.clone();
+        let protocol = self.protocol.clone();
+        let open = move || {
+            let (mut control, protocol) = (control.clone(), protocol.clone());
+            async move {
+                tokio::time::timeout(OPEN_TIMEOUT, control.open_stream(peer, protocol))
+                    .await
+                    .map_err(|_| {
+                        io::Error::new(io::ErrorKind::TimedOut, "opening the link timed out")
+                    })?
+                    .map_err(|e| io::Error::other(e.to_string()))
+            }
+        };
+        let stream = open_accepted(open, peer).await?;
         tracing::debug!(%peer, "control link open");
-        // The peer never writes on a control stream: its end closing (or resetting, as a
-        // peer over its stream limit does at once) is what the read half sees.
+        // Past its first byte the peer never writes on a control stream: its end closing
+        // (or resetting) is what the read half sees.
         let (reads, writes) = stream.split();
         write_queue(writes, rx, queued, self.stall, peer_closed(reads)).await
+    }
+}
+
+/// The first byte of every control stream, written by the side that accepts it once it
+/// reads the stream: the opener writes nothing before it (see `open_accepted`).
+pub const ACCEPTED: u8 = 0x5a;
+/// Streams opened for one link at most, while the peer drops them unread.
+const OPEN_ATTEMPTS: u32 = 5;
+/// The pause before opening again, doubled on each attempt.
+const REOPEN_AFTER: Duration = Duration::from_millis(20);
+
+/// Opens a control stream with `open` and waits until the peer has taken it in (its first
+/// byte, [`ACCEPTED`]). A stream that ends before that was dropped unread: libp2p-stream
+/// hands a protocol's inbound streams over through a channel of one slot and drops any that
+/// arrive while it is full (libp2p/rust-libp2p#5651), as when two peers open their links to
+/// one node at the same instant. Nothing of it was read, so another is opened, up to
+/// [`OPEN_ATTEMPTS`] times; before, that link was reported broken and the peer written off,
+/// with everything this node had sent it.
+async fn open_accepted<S, F, Fut>(mut open: F, peer: PeerId) -> io::Result<S>
+where
+    S: AsyncRead + Unpin,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = io::Result<S>>,
+{
+    let mut attempt = 1;
+    loop {
+        let mut stream = open().await?;
+        let mut first = [0u8; 1];
+        let read = tokio::time::timeout(OPEN_TIMEOUT, stream.read(&mut first))
+            .await
+            .map_err(|_| {
+                io::Error::new(io::ErrorKind::TimedOut, "the peer did not take the link in")
+            })?;
+        let error = match read {
+            Ok(1) if first[0] == ACCEPTED => return Ok(stream),
+            Ok(1) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "the peer's control stream does not start as one",
+                ))
+            }
+            Ok(_) => io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the peer dropped the link unread",
+            ),
+            Err(e) => e,
+        };
+        if attempt >= OPEN_ATTEMPTS {
+            return Err(error);
+        }
+        tracing::debug!(%peer, attempt, %error, "the peer dropped a new link unread; opening another");
+        tokio::time::sleep(REOPEN_AFTER * 2u32.pow(attempt - 1)).await;
+        attempt += 1;
     }
 }
 
@@ -349,6 +408,23 @@ pub(crate) async fn accept(
         let (events, bad, stop) = (events.clone(), bad.clone(), reader_stop.clone());
         let span = tracing::info_span!("link-in", %peer);
         async move {
+            let mut stream = stream;
+            // Taken in: the opener may write (see `open_accepted`).
+            let accepted = async {
+                stream.write_all(&[ACCEPTED]).await?;
+                stream.flush().await
+            };
+            match tokio::time::timeout(OPEN_TIMEOUT, accepted).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "control link ended before it was taken in");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "control link not taken in: the peer does not read");
+                    return;
+                }
+            }
             let reader = FrameReader::with_budget(stream, permit.budget().clone());
             let read = stop.run_until_cancelled(read_link(peer, reader, &events));
             match read.await {
@@ -459,6 +535,48 @@ mod tests {
         links.tasks.abort();
         links.close();
         assert!(matches!(links.send(peer, &small), Err(LinkError::Stopped)));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_stream_the_peer_drops_unread_is_opened_again_and_a_taken_one_is_kept() {
+        let peer = PeerId::random();
+        // Two dropped unread (their read half ends at once), then one taken in.
+        let mut opened = 0;
+        let open = || {
+            opened += 1;
+            let bytes = if opened < 3 {
+                vec![]
+            } else {
+                vec![ACCEPTED, 7]
+            };
+            async move { Ok(futures::io::Cursor::new(bytes)) }
+        };
+        let mut stream = open_accepted(open, peer).await.unwrap();
+        assert_eq!(opened, 3);
+        // The marker is consumed; what follows is the peer's.
+        let mut rest = Vec::new();
+        stream.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest, [7]);
+
+        // A peer that drops every one: the link fails after the bounded attempts.
+        let mut opened = 0;
+        let open = || {
+            opened += 1;
+            async { Ok(futures::io::Cursor::new(Vec::new())) }
+        };
+        let err = open_accepted(open, peer).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionAborted);
+        assert_eq!(opened, OPEN_ATTEMPTS);
+
+        // Something else first: not a control stream, no second try.
+        let mut opened = 0;
+        let open = || {
+            opened += 1;
+            async { Ok(futures::io::Cursor::new(vec![b'x'])) }
+        };
+        let err = open_accepted(open, peer).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert_eq!(opened, 1);
     }
 
     #[tokio::test(flavor = "current_thread")]

@@ -302,6 +302,8 @@ pub struct Sim {
     next_conn: ConnId,
     /// Links that are down, as (from, to).
     cut: BTreeSet<(usize, usize)>,
+    /// Links that carry messages but not load reports, as (from, to).
+    muted: BTreeSet<(usize, usize)>,
     /// Bumped on every cut and heal of a link and crash of a node: what was in flight
     /// before is dropped.
     epochs: HashMap<(usize, usize), u64>,
@@ -380,6 +382,7 @@ impl Sim {
             seq: 0,
             next_conn: 1,
             cut: BTreeSet::new(),
+            muted: BTreeSet::new(),
             epochs: HashMap::new(),
             link_clock: HashMap::new(),
             records: HashMap::new(),
@@ -1299,7 +1302,11 @@ impl Sim {
                 accepts_code: true,
             };
             for to in 0..self.nodes.len() {
-                if to == i || self.cut.contains(&(i, to)) || !self.alive(to) {
+                if to == i
+                    || self.cut.contains(&(i, to))
+                    || self.muted.contains(&(i, to))
+                    || !self.alive(to)
+                {
                     continue;
                 }
                 let peer = self.nodes[i].key;
@@ -1496,6 +1503,18 @@ impl Sim {
             if self.cut.remove(&(x, y)) {
                 self.bump(x, y);
             }
+        }
+    }
+
+    /// Load reports from `from` stop reaching `to` (`muted`) or flow again; messages flow
+    /// either way. (Gossip is slower than a direct link: a peer back from a partition can
+    /// send work before its first report arrives.)
+    pub fn mute_reports(&mut self, from: usize, to: usize, muted: bool) {
+        self.trace(format_args!("reports {from} -> {to} muted: {muted}"));
+        if muted {
+            self.muted.insert((from, to));
+        } else {
+            self.muted.remove(&(from, to));
         }
     }
 

@@ -202,6 +202,44 @@ fn an_owner_back_from_a_partition_is_alive_before_its_first_report() {
     assert_clean(sim);
 }
 
+#[test]
+fn a_task_stopped_with_its_submitter_takes_no_other_task_with_it() {
+    // One CPU, so one worker; short tasks are pipelined to it, so a task of another program
+    // can be queued in the worker behind one of the program that goes.
+    let mut sim = mesh(&[1.0]);
+    let (gone, stays) = (sim.driver(0), sim.driver(0));
+    sim.run_for(Duration::from_secs(1));
+    for i in 0..20u8 {
+        sim.submit(
+            stays,
+            "echo",
+            vec![SimArg::Value(vec![i])],
+            TaskOpts::default(),
+        );
+    }
+    sim.run_for(Duration::from_secs(1));
+    let warm = sim.runs_on(0);
+    let once = TaskOpts {
+        retries: 0,
+        ..TaskOpts::default()
+    };
+    sim.submit(gone, "echo", vec![], TaskOpts::default());
+    let short = sim.submit(stays, "echo", vec![SimArg::Value(vec![1])], once);
+    // The first has finished in the worker, whose report is still on its way, and the
+    // second has begun: the node still takes the first for running.
+    while sim.runs_on(0) < warm + 2 {
+        assert!(sim.step(), "the second task never began");
+    }
+    // Its submitter exits: the node stops its task. Before, it killed the worker, and the
+    // other program's task (no retries) with it, which then ran again on no budget.
+    sim.exit(gone);
+    sim.run_for(Duration::from_secs(2));
+    assert_eq!(sim.waiting(stays), 0);
+    let v = &sim.results(stays)[&short];
+    assert!(is_value(v), "{v:?}");
+    assert_clean(sim);
+}
+
 /// A mesh whose node 0 has no CPU, an actor (with one restart) its driver created there, so
 /// placed on node 1 or 2, and called once: the sim, the driver, the actor and its host.
 fn actor_on_a_peer(detached: bool) -> (Sim, usize, shoal_protocol::ActorId, usize) {

@@ -855,6 +855,13 @@ pub enum ToClient {
         /// The actor, if a live one has the name.
         actor: Option<ActorInfo>,
     },
+    /// Stop `task` if this worker is running it (workers only): the worker exits at once
+    /// with [`crate::CANCELLED_EXIT`], having started nothing after it, so the tasks queued
+    /// behind it never ran. A task it is not running (finished, or not begun) is left alone.
+    Cancel {
+        /// The task.
+        task: TaskId,
+    },
 }
 
 #[cfg(test)]

@@ -184,7 +184,16 @@ impl NodeCore {
             stopped.push(e.ret);
             // Forgotten first: the worker's end must not run it again.
             self.finish_task(now, task);
-            self.out.push_back(Output::KillWorker { worker });
+            // The worker exits if it still runs it, having begun nothing after it; if it
+            // finished it meanwhile (its report on the way), the next task runs on. (A kill
+            // could take that next task, of another owner, with it.)
+            match self.worker_conns.get(&worker).copied() {
+                Some(conn) => {
+                    self.cancelling.insert(worker);
+                    self.tell_proc(conn, ToClient::Cancel { task });
+                }
+                None => self.out.push_back(Output::KillWorker { worker }),
+            }
         }
         stopped
     }
@@ -1266,7 +1275,17 @@ impl NodeCore {
             }
         };
         let lost = self.sched.worker_exited(now, worker);
-        if !lost.is_empty() {
+        // It stopped the task it was told to stop: nothing after it had begun.
+        let cancelled = self.cancelling.remove(&worker)
+            && matches!(end, WorkerEnd::Exited { exit, .. } if exit.code == Some(shoal_protocol::CANCELLED_EXIT));
+        if cancelled {
+            tracing::debug!(
+                worker,
+                pid,
+                tasks = lost.len(),
+                "worker stopped a task as told; the tasks queued behind it run again"
+            );
+        } else if !lost.is_empty() {
             tracing::warn!(worker, pid, %error, tasks = lost.len(), "worker died with tasks in flight");
         }
         for (i, task) in lost.into_iter().enumerate() {
@@ -1278,8 +1297,9 @@ impl NodeCore {
                 continue;
             };
             // The first task was running; the others had not started and lose nothing.
-            if i > 0 || entry.retries_left > 0 {
-                if i == 0 {
+            let began = i == 0 && !cancelled;
+            if !began || entry.retries_left > 0 {
+                if began {
                     entry.retries_left -= 1;
                 }
                 tracing::info!(task = %task, retries_left = entry.retries_left, "retrying task");

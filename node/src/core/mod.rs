@@ -500,6 +500,9 @@ pub struct NodeCore {
     /// a process, hence the ids' fast hasher.
     procs: IdMap<ConnId, Proc>,
     worker_conns: IdMap<WorkerId, ConnId>,
+    /// Workers told to stop a task they run ([`ToClient::Cancel`]): one that exits with
+    /// [`shoal_protocol::CANCELLED_EXIT`] had begun nothing after it.
+    cancelling: HashSet<WorkerId>,
     binaries: HashMap<BinaryId, PathBuf>,
     /// The binaries of `binaries` that were fetched from peers, not attached by a local
     /// program: their workers run sandboxed.
@@ -573,6 +576,7 @@ impl NodeCore {
             store,
             procs: IdMap::default(),
             worker_conns: IdMap::default(),
+            cancelling: HashSet::new(),
             binaries: HashMap::new(),
             shipped: HashSet::new(),
             tasks: Default::default(),

@@ -56,6 +56,9 @@ pub use rng::Rng;
 const BINARY: BinaryId = BinaryId([7; 32]);
 /// How often peers gossip their load.
 const REPORT_INTERVAL: Duration = Duration::from_millis(200);
+/// How long a worker's report of a finished task takes to reach its node (less than the
+/// millisecond its death takes to be seen, so the two keep their order).
+const WORKER_REPORT_LATENCY: Duration = Duration::from_micros(100);
 /// How long after its links go silent a peer is declared lost.
 const FAILURE_DETECTION: Duration = Duration::from_secs(1);
 /// How long a worker process takes to start.
@@ -1033,6 +1036,18 @@ impl Sim {
                 worker.queue.push_back(exec);
                 self.start_next(i, w);
             }
+            // As the SDK's worker does: it exits if it runs that task, before it begins
+            // another.
+            ToClient::Cancel { task }
+                if worker.busy && worker.queue.front().is_some_and(|e| e.task_id == task) =>
+            {
+                self.trace(format_args!("node {i} worker {w} cancels {task}"));
+                let exit = ExitInfo {
+                    code: Some(shoal_protocol::CANCELLED_EXIT),
+                    signal: None,
+                };
+                self.end_worker(i, w, exit);
+            }
             ToClient::HostActor(HostActor {
                 actor_id,
                 incarnation,
@@ -1220,15 +1235,21 @@ impl Sim {
                 TaskOutcome::Ok(ObjectValue::Inline(echo(&args)))
             }
         };
-        self.input(
-            i,
-            Input::FromProc {
-                conn,
-                msgs: vec![ToNode::Done {
-                    task_id: exec.task_id,
-                    outcome,
-                    nested: Vec::new(),
-                }],
+        // Its report travels through the socket while the worker begins its next task: the
+        // node may still take this one for running (and, say, stop it) meanwhile.
+        let at = self.now + WORKER_REPORT_LATENCY;
+        self.schedule(
+            at,
+            Event::Input {
+                node: i,
+                input: Input::FromProc {
+                    conn,
+                    msgs: vec![ToNode::Done {
+                        task_id: exec.task_id,
+                        outcome,
+                        nested: Vec::new(),
+                    }],
+                },
             },
         );
         self.start_next(i, w);
@@ -1236,6 +1257,15 @@ impl Sim {
 
     /// Worker `w` of node `i` dies (killed by `signal`).
     fn kill_worker(&mut self, i: usize, w: WorkerId, signal: i32) {
+        let exit = ExitInfo {
+            code: None,
+            signal: Some(signal),
+        };
+        self.end_worker(i, w, exit);
+    }
+
+    /// Worker `w` of node `i` ends with `exit`: what it ran or held is gone with it.
+    fn end_worker(&mut self, i: usize, w: WorkerId, exit: ExitInfo) {
         let Some(worker) = self.nodes[i].workers.remove(&w) else {
             return;
         };
@@ -1256,10 +1286,7 @@ impl Sim {
                     worker: w,
                     end: WorkerEnd::Exited {
                         pid: worker.pid,
-                        exit: ExitInfo {
-                            code: None,
-                            signal: Some(signal),
-                        },
+                        exit,
                     },
                 },
             },

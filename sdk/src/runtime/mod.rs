@@ -314,6 +314,7 @@ impl Context {
         match msg {
             ToClient::Object { id, value } => self.resolve(id, value),
             ToClient::Execute(task) => self.offer_task(task, work),
+            ToClient::Cancel { task } => self.work.cancel(task),
             ToClient::HostActor(host) => {
                 // The node sends an actor's calls only after this, and never more than the
                 // queue holds; waiting here keeps them in order behind it.

@@ -11,7 +11,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-use shoal_protocol::{ExecTask, HostActor, ToNode};
+use shoal_protocol::{ExecTask, HostActor, TaskId, ToNode, CANCELLED_EXIT};
 use tokio::sync::mpsc;
 
 use super::{Context, Mode};
@@ -35,6 +35,9 @@ pub(crate) struct Work {
     in_task: AtomicBool,
     /// Set while the running task waits: tasks arriving meanwhile are handed back.
     waiting: Mutex<bool>,
+    /// The task the worker loop runs, if any. Held by [`Work::cancel`] as it ends the
+    /// process, so that no next task starts meanwhile.
+    current: Mutex<Option<TaskId>>,
 }
 
 impl Work {
@@ -43,6 +46,7 @@ impl Work {
             rx: Mutex::new(Some(rx)),
             in_task: AtomicBool::new(false),
             waiting: Mutex::new(false),
+            current: Mutex::new(None),
         }
     }
 
@@ -73,6 +77,30 @@ impl Work {
     /// Marks the start or the end of a task run by the worker loop.
     pub(crate) fn set_in_task(&self, running: bool) {
         self.in_task.store(running, Ordering::Relaxed);
+    }
+
+    fn lock_current(&self) -> MutexGuard<'_, Option<TaskId>> {
+        self.current.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The worker loop begins `task` (`Some`) or has reported its end (`None`).
+    pub(crate) fn set_current(&self, task: Option<TaskId>) {
+        *self.lock_current() = task;
+    }
+
+    /// The node stops `task`: if the worker loop runs it, the process ends now, with
+    /// [`CANCELLED_EXIT`] (and the lock held, so no later task begins first); if not, it
+    /// finished or has not begun, and nothing happens.
+    pub(super) fn cancel(&self, task: TaskId) {
+        let current = self.lock_current();
+        if *current != Some(task) {
+            tracing::debug!(task = %task, "cancel of a task this worker does not run; ignored");
+            return;
+        }
+        tracing::info!(task = %task, "the node stops the running task; exiting");
+        // SAFETY: `_exit` ends the process without running exit handlers or destructors,
+        // which the running task's thread could otherwise race with; it never returns.
+        unsafe { libc::_exit(CANCELLED_EXIT) }
     }
 }
 

@@ -138,6 +138,7 @@ fn execute(
 ) {
     let span = tracing::info_span!("task", task = %task.task_id, function = %task.function);
     let _enter = span.enter();
+    ctx.work.set_current(Some(task.task_id));
     let outcome = match registry.get(task.function.as_str()) {
         None => TaskOutcome::Err(TaskError::NoSuchFunction {
             name: task.function.clone(),
@@ -157,6 +158,7 @@ fn execute(
         }
     };
     done(ctx, task.task_id, outcome);
+    ctx.work.set_current(None);
 }
 
 /// Reports a finished task with the refs inside its result (held until the report is

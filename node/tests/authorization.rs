@@ -150,6 +150,7 @@ fn a_peer_given_nothing_cannot_read_release_call_kill_or_download() {
                 target: shoal_node::net::target(),
                 locations: vec![],
                 owners: vec![],
+                actor_epoch: 0,
             })),
             PeerMsg::Kill {
                 actor,

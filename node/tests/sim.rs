@@ -331,6 +331,71 @@ fn a_detached_actor_placed_again_during_a_partition_has_one_incarnation_after_th
 }
 
 #[test]
+fn a_copy_of_an_actor_that_a_call_knows_to_be_superseded_refuses_it_and_ends() {
+    let (mut sim, d, actor, host) = actor_on_a_peer(true);
+    let other = 3 - host;
+    let h = sim.driver(host);
+    sim.run_for(Duration::from_millis(100));
+    // The creator's node loses the host and places the actor again (epoch 1), on the other
+    // node; the host keeps its copy (epoch 0: detached) and its own program calls it.
+    sim.partition(0, host);
+    sim.run_for(Duration::from_secs(8));
+    let moved = sim.call(d, actor, "echo");
+    sim.run_for(Duration::from_secs(2));
+    assert!(
+        is_value(&sim.results(d)[&moved]),
+        "{:?}",
+        sim.results(d).get(&moved)
+    );
+    assert!(sim.runs_on(other) > 0, "placed again on node {other}");
+    let before = sim.call(h, actor, "echo");
+    sim.run_for(Duration::from_secs(1));
+    assert!(is_value(&sim.results(h)[&before]));
+
+    // A call from a peer that knows of epoch 1 reaches the old copy (with the actor's
+    // handle): it does not run there, and the copy ends.
+    let runs = sim.runs_on(host);
+    let call = TaskKind::ActorMethod {
+        actor,
+        token: shoal_node::sim::token_of(actor),
+    };
+    sim.forge(other, host, forged_task_of_epoch(vec![], call.clone(), 1));
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(sim.runs_on(host), runs, "the superseded copy ran the call");
+    // The host's own program now reaches the new incarnation.
+    let runs_new = sim.runs_on(other);
+    let after = sim.call(h, actor, "echo");
+    sim.run_for(Duration::from_secs(2));
+    assert_eq!(
+        sim.runs_on(host),
+        runs,
+        "the superseded copy still takes calls"
+    );
+    let v = &sim.results(h)[&after];
+    assert!(is_value(v), "{v:?}");
+    assert!(sim.runs_on(other) > runs_new, "the new incarnation ran it");
+    // A call that knows only the older epoch is taken by the newer incarnation.
+    let runs_new = sim.runs_on(other);
+    sim.forge(host, other, forged_task_of_epoch(vec![], call, 0));
+    sim.run_for(Duration::from_secs(1));
+    assert!(
+        sim.runs_on(other) > runs_new,
+        "the new incarnation takes a call of an older epoch"
+    );
+    let late = sim.call(d, actor, "echo");
+    sim.heal(0, host);
+    sim.run_for(Duration::from_secs(5));
+    assert!(
+        is_value(&sim.results(d)[&late]),
+        "{:?}",
+        sim.results(d).get(&late)
+    );
+    sim.kill_actor(d, actor);
+    sim.run_for(Duration::from_secs(2));
+    assert_clean(sim);
+}
+
+#[test]
 fn actors_sent_to_a_full_peer_are_placed_again_and_their_calls_wait_in_order() {
     // The driver's node has no CPU; the two peers one each. Three actors created at once
     // are all sent before any load report changes: a peer takes only the actor it has room
@@ -712,6 +777,10 @@ fn refused(sim: &Sim, i: usize) -> Vec<(String, u64)> {
 /// A task a peer sends on its own (no process of it submitted it): `function` "echo" with
 /// `args`, of kind `kind`.
 fn forged_task(args: Vec<Arg>, kind: TaskKind) -> PeerMsg {
+    forged_task_of_epoch(args, kind, 0)
+}
+
+fn forged_task_of_epoch(args: Vec<Arg>, kind: TaskKind, actor_epoch: u32) -> PeerMsg {
     use shoal_protocol::{BinaryId, ClientId, ResourceSet, TaskId, TaskSpec};
     let spec = TaskSpec {
         task_id: TaskId::new(ClientId(666), 1),
@@ -731,6 +800,7 @@ fn forged_task(args: Vec<Arg>, kind: TaskKind) -> PeerMsg {
         target: "sim".into(),
         locations: vec![],
         owners: vec![],
+        actor_epoch,
     }))
 }
 

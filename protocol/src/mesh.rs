@@ -179,6 +179,9 @@ pub struct ActorLocation {
     pub peer: Vec<u8>,
     /// Restarts so far.
     pub incarnation: u32,
+    /// Its placement epoch: how many times its creator placed it before this placement
+    /// (see [`RemoteTask::actor_epoch`]).
+    pub epoch: u32,
     /// Its class.
     pub class: String,
     /// The process that created it.
@@ -334,6 +337,12 @@ pub struct RemoteTask {
     /// peer whose process made it. When that peer dies, a ref of it whose value no live
     /// peer holds fails with [`crate::TaskError::OwnerDied`].
     pub owners: Vec<(ObjectId, Vec<u8>)>,
+    /// For an actor's creation, its placement epoch: 0 the first time its creator places
+    /// it, one more each time it places it again (its peer lost). For an actor's call, the
+    /// epoch of the actor's newest incarnation its sender knows. A host whose copy is older
+    /// than a call's epoch answers [`crate::TaskError::ActorMoved`] and ends the copy: two
+    /// incarnations never both take calls that know of the newer one.
+    pub actor_epoch: u32,
 }
 
 /// An object's value as it travels between peers.

@@ -441,6 +441,19 @@ pub enum TaskError {
         /// The owner's peer id.
         peer: String,
     },
+    /// The call reached a copy of the actor that a newer incarnation superseded: its
+    /// creator placed it again elsewhere while this copy's peer was out of reach. The call
+    /// did not run. A caller's node follows the move itself; a program sees this only if it
+    /// could not.
+    #[error("actor {actor} moved: incarnation {epoch} serves it{}", peer.as_deref().map(|p| format!(" at peer {p}")).unwrap_or_default())]
+    ActorMoved {
+        /// The actor.
+        actor: ActorId,
+        /// The placement epoch of the incarnation that serves it (the newest known).
+        epoch: u32,
+        /// Where that incarnation lives, if known.
+        peer: Option<String>,
+    },
 }
 
 /// An actor to host, handed to the worker dedicated to it.

@@ -67,6 +67,8 @@ use crate::process::{KillOnDrop, TestDir};
 ///   whose only copy was on a killed node, one unreachable across a partition);
 /// - `ObjectReconstructionFailed`: a lost result that its lineage could not make again;
 /// - `OwnerDied`: a reference whose owner died;
+/// - `ActorMoved`: a call that reached a copy of an actor superseded by a newer incarnation
+///   and could not follow it;
 /// - `NodeStopping`: work that reached a node while it stopped;
 /// - `Lookup:NotFound`: another driver's named actor not found by name within 10 s (its name
 ///   is in the mesh's directory, which a partition cuts off).
@@ -78,6 +80,7 @@ pub const ALLOWED_ERRORS: &[&str] = &[
     "ObjectUnavailable",
     "ObjectReconstructionFailed",
     "OwnerDied",
+    "ActorMoved",
     "NodeStopping",
     "Lookup:NotFound",
 ];

@@ -200,3 +200,135 @@ fn cut_in_the_midst(mode: &str) -> Option<String> {
     assert_eq!(losses, 1, "{}", lab.node(0).with_log("node 0"));
     Some(log)
 }
+
+/// `examples/actor_fence` in `mode` for the actor `name`, for `seconds`, attached to node `i`.
+fn actor_fence(lab: &Lab, i: usize, mode: &str, name: &str, seconds: u64) -> Command {
+    let mut command = Command::new(shoal_tests::example_bin("actor_fence").unwrap());
+    command
+        .args([mode, name, &seconds.to_string()])
+        .env("SHOAL_SOCKET", lab.node(i).socket())
+        .env("RUST_LOG", "warn");
+    command
+}
+
+/// The answers in an `actor_fence` log: (unix ms, peer id that ran the call).
+fn fence_answers(log: &str) -> Vec<(u128, String)> {
+    log.lines()
+        .filter_map(|l| {
+            let mut w = l.strip_prefix("answer ")?.split(' ');
+            Some((w.next()?.parse().ok()?, w.next()?.to_string()))
+        })
+        .collect()
+}
+
+fn unix_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+}
+
+#[test]
+fn an_isolated_nodes_detached_actor_restarted_elsewhere_is_fenced_after_the_heal() {
+    if !skip_unless_available("netlab") {
+        return;
+    }
+    let _serial = serial();
+    // Node 0 runs nothing: the actor its driver creates lives on node 1 or 2.
+    let mut lab = Lab::start_with(3, |i| {
+        let o = options();
+        if i == 0 {
+            o.cpus(0.0)
+        } else {
+            o
+        }
+    })
+    .unwrap();
+    lab.mesh().wait_converged(CONVERGE).unwrap();
+    let dir = shoal_tests::TestDir::new("netlab-fence");
+    let seconds = 45;
+    let creator_log = dir.join("creator.log");
+    let mut creator = shoal_tests::KillOnDrop::spawn(
+        "actor_fence creator",
+        actor_fence(&lab, 0, "create", "fenced", seconds)
+            .stdout(std::fs::File::create(&creator_log).unwrap())
+            .stderr(std::fs::File::create(dir.join("creator.err")).unwrap()),
+    )
+    .unwrap();
+    let (host_id, _) = shoal_tests::wait_for(CONVERGE, "the actor to answer", || {
+        let text = std::fs::read_to_string(&creator_log)?;
+        Ok(text
+            .lines()
+            .find_map(|l| l.strip_prefix("host ").map(str::to_string)))
+    })
+    .unwrap();
+    let host = (1..3)
+        .find(|i| lab.node(*i).peer_id() == host_id)
+        .unwrap_or_else(|| panic!("the actor runs on {host_id}, not on node 1 or 2"));
+    let other = 3 - host;
+    let other_id = lab.node(other).peer_id().to_owned();
+    // A program on the host's node calls it too (it finds it by name, there).
+    let local_log = dir.join("local.log");
+    let mut local = shoal_tests::KillOnDrop::spawn(
+        "actor_fence on the host",
+        actor_fence(&lab, host, "find", "fenced", seconds - 5)
+            .stdout(std::fs::File::create(&local_log).unwrap())
+            .stderr(std::fs::File::create(dir.join("local.err")).unwrap()),
+    )
+    .unwrap();
+    shoal_tests::wait_for(CONVERGE, "the host's program to reach the actor", || {
+        Ok((!fence_answers(&std::fs::read_to_string(&local_log)?).is_empty()).then_some(()))
+    })
+    .unwrap();
+
+    // The host is cut off: the creator's node places the actor again on the other node; the
+    // host keeps its copy (detached), which its own program still reaches.
+    lab.isolate(host).unwrap();
+    let cut_at = unix_ms();
+    std::thread::sleep(FAILURE_TIMEOUT * 4);
+    lab.rejoin(host).unwrap();
+    let healed_at = unix_ms();
+    let creator_status = creator.wait_timeout(Duration::from_secs(120)).unwrap();
+    let local_status = local.wait_timeout(Duration::from_secs(120)).unwrap();
+    let creator_text = std::fs::read_to_string(&creator_log).unwrap();
+    let local_text = std::fs::read_to_string(&local_log).unwrap();
+    let context = format!(
+        "host node {host}, other node {other}, cut at {cut_at}, healed at {healed_at}\n\
+         creator:\n{creator_text}\nhost's program:\n{local_text}\n{}",
+        lab.node(host).with_log("host node")
+    );
+    assert!(creator_status.is_some_and(|s| s.success()), "{context}");
+    assert!(local_status.is_some_and(|s| s.success()), "{context}");
+    let creator_answers = fence_answers(&creator_text);
+    let local_answers = fence_answers(&local_text);
+    // During the cut, each side had its copy.
+    assert!(
+        creator_answers
+            .iter()
+            .any(|(t, p)| *t > cut_at && *t < healed_at && *p == other_id),
+        "the creator's calls never reached the new incarnation during the cut\n{context}"
+    );
+    assert!(
+        local_answers
+            .iter()
+            .any(|(t, p)| *t > cut_at && *t < healed_at && *p == host_id),
+        "the host's program lost its copy during the cut\n{context}"
+    );
+    // Once the heal has settled (a load report, a failure timeout's grace), only the new
+    // incarnation answers, to both programs: the old copy ended, its callers moved.
+    let settled = healed_at + (FAILURE_TIMEOUT * 3).as_millis();
+    for (who, answers) in [
+        ("creator", &creator_answers),
+        ("host's program", &local_answers),
+    ] {
+        let late: Vec<_> = answers.iter().filter(|(t, _)| *t > settled).collect();
+        assert!(
+            !late.is_empty(),
+            "no answer to the {who} after the heal\n{context}"
+        );
+        assert!(
+            late.iter().all(|(_, p)| *p == other_id),
+            "the old incarnation answered the {who} after the heal\n{context}"
+        );
+    }
+}

@@ -503,6 +503,7 @@ impl NodeCore {
         let location = ActorLocation {
             peer: me.to_vec(),
             incarnation: a.incarnation,
+            epoch: a.epoch,
             class: a.class.clone(),
             owner: a.owner,
         };

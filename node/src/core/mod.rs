@@ -290,8 +290,8 @@ pub enum JobDone {
     ActorLocated {
         /// The actor.
         actor: shoal_protocol::ActorId,
-        /// Its peer.
-        found: Option<PeerKey>,
+        /// Its peer, and the placement epoch of the incarnation there.
+        found: Option<(PeerKey, u32)>,
     },
     /// A named actor, from the directory (its peer is then asked for it: only the peer
     /// gives the secret of its handles).

@@ -288,6 +288,13 @@ impl NodeCore {
                 return;
             }
         }
+        if let (Some(task), RemoteValue::Error(TaskError::ActorMoved { actor, epoch, .. })) =
+            (task, &value)
+        {
+            if self.follow_move(now, peer, task, *actor, *epoch) {
+                return;
+            }
+        }
         if let (Some(task), RemoteValue::Shared { .. } | RemoteValue::Inline(_)) = (task, &value) {
             // A large result stays at that peer: if every copy is lost, it is made again
             // from this (and so may results made from it, small ones too).
@@ -1164,11 +1171,16 @@ impl NodeCore {
             .iter()
             .filter_map(|(id, _)| Some((*id, self.owner_of(id)?.to_vec())))
             .collect();
+        let actor_epoch = match &spec.kind {
+            TaskKind::ActorMethod { actor, .. } => self.directory.known_epoch(actor),
+            _ => 0,
+        };
         Some(RemoteTask {
             hops: entry.hops + 1,
             target: self.spill.target.clone(),
             locations,
             owners,
+            actor_epoch,
             spec,
         })
     }
@@ -1339,9 +1351,24 @@ impl NodeCore {
             hops,
             locations,
             owners,
+            actor_epoch,
             ..
         } = *rt;
         let task = spec.task_id;
+        if let TaskKind::CreateActor(c) = &spec.kind {
+            // Placed here again (its creator lost this node for a while, and chose it
+            // anew): the copy here, if it lives on, is that placement.
+            self.actors.raise_epoch(c.actor_id, actor_epoch);
+        }
+        if let TaskKind::ActorMethod { actor, token } = &spec.kind {
+            // Only a caller with the actor's handle learns of a move, or ends this copy
+            // (one without is refused as any other call of its).
+            if self.actors.check_token(*actor, token).is_ok()
+                && self.superseded_copy(now, from, *actor, actor_epoch, spec.return_id())
+            {
+                return;
+            }
+        }
         if self.tasks.contains_key(&task) && self.spill.spilled_to(&task) == Some(from) {
             // Back where it was sent from (its actor moved here since): it runs from here.
             tracing::debug!(task = %task, peer = %from, "a task sent to a peer came back");
@@ -1426,7 +1453,15 @@ impl NodeCore {
             }
         }
         tracing::debug!(task = %task, function = spec.function, peer = %from, "running a task for a peer");
+        let created = match &spec.kind {
+            TaskKind::CreateActor(c) => Some(c.actor_id),
+            _ => None,
+        };
         self.submit(now, Party::Peer(from), spec, hops);
+        if let Some(actor) = created {
+            // Its incarnation here is the placement its creator made.
+            self.actors.raise_epoch(actor, actor_epoch);
+        }
         for id in arg_ids {
             self.start_fetch(id);
         }
@@ -1457,18 +1492,85 @@ impl NodeCore {
 
     // ---- actors elsewhere ----
 
+    /// A peer's call of `actor` that knows of a newer incarnation (`epoch`) than the copy
+    /// hosted here: its creator placed it again while this node was out of its reach. The
+    /// call is answered [`TaskError::ActorMoved`] (it does not run) and the copy ends, so
+    /// that the two never both take calls that know of the newer one. Says whether it was.
+    fn superseded_copy(
+        &mut self,
+        now: Instant,
+        from: PeerKey,
+        actor: ActorId,
+        epoch: u32,
+        ret: ObjectId,
+    ) -> bool {
+        let Some(a) = self.actors.get(&actor) else {
+            return false;
+        };
+        if epoch <= a.epoch {
+            return false;
+        }
+        let mine = a.epoch;
+        let home = self.directory.home(&actor).map(|p| p.to_string());
+        tracing::warn!(actor = %actor, peer = %from, mine, newer = epoch, "a call knows of a newer incarnation of an actor hosted here; ending this copy");
+        let dead = a.is_dead();
+        let moved = TaskError::ActorMoved {
+            actor,
+            epoch,
+            peer: home,
+        };
+        if !dead {
+            self.kill_actor(now, actor, moved.clone());
+        }
+        // Nothing is kept of the copy: calls made here from now on look the actor up, and
+        // go to where it is.
+        self.actors.forget_if_dead(actor);
+        let value = ObjectValue::Error(moved);
+        self.send(Party::Peer(from), ToClient::Object { id: ret, value });
+        true
+    }
+
+    /// Call `task` of `actor`, sent to `peer`, came back [`TaskError::ActorMoved`]: a newer
+    /// incarnation serves the actor. The call never ran, so it goes to where the actor is
+    /// now (looked up again), once per newer epoch learnt. Says whether it did; if not, the
+    /// error stands.
+    fn follow_move(
+        &mut self,
+        now: Instant,
+        peer: PeerKey,
+        task: TaskId,
+        actor: ActorId,
+        epoch: u32,
+    ) -> bool {
+        if !self.directory.learn_epoch(actor, epoch) {
+            // Nothing newer learnt (or this node placed it, and knows best): following the
+            // move again would loop.
+            return false;
+        }
+        tracing::info!(task = %task, actor = %actor, %peer, epoch, "a call reached a superseded copy of its actor; following it");
+        self.spill.unspill(&task);
+        self.spill.forget(&task);
+        if self.directory.home(&actor) == Some(peer) {
+            self.directory.clear_home(&actor);
+        }
+        self.forward_call(now, task, actor);
+        true
+    }
+
     /// Creates an actor on `peer`: its calls queued here follow, in order.
     fn spill_actor(&mut self, now: Instant, peer: PeerKey, task: TaskId, actor: ActorId) {
-        let Some(rt) = self.remote_task(task) else {
+        let Some(mut rt) = self.remote_task(task) else {
             return;
         };
+        let epoch = self.directory.next_epoch(&actor);
+        rt.actor_epoch = epoch;
         let (demand, ret) = (rt.spec.resources.clone(), rt.spec.return_id());
-        tracing::info!(actor = %actor, class = rt.spec.function, %peer, "actor placed on a peer");
+        tracing::info!(actor = %actor, class = rt.spec.function, %peer, epoch, "actor placed on a peer");
         self.tell_peer(peer, PeerMsg::Submit(Box::new(rt)));
         if let Some(l) = self.spill.peers.get_mut(&peer) {
             l.sent.push(demand);
         }
-        self.directory.placed(actor, peer, task, ret);
+        self.directory.placed(actor, peer, task, ret, epoch);
         // Its records here are withdrawn; the peer announces its own. Calls wait here, in
         // order, until the peer confirms it took the actor in.
         self.withdraw_actor(actor);
@@ -1706,7 +1808,11 @@ impl NodeCore {
         self.spill.spilled(task, ret, peer, None);
     }
 
-    fn actor_located(&mut self, now: Instant, actor: ActorId, found: Option<PeerKey>) {
+    fn actor_located(&mut self, now: Instant, actor: ActorId, found: Option<(PeerKey, u32)>) {
+        if let Some((_, epoch)) = found {
+            self.directory.learn_epoch(actor, epoch);
+        }
+        let found = found.map(|(peer, _)| peer);
         let calls = self.directory.located(actor, found);
         match found {
             Some(peer) => {

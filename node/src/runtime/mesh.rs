@@ -202,7 +202,9 @@ impl NetSide {
                 Some(Input::Job(JobDone::ProvidersFound { id, peers }))
             }),
             Job::LocateActor { actor } => Box::pin(async move {
-                let found = locate_actor(&net, actor).await.map(|(peer, _)| peer);
+                let found = locate_actor(&net, actor)
+                    .await
+                    .map(|(peer, loc)| (peer, loc.epoch));
                 Some(Input::Job(JobDone::ActorLocated { actor, found }))
             }),
             Job::ResolveName {

@@ -312,8 +312,9 @@ pub struct Sim {
     epochs: HashMap<(usize, usize), u64>,
     /// When each link last delivered (links deliver in order).
     link_clock: HashMap<(usize, usize), Instant>,
-    /// The mesh's directory: records and providers.
+    /// The mesh's directory: records (with the node that last put each) and providers.
     records: HashMap<Vec<u8>, Vec<u8>>,
+    record_owners: HashMap<Vec<u8>, usize>,
     providers: HashMap<ObjectId, BTreeSet<usize>>,
     /// Drivers, by id.
     pub(crate) drivers: Vec<Driver>,
@@ -389,6 +390,7 @@ impl Sim {
             epochs: HashMap::new(),
             link_clock: HashMap::new(),
             records: HashMap::new(),
+            record_owners: HashMap::new(),
             providers: HashMap::new(),
             drivers: Vec::new(),
             runs: HashMap::new(),
@@ -689,7 +691,12 @@ impl Sim {
                     }
                 }
                 DhtOp::RemoveRecord(key) => {
-                    self.records.remove(&key);
+                    // A node withdraws what it published, not another's newer record of the
+                    // same key (as a DHT node removes only its own copy).
+                    if self.record_owners.get(&key) == Some(&i) {
+                        self.record_owners.remove(&key);
+                        self.records.remove(&key);
+                    }
                 }
             },
             Output::Job(job) => self.job(i, job),
@@ -869,7 +876,10 @@ impl Sim {
     fn job(&mut self, i: usize, job: Job) {
         let done = match job {
             Job::PutRecords { records } => {
-                self.records.extend(records);
+                for (key, value) in records {
+                    self.record_owners.insert(key.clone(), i);
+                    self.records.insert(key, value);
+                }
                 return;
             }
             Job::Pull {
@@ -948,8 +958,9 @@ impl Sim {
         );
     }
 
-    fn locate(&self, actor: ActorId) -> Option<PeerKey> {
-        self.locate_record(actor).map(|(peer, _)| peer)
+    fn locate(&self, actor: ActorId) -> Option<(PeerKey, u32)> {
+        self.locate_record(actor)
+            .map(|(peer, loc)| (peer, loc.epoch))
     }
 
     fn locate_record(&self, actor: ActorId) -> Option<(PeerKey, ActorLocation)> {

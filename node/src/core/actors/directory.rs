@@ -17,6 +17,8 @@ pub(crate) struct Placed {
     pub(crate) task: TaskId,
     /// Restarts used so far.
     pub(crate) restarts: u32,
+    /// Its placement epoch: 0 at its first placement, one more at each after.
+    pub(crate) epoch: u32,
     /// Lost with its peer and being placed again: a second loss of that peer is not a
     /// second death.
     pub(crate) moving: bool,
@@ -41,6 +43,26 @@ pub(crate) struct Directory {
     /// up): if such a peer was only out of reach (a partition), its copy may still run, and
     /// is ended when the peer is seen again. The actor, the peer, its handles' secret.
     superseded: Vec<(ActorId, PeerKey, ActorToken)>,
+    /// The newest placement epoch known of actors placed by other nodes (from their
+    /// location records, and from hosts that refused a call as moved), for the most recent
+    /// [`MAX_EPOCHS`] actors: calls carry it, so that a superseded copy refuses them.
+    epochs: Epochs,
+}
+
+/// Actors whose newest epoch is remembered, at most.
+const MAX_EPOCHS: std::num::NonZeroUsize = match std::num::NonZeroUsize::new(1 << 16) {
+    Some(n) => n,
+    None => unreachable!(),
+};
+
+/// [`Directory::epochs`].
+#[derive(Debug)]
+struct Epochs(lru::LruCache<ActorId, u32>);
+
+impl Default for Epochs {
+    fn default() -> Self {
+        Self(lru::LruCache::new(MAX_EPOCHS))
+    }
 }
 
 /// What to do with a call of an actor hosted elsewhere.
@@ -107,9 +129,47 @@ impl Directory {
         self.pending.remove(&actor).unwrap_or_default()
     }
 
-    /// `actor` was sent to `peer` by `task` (whose return object is `ret`); its calls wait
-    /// until the peer confirms.
-    pub(crate) fn placed(&mut self, actor: ActorId, peer: PeerKey, task: TaskId, ret: ObjectId) {
+    /// The epoch `actor`'s next placement by this node gets: one more than its last.
+    pub(crate) fn next_epoch(&self, actor: &ActorId) -> u32 {
+        self.placed
+            .get(actor)
+            .map_or(0, |p| p.epoch.saturating_add(1))
+    }
+
+    /// The newest epoch of `actor` this node knows: its own placement's, or what the mesh
+    /// told it.
+    pub(crate) fn known_epoch(&self, actor: &ActorId) -> u32 {
+        match self.placed.get(actor) {
+            Some(p) => p.epoch,
+            None => self.epochs.0.peek(actor).copied().unwrap_or(0),
+        }
+    }
+
+    /// `actor` has an incarnation of `epoch` (a location record, or a host's refusal said
+    /// so): kept if newer than the one known. Says whether it was.
+    pub(crate) fn learn_epoch(&mut self, actor: ActorId, epoch: u32) -> bool {
+        if self.placed.contains_key(&actor) {
+            return false;
+        }
+        let known = self.epochs.0.peek(&actor).copied();
+        if known.is_some_and(|k| k >= epoch) {
+            return false;
+        }
+        self.epochs.0.put(actor, epoch);
+        true
+    }
+
+    /// `actor` was sent to `peer` by `task` (whose return object is `ret`) as its
+    /// placement `epoch` ([`next_epoch`](Self::next_epoch)); its calls wait until the peer
+    /// confirms.
+    pub(crate) fn placed(
+        &mut self,
+        actor: ActorId,
+        peer: PeerKey,
+        task: TaskId,
+        ret: ObjectId,
+        epoch: u32,
+    ) {
         let restarts = self.placed.get(&actor).map_or(0, |p| p.restarts);
         self.placed.insert(
             actor,
@@ -117,6 +177,7 @@ impl Directory {
                 peer,
                 task,
                 restarts,
+                epoch,
                 moving: false,
                 confirmed: false,
             },
@@ -264,12 +325,15 @@ mod tests {
         let mut d = Directory::default();
         let a = ActorId([1; 16]);
         let ret = ObjectId::for_return(task(1), 0);
-        d.placed(a, key(1), task(1), ret);
+        assert_eq!(d.next_epoch(&a), 0);
+        d.placed(a, key(1), task(1), ret, 0);
         // Not taken in yet: no home, and a loss now costs no restart.
         assert_eq!(d.home(&a), None);
         d.restarting(&a);
         assert_eq!(d.placement(&a).map(|p| p.restarts), Some(0));
-        d.placed(a, key(2), task(1), ret);
+        // Each placement has a newer epoch, taken in or not.
+        assert_eq!(d.next_epoch(&a), 1);
+        d.placed(a, key(2), task(1), ret, 1);
         assert_eq!(
             d.placed_by(&ret, key(1)),
             None,
@@ -280,13 +344,14 @@ mod tests {
         assert_eq!(d.home(&a), Some(key(2)));
         d.restarting(&a);
         assert_eq!(d.home(&a), None);
-        d.placed(a, key(3), task(1), ret);
+        d.placed(a, key(3), task(1), ret, d.next_epoch(&a));
         assert_eq!(
             d.placement(&a),
             Some(Placed {
                 peer: key(3),
                 task: task(1),
                 restarts: 1,
+                epoch: 2,
                 moving: false,
                 confirmed: false,
             })
@@ -298,12 +363,28 @@ mod tests {
     }
 
     #[test]
+    fn the_newest_epoch_known_is_kept_and_a_placement_decides_its_own() {
+        let mut d = Directory::default();
+        let (a, b) = (ActorId([1; 16]), ActorId([2; 16]));
+        assert_eq!(d.known_epoch(&a), 0);
+        assert!(d.learn_epoch(a, 2));
+        assert!(!d.learn_epoch(a, 1), "an older record changes nothing");
+        assert!(!d.learn_epoch(a, 2));
+        assert_eq!(d.known_epoch(&a), 2);
+        // An actor this node placed: its placement is the truth, not what it hears.
+        let ret = ObjectId::for_return(task(7), 0);
+        d.placed(b, key(1), task(7), ret, 3);
+        assert!(!d.learn_epoch(b, 9));
+        assert_eq!(d.known_epoch(&b), 3);
+    }
+
+    #[test]
     fn calls_wait_for_a_placement_and_go_in_each_callers_order() {
         let mut d = Directory::default();
         let a = ActorId([1; 16]);
         let ret = ObjectId::for_return(task(100), 0);
         let (early, late) = (TaskId::new(ClientId(2), 1), TaskId::new(ClientId(2), 2));
-        d.placed(a, key(1), task(100), ret);
+        d.placed(a, key(1), task(100), ret, 0);
         assert_eq!(d.route(a, late), Route::Queued);
         // A lookup's answer does not release calls of an actor this node placed.
         assert!(d.located(a, Some(key(9))).is_empty());

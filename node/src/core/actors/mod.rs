@@ -56,6 +56,9 @@ pub struct Actor {
     pub state: ActorState,
     /// Restarts so far.
     pub incarnation: u32,
+    /// Its placement epoch, for an actor a peer placed here (0 for one created here): see
+    /// [`shoal_protocol::mesh::RemoteTask::actor_epoch`].
+    pub epoch: u32,
     /// Its worker's pid, once known.
     pub pid: u32,
     /// Calls not yet sent, per caller, in the order sent.
@@ -181,6 +184,7 @@ impl ActorTable {
                 owner,
                 state: ActorState::Pending,
                 incarnation: 0,
+                epoch: 0,
                 pid: 0,
                 queues: IdMap::default(),
                 callers: Vec::new(),
@@ -191,6 +195,13 @@ impl ActorTable {
             },
         );
         Ok(Registered::New)
+    }
+
+    /// Raises the placement epoch of `actor` (if hosted here) to `epoch`.
+    pub fn raise_epoch(&mut self, actor: ActorId, epoch: u32) {
+        if let Some(a) = self.actors.get_mut(&actor) {
+            a.epoch = a.epoch.max(epoch);
+        }
     }
 
     /// The actor.

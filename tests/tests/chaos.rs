@@ -31,7 +31,7 @@ fn chaos_soak_has_no_wrong_results_hangs_or_leaks() {
     // the whole test must stay well under four minutes even when it fails.
     options.bound = Duration::from_secs(60);
     // TODO(issue 12): with every fault kind (freeze, isolate and partition too), one
-    // two-minute run in six had a result unresolved past the bound (a 30-minute run had
+    // two-minute run in seven had a result unresolved past the bound (a 30-minute run had
     // none); until its cause is found, CI injects only kills and restarts (of the nodes no
     // driver is attached to), under which no hang was seen. `scripts/chaos` injects every
     // kind.

@@ -281,6 +281,27 @@ fn an_actor_placed_on_a_peer_comes_back_when_the_peer_dies() {
     assert_clean(sim);
 }
 
+/// Cuts the creator's node (0) from the actor's `host` until the creator has placed the
+/// actor again, on the other node, and driver `d`'s call reached it there.
+fn placed_again_during_a_partition(
+    sim: &mut Sim,
+    d: usize,
+    actor: shoal_protocol::ActorId,
+    host: usize,
+) {
+    let other = 3 - host;
+    sim.partition(0, host);
+    sim.run_for(Duration::from_secs(8));
+    let moved = sim.call(d, actor, "echo");
+    sim.run_for(Duration::from_secs(2));
+    assert!(
+        is_value(&sim.results(d)[&moved]),
+        "{:?}",
+        sim.results(d).get(&moved)
+    );
+    assert!(sim.runs_on(other) > 0, "placed again on node {other}");
+}
+
 #[test]
 fn a_detached_actor_placed_again_during_a_partition_has_one_incarnation_after_the_heal() {
     let (mut sim, d, actor, host) = actor_on_a_peer(true);
@@ -298,16 +319,7 @@ fn a_detached_actor_placed_again_during_a_partition_has_one_incarnation_after_th
 
     // The creator's node loses the host: it places the actor again, on the other node. The
     // host (detached actor) keeps its copy meanwhile, and its own callers reach it.
-    sim.partition(0, host);
-    sim.run_for(Duration::from_secs(8));
-    let moved = sim.call(d, actor, "echo");
-    sim.run_for(Duration::from_secs(2));
-    assert!(
-        is_value(&sim.results(d)[&moved]),
-        "{:?}",
-        sim.results(d).get(&moved)
-    );
-    assert!(sim.runs_on(other) > 0, "placed again on node {other}");
+    placed_again_during_a_partition(&mut sim, d, actor, host);
 
     // After the heal only the new incarnation serves: the old one ends, and the host's
     // callers reach the new one.
@@ -338,16 +350,7 @@ fn a_copy_of_an_actor_that_a_call_knows_to_be_superseded_refuses_it_and_ends() {
     sim.run_for(Duration::from_millis(100));
     // The creator's node loses the host and places the actor again (epoch 1), on the other
     // node; the host keeps its copy (epoch 0: detached) and its own program calls it.
-    sim.partition(0, host);
-    sim.run_for(Duration::from_secs(8));
-    let moved = sim.call(d, actor, "echo");
-    sim.run_for(Duration::from_secs(2));
-    assert!(
-        is_value(&sim.results(d)[&moved]),
-        "{:?}",
-        sim.results(d).get(&moved)
-    );
-    assert!(sim.runs_on(other) > 0, "placed again on node {other}");
+    placed_again_during_a_partition(&mut sim, d, actor, host);
     let before = sim.call(h, actor, "echo");
     sim.run_for(Duration::from_secs(1));
     assert!(is_value(&sim.results(h)[&before]));

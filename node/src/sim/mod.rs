@@ -1066,20 +1066,11 @@ impl Sim {
             }) => {
                 worker.actor = Some((actor_id, incarnation));
                 let conn = worker.conn;
-                let at = self.now + Duration::from_millis(1);
-                self.schedule(
-                    at,
-                    Event::Input {
-                        node: i,
-                        input: Input::FromProc {
-                            conn,
-                            msgs: vec![ToNode::ActorStarted {
-                                actor: actor_id,
-                                result: Ok(()),
-                            }],
-                        },
-                    },
-                );
+                let started = ToNode::ActorStarted {
+                    actor: actor_id,
+                    result: Ok(()),
+                };
+                self.report_after(i, conn, Duration::from_millis(1), started);
             }
             ToClient::Created { request, result } => {
                 let Some((asked, task, object)) = worker.creating else {
@@ -1248,22 +1239,23 @@ impl Sim {
         };
         // Its report travels through the socket while the worker begins its next task: the
         // node may still take this one for running (and, say, stop it) meanwhile.
-        let at = self.now + WORKER_REPORT_LATENCY;
-        self.schedule(
-            at,
-            Event::Input {
-                node: i,
-                input: Input::FromProc {
-                    conn,
-                    msgs: vec![ToNode::Done {
-                        task_id: exec.task_id,
-                        outcome,
-                        nested: Vec::new(),
-                    }],
-                },
-            },
-        );
+        let done = ToNode::Done {
+            task_id: exec.task_id,
+            outcome,
+            nested: Vec::new(),
+        };
+        self.report_after(i, conn, WORKER_REPORT_LATENCY, done);
         self.start_next(i, w);
+    }
+
+    /// A worker's message on connection `conn` reaches node `i` after `delay`.
+    fn report_after(&mut self, i: usize, conn: ConnId, delay: Duration, msg: ToNode) {
+        let at = self.now + delay;
+        let input = Input::FromProc {
+            conn,
+            msgs: vec![msg],
+        };
+        self.schedule(at, Event::Input { node: i, input });
     }
 
     /// Worker `w` of node `i` dies (killed by `signal`).

@@ -621,9 +621,38 @@ impl Scheduler {
         }
     }
 
-    /// Task workers (all but the actors').
+    /// Task workers that count against [`SchedConfig::max_workers`]: all but the actors' and
+    /// those whose task is blocked in a `get`. As in Ray, a blocked task lends its worker's
+    /// place in the pool as it lends its CPU: otherwise `max_workers` nested tasks blocked on
+    /// their children would hold every place, and the children would wait for a worker
+    /// forever. The pool is bounded by the tasks that block (each waits for others) and by
+    /// the memory monitor; [`trim_pool`](Self::trim_pool) brings it back to the cap.
     fn pool_size(&self) -> usize {
-        self.workers.len() - self.actor_workers
+        let blocked = self.workers.values().filter(|w| w.blocked).count();
+        self.workers.len() - self.actor_workers - blocked
+    }
+
+    /// Stops idle workers while the pool is over its cap (it grew past it while tasks were
+    /// blocked), highest id first.
+    fn trim_pool(&mut self) {
+        if self.workers.len() - self.actor_workers <= self.config.max_workers {
+            // Within the cap even counting the blocked ones (the common case, checked first
+            // since this runs after every scheduling pass).
+            return;
+        }
+        while self.pool_size() > self.config.max_workers {
+            let idle = self
+                .workers
+                .iter()
+                .filter(|(_, w)| matches!(w.state, State::Idle))
+                .map(|(id, _)| *id)
+                .max();
+            let Some(worker) = idle else {
+                return;
+            };
+            tracing::debug!(worker, "stopping an idle worker over the pool's cap");
+            self.kill(worker);
+        }
     }
 
     /// Gives queued actor creations whose demand fits a worker, in order. A creation that
@@ -736,16 +765,17 @@ impl Scheduler {
         if !self.actor_queue.is_empty() {
             self.schedule_actors();
         }
-        if self.queued == 0 {
-            return;
+        if self.queued > 0 {
+            for i in 0..self.shape_order.len() {
+                let shape = self.shape_order[i].clone();
+                self.schedule_shape(now, &shape);
+            }
+            self.shape_order
+                .retain(|s| self.queues.get(s).is_some_and(|q| !q.is_empty()));
+            self.queues.retain(|_, q| !q.is_empty());
         }
-        for i in 0..self.shape_order.len() {
-            let shape = self.shape_order[i].clone();
-            self.schedule_shape(now, &shape);
-        }
-        self.shape_order
-            .retain(|s| self.queues.get(s).is_some_and(|q| !q.is_empty()));
-        self.queues.retain(|_, q| !q.is_empty());
+        // After the queues had their pick of the idle workers.
+        self.trim_pool();
     }
 
     fn schedule_shape(&mut self, now: Instant, shape: &Shape) {

@@ -162,6 +162,57 @@ fn blocked_worker_lends_its_cpu() {
     assert_eq!(s.worker_status()[0].state, "busy");
 }
 
+/// Tasks blocked in a `get` of their children's results hold their workers, not the cap:
+/// with every worker of the pool blocked (here `max_workers` = 4 nested tasks on one CPU),
+/// the children still get workers, or the nested tasks wait for them forever. Once the
+/// nested tasks end, workers beyond the cap are stopped as they go idle.
+#[test]
+fn blocked_workers_do_not_count_against_the_cap() {
+    let t0 = Instant::now();
+    let mut s = Scheduler::new(config(1.0));
+    s.binary_attached(BIN);
+    let mut parents = Vec::new();
+    for n in 0..4 {
+        s.submit(t0, task(n), BIN, ResourceSet::cpus(1.0));
+        let a = drain(&mut s);
+        let w = spawned(&a);
+        assert_eq!(w.len(), 1, "parent {n} gets a worker: {a:?}");
+        s.worker_connected(t0, w[0], 100 + n as u32);
+        assert_eq!(drain(&mut s).len(), 1, "parent {n} dispatched");
+        s.worker_blocked(t0, w[0]);
+        parents.push(w[0]);
+    }
+    assert_eq!(s.worker_status().len(), 4, "the pool is at its cap");
+    // A child of the last parent: the pool is full, but of blocked workers.
+    s.submit(t0, task(10), BIN, ResourceSet::cpus(1.0));
+    let a = drain(&mut s);
+    let child = spawned(&a);
+    assert_eq!(
+        child.len(),
+        1,
+        "the child gets a worker past the cap: {a:?}"
+    );
+    s.worker_connected(t0, child[0], 200);
+    assert_eq!(
+        drain(&mut s),
+        vec![Action::Dispatch {
+            worker: child[0],
+            task: task(10)
+        }]
+    );
+    s.task_done(t0, child[0], task(10));
+    drain(&mut s);
+    // The parents end one by one: the pool shrinks back to its cap as they go idle.
+    for (n, w) in parents.iter().enumerate() {
+        s.worker_unblocked(*w);
+        s.task_done(t0, *w, task(n as u64));
+        drain(&mut s);
+    }
+    assert_eq!(s.worker_status().len(), 4, "{:?}", s.worker_status());
+    assert!(s.worker_status().iter().all(|w| w.state == "idle"));
+    assert_eq!(s.free().get_milli("CPU"), 1000);
+}
+
 #[test]
 fn workers_that_never_start_fail_the_binary() {
     let t0 = Instant::now();

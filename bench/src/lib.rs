@@ -15,6 +15,7 @@ pub mod harness;
 pub mod limits;
 pub mod mesh_rows;
 pub mod remote_rows;
+pub mod scrape;
 pub mod shoal_rows;
 pub mod sim_rows;
 

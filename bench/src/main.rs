@@ -11,12 +11,16 @@ use std::process::ExitCode;
 use shoal_bench::harness::{Bench, Method, Registry};
 
 const USAGE: &str = "\
-usage: shoal-bench [--quick] [--list] [NAME...]
+usage: shoal-bench [--quick] [--metrics | --metrics-compare] [--list] [NAME...]
 
 Runs the named benchmark rows (all when none is named) and prints one JSON object per row
 on stdout: {\"name\":...,\"value\":...,\"stdev\":...,\"unit\":...}. Progress goes to stderr.
 
   --quick   a smoke run: 0.2 s warm-up, 3 rounds of 0.3 s (default: 1 s, 4 rounds of 2 s)
+  --metrics every node serves Prometheus metrics, scraped every 100 ms during the rows
+  --metrics-compare
+            each row twice, in processes of their own: metrics off, then on (rows named
+            NAME_metrics_off and NAME_metrics_on)
   --list    print the known rows (name, unit, what one operation is) and exit
   -h, --help";
 
@@ -60,7 +64,28 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Ok(Cli::Run { method, names }) => run(&registry, method, &names),
+        Ok(Cli::Run {
+            method,
+            names,
+            metrics: Metrics::Compare,
+        }) => compare(method, &names),
+        Ok(Cli::Run {
+            method,
+            names,
+            metrics,
+        }) => {
+            if metrics == Metrics::On {
+                // Read by the embedded node and by every `shoal node` the rows start (before
+                // any thread: the environment is the process's).
+                std::env::set_var("SHOAL_METRICS", "127.0.0.1:0");
+                std::env::set_var(shoal_bench::scrape::ENV, "on");
+                if let Err(e) = shoal_bench::scrape::start() {
+                    eprintln!("shoal-bench: cannot start the scraper: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+            run(&registry, method, &names)
+        }
         Err(msg) => {
             eprintln!("shoal-bench: {msg}");
             ExitCode::from(2)
@@ -71,11 +96,25 @@ fn main() -> ExitCode {
 enum Cli {
     Help,
     List,
-    Run { method: Method, names: Vec<String> },
+    Run {
+        method: Method,
+        names: Vec<String>,
+        metrics: Metrics,
+    },
+}
+
+/// Whether the nodes serve metrics.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Metrics {
+    Off,
+    On,
+    /// Each row off, then on.
+    Compare,
 }
 
 fn parse(args: &[OsString], registry: &Registry) -> Result<Cli, String> {
     let mut method = Method::FULL;
+    let mut metrics = Metrics::Off;
     let mut list = false;
     let mut names = Vec::new();
     let mut options_done = false;
@@ -86,6 +125,8 @@ fn parse(args: &[OsString], registry: &Registry) -> Result<Cli, String> {
         match arg {
             "--" if !options_done => options_done = true,
             "--quick" if !options_done => method = Method::QUICK,
+            "--metrics" if !options_done => metrics = Metrics::On,
+            "--metrics-compare" if !options_done => metrics = Metrics::Compare,
             "--list" if !options_done => list = true,
             "-h" | "--help" if !options_done => return Ok(Cli::Help),
             _ if arg.starts_with('-') && !options_done => {
@@ -121,7 +162,59 @@ fn parse(args: &[OsString], registry: &Registry) -> Result<Cli, String> {
     if names.is_empty() {
         names = registry.rows().iter().map(|r| r.name.to_owned()).collect();
     }
-    Ok(Cli::Run { method, names })
+    Ok(Cli::Run {
+        method,
+        names,
+        metrics,
+    })
+}
+
+/// Runs each row in two processes of this program, metrics off then on, and prints their
+/// rows renamed `NAME_metrics_off` and `NAME_metrics_on`.
+fn compare(method: Method, names: &[String]) -> ExitCode {
+    let Ok(exe) = std::env::current_exe() else {
+        eprintln!("shoal-bench: cannot find this executable");
+        return ExitCode::FAILURE;
+    };
+    let mut ok = true;
+    for name in names {
+        for (suffix, on) in [("metrics_off", false), ("metrics_on", true)] {
+            let mut cmd = std::process::Command::new(&exe);
+            if method == Method::QUICK {
+                cmd.arg("--quick");
+            }
+            if on {
+                cmd.arg("--metrics");
+            }
+            cmd.arg(name).env_remove("SHOAL_METRICS");
+            cmd.stderr(std::process::Stdio::inherit());
+            let out = match cmd.output() {
+                Ok(out) => out,
+                Err(e) => {
+                    eprintln!("shoal-bench: running {name} ({suffix}): {e}");
+                    ok = false;
+                    continue;
+                }
+            };
+            ok &= out.status.success();
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                match serde_json::from_str::<serde_json::Value>(line) {
+                    Ok(mut row) => {
+                        if let Some(n) = row["name"].as_str() {
+                            row["name"] = format!("{n}_{suffix}").into();
+                        }
+                        println!("{row}");
+                    }
+                    Err(_) => println!("{line}"),
+                }
+            }
+        }
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 /// Stops what rows left running for later rows (node processes) when dropped: at the end of

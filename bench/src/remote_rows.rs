@@ -428,6 +428,9 @@ impl NodePair {
             .wait_converged(CONVERGE_TIMEOUT)
             .context("the two nodes finding each other")?;
         let pair = NodePair { mesh, _dir: dir };
+        for node in pair.mesh.nodes() {
+            crate::scrape::watch(node.status()["metrics"].as_str());
+        }
         eprintln!(
             "{}: two `shoal node` processes on loopback, converged after {:.3} s: remote {} \
              (--cpus {REMOTE_CPUS}, pid {}), local {} (--cpus 0, pid {}, the driver's); \

@@ -149,6 +149,7 @@ pub(crate) fn connect() -> Result<shoal::Shoal> {
     let shoal = shoal::init().context("attaching to a Shoal node (shoal::init)")?;
     if !ANNOUNCED.swap(true, Ordering::Relaxed) {
         let status = shoal.status().context("asking the node for its status")?;
+        crate::scrape::watch(status.metrics.as_deref());
         eprintln!(
             "shoal: attached to node {} ({}), resources {}, store {} ({} bytes)",
             status.node_id,

@@ -49,6 +49,8 @@ pub struct NodeConfig {
     /// and may have to make again (see `core::lineage`). Default
     /// [`DEFAULT_LINEAGE_BYTES`].
     pub lineage_bytes: u64,
+    /// Where to serve Prometheus metrics (`GET /metrics`), if anywhere. Default: nowhere.
+    pub metrics: Option<std::net::SocketAddr>,
     /// The mesh this node joins, if any.
     #[cfg(feature = "mesh")]
     pub mesh: Option<MeshConfig>,
@@ -111,6 +113,7 @@ impl Default for NodeConfig {
             clients_per_uid: crate::api::CLIENTS_PER_UID,
             sandbox: SandboxConfig::default(),
             lineage_bytes: DEFAULT_LINEAGE_BYTES,
+            metrics: None,
             #[cfg(feature = "mesh")]
             mesh: None,
         }

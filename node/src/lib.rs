@@ -73,6 +73,14 @@ pub enum NodeError {
     /// The sandbox for shipped code could not be set up (or would run it as root).
     #[error(transparent)]
     Sandbox(#[from] runtime::sandbox::SandboxError),
+    /// The metrics endpoint could not be bound.
+    #[error("cannot serve metrics on {addr}: {source}")]
+    Metrics {
+        /// The address asked for.
+        addr: std::net::SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
     /// The mesh could not be joined.
     #[cfg(feature = "mesh")]
     #[error(transparent)]
@@ -111,6 +119,14 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
             path: config.socket.clone(),
             source,
         })?;
+    let metrics = match config.metrics {
+        Some(addr) => Some(
+            runtime::metrics::bind(addr)
+                .await
+                .map_err(|source| NodeError::Metrics { addr, source })?,
+        ),
+        None => None,
+    };
     let mut files = store::StoreFiles::open_shared(
         &config.store_parent,
         &config.spill_parent,
@@ -203,6 +219,18 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     let mut shell =
         runtime::event_loop::Shell::new(core, files, socket, accept.clone(), close.clone());
     shell.set_workers(sandbox, monitor, &tx, max_frame);
+    if let Some(listener) = metrics {
+        match listener.local_addr() {
+            Ok(addr) => {
+                tracing::info!(%addr, "serving metrics at /metrics");
+                shell.set_metrics_addr(addr);
+            }
+            Err(e) => tracing::warn!(error = %e, "the metrics endpoint has no address"),
+        }
+        tokio::spawn(
+            runtime::metrics::serve(listener, tx.clone(), accept.clone()).instrument(span.clone()),
+        );
+    }
     #[cfg(feature = "mesh")]
     if let Some(net) = net {
         shell.set_net(net, tx.clone());

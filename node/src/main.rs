@@ -309,6 +309,10 @@ struct NodeArgs {
     /// most (1 turns this off).
     #[arg(long, env = "SHOAL_MEMORY_THRESHOLD", default_value_t = 0.95)]
     memory_threshold: f64,
+    /// Serve Prometheus metrics at `http://ADDR/metrics` (port 0 picks a free one; `shoal
+    /// status` shows it) [default: none].
+    #[arg(long, env = "SHOAL_METRICS", value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
 }
 
 /// `N`, `NK`, `NM` or `NG` (powers of 1024) bytes.
@@ -572,6 +576,7 @@ fn run_node(args: NodeArgs) -> Result<()> {
     if let Some(n) = args.lineage_bytes {
         config.lineage_bytes = n;
     }
+    config.metrics = args.metrics;
     config.sandbox = shoal_node::config::SandboxConfig {
         worker_user: args.worker_user,
         allow_root_workers: args.allow_root_workers,
@@ -664,6 +669,7 @@ fn status_json(s: &NodeStatus) -> serde_json::Value {
         })).collect::<Vec<_>>(),
         "tasks": { "queued": s.tasks_queued, "running": s.tasks_running, "finished": s.tasks_finished },
         "clients": s.clients,
+        "metrics": s.metrics,
         "objects": {
             "count": s.objects.count,
             "inline_count": s.objects.inline_count,
@@ -701,6 +707,9 @@ fn print_status(s: &NodeStatus) {
         s.uptime_ms as f64 / 1000.0
     );
     println!("socket    {}", s.socket);
+    if let Some(addr) = &s.metrics {
+        println!("metrics   http://{addr}/metrics");
+    }
     println!(
         "resources {} free of {}",
         s.resources_free, s.resources_total

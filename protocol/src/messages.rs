@@ -638,6 +638,8 @@ pub struct NodeStatus {
     pub mesh: Option<MeshStatus>,
     /// Requests from peers refused since start (they may not make them), by kind.
     pub refused: Vec<(String, u64)>,
+    /// Where the node serves its Prometheus metrics (`--metrics`), if it does.
+    pub metrics: Option<String>,
 }
 
 /// The mesh as one node sees it.

@@ -206,7 +206,10 @@ impl NodeCore {
         let party = Party::Proc(conn);
         match msg {
             ToNode::Hello(_) => tracing::warn!(conn, "second Hello ignored"),
-            ToNode::Submit(spec) => self.submit(now, party, spec, 0),
+            ToNode::Submit(spec) => {
+                self.metrics.tasks_submitted += 1;
+                self.submit(now, party, spec, 0)
+            }
             ToNode::Put { id, value, nested } => {
                 if ObjectId::for_content(&value) != id {
                     tracing::warn!(conn, object = %id, "put whose id is not its content hash; ignored");
@@ -884,7 +887,7 @@ impl NodeCore {
         }
         let kind = spec.kind.clone();
         let (client, class) = (spec.owner, spec.function.clone());
-        let entry = TaskEntry::new(spec, ret, owner, missing, hops);
+        let entry = TaskEntry::new(now, spec, ret, owner, missing, hops);
         let span = entry.span.clone();
         let _entered = span.enter();
         self.tasks.insert(task_id, entry);
@@ -977,7 +980,18 @@ impl NodeCore {
     ) {
         // The return id as the task table hashed it (hashing it again costs a blake3).
         let (span, ret) = match self.tasks.get(&task) {
-            Some(e) => (Some(e.span.clone()), e.ret),
+            Some(e) => {
+                let ended = self.metrics.tasks_ended.entry(&e.spec.function);
+                match &outcome {
+                    shoal_protocol::TaskOutcome::Ok(_) => ended.ok += 1,
+                    shoal_protocol::TaskOutcome::Err(_) => ended.failed += 1,
+                }
+                if e.is_call() {
+                    let took = now.saturating_duration_since(e.arrived);
+                    self.metrics.actor_call_seconds.observe(took.as_secs_f64());
+                }
+                (Some(e.span.clone()), e.ret)
+            }
             None => (None, ObjectId::for_return(task, 0)),
         };
         let _entered = span.as_ref().map(|s| s.enter());
@@ -1287,6 +1301,7 @@ impl NodeCore {
                 "worker stopped a task as told; the tasks queued behind it run again"
             );
         } else if !lost.is_empty() {
+            self.metrics.workers_died += 1;
             tracing::warn!(worker, pid, %error, tasks = lost.len(), "worker died with tasks in flight");
         }
         for (i, task) in lost.into_iter().enumerate() {
@@ -1302,6 +1317,7 @@ impl NodeCore {
             if !began || entry.retries_left > 0 {
                 if began {
                     entry.retries_left -= 1;
+                    self.metrics.tasks_retried += 1;
                 }
                 tracing::info!(task = %task, retries_left = entry.retries_left, "retrying task");
                 let (binary, demand) = (entry.spec.binary, entry.spec.resources.clone());
@@ -1372,6 +1388,7 @@ impl NodeCore {
             match action {
                 Action::Spawn { worker, binary } => match self.binaries.get(&binary) {
                     Some(exe) => {
+                        self.metrics.workers_started += 1;
                         let exe = exe.clone();
                         let shipped = self.shipped.contains(&binary);
                         self.out.push_back(Output::SpawnWorker {
@@ -1414,6 +1431,10 @@ impl NodeCore {
                 return;
             }
         };
+        if let Some(e) = self.tasks.get(&task) {
+            let waited = now.saturating_duration_since(e.arrived);
+            self.metrics.dispatch_seconds.observe(waited.as_secs_f64());
+        }
         match self.worker_conns.get(&worker) {
             Some(conn) => self.tell_proc(*conn, ToClient::Execute(exec)),
             None => {
@@ -1558,6 +1579,7 @@ impl NodeCore {
                 .into_iter()
                 .map(|(k, n)| (k.name().to_string(), n))
                 .collect(),
+            metrics: None,
         }
     }
 

@@ -44,7 +44,7 @@
 //! The same core is compiled with and without the `mesh` feature; without it, the shell never
 //! gives it a peer, and the spilling side stays idle.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -62,6 +62,7 @@ pub mod actors;
 mod harness;
 mod lineage;
 mod local;
+pub mod metrics;
 mod objects;
 mod peers;
 mod reconstruct;
@@ -524,6 +525,8 @@ pub struct NodeCore {
     freed: Vec<(ObjectId, objects::ObjEntry)>,
     /// How to make again the large results this node owns.
     lineage: lineage::Lineage,
+    /// What it counts for the node's metrics.
+    metrics: metrics::CoreMetrics,
 }
 
 impl std::fmt::Debug for NodeCore {
@@ -592,6 +595,7 @@ impl NodeCore {
             out: VecDeque::new(),
             freed: Vec::new(),
             lineage,
+            metrics: metrics::CoreMetrics::default(),
         };
         core.report_load();
         core
@@ -761,6 +765,41 @@ impl NodeCore {
     /// Every object the core knows of, with what keeps it (for `shoal objects`).
     pub fn objects(&self) -> Vec<shoal_protocol::ObjectInfo> {
         self.object_list()
+    }
+
+    /// The counters and histograms for the node's metrics, with the tasks it knows by state
+    /// and function (the other gauges are in [`NodeCore::status`]).
+    pub fn metrics(&self) -> metrics::MetricsSnapshot {
+        let running: HashSet<shoal_protocol::TaskId> = self
+            .sched
+            .running_tasks()
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect();
+        let mut tasks: BTreeMap<&'static str, metrics::Labelled<u64>> = BTreeMap::new();
+        for (id, e) in self.tasks.iter() {
+            let state = if self.spill.spilled_to(id).is_some() {
+                "at_peer"
+            } else if e.missing > 0 {
+                "waiting_args"
+            } else if running.contains(id) {
+                "running"
+            } else {
+                "queued"
+            };
+            *tasks.entry(state).or_default().entry(&e.spec.function) += 1;
+        }
+        metrics::MetricsSnapshot {
+            counters: self.metrics.clone(),
+            tasks: tasks
+                .into_iter()
+                .flat_map(|(state, by)| {
+                    by.iter()
+                        .map(|(f, n)| (state, f.to_string(), *n))
+                        .collect::<Vec<_>>()
+                })
+                .collect(),
+        }
     }
 
     /// The node's id.

@@ -392,6 +392,7 @@ impl NodeCore {
             return false;
         }
         entry.retries_left -= 1;
+        self.metrics.tasks_retried += 1;
         tracing::info!(task = %task, %peer, retries_left = entry.retries_left, "a task failed at a peer (its worker died, or the peer dropped it); retrying it");
         let demand = entry.spec.resources.clone();
         self.spill.unspill(&task);
@@ -503,6 +504,10 @@ impl NodeCore {
                     return;
                 }
                 self.store.pulls.remove(&id);
+                if result.is_ok() {
+                    self.metrics.pulls += 1;
+                    self.metrics.pulled_bytes += object.size;
+                }
                 self.pulled(now, id, object, result)
             }
             JobDone::BinaryFetched { binary, result } => self.binary_fetched(now, binary, result),
@@ -1136,6 +1141,7 @@ impl NodeCore {
         let _entered = span.enter();
         let demand = rt.spec.resources.clone();
         tracing::debug!(task = %task, function = rt.spec.function, %peer, "task spilled to a peer");
+        self.metrics.tasks_spilled += 1;
         self.tell_peer(peer, PeerMsg::Submit(Box::new(rt)));
         self.spill.spilled(task, ret, peer, Some(demand));
     }
@@ -1453,6 +1459,7 @@ impl NodeCore {
             }
         }
         tracing::debug!(task = %task, function = spec.function, peer = %from, "running a task for a peer");
+        self.metrics.tasks_received += 1;
         let created = match &spec.kind {
             TaskKind::CreateActor(c) => Some(c.actor_id),
             _ => None,
@@ -1938,6 +1945,7 @@ impl NodeCore {
             self.refuse_waiting(request);
         }
         self.end_lookups(|l| l.peer == peer);
+        self.metrics.peers_lost += 1;
         self.spill.write_off(peer);
         let lost = self.spill.take_spilled_to(peer);
         self.directory.peer_lost(peer);
@@ -1957,6 +1965,7 @@ impl NodeCore {
             }
             if entry.retries_left > 0 {
                 entry.retries_left -= 1;
+                self.metrics.tasks_retried += 1;
                 tracing::info!(task = %t, retries_left = entry.retries_left, "retrying a task lost with its peer");
                 self.requeue(now, t);
             } else {

@@ -161,6 +161,7 @@ impl NodeCore {
         };
         let retries_left = self.lineage.get(&id).map_or(0, |l| l.retries_left);
         tracing::info!(object = %id, task = %task, function = %spec.function, retries_left, "every copy of an object is lost; making it again from its lineage");
+        self.metrics.reconstructions += 1;
         self.lineage.object_back(&id);
 
         // A pull of a lost copy still under way is given up (its end is ignored): the new
@@ -201,7 +202,7 @@ impl NodeCore {
 
         // The task again: its arguments pinned for it first (what each is, looked at before:
         // pinning makes an entry for one that was freed), then made again where lost.
-        let entry = TaskEntry::new(spec, id, owner, 0, 0);
+        let entry = TaskEntry::new(now, spec, id, owner, 0, 0);
         let args: Vec<(ObjectId, ArgState)> =
             entry.arg_refs().map(|a| (a, self.arg_state(&a))).collect();
         for n in &entry.spec.nested {
@@ -362,6 +363,7 @@ impl NodeCore {
             if let Some(te) = self.tasks.get_mut(&task) {
                 te.retries_left -= 1;
             }
+            self.metrics.tasks_retried += 1;
             tracing::info!(task = %task, %peer, object = %arg, "a peer could not get a task's argument; placing the task again");
             self.requeue(now, task);
             return true;

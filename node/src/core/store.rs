@@ -162,6 +162,8 @@ impl NodeCore {
         for id in plan.spill {
             let size = self.store.index.sealed(&id).map_or(0, |o| o.size);
             self.store.index.spilled(&id);
+            self.metrics.spills += 1;
+            self.metrics.spilled_bytes += size;
             self.store_op(
                 OpKind::Spill { id, size },
                 Some(After::Spilled { id, size }),
@@ -268,6 +270,8 @@ impl NodeCore {
             };
         }
         self.store.index.pin(&id);
+        self.metrics.restores += 1;
+        self.metrics.restored_bytes += object.size;
         let kind = OpKind::Restore {
             id,
             digest: object.digest,

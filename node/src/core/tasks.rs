@@ -26,12 +26,15 @@ pub(crate) struct TaskEntry {
     pub(crate) sent: bool,
     /// Its span (`task = %id`): entered while the core works on it.
     pub(crate) span: tracing::Span,
+    /// When it arrived at this node (the start of its dispatch and call latencies).
+    pub(crate) arrived: std::time::Instant,
 }
 
 impl TaskEntry {
-    /// A task of `spec`, whose return object is `ret` (`spec.return_id()`, hashed once by
-    /// the caller).
+    /// A task of `spec` arrived at `now`, whose return object is `ret` (`spec.return_id()`,
+    /// hashed once by the caller).
     pub(crate) fn new(
+        now: std::time::Instant,
         spec: TaskSpec,
         ret: ObjectId,
         owner: Party,
@@ -50,6 +53,7 @@ impl TaskEntry {
             passes_waited: 0,
             sent: false,
             span,
+            arrived: now,
         }
     }
 
@@ -163,6 +167,86 @@ mod tests {
         );
     }
 
+    /// The metrics count what happened: tasks submitted, dispatched (the wait in the
+    /// histogram), ended by function and outcome, retried; and the tasks by state.
+    #[test]
+    fn the_metrics_count_tasks_submitted_dispatched_ended_and_retried() {
+        let t0 = Instant::now();
+        let mut core = node(t0, 1.0, 1 << 20);
+        let first = spec(1, Vec::new(), 1);
+        let out = send(&mut core, t0, ToNode::Submit(first.clone()));
+        let second = spec(2, vec![Arg::Ref(first.return_id())], 0);
+        send(&mut core, t0, ToNode::Submit(second.clone()));
+        let m = core.metrics();
+        assert_eq!(m.counters.tasks_submitted, 2);
+        let mut tasks = m.tasks.clone();
+        tasks.sort();
+        assert_eq!(
+            tasks,
+            vec![
+                ("queued", "f".to_string(), 1),
+                ("waiting_args", "f".to_string(), 1)
+            ]
+        );
+        // The worker connects 3 ms later: the first task waited that long for it.
+        let t1 = t0 + std::time::Duration::from_millis(3);
+        let hello = Hello {
+            magic: MAGIC,
+            version: PROTOCOL_VERSION,
+            role: Role::Worker {
+                worker_id: out
+                    .iter()
+                    .find_map(|o| match o {
+                        Output::SpawnWorker { worker, .. } => Some(*worker),
+                        _ => None,
+                    })
+                    .unwrap(),
+            },
+            pid: 110,
+            client: ClientId(110),
+            binary: None,
+        };
+        core.handle(t1, Input::Attached { conn: 10, hello });
+        drain(&mut core);
+        let m = core.metrics();
+        assert_eq!(m.counters.dispatch_seconds.count, 1);
+        assert!((m.counters.dispatch_seconds.sum - 0.003).abs() < 1e-9);
+        assert!(
+            m.tasks.contains(&("running", "f".to_string(), 1)),
+            "{:?}",
+            m.tasks
+        );
+        let done = |task_id, outcome| ToNode::Done {
+            task_id,
+            outcome,
+            nested: Vec::new(),
+        };
+        let ok = TaskOutcome::Ok(ObjectValue::Inline(b"1".to_vec()));
+        from(&mut core, t1, 10, done(first.task_id, ok));
+        let failed = TaskOutcome::Err(TaskError::Panicked {
+            message: "no".into(),
+        });
+        from(&mut core, t1, 10, done(second.task_id, failed));
+        let m = core.metrics();
+        let ended: Vec<_> = m
+            .counters
+            .tasks_ended
+            .iter()
+            .map(|(f, e)| (f.to_string(), *e))
+            .collect();
+        assert_eq!(
+            ended,
+            vec![(
+                "f".to_string(),
+                crate::core::metrics::Ended { ok: 1, failed: 1 }
+            )]
+        );
+        assert_eq!(m.counters.dispatch_seconds.count, 2);
+        assert!(m.tasks.is_empty(), "{:?}", m.tasks);
+        assert_eq!(m.counters.tasks_retried, 0);
+        assert_eq!(m.counters.workers_started, 1);
+    }
+
     #[test]
     fn a_task_whose_worker_dies_runs_again_within_its_budget_then_fails() {
         let now = Instant::now();
@@ -207,6 +291,12 @@ mod tests {
             "{out:?}"
         );
         assert_eq!(core.census().tasks, 0);
+        // Each dead worker was replaced (the pool keeps its size): three started.
+        let m = core.metrics().counters;
+        assert_eq!(
+            (m.tasks_retried, m.workers_died, m.workers_started),
+            (1, 2, 3)
+        );
     }
 
     #[test]

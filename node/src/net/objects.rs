@@ -144,6 +144,10 @@ pub trait ObjectSource: Send + Sync + 'static {
     fn open_for(&self, _peer: PeerId, id: ObjectId) -> BoxFuture<'static, Option<Served>> {
         self.open(id)
     }
+
+    /// A stream served `bytes` of an object to a peer (for the node's metrics). By default,
+    /// nothing is counted.
+    fn served(&self, _bytes: u64) {}
 }
 
 /// Why serving or pulling an object failed.
@@ -316,7 +320,10 @@ pub(crate) async fn server(
                     }
                 };
                 match result.await {
-                    Ok(bytes) => tracing::debug!(bytes, "served"),
+                    Ok(bytes) => {
+                        source.served(bytes);
+                        tracing::debug!(bytes, "served")
+                    }
                     Err(e @ ObjectError::BadRequest(_)) => {
                         tracing::warn!(error = %e, "malformed object request")
                     }

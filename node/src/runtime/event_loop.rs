@@ -85,6 +85,8 @@ pub(crate) struct Shell {
     /// every other sender is gone).
     conn_events: Option<mpsc::WeakSender<Event>>,
     max_frame: usize,
+    /// Where the metrics are served, if they are.
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl Shell {
@@ -121,7 +123,13 @@ impl Shell {
             monitor: None,
             conn_events: None,
             max_frame: shoal_protocol::frame::DEFAULT_MAX_FRAME,
+            metrics_addr: None,
         }
+    }
+
+    /// Records where the metrics endpoint listens (for status).
+    pub(crate) fn set_metrics_addr(&mut self, addr: std::net::SocketAddr) {
+        self.metrics_addr = Some(addr);
     }
 
     /// Sets how workers are confined: `sandbox` for code shipped by peers (whose
@@ -216,6 +224,21 @@ impl Shell {
                 self.input(Input::Detached { conn });
             }
             Event::Status(reply) => self.status_to(StatusTo::Caller(reply)),
+            Event::Metrics(reply) => {
+                let now = Instant::now();
+                #[cfg(feature = "mesh")]
+                let served = self.net.as_ref().map_or((0, 0), |n| n.served_count());
+                #[cfg(not(feature = "mesh"))]
+                let served = (0, 0);
+                let scrape = super::metrics::Scrape {
+                    status: self.status(self.core.status(now)),
+                    core: self.core.metrics(),
+                    served,
+                };
+                if reply.send(Box::new(scrape)).is_err() {
+                    tracing::debug!("metrics asked for and not awaited");
+                }
+            }
             #[cfg(feature = "mesh")]
             Event::Net(ev) => {
                 if let Some(input) = super::mesh::net_input(ev) {
@@ -535,10 +558,10 @@ impl Shell {
     }
 
     /// A status with what only the shell knows.
-    fn status(&self, status: shoal_protocol::NodeStatus) -> shoal_protocol::NodeStatus {
+    fn status(&self, mut status: shoal_protocol::NodeStatus) -> shoal_protocol::NodeStatus {
+        status.metrics = self.metrics_addr.map(|a| a.to_string());
         #[cfg(feature = "mesh")]
         {
-            let mut status = status;
             status.mesh = self.net.as_ref().map(|n| n.status());
             // Binaries asked for by peers that were never sent a task of them.
             let binaries = self.net.as_ref().map_or(0, |n| n.binaries_not_allowed());

@@ -54,6 +54,8 @@ pub(crate) struct NetSide {
     events: mpsc::Sender<Event>,
     /// The store directory: pulls write into it, transfers read from it.
     store_dir: std::path::PathBuf,
+    /// What the object server sent.
+    served: Arc<Served>,
 }
 
 impl NetSide {
@@ -69,15 +71,27 @@ impl NetSide {
         })) {
             tracing::error!("the network already delivers its events elsewhere");
         }
+        let served = Arc::new(Served::default());
         net.serve_objects(Arc::new(CoreObjects {
             events: events.clone(),
+            served: served.clone(),
         }));
         Self {
             net,
             ids: HashMap::new(),
             events,
             store_dir,
+            served,
         }
+    }
+
+    /// Object streams served to peers that sent bytes, and the bytes sent.
+    pub(crate) fn served_count(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.served.streams.load(Relaxed),
+            self.served.bytes.load(Relaxed),
+        )
     }
 
     fn peer_id(&mut self, key: PeerKey) -> Option<PeerId> {
@@ -335,6 +349,14 @@ impl crate::net::link::NetSink for CoreSink {
 /// The node's objects, as the transfer protocol serves them.
 struct CoreObjects {
     events: mpsc::Sender<Event>,
+    served: Arc<Served>,
+}
+
+/// Object streams served to peers, and their bytes (read by a scrape of the metrics).
+#[derive(Debug, Default)]
+pub(crate) struct Served {
+    streams: std::sync::atomic::AtomicU64,
+    bytes: std::sync::atomic::AtomicU64,
 }
 
 impl crate::net::objects::ObjectSource for CoreObjects {
@@ -368,6 +390,14 @@ impl crate::net::objects::ObjectSource for CoreObjects {
             }
             rx.await.ok().flatten()
         })
+    }
+
+    fn served(&self, bytes: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if bytes > 0 {
+            self.served.streams.fetch_add(1, Relaxed);
+            self.served.bytes.fetch_add(bytes, Relaxed);
+        }
     }
 }
 

@@ -8,12 +8,14 @@
 //! - [`workers`]: worker processes.
 //! - [`sandbox`]: how workers of code shipped by peers are confined, and the memory monitor.
 //! - [`queue`]: a process's outbound queue, bounded in messages and bytes.
+//! - [`metrics`]: the Prometheus endpoint (`--metrics`).
 
 pub mod access;
 pub mod api;
 pub(crate) mod event_loop;
 #[cfg(feature = "mesh")]
 mod mesh;
+pub mod metrics;
 pub mod queue;
 pub mod sandbox;
 pub mod workers;
@@ -52,6 +54,8 @@ pub enum Event {
     },
     /// Status for an in-process caller.
     Status(oneshot::Sender<NodeStatus>),
+    /// A scrape of the metrics endpoint.
+    Metrics(oneshot::Sender<Box<metrics::Scrape>>),
     /// Something from the network.
     #[cfg(feature = "mesh")]
     Net(crate::net::link::NetEvent),

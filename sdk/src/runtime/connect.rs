@@ -288,6 +288,15 @@ async fn open_transport(hello: Hello, options: InitOptions) -> Result<Opened, In
     if let Some(t) = options.inline_threshold {
         config.inline_threshold = t;
     }
+    config.metrics = match options.metrics {
+        Some(addr) => Some(addr),
+        None => match std::env::var("SHOAL_METRICS") {
+            Ok(s) if !s.is_empty() => Some(s.parse().map_err(|e| {
+                InitError::Embedded(format!("$SHOAL_METRICS is not an address ({s}): {e}"))
+            })?),
+            _ => None,
+        },
+    };
     let node = shoal_node::start(config)
         .await
         .map_err(|e| InitError::Embedded(e.to_string()))?;

@@ -130,6 +130,10 @@ pub struct InitOptions {
     pub join: Option<String>,
     /// Inline threshold of an embedded node in bytes.
     pub inline_threshold: Option<u64>,
+    /// Where an embedded node serves Prometheus metrics (`GET /metrics`; port 0 picks a
+    /// free one, which `Shoal::status` then shows). [default: `$SHOAL_METRICS`, else
+    /// nowhere]
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// The context, initialising with defaults on first use. After a shutdown it is the closed

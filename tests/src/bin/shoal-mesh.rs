@@ -11,7 +11,8 @@
 //! (socket, store, spill directory, data directory with its identity key, log) under
 //! `$TMPDIR/shoal-mesh-$UID/`, all bootstrapped from the first; waits until every node sees
 //! every other; records them in `$TMPDIR/shoal-mesh-$UID/state.json`; and prints the
-//! `SHOAL_SOCKET=…` that points a program at each. The nodes run in sessions of their own and
+//! `SHOAL_SOCKET=…` that points a program at each, and where each serves its Prometheus
+//! metrics (`--metrics 127.0.0.1:0` unless the node arguments say otherwise). The nodes run in sessions of their own and
 //! outlive this command. `status` reports on the recorded nodes; `down` stops exactly the
 //! recorded pids (SIGTERM, then SIGKILL after 5 s), each only while `/proc/<pid>/cmdline`
 //! still shows that `shoal node`, and removes their directories and the state file.
@@ -187,7 +188,13 @@ fn up(
     let begin = Instant::now();
     let mut options = NodeOptions::new().mesh(mesh.clone()).cpus(cpus);
     options.failure_timeout = failure_timeout;
+    let metrics = !node_args.iter().any(|a| a.starts_with("--metrics"));
     options.extra_args = node_args.into_iter().map(Into::into).collect();
+    if metrics {
+        // A free port each; `up` and `status` print which.
+        options.extra_args.push("--metrics".into());
+        options.extra_args.push("127.0.0.1:0".into());
+    }
     options.new_session = true;
     options.startup_timeout = timeout;
     eprintln!("starting {n} nodes of mesh {mesh:?} in {}", dir.display());
@@ -219,6 +226,11 @@ fn up(
         println!("  SHOAL_SOCKET={}", node.socket.display());
         for addr in &node.addrs {
             println!("  listen {addr}");
+        }
+        if let Ok(status) = shoal_tests::status_json(&node.socket) {
+            if let Some(m) = status["metrics"].as_str() {
+                println!("  metrics http://{m}/metrics");
+            }
         }
         println!("  log    {}", node.log.display());
     }

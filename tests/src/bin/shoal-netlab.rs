@@ -15,7 +15,9 @@
 //! `up` makes the lab of [`shoal_tests::netlab`] (namespaces `shoal-netlab-<uid>-…`, node `i`
 //! at `10.77.0.<i+1>`), starts a node in each, bootstrapped from node 0, waits until every
 //! node sees every other, records everything in `$TMPDIR/shoal-netlab-$UID/state.json`, and
-//! prints how to attach a program to each node. The nodes outlive this command; `down` stops
+//! prints how to attach a program to each node and where it serves its Prometheus metrics
+//! (every address of its namespace, port 9464, unless the node arguments give `--metrics`).
+//! The nodes outlive this command; `down` stops
 //! exactly the recorded pids (each only while `/proc` still shows that `shoal node`), then
 //! removes the namespaces and directories it made.
 
@@ -273,9 +275,24 @@ fn node_options(settings: &Settings) -> NodeOptions {
         .cpus(settings.cpus);
     options.failure_timeout = settings.failure_timeout;
     options.extra_args = settings.node_args.iter().map(Into::into).collect();
+    if !settings
+        .node_args
+        .iter()
+        .any(|a| a.starts_with("--metrics"))
+    {
+        // Every address of the node's namespace: its lab address, for whatever scrapes from
+        // another namespace, and its loopback, for `scripts/netlab exec`.
+        options.extra_args.push("--metrics".into());
+        options
+            .extra_args
+            .push(format!("0.0.0.0:{METRICS_PORT}").into());
+    }
     options.new_session = true;
     options
 }
+
+/// The port every lab node serves its metrics on (each has an address of its own).
+const METRICS_PORT: u16 = 9464;
 
 /// Removes what a recorded lab left: its namespaces and directories (its nodes are stopped
 /// first by the caller).
@@ -364,6 +381,15 @@ fn up(
         );
         println!("  SHOAL_SOCKET={}", node.socket.display());
         println!("  namespace {}", state.network.namespace(i));
+        if let Ok(status) = shoal_tests::status_json(&node.socket) {
+            if let Some(m) = status["metrics"].as_str() {
+                let port = m.rsplit(':').next().unwrap_or_default();
+                println!(
+                    "  metrics   http://{}:{port}/metrics (in the lab: scripts/netlab exec {i} -- curl -s http://127.0.0.1:{port}/metrics)",
+                    state.network.addr(i)
+                );
+            }
+        }
         println!("  log       {}", node.log.display());
     }
     println!();

@@ -1,0 +1,731 @@
+//! The node's Prometheus endpoint (`--metrics ADDR`, off unless asked): `GET /metrics` over
+//! HTTP/1.1, in the OpenMetrics text format that Prometheus scrapes.
+//!
+//! A scrape asks the event loop for a [`Scrape`]: the node's status (gauges: workers, store,
+//! actors, resources, the mesh) and the core's counters and histograms
+//! ([`crate::core::metrics`]). prometheus-client encodes it through a collector, so nothing on
+//! the hot path touches a lock or an atomic: the core bumps plain counters, and a scrape
+//! copies them.
+//!
+//! Every name has the `shoal_` prefix and a base unit; counters end in `_total`; no label
+//! takes task, object or actor ids, and function and class names are bounded
+//! ([`crate::core::metrics::MAX_LABEL_VALUES`]).
+//!
+//! The server is as small as it can be: a request's head is read with a deadline and a size
+//! bound, parsed by `httparse`, answered, and the connection is closed; at most
+//! [`MAX_CONNECTIONS`] are served at once (others are closed unanswered, with a log line).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
+use shoal_protocol::NodeStatus;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::Event;
+use crate::core::metrics::{Histogram, MetricsSnapshot};
+
+/// Connections served at once.
+pub const MAX_CONNECTIONS: usize = 16;
+
+/// The largest request head read.
+const MAX_HEAD: usize = 8 * 1024;
+
+/// How long a client may take to send its request, and the node to answer.
+const DEADLINE: Duration = Duration::from_secs(5);
+
+/// The content type of the OpenMetrics text format.
+const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// What one scrape reads: the node's status and the core's counters.
+#[derive(Debug)]
+pub struct Scrape {
+    /// The node's status (gauges).
+    pub status: NodeStatus,
+    /// The core's counters and tasks by state.
+    pub core: MetricsSnapshot,
+    /// Object streams served to peers, and their bytes.
+    pub served: (u64, u64),
+}
+
+impl Scrape {
+    /// The scrape in the OpenMetrics text format, every name under `shoal_`.
+    pub fn encode(self) -> Result<String, std::fmt::Error> {
+        let mut registry = Registry::with_prefix("shoal");
+        registry.register_collector(Box::new(self));
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry)?;
+        Ok(out)
+    }
+}
+
+/// A metric with no labels.
+fn counter(
+    e: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    let m = e.encode_descriptor(name, help, unit, MetricType::Counter)?;
+    ConstCounter::new(value).encode(m)
+}
+
+fn gauge(
+    e: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    value: f64,
+) -> Result<(), std::fmt::Error> {
+    let m = e.encode_descriptor(name, help, unit, MetricType::Gauge)?;
+    encode_gauge(m, value)
+}
+
+/// A gauge's value: whole numbers (counts, bytes) without a fraction.
+fn encode_gauge(
+    m: prometheus_client::encoding::MetricEncoder<'_>,
+    value: f64,
+) -> Result<(), std::fmt::Error> {
+    if value.fract() == 0.0 && value.abs() < 9.0e15 {
+        ConstGauge::new(value as i64).encode(m)
+    } else {
+        ConstGauge::new(value).encode(m)
+    }
+}
+
+/// A labelled family: one sample per label set.
+fn family<L, const N: usize>(
+    e: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    kind: MetricType,
+    samples: impl IntoIterator<Item = ([(&'static str, L); N], f64)>,
+) -> Result<(), std::fmt::Error>
+where
+    L: prometheus_client::encoding::EncodeLabelValue,
+{
+    let mut m = e.encode_descriptor(name, help, unit, kind)?;
+    for (labels, value) in samples {
+        let sample = m.encode_family(&labels)?;
+        match kind {
+            MetricType::Counter => ConstCounter::new(value as u64).encode(sample)?,
+            _ => encode_gauge(sample, value)?,
+        }
+    }
+    Ok(())
+}
+
+fn histogram(
+    e: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    h: &Histogram,
+) -> Result<(), std::fmt::Error> {
+    let mut m = e.encode_descriptor(name, help, Some(&Unit::Seconds), MetricType::Histogram)?;
+    m.encode_histogram::<NoLabelSet>(h.sum, h.count, &h.buckets(), None)
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut e: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let s = &self.status;
+        let c = &self.core.counters;
+        let e = &mut e;
+        family(
+            e,
+            "build_info",
+            "The node's version and platform (always 1).",
+            None,
+            MetricType::Gauge,
+            [(
+                [
+                    ("version", env!("CARGO_PKG_VERSION").to_string()),
+                    ("target", env!("SHOAL_TARGET").to_string()),
+                ],
+                1.0,
+            )],
+        )?;
+        gauge(
+            e,
+            "uptime",
+            "Time since the node started.",
+            Some(&Unit::Seconds),
+            s.uptime_ms as f64 / 1000.0,
+        )?;
+        // Tasks.
+        family(
+            e,
+            "tasks",
+            "Tasks this node knows, by state (waiting_args, queued, running, at_peer) and \
+             function.",
+            None,
+            MetricType::Gauge,
+            self.core.tasks.iter().map(|(state, f, n)| {
+                (
+                    [("state", state.to_string()), ("function", f.clone())],
+                    *n as f64,
+                )
+            }),
+        )?;
+        family(
+            e,
+            "tasks_finished",
+            "Tasks (actor calls too) whose worker here reported their end, by function and \
+             outcome.",
+            None,
+            MetricType::Counter,
+            c.tasks_ended.iter().flat_map(|(f, n)| {
+                [
+                    (
+                        [("function", f.to_string()), ("outcome", "ok".to_string())],
+                        n.ok as f64,
+                    ),
+                    (
+                        [
+                            ("function", f.to_string()),
+                            ("outcome", "failed".to_string()),
+                        ],
+                        n.failed as f64,
+                    ),
+                ]
+            }),
+        )?;
+        counter(
+            e,
+            "tasks_submitted",
+            "Tasks submitted by local processes (actor calls too).",
+            None,
+            c.tasks_submitted,
+        )?;
+        counter(
+            e,
+            "tasks_received",
+            "Tasks received from peers to run here.",
+            None,
+            c.tasks_received,
+        )?;
+        counter(
+            e,
+            "tasks_spilled",
+            "Tasks sent to peers to run there (each sending).",
+            None,
+            c.tasks_spilled,
+        )?;
+        counter(
+            e,
+            "tasks_retried",
+            "Tasks run again after their worker or peer died or their result was lost.",
+            None,
+            c.tasks_retried,
+        )?;
+        histogram(
+            e,
+            "task_dispatch",
+            "From a task's arrival at this node to its hand-over to a worker.",
+            &c.dispatch_seconds,
+        )?;
+        // Actors.
+        let mut actors: std::collections::BTreeMap<(String, String), u64> = Default::default();
+        for a in &s.actors {
+            *actors
+                .entry((a.state.clone(), a.class.clone()))
+                .or_default() += 1;
+        }
+        family(
+            e,
+            "actors",
+            "Actors on this node, by state and class.",
+            None,
+            MetricType::Gauge,
+            actors
+                .into_iter()
+                .take(crate::core::metrics::MAX_LABEL_VALUES)
+                .map(|((state, class), n)| ([("state", state), ("class", class)], n as f64)),
+        )?;
+        histogram(
+            e,
+            "actor_call",
+            "From an actor call's arrival at the actor's node to its end.",
+            &c.actor_call_seconds,
+        )?;
+        // Objects and the store.
+        let o = &s.objects;
+        family(
+            e,
+            "object_store",
+            "Bytes of objects held here, by location: inline (in the node's memory), memory \
+             (the shared-memory store), spilled (on disk).",
+            Some(&Unit::Bytes),
+            MetricType::Gauge,
+            [
+                ([("location", "inline")], o.inline_bytes as f64),
+                ([("location", "memory")], o.store_used as f64),
+                ([("location", "spilled")], o.spilled_bytes as f64),
+            ],
+        )?;
+        gauge(
+            e,
+            "object_store_capacity",
+            "The shared-memory store's capacity.",
+            Some(&Unit::Bytes),
+            o.store_capacity as f64,
+        )?;
+        gauge(
+            e,
+            "objects",
+            "Objects this node knows (ready, pending or failed).",
+            None,
+            o.count as f64,
+        )?;
+        counter(
+            e,
+            "object_spills",
+            "Objects spilled to disk.",
+            None,
+            c.spills,
+        )?;
+        counter(
+            e,
+            "object_spilled",
+            "Bytes spilled to disk.",
+            Some(&Unit::Bytes),
+            c.spilled_bytes,
+        )?;
+        counter(
+            e,
+            "object_restores",
+            "Objects restored from disk.",
+            None,
+            c.restores,
+        )?;
+        counter(
+            e,
+            "object_restored",
+            "Bytes restored from disk.",
+            Some(&Unit::Bytes),
+            c.restored_bytes,
+        )?;
+        counter(
+            e,
+            "objects_reconstructed",
+            "Objects made again from their lineage.",
+            None,
+            c.reconstructions,
+        )?;
+        family(
+            e,
+            "object_transfers",
+            "Object transfers between peers: in (objects pulled here), out (streams served \
+             to peers, each a whole object or, for a pull from several holders, a part).",
+            None,
+            MetricType::Counter,
+            [
+                ([("direction", "in")], c.pulls as f64),
+                ([("direction", "out")], self.served.0 as f64),
+            ],
+        )?;
+        family(
+            e,
+            "object_transferred",
+            "Bytes of objects moved between peers: in (pulled here), out (served to peers).",
+            Some(&Unit::Bytes),
+            MetricType::Counter,
+            [
+                ([("direction", "in")], c.pulled_bytes as f64),
+                ([("direction", "out")], self.served.1 as f64),
+            ],
+        )?;
+        // Workers, processes and resources.
+        let mut workers: std::collections::BTreeMap<String, u64> = Default::default();
+        for w in &s.workers {
+            *workers.entry(w.state.clone()).or_default() += 1;
+        }
+        family(
+            e,
+            "workers",
+            "Worker processes, by state (starting, idle, busy, blocked, actor).",
+            None,
+            MetricType::Gauge,
+            workers
+                .into_iter()
+                .map(|(state, n)| ([("state", state)], n as f64)),
+        )?;
+        counter(
+            e,
+            "workers_started",
+            "Worker processes started.",
+            None,
+            c.workers_started,
+        )?;
+        counter(
+            e,
+            "worker_failures",
+            "Workers that died with tasks in flight, unasked.",
+            None,
+            c.workers_died,
+        )?;
+        gauge(
+            e,
+            "clients",
+            "Processes attached to the node (drivers, workers, CLI).",
+            None,
+            s.clients as f64,
+        )?;
+        family(
+            e,
+            "resources",
+            "Resources of this node, in all.",
+            None,
+            MetricType::Gauge,
+            s.resources_total
+                .0
+                .iter()
+                .map(|(name, milli)| ([("resource", name.clone())], *milli as f64 / 1000.0)),
+        )?;
+        family(
+            e,
+            "resources_free",
+            "Resources of this node not held by running tasks and actors.",
+            None,
+            MetricType::Gauge,
+            s.resources_free
+                .0
+                .iter()
+                .map(|(name, milli)| ([("resource", name.clone())], *milli as f64 / 1000.0)),
+        )?;
+        // The mesh.
+        counter(
+            e,
+            "peers_lost",
+            "Peers written off (their work retried elsewhere).",
+            None,
+            c.peers_lost,
+        )?;
+        if let Some(mesh) = &s.mesh {
+            let connected = mesh.peers.iter().filter(|p| p.connected).count();
+            family(
+                e,
+                "peers",
+                "Other peers in this node's view: connected, or known without a connection.",
+                None,
+                MetricType::Gauge,
+                [
+                    ([("state", "connected")], connected as f64),
+                    (
+                        [("state", "unconnected")],
+                        (mesh.peers.len() - connected) as f64,
+                    ),
+                ],
+            )?;
+            family(
+                e,
+                "gossip",
+                "Bytes of load reports published (out) and delivered here (in).",
+                Some(&Unit::Bytes),
+                MetricType::Counter,
+                [
+                    ([("direction", "in")], mesh.gossip_bytes_in as f64),
+                    ([("direction", "out")], mesh.gossip_bytes_out as f64),
+                ],
+            )?;
+        }
+        family(
+            e,
+            "refused_requests",
+            "Requests from peers refused since start (they may not make them), by kind.",
+            None,
+            MetricType::Counter,
+            s.refused
+                .iter()
+                .map(|(kind, n)| ([("kind", kind.clone())], *n as f64)),
+        )?;
+        Ok(())
+    }
+}
+
+/// Binds the metrics endpoint (before the node reports itself started, so a bad address is
+/// an error at start).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// Serves scrapes on `listener` until `stop`, asking the event loop behind `events` for each.
+pub async fn serve(listener: TcpListener, events: mpsc::Sender<Event>, stop: CancellationToken) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => break,
+            Some(done) = conns.join_next(), if !conns.is_empty() => {
+                if let Err(e) = done {
+                    tracing::warn!(error = %e, "a metrics connection failed");
+                }
+                continue;
+            }
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "accepting a metrics connection failed");
+                // Out of descriptors, say: give the others time to end.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "too many metrics connections at once; closing this one");
+            continue;
+        };
+        let events = events.clone();
+        let span = tracing::debug_span!("metrics_conn", %peer);
+        conns.spawn(
+            async move {
+                match tokio::time::timeout(DEADLINE, answer(stream, &events)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::debug!(error = %e, "metrics request not answered"),
+                    Err(_) => tracing::debug!("metrics request timed out"),
+                }
+                drop(slot);
+            }
+            .instrument(span),
+        );
+    }
+    conns.abort_all();
+    while conns.join_next().await.is_some() {}
+}
+
+/// An HTTP answer.
+struct Reply {
+    code: u16,
+    reason: &'static str,
+    content_type: &'static str,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    /// An answer in plain text (the errors).
+    fn text(code: u16, reason: &'static str, body: &str) -> Self {
+        Reply {
+            code,
+            reason,
+            content_type: "text/plain",
+            body: body.as_bytes().to_vec(),
+        }
+    }
+}
+
+/// Reads one request and answers it.
+async fn answer(mut stream: TcpStream, events: &mpsc::Sender<Event>) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(1024);
+    let head_len = loop {
+        let mut chunk = [0u8; 1024];
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break Some(i + 4);
+        }
+        if buf.len() > MAX_HEAD {
+            break None;
+        }
+    };
+    let (reply, head_only) = match head_len {
+        Some(len) => route(&buf[..len], events).await,
+        None => (
+            Reply::text(
+                431,
+                "Request Header Fields Too Large",
+                "request head too large\n",
+            ),
+            false,
+        ),
+    };
+    respond(&mut stream, reply, head_only).await
+}
+
+/// The answer to the request whose head is `head`, and whether it is a `HEAD` (answered
+/// without a body).
+async fn route(head: &[u8], events: &mpsc::Sender<Event>) -> (Reply, bool) {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut req = httparse::Request::new(&mut headers);
+    let (method, path) = match req.parse(head) {
+        Ok(httparse::Status::Complete(_)) => {
+            (req.method.unwrap_or_default(), req.path.unwrap_or_default())
+        }
+        Ok(httparse::Status::Partial) | Err(_) => {
+            tracing::debug!("malformed metrics request");
+            return (
+                Reply::text(400, "Bad Request", "malformed request\n"),
+                false,
+            );
+        }
+    };
+    let head_only = method == "HEAD";
+    if method != "GET" && !head_only {
+        return (Reply::text(405, "Method Not Allowed", "only GET\n"), false);
+    }
+    if path.split('?').next() != Some("/metrics") {
+        let reply = Reply::text(404, "Not Found", "metrics are at /metrics\n");
+        return (reply, head_only);
+    }
+    let (tx, rx) = oneshot::channel();
+    let scrape = match events.send(Event::Metrics(tx)).await {
+        Ok(()) => rx.await.ok(),
+        Err(_) => None,
+    };
+    let reply = match scrape.map(|s| s.encode()) {
+        Some(Ok(body)) => Reply {
+            code: 200,
+            reason: "OK",
+            content_type: CONTENT_TYPE,
+            body: body.into_bytes(),
+        },
+        Some(Err(_)) => {
+            tracing::warn!("encoding the metrics failed");
+            Reply::text(500, "Internal Server Error", "encoding failed\n")
+        }
+        None => Reply::text(503, "Service Unavailable", "the node is stopping\n"),
+    };
+    (reply, head_only)
+}
+
+/// Writes a whole answer (without its body for a `HEAD`) and closes the connection.
+async fn respond(stream: &mut TcpStream, reply: Reply, head_only: bool) -> std::io::Result<()> {
+    let Reply {
+        code,
+        reason,
+        content_type,
+        body,
+    } = reply;
+    let head = format!(
+        "HTTP/1.1 {code} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    if !head_only {
+        stream.write_all(&body).await?;
+    }
+    stream.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use shoal_protocol::{ActorId, ActorStatus, NodeId, ObjectStats, ResourceSet, WorkerStatus};
+
+    use super::*;
+    use crate::core::metrics::CoreMetrics;
+
+    fn status() -> NodeStatus {
+        NodeStatus {
+            node_id: NodeId([1; 16]),
+            pid: 1,
+            socket: "/s".into(),
+            store_dir: "/d".into(),
+            embedded: false,
+            uptime_ms: 1500,
+            resources_total: ResourceSet::cpus(2.0).with("gpu", 1.0),
+            resources_free: ResourceSet::cpus(0.5),
+            workers: ["busy", "busy", "idle"]
+                .into_iter()
+                .enumerate()
+                .map(|(i, s)| WorkerStatus {
+                    id: i as u64,
+                    pid: 0,
+                    binary: shoal_protocol::BinaryId([0; 32]),
+                    state: s.into(),
+                    tasks_done: 0,
+                })
+                .collect(),
+            tasks_queued: 0,
+            tasks_running: 0,
+            tasks_finished: 0,
+            clients: 3,
+            objects: ObjectStats {
+                store_used: 4096,
+                store_capacity: 1 << 20,
+                spilled_bytes: 100,
+                ..Default::default()
+            },
+            actors: vec![ActorStatus {
+                actor_id: ActorId([2; 16]),
+                class: "m::Counter".into(),
+                name: None,
+                state: "alive".into(),
+                incarnation: 0,
+                pid: 0,
+                calls_pending: 0,
+                calls_done: 0,
+            }],
+            mesh: None,
+            refused: vec![("release".into(), 2)],
+            metrics: None,
+        }
+    }
+
+    #[test]
+    fn a_scrape_is_openmetrics_text_with_the_prefix_units_and_totals() {
+        let mut counters = CoreMetrics {
+            tasks_submitted: 7,
+            pulled_bytes: 1 << 20,
+            ..Default::default()
+        };
+        counters.tasks_ended.entry("m::f").ok = 5;
+        counters.tasks_ended.entry("m::f").failed = 1;
+        counters.dispatch_seconds.observe(0.0002);
+        counters.dispatch_seconds.observe(30.0);
+        let scrape = Scrape {
+            status: status(),
+            core: MetricsSnapshot {
+                counters,
+                tasks: vec![("queued", "m::f".into(), 2)],
+            },
+            served: (1, 512),
+        };
+        let text = scrape.encode().unwrap();
+        for line in [
+            "# TYPE shoal_tasks_submitted counter",
+            "shoal_tasks_submitted_total 7",
+            "shoal_tasks_finished_total{function=\"m::f\",outcome=\"ok\"} 5",
+            "shoal_tasks_finished_total{function=\"m::f\",outcome=\"failed\"} 1",
+            "shoal_tasks{state=\"queued\",function=\"m::f\"} 2",
+            "# TYPE shoal_task_dispatch_seconds histogram",
+            "shoal_task_dispatch_seconds_count 2",
+            "shoal_task_dispatch_seconds_bucket{le=\"0.00025\"} 1",
+            "shoal_task_dispatch_seconds_bucket{le=\"10.0\"} 1",
+            "shoal_task_dispatch_seconds_bucket{le=\"+Inf\"} 2",
+            "shoal_object_transferred_bytes_total{direction=\"in\"} 1048576",
+            "shoal_object_transferred_bytes_total{direction=\"out\"} 512",
+            "shoal_object_store_bytes{location=\"memory\"} 4096",
+            "shoal_workers{state=\"busy\"} 2",
+            "shoal_actors{state=\"alive\",class=\"m::Counter\"} 1",
+            "shoal_resources{resource=\"gpu\"} 1",
+            "shoal_resources_free{resource=\"CPU\"} 0.5",
+            "shoal_refused_requests_total{kind=\"release\"} 2",
+            "shoal_uptime_seconds 1.5",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "no line {line:?} in:\n{text}"
+            );
+        }
+        assert!(text.contains("shoal_build_info{version="), "{text}");
+        assert!(text.ends_with("# EOF\n"));
+        // Without a mesh, no peer metrics.
+        assert!(!text.contains("shoal_peers{"));
+    }
+}

@@ -119,9 +119,10 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
             path: config.socket.clone(),
             source,
         })?;
+    // Bound before the node reports itself started: a bad address is an error at start.
     let metrics = match config.metrics {
         Some(addr) => Some(
-            runtime::metrics::bind(addr)
+            tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|source| NodeError::Metrics { addr, source })?,
         ),

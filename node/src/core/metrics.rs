@@ -72,14 +72,17 @@ impl<T> Default for Labelled<T> {
 impl<T: Default> Labelled<T> {
     /// The entry of `value`, or of [`OTHER`] once as many values are kept apart as allowed.
     pub fn entry(&mut self, value: &str) -> &mut T {
-        if !self.by.contains_key(value) && self.by.len() >= MAX_LABEL_VALUES {
-            return self.by.entry(OTHER.to_string()).or_default();
-        }
-        // Looked up before: a known value costs no allocation.
+        // A known value costs no allocation (looked up twice: the borrow checker does not yet
+        // let a `get_mut` that missed fall through to an insertion).
         if self.by.contains_key(value) {
             return self.by.get_mut(value).expect("looked up just before");
         }
-        self.by.entry(value.to_string()).or_default()
+        let key = if self.by.len() >= MAX_LABEL_VALUES {
+            OTHER
+        } else {
+            value
+        };
+        self.by.entry(key.to_string()).or_default()
     }
 
     /// Every value and its entry, in order.

@@ -792,12 +792,8 @@ impl NodeCore {
         metrics::MetricsSnapshot {
             counters: self.metrics.clone(),
             tasks: tasks
-                .into_iter()
-                .flat_map(|(state, by)| {
-                    by.iter()
-                        .map(|(f, n)| (state, f.to_string(), *n))
-                        .collect::<Vec<_>>()
-                })
+                .iter()
+                .flat_map(|(state, by)| by.iter().map(|(f, n)| (*state, f.to_string(), *n)))
                 .collect(),
         }
     }

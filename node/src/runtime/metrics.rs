@@ -15,7 +15,6 @@
 //! bound, parsed by `httparse`, answered, and the connection is closed; at most
 //! [`MAX_CONNECTIONS`] are served at once (others are closed unanswered, with a log line).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::Event;
-use crate::core::metrics::{Histogram, MetricsSnapshot};
+use crate::core::metrics::{Histogram, Labelled, MetricsSnapshot};
 
 /// Connections served at once.
 pub const MAX_CONNECTIONS: usize = 16;
@@ -236,11 +235,10 @@ impl Collector for Scrape {
             &c.dispatch_seconds,
         )?;
         // Actors.
-        let mut actors: std::collections::BTreeMap<(String, String), u64> = Default::default();
+        // Classes come from programs: bounded as the core bounds function names.
+        let mut actors: std::collections::BTreeMap<&str, Labelled<u64>> = Default::default();
         for a in &s.actors {
-            *actors
-                .entry((a.state.clone(), a.class.clone()))
-                .or_default() += 1;
+            *actors.entry(&a.state).or_default().entry(&a.class) += 1;
         }
         family(
             e,
@@ -248,10 +246,14 @@ impl Collector for Scrape {
             "Actors on this node, by state and class.",
             None,
             MetricType::Gauge,
-            actors
-                .into_iter()
-                .take(crate::core::metrics::MAX_LABEL_VALUES)
-                .map(|((state, class), n)| ([("state", state), ("class", class)], n as f64)),
+            actors.iter().flat_map(|(state, by)| {
+                by.iter().map(|(class, n)| {
+                    (
+                        [("state", state.to_string()), ("class", class.to_string())],
+                        *n as f64,
+                    )
+                })
+            }),
         )?;
         histogram(
             e,
@@ -452,12 +454,6 @@ impl Collector for Scrape {
         )?;
         Ok(())
     }
-}
-
-/// Binds the metrics endpoint (before the node reports itself started, so a bad address is
-/// an error at start).
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
 }
 
 /// Serves scrapes on `listener` until `stop`, asking the event loop behind `events` for each.

@@ -16,13 +16,17 @@
 //! shoal publisher init [--key FILE]
 //! shoal publisher show [--key FILE]
 //! shoal sign BINARY [--key FILE] [--target TRIPLE]
+//! shoal list tasks|actors|objects|peers|workers [--filter KEY=VALUE]... [--limit N] [ASK]
+//! shoal summary tasks|actors|objects [--filter KEY=VALUE]... [ASK]
+//! shoal get task|actor|object|worker|peer ID [ASK]
+//! shoal timeline [--out FILE] [--limit N] [ASK]
+//!   (ASK: [--json] [--timeout SECS] [--local] [--socket PATH])
 //! shoal status [--json] [--socket PATH]
 //! shoal objects [--json] [--socket PATH]
 //! shoal peers [--json] [--socket PATH]
 //! ```
 
 use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -30,10 +34,10 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use shoal_node::auth::{self, keyfile};
 use shoal_node::config::{default_socket_path, NodeConfig};
-use shoal_protocol::{
-    frame, ClientId, Hello, NodeStatus, ObjectInfo, ResourceSet, Role, ToClient, ToNode, MAGIC,
-    PROTOCOL_VERSION,
-};
+use shoal_protocol::state::{StateKind, StateQuery};
+use shoal_protocol::{NodeStatus, ObjectInfo, ResourceSet, ToClient, ToNode};
+
+mod cli;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -87,6 +91,54 @@ enum Command {
         #[arg(long)]
         socket: Option<PathBuf>,
     },
+    /// List tasks, actors, objects, peers or workers of the whole mesh (as `ray list`): the
+    /// node asks every peer it knows, and says which did not answer in time.
+    List {
+        /// tasks, actors, objects, peers or workers.
+        kind: StateKind,
+        /// Only rows whose field KEY is (or with `!=`, is not) VALUE; ids match by prefix.
+        /// Repeat for several. `--filter help` lists the fields.
+        #[arg(long, value_name = "KEY=VALUE")]
+        filter: Vec<String>,
+        /// Rows to show at most (the newest tasks, the largest objects first).
+        #[arg(long, default_value_t = shoal_protocol::state::DEFAULT_STATE_LIMIT)]
+        limit: u32,
+        #[command(flatten)]
+        ask: AskArgs,
+    },
+    /// Count tasks by function, actors by class, or objects by location, over the mesh, by
+    /// state (as `ray summary`).
+    Summary {
+        /// tasks, actors or objects.
+        kind: StateKind,
+        /// Only rows whose field KEY is (or with `!=`, is not) VALUE.
+        #[arg(long, value_name = "KEY=VALUE")]
+        filter: Vec<String>,
+        #[command(flatten)]
+        ask: AskArgs,
+    },
+    /// Show one task, actor, object, worker or peer of the mesh, every field (an object has
+    /// a row per peer that holds it). A unique start of the id is enough.
+    Get {
+        /// task, actor, object, worker or peer.
+        kind: StateKind,
+        /// Its id, or the start of it.
+        id: String,
+        #[command(flatten)]
+        ask: AskArgs,
+    },
+    /// Write the mesh's recent tasks as a Chrome trace (as `ray timeline`): open it in
+    /// Perfetto (https://ui.perfetto.dev) or chrome://tracing.
+    Timeline {
+        /// Where to write it.
+        #[arg(long, default_value = "shoal-timeline.json")]
+        out: PathBuf,
+        /// Tasks to include at most (the newest).
+        #[arg(long, default_value_t = shoal_protocol::state::MAX_STATE_LIMIT)]
+        limit: u32,
+        #[command(flatten)]
+        ask: AskArgs,
+    },
     /// List the node's objects (as `ray memory`): size, owner, what keeps each alive, and
     /// where it is (inline, memory, disk).
     Objects {
@@ -97,6 +149,48 @@ enum Command {
         #[arg(long)]
         socket: Option<PathBuf>,
     },
+}
+
+/// How a question about the mesh is asked.
+#[derive(clap::Args, Debug)]
+struct AskArgs {
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Seconds to wait for the other peers; those that did not answer are named.
+    #[arg(long, default_value_t = 5.0)]
+    timeout: f64,
+    /// Ask this node only, not the mesh.
+    #[arg(long)]
+    local: bool,
+    /// The node's socket [default: $SHOAL_SOCKET or the per-user default].
+    #[arg(long)]
+    socket: Option<PathBuf>,
+}
+
+impl AskArgs {
+    /// The socket and the wait, checked.
+    fn parts(&self) -> Result<(PathBuf, Duration)> {
+        if !(self.timeout > 0.0 && self.timeout <= 60.0) {
+            bail!("--timeout must be a number of seconds in (0, 60]");
+        }
+        let socket = self.socket.clone().unwrap_or_else(default_socket_path);
+        Ok((socket, Duration::from_secs_f64(self.timeout)))
+    }
+}
+
+/// Runs a state command with its asking options.
+fn with_ask(
+    args: &AskArgs,
+    f: impl FnOnce(&cli::state::Ask<'_>, bool) -> Result<()>,
+) -> Result<()> {
+    let (socket, timeout) = args.parts()?;
+    let ask = cli::state::Ask {
+        socket: &socket,
+        timeout,
+        local: args.local,
+    };
+    f(&ask, args.json)
 }
 
 #[derive(Subcommand, Debug)]
@@ -348,7 +442,42 @@ fn parse_resource(s: &str) -> Result<(String, f64), String> {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Node(_)) {
+        // A command whose output is piped into `head` ends quietly when the reader does,
+        // as other Unix tools do (not with a panic on a broken pipe). The node keeps the
+        // default of ignoring SIGPIPE: its sockets report a gone peer as an error.
+        // SAFETY: setting a signal's disposition to the default, before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     match cli.command {
+        Command::List {
+            kind,
+            filter,
+            limit,
+            ask,
+        } => {
+            if filter.iter().any(|f| f == "help") {
+                println!("fields of {kind}: {}", kind.fields().join(", "));
+                return Ok(());
+            }
+            let mut query = StateQuery::new(kind);
+            query.filters = cli::state::filters(&filter)?;
+            query.limit = limit;
+            with_ask(&ask, |a, json| cli::state::list(a, query, json))
+        }
+        Command::Summary { kind, filter, ask } => {
+            let mut query = StateQuery::new(kind);
+            query.filters = cli::state::filters(&filter)?;
+            with_ask(&ask, |a, json| cli::state::summary(a, query, json))
+        }
+        Command::Get { kind, id, ask } => {
+            with_ask(&ask, |a, json| cli::state::get(a, kind, &id, json))
+        }
+        Command::Timeline { out, limit, ask } => {
+            with_ask(&ask, |a, _| cli::state::timeline(a, &out, limit))
+        }
         Command::Node(args) => run_node(*args),
         Command::Mesh(cmd) => mesh_command(cmd),
         Command::Publisher(cmd) => publisher_command(cmd),
@@ -359,7 +488,8 @@ fn main() -> Result<()> {
         } => sign(&binary, key, target),
         Command::Status { json, socket } => {
             let socket = socket.unwrap_or_else(default_socket_path);
-            let ToClient::Status { status, .. } = ask(&socket, ToNode::Status { request: 1 })?
+            let ToClient::Status { status, .. } =
+                cli::ask(&socket, ToNode::Status { request: 1 }, cli::WAIT)?
             else {
                 bail!("unexpected answer");
             };
@@ -372,7 +502,8 @@ fn main() -> Result<()> {
         }
         Command::Peers { json, socket } => {
             let socket = socket.unwrap_or_else(default_socket_path);
-            let ToClient::Status { status, .. } = ask(&socket, ToNode::Status { request: 1 })?
+            let ToClient::Status { status, .. } =
+                cli::ask(&socket, ToNode::Status { request: 1 }, cli::WAIT)?
             else {
                 bail!("unexpected answer");
             };
@@ -389,7 +520,8 @@ fn main() -> Result<()> {
         }
         Command::Objects { json, socket } => {
             let socket = socket.unwrap_or_else(default_socket_path);
-            let ToClient::Objects { objects, .. } = ask(&socket, ToNode::Objects { request: 1 })?
+            let ToClient::Objects { objects, .. } =
+                cli::ask(&socket, ToNode::Objects { request: 1 }, cli::WAIT)?
             else {
                 bail!("unexpected answer");
             };
@@ -458,10 +590,11 @@ fn print_objects(objects: &[ObjectInfo]) {
         "{:<16} {:>12} {:<16} {:>7} {:<12} pinned by",
         "object", "bytes", "owner", "holders", "location"
     );
-    for o in objects {
+    let ids = cli::short_ids(objects.iter().map(|o| o.id.to_hex()), 16);
+    for (o, id) in objects.iter().zip(ids) {
         println!(
             "{:<16} {:>12} {:<16} {:>7} {:<12} {}",
-            &o.id.to_hex()[..16],
+            id,
             o.size,
             o.owner.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
             o.holders,
@@ -605,50 +738,6 @@ fn run_node(args: NodeArgs) -> Result<()> {
 
 /// Sends one request to the node on `socket`, over the same protocol drivers use, and returns
 /// its answer.
-fn ask(socket: &std::path::Path, request: ToNode) -> Result<ToClient> {
-    let mut stream = UnixStream::connect(socket)
-        .with_context(|| format!("no node is listening on {}", socket.display()))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let max = frame::DEFAULT_MAX_FRAME;
-    let mut out = Vec::new();
-    let hello = Hello {
-        magic: MAGIC,
-        version: PROTOCOL_VERSION,
-        role: Role::Cli,
-        pid: std::process::id(),
-        client: ClientId(u64::from(std::process::id()) << 32 | 0xc11),
-        binary: None,
-    };
-    frame::encode_frame(&mut out, &ToNode::Hello(hello), max)?;
-    frame::encode_frame(&mut out, &request, max)?;
-    // A node that refuses us may close before taking our bytes: its reason is still there
-    // to read.
-    let written = stream.write_all(&out);
-    let mut frames = frame::FrameDecoder::new(max);
-    let mut chunk = [0u8; 64 * 1024];
-    loop {
-        while let Some(msg) = frames.next_message::<ToClient>()? {
-            match msg {
-                ToClient::Status { .. } | ToClient::Objects { .. } => return Ok(msg),
-                ToClient::Rejected { reason } => bail!("the node refused us: {reason}"),
-                _ => {}
-            }
-        }
-        let n = match stream.read(&mut chunk) {
-            Ok(n) => n,
-            Err(e) => {
-                written.with_context(|| format!("talking to the node on {}", socket.display()))?;
-                return Err(e.into());
-            }
-        };
-        if n == 0 {
-            written.with_context(|| format!("talking to the node on {}", socket.display()))?;
-            bail!("the node closed the connection");
-        }
-        frames.extend(&chunk[..n]);
-    }
-}
-
 fn resources_json(r: &ResourceSet) -> serde_json::Value {
     r.0.iter()
         .map(|(k, v)| (k.clone(), serde_json::json!(*v as f64 / 1000.0)))
@@ -743,24 +832,22 @@ fn print_status(s: &NodeStatus) {
         );
     }
     println!("workers   {}", s.workers.len());
-    for w in &s.workers {
+    let binaries = cli::short_ids(s.workers.iter().map(|w| w.binary.to_hex()), 12);
+    for (w, binary) in s.workers.iter().zip(binaries) {
         println!(
             "  #{:<4} pid {:<8} {:<8} {:>8} tasks  binary {}",
-            w.id,
-            w.pid,
-            w.state,
-            w.tasks_done,
-            &w.binary.to_hex()[..12]
+            w.id, w.pid, w.state, w.tasks_done, binary
         );
     }
     if let Some(mesh) = &s.mesh {
         print_peers(mesh);
     }
     println!("actors    {}", s.actors.len());
-    for a in &s.actors {
+    let ids = cli::short_ids(s.actors.iter().map(|a| a.actor_id.to_hex()), 12);
+    for (a, id) in s.actors.iter().zip(ids) {
         println!(
             "  {} {:<10} pid {:<8} restarts {:<3} {:>8} calls done, {} pending  {}{}",
-            &a.actor_id.to_hex()[..12],
+            id,
             a.state,
             a.pid,
             a.incarnation,

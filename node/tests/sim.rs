@@ -952,3 +952,143 @@ fn an_actor_is_called_and_killed_only_with_a_handle() {
     );
     assert_clean(sim);
 }
+
+/// The rows of a `shoal list` asked of driver `d`'s node, once answered.
+fn list(
+    sim: &mut Sim,
+    d: usize,
+    query: shoal_protocol::state::StateQuery,
+) -> shoal_protocol::state::StateReply {
+    let request = sim.ask_state(d, query, Duration::from_secs(1));
+    sim.run_for(Duration::from_millis(1_100));
+    let reply = sim
+        .state_reply(d, request)
+        .expect("answered by the deadline");
+    *reply.clone().expect("a good query")
+}
+
+#[test]
+fn every_peer_lists_and_summarizes_the_same_tasks_and_marks_a_silent_one() {
+    use shoal_protocol::state::{StateKind, StateQuery, StateRows, TaskState};
+    use std::collections::BTreeMap;
+
+    let mut sim = mesh(&[1.0, 1.0, 1.0]);
+    let drivers: Vec<usize> = (0..3).map(|n| sim.driver(n)).collect();
+    sim.run_for(Duration::from_secs(1));
+    let keys: Vec<String> = (0..3).map(|n| sim.key(n).to_string()).collect();
+    let mut ids = Vec::new();
+    for i in 0..12u8 {
+        ids.push(sim.submit(
+            0,
+            "sleep:1000",
+            vec![SimArg::Value(vec![i])],
+            TaskOpts::default(),
+        ));
+    }
+    for i in 0..3u8 {
+        ids.push(sim.submit(
+            1,
+            "panic",
+            vec![SimArg::Value(vec![i])],
+            TaskOpts::default(),
+        ));
+    }
+    sim.run_for(Duration::from_millis(1_500));
+
+    // While they run: one running task per one-CPU peer, the others wait with a reason.
+    let mut running = StateQuery::new(StateKind::Tasks);
+    running.filters = vec!["state=running".parse().unwrap()];
+    let r = list(&mut sim, drivers[2], running);
+    assert!(!r.partial(), "{r:?}");
+    let StateRows::Tasks(rows) = &r.rows else {
+        panic!("tasks")
+    };
+    assert_eq!(rows.len(), 3, "{rows:#?}");
+    let mut nodes: Vec<&str> = rows.iter().map(|t| t.node.as_str()).collect();
+    nodes.sort();
+    nodes.dedup();
+    assert_eq!(nodes.len(), 3, "one on each peer: {rows:#?}");
+    let mut pending = StateQuery::new(StateKind::Tasks);
+    pending.filters = vec!["state=pending_node_assignment".parse().unwrap()];
+    let r = list(&mut sim, drivers[1], pending);
+    let StateRows::Tasks(rows) = &r.rows else {
+        panic!("tasks")
+    };
+    assert!(!rows.is_empty());
+    assert!(rows.iter().all(|t| t.reason.is_some()), "{rows:#?}");
+
+    sim.run_for(Duration::from_secs(10));
+    assert_eq!(sim.waiting(0) + sim.waiting(1), 0);
+
+    // Every peer tells the same 15 tasks, each once, from where it ran.
+    let mut all = StateQuery::new(StateKind::Tasks);
+    all.limit = 1_000;
+    let mut seen: Option<BTreeMap<String, (String, TaskState)>> = None;
+    for &d in &drivers {
+        let r = list(&mut sim, d, all.clone());
+        assert!(!r.partial());
+        assert_eq!(r.answered.len(), 3);
+        assert_eq!(r.matched, 15);
+        let StateRows::Tasks(rows) = &r.rows else {
+            panic!("tasks")
+        };
+        let got: BTreeMap<String, (String, TaskState)> = rows
+            .iter()
+            .map(|t| (t.task_id.to_hex(), (t.node.clone(), t.state)))
+            .collect();
+        assert_eq!(got.len(), 15);
+        for (n, key) in keys.iter().enumerate() {
+            let here = got.values().filter(|(node, _)| node == key).count() as u64;
+            assert_eq!(here, sim.runs_on(n), "tasks told by peer {n}");
+        }
+        let failed = got
+            .values()
+            .filter(|(_, s)| *s == TaskState::Failed)
+            .count();
+        assert_eq!(failed, 3);
+        assert!(rows.iter().all(|t| t.times.ended_ago_us.is_some()));
+        if let Some(before) = &seen {
+            assert_eq!(before, &got, "driver {d} sees what the others see");
+        }
+        seen = Some(got);
+    }
+
+    // Summaries agree too.
+    let mut summary = StateQuery::new(StateKind::Tasks);
+    summary.summary = true;
+    for &d in &drivers {
+        let r = list(&mut sim, d, summary.clone());
+        let counts: Vec<(&str, &str, u64)> = r
+            .summary
+            .iter()
+            .map(|s| (s.group.as_str(), s.state.as_str(), s.count))
+            .collect();
+        assert_eq!(
+            counts,
+            vec![("panic", "FAILED", 3), ("sleep:1000", "FINISHED", 12)]
+        );
+    }
+
+    // Each peer tells itself.
+    let r = list(&mut sim, drivers[0], StateQuery::new(StateKind::Peers));
+    let StateRows::Peers(rows) = &r.rows else {
+        panic!("peers")
+    };
+    let mut told: Vec<String> = rows.iter().map(|p| p.node.clone()).collect();
+    told.sort();
+    let mut want = keys.clone();
+    want.sort();
+    assert_eq!(told, want);
+
+    // A peer cut off from the asker does not answer: the answer says so.
+    sim.partition(0, 2);
+    let r = list(&mut sim, drivers[0], all.clone());
+    assert!(r.partial());
+    assert_eq!(r.missing, vec![keys[2].clone()]);
+    let StateRows::Tasks(rows) = &r.rows else {
+        panic!("tasks")
+    };
+    assert!(rows.iter().all(|t| t.node != keys[2]));
+    sim.heal(0, 2);
+    assert_clean(sim);
+}

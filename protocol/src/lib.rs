@@ -9,6 +9,7 @@
 //! - [`env`](mod@env): the environment variables a node starts its worker processes with.
 //! - [`messages`]: what travels in the frames ([`ToNode`], [`ToClient`]) and the values they
 //!   carry (task specs, objects, typed task errors, node status).
+//! - [`state`]: the state API's questions, rows and their merging (`shoal list`).
 //!
 //! This crate has no async runtime and no networking in its dependency tree (CI checks it),
 //! so every decoder here is tested with plain byte slices.
@@ -32,6 +33,7 @@ pub mod frame;
 pub mod ids;
 pub mod mesh;
 pub mod messages;
+pub mod state;
 
 pub use codec::{DecodeError, EncodeError};
 pub use frame::FrameError;
@@ -44,7 +46,7 @@ pub use messages::*;
 /// Four bytes at the start of every handshake, so a stray client is recognised at once.
 pub const MAGIC: [u8; 4] = *b"SHOL";
 /// Bumped on every incompatible change of [`messages`].
-pub const PROTOCOL_VERSION: u16 = 8;
+pub const PROTOCOL_VERSION: u16 = 9;
 /// The status a worker exits with when it stops a task it runs on [`ToClient::Cancel`]:
 /// nothing queued behind that task had started.
 pub const CANCELLED_EXIT: i32 = 87;

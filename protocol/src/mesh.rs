@@ -319,6 +319,21 @@ pub enum PeerMsg {
         /// The actor, if a live one has the name here.
         actor: Option<ActorInfo>,
     },
+    /// What do you hold? (`shoal list|summary|get` asked at the sender; answered by
+    /// [`PeerMsg::StateAnswer`]).
+    StateQuery {
+        /// The sender's number for the question.
+        query: u64,
+        /// The question.
+        q: crate::state::StateQuery,
+    },
+    /// Answer to [`PeerMsg::StateQuery`]: the rows of what the sender holds, or why not.
+    StateAnswer {
+        /// The asker's number.
+        query: u64,
+        /// The answer.
+        answer: Result<Box<crate::state::StateAnswer>, crate::state::StateError>,
+    },
 }
 
 /// A task sent to another peer.

@@ -809,6 +809,19 @@ pub enum ToNode {
         /// The name.
         name: String,
     },
+    /// Ask the state of the mesh (`shoal list|summary|get`): the node answers what it holds
+    /// and asks every other peer it knows, waiting `timeout_ms` at most for them. Answered
+    /// by [`ToClient::State`].
+    State {
+        /// Request number.
+        request: u64,
+        /// The question.
+        query: crate::state::StateQuery,
+        /// How long to wait for the other peers, in milliseconds.
+        timeout_ms: u32,
+        /// Answer for this node alone, asking no peer.
+        local: bool,
+    },
 }
 
 /// A node → an attached process.
@@ -869,6 +882,13 @@ pub enum ToClient {
         request: u64,
         /// The actor, if a live one has the name.
         actor: Option<ActorInfo>,
+    },
+    /// Answer to [`ToNode::State`].
+    State {
+        /// Request number.
+        request: u64,
+        /// The merged answer of the peers that answered, or why there is none.
+        reply: Result<Box<crate::state::StateReply>, crate::state::StateError>,
     },
     /// Stop `task` if this worker is running it (workers only): the worker exits at once
     /// with [`crate::CANCELLED_EXIT`], having started nothing after it, so the tasks queued

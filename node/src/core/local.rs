@@ -90,6 +90,7 @@ impl NodeCore {
             return;
         };
         tracing::debug!(conn, role = ?p.role, "detached");
+        self.state_detached(conn);
         self.store_abort_holder(Holder::Proc(conn));
         if let Some(w) = p.worker {
             self.worker_conns.remove(&w);
@@ -311,6 +312,12 @@ impl NodeCore {
             ToNode::Status { request } => {
                 self.out.push_back(Output::Status { conn, request });
             }
+            ToNode::State {
+                request,
+                query,
+                timeout_ms,
+                local,
+            } => self.state_asked(now, conn, request, query, timeout_ms, local),
             ToNode::ActorStarted { actor, result } => {
                 let hosting = self
                     .procs
@@ -325,6 +332,9 @@ impl NodeCore {
                     Ok(()) => {
                         tracing::info!(actor = %actor, pid, "actor started");
                         self.actors.started(actor, pid);
+                        if let Some(task) = self.actors.get(&actor).map(|a| a.create_task) {
+                            self.record_end(now, task, None);
+                        }
                     }
                     Err(e) => {
                         let message = e.to_string();
@@ -373,6 +383,12 @@ impl NodeCore {
 
     fn worker_of(&self, conn: ConnId) -> Option<WorkerId> {
         self.procs.get(&conn).and_then(|c| c.worker)
+    }
+
+    /// A worker's process id, once it is attached.
+    fn worker_pid(&self, worker: WorkerId) -> Option<u32> {
+        let conn = self.worker_conns.get(&worker)?;
+        self.procs.get(conn).map(|p| p.pid)
     }
 
     /// Sends `party` object `id` now if it is ready, when it is otherwise (getting a copy
@@ -478,6 +494,8 @@ impl NodeCore {
             self.fail_task(now, t, error.clone());
         }
         self.sched.end_actor(now, create_task);
+        // A creation that never finished fails with the actor (recorded once).
+        self.record_end(now, create_task, Some(error.to_string()));
         self.forget_if_peers(actor, create_task, error);
         self.finish_task(now, create_task);
     }
@@ -583,9 +601,12 @@ impl NodeCore {
         });
         if let Some(worker) = worker {
             let conn = self.worker_conns.get(&worker).copied();
+            let pid = self.worker_pid(worker);
             for t in calls {
                 if let Some(e) = self.tasks.get_mut(&t) {
                     e.sent = true;
+                    e.started = Some(now);
+                    e.worker_pid = pid;
                 }
                 match self.exec_for(t) {
                     Ok(Exec::Ready(exec)) => match conn {
@@ -787,9 +808,11 @@ impl NodeCore {
 
     /// Every argument of `task` is ready: run it, create its actor or let its call go.
     pub(super) fn deps_ready(&mut self, now: Instant, task: TaskId) {
-        let Some(entry) = self.tasks.get(&task) else {
+        let Some(entry) = self.tasks.get_mut(&task) else {
             return;
         };
+        entry.ready.get_or_insert(now);
+        let entry = &*entry;
         match &entry.spec.kind {
             // Here or at a peer with room.
             TaskKind::Function | TaskKind::CreateActor(_) => self.place_task(now, task),
@@ -994,6 +1017,11 @@ impl NodeCore {
             }
             None => (None, ObjectId::for_return(task, 0)),
         };
+        let error = match &outcome {
+            TaskOutcome::Ok(_) => None,
+            TaskOutcome::Err(e) => Some(e.to_string()),
+        };
+        self.record_end(now, task, error);
         let _entered = span.as_ref().map(|s| s.enter());
         let mut actor = None;
         if let Some(w) = self.worker_of(conn) {
@@ -1144,6 +1172,7 @@ impl NodeCore {
         let span = entry.span.clone();
         let _entered = span.enter();
         tracing::debug!(task = %task, %error, "task failed");
+        self.record_end(now, task, Some(error.to_string()));
         self.finish_task(now, task);
         self.object_ready(now, ret, ObjectValue::Error(error));
     }
@@ -1376,6 +1405,7 @@ impl NodeCore {
                 for t in queued {
                     self.fail_task(now, t, error.clone());
                 }
+                self.record_end(now, create_task, Some(error.to_string()));
                 self.forget_if_peers(actor, create_task, error.clone());
                 self.finish_task(now, create_task);
             }
@@ -1431,9 +1461,12 @@ impl NodeCore {
                 return;
             }
         };
-        if let Some(e) = self.tasks.get(&task) {
+        let pid = self.worker_pid(worker);
+        if let Some(e) = self.tasks.get_mut(&task) {
             let waited = now.saturating_duration_since(e.arrived);
             self.metrics.dispatch_seconds.observe(waited.as_secs_f64());
+            e.started = Some(now);
+            e.worker_pid = pid;
         }
         match self.worker_conns.get(&worker) {
             Some(conn) => self.tell_proc(*conn, ToClient::Execute(exec)),

@@ -69,6 +69,7 @@ mod reconstruct;
 pub mod rights;
 pub mod sched;
 mod spill;
+mod state;
 mod store;
 mod tasks;
 
@@ -527,6 +528,10 @@ pub struct NodeCore {
     lineage: lineage::Lineage,
     /// What it counts for the node's metrics.
     metrics: metrics::CoreMetrics,
+    /// Tasks that ended here, for the state API.
+    history: state::History,
+    /// Questions to the mesh asked for local processes.
+    questions: state::Questions,
 }
 
 impl std::fmt::Debug for NodeCore {
@@ -596,6 +601,8 @@ impl NodeCore {
             freed: Vec::new(),
             lineage,
             metrics: metrics::CoreMetrics::default(),
+            history: state::History::default(),
+            questions: state::Questions::default(),
         };
         core.report_load();
         core
@@ -658,6 +665,9 @@ impl NodeCore {
         if self.lookup_deadline().is_some_and(|t| t <= now) {
             self.end_lookups(|l| l.deadline <= now);
         }
+        if self.questions.deadline().is_some_and(|t| t <= now) {
+            self.state_deadline(now);
+        }
         self.after(now);
     }
 
@@ -680,6 +690,7 @@ impl NodeCore {
             self.spill.next_pass,
             self.rights.deadline(),
             self.lookup_deadline(),
+            self.questions.deadline(),
         ]
         .into_iter()
         .flatten()

@@ -130,6 +130,8 @@ impl NodeCore {
                 }
             }
             PeerMsg::Grant { to, ids } => self.granted(now, peer, to, ids),
+            PeerMsg::StateQuery { query, q } => self.state_queried(now, peer, query, q),
+            PeerMsg::StateAnswer { query, answer } => self.state_answered(now, peer, query, answer),
             PeerMsg::Release { ids } => {
                 for id in ids {
                     if self.objects.release(party, &id) {
@@ -1941,6 +1943,7 @@ impl NodeCore {
         }
         // Loss is mutual: the peer must not keep waiting for this node either.
         self.out.push_back(Output::Disconnect { peer });
+        self.state_peer_lost(now, peer);
         for request in self.rights.drain(Some(peer)) {
             self.refuse_waiting(request);
         }

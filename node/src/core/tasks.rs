@@ -28,6 +28,14 @@ pub(crate) struct TaskEntry {
     pub(crate) span: tracing::Span,
     /// When it arrived at this node (the start of its dispatch and call latencies).
     pub(crate) arrived: std::time::Instant,
+    /// When its arguments were all there, if they are.
+    pub(crate) ready: Option<std::time::Instant>,
+    /// When it was last handed to a worker.
+    pub(crate) started: Option<std::time::Instant>,
+    /// The worker process it was last handed to.
+    pub(crate) worker_pid: Option<u32>,
+    /// Its end is recorded for the state API (it is told from there now).
+    pub(crate) recorded: bool,
 }
 
 impl TaskEntry {
@@ -54,6 +62,10 @@ impl TaskEntry {
             sent: false,
             span,
             arrived: now,
+            ready: None,
+            started: None,
+            worker_pid: None,
+            recorded: false,
         }
     }
 

@@ -244,7 +244,15 @@ pub struct Driver {
     /// Results it holds and has not asked for yet ([`Sim::submit_held`]), with their
     /// expected value when known.
     held: BTreeMap<ObjectId, Option<ObjectValue>>,
+    /// Answers to its state queries ([`Sim::ask_state`]), by request.
+    states: BTreeMap<u64, StateResult>,
+    /// Its next request number.
+    request: u64,
 }
+
+/// What a state query of a driver got.
+pub type StateResult =
+    Result<Box<shoal_protocol::state::StateReply>, shoal_protocol::state::StateError>;
 
 /// What a driver expects of a result.
 #[derive(Clone, Debug)]
@@ -981,6 +989,10 @@ impl Sim {
         let node = self.drivers[d].node;
         let (id, value) = match msg {
             ToClient::Object { id, value } => (id, value),
+            ToClient::State { request, reply } => {
+                self.drivers[d].states.insert(request, reply);
+                return;
+            }
             ToClient::Created { request, result } => {
                 let Some((ticket, object)) = self.drivers[d].creating.remove(&request) else {
                     return;
@@ -1600,6 +1612,8 @@ impl Sim {
             creating: BTreeMap::new(),
             puts: BTreeMap::new(),
             held: BTreeMap::new(),
+            states: BTreeMap::new(),
+            request: 0,
         });
         self.nodes[node].procs.insert(conn, Proc::Driver(d));
         let hello = Hello {
@@ -1640,6 +1654,34 @@ impl Sim {
         let driver = &mut self.drivers[d];
         driver.seq += 1;
         TaskId::new(driver.client, driver.seq)
+    }
+
+    /// Driver `d` asks its node the state of the mesh (`shoal list`), waiting `timeout` at
+    /// most for the other peers; the answer is [`Sim::state_reply`] of the number returned.
+    pub fn ask_state(
+        &mut self,
+        d: usize,
+        query: shoal_protocol::state::StateQuery,
+        timeout: Duration,
+    ) -> u64 {
+        self.drivers[d].request += 1;
+        let request = self.drivers[d].request;
+        let timeout_ms = timeout.as_millis() as u32;
+        self.send(
+            d,
+            ToNode::State {
+                request,
+                query,
+                timeout_ms,
+                local: false,
+            },
+        );
+        request
+    }
+
+    /// The answer to driver `d`'s state query `request`, once it came.
+    pub fn state_reply(&self, d: usize, request: u64) -> Option<&StateResult> {
+        self.drivers[d].states.get(&request)
     }
 
     /// Driver `d` submits `function(args)` and owns its result, and waits for it.

@@ -329,6 +329,7 @@ impl Context {
             ToClient::Created { request, .. }
             | ToClient::Status { request, .. }
             | ToClient::Objects { request, .. }
+            | ToClient::State { request, .. }
             | ToClient::ActorFound { request, .. } => {
                 let waiter = self.lock_requests().remove(&request);
                 if let Some(tx) = waiter {

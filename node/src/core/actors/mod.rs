@@ -204,6 +204,11 @@ impl ActorTable {
         }
     }
 
+    /// Every actor known, in no order.
+    pub fn iter(&self) -> impl Iterator<Item = (&ActorId, &Actor)> {
+        self.actors.iter()
+    }
+
     /// The actor.
     pub fn get(&self, actor: &ActorId) -> Option<&Actor> {
         self.actors.get(actor)

@@ -561,6 +561,24 @@ impl Scheduler {
         ids
     }
 
+    /// The queued tasks that wait for a worker starting with room held for them (the first
+    /// of their shape's queue, one per such worker), not for resources.
+    pub fn waiting_for_start(&self) -> Vec<TaskId> {
+        let mut starting: HashMap<&Shape, usize> = HashMap::new();
+        for w in self.workers.values() {
+            if let State::Starting { shape: Some(s) } = &w.state {
+                *starting.entry(s).or_default() += 1;
+            }
+        }
+        let mut out = Vec::new();
+        for (shape, n) in starting {
+            if let Some(q) = self.queues.get(shape) {
+                out.extend(q.iter().take(n).copied());
+            }
+        }
+        out
+    }
+
     /// One line per worker, for status.
     pub fn worker_status(&self) -> Vec<WorkerStatus> {
         let mut out: Vec<WorkerStatus> = self

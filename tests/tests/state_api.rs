@@ -1,0 +1,309 @@
+//! The state API across a mesh of three real node processes on loopback: `shoal list`,
+//! `shoal summary`, `shoal get` and `shoal timeline` asked of each peer agree on a known
+//! workload; a peer that does not answer (stopped with SIGSTOP) is named and the answer
+//! marked partial; a bad filter gets an error naming the fields; a listing piped into
+//! `head` ends quietly.
+//!
+//! The workload runs in a driver program (this test binary again, attached to node 0).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use shoal::{ActorOptions, TaskOptions};
+use shoal_tests::{Mesh, NodeOptions, NodeProcess};
+
+const ENV_SCENARIO: &str = "SHOAL_TEST_STATE_SCENARIO";
+
+/// Tasks run on the node with resource `b`.
+const TRIPLES: usize = 20;
+
+#[shoal::remote]
+fn triple(x: u64) -> u64 {
+    3 * x
+}
+
+#[shoal::remote]
+fn boom(x: u64) -> u64 {
+    panic!("boom {x}")
+}
+
+pub struct Tally {
+    n: u64,
+}
+
+#[shoal::actor]
+impl Tally {
+    pub fn new(start: u64) -> Self {
+        Tally { n: start }
+    }
+
+    pub fn add(&mut self, by: u64) -> u64 {
+        self.n += by;
+        self.n
+    }
+}
+
+/// The driver of the workload (a no-op when run as a test of its own).
+#[test]
+fn driver_entry() {
+    let Ok(scenario) = std::env::var(ENV_SCENARIO) else {
+        return;
+    };
+    assert_eq!(scenario, "workload");
+    shoal::init().unwrap();
+    let on = |r: &str| TaskOptions::new().num_cpus(1.0).resource(r, 1.0);
+    let refs: Vec<_> = (0..TRIPLES as u64)
+        .map(|i| triple.options(on("b")).remote(i))
+        .collect();
+    for (i, r) in refs.into_iter().enumerate() {
+        assert_eq!(r.get_blocking().unwrap(), 3 * i as u64);
+    }
+    assert!(boom
+        .options(on("b").max_retries(0))
+        .remote(1)
+        .get_blocking()
+        .is_err());
+    // A detached actor on c outlives the driver.
+    let tally = Tally::options(
+        ActorOptions::new()
+            .num_cpus(0.0)
+            .resource("c", 1.0)
+            .name("tally")
+            .detached(true),
+    )
+    .remote(0)
+    .unwrap();
+    for _ in 0..3 {
+        tally.add(2).get_blocking().unwrap();
+    }
+    println!("result done");
+}
+
+fn driver(socket: &Path) {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "driver_entry", "--nocapture", "--quiet"])
+        .env(ENV_SCENARIO, "workload")
+        .env("SHOAL_SOCKET", socket)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("result done"),
+        "the driver failed: {stdout}"
+    );
+}
+
+/// `shoal <args> --socket <node's>`: its stdout, which must succeed.
+fn cli(node: &NodeProcess, args: &[&str]) -> String {
+    let socket = node.socket();
+    let mut all: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
+    all.push("--socket".as_ref());
+    all.push(socket.as_os_str());
+    let out = node.run_cli(all).unwrap();
+    assert!(
+        out.status.success(),
+        "shoal {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn cli_json(node: &NodeProcess, args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.push("--json");
+    serde_json::from_str(&cli(node, &all)).unwrap()
+}
+
+/// Each task's (function, state, peer) in a `list tasks --json` answer, by id.
+fn tasks_of(answer: &Value) -> BTreeMap<String, (String, String, String)> {
+    answer["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let s = |k: &str| r[k].as_str().unwrap_or("").to_string();
+            let function = s("function");
+            let short = function.rsplit("::").next().unwrap_or("").to_string();
+            (s("task_id"), (short, s("state"), s("node")))
+        })
+        .collect()
+}
+
+#[test]
+fn every_peer_lists_the_same_mesh_and_a_silent_peer_is_named() {
+    let name = format!("state-{}", std::process::id());
+    let first = NodeProcess::start(NodeOptions::new().cpus(0.0).mesh(&name)).unwrap();
+    let addr = first.listen_addr().to_string();
+    let mut nodes = vec![first];
+    for r in ["b=1", "c=1"] {
+        let o = NodeOptions::new().cpus(1.0).arg("--resource").arg(r);
+        nodes.push(NodeProcess::spawn(o.mesh(&name).peer(addr.clone())).unwrap());
+    }
+    for n in &mut nodes[1..] {
+        n.wait_ready().unwrap();
+    }
+    let mut mesh = Mesh::from_nodes(nodes);
+    mesh.wait_converged(Duration::from_secs(30)).unwrap();
+    let ids: Vec<String> = mesh
+        .nodes()
+        .iter()
+        .map(|n| n.peer_id().to_string())
+        .collect();
+
+    driver(&mesh.node(0).socket());
+
+    // Tasks: every peer tells the same ones, from where they ran.
+    let mut seen = None;
+    for node in mesh.nodes() {
+        let answer = cli_json(node, &["list", "tasks", "--limit", "1000"]);
+        assert_eq!(answer["partial"], false, "{answer}");
+        assert_eq!(answer["answered"].as_array().unwrap().len(), 3);
+        let tasks = tasks_of(&answer);
+        let count = |f: &str, state: &str, peer: &str| {
+            tasks
+                .values()
+                .filter(|(fu, s, p)| fu == f && s == state && p == peer)
+                .count()
+        };
+        assert_eq!(count("triple", "FINISHED", &ids[1]), TRIPLES, "{tasks:#?}");
+        assert_eq!(count("boom", "FAILED", &ids[1]), 1, "{tasks:#?}");
+        assert_eq!(count("Tally", "FINISHED", &ids[2]), 1, "{tasks:#?}");
+        assert_eq!(count("add", "FINISHED", &ids[2]), 3, "{tasks:#?}");
+        assert_eq!(tasks.len(), TRIPLES + 1 + 1 + 3, "{tasks:#?}");
+        if let Some(before) = &seen {
+            assert_eq!(before, &tasks);
+        }
+        seen = Some(tasks);
+
+        // Summaries agree with the rows.
+        let summary = cli_json(node, &["summary", "tasks"]);
+        let counts: BTreeSet<(String, String, u64)> = summary["summary"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                let group = s["group"].as_str().unwrap();
+                let short = group.rsplit("::").next().unwrap().to_string();
+                (
+                    short,
+                    s["state"].as_str().unwrap().to_string(),
+                    s["count"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        let want: BTreeSet<(String, String, u64)> = [
+            ("Tally", "FINISHED", 1),
+            ("add", "FINISHED", 3),
+            ("boom", "FAILED", 1),
+            ("triple", "FINISHED", TRIPLES as u64),
+        ]
+        .into_iter()
+        .map(|(a, b, c)| (a.to_string(), b.to_string(), c))
+        .collect();
+        assert_eq!(counts, want, "{summary}");
+
+        // The actor, alive on c; the three peers, each told by itself.
+        let actors = cli_json(node, &["list", "actors"]);
+        let rows = actors["rows"].as_array().unwrap();
+        assert_eq!(rows.len(), 1, "{actors}");
+        assert_eq!(rows[0]["state"], "ALIVE");
+        assert_eq!(rows[0]["name"], "tally");
+        assert_eq!(rows[0]["node"], ids[2].as_str());
+        assert_eq!(rows[0]["calls_done"], 3);
+        let peers = cli_json(node, &["list", "peers"]);
+        let told: BTreeSet<&str> = peers["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["node"].as_str().unwrap())
+            .collect();
+        assert_eq!(told, ids.iter().map(String::as_str).collect());
+    }
+
+    // Filters, and `get` by a short id.
+    let failed = cli_json(mesh.node(2), &["list", "tasks", "--filter", "state=failed"]);
+    let rows = failed["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 1);
+    assert!(
+        rows[0]["error"].as_str().unwrap().contains("boom 1"),
+        "{failed}"
+    );
+    let id = rows[0]["task_id"].as_str().unwrap();
+    let text = cli(mesh.node(0), &["get", "task", &id[..12]]);
+    assert!(text.contains(id) && text.contains("FAILED"), "{text}");
+    let out = mesh
+        .node(0)
+        .run_cli(
+            ["list", "tasks", "--filter", "colour=red", "--socket"]
+                .map(String::from)
+                .into_iter()
+                .chain([mesh.node(0).socket().display().to_string()]),
+        )
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no field \"colour\"") && err.contains("function"),
+        "{err}"
+    );
+
+    // A table never shows two rows with the same id.
+    let table = cli(mesh.node(1), &["list", "tasks", "--limit", "1000"]);
+    let shown: Vec<&str> = table
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|w| w.len() >= 8 && w.chars().all(|c| c.is_ascii_hexdigit()))
+        .collect();
+    assert_eq!(shown.len(), TRIPLES + 5, "{table}");
+    assert_eq!(shown.iter().collect::<BTreeSet<_>>().len(), shown.len());
+
+    // Piped into `head`: ends quietly.
+    let piped = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{} list tasks --limit 1000 --socket {} | head -n 1",
+            mesh.node(0).bin().display(),
+            mesh.node(0).socket().display()
+        ))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&piped.stderr);
+    assert!(piped.status.success() && !err.contains("panicked"), "{err}");
+    assert_eq!(String::from_utf8_lossy(&piped.stdout).lines().count(), 1);
+
+    // A timeline with every task run, in the Chrome trace format.
+    let trace_file = mesh.node(1).dir().join("trace.json");
+    let trace_path = trace_file.display().to_string();
+    cli(mesh.node(1), &["timeline", "--out", &trace_path]);
+    let trace: Value = serde_json::from_slice(&std::fs::read(&trace_file).unwrap()).unwrap();
+    let slices: Vec<&Value> = trace["traceEvents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["ph"] == "X")
+        .collect();
+    let triples = slices
+        .iter()
+        .filter(|e| e["name"].as_str().unwrap().ends_with("::triple"))
+        .count();
+    assert_eq!(triples, TRIPLES, "{trace}");
+    assert!(slices
+        .iter()
+        .all(|e| e["ts"].as_u64().unwrap() > 0 && e["dur"].is_u64()));
+
+    // A stopped peer does not answer: the answer names it and is marked partial.
+    mesh.node_mut(2).signal(libc::SIGSTOP).unwrap();
+    let answer = cli_json(mesh.node(0), &["list", "tasks", "--timeout", "1"]);
+    mesh.node_mut(2).signal(libc::SIGCONT).unwrap();
+    assert_eq!(answer["partial"], true, "{answer}");
+    assert_eq!(answer["missing"], serde_json::json!([ids[2]]));
+    let tasks = tasks_of(&answer);
+    assert!(tasks.values().all(|(_, _, p)| p != &ids[2]), "{tasks:#?}");
+    assert!(tasks.values().any(|(_, _, p)| p == &ids[1]));
+}

@@ -51,6 +51,9 @@ pub struct NodeConfig {
     pub lineage_bytes: u64,
     /// Where to serve Prometheus metrics (`GET /metrics`), if anywhere. Default: nowhere.
     pub metrics: Option<std::net::SocketAddr>,
+    /// How long a program's task or actor waits for resources before the program is warned
+    /// (once a minute per demand while it waits). Default [`DEFAULT_WAIT_WARNING`].
+    pub wait_warning: std::time::Duration,
     /// The mesh this node joins, if any.
     #[cfg(feature = "mesh")]
     pub mesh: Option<MeshConfig>,
@@ -90,6 +93,9 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// The default of [`NodeConfig::wait_warning`].
+pub const DEFAULT_WAIT_WARNING: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl Default for NodeConfig {
     fn default() -> Self {
         let cpus = std::thread::available_parallelism()
@@ -114,6 +120,7 @@ impl Default for NodeConfig {
             sandbox: SandboxConfig::default(),
             lineage_bytes: DEFAULT_LINEAGE_BYTES,
             metrics: None,
+            wait_warning: DEFAULT_WAIT_WARNING,
             #[cfg(feature = "mesh")]
             mesh: None,
         }

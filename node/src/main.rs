@@ -21,7 +21,7 @@
 //! shoal get task|actor|object|worker|peer ID [ASK]
 //! shoal timeline [--out FILE] [--limit N] [ASK]
 //!   (ASK: [--json] [--timeout SECS] [--local] [--socket PATH])
-//! shoal status [--json] [--socket PATH]
+//! shoal status [--json] [--local] [--socket PATH]
 //! shoal objects [--json] [--socket PATH]
 //! shoal peers [--json] [--socket PATH]
 //! ```
@@ -78,6 +78,10 @@ enum Command {
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
+        /// Show only this node's waiting work, asking no peer (its `waiting` section
+        /// otherwise covers the whole mesh).
+        #[arg(long)]
+        local: bool,
         /// The node's socket [default: $SHOAL_SOCKET or the per-user default].
         #[arg(long)]
         socket: Option<PathBuf>,
@@ -385,6 +389,10 @@ struct NodeArgs {
     /// [default: 256M].
     #[arg(long, value_parser = parse_bytes)]
     lineage_bytes: Option<u64>,
+    /// Seconds a program's task or actor waits for resources no peer has free before the
+    /// program is warned (then once a minute while it waits) [default: 10].
+    #[arg(long, value_name = "SECS")]
+    wait_warning: Option<f64>,
     /// The user that code shipped by peers runs as [default: nobody when the node runs as
     /// root, else the node's own user].
     #[arg(long, env = "SHOAL_WORKER_USER")]
@@ -486,17 +494,31 @@ fn main() -> Result<()> {
             key,
             target,
         } => sign(&binary, key, target),
-        Command::Status { json, socket } => {
+        Command::Status {
+            json,
+            local,
+            socket,
+        } => {
             let socket = socket.unwrap_or_else(default_socket_path);
             let ToClient::Status { status, .. } =
                 cli::ask(&socket, ToNode::Status { request: 1 }, cli::WAIT)?
             else {
                 bail!("unexpected answer");
             };
+            // Work anywhere in the mesh that has waited long for resources.
+            let ask = cli::state::Ask {
+                socket: &socket,
+                timeout: Duration::from_secs(2),
+                local,
+            };
+            let waiting = cli::state::waiting(&ask);
             if json {
-                println!("{}", serde_json::to_string(&status_json(&status))?);
+                let mut v = status_json(&status);
+                v["waiting"] = cli::state::waiting_json(&waiting);
+                println!("{}", serde_json::to_string(&v)?);
             } else {
                 print_status(&status);
+                cli::state::print_waiting(&waiting);
             }
             Ok(())
         }
@@ -705,6 +727,12 @@ fn run_node(args: NodeArgs) -> Result<()> {
     config.socket_group = args.socket_group;
     if let Some(n) = args.max_clients_per_uid {
         config.clients_per_uid = n;
+    }
+    if let Some(secs) = args.wait_warning {
+        if !(secs > 0.0 && secs.is_finite()) {
+            bail!("--wait-warning must be a positive number of seconds");
+        }
+        config.wait_warning = Duration::from_secs_f64(secs);
     }
     if let Some(n) = args.lineage_bytes {
         config.lineage_bytes = n;

@@ -1092,3 +1092,67 @@ fn every_peer_lists_and_summarizes_the_same_tasks_and_marks_a_silent_one() {
     sim.heal(0, 2);
     assert_clean(sim);
 }
+
+#[test]
+fn an_actor_no_peer_has_room_for_is_visible_everywhere_and_its_program_is_warned() {
+    use shoal_protocol::state::{StateKind, StateQuery, StateRows};
+
+    let mut sim = mesh(&[1.0, 1.0, 1.0]);
+    let d = sim.driver(0);
+    let others: Vec<usize> = (1..3).map(|n| sim.driver(n)).collect();
+    sim.run_for(Duration::from_secs(1));
+    // Four one-CPU actors on three CPUs.
+    let actors: Vec<_> = (0..4).map(|_| sim.create_actor(d, 0, 1.0)).collect();
+    sim.run_for(Duration::from_secs(5));
+    assert!(sim.warnings(d).is_empty(), "no warning before 10 s");
+    sim.run_for(Duration::from_secs(8));
+
+    // Every peer's listing shows the one that waits, where and why.
+    for &o in &others {
+        let r = list(&mut sim, o, StateQuery::new(StateKind::Actors));
+        let StateRows::Actors(rows) = &r.rows else {
+            panic!("actors")
+        };
+        assert_eq!(rows.len(), 4, "{rows:#?}");
+        let waiting: Vec<_> = rows
+            .iter()
+            .filter(|a| a.state == "PENDING_CREATION")
+            .collect();
+        assert_eq!(waiting.len(), 1, "{rows:#?}");
+        let reason = waiting[0].reason.as_deref().unwrap();
+        assert!(reason.contains("needs CPU=1"), "{reason}");
+        assert_eq!(rows.iter().filter(|a| a.state == "ALIVE").count(), 3);
+        let mut pending = StateQuery::new(StateKind::Tasks);
+        pending.filters = vec!["state=pending_node_assignment".parse().unwrap()];
+        let r = list(&mut sim, o, pending);
+        let StateRows::Tasks(rows) = &r.rows else {
+            panic!("tasks")
+        };
+        assert_eq!(rows.len(), 1, "{rows:#?}");
+        assert_eq!(rows[0].actor_id, Some(waiting[0].actor_id));
+    }
+    // Its program was told, once.
+    let warnings = sim.warnings(d).to_vec();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains("1 actor waited") && warnings[0].contains("CPU=1"),
+        "{warnings:?}"
+    );
+    // Room is made: it starts, and no peer shows it waiting any more.
+    sim.kill_actor(d, actors[0]);
+    sim.run_for(Duration::from_secs(5));
+    let r = list(&mut sim, others[0], StateQuery::new(StateKind::Actors));
+    let StateRows::Actors(rows) = &r.rows else {
+        panic!("actors")
+    };
+    assert_eq!(
+        rows.iter().filter(|a| a.state == "ALIVE").count(),
+        3,
+        "{rows:#?}"
+    );
+    assert!(
+        rows.iter().all(|a| a.state != "PENDING_CREATION"),
+        "{rows:#?}"
+    );
+    assert_clean(sim);
+}

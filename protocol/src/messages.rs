@@ -883,6 +883,12 @@ pub enum ToClient {
         /// The actor, if a live one has the name.
         actor: Option<ActorInfo>,
     },
+    /// Something the program should know, not tied to a request (say, tasks waiting long
+    /// for resources no peer has free): shown to its user.
+    Warning {
+        /// What, in a sentence or two.
+        message: String,
+    },
     /// Answer to [`ToNode::State`].
     State {
         /// Request number.

@@ -137,8 +137,12 @@ fn cli_json(bin: &Path, args: &[&OsStr]) -> Result<Value> {
 
 /// `shoal status --json --socket <socket>` of `bin`.
 fn status_json_of(bin: &Path, socket: &Path) -> Result<Value> {
-    let args = ["status", "--json", "--socket"].map(OsStr::new);
-    cli_json(bin, &[args[0], args[1], args[2], socket.as_os_str()])
+    // This node's own state only: its waiting work is not asked of the mesh.
+    let args = ["status", "--json", "--local", "--socket"].map(OsStr::new);
+    cli_json(
+        bin,
+        &[args[0], args[1], args[2], args[3], socket.as_os_str()],
+    )
 }
 
 /// `shoal peers --json --socket <socket>` of `bin`.

@@ -82,6 +82,29 @@ fn driver_entry() {
     println!("result done");
 }
 
+/// The driver of the waiting scenario: four one-CPU actors on three CPUs; it waits for a
+/// call of the fourth until it is killed.
+#[test]
+fn waiting_driver_entry() {
+    let Ok(scenario) = std::env::var(ENV_SCENARIO) else {
+        return;
+    };
+    assert_eq!(scenario, "waiting");
+    shoal::init().unwrap();
+    let actors: Vec<_> = (0..4)
+        .map(|_| {
+            Tally::options(ActorOptions::new().num_cpus(1.0))
+                .remote(0)
+                .unwrap()
+        })
+        .collect();
+    println!("created");
+    for a in &actors {
+        a.add(1).get_blocking().unwrap();
+    }
+    println!("all four ran");
+}
+
 fn driver(socket: &Path) {
     let out = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "driver_entry", "--nocapture", "--quiet"])
@@ -306,4 +329,100 @@ fn every_peer_lists_the_same_mesh_and_a_silent_peer_is_named() {
     let tasks = tasks_of(&answer);
     assert!(tasks.values().all(|(_, _, p)| p != &ids[2]), "{tasks:#?}");
     assert!(tasks.values().any(|(_, _, p)| p == &ids[1]));
+}
+
+#[test]
+fn work_no_peer_has_room_for_shows_in_every_status_and_warns_its_program() {
+    use std::io::BufRead;
+
+    let name = format!("waiting-{}", std::process::id());
+    let first = NodeProcess::start(
+        NodeOptions::new()
+            .cpus(1.0)
+            .mesh(&name)
+            .arg("--wait-warning")
+            .arg("1"),
+    )
+    .unwrap();
+    let addr = first.listen_addr().to_string();
+    let mut nodes = vec![first];
+    for _ in 0..2 {
+        let o = NodeOptions::new().cpus(1.0);
+        nodes.push(NodeProcess::spawn(o.mesh(&name).peer(addr.clone())).unwrap());
+    }
+    for n in &mut nodes[1..] {
+        n.wait_ready().unwrap();
+    }
+    let mesh = Mesh::from_nodes(nodes);
+    mesh.wait_converged(Duration::from_secs(30)).unwrap();
+
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command
+        .args(["--exact", "waiting_driver_entry", "--nocapture", "--quiet"])
+        .env(ENV_SCENARIO, "waiting")
+        .env("SHOAL_SOCKET", mesh.node(0).socket())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut driver =
+        shoal_tests::process::KillOnDrop::spawn("waiting driver", &mut command).unwrap();
+    let stderr = driver.child_mut().stderr.take().unwrap();
+    // The program is warned once its fourth actor has waited a second.
+    let (tx, rx) = std::sync::mpsc::sync_channel(64);
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let warning = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("a warning within 30 s");
+        if line.contains("(shoal) warning:") {
+            break line;
+        }
+    };
+    assert!(
+        warning.contains("1 actor waited") && warning.contains("CPU=1"),
+        "{warning}"
+    );
+    // Once it has waited five seconds, every peer's status shows it, with why.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !cli(mesh.node(0), &["status"]).contains("waiting   1 tasks and actors") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not shown within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for node in mesh.nodes() {
+        let text = cli(node, &["status"]);
+        let section: Vec<&str> = text
+            .lines()
+            .skip_while(|l| !l.starts_with("waiting"))
+            .collect();
+        assert!(
+            section
+                .first()
+                .is_some_and(|l| l.contains("waiting   1 tasks and actors")),
+            "{text}"
+        );
+        assert!(
+            section
+                .iter()
+                .any(|l| l.contains("ACTOR_CREATION_TASK") && l.contains("needs CPU=1")),
+            "{text}"
+        );
+        let json = cli_json(node, &["status"]);
+        assert_eq!(
+            json["waiting"]["tasks"].as_array().unwrap().len(),
+            1,
+            "{json}"
+        );
+    }
+    driver.kill().unwrap();
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use shoal_protocol::state::{
-    Cell, Filter, StateKind, StateQuery, StateReply, StateRows, TaskRow, MAX_STATE_LIMIT,
+    Cell, Filter, Row, StateKind, StateQuery, StateReply, StateRows, TaskRow, MAX_STATE_LIMIT,
 };
 use shoal_protocol::{ToClient, ToNode};
 
@@ -459,4 +459,78 @@ pub(crate) fn timeline(ask: &Ask<'_>, out: &Path, limit: u32) -> Result<()> {
     );
     warn_partial(&reply);
     Ok(())
+}
+
+/// How long a task must have waited to show in `shoal status`.
+pub(crate) const WAITING_SHOWN: Duration = Duration::from_secs(5);
+
+/// Tasks and actor creations anywhere in the mesh waiting for resources longer than
+/// [`WAITING_SHOWN`], or why they could not be asked.
+pub(crate) fn waiting(ask: &Ask<'_>) -> Result<(Vec<TaskRow>, StateReply)> {
+    let mut query = StateQuery::new(StateKind::Tasks);
+    query.filters = vec!["state=PENDING_NODE_ASSIGNMENT".parse()?];
+    query.limit = 1_000;
+    let reply = ask_state(ask, query)?;
+    let StateRows::Tasks(rows) = &reply.rows else {
+        bail!("the node answered with rows of another kind");
+    };
+    let shown = WAITING_SHOWN.as_micros() as u64;
+    let old: Vec<TaskRow> = rows
+        .iter()
+        .filter(|t| t.times.arrived_ago_us >= shown)
+        .cloned()
+        .collect();
+    Ok((old, reply))
+}
+
+/// The `waiting` member of `shoal status --json`.
+pub(crate) fn waiting_json(waiting: &Result<(Vec<TaskRow>, StateReply)>) -> serde_json::Value {
+    match waiting {
+        Ok((rows, reply)) => {
+            let now = SystemTime::now();
+            let list: Vec<_> = rows.iter().map(|r| row_json(&r.cells(), now)).collect();
+            serde_json::json!({ "tasks": list, "partial": reply.partial(), "missing": reply.missing })
+        }
+        Err(e) => serde_json::json!({ "error": format!("{e:#}") }),
+    }
+}
+
+/// The waiting section of `shoal status`: one line per kind of waiting work.
+pub(crate) fn print_waiting(waiting: &Result<(Vec<TaskRow>, StateReply)>) {
+    let (rows, reply) = match waiting {
+        Ok(w) => w,
+        Err(e) => {
+            println!("waiting   (the mesh could not be asked: {e:#})");
+            return;
+        }
+    };
+    let mut groups: BTreeMap<(&str, &str, String, &str), (u64, u64)> = BTreeMap::new();
+    for t in rows {
+        let g = groups
+            .entry((
+                t.kind.name(),
+                t.function.as_str(),
+                t.resources.to_string(),
+                t.reason.as_deref().unwrap_or(""),
+            ))
+            .or_default();
+        g.0 += 1;
+        g.1 = g.1.max(t.times.arrived_ago_us);
+    }
+    println!(
+        "waiting   {} tasks and actors for resources for over {}s, in the whole mesh{}",
+        rows.len(),
+        WAITING_SHOWN.as_secs(),
+        if reply.partial() {
+            format!(" ({} peers did not answer)", reply.missing.len())
+        } else {
+            String::new()
+        }
+    );
+    for ((kind, function, demand, reason), (n, longest)) in groups {
+        println!(
+            "  {n} x {kind} {function} needs {demand}, longest {}: {reason}",
+            human_us(longest)
+        );
+    }
 }

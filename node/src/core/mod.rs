@@ -532,6 +532,8 @@ pub struct NodeCore {
     history: state::History,
     /// Questions to the mesh asked for local processes.
     questions: state::Questions,
+    /// Warnings of work waiting long for resources.
+    waits: state::Waits,
 }
 
 impl std::fmt::Debug for NodeCore {
@@ -603,6 +605,7 @@ impl NodeCore {
             metrics: metrics::CoreMetrics::default(),
             history: state::History::default(),
             questions: state::Questions::default(),
+            waits: state::Waits::default(),
         };
         core.report_load();
         core
@@ -668,6 +671,10 @@ impl NodeCore {
         if self.questions.deadline().is_some_and(|t| t <= now) {
             self.state_deadline(now);
         }
+        if self.waits.next_check.is_some_and(|t| t <= now) {
+            self.waits.next_check = None;
+            self.check_waits(now);
+        }
         self.after(now);
     }
 
@@ -691,6 +698,7 @@ impl NodeCore {
             self.rights.deadline(),
             self.lookup_deadline(),
             self.questions.deadline(),
+            self.waits.next_check,
         ]
         .into_iter()
         .flatten()
@@ -704,6 +712,9 @@ impl NodeCore {
         self.report_load();
         let queued = self.sched.queued() > 0 || self.sched.actors_queued() > 0;
         let waiting = self.spill.has_waiting() || (queued && self.me.is_some());
+        if (queued || self.spill.has_waiting()) && self.waits.next_check.is_none() {
+            self.waits.next_check = Some(now + state::WAIT_CHECK);
+        }
         if !waiting {
             self.spill.next_pass = None;
         } else if self.spill.next_pass.is_none() {

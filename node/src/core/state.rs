@@ -90,6 +90,20 @@ struct Question {
     answers: Vec<(Instant, StateAnswer)>,
 }
 
+/// Warnings to programs whose work waits long for resources.
+#[derive(Debug, Default)]
+pub(crate) struct Waits {
+    /// When the waiting work is looked at next (while there is some).
+    pub(crate) next_check: Option<Instant>,
+    /// When each program was last warned about each demand.
+    warned: HashMap<(ConnId, ResourceSet), Instant>,
+}
+
+/// How often waiting work is looked at.
+pub(crate) const WAIT_CHECK: Duration = Duration::from_secs(1);
+/// A program is warned about one demand at most this often.
+const WARN_AGAIN: Duration = Duration::from_secs(60);
+
 /// Questions to the mesh in flight, by number.
 #[derive(Debug, Default)]
 pub(crate) struct Questions {
@@ -183,6 +197,90 @@ impl NodeCore {
             ended: now,
         };
         self.history.push(ended);
+    }
+
+    /// Looks at the local programs' work that waits for resources: a program whose tasks or
+    /// actors waited longer than `wait_warning` is warned (once a minute per demand), with
+    /// why, as Ray's autoscaler warns.
+    pub(super) fn check_waits(&mut self, now: Instant) {
+        let threshold = self.config.wait_warning;
+        // (tasks, actors, longest wait) per program and demand.
+        let mut groups: HashMap<(ConnId, ResourceSet), (u64, u64, Duration)> = HashMap::new();
+        for (id, e) in self.tasks.iter() {
+            let super::Party::Proc(conn) = e.owner else {
+                continue;
+            };
+            let waited = now.saturating_duration_since(e.arrived);
+            if waited < threshold
+                || e.recorded
+                || e.missing > 0
+                || e.started.is_some()
+                || self.spill.spilled_to(id).is_some()
+            {
+                continue;
+            }
+            let actor = match &e.spec.kind {
+                TaskKind::Function => false,
+                TaskKind::CreateActor(c) => match self.actors.get(&c.actor_id) {
+                    Some(a) if !matches!(a.state, ActorState::Pending) => continue,
+                    None if self.directory.placement(&c.actor_id).is_some() => continue,
+                    _ => true,
+                },
+                TaskKind::ActorMethod { .. } => continue,
+            };
+            let g = groups.entry((conn, e.spec.resources.clone())).or_default();
+            if actor {
+                g.1 += 1;
+            } else {
+                g.0 += 1;
+            }
+            g.2 = g.2.max(waited);
+        }
+        self.waits
+            .warned
+            .retain(|_, at| now.saturating_duration_since(*at) < WARN_AGAIN);
+        let mut groups: Vec<_> = groups.into_iter().collect();
+        groups.sort_by(|a, b| a.0 .0.cmp(&b.0 .0).then(b.1 .2.cmp(&a.1 .2)));
+        for ((conn, demand), (tasks, actors, longest)) in groups {
+            if self.waits.warned.contains_key(&(conn, demand.clone())) {
+                continue;
+            }
+            let what = match (tasks, actors) {
+                (t, 0) => format!("{t} task{}", if t == 1 { "" } else { "s" }),
+                (0, a) => format!("{a} actor{}", if a == 1 { "" } else { "s" }),
+                (t, a) => format!("{t} tasks and {a} actors"),
+            };
+            let message = format!(
+                "{what} waited {}s for resources: each needs {demand}; {}. They start when                  resources free up, or when a peer that has them joins (`shoal list tasks                  --filter state=pending_node_assignment` shows them).",
+                longest.as_secs(),
+                self.why_nowhere(&demand)
+            );
+            tracing::info!(conn, %demand, tasks, actors, "warning a program of work waiting for resources");
+            self.tell_proc(conn, ToClient::Warning { message });
+            self.waits.warned.insert((conn, demand), now);
+        }
+    }
+
+    /// Why no node of the mesh runs work of `demand` now, as this node sees it.
+    fn why_nowhere(&self, demand: &ResourceSet) -> String {
+        let peers = self.spill.peers.values();
+        let anywhere = self.sched.total().contains(demand)
+            || self
+                .spill
+                .peers
+                .values()
+                .any(|p| p.report.total.contains(demand));
+        let n = peers.count() + 1;
+        let nodes = if n == 1 {
+            "this node".to_string()
+        } else {
+            format!("the {n} peers")
+        };
+        if anywhere {
+            format!("none of {nodes} has that free now (running tasks and actors hold it)")
+        } else {
+            format!("none of {nodes} has that much")
+        }
     }
 
     /// A process asks the state of the mesh.
@@ -535,41 +633,69 @@ impl NodeCore {
     }
 
     fn actor_rows(&self, node: &str) -> Vec<ActorRow> {
-        self.actors
-            .iter()
-            .map(|(id, a)| {
-                let (state, reason) = match &a.state {
-                    ActorState::Pending if a.incarnation > 0 => ("RESTARTING", None),
-                    ActorState::Pending => (
-                        "PENDING_CREATION",
-                        self.tasks
-                            .get(&a.create_task)
-                            .and_then(|e| self.why_waiting(&e.spec.resources)),
-                    ),
-                    ActorState::Alive { started: false, .. } => ("STARTING", None),
-                    ActorState::Alive { started: true, .. } => ("ALIVE", None),
-                    ActorState::Dead(e) => ("DEAD", Some(e.to_string())),
-                };
-                ActorRow {
-                    actor_id: *id,
-                    class: a.class.clone(),
-                    name: a.spec.name.clone(),
-                    state: state.to_string(),
+        // Creations of this node's programs waiting here for a peer with room: no peer
+        // hosts them yet, so they are told here.
+        let unplaced = self.tasks.values().filter_map(|e| match &e.spec.kind {
+            TaskKind::CreateActor(c)
+                if !e.recorded
+                    && self.actors.get(&c.actor_id).is_none()
+                    && self.directory.placement(&c.actor_id).is_none() =>
+            {
+                Some(ActorRow {
+                    actor_id: c.actor_id,
+                    class: e.spec.function.clone(),
+                    name: c.name.clone(),
+                    state: "PENDING_CREATION".into(),
                     node: node.to_string(),
-                    owner: a.owner,
-                    pid: (a.pid != 0 && !a.is_dead()).then_some(a.pid),
-                    restarts: a.incarnation,
-                    calls_pending: (a.queued() + a.inflight()) as u64,
-                    calls_done: a.calls_done,
-                    resources: self
-                        .tasks
+                    owner: e.spec.owner,
+                    pid: None,
+                    restarts: 0,
+                    calls_pending: 0,
+                    calls_done: 0,
+                    resources: e.spec.resources.clone(),
+                    reason: Some(format!(
+                        "needs {}; {}",
+                        e.spec.resources,
+                        self.why_nowhere(&e.spec.resources)
+                    )),
+                })
+            }
+            _ => None,
+        });
+        let mut rows: Vec<ActorRow> = unplaced.collect();
+        rows.extend(self.actors.iter().map(|(id, a)| {
+            let (state, reason) = match &a.state {
+                ActorState::Pending if a.incarnation > 0 => ("RESTARTING", None),
+                ActorState::Pending => (
+                    "PENDING_CREATION",
+                    self.tasks
                         .get(&a.create_task)
-                        .map(|e| e.spec.resources.clone())
-                        .unwrap_or_default(),
-                    reason,
-                }
-            })
-            .collect()
+                        .and_then(|e| self.why_waiting(&e.spec.resources)),
+                ),
+                ActorState::Alive { started: false, .. } => ("STARTING", None),
+                ActorState::Alive { started: true, .. } => ("ALIVE", None),
+                ActorState::Dead(e) => ("DEAD", Some(e.to_string())),
+            };
+            ActorRow {
+                actor_id: *id,
+                class: a.class.clone(),
+                name: a.spec.name.clone(),
+                state: state.to_string(),
+                node: node.to_string(),
+                owner: a.owner,
+                pid: (a.pid != 0 && !a.is_dead()).then_some(a.pid),
+                restarts: a.incarnation,
+                calls_pending: (a.queued() + a.inflight()) as u64,
+                calls_done: a.calls_done,
+                resources: self
+                    .tasks
+                    .get(&a.create_task)
+                    .map(|e| e.spec.resources.clone())
+                    .unwrap_or_default(),
+                reason,
+            }
+        }));
+        rows
     }
 
     fn object_rows(&self, node: &str) -> Vec<ObjectRow> {

@@ -248,6 +248,8 @@ pub struct Driver {
     states: BTreeMap<u64, StateResult>,
     /// Its next request number.
     request: u64,
+    /// Warnings its node sent it.
+    warnings: Vec<String>,
 }
 
 /// What a state query of a driver got.
@@ -993,6 +995,10 @@ impl Sim {
                 self.drivers[d].states.insert(request, reply);
                 return;
             }
+            ToClient::Warning { message } => {
+                self.drivers[d].warnings.push(message);
+                return;
+            }
             ToClient::Created { request, result } => {
                 let Some((ticket, object)) = self.drivers[d].creating.remove(&request) else {
                     return;
@@ -1614,6 +1620,7 @@ impl Sim {
             held: BTreeMap::new(),
             states: BTreeMap::new(),
             request: 0,
+            warnings: Vec::new(),
         });
         self.nodes[node].procs.insert(conn, Proc::Driver(d));
         let hello = Hello {
@@ -1677,6 +1684,11 @@ impl Sim {
             },
         );
         request
+    }
+
+    /// The warnings driver `d`'s node sent it.
+    pub fn warnings(&self, d: usize) -> &[String] {
+        &self.drivers[d].warnings
     }
 
     /// The answer to driver `d`'s state query `request`, once it came.

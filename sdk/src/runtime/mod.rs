@@ -340,6 +340,11 @@ impl Context {
                     }
                 }
             }
+            ToClient::Warning { message } => {
+                // As Ray's autoscaler messages: on the program's stderr, whatever RUST_LOG says.
+                tracing::warn!(%message, "from the node");
+                eprintln!("(shoal) warning: {message}");
+            }
             ToClient::Rejected { reason } => {
                 tracing::error!(%reason, "the node closed our connection");
             }

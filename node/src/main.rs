@@ -19,6 +19,7 @@
 //! shoal list tasks|actors|objects|peers|workers [--filter KEY=VALUE]... [--limit N] [ASK]
 //! shoal summary tasks|actors|objects [--filter KEY=VALUE]... [ASK]
 //! shoal get task|actor|object|worker|peer ID [ASK]
+//! shoal logs [--task ID | --actor ID | --peer P] [--follow] [--limit N] [ASK]
 //! shoal timeline [--out FILE] [--limit N] [ASK]
 //!   (ASK: [--json] [--timeout SECS] [--local] [--socket PATH])
 //! shoal status [--json] [--local] [--socket PATH]
@@ -128,6 +129,27 @@ enum Command {
         kind: StateKind,
         /// Its id, or the start of it.
         id: String,
+        #[command(flatten)]
+        ask: AskArgs,
+    },
+    /// Show what tasks and actors wrote to stdout and stderr, from the peers where they ran
+    /// (each peer keeps its last 10,000 lines), oldest first.
+    Logs {
+        /// One task's lines (its id, or a unique start of it).
+        #[arg(long, conflicts_with_all = ["actor", "peer"])]
+        task: Option<String>,
+        /// One actor's lines.
+        #[arg(long, conflicts_with = "peer")]
+        actor: Option<String>,
+        /// One peer's lines (its peer id, or a unique start of it).
+        #[arg(long)]
+        peer: Option<String>,
+        /// Then print new lines as they come, until interrupted.
+        #[arg(long, short)]
+        follow: bool,
+        /// Lines to show at most (the newest).
+        #[arg(long, default_value_t = 1_000)]
+        limit: u32,
         #[command(flatten)]
         ask: AskArgs,
     },
@@ -482,6 +504,28 @@ fn main() -> Result<()> {
         }
         Command::Get { kind, id, ask } => {
             with_ask(&ask, |a, json| cli::state::get(a, kind, &id, json))
+        }
+        Command::Logs {
+            task,
+            actor,
+            peer,
+            follow,
+            limit,
+            ask,
+        } => {
+            let mut filters = Vec::new();
+            for (key, value) in [("task_id", task), ("actor_id", actor), ("node", peer)] {
+                if let Some(value) = value {
+                    filters.push(shoal_protocol::state::Filter {
+                        key: key.into(),
+                        negate: false,
+                        value,
+                    });
+                }
+            }
+            with_ask(&ask, |a, json| {
+                cli::state::logs(a, filters, limit, follow, json)
+            })
         }
         Command::Timeline { out, limit, ask } => {
             with_ask(&ask, |a, _| cli::state::timeline(a, &out, limit))

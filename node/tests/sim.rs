@@ -1156,3 +1156,46 @@ fn an_actor_no_peer_has_room_for_is_visible_everywhere_and_its_program_is_warned
     );
     assert_clean(sim);
 }
+
+#[test]
+fn a_peer_writes_into_a_programs_output_only_once_it_was_sent_its_work() {
+    use shoal_protocol::state::{LogLine, Stream};
+
+    let mut sim = mesh(&[0.0, 1.0]);
+    let d = sim.driver(0);
+    sim.run_for(Duration::from_secs(1));
+    let line = |text: &str| LogLine {
+        node: "forged".into(),
+        function: "f".into(),
+        pid: 9,
+        task_id: None,
+        actor_id: None,
+        stream: Stream::Stdout,
+        text: text.into(),
+    };
+    let owner = sim.client(d);
+    let forged = |text: &str| PeerMsg::Log {
+        owner,
+        lines: vec![line(text)],
+    };
+    let before = forged("before");
+    sim.forge(1, 0, before);
+    sim.run_for(Duration::from_millis(100));
+    assert!(
+        sim.log_lines(d).is_empty(),
+        "taken from a peer that runs nothing of it"
+    );
+    // Node 0 has no CPU: the task goes to node 1, which may then write for the program.
+    let id = sim.submit(d, "echo", vec![SimArg::Value(vec![1])], TaskOpts::default());
+    sim.run_for(Duration::from_secs(2));
+    assert!(sim.results(d).contains_key(&id));
+    let after = forged("after");
+    sim.forge(1, 0, after);
+    sim.run_for(Duration::from_millis(100));
+    let got = sim.log_lines(d);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].text, "after");
+    // Named as the link says, not as the line claims.
+    assert_eq!(got[0].node, sim.key(1).to_string());
+    assert_clean(sim);
+}

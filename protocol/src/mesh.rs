@@ -319,6 +319,14 @@ pub enum PeerMsg {
         /// The actor, if a live one has the name here.
         actor: Option<ActorInfo>,
     },
+    /// Lines written by tasks or actors of the receiver's process `owner` that ran at the
+    /// sender.
+    Log {
+        /// The process that submitted them.
+        owner: crate::ids::ClientId,
+        /// The lines.
+        lines: Vec<crate::state::LogLine>,
+    },
     /// What do you hold? (`shoal list|summary|get` asked at the sender; answered by
     /// [`PeerMsg::StateAnswer`]).
     StateQuery {

@@ -883,6 +883,11 @@ pub enum ToClient {
         /// The actor, if a live one has the name.
         actor: Option<ActorInfo>,
     },
+    /// Lines its tasks and actors wrote, wherever they ran (drivers only).
+    Log {
+        /// The lines, in the order written (per process).
+        lines: Vec<crate::state::LogLine>,
+    },
     /// Something the program should know, not tied to a request (say, tasks waiting long
     /// for resources no peer has free): shown to its user.
     Warning {

@@ -41,16 +41,19 @@ pub enum StateKind {
     Peers,
     /// Worker processes.
     Workers,
+    /// Lines that tasks and actors wrote to stdout and stderr.
+    Logs,
 }
 
 impl StateKind {
     /// Every kind.
-    pub const ALL: [StateKind; 5] = [
+    pub const ALL: [StateKind; 6] = [
         StateKind::Tasks,
         StateKind::Actors,
         StateKind::Objects,
         StateKind::Peers,
         StateKind::Workers,
+        StateKind::Logs,
     ];
 
     /// Its name on the command line.
@@ -61,6 +64,7 @@ impl StateKind {
             StateKind::Objects => "objects",
             StateKind::Peers => "peers",
             StateKind::Workers => "workers",
+            StateKind::Logs => "logs",
         }
     }
 
@@ -72,6 +76,7 @@ impl StateKind {
             StateKind::Objects => ObjectRow::FIELDS,
             StateKind::Peers => PeerRow::FIELDS,
             StateKind::Workers => WorkerRow::FIELDS,
+            StateKind::Logs => LogRow::FIELDS,
         }
     }
 }
@@ -91,7 +96,7 @@ impl FromStr for StateKind {
             .find(|k| k.name() == s || k.name().trim_end_matches('s') == s)
             .ok_or_else(|| {
                 StateError::BadQuery(format!(
-                    "unknown kind {s:?}: expected tasks, actors, objects, peers or workers"
+                    "unknown kind {s:?}: expected tasks, actors, objects, peers, workers or logs"
                 ))
             })
     }
@@ -191,7 +196,12 @@ impl StateQuery {
                 )));
             }
         }
-        if self.summary && matches!(self.kind, StateKind::Peers | StateKind::Workers) {
+        if self.summary
+            && matches!(
+                self.kind,
+                StateKind::Peers | StateKind::Workers | StateKind::Logs
+            )
+        {
             return Err(StateError::BadQuery(format!(
                 "no summary of {}: summaries are of tasks, actors and objects",
                 self.kind
@@ -657,6 +667,100 @@ impl Row for WorkerRow {
     }
 }
 
+/// Which output of a process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Stream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+impl Stream {
+    /// Its name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        }
+    }
+}
+
+/// The longest line kept of a process's output, in bytes (longer ones are cut).
+pub const MAX_LOG_LINE: usize = 16 * 1024;
+
+/// A line a task or an actor wrote, as it travels to the program that submitted it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLine {
+    /// The peer (or node) where it was written.
+    pub node: String,
+    /// The function or the actor's class (empty for a worker between tasks).
+    pub function: String,
+    /// The worker process.
+    pub pid: u32,
+    /// The task it ran then, if any.
+    pub task_id: Option<TaskId>,
+    /// The actor it hosts, if any.
+    pub actor_id: Option<ActorId>,
+    /// Which output.
+    pub stream: Stream,
+    /// The line, without its newline.
+    pub text: String,
+}
+
+impl LogLine {
+    /// What a program prints before the line, as Ray does: `(function pid=… peer=…)`, the
+    /// function without its module path, the peer id cut to 16 characters.
+    pub fn prefix(&self) -> String {
+        let what = if self.function.is_empty() {
+            "worker"
+        } else {
+            self.function.rsplit("::").next().unwrap_or(&self.function)
+        };
+        let peer: String = self.node.chars().take(16).collect();
+        format!("({what} pid={} peer={peer})", self.pid)
+    }
+}
+
+/// A line kept at a peer (`shoal logs`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogRow {
+    /// The line.
+    pub line: LogLine,
+    /// Its number at that peer (increasing: `--follow` prints only newer ones).
+    pub seq: u64,
+    /// When it was written, in microseconds before the answer was made.
+    pub at_ago_us: u64,
+}
+
+impl Row for LogRow {
+    const FIELDS: &'static [&'static str] = &[
+        "node",
+        "seq",
+        "function",
+        "pid",
+        "task_id",
+        "actor_id",
+        "stream",
+        "text",
+        "at_ago_us",
+    ];
+    fn cells(&self) -> Vec<(&'static str, Cell)> {
+        let l = &self.line;
+        vec![
+            ("node", l.node.clone().into()),
+            ("seq", self.seq.into()),
+            ("function", l.function.clone().into()),
+            ("pid", u64::from(l.pid).into()),
+            ("task_id", l.task_id.map(|t| t.to_hex()).into()),
+            ("actor_id", l.actor_id.map(|a| a.to_hex()).into()),
+            ("stream", l.stream.name().into()),
+            ("text", l.text.clone().into()),
+            ("at_ago_us", self.at_ago_us.into()),
+        ]
+    }
+}
+
 /// Rows of one kind.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StateRows {
@@ -670,6 +774,8 @@ pub enum StateRows {
     Peers(Vec<PeerRow>),
     /// Workers.
     Workers(Vec<WorkerRow>),
+    /// Lines of output.
+    Logs(Vec<LogRow>),
 }
 
 macro_rules! rows_from {
@@ -687,7 +793,8 @@ rows_from!(
     ActorRow => Actors,
     ObjectRow => Objects,
     PeerRow => Peers,
-    WorkerRow => Workers
+    WorkerRow => Workers,
+    LogRow => Logs
 );
 
 impl StateRows {
@@ -699,6 +806,7 @@ impl StateRows {
             StateKind::Objects => StateRows::Objects(Vec::new()),
             StateKind::Peers => StateRows::Peers(Vec::new()),
             StateKind::Workers => StateRows::Workers(Vec::new()),
+            StateKind::Logs => StateRows::Logs(Vec::new()),
         }
     }
 
@@ -710,6 +818,7 @@ impl StateRows {
             StateRows::Objects(_) => StateKind::Objects,
             StateRows::Peers(_) => StateKind::Peers,
             StateRows::Workers(_) => StateKind::Workers,
+            StateRows::Logs(_) => StateKind::Logs,
         }
     }
 
@@ -721,6 +830,7 @@ impl StateRows {
             StateRows::Objects(v) => v.len(),
             StateRows::Peers(v) => v.len(),
             StateRows::Workers(v) => v.len(),
+            StateRows::Logs(v) => v.len(),
         }
     }
 
@@ -740,15 +850,24 @@ impl StateRows {
             StateRows::Objects(v) => all(v),
             StateRows::Peers(v) => all(v),
             StateRows::Workers(v) => all(v),
+            StateRows::Logs(v) => all(v),
         }
     }
 
     /// Adds `by` microseconds to every time (the answer is that much older).
     pub fn age(&mut self, by: u64) {
-        if let StateRows::Tasks(v) = self {
-            for r in v {
-                r.times.age(by);
+        match self {
+            StateRows::Tasks(v) => {
+                for r in v {
+                    r.times.age(by);
+                }
             }
+            StateRows::Logs(v) => {
+                for r in v {
+                    r.at_ago_us = r.at_ago_us.saturating_add(by);
+                }
+            }
+            _ => {}
         }
     }
 
@@ -761,12 +880,13 @@ impl StateRows {
             (StateRows::Objects(a), StateRows::Objects(b)) => a.extend(b),
             (StateRows::Peers(a), StateRows::Peers(b)) => a.extend(b),
             (StateRows::Workers(a), StateRows::Workers(b)) => a.extend(b),
+            (StateRows::Logs(a), StateRows::Logs(b)) => a.extend(b),
             _ => {}
         }
     }
 
     /// Puts them in the order a listing shows (newest tasks first, largest objects first,
-    /// others by id) and keeps the first `limit`.
+    /// log lines oldest first, others by id) and keeps `limit` (the newest tasks and lines).
     pub fn order_and_cut(&mut self, limit: usize) {
         match self {
             StateRows::Tasks(v) => {
@@ -798,6 +918,17 @@ impl StateRows {
             StateRows::Workers(v) => {
                 v.sort_by(|a, b| a.node.cmp(&b.node).then(a.worker_id.cmp(&b.worker_id)));
                 v.truncate(limit);
+            }
+            StateRows::Logs(v) => {
+                // The newest `limit`, oldest first (as a log reads).
+                v.sort_by(|a, b| {
+                    b.at_ago_us
+                        .cmp(&a.at_ago_us)
+                        .then(a.line.node.cmp(&b.line.node))
+                        .then(a.seq.cmp(&b.seq))
+                });
+                let extra = v.len().saturating_sub(limit);
+                v.drain(..extra);
             }
         }
     }
@@ -1155,6 +1286,19 @@ mod tests {
                     binary: BinaryId([3; 32]),
                     state: "idle".into(),
                     tasks_done: 0,
+                }]),
+                StateKind::Logs => StateRows::Logs(vec![LogRow {
+                    line: LogLine {
+                        node: node.clone(),
+                        function: "f".into(),
+                        pid: 3,
+                        task_id: None,
+                        actor_id: None,
+                        stream: Stream::Stdout,
+                        text: "hello".into(),
+                    },
+                    seq: 1,
+                    at_ago_us: 5,
                 }]),
             };
             assert_eq!(rows.kind(), kind);

@@ -22,12 +22,20 @@ const TRIPLES: usize = 20;
 
 #[shoal::remote]
 fn triple(x: u64) -> u64 {
+    println!("tripling {x}");
     3 * x
 }
 
 #[shoal::remote]
 fn boom(x: u64) -> u64 {
+    eprintln!("about to fail");
     panic!("boom {x}")
+}
+
+#[shoal::remote]
+fn greet(x: u64) -> u64 {
+    println!("hello from an embedded node");
+    x
 }
 
 pub struct Tally {
@@ -42,6 +50,7 @@ impl Tally {
 
     pub fn add(&mut self, by: u64) -> u64 {
         self.n += by;
+        println!("tally now {}", self.n);
         self.n
     }
 }
@@ -105,20 +114,41 @@ fn waiting_driver_entry() {
     println!("all four ran");
 }
 
-fn driver(socket: &Path) {
+/// A driver on an embedded node (no daemon answers on its socket).
+#[test]
+fn embedded_driver_entry() {
+    let Ok(scenario) = std::env::var(ENV_SCENARIO) else {
+        return;
+    };
+    assert_eq!(scenario, "embedded");
+    shoal::init().unwrap();
+    assert_eq!(greet.remote(5).get_blocking().unwrap(), 5);
+    println!("result done");
+}
+
+/// Runs the driver `entry` in `scenario` on `socket`: its stdout and stderr, once it ended
+/// well.
+fn driver_in(entry: &str, scenario: &str, socket: &Path, env: &[(&str, &str)]) -> (String, String) {
     let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "driver_entry", "--nocapture", "--quiet"])
-        .env(ENV_SCENARIO, "workload")
+        .args(["--exact", entry, "--nocapture", "--quiet"])
+        .env(ENV_SCENARIO, scenario)
         .env("SHOAL_SOCKET", socket)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::piped())
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(
         out.status.success() && stdout.contains("result done"),
-        "the driver failed: {stdout}"
+        "the driver failed: {stdout}\n{stderr}"
     );
+    (stdout, stderr)
+}
+
+fn driver(socket: &Path) -> (String, String) {
+    driver_in("driver_entry", "workload", socket, &[])
 }
 
 /// `shoal <args> --socket <node's>`: its stdout, which must succeed.
@@ -178,7 +208,46 @@ fn every_peer_lists_the_same_mesh_and_a_silent_peer_is_named() {
         .map(|n| n.peer_id().to_string())
         .collect();
 
-    driver(&mesh.node(0).socket());
+    let (stdout, stderr) = driver(&mesh.node(0).socket());
+
+    // What the tasks wrote on the other peers reached the driver, prefixed, repeats held
+    // back and counted (20 lines of one pattern).
+    let b16: String = ids[1].chars().take(16).collect();
+    let c16: String = ids[2].chars().take(16).collect();
+    let tripling: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("(triple pid=") && l.contains(&format!("peer={b16})")))
+        .collect();
+    let held: u64 = tripling
+        .iter()
+        .filter_map(|l| {
+            let n = l.split("[repeated ").nth(1)?.split('x').next()?;
+            n.parse::<u64>().ok()
+        })
+        .sum();
+    assert!(
+        tripling.iter().all(|l| l.contains(") tripling ")),
+        "{stdout}"
+    );
+    assert_eq!(
+        tripling.len() as u64 + held
+            - tripling.iter().filter(|l| l.contains("[repeated")).count() as u64,
+        TRIPLES as u64,
+        "{stdout}"
+    );
+    assert!(tripling.len() < TRIPLES, "repeats are collapsed: {stdout}");
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with("(boom pid=") && l.ends_with(") about to fail")),
+        "{stderr}"
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("(Tally pid=") && l.contains(&format!("peer={c16}) tally now"))),
+        "{stdout}"
+    );
 
     // Tasks: every peer tells the same ones, from where they ran.
     let mut seen = None;
@@ -320,6 +389,29 @@ fn every_peer_lists_the_same_mesh_and_a_silent_peer_is_named() {
         .iter()
         .all(|e| e["ts"].as_u64().unwrap() > 0 && e["dur"].is_u64()));
 
+    // The lines stay at the peers where they were written: `shoal logs` from any peer.
+    let boom_id = failed["rows"][0]["task_id"].as_str().unwrap().to_string();
+    let text = cli(mesh.node(0), &["logs", "--task", &boom_id[..12]]);
+    // Its line, then its panic's message: all the task's, nothing else.
+    assert!(
+        text.starts_with("(boom pid=") && text.lines().next().unwrap().ends_with(") about to fail"),
+        "{text}"
+    );
+    assert!(text.lines().all(|l| l.starts_with("(boom pid=")), "{text}");
+    assert!(text.contains("boom 1"), "{text}");
+    let text = cli(mesh.node(2), &["logs", "--peer", &ids[1]]);
+    let lines = text.lines().filter(|l| l.contains(") tripling ")).count();
+    assert_eq!(lines, TRIPLES, "{text}");
+    let json = cli(mesh.node(1), &["logs", "--peer", &ids[2], "--json"]);
+    let rows: Vec<Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 3, "{json}");
+    assert!(rows
+        .iter()
+        .all(|r| r["text"].as_str().unwrap().starts_with("tally now")));
+
     // A stopped peer does not answer: the answer names it and is marked partial.
     mesh.node_mut(2).signal(libc::SIGSTOP).unwrap();
     let answer = cli_json(mesh.node(0), &["list", "tasks", "--timeout", "1"]);
@@ -425,4 +517,23 @@ fn work_no_peer_has_room_for_shows_in_every_status_and_warns_its_program() {
         );
     }
     driver.kill().unwrap();
+}
+
+#[test]
+fn an_embedded_node_prefixes_its_workers_output_and_honours_rust_log() {
+    let dir = shoal_tests::process::TestDir::new("state-embedded");
+    let socket = dir.join("nobody.sock");
+    let (stdout, stderr) = driver_in(
+        "embedded_driver_entry",
+        "embedded",
+        &socket,
+        &[("RUST_LOG", "shoal_node=info")],
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("(greet pid=") && l.ends_with(") hello from an embedded node")),
+        "{stdout}"
+    );
+    assert!(stderr.contains("node started"), "{stderr}");
 }

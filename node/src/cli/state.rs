@@ -148,6 +148,7 @@ fn columns(kind: StateKind) -> &'static [&'static str] {
             "spilled_bytes",
         ],
         StateKind::Workers => &["node", "worker_id", "pid", "state", "tasks_done", "binary"],
+        StateKind::Logs => &["node", "pid", "function", "stream", "text"],
     }
 }
 
@@ -325,6 +326,7 @@ pub(crate) fn get(ask: &Ask<'_>, kind: StateKind, id: &str, json: bool) -> Resul
         StateKind::Objects => "object_id",
         StateKind::Workers => "worker_id",
         StateKind::Peers => "node",
+        StateKind::Logs => bail!("lines have no id: `shoal logs --task ID` shows a task's"),
     };
     if id.len() < 4 {
         bail!("an id of at least 4 characters, please");
@@ -534,3 +536,52 @@ pub(crate) fn print_waiting(waiting: &Result<(Vec<TaskRow>, StateReply)>) {
         );
     }
 }
+
+/// `shoal logs`: the lines kept by the peers for a task, an actor or a peer (or all), oldest
+/// first; with `follow`, then every new line until interrupted.
+pub(crate) fn logs(
+    ask: &Ask<'_>,
+    filters: Vec<Filter>,
+    limit: u32,
+    follow: bool,
+    json: bool,
+) -> Result<()> {
+    let mut query = StateQuery::new(StateKind::Logs);
+    query.filters = filters;
+    query.limit = limit;
+    // The newest line printed, per peer.
+    let mut printed: BTreeMap<String, u64> = BTreeMap::new();
+    let mut warned = false;
+    loop {
+        let reply = ask_state(ask, query.clone())?;
+        let StateRows::Logs(rows) = &reply.rows else {
+            bail!("the node answered with rows of another kind");
+        };
+        let mut out = std::io::stdout().lock();
+        let now = SystemTime::now();
+        for r in rows {
+            let last = printed.entry(r.line.node.clone()).or_default();
+            if r.seq <= *last {
+                continue;
+            }
+            *last = r.seq;
+            if json {
+                writeln!(out, "{}", row_json(&r.cells(), now))?;
+            } else {
+                writeln!(out, "{} {}", r.line.prefix(), r.line.text)?;
+            }
+        }
+        out.flush()?;
+        if reply.partial() && !warned {
+            warn_partial(&reply);
+            warned = true;
+        }
+        if !follow {
+            return Ok(());
+        }
+        std::thread::sleep(FOLLOW_EVERY);
+    }
+}
+
+/// How often `shoal logs --follow` asks for new lines.
+const FOLLOW_EVERY: Duration = Duration::from_secs(1);

@@ -386,7 +386,7 @@ impl NodeCore {
     }
 
     /// A worker's process id, once it is attached.
-    fn worker_pid(&self, worker: WorkerId) -> Option<u32> {
+    pub(super) fn worker_pid(&self, worker: WorkerId) -> Option<u32> {
         let conn = self.worker_conns.get(&worker)?;
         self.procs.get(conn).map(|p| p.pid)
     }
@@ -1302,6 +1302,7 @@ impl NodeCore {
     }
 
     pub(super) fn worker_exited(&mut self, now: Instant, worker: WorkerId, end: WorkerEnd) {
+        self.worker_gone(worker);
         let (pid, error) = match end {
             WorkerEnd::Exited { pid, exit } => (pid, TaskError::WorkerDied { pid, exit }),
             WorkerEnd::FailedToStart => (
@@ -1468,6 +1469,7 @@ impl NodeCore {
             e.started = Some(now);
             e.worker_pid = pid;
         }
+        self.worker_ran(worker, task);
         match self.worker_conns.get(&worker) {
             Some(conn) => self.tell_proc(*conn, ToClient::Execute(exec)),
             None => {

@@ -62,6 +62,7 @@ pub mod actors;
 mod harness;
 mod lineage;
 mod local;
+mod logs;
 pub mod metrics;
 mod objects;
 mod peers;
@@ -155,6 +156,15 @@ pub enum Input {
         worker: WorkerId,
         /// How.
         end: WorkerEnd,
+    },
+    /// A worker process wrote lines (without their newlines).
+    WorkerOutput {
+        /// The worker.
+        worker: WorkerId,
+        /// Which output.
+        stream: shoal_protocol::state::Stream,
+        /// The lines.
+        lines: Vec<String>,
     },
     /// A peer's load report.
     PeerReport {
@@ -534,6 +544,8 @@ pub struct NodeCore {
     questions: state::Questions,
     /// Warnings of work waiting long for resources.
     waits: state::Waits,
+    /// What workers wrote.
+    logs: logs::Logs,
 }
 
 impl std::fmt::Debug for NodeCore {
@@ -606,6 +618,7 @@ impl NodeCore {
             history: state::History::default(),
             questions: state::Questions::default(),
             waits: state::Waits::default(),
+            logs: logs::Logs::default(),
         };
         core.report_load();
         core
@@ -627,6 +640,11 @@ impl NodeCore {
             }
             Input::Detached { conn } => self.detached(now, conn),
             Input::WorkerExited { worker, end } => self.worker_exited(now, worker, end),
+            Input::WorkerOutput {
+                worker,
+                stream,
+                lines,
+            } => self.worker_output(now, worker, stream, lines),
             Input::PeerReport { peer, report } => {
                 if Some(peer) == self.me {
                     return;
@@ -839,6 +857,9 @@ impl NodeCore {
     /// Every message to a peer goes here: the refs it carries become the peer's rights.
     fn tell_peer(&mut self, peer: PeerKey, msg: PeerMsg) {
         self.confer_rights(peer, &msg);
+        if let PeerMsg::Submit(rt) = &msg {
+            self.work_sent(peer, rt.spec.owner);
+        }
         self.out.push_back(Output::ToPeer { peer, msg });
     }
 }

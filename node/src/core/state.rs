@@ -167,7 +167,7 @@ struct Collected {
 
 impl NodeCore {
     /// This node's name in rows: its peer id, or outside a mesh its node id.
-    fn node_name(&self) -> String {
+    pub(super) fn node_name(&self) -> String {
         self.me
             .map_or_else(|| self.node_id.to_hex(), |p| p.to_string())
     }
@@ -500,6 +500,9 @@ impl NodeCore {
                 (String::new(), String::new(), 0)
             }),
             StateKind::Workers => collect(query, self.worker_rows(&node), |_| {
+                (String::new(), String::new(), 0)
+            }),
+            StateKind::Logs => collect(query, self.log_rows(now), |_| {
                 (String::new(), String::new(), 0)
             }),
         };

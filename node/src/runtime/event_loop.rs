@@ -223,6 +223,11 @@ impl Shell {
                 self.conns.remove(&conn);
                 self.input(Input::Detached { conn });
             }
+            Event::WorkerOutput(out) => self.input(Input::WorkerOutput {
+                worker: out.worker,
+                stream: out.stream,
+                lines: out.lines,
+            }),
             Event::Status(reply) => self.status_to(StatusTo::Caller(reply)),
             Event::Metrics(reply) => {
                 let now = Instant::now();
@@ -493,7 +498,9 @@ impl Shell {
             (Some(_), Some(events)) => Some(events),
             (Some(_), None) => return failed(self, &"the node is stopping"),
         };
-        match workers::spawn(worker, binary, exe, &self.socket, sandbox) {
+        // Its stdout and stderr come here, line by line, for its tasks' programs.
+        let output = self.conn_events.as_ref().and_then(|e| e.upgrade());
+        match workers::spawn(worker, binary, exe, &self.socket, sandbox, output) {
             Ok((process, watcher, conn)) => {
                 if let (Some(conn), Some(events)) = (conn, events) {
                     let close = self.close.clone();

@@ -52,6 +52,8 @@ pub enum Event {
         /// The connection.
         conn: ConnId,
     },
+    /// A worker wrote lines.
+    WorkerOutput(workers::Lines),
     /// Status for an in-process caller.
     Status(oneshot::Sender<NodeStatus>),
     /// A scrape of the metrics endpoint.

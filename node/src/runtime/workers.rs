@@ -14,11 +14,15 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 
+use std::time::Duration;
+
+use shoal_protocol::state::{Stream, MAX_LOG_LINE};
 use shoal_protocol::ExitInfo;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
 use super::sandbox::{self, Sandbox, SandboxError};
+use super::Event;
 use crate::core::sched::WorkerId;
 use crate::core::WorkerEnd;
 
@@ -93,15 +97,102 @@ pub enum SpawnError {
 /// [`crate::api::serve_inherited`]).
 pub type Started<W> = (WorkerProcess, W, Option<StdUnixStream>);
 
+/// Lines a worker wrote on one of its outputs.
+#[derive(Debug)]
+pub struct Lines {
+    /// The worker.
+    pub worker: WorkerId,
+    /// Which output.
+    pub stream: Stream,
+    /// The lines, without their newlines (a line longer than
+    /// [`shoal_protocol::state::MAX_LOG_LINE`] is cut into several).
+    pub lines: Vec<String>,
+}
+
+/// How long a worker's output is still read after it exited (what it wrote last may still
+/// be in the pipe; a process it left behind may hold the pipe open for ever).
+const OUTPUT_GRACE: Duration = Duration::from_millis(200);
+
+/// Reads `pipe` to its end, sending its lines to `events` (waiting when the node is behind:
+/// the worker then waits on its writes, as on a slow terminal).
+async fn read_lines(
+    worker: WorkerId,
+    stream: Stream,
+    mut pipe: impl tokio::io::AsyncRead + Unpin,
+    events: mpsc::Sender<Event>,
+) {
+    use tokio::io::AsyncReadExt;
+    let mut partial: Vec<u8> = Vec::new();
+    let mut chunk = vec![0u8; 16 * 1024];
+    let line = |bytes: &[u8]| {
+        let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+        String::from_utf8_lossy(bytes).into_owned()
+    };
+    loop {
+        let n = match pipe.read(&mut chunk).await {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) => {
+                tracing::debug!(worker, error = %e, "reading a worker's output failed");
+                break;
+            }
+        };
+        let mut lines = Vec::new();
+        for piece in chunk[..n].split_inclusive(|b| *b == b'\n') {
+            match piece.strip_suffix(b"\n") {
+                Some(end) => {
+                    partial.extend_from_slice(end);
+                    lines.push(line(&partial));
+                    partial.clear();
+                }
+                None => partial.extend_from_slice(piece),
+            }
+            if partial.len() >= MAX_LOG_LINE {
+                lines.push(line(&partial));
+                partial.clear();
+            }
+        }
+        if !lines.is_empty() && !send_lines(&events, worker, stream, lines).await {
+            return;
+        }
+    }
+    if !partial.is_empty() {
+        send_lines(&events, worker, stream, vec![line(&partial)]).await;
+    }
+}
+
+/// Sends lines to the event loop; false once it is gone.
+async fn send_lines(
+    events: &mpsc::Sender<Event>,
+    worker: WorkerId,
+    stream: Stream,
+    lines: Vec<String>,
+) -> bool {
+    let out = Lines {
+        worker,
+        stream,
+        lines,
+    };
+    match events.send(Event::WorkerOutput(out)).await {
+        Ok(()) => true,
+        Err(_) => {
+            tracing::debug!(worker, "the node stopped; a worker's output is not read");
+            false
+        }
+    }
+}
+
 /// Starts worker `id` from `exe`. Without `sandbox`, it runs as the node's user and connects
 /// to `socket`; with it, it runs sandboxed (see [`super::sandbox`]) and talks to the node
-/// over an inherited socket whose other end is returned.
+/// over an inherited socket whose other end is returned. With `output`, its stdout and
+/// stderr are read line by line into it; without, they are the node's.
 pub fn spawn(
     id: WorkerId,
     binary: shoal_protocol::BinaryId,
     exe: &Path,
     socket: &Path,
     sandbox: Option<&Sandbox>,
+    output: Option<mpsc::Sender<Event>>,
 ) -> Result<Started<impl Future<Output = WorkerEnd> + Send + 'static>, SpawnError> {
     let mut cmd;
     let mut node_end = None;
@@ -157,9 +248,12 @@ pub fn spawn(
     cmd.env(ENV_WORKER_ID, id.to_string())
         .env(ENV_BINARY, binary.to_hex())
         .stdin(Stdio::null())
-        .stdout(Stdio::inherit())
-        .stderr(Stdio::inherit())
         .kill_on_drop(true);
+    if output.is_some() {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    } else {
+        cmd.stdout(Stdio::inherit()).stderr(Stdio::inherit());
+    }
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
@@ -173,17 +267,51 @@ pub fn spawn(
     let pid = child.id().unwrap_or(0);
     let (kill_tx, mut kill_rx) = oneshot::channel::<Option<Oom>>();
     let span = tracing::info_span!("worker", worker = id, pid, exe = %exe.display(), sandboxed = cleanup.is_some());
+    let pipes = output.map(|events| (child.stdout.take(), child.stderr.take(), events));
     let watcher = async move {
         tracing::debug!("worker started");
-        let (status, killed_for) = tokio::select! {
-            status = child.wait() => (status, None),
-            reason = &mut kill_rx => {
-                if let Err(e) = child.start_kill() {
-                    tracing::debug!(error = %e, "worker ended before the kill");
-                }
-                (child.wait().await, reason.ok().flatten())
+        let reading = async move {
+            if let Some((out, err, events)) = pipes {
+                let out = async {
+                    if let Some(p) = out {
+                        read_lines(id, Stream::Stdout, p, events.clone()).await;
+                    }
+                };
+                let err = async {
+                    if let Some(p) = err {
+                        read_lines(id, Stream::Stderr, p, events.clone()).await;
+                    }
+                };
+                tokio::join!(out, err);
             }
         };
+        tokio::pin!(reading);
+        let mut read_all = false;
+        let waiting = async {
+            tokio::select! {
+                status = child.wait() => (status, None),
+                reason = &mut kill_rx => {
+                    if let Err(e) = child.start_kill() {
+                        tracing::debug!(error = %e, "worker ended before the kill");
+                    }
+                    (child.wait().await, reason.ok().flatten())
+                }
+            }
+        };
+        tokio::pin!(waiting);
+        let (status, killed_for) = loop {
+            tokio::select! {
+                ended = &mut waiting => break ended,
+                () = &mut reading, if !read_all => read_all = true,
+            }
+        };
+        if !read_all
+            && tokio::time::timeout(OUTPUT_GRACE, &mut reading)
+                .await
+                .is_err()
+        {
+            tracing::debug!("a worker's output is still open after it exited; no longer read");
+        }
         let exit = match status {
             Ok(s) => exit_info(s),
             Err(e) => {

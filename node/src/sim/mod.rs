@@ -250,6 +250,8 @@ pub struct Driver {
     request: u64,
     /// Warnings its node sent it.
     warnings: Vec<String>,
+    /// Lines of its tasks' output its node sent it.
+    log_lines: Vec<shoal_protocol::state::LogLine>,
 }
 
 /// What a state query of a driver got.
@@ -999,6 +1001,10 @@ impl Sim {
                 self.drivers[d].warnings.push(message);
                 return;
             }
+            ToClient::Log { lines } => {
+                self.drivers[d].log_lines.extend(lines);
+                return;
+            }
             ToClient::Created { request, result } => {
                 let Some((ticket, object)) = self.drivers[d].creating.remove(&request) else {
                     return;
@@ -1621,6 +1627,7 @@ impl Sim {
             states: BTreeMap::new(),
             request: 0,
             warnings: Vec::new(),
+            log_lines: Vec::new(),
         });
         self.nodes[node].procs.insert(conn, Proc::Driver(d));
         let hello = Hello {
@@ -1684,6 +1691,16 @@ impl Sim {
             },
         );
         request
+    }
+
+    /// The lines of output driver `d`'s node sent it.
+    pub fn log_lines(&self, d: usize) -> &[shoal_protocol::state::LogLine] {
+        &self.drivers[d].log_lines
+    }
+
+    /// Driver `d`'s program id.
+    pub fn client(&self, d: usize) -> shoal_protocol::ClientId {
+        self.drivers[d].client
     }
 
     /// The warnings driver `d`'s node sent it.

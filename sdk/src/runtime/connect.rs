@@ -166,7 +166,11 @@ pub(super) fn connect(
         link: AtomicU8::new(OPEN),
         work: Work::new(work_rx),
         thread: runtime,
+        logs: Default::default(),
     });
+    if mode == Mode::Driver {
+        thread::flush_logs_at_exit();
+    }
     if embedded {
         thread::stop_at_exit();
     }
@@ -260,7 +264,18 @@ async fn open_transport(hello: Hello, options: InitOptions) -> Result<Opened, In
             Err(_) => {}
         }
     }
-    // No daemon: run a node in this process, on this runtime.
+    // No daemon: run a node in this process, on this runtime. Its own log goes to stderr
+    // as RUST_LOG says (nothing without it), unless the program set a subscriber itself.
+    if std::env::var_os("RUST_LOG").is_some() {
+        let installed = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_writer(std::io::stderr)
+            .try_init();
+        if installed.is_err() {
+            tracing::debug!("the program set its own log subscriber; the node logs through it");
+        }
+    }
     let mut config = NodeConfig {
         socket: shoal_node::config::user_runtime_dir().join(format!(
             "embedded-{}-{:08x}.sock",

@@ -17,6 +17,7 @@
 
 mod cells;
 mod connect;
+mod logs;
 mod outbox;
 mod thread;
 mod transport;
@@ -87,6 +88,8 @@ pub(crate) struct Context {
     /// Worker mode: the tasks handed to this process.
     pub(crate) work: Work,
     thread: RuntimeThread,
+    /// Prints what this program's tasks and actors write.
+    pub(crate) logs: logs::Printer,
 }
 
 impl std::fmt::Debug for Context {
@@ -340,6 +343,7 @@ impl Context {
                     }
                 }
             }
+            ToClient::Log { lines } => self.logs.print(lines),
             ToClient::Warning { message } => {
                 // As Ray's autoscaler messages: on the program's stderr, whatever RUST_LOG says.
                 tracing::warn!(%message, "from the node");
@@ -354,6 +358,7 @@ impl Context {
 
     /// The connection has ended (on the runtime thread): everything waiting fails.
     fn on_disconnect(&self) {
+        self.logs.flush();
         let lost = self
             .link
             .compare_exchange(OPEN, LOST, Ordering::AcqRel, Ordering::Acquire)
@@ -379,6 +384,7 @@ impl Context {
         if self.link.swap(SHUT_DOWN, Ordering::AcqRel) == SHUT_DOWN {
             return false;
         }
+        self.logs.flush();
         self.outbox.close();
         self.lock_requests().clear();
         self.cells.fail(&GetError::Shutdown, true);

@@ -275,6 +275,22 @@ impl Context {
 
 /// Makes the program's exit stop an embedded node the way [`Context::shutdown`] does.
 /// Registered once, by the first embedded node.
+/// Registers (once) an exit hook that prints the repeats of task output still held back.
+pub(super) fn flush_logs_at_exit() {
+    static REGISTER: Once = Once::new();
+    extern "C" fn at_exit() {
+        if let Some(ctx) = super::try_get() {
+            ctx.logs.flush();
+        }
+    }
+    REGISTER.call_once(|| {
+        // SAFETY: registers a plain `extern "C"` function that captures nothing.
+        if unsafe { libc::atexit(at_exit) } != 0 {
+            tracing::warn!("cannot register the exit hook: repeated task output held back at exit is not printed");
+        }
+    });
+}
+
 pub(super) fn stop_at_exit() {
     static REGISTER: Once = Once::new();
     extern "C" fn at_exit() {

@@ -86,6 +86,18 @@ async fn run_socket(
     tokio::select! {
         () = writer => {}
         () = reader => {}
+        () = close_log_windows(ctx) => {}
+    }
+}
+
+/// Prints the repeats of task output held back once their window has passed, while the
+/// connection lasts.
+async fn close_log_windows(ctx: &Context) {
+    let mut tick = tokio::time::interval(super::logs::WINDOW / 5);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        ctx.logs.close_passed();
     }
 }
 
@@ -107,6 +119,7 @@ async fn run_local(ctx: &Context, mut local: LocalClient, work: mpsc::Sender<Wor
     tokio::select! {
         () = writer => {}
         () = reader => {}
+        () = close_log_windows(ctx) => {}
     }
     // Detach from the node (a no-op if it has stopped).
     sender.close().await;

@@ -19,6 +19,7 @@
 //! shoal list tasks|actors|objects|peers|workers [--filter KEY=VALUE]... [--limit N] [ASK]
 //! shoal summary tasks|actors|objects [--filter KEY=VALUE]... [ASK]
 //! shoal get task|actor|object|worker|peer ID [ASK]
+//! shoal top [--every SECS] [--timeout SECS] [--socket PATH]
 //! shoal logs [--task ID | --actor ID | --peer P] [--follow] [--limit N] [ASK]
 //! shoal timeline [--out FILE] [--limit N] [ASK]
 //!   (ASK: [--json] [--timeout SECS] [--local] [--socket PATH])
@@ -131,6 +132,20 @@ enum Command {
         id: String,
         #[command(flatten)]
         ask: AskArgs,
+    },
+    /// A live view of the mesh in the terminal, refreshed every second: each peer's CPUs,
+    /// resources, queue, running tasks, tasks per second, store, spill, workers, actors and
+    /// round trip; `s` sorts, `enter` shows a peer's tasks and actors, `q` quits.
+    Top {
+        /// Seconds between refreshes.
+        #[arg(long, default_value_t = 1.0)]
+        every: f64,
+        /// Seconds to wait for the other peers at each refresh.
+        #[arg(long, default_value_t = 1.0)]
+        timeout: f64,
+        /// The node's socket [default: $SHOAL_SOCKET or the per-user default].
+        #[arg(long)]
+        socket: Option<PathBuf>,
     },
     /// Show what tasks and actors wrote to stdout and stderr, from the peers where they ran
     /// (each peer keeps its last 10,000 lines), oldest first.
@@ -526,6 +541,23 @@ fn main() -> Result<()> {
             with_ask(&ask, |a, json| {
                 cli::state::logs(a, filters, limit, follow, json)
             })
+        }
+        Command::Top {
+            every,
+            timeout,
+            socket,
+        } => {
+            let good = (0.1..=3600.0).contains(&every) && timeout > 0.0 && timeout <= 60.0;
+            if !good {
+                bail!("--every must be in [0.1, 3600] seconds, --timeout in (0, 60]");
+            }
+            let socket = socket.unwrap_or_else(default_socket_path);
+            let ask = cli::state::Ask {
+                socket: &socket,
+                timeout: Duration::from_secs_f64(timeout),
+                local: false,
+            };
+            cli::top::run(&ask, Duration::from_secs_f64(every))
         }
         Command::Timeline { out, limit, ask } => {
             with_ask(&ask, |a, _| cli::state::timeline(a, &out, limit))

@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 use shoal_protocol::{frame, ClientId, Hello, Role, ToClient, ToNode, MAGIC, PROTOCOL_VERSION};
 
 pub(crate) mod state;
+pub(crate) mod top;
 
 /// The ids cut to the shortest width (at least `min`) at which no two distinct ids look the
 /// same, in order.

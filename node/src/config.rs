@@ -51,6 +51,9 @@ pub struct NodeConfig {
     pub lineage_bytes: u64,
     /// Where to serve Prometheus metrics (`GET /metrics`), if anywhere. Default: nowhere.
     pub metrics: Option<std::net::SocketAddr>,
+    /// Where to serve the web dashboard, if anywhere (needs the `dashboard` feature).
+    /// Default: nowhere.
+    pub dashboard: Option<std::net::SocketAddr>,
     /// How long a program's task or actor waits for resources before the program is warned
     /// (once a minute per demand while it waits). Default [`DEFAULT_WAIT_WARNING`].
     pub wait_warning: std::time::Duration,
@@ -120,6 +123,7 @@ impl Default for NodeConfig {
             sandbox: SandboxConfig::default(),
             lineage_bytes: DEFAULT_LINEAGE_BYTES,
             metrics: None,
+            dashboard: None,
             wait_warning: DEFAULT_WAIT_WARNING,
             #[cfg(feature = "mesh")]
             mesh: None,

@@ -26,6 +26,8 @@
 pub mod auth;
 pub mod config;
 pub mod core;
+#[cfg(feature = "dashboard")]
+pub mod json;
 #[cfg(feature = "mesh")]
 pub mod net;
 pub mod runtime;
@@ -81,6 +83,14 @@ pub enum NodeError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The dashboard endpoint could not be bound.
+    #[error("cannot serve the dashboard on {addr}: {source}")]
+    Dashboard {
+        /// The address asked for.
+        addr: std::net::SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
     /// The mesh could not be joined.
     #[cfg(feature = "mesh")]
     #[error(transparent)]
@@ -125,6 +135,14 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
             tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|source| NodeError::Metrics { addr, source })?,
+        ),
+        None => None,
+    };
+    let dashboard = match config.dashboard {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| NodeError::Dashboard { addr, source })?,
         ),
         None => None,
     };
@@ -218,7 +236,7 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     let (accept, close) = (CancellationToken::new(), CancellationToken::new());
     #[allow(unused_mut)]
     let mut shell =
-        runtime::event_loop::Shell::new(core, files, socket, accept.clone(), close.clone());
+        runtime::event_loop::Shell::new(core, files, socket.clone(), accept.clone(), close.clone());
     shell.set_workers(sandbox, monitor, &tx, max_frame);
     if let Some(listener) = metrics {
         match listener.local_addr() {
@@ -228,9 +246,14 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
             }
             Err(e) => tracing::warn!(error = %e, "the metrics endpoint has no address"),
         }
+        let endpoint = std::sync::Arc::new(runtime::metrics::Endpoint::new(tx.clone()));
         tokio::spawn(
-            runtime::metrics::serve(listener, tx.clone(), accept.clone()).instrument(span.clone()),
+            runtime::http::serve(listener, endpoint, accept.clone(), "metrics")
+                .instrument(span.clone()),
         );
+    }
+    if let Some(listener) = dashboard {
+        serve_dashboard(listener, &mut shell, &socket, &accept, &span);
     }
     #[cfg(feature = "mesh")]
     if let Some(net) = net {
@@ -408,4 +431,41 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
         }
     }
     out
+}
+
+/// Serves the web dashboard on `listener` (it asks the node on `socket`).
+#[cfg(feature = "dashboard")]
+fn serve_dashboard(
+    listener: tokio::net::TcpListener,
+    shell: &mut runtime::event_loop::Shell,
+    socket: &std::path::Path,
+    stop: &CancellationToken,
+    span: &tracing::Span,
+) {
+    match listener.local_addr() {
+        Ok(addr) => {
+            if !addr.ip().is_loopback() {
+                tracing::warn!(%addr, "the dashboard shows the mesh's tasks and their output to anyone who can reach it: keep it on loopback, or behind something that authenticates");
+            }
+            tracing::info!(%addr, "serving the dashboard at http://{addr}/");
+            shell.set_dashboard_addr(addr);
+        }
+        Err(e) => tracing::warn!(error = %e, "the dashboard endpoint has no address"),
+    }
+    let handler = std::sync::Arc::new(runtime::dashboard::Dashboard::new(socket.to_path_buf()));
+    tokio::spawn(
+        runtime::http::serve(listener, handler, stop.clone(), "dashboard").instrument(span.clone()),
+    );
+}
+
+/// Without the `dashboard` feature a node serves none.
+#[cfg(not(feature = "dashboard"))]
+fn serve_dashboard(
+    listener: tokio::net::TcpListener,
+    _shell: &mut runtime::event_loop::Shell,
+    _socket: &std::path::Path,
+    _stop: &CancellationToken,
+    _span: &tracing::Span,
+) {
+    tracing::warn!(addr = ?listener.local_addr(), "this build has no dashboard (the `dashboard` feature); not serving one");
 }

@@ -452,6 +452,11 @@ struct NodeArgs {
     /// status` shows it) [default: none].
     #[arg(long, env = "SHOAL_METRICS", value_name = "ADDR")]
     metrics: Option<std::net::SocketAddr>,
+    /// Serve the web dashboard at `http://ADDR/` (port 0 picks a free one; `shoal status`
+    /// shows it): the mesh's peers, task stream, actors, objects and logs. It shows them to
+    /// anyone who can reach ADDR: keep it on loopback.
+    #[arg(long, env = "SHOAL_DASHBOARD", value_name = "ADDR")]
+    dashboard: Option<std::net::SocketAddr>,
 }
 
 /// `N`, `NK`, `NM` or `NG` (powers of 1024) bytes.
@@ -814,6 +819,7 @@ fn run_node(args: NodeArgs) -> Result<()> {
         config.lineage_bytes = n;
     }
     config.metrics = args.metrics;
+    config.dashboard = args.dashboard;
     config.sandbox = shoal_node::config::SandboxConfig {
         worker_user: args.worker_user,
         allow_root_workers: args.allow_root_workers,
@@ -863,6 +869,7 @@ fn status_json(s: &NodeStatus) -> serde_json::Value {
         "tasks": { "queued": s.tasks_queued, "running": s.tasks_running, "finished": s.tasks_finished },
         "clients": s.clients,
         "metrics": s.metrics,
+        "dashboard": s.dashboard,
         "objects": {
             "count": s.objects.count,
             "inline_count": s.objects.inline_count,
@@ -900,6 +907,9 @@ fn print_status(s: &NodeStatus) {
         s.uptime_ms as f64 / 1000.0
     );
     println!("socket    {}", s.socket);
+    if let Some(addr) = &s.dashboard {
+        println!("dashboard http://{addr}/");
+    }
     if let Some(addr) = &s.metrics {
         println!("metrics   http://{addr}/metrics");
     }

@@ -640,6 +640,8 @@ pub struct NodeStatus {
     pub refused: Vec<(String, u64)>,
     /// Where the node serves its Prometheus metrics (`--metrics`), if it does.
     pub metrics: Option<String>,
+    /// Where the node serves its web dashboard (`--dashboard`), if it does.
+    pub dashboard: Option<String>,
 }
 
 /// The mesh as one node sees it.

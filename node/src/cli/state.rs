@@ -7,6 +7,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
+use shoal_node::json;
 use shoal_protocol::state::{
     Cell, Filter, Row, StateKind, StateQuery, StateReply, StateRows, TaskRow, MAX_STATE_LIMIT,
 };
@@ -57,55 +58,6 @@ fn warn_partial(reply: &StateReply) {
             reply.missing.join(", ")
         );
     }
-}
-
-/// Milliseconds since the Unix epoch of a time `ago_us` microseconds before now.
-fn unix_ms(now: SystemTime, ago_us: u64) -> u64 {
-    let at = now
-        .checked_sub(Duration::from_micros(ago_us))
-        .unwrap_or(UNIX_EPOCH);
-    at.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-fn cell_json(c: &Cell) -> serde_json::Value {
-    match c {
-        Cell::Text(s) => serde_json::json!(s),
-        Cell::Num(n) => serde_json::json!(n),
-        Cell::None => serde_json::Value::Null,
-        Cell::List(v) => serde_json::json!(v),
-    }
-}
-
-/// A row as JSON: its fields, and for each `X_ago_us` an `X_at_ms` (Unix milliseconds).
-fn row_json(cells: &[(&'static str, Cell)], now: SystemTime) -> serde_json::Value {
-    let mut m = serde_json::Map::new();
-    for (k, c) in cells {
-        m.insert(k.to_string(), cell_json(c));
-        if let (Some(stem), Cell::Num(ago)) = (k.strip_suffix("_ago_us"), c) {
-            m.insert(
-                format!("{stem}_at_ms"),
-                serde_json::json!(unix_ms(now, *ago)),
-            );
-        }
-    }
-    serde_json::Value::Object(m)
-}
-
-/// The whole reply as one JSON object.
-fn reply_json(reply: &StateReply) -> serde_json::Value {
-    let now = SystemTime::now();
-    serde_json::json!({
-        "kind": reply.rows.kind().name(),
-        "rows": reply.rows.cells().iter().map(|r| row_json(r, now)).collect::<Vec<_>>(),
-        "matched": reply.matched,
-        "summary": reply.summary.iter().map(|s| serde_json::json!({
-            "group": s.group, "state": s.state, "count": s.count, "bytes": s.bytes,
-        })).collect::<Vec<_>>(),
-        "answered": reply.answered,
-        "missing": reply.missing,
-        "partial": reply.partial(),
-    })
 }
 
 /// The columns a table shows for each kind (all fields are in `--json`).
@@ -249,7 +201,7 @@ pub(crate) fn list(ask: &Ask<'_>, query: StateQuery, json: bool) -> Result<()> {
     let reply = ask_state(ask, query)?;
     let mut out = std::io::stdout().lock();
     if json {
-        writeln!(out, "{}", reply_json(&reply))?;
+        writeln!(out, "{}", json::reply(&reply))?;
     } else {
         write_table(&mut out, &reply.rows)?;
         writeln!(
@@ -272,7 +224,7 @@ pub(crate) fn summary(ask: &Ask<'_>, mut query: StateQuery, json: bool) -> Resul
     let reply = ask_state(ask, query)?;
     let mut out = std::io::stdout().lock();
     if json {
-        writeln!(out, "{}", reply_json(&reply))?;
+        writeln!(out, "{}", json::reply(&reply))?;
         warn_partial(&reply);
         return Ok(());
     }
@@ -367,7 +319,7 @@ pub(crate) fn get(ask: &Ask<'_>, kind: StateKind, id: &str, json: bool) -> Resul
     }
     let mut out = std::io::stdout().lock();
     if json {
-        writeln!(out, "{}", reply_json(&reply))?;
+        writeln!(out, "{}", json::reply(&reply))?;
     } else {
         let now = SystemTime::now();
         for (i, row) in cells.iter().enumerate() {
@@ -381,7 +333,7 @@ pub(crate) fn get(ask: &Ask<'_>, kind: StateKind, id: &str, json: bool) -> Resul
                         out,
                         "{k:<width$}  {} ago ({stem} at {} ms since the epoch)",
                         human_us(*ago),
-                        unix_ms(now, *ago)
+                        json::unix_ms(now, *ago)
                     )?,
                     _ => writeln!(out, "{k:<width$}  {c}")?,
                 }
@@ -490,7 +442,7 @@ pub(crate) fn waiting_json(waiting: &Result<(Vec<TaskRow>, StateReply)>) -> serd
     match waiting {
         Ok((rows, reply)) => {
             let now = SystemTime::now();
-            let list: Vec<_> = rows.iter().map(|r| row_json(&r.cells(), now)).collect();
+            let list: Vec<_> = rows.iter().map(|r| json::row(&r.cells(), now)).collect();
             serde_json::json!({ "tasks": list, "partial": reply.partial(), "missing": reply.missing })
         }
         Err(e) => serde_json::json!({ "error": format!("{e:#}") }),
@@ -566,7 +518,7 @@ pub(crate) fn logs(
             }
             *last = r.seq;
             if json {
-                writeln!(out, "{}", row_json(&r.cells(), now))?;
+                writeln!(out, "{}", json::row(&r.cells(), now))?;
             } else {
                 writeln!(out, "{} {}", r.line.prefix(), r.line.text)?;
             }

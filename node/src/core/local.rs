@@ -1615,6 +1615,7 @@ impl NodeCore {
                 .map(|(k, n)| (k.name().to_string(), n))
                 .collect(),
             metrics: None,
+            dashboard: None,
         }
     }
 

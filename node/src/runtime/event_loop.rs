@@ -87,6 +87,8 @@ pub(crate) struct Shell {
     max_frame: usize,
     /// Where the metrics are served, if they are.
     metrics_addr: Option<std::net::SocketAddr>,
+    /// Where the dashboard is served, if it is.
+    dashboard_addr: Option<std::net::SocketAddr>,
 }
 
 impl Shell {
@@ -124,12 +126,19 @@ impl Shell {
             conn_events: None,
             max_frame: shoal_protocol::frame::DEFAULT_MAX_FRAME,
             metrics_addr: None,
+            dashboard_addr: None,
         }
     }
 
     /// Records where the metrics endpoint listens (for status).
     pub(crate) fn set_metrics_addr(&mut self, addr: std::net::SocketAddr) {
         self.metrics_addr = Some(addr);
+    }
+
+    /// Records where the dashboard listens (for status).
+    #[cfg_attr(not(feature = "dashboard"), allow(dead_code))]
+    pub(crate) fn set_dashboard_addr(&mut self, addr: std::net::SocketAddr) {
+        self.dashboard_addr = Some(addr);
     }
 
     /// Sets how workers are confined: `sandbox` for code shipped by peers (whose
@@ -567,6 +576,7 @@ impl Shell {
     /// A status with what only the shell knows.
     fn status(&self, mut status: shoal_protocol::NodeStatus) -> shoal_protocol::NodeStatus {
         status.metrics = self.metrics_addr.map(|a| a.to_string());
+        status.dashboard = self.dashboard_addr.map(|a| a.to_string());
         #[cfg(feature = "mesh")]
         {
             status.mesh = self.net.as_ref().map(|n| n.status());

@@ -11,12 +11,7 @@
 //! takes task, object or actor ids, and function and class names are bounded
 //! ([`crate::core::metrics::MAX_LABEL_VALUES`]).
 //!
-//! The server is as small as it can be: a request's head is read with a deadline and a size
-//! bound, parsed by `httparse`, answered, and the connection is closed; at most
-//! [`MAX_CONNECTIONS`] are served at once (others are closed unanswered, with a log line).
-
-use std::sync::Arc;
-use std::time::Duration;
+//! It is served by the node's small HTTP server ([`super::http`]).
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
@@ -25,23 +20,11 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 use shoal_protocol::NodeStatus;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
+use super::http::{Handler, Reply};
 use super::Event;
 use crate::core::metrics::{Histogram, Labelled, MetricsSnapshot};
-
-/// Connections served at once.
-pub const MAX_CONNECTIONS: usize = 16;
-
-/// The largest request head read.
-const MAX_HEAD: usize = 8 * 1024;
-
-/// How long a client may take to send its request, and the node to answer.
-const DEADLINE: Duration = Duration::from_secs(5);
 
 /// The content type of the OpenMetrics text format.
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -456,167 +439,38 @@ impl Collector for Scrape {
     }
 }
 
-/// Serves scrapes on `listener` until `stop`, asking the event loop behind `events` for each.
-pub async fn serve(listener: TcpListener, events: mpsc::Sender<Event>, stop: CancellationToken) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    let mut conns = tokio::task::JoinSet::new();
-    loop {
-        let accepted = tokio::select! {
-            _ = stop.cancelled() => break,
-            Some(done) = conns.join_next(), if !conns.is_empty() => {
-                if let Err(e) = done {
-                    tracing::warn!(error = %e, "a metrics connection failed");
-                }
-                continue;
-            }
-            accepted = listener.accept() => accepted,
+/// Answers `GET /metrics` with a scrape from the event loop behind `events`.
+#[derive(Debug)]
+pub struct Endpoint {
+    events: mpsc::Sender<Event>,
+}
+
+impl Endpoint {
+    /// The endpoint of the event loop behind `events`.
+    pub fn new(events: mpsc::Sender<Event>) -> Self {
+        Self { events }
+    }
+}
+
+impl Handler for Endpoint {
+    async fn get(&self, path: &str, _query: &str) -> Reply {
+        if path != "/metrics" {
+            return Reply::text(404, "Not Found", "metrics are at /metrics\n");
+        }
+        let (tx, rx) = oneshot::channel();
+        let scrape = match self.events.send(Event::Metrics(tx)).await {
+            Ok(()) => rx.await.ok(),
+            Err(_) => None,
         };
-        let (stream, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!(error = %e, "accepting a metrics connection failed");
-                // Out of descriptors, say: give the others time to end.
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
+        match scrape.map(|s| s.encode()) {
+            Some(Ok(body)) => Reply::ok(CONTENT_TYPE, body),
+            Some(Err(_)) => {
+                tracing::warn!("encoding the metrics failed");
+                Reply::text(500, "Internal Server Error", "encoding failed\n")
             }
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "too many metrics connections at once; closing this one");
-            continue;
-        };
-        let events = events.clone();
-        let span = tracing::debug_span!("metrics_conn", %peer);
-        conns.spawn(
-            async move {
-                match tokio::time::timeout(DEADLINE, answer(stream, &events)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => tracing::debug!(error = %e, "metrics request not answered"),
-                    Err(_) => tracing::debug!("metrics request timed out"),
-                }
-                drop(slot);
-            }
-            .instrument(span),
-        );
-    }
-    conns.abort_all();
-    while conns.join_next().await.is_some() {}
-}
-
-/// An HTTP answer.
-struct Reply {
-    code: u16,
-    reason: &'static str,
-    content_type: &'static str,
-    body: Vec<u8>,
-}
-
-impl Reply {
-    /// An answer in plain text (the errors).
-    fn text(code: u16, reason: &'static str, body: &str) -> Self {
-        Reply {
-            code,
-            reason,
-            content_type: "text/plain",
-            body: body.as_bytes().to_vec(),
+            None => Reply::text(503, "Service Unavailable", "the node is stopping\n"),
         }
     }
-}
-
-/// Reads one request and answers it.
-async fn answer(mut stream: TcpStream, events: &mpsc::Sender<Event>) -> std::io::Result<()> {
-    let mut buf = Vec::with_capacity(1024);
-    let head_len = loop {
-        let mut chunk = [0u8; 1024];
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break Some(i + 4);
-        }
-        if buf.len() > MAX_HEAD {
-            break None;
-        }
-    };
-    let (reply, head_only) = match head_len {
-        Some(len) => route(&buf[..len], events).await,
-        None => (
-            Reply::text(
-                431,
-                "Request Header Fields Too Large",
-                "request head too large\n",
-            ),
-            false,
-        ),
-    };
-    respond(&mut stream, reply, head_only).await
-}
-
-/// The answer to the request whose head is `head`, and whether it is a `HEAD` (answered
-/// without a body).
-async fn route(head: &[u8], events: &mpsc::Sender<Event>) -> (Reply, bool) {
-    let mut headers = [httparse::EMPTY_HEADER; 32];
-    let mut req = httparse::Request::new(&mut headers);
-    let (method, path) = match req.parse(head) {
-        Ok(httparse::Status::Complete(_)) => {
-            (req.method.unwrap_or_default(), req.path.unwrap_or_default())
-        }
-        Ok(httparse::Status::Partial) | Err(_) => {
-            tracing::debug!("malformed metrics request");
-            return (
-                Reply::text(400, "Bad Request", "malformed request\n"),
-                false,
-            );
-        }
-    };
-    let head_only = method == "HEAD";
-    if method != "GET" && !head_only {
-        return (Reply::text(405, "Method Not Allowed", "only GET\n"), false);
-    }
-    if path.split('?').next() != Some("/metrics") {
-        let reply = Reply::text(404, "Not Found", "metrics are at /metrics\n");
-        return (reply, head_only);
-    }
-    let (tx, rx) = oneshot::channel();
-    let scrape = match events.send(Event::Metrics(tx)).await {
-        Ok(()) => rx.await.ok(),
-        Err(_) => None,
-    };
-    let reply = match scrape.map(|s| s.encode()) {
-        Some(Ok(body)) => Reply {
-            code: 200,
-            reason: "OK",
-            content_type: CONTENT_TYPE,
-            body: body.into_bytes(),
-        },
-        Some(Err(_)) => {
-            tracing::warn!("encoding the metrics failed");
-            Reply::text(500, "Internal Server Error", "encoding failed\n")
-        }
-        None => Reply::text(503, "Service Unavailable", "the node is stopping\n"),
-    };
-    (reply, head_only)
-}
-
-/// Writes a whole answer (without its body for a `HEAD`) and closes the connection.
-async fn respond(stream: &mut TcpStream, reply: Reply, head_only: bool) -> std::io::Result<()> {
-    let Reply {
-        code,
-        reason,
-        content_type,
-        body,
-    } = reply;
-    let head = format!(
-        "HTTP/1.1 {code} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    if !head_only {
-        stream.write_all(&body).await?;
-    }
-    stream.shutdown().await
 }
 
 #[cfg(test)]
@@ -670,6 +524,7 @@ mod tests {
             mesh: None,
             refused: vec![("release".into(), 2)],
             metrics: None,
+            dashboard: None,
         }
     }
 

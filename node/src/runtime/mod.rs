@@ -12,7 +12,10 @@
 
 pub mod access;
 pub mod api;
+#[cfg(feature = "dashboard")]
+pub mod dashboard;
 pub(crate) mod event_loop;
+pub mod http;
 #[cfg(feature = "mesh")]
 mod mesh;
 pub mod metrics;

@@ -1,7 +1,7 @@
 //! `shoal`: run a node, or ask one how it is.
 //!
 //! ```text
-//! shoal node [--join TOKEN] [--socket PATH] [--socket-group GROUP] [--cpus N] [--resource NAME=N]...
+//! shoal node [--config FILE] [--join TOKEN] [--socket PATH] [--socket-group GROUP] [--cpus N] [--resource NAME=N]...
 //!            [--trust-publisher KEY]...
 //!            [--store-bytes N] [--max-clients-per-uid N] [--worker-user USER] [--allow-root-workers]
 //!            [--worker-memory BYTES] [--no-worker-cgroups] [--memory-threshold SHARE]
@@ -23,17 +23,19 @@
 //! shoal logs [--task ID | --actor ID | --peer P] [--follow] [--limit N] [ASK]
 //! shoal timeline [--out FILE] [--limit N] [ASK]
 //!   (ASK: [--json] [--timeout SECS] [--local] [--socket PATH])
+//! shoal config show [--json] [NODE FLAGS]
 //! shoal status [--json] [--local] [--socket PATH]
 //! shoal objects [--json] [--socket PATH]
 //! shoal peers [--json] [--socket PATH]
 //! ```
 
+use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use shoal_node::auth::{self, keyfile};
 use shoal_node::config::{default_socket_path, NodeConfig};
 use shoal_protocol::state::{StateKind, StateQuery};
@@ -59,6 +61,10 @@ enum Command {
     /// Make a mesh and manage who belongs to it.
     #[command(subcommand)]
     Mesh(MeshCommand),
+    /// The node's configuration: `shoal config show` prints what `shoal node` would run
+    /// with (the same flags), and where each value comes from.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Make or show a publisher key: it signs programs so that peers run them.
     #[command(subcommand)]
     Publisher(PublisherCommand),
@@ -189,6 +195,20 @@ enum Command {
         /// The node's socket [default: $SHOAL_SOCKET or the per-user default].
         #[arg(long)]
         socket: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCommand {
+    /// Print every option of `shoal node` given these flags, the environment and the
+    /// configuration file, with where each value comes from.
+    Show {
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+        /// The flags `shoal node` would be given.
+        #[command(flatten)]
+        node: Box<NodeArgs>,
     },
 }
 
@@ -342,6 +362,11 @@ enum PublisherCommand {
 
 #[derive(clap::Args, Debug)]
 struct NodeArgs {
+    /// The configuration file (TOML; its keys are these flags with `_` for `-`) [default:
+    /// /etc/shoal/shoal.toml when it exists, else $XDG_CONFIG_HOME/shoal/shoal.toml or
+    /// ~/.config/shoal/shoal.toml when it exists]. Flags, then SHOAL_* variables, override it.
+    #[arg(long, env = "SHOAL_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Join a mesh with this token (from `shoal mesh invite`); it is kept in the data
     /// directory, so later runs need no token. Without one (and none kept) the node serves
     /// this machine only.
@@ -353,17 +378,17 @@ struct NodeArgs {
     swarm_key: Option<PathBuf>,
     /// Local API socket [default: $SHOAL_SOCKET, else $XDG_RUNTIME_DIR/shoal/node.sock, else
     /// /tmp/shoal-$UID/node.sock].
-    #[arg(long)]
+    #[arg(long, env = "SHOAL_SOCKET")]
     socket: Option<PathBuf>,
     /// CPU slots [default: the number of cores].
-    #[arg(long)]
+    #[arg(long, env = "SHOAL_CPUS")]
     cpus: Option<f64>,
-    /// A custom resource, NAME=AMOUNT (repeatable).
-    #[arg(long = "resource", value_parser = parse_resource)]
+    /// A custom resource, NAME=AMOUNT (repeatable; in $SHOAL_RESOURCES, comma-separated).
+    #[arg(long = "resource", env = "SHOAL_RESOURCES", value_delimiter = ',', value_parser = parse_resource)]
     resources: Vec<(String, f64)>,
-    /// Object store capacity in bytes [default: 30% of memory, at most the free space of the
-    /// store directory].
-    #[arg(long, env = "SHOAL_STORE_BYTES")]
+    /// Object store capacity in bytes (suffixes K, M, G) [default: 30% of memory, at most the
+    /// free space of the store directory].
+    #[arg(long, env = "SHOAL_STORE_BYTES", value_parser = parse_bytes)]
     store_bytes: Option<u64>,
     /// Where the store directory is made [default: /dev/shm].
     #[arg(long, env = "SHOAL_STORE_DIR")]
@@ -374,36 +399,46 @@ struct NodeArgs {
     spill_dir: Option<PathBuf>,
     /// A mesh address to listen on (repeatable) [default: /ip4/0.0.0.0/tcp/0 with a
     /// credential].
-    #[arg(long = "listen", value_name = "MULTIADDR")]
+    #[arg(
+        long = "listen",
+        env = "SHOAL_LISTEN",
+        value_delimiter = ',',
+        value_name = "MULTIADDR"
+    )]
     listen: Vec<String>,
     /// A peer to bootstrap from (repeatable), e.g. /ip4/10.0.0.2/tcp/4001/p2p/12D3Koo...
-    #[arg(long = "peer", value_name = "MULTIADDR")]
+    #[arg(
+        long = "peer",
+        env = "SHOAL_PEERS",
+        value_delimiter = ',',
+        value_name = "MULTIADDR"
+    )]
     peers: Vec<String>,
     /// Where the node keeps its identity key [default: $XDG_DATA_HOME/shoal or
     /// ~/.local/share/shoal].
     #[arg(long, env = "SHOAL_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// Find peers on the LAN with mDNS (the default).
-    #[arg(long, overrides_with = "no_mdns")]
+    #[arg(long, env = "SHOAL_MDNS", overrides_with = "no_mdns")]
     mdns: bool,
     /// Do not use mDNS.
-    #[arg(long)]
+    #[arg(long, env = "SHOAL_NO_MDNS")]
     no_mdns: bool,
     /// Seconds after which a silent peer leaves this node's view.
-    #[arg(long, default_value_t = 3.0)]
+    #[arg(long, env = "SHOAL_FAILURE_TIMEOUT", default_value_t = 3.0)]
     failure_timeout: f64,
     /// Do not join a mesh at all: a node for this machine only.
-    #[arg(long)]
+    #[arg(long, env = "SHOAL_NO_MESH")]
     no_mesh: bool,
     /// Never serve this machine's binaries to peers, nor take theirs.
-    #[arg(long)]
+    #[arg(long, env = "SHOAL_NO_CODE_SHIPPING")]
     no_code_shipping: bool,
     /// Run code shipped by peers when it is signed by this publisher: its public key, 64
     /// hex digits, as `shoal publisher init` or `show` prints it (repeatable). The public
     /// key of this user's default publisher key ($XDG_CONFIG_HOME/shoal/publisher.key, else
     /// ~/.config/shoal/publisher.key), if that file exists, is trusted too: a user signs
     /// their own programs with it. Unsigned code from peers never runs.
-    #[arg(long = "trust-publisher", value_name = "KEY", value_parser = parse_publisher)]
+    #[arg(long = "trust-publisher", env = "SHOAL_TRUST_PUBLISHERS", value_delimiter = ',', value_name = "KEY", value_parser = parse_publisher)]
     trust_publisher: Vec<shoal_node::auth::KeyBytes>,
     /// Values above this many bytes go through the shared-memory store.
     #[arg(long, env = "SHOAL_INLINE_THRESHOLD")]
@@ -414,35 +449,35 @@ struct NodeArgs {
     /// per-user default, the node makes it mode 0710 and gives it to the group). Members'
     /// programs run in workers this node starts as its own user: name only a group whose
     /// members you would let act as that user.
-    #[arg(long, value_name = "GROUP")]
+    #[arg(long, env = "SHOAL_SOCKET_GROUP", value_name = "GROUP")]
     socket_group: Option<String>,
     /// Connections one uid may have attached at once (this node's own workers are not
     /// counted) [default: 1024].
-    #[arg(long, value_name = "N")]
+    #[arg(long, env = "SHOAL_MAX_CLIENTS_PER_UID", value_name = "N")]
     max_clients_per_uid: Option<usize>,
     /// Bytes of lineage kept at most (suffixes K, M, G): the specs of tasks whose large
     /// results this node owns, to make a result again when every copy of it is lost with
     /// its peers. Past it the least recently used go, and such a result cannot be made again
     /// [default: 256M].
-    #[arg(long, value_parser = parse_bytes)]
+    #[arg(long, env = "SHOAL_LINEAGE_BYTES", value_parser = parse_bytes)]
     lineage_bytes: Option<u64>,
     /// Seconds a program's task or actor waits for resources no peer has free before the
     /// program is warned (then once a minute while it waits) [default: 10].
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, env = "SHOAL_WAIT_WARNING", value_name = "SECS")]
     wait_warning: Option<f64>,
     /// The user that code shipped by peers runs as [default: nobody when the node runs as
     /// root, else the node's own user].
     #[arg(long, env = "SHOAL_WORKER_USER")]
     worker_user: Option<String>,
     /// Let a node running as root run code shipped by peers as root.
-    #[arg(long)]
+    #[arg(long, env = "SHOAL_ALLOW_ROOT_WORKERS")]
     allow_root_workers: bool,
     /// Memory limit of each worker of shipped code, in bytes (suffixes K, M, G: powers of
     /// 1024) [default: none].
     #[arg(long, env = "SHOAL_WORKER_MEMORY", value_parser = parse_bytes)]
     worker_memory: Option<u64>,
     /// Limit worker memory with RLIMIT_DATA only: never make cgroups.
-    #[arg(long)]
+    #[arg(long, env = "SHOAL_NO_WORKER_CGROUPS")]
     no_worker_cgroups: bool,
     /// Share of the machine's memory in use above which the node kills the worker using the
     /// most (1 turns this off).
@@ -490,8 +525,97 @@ fn parse_resource(s: &str) -> Result<(String, f64), String> {
     Ok((name.to_string(), amount))
 }
 
+/// `shoal node`'s options from its flags, the environment and the configuration file: the
+/// flags to run with, and where each option came from.
+fn node_options(node_argv: Vec<OsString>) -> Result<(NodeArgs, cli::config::Resolved)> {
+    let command = Cli::command();
+    let node = command
+        .find_subcommand("node")
+        .ok_or_else(|| anyhow::anyhow!("no node command"))?
+        .clone();
+    let matches = node.clone().try_get_matches_from(&node_argv)?;
+    let explicit = matches.get_one::<PathBuf>("config").cloned();
+    let file = cli::config::file_to_read(explicit.as_deref());
+    let resolved = cli::config::resolve(node_argv, &node, &matches, file)?;
+    let mut argv: Vec<OsString> = vec!["shoal".into()];
+    argv.extend(resolved.argv.iter().cloned());
+    let Command::Node(args) = Cli::try_parse_from(&argv)?.command else {
+        bail!("the node's options did not parse as `shoal node`");
+    };
+    Ok((*args, resolved))
+}
+
+/// `shoal config show`: every option with its value and where it came from.
+fn config_show(node_argv: Vec<OsString>, json: bool) -> Result<()> {
+    let (_, resolved) = node_options(node_argv)?;
+    let node = Cli::command()
+        .find_subcommand("node")
+        .ok_or_else(|| anyhow::anyhow!("no node command"))?
+        .clone();
+    let matches = node.clone().try_get_matches_from(&resolved.argv)?;
+    let mut rows = Vec::new();
+    for (id, origin) in &resolved.origins {
+        let arg = node.get_arguments().find(|a| a.get_id() == id.as_str());
+        let values: Vec<String> = matches
+            .get_raw(id)
+            .map(|v| v.map(|x| x.to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        let shown = match (values.is_empty(), arg.map(|a| a.get_default_values())) {
+            (false, _) => values.join(", "),
+            (true, Some(d)) if !d.is_empty() => d
+                .iter()
+                .map(|x| x.to_string_lossy())
+                .collect::<Vec<_>>()
+                .join(", "),
+            _ => "-".to_string(),
+        };
+        // Never print the join token: it admits whoever holds it.
+        let shown = if id == "join" && shown != "-" {
+            "(set, not shown)".to_string()
+        } else {
+            shown
+        };
+        rows.push((id.clone(), shown, origin.clone()));
+    }
+    if json {
+        let v: serde_json::Map<String, serde_json::Value> = rows
+            .iter()
+            .map(|(id, value, origin)| {
+                (
+                    id.clone(),
+                    serde_json::json!({ "value": value, "from": origin.to_string() }),
+                )
+            })
+            .collect();
+        let file = resolved.file.as_ref().map(|p| p.display().to_string());
+        println!("{}", serde_json::json!({ "file": file, "options": v }));
+    } else {
+        match &resolved.file {
+            Some(p) => println!("configuration file: {}", p.display()),
+            None => println!(
+                "configuration file: none ({} and {} do not exist)",
+                cli::config::SYSTEM_FILE,
+                cli::config::user_file()
+                    .map_or_else(|| "the per-user one".into(), |p| p.display().to_string())
+            ),
+        }
+        let width = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+        let vwidth = rows
+            .iter()
+            .map(|r| r.1.chars().count())
+            .max()
+            .unwrap_or(0)
+            .min(60);
+        for (id, value, origin) in rows {
+            println!("{id:<width$}  {value:<vwidth$}  ({origin})");
+        }
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
-    let cli = Cli::parse();
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    let cli = Cli::parse_from(&argv);
     if !matches!(cli.command, Command::Node(_)) {
         // A command whose output is piped into `head` ends quietly when the reader does,
         // as other Unix tools do (not with a panic on a broken pipe). The node keeps the
@@ -502,6 +626,17 @@ fn main() -> Result<()> {
         }
     }
     match cli.command {
+        Command::Node(_) => {
+            // Parsed again with the configuration file's options.
+            let (args, resolved) = node_options(argv[1..].to_vec())?;
+            run_node(args, resolved.file)
+        }
+        Command::Config(ConfigCommand::Show { json, .. }) => {
+            // The flags after `config show`, as `shoal node` would take them.
+            let mut node_argv: Vec<OsString> = vec!["node".into()];
+            node_argv.extend(argv.iter().skip(3).filter(|a| *a != "--json").cloned());
+            config_show(node_argv, json)
+        }
         Command::List {
             kind,
             filter,
@@ -567,7 +702,6 @@ fn main() -> Result<()> {
         Command::Timeline { out, limit, ask } => {
             with_ask(&ask, |a, _| cli::state::timeline(a, &out, limit))
         }
-        Command::Node(args) => run_node(*args),
         Command::Mesh(cmd) => mesh_command(cmd),
         Command::Publisher(cmd) => publisher_command(cmd),
         Command::Sign {
@@ -709,7 +843,7 @@ fn print_objects(objects: &[ObjectInfo]) {
     println!("{} objects, {total} bytes", objects.len());
 }
 
-fn run_node(args: NodeArgs) -> Result<()> {
+fn run_node(args: NodeArgs, config_file: Option<PathBuf>) -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -718,6 +852,9 @@ fn run_node(args: NodeArgs) -> Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
+    if let Some(file) = &config_file {
+        tracing::info!(file = %file.display(), "options from the configuration file (flags and SHOAL_* variables override it)");
+    }
     let mut config = NodeConfig::default();
     if let Some(s) = args.socket {
         config.socket = s;

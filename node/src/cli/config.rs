@@ -269,15 +269,17 @@ mod tests {
         p
     }
 
-    fn tmp() -> PathBuf {
-        let d = std::env::temp_dir().join(format!("shoal-config-test-{}", std::process::id()));
+    /// A directory of this test's own (the tests run at once).
+    fn tmp(test: &str) -> PathBuf {
+        let d =
+            std::env::temp_dir().join(format!("shoal-config-test-{}-{test}", std::process::id()));
         std::fs::create_dir_all(&d).unwrap();
         d
     }
 
     #[test]
     fn flags_beat_the_file_and_the_file_beats_defaults() {
-        let dir = tmp();
+        let dir = tmp("precedence");
         let file = write(
             &dir,
             "# a comment\ncpus = 4\nno_mdns = true\nresources = { gpu = 1 }\n",
@@ -303,7 +305,7 @@ mod tests {
 
     #[test]
     fn bad_files_name_the_line() {
-        let dir = tmp();
+        let dir = tmp("bad");
         let argv: Vec<OsString> = vec!["node".into()];
         let m = node().get_matches_from(&argv);
         for (text, want) in [
@@ -322,5 +324,6 @@ mod tests {
             let e = format!("{e:#}");
             assert!(e.contains(want), "{text:?}: {e}");
         }
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

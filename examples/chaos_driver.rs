@@ -303,6 +303,8 @@ struct Stats {
     errors: BTreeMap<String, u64>,
     /// The first few wrong results, described.
     wrong_examples: Vec<String>,
+    /// The first failure of each kind: what failed and its message.
+    error_examples: BTreeMap<String, String>,
 }
 
 impl Stats {
@@ -343,6 +345,9 @@ impl Stats {
             self.hangs += 1;
         } else {
             *self.errors.entry(kind.to_string()).or_default() += 1;
+            self.error_examples
+                .entry(kind.to_string())
+                .or_insert_with(|| format!("{what}: {message}"));
         }
     }
 }

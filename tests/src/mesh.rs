@@ -29,7 +29,6 @@ impl Mesh {
     /// answer and listen (not when they have found each other: see
     /// [`Mesh::wait_converged`]). With `parent`, node `i`'s directory is `<parent>/node-<i>`.
     pub fn start_with(n: usize, options: &NodeOptions, parent: Option<&Path>) -> Result<Self> {
-        let start = Instant::now();
         let options_for = |i: usize| {
             let mut o = options.clone();
             if let Some(parent) = parent {
@@ -37,14 +36,22 @@ impl Mesh {
             }
             o
         };
-        let mut nodes = Vec::with_capacity(n);
-        if n > 0 {
-            nodes.push(NodeProcess::start(options_for(0))?);
+        Self::start_each((0..n).map(options_for).collect())
+    }
+
+    /// Starts one node per entry of `options` (each names its mesh): node 0 alone, then the
+    /// others at once, each given node 0's address as `--peer`. Returns when all answer and
+    /// listen (see [`Mesh::wait_converged`] for when they have found each other).
+    pub fn start_each(options: Vec<NodeOptions>) -> Result<Self> {
+        let start = Instant::now();
+        let mut options = options.into_iter();
+        let mut nodes = Vec::with_capacity(options.len());
+        if let Some(first) = options.next() {
+            nodes.push(NodeProcess::start(first)?);
         }
-        if n > 1 {
-            let bootstrap = nodes[0].listen_addr().to_owned();
-            for i in 1..n {
-                nodes.push(NodeProcess::spawn(options_for(i).peer(bootstrap.clone()))?);
+        if let Some(bootstrap) = nodes.first().map(|n| n.listen_addr().to_owned()) {
+            for o in options {
+                nodes.push(NodeProcess::spawn(o.peer(bootstrap.clone()))?);
             }
             for node in &mut nodes[1..] {
                 node.wait_ready()?;

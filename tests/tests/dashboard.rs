@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use shoal::{ActorOptions, TaskOptions};
 use shoal_tests::process::KillOnDrop;
-use shoal_tests::{Mesh, NodeOptions, NodeProcess};
+use shoal_tests::{Mesh, NodeOptions};
 
 const ENV_SCENARIO: &str = "SHOAL_TEST_DASHBOARD_SCENARIO";
 const TRIPLES: usize = 12;
@@ -124,24 +124,17 @@ fn the_dashboard_shows_a_live_mesh_in_a_real_browser() {
         return;
     };
     let name = format!("dash-{}", std::process::id());
-    let first = NodeProcess::start(
-        NodeOptions::new()
-            .cpus(0.0)
-            .mesh(&name)
-            .arg("--dashboard")
-            .arg("127.0.0.1:0"),
+    let resourced = |r: &str| NodeOptions::new().cpus(1.0).arg("--resource").arg(r);
+    let with_dashboard = NodeOptions::new()
+        .cpus(0.0)
+        .arg("--dashboard")
+        .arg("127.0.0.1:0");
+    let mesh = Mesh::start_each(
+        [with_dashboard, resourced("b=1"), resourced("c=1")]
+            .map(|o| o.mesh(&name))
+            .to_vec(),
     )
     .unwrap();
-    let addr = first.listen_addr().to_string();
-    let mut nodes = vec![first];
-    for r in ["b=1", "c=1"] {
-        let o = NodeOptions::new().cpus(1.0).arg("--resource").arg(r);
-        nodes.push(NodeProcess::spawn(o.mesh(&name).peer(addr.clone())).unwrap());
-    }
-    for n in &mut nodes[1..] {
-        n.wait_ready().unwrap();
-    }
-    let mesh = Mesh::from_nodes(nodes);
     mesh.wait_converged(Duration::from_secs(30)).unwrap();
     let ids: Vec<String> = mesh
         .nodes()

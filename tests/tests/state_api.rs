@@ -190,17 +190,17 @@ fn tasks_of(answer: &Value) -> BTreeMap<String, (String, String, String)> {
 #[test]
 fn every_peer_lists_the_same_mesh_and_a_silent_peer_is_named() {
     let name = format!("state-{}", std::process::id());
-    let first = NodeProcess::start(NodeOptions::new().cpus(0.0).mesh(&name)).unwrap();
-    let addr = first.listen_addr().to_string();
-    let mut nodes = vec![first];
-    for r in ["b=1", "c=1"] {
-        let o = NodeOptions::new().cpus(1.0).arg("--resource").arg(r);
-        nodes.push(NodeProcess::spawn(o.mesh(&name).peer(addr.clone())).unwrap());
-    }
-    for n in &mut nodes[1..] {
-        n.wait_ready().unwrap();
-    }
-    let mut mesh = Mesh::from_nodes(nodes);
+    let resourced = |r: &str| NodeOptions::new().cpus(1.0).arg("--resource").arg(r);
+    let mut mesh = Mesh::start_each(
+        [
+            NodeOptions::new().cpus(0.0),
+            resourced("b=1"),
+            resourced("c=1"),
+        ]
+        .map(|o| o.mesh(&name))
+        .to_vec(),
+    )
+    .unwrap();
     mesh.wait_converged(Duration::from_secs(30)).unwrap();
     let ids: Vec<String> = mesh
         .nodes()
@@ -428,24 +428,17 @@ fn work_no_peer_has_room_for_shows_in_every_status_and_warns_its_program() {
     use std::io::BufRead;
 
     let name = format!("waiting-{}", std::process::id());
-    let first = NodeProcess::start(
-        NodeOptions::new()
-            .cpus(1.0)
-            .mesh(&name)
-            .arg("--wait-warning")
-            .arg("1"),
+    let warned_soon = NodeOptions::new().cpus(1.0).arg("--wait-warning").arg("1");
+    let mesh = Mesh::start_each(
+        [
+            warned_soon,
+            NodeOptions::new().cpus(1.0),
+            NodeOptions::new().cpus(1.0),
+        ]
+        .map(|o| o.mesh(&name))
+        .to_vec(),
     )
     .unwrap();
-    let addr = first.listen_addr().to_string();
-    let mut nodes = vec![first];
-    for _ in 0..2 {
-        let o = NodeOptions::new().cpus(1.0);
-        nodes.push(NodeProcess::spawn(o.mesh(&name).peer(addr.clone())).unwrap());
-    }
-    for n in &mut nodes[1..] {
-        n.wait_ready().unwrap();
-    }
-    let mesh = Mesh::from_nodes(nodes);
     mesh.wait_converged(Duration::from_secs(30)).unwrap();
 
     let mut command = Command::new(std::env::current_exe().unwrap());

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use shoal::TaskOptions;
 use shoal_tests::process::KillOnDrop;
-use shoal_tests::{Mesh, NodeOptions, NodeProcess};
+use shoal_tests::{Mesh, NodeOptions};
 
 const ENV_SCENARIO: &str = "SHOAL_TEST_TOP_SCENARIO";
 
@@ -102,17 +102,17 @@ fn top_shows_every_peer_sorts_and_drills_into_one() {
         return;
     }
     let name = format!("top-{}", std::process::id());
-    let first = NodeProcess::start(NodeOptions::new().cpus(0.0).mesh(&name)).unwrap();
-    let addr = first.listen_addr().to_string();
-    let mut nodes = vec![first];
-    for r in ["b=1", "gpu=2"] {
-        let o = NodeOptions::new().cpus(2.0).arg("--resource").arg(r);
-        nodes.push(NodeProcess::spawn(o.mesh(&name).peer(addr.clone())).unwrap());
-    }
-    for n in &mut nodes[1..] {
-        n.wait_ready().unwrap();
-    }
-    let mesh = Mesh::from_nodes(nodes);
+    let resourced = |r: &str| NodeOptions::new().cpus(2.0).arg("--resource").arg(r);
+    let mesh = Mesh::start_each(
+        [
+            NodeOptions::new().cpus(0.0),
+            resourced("b=1"),
+            resourced("gpu=2"),
+        ]
+        .map(|o| o.mesh(&name))
+        .to_vec(),
+    )
+    .unwrap();
     mesh.wait_converged(Duration::from_secs(30)).unwrap();
     let ids: Vec<String> = mesh
         .nodes()

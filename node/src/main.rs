@@ -59,15 +59,13 @@ enum Command {
     /// Run a node (the daemon) in the foreground.
     Node(Box<NodeArgs>),
     /// Make a mesh and manage who belongs to it.
-    #[command(subcommand)]
-    Mesh(MeshCommand),
+    Mesh(MeshArgs),
     /// The node's configuration: `shoal config show` prints what `shoal node` would run
     /// with (the same flags), and where each value comes from.
     #[command(subcommand)]
     Config(ConfigCommand),
     /// Make or show a publisher key: it signs programs so that peers run them.
-    #[command(subcommand)]
-    Publisher(PublisherCommand),
+    Publisher(PublisherArgs),
     /// Sign a binary: writes BINARY.shoal-manifest, which a program started from that
     /// binary ships with it (instead of signing with its own key).
     Sign {
@@ -80,6 +78,9 @@ enum Command {
         /// The target triple it was built for [default: this machine's].
         #[arg(long)]
         target: Option<String>,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Show a node's id, resources, workers, tasks, objects and actors.
     Status {
@@ -130,12 +131,18 @@ enum Command {
         ask: AskArgs,
     },
     /// Show one task, actor, object, worker or peer of the mesh, every field (an object has
-    /// a row per peer that holds it). A unique start of the id is enough.
+    /// a row per peer that holds it). A unique start of the id is enough. With `--out`, an
+    /// object's bytes instead.
     Get {
         /// task, actor, object, worker or peer.
         kind: StateKind,
         /// Its id, or the start of it.
         id: String,
+        /// Write the object's bytes (its encoded value) to FILE (`-` for stdout), pulling a
+        /// copy to this node first if only peers hold one (this node must be allowed to read
+        /// it); a progress bar shows on a terminal.
+        #[arg(long, short = 'o', value_name = "FILE")]
+        out: Option<PathBuf>,
         #[command(flatten)]
         ask: AskArgs,
     },
@@ -252,6 +259,24 @@ fn with_ask(
         local: args.local,
     };
     f(&ask, args.json)
+}
+
+#[derive(clap::Args, Debug)]
+struct MeshArgs {
+    #[command(subcommand)]
+    cmd: MeshCommand,
+    /// Print one JSON object instead of text (the token, key or statement in a field).
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+struct PublisherArgs {
+    #[command(subcommand)]
+    cmd: PublisherCommand,
+    /// Print one JSON object instead of text.
+    #[arg(long, global = true)]
+    json: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -657,9 +682,36 @@ fn main() -> Result<()> {
             query.filters = cli::state::filters(&filter)?;
             with_ask(&ask, |a, json| cli::state::summary(a, query, json))
         }
-        Command::Get { kind, id, ask } => {
-            with_ask(&ask, |a, json| cli::state::get(a, kind, &id, json))
+        Command::Get {
+            kind,
+            id,
+            out: Some(out),
+            ask,
+        } => {
+            if kind != StateKind::Objects {
+                bail!("--out writes an object's bytes: `shoal get object ID --out FILE`");
+            }
+            if ask.json && out == std::path::Path::new("-") {
+                bail!("--json and --out - would both write to stdout");
+            }
+            with_ask(&ask, |a, json| {
+                let (full, _) = cli::state::resolve(a, kind, &id)?;
+                let oid = shoal_protocol::ObjectId::from_hex(&full)
+                    .with_context(|| format!("not an object id: {full}"))?;
+                let size = cli::pull::object(a.socket, oid, &out)?;
+                if json {
+                    let v = serde_json::json!({ "object": full, "bytes": size, "out": out });
+                    println!("{v}");
+                }
+                Ok(())
+            })
         }
+        Command::Get {
+            kind,
+            id,
+            out: None,
+            ask,
+        } => with_ask(&ask, |a, json| cli::state::get(a, kind, &id, json)),
         Command::Logs {
             task,
             actor,
@@ -700,15 +752,16 @@ fn main() -> Result<()> {
             cli::top::run(&ask, Duration::from_secs_f64(every))
         }
         Command::Timeline { out, limit, ask } => {
-            with_ask(&ask, |a, _| cli::state::timeline(a, &out, limit))
+            with_ask(&ask, |a, json| cli::state::timeline(a, &out, limit, json))
         }
-        Command::Mesh(cmd) => mesh_command(cmd),
-        Command::Publisher(cmd) => publisher_command(cmd),
+        Command::Mesh(MeshArgs { cmd, json }) => mesh_command(cmd, json),
+        Command::Publisher(PublisherArgs { cmd, json }) => publisher_command(cmd, json),
         Command::Sign {
             binary,
             key,
             target,
-        } => sign(&binary, key, target),
+            json,
+        } => sign(&binary, key, target, json),
         Command::Status {
             json,
             local,
@@ -1017,11 +1070,21 @@ fn status_json(s: &NodeStatus) -> serde_json::Value {
             "store_used": s.objects.store_used,
             "spilled_count": s.objects.spilled_count,
             "spilled_bytes": s.objects.spilled_bytes,
+            "pulled_count": s.objects.pulled_count,
+            "pulled_bytes": s.objects.pulled_bytes,
         },
         "peer_id": s.mesh.as_ref().map(|m| m.peer_id.clone()),
         "mesh": s.mesh.as_ref().map(|m| m.mesh.clone()),
         "listen_addrs": s.mesh.as_ref().map(|m| m.listen_addrs.clone()).unwrap_or_default(),
         "gossip": s.mesh.as_ref().map(|m| serde_json::json!({"bytes_out": m.gossip_bytes_out, "bytes_in": m.gossip_bytes_in})),
+        "transfers": s.mesh.as_ref().map(|m| m.transfers.iter().map(|t| {
+            let (kind, id) = match t.what {
+                shoal_protocol::Transfer::Object(id) => ("object", id.to_hex()),
+                shoal_protocol::Transfer::Binary(id) => ("binary", id.to_hex()),
+            };
+            serde_json::json!({"kind": kind, "id": id, "done": t.done, "total": t.total,
+                "peers": t.peers, "elapsed_ms": t.elapsed_ms})
+        }).collect::<Vec<_>>()).unwrap_or_default(),
         "peers": s.mesh.as_ref().map(|m| m.peers.iter().map(peer_json).collect::<Vec<_>>()).unwrap_or_default(),
         "actors": s.actors.iter().map(|a| serde_json::json!({
             "actor_id": a.actor_id.to_hex(), "class": a.class, "name": a.name, "state": a.state,
@@ -1067,9 +1130,11 @@ fn print_status(s: &NodeStatus) {
         s.objects.shared_bytes,
     );
     println!(
-        "store     {} B of {} B in memory, {} objects ({} B) spilled to disk; {}",
+        "store     {} B of {} B in memory ({} copies pulled from peers, {} B), {} objects ({} B) spilled to disk; {}",
         s.objects.store_used,
         s.objects.store_capacity,
+        s.objects.pulled_count,
+        s.objects.pulled_bytes,
         s.objects.spilled_count,
         s.objects.spilled_bytes,
         s.store_dir
@@ -1091,6 +1156,12 @@ fn print_status(s: &NodeStatus) {
         );
     }
     if let Some(mesh) = &s.mesh {
+        if !mesh.transfers.is_empty() {
+            println!("pulling   {}", mesh.transfers.len());
+            for t in &mesh.transfers {
+                println!("  {}", cli::pull::describe(t));
+            }
+        }
         print_peers(mesh);
     }
     println!("actors    {}", s.actors.len());
@@ -1142,28 +1213,44 @@ fn key_path(key: Option<PathBuf>) -> Result<PathBuf> {
     }
 }
 
-fn publisher_command(cmd: PublisherCommand) -> Result<()> {
+fn publisher_command(cmd: PublisherCommand, json: bool) -> Result<()> {
     match cmd {
         PublisherCommand::Init { key } => {
             let path = key_path(key)?;
             let (publisher, made) = keyfile::load_or_create(&path)?;
+            let public = auth::hex(&publisher.public());
+            if json {
+                let v = serde_json::json!({"key_file": path, "public_key": public, "made": made});
+                println!("{v}");
+                return Ok(());
+            }
             let what = if made { "Made" } else { "Kept the existing" };
             eprintln!("{what} publisher key {}.", path.display());
-            println!("{}", auth::hex(&publisher.public()));
-            eprintln!(
-                "Nodes run programs it signs with: shoal node --trust-publisher {}",
-                auth::hex(&publisher.public())
-            );
+            println!("{public}");
+            eprintln!("Nodes run programs it signs with: shoal node --trust-publisher {public}");
         }
         PublisherCommand::Show { key } => {
             let path = key_path(key)?;
-            println!("{}", auth::hex(&keyfile::read_key(&path)?.public()));
+            let public = auth::hex(&keyfile::read_key(&path)?.public());
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"key_file": path, "public_key": public})
+                );
+            } else {
+                println!("{public}");
+            }
         }
     }
     Ok(())
 }
 
-fn sign(binary: &std::path::Path, key: Option<PathBuf>, target: Option<String>) -> Result<()> {
+fn sign(
+    binary: &std::path::Path,
+    key: Option<PathBuf>,
+    target: Option<String>,
+    json: bool,
+) -> Result<()> {
     let path = key_path(key)?;
     let publisher = keyfile::read_key(&path)
         .with_context(|| "no publisher key: make one with `shoal publisher init`")?;
@@ -1176,11 +1263,19 @@ fn sign(binary: &std::path::Path, key: Option<PathBuf>, target: Option<String>) 
         .unwrap_or(0);
     let manifest = publisher.sign(id, &target, now);
     let out = keyfile::write_sidecar(binary, &manifest)?;
+    let binary_id = shoal_protocol::BinaryId(id);
+    let public = auth::hex(&publisher.public());
+    if json {
+        let v = serde_json::json!({
+            "binary": binary, "blake3": binary_id.to_hex(), "target": target,
+            "publisher": public, "manifest": out,
+        });
+        println!("{v}");
+        return Ok(());
+    }
     println!(
-        "Signed {} (blake3 {}, target {target}) as publisher {}: {}",
+        "Signed {} (blake3 {binary_id}, target {target}) as publisher {public}: {}",
         binary.display(),
-        shoal_protocol::BinaryId(id),
-        auth::hex(&publisher.public()),
         out.display()
     );
     Ok(())
@@ -1240,7 +1335,7 @@ fn read_authority(path: &std::path::Path) -> Result<shoal_node::auth::Authority>
     shoal_node::auth::Authority::from_text(&text).with_context(|| format!("{}", path.display()))
 }
 
-fn mesh_command(cmd: MeshCommand) -> Result<()> {
+fn mesh_command(cmd: MeshCommand, json: bool) -> Result<()> {
     use shoal_node::auth::{self, Authority, JoinToken, Proof, Role};
     match cmd {
         MeshCommand::Init { mesh, out } => {
@@ -1250,10 +1345,16 @@ fn mesh_command(cmd: MeshCommand) -> Result<()> {
                 bail!("{} exists; not replacing an authority key", out.display());
             }
             write_private(&out, &authority.to_text())?;
+            let public = auth::hex(&authority.public());
+            if json {
+                let v =
+                    serde_json::json!({"mesh": mesh, "authority_file": out, "public_key": public});
+                println!("{v}");
+                return Ok(());
+            }
             println!(
-                "Made mesh {mesh}: its authority key is {} (public key {}).",
+                "Made mesh {mesh}: its authority key is {} (public key {public}).",
                 out.display(),
-                auth::hex(&authority.public())
             );
             println!("Keep that file offline: whoever has it can admit anyone.");
             println!("Next: a token for the first node, which others bootstrap from:");
@@ -1283,7 +1384,8 @@ fn mesh_command(cmd: MeshCommand) -> Result<()> {
             }
             // A minute of slack for clocks that are slightly behind.
             let from = now.saturating_sub(60);
-            let proof = match peer {
+            let mut invite_key = None;
+            let proof = match &peer {
                 Some(p) => {
                     let peer: libp2p::PeerId =
                         p.parse().with_context(|| format!("not a peer id: {p}"))?;
@@ -1291,11 +1393,13 @@ fn mesh_command(cmd: MeshCommand) -> Result<()> {
                 }
                 None => {
                     let invite = authority.invite(role, from, until);
-                    eprintln!(
-                        "invite key {} (revoke every node it admitted with `shoal mesh revoke --invite {}`)",
-                        auth::hex(&invite.public()),
-                        auth::hex(&invite.public())
-                    );
+                    let key = auth::hex(&invite.public());
+                    if !json {
+                        eprintln!(
+                            "invite key {key} (revoke every node it admitted with `shoal mesh revoke --invite {key}`)"
+                        );
+                    }
+                    invite_key = Some(key);
                     Proof::Invite(Box::new(invite))
                 }
             };
@@ -1304,7 +1408,15 @@ fn mesh_command(cmd: MeshCommand) -> Result<()> {
                 bootstrap,
                 proof,
             };
-            println!("{}", token.to_text());
+            if json {
+                let v = serde_json::json!({
+                    "token": token.to_text(), "role": role.to_string(), "peer": peer,
+                    "invite_key": invite_key, "valid_from": from, "expires_at": until,
+                });
+                println!("{v}");
+            } else {
+                println!("{}", token.to_text());
+            }
             Ok(())
         }
         MeshCommand::Revoke {
@@ -1322,7 +1434,13 @@ fn mesh_command(cmd: MeshCommand) -> Result<()> {
                 (None, Some(k)) => auth::parse_hex_key(&k)?,
                 _ => bail!("name one of --peer and --invite"),
             };
-            println!("{}", authority.revoke(key, unix_now()).to_text());
+            let statement = authority.revoke(key, unix_now()).to_text();
+            if json {
+                let v = serde_json::json!({"statement": statement, "revoked": auth::hex(&key)});
+                println!("{v}");
+            } else {
+                println!("{statement}");
+            }
             Ok(())
         }
         MeshCommand::TrustPublisher {
@@ -1333,7 +1451,15 @@ fn mesh_command(cmd: MeshCommand) -> Result<()> {
             let authority = read_authority(&authority)?;
             let key = auth::parse_hex_key(&key)?;
             let now = unix_now();
-            let grant = authority.grant_publisher(key, now, now + parse_duration(&expires)?);
+            let until = now + parse_duration(&expires)?;
+            let grant = authority.grant_publisher(key, now, until);
+            if json {
+                let v = serde_json::json!({
+                    "statement": grant.to_text(), "publisher": auth::hex(&key), "expires_at": until,
+                });
+                println!("{v}");
+                return Ok(());
+            }
             println!("{}", grant.to_text());
             eprintln!("Hand it to any node of the mesh with `shoal mesh publish`; it spreads to every member.");
             Ok(())
@@ -1351,6 +1477,10 @@ fn mesh_command(cmd: MeshCommand) -> Result<()> {
                 .open(&path)
                 .with_context(|| format!("opening {}", path.display()))?;
             writeln!(f, "{}", r.to_text())?;
+            if json {
+                println!("{}", serde_json::json!({"data_dir": dir, "file": path}));
+                return Ok(());
+            }
             println!(
                 "The node of {} applies it within a second and tells its peers.",
                 dir.display()
@@ -1360,10 +1490,12 @@ fn mesh_command(cmd: MeshCommand) -> Result<()> {
         MeshCommand::Renew { token, data_dir } => {
             JoinToken::from_text(&token)?;
             let dir = data_dir.unwrap_or_else(shoal_node::config::default_data_dir);
-            write_private(
-                &dir.join(shoal_node::net::CREDENTIAL_FILE),
-                &format!("{}\n", token.trim()),
-            )?;
+            let file = dir.join(shoal_node::net::CREDENTIAL_FILE);
+            write_private(&file, &format!("{}\n", token.trim()))?;
+            if json {
+                println!("{}", serde_json::json!({"data_dir": dir, "file": file}));
+                return Ok(());
+            }
             println!(
                 "The node of {} takes the new credential within a second.",
                 dir.display()
@@ -1380,6 +1512,12 @@ fn mesh_command(cmd: MeshCommand) -> Result<()> {
                 .context("reading /dev/urandom")?;
             let key = libp2p::pnet::PreSharedKey::new(bytes);
             write_private(&out, &key.to_key_file())?;
+            if json {
+                let v =
+                    serde_json::json!({"file": out, "fingerprint": key.fingerprint().to_string()});
+                println!("{v}");
+                return Ok(());
+            }
             println!(
                 "Wrote {} (fingerprint {}); give it to every peer with --swarm-key.",
                 out.display(),
@@ -1390,7 +1528,15 @@ fn mesh_command(cmd: MeshCommand) -> Result<()> {
         MeshCommand::Id { data_dir } => {
             let dir = data_dir.unwrap_or_else(shoal_node::config::default_data_dir);
             let key = shoal_node::net::load_or_create_identity(&dir)?;
-            println!("{}", key.public().to_peer_id());
+            let peer = key.public().to_peer_id();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"peer_id": peer.to_string(), "data_dir": dir})
+                );
+            } else {
+                println!("{peer}");
+            }
             Ok(())
         }
     }

@@ -15,6 +15,7 @@ use shoal_node::net::limits::PeerLimits;
 use shoal_node::net::objects::{
     self, ObjectError, ObjectRequest, ObjectResponse, ObjectSource, Served,
 };
+use shoal_node::net::progress::Progress;
 use shoal_node::net::{framed, NetConfig, NetHandle};
 use shoal_protocol::{frame, Digest, ObjectId};
 use shoal_tests::TestDir;
@@ -192,6 +193,7 @@ impl Mesh {
         f.set_len(bytes.len() as u64).unwrap();
         drop(f);
         let mut control = self.puller.streams();
+        let progress = Progress::default();
         let r = objects::pull(
             &mut control,
             self.protocol.clone(),
@@ -201,8 +203,13 @@ impl Mesh {
             bytes.len() as u64,
             Digest::of(bytes),
             &dest,
+            &progress,
         )
         .await;
+        if r.is_ok() {
+            // Every byte was counted (pieces pulled again count again).
+            assert!(progress.get() >= bytes.len() as u64);
+        }
         (r, dest)
     }
 
@@ -514,6 +521,7 @@ async fn a_holder_that_breaks_off_is_taken_over_where_it_stopped() {
         small.len() as u64,
         Digest::of(&small),
         &dest,
+        &Progress::default(),
     )
     .await
     .unwrap();

@@ -599,6 +599,10 @@ pub struct ObjectStats {
     pub spilled_count: u64,
     /// Their bytes on disk.
     pub spilled_bytes: u64,
+    /// Copies pulled from peers, in memory (part of `store_used`).
+    pub pulled_count: u64,
+    /// Their bytes.
+    pub pulled_bytes: u64,
 }
 
 /// A snapshot of a node, for `shoal status`.
@@ -659,6 +663,32 @@ pub struct MeshStatus {
     pub gossip_bytes_out: u64,
     /// Bytes of load reports delivered to this node.
     pub gossip_bytes_in: u64,
+    /// Objects and binaries this node is pulling from peers now.
+    pub transfers: Vec<TransferStatus>,
+}
+
+/// What a transfer brings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Transfer {
+    /// An object's bytes.
+    Object(ObjectId),
+    /// A program's binary.
+    Binary(BinaryId),
+}
+
+/// A transfer under way to this node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferStatus {
+    /// What it brings.
+    pub what: Transfer,
+    /// Bytes in so far (a piece that fails and is pulled again counts again).
+    pub done: u64,
+    /// Bytes in all (0 while a binary's size is not known yet).
+    pub total: u64,
+    /// The peers asked.
+    pub peers: Vec<String>,
+    /// Milliseconds since it started.
+    pub elapsed_ms: u64,
 }
 
 /// Another peer, as one node sees it.

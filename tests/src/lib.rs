@@ -33,6 +33,8 @@
 //!   `shoal status` client is killed if it hangs).
 //! - [`netlab`]: [`Lab`], nodes in network namespaces of their own on one bridge, with links
 //!   cut and healed by nftables ([`Network`]); behind `scripts/netlab` too. Needs root.
+//! - [`tmux`]: [`tmux::Tmux`], a real terminal (a tmux server of the test's own) for tests
+//!   of what a command draws on a terminal.
 //! - [`statefile`]: [`StateFile`], where `scripts/mesh` and `scripts/netlab` record what they
 //!   started, for their `status` and `down`.
 //! - [`chaos`]: the chaos soak of `scripts/chaos` ([`chaos::run`]): a lab, three workload
@@ -75,6 +77,7 @@ pub mod node;
 pub mod process;
 pub mod raw;
 pub mod statefile;
+pub mod tmux;
 pub mod wait;
 
 pub use authority::TestAuthority;

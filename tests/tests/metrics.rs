@@ -139,17 +139,12 @@ fn sum(samples: &BTreeMap<String, f64>, parts: &[&str]) -> f64 {
 fn metrics_of_a_three_node_mesh_match_a_known_workload() {
     let metrics = |o: NodeOptions| o.arg("--metrics").arg("127.0.0.1:0");
     let name = format!("metrics-{}", std::process::id());
-    let first = NodeProcess::start(metrics(NodeOptions::new().cpus(0.0)).mesh(&name)).unwrap();
-    let addr = first.listen_addr().to_string();
-    let mut nodes = vec![first];
+    let mut options = vec![metrics(NodeOptions::new().cpus(0.0)).mesh(&name)];
     for r in ["b=1", "c=1"] {
         let o = NodeOptions::new().cpus(1.0).arg("--resource").arg(r);
-        nodes.push(NodeProcess::spawn(metrics(o).mesh(&name).peer(addr.clone())).unwrap());
+        options.push(metrics(o).mesh(&name));
     }
-    for n in &mut nodes[1..] {
-        n.wait_ready().unwrap();
-    }
-    let mesh = Mesh::from_nodes(nodes);
+    let mesh = Mesh::start_each(options).unwrap();
     mesh.wait_converged(Duration::from_secs(30)).unwrap();
     let addrs: Vec<String> = mesh.nodes().iter().map(metrics_addr).collect();
     let before: Vec<_> = addrs.iter().map(|a| scrape(a)).collect();

@@ -3,8 +3,8 @@
 //! its custom resources and a task running on it; `s` sorts; `enter` shows a peer's tasks;
 //! `q` quits.
 //!
-//! Skipped (with a note) when tmux is not installed, unless `$SHOAL_TMUX_REQUIRED` is set;
-//! `.ci/run` installs it and sets that.
+//! Skipped (with a note) when tmux is not installed, unless `$SHOAL_TMUX_REQUIRED` is set
+//! (see [`shoal_tests::tmux`]).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use shoal::TaskOptions;
 use shoal_tests::process::KillOnDrop;
+use shoal_tests::tmux::Tmux;
 use shoal_tests::{Mesh, NodeOptions};
 
 const ENV_SCENARIO: &str = "SHOAL_TEST_TOP_SCENARIO";
@@ -37,68 +38,9 @@ fn driver_entry() {
     r.get_blocking().unwrap();
 }
 
-/// A tmux server of the test's own (its own socket name), stopped when dropped.
-struct Tmux {
-    name: String,
-}
-
-impl Tmux {
-    fn cmd(&self) -> Command {
-        let mut c = Command::new("tmux");
-        c.arg("-L").arg(&self.name);
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> String {
-        let out = self.cmd().args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "tmux {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn screen(&self) -> String {
-        self.run(&["capture-pane", "-p", "-t", "top"])
-    }
-
-    /// Waits until the screen holds every one of `needles`; returns it.
-    fn wait_for(&self, needles: &[&str]) -> String {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let screen = self.screen();
-            if needles.iter().all(|n| screen.contains(n)) {
-                return screen;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the screen never showed {needles:?}:\n{screen}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        match self.cmd().arg("kill-server").output() {
-            Ok(out) if out.status.success() => {}
-            Ok(out) => eprintln!("tmux kill-server: {}", String::from_utf8_lossy(&out.stderr)),
-            Err(e) => eprintln!("tmux kill-server: {e}"),
-        }
-    }
-}
-
 #[test]
 fn top_shows_every_peer_sorts_and_drills_into_one() {
-    if Command::new("tmux").arg("-V").output().is_err() {
-        // CI installs it, and says so: there the test must run.
-        assert!(
-            std::env::var_os("SHOAL_TMUX_REQUIRED").is_none(),
-            "tmux is required here and not installed"
-        );
-        eprintln!("tmux is not installed: skipping the `shoal top` test");
+    if !Tmux::available("the `shoal top` test") {
         return;
     }
     let name = format!("top-{}", std::process::id());
@@ -128,26 +70,13 @@ fn top_shows_every_peer_sorts_and_drills_into_one() {
         .stdout(std::process::Stdio::null());
     let _driver = KillOnDrop::spawn("slow driver", &mut command).unwrap();
 
-    let tmux = Tmux {
-        name: format!("shoal-top-test-{}", std::process::id()),
-    };
     let bin: PathBuf = mesh.node(1).bin().to_path_buf();
     let top = format!(
         "{} top --socket {}",
         bin.display(),
         mesh.node(1).socket().display()
     );
-    tmux.run(&[
-        "new-session",
-        "-d",
-        "-s",
-        "top",
-        "-x",
-        "200",
-        "-y",
-        "40",
-        &top,
-    ]);
+    let tmux = Tmux::start("top", 200, 40, &top);
     // Every peer, with its CPUs and custom resources; the task running on b.
     let short: Vec<String> = ids.iter().map(|i| i.chars().take(12).collect()).collect();
     let mut needles: Vec<&str> = short.iter().map(String::as_str).collect();
@@ -168,7 +97,7 @@ fn top_shows_every_peer_sorts_and_drills_into_one() {
     assert!(self_line.is_some(), "top runs against b: {screen}");
 
     // Sorted by free CPU: the peer with none first.
-    tmux.run(&["send-keys", "-t", "top", "s"]);
+    tmux.keys(&["s"]);
     let screen = tmux.wait_for(&["[s] sort: free cpu"]);
     let order: Vec<usize> = screen
         .lines()
@@ -179,18 +108,13 @@ fn top_shows_every_peer_sorts_and_drills_into_one() {
     assert_eq!(order[2], 0, "the first peer has none: {screen}");
 
     // Select b (second row now) and drill into it: its running task.
-    tmux.run(&["send-keys", "-t", "top", "Down", "Enter"]);
+    tmux.keys(&["Down", "Enter"]);
     tmux.wait_for(&["tasks of", "slow_square", "RUNNING", "[esc] back"]);
-    tmux.run(&["send-keys", "-t", "top", "Escape"]);
+    tmux.keys(&["Escape"]);
     tmux.wait_for(&["[s] sort: free cpu"]);
-    tmux.run(&["send-keys", "-t", "top", "q"]);
+    tmux.keys(&["q"]);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while tmux
-        .cmd()
-        .args(["has-session", "-t", "top"])
-        .output()
-        .is_ok_and(|o| o.status.success())
-    {
+    while tmux.running() {
         assert!(Instant::now() < deadline, "top did not quit on q");
         std::thread::sleep(Duration::from_millis(100));
     }

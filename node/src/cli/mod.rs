@@ -2,13 +2,15 @@
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use shoal_protocol::{frame, ClientId, Hello, Role, ToClient, ToNode, MAGIC, PROTOCOL_VERSION};
 
 pub(crate) mod config;
+pub(crate) mod progress;
+pub(crate) mod pull;
 pub(crate) mod state;
 pub(crate) mod top;
 
@@ -26,49 +28,108 @@ pub(crate) fn short_ids(ids: impl Iterator<Item = String>, min: usize) -> Vec<St
 /// How long a plain request waits for the node.
 pub(crate) const WAIT: Duration = Duration::from_secs(10);
 
+/// A connection to the node's socket, as a CLI process.
+pub(crate) struct Conn {
+    stream: UnixStream,
+    socket: PathBuf,
+    frames: frame::FrameDecoder,
+    /// Why the first messages could not all be written: a node that refuses us may close
+    /// before taking our bytes, and its reason is still there to read first.
+    unwritten: Option<std::io::Error>,
+}
+
+impl Conn {
+    /// Connects, says hello and sends `first`.
+    pub(crate) fn open(socket: &Path, first: &[ToNode]) -> Result<Conn> {
+        let mut stream = UnixStream::connect(socket)
+            .with_context(|| format!("no node is listening on {}", socket.display()))?;
+        let max = frame::DEFAULT_MAX_FRAME;
+        let mut out = Vec::new();
+        let hello = Hello {
+            magic: MAGIC,
+            version: PROTOCOL_VERSION,
+            role: Role::Cli,
+            pid: std::process::id(),
+            client: ClientId(u64::from(std::process::id()) << 32 | 0xc11),
+            binary: None,
+        };
+        frame::encode_frame(&mut out, &ToNode::Hello(hello), max)?;
+        for msg in first {
+            frame::encode_frame(&mut out, msg, max)?;
+        }
+        let unwritten = stream.write_all(&out).err();
+        Ok(Conn {
+            stream,
+            socket: socket.to_path_buf(),
+            frames: frame::FrameDecoder::new(max),
+            unwritten,
+        })
+    }
+
+    fn failed(&mut self, e: std::io::Error) -> anyhow::Error {
+        let e = self.unwritten.take().unwrap_or(e);
+        anyhow::Error::new(e).context(format!("talking to the node on {}", self.socket.display()))
+    }
+
+    /// Sends one more message.
+    pub(crate) fn send(&mut self, msg: &ToNode) -> Result<()> {
+        let mut out = Vec::new();
+        frame::encode_frame(&mut out, msg, frame::DEFAULT_MAX_FRAME)?;
+        self.stream.write_all(&out).map_err(|e| self.failed(e))
+    }
+
+    /// The node's next message, or `None` if none came within `wait`. A refusal or a closed
+    /// connection is an error.
+    pub(crate) fn recv(&mut self, wait: Duration) -> Result<Option<ToClient>> {
+        let mut chunk = [0u8; 64 * 1024];
+        loop {
+            if let Some(msg) = self.frames.next_message::<ToClient>()? {
+                if let ToClient::Rejected { reason } = msg {
+                    bail!("the node refused us: {reason}");
+                }
+                return Ok(Some(msg));
+            }
+            self.stream
+                .set_read_timeout(Some(wait.max(Duration::from_millis(1))))?;
+            let n = match self.stream.read(&mut chunk) {
+                Ok(n) => n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Ok(None)
+                }
+                Err(e) => return Err(self.failed(e)),
+            };
+            if n == 0 {
+                if let Some(e) = self.unwritten.take() {
+                    return Err(self.failed(e));
+                }
+                bail!("the node closed the connection");
+            }
+            self.frames.extend(&chunk[..n]);
+        }
+    }
+}
+
 /// Sends one request to the node on `socket` and waits `wait` at most for its answer.
 pub(crate) fn ask(socket: &Path, request: ToNode, wait: Duration) -> Result<ToClient> {
-    let mut stream = UnixStream::connect(socket)
-        .with_context(|| format!("no node is listening on {}", socket.display()))?;
-    stream.set_read_timeout(Some(wait))?;
-    let max = frame::DEFAULT_MAX_FRAME;
-    let mut out = Vec::new();
-    let hello = Hello {
-        magic: MAGIC,
-        version: PROTOCOL_VERSION,
-        role: Role::Cli,
-        pid: std::process::id(),
-        client: ClientId(u64::from(std::process::id()) << 32 | 0xc11),
-        binary: None,
-    };
-    frame::encode_frame(&mut out, &ToNode::Hello(hello), max)?;
-    frame::encode_frame(&mut out, &request, max)?;
-    // A node that refuses us may close before taking our bytes: its reason is still there
-    // to read.
-    let written = stream.write_all(&out);
-    let mut frames = frame::FrameDecoder::new(max);
-    let mut chunk = [0u8; 64 * 1024];
+    let mut conn = Conn::open(socket, &[request])?;
+    let deadline = std::time::Instant::now() + wait;
     loop {
-        while let Some(msg) = frames.next_message::<ToClient>()? {
-            match msg {
-                ToClient::Status { .. } | ToClient::Objects { .. } | ToClient::State { .. } => {
-                    return Ok(msg)
-                }
-                ToClient::Rejected { reason } => bail!("the node refused us: {reason}"),
-                _ => {}
-            }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match conn.recv(left)? {
+            Some(
+                msg @ (ToClient::Status { .. } | ToClient::Objects { .. } | ToClient::State { .. }),
+            ) => return Ok(msg),
+            Some(_) => {}
+            None => bail!(
+                "the node on {} did not answer within {} s",
+                socket.display(),
+                wait.as_secs_f64()
+            ),
         }
-        let n = match stream.read(&mut chunk) {
-            Ok(n) => n,
-            Err(e) => {
-                written.with_context(|| format!("talking to the node on {}", socket.display()))?;
-                return Err(e.into());
-            }
-        };
-        if n == 0 {
-            written.with_context(|| format!("talking to the node on {}", socket.display()))?;
-            bail!("the node closed the connection");
-        }
-        frames.extend(&chunk[..n]);
     }
 }

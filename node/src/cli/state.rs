@@ -270,8 +270,9 @@ pub(crate) fn summary(ask: &Ask<'_>, mut query: StateQuery, json: bool) -> Resul
     Ok(())
 }
 
-/// `shoal get KIND ID`: every row of that id (an object has one per peer that holds it).
-pub(crate) fn get(ask: &Ask<'_>, kind: StateKind, id: &str, json: bool) -> Result<()> {
+/// Finds the one `kind` whose id starts with `id` (any worker of that id will do), with
+/// the answer that named it.
+pub(crate) fn resolve(ask: &Ask<'_>, kind: StateKind, id: &str) -> Result<(String, StateReply)> {
     let key = match kind {
         StateKind::Tasks => "task_id",
         StateKind::Actors => "actor_id",
@@ -317,6 +318,13 @@ pub(crate) fn get(ask: &Ask<'_>, kind: StateKind, id: &str, json: bool) -> Resul
     if ids.len() > 1 && kind != StateKind::Workers {
         bail!("{id} is the start of {} ids: {}", ids.len(), ids.join(", "));
     }
+    Ok((ids.swap_remove(0), reply))
+}
+
+/// `shoal get KIND ID`: every row of that id (an object has one per peer that holds it).
+pub(crate) fn get(ask: &Ask<'_>, kind: StateKind, id: &str, json: bool) -> Result<()> {
+    let (_, reply) = resolve(ask, kind, id)?;
+    let cells = reply.rows.cells();
     let mut out = std::io::stdout().lock();
     if json {
         writeln!(out, "{}", json::reply(&reply))?;
@@ -393,7 +401,7 @@ pub(crate) fn trace(tasks: &[TaskRow], now: SystemTime) -> serde_json::Value {
 }
 
 /// `shoal timeline --out FILE`.
-pub(crate) fn timeline(ask: &Ask<'_>, out: &Path, limit: u32) -> Result<()> {
+pub(crate) fn timeline(ask: &Ask<'_>, out: &Path, limit: u32, as_json: bool) -> Result<()> {
     let mut query = StateQuery::new(StateKind::Tasks);
     query.limit = limit;
     let reply = ask_state(ask, query)?;
@@ -406,6 +414,15 @@ pub(crate) fn timeline(ask: &Ask<'_>, out: &Path, limit: u32) -> Result<()> {
         .map_or(0, |v| v.iter().filter(|e| e["ph"] == "X").count());
     let bytes = serde_json::to_vec(&json)?;
     std::fs::write(out, bytes).with_context(|| format!("writing {}", out.display()))?;
+    if as_json {
+        let v = serde_json::json!({
+            "out": out, "task_runs": slices, "answered": reply.answered.len(),
+            "partial": reply.partial(),
+        });
+        println!("{v}");
+        warn_partial(&reply);
+        return Ok(());
+    }
     println!(
         "{slices} task runs from {} peers written to {} (open it in https://ui.perfetto.dev or chrome://tracing)",
         reply.answered.len(),

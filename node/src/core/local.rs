@@ -1576,7 +1576,7 @@ impl NodeCore {
             spilled_bytes: index.spilled_bytes(),
             ..Default::default()
         };
-        for (_, e) in self.objects.iter() {
+        for (id, e) in self.objects.iter() {
             objects.count += 1;
             match &e.value {
                 Some(ObjectValue::Inline(v)) => {
@@ -1586,6 +1586,12 @@ impl NodeCore {
                 Some(ObjectValue::Shared(o)) => {
                     objects.shared_count += 1;
                     objects.shared_bytes += o.size;
+                    let in_memory =
+                        matches!(index.location(id), Some(Location::Memory | Location::Both));
+                    if e.pulled && in_memory {
+                        objects.pulled_count += 1;
+                        objects.pulled_bytes += o.size;
+                    }
                 }
                 _ => {}
             }

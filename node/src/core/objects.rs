@@ -64,6 +64,8 @@ pub(crate) struct ObjEntry {
     /// The peer that owns it, when that is another peer (a ref that came from it): when it
     /// dies, the value fails with `OwnerDied` unless a live peer holds it.
     pub(crate) owner_peer: Option<PeerKey>,
+    /// Its bytes here were pulled from a peer (a copy, for `shoal status` and the metrics).
+    pub(crate) pulled: bool,
 }
 
 /// Copies of an object held by peers.

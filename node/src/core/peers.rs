@@ -644,10 +644,11 @@ impl NodeCore {
 
     /// A pulled copy is in its file (or the pull failed).
     pub(super) fn pulled_sealed(&mut self, now: Instant, id: ObjectId, value: ObjectValue) {
-        if !self.objects.contains(&id) {
+        let Some(e) = self.objects.get_mut(&id) else {
             self.store_remove(&id);
             return;
-        }
+        };
+        e.pulled = matches!(value, ObjectValue::Shared(_));
         self.object_ready(now, id, value);
     }
 

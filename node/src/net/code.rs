@@ -24,6 +24,7 @@ use shoal_protocol::BinaryId;
 
 use super::framed::{self, FrameReader};
 use super::limits::{PeerLimits, StreamKind};
+use super::progress::Tracked;
 use crate::auth::code::{CodePolicy, CodeRejection, Manifest, MAX_MANIFEST};
 
 /// Largest binary served or accepted.
@@ -380,6 +381,7 @@ impl Check<'_> {
 /// any byte of it is read, then its hash; returns its path (an executable file) and
 /// manifest. At most [`super::limits::StreamKind::max_outbound`] fetches from one peer run at
 /// once (`limits`); the others wait for their turn.
+#[allow(clippy::too_many_arguments)]
 pub async fn fetch(
     control: &mut libp2p_stream::Control,
     protocol: libp2p::StreamProtocol,
@@ -388,6 +390,7 @@ pub async fn fetch(
     id: BinaryId,
     cache: &Mutex<BinaryCache>,
     check: Check<'_>,
+    progress: &Tracked,
 ) -> Result<(PathBuf, Option<Vec<u8>>), CodeError> {
     if let Some((p, m)) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&id) {
         // Checked when it came; checked again (the policy is this node's, fixed).
@@ -414,6 +417,7 @@ pub async fn fetch(
             check
                 .manifest(&id, manifest.as_deref())
                 .map_err(CodeError::Rejected)?;
+            progress.set_total(size);
             (size, manifest)
         }
         CodeResponse::Found { size, .. } => {
@@ -447,6 +451,7 @@ pub async fn fetch(
             hasher.update(&buf[..n]);
             std::io::Write::write_all(&mut file, &buf[..n])?;
             got += n as u64;
+            progress.progress().add(n as u64);
         }
         let found = BinaryId(*hasher.finalize().as_bytes());
         if found != id {

@@ -53,6 +53,7 @@ pub mod limits;
 pub mod link;
 pub mod membership;
 pub mod objects;
+pub mod progress;
 #[cfg(feature = "test-utils")]
 pub mod rpc;
 pub(crate) mod tasks;
@@ -320,6 +321,8 @@ pub struct NetHandle {
     streams: libp2p_stream::Control,
     servable: code::Servable,
     code_cache: Arc<Mutex<code::BinaryCache>>,
+    /// Transfers to this peer under way.
+    transfers: progress::Transfers,
     code_protocol: StreamProtocol,
     code_shipping: bool,
     /// Publishers trusted on this node's command line (and its user's own key).
@@ -538,6 +541,9 @@ impl NetHandle {
             policy: &policy,
             target: &target,
         };
+        let tracked = self
+            .transfers
+            .start(shoal_protocol::Transfer::Binary(id), 0, &[peer]);
         let fetched = code::fetch(
             &mut control,
             self.code_protocol.clone(),
@@ -546,8 +552,10 @@ impl NetHandle {
             id,
             &self.code_cache,
             check,
+            &tracked,
         )
         .await;
+        drop(tracked);
         let (path, manifest) = match fetched {
             Ok(f) => f,
             Err(code::CodeError::Rejected(why)) => {
@@ -618,6 +626,9 @@ impl NetHandle {
             return Err(objects::ObjectError::Stopped);
         }
         let mut control = self.streams.clone();
+        let tracked =
+            self.transfers
+                .start(shoal_protocol::Transfer::Object(id), object.size, holders);
         objects::pull(
             &mut control,
             self.obj_protocol.clone(),
@@ -627,8 +638,14 @@ impl NetHandle {
             object.size,
             object.digest,
             dest,
+            tracked.progress(),
         )
         .await
+    }
+
+    /// The objects and binaries being pulled to this peer now.
+    pub fn transfers(&self) -> Vec<shoal_protocol::TransferStatus> {
+        self.transfers.snapshot()
     }
 
     /// A control for opening and accepting bulk streams.
@@ -1076,6 +1093,7 @@ pub async fn start(key: identity::Keypair, config: NetConfig) -> Result<NetHandl
         streams,
         servable,
         code_cache: Arc::new(Mutex::new(code_cache)),
+        transfers: progress::Transfers::default(),
         code_protocol,
         code_shipping,
         code_policy,

@@ -51,6 +51,7 @@ use tracing::Instrument;
 
 use super::framed::{self, FrameReader};
 use super::limits::{PeerLimits, StreamKind};
+use super::progress::Progress;
 use super::tasks;
 
 /// A stream that makes no progress for this long fails.
@@ -483,6 +484,7 @@ async fn pull_range(
     end: u64,
     hasher: &mut blake3::Hasher,
     buf: &mut [u8],
+    progress: &Progress,
 ) -> Result<(), ObjectError> {
     let err = stream_error(peer);
     // Held until the stream is done: fewer streams to one holder than it serves at once.
@@ -557,6 +559,7 @@ async fn pull_range(
         file.write_all_at(&buf[..filled], *at)?;
         hasher.update(&buf[..filled]);
         *at += filled as u64;
+        progress.add(filled as u64);
     }
     // Every byte is in: a close that fails costs nothing but the log line.
     if let Err(e) = close(stream.get_mut()).await {
@@ -575,7 +578,8 @@ async fn pull_range(
 /// that fails otherwise is dropped and the others carry on. The pull fails only when no
 /// holder is left (with the one error when there was one, [`ObjectError::AllFailed`] with
 /// each otherwise), or on a local I/O error ([`ObjectError::Io`]). A copy whose digest does
-/// not match is [`ObjectError::Corrupted`]. On failure `dest` holds partial bytes.
+/// not match is [`ObjectError::Corrupted`]. On failure `dest` holds partial bytes. Bytes
+/// written are counted in `progress` as they come.
 #[allow(clippy::too_many_arguments)]
 pub async fn pull(
     control: &mut libp2p_stream::Control,
@@ -586,6 +590,7 @@ pub async fn pull(
     size: u64,
     digest: Digest,
     dest: &Path,
+    progress: &Progress,
 ) -> Result<(), ObjectError> {
     let mut unique: Vec<PeerId> = Vec::with_capacity(holders.len());
     for h in holders {
@@ -626,6 +631,7 @@ pub async fn pull(
             want,
             shared,
             &mut errors,
+            progress,
         )
         .await?
         {
@@ -651,6 +657,7 @@ pub async fn pull(
         want,
         &file,
         &mut errors,
+        progress,
     )
     .await?
     {
@@ -679,6 +686,7 @@ fn all_failed(id: ObjectId, mut errors: Vec<ObjectError>) -> ObjectError {
 /// to the back of the line, up to [`ATTEMPTS_PER_HOLDER`] times); a copy that does not check
 /// out is started over with the holders left. Holder failures go to `errors`; `Ok(true)`
 /// once a copy checks out, `Ok(false)` when the holders ran out, `Err` on a local failure.
+#[allow(clippy::too_many_arguments)]
 async fn pull_sequential(
     control: &mut libp2p_stream::Control,
     protocol: &StreamProtocol,
@@ -687,6 +695,7 @@ async fn pull_sequential(
     want: Want,
     file: &File,
     errors: &mut Vec<ObjectError>,
+    progress: &Progress,
 ) -> Result<bool, ObjectError> {
     let mut buf = vec![0u8; CHUNK.min(want.size as usize)];
     let mut hasher = blake3::Hasher::new();
@@ -712,6 +721,7 @@ async fn pull_sequential(
             want.size,
             &mut hasher,
             &mut buf,
+            progress,
         )
         .await;
         if at > from {
@@ -781,6 +791,7 @@ enum Parallel {
 
 /// Pulls pieces from all `holders` at once and checks the digest. Holder failures (and a
 /// digest mismatch, last) go to `errors`. `Err` on a local failure.
+#[allow(clippy::too_many_arguments)]
 async fn pull_parallel(
     control: &mut libp2p_stream::Control,
     protocol: &StreamProtocol,
@@ -789,6 +800,7 @@ async fn pull_parallel(
     want: Want,
     file: Arc<File>,
     errors: &mut Vec<ObjectError>,
+    progress: &Progress,
 ) -> Result<Parallel, ObjectError> {
     let piece = piece_len(want.size, holders.len());
     let count = want.size.div_ceil(piece) as usize;
@@ -821,11 +833,12 @@ async fn pull_parallel(
                 };
                 busy[h] += 1;
                 let pause = retry_at[h].map(|t| t.saturating_duration_since(Instant::now()));
-                let (mut control, protocol, limits, file) = (
+                let (mut control, protocol, limits, file, progress) = (
                     control.clone(),
                     protocol.clone(),
                     limits.clone(),
                     file.clone(),
+                    progress.clone(),
                 );
                 tasks.spawn(async move {
                     if let Some(pause) = pause {
@@ -844,6 +857,7 @@ async fn pull_parallel(
                         p.end,
                         &mut p.hasher,
                         &mut buf,
+                        &progress,
                     )
                     .await;
                     (h, p.at > from, p, result)

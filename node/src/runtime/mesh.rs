@@ -260,12 +260,12 @@ impl NetSide {
         }
     }
 
-    /// The mesh as this node sees it, for status.
     /// Requests for binaries refused to peers never sent a task of them.
     pub(crate) fn binaries_not_allowed(&self) -> u64 {
         self.net.servable().not_allowed()
     }
 
+    /// The mesh as this node sees it, for status.
     pub(crate) fn status(&self) -> shoal_protocol::MeshStatus {
         let view = self.net.view();
         shoal_protocol::MeshStatus {
@@ -274,6 +274,7 @@ impl NetSide {
             listen_addrs: view.listen_addrs,
             gossip_bytes_out: view.gossip_bytes_out,
             gossip_bytes_in: view.gossip_bytes_in,
+            transfers: self.net.transfers(),
             peers: view
                 .peers
                 .into_iter()

@@ -250,12 +250,17 @@ impl Collector for Scrape {
             e,
             "object_store",
             "Bytes of objects held here, by location: inline (in the node's memory), memory \
-             (the shared-memory store), spilled (on disk).",
+             (the shared-memory store, copies pulled from peers aside), pulled (copies pulled \
+             from peers, in the shared-memory store), spilled (on disk).",
             Some(&Unit::Bytes),
             MetricType::Gauge,
             [
                 ([("location", "inline")], o.inline_bytes as f64),
-                ([("location", "memory")], o.store_used as f64),
+                (
+                    [("location", "memory")],
+                    o.store_used.saturating_sub(o.pulled_bytes) as f64,
+                ),
+                ([("location", "pulled")], o.pulled_bytes as f64),
                 ([("location", "spilled")], o.spilled_bytes as f64),
             ],
         )?;
@@ -506,7 +511,8 @@ mod tests {
             tasks_finished: 0,
             clients: 3,
             objects: ObjectStats {
-                store_used: 4096,
+                store_used: 4096 + 1000,
+                pulled_bytes: 1000,
                 store_capacity: 1 << 20,
                 spilled_bytes: 100,
                 ..Default::default()
@@ -562,6 +568,7 @@ mod tests {
             "shoal_object_transferred_bytes_total{direction=\"in\"} 1048576",
             "shoal_object_transferred_bytes_total{direction=\"out\"} 512",
             "shoal_object_store_bytes{location=\"memory\"} 4096",
+            "shoal_object_store_bytes{location=\"pulled\"} 1000",
             "shoal_workers{state=\"busy\"} 2",
             "shoal_actors{state=\"alive\",class=\"m::Counter\"} 1",
             "shoal_resources{resource=\"gpu\"} 1",

@@ -190,7 +190,11 @@ pub(crate) fn read_blocking<R>(
     mut f: impl FnMut(Source<'_>) -> Result<R, GetError>,
 ) -> Result<R, GetError> {
     let ctx = runtime::get();
-    let deadline = timeout.map(|t| std::time::Instant::now() + t);
+    // A value this process has already is returned whatever the timeout, even when the
+    // node must first read it back from disk (as Ray's `get` does).
+    let deadline = timeout
+        .filter(|_| !ctx.is_done(&id))
+        .map(|t| std::time::Instant::now() + t);
     for _ in 0..MAX_MOVES {
         let left = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
         let v = ctx.wait_blocking(id, left)?;
@@ -211,9 +215,14 @@ impl<T: DeserializeOwned> ObjectRef<T> {
         read_async(self.raw.id, decode).await
     }
 
-    /// Waits at most `timeout` for the value.
+    /// Waits at most `timeout` for the value. A value this process has already (say, one it
+    /// put) is returned whatever the timeout, even when the node must first read it back
+    /// from disk, as Ray's `get` does.
     pub async fn get_timeout(&self, timeout: Duration) -> Result<T, GetError> {
         let ctx = runtime::get();
+        if ctx.is_done(&self.raw.id) {
+            return self.get().await;
+        }
         let sleep = ctx.sleep(timeout);
         match first(self.get(), sleep).await {
             Either::Left(v) => v,
@@ -226,7 +235,8 @@ impl<T: DeserializeOwned> ObjectRef<T> {
         read_blocking(self.raw.id, None, decode)
     }
 
-    /// Blocks at most `timeout`.
+    /// Blocks at most `timeout` (but see [`ObjectRef::get_timeout`] for a value here
+    /// already).
     pub fn get_blocking_timeout(&self, timeout: Duration) -> Result<T, GetError> {
         read_blocking(self.raw.id, Some(timeout), decode)
     }

@@ -128,6 +128,41 @@ impl Rendezvous {
     }
 }
 
+/// A barrier for a batch of async calls: each call arrives, then waits until `n` have.
+#[derive(Default)]
+pub struct Batch {
+    arrived: AtomicU32,
+    all_in: tokio::sync::Notify,
+}
+
+#[shoal::actor]
+impl Batch {
+    pub fn new() -> Self {
+        Batch::default()
+    }
+
+    /// Arrives, then waits (up to `limit_ms`) until `n` calls have. True if they all came.
+    pub async fn gather(&self, n: u32, limit_ms: u64) -> bool {
+        let wait = async {
+            let mut notified = std::pin::pin!(self.all_in.notified());
+            // Registered before arriving, so the last arrival's wake-up is not missed.
+            notified.as_mut().enable();
+            if self.arrived.fetch_add(1, Ordering::SeqCst) + 1 >= n {
+                self.all_in.notify_waiters();
+                return;
+            }
+            while self.arrived.load(Ordering::SeqCst) < n {
+                notified.as_mut().await;
+                notified.set(self.all_in.notified());
+                notified.as_mut().enable();
+            }
+        };
+        tokio::time::timeout(Duration::from_millis(limit_ms), wait)
+            .await
+            .is_ok()
+    }
+}
+
 pub struct Fragile;
 
 #[shoal::actor]
@@ -338,6 +373,25 @@ fn async_methods_overlap_up_to_max_concurrency() {
     let (a, b) = (serial.meet(2, 300), serial.meet(2, 300));
     assert!(!a.get_blocking().unwrap());
     assert!(b.get_blocking().unwrap());
+}
+
+#[test]
+fn an_async_actor_holds_as_many_waiting_calls_as_its_max_concurrency() {
+    // Ray's case: 4,000 calls that each wait for the whole batch, on an actor that allows
+    // 8,000 at once. The node once sent an actor at most 1,024 calls, and the rest waited
+    // behind calls that were waiting themselves.
+    shoal::init().unwrap();
+    const N: u32 = 4000;
+    let batch = Batch::options(ActorOptions::new().max_concurrency(8000))
+        .remote()
+        .unwrap();
+    let calls: Vec<ObjectRef<bool>> = (0..N).map(|_| batch.gather(N, 60_000)).collect();
+    for (i, c) in calls.iter().enumerate() {
+        assert!(
+            c.get_blocking().unwrap(),
+            "call {i} saw the batch incomplete"
+        );
+    }
 }
 
 #[test]

@@ -29,11 +29,6 @@ fn chaos_soak_has_no_wrong_results_hangs_or_leaks() {
     // A reference unresolved for a minute is a hang here: the failure timeout is 3 s, and
     // the whole test must stay well under four minutes even when it fails.
     options.bound = Duration::from_secs(60);
-    // A known product bug, tolerated (and reported as such) until issue 14 item 5 is done: a
-    // task's large result that finds its node's store full fails with `ResultStore` rather
-    // than waiting for room. Seen once in about fifteen two-minute soaks with every fault
-    // kind (stop 27); the drivers' `error_examples` now carry its message.
-    options.tolerated = vec!["ResultStore".to_string()];
     let summary = chaos::run(&options).expect("the soak ran");
     println!("{}", serde_json::to_string_pretty(&summary).unwrap());
     assert!(

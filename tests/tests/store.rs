@@ -174,6 +174,55 @@ fn restored_copies_are_dropped_least_recently_used_first() {
     );
 }
 
+/// A distinct pattern of `len` bytes per `seed` (the 8 MiB `blob` repeated).
+fn blob_of(seed: u64, len: usize) -> Blob {
+    let unit = blob(seed).0;
+    Blob(unit.iter().copied().cycle().take(len).collect())
+}
+
+/// A result of 30 MiB: two do not fit in the store at once.
+const BIG: usize = 30 << 20;
+
+#[shoal::remote]
+fn big_result(seed: u64) -> Blob {
+    blob_of(seed, BIG)
+}
+
+#[test]
+fn results_that_do_not_fit_together_wait_for_room_and_all_succeed() {
+    // Ray's case: tasks making large results at once in a store that holds one at a time.
+    // A result's room is asked while another is being written; it waits until that one is
+    // sealed and can be spilled, rather than failing with a full store.
+    let _turn = serial();
+    let shoal = node();
+    let refs: Vec<ObjectRef<Blob>> = (0..4).map(|i| big_result.remote(100 + i)).collect();
+    for (i, r) in refs.iter().enumerate() {
+        let got = r
+            .get_blocking()
+            .unwrap_or_else(|e| panic!("result {i}: {e}"));
+        assert!(got == blob_of(100 + i as u64, BIG), "result {i}");
+    }
+    let status = shoal.status().unwrap();
+    assert!(status.objects.store_used <= STORE, "{status:?}");
+    drop(refs);
+    assert_eq!(files(&shoal), (0, 0));
+}
+
+#[test]
+fn a_zero_timeout_get_of_a_spilled_object_reads_it_back() {
+    let _turn = serial();
+    let shoal = node();
+    let first = shoal::put(&blob(200)).unwrap();
+    // Seven more of 8 MiB in a 48 MiB store: the first, least recently used, goes to disk.
+    let rest: Vec<ObjectRef<Blob>> = (201..208).map(|i| shoal::put(&blob(i)).unwrap()).collect();
+    assert_eq!(location(&shoal, first.id()).as_deref(), Some("disk"));
+    // It is here (on disk): a get that will not wait still reads it back, as Ray's does.
+    let got = first.get_blocking_timeout(Duration::ZERO).unwrap();
+    assert!(got == blob(200));
+    drop((first, rest));
+    assert_eq!(files(&shoal), (0, 0));
+}
+
 #[test]
 fn a_put_that_cannot_fit_names_the_sizes() {
     let _turn = serial();

@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use shoal_protocol::{
-    codec, ActorId, ActorToken, Arg, ArgValue, CreateOutcome, ExecTask, Hello, HostActor, ObjectId,
-    ObjectInfo, ObjectStats, ObjectValue, Role, TaskError, TaskId, TaskKind, TaskOutcome, TaskSpec,
-    ToClient, ToNode,
+    codec, ActorId, ActorToken, Arg, ArgValue, ExecTask, Hello, HostActor, ObjectId, ObjectInfo,
+    ObjectStats, ObjectValue, Role, TaskError, TaskId, TaskKind, TaskOutcome, TaskSpec, ToClient,
+    ToNode,
 };
 
 use super::actors::{ActorState, AfterDeath, Registered};
@@ -91,6 +91,7 @@ impl NodeCore {
         };
         tracing::debug!(conn, role = ?p.role, "detached");
         self.state_detached(conn);
+        self.room_detached(conn);
         self.store_abort_holder(Holder::Proc(conn));
         if let Some(w) = p.worker {
             self.worker_conns.remove(&w);
@@ -224,17 +225,7 @@ impl NodeCore {
                 self.tell_proc(conn, ToClient::Objects { request, objects });
             }
             ToNode::Create { request, id, size } => {
-                let after = After::Created { conn, request, id };
-                match self.store_reserve(id, size, Holder::Proc(conn), after) {
-                    // Answered once its file exists.
-                    Ok(CreateOutcome::Write) => {}
-                    result => {
-                        if let Err(e) = &result {
-                            tracing::warn!(conn, object = %id, error = %e, "store refused an object")
-                        }
-                        self.tell_proc(conn, ToClient::Created { request, result });
-                    }
-                }
+                self.create_asked(now, conn, request, id, size);
             }
             ToNode::Seal {
                 ticket,

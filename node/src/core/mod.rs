@@ -693,6 +693,9 @@ impl NodeCore {
             self.waits.next_check = None;
             self.check_waits(now);
         }
+        if self.store.room_deadline().is_some_and(|t| t <= now) {
+            self.retry_room(now);
+        }
         self.after(now);
     }
 
@@ -717,6 +720,7 @@ impl NodeCore {
             self.lookup_deadline(),
             self.questions.deadline(),
             self.waits.next_check,
+            self.store.room_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -726,6 +730,10 @@ impl NodeCore {
     /// Runs the scheduler's decisions, then tells peers the load if it changed, and sets
     /// the next look at waiting tasks.
     fn after(&mut self, now: Instant) {
+        // What this input freed may make room for writers waiting for it.
+        if self.store.room_waiting() > 0 {
+            self.retry_room(now);
+        }
         self.apply_actions(now);
         self.report_load();
         let queued = self.sched.queued() > 0 || self.sched.actors_queued() > 0;

@@ -12,15 +12,23 @@
 //! - a reader of a spilled object (a `get`, a task's or an actor call's arguments, a peer's
 //!   transfer) waits until it is read back ([`Resume`]).
 //!
+//! A writer's request for room that does not fit waits, in the order asked, while memory
+//! that no plan can free now is held (reservations being written, pinned objects): each
+//! input may free some, and the first waiting request is tried again after every input. It
+//! is refused ([`StoreError::Full`]) only when nothing held could make room (it is larger
+//! than the store, or nothing is held), or after [`ROOM_WAIT`] (a task whose own pinned
+//! arguments fill the store would otherwise wait for ever). This is Ray's rule: creation
+//! under pressure waits for room, and fails only when nothing can make it.
+//!
 //! Failures come back as completions too: a spill that failed keeps the object in memory, a
 //! restore that failed makes the object's value an error for good (its disk copy is
 //! unreadable or corrupted), a seal that failed makes it `ObjectUnavailable`.
 //!
 //! [`Input::Store`]: super::Input::Store
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use shoal_protocol::{
     ActorId, CreateOutcome, ObjectId, ObjectValue, SharedObject, StoreError, TaskError, TaskId,
@@ -32,6 +40,22 @@ use super::{ConnId, NodeCore, Output, Party};
 use crate::store::{
     Holder, Location, OpId, OpKind, Sealed, StoreDone, StoreFault, StoreIndex, StoreOp,
 };
+
+/// How long a writer's request for room waits at most.
+pub(crate) const ROOM_WAIT: Duration = Duration::from_secs(30);
+/// Requests waiting for room at most; more are refused at once.
+pub(crate) const MAX_ROOM_WAITS: usize = 4096;
+
+/// A writer's request for room, waiting for memory to be freed.
+#[derive(Debug)]
+pub(super) struct RoomWait {
+    conn: ConnId,
+    request: u64,
+    id: ObjectId,
+    size: u64,
+    /// When it is refused if it still does not fit.
+    deadline: Instant,
+}
 
 /// What the core does when a store op ends.
 #[derive(Debug)]
@@ -102,6 +126,8 @@ pub(super) struct CoreStore {
     /// Pulls under way, by object: the number of the op that made their file. A pull that
     /// ends after its reservation was dropped (and perhaps made again) is not this one.
     pub(super) pulls: HashMap<ObjectId, OpId>,
+    /// Writers' requests waiting for room, in the order asked.
+    room_waits: VecDeque<RoomWait>,
 }
 
 impl CoreStore {
@@ -114,6 +140,7 @@ impl CoreStore {
             restoring: HashMap::new(),
             parked: HashMap::new(),
             pulls: HashMap::new(),
+            room_waits: VecDeque::new(),
         }
     }
 
@@ -126,6 +153,16 @@ impl CoreStore {
     /// Ops issued whose completion has not come back.
     pub(super) fn in_flight(&self) -> usize {
         self.pending.len()
+    }
+
+    /// Writers' requests waiting for room.
+    pub(super) fn room_waiting(&self) -> usize {
+        self.room_waits.len()
+    }
+
+    /// When the first request waiting for room is refused, if it still does not fit.
+    pub(super) fn room_deadline(&self) -> Option<Instant> {
+        self.room_waits.front().map(|w| w.deadline)
     }
 }
 
@@ -170,6 +207,111 @@ impl NodeCore {
             );
         }
         Ok(())
+    }
+
+    /// A process asks for room to write `id` (`ToNode::Create`): reserved now (answered
+    /// once its file exists), or once memory is freed (see the module documentation), or
+    /// refused.
+    pub(super) fn create_asked(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        request: u64,
+        id: ObjectId,
+        size: u64,
+    ) {
+        // Earlier requests waiting for room go first.
+        if self.store.room_waits.is_empty() || self.store.index.contains(&id) {
+            match self.reserve_for(conn, request, id, size) {
+                Ok(()) => return,
+                Err(e) if !self.room_may_come(size) => {
+                    return self.refuse_room(conn, request, id, e);
+                }
+                Err(_) => {}
+            }
+        }
+        if self.store.room_waits.len() >= MAX_ROOM_WAITS {
+            let e = self.full(size);
+            return self.refuse_room(conn, request, id, e);
+        }
+        tracing::debug!(conn, object = %id, size, used = self.store.index.used(),
+            "waiting for room in the store");
+        self.store.room_waits.push_back(RoomWait {
+            conn,
+            request,
+            id,
+            size,
+            deadline: now + ROOM_WAIT,
+        });
+    }
+
+    /// Reserves room for a process's object; `Created` goes to it once its file exists (at
+    /// once if the object exists already).
+    fn reserve_for(
+        &mut self,
+        conn: ConnId,
+        request: u64,
+        id: ObjectId,
+        size: u64,
+    ) -> Result<(), StoreError> {
+        let after = After::Created { conn, request, id };
+        match self.store_reserve(id, size, Holder::Proc(conn), after)? {
+            CreateOutcome::Write => {}
+            outcome => self.tell_proc(
+                conn,
+                ToClient::Created {
+                    request,
+                    result: Ok(outcome),
+                },
+            ),
+        }
+        Ok(())
+    }
+
+    /// Whether memory held now could make room for `size` bytes once freed.
+    fn room_may_come(&self, size: u64) -> bool {
+        size <= self.store.index.capacity() && self.store.index.held() > 0
+    }
+
+    fn full(&self, size: u64) -> StoreError {
+        StoreError::Full {
+            requested: size,
+            used: self.store.index.used(),
+            capacity: self.store.index.capacity(),
+        }
+    }
+
+    fn refuse_room(&mut self, conn: ConnId, request: u64, id: ObjectId, e: StoreError) {
+        tracing::warn!(conn, object = %id, error = %e, "store refused an object");
+        self.tell_proc(
+            conn,
+            ToClient::Created {
+                request,
+                result: Err(e),
+            },
+        );
+    }
+
+    /// Requests waiting for room that fit now are reserved, in order; the first that does
+    /// not fit stops the others, unless its deadline has passed or nothing held could make
+    /// room for it any more (it is refused then).
+    pub(super) fn retry_room(&mut self, now: Instant) {
+        while let Some(w) = self.store.room_waits.front() {
+            let (conn, request, id, size, deadline) = (w.conn, w.request, w.id, w.size, w.deadline);
+            match self.reserve_for(conn, request, id, size) {
+                Ok(()) => {}
+                Err(e) if deadline <= now || !self.room_may_come(size) => {
+                    self.refuse_room(conn, request, id, e);
+                }
+                Err(_) => return,
+            }
+            self.store.room_waits.pop_front();
+        }
+    }
+
+    /// A process went away: its requests for room are dropped.
+    pub(super) fn room_detached(&mut self, conn: ConnId) {
+        self.store.room_waits.retain(|w| w.conn != conn);
     }
 
     /// Reserves room for `id` and has its partial file made; `after` runs once it is.
@@ -431,7 +573,7 @@ mod tests {
     use std::time::Instant;
 
     use shoal_protocol::{
-        Digest, ObjectId, ObjectValue, SharedObject, TaskError, ToClient, ToNode,
+        Digest, ObjectId, ObjectValue, SharedObject, StoreError, TaskError, ToClient, ToNode,
     };
 
     use crate::core::harness::{done, drain, ops, replies, send};
@@ -621,6 +763,115 @@ mod tests {
                 value: ObjectValue::Shared(object)
             }]
         );
+    }
+
+    /// The `Created` answers among `out`, by request number.
+    fn created(out: &[Output]) -> Vec<(u64, Result<shoal_protocol::CreateOutcome, StoreError>)> {
+        replies(out)
+            .into_iter()
+            .filter_map(|m| match m {
+                ToClient::Created { request, result } => Some((request, result)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Completes every op in `out` the core waits for; what that gave.
+    fn complete(core: &mut NodeCore, now: Instant, out: &[Output]) -> Vec<Output> {
+        for op in ops(out) {
+            if op.op.is_some() {
+                done(core, now, op, Ok(()));
+            }
+        }
+        drain(core)
+    }
+
+    #[test]
+    fn a_create_that_does_not_fit_waits_for_the_writer_before_it_and_then_spills_it() {
+        // Two 20 MB results at once in a 25 MB store (Ray's case): the second waits for the
+        // first to be sealed, then the first is spilled to make room.
+        let (mut core, now) = node(25 * MB);
+        let (a, b) = (ObjectId([1; 32]), ObjectId([2; 32]));
+        let out = create(&mut core, now, 1, a, 20 * MB);
+        let out = complete(&mut core, now, &out);
+        assert!(matches!(created(&out)[..], [(1, Ok(_))]), "{out:?}");
+        let out = create(&mut core, now, 2, b, 20 * MB);
+        assert!(created(&out).is_empty(), "b waits: {out:?}");
+        assert!(ops(&out).is_empty());
+        let object = SharedObject {
+            size: 20 * MB,
+            digest: Digest([1; 32]),
+        };
+        let sealed = ObjectId::from_digest(object.digest);
+        let out = seal(&mut core, now, a, sealed, object);
+        // Sealed, but pinned until its file is in place: still no room.
+        assert!(created(&out).is_empty());
+        let out = complete(&mut core, now, &out);
+        let kinds: Vec<_> = ops(&out).into_iter().map(|o| o.kind).collect();
+        assert!(
+            kinds
+                .iter()
+                .any(|k| matches!(k, OpKind::Spill { id, .. } if *id == sealed)),
+            "{kinds:?}"
+        );
+        let out = complete(&mut core, now, &out);
+        assert!(matches!(created(&out)[..], [(2, Ok(_))]), "{out:?}");
+    }
+
+    #[test]
+    fn a_create_nothing_can_make_room_for_is_refused_at_once() {
+        let (mut core, now) = node(25 * MB);
+        // Larger than the store.
+        let out = create(&mut core, now, 1, ObjectId([1; 32]), 26 * MB);
+        assert!(matches!(
+            created(&out)[..],
+            [(1, Err(StoreError::Full { requested, .. }))] if requested == 26 * MB
+        ));
+        assert_eq!(core.store.room_waiting(), 0);
+    }
+
+    #[test]
+    fn a_create_waits_in_order_and_at_most_room_wait() {
+        let (mut core, now) = node(25 * MB);
+        let out = create(&mut core, now, 1, ObjectId([1; 32]), 20 * MB);
+        complete(&mut core, now, &out);
+        // Both wait, the small one too (it would fit), behind the first.
+        let out = create(&mut core, now, 2, ObjectId([2; 32]), 20 * MB);
+        assert!(created(&out).is_empty());
+        let out = create(&mut core, now, 3, ObjectId([3; 32]), MB);
+        assert!(created(&out).is_empty());
+        assert_eq!(core.store.room_waiting(), 2);
+        let deadline = now + super::ROOM_WAIT;
+        assert_eq!(core.poll_timeout(), Some(deadline));
+        // The writer never seals: the first waiting is refused at its deadline, and the
+        // small one fits then.
+        core.handle_timeout(deadline);
+        let out = drain(&mut core);
+        let mut answers = created(&out);
+        answers.extend(created(&complete(&mut core, deadline, &out)));
+        assert!(
+            matches!(answers[..], [(2, Err(StoreError::Full { .. })), (3, Ok(_))]),
+            "{answers:?}"
+        );
+        assert_eq!(core.store.room_waiting(), 0);
+    }
+
+    #[test]
+    fn a_waiting_create_goes_with_its_process() {
+        let (mut core, now) = node(25 * MB);
+        let out = create(&mut core, now, 1, ObjectId([1; 32]), 20 * MB);
+        complete(&mut core, now, &out);
+        create(&mut core, now, 2, ObjectId([2; 32]), 20 * MB);
+        assert_eq!(core.store.room_waiting(), 1);
+        core.handle(
+            now,
+            crate::core::Input::Detached {
+                conn: crate::core::harness::DRIVER,
+            },
+        );
+        assert_eq!(core.store.room_waiting(), 0);
+        // Its reservation went too.
+        assert_eq!(core.store.index.used(), 0);
     }
 
     #[test]

@@ -377,6 +377,21 @@ impl StoreIndex {
         self.used
     }
 
+    /// Bytes of memory no plan can free now: reservations being written, and pinned
+    /// objects (arguments of running tasks, objects being read back or sent). They free
+    /// themselves (a writer seals, a task ends), so a request refused for room may fit later.
+    pub fn held(&self) -> u64 {
+        self.entries
+            .values()
+            .filter(|e| match e.mem {
+                Mem::Reserved { .. } => true,
+                Mem::Sealed => e.pins > 0,
+                Mem::None => false,
+            })
+            .map(|e| e.size)
+            .sum()
+    }
+
     /// The byte limit of memory.
     pub fn capacity(&self) -> u64 {
         self.capacity
@@ -454,6 +469,20 @@ mod tests {
         );
         assert_eq!(ix.remove(&id(1)), Some((Some(Location::Memory), false)));
         assert_eq!(ix.used(), 0);
+    }
+
+    #[test]
+    fn held_bytes_are_reservations_and_pinned_objects() {
+        let mut ix = StoreIndex::new(100);
+        put(&mut ix, 1, 30);
+        assert_eq!(ix.held(), 0);
+        ix.reserve(id(2), 20, Holder::Proc(1)).unwrap();
+        assert_eq!(ix.held(), 20);
+        ix.pin(&id(1));
+        assert_eq!(ix.held(), 50);
+        assert_eq!(ix.seal(id(2), id(2), obj(20)), Ok(Sealed::New));
+        ix.unpin(&id(1));
+        assert_eq!(ix.held(), 0);
     }
 
     #[test]

@@ -21,7 +21,9 @@ pub(crate) mod directory;
 #[cfg(test)]
 mod tests;
 
-/// Calls handed to an actor's worker and not finished, at most. Bounds the worker's queue.
+/// Calls handed to an actor's worker and not finished, at most, unless the actor's
+/// `max_concurrency` is larger (then that many: calls that wait for one another must all be
+/// at the worker, as Ray's async actors have them). Bounds the worker's queue.
 pub const MAX_INFLIGHT: usize = 1024;
 
 /// Where an actor is in its life.
@@ -335,8 +337,9 @@ impl ActorTable {
     }
 
     /// Calls that may go to the actor's worker now, moved to in flight: from each caller,
-    /// the leading calls whose arguments are `ready`, while fewer than [`MAX_INFLIGHT`] are
-    /// in flight. Empty unless the actor is alive.
+    /// the leading calls whose arguments are `ready`, while fewer than [`MAX_INFLIGHT`] (or
+    /// the actor's `max_concurrency`, if larger) are in flight. Empty unless the actor is
+    /// alive.
     pub fn take_ready(
         &mut self,
         actor: ActorId,
@@ -348,6 +351,7 @@ impl ActorTable {
         let ActorState::Alive { worker, .. } = a.state else {
             return (None, Vec::new());
         };
+        let cap = MAX_INFLIGHT.max(a.spec.max_concurrency as usize);
         let mut out = Vec::new();
         let mut emptied = Vec::new();
         'callers: for caller in &a.callers {
@@ -355,7 +359,7 @@ impl ActorTable {
                 continue;
             };
             while let Some(&t) = q.front() {
-                if a.inflight.len() >= MAX_INFLIGHT {
+                if a.inflight.len() >= cap {
                     break 'callers;
                 }
                 if !ready(t) {

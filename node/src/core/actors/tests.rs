@@ -97,6 +97,21 @@ fn calls_leave_in_order_per_caller_and_only_when_ready() {
 }
 
 #[test]
+fn inflight_follows_a_max_concurrency_above_the_bound() {
+    let mut t = ActorTable::new();
+    let mut a = spec(1, None);
+    a.max_concurrency = 8000;
+    t.register(task(9, 1), "C", &a, ClientId(9)).unwrap();
+    t.hosted(a.actor_id, 1);
+    for seq in 0..4000 {
+        t.enqueue(a.actor_id, ClientId(1), task(1, seq)).unwrap();
+    }
+    // All at the worker at once: each may wait for the others.
+    let (_, out) = t.take_ready(a.actor_id, |_| true);
+    assert_eq!(out.len(), 4000);
+}
+
+#[test]
 fn inflight_is_bounded() {
     let mut t = ActorTable::new();
     let a = spec(1, None);

@@ -290,7 +290,42 @@ async fn binaries_are_shipped_by_hash_and_checked() {
     ));
     assert_eq!(a.servable().not_allowed(), 1);
     a.servable().grant(&id, b.peer_id(), Instant::now());
-    let path = b.fetch_binary(a.peer_id(), id).await.unwrap();
+    // While it comes (tens of megabytes), b lists the transfer with its size and bytes so
+    // far (`shoal status` shows that list).
+    let mut seen = Vec::new();
+    let path = {
+        let watching = async {
+            loop {
+                seen.extend(
+                    b.transfers()
+                        .into_iter()
+                        .filter(|t| t.what == shoal_protocol::Transfer::Binary(id)),
+                );
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        };
+        tokio::select! {
+            path = b.fetch_binary(a.peer_id(), id) => path.unwrap(),
+            () = watching => unreachable!("the watcher never ends"),
+        }
+    };
+    assert!(!seen.is_empty(), "the fetch was never listed");
+    assert!(
+        seen.iter()
+            .all(|t| t.peers == vec![a.peer_id().to_string()]),
+        "{seen:?}"
+    );
+    let sized: Vec<_> = seen.iter().filter(|t| t.total > 0).collect();
+    assert!(
+        sized
+            .iter()
+            .all(|t| t.total == bytes.len() as u64 && t.done <= t.total),
+        "{sized:?}"
+    );
+    assert!(
+        b.transfers().is_empty(),
+        "an ended fetch is no longer listed"
+    );
     assert_eq!(std::fs::read(&path).unwrap(), bytes);
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(

@@ -73,7 +73,7 @@ fn main() -> anyhow::Result<()> {
         .enumerate()
         .map(|(i, ms)| slow_square.remote(i as u64, *ms))
         .collect();
-    let (ready, pending) = shoal::wait_blocking(&squares, 2, Some(Duration::from_secs(30)));
+    let (ready, pending) = shoal::wait_blocking(&squares, 2, Some(Duration::from_secs(30)))?;
     println!(
         "{} ready first, {} still running",
         ready.len(),

@@ -158,7 +158,7 @@ fn run(title: &str, servers: Vec<ActorHandle<ParameterServer>>, args: &Args) -> 
     let mut shown = None;
     while !pending.is_empty() {
         let (_, rest) =
-            shoal::wait_blocking(&pending, pending.len(), Some(Duration::from_millis(20)));
+            shoal::wait_blocking(&pending, pending.len(), Some(Duration::from_millis(20)))?;
         pending = rest;
         let params = read_all(&servers)?;
         let head = params[..params.len().min(3)].to_vec();

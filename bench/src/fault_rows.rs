@@ -285,7 +285,7 @@ fn driver_main() -> Result<()> {
                 ensure!(n == nonce, "asked for {nonce}, made {n}");
                 let start = Instant::now();
                 let (ready, _) =
-                    shoal::wait_blocking(std::slice::from_ref(&r), 1, Some(OP_TIMEOUT));
+                    shoal::wait_blocking(std::slice::from_ref(&r), 1, Some(OP_TIMEOUT))?;
                 ensure!(!ready.is_empty(), "not back within {OP_TIMEOUT:?}");
                 let view = r.get_view_blocking().context("reading it back")?;
                 let took = start.elapsed();
@@ -302,7 +302,7 @@ fn driver_main() -> Result<()> {
                 let mut pending = refs.clone();
                 let mut said = false;
                 while !pending.is_empty() {
-                    let (ready, rest) = shoal::wait_blocking(&pending, 1, Some(OP_TIMEOUT));
+                    let (ready, rest) = shoal::wait_blocking(&pending, 1, Some(OP_TIMEOUT))?;
                     ensure!(!ready.is_empty(), "no task ended within {OP_TIMEOUT:?}");
                     pending = rest;
                     if !said && (pending.len() as u64) * 4 <= nonce * 3 {

@@ -935,7 +935,7 @@ fn transfer_once(
     let t = Instant::now();
     // A wait with a deadline first (it has the node pull the object too), so that a pull
     // that never ends fails the row; then the view, at once.
-    let (ready, _) = shoal::wait_blocking(std::slice::from_ref(&r), 1, Some(OP_TIMEOUT));
+    let (ready, _) = shoal::wait_blocking(std::slice::from_ref(&r), 1, Some(OP_TIMEOUT))?;
     ensure!(
         !ready.is_empty(),
         "the object did not arrive within {OP_TIMEOUT:?} of the get"

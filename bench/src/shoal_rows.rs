@@ -242,7 +242,7 @@ fn wait_1k_refs(b: &mut Bench) -> Result<()> {
         let mut pending: Vec<ObjectRef<Vec<u8>>> =
             (0..TASKS_PER_BATCH).map(|_| noop.remote()).collect();
         while !pending.is_empty() {
-            let (ready, rest) = shoal::wait_blocking(&pending, 1, None);
+            let (ready, rest) = shoal::wait_blocking(&pending, 1, None)?;
             ensure!(
                 !ready.is_empty(),
                 "wait_blocking(num_ready=1, no timeout) returned no ready ref"

@@ -45,6 +45,18 @@ impl ResourceSet {
     pub fn get_milli(&self, name: &str) -> u64 {
         self.0.get(name).copied().unwrap_or(0)
     }
+    /// Whether this is a demand a task or an actor may make: as Ray's, a quantity above one
+    /// must be a whole number (a task takes part of one CPU, or whole CPUs). The reason if
+    /// not.
+    pub fn check_demand(&self) -> Result<(), String> {
+        match self.0.iter().find(|(_, v)| **v > 1000 && **v % 1000 != 0) {
+            Some((k, v)) => Err(format!(
+                "{k}={}: a quantity above 1 must be a whole number",
+                *v as f64 / 1000.0
+            )),
+            None => Ok(()),
+        }
+    }
     /// Whether every quantity of `demand` is available here.
     pub fn contains(&self, demand: &ResourceSet) -> bool {
         demand.0.iter().all(|(k, v)| self.get_milli(k) >= *v)
@@ -315,6 +327,13 @@ pub enum TaskError {
         demand: String,
         /// What the node has in total.
         total: String,
+    },
+    /// The task's or the actor's options are not valid (a fractional quantity above one, an
+    /// empty actor name): it was never run.
+    #[error("invalid options: {reason}")]
+    InvalidOptions {
+        /// What is wrong.
+        reason: String,
     },
     /// A worker for the binary could not be started.
     #[error("cannot start a worker: {message}")]

@@ -136,7 +136,17 @@ impl ActorOptions {
         Self::default()
     }
 
-    /// CPUs the actor holds for its whole life (default 0; fractions allowed).
+    /// CPUs the actor holds for its whole life (default 0; a part of one CPU, or whole
+    /// CPUs: a fraction above one is refused with [`TaskError::InvalidOptions`]).
+    ///
+    /// **Unlike Ray** by default: Ray places a default actor only where a CPU is free (it
+    /// asks 1 CPU for placement) and then holds none while it runs; Shoal's default actor
+    /// asks none, for placement too, so it is placed at once even on a mesh whose CPUs are
+    /// all busy. The Ray rule would make an actor wait for a CPU it then does not use, and
+    /// its placement depend on a moment's load rather than on what it holds; ask for CPUs
+    /// (`num_cpus(1.0)`) for an actor that computes, and it holds them.
+    ///
+    /// [`TaskError::InvalidOptions`]: shoal_protocol::TaskError::InvalidOptions
     pub fn num_cpus(mut self, n: f64) -> Self {
         self.resources = self.resources.with(shoal_protocol::CPU, n);
         self

@@ -37,12 +37,33 @@ pub enum PutError {
     /// The value's `Serialize` failed.
     #[error("cannot encode the value: {0}")]
     Encode(String),
+    /// The value is a ref itself (an `ObjectRef`, or a newtype around one): it is stored
+    /// already; put a value that holds refs (a `Vec` of them, a struct) instead, as Ray
+    /// refuses `put` of an `ObjectRef`.
+    #[error("put of an ObjectRef: the object is stored already")]
+    ObjectRef,
     /// The store refused it (full, or an I/O error).
     #[error(transparent)]
     Store(#[from] StoreError),
     /// `shoal::shutdown` ended this process's attachment to its node.
     #[error("shoal was shut down in this process")]
     Shutdown,
+}
+
+/// Why `wait` refused its arguments (as Ray's `wait` does).
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum WaitError {
+    /// The same ref was given twice: a wait needs distinct refs.
+    #[error("wait needs distinct refs: {0} is given twice")]
+    Duplicate(shoal_protocol::ObjectId),
+    /// More ready refs asked for than refs given.
+    #[error("wait asked for {num_ready} ready refs of {refs}")]
+    TooMany {
+        /// Ready refs asked for.
+        num_ready: usize,
+        /// Refs given.
+        refs: usize,
+    },
 }
 
 /// Why `shoal::init` failed.

@@ -14,7 +14,7 @@
 //!     let x = add.remote(1, 2);                // runs in a worker process; returns at once
 //!     let y = add.remote(&x, 10);              // an ObjectRef is an argument like a value
 //!     let big = shoal::put(&vec![0u8; 1 << 20])?;  // large values live in shared memory
-//!     let (ready, _pending) = shoal::wait_blocking(&[y.clone()], 1, None);
+//!     let (ready, _pending) = shoal::wait_blocking(&[y.clone()], 1, None)?;
 //!     assert_eq!(ready[0].get_blocking()?, 13);
 //!     assert_eq!(big.get_blocking()?.len(), 1 << 20);
 //!     Ok(())
@@ -116,7 +116,7 @@ pub use shoal_protocol::{
     ActorId, NodeId, NodeStatus, ObjectId, ObjectInfo, ResourceSet, TaskError,
 };
 
-pub use error::{GetError, InitError, PutError, StoreError};
+pub use error::{GetError, InitError, PutError, StoreError, WaitError};
 pub use object_ref::ObjectRef;
 pub use options::TaskOptions;
 pub use put::put;
@@ -205,15 +205,31 @@ pub fn peer_id() -> Option<String> {
     runtime::get().peer_id().map(str::to_string)
 }
 
+/// What [`wait`] returns: the ready refs, and the others.
+pub type Split<T> = (Vec<ObjectRef<T>>, Vec<ObjectRef<T>>);
+
 /// Waits until `num_ready` of `refs` are ready (or failed), or `timeout` passes. Returns at
 /// most `num_ready` ready refs and the others (as Ray's `wait`), each in the order given.
+///
+/// As Ray's, it refuses a ref given twice ([`WaitError::Duplicate`]) and more ready refs
+/// asked for than given ([`WaitError::TooMany`]).
+///
+/// ```no_run
+/// # #[shoal::remote] fn square(x: u64) -> u64 { x * x }
+/// # async fn run() -> Result<(), shoal::WaitError> {
+/// let refs: Vec<_> = (0..4).map(|i| square.remote(i)).collect();
+/// let (ready, pending) = shoal::wait(&refs, 2, None).await?;
+/// assert_eq!(ready.len() + pending.len(), 4);
+/// # Ok(()) }
+/// ```
 pub async fn wait<T>(
     refs: &[ObjectRef<T>],
     num_ready: usize,
     timeout: Option<Duration>,
-) -> (Vec<ObjectRef<T>>, Vec<ObjectRef<T>>) {
+) -> Result<Split<T>, WaitError> {
+    check_wait(refs, num_ready)?;
     let ctx = runtime::get();
-    let want = num_ready.min(refs.len());
+    let want = num_ready;
     let all = std::future::poll_fn(|cx| {
         let mut ready = 0;
         for r in refs {
@@ -229,11 +245,12 @@ pub async fn wait<T>(
     });
     match timeout {
         Some(t) => {
+            // Either way, the refs are split below by what is ready now.
             let _ = object_ref::first(all, ctx.sleep(t)).await;
         }
         None => all.await,
     }
-    split_ready(ctx, refs, want)
+    Ok(split_ready(ctx, refs, want))
 }
 
 /// [`wait`] for synchronous code.
@@ -241,12 +258,32 @@ pub fn wait_blocking<T>(
     refs: &[ObjectRef<T>],
     num_ready: usize,
     timeout: Option<Duration>,
-) -> (Vec<ObjectRef<T>>, Vec<ObjectRef<T>>) {
+) -> Result<Split<T>, WaitError> {
+    check_wait(refs, num_ready)?;
     let ctx = runtime::get();
-    let want = num_ready.min(refs.len());
     let ids: Vec<ObjectId> = refs.iter().map(|r| r.id()).collect();
-    ctx.wait_many(&ids, want, timeout.map(|t| std::time::Instant::now() + t));
-    split_ready(ctx, refs, want)
+    ctx.wait_many(
+        &ids,
+        num_ready,
+        timeout.map(|t| std::time::Instant::now() + t),
+    );
+    Ok(split_ready(ctx, refs, num_ready))
+}
+
+/// Ray's checks of a wait's arguments.
+fn check_wait<T>(refs: &[ObjectRef<T>], num_ready: usize) -> Result<(), WaitError> {
+    if num_ready > refs.len() {
+        return Err(WaitError::TooMany {
+            num_ready,
+            refs: refs.len(),
+        });
+    }
+    let mut seen: shoal_protocol::IdMap<ObjectId, ()> = Default::default();
+    seen.reserve(refs.len());
+    match refs.iter().find(|r| seen.insert(r.id(), ()).is_some()) {
+        Some(r) => Err(WaitError::Duplicate(r.id())),
+        None => Ok(()),
+    }
 }
 
 /// At most `want` ready refs (as Ray's `num_returns`), and the rest.

@@ -28,13 +28,15 @@ impl TaskOptions {
         Self::default()
     }
 
-    /// CPUs the task holds (fractions allowed; zero is allowed).
+    /// CPUs the task holds: zero, a part of one CPU, or whole CPUs (as Ray's, a fraction
+    /// above one is refused: its `get` gives `TaskError::InvalidOptions`).
     pub fn num_cpus(mut self, n: f64) -> Self {
         self.resources = self.resources.with(shoal_protocol::CPU, n);
         self
     }
 
-    /// An amount of a custom resource (`--resource NAME=N` on the node).
+    /// An amount of a custom resource (`--resource NAME=N` on the node); above one, a whole
+    /// number.
     pub fn resource(mut self, name: &str, amount: f64) -> Self {
         self.resources = self.resources.with(name, amount);
         self

@@ -38,6 +38,9 @@ pub(crate) fn put_value<T: Serialize + ?Sized>(
     let len = shoal_protocol::codec::encoded_len(value).map_err(encode_error)?;
     if len <= ctx.inline_threshold {
         let (bytes, nested) = object_ref::encode_collecting(value).map_err(encode_error)?;
+        if is_bare_ref(&bytes, &nested) {
+            return Err(PutError::ObjectRef);
+        }
         return Ok(put_inline(ctx, bytes, nested));
     }
     let ticket = shm::ticket();
@@ -53,6 +56,15 @@ pub(crate) fn put_value<T: Serialize + ?Sized>(
         }
     })?;
     Ok(seal_put(ctx, ticket, object, nested))
+}
+
+/// Whether `bytes` (a value's encoding, with the refs it holds) is one ref and nothing
+/// else: an `ObjectRef`, or a newtype around one.
+fn is_bare_ref(bytes: &[u8], nested: &[RawRef]) -> bool {
+    let [only] = nested else {
+        return false;
+    };
+    shoal_protocol::codec::encode(&(only.id, only.owner)).is_ok_and(|alone| alone == bytes)
 }
 
 /// Stores already encoded bytes (a large task argument).

@@ -199,7 +199,7 @@ fn assert_calls_fail(shoal: &shoal::Shoal, pending: &shoal::ObjectRef<u64>) {
     ));
     assert!(matches!(shoal::init(), Err(InitError::Shutdown)));
     assert_eq!(shoal.status().map(|_| ()), Err(GetError::Shutdown));
-    let (ready, rest) = shoal::wait_blocking(std::slice::from_ref(pending), 1, None);
+    let (ready, rest) = shoal::wait_blocking(std::slice::from_ref(pending), 1, None).unwrap();
     assert_eq!((ready.len(), rest.len()), (1, 0));
     shoal::shutdown(); // idempotent
     assert!(

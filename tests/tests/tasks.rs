@@ -131,18 +131,20 @@ fn wait_returns_ready_and_pending() {
     let fast = sleepy.options(TaskOptions::new().num_cpus(0.0)).remote(1);
     let refs = vec![slow.clone(), fast.clone()];
     // No timeout: it returns when the fast one is done, not the first one listed.
-    let (ready, pending) = shoal::wait_blocking(&refs, 1, None);
+    let (ready, pending) = shoal::wait_blocking(&refs, 1, None).unwrap();
     assert_eq!(ready, vec![fast.clone()]);
     assert_eq!(pending, vec![slow.clone()]);
     // A timeout returns what is ready so far.
-    let (ready, pending) = shoal::wait_blocking(&refs, 2, Some(Duration::from_millis(50)));
+    let (ready, pending) = shoal::wait_blocking(&refs, 2, Some(Duration::from_millis(50))).unwrap();
     assert_eq!((ready.len(), pending.len()), (1, 1));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
-        let (ready, pending) = shoal::wait(&refs, 2, Some(Duration::from_secs(20))).await;
+        let (ready, pending) = shoal::wait(&refs, 2, Some(Duration::from_secs(20)))
+            .await
+            .unwrap();
         assert_eq!((ready.len(), pending.len()), (2, 0));
     });
 }

@@ -899,12 +899,18 @@ impl NodeCore {
                 }
             }
         }
+        let invalid = invalid_options(&spec);
         let kind = spec.kind.clone();
         let (client, class) = (spec.owner, spec.function.clone());
         let entry = TaskEntry::new(now, spec, ret, owner, missing, hops);
         let span = entry.span.clone();
         let _entered = span.enter();
         self.tasks.insert(task_id, entry);
+        if let Some(reason) = invalid {
+            tracing::debug!(task = %task_id, %reason, "a task with invalid options; failed");
+            self.fail_task(now, task_id, TaskError::InvalidOptions { reason });
+            return;
+        }
         match kind {
             TaskKind::Function => {}
             TaskKind::CreateActor(create) => {
@@ -1650,4 +1656,18 @@ enum Args {
 enum Exec {
     Ready(ExecTask),
     Pending(OpId),
+}
+
+/// Why a task's or an actor's options are not valid, as Ray checks them: a fractional
+/// quantity above one, an empty actor name.
+fn invalid_options(spec: &TaskSpec) -> Option<String> {
+    if let Err(reason) = spec.resources.check_demand() {
+        return Some(reason);
+    }
+    match &spec.kind {
+        TaskKind::CreateActor(c) if c.name.as_deref() == Some("") => {
+            Some("an actor name cannot be empty".into())
+        }
+        _ => None,
+    }
 }

@@ -146,6 +146,47 @@ mod tests {
     }
 
     #[test]
+    fn invalid_options_fail_the_task_at_once_and_start_nothing() {
+        let now = Instant::now();
+        let mut core = node(now, 4.0, 1 << 20);
+        let mut task = spec(1, Vec::new(), 0);
+        task.resources = ResourceSet::cpus(1.5);
+        let out = send(&mut core, now, ToNode::Submit(task.clone()));
+        assert!(!out.iter().any(|o| matches!(o, Output::SpawnWorker { .. })));
+        let failed = replies(&out).into_iter().any(|m| {
+            matches!(m, ToClient::Object { id, value: ObjectValue::Error(TaskError::InvalidOptions { reason }) }
+                if id == task.return_id() && reason.contains("CPU=1.5"))
+        });
+        assert!(failed, "{out:?}");
+        // An empty actor name.
+        let mut create = spec(2, Vec::new(), 0);
+        create.resources = ResourceSet::new();
+        create.kind = TaskKind::CreateActor(shoal_protocol::ActorCreate {
+            actor_id: shoal_protocol::ActorId([2; 16]),
+            token: shoal_protocol::ActorToken([2; 16]),
+            name: Some(String::new()),
+            get_if_exists: false,
+            max_restarts: 0,
+            max_concurrency: 1,
+            detached: false,
+        });
+        let out = send(&mut core, now, ToNode::Submit(create.clone()));
+        let failed = replies(&out).into_iter().any(|m| {
+            matches!(m, ToClient::Object { id, value: ObjectValue::Error(TaskError::InvalidOptions { .. }) }
+                if id == create.return_id())
+        });
+        assert!(failed, "{out:?}");
+        // Whole CPUs are fine.
+        let mut two = spec(3, Vec::new(), 0);
+        two.resources = ResourceSet::cpus(2.0);
+        let out = send(&mut core, now, ToNode::Submit(two));
+        assert!(
+            out.iter().any(|o| matches!(o, Output::SpawnWorker { .. })),
+            "{out:?}"
+        );
+    }
+
+    #[test]
     fn a_task_waits_for_its_argument_then_runs_with_its_value() {
         let now = Instant::now();
         let mut core = node(now, 1.0, 1 << 20);

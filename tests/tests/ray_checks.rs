@@ -1,0 +1,93 @@
+//! The checks Ray makes of a program's calls, made by Shoal with typed errors (issue 14
+//! item 7), on an embedded node: `wait` with a ref twice or asking for more than it is
+//! given, `put` of an `ObjectRef`, a fractional quantity above one, an empty actor name.
+
+use std::time::Duration;
+
+use shoal::{ActorError, ActorOptions, GetError, PutError, TaskError, TaskOptions, WaitError};
+
+#[shoal::remote]
+fn one() -> u64 {
+    1
+}
+
+#[derive(Default)]
+pub struct Named;
+
+#[shoal::actor]
+impl Named {
+    pub fn new() -> Self {
+        Named
+    }
+
+    pub fn ping(&self) -> u64 {
+        7
+    }
+}
+
+#[test]
+fn wait_refuses_a_ref_given_twice_and_more_than_it_is_given() {
+    shoal::init().unwrap();
+    let a = one.remote();
+    let b = one.remote();
+    let refs = vec![a.clone(), b.clone(), a.clone()];
+    assert_eq!(
+        shoal::wait_blocking(&refs, 1, None).map(|_| ()),
+        Err(WaitError::Duplicate(a.id()))
+    );
+    let two = vec![a.clone(), b.clone()];
+    assert_eq!(
+        shoal::wait_blocking(&two, 3, Some(Duration::ZERO)).map(|_| ()),
+        Err(WaitError::TooMany {
+            num_ready: 3,
+            refs: 2
+        })
+    );
+    let (ready, pending) = shoal::wait_blocking(&two, 2, None).unwrap();
+    assert_eq!((ready.len(), pending.len()), (2, 0));
+}
+
+#[test]
+fn put_of_an_object_ref_is_refused_but_a_value_holding_refs_is_not() {
+    shoal::init().unwrap();
+    let r = shoal::put(&5u64).unwrap();
+    assert_eq!(shoal::put(&r).map(|_| ()), Err(PutError::ObjectRef));
+    let held = shoal::put(&vec![r.clone()]).unwrap();
+    let back = held.get_blocking().unwrap();
+    assert_eq!(back[0].get_blocking().unwrap(), 5);
+}
+
+#[test]
+fn a_fractional_quantity_above_one_is_refused() {
+    shoal::init().unwrap();
+    let refused = one
+        .options(TaskOptions::new().num_cpus(1.5))
+        .remote()
+        .get_blocking();
+    match refused {
+        Err(GetError::Task(TaskError::InvalidOptions { reason })) => {
+            assert!(reason.contains("CPU=1.5"), "{reason}")
+        }
+        other => panic!("expected InvalidOptions, got {other:?}"),
+    }
+    // A part of one CPU, and whole CPUs, are fine.
+    for cpus in [0.5, 1.0] {
+        let ok = one.options(TaskOptions::new().num_cpus(cpus)).remote();
+        assert_eq!(ok.get_blocking().unwrap(), 1);
+    }
+}
+
+#[test]
+fn an_empty_actor_name_is_refused() {
+    shoal::init().unwrap();
+    match Named::options(ActorOptions::new().name("")).remote() {
+        Err(ActorError::Create(GetError::Task(TaskError::InvalidOptions { reason }))) => {
+            assert!(reason.contains("name"), "{reason}")
+        }
+        other => panic!("expected InvalidOptions, got {:?}", other.map(|_| ())),
+    }
+    let named = Named::options(ActorOptions::new().name("a name"))
+        .remote()
+        .unwrap();
+    assert_eq!(named.ping().get_blocking().unwrap(), 7);
+}

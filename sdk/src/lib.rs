@@ -294,8 +294,9 @@ fn split_ready<T>(
 ) -> (Vec<ObjectRef<T>>, Vec<ObjectRef<T>>) {
     let mut ready = Vec::with_capacity(want);
     let mut pending = Vec::new();
-    for r in refs {
-        if ready.len() < want && ctx.is_done(&r.id()) {
+    let done = ctx.are_done(refs.iter().map(|r| r.id()));
+    for (r, done) in refs.iter().zip(done) {
+        if ready.len() < want && done {
             ready.push(r.clone());
         } else {
             pending.push(r.clone());

@@ -227,11 +227,37 @@ impl Context {
         self.cells.lock().get(id).is_some_and(|c| !c.is_pending())
     }
 
+    /// [`Self::is_done`] of each of `ids`, read at once.
+    pub(crate) fn are_done(&self, ids: impl Iterator<Item = ObjectId>) -> Vec<bool> {
+        let cells = self.cells.lock();
+        ids.map(|id| cells.get(&id).is_some_and(|c| !c.is_pending()))
+            .collect()
+    }
+
     /// Waits (blocking this thread) until `want` of `ids` are ready or failed, or the deadline.
     pub(crate) fn wait_many(&self, ids: &[ObjectId], want: usize, deadline: Option<Instant>) {
-        for id in ids {
-            // Asks the node for those pending; the outcomes are read below.
-            let _ = self.poll_cell(*id, None);
+        // The node is asked for those pending, in one message; the outcomes are read below.
+        let mut ask = Vec::new();
+        {
+            let mut cells = self.cells.lock();
+            let closed = self.closed();
+            for id in ids {
+                let Some(cell) = cells.get_mut(id) else {
+                    continue;
+                };
+                if !cell.is_pending() {
+                    continue;
+                }
+                if let Some(err) = &closed {
+                    cell.state = CellState::Failed(err.clone());
+                } else if !cell.requested {
+                    cell.requested = true;
+                    ask.push(*id);
+                }
+            }
+        }
+        if !ask.is_empty() {
+            self.push(ToNode::Get { ids: ask });
         }
         let mut blocked = None;
         let mut cells = self.cells.lock();

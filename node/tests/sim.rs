@@ -732,6 +732,32 @@ fn large_objects_spill_come_back_and_travel_between_peers() {
 }
 
 #[test]
+fn pulls_that_do_not_fit_together_wait_for_room() {
+    // Four 20 MiB results made at once on peers 1 and 2 and pulled at once by their owner's
+    // peer 0 (64 MiB stores): the fourth pull finds no room while the others are being
+    // written, and waits for one of them to be sealed and spilled, rather than failing.
+    let mut sim = mesh(&[0.0, 2.0, 2.0]);
+    let d = sim.driver(0);
+    sim.run_for(Duration::from_secs(1));
+    let bigs: Vec<_> = (0..4)
+        .map(|_| sim.submit(d, "big:20", vec![], TaskOpts::default()))
+        .collect();
+    sim.run_for(Duration::from_secs(10));
+    for id in &bigs {
+        sim.get(d, *id);
+    }
+    sim.run_for(Duration::from_secs(10));
+    for id in &bigs {
+        assert!(
+            matches!(sim.results(d)[id], ObjectValue::Shared(_)),
+            "{id}: {:?}",
+            sim.results(d)[id]
+        );
+    }
+    assert_clean(sim);
+}
+
+#[test]
 fn one_seed_replays_exactly() {
     let a = scenario::random_trace(42);
     let b = scenario::random_trace(42);

@@ -479,6 +479,8 @@ impl NodeCore {
                 }
                 // The pull starts once its file exists.
                 Ok(CreateOutcome::Write) => {}
+                // Room held by writers or pinned objects may be freed: it waits for it.
+                Err(_) if self.pull_waits(now, id, object.size) => {}
                 Err(err) => {
                     tracing::warn!(object = %id, error = %err, "no room to pull an object");
                     let value = ObjectValue::Error(TaskError::ObjectUnavailable {

@@ -46,15 +46,24 @@ pub(crate) const ROOM_WAIT: Duration = Duration::from_secs(30);
 /// Requests waiting for room at most; more are refused at once.
 pub(crate) const MAX_ROOM_WAITS: usize = 4096;
 
-/// A writer's request for room, waiting for memory to be freed.
+/// A request for room, waiting for memory to be freed.
 #[derive(Debug)]
 pub(super) struct RoomWait {
-    conn: ConnId,
-    request: u64,
+    /// Whose.
+    by: Waiter,
     id: ObjectId,
     size: u64,
     /// When it is refused if it still does not fit.
     deadline: Instant,
+}
+
+/// Who waits for room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Waiter {
+    /// A process's `Create`.
+    Proc { conn: ConnId, request: u64 },
+    /// This node, to pull a copy of the object from a peer.
+    Pull,
 }
 
 /// What the core does when a store op ends.
@@ -237,12 +246,28 @@ impl NodeCore {
         tracing::debug!(conn, object = %id, size, used = self.store.index.used(),
             "waiting for room in the store");
         self.store.room_waits.push_back(RoomWait {
-            conn,
-            request,
+            by: Waiter::Proc { conn, request },
             id,
             size,
             deadline: now + ROOM_WAIT,
         });
+    }
+
+    /// A pull of `id` (`size` bytes) found no room: whether it waits for some (see the
+    /// module documentation); `false` if nothing held could make room.
+    pub(super) fn pull_waits(&mut self, now: Instant, id: ObjectId, size: u64) -> bool {
+        if !self.room_may_come(size) || self.store.room_waits.len() >= MAX_ROOM_WAITS {
+            return false;
+        }
+        tracing::debug!(object = %id, size, used = self.store.index.used(),
+            "a pull waits for room in the store");
+        self.store.room_waits.push_back(RoomWait {
+            by: Waiter::Pull,
+            id,
+            size,
+            deadline: now + ROOM_WAIT,
+        });
+        true
     }
 
     /// Reserves room for a process's object; `Created` goes to it once its file exists (at
@@ -297,13 +322,38 @@ impl NodeCore {
     /// room for it any more (it is refused then).
     pub(super) fn retry_room(&mut self, now: Instant) {
         while let Some(w) = self.store.room_waits.front() {
-            let (conn, request, id, size, deadline) = (w.conn, w.request, w.id, w.size, w.deadline);
-            match self.reserve_for(conn, request, id, size) {
-                Ok(()) => {}
-                Err(e) if deadline <= now || !self.room_may_come(size) => {
-                    self.refuse_room(conn, request, id, e);
+            let (by, id, size, deadline) = (w.by, w.id, w.size, w.deadline);
+            let result = match by {
+                Waiter::Proc { conn, request } => self.reserve_for(conn, request, id, size),
+                // The pull starts over (its holders may have changed) once room is there.
+                Waiter::Pull => self.store.index.plan_room(size).map(|_| ()),
+            };
+            match (result, by) {
+                (Ok(()), Waiter::Proc { .. }) => {}
+                (Ok(()), Waiter::Pull) => {
+                    self.store.room_waits.pop_front();
+                    if let Some(r) = self.objects.remote_mut(&id) {
+                        r.fetching = false;
+                    }
+                    self.start_fetch(id);
+                    continue;
                 }
-                Err(_) => return,
+                (Err(e), by) if deadline <= now || !self.room_may_come(size) => match by {
+                    Waiter::Proc { conn, request } => self.refuse_room(conn, request, id, e),
+                    Waiter::Pull => {
+                        tracing::warn!(object = %id, error = %e, "no room to pull an object");
+                        if let Some(r) = self.objects.remote_mut(&id) {
+                            r.fetching = false;
+                        }
+                        let message = e.to_string();
+                        let value =
+                            ObjectValue::Error(TaskError::ObjectUnavailable { id, message });
+                        self.store.room_waits.pop_front();
+                        self.pulled_sealed(now, id, value);
+                        continue;
+                    }
+                },
+                (Err(_), _) => return,
             }
             self.store.room_waits.pop_front();
         }
@@ -311,7 +361,9 @@ impl NodeCore {
 
     /// A process went away: its requests for room are dropped.
     pub(super) fn room_detached(&mut self, conn: ConnId) {
-        self.store.room_waits.retain(|w| w.conn != conn);
+        self.store
+            .room_waits
+            .retain(|w| !matches!(w.by, Waiter::Proc { conn: c, .. } if c == conn));
     }
 
     /// Reserves room for `id` and has its partial file made; `after` runs once it is.

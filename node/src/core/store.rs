@@ -64,6 +64,9 @@ enum Waiter {
     Proc { conn: ConnId, request: u64 },
     /// This node, to pull a copy of the object from a peer.
     Pull,
+    /// Readers of a spilled object, parked on `op` (a number no store op has): they try
+    /// again once the room to read it back is there.
+    Restore { op: OpId },
 }
 
 /// What the core does when a store op ends.
@@ -137,6 +140,9 @@ pub(super) struct CoreStore {
     pub(super) pulls: HashMap<ObjectId, OpId>,
     /// Writers' requests waiting for room, in the order asked.
     room_waits: VecDeque<RoomWait>,
+    /// Objects whose readers gave up waiting for room: their next read fails rather than
+    /// waiting again.
+    room_refused: Vec<ObjectId>,
 }
 
 impl CoreStore {
@@ -150,6 +156,7 @@ impl CoreStore {
             parked: HashMap::new(),
             pulls: HashMap::new(),
             room_waits: VecDeque::new(),
+            room_refused: Vec::new(),
         }
     }
 
@@ -325,37 +332,47 @@ impl NodeCore {
             let (by, id, size, deadline) = (w.by, w.id, w.size, w.deadline);
             let result = match by {
                 Waiter::Proc { conn, request } => self.reserve_for(conn, request, id, size),
-                // The pull starts over (its holders may have changed) once room is there.
-                Waiter::Pull => self.store.index.plan_room(size).map(|_| ()),
+                // The pull, or the readers, start over once room is there (the pull's holders
+                // may have changed; the object may be gone).
+                Waiter::Pull | Waiter::Restore { .. } => {
+                    self.store.index.plan_room(size).map(|_| ())
+                }
             };
-            match (result, by) {
-                (Ok(()), Waiter::Proc { .. }) => {}
-                (Ok(()), Waiter::Pull) => {
-                    self.store.room_waits.pop_front();
+            let refused = match result {
+                Ok(()) => None,
+                Err(e) if deadline <= now || !self.room_may_come(size) => Some(e),
+                Err(_) => return,
+            };
+            self.store.room_waits.pop_front();
+            match (by, refused) {
+                (Waiter::Proc { .. }, None) => {}
+                (Waiter::Proc { conn, request }, Some(e)) => self.refuse_room(conn, request, id, e),
+                (Waiter::Pull, None) => {
                     if let Some(r) = self.objects.remote_mut(&id) {
                         r.fetching = false;
                     }
                     self.start_fetch(id);
-                    continue;
                 }
-                (Err(e), by) if deadline <= now || !self.room_may_come(size) => match by {
-                    Waiter::Proc { conn, request } => self.refuse_room(conn, request, id, e),
-                    Waiter::Pull => {
-                        tracing::warn!(object = %id, error = %e, "no room to pull an object");
-                        if let Some(r) = self.objects.remote_mut(&id) {
-                            r.fetching = false;
-                        }
-                        let message = e.to_string();
-                        let value =
-                            ObjectValue::Error(TaskError::ObjectUnavailable { id, message });
-                        self.store.room_waits.pop_front();
-                        self.pulled_sealed(now, id, value);
-                        continue;
+                (Waiter::Pull, Some(e)) => {
+                    tracing::warn!(object = %id, error = %e, "no room to pull an object");
+                    if let Some(r) = self.objects.remote_mut(&id) {
+                        r.fetching = false;
                     }
-                },
-                (Err(_), _) => return,
+                    let message = e.to_string();
+                    let value = ObjectValue::Error(TaskError::ObjectUnavailable { id, message });
+                    self.pulled_sealed(now, id, value);
+                }
+                (Waiter::Restore { op }, refused) => {
+                    // Given up: their reads fail (once) rather than wait again.
+                    if refused.is_some() {
+                        self.store.room_refused.push(id);
+                    }
+                    for resume in self.store.parked.remove(&op).unwrap_or_default() {
+                        self.resume(now, resume);
+                    }
+                    self.store.room_refused.retain(|r| *r != id);
+                }
             }
-            self.store.room_waits.pop_front();
         }
     }
 
@@ -458,10 +475,34 @@ impl NodeCore {
         {
             // Memory is held by restores under way: try again once they have ended (what
             // they read back may then make room), rather than fail the reader.
-            return match self.store.restoring.values().max() {
-                Some(op) => Ok(Ready::After(*op)),
-                None => Err(unavailable(e.to_string())),
-            };
+            if let Some(op) = self.store.restoring.values().max() {
+                return Ok(Ready::After(*op));
+            }
+            // Or by writers and pinned objects: wait for room as a writer does.
+            let waiting = self.store.room_waits.iter().find_map(|w| match w.by {
+                Waiter::Restore { op } if w.id == id => Some(op),
+                _ => None,
+            });
+            if let Some(op) = waiting {
+                return Ok(Ready::After(op));
+            }
+            let refused = self.store.room_refused.contains(&id);
+            if refused
+                || !self.room_may_come(object.size)
+                || self.store.room_waits.len() >= MAX_ROOM_WAITS
+            {
+                return Err(unavailable(e.to_string()));
+            }
+            let op = self.store.next_op;
+            self.store.next_op += 1;
+            tracing::debug!(object = %id, size = object.size, "a read back waits for room");
+            self.store.room_waits.push_back(RoomWait {
+                by: Waiter::Restore { op },
+                id,
+                size: object.size,
+                deadline: self.now + ROOM_WAIT,
+            });
+            return Ok(Ready::After(op));
         }
         self.store.index.pin(&id);
         self.metrics.restores += 1;
@@ -871,6 +912,51 @@ mod tests {
     }
 
     #[test]
+    fn a_read_back_waits_for_room_held_by_a_writer() {
+        let (mut core, now) = node(25 * MB);
+        // B is stored, then spilled to make room for A, which is being written.
+        let (b, _) = put(&mut core, now, 9, 20 * MB);
+        let a = ObjectId([1; 32]);
+        let out = create(&mut core, now, 1, a, 20 * MB);
+        let out = complete(&mut core, now, &out);
+        assert!(matches!(created(&out)[..], [(1, Ok(_))]), "{out:?}");
+        assert_eq!(
+            core.store.index.location(&b),
+            Some(crate::store::Location::Disk)
+        );
+        // A get of B waits: no error, no restore yet.
+        let out = send(&mut core, now, ToNode::Get { ids: vec![b] });
+        assert!(replies(&out).is_empty(), "{out:?}");
+        assert!(ops(&out).is_empty());
+        assert_eq!(core.store.room_waiting(), 1);
+        // A is sealed and in place: B is read back (A spilled), then sent.
+        let object = SharedObject {
+            size: 20 * MB,
+            digest: Digest([1; 32]),
+        };
+        let out = seal(
+            &mut core,
+            now,
+            a,
+            ObjectId::from_digest(object.digest),
+            object,
+        );
+        let mut got = replies(&out);
+        let mut out = complete(&mut core, now, &out);
+        for _ in 0..3 {
+            got.extend(replies(&out));
+            out = complete(&mut core, now, &out);
+        }
+        assert!(
+            got.iter().any(
+                |m| matches!(m, ToClient::Object { id, value: ObjectValue::Shared(_) } if *id == b)
+            ),
+            "{got:?}"
+        );
+        assert_eq!(core.store.room_waiting(), 0);
+    }
+
+    #[test]
     fn a_create_nothing_can_make_room_for_is_refused_at_once() {
         let (mut core, now) = node(25 * MB);
         // Larger than the store.
@@ -927,7 +1013,8 @@ mod tests {
     }
 
     #[test]
-    fn a_spill_runs_before_the_file_it_makes_room_for_and_a_reader_waits_for_its_restore() {
+    fn a_spill_runs_before_the_file_it_makes_room_for_and_a_reader_waits_for_room_and_its_restore()
+    {
         let (mut core, now) = node(10 * MB);
         let (a, object) = put(&mut core, now, 1, 6 * MB);
         // Room for b: a goes to disk first, in that order.
@@ -944,28 +1031,23 @@ mod tests {
             done(&mut core, now, op, Ok(()));
         }
         drain(&mut core);
-        // Reading a brings it back (b is not sealed: it stays, so there is no room).
+        // Reading a waits: b is being written (not sealed, so it cannot be spilled), and
+        // nothing else can make room yet.
         let out = send(&mut core, now, ToNode::Get { ids: vec![a] });
-        assert!(
-            matches!(
-                replies(&out)[..],
-                [ToClient::Object {
-                    value: ObjectValue::Error(TaskError::ObjectUnavailable { .. }),
-                    ..
-                }]
-            ),
-            "{out:?}"
-        );
+        assert!(replies(&out).is_empty(), "{out:?}");
+        assert!(ops(&out).is_empty(), "{out:?}");
         // Once b is dropped, a restore makes room and the reader waits for it.
-        send(
+        let out = send(
             &mut core,
             now,
             ToNode::Abort {
                 id: ObjectId([2; 32]),
             },
         );
-        let out = send(&mut core, now, ToNode::Get { ids: vec![a] });
-        let restore = ops(&out);
+        let restore: Vec<StoreOp> = ops(&out)
+            .into_iter()
+            .filter(|o| matches!(o.kind, OpKind::Restore { .. }))
+            .collect();
         assert!(matches!(
             restore[..],
             [StoreOp {

@@ -1078,10 +1078,7 @@ fn status_json(s: &NodeStatus) -> serde_json::Value {
         "listen_addrs": s.mesh.as_ref().map(|m| m.listen_addrs.clone()).unwrap_or_default(),
         "gossip": s.mesh.as_ref().map(|m| serde_json::json!({"bytes_out": m.gossip_bytes_out, "bytes_in": m.gossip_bytes_in})),
         "transfers": s.mesh.as_ref().map(|m| m.transfers.iter().map(|t| {
-            let (kind, id) = match t.what {
-                shoal_protocol::Transfer::Object(id) => ("object", id.to_hex()),
-                shoal_protocol::Transfer::Binary(id) => ("binary", id.to_hex()),
-            };
+            let (kind, id) = cli::pull::kind_and_id(t.what);
             serde_json::json!({"kind": kind, "id": id, "done": t.done, "total": t.total,
                 "peers": t.peers, "elapsed_ms": t.elapsed_ms})
         }).collect::<Vec<_>>()).unwrap_or_default(),

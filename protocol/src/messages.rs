@@ -139,6 +139,22 @@ pub struct Hello {
     pub binary: Option<BinaryInfo>,
 }
 
+impl Hello {
+    /// The handshake of a command-line client of this process (`shoal status`, the
+    /// dashboard asking its own node, a test's raw client): its client id is the pid and
+    /// `tag`, so that clients of one process are told apart.
+    pub fn cli(tag: u32) -> Hello {
+        Hello {
+            magic: crate::MAGIC,
+            version: crate::PROTOCOL_VERSION,
+            role: Role::Cli,
+            pid: std::process::id(),
+            client: ClientId(u64::from(std::process::id()) << 32 | u64::from(tag)),
+            binary: None,
+        }
+    }
+}
+
 /// An argument of a task as submitted.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Arg {

@@ -10,9 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use shoal_protocol::frame::{self, FrameDecoder};
-use shoal_protocol::{
-    ClientId, Hello, NodeStatus, Role, ToClient, ToNode, MAGIC, PROTOCOL_VERSION,
-};
+use shoal_protocol::{Hello, NodeStatus, ToClient, ToNode};
 
 use crate::wait::DEADLINE;
 
@@ -21,14 +19,7 @@ pub const MAX: usize = frame::DEFAULT_MAX_FRAME;
 
 /// A well-formed handshake of a CLI client.
 pub fn cli_hello() -> Hello {
-    Hello {
-        magic: MAGIC,
-        version: PROTOCOL_VERSION,
-        role: Role::Cli,
-        pid: std::process::id(),
-        client: ClientId(u64::from(std::process::id()) << 32 | 0x7e57),
-        binary: None,
-    }
+    Hello::cli(0x7e57)
 }
 
 /// One frame holding `msg`.

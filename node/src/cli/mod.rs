@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use shoal_protocol::{frame, ClientId, Hello, Role, ToClient, ToNode, MAGIC, PROTOCOL_VERSION};
+use shoal_protocol::{frame, Hello, ToClient, ToNode};
 
 pub(crate) mod config;
 pub(crate) mod progress;
@@ -45,14 +45,7 @@ impl Conn {
             .with_context(|| format!("no node is listening on {}", socket.display()))?;
         let max = frame::DEFAULT_MAX_FRAME;
         let mut out = Vec::new();
-        let hello = Hello {
-            magic: MAGIC,
-            version: PROTOCOL_VERSION,
-            role: Role::Cli,
-            pid: std::process::id(),
-            client: ClientId(u64::from(std::process::id()) << 32 | 0xc11),
-            binary: None,
-        };
+        let hello = Hello::cli(0xc11);
         frame::encode_frame(&mut out, &ToNode::Hello(hello), max)?;
         for msg in first {
             frame::encode_frame(&mut out, msg, max)?;

@@ -87,12 +87,17 @@ fn write_out(out: &Path, f: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) 
     Ok(())
 }
 
-/// `shoal status`'s lines for transfers under way.
-pub(crate) fn describe(t: &shoal_protocol::TransferStatus) -> String {
-    let (what, id) = match t.what {
+/// What a transfer brings: its kind (`object` or `binary`) and its id in hex.
+pub(crate) fn kind_and_id(what: Transfer) -> (&'static str, String) {
+    match what {
         Transfer::Object(id) => ("object", id.to_hex()),
         Transfer::Binary(id) => ("binary", id.to_hex()),
-    };
+    }
+}
+
+/// `shoal status`'s lines for transfers under way.
+pub(crate) fn describe(t: &shoal_protocol::TransferStatus) -> String {
+    let (what, id) = kind_and_id(t.what);
     let peers = super::short_ids(t.peers.iter().cloned(), 12);
     format!(
         "{what} {}  {} of {}  from {}  for {:.1} s",

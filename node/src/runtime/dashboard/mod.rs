@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use shoal_protocol::state::{Filter, StateKind, StateQuery, DEFAULT_STATE_LIMIT};
-use shoal_protocol::{frame, ClientId, Hello, Role, ToClient, ToNode, MAGIC, PROTOCOL_VERSION};
+use shoal_protocol::{frame, Hello, ToClient, ToNode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
@@ -100,14 +100,7 @@ async fn ask(socket: &std::path::Path, msg: ToNode) -> std::io::Result<ToClient>
     let bad = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
     let mut stream = UnixStream::connect(socket).await?;
     let max = frame::DEFAULT_MAX_FRAME;
-    let hello = Hello {
-        magic: MAGIC,
-        version: PROTOCOL_VERSION,
-        role: Role::Cli,
-        pid: std::process::id(),
-        client: ClientId(u64::from(std::process::id()) << 32 | 0xdb),
-        binary: None,
-    };
+    let hello = Hello::cli(0xdb);
     let mut out = Vec::new();
     frame::encode_frame(&mut out, &ToNode::Hello(hello), max).map_err(|e| bad(e.to_string()))?;
     frame::encode_frame(&mut out, &msg, max).map_err(|e| bad(e.to_string()))?;

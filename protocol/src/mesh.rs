@@ -335,6 +335,17 @@ pub enum PeerMsg {
         /// The question.
         q: crate::state::StateQuery,
     },
+    /// Cancel a task the sender submitted to the receiver (see [`crate::ToNode::Cancel`]):
+    /// the receiver answers with the task's result as usual, [`TaskError::Cancelled`] if it
+    /// did not finish first. Taken only from the task's owner.
+    Cancel {
+        /// The task.
+        task: TaskId,
+        /// End the worker process running it.
+        force: bool,
+        /// Also cancel the tasks it submitted.
+        recursive: bool,
+    },
     /// Answer to [`PeerMsg::StateQuery`]: the rows of what the sender holds, or why not.
     StateAnswer {
         /// The asker's number.

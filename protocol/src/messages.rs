@@ -489,6 +489,13 @@ pub enum TaskError {
         /// Where that incarnation lives, if known.
         peer: Option<String>,
     },
+    /// The task was cancelled (`shoal::cancel`) before it finished: it was taken out of its
+    /// queue, its run was interrupted, or its result is no longer awaited from it.
+    #[error("task {task} was cancelled")]
+    Cancelled {
+        /// The task.
+        task: TaskId,
+    },
 }
 
 /// An actor to host, handed to the worker dedicated to it.
@@ -889,6 +896,17 @@ pub enum ToNode {
         /// Answer for this node alone, asking no peer.
         local: bool,
     },
+    /// Cancel a task the sender submitted (`shoal::cancel`): a queued task is dropped, a
+    /// running one interrupted (see [`ToClient::Cancel`]); its result fails with
+    /// [`TaskError::Cancelled`]. A finished task is left alone.
+    Cancel {
+        /// The task.
+        task: TaskId,
+        /// End the worker process running it (tasks only, not actor calls).
+        force: bool,
+        /// Also cancel the tasks it submitted, and theirs.
+        recursive: bool,
+    },
 }
 
 /// A node → an attached process.
@@ -968,12 +986,18 @@ pub enum ToClient {
         /// The merged answer of the peers that answered, or why there is none.
         reply: Result<Box<crate::state::StateReply>, crate::state::StateError>,
     },
-    /// Stop `task` if this worker is running it (workers only): the worker exits at once
-    /// with [`crate::CANCELLED_EXIT`], having started nothing after it, so the tasks queued
-    /// behind it never ran. A task it is not running (finished, or not begun) is left alone.
+    /// Stop `task` (workers only). With `force`, if this worker is running it, the worker
+    /// exits at once with [`crate::CANCELLED_EXIT`], having started nothing after it, so the
+    /// tasks queued behind it never ran; a task it is not running is left alone. Without,
+    /// the process lives on: the task does not start if it has not, an `async` task is
+    /// dropped at its next `.await`, and a blocking one sees `shoal::is_cancelled()`; its
+    /// end is reported as usual (a task that did not run, or was dropped, as
+    /// [`TaskError::Cancelled`]).
     Cancel {
         /// The task.
         task: TaskId,
+        /// End the process if it runs the task.
+        force: bool,
     },
 }
 

@@ -66,6 +66,21 @@ pub enum WaitError {
     },
 }
 
+/// Why `cancel` refused.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum CancelError {
+    /// The ref is not the result of a task this process submitted (a `put`, or a ref it was
+    /// given): only a task's submitter may cancel it.
+    #[error("object {0} is not the result of a task this process submitted")]
+    NotSubmitter(shoal_protocol::ObjectId),
+    /// `force` was asked for an actor call: it would kill the actor (use `shoal::kill`).
+    #[error("an actor call cannot be force-cancelled (use shoal::kill to end the actor)")]
+    ForceActorCall,
+    /// `shoal::shutdown` ended this process's attachment to its node.
+    #[error("shoal was shut down in this process")]
+    Shutdown,
+}
+
 /// Why `shoal::init` failed.
 #[derive(Debug, thiserror::Error)]
 pub enum InitError {

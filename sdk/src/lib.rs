@@ -93,6 +93,7 @@
 // `submit` (calls), `worker` (worker mode). `__private` re-exports what the macros call.
 mod actor;
 mod bytes;
+mod cancel;
 mod error;
 mod function;
 mod object_ref;
@@ -116,7 +117,8 @@ pub use shoal_protocol::{
     ActorId, NodeId, NodeStatus, ObjectId, ObjectInfo, ResourceSet, TaskError,
 };
 
-pub use error::{GetError, InitError, PutError, StoreError, WaitError};
+pub use cancel::{cancel, cancel_with, is_cancelled, CancelOptions};
+pub use error::{CancelError, GetError, InitError, PutError, StoreError, WaitError};
 pub use object_ref::ObjectRef;
 pub use options::TaskOptions;
 pub use put::put;

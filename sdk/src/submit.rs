@@ -209,7 +209,14 @@ fn submit_spec<R>(
             }
         }
     }
-    ctx.add_owned_result(ret);
+    let call = matches!(kind, TaskKind::ActorMethod { .. });
+    ctx.add_owned_result(
+        ret,
+        crate::runtime::Maker {
+            task: task_id,
+            call,
+        },
+    );
     ctx.push(ToNode::Submit(TaskSpec {
         task_id,
         function: name.to_string(),

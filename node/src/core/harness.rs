@@ -3,10 +3,11 @@
 use std::time::{Duration, Instant};
 
 use shoal_protocol::{
-    BinaryId, BinaryInfo, ClientId, Hello, NodeId, Role, ToClient, ToNode, MAGIC, PROTOCOL_VERSION,
+    Arg, ArgValue, BinaryId, BinaryInfo, ClientId, Hello, NodeId, ResourceSet, Role, TaskId,
+    TaskKind, TaskSpec, ToClient, ToNode, MAGIC, PROTOCOL_VERSION,
 };
 
-use super::sched::{SchedConfig, Scheduler};
+use super::sched::{SchedConfig, Scheduler, WorkerId};
 use super::{Input, NodeCore, Output};
 use crate::config::NodeConfig;
 use crate::store::{StoreDone, StoreFault, StoreOp};
@@ -104,4 +105,56 @@ pub(super) fn to(out: &[Output], conn: u64) -> Vec<ToClient> {
 /// Messages to the driver.
 pub(super) fn replies(out: &[Output]) -> Vec<ToClient> {
     to(out, DRIVER)
+}
+
+/// A function task `seq` of the driver's client, with these arguments and retries.
+pub(super) fn spec(seq: u64, args: Vec<Arg>, retries: u32) -> TaskSpec {
+    TaskSpec {
+        task_id: TaskId::new(ClientId(7), seq),
+        function: "f".into(),
+        binary: BINARY,
+        args,
+        resources: ResourceSet::cpus(1.0),
+        max_retries: retries,
+        owner: ClientId(7),
+        kind: TaskKind::Function,
+        nested: Vec::new(),
+        wait_for_resources: false,
+    }
+}
+
+/// The worker the core asked for, attached as connection `conn`.
+pub(super) fn attach_worker(
+    core: &mut NodeCore,
+    out: &[Output],
+    conn: u64,
+) -> (WorkerId, Vec<Output>) {
+    let worker = out
+        .iter()
+        .find_map(|o| match o {
+            Output::SpawnWorker { worker, .. } => Some(*worker),
+            _ => None,
+        })
+        .expect("a worker is started");
+    let hello = Hello {
+        magic: MAGIC,
+        version: PROTOCOL_VERSION,
+        role: Role::Worker { worker_id: worker },
+        pid: 100 + conn as u32,
+        client: ClientId(100 + conn),
+        binary: None,
+    };
+    core.handle(Instant::now(), Input::Attached { conn, hello });
+    (worker, drain(core))
+}
+
+/// The tasks handed to process `conn`, with their arguments.
+pub(super) fn executed(out: &[Output], conn: u64) -> Vec<(TaskId, Vec<ArgValue>)> {
+    to(out, conn)
+        .into_iter()
+        .filter_map(|m| match m {
+            ToClient::Execute(e) => Some((e.task_id, e.args)),
+            _ => None,
+        })
+        .collect()
 }

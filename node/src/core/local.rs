@@ -192,7 +192,7 @@ impl NodeCore {
             match self.worker_conns.get(&worker).copied() {
                 Some(conn) => {
                     self.cancelling.insert(worker);
-                    self.tell_proc(conn, ToClient::Cancel { task });
+                    self.tell_proc(conn, ToClient::Cancel { task, force: true });
                 }
                 None => self.out.push_back(Output::KillWorker { worker }),
             }
@@ -210,8 +210,16 @@ impl NodeCore {
             ToNode::Hello(_) => tracing::warn!(conn, "second Hello ignored"),
             ToNode::Submit(spec) => {
                 self.metrics.tasks_submitted += 1;
+                if self.procs.get(&conn).is_some_and(|p| p.worker.is_some()) {
+                    self.note_child(conn, spec.task_id);
+                }
                 self.submit(now, party, spec, 0)
             }
+            ToNode::Cancel {
+                task,
+                force,
+                recursive,
+            } => self.cancel_request(now, party, task, force, recursive),
             ToNode::Put { id, value, nested } => {
                 if ObjectId::for_content(&value) != id {
                     tracing::warn!(conn, object = %id, "put whose id is not its content hash; ignored");
@@ -1121,6 +1129,9 @@ impl NodeCore {
         let Some(entry) = self.tasks.remove(&task) else {
             return;
         };
+        if !self.children.is_empty() {
+            self.children.remove(&task);
+        }
         self.spill.forget(&task);
         if let TaskKind::ActorMethod { actor, .. } = entry.spec.kind {
             // A call sent to the worker has left its actor's queue for good: no need to scan

@@ -112,6 +112,9 @@ pub struct CoreMetrics {
     pub tasks_spilled: u64,
     /// Tasks run again: their worker or peer died, or their result was lost.
     pub tasks_retried: u64,
+    /// Cancels of tasks this node took from their submitters (each cancel asked, not each
+    /// task a recursive cancel reached).
+    pub tasks_cancelled: u64,
     /// Tasks (actor calls too) whose end this node's workers reported, by function.
     pub tasks_ended: Labelled<Ended>,
     /// Objects spilled to disk, and their bytes.

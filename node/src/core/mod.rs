@@ -58,6 +58,7 @@ use crate::config::NodeConfig;
 use crate::store::{StoreDone, StoreOp};
 
 pub mod actors;
+mod cancel;
 #[cfg(test)]
 mod harness;
 mod lineage;
@@ -515,6 +516,9 @@ pub struct NodeCore {
     /// Workers told to stop a task they run ([`ToClient::Cancel`]): one that exits with
     /// [`shoal_protocol::CANCELLED_EXIT`] had begun nothing after it.
     cancelling: HashSet<WorkerId>,
+    /// Tasks that running tasks submitted, by the task that submitted them (for a recursive
+    /// cancel); dropped when that task ends here.
+    children: IdMap<shoal_protocol::TaskId, Vec<shoal_protocol::TaskId>>,
     binaries: HashMap<BinaryId, PathBuf>,
     /// The binaries of `binaries` that were fetched from peers, not attached by a local
     /// program: their workers run sandboxed.
@@ -599,6 +603,7 @@ impl NodeCore {
             procs: IdMap::default(),
             worker_conns: IdMap::default(),
             cancelling: HashSet::new(),
+            children: IdMap::default(),
             binaries: HashMap::new(),
             shipped: HashSet::new(),
             tasks: Default::default(),

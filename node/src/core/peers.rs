@@ -131,6 +131,11 @@ impl NodeCore {
             }
             PeerMsg::Grant { to, ids } => self.granted(now, peer, to, ids),
             PeerMsg::StateQuery { query, q } => self.state_queried(now, peer, query, q),
+            PeerMsg::Cancel {
+                task,
+                force,
+                recursive,
+            } => self.cancel_request(now, party, task, force, recursive),
             PeerMsg::Log { owner, lines } => self.peer_logs(peer, owner, lines),
             PeerMsg::StateAnswer { query, answer } => self.state_answered(now, peer, query, answer),
             PeerMsg::Release { ids } => {

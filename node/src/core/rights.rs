@@ -56,6 +56,8 @@ pub enum Refused {
     Call,
     /// A kill of an actor without its handles' secret.
     Kill,
+    /// A cancel of a task by a peer that did not submit it.
+    Cancel,
 }
 
 impl Refused {
@@ -68,6 +70,7 @@ impl Refused {
             Refused::Task => "task",
             Refused::Call => "call",
             Refused::Kill => "kill",
+            Refused::Cancel => "cancel",
         }
     }
 }

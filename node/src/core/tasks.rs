@@ -92,58 +92,11 @@ mod tests {
 
     use shoal_protocol::{
         Arg, ArgValue, ClientId, ExitInfo, Hello, ObjectValue, ResourceSet, Role, TaskError,
-        TaskId, TaskKind, TaskOutcome, TaskSpec, ToClient, ToNode, MAGIC, PROTOCOL_VERSION,
+        TaskKind, TaskOutcome, ToClient, ToNode, MAGIC, PROTOCOL_VERSION,
     };
 
-    use crate::core::harness::{drain, from, node, replies, send, to, BINARY};
-    use crate::core::sched::WorkerId;
-    use crate::core::{Input, NodeCore, Output, WorkerEnd};
-
-    fn spec(seq: u64, args: Vec<Arg>, retries: u32) -> TaskSpec {
-        TaskSpec {
-            task_id: TaskId::new(ClientId(7), seq),
-            function: "f".into(),
-            binary: BINARY,
-            args,
-            resources: ResourceSet::cpus(1.0),
-            max_retries: retries,
-            owner: ClientId(7),
-            kind: TaskKind::Function,
-            nested: Vec::new(),
-            wait_for_resources: false,
-        }
-    }
-
-    /// The worker the core asked for, attached as connection `conn`.
-    fn attach_worker(core: &mut NodeCore, out: &[Output], conn: u64) -> (WorkerId, Vec<Output>) {
-        let worker = out
-            .iter()
-            .find_map(|o| match o {
-                Output::SpawnWorker { worker, .. } => Some(*worker),
-                _ => None,
-            })
-            .expect("a worker is started");
-        let hello = Hello {
-            magic: MAGIC,
-            version: PROTOCOL_VERSION,
-            role: Role::Worker { worker_id: worker },
-            pid: 100 + conn as u32,
-            client: ClientId(100 + conn),
-            binary: None,
-        };
-        core.handle(Instant::now(), Input::Attached { conn, hello });
-        (worker, drain(core))
-    }
-
-    fn executed(out: &[Output], conn: u64) -> Vec<(TaskId, Vec<ArgValue>)> {
-        to(out, conn)
-            .into_iter()
-            .filter_map(|m| match m {
-                ToClient::Execute(e) => Some((e.task_id, e.args)),
-                _ => None,
-            })
-            .collect()
-    }
+    use crate::core::harness::{attach_worker, drain, executed, from, node, replies, send, spec};
+    use crate::core::{Input, Output, WorkerEnd};
 
     #[test]
     fn invalid_options_fail_the_task_at_once_and_start_nothing() {

@@ -211,6 +211,13 @@ impl Collector for Scrape {
             None,
             c.tasks_retried,
         )?;
+        counter(
+            e,
+            "tasks_cancelled",
+            "Cancels of tasks this node took from their submitters (shoal::cancel).",
+            None,
+            c.tasks_cancelled,
+        )?;
         histogram(
             e,
             "task_dispatch",

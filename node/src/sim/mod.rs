@@ -1071,10 +1071,13 @@ impl Sim {
                 worker.queue.push_back(exec);
                 self.start_next(i, w);
             }
-            // As the SDK's worker does: it exits if it runs that task, before it begins
-            // another.
-            ToClient::Cancel { task }
-                if worker.busy && worker.queue.front().is_some_and(|e| e.task_id == task) =>
+            // As the SDK's worker does: forced, it exits if it runs that task, before it
+            // begins another; a task it has not begun it never begins, and reports so; one it
+            // runs runs on (a blocking task, which a cancel does not interrupt).
+            ToClient::Cancel { task, force }
+                if force
+                    && worker.busy
+                    && worker.queue.front().is_some_and(|e| e.task_id == task) =>
             {
                 self.trace(format_args!("node {i} worker {w} cancels {task}"));
                 let exit = ExitInfo {
@@ -1082,6 +1085,32 @@ impl Sim {
                     signal: None,
                 };
                 self.end_worker(i, w, exit);
+            }
+            ToClient::Cancel { task, .. } => {
+                let skip = if worker.busy { 1 } else { 0 };
+                let Some(pos) = worker
+                    .queue
+                    .iter()
+                    .skip(skip)
+                    .position(|e| e.task_id == task)
+                else {
+                    return;
+                };
+                worker.queue.remove(pos + skip);
+                let conn = worker.conn;
+                self.trace(format_args!("node {i} worker {w} skips cancelled {task}"));
+                let done = ToNode::Done {
+                    task_id: task,
+                    outcome: TaskOutcome::Err(TaskError::Cancelled { task }),
+                    nested: Vec::new(),
+                };
+                self.input(
+                    i,
+                    Input::FromProc {
+                        conn,
+                        msgs: vec![done],
+                    },
+                );
             }
             ToClient::HostActor(HostActor {
                 actor_id,

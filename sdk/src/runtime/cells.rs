@@ -45,6 +45,17 @@ struct Cell {
     /// A `Get` went to the node.
     requested: bool,
     wakers: Vec<Waker>,
+    /// The task that makes it, when this process submitted that task.
+    maker: Option<Maker>,
+}
+
+/// The task that makes an object, as its submitter knows it (what `cancel` names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Maker {
+    /// The task.
+    pub(crate) task: shoal_protocol::TaskId,
+    /// It is a call of an actor.
+    pub(crate) call: bool,
 }
 
 impl Cell {
@@ -54,6 +65,7 @@ impl Cell {
             refs: 0,
             requested,
             wakers: Vec::new(),
+            maker: None,
         }
     }
 
@@ -138,10 +150,30 @@ impl Context {
     /// Registers the handle to the result of a task this process submits: the node sends a
     /// small result unasked; a large one made on another peer stays there until a `get` or
     /// `wait` here asks for it (the first poll of a pending cell does).
-    pub(crate) fn add_owned_result(&self, id: ObjectId) {
+    pub(crate) fn add_owned_result(&self, id: ObjectId, maker: Maker) {
         let mut cell = Cell::new(false);
         cell.refs = 1;
+        cell.maker = Some(maker);
         self.cells.lock().insert(id, cell);
+    }
+
+    /// The task that makes `id`, if this process submitted it and it has not ended here.
+    pub(crate) fn pending_maker(&self, id: ObjectId) -> Option<Maker> {
+        let cells = self.cells.lock();
+        let cell = cells.get(&id)?;
+        if cell.is_pending() {
+            cell.maker
+        } else {
+            None
+        }
+    }
+
+    /// Whether this process submitted the task that makes `id`.
+    pub(crate) fn submitted(&self, id: ObjectId) -> bool {
+        self.cells
+            .lock()
+            .get(&id)
+            .is_some_and(|c| c.maker.is_some())
     }
 
     /// Registers a handle that failed before it existed (encoding errors and the like).

@@ -36,7 +36,7 @@ use shoal_protocol::{
 };
 use tokio::sync::mpsc;
 
-pub(crate) use cells::Value;
+pub(crate) use cells::{Maker, Value};
 pub(crate) use thread::SHUTDOWN_WAIT;
 pub(crate) use work::WorkItem;
 
@@ -321,7 +321,7 @@ impl Context {
         match msg {
             ToClient::Object { id, value } => self.resolve(id, value),
             ToClient::Execute(task) => self.offer_task(task, work),
-            ToClient::Cancel { task } => self.work.cancel(task),
+            ToClient::Cancel { task, force } => self.work.cancel(task, force),
             ToClient::HostActor(host) => {
                 // The node sends an actor's calls only after this, and never more than the
                 // queue holds; waiting here keeps them in order behind it.

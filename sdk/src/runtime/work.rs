@@ -19,6 +19,10 @@ use super::{Context, Mode};
 /// Work items queued in a worker before the connection's reader hands tasks back.
 pub(super) const QUEUE: usize = 4096;
 
+/// Cancels remembered for tasks not yet ended here (a cancel of a task that ended just
+/// before it came stays until newer ones push it out).
+const INTERRUPTS: usize = 1024;
+
 /// What a worker is handed: a task (or an actor's method call), or an actor to become.
 #[derive(Debug)]
 pub(crate) enum WorkItem {
@@ -38,6 +42,10 @@ pub(crate) struct Work {
     /// The task the worker loop runs, if any. Held by [`Work::cancel`] as it ends the
     /// process, so that no next task starts meanwhile.
     current: Mutex<Option<TaskId>>,
+    /// Tasks the node cancelled without ending the process, oldest first.
+    interrupted: Mutex<std::collections::VecDeque<TaskId>>,
+    /// Woken on each cancel, for the tasks that wait for theirs.
+    interrupt: tokio::sync::Notify,
 }
 
 impl Work {
@@ -47,6 +55,8 @@ impl Work {
             in_task: AtomicBool::new(false),
             waiting: Mutex::new(false),
             current: Mutex::new(None),
+            interrupted: Mutex::new(std::collections::VecDeque::new()),
+            interrupt: tokio::sync::Notify::new(),
         }
     }
 
@@ -88,19 +98,63 @@ impl Work {
         *self.lock_current() = task;
     }
 
-    /// The node stops `task`: if the worker loop runs it, the process ends now, with
-    /// [`CANCELLED_EXIT`] (and the lock held, so no later task begins first); if not, it
-    /// finished or has not begun, and nothing happens.
-    pub(super) fn cancel(&self, task: TaskId) {
+    /// The node cancels `task`. Forced, if the worker loop runs it, the process ends now,
+    /// with [`CANCELLED_EXIT`] (and the lock held, so no later task begins first).
+    /// Otherwise the cancel is remembered: the task does not start if it has not, and one
+    /// that runs sees it ([`Work::interrupted`], `shoal::is_cancelled`).
+    pub(super) fn cancel(&self, task: TaskId, force: bool) {
         let current = self.lock_current();
-        if *current != Some(task) {
-            tracing::debug!(task = %task, "cancel of a task this worker does not run; ignored");
-            return;
+        if force && *current == Some(task) {
+            tracing::info!(task = %task, "the node stops the running task; exiting");
+            // SAFETY: `_exit` ends the process without running exit handlers or
+            // destructors, which the running task's thread could otherwise race with; it
+            // never returns.
+            unsafe { libc::_exit(CANCELLED_EXIT) }
         }
-        tracing::info!(task = %task, "the node stops the running task; exiting");
-        // SAFETY: `_exit` ends the process without running exit handlers or destructors,
-        // which the running task's thread could otherwise race with; it never returns.
-        unsafe { libc::_exit(CANCELLED_EXIT) }
+        drop(current);
+        tracing::debug!(task = %task, "task cancelled");
+        {
+            let mut list = self.lock_interrupted();
+            if list.len() >= INTERRUPTS {
+                list.pop_front();
+            }
+            list.push_back(task);
+        }
+        self.interrupt.notify_waiters();
+    }
+
+    fn lock_interrupted(&self) -> MutexGuard<'_, std::collections::VecDeque<TaskId>> {
+        self.interrupted.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether `task` was cancelled.
+    pub(crate) fn is_interrupted(&self, task: TaskId) -> bool {
+        self.lock_interrupted().contains(&task)
+    }
+
+    /// Forgets `task`'s cancel (it ended); returns whether there was one.
+    pub(crate) fn take_interrupted(&self, task: TaskId) -> bool {
+        let mut list = self.lock_interrupted();
+        match list.iter().position(|t| *t == task) {
+            Some(pos) => {
+                list.remove(pos);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Resolves once `task` is cancelled.
+    pub(crate) async fn interrupted(&self, task: TaskId) {
+        loop {
+            let woken = self.interrupt.notified();
+            let mut woken = std::pin::pin!(woken);
+            woken.as_mut().enable();
+            if self.is_interrupted(task) {
+                return;
+            }
+            woken.await;
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use std::task::{Context as TaskCx, Poll};
 
 use shoal_protocol::{ExecTask, HostActor, TaskError, TaskOutcome, ToNode};
 
-use super::{done, idle_until_closed, panic_message, store_result};
+use super::{done, idle_until_closed, panic_message, store_result, until_cancelled};
 use crate::actor::{Access, Actor, Guard};
 use crate::function::Args;
 use crate::runtime::{self, WorkItem};
@@ -116,14 +116,28 @@ pub fn host_actor<A: Actor>(host: HostActor) -> i32 {
                 Access::Shared => Guard::Shared(state.clone().read_owned().await),
                 Access::Exclusive => Guard::Exclusive(state.clone().write_owned().await),
             };
+            if ctx.work.take_interrupted(task_id) {
+                // Cancelled before it began: it never does.
+                drop((guard, permit));
+                done(
+                    ctx,
+                    task_id,
+                    TaskOutcome::Err(TaskError::Cancelled { task: task_id }),
+                );
+                continue;
+            }
             let fut = A::__call(guard, &function, Args::new(args));
             let run = async move {
-                let out = CatchUnwind(Box::pin(fut)).await;
+                // A cancel drops an `async` call at its next `.await`; a blocking one runs
+                // to its end (it may ask `shoal::is_cancelled`), and its result stands.
+                let out = until_cancelled(ctx, task_id, CatchUnwind(Box::pin(fut))).await;
                 drop(permit);
+                ctx.work.take_interrupted(task_id);
                 let outcome = match out {
-                    Ok(Ok(bytes)) => store_result(ctx, return_id, bytes),
-                    Ok(Err(e)) => TaskOutcome::Err(e),
-                    Err(message) => TaskOutcome::Err(TaskError::Panicked { message }),
+                    Some(Ok(Ok(bytes))) => store_result(ctx, return_id, bytes),
+                    Some(Ok(Err(e))) => TaskOutcome::Err(e),
+                    Some(Err(message)) => TaskOutcome::Err(TaskError::Panicked { message }),
+                    None => TaskOutcome::Err(TaskError::Cancelled { task: task_id }),
                 };
                 done(ctx, task_id, outcome);
             };

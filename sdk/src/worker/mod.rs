@@ -26,12 +26,37 @@ static ENTERED: AtomicBool = AtomicBool::new(false);
 
 thread_local! {
     static TASK_RT: RefCell<Option<tokio::runtime::Runtime>> = const { RefCell::new(None) };
+    /// The task or actor call this thread runs, in a worker.
+    static CURRENT: std::cell::Cell<Option<TaskId>> = const { std::cell::Cell::new(None) };
+}
+
+/// The panic payload that ends an `async` task dropped at a cancel (caught by the worker,
+/// which reports [`TaskError::Cancelled`]).
+struct Interrupted;
+
+/// The task or actor call this thread runs, in a worker.
+pub(crate) fn current_task() -> Option<TaskId> {
+    CURRENT.with(|c| c.get())
+}
+
+/// Runs `f` as `task` (what [`crate::is_cancelled`] asks about).
+pub(crate) fn as_task<R>(task: TaskId, f: impl FnOnce() -> R) -> R {
+    let outer = CURRENT.with(|c| c.replace(Some(task)));
+    struct Restore(Option<TaskId>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            CURRENT.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(outer);
+    f()
 }
 
 /// Runs `f` on this thread's task runtime (made on first use): how a worker runs an `async`
-/// remote function.
+/// remote function. A cancel of the task it belongs to drops `f` at its next `.await`.
 pub fn block_on<F: Future>(f: F) -> F::Output {
-    TASK_RT.with(|cell| {
+    let task = current_task();
+    let out = TASK_RT.with(|cell| {
         let mut slot = cell.borrow_mut();
         let rt = slot.get_or_insert_with(|| {
             tokio::runtime::Builder::new_current_thread()
@@ -39,8 +64,33 @@ pub fn block_on<F: Future>(f: F) -> F::Output {
                 .build()
                 .expect("cannot build the task runtime")
         });
-        rt.block_on(f)
+        match (task, runtime::try_get()) {
+            (Some(task), Some(ctx)) => rt.block_on(until_cancelled(ctx, task, f)),
+            _ => Some(rt.block_on(f)),
+        }
+    });
+    match out {
+        Some(v) => v,
+        None => std::panic::resume_unwind(Box::new(Interrupted)),
+    }
+}
+
+/// `f`'s output, or `None` once `task` is cancelled (then `f` is dropped). `f` is polled
+/// first: a call that finishes without waiting keeps its result.
+pub(crate) async fn until_cancelled<F: Future>(
+    ctx: &Context,
+    task: TaskId,
+    f: F,
+) -> Option<F::Output> {
+    let mut f = std::pin::pin!(f);
+    let mut cancelled = std::pin::pin!(ctx.work.interrupted(task));
+    std::future::poll_fn(|cx| {
+        if let std::task::Poll::Ready(v) = as_task(task, || f.as_mut().poll(cx)) {
+            return std::task::Poll::Ready(Some(v));
+        }
+        cancelled.as_mut().poll(cx).map(|()| None)
     })
+    .await
 }
 
 /// Enters worker mode if this process was started as a worker. Runs before `main`, from
@@ -138,26 +188,41 @@ fn execute(
 ) {
     let span = tracing::info_span!("task", task = %task.task_id, function = %task.function);
     let _enter = span.enter();
-    ctx.work.set_current(Some(task.task_id));
+    let task_id = task.task_id;
+    ctx.work.set_current(Some(task_id));
     let outcome = match registry.get(task.function.as_str()) {
+        // Cancelled before it began: it never does.
+        _ if ctx.work.is_interrupted(task_id) => {
+            TaskOutcome::Err(TaskError::Cancelled { task: task_id })
+        }
         None => TaskOutcome::Err(TaskError::NoSuchFunction {
             name: task.function.clone(),
         }),
         Some(f) => {
             ctx.work.set_in_task(true);
             let args = Args::new(task.args);
-            let r = std::panic::catch_unwind(AssertUnwindSafe(|| (f.invoke)(args)));
+            let r = as_task(task_id, || {
+                std::panic::catch_unwind(AssertUnwindSafe(|| (f.invoke)(args)))
+            });
             ctx.work.set_in_task(false);
             match r {
+                // Its result is not awaited any more: not stored.
+                Ok(Ok(_)) if ctx.work.is_interrupted(task_id) => {
+                    TaskOutcome::Err(TaskError::Cancelled { task: task_id })
+                }
                 Ok(Ok(bytes)) => store_result(ctx, task.return_id, bytes),
                 Ok(Err(e)) => TaskOutcome::Err(e),
+                Err(p) if p.is::<Interrupted>() => {
+                    TaskOutcome::Err(TaskError::Cancelled { task: task_id })
+                }
                 Err(p) => TaskOutcome::Err(TaskError::Panicked {
                     message: panic_message(&*p),
                 }),
             }
         }
     };
-    done(ctx, task.task_id, outcome);
+    ctx.work.take_interrupted(task_id);
+    done(ctx, task_id, outcome);
     ctx.work.set_current(None);
 }
 

@@ -298,6 +298,40 @@ impl Scheduler {
         removed
     }
 
+    /// Takes `task` (of `binary`, asking `demand`) out of its queue, if it waits there.
+    /// Returns whether it did.
+    pub fn remove_task(&mut self, task: TaskId, binary: BinaryId, demand: &ResourceSet) -> bool {
+        let shape = Shape {
+            binary,
+            demand: demand.clone(),
+        };
+        let Some(q) = self.queues.get_mut(&shape) else {
+            return false;
+        };
+        let Some(pos) = q.iter().position(|t| *t == task) else {
+            return false;
+        };
+        q.remove(pos);
+        self.queued -= 1;
+        true
+    }
+
+    /// The leased worker `task` was sent to (it runs it, or will next), if any.
+    pub fn worker_of_task(&self, task: TaskId) -> Option<WorkerId> {
+        self.workers.iter().find_map(|(id, w)| match &w.state {
+            State::Leased { inflight, .. } if inflight.iter().any(|(t, _)| *t == task) => Some(*id),
+            _ => None,
+        })
+    }
+
+    /// The task `worker` runs (the first of those sent to it), if it is a leased worker.
+    pub fn running_on(&self, worker: WorkerId) -> Option<TaskId> {
+        match &self.workers.get(&worker)?.state {
+            State::Leased { inflight, .. } => inflight.front().map(|(t, _)| *t),
+            _ => None,
+        }
+    }
+
     /// Queued tasks with their binary and demand, oldest shape first (candidates for
     /// spilling to peers with room).
     pub fn queued_tasks(&self) -> Vec<(TaskId, BinaryId, ResourceSet)> {

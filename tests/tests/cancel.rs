@@ -250,6 +250,7 @@ fn passes_on() -> shoal::ObjectRef<u64> {
     quick.remote()
 }
 
+#[derive(Default)]
 pub struct Sleeper {
     n: u64,
 }

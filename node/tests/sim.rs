@@ -1225,3 +1225,58 @@ fn a_peer_writes_into_a_programs_output_only_once_it_was_sent_its_work() {
     assert_eq!(got[0].node, sim.key(1).to_string());
     assert_clean(sim);
 }
+
+/// A task spilled to a peer is cancelled there: one running (its result fails at once) and
+/// one waiting in that peer's queue (it never runs); a peer that did not submit a task may
+/// not cancel it.
+#[test]
+fn tasks_spilled_to_a_peer_are_cancelled_there_and_only_by_their_owner() {
+    let mut sim = mesh(&[0.0, 1.0, 1.0]);
+    let d = sim.driver(0);
+    sim.run_for(Duration::from_secs(1));
+    let opts = TaskOpts::default();
+    let ids: Vec<_> = (0..4u8)
+        .map(|i| sim.submit(d, "sleep:20000", vec![SimArg::Value(vec![i])], opts))
+        .collect();
+    sim.run_for(Duration::from_secs(2));
+    let ran_before = sim.runs_on(1) + sim.runs_on(2);
+    assert_eq!(ran_before, 2, "one runs on each peer, two wait");
+    // Peers try to cancel the first of node 0's tasks (running at one of them) at its
+    // owner and at both peers: refused by the owner and by the peer running it.
+    let task = sim.task_of(ids[0]).expect("submitted");
+    let forged = PeerMsg::Cancel {
+        task,
+        force: false,
+        recursive: true,
+    };
+    for (from, to) in [(2, 0), (2, 1), (1, 2)] {
+        sim.forge(from, to, forged.clone());
+    }
+    sim.run_for(Duration::from_millis(500));
+    assert_eq!(sim.waiting(d), 4, "nothing was cancelled");
+    let refusals: Vec<u64> = (0..3).map(|i| count(&refused(&sim, i), "cancel")).collect();
+    assert_eq!(refusals[0], 1, "{refusals:?}");
+    assert_eq!(refusals[1] + refusals[2], 1, "{refusals:?}");
+    for id in &ids {
+        sim.cancel(d, *id, false, true);
+    }
+    sim.run_for(Duration::from_secs(1));
+    for (i, id) in ids.iter().enumerate() {
+        let v = &sim.results(d)[id];
+        assert!(
+            is_error(v, |e| matches!(e, TaskError::Cancelled { .. })),
+            "task {i}: {v:?}"
+        );
+    }
+    assert!(
+        sim.elapsed() < Duration::from_secs(10),
+        "long before they would end"
+    );
+    sim.run_for(Duration::from_secs(30));
+    assert_eq!(
+        sim.runs_on(1) + sim.runs_on(2),
+        ran_before,
+        "the waiting ones never ran"
+    );
+    assert_clean(sim);
+}

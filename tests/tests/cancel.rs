@@ -44,7 +44,11 @@ fn dir(name: &str) -> PathBuf {
 fn wait_for(path: &Path) {
     let deadline = Instant::now() + LIMIT;
     while !path.exists() {
-        assert!(Instant::now() < deadline, "{} never appeared", path.display());
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -104,7 +108,10 @@ fn a_queued_task_never_runs_and_a_running_one_sees_the_cancel() {
     assert!(is_cancelled(first.get_blocking_timeout(LIMIT)));
     wait_for(&d.join("first.saw"));
     assert_eq!(
-        quick.options(on("queued")).remote().get_blocking_timeout(LIMIT),
+        quick
+            .options(on("queued"))
+            .remote()
+            .get_blocking_timeout(LIMIT),
         Ok(7)
     );
     assert!(
@@ -148,10 +155,16 @@ fn an_async_task_is_dropped_at_its_await_and_its_worker_lives_on() {
     shoal::cancel(&r).unwrap();
     assert!(is_cancelled(r.get_blocking_timeout(LIMIT)));
     wait_for(&d.join("async.dropped"));
-    assert!(t0.elapsed() < LIMIT / 2, "dropped long before its sleep ended");
+    assert!(
+        t0.elapsed() < LIMIT / 2,
+        "dropped long before its sleep ended"
+    );
     // The unit is free once the worker reported the end.
     assert_eq!(
-        quick.options(on("async")).remote().get_blocking_timeout(LIMIT),
+        quick
+            .options(on("async"))
+            .remote()
+            .get_blocking_timeout(LIMIT),
         Ok(7)
     );
 }
@@ -192,7 +205,10 @@ fn a_forced_cancel_ends_the_worker_running_the_task() {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert_eq!(
-        quick.options(on("force")).remote().get_blocking_timeout(LIMIT),
+        quick
+            .options(on("force"))
+            .remote()
+            .get_blocking_timeout(LIMIT),
         Ok(7)
     );
     assert_eq!(
@@ -222,7 +238,10 @@ fn a_recursive_cancel_reaches_the_tasks_children() {
     // The child saw its own cancel.
     wait_for(&d.join("child.saw"));
     assert_eq!(
-        quick.options(on("child")).remote().get_blocking_timeout(LIMIT),
+        quick
+            .options(on("child"))
+            .remote()
+            .get_blocking_timeout(LIMIT),
         Ok(7)
     );
 }

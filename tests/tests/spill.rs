@@ -49,6 +49,35 @@ fn expected_sum(n: u64, seed: u8) -> u64 {
         .sum()
 }
 
+/// Tells `marks` it started, then waits a minute for its cancel (dropped at the sleep).
+#[shoal::remote]
+async fn wait_for_cancel(marks: shoal::ActorHandle<Marks>, name: String) -> String {
+    marks.mark(name).get().await.expect("marked");
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    shoal::peer_id().unwrap_or_default()
+}
+
+/// Names the tasks that started (a shipped task may not write files: its peer sandboxes it).
+#[derive(Default)]
+pub struct Marks {
+    names: Vec<String>,
+}
+
+#[shoal::actor]
+impl Marks {
+    pub fn new() -> Self {
+        Marks::default()
+    }
+
+    pub fn mark(&mut self, name: String) {
+        self.names.push(name);
+    }
+
+    pub fn marks(&self) -> Vec<String> {
+        self.names.clone()
+    }
+}
+
 /// Records, per caller, whether calls arrive in the order sent.
 #[derive(Default)]
 pub struct Recorder {
@@ -180,6 +209,45 @@ fn driver_entry() {
                 expected_sum(n, 7)
             );
             println!("result driver-read ok");
+        }
+        "cancel" => {
+            // This node has no CPU: both go to the peer; one runs, the other waits there or
+            // here for the only unit of `b`.
+            let marks = Marks::remote();
+            let on_b = || TaskOptions::new().num_cpus(0.0).resource("b", 1.0);
+            let running = wait_for_cancel
+                .options(on_b())
+                .remote(marks.clone(), "running".to_string());
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while marks.marks().get_blocking().unwrap().is_empty() {
+                assert!(Instant::now() < deadline, "the first task never started");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let waiting = wait_for_cancel
+                .options(on_b())
+                .remote(marks.clone(), "waiting".to_string());
+            let t0 = Instant::now();
+            shoal::cancel(&waiting).unwrap();
+            shoal::cancel(&running).unwrap();
+            for r in [&running, &waiting] {
+                match r.get_blocking_timeout(Duration::from_secs(30)) {
+                    Err(shoal::GetError::Task(shoal::TaskError::Cancelled { .. })) => {}
+                    other => panic!("expected Cancelled, got {other:?}"),
+                }
+            }
+            println!("result cancelled-in {}", t0.elapsed().as_millis());
+            // The peer's unit is free again once the dropped task's end was reported.
+            let (v, peer) = slow_double
+                .options(on_b())
+                .remote(4, 0)
+                .get_blocking_timeout(Duration::from_secs(30))
+                .unwrap();
+            assert_eq!(v, 8);
+            println!("result next-on {peer}");
+            println!(
+                "result started {}",
+                marks.marks().get_blocking().unwrap().join(",")
+            );
         }
         "actor-host" => {
             let r = Recorder::options(ActorOptions::new().name("recorder").detached(true))
@@ -352,6 +420,34 @@ fn an_object_made_on_b_is_consumed_on_c() {
     assert!(lines.contains(&format!("made-on {b}")), "{lines:?}");
     assert!(lines.contains(&format!("used-on {c}")), "{lines:?}");
     assert!(lines.contains(&"driver-read ok".to_string()), "{lines:?}");
+}
+
+#[test]
+fn tasks_running_and_waiting_on_a_peer_are_cancelled_there() {
+    let _turn = serial();
+    let mesh = mesh_of(
+        "spill-cancel",
+        vec![
+            NodeOptions::new().cpus(0.0),
+            NodeOptions::new().cpus(1.0).arg("--resource").arg("b=1"),
+        ],
+    );
+    let lines = driver(&mesh.node(0).socket(), "cancel", &[]);
+    let b = mesh.node(1).peer_id();
+    assert!(lines.contains(&format!("next-on {b}")), "{lines:?}");
+    let took: u64 = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("cancelled-in "))
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or_else(|| panic!("{lines:?}"));
+    assert!(
+        took < 30_000,
+        "the cancels came back long before the sleeps end: {took} ms"
+    );
+    assert!(
+        lines.contains(&"started running".to_string()),
+        "the waiting task never ran: {lines:?}"
+    );
 }
 
 #[test]

@@ -332,6 +332,8 @@ pub struct Sim {
     pub(crate) drivers: Vec<Driver>,
     /// How many times each task started running, and its budget.
     runs: HashMap<TaskId, (u32, u32)>,
+    /// Actor calls submitted, by result.
+    calls: HashMap<ObjectId, TaskId>,
     /// Per actor incarnation, per caller: the last call sequence seen.
     call_order: HashMap<(ActorId, u32, ClientId), u64>,
     violations: Vec<Violation>,
@@ -406,6 +408,7 @@ impl Sim {
             providers: HashMap::new(),
             drivers: Vec::new(),
             runs: HashMap::new(),
+            calls: HashMap::new(),
             call_order: HashMap::new(),
             violations: Vec::new(),
             seen_start: HashMap::new(),
@@ -1942,6 +1945,7 @@ impl Sim {
             wait_for_resources: false,
         };
         let ret = spec.return_id();
+        self.calls.insert(ret, task);
         let expect =
             (behaviour(function).1 == Behaviour::Echo).then(|| ObjectValue::Inline(echo(&[tag])));
         self.own(d, ret, expect);
@@ -1950,6 +1954,37 @@ impl Sim {
         // peer that made it until it is asked for).
         self.send(d, ToNode::Get { ids: vec![ret] });
         ret
+    }
+
+    /// The task or actor call whose result is `ret`, if a driver submitted it.
+    pub fn task_of(&self, ret: ObjectId) -> Option<TaskId> {
+        if let Some(call) = self.calls.get(&ret) {
+            return Some(*call);
+        }
+        self.runs
+            .keys()
+            .copied()
+            .find(|t| ObjectId::for_return(*t, 0) == ret)
+    }
+
+    /// Driver `d` cancels the task whose result is `ret` (`shoal::cancel`); `force` is
+    /// dropped for an actor call, as the SDK refuses it.
+    pub fn cancel(&mut self, d: usize, ret: ObjectId, force: bool, recursive: bool) {
+        let Some(task) = self.task_of(ret) else {
+            self.violation(format!(
+                "driver {d}: cancel of {ret}, which it did not submit"
+            ));
+            return;
+        };
+        let force = force && !self.calls.contains_key(&ret);
+        self.send(
+            d,
+            ToNode::Cancel {
+                task,
+                force,
+                recursive,
+            },
+        );
     }
 
     /// Driver `d` ends `actor` for good (its calls in flight fail).

@@ -123,7 +123,16 @@ fn run_random(seed: u64) -> (Sim, Vec<Violation>) {
                     sim.get(o, id);
                 }
             }
-            84..=89 => {
+            84..=85 => {
+                // A cancel of a task or a call, wherever it is by now (finished, even).
+                if let Some(&(o, id)) = pick(&mut sim, &owned) {
+                    if sim.task_of(id).is_some() {
+                        let force = sim.rng().chance(0.3);
+                        sim.cancel(o, id, force, true);
+                    }
+                }
+            }
+            86..=89 => {
                 if !owned.is_empty() {
                     let k = sim.rng().below(owned.len() as u64) as usize;
                     let (o, id) = owned.swap_remove(k);

@@ -129,6 +129,13 @@ pub fn register(reg: &mut Registry) {
         "submit 1,000 no-op tasks, then get all; counted per task",
         tasks_async,
     );
+    reg.add(
+        "cancel_calls",
+        Unit::OpsPerSec,
+        "submit 1,000 no-op tasks while every CPU is held, cancel each, get each \
+         (Cancelled); counted per cancel",
+        cancel_calls,
+    );
     // Not in BENCH.md: a large get whose time does not depend on the size (run it as
     // `single_client_get_view_us_N` for an N-byte buffer).
     reg.add_sized(
@@ -258,6 +265,61 @@ fn wait_1k_refs(b: &mut Bench) -> Result<()> {
         b.name(),
         waits as f64 / loops.max(1) as f64
     );
+    drain(&shoal)
+}
+
+/// Holds a CPU until it is cancelled.
+#[shoal::remote]
+pub(crate) fn hold_cpu() -> u64 {
+    let mut turns = 0;
+    while !shoal::is_cancelled() {
+        std::thread::sleep(Duration::from_millis(1));
+        turns += 1;
+    }
+    turns
+}
+
+fn cancel_calls(b: &mut Bench) -> Result<()> {
+    let shoal = first_task()?;
+    // Every CPU held, so that the tasks cancelled wait in the queue. The holders ask a bit
+    // less than a CPU each: a shape of their own, which the scheduler never queues at a
+    // worker behind another (it does so with short tasks, and the no-op's shape is one).
+    let cpus = shoal.status()?.resources_total.get_milli("CPU").div_ceil(1000);
+    let hold = shoal::TaskOptions::new().num_cpus(0.999);
+    let holders: Vec<ObjectRef<u64>> = (0..cpus)
+        .map(|_| hold_cpu.options(hold.clone()).remote())
+        .collect();
+    let deadline = Instant::now() + FIRST_OP_TIMEOUT;
+    while shoal.status()?.resources_free.get_milli("CPU") >= 1000 {
+        ensure!(Instant::now() < deadline, "the CPU holders never all ran");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let cancelled = |r: &ObjectRef<Vec<u8>>| -> Result<()> {
+        match r.get_blocking() {
+            Err(shoal::GetError::Task(shoal::TaskError::Cancelled { .. })) => Ok(()),
+            other => anyhow::bail!("a cancelled queued task gave {other:?}"),
+        }
+    };
+    b.run_batches(|| {
+        let refs: Vec<ObjectRef<Vec<u8>>> =
+            (0..TASKS_PER_BATCH).map(|_| noop.remote()).collect();
+        for r in &refs {
+            shoal::cancel(r)?;
+        }
+        for r in &refs {
+            cancelled(r)?;
+        }
+        Ok(TASKS_PER_BATCH as u64)
+    })?;
+    for h in &holders {
+        shoal::cancel(h)?;
+    }
+    for h in &holders {
+        match h.get_blocking_timeout(OP_TIMEOUT) {
+            Err(shoal::GetError::Task(shoal::TaskError::Cancelled { .. })) => {}
+            other => anyhow::bail!("a CPU holder gave {other:?}"),
+        }
+    }
     drain(&shoal)
 }
 

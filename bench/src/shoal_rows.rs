@@ -284,7 +284,11 @@ fn cancel_calls(b: &mut Bench) -> Result<()> {
     // Every CPU held, so that the tasks cancelled wait in the queue. The holders ask a bit
     // less than a CPU each: a shape of their own, which the scheduler never queues at a
     // worker behind another (it does so with short tasks, and the no-op's shape is one).
-    let cpus = shoal.status()?.resources_total.get_milli("CPU").div_ceil(1000);
+    let cpus = shoal
+        .status()?
+        .resources_total
+        .get_milli("CPU")
+        .div_ceil(1000);
     let hold = shoal::TaskOptions::new().num_cpus(0.999);
     let holders: Vec<ObjectRef<u64>> = (0..cpus)
         .map(|_| hold_cpu.options(hold.clone()).remote())
@@ -301,8 +305,7 @@ fn cancel_calls(b: &mut Bench) -> Result<()> {
         }
     };
     b.run_batches(|| {
-        let refs: Vec<ObjectRef<Vec<u8>>> =
-            (0..TASKS_PER_BATCH).map(|_| noop.remote()).collect();
+        let refs: Vec<ObjectRef<Vec<u8>>> = (0..TASKS_PER_BATCH).map(|_| noop.remote()).collect();
         for r in &refs {
             shoal::cancel(r)?;
         }

@@ -96,6 +96,7 @@ mod bytes;
 mod cancel;
 mod error;
 mod function;
+mod many;
 mod object_ref;
 mod options;
 mod put;
@@ -108,7 +109,6 @@ mod worker;
 pub mod __private;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 pub use actor::{get_actor, kill, kill_and_restart, Actor, ActorError, ActorHandle, ActorOptions};
 pub use bytes::{put_bytes, ByteSequence, ByteView, Bytes};
@@ -119,6 +119,7 @@ pub use shoal_protocol::{
 
 pub use cancel::{cancel, cancel_with, is_cancelled, CancelOptions};
 pub use error::{CancelError, GetError, InitError, PutError, StoreError, WaitError};
+pub use many::{get_all, get_all_blocking, wait, wait_blocking, Split};
 pub use object_ref::ObjectRef;
 pub use options::TaskOptions;
 pub use put::put;
@@ -205,104 +206,4 @@ pub fn shutdown() {
 /// mesh: inside a task, where it ran. Call after [`init`] (a worker is always initialised).
 pub fn peer_id() -> Option<String> {
     runtime::get().peer_id().map(str::to_string)
-}
-
-/// What [`wait`] returns: the ready refs, and the others.
-pub type Split<T> = (Vec<ObjectRef<T>>, Vec<ObjectRef<T>>);
-
-/// Waits until `num_ready` of `refs` are ready (or failed), or `timeout` passes. Returns at
-/// most `num_ready` ready refs and the others (as Ray's `wait`), each in the order given.
-///
-/// As Ray's, it refuses a ref given twice ([`WaitError::Duplicate`]) and more ready refs
-/// asked for than given ([`WaitError::TooMany`]).
-///
-/// ```no_run
-/// # #[shoal::remote] fn square(x: u64) -> u64 { x * x }
-/// # async fn run() -> Result<(), shoal::WaitError> {
-/// let refs: Vec<_> = (0..4).map(|i| square.remote(i)).collect();
-/// let (ready, pending) = shoal::wait(&refs, 2, None).await?;
-/// assert_eq!(ready.len() + pending.len(), 4);
-/// # Ok(()) }
-/// ```
-pub async fn wait<T>(
-    refs: &[ObjectRef<T>],
-    num_ready: usize,
-    timeout: Option<Duration>,
-) -> Result<Split<T>, WaitError> {
-    check_wait(refs, num_ready)?;
-    let ctx = runtime::get();
-    let want = num_ready;
-    let all = std::future::poll_fn(|cx| {
-        let mut ready = 0;
-        for r in refs {
-            if ctx.poll_cell(r.id(), Some(cx.waker())).is_ready() {
-                ready += 1;
-            }
-        }
-        if ready >= want {
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
-        }
-    });
-    match timeout {
-        Some(t) => {
-            // Either way, the refs are split below by what is ready now.
-            let _ = object_ref::first(all, ctx.sleep(t)).await;
-        }
-        None => all.await,
-    }
-    Ok(split_ready(ctx, refs, want))
-}
-
-/// [`wait`] for synchronous code.
-pub fn wait_blocking<T>(
-    refs: &[ObjectRef<T>],
-    num_ready: usize,
-    timeout: Option<Duration>,
-) -> Result<Split<T>, WaitError> {
-    check_wait(refs, num_ready)?;
-    let ctx = runtime::get();
-    let ids: Vec<ObjectId> = refs.iter().map(|r| r.id()).collect();
-    ctx.wait_many(
-        &ids,
-        num_ready,
-        timeout.map(|t| std::time::Instant::now() + t),
-    );
-    Ok(split_ready(ctx, refs, num_ready))
-}
-
-/// Ray's checks of a wait's arguments.
-fn check_wait<T>(refs: &[ObjectRef<T>], num_ready: usize) -> Result<(), WaitError> {
-    if num_ready > refs.len() {
-        return Err(WaitError::TooMany {
-            num_ready,
-            refs: refs.len(),
-        });
-    }
-    let mut seen: shoal_protocol::IdMap<ObjectId, ()> = Default::default();
-    seen.reserve(refs.len());
-    match refs.iter().find(|r| seen.insert(r.id(), ()).is_some()) {
-        Some(r) => Err(WaitError::Duplicate(r.id())),
-        None => Ok(()),
-    }
-}
-
-/// At most `want` ready refs (as Ray's `num_returns`), and the rest.
-fn split_ready<T>(
-    ctx: &Context,
-    refs: &[ObjectRef<T>],
-    want: usize,
-) -> (Vec<ObjectRef<T>>, Vec<ObjectRef<T>>) {
-    let mut ready = Vec::with_capacity(want);
-    let mut pending = Vec::new();
-    let done = ctx.are_done(refs.iter().map(|r| r.id()));
-    for (r, done) in refs.iter().zip(done) {
-        if ready.len() < want && done {
-            ready.push(r.clone());
-        } else {
-            pending.push(r.clone());
-        }
-    }
-    (ready, pending)
 }

@@ -242,6 +242,34 @@ impl<T: DeserializeOwned> ObjectRef<T> {
     }
 }
 
+/// `r.await` is `r.get().await`: the value, or why there is none.
+///
+/// ```no_run
+/// # #[shoal::remote] fn square(x: u64) -> u64 { x * x }
+/// # async fn run() -> Result<(), shoal::GetError> {
+/// let nine = square.remote(3).await?;
+/// let r = square.remote(4);
+/// assert_eq!((&r).await?, 16); // a reference awaits too, and keeps the ref
+/// # assert_eq!(nine, 9); Ok(()) }
+/// ```
+impl<T: DeserializeOwned + Send + 'static> std::future::IntoFuture for ObjectRef<T> {
+    type Output = Result<T, GetError>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Result<T, GetError>> + Send>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move { self.get().await })
+    }
+}
+
+impl<'a, T: DeserializeOwned + Send + 'static> std::future::IntoFuture for &'a ObjectRef<T> {
+    type Output = Result<T, GetError>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Result<T, GetError>> + Send + 'a>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(self.get())
+    }
+}
+
 impl<T> ObjectRef<T> {
     /// Waits for the object, then checks its bytes in the shared-memory store (read in place)
     /// against the blake3 digest recorded when it was sealed. A mismatch is

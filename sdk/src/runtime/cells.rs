@@ -268,6 +268,17 @@ impl Context {
 
     /// Waits (blocking this thread) until `want` of `ids` are ready or failed, or the deadline.
     pub(crate) fn wait_many(&self, ids: &[ObjectId], want: usize, deadline: Option<Instant>) {
+        self.wait_until(ids, deadline, |done, _| done >= want);
+    }
+
+    /// Waits (blocking this thread) until `enough(done, failed)` of `ids` (how many are ready
+    /// or failed, and how many of those failed), or the deadline.
+    pub(crate) fn wait_until(
+        &self,
+        ids: &[ObjectId],
+        deadline: Option<Instant>,
+        enough: impl Fn(usize, usize) -> bool,
+    ) {
         // The node is asked for those pending, in one message; the outcomes are read below.
         let mut ask = Vec::new();
         {
@@ -294,11 +305,18 @@ impl Context {
         let mut blocked = None;
         let mut cells = self.cells.lock();
         loop {
-            let ready = ids
-                .iter()
-                .filter(|id| cells.get(id).is_none_or(|c| !c.is_pending()))
-                .count();
-            if ready >= want {
+            let (mut done, mut failed) = (0, 0);
+            for id in ids {
+                match cells.get(id).map(|c| &c.state) {
+                    Some(CellState::Pending) => {}
+                    Some(CellState::Ready(_)) => done += 1,
+                    Some(CellState::Failed(_)) | None => {
+                        done += 1;
+                        failed += 1;
+                    }
+                }
+            }
+            if enough(done, failed) {
                 break;
             }
             if blocked.is_none() {

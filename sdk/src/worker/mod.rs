@@ -20,6 +20,7 @@ use shoal_protocol::{ExecTask, ObjectValue, TaskError, TaskId, TaskOutcome, ToNo
 
 use crate::actor::ACTOR_CLASSES;
 use crate::function::{self, Args, RemoteFunction, REMOTE_FUNCTIONS};
+use crate::object_ref::{first, Either};
 use crate::runtime::{self, Context, WorkItem};
 
 static ENTERED: AtomicBool = AtomicBool::new(false);
@@ -83,14 +84,11 @@ pub(crate) async fn until_cancelled<F: Future>(
     f: F,
 ) -> Option<F::Output> {
     let mut f = std::pin::pin!(f);
-    let mut cancelled = std::pin::pin!(ctx.work.interrupted(task));
-    std::future::poll_fn(|cx| {
-        if let std::task::Poll::Ready(v) = as_task(task, || f.as_mut().poll(cx)) {
-            return std::task::Poll::Ready(Some(v));
-        }
-        cancelled.as_mut().poll(cx).map(|()| None)
-    })
-    .await
+    let run = std::future::poll_fn(|cx| as_task(task, || f.as_mut().poll(cx)));
+    match first(run, ctx.work.interrupted(task)).await {
+        Either::Left(v) => Some(v),
+        Either::Right(()) => None,
+    }
 }
 
 /// Enters worker mode if this process was started as a worker. Runs before `main`, from

@@ -1280,3 +1280,28 @@ fn tasks_spilled_to_a_peer_are_cancelled_there_and_only_by_their_owner() {
     );
     assert_clean(sim);
 }
+
+/// An actor's process dies with five calls in flight at it: the one it ran fails, the four
+/// it had not begun run on the restarted actor, in order, once each.
+#[test]
+fn calls_an_actor_had_not_begun_when_it_died_run_after_its_restart() {
+    let mut sim = mesh(&[1.0]);
+    let d = sim.driver(0);
+    let actor = sim.create_actor(d, 1, 0.0);
+    sim.run_for(Duration::from_millis(100));
+    let calls: Vec<_> = (0..5).map(|_| sim.call(d, actor, "sleep:500")).collect();
+    sim.run_for(Duration::from_millis(200));
+    // Its worker is the node's only one.
+    sim.crash_a_worker(0);
+    sim.run_for(Duration::from_secs(10));
+    let first = &sim.results(d)[&calls[0]];
+    assert!(
+        is_error(first, |e| matches!(e, TaskError::ActorDied { .. })),
+        "{first:?}"
+    );
+    for (i, id) in calls.iter().enumerate().skip(1) {
+        let v = &sim.results(d)[id];
+        assert!(is_value(v), "call {i}: {v:?}");
+    }
+    assert_clean(sim);
+}

@@ -386,8 +386,9 @@ pub enum TaskError {
         /// What was found.
         message: String,
     },
-    /// The actor's process died while the call was in flight, or the actor died for good
-    /// (no restarts left) before the call could run.
+    /// The actor's process died while the call ran there (or may have: one of the first
+    /// `max_concurrency` calls in flight), or the actor died for good (no restarts left)
+    /// before the call could run.
     #[error("actor {actor} died: its process {pid} {exit}")]
     ActorDied {
         /// The actor.

@@ -59,8 +59,10 @@
 //! - [`ActorOptions`]: resources held (`num_cpus`, default 0, as Ray's actors once placed),
 //!   `max_restarts` (the constructor re-runs with its original arguments after the process
 //!   dies), `max_concurrency`, `name` and `get_if_exists`, `detached`.
-//! - [`kill`] ends an actor; its later calls fail with [`TaskError::ActorKilled`]. Calls in
-//!   flight when its process dies fail with [`TaskError::ActorDied`].
+//! - [`kill`] ends an actor; its later calls fail with [`TaskError::ActorKilled`]. When its
+//!   process dies, the calls it may have begun fail with [`TaskError::ActorDied`] (a call
+//!   runs at most once); the calls behind them, and those made while it is down, wait for its
+//!   restart if it has restarts left and run there, in order, as Ray's do.
 //!
 //! ## In short
 //!

@@ -179,6 +179,28 @@ impl Fragile {
     }
 }
 
+/// Its first process dies in the constructor (after `marker` is made, so the calls sent
+/// meanwhile are at it); the restarted one lives.
+pub struct DiesInConstructor {
+    incarnation: u32,
+}
+
+#[shoal::actor]
+impl DiesInConstructor {
+    pub fn new(marker: String) -> Self {
+        if std::path::Path::new(&marker).exists() {
+            return DiesInConstructor { incarnation: 1 };
+        }
+        std::fs::write(&marker, b"first").expect("marker");
+        std::thread::sleep(Duration::from_millis(300));
+        std::process::abort()
+    }
+
+    pub fn incarnation(&self) -> u32 {
+        self.incarnation
+    }
+}
+
 #[shoal::remote]
 fn slow_value(ms: u64, v: u64) -> u64 {
     std::thread::sleep(Duration::from_millis(ms));
@@ -343,6 +365,59 @@ fn sigkill_with_restarts_reruns_the_constructor() {
         c.get().get_blocking_timeout(Duration::from_secs(30)),
         Err(GetError::Task(TaskError::ActorDied { .. }))
     ));
+}
+
+/// Ray's rule for an actor with restarts left (issue 14 item 3): only a call that may have
+/// begun fails with its process; the calls queued behind it, at the node or at the process,
+/// wait for the restart and run there, in order.
+#[test]
+fn calls_behind_a_call_that_dies_with_its_process_run_after_the_restart() {
+    shoal::init().unwrap();
+    let c = Counter::options(ActorOptions::new().max_restarts(1))
+        .remote(100)
+        .unwrap();
+    let pid = c.pid().get_blocking().unwrap();
+    let in_flight = running_slow_call(&c, "behind");
+    let behind = [c.incr(1), c.incr(2), c.get()];
+    sigkill(pid);
+    assert!(matches!(
+        in_flight.get_blocking_timeout(Duration::from_secs(30)),
+        Err(GetError::Task(TaskError::ActorDied { .. }))
+    ));
+    let got: Vec<i64> = behind
+        .iter()
+        .map(|r| r.get_blocking_timeout(Duration::from_secs(30)).unwrap())
+        .collect();
+    assert_eq!(
+        got,
+        vec![101, 103, 103],
+        "run on the restarted actor, in order"
+    );
+    assert_ne!(c.pid().get_blocking().unwrap(), pid);
+}
+
+/// Calls sent while the first process runs the constructor, which then crashes (the process
+/// dies; not a panic, which fails the actor for good): none of them began, and all run on the
+/// restarted actor.
+#[test]
+fn calls_made_while_a_crashing_constructor_runs_wait_for_the_restart() {
+    shoal::init().unwrap();
+    let marker = std::env::temp_dir().join(format!(
+        "shoal-actor-test-{}-dies-in-constructor",
+        std::process::id()
+    ));
+    if marker.exists() {
+        std::fs::remove_file(&marker).unwrap();
+    }
+    let a = DiesInConstructor::options(ActorOptions::new().max_restarts(1))
+        .remote(marker.display().to_string())
+        .unwrap();
+    let calls: Vec<_> = (0..3).map(|_| a.incarnation()).collect();
+    for r in calls {
+        assert_eq!(r.get_blocking_timeout(Duration::from_secs(30)), Ok(1));
+    }
+    assert!(marker.exists(), "the first process ran the constructor");
+    std::fs::remove_file(&marker).unwrap();
 }
 
 #[test]

@@ -576,6 +576,13 @@ impl NodeCore {
     pub(super) fn pump_actor(&mut self, now: Instant, actor: ActorId) {
         let span = self.actor_span(actor);
         let _entered = span.enter();
+        if let Some(ActorState::Alive { worker, .. }) = self.actors.get(&actor).map(|a| &a.state) {
+            if !self.worker_conns.contains_key(worker) {
+                // Its process is gone (its connection closed) and the node has not seen it
+                // exit yet: the calls wait for what comes next (a restart, or the end).
+                return;
+            }
+        }
         let (tasks, objects, store) = (&self.tasks, &self.objects, &self.store);
         // A call whose arguments were spilled stays queued (and its caller's later calls
         // behind it) until they are read back.
@@ -600,6 +607,7 @@ impl NodeCore {
         });
         if let Some(worker) = worker {
             let conn = self.worker_conns.get(&worker).copied();
+
             let pid = self.worker_pid(worker);
             for t in calls {
                 if let Some(e) = self.tasks.get_mut(&t) {
@@ -1393,8 +1401,15 @@ impl NodeCore {
             }
         };
         let (inflight, after) = self.actors.worker_lost(actor, error.clone());
-        if !inflight.is_empty() {
-            tracing::warn!(actor = %actor, pid, calls = inflight.len(), "actor died with calls in flight");
+        let requeued = self.actors.take_requeued(actor);
+        if !inflight.is_empty() || !requeued.is_empty() {
+            tracing::warn!(actor = %actor, pid, calls = inflight.len(), not_begun = requeued.len(), "actor died with calls in flight");
+        }
+        for t in requeued {
+            // Not begun: queued again, for the restarted actor (or failed with the queue).
+            if let Some(e) = self.tasks.get_mut(&t) {
+                e.sent = false;
+            }
         }
         for t in inflight {
             self.fail_task(now, t, error.clone());

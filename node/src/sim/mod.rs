@@ -1946,6 +1946,8 @@ impl Sim {
         };
         let ret = spec.return_id();
         self.calls.insert(ret, task);
+        // A call runs once at most: it is never retried.
+        self.runs.insert(task, (0, 0));
         let expect =
             (behaviour(function).1 == Behaviour::Echo).then(|| ObjectValue::Inline(echo(&[tag])));
         self.own(d, ret, expect);

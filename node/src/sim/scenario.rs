@@ -105,6 +105,9 @@ fn run_random(seed: u64) -> (Sim, Vec<Violation>) {
                 if let Some(&(_, a)) = pick(&mut sim, &actors) {
                     let f = if sim.rng().chance(0.05) {
                         "panic"
+                    } else if sim.rng().chance(0.2) {
+                        // Long enough to be in flight when a worker crashes.
+                        "sleep:100"
                     } else {
                         "echo"
                     };

@@ -67,8 +67,11 @@ pub struct Actor {
     queues: IdMap<ClientId, VecDeque<TaskId>>,
     /// Callers with queued calls, in the order they first queued one (a fair scan).
     callers: Vec<ClientId>,
-    /// Calls sent to the worker and not finished, in the order sent.
-    inflight: VecDeque<TaskId>,
+    /// Calls sent to the worker and not finished, in the order sent, with their callers.
+    inflight: VecDeque<(TaskId, ClientId)>,
+    /// Calls in flight when its worker was lost that had not begun, put back in their
+    /// queues: they are no longer at a worker ([`ActorTable::take_requeued`]).
+    requeued: Vec<TaskId>,
     /// Calls finished.
     pub calls_done: u64,
     /// Its creator dropped its last handle: it ends once its calls are done.
@@ -191,6 +194,7 @@ impl ActorTable {
                 queues: IdMap::default(),
                 callers: Vec::new(),
                 inflight: VecDeque::new(),
+                requeued: Vec::new(),
                 calls_done: 0,
                 draining: false,
                 span: tracing::debug_span!("actor", actor = %spec.actor_id, class),
@@ -366,7 +370,7 @@ impl ActorTable {
                     break;
                 }
                 q.pop_front();
-                a.inflight.push_back(t);
+                a.inflight.push_back((t, *caller));
                 out.push(t);
             }
             if q.is_empty() {
@@ -386,7 +390,7 @@ impl ActorTable {
             return false;
         };
         // Usually the oldest: calls of a serial actor finish in order.
-        let Some(pos) = a.inflight.iter().position(|t| *t == task) else {
+        let Some(pos) = a.inflight.iter().position(|(t, _)| *t == task) else {
             return false;
         };
         a.inflight.remove(pos);
@@ -395,18 +399,44 @@ impl ActorTable {
     }
 
     /// The actor's worker is gone (its process died, or it never started). Returns the calls
-    /// that were in flight there (they fail: a call is never run twice) and what happens to
+    /// that may have begun there (they fail: a call is never run twice) and what happens to
     /// the actor. An actor already dead stays so, and its queued calls were failed then.
+    ///
+    /// A worker begins calls in the order sent, at most `max_concurrency` at once, so of the
+    /// calls in flight only the first `max_concurrency` may have begun, and none if the
+    /// constructor had not finished: the others go back to the front of their callers'
+    /// queues, for the restarted actor (or fail with the queued ones if it does not restart).
     pub fn worker_lost(&mut self, actor: ActorId, error: TaskError) -> (Vec<TaskId>, AfterDeath) {
         let Some(a) = self.actors.get_mut(&actor) else {
             return (Vec::new(), AfterDeath::Dead(Vec::new()));
         };
-        if let ActorState::Alive { worker, .. } = a.state {
-            self.by_worker.remove(&worker);
+        let began = match a.state {
+            ActorState::Alive { worker, started } => {
+                self.by_worker.remove(&worker);
+                if started {
+                    a.spec.max_concurrency.max(1) as usize
+                } else {
+                    0
+                }
+            }
+            _ => a.inflight.len(),
+        };
+        let mut inflight: Vec<(TaskId, ClientId)> = a.inflight.drain(..).collect();
+        let not_begun = inflight.split_off(began.min(inflight.len()));
+        let inflight: Vec<TaskId> = inflight.into_iter().map(|(t, _)| t).collect();
+        for (t, caller) in not_begun.into_iter().rev() {
+            a.requeued.push(t);
+            let q = a.queues.entry(caller).or_default();
+            if q.is_empty() && !a.callers.contains(&caller) {
+                a.callers.push(caller);
+            }
+            q.push_front(t);
         }
-        let inflight: Vec<TaskId> = a.inflight.drain(..).collect();
         if a.is_dead() {
-            return (inflight, AfterDeath::Dead(Vec::new()));
+            let queued = a.take_queued();
+            let mut failed = inflight;
+            failed.extend(queued);
+            return (failed, AfterDeath::Dead(Vec::new()));
         }
         let restarts_used = a.incarnation;
         let may_restart = a.spec.max_restarts == u32::MAX || restarts_used < a.spec.max_restarts;
@@ -418,6 +448,14 @@ impl ActorTable {
         }
         let queued = self.kill(actor, error);
         (inflight, AfterDeath::Dead(queued))
+    }
+
+    /// The calls [`ActorTable::worker_lost`] put back in their queues (once).
+    pub fn take_requeued(&mut self, actor: ActorId) -> Vec<TaskId> {
+        self.actors
+            .get_mut(&actor)
+            .map(|a| std::mem::take(&mut a.requeued))
+            .unwrap_or_default()
     }
 
     /// Marks the actor dead with `error` (killed, or its constructor failed). Returns its
@@ -456,7 +494,7 @@ impl ActorTable {
         if let ActorState::Alive { worker, .. } = a.state {
             self.by_worker.remove(&worker);
         }
-        let mut queued = a.inflight.drain(..).collect::<Vec<_>>();
+        let mut queued = a.inflight.drain(..).map(|(t, _)| t).collect::<Vec<_>>();
         queued.extend(a.take_queued());
         queued
     }
@@ -488,7 +526,7 @@ impl ActorTable {
     pub fn drain_inflight(&mut self, actor: ActorId) -> Vec<TaskId> {
         self.actors
             .get_mut(&actor)
-            .map(|a| a.inflight.drain(..).collect())
+            .map(|a| a.inflight.drain(..).map(|(t, _)| t).collect())
             .unwrap_or_default()
     }
 

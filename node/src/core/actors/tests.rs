@@ -137,6 +137,7 @@ fn death_fails_inflight_calls_and_restarts_within_budget() {
     let id = a.actor_id;
     t.register(task(9, 1), "C", &a, ClientId(9)).unwrap();
     t.hosted(id, 1);
+    t.started(id, 100);
     t.enqueue(id, ClientId(1), task(1, 1)).unwrap();
     t.enqueue(id, ClientId(1), task(1, 2)).unwrap();
     let (_, out) = t.take_ready(id, |x| x == task(1, 1));
@@ -150,6 +151,7 @@ fn death_fails_inflight_calls_and_restarts_within_budget() {
     assert_eq!(t.by_worker(1), None);
     assert_eq!(t.get(&id).unwrap().incarnation, 1);
     t.hosted(id, 2);
+    t.started(id, 101);
     let (w, out) = t.take_ready(id, |_| true);
     assert_eq!((w, out), (Some(2), vec![task(1, 2)]));
 
@@ -196,4 +198,51 @@ fn owned_by_skips_detached_and_dead() {
     assert_eq!(owned, HashSet::from([ActorId([1; 16])]));
     let states: Vec<String> = t.status().into_iter().map(|s| s.state).collect();
     assert_eq!(states, vec!["pending", "pending", "dead"]);
+}
+
+/// Of the calls in flight when an actor's process dies, only the first `max_concurrency`
+/// may have begun (a worker begins them in order): the others go back to their queues, in
+/// order, for the restarted actor; and none had begun if the constructor had not finished.
+#[test]
+fn calls_in_flight_that_had_not_begun_wait_for_the_restart() {
+    let mut t = ActorTable::new();
+    let a = ActorCreate {
+        max_restarts: 2,
+        ..spec(1, None)
+    };
+    let id = a.actor_id;
+    t.register(task(9, 1), "C", &a, ClientId(9)).unwrap();
+    t.hosted(id, 1);
+    // Sent while the constructor runs; it dies: none of them began.
+    for seq in 1..=3 {
+        t.enqueue(id, ClientId(1), task(1, seq)).unwrap();
+    }
+    let (_, out) = t.take_ready(id, |_| true);
+    assert_eq!(out.len(), 3);
+    let (failed, after) = t.worker_lost(id, died());
+    assert_eq!((failed, after), (vec![], AfterDeath::Restart));
+    assert_eq!(
+        t.take_requeued(id),
+        vec![task(1, 3), task(1, 2), task(1, 1)]
+    );
+    // Once up (serial: one call at a time), the first in flight may have begun.
+    t.hosted(id, 2);
+    t.started(id, 101);
+    t.enqueue(id, ClientId(1), task(1, 4)).unwrap();
+    let (_, out) = t.take_ready(id, |_| true);
+    assert_eq!(
+        out,
+        (1..=4).map(|s| task(1, s)).collect::<Vec<_>>(),
+        "in order"
+    );
+    let (failed, after) = t.worker_lost(id, died());
+    assert_eq!((failed, after), (vec![task(1, 1)], AfterDeath::Restart));
+    t.hosted(id, 3);
+    t.started(id, 102);
+    let (_, out) = t.take_ready(id, |_| true);
+    assert_eq!(out, (2..=4).map(|s| task(1, s)).collect::<Vec<_>>());
+    // No restarts left: every call fails, the ones that had not begun with the queue.
+    let (failed, after) = t.worker_lost(id, died());
+    assert_eq!(failed, vec![task(1, 2)]);
+    assert_eq!(after, AfterDeath::Dead(vec![task(1, 3), task(1, 4)]));
 }

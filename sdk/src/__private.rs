@@ -7,7 +7,7 @@
 pub use linkme;
 
 pub use crate::actor::{
-    Access, ActorClass, ActorMethods, CallFuture, Guard, RawActor, ACTOR_CLASSES,
+    Access, ActorClass, ActorMethods, BlockingCall, CallFuture, Guard, RawActor, ACTOR_CLASSES,
 };
 pub use crate::function::{encode_result, Args, RemoteFunction, REMOTE_FUNCTIONS};
 pub use crate::submit::{call_actor, create_actor, create_actor_with, submit, ArgBuf};

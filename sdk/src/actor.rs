@@ -41,7 +41,21 @@ pub trait Actor: Sized + 'static {
     fn __access(method: &str) -> Option<Access>;
     #[doc(hidden)]
     fn __call(guard: Guard<Self>, method: &str, args: Args) -> CallFuture;
+    /// Whether its blocking methods run on a thread pool (`#[shoal::actor(threaded)]`), so
+    /// that up to its max concurrency of them overlap, as Ray's threaded actors.
+    const THREADED: bool = false;
+    #[doc(hidden)]
+    fn __is_blocking(_method: &str) -> bool {
+        false
+    }
+    #[doc(hidden)]
+    fn __blocking(_guard: Guard<Self>, _method: &str, _args: Args) -> Option<BlockingCall> {
+        None
+    }
 }
+
+/// A blocking method's call of a `threaded` actor, run on a thread of its pool.
+pub type BlockingCall = Box<dyn FnOnce() -> Result<Vec<u8>, TaskError> + Send>;
 
 /// How a method touches the actor's state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

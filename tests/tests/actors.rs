@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use std::time::{Duration, Instant};
 
@@ -198,6 +198,35 @@ impl DiesInConstructor {
 
     pub fn incarnation(&self) -> u32 {
         self.incarnation
+    }
+}
+
+/// Blocking methods that meet: each waits until all three have arrived.
+pub struct Meeting {
+    all_here: std::sync::Barrier,
+    met: std::sync::atomic::AtomicU64,
+}
+
+#[shoal::actor(threaded)]
+impl Meeting {
+    pub fn new(size: usize) -> Self {
+        Meeting {
+            all_here: std::sync::Barrier::new(size),
+            met: AtomicU64::new(0),
+        }
+    }
+
+    pub fn meet(&self) -> u64 {
+        self.all_here.wait();
+        self.met.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    pub fn reset(&mut self) -> u64 {
+        std::mem::replace(self.met.get_mut(), 0)
+    }
+
+    pub async fn met(&self) -> u64 {
+        self.met.load(Ordering::SeqCst)
     }
 }
 
@@ -418,6 +447,28 @@ fn calls_made_while_a_crashing_constructor_runs_wait_for_the_restart() {
     }
     assert!(marker.exists(), "the first process ran the constructor");
     std::fs::remove_file(&marker).unwrap();
+}
+
+/// Ray's threaded actors (issue 14 item 4): the blocking `&self` methods of a
+/// `#[shoal::actor(threaded)]` actor run on a pool of its max concurrency, so three calls
+/// that each wait for the others all finish; a `&mut self` one still runs alone.
+#[test]
+fn blocking_methods_of_a_threaded_actor_overlap_up_to_max_concurrency() {
+    shoal::init().unwrap();
+    let m = Meeting::options(ActorOptions::new().max_concurrency(3))
+        .remote(3)
+        .unwrap();
+    for round in 0..2 {
+        let calls: Vec<_> = (0..3).map(|_| m.meet()).collect();
+        let mut got: Vec<u64> = calls
+            .iter()
+            .map(|r| r.get_blocking_timeout(Duration::from_secs(30)).unwrap())
+            .collect();
+        got.sort();
+        assert_eq!(got, vec![1, 2, 3], "round {round}");
+        assert_eq!(m.met().get_blocking(), Ok(3));
+        assert_eq!(m.reset().get_blocking(), Ok(3));
+    }
 }
 
 #[test]

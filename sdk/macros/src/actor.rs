@@ -67,6 +67,8 @@ struct Actor<'a> {
     ident: &'a Ident,
     constructor: Constructor<'a>,
     methods: Vec<Method<'a>>,
+    /// `#[shoal::actor(threaded)]`: its blocking methods run on a thread pool.
+    threaded: bool,
 }
 
 /// The whole expansion; `attr` is what is inside `#[actor(..)]`, `item` the annotated item.
@@ -82,11 +84,12 @@ pub(crate) fn expand(attr: &TokenStream2, item: TokenStream2) -> syn::Result<Tok
         }
     };
     let mut errors = Errors::default();
-    if !attr.is_empty() {
+    let threaded = attr.to_string() == "threaded";
+    if !attr.is_empty() && !threaded {
         errors.push(syn::Error::new_spanned(
             attr,
-            "`#[shoal::actor]` takes no arguments; per-actor options go through \
-             `Type::options(..).remote(..)`",
+            "`#[shoal::actor]` takes one argument, `threaded` (its blocking methods run on a \
+             thread pool); per-actor options go through `Type::options(..).remote(..)`",
         ));
     }
     if let Some((bang, path, for_token)) = &item.trait_ {
@@ -144,6 +147,7 @@ pub(crate) fn expand(attr: &TokenStream2, item: TokenStream2) -> syn::Result<Tok
         ident,
         constructor,
         methods,
+        threaded,
     }))
 }
 
@@ -623,12 +627,19 @@ fn actor_impl(actor: &Actor<'_>, methods_struct: &Ident, name_str: &str) -> Toke
         }
     });
 
+    let threaded = if actor.threaded {
+        threaded_items(actor, &args, &guard, &method)
+    } else {
+        quote!()
+    };
+
     quote! {
         #(#cfgs)*
         impl ::shoal::Actor for #self_ty {
             const CLASS: &'static str = ::core::concat!(::core::module_path!(), "::", #name_str);
             const DEFAULT_MAX_CONCURRENCY: u32 = #max_concurrency;
             type Methods = #methods_struct;
+            #threaded
 
             fn __construct(
                 #construct_args,
@@ -661,6 +672,93 @@ fn actor_impl(actor: &Actor<'_>, methods_struct: &Ident, name_str: &str) -> Toke
                         })
                     }
                 }
+            }
+        }
+    }
+}
+
+/// The items of a `threaded` actor: `THREADED`, and `__blocking`, which hands a blocking
+/// method's call to the worker as a closure it runs on a thread of the pool. The state is
+/// shared between threads: the type must be `Send + Sync`, which the closure's `Send` bound
+/// checks (spanned at the type, with a note saying why).
+fn threaded_items(actor: &Actor<'_>, args: &Ident, guard: &Ident, method: &Ident) -> TokenStream2 {
+    let self_ty = &actor.item.self_ty;
+    let arms = actor
+        .methods
+        .iter()
+        .filter(|m| m.func.sig.asyncness.is_none())
+        .map(|m| {
+            let cfgs = self::cfgs(&m.func.attrs);
+            let name = &m.func.sig.ident;
+            let name_str = name.unraw().to_string();
+            let (bind_guard, borrow) = match m.access {
+                Access::Shared => (quote!(let #guard = #guard;), quote!(#guard.shared())),
+                Access::Exclusive => (quote!(let mut #guard = #guard;), quote!(#guard.exclusive())),
+            };
+            let bind_args = if m.params.is_empty() {
+                quote!()
+            } else {
+                quote!(let mut #args = #args;)
+            };
+            let takes = takes(&m.params, args);
+            let names = m.params.iter().map(|p| &p.name);
+            let ret = &m.ret;
+            let encode = quote_spanned! {m.ret_span=>
+                ::shoal::__private::encode_result::<#ret>(
+                    &<#self_ty>::#name(#borrow #(, #names)*)
+                )
+            };
+            quote! {
+                #(#cfgs)*
+                #name_str => ::core::option::Option::Some(::std::boxed::Box::new(move || {
+                    #bind_guard
+                    #bind_args
+                    #takes
+                    #encode
+                })),
+            }
+        });
+    let assert_sync = quote_spanned! {self_ty.span()=>
+        const _: () = {
+            #[diagnostic::on_unimplemented(
+                message = "a `threaded` actor's state is shared by the threads that run its \
+                           blocking methods: it must be `Send + Sync`"
+            )]
+            trait SharedBetweenThreads {}
+            impl<T: ::core::marker::Send + ::core::marker::Sync> SharedBetweenThreads for T {}
+            fn check<T: SharedBetweenThreads>() {}
+            const _: fn() = check::<#self_ty>;
+        };
+    };
+    let blocking_names = actor
+        .methods
+        .iter()
+        .filter(|m| m.func.sig.asyncness.is_none())
+        .map(|m| {
+            let cfgs = self::cfgs(&m.func.attrs);
+            let name_str = m.func.sig.ident.unraw().to_string();
+            quote!(#(#cfgs)* #name_str => true,)
+        });
+    quote! {
+        const THREADED: bool = true;
+
+        fn __is_blocking(#method: &str) -> bool {
+            match #method {
+                #(#blocking_names)*
+                _ => false,
+            }
+        }
+
+        #[allow(unused_mut, unused_variables)]
+        fn __blocking(
+            #guard: ::shoal::__private::Guard<Self>,
+            #method: &str,
+            #args: ::shoal::__private::Args,
+        ) -> ::core::option::Option<::shoal::__private::BlockingCall> {
+            #assert_sync
+            match #method {
+                #(#arms)*
+                _ => ::core::option::Option::None,
             }
         }
     }
@@ -953,7 +1051,35 @@ mod tests {
     #[test]
     fn rejects_arguments() {
         let message = error("max_concurrency = 2", "impl C { fn new() -> Self { C } }");
-        assert!(message.contains("takes no arguments"), "{message}");
+        assert!(
+            message.contains("takes one argument, `threaded`"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn threaded_hands_blocking_methods_to_the_pool() {
+        let item = "impl C {
+            fn new() -> Self { C }
+            fn get(&self) -> u8 { 1 }
+            fn set(&mut self, v: u8) {}
+            async fn wait(&self) -> u8 { 2 }
+        }";
+        let out = expand(&quote!(threaded), item.parse().unwrap())
+            .unwrap()
+            .to_string();
+        assert!(out.contains("const THREADED : bool = true"), "{out}");
+        let blocking = out.split("fn __is_blocking").nth(1).expect("__is_blocking");
+        let blocking = blocking.split("fn __blocking").next().unwrap();
+        assert!(blocking.contains("\"get\" => true"), "{blocking}");
+        assert!(blocking.contains("\"set\" => true"), "{blocking}");
+        assert!(!blocking.contains("\"wait\""), "{blocking}");
+        assert!(out.contains("Send + Sync"), "the state is checked: {out}");
+        // Without the argument, none of it.
+        let plain = expand(&quote!(), item.parse().unwrap())
+            .unwrap()
+            .to_string();
+        assert!(!plain.contains("THREADED"), "{plain}");
     }
 
     #[test]
@@ -1096,7 +1222,7 @@ mod tests {
             }",
         );
         for expected in [
-            "takes no arguments",
+            "takes one argument, `threaded`",
             "an actor cannot be generic",
             "cannot take `self`",
             "`&self` or `&mut self`",

@@ -7,9 +7,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context as TaskCx, Poll};
 
-use shoal_protocol::{ExecTask, HostActor, TaskError, TaskOutcome, ToNode};
+use shoal_protocol::{ExecTask, HostActor, ObjectId, TaskError, TaskId, TaskOutcome, ToNode};
 
-use super::{done, idle_until_closed, panic_message, store_result, until_cancelled};
+use super::{as_task, done, idle_until_closed, panic_message, store_result, until_cancelled};
 use crate::actor::{Access, Actor, Guard};
 use crate::function::Args;
 use crate::runtime::{self, WorkItem};
@@ -29,10 +29,29 @@ impl<F: Future> Future for CatchUnwind<F> {
     }
 }
 
+/// What a call ended with: its value, its error, its panic's message, or nothing (it was
+/// cancelled and dropped).
+type CallEnd = Option<Result<Result<Vec<u8>, TaskError>, String>>;
+
+/// Reports a call's end (storing a large result), forgetting its cancel if it had one.
+fn finish_call(task_id: TaskId, return_id: ObjectId, end: CallEnd) {
+    let ctx = runtime::get();
+    ctx.work.take_interrupted(task_id);
+    let outcome = match end {
+        Some(Ok(Ok(bytes))) => store_result(ctx, return_id, bytes),
+        Some(Ok(Err(e))) => TaskOutcome::Err(e),
+        Some(Err(message)) => TaskOutcome::Err(TaskError::Panicked { message }),
+        None => TaskOutcome::Err(TaskError::Cancelled { task: task_id }),
+    };
+    done(ctx, task_id, outcome);
+}
+
 /// Hosts an actor of class `A` for the rest of this process's life: runs the constructor,
-/// then the calls the node sends, in the order it sends them. Calls run on this thread, on
-/// a single-threaded runtime: a `&mut self` call runs alone; `&self` calls may overlap (up to
-/// the actor's max concurrency) when they are `async` and wait. A panic fails its call only;
+/// then the calls the node sends, starting them in the order it sends them. Calls run on
+/// this thread, on a single-threaded runtime: a `&mut self` call runs alone; `&self` calls
+/// may overlap (up to the actor's max concurrency) when they are `async` and wait. The
+/// blocking methods of a `threaded` actor run on the runtime's blocking pool instead (as many
+/// at once as the max concurrency), so that they overlap too. A panic fails its call only;
 /// the state stays as the call left it.
 pub fn host_actor<A: Actor>(host: HostActor) -> i32 {
     let ctx = runtime::get();
@@ -47,8 +66,13 @@ pub fn host_actor<A: Actor>(host: HostActor) -> i32 {
     let Some(mut rx) = ctx.work.take_queue() else {
         return 0;
     };
+    // A threaded actor's blocking calls run on the runtime's blocking pool, as many at once
+    // as its max concurrency.
+    let limit = host.max_concurrency.max(1) as usize;
+    let threaded = A::THREADED && limit > 1;
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .max_blocking_threads(limit)
         .build()
     {
         Ok(rt) => rt,
@@ -82,7 +106,6 @@ pub fn host_actor<A: Actor>(host: HostActor) -> i32 {
     });
     tracing::debug!("actor constructed");
     let state = Arc::new(tokio::sync::RwLock::new(state));
-    let limit = host.max_concurrency.max(1) as usize;
     let permits = Arc::new(tokio::sync::Semaphore::new(limit));
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
@@ -126,20 +149,34 @@ pub fn host_actor<A: Actor>(host: HostActor) -> i32 {
                 );
                 continue;
             }
+            if threaded && A::__is_blocking(&function) {
+                let Some(call) = A::__blocking(guard, &function, Args::new(args)) else {
+                    unreachable!("a blocking method has a blocking call")
+                };
+                // On a thread of the pool: it runs to its end (a cancel is seen through
+                // `shoal::is_cancelled`), while the next calls start.
+                let run = tokio::task::spawn_blocking(move || {
+                    as_task(task_id, || {
+                        std::panic::catch_unwind(AssertUnwindSafe(call))
+                            .map_err(|p| panic_message(&*p))
+                    })
+                });
+                tokio::task::spawn_local(async move {
+                    let out = run
+                        .await
+                        .unwrap_or_else(|e| Err(format!("the call's thread failed: {e}")));
+                    drop(permit);
+                    finish_call(task_id, return_id, Some(out));
+                });
+                continue;
+            }
             let fut = A::__call(guard, &function, Args::new(args));
             let run = async move {
                 // A cancel drops an `async` call at its next `.await`; a blocking one runs
                 // to its end (it may ask `shoal::is_cancelled`), and its result stands.
                 let out = until_cancelled(ctx, task_id, CatchUnwind(Box::pin(fut))).await;
                 drop(permit);
-                ctx.work.take_interrupted(task_id);
-                let outcome = match out {
-                    Some(Ok(Ok(bytes))) => store_result(ctx, return_id, bytes),
-                    Some(Ok(Err(e))) => TaskOutcome::Err(e),
-                    Some(Err(message)) => TaskOutcome::Err(TaskError::Panicked { message }),
-                    None => TaskOutcome::Err(TaskError::Cancelled { task: task_id }),
-                };
-                done(ctx, task_id, outcome);
+                finish_call(task_id, return_id, out);
             };
             if limit == 1 {
                 run.await;

@@ -53,7 +53,9 @@
 //! - A `&mut self` method runs alone; `&self` methods also run one at a time unless the actor
 //!   has a [max concurrency](ActorOptions::max_concurrency) above one, and then `async` ones
 //!   interleave at their `.await`s (actors with `async` methods default to 1000, as Ray's
-//!   async actors). A method that panics fails its call only; the state stays.
+//!   async actors), and blocking ones overlap on a pool of that many threads if the actor is
+//!   `#[shoal::actor(threaded)]` (Ray's threaded actors; its state must be `Send + Sync`). A
+//!   method that panics fails its call only; the state stays.
 //! - Handles are `Clone` and serializable: pass them to tasks and other actors, which call
 //!   the actor directly.
 //! - [`ActorOptions`]: resources held (`num_cpus`, default 0, as Ray's actors once placed),
@@ -63,6 +65,29 @@
 //!   process dies, the calls it may have begun fail with [`TaskError::ActorDied`] (a call
 //!   runs at most once); the calls behind them, and those made while it is down, wait for its
 //!   restart if it has restarts left and run there, in order, as Ray's do.
+//!
+//! ## Many refs, cancelling
+//!
+//! ```no_run
+//! # #[shoal::remote] fn square(x: u64) -> u64 { x * x }
+//! # #[shoal::remote] async fn slow() -> u64 { 0 }
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let refs: Vec<_> = (0..4).map(|i| square.remote(i)).collect();
+//! let all = shoal::get_all(&refs, None).await?;   // in order; fails fast on a failure
+//! let (ready, pending) = shoal::wait(&refs, 2, None).await?;
+//! let nine = square.remote(3).await?;              // a ref is a future of its value
+//! let r = slow.remote();
+//! shoal::cancel(&r)?;                              // its get fails with TaskError::Cancelled
+//! # let _ = (all, ready, pending, nine); Ok(()) }
+//! ```
+//!
+//! - [`get_all`] returns every value in order and fails as soon as one ref fails (Ray's
+//!   `get` of a list); [`wait`] returns the ready refs and the others; both have blocking
+//!   forms. An [`ObjectRef`] (or `&ObjectRef`) can be `.await`ed.
+//! - [`cancel`] (and [`cancel_with`] for `force` and `recursive`) is Ray's `ray.cancel`: a
+//!   queued task never runs, an `async` one is dropped at its next `.await`, a blocking one's
+//!   result fails at once while it may stop early by checking [`is_cancelled`] (or `force`
+//!   ends its worker), wherever the task is in the mesh. Only its submitter may cancel it.
 //!
 //! ## In short
 //!

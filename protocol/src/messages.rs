@@ -227,6 +227,9 @@ pub struct ActorCreate {
     pub max_concurrency: u32,
     /// Whether it outlives its creator (otherwise it ends when the creator disconnects).
     pub detached: bool,
+    /// Its concurrency groups and the calls each may run at once (as Ray's): a method of a
+    /// group runs beside the calls of the others, up to its group's number.
+    pub concurrency_groups: Vec<(String, u32)>,
 }
 
 impl TaskSpec {
@@ -508,8 +511,10 @@ pub struct HostActor {
     pub class: String,
     /// The constructor's resolved arguments.
     pub args: Vec<ArgValue>,
-    /// Calls that may run at once.
+    /// Calls that may run at once (outside its concurrency groups).
     pub max_concurrency: u32,
+    /// Its concurrency groups, each with the calls it may run at once.
+    pub concurrency_groups: Vec<(String, u32)>,
     /// 0 for the first process, then one more per restart.
     pub incarnation: u32,
 }

@@ -49,6 +49,10 @@ pub trait Actor: Sized + 'static {
         false
     }
     #[doc(hidden)]
+    fn __group(_method: &str) -> Option<&'static str> {
+        None
+    }
+    #[doc(hidden)]
     fn __blocking(_guard: Guard<Self>, _method: &str, _args: Args) -> Option<BlockingCall> {
         None
     }
@@ -127,6 +131,7 @@ pub struct ActorOptions {
     pub(crate) name: Option<String>,
     pub(crate) get_if_exists: bool,
     pub(crate) detached: bool,
+    pub(crate) concurrency_groups: Vec<(String, u32)>,
 }
 
 impl Default for ActorOptions {
@@ -140,6 +145,7 @@ impl Default for ActorOptions {
             name: None,
             get_if_exists: false,
             detached: false,
+            concurrency_groups: Vec::new(),
         }
     }
 }
@@ -203,6 +209,34 @@ impl ActorOptions {
     /// is killed (Ray's `lifetime="detached"`).
     pub fn detached(mut self, yes: bool) -> Self {
         self.detached = yes;
+        self
+    }
+
+    /// A concurrency group, as Ray's: the methods marked `#[concurrency_group("io")]` run
+    /// beside the actor's other calls, at most `max` of them at once, and wait only for each
+    /// other (calls of different groups start in no fixed order). A call of a group the
+    /// options do not give fails with [`TaskError::InvalidOptions`]. For `async` methods, and
+    /// for the blocking methods of a `threaded` actor (others run one at a time anyway).
+    ///
+    /// ```no_run
+    /// pub struct Service;
+    ///
+    /// #[shoal::actor]
+    /// impl Service {
+    ///     pub fn new() -> Self { Service }
+    ///     #[concurrency_group("io")]
+    ///     pub async fn fetch(&self, url: String) -> usize { url.len() }
+    ///     pub async fn compute(&self, x: u64) -> u64 { x * x }
+    /// }
+    ///
+    /// # fn main() -> Result<(), shoal::ActorError> {
+    /// let s = Service::options(shoal::ActorOptions::new().concurrency_group("io", 2)).remote()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn concurrency_group(mut self, name: impl Into<String>, max: u32) -> Self {
+        let name = name.into();
+        self.concurrency_groups.retain(|(n, _)| *n != name);
+        self.concurrency_groups.push((name, max));
         self
     }
 }

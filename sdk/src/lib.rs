@@ -54,8 +54,10 @@
 //!   has a [max concurrency](ActorOptions::max_concurrency) above one, and then `async` ones
 //!   interleave at their `.await`s (actors with `async` methods default to 1000, as Ray's
 //!   async actors), and blocking ones overlap on a pool of that many threads if the actor is
-//!   `#[shoal::actor(threaded)]` (Ray's threaded actors; its state must be `Send + Sync`). A
-//!   method that panics fails its call only; the state stays.
+//!   `#[shoal::actor(threaded)]` (Ray's threaded actors; its state must be `Send + Sync`).
+//!   Methods marked `#[concurrency_group("io")]` run beside the others, up to the group's
+//!   size ([`ActorOptions::concurrency_group`]). A method that panics fails its call only;
+//!   the state stays.
 //! - Handles are `Clone` and serializable: pass them to tasks and other actors, which call
 //!   the actor directly.
 //! - [`ActorOptions`]: resources held (`num_cpus`, default 0, as Ray's actors once placed),

@@ -141,6 +141,7 @@ fn submit_create<A: Actor>(
             .unwrap_or(A::DEFAULT_MAX_CONCURRENCY)
             .max(1),
         detached: options.detached,
+        concurrency_groups: options.concurrency_groups.clone(),
     };
     let ret = submit_spec(
         ctx,

@@ -230,6 +230,43 @@ impl Meeting {
     }
 }
 
+/// Calls of the `io` group wait at a gate that a call outside the group opens.
+#[derive(Default)]
+pub struct Gated {
+    open: tokio::sync::Notify,
+    opened: std::sync::atomic::AtomicBool,
+    inside: AtomicU32,
+    most_inside: AtomicU32,
+}
+
+#[shoal::actor]
+impl Gated {
+    pub fn new() -> Self {
+        Gated::default()
+    }
+
+    /// Waits until the gate is open; returns how many io calls were inside at most.
+    #[concurrency_group("io")]
+    pub async fn through_gate(&self) -> u32 {
+        let now = self.inside.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most_inside.fetch_max(now, Ordering::SeqCst);
+        while !self.opened.load(Ordering::SeqCst) {
+            let woken = self.open.notified();
+            if self.opened.load(Ordering::SeqCst) {
+                break;
+            }
+            woken.await;
+        }
+        self.inside.fetch_sub(1, Ordering::SeqCst);
+        self.most_inside.load(Ordering::SeqCst)
+    }
+
+    pub async fn open_gate(&self) {
+        self.opened.store(true, Ordering::SeqCst);
+        self.open.notify_waiters();
+    }
+}
+
 #[shoal::remote]
 fn slow_value(ms: u64, v: u64) -> u64 {
     std::thread::sleep(Duration::from_millis(ms));
@@ -468,6 +505,40 @@ fn blocking_methods_of_a_threaded_actor_overlap_up_to_max_concurrency() {
         assert_eq!(got, vec![1, 2, 3], "round {round}");
         assert_eq!(m.met().get_blocking(), Ok(3));
         assert_eq!(m.reset().get_blocking(), Ok(3));
+    }
+}
+
+/// Ray's concurrency groups (issue 14 item 4): calls of a group run beside the others, at
+/// most the group's number at once. Here the gate's opener runs while the group's calls,
+/// and the actor's only other slot, wait for it; a group the options do not give is refused.
+#[test]
+fn a_concurrency_group_runs_beside_the_other_calls_up_to_its_size() {
+    shoal::init().unwrap();
+    let g = Gated::options(
+        ActorOptions::new()
+            .max_concurrency(1)
+            .concurrency_group("io", 2),
+    )
+    .remote()
+    .unwrap();
+    let waiting: Vec<_> = (0..3).map(|_| g.through_gate()).collect();
+    // Outside the group: it runs though the group's calls wait.
+    g.open_gate()
+        .get_blocking_timeout(Duration::from_secs(30))
+        .unwrap();
+    for r in waiting {
+        let most = r.get_blocking_timeout(Duration::from_secs(30)).unwrap();
+        assert!(most <= 2, "at most the group's two calls at once: {most}");
+    }
+    let ungrouped = Gated::remote();
+    match ungrouped
+        .through_gate()
+        .get_blocking_timeout(Duration::from_secs(30))
+    {
+        Err(GetError::Task(TaskError::InvalidOptions { reason })) => {
+            assert!(reason.contains("`io`"), "{reason}")
+        }
+        other => panic!("expected InvalidOptions, got {other:?}"),
     }
 }
 

@@ -774,6 +774,7 @@ impl NodeCore {
             return;
         };
         let max_concurrency = create.max_concurrency.max(1);
+        let concurrency_groups = create.concurrency_groups.clone();
         let class = entry.spec.function.clone();
         // The constructor reads them at once; an actor's arguments stay pinned for its life
         // (a restart reads them again).
@@ -807,6 +808,7 @@ impl NodeCore {
                 class,
                 args,
                 max_concurrency,
+                concurrency_groups,
                 incarnation,
             }),
         );
@@ -1693,6 +1695,20 @@ fn invalid_options(spec: &TaskSpec) -> Option<String> {
     match &spec.kind {
         TaskKind::CreateActor(c) if c.name.as_deref() == Some("") => {
             Some("an actor name cannot be empty".into())
+        }
+        TaskKind::CreateActor(c) => {
+            let groups = &c.concurrency_groups;
+            groups.iter().enumerate().find_map(|(i, (name, max))| {
+                if name.is_empty() {
+                    Some("a concurrency group's name cannot be empty".into())
+                } else if *max == 0 {
+                    Some(format!("concurrency group `{name}` runs no call at once"))
+                } else if groups[..i].iter().any(|(n, _)| n == name) {
+                    Some(format!("concurrency group `{name}` is given twice"))
+                } else {
+                    None
+                }
+            })
         }
         _ => None,
     }

@@ -122,6 +122,7 @@ mod tests {
             max_restarts: 0,
             max_concurrency: 1,
             detached: false,
+            concurrency_groups: Vec::new(),
         });
         let out = send(&mut core, now, ToNode::Submit(create.clone()));
         let failed = replies(&out).into_iter().any(|m| {
@@ -129,6 +130,31 @@ mod tests {
                 if id == create.return_id())
         });
         assert!(failed, "{out:?}");
+        // A concurrency group that runs nothing, or given twice.
+        for (seq, groups) in [
+            (4, vec![("io".to_string(), 0)]),
+            (5, vec![("io".to_string(), 1), ("io".to_string(), 2)]),
+            (6, vec![(String::new(), 1)]),
+        ] {
+            let mut create = spec(seq, Vec::new(), 0);
+            create.resources = ResourceSet::new();
+            create.kind = TaskKind::CreateActor(shoal_protocol::ActorCreate {
+                actor_id: shoal_protocol::ActorId([seq as u8; 16]),
+                token: shoal_protocol::ActorToken([seq as u8; 16]),
+                name: None,
+                get_if_exists: false,
+                max_restarts: 0,
+                max_concurrency: 1,
+                detached: false,
+                concurrency_groups: groups,
+            });
+            let out = send(&mut core, now, ToNode::Submit(create.clone()));
+            let failed = replies(&out).into_iter().any(|m| {
+                matches!(m, ToClient::Object { id, value: ObjectValue::Error(TaskError::InvalidOptions { reason }) }
+                    if id == create.return_id() && reason.contains("concurrency group"))
+            });
+            assert!(failed, "{out:?}");
+        }
         // Whole CPUs are fine.
         let mut two = spec(3, Vec::new(), 0);
         two.resources = ResourceSet::cpus(2.0);

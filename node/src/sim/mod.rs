@@ -1914,6 +1914,7 @@ impl Sim {
                 max_restarts: restarts,
                 max_concurrency: 1,
                 detached,
+                concurrency_groups: Vec::new(),
             }),
             nested: Vec::new(),
             wait_for_resources: false,

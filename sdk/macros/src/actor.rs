@@ -52,6 +52,8 @@ struct Method<'a> {
     ret: TokenStream2,
     /// The span of the return type (of the signature if there is none).
     ret_span: Span,
+    /// Its concurrency group (`#[concurrency_group("io")]`), if any.
+    group: Option<String>,
 }
 
 /// The `new` constructor of the impl block.
@@ -288,12 +290,28 @@ fn check_method<'a>(
         ReturnType::Default => (quote!(()), sig.span()),
         ReturnType::Type(_, ty) => (replace_self(ty.to_token_stream(), self_ty), ty.span()),
     };
+    let mut group = None;
+    for attr in func.attrs.iter().filter(|a| is_group(a)) {
+        match attr.parse_args::<syn::LitStr>() {
+            Ok(name) if group.is_none() && !name.value().is_empty() => group = Some(name.value()),
+            Ok(_) if group.is_some() => errors.push(syn::Error::new_spanned(
+                attr,
+                "a method belongs to one concurrency group",
+            )),
+            _ => errors.push(syn::Error::new_spanned(
+                attr,
+                "write `#[concurrency_group(\"name\")]`, with a name that \
+                 `ActorOptions::concurrency_group(name, max)` sizes",
+            )),
+        }
+    }
     Some(Method {
         func,
         access: access?,
         params,
         ret,
         ret_span,
+        group,
     })
 }
 
@@ -395,9 +413,21 @@ fn cfgs(attrs: &[Attribute]) -> Vec<&Attribute> {
     attrs.iter().filter(|a| is_cfg(a)).collect()
 }
 
+/// Whether `attr` is `#[concurrency_group(..)]`, a helper of `#[shoal::actor]` that the
+/// expansion removes.
+fn is_group(attr: &Attribute) -> bool {
+    attr.path().is_ident("concurrency_group")
+}
+
 /// The expansion of a checked impl block; see the crate documentation.
 fn generate(actor: &Actor<'_>) -> TokenStream2 {
-    let item = actor.item;
+    let mut item = actor.item.clone();
+    for f in item.items.iter_mut() {
+        if let ImplItem::Fn(f) = f {
+            f.attrs.retain(|a| !is_group(a));
+        }
+    }
+    let item = &item;
     let self_ty = &item.self_ty;
     let name_str = actor.ident.unraw().to_string();
     let methods_struct = format_ident!("__ShoalActor{}", name_str, span = actor.ident.span());
@@ -632,6 +662,24 @@ fn actor_impl(actor: &Actor<'_>, methods_struct: &Ident, name_str: &str) -> Toke
     } else {
         quote!()
     };
+    let groups = if actor.methods.iter().any(|m| m.group.is_some()) {
+        let arms = actor.methods.iter().filter_map(|m| {
+            let group = m.group.as_ref()?;
+            let cfgs = self::cfgs(&m.func.attrs);
+            let name_str = m.func.sig.ident.unraw().to_string();
+            Some(quote!(#(#cfgs)* #name_str => ::core::option::Option::Some(#group),))
+        });
+        quote! {
+            fn __group(#method: &str) -> ::core::option::Option<&'static str> {
+                match #method {
+                    #(#arms)*
+                    _ => ::core::option::Option::None,
+                }
+            }
+        }
+    } else {
+        quote!()
+    };
 
     quote! {
         #(#cfgs)*
@@ -640,6 +688,7 @@ fn actor_impl(actor: &Actor<'_>, methods_struct: &Ident, name_str: &str) -> Toke
             const DEFAULT_MAX_CONCURRENCY: u32 = #max_concurrency;
             type Methods = #methods_struct;
             #threaded
+            #groups
 
             fn __construct(
                 #construct_args,
@@ -1055,6 +1104,32 @@ mod tests {
             message.contains("takes one argument, `threaded`"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn concurrency_groups_are_read_and_removed() {
+        let item = r#"impl C {
+            fn new() -> Self { C }
+            #[concurrency_group("io")]
+            async fn fetch(&self) -> u8 { 1 }
+            async fn other(&self) -> u8 { 2 }
+        }"#;
+        let out = expand(&quote!(), item.parse().unwrap())
+            .unwrap()
+            .to_string();
+        assert!(!out.contains("# [concurrency_group"), "removed: {out}");
+        let groups = out.split("fn __group").nth(1).expect("__group");
+        let groups = groups.split("fn __construct").next().unwrap();
+        assert!(
+            groups.contains(r#""fetch" => :: core :: option :: Option :: Some ("io")"#),
+            "{groups}"
+        );
+        assert!(!groups.contains(r#""other""#), "{groups}");
+        let message = error(
+            "",
+            r#"impl C { fn new() -> Self { C } #[concurrency_group] async fn f(&self) {} }"#,
+        );
+        assert!(message.contains("concurrency_group(\"name\")"), "{message}");
     }
 
     #[test]

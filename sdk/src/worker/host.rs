@@ -1,6 +1,7 @@
 //! An actor's process: a worker that was asked to host an actor runs its constructor, then
 //! the calls the node sends, for the rest of its life.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
@@ -8,6 +9,7 @@ use std::sync::Arc;
 use std::task::{Context as TaskCx, Poll};
 
 use shoal_protocol::{ExecTask, HostActor, ObjectId, TaskError, TaskId, TaskOutcome, ToNode};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{as_task, done, idle_until_closed, panic_message, store_result, until_cancelled};
 use crate::actor::{Access, Actor, Guard};
@@ -27,6 +29,67 @@ impl<F: Future> Future for CatchUnwind<F> {
             Err(p) => Poll::Ready(Err(panic_message(&*p))),
         }
     }
+}
+
+/// A call the node sent, as the host runs it.
+struct Call {
+    task_id: TaskId,
+    function: String,
+    args: Vec<shoal_protocol::ArgValue>,
+    return_id: ObjectId,
+    /// A blocking method of a `threaded` actor: it runs on the blocking pool.
+    blocking: bool,
+}
+
+/// The state, locked for a method of this access.
+async fn lock<A>(state: Arc<tokio::sync::RwLock<A>>, access: Access) -> Guard<A> {
+    match access {
+        Access::Shared => Guard::Shared(state.read_owned().await),
+        Access::Exclusive => Guard::Exclusive(state.write_owned().await),
+    }
+}
+
+/// Runs a call holding its lock and its permit, and reports its end. A call cancelled before
+/// it began never does; a cancel drops an `async` call at its next `.await`; a blocking one
+/// runs to its end (it may ask `shoal::is_cancelled`), and its result stands.
+async fn run_call<A: Actor>(call: Call, guard: Guard<A>, permit: OwnedSemaphorePermit) {
+    let ctx = runtime::get();
+    let Call {
+        task_id,
+        function,
+        args,
+        return_id,
+        blocking,
+    } = call;
+    if ctx.work.take_interrupted(task_id) {
+        drop((guard, permit));
+        done(
+            ctx,
+            task_id,
+            TaskOutcome::Err(TaskError::Cancelled { task: task_id }),
+        );
+        return;
+    }
+    let end = if blocking {
+        let Some(f) = A::__blocking(guard, &function, Args::new(args)) else {
+            unreachable!("a blocking method has a blocking call")
+        };
+        // On a thread of the pool, while the next calls start.
+        let run = tokio::task::spawn_blocking(move || {
+            as_task(task_id, || {
+                std::panic::catch_unwind(AssertUnwindSafe(f)).map_err(|p| panic_message(&*p))
+            })
+        });
+        Some(
+            run.await
+                .unwrap_or_else(|e| Err(format!("the call's thread failed: {e}"))),
+        )
+    } else {
+        let fut = A::__call(guard, &function, Args::new(args));
+        until_cancelled(ctx, task_id, CatchUnwind(Box::pin(fut))).await
+    };
+    drop(permit);
+    finish_call(task_id, return_id, end);
 }
 
 /// What a call ended with: its value, its error, its panic's message, or nothing (it was
@@ -67,12 +130,23 @@ pub fn host_actor<A: Actor>(host: HostActor) -> i32 {
         return 0;
     };
     // A threaded actor's blocking calls run on the runtime's blocking pool, as many at once
-    // as its max concurrency.
+    // as its max concurrency and its concurrency groups allow.
     let limit = host.max_concurrency.max(1) as usize;
-    let threaded = A::THREADED && limit > 1;
+    let groups: HashMap<String, Arc<Semaphore>> = host
+        .concurrency_groups
+        .iter()
+        .map(|(name, max)| (name.clone(), Arc::new(Semaphore::new(*max as usize))))
+        .collect();
+    let pool = limit
+        + host
+            .concurrency_groups
+            .iter()
+            .map(|(_, max)| *max as usize)
+            .sum::<usize>();
+    let threaded = A::THREADED && pool > 1;
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .max_blocking_threads(limit)
+        .max_blocking_threads(pool)
         .build()
     {
         Ok(rt) => rt,
@@ -130,59 +204,52 @@ pub fn host_actor<A: Actor>(host: HostActor) -> i32 {
                 );
                 continue;
             };
+            let blocking = threaded && A::__is_blocking(&function);
+            let call = Call {
+                task_id,
+                function,
+                args,
+                return_id,
+                blocking,
+            };
+            if let Some(group) = A::__group(&call.function) {
+                let Some(permits) = groups.get(group).cloned() else {
+                    let reason = format!(
+                        "{}::{} is of concurrency group `{group}`, which the actor's options \
+                         do not give (ActorOptions::concurrency_group)",
+                        A::CLASS,
+                        call.function
+                    );
+                    done(
+                        ctx,
+                        task_id,
+                        TaskOutcome::Err(TaskError::InvalidOptions { reason }),
+                    );
+                    continue;
+                };
+                // Beside the other calls: its group's permits and the lock are taken in the
+                // group's order of arrival (both queues are fair).
+                let state = state.clone();
+                tokio::task::spawn_local(async move {
+                    let Ok(permit) = permits.acquire_owned().await else {
+                        return;
+                    };
+                    let guard = lock(state, access).await;
+                    run_call(call, guard, permit).await;
+                });
+                continue;
+            }
             // Permits and locks are taken here, in arrival order, so calls start in the
             // order they were sent.
             let Ok(permit) = permits.clone().acquire_owned().await else {
                 break;
             };
-            let guard = match access {
-                Access::Shared => Guard::Shared(state.clone().read_owned().await),
-                Access::Exclusive => Guard::Exclusive(state.clone().write_owned().await),
-            };
-            if ctx.work.take_interrupted(task_id) {
-                // Cancelled before it began: it never does.
-                drop((guard, permit));
-                done(
-                    ctx,
-                    task_id,
-                    TaskOutcome::Err(TaskError::Cancelled { task: task_id }),
-                );
-                continue;
-            }
-            if threaded && A::__is_blocking(&function) {
-                let Some(call) = A::__blocking(guard, &function, Args::new(args)) else {
-                    unreachable!("a blocking method has a blocking call")
-                };
-                // On a thread of the pool: it runs to its end (a cancel is seen through
-                // `shoal::is_cancelled`), while the next calls start.
-                let run = tokio::task::spawn_blocking(move || {
-                    as_task(task_id, || {
-                        std::panic::catch_unwind(AssertUnwindSafe(call))
-                            .map_err(|p| panic_message(&*p))
-                    })
-                });
-                tokio::task::spawn_local(async move {
-                    let out = run
-                        .await
-                        .unwrap_or_else(|e| Err(format!("the call's thread failed: {e}")));
-                    drop(permit);
-                    finish_call(task_id, return_id, Some(out));
-                });
-                continue;
-            }
-            let fut = A::__call(guard, &function, Args::new(args));
-            let run = async move {
-                // A cancel drops an `async` call at its next `.await`; a blocking one runs
-                // to its end (it may ask `shoal::is_cancelled`), and its result stands.
-                let out = until_cancelled(ctx, task_id, CatchUnwind(Box::pin(fut))).await;
-                drop(permit);
-                finish_call(task_id, return_id, out);
-            };
-            if limit == 1 {
-                run.await;
+            let guard = lock(state.clone(), access).await;
+            if limit == 1 && !blocking {
+                run_call(call, guard, permit).await;
             } else {
                 // Runs alongside the next calls and reports its own outcome.
-                tokio::task::spawn_local(run);
+                tokio::task::spawn_local(run_call(call, guard, permit));
             }
         }
     });

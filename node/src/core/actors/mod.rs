@@ -113,6 +113,18 @@ impl Actor {
         self.queues.values().any(|q| q.contains(&task))
     }
 
+    /// Calls that may run at once at its worker: its max concurrency, and its concurrency
+    /// groups'.
+    fn concurrency(&self) -> usize {
+        let groups: usize = self
+            .spec
+            .concurrency_groups
+            .iter()
+            .map(|(_, n)| *n as usize)
+            .sum();
+        self.spec.max_concurrency.max(1) as usize + groups
+    }
+
     /// Whether it is dead.
     pub fn is_dead(&self) -> bool {
         matches!(self.state, ActorState::Dead(_))
@@ -355,7 +367,7 @@ impl ActorTable {
         let ActorState::Alive { worker, .. } = a.state else {
             return (None, Vec::new());
         };
-        let cap = MAX_INFLIGHT.max(a.spec.max_concurrency as usize);
+        let cap = MAX_INFLIGHT.max(a.concurrency());
         let mut out = Vec::new();
         let mut emptied = Vec::new();
         'callers: for caller in &a.callers {
@@ -406,6 +418,8 @@ impl ActorTable {
     /// calls in flight only the first `max_concurrency` may have begun, and none if the
     /// constructor had not finished: the others go back to the front of their callers'
     /// queues, for the restarted actor (or fail with the queued ones if it does not restart).
+    /// An actor with concurrency groups begins calls of different groups in no fixed order:
+    /// all its calls in flight may have begun.
     pub fn worker_lost(&mut self, actor: ActorId, error: TaskError) -> (Vec<TaskId>, AfterDeath) {
         let Some(a) = self.actors.get_mut(&actor) else {
             return (Vec::new(), AfterDeath::Dead(Vec::new()));
@@ -413,10 +427,13 @@ impl ActorTable {
         let began = match a.state {
             ActorState::Alive { worker, started } => {
                 self.by_worker.remove(&worker);
-                if started {
+                if !started {
+                    0
+                } else if a.spec.concurrency_groups.is_empty() {
                     a.spec.max_concurrency.max(1) as usize
                 } else {
-                    0
+                    // Calls of different groups begin in no fixed order: any may have.
+                    a.inflight.len()
                 }
             }
             _ => a.inflight.len(),

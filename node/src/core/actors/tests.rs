@@ -13,6 +13,7 @@ fn spec(n: u8, name: Option<&str>) -> ActorCreate {
         max_restarts: 0,
         max_concurrency: 1,
         detached: false,
+        concurrency_groups: Vec::new(),
     }
 }
 
@@ -245,4 +246,29 @@ fn calls_in_flight_that_had_not_begun_wait_for_the_restart() {
     let (failed, after) = t.worker_lost(id, died());
     assert_eq!(failed, vec![task(1, 2)]);
     assert_eq!(after, AfterDeath::Dead(vec![task(1, 3), task(1, 4)]));
+}
+
+/// An actor with concurrency groups begins calls of different groups in no fixed order: when
+/// its process dies, every call in flight may have begun, and fails.
+#[test]
+fn with_concurrency_groups_every_call_in_flight_may_have_begun() {
+    let mut t = ActorTable::new();
+    let a = ActorCreate {
+        max_restarts: 1,
+        concurrency_groups: vec![("io".into(), 2)],
+        ..spec(1, None)
+    };
+    let id = a.actor_id;
+    t.register(task(9, 1), "C", &a, ClientId(9)).unwrap();
+    t.hosted(id, 1);
+    t.started(id, 100);
+    for seq in 1..=4 {
+        t.enqueue(id, ClientId(1), task(1, seq)).unwrap();
+    }
+    let (_, out) = t.take_ready(id, |_| true);
+    assert_eq!(out.len(), 4);
+    let (failed, after) = t.worker_lost(id, died());
+    assert_eq!(failed, (1..=4).map(|s| task(1, s)).collect::<Vec<_>>());
+    assert_eq!(after, AfterDeath::Restart);
+    assert!(t.take_requeued(id).is_empty());
 }

@@ -37,7 +37,7 @@ pub async fn wait<T>(
     let all = std::future::poll_fn(|cx| {
         let mut ready = 0;
         for r in refs {
-            if ctx.poll_cell(r.id(), Some(cx.waker())).is_ready() {
+            if ctx.poll_cell(r.id(), Some(cx.waker()), false).is_ready() {
                 ready += 1;
             }
         }
@@ -128,7 +128,7 @@ pub async fn get_all<T: DeserializeOwned>(
     let all = std::future::poll_fn(|cx| {
         let mut pending = false;
         for r in refs {
-            match ctx.poll_cell(r.id(), Some(cx.waker())) {
+            match ctx.poll_cell(r.id(), Some(cx.waker()), true) {
                 std::task::Poll::Ready(Err(e)) => return std::task::Poll::Ready(Err(e)),
                 std::task::Poll::Ready(Ok(_)) => {}
                 std::task::Poll::Pending => pending = true,
@@ -168,7 +168,7 @@ pub fn get_all_blocking<T: DeserializeOwned>(
     let done = ctx.are_done(ids.iter().copied());
     // The first failure among them, in the order given.
     for (id, done) in ids.iter().zip(&done) {
-        if let (true, std::task::Poll::Ready(Err(e))) = (*done, ctx.poll_cell(*id, None)) {
+        if let (true, std::task::Poll::Ready(Err(e))) = (*done, ctx.poll_cell(*id, None, true)) {
             return Err(e);
         }
     }

@@ -47,6 +47,8 @@ struct Cell {
     wakers: Vec<Waker>,
     /// The task that makes it, when this process submitted that task.
     maker: Option<Maker>,
+    /// Its failure was read by a get (or it has none yet): not reported when it is dropped.
+    handled: bool,
 }
 
 /// The task that makes an object, as its submitter knows it (what `cancel` names).
@@ -66,13 +68,45 @@ impl Cell {
             requested,
             wakers: Vec::new(),
             maker: None,
+            handled: false,
         }
     }
 
     fn is_pending(&self) -> bool {
         matches!(self.state, CellState::Pending)
     }
+
+    /// The failure of a task this process submitted that no get read (a cancel is no
+    /// surprise, and is not one).
+    fn unhandled_failure(self) -> Option<TaskError> {
+        match self.state {
+            CellState::Failed(GetError::Task(e))
+                if !self.handled
+                    && self.maker.is_some()
+                    && !matches!(e, TaskError::Cancelled { .. }) =>
+            {
+                Some(e)
+            }
+            _ => None,
+        }
+    }
 }
+
+/// Says on stderr that a task failed and nothing read its result (as Ray's "Unhandled
+/// error" lines), unless `SHOAL_IGNORE_UNHANDLED_ERRORS=1`.
+fn report_unhandled(id: ObjectId, error: &TaskError) {
+    if std::env::var_os(IGNORE_UNHANDLED).is_some_and(|v| v == "1") {
+        return;
+    }
+    tracing::warn!(object = %id, %error, "unhandled error: a task failed and its result was dropped unread");
+    eprintln!(
+        "shoal: unhandled error (a task failed and its result {id} was dropped unread; \
+         set {IGNORE_UNHANDLED}=1 to hide these): {error}"
+    );
+}
+
+/// Set to `1`, failures of tasks whose results are dropped unread are not reported.
+const IGNORE_UNHANDLED: &str = "SHOAL_IGNORE_UNHANDLED_ERRORS";
 
 /// The table of cells, and the condition variable blocking waits sleep on.
 #[derive(Debug, Default)]
@@ -186,21 +220,24 @@ impl Context {
 
     /// Drops a handle; the last one releases this process's hold on the object.
     pub(crate) fn drop_ref(&self, id: ObjectId) {
-        let last = {
+        let (last, unhandled) = {
             let mut cells = self.cells.lock();
             match cells.get_mut(&id) {
                 Some(cell) => {
                     cell.refs -= 1;
                     if cell.refs == 0 {
-                        cells.remove(&id);
-                        true
+                        let cell = cells.remove(&id);
+                        (true, cell.and_then(Cell::unhandled_failure))
                     } else {
-                        false
+                        (false, None)
                     }
                 }
-                None => false,
+                None => (false, None),
             }
         };
+        if let Some(error) = unhandled {
+            report_unhandled(id, &error);
+        }
         // Every process that holds refs is counted at the node (the creator by its put or
         // submit, the others by `Hold`): the last handle here releases this process's hold.
         if last && self.closed().is_none() {
@@ -208,11 +245,13 @@ impl Context {
         }
     }
 
-    /// Ready, failed, or pending (registering `waker`, asking the node if needed).
+    /// Ready, failed, or pending (registering `waker`, asking the node if needed). A get
+    /// (`read`) that finds a failure handles it: it is not reported when dropped.
     pub(crate) fn poll_cell(
         &self,
         id: ObjectId,
         waker: Option<&Waker>,
+        read: bool,
     ) -> Poll<Result<Value, GetError>> {
         let mut cells = self.cells.lock();
         let Some(cell) = cells.get_mut(&id) else {
@@ -220,7 +259,10 @@ impl Context {
         };
         match &cell.state {
             CellState::Ready(v) => Poll::Ready(Ok(v.clone())),
-            CellState::Failed(e) => Poll::Ready(Err(e.clone())),
+            CellState::Failed(e) => {
+                cell.handled |= read;
+                Poll::Ready(Err(e.clone()))
+            }
             CellState::Pending => {
                 if let Some(err) = self.closed() {
                     cell.state = CellState::Failed(err.clone());
@@ -359,7 +401,7 @@ impl Context {
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut blocked = false;
         let result = loop {
-            if let Poll::Ready(r) = self.poll_cell(id, None) {
+            if let Poll::Ready(r) = self.poll_cell(id, None, true) {
                 break r;
             }
             if !blocked {
@@ -417,7 +459,7 @@ pub(crate) struct ReadyFuture<'a> {
 impl Future for ReadyFuture<'_> {
     type Output = Result<Value, GetError>;
     fn poll(mut self: Pin<&mut Self>, cx: &mut TaskCx<'_>) -> Poll<Self::Output> {
-        let r = self.ctx.poll_cell(self.id, Some(cx.waker()));
+        let r = self.ctx.poll_cell(self.id, Some(cx.waker()), true);
         match r {
             Poll::Pending if !self.blocked => {
                 self.blocked = self.ctx.report_blocked();

@@ -31,7 +31,8 @@ fn case_entry() {
     shoal::init().unwrap();
     let r = fails.remote(format!("the {case} case fails"));
     // Done, one way or the other, without reading it.
-    let (ready, _) = shoal::wait_blocking(&[r.clone()], 1, Some(Duration::from_secs(60))).unwrap();
+    let (ready, _) =
+        shoal::wait_blocking(std::slice::from_ref(&r), 1, Some(Duration::from_secs(60))).unwrap();
     assert_eq!(ready.len(), 1);
     match case.as_str() {
         "dropped" | "ignored" => drop(r),
@@ -41,7 +42,8 @@ fn case_entry() {
             let s = spins.remote();
             shoal::cancel(&s).unwrap();
             let (ready, _) =
-                shoal::wait_blocking(&[s.clone()], 1, Some(Duration::from_secs(60))).unwrap();
+                shoal::wait_blocking(std::slice::from_ref(&s), 1, Some(Duration::from_secs(60)))
+                    .unwrap();
             assert_eq!(ready.len(), 1);
         }
         other => panic!("unknown case {other}"),

@@ -8,7 +8,7 @@
 //! be what it waits for; tasks that arrive meanwhile go straight back too. When the wait ends
 //! it says `Unblocked`. In a driver the queue stays empty and the protocol is never used.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use shoal_protocol::{ExecTask, HostActor, TaskId, ToNode, CANCELLED_EXIT};
@@ -44,6 +44,8 @@ pub(crate) struct Work {
     current: Mutex<Option<TaskId>>,
     /// Tasks the node cancelled without ending the process, oldest first.
     interrupted: Mutex<std::collections::VecDeque<TaskId>>,
+    /// How many: read without the lock by every task's checks (nearly always none).
+    interrupts: AtomicUsize,
     /// Woken on each cancel, for the tasks that wait for theirs.
     interrupt: tokio::sync::Notify,
 }
@@ -56,6 +58,7 @@ impl Work {
             waiting: Mutex::new(false),
             current: Mutex::new(None),
             interrupted: Mutex::new(std::collections::VecDeque::new()),
+            interrupts: AtomicUsize::new(0),
             interrupt: tokio::sync::Notify::new(),
         }
     }
@@ -119,6 +122,7 @@ impl Work {
                 list.pop_front();
             }
             list.push_back(task);
+            self.interrupts.store(list.len(), Ordering::Release);
         }
         self.interrupt.notify_waiters();
     }
@@ -129,19 +133,21 @@ impl Work {
 
     /// Whether `task` was cancelled.
     pub(crate) fn is_interrupted(&self, task: TaskId) -> bool {
-        self.lock_interrupted().contains(&task)
+        self.interrupts.load(Ordering::Acquire) > 0 && self.lock_interrupted().contains(&task)
     }
 
     /// Forgets `task`'s cancel (it ended); returns whether there was one.
     pub(crate) fn take_interrupted(&self, task: TaskId) -> bool {
-        let mut list = self.lock_interrupted();
-        match list.iter().position(|t| *t == task) {
-            Some(pos) => {
-                list.remove(pos);
-                true
-            }
-            None => false,
+        if self.interrupts.load(Ordering::Acquire) == 0 {
+            return false;
         }
+        let mut list = self.lock_interrupted();
+        let Some(pos) = list.iter().position(|t| *t == task) else {
+            return false;
+        };
+        list.remove(pos);
+        self.interrupts.store(list.len(), Ordering::Release);
+        true
     }
 
     /// Resolves once `task` is cancelled.

@@ -20,7 +20,6 @@ use shoal_protocol::{ExecTask, ObjectValue, TaskError, TaskId, TaskOutcome, ToNo
 
 use crate::actor::ACTOR_CLASSES;
 use crate::function::{self, Args, RemoteFunction, REMOTE_FUNCTIONS};
-use crate::object_ref::{first, Either};
 use crate::runtime::{self, Context, WorkItem};
 
 static ENTERED: AtomicBool = AtomicBool::new(false);
@@ -84,11 +83,20 @@ pub(crate) async fn until_cancelled<F: Future>(
     f: F,
 ) -> Option<F::Output> {
     let mut f = std::pin::pin!(f);
-    let run = std::future::poll_fn(|cx| as_task(task, || f.as_mut().poll(cx)));
-    match first(run, ctx.work.interrupted(task)).await {
-        Either::Left(v) => Some(v),
-        Either::Right(()) => None,
-    }
+    // Watched for a cancel only once it waits: most calls end in their first poll, and then
+    // cost no allocation and no registration.
+    let mut cancelled: Option<std::pin::Pin<Box<dyn Future<Output = ()> + '_>>> = None;
+    std::future::poll_fn(move |cx| {
+        if let std::task::Poll::Ready(v) = as_task(task, || f.as_mut().poll(cx)) {
+            return std::task::Poll::Ready(Some(v));
+        }
+        cancelled
+            .get_or_insert_with(|| Box::pin(ctx.work.interrupted(task)))
+            .as_mut()
+            .poll(cx)
+            .map(|()| None)
+    })
+    .await
 }
 
 /// Enters worker mode if this process was started as a worker. Runs before `main`, from

@@ -143,7 +143,7 @@ pub use actor::{get_actor, kill, kill_and_restart, Actor, ActorError, ActorHandl
 pub use bytes::{put_bytes, ByteSequence, ByteView, Bytes};
 pub use shoal_macros::{actor, remote};
 pub use shoal_protocol::{
-    ActorId, NodeId, NodeStatus, ObjectId, ObjectInfo, ResourceSet, TaskError,
+    ActorId, NodeId, NodeStatus, ObjectId, ObjectInfo, ResourceSet, TaskError, TaskId,
 };
 
 pub use cancel::{cancel, cancel_with, is_cancelled, CancelOptions};
@@ -235,4 +235,42 @@ pub fn shutdown() {
 /// mesh: inside a task, where it ran. Call after [`init`] (a worker is always initialised).
 pub fn peer_id() -> Option<String> {
     runtime::get().peer_id().map(str::to_string)
+}
+
+/// Where the calling code runs, as Ray's `ray.get_runtime_context()`: the node and its peer
+/// id, this process, and inside a task or an actor call, which.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RuntimeContext {
+    /// The node this process is attached to.
+    pub node_id: NodeId,
+    /// That node's peer id, when it is a peer of a mesh.
+    pub peer_id: Option<String>,
+    /// This process.
+    pub pid: u32,
+    /// The task or actor call running on this thread, in a worker. Its result is
+    /// `ObjectId::for_return(task_id, 0)`.
+    pub task_id: Option<TaskId>,
+    /// The actor this process hosts, in an actor's worker.
+    pub actor_id: Option<ActorId>,
+}
+
+/// The [`RuntimeContext`] of the calling code (attaching to a node first, as [`init`] does).
+///
+/// ```no_run
+/// #[shoal::remote]
+/// fn where_am_i() -> (Option<String>, bool) {
+///     let here = shoal::runtime_context();
+///     (here.peer_id, here.task_id.is_some())
+/// }
+/// ```
+pub fn runtime_context() -> RuntimeContext {
+    let ctx = runtime::get();
+    RuntimeContext {
+        node_id: ctx.node_id(),
+        peer_id: ctx.peer_id().map(str::to_string),
+        pid: std::process::id(),
+        task_id: worker::current_task(),
+        actor_id: worker::host::hosted(),
+    }
 }

@@ -91,3 +91,50 @@ fn an_empty_actor_name_is_refused() {
         .unwrap();
     assert_eq!(named.ping().get_blocking().unwrap(), 7);
 }
+
+#[shoal::remote]
+fn context() -> (
+    Option<shoal::TaskId>,
+    Option<shoal::ActorId>,
+    u32,
+    shoal::NodeId,
+) {
+    let here = shoal::runtime_context();
+    (here.task_id, here.actor_id, here.pid, here.node_id)
+}
+
+pub struct WhoAmI;
+
+#[shoal::actor]
+impl WhoAmI {
+    pub fn new() -> Self {
+        WhoAmI
+    }
+
+    pub fn who(&self) -> (Option<shoal::TaskId>, Option<shoal::ActorId>) {
+        let here = shoal::runtime_context();
+        (here.task_id, here.actor_id)
+    }
+}
+
+/// Ray's `get_runtime_context()`: a task knows its task id (whose result is the ref its
+/// submitter holds), an actor call its actor, and a driver neither.
+#[test]
+fn the_runtime_context_names_the_task_and_the_actor() {
+    let shoal = shoal::init().unwrap();
+    let here = shoal::runtime_context();
+    assert_eq!((here.task_id, here.actor_id), (None, None));
+    assert_eq!(here.node_id, shoal.node_id());
+    let r = context.remote();
+    let (task, actor, pid, node) = r.get_blocking().unwrap();
+    let task = task.expect("a task id in a task");
+    assert_eq!(shoal::ObjectId::for_return(task, 0), r.id());
+    assert_eq!(actor, None);
+    assert_ne!(pid, std::process::id(), "it ran in a worker");
+    assert_eq!(node, shoal.node_id());
+    let a = WhoAmI::remote();
+    let call = a.who();
+    let (task, actor) = call.get_blocking().unwrap();
+    assert_eq!(shoal::ObjectId::for_return(task.unwrap(), 0), call.id());
+    assert_eq!(actor, Some(shoal::ActorHandle::id(&a)));
+}

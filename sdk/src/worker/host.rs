@@ -31,6 +31,14 @@ impl<F: Future> Future for CatchUnwind<F> {
     }
 }
 
+/// The actor this process hosts, once it is one.
+static HOSTED: std::sync::OnceLock<shoal_protocol::ActorId> = std::sync::OnceLock::new();
+
+/// The actor this process hosts, if it is an actor's.
+pub(crate) fn hosted() -> Option<shoal_protocol::ActorId> {
+    HOSTED.get().copied()
+}
+
 /// A call the node sent, as the host runs it.
 struct Call {
     task_id: TaskId,
@@ -119,6 +127,9 @@ fn finish_call(task_id: TaskId, return_id: ObjectId, end: CallEnd) {
 pub fn host_actor<A: Actor>(host: HostActor) -> i32 {
     let ctx = runtime::get();
     let actor = host.actor_id;
+    if HOSTED.set(actor).is_err() {
+        tracing::warn!(actor = %actor, "a second actor for a worker that hosts one");
+    }
     let span = tracing::info_span!(
         "actor",
         actor = %actor,

@@ -103,6 +103,7 @@ fn context() -> (
     (here.task_id, here.actor_id, here.pid, here.node_id)
 }
 
+#[derive(Default)]
 pub struct WhoAmI;
 
 #[shoal::actor]

@@ -192,7 +192,7 @@ mod tests {
         let (a, b) = (spec(1, Vec::new(), 0), spec(2, Vec::new(), 0));
         let out = send(&mut core, now, ToNode::Submit(a.clone()));
         send(&mut core, now, ToNode::Submit(b.clone()));
-        let (_, out) = attach_worker(&mut core, &out, 10);
+        let (_, out) = attach_worker(&mut core, now, &out, 10);
         assert_eq!(executed(&out, 10).len(), 1, "one CPU: the first runs");
         let out = send(&mut core, now, cancel(b.task_id, false, true));
         assert!(cancelled(&replies(&out), b.return_id()), "{out:?}");
@@ -215,7 +215,7 @@ mod tests {
         let mut core = node(now, 1.0, 1 << 20);
         let (a, b) = (spec(1, Vec::new(), 3), spec(2, Vec::new(), 0));
         let out = send(&mut core, now, ToNode::Submit(a.clone()));
-        let (_, _) = attach_worker(&mut core, &out, 10);
+        let (_, _) = attach_worker(&mut core, now, &out, 10);
         send(&mut core, now, ToNode::Submit(b.clone()));
         let out = send(&mut core, now, cancel(a.task_id, false, true));
         assert!(cancelled(&replies(&out), a.return_id()), "{out:?}");
@@ -244,7 +244,7 @@ mod tests {
         let mut core = node(now, 1.0, 1 << 20);
         let a = spec(1, Vec::new(), 3);
         let out = send(&mut core, now, ToNode::Submit(a.clone()));
-        let (worker, _) = attach_worker(&mut core, &out, 10);
+        let (worker, _) = attach_worker(&mut core, now, &out, 10);
         let out = send(&mut core, now, cancel(a.task_id, true, true));
         assert!(cancelled(&replies(&out), a.return_id()), "{out:?}");
         assert_eq!(
@@ -266,7 +266,7 @@ mod tests {
         assert_eq!(core.status(now).tasks_queued, 0);
         // Not run again, though it had retries (a worker started in its place runs nothing).
         if out.iter().any(|o| matches!(o, Output::SpawnWorker { .. })) {
-            let (_, out) = attach_worker(&mut core, &out, 11);
+            let (_, out) = attach_worker(&mut core, now, &out, 11);
             assert!(executed(&out, 11).is_empty(), "{out:?}");
         }
     }
@@ -278,7 +278,7 @@ mod tests {
             let mut core = node(now, 1.0, 1 << 20);
             let parent = spec(1, Vec::new(), 0);
             let out = send(&mut core, now, ToNode::Submit(parent.clone()));
-            attach_worker(&mut core, &out, 10);
+            attach_worker(&mut core, now, &out, 10);
             // The running task submits a child (waiting: the only CPU is the parent's).
             let mut child = spec(1, Vec::new(), 0);
             child.task_id = TaskId::new(ClientId(110), 1);
@@ -303,7 +303,7 @@ mod tests {
         let (a, b) = (spec(1, Vec::new(), 0), spec(2, Vec::new(), 0));
         let out = send(&mut core, now, ToNode::Submit(a.clone()));
         send(&mut core, now, ToNode::Submit(b.clone()));
-        attach_worker(&mut core, &out, 10);
+        attach_worker(&mut core, now, &out, 10);
         // Another program.
         let hello = Hello {
             magic: MAGIC,

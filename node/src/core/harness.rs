@@ -123,9 +123,10 @@ pub(super) fn spec(seq: u64, args: Vec<Arg>, retries: u32) -> TaskSpec {
     }
 }
 
-/// The worker the core asked for, attached as connection `conn`.
+/// The worker the core asked for, attached at `now` as connection `conn`.
 pub(super) fn attach_worker(
     core: &mut NodeCore,
+    now: Instant,
     out: &[Output],
     conn: u64,
 ) -> (WorkerId, Vec<Output>) {
@@ -144,7 +145,7 @@ pub(super) fn attach_worker(
         client: ClientId(100 + conn),
         binary: None,
     };
-    core.handle(Instant::now(), Input::Attached { conn, hello });
+    core.handle(now, Input::Attached { conn, hello });
     (worker, drain(core))
 }
 

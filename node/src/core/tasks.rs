@@ -174,7 +174,7 @@ mod tests {
         let out = send(&mut core, now, ToNode::Submit(first.clone()));
         let second = spec(2, vec![Arg::Ref(ret)], 0);
         send(&mut core, now, ToNode::Submit(second.clone()));
-        let (_, out) = attach_worker(&mut core, &out, 10);
+        let (_, out) = attach_worker(&mut core, now, &out, 10);
         assert_eq!(
             executed(&out, 10),
             vec![(first.task_id, vec![ArgValue::Inline(b"x".to_vec())])],
@@ -287,7 +287,7 @@ mod tests {
         let ret = task.return_id();
         let out = send(&mut core, now, ToNode::Submit(task.clone()));
         let mut conn = 10;
-        let (mut worker, mut out) = attach_worker(&mut core, &out, conn);
+        let (mut worker, mut out) = attach_worker(&mut core, now, &out, conn);
         for run in 0..2 {
             assert_eq!(executed(&out, conn).len(), 1, "run {run}");
             let exit = ExitInfo {
@@ -309,7 +309,7 @@ mod tests {
             if run == 0 {
                 assert!(replies(&out).is_empty(), "one retry left: {out:?}");
                 conn += 1;
-                (worker, out) = attach_worker(&mut core, &out, conn);
+                (worker, out) = attach_worker(&mut core, now, &out, conn);
             }
         }
         assert!(
@@ -345,7 +345,7 @@ mod tests {
             "{out:?}"
         );
         let mut conn = 10;
-        let (mut worker, mut out) = attach_worker(&mut core, &out, conn);
+        let (mut worker, mut out) = attach_worker(&mut core, now, &out, conn);
         for run in 0..2 {
             assert_eq!(executed(&out, conn).len(), 1, "run {run}");
             core.handle(now, Input::Detached { conn });
@@ -359,7 +359,7 @@ mod tests {
             if run == 0 {
                 assert!(replies(&out).is_empty(), "one retry left: {out:?}");
                 conn += 1;
-                (worker, out) = attach_worker(&mut core, &out, conn);
+                (worker, out) = attach_worker(&mut core, now, &out, conn);
             }
         }
         let oom = TaskError::OutOfMemory {

@@ -621,39 +621,11 @@ fn actor_impl(actor: &Actor<'_>, methods_struct: &Ident, name_str: &str) -> Toke
     };
     let call_arms = actor.methods.iter().map(|m| {
         let cfgs = self::cfgs(&m.func.attrs);
-        let name = &m.func.sig.ident;
-        let name_str = name.unraw().to_string();
-        let (bind_guard, borrow) = match m.access {
-            Access::Shared => (quote!(let #guard = #guard;), quote!(#guard.shared())),
-            Access::Exclusive => (quote!(let mut #guard = #guard;), quote!(#guard.exclusive())),
-        };
-        let bind_args = if m.params.is_empty() {
-            quote!()
-        } else {
-            quote!(let mut #args = #args;)
-        };
-        let takes = takes(&m.params, &args);
-        let names = m.params.iter().map(|p| &p.name);
-        let wait = if m.func.sig.asyncness.is_some() {
-            quote!(.await)
-        } else {
-            quote!()
-        };
-        let ret = &m.ret;
-        // Spanned at the return type, so that a missing `Serialize` is reported there.
-        let encode = quote_spanned! {m.ret_span=>
-            ::shoal::__private::encode_result::<#ret>(
-                &<#self_ty>::#name(#borrow #(, #names)*)#wait
-            )
-        };
+        let name_str = m.func.sig.ident.unraw().to_string();
+        let body = method_body(m, self_ty, &args, &guard);
         quote! {
             #(#cfgs)*
-            #name_str => ::std::boxed::Box::pin(async move {
-                #bind_guard
-                #bind_args
-                #takes
-                #encode
-            }),
+            #name_str => ::std::boxed::Box::pin(async move { #body }),
         }
     });
 
@@ -726,47 +698,63 @@ fn actor_impl(actor: &Actor<'_>, methods_struct: &Ident, name_str: &str) -> Toke
     }
 }
 
+/// The body of a call of method `m`: binds the locked state (`guard`) and the arguments
+/// (`args`), calls the method (awaiting it if it is `async`) and encodes its result.
+fn method_body(m: &Method<'_>, self_ty: &syn::Type, args: &Ident, guard: &Ident) -> TokenStream2 {
+    let name = &m.func.sig.ident;
+    let (bind_guard, borrow) = match m.access {
+        Access::Shared => (quote!(let #guard = #guard;), quote!(#guard.shared())),
+        Access::Exclusive => (quote!(let mut #guard = #guard;), quote!(#guard.exclusive())),
+    };
+    let bind_args = if m.params.is_empty() {
+        quote!()
+    } else {
+        quote!(let mut #args = #args;)
+    };
+    let takes = takes(&m.params, args);
+    let names = m.params.iter().map(|p| &p.name);
+    let wait = if m.func.sig.asyncness.is_some() {
+        quote!(.await)
+    } else {
+        quote!()
+    };
+    let ret = &m.ret;
+    // Spanned at the return type, so that a missing `Serialize` is reported there.
+    let encode = quote_spanned! {m.ret_span=>
+        ::shoal::__private::encode_result::<#ret>(
+            &<#self_ty>::#name(#borrow #(, #names)*)#wait
+        )
+    };
+    quote! {
+        #bind_guard
+        #bind_args
+        #takes
+        #encode
+    }
+}
+
 /// The items of a `threaded` actor: `THREADED`, and `__blocking`, which hands a blocking
 /// method's call to the worker as a closure it runs on a thread of the pool. The state is
-/// shared between threads: the type must be `Send + Sync`, which the closure's `Send` bound
-/// checks (spanned at the type, with a note saying why).
+/// shared between threads: the type must be `Send + Sync`, which a bound checks at the type
+/// (the compiler names the field that is not).
 fn threaded_items(actor: &Actor<'_>, args: &Ident, guard: &Ident, method: &Ident) -> TokenStream2 {
     let self_ty = &actor.item.self_ty;
-    let arms = actor
+    let blocking: Vec<&Method<'_>> = actor
         .methods
         .iter()
         .filter(|m| m.func.sig.asyncness.is_none())
-        .map(|m| {
-            let cfgs = self::cfgs(&m.func.attrs);
-            let name = &m.func.sig.ident;
-            let name_str = name.unraw().to_string();
-            let (bind_guard, borrow) = match m.access {
-                Access::Shared => (quote!(let #guard = #guard;), quote!(#guard.shared())),
-                Access::Exclusive => (quote!(let mut #guard = #guard;), quote!(#guard.exclusive())),
-            };
-            let bind_args = if m.params.is_empty() {
-                quote!()
-            } else {
-                quote!(let mut #args = #args;)
-            };
-            let takes = takes(&m.params, args);
-            let names = m.params.iter().map(|p| &p.name);
-            let ret = &m.ret;
-            let encode = quote_spanned! {m.ret_span=>
-                ::shoal::__private::encode_result::<#ret>(
-                    &<#self_ty>::#name(#borrow #(, #names)*)
-                )
-            };
-            quote! {
-                #(#cfgs)*
-                #name_str => ::core::option::Option::Some(::std::boxed::Box::new(move || {
-                    #bind_guard
-                    #bind_args
-                    #takes
-                    #encode
-                })),
-            }
-        });
+        .collect();
+    let arms = blocking.iter().map(|m| {
+        let cfgs = self::cfgs(&m.func.attrs);
+        let name_str = m.func.sig.ident.unraw().to_string();
+        let body = method_body(m, self_ty, args, guard);
+        quote! {
+            #(#cfgs)*
+            #name_str => ::core::option::Option::Some(::std::boxed::Box::new(move || {
+                #body
+            })),
+        }
+    });
     let assert_sync = quote_spanned! {self_ty.span()=>
         const _: () = {
             #[diagnostic::on_unimplemented(
@@ -779,15 +767,11 @@ fn threaded_items(actor: &Actor<'_>, args: &Ident, guard: &Ident, method: &Ident
             const _: fn() = check::<#self_ty>;
         };
     };
-    let blocking_names = actor
-        .methods
-        .iter()
-        .filter(|m| m.func.sig.asyncness.is_none())
-        .map(|m| {
-            let cfgs = self::cfgs(&m.func.attrs);
-            let name_str = m.func.sig.ident.unraw().to_string();
-            quote!(#(#cfgs)* #name_str => true,)
-        });
+    let blocking_names = blocking.iter().map(|m| {
+        let cfgs = self::cfgs(&m.func.attrs);
+        let name_str = m.func.sig.ident.unraw().to_string();
+        quote!(#(#cfgs)* #name_str => true,)
+    });
     quote! {
         const THREADED: bool = true;
 

@@ -138,7 +138,8 @@ impl NodeCore {
         }
     }
 
-    /// Records that the task `worker` runs submitted `child` (for a recursive cancel).
+    /// Records that the task the worker on `conn` runs submitted `child` (for a recursive
+    /// cancel); nothing if `conn` is not a worker's.
     pub(super) fn note_child(&mut self, conn: super::ConnId, child: TaskId) {
         let Some(worker) = self.procs.get(&conn).and_then(|p| p.worker) else {
             return;

@@ -210,9 +210,7 @@ impl NodeCore {
             ToNode::Hello(_) => tracing::warn!(conn, "second Hello ignored"),
             ToNode::Submit(spec) => {
                 self.metrics.tasks_submitted += 1;
-                if self.procs.get(&conn).is_some_and(|p| p.worker.is_some()) {
-                    self.note_child(conn, spec.task_id);
-                }
+                self.note_child(conn, spec.task_id);
                 self.submit(now, party, spec, 0)
             }
             ToNode::Cancel {
@@ -607,7 +605,6 @@ impl NodeCore {
         });
         if let Some(worker) = worker {
             let conn = self.worker_conns.get(&worker).copied();
-
             let pid = self.worker_pid(worker);
             for t in calls {
                 if let Some(e) = self.tasks.get_mut(&t) {

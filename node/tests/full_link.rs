@@ -136,6 +136,7 @@ async fn a_peer_that_stops_reading_fails_its_tasks_instead_of_hanging() {
             kind: TaskKind::Function,
             nested: Vec::new(),
             wait_for_resources: false,
+            retry_exceptions: false,
         };
         pending.insert(spec.return_id());
         client.send(vec![ToNode::Submit(spec)]).await.unwrap();

@@ -822,6 +822,7 @@ fn forged_task_of_epoch(args: Vec<Arg>, kind: TaskKind, actor_epoch: u32) -> Pee
         kind,
         nested: Vec::new(),
         wait_for_resources: false,
+        retry_exceptions: false,
     };
     PeerMsg::Submit(Box::new(shoal_protocol::mesh::RemoteTask {
         spec,

@@ -189,6 +189,9 @@ pub struct TaskSpec {
     /// When no peer of the mesh can meet the demand: wait (for one that can to join)
     /// instead of failing as infeasible.
     pub wait_for_resources: bool,
+    /// A task whose function panicked is tried again too, within `max_retries` (Ray's
+    /// `retry_exceptions`).
+    pub retry_exceptions: bool,
 }
 
 /// What a [`TaskSpec`] asks for.
@@ -230,6 +233,10 @@ pub struct ActorCreate {
     /// Its concurrency groups and the calls each may run at once (as Ray's): a method of a
     /// group runs beside the calls of the others, up to its group's number.
     pub concurrency_groups: Vec<(String, u32)>,
+    /// How many times a call that its process may have begun when it died runs again on the
+    /// restarted actor (`u32::MAX`: always), as Ray's `max_task_retries`: at least once,
+    /// rather than at most once.
+    pub max_task_retries: u32,
 }
 
 impl TaskSpec {
@@ -1040,6 +1047,7 @@ mod tests {
             kind: TaskKind::Function,
             nested: vec![],
             wait_for_resources: false,
+            retry_exceptions: false,
         };
         let msgs = vec![
             ToNode::Submit(spec),

@@ -132,6 +132,7 @@ pub struct ActorOptions {
     pub(crate) get_if_exists: bool,
     pub(crate) detached: bool,
     pub(crate) concurrency_groups: Vec<(String, u32)>,
+    pub(crate) max_task_retries: u32,
 }
 
 impl Default for ActorOptions {
@@ -146,6 +147,7 @@ impl Default for ActorOptions {
             get_if_exists: false,
             detached: false,
             concurrency_groups: Vec::new(),
+            max_task_retries: 0,
         }
     }
 }
@@ -209,6 +211,16 @@ impl ActorOptions {
     /// is killed (Ray's `lifetime="detached"`).
     pub fn detached(mut self, yes: bool) -> Self {
         self.detached = yes;
+        self
+    }
+
+    /// How many times a call runs again when the actor's process dies while it may have
+    /// been running, on the restarted actor (`u32::MAX`: always), as Ray's
+    /// `max_task_retries`. The default, 0, runs a call at most once: such a call fails with
+    /// `ActorDied`. With retries a call runs at least once, so it should be safe to repeat.
+    /// Needs [`ActorOptions::max_restarts`] to matter.
+    pub fn max_task_retries(mut self, n: u32) -> Self {
+        self.max_task_retries = n;
         self
     }
 

@@ -9,6 +9,7 @@ pub struct TaskOptions {
     pub(crate) resources: ResourceSet,
     pub(crate) max_retries: u32,
     pub(crate) wait_for_resources: bool,
+    pub(crate) retry_exceptions: bool,
 }
 
 impl Default for TaskOptions {
@@ -18,6 +19,7 @@ impl Default for TaskOptions {
             resources: ResourceSet::cpus(1.0),
             max_retries: 3,
             wait_for_resources: false,
+            retry_exceptions: false,
         }
     }
 }
@@ -43,9 +45,17 @@ impl TaskOptions {
     }
 
     /// How many times the task is run again if its worker process dies. Panics are not
-    /// retried.
+    /// retried unless [`TaskOptions::retry_exceptions`] says so.
     pub fn max_retries(mut self, n: u32) -> Self {
         self.max_retries = n;
+        self
+    }
+
+    /// Run the task again when its function panics too, within its
+    /// [`max_retries`](TaskOptions::max_retries), as Ray's `retry_exceptions=True` (for a
+    /// flaky dependency, say). The last panic is the `get`'s error.
+    pub fn retry_exceptions(mut self, retry: bool) -> Self {
+        self.retry_exceptions = retry;
         self
     }
 

@@ -142,6 +142,7 @@ fn submit_create<A: Actor>(
             .max(1),
         detached: options.detached,
         concurrency_groups: options.concurrency_groups.clone(),
+        max_task_retries: options.max_task_retries,
     };
     let ret = submit_spec(
         ctx,
@@ -151,6 +152,7 @@ fn submit_create<A: Actor>(
             resources: options.resources.clone(),
             max_retries: 0,
             wait_for_resources: false,
+            retry_exceptions: false,
         },
         TaskKind::CreateActor(create),
         args,
@@ -175,6 +177,7 @@ fn submit_spec<R>(
         resources,
         max_retries,
         wait_for_resources,
+        retry_exceptions,
     } = options;
     let ret = ObjectId::for_return(task_id, 0);
     if ctx.is_shut_down() {
@@ -229,6 +232,7 @@ fn submit_spec<R>(
         kind,
         nested: object_ref::ids_of(&nested),
         wait_for_resources,
+        retry_exceptions,
     }));
     drop(nested);
     drop(keep);

@@ -462,6 +462,35 @@ fn calls_behind_a_call_that_dies_with_its_process_run_after_the_restart() {
     assert_ne!(c.pid().get_blocking().unwrap(), pid);
 }
 
+/// Ray's `max_task_retries`: a call its process may have begun when it died runs again on
+/// the restarted actor (at least once, rather than at most once).
+#[test]
+fn with_max_task_retries_a_call_that_died_with_its_process_runs_again() {
+    shoal::init().unwrap();
+    let c = Counter::options(ActorOptions::new().max_restarts(1).max_task_retries(1))
+        .remote(100)
+        .unwrap();
+    assert_eq!(c.incr(1).get_blocking(), Ok(101));
+    let pid = c.pid().get_blocking().unwrap();
+    let marker = std::env::temp_dir().join(format!(
+        "shoal-actor-test-{}-task-retries.started",
+        std::process::id()
+    ));
+    if marker.exists() {
+        std::fs::remove_file(&marker).unwrap();
+    }
+    let in_flight = c.marked_slow_get(marker.display().to_string(), 1_000);
+    wait_until(Duration::from_secs(30), || marker.exists());
+    sigkill(pid);
+    // Run again on the restarted actor, whose state is the constructor's.
+    assert_eq!(
+        in_flight.get_blocking_timeout(Duration::from_secs(30)),
+        Ok(100)
+    );
+    assert_ne!(c.pid().get_blocking().unwrap(), pid);
+    std::fs::remove_file(&marker).unwrap();
+}
+
 /// Calls sent while the first process runs the constructor, which then crashes (the process
 /// dies; not a panic, which fails the actor for good): none of them began, and all run on the
 /// restarted actor.

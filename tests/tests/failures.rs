@@ -118,3 +118,57 @@ fn killed_idle_workers_are_replaced() {
     }
     assert_ne!(worker_pid.remote().get_blocking().unwrap(), first);
 }
+
+/// Panics until it has run `fail_times` times (counted in the file `counter`), then returns
+/// how many runs it took.
+#[shoal::remote]
+fn flaky(counter: String, fail_times: u32) -> u32 {
+    let path = PathBuf::from(&counter);
+    let runs = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|s| s.parse::<u32>().ok())
+        .unwrap_or(0)
+        + 1;
+    std::fs::write(&path, runs.to_string()).unwrap();
+    if runs <= fail_times {
+        panic!("flaky run {runs}");
+    }
+    runs
+}
+
+/// Ray's `retry_exceptions`: a task whose function panics runs again within its retries
+/// when asked to, and not otherwise; past its retries the last panic is the error.
+#[test]
+fn retry_exceptions_runs_a_panicking_task_again_within_its_retries() {
+    let _turn = serial();
+    let counter = |name: &str| marker(name).display().to_string();
+    let retried = TaskOptions::new().max_retries(3).retry_exceptions(true);
+    let c = counter("flaky-retried");
+    assert_eq!(
+        flaky.options(retried.clone()).remote(c, 2).get_blocking(),
+        Ok(3),
+        "two panics, then a value, on the third run"
+    );
+    let c = counter("flaky-exhausted");
+    match flaky.options(retried).remote(c.clone(), 10).get_blocking() {
+        Err(GetError::Task(TaskError::Panicked { message })) => {
+            assert!(message.contains("flaky run 4"), "{message}")
+        }
+        other => panic!("expected the fourth run's panic, got {other:?}"),
+    }
+    assert_eq!(
+        std::fs::read_to_string(&c).unwrap(),
+        "4",
+        "1 run + 3 retries"
+    );
+    let c = counter("flaky-once");
+    match flaky
+        .options(TaskOptions::new().max_retries(3))
+        .remote(c.clone(), 1)
+        .get_blocking()
+    {
+        Err(GetError::Task(TaskError::Panicked { .. })) => {}
+        other => panic!("panics are not retried by default, got {other:?}"),
+    }
+    assert_eq!(std::fs::read_to_string(&c).unwrap(), "1");
+}

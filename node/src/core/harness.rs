@@ -120,6 +120,7 @@ pub(super) fn spec(seq: u64, args: Vec<Arg>, retries: u32) -> TaskSpec {
         kind: TaskKind::Function,
         nested: Vec::new(),
         wait_for_resources: false,
+        retry_exceptions: false,
     }
 }
 

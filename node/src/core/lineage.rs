@@ -236,6 +236,7 @@ mod tests {
             kind: TaskKind::Function,
             nested: Vec::new(),
             wait_for_resources: false,
+            retry_exceptions: false,
         }
     }
 

@@ -961,6 +961,13 @@ impl NodeCore {
                     .actors
                     .check_token(actor, &token)
                     .and_then(|()| self.actors.enqueue(actor, client, task_id));
+                // The actor's `max_task_retries` are the call's retries.
+                let retries = self.actors.get(&actor).map(|a| a.spec.max_task_retries);
+                if let (Ok(()), Some(retries), Some(e)) =
+                    (&queued, retries, self.tasks.get_mut(&task_id))
+                {
+                    e.retries_left = retries;
+                }
                 if let Err(e) = queued {
                     if let (TaskError::ActorNotAllowed { .. }, Party::Peer(peer)) = (&e, owner) {
                         self.rights.refuse(now, peer, Refused::Call, actor);
@@ -1033,7 +1040,16 @@ impl NodeCore {
             TaskOutcome::Ok(_) => None,
             TaskOutcome::Err(e) => Some(e.to_string()),
         };
-        self.record_end(now, task, error);
+        // A panic of a task that retries them runs it again (`retry_exceptions`).
+        let retry = matches!(outcome, TaskOutcome::Err(TaskError::Panicked { .. }))
+            && self.tasks.get(&task).is_some_and(|e| {
+                e.spec.retry_exceptions
+                    && e.retries_left > 0
+                    && matches!(e.spec.kind, TaskKind::Function)
+            });
+        if !retry {
+            self.record_end(now, task, error);
+        }
         let _entered = span.as_ref().map(|s| s.enter());
         let mut actor = None;
         if let Some(w) = self.worker_of(conn) {
@@ -1047,6 +1063,14 @@ impl NodeCore {
                 }
                 None => self.sched.task_done(now, w, task),
             }
+        }
+        if let (true, Some(e)) = (retry, self.tasks.get_mut(&task)) {
+            e.retries_left -= 1;
+            self.metrics.tasks_retried += 1;
+            tracing::info!(task = %task, retries_left = e.retries_left, "the task panicked; running it again (retry_exceptions)");
+            let (binary, demand) = (e.spec.binary, e.spec.resources.clone());
+            self.sched.submit(now, task, binary, demand);
+            return;
         }
         match outcome {
             TaskOutcome::Ok(ObjectValue::Shared(object))
@@ -1410,9 +1434,22 @@ impl NodeCore {
                 e.sent = false;
             }
         }
+        // Those that may have begun run again if their actor restarts and they have retries
+        // left (`max_task_retries`); the others fail.
+        let mut again = Vec::new();
         for t in inflight {
-            self.fail_task(now, t, error.clone());
+            match self.tasks.get_mut(&t) {
+                Some(e) if after == AfterDeath::Restart && e.retries_left > 0 => {
+                    e.retries_left -= 1;
+                    e.sent = false;
+                    self.metrics.tasks_retried += 1;
+                    tracing::info!(task = %t, retries_left = e.retries_left, "running an actor call again on the restarted actor");
+                    again.push((t, e.spec.owner));
+                }
+                _ => self.fail_task(now, t, error.clone()),
+            }
         }
+        self.actors.requeue_front(actor, &again);
         match after {
             AfterDeath::Restart => {
                 tracing::info!(actor = %actor, pid, "restarting actor");

@@ -836,6 +836,7 @@ mod tests {
             kind: TaskKind::Function,
             nested: vec![],
             wait_for_resources: false,
+            retry_exceptions: false,
         }
     }
 

@@ -123,6 +123,7 @@ mod tests {
             max_concurrency: 1,
             detached: false,
             concurrency_groups: Vec::new(),
+            max_task_retries: 0,
         });
         let out = send(&mut core, now, ToNode::Submit(create.clone()));
         let failed = replies(&out).into_iter().any(|m| {
@@ -147,6 +148,7 @@ mod tests {
                 max_concurrency: 1,
                 detached: false,
                 concurrency_groups: groups,
+                max_task_retries: 0,
             });
             let out = send(&mut core, now, ToNode::Submit(create.clone()));
             let failed = replies(&out).into_iter().any(|m| {

@@ -1816,6 +1816,7 @@ impl Sim {
             kind: TaskKind::Function,
             nested,
             wait_for_resources: false,
+            retry_exceptions: false,
         };
         let ret = spec.return_id();
         self.runs.insert(task, (0, opts.retries));
@@ -1915,9 +1916,11 @@ impl Sim {
                 max_concurrency: 1,
                 detached,
                 concurrency_groups: Vec::new(),
+                max_task_retries: 0,
             }),
             nested: Vec::new(),
             wait_for_resources: false,
+            retry_exceptions: false,
         };
         let ret = spec.return_id();
         self.own(d, ret, None);
@@ -1944,6 +1947,7 @@ impl Sim {
             },
             nested: Vec::new(),
             wait_for_resources: false,
+            retry_exceptions: false,
         };
         let ret = spec.return_id();
         self.calls.insert(ret, task);

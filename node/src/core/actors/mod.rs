@@ -467,6 +467,22 @@ impl ActorTable {
         (inflight, AfterDeath::Dead(queued))
     }
 
+    /// Puts calls back at the front of their callers' queues, in the order given (before
+    /// any queued already): calls that may have begun on a process that died and run again
+    /// (`max_task_retries`).
+    pub fn requeue_front(&mut self, actor: ActorId, calls: &[(TaskId, ClientId)]) {
+        let Some(a) = self.actors.get_mut(&actor) else {
+            return;
+        };
+        for &(t, caller) in calls.iter().rev() {
+            let q = a.queues.entry(caller).or_default();
+            if q.is_empty() && !a.callers.contains(&caller) {
+                a.callers.push(caller);
+            }
+            q.push_front(t);
+        }
+    }
+
     /// The calls [`ActorTable::worker_lost`] put back in their queues (once).
     pub fn take_requeued(&mut self, actor: ActorId) -> Vec<TaskId> {
         self.actors

@@ -14,6 +14,7 @@ fn spec(n: u8, name: Option<&str>) -> ActorCreate {
         max_concurrency: 1,
         detached: false,
         concurrency_groups: Vec::new(),
+        max_task_retries: 0,
     }
 }
 

@@ -66,11 +66,7 @@ pub fn wait_blocking<T>(
     check_wait(refs, num_ready)?;
     let ctx = runtime::get();
     let ids: Vec<ObjectId> = refs.iter().map(|r| r.id()).collect();
-    ctx.wait_many(
-        &ids,
-        num_ready,
-        timeout.map(|t| std::time::Instant::now() + t),
-    );
+    ctx.wait_many(&ids, num_ready, timeout.map(|t| Instant::now() + t));
     Ok(split_ready(ctx, refs, num_ready))
 }
 

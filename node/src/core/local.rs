@@ -574,13 +574,16 @@ impl NodeCore {
     pub(super) fn pump_actor(&mut self, now: Instant, actor: ActorId) {
         let span = self.actor_span(actor);
         let _entered = span.enter();
-        if let Some(ActorState::Alive { worker, .. }) = self.actors.get(&actor).map(|a| &a.state) {
-            if !self.worker_conns.contains_key(worker) {
+        let conn = match self.actors.get(&actor).map(|a| &a.state) {
+            Some(ActorState::Alive { worker, .. }) => match self.worker_conns.get(worker) {
+                Some(conn) => *conn,
                 // Its process is gone (its connection closed) and the node has not seen it
                 // exit yet: the calls wait for what comes next (a restart, or the end).
-                return;
-            }
-        }
+                None => return,
+            },
+            // Not alive: no call goes now.
+            _ => return,
+        };
         let (tasks, objects, store) = (&self.tasks, &self.objects, &self.store);
         // A call whose arguments were spilled stays queued (and its caller's later calls
         // behind it) until they are read back.
@@ -604,7 +607,6 @@ impl NodeCore {
             in_memory
         });
         if let Some(worker) = worker {
-            let conn = self.worker_conns.get(&worker).copied();
             let pid = self.worker_pid(worker);
             for t in calls {
                 if let Some(e) = self.tasks.get_mut(&t) {
@@ -613,10 +615,7 @@ impl NodeCore {
                     e.worker_pid = pid;
                 }
                 match self.exec_for(t) {
-                    Ok(Exec::Ready(exec)) => match conn {
-                        Some(conn) => self.tell_proc(conn, ToClient::Execute(exec)),
-                        None => tracing::warn!(actor = %actor, "actor worker has no connection"),
-                    },
+                    Ok(Exec::Ready(exec)) => self.tell_proc(conn, ToClient::Execute(exec)),
                     Ok(Exec::Pending(_)) => {
                         // Its arguments were in memory a moment ago and nothing ran since.
                         tracing::error!(actor = %actor, task = %t, "an actor call's arguments left memory while it was sent");

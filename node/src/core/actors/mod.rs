@@ -81,6 +81,20 @@ pub struct Actor {
 }
 
 impl Actor {
+    /// `caller`'s queue, the caller listed for the fair scan if it was not.
+    fn queue_of(&mut self, caller: ClientId) -> &mut VecDeque<TaskId> {
+        if !self.callers.contains(&caller) {
+            self.callers.push(caller);
+        }
+        self.queues.entry(caller).or_default()
+    }
+
+    /// Puts calls back at the front of their callers' queues, in the order given.
+    fn push_front(&mut self, calls: &[(TaskId, ClientId)]) {
+        for &(t, caller) in calls.iter().rev() {
+            self.queue_of(caller).push_front(t);
+        }
+    }
     /// Its queued calls, each caller's in the order sent; the queues are left empty.
     fn take_queued(&mut self) -> Vec<TaskId> {
         let mut queued = Vec::new();
@@ -289,11 +303,7 @@ impl ActorTable {
         if let ActorState::Dead(e) = &a.state {
             return Err(e.clone());
         }
-        let q = a.queues.entry(caller).or_default();
-        if q.is_empty() && !a.callers.contains(&caller) {
-            a.callers.push(caller);
-        }
-        q.push_back(task);
+        a.queue_of(caller).push_back(task);
         Ok(())
     }
 
@@ -441,14 +451,8 @@ impl ActorTable {
         let mut inflight: Vec<(TaskId, ClientId)> = a.inflight.drain(..).collect();
         let not_begun = inflight.split_off(began.min(inflight.len()));
         let inflight: Vec<TaskId> = inflight.into_iter().map(|(t, _)| t).collect();
-        for (t, caller) in not_begun.into_iter().rev() {
-            a.requeued.push(t);
-            let q = a.queues.entry(caller).or_default();
-            if q.is_empty() && !a.callers.contains(&caller) {
-                a.callers.push(caller);
-            }
-            q.push_front(t);
-        }
+        a.requeued.extend(not_begun.iter().rev().map(|(t, _)| *t));
+        a.push_front(&not_begun);
         if a.is_dead() {
             let queued = a.take_queued();
             let mut failed = inflight;
@@ -471,15 +475,8 @@ impl ActorTable {
     /// any queued already): calls that may have begun on a process that died and run again
     /// (`max_task_retries`).
     pub fn requeue_front(&mut self, actor: ActorId, calls: &[(TaskId, ClientId)]) {
-        let Some(a) = self.actors.get_mut(&actor) else {
-            return;
-        };
-        for &(t, caller) in calls.iter().rev() {
-            let q = a.queues.entry(caller).or_default();
-            if q.is_empty() && !a.callers.contains(&caller) {
-                a.callers.push(caller);
-            }
-            q.push_front(t);
+        if let Some(a) = self.actors.get_mut(&actor) {
+            a.push_front(calls);
         }
     }
 

@@ -38,6 +38,23 @@ fn greet(x: u64) -> u64 {
     x
 }
 
+#[shoal::remote]
+fn say(word: String) -> usize {
+    println!("said {word}");
+    word.len()
+}
+
+/// Words told apart without digits (lines of one pattern but for digits are held back as
+/// repeats).
+fn words() -> Vec<String> {
+    (0..40u8)
+        .map(|i| {
+            let (a, b) = (b'a' + i / 26, b'a' + i % 26);
+            String::from_utf8(vec![a, b, b'x']).unwrap()
+        })
+        .collect()
+}
+
 pub struct Tally {
     n: u64,
 }
@@ -123,6 +140,9 @@ fn embedded_driver_entry() {
     assert_eq!(scenario, "embedded");
     shoal::init().unwrap();
     assert_eq!(greet.remote(5).get_blocking().unwrap(), 5);
+    let said: Vec<_> = words().into_iter().map(|w| say.remote(w)).collect();
+    assert_eq!(shoal::get_all_blocking(&said, None).unwrap(), vec![3; 40]);
+    // The program ends as soon as it has its results.
     println!("result done");
 }
 
@@ -528,5 +548,15 @@ fn an_embedded_node_prefixes_its_workers_output_and_honours_rust_log() {
             .any(|l| l.starts_with("(greet pid=") && l.ends_with(") hello from an embedded node")),
         "{stdout}"
     );
+    // What a task printed reached the program before its result did.
+    for word in words() {
+        let said = format!(") said {word}");
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with("(say pid=") && l.ends_with(&said)),
+            "{word}: {stdout}"
+        );
+    }
     assert!(stderr.contains("node started"), "{stderr}");
 }

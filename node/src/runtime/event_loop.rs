@@ -26,9 +26,10 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use shoal_protocol::{IdMap, ToClient};
+use shoal_protocol::{IdMap, Role, ToClient, ToNode};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -50,6 +51,10 @@ pub(crate) struct Shell {
     /// Each process's queue, looked up for every message to it (the ids' fast hasher).
     conns: IdMap<ConnId, super::queue::ClientTx>,
     workers: HashMap<WorkerId, WorkerProcess>,
+    /// The outputs of connected workers whose output the node reads, by connection.
+    outputs: IdMap<ConnId, Arc<super::output::Output>>,
+    /// Where those outputs are read into.
+    scratch: Vec<u8>,
     jobs: JoinSet<Option<Input>>,
     /// The store's files; away on the blocking thread while a batch of ops runs there.
     files: Option<StoreFiles>,
@@ -104,6 +109,8 @@ impl Shell {
             socket,
             conns: IdMap::default(),
             workers: HashMap::new(),
+            outputs: IdMap::default(),
+            scratch: Vec::new(),
             jobs: JoinSet::new(),
             store_dir: files.dir().to_path_buf(),
             files: Some(files),
@@ -225,18 +232,40 @@ impl Shell {
         match ev {
             Event::Connected { conn, hello, tx } => {
                 self.conns.insert(conn, tx);
+                if let Role::Worker { worker_id } = hello.role {
+                    if let Some(output) =
+                        self.workers.get(&worker_id).and_then(|w| w.output.clone())
+                    {
+                        self.outputs.insert(conn, output);
+                    }
+                }
                 self.input(Input::Attached { conn, hello });
             }
-            Event::Messages { conn, msgs } => self.input(Input::FromProc { conn, msgs }),
+            Event::Messages { conn, msgs } => {
+                // What a worker printed before it sent a result reaches the program first.
+                let results = msgs
+                    .iter()
+                    .any(|m| matches!(m, ToNode::Done { .. } | ToNode::ActorStarted { .. }));
+                if results {
+                    if let Some(output) = self.outputs.get(&conn) {
+                        let worker = output.worker;
+                        for out in output.drain(&mut self.scratch) {
+                            self.worker_output(worker, out);
+                        }
+                    }
+                }
+                self.input(Input::FromProc { conn, msgs })
+            }
             Event::Disconnected { conn } => {
                 self.conns.remove(&conn);
+                self.outputs.remove(&conn);
                 self.input(Input::Detached { conn });
             }
-            Event::WorkerOutput(out) => self.input(Input::WorkerOutput {
-                worker: out.worker,
-                stream: out.stream,
-                lines: out.lines,
-            }),
+            Event::WorkerOutput(output) => {
+                for out in output.take() {
+                    self.worker_output(output.worker, out);
+                }
+            }
             Event::Status(reply) => self.status_to(StatusTo::Caller(reply)),
             Event::Metrics(reply) => {
                 let now = Instant::now();
@@ -269,6 +298,14 @@ impl Shell {
             #[cfg(feature = "mesh")]
             Event::Served { id } => self.core.object_served(id),
         }
+    }
+
+    fn worker_output(&mut self, worker: WorkerId, out: super::output::Lines) {
+        self.input(Input::WorkerOutput {
+            worker,
+            stream: out.stream,
+            lines: out.lines,
+        });
     }
 
     /// Hands the core an input and carries out what it asks for.

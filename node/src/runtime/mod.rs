@@ -19,6 +19,7 @@ pub mod http;
 #[cfg(feature = "mesh")]
 mod mesh;
 pub mod metrics;
+pub mod output;
 pub mod queue;
 pub mod sandbox;
 pub mod workers;
@@ -55,8 +56,8 @@ pub enum Event {
         /// The connection.
         conn: ConnId,
     },
-    /// A worker wrote lines.
-    WorkerOutput(workers::Lines),
+    /// Lines a worker wrote wait in its output.
+    WorkerOutput(std::sync::Arc<output::Output>),
     /// Status for an in-process caller.
     Status(oneshot::Sender<NodeStatus>),
     /// A scrape of the metrics endpoint.

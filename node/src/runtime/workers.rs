@@ -13,14 +13,15 @@ use std::os::unix::net::UnixStream as StdUnixStream;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
 
 use std::time::Duration;
 
-use shoal_protocol::state::{Stream, MAX_LOG_LINE};
 use shoal_protocol::ExitInfo;
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
+use super::output::Output;
 use super::sandbox::{self, Sandbox, SandboxError};
 use super::Event;
 use crate::core::sched::WorkerId;
@@ -40,6 +41,8 @@ pub struct WorkerProcess {
     /// Its pid.
     pub pid: u32,
     kill: Option<oneshot::Sender<Option<Oom>>>,
+    /// Its stdout and stderr, when the node reads them.
+    pub output: Option<Arc<Output>>,
 }
 
 /// Why the node killed a worker for memory: the limit it hit and what it used, in bytes.
@@ -97,95 +100,14 @@ pub enum SpawnError {
 /// [`crate::api::serve_inherited`]).
 pub type Started<W> = (WorkerProcess, W, Option<StdUnixStream>);
 
-/// Lines a worker wrote on one of its outputs.
-#[derive(Debug)]
-pub struct Lines {
-    /// The worker.
-    pub worker: WorkerId,
-    /// Which output.
-    pub stream: Stream,
-    /// The lines, without their newlines (a line longer than
-    /// [`shoal_protocol::state::MAX_LOG_LINE`] is cut into several).
-    pub lines: Vec<String>,
-}
-
 /// How long a worker's output is still read after it exited (what it wrote last may still
 /// be in the pipe; a process it left behind may hold the pipe open for ever).
 const OUTPUT_GRACE: Duration = Duration::from_millis(200);
 
-/// Reads `pipe` to its end, sending its lines to `events` (waiting when the node is behind:
-/// the worker then waits on its writes, as on a slow terminal).
-async fn read_lines(
-    worker: WorkerId,
-    stream: Stream,
-    mut pipe: impl tokio::io::AsyncRead + Unpin,
-    events: mpsc::Sender<Event>,
-) {
-    use tokio::io::AsyncReadExt;
-    let mut partial: Vec<u8> = Vec::new();
-    let mut chunk = vec![0u8; 16 * 1024];
-    let line = |bytes: &[u8]| {
-        let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
-        String::from_utf8_lossy(bytes).into_owned()
-    };
-    loop {
-        let n = match pipe.read(&mut chunk).await {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) => {
-                tracing::debug!(worker, error = %e, "reading a worker's output failed");
-                break;
-            }
-        };
-        let mut lines = Vec::new();
-        for piece in chunk[..n].split_inclusive(|b| *b == b'\n') {
-            match piece.strip_suffix(b"\n") {
-                Some(end) => {
-                    partial.extend_from_slice(end);
-                    lines.push(line(&partial));
-                    partial.clear();
-                }
-                None => partial.extend_from_slice(piece),
-            }
-            if partial.len() >= MAX_LOG_LINE {
-                lines.push(line(&partial));
-                partial.clear();
-            }
-        }
-        if !lines.is_empty() && !send_lines(&events, worker, stream, lines).await {
-            return;
-        }
-    }
-    if !partial.is_empty() {
-        send_lines(&events, worker, stream, vec![line(&partial)]).await;
-    }
-}
-
-/// Sends lines to the event loop; false once it is gone.
-async fn send_lines(
-    events: &mpsc::Sender<Event>,
-    worker: WorkerId,
-    stream: Stream,
-    lines: Vec<String>,
-) -> bool {
-    let out = Lines {
-        worker,
-        stream,
-        lines,
-    };
-    match events.send(Event::WorkerOutput(out)).await {
-        Ok(()) => true,
-        Err(_) => {
-            tracing::debug!(worker, "the node stopped; a worker's output is not read");
-            false
-        }
-    }
-}
-
 /// Starts worker `id` from `exe`. Without `sandbox`, it runs as the node's user and connects
 /// to `socket`; with it, it runs sandboxed (see [`super::sandbox`]) and talks to the node
 /// over an inherited socket whose other end is returned. With `output`, its stdout and
-/// stderr are read line by line into it; without, they are the node's.
+/// stderr are read line by line into it (see [`Output`]); without, they are the node's.
 pub fn spawn(
     id: WorkerId,
     binary: shoal_protocol::BinaryId,
@@ -249,11 +171,24 @@ pub fn spawn(
         .env(ENV_BINARY, binary.to_hex())
         .stdin(Stdio::null())
         .kill_on_drop(true);
-    if output.is_some() {
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    } else {
-        cmd.stdout(Stdio::inherit()).stderr(Stdio::inherit());
-    }
+    let captured = match output {
+        Some(events) => match Output::new(id) {
+            Ok((captured, [out, err])) => {
+                cmd.stdout(out).stderr(err);
+                Some((captured, events))
+            }
+            Err(e) => {
+                if let Some((workdir, cgroup, _)) = cleanup {
+                    discard(workdir, cgroup);
+                }
+                return Err(e.into());
+            }
+        },
+        None => {
+            cmd.stdout(Stdio::inherit()).stderr(Stdio::inherit());
+            None
+        }
+    };
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
@@ -264,25 +199,18 @@ pub fn spawn(
         }
     };
     drop(held);
+    // Its copies of the pipes' write ends: the reader sees their end once the worker's are
+    // closed.
+    drop(cmd);
     let pid = child.id().unwrap_or(0);
     let (kill_tx, mut kill_rx) = oneshot::channel::<Option<Oom>>();
     let span = tracing::info_span!("worker", worker = id, pid, exe = %exe.display(), sandboxed = cleanup.is_some());
-    let pipes = output.map(|events| (child.stdout.take(), child.stderr.take(), events));
+    let output = captured.as_ref().map(|(o, _)| o.clone());
     let watcher = async move {
         tracing::debug!("worker started");
         let reading = async move {
-            if let Some((out, err, events)) = pipes {
-                let out = async {
-                    if let Some(p) = out {
-                        read_lines(id, Stream::Stdout, p, events.clone()).await;
-                    }
-                };
-                let err = async {
-                    if let Some(p) = err {
-                        read_lines(id, Stream::Stderr, p, events.clone()).await;
-                    }
-                };
-                tokio::join!(out, err);
+            if let Some((output, events)) = captured {
+                output.read(events).await;
             }
         };
         tokio::pin!(reading);
@@ -366,6 +294,7 @@ pub fn spawn(
         WorkerProcess {
             pid,
             kill: Some(kill_tx),
+            output,
         },
         watcher,
         node_end,

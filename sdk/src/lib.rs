@@ -68,7 +68,7 @@
 //!   runs at most once); the calls behind them, and those made while it is down, wait for its
 //!   restart if it has restarts left and run there, in order, as Ray's do.
 //!
-//! ## Many refs, cancelling
+//! ## Many refs, cancelling, pools of actors
 //!
 //! ```no_run
 //! # #[shoal::remote] fn square(x: u64) -> u64 { x * x }
@@ -90,6 +90,8 @@
 //!   queued task never runs, an `async` one is dropped at its next `.await`, a blocking one's
 //!   result fails at once while it may stop early by checking [`is_cancelled`] (or `force`
 //!   ends its worker), wherever the task is in the mesh. Only its submitter may cancel it.
+//! - [`ActorPool`] spreads calls over a fixed set of actors, one call per actor at a time,
+//!   and gives their results in order or as they end (Ray's `ActorPool`).
 //!
 //! ## In short
 //!
@@ -128,6 +130,7 @@ mod function;
 mod many;
 mod object_ref;
 mod options;
+mod pool;
 mod put;
 mod runtime;
 mod shm;
@@ -151,6 +154,7 @@ pub use error::{CancelError, GetError, InitError, PutError, StoreError, WaitErro
 pub use many::{get_all, get_all_blocking, wait, wait_blocking, Split};
 pub use object_ref::ObjectRef;
 pub use options::TaskOptions;
+pub use pool::ActorPool;
 pub use put::put;
 use runtime::Context;
 pub use runtime::InitOptions;

@@ -883,6 +883,9 @@ pub enum ToNode {
         /// Its handles' secret: without it the kill is refused.
         token: ActorToken,
     },
+    /// The actor this worker hosts ends itself for good (`shoal::exit_actor`): its calls in
+    /// flight and queued fail with [`TaskError::ActorKilled`], and it is not restarted.
+    ExitActor,
     /// The creator's last handle to this actor is gone and no copy left it: the actor ends
     /// once the calls already made have finished.
     ActorOutOfScope {

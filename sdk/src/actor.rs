@@ -443,6 +443,37 @@ fn kill_raw(actor: &RawActor, no_restart: bool) {
     });
 }
 
+/// Ends the actor whose method calls it, for good (Ray's `ray.actor.exit_actor`): the
+/// method does not return, its call and every call queued or made later fail with
+/// [`TaskError::ActorKilled`], the actor is not restarted whatever its `max_restarts`, and
+/// its process ends (its node stops it). Other threads of the actor stop with it.
+///
+/// ```no_run
+/// # pub struct Job;
+/// #[shoal::actor]
+/// impl Job {
+///     pub fn new() -> Self { Job }
+///     pub fn finish(&self) {
+///         shoal::exit_actor();
+///     }
+/// }
+/// ```
+///
+/// # Panics
+///
+/// Outside an actor's process (in a program, or in a task).
+pub fn exit_actor() -> ! {
+    assert!(
+        crate::worker::host::hosted().is_some(),
+        "shoal::exit_actor is called outside an actor"
+    );
+    runtime::get().push(ToNode::ExitActor);
+    // The node stops this process; nothing of the actor runs on this thread meanwhile.
+    loop {
+        std::thread::park();
+    }
+}
+
 /// The live actor named `name` on this node, as a handle of class `A`.
 pub fn get_actor<A: Actor>(name: &str) -> Result<ActorHandle<A>, ActorError> {
     let ctx = runtime::get();

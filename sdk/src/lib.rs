@@ -63,7 +63,8 @@
 //! - [`ActorOptions`]: resources held (`num_cpus`, default 0, as Ray's actors once placed),
 //!   `max_restarts` (the constructor re-runs with its original arguments after the process
 //!   dies), `max_concurrency`, `name` and `get_if_exists`, `detached`.
-//! - [`kill`] ends an actor; its later calls fail with [`TaskError::ActorKilled`]. When its
+//! - [`kill`] ends an actor (and [`exit_actor`], called in one of its methods, ends it from
+//!   inside); its later calls fail with [`TaskError::ActorKilled`]. When its
 //!   process dies, the calls it may have begun fail with [`TaskError::ActorDied`] (a call
 //!   runs at most once); the calls behind them, and those made while it is down, wait for its
 //!   restart if it has restarts left and run there, in order, as Ray's do.
@@ -142,7 +143,9 @@ pub mod __private;
 
 use std::sync::Arc;
 
-pub use actor::{get_actor, kill, kill_and_restart, Actor, ActorError, ActorHandle, ActorOptions};
+pub use actor::{
+    exit_actor, get_actor, kill, kill_and_restart, Actor, ActorError, ActorHandle, ActorOptions,
+};
 pub use bytes::{put_bytes, ByteSequence, ByteView, Bytes};
 pub use shoal_macros::{actor, remote};
 pub use shoal_protocol::{

@@ -372,6 +372,70 @@ fn a_panicking_method_fails_only_its_call() {
     assert_eq!(c.incr(1).get_blocking().unwrap(), 8);
 }
 
+/// An actor that ends itself on request.
+#[derive(Default)]
+pub struct Quitter;
+
+#[shoal::actor]
+impl Quitter {
+    pub fn new() -> Self {
+        Quitter
+    }
+
+    pub fn pid(&self) -> u32 {
+        std::process::id()
+    }
+
+    pub fn quit(&self) -> u32 {
+        shoal::exit_actor()
+    }
+}
+
+#[shoal::remote]
+fn quits_outside_an_actor() -> u32 {
+    shoal::exit_actor()
+}
+
+#[test]
+fn exit_actor_ends_the_actor_for_good_and_frees_its_name() {
+    shoal::init().unwrap();
+    let options = ActorOptions::new().name("quitter").max_restarts(3);
+    let q = Quitter::options(options.clone()).remote().unwrap();
+    let pid = q.pid().get_blocking().unwrap();
+    let quit = q.quit();
+    // Made after the quit: it fails too, with no restart.
+    let after = q.pid();
+    for r in [quit, after] {
+        match r.get_blocking_timeout(Duration::from_secs(30)) {
+            Err(GetError::Task(TaskError::ActorKilled { actor, reason })) => {
+                assert_eq!(actor, ActorHandle::id(&q));
+                assert!(reason.contains("exit_actor"), "{reason}");
+            }
+            other => panic!("expected ActorKilled, got {other:?}"),
+        }
+    }
+    wait_until(Duration::from_secs(10), || !alive(pid));
+    // Its name is free again.
+    assert!(matches!(
+        shoal::get_actor::<Quitter>("quitter"),
+        Err(ActorError::NotFound(_))
+    ));
+    let again = Quitter::options(options).remote().unwrap();
+    assert_ne!(again.pid().get_blocking().unwrap(), pid);
+    shoal::kill(&again);
+}
+
+#[test]
+fn exit_actor_outside_an_actor_is_a_panic_of_the_task() {
+    shoal::init().unwrap();
+    match quits_outside_an_actor.remote().get_blocking() {
+        Err(GetError::Task(TaskError::Panicked { message })) => {
+            assert!(message.contains("outside an actor"), "{message}")
+        }
+        other => panic!("expected a panic, got {other:?}"),
+    }
+}
+
 #[test]
 fn kill_fails_later_calls() {
     shoal::init().unwrap();

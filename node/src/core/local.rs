@@ -349,6 +349,7 @@ impl NodeCore {
                 no_restart,
                 token,
             } => self.kill_request(now, party, actor, no_restart, token),
+            ToNode::ExitActor => self.exit_actor(now, conn),
             ToNode::ActorOutOfScope { actor } => {
                 if self.actors.get(&actor).is_none() && self.drain_remote(now, conn, actor) {
                     return;
@@ -474,6 +475,33 @@ impl NodeCore {
             // As if it crashed: it restarts if it has restarts left.
             self.out.push_back(Output::KillWorker { worker });
         }
+    }
+
+    /// The worker on `conn` ends the actor it hosts (`shoal::exit_actor`): for good, as a
+    /// kill without restart. A process that hosts no live actor is refused.
+    fn exit_actor(&mut self, now: Instant, conn: ConnId) {
+        let actor = self
+            .procs
+            .get(&conn)
+            .and_then(|p| p.worker)
+            .and_then(|w| self.actors.by_worker(w))
+            .filter(|a| self.actors.get(a).is_some_and(|a| !a.is_dead()));
+        let Some(actor) = actor else {
+            tracing::warn!(
+                conn,
+                "exit_actor from a process that hosts no live actor; refused"
+            );
+            return;
+        };
+        tracing::info!(actor = %actor, "actor ended itself");
+        self.kill_actor(
+            now,
+            actor,
+            TaskError::ActorKilled {
+                actor,
+                reason: "ended itself with shoal::exit_actor".into(),
+            },
+        );
     }
 
     /// Ends an actor for good: queued and in-flight calls fail with `error`, its worker is

@@ -168,6 +168,83 @@ mod tests {
     }
 
     #[test]
+    fn an_actor_that_exits_itself_fails_its_calls_and_is_not_restarted() {
+        let now = Instant::now();
+        let mut core = node(now, 4.0, 1 << 20);
+        let actor = shoal_protocol::ActorId([9; 16]);
+        let token = shoal_protocol::ActorToken([9; 16]);
+        let mut create = spec(1, Vec::new(), 0);
+        create.resources = ResourceSet::new();
+        create.kind = TaskKind::CreateActor(shoal_protocol::ActorCreate {
+            actor_id: actor,
+            token,
+            name: None,
+            get_if_exists: false,
+            max_restarts: 5,
+            max_concurrency: 1,
+            detached: false,
+            concurrency_groups: Vec::new(),
+            max_task_retries: 0,
+        });
+        let out = send(&mut core, now, ToNode::Submit(create));
+        let (worker, _) = attach_worker(&mut core, now, &out, 10);
+        let started = ToNode::ActorStarted {
+            actor,
+            result: Ok(()),
+        };
+        from(&mut core, now, 10, started);
+        let call = |seq| {
+            let mut c = spec(seq, Vec::new(), 0);
+            c.resources = ResourceSet::new();
+            c.kind = TaskKind::ActorMethod { actor, token };
+            c
+        };
+        let (running, queued) = (call(2), call(3));
+        send(&mut core, now, ToNode::Submit(running.clone()));
+        send(&mut core, now, ToNode::Submit(queued.clone()));
+        // A task's worker cannot end an actor it does not host.
+        let out = send(&mut core, now, ToNode::ExitActor);
+        assert!(out.is_empty(), "{out:?}");
+        let out = from(&mut core, now, 10, ToNode::ExitActor);
+        assert!(
+            out.iter()
+                .any(|o| matches!(o, Output::KillWorker { worker: w } if *w == worker)),
+            "{out:?}"
+        );
+        let killed = |id| {
+            replies(&out).into_iter().any(|m| {
+                matches!(m, ToClient::Object { id: i, value: ObjectValue::Error(TaskError::ActorKilled { reason, .. }) }
+                    if i == id && reason.contains("exit_actor"))
+            })
+        };
+        assert!(killed(running.return_id()), "{out:?}");
+        assert!(killed(queued.return_id()), "{out:?}");
+        // Its process ending is no crash to restart it after.
+        let exit = ExitInfo {
+            code: None,
+            signal: Some(9),
+        };
+        core.handle(
+            now,
+            Input::WorkerExited {
+                worker,
+                end: WorkerEnd::Exited { pid: 110, exit },
+            },
+        );
+        let out = drain(&mut core);
+        assert!(
+            !out.iter().any(|o| matches!(o, Output::SpawnWorker { .. })),
+            "{out:?}"
+        );
+        let later = call(4);
+        let out = send(&mut core, now, ToNode::Submit(later.clone()));
+        assert!(
+            replies(&out).into_iter().any(|m| matches!(m, ToClient::Object { id, value: ObjectValue::Error(TaskError::ActorKilled { .. }) } if id == later.return_id())),
+            "{out:?}"
+        );
+    }
+
+    #[test]
     fn a_task_waits_for_its_argument_then_runs_with_its_value() {
         let now = Instant::now();
         let mut core = node(now, 1.0, 1 << 20);

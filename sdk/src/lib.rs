@@ -92,7 +92,9 @@
 //!   result fails at once while it may stop early by checking [`is_cancelled`] (or `force`
 //!   ends its worker), wherever the task is in the mesh. Only its submitter may cancel it.
 //! - [`ActorPool`] spreads calls over a fixed set of actors, one call per actor at a time,
-//!   and gives their results in order or as they end (Ray's `ActorPool`).
+//!   and gives their results in order or as they end (Ray's `ActorPool`). [`Queue`] is a
+//!   typed first-in first-out queue, held by an actor, that tasks, actors and programs
+//!   share (Ray's `Queue`).
 //!
 //! ## In short
 //!
@@ -120,6 +122,10 @@
 #![deny(missing_docs, unreachable_pub)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+// The macros' expansions name the SDK `::shoal`, as in every program; so does the SDK's own
+// actor (`queue::QueueActor`).
+extern crate self as shoal;
+
 // Layers, bottom up: `runtime` (the connection to the node), `shm` (the store's files),
 // `object_ref` (handles), `put`, `bytes`, `function` and `actor` (what a worker runs),
 // `submit` (calls), `worker` (worker mode). `__private` re-exports what the macros call.
@@ -133,6 +139,7 @@ mod object_ref;
 mod options;
 mod pool;
 mod put;
+mod queue;
 mod runtime;
 mod shm;
 mod submit;
@@ -159,6 +166,7 @@ pub use object_ref::ObjectRef;
 pub use options::TaskOptions;
 pub use pool::ActorPool;
 pub use put::put;
+pub use queue::{Queue, QueueError};
 use runtime::Context;
 pub use runtime::InitOptions;
 pub use submit::IntoArg;

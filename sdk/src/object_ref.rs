@@ -330,12 +330,20 @@ impl<T> std::hash::Hash for ObjectRef<T> {
 impl<T> Serialize for ObjectRef<T> {
     /// A ref travels as its id and owner. Inside a value sent to the node (an argument, a
     /// result, a `put`), the node keeps the object alive as long as that value lives.
+    /// Written by any other serializer (`serde_json`, say), the object is pinned: this
+    /// process holds it until it ends, as Ray pins refs serialized out of band.
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        NESTED.with(|n| {
-            if let Some(refs) = n.borrow_mut().as_mut() {
+        let in_band = NESTED.with(|n| match n.borrow_mut().as_mut() {
+            Some(refs) => {
                 refs.push(self.raw.clone());
+                true
             }
+            None => false,
         });
+        if !in_band {
+            // Written by another serializer: wherever it goes, the object must outlive it.
+            runtime::get().pin(self.raw.id);
+        }
         (self.raw.id, self.raw.owner).serialize(s)
     }
 }

@@ -35,7 +35,9 @@ pub(crate) fn put_value<T: Serialize + ?Sized>(
     if ctx.is_shut_down() {
         return Err(PutError::Shutdown);
     }
-    let len = shoal_protocol::codec::encoded_len(value).map_err(encode_error)?;
+    // Measured with its refs collected (and let go): they are not leaving the process.
+    let (len, _measured) = object_ref::collecting(|| shoal_protocol::codec::encoded_len(value));
+    let len = len.map_err(encode_error)?;
     if len <= ctx.inline_threshold {
         let (bytes, nested) = object_ref::encode_collecting(value).map_err(encode_error)?;
         if is_bare_ref(&bytes, &nested) {

@@ -25,6 +25,32 @@ impl Named {
     }
 }
 
+/// Reads a ref written as JSON, in another process, and gets its value.
+#[shoal::remote]
+fn read_json_ref(json: String) -> Vec<u8> {
+    let r: shoal::ObjectRef<Vec<u8>> = serde_json::from_str(&json).unwrap();
+    r.get_blocking().unwrap()
+}
+
+#[test]
+fn a_ref_written_by_another_serializer_keeps_its_object_while_its_writer_lives() {
+    shoal::init().unwrap();
+    // A value large enough for the store, and a small one.
+    for len in [1 << 20, 16] {
+        let value = vec![3u8; len];
+        let r = shoal::put(&value).unwrap();
+        let json = serde_json::to_string(&r).unwrap();
+        // No handle is left here, only the JSON text: the object is pinned, not freed.
+        drop(r);
+        assert_eq!(
+            read_json_ref.remote(json.clone()).get_blocking(),
+            Ok(value.clone())
+        );
+        let back: shoal::ObjectRef<Vec<u8>> = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.get_blocking(), Ok(value));
+    }
+}
+
 #[test]
 fn wait_refuses_a_ref_given_twice_and_more_than_it_is_given() {
     shoal::init().unwrap();

@@ -49,6 +49,8 @@ struct Cell {
     maker: Option<Maker>,
     /// Its failure was read by a get (or it has none yet): not reported when it is dropped.
     handled: bool,
+    /// A ref to it left through another serializer: this process holds it until it ends.
+    pinned: bool,
 }
 
 /// The task that makes an object, as its submitter knows it (what `cancel` names).
@@ -69,6 +71,7 @@ impl Cell {
             wakers: Vec::new(),
             maker: None,
             handled: false,
+            pinned: false,
         }
     }
 
@@ -216,6 +219,21 @@ impl Context {
         let cell = cells.entry(id).or_insert_with(|| Cell::new(true));
         cell.refs += 1;
         cell.state = CellState::Failed(err);
+    }
+
+    /// A ref to `id` left this process through a serializer other than the SDK's (say,
+    /// written as JSON): nothing tracks where it went, so this process holds the object until
+    /// it ends, as Ray pins refs serialized out of band.
+    pub(crate) fn pin(&self, id: ObjectId) {
+        let mut cells = self.cells.lock();
+        if let Some(cell) = cells.get_mut(&id) {
+            if !cell.pinned {
+                cell.pinned = true;
+                // A handle never dropped: the last drop of the others is not the last.
+                cell.refs += 1;
+                tracing::debug!(object = %id, "a ref left through another serializer; pinned while this process lives");
+            }
+        }
     }
 
     /// Drops a handle; the last one releases this process's hold on the object.

@@ -28,6 +28,13 @@ pub const MAX_PENDING: usize = 8192;
 /// Bytes read at once.
 const CHUNK: usize = 16 * 1024;
 
+/// Bytes a reader reads before it lets other tasks run.
+const READ_TURN: usize = 4 * CHUNK;
+
+/// Bytes a drain reads at most: what a pipe can hold (Linux's largest pipe by default), so
+/// everything written before the result, which the reader has not read yet, is in it.
+const DRAIN: usize = 1 << 20;
+
 /// Lines a worker wrote on one of its outputs.
 #[derive(Debug)]
 pub struct Lines {
@@ -124,13 +131,18 @@ impl Pipe {
     }
 
     /// Reads what the pipe holds into `state`, with `read` (which answers `WouldBlock` once
-    /// the pipe is empty).
+    /// the pipe is empty), `budget` bytes at most (a worker that writes on and on does not
+    /// keep its reader here).
     fn read_into(
         state: &mut PipeState,
         chunk: &mut [u8],
+        mut budget: usize,
         mut read: impl FnMut(&mut [u8]) -> std::io::Result<usize>,
     ) -> PipeEnd {
         loop {
+            if budget == 0 {
+                return PipeEnd::Open;
+            }
             match read(chunk) {
                 Ok(0) => {
                     if !state.partial.is_empty() {
@@ -138,7 +150,10 @@ impl Pipe {
                     }
                     return PipeEnd::Closed;
                 }
-                Ok(n) => state.take_bytes(&chunk[..n]),
+                Ok(n) => {
+                    state.take_bytes(&chunk[..n]);
+                    budget = budget.saturating_sub(n);
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return PipeEnd::Open,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => {
@@ -183,7 +198,9 @@ impl Output {
             }
             let (read, tell) = {
                 let mut state = pipe.state();
-                let read = Pipe::read_into(&mut state, &mut chunk, |buf| pipe.rx.try_read(buf));
+                let read = Pipe::read_into(&mut state, &mut chunk, READ_TURN, |buf| {
+                    pipe.rx.try_read(buf)
+                });
                 let tell = !state.ready.is_empty() && !state.told;
                 state.told |= tell;
                 (read, tell)
@@ -241,7 +258,7 @@ impl Output {
         for p in &self.pipes {
             let mut state = p.state();
             // An end or a failure is the reader's to see too.
-            Pipe::read_into(&mut state, scratch, |buf| (&p.raw).read(buf));
+            Pipe::read_into(&mut state, scratch, DRAIN, |buf| (&p.raw).read(buf));
         }
         self.take()
     }

@@ -187,19 +187,28 @@ impl<A: Actor, R> ActorPool<A, R> {
         }
     }
 
+    /// The ref of the call `next_ended` names if it has ended, else the running calls to
+    /// wait for; `None` if no call is left.
+    fn step(&mut self, ordered: bool) -> Option<Result<ObjectRef<R>, Vec<ObjectId>>> {
+        match self.next_ended(ordered)? {
+            Some(seq) => Some(Ok(self.take(seq))),
+            None => {
+                let running = self.running();
+                assert!(
+                    !running.is_empty(),
+                    "an ActorPool with no actors cannot run the calls submitted to it"
+                );
+                Some(Err(running))
+            }
+        }
+    }
+
     /// Blocks until the call `next_ended` names has ended; its ref.
     fn next_blocking(&mut self, ordered: bool) -> Option<ObjectRef<R>> {
         loop {
-            match self.next_ended(ordered)? {
-                Some(seq) => return Some(self.take(seq)),
-                None => {
-                    let running = self.running();
-                    assert!(
-                        !running.is_empty(),
-                        "an ActorPool with no actors cannot run the calls submitted to it"
-                    );
-                    runtime::get().wait_many(&running, 1, None);
-                }
+            match self.step(ordered)? {
+                Ok(r) => return Some(r),
+                Err(running) => runtime::get().wait_many(&running, 1, None),
             }
         }
     }
@@ -208,29 +217,23 @@ impl<A: Actor, R> ActorPool<A, R> {
     /// executor.
     async fn next_async(&mut self, ordered: bool) -> Option<ObjectRef<R>> {
         loop {
-            match self.next_ended(ordered)? {
-                Some(seq) => return Some(self.take(seq)),
-                None => {
-                    let running = self.running();
-                    assert!(
-                        !running.is_empty(),
-                        "an ActorPool with no actors cannot run the calls submitted to it"
-                    );
-                    let ctx = runtime::get();
-                    std::future::poll_fn(|cx| {
-                        let mut any = false;
-                        for id in &running {
-                            any |= ctx.poll_cell(*id, Some(cx.waker()), false).is_ready();
-                        }
-                        if any {
-                            Poll::Ready(())
-                        } else {
-                            Poll::Pending
-                        }
-                    })
-                    .await;
+            let running = match self.step(ordered)? {
+                Ok(r) => return Some(r),
+                Err(running) => running,
+            };
+            let ctx = runtime::get();
+            std::future::poll_fn(|cx| {
+                let mut any = false;
+                for id in &running {
+                    any |= ctx.poll_cell(*id, Some(cx.waker()), false).is_ready();
                 }
-            }
+                if any {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
+            })
+            .await;
         }
     }
 }

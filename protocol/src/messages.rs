@@ -886,12 +886,6 @@ pub enum ToNode {
     /// The actor this worker hosts ends itself for good (`shoal::exit_actor`): its calls in
     /// flight and queued fail with [`TaskError::ActorKilled`], and it is not restarted.
     ExitActor,
-    /// The creator's last handle to this actor is gone and no copy left it: the actor ends
-    /// once the calls already made have finished.
-    ActorOutOfScope {
-        /// The actor.
-        actor: ActorId,
-    },
     /// Find a live actor by name. Answered by [`ToClient::ActorFound`].
     LookupActor {
         /// Request number.
@@ -983,6 +977,12 @@ pub enum ToClient {
         request: u64,
         /// The actor, if a live one has the name.
         actor: Option<ActorInfo>,
+        /// The actor's handle object (the return object of its creation), when the node
+        /// made the asker one more holder of it: the handle the asker builds is counted with
+        /// the others and releases that hold when its last copy is dropped. `None`: the
+        /// handle is not counted, and the actor no longer ends when its counted handles are
+        /// all dropped.
+        held: Option<ObjectId>,
     },
     /// Lines its tasks and actors wrote, wherever they ran (drivers only).
     Log {

@@ -14,7 +14,6 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::ops::Deref;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -22,7 +21,9 @@ use shoal_protocol::{ActorId, ActorToken, ResourceSet, TaskError, ToNode};
 
 use crate::error::GetError;
 use crate::function::Args;
+use crate::object_ref::RawRef;
 use crate::runtime;
+use crate::ObjectRef;
 
 /// A type made into an actor by `#[shoal::actor]`. Implemented by the macro; the hidden
 /// items are how a worker builds and calls it.
@@ -195,6 +196,8 @@ impl ActorOptions {
     }
 
     /// A name unique on the node, by which [`get_actor`] finds the actor from any program.
+    /// As in Ray, a named actor that is not [detached](Self::detached) still ends when its
+    /// last handle is dropped, and its name is then free.
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
         self
@@ -278,28 +281,17 @@ pub enum ActorError {
     Create(GetError),
 }
 
-/// The identity of an actor handle in this process. The creator's handles share one, so the
-/// creator knows when its last handle is gone.
+/// An actor handle in this process; its clones share one.
 #[derive(Debug)]
 struct Inner {
     id: ActorId,
     /// The secret of its handles: the actor's node takes calls and kills only with it.
     token: ActorToken,
-    /// Whether this process created the actor (and so ends it when its handles are gone).
-    owned: bool,
-    /// Whether a copy of a handle left this process, or it has a name others can find it by:
-    /// then this process alone cannot know it is unreachable, and leaves it alive.
-    escaped: AtomicBool,
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        if self.owned && !self.escaped.load(Ordering::Relaxed) {
-            if let Some(ctx) = runtime::try_get() {
-                ctx.push(ToNode::ActorOutOfScope { actor: self.id });
-            }
-        }
-    }
+    /// The actor's handle object (the return object of its creation), which every counted
+    /// handle holds, in every process it was passed to: when the last is dropped, the actor
+    /// ends (as Ray counts actor handles). `None`: a handle that is not counted (found by
+    /// name at another peer, or by a get-or-create).
+    handle: Option<ObjectRef<(ActorId, ActorToken)>>,
 }
 
 /// An untyped actor handle (what the generated methods hold).
@@ -309,14 +301,13 @@ pub struct RawActor {
 }
 
 impl RawActor {
-    pub(crate) fn new(id: ActorId, token: ActorToken, owned: bool, escaped: bool) -> Self {
+    pub(crate) fn new(
+        id: ActorId,
+        token: ActorToken,
+        handle: Option<ObjectRef<(ActorId, ActorToken)>>,
+    ) -> Self {
         Self {
-            inner: Arc::new(Inner {
-                id,
-                token,
-                owned,
-                escaped: AtomicBool::new(escaped),
-            }),
+            inner: Arc::new(Inner { id, token, handle }),
         }
     }
 
@@ -333,16 +324,17 @@ impl RawActor {
 
 impl Serialize for RawActor {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.inner.escaped.store(true, Ordering::Relaxed);
-        // A handle is the actor's id and the secret its node checks calls and kills with.
-        (self.inner.id, self.inner.token).serialize(s)
+        // A handle is the actor's id, the secret its node checks calls and kills with, and
+        // the ref to its handle object: a ref like any other, so the value that carries the
+        // handle holds the actor while it lives, and so does the process that reads it.
+        (self.inner.id, self.inner.token, &self.inner.handle).serialize(s)
     }
 }
 
 impl<'de> Deserialize<'de> for RawActor {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let (id, token) = <(ActorId, ActorToken)>::deserialize(d)?;
-        Ok(Self::new(id, token, false, true))
+        let (id, token, handle) = Deserialize::deserialize(d)?;
+        Ok(Self::new(id, token, handle))
     }
 }
 
@@ -355,10 +347,13 @@ impl<'de> Deserialize<'de> for RawActor {
 /// let n: shoal::ObjectRef<i64> = counter.incr(1);
 /// ```
 ///
-/// The actor ends when it is [`kill`]ed, when its creator exits, or when the creator's last
-/// handle is dropped and no copy of it ever left the creating process (calls already made
-/// still finish). Named and [detached](ActorOptions::detached) actors live until killed (a
-/// named one also ends with its creator, unless detached).
+/// The actor ends when it is [`kill`]ed, when its creator exits, or when its last handle is
+/// dropped, as Ray counts actor handles: copies passed to tasks and actors, returned in
+/// results, put, or found by name on the node that holds its creator count too, in every
+/// process, and the calls already made still finish. A [detached](ActorOptions::detached)
+/// actor lives until killed. A handle that cannot be counted keeps the actor until it is
+/// killed or its creator exits: one passed to another peer, found by name through another
+/// peer, or got by a get-or-create that found it.
 pub struct ActorHandle<A: Actor> {
     methods: A::Methods,
     _a: PhantomData<fn() -> A>,
@@ -477,7 +472,16 @@ pub fn exit_actor() -> ! {
 /// The live actor named `name` on this node, as a handle of class `A`.
 pub fn get_actor<A: Actor>(name: &str) -> Result<ActorHandle<A>, ActorError> {
     let ctx = runtime::get();
-    let info = ctx.lookup_actor(name).map_err(ActorError::Create)?;
+    let (info, held) = ctx.lookup_actor(name).map_err(ActorError::Create)?;
+    // The node made this process one more holder of the handle object: counted from here.
+    let owner = info.as_ref().map_or(ctx.client, |i| i.owner);
+    let handle = held.map(|id| {
+        if !ctx.add_ref(id, None) {
+            // This process held it already: its one hold stands for all its handles.
+            ctx.push(ToNode::Release { ids: vec![id] });
+        }
+        ObjectRef::<(ActorId, ActorToken)>::from_raw(RawRef::counted(id, owner))
+    });
     let Some(info) = info else {
         return Err(ActorError::NotFound(name.to_string()));
     };
@@ -491,7 +495,6 @@ pub fn get_actor<A: Actor>(name: &str) -> Result<ActorHandle<A>, ActorError> {
     Ok(ActorHandle::from_raw(RawActor::new(
         info.actor_id,
         info.token,
-        false,
-        true,
+        handle,
     )))
 }

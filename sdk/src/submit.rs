@@ -113,7 +113,8 @@ pub fn create_actor_with<A: Actor>(
     match ret.get_blocking() {
         Ok((id, _)) if id == ActorHandle::id(&handle) => Ok(handle),
         // Get-or-create found another: a handle to it, not owned by us.
-        Ok((id, token)) => Ok(ActorHandle::from_raw(RawActor::new(id, token, false, true))),
+        // (The node counts it as a handle that is not counted: that actor is kept.)
+        Ok((id, token)) => Ok(ActorHandle::from_raw(RawActor::new(id, token, None))),
         Err(GetError::Task(TaskError::ActorNameTaken { .. })) => {
             Err(ActorError::NameTaken(name.clone()))
         }
@@ -157,10 +158,12 @@ fn submit_create<A: Actor>(
         TaskKind::CreateActor(create),
         args,
     );
-    // A named or detached actor may be reached by others: dropping our handles does not end it.
-    let escaped = options.name.is_some() || options.detached;
+    // The handle holds the creation's return object: the actor lives while it (or a copy of
+    // it, in any process) does. A detached one lives until killed.
+    ctx.set_handled(ret.id());
+    let handle = (!options.detached).then(|| ret.clone());
     (
-        ActorHandle::from_raw(RawActor::new(actor_id, token, true, escaped)),
+        ActorHandle::from_raw(RawActor::new(actor_id, token, handle)),
         ret,
     )
 }

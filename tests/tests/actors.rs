@@ -719,6 +719,59 @@ fn dropping_the_last_handle_ends_the_actor_after_its_calls() {
 }
 
 #[test]
+fn a_handle_passed_to_a_task_counts_and_the_last_drop_ends_the_actor() {
+    shoal::init().unwrap();
+    let c = Counter::remote(0);
+    let pid = c.pid().get_blocking().unwrap();
+    assert_eq!(bump.remote(c.clone(), 5).get_blocking().unwrap(), 5);
+    // The task's copy is gone with the task; this is the last handle.
+    drop(c);
+    wait_until(Duration::from_secs(10), || !alive(pid));
+}
+
+#[test]
+fn an_actor_kept_by_another_actor_holds_its_cpus_until_that_one_goes() {
+    let shoal = shoal::init().unwrap();
+    let cpus = shoal.status().unwrap().resources_total.get_milli("CPU") as f64 / 1000.0;
+    let all = || ActorOptions::new().num_cpus(cpus);
+    let big = Counter::options(all()).remote(0).unwrap();
+    let relay = Relay::remote(big.clone());
+    drop(big);
+    // The relay's copy keeps it (and its CPUs).
+    assert_eq!(relay.forward(1).get_blocking().unwrap(), 1);
+    // With the relay gone, no handle is left: it ends, and an actor needing its CPUs is
+    // placed.
+    shoal::kill(&relay);
+    let next = Counter::options(all()).remote(7).unwrap();
+    assert_eq!(
+        next.get()
+            .get_blocking_timeout(Duration::from_secs(60))
+            .unwrap(),
+        7
+    );
+}
+
+#[test]
+fn a_named_actor_ends_with_its_last_handle_and_frees_its_name() {
+    shoal::init().unwrap();
+    let name = format!("last-handle-{}", std::process::id());
+    let c = Counter::options(ActorOptions::new().name(&name))
+        .remote(1)
+        .unwrap();
+    let pid = c.pid().get_blocking().unwrap();
+    let found = shoal::get_actor::<Counter>(&name).unwrap();
+    // A handle found by name counts too.
+    drop(c);
+    assert_eq!(found.incr(1).get_blocking().unwrap(), 2);
+    drop(found);
+    wait_until(Duration::from_secs(10), || !alive(pid));
+    let again = Counter::options(ActorOptions::new().name(&name))
+        .remote(5)
+        .unwrap();
+    assert_eq!(again.get().get_blocking().unwrap(), 5);
+}
+
+#[test]
 fn named_actors_from_a_second_program() {
     let shoal = shoal::init().unwrap();
     let name = format!("counter-{}", std::process::id());

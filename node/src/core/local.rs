@@ -350,24 +350,26 @@ impl NodeCore {
                 token,
             } => self.kill_request(now, party, actor, no_restart, token),
             ToNode::ExitActor => self.exit_actor(now, conn),
-            ToNode::ActorOutOfScope { actor } => {
-                if self.actors.get(&actor).is_none() && self.drain_remote(now, conn, actor) {
-                    return;
-                }
-                let owner = self.procs.get(&conn).map(|c| c.client);
-                let owned = self.actors.get(&actor).map(|a| a.owner);
-                if owner.is_none() || owner != owned {
-                    tracing::warn!(conn, actor = %actor, "ActorOutOfScope from a process that does not own the actor; ignored");
-                } else if self.actors.out_of_scope(actor) {
-                    self.end_out_of_scope(now, actor);
-                }
-            }
             ToNode::LookupActor { request, name } => {
                 let actor = self.actors.lookup(&name);
-                if actor.is_none() && self.lookup_remote(conn, request, &name) {
-                    return;
-                }
-                self.tell_proc(conn, ToClient::ActorFound { request, actor });
+                let Some(info) = actor else {
+                    if self.lookup_remote(conn, request, &name) {
+                        return;
+                    }
+                    let msg = ToClient::ActorFound {
+                        request,
+                        actor: None,
+                        held: None,
+                    };
+                    return self.tell_proc(conn, msg);
+                };
+                let held = self.hold_handle(party, info.actor_id);
+                let msg = ToClient::ActorFound {
+                    request,
+                    actor: Some(info),
+                    held,
+                };
+                self.tell_proc(conn, msg);
             }
         }
     }
@@ -583,6 +585,34 @@ impl NodeCore {
             self.out.push_back(Output::Dht(super::DhtOp::RemoveRecord(
                 shoal_protocol::mesh::name_key(&name),
             )));
+        }
+    }
+
+    /// Makes `party` one more holder of `actor`'s handle object, for a handle it found by
+    /// name, and returns the object; when the object is not at this node (its creator is
+    /// elsewhere, or it is detached), the handle cannot be counted: the actor then lives
+    /// until it is killed or its creator ends.
+    pub(super) fn hold_handle(&mut self, party: Party, actor: ActorId) -> Option<ObjectId> {
+        let held = self.actors.get(&actor).and_then(|a| {
+            let id = ObjectId::for_return(a.create_task, 0);
+            (self.handles.get(&id) == Some(&actor)).then_some(id)
+        });
+        match held {
+            Some(id) => self.objects.hold(party, &[id]),
+            None => self.actors.escape(actor),
+        }
+        held
+    }
+
+    /// Every counted handle of `actor` is gone (its handle object was freed): it ends once
+    /// the calls already made are done, here or at the peer it was placed on.
+    pub(super) fn handles_gone(&mut self, now: Instant, actor: ActorId) {
+        if self.actors.get(&actor).is_some() {
+            if self.actors.out_of_scope(actor) {
+                self.end_out_of_scope(now, actor);
+            }
+        } else {
+            self.drain_remote(now, actor);
         }
     }
 
@@ -959,10 +989,17 @@ impl NodeCore {
                 match self.actors.register(task_id, &class, &create, client) {
                     Ok(Registered::New) => {
                         tracing::debug!(actor = %create.actor_id, class, name = ?create.name, "actor registered");
+                        if let (Party::Proc(_), false) = (owner, create.detached) {
+                            // Its creator holds this from now on, and so does every copy of
+                            // its handle, wherever it goes.
+                            self.handles.insert(ret, create.actor_id);
+                        }
                         self.actor_id_ready(now, ret, create.actor_id);
                         self.announce_actor(create.actor_id);
                     }
                     Ok(Registered::Existing(existing)) => {
+                        // The creator gets a handle to it that is not counted.
+                        self.actors.escape(existing);
                         self.finish_task(now, task_id);
                         self.actor_id_ready(now, ret, existing);
                         return;
@@ -1323,6 +1360,14 @@ impl NodeCore {
         self.objects.collect_into(id, &mut freed);
         for (id, e) in freed.drain(..) {
             self.lineage.object_freed(id);
+            if let Some(actor) = self.handles.remove(&id) {
+                if e.readers.is_empty() {
+                    self.unreferenced.push(actor);
+                } else {
+                    // A peer was given a handle: its holds are not counted here.
+                    tracing::debug!(actor = %actor, "a handle went to a peer: the actor lives until killed or its creator ends");
+                }
+            }
             if let Some(r) = &e.remote {
                 for p in &r.release_to {
                     self.tell_peer(*p, shoal_protocol::mesh::PeerMsg::Release { ids: vec![id] });

@@ -538,6 +538,12 @@ pub struct NodeCore {
     out: VecDeque<Output>,
     /// Entries [`ObjectTable::collect_into`] removed, for `maybe_free`: one buffer reused.
     freed: Vec<(ObjectId, objects::ObjEntry)>,
+    /// The handle objects of the (not detached) actors this node's processes created: the
+    /// return object of each creation, which every counted handle holds, wherever it went.
+    /// When one is freed, its actor has no handle left ([`NodeCore::handles_gone`]).
+    handles: IdMap<ObjectId, shoal_protocol::ActorId>,
+    /// Actors whose handle object was freed while an input was handled: ended after it.
+    unreferenced: Vec<shoal_protocol::ActorId>,
     /// How to make again the large results this node owns.
     lineage: lineage::Lineage,
     /// What it counts for the node's metrics.
@@ -618,6 +624,8 @@ impl NodeCore {
             stopping: false,
             out: VecDeque::new(),
             freed: Vec::new(),
+            handles: IdMap::default(),
+            unreferenced: Vec::new(),
             lineage,
             metrics: metrics::CoreMetrics::default(),
             history: state::History::default(),
@@ -735,6 +743,10 @@ impl NodeCore {
     /// Runs the scheduler's decisions, then tells peers the load if it changed, and sets
     /// the next look at waiting tasks.
     fn after(&mut self, now: Instant) {
+        // (Ending one may free the handles of others it held.)
+        while let Some(actor) = self.unreferenced.pop() {
+            self.handles_gone(now, actor);
+        }
         // What this input freed may make room for writers waiting for it.
         if self.store.room_waiting() > 0 {
             self.retry_room(now);

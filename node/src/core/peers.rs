@@ -63,7 +63,7 @@ impl NodeCore {
                     }
                 },
             },
-            ToClient::ActorFound { request, actor } => PeerMsg::ActorFound { request, actor },
+            ToClient::ActorFound { request, actor, .. } => PeerMsg::ActorFound { request, actor },
             other => {
                 tracing::debug!(%peer, msg = ?std::mem::discriminant(&other), "a message with no meaning for a peer; dropped");
                 return;
@@ -196,6 +196,10 @@ impl NodeCore {
             }
             PeerMsg::LookupActor { request, name } => {
                 let actor = self.actors.lookup(&name);
+                if let Some(a) = &actor {
+                    // A handle at another peer is not counted here.
+                    self.actors.escape(a.actor_id);
+                }
                 self.tell_peer(peer, PeerMsg::ActorFound { request, actor });
             }
             PeerMsg::ActorFound { request, actor } => match self.name_lookups.get(&request) {
@@ -208,6 +212,7 @@ impl NodeCore {
                     let msg = ToClient::ActorFound {
                         request: asked,
                         actor,
+                        held: None,
                     };
                     self.tell_proc(conn, msg);
                 }
@@ -564,6 +569,7 @@ impl NodeCore {
                     ToClient::ActorFound {
                         request,
                         actor: None,
+                        held: None,
                     },
                 ),
             },
@@ -1711,14 +1717,11 @@ impl NodeCore {
 
     /// Ends an actor placed on a peer once its calls are done (its creator, `conn`, dropped
     /// all its handles). Says whether the actor is one this node placed.
-    pub(super) fn drain_remote(&mut self, now: Instant, conn: ConnId, actor: ActorId) -> bool {
-        let Some(placed) = self.directory.placement(&actor) else {
+    /// Every counted handle of `actor`, placed at a peer, is gone: that peer ends it once
+    /// its calls are done (unless it gave out a handle that is not counted).
+    pub(super) fn drain_remote(&mut self, now: Instant, actor: ActorId) -> bool {
+        if self.directory.placement(&actor).is_none() {
             return false;
-        };
-        let creator = self.tasks.get(&placed.task).map(|e| e.spec.owner);
-        if creator.is_none() || creator != self.procs.get(&conn).map(|c| c.client) {
-            tracing::warn!(conn, actor = %actor, "ActorOutOfScope from a process that does not own the actor; ignored");
-            return true;
         }
         let token = self.actor_token(&actor).unwrap_or_default();
         let reason = "all its handles were dropped";
@@ -1917,6 +1920,7 @@ impl NodeCore {
                 let msg = ToClient::ActorFound {
                     request: l.request,
                     actor: None,
+                    held: None,
                 };
                 self.tell_proc(l.conn, msg);
             }

@@ -95,8 +95,11 @@ mod tests {
         TaskKind, TaskOutcome, ToClient, ToNode, MAGIC, PROTOCOL_VERSION,
     };
 
-    use crate::core::harness::{attach_worker, drain, executed, from, node, replies, send, spec};
+    use crate::core::harness::{
+        attach_worker, drain, executed, from, node, replies, send, spec, DRIVER,
+    };
     use crate::core::{Input, Output, WorkerEnd};
+    use shoal_protocol::ObjectId;
 
     #[test]
     fn invalid_options_fail_the_task_at_once_and_start_nothing() {
@@ -242,6 +245,151 @@ mod tests {
             replies(&out).into_iter().any(|m| matches!(m, ToClient::Object { id, value: ObjectValue::Error(TaskError::ActorKilled { .. }) } if id == later.return_id())),
             "{out:?}"
         );
+    }
+
+    /// A get-or-create of the actor named `name` (id `seq`), not detached.
+    fn get_or_create(seq: u64, name: &str) -> shoal_protocol::TaskSpec {
+        let mut create = spec(seq, Vec::new(), 0);
+        create.resources = ResourceSet::new();
+        create.kind = TaskKind::CreateActor(shoal_protocol::ActorCreate {
+            actor_id: shoal_protocol::ActorId([seq as u8; 16]),
+            token: shoal_protocol::ActorToken([seq as u8; 16]),
+            name: Some(name.into()),
+            get_if_exists: true,
+            max_restarts: 0,
+            max_concurrency: 1,
+            detached: false,
+            concurrency_groups: Vec::new(),
+            max_task_retries: 0,
+        });
+        create
+    }
+
+    /// A non-detached actor `seq` of the driver named `name`, started by worker `conn`.
+    fn started_actor(
+        core: &mut crate::core::NodeCore,
+        now: Instant,
+        seq: u64,
+        name: &str,
+        conn: u64,
+    ) -> (
+        shoal_protocol::ActorId,
+        ObjectId,
+        crate::core::sched::WorkerId,
+    ) {
+        let actor = shoal_protocol::ActorId([seq as u8; 16]);
+        let create = get_or_create(seq, name);
+        let handle = create.return_id();
+        let out = send(core, now, ToNode::Submit(create));
+        let (worker, _) = attach_worker(core, now, &out, conn);
+        let started = ToNode::ActorStarted {
+            actor,
+            result: Ok(()),
+        };
+        from(core, now, conn, started);
+        (actor, handle, worker)
+    }
+
+    fn lookup(core: &mut crate::core::NodeCore, now: Instant, conn: u64, name: &str) -> ToClient {
+        let ask = ToNode::LookupActor {
+            request: 1,
+            name: name.into(),
+        };
+        let out = from(core, now, conn, ask);
+        crate::core::harness::to(&out, conn)
+            .pop()
+            .expect("an answer")
+    }
+
+    fn killed(out: &[Output], worker: crate::core::sched::WorkerId) -> bool {
+        out.iter()
+            .any(|o| matches!(o, Output::KillWorker { worker: w } if *w == worker))
+    }
+
+    #[test]
+    fn an_actor_ends_when_its_last_handle_anywhere_is_dropped() {
+        let now = Instant::now();
+        let mut core = node(now, 4.0, 1 << 20);
+        let (actor, handle, worker) = started_actor(&mut core, now, 9, "svc", 10);
+        // A task carries a copy of the handle (its ref is inside an argument).
+        let mut task = spec(2, vec![Arg::Value(b"h".to_vec())], 0);
+        task.nested = vec![handle];
+        let out = send(&mut core, now, ToNode::Submit(task.clone()));
+        let (_, out) = attach_worker(&mut core, now, &out, 11);
+        assert_eq!(executed(&out, 11).len(), 1);
+        // The task's process reads it: it holds the actor too.
+        from(&mut core, now, 11, ToNode::Hold { ids: vec![handle] });
+        // A second program finds it by name: counted, as a holder of the handle object.
+        core.handle(
+            now,
+            Input::Attached {
+                conn: 20,
+                hello: Hello {
+                    magic: MAGIC,
+                    version: PROTOCOL_VERSION,
+                    role: Role::Driver,
+                    pid: 20,
+                    client: ClientId(20),
+                    binary: None,
+                },
+            },
+        );
+        drain(&mut core);
+        match lookup(&mut core, now, 20, "svc") {
+            ToClient::ActorFound {
+                actor: Some(a),
+                held,
+                ..
+            } => {
+                assert_eq!(a.actor_id, actor);
+                assert_eq!(held, Some(handle));
+            }
+            other => panic!("{other:?}"),
+        }
+        // The creator drops its handle, the finder its own, the task ends: the actor lives
+        // on while the task's process holds a copy.
+        let release = || ToNode::Release { ids: vec![handle] };
+        assert!(!killed(&send(&mut core, now, release()), worker));
+        assert!(!killed(&from(&mut core, now, 20, release()), worker));
+        let done = ToNode::Done {
+            task_id: task.task_id,
+            outcome: TaskOutcome::Ok(ObjectValue::Inline(b"ok".to_vec())),
+            nested: Vec::new(),
+        };
+        assert!(!killed(&from(&mut core, now, 11, done), worker));
+        // The last copy goes: the actor ends, and its name is free.
+        assert!(killed(&from(&mut core, now, 11, release()), worker));
+        assert!(matches!(
+            lookup(&mut core, now, 20, "svc"),
+            ToClient::ActorFound {
+                actor: None,
+                held: None,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_handle_that_is_not_counted_keeps_its_actor_until_killed() {
+        let now = Instant::now();
+        let mut core = node(now, 4.0, 1 << 20);
+        let (_, handle, worker) = started_actor(&mut core, now, 9, "svc", 10);
+        // A get-or-create finds it: the handle it returns is not counted.
+        let again = get_or_create(3, "svc");
+        send(&mut core, now, ToNode::Submit(again.clone()));
+        send(
+            &mut core,
+            now,
+            ToNode::Release {
+                ids: vec![again.return_id()],
+            },
+        );
+        let out = send(&mut core, now, ToNode::Release { ids: vec![handle] });
+        assert!(!killed(&out, worker), "{out:?}");
+        assert!(matches!(
+            lookup(&mut core, now, DRIVER, "svc"),
+            ToClient::ActorFound { actor: Some(_), .. }
+        ));
     }
 
     #[test]

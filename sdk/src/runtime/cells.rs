@@ -237,6 +237,14 @@ impl Context {
     }
 
     /// Drops a handle; the last one releases this process's hold on the object.
+    /// A failure of `id` dropped unread is no surprise, and is not reported (an actor's
+    /// creation, held by its handles: its calls say why it failed).
+    pub(crate) fn set_handled(&self, id: ObjectId) {
+        if let Some(cell) = self.cells.lock().get_mut(&id) {
+            cell.handled = true;
+        }
+    }
+
     pub(crate) fn drop_ref(&self, id: ObjectId) {
         let (last, unhandled) = {
             let mut cells = self.cells.lock();

@@ -282,16 +282,17 @@ impl Context {
         }
     }
 
-    /// The live actor of this name, if any.
+    /// The live actor of this name, if any, and its handle object if the node made this
+    /// process one more holder of it.
     pub(crate) fn lookup_actor(
         &self,
         name: &str,
-    ) -> Result<Option<shoal_protocol::ActorInfo>, GetError> {
+    ) -> Result<(Option<shoal_protocol::ActorInfo>, Option<ObjectId>), GetError> {
         match self.request(|request| ToNode::LookupActor {
             request,
             name: name.to_string(),
         })? {
-            ToClient::ActorFound { actor, .. } => Ok(actor),
+            ToClient::ActorFound { actor, held, .. } => Ok((actor, held)),
             _ => Err(GetError::Disconnected),
         }
     }

@@ -74,8 +74,12 @@ pub struct Actor {
     requeued: Vec<TaskId>,
     /// Calls finished.
     pub calls_done: u64,
-    /// Its creator dropped its last handle: it ends once its calls are done.
+    /// Its last counted handle is gone: it ends once its calls are done.
     pub draining: bool,
+    /// A handle to it exists that is not counted (found by name where its handle object
+    /// cannot be held, or by a get-or-create): it no longer ends when its counted handles
+    /// are gone, only when it is killed or its creator ends.
+    pub escaped: bool,
     /// Its span (`actor = %id`): entered while the core works on it.
     pub span: tracing::Span,
 }
@@ -223,6 +227,7 @@ impl ActorTable {
                 requeued: Vec::new(),
                 calls_done: 0,
                 draining: false,
+                escaped: false,
                 span: tracing::debug_span!("actor", actor = %spec.actor_id, class),
             },
         );
@@ -327,15 +332,28 @@ impl ActorTable {
         true
     }
 
-    /// The creator's handles are gone: the actor ends when its calls are done. Returns
-    /// whether that is now.
+    /// Every counted handle is gone: the actor ends when its calls are done (unless a
+    /// handle that is not counted was given out). Returns whether that is now.
     pub fn out_of_scope(&mut self, actor: ActorId) -> bool {
         match self.actors.get_mut(&actor) {
+            Some(a) if a.escaped => {
+                tracing::debug!(actor = %actor, "its counted handles are gone, but not every handle is counted: it lives on");
+                false
+            }
             Some(a) if !a.is_dead() => {
                 a.draining = true;
                 a.drained()
             }
             _ => false,
+        }
+    }
+
+    /// A handle to `actor` that is not counted was given out: it lives until killed or
+    /// until its creator ends (and no longer drains if it was).
+    pub fn escape(&mut self, actor: ActorId) {
+        if let Some(a) = self.actors.get_mut(&actor) {
+            a.escaped = true;
+            a.draining = false;
         }
     }
 

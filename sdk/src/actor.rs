@@ -134,6 +134,7 @@ pub struct ActorOptions {
     pub(crate) detached: bool,
     pub(crate) concurrency_groups: Vec<(String, u32)>,
     pub(crate) max_task_retries: u32,
+    pub(crate) max_pending_calls: u32,
 }
 
 impl Default for ActorOptions {
@@ -149,6 +150,7 @@ impl Default for ActorOptions {
             detached: false,
             concurrency_groups: Vec::new(),
             max_task_retries: 0,
+            max_pending_calls: 0,
         }
     }
 }
@@ -227,6 +229,32 @@ impl ActorOptions {
         self
     }
 
+    /// At most `n` calls made through a handle and not yet done (0, the default: no limit),
+    /// as Ray's `max_pending_calls`: a call past it is not sent, and its ref fails at once
+    /// with [`GetError::PendingCallsLimitExceeded`]. Counted per handle, in each process that
+    /// has a copy of it (a handle found by name has no limit). A call is done once its
+    /// result has reached the process (a large result made at another peer reaches it when
+    /// read); the handle keeps the refs of its pending calls until then.
+    ///
+    /// ```no_run
+    /// # pub struct Sink;
+    /// # #[shoal::actor]
+    /// # impl Sink { pub fn new() -> Self { Sink } pub fn take(&self, _x: u64) {} }
+    /// # fn main() -> Result<(), shoal::ActorError> {
+    /// let sink = Sink::options(shoal::ActorOptions::new().max_pending_calls(100)).remote()?;
+    /// for x in 0..1_000u64 {
+    ///     // Back-pressure: wait when the actor is 100 calls behind.
+    ///     while let Err(shoal::GetError::PendingCallsLimitExceeded { .. }) =
+    ///         sink.take(x).get_blocking()
+    ///     {}
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn max_pending_calls(mut self, n: u32) -> Self {
+        self.max_pending_calls = n;
+        self
+    }
+
     /// A concurrency group, as Ray's: the methods marked `#[concurrency_group("io")]` run
     /// beside the actor's other calls, at most `max` of them at once, and wait only for each
     /// other (calls of different groups start in no fixed order). A call of a group the
@@ -292,6 +320,10 @@ struct Inner {
     /// ends (as Ray counts actor handles). `None`: a handle that is not counted (found by
     /// name at another peer, or by a get-or-create).
     handle: Option<ObjectRef<(ActorId, ActorToken)>>,
+    /// [`ActorOptions::max_pending_calls`] (0: none).
+    max_pending: u32,
+    /// With a limit: the results of the calls made through this handle that are not done.
+    pending: std::sync::Mutex<std::collections::VecDeque<RawRef>>,
 }
 
 /// An untyped actor handle (what the generated methods hold).
@@ -305,10 +337,40 @@ impl RawActor {
         id: ActorId,
         token: ActorToken,
         handle: Option<ObjectRef<(ActorId, ActorToken)>>,
+        max_pending: u32,
     ) -> Self {
         Self {
-            inner: Arc::new(Inner { id, token, handle }),
+            inner: Arc::new(Inner {
+                id,
+                token,
+                handle,
+                max_pending,
+                pending: Default::default(),
+            }),
         }
+    }
+
+    /// Makes a call with `submit` if the handle's limit of pending calls allows, and
+    /// counts it; `Err(limit)` if it does not.
+    pub(crate) fn within_limit<R>(
+        &self,
+        ctx: &runtime::Context,
+        submit: impl FnOnce() -> ObjectRef<R>,
+    ) -> Result<ObjectRef<R>, u32> {
+        let limit = self.inner.max_pending;
+        if limit == 0 {
+            return Ok(submit());
+        }
+        let mut pending = self.inner.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let done = ctx.are_done(pending.iter().map(|r| r.id));
+        let mut done = done.into_iter();
+        pending.retain(|_| !done.next().unwrap_or(false));
+        if pending.len() >= limit as usize {
+            return Err(limit);
+        }
+        let r = submit();
+        pending.push_back(r.raw.clone());
+        Ok(r)
     }
 
     /// The actor's id.
@@ -327,14 +389,15 @@ impl Serialize for RawActor {
         // A handle is the actor's id, the secret its node checks calls and kills with, and
         // the ref to its handle object: a ref like any other, so the value that carries the
         // handle holds the actor while it lives, and so does the process that reads it.
-        (self.inner.id, self.inner.token, &self.inner.handle).serialize(s)
+        let i = &self.inner;
+        (i.id, i.token, &i.handle, i.max_pending).serialize(s)
     }
 }
 
 impl<'de> Deserialize<'de> for RawActor {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let (id, token, handle) = Deserialize::deserialize(d)?;
-        Ok(Self::new(id, token, handle))
+        let (id, token, handle, max_pending) = Deserialize::deserialize(d)?;
+        Ok(Self::new(id, token, handle, max_pending))
     }
 }
 
@@ -496,5 +559,6 @@ pub fn get_actor<A: Actor>(name: &str) -> Result<ActorHandle<A>, ActorError> {
         info.actor_id,
         info.token,
         handle,
+        0,
     )))
 }

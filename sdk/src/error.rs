@@ -29,6 +29,16 @@ pub enum GetError {
     /// `shoal::shutdown` ended this process's attachment to its node.
     #[error("shoal was shut down in this process")]
     Shutdown,
+    /// The call was not sent: the handle has its
+    /// [`max_pending_calls`](crate::ActorOptions::max_pending_calls) calls not yet done (Ray's
+    /// `PendingCallsLimitExceeded`).
+    #[error("actor {actor} has {limit} calls pending from this handle (max_pending_calls)")]
+    PendingCallsLimitExceeded {
+        /// The actor.
+        actor: shoal_protocol::ActorId,
+        /// The handle's limit.
+        limit: u32,
+    },
 }
 
 /// Why `put` failed.

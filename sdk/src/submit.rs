@@ -78,17 +78,28 @@ pub fn submit<R>(name: &'static str, options: &TaskOptions, args: Vec<ArgBuf>) -
 pub fn call_actor<R>(actor: &RawActor, method: &'static str, args: Vec<ArgBuf>) -> ObjectRef<R> {
     let ctx = runtime::get();
     let task_id = ctx.next_task_id();
-    submit_spec(
-        ctx,
-        task_id,
-        method,
-        TaskOptions::new().num_cpus(0.0).max_retries(0),
-        TaskKind::ActorMethod {
+    let call = || {
+        submit_spec(
+            ctx,
+            task_id,
+            method,
+            TaskOptions::new().num_cpus(0.0).max_retries(0),
+            TaskKind::ActorMethod {
+                actor: actor.id(),
+                token: actor.token(),
+            },
+            args,
+        )
+    };
+    actor.within_limit(ctx, call).unwrap_or_else(|limit| {
+        let ret = ObjectId::for_return(task_id, 0);
+        let error = GetError::PendingCallsLimitExceeded {
             actor: actor.id(),
-            token: actor.token(),
-        },
-        args,
-    )
+            limit,
+        };
+        ctx.add_failed(ret, error);
+        ObjectRef::from_raw(RawRef::counted(ret, ctx.client))
+    })
 }
 
 /// Creates an actor with the default options; see [`create_actor_with`]. Unnamed creation
@@ -114,7 +125,12 @@ pub fn create_actor_with<A: Actor>(
         Ok((id, _)) if id == ActorHandle::id(&handle) => Ok(handle),
         // Get-or-create found another: a handle to it, not owned by us.
         // (The node counts it as a handle that is not counted: that actor is kept.)
-        Ok((id, token)) => Ok(ActorHandle::from_raw(RawActor::new(id, token, None))),
+        Ok((id, token)) => Ok(ActorHandle::from_raw(RawActor::new(
+            id,
+            token,
+            None,
+            options.max_pending_calls,
+        ))),
         Err(GetError::Task(TaskError::ActorNameTaken { .. })) => {
             Err(ActorError::NameTaken(name.clone()))
         }
@@ -163,7 +179,12 @@ fn submit_create<A: Actor>(
     ctx.set_handled(ret.id());
     let handle = (!options.detached).then(|| ret.clone());
     (
-        ActorHandle::from_raw(RawActor::new(actor_id, token, handle)),
+        ActorHandle::from_raw(RawActor::new(
+            actor_id,
+            token,
+            handle,
+            options.max_pending_calls,
+        )),
         ret,
     )
 }

@@ -772,6 +772,45 @@ fn a_named_actor_ends_with_its_last_handle_and_frees_its_name() {
 }
 
 #[test]
+fn calls_past_max_pending_calls_fail_at_once_until_pending_ones_are_done() {
+    shoal::init().unwrap();
+    let name = format!("pending-{}", std::process::id());
+    let options = ActorOptions::new()
+        .name(&name)
+        .concurrency_group("io", 8)
+        .max_pending_calls(2);
+    let gated = Gated::options(options).remote().unwrap();
+    // Two calls wait at the gate; the ref of the second is dropped, and it still counts.
+    let first = gated.through_gate();
+    drop(gated.through_gate());
+    match gated.open_gate().get_blocking() {
+        Err(GetError::PendingCallsLimitExceeded { actor, limit }) => {
+            assert_eq!(actor, ActorHandle::id(&gated));
+            assert_eq!(limit, 2);
+        }
+        other => panic!("expected the limit, got {other:?}"),
+    }
+    // A handle found by name has no limit: it opens the gate.
+    shoal::get_actor::<Gated>(&name)
+        .unwrap()
+        .open_gate()
+        .get_blocking()
+        .unwrap();
+    assert_eq!(first.get_blocking().unwrap(), 2);
+    // Once the dropped call's result is here too, the handle takes calls again.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match gated.through_gate().get_blocking() {
+            Ok(_) => break,
+            Err(GetError::PendingCallsLimitExceeded { .. }) if Instant::now() < deadline => {
+                std::thread::yield_now()
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+#[test]
 fn named_actors_from_a_second_program() {
     let shoal = shoal::init().unwrap();
     let name = format!("counter-{}", std::process::id());

@@ -220,7 +220,8 @@ pub struct ActorCreate {
     pub actor_id: ActorId,
     /// Its handles' secret, chosen at random by the creator.
     pub token: ActorToken,
-    /// A name other programs can look it up by, unique on the node.
+    /// A name other programs can look it up by, unique on the node: its
+    /// [qualified](qualified_name) form, which holds its namespace.
     pub name: Option<String>,
     /// With a name: return the actor of that name if there is one, rather than fail.
     pub get_if_exists: bool,
@@ -237,6 +238,47 @@ pub struct ActorCreate {
     /// restarted actor (`u32::MAX`: always), as Ray's `max_task_retries`: at least once,
     /// rather than at most once.
     pub max_task_retries: u32,
+}
+
+/// What separates an actor's namespace from its name in the qualified form; neither may
+/// hold it.
+pub const NAMESPACE_SEPARATOR: char = '\0';
+
+/// An actor's name as messages, the node's table of names and the mesh's directory carry it:
+/// the name alone in the default namespace (`""`), else the namespace, a NUL and the name.
+/// Two actors may have one name in two namespaces.
+pub fn qualified_name(namespace: &str, name: &str) -> String {
+    let nul = |s: &str| s.contains(NAMESPACE_SEPARATOR);
+    // (A NUL inside either is kept where `check_name` finds it.)
+    if namespace.is_empty() && !nul(name) {
+        name.to_string()
+    } else {
+        format!("{namespace}{NAMESPACE_SEPARATOR}{name}")
+    }
+}
+
+/// A qualified name as people read it: `namespace/name`, or the name alone.
+pub fn display_name(qualified: &str) -> String {
+    qualified.replacen(NAMESPACE_SEPARATOR, "/", 1)
+}
+
+/// Why a qualified actor name is not valid (an empty name or namespace, or a NUL inside
+/// either), if it is not.
+pub fn check_name(qualified: &str) -> Result<(), String> {
+    let (namespace, name) = match qualified.split_once(NAMESPACE_SEPARATOR) {
+        Some((ns, name)) => (Some(ns), name),
+        None => (None, qualified),
+    };
+    if name.contains(NAMESPACE_SEPARATOR) {
+        return Err("an actor name or namespace cannot hold a NUL character".into());
+    }
+    if name.is_empty() {
+        return Err("an actor name cannot be empty".into());
+    }
+    if namespace == Some("") {
+        return Err("a namespace cannot be empty".into());
+    }
+    Ok(())
 }
 
 impl TaskSpec {
@@ -890,7 +932,7 @@ pub enum ToNode {
     LookupActor {
         /// Request number.
         request: u64,
-        /// The name.
+        /// The name, [qualified](qualified_name) with its namespace.
         name: String,
     },
     /// Ask the state of the mesh (`shoal list|summary|get`): the node answers what it holds
@@ -1021,6 +1063,24 @@ pub enum ToClient {
 mod tests {
     use super::*;
     use crate::{codec, frame};
+
+    #[test]
+    fn a_namespace_qualifies_a_name_without_ambiguity() {
+        assert_eq!(qualified_name("", "hits"), "hits");
+        let q = qualified_name("shop", "hits");
+        assert_ne!(q, qualified_name("", "shop/hits"));
+        assert_eq!(display_name(&q), "shop/hits");
+        assert_eq!(check_name(&q), Ok(()));
+        assert!(check_name("").is_err());
+        assert!(check_name(&qualified_name("shop", "")).is_err());
+        assert!(check_name(&qualified_name("a\0b", "hits")).is_err());
+        assert!(check_name(&qualified_name("shop", "a\0b")).is_err());
+        assert!(check_name(&qualified_name("", "a\0b")).is_err());
+        assert!(
+            check_name("\0hits").is_err(),
+            "an empty namespace spelt out"
+        );
+    }
 
     #[test]
     fn resource_arithmetic() {

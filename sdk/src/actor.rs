@@ -130,6 +130,7 @@ pub struct ActorOptions {
     pub(crate) max_restarts: u32,
     pub(crate) max_concurrency: Option<u32>,
     pub(crate) name: Option<String>,
+    pub(crate) namespace: String,
     pub(crate) get_if_exists: bool,
     pub(crate) detached: bool,
     pub(crate) concurrency_groups: Vec<(String, u32)>,
@@ -146,6 +147,7 @@ impl Default for ActorOptions {
             max_restarts: 0,
             max_concurrency: None,
             name: None,
+            namespace: String::new(),
             get_if_exists: false,
             detached: false,
             concurrency_groups: Vec::new(),
@@ -202,6 +204,29 @@ impl ActorOptions {
     /// last handle is dropped, and its name is then free.
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
+        self
+    }
+
+    /// The namespace of the actor's [name](Self::name), as Ray's: one name may be taken once
+    /// in each namespace, and [`get_actor_in`] finds it there. The default namespace (`""`)
+    /// is shared by every program on the node ([`get_actor`] looks there); unlike Ray,
+    /// a program has no namespace of its own unless its actors say so. A namespace cannot
+    /// hold a NUL character (the creation fails with [`TaskError::InvalidOptions`]).
+    ///
+    /// ```no_run
+    /// # pub struct Counter;
+    /// # #[shoal::actor]
+    /// # impl Counter { pub fn new() -> Self { Counter } pub fn get(&self) -> u64 { 0 } }
+    /// # fn main() -> Result<(), shoal::ActorError> {
+    /// let options = shoal::ActorOptions::new().name("hits").namespace("shop");
+    /// let hits = Counter::options(options).remote()?;
+    /// let found = shoal::get_actor_in::<Counter>("shop", "hits")?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// [`TaskError::InvalidOptions`]: shoal_protocol::TaskError::InvalidOptions
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = namespace.into();
         self
     }
 
@@ -532,10 +557,20 @@ pub fn exit_actor() -> ! {
     }
 }
 
-/// The live actor named `name` on this node, as a handle of class `A`.
+/// The live actor named `name` in the default namespace, as a handle of class `A` (Ray's
+/// `ray.get_actor(name)`). See [`get_actor_in`] for a namespace.
 pub fn get_actor<A: Actor>(name: &str) -> Result<ActorHandle<A>, ActorError> {
+    get_actor_in("", name)
+}
+
+/// The live actor named `name` in `namespace` (see [`ActorOptions::namespace`]), as a handle
+/// of class `A` (Ray's `ray.get_actor(name, namespace=…)`).
+pub fn get_actor_in<A: Actor>(namespace: &str, name: &str) -> Result<ActorHandle<A>, ActorError> {
     let ctx = runtime::get();
-    let (info, held) = ctx.lookup_actor(name).map_err(ActorError::Create)?;
+    let qualified = shoal_protocol::qualified_name(namespace, name);
+    let (info, held) = ctx.lookup_actor(&qualified).map_err(ActorError::Create)?;
+    let name = shoal_protocol::display_name(&qualified);
+    let name = name.as_str();
     // The node made this process one more holder of the handle object: counted from here.
     let owner = info.as_ref().map_or(ctx.client, |i| i.owner);
     let handle = held.map(|id| {

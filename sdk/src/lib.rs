@@ -151,7 +151,8 @@ pub mod __private;
 use std::sync::Arc;
 
 pub use actor::{
-    exit_actor, get_actor, kill, kill_and_restart, Actor, ActorError, ActorHandle, ActorOptions,
+    exit_actor, get_actor, get_actor_in, kill, kill_and_restart, Actor, ActorError, ActorHandle,
+    ActorOptions,
 };
 pub use bytes::{put_bytes, ByteSequence, ByteView, Bytes};
 pub use shoal_macros::{actor, remote};

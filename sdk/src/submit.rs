@@ -118,9 +118,9 @@ pub fn create_actor_with<A: Actor>(
 ) -> Result<ActorHandle<A>, ActorError> {
     let ctx = runtime::get();
     let (handle, ret) = submit_create::<A>(ctx, options, args);
-    let Some(name) = &options.name else {
+    if options.name.is_none() {
         return Ok(handle);
-    };
+    }
     match ret.get_blocking() {
         Ok((id, _)) if id == ActorHandle::id(&handle) => Ok(handle),
         // Get-or-create found another: a handle to it, not owned by us.
@@ -131,8 +131,8 @@ pub fn create_actor_with<A: Actor>(
             None,
             options.max_pending_calls,
         ))),
-        Err(GetError::Task(TaskError::ActorNameTaken { .. })) => {
-            Err(ActorError::NameTaken(name.clone()))
+        Err(GetError::Task(TaskError::ActorNameTaken { name })) => {
+            Err(ActorError::NameTaken(shoal_protocol::display_name(&name)))
         }
         Err(e) => Err(ActorError::Create(e)),
     }
@@ -150,7 +150,10 @@ fn submit_create<A: Actor>(
     let create = ActorCreate {
         actor_id,
         token,
-        name: options.name.clone(),
+        name: options
+            .name
+            .as_deref()
+            .map(|n| shoal_protocol::qualified_name(&options.namespace, n)),
         get_if_exists: options.get_if_exists,
         max_restarts: options.max_restarts,
         max_concurrency: options

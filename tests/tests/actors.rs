@@ -811,6 +811,45 @@ fn calls_past_max_pending_calls_fail_at_once_until_pending_ones_are_done() {
 }
 
 #[test]
+fn one_name_in_two_namespaces_names_two_actors() {
+    shoal::init().unwrap();
+    let name = format!("shared-{}", std::process::id());
+    let named = |ns: &str| ActorOptions::new().name(&name).namespace(ns);
+    let left = Counter::options(named("left")).remote(1).unwrap();
+    let right = Counter::options(named("right")).remote(2).unwrap();
+    assert_ne!(ActorHandle::id(&left), ActorHandle::id(&right));
+    let found = |ns: &str| shoal::get_actor_in::<Counter>(ns, &name);
+    assert_eq!(found("left").unwrap().get().get_blocking().unwrap(), 1);
+    assert_eq!(found("right").unwrap().get().get_blocking().unwrap(), 2);
+    // Not in the default namespace, nor in another.
+    assert_eq!(
+        shoal::get_actor::<Counter>(&name).unwrap_err(),
+        ActorError::NotFound(name.clone())
+    );
+    assert_eq!(
+        found("elsewhere").unwrap_err(),
+        ActorError::NotFound(format!("elsewhere/{name}"))
+    );
+    // Taken within its namespace.
+    assert_eq!(
+        Counter::options(named("left")).remote(0).unwrap_err(),
+        ActorError::NameTaken(format!("left/{name}"))
+    );
+    // A NUL, which separates the two on the wire, is refused in either.
+    for options in [
+        ActorOptions::new().name("a\0b"),
+        ActorOptions::new().name("x").namespace("a\0b"),
+    ] {
+        match Counter::options(options).remote(0) {
+            Err(ActorError::Create(GetError::Task(TaskError::InvalidOptions { reason }))) => {
+                assert!(reason.contains("NUL"), "{reason}")
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+}
+
+#[test]
 fn named_actors_from_a_second_program() {
     let shoal = shoal::init().unwrap();
     let name = format!("counter-{}", std::process::id());

@@ -1793,16 +1793,16 @@ enum Exec {
 }
 
 /// Why a task's or an actor's options are not valid, as Ray checks them: a fractional
-/// quantity above one, an empty actor name.
+/// quantity above one, an empty actor name or namespace.
 fn invalid_options(spec: &TaskSpec) -> Option<String> {
     if let Err(reason) = spec.resources.check_demand() {
         return Some(reason);
     }
     match &spec.kind {
-        TaskKind::CreateActor(c) if c.name.as_deref() == Some("") => {
-            Some("an actor name cannot be empty".into())
-        }
         TaskKind::CreateActor(c) => {
+            if let Some(Err(reason)) = c.name.as_deref().map(shoal_protocol::check_name) {
+                return Some(reason);
+            }
             let groups = &c.concurrency_groups;
             groups.iter().enumerate().find_map(|(i, (name, max))| {
                 if name.is_empty() {

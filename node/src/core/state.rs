@@ -647,7 +647,7 @@ impl NodeCore {
                 Some(ActorRow {
                     actor_id: c.actor_id,
                     class: e.spec.function.clone(),
-                    name: c.name.clone(),
+                    name: c.name.as_deref().map(shoal_protocol::display_name),
                     state: "PENDING_CREATION".into(),
                     node: node.to_string(),
                     owner: e.spec.owner,
@@ -682,7 +682,7 @@ impl NodeCore {
             ActorRow {
                 actor_id: *id,
                 class: a.class.clone(),
-                name: a.spec.name.clone(),
+                name: a.spec.name.as_deref().map(shoal_protocol::display_name),
                 state: state.to_string(),
                 node: node.to_string(),
                 owner: a.owner,

@@ -596,7 +596,7 @@ impl ActorTable {
             .map(|(id, a)| ActorStatus {
                 actor_id: *id,
                 class: a.class.clone(),
-                name: a.spec.name.clone(),
+                name: a.spec.name.as_deref().map(shoal_protocol::display_name),
                 state: match &a.state {
                     ActorState::Pending if a.incarnation > 0 => "restarting",
                     ActorState::Pending => "pending",

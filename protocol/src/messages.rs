@@ -329,6 +329,9 @@ pub struct ExecTask {
     pub args: Vec<ArgValue>,
     /// The id the result will have (a large result is written under this id).
     pub return_id: ObjectId,
+    /// What a function task holds while it runs (its demand); `None` for an actor's call,
+    /// which runs on what its actor holds. (Boxed: the message stays small in the queues.)
+    pub resources: Option<Box<ResourceSet>>,
 }
 
 /// How a process ended.
@@ -566,6 +569,8 @@ pub struct HostActor {
     pub concurrency_groups: Vec<(String, u32)>,
     /// 0 for the first process, then one more per restart.
     pub incarnation: u32,
+    /// What it holds for its whole life. (Boxed: [`ToClient`] stays small in the queues.)
+    pub resources: Box<ResourceSet>,
 }
 
 /// A named actor, as a lookup finds it.

@@ -269,6 +269,9 @@ pub struct RuntimeContext {
     pub task_id: Option<TaskId>,
     /// The actor this process hosts, in an actor's worker.
     pub actor_id: Option<ActorId>,
+    /// What the running task holds, or in an actor's worker what the actor holds (its
+    /// demand, as Ray's `get_assigned_resources()`); empty in a program.
+    pub resources: ResourceSet,
 }
 
 /// The [`RuntimeContext`] of the calling code (attaching to a node first, as [`init`] does).
@@ -288,5 +291,6 @@ pub fn runtime_context() -> RuntimeContext {
         pid: std::process::id(),
         task_id: worker::current_task(),
         actor_id: worker::host::hosted(),
+        resources: worker::current_resources().unwrap_or_default(),
     }
 }

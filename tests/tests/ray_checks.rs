@@ -124,9 +124,16 @@ fn context() -> (
     Option<shoal::ActorId>,
     u32,
     shoal::NodeId,
+    shoal::ResourceSet,
 ) {
     let here = shoal::runtime_context();
-    (here.task_id, here.actor_id, here.pid, here.node_id)
+    (
+        here.task_id,
+        here.actor_id,
+        here.pid,
+        here.node_id,
+        here.resources,
+    )
 }
 
 #[derive(Default)]
@@ -138,30 +145,44 @@ impl WhoAmI {
         WhoAmI
     }
 
-    pub fn who(&self) -> (Option<shoal::TaskId>, Option<shoal::ActorId>) {
+    pub fn who(
+        &self,
+    ) -> (
+        Option<shoal::TaskId>,
+        Option<shoal::ActorId>,
+        shoal::ResourceSet,
+    ) {
         let here = shoal::runtime_context();
-        (here.task_id, here.actor_id)
+        (here.task_id, here.actor_id, here.resources)
     }
 }
 
 /// Ray's `get_runtime_context()`: a task knows its task id (whose result is the ref its
-/// submitter holds), an actor call its actor, and a driver neither.
+/// submitter holds) and what it holds, an actor call its actor and what the actor holds, and
+/// a driver none of these.
 #[test]
 fn the_runtime_context_names_the_task_and_the_actor() {
     let shoal = shoal::init().unwrap();
     let here = shoal::runtime_context();
     assert_eq!((here.task_id, here.actor_id), (None, None));
+    assert_eq!(here.resources, shoal::ResourceSet::new());
     assert_eq!(here.node_id, shoal.node_id());
-    let r = context.remote();
-    let (task, actor, pid, node) = r.get_blocking().unwrap();
+    let r = context
+        .options(shoal::TaskOptions::new().num_cpus(0.5))
+        .remote();
+    let (task, actor, pid, node, resources) = r.get_blocking().unwrap();
+    assert_eq!(resources, shoal::ResourceSet::cpus(0.5));
     let task = task.expect("a task id in a task");
     assert_eq!(shoal::ObjectId::for_return(task, 0), r.id());
     assert_eq!(actor, None);
     assert_ne!(pid, std::process::id(), "it ran in a worker");
     assert_eq!(node, shoal.node_id());
-    let a = WhoAmI::remote();
+    let a = WhoAmI::options(ActorOptions::new().num_cpus(1.0))
+        .remote()
+        .unwrap();
     let call = a.who();
-    let (task, actor) = call.get_blocking().unwrap();
+    let (task, actor, resources) = call.get_blocking().unwrap();
+    assert_eq!(resources, shoal::ResourceSet::cpus(1.0));
     assert_eq!(shoal::ObjectId::for_return(task.unwrap(), 0), call.id());
     assert_eq!(actor, Some(shoal::ActorHandle::id(&a)));
 }

@@ -801,12 +801,18 @@ impl NodeCore {
             });
         };
         let (function, return_id) = (entry.spec.function.clone(), entry.ret);
+        // (A call runs on its actor's: it is told those once, when the actor is hosted.)
+        let resources = match entry.spec.kind {
+            TaskKind::Function => Some(Box::new(entry.spec.resources.clone())),
+            _ => None,
+        };
         Ok(match self.resolve_task_args(task)? {
             Args::Ready(args) => Exec::Ready(ExecTask {
                 task_id: task,
                 function,
                 args,
                 return_id,
+                resources,
             }),
             Args::Pending(op) => Exec::Pending(op),
         })
@@ -829,7 +835,7 @@ impl NodeCore {
         };
         let max_concurrency = create.max_concurrency.max(1);
         let concurrency_groups = create.concurrency_groups.clone();
-        let class = entry.spec.function.clone();
+        let (class, resources) = (entry.spec.function.clone(), entry.spec.resources.clone());
         // The constructor reads them at once; an actor's arguments stay pinned for its life
         // (a restart reads them again).
         let args = match self.resolve_task_args(task) {
@@ -864,6 +870,7 @@ impl NodeCore {
                 max_concurrency,
                 concurrency_groups,
                 incarnation,
+                resources: Box::new(resources),
             }),
         );
         self.pump_actor(now, actor);

@@ -33,6 +33,14 @@ impl<F: Future> Future for CatchUnwind<F> {
 
 /// The actor this process hosts, once it is one.
 static HOSTED: std::sync::OnceLock<shoal_protocol::ActorId> = std::sync::OnceLock::new();
+/// What the hosted actor holds.
+static HOSTED_RESOURCES: std::sync::OnceLock<shoal_protocol::ResourceSet> =
+    std::sync::OnceLock::new();
+
+/// What the actor this process hosts holds, if it hosts one.
+pub(crate) fn hosted_resources() -> Option<shoal_protocol::ResourceSet> {
+    HOSTED_RESOURCES.get().cloned()
+}
 
 /// The actor this process hosts, if it is an actor's.
 pub(crate) fn hosted() -> Option<shoal_protocol::ActorId> {
@@ -127,7 +135,7 @@ fn finish_call(task_id: TaskId, return_id: ObjectId, end: CallEnd) {
 pub fn host_actor<A: Actor>(host: HostActor) -> i32 {
     let ctx = runtime::get();
     let actor = host.actor_id;
-    if HOSTED.set(actor).is_err() {
+    if HOSTED.set(actor).is_err() | HOSTED_RESOURCES.set(*host.resources.clone()).is_err() {
         tracing::warn!(actor = %actor, "a second actor for a worker that hosts one");
     }
     let span = tracing::info_span!(
@@ -204,6 +212,7 @@ pub fn host_actor<A: Actor>(host: HostActor) -> i32 {
                 function,
                 args,
                 return_id,
+                resources: _,
             } = call;
             let Some(access) = A::__access(&function) else {
                 done(

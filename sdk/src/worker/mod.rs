@@ -28,6 +28,13 @@ thread_local! {
     static TASK_RT: RefCell<Option<tokio::runtime::Runtime>> = const { RefCell::new(None) };
     /// The task or actor call this thread runs, in a worker.
     static CURRENT: std::cell::Cell<Option<TaskId>> = const { std::cell::Cell::new(None) };
+    /// What the function task this thread runs holds.
+    static RESOURCES: RefCell<Option<shoal_protocol::ResourceSet>> = const { RefCell::new(None) };
+}
+
+/// What the task or actor running here holds (its demand), if this is a worker running one.
+pub(crate) fn current_resources() -> Option<shoal_protocol::ResourceSet> {
+    host::hosted_resources().or_else(|| RESOURCES.with(|r| r.borrow().clone()))
 }
 
 /// The panic payload that ends an `async` task dropped at a cancel (caught by the worker,
@@ -207,9 +214,11 @@ fn execute(
         Some(f) => {
             ctx.work.set_in_task(true);
             let args = Args::new(task.args);
+            RESOURCES.with(|r| *r.borrow_mut() = task.resources.map(|b| *b));
             let r = as_task(task_id, || {
                 std::panic::catch_unwind(AssertUnwindSafe(|| (f.invoke)(args)))
             });
+            RESOURCES.with(|r| *r.borrow_mut() = None);
             ctx.work.set_in_task(false);
             match r {
                 // Its result is not awaited any more: not stored.

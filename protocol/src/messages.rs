@@ -45,6 +45,11 @@ impl ResourceSet {
     pub fn get_milli(&self, name: &str) -> u64 {
         self.0.get(name).copied().unwrap_or(0)
     }
+    /// Whether this is a task's default demand: one CPU and nothing else.
+    pub fn is_default_task_demand(&self) -> bool {
+        self.0.len() == 1 && self.get_milli(CPU) == 1000
+    }
+
     /// Whether this is a demand a task or an actor may make: as Ray's, a quantity above one
     /// must be a whole number (a task takes part of one CPU, or whole CPUs). The reason if
     /// not.
@@ -329,8 +334,10 @@ pub struct ExecTask {
     pub args: Vec<ArgValue>,
     /// The id the result will have (a large result is written under this id).
     pub return_id: ObjectId,
-    /// What a function task holds while it runs (its demand); `None` for an actor's call,
-    /// which runs on what its actor holds. (Boxed: the message stays small in the queues.)
+    /// What a function task holds while it runs (its demand), unless it is the default
+    /// ([`ResourceSet::is_default_task_demand`]: `None`, so that the common task costs
+    /// nothing more to send); `None` for an actor's call too, which runs on what its actor
+    /// holds. (Boxed: the message stays small in the queues.)
     pub resources: Option<Box<ResourceSet>>,
 }
 

@@ -172,6 +172,9 @@ fn the_runtime_context_names_the_task_and_the_actor() {
         .remote();
     let (task, actor, pid, node, resources) = r.get_blocking().unwrap();
     assert_eq!(resources, shoal::ResourceSet::cpus(0.5));
+    // The default demand, which the node does not spell out.
+    let (_, _, _, _, resources) = context.remote().get_blocking().unwrap();
+    assert_eq!(resources, shoal::ResourceSet::cpus(1.0));
     let task = task.expect("a task id in a task");
     assert_eq!(shoal::ObjectId::for_return(task, 0), r.id());
     assert_eq!(actor, None);

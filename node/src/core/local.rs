@@ -802,8 +802,8 @@ impl NodeCore {
         };
         let (function, return_id) = (entry.spec.function.clone(), entry.ret);
         // (A call runs on its actor's: it is told those once, when the actor is hosted.)
-        let resources = match entry.spec.kind {
-            TaskKind::Function => Some(Box::new(entry.spec.resources.clone())),
+        let resources = match (&entry.spec.kind, &entry.spec.resources) {
+            (TaskKind::Function, r) if !r.is_default_task_demand() => Some(Box::new(r.clone())),
             _ => None,
         };
         Ok(match self.resolve_task_args(task)? {

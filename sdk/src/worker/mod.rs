@@ -28,13 +28,18 @@ thread_local! {
     static TASK_RT: RefCell<Option<tokio::runtime::Runtime>> = const { RefCell::new(None) };
     /// The task or actor call this thread runs, in a worker.
     static CURRENT: std::cell::Cell<Option<TaskId>> = const { std::cell::Cell::new(None) };
-    /// What the function task this thread runs holds.
-    static RESOURCES: RefCell<Option<shoal_protocol::ResourceSet>> = const { RefCell::new(None) };
+    /// What the function task this thread runs holds, when not the default demand.
+    static RESOURCES: RefCell<Option<Box<shoal_protocol::ResourceSet>>> = const { RefCell::new(None) };
 }
 
 /// What the task or actor running here holds (its demand), if this is a worker running one.
 pub(crate) fn current_resources() -> Option<shoal_protocol::ResourceSet> {
-    host::hosted_resources().or_else(|| RESOURCES.with(|r| r.borrow().clone()))
+    if let Some(r) = host::hosted_resources() {
+        return Some(r);
+    }
+    current_task()?;
+    let told = RESOURCES.with(|r| r.borrow().as_deref().cloned());
+    Some(told.unwrap_or_else(|| shoal_protocol::ResourceSet::cpus(1.0)))
 }
 
 /// The panic payload that ends an `async` task dropped at a cancel (caught by the worker,
@@ -214,7 +219,7 @@ fn execute(
         Some(f) => {
             ctx.work.set_in_task(true);
             let args = Args::new(task.args);
-            RESOURCES.with(|r| *r.borrow_mut() = task.resources.map(|b| *b));
+            RESOURCES.with(|r| *r.borrow_mut() = task.resources);
             let r = as_task(task_id, || {
                 std::panic::catch_unwind(AssertUnwindSafe(|| (f.invoke)(args)))
             });

@@ -365,10 +365,14 @@ impl fmt::Display for ExitInfo {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum TaskError {
     /// The function panicked.
-    #[error("task panicked: {message}")]
+    #[error("task panicked: {message}{}", origin.as_ref().map(|o| o.to_string()).unwrap_or_default())]
     Panicked {
         /// The panic message.
         message: String,
+        /// Where: the function, the panic's place in the source, the process and its peer,
+        /// and a backtrace when `RUST_BACKTRACE` asks for one (as Ray's `RayTaskError`
+        /// names the function, the pid and the ip). `None` when not known.
+        origin: Option<Box<PanicOrigin>>,
     },
     /// The worker process running it died (and no retries were left).
     #[error("worker process {pid} died while running the task: {exit}")]
@@ -578,6 +582,42 @@ pub struct HostActor {
     pub incarnation: u32,
     /// What it holds for its whole life. (Boxed: [`ToClient`] stays small in the queues.)
     pub resources: Box<ResourceSet>,
+}
+
+/// Where a task panicked (see [`TaskError::Panicked`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PanicOrigin {
+    /// The remote function, or `Class::method` for an actor's call.
+    pub function: String,
+    /// `file:line:column` of the panic, when the panic hook saw it.
+    pub location: Option<String>,
+    /// The worker process.
+    pub pid: u32,
+    /// The peer it ran on, when its node is a peer of a mesh.
+    pub peer: Option<String>,
+    /// The panicking thread's backtrace, when `RUST_BACKTRACE` (or `RUST_LIB_BACKTRACE`)
+    /// asked for one in the worker.
+    pub backtrace: Option<String>,
+}
+
+impl std::fmt::Display for PanicOrigin {
+    /// ` (in f at src/lib.rs:3:5, pid 12, peer 12D3…)`, then the backtrace on lines of
+    /// its own.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, " (in {}", self.function)?;
+        if let Some(at) = &self.location {
+            write!(f, " at {at}")?;
+        }
+        write!(f, ", pid {}", self.pid)?;
+        if let Some(peer) = &self.peer {
+            write!(f, ", peer {peer}")?;
+        }
+        write!(f, ")")?;
+        if let Some(bt) = &self.backtrace {
+            write!(f, "\nstack backtrace:\n{bt}")?;
+        }
+        Ok(())
+    }
 }
 
 /// A named actor, as a lookup finds it.

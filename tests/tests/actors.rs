@@ -364,8 +364,13 @@ fn a_panicking_method_fails_only_its_call() {
     c.incr(5);
     let err = c.add_then_panic(2).get_blocking().unwrap_err();
     match err {
-        GetError::Task(TaskError::Panicked { message }) => {
-            assert!(message.contains("boom at 7"), "{message}")
+        GetError::Task(TaskError::Panicked { message, origin }) => {
+            assert!(message.contains("boom at 7"), "{message}");
+            // It names the class and the method, and where it panicked.
+            let origin = origin.expect("where it panicked");
+            assert_eq!(origin.function, "actors::Counter::add_then_panic");
+            let at = origin.location.unwrap_or_default();
+            assert!(at.starts_with("tests/tests/actors.rs:"), "{at}");
         }
         other => panic!("expected a panic, got {other:?}"),
     }
@@ -429,7 +434,7 @@ fn exit_actor_ends_the_actor_for_good_and_frees_its_name() {
 fn exit_actor_outside_an_actor_is_a_panic_of_the_task() {
     shoal::init().unwrap();
     match quits_outside_an_actor.remote().get_blocking() {
-        Err(GetError::Task(TaskError::Panicked { message })) => {
+        Err(GetError::Task(TaskError::Panicked { message, .. })) => {
             assert!(message.contains("outside an actor"), "{message}")
         }
         other => panic!("expected a panic, got {other:?}"),

@@ -151,7 +151,7 @@ fn retry_exceptions_runs_a_panicking_task_again_within_its_retries() {
     );
     let c = counter("flaky-exhausted");
     match flaky.options(retried).remote(c.clone(), 10).get_blocking() {
-        Err(GetError::Task(TaskError::Panicked { message })) => {
+        Err(GetError::Task(TaskError::Panicked { message, .. })) => {
             assert!(message.contains("flaky run 4"), "{message}")
         }
         other => panic!("expected the fourth run's panic, got {other:?}"),

@@ -67,7 +67,7 @@ fn get_all_fails_fast_on_the_first_failure_and_times_out() {
             shoal::get_all_blocking(&refs, None)
         };
         match got {
-            Err(GetError::Task(TaskError::Panicked { message })) => {
+            Err(GetError::Task(TaskError::Panicked { message, .. })) => {
                 assert!(message.contains("on purpose"), "{message}")
             }
             other => panic!("async {asynchronous}: expected the panic, got {other:?}"),

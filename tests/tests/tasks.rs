@@ -79,7 +79,9 @@ fn panics_are_typed_errors_and_the_next_task_runs() {
         .options(TaskOptions::new().max_retries(5))
         .remote("kaboom 42");
     match r.get_blocking() {
-        Err(GetError::Task(TaskError::Panicked { message })) => assert_eq!(message, "kaboom 42"),
+        Err(GetError::Task(TaskError::Panicked { message, .. })) => {
+            assert_eq!(message, "kaboom 42")
+        }
         other => panic!("expected a panic error, got {other:?}"),
     }
     assert_eq!(square.remote(7).get_blocking().unwrap(), 49);
@@ -90,6 +92,76 @@ fn panics_are_typed_errors_and_the_next_task_runs() {
         dependent.get_blocking(),
         Err(GetError::Task(TaskError::Panicked { .. }))
     ));
+}
+
+/// Ray's `RayTaskError` names the function, the pid and the ip: a panic's error names the
+/// function, where in the source it panicked, the worker's pid, and (when `RUST_BACKTRACE`
+/// asks, see the next test) the backtrace.
+#[test]
+fn a_panic_names_its_function_place_and_process() {
+    let r = boom.remote("named");
+    let Err(GetError::Task(e @ TaskError::Panicked { .. })) = r.get_blocking() else {
+        panic!("expected a panic");
+    };
+    let TaskError::Panicked { message, origin } = &e else {
+        unreachable!()
+    };
+    assert_eq!(message, "named");
+    let origin = origin.as_ref().expect("where it panicked");
+    assert_eq!(origin.function, "tasks::boom");
+    let at = origin.location.as_deref().expect("a location");
+    assert!(at.starts_with("tests/tests/tasks.rs:"), "{at}");
+    assert_ne!(origin.pid, std::process::id());
+    let text = e.to_string();
+    assert!(
+        text.starts_with(&format!(
+            "task panicked: named (in tasks::boom at {at}, pid {}",
+            origin.pid
+        )),
+        "{text}"
+    );
+}
+
+#[test]
+fn with_rust_backtrace_set_a_panic_carries_its_backtrace() {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "backtrace_entry", "--nocapture", "--quiet"])
+        .env("SHOAL_TEST_BACKTRACE", "1")
+        .env("RUST_BACKTRACE", "1")
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let error = stdout
+        .split_once("error: ")
+        .map(|(_, e)| e)
+        .unwrap_or_else(|| panic!("no error line in {stdout:?}"));
+    assert!(
+        error.contains("(in tasks::boom at tests/tests/tasks.rs:"),
+        "{error}"
+    );
+    assert!(error.contains("\nstack backtrace:\n"), "{error}");
+    assert!(
+        error.contains("tasks::boom"),
+        "the backtrace names the function: {error}"
+    );
+}
+
+/// The program of `with_rust_backtrace_set_a_panic_carries_its_backtrace`, on a node of its
+/// own (a no-op otherwise).
+#[test]
+fn backtrace_entry() {
+    if std::env::var_os("SHOAL_TEST_BACKTRACE").is_none() {
+        return;
+    }
+    shoal::init_with(shoal::InitOptions {
+        force_embedded: true,
+        ..Default::default()
+    })
+    .unwrap();
+    let e = boom.remote("traced").get_blocking().unwrap_err();
+    println!("error: {e}");
 }
 
 #[shoal::remote]

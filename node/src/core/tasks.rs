@@ -484,6 +484,7 @@ mod tests {
         from(&mut core, t1, 10, done(first.task_id, ok));
         let failed = TaskOutcome::Err(TaskError::Panicked {
             message: "no".into(),
+            origin: None,
         });
         from(&mut core, t1, 10, done(second.task_id, failed));
         let m = core.metrics();

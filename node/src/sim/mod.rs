@@ -1261,6 +1261,7 @@ impl Sim {
             }
             Behaviour::Panic => TaskOutcome::Err(TaskError::Panicked {
                 message: "simulated panic".into(),
+                origin: None,
             }),
             Behaviour::Big(size) => {
                 // Its result goes to the store: a file first, then `Done`.

@@ -11,7 +11,7 @@ use std::task::{Context as TaskCx, Poll};
 use shoal_protocol::{ExecTask, HostActor, ObjectId, TaskError, TaskId, TaskOutcome, ToNode};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::{as_task, done, idle_until_closed, panic_message, store_result, until_cancelled};
+use super::{as_task, done, idle_until_closed, store_result, until_cancelled, Caught};
 use crate::actor::{Access, Actor, Guard};
 use crate::function::Args;
 use crate::runtime::{self, WorkItem};
@@ -20,13 +20,13 @@ use crate::runtime::{self, WorkItem};
 struct CatchUnwind<F>(Pin<Box<F>>);
 
 impl<F: Future> Future for CatchUnwind<F> {
-    type Output = Result<F::Output, String>;
+    type Output = Result<F::Output, Caught>;
     fn poll(mut self: Pin<&mut Self>, cx: &mut TaskCx<'_>) -> Poll<Self::Output> {
         let fut = self.0.as_mut();
         match std::panic::catch_unwind(AssertUnwindSafe(|| fut.poll(cx))) {
             Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
             Ok(Poll::Pending) => Poll::Pending,
-            Err(p) => Poll::Ready(Err(panic_message(&*p))),
+            Err(p) => Poll::Ready(Err(Caught::new(&*p))),
         }
     }
 }
@@ -93,33 +93,34 @@ async fn run_call<A: Actor>(call: Call, guard: Guard<A>, permit: OwnedSemaphoreP
         // On a thread of the pool, while the next calls start.
         let run = tokio::task::spawn_blocking(move || {
             as_task(task_id, || {
-                std::panic::catch_unwind(AssertUnwindSafe(f)).map_err(|p| panic_message(&*p))
+                std::panic::catch_unwind(AssertUnwindSafe(f)).map_err(|p| Caught::new(&*p))
             })
         });
         Some(
             run.await
-                .unwrap_or_else(|e| Err(format!("the call's thread failed: {e}"))),
+                .unwrap_or_else(|e| Err(Caught::other(format!("the call's thread failed: {e}")))),
         )
     } else {
         let fut = A::__call(guard, &function, Args::new(args));
         until_cancelled(ctx, task_id, CatchUnwind(Box::pin(fut))).await
     };
     drop(permit);
-    finish_call(task_id, return_id, end);
+    finish_call::<A>(task_id, &function, return_id, end);
 }
 
-/// What a call ended with: its value, its error, its panic's message, or nothing (it was
-/// cancelled and dropped).
-type CallEnd = Option<Result<Result<Vec<u8>, TaskError>, String>>;
+/// What a call ended with: its value, its error, its panic, or nothing (it was cancelled and
+/// dropped).
+type CallEnd = Option<Result<Result<Vec<u8>, TaskError>, Caught>>;
 
-/// Reports a call's end (storing a large result), forgetting its cancel if it had one.
-fn finish_call(task_id: TaskId, return_id: ObjectId, end: CallEnd) {
+/// Reports the end of a call of `method` (storing a large result), forgetting its cancel if
+/// it had one.
+fn finish_call<A: Actor>(task_id: TaskId, method: &str, return_id: ObjectId, end: CallEnd) {
     let ctx = runtime::get();
     ctx.work.take_interrupted(task_id);
     let outcome = match end {
         Some(Ok(Ok(bytes))) => store_result(ctx, return_id, bytes),
         Some(Ok(Err(e))) => TaskOutcome::Err(e),
-        Some(Err(message)) => TaskOutcome::Err(TaskError::Panicked { message }),
+        Some(Err(caught)) => TaskOutcome::Err(caught.into_error(format!("{}::{method}", A::CLASS))),
         None => TaskOutcome::Err(TaskError::Cancelled { task: task_id }),
     };
     done(ctx, task_id, outcome);
@@ -179,7 +180,7 @@ pub fn host_actor<A: Actor>(host: HostActor) -> i32 {
     let built = match built {
         Ok(Ok(state)) => Ok(state),
         Ok(Err(e)) => Err(e.to_string()),
-        Err(p) => Err(format!("the constructor panicked: {}", panic_message(&*p))),
+        Err(p) => Err(format!("the constructor {}", Caught::new(&*p).describe())),
     };
     let state = match built {
         Ok(state) => state,

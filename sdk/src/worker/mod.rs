@@ -156,6 +156,7 @@ fn run(worker_id: u64) -> i32 {
             return 1;
         }
     };
+    install_panic_hook();
     let registry: HashMap<&'static str, &'static RemoteFunction> =
         REMOTE_FUNCTIONS.iter().map(|f| (f.name, f)).collect();
     let span = tracing::info_span!("worker", worker = worker_id, pid = std::process::id());
@@ -186,6 +187,106 @@ fn run(worker_id: u64) -> i32 {
             }
             None => return 0,
         }
+    }
+}
+
+thread_local! {
+    /// Where the last panic on this thread happened, and its backtrace if one was asked for
+    /// (set by the worker's panic hook, taken where the panic is caught).
+    static LAST_PANIC: RefCell<Option<(Option<String>, Option<String>)>> = const { RefCell::new(None) };
+}
+
+/// The longest backtrace a failure carries (the worker's stderr has it whole).
+const MAX_BACKTRACE: usize = 32 * 1024;
+
+/// Records where each panic happens (and its backtrace when `RUST_BACKTRACE` asks), for the
+/// task's error, then prints it as before.
+fn install_panic_hook() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let location = info.location().map(|l| l.to_string());
+        let bt = std::backtrace::Backtrace::capture();
+        let backtrace = (bt.status() == std::backtrace::BacktraceStatus::Captured).then(|| {
+            let mut text = bt.to_string();
+            if text.len() > MAX_BACKTRACE {
+                let mut cut = MAX_BACKTRACE;
+                while !text.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                text.truncate(cut);
+                text.push_str("\n[cut]");
+            }
+            text
+        });
+        if LAST_PANIC
+            .try_with(|l| *l.borrow_mut() = Some((location, backtrace)))
+            .is_err()
+        {
+            // A panic while the thread ends: nothing reads it.
+        }
+        previous(info);
+    }));
+}
+
+/// A panic caught in a worker: its message, where it happened, and its backtrace if one was
+/// asked for. Made on the thread that panicked.
+#[derive(Debug)]
+pub(crate) struct Caught {
+    message: String,
+    location: Option<String>,
+    backtrace: Option<String>,
+}
+
+impl Caught {
+    /// The panic whose payload is `p`, caught on this thread.
+    pub(crate) fn new(p: &(dyn std::any::Any + Send)) -> Self {
+        let (location, backtrace) = LAST_PANIC
+            .try_with(|l| l.borrow_mut().take())
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        Self {
+            message: panic_message(p),
+            location,
+            backtrace,
+        }
+    }
+
+    /// A failure that is not a panic of the code (its thread could not be joined, say).
+    pub(crate) fn other(message: String) -> Self {
+        Self {
+            message,
+            location: None,
+            backtrace: None,
+        }
+    }
+
+    /// The error of the task or call `function` (`Class::method` for an actor's).
+    pub(crate) fn into_error(self, function: impl Into<String>) -> TaskError {
+        let peer = runtime::try_get().and_then(|c| c.peer_id().map(str::to_string));
+        TaskError::Panicked {
+            message: self.message,
+            origin: Some(Box::new(shoal_protocol::PanicOrigin {
+                function: function.into(),
+                location: self.location,
+                pid: std::process::id(),
+                peer,
+                backtrace: self.backtrace,
+            })),
+        }
+    }
+
+    /// As a sentence: `panicked at src/lib.rs:3:5: the message`, and the backtrace.
+    pub(crate) fn describe(&self) -> String {
+        let mut s = match &self.location {
+            Some(at) => format!("panicked at {at}: {}", self.message),
+            None => format!("panicked: {}", self.message),
+        };
+        if let Some(bt) = &self.backtrace {
+            s.push_str("\nstack backtrace:\n");
+            s.push_str(bt);
+        }
+        s
     }
 }
 
@@ -235,9 +336,7 @@ fn execute(
                 Err(p) if p.is::<Interrupted>() => {
                     TaskOutcome::Err(TaskError::Cancelled { task: task_id })
                 }
-                Err(p) => TaskOutcome::Err(TaskError::Panicked {
-                    message: panic_message(&*p),
-                }),
+                Err(p) => TaskOutcome::Err(Caught::new(&*p).into_error(task.function.as_str())),
             }
         }
     };

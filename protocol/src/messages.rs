@@ -955,6 +955,10 @@ pub enum ToNode {
     },
     /// The worker runs again.
     Unblocked,
+    /// The worker ran a function as many times as the function allows (its `max_calls`):
+    /// give it no more tasks; it hands back those it is given, and is stopped once it holds
+    /// none (a fresh worker takes its place when work needs one).
+    Retire,
     /// Ask for a [`NodeStatus`].
     Status {
         /// Request number.

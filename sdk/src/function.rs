@@ -20,6 +20,9 @@ pub struct RemoteFunction {
     pub name: &'static str,
     /// Decodes the arguments, runs the function, encodes the result.
     pub invoke: fn(Args) -> Result<Vec<u8>, TaskError>,
+    /// How many times one worker process runs it before it is replaced by a fresh one
+    /// (`#[shoal::remote(max_calls = n)]`, as Ray's `max_calls`); 0: no limit.
+    pub max_calls: u32,
 }
 
 /// Every `#[shoal::remote]` function linked into this binary.

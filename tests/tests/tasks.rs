@@ -164,6 +164,41 @@ fn backtrace_entry() {
     println!("error: {e}");
 }
 
+#[shoal::remote(max_calls = 1)]
+fn pid_once() -> u32 {
+    std::process::id()
+}
+
+#[shoal::remote(max_calls = 2)]
+fn pid_twice() -> u32 {
+    std::process::id()
+}
+
+/// Ray's `max_calls`: a worker runs the function that many times, then a fresh process takes
+/// its place; tasks handed to it meanwhile run elsewhere.
+#[test]
+fn max_calls_replaces_a_worker_after_that_many_runs() {
+    let one_by_one: std::collections::HashSet<u32> = (0..4)
+        .map(|_| pid_once.remote().get_blocking().unwrap())
+        .collect();
+    assert_eq!(one_by_one.len(), 4, "{one_by_one:?}");
+    // Many at once, some of them queued at a worker that retires: each runs once, in a
+    // process of its own.
+    let refs: Vec<_> = (0..8).map(|_| pid_once.remote()).collect();
+    let at_once: std::collections::HashSet<u32> =
+        refs.iter().map(|r| r.get_blocking().unwrap()).collect();
+    assert_eq!(at_once.len(), 8, "{at_once:?}");
+    assert!(at_once.is_disjoint(&one_by_one));
+    let refs: Vec<_> = (0..10).map(|_| pid_twice.remote()).collect();
+    let mut runs = std::collections::HashMap::<u32, u32>::new();
+    for r in &refs {
+        *runs.entry(r.get_blocking().unwrap()).or_default() += 1;
+    }
+    assert!(runs.values().all(|n| *n <= 2), "{runs:?}");
+    // Other functions still share workers.
+    assert_eq!(square.remote(9).get_blocking().unwrap(), 81);
+}
+
 #[shoal::remote]
 fn boom_i64() -> i64 {
     panic!("boom_i64")

@@ -301,6 +301,13 @@ impl NodeCore {
                     self.sched.tasks_returned(now, w, &tasks);
                 }
             }
+            ToNode::Retire => match self.worker_of(conn) {
+                Some(w) => {
+                    tracing::debug!(worker = w, "worker retires (a function's max_calls)");
+                    self.sched.retire(now, w);
+                }
+                None => tracing::warn!(conn, "Retire from a process that is not a worker; ignored"),
+            },
             ToNode::Unblocked => {
                 if let Some(w) = self.worker_of(conn) {
                     self.sched.worker_unblocked(w);

@@ -69,7 +69,7 @@
 //!     #[::shoal::__private::linkme::distributed_slice(::shoal::__private::REMOTE_FUNCTIONS)]
 //!     #[linkme(crate = ::shoal::__private::linkme)]
 //!     static __SHOAL_REGISTER: ::shoal::__private::RemoteFunction =
-//!         ::shoal::__private::RemoteFunction { name: add::NAME, invoke: __shoal_invoke };
+//!         ::shoal::__private::RemoteFunction { name: add::NAME, invoke: __shoal_invoke, max_calls: 0 };
 //!
 //!     #[used]
 //!     #[cfg_attr(
@@ -280,6 +280,10 @@ use syn::{
 /// - `add.remote(1, 2)` submits it as a task and returns a `shoal::ObjectRef<i64>` at once;
 /// - `add.options(opts).remote(1, 2)` does the same with per-call `shoal::TaskOptions`;
 /// - `add::NAME` is the name under which the function is registered in the binary.
+///
+/// `#[remote(max_calls = n)]` has a worker process run the function at most `n` times, then
+/// hand back what it was given and be replaced by a fresh one (as Ray's `max_calls`, for
+/// code that leaks memory or holds a device until its process ends).
 #[proc_macro_attribute]
 pub fn remote(attr: TokenStream, item: TokenStream) -> TokenStream {
     expand(&attr.into(), item.into())
@@ -363,17 +367,61 @@ fn expand(attr: &TokenStream2, item: TokenStream2) -> syn::Result<TokenStream2> 
         }
     };
     let mut errors = Errors::default();
-    if !attr.is_empty() {
-        errors.push(syn::Error::new_spanned(
-            attr,
-            "`#[remote]` takes no arguments; per-call options go through \
-             `.options(..).remote(..)`",
-        ));
-    }
+    let max_calls = remote_args(attr, &mut errors);
     let params = check_signature(&func, &mut errors);
     errors.finish()?;
-    Ok(generate(&func, &params))
+    Ok(generate(&func, &params, max_calls))
 }
+
+/// The arguments of `#[remote(..)]`: only `max_calls = n` (how many times one worker runs
+/// the function before it is replaced); 0 when not given.
+fn remote_args(attr: &TokenStream2, errors: &mut Errors) -> u32 {
+    if attr.is_empty() {
+        return 0;
+    }
+    let parser =
+        syn::punctuated::Punctuated::<syn::MetaNameValue, syn::Token![,]>::parse_terminated;
+    let args = match syn::parse::Parser::parse2(parser, attr.clone()) {
+        Ok(args) => args,
+        Err(_) => {
+            errors.push(syn::Error::new_spanned(attr, ONLY_MAX_CALLS));
+            return 0;
+        }
+    };
+    let mut max_calls = 0;
+    for arg in args {
+        if !arg.path.is_ident("max_calls") {
+            errors.push(syn::Error::new_spanned(&arg.path, ONLY_MAX_CALLS));
+            continue;
+        }
+        let n = match &arg.value {
+            syn::Expr::Lit(syn::ExprLit {
+                lit: syn::Lit::Int(n),
+                ..
+            }) => n,
+            other => {
+                errors.push(syn::Error::new_spanned(
+                    other,
+                    "`max_calls` takes a whole number",
+                ));
+                continue;
+            }
+        };
+        match n.base10_parse::<u32>() {
+            Ok(0) => errors.push(syn::Error::new_spanned(
+                n,
+                "`max_calls` must be at least 1 (leave it out for no limit)",
+            )),
+            Ok(v) => max_calls = v,
+            Err(e) => errors.push(e),
+        }
+    }
+    max_calls
+}
+
+/// What `#[remote(..)]` says to an argument it does not take.
+const ONLY_MAX_CALLS: &str = "`#[remote]` takes only `max_calls = n`; per-call options go \
+                              through `.options(..).remote(..)`";
 
 /// What a signature belongs to, for the wording of errors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -603,7 +651,7 @@ fn is_cfg(attr: &Attribute) -> bool {
 }
 
 /// The expansion of a checked function; see the crate documentation.
-fn generate(func: &ItemFn, params: &[Param<'_>]) -> TokenStream2 {
+fn generate(func: &ItemFn, params: &[Param<'_>], max_calls: u32) -> TokenStream2 {
     let vis = &func.vis;
     let name = &func.sig.ident;
     let name_str = name.unraw().to_string();
@@ -637,7 +685,7 @@ fn generate(func: &ItemFn, params: &[Param<'_>]) -> TokenStream2 {
     let arg_vec = quote! {
         ::std::vec![#(::shoal::IntoArg::<#types>::into_arg(#names)),*]
     };
-    let registration = registration(func, params);
+    let registration = registration(func, params, max_calls);
     // With the function's span, diagnostics about the struct (`missing_docs`, privacy) point
     // at the function's name rather than at the attribute.
     let unit_struct = quote_spanned!(name.span()=> #vis struct #name;);
@@ -705,7 +753,7 @@ fn generate(func: &ItemFn, params: &[Param<'_>]) -> TokenStream2 {
 
 /// The worker side: a shim that decodes the arguments, runs `call` and encodes the result,
 /// its entry in the registry, and the constructor that enters worker mode before `main`.
-fn registration(func: &ItemFn, params: &[Param<'_>]) -> TokenStream2 {
+fn registration(func: &ItemFn, params: &[Param<'_>], max_calls: u32) -> TokenStream2 {
     let name = &func.sig.ident;
     let names = params.iter().map(|p| &p.name);
     // Mixed-site hygiene: a parameter of the user's function cannot shadow it.
@@ -752,6 +800,7 @@ fn registration(func: &ItemFn, params: &[Param<'_>]) -> TokenStream2 {
                 ::shoal::__private::RemoteFunction {
                     name: #name::NAME,
                     invoke: __shoal_invoke,
+                    max_calls: #max_calls,
                 };
 
             #ctor
@@ -861,7 +910,24 @@ mod tests {
 
     #[test]
     fn rejects_arguments() {
-        assert!(error("retries = 3", "fn f() {}").contains("takes no arguments"));
+        assert!(error("retries = 3", "fn f() {}").contains("takes only `max_calls"));
+        assert!(error("max_calls = 0", "fn f() {}").contains("at least 1"));
+        assert!(error("max_calls = \"2\"", "fn f() {}").contains("whole number"));
+        assert!(error("max_calls", "fn f() {}").contains("takes only `max_calls"));
+    }
+
+    #[test]
+    fn max_calls_goes_to_the_registry() {
+        let out = expand(
+            &quote!(max_calls = 3),
+            quote!(
+                fn f() {}
+            ),
+        )
+        .unwrap()
+        .to_string();
+        assert!(out.contains("max_calls : 3u32"), "{out}");
+        assert!(expands("fn f() {}").contains("max_calls : 0u32"));
     }
 
     #[test]
@@ -944,7 +1010,7 @@ mod tests {
     fn reports_every_error_at_once() {
         let message = error("x", "fn f<T>(&self, (a, b): (T, T)) {}");
         for expected in [
-            "takes no arguments",
+            "takes only `max_calls",
             "cannot be generic",
             "`self`",
             "plain names",

@@ -39,6 +39,9 @@ pub(crate) struct Work {
     in_task: AtomicBool,
     /// Set while the running task waits: tasks arriving meanwhile are handed back.
     waiting: Mutex<bool>,
+    /// Set (under `waiting`'s lock) once the worker ran a function its `max_calls` times:
+    /// every task it is handed from then on goes back.
+    retired: AtomicBool,
     /// The task the worker loop runs, if any. Held by [`Work::cancel`] as it ends the
     /// process, so that no next task starts meanwhile.
     current: Mutex<Option<TaskId>>,
@@ -56,11 +59,17 @@ impl Work {
             rx: Mutex::new(Some(rx)),
             in_task: AtomicBool::new(false),
             waiting: Mutex::new(false),
+            retired: AtomicBool::new(false),
             current: Mutex::new(None),
             interrupted: Mutex::new(std::collections::VecDeque::new()),
             interrupts: AtomicUsize::new(0),
             interrupt: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Whether the worker retired ([`Context::retire`]): tasks it is handed go back.
+    pub(crate) fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
     }
 
     fn lock_rx(&self) -> MutexGuard<'_, Option<mpsc::Receiver<WorkItem>>> {
@@ -169,7 +178,7 @@ impl Context {
     /// task waits (the new one might be what it waits for) or the queue is full.
     pub(super) fn offer_task(&self, task: ExecTask, queue: &mpsc::Sender<WorkItem>) {
         let waiting = self.work.lock_waiting();
-        if *waiting {
+        if *waiting || self.work.is_retired() {
             drop(waiting);
             self.push(ToNode::Returned {
                 tasks: vec![task.task_id],
@@ -212,6 +221,15 @@ impl Context {
         }
         drop(waiting);
         true
+    }
+
+    /// In a worker that ran a function its `max_calls` times: takes no more tasks (those
+    /// queued or handed to it later go back) and asks the node to replace it.
+    pub(crate) fn retire(&self) {
+        let waiting = self.work.lock_waiting();
+        self.work.retired.store(true, Ordering::Release);
+        drop(waiting);
+        self.push(ToNode::Retire);
     }
 
     /// The wait reported by [`Context::report_blocked`] is over.

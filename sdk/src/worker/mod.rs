@@ -162,9 +162,33 @@ fn run(worker_id: u64) -> i32 {
     let span = tracing::info_span!("worker", worker = worker_id, pid = std::process::id());
     let _enter = span.enter();
     tracing::debug!(functions = registry.len(), "worker ready");
+    // Runs of each function with a `max_calls`.
+    let mut calls: HashMap<&'static str, u32> = HashMap::new();
     loop {
         match ctx.work.next_blocking() {
-            Some(WorkItem::Task(task)) => execute(ctx, &registry, task),
+            // Queued before it retired: the node gives it to another worker.
+            Some(WorkItem::Task(task)) if ctx.work.is_retired() => ctx.push(ToNode::Returned {
+                tasks: vec![task.task_id],
+            }),
+            Some(WorkItem::Task(task)) => {
+                let limited = registry
+                    .get(task.function.as_str())
+                    .filter(|f| f.max_calls > 0)
+                    .map(|f| (f.name, f.max_calls));
+                execute(ctx, &registry, task);
+                if let Some((name, max)) = limited {
+                    let n = calls.entry(name).or_insert(0);
+                    *n += 1;
+                    if *n >= max {
+                        tracing::debug!(
+                            function = name,
+                            max_calls = max,
+                            "ran its max_calls: retiring"
+                        );
+                        ctx.retire();
+                    }
+                }
+            }
             Some(WorkItem::HostActor(host)) => {
                 // From now on this process is the actor's: it never runs other tasks.
                 return match ACTOR_CLASSES.iter().find(|c| c.name == host.class) {

@@ -123,6 +123,9 @@ struct Worker {
     /// Waiting inside a task for objects: its lease is lent back to the pool.
     blocked: bool,
     tasks_done: u64,
+    /// It ran a function its `max_calls` times: it takes no more tasks, and is stopped once
+    /// it holds none.
+    retiring: bool,
 }
 
 /// The scheduler. See the module docs.
@@ -528,6 +531,25 @@ impl Scheduler {
             q.push_front(*t);
         }
         self.queued += back.len();
+        self.release_if_empty(worker);
+        self.schedule(now);
+    }
+
+    /// `worker` ran a function as many times as the function allows (`max_calls`): it takes
+    /// no more tasks, and is stopped once the tasks it holds are done or handed back (an
+    /// actor's worker, or one not started, is left as it is).
+    pub fn retire(&mut self, now: Instant, worker: WorkerId) {
+        let Some(w) = self.workers.get_mut(&worker) else {
+            return;
+        };
+        match w.state {
+            State::Idle => self.kill(worker),
+            State::Leased { .. } => {
+                w.retiring = true;
+                self.release_if_empty(worker);
+            }
+            _ => return,
+        }
         self.schedule(now);
     }
 
@@ -651,6 +673,7 @@ impl Scheduler {
                 state: State::Starting { shape },
                 blocked: false,
                 tasks_done: 0,
+                retiring: false,
             },
         );
         self.actions.push_back(Action::Spawn { worker: id, binary });
@@ -722,7 +745,8 @@ impl Scheduler {
             self.free.subtract(&shape.demand);
             self.actor_workers += 1;
             let idle = self.workers.iter().find_map(|(id, w)| {
-                (matches!(w.state, State::Idle) && w.binary == shape.binary).then_some(*id)
+                (matches!(w.state, State::Idle) && w.binary == shape.binary && !w.retiring)
+                    .then_some(*id)
             });
             match idle {
                 Some(worker) => {
@@ -742,6 +766,7 @@ impl Scheduler {
                             state: State::StartingActor { task, shape },
                             blocked: false,
                             tasks_done: 0,
+                            retiring: false,
                         },
                     );
                     self.actions.push_back(Action::Spawn {
@@ -808,7 +833,7 @@ impl Scheduler {
         }
         w.blocked = false;
         w.state = State::Idle;
-        if !self.live.contains_key(&w.binary) {
+        if !self.live.contains_key(&w.binary) || w.retiring {
             self.kill(worker);
         }
     }
@@ -893,6 +918,7 @@ impl Scheduler {
         let mut best_pipeline: Option<(usize, WorkerId)> = None;
         for (id, w) in &self.workers {
             match &w.state {
+                _ if w.retiring => {}
                 State::Leased {
                     shape: s, inflight, ..
                 } if s == shape && !w.blocked => {

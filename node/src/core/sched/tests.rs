@@ -372,3 +372,57 @@ fn infeasible_actors_fail_and_idle_workers_are_reused() {
     let status = s.worker_status();
     assert_eq!(status[0].state, "actor");
 }
+
+#[test]
+fn a_retiring_worker_takes_no_more_tasks_and_stops_once_it_holds_none() {
+    let t0 = Instant::now();
+    let mut s = Scheduler::new(config(1.0));
+    s.binary_attached(BIN);
+    s.submit(t0, task(0), BIN, ResourceSet::cpus(1.0));
+    let w = spawned(&drain(&mut s))[0];
+    s.worker_connected(t0, w, 100);
+    assert_eq!(
+        drain(&mut s),
+        vec![Action::Dispatch {
+            worker: w,
+            task: task(0)
+        }]
+    );
+    // It ran its function's max_calls, and the next task was sent to it meanwhile.
+    s.submit(t0, task(1), BIN, ResourceSet::cpus(1.0));
+    s.task_done(t0, w, task(0));
+    assert_eq!(
+        drain(&mut s),
+        vec![Action::Dispatch {
+            worker: w,
+            task: task(1)
+        }]
+    );
+    s.retire(t0, w);
+    assert!(drain(&mut s).is_empty(), "it still holds task 1");
+    // It hands that task back: it is stopped, and a fresh worker runs the task.
+    s.tasks_returned(t0, w, &[task(1)]);
+    let actions = drain(&mut s);
+    assert!(actions.contains(&Action::Kill { worker: w }), "{actions:?}");
+    let fresh = spawned(&actions);
+    assert_eq!(fresh.len(), 1, "{actions:?}");
+    assert_ne!(fresh[0], w);
+    s.worker_connected(t0, fresh[0], 101);
+    assert_eq!(
+        drain(&mut s),
+        vec![Action::Dispatch {
+            worker: fresh[0],
+            task: task(1)
+        }]
+    );
+    assert_eq!(
+        s.free().get_milli("CPU"),
+        0,
+        "one lease, the fresh worker's"
+    );
+    // An idle worker that retires stops at once.
+    s.task_done(t0, fresh[0], task(1));
+    s.retire(t0, fresh[0]);
+    assert_eq!(drain(&mut s), vec![Action::Kill { worker: fresh[0] }]);
+    assert_eq!(s.free().get_milli("CPU"), 1000);
+}

@@ -75,11 +75,10 @@ thread_local! {
 }
 
 /// Encodes a function's result.
-pub fn encode_result<T: Serialize>(value: &T) -> Result<Vec<u8>, TaskError> {
-    let (bytes, refs) =
-        object_ref::encode_collecting(value).map_err(|e| TaskError::ResultStore {
-            message: e.to_string(),
-        })?;
+pub fn encode_result<T: Serialize + DeserializeOwned>(value: &T) -> Result<Vec<u8>, TaskError> {
+    let (bytes, refs) = object_ref::encode_checked(value).map_err(|e| TaskError::ResultStore {
+        message: e.to_string(),
+    })?;
     if !refs.is_empty() {
         RESULT_REFS.with(|r| r.borrow_mut().extend(refs));
     }

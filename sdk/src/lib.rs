@@ -134,6 +134,8 @@ mod bytes;
 mod cancel;
 mod error;
 mod function;
+#[cfg(feature = "json")]
+mod json;
 mod many;
 mod object_ref;
 mod options;
@@ -155,6 +157,8 @@ pub use actor::{
     ActorOptions,
 };
 pub use bytes::{put_bytes, ByteSequence, ByteView, Bytes};
+#[cfg(feature = "json")]
+pub use json::Json;
 pub use shoal_macros::{actor, remote};
 pub use shoal_protocol::{
     ActorId, NodeId, NodeStatus, ObjectId, ObjectInfo, ResourceSet, TaskError, TaskId,

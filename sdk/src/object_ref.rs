@@ -32,6 +32,45 @@ pub(crate) fn encode_collecting<T: Serialize + ?Sized>(
     Ok((bytes?, refs))
 }
 
+thread_local! {
+    /// The types (by the address of their name) whose encoding this thread has read back
+    /// once: see [`encode_checked`]. A program sends few types: scanned, not hashed.
+    static READ_BACK: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
+}
+
+/// [`encode_collecting`] for a value that will be read back as a `T` elsewhere (a task's
+/// argument, a result). The first time this thread encodes a `T`, the bytes are read back as
+/// a `T` here: a type the codec can write but not read (one that needs a self-describing
+/// format, as `serde_json::Value`, untagged or flattened enums and `skip_serializing_if` do)
+/// fails now, naming the type and the way out, instead of at the reader's `get`.
+pub(crate) fn encode_checked<T: Serialize + DeserializeOwned>(
+    value: &T,
+) -> Result<(Vec<u8>, Vec<RawRef>), EncodeError> {
+    let (bytes, refs) = encode_collecting(value)?;
+    let key = std::any::type_name::<T>().as_ptr() as usize;
+    if !READ_BACK.with(|c| c.borrow().contains(&key)) {
+        // (Refs read back here are held already: reading them changes no count.)
+        if let Err(e) = codec::decode::<T>(&bytes, usize::MAX) {
+            return Err(EncodeError::Failed(codec_trap(
+                std::any::type_name::<T>(),
+                &e,
+            )));
+        }
+        READ_BACK.with(|c| c.borrow_mut().push(key));
+    }
+    Ok((bytes, refs))
+}
+
+/// Why a type does not read back from the codec, and what to do.
+pub(crate) fn codec_trap(type_name: &str, error: &dyn std::fmt::Display) -> String {
+    format!(
+        "`{type_name}` does not read back from Shoal's binary encoding ({error}): it needs a \
+         self-describing format (as serde_json::Value, #[serde(untagged)] and \
+         #[serde(flatten)] do, or a field skipped with skip_serializing_if); send it as \
+         shoal::Json<{type_name}> (the `json` feature), or change its serde attributes"
+    )
+}
+
 /// Runs `f` (an encoding) with ref collection on.
 pub(crate) fn collecting<R>(f: impl FnOnce() -> R) -> (R, Vec<RawRef>)
 where

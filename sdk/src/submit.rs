@@ -35,9 +35,9 @@ pub trait IntoArg<T> {
     fn into_arg(self) -> ArgBuf;
 }
 
-impl<T: Serialize> IntoArg<T> for T {
+impl<T: Serialize + serde::de::DeserializeOwned> IntoArg<T> for T {
     fn into_arg(self) -> ArgBuf {
-        ArgBuf::Value(object_ref::encode_collecting(&self))
+        ArgBuf::Value(object_ref::encode_checked(&self))
     }
 }
 

@@ -59,10 +59,13 @@
 //!   size ([`ActorOptions::concurrency_group`]). A method that panics fails its call only;
 //!   the state stays.
 //! - Handles are `Clone` and serializable: pass them to tasks and other actors, which call
-//!   the actor directly.
+//!   the actor directly. They are counted wherever they go, as Ray counts them: when the
+//!   last is dropped, the actor ends (see [`ActorHandle`]).
 //! - [`ActorOptions`]: resources held (`num_cpus`, default 0, as Ray's actors once placed),
 //!   `max_restarts` (the constructor re-runs with its original arguments after the process
-//!   dies), `max_concurrency`, `name` and `get_if_exists`, `detached`.
+//!   dies), `max_task_retries`, `max_concurrency`, `max_pending_calls` (back-pressure per
+//!   handle), `name` with `namespace` and `get_if_exists` ([`get_actor`], [`get_actor_in`]),
+//!   `detached`.
 //! - [`kill`] ends an actor (and [`exit_actor`], called in one of its methods, ends it from
 //!   inside); its later calls fail with [`TaskError::ActorKilled`]. When its
 //!   process dies, the calls it may have begun fail with [`TaskError::ActorDied`] (a call
@@ -102,10 +105,18 @@
 //!   `f.remote(args…)` submits a task and returns an [`ObjectRef`] at once;
 //!   `f.options(TaskOptions::new().num_cpus(2.0).max_retries(0)).remote(args…)` sets options
 //!   per call; `f::call(args…)` runs it here.
+//! - `#[shoal::remote(max_calls = n)]` has a worker run the function `n` times, then a
+//!   fresh process takes its place (Ray's `max_calls`).
 //! - [`ObjectRef::get`] (async) and [`ObjectRef::get_blocking`] wait for a value; [`wait`]
 //!   waits for some of many; [`put`] stores a value. Failures come back as typed
-//!   [`GetError`]s: a panic with its message, a dead worker with its exit status, arguments
-//!   that do not decode, a missing function, a timeout.
+//!   [`GetError`]s: a panic with its message and where it happened (function, source place,
+//!   pid, peer, and the backtrace when `RUST_BACKTRACE` is set), a dead worker with its exit
+//!   status, arguments that do not decode, a missing function, a timeout.
+//! - Values travel in a binary encoding; a type it cannot read back (`serde_json::Value`,
+//!   untagged enums, …) fails where it is sent, naming the type: send it as `Json<T>` (the
+//!   `json` feature).
+//! - [`runtime_context`] says where the calling code runs: the node and peer, the task or
+//!   actor, and what it holds (Ray's `get_runtime_context()`, `get_assigned_resources()`).
 //! - Workers are processes of your own executable, started by the node. Worker mode is
 //!   entered before `main` (or libtest's `main`) runs, so a worker never repeats the
 //!   program's side effects.

@@ -265,13 +265,25 @@ impl ActorOptions {
     /// # pub struct Sink;
     /// # #[shoal::actor]
     /// # impl Sink { pub fn new() -> Self { Sink } pub fn take(&self, _x: u64) {} }
-    /// # fn main() -> Result<(), shoal::ActorError> {
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// let sink = Sink::options(shoal::ActorOptions::new().max_pending_calls(100)).remote()?;
+    /// let mut sent: std::collections::VecDeque<shoal::ObjectRef<()>> = Default::default();
     /// for x in 0..1_000u64 {
-    ///     // Back-pressure: wait when the actor is 100 calls behind.
-    ///     while let Err(shoal::GetError::PendingCallsLimitExceeded { .. }) =
-    ///         sink.take(x).get_blocking()
-    ///     {}
+    ///     loop {
+    ///         let call = sink.take(x);
+    ///         match call.get_blocking_timeout(std::time::Duration::ZERO) {
+    ///             // 100 calls behind: wait for the oldest, then send again.
+    ///             Err(shoal::GetError::PendingCallsLimitExceeded { .. }) => {
+    ///                 if let Some(oldest) = sent.pop_front() {
+    ///                     oldest.get_blocking()?;
+    ///                 }
+    ///             }
+    ///             _ => {
+    ///                 sent.push_back(call);
+    ///                 break;
+    ///             }
+    ///         }
+    ///     }
     /// }
     /// # Ok(()) }
     /// ```

@@ -1715,10 +1715,9 @@ impl NodeCore {
         self.end_remote(now, actor, no_restart, false, reason, token)
     }
 
-    /// Ends an actor placed on a peer once its calls are done (its creator, `conn`, dropped
-    /// all its handles). Says whether the actor is one this node placed.
     /// Every counted handle of `actor`, placed at a peer, is gone: that peer ends it once
-    /// its calls are done (unless it gave out a handle that is not counted).
+    /// its calls are done (unless it gave out a handle that is not counted). Says whether
+    /// the actor is one this node placed.
     pub(super) fn drain_remote(&mut self, now: Instant, actor: ActorId) -> bool {
         if self.directory.placement(&actor).is_none() {
             return false;

@@ -236,7 +236,6 @@ impl Context {
         }
     }
 
-    /// Drops a handle; the last one releases this process's hold on the object.
     /// A failure of `id` dropped unread is no surprise, and is not reported (an actor's
     /// creation, held by its handles: its calls say why it failed).
     pub(crate) fn set_handled(&self, id: ObjectId) {
@@ -245,6 +244,7 @@ impl Context {
         }
     }
 
+    /// Drops a handle; the last one releases this process's hold on the object.
     pub(crate) fn drop_ref(&self, id: ObjectId) {
         let (last, unhandled) = {
             let mut cells = self.cells.lock();

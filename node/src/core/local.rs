@@ -1125,7 +1125,17 @@ impl NodeCore {
                     && e.retries_left > 0
                     && matches!(e.spec.kind, TaskKind::Function)
             });
-        if !retry {
+        // Its result could not be stored because another copy of it is being written here (a
+        // pull of an earlier run's result, or another run): it runs again, and by then finds
+        // that copy sealed (the arm below), rather than failing.
+        let rerun = matches!(outcome, TaskOutcome::Err(TaskError::ResultStore { .. }))
+            && self.store.index.contains(&ret)
+            && self.store.index.sealed(&ret).is_none()
+            && self
+                .tasks
+                .get(&task)
+                .is_some_and(|e| matches!(e.spec.kind, TaskKind::Function));
+        if !retry && !rerun {
             self.record_end(now, task, error);
         }
         let _entered = span.as_ref().map(|s| s.enter());
@@ -1141,6 +1151,12 @@ impl NodeCore {
                 }
                 None => self.sched.task_done(now, w, task),
             }
+        }
+        if let (true, Some(e)) = (rerun, self.tasks.get(&task)) {
+            tracing::info!(task = %task, object = %ret, "a task's result is being written here by another; running it again");
+            let (binary, demand) = (e.spec.binary, e.spec.resources.clone());
+            self.sched.submit(now, task, binary, demand);
+            return;
         }
         if let (true, Some(e)) = (retry, self.tasks.get_mut(&task)) {
             e.retries_left -= 1;

@@ -393,6 +393,39 @@ mod tests {
     }
 
     #[test]
+    fn a_result_another_copy_of_which_is_being_written_runs_again_instead_of_failing() {
+        let now = Instant::now();
+        let mut core = node(now, 1.0, 1 << 20);
+        let task = spec(1, Vec::new(), 0);
+        let ret = task.return_id();
+        let out = send(&mut core, now, ToNode::Submit(task.clone()));
+        let (_, out) = attach_worker(&mut core, now, &out, 10);
+        assert_eq!(executed(&out, 10).len(), 1);
+        // Another copy of its result is being written here (a pull of an earlier run's).
+        let create = ToNode::Create {
+            request: 1,
+            id: ret,
+            size: 100,
+        };
+        send(&mut core, now, create);
+        // So its own could not be stored: it runs again, and its owner sees no failure.
+        let message = format!("object {ret} exists already");
+        let done = ToNode::Done {
+            task_id: task.task_id,
+            outcome: TaskOutcome::Err(TaskError::ResultStore { message }),
+            nested: Vec::new(),
+        };
+        let out = from(&mut core, now, 10, done);
+        assert!(
+            !replies(&out)
+                .iter()
+                .any(|m| matches!(m, ToClient::Object { id, .. } if *id == ret)),
+            "{out:?}"
+        );
+        assert_eq!(executed(&out, 10).len(), 1, "{out:?}");
+    }
+
+    #[test]
     fn a_task_waits_for_its_argument_then_runs_with_its_value() {
         let now = Instant::now();
         let mut core = node(now, 1.0, 1 << 20);

@@ -171,11 +171,11 @@ fn run(worker_id: u64) -> i32 {
                 tasks: vec![task.task_id],
             }),
             Some(WorkItem::Task(task)) => {
-                let limited = registry
-                    .get(task.function.as_str())
+                let function = registry.get(task.function.as_str()).copied();
+                let limited = function
                     .filter(|f| f.max_calls > 0)
                     .map(|f| (f.name, f.max_calls));
-                execute(ctx, &registry, task);
+                execute(ctx, function, task);
                 if let Some((name, max)) = limited {
                     let n = calls.entry(name).or_insert(0);
                     *n += 1;
@@ -324,16 +324,13 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
-fn execute(
-    ctx: &Context,
-    registry: &HashMap<&'static str, &'static RemoteFunction>,
-    task: ExecTask,
-) {
+/// Runs `task` with `function`, the registry's entry for its name (`None`: no such function).
+fn execute(ctx: &Context, function: Option<&'static RemoteFunction>, task: ExecTask) {
     let span = tracing::info_span!("task", task = %task.task_id, function = %task.function);
     let _enter = span.enter();
     let task_id = task.task_id;
     ctx.work.set_current(Some(task_id));
-    let outcome = match registry.get(task.function.as_str()) {
+    let outcome = match function {
         // Cancelled before it began: it never does.
         _ if ctx.work.is_interrupted(task_id) => {
             TaskOutcome::Err(TaskError::Cancelled { task: task_id })

@@ -141,6 +141,7 @@ fn a_peer_given_nothing_cannot_read_release_call_kill_or_download() {
             nested: Vec::new(),
             wait_for_resources: false,
             retry_exceptions: false,
+            num_returns: 1,
         };
         let msgs = [
             PeerMsg::Release { ids: vec![obj] },

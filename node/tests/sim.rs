@@ -823,6 +823,7 @@ fn forged_task_of_epoch(args: Vec<Arg>, kind: TaskKind, actor_epoch: u32) -> Pee
         nested: Vec::new(),
         wait_for_resources: false,
         retry_exceptions: false,
+        num_returns: 1,
     };
     PeerMsg::Submit(Box::new(shoal_protocol::mesh::RemoteTask {
         spec,

@@ -197,7 +197,14 @@ pub struct TaskSpec {
     /// A task whose function panicked is tried again too, within `max_retries` (Ray's
     /// `retry_exceptions`).
     pub retry_exceptions: bool,
+    /// How many objects it returns (Ray's `num_returns`): 1 for most; a function whose
+    /// result is a tuple may give each element its own object, return `i` being
+    /// [`ObjectId::for_return`]`(task_id, i)`. At most [`MAX_RETURNS`]; only for functions.
+    pub num_returns: u32,
 }
+
+/// The most objects one task may return ([`TaskSpec::num_returns`]).
+pub const MAX_RETURNS: u32 = 64;
 
 /// What a [`TaskSpec`] asks for.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -287,10 +294,28 @@ pub fn check_name(qualified: &str) -> Result<(), String> {
 }
 
 impl TaskSpec {
-    /// The id of the task's (single) return object.
+    /// The id of the task's (first) return object.
     pub fn return_id(&self) -> ObjectId {
         ObjectId::for_return(self.task_id, 0)
     }
+
+    /// The ids of its other return objects (returns 1 and on), none for most tasks.
+    pub fn more_return_ids(&self) -> Vec<ObjectId> {
+        (1..self.num_returns.min(MAX_RETURNS))
+            .map(|i| ObjectId::for_return(self.task_id, i))
+            .collect()
+    }
+}
+
+/// The value of one more return of a task with several ([`TaskSpec::num_returns`]), as its
+/// worker reports it in [`ToNode::Done`]: inline, or written to the store under its id
+/// (reserved with [`ToNode::Create`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReturnValue {
+    /// Its value: [`ObjectValue::Inline`] or [`ObjectValue::Shared`].
+    pub value: ObjectValue,
+    /// Objects whose refs are inside it: alive while it is.
+    pub nested: Vec<ObjectId>,
 }
 
 /// Where a large object lives: a sealed file in the node's shared-memory store directory
@@ -940,10 +965,13 @@ pub enum ToNode {
     Done {
         /// The task.
         task_id: TaskId,
-        /// Its result.
+        /// Its result (its first, for a task with several).
         outcome: TaskOutcome,
         /// Objects whose refs are inside the result: alive while it is.
         nested: Vec<ObjectId>,
+        /// For a task with several returns that succeeded: returns 1 and on, in order (each
+        /// of them is ready before the first is).
+        more: Vec<ReturnValue>,
     },
     /// A worker waits inside a task for objects; its resources may be lent out meanwhile.
     Blocked,
@@ -1167,6 +1195,7 @@ mod tests {
             nested: vec![],
             wait_for_resources: false,
             retry_exceptions: false,
+            num_returns: 1,
         };
         let msgs = vec![
             ToNode::Submit(spec),
@@ -1180,6 +1209,7 @@ mod tests {
                     },
                 }),
                 nested: vec![],
+                more: vec![],
             },
             ToNode::Status { request: 1 },
         ];

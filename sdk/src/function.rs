@@ -89,3 +89,24 @@ pub fn encode_result<T: Serialize + DeserializeOwned>(value: &T) -> Result<Vec<u
 pub(crate) fn take_result_refs() -> Vec<RawRef> {
     RESULT_REFS.with(|r| std::mem::take(&mut *r.borrow_mut()))
 }
+
+thread_local! {
+    /// The other returns of a function with several (`num_returns`) just encoded on this
+    /// thread, in order, each with the refs inside it.
+    static MORE_RETURNS: RefCell<Vec<(Vec<u8>, Vec<RawRef>)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Encodes the next of a function's other returns (returns 1 and on, in order; the first is
+/// encoded with [`encode_result`] after them).
+pub fn encode_return<T: Serialize + DeserializeOwned>(value: &T) -> Result<(), TaskError> {
+    let encoded = object_ref::encode_checked(value).map_err(|e| TaskError::ResultStore {
+        message: e.to_string(),
+    })?;
+    MORE_RETURNS.with(|r| r.borrow_mut().push(encoded));
+    Ok(())
+}
+
+/// The other returns last encoded on this thread (none for a function with one).
+pub(crate) fn take_more_returns() -> Vec<(Vec<u8>, Vec<RawRef>)> {
+    MORE_RETURNS.with(|r| std::mem::take(&mut *r.borrow_mut()))
+}

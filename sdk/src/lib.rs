@@ -107,6 +107,22 @@
 //!   per call; `f::call(args…)` runs it here.
 //! - `#[shoal::remote(max_calls = n)]` has a worker run the function `n` times, then a
 //!   fresh process takes its place (Ray's `max_calls`).
+//! - `#[shoal::remote(num_returns = n)]` on a function returning a tuple of `n` gives each
+//!   element its own object (Ray's `num_returns`): `remote` returns a tuple of refs, each
+//!   read, passed on and freed on its own; a failure fails each of them.
+//!
+//!   ```no_run
+//!   #[shoal::remote(num_returns = 2)]
+//!   fn split(v: Vec<u8>) -> (Vec<u8>, Vec<u8>) {
+//!       let (a, b) = v.split_at(v.len() / 2);
+//!       (a.to_vec(), b.to_vec())
+//!   }
+//!   # fn main() -> Result<(), shoal::GetError> {
+//!   let (left, right) = split.remote(vec![1, 2, 3, 4]);
+//!   drop(left); // freed alone
+//!   assert_eq!(right.get_blocking()?, vec![3, 4]);
+//!   # Ok(()) }
+//!   ```
 //! - [`ObjectRef::get`] (async) and [`ObjectRef::get_blocking`] wait for a value; [`wait`]
 //!   waits for some of many; [`put`] stores a value. Failures come back as typed
 //!   [`GetError`]s: a panic with its message and where it happened (function, source place,

@@ -63,14 +63,76 @@ impl IntoArg<String> for &str {
 pub fn submit<R>(name: &'static str, options: &TaskOptions, args: Vec<ArgBuf>) -> ObjectRef<R> {
     let ctx = runtime::get();
     let task_id = ctx.next_task_id();
-    submit_spec(
+    ObjectRef::from_raw(submit_spec(
         ctx,
         task_id,
         name,
         options.clone(),
         TaskKind::Function,
         args,
-    )
+        1,
+    ))
+}
+
+/// Submits a call of `name`, a function with `num_returns` returns, and returns the
+/// references to them, taken in order with [`Returns::take`].
+pub fn submit_several(
+    name: &'static str,
+    options: &TaskOptions,
+    args: Vec<ArgBuf>,
+    num_returns: u32,
+) -> Returns {
+    let ctx = runtime::get();
+    let task_id = ctx.next_task_id();
+    let first = submit_spec(
+        ctx,
+        task_id,
+        name,
+        options.clone(),
+        TaskKind::Function,
+        args,
+        num_returns,
+    );
+    Returns {
+        first: Some(first),
+        task: task_id,
+        next: 1,
+        count: num_returns,
+    }
+}
+
+/// The references to the returns of a task with several, each counted once, taken in order.
+#[derive(Debug)]
+pub struct Returns {
+    first: Option<RawRef>,
+    task: TaskId,
+    next: u32,
+    count: u32,
+}
+
+impl Returns {
+    /// The reference to the next return, as a `T`.
+    ///
+    /// # Panics
+    /// When all were taken.
+    pub fn take<T>(&mut self) -> ObjectRef<T> {
+        if let Some(first) = self.first.take() {
+            return ObjectRef::from_raw(first);
+        }
+        assert!(self.next < self.count, "every return was taken");
+        let id = ObjectId::for_return(self.task, self.next);
+        self.next += 1;
+        ObjectRef::from_raw(RawRef::counted(id, runtime::get().client))
+    }
+}
+
+impl Drop for Returns {
+    fn drop(&mut self) {
+        // Those not taken are released.
+        while self.next < self.count {
+            drop(self.take::<()>());
+        }
+    }
 }
 
 /// Calls `method` of an actor and returns the reference to its result. Calls are never
@@ -79,7 +141,7 @@ pub fn call_actor<R>(actor: &RawActor, method: &'static str, args: Vec<ArgBuf>) 
     let ctx = runtime::get();
     let task_id = ctx.next_task_id();
     let call = || {
-        submit_spec(
+        ObjectRef::from_raw(submit_spec(
             ctx,
             task_id,
             method,
@@ -89,7 +151,8 @@ pub fn call_actor<R>(actor: &RawActor, method: &'static str, args: Vec<ArgBuf>) 
                 token: actor.token(),
             },
             args,
-        )
+            1,
+        ))
     };
     actor.within_limit(ctx, call).unwrap_or_else(|limit| {
         let ret = ObjectId::for_return(task_id, 0);
@@ -164,7 +227,7 @@ fn submit_create<A: Actor>(
         concurrency_groups: options.concurrency_groups.clone(),
         max_task_retries: options.max_task_retries,
     };
-    let ret = submit_spec(
+    let ret = ObjectRef::from_raw(submit_spec(
         ctx,
         task_id,
         A::CLASS,
@@ -176,7 +239,8 @@ fn submit_create<A: Actor>(
         },
         TaskKind::CreateActor(create),
         args,
-    );
+        1,
+    ));
     // The handle holds the creation's return object: the actor lives while it (or a copy of
     // it, in any process) does. A detached one lives until killed.
     ctx.set_handled(ret.id());
@@ -192,14 +256,18 @@ fn submit_create<A: Actor>(
     )
 }
 
-fn submit_spec<R>(
+/// Submits a task of `num_returns` returns; returns the reference to its first (the
+/// others are counted once each, for [`Returns`] to take).
+#[allow(clippy::too_many_arguments)]
+fn submit_spec(
     ctx: &Context,
     task_id: TaskId,
     name: &'static str,
     options: TaskOptions,
     kind: TaskKind,
     args: Vec<ArgBuf>,
-) -> ObjectRef<R> {
+    num_returns: u32,
+) -> RawRef {
     let TaskOptions {
         resources,
         max_retries,
@@ -208,8 +276,7 @@ fn submit_spec<R>(
     } = options;
     let ret = ObjectId::for_return(task_id, 0);
     if ctx.is_shut_down() {
-        ctx.add_failed(ret, GetError::Shutdown);
-        return ObjectRef::from_raw(RawRef::counted(ret, ctx.client));
+        return failed(ctx, task_id, num_returns, GetError::Shutdown);
     }
     let mut wire = Vec::with_capacity(args.len());
     // Handles to the arguments stay alive until the submit is queued.
@@ -230,10 +297,12 @@ fn submit_spec<R>(
                         wire.push(shoal_protocol::Arg::Ref(raw.id));
                         keep.push(raw);
                     }
-                    Err(message) => return failed(ctx, ret, index, message),
+                    Err(message) => return arg_failed(ctx, task_id, num_returns, index, message),
                 }
             }
-            ArgBuf::Value(Err(e)) => return failed(ctx, ret, index, e.to_string()),
+            ArgBuf::Value(Err(e)) => {
+                return arg_failed(ctx, task_id, num_returns, index, e.to_string())
+            }
             ArgBuf::Ref(raw) => {
                 wire.push(shoal_protocol::Arg::Ref(raw.id));
                 keep.push(raw);
@@ -241,13 +310,14 @@ fn submit_spec<R>(
         }
     }
     let call = matches!(kind, TaskKind::ActorMethod { .. });
-    ctx.add_owned_result(
-        ret,
-        crate::runtime::Maker {
-            task: task_id,
-            call,
-        },
-    );
+    let maker = crate::runtime::Maker {
+        task: task_id,
+        call,
+    };
+    ctx.add_owned_result(ret, maker);
+    for i in 1..num_returns {
+        ctx.add_owned_result(ObjectId::for_return(task_id, i), maker);
+    }
     ctx.push(ToNode::Submit(TaskSpec {
         task_id,
         function: name.to_string(),
@@ -260,15 +330,33 @@ fn submit_spec<R>(
         nested: object_ref::ids_of(&nested),
         wait_for_resources,
         retry_exceptions,
+        num_returns,
     }));
     drop(nested);
     drop(keep);
-    ObjectRef::from_raw(RawRef::counted(ret, ctx.client))
+    RawRef::counted(ret, ctx.client)
 }
 
-/// A reference to a call that failed before it was sent (an argument could not be encoded or
-/// stored): its `get` returns the error.
-fn failed<R>(ctx: &Context, ret: ObjectId, index: usize, message: String) -> ObjectRef<R> {
-    ctx.add_failed(ret, GetError::Task(TaskError::ArgDecode { index, message }));
-    ObjectRef::from_raw(RawRef::counted(ret, ctx.client))
+/// A call that failed before it was sent (an argument could not be encoded or stored): the
+/// `get` of each of its returns gives the error.
+fn arg_failed(
+    ctx: &Context,
+    task: TaskId,
+    num_returns: u32,
+    index: usize,
+    message: String,
+) -> RawRef {
+    let error = GetError::Task(TaskError::ArgDecode { index, message });
+    failed(ctx, task, num_returns, error)
+}
+
+/// A call that was not sent: each of its `num_returns` returns fails with `error`. Returns
+/// the reference to the first.
+fn failed(ctx: &Context, task: TaskId, num_returns: u32, error: GetError) -> RawRef {
+    for i in 1..num_returns {
+        ctx.add_failed(ObjectId::for_return(task, i), error.clone());
+    }
+    let ret = ObjectId::for_return(task, 0);
+    ctx.add_failed(ret, error);
+    RawRef::counted(ret, ctx.client)
 }

@@ -43,6 +43,26 @@ fn consume(made: (Bytes, String)) -> (u64, u64, String, String) {
     )
 }
 
+/// The bytes of `make_bytes`, the peer that made them, and their count: three objects.
+#[shoal::remote(num_returns = 3)]
+fn make_three(n: u64, seed: u8) -> (Bytes, String, u64) {
+    let (bytes, peer) = make_bytes::call(n, seed);
+    (bytes, peer, n)
+}
+
+/// A checksum of the bytes and the peer this ran on.
+#[shoal::remote]
+fn checksum(bytes: Bytes) -> (u64, String) {
+    let sum = bytes.iter().map(|b| *b as u64).sum();
+    (sum, shoal::peer_id().unwrap_or_default())
+}
+
+/// Fails before returning either of its two.
+#[shoal::remote(num_returns = 2)]
+fn fails_on_peer() -> (u8, u8) {
+    panic!("failed at {}", shoal::peer_id().unwrap_or_default())
+}
+
 fn expected_sum(n: u64, seed: u8) -> u64 {
     (0..n)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) as u64)
@@ -209,6 +229,33 @@ fn driver_entry() {
                 expected_sum(n, 7)
             );
             println!("result driver-read ok");
+        }
+        "returns" => {
+            // A task of three returns runs on b; one of them is read on c, all here.
+            let n = 8 << 20;
+            let on = |r: &str| TaskOptions::new().num_cpus(1.0).resource(r, 1.0);
+            let (bytes, maker, count) = make_three.options(on("b")).remote(n, 5);
+            let (sum, user) = checksum
+                .options(on("c"))
+                .remote(&bytes)
+                .get_blocking()
+                .unwrap();
+            assert_eq!(sum, expected_sum(n, 5));
+            println!("result returns-used-on {user}");
+            println!("result returns-made-on {}", maker.get_blocking().unwrap());
+            assert_eq!(count.get_blocking().unwrap(), n);
+            let read = bytes.get_blocking().unwrap();
+            assert_eq!(read.iter().map(|b| *b as u64).sum::<u64>(), sum);
+            // Failing there, each of its returns fails here.
+            let (a, b) = fails_on_peer.options(on("b")).remote();
+            for r in [b, a] {
+                match r.get_blocking() {
+                    Err(shoal::GetError::Task(shoal::TaskError::Panicked { message, .. })) => {
+                        println!("result returns-{message}")
+                    }
+                    other => panic!("expected the panic, got {other:?}"),
+                }
+            }
         }
         "cancel" => {
             // This node has no CPU: both go to the peer; one runs, the other waits there or
@@ -420,6 +467,17 @@ fn an_object_made_on_b_is_consumed_on_c() {
     assert!(lines.contains(&format!("made-on {b}")), "{lines:?}");
     assert!(lines.contains(&format!("used-on {c}")), "{lines:?}");
     assert!(lines.contains(&"driver-read ok".to_string()), "{lines:?}");
+    // A task of several returns, run at a peer: each return its own object, read where
+    // it is wanted; and its failure fails each.
+    let lines = driver(&mesh.node(0).socket(), "returns", &[]);
+    assert!(lines.contains(&format!("returns-made-on {b}")), "{lines:?}");
+    assert!(lines.contains(&format!("returns-used-on {c}")), "{lines:?}");
+    let failed = format!("returns-failed at {b}");
+    assert_eq!(
+        lines.iter().filter(|l| **l == failed).count(),
+        2,
+        "{lines:?}"
+    );
 }
 
 #[test]

@@ -183,6 +183,7 @@ mod tests {
             task_id: task,
             outcome: TaskOutcome::Ok(ObjectValue::Inline(b"v".to_vec())),
             nested: Vec::new(),
+            more: Vec::new(),
         }
     }
 
@@ -233,6 +234,7 @@ mod tests {
             task_id: a.task_id,
             outcome: TaskOutcome::Err(TaskError::Cancelled { task: a.task_id }),
             nested: Vec::new(),
+            more: Vec::new(),
         };
         let out = from(&mut core, now, 10, end);
         assert_eq!(executed(&out, 10).len(), 1, "the next task runs: {out:?}");

@@ -121,6 +121,7 @@ pub(super) fn spec(seq: u64, args: Vec<Arg>, retries: u32) -> TaskSpec {
         nested: Vec::new(),
         wait_for_resources: false,
         retry_exceptions: false,
+        num_returns: 1,
     }
 }
 

@@ -237,6 +237,7 @@ mod tests {
             nested: Vec::new(),
             wait_for_resources: false,
             retry_exceptions: false,
+            num_returns: 1,
         }
     }
 

@@ -6,15 +6,15 @@ use std::time::Instant;
 
 use shoal_protocol::{
     codec, ActorId, ActorToken, Arg, ArgValue, ExecTask, Hello, HostActor, ObjectId, ObjectInfo,
-    ObjectStats, ObjectValue, Role, TaskError, TaskId, TaskKind, TaskOutcome, TaskSpec, ToClient,
-    ToNode,
+    ObjectStats, ObjectValue, ReturnValue, Role, TaskError, TaskId, TaskKind, TaskOutcome,
+    TaskSpec, ToClient, ToNode,
 };
 
 use super::actors::{ActorState, AfterDeath, Registered};
 use super::rights::Refused;
 use super::sched::{Action, WorkerId};
 use super::store::{After, Ready, Resume};
-use super::tasks::TaskEntry;
+use super::tasks::{FirstReturn, TaskEntry};
 use super::{ConnId, NodeCore, Output, Party, Proc, WorkerEnd};
 use crate::store::{Holder, Location, OpId};
 
@@ -160,11 +160,13 @@ impl NodeCore {
         };
         ended.sort();
         for id in ended {
+            let error = TaskError::OwnerDied {
+                peer: owner.clone(),
+            };
             if self.objects.get(&id).is_some_and(|e| e.value.is_none()) {
-                let error = TaskError::OwnerDied {
-                    peer: owner.clone(),
-                };
                 self.object_ready(now, id, ObjectValue::Error(error));
+            } else {
+                self.first_return_ready(now, id, Some(&error));
             }
         }
     }
@@ -284,9 +286,10 @@ impl NodeCore {
                 task_id,
                 outcome,
                 nested,
+                more,
             } => {
                 if self.procs.get(&conn).is_some_and(|c| c.worker.is_some()) {
-                    self.task_done(now, conn, task_id, outcome, nested);
+                    self.task_done(now, conn, task_id, outcome, nested, more);
                 } else {
                     tracing::warn!(conn, task = %task_id, "Done from a process that is not a worker; ignored");
                 }
@@ -991,6 +994,16 @@ impl NodeCore {
         let entry = TaskEntry::new(now, spec, ret, owner, missing, hops);
         let span = entry.span.clone();
         let _entered = span.enter();
+        if !entry.more.is_empty() {
+            // Its other returns: held and owned as its first is.
+            for id in entry.more.iter() {
+                let e = self.objects.entry(*id);
+                e.holders.push(owner);
+                e.push_to = Some(owner);
+                e.owner = Some(client);
+            }
+            self.more_returns.insert(ret, entry.more.clone());
+        }
         self.tasks.insert(task_id, entry);
         if let Some(reason) = invalid {
             tracing::debug!(task = %task_id, %reason, "a task with invalid options; failed");
@@ -1097,6 +1110,7 @@ impl NodeCore {
         task: TaskId,
         outcome: shoal_protocol::TaskOutcome,
         nested: Vec<ObjectId>,
+        more: Vec<ReturnValue>,
     ) {
         // The return id as the task table hashed it (hashing it again costs a blake3).
         let (span, ret) = match self.tasks.get(&task) {
@@ -1166,6 +1180,56 @@ impl NodeCore {
             self.sched.submit(now, task, binary, demand);
             return;
         }
+        let several = self.tasks.get(&task).is_some_and(|e| !e.more.is_empty());
+        let (mut outcome, mut nested) = (outcome, nested);
+        if let (true, TaskOutcome::Err(_)) = (several || !more.is_empty(), &outcome) {
+            // What its worker reserved for the other returns goes.
+            self.drop_reserved_returns(conn, task, more.len());
+        } else if several || !more.is_empty() {
+            match self.store_more(now, conn, task, more) {
+                Ok(0) => {}
+                Ok(sealing) => {
+                    // The first return waits for the others to be in place.
+                    if let Some(e) = self.tasks.get_mut(&task) {
+                        e.first = Some(Box::new(FirstReturn {
+                            conn,
+                            outcome,
+                            nested,
+                            sealing,
+                        }));
+                    }
+                    return;
+                }
+                Err(message) => {
+                    tracing::warn!(conn, task = %task, %message, "bad returns");
+                    if self.store.index.reserved_by(&ret, Holder::Proc(conn)) {
+                        self.store_remove(&ret);
+                    }
+                    outcome = TaskOutcome::Err(TaskError::ResultStore { message });
+                    nested = Vec::new();
+                }
+            }
+        }
+        self.first_return(now, conn, task, ret, outcome, nested);
+        if let Some(a) = actor {
+            self.pump_actor(now, a);
+            if self.actors.get(&a).is_some_and(|x| x.drained()) {
+                self.end_out_of_scope(now, a);
+            }
+        }
+    }
+
+    /// `task`'s (first) return as its worker reported it: the task ends with it once it is
+    /// in place.
+    pub(super) fn first_return(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        task: TaskId,
+        ret: ObjectId,
+        outcome: TaskOutcome,
+        nested: Vec<ObjectId>,
+    ) {
         match outcome {
             TaskOutcome::Ok(ObjectValue::Shared(object))
                 if self.store.index.reserved_by(&ret, Holder::Proc(conn)) =>
@@ -1201,12 +1265,6 @@ impl NodeCore {
                 }
             }
             TaskOutcome::Err(e) => self.task_result(now, task, ret, ObjectValue::Error(e), nested),
-        }
-        if let Some(a) = actor {
-            self.pump_actor(now, a);
-            if self.actors.get(&a).is_some_and(|x| x.drained()) {
-                self.end_out_of_scope(now, a);
-            }
         }
     }
 
@@ -1280,8 +1338,21 @@ impl NodeCore {
             self.objects.unpin(id);
             self.maybe_free(*id);
         }
-        // An abandoned task's result may now be unheld.
+        // A first return kept for the others, which will not be: its file goes.
+        if let Some(first) = &entry.first {
+            if self
+                .store
+                .index
+                .reserved_by(&entry.ret, Holder::Proc(first.conn))
+            {
+                self.store_remove(&entry.ret);
+            }
+        }
+        // An abandoned task's results may now be unheld.
         self.maybe_free(entry.ret);
+        for id in entry.more.iter() {
+            self.maybe_free(*id);
+        }
     }
 
     pub(super) fn fail_task(&mut self, now: Instant, task: TaskId, error: TaskError) {
@@ -1312,6 +1383,13 @@ impl NodeCore {
 
     /// Records a value, delivers it to whoever waits, and wakes dependent tasks.
     pub(super) fn object_ready(&mut self, now: Instant, id: ObjectId, value: ObjectValue) {
+        if !self.more_returns.is_empty() {
+            let failed = match &value {
+                ObjectValue::Error(err) => Some(err),
+                _ => None,
+            };
+            self.first_return_ready(now, id, failed);
+        }
         let Some(e) = self.objects.get_mut(&id) else {
             // Released before it was made.
             if let ObjectValue::Shared(_) = value {
@@ -1827,6 +1905,16 @@ enum Exec {
 fn invalid_options(spec: &TaskSpec) -> Option<String> {
     if let Err(reason) = spec.resources.check_demand() {
         return Some(reason);
+    }
+    if spec.num_returns == 0 || spec.num_returns > shoal_protocol::MAX_RETURNS {
+        return Some(format!(
+            "num_returns={} (a task returns 1 to {} objects)",
+            spec.num_returns,
+            shoal_protocol::MAX_RETURNS
+        ));
+    }
+    if spec.num_returns > 1 && !matches!(spec.kind, TaskKind::Function) {
+        return Some("only a function's task may return several objects".into());
     }
     match &spec.kind {
         TaskKind::CreateActor(c) => {

@@ -68,6 +68,7 @@ pub mod metrics;
 mod objects;
 mod peers;
 mod reconstruct;
+mod returns;
 pub mod rights;
 pub mod sched;
 mod spill;
@@ -544,6 +545,9 @@ pub struct NodeCore {
     handles: IdMap<ObjectId, shoal_protocol::ActorId>,
     /// Actors whose handle object was freed while an input was handled: ended after it.
     unreferenced: Vec<shoal_protocol::ActorId>,
+    /// The other return objects of each task with several (`num_returns`) whose first
+    /// return has no value yet, by that first return: when it fails, they all fail with it.
+    more_returns: IdMap<ObjectId, Box<[ObjectId]>>,
     /// How to make again the large results this node owns.
     lineage: lineage::Lineage,
     /// What it counts for the node's metrics.
@@ -626,6 +630,7 @@ impl NodeCore {
             freed: Vec::new(),
             handles: IdMap::default(),
             unreferenced: Vec::new(),
+            more_returns: IdMap::default(),
             lineage,
             metrics: metrics::CoreMetrics::default(),
             history: state::History::default(),

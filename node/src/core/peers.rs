@@ -268,8 +268,17 @@ impl NodeCore {
             self.placement_answered(now, peer, actor, &value);
         }
         // The result of a task this node sent to `peer`?
-        let task = self.spill.task_of_result(&id, peer);
+        let mut task = self.spill.task_of_result(&id, peer);
         let ours = task.is_some();
+        if task.is_some_and(|t| self.tasks.get(&t).is_some_and(|e| e.ret != id)) {
+            // Another return of a task with several: its value, ready before the first
+            // return is. The task ends with its first return; a failure comes with that one
+            // too (and then fails this with it).
+            if let RemoteValue::Error(_) = &value {
+                return;
+            }
+            task = None;
+        }
         if let (
             Some(task),
             RemoteValue::Error(TaskError::WorkerDied { .. } | TaskError::OutOfMemory { .. }),
@@ -325,10 +334,16 @@ impl NodeCore {
             self.spill_pass(now);
         }
         let Some(e) = self.objects.get_mut(&id) else {
-            // Nobody wants it any more: let the holder drop its copy.
+            // Nobody wants it any more: let the holder drop its copy. (Its task's other
+            // returns may still be wanted, and fail with it.)
             if let RemoteValue::Shared { .. } = &value {
                 self.tell_peer(peer, PeerMsg::Release { ids: vec![id] });
             }
+            let failed = match &value {
+                RemoteValue::Error(err) => Some(err),
+                _ => None,
+            };
+            self.first_return_ready(now, id, failed);
             return;
         };
         if e.value.is_some() {
@@ -1155,12 +1170,13 @@ impl NodeCore {
             return;
         };
         let (ret, span) = (entry.ret, entry.span.clone());
+        let more = entry.more.clone();
         let _entered = span.enter();
         let demand = rt.spec.resources.clone();
         tracing::debug!(task = %task, function = rt.spec.function, %peer, "task spilled to a peer");
         self.metrics.tasks_spilled += 1;
         self.tell_peer(peer, PeerMsg::Submit(Box::new(rt)));
-        self.spill.spilled(task, ret, peer, Some(demand));
+        self.spill.spilled(task, ret, &more, peer, Some(demand));
     }
 
     /// The task as a peer receives it: small ready arguments inline, the others with where
@@ -1825,7 +1841,7 @@ impl NodeCore {
             return;
         };
         self.tell_peer(peer, PeerMsg::Submit(Box::new(rt)));
-        self.spill.spilled(task, ret, peer, None);
+        self.spill.spilled(task, ret, &[], peer, None);
     }
 
     fn actor_located(&mut self, now: Instant, actor: ActorId, found: Option<(PeerKey, u32)>) {

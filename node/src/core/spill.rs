@@ -111,6 +111,8 @@ pub(crate) struct Spill {
     spilled: IdMap<TaskId, (PeerKey, ObjectId)>,
     /// Their return objects.
     spilled_ret: IdMap<ObjectId, TaskId>,
+    /// The other returns of the tasks there that have several (also in `spilled_ret`).
+    spilled_more: IdMap<TaskId, Box<[ObjectId]>>,
     refused: IdMap<TaskId, Vec<(PeerKey, Instant)>>,
     /// Peers that rejected a binary of this node's (only binaries of tasks this node sent
     /// them), with why and when.
@@ -146,6 +148,7 @@ impl Spill {
             peers: HashMap::new(),
             spilled: Default::default(),
             spilled_ret: Default::default(),
+            spilled_more: Default::default(),
             refused: Default::default(),
             code_rejected: HashMap::new(),
             remote_wait: Vec::new(),
@@ -248,11 +251,18 @@ impl Spill {
         &mut self,
         task: TaskId,
         ret: ObjectId,
+        more: &[ObjectId],
         peer: PeerKey,
         demand: Option<ResourceSet>,
     ) {
         self.spilled.insert(task, (peer, ret));
         self.spilled_ret.insert(ret, task);
+        if !more.is_empty() {
+            for id in more {
+                self.spilled_ret.insert(*id, task);
+            }
+            self.spilled_more.insert(task, more.into());
+        }
         if let (Some(l), Some(d)) = (self.peers.get_mut(&peer), demand) {
             l.sent.push(d);
         }
@@ -263,7 +273,7 @@ impl Spill {
         self.spilled.get(task).map(|x| x.0)
     }
 
-    /// The task of this node whose result `ret` is, if `peer` runs it.
+    /// The task of this node whose result `ret` is (any of its returns), if `peer` runs it.
     pub(crate) fn task_of_result(&self, ret: &ObjectId, peer: PeerKey) -> Option<TaskId> {
         let task = *self.spilled_ret.get(ret)?;
         (self.spilled_to(&task) == Some(peer)).then_some(task)
@@ -273,6 +283,11 @@ impl Spill {
     pub(crate) fn unspill(&mut self, task: &TaskId) {
         if let Some((_, ret)) = self.spilled.remove(task) {
             self.spilled_ret.remove(&ret);
+            if let Some(more) = self.spilled_more.remove(task) {
+                for id in more.iter() {
+                    self.spilled_ret.remove(id);
+                }
+            }
         }
     }
 
@@ -418,6 +433,7 @@ mod tests {
         s.spilled(
             TaskId::new(shoal_protocol::ClientId(1), 1),
             ObjectId([1; 32]),
+            &[],
             key(1),
             Some(ResourceSet::cpus(1.0)),
         );
@@ -436,7 +452,7 @@ mod tests {
             TaskId::new(shoal_protocol::ClientId(1), 1),
             ObjectId([1; 32]),
         );
-        s.spilled(task, ret, key(1), None);
+        s.spilled(task, ret, &[], key(1), None);
         assert_eq!(s.task_of_result(&ret, key(1)), Some(task));
         assert_eq!(s.task_of_result(&ret, key(2)), None);
         assert_eq!(s.take_spilled_to(key(2)), vec![]);

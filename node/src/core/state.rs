@@ -837,6 +837,7 @@ mod tests {
             nested: vec![],
             wait_for_resources: false,
             retry_exceptions: false,
+            num_returns: 1,
         }
     }
 

@@ -96,6 +96,13 @@ pub(super) enum After {
         object: SharedObject,
         new: bool,
     },
+    /// Another return of a task with several is sealed.
+    Return {
+        task: TaskId,
+        id: ObjectId,
+        object: SharedObject,
+        new: bool,
+    },
     /// A pulled copy is sealed.
     Pulled {
         id: ObjectId,
@@ -562,6 +569,20 @@ impl NodeCore {
                     v => v,
                 };
                 self.result_sealed(now, task, ret, value);
+            }
+            After::Return {
+                task,
+                id,
+                object,
+                new,
+            } => {
+                let value = match self.sealed_value(id, object, new, done.result) {
+                    ObjectValue::Error(TaskError::ObjectUnavailable { message, .. }) => {
+                        ObjectValue::Error(TaskError::ResultStore { message })
+                    }
+                    v => v,
+                };
+                self.return_sealed(now, task, id, value);
             }
             After::Pulled { id, object, new } => {
                 let value = self.sealed_value(id, object, new, done.result);

@@ -11,6 +11,11 @@ pub(crate) struct TaskEntry {
     pub(crate) spec: TaskSpec,
     /// `spec.return_id()`, hashed once.
     pub(crate) ret: ObjectId,
+    /// `spec.more_return_ids()`: its other return objects (none for most tasks).
+    pub(crate) more: Box<[ObjectId]>,
+    /// A task with several returns whose worker reported them: its first return, waiting
+    /// for the others to be in place (they are all ready before it is).
+    pub(crate) first: Option<Box<FirstReturn>>,
     /// Who submitted it (a local process, or a peer that sent it here).
     pub(crate) owner: Party,
     /// Arguments not yet ready.
@@ -50,8 +55,15 @@ impl TaskEntry {
         hops: u32,
     ) -> Self {
         let span = tracing::debug_span!("task", task = %spec.task_id, function = %spec.function);
+        let more = if spec.num_returns > 1 {
+            spec.more_return_ids().into_boxed_slice()
+        } else {
+            Box::default()
+        };
         Self {
             ret,
+            more,
+            first: None,
             retries_left: spec.max_retries,
             spec,
             owner,
@@ -81,6 +93,20 @@ impl TaskEntry {
             Arg::Value(_) => None,
         })
     }
+}
+
+/// The first return of a task with several, as its worker reported it, kept until its
+/// other returns are in the store.
+#[derive(Debug)]
+pub(crate) struct FirstReturn {
+    /// The worker's connection.
+    pub(crate) conn: super::ConnId,
+    /// Its value.
+    pub(crate) outcome: shoal_protocol::TaskOutcome,
+    /// The refs inside it.
+    pub(crate) nested: Vec<ObjectId>,
+    /// Other returns whose files are still being put in place.
+    pub(crate) sealing: u32,
 }
 
 /// Every task this node knows of.
@@ -355,6 +381,7 @@ mod tests {
             task_id: task.task_id,
             outcome: TaskOutcome::Ok(ObjectValue::Inline(b"ok".to_vec())),
             nested: Vec::new(),
+            more: Vec::new(),
         };
         assert!(!killed(&from(&mut core, now, 11, done), worker));
         // The last copy goes: the actor ends, and its name is free.
@@ -414,6 +441,7 @@ mod tests {
             task_id: task.task_id,
             outcome: TaskOutcome::Err(TaskError::ResultStore { message }),
             nested: Vec::new(),
+            more: Vec::new(),
         };
         let out = from(&mut core, now, 10, done);
         assert!(
@@ -445,6 +473,7 @@ mod tests {
             task_id: first.task_id,
             outcome: TaskOutcome::Ok(value.clone()),
             nested: Vec::new(),
+            more: Vec::new(),
         };
         let out = from(&mut core, now, 10, done);
         assert_eq!(
@@ -512,6 +541,7 @@ mod tests {
             task_id,
             outcome,
             nested: Vec::new(),
+            more: Vec::new(),
         };
         let ok = TaskOutcome::Ok(ObjectValue::Inline(b"1".to_vec()));
         from(&mut core, t1, 10, done(first.task_id, ok));

@@ -1106,6 +1106,7 @@ impl Sim {
                     task_id: task,
                     outcome: TaskOutcome::Err(TaskError::Cancelled { task }),
                     nested: Vec::new(),
+                    more: Vec::new(),
                 };
                 self.input(
                     i,
@@ -1158,6 +1159,7 @@ impl Sim {
                             task_id: task,
                             outcome,
                             nested: Vec::new(),
+                            more: Vec::new(),
                         }],
                     },
                 );
@@ -1300,6 +1302,7 @@ impl Sim {
             task_id: exec.task_id,
             outcome,
             nested: Vec::new(),
+            more: Vec::new(),
         };
         self.report_after(i, conn, WORKER_REPORT_LATENCY, done);
         self.start_next(i, w);
@@ -1818,6 +1821,7 @@ impl Sim {
             nested,
             wait_for_resources: false,
             retry_exceptions: false,
+            num_returns: 1,
         };
         let ret = spec.return_id();
         self.runs.insert(task, (0, opts.retries));
@@ -1922,6 +1926,7 @@ impl Sim {
             nested: Vec::new(),
             wait_for_resources: false,
             retry_exceptions: false,
+            num_returns: 1,
         };
         let ret = spec.return_id();
         self.own(d, ret, None);
@@ -1949,6 +1954,7 @@ impl Sim {
             nested: Vec::new(),
             wait_for_resources: false,
             retry_exceptions: false,
+            num_returns: 1,
         };
         let ret = spec.return_id();
         self.calls.insert(ret, task);

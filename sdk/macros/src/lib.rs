@@ -95,6 +95,10 @@
 //!   `add::call(..)`, and `add.remote(..)` submits a subtask. For the same reason no parameter
 //!   may be called `add` (it would be a pattern matching the unit struct): that is an error.
 //! - A `_` parameter is accepted (the argument is still sent; `remote` gets a hidden name).
+//! - `#[remote(num_returns = n)]` with `n > 1` requires a return type that is a tuple of `n`
+//!   elements `(T0, .., Tn)`: `remote` returns `(ObjectRef<T0>, .., ObjectRef<Tn>)` (built by
+//!   `submit_several` and `Returns::take`), and the shim encodes the elements 1.. with
+//!   `encode_return` before the first with `encode_result`, each its own object.
 //! - The `__SHOAL_CTOR` constructor runs `worker_ctor` before `main` (and before libtest's
 //!   `main` in test binaries), once per remote function (and actor) in the binary, so
 //!   `worker_ctor` must be idempotent and cheap. Other targets get no constructor.
@@ -284,6 +288,10 @@ use syn::{
 /// `#[remote(max_calls = n)]` has a worker process run the function at most `n` times, then
 /// hand back what it was given and be replaced by a fresh one (as Ray's `max_calls`, for
 /// code that leaks memory or holds a device until its process ends).
+///
+/// `#[remote(num_returns = n)]`, on a function returning a tuple of `n` elements, gives each
+/// element its own object (as Ray's `num_returns`): `remote` returns a tuple of `n` refs,
+/// each freed, passed on and read on its own.
 #[proc_macro_attribute]
 pub fn remote(attr: TokenStream, item: TokenStream) -> TokenStream {
     expand(&attr.into(), item.into())
@@ -367,17 +375,30 @@ fn expand(attr: &TokenStream2, item: TokenStream2) -> syn::Result<TokenStream2> 
         }
     };
     let mut errors = Errors::default();
-    let max_calls = remote_args(attr, &mut errors);
+    let args = remote_args(attr, &mut errors);
     let params = check_signature(&func, &mut errors);
+    let returns = check_returns(&func.sig, args.num_returns, &mut errors);
     errors.finish()?;
-    Ok(generate(&func, &params, max_calls))
+    Ok(generate(&func, &params, args.max_calls, &returns))
 }
 
-/// The arguments of `#[remote(..)]`: only `max_calls = n` (how many times one worker runs
-/// the function before it is replaced); 0 when not given.
-fn remote_args(attr: &TokenStream2, errors: &mut Errors) -> u32 {
+/// The arguments of `#[remote(..)]`.
+#[derive(Debug, Default)]
+struct RemoteArgs {
+    /// How many times one worker runs the function before it is replaced; 0: no limit.
+    max_calls: u32,
+    /// How many objects it returns (its tuple's elements); 1 when not given.
+    num_returns: u32,
+}
+
+/// The arguments of `#[remote(..)]`: `max_calls = n` and `num_returns = n`.
+fn remote_args(attr: &TokenStream2, errors: &mut Errors) -> RemoteArgs {
+    let mut out = RemoteArgs {
+        max_calls: 0,
+        num_returns: 1,
+    };
     if attr.is_empty() {
-        return 0;
+        return out;
     }
     let parser =
         syn::punctuated::Punctuated::<syn::MetaNameValue, syn::Token![,]>::parse_terminated;
@@ -385,15 +406,26 @@ fn remote_args(attr: &TokenStream2, errors: &mut Errors) -> u32 {
         Ok(args) => args,
         Err(_) => {
             errors.push(syn::Error::new_spanned(attr, ONLY_MAX_CALLS));
-            return 0;
+            return out;
         }
     };
-    let mut max_calls = 0;
     for arg in args {
-        if !arg.path.is_ident("max_calls") {
+        let (key, slot, zero) = if arg.path.is_ident("max_calls") {
+            (
+                "max_calls",
+                &mut out.max_calls,
+                "`max_calls` must be at least 1 (leave it out for no limit)",
+            )
+        } else if arg.path.is_ident("num_returns") {
+            (
+                "num_returns",
+                &mut out.num_returns,
+                "`num_returns` must be at least 1",
+            )
+        } else {
             errors.push(syn::Error::new_spanned(&arg.path, ONLY_MAX_CALLS));
             continue;
-        }
+        };
         let n = match &arg.value {
             syn::Expr::Lit(syn::ExprLit {
                 lit: syn::Lit::Int(n),
@@ -402,26 +434,70 @@ fn remote_args(attr: &TokenStream2, errors: &mut Errors) -> u32 {
             other => {
                 errors.push(syn::Error::new_spanned(
                     other,
-                    "`max_calls` takes a whole number",
+                    format!("`{key}` takes a whole number"),
                 ));
                 continue;
             }
         };
         match n.base10_parse::<u32>() {
-            Ok(0) => errors.push(syn::Error::new_spanned(
-                n,
-                "`max_calls` must be at least 1 (leave it out for no limit)",
-            )),
-            Ok(v) => max_calls = v,
+            Ok(0) => errors.push(syn::Error::new_spanned(n, zero)),
+            Ok(v) => *slot = v,
             Err(e) => errors.push(e),
         }
     }
-    max_calls
+    out
+}
+
+/// The most returns `num_returns` may ask for (`shoal_protocol::MAX_RETURNS`).
+const MAX_RETURNS: u32 = 64;
+
+/// The types of a function's returns: its return type alone, or with `num_returns = n > 1`
+/// the `n` elements of the tuple it returns.
+fn check_returns(sig: &Signature, num_returns: u32, errors: &mut Errors) -> Vec<Type> {
+    let whole = match &sig.output {
+        ReturnType::Default => syn::parse_quote!(()),
+        ReturnType::Type(_, ty) => (**ty).clone(),
+    };
+    if num_returns <= 1 {
+        return vec![whole];
+    }
+    if num_returns > MAX_RETURNS {
+        errors.push(syn::Error::new_spanned(
+            &sig.ident,
+            format!("`num_returns` is at most {MAX_RETURNS}"),
+        ));
+        return vec![whole];
+    }
+    let mut ty = &whole;
+    while let Type::Paren(syn::TypeParen { elem, .. }) | Type::Group(syn::TypeGroup { elem, .. }) =
+        ty
+    {
+        ty = elem;
+    }
+    match ty {
+        Type::Tuple(tuple) if tuple.elems.len() == num_returns as usize => {
+            tuple.elems.iter().cloned().collect()
+        }
+        _ => {
+            let at: &dyn quote::ToTokens = match &sig.output {
+                ReturnType::Type(_, ty) => ty,
+                ReturnType::Default => &sig.ident,
+            };
+            errors.push(syn::Error::new_spanned(
+                at,
+                format!(
+                    "with `num_returns = {num_returns}` a remote function returns a tuple of \
+                     {num_returns} elements, one object each"
+                ),
+            ));
+            vec![whole]
+        }
+    }
 }
 
 /// What `#[remote(..)]` says to an argument it does not take.
-const ONLY_MAX_CALLS: &str = "`#[remote]` takes only `max_calls = n`; per-call options go \
-                              through `.options(..).remote(..)`";
+const ONLY_MAX_CALLS: &str = "`#[remote]` takes only `max_calls = n` and `num_returns = n`; \
+                              per-call options go through `.options(..).remote(..)`";
 
 /// What a signature belongs to, for the wording of errors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -651,7 +727,7 @@ fn is_cfg(attr: &Attribute) -> bool {
 }
 
 /// The expansion of a checked function; see the crate documentation.
-fn generate(func: &ItemFn, params: &[Param<'_>], max_calls: u32) -> TokenStream2 {
+fn generate(func: &ItemFn, params: &[Param<'_>], max_calls: u32, returns: &[Type]) -> TokenStream2 {
     let vis = &func.vis;
     let name = &func.sig.ident;
     let name_str = name.unraw().to_string();
@@ -685,7 +761,26 @@ fn generate(func: &ItemFn, params: &[Param<'_>], max_calls: u32) -> TokenStream2
     let arg_vec = quote! {
         ::std::vec![#(::shoal::IntoArg::<#types>::into_arg(#names)),*]
     };
-    let registration = registration(func, params, max_calls);
+    let registration = registration(func, params, max_calls, returns);
+    // What `remote` returns, and how: one ref, or one per element of the tuple.
+    let fn_name = Ident::new("__shoal_name", Span::mixed_site());
+    let options = Ident::new("__shoal_options", Span::mixed_site());
+    let (remote_ret, submit_with) = if returns.len() > 1 {
+        let n = returns.len() as u32;
+        let refs = Ident::new("__shoal_returns", Span::mixed_site());
+        (
+            quote!((#(::shoal::ObjectRef<#returns>),*)),
+            quote! {{
+                let mut #refs = ::shoal::__private::submit_several(#fn_name, #options, #arg_vec, #n);
+                (#(#refs.take::<#returns>()),*)
+            }},
+        )
+    } else {
+        (
+            quote!(::shoal::ObjectRef<#ret>),
+            quote!(::shoal::__private::submit::<#ret>(#fn_name, #options, #arg_vec)),
+        )
+    };
     // With the function's span, diagnostics about the struct (`missing_docs`, privacy) point
     // at the function's name rather than at the attribute.
     let unit_struct = quote_spanned!(name.span()=> #vis struct #name;);
@@ -723,12 +818,10 @@ fn generate(func: &ItemFn, params: &[Param<'_>], max_calls: u32) -> TokenStream2
 
             /// Runs the function as a task and returns a reference to its result at once.
             #[allow(clippy::too_many_arguments)]
-            #vis fn remote(&self, #remote_params) -> ::shoal::ObjectRef<#ret> {
-                ::shoal::__private::submit::<#ret>(
-                    Self::NAME,
-                    &<::shoal::TaskOptions as ::core::default::Default>::default(),
-                    #arg_vec,
-                )
+            #vis fn remote(&self, #remote_params) -> #remote_ret {
+                let #fn_name = Self::NAME;
+                let #options = &<::shoal::TaskOptions as ::core::default::Default>::default();
+                #submit_with
             }
 
             /// The same with per-call options (resources, retries).
@@ -741,8 +834,10 @@ fn generate(func: &ItemFn, params: &[Param<'_>], max_calls: u32) -> TokenStream2
         impl #helper {
             /// Runs the function as a task with these options.
             #[allow(clippy::too_many_arguments)]
-            #vis fn remote(&self, #remote_params) -> ::shoal::ObjectRef<#ret> {
-                ::shoal::__private::submit::<#ret>(#name::NAME, &self.options, #arg_vec)
+            #vis fn remote(&self, #remote_params) -> #remote_ret {
+                let #fn_name = #name::NAME;
+                let #options = &self.options;
+                #submit_with
             }
         }
 
@@ -753,7 +848,12 @@ fn generate(func: &ItemFn, params: &[Param<'_>], max_calls: u32) -> TokenStream2
 
 /// The worker side: a shim that decodes the arguments, runs `call` and encodes the result,
 /// its entry in the registry, and the constructor that enters worker mode before `main`.
-fn registration(func: &ItemFn, params: &[Param<'_>], max_calls: u32) -> TokenStream2 {
+fn registration(
+    func: &ItemFn,
+    params: &[Param<'_>],
+    max_calls: u32,
+    returns: &[Type],
+) -> TokenStream2 {
     let name = &func.sig.ident;
     let names = params.iter().map(|p| &p.name);
     // Mixed-site hygiene: a parameter of the user's function cannot shadow it.
@@ -773,6 +873,22 @@ fn registration(func: &ItemFn, params: &[Param<'_>], max_calls: u32) -> TokenStr
         quote!(#name::call(#(#names),*))
     };
     let encode = match &func.sig.output {
+        _ if returns.len() > 1 => {
+            // Each element its own object: the others first, then the first.
+            let values: Vec<Ident> = (0..returns.len())
+                .map(|i| Ident::new(&format!("__shoal_return{i}"), Span::mixed_site()))
+                .collect();
+            let (first, rest) = (&values[0], &values[1..]);
+            let (first_ty, rest_tys) = (&returns[0], &returns[1..]);
+            let more = rest.iter().zip(rest_tys).map(|(v, ty)| {
+                quote_spanned!(ty.span()=> ::shoal::__private::encode_return::<#ty>(&#v)?;)
+            });
+            quote! {
+                let (#(#values),*) = #run;
+                #(#more)*
+                ::shoal::__private::encode_result::<#first_ty>(&#first)
+            }
+        }
         ReturnType::Default => quote!(::shoal::__private::encode_result(&#run)),
         ReturnType::Type(_, ty) => {
             quote_spanned!(ty.span()=> ::shoal::__private::encode_result::<#ty>(&#run))
@@ -914,6 +1030,33 @@ mod tests {
         assert!(error("max_calls = 0", "fn f() {}").contains("at least 1"));
         assert!(error("max_calls = \"2\"", "fn f() {}").contains("whole number"));
         assert!(error("max_calls", "fn f() {}").contains("takes only `max_calls"));
+    }
+
+    #[test]
+    fn num_returns_takes_a_tuple_of_that_many() {
+        let tuple = "fn f() -> (u8, String) { (1, String::new()) }";
+        assert!(error("num_returns = 3", tuple).contains("a tuple of 3 elements"));
+        assert!(error("num_returns = 2", "fn f() -> u8 { 1 }").contains("a tuple of 2"));
+        assert!(error("num_returns = 2", "fn f() {}").contains("a tuple of 2"));
+        assert!(error("num_returns = 0", tuple).contains("at least 1"));
+        assert!(error("num_returns = 65", tuple).contains("at most 64"));
+        let out = expand(&quote!(num_returns = 2), tuple.parse().unwrap())
+            .unwrap()
+            .to_string();
+        assert!(
+            out.contains("-> (:: shoal :: ObjectRef < u8 > , :: shoal :: ObjectRef < String >)"),
+            "{out}"
+        );
+        assert!(out.contains("submit_several"), "{out}");
+        assert!(out.contains("encode_return :: < String >"), "{out}");
+        // One return: the tuple is one object.
+        let one = expand(&quote!(num_returns = 1), tuple.parse().unwrap())
+            .unwrap()
+            .to_string();
+        assert!(
+            one.contains("-> :: shoal :: ObjectRef < (u8 , String) >"),
+            "{one}"
+        );
     }
 
     #[test]

@@ -16,7 +16,9 @@ use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use shoal_protocol::{ExecTask, ObjectValue, TaskError, TaskId, TaskOutcome, ToNode};
+use shoal_protocol::{
+    ExecTask, ObjectId, ObjectValue, ReturnValue, TaskError, TaskId, TaskOutcome, ToNode,
+};
 
 use crate::actor::ACTOR_CLASSES;
 use crate::function::{self, Args, RemoteFunction, REMOTE_FUNCTIONS};
@@ -330,6 +332,7 @@ fn execute(ctx: &Context, function: Option<&'static RemoteFunction>, task: ExecT
     let _enter = span.enter();
     let task_id = task.task_id;
     ctx.work.set_current(Some(task_id));
+    let mut more = MoreReturns::default();
     let outcome = match function {
         // Cancelled before it began: it never does.
         _ if ctx.work.is_interrupted(task_id) => {
@@ -347,12 +350,25 @@ fn execute(ctx: &Context, function: Option<&'static RemoteFunction>, task: ExecT
             });
             RESOURCES.with(|r| *r.borrow_mut() = None);
             ctx.work.set_in_task(false);
+            // Its other returns, if it has several (encoded before its first).
+            let encoded_more = function::take_more_returns();
             match r {
                 // Its result is not awaited any more: not stored.
                 Ok(Ok(_)) if ctx.work.is_interrupted(task_id) => {
                     TaskOutcome::Err(TaskError::Cancelled { task: task_id })
                 }
-                Ok(Ok(bytes)) => store_result(ctx, task.return_id, bytes),
+                Ok(Ok(bytes)) => match store_more(ctx, task_id, encoded_more) {
+                    Ok(stored) => {
+                        let outcome = store_result(ctx, task.return_id, bytes);
+                        if let TaskOutcome::Err(_) = &outcome {
+                            abort_more(ctx, task_id, &stored.0);
+                        } else {
+                            more = stored;
+                        }
+                        outcome
+                    }
+                    Err(e) => TaskOutcome::Err(e),
+                },
                 Ok(Err(e)) => TaskOutcome::Err(e),
                 Err(p) if p.is::<Interrupted>() => {
                     TaskOutcome::Err(TaskError::Cancelled { task: task_id })
@@ -362,24 +378,70 @@ fn execute(ctx: &Context, function: Option<&'static RemoteFunction>, task: ExecT
         }
     };
     ctx.work.take_interrupted(task_id);
-    done(ctx, task_id, outcome);
+    done_with(ctx, task_id, outcome, more);
     ctx.work.set_current(None);
 }
 
 /// Reports a finished task with the refs inside its result (held until the report is
 /// queued).
 fn done(ctx: &Context, task_id: TaskId, outcome: TaskOutcome) {
+    done_with(ctx, task_id, outcome, MoreReturns::default());
+}
+
+/// The other returns of a task with several, stored, with the refs inside them (held until
+/// the task's report is queued).
+#[derive(Default)]
+struct MoreReturns(Vec<ReturnValue>, Vec<crate::object_ref::RawRef>);
+
+/// [`done`] for a task with several returns.
+fn done_with(ctx: &Context, task_id: TaskId, outcome: TaskOutcome, more: MoreReturns) {
     let refs = function::take_result_refs();
-    let nested = match outcome {
-        TaskOutcome::Ok(_) => crate::object_ref::ids_of(&refs),
-        TaskOutcome::Err(_) => Vec::new(),
+    let (nested, more) = match outcome {
+        TaskOutcome::Ok(_) => (crate::object_ref::ids_of(&refs), more.0),
+        TaskOutcome::Err(_) => (Vec::new(), Vec::new()),
     };
     ctx.push(ToNode::Done {
         task_id,
         outcome,
         nested,
+        more,
     });
     drop(refs);
+}
+
+/// Stores the other returns of `task` (returns 1 and on), each as its own object; on a
+/// failure, what was reserved for them goes.
+fn store_more(
+    ctx: &Context,
+    task: TaskId,
+    more: Vec<(Vec<u8>, Vec<crate::object_ref::RawRef>)>,
+) -> Result<MoreReturns, TaskError> {
+    let mut stored = MoreReturns::default();
+    for (i, (bytes, refs)) in more.into_iter().enumerate() {
+        let id = ObjectId::for_return(task, i as u32 + 1);
+        match store_result(ctx, id, bytes) {
+            TaskOutcome::Ok(value) => {
+                let nested = crate::object_ref::ids_of(&refs);
+                stored.0.push(ReturnValue { value, nested });
+                stored.1.extend(refs);
+            }
+            TaskOutcome::Err(e) => {
+                abort_more(ctx, task, &stored.0);
+                return Err(e);
+            }
+        }
+    }
+    Ok(stored)
+}
+
+/// Gives up the store reservations of `task`'s other returns that will not be reported.
+fn abort_more(ctx: &Context, task: TaskId, stored: &[ReturnValue]) {
+    for (i, r) in stored.iter().enumerate() {
+        if let ObjectValue::Shared(_) = r.value {
+            let id = ObjectId::for_return(task, i as u32 + 1);
+            ctx.push(ToNode::Abort { id });
+        }
+    }
 }
 
 fn store_result(ctx: &Context, id: shoal_protocol::ObjectId, bytes: Vec<u8>) -> TaskOutcome {

@@ -128,6 +128,39 @@ fn tasks_of_a_crashed_peer_run_again_elsewhere() {
 }
 
 #[test]
+fn every_return_of_tasks_with_several_arrives_though_a_peer_running_them_crashes() {
+    let mut sim = mesh(&[1.0, 1.0, 1.0]);
+    let d = sim.driver(0);
+    sim.run_for(Duration::from_secs(1));
+    let opts = TaskOpts {
+        returns: 3,
+        ..TaskOpts::default()
+    };
+    let tasks: Vec<_> = (0..60u8)
+        .map(|i| {
+            let f = if i % 4 == 0 { "big:4" } else { "sleep:50" };
+            sim.submit(d, f, vec![SimArg::Value(vec![i])], opts)
+        })
+        .collect();
+    while sim.runs_on(2) < 3 {
+        assert!(sim.step(), "node 2 never ran a task");
+    }
+    sim.crash(2);
+    sim.run_for(Duration::from_secs(30));
+    assert_eq!(sim.waiting(d), 0);
+    for ret in &tasks {
+        let task = sim.task_of(*ret).expect("a task of the driver");
+        assert!(is_value(&sim.results(d)[ret]), "{ret}");
+        for i in 1..3 {
+            let id = shoal_protocol::ObjectId::for_return(task, i);
+            let got = &sim.results(d)[&id];
+            assert_eq!(got, &shoal_node::sim::other_return(task, i), "{id}");
+        }
+    }
+    assert_clean(sim);
+}
+
+#[test]
 fn refs_of_a_crashed_owner_fail_with_owner_died_on_every_peer() {
     // Node 0 runs nothing: its driver's tasks run on nodes 1 and 2.
     let mut sim = mesh(&[0.0, 1.0, 1.0]);
@@ -447,6 +480,7 @@ fn a_demand_no_peer_has_fails_as_infeasible() {
     let opts = TaskOpts {
         cpus: 8.0,
         retries: 0,
+        returns: 1,
     };
     let id = sim.submit(d, "echo", vec![], opts);
     sim.run_for(Duration::from_secs(10));
@@ -478,6 +512,7 @@ fn a_task_whose_code_a_peer_rejects_runs_elsewhere_or_fails_as_rejected() {
     let opts = TaskOpts {
         cpus: 2.0,
         retries: 0,
+        returns: 1,
     };
     let id = sim.submit(d, "echo", vec![SimArg::Value(vec![1])], opts);
     sim.run_for(Duration::from_secs(2));

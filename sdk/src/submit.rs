@@ -61,17 +61,21 @@ impl IntoArg<String> for &str {
 
 /// Submits a call of `name` and returns the reference to its result.
 pub fn submit<R>(name: &'static str, options: &TaskOptions, args: Vec<ArgBuf>) -> ObjectRef<R> {
+    ObjectRef::from_raw(submit_function(name, options, args, 1).1)
+}
+
+/// Submits a call of `name` with `num_returns` returns: its task and the ref to its first.
+fn submit_function(
+    name: &'static str,
+    options: &TaskOptions,
+    args: Vec<ArgBuf>,
+    num_returns: u32,
+) -> (TaskId, RawRef) {
     let ctx = runtime::get();
     let task_id = ctx.next_task_id();
-    ObjectRef::from_raw(submit_spec(
-        ctx,
-        task_id,
-        name,
-        options.clone(),
-        TaskKind::Function,
-        args,
-        1,
-    ))
+    let kind = TaskKind::Function;
+    let first = submit_spec(ctx, task_id, name, options.clone(), kind, args, num_returns);
+    (task_id, first)
 }
 
 /// Submits a call of `name`, a function with `num_returns` returns, and returns the
@@ -82,17 +86,7 @@ pub fn submit_several(
     args: Vec<ArgBuf>,
     num_returns: u32,
 ) -> Returns {
-    let ctx = runtime::get();
-    let task_id = ctx.next_task_id();
-    let first = submit_spec(
-        ctx,
-        task_id,
-        name,
-        options.clone(),
-        TaskKind::Function,
-        args,
-        num_returns,
-    );
+    let (task_id, first) = submit_function(name, options, args, num_returns);
     Returns {
         first: Some(first),
         task: task_id,

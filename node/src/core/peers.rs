@@ -324,6 +324,9 @@ impl NodeCore {
         }
         if let Some(task) = task {
             let demand = self.tasks.get(&task).map(|e| e.spec.resources.clone());
+            if !matches!(value, RemoteValue::Error(_)) {
+                self.other_returns_lost(now, task);
+            }
             self.spill.unspill(&task);
             self.spill.forget(&task);
             if let (Some(l), Some(d)) = (self.spill.peers.get_mut(&peer), demand) {
@@ -1149,14 +1152,18 @@ impl NodeCore {
             return false;
         }
         let (ret, span) = (entry.ret, entry.span.clone());
+        let more = entry.more.clone();
         let _entered = span.enter();
         tracing::debug!(task = %task, %owner, "a peer's task waited here while others had room; giving it back");
         let reason = "it waited here while other peers had room".to_string();
         self.tell_peer(owner, PeerMsg::Refuse { task, reason });
-        // As if it had never come: the owner's hold on the result goes with it.
+        // As if it had never come: the owner's holds on its results go with it.
         self.finish_task(self.now, task);
-        self.objects.release(Party::Peer(owner), &ret);
-        self.maybe_free(ret);
+        self.more_returns.remove(&ret);
+        for id in std::iter::once(ret).chain(more.iter().copied()) {
+            self.objects.release(Party::Peer(owner), &id);
+            self.maybe_free(id);
+        }
         true
     }
 
@@ -1435,25 +1442,47 @@ impl NodeCore {
                     return;
                 }
             }
-            let e = self.objects.entry(spec.return_id());
-            if !e.holders.contains(&party) {
-                e.holders.push(party);
+            let ret = spec.return_id();
+            let more = self
+                .tasks
+                .get(&task)
+                .map(|e| e.more.clone())
+                .unwrap_or_default();
+            for id in std::iter::once(ret).chain(more.iter().copied()) {
+                let e = self.objects.entry(id);
+                if !e.holders.contains(&party) {
+                    e.holders.push(party);
+                }
+                e.push_to.get_or_insert(party);
             }
-            e.push_to.get_or_insert(party);
+            if !more.is_empty() && self.objects.get(&ret).is_some_and(|e| e.value.is_none()) {
+                self.more_returns.insert(ret, more);
+            }
             return;
         }
         let ret = spec.return_id();
-        let ran = self.objects.get(&ret).and_then(|e| e.value.clone());
-        if let Some(value) = ran.filter(|v| !matches!(v, ObjectValue::Error(_))) {
+        let ran = self.objects.get(&ret).and_then(|e| e.value.as_ref());
+        if ran.is_some_and(|v| !matches!(v, ObjectValue::Error(_))) {
             // It ran here already (its owner lost this node meanwhile and sent it again):
-            // its result stands, and goes to the owner again.
+            // its results stand, and go to the owner again (its other returns first; one
+            // no longer here is lost to the owner).
             tracing::debug!(task = %task, peer = %from, "a task sent again after it ran here; its result goes again");
             let party = Party::Peer(from);
-            let e = self.objects.entry(ret);
-            if !e.holders.contains(&party) {
-                e.holders.push(party);
+            let more = if spec.num_returns > 1 {
+                spec.more_return_ids()
+            } else {
+                Vec::new()
+            };
+            for id in more.into_iter().chain(std::iter::once(ret)) {
+                let Some(value) = self.objects.get(&id).and_then(|e| e.value.clone()) else {
+                    continue;
+                };
+                let e = self.objects.entry(id);
+                if !e.holders.contains(&party) {
+                    e.holders.push(party);
+                }
+                self.send(party, ToClient::Object { id, value });
             }
-            self.send(party, ToClient::Object { id: ret, value });
             return;
         }
         let arg_ids: Vec<ObjectId> = spec

@@ -93,6 +93,24 @@ impl NodeCore {
         Ok(sealing)
     }
 
+    /// `task`, run at a peer, succeeded: its other returns came before its first, and one
+    /// that did not (its peer's copy was gone when the task was sent there again) is lost.
+    pub(super) fn other_returns_lost(&mut self, now: Instant, task: TaskId) {
+        let Some(more) = self.tasks.get(&task).map(|e| e.more.clone()) else {
+            return;
+        };
+        for id in more.iter().copied() {
+            let pending = self
+                .objects
+                .get(&id)
+                .is_some_and(|e| e.value.is_none() && !e.ready_remotely());
+            if pending {
+                tracing::warn!(task = %task, object = %id, "a return of a task run at a peer never came; lost");
+                self.object_ready(now, id, ObjectValue::Error(TaskError::ObjectLost { id }));
+            }
+        }
+    }
+
     /// Drops the reservations `conn` holds for `task`'s other returns (`reported` of them
     /// reported, or as many as the task has).
     pub(super) fn drop_reserved_returns(&mut self, conn: ConnId, task: TaskId, reported: usize) {
@@ -217,17 +235,26 @@ mod tests {
         }
     }
 
+    /// Worker 10's report of `task`.
+    fn report(task: &TaskSpec, outcome: TaskOutcome, more: Vec<ReturnValue>) -> ToNode {
+        ToNode::Done {
+            task_id: task.task_id,
+            outcome,
+            nested: Vec::new(),
+            more,
+        }
+    }
+
     #[test]
     fn each_return_is_its_own_object_and_the_others_are_ready_before_the_first() {
         let now = Instant::now();
         let mut core = node(now, 1.0, 1 << 20);
         let (task, ids) = three(&mut core, now);
-        let done = ToNode::Done {
-            task_id: task.task_id,
-            outcome: TaskOutcome::Ok(inline(b"a")),
-            nested: Vec::new(),
-            more: vec![other(inline(b"b")), other(inline(b"c"))],
-        };
+        let done = report(
+            &task,
+            TaskOutcome::Ok(inline(b"a")),
+            vec![other(inline(b"b")), other(inline(b"c"))],
+        );
         let out = from(&mut core, now, 10, done);
         assert_eq!(
             objects(&out),
@@ -254,12 +281,7 @@ mod tests {
             message: "boom".into(),
             origin: None,
         };
-        let done = ToNode::Done {
-            task_id: task.task_id,
-            outcome: TaskOutcome::Err(error.clone()),
-            nested: Vec::new(),
-            more: Vec::new(),
-        };
+        let done = report(&task, TaskOutcome::Err(error.clone()), Vec::new());
         let out = from(&mut core, now, 10, done);
         let failed = ObjectValue::Error(error);
         assert_eq!(
@@ -274,12 +296,11 @@ mod tests {
         let now = Instant::now();
         let mut core = node(now, 1.0, 1 << 20);
         let (task, ids) = three(&mut core, now);
-        let done = ToNode::Done {
-            task_id: task.task_id,
-            outcome: TaskOutcome::Ok(inline(b"a")),
-            nested: Vec::new(),
-            more: vec![other(inline(b"b"))],
-        };
+        let done = report(
+            &task,
+            TaskOutcome::Ok(inline(b"a")),
+            vec![other(inline(b"b"))],
+        );
         let out = from(&mut core, now, 10, done);
         let got = objects(&out);
         assert_eq!(got.len(), 3, "{got:?}");
@@ -313,12 +334,11 @@ mod tests {
             size: 4096,
             digest: Digest([3; 32]),
         };
-        let report = ToNode::Done {
-            task_id: task.task_id,
-            outcome: TaskOutcome::Ok(inline(b"a")),
-            nested: Vec::new(),
-            more: vec![other(inline(b"b")), other(ObjectValue::Shared(object))],
-        };
+        let report = report(
+            &task,
+            TaskOutcome::Ok(inline(b"a")),
+            vec![other(inline(b"b")), other(ObjectValue::Shared(object))],
+        );
         let out = from(&mut core, now, 10, report);
         assert_eq!(objects(&out), vec![(ids[1], inline(b"b"))], "{out:?}");
         // Its file in place: return 2, then the first.

@@ -33,8 +33,8 @@ use shoal_protocol::mesh::{actor_key, name_key, ActorLocation, LoadReport, PeerK
 use shoal_protocol::{
     codec, ActorCreate, ActorId, ActorToken, Arg, ArgValue, BinaryId, BinaryInfo, ClientId,
     CreateOutcome, Digest, ExecTask, ExitInfo, Hello, HostActor, NodeId, ObjectId, ObjectValue,
-    ResourceSet, Role, SharedObject, TaskError, TaskId, TaskKind, TaskOutcome, TaskSpec, ToClient,
-    ToNode, MAGIC, PROTOCOL_VERSION,
+    ResourceSet, ReturnValue, Role, SharedObject, TaskError, TaskId, TaskKind, TaskOutcome,
+    TaskSpec, ToClient, ToNode, MAGIC, PROTOCOL_VERSION,
 };
 
 use crate::config::NodeConfig;
@@ -332,6 +332,8 @@ pub struct Sim {
     pub(crate) drivers: Vec<Driver>,
     /// How many times each task started running, and its budget.
     runs: HashMap<TaskId, (u32, u32)>,
+    /// The tasks with several returns, and how many.
+    returns: HashMap<TaskId, u32>,
     /// Actor calls submitted, by result.
     calls: HashMap<ObjectId, TaskId>,
     /// Per actor incarnation, per caller: the last call sequence seen.
@@ -408,6 +410,7 @@ impl Sim {
             providers: HashMap::new(),
             drivers: Vec::new(),
             runs: HashMap::new(),
+            returns: HashMap::new(),
             calls: HashMap::new(),
             call_order: HashMap::new(),
             violations: Vec::new(),
@@ -1151,6 +1154,7 @@ impl Sim {
                         message: e.to_string(),
                     }),
                 };
+                let more = self.more_returns(task, &outcome);
                 self.input(
                     i,
                     Input::FromProc {
@@ -1159,7 +1163,7 @@ impl Sim {
                             task_id: task,
                             outcome,
                             nested: Vec::new(),
-                            more: Vec::new(),
+                            more,
                         }],
                     },
                 );
@@ -1298,11 +1302,12 @@ impl Sim {
         };
         // Its report travels through the socket while the worker begins its next task: the
         // node may still take this one for running (and, say, stop it) meanwhile.
+        let more = self.more_returns(exec.task_id, &outcome);
         let done = ToNode::Done {
             task_id: exec.task_id,
             outcome,
             nested: Vec::new(),
-            more: Vec::new(),
+            more,
         };
         self.report_after(i, conn, WORKER_REPORT_LATENCY, done);
         self.start_next(i, w);
@@ -1821,20 +1826,49 @@ impl Sim {
             nested,
             wait_for_resources: false,
             retry_exceptions: false,
-            num_returns: 1,
+            num_returns: opts.returns,
         };
         let ret = spec.return_id();
+        let more = spec.more_return_ids();
         self.runs.insert(task, (0, opts.retries));
+        if opts.returns > 1 {
+            self.returns.insert(task, opts.returns);
+        }
         self.send(d, ToNode::Submit(spec));
+        let others = (1..)
+            .zip(more.iter())
+            .map(|(i, id)| (*id, other_return(task, i)));
         if !wait {
             self.drivers[d].held.insert(ret, expect);
+            for (id, value) in others {
+                self.drivers[d].held.insert(id, Some(value));
+            }
             return ret;
         }
         self.own(d, ret, expect);
-        // It waits for the result, as a program's `get` does (a large result stays at the
+        for (id, value) in others {
+            self.own(d, id, Some(value));
+        }
+        // It waits for the results, as a program's `get` does (a large result stays at the
         // peer that made it until it is asked for).
-        self.send(d, ToNode::Get { ids: vec![ret] });
+        let mut ids = vec![ret];
+        ids.extend(more);
+        self.send(d, ToNode::Get { ids });
         ret
+    }
+
+    /// What a simulated worker reports as the other returns of `task`, which ended with
+    /// `outcome`.
+    fn more_returns(&self, task: TaskId, outcome: &TaskOutcome) -> Vec<ReturnValue> {
+        match (self.returns.get(&task), outcome) {
+            (Some(n), TaskOutcome::Ok(_)) => (1..*n)
+                .map(|i| ReturnValue {
+                    value: other_return(task, i),
+                    nested: Vec::new(),
+                })
+                .collect(),
+            _ => Vec::new(),
+        }
     }
 
     fn own(&mut self, d: usize, id: ObjectId, value: Option<ObjectValue>) {
@@ -2239,6 +2273,9 @@ pub struct TaskOpts {
     pub cpus: f64,
     /// Retries.
     pub retries: u32,
+    /// Its returns (`num_returns`): the first is the function's result, return `i > 0`
+    /// is [`other_return`]`(task, i)`.
+    pub returns: u32,
 }
 
 impl Default for TaskOpts {
@@ -2246,8 +2283,15 @@ impl Default for TaskOpts {
         Self {
             cpus: 1.0,
             retries: 3,
+            returns: 1,
         }
     }
+}
+
+/// The value of return `i > 0` of a task with several, as a simulated worker makes it
+/// (inline; distinct for every task and return).
+pub fn other_return(task: TaskId, i: u32) -> ObjectValue {
+    ObjectValue::Inline(ObjectId::for_return(task, i).0[..8].to_vec())
 }
 
 fn brief(msg: &PeerMsg) -> String {

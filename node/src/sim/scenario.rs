@@ -62,6 +62,7 @@ fn run_random(seed: u64) -> (Sim, Vec<Violation>) {
                 let opts = TaskOpts {
                     cpus: if sim.rng().chance(0.2) { 0.5 } else { 1.0 },
                     retries: sim.rng().below(4) as u32,
+                    returns: if sim.rng().chance(0.2) { 3 } else { 1 },
                 };
                 let f = if sim.rng().chance(0.15) {
                     format!("big:{}", 1 + sim.rng().below(16))
@@ -85,6 +86,7 @@ fn run_random(seed: u64) -> (Sim, Vec<Violation>) {
                 let opts = TaskOpts {
                     cpus: 1.0,
                     retries: sim.rng().below(2) as u32,
+                    returns: 1,
                 };
                 let id = sim.submit(d, "crash", vec![], opts);
                 owned.push((d, id));

@@ -1113,7 +1113,7 @@ impl NodeCore {
         more: Vec<ReturnValue>,
     ) {
         // The return id as the task table hashed it (hashing it again costs a blake3).
-        let (span, ret) = match self.tasks.get(&task) {
+        let (span, ret, several) = match self.tasks.get(&task) {
             Some(e) => {
                 let ended = self.metrics.tasks_ended.entry(&e.spec.function);
                 match &outcome {
@@ -1124,9 +1124,9 @@ impl NodeCore {
                     let took = now.saturating_duration_since(e.arrived);
                     self.metrics.actor_call_seconds.observe(took.as_secs_f64());
                 }
-                (Some(e.span.clone()), e.ret)
+                (Some(e.span.clone()), e.ret, !e.more.is_empty())
             }
-            None => (None, ObjectId::for_return(task, 0)),
+            None => (None, ObjectId::for_return(task, 0), false),
         };
         let error = match &outcome {
             TaskOutcome::Ok(_) => None,
@@ -1180,7 +1180,6 @@ impl NodeCore {
             self.sched.submit(now, task, binary, demand);
             return;
         }
-        let several = self.tasks.get(&task).is_some_and(|e| !e.more.is_empty());
         let (mut outcome, mut nested) = (outcome, nested);
         if let (true, TaskOutcome::Err(_)) = (several || !more.is_empty(), &outcome) {
             // What its worker reserved for the other returns goes.

@@ -128,6 +128,7 @@ fn report() -> LoadReport {
         binaries: vec![BinaryId([5; 32])],
         addrs: vec!["/ip4/10.0.0.1/tcp/4001".into()],
         accepts_code: true,
+        labels: vec![("zone".into(), "eu-1".into())],
     }
 }
 

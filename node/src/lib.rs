@@ -202,6 +202,7 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
             me: shoal_protocol::mesh::PeerKey::from_bytes(&n.peer_id().to_bytes())?,
             target: net::target(),
             accepts_code: n.code_shipping(),
+            labels: n.labels().to_vec(),
         })
     });
     #[cfg(not(feature = "mesh"))]

@@ -1,7 +1,7 @@
 //! `shoal`: run a node, or ask one how it is.
 //!
 //! ```text
-//! shoal node [--config FILE] [--join TOKEN] [--socket PATH] [--socket-group GROUP] [--cpus N] [--resource NAME=N]...
+//! shoal node [--config FILE] [--join TOKEN] [--socket PATH] [--socket-group GROUP] [--cpus N] [--resource NAME=N]... [--label KEY=VALUE]...
 //!            [--trust-publisher KEY]...
 //!            [--store-bytes N] [--max-clients-per-uid N] [--worker-user USER] [--allow-root-workers]
 //!            [--worker-memory BYTES] [--no-worker-cgroups] [--memory-threshold SHARE]
@@ -411,6 +411,10 @@ struct NodeArgs {
     /// A custom resource, NAME=AMOUNT (repeatable; in $SHOAL_RESOURCES, comma-separated).
     #[arg(long = "resource", env = "SHOAL_RESOURCES", value_delimiter = ',', value_parser = parse_resource)]
     resources: Vec<(String, f64)>,
+    /// A label of this peer, KEY=VALUE (repeatable; in $SHOAL_LABELS, comma-separated): the
+    /// label selectors of tasks and actors (`TaskOptions::label`) match them.
+    #[arg(long = "label", env = "SHOAL_LABELS", value_delimiter = ',', value_parser = parse_label)]
+    labels: Vec<(String, String)>,
     /// Object store capacity in bytes (suffixes K, M, G) [default: 30% of memory, at most the
     /// free space of the store directory].
     #[arg(long, env = "SHOAL_STORE_BYTES", value_parser = parse_bytes)]
@@ -538,6 +542,22 @@ fn parse_bytes(s: &str) -> Result<u64, String> {
 
 fn parse_publisher(s: &str) -> Result<shoal_node::auth::KeyBytes, String> {
     shoal_node::auth::parse_hex_key(s).map_err(|e| format!("a publisher key: {e}"))
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((key, value))
+            if !key.is_empty()
+                && !value.is_empty()
+                && !value.contains(['(', ')', '!'])
+                && !key.contains(['(', ')', '!']) =>
+        {
+            Ok((key.to_string(), value.to_string()))
+        }
+        _ => Err(format!(
+            "expected KEY=VALUE (neither empty, no `(`, `)` or `!`), got {s:?}"
+        )),
+    }
 }
 
 fn parse_resource(s: &str) -> Result<(String, f64), String> {
@@ -970,6 +990,7 @@ fn run_node(args: NodeArgs, config_file: Option<PathBuf>) -> Result<()> {
             .collect::<Result<_>>()?;
         net.mdns = !args.no_mdns;
         net.code_shipping = !args.no_code_shipping;
+        net.labels = args.labels.clone();
         net.code_policy.trusted = args.trust_publisher.clone();
         match keyfile::default_public() {
             Ok(Some(own)) if !net.code_policy.trusted.contains(&own) => {

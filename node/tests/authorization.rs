@@ -142,6 +142,8 @@ fn a_peer_given_nothing_cannot_read_release_call_kill_or_download() {
             wait_for_resources: false,
             retry_exceptions: false,
             num_returns: 1,
+            strategy: Default::default(),
+            label_selector: Vec::new(),
         };
         let msgs = [
             PeerMsg::Release { ids: vec![obj] },

@@ -138,6 +138,8 @@ async fn a_peer_that_stops_reading_fails_its_tasks_instead_of_hanging() {
             wait_for_resources: false,
             retry_exceptions: false,
             num_returns: 1,
+            strategy: Default::default(),
+            label_selector: Vec::new(),
         };
         pending.insert(spec.return_id());
         client.send(vec![ToNode::Submit(spec)]).await.unwrap();

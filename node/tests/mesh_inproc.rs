@@ -235,6 +235,7 @@ async fn forged_and_malformed_reports_are_refused() {
         binaries: vec![],
         addrs: vec![],
         accepts_code: true,
+        labels: Vec::new(),
     };
     // Claiming to be b; of another mesh; more free than total; not a report at all.
     for bytes in [

@@ -8,7 +8,7 @@ use std::time::Duration;
 use shoal_node::sim::scenario::{self, is_error, is_value};
 use shoal_node::sim::{Sim, SimArg, SimConfig, TaskOpts};
 use shoal_protocol::mesh::PeerMsg;
-use shoal_protocol::{Arg, ObjectValue, TaskError, TaskKind};
+use shoal_protocol::{Arg, LabelMatch, ObjectValue, Strategy, TaskError, TaskKind};
 
 /// With `SHOAL_SIM_TRACE` set, the cores' own debug logs go to stderr too, in order with the
 /// simulator's trace.
@@ -492,6 +492,173 @@ fn a_demand_no_peer_has_fails_as_infeasible() {
     assert_clean(sim);
 }
 
+fn runs(sim: &Sim) -> Vec<u64> {
+    (0..sim.nodes()).map(|i| sim.runs_on(i)).collect()
+}
+
+fn minus(a: &[u64], b: &[u64]) -> Vec<u64> {
+    a.iter().zip(b).map(|(x, y)| x - y).collect()
+}
+
+#[test]
+fn spread_tasks_go_one_to_each_idle_peer_where_the_default_keeps_them_here() {
+    let mut sim = mesh(&[3.0, 3.0, 3.0]);
+    let d = sim.driver(0);
+    sim.run_for(Duration::from_secs(1));
+    // Three workers here first (a task queued here for want of a worker may be spilled).
+    let here = Strategy::on_peer(sim.peer_id(0));
+    let mut ids: Vec<_> = (0..3)
+        .map(|_| sim.submit_placed(d, "sleep:300", TaskOpts::default(), here.clone(), vec![]))
+        .collect();
+    sim.run_for(Duration::from_secs(3));
+    let before = runs(&sim);
+    for _ in 0..3 {
+        let id = sim.submit_placed(
+            d,
+            "sleep:300",
+            TaskOpts::default(),
+            Strategy::Default,
+            vec![],
+        );
+        ids.push(id);
+    }
+    sim.run_for(Duration::from_secs(3));
+    assert_eq!(
+        minus(&runs(&sim), &before),
+        vec![3, 0, 0],
+        "the default keeps them here"
+    );
+    let before = runs(&sim);
+    let spread: Vec<_> = (0..3)
+        .map(|_| {
+            sim.submit_placed(
+                d,
+                "sleep:300",
+                TaskOpts::default(),
+                Strategy::Spread,
+                vec![],
+            )
+        })
+        .collect();
+    sim.run_for(Duration::from_secs(3));
+    assert_eq!(minus(&runs(&sim), &before), vec![1, 1, 1]);
+    for id in ids.iter().chain(&spread) {
+        assert!(is_value(&sim.results(d)[id]), "{id}");
+    }
+    assert_clean(sim);
+}
+
+#[test]
+fn a_task_pinned_to_a_peer_runs_only_there_and_fails_when_that_peer_is_gone() {
+    let mut sim = mesh(&[2.0, 2.0, 2.0]);
+    let d = sim.driver(0);
+    sim.run_for(Duration::from_secs(1));
+    let on_2 = Strategy::on_peer(sim.peer_id(2));
+    let ids: Vec<_> = (0..4)
+        .map(|_| sim.submit_placed(d, "sleep:100", TaskOpts::default(), on_2.clone(), vec![]))
+        .collect();
+    sim.run_for(Duration::from_secs(3));
+    assert_eq!(
+        runs(&sim),
+        vec![0, 0, 4],
+        "only on peer 2, though this one had room"
+    );
+    for id in &ids {
+        assert!(is_value(&sim.results(d)[id]), "{id}");
+    }
+    // Peer 1 gone: pinned there, a task fails as infeasible once the grace is over;
+    // preferring it, a task runs elsewhere.
+    sim.crash(1);
+    sim.run_for(Duration::from_secs(5));
+    let opts = TaskOpts {
+        retries: 0,
+        ..TaskOpts::default()
+    };
+    let pinned = sim.submit_placed(d, "echo", opts, Strategy::on_peer(sim.peer_id(1)), vec![]);
+    let preferred = sim.submit_placed(
+        d,
+        "echo",
+        opts,
+        Strategy::prefer_peer(sim.peer_id(1)),
+        vec![],
+    );
+    sim.run_for(Duration::from_secs(10));
+    let v = &sim.results(d)[&pinned];
+    assert!(
+        is_error(
+            v,
+            |e| matches!(e, TaskError::Infeasible { demand, .. } if demand.contains("on peer"))
+        ),
+        "{v:?}"
+    );
+    assert!(is_value(&sim.results(d)[&preferred]));
+    // Preferring a live peer: it runs there.
+    let before = runs(&sim);
+    sim.submit_placed(
+        d,
+        "echo",
+        opts,
+        Strategy::prefer_peer(sim.peer_id(2)),
+        vec![],
+    );
+    sim.run_for(Duration::from_secs(2));
+    assert_eq!(minus(&runs(&sim), &before), vec![0, 0, 1]);
+    assert_clean(sim);
+}
+
+#[test]
+fn a_label_selector_picks_the_peers_whose_labels_meet_it() {
+    trace_logs();
+    let label = |v: &str| vec![("zone".to_string(), v.to_string())];
+    let mut sim = Sim::new(
+        1,
+        SimConfig {
+            nodes: 3,
+            cpus: vec![2.0; 3],
+            labels: vec![label("a"), label("b"), label("c")],
+            ..Default::default()
+        },
+    );
+    let d = sim.driver(0);
+    sim.run_for(Duration::from_secs(1));
+    let select = |expr: &str| vec![LabelMatch::parse("zone", expr).unwrap()];
+    let place = |sim: &mut Sim, expr: &str, n: usize| {
+        let before = runs(sim);
+        for _ in 0..n {
+            sim.submit_placed(
+                d,
+                "sleep:100",
+                TaskOpts::default(),
+                Strategy::Default,
+                select(expr),
+            );
+        }
+        sim.run_for(Duration::from_secs(3));
+        minus(&runs(sim), &before)
+    };
+    assert_eq!(place(&mut sim, "b", 3), vec![0, 3, 0]);
+    assert_eq!(place(&mut sim, "!a", 4).first(), Some(&0));
+    let in_bc = place(&mut sim, "in(b,c)", 6);
+    assert_eq!(in_bc[0], 0, "{in_bc:?}");
+    assert_eq!(place(&mut sim, "a", 2), vec![2, 0, 0]);
+    // No peer has the label: infeasible after the grace.
+    let opts = TaskOpts {
+        retries: 0,
+        ..TaskOpts::default()
+    };
+    let none = sim.submit_placed(d, "echo", opts, Strategy::Default, select("z"));
+    sim.run_for(Duration::from_secs(10));
+    let v = &sim.results(d)[&none];
+    assert!(
+        is_error(
+            v,
+            |e| matches!(e, TaskError::Infeasible { demand, .. } if demand.contains("zone=z"))
+        ),
+        "{v:?}"
+    );
+    assert_clean(sim);
+}
+
 /// Only peer 1 can run the task (2 CPUs) and it rejects the driver's code: the task fails
 /// with `CodeRejected` naming the peer's reason, at once rather than after the infeasible
 /// grace period. With a peer 2 that takes it, the task runs there instead.
@@ -859,6 +1026,8 @@ fn forged_task_of_epoch(args: Vec<Arg>, kind: TaskKind, actor_epoch: u32) -> Pee
         wait_for_resources: false,
         retry_exceptions: false,
         num_returns: 1,
+        strategy: Default::default(),
+        label_selector: Vec::new(),
     };
     PeerMsg::Submit(Box::new(shoal_protocol::mesh::RemoteTask {
         spec,

@@ -43,10 +43,40 @@ impl PeerKey {
     }
 }
 
+/// The Base58 (Bitcoin) alphabet, in which libp2p prints peer ids.
+const BASE58: &[u8; 58] = b"123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz";
+
+impl PeerKey {
+    /// The key of a peer id as libp2p prints it (Base58); `None` if it is not one.
+    pub fn parse(s: &str) -> Option<Self> {
+        let zeros = s.bytes().take_while(|b| *b == b'1').count();
+        // Bytes, least significant first.
+        let mut bytes: Vec<u8> = Vec::with_capacity(s.len());
+        for c in s.bytes().skip(zeros) {
+            let mut carry = BASE58.iter().position(|a| *a == c)? as u32;
+            for b in bytes.iter_mut() {
+                carry += (*b as u32) * 58;
+                *b = (carry & 0xff) as u8;
+                carry >>= 8;
+            }
+            while carry > 0 {
+                bytes.push((carry & 0xff) as u8);
+                carry >>= 8;
+            }
+            if zeros + bytes.len() > MAX_PEER_KEY {
+                return None;
+            }
+        }
+        let mut out = vec![0u8; zeros];
+        out.extend(bytes.iter().rev());
+        Self::from_bytes(&out)
+    }
+}
+
 /// Base58 (Bitcoin alphabet), as libp2p prints peer ids.
 impl std::fmt::Display for PeerKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        const ALPHABET: &[u8; 58] = b"123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz";
+        const ALPHABET: &[u8; 58] = BASE58;
         let input = self.as_bytes();
         let zeros = input.iter().take_while(|b| **b == 0).count();
         // Digits in base 58, least significant first.
@@ -120,6 +150,8 @@ pub struct LoadReport {
     pub addrs: Vec<String>,
     /// Whether it takes binaries it does not hold (code shipping).
     pub accepts_code: bool,
+    /// Its labels (`--label key=value`), which label selectors of tasks and actors match.
+    pub labels: Vec<(String, String)>,
 }
 
 /// Why a load report was refused.
@@ -415,12 +447,26 @@ mod tests {
             binaries: vec![],
             addrs: vec!["/ip4/127.0.0.1/tcp/1".into()],
             accepts_code: true,
+            labels: vec![("zone".into(), "a".into())],
         }
     }
 
     #[test]
     fn peer_keys_print_as_base58() {
         // Known vectors of base58 (Bitcoin alphabet).
+        for b in [
+            &b"Hello World!"[..],
+            &[0, 0, 1],
+            &[0],
+            &[255; MAX_PEER_KEY],
+            &[7; 38],
+        ] {
+            let k = PeerKey::from_bytes(b).unwrap();
+            assert_eq!(PeerKey::parse(&k.to_string()), Some(k), "{k}");
+        }
+        assert_eq!(PeerKey::parse("0OIl"), None, "not Base58");
+        assert_eq!(PeerKey::parse(""), None);
+        assert_eq!(PeerKey::parse(&"z".repeat(80)), None, "too long");
         let k = PeerKey::from_bytes(b"Hello World!").unwrap();
         assert_eq!(k.to_string(), "2NEpo7TZRRrLZSi2U");
         let k = PeerKey::from_bytes(&[0, 0, 1]).unwrap();

@@ -201,6 +201,113 @@ pub struct TaskSpec {
     /// result is a tuple may give each element its own object, return `i` being
     /// [`ObjectId::for_return`]`(task_id, i)`. At most [`MAX_RETURNS`]; only for functions.
     pub num_returns: u32,
+    /// Where it may run (Ray's scheduling strategies).
+    pub strategy: Strategy,
+    /// Conditions on the labels of the peer it runs on, all of which must hold (Ray's label
+    /// selectors).
+    pub label_selector: Vec<LabelMatch>,
+}
+
+/// Where a task or actor may run, as Ray's scheduling strategies say.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Strategy {
+    /// On the node it was submitted to while it fits there, else on the peer with room
+    /// that suits it best (Ray's `"DEFAULT"`).
+    #[default]
+    Default,
+    /// On the least loaded node with room, the one it was submitted to counted as any
+    /// other, so that many such tasks spread over the mesh (Ray's `"SPREAD"`).
+    Spread,
+    /// On one peer, named by its peer id (Ray's `NodeAffinitySchedulingStrategy`): only
+    /// there, failing as infeasible if that peer is not in the mesh; or, `soft`, there
+    /// while it is in the mesh and has room, elsewhere otherwise.
+    Peer {
+        /// The peer id, as `shoal::peer_id()` gives it.
+        peer: String,
+        /// Elsewhere when that peer cannot take it.
+        soft: bool,
+    },
+}
+
+impl Strategy {
+    /// Only on this peer (`soft: false`).
+    pub fn on_peer(peer: impl Into<String>) -> Self {
+        Strategy::Peer {
+            peer: peer.into(),
+            soft: false,
+        }
+    }
+
+    /// On this peer while it is in the mesh and has room, elsewhere otherwise.
+    pub fn prefer_peer(peer: impl Into<String>) -> Self {
+        Strategy::Peer {
+            peer: peer.into(),
+            soft: true,
+        }
+    }
+}
+
+/// One condition of a label selector: the peer's label `key` has one of `values` (or, with
+/// `negate`, has none of them, or no such label at all). Written as Ray writes them:
+/// `value`, `!value`, `in(a,b)`, `!in(a,b)`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LabelMatch {
+    /// The label.
+    pub key: String,
+    /// The values it is compared with.
+    pub values: Vec<String>,
+    /// Whether the label must have none of them.
+    pub negate: bool,
+}
+
+impl LabelMatch {
+    /// The condition `expr` on label `key`: `value`, `!value`, `in(a,b)` or `!in(a,b)`.
+    pub fn parse(key: &str, expr: &str) -> Result<Self, String> {
+        let bad = || {
+            format!(
+                "bad label selector {key:?}: {expr:?} (want value, !value, in(a,b) or !in(a,b))"
+            )
+        };
+        if key.is_empty() || key.contains(['=', ',']) {
+            return Err(bad());
+        }
+        let (negate, rest) = match expr.strip_prefix('!') {
+            Some(rest) => (true, rest),
+            None => (false, expr),
+        };
+        let values: Vec<String> = match rest.strip_prefix("in(").and_then(|r| r.strip_suffix(')')) {
+            Some(list) => list.split(',').map(|v| v.trim().to_string()).collect(),
+            None => vec![rest.to_string()],
+        };
+        if values
+            .iter()
+            .any(|v| v.is_empty() || v.contains(['(', ')', ',', '!']))
+        {
+            return Err(bad());
+        }
+        Ok(Self {
+            key: key.to_string(),
+            values,
+            negate,
+        })
+    }
+
+    /// Whether a peer with these labels meets it.
+    pub fn matches(&self, labels: &[(String, String)]) -> bool {
+        let value = labels.iter().find(|(k, _)| *k == self.key).map(|(_, v)| v);
+        let listed = value.is_some_and(|v| self.values.contains(v));
+        listed != self.negate
+    }
+}
+
+impl fmt::Display for LabelMatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let not = if self.negate { "!" } else { "" };
+        match self.values.as_slice() {
+            [one] => write!(f, "{}={not}{one}", self.key),
+            many => write!(f, "{}={not}in({})", self.key, many.join(",")),
+        }
+    }
 }
 
 /// The most objects one task may return ([`TaskSpec::num_returns`]).
@@ -1149,6 +1256,26 @@ mod tests {
     use crate::{codec, frame};
 
     #[test]
+    fn label_selectors_parse_and_match_as_rays() {
+        let labels = vec![("zone".to_string(), "eu-1".to_string())];
+        let m = |expr: &str| LabelMatch::parse("zone", expr).unwrap();
+        assert!(m("eu-1").matches(&labels));
+        assert!(!m("eu-2").matches(&labels));
+        assert!(m("!eu-2").matches(&labels));
+        assert!(!m("!eu-1").matches(&labels));
+        assert!(m("in(eu-2, eu-1)").matches(&labels));
+        assert!(!m("!in(eu-1,eu-2)").matches(&labels));
+        // No such label: only a negation holds.
+        assert!(!m("eu-1").matches(&[]));
+        assert!(m("!eu-1").matches(&[]));
+        assert_eq!(m("!in(a,b)").to_string(), "zone=!in(a,b)");
+        assert_eq!(m("a").to_string(), "zone=a");
+        for bad in ["", "!", "in()", "in(a,)", "a(b", "!!a"] {
+            assert!(LabelMatch::parse("zone", bad).is_err(), "{bad:?}");
+        }
+        assert!(LabelMatch::parse("", "a").is_err());
+    }
+    #[test]
     fn a_namespace_qualifies_a_name_without_ambiguity() {
         assert_eq!(qualified_name("", "hits"), "hits");
         let q = qualified_name("shop", "hits");
@@ -1196,6 +1323,8 @@ mod tests {
             wait_for_resources: false,
             retry_exceptions: false,
             num_returns: 1,
+            strategy: Default::default(),
+            label_selector: Vec::new(),
         };
         let msgs = vec![
             ToNode::Submit(spec),

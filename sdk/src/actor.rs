@@ -136,6 +136,7 @@ pub struct ActorOptions {
     pub(crate) concurrency_groups: Vec<(String, u32)>,
     pub(crate) max_task_retries: u32,
     pub(crate) max_pending_calls: u32,
+    pub(crate) placement: crate::options::Placement,
 }
 
 impl Default for ActorOptions {
@@ -153,6 +154,7 @@ impl Default for ActorOptions {
             concurrency_groups: Vec::new(),
             max_task_retries: 0,
             max_pending_calls: 0,
+            placement: Default::default(),
         }
     }
 }
@@ -176,6 +178,30 @@ impl ActorOptions {
     /// [`TaskError::InvalidOptions`]: shoal_protocol::TaskError::InvalidOptions
     pub fn num_cpus(mut self, n: f64) -> Self {
         self.resources = self.resources.with(shoal_protocol::CPU, n);
+        self
+    }
+
+    /// Where the actor may be placed (Ray's scheduling strategies); see
+    /// [`TaskOptions::strategy`](crate::TaskOptions::strategy).
+    ///
+    /// ```no_run
+    /// # struct Counter;
+    /// # #[shoal::actor] impl Counter { pub fn new() -> Self { Counter } }
+    /// use shoal::{ActorOptions, Strategy};
+    /// let peer = shoal::peer_id().unwrap_or_default();
+    /// let counter = Counter::options(ActorOptions::new().strategy(Strategy::prefer_peer(peer)))
+    ///     .remote()?;
+    /// # Ok::<(), shoal::ActorError>(())
+    /// ```
+    pub fn strategy(mut self, strategy: shoal_protocol::Strategy) -> Self {
+        self.placement.strategy = strategy;
+        self
+    }
+
+    /// Places the actor only on a peer whose label `key` matches `expr`; see
+    /// [`TaskOptions::label`](crate::TaskOptions::label).
+    pub fn label(mut self, key: &str, expr: &str) -> Self {
+        self.placement.label(key, expr);
         self
     }
 

@@ -131,6 +131,11 @@
 //! - Values travel in a binary encoding; a type it cannot read back (`serde_json::Value`,
 //!   untagged enums, …) fails where it is sent, naming the type: send it as `Json<T>` (the
 //!   `json` feature).
+//! - Where work runs (Ray's scheduling strategies): by default where it was submitted while
+//!   it fits, else at the peer with room that suits it best; [`Strategy::Spread`] spreads
+//!   it over the mesh, [`Strategy::on_peer`] and [`Strategy::prefer_peer`] pin it to a peer
+//!   or prefer one, and [`TaskOptions::label`] keeps it to peers whose labels
+//!   (`shoal node --label zone=eu`) match.
 //! - [`runtime_context`] says where the calling code runs: the node and peer, the task or
 //!   actor, and what it holds (Ray's `get_runtime_context()`, `get_assigned_resources()`).
 //! - Workers are processes of your own executable, started by the node. Worker mode is
@@ -188,7 +193,7 @@ pub use bytes::{put_bytes, ByteSequence, ByteView, Bytes};
 pub use json::Json;
 pub use shoal_macros::{actor, remote};
 pub use shoal_protocol::{
-    ActorId, NodeId, NodeStatus, ObjectId, ObjectInfo, ResourceSet, TaskError, TaskId,
+    ActorId, NodeId, NodeStatus, ObjectId, ObjectInfo, ResourceSet, Strategy, TaskError, TaskId,
 };
 
 pub use cancel::{cancel, cancel_with, is_cancelled, CancelOptions};

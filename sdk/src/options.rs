@@ -1,6 +1,6 @@
 //! Per-call options of a task: [`TaskOptions`].
 
-use shoal_protocol::ResourceSet;
+use shoal_protocol::{LabelMatch, ResourceSet, Strategy};
 
 /// Options of one call: what the task holds while it runs, and how often it is retried
 /// when its worker dies.
@@ -10,6 +10,28 @@ pub struct TaskOptions {
     pub(crate) max_retries: u32,
     pub(crate) wait_for_resources: bool,
     pub(crate) retry_exceptions: bool,
+    pub(crate) placement: Placement,
+}
+
+/// Where a task or actor may run: a strategy and a label selector (with the first bad
+/// condition of the selector, which fails the call as invalid).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct Placement {
+    pub(crate) strategy: Strategy,
+    pub(crate) label_selector: Vec<LabelMatch>,
+    pub(crate) invalid: Option<String>,
+}
+
+impl Placement {
+    /// Adds the condition `expr` on label `key` (see [`TaskOptions::label`]).
+    pub(crate) fn label(&mut self, key: &str, expr: &str) {
+        match LabelMatch::parse(key, expr) {
+            Ok(m) => self.label_selector.push(m),
+            Err(e) => {
+                self.invalid.get_or_insert(e);
+            }
+        }
+    }
 }
 
 impl Default for TaskOptions {
@@ -20,6 +42,7 @@ impl Default for TaskOptions {
             max_retries: 3,
             wait_for_resources: false,
             retry_exceptions: false,
+            placement: Placement::default(),
         }
     }
 }
@@ -56,6 +79,39 @@ impl TaskOptions {
     /// flaky dependency, say). The last panic is the `get`'s error.
     pub fn retry_exceptions(mut self, retry: bool) -> Self {
         self.retry_exceptions = retry;
+        self
+    }
+
+    /// Where the task may run (Ray's scheduling strategies): [`Strategy::Spread`] spreads
+    /// tasks over the mesh, [`Strategy::on_peer`] pins one to a peer,
+    /// [`Strategy::prefer_peer`] prefers one. The default runs a task where it was
+    /// submitted while it fits, and at the best peer with room otherwise.
+    ///
+    /// ```no_run
+    /// # #[shoal::remote] fn work() -> u8 { 0 }
+    /// use shoal::{Strategy, TaskOptions};
+    /// let spread = work.options(TaskOptions::new().strategy(Strategy::Spread)).remote();
+    /// let peer = shoal::peer_id().unwrap_or_default();
+    /// let here = work.options(TaskOptions::new().strategy(Strategy::on_peer(peer))).remote();
+    /// ```
+    pub fn strategy(mut self, strategy: Strategy) -> Self {
+        self.placement.strategy = strategy;
+        self
+    }
+
+    /// Runs the task only on a peer whose label `key` (`shoal node --label key=value`)
+    /// matches `expr`, as Ray's label selectors: `value`, `!value` (another value, or no
+    /// such label), `in(a,b)`, `!in(a,b)`. Each call adds a condition; all must hold. A
+    /// malformed condition fails the task at once with `TaskError::InvalidOptions`.
+    ///
+    /// ```no_run
+    /// # #[shoal::remote] fn work() -> u8 { 0 }
+    /// use shoal::TaskOptions;
+    /// let options = TaskOptions::new().label("zone", "in(eu-1,eu-2)").label("gpu", "!none");
+    /// let r = work.options(options).remote();
+    /// ```
+    pub fn label(mut self, key: &str, expr: &str) -> Self {
+        self.placement.label(key, expr);
         self
     }
 

@@ -230,6 +230,7 @@ fn submit_create<A: Actor>(
             max_retries: 0,
             wait_for_resources: false,
             retry_exceptions: false,
+            placement: options.placement.clone(),
         },
         TaskKind::CreateActor(create),
         args,
@@ -267,10 +268,15 @@ fn submit_spec(
         max_retries,
         wait_for_resources,
         retry_exceptions,
+        placement,
     } = options;
     let ret = ObjectId::for_return(task_id, 0);
     if ctx.is_shut_down() {
         return failed(ctx, task_id, num_returns, GetError::Shutdown);
+    }
+    if let Some(reason) = placement.invalid {
+        let error = GetError::Task(TaskError::InvalidOptions { reason });
+        return failed(ctx, task_id, num_returns, error);
     }
     let mut wire = Vec::with_capacity(args.len());
     // Handles to the arguments stay alive until the submit is queued.
@@ -325,6 +331,8 @@ fn submit_spec(
         wait_for_resources,
         retry_exceptions,
         num_returns,
+        strategy: placement.strategy,
+        label_selector: placement.label_selector,
     }));
     drop(nested);
     drop(keep);

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use shoal::{ActorOptions, Bytes, ObjectRef, TaskOptions};
+use shoal::{ActorOptions, Bytes, ObjectRef, Strategy, TaskOptions};
 use shoal_tests::{Mesh, NodeOptions, NodeProcess};
 
 const ENV_SCENARIO: &str = "SHOAL_TEST_SPILL_SCENARIO";
@@ -229,6 +229,33 @@ fn driver_entry() {
                 expected_sum(n, 7)
             );
             println!("result driver-read ok");
+        }
+        "placed" => {
+            // Labels and affinity choose the peer; a selector no peer meets is infeasible.
+            for _ in 0..4 {
+                let on_c = TaskOptions::new().label("zone", "c");
+                let (_, peer) = slow_double
+                    .options(on_c)
+                    .remote(1, 0)
+                    .get_blocking()
+                    .unwrap();
+                println!("result zone-c-on {peer}");
+                let pinned = Strategy::on_peer(arg("PEER_B"));
+                let options = TaskOptions::new().strategy(pinned);
+                let (_, peer) = slow_double
+                    .options(options)
+                    .remote(1, 0)
+                    .get_blocking()
+                    .unwrap();
+                println!("result pinned-on {peer}");
+            }
+            let nowhere = TaskOptions::new().label("zone", "!in(b,c)");
+            match slow_double.options(nowhere).remote(1, 0).get_blocking() {
+                Err(shoal::GetError::Task(shoal::TaskError::Infeasible { demand, .. })) => {
+                    println!("result nowhere {demand}")
+                }
+                other => panic!("expected Infeasible, got {other:?}"),
+            }
         }
         "returns" => {
             // A task of three returns runs on b; one of them is read on c, all here.
@@ -458,8 +485,22 @@ fn an_object_made_on_b_is_consumed_on_c() {
         "spill-objects",
         vec![
             store(NodeOptions::new().cpus(0.0)),
-            store(NodeOptions::new().cpus(1.0).arg("--resource").arg("b=1")),
-            store(NodeOptions::new().cpus(1.0).arg("--resource").arg("c=1")),
+            store(
+                NodeOptions::new()
+                    .cpus(1.0)
+                    .arg("--resource")
+                    .arg("b=1")
+                    .arg("--label")
+                    .arg("zone=b"),
+            ),
+            store(
+                NodeOptions::new()
+                    .cpus(1.0)
+                    .arg("--resource")
+                    .arg("c=1")
+                    .arg("--label")
+                    .arg("zone=c"),
+            ),
         ],
     );
     let lines = driver(&mesh.node(0).socket(), "objects", &[]);
@@ -476,6 +517,21 @@ fn an_object_made_on_b_is_consumed_on_c() {
     assert_eq!(
         lines.iter().filter(|l| **l == failed).count(),
         2,
+        "{lines:?}"
+    );
+    // Label selectors and a peer affinity choose the peer (Ray's scheduling strategies).
+    let lines = driver(
+        &mesh.node(0).socket(),
+        "placed",
+        &[("PEER_B", b.to_string())],
+    );
+    let count = |line: String| lines.iter().filter(|l| **l == line).count();
+    assert_eq!(count(format!("zone-c-on {c}")), 4, "{lines:?}");
+    assert_eq!(count(format!("pinned-on {b}")), 4, "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("nowhere ") && l.contains("zone=!in(b,c)")),
         "{lines:?}"
     );
 }

@@ -122,6 +122,8 @@ pub(super) fn spec(seq: u64, args: Vec<Arg>, retries: u32) -> TaskSpec {
         wait_for_resources: false,
         retry_exceptions: false,
         num_returns: 1,
+        strategy: Default::default(),
+        label_selector: Vec::new(),
     }
 }
 

@@ -238,6 +238,8 @@ mod tests {
             wait_for_resources: false,
             retry_exceptions: false,
             num_returns: 1,
+            strategy: Default::default(),
+            label_selector: Vec::new(),
         }
     }
 

@@ -1915,6 +1915,18 @@ fn invalid_options(spec: &TaskSpec) -> Option<String> {
     if spec.num_returns > 1 && !matches!(spec.kind, TaskKind::Function) {
         return Some("only a function's task may return several objects".into());
     }
+    if let shoal_protocol::Strategy::Peer { peer, .. } = &spec.strategy {
+        if shoal_protocol::mesh::PeerKey::parse(peer).is_none() {
+            return Some(format!("{peer:?} is not a peer id"));
+        }
+    }
+    if let Some(m) = spec
+        .label_selector
+        .iter()
+        .find(|m| m.key.is_empty() || m.values.is_empty())
+    {
+        return Some(format!("bad label selector {m}"));
+    }
     match &spec.kind {
         TaskKind::CreateActor(c) => {
             if let Some(Err(reason)) = c.name.as_deref().map(shoal_protocol::check_name) {

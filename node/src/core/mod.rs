@@ -74,6 +74,7 @@ pub mod sched;
 mod spill;
 mod state;
 mod store;
+mod strategy;
 mod tasks;
 
 use actors::directory::Directory;
@@ -583,6 +584,8 @@ pub struct PeerConfig {
     pub target: String,
     /// Whether it takes binaries it does not hold (code shipping).
     pub accepts_code: bool,
+    /// Its labels, which label selectors match.
+    pub labels: Vec<(String, String)>,
 }
 
 impl NodeCore {
@@ -599,7 +602,11 @@ impl NodeCore {
         let store = CoreStore::new(store_dir, config.store_bytes);
         let lineage = lineage::Lineage::new(config.lineage_bytes);
         let (me, spill) = match peer {
-            Some(p) => (Some(p.me), Spill::new(p.target, p.accepts_code)),
+            Some(p) => {
+                let mut spill = Spill::new(p.target, p.accepts_code);
+                spill.labels = p.labels;
+                (Some(p.me), spill)
+            }
             None => (None, Spill::new(String::new(), false)),
         };
         let mut core = Self {

@@ -951,8 +951,19 @@ impl NodeCore {
             return;
         };
         let demand = entry.spec.resources.clone();
+        let here_allowed = self.runs_here_allowed(&entry.spec);
         if !self.spillable(&task) {
-            self.run_here(now, task);
+            if here_allowed {
+                self.run_here(now, task);
+            } else {
+                // Only another node may run it, and it cannot go to one.
+                let demand = super::strategy::describe(&entry.spec);
+                let total = format!(
+                    "{} here, and it cannot be sent to a peer",
+                    self.sched.total()
+                );
+                self.fail_task(now, task, TaskError::Infeasible { demand, total });
+            }
             return;
         }
         match self.placement(now, task) {
@@ -964,7 +975,9 @@ impl NodeCore {
                 }
                 _ => self.spill_to(peer, task),
             },
-            Placement::Wait | Placement::Infeasible if self.sched.total().contains(&demand) => {
+            Placement::Wait | Placement::Infeasible
+                if here_allowed && self.sched.total().contains(&demand) =>
+            {
                 self.run_here(now, task)
             }
             Placement::Wait => {
@@ -996,11 +1009,15 @@ impl NodeCore {
                 } else if grace_over {
                     self.spill.infeasible.forget(&task);
                     let total = self.sched.total().to_string();
+                    let demand = match self.tasks.get(&task) {
+                        Some(e) => super::strategy::describe(&e.spec),
+                        None => demand.to_string(),
+                    };
                     self.fail_task(
                         now,
                         task,
                         TaskError::Infeasible {
-                            demand: demand.to_string(),
+                            demand,
                             total: format!("{total} here, and no peer of the mesh has it"),
                         },
                     );
@@ -1045,14 +1062,22 @@ impl NodeCore {
             hops: entry.hops,
         };
         let actor = matches!(entry.spec.kind, TaskKind::CreateActor(_));
-        let candidates = self.spill.candidates(entry.spec.binary, &arg_bytes, actor);
-        placement::place(
+        let mut candidates = self.spill.candidates(entry.spec.binary, &arg_bytes, actor);
+        // Its strategy and labels: the peers they rule out are no candidates.
+        let rule = self.rule(&entry.spec, entry.hops);
+        let bounds = self.bounds(&entry.spec);
+        candidates.retain(|c| {
+            let labels = self.spill.peers.get(&c.peer).map(|l| &l.report.labels);
+            bounds.allows(Some(c.peer), labels.map_or(&[][..], |l| l.as_slice()))
+        });
+        placement::place_with(
             &demand,
             self.sched.free(),
             self.sched.total(),
             &candidates,
             refused,
             MAX_HOPS,
+            &rule,
         )
     }
 
@@ -1306,6 +1331,9 @@ impl NodeCore {
         }
         if rt.target != self.spill.target {
             let reason = format!("this peer runs {}, not {}", self.spill.target, rt.target);
+            return self.refuse(from, task, reason);
+        }
+        if let Some(reason) = self.ruled_out_here(&rt.spec) {
             return self.refuse(from, task, reason);
         }
         let demand = &rt.spec.resources;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use shoal_protocol::mesh::{LoadReport, PeerKey, RemoteTask};
 use shoal_protocol::{BinaryId, IdMap, ObjectId, ResourceSet, TaskId, CPU};
 
-use super::sched::placement::{Candidate, Infeasibility};
+use super::sched::placement::{self, Candidate, Infeasibility};
 
 /// A spilled task is never sent on from the peer that accepted it.
 pub(crate) const MAX_HOPS: u32 = 1;
@@ -105,6 +105,8 @@ pub(crate) struct Spill {
     pub(crate) target: String,
     /// Whether this node takes binaries it does not hold.
     pub(crate) accepts_code: bool,
+    /// This node's labels.
+    pub(crate) labels: Vec<(String, String)>,
     /// The peers that reported, by their last report.
     pub(crate) peers: HashMap<PeerKey, PeerLoad>,
     /// Tasks of this node running at (or sent to) peers, with their return objects.
@@ -145,6 +147,7 @@ impl Spill {
         Self {
             target,
             accepts_code,
+            labels: Vec::new(),
             peers: HashMap::new(),
             spilled: Default::default(),
             spilled_ret: Default::default(),
@@ -239,6 +242,11 @@ impl Spill {
                 has_binary: load.report.binaries.contains(&binary),
                 accepts_code: load.report.accepts_code,
                 arg_bytes: arg_bytes.get(peer).copied().unwrap_or(0),
+                load: placement::load(
+                    &load.report.total,
+                    &load.estimated_free_now(),
+                    load.report.queued,
+                ),
             })
             .collect();
         // A fixed order, so that equal candidates are chosen the same way every run.

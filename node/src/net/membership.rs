@@ -261,6 +261,7 @@ mod tests {
             binaries: vec![],
             addrs: vec![],
             accepts_code: true,
+            labels: Vec::new(),
         }
     }
 

@@ -117,6 +117,9 @@ pub struct NetConfig {
     pub record_ttl: Duration,
     /// Whether this peer serves its binaries to others (and may be sent theirs).
     pub code_shipping: bool,
+    /// This peer's labels (`--label key=value`), published in its load reports for the
+    /// label selectors of tasks and actors.
+    pub labels: Vec<(String, String)>,
     /// The publishers whose signed binaries this peer runs when a peer ships them (default:
     /// none; `shoal node` adds `--trust-publisher` keys and the user's default key).
     pub code_policy: crate::auth::code::CodePolicy,
@@ -150,6 +153,7 @@ impl NetConfig {
             blocked: Vec::new(),
             record_ttl: Duration::from_secs(60),
             code_shipping: true,
+            labels: Vec::new(),
             code_policy: Default::default(),
             code_cache: None,
             code_cache_bytes: 2 << 30,
@@ -325,6 +329,7 @@ pub struct NetHandle {
     transfers: progress::Transfers,
     code_protocol: StreamProtocol,
     code_shipping: bool,
+    labels: Vec<(String, String)>,
     /// Publishers trusted on this node's command line (and its user's own key).
     code_policy: Arc<crate::auth::code::CodePolicy>,
     /// Admission's state: the publishers the mesh's authority names, too.
@@ -583,6 +588,11 @@ impl NetHandle {
         self.code_shipping
     }
 
+    /// This peer's labels.
+    pub fn labels(&self) -> &[(String, String)] {
+        &self.labels
+    }
+
     /// Hands the network's events (load reports, lost peers, control messages) to `sink`,
     /// the one consumer that handles them. `false` if there is one already.
     pub fn deliver_to(&self, sink: Arc<dyn link::NetSink>) -> bool {
@@ -739,7 +749,7 @@ impl Protocols {
             code: p(format!("/shoal/{mesh}/code/1"))?,
             ctl: p(format!("/shoal/{mesh}/ctl/6"))?,
             obj: p(format!("/shoal/{mesh}/obj/1"))?,
-            load_topic: format!("shoal/{mesh}/load/v1"),
+            load_topic: format!("shoal/{mesh}/load/v2"),
             admin_topic: format!("shoal/{mesh}/admin/v1"),
         })
     }
@@ -922,6 +932,7 @@ pub async fn start(key: identity::Keypair, config: NetConfig) -> Result<NetHandl
     let obj_protocol = protocols.obj.clone();
     let events: link::EventSink = Default::default();
     let code_policy = Arc::new(config.code_policy.clone());
+    let labels = config.labels.clone();
     let (code_shipping, code_cache_dir, code_cache_bytes) = (
         config.code_shipping,
         config.code_cache.clone(),
@@ -1096,6 +1107,7 @@ pub async fn start(key: identity::Keypair, config: NetConfig) -> Result<NetHandl
         transfers: progress::Transfers::default(),
         code_protocol,
         code_shipping,
+        labels,
         code_policy,
         gate: gate.clone(),
         rejected: Arc::new(Mutex::new(lru::LruCache::new(REJECTIONS_LOGGED))),
@@ -1595,6 +1607,11 @@ impl NetTask {
                 .take(shoal_protocol::mesh::MAX_REPORT_ADDRS)
                 .collect(),
             accepts_code: self.config.code_shipping && !client,
+            labels: if client {
+                Vec::new()
+            } else {
+                self.config.labels.clone()
+            },
         };
         self.last_report = Some(now);
         self.load_dirty = false;

@@ -85,6 +85,8 @@ pub struct SimConfig {
     pub rejects_code: Vec<usize>,
     /// Each node's `--lineage-bytes`.
     pub lineage_bytes: u64,
+    /// Each node's labels (`--label`); none for nodes past the end.
+    pub labels: Vec<Vec<(String, String)>>,
 }
 
 impl Default for SimConfig {
@@ -96,6 +98,7 @@ impl Default for SimConfig {
             store_faults: 0.0,
             rejects_code: Vec::new(),
             lineage_bytes: crate::config::DEFAULT_LINEAGE_BYTES,
+            labels: Vec::new(),
         }
     }
 }
@@ -522,6 +525,7 @@ impl Sim {
 
     fn boot(&mut self, i: usize) {
         let cpus = self.config.cpus.get(i).copied().unwrap_or(1.0);
+        let labels = self.config.labels.get(i).cloned().unwrap_or_default();
         let node = &mut self.nodes[i];
         let config = NodeConfig {
             socket: node.store_parent.join("node.sock"),
@@ -551,6 +555,7 @@ impl Sim {
             me: node.key,
             target: "sim".into(),
             accepts_code: true,
+            labels,
         };
         node.started_ms = self.now.duration_since(self.start).as_millis() as u64 + 1;
         node.seq = 0;
@@ -1395,6 +1400,7 @@ impl Sim {
                 binaries: load.binaries,
                 addrs: Vec::new(),
                 accepts_code: true,
+                labels: self.config.labels.get(i).cloned().unwrap_or_default(),
             };
             for to in 0..self.nodes.len() {
                 if to == i
@@ -1762,7 +1768,38 @@ impl Sim {
         args: Vec<SimArg>,
         opts: TaskOpts,
     ) -> ObjectId {
-        self.submit_with(d, function, args, opts, true)
+        self.submit_with(d, function, args, opts, true, Default::default())
+    }
+
+    /// [`Sim::submit`] with a scheduling strategy and a label selector.
+    pub fn submit_placed(
+        &mut self,
+        d: usize,
+        function: &str,
+        opts: TaskOpts,
+        strategy: shoal_protocol::Strategy,
+        label_selector: Vec<shoal_protocol::LabelMatch>,
+    ) -> ObjectId {
+        let placed = (strategy, label_selector);
+        self.submit_with(d, function, Vec::new(), opts, true, placed)
+    }
+
+    /// [`Sim::submit`] (or, `held`, [`Sim::submit_held`]) with a scheduling strategy.
+    pub fn submit_with_strategy(
+        &mut self,
+        d: usize,
+        function: &str,
+        args: Vec<SimArg>,
+        opts: TaskOpts,
+        held: bool,
+        strategy: shoal_protocol::Strategy,
+    ) -> ObjectId {
+        self.submit_with(d, function, args, opts, !held, (strategy, Vec::new()))
+    }
+
+    /// Node `i`'s peer id, as a program names it.
+    pub fn peer_id(&self, i: usize) -> String {
+        self.nodes[i].key.to_string()
     }
 
     /// Driver `d` submits `function(args)` and holds its result without asking for it (a
@@ -1774,7 +1811,7 @@ impl Sim {
         args: Vec<SimArg>,
         opts: TaskOpts,
     ) -> ObjectId {
-        self.submit_with(d, function, args, opts, false)
+        self.submit_with(d, function, args, opts, false, Default::default())
     }
 
     fn submit_with(
@@ -1784,6 +1821,7 @@ impl Sim {
         args: Vec<SimArg>,
         opts: TaskOpts,
         wait: bool,
+        placed: (shoal_protocol::Strategy, Vec<shoal_protocol::LabelMatch>),
     ) -> ObjectId {
         let task = self.next_task(d);
         let mut known = true;
@@ -1827,6 +1865,8 @@ impl Sim {
             wait_for_resources: false,
             retry_exceptions: false,
             num_returns: opts.returns,
+            strategy: placed.0,
+            label_selector: placed.1,
         };
         let ret = spec.return_id();
         let more = spec.more_return_ids();
@@ -1961,6 +2001,8 @@ impl Sim {
             wait_for_resources: false,
             retry_exceptions: false,
             num_returns: 1,
+            strategy: Default::default(),
+            label_selector: Vec::new(),
         };
         let ret = spec.return_id();
         self.own(d, ret, None);
@@ -1989,6 +2031,8 @@ impl Sim {
             wait_for_resources: false,
             retry_exceptions: false,
             num_returns: 1,
+            strategy: Default::default(),
+            label_selector: Vec::new(),
         };
         let ret = spec.return_id();
         self.calls.insert(ret, task);

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use shoal_protocol::{ObjectId, ObjectValue, TaskError};
+use shoal_protocol::{ObjectId, ObjectValue, Strategy, TaskError};
 
 use super::{Sim, SimArg, SimConfig, TaskOpts, Violation};
 
@@ -71,11 +71,17 @@ fn run_random(seed: u64) -> (Sim, Vec<Violation>) {
                 };
                 // Large results held and not asked for stay at their peers: a crash loses
                 // them, and a later `get` has their owner make them again.
-                let id = if f.starts_with("big:") && sim.rng().chance(0.5) {
-                    sim.submit_held(d, &f, args, opts)
-                } else {
-                    sim.submit(d, &f, args, opts)
+                let held = f.starts_with("big:") && sim.rng().chance(0.5);
+                // Some spread, or prefer a peer (alive or not).
+                let nodes = sim.nodes() as u64;
+                let which = sim.rng().below(nodes) as usize;
+                let peer = sim.peer_id(which);
+                let strategy = match sim.rng().below(20) {
+                    0 | 1 => Strategy::Spread,
+                    2 => Strategy::prefer_peer(peer),
+                    _ => Strategy::Default,
                 };
+                let id = sim.submit_with_strategy(d, &f, args, opts, held, strategy);
                 owned.push((d, id));
             }
             40..=42 => {

@@ -40,6 +40,9 @@ pub struct Candidate<P> {
     pub accepts_code: bool,
     /// Bytes of the task's arguments it holds.
     pub arg_bytes: u64,
+    /// Its load, for spreading ([`load`]): what it runs and queues (the tasks sent to it
+    /// since its report counted), per CPU.
+    pub load: u64,
 }
 
 /// A task to place.
@@ -68,8 +71,44 @@ pub enum Placement<P> {
     Infeasible,
 }
 
-/// Decides where a task goes. `refused` are peers that refused this task (their view was
-/// stale); they are not asked again.
+/// What a task's scheduling strategy and label selector make of the choice (the peers they
+/// rule out are left out of the candidates by the caller).
+#[derive(Clone, Debug)]
+pub struct Rule<P> {
+    /// Whether it may run on this node (its labels match, and no hard affinity names
+    /// another peer).
+    pub local_allowed: bool,
+    /// Spread: this node is a candidate like the others, and the least loaded with room
+    /// wins (this node on a tie).
+    pub spread: bool,
+    /// The peer it prefers (a soft affinity): chosen first whenever it has room.
+    pub preferred: Option<P>,
+    /// Tasks queued on this node (its load, for spreading).
+    pub local_queued: u64,
+}
+
+impl<P> Default for Rule<P> {
+    /// The default strategy: this node while it fits, else the best peer.
+    fn default() -> Self {
+        Self {
+            local_allowed: true,
+            spread: false,
+            preferred: None,
+            local_queued: 0,
+        }
+    }
+}
+
+/// A node's load, for spreading: CPUs in use and tasks queued, per CPU it has (in
+/// thousandths).
+pub fn load(total: &ResourceSet, free: &ResourceSet, queued: u64) -> u64 {
+    let (total, free) = (total.get_milli(CPU), free.get_milli(CPU));
+    let busy = total.saturating_sub(free) + queued * 1000;
+    busy.saturating_mul(1000) / total.max(1)
+}
+
+/// Decides where a task goes under the default strategy. `refused` are peers that refused
+/// this task (their view was stale); they are not asked again.
 pub fn place<P: Clone + PartialEq>(
     task: &Demand,
     local_free: &ResourceSet,
@@ -78,27 +117,64 @@ pub fn place<P: Clone + PartialEq>(
     refused: &[P],
     max_hops: u32,
 ) -> Placement<P> {
-    if local_free.contains(&task.resources) {
-        return Placement::Local;
-    }
-    let runs_here_ever = local_total.contains(&task.resources);
+    let rule = Rule::default();
+    place_with(
+        task,
+        local_free,
+        local_total,
+        peers,
+        refused,
+        max_hops,
+        &rule,
+    )
+}
+
+/// Decides where a task goes under `rule`; see [`place`].
+pub fn place_with<P: Clone + PartialEq>(
+    task: &Demand,
+    local_free: &ResourceSet,
+    local_total: &ResourceSet,
+    peers: &[Candidate<P>],
+    refused: &[P],
+    max_hops: u32,
+    rule: &Rule<P>,
+) -> Placement<P> {
     let able = |c: &&Candidate<P>| {
         c.target == task.target && (c.has_binary || c.accepts_code) && !refused.contains(&c.peer)
     };
-    if task.hops < max_hops {
-        let best = peers
-            .iter()
-            .filter(able)
-            .filter(|c| c.free.contains(&task.resources))
-            .max_by(|a, b| {
-                a.arg_bytes
-                    .cmp(&b.arg_bytes)
-                    .then(b.queued.cmp(&a.queued))
-                    .then(a.free.get_milli(CPU).cmp(&b.free.get_milli(CPU)))
-            });
-        if let Some(c) = best {
+    let fits =
+        |c: &&Candidate<P>| task.hops < max_hops && able(c) && c.free.contains(&task.resources);
+    if let Some(p) = &rule.preferred {
+        if let Some(c) = peers.iter().filter(fits).find(|c| c.peer == *p) {
             return Placement::Spill(c.peer.clone());
         }
+    }
+    let local_fits = rule.local_allowed && local_free.contains(&task.resources);
+    if rule.spread {
+        let here = load(local_total, local_free, rule.local_queued);
+        let best = peers
+            .iter()
+            .filter(fits)
+            .map(|c| (c.load, c))
+            .min_by_key(|(l, _)| *l);
+        match best {
+            Some((l, c)) if !local_fits || l < here => return Placement::Spill(c.peer.clone()),
+            _ if local_fits => return Placement::Local,
+            _ => {}
+        }
+    }
+    if local_fits {
+        return Placement::Local;
+    }
+    let runs_here_ever = rule.local_allowed && local_total.contains(&task.resources);
+    let best = peers.iter().filter(fits).max_by(|a, b| {
+        a.arg_bytes
+            .cmp(&b.arg_bytes)
+            .then(b.queued.cmp(&a.queued))
+            .then(a.free.get_milli(CPU).cmp(&b.free.get_milli(CPU)))
+    });
+    if let Some(c) = best {
+        return Placement::Spill(c.peer.clone());
     }
     let runs_elsewhere_ever = task.hops < max_hops
         && peers
@@ -174,7 +250,69 @@ mod tests {
             has_binary: true,
             accepts_code: true,
             arg_bytes: 0,
+            load: load(&ResourceSet::cpus(total), &ResourceSet::cpus(free), queued),
         }
+    }
+
+    #[test]
+    fn spread_takes_the_least_loaded_node_this_one_on_a_tie() {
+        let (two, one) = (ResourceSet::cpus(2.0), ResourceSet::cpus(1.0));
+        let spread = |queued| Rule {
+            spread: true,
+            local_queued: queued,
+            ..Rule::default()
+        };
+        let peers = [peer("a", 1.0, 2.0, 0), peer("b", 2.0, 2.0, 0)];
+        // This node is idle: a tie with b, so here.
+        let d = demand(1.0);
+        let place = |free: &ResourceSet, rule: &Rule<&'static str>| {
+            place_with(&d, free, &two, &peers, &[], 2, rule)
+        };
+        assert_eq!(place(&two, &spread(0)), Placement::Local);
+        // Half busy here: b, idle, takes it; the default keeps it here.
+        assert_eq!(place(&one, &spread(0)), Placement::Spill("b"));
+        assert_eq!(place(&one, &Rule::default()), Placement::Local);
+        // Idle but with a queue: b.
+        assert_eq!(place(&two, &spread(1)), Placement::Spill("b"));
+    }
+
+    #[test]
+    fn a_preferred_peer_first_and_a_node_ruled_out_never() {
+        let two = ResourceSet::cpus(2.0);
+        let peers = [peer("a", 1.0, 2.0, 0), peer("b", 2.0, 2.0, 0)];
+        let d = demand(1.0);
+        let prefer_a = Rule {
+            preferred: Some("a"),
+            ..Rule::default()
+        };
+        assert_eq!(
+            place_with(&d, &two, &two, &peers, &[], 2, &prefer_a),
+            Placement::Spill("a")
+        );
+        // No room at a: as the default would.
+        let busy = [peer("a", 0.0, 2.0, 0), peer("b", 2.0, 2.0, 0)];
+        assert_eq!(
+            place_with(&d, &two, &two, &busy, &[], 2, &prefer_a),
+            Placement::Local
+        );
+        // Not here (labels, or a hard affinity to another): a peer, or wait for one.
+        let not_here = Rule {
+            local_allowed: false,
+            ..Rule::default()
+        };
+        assert_eq!(
+            place_with(&d, &two, &two, &peers, &[], 2, &not_here),
+            Placement::Spill("b")
+        );
+        let full = [peer("b", 0.0, 2.0, 0)];
+        assert_eq!(
+            place_with(&d, &two, &two, &full, &[], 2, &not_here),
+            Placement::Wait
+        );
+        assert_eq!(
+            place_with(&d, &two, &two, &[], &[], 2, &not_here),
+            Placement::Infeasible
+        );
     }
 
     #[test]

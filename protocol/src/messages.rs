@@ -568,6 +568,13 @@ pub enum TaskError {
         /// The object.
         id: ObjectId,
     },
+    /// A holder of the object freed it (`shoal::free`, as Ray's `free`): its value is gone
+    /// while refs to it live on.
+    #[error("object {id} was freed with shoal::free")]
+    ObjectFreed {
+        /// The object.
+        id: ObjectId,
+    },
     /// The object exists but cannot be read now (no room to read it back from disk).
     #[error("object {id} cannot be read: {message}")]
     ObjectUnavailable {
@@ -1065,6 +1072,15 @@ pub enum ToNode {
     /// The sender dropped its last handle to these objects.
     Release {
         /// Objects released.
+        ids: Vec<ObjectId>,
+    },
+    /// The sender frees these objects, which it holds (`shoal::free`, as Ray's `free`): their
+    /// values are dropped from the store here and the copies this node keeps at peers are
+    /// let go; the refs live on, and a later read of one fails with
+    /// [`TaskError::ObjectFreed`], as do the tasks waiting for one. Other processes keep a
+    /// value they read already.
+    Free {
+        /// Objects freed.
         ids: Vec<ObjectId>,
     },
     /// A worker finished a task. A large result was written to the partial file of the

@@ -87,6 +87,8 @@
 //! # let _ = (all, ready, pending, nine); Ok(()) }
 //! ```
 //!
+//! - [`free`] drops the values of refs that live on (Ray's `free`): their reads fail with
+//!   [`TaskError::ObjectFreed`].
 //! - [`get_all`] returns every value in order and fails as soon as one ref fails (Ray's
 //!   `get` of a list); [`wait`] returns the ready refs and the others; both have blocking
 //!   forms. An [`ObjectRef`] (or `&ObjectRef`) can be `.await`ed.
@@ -198,7 +200,7 @@ pub use shoal_protocol::{
 
 pub use cancel::{cancel, cancel_with, is_cancelled, CancelOptions};
 pub use error::{CancelError, GetError, InitError, PutError, StoreError, WaitError};
-pub use many::{get_all, get_all_blocking, wait, wait_blocking, Split};
+pub use many::{free, get_all, get_all_blocking, wait, wait_blocking, Split};
 pub use object_ref::ObjectRef;
 pub use options::TaskOptions;
 pub use pool::ActorPool;

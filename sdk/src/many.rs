@@ -1,13 +1,46 @@
-//! Many refs at once: [`wait`] for some of them, [`get_all`] for all of them.
+//! Many refs at once: [`wait`] for some of them, [`get_all`] for all of them, [`free`] to
+//! drop their values.
 
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
-use shoal_protocol::ObjectId;
+use shoal_protocol::{ObjectId, TaskError, ToNode};
 
 use crate::error::{GetError, WaitError};
 use crate::object_ref::{self, ObjectRef};
 use crate::runtime::{self, Context};
+
+/// Frees the values of `refs` (Ray's `free`): the node drops them from its store, and the
+/// copies it keeps at peers, at once, while the refs live on; a later read of one (here or
+/// in a task) fails with [`TaskError::ObjectFreed`], and so do the tasks waiting for one.
+/// A freed object is not made again from its lineage. Other processes keep a value they
+/// read already. For memory that must go before its refs do; dropping the refs frees an
+/// object anyway.
+///
+/// ```no_run
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let big = shoal::put(&vec![0u8; 64 << 20])?;
+/// shoal::free([&big])?;
+/// assert!(matches!(
+///     big.get_blocking(),
+///     Err(shoal::GetError::Task(shoal::TaskError::ObjectFreed { .. }))
+/// ));
+/// # Ok(()) }
+/// ```
+pub fn free<'a, T: 'a>(refs: impl IntoIterator<Item = &'a ObjectRef<T>>) -> Result<(), GetError> {
+    let ctx = runtime::get();
+    if ctx.is_shut_down() {
+        return Err(GetError::Shutdown);
+    }
+    let ids: Vec<ObjectId> = refs.into_iter().map(ObjectRef::id).collect();
+    for id in &ids {
+        ctx.settle_failed(*id, GetError::Task(TaskError::ObjectFreed { id: *id }));
+    }
+    if !ids.is_empty() {
+        ctx.push(ToNode::Free { ids });
+    }
+    Ok(())
+}
 
 /// What [`wait`] returns: the ready refs, and the others.
 pub type Split<T> = (Vec<ObjectRef<T>>, Vec<ObjectRef<T>>);

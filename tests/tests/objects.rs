@@ -108,3 +108,50 @@ fn a_full_store_is_a_clear_error() {
     }
     assert_eq!(make.remote(10, 0).get_blocking().unwrap().len(), 10);
 }
+
+/// Waits for the result of `make`, then returns its length.
+#[shoal::remote]
+fn length_of(data: Vec<u8>) -> usize {
+    data.len()
+}
+
+/// Sleeps, then makes `len` bytes (a result still being made when it is freed).
+#[shoal::remote]
+fn make_later(ms: u64, len: usize) -> Vec<u8> {
+    std::thread::sleep(Duration::from_millis(ms));
+    vec![1; len]
+}
+
+#[test]
+fn free_drops_a_value_while_its_refs_live_and_fails_its_reads() {
+    let shoal = init();
+    // A large put: its store file goes at once, though the ref lives on.
+    let big = shoal::put(&vec![3u8; 32 * MIB]).unwrap();
+    // Its file in the store directory (other tests share the store).
+    let file = std::path::Path::new(&shoal.status().unwrap().store_dir).join(big.id().to_hex());
+    assert!(file.exists(), "{}", file.display());
+    shoal::free([&big]).unwrap();
+    let freed = |r: Result<usize, GetError>| {
+        matches!(r, Err(GetError::Task(shoal::TaskError::ObjectFreed { .. })))
+    };
+    assert!(freed(big.get_blocking().map(|v| v.len())));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while file.exists() {
+        assert!(std::time::Instant::now() < deadline, "its file stays");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // A task that takes it fails with it.
+    assert!(freed(
+        length_of
+            .remote(&big)
+            .get_blocking_timeout(Duration::from_secs(60))
+    ));
+    // Freed while being made: the task waiting for it fails too, and so does its get.
+    let later = make_later.remote(300, 4 * MIB);
+    let waiting = length_of.remote(&later);
+    shoal::free([&later]).unwrap();
+    assert!(freed(waiting.get_blocking_timeout(Duration::from_secs(60))));
+    assert!(freed(later.get_blocking().map(|v| v.len())));
+    // Other objects are untouched.
+    assert_eq!(make.remote(10, 0).get_blocking().unwrap().len(), 10);
+}

@@ -282,6 +282,7 @@ impl NodeCore {
                 }
             }
             ToNode::Release { ids } => self.release(party, ids),
+            ToNode::Free { ids } => self.free_objects(now, party, ids),
             ToNode::Done {
                 task_id,
                 outcome,
@@ -435,6 +436,40 @@ impl NodeCore {
     }
 
     /// Whether `task` is an actor call still queued at the node (not yet at the worker).
+    /// `party` frees `ids` (`shoal::free`): each one it holds loses its value here, its
+    /// files, the copies this node keeps at peers and its lineage (a freed object is not
+    /// made again); it stays while refs to it live, failing with `ObjectFreed`.
+    pub(super) fn free_objects(&mut self, now: Instant, party: Party, ids: Vec<ObjectId>) {
+        for id in ids {
+            let Some(e) = self.objects.get_mut(&id) else {
+                continue;
+            };
+            if !e.holders.contains(&party) {
+                tracing::warn!(%party, object = %id, "a free of an object the process does not hold; ignored");
+                continue;
+            }
+            if let Some(ObjectValue::Error(_)) = e.value {
+                continue;
+            }
+            tracing::debug!(%party, object = %id, "object freed");
+            let pending = e.value.is_none();
+            let freed = ObjectValue::Error(TaskError::ObjectFreed { id });
+            let release_to = e.remote.take().map(|r| r.release_to).unwrap_or_default();
+            if !pending {
+                e.value = Some(freed.clone());
+            }
+            for p in release_to {
+                self.tell_peer(p, shoal_protocol::mesh::PeerMsg::Release { ids: vec![id] });
+            }
+            self.store_remove(&id);
+            self.lineage.object_freed(id);
+            if pending {
+                // Who waits for it, and the tasks that take it, fail now.
+                self.object_ready(now, id, freed);
+            }
+        }
+    }
+
     fn call_queued(&self, task: TaskId) -> bool {
         let Some(e) = self.tasks.get(&task) else {
             return false;

@@ -454,6 +454,55 @@ mod tests {
     }
 
     #[test]
+    fn a_freed_object_fails_its_reads_and_the_tasks_that_wait_for_it() {
+        let now = Instant::now();
+        let mut core = node(now, 1.0, 1 << 20);
+        let first = spec(1, Vec::new(), 0);
+        let ret = first.return_id();
+        let out = send(&mut core, now, ToNode::Submit(first.clone()));
+        let second = spec(2, vec![Arg::Ref(ret)], 0);
+        send(&mut core, now, ToNode::Submit(second.clone()));
+        let (_, _) = attach_worker(&mut core, now, &out, 10);
+        let freed = |id| ObjectValue::Error(TaskError::ObjectFreed { id });
+        // Only a holder frees: the worker holds nothing.
+        let out = from(&mut core, now, 10, ToNode::Free { ids: vec![ret] });
+        assert!(replies(&out).is_empty(), "{out:?}");
+        // Freed while it is being made: its waiter and the task that takes it fail.
+        let out = send(&mut core, now, ToNode::Free { ids: vec![ret] });
+        let got: Vec<_> = replies(&out)
+            .into_iter()
+            .filter_map(|m| match m {
+                ToClient::Object { id, value } => Some((id, value)),
+                _ => None,
+            })
+            .collect();
+        assert!(got.contains(&(ret, freed(ret))), "{got:?}");
+        assert!(got.contains(&(second.return_id(), freed(ret))), "{got:?}");
+        // A value this node has: gone, and a later read fails.
+        let value = b"value".to_vec();
+        let id = ObjectId::for_content(&value);
+        let put = ToNode::Put {
+            id,
+            value,
+            nested: Vec::new(),
+        };
+        send(&mut core, now, put);
+        send(&mut core, now, ToNode::Free { ids: vec![id] });
+        let out = send(&mut core, now, ToNode::Get { ids: vec![id] });
+        assert_eq!(
+            replies(&out),
+            vec![ToClient::Object {
+                id,
+                value: freed(id)
+            }]
+        );
+        // The refs live on until released.
+        assert!(core.objects.contains(&id));
+        send(&mut core, now, ToNode::Release { ids: vec![id] });
+        assert!(!core.objects.contains(&id));
+    }
+
+    #[test]
     fn a_task_waits_for_its_argument_then_runs_with_its_value() {
         let now = Instant::now();
         let mut core = node(now, 1.0, 1 << 20);

@@ -79,14 +79,17 @@ impl Cell {
         matches!(self.state, CellState::Pending)
     }
 
-    /// The failure of a task this process submitted that no get read (a cancel is no
-    /// surprise, and is not one).
+    /// The failure of a task this process submitted that no get read (a cancel or a free
+    /// is no surprise, and is not one).
     fn unhandled_failure(self) -> Option<TaskError> {
         match self.state {
             CellState::Failed(GetError::Task(e))
                 if !self.handled
                     && self.maker.is_some()
-                    && !matches!(e, TaskError::Cancelled { .. }) =>
+                    && !matches!(
+                        e,
+                        TaskError::Cancelled { .. } | TaskError::ObjectFreed { .. }
+                    ) =>
             {
                 Some(e)
             }
@@ -168,6 +171,11 @@ impl Context {
             ObjectValue::Error(e) => CellState::Failed(GetError::Task(e)),
         };
         self.cells.settle(id, state);
+    }
+
+    /// `id` fails with `err` from now on, its value here (if any) dropped.
+    pub(crate) fn settle_failed(&self, id: ObjectId, err: GetError) {
+        self.cells.settle(id, CellState::Failed(err));
     }
 
     /// Registers a new handle to `id`; `ready` is set if the cell is pending. Returns whether

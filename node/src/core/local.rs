@@ -1595,6 +1595,11 @@ impl NodeCore {
             let Some(entry) = self.tasks.get_mut(&task) else {
                 continue;
             };
+            if entry.worker_pid != Some(pid) {
+                // Not the run this worker was given: that one was stopped and forgotten,
+                // and its owner sent the task again since (it runs, or waits, elsewhere).
+                continue;
+            }
             // The first task was running; the others had not started and lose nothing.
             let began = i == 0 && !cancelled;
             if !began || entry.retries_left > 0 {

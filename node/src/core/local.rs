@@ -1595,9 +1595,10 @@ impl NodeCore {
             let Some(entry) = self.tasks.get_mut(&task) else {
                 continue;
             };
-            if entry.worker_pid != Some(pid) {
+            if entry.worker != Some(worker) {
                 // Not the run this worker was given: that one was stopped and forgotten,
                 // and its owner sent the task again since (it runs, or waits, elsewhere).
+                tracing::debug!(task = %task, worker, "a stopped run's worker ended; the task's later run goes on");
                 continue;
             }
             // The first task was running; the others had not started and lose nothing.
@@ -1721,11 +1722,15 @@ impl NodeCore {
     }
 
     pub(super) fn dispatch(&mut self, now: Instant, worker: WorkerId, task: TaskId) {
-        let Some(span) = self.tasks.get(&task).map(|e| e.span.clone()) else {
+        let Some(entry) = self.tasks.get_mut(&task) else {
             // Dropped meanwhile: tell the scheduler it is done so the slot frees.
             self.sched.task_done(now, worker, task);
             return;
         };
+        // The worker's from now (its end retries it), though its arguments may still be
+        // being read back.
+        entry.worker = Some(worker);
+        let span = entry.span.clone();
         let _entered = span.enter();
         let exec = match self.exec_for(task) {
             Ok(Exec::Ready(exec)) => exec,

@@ -39,6 +39,8 @@ pub(crate) struct TaskEntry {
     pub(crate) started: Option<std::time::Instant>,
     /// The worker process it was last handed to.
     pub(crate) worker_pid: Option<u32>,
+    /// The worker it was last handed to.
+    pub(crate) worker: Option<super::sched::WorkerId>,
     /// Its end is recorded for the state API (it is told from there now).
     pub(crate) recorded: bool,
 }
@@ -77,6 +79,7 @@ impl TaskEntry {
             ready: None,
             started: None,
             worker_pid: None,
+            worker: None,
             recorded: false,
         }
     }

@@ -435,7 +435,6 @@ impl NodeCore {
         }
     }
 
-    /// Whether `task` is an actor call still queued at the node (not yet at the worker).
     /// `party` frees `ids` (`shoal::free`): each one it holds loses its value here, its
     /// files, the copies this node keeps at peers and its lineage (a freed object is not
     /// made again); it stays while refs to it live, failing with `ObjectFreed`.
@@ -470,6 +469,7 @@ impl NodeCore {
         }
     }
 
+    /// Whether `task` is an actor call still queued at the node (not yet at the worker).
     fn call_queued(&self, task: TaskId) -> bool {
         let Some(e) = self.tasks.get(&task) else {
             return false;

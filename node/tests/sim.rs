@@ -100,6 +100,16 @@ fn actor_calls_from_two_peers_keep_each_callers_order() {
     assert_clean(sim);
 }
 
+/// Crashes node 2 once it has run three tasks, then lets driver `d`'s work finish.
+fn crash_2_mid_workload(sim: &mut Sim, d: usize) {
+    while sim.runs_on(2) < 3 {
+        assert!(sim.step(), "node 2 never ran a task");
+    }
+    sim.crash(2);
+    sim.run_for(Duration::from_secs(30));
+    assert_eq!(sim.waiting(d), 0);
+}
+
 #[test]
 fn tasks_of_a_crashed_peer_run_again_elsewhere() {
     let mut sim = mesh(&[1.0, 1.0, 1.0]);
@@ -115,12 +125,7 @@ fn tasks_of_a_crashed_peer_run_again_elsewhere() {
             )
         })
         .collect();
-    while sim.runs_on(2) < 3 {
-        assert!(sim.step(), "node 2 never ran a task");
-    }
-    sim.crash(2);
-    sim.run_for(Duration::from_secs(30));
-    assert_eq!(sim.waiting(d), 0);
+    crash_2_mid_workload(&mut sim, d);
     for id in &ids {
         assert!(is_value(&sim.results(d)[id]), "{id}");
     }
@@ -142,12 +147,7 @@ fn every_return_of_tasks_with_several_arrives_though_a_peer_running_them_crashes
             sim.submit(d, f, vec![SimArg::Value(vec![i])], opts)
         })
         .collect();
-    while sim.runs_on(2) < 3 {
-        assert!(sim.step(), "node 2 never ran a task");
-    }
-    sim.crash(2);
-    sim.run_for(Duration::from_secs(30));
-    assert_eq!(sim.waiting(d), 0);
+    crash_2_mid_workload(&mut sim, d);
     for ret in &tasks {
         let task = sim.task_of(*ret).expect("a task of the driver");
         assert!(is_value(&sim.results(d)[ret]), "{ret}");

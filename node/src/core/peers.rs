@@ -1066,10 +1066,12 @@ impl NodeCore {
         // Its strategy and labels: the peers they rule out are no candidates.
         let rule = self.rule(&entry.spec, entry.hops);
         let bounds = self.bounds(&entry.spec);
-        candidates.retain(|c| {
-            let labels = self.spill.peers.get(&c.peer).map(|l| &l.report.labels);
-            bounds.allows(Some(c.peer), labels.map_or(&[][..], |l| l.as_slice()))
-        });
+        if !bounds.is_open() {
+            candidates.retain(|c| {
+                let labels = self.spill.peers.get(&c.peer).map(|l| &l.report.labels);
+                bounds.allows(Some(c.peer), labels.map_or(&[][..], |l| l.as_slice()))
+            });
+        }
         placement::place_with(
             &demand,
             self.sched.free(),

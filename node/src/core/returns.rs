@@ -99,14 +99,26 @@ impl NodeCore {
         let Some(more) = self.tasks.get(&task).map(|e| e.more.clone()) else {
             return;
         };
-        for id in more.iter().copied() {
+        self.fail_pending(now, &more, |id| {
+            tracing::warn!(task = %task, object = %id, "a return of a task run at a peer never came; lost");
+            TaskError::ObjectLost { id }
+        });
+    }
+
+    /// Fails each of `ids` not made yet (here or at a peer) with `error(id)`.
+    fn fail_pending(
+        &mut self,
+        now: Instant,
+        ids: &[ObjectId],
+        error: impl Fn(ObjectId) -> TaskError,
+    ) {
+        for id in ids.iter().copied() {
             let pending = self
                 .objects
                 .get(&id)
                 .is_some_and(|e| e.value.is_none() && !e.ready_remotely());
             if pending {
-                tracing::warn!(task = %task, object = %id, "a return of a task run at a peer never came; lost");
-                self.object_ready(now, id, ObjectValue::Error(TaskError::ObjectLost { id }));
+                self.object_ready(now, id, ObjectValue::Error(error(id)));
             }
         }
     }
@@ -165,23 +177,11 @@ impl NodeCore {
         id: ObjectId,
         failed: Option<&TaskError>,
     ) {
-        if self.more_returns.is_empty() {
-            return;
-        }
         let Some(more) = self.more_returns.remove(&id) else {
             return;
         };
-        let Some(err) = failed else {
-            return;
-        };
-        for m in more.iter() {
-            let pending = self
-                .objects
-                .get(m)
-                .is_some_and(|e| e.value.is_none() && !e.ready_remotely());
-            if pending {
-                self.object_ready(now, *m, ObjectValue::Error(err.clone()));
-            }
+        if let Some(err) = failed {
+            self.fail_pending(now, &more, |_| err.clone());
         }
     }
 }

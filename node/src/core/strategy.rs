@@ -27,6 +27,11 @@ pub(super) struct Bounds<'a> {
 }
 
 impl Bounds<'_> {
+    /// Whether it may run on any node (no hard affinity, no label selector).
+    pub(super) fn is_open(&self) -> bool {
+        self.only.is_none() && self.spec.label_selector.is_empty()
+    }
+
     /// Whether a node with these labels (and this key) may run it.
     pub(super) fn allows(&self, peer: Option<PeerKey>, labels: &[(String, String)]) -> bool {
         self.only.is_none_or(|p| Some(p) == peer)

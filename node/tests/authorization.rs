@@ -144,6 +144,7 @@ fn a_peer_given_nothing_cannot_read_release_call_kill_or_download() {
             num_returns: 1,
             strategy: Default::default(),
             label_selector: Vec::new(),
+            stream: None,
         };
         let msgs = [
             PeerMsg::Release { ids: vec![obj] },

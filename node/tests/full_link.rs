@@ -140,6 +140,7 @@ async fn a_peer_that_stops_reading_fails_its_tasks_instead_of_hanging() {
             num_returns: 1,
             strategy: Default::default(),
             label_selector: Vec::new(),
+            stream: None,
         };
         pending.insert(spec.return_id());
         client.send(vec![ToNode::Submit(spec)]).await.unwrap();

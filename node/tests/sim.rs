@@ -1028,6 +1028,7 @@ fn forged_task_of_epoch(args: Vec<Arg>, kind: TaskKind, actor_epoch: u32) -> Pee
         num_returns: 1,
         strategy: Default::default(),
         label_selector: Vec::new(),
+        stream: None,
     };
     PeerMsg::Submit(Box::new(shoal_protocol::mesh::RemoteTask {
         spec,

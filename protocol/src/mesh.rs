@@ -378,6 +378,27 @@ pub enum PeerMsg {
         /// Also cancel the tasks it submitted.
         recursive: bool,
     },
+    /// Item `index` of the streaming generator `task`, which the receiver sent the sender to
+    /// run: the receiver owns it from now on (a large one stays at the sender until the
+    /// receiver releases it). Items come in order; one sent again by another run is
+    /// dropped. Taken only from the peer the task was sent to.
+    StreamItem {
+        /// The task.
+        task: TaskId,
+        /// The item's number, from 1.
+        index: u32,
+        /// Its value.
+        value: RemoteValue,
+    },
+    /// The owner of the streaming generator `task` took its items up to `taken`: the peer
+    /// running it may let it run further (see [`crate::ToNode::StreamTaken`]). Taken only
+    /// from the task's owner.
+    StreamTaken {
+        /// The task.
+        task: TaskId,
+        /// Items taken.
+        taken: u32,
+    },
     /// Answer to [`PeerMsg::StateQuery`]: the rows of what the sender holds, or why not.
     StateAnswer {
         /// The asker's number.

@@ -206,7 +206,23 @@ pub struct TaskSpec {
     /// Conditions on the labels of the peer it runs on, all of which must hold (Ray's label
     /// selectors).
     pub label_selector: Vec<LabelMatch>,
+    /// For a streaming generator (Ray's `num_returns="streaming"`): the function yields a
+    /// sequence of values, item `i` (from 1) being [`ObjectId::for_return`]`(task_id, i)`,
+    /// each its owner's as soon as it is yielded; its first return ends the stream with the
+    /// number of items (a `u64`) or the failure. Functions only, with `num_returns` 1.
+    pub stream: Option<StreamSpec>,
 }
+
+/// How a streaming generator is paced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamSpec {
+    /// Back-pressure: the generator pauses while this many items it yielded were not yet
+    /// taken by its consumer (Ray's `_generator_backpressure_num_objects`). At least 1.
+    pub window: u32,
+}
+
+/// The most items a streaming generator may yield.
+pub const MAX_STREAM_ITEMS: u32 = u32::MAX - 1;
 
 /// Where a task or actor may run, as Ray's scheduling strategies say.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -461,7 +477,7 @@ pub struct ExecTask {
     /// The task.
     pub task_id: TaskId,
     /// Its function's registered name.
-    pub function: String,
+    pub function: Box<str>,
     /// Resolved arguments.
     pub args: Vec<ArgValue>,
     /// The id the result will have (a large result is written under this id).
@@ -471,6 +487,9 @@ pub struct ExecTask {
     /// nothing more to send); `None` for an actor's call too, which runs on what its actor
     /// holds. (Boxed: the message stays small in the queues.)
     pub resources: Option<Box<ResourceSet>>,
+    /// For a streaming generator: how many items it may yield before it waits for a
+    /// [`ToClient::StreamAck`] (items it yields again, in a run after a failure, count).
+    pub stream: Option<std::num::NonZeroU32>,
 }
 
 /// How a process ended.
@@ -1096,6 +1115,27 @@ pub enum ToNode {
         /// of them is ready before the first is).
         more: Vec<ReturnValue>,
     },
+    /// A streaming generator yielded item `index` (from 1): inline, or written to the store
+    /// under its id ([`ObjectId::for_return`]`(task, index)`, reserved with
+    /// [`ToNode::Create`]). Items come in order; one yielded again (by a run after a failure)
+    /// is dropped.
+    Yield {
+        /// The task.
+        task: TaskId,
+        /// The item's number, from 1.
+        index: u32,
+        /// Its value.
+        item: ReturnValue,
+    },
+    /// The owner of a streaming generator took its items up to `taken` from the stream
+    /// (Ray's back-pressure counts those): the generator may run `window` items further.
+    /// (A stream dropped before its end cancels its task.)
+    StreamTaken {
+        /// The task.
+        task: TaskId,
+        /// Items taken, from the first.
+        taken: u32,
+    },
     /// A worker waits inside a task for objects; its resources may be lent out meanwhile.
     Blocked,
     /// A blocked worker hands back tasks it was given but has not started, so they do not
@@ -1233,6 +1273,24 @@ pub enum ToClient {
         /// all dropped.
         held: Option<ObjectId>,
     },
+    /// Item `index` of a streaming generator this process submitted exists (items come in
+    /// order, each once): the process holds it from now on. `value` is its value when it
+    /// is here, `None` when it stays at the peer that made it until a `Get` asks.
+    StreamItem {
+        /// The task.
+        task: TaskId,
+        /// The item's number, from 1.
+        index: u32,
+        /// Its value, when here. (Boxed: the message stays small in the queues.)
+        value: Option<Box<ObjectValue>>,
+    },
+    /// The streaming generator `task` this worker runs may yield items up to `allowed`.
+    StreamAck {
+        /// The task.
+        task: TaskId,
+        /// The highest item number it may yield now.
+        allowed: u32,
+    },
     /// Lines its tasks and actors wrote, wherever they ran (drivers only).
     Log {
         /// The lines, in the order written (per process).
@@ -1341,6 +1399,7 @@ mod tests {
             num_returns: 1,
             strategy: Default::default(),
             label_selector: Vec::new(),
+            stream: None,
         };
         let msgs = vec![
             ToNode::Submit(spec),

@@ -9,9 +9,12 @@ pub use linkme;
 pub use crate::actor::{
     Access, ActorClass, ActorMethods, BlockingCall, CallFuture, Guard, RawActor, ACTOR_CLASSES,
 };
-pub use crate::function::{encode_result, encode_return, Args, RemoteFunction, REMOTE_FUNCTIONS};
+pub use crate::function::{
+    encode_result, encode_return, yield_items, Args, RemoteFunction, REMOTE_FUNCTIONS,
+};
 pub use crate::submit::{
-    call_actor, create_actor, create_actor_with, submit, submit_several, ArgBuf, Returns,
+    call_actor, create_actor, create_actor_with, submit, submit_several, submit_stream, ArgBuf,
+    Returns,
 };
 pub use crate::worker::host::host_actor;
 pub use crate::worker::{block_on, worker_ctor};

@@ -110,3 +110,55 @@ pub fn encode_return<T: Serialize + DeserializeOwned>(value: &T) -> Result<(), T
 pub(crate) fn take_more_returns() -> Vec<(Vec<u8>, Vec<RawRef>)> {
     MORE_RETURNS.with(|r| std::mem::take(&mut *r.borrow_mut()))
 }
+
+/// Runs a streaming generator's items out (the task this thread runs): each item becomes
+/// its own object as it is yielded, told to the node in order; the iterator is not asked
+/// for the next one while the node says the consumer is `window` items behind. The task's
+/// result is the number of items.
+pub fn yield_items<T: Serialize + DeserializeOwned>(
+    items: impl IntoIterator<Item = T>,
+) -> Result<Vec<u8>, TaskError> {
+    let ctx = runtime::get();
+    let Some(task) = crate::worker::current_task() else {
+        return Err(TaskError::ResultStore {
+            message: "a streaming generator runs only as a task".into(),
+        });
+    };
+    let mut items = items.into_iter();
+    let mut index: u32 = 0;
+    loop {
+        let next = index
+            .checked_add(1)
+            .filter(|i| *i <= shoal_protocol::MAX_STREAM_ITEMS);
+        let Some(next) = next else {
+            return Err(TaskError::ResultStore {
+                message: format!("a streaming generator yields at most {} items", index),
+            });
+        };
+        if !ctx.work.wait_pace(task, next) {
+            return Err(TaskError::Cancelled { task });
+        }
+        let Some(item) = items.next() else {
+            break;
+        };
+        index = next;
+        let (bytes, refs) =
+            object_ref::encode_checked(&item).map_err(|e| TaskError::ResultStore {
+                message: format!("item {index}: {e}"),
+            })?;
+        let id = shoal_protocol::ObjectId::for_return(task, index);
+        let value = match crate::worker::store_result(ctx, id, bytes) {
+            shoal_protocol::TaskOutcome::Ok(value) => value,
+            shoal_protocol::TaskOutcome::Err(e) => return Err(e),
+        };
+        let nested = object_ref::ids_of(&refs);
+        ctx.push(shoal_protocol::ToNode::Yield {
+            task,
+            index,
+            item: shoal_protocol::ReturnValue { value, nested },
+        });
+        // (Held until the item's message is queued.)
+        drop(refs);
+    }
+    encode_result(&u64::from(index))
+}

@@ -178,6 +178,7 @@ mod put;
 mod queue;
 mod runtime;
 mod shm;
+mod stream;
 mod submit;
 mod worker;
 
@@ -202,12 +203,13 @@ pub use cancel::{cancel, cancel_with, is_cancelled, CancelOptions};
 pub use error::{CancelError, GetError, InitError, PutError, StoreError, WaitError};
 pub use many::{free, get_all, get_all_blocking, wait, wait_blocking, Split};
 pub use object_ref::ObjectRef;
-pub use options::TaskOptions;
+pub use options::{TaskOptions, DEFAULT_BACKPRESSURE};
 pub use pool::ActorPool;
 pub use put::put;
 pub use queue::{Queue, QueueError};
 use runtime::Context;
 pub use runtime::InitOptions;
+pub use stream::ObjectRefStream;
 pub use submit::IntoArg;
 
 /// A handle to the node this process is attached to.

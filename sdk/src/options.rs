@@ -11,7 +11,12 @@ pub struct TaskOptions {
     pub(crate) wait_for_resources: bool,
     pub(crate) retry_exceptions: bool,
     pub(crate) placement: Placement,
+    /// A streaming generator's window (see [`TaskOptions::backpressure`]).
+    pub(crate) backpressure: u32,
 }
+
+/// How many items a streaming generator runs ahead of its consumer by default.
+pub const DEFAULT_BACKPRESSURE: u32 = 64;
 
 /// Where a task or actor may run: a strategy and a label selector (with the first bad
 /// condition of the selector, which fails the call as invalid).
@@ -43,6 +48,7 @@ impl Default for TaskOptions {
             wait_for_resources: false,
             retry_exceptions: false,
             placement: Placement::default(),
+            backpressure: DEFAULT_BACKPRESSURE,
         }
     }
 }
@@ -79,6 +85,16 @@ impl TaskOptions {
     /// flaky dependency, say). The last panic is the `get`'s error.
     pub fn retry_exceptions(mut self, retry: bool) -> Self {
         self.retry_exceptions = retry;
+        self
+    }
+
+    /// For a `streaming` remote function: it pauses while `items` of the values it yielded
+    /// were not taken from its [`ObjectRefStream`](crate::ObjectRefStream) (Ray's
+    /// `_generator_backpressure_num_objects`), so that a fast producer does not fill the
+    /// store ahead of a slow consumer. Default [`DEFAULT_BACKPRESSURE`]; at least 1 (0 fails
+    /// the call with `TaskError::InvalidOptions`); `u32::MAX` for none.
+    pub fn backpressure(mut self, items: u32) -> Self {
+        self.backpressure = items;
         self
     }
 

@@ -74,7 +74,16 @@ fn submit_function(
     let ctx = runtime::get();
     let task_id = ctx.next_task_id();
     let kind = TaskKind::Function;
-    let first = submit_spec(ctx, task_id, name, options.clone(), kind, args, num_returns);
+    let first = submit_spec(
+        ctx,
+        task_id,
+        name,
+        options.clone(),
+        kind,
+        args,
+        num_returns,
+        false,
+    );
     (task_id, first)
 }
 
@@ -129,6 +138,19 @@ impl Drop for Returns {
     }
 }
 
+/// Submits a call of `name`, a streaming generator, and returns the stream of its items.
+pub fn submit_stream<T>(
+    name: &'static str,
+    options: &TaskOptions,
+    args: Vec<ArgBuf>,
+) -> crate::stream::ObjectRefStream<T> {
+    let ctx = runtime::get();
+    let task_id = ctx.next_task_id();
+    let kind = TaskKind::Function;
+    let ret = submit_spec(ctx, task_id, name, options.clone(), kind, args, 1, true);
+    crate::stream::ObjectRefStream::new(task_id, ret)
+}
+
 /// Calls `method` of an actor and returns the reference to its result. Calls are never
 /// retried (as Ray's default `max_task_retries`).
 pub fn call_actor<R>(actor: &RawActor, method: &'static str, args: Vec<ArgBuf>) -> ObjectRef<R> {
@@ -146,6 +168,7 @@ pub fn call_actor<R>(actor: &RawActor, method: &'static str, args: Vec<ArgBuf>) 
             },
             args,
             1,
+            false,
         ))
     };
     actor.within_limit(ctx, call).unwrap_or_else(|limit| {
@@ -231,10 +254,12 @@ fn submit_create<A: Actor>(
             wait_for_resources: false,
             retry_exceptions: false,
             placement: options.placement.clone(),
+            backpressure: 0,
         },
         TaskKind::CreateActor(create),
         args,
         1,
+        false,
     ));
     // The handle holds the creation's return object: the actor lives while it (or a copy of
     // it, in any process) does. A detached one lives until killed.
@@ -262,6 +287,7 @@ fn submit_spec(
     kind: TaskKind,
     args: Vec<ArgBuf>,
     num_returns: u32,
+    stream: bool,
 ) -> RawRef {
     let TaskOptions {
         resources,
@@ -269,6 +295,7 @@ fn submit_spec(
         wait_for_resources,
         retry_exceptions,
         placement,
+        backpressure,
     } = options;
     let ret = ObjectId::for_return(task_id, 0);
     if ctx.is_shut_down() {
@@ -314,7 +341,11 @@ fn submit_spec(
         task: task_id,
         call,
     };
-    ctx.add_owned_result(ret, maker);
+    if stream {
+        ctx.add_stream(ret, maker);
+    } else {
+        ctx.add_owned_result(ret, maker);
+    }
     for i in 1..num_returns {
         ctx.add_owned_result(ObjectId::for_return(task_id, i), maker);
     }
@@ -333,6 +364,9 @@ fn submit_spec(
         num_returns,
         strategy: placement.strategy,
         label_selector: placement.label_selector,
+        stream: stream.then_some(shoal_protocol::StreamSpec {
+            window: backpressure,
+        }),
     }));
     drop(nested);
     drop(keep);

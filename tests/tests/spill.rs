@@ -63,6 +63,24 @@ fn fails_on_peer() -> (u8, u8) {
     panic!("failed at {}", shoal::peer_id().unwrap_or_default())
 }
 
+/// `count` items of `make_bytes` (item `i` seeded `i`), made at the peer it runs on.
+#[shoal::remote(streaming)]
+fn stream_bytes(count: u8, n: u64) -> impl Iterator<Item = (Bytes, String)> {
+    (0..count).map(move |i| make_bytes::call(n, i))
+}
+
+/// Yields `1..=n`, then fails naming its peer.
+#[shoal::remote(streaming)]
+fn stream_fails_on_peer(n: u64) -> impl Iterator<Item = u64> {
+    (1..).inspect(move |i| {
+        assert!(
+            *i <= n,
+            "failed at {}",
+            shoal::peer_id().unwrap_or_default()
+        );
+    })
+}
+
 fn expected_sum(n: u64, seed: u8) -> u64 {
     (0..n)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) as u64)
@@ -283,6 +301,37 @@ fn driver_entry() {
                     other => panic!("expected the panic, got {other:?}"),
                 }
             }
+        }
+        "streams" => {
+            // A streaming generator runs on b; each item, as it comes, is passed to a task
+            // on c and read here.
+            let n = 4 << 20;
+            let on = |r: &str| TaskOptions::new().num_cpus(1.0).resource(r, 1.0);
+            let stream = stream_bytes.options(on("b").backpressure(2)).remote(6, n);
+            let mut items = 0;
+            for (i, r) in stream.enumerate() {
+                let used = consume.options(on("c")).remote(&r);
+                let (len, sum, maker, user) = used.get_blocking().unwrap();
+                assert_eq!((len, sum), (n, expected_sum(n, i as u8)));
+                println!("result stream-made-on {maker}");
+                println!("result stream-used-on {user}");
+                let (bytes, _) = r.get_blocking().unwrap();
+                assert_eq!(bytes.len() as u64, n);
+                items += 1;
+            }
+            println!("result stream-items {items}");
+            // Failing there: the items before, then the failure.
+            let mut stream = stream_fails_on_peer.options(on("b")).remote(2);
+            for want in [1, 2] {
+                assert_eq!(stream.next().unwrap().get_blocking().unwrap(), want);
+            }
+            match stream.next().unwrap().get_blocking() {
+                Err(shoal::GetError::Task(shoal::TaskError::Panicked { message, .. })) => {
+                    println!("result stream-{message}")
+                }
+                other => panic!("expected the panic, got {other:?}"),
+            }
+            assert!(stream.next().is_none());
         }
         "cancel" => {
             // This node has no CPU: both go to the peer; one runs, the other waits there or
@@ -519,6 +568,14 @@ fn an_object_made_on_b_is_consumed_on_c() {
         2,
         "{lines:?}"
     );
+    // A streaming generator run at a peer: its items come one by one, each its own object
+    // read where it is wanted; and its failure ends the stream.
+    let lines = driver(&mesh.node(0).socket(), "streams", &[]);
+    let count = |line: String| lines.iter().filter(|l| **l == line).count();
+    assert_eq!(count(format!("stream-made-on {b}")), 6, "{lines:?}");
+    assert_eq!(count(format!("stream-used-on {c}")), 6, "{lines:?}");
+    assert_eq!(count("stream-items 6".into()), 1, "{lines:?}");
+    assert_eq!(count(format!("stream-failed at {b}")), 1, "{lines:?}");
     // Label selectors and a peer affinity choose the peer (Ray's scheduling strategies).
     let lines = driver(
         &mesh.node(0).socket(),

@@ -124,6 +124,7 @@ pub(super) fn spec(seq: u64, args: Vec<Arg>, retries: u32) -> TaskSpec {
         num_returns: 1,
         strategy: Default::default(),
         label_selector: Vec::new(),
+        stream: None,
     }
 }
 

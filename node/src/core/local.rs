@@ -295,6 +295,10 @@ impl NodeCore {
                     tracing::warn!(conn, task = %task_id, "Done from a process that is not a worker; ignored");
                 }
             }
+            ToNode::Yield { task, index, item } => {
+                self.item_yielded(now, conn, task, index, item);
+            }
+            ToNode::StreamTaken { task, taken } => self.stream_taken(party, task, taken),
             ToNode::Blocked => {
                 if let Some(w) = self.worker_of(conn) {
                     self.sched.worker_blocked(now, w);
@@ -392,7 +396,7 @@ impl NodeCore {
             .map_or_else(tracing::Span::none, |a| a.span.clone())
     }
 
-    fn worker_of(&self, conn: ConnId) -> Option<WorkerId> {
+    pub(super) fn worker_of(&self, conn: ConnId) -> Option<WorkerId> {
         self.procs.get(&conn).and_then(|c| c.worker)
     }
 
@@ -845,7 +849,7 @@ impl NodeCore {
                 id: ObjectId::for_return(task, 0),
             });
         };
-        let (function, return_id) = (entry.spec.function.clone(), entry.ret);
+        let (function, return_id) = (Box::from(entry.spec.function.as_str()), entry.ret);
         // (A call runs on its actor's: it is told those once, when the actor is hosted.)
         let resources = match (&entry.spec.kind, &entry.spec.resources) {
             (TaskKind::Function, r) if !r.is_default_task_demand() => Some(Box::new(r.clone())),
@@ -858,6 +862,7 @@ impl NodeCore {
                 args,
                 return_id,
                 resources,
+                stream: self.stream_allowed(task),
             }),
             Args::Pending(op) => Exec::Pending(op),
         })
@@ -1243,6 +1248,21 @@ impl NodeCore {
                     nested = Vec::new();
                 }
             }
+        }
+        let unannounced = self
+            .tasks
+            .get(&task)
+            .and_then(|e| e.stream.as_deref())
+            .is_some_and(|s| s.unannounced());
+        if let (true, Some(e)) = (unannounced, self.tasks.get_mut(&task)) {
+            // A stream's end follows its items, some of which are being put in place.
+            e.first = Some(Box::new(FirstReturn {
+                conn,
+                outcome,
+                nested,
+                sealing: 0,
+            }));
+            return;
         }
         self.first_return(now, conn, task, ret, outcome, nested);
         if let Some(a) = actor {
@@ -1959,6 +1979,14 @@ fn invalid_options(spec: &TaskSpec) -> Option<String> {
     }
     if spec.num_returns > 1 && !matches!(spec.kind, TaskKind::Function) {
         return Some("only a function's task may return several objects".into());
+    }
+    if let Some(stream) = spec.stream {
+        if !matches!(spec.kind, TaskKind::Function) || spec.num_returns != 1 {
+            return Some("only a function with one return may be a streaming generator".into());
+        }
+        if stream.window == 0 {
+            return Some("a streaming generator's window is at least 1 item".into());
+        }
     }
     if let shoal_protocol::Strategy::Peer { peer, .. } = &spec.strategy {
         if shoal_protocol::mesh::PeerKey::parse(peer).is_none() {

@@ -75,6 +75,7 @@ mod spill;
 mod state;
 mod store;
 mod strategy;
+mod streams;
 mod tasks;
 
 use actors::directory::Directory;

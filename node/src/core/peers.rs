@@ -136,6 +136,10 @@ impl NodeCore {
                 force,
                 recursive,
             } => self.cancel_request(now, party, task, force, recursive),
+            PeerMsg::StreamItem { task, index, value } => {
+                self.peer_stream_item(now, peer, task, index, value)
+            }
+            PeerMsg::StreamTaken { task, taken } => self.stream_taken(party, task, taken),
             PeerMsg::Log { owner, lines } => self.peer_logs(peer, owner, lines),
             PeerMsg::StateAnswer { query, answer } => self.state_answered(now, peer, query, answer),
             PeerMsg::Release { ids } => {
@@ -1211,6 +1215,7 @@ impl NodeCore {
         self.metrics.tasks_spilled += 1;
         self.tell_peer(peer, PeerMsg::Submit(Box::new(rt)));
         self.spill.spilled(task, ret, &more, peer, Some(demand));
+        self.stream_sent(task);
     }
 
     /// The task as a peer receives it: small ready arguments inline, the others with where

@@ -840,6 +840,7 @@ mod tests {
             num_returns: 1,
             strategy: Default::default(),
             label_selector: Vec::new(),
+            stream: None,
         }
     }
 

@@ -103,6 +103,13 @@ pub(super) enum After {
         object: SharedObject,
         new: bool,
     },
+    /// An item of a streaming generator is sealed.
+    Item {
+        task: TaskId,
+        index: u32,
+        object: SharedObject,
+        new: bool,
+    },
     /// A pulled copy is sealed.
     Pulled {
         id: ObjectId,
@@ -583,6 +590,21 @@ impl NodeCore {
                     v => v,
                 };
                 self.return_sealed(now, task, id, value);
+            }
+            After::Item {
+                task,
+                index,
+                object,
+                new,
+            } => {
+                let id = ObjectId::for_return(task, index);
+                let value = match self.sealed_value(id, object, new, done.result) {
+                    ObjectValue::Error(TaskError::ObjectUnavailable { message, .. }) => {
+                        ObjectValue::Error(TaskError::ResultStore { message })
+                    }
+                    v => v,
+                };
+                self.item_made(now, task, index, value);
             }
             After::Pulled { id, object, new } => {
                 let value = self.sealed_value(id, object, new, done.result);

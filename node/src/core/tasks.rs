@@ -16,6 +16,8 @@ pub(crate) struct TaskEntry {
     /// A task with several returns whose worker reported them: its first return, waiting
     /// for the others to be in place (they are all ready before it is).
     pub(crate) first: Option<Box<FirstReturn>>,
+    /// A streaming generator's items, as they stand here.
+    pub(crate) stream: Option<Box<super::streams::StreamState>>,
     /// Who submitted it (a local process, or a peer that sent it here).
     pub(crate) owner: Party,
     /// Arguments not yet ready.
@@ -62,10 +64,14 @@ impl TaskEntry {
         } else {
             Box::default()
         };
+        let stream = spec
+            .stream
+            .map(|s| Box::new(super::streams::StreamState::new(s.window)));
         Self {
             ret,
             more,
             first: None,
+            stream,
             retries_left: spec.max_retries,
             spec,
             owner,

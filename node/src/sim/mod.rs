@@ -1865,6 +1865,7 @@ impl Sim {
             wait_for_resources: false,
             retry_exceptions: false,
             num_returns: opts.returns,
+            stream: None,
             strategy: placed.0,
             label_selector: placed.1,
         };
@@ -2001,6 +2002,7 @@ impl Sim {
             wait_for_resources: false,
             retry_exceptions: false,
             num_returns: 1,
+            stream: None,
             strategy: Default::default(),
             label_selector: Vec::new(),
         };
@@ -2031,6 +2033,7 @@ impl Sim {
             wait_for_resources: false,
             retry_exceptions: false,
             num_returns: 1,
+            stream: None,
             strategy: Default::default(),
             label_selector: Vec::new(),
         };

@@ -376,10 +376,27 @@ fn expand(attr: &TokenStream2, item: TokenStream2) -> syn::Result<TokenStream2> 
     };
     let mut errors = Errors::default();
     let args = remote_args(attr, &mut errors);
-    let params = check_signature(&func, &mut errors);
-    let returns = check_returns(&func.sig, args.num_returns, &mut errors);
+    let params = check_signature(&func, args.streaming, &mut errors);
+    let returns = if args.streaming {
+        if args.num_returns != 1 {
+            errors.push(syn::Error::new_spanned(
+                attr,
+                "a `streaming` function gives one object per item it yields: it takes no \
+                 `num_returns`",
+            ));
+        }
+        vec![stream_item(&func.sig, &mut errors)]
+    } else {
+        check_returns(&func.sig, args.num_returns, &mut errors)
+    };
     errors.finish()?;
-    Ok(generate(&func, &params, args.max_calls, &returns))
+    Ok(generate(
+        &func,
+        &params,
+        args.max_calls,
+        &returns,
+        args.streaming,
+    ))
 }
 
 /// The arguments of `#[remote(..)]`.
@@ -389,6 +406,8 @@ struct RemoteArgs {
     max_calls: u32,
     /// How many objects it returns (its tuple's elements); 1 when not given.
     num_returns: u32,
+    /// A streaming generator: it returns an iterator, each item its own object.
+    streaming: bool,
 }
 
 /// The arguments of `#[remote(..)]`: `max_calls = n` and `num_returns = n`.
@@ -396,12 +415,12 @@ fn remote_args(attr: &TokenStream2, errors: &mut Errors) -> RemoteArgs {
     let mut out = RemoteArgs {
         max_calls: 0,
         num_returns: 1,
+        streaming: false,
     };
     if attr.is_empty() {
         return out;
     }
-    let parser =
-        syn::punctuated::Punctuated::<syn::MetaNameValue, syn::Token![,]>::parse_terminated;
+    let parser = syn::punctuated::Punctuated::<syn::Meta, syn::Token![,]>::parse_terminated;
     let args = match syn::parse::Parser::parse2(parser, attr.clone()) {
         Ok(args) => args,
         Err(_) => {
@@ -410,6 +429,17 @@ fn remote_args(attr: &TokenStream2, errors: &mut Errors) -> RemoteArgs {
         }
     };
     for arg in args {
+        let arg = match arg {
+            syn::Meta::Path(path) if path.is_ident("streaming") => {
+                out.streaming = true;
+                continue;
+            }
+            syn::Meta::NameValue(arg) => arg,
+            other => {
+                errors.push(syn::Error::new_spanned(other, ONLY_MAX_CALLS));
+                continue;
+            }
+        };
         let (key, slot, zero) = if arg.path.is_ident("max_calls") {
             (
                 "max_calls",
@@ -495,9 +525,82 @@ fn check_returns(sig: &Signature, num_returns: u32, errors: &mut Errors) -> Vec<
     }
 }
 
+/// The type of the items a `streaming` function yields: its return type is
+/// `impl Iterator<Item = T>` (or `IntoIterator`, with other bounds such as `Send`), a
+/// `Box<dyn Iterator<Item = T>>`, or a `Vec<T>`.
+fn stream_item(sig: &Signature, errors: &mut Errors) -> Type {
+    fn item_of(ty: &Type) -> Option<Type> {
+        let bounds = match ty {
+            Type::Group(g) => return item_of(&g.elem),
+            Type::Paren(p) => return item_of(&p.elem),
+            Type::ImplTrait(t) => &t.bounds,
+            Type::TraitObject(t) => &t.bounds,
+            Type::Path(p) if p.qself.is_none() => {
+                let last = p.path.segments.last()?;
+                let PathArguments::AngleBracketed(args) = &last.arguments else {
+                    return None;
+                };
+                let inner = args.args.iter().find_map(|a| match a {
+                    GenericArgument::Type(t) => Some(t),
+                    _ => None,
+                })?;
+                return match last.ident.to_string().as_str() {
+                    "Box" => item_of(inner),
+                    "Vec" | "VecDeque" => Some(inner.clone()),
+                    _ => None,
+                };
+            }
+            _ => return None,
+        };
+        bounds.iter().find_map(|b| match b {
+            syn::TypeParamBound::Trait(t) => {
+                let last = t.path.segments.last()?;
+                if last.ident != "Iterator" && last.ident != "IntoIterator" {
+                    return None;
+                }
+                let PathArguments::AngleBracketed(args) = &last.arguments else {
+                    return None;
+                };
+                args.args.iter().find_map(|a| match a {
+                    GenericArgument::AssocType(assoc) if assoc.ident == "Item" => {
+                        Some(assoc.ty.clone())
+                    }
+                    _ => None,
+                })
+            }
+            _ => None,
+        })
+    }
+    let found = match &sig.output {
+        ReturnType::Type(_, ty) => item_of(ty),
+        ReturnType::Default => None,
+    };
+    match found {
+        Some(item) => {
+            if let Some(error) = unsupported_type(&item, Subject::RemoteFn) {
+                errors.push(error);
+            }
+            item
+        }
+        None => {
+            let at: &dyn quote::ToTokens = match &sig.output {
+                ReturnType::Type(_, ty) => ty,
+                ReturnType::Default => &sig.ident,
+            };
+            errors.push(syn::Error::new_spanned(
+                at,
+                "a `streaming` remote function returns the items it yields: \
+                 `impl Iterator<Item = T>` (or `IntoIterator`), `Box<dyn Iterator<Item = T>>` \
+                 or `Vec<T>`",
+            ));
+            syn::parse_quote!(())
+        }
+    }
+}
+
 /// What `#[remote(..)]` says to an argument it does not take.
-const ONLY_MAX_CALLS: &str = "`#[remote]` takes only `max_calls = n` and `num_returns = n`; \
-                              per-call options go through `.options(..).remote(..)`";
+const ONLY_MAX_CALLS: &str = "`#[remote]` takes only `max_calls = n`, `num_returns = n` and \
+                              `streaming`; per-call options go through `.options(..).remote(..)`";
 
 /// What a signature belongs to, for the wording of errors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -530,7 +633,7 @@ impl Subject {
 }
 
 /// Rejects what a remote function cannot be and returns its parameters.
-fn check_signature<'a>(func: &'a ItemFn, errors: &mut Errors) -> Vec<Param<'a>> {
+fn check_signature<'a>(func: &'a ItemFn, streaming: bool, errors: &mut Errors) -> Vec<Param<'a>> {
     let sig = &func.sig;
     check_fn_header(sig, Subject::RemoteFn, errors);
     let mut params = Vec::with_capacity(sig.inputs.len());
@@ -560,7 +663,10 @@ fn check_signature<'a>(func: &'a ItemFn, errors: &mut Errors) -> Vec<Param<'a>> 
         }
         params.push(param);
     }
-    check_return_type(sig, Subject::RemoteFn, errors);
+    // (A streaming function returns an iterator, whose items are checked instead.)
+    if !streaming {
+        check_return_type(sig, Subject::RemoteFn, errors);
+    }
     params
 }
 
@@ -727,7 +833,13 @@ fn is_cfg(attr: &Attribute) -> bool {
 }
 
 /// The expansion of a checked function; see the crate documentation.
-fn generate(func: &ItemFn, params: &[Param<'_>], max_calls: u32, returns: &[Type]) -> TokenStream2 {
+fn generate(
+    func: &ItemFn,
+    params: &[Param<'_>],
+    max_calls: u32,
+    returns: &[Type],
+    streaming: bool,
+) -> TokenStream2 {
     let vis = &func.vis;
     let name = &func.sig.ident;
     let name_str = name.unraw().to_string();
@@ -761,11 +873,17 @@ fn generate(func: &ItemFn, params: &[Param<'_>], max_calls: u32, returns: &[Type
     let arg_vec = quote! {
         ::std::vec![#(::shoal::IntoArg::<#types>::into_arg(#names)),*]
     };
-    let registration = registration(func, params, max_calls, returns);
+    let registration = registration(func, params, max_calls, returns, streaming);
     // What `remote` returns, and how: one ref, or one per element of the tuple.
     let fn_name = Ident::new("__shoal_name", Span::mixed_site());
     let options = Ident::new("__shoal_options", Span::mixed_site());
-    let (remote_ret, submit_with) = if returns.len() > 1 {
+    let (remote_ret, submit_with) = if streaming {
+        let item = &returns[0];
+        (
+            quote!(::shoal::ObjectRefStream<#item>),
+            quote!(::shoal::__private::submit_stream::<#item>(#fn_name, #options, #arg_vec)),
+        )
+    } else if returns.len() > 1 {
         let n = returns.len() as u32;
         let refs = Ident::new("__shoal_returns", Span::mixed_site());
         (
@@ -853,6 +971,7 @@ fn registration(
     params: &[Param<'_>],
     max_calls: u32,
     returns: &[Type],
+    streaming: bool,
 ) -> TokenStream2 {
     let name = &func.sig.ident;
     let names = params.iter().map(|p| &p.name);
@@ -873,6 +992,10 @@ fn registration(
         quote!(#name::call(#(#names),*))
     };
     let encode = match &func.sig.output {
+        _ if streaming => {
+            let item = &returns[0];
+            quote_spanned!(item.span()=> ::shoal::__private::yield_items::<#item>(#run))
+        }
         _ if returns.len() > 1 => {
             // Each element its own object: the others first, then the first.
             let values: Vec<Ident> = (0..returns.len())
@@ -1057,6 +1180,40 @@ mod tests {
             one.contains("-> :: shoal :: ObjectRef < (u8 , String) >"),
             "{one}"
         );
+    }
+
+    #[test]
+    fn a_streaming_function_returns_its_items_and_gives_a_stream() {
+        for ret in [
+            "impl Iterator<Item = u64> + Send",
+            "impl IntoIterator<Item = u64>",
+            "Box<dyn Iterator<Item = u64>>",
+            "Vec<u64>",
+        ] {
+            let item = format!("fn f(n: u64) -> {ret} {{ todo!() }}");
+            let out = expand(&quote!(streaming), item.parse().unwrap())
+                .unwrap()
+                .to_string();
+            assert!(
+                out.contains("-> :: shoal :: ObjectRefStream < u64 >"),
+                "{ret}: {out}"
+            );
+            assert!(out.contains("submit_stream :: < u64 >"), "{out}");
+            assert!(
+                out.contains("yield_items :: < u64 > (f :: call (n))"),
+                "{out}"
+            );
+        }
+        let not_items = "fn f() -> u64 { 1 }";
+        assert!(error("streaming", not_items).contains("returns the items it yields"));
+        assert!(error("streaming", "fn f() {}").contains("returns the items it yields"));
+        let borrowed = "fn f() -> impl Iterator<Item = &'static str> { todo!() }";
+        assert!(error("streaming", borrowed).contains("borrowed types"));
+        let both = "fn f() -> Vec<u8> { todo!() }";
+        assert!(error("streaming, num_returns = 2", both).contains("no `num_returns`"));
+        // Without `streaming`, `impl Trait` is still refused.
+        let plain = "fn f() -> impl Iterator<Item = u8> { todo!() }";
+        assert!(error("", plain).contains("`impl Trait` is not supported"));
     }
 
     #[test]

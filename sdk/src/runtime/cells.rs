@@ -51,6 +51,21 @@ struct Cell {
     handled: bool,
     /// A ref to it left through another serializer: this process holds it until it ends.
     pinned: bool,
+    /// The end of a streaming generator this process submitted: its items that came and
+    /// were not taken yet, in order (each held here already).
+    stream: Option<Box<StreamItems>>,
+}
+
+/// A stream's items that came and were not taken: each number, with its value when here.
+type StreamItems = std::collections::VecDeque<(u32, Option<ObjectValue>)>;
+
+/// What a streaming generator's stream has next.
+#[derive(Debug)]
+pub(crate) enum StreamNext {
+    /// Item `index`, held here already, with its value when it is here.
+    Item(u32, Option<ObjectValue>),
+    /// The stream ended: the number of items (its end's value), or why it failed.
+    End(Result<Value, GetError>),
 }
 
 /// The task that makes an object, as its submitter knows it (what `cancel` names).
@@ -72,6 +87,7 @@ impl Cell {
             maker: None,
             handled: false,
             pinned: false,
+            stream: None,
         }
     }
 
@@ -202,6 +218,103 @@ impl Context {
         self.cells.lock().insert(id, cell);
     }
 
+    /// Registers the end of a streaming generator this process submits (`id`, its first
+    /// return), whose cell also keeps the items that come until they are taken.
+    pub(crate) fn add_stream(&self, id: ObjectId, maker: Maker) {
+        let mut cell = Cell::new(false);
+        cell.refs = 1;
+        cell.maker = Some(maker);
+        cell.stream = Some(Box::default());
+        self.cells.lock().insert(id, cell);
+    }
+
+    /// Item `index` of the streaming generator `task` came (held by this process): kept for
+    /// its stream, or released if the stream is gone.
+    pub(super) fn stream_item(
+        &self,
+        task: shoal_protocol::TaskId,
+        index: u32,
+        value: Option<Box<ObjectValue>>,
+    ) {
+        let value = value.map(|v| *v);
+        let end = ObjectId::for_return(task, 0);
+        let wakers = {
+            let mut cells = self.cells.lock();
+            match cells
+                .get_mut(&end)
+                .and_then(|c| c.stream.as_mut().map(|q| (q, &mut c.wakers)))
+            {
+                Some((queue, wakers)) => {
+                    queue.push_back((index, value));
+                    Some(std::mem::take(wakers))
+                }
+                None => None,
+            }
+        };
+        match wakers {
+            Some(wakers) => {
+                self.cells.changed.notify_all();
+                for w in wakers {
+                    w.wake();
+                }
+            }
+            None => {
+                // Its stream was dropped: nothing will take it.
+                let id = ObjectId::for_return(task, index);
+                self.push(ToNode::Release { ids: vec![id] });
+            }
+        }
+    }
+
+    /// The next of the stream whose end is `end`: an item that came, the end, or pending
+    /// (registering `waker`).
+    pub(crate) fn poll_stream(&self, end: ObjectId, waker: Option<&Waker>) -> Poll<StreamNext> {
+        let mut cells = self.cells.lock();
+        let Some(cell) = cells.get_mut(&end) else {
+            let lost = GetError::Task(TaskError::ObjectLost { id: end });
+            return Poll::Ready(StreamNext::End(Err(lost)));
+        };
+        if let Some(item) = cell.stream.as_mut().and_then(|q| q.pop_front()) {
+            return Poll::Ready(StreamNext::Item(item.0, item.1));
+        }
+        drop(cells);
+        match self.poll_cell(end, waker, false) {
+            Poll::Ready(r) => Poll::Ready(StreamNext::End(r)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// [`Self::poll_stream`], blocking this thread until there is a next.
+    pub(crate) fn next_blocking(&self, end: ObjectId) -> StreamNext {
+        let mut blocked = false;
+        let next = loop {
+            if let Poll::Ready(next) = self.poll_stream(end, None) {
+                break next;
+            }
+            if !blocked {
+                blocked = self.report_blocked();
+            }
+            let cells = self.cells.lock();
+            let moved = cells.get(&end).is_none_or(|c| {
+                !c.is_pending() || c.stream.as_ref().is_some_and(|q| !q.is_empty())
+            });
+            if moved {
+                continue;
+            }
+            // Woken by any change (or spuriously): the next turn looks again.
+            drop(
+                self.cells
+                    .changed
+                    .wait(cells)
+                    .unwrap_or_else(|e| e.into_inner()),
+            );
+        };
+        if blocked {
+            self.report_unblocked();
+        }
+        next
+    }
+
     /// The task that makes `id`, if this process submitted it and it has not ended here.
     pub(crate) fn pending_maker(&self, id: ObjectId) -> Option<Maker> {
         let cells = self.cells.lock();
@@ -254,28 +367,36 @@ impl Context {
 
     /// Drops a handle; the last one releases this process's hold on the object.
     pub(crate) fn drop_ref(&self, id: ObjectId) {
-        let (last, unhandled) = {
+        let (last, unhandled, items) = {
             let mut cells = self.cells.lock();
             match cells.get_mut(&id) {
                 Some(cell) => {
                     cell.refs -= 1;
                     if cell.refs == 0 {
-                        let cell = cells.remove(&id);
-                        (true, cell.and_then(Cell::unhandled_failure))
+                        let mut cell = cells.remove(&id);
+                        let items = cell
+                            .as_mut()
+                            .and_then(|c| Some((c.maker?.task, c.stream.take()?)));
+                        (true, cell.and_then(Cell::unhandled_failure), items)
                     } else {
-                        (false, None)
+                        (false, None, None)
                     }
                 }
-                None => (false, None),
+                None => (false, None, None),
             }
         };
         if let Some(error) = unhandled {
             report_unhandled(id, &error);
         }
         // Every process that holds refs is counted at the node (the creator by its put or
-        // submit, the others by `Hold`): the last handle here releases this process's hold.
+        // submit, the others by `Hold`): the last handle here releases this process's hold,
+        // and a stream's end its items not taken.
         if last && self.closed().is_none() {
-            self.push(ToNode::Release { ids: vec![id] });
+            let mut ids = vec![id];
+            if let Some((task, items)) = items {
+                ids.extend(items.iter().map(|(i, _)| ObjectId::for_return(task, *i)));
+            }
+            self.push(ToNode::Release { ids });
         }
     }
 

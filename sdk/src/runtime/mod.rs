@@ -36,7 +36,7 @@ use shoal_protocol::{
 };
 use tokio::sync::mpsc;
 
-pub(crate) use cells::{Maker, Value};
+pub(crate) use cells::{Maker, StreamNext, Value};
 pub(crate) use thread::SHUTDOWN_WAIT;
 pub(crate) use work::WorkItem;
 
@@ -323,6 +323,8 @@ impl Context {
             ToClient::Object { id, value } => self.resolve(id, value),
             ToClient::Execute(task) => self.offer_task(task, work),
             ToClient::Cancel { task, force } => self.work.cancel(task, force),
+            ToClient::StreamItem { task, index, value } => self.stream_item(task, index, value),
+            ToClient::StreamAck { task, allowed } => self.work.stream_ack(task, allowed),
             ToClient::HostActor(host) => {
                 // The node sends an actor's calls only after this, and never more than the
                 // queue holds; waiting here keeps them in order behind it.

@@ -51,7 +51,14 @@ pub(crate) struct Work {
     interrupts: AtomicUsize,
     /// Woken on each cancel, for the tasks that wait for theirs.
     interrupt: tokio::sync::Notify,
+    /// How far each streaming generator handed here may run (the node's last word).
+    paces: Mutex<std::collections::HashMap<TaskId, u32>>,
+    /// Signalled when a pace rises or a task is cancelled.
+    pace_changed: std::sync::Condvar,
 }
+
+/// Paces remembered at most (those of tasks that ended, told late, are dropped past this).
+const PACES: usize = 1024;
 
 impl Work {
     pub(super) fn new(rx: mpsc::Receiver<WorkItem>) -> Self {
@@ -64,7 +71,52 @@ impl Work {
             interrupted: Mutex::new(std::collections::VecDeque::new()),
             interrupts: AtomicUsize::new(0),
             interrupt: tokio::sync::Notify::new(),
+            paces: Mutex::new(std::collections::HashMap::new()),
+            pace_changed: std::sync::Condvar::new(),
         }
+    }
+
+    fn lock_paces(&self) -> MutexGuard<'_, std::collections::HashMap<TaskId, u32>> {
+        self.paces.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The streaming generator `task` may yield items up to `allowed` (the node says so when
+    /// it hands the task over, and as its consumer takes items).
+    pub(crate) fn stream_ack(&self, task: TaskId, allowed: u32) {
+        {
+            let mut paces = self.lock_paces();
+            if paces.len() >= PACES && !paces.contains_key(&task) {
+                // Told late, for tasks that ended: only the one running matters.
+                let current = *self.lock_current();
+                paces.retain(|t, _| Some(*t) == current);
+            }
+            let pace = paces.entry(task).or_insert(0);
+            *pace = (*pace).max(allowed);
+        }
+        self.pace_changed.notify_all();
+    }
+
+    /// Waits until the streaming generator `task` may yield item `index`. `false` if the
+    /// task was cancelled meanwhile.
+    pub(crate) fn wait_pace(&self, task: TaskId, index: u32) -> bool {
+        let mut paces = self.lock_paces();
+        loop {
+            if paces.get(&task).is_some_and(|p| *p >= index) {
+                return true;
+            }
+            if self.is_interrupted(task) {
+                return false;
+            }
+            paces = self
+                .pace_changed
+                .wait(paces)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Forgets `task`'s pace (it ended).
+    pub(crate) fn end_pace(&self, task: TaskId) {
+        self.lock_paces().remove(&task);
     }
 
     /// Whether the worker retired ([`Context::retire`]): tasks it is handed go back.
@@ -134,6 +186,10 @@ impl Work {
             self.interrupts.store(list.len(), Ordering::Release);
         }
         self.interrupt.notify_waiters();
+        // A generator waiting for its consumer stops waiting. (Under the lock, so that a
+        // waiter between its check and its wait does not miss it.)
+        let _paces = self.lock_paces();
+        self.pace_changed.notify_all();
     }
 
     fn lock_interrupted(&self) -> MutexGuard<'_, std::collections::VecDeque<TaskId>> {

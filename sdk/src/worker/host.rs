@@ -50,7 +50,7 @@ pub(crate) fn hosted() -> Option<shoal_protocol::ActorId> {
 /// A call the node sent, as the host runs it.
 struct Call {
     task_id: TaskId,
-    function: String,
+    function: Box<str>,
     args: Vec<shoal_protocol::ArgValue>,
     return_id: ObjectId,
     /// A blocking method of a `threaded` actor: it runs on the blocking pool.
@@ -214,6 +214,7 @@ pub fn host_actor<A: Actor>(host: HostActor) -> i32 {
                 args,
                 return_id,
                 resources: _,
+                stream: _,
             } = call;
             let Some(access) = A::__access(&function) else {
                 done(

@@ -173,7 +173,7 @@ fn run(worker_id: u64) -> i32 {
                 tasks: vec![task.task_id],
             }),
             Some(WorkItem::Task(task)) => {
-                let function = registry.get(task.function.as_str()).copied();
+                let function = registry.get(&*task.function).copied();
                 let limited = function
                     .filter(|f| f.max_calls > 0)
                     .map(|f| (f.name, f.max_calls));
@@ -339,10 +339,13 @@ fn execute(ctx: &Context, function: Option<&'static RemoteFunction>, task: ExecT
             TaskOutcome::Err(TaskError::Cancelled { task: task_id })
         }
         None => TaskOutcome::Err(TaskError::NoSuchFunction {
-            name: task.function.clone(),
+            name: task.function.to_string(),
         }),
         Some(f) => {
             ctx.work.set_in_task(true);
+            if let Some(allowed) = task.stream {
+                ctx.work.stream_ack(task_id, allowed.get());
+            }
             let args = Args::new(task.args);
             RESOURCES.with(|r| *r.borrow_mut() = task.resources);
             let r = as_task(task_id, || {
@@ -373,11 +376,14 @@ fn execute(ctx: &Context, function: Option<&'static RemoteFunction>, task: ExecT
                 Err(p) if p.is::<Interrupted>() => {
                     TaskOutcome::Err(TaskError::Cancelled { task: task_id })
                 }
-                Err(p) => TaskOutcome::Err(Caught::new(&*p).into_error(task.function.as_str())),
+                Err(p) => TaskOutcome::Err(Caught::new(&*p).into_error(&*task.function)),
             }
         }
     };
     ctx.work.take_interrupted(task_id);
+    if task.stream.is_some() {
+        ctx.work.end_pace(task_id);
+    }
     done_with(ctx, task_id, outcome, more);
     ctx.work.set_current(None);
 }
@@ -444,7 +450,11 @@ fn abort_more(ctx: &Context, task: TaskId, stored: &[ReturnValue]) {
     }
 }
 
-fn store_result(ctx: &Context, id: shoal_protocol::ObjectId, bytes: Vec<u8>) -> TaskOutcome {
+pub(crate) fn store_result(
+    ctx: &Context,
+    id: shoal_protocol::ObjectId,
+    bytes: Vec<u8>,
+) -> TaskOutcome {
     if bytes.len() <= ctx.inline_threshold {
         return TaskOutcome::Ok(ObjectValue::Inline(bytes));
     }
@@ -471,7 +481,7 @@ fn idle_until_closed(ctx: &Context) -> i32 {
                 ctx,
                 task.task_id,
                 TaskOutcome::Err(TaskError::NoSuchFunction {
-                    name: task.function,
+                    name: task.function.into(),
                 }),
             );
         }

@@ -161,6 +161,37 @@ fn every_return_of_tasks_with_several_arrives_though_a_peer_running_them_crashes
 }
 
 #[test]
+fn every_item_of_streaming_generators_arrives_once_in_order_though_a_peer_running_them_crashes() {
+    let mut sim = mesh(&[1.0, 1.0, 1.0]);
+    let d = sim.driver(0);
+    sim.run_for(Duration::from_secs(1));
+    // Five items each, at most two ahead of the driver (which takes each as it comes): the
+    // generators wait for it, here and at the peers. The driver checks each item's value and
+    // order, and that each stream ends after all its items.
+    let opts = TaskOpts {
+        stream: Some((5, 2)),
+        ..TaskOpts::default()
+    };
+    let ends: Vec<_> = (0..60u8)
+        .map(|i| sim.submit(d, "sleep:50", vec![SimArg::Value(vec![i])], opts))
+        .collect();
+    crash_2_mid_workload(&mut sim, d);
+    let five = shoal_protocol::codec::encode(&5u64).unwrap();
+    for end in &ends {
+        assert_eq!(
+            sim.results(d)[end],
+            shoal_protocol::ObjectValue::Inline(five.clone()),
+            "{end}"
+        );
+    }
+    assert!(
+        (1..3).all(|n| sim.runs_on(n) > 0),
+        "the generators ran at the peers too"
+    );
+    assert_clean(sim);
+}
+
+#[test]
 fn refs_of_a_crashed_owner_fail_with_owner_died_on_every_peer() {
     // Node 0 runs nothing: its driver's tasks run on nodes 1 and 2.
     let mut sim = mesh(&[0.0, 1.0, 1.0]);
@@ -481,6 +512,7 @@ fn a_demand_no_peer_has_fails_as_infeasible() {
         cpus: 8.0,
         retries: 0,
         returns: 1,
+        stream: None,
     };
     let id = sim.submit(d, "echo", vec![], opts);
     sim.run_for(Duration::from_secs(10));
@@ -680,6 +712,7 @@ fn a_task_whose_code_a_peer_rejects_runs_elsewhere_or_fails_as_rejected() {
         cpus: 2.0,
         retries: 0,
         returns: 1,
+        stream: None,
     };
     let id = sim.submit(d, "echo", vec![SimArg::Value(vec![1])], opts);
     sim.run_for(Duration::from_secs(2));

@@ -1493,6 +1493,9 @@ impl NodeCore {
             if !more.is_empty() && self.objects.get(&ret).is_some_and(|e| e.value.is_none()) {
                 self.more_returns.insert(ret, more);
             }
+            if spec.stream.is_some() {
+                self.stream_sent_again(from, task, None);
+            }
             return;
         }
         let ret = spec.return_id();
@@ -1503,6 +1506,17 @@ impl NodeCore {
             // no longer here is lost to the owner).
             tracing::debug!(task = %task, peer = %from, "a task sent again after it ran here; its result goes again");
             let party = Party::Peer(from);
+            if spec.stream.is_some() {
+                // Its items first, those the owner did not say it has.
+                let count = match ran {
+                    Some(ObjectValue::Inline(bytes)) => {
+                        shoal_protocol::codec::decode::<u64>(bytes, 8).ok()
+                    }
+                    _ => None,
+                };
+                let count = count.and_then(|n| u32::try_from(n).ok());
+                self.stream_sent_again(from, task, Some(count.unwrap_or(0)));
+            }
             let more = if spec.num_returns > 1 {
                 spec.more_return_ids()
             } else {

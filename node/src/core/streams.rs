@@ -118,11 +118,21 @@ impl NodeCore {
         if let Some(s) = e.stream.as_deref_mut() {
             s.produced = index;
         }
-        {
-            let o = self.objects.entry(id);
-            o.holders.push(owner);
-            o.owner = Some(client);
+        let o = self.objects.entry(id);
+        if let Some(value) = o.value.clone() {
+            // Made by an earlier run here, and kept for its owner (which was not told, or
+            // did not say it has it): that copy serves.
+            if !o.holders.contains(&owner) {
+                o.holders.push(owner);
+            }
+            if self.store.index.reserved_by(&id, Holder::Proc(conn)) {
+                self.store_remove(&id);
+            }
+            self.item_made(now, task, index, value);
+            return;
         }
+        o.holders.push(owner);
+        o.owner = Some(client);
         self.set_nested(id, item.nested);
         match item.value {
             ObjectValue::Shared(object)
@@ -156,7 +166,9 @@ impl NodeCore {
     /// to the owner once every earlier one is, and the task's end may follow.
     pub(super) fn item_made(&mut self, now: Instant, task: TaskId, index: u32, value: ObjectValue) {
         let id = ObjectId::for_return(task, index);
-        self.object_ready(now, id, value);
+        if self.objects.get(&id).is_some_and(|e| e.value.is_none()) {
+            self.object_ready(now, id, value);
+        }
         let Some(e) = self.tasks.get_mut(&task) else {
             return;
         };
@@ -218,14 +230,47 @@ impl NodeCore {
                         return;
                     }
                 };
-                let inline = !matches!(value, RemoteValue::Shared { .. });
+                // Kept for the peer until it says it has it (`Release`): sent again if the
+                // peer places the task here again before then.
                 self.tell_peer(peer, PeerMsg::StreamItem { task, index, value });
-                if inline {
-                    // The peer keeps its own copy: it holds nothing here any more.
-                    self.objects.release(owner, &id);
-                    self.maybe_free(id);
-                }
             }
+        }
+    }
+
+    /// `task`, a streaming generator that runs (or ran) here, was sent again by its owner
+    /// `peer` (which lost this node for a while): the items it has not said it has are sent
+    /// again, in order (those up to `count`, or all those made, while it still runs).
+    pub(super) fn stream_sent_again(&mut self, peer: PeerKey, task: TaskId, count: Option<u32>) {
+        let made = match count {
+            Some(n) => n,
+            None => match self.tasks.get(&task).and_then(|e| e.stream.as_deref()) {
+                Some(s) => s.announced,
+                None => return,
+            },
+        };
+        let party = Party::Peer(peer);
+        for index in 1..=made {
+            let id = ObjectId::for_return(task, index);
+            let kept = self
+                .objects
+                .get(&id)
+                .is_some_and(|e| e.value.is_some() && e.holders.contains(&party));
+            if kept {
+                self.announce_item(task, party, index);
+            }
+        }
+    }
+
+    /// Tells `peer`, which sent item `id` of a task this node owns, that it needs its copy
+    /// no more, unless that copy is the one this node reads (an item sent again).
+    fn decline_item(&mut self, peer: PeerKey, id: ObjectId) {
+        let reads_it = self
+            .objects
+            .get(&id)
+            .and_then(|e| e.remote.as_ref())
+            .is_some_and(|r| r.release_to.contains(&peer));
+        if !reads_it {
+            self.tell_peer(peer, PeerMsg::Release { ids: vec![id] });
         }
     }
 
@@ -259,9 +304,16 @@ impl NodeCore {
             if let Some(why) = why {
                 tracing::warn!(%peer, task = %task, index, "{why}; dropped");
             }
-            if let RemoteValue::Shared { .. } = value {
-                // The peer keeps a copy for this node until told otherwise.
-                self.tell_peer(peer, PeerMsg::Release { ids: vec![id] });
+            // The peer keeps each item for this node until told otherwise.
+            self.decline_item(peer, id);
+            // Yielded again by a run there that may not know how far the consumer got (told
+            // before that run began): told again, or it would wait at its first window.
+            let again = self.tasks.get(&task).and_then(|e| e.stream.as_deref());
+            if let (Some(s), Some(_)) = (again, at.filter(|p| *p == peer)) {
+                if index <= s.produced {
+                    let taken = s.taken;
+                    self.tell_peer(peer, PeerMsg::StreamTaken { task, taken });
+                }
             }
             return;
         }
@@ -277,8 +329,15 @@ impl NodeCore {
         o.holders.push(owner);
         o.owner = Some(client);
         match value {
-            RemoteValue::Inline(v) => self.object_ready(now, id, ObjectValue::Inline(v)),
-            RemoteValue::Error(err) => self.object_ready(now, id, ObjectValue::Error(err)),
+            RemoteValue::Inline(v) => {
+                // This node has its own copy: the peer's may go.
+                self.tell_peer(peer, PeerMsg::Release { ids: vec![id] });
+                self.object_ready(now, id, ObjectValue::Inline(v));
+            }
+            RemoteValue::Error(err) => {
+                self.tell_peer(peer, PeerMsg::Release { ids: vec![id] });
+                self.object_ready(now, id, ObjectValue::Error(err));
+            }
             RemoteValue::Shared { object, holders } => {
                 // It stays at the peer until something here reads it.
                 let r = o.remote.get_or_insert_with(Default::default);
@@ -313,7 +372,13 @@ impl NodeCore {
             tracing::warn!(%party, task = %task, "a task that is not a stream paced; ignored");
             return;
         };
-        s.taken = s.taken.max(taken.min(s.produced));
+        // A process cannot have taken what it was not told of. (A peer that owns the task may
+        // have: its items came from an earlier run, and this run yields them again.)
+        let taken = match party {
+            Party::Proc(_) => taken.min(s.produced),
+            Party::Peer(_) => taken,
+        };
+        s.taken = s.taken.max(taken);
         self.stream_ack(task);
     }
 

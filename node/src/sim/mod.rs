@@ -25,7 +25,7 @@
 //! them, and peers pull them from each other through the same serve / pull exchange as the
 //! real mesh.
 
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -225,6 +225,13 @@ struct SimWorker {
     incarnation: u64,
     /// A large result whose file it asked for: (request, task, object).
     creating: Option<(u64, TaskId, SharedObject)>,
+    /// The streaming generator it runs: (task, its next item, how far it may run).
+    stream: Option<(TaskId, u32, u32)>,
+    /// How far the node said each generator handed to it may run.
+    paces: HashMap<TaskId, u32>,
+    /// Generators it was told to stop (not forced) while it ran them: each stops before
+    /// its next item, as the SDK's does.
+    interrupted: HashSet<TaskId>,
 }
 
 /// A simulated driver program.
@@ -337,6 +344,12 @@ pub struct Sim {
     runs: HashMap<TaskId, (u32, u32)>,
     /// The tasks with several returns, and how many.
     returns: HashMap<TaskId, u32>,
+    /// The streaming generators, and how many items each yields.
+    streams: HashMap<TaskId, u32>,
+    /// The end (first return) of each streaming generator, and its task.
+    stream_ends: HashMap<ObjectId, TaskId>,
+    /// The items each driver was told of, by generator: the highest, in order.
+    stream_seen: HashMap<TaskId, u32>,
     /// Actor calls submitted, by result.
     calls: HashMap<ObjectId, TaskId>,
     /// Per actor incarnation, per caller: the last call sequence seen.
@@ -414,6 +427,9 @@ impl Sim {
             drivers: Vec::new(),
             runs: HashMap::new(),
             returns: HashMap::new(),
+            streams: HashMap::new(),
+            stream_ends: HashMap::new(),
+            stream_seen: HashMap::new(),
             calls: HashMap::new(),
             call_order: HashMap::new(),
             violations: Vec::new(),
@@ -681,6 +697,9 @@ impl Sim {
                         busy: false,
                         incarnation: 0,
                         creating: None,
+                        stream: None,
+                        paces: HashMap::new(),
+                        interrupted: HashSet::new(),
                     },
                 );
                 self.nodes[i].procs.insert(conn, Proc::Worker(worker));
@@ -1016,6 +1035,29 @@ impl Sim {
                 self.drivers[d].log_lines.extend(lines);
                 return;
             }
+            ToClient::StreamItem { task, index, value } => {
+                // Each item once, in order, as its worker made it; taken and dropped at once.
+                let seen = self.stream_seen.entry(task).or_insert(0);
+                let expected = *seen + 1;
+                *seen = (*seen).max(index);
+                if index != expected {
+                    let what = format!(
+                        "driver {d}: item {index} of {task} after item {}",
+                        expected - 1
+                    );
+                    self.violation(what);
+                }
+                if let Some(v) = value {
+                    if *v != other_return(task, index) {
+                        let what = format!("driver {d}: item {index} of {task} is {v:?}");
+                        self.violation(what);
+                    }
+                }
+                let id = ObjectId::for_return(task, index);
+                self.send(d, ToNode::StreamTaken { task, taken: index });
+                self.send(d, ToNode::Release { ids: vec![id] });
+                return;
+            }
             ToClient::Created { request, result } => {
                 let Some((ticket, object)) = self.drivers[d].creating.remove(&request) else {
                     return;
@@ -1070,6 +1112,21 @@ impl Sim {
             );
             self.violation(what);
         }
+        if let (Some(task), false) = (
+            self.stream_ends.get(&id),
+            matches!(value, ObjectValue::Error(_)),
+        ) {
+            // A stream ends after all its items.
+            let (items, seen) = (
+                self.streams.get(task).copied(),
+                self.stream_seen.get(task).copied(),
+            );
+            if items != Some(seen.unwrap_or(0)) {
+                let what =
+                    format!("driver {d}: stream {task} ended after {seen:?} of {items:?} items");
+                self.violation(what);
+            }
+        }
         self.drivers[d].done.insert(id, value);
     }
 
@@ -1081,6 +1138,26 @@ impl Sim {
             ToClient::Execute(exec) => {
                 worker.queue.push_back(exec);
                 self.start_next(i, w);
+            }
+            ToClient::StreamAck { task, allowed } => {
+                let pace = worker.paces.entry(task).or_insert(0);
+                *pace = (*pace).max(allowed);
+                if worker.stream.is_some_and(|(t, _, _)| t == task) {
+                    // The generator it runs, maybe waiting for this.
+                    self.stream_step(i, w);
+                }
+            }
+            ToClient::Cancel { task, force: false }
+                if worker.busy
+                    && self.streams.contains_key(&task)
+                    && worker.queue.front().is_some_and(|e| e.task_id == task) =>
+            {
+                // A generator it runs stops before its next item, as the SDK's does: now,
+                // if it waits for its consumer.
+                worker.interrupted.insert(task);
+                if worker.stream.is_some_and(|(t, _, _)| t == task) {
+                    self.stream_step(i, w);
+                }
             }
             // As the SDK's worker does: forced, it exits if it runs that task, before it
             // begins another; a task it has not begun it never begins, and reports so; one it
@@ -1259,6 +1336,14 @@ impl Sim {
         if worker.incarnation != incarnation {
             return;
         }
+        let streaming = worker.queue.front().is_some_and(|e| {
+            self.streams.contains_key(&e.task_id)
+                && matches!(behaviour(&e.function).1, Behaviour::Echo)
+        });
+        if streaming {
+            self.stream_step(i, w);
+            return;
+        }
         worker.busy = false;
         let Some(exec) = worker.queue.pop_front() else {
             return;
@@ -1316,6 +1401,83 @@ impl Sim {
         };
         self.report_after(i, conn, WORKER_REPORT_LATENCY, done);
         self.start_next(i, w);
+    }
+
+    /// Worker `w` runs the streaming generator at the head of its queue on: it yields the
+    /// items it may (each its own report), and ends once it yielded them all.
+    fn stream_step(&mut self, i: usize, w: WorkerId) {
+        let Some(worker) = self.nodes[i].workers.get_mut(&w) else {
+            return;
+        };
+        let Some(exec) = worker.queue.front() else {
+            return;
+        };
+        let task = exec.task_id;
+        let Some(&total) = self.streams.get(&task) else {
+            return;
+        };
+        if worker.interrupted.remove(&task) {
+            worker.stream = None;
+            worker.busy = false;
+            worker.paces.remove(&task);
+            worker.queue.pop_front();
+            let conn = worker.conn;
+            self.trace(format_args!("node {i} worker {w} stops generator {task}"));
+            let done = ToNode::Done {
+                task_id: task,
+                outcome: TaskOutcome::Err(TaskError::Cancelled { task }),
+                nested: Vec::new(),
+                more: Vec::new(),
+            };
+            self.report_after(i, conn, WORKER_REPORT_LATENCY, done);
+            self.start_next(i, w);
+            return;
+        }
+        let first = exec.stream.map_or(0, |a| a.get());
+        let pace = worker.paces.entry(task).or_insert(0);
+        *pace = (*pace).max(first);
+        let allowed = *pace;
+        let mut next = match worker.stream {
+            Some((t, next, _)) if t == task => next,
+            _ => 1,
+        };
+        let conn = worker.conn;
+        let mut reports = Vec::new();
+        while next <= total && next <= allowed {
+            reports.push(ToNode::Yield {
+                task,
+                index: next,
+                item: ReturnValue {
+                    value: other_return(task, next),
+                    nested: Vec::new(),
+                },
+            });
+            next += 1;
+        }
+        let ended = next > total;
+        if ended {
+            worker.stream = None;
+            worker.busy = false;
+            worker.paces.remove(&task);
+            worker.queue.pop_front();
+            let count = u64::from(total);
+            let value = shoal_protocol::codec::encode(&count).unwrap_or_default();
+            reports.push(ToNode::Done {
+                task_id: task,
+                outcome: TaskOutcome::Ok(ObjectValue::Inline(value)),
+                nested: Vec::new(),
+                more: Vec::new(),
+            });
+        } else {
+            worker.stream = Some((task, next, allowed));
+            worker.busy = true;
+        }
+        for r in reports {
+            self.report_after(i, conn, WORKER_REPORT_LATENCY, r);
+        }
+        if ended {
+            self.start_next(i, w);
+        }
     }
 
     /// A worker's message on connection `conn` reaches node `i` after `delay`.
@@ -1847,7 +2009,15 @@ impl Sim {
                 }
             }
         }
+        let stream = opts
+            .stream
+            .filter(|_| matches!(behaviour(function).1, Behaviour::Echo) && opts.returns == 1);
         let expect = match behaviour(function).1 {
+            Behaviour::Echo if stream.is_some() => {
+                let (items, _) = stream.unwrap_or_default();
+                let count = shoal_protocol::codec::encode(&u64::from(items)).unwrap_or_default();
+                Some(ObjectValue::Inline(count))
+            }
             Behaviour::Echo if known => Some(ObjectValue::Inline(echo(&values))),
             Behaviour::Big(size) => Some(ObjectValue::Shared(big_result(task, size))),
             _ => None,
@@ -1865,7 +2035,7 @@ impl Sim {
             wait_for_resources: false,
             retry_exceptions: false,
             num_returns: opts.returns,
-            stream: None,
+            stream: stream.map(|(_, window)| shoal_protocol::StreamSpec { window }),
             strategy: placed.0,
             label_selector: placed.1,
         };
@@ -1874,6 +2044,10 @@ impl Sim {
         self.runs.insert(task, (0, opts.retries));
         if opts.returns > 1 {
             self.returns.insert(task, opts.returns);
+        }
+        if let Some((items, _)) = stream {
+            self.streams.insert(task, items);
+            self.stream_ends.insert(ret, task);
         }
         self.send(d, ToNode::Submit(spec));
         let others = (1..)
@@ -2323,6 +2497,10 @@ pub struct TaskOpts {
     /// Its returns (`num_returns`): the first is the function's result, return `i > 0`
     /// is [`other_return`]`(task, i)`.
     pub returns: u32,
+    /// A streaming generator (for an `echo` or `sleep:` function with one return): how many
+    /// items it yields, item `i` being [`other_return`]`(task, i)`, and its window. Its
+    /// result is the number of items.
+    pub stream: Option<(u32, u32)>,
 }
 
 impl Default for TaskOpts {
@@ -2331,6 +2509,7 @@ impl Default for TaskOpts {
             cpus: 1.0,
             retries: 3,
             returns: 1,
+            stream: None,
         }
     }
 }

@@ -59,10 +59,18 @@ fn run_random(seed: u64) -> (Sim, Vec<Violation>) {
                     let id = mine[sim.rng().below(mine.len() as u64) as usize];
                     args.push(SimArg::Ref(id));
                 }
+                let cpus = if sim.rng().chance(0.2) { 0.5 } else { 1.0 };
+                let retries = sim.rng().below(4) as u32;
+                let returns = if sim.rng().chance(0.2) { 3 } else { 1 };
+                // Some streaming generators (of a `sleep:` function): 1 to 6 items, a window
+                // of 1 to 3.
+                let stream = (returns == 1 && sim.rng().chance(0.12))
+                    .then(|| (1 + sim.rng().below(6) as u32, 1 + sim.rng().below(3) as u32));
                 let opts = TaskOpts {
-                    cpus: if sim.rng().chance(0.2) { 0.5 } else { 1.0 },
-                    retries: sim.rng().below(4) as u32,
-                    returns: if sim.rng().chance(0.2) { 3 } else { 1 },
+                    cpus,
+                    retries,
+                    returns,
+                    stream,
                 };
                 let f = if sim.rng().chance(0.15) {
                     format!("big:{}", 1 + sim.rng().below(16))
@@ -93,6 +101,7 @@ fn run_random(seed: u64) -> (Sim, Vec<Violation>) {
                     cpus: 1.0,
                     retries: sim.rng().below(2) as u32,
                     returns: 1,
+                    stream: None,
                 };
                 let id = sim.submit(d, "crash", vec![], opts);
                 owned.push((d, id));

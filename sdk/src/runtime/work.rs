@@ -101,11 +101,11 @@ impl Work {
     pub(crate) fn wait_pace(&self, task: TaskId, index: u32) -> bool {
         let mut paces = self.lock_paces();
         loop {
-            if paces.get(&task).is_some_and(|p| *p >= index) {
-                return true;
-            }
             if self.is_interrupted(task) {
                 return false;
+            }
+            if paces.get(&task).is_some_and(|p| *p >= index) {
+                return true;
             }
             paces = self
                 .pace_changed

@@ -855,6 +855,7 @@ impl NodeCore {
             (TaskKind::Function, r) if !r.is_default_task_demand() => Some(Box::new(r.clone())),
             _ => None,
         };
+        let stream = entry.stream.is_some();
         Ok(match self.resolve_task_args(task)? {
             Args::Ready(args) => Exec::Ready(ExecTask {
                 task_id: task,
@@ -862,7 +863,11 @@ impl NodeCore {
                 args,
                 return_id,
                 resources,
-                stream: self.stream_allowed(task),
+                stream: if stream {
+                    self.stream_allowed(task)
+                } else {
+                    None
+                },
             }),
             Args::Pending(op) => Exec::Pending(op),
         })
@@ -1153,7 +1158,7 @@ impl NodeCore {
         more: Vec<ReturnValue>,
     ) {
         // The return id as the task table hashed it (hashing it again costs a blake3).
-        let (span, ret, several) = match self.tasks.get(&task) {
+        let (span, ret, several, unannounced) = match self.tasks.get(&task) {
             Some(e) => {
                 let ended = self.metrics.tasks_ended.entry(&e.spec.function);
                 match &outcome {
@@ -1164,9 +1169,10 @@ impl NodeCore {
                     let took = now.saturating_duration_since(e.arrived);
                     self.metrics.actor_call_seconds.observe(took.as_secs_f64());
                 }
-                (Some(e.span.clone()), e.ret, !e.more.is_empty())
+                let unannounced = e.stream.as_deref().is_some_and(|s| s.unannounced());
+                (Some(e.span.clone()), e.ret, !e.more.is_empty(), unannounced)
             }
-            None => (None, ObjectId::for_return(task, 0), false),
+            None => (None, ObjectId::for_return(task, 0), false, false),
         };
         let error = match &outcome {
             TaskOutcome::Ok(_) => None,
@@ -1249,11 +1255,6 @@ impl NodeCore {
                 }
             }
         }
-        let unannounced = self
-            .tasks
-            .get(&task)
-            .and_then(|e| e.stream.as_deref())
-            .is_some_and(|s| s.unannounced());
         if let (true, Some(e)) = (unannounced, self.tasks.get_mut(&task)) {
             // A stream's end follows its items, some of which are being put in place.
             e.first = Some(Box::new(FirstReturn {

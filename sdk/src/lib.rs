@@ -125,6 +125,23 @@
 //!   assert_eq!(right.get_blocking()?, vec![3, 4]);
 //!   # Ok(()) }
 //!   ```
+//! - `#[shoal::remote(streaming)]` on a function returning an iterator makes it a streaming
+//!   generator (Ray's `num_returns="streaming"`): `remote` returns an [`ObjectRefStream`] of
+//!   one ref per item, each its own object as soon as the function yields it, wherever it
+//!   runs; the function pauses while its consumer is [`TaskOptions::backpressure`] items
+//!   behind, and a failure ends the stream with a ref that gives the error.
+//!
+//!   ```no_run
+//!   #[shoal::remote(streaming)]
+//!   fn lines(n: u32) -> impl Iterator<Item = String> {
+//!       (1..=n).map(|i| format!("line {i}"))
+//!   }
+//!   # fn main() -> Result<(), shoal::GetError> {
+//!   for line in lines.remote(3) {
+//!       println!("{}", line.get_blocking()?); // each as soon as it is made
+//!   }
+//!   # Ok(()) }
+//!   ```
 //! - [`ObjectRef::get`] (async) and [`ObjectRef::get_blocking`] wait for a value; [`wait`]
 //!   waits for some of many; [`put`] stores a value. Failures come back as typed
 //!   [`GetError`]s: a panic with its message and where it happened (function, source place,

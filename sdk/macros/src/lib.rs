@@ -95,6 +95,11 @@
 //!   `add::call(..)`, and `add.remote(..)` submits a subtask. For the same reason no parameter
 //!   may be called `add` (it would be a pattern matching the unit struct): that is an error.
 //! - A `_` parameter is accepted (the argument is still sent; `remote` gets a hidden name).
+//! - `#[remote(streaming)]` takes the item type `T` from the return type (`impl Iterator<Item
+//!   = T>` and `IntoIterator` with any other bounds, `Box<dyn Iterator<Item = T>>`, `Vec<T>`):
+//!   `remote` returns `ObjectRefStream<T>` (built by `submit_stream`), and the shim hands the
+//!   function's result to `yield_items::<T>`, which stores each item as its own object as it
+//!   comes. The return type is exempt from the `impl Trait` rule; the item type is not.
 //! - `#[remote(num_returns = n)]` with `n > 1` requires a return type that is a tuple of `n`
 //!   elements `(T0, .., Tn)`: `remote` returns `(ObjectRef<T0>, .., ObjectRef<Tn>)` (built by
 //!   `submit_several` and `Returns::take`), and the shim encodes the elements 1.. with
@@ -292,6 +297,12 @@ use syn::{
 /// `#[remote(num_returns = n)]`, on a function returning a tuple of `n` elements, gives each
 /// element its own object (as Ray's `num_returns`): `remote` returns a tuple of `n` refs,
 /// each freed, passed on and read on its own.
+///
+/// `#[remote(streaming)]`, on a function returning the items it yields
+/// (`impl Iterator<Item = T>`, `impl IntoIterator<Item = T>`, `Box<dyn Iterator<Item = T>>`
+/// or `Vec<T>`), makes it a streaming generator (as Ray's `num_returns="streaming"`):
+/// `remote` returns a `shoal::ObjectRefStream<T>` that gives each item's ref as soon as the
+/// function yields it.
 #[proc_macro_attribute]
 pub fn remote(attr: TokenStream, item: TokenStream) -> TokenStream {
     expand(&attr.into(), item.into())

@@ -10,11 +10,12 @@ pub use crate::actor::{
     Access, ActorClass, ActorMethods, BlockingCall, CallFuture, Guard, RawActor, ACTOR_CLASSES,
 };
 pub use crate::function::{
-    encode_result, encode_return, yield_items, Args, RemoteFunction, REMOTE_FUNCTIONS,
+    encode_result, encode_return, yield_items, yield_items_async, Args, RemoteFunction,
+    REMOTE_FUNCTIONS,
 };
 pub use crate::submit::{
-    call_actor, create_actor, create_actor_with, submit, submit_several, submit_stream, ArgBuf,
-    Returns,
+    call_actor, call_actor_stream, create_actor, create_actor_with, submit, submit_several,
+    submit_stream, ArgBuf, Returns,
 };
 pub use crate::worker::host::host_actor;
 pub use crate::worker::{block_on, worker_ctor};

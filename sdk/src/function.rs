@@ -111,30 +111,18 @@ pub(crate) fn take_more_returns() -> Vec<(Vec<u8>, Vec<RawRef>)> {
     MORE_RETURNS.with(|r| std::mem::take(&mut *r.borrow_mut()))
 }
 
-/// Runs a streaming generator's items out (the task this thread runs): each item becomes
-/// its own object as it is yielded, told to the node in order; the iterator is not asked
-/// for the next one while the node says the consumer is `window` items behind. The task's
-/// result is the number of items.
+/// Runs a streaming generator's items out (the task or actor call this thread runs): each
+/// item becomes its own object as it is yielded, told to the node in order; the iterator is
+/// not asked for the next one while the node says the consumer is `window` items behind
+/// (this thread waits). The result is the number of items.
 pub fn yield_items<T: Serialize + DeserializeOwned>(
     items: impl IntoIterator<Item = T>,
 ) -> Result<Vec<u8>, TaskError> {
-    let ctx = runtime::get();
-    let Some(task) = crate::worker::current_task() else {
-        return Err(TaskError::ResultStore {
-            message: "a streaming generator runs only as a task".into(),
-        });
-    };
+    let (ctx, task) = generator()?;
     let mut items = items.into_iter();
     let mut index: u32 = 0;
     loop {
-        let next = index
-            .checked_add(1)
-            .filter(|i| *i <= shoal_protocol::MAX_STREAM_ITEMS);
-        let Some(next) = next else {
-            return Err(TaskError::ResultStore {
-                message: format!("a streaming generator yields at most {} items", index),
-            });
-        };
+        let next = next_index(index)?;
         if !ctx.work.wait_pace(task, next) {
             return Err(TaskError::Cancelled { task });
         }
@@ -142,23 +130,76 @@ pub fn yield_items<T: Serialize + DeserializeOwned>(
             break;
         };
         index = next;
-        let (bytes, refs) =
-            object_ref::encode_checked(&item).map_err(|e| TaskError::ResultStore {
-                message: format!("item {index}: {e}"),
-            })?;
-        let id = shoal_protocol::ObjectId::for_return(task, index);
-        let value = match crate::worker::store_result(ctx, id, bytes) {
-            shoal_protocol::TaskOutcome::Ok(value) => value,
-            shoal_protocol::TaskOutcome::Err(e) => return Err(e),
-        };
-        let nested = object_ref::ids_of(&refs);
-        ctx.push(shoal_protocol::ToNode::Yield {
-            task,
-            index,
-            item: shoal_protocol::ReturnValue { value, nested },
-        });
-        // (Held until the item's message is queued.)
-        drop(refs);
+        yield_one(ctx, task, index, &item)?;
     }
     encode_result(&u64::from(index))
+}
+
+/// [`yield_items`] for an `async` actor method: the wait for the consumer is awaited, so the
+/// actor's other calls go on meanwhile.
+pub async fn yield_items_async<T: Serialize + DeserializeOwned>(
+    items: impl IntoIterator<Item = T>,
+) -> Result<Vec<u8>, TaskError> {
+    let (ctx, task) = generator()?;
+    let mut items = items.into_iter();
+    let mut index: u32 = 0;
+    loop {
+        let next = next_index(index)?;
+        if !ctx.work.wait_pace_async(task, next).await {
+            return Err(TaskError::Cancelled { task });
+        }
+        let Some(item) = items.next() else {
+            break;
+        };
+        index = next;
+        yield_one(ctx, task, index, &item)?;
+    }
+    encode_result(&u64::from(index))
+}
+
+/// The context and the task of the generator this thread runs.
+fn generator() -> Result<(&'static runtime::Context, shoal_protocol::TaskId), TaskError> {
+    let ctx = runtime::get();
+    match crate::worker::current_task() {
+        Some(task) => Ok((ctx, task)),
+        None => Err(TaskError::ResultStore {
+            message: "a streaming generator runs only as a task or an actor's call".into(),
+        }),
+    }
+}
+
+/// The number of the item after `index`, if a generator may yield one more.
+fn next_index(index: u32) -> Result<u32, TaskError> {
+    index
+        .checked_add(1)
+        .filter(|i| *i <= shoal_protocol::MAX_STREAM_ITEMS)
+        .ok_or_else(|| TaskError::ResultStore {
+            message: format!("a streaming generator yields at most {index} items"),
+        })
+}
+
+/// Stores item `index` of `task` (inline or in the store) and tells the node.
+fn yield_one<T: Serialize + DeserializeOwned>(
+    ctx: &runtime::Context,
+    task: shoal_protocol::TaskId,
+    index: u32,
+    item: &T,
+) -> Result<(), TaskError> {
+    let (bytes, refs) = object_ref::encode_checked(item).map_err(|e| TaskError::ResultStore {
+        message: format!("item {index}: {e}"),
+    })?;
+    let id = shoal_protocol::ObjectId::for_return(task, index);
+    let value = match crate::worker::store_result(ctx, id, bytes) {
+        shoal_protocol::TaskOutcome::Ok(value) => value,
+        shoal_protocol::TaskOutcome::Err(e) => return Err(e),
+    };
+    let nested = object_ref::ids_of(&refs);
+    ctx.push(shoal_protocol::ToNode::Yield {
+        task,
+        index,
+        item: shoal_protocol::ReturnValue { value, nested },
+    });
+    // (Held until the item's message is queued.)
+    drop(refs);
+    Ok(())
 }

@@ -57,7 +57,10 @@
 //!   `#[shoal::actor(threaded)]` (Ray's threaded actors; its state must be `Send + Sync`).
 //!   Methods marked `#[concurrency_group("io")]` run beside the others, up to the group's
 //!   size ([`ActorOptions::concurrency_group`]). A method that panics fails its call only;
-//!   the state stays.
+//!   the state stays. A method marked `#[streaming]` that returns an iterator is a
+//!   streaming generator, as a `#[shoal::remote(streaming)]` function is (below): its call
+//!   gives an [`ObjectRefStream`] of its items (an `async` one awaits its consumer, so the
+//!   actor's other calls go on meanwhile).
 //! - Handles are `Clone` and serializable: pass them to tasks and other actors, which call
 //!   the actor directly. They are counted wherever they go, as Ray counts them: when the
 //!   last is dropped, the actor ends (see [`ActorHandle`]).

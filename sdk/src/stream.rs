@@ -1,7 +1,7 @@
 //! Streaming generators (Ray's `num_returns="streaming"` and its `ObjectRefGenerator`): a
-//! remote function marked `#[shoal::remote(streaming)]` returns an iterator, and its
-//! `remote` call gives an [`ObjectRefStream`] of one ref per item, each available as soon
-//! as the function yields it, wherever it runs.
+//! remote function marked `#[shoal::remote(streaming)]` (or an actor's method marked
+//! `#[streaming]`) returns an iterator, and its call gives an [`ObjectRefStream`] of one ref
+//! per item, each available as soon as it is yielded, wherever it runs.
 
 use std::marker::PhantomData;
 
@@ -13,7 +13,7 @@ use crate::runtime::{self, StreamNext, Value};
 
 /// The refs to the items of a streaming generator's run, in the order it yielded them (as
 /// Ray's `ObjectRefGenerator`): returned at once by the `remote` call of a
-/// `#[shoal::remote(streaming)]` function.
+/// `#[shoal::remote(streaming)]` function, or the call of an actor's `#[streaming]` method.
 ///
 /// - Each item is its own object, made as soon as the function yields it: the stream gives
 ///   its ref then, before the function goes on or ends. Taking it does not read its value

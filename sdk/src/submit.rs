@@ -182,6 +182,41 @@ pub fn call_actor<R>(actor: &RawActor, method: &'static str, args: Vec<ArgBuf>) 
     })
 }
 
+/// Calls `method` of an actor, a streaming generator, and returns the stream of its items.
+pub fn call_actor_stream<T>(
+    actor: &RawActor,
+    method: &'static str,
+    args: Vec<ArgBuf>,
+) -> crate::stream::ObjectRefStream<T> {
+    let ctx = runtime::get();
+    let task_id = ctx.next_task_id();
+    let call = || {
+        ObjectRef::<()>::from_raw(submit_spec(
+            ctx,
+            task_id,
+            method,
+            TaskOptions::new().num_cpus(0.0).max_retries(0),
+            TaskKind::ActorMethod {
+                actor: actor.id(),
+                token: actor.token(),
+            },
+            args,
+            1,
+            true,
+        ))
+    };
+    let end = actor.within_limit(ctx, call).unwrap_or_else(|limit| {
+        let ret = ObjectId::for_return(task_id, 0);
+        let error = GetError::PendingCallsLimitExceeded {
+            actor: actor.id(),
+            limit,
+        };
+        ctx.add_failed(ret, error);
+        ObjectRef::from_raw(RawRef::counted(ret, ctx.client))
+    });
+    crate::stream::ObjectRefStream::new(task_id, end.raw)
+}
+
 /// Creates an actor with the default options; see [`create_actor_with`]. Unnamed creation
 /// cannot be refused up front: a failure shows in the actor's calls.
 pub fn create_actor<A: Actor>(options: &ActorOptions, args: Vec<ArgBuf>) -> ActorHandle<A> {

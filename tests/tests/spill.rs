@@ -81,6 +81,24 @@ fn stream_fails_on_peer(n: u64) -> impl Iterator<Item = u64> {
     })
 }
 
+/// Streams numbers from the peer it lives on.
+#[derive(Default)]
+pub struct Streamer;
+
+#[shoal::actor]
+impl Streamer {
+    pub fn new() -> Self {
+        Streamer
+    }
+
+    /// `1..=n`, each with this actor's peer.
+    #[streaming]
+    pub fn count(&self, n: u64) -> impl Iterator<Item = (u64, String)> {
+        let peer = shoal::peer_id().unwrap_or_default();
+        (1..=n).map(move |i| (i, peer.clone()))
+    }
+}
+
 fn expected_sum(n: u64, seed: u8) -> u64 {
     (0..n)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) as u64)
@@ -332,6 +350,17 @@ fn driver_entry() {
                 other => panic!("expected the panic, got {other:?}"),
             }
             assert!(stream.next().is_none());
+            // An actor on b streams to this node.
+            let on_b = ActorOptions::new().num_cpus(0.0).resource("b", 1.0);
+            let streamer = Streamer::options(on_b).remote().unwrap();
+            let mut got = 0;
+            for (i, r) in streamer.count(7).enumerate() {
+                let (n, peer) = r.get_blocking().unwrap();
+                assert_eq!(n, i as u64 + 1);
+                println!("result stream-call-on {peer}");
+                got += 1;
+            }
+            println!("result stream-call-items {got}");
         }
         "cancel" => {
             // This node has no CPU: both go to the peer; one runs, the other waits there or
@@ -576,6 +605,8 @@ fn an_object_made_on_b_is_consumed_on_c() {
     assert_eq!(count(format!("stream-used-on {c}")), 6, "{lines:?}");
     assert_eq!(count("stream-items 6".into()), 1, "{lines:?}");
     assert_eq!(count(format!("stream-failed at {b}")), 1, "{lines:?}");
+    assert_eq!(count(format!("stream-call-on {b}")), 7, "{lines:?}");
+    assert_eq!(count("stream-call-items 7".into()), 1, "{lines:?}");
     // Label selectors and a peer affinity choose the peer (Ray's scheduling strategies).
     let lines = driver(
         &mesh.node(0).socket(),

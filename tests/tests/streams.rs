@@ -42,7 +42,56 @@ fn total(bytes: Bytes) -> u64 {
     bytes.iter().map(|b| u64::from(*b)).sum()
 }
 
+/// Keeps numbers; streams them back, blocking or `async`.
+pub struct Keeper {
+    numbers: Vec<u64>,
+}
+
+#[shoal::actor]
+impl Keeper {
+    pub fn new(numbers: Vec<u64>) -> Self {
+        Keeper { numbers }
+    }
+
+    /// The numbers, each its own object, borrowed from the state as they are yielded.
+    #[streaming]
+    pub fn each(&self) -> impl Iterator<Item = u64> + '_ {
+        self.numbers.iter().copied()
+    }
+
+    /// The numbers doubled, made by an `async` method.
+    #[streaming]
+    pub async fn doubled(&self) -> Vec<u64> {
+        self.numbers.iter().map(|n| n * 2).collect()
+    }
+
+    /// One number added (a plain call, between streams).
+    pub fn add(&mut self, n: u64) -> usize {
+        self.numbers.push(n);
+        self.numbers.len()
+    }
+}
+
 const WAIT: Duration = Duration::from_secs(60);
+
+#[test]
+fn an_actors_methods_stream_their_items_blocking_and_async() {
+    let keeper = Keeper::remote(vec![1, 2, 3]);
+    let got: Vec<u64> = keeper
+        .each()
+        .map(|r| r.get_blocking_timeout(WAIT).unwrap())
+        .collect();
+    assert_eq!(got, vec![1, 2, 3]);
+    assert_eq!(keeper.add(4).get_blocking_timeout(WAIT).unwrap(), 4);
+    // An `async` method's items, taken one at a time.
+    let mut stream = keeper.doubled();
+    let mut got = Vec::new();
+    for r in stream.by_ref() {
+        got.push(r.get_blocking_timeout(WAIT).unwrap());
+    }
+    assert_eq!(got, vec![2, 4, 6, 8]);
+    assert_eq!(stream.taken(), 4);
+}
 
 #[test]
 fn each_item_comes_as_soon_as_it_is_yielded_while_the_function_runs_on() {

@@ -720,6 +720,7 @@ impl NodeCore {
                     e.sent = true;
                     e.started = Some(now);
                     e.worker_pid = pid;
+                    e.worker = Some(worker);
                 }
                 match self.exec_for(t) {
                     Ok(Exec::Ready(exec)) => self.tell_proc(conn, ToClient::Execute(exec)),
@@ -1255,17 +1256,18 @@ impl NodeCore {
                 }
             }
         }
-        if let (true, Some(e)) = (unannounced, self.tasks.get_mut(&task)) {
-            // A stream's end follows its items, some of which are being put in place.
-            e.first = Some(Box::new(FirstReturn {
-                conn,
-                outcome,
-                nested,
-                sealing: 0,
-            }));
-            return;
+        match self.tasks.get_mut(&task) {
+            Some(e) if unannounced => {
+                // A stream's end follows its items, some of which are being put in place.
+                e.first = Some(Box::new(FirstReturn {
+                    conn,
+                    outcome,
+                    nested,
+                    sealing: 0,
+                }));
+            }
+            _ => self.first_return(now, conn, task, ret, outcome, nested),
         }
-        self.first_return(now, conn, task, ret, outcome, nested);
         if let Some(a) = actor {
             self.pump_actor(now, a);
             if self.actors.get(&a).is_some_and(|x| x.drained()) {
@@ -1982,8 +1984,13 @@ fn invalid_options(spec: &TaskSpec) -> Option<String> {
         return Some("only a function's task may return several objects".into());
     }
     if let Some(stream) = spec.stream {
-        if !matches!(spec.kind, TaskKind::Function) || spec.num_returns != 1 {
-            return Some("only a function with one return may be a streaming generator".into());
+        let call = matches!(spec.kind, TaskKind::Function | TaskKind::ActorMethod { .. });
+        if !call || spec.num_returns != 1 {
+            return Some(
+                "only a function or an actor's method with one return may be a streaming \
+                 generator"
+                    .into(),
+            );
         }
         if stream.window == 0 {
             return Some("a streaming generator's window is at least 1 item".into());

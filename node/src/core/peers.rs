@@ -1920,6 +1920,7 @@ impl NodeCore {
         };
         self.tell_peer(peer, PeerMsg::Submit(Box::new(rt)));
         self.spill.spilled(task, ret, &[], peer, None);
+        self.stream_sent(task);
     }
 
     fn actor_located(&mut self, now: Instant, actor: ActorId, found: Option<(PeerKey, u32)>) {

@@ -54,6 +54,8 @@ struct Method<'a> {
     ret_span: Span,
     /// Its concurrency group (`#[concurrency_group("io")]`), if any.
     group: Option<String>,
+    /// A streaming generator (`#[streaming]`): `ret` is the type of its items.
+    streaming: bool,
 }
 
 /// The `new` constructor of the impl block.
@@ -285,10 +287,25 @@ fn check_method<'a>(
             }
         }
     }
-    check_return_type(sig, Subject::ActorMethod, errors);
-    let (ret, ret_span) = match &sig.output {
-        ReturnType::Default => (quote!(()), sig.span()),
-        ReturnType::Type(_, ty) => (replace_self(ty.to_token_stream(), self_ty), ty.span()),
+    let streaming = func.attrs.iter().any(is_streaming);
+    if let Some(attr) = func.attrs.iter().find(|a| is_streaming(a)) {
+        if !matches!(attr.meta, syn::Meta::Path(_)) {
+            errors.push(syn::Error::new_spanned(
+                attr,
+                "write `#[streaming]`, with no arguments",
+            ));
+        }
+    }
+    let (ret, ret_span) = if streaming {
+        // The items it yields, each its own object.
+        let item = crate::stream_item(sig, errors);
+        (replace_self(item.to_token_stream(), self_ty), item.span())
+    } else {
+        check_return_type(sig, Subject::ActorMethod, errors);
+        match &sig.output {
+            ReturnType::Default => (quote!(()), sig.span()),
+            ReturnType::Type(_, ty) => (replace_self(ty.to_token_stream(), self_ty), ty.span()),
+        }
     };
     let mut group = None;
     for attr in func.attrs.iter().filter(|a| is_group(a)) {
@@ -312,6 +329,7 @@ fn check_method<'a>(
         ret,
         ret_span,
         group,
+        streaming,
     })
 }
 
@@ -419,12 +437,18 @@ fn is_group(attr: &Attribute) -> bool {
     attr.path().is_ident("concurrency_group")
 }
 
+/// Whether `attr` is `#[streaming]`, a helper of `#[shoal::actor]` (a method that is a
+/// streaming generator) that the expansion removes.
+fn is_streaming(attr: &Attribute) -> bool {
+    attr.path().is_ident("streaming")
+}
+
 /// The expansion of a checked impl block; see the crate documentation.
 fn generate(actor: &Actor<'_>) -> TokenStream2 {
     let mut item = actor.item.clone();
     for f in item.items.iter_mut() {
         if let ImplItem::Fn(f) = f {
-            f.attrs.retain(|a| !is_group(a));
+            f.attrs.retain(|a| !is_group(a) && !is_streaming(a));
         }
     }
     let item = &item;
@@ -498,6 +522,16 @@ fn handle_method(method: &Method<'_>) -> TokenStream2 {
     let ret = &method.ret;
     let params = caller_params(&method.params);
     let args = arg_vec(&method.params);
+    if method.streaming {
+        return quote! {
+            #(#cfgs)*
+            #(#docs)*
+            #[allow(clippy::too_many_arguments)]
+            #vis fn #name(&self #(, #params)*) -> ::shoal::ObjectRefStream<#ret> {
+                ::shoal::__private::call_actor_stream::<#ret>(&self.raw, #name_str, #args)
+            }
+        };
+    }
     quote! {
         #(#cfgs)*
         #(#docs)*
@@ -720,10 +754,21 @@ fn method_body(m: &Method<'_>, self_ty: &syn::Type, args: &Ident, guard: &Ident)
     };
     let ret = &m.ret;
     // Spanned at the return type, so that a missing `Serialize` is reported there.
-    let encode = quote_spanned! {m.ret_span=>
-        ::shoal::__private::encode_result::<#ret>(
-            &<#self_ty>::#name(#borrow #(, #names)*)#wait
-        )
+    let encode = match (m.streaming, m.func.sig.asyncness.is_some()) {
+        (false, _) => quote_spanned! {m.ret_span=>
+            ::shoal::__private::encode_result::<#ret>(
+                &<#self_ty>::#name(#borrow #(, #names)*)#wait
+            )
+        },
+        // The items, each stored as it comes; an `async` method awaits its consumer.
+        (true, false) => quote_spanned! {m.ret_span=>
+            ::shoal::__private::yield_items::<#ret>(<#self_ty>::#name(#borrow #(, #names)*))
+        },
+        (true, true) => quote_spanned! {m.ret_span=>
+            ::shoal::__private::yield_items_async::<#ret>(
+                <#self_ty>::#name(#borrow #(, #names)*).await
+            ).await
+        },
     };
     quote! {
         #bind_guard
@@ -1088,6 +1133,45 @@ mod tests {
             message.contains("takes one argument, `threaded`"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn streaming_methods_give_a_stream_of_their_items() {
+        let item = r#"impl C {
+            fn new() -> Self { C }
+            #[streaming]
+            fn each(&self, n: u8) -> impl Iterator<Item = u8> + '_ { 0..n }
+            #[streaming]
+            async fn later(&self) -> Vec<Self> { vec![] }
+        }"#;
+        let out = expand(&quote!(), item.parse().unwrap())
+            .unwrap()
+            .to_string();
+        assert!(!out.contains("# [streaming]"), "removed: {out}");
+        assert!(
+            out.contains("-> :: shoal :: ObjectRefStream < u8 >"),
+            "{out}"
+        );
+        assert!(out.contains("call_actor_stream :: < u8 >"), "{out}");
+        assert!(
+            out.contains("-> :: shoal :: ObjectRefStream < C >"),
+            "{out}"
+        );
+        assert!(
+            out.contains("yield_items :: < u8 > (< C > :: each"),
+            "{out}"
+        );
+        assert!(out.contains("yield_items_async :: < C >"), "{out}");
+        let message = error(
+            "",
+            r#"impl C { fn new() -> Self { C } #[streaming] fn f(&self) -> u8 { 1 } }"#,
+        );
+        assert!(message.contains("returns the items it yields"), "{message}");
+        let message = error(
+            "",
+            r#"impl C { fn new() -> Self { C } #[streaming(4)] fn f(&self) -> Vec<u8> { vec![] } }"#,
+        );
+        assert!(message.contains("with no arguments"), "{message}");
     }
 
     #[test]

@@ -332,6 +332,10 @@ pub fn remote(attr: TokenStream, item: TokenStream) -> TokenStream {
 ///   returning a `Result<ActorHandle<Counter>, shoal::ActorError>`;
 /// - the type keeps working locally: `Counter::new(0).incr(1)` is plain Rust.
 ///
+/// A method marked `#[streaming]` (the attribute is removed) returns the items it yields, as
+/// a `#[remote(streaming)]` function does, and its handle method returns a
+/// `shoal::ObjectRefStream` of them.
+///
 /// The block needs a constructor `new` (synchronous, no receiver, returning `Self`). Methods
 /// may be `async`. Arguments and results are sent by value, so they must be owned,
 /// serializable types.

@@ -55,6 +55,8 @@ pub(crate) struct Work {
     paces: Mutex<std::collections::HashMap<TaskId, u32>>,
     /// Signalled when a pace rises or a task is cancelled.
     pace_changed: std::sync::Condvar,
+    /// The same, for generators that await (an `async` actor method's).
+    pace_notify: tokio::sync::Notify,
 }
 
 /// Paces remembered at most (those of tasks that ended, told late, are dropped past this).
@@ -73,6 +75,7 @@ impl Work {
             interrupt: tokio::sync::Notify::new(),
             paces: Mutex::new(std::collections::HashMap::new()),
             pace_changed: std::sync::Condvar::new(),
+            pace_notify: tokio::sync::Notify::new(),
         }
     }
 
@@ -94,6 +97,23 @@ impl Work {
             *pace = (*pace).max(allowed);
         }
         self.pace_changed.notify_all();
+        self.pace_notify.notify_waiters();
+    }
+
+    /// [`Work::wait_pace`], awaited.
+    pub(crate) async fn wait_pace_async(&self, task: TaskId, index: u32) -> bool {
+        loop {
+            let woken = self.pace_notify.notified();
+            let mut woken = std::pin::pin!(woken);
+            woken.as_mut().enable();
+            if self.is_interrupted(task) {
+                return false;
+            }
+            if self.lock_paces().get(&task).is_some_and(|p| *p >= index) {
+                return true;
+            }
+            woken.await;
+        }
     }
 
     /// Waits until the streaming generator `task` may yield item `index`. `false` if the
@@ -190,6 +210,7 @@ impl Work {
         // waiter between its check and its wait does not miss it.)
         let _paces = self.lock_paces();
         self.pace_changed.notify_all();
+        self.pace_notify.notify_waiters();
     }
 
     fn lock_interrupted(&self) -> MutexGuard<'_, std::collections::VecDeque<TaskId>> {

@@ -55,6 +55,8 @@ struct Call {
     return_id: ObjectId,
     /// A blocking method of a `threaded` actor: it runs on the blocking pool.
     blocking: bool,
+    /// A streaming method: its pace is forgotten when it ends.
+    stream: bool,
 }
 
 /// The state, locked for a method of this access.
@@ -76,9 +78,13 @@ async fn run_call<A: Actor>(call: Call, guard: Guard<A>, permit: OwnedSemaphoreP
         args,
         return_id,
         blocking,
+        stream,
     } = call;
     if ctx.work.take_interrupted(task_id) {
         drop((guard, permit));
+        if stream {
+            ctx.work.end_pace(task_id);
+        }
         done(
             ctx,
             task_id,
@@ -105,6 +111,9 @@ async fn run_call<A: Actor>(call: Call, guard: Guard<A>, permit: OwnedSemaphoreP
         until_cancelled(ctx, task_id, CatchUnwind(Box::pin(fut))).await
     };
     drop(permit);
+    if stream {
+        ctx.work.end_pace(task_id);
+    }
     finish_call::<A>(task_id, &function, return_id, end);
 }
 
@@ -214,8 +223,12 @@ pub fn host_actor<A: Actor>(host: HostActor) -> i32 {
                 args,
                 return_id,
                 resources: _,
-                stream: _,
+                stream,
             } = call;
+            if let Some(allowed) = stream {
+                // A streaming method: how far it may run at first.
+                ctx.work.stream_ack(task_id, allowed.get());
+            }
             let Some(access) = A::__access(&function) else {
                 done(
                     ctx,
@@ -233,6 +246,7 @@ pub fn host_actor<A: Actor>(host: HostActor) -> i32 {
                 args,
                 return_id,
                 blocking,
+                stream: stream.is_some(),
             };
             if let Some(group) = A::__group(&call.function) {
                 let Some(permits) = groups.get(group).cloned() else {

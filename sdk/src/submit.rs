@@ -154,32 +154,7 @@ pub fn submit_stream<T>(
 /// Calls `method` of an actor and returns the reference to its result. Calls are never
 /// retried (as Ray's default `max_task_retries`).
 pub fn call_actor<R>(actor: &RawActor, method: &'static str, args: Vec<ArgBuf>) -> ObjectRef<R> {
-    let ctx = runtime::get();
-    let task_id = ctx.next_task_id();
-    let call = || {
-        ObjectRef::from_raw(submit_spec(
-            ctx,
-            task_id,
-            method,
-            TaskOptions::new().num_cpus(0.0).max_retries(0),
-            TaskKind::ActorMethod {
-                actor: actor.id(),
-                token: actor.token(),
-            },
-            args,
-            1,
-            false,
-        ))
-    };
-    actor.within_limit(ctx, call).unwrap_or_else(|limit| {
-        let ret = ObjectId::for_return(task_id, 0);
-        let error = GetError::PendingCallsLimitExceeded {
-            actor: actor.id(),
-            limit,
-        };
-        ctx.add_failed(ret, error);
-        ObjectRef::from_raw(RawRef::counted(ret, ctx.client))
-    })
+    ObjectRef::from_raw(submit_call(actor, method, args, false).1)
 }
 
 /// Calls `method` of an actor, a streaming generator, and returns the stream of its items.
@@ -188,6 +163,18 @@ pub fn call_actor_stream<T>(
     method: &'static str,
     args: Vec<ArgBuf>,
 ) -> crate::stream::ObjectRefStream<T> {
+    let (task, end) = submit_call(actor, method, args, true);
+    crate::stream::ObjectRefStream::new(task, end)
+}
+
+/// Submits a call of `method` (a `stream`ing one or not), within its handle's limit of
+/// pending calls: its task and the ref to its result (failed if over the limit).
+fn submit_call(
+    actor: &RawActor,
+    method: &'static str,
+    args: Vec<ArgBuf>,
+    stream: bool,
+) -> (TaskId, RawRef) {
     let ctx = runtime::get();
     let task_id = ctx.next_task_id();
     let call = || {
@@ -202,7 +189,7 @@ pub fn call_actor_stream<T>(
             },
             args,
             1,
-            true,
+            stream,
         ))
     };
     let end = actor.within_limit(ctx, call).unwrap_or_else(|limit| {
@@ -214,7 +201,7 @@ pub fn call_actor_stream<T>(
         ctx.add_failed(ret, error);
         ObjectRef::from_raw(RawRef::counted(ret, ctx.client))
     });
-    crate::stream::ObjectRefStream::new(task_id, end.raw)
+    (task_id, end.raw)
 }
 
 /// Creates an actor with the default options; see [`create_actor_with`]. Unnamed creation

@@ -111,13 +111,9 @@ impl NodeCore {
             }
             return;
         }
-        let Some(e) = self.tasks.get_mut(&task) else {
+        let Some((owner, client)) = self.accept_item(task, index, false) else {
             return;
         };
-        let (owner, client) = (e.owner, e.spec.owner);
-        if let Some(s) = e.stream.as_deref_mut() {
-            s.produced = index;
-        }
         let o = self.objects.entry(id);
         if let Some(value) = o.value.clone() {
             // Made by an earlier run here, and kept for its owner (which was not told, or
@@ -162,14 +158,40 @@ impl NodeCore {
         }
     }
 
+    /// Item `index` of `task`, the next in order, is taken (`told`: and told to its owner
+    /// already): its task's owner and the process that submitted it.
+    fn accept_item(
+        &mut self,
+        task: TaskId,
+        index: u32,
+        told: bool,
+    ) -> Option<(Party, shoal_protocol::ClientId)> {
+        let e = self.tasks.get_mut(&task)?;
+        if let Some(s) = e.stream.as_deref_mut() {
+            s.produced = index;
+            if told {
+                s.announced = index;
+            }
+        }
+        Some((e.owner, e.spec.owner))
+    }
+
     /// Item `index` of `task` has its value here (a large one is in its file): it is told
     /// to the owner once every earlier one is, and the task's end may follow.
     pub(super) fn item_made(&mut self, now: Instant, task: TaskId, index: u32, value: ObjectValue) {
         let id = ObjectId::for_return(task, index);
-        if self.objects.get(&id).is_some_and(|e| e.value.is_none()) {
+        // (Not again for a copy made by an earlier run; with no entry, a file made for
+        // nobody goes.)
+        if self.objects.get(&id).is_none_or(|e| e.value.is_none()) {
             self.object_ready(now, id, value);
         }
         let Some(e) = self.tasks.get_mut(&task) else {
+            // Its task ended while its file was put in place: its owner will not be told of
+            // it, so nothing holds it.
+            if let Some(o) = self.objects.get_mut(&id) {
+                o.holders.clear();
+            }
+            self.maybe_free(id);
             return;
         };
         let owner = e.owner;
@@ -317,14 +339,9 @@ impl NodeCore {
             }
             return;
         }
-        let Some(e) = self.tasks.get_mut(&task) else {
+        let Some((owner, client)) = self.accept_item(task, index, true) else {
             return;
         };
-        let (owner, client) = (e.owner, e.spec.owner);
-        if let Some(s) = e.stream.as_deref_mut() {
-            s.produced = index;
-            s.announced = index;
-        }
         let o = self.objects.entry(id);
         o.holders.push(owner);
         o.owner = Some(client);
@@ -591,6 +608,49 @@ mod tests {
         );
         assert!(end.is_some());
         assert!(core.tasks.is_empty());
+    }
+
+    #[test]
+    fn an_item_whose_task_ended_while_its_file_was_put_in_place_is_freed() {
+        let now = Instant::now();
+        let mut core = node(now, 1.0, 1 << 20);
+        let (task, _) = generator(&mut core, now, 8, 0, 10);
+        let big = ObjectId::for_return(task.task_id, 1);
+        let create = ToNode::Create {
+            request: 1,
+            id: big,
+            size: 4096,
+        };
+        for op in ops(&from(&mut core, now, 10, create)) {
+            if op.op.is_some() {
+                done(&mut core, now, op, Ok(()));
+            }
+        }
+        drain(&mut core);
+        let object = SharedObject {
+            size: 4096,
+            digest: Digest([3; 32]),
+        };
+        let out = from(
+            &mut core,
+            now,
+            10,
+            item(&task, 1, ObjectValue::Shared(object)),
+        );
+        let seal = ops(&out);
+        assert_eq!(seal.len(), 1, "{out:?}");
+        let cancel = ToNode::Cancel {
+            task: task.task_id,
+            force: false,
+            recursive: false,
+        };
+        send(&mut core, now, cancel);
+        assert!(!core.tasks.contains_key(&task.task_id));
+        done(&mut core, now, seal[0].clone(), Ok(()));
+        let out = drain(&mut core);
+        assert!(told(&out).0.is_empty(), "{out:?}");
+        assert!(!core.objects.contains(&big), "held by nobody");
+        assert!(!core.store.index.contains(&big), "its file goes");
     }
 
     #[test]

@@ -858,19 +858,44 @@ fn peer_json(p: &shoal_protocol::PeerStatus) -> serde_json::Value {
         "last_heard_ms": p.last_heard_ms,
         "rtt_us": p.rtt_us,
         "connected": p.connected,
+        "labels": labels_json(&p.labels),
     })
 }
 
+/// Labels as a JSON object (`{"zone": "eu"}`).
+fn labels_json(labels: &[(String, String)]) -> serde_json::Value {
+    labels
+        .iter()
+        .map(|(k, v)| (k.clone(), serde_json::json!(v)))
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
+
+/// Labels as people read them: ` [zone=eu, gpu=a100]`, or nothing.
+fn labels_text(labels: &[(String, String)]) -> String {
+    if labels.is_empty() {
+        return String::new();
+    }
+    let each: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    format!(" [{}]", each.join(", "))
+}
+
 fn print_peers(mesh: &shoal_protocol::MeshStatus) {
-    println!("mesh      {} as {}", mesh.mesh, mesh.peer_id);
+    println!(
+        "mesh      {} as {}{}",
+        mesh.mesh,
+        mesh.peer_id,
+        labels_text(&mesh.labels)
+    );
     for a in &mesh.listen_addrs {
         println!("listening {a}");
     }
     println!("peers     {}", mesh.peers.len());
     for p in &mesh.peers {
         println!(
-            "  {}  {} free of {}, {} queued, {} running, heard {} ms ago{}{}",
+            "  {}{}  {} free of {}, {} queued, {} running, heard {} ms ago{}{}",
             p.peer_id,
+            labels_text(&p.labels),
             p.free,
             p.total,
             p.queued,
@@ -1096,6 +1121,7 @@ fn status_json(s: &NodeStatus) -> serde_json::Value {
         },
         "peer_id": s.mesh.as_ref().map(|m| m.peer_id.clone()),
         "mesh": s.mesh.as_ref().map(|m| m.mesh.clone()),
+        "labels": s.mesh.as_ref().map(|m| labels_json(&m.labels)),
         "listen_addrs": s.mesh.as_ref().map(|m| m.listen_addrs.clone()).unwrap_or_default(),
         "gossip": s.mesh.as_ref().map(|m| serde_json::json!({"bytes_out": m.gossip_bytes_out, "bytes_in": m.gossip_bytes_in})),
         "transfers": s.mesh.as_ref().map(|m| m.transfers.iter().map(|t| {

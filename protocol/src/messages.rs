@@ -972,6 +972,8 @@ pub struct MeshStatus {
     pub gossip_bytes_in: u64,
     /// Objects and binaries this node is pulling from peers now.
     pub transfers: Vec<TransferStatus>,
+    /// This node's labels (`shoal node --label`).
+    pub labels: Vec<(String, String)>,
 }
 
 /// What a transfer brings.
@@ -1025,6 +1027,8 @@ pub struct PeerStatus {
     pub rtt_us: Option<u64>,
     /// Whether this node has a connection to it.
     pub connected: bool,
+    /// Its labels (`shoal node --label`), which label selectors match.
+    pub labels: Vec<(String, String)>,
 }
 
 /// A process → its node.

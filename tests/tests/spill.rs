@@ -583,6 +583,20 @@ fn an_object_made_on_b_is_consumed_on_c() {
     );
     let lines = driver(&mesh.node(0).socket(), "objects", &[]);
     let (b, c) = (mesh.node(1).peer_id(), mesh.node(2).peer_id());
+    // Each peer's labels, as `shoal peers` and `shoal status` show them.
+    let peers = shoal_tests::peers_json(&mesh.node(0).socket()).unwrap();
+    let label_of = |peer: &str| {
+        let list = peers.as_array().expect("a list of peers");
+        let p = list
+            .iter()
+            .find(|p| p["peer_id"] == peer)
+            .expect("in the view");
+        p["labels"]["zone"].as_str().map(str::to_owned)
+    };
+    assert_eq!(label_of(b).as_deref(), Some("b"), "{peers}");
+    assert_eq!(label_of(c).as_deref(), Some("c"), "{peers}");
+    let status = shoal_tests::status_json(&mesh.node(1).socket()).unwrap();
+    assert_eq!(status["labels"]["zone"], "b", "{status}");
     assert!(lines.contains(&format!("made-on {b}")), "{lines:?}");
     assert!(lines.contains(&format!("used-on {c}")), "{lines:?}");
     assert!(lines.contains(&"driver-read ok".to_string()), "{lines:?}");

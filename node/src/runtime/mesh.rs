@@ -275,6 +275,7 @@ impl NetSide {
             gossip_bytes_out: view.gossip_bytes_out,
             gossip_bytes_in: view.gossip_bytes_in,
             transfers: self.net.transfers(),
+            labels: self.net.labels().to_vec(),
             peers: view
                 .peers
                 .into_iter()
@@ -293,6 +294,7 @@ impl NetSide {
                         last_heard_ms: p.last_heard_ms,
                         rtt_us: p.rtt_us,
                         connected: p.connected,
+                        labels: r.labels,
                     }
                 })
                 .collect(),

@@ -90,6 +90,14 @@ pub(crate) fn take_result_refs() -> Vec<RawRef> {
     RESULT_REFS.with(|r| std::mem::take(&mut *r.borrow_mut()))
 }
 
+/// Hands this thread the refs inside a result encoded on another (a blocking actor method's,
+/// on a thread of the pool), for the call's `Done`.
+pub(crate) fn keep_result_refs(refs: Vec<RawRef>) {
+    if !refs.is_empty() {
+        RESULT_REFS.with(|r| r.borrow_mut().extend(refs));
+    }
+}
+
 thread_local! {
     /// The other returns of a function with several (`num_returns`) just encoded on this
     /// thread, in order, each with the refs inside it.

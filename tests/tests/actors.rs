@@ -230,6 +230,21 @@ impl Meeting {
     }
 }
 
+/// Boxes numbers: its blocking method returns a ref made inside it, on a thread of its pool.
+#[derive(Default)]
+pub struct Boxer;
+
+#[shoal::actor(threaded)]
+impl Boxer {
+    pub fn new() -> Self {
+        Boxer
+    }
+
+    pub fn boxed(&self, x: u64) -> ObjectRef<u64> {
+        shoal::put(&x).expect("put")
+    }
+}
+
 /// Calls of the `io` group wait at a gate that a call outside the group opens.
 #[derive(Default)]
 pub struct Gated {
@@ -967,4 +982,27 @@ fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "condition not met in {limit:?}");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// A ref inside the result of a threaded actor's blocking method (encoded on a thread of its
+/// pool) lives as long as that result, after the actor's process is gone: the node is told
+/// the result holds it.
+#[test]
+fn a_ref_returned_by_a_threaded_actors_blocking_method_lives_with_the_result() {
+    const WAIT: Duration = Duration::from_secs(60);
+    let boxer = Boxer::options(ActorOptions::new().max_concurrency(2))
+        .remote()
+        .unwrap();
+    let outer = boxer.boxed(7);
+    // Made, not read: this process holds no ref to the inner value.
+    let (ready, _) = shoal::wait_blocking(std::slice::from_ref(&outer), 1, Some(WAIT)).unwrap();
+    assert_eq!(ready.len(), 1);
+    shoal::kill(&boxer);
+    // Its process (which made the inner value) ends with the actor.
+    let deadline = Instant::now() + WAIT;
+    while boxer.boxed(1).get_blocking_timeout(WAIT).is_ok() {
+        assert!(Instant::now() < deadline, "the actor never ended");
+    }
+    let inner = outer.get_blocking_timeout(WAIT).unwrap();
+    assert_eq!(inner.get_blocking_timeout(WAIT).unwrap(), 7);
 }

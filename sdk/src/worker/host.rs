@@ -96,16 +96,21 @@ async fn run_call<A: Actor>(call: Call, guard: Guard<A>, permit: OwnedSemaphoreP
         let Some(f) = A::__blocking(guard, &function, Args::new(args)) else {
             unreachable!("a blocking method has a blocking call")
         };
-        // On a thread of the pool, while the next calls start.
+        // On a thread of the pool, while the next calls start. The refs inside its result
+        // were collected on that thread: they come back with it, for its `Done`.
         let run = tokio::task::spawn_blocking(move || {
-            as_task(task_id, || {
+            let end = as_task(task_id, || {
                 std::panic::catch_unwind(AssertUnwindSafe(f)).map_err(|p| Caught::new(&*p))
-            })
+            });
+            (end, crate::function::take_result_refs())
         });
-        Some(
-            run.await
-                .unwrap_or_else(|e| Err(Caught::other(format!("the call's thread failed: {e}")))),
-        )
+        Some(match run.await {
+            Ok((end, refs)) => {
+                crate::function::keep_result_refs(refs);
+                end
+            }
+            Err(e) => Err(Caught::other(format!("the call's thread failed: {e}"))),
+        })
     } else {
         let fut = A::__call(guard, &function, Args::new(args));
         until_cancelled(ctx, task_id, CatchUnwind(Box::pin(fut))).await

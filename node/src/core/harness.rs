@@ -3,8 +3,8 @@
 use std::time::{Duration, Instant};
 
 use shoal_protocol::{
-    Arg, ArgValue, BinaryId, BinaryInfo, ClientId, Hello, NodeId, ResourceSet, Role, TaskId,
-    TaskKind, TaskSpec, ToClient, ToNode, MAGIC, PROTOCOL_VERSION,
+    Arg, ArgValue, BinaryId, BinaryInfo, ClientId, ExitInfo, Hello, NodeId, ObjectId, ResourceSet,
+    Role, TaskId, TaskKind, TaskSpec, ToClient, ToNode, MAGIC, PROTOCOL_VERSION,
 };
 
 use super::sched::{SchedConfig, Scheduler, WorkerId};
@@ -76,6 +76,32 @@ pub(super) fn from(core: &mut NodeCore, now: Instant, conn: u64, msg: ToNode) ->
 /// A message from the driver.
 pub(super) fn send(core: &mut NodeCore, now: Instant, msg: ToNode) -> Vec<Output> {
     from(core, now, DRIVER, msg)
+}
+
+/// Process `conn` reserves `size` bytes of the store for object `id`, and the file is made
+/// (the partial file a worker then writes).
+pub(super) fn reserve(core: &mut NodeCore, now: Instant, conn: u64, id: ObjectId, size: u64) {
+    let create = ToNode::Create {
+        request: 1,
+        id,
+        size,
+    };
+    for op in ops(&from(core, now, conn, create)) {
+        if op.op.is_some() {
+            done(core, now, op, Ok(()));
+        }
+    }
+    drain(core);
+}
+
+/// `worker` (process `pid`) is killed with SIGKILL.
+pub(super) fn sigkill(core: &mut NodeCore, now: Instant, worker: WorkerId, pid: u32) {
+    let exit = ExitInfo {
+        code: None,
+        signal: Some(9),
+    };
+    let end = super::WorkerEnd::Exited { pid, exit };
+    core.handle(now, Input::WorkerExited { worker, end });
 }
 
 pub(super) fn done(core: &mut NodeCore, now: Instant, op: StoreOp, result: Result<(), StoreFault>) {

@@ -196,7 +196,7 @@ mod tests {
     };
 
     use crate::core::harness::{
-        attach_worker, done, drain, executed, from, node, ops, replies, send, spec,
+        attach_worker, done, drain, executed, from, node, ops, replies, reserve, send, spec,
     };
     use crate::core::NodeCore;
 
@@ -319,17 +319,7 @@ mod tests {
         let mut core = node(now, 1.0, 1 << 20);
         let (task, ids) = three(&mut core, now);
         // The worker writes return 2 into the store.
-        let create = ToNode::Create {
-            request: 1,
-            id: ids[2],
-            size: 4096,
-        };
-        for op in ops(&from(&mut core, now, 10, create)) {
-            if op.op.is_some() {
-                done(&mut core, now, op, Ok(()));
-            }
-        }
-        drain(&mut core);
+        reserve(&mut core, now, 10, ids[2], 4096);
         let object = SharedObject {
             size: 4096,
             digest: Digest([3; 32]),

@@ -449,14 +449,14 @@ mod tests {
     use std::time::Instant;
 
     use shoal_protocol::{
-        codec, Digest, ExitInfo, ObjectId, ObjectValue, ReturnValue, SharedObject, StreamSpec,
-        TaskError, TaskOutcome, TaskSpec, ToClient, ToNode,
+        codec, Digest, ObjectId, ObjectValue, ReturnValue, SharedObject, StreamSpec, TaskError,
+        TaskOutcome, TaskSpec, ToClient, ToNode,
     };
 
     use crate::core::harness::{
-        attach_worker, done, drain, from, node, ops, replies, send, spec, to,
+        attach_worker, done, drain, from, node, ops, replies, reserve, send, sigkill, spec, to,
     };
-    use crate::core::{Input, NodeCore, Output, WorkerEnd};
+    use crate::core::{NodeCore, Output};
 
     /// A streaming generator of window `window` and `retries`, handed to worker `conn`:
     /// the task, and how far the worker was told it may run.
@@ -487,6 +487,23 @@ mod tests {
                 nested: Vec::new(),
             },
         }
+    }
+
+    /// Worker 10 writes `task`'s first item into the store and yields it: its id, its
+    /// object, and what the node did (the seal of its file among it).
+    fn large_first_item(
+        core: &mut NodeCore,
+        now: Instant,
+        task: &TaskSpec,
+    ) -> (ObjectId, SharedObject, Vec<Output>) {
+        let big = ObjectId::for_return(task.task_id, 1);
+        reserve(core, now, 10, big, 4096);
+        let object = SharedObject {
+            size: 4096,
+            digest: Digest([3; 32]),
+        };
+        let out = from(core, now, 10, item(task, 1, ObjectValue::Shared(object)));
+        (big, object, out)
     }
 
     fn inline(v: &[u8]) -> ObjectValue {
@@ -568,28 +585,7 @@ mod tests {
         let now = Instant::now();
         let mut core = node(now, 1.0, 1 << 20);
         let (task, _) = generator(&mut core, now, 8, 0, 10);
-        let big = ObjectId::for_return(task.task_id, 1);
-        let create = ToNode::Create {
-            request: 1,
-            id: big,
-            size: 4096,
-        };
-        for op in ops(&from(&mut core, now, 10, create)) {
-            if op.op.is_some() {
-                done(&mut core, now, op, Ok(()));
-            }
-        }
-        drain(&mut core);
-        let object = SharedObject {
-            size: 4096,
-            digest: Digest([3; 32]),
-        };
-        let out = from(
-            &mut core,
-            now,
-            10,
-            item(&task, 1, ObjectValue::Shared(object)),
-        );
+        let (_, object, out) = large_first_item(&mut core, now, &task);
         let seal = ops(&out);
         assert_eq!(seal.len(), 1, "{out:?}");
         assert!(told(&out).0.is_empty());
@@ -615,28 +611,7 @@ mod tests {
         let now = Instant::now();
         let mut core = node(now, 1.0, 1 << 20);
         let (task, _) = generator(&mut core, now, 8, 0, 10);
-        let big = ObjectId::for_return(task.task_id, 1);
-        let create = ToNode::Create {
-            request: 1,
-            id: big,
-            size: 4096,
-        };
-        for op in ops(&from(&mut core, now, 10, create)) {
-            if op.op.is_some() {
-                done(&mut core, now, op, Ok(()));
-            }
-        }
-        drain(&mut core);
-        let object = SharedObject {
-            size: 4096,
-            digest: Digest([3; 32]),
-        };
-        let out = from(
-            &mut core,
-            now,
-            10,
-            item(&task, 1, ObjectValue::Shared(object)),
-        );
+        let (big, _, out) = large_first_item(&mut core, now, &task);
         let seal = ops(&out);
         assert_eq!(seal.len(), 1, "{out:?}");
         let cancel = ToNode::Cancel {
@@ -661,17 +636,7 @@ mod tests {
         from(&mut core, now, 10, item(&task, 1, inline(b"a")));
         from(&mut core, now, 10, item(&task, 2, inline(b"b")));
         let worker = core.worker_of(10).expect("worker 10");
-        let exit = ExitInfo {
-            code: None,
-            signal: Some(9),
-        };
-        core.handle(
-            now,
-            Input::WorkerExited {
-                worker,
-                end: WorkerEnd::Exited { pid: 110, exit },
-            },
-        );
+        sigkill(&mut core, now, worker, 110);
         let out = drain(&mut core);
         let (_, out) = attach_worker(&mut core, now, &out, 11);
         assert!(

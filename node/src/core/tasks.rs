@@ -131,7 +131,7 @@ mod tests {
     };
 
     use crate::core::harness::{
-        attach_worker, drain, executed, from, node, replies, send, spec, DRIVER,
+        attach_worker, drain, executed, from, node, replies, send, sigkill, spec, DRIVER,
     };
     use crate::core::{Input, Output, WorkerEnd};
     use shoal_protocol::ObjectId;
@@ -258,17 +258,7 @@ mod tests {
         assert!(killed(running.return_id()), "{out:?}");
         assert!(killed(queued.return_id()), "{out:?}");
         // Its process ending is no crash to restart it after.
-        let exit = ExitInfo {
-            code: None,
-            signal: Some(9),
-        };
-        core.handle(
-            now,
-            Input::WorkerExited {
-                worker,
-                end: WorkerEnd::Exited { pid: 110, exit },
-            },
-        );
+        sigkill(&mut core, now, worker, 110);
         let out = drain(&mut core);
         assert!(
             !out.iter().any(|o| matches!(o, Output::SpawnWorker { .. })),

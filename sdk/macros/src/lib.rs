@@ -524,10 +524,7 @@ fn check_returns(sig: &Signature, num_returns: u32, errors: &mut Errors) -> Vec<
             tuple.elems.iter().cloned().collect()
         }
         _ => {
-            let at: &dyn quote::ToTokens = match &sig.output {
-                ReturnType::Type(_, ty) => ty,
-                ReturnType::Default => &sig.ident,
-            };
+            let at = output_span(sig);
             errors.push(syn::Error::new_spanned(
                 at,
                 format!(
@@ -598,10 +595,7 @@ fn stream_item(sig: &Signature, errors: &mut Errors) -> Type {
             item
         }
         None => {
-            let at: &dyn quote::ToTokens = match &sig.output {
-                ReturnType::Type(_, ty) => ty,
-                ReturnType::Default => &sig.ident,
-            };
+            let at = output_span(sig);
             errors.push(syn::Error::new_spanned(
                 at,
                 "a `streaming` remote function returns the items it yields: \
@@ -610,6 +604,15 @@ fn stream_item(sig: &Signature, errors: &mut Errors) -> Type {
             ));
             syn::parse_quote!(())
         }
+    }
+}
+
+/// Where an error about a function's return type points: the type, or the function's name
+/// when it has none.
+fn output_span(sig: &Signature) -> &dyn quote::ToTokens {
+    match &sig.output {
+        ReturnType::Type(_, ty) => ty,
+        ReturnType::Default => &sig.ident,
     }
 }
 

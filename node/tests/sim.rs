@@ -1545,3 +1545,186 @@ fn calls_an_actor_had_not_begun_when_it_died_run_after_its_restart() {
     }
     assert_clean(sim);
 }
+
+fn in_group(group: shoal_protocol::GroupId, bundle: Option<u32>) -> Strategy {
+    Strategy::PlacementGroup { group, bundle }
+}
+
+fn ready(sim: &Sim, d: usize, group: shoal_protocol::GroupId) -> Option<&ObjectValue> {
+    sim.results(d)
+        .get(&shoal_protocol::ObjectId::for_group(group))
+}
+
+#[test]
+fn placement_groups_put_their_bundles_where_their_strategy_says_and_tasks_run_in_them() {
+    use shoal_protocol::{GroupStrategy, ResourceSet};
+    let mut sim = mesh(&[2.0, 2.0, 2.0]);
+    let d = sim.driver(0);
+    sim.run_for(Duration::from_secs(1));
+    // One bundle on each peer.
+    let spread = sim.create_group(
+        d,
+        vec![ResourceSet::cpus(1.0); 3],
+        GroupStrategy::StrictSpread,
+    );
+    sim.run_for(Duration::from_secs(1));
+    assert!(
+        ready(&sim, d, spread).is_some_and(is_value),
+        "{:?}",
+        ready(&sim, d, spread)
+    );
+    let before = runs(&sim);
+    let ids: Vec<_> = (0..3)
+        .map(|i| {
+            let s = in_group(spread, Some(i));
+            sim.submit_placed(d, "sleep:100", TaskOpts::default(), s, vec![])
+        })
+        .collect();
+    sim.run_for(Duration::from_secs(3));
+    assert_eq!(minus(&runs(&sim), &before), vec![1, 1, 1]);
+    for id in &ids {
+        assert!(is_value(&sim.results(d)[id]), "{id}");
+    }
+    // Two bundles on one peer: both of that peer's free CPUs (one on each is taken).
+    let pack = sim.create_group(
+        d,
+        vec![ResourceSet::cpus(0.5); 2],
+        GroupStrategy::StrictPack,
+    );
+    sim.run_for(Duration::from_secs(1));
+    assert!(ready(&sim, d, pack).is_some_and(is_value));
+    let before = runs(&sim);
+    for _ in 0..4 {
+        let s = in_group(pack, None);
+        let opts = TaskOpts {
+            cpus: 0.5,
+            ..TaskOpts::default()
+        };
+        sim.submit_placed(d, "sleep:100", opts, s, vec![]);
+    }
+    sim.run_for(Duration::from_secs(3));
+    let got = minus(&runs(&sim), &before);
+    assert_eq!(got.iter().filter(|n| **n > 0).count(), 1, "{got:?}");
+    assert_eq!(got.iter().sum::<u64>(), 4);
+    // Four bundles on four different peers of three: infeasible once the grace is over.
+    let four = sim.create_group(
+        d,
+        vec![ResourceSet::cpus(0.1); 4],
+        GroupStrategy::StrictSpread,
+    );
+    sim.run_for(Duration::from_secs(8));
+    let v = ready(&sim, d, four);
+    assert!(
+        v.is_some_and(|v| is_error(v, |e| matches!(e, TaskError::Infeasible { demand, .. } if demand.contains("STRICT_SPREAD")))),
+        "{v:?}"
+    );
+    // A task into a bundle the group does not have fails at once.
+    let opts = TaskOpts {
+        retries: 0,
+        ..TaskOpts::default()
+    };
+    let bad = sim.submit_placed(d, "echo", opts, in_group(spread, Some(3)), vec![]);
+    sim.run_for(Duration::from_millis(100));
+    let v = &sim.results(d)[&bad];
+    assert!(
+        is_error(v, |e| matches!(e, TaskError::InvalidOptions { .. })),
+        "{v:?}"
+    );
+    // Removed: a task running in it fails, and so does one submitted after.
+    let long = sim.submit_placed(d, "sleep:5000", opts, in_group(spread, Some(2)), vec![]);
+    sim.run_for(Duration::from_millis(500));
+    sim.remove_group(d, spread);
+    sim.run_for(Duration::from_secs(1));
+    let v = &sim.results(d)[&long];
+    assert!(
+        is_error(
+            v,
+            |e| matches!(e, TaskError::GroupRemoved { group, .. } if *group == spread)
+        ),
+        "{v:?}"
+    );
+    let late = sim.submit_placed(d, "echo", opts, in_group(spread, Some(0)), vec![]);
+    sim.run_for(Duration::from_secs(8));
+    let v = &sim.results(d)[&late];
+    assert!(
+        is_error(v, |e| matches!(e, TaskError::Infeasible { .. })),
+        "{v:?}"
+    );
+    assert_clean(sim);
+}
+
+#[test]
+fn a_placement_group_holds_its_resources_until_it_is_removed() {
+    use shoal_protocol::{GroupStrategy, ResourceSet};
+    let mut sim = mesh(&[1.0, 1.0]);
+    let d = sim.driver(0);
+    sim.run_for(Duration::from_secs(1));
+    let g = sim.create_group(d, vec![ResourceSet::cpus(1.0); 2], GroupStrategy::Pack);
+    sim.run_for(Duration::from_secs(1));
+    assert!(ready(&sim, d, g).is_some_and(is_value));
+    // Every CPU of the mesh is reserved: a task outside the group waits.
+    let outside = sim.submit(d, "echo", vec![], TaskOpts::default());
+    // A second group waits for room too.
+    let second = sim.create_group(d, vec![ResourceSet::cpus(1.0)], GroupStrategy::Pack);
+    sim.run_for(Duration::from_secs(3));
+    assert!(!sim.results(d).contains_key(&outside));
+    assert!(ready(&sim, d, second).is_none());
+    // Inside it, tasks run.
+    let inside = sim.submit_placed(d, "echo", TaskOpts::default(), in_group(g, Some(1)), vec![]);
+    sim.run_for(Duration::from_secs(1));
+    assert!(is_value(&sim.results(d)[&inside]));
+    sim.remove_group(d, g);
+    sim.run_for(Duration::from_secs(2));
+    assert!(is_value(&sim.results(d)[&outside]));
+    assert!(ready(&sim, d, second).is_some_and(is_value));
+    assert_clean(sim);
+}
+
+#[test]
+fn bundles_lost_with_their_peer_are_placed_again_and_peers_free_the_bundles_of_a_lost_placer() {
+    use shoal_protocol::{GroupStrategy, ResourceSet};
+    let mut sim = mesh(&[1.0, 1.0, 1.0]);
+    let d = sim.driver(0);
+    sim.run_for(Duration::from_secs(1));
+    let g = sim.create_group(d, vec![ResourceSet::cpus(0.25); 3], GroupStrategy::Spread);
+    sim.run_for(Duration::from_secs(1));
+    assert!(ready(&sim, d, g).is_some_and(is_value));
+    let before = runs(&sim);
+    for i in 0..3 {
+        let opts = TaskOpts {
+            cpus: 0.25,
+            ..TaskOpts::default()
+        };
+        sim.submit_placed(d, "echo", opts, in_group(g, Some(i)), vec![]);
+    }
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(minus(&runs(&sim), &before), vec![1, 1, 1]);
+    // Peer 2 dies: its bundle goes to a live peer, and tasks into it run there.
+    sim.crash(2);
+    sim.run_for(Duration::from_secs(3));
+    let before = runs(&sim);
+    let opts = TaskOpts {
+        cpus: 0.25,
+        ..TaskOpts::default()
+    };
+    let id = sim.submit_placed(d, "echo", opts, in_group(g, Some(2)), vec![]);
+    sim.run_for(Duration::from_secs(2));
+    assert!(is_value(&sim.results(d)[&id]));
+    assert_eq!(minus(&runs(&sim), &before).iter().sum::<u64>(), 1);
+    // A group placed by peer 1, whose bundles peer 0 holds: peer 1 dies, and peer 0 frees
+    // them (its CPU runs a plain task again).
+    let d1 = sim.driver(1);
+    let h = sim.create_group(
+        d1,
+        vec![ResourceSet::cpus(0.5); 2],
+        GroupStrategy::StrictSpread,
+    );
+    sim.run_for(Duration::from_secs(1));
+    assert!(ready(&sim, d1, h).is_some_and(is_value));
+    sim.crash(1);
+    sim.run_for(Duration::from_secs(3));
+    let groups = sim.core(0).map(|c| c.census().groups);
+    // (Peer 0 placed one group and holds one bundle of it; peer 1's is gone.)
+    assert_eq!(groups, Some((1, 1)));
+    assert_clean(sim);
+}

@@ -80,6 +80,13 @@ byte_id!(
     ActorId,
     16
 );
+
+byte_id!(
+    /// A placement group: 16 random bytes made by its creator (knowing it is what lets a
+    /// program schedule into the group or remove it).
+    GroupId,
+    16
+);
 byte_id!(
     /// A node. Random per node start for now; the mesh makes it the libp2p peer id.
     NodeId,
@@ -112,6 +119,15 @@ impl ObjectId {
     /// The id a content-addressed object with this digest has (its blake3 hash).
     pub fn from_digest(digest: Digest) -> Self {
         Self(digest.0)
+    }
+
+    /// The id of the object a placement group's creator holds to learn when the group is
+    /// placed (its value is `()` then, or the error why it never will be).
+    pub fn for_group(group: GroupId) -> Self {
+        let mut h = blake3::Hasher::new();
+        h.update(b"shoal.group.v1");
+        h.update(&group.0);
+        Self(*h.finalize().as_bytes())
     }
 
     /// The id of the `index`th return value of `task`.

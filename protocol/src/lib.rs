@@ -30,6 +30,7 @@
 pub mod codec;
 pub mod env;
 pub mod frame;
+pub mod groups;
 pub mod ids;
 pub mod mesh;
 pub mod messages;
@@ -37,8 +38,10 @@ pub mod state;
 
 pub use codec::{DecodeError, EncodeError};
 pub use frame::FrameError;
+pub use groups::{GroupStrategy, MAX_BUNDLES};
 pub use ids::{
-    ActorId, ActorToken, BinaryId, ClientId, Digest, IdMap, NodeId, ObjectId, TaskId, TaskKey,
+    ActorId, ActorToken, BinaryId, ClientId, Digest, GroupId, IdMap, NodeId, ObjectId, TaskId,
+    TaskKey,
 };
 pub use mesh::PeerKey;
 pub use messages::*;
@@ -46,7 +49,7 @@ pub use messages::*;
 /// Four bytes at the start of every handshake, so a stray client is recognised at once.
 pub const MAGIC: [u8; 4] = *b"SHOL";
 /// Bumped on every incompatible change of [`messages`].
-pub const PROTOCOL_VERSION: u16 = 15;
+pub const PROTOCOL_VERSION: u16 = 16;
 /// The status a worker exits with when it stops a task it runs on [`ToClient::Cancel`]:
 /// nothing queued behind that task had started.
 pub const CANCELLED_EXIT: i32 = 87;

@@ -406,6 +406,39 @@ pub enum PeerMsg {
         /// The answer.
         answer: Result<Box<crate::state::StateAnswer>, crate::state::StateError>,
     },
+    /// First phase of placing a placement group the sender placed: set aside these bundles
+    /// (index, what it reserves) for it, all or none, and say so with
+    /// [`PeerMsg::GroupPrepared`]. They are not offered to anyone until
+    /// [`PeerMsg::GroupCommit`].
+    GroupPrepare {
+        /// The group.
+        group: crate::GroupId,
+        /// Its bundles to hold here.
+        bundles: Vec<(u32, crate::ResourceSet)>,
+    },
+    /// Answer to [`PeerMsg::GroupPrepare`].
+    GroupPrepared {
+        /// The group.
+        group: crate::GroupId,
+        /// Whether the bundles are set aside (else there was no room).
+        ok: bool,
+    },
+    /// Second phase: offer the bundles set aside for `group` to its tasks and actors.
+    GroupCommit {
+        /// The group.
+        group: crate::GroupId,
+    },
+    /// Free what is held here for `group` (its removal, or an aborted placement): the
+    /// tasks and actors using it end. Taken only from the peer that placed the group.
+    GroupRelease {
+        /// The group.
+        group: crate::GroupId,
+        /// Why (empty: its creator removed it).
+        reason: String,
+        /// Only the bundles set aside and not committed (a placement aborted): those
+        /// committed before stay.
+        aborted: bool,
+    },
 }
 
 /// A task sent to another peer.

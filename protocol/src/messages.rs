@@ -74,6 +74,24 @@ impl ResourceSet {
             }
         }
     }
+    /// Adds `more`, with no cap.
+    pub fn add(&mut self, more: &ResourceSet) {
+        for (k, v) in &more.0 {
+            *self.0.entry(k.clone()).or_insert(0) += v;
+        }
+    }
+    /// Takes away every resource whose name `drop` says, and returns them.
+    pub fn remove_where(&mut self, mut drop: impl FnMut(&str) -> bool) -> ResourceSet {
+        let (gone, kept) = std::mem::take(&mut self.0)
+            .into_iter()
+            .partition(|(k, _)| drop(k));
+        self.0 = kept;
+        ResourceSet(gone)
+    }
+    /// Whether `demand` names a resource `pred` says.
+    pub fn names_any(&self, mut pred: impl FnMut(&str) -> bool) -> bool {
+        self.0.keys().any(|k| pred(k))
+    }
     /// Gives `demand` back, never above `cap`.
     pub fn add_capped(&mut self, demand: &ResourceSet, cap: &ResourceSet) {
         for (k, v) in &demand.0 {
@@ -242,6 +260,16 @@ pub enum Strategy {
         peer: String,
         /// Elsewhere when that peer cannot take it.
         soft: bool,
+    },
+    /// Inside a placement group (Ray's `PlacementGroupSchedulingStrategy`): on the resources
+    /// reserved for bundle `bundle` of `group`, or of any of its bundles with `None`. Its
+    /// demand is taken from what the bundle reserved, and it waits while the group is being
+    /// placed.
+    PlacementGroup {
+        /// The group.
+        group: crate::GroupId,
+        /// The bundle's index, or any bundle.
+        bundle: Option<u32>,
     },
 }
 
@@ -721,6 +749,15 @@ pub enum TaskError {
         /// The task.
         task: TaskId,
     },
+    /// The placement group it was scheduled into was removed (or could never be placed)
+    /// before it ended.
+    #[error("placement group {group} was removed{}", if reason.is_empty() { String::new() } else { format!(": {reason}") })]
+    GroupRemoved {
+        /// The group.
+        group: crate::GroupId,
+        /// Why, when not at its creator's request.
+        reason: String,
+    },
 }
 
 /// An actor to host, handed to the worker dedicated to it.
@@ -1198,6 +1235,25 @@ pub enum ToNode {
         timeout_ms: u32,
         /// Answer for this node alone, asking no peer.
         local: bool,
+    },
+    /// Reserve a placement group (`shoal::placement_group`). The sender holds the object
+    /// [`ObjectId::for_group`] from now on: it becomes `()` once every bundle is reserved,
+    /// or fails (the group is infeasible, its options are invalid, or it was removed first).
+    CreateGroup {
+        /// Its id, new.
+        group: crate::GroupId,
+        /// What each bundle reserves.
+        bundles: Vec<ResourceSet>,
+        /// How they are spread.
+        strategy: crate::GroupStrategy,
+        /// It outlives its creator (else it is removed when the creating process ends).
+        detached: bool,
+    },
+    /// Remove a placement group this node placed: its reservations are freed everywhere,
+    /// and the tasks and actors inside it end with [`TaskError::GroupRemoved`].
+    RemoveGroup {
+        /// The group.
+        group: crate::GroupId,
     },
     /// Cancel a task the sender submitted (`shoal::cancel`): a queued task is dropped, a
     /// running one interrupted (see [`ToClient::Cancel`]); its result fails with

@@ -188,6 +188,7 @@ mod bytes;
 mod cancel;
 mod error;
 mod function;
+mod group;
 #[cfg(feature = "json")]
 mod json;
 mod many;
@@ -212,11 +213,15 @@ pub use actor::{
     ActorOptions,
 };
 pub use bytes::{put_bytes, ByteSequence, ByteView, Bytes};
+pub use group::{
+    placement_group, placement_group_detached, remove_placement_group, PlacementGroup,
+};
 #[cfg(feature = "json")]
 pub use json::Json;
 pub use shoal_macros::{actor, remote};
 pub use shoal_protocol::{
-    ActorId, NodeId, NodeStatus, ObjectId, ObjectInfo, ResourceSet, Strategy, TaskError, TaskId,
+    ActorId, GroupId, GroupStrategy, NodeId, NodeStatus, ObjectId, ObjectInfo, ResourceSet,
+    Strategy, TaskError, TaskId,
 };
 
 pub use cancel::{cancel, cancel_with, is_cancelled, CancelOptions};

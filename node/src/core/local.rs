@@ -121,6 +121,7 @@ impl NodeCore {
     /// them again itself.) A result of those tasks that someone else still waits for fails
     /// with `OwnerDied`.
     pub(super) fn party_gone(&mut self, now: Instant, party: Party) {
+        self.groups_party_gone(now, party);
         self.end_remote_actors_of(now, party);
         let stopped = self.stop_running_tasks_of(now, party);
         let tasks = &self.tasks;
@@ -220,6 +221,13 @@ impl NodeCore {
                 force,
                 recursive,
             } => self.cancel_request(now, party, task, force, recursive),
+            ToNode::CreateGroup {
+                group,
+                bundles,
+                strategy,
+                detached,
+            } => self.create_group(now, party, group, bundles, strategy, detached),
+            ToNode::RemoveGroup { group } => self.remove_group(now, group, ""),
             ToNode::Put { id, value, nested } => {
                 if ObjectId::for_content(&value) != id {
                     tracing::warn!(conn, object = %id, "put whose id is not its content hash; ignored");
@@ -1004,7 +1012,13 @@ impl NodeCore {
         }
     }
 
-    pub(super) fn submit(&mut self, now: Instant, owner: Party, spec: TaskSpec, hops: u32) {
+    pub(super) fn submit(&mut self, now: Instant, owner: Party, mut spec: TaskSpec, hops: u32) {
+        if let (0, shoal_protocol::Strategy::PlacementGroup { group, bundle }) =
+            (hops, &spec.strategy)
+        {
+            // Inside a group, it asks what its bundle reserved (under the bundle's names).
+            spec.resources = shoal_protocol::groups::in_group(&spec.resources, *group, *bundle);
+        }
         let task_id = spec.task_id;
         let ret = spec.return_id();
         {

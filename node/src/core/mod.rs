@@ -59,6 +59,7 @@ use crate::store::{StoreDone, StoreOp};
 
 pub mod actors;
 mod cancel;
+mod groups;
 #[cfg(test)]
 mod harness;
 mod lineage;
@@ -472,6 +473,8 @@ pub struct Census {
     pub store_ops: usize,
     /// Objects whose lineage is kept (to make them again).
     pub lineage: usize,
+    /// Placement groups placed here, and groups whose bundles are held here.
+    pub groups: (usize, usize),
 }
 
 /// A process attached to the node.
@@ -537,6 +540,8 @@ pub struct NodeCore {
     name_lookups: HashMap<u64, NameLookup>,
     next_lookup: u64,
     last_load: Option<Load>,
+    /// Placement groups this node placed, and bundles it holds.
+    groups: groups::Groups,
     stopping: bool,
     out: VecDeque<Output>,
     /// Entries [`ObjectTable::collect_into`] removed, for `maybe_free`: one buffer reused.
@@ -633,6 +638,7 @@ impl NodeCore {
             name_lookups: HashMap::new(),
             next_lookup: 1,
             last_load: None,
+            groups: groups::Groups::default(),
             stopping: false,
             out: VecDeque::new(),
             freed: Vec::new(),
@@ -709,6 +715,10 @@ impl NodeCore {
         if self.rights.deadline().is_some_and(|t| t <= now) {
             self.rights_expired(now);
         }
+        if self.groups.next_pass.is_some_and(|t| t <= now) {
+            self.groups.next_pass = None;
+            self.groups_pass(now);
+        }
         if self.lookup_deadline().is_some_and(|t| t <= now) {
             self.end_lookups(|l| l.deadline <= now);
         }
@@ -742,6 +752,7 @@ impl NodeCore {
         }
         [
             self.spill.next_pass,
+            self.groups.next_pass,
             self.rights.deadline(),
             self.lookup_deadline(),
             self.questions.deadline(),
@@ -764,6 +775,7 @@ impl NodeCore {
         if self.store.room_waiting() > 0 {
             self.retry_room(now);
         }
+        self.groups_after(now);
         self.apply_actions(now);
         self.report_load();
         let queued = self.sched.queued() > 0 || self.sched.actors_queued() > 0;
@@ -817,6 +829,7 @@ impl NodeCore {
             waiting_remote: self.spill.remote_wait.len(),
             store_ops: self.store.in_flight(),
             lineage: self.lineage.size().0,
+            groups: self.groups.counts(),
         }
     }
 

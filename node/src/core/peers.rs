@@ -76,6 +76,10 @@ impl NodeCore {
         let party = Party::Peer(peer);
         match msg {
             PeerMsg::Submit(rt) => self.remote_submit(now, peer, rt),
+            msg @ (PeerMsg::GroupPrepare { .. }
+            | PeerMsg::GroupPrepared { .. }
+            | PeerMsg::GroupCommit { .. }
+            | PeerMsg::GroupRelease { .. }) => self.group_msg(now, peer, msg),
             PeerMsg::CodeRejected { task, reason } => {
                 // Only for a task this node sent that peer (so what is remembered is bounded
                 // by this node's own binaries).
@@ -951,6 +955,9 @@ impl NodeCore {
 
     /// Decides where a task whose arguments are ready runs: here, at a peer, or later.
     pub(super) fn place_task(&mut self, now: Instant, task: TaskId) {
+        if self.park_in_group(now, task) {
+            return;
+        }
         let Some(entry) = self.tasks.get(&task) else {
             return;
         };

@@ -58,6 +58,8 @@ pub enum Refused {
     Kill,
     /// A cancel of a task by a peer that did not submit it.
     Cancel,
+    /// A commit or release of a placement group's bundles by a peer that did not place them.
+    Group,
 }
 
 impl Refused {
@@ -71,6 +73,7 @@ impl Refused {
             Refused::Call => "call",
             Refused::Kill => "kill",
             Refused::Cancel => "cancel",
+            Refused::Group => "group",
         }
     }
 }

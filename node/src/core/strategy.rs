@@ -91,8 +91,13 @@ impl NodeCore {
 /// `spec`'s demand as a sentence part: its resources, and where it may run.
 pub(super) fn describe(spec: &TaskSpec) -> String {
     let mut s = spec.resources.to_string();
-    if let Strategy::Peer { peer, soft: false } = &spec.strategy {
-        s.push_str(&format!(" on peer {peer}"));
+    match &spec.strategy {
+        Strategy::Peer { peer, soft: false } => s.push_str(&format!(" on peer {peer}")),
+        Strategy::PlacementGroup { group, bundle } => {
+            let bundle = bundle.map_or_else(|| "any bundle".into(), |i| format!("bundle {i}"));
+            s.push_str(&format!(" in {bundle} of placement group {group}"));
+        }
+        _ => {}
     }
     if !spec.label_selector.is_empty() {
         let labels: Vec<String> = spec.label_selector.iter().map(|m| m.to_string()).collect();

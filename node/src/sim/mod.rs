@@ -2137,6 +2137,39 @@ impl Sim {
         self.send(d, ToNode::Get { ids: vec![id] });
     }
 
+    /// Driver `d` creates a placement group and holds its ready object
+    /// ([`ObjectId::for_group`]), which it waits for.
+    pub fn create_group(
+        &mut self,
+        d: usize,
+        bundles: Vec<ResourceSet>,
+        strategy: shoal_protocol::GroupStrategy,
+    ) -> shoal_protocol::GroupId {
+        let mut id = [0u8; 16];
+        for b in id.iter_mut() {
+            *b = self.rng.below(256) as u8;
+        }
+        let group = shoal_protocol::GroupId(id);
+        self.own(
+            d,
+            ObjectId::for_group(group),
+            Some(ObjectValue::Inline(Vec::new())),
+        );
+        let msg = ToNode::CreateGroup {
+            group,
+            bundles,
+            strategy,
+            detached: false,
+        };
+        self.send(d, msg);
+        group
+    }
+
+    /// Driver `d` removes a placement group.
+    pub fn remove_group(&mut self, d: usize, group: shoal_protocol::GroupId) {
+        self.send(d, ToNode::RemoveGroup { group });
+    }
+
     /// Driver `d` creates an actor (with `restarts` restarts) and gets its id.
     pub fn create_actor(&mut self, d: usize, restarts: u32, cpus: f64) -> ActorId {
         self.create_actor_with(d, restarts, cpus, false)

@@ -46,6 +46,15 @@ pub struct SchedConfig {
     pub max_start_failures: u32,
 }
 
+/// What [`Scheduler::withdraw`] ended.
+#[derive(Debug, Default, PartialEq)]
+pub struct Withdrawn {
+    /// Tasks that ran on, or were queued for, the resources taken away.
+    pub tasks: Vec<TaskId>,
+    /// The creation tasks of actors that held, or waited for, them.
+    pub actors: Vec<TaskId>,
+}
+
 /// A decision for the node to carry out.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Action {
@@ -603,6 +612,84 @@ impl Scheduler {
     /// All resources.
     pub fn total(&self) -> &ResourceSet {
         &self.config.total
+    }
+
+    /// Sets `set` aside (for a placement group's bundles) if it is free now: it is no longer
+    /// free for anything else until [`Scheduler::unreserve`]. Says whether it was.
+    pub fn reserve(&mut self, set: &ResourceSet) -> bool {
+        if !self.free.contains(set) {
+            return false;
+        }
+        self.free.subtract(set);
+        true
+    }
+
+    /// Gives back what [`Scheduler::reserve`] set aside.
+    pub fn unreserve(&mut self, now: Instant, set: &ResourceSet) {
+        self.free.add_capped(set, &self.config.total);
+        self.schedule(now);
+    }
+
+    /// Adds resources (a reserved bundle's, under its own names) to what this node has.
+    pub fn offer(&mut self, now: Instant, set: &ResourceSet) {
+        self.config.total.add(set);
+        self.free.add(set);
+        self.schedule(now);
+    }
+
+    /// Takes away every resource whose name `gone` says (a bundle released), ending what
+    /// holds or waits for them: workers holding them are stopped, and the tasks they ran or
+    /// that were queued for them, and the actors created with them, are returned for the
+    /// caller to fail (they cannot run anywhere now).
+    pub fn withdraw(&mut self, now: Instant, gone: impl Fn(&str) -> bool) -> Withdrawn {
+        let mut out = Withdrawn::default();
+        let removed = self.config.total.remove_where(&gone);
+        if removed.0.is_empty() {
+            return out;
+        }
+        self.free.remove_where(&gone);
+        let uses = |d: &ResourceSet| d.names_any(&gone);
+        let mut stop = Vec::new();
+        for (id, w) in self.workers.iter_mut() {
+            match &mut w.state {
+                State::Leased {
+                    shape, inflight, ..
+                } if uses(&shape.demand) => {
+                    out.tasks.extend(inflight.iter().map(|(t, _)| *t));
+                    stop.push(*id);
+                }
+                State::StartingActor { task, shape } | State::Actor { task, shape }
+                    if uses(&shape.demand) =>
+                {
+                    out.actors.push(*task);
+                    stop.push(*id);
+                }
+                State::Starting { shape } if shape.as_ref().is_some_and(|s| uses(&s.demand)) => {
+                    *shape = None;
+                }
+                _ => {}
+            }
+        }
+        for id in stop {
+            self.kill(id);
+        }
+        for shape in &self.shape_order {
+            if uses(&shape.demand) {
+                if let Some(q) = self.queues.get_mut(shape) {
+                    self.queued -= q.len();
+                    out.tasks.extend(q.drain(..));
+                }
+            }
+        }
+        self.actor_queue.retain(|(t, shape)| {
+            let keep = !uses(&shape.demand);
+            if !keep {
+                out.actors.push(*t);
+            }
+            keep
+        });
+        self.schedule(now);
+        out
     }
 
     /// The binary a worker runs.

@@ -136,6 +136,13 @@ pub fn register(reg: &mut Registry) {
          (Cancelled); counted per cancel",
         cancel_calls,
     );
+    reg.add(
+        "placement_group_create_removal",
+        Unit::OpsPerSec,
+        "create 100 placement groups of one bundle (0.001 CPU), wait until each is placed, \
+         remove them (Ray's row); counted per group",
+        placement_group_create_removal,
+    );
     // Not in BENCH.md: a large get whose time does not depend on the size (run it as
     // `single_client_get_view_us_N` for an N-byte buffer).
     reg.add_sized(
@@ -323,6 +330,28 @@ fn cancel_calls(b: &mut Bench) -> Result<()> {
             other => anyhow::bail!("a CPU holder gave {other:?}"),
         }
     }
+    drain(&shoal)
+}
+
+fn placement_group_create_removal(b: &mut Bench) -> Result<()> {
+    const GROUPS: usize = 100;
+    let shoal = connect()?;
+    let bundle = || vec![shoal::ResourceSet::cpus(0.001)];
+    b.run_batches(|| {
+        let groups: Vec<shoal::PlacementGroup> = (0..GROUPS)
+            .map(|_| shoal::placement_group(bundle(), shoal::GroupStrategy::Pack))
+            .collect();
+        for g in &groups {
+            ensure!(
+                g.wait(OP_TIMEOUT)?,
+                "a placement group was not placed in time"
+            );
+        }
+        for g in &groups {
+            shoal::remove_placement_group(g);
+        }
+        Ok(GROUPS as u64)
+    })?;
     drain(&shoal)
 }
 

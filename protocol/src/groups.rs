@@ -94,10 +94,11 @@ pub fn in_group(demand: &ResourceSet, group: GroupId, bundle: Option<u32>) -> Re
     out
 }
 
-/// Whether `name` is one of the resources a bundle of `group` offers.
-pub fn is_group_resource(name: &str, group: GroupId) -> bool {
-    let hex = group.to_hex();
-    name.len() > hex.len() && name.ends_with(&hex) && name.contains("_group_")
+/// Whether a resource's name is one of those a bundle of `group` offers (the group's id
+/// is written once, for the many names it is then asked about).
+pub fn group_resources(group: GroupId) -> impl Fn(&str) -> bool + Clone {
+    let suffix = format!("_{group}");
+    move |name: &str| name.ends_with(&suffix) && name.contains("_group_")
 }
 
 #[cfg(test)]
@@ -118,8 +119,9 @@ mod tests {
         // Another group's bundle is not this one's.
         let other = bundle_resources(&ResourceSet::cpus(4.0), GroupId([2; 16]), 0);
         assert!(!other.contains(&in_group(&ResourceSet::new(), g, None)));
-        assert!(node.0.keys().all(|k| is_group_resource(k, g)));
-        assert!(!other.0.keys().any(|k| is_group_resource(k, g)));
-        assert!(!is_group_resource("CPU", g));
+        let of_g = group_resources(g);
+        assert!(node.0.keys().all(|k| of_g(k)));
+        assert!(!other.0.keys().any(|k| of_g(k)));
+        assert!(!of_g("CPU"));
     }
 }

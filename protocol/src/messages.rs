@@ -82,10 +82,14 @@ impl ResourceSet {
     }
     /// Takes away every resource whose name `drop` says, and returns them.
     pub fn remove_where(&mut self, mut drop: impl FnMut(&str) -> bool) -> ResourceSet {
-        let (gone, kept) = std::mem::take(&mut self.0)
-            .into_iter()
-            .partition(|(k, _)| drop(k));
-        self.0 = kept;
+        let mut gone = BTreeMap::new();
+        self.0.retain(|k, v| {
+            let d = drop(k);
+            if d {
+                gone.insert(k.clone(), *v);
+            }
+            !d
+        });
         ResourceSet(gone)
     }
     /// Whether `demand` names a resource `pred` says.

@@ -62,7 +62,7 @@ impl PlacementGroup {
     ///
     /// ```no_run
     /// # use shoal::ResourceSet;
-    /// let pg = shoal::placement_group([ResourceSet::cpus(1.0); 3], Default::default());
+    /// let pg = shoal::placement_group(vec![ResourceSet::cpus(1.0); 3], Default::default());
     /// assert_eq!(pg.bundle_count(), 3);
     /// ```
     pub fn bundle_count(&self) -> u32 {
@@ -125,7 +125,7 @@ impl PlacementGroup {
     ///
     /// ```no_run
     /// # #[shoal::remote] fn work() -> u32 { 1 }
-    /// let pg = shoal::placement_group([shoal::ResourceSet::cpus(1.0); 2], Default::default());
+    /// let pg = shoal::placement_group(vec![shoal::ResourceSet::cpus(1.0); 2], Default::default());
     /// let r = work.options(shoal::TaskOptions::new().strategy(pg.any_bundle())).remote();
     /// ```
     pub fn any_bundle(&self) -> Strategy {

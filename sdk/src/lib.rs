@@ -158,6 +158,27 @@
 //!   it over the mesh, [`Strategy::on_peer`] and [`Strategy::prefer_peer`] pin it to a peer
 //!   or prefer one, and [`TaskOptions::label`] keeps it to peers whose labels
 //!   (`shoal node --label zone=eu`) match.
+//! - [`placement_group`] reserves bundles of resources together across the mesh, as Ray's
+//!   placement groups (`PACK`, `SPREAD`, `STRICT_PACK`, `STRICT_SPREAD`), with no head: the
+//!   peers chosen set the bundles aside and then offer them, in two phases, so a group is
+//!   reserved whole or not at all. Tasks and actors run in a bundle with the strategy
+//!   [`PlacementGroup::bundle`]; [`PlacementGroup::ready`] is a ref that becomes `()` once
+//!   it is placed; [`remove_placement_group`] frees it, and what ran in it ends with
+//!   [`TaskError::GroupRemoved`].
+//!
+//!   ```no_run
+//!   # #[shoal::remote] fn shard(i: u32) -> u32 { i }
+//!   use shoal::{GroupStrategy, ResourceSet, TaskOptions};
+//!   # fn main() -> Result<(), shoal::GetError> {
+//!   let pg = shoal::placement_group(vec![ResourceSet::cpus(1.0); 2], GroupStrategy::StrictSpread);
+//!   pg.ready().get_blocking()?;                   // one CPU on each of two peers
+//!   let parts: Vec<_> = (0..2)
+//!       .map(|i| shard.options(TaskOptions::new().strategy(pg.bundle(i))).remote(i))
+//!       .collect();
+//!   let all = shoal::get_all_blocking(&parts, None)?;
+//!   shoal::remove_placement_group(&pg);
+//!   # let _ = all; Ok(()) }
+//!   ```
 //! - [`runtime_context`] says where the calling code runs: the node and peer, the task or
 //!   actor, and what it holds (Ray's `get_runtime_context()`, `get_assigned_resources()`).
 //! - Workers are processes of your own executable, started by the node. Worker mode is

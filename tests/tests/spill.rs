@@ -266,6 +266,67 @@ fn driver_entry() {
             );
             println!("result driver-read ok");
         }
+        "groups" => {
+            // Two bundles of one CPU, on two different peers (this node has none): every
+            // CPU of the mesh.
+            use shoal::{GroupStrategy, ResourceSet, TaskError};
+            let pg = shoal::placement_group(
+                vec![ResourceSet::cpus(1.0); 2],
+                GroupStrategy::StrictSpread,
+            );
+            assert!(pg.wait(Duration::from_secs(30)).unwrap(), "not placed");
+            for i in 0..2 {
+                let in_bundle = TaskOptions::new().strategy(pg.bundle(i));
+                let (_, peer) = slow_double
+                    .options(in_bundle)
+                    .remote(1, 0)
+                    .get_blocking()
+                    .unwrap();
+                println!("result bundle-{i}-on {peer}");
+            }
+            let in_1 = ActorOptions::new().num_cpus(1.0).strategy(pg.bundle(1));
+            let actor = Streamer::options(in_1).remote().unwrap();
+            let (_, peer) = actor.count(1).next().unwrap().get_blocking().unwrap();
+            println!("result actor-on {peer}");
+            // Outside the group, a task waits for a CPU until the group is removed; one
+            // inside it ends with the group.
+            let outside = slow_double.remote(5, 0);
+            let inside = slow_double
+                .options(TaskOptions::new().strategy(pg.bundle(0)))
+                .remote(0, 60_000);
+            let waited = outside.get_blocking_timeout(Duration::from_millis(500));
+            assert!(
+                matches!(waited, Err(shoal::GetError::Timeout(_))),
+                "{waited:?}"
+            );
+            shoal::remove_placement_group(&pg);
+            assert_eq!(outside.get_blocking().unwrap().0, 10);
+            match inside.get_blocking() {
+                Err(shoal::GetError::Task(TaskError::GroupRemoved { group, .. })) => {
+                    assert_eq!(group, pg.id());
+                    println!("result inside-removed");
+                }
+                other => panic!("expected GroupRemoved, got {other:?}"),
+            }
+            match actor.count(1).next().unwrap().get_blocking() {
+                Err(shoal::GetError::Task(TaskError::ActorKilled { reason, .. })) => {
+                    assert!(reason.contains("placement group"), "{reason}");
+                    println!("result actor-removed");
+                }
+                other => panic!("expected the actor's end, got {other:?}"),
+            }
+            // A group no set of peers can hold fails as infeasible.
+            let three = shoal::placement_group(
+                vec![ResourceSet::cpus(1.0); 3],
+                GroupStrategy::StrictSpread,
+            );
+            match three.ready().get_blocking() {
+                Err(shoal::GetError::Task(TaskError::Infeasible { .. })) => {
+                    println!("result three-infeasible")
+                }
+                other => panic!("expected Infeasible, got {other:?}"),
+            }
+        }
         "placed" => {
             // Labels and affinity choose the peer; a selector no peer meets is infeasible.
             for _ in 0..4 {
@@ -621,6 +682,26 @@ fn an_object_made_on_b_is_consumed_on_c() {
     assert_eq!(count(format!("stream-failed at {b}")), 1, "{lines:?}");
     assert_eq!(count(format!("stream-call-on {b}")), 7, "{lines:?}");
     assert_eq!(count("stream-call-items 7".into()), 1, "{lines:?}");
+    // A placement group of a bundle on each of b and c: tasks and an actor run in their
+    // bundle; removing it ends them and frees the CPUs.
+    let lines = driver(&mesh.node(0).socket(), "groups", &[]);
+    let on = |what: &str| {
+        let prefix = format!("{what}-on ");
+        lines
+            .iter()
+            .find_map(|l| l.strip_prefix(&prefix).map(str::to_owned))
+            .unwrap_or_else(|| panic!("{what}: {lines:?}"))
+    };
+    let (b0, b1) = (on("bundle-0"), on("bundle-1"));
+    assert_ne!(b0, b1, "{lines:?}");
+    assert!(
+        [b, c].contains(&b0.as_str()) && [b, c].contains(&b1.as_str()),
+        "{lines:?}"
+    );
+    assert_eq!(on("actor"), b1, "{lines:?}");
+    for line in ["inside-removed", "actor-removed", "three-infeasible"] {
+        assert!(lines.contains(&line.to_string()), "{line}: {lines:?}");
+    }
     // Label selectors and a peer affinity choose the peer (Ray's scheduling strategies).
     let lines = driver(
         &mesh.node(0).socket(),

@@ -1728,6 +1728,7 @@ impl NodeCore {
             tracing::info!(actor = %actor, %peer, error = %err, "an actor placed on a peer ended there");
             if let Some(placed) = self.directory.unplace(&actor) {
                 self.directory.clear_home(&actor);
+                self.directory.end(actor, err.clone());
                 self.finish_task(now, placed.task);
             }
             self.fail_pending_calls(now, actor, err.clone());
@@ -1902,6 +1903,7 @@ impl NodeCore {
             Route::To(peer) => self.send_call(now, peer, task),
             Route::Queued => {}
             Route::Locate => self.out.push_back(Output::Job(Job::LocateActor { actor })),
+            Route::Ended(err) => self.fail_task(now, task, err),
         }
     }
 

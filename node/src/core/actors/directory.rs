@@ -47,6 +47,25 @@ pub(crate) struct Directory {
     /// location records, and from hosts that refused a call as moved), for the most recent
     /// [`MAX_EPOCHS`] actors: calls carry it, so that a superseded copy refuses them.
     epochs: Epochs,
+    /// Why actors this node placed on peers ended there for good, for the most recent
+    /// [`MAX_ENDED`]: their later calls fail with it (not as actors nobody knows).
+    ended: Ended,
+}
+
+/// Actors whose end is remembered, at most.
+const MAX_ENDED: std::num::NonZeroUsize = match std::num::NonZeroUsize::new(4096) {
+    Some(n) => n,
+    None => unreachable!(),
+};
+
+/// [`Directory::ended`].
+#[derive(Debug)]
+struct Ended(lru::LruCache<ActorId, shoal_protocol::TaskError>);
+
+impl Default for Ended {
+    fn default() -> Self {
+        Self(lru::LruCache::new(MAX_ENDED))
+    }
 }
 
 /// Actors whose newest epoch is remembered, at most.
@@ -74,6 +93,8 @@ pub(crate) enum Route {
     Queued,
     /// It waits; look the actor up.
     Locate,
+    /// The actor this node placed ended for good, with this error: the call fails with it.
+    Ended(shoal_protocol::TaskError),
 }
 
 impl Directory {
@@ -94,6 +115,9 @@ impl Directory {
 
     /// Routes call `task` of `actor`.
     pub(crate) fn route(&mut self, actor: ActorId, task: TaskId) -> Route {
+        if let Some(err) = self.ended.0.get(&actor) {
+            return Route::Ended(err.clone());
+        }
         // This node placed it: its placement decides, not the mesh's records.
         match self.placed.get(&actor) {
             Some(p) if p.confirmed => return Route::To(p.peer),
@@ -227,6 +251,11 @@ impl Directory {
     /// The placement of `actor`, if this node placed it.
     pub(crate) fn placement(&self, actor: &ActorId) -> Option<Placed> {
         self.placed.get(actor).copied()
+    }
+
+    /// `actor`, which this node placed on a peer, ended there for good with `err`.
+    pub(crate) fn end(&mut self, actor: ActorId, err: shoal_protocol::TaskError) {
+        self.ended.0.put(actor, err);
     }
 
     /// Forgets the placement of `actor` (the calls waiting for it are the caller's to

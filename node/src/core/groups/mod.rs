@@ -27,7 +27,7 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use shoal_protocol::groups::{bundle_resources, is_group_resource};
+use shoal_protocol::groups::{bundle_resources, group_resources};
 use shoal_protocol::mesh::{PeerKey, PeerMsg};
 use shoal_protocol::{
     GroupId, GroupStrategy, IdMap, ObjectId, ObjectValue, ResourceSet, Strategy, TaskError, TaskId,
@@ -255,8 +255,11 @@ impl NodeCore {
     /// Whether `task` (scheduled into a group this node placed) must wait for the group to
     /// be placed; if so it is parked with it, or failed if its bundle does not exist.
     pub(super) fn park_in_group(&mut self, now: Instant, task: TaskId) -> bool {
-        let Some(Strategy::PlacementGroup { group, bundle }) =
-            self.tasks.get(&task).map(|e| e.spec.strategy.clone())
+        if self.groups.placed.is_empty() {
+            return false;
+        }
+        let Some(&Strategy::PlacementGroup { group, bundle }) =
+            self.tasks.get(&task).map(|e| &e.spec.strategy)
         else {
             return false;
         };
@@ -342,8 +345,9 @@ impl NodeCore {
                     return;
                 }
                 if let Some(l) = self.spill.peers.get_mut(&peer) {
-                    l.report.total.remove_where(|k| is_group_resource(k, group));
-                    l.report.free.remove_where(|k| is_group_resource(k, group));
+                    let of_group = group_resources(group);
+                    l.report.total.remove_where(&of_group);
+                    l.report.free.remove_where(of_group);
                 }
             }
         }
@@ -359,7 +363,7 @@ impl NodeCore {
             reason: reason.to_string(),
         };
         if held.committed > 0 {
-            let ended = self.sched.withdraw(now, |k| is_group_resource(k, group));
+            let ended = self.sched.withdraw(now, group_resources(group));
             for t in ended.tasks {
                 self.fail_task(now, t, error.clone());
             }
@@ -385,7 +389,6 @@ impl NodeCore {
             return;
         }
         let mut rooms: Vec<(Site, ResourceSet)> = vec![(None, self.sched.free().clone())];
-        let mut totals: Vec<(Site, ResourceSet)> = vec![(None, self.sched.total().clone())];
         let mut peers: Vec<(&PeerKey, &super::spill::PeerLoad)> = self
             .spill
             .peers
@@ -396,11 +399,17 @@ impl NodeCore {
             let cpu = l.estimated_free_now().get_milli(shoal_protocol::CPU);
             (std::cmp::Reverse(cpu), **p)
         });
-        for (p, l) in peers {
-            rooms.push((Some(*p), l.estimated_free_now()));
-            totals.push((Some(*p), l.report.total.clone()));
+        for (p, l) in &peers {
+            rooms.push((Some(**p), l.estimated_free_now()));
         }
         let Some(sites) = plan(&g.bundles, &g.sites, g.strategy, &rooms) else {
+            // Could it ever be placed, were everything free?
+            let mut totals: Vec<(Site, ResourceSet)> = vec![(None, self.sched.total().clone())];
+            totals.extend(
+                peers
+                    .iter()
+                    .map(|(p, l)| (Some(**p), l.report.total.clone())),
+            );
             let feasible = plan(&g.bundles, &g.sites, g.strategy, &totals).is_some();
             if !feasible && now.saturating_duration_since(g.since) >= INFEASIBLE_GRACE {
                 let demand = describe(&g.bundles, g.strategy);

@@ -328,6 +328,16 @@ impl NodeCore {
             }
             // The peer keeps each item for this node until told otherwise.
             self.decline_item(peer, id);
+            if at != Some(peer) {
+                // A run this node no longer waits for (it ended, or runs elsewhere now): no
+                // consumer will let it go further, so it ends there.
+                let cancel = PeerMsg::Cancel {
+                    task,
+                    force: false,
+                    recursive: false,
+                };
+                self.tell_peer(peer, cancel);
+            }
             // Yielded again by a run there that may not know how far the consumer got (told
             // before that run began): told again, or it would wait at its first window.
             let again = self.tasks.get(&task).and_then(|e| e.stream.as_deref());

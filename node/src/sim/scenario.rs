@@ -40,6 +40,9 @@ fn run_random(seed: u64) -> (Sim, Vec<Violation>) {
     let total_cpus: f64 = sim.cpus().iter().sum();
     let mut actor_cpus = 0.0;
     let mut owned: Vec<(usize, ObjectId)> = Vec::new();
+    // Placement groups of small bundles (a tenth of a CPU each), so that they never keep
+    // the mesh's CPUs from tasks for good.
+    let mut groups: Vec<(usize, shoal_protocol::GroupId)> = Vec::new();
     let steps = 40 + sim.rng().below(80);
     for _ in 0..steps {
         let pause = Duration::from_millis(1 + sim.rng().below(200));
@@ -84,11 +87,20 @@ fn run_random(seed: u64) -> (Sim, Vec<Violation>) {
                 let nodes = sim.nodes() as u64;
                 let which = sim.rng().below(nodes) as usize;
                 let peer = sim.peer_id(which);
-                let strategy = match sim.rng().below(20) {
+                let mut strategy = match sim.rng().below(20) {
                     0 | 1 => Strategy::Spread,
                     2 => Strategy::prefer_peer(peer),
                     _ => Strategy::Default,
                 };
+                let mut opts = opts;
+                let mine: Vec<_> = groups.iter().filter(|(o, _)| *o == d).collect();
+                if !mine.is_empty() && sim.rng().chance(0.1) {
+                    // Inside a group of this driver's: in one bundle, or in any.
+                    let (_, group) = *mine[sim.rng().below(mine.len() as u64) as usize];
+                    let bundle = sim.rng().chance(0.5).then(|| sim.rng().below(3) as u32);
+                    strategy = Strategy::PlacementGroup { group, bundle };
+                    opts.cpus = 0.1;
+                }
                 let id = sim.submit_with_strategy(d, &f, args, opts, held, strategy);
                 owned.push((d, id));
             }
@@ -105,6 +117,27 @@ fn run_random(seed: u64) -> (Sim, Vec<Violation>) {
                 };
                 let id = sim.submit(d, "crash", vec![], opts);
                 owned.push((d, id));
+            }
+            45..=52 if sim.rng().chance(0.25) => {
+                // A group's bundles may each take part of a peer's CPU, as an actor takes
+                // one: counted as whole CPUs against what actors may hold.
+                let n = 1 + sim.rng().below(3) as usize;
+                if actor_cpus + n as f64 >= total_cpus {
+                    continue;
+                }
+                actor_cpus += n as f64;
+                let bundles = vec![shoal_protocol::ResourceSet::cpus(0.1); n];
+                let strategy = match sim.rng().below(4) {
+                    0 => shoal_protocol::GroupStrategy::Pack,
+                    1 => shoal_protocol::GroupStrategy::Spread,
+                    2 => shoal_protocol::GroupStrategy::StrictPack,
+                    // Its bundles need as many peers with room, which the actors may
+                    // hold for good: it would wait for them as long (as in Ray).
+                    _ if n == 1 => shoal_protocol::GroupStrategy::StrictSpread,
+                    _ => shoal_protocol::GroupStrategy::Spread,
+                };
+                let g = sim.create_group(d, bundles, strategy);
+                groups.push((d, g));
             }
             45..=52 => {
                 let restarts = sim.rng().below(3) as u32;
@@ -142,6 +175,11 @@ fn run_random(seed: u64) -> (Sim, Vec<Violation>) {
                 } else if let Some(&(o, id)) = pick(&mut sim, &owned) {
                     sim.get(o, id);
                 }
+            }
+            84..=85 if !groups.is_empty() && sim.rng().chance(0.2) => {
+                let k = sim.rng().below(groups.len() as u64) as usize;
+                let (o, g) = groups.swap_remove(k);
+                sim.remove_group(o, g);
             }
             84..=85 => {
                 // A cancel of a task or a call, wherever it is by now (finished, even).

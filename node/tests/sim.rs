@@ -1737,7 +1737,12 @@ fn seeds_that_found_bugs_keep_every_invariant() {
     // 3310: a streaming generator's run at a peer that its owner had written off (and
     // retried elsewhere) waited for its consumer for good; the owner now cancels it there
     // when its items come.
-    for seed in [3310] {
+    // 3474: an object made again after every copy was lost could not be read at its new
+    // holder by the peers its owner had given its ref to; the owner now grants them there
+    // when it learns where the object is.
+    // 7838: a peer holding a copy of an object refused a task of the object's owner that
+    // took it; an object's owner may now always read it.
+    for seed in [3310, 3474, 7838] {
         let v = scenario::random(seed);
         assert!(v.is_empty(), "seed {seed}: {v:#?}");
     }

@@ -94,12 +94,13 @@ impl ObjEntry {
         self.remote.as_ref().is_some_and(|r| r.ready)
     }
 
-    /// Whether `peer` may read it here: a peer given its ref (`readers`), one holding a ref
-    /// through this node or owed its value (its task's owner), or one this node knows holds
-    /// a copy (it had it first).
+    /// Whether `peer` may read it here: a peer given its ref (`readers`), its owner's peer
+    /// (named by a peer that may read it), one holding a ref through this node or owed its
+    /// value (its task's owner), or one this node knows holds a copy (it had it first).
     pub(crate) fn readable_by(&self, peer: PeerKey) -> bool {
         let party = Party::Peer(peer);
         self.readers.contains(&peer)
+            || self.owner_peer == Some(peer)
             || self.push_to == Some(party)
             || self.holders.contains(&party)
             || self

@@ -389,6 +389,20 @@ impl NodeCore {
                 let r = e.remote.get_or_insert_with(Default::default);
                 r.object = Some(object);
                 r.holders = peers_from(&holders);
+                // The peers this node gave refs to may read it at its holders (one that made
+                // it again after every copy was lost, say, knows none of them yet).
+                for h in r.holders.iter().filter(|h| Some(**h) != self.me) {
+                    for reader in e.readers.iter().filter(|p| *p != h) {
+                        let grant = PeerMsg::Grant {
+                            to: reader.to_vec(),
+                            ids: vec![id],
+                        };
+                        self.out.push_back(Output::ToPeer {
+                            peer: *h,
+                            msg: grant,
+                        });
+                    }
+                }
                 if ours && !r.release_to.contains(&peer) {
                     // The peer keeps the result for this node until told otherwise.
                     r.release_to.push(peer);

@@ -460,34 +460,31 @@ impl NodeCore {
         placer: Site,
         bundles: Vec<(u32, ResourceSet)>,
     ) -> bool {
-        if let Some(h) = self.groups.held.get_mut(&group) {
-            let again = bundles
+        let more = Held {
+            placer,
+            bundles,
+            committed: 0,
+        };
+        if let Some(h) = self.groups.held.get(&group) {
+            // More bundles of a group it holds (placed again after a loss): from the same
+            // placer, none it holds already, and not while others wait for their commit.
+            let again = more
+                .bundles
                 .iter()
                 .any(|(i, _)| h.bundles.iter().any(|(j, _)| i == j));
             if h.placer != placer || h.committed < h.bundles.len() || again {
                 return false;
             }
-            // More bundles of a group it already holds (placed again after a loss).
-            let more = Held {
-                placer,
-                bundles,
-                committed: 0,
-            };
-            if !self.sched.reserve(&more.sum()) {
-                return false;
-            }
-            h.bundles.extend(more.bundles);
-            return true;
         }
-        let held = Held {
-            placer,
-            bundles,
-            committed: 0,
-        };
-        if !self.sched.reserve(&held.sum()) {
+        if !self.sched.reserve(&more.sum()) {
             return false;
         }
-        self.groups.held.insert(group, held);
+        match self.groups.held.get_mut(&group) {
+            Some(h) => h.bundles.extend(more.bundles),
+            None => {
+                self.groups.held.insert(group, more);
+            }
+        }
         true
     }
 

@@ -56,7 +56,7 @@ fn main() -> anyhow::Result<()> {
                 .name(name.as_str())
                 .detached(true)
                 .max_restarts(1);
-            let actor = Where::options(options).remote()?;
+            let actor = Where::options(options).try_remote()?;
             let host = actor.peer().get_blocking()?;
             println!("host {host}");
             actor

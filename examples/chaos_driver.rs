@@ -486,7 +486,7 @@ impl Driver {
     fn create_mixer(args: &Args, g: u64) -> anyhow::Result<ActorHandle<Mixer>> {
         let name = actor_name(&args.run, args.driver, g);
         Mixer::options(ActorOptions::new().name(&name).max_restarts(1000))
-            .remote(actor_tag(args.seed, args.driver, g))
+            .try_remote(actor_tag(args.seed, args.driver, g))
             .with_context(|| format!("creating actor {name}"))
     }
 

@@ -248,7 +248,7 @@ impl TargetClass for Target {
         Ok(match options {
             None => Target::remote(),
             Some(o) => Target::options(o)
-                .remote()
+                .try_remote()
                 .context("creating a target actor")?,
         })
     }
@@ -275,7 +275,7 @@ impl TargetClass for AsyncTarget {
         Ok(match options {
             None => AsyncTarget::remote(),
             Some(o) => AsyncTarget::options(o)
-                .remote()
+                .try_remote()
                 .context("creating a target actor")?,
         })
     }

@@ -683,7 +683,7 @@ fn wait_for_eof() -> Result<()> {
 fn actor_host_main(name: &str) -> Result<()> {
     let _shoal = attach()?;
     let actor = RemoteTarget::options(ActorOptions::new().name(name).detached(true))
-        .remote()
+        .try_remote()
         .with_context(|| format!("creating the actor {name}"))?;
     let peer = actor
         .peer()

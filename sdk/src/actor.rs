@@ -190,8 +190,7 @@ impl ActorOptions {
     /// use shoal::{ActorOptions, Strategy};
     /// let peer = shoal::peer_id().unwrap_or_default();
     /// let counter = Counter::options(ActorOptions::new().strategy(Strategy::prefer_peer(peer)))
-    ///     .remote()?;
-    /// # Ok::<(), shoal::ActorError>(())
+    ///     .remote();
     /// ```
     pub fn strategy(mut self, strategy: shoal_protocol::Strategy) -> Self {
         self.placement.strategy = strategy;
@@ -245,7 +244,7 @@ impl ActorOptions {
     /// # impl Counter { pub fn new() -> Self { Counter } pub fn get(&self) -> u64 { 0 } }
     /// # fn main() -> Result<(), shoal::ActorError> {
     /// let options = shoal::ActorOptions::new().name("hits").namespace("shop");
-    /// let hits = Counter::options(options).remote()?;
+    /// let hits = Counter::options(options).remote();
     /// let found = shoal::get_actor_in::<Counter>("shop", "hits")?;
     /// # Ok(()) }
     /// ```
@@ -292,7 +291,7 @@ impl ActorOptions {
     /// # #[shoal::actor]
     /// # impl Sink { pub fn new() -> Self { Sink } pub fn take(&self, _x: u64) {} }
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let sink = Sink::options(shoal::ActorOptions::new().max_pending_calls(100)).remote()?;
+    /// let sink = Sink::options(shoal::ActorOptions::new().max_pending_calls(100)).remote();
     /// let mut sent: std::collections::VecDeque<shoal::ObjectRef<()>> = Default::default();
     /// for x in 0..1_000u64 {
     ///     loop {
@@ -336,7 +335,7 @@ impl ActorOptions {
     /// }
     ///
     /// # fn main() -> Result<(), shoal::ActorError> {
-    /// let s = Service::options(shoal::ActorOptions::new().concurrency_group("io", 2)).remote()?;
+    /// let s = Service::options(shoal::ActorOptions::new().concurrency_group("io", 2)).remote();
     /// # Ok(()) }
     /// ```
     pub fn concurrency_group(mut self, name: impl Into<String>, max: u32) -> Self {

@@ -45,7 +45,7 @@
 //! let two = counter.incr(1);                      // calls from one caller run in order
 //! assert_eq!(two.get_blocking()?, 2);
 //! let named = Counter::options(shoal::ActorOptions::new().name("hits").max_restarts(3))
-//!     .remote(0)?;                                // findable with shoal::get_actor("hits")
+//!     .try_remote(0)?;                            // findable with shoal::get_actor("hits")
 //! shoal::kill(&named);
 //! # let _ = one; Ok(()) }
 //! ```
@@ -68,7 +68,9 @@
 //!   `max_restarts` (the constructor re-runs with its original arguments after the process
 //!   dies), `max_task_retries`, `max_concurrency`, `max_pending_calls` (back-pressure per
 //!   handle), `name` with `namespace` and `get_if_exists` ([`get_actor`], [`get_actor_in`]),
-//!   `detached`.
+//!   `detached`. `Type::options(options).remote(..)` gives a handle, as `Type::remote(..)`
+//!   does; `try_remote` instead says at once if the creation is refused (its name is taken,
+//!   its options are invalid), where `remote`'s handle fails each call with the reason.
 //! - [`kill`] ends an actor (and [`exit_actor`], called in one of its methods, ends it from
 //!   inside); its later calls fail with [`TaskError::ActorKilled`]. When its
 //!   process dies, the calls it may have begun fail with [`TaskError::ActorDied`] (a call

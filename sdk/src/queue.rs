@@ -110,7 +110,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// by with [`Queue::named`]).
     pub fn with_options(maxsize: usize, options: ActorOptions) -> Result<Self, ActorError> {
         Ok(Self {
-            actor: QueueActor::options(options).remote(maxsize as u64)?,
+            actor: QueueActor::options(options).try_remote(maxsize as u64)?,
             _t: PhantomData,
         })
     }

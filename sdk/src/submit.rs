@@ -212,32 +212,70 @@ pub fn create_actor<A: Actor>(options: &ActorOptions, args: Vec<ArgBuf>) -> Acto
     handle
 }
 
-/// Creates an actor. With a name, waits for the node's answer (the name may be taken, or a
-/// get-or-create may find an existing actor).
-pub fn create_actor_with<A: Actor>(
+/// Creates an actor with options. With a name, waits for the node's answer (a
+/// get-or-create may find an existing actor); a refused creation gives the handle anyway,
+/// whose calls fail with the reason (the node remembers it).
+pub fn create_actor_with<A: Actor>(options: &ActorOptions, args: Vec<ArgBuf>) -> ActorHandle<A> {
+    let ctx = runtime::get();
+    let (handle, ret) = submit_create::<A>(ctx, options, args);
+    if options.name.is_none() {
+        return handle;
+    }
+    match named(options, handle, &ret) {
+        Ok(handle) => handle,
+        Err((handle, e)) => {
+            tracing::debug!(class = A::CLASS, error = %e, "actor creation refused; its calls fail");
+            handle
+        }
+    }
+}
+
+/// Creates an actor with options, failing at once if the creation is refused. With a name,
+/// waits for the node's answer (the name may be taken, or a get-or-create may find an
+/// existing actor).
+pub fn try_create_actor_with<A: Actor>(
     options: &ActorOptions,
     args: Vec<ArgBuf>,
 ) -> Result<ActorHandle<A>, ActorError> {
     let ctx = runtime::get();
     let (handle, ret) = submit_create::<A>(ctx, options, args);
     if options.name.is_none() {
-        return Ok(handle);
+        // What can refuse an unnamed creation up front (a shut down runtime, invalid
+        // options) has failed its return already.
+        return match ctx.failed_already(ret.id()) {
+            Some(e) => Err(ActorError::Create(e)),
+            None => Ok(handle),
+        };
     }
-    match ret.get_blocking() {
-        Ok((id, _)) if id == ActorHandle::id(&handle) => Ok(handle),
+    named(options, handle, &ret).map_err(|(_, e)| e)
+}
+
+/// The node's answer to a named creation: the handle to use, or why it was refused (with
+/// the handle made for it).
+#[allow(clippy::result_large_err)]
+fn named<A: Actor>(
+    options: &ActorOptions,
+    handle: ActorHandle<A>,
+    ret: &ObjectRef<(ActorId, ActorToken)>,
+) -> Result<ActorHandle<A>, (ActorHandle<A>, ActorError)> {
+    let e = match ret.get_blocking() {
+        Ok((id, _)) if id == ActorHandle::id(&handle) => return Ok(handle),
         // Get-or-create found another: a handle to it, not owned by us.
         // (The node counts it as a handle that is not counted: that actor is kept.)
-        Ok((id, token)) => Ok(ActorHandle::from_raw(RawActor::new(
-            id,
-            token,
-            None,
-            options.max_pending_calls,
-        ))),
-        Err(GetError::Task(TaskError::ActorNameTaken { name })) => {
-            Err(ActorError::NameTaken(shoal_protocol::display_name(&name)))
+        Ok((id, token)) => {
+            return Ok(ActorHandle::from_raw(RawActor::new(
+                id,
+                token,
+                None,
+                options.max_pending_calls,
+            )))
         }
-        Err(e) => Err(ActorError::Create(e)),
-    }
+        Err(GetError::Task(TaskError::ActorNameTaken { name })) => {
+            ActorError::NameTaken(shoal_protocol::display_name(&name))
+        }
+        Err(e) => ActorError::Create(e),
+    };
+    Err((handle, e))
 }
 
 fn submit_create<A: Actor>(

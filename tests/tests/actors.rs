@@ -300,6 +300,12 @@ fn bump(counter: ActorHandle<Counter>, times: u32) -> i64 {
 
 /// A caller task: sends `n` numbered calls to the recorder without waiting, then waits for
 /// the last.
+/// A counter's value, read from a task (another process).
+#[shoal::remote]
+fn ask_through_task(counter: ActorHandle<Counter>) -> Result<i64, String> {
+    counter.get().get_blocking().map_err(|e| e.to_string())
+}
+
 #[shoal::remote]
 fn send_in_order(rec: ActorHandle<Recorder>, caller: u32, n: u64) -> u64 {
     let mut last = None;
@@ -420,7 +426,7 @@ fn quits_outside_an_actor() -> u32 {
 fn exit_actor_ends_the_actor_for_good_and_frees_its_name() {
     shoal::init().unwrap();
     let options = ActorOptions::new().name("quitter").max_restarts(3);
-    let q = Quitter::options(options.clone()).remote().unwrap();
+    let q = Quitter::options(options.clone()).remote();
     let pid = q.pid().get_blocking().unwrap();
     let quit = q.quit();
     // Made after the quit: it fails too, with no restart.
@@ -440,7 +446,7 @@ fn exit_actor_ends_the_actor_for_good_and_frees_its_name() {
         shoal::get_actor::<Quitter>("quitter"),
         Err(ActorError::NotFound(_))
     ));
-    let again = Quitter::options(options).remote().unwrap();
+    let again = Quitter::options(options).remote();
     assert_ne!(again.pid().get_blocking().unwrap(), pid);
     shoal::kill(&again);
 }
@@ -494,9 +500,7 @@ fn sigkill_without_restarts_fails_calls_in_flight_and_later() {
 #[test]
 fn sigkill_with_restarts_reruns_the_constructor() {
     shoal::init().unwrap();
-    let c = Counter::options(ActorOptions::new().max_restarts(1))
-        .remote(100)
-        .unwrap();
+    let c = Counter::options(ActorOptions::new().max_restarts(1)).remote(100);
     assert_eq!(c.incr(1).get_blocking().unwrap(), 101);
     let pid = c.pid().get_blocking().unwrap();
     let in_flight = running_slow_call(&c, "restart");
@@ -523,9 +527,7 @@ fn sigkill_with_restarts_reruns_the_constructor() {
 #[test]
 fn calls_behind_a_call_that_dies_with_its_process_run_after_the_restart() {
     shoal::init().unwrap();
-    let c = Counter::options(ActorOptions::new().max_restarts(1))
-        .remote(100)
-        .unwrap();
+    let c = Counter::options(ActorOptions::new().max_restarts(1)).remote(100);
     let pid = c.pid().get_blocking().unwrap();
     let in_flight = running_slow_call(&c, "behind");
     let behind = [c.incr(1), c.incr(2), c.get()];
@@ -551,9 +553,7 @@ fn calls_behind_a_call_that_dies_with_its_process_run_after_the_restart() {
 #[test]
 fn with_max_task_retries_a_call_that_died_with_its_process_runs_again() {
     shoal::init().unwrap();
-    let c = Counter::options(ActorOptions::new().max_restarts(1).max_task_retries(1))
-        .remote(100)
-        .unwrap();
+    let c = Counter::options(ActorOptions::new().max_restarts(1).max_task_retries(1)).remote(100);
     assert_eq!(c.incr(1).get_blocking(), Ok(101));
     let pid = c.pid().get_blocking().unwrap();
     let marker = std::env::temp_dir().join(format!(
@@ -589,8 +589,7 @@ fn calls_made_while_a_crashing_constructor_runs_wait_for_the_restart() {
         std::fs::remove_file(&marker).unwrap();
     }
     let a = DiesInConstructor::options(ActorOptions::new().max_restarts(1))
-        .remote(marker.display().to_string())
-        .unwrap();
+        .remote(marker.display().to_string());
     let calls: Vec<_> = (0..3).map(|_| a.incarnation()).collect();
     for r in calls {
         assert_eq!(r.get_blocking_timeout(Duration::from_secs(30)), Ok(1));
@@ -605,9 +604,7 @@ fn calls_made_while_a_crashing_constructor_runs_wait_for_the_restart() {
 #[test]
 fn blocking_methods_of_a_threaded_actor_overlap_up_to_max_concurrency() {
     shoal::init().unwrap();
-    let m = Meeting::options(ActorOptions::new().max_concurrency(3))
-        .remote(3)
-        .unwrap();
+    let m = Meeting::options(ActorOptions::new().max_concurrency(3)).remote(3);
     for round in 0..2 {
         let calls: Vec<_> = (0..3).map(|_| m.meet()).collect();
         let mut got: Vec<u64> = calls
@@ -632,8 +629,7 @@ fn a_concurrency_group_runs_beside_the_other_calls_up_to_its_size() {
             .max_concurrency(1)
             .concurrency_group("io", 2),
     )
-    .remote()
-    .unwrap();
+    .remote();
     let waiting: Vec<_> = (0..3).map(|_| g.through_gate()).collect();
     // Outside the group: it runs though the group's calls wait.
     g.open_gate()
@@ -671,15 +667,11 @@ fn a_failing_constructor_fails_the_calls() {
 #[test]
 fn async_methods_overlap_up_to_max_concurrency() {
     shoal::init().unwrap();
-    let r = Rendezvous::options(ActorOptions::new().max_concurrency(2))
-        .remote()
-        .unwrap();
+    let r = Rendezvous::options(ActorOptions::new().max_concurrency(2)).remote();
     let (a, b) = (r.meet(2, 20_000), r.meet(2, 20_000));
     assert!(a.get_blocking().unwrap() && b.get_blocking().unwrap());
     // One at a time, the first call cannot see the second arrive.
-    let serial = Rendezvous::options(ActorOptions::new().max_concurrency(1))
-        .remote()
-        .unwrap();
+    let serial = Rendezvous::options(ActorOptions::new().max_concurrency(1)).remote();
     let (a, b) = (serial.meet(2, 300), serial.meet(2, 300));
     assert!(!a.get_blocking().unwrap());
     assert!(b.get_blocking().unwrap());
@@ -692,9 +684,7 @@ fn an_async_actor_holds_as_many_waiting_calls_as_its_max_concurrency() {
     // behind calls that were waiting themselves.
     shoal::init().unwrap();
     const N: u32 = 4000;
-    let batch = Batch::options(ActorOptions::new().max_concurrency(8000))
-        .remote()
-        .unwrap();
+    let batch = Batch::options(ActorOptions::new().max_concurrency(8000)).remote();
     let calls: Vec<ObjectRef<bool>> = (0..N).map(|_| batch.gather(N, 60_000)).collect();
     for (i, c) in calls.iter().enumerate() {
         assert!(
@@ -715,9 +705,8 @@ fn zero_cpu_actors_do_not_hold_cpus_and_cpu_actors_do() {
     }
     assert_eq!(slow_value.remote(0, 7).get_blocking().unwrap(), 7);
     // An actor asking for more than the node has is infeasible; its calls say so.
-    let huge = Counter::options(ActorOptions::new().num_cpus(total as f64 / 1000.0 + 1.0))
-        .remote(0)
-        .unwrap();
+    let huge =
+        Counter::options(ActorOptions::new().num_cpus(total as f64 / 1000.0 + 1.0)).remote(0);
     match huge.get().get_blocking() {
         Err(GetError::Task(TaskError::ActorCreationFailed { message, .. })) => {
             assert!(message.contains("infeasible"), "{message}")
@@ -754,7 +743,7 @@ fn an_actor_kept_by_another_actor_holds_its_cpus_until_that_one_goes() {
     let shoal = shoal::init().unwrap();
     let cpus = shoal.status().unwrap().resources_total.get_milli("CPU") as f64 / 1000.0;
     let all = || ActorOptions::new().num_cpus(cpus);
-    let big = Counter::options(all()).remote(0).unwrap();
+    let big = Counter::options(all()).remote(0);
     let relay = Relay::remote(big.clone());
     drop(big);
     // The relay's copy keeps it (and its CPUs).
@@ -762,7 +751,7 @@ fn an_actor_kept_by_another_actor_holds_its_cpus_until_that_one_goes() {
     // With the relay gone, no handle is left: it ends, and an actor needing its CPUs is
     // placed.
     shoal::kill(&relay);
-    let next = Counter::options(all()).remote(7).unwrap();
+    let next = Counter::options(all()).remote(7);
     assert_eq!(
         next.get()
             .get_blocking_timeout(Duration::from_secs(60))
@@ -775,9 +764,7 @@ fn an_actor_kept_by_another_actor_holds_its_cpus_until_that_one_goes() {
 fn a_named_actor_ends_with_its_last_handle_and_frees_its_name() {
     shoal::init().unwrap();
     let name = format!("last-handle-{}", std::process::id());
-    let c = Counter::options(ActorOptions::new().name(&name))
-        .remote(1)
-        .unwrap();
+    let c = Counter::options(ActorOptions::new().name(&name)).remote(1);
     let pid = c.pid().get_blocking().unwrap();
     let found = shoal::get_actor::<Counter>(&name).unwrap();
     // A handle found by name counts too.
@@ -785,9 +772,7 @@ fn a_named_actor_ends_with_its_last_handle_and_frees_its_name() {
     assert_eq!(found.incr(1).get_blocking().unwrap(), 2);
     drop(found);
     wait_until(Duration::from_secs(10), || !alive(pid));
-    let again = Counter::options(ActorOptions::new().name(&name))
-        .remote(5)
-        .unwrap();
+    let again = Counter::options(ActorOptions::new().name(&name)).remote(5);
     assert_eq!(again.get().get_blocking().unwrap(), 5);
 }
 
@@ -799,7 +784,7 @@ fn calls_past_max_pending_calls_fail_at_once_until_pending_ones_are_done() {
         .name(&name)
         .concurrency_group("io", 8)
         .max_pending_calls(2);
-    let gated = Gated::options(options).remote().unwrap();
+    let gated = Gated::options(options).remote();
     // Two calls wait at the gate; the ref of the second is dropped, and it still counts.
     let first = gated.through_gate();
     drop(gated.through_gate());
@@ -835,8 +820,8 @@ fn one_name_in_two_namespaces_names_two_actors() {
     shoal::init().unwrap();
     let name = format!("shared-{}", std::process::id());
     let named = |ns: &str| ActorOptions::new().name(&name).namespace(ns);
-    let left = Counter::options(named("left")).remote(1).unwrap();
-    let right = Counter::options(named("right")).remote(2).unwrap();
+    let left = Counter::options(named("left")).remote(1);
+    let right = Counter::options(named("right")).remote(2);
     assert_ne!(ActorHandle::id(&left), ActorHandle::id(&right));
     let found = |ns: &str| shoal::get_actor_in::<Counter>(ns, &name);
     assert_eq!(found("left").unwrap().get().get_blocking().unwrap(), 1);
@@ -852,15 +837,32 @@ fn one_name_in_two_namespaces_names_two_actors() {
     );
     // Taken within its namespace.
     assert_eq!(
-        Counter::options(named("left")).remote(0).unwrap_err(),
+        Counter::options(named("left")).try_remote(0).unwrap_err(),
         ActorError::NameTaken(format!("left/{name}"))
     );
+    // `remote` gives a handle all the same (one shape with `Type::remote`), whose calls
+    // fail with the reason, and so do those of its copies in other processes.
+    let refused = Counter::options(named("left")).remote(0);
+    assert_ne!(ActorHandle::id(&refused), ActorHandle::id(&left));
+    let taken = TaskError::ActorNameTaken {
+        name: format!("left\0{name}"),
+    };
+    assert_eq!(
+        refused.get().get_blocking(),
+        Err(GetError::Task(taken.clone()))
+    );
+    assert_eq!(
+        ask_through_task.remote(refused.clone()).get_blocking(),
+        Ok(Err(GetError::Task(taken).to_string()))
+    );
+    // The one that holds the name is untouched.
+    assert_eq!(left.get().get_blocking(), Ok(1));
     // A NUL, which separates the two on the wire, is refused in either.
     for options in [
         ActorOptions::new().name("a\0b"),
         ActorOptions::new().name("x").namespace("a\0b"),
     ] {
-        match Counter::options(options).remote(0) {
+        match Counter::options(options).try_remote(0) {
             Err(ActorError::Create(GetError::Task(TaskError::InvalidOptions { reason }))) => {
                 assert!(reason.contains("NUL"), "{reason}")
             }
@@ -873,21 +875,17 @@ fn one_name_in_two_namespaces_names_two_actors() {
 fn named_actors_from_a_second_program() {
     let shoal = shoal::init().unwrap();
     let name = format!("counter-{}", std::process::id());
-    let c = Counter::options(ActorOptions::new().name(&name))
-        .remote(1000)
-        .unwrap();
+    let c = Counter::options(ActorOptions::new().name(&name)).remote(1000);
     assert_eq!(c.incr(1).get_blocking().unwrap(), 1001);
     // The name is taken for another creation...
     assert_eq!(
         Counter::options(ActorOptions::new().name(&name))
-            .remote(0)
+            .try_remote(0)
             .unwrap_err(),
         ActorError::NameTaken(name.clone())
     );
     // ...but a get-or-create finds the live one.
-    let again = Counter::options(ActorOptions::new().name(&name).get_if_exists(true))
-        .remote(0)
-        .unwrap();
+    let again = Counter::options(ActorOptions::new().name(&name).get_if_exists(true)).remote(0);
     assert_eq!(ActorHandle::id(&again), ActorHandle::id(&c));
     // Lookup checks the class.
     assert!(matches!(
@@ -939,9 +937,7 @@ fn second_program_entry() {
     .unwrap();
     let c = shoal::get_actor::<Counter>(&name).unwrap();
     let a = c.incr(10).get_blocking().unwrap();
-    let again = Counter::options(ActorOptions::new().name(&name).get_if_exists(true))
-        .remote(0)
-        .unwrap();
+    let again = Counter::options(ActorOptions::new().name(&name).get_if_exists(true)).remote(0);
     let b = again.incr(10).get_blocking().unwrap();
     println!("looked-up={a} get-or-create={b}");
 }
@@ -990,9 +986,7 @@ fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) {
 #[test]
 fn a_ref_returned_by_a_threaded_actors_blocking_method_lives_with_the_result() {
     const WAIT: Duration = Duration::from_secs(60);
-    let boxer = Boxer::options(ActorOptions::new().max_concurrency(2))
-        .remote()
-        .unwrap();
+    let boxer = Boxer::options(ActorOptions::new().max_concurrency(2)).remote();
     let outer = boxer.boxed(7);
     // Made, not read: this process holds no ref to the inner value.
     let (ready, _) = shoal::wait_blocking(std::slice::from_ref(&outer), 1, Some(WAIT)).unwrap();

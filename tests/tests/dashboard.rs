@@ -63,8 +63,7 @@ fn driver_entry() {
             .name("keeper")
             .detached(true),
     )
-    .remote(0)
-    .unwrap();
+    .remote(0);
     assert_eq!(keeper.bump().get_blocking().unwrap(), 1);
     // An object it holds, in the store of its node, while the page is looked at.
     let kept = shoal::put_bytes(&vec![7u8; 2 << 20]).unwrap();

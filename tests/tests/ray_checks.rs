@@ -106,15 +106,13 @@ fn a_fractional_quantity_above_one_is_refused() {
 #[test]
 fn an_empty_actor_name_is_refused() {
     shoal::init().unwrap();
-    match Named::options(ActorOptions::new().name("")).remote() {
+    match Named::options(ActorOptions::new().name("")).try_remote() {
         Err(ActorError::Create(GetError::Task(TaskError::InvalidOptions { reason }))) => {
             assert!(reason.contains("name"), "{reason}")
         }
         other => panic!("expected InvalidOptions, got {:?}", other.map(|_| ())),
     }
-    let named = Named::options(ActorOptions::new().name("a name"))
-        .remote()
-        .unwrap();
+    let named = Named::options(ActorOptions::new().name("a name")).remote();
     assert_eq!(named.ping().get_blocking().unwrap(), 7);
 }
 
@@ -180,9 +178,7 @@ fn the_runtime_context_names_the_task_and_the_actor() {
     assert_eq!(actor, None);
     assert_ne!(pid, std::process::id(), "it ran in a worker");
     assert_eq!(node, shoal.node_id());
-    let a = WhoAmI::options(ActorOptions::new().num_cpus(1.0))
-        .remote()
-        .unwrap();
+    let a = WhoAmI::options(ActorOptions::new().num_cpus(1.0)).remote();
     let call = a.who();
     let (task, actor, resources) = call.get_blocking().unwrap();
     assert_eq!(resources, shoal::ResourceSet::cpus(1.0));

@@ -285,7 +285,7 @@ fn driver_entry() {
                 println!("result bundle-{i}-on {peer}");
             }
             let in_1 = ActorOptions::new().num_cpus(1.0).strategy(pg.bundle(1));
-            let actor = Streamer::options(in_1).remote().unwrap();
+            let actor = Streamer::options(in_1).remote();
             let (_, peer) = actor.count(1).next().unwrap().get_blocking().unwrap();
             println!("result actor-on {peer}");
             // Outside the group, a task waits for a CPU until the group is removed; one
@@ -413,7 +413,7 @@ fn driver_entry() {
             assert!(stream.next().is_none());
             // An actor on b streams to this node.
             let on_b = ActorOptions::new().num_cpus(0.0).resource("b", 1.0);
-            let streamer = Streamer::options(on_b).remote().unwrap();
+            let streamer = Streamer::options(on_b).remote();
             let mut got = 0;
             for (i, r) in streamer.count(7).enumerate() {
                 let (n, peer) = r.get_blocking().unwrap();
@@ -463,9 +463,7 @@ fn driver_entry() {
             );
         }
         "actor-host" => {
-            let r = Recorder::options(ActorOptions::new().name("recorder").detached(true))
-                .remote()
-                .unwrap();
+            let r = Recorder::options(ActorOptions::new().name("recorder").detached(true)).remote();
             let (_, _, peer) = r.summary().get_blocking().unwrap();
             println!("result host {peer}");
         }
@@ -491,9 +489,7 @@ fn driver_entry() {
         "actor-placed" => {
             // This node has no CPU: the actor goes to a peer, and comes back on another
             // when that peer dies.
-            let r = Recorder::options(ActorOptions::new().num_cpus(1.0).max_restarts(1))
-                .remote()
-                .unwrap();
+            let r = Recorder::options(ActorOptions::new().num_cpus(1.0).max_restarts(1)).remote();
             for seq in 1..=100 {
                 r.record(0, seq);
             }
@@ -534,9 +530,7 @@ fn driver_entry() {
                 .map(|i| (i as u8).wrapping_mul(31).wrapping_add(3))
                 .collect();
             let r = shoal::put(&Bytes::from(bytes)).unwrap();
-            let vault = Vault::options(ActorOptions::new().name("vault").detached(true))
-                .remote()
-                .unwrap();
+            let vault = Vault::options(ActorOptions::new().name("vault").detached(true)).remote();
             vault.keep(r).get_blocking().unwrap();
             println!("result kept");
         }

@@ -100,8 +100,7 @@ fn driver_entry() {
             .name("tally")
             .detached(true),
     )
-    .remote(0)
-    .unwrap();
+    .remote(0);
     for _ in 0..3 {
         tally.add(2).get_blocking().unwrap();
     }
@@ -118,11 +117,7 @@ fn waiting_driver_entry() {
     assert_eq!(scenario, "waiting");
     shoal::init().unwrap();
     let actors: Vec<_> = (0..4)
-        .map(|_| {
-            Tally::options(ActorOptions::new().num_cpus(1.0))
-                .remote(0)
-                .unwrap()
-        })
+        .map(|_| Tally::options(ActorOptions::new().num_cpus(1.0)).remote(0))
         .collect();
     println!("created");
     for a in &actors {

@@ -1092,6 +1092,9 @@ impl NodeCore {
                         return;
                     }
                     Err(e) => {
+                        // The handle its creator holds anyway (the options' `remote`) gives
+                        // this error to every call made through it.
+                        self.directory.end(create.actor_id, e.clone());
                         self.fail_task(now, task_id, e);
                         return;
                     }
@@ -1108,10 +1111,13 @@ impl NodeCore {
                 return;
             }
             TaskKind::ActorMethod { actor, token } => {
-                let queued = self
-                    .actors
-                    .check_token(actor, &token)
-                    .and_then(|()| self.actors.enqueue(actor, client, task_id));
+                let queued = match self.directory.ended_with(&actor) {
+                    Some(e) if self.actors.get(&actor).is_none() => Err(e),
+                    _ => self
+                        .actors
+                        .check_token(actor, &token)
+                        .and_then(|()| self.actors.enqueue(actor, client, task_id)),
+                };
                 // The actor's `max_task_retries` are the call's retries.
                 let retries = self.actors.get(&actor).map(|a| a.spec.max_task_retries);
                 if let (Ok(()), Some(retries), Some(e)) =

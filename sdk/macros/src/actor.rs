@@ -590,13 +590,24 @@ fn constructors(actor: &Actor<'_>, create_struct: &Ident) -> TokenStream2 {
         #(#new_cfgs)*
         impl #create_struct {
             /// Creates the actor with these options in a worker process of its own and
-            /// returns its handle at once; calls made through the handle wait for the
-            /// constructor. Fails at once if the actor cannot be created with these options.
+            /// returns its handle, as `Type::remote` does; calls made through the handle
+            /// wait for the constructor. A named actor is registered first (so a
+            /// get-or-create gives the actor it finds); if the name is taken, every call
+            /// through the handle fails with `TaskError::ActorNameTaken`. `try_remote`
+            /// says so at once instead.
             #[allow(clippy::too_many_arguments)]
-            #vis fn remote(
+            #vis fn remote(&self #(, #params)*) -> ::shoal::ActorHandle<#self_ty> {
+                ::shoal::__private::create_actor_with::<#self_ty>(&self.options, #args)
+            }
+
+            /// Creates the actor with these options, as `remote` does, but fails at once
+            /// if it cannot be created with them: its name is taken
+            /// (`ActorError::NameTaken`), or the node refused the creation.
+            #[allow(clippy::too_many_arguments)]
+            #vis fn try_remote(
                 &self #(, #params)*
             ) -> ::core::result::Result<::shoal::ActorHandle<#self_ty>, ::shoal::ActorError> {
-                ::shoal::__private::create_actor_with::<#self_ty>(&self.options, #args)
+                ::shoal::__private::try_create_actor_with::<#self_ty>(&self.options, #args)
             }
         }
     }

@@ -177,11 +177,14 @@
 //! pub struct __ShoalActorCreateCounter { options: ::shoal::ActorOptions }
 //!
 //! impl __ShoalActorCreateCounter {
-//!     pub fn remote(
+//!     pub fn remote(&self, start: impl ::shoal::IntoArg<i64>) -> ::shoal::ActorHandle<Counter> {
+//!         ::shoal::__private::create_actor_with::<Counter>(&self.options, vec![..])
+//!     }
+//!     pub fn try_remote(
 //!         &self,
 //!         start: impl ::shoal::IntoArg<i64>,
 //!     ) -> Result<::shoal::ActorHandle<Counter>, ::shoal::ActorError> {
-//!         ::shoal::__private::create_actor_with::<Counter>(&self.options, vec![..])
+//!         ::shoal::__private::try_create_actor_with::<Counter>(&self.options, vec![..])
 //!     }
 //! }
 //!

@@ -334,6 +334,14 @@ impl Context {
             .is_some_and(|c| c.maker.is_some())
     }
 
+    /// The error of `id` if it has failed in this process already.
+    pub(crate) fn failed_already(&self, id: ObjectId) -> Option<GetError> {
+        match &self.cells.lock().get(&id)?.state {
+            CellState::Failed(e) => Some(e.clone()),
+            _ => None,
+        }
+    }
+
     /// Registers a handle that failed before it existed (encoding errors and the like).
     pub(crate) fn add_failed(&self, id: ObjectId, err: GetError) {
         let mut cells = self.cells.lock();

@@ -258,6 +258,11 @@ impl Directory {
         self.ended.0.put(actor, err);
     }
 
+    /// Why `actor` ended for good, if this node remembers.
+    pub(crate) fn ended_with(&mut self, actor: &ActorId) -> Option<shoal_protocol::TaskError> {
+        self.ended.0.get(actor).cloned()
+    }
+
     /// Forgets the placement of `actor` (the calls waiting for it are the caller's to
     /// take, with [`take_pending`](Self::take_pending)).
     pub(crate) fn unplace(&mut self, actor: &ActorId) -> Option<Placed> {

@@ -14,8 +14,8 @@ pub use crate::function::{
     REMOTE_FUNCTIONS,
 };
 pub use crate::submit::{
-    call_actor, call_actor_stream, create_actor, create_actor_with, submit, submit_several,
-    submit_stream, try_create_actor_with, ArgBuf, Returns,
+    call_actor, call_actor_several, call_actor_stream, create_actor, create_actor_with, submit,
+    submit_several, submit_stream, try_create_actor_with, ArgBuf, Returns,
 };
 pub use crate::worker::host::host_actor;
 pub use crate::worker::{block_on, worker_ctor};

@@ -60,7 +60,8 @@
 //!   the state stays. A method marked `#[streaming]` that returns an iterator is a
 //!   streaming generator, as a `#[shoal::remote(streaming)]` function is (below): its call
 //!   gives an [`ObjectRefStream`] of its items (an `async` one awaits its consumer, so the
-//!   actor's other calls go on meanwhile).
+//!   actor's other calls go on meanwhile). A method marked `#[num_returns = n]` returns a
+//!   tuple of `n`, and its call gives a tuple of `n` refs, each element its own object.
 //! - Handles are `Clone` and serializable: pass them to tasks and other actors, which call
 //!   the actor directly. They are counted wherever they go, as Ray counts them: when the
 //!   last is dropped, the actor ends (see [`ActorHandle`]).

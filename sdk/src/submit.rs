@@ -154,7 +154,24 @@ pub fn submit_stream<T>(
 /// Calls `method` of an actor and returns the reference to its result. Calls are never
 /// retried (as Ray's default `max_task_retries`).
 pub fn call_actor<R>(actor: &RawActor, method: &'static str, args: Vec<ArgBuf>) -> ObjectRef<R> {
-    ObjectRef::from_raw(submit_call(actor, method, args, false).1)
+    ObjectRef::from_raw(submit_call(actor, method, args, 1, false).1)
+}
+
+/// Calls `method` of an actor, one with `num_returns` returns (`#[num_returns = n]`), and
+/// returns the references to them.
+pub fn call_actor_several(
+    actor: &RawActor,
+    method: &'static str,
+    args: Vec<ArgBuf>,
+    num_returns: u32,
+) -> Returns {
+    let (task, first) = submit_call(actor, method, args, num_returns, false);
+    Returns {
+        first: Some(first),
+        task,
+        next: 1,
+        count: num_returns,
+    }
 }
 
 /// Calls `method` of an actor, a streaming generator, and returns the stream of its items.
@@ -163,16 +180,18 @@ pub fn call_actor_stream<T>(
     method: &'static str,
     args: Vec<ArgBuf>,
 ) -> crate::stream::ObjectRefStream<T> {
-    let (task, end) = submit_call(actor, method, args, true);
+    let (task, end) = submit_call(actor, method, args, 1, true);
     crate::stream::ObjectRefStream::new(task, end)
 }
 
 /// Submits a call of `method` (a `stream`ing one or not), within its handle's limit of
-/// pending calls: its task and the ref to its result (failed if over the limit).
+/// pending calls: its task and the ref to its (first) result (failed if over the limit; the
+/// others, with `num_returns > 1`, are counted once each, for [`Returns`] to take).
 fn submit_call(
     actor: &RawActor,
     method: &'static str,
     args: Vec<ArgBuf>,
+    num_returns: u32,
     stream: bool,
 ) -> (TaskId, RawRef) {
     let ctx = runtime::get();
@@ -188,18 +207,16 @@ fn submit_call(
                 token: actor.token(),
             },
             args,
-            1,
+            num_returns,
             stream,
         ))
     };
     let end = actor.within_limit(ctx, call).unwrap_or_else(|limit| {
-        let ret = ObjectId::for_return(task_id, 0);
         let error = GetError::PendingCallsLimitExceeded {
             actor: actor.id(),
             limit,
         };
-        ctx.add_failed(ret, error);
-        ObjectRef::from_raw(RawRef::counted(ret, ctx.client))
+        ObjectRef::from_raw(failed(ctx, task_id, num_returns, error))
     });
     (task_id, end.raw)
 }

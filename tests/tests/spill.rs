@@ -97,6 +97,13 @@ impl Streamer {
         let peer = shoal::peer_id().unwrap_or_default();
         (1..=n).map(move |i| (i, peer.clone()))
     }
+
+    /// `n` bytes of 1 (through the store, if large) and this actor's peer: two objects.
+    #[num_returns = 2]
+    pub fn split(&self, n: u64) -> (shoal::Bytes, String) {
+        let peer = shoal::peer_id().unwrap_or_default();
+        (shoal::Bytes::from(vec![1; n as usize]), peer)
+    }
 }
 
 fn expected_sum(n: u64, seed: u8) -> u64 {
@@ -422,6 +429,11 @@ fn driver_entry() {
                 got += 1;
             }
             println!("result stream-call-items {got}");
+            // Its method of two returns, each its own object, one large: read here.
+            let (bytes, peer) = streamer.split(2 << 20);
+            let bytes = bytes.get_blocking().unwrap();
+            assert!(bytes.len() == 2 << 20 && bytes.iter().all(|b| *b == 1));
+            println!("result split-call-on {}", peer.get_blocking().unwrap());
         }
         "cancel" => {
             // This node has no CPU: both go to the peer; one runs, the other waits there or
@@ -676,6 +688,7 @@ fn an_object_made_on_b_is_consumed_on_c() {
     assert_eq!(count(format!("stream-failed at {b}")), 1, "{lines:?}");
     assert_eq!(count(format!("stream-call-on {b}")), 7, "{lines:?}");
     assert_eq!(count("stream-call-items 7".into()), 1, "{lines:?}");
+    assert_eq!(count(format!("split-call-on {b}")), 1, "{lines:?}");
     // A placement group of a bundle on each of b and c: tasks and an actor run in their
     // bundle; removing it ends them and frees the CPUs.
     let lines = driver(&mesh.node(0).socket(), "groups", &[]);

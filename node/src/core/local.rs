@@ -2000,8 +2000,10 @@ fn invalid_options(spec: &TaskSpec) -> Option<String> {
             shoal_protocol::MAX_RETURNS
         ));
     }
-    if spec.num_returns > 1 && !matches!(spec.kind, TaskKind::Function) {
-        return Some("only a function's task may return several objects".into());
+    if spec.num_returns > 1
+        && !matches!(spec.kind, TaskKind::Function | TaskKind::ActorMethod { .. })
+    {
+        return Some("only a function or an actor's method may return several objects".into());
     }
     if let Some(stream) = spec.stream {
         let call = matches!(spec.kind, TaskKind::Function | TaskKind::ActorMethod { .. });

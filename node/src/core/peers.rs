@@ -1938,11 +1938,12 @@ impl NodeCore {
             return;
         };
         rt.hops = MAX_HOPS;
-        let Some(ret) = self.tasks.get(&task).map(|e| e.ret) else {
+        let Some((ret, more)) = self.tasks.get(&task).map(|e| (e.ret, e.more.clone())) else {
             return;
         };
         self.tell_peer(peer, PeerMsg::Submit(Box::new(rt)));
-        self.spill.spilled(task, ret, &[], peer, None);
+        // Its other returns too, if its method has several, are made there.
+        self.spill.spilled(task, ret, &more, peer, None);
         self.stream_sent(task);
     }
 

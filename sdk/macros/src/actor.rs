@@ -56,6 +56,9 @@ struct Method<'a> {
     group: Option<String>,
     /// A streaming generator (`#[streaming]`): `ret` is the type of its items.
     streaming: bool,
+    /// With `#[num_returns = n]`, `n > 1`: the types of the `n` elements of the tuple it
+    /// returns (`Self` replaced), each its own object; empty otherwise.
+    returns: Vec<TokenStream2>,
 }
 
 /// The `new` constructor of the impl block.
@@ -307,6 +310,43 @@ fn check_method<'a>(
             ReturnType::Type(_, ty) => (replace_self(ty.to_token_stream(), self_ty), ty.span()),
         }
     };
+    let mut num_returns = 1;
+    for attr in func.attrs.iter().filter(|a| is_num_returns(a)) {
+        let n = match &attr.meta {
+            syn::Meta::NameValue(syn::MetaNameValue {
+                value:
+                    syn::Expr::Lit(syn::ExprLit {
+                        lit: syn::Lit::Int(n),
+                        ..
+                    }),
+                ..
+            }) => n.base10_parse::<u32>().ok(),
+            _ => None,
+        };
+        match n {
+            Some(n) if n >= 1 && num_returns == 1 => num_returns = n,
+            _ => errors.push(syn::Error::new_spanned(
+                attr,
+                "write `#[num_returns = n]` once, with `n` at least 1, on a method returning a \
+                 tuple of `n` elements",
+            )),
+        }
+    }
+    let returns = if num_returns > 1 && streaming {
+        errors.push(syn::Error::new_spanned(
+            &sig.ident,
+            "a `#[streaming]` method yields its items one object each: it takes no \
+             `num_returns`",
+        ));
+        Vec::new()
+    } else if num_returns > 1 {
+        crate::check_returns(sig, num_returns, errors)
+            .into_iter()
+            .map(|ty| replace_self(ty.to_token_stream(), self_ty))
+            .collect()
+    } else {
+        Vec::new()
+    };
     let mut group = None;
     for attr in func.attrs.iter().filter(|a| is_group(a)) {
         match attr.parse_args::<syn::LitStr>() {
@@ -330,6 +370,7 @@ fn check_method<'a>(
         ret_span,
         group,
         streaming,
+        returns,
     })
 }
 
@@ -443,12 +484,19 @@ fn is_streaming(attr: &Attribute) -> bool {
     attr.path().is_ident("streaming")
 }
 
+/// Whether `attr` is `#[num_returns = n]`, a helper of `#[shoal::actor]` (a method whose
+/// tuple's elements are each their own object) that the expansion removes.
+fn is_num_returns(attr: &Attribute) -> bool {
+    attr.path().is_ident("num_returns")
+}
+
 /// The expansion of a checked impl block; see the crate documentation.
 fn generate(actor: &Actor<'_>) -> TokenStream2 {
     let mut item = actor.item.clone();
     for f in item.items.iter_mut() {
         if let ImplItem::Fn(f) = f {
-            f.attrs.retain(|a| !is_group(a) && !is_streaming(a));
+            f.attrs
+                .retain(|a| !is_group(a) && !is_streaming(a) && !is_num_returns(a));
         }
     }
     let item = &item;
@@ -529,6 +577,21 @@ fn handle_method(method: &Method<'_>) -> TokenStream2 {
             #[allow(clippy::too_many_arguments)]
             #vis fn #name(&self #(, #params)*) -> ::shoal::ObjectRefStream<#ret> {
                 ::shoal::__private::call_actor_stream::<#ret>(&self.raw, #name_str, #args)
+            }
+        };
+    }
+    if !method.returns.is_empty() {
+        let returns = &method.returns;
+        let n = returns.len() as u32;
+        let refs = Ident::new("__shoal_returns", Span::mixed_site());
+        return quote! {
+            #(#cfgs)*
+            #(#docs)*
+            #[allow(clippy::too_many_arguments)]
+            #vis fn #name(&self #(, #params)*) -> (#(::shoal::ObjectRef<#returns>),*) {
+                let mut #refs =
+                    ::shoal::__private::call_actor_several(&self.raw, #name_str, #args, #n);
+                (#(#refs.take::<#returns>()),*)
             }
         };
     }
@@ -766,6 +829,21 @@ fn method_body(m: &Method<'_>, self_ty: &syn::Type, args: &Ident, guard: &Ident)
     let ret = &m.ret;
     // Spanned at the return type, so that a missing `Serialize` is reported there.
     let encode = match (m.streaming, m.func.sig.asyncness.is_some()) {
+        (false, _) if !m.returns.is_empty() => {
+            // Each element its own object: the others first, then the first (with no `?`,
+            // which an `async` block's type could not carry).
+            let values: Vec<Ident> = (0..m.returns.len())
+                .map(|i| Ident::new(&format!("__shoal_return{i}"), Span::mixed_site()))
+                .collect();
+            let (first, rest) = (&values[0], &values[1..]);
+            let (first_ty, rest_tys) = (&m.returns[0], &m.returns[1..]);
+            quote_spanned! {m.ret_span=>
+                let (#(#values),*) = <#self_ty>::#name(#borrow #(, #names)*)#wait;
+                ::core::result::Result::Ok(())
+                    #(.and_then(|()| ::shoal::__private::encode_return::<#rest_tys>(&#rest)))*
+                    .and_then(|()| ::shoal::__private::encode_result::<#first_ty>(&#first))
+            }
+        }
         (false, _) => quote_spanned! {m.ret_span=>
             ::shoal::__private::encode_result::<#ret>(
                 &<#self_ty>::#name(#borrow #(, #names)*)#wait
@@ -1183,6 +1261,41 @@ mod tests {
             r#"impl C { fn new() -> Self { C } #[streaming(4)] fn f(&self) -> Vec<u8> { vec![] } }"#,
         );
         assert!(message.contains("with no arguments"), "{message}");
+    }
+
+    #[test]
+    fn methods_with_num_returns_give_a_ref_per_element() {
+        let item = r#"impl C {
+            fn new() -> Self { C }
+            #[num_returns = 2]
+            fn pair(&self) -> (u8, Self) { (1, C) }
+        }"#;
+        let out = expand(&quote!(), item.parse().unwrap())
+            .unwrap()
+            .to_string();
+        assert!(!out.contains("# [num_returns"), "removed: {out}");
+        assert!(
+            out.contains("-> (:: shoal :: ObjectRef < u8 > , :: shoal :: ObjectRef < C >)"),
+            "{out}"
+        );
+        assert!(out.contains("call_actor_several"), "{out}");
+        assert!(out.contains("encode_return :: < C >"), "{out}");
+        assert!(out.contains("encode_result :: < u8 >"), "{out}");
+        let with = |attr: &str, ret: &str| {
+            error(
+                "",
+                &format!("impl C {{ fn new() -> Self {{ C }} {attr} fn f(&self) -> {ret} }}"),
+            )
+        };
+        assert!(with("#[num_returns = 3]", "(u8, u8) { (1, 2) }").contains("a tuple of 3"));
+        assert!(with("#[num_returns(2)]", "(u8, u8) { (1, 2) }").contains("`#[num_returns = n]`"));
+        assert!(with("#[num_returns = 0]", "(u8, u8) { (1, 2) }").contains("at least 1"));
+        assert!(with("#[num_returns = 65]", "(u8, u8) { (1, 2) }").contains("at most 64"));
+        assert!(with(
+            "#[streaming] #[num_returns = 2]",
+            "Vec<(u8, u8)> { vec![] }"
+        )
+        .contains("takes no `num_returns`"));
     }
 
     #[test]

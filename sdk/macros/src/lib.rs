@@ -331,13 +331,16 @@ pub fn remote(attr: TokenStream, item: TokenStream) -> TokenStream {
 /// - `counter.incr(1)` calls the method in the actor's process and returns a
 ///   `shoal::ObjectRef<i64>` at once (the handle dereferences to the generated methods);
 ///   `&mut self` methods run one at a time, `&self` methods may run alongside each other;
-/// - `Counter::options(ActorOptions::new().name("c")).remote(0)?` creates it with options,
-///   returning a `Result<ActorHandle<Counter>, shoal::ActorError>`;
+/// - `Counter::options(ActorOptions::new().name("c")).remote(0)` creates it with options
+///   and returns its handle too; `try_remote(0)` returns a
+///   `Result<ActorHandle<Counter>, shoal::ActorError>` instead (a name may be taken);
 /// - the type keeps working locally: `Counter::new(0).incr(1)` is plain Rust.
 ///
 /// A method marked `#[streaming]` (the attribute is removed) returns the items it yields, as
 /// a `#[remote(streaming)]` function does, and its handle method returns a
-/// `shoal::ObjectRefStream` of them.
+/// `shoal::ObjectRefStream` of them. A method marked `#[num_returns = n]` returns a tuple of
+/// `n` elements, and its handle method a tuple of `n` refs, each element its own object (as
+/// a `#[remote(num_returns = n)]` function, and Ray's `@ray.method(num_returns=n)`).
 ///
 /// The block needs a constructor `new` (synchronous, no receiver, returning `Self`). Methods
 /// may be `async`. Arguments and results are sent by value, so they must be owned,
@@ -501,7 +504,7 @@ const MAX_RETURNS: u32 = 64;
 
 /// The types of a function's returns: its return type alone, or with `num_returns = n > 1`
 /// the `n` elements of the tuple it returns.
-fn check_returns(sig: &Signature, num_returns: u32, errors: &mut Errors) -> Vec<Type> {
+pub(crate) fn check_returns(sig: &Signature, num_returns: u32, errors: &mut Errors) -> Vec<Type> {
     let whole = match &sig.output {
         ReturnType::Default => syn::parse_quote!(()),
         ReturnType::Type(_, ty) => (**ty).clone(),
@@ -531,8 +534,8 @@ fn check_returns(sig: &Signature, num_returns: u32, errors: &mut Errors) -> Vec<
             errors.push(syn::Error::new_spanned(
                 at,
                 format!(
-                    "with `num_returns = {num_returns}` a remote function returns a tuple of \
-                     {num_returns} elements, one object each"
+                    "with `num_returns = {num_returns}` a remote function or method returns a \
+                     tuple of {num_returns} elements, one object each"
                 ),
             ));
             vec![whole]

@@ -11,7 +11,10 @@ use std::task::{Context as TaskCx, Poll};
 use shoal_protocol::{ExecTask, HostActor, ObjectId, TaskError, TaskId, TaskOutcome, ToNode};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::{as_task, done, idle_until_closed, store_result, until_cancelled, Caught};
+use super::{
+    as_task, done, done_with, idle_until_closed, store_results, until_cancelled, Caught,
+    MoreReturns,
+};
 use crate::actor::{Access, Actor, Guard};
 use crate::function::Args;
 use crate::runtime::{self, WorkItem};
@@ -92,7 +95,7 @@ async fn run_call<A: Actor>(call: Call, guard: Guard<A>, permit: OwnedSemaphoreP
         );
         return;
     }
-    let end = if blocking {
+    let end: (CallEnd, EncodedMore) = if blocking {
         let Some(f) = A::__blocking(guard, &function, Args::new(args)) else {
             unreachable!("a blocking method has a blocking call")
         };
@@ -102,18 +105,25 @@ async fn run_call<A: Actor>(call: Call, guard: Guard<A>, permit: OwnedSemaphoreP
             let end = as_task(task_id, || {
                 std::panic::catch_unwind(AssertUnwindSafe(f)).map_err(|p| Caught::new(&*p))
             });
-            (end, crate::function::take_result_refs())
+            let more = crate::function::take_more_returns();
+            (end, more, crate::function::take_result_refs())
         });
-        Some(match run.await {
-            Ok((end, refs)) => {
+        match run.await {
+            Ok((end, more, refs)) => {
                 crate::function::keep_result_refs(refs);
-                end
+                (Some(end), more)
             }
-            Err(e) => Err(Caught::other(format!("the call's thread failed: {e}"))),
-        })
+            Err(e) => (
+                Some(Err(Caught::other(format!("the call's thread failed: {e}")))),
+                Vec::new(),
+            ),
+        }
     } else {
         let fut = A::__call(guard, &function, Args::new(args));
-        until_cancelled(ctx, task_id, CatchUnwind(Box::pin(fut))).await
+        let end = until_cancelled(ctx, task_id, CatchUnwind(Box::pin(fut))).await;
+        // Its other returns were encoded on this thread at its end, in this same poll (no
+        // other call ran since).
+        (end, crate::function::take_more_returns())
     };
     drop(permit);
     if stream {
@@ -126,18 +136,32 @@ async fn run_call<A: Actor>(call: Call, guard: Guard<A>, permit: OwnedSemaphoreP
 /// dropped).
 type CallEnd = Option<Result<Result<Vec<u8>, TaskError>, Caught>>;
 
-/// Reports the end of a call of `method` (storing a large result), forgetting its cancel if
-/// it had one.
-fn finish_call<A: Actor>(task_id: TaskId, method: &str, return_id: ObjectId, end: CallEnd) {
+/// The other returns of a call of a method with several (`#[num_returns = n]`), encoded.
+type EncodedMore = Vec<(Vec<u8>, Vec<crate::object_ref::RawRef>)>;
+
+/// Reports the end of a call of `method` (storing its large results), forgetting its cancel
+/// if it had one.
+fn finish_call<A: Actor>(
+    task_id: TaskId,
+    method: &str,
+    return_id: ObjectId,
+    (end, more): (CallEnd, EncodedMore),
+) {
     let ctx = runtime::get();
     ctx.work.take_interrupted(task_id);
-    let outcome = match end {
-        Some(Ok(Ok(bytes))) => store_result(ctx, return_id, bytes),
-        Some(Ok(Err(e))) => TaskOutcome::Err(e),
-        Some(Err(caught)) => TaskOutcome::Err(caught.into_error(format!("{}::{method}", A::CLASS))),
-        None => TaskOutcome::Err(TaskError::Cancelled { task: task_id }),
+    let (outcome, more) = match end {
+        Some(Ok(Ok(bytes))) => store_results(ctx, task_id, return_id, bytes, more),
+        Some(Ok(Err(e))) => (TaskOutcome::Err(e), MoreReturns::default()),
+        Some(Err(caught)) => (
+            TaskOutcome::Err(caught.into_error(format!("{}::{method}", A::CLASS))),
+            MoreReturns::default(),
+        ),
+        None => (
+            TaskOutcome::Err(TaskError::Cancelled { task: task_id }),
+            MoreReturns::default(),
+        ),
     };
-    done(ctx, task_id, outcome);
+    done_with(ctx, task_id, outcome, more);
 }
 
 /// Hosts an actor of class `A` for the rest of this process's life: runs the constructor,

@@ -360,18 +360,12 @@ fn execute(ctx: &Context, function: Option<&'static RemoteFunction>, task: ExecT
                 Ok(Ok(_)) if ctx.work.is_interrupted(task_id) => {
                     TaskOutcome::Err(TaskError::Cancelled { task: task_id })
                 }
-                Ok(Ok(bytes)) => match store_more(ctx, task_id, encoded_more) {
-                    Ok(stored) => {
-                        let outcome = store_result(ctx, task.return_id, bytes);
-                        if let TaskOutcome::Err(_) = &outcome {
-                            abort_more(ctx, task_id, &stored.0);
-                        } else {
-                            more = stored;
-                        }
-                        outcome
-                    }
-                    Err(e) => TaskOutcome::Err(e),
-                },
+                Ok(Ok(bytes)) => {
+                    let (outcome, stored) =
+                        store_results(ctx, task_id, task.return_id, bytes, encoded_more);
+                    more = stored;
+                    outcome
+                }
                 Ok(Err(e)) => TaskOutcome::Err(e),
                 Err(p) if p.is::<Interrupted>() => {
                     TaskOutcome::Err(TaskError::Cancelled { task: task_id })
@@ -397,10 +391,10 @@ fn done(ctx: &Context, task_id: TaskId, outcome: TaskOutcome) {
 /// The other returns of a task with several, stored, with the refs inside them (held until
 /// the task's report is queued).
 #[derive(Default)]
-struct MoreReturns(Vec<ReturnValue>, Vec<crate::object_ref::RawRef>);
+pub(super) struct MoreReturns(Vec<ReturnValue>, Vec<crate::object_ref::RawRef>);
 
 /// [`done`] for a task with several returns.
-fn done_with(ctx: &Context, task_id: TaskId, outcome: TaskOutcome, more: MoreReturns) {
+pub(super) fn done_with(ctx: &Context, task_id: TaskId, outcome: TaskOutcome, more: MoreReturns) {
     let refs = function::take_result_refs();
     let (nested, more) = match outcome {
         TaskOutcome::Ok(_) => (crate::object_ref::ids_of(&refs), more.0),
@@ -413,6 +407,29 @@ fn done_with(ctx: &Context, task_id: TaskId, outcome: TaskOutcome, more: MoreRet
         more,
     });
     drop(refs);
+}
+
+/// Stores the results of `task` that succeeded: its other returns (1 and on, if it has
+/// several), then its first; if one cannot be stored, none is, and the task fails.
+pub(super) fn store_results(
+    ctx: &Context,
+    task: TaskId,
+    return_id: ObjectId,
+    first: Vec<u8>,
+    more: Vec<(Vec<u8>, Vec<crate::object_ref::RawRef>)>,
+) -> (TaskOutcome, MoreReturns) {
+    match store_more(ctx, task, more) {
+        Ok(stored) => {
+            let outcome = store_result(ctx, return_id, first);
+            if let TaskOutcome::Err(_) = &outcome {
+                abort_more(ctx, task, &stored.0);
+                (outcome, MoreReturns::default())
+            } else {
+                (outcome, stored)
+            }
+        }
+        Err(e) => (TaskOutcome::Err(e), MoreReturns::default()),
+    }
 }
 
 /// Stores the other returns of `task` (returns 1 and on), each as its own object; on a

@@ -241,6 +241,11 @@ pub struct ActorOptions {
 impl Default for ActorOptions {
     /// No resources held (as Ray's actors once placed), no restarts, the class's default
     /// concurrency, no name.
+    ///
+    /// ```
+    /// use shoal::ActorOptions;
+    /// assert_eq!(ActorOptions::default(), ActorOptions::new().num_cpus(0.0).max_restarts(0));
+    /// ```
     fn default() -> Self {
         Self {
             resources: ResourceSet::new(),

@@ -456,6 +456,26 @@ impl<T> Serialize for ObjectRef<T> {
     /// result, a `put`), the node keeps the object alive as long as that value lives.
     /// Written by any other serializer (`serde_json`, say), the object is pinned: this
     /// process holds it until it ends, as Ray pins refs serialized out of band.
+    ///
+    /// ```no_run
+    /// use serde::{Deserialize, Serialize};
+    ///
+    /// #[derive(Serialize, Deserialize)]
+    /// struct Shard {
+    ///     name: String,
+    ///     data: shoal::ObjectRef<Vec<u8>>, // travels as a ref; its object lives while it does
+    /// }
+    ///
+    /// #[shoal::remote]
+    /// fn size(shard: Shard) -> usize {
+    ///     shard.data.get_blocking().map_or(0, |d| d.len())
+    /// }
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let shard = Shard { name: "a".to_string(), data: shoal::put(&vec![0u8; 1 << 20])? };
+    /// assert_eq!(size.remote(shard).get_blocking()?, 1 << 20);
+    /// # Ok(()) }
+    /// ```
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let in_band = NESTED.with(|n| match n.borrow_mut().as_mut() {
             Some(refs) => {
@@ -475,6 +495,15 @@ impl<T> Serialize for ObjectRef<T> {
 impl<'de, T> Deserialize<'de> for ObjectRef<T> {
     /// A ref received inside a value: this process holds the object from now on, until its
     /// last handle here is dropped.
+    ///
+    /// ```no_run
+    /// #[shoal::remote]
+    /// fn keep_big(parts: Vec<shoal::ObjectRef<Vec<u8>>>) -> Vec<shoal::ObjectRef<Vec<u8>>> {
+    ///     // The refs read from the argument hold their objects in this task's process, and
+    ///     // the ones returned are held by the result.
+    ///     parts.into_iter().filter(|p| p.get_blocking().is_ok_and(|v| v.len() > 1024)).collect()
+    /// }
+    /// ```
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let (id, owner) = <(ObjectId, ClientId)>::deserialize(d)?;
         let ctx = runtime::get();

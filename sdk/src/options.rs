@@ -57,6 +57,11 @@ impl Placement {
 
 impl Default for TaskOptions {
     /// One CPU, three retries (as Ray).
+    ///
+    /// ```
+    /// use shoal::TaskOptions;
+    /// assert_eq!(TaskOptions::default(), TaskOptions::new().num_cpus(1.0).max_retries(3));
+    /// ```
     fn default() -> Self {
         Self {
             resources: ResourceSet::cpus(1.0),

@@ -204,6 +204,17 @@ impl<T> Iterator for ObjectRefStream<T> {
     type Item = ObjectRef<T>;
 
     /// The next item's ref, blocking this thread until the function yields it.
+    ///
+    /// ```no_run
+    /// # #[shoal::remote(streaming)]
+    /// # fn pages(n: u32) -> impl Iterator<Item = String> { (1..=n).map(|i| i.to_string()) }
+    /// # fn main() -> Result<(), shoal::GetError> {
+    /// let mut stream = pages.remote(10);
+    /// while let Some(page) = stream.next() {
+    ///     println!("{}", page.get_blocking()?);
+    /// }
+    /// # Ok(()) }
+    /// ```
     fn next(&mut self) -> Option<ObjectRef<T>> {
         let end = self.end.as_ref()?.id;
         let next = runtime::get().next_blocking(end);

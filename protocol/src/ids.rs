@@ -47,7 +47,7 @@ macro_rules! byte_id {
             /// ```
             /// # use shoal_protocol as shoal;
             /// use shoal::{ActorId, ObjectId};
-            /// // The same for every id type: an id read back from `shoal list` output, say.
+            /// // The same for every id type: an id kept as text, say.
             /// let object = ObjectId::for_content(b"hello");
             /// assert_eq!(ObjectId::from_hex(&object.to_hex()), Some(object));
             /// assert_eq!(ActorId::from_hex("not hex"), None);

@@ -67,7 +67,7 @@ pub enum GetError {
 /// match shoal::put(&vec![0u8; 1 << 30]) {
 ///     Ok(big) => println!("stored as {}", big.id()),
 ///     Err(PutError::Store(StoreError::Full { requested, capacity, .. })) => {
-///         eprintln!("{requested} bytes do not fit in a store of {capacity}")
+///         eprintln!("no room for {requested} bytes in a store of {capacity}")
 ///     }
 ///     Err(e) => return Err(e.into()),
 /// }

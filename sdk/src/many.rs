@@ -110,7 +110,7 @@ pub async fn wait<T>(
 /// # use std::time::Duration;
 /// # #[shoal::remote] fn square(x: u64) -> u64 { x * x }
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// // Handle results as they come, at most one second apart.
+/// // Handle each result as it comes, waking at least once a second meanwhile.
 /// let mut pending: Vec<_> = (0..8).map(|i| square.remote(i)).collect();
 /// while !pending.is_empty() {
 ///     let (ready, rest) = shoal::wait_blocking(&pending, 1, Some(Duration::from_secs(1)))?;

@@ -214,14 +214,12 @@ pub static ACTOR_CLASSES: [ActorClass];
 /// # pub struct Cache;
 /// # #[shoal::actor] impl Cache { pub fn new(_mb: u64) -> Self { Cache } }
 /// use shoal::ActorOptions;
-/// # fn main() -> Result<(), shoal::ActorError> {
 /// let options = ActorOptions::new()
 ///     .num_cpus(1.0)
 ///     .max_restarts(3)
 ///     .name("cache")
 ///     .get_if_exists(true);
-/// let cache = Cache::options(options).remote(512)?;
-/// # Ok(()) }
+/// let cache = Cache::options(options).remote(512);
 /// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct ActorOptions {
@@ -288,10 +286,8 @@ impl ActorOptions {
     /// ```no_run
     /// # pub struct Trainer;
     /// # #[shoal::actor] impl Trainer { pub fn new() -> Self { Trainer } }
-    /// # fn main() -> Result<(), shoal::ActorError> {
     /// // Placed where 2 CPUs are free, and holds them until it ends.
-    /// let trainer = Trainer::options(shoal::ActorOptions::new().num_cpus(2.0)).remote()?;
-    /// # Ok(()) }
+    /// let trainer = Trainer::options(shoal::ActorOptions::new().num_cpus(2.0)).remote();
     /// ```
     ///
     /// [`TaskError::InvalidOptions`]: shoal_protocol::TaskError::InvalidOptions
@@ -322,11 +318,9 @@ impl ActorOptions {
     /// ```no_run
     /// # pub struct Gateway;
     /// # #[shoal::actor] impl Gateway { pub fn new() -> Self { Gateway } }
-    /// # fn main() -> Result<(), shoal::ActorError> {
     /// // On a peer started with `shoal node --label zone=eu-1` (or eu-2).
     /// let options = shoal::ActorOptions::new().label("zone", "in(eu-1,eu-2)");
-    /// let gateway = Gateway::options(options).remote()?;
-    /// # Ok(()) }
+    /// let gateway = Gateway::options(options).remote();
     /// ```
     pub fn label(mut self, key: &str, expr: &str) -> Self {
         self.placement.label(key, expr);
@@ -338,10 +332,8 @@ impl ActorOptions {
     /// ```no_run
     /// # pub struct Model;
     /// # #[shoal::actor] impl Model { pub fn new() -> Self { Model } }
-    /// # fn main() -> Result<(), shoal::ActorError> {
     /// // On a peer started with `shoal node --resource GPU=1`, holding its GPU.
-    /// let model = Model::options(shoal::ActorOptions::new().resource("GPU", 1.0)).remote()?;
-    /// # Ok(()) }
+    /// let model = Model::options(shoal::ActorOptions::new().resource("GPU", 1.0)).remote();
     /// ```
     pub fn resource(mut self, name: &str, amount: f64) -> Self {
         self.resources = self.resources.with(name, amount);
@@ -358,7 +350,7 @@ impl ActorOptions {
     /// #     pub fn incr(&mut self, by: i64) -> i64 { self.n += by; self.n }
     /// # }
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let counter = Counter::options(shoal::ActorOptions::new().max_restarts(2)).remote(10)?;
+    /// let counter = Counter::options(shoal::ActorOptions::new().max_restarts(2)).remote(10);
     /// assert_eq!(counter.incr(5).get_blocking()?, 15);
     /// shoal::kill_and_restart(&counter); // as if its process crashed
     /// // A new process ran `new(10)` again: the state is the constructor's.
@@ -382,10 +374,8 @@ impl ActorOptions {
     ///     pub async fn fetch(&self, url: String) -> usize { url.len() }
     /// }
     ///
-    /// # fn main() -> Result<(), shoal::ActorError> {
     /// // At most 8 fetches in flight at once (the default for async actors is 1000).
-    /// let fetcher = Fetcher::options(shoal::ActorOptions::new().max_concurrency(8)).remote()?;
-    /// # Ok(()) }
+    /// let fetcher = Fetcher::options(shoal::ActorOptions::new().max_concurrency(8)).remote();
     /// ```
     pub fn max_concurrency(mut self, n: u32) -> Self {
         self.max_concurrency = Some(n.max(1));
@@ -401,7 +391,7 @@ impl ActorOptions {
     /// # #[shoal::actor]
     /// # impl Counter { pub fn new() -> Self { Counter } pub fn get(&self) -> u64 { 0 } }
     /// # fn main() -> Result<(), shoal::ActorError> {
-    /// let hits = Counter::options(shoal::ActorOptions::new().name("hits")).remote()?;
+    /// let hits = Counter::options(shoal::ActorOptions::new().name("hits")).remote();
     /// // Elsewhere: in a task, an actor, or another program on the node.
     /// let same = shoal::get_actor::<Counter>("hits")?;
     /// assert_eq!(shoal::ActorHandle::id(&same), shoal::ActorHandle::id(&hits));
@@ -441,11 +431,9 @@ impl ActorOptions {
     /// ```no_run
     /// # pub struct Registry;
     /// # #[shoal::actor] impl Registry { pub fn new() -> Self { Registry } }
-    /// # fn main() -> Result<(), shoal::ActorError> {
     /// // Every worker that runs this shares one registry: the first one creates it.
     /// let options = shoal::ActorOptions::new().name("registry").get_if_exists(true);
-    /// let registry = Registry::options(options).remote()?;
-    /// # Ok(()) }
+    /// let registry = Registry::options(options).remote();
     /// ```
     pub fn get_if_exists(mut self, yes: bool) -> Self {
         self.get_if_exists = yes;
@@ -461,7 +449,7 @@ impl ActorOptions {
     /// # fn main() -> Result<(), shoal::ActorError> {
     /// // Outlives this program; a later one finds it with shoal::get_actor("service").
     /// let options = shoal::ActorOptions::new().name("service").detached(true);
-    /// Service::options(options).remote()?;
+    /// Service::options(options).try_remote()?; // fails at once if the name is taken
     /// # Ok(()) }
     /// ```
     pub fn detached(mut self, yes: bool) -> Self {
@@ -478,11 +466,9 @@ impl ActorOptions {
     /// ```no_run
     /// # pub struct Kv;
     /// # #[shoal::actor] impl Kv { pub fn new() -> Self { Kv } }
-    /// # fn main() -> Result<(), shoal::ActorError> {
     /// // Restarted up to 5 times, and its calls (safe to repeat) run again after a crash.
     /// let options = shoal::ActorOptions::new().max_restarts(5).max_task_retries(5);
-    /// let kv = Kv::options(options).remote()?;
-    /// # Ok(()) }
+    /// let kv = Kv::options(options).remote();
     /// ```
     pub fn max_task_retries(mut self, n: u32) -> Self {
         self.max_task_retries = n;
@@ -563,7 +549,7 @@ impl ActorOptions {
 /// # #[shoal::actor] impl Counter { pub fn new() -> Self { Counter } }
 /// use shoal::{ActorError, ActorOptions};
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// let counter = match Counter::options(ActorOptions::new().name("hits")).remote() {
+/// let counter = match Counter::options(ActorOptions::new().name("hits")).try_remote() {
 ///     Ok(counter) => counter,
 ///     // Another program made it first: use that one.
 ///     Err(ActorError::NameTaken(name)) => shoal::get_actor::<Counter>(&name)?,
@@ -805,7 +791,7 @@ pub fn kill<A: Actor>(actor: &ActorHandle<A>) {
 /// # pub struct Service;
 /// # #[shoal::actor] impl Service { pub fn new() -> Self { Service } pub fn ping(&self) {} }
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// let service = Service::options(shoal::ActorOptions::new().max_restarts(1)).remote()?;
+/// let service = Service::options(shoal::ActorOptions::new().max_restarts(1)).remote();
 /// shoal::kill_and_restart(&service); // a fresh process, its state made anew by `new`
 /// service.ping().get_blocking()?;    // runs on the restarted actor
 /// # Ok(()) }

@@ -57,7 +57,7 @@ use crate::runtime;
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let pg = shoal::placement_group(vec![ResourceSet::cpus(1.0); 2], GroupStrategy::Pack);
 /// pg.ready().get_blocking()?;
-/// let server = Ps::options(ActorOptions::new().num_cpus(1.0).strategy(pg.bundle(0))).remote()?;
+/// let server = Ps::options(ActorOptions::new().num_cpus(1.0).strategy(pg.bundle(0))).remote();
 /// let step = worker_step.options(TaskOptions::new().strategy(pg.bundle(1))).remote(pg.clone(), 1);
 /// assert_eq!(step.get_blocking()?, 1);
 /// # let _ = server; Ok(()) }

@@ -469,7 +469,7 @@ pub fn peer_id() -> Option<String> {
 /// }
 ///
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// let trainer = Trainer::options(shoal::ActorOptions::new().num_cpus(1.0)).remote()?;
+/// let trainer = Trainer::options(shoal::ActorOptions::new().num_cpus(1.0)).remote();
 /// assert_eq!(trainer.cpus().get_blocking()?, 1000);
 /// let here = shoal::runtime_context(); // in this program: no task, no actor
 /// assert_eq!((here.task_id, here.actor_id), (None, None));

@@ -31,6 +31,15 @@ pub const MAX_BUNDLES: usize = 1024;
 const MARKER_MILLI: u64 = 1_000_000;
 
 /// How a placement group's bundles are spread over the mesh (Ray's strategies).
+///
+/// ```
+/// # use shoal_protocol as shoal;
+/// use shoal::GroupStrategy;
+/// assert_eq!(GroupStrategy::default(), GroupStrategy::Pack); // as Ray's default
+/// // Replicas that must not share a machine: each bundle on its own peer, or none placed.
+/// let replicas = GroupStrategy::StrictSpread;
+/// assert_eq!(replicas.to_string(), "STRICT_SPREAD");
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum GroupStrategy {
     /// As few nodes as possible: all on one node if one has room, else packed onto the

@@ -31,10 +31,28 @@ macro_rules! byte_id {
 
         impl $name {
             /// The id as lowercase hex.
+            ///
+            /// ```
+            /// # use shoal_protocol as shoal;
+            /// // The same for every id type: ObjectId, TaskId, ActorId, GroupId, NodeId.
+            /// let group = shoal::GroupId([0xab; 16]);
+            /// assert_eq!(group.to_hex(), "ab".repeat(16));
+            /// assert_eq!(group.to_hex(), group.to_string());
+            /// ```
             pub fn to_hex(&self) -> String {
                 self.to_string()
             }
             /// Parses the hex form written by [`Self::to_hex`].
+            ///
+            /// ```
+            /// # use shoal_protocol as shoal;
+            /// use shoal::{ActorId, ObjectId};
+            /// // The same for every id type: an id kept as text, say.
+            /// let object = ObjectId::for_content(b"hello");
+            /// assert_eq!(ObjectId::from_hex(&object.to_hex()), Some(object));
+            /// assert_eq!(ActorId::from_hex("not hex"), None);
+            /// assert_eq!(ActorId::from_hex(&object.to_hex()), None); // 32 bytes, not 16
+            /// ```
             pub fn from_hex(s: &str) -> Option<Self> {
                 parse_hex::<$len>(s).map(Self)
             }
@@ -56,6 +74,14 @@ macro_rules! byte_id {
 
 byte_id!(
     /// An object: content-addressed (`put`) or derived from the task that returns it.
+    ///
+    /// ```
+    /// # use shoal_protocol as shoal;
+    /// use shoal::ObjectId;
+    /// // Equal bytes, equal ids: what makes equal puts share one copy.
+    /// assert_eq!(ObjectId::for_content(b"abc"), ObjectId::for_content(b"abc"));
+    /// assert_ne!(ObjectId::for_content(b"abc"), ObjectId::for_content(b"abd"));
+    /// ```
     ObjectId,
     32
 );
@@ -72,11 +98,32 @@ byte_id!(
 byte_id!(
     /// A task: a tag derived from the submitting process's secret and its counter, then the
     /// counter ([`TaskId::keyed`]), so ids never repeat and cannot be predicted.
+    ///
+    /// ```
+    /// # use shoal_protocol as shoal;
+    /// use shoal::{ObjectId, TaskId};
+    /// // A task's results are objects whose ids derive from its id.
+    /// fn first_result(task: TaskId) -> ObjectId {
+    ///     ObjectId::for_return(task, 0)
+    /// }
+    /// let task = TaskId([1; 16]);
+    /// assert_eq!(first_result(task), ObjectId::for_return(task, 0));
+    /// ```
     TaskId,
     16
 );
 byte_id!(
     /// An actor.
+    ///
+    /// ```
+    /// # use shoal_protocol as shoal;
+    /// use std::collections::HashMap;
+    /// // Ids are small `Copy` keys: calls counted per actor, say.
+    /// let mut calls: HashMap<shoal::ActorId, u64> = HashMap::new();
+    /// let actor = shoal::ActorId([3; 16]);
+    /// *calls.entry(actor).or_default() += 1;
+    /// assert_eq!(calls[&actor], 1);
+    /// ```
     ActorId,
     16
 );
@@ -84,11 +131,26 @@ byte_id!(
 byte_id!(
     /// A placement group: 16 random bytes made by its creator (knowing it is what lets a
     /// program schedule into the group or remove it).
+    ///
+    /// ```
+    /// # use shoal_protocol as shoal;
+    /// use shoal::{GroupId, ObjectId};
+    /// // The ref `PlacementGroup::ready` gives is the object derived from the group's id.
+    /// let group = GroupId([9; 16]);
+    /// assert_eq!(ObjectId::for_group(group), ObjectId::for_group(GroupId([9; 16])));
+    /// ```
     GroupId,
     16
 );
 byte_id!(
     /// A node. Random per node start for now; the mesh makes it the libp2p peer id.
+    ///
+    /// ```
+    /// # use shoal_protocol as shoal;
+    /// let node = shoal::NodeId([0x5a; 16]);
+    /// println!("node {node}"); // lowercase hex, as `shoal status` writes it
+    /// assert_eq!(format!("{node:?}"), "NodeId(5a5a5a5a5a5a..)");
+    /// ```
     NodeId,
     16
 );
@@ -112,17 +174,36 @@ impl fmt::Display for ClientId {
 impl ObjectId {
     /// The id of a `put` object: the blake3 hash of its encoded bytes, so equal puts share
     /// one id and one copy.
+    ///
+    /// ```
+    /// # use shoal_protocol as shoal;
+    /// let id = shoal::ObjectId::for_content(b"encoded bytes");
+    /// assert_eq!(id, shoal::ObjectId::for_content(b"encoded bytes"));
+    /// ```
     pub fn for_content(bytes: &[u8]) -> Self {
         Self(*blake3::hash(bytes).as_bytes())
     }
 
     /// The id a content-addressed object with this digest has (its blake3 hash).
+    ///
+    /// ```
+    /// use shoal_protocol::{Digest, ObjectId};
+    /// let bytes = b"encoded bytes";
+    /// assert_eq!(ObjectId::from_digest(Digest::of(bytes)), ObjectId::for_content(bytes));
+    /// ```
     pub fn from_digest(digest: Digest) -> Self {
         Self(digest.0)
     }
 
     /// The id of the object a placement group's creator holds to learn when the group is
     /// placed (its value is `()` then, or the error why it never will be).
+    ///
+    /// ```
+    /// # use shoal_protocol as shoal;
+    /// use shoal::{GroupId, ObjectId};
+    /// let (a, b) = (GroupId([1; 16]), GroupId([2; 16]));
+    /// assert_ne!(ObjectId::for_group(a), ObjectId::for_group(b));
+    /// ```
     pub fn for_group(group: GroupId) -> Self {
         let mut h = blake3::Hasher::new();
         h.update(b"shoal.group.v1");
@@ -131,6 +212,14 @@ impl ObjectId {
     }
 
     /// The id of the `index`th return value of `task`.
+    ///
+    /// ```
+    /// # use shoal_protocol as shoal;
+    /// use shoal::{ObjectId, TaskId};
+    /// let task = TaskId([7; 16]);
+    /// // A task with two returns (`num_returns = 2`) makes returns 0 and 1.
+    /// assert_ne!(ObjectId::for_return(task, 0), ObjectId::for_return(task, 1));
+    /// ```
     pub fn for_return(task: TaskId, index: u32) -> Self {
         let mut h = blake3::Hasher::new();
         h.update(b"shoal.return.v1");
@@ -180,6 +269,13 @@ impl fmt::Debug for TaskKey {
 impl TaskId {
     /// Task `seq` of the process `client`: predictable from the two, so for tests and the
     /// simulator. Programs use [`TaskId::keyed`].
+    ///
+    /// ```
+    /// use shoal_protocol::{ClientId, TaskId};
+    /// let task = TaskId::new(ClientId(5), 42);
+    /// assert_eq!(task, TaskId::new(ClientId(5), 42)); // predictable
+    /// assert_eq!(task.seq(), 42);
+    /// ```
     pub fn new(client: ClientId, seq: u64) -> Self {
         let mut b = [0u8; 16];
         b[..8].copy_from_slice(&client.0.to_le_bytes());
@@ -191,6 +287,14 @@ impl TaskId {
     /// from it with the key. Knowing a process's client id, or the ids of some of its
     /// tasks, tells nothing of the ids of its other tasks, hence of their results and
     /// actors.
+    ///
+    /// ```
+    /// use shoal_protocol::{TaskId, TaskKey};
+    /// let key = TaskKey::from_bytes([42; 32]); // random bytes in a real process
+    /// let (a, b) = (TaskId::keyed(&key, 1), TaskId::keyed(&key, 2));
+    /// assert_ne!(a, b);
+    /// assert!(a.seq() < b.seq()); // the counter stays readable
+    /// ```
     pub fn keyed(key: &TaskKey, seq: u64) -> Self {
         let tag = blake3::keyed_hash(&key.0, &seq.to_le_bytes());
         let mut b = [0u8; 16];
@@ -201,6 +305,14 @@ impl TaskId {
 
     /// The task's number in the process that submitted it (tasks of one process sort in
     /// the order it submitted them).
+    ///
+    /// ```
+    /// use shoal_protocol::{TaskId, TaskKey};
+    /// let key = TaskKey::from_bytes([42; 32]);
+    /// let mut tasks = vec![TaskId::keyed(&key, 3), TaskId::keyed(&key, 1)];
+    /// tasks.sort_by_key(TaskId::seq); // in the order they were submitted
+    /// assert_eq!(tasks[0].seq(), 1);
+    /// ```
     pub fn seq(&self) -> u64 {
         let mut seq = [0u8; 8];
         seq.copy_from_slice(&self.0[8..]);

@@ -13,6 +13,15 @@ use crate::ids::{ActorId, ActorToken, BinaryId, ClientId, Digest, NodeId, Object
 
 /// Resource quantities in thousandths ("milli" units), keyed by name. `CPU` is the CPU count;
 /// other names are custom resources (`--resource gpu=1`).
+///
+/// ```
+/// # use shoal_protocol as shoal;
+/// use shoal::ResourceSet;
+/// // What a training task asks: 2 CPUs and half a GPU.
+/// let demand = ResourceSet::cpus(2.0).with("GPU", 0.5);
+/// assert_eq!(demand.get_milli("GPU"), 500);
+/// assert_eq!(demand.to_string(), "CPU=2, GPU=0.5");
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ResourceSet(pub BTreeMap<String, u64>);
 
@@ -21,18 +30,48 @@ pub const CPU: &str = "CPU";
 
 impl ResourceSet {
     /// Nothing at all.
+    ///
+    /// ```
+    /// # use shoal_protocol as shoal;
+    /// let none = shoal::ResourceSet::new();
+    /// assert_eq!(none.get_milli("CPU"), 0);
+    /// assert_eq!(none.to_string(), "nothing");
+    /// ```
     pub fn new() -> Self {
         Self::default()
     }
     /// `n` whole CPUs (fractions through [`ResourceSet::with_milli`]).
+    ///
+    /// ```
+    /// # use shoal_protocol as shoal;
+    /// use shoal::ResourceSet;
+    /// assert_eq!(ResourceSet::cpus(4.0).get_milli("CPU"), 4000);
+    /// // One bundle of one CPU for each of 3 workers.
+    /// let bundles = vec![ResourceSet::cpus(1.0); 3];
+    /// # assert_eq!(bundles.len(), 3);
+    /// ```
     pub fn cpus(n: f64) -> Self {
         Self::new().with(CPU, n)
     }
     /// Adds `amount` (in whole units, fractions allowed) of `name`.
+    ///
+    /// ```
+    /// # use shoal_protocol as shoal;
+    /// let bundle = shoal::ResourceSet::cpus(2.0).with("GPU", 1.0).with("memory_gb", 16.0);
+    /// assert_eq!(bundle.get_milli("memory_gb"), 16_000);
+    /// ```
     pub fn with(self, name: &str, amount: f64) -> Self {
         self.with_milli(name, (amount * 1000.0).round().max(0.0) as u64)
     }
     /// Sets `name` to `milli` thousandths; zero removes it.
+    ///
+    /// ```
+    /// # use shoal_protocol as shoal;
+    /// use shoal::ResourceSet;
+    /// let quarter = ResourceSet::new().with_milli("CPU", 250);
+    /// assert_eq!(quarter, ResourceSet::cpus(0.25));
+    /// assert_eq!(quarter.with_milli("CPU", 0), ResourceSet::new());
+    /// ```
     pub fn with_milli(mut self, name: &str, milli: u64) -> Self {
         if milli == 0 {
             self.0.remove(name);
@@ -42,10 +81,24 @@ impl ResourceSet {
         self
     }
     /// Thousandths of `name` held.
+    ///
+    /// ```
+    /// # use shoal_protocol as shoal;
+    /// let set = shoal::ResourceSet::cpus(1.5);
+    /// assert_eq!(set.get_milli("CPU"), 1500);
+    /// assert_eq!(set.get_milli("GPU"), 0); // a resource not in the set
+    /// ```
     pub fn get_milli(&self, name: &str) -> u64 {
         self.0.get(name).copied().unwrap_or(0)
     }
     /// Whether this is a task's default demand: one CPU and nothing else.
+    ///
+    /// ```
+    /// # use shoal_protocol as shoal;
+    /// use shoal::ResourceSet;
+    /// assert!(ResourceSet::cpus(1.0).is_default_task_demand());
+    /// assert!(!ResourceSet::cpus(1.0).with("GPU", 1.0).is_default_task_demand());
+    /// ```
     pub fn is_default_task_demand(&self) -> bool {
         self.0.len() == 1 && self.get_milli(CPU) == 1000
     }
@@ -53,6 +106,15 @@ impl ResourceSet {
     /// Whether this is a demand a task or an actor may make: as Ray's, a quantity above one
     /// must be a whole number (a task takes part of one CPU, or whole CPUs). The reason if
     /// not.
+    ///
+    /// ```
+    /// # use shoal_protocol as shoal;
+    /// use shoal::ResourceSet;
+    /// assert!(ResourceSet::cpus(0.5).check_demand().is_ok()); // part of one CPU
+    /// assert!(ResourceSet::cpus(2.0).check_demand().is_ok()); // whole CPUs
+    /// let err = ResourceSet::cpus(1.5).check_demand().unwrap_err();
+    /// assert_eq!(err, "CPU=1.5: a quantity above 1 must be a whole number");
+    /// ```
     pub fn check_demand(&self) -> Result<(), String> {
         match self.0.iter().find(|(_, v)| **v > 1000 && **v % 1000 != 0) {
             Some((k, v)) => Err(format!(
@@ -63,10 +125,28 @@ impl ResourceSet {
         }
     }
     /// Whether every quantity of `demand` is available here.
+    ///
+    /// ```
+    /// # use shoal_protocol as shoal;
+    /// use shoal::ResourceSet;
+    /// let free = ResourceSet::cpus(4.0).with("GPU", 1.0);
+    /// assert!(free.contains(&ResourceSet::cpus(2.0).with("GPU", 1.0)));
+    /// assert!(!free.contains(&ResourceSet::cpus(8.0)));
+    /// ```
     pub fn contains(&self, demand: &ResourceSet) -> bool {
         demand.0.iter().all(|(k, v)| self.get_milli(k) >= *v)
     }
     /// Takes `demand` away (saturating at zero).
+    ///
+    /// ```
+    /// # use shoal_protocol as shoal;
+    /// use shoal::ResourceSet;
+    /// let mut free = ResourceSet::cpus(4.0);
+    /// free.subtract(&ResourceSet::cpus(1.0));
+    /// assert_eq!(free.get_milli("CPU"), 3000);
+    /// free.subtract(&ResourceSet::cpus(8.0));
+    /// assert_eq!(free.get_milli("CPU"), 0);
+    /// ```
     pub fn subtract(&mut self, demand: &ResourceSet) {
         for (k, v) in &demand.0 {
             if let Some(have) = self.0.get_mut(k) {
@@ -75,12 +155,31 @@ impl ResourceSet {
         }
     }
     /// Adds `more`, with no cap.
+    ///
+    /// ```
+    /// # use shoal_protocol as shoal;
+    /// use shoal::ResourceSet;
+    /// let mut total = ResourceSet::new();
+    /// for bundle in [ResourceSet::cpus(1.0), ResourceSet::cpus(2.0).with("GPU", 1.0)] {
+    ///     total.add(&bundle);
+    /// }
+    /// assert_eq!(total, ResourceSet::cpus(3.0).with("GPU", 1.0));
+    /// ```
     pub fn add(&mut self, more: &ResourceSet) {
         for (k, v) in &more.0 {
             *self.0.entry(k.clone()).or_insert(0) += v;
         }
     }
     /// Takes away every resource whose name `drop` says, and returns them.
+    ///
+    /// ```
+    /// # use shoal_protocol as shoal;
+    /// use shoal::ResourceSet;
+    /// let mut set = ResourceSet::cpus(2.0).with("GPU", 1.0);
+    /// let gpus = set.remove_where(|name| name == "GPU");
+    /// assert_eq!(gpus, ResourceSet::new().with("GPU", 1.0));
+    /// assert_eq!(set, ResourceSet::cpus(2.0));
+    /// ```
     pub fn remove_where(&mut self, mut drop: impl FnMut(&str) -> bool) -> ResourceSet {
         let mut gone = BTreeMap::new();
         self.0.retain(|k, v| {
@@ -93,10 +192,26 @@ impl ResourceSet {
         ResourceSet(gone)
     }
     /// Whether `demand` names a resource `pred` says.
+    ///
+    /// ```
+    /// # use shoal_protocol as shoal;
+    /// let demand = shoal::ResourceSet::cpus(1.0).with("GPU", 1.0);
+    /// assert!(demand.names_any(|name| name == "GPU"));
+    /// assert!(!demand.names_any(|name| name.starts_with("TPU")));
+    /// ```
     pub fn names_any(&self, mut pred: impl FnMut(&str) -> bool) -> bool {
         self.0.keys().any(|k| pred(k))
     }
     /// Gives `demand` back, never above `cap`.
+    ///
+    /// ```
+    /// # use shoal_protocol as shoal;
+    /// use shoal::ResourceSet;
+    /// let total = ResourceSet::cpus(4.0);
+    /// let mut free = ResourceSet::cpus(3.0);
+    /// free.add_capped(&ResourceSet::cpus(2.0), &total);
+    /// assert_eq!(free, total); // 5 CPUs would be more than the node has
+    /// ```
     pub fn add_capped(&mut self, demand: &ResourceSet, cap: &ResourceSet) {
         for (k, v) in &demand.0 {
             let limit = cap.get_milli(k);
@@ -247,6 +362,22 @@ pub struct StreamSpec {
 pub const MAX_STREAM_ITEMS: u32 = u32::MAX - 1;
 
 /// Where a task or actor may run, as Ray's scheduling strategies say.
+///
+/// ```
+/// # use shoal_protocol as shoal;
+/// use shoal::Strategy;
+/// fn describe(strategy: &Strategy) -> String {
+///     match strategy {
+///         Strategy::Default => "where submitted, while it fits".to_string(),
+///         Strategy::Spread => "spread over the mesh".to_string(),
+///         Strategy::Peer { peer, soft: false } => format!("only on {peer}"),
+///         Strategy::Peer { peer, soft: true } => format!("on {peer} if it can"),
+///         Strategy::PlacementGroup { group, .. } => format!("in group {group}"),
+///     }
+/// }
+/// assert_eq!(describe(&Strategy::default()), "where submitted, while it fits");
+/// assert_eq!(describe(&Strategy::prefer_peer("12D3KooW")), "on 12D3KooW if it can");
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Strategy {
     /// On the node it was submitted to while it fits there, else on the peer with room
@@ -279,6 +410,13 @@ pub enum Strategy {
 
 impl Strategy {
     /// Only on this peer (`soft: false`).
+    ///
+    /// ```
+    /// # use shoal_protocol as shoal;
+    /// use shoal::Strategy;
+    /// let pinned = Strategy::on_peer("12D3KooW");
+    /// assert_eq!(pinned, Strategy::Peer { peer: "12D3KooW".to_string(), soft: false });
+    /// ```
     pub fn on_peer(peer: impl Into<String>) -> Self {
         Strategy::Peer {
             peer: peer.into(),
@@ -287,6 +425,14 @@ impl Strategy {
     }
 
     /// On this peer while it is in the mesh and has room, elsewhere otherwise.
+    ///
+    /// ```
+    /// # use shoal_protocol as shoal;
+    /// use shoal::Strategy;
+    /// // Near the data if that peer has room, else anywhere.
+    /// let near_data = Strategy::prefer_peer("12D3KooW");
+    /// assert_eq!(near_data, Strategy::Peer { peer: "12D3KooW".to_string(), soft: true });
+    /// ```
     pub fn prefer_peer(peer: impl Into<String>) -> Self {
         Strategy::Peer {
             peer: peer.into(),
@@ -545,6 +691,24 @@ impl fmt::Display for ExitInfo {
 }
 
 /// Why a task produced no value. Travels to whoever `get`s its result.
+///
+/// ```
+/// # use shoal_protocol as shoal;
+/// use shoal::TaskError;
+/// /// Whether running the task again may help (the SDK's `GetError::Task` holds the error).
+/// fn worth_retrying(e: &TaskError) -> bool {
+///     matches!(
+///         e,
+///         TaskError::WorkerDied { .. }
+///             | TaskError::PeerLost { .. }
+///             | TaskError::OutOfMemory { .. }
+///     )
+/// }
+/// let lost = TaskError::PeerLost { peer: "12D3KooW".to_string() };
+/// assert!(worth_retrying(&lost));
+/// assert_eq!(lost.to_string(), "peer 12D3KooW was lost while running the task");
+/// assert!(!worth_retrying(&TaskError::NoSuchFunction { name: "app::train".to_string() }));
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum TaskError {
     /// The function panicked.
@@ -872,6 +1036,22 @@ pub enum CreateOutcome {
 }
 
 /// Why the store refused an object.
+///
+/// ```
+/// # use shoal_protocol as shoal;
+/// use shoal::StoreError;
+/// fn advice(e: &StoreError) -> String {
+///     match e {
+///         StoreError::Full { requested, capacity, .. } if requested > capacity => {
+///             format!("{requested} bytes never fit: give the node a larger store")
+///         }
+///         StoreError::Full { .. } => "free or drop some refs, then try again".to_string(),
+///         other => other.to_string(),
+///     }
+/// }
+/// let e = StoreError::Full { requested: 8 << 30, used: 0, capacity: 4 << 30 };
+/// assert!(advice(&e).contains("never fit"));
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum StoreError {
     /// Not enough room.
@@ -908,6 +1088,15 @@ pub struct WorkerStatus {
 }
 
 /// One object, as `shoal objects` lists it.
+///
+/// ```
+/// # use shoal_protocol as shoal;
+/// /// Bytes of the objects spilled to disk, in a list from `shoal::init()?.objects()?`.
+/// fn spilled_bytes(objects: &[shoal::ObjectInfo]) -> u64 {
+///     objects.iter().filter(|o| o.location.contains("disk")).map(|o| o.size).sum()
+/// }
+/// # assert_eq!(spilled_bytes(&[]), 0);
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ObjectInfo {
     /// The object.
@@ -954,6 +1143,15 @@ pub struct ObjectStats {
 }
 
 /// A snapshot of a node, for `shoal status`.
+///
+/// ```
+/// # use shoal_protocol as shoal;
+/// /// Whether tasks wait for CPUs, in a snapshot from `shoal::init()?.status()?`.
+/// fn short_of_cpus(status: &shoal::NodeStatus) -> bool {
+///     status.tasks_queued > 0 && status.resources_free.get_milli("CPU") == 0
+/// }
+/// # let _ = short_of_cpus;
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeStatus {
     /// The node.

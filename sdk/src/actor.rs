@@ -27,14 +27,86 @@ use crate::ObjectRef;
 
 /// A type made into an actor by `#[shoal::actor]`. Implemented by the macro; the hidden
 /// items are how a worker builds and calls it.
+///
+/// Code generic over actors takes an `A: Actor`:
+///
+/// ```no_run
+/// use shoal::{Actor, ActorHandle};
+///
+/// fn describe<A: Actor>(handle: &ActorHandle<A>) -> String {
+///     format!("{} {}", A::CLASS, ActorHandle::id(handle))
+/// }
+///
+/// pub struct Counter;
+/// #[shoal::actor]
+/// impl Counter {
+///     pub fn new() -> Self { Counter }
+/// }
+///
+/// println!("{}", describe(&Counter::remote()));
+/// ```
 pub trait Actor: Sized + 'static {
     /// The name the class is registered under in the binary (`module::Type`).
+    ///
+    /// ```
+    /// use shoal::Actor;
+    ///
+    /// pub struct Counter;
+    /// #[shoal::actor]
+    /// impl Counter {
+    ///     pub fn new() -> Self { Counter }
+    /// }
+    ///
+    /// assert!(Counter::CLASS.ends_with("::Counter"));
+    /// ```
     const CLASS: &'static str;
     /// Calls that may run at once unless [`ActorOptions::max_concurrency`] says otherwise:
     /// 1, or 1000 for an actor with `async` methods (as Ray's async actors).
+    ///
+    /// ```
+    /// use shoal::Actor;
+    ///
+    /// pub struct Store;
+    /// #[shoal::actor]
+    /// impl Store {
+    ///     pub fn new() -> Self { Store }
+    ///     pub fn get(&self, key: String) -> usize { key.len() }
+    /// }
+    ///
+    /// pub struct Fetcher;
+    /// #[shoal::actor]
+    /// impl Fetcher {
+    ///     pub fn new() -> Self { Fetcher }
+    ///     pub async fn fetch(&self, url: String) -> usize { url.len() }
+    /// }
+    ///
+    /// assert_eq!(Store::DEFAULT_MAX_CONCURRENCY, 1);
+    /// assert_eq!(Fetcher::DEFAULT_MAX_CONCURRENCY, 1000);
+    /// ```
     const DEFAULT_MAX_CONCURRENCY: u32;
     /// The generated struct whose methods submit calls (reached through
     /// [`ActorHandle`]'s `Deref`).
+    ///
+    /// ```no_run
+    /// use shoal::{Actor, ObjectRef};
+    ///
+    /// pub struct Counter { n: i64 }
+    /// #[shoal::actor]
+    /// impl Counter {
+    ///     pub fn new() -> Self { Counter { n: 0 } }
+    ///     pub fn incr(&mut self, by: i64) -> i64 { self.n += by; self.n }
+    /// }
+    ///
+    /// fn incr_twice(counter: &<Counter as Actor>::Methods) -> ObjectRef<i64> {
+    ///     counter.incr(1);
+    ///     counter.incr(1)
+    /// }
+    ///
+    /// # fn main() -> Result<(), shoal::GetError> {
+    /// let counter = Counter::remote();
+    /// assert_eq!(incr_twice(&counter).get_blocking()?, 2);
+    /// # Ok(()) }
+    /// ```
     type Methods: ActorMethods;
     #[doc(hidden)]
     fn __construct(args: Args) -> Result<Self, TaskError>;
@@ -44,6 +116,19 @@ pub trait Actor: Sized + 'static {
     fn __call(guard: Guard<Self>, method: &str, args: Args) -> CallFuture;
     /// Whether its blocking methods run on a thread pool (`#[shoal::actor(threaded)]`), so
     /// that up to its max concurrency of them overlap, as Ray's threaded actors.
+    ///
+    /// ```
+    /// use shoal::Actor;
+    ///
+    /// pub struct Hasher;
+    /// #[shoal::actor(threaded)]
+    /// impl Hasher {
+    ///     pub fn new() -> Self { Hasher }
+    ///     pub fn hash(&self, data: Vec<u8>) -> u64 { data.iter().map(|b| u64::from(*b)).sum() }
+    /// }
+    ///
+    /// assert!(Hasher::THREADED);
+    /// ```
     const THREADED: bool = false;
     #[doc(hidden)]
     fn __is_blocking(_method: &str) -> bool {
@@ -124,6 +209,18 @@ pub static ACTOR_CLASSES: [ActorClass];
 
 /// How an actor is created: what it holds, whether it restarts, how many calls run at once,
 /// its name.
+///
+/// ```no_run
+/// # pub struct Cache;
+/// # #[shoal::actor] impl Cache { pub fn new(_mb: u64) -> Self { Cache } }
+/// use shoal::ActorOptions;
+/// let options = ActorOptions::new()
+///     .num_cpus(1.0)
+///     .max_restarts(3)
+///     .name("cache")
+///     .get_if_exists(true);
+/// let cache = Cache::options(options).remote(512);
+/// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct ActorOptions {
     pub(crate) resources: ResourceSet,
@@ -142,6 +239,11 @@ pub struct ActorOptions {
 impl Default for ActorOptions {
     /// No resources held (as Ray's actors once placed), no restarts, the class's default
     /// concurrency, no name.
+    ///
+    /// ```
+    /// use shoal::ActorOptions;
+    /// assert_eq!(ActorOptions::default(), ActorOptions::new().num_cpus(0.0).max_restarts(0));
+    /// ```
     fn default() -> Self {
         Self {
             resources: ResourceSet::new(),
@@ -161,6 +263,12 @@ impl Default for ActorOptions {
 
 impl ActorOptions {
     /// The defaults.
+    ///
+    /// ```
+    /// use shoal::ActorOptions;
+    /// assert_eq!(ActorOptions::new(), ActorOptions::default());
+    /// assert_ne!(ActorOptions::new(), ActorOptions::new().num_cpus(1.0));
+    /// ```
     pub fn new() -> Self {
         Self::default()
     }
@@ -174,6 +282,13 @@ impl ActorOptions {
     /// all busy. The Ray rule would make an actor wait for a CPU it then does not use, and
     /// its placement depend on a moment's load rather than on what it holds; ask for CPUs
     /// (`num_cpus(1.0)`) for an actor that computes, and it holds them.
+    ///
+    /// ```no_run
+    /// # pub struct Trainer;
+    /// # #[shoal::actor] impl Trainer { pub fn new() -> Self { Trainer } }
+    /// // Placed where 2 CPUs are free, and holds them until it ends.
+    /// let trainer = Trainer::options(shoal::ActorOptions::new().num_cpus(2.0)).remote();
+    /// ```
     ///
     /// [`TaskError::InvalidOptions`]: shoal_protocol::TaskError::InvalidOptions
     pub fn num_cpus(mut self, n: f64) -> Self {
@@ -199,12 +314,27 @@ impl ActorOptions {
 
     /// Places the actor only on a peer whose label `key` matches `expr`; see
     /// [`TaskOptions::label`](crate::TaskOptions::label).
+    ///
+    /// ```no_run
+    /// # pub struct Gateway;
+    /// # #[shoal::actor] impl Gateway { pub fn new() -> Self { Gateway } }
+    /// // On a peer started with `shoal node --label zone=eu-1` (or eu-2).
+    /// let options = shoal::ActorOptions::new().label("zone", "in(eu-1,eu-2)");
+    /// let gateway = Gateway::options(options).remote();
+    /// ```
     pub fn label(mut self, key: &str, expr: &str) -> Self {
         self.placement.label(key, expr);
         self
     }
 
     /// An amount of a custom resource the actor holds.
+    ///
+    /// ```no_run
+    /// # pub struct Model;
+    /// # #[shoal::actor] impl Model { pub fn new() -> Self { Model } }
+    /// // On a peer started with `shoal node --resource GPU=1`, holding its GPU.
+    /// let model = Model::options(shoal::ActorOptions::new().resource("GPU", 1.0)).remote();
+    /// ```
     pub fn resource(mut self, name: &str, amount: f64) -> Self {
         self.resources = self.resources.with(name, amount);
         self
@@ -212,6 +342,21 @@ impl ActorOptions {
 
     /// How many times the actor is restarted (its constructor run again with the same
     /// arguments) when its process dies. `u32::MAX`: always. Default 0.
+    ///
+    /// ```no_run
+    /// # pub struct Counter { n: i64 }
+    /// # #[shoal::actor] impl Counter {
+    /// #     pub fn new(n: i64) -> Self { Counter { n } }
+    /// #     pub fn incr(&mut self, by: i64) -> i64 { self.n += by; self.n }
+    /// # }
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let counter = Counter::options(shoal::ActorOptions::new().max_restarts(2)).remote(10);
+    /// assert_eq!(counter.incr(5).get_blocking()?, 15);
+    /// shoal::kill_and_restart(&counter); // as if its process crashed
+    /// // A new process ran `new(10)` again: the state is the constructor's.
+    /// assert_eq!(counter.incr(0).get_blocking()?, 10);
+    /// # Ok(()) }
+    /// ```
     pub fn max_restarts(mut self, n: u32) -> Self {
         self.max_restarts = n;
         self
@@ -219,6 +364,19 @@ impl ActorOptions {
 
     /// How many calls may run at once. With more than one, `async` methods taking `&self`
     /// interleave at their `.await`s; a `&mut self` method always runs alone.
+    ///
+    /// ```no_run
+    /// pub struct Fetcher;
+    ///
+    /// #[shoal::actor]
+    /// impl Fetcher {
+    ///     pub fn new() -> Self { Fetcher }
+    ///     pub async fn fetch(&self, url: String) -> usize { url.len() }
+    /// }
+    ///
+    /// // At most 8 fetches in flight at once (the default for async actors is 1000).
+    /// let fetcher = Fetcher::options(shoal::ActorOptions::new().max_concurrency(8)).remote();
+    /// ```
     pub fn max_concurrency(mut self, n: u32) -> Self {
         self.max_concurrency = Some(n.max(1));
         self
@@ -227,6 +385,18 @@ impl ActorOptions {
     /// A name unique on the node, by which [`get_actor`] finds the actor from any program.
     /// As in Ray, a named actor that is not [detached](Self::detached) still ends when its
     /// last handle is dropped, and its name is then free.
+    ///
+    /// ```no_run
+    /// # pub struct Counter;
+    /// # #[shoal::actor]
+    /// # impl Counter { pub fn new() -> Self { Counter } pub fn get(&self) -> u64 { 0 } }
+    /// # fn main() -> Result<(), shoal::ActorError> {
+    /// let hits = Counter::options(shoal::ActorOptions::new().name("hits")).remote();
+    /// // Elsewhere: in a task, an actor, or another program on the node.
+    /// let same = shoal::get_actor::<Counter>("hits")?;
+    /// assert_eq!(shoal::ActorHandle::id(&same), shoal::ActorHandle::id(&hits));
+    /// # Ok(()) }
+    /// ```
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
         self
@@ -257,6 +427,14 @@ impl ActorOptions {
 
     /// With a name: if a live actor of that name and class exists, return it instead of
     /// failing (get-or-create).
+    ///
+    /// ```no_run
+    /// # pub struct Registry;
+    /// # #[shoal::actor] impl Registry { pub fn new() -> Self { Registry } }
+    /// // Every worker that runs this shares one registry: the first one creates it.
+    /// let options = shoal::ActorOptions::new().name("registry").get_if_exists(true);
+    /// let registry = Registry::options(options).remote();
+    /// ```
     pub fn get_if_exists(mut self, yes: bool) -> Self {
         self.get_if_exists = yes;
         self
@@ -264,6 +442,16 @@ impl ActorOptions {
 
     /// Keep the actor alive after its creator exits and its handles are dropped, until it
     /// is killed (Ray's `lifetime="detached"`).
+    ///
+    /// ```no_run
+    /// # pub struct Service;
+    /// # #[shoal::actor] impl Service { pub fn new() -> Self { Service } }
+    /// # fn main() -> Result<(), shoal::ActorError> {
+    /// // Outlives this program; a later one finds it with shoal::get_actor("service").
+    /// let options = shoal::ActorOptions::new().name("service").detached(true);
+    /// Service::options(options).try_remote()?; // fails at once if the name is taken
+    /// # Ok(()) }
+    /// ```
     pub fn detached(mut self, yes: bool) -> Self {
         self.detached = yes;
         self
@@ -274,6 +462,14 @@ impl ActorOptions {
     /// `max_task_retries`. The default, 0, runs a call at most once: such a call fails with
     /// `ActorDied`. With retries a call runs at least once, so it should be safe to repeat.
     /// Needs [`ActorOptions::max_restarts`] to matter.
+    ///
+    /// ```no_run
+    /// # pub struct Kv;
+    /// # #[shoal::actor] impl Kv { pub fn new() -> Self { Kv } }
+    /// // Restarted up to 5 times, and its calls (safe to repeat) run again after a crash.
+    /// let options = shoal::ActorOptions::new().max_restarts(5).max_task_retries(5);
+    /// let kv = Kv::options(options).remote();
+    /// ```
     pub fn max_task_retries(mut self, n: u32) -> Self {
         self.max_task_retries = n;
         self
@@ -347,6 +543,20 @@ impl ActorOptions {
 }
 
 /// Why an actor could not be created or found.
+///
+/// ```no_run
+/// # pub struct Counter;
+/// # #[shoal::actor] impl Counter { pub fn new() -> Self { Counter } }
+/// use shoal::{ActorError, ActorOptions};
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let counter = match Counter::options(ActorOptions::new().name("hits")).try_remote() {
+///     Ok(counter) => counter,
+///     // Another program made it first: use that one.
+///     Err(ActorError::NameTaken(name)) => shoal::get_actor::<Counter>(&name)?,
+///     Err(e) => return Err(e.into()),
+/// };
+/// # let _ = counter; Ok(()) }
+/// ```
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum ActorError {
     /// A live actor already has this name.
@@ -467,7 +677,12 @@ impl<'de> Deserialize<'de> for RawActor {
 /// other actors, which then call the actor directly. Its methods are the actor type's
 /// methods (through `Deref`), each returning an [`ObjectRef`](crate::ObjectRef) at once:
 ///
-/// ```ignore
+/// ```no_run
+/// # pub struct Counter { n: i64 }
+/// # #[shoal::actor] impl Counter {
+/// #     pub fn new(n: i64) -> Self { Counter { n } }
+/// #     pub fn incr(&mut self, by: i64) -> i64 { self.n += by; self.n }
+/// # }
 /// let counter = Counter::remote(0);
 /// let n: shoal::ObjectRef<i64> = counter.incr(1);
 /// ```
@@ -493,6 +708,13 @@ impl<A: Actor> ActorHandle<A> {
     }
 
     /// The actor's id (an associated function, so it never hides a method of the actor).
+    ///
+    /// ```no_run
+    /// # pub struct Counter;
+    /// # #[shoal::actor] impl Counter { pub fn new() -> Self { Counter } }
+    /// let counter = Counter::remote();
+    /// println!("actor {}", shoal::ActorHandle::id(&counter));
+    /// ```
     pub fn id(this: &Self) -> ActorId {
         this.methods.raw().id()
     }
@@ -545,12 +767,35 @@ impl<'de, A: Actor> Deserialize<'de> for ActorHandle<A> {
 /// Ends an actor at once: calls queued or running fail with
 /// [`TaskError::ActorKilled`], later calls too, and it is not restarted (Ray's
 /// `ray.kill(actor)`).
+///
+/// ```no_run
+/// # pub struct Counter;
+/// # #[shoal::actor]
+/// # impl Counter { pub fn new() -> Self { Counter } pub fn get(&self) -> u64 { 0 } }
+/// use shoal::{GetError, TaskError};
+/// let counter = Counter::remote();
+/// shoal::kill(&counter);
+/// assert!(matches!(
+///     counter.get().get_blocking(),
+///     Err(GetError::Task(TaskError::ActorKilled { .. }))
+/// ));
+/// ```
 pub fn kill<A: Actor>(actor: &ActorHandle<A>) {
     kill_raw(actor.methods.raw(), true);
 }
 
 /// Kills the actor's process as if it crashed: calls in flight fail, and it is restarted if
 /// it has restarts left (Ray's `ray.kill(actor, no_restart=False)`).
+///
+/// ```no_run
+/// # pub struct Service;
+/// # #[shoal::actor] impl Service { pub fn new() -> Self { Service } pub fn ping(&self) {} }
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let service = Service::options(shoal::ActorOptions::new().max_restarts(1)).remote();
+/// shoal::kill_and_restart(&service); // a fresh process, its state made anew by `new`
+/// service.ping().get_blocking()?;    // runs on the restarted actor
+/// # Ok(()) }
+/// ```
 pub fn kill_and_restart<A: Actor>(actor: &ActorHandle<A>) {
     kill_raw(actor.methods.raw(), false);
 }
@@ -596,12 +841,37 @@ pub fn exit_actor() -> ! {
 
 /// The live actor named `name` in the default namespace, as a handle of class `A` (Ray's
 /// `ray.get_actor(name)`). See [`get_actor_in`] for a namespace.
+///
+/// ```no_run
+/// # pub struct Counter;
+/// # #[shoal::actor] impl Counter { pub fn new() -> Self { Counter } pub fn incr(&self) {} }
+/// #[shoal::remote]
+/// fn record_hit() {
+///     // Any task, actor or program on the node finds the actor by its name.
+///     if let Ok(hits) = shoal::get_actor::<Counter>("hits") {
+///         hits.incr();
+///     }
+/// }
+/// ```
 pub fn get_actor<A: Actor>(name: &str) -> Result<ActorHandle<A>, ActorError> {
     get_actor_in("", name)
 }
 
 /// The live actor named `name` in `namespace` (see [`ActorOptions::namespace`]), as a handle
 /// of class `A` (Ray's `ray.get_actor(name, namespace=…)`).
+///
+/// ```no_run
+/// # pub struct Cart;
+/// # #[shoal::actor] impl Cart { pub fn new() -> Self { Cart } }
+/// use shoal::ActorError;
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// match shoal::get_actor_in::<Cart>("shop", "cart-17") {
+///     Ok(cart) => println!("found {}", shoal::ActorHandle::id(&cart)),
+///     Err(ActorError::NotFound(name)) => println!("no cart {name} in the shop"),
+///     Err(e) => return Err(e.into()),
+/// }
+/// # Ok(()) }
+/// ```
 pub fn get_actor_in<A: Actor>(namespace: &str, name: &str) -> Result<ActorHandle<A>, ActorError> {
     let ctx = runtime::get();
     let qualified = shoal_protocol::qualified_name(namespace, name);

@@ -18,6 +18,20 @@ use crate::runtime;
 /// A byte buffer that encodes as one block (as `serde_bytes` does): puts and gets of it run
 /// at memory speed, and [`ObjectRef::get_view`] reads it in place. Its encoding is that of a
 /// `Vec<u8>` with the same bytes.
+///
+/// ```no_run
+/// use shoal::Bytes;
+///
+/// #[shoal::remote]
+/// fn checksum(data: Bytes) -> u64 {
+///     data.iter().map(|b| u64::from(*b)).sum() // a `Bytes` derefs to `[u8]`
+/// }
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let image = Bytes(vec![1u8; 64 << 20]);
+/// assert_eq!(checksum.remote(image).get_blocking()?, 64 << 20);
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Default, PartialEq, Eq, Hash)]
 pub struct Bytes(pub Vec<u8>);
 
@@ -83,12 +97,35 @@ impl Serialize for RawSlice<'_> {
 
 /// Stores raw bytes (copied once, straight into shared memory when large) and returns a ref
 /// to them as [`Bytes`]. Equal bytes share one id and one copy.
+///
+/// ```no_run
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let file = std::fs::read("weights.bin")?;
+/// let weights = shoal::put_bytes(&file)?; // a ref that tasks take as a `Bytes` argument
+/// let view = weights.get_view_blocking()?;
+/// assert_eq!(&view[..], &file[..]);
+/// # Ok(()) }
+/// ```
 pub fn put_bytes(bytes: &[u8]) -> Result<ObjectRef<Bytes>, PutError> {
     let ctx = runtime::get();
     crate::put::put_value(ctx, &RawSlice(bytes)).map(ObjectRef::from_raw)
 }
 
 /// Types stored as a plain byte sequence, whose refs can be read as a [`ByteView`].
+///
+/// ```no_run
+/// use shoal::{ByteSequence, ObjectRef};
+///
+/// // Works for refs of `Bytes` and of `Vec<u8>` alike.
+/// fn first_byte<T: ByteSequence>(r: &ObjectRef<T>) -> Result<Option<u8>, shoal::GetError> {
+///     Ok(r.get_view_blocking()?.first().copied())
+/// }
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// assert_eq!(first_byte(&shoal::put(&vec![7u8, 8])?)?, Some(7));
+/// assert_eq!(first_byte(&shoal::put_bytes(b"xyz")?)?, Some(b'x'));
+/// # Ok(()) }
+/// ```
 pub trait ByteSequence {}
 impl ByteSequence for Bytes {}
 impl ByteSequence for Vec<u8> {}
@@ -102,6 +139,15 @@ enum Backing {
 /// A read-only view of a stored byte buffer: inside the shared-memory file of a large object
 /// (mapped, never copied), or inside the message of a small one. Cheap to clone. The bytes
 /// stay valid as long as the view lives, even if the object is freed or spilled meanwhile.
+///
+/// ```no_run
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let log = shoal::put_bytes(&std::fs::read("app.log")?)?;
+/// let view: shoal::ByteView = log.get_view_blocking()?;
+/// let lines = view.split(|b| *b == b'\n').count(); // a `ByteView` derefs to `[u8]`
+/// println!("{lines} lines");
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct ByteView {
     backing: Backing,
@@ -110,6 +156,16 @@ pub struct ByteView {
 
 impl ByteView {
     /// Whether the view is of a shared-memory mapping (rather than a small inline value).
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let small = shoal::put_bytes(b"tiny")?.get_view_blocking()?;
+    /// let large = shoal::put_bytes(&vec![0u8; 16 << 20])?.get_view_blocking()?;
+    /// // Above the inline threshold (64 KiB by default), a value lives in shared memory.
+    /// assert!(!small.is_mapped());
+    /// assert!(large.is_mapped());
+    /// # Ok(()) }
+    /// ```
     pub fn is_mapped(&self) -> bool {
         matches!(self.backing, Backing::Mapped(_))
     }
@@ -157,11 +213,28 @@ impl<T: ByteSequence> ObjectRef<T> {
     /// Waits for the buffer and returns a view of it in place: a large one is mapped from
     /// shared memory, not copied, so this takes the same time for a kilobyte as for a
     /// gigabyte.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let r = shoal::put_bytes(&vec![1u8; 256 << 20])?;
+    /// let view = r.get_view().await?; // no copy of the 256 MiB
+    /// assert_eq!(view.len(), 256 << 20);
+    /// assert_eq!(view[0], 1);
+    /// # Ok(()) }
+    /// ```
     pub async fn get_view(&self) -> Result<ByteView, GetError> {
         read_async(self.id(), view).await
     }
 
     /// [`ObjectRef::get_view`] for synchronous code.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let r: shoal::ObjectRef<Vec<u8>> = shoal::put(&vec![0u8; 1 << 20])?;
+    /// let view = r.get_view_blocking()?;
+    /// assert!(view.iter().all(|b| *b == 0));
+    /// # Ok(()) }
+    /// ```
     pub fn get_view_blocking(&self) -> Result<ByteView, GetError> {
         read_blocking(self.id(), None, view)
     }

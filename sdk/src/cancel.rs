@@ -7,6 +7,14 @@ use crate::object_ref::ObjectRef;
 use crate::runtime;
 
 /// How [`cancel_with`] cancels. The defaults are Ray's: not forced, recursive.
+///
+/// ```
+/// use shoal::CancelOptions;
+/// assert_eq!(CancelOptions::new(), CancelOptions::new().force(false).recursive(true));
+/// // End the worker at once, and leave the tasks it submitted running.
+/// let options = CancelOptions::new().force(true).recursive(false);
+/// assert_ne!(options, CancelOptions::default());
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CancelOptions {
     force: bool,
@@ -24,6 +32,11 @@ impl Default for CancelOptions {
 
 impl CancelOptions {
     /// Not forced, recursive.
+    ///
+    /// ```
+    /// use shoal::CancelOptions;
+    /// assert_eq!(CancelOptions::new(), CancelOptions::default());
+    /// ```
     pub fn new() -> Self {
         Self::default()
     }
@@ -31,12 +44,34 @@ impl CancelOptions {
     /// End the worker process running the task at once (not for actor calls). Its other
     /// tasks queued there run again elsewhere. Without it, a blocking task runs on until it
     /// returns or sees [`is_cancelled`].
+    ///
+    /// ```no_run
+    /// #[shoal::remote]
+    /// fn solve(seed: u64) -> u64 {
+    ///     // A long computation that never checks shoal::is_cancelled().
+    ///     (0..u64::MAX).find(|x| x.wrapping_mul(seed) == 1).unwrap_or(0)
+    /// }
+    ///
+    /// # fn main() -> Result<(), shoal::CancelError> {
+    /// let r = solve.remote(7);
+    /// shoal::cancel_with(&r, shoal::CancelOptions::new().force(true))?; // frees its CPU now
+    /// # Ok(()) }
+    /// ```
     pub fn force(mut self, force: bool) -> Self {
         self.force = force;
         self
     }
 
     /// Also cancel the tasks the task submitted (and theirs). Default: yes.
+    ///
+    /// ```no_run
+    /// # #[shoal::remote] async fn crawl(url: String) -> usize { url.len() }
+    /// # fn main() -> Result<(), shoal::CancelError> {
+    /// let r = crawl.remote("http://example.org".to_string());
+    /// // Stop the crawl, but let the page fetches it started finish.
+    /// shoal::cancel_with(&r, shoal::CancelOptions::new().recursive(false))?;
+    /// # Ok(()) }
+    /// ```
     pub fn recursive(mut self, recursive: bool) -> Self {
         self.recursive = recursive;
         self

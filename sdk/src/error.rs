@@ -8,6 +8,24 @@ use shoal_protocol::TaskError;
 
 /// Why `get` (or `wait`) produced no value. `get` never hangs without a way out: a task's
 /// failure, a dead node or a timeout each end it with one of these.
+///
+/// ```no_run
+/// # use std::time::Duration;
+/// #[shoal::remote]
+/// fn parse(s: String) -> u64 {
+///     s.parse().expect("a number")
+/// }
+///
+/// use shoal::{GetError, TaskError};
+/// match parse.remote("ten".to_string()).get_blocking_timeout(Duration::from_secs(10)) {
+///     Ok(n) => println!("{n}"),
+///     Err(GetError::Task(TaskError::Panicked { message, .. })) => {
+///         eprintln!("the task panicked: {message}")
+///     }
+///     Err(GetError::Timeout(after)) => eprintln!("no answer after {after:?}"),
+///     Err(e) => eprintln!("no value: {e}"),
+/// }
+/// ```
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum GetError {
     /// The task that makes the object failed: panicked, its worker died, its arguments did
@@ -42,6 +60,19 @@ pub enum GetError {
 }
 
 /// Why `put` failed.
+///
+/// ```no_run
+/// use shoal::{PutError, StoreError};
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// match shoal::put(&vec![0u8; 1 << 30]) {
+///     Ok(big) => println!("stored as {}", big.id()),
+///     Err(PutError::Store(StoreError::Full { requested, capacity, .. })) => {
+///         eprintln!("no room for {requested} bytes in a store of {capacity}")
+///     }
+///     Err(e) => return Err(e.into()),
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum PutError {
     /// The value's `Serialize` failed.
@@ -61,6 +92,17 @@ pub enum PutError {
 }
 
 /// Why `wait` refused its arguments (as Ray's `wait` does).
+///
+/// ```
+/// use shoal::{ObjectRef, WaitError};
+/// let refs: Vec<ObjectRef<u64>> = Vec::new();
+/// match shoal::wait_blocking(&refs, 1, None) {
+///     Err(WaitError::TooMany { num_ready, refs }) => {
+///         assert_eq!((num_ready, refs), (1, 0));
+///     }
+///     other => panic!("unexpected: {other:?}"),
+/// }
+/// ```
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum WaitError {
     /// The same ref was given twice: a wait needs distinct refs.
@@ -77,6 +119,15 @@ pub enum WaitError {
 }
 
 /// Why `cancel` refused.
+///
+/// ```no_run
+/// use shoal::CancelError;
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let stored = shoal::put(&42u64)?;
+/// // A put is no task's result: there is nothing to cancel.
+/// assert_eq!(shoal::cancel(&stored), Err(CancelError::NotSubmitter(stored.id())));
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum CancelError {
     /// The ref is not the result of a task this process submitted (a `put`, or a ref it was
@@ -92,6 +143,20 @@ pub enum CancelError {
 }
 
 /// Why `shoal::init` failed.
+///
+/// ```no_run
+/// use shoal::InitError;
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// match shoal::init() {
+///     Ok(node) => println!("attached to {}", node.node_id()),
+///     Err(InitError::SocketDir(why)) => {
+///         eprintln!("{why}: set SHOAL_SOCKET to a socket in a directory of your own");
+///         std::process::exit(2);
+///     }
+///     Err(e) => return Err(e.into()),
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Debug, thiserror::Error)]
 pub enum InitError {
     /// A daemon was required but none answered on the socket.

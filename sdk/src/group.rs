@@ -40,6 +40,28 @@ use crate::runtime;
 /// bundle) or [`PlacementGroup::any_bundle`]: its demand (say `num_cpus(1.0)`) is then taken
 /// from what the bundle reserved, on the peer that holds it; a task that asks for more than
 /// its bundle holds waits for the bundle's other tasks to end.
+///
+/// ```no_run
+/// use shoal::{ActorOptions, GroupStrategy, PlacementGroup, ResourceSet, TaskOptions};
+///
+/// #[shoal::remote]
+/// fn worker_step(pg: PlacementGroup, step: u32) -> u32 {
+///     // A task given the group schedules its own work into it.
+///     let more = helper.options(TaskOptions::new().strategy(pg.any_bundle())).remote(step);
+///     more.get_blocking().unwrap_or(0)
+/// }
+/// # #[shoal::remote] fn helper(step: u32) -> u32 { step }
+/// # pub struct Ps;
+/// # #[shoal::actor] impl Ps { pub fn new() -> Self { Ps } }
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let pg = shoal::placement_group(vec![ResourceSet::cpus(1.0); 2], GroupStrategy::Pack);
+/// pg.ready().get_blocking()?;
+/// let server = Ps::options(ActorOptions::new().num_cpus(1.0).strategy(pg.bundle(0))).remote();
+/// let step = worker_step.options(TaskOptions::new().strategy(pg.bundle(1))).remote(pg.clone(), 1);
+/// assert_eq!(step.get_blocking()?, 1);
+/// # let _ = server; Ok(()) }
+/// ```
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PlacementGroup {
     id: GroupId,

@@ -33,6 +33,15 @@ pub struct Json<T>(pub T);
 
 impl<T> Json<T> {
     /// The value.
+    ///
+    /// ```no_run
+    /// use shoal::Json;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let config = shoal::put(&Json(serde_json::json!({"retries": 3})))?;
+    /// let value: serde_json::Value = config.get_blocking()?.into_inner();
+    /// assert_eq!(value["retries"], 3);
+    /// # Ok(()) }
+    /// ```
     pub fn into_inner(self) -> T {
         self.0
     }

@@ -262,6 +262,13 @@ pub use stream::ObjectRefStream;
 pub use submit::IntoArg;
 
 /// A handle to the node this process is attached to.
+///
+/// ```no_run
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let node = shoal::init()?;
+/// println!("node {} (embedded: {})", node.node_id(), node.is_embedded());
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug)]
 pub struct Shoal {
     ctx: Arc<Context>,
@@ -269,39 +276,102 @@ pub struct Shoal {
 
 impl Shoal {
     /// The node's id.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), shoal::InitError> {
+    /// let node = shoal::init()?;
+    /// assert_eq!(node.node_id(), shoal::runtime_context().node_id);
+    /// # Ok(()) }
+    /// ```
     pub fn node_id(&self) -> NodeId {
         self.ctx.node_id()
     }
 
     /// The node's peer id in its mesh (`None` when the node is not a peer of one).
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), shoal::InitError> {
+    /// match shoal::init()?.peer_id() {
+    ///     Some(peer) => println!("a peer of a mesh: {peer}"),
+    ///     None => println!("a node on its own"),
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn peer_id(&self) -> Option<&str> {
         self.ctx.peer_id()
     }
 
     /// Whether the node runs inside this process.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), shoal::InitError> {
+    /// let node = shoal::init()?;
+    /// if node.is_embedded() {
+    ///     eprintln!("no node answered on the socket: this program runs its own");
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn is_embedded(&self) -> bool {
         self.ctx.is_embedded()
     }
 
     /// The node's socket (for an embedded node, a private one its workers use).
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), shoal::InitError> {
+    /// let node = shoal::init()?;
+    /// println!("SHOAL_SOCKET={}", node.socket().display());
+    /// # Ok(()) }
+    /// ```
     pub fn socket(&self) -> &std::path::Path {
         self.ctx.socket()
     }
 
     /// A snapshot of the node: resources, workers, tasks, objects, actors. The node answers
     /// after everything this process sent before.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let status = shoal::init()?.status()?;
+    /// println!(
+    ///     "{} workers, {} tasks running, {} free",
+    ///     status.workers.len(),
+    ///     status.tasks_running,
+    ///     status.resources_free,
+    /// );
+    /// # Ok(()) }
+    /// ```
     pub fn status(&self) -> Result<NodeStatus, GetError> {
         self.ctx.status()
     }
 
     /// Every object the node knows, largest first (as `shoal objects`, Ray's `ray memory`):
     /// size, owner, what keeps it alive, where it is.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let node = shoal::init()?;
+    /// for object in node.objects()?.iter().take(5) {
+    ///     println!("{} {} bytes, in {}", object.id, object.size, object.location);
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn objects(&self) -> Result<Vec<ObjectInfo>, GetError> {
         self.ctx.objects()
     }
 
     /// [`shutdown`] for async code: the same stop, awaited without blocking the executor
     /// (any executor).
+    ///
+    /// ```no_run
+    /// # #[shoal::remote] async fn fetch() -> u64 { 1 }
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let node = shoal::init()?;
+    /// let n = fetch.remote().await?;
+    /// node.shutdown().await;
+    /// assert!(fetch.remote().await.is_err()); // fails at once with GetError::Shutdown
+    /// # let _ = n; Ok(()) }
+    /// ```
     pub async fn shutdown(&self) {
         self.ctx.shutdown_async().await;
     }
@@ -310,11 +380,31 @@ impl Shoal {
 /// Attaches this process to a node: the one on `$SHOAL_SOCKET` (or the per-user default
 /// socket) if it answers, otherwise a new node embedded in this process. Idempotent; the
 /// first remote call does it implicitly with the defaults.
+///
+/// ```no_run
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let node = shoal::init()?;
+/// println!("attached to {}", node.socket().display());
+/// # Ok(()) }
+/// ```
 pub fn init() -> Result<Shoal, InitError> {
     init_with(InitOptions::default())
 }
 
 /// [`init`] with options (socket, embedded node resources, …).
+///
+/// ```no_run
+/// # fn main() -> Result<(), shoal::InitError> {
+/// // A node of this program's own, with 2 CPUs and one GPU to hand out.
+/// let node = shoal::init_with(shoal::InitOptions {
+///     force_embedded: true,
+///     cpus: Some(2.0),
+///     resources: vec![("GPU".to_string(), 1.0)],
+///     ..Default::default()
+/// })?;
+/// assert!(node.is_embedded());
+/// # Ok(()) }
+/// ```
 pub fn init_with(options: InitOptions) -> Result<Shoal, InitError> {
     let ctx = runtime::init(options)?;
     Ok(Shoal { ctx: ctx.clone() })
@@ -332,18 +422,60 @@ pub fn init_with(options: InitOptions) -> Result<Shoal, InitError> {
 /// this process never attached, and nothing in a worker (its node owns its life). A program
 /// with an embedded node does this at exit anyway. From async code, use
 /// [`Shoal::shutdown`].
+///
+/// ```no_run
+/// # #[shoal::remote] fn square(x: u64) -> u64 { x * x }
+/// # fn main() -> Result<(), shoal::GetError> {
+/// let r = square.remote(3);
+/// assert_eq!(r.get_blocking()?, 9);
+/// shoal::shutdown();
+/// assert_eq!(r.get_blocking(), Err(shoal::GetError::Shutdown));
+/// # Ok(()) }
+/// ```
 pub fn shutdown() {
     runtime::shutdown(runtime::SHUTDOWN_WAIT);
 }
 
 /// The peer id of the node this process is attached to, when that node is a peer of a
 /// mesh: inside a task, where it ran. Call after [`init`] (a worker is always initialised).
+///
+/// ```no_run
+/// #[shoal::remote]
+/// fn ran_at() -> Option<String> {
+///     shoal::peer_id()
+/// }
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// shoal::init()?;
+/// println!("here: {:?}, the task: {:?}", shoal::peer_id(), ran_at.remote().get_blocking()?);
+/// # Ok(()) }
+/// ```
 pub fn peer_id() -> Option<String> {
     runtime::get().peer_id().map(str::to_string)
 }
 
 /// Where the calling code runs, as Ray's `ray.get_runtime_context()`: the node and its peer
 /// id, this process, and inside a task or an actor call, which.
+///
+/// ```no_run
+/// pub struct Trainer;
+///
+/// #[shoal::actor]
+/// impl Trainer {
+///     pub fn new() -> Self { Trainer }
+///     /// The CPUs this actor holds, in thousandths.
+///     pub fn cpus(&self) -> u64 {
+///         shoal::runtime_context().resources.get_milli("CPU")
+///     }
+/// }
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let trainer = Trainer::options(shoal::ActorOptions::new().num_cpus(1.0)).remote();
+/// assert_eq!(trainer.cpus().get_blocking()?, 1000);
+/// let here = shoal::runtime_context(); // in this program: no task, no actor
+/// assert_eq!((here.task_id, here.actor_id), (None, None));
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RuntimeContext {

@@ -43,6 +43,20 @@ pub fn free<'a, T: 'a>(refs: impl IntoIterator<Item = &'a ObjectRef<T>>) -> Resu
 }
 
 /// What [`wait`] returns: the ready refs, and the others.
+///
+/// ```no_run
+/// # #[shoal::remote] fn square(x: u64) -> u64 { x * x }
+/// use shoal::{ObjectRef, Split};
+///
+/// fn first_ready(refs: &[ObjectRef<u64>]) -> Result<Split<u64>, shoal::WaitError> {
+///     shoal::wait_blocking(refs, 1, None)
+/// }
+///
+/// let refs: Vec<_> = (0..4).map(|i| square.remote(i)).collect();
+/// let (ready, pending) = first_ready(&refs)?;
+/// # let _ = (ready, pending);
+/// # Ok::<(), shoal::WaitError>(())
+/// ```
 pub type Split<T> = (Vec<ObjectRef<T>>, Vec<ObjectRef<T>>);
 
 /// Waits until `num_ready` of `refs` are ready (or failed), or `timeout` passes. Returns at
@@ -91,6 +105,22 @@ pub async fn wait<T>(
 }
 
 /// [`wait`] for synchronous code.
+///
+/// ```no_run
+/// # use std::time::Duration;
+/// # #[shoal::remote] fn square(x: u64) -> u64 { x * x }
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// // Handle each result as it comes, waking at least once a second meanwhile.
+/// let mut pending: Vec<_> = (0..8).map(|i| square.remote(i)).collect();
+/// while !pending.is_empty() {
+///     let (ready, rest) = shoal::wait_blocking(&pending, 1, Some(Duration::from_secs(1)))?;
+///     for r in &ready {
+///         println!("{}", r.get_blocking()?);
+///     }
+///     pending = rest;
+/// }
+/// # Ok(()) }
+/// ```
 pub fn wait_blocking<T>(
     refs: &[ObjectRef<T>],
     num_ready: usize,
@@ -184,6 +214,16 @@ pub async fn get_all<T: DeserializeOwned>(
 }
 
 /// [`get_all`] for synchronous code.
+///
+/// ```no_run
+/// # use std::time::Duration;
+/// # #[shoal::remote] fn square(x: u64) -> u64 { x * x }
+/// # fn main() -> Result<(), shoal::GetError> {
+/// let refs: Vec<_> = (0..4).map(|i| square.remote(i)).collect();
+/// let squares = shoal::get_all_blocking(&refs, Some(Duration::from_secs(30)))?;
+/// assert_eq!(squares, vec![0, 1, 4, 9]);
+/// # Ok(()) }
+/// ```
 pub fn get_all_blocking<T: DeserializeOwned>(
     refs: &[ObjectRef<T>],
     timeout: Option<Duration>,

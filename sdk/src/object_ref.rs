@@ -138,6 +138,22 @@ impl fmt::Debug for RawRef {
 ///
 /// Handles are cheap to clone, can be passed as task arguments (the task waits for the value
 /// and receives it) and can be nested inside other values (they travel as references).
+///
+/// ```no_run
+/// #[shoal::remote]
+/// fn total(parts: Vec<shoal::ObjectRef<u64>>) -> u64 {
+///     // A panic fails the task, with its message.
+///     shoal::get_all_blocking(&parts, None).expect("every part").iter().sum()
+/// }
+/// # #[shoal::remote] fn square(x: u64) -> u64 { x * x }
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let three: shoal::ObjectRef<u64> = shoal::put(&3)?;
+/// let nine = square.remote(&three);          // the task receives the value 3
+/// let sum = total.remote(vec![three, nine]); // refs inside a value travel as refs
+/// assert_eq!(sum.get_blocking()?, 12);
+/// # Ok(()) }
+/// ```
 pub struct ObjectRef<T> {
     pub(crate) raw: RawRef,
     _t: PhantomData<fn() -> T>,
@@ -152,11 +168,27 @@ impl<T> ObjectRef<T> {
     }
 
     /// The object's id.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), shoal::PutError> {
+    /// let a = shoal::put(&"same value")?;
+    /// let b = shoal::put(&"same value")?;
+    /// assert_eq!(a.id(), b.id()); // equal values share one id
+    /// println!("stored as {}", a.id());
+    /// # Ok(()) }
+    /// ```
     pub fn id(&self) -> ObjectId {
         self.raw.id
     }
 
     /// Whether the value (or the error) has arrived in this process.
+    ///
+    /// ```no_run
+    /// # #[shoal::remote] fn square(x: u64) -> u64 { x * x }
+    /// let refs: Vec<_> = (0..8).map(|i| square.remote(i)).collect();
+    /// let done = refs.iter().filter(|r| r.is_ready()).count();
+    /// println!("{done} of {} done so far", refs.len());
+    /// ```
     pub fn is_ready(&self) -> bool {
         runtime::get().is_done(&self.raw.id)
     }
@@ -250,6 +282,14 @@ fn decode<T: DeserializeOwned>(bytes: Source<'_>) -> Result<T, GetError> {
 
 impl<T: DeserializeOwned> ObjectRef<T> {
     /// Waits for the value. Works under any async executor.
+    ///
+    /// ```no_run
+    /// # #[shoal::remote] async fn square(x: u64) -> u64 { x * x }
+    /// # async fn run() -> Result<(), shoal::GetError> {
+    /// let r = square.remote(3);
+    /// assert_eq!(r.get().await?, 9);
+    /// # Ok(()) }
+    /// ```
     pub async fn get(&self) -> Result<T, GetError> {
         read_async(self.raw.id, decode).await
     }
@@ -257,6 +297,18 @@ impl<T: DeserializeOwned> ObjectRef<T> {
     /// Waits at most `timeout` for the value. A value this process has already (say, one it
     /// put) is returned whatever the timeout, even when the node must first read it back
     /// from disk, as Ray's `get` does.
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # #[shoal::remote] async fn slow() -> u64 { 1 }
+    /// # async fn run() -> Result<(), shoal::GetError> {
+    /// match slow.remote().get_timeout(Duration::from_secs(5)).await {
+    ///     Ok(v) => println!("got {v}"),
+    ///     Err(shoal::GetError::Timeout(after)) => eprintln!("no value after {after:?}"),
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn get_timeout(&self, timeout: Duration) -> Result<T, GetError> {
         let ctx = runtime::get();
         if ctx.is_done(&self.raw.id) {
@@ -270,12 +322,32 @@ impl<T: DeserializeOwned> ObjectRef<T> {
     }
 
     /// Blocks this thread until the value is there: for synchronous code.
+    ///
+    /// ```no_run
+    /// # #[shoal::remote] fn square(x: u64) -> u64 { x * x }
+    /// # fn main() -> Result<(), shoal::GetError> {
+    /// let r = square.remote(3);
+    /// assert_eq!(r.get_blocking()?, 9);
+    /// # Ok(()) }
+    /// ```
     pub fn get_blocking(&self) -> Result<T, GetError> {
         read_blocking(self.raw.id, None, decode)
     }
 
     /// Blocks at most `timeout` (but see [`ObjectRef::get_timeout`] for a value here
     /// already).
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # #[shoal::remote] fn slow() -> u64 { 1 }
+    /// # fn main() -> Result<(), shoal::GetError> {
+    /// let r = slow.remote();
+    /// if let Err(shoal::GetError::Timeout(_)) = r.get_blocking_timeout(Duration::from_secs(1)) {
+    ///     eprintln!("not done within a second; waiting on");
+    ///     r.get_blocking()?;
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn get_blocking_timeout(&self, timeout: Duration) -> Result<T, GetError> {
         read_blocking(self.raw.id, Some(timeout), decode)
     }
@@ -314,6 +386,19 @@ impl<T> ObjectRef<T> {
     /// against the blake3 digest recorded when it was sealed. A mismatch is
     /// [`TaskError::ObjectCorrupted`]. Small values travel whole inside messages: there is no
     /// stored copy to check.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let big = shoal::put(&vec![7u8; 1 << 20])?; // large: kept in the shared-memory store
+    /// match big.verify_blocking() {
+    ///     Ok(()) => {}
+    ///     Err(shoal::GetError::Task(shoal::TaskError::ObjectCorrupted { message, .. })) => {
+    ///         eprintln!("the stored copy is damaged: {message}")
+    ///     }
+    ///     Err(e) => return Err(e.into()),
+    /// }
+    /// # Ok(()) }
+    /// ```
     ///
     /// [`TaskError::ObjectCorrupted`]: crate::TaskError::ObjectCorrupted
     pub fn verify_blocking(&self) -> Result<(), GetError> {
@@ -371,6 +456,26 @@ impl<T> Serialize for ObjectRef<T> {
     /// result, a `put`), the node keeps the object alive as long as that value lives.
     /// Written by any other serializer (`serde_json`, say), the object is pinned: this
     /// process holds it until it ends, as Ray pins refs serialized out of band.
+    ///
+    /// ```no_run
+    /// use serde::{Deserialize, Serialize};
+    ///
+    /// #[derive(Serialize, Deserialize)]
+    /// struct Shard {
+    ///     name: String,
+    ///     data: shoal::ObjectRef<Vec<u8>>, // travels as a ref; its object lives while it does
+    /// }
+    ///
+    /// #[shoal::remote]
+    /// fn size(shard: Shard) -> usize {
+    ///     shard.data.get_blocking().map_or(0, |d| d.len())
+    /// }
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let shard = Shard { name: "a".to_string(), data: shoal::put(&vec![0u8; 1 << 20])? };
+    /// assert_eq!(size.remote(shard).get_blocking()?, 1 << 20);
+    /// # Ok(()) }
+    /// ```
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let in_band = NESTED.with(|n| match n.borrow_mut().as_mut() {
             Some(refs) => {
@@ -390,6 +495,15 @@ impl<T> Serialize for ObjectRef<T> {
 impl<'de, T> Deserialize<'de> for ObjectRef<T> {
     /// A ref received inside a value: this process holds the object from now on, until its
     /// last handle here is dropped.
+    ///
+    /// ```no_run
+    /// #[shoal::remote]
+    /// fn keep_big(parts: Vec<shoal::ObjectRef<Vec<u8>>>) -> Vec<shoal::ObjectRef<Vec<u8>>> {
+    ///     // The refs read from the argument hold their objects in this task's process, and
+    ///     // the ones returned are held by the result.
+    ///     parts.into_iter().filter(|p| p.get_blocking().is_ok_and(|v| v.len() > 1024)).collect()
+    /// }
+    /// ```
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let (id, owner) = <(ObjectId, ClientId)>::deserialize(d)?;
         let ctx = runtime::get();

@@ -4,6 +4,14 @@ use shoal_protocol::{LabelMatch, ResourceSet, Strategy};
 
 /// Options of one call: what the task holds while it runs, and how often it is retried
 /// when its worker dies.
+///
+/// ```no_run
+/// # #[shoal::remote] fn render(frame: u32) -> Vec<u8> { vec![frame as u8] }
+/// use shoal::TaskOptions;
+/// // Each frame holds 2 CPUs, and is not run again if its worker dies.
+/// let render_big = render.options(TaskOptions::new().num_cpus(2.0).max_retries(0));
+/// let frames: Vec<_> = (0..10).map(|i| render_big.remote(i)).collect();
+/// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct TaskOptions {
     pub(crate) resources: ResourceSet,
@@ -16,6 +24,14 @@ pub struct TaskOptions {
 }
 
 /// How many items a streaming generator runs ahead of its consumer by default.
+///
+/// ```
+/// use shoal::{TaskOptions, DEFAULT_BACKPRESSURE};
+/// assert_eq!(TaskOptions::new(), TaskOptions::new().backpressure(DEFAULT_BACKPRESSURE));
+/// // A window four times the default, for a consumer that reads in large batches.
+/// let options = TaskOptions::new().backpressure(4 * DEFAULT_BACKPRESSURE);
+/// # let _ = options;
+/// ```
 pub const DEFAULT_BACKPRESSURE: u32 = 64;
 
 /// Where a task or actor may run: a strategy and a label selector (with the first bad
@@ -41,6 +57,11 @@ impl Placement {
 
 impl Default for TaskOptions {
     /// One CPU, three retries (as Ray).
+    ///
+    /// ```
+    /// use shoal::TaskOptions;
+    /// assert_eq!(TaskOptions::default(), TaskOptions::new().num_cpus(1.0).max_retries(3));
+    /// ```
     fn default() -> Self {
         Self {
             resources: ResourceSet::cpus(1.0),
@@ -55,12 +76,27 @@ impl Default for TaskOptions {
 
 impl TaskOptions {
     /// The defaults: one CPU, three retries.
+    ///
+    /// ```
+    /// use shoal::TaskOptions;
+    /// assert_eq!(TaskOptions::new(), TaskOptions::default());
+    /// assert_eq!(TaskOptions::new(), TaskOptions::new().num_cpus(1.0).max_retries(3));
+    /// ```
     pub fn new() -> Self {
         Self::default()
     }
 
     /// CPUs the task holds: zero, a part of one CPU, or whole CPUs (as Ray's, a fraction
     /// above one is refused: its `get` gives `TaskError::InvalidOptions`).
+    ///
+    /// ```no_run
+    /// # #[shoal::remote] fn compile(unit: String) -> usize { unit.len() }
+    /// # #[shoal::remote] fn check(url: String) -> bool { url.is_empty() }
+    /// use shoal::TaskOptions;
+    /// let build = compile.options(TaskOptions::new().num_cpus(4.0)).remote("app".to_string());
+    /// // Mostly waiting on the network: four such tasks share one CPU.
+    /// let up = check.options(TaskOptions::new().num_cpus(0.25)).remote("http://a".to_string());
+    /// ```
     pub fn num_cpus(mut self, n: f64) -> Self {
         self.resources = self.resources.with(shoal_protocol::CPU, n);
         self
@@ -68,6 +104,13 @@ impl TaskOptions {
 
     /// An amount of a custom resource (`--resource NAME=N` on the node); above one, a whole
     /// number.
+    ///
+    /// ```no_run
+    /// # #[shoal::remote] fn infer(batch: Vec<f32>) -> Vec<f32> { batch }
+    /// use shoal::TaskOptions;
+    /// // Only on a peer started with `shoal node --resource GPU=…`, holding one GPU.
+    /// let out = infer.options(TaskOptions::new().resource("GPU", 1.0)).remote(vec![0.5; 64]);
+    /// ```
     pub fn resource(mut self, name: &str, amount: f64) -> Self {
         self.resources = self.resources.with(name, amount);
         self
@@ -75,6 +118,13 @@ impl TaskOptions {
 
     /// How many times the task is run again if its worker process dies. Panics are not
     /// retried unless [`TaskOptions::retry_exceptions`] says so.
+    ///
+    /// ```no_run
+    /// # #[shoal::remote] fn charge(order: u64) -> bool { order > 0 }
+    /// use shoal::TaskOptions;
+    /// // Not safe to run twice: if its worker dies, its `get` fails with WorkerDied instead.
+    /// let paid = charge.options(TaskOptions::new().max_retries(0)).remote(1234);
+    /// ```
     pub fn max_retries(mut self, n: u32) -> Self {
         self.max_retries = n;
         self
@@ -83,6 +133,19 @@ impl TaskOptions {
     /// Run the task again when its function panics too, within its
     /// [`max_retries`](TaskOptions::max_retries), as Ray's `retry_exceptions=True` (for a
     /// flaky dependency, say). The last panic is the `get`'s error.
+    ///
+    /// ```no_run
+    /// #[shoal::remote]
+    /// fn download(url: String) -> Vec<u8> {
+    ///     fetch(&url).expect("the server answered")
+    /// }
+    /// # fn fetch(_url: &str) -> Result<Vec<u8>, String> { Ok(Vec::new()) }
+    ///
+    /// use shoal::TaskOptions;
+    /// // Up to 5 runs in all, whether its worker dies or it panics.
+    /// let options = TaskOptions::new().max_retries(4).retry_exceptions(true);
+    /// let page = download.options(options).remote("http://example.org".to_string());
+    /// ```
     pub fn retry_exceptions(mut self, retry: bool) -> Self {
         self.retry_exceptions = retry;
         self
@@ -93,6 +156,22 @@ impl TaskOptions {
     /// `_generator_backpressure_num_objects`), so that a fast producer does not fill the
     /// store ahead of a slow consumer. Default [`DEFAULT_BACKPRESSURE`]; at least 1 (0 fails
     /// the call with `TaskError::InvalidOptions`); `u32::MAX` for none.
+    ///
+    /// ```no_run
+    /// #[shoal::remote(streaming)]
+    /// fn chunks(n: u32) -> impl Iterator<Item = Vec<u8>> {
+    ///     (0..n).map(|_| vec![0u8; 1 << 20])
+    /// }
+    ///
+    /// # fn main() -> Result<(), shoal::GetError> {
+    /// // At most 8 chunks (8 MiB) made and not yet taken.
+    /// let stream = chunks.options(shoal::TaskOptions::new().backpressure(8)).remote(1000);
+    /// for chunk in stream {
+    ///     let bytes = chunk.get_blocking()?;
+    /// #   let _ = bytes;
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn backpressure(mut self, items: u32) -> Self {
         self.backpressure = items;
         self
@@ -134,6 +213,14 @@ impl TaskOptions {
     /// If no peer of the mesh can ever meet the demand (say a resource no peer has yet),
     /// wait for one that can to join instead of failing with `Infeasible` after the grace
     /// period.
+    ///
+    /// ```no_run
+    /// # #[shoal::remote] fn train() -> f64 { 0.0 }
+    /// use shoal::TaskOptions;
+    /// // No peer has a GPU yet: wait for one to join rather than fail as infeasible.
+    /// let options = TaskOptions::new().resource("GPU", 1.0).wait_for_resources(true);
+    /// let loss = train.options(options).remote();
+    /// ```
     pub fn wait_for_resources(mut self, wait: bool) -> Self {
         self.wait_for_resources = wait;
         self

@@ -77,6 +77,17 @@ impl<A: Actor, R> fmt::Debug for ActorPool<A, R> {
 
 impl<A: Actor, R> ActorPool<A, R> {
     /// A pool of `actors`, all free.
+    ///
+    /// ```no_run
+    /// # pub struct Doubler;
+    /// # #[shoal::actor] impl Doubler {
+    /// #     pub fn new() -> Self { Doubler }
+    /// #     pub fn double(&self, x: u64) -> u64 { 2 * x }
+    /// # }
+    /// use shoal::ActorPool;
+    /// let pool: ActorPool<Doubler, u64> = ActorPool::new((0..4).map(|_| Doubler::remote()));
+    /// assert!(pool.has_free());
+    /// ```
     pub fn new(actors: impl IntoIterator<Item = ActorHandle<A>>) -> Self {
         Self {
             idle: actors.into_iter().collect(),
@@ -89,6 +100,21 @@ impl<A: Actor, R> ActorPool<A, R> {
     /// Calls `call` with a free actor of the pool: now if one is free, else once one is
     /// (as the pool's results are taken). `call` should make one call of the actor and
     /// return its ref.
+    ///
+    /// ```no_run
+    /// # pub struct Doubler;
+    /// # #[shoal::actor] impl Doubler {
+    /// #     pub fn new() -> Self { Doubler }
+    /// #     pub fn double(&self, x: u64) -> u64 { 2 * x }
+    /// # }
+    /// # fn main() -> Result<(), shoal::GetError> {
+    /// let mut pool = shoal::ActorPool::new([Doubler::remote(), Doubler::remote()]);
+    /// for x in [1, 2, 3] {
+    ///     pool.submit(move |a| a.double(x)); // the third waits for a free actor
+    /// }
+    /// assert_eq!(pool.get_next_blocking().transpose()?, Some(2));
+    /// # Ok(()) }
+    /// ```
     pub fn submit(&mut self, call: impl FnOnce(&ActorHandle<A>) -> ObjectRef<R> + Send + 'static) {
         let seq = self.next;
         self.next += 1;
@@ -98,21 +124,80 @@ impl<A: Actor, R> ActorPool<A, R> {
     }
 
     /// Whether a submitted call's result is still to be taken.
+    ///
+    /// ```no_run
+    /// # pub struct Doubler;
+    /// # #[shoal::actor] impl Doubler {
+    /// #     pub fn new() -> Self { Doubler }
+    /// #     pub fn double(&self, x: u64) -> u64 { 2 * x }
+    /// # }
+    /// # fn main() -> Result<(), shoal::GetError> {
+    /// let mut pool = shoal::ActorPool::new([Doubler::remote()]);
+    /// pool.submit(|a| a.double(21));
+    /// while pool.has_next() {
+    ///     if let Some(result) = pool.get_next_blocking() {
+    ///         println!("{}", result?);
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn has_next(&self) -> bool {
         !self.calls.is_empty()
     }
 
     /// Whether an actor is free (no call waits for one).
+    ///
+    /// ```no_run
+    /// # pub struct Doubler;
+    /// # #[shoal::actor] impl Doubler {
+    /// #     pub fn new() -> Self { Doubler }
+    /// #     pub fn double(&self, x: u64) -> u64 { 2 * x }
+    /// # }
+    /// let mut pool = shoal::ActorPool::new([Doubler::remote()]);
+    /// pool.submit(|a| a.double(1));
+    /// if !pool.has_free() {
+    ///     println!("every actor is busy: a new call would wait");
+    /// }
+    /// ```
     pub fn has_free(&self) -> bool {
         !self.idle.is_empty()
     }
 
     /// Takes a free actor out of the pool, if one is.
+    ///
+    /// ```no_run
+    /// # pub struct Doubler;
+    /// # #[shoal::actor] impl Doubler {
+    /// #     pub fn new() -> Self { Doubler }
+    /// #     pub fn double(&self, x: u64) -> u64 { 2 * x }
+    /// # }
+    /// let mut pool: shoal::ActorPool<Doubler, u64> =
+    ///     shoal::ActorPool::new((0..4).map(|_| Doubler::remote()));
+    /// // Use one actor alone for a while.
+    /// if let Some(actor) = pool.pop_idle() {
+    ///     let r = actor.double(5);
+    ///     # let _ = r;
+    ///     pool.push(actor); // and give it back
+    /// }
+    /// ```
     pub fn pop_idle(&mut self) -> Option<ActorHandle<A>> {
         self.idle.pop_front()
     }
 
     /// Adds an actor to the pool (it takes a waiting call at once, if one waits).
+    ///
+    /// ```no_run
+    /// # pub struct Doubler;
+    /// # #[shoal::actor] impl Doubler {
+    /// #     pub fn new() -> Self { Doubler }
+    /// #     pub fn double(&self, x: u64) -> u64 { 2 * x }
+    /// # }
+    /// let mut pool = shoal::ActorPool::new([Doubler::remote()]);
+    /// for x in 0..100 {
+    ///     pool.submit(move |a| a.double(x));
+    /// }
+    /// pool.push(Doubler::remote()); // one more actor: takes a waiting call at once
+    /// ```
     pub fn push(&mut self, actor: ActorHandle<A>) {
         self.idle.push_back(actor);
         self.dispatch();
@@ -241,23 +326,87 @@ impl<A: Actor, R> ActorPool<A, R> {
 impl<A: Actor, R: DeserializeOwned> ActorPool<A, R> {
     /// The result of the oldest call whose result is not yet taken (`None` if there is
     /// none), blocking until it has ended.
+    ///
+    /// ```no_run
+    /// # pub struct Doubler;
+    /// # #[shoal::actor] impl Doubler {
+    /// #     pub fn new() -> Self { Doubler }
+    /// #     pub fn double(&self, x: u64) -> u64 { 2 * x }
+    /// # }
+    /// # fn main() -> Result<(), shoal::GetError> {
+    /// let mut pool = shoal::ActorPool::new([Doubler::remote(), Doubler::remote()]);
+    /// pool.submit(|a| a.double(1));
+    /// pool.submit(|a| a.double(2));
+    /// assert_eq!(pool.get_next_blocking().transpose()?, Some(2)); // in the order submitted
+    /// assert_eq!(pool.get_next_blocking().transpose()?, Some(4));
+    /// assert!(pool.get_next_blocking().is_none());
+    /// # Ok(()) }
+    /// ```
     pub fn get_next_blocking(&mut self) -> Option<Result<R, GetError>> {
         Some(self.next_blocking(true)?.get_blocking())
     }
 
     /// The result of a call that ended (the oldest of those), blocking until one has;
     /// `None` if no call's result is still to be taken.
+    ///
+    /// ```no_run
+    /// # pub struct Doubler;
+    /// # #[shoal::actor] impl Doubler {
+    /// #     pub fn new() -> Self { Doubler }
+    /// #     pub fn double(&self, x: u64) -> u64 { 2 * x }
+    /// # }
+    /// # fn main() -> Result<(), shoal::GetError> {
+    /// let mut pool = shoal::ActorPool::new([Doubler::remote(), Doubler::remote()]);
+    /// pool.submit(|a| a.double(1));
+    /// pool.submit(|a| a.double(2));
+    /// let mut sum = 0;
+    /// while let Some(result) = pool.get_next_unordered_blocking() {
+    ///     sum += result?; // whichever ended first
+    /// }
+    /// assert_eq!(sum, 6);
+    /// # Ok(()) }
+    /// ```
     pub fn get_next_unordered_blocking(&mut self) -> Option<Result<R, GetError>> {
         Some(self.next_blocking(false)?.get_blocking())
     }
 
     /// [`get_next_blocking`](Self::get_next_blocking), awaited.
+    ///
+    /// ```no_run
+    /// # pub struct Doubler;
+    /// # #[shoal::actor] impl Doubler {
+    /// #     pub fn new() -> Self { Doubler }
+    /// #     pub fn double(&self, x: u64) -> u64 { 2 * x }
+    /// # }
+    /// # async fn run() -> Result<(), shoal::GetError> {
+    /// let mut pool = shoal::ActorPool::new([Doubler::remote()]);
+    /// pool.submit(|a| a.double(21));
+    /// assert_eq!(pool.get_next().await.transpose()?, Some(42));
+    /// # Ok(()) }
+    /// ```
     pub async fn get_next(&mut self) -> Option<Result<R, GetError>> {
         let r = self.next_async(true).await?;
         Some(r.get().await)
     }
 
     /// [`get_next_unordered_blocking`](Self::get_next_unordered_blocking), awaited.
+    ///
+    /// ```no_run
+    /// # pub struct Doubler;
+    /// # #[shoal::actor] impl Doubler {
+    /// #     pub fn new() -> Self { Doubler }
+    /// #     pub fn double(&self, x: u64) -> u64 { 2 * x }
+    /// # }
+    /// # async fn run() -> Result<(), shoal::GetError> {
+    /// let mut pool = shoal::ActorPool::new([Doubler::remote(), Doubler::remote()]);
+    /// for x in 0..10 {
+    ///     pool.submit(move |a| a.double(x));
+    /// }
+    /// while let Some(result) = pool.get_next_unordered().await {
+    ///     println!("{}", result?);
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn get_next_unordered(&mut self) -> Option<Result<R, GetError>> {
         let r = self.next_async(false).await?;
         Some(r.get().await)
@@ -266,6 +415,21 @@ impl<A: Actor, R: DeserializeOwned> ActorPool<A, R> {
     /// Submits `call` for each of `values` and returns their results in the order of
     /// `values`, each as soon as it (and those before it) have ended. Results of calls
     /// submitted before are taken first.
+    ///
+    /// ```no_run
+    /// # pub struct Doubler;
+    /// # #[shoal::actor] impl Doubler {
+    /// #     pub fn new() -> Self { Doubler }
+    /// #     pub fn double(&self, x: u64) -> u64 { 2 * x }
+    /// # }
+    /// # fn main() -> Result<(), shoal::GetError> {
+    /// let mut pool = shoal::ActorPool::new((0..4).map(|_| Doubler::remote()));
+    /// let doubled = pool
+    ///     .map_blocking(|a, x| a.double(x), [1, 2, 3])
+    ///     .collect::<Result<Vec<u64>, _>>()?;
+    /// assert_eq!(doubled, vec![2, 4, 6]);
+    /// # Ok(()) }
+    /// ```
     pub fn map_blocking<T: Send + 'static>(
         &mut self,
         call: impl Fn(&ActorHandle<A>, T) -> ObjectRef<R> + Clone + Send + 'static,
@@ -276,6 +440,22 @@ impl<A: Actor, R: DeserializeOwned> ActorPool<A, R> {
     }
 
     /// [`map_blocking`](Self::map_blocking), with the results in the order they end.
+    ///
+    /// ```no_run
+    /// # pub struct Doubler;
+    /// # #[shoal::actor] impl Doubler {
+    /// #     pub fn new() -> Self { Doubler }
+    /// #     pub fn double(&self, x: u64) -> u64 { 2 * x }
+    /// # }
+    /// # fn main() -> Result<(), shoal::GetError> {
+    /// let mut pool = shoal::ActorPool::new((0..4).map(|_| Doubler::remote()));
+    /// let mut doubled = pool
+    ///     .map_unordered_blocking(|a, x| a.double(x), [1, 2, 3])
+    ///     .collect::<Result<Vec<u64>, _>>()?;
+    /// doubled.sort();
+    /// assert_eq!(doubled, vec![2, 4, 6]);
+    /// # Ok(()) }
+    /// ```
     pub fn map_unordered_blocking<T: Send + 'static>(
         &mut self,
         call: impl Fn(&ActorHandle<A>, T) -> ObjectRef<R> + Clone + Send + 'static,

@@ -18,6 +18,21 @@ use crate::shm;
 /// copy at the node); values above the inline threshold (64 KiB by default) are encoded
 /// straight into the node's shared-memory store, where other processes map them. Equal
 /// values share one id and one copy. Refs inside `value` stay alive as long as it does.
+///
+/// ```no_run
+/// #[shoal::remote]
+/// fn count_words(text: String, word: String) -> usize {
+///     text.split_whitespace().filter(|w| *w == word).count()
+/// }
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// // Stored once, read by every task: not sent again with each call.
+/// let book = shoal::put(&"the cat saw the dog ".repeat(100_000))?;
+/// let the = count_words.remote(&book, "the");
+/// let cat = count_words.remote(&book, "cat");
+/// assert_eq!(the.get_blocking()?, 2 * cat.get_blocking()?);
+/// # Ok(()) }
+/// ```
 pub fn put<T: Serialize>(value: &T) -> Result<ObjectRef<T>, PutError> {
     let ctx = runtime::get();
     put_value(ctx, value).map(ObjectRef::from_raw)

@@ -16,6 +16,18 @@ use crate::object_ref::{self, ObjectRef};
 use holder::{Item, QueueActor};
 
 /// Why a queue operation failed.
+///
+/// ```no_run
+/// use shoal::{Queue, QueueError};
+/// # fn main() -> Result<(), QueueError> {
+/// let jobs = Queue::<String>::new(10);
+/// match jobs.get_nowait() {
+///     Ok(job) => println!("working on {job}"),
+///     Err(QueueError::Empty) => println!("nothing to do yet"),
+///     Err(e) => return Err(e), // the queue's actor is gone, or an item did not decode
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum QueueError {
     /// The queue is full (at once for a `*_nowait` put, else when the time limit passed).
@@ -99,6 +111,12 @@ fn millis(timeout: Option<Duration>) -> Option<u64> {
 
 impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// A queue of at most `maxsize` items (0: no bound), on an actor that holds no CPU.
+    ///
+    /// ```no_run
+    /// let bounded = shoal::Queue::<u64>::new(1000); // puts wait while 1000 items are queued
+    /// let unbounded = shoal::Queue::<String>::new(0);
+    /// # let _ = (bounded, unbounded);
+    /// ```
     pub fn new(maxsize: usize) -> Self {
         Self {
             actor: QueueActor::remote(maxsize as u64),
@@ -108,6 +126,15 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
 
     /// A queue whose actor is made with `options` (say, a name for other programs to find it
     /// by with [`Queue::named`]).
+    ///
+    /// ```no_run
+    /// use shoal::{ActorOptions, Queue};
+    /// # fn main() -> Result<(), shoal::ActorError> {
+    /// // Found by other programs on the node with Queue::named("jobs"), and outlives this one.
+    /// let options = ActorOptions::new().name("jobs").detached(true);
+    /// let jobs = Queue::<String>::with_options(0, options)?;
+    /// # let _ = jobs; Ok(()) }
+    /// ```
     pub fn with_options(maxsize: usize, options: ActorOptions) -> Result<Self, ActorError> {
         Ok(Self {
             actor: QueueActor::options(options).try_remote(maxsize as u64)?,
@@ -116,6 +143,14 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     }
 
     /// The queue whose actor is named `name`.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// // In another program than the one that made it with Queue::with_options.
+    /// let jobs = shoal::Queue::<String>::named("jobs")?;
+    /// jobs.put_blocking("resize photo 17".to_string(), None)?;
+    /// # Ok(()) }
+    /// ```
     pub fn named(name: &str) -> Result<Self, ActorError> {
         Ok(Self {
             actor: crate::get_actor::<QueueActor>(name)?,
@@ -124,23 +159,62 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     }
 
     /// Puts `item` at the back, waiting at most `timeout` for room.
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # async fn run() -> Result<(), shoal::QueueError> {
+    /// let q = shoal::Queue::<u64>::new(100);
+    /// q.put(1, None).await?; // waits as long as the queue is full
+    /// if let Err(shoal::QueueError::Full) = q.put(2, Some(Duration::from_secs(1))).await {
+    ///     eprintln!("still full after a second: dropping 2");
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn put(&self, item: T, timeout: Option<Duration>) -> Result<(), QueueError> {
         let item = Item::encode(&item)?;
         full_unless(self.actor.put(item, millis(timeout)).get().await?)
     }
 
     /// [`put`](Self::put), blocking this thread.
+    ///
+    /// ```no_run
+    /// #[shoal::remote]
+    /// fn produce(q: shoal::Queue<u64>, n: u64) -> Result<(), String> {
+    ///     for i in 0..n {
+    ///         q.put_blocking(i, None).map_err(|e| e.to_string())?;
+    ///     }
+    ///     Ok(())
+    /// }
+    /// ```
     pub fn put_blocking(&self, item: T, timeout: Option<Duration>) -> Result<(), QueueError> {
         let item = Item::encode(&item)?;
         full_unless(self.actor.put(item, millis(timeout)).get_blocking()?)
     }
 
     /// Puts `item` at the back if there is room now.
+    ///
+    /// ```no_run
+    /// use shoal::QueueError;
+    /// # fn main() -> Result<(), QueueError> {
+    /// let q = shoal::Queue::<u64>::new(1);
+    /// q.put_nowait(1)?;
+    /// assert_eq!(q.put_nowait(2), Err(QueueError::Full));
+    /// # Ok(()) }
+    /// ```
     pub fn put_nowait(&self, item: T) -> Result<(), QueueError> {
         self.put_nowait_batch(std::iter::once(item))
     }
 
     /// Puts every one of `items`, in order, if there is room for all of them now (else none).
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), shoal::QueueError> {
+    /// let q = shoal::Queue::<u64>::new(10);
+    /// q.put_nowait_batch(0..8)?;
+    /// assert!(q.put_nowait_batch(0..3).is_err()); // 11 do not fit: none is put
+    /// assert_eq!(q.len()?, 8);
+    /// # Ok(()) }
+    /// ```
     pub fn put_nowait_batch(&self, items: impl IntoIterator<Item = T>) -> Result<(), QueueError> {
         let items = items
             .into_iter()
@@ -150,6 +224,17 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     }
 
     /// Takes the item at the front, waiting at most `timeout` for one.
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # async fn run() -> Result<(), shoal::QueueError> {
+    /// let q = shoal::Queue::<String>::new(0);
+    /// // Serve items until none came for a minute.
+    /// while let Ok(item) = q.get(Some(Duration::from_secs(60))).await {
+    ///     println!("{item}");
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn get(&self, timeout: Option<Duration>) -> Result<T, QueueError> {
         self.actor
             .get(millis(timeout))
@@ -160,6 +245,19 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     }
 
     /// [`get`](Self::get), blocking this thread.
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// use shoal::QueueError;
+    /// # fn main() -> Result<(), QueueError> {
+    /// let q = shoal::Queue::<u64>::new(0);
+    /// match q.get_blocking(Some(Duration::from_secs(5))) {
+    ///     Ok(n) => println!("got {n}"),
+    ///     Err(QueueError::Empty) => println!("nothing within 5 s"),
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn get_blocking(&self, timeout: Option<Duration>) -> Result<T, QueueError> {
         self.actor
             .get(millis(timeout))
@@ -169,12 +267,30 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     }
 
     /// Takes the item at the front if there is one now.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), shoal::QueueError> {
+    /// let q = shoal::Queue::<u64>::new(0);
+    /// q.put_blocking(7, None)?;
+    /// assert_eq!(q.get_nowait()?, 7);
+    /// assert_eq!(q.get_nowait(), Err(shoal::QueueError::Empty));
+    /// # Ok(()) }
+    /// ```
     pub fn get_nowait(&self) -> Result<T, QueueError> {
         let mut items = self.get_nowait_batch(1)?;
         items.pop().ok_or(QueueError::Empty)
     }
 
     /// Takes the `n` items at the front if there are that many now (else none).
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), shoal::QueueError> {
+    /// let q = shoal::Queue::<u64>::new(0);
+    /// q.put_nowait_batch([1, 2, 3])?;
+    /// assert_eq!(q.get_nowait_batch(2)?, vec![1, 2]);
+    /// assert!(q.get_nowait_batch(2).is_err()); // only one is left: none is taken
+    /// # Ok(()) }
+    /// ```
     pub fn get_nowait_batch(&self, n: usize) -> Result<Vec<T>, QueueError> {
         self.actor
             .get_batch(n as u64)
@@ -186,22 +302,52 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     }
 
     /// How many items are queued.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), shoal::QueueError> {
+    /// let q = shoal::Queue::<u64>::new(0);
+    /// q.put_nowait_batch(0..5)?;
+    /// assert_eq!(q.len()?, 5);
+    /// # Ok(()) }
+    /// ```
     pub fn len(&self) -> Result<usize, QueueError> {
         Ok(self.actor.len().get_blocking()? as usize)
     }
 
     /// Whether no item is queued.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), shoal::QueueError> {
+    /// let q = shoal::Queue::<u64>::new(0);
+    /// assert!(q.is_empty()?);
+    /// # Ok(()) }
+    /// ```
     pub fn is_empty(&self) -> Result<bool, QueueError> {
         Ok(self.len()? == 0)
     }
 
     /// Whether the queue is at its bound.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), shoal::QueueError> {
+    /// let q = shoal::Queue::<u64>::new(2);
+    /// q.put_nowait_batch([1, 2])?;
+    /// assert!(q.is_full()?);
+    /// # Ok(()) }
+    /// ```
     pub fn is_full(&self) -> Result<bool, QueueError> {
         Ok(self.actor.is_full().get_blocking()?)
     }
 
     /// Ends the queue's actor at once: every operation of every holder fails with
     /// [`QueueError::Actor`] from then on, and the items queued are gone.
+    ///
+    /// ```no_run
+    /// let q = shoal::Queue::<u64>::new(0);
+    /// let other = q.clone();
+    /// q.shutdown();
+    /// assert!(matches!(other.put_nowait(1), Err(shoal::QueueError::Actor(_))));
+    /// ```
     pub fn shutdown(self) {
         crate::kill(&self.actor);
     }

@@ -76,6 +76,20 @@ impl<T> ObjectRefStream<T> {
 
     /// The next item's ref, waiting until the function yields it; `None` once the stream
     /// ended. Works under any async executor.
+    ///
+    /// ```no_run
+    /// #[shoal::remote(streaming)]
+    /// fn pages(n: u32) -> impl Iterator<Item = String> {
+    ///     (1..=n).map(|i| format!("page {i}"))
+    /// }
+    ///
+    /// # async fn run() -> Result<(), shoal::GetError> {
+    /// let mut stream = pages.remote(10);
+    /// while let Some(page) = stream.recv().await {
+    ///     println!("{}", page.await?);
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn recv(&mut self) -> Option<ObjectRef<T>> {
         let end = self.end.as_ref()?.id;
         let ctx = runtime::get();
@@ -85,16 +99,45 @@ impl<T> ObjectRefStream<T> {
 
     /// The generator's task (as `shoal list tasks` shows it). Its item `i` (from 1) is the
     /// object `ObjectId::for_return(task, i)`.
+    ///
+    /// ```no_run
+    /// # #[shoal::remote(streaming)]
+    /// # fn pages(n: u32) -> impl Iterator<Item = String> { (1..=n).map(|i| i.to_string()) }
+    /// use shoal::ObjectId;
+    /// let mut stream = pages.remote(10);
+    /// let task = stream.task_id();
+    /// if let Some(first) = stream.next() {
+    ///     assert_eq!(first.id(), ObjectId::for_return(task, 1));
+    /// }
+    /// ```
     pub fn task_id(&self) -> TaskId {
         self.task
     }
 
     /// How many item refs the stream gave out so far.
+    ///
+    /// ```no_run
+    /// # #[shoal::remote(streaming)]
+    /// # fn pages(n: u32) -> impl Iterator<Item = String> { (1..=n).map(|i| i.to_string()) }
+    /// let mut stream = pages.remote(10);
+    /// let first_three: Vec<_> = stream.by_ref().take(3).collect();
+    /// assert_eq!(stream.taken(), 3);
+    /// # let _ = first_three;
+    /// ```
     pub fn taken(&self) -> u32 {
         self.taken
     }
 
     /// Whether the stream ended (every item was given out, and the end seen).
+    ///
+    /// ```no_run
+    /// # #[shoal::remote(streaming)]
+    /// # fn pages(n: u32) -> impl Iterator<Item = String> { (1..=n).map(|i| i.to_string()) }
+    /// let mut stream = pages.remote(2);
+    /// let all: Vec<_> = stream.by_ref().collect();
+    /// assert_eq!(all.len(), 2);
+    /// assert!(stream.is_finished());
+    /// ```
     pub fn is_finished(&self) -> bool {
         self.end.is_none()
     }
@@ -161,6 +204,17 @@ impl<T> Iterator for ObjectRefStream<T> {
     type Item = ObjectRef<T>;
 
     /// The next item's ref, blocking this thread until the function yields it.
+    ///
+    /// ```no_run
+    /// # #[shoal::remote(streaming)]
+    /// # fn pages(n: u32) -> impl Iterator<Item = String> { (1..=n).map(|i| i.to_string()) }
+    /// # fn main() -> Result<(), shoal::GetError> {
+    /// let mut stream = pages.remote(10);
+    /// while let Some(page) = stream.next() {
+    ///     println!("{}", page.get_blocking()?);
+    /// }
+    /// # Ok(()) }
+    /// ```
     fn next(&mut self) -> Option<ObjectRef<T>> {
         let end = self.end.as_ref()?.id;
         let next = runtime::get().next_blocking(end);

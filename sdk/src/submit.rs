@@ -30,8 +30,34 @@ pub enum ArgBuf {
 
 /// A value usable as an argument of type `T`: a `T` itself, or an [`ObjectRef<T>`] (whose
 /// value the task receives once it is ready).
+///
+/// ```no_run
+/// # #[shoal::remote] fn add(a: i64, b: i64) -> i64 { a + b }
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let x = shoal::put(&1i64)?;
+/// let by_value = add.remote(1, 2);        // `i64`: sent with the call
+/// let by_ref = add.remote(&x, by_value);  // `&ObjectRef<i64>`, `ObjectRef<i64>`: the values
+/// assert_eq!(by_ref.get_blocking()?, 4);
+/// # Ok(()) }
+/// ```
 pub trait IntoArg<T> {
-    /// Converts to the wire form.
+    /// Converts to the wire form. The code that `#[shoal::remote]` and `#[shoal::actor]`
+    /// generate calls it on each argument; a program passes its arguments on instead:
+    ///
+    /// ```no_run
+    /// # #[shoal::remote] fn square(x: u64) -> u64 { x * x }
+    /// use shoal::{IntoArg, ObjectRef};
+    ///
+    /// // Takes a `u64` or a ref to one, as `square.remote` does.
+    /// fn square_logged(x: impl IntoArg<u64>) -> ObjectRef<u64> {
+    ///     let r = square.remote(x);
+    ///     println!("submitted {}", r.id());
+    ///     r
+    /// }
+    ///
+    /// let four = square_logged(2u64);
+    /// let sixteen = square_logged(&four);
+    /// ```
     fn into_arg(self) -> ArgBuf;
 }
 

@@ -306,6 +306,29 @@ use syn::{
 /// or `Vec<T>`), makes it a streaming generator (as Ray's `num_returns="streaming"`):
 /// `remote` returns a `shoal::ObjectRefStream<T>` that gives each item's ref as soon as the
 /// function yields it.
+///
+/// ```ignore
+/// #[shoal::remote]
+/// fn add(a: i64, b: i64) -> i64 {
+///     a + b
+/// }
+///
+/// #[shoal::remote(max_calls = 100)]
+/// fn render(scene: String) -> Vec<u8> {
+///     scene.into_bytes()
+/// }
+///
+/// fn main() -> Result<(), shoal::GetError> {
+///     assert_eq!(add::call(1, 2), 3); // here, in this process
+///     let sum = add.remote(1, 2); // a task; its ref at once
+///     let more = add.options(shoal::TaskOptions::new().num_cpus(0.5)).remote(&sum, 10);
+///     assert_eq!(more.get_blocking()?, 13);
+///     assert!(add::NAME.ends_with("::add"));
+///     let image = render.remote("a scene".to_string()); // a worker renders 100, then ends
+///     assert_eq!(image.get_blocking()?, b"a scene");
+///     Ok(())
+/// }
+/// ```
 #[proc_macro_attribute]
 pub fn remote(attr: TokenStream, item: TokenStream) -> TokenStream {
     expand(&attr.into(), item.into())

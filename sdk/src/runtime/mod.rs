@@ -109,6 +109,24 @@ static INIT_LOCK: Mutex<()> = Mutex::new(());
 static WORKER_MODE: AtomicBool = AtomicBool::new(false);
 
 /// How to find or make a node.
+///
+/// ```no_run
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// // The node a `shoal node` daemon runs on this socket, and never one of this program's own.
+/// let options = shoal::InitOptions {
+///     socket: Some("/run/shoal/node.sock".into()),
+///     require_daemon: true,
+///     ..Default::default()
+/// };
+/// match shoal::init_with(options) {
+///     Ok(node) => println!("attached to node {}", node.node_id()),
+///     Err(shoal::InitError::Connect(socket, e)) => {
+///         eprintln!("no node on {}: {e}", socket.display())
+///     }
+///     Err(e) => return Err(e.into()),
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug, Default)]
 pub struct InitOptions {
     /// The node socket to try [default: `$SHOAL_SOCKET` or the per-user default].

@@ -1357,6 +1357,9 @@ pub enum ToNode {
         /// For a task with several returns that succeeded: returns 1 and on, in order (each
         /// of them is ready before the first is).
         more: Vec<ReturnValue>,
+        /// The function returned an `Err` (inline in `outcome`) that its retry rule accepts:
+        /// with `TaskSpec::retry_exceptions` and retries left, the task runs again.
+        returned_error: bool,
     },
     /// A streaming generator yielded item `index` (from 1): inline, or written to the store
     /// under its id ([`ObjectId::for_return`]`(task, index)`, reserved with
@@ -1676,6 +1679,7 @@ mod tests {
                 }),
                 nested: vec![],
                 more: vec![],
+                returned_error: false,
             },
             ToNode::Status { request: 1 },
         ];

@@ -10,8 +10,8 @@ pub use crate::actor::{
     Access, ActorClass, ActorMethods, BlockingCall, CallFuture, Guard, RawActor, ACTOR_CLASSES,
 };
 pub use crate::function::{
-    encode_result, encode_return, yield_items, yield_items_async, Args, RemoteFunction,
-    REMOTE_FUNCTIONS,
+    encode_result, encode_return, err_where, mark_returned_error, yield_items, yield_items_async,
+    Args, Classify, IsErr, NotErr, RemoteFunction, REMOTE_FUNCTIONS,
 };
 pub use crate::submit::{
     call_actor, call_actor_several, call_actor_stream, create_actor, create_actor_with, submit,

@@ -104,6 +104,56 @@ thread_local! {
     static MORE_RETURNS: RefCell<Vec<(Vec<u8>, Vec<RawRef>)>> = const { RefCell::new(Vec::new()) };
 }
 
+thread_local! {
+    /// Whether the function last run on this thread returned an `Err` worth a retry.
+    static RETURNED_ERROR: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Records whether the function returned an `Err` worth a retry (`retry_exceptions`).
+pub fn mark_returned_error(yes: bool) {
+    RETURNED_ERROR.with(|r| r.set(yes));
+}
+
+/// Whether the function last run on this thread returned an `Err` worth a retry (and
+/// forgets it).
+pub(crate) fn take_returned_error() -> bool {
+    RETURNED_ERROR.with(|r| r.replace(false))
+}
+
+/// Whether `value` is an `Err` that `retry_if` accepts (`#[remote(retry_if = ..)]`).
+pub fn err_where<T, E>(value: &Result<T, E>, retry_if: impl Fn(&E) -> bool) -> bool {
+    value.as_ref().err().is_some_and(retry_if)
+}
+
+/// A returned value, for [`IsErr`] and [`NotErr`] to tell an `Err` of a `Result` from any
+/// other value, by its type: `(&Classify(&value)).returned_err()` finds `IsErr`'s method
+/// for a `Result` first, and `NotErr`'s (one reference further) for anything else.
+pub struct Classify<'a, T>(pub &'a T);
+
+/// See [`Classify`]: a `Result`.
+pub trait IsErr {
+    /// Whether it is an `Err`.
+    fn returned_err(&self) -> bool;
+}
+
+impl<T, E> IsErr for Classify<'_, Result<T, E>> {
+    fn returned_err(&self) -> bool {
+        self.0.is_err()
+    }
+}
+
+/// See [`Classify`]: any other value.
+pub trait NotErr {
+    /// Never an `Err`.
+    fn returned_err(&self) -> bool;
+}
+
+impl<T> NotErr for &Classify<'_, T> {
+    fn returned_err(&self) -> bool {
+        false
+    }
+}
+
 /// Encodes the next of a function's other returns (returns 1 and on, in order; the first is
 /// encoded with [`encode_result`] after them).
 pub fn encode_return<T: Serialize + DeserializeOwned>(value: &T) -> Result<(), TaskError> {

@@ -115,6 +115,9 @@
 //!   per call; `f::call(args…)` runs it here.
 //! - `#[shoal::remote(max_calls = n)]` has a worker run the function `n` times, then a
 //!   fresh process takes its place (Ray's `max_calls`).
+//! - `TaskOptions::retry_exceptions(true)` runs a task again when its function panics or
+//!   returns an `Err` (Ray's `retry_exceptions`); `#[shoal::remote(retry_if = f)]` narrows
+//!   the errors retried to those `f(&err)` accepts.
 //! - `#[shoal::remote(num_returns = n)]` on a function returning a tuple of `n` gives each
 //!   element its own object (Ray's `num_returns`): `remote` returns a tuple of refs, each
 //!   read, passed on and freed on its own; a failure fails each of them.

@@ -130,9 +130,14 @@ impl TaskOptions {
         self
     }
 
-    /// Run the task again when its function panics too, within its
+    /// Run the task again when its function panics or returns an `Err` too, within its
     /// [`max_retries`](TaskOptions::max_retries), as Ray's `retry_exceptions=True` (for a
-    /// flaky dependency, say). The last panic is the `get`'s error.
+    /// flaky dependency, say). The last panic is the `get`'s error; the last `Err` is its
+    /// value. `#[shoal::remote(retry_if = is_transient)]` on the function narrows the errors
+    /// retried to those `is_transient(&err)` accepts (Ray's list of exception classes). An
+    /// `Err` larger than the node's inline threshold (64 KiB by default) is not retried.
+    /// Actor methods are not retried for their errors (only for their process's death, with
+    /// [`ActorOptions::max_task_retries`](crate::ActorOptions::max_task_retries)).
     ///
     /// ```no_run
     /// #[shoal::remote]
@@ -145,6 +150,31 @@ impl TaskOptions {
     /// // Up to 5 runs in all, whether its worker dies or it panics.
     /// let options = TaskOptions::new().max_retries(4).retry_exceptions(true);
     /// let page = download.options(options).remote("http://example.org".to_string());
+    /// ```
+    ///
+    /// Only some errors:
+    ///
+    /// ```no_run
+    /// #[derive(Debug, serde::Serialize, serde::Deserialize)]
+    /// enum FetchError {
+    ///     Timeout,
+    ///     NotFound,
+    /// }
+    ///
+    /// fn transient(e: &FetchError) -> bool {
+    ///     matches!(e, FetchError::Timeout)
+    /// }
+    ///
+    /// #[shoal::remote(retry_if = transient)]
+    /// fn fetch(url: String) -> Result<Vec<u8>, FetchError> {
+    ///     # let _ = url;
+    ///     Err(FetchError::NotFound)
+    /// }
+    ///
+    /// use shoal::TaskOptions;
+    /// // A timeout runs it again (up to 3 retries); NotFound is its value at once.
+    /// let options = TaskOptions::new().max_retries(3).retry_exceptions(true);
+    /// let page = fetch.options(options).remote("http://example.org".to_string());
     /// ```
     pub fn retry_exceptions(mut self, retry: bool) -> Self {
         self.retry_exceptions = retry;

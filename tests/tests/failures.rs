@@ -172,3 +172,111 @@ fn retry_exceptions_runs_a_panicking_task_again_within_its_retries() {
     }
     assert_eq!(std::fs::read_to_string(&c).unwrap(), "1");
 }
+
+/// Why a [`fetch`] failed: a kind worth a retry, and one that is not.
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+enum FetchError {
+    /// The other side did not answer in time.
+    Timeout(u32),
+    /// The thing is not there: running again will not help.
+    NotFound(u32),
+}
+
+/// Whether a fetch is worth running again (`retry_if`).
+fn transient(e: &FetchError) -> bool {
+    matches!(e, FetchError::Timeout(_))
+}
+
+/// Returns `Err(Timeout)` until it has run `fail_times` times (counted in the file
+/// `counter`), then `Err(NotFound)` if `missing`, or how many runs it took.
+fn fetch_runs(counter: &str, fail_times: u32, missing: bool) -> Result<u32, FetchError> {
+    let path = PathBuf::from(counter);
+    let runs = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|s| s.parse::<u32>().ok())
+        .unwrap_or(0)
+        + 1;
+    std::fs::write(&path, runs.to_string()).unwrap();
+    match (runs <= fail_times, missing) {
+        (true, _) => Err(FetchError::Timeout(runs)),
+        (false, true) => Err(FetchError::NotFound(runs)),
+        (false, false) => Ok(runs),
+    }
+}
+
+/// Any `Err` it returns is worth a retry (with `retry_exceptions`).
+#[shoal::remote]
+fn fetch(counter: String, fail_times: u32, missing: bool) -> Result<u32, FetchError> {
+    fetch_runs(&counter, fail_times, missing)
+}
+
+/// Only the kinds `transient` names are worth a retry.
+#[shoal::remote(retry_if = transient)]
+fn fetch_transient(counter: String, fail_times: u32, missing: bool) -> Result<u32, FetchError> {
+    fetch_runs(&counter, fail_times, missing)
+}
+
+/// Ray's `retry_exceptions`, for the Rust way of failing: a function that returns an `Err`
+/// runs again within its retries when asked to, and past them the last `Err` is its value;
+/// `retry_if` narrows the kinds of error retried (as Ray's list of exception classes).
+#[test]
+fn retry_exceptions_runs_a_task_that_returned_an_error_again() {
+    let _turn = serial();
+    let counter = |name: &str| marker(name).display().to_string();
+    let retried = || TaskOptions::new().max_retries(3).retry_exceptions(true);
+    let runs = |c: &str| std::fs::read_to_string(c).unwrap();
+    // Two timeouts, then a value on the third run.
+    let c = counter("fetch-retried");
+    assert_eq!(
+        fetch.options(retried()).remote(c, 2, false).get_blocking(),
+        Ok(Ok(3))
+    );
+    // Past its retries, the last `Err` is its value.
+    let c = counter("fetch-exhausted");
+    assert_eq!(
+        fetch
+            .options(retried())
+            .remote(c.clone(), 10, false)
+            .get_blocking(),
+        Ok(Err(FetchError::Timeout(4)))
+    );
+    assert_eq!(runs(&c), "4", "1 run + 3 retries");
+    // Not asked: one run.
+    let c = counter("fetch-once");
+    assert_eq!(
+        fetch
+            .options(TaskOptions::new().max_retries(3))
+            .remote(c.clone(), 1, false)
+            .get_blocking(),
+        Ok(Err(FetchError::Timeout(1)))
+    );
+    assert_eq!(runs(&c), "1");
+    // Without `retry_if`, every kind is retried; with it, only those it names.
+    let c = counter("fetch-any-kind");
+    assert_eq!(
+        fetch
+            .options(retried())
+            .remote(c.clone(), 1, true)
+            .get_blocking(),
+        Ok(Err(FetchError::NotFound(4)))
+    );
+    assert_eq!(runs(&c), "4");
+    let c = counter("fetch-kinds");
+    assert_eq!(
+        fetch_transient
+            .options(retried())
+            .remote(c.clone(), 1, true)
+            .get_blocking(),
+        Ok(Err(FetchError::NotFound(2))),
+        "a timeout retried, then a NotFound kept"
+    );
+    assert_eq!(runs(&c), "2");
+    let c = counter("fetch-kinds-ok");
+    assert_eq!(
+        fetch_transient
+            .options(retried())
+            .remote(c, 2, false)
+            .get_blocking(),
+        Ok(Ok(3))
+    );
+}

@@ -184,6 +184,7 @@ mod tests {
             outcome: TaskOutcome::Ok(ObjectValue::Inline(b"v".to_vec())),
             nested: Vec::new(),
             more: Vec::new(),
+            returned_error: false,
         }
     }
 
@@ -235,6 +236,7 @@ mod tests {
             outcome: TaskOutcome::Err(TaskError::Cancelled { task: a.task_id }),
             nested: Vec::new(),
             more: Vec::new(),
+            returned_error: false,
         };
         let out = from(&mut core, now, 10, end);
         assert_eq!(executed(&out, 10).len(), 1, "the next task runs: {out:?}");

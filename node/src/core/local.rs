@@ -296,9 +296,16 @@ impl NodeCore {
                 outcome,
                 nested,
                 more,
+                returned_error,
             } => {
                 if self.procs.get(&conn).is_some_and(|c| c.worker.is_some()) {
-                    self.task_done(now, conn, task_id, outcome, nested, more);
+                    let done = Done {
+                        outcome,
+                        nested,
+                        more,
+                        returned_error,
+                    };
+                    self.task_done(now, conn, task_id, done);
                 } else {
                     tracing::warn!(conn, task = %task_id, "Done from a process that is not a worker; ignored");
                 }
@@ -1169,15 +1176,13 @@ impl NodeCore {
         }
     }
 
-    fn task_done(
-        &mut self,
-        now: Instant,
-        conn: ConnId,
-        task: TaskId,
-        outcome: shoal_protocol::TaskOutcome,
-        nested: Vec<ObjectId>,
-        more: Vec<ReturnValue>,
-    ) {
+    fn task_done(&mut self, now: Instant, conn: ConnId, task: TaskId, done: Done) {
+        let Done {
+            outcome,
+            nested,
+            more,
+            returned_error,
+        } = done;
         // The return id as the task table hashed it (hashing it again costs a blake3).
         let (span, ret, several, unannounced) = match self.tasks.get(&task) {
             Some(e) => {
@@ -1199,8 +1204,12 @@ impl NodeCore {
             TaskOutcome::Ok(_) => None,
             TaskOutcome::Err(e) => Some(e.to_string()),
         };
-        // A panic of a task that retries them runs it again (`retry_exceptions`).
-        let retry = matches!(outcome, TaskOutcome::Err(TaskError::Panicked { .. }))
+        // A panic of a task that retries them runs it again (`retry_exceptions`), and so
+        // does an `Err` its function returned (small, so inline: nothing was stored).
+        let error_returned =
+            returned_error && matches!(outcome, TaskOutcome::Ok(ObjectValue::Inline(_)));
+        let retry = (error_returned
+            || matches!(outcome, TaskOutcome::Err(TaskError::Panicked { .. })))
             && self.tasks.get(&task).is_some_and(|e| {
                 e.spec.retry_exceptions
                     && e.retries_left > 0
@@ -1242,7 +1251,12 @@ impl NodeCore {
         if let (true, Some(e)) = (retry, self.tasks.get_mut(&task)) {
             e.retries_left -= 1;
             self.metrics.tasks_retried += 1;
-            tracing::info!(task = %task, retries_left = e.retries_left, "the task panicked; running it again (retry_exceptions)");
+            let failed = if error_returned {
+                "returned an error"
+            } else {
+                "panicked"
+            };
+            tracing::info!(task = %task, retries_left = e.retries_left, "the task {failed}; running it again (retry_exceptions)");
             let (binary, demand) = (e.spec.binary, e.spec.resources.clone());
             self.sched.submit(now, task, binary, demand);
             return;
@@ -1973,6 +1987,14 @@ impl NodeCore {
             self.out.push_back(Output::Load(load));
         }
     }
+}
+
+/// What a worker reported of a task it ran ([`ToNode::Done`]).
+struct Done {
+    outcome: shoal_protocol::TaskOutcome,
+    nested: Vec<ObjectId>,
+    more: Vec<ReturnValue>,
+    returned_error: bool,
 }
 
 /// A task's arguments as a worker receives them, or the restore they wait for.

@@ -242,6 +242,7 @@ mod tests {
             outcome,
             nested: Vec::new(),
             more,
+            returned_error: false,
         }
     }
 

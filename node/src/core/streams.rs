@@ -543,6 +543,7 @@ mod tests {
             outcome: TaskOutcome::Ok(inline(&codec::encode(&count).unwrap())),
             nested: Vec::new(),
             more: Vec::new(),
+            returned_error: false,
         }
     }
 

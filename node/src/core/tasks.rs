@@ -381,6 +381,7 @@ mod tests {
             outcome: TaskOutcome::Ok(ObjectValue::Inline(b"ok".to_vec())),
             nested: Vec::new(),
             more: Vec::new(),
+            returned_error: false,
         };
         assert!(!killed(&from(&mut core, now, 11, done), worker));
         // The last copy goes: the actor ends, and its name is free.
@@ -441,6 +442,7 @@ mod tests {
             outcome: TaskOutcome::Err(TaskError::ResultStore { message }),
             nested: Vec::new(),
             more: Vec::new(),
+            returned_error: false,
         };
         let out = from(&mut core, now, 10, done);
         assert!(
@@ -522,6 +524,7 @@ mod tests {
             outcome: TaskOutcome::Ok(value.clone()),
             nested: Vec::new(),
             more: Vec::new(),
+            returned_error: false,
         };
         let out = from(&mut core, now, 10, done);
         assert_eq!(
@@ -590,6 +593,7 @@ mod tests {
             outcome,
             nested: Vec::new(),
             more: Vec::new(),
+            returned_error: false,
         };
         let ok = TaskOutcome::Ok(ObjectValue::Inline(b"1".to_vec()));
         from(&mut core, t1, 10, done(first.task_id, ok));

@@ -1192,6 +1192,7 @@ impl Sim {
                     outcome: TaskOutcome::Err(TaskError::Cancelled { task }),
                     nested: Vec::new(),
                     more: Vec::new(),
+                    returned_error: false,
                 };
                 self.input(
                     i,
@@ -1246,6 +1247,7 @@ impl Sim {
                             outcome,
                             nested: Vec::new(),
                             more,
+                            returned_error: false,
                         }],
                     },
                 );
@@ -1398,6 +1400,7 @@ impl Sim {
             outcome,
             nested: Vec::new(),
             more,
+            returned_error: false,
         };
         self.report_after(i, conn, WORKER_REPORT_LATENCY, done);
         self.start_next(i, w);
@@ -1428,6 +1431,7 @@ impl Sim {
                 outcome: TaskOutcome::Err(TaskError::Cancelled { task }),
                 nested: Vec::new(),
                 more: Vec::new(),
+                returned_error: false,
             };
             self.report_after(i, conn, WORKER_REPORT_LATENCY, done);
             self.start_next(i, w);
@@ -1467,6 +1471,7 @@ impl Sim {
                 outcome: TaskOutcome::Ok(ObjectValue::Inline(value)),
                 nested: Vec::new(),
                 more: Vec::new(),
+                returned_error: false,
             });
         } else {
             worker.stream = Some((task, next, allowed));

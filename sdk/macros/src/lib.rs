@@ -301,6 +301,12 @@ use syn::{
 /// element its own object (as Ray's `num_returns`): `remote` returns a tuple of `n` refs,
 /// each freed, passed on and read on its own.
 ///
+/// `#[remote(retry_if = path)]`, on a function returning a `Result<T, E>`, names a
+/// `fn(&E) -> bool` that says which of its errors are worth a retry, as Ray's
+/// `retry_exceptions=[SomeError]` names exception classes. With
+/// `TaskOptions::retry_exceptions(true)`, a task whose function returns an `Err` runs again
+/// (within its `max_retries`); without `retry_if`, every `Err` does.
+///
 /// `#[remote(streaming)]`, on a function returning the items it yields
 /// (`impl Iterator<Item = T>`, `impl IntoIterator<Item = T>`, `Box<dyn Iterator<Item = T>>`
 /// or `Vec<T>`), makes it a streaming generator (as Ray's `num_returns="streaming"`):
@@ -433,18 +439,18 @@ fn expand(attr: &TokenStream2, item: TokenStream2) -> syn::Result<TokenStream2> 
     } else {
         check_returns(&func.sig, args.num_returns, &mut errors)
     };
+    if let (Some(path), true) = (&args.retry_if, args.streaming || returns.len() > 1) {
+        errors.push(syn::Error::new_spanned(
+            path,
+            "`retry_if` is for a function returning one `Result<T, E>`",
+        ));
+    }
     errors.finish()?;
-    Ok(generate(
-        &func,
-        &params,
-        args.max_calls,
-        &returns,
-        args.streaming,
-    ))
+    Ok(generate(&func, &params, &args, &returns))
 }
 
 /// The arguments of `#[remote(..)]`.
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct RemoteArgs {
     /// How many times one worker runs the function before it is replaced; 0: no limit.
     max_calls: u32,
@@ -452,14 +458,18 @@ struct RemoteArgs {
     num_returns: u32,
     /// A streaming generator: it returns an iterator, each item its own object.
     streaming: bool,
+    /// `retry_if = path`: which `Err`s it returns are worth a retry (`retry_exceptions`).
+    retry_if: Option<syn::Path>,
 }
 
-/// The arguments of `#[remote(..)]`: `max_calls = n` and `num_returns = n`.
+/// The arguments of `#[remote(..)]`: `max_calls = n`, `num_returns = n`, `retry_if = path`
+/// and `streaming`.
 fn remote_args(attr: &TokenStream2, errors: &mut Errors) -> RemoteArgs {
     let mut out = RemoteArgs {
         max_calls: 0,
         num_returns: 1,
         streaming: false,
+        retry_if: None,
     };
     if attr.is_empty() {
         return out;
@@ -476,6 +486,19 @@ fn remote_args(attr: &TokenStream2, errors: &mut Errors) -> RemoteArgs {
         let arg = match arg {
             syn::Meta::Path(path) if path.is_ident("streaming") => {
                 out.streaming = true;
+                continue;
+            }
+            syn::Meta::NameValue(arg) if arg.path.is_ident("retry_if") => {
+                match &arg.value {
+                    syn::Expr::Path(p) if p.qself.is_none() && out.retry_if.is_none() => {
+                        out.retry_if = Some(p.path.clone())
+                    }
+                    other => errors.push(syn::Error::new_spanned(
+                        other,
+                        "write `retry_if = path`, once, naming a `fn(&E) -> bool` for the \
+                         function's `Result<T, E>`",
+                    )),
+                }
                 continue;
             }
             syn::Meta::NameValue(arg) => arg,
@@ -646,8 +669,9 @@ fn output_span(sig: &Signature) -> &dyn quote::ToTokens {
 }
 
 /// What `#[remote(..)]` says to an argument it does not take.
-const ONLY_MAX_CALLS: &str = "`#[remote]` takes only `max_calls = n`, `num_returns = n` and \
-                              `streaming`; per-call options go through `.options(..).remote(..)`";
+const ONLY_MAX_CALLS: &str = "`#[remote]` takes only `max_calls = n`, `num_returns = n`, \
+                              `retry_if = path` and `streaming`; per-call options go through \
+                              `.options(..).remote(..)`";
 
 /// What a signature belongs to, for the wording of errors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -883,10 +907,10 @@ fn is_cfg(attr: &Attribute) -> bool {
 fn generate(
     func: &ItemFn,
     params: &[Param<'_>],
-    max_calls: u32,
+    args: &RemoteArgs,
     returns: &[Type],
-    streaming: bool,
 ) -> TokenStream2 {
+    let streaming = args.streaming;
     let vis = &func.vis;
     let name = &func.sig.ident;
     let name_str = name.unraw().to_string();
@@ -920,7 +944,7 @@ fn generate(
     let arg_vec = quote! {
         ::std::vec![#(::shoal::IntoArg::<#types>::into_arg(#names)),*]
     };
-    let registration = registration(func, params, max_calls, returns, streaming);
+    let registration = registration(func, params, args, returns);
     // What `remote` returns, and how: one ref, or one per element of the tuple.
     let fn_name = Ident::new("__shoal_name", Span::mixed_site());
     let options = Ident::new("__shoal_options", Span::mixed_site());
@@ -1016,10 +1040,10 @@ fn generate(
 fn registration(
     func: &ItemFn,
     params: &[Param<'_>],
-    max_calls: u32,
+    remote_args: &RemoteArgs,
     returns: &[Type],
-    streaming: bool,
 ) -> TokenStream2 {
+    let (max_calls, streaming) = (remote_args.max_calls, remote_args.streaming);
     let name = &func.sig.ident;
     let names = params.iter().map(|p| &p.name);
     // Mixed-site hygiene: a parameter of the user's function cannot shadow it.
@@ -1061,7 +1085,24 @@ fn registration(
         }
         ReturnType::Default => quote!(::shoal::__private::encode_result(&#run)),
         ReturnType::Type(_, ty) => {
-            quote_spanned!(ty.span()=> ::shoal::__private::encode_result::<#ty>(&#run))
+            // Whether it returned an `Err` worth a retry: any `Err` of a `Result`, or those
+            // its `retry_if` accepts (resolved by the type: nothing for other types).
+            let value = Ident::new("__shoal_value", Span::mixed_site());
+            let returned_error = match &remote_args.retry_if {
+                Some(path) => quote_spanned! {path.span()=>
+                    ::shoal::__private::err_where(&#value, #path)
+                },
+                None => quote! {{
+                    #[allow(unused_imports)]
+                    use ::shoal::__private::{IsErr as _, NotErr as _};
+                    (&::shoal::__private::Classify(&#value)).returned_err()
+                }},
+            };
+            quote_spanned! {ty.span()=>
+                let #value: #ty = #run;
+                ::shoal::__private::mark_returned_error(#returned_error);
+                ::shoal::__private::encode_result::<#ty>(&#value)
+            }
         }
     };
     let args_param = if params.is_empty() {
@@ -1200,6 +1241,21 @@ mod tests {
         assert!(error("max_calls = 0", "fn f() {}").contains("at least 1"));
         assert!(error("max_calls = \"2\"", "fn f() {}").contains("whole number"));
         assert!(error("max_calls", "fn f() {}").contains("takes only `max_calls"));
+    }
+
+    #[test]
+    fn retry_if_takes_a_path_for_one_result() {
+        let f = "fn f() -> Result<u8, String> { Ok(1) }";
+        let out = expand(&quote!(retry_if = worth), f.parse().unwrap())
+            .unwrap()
+            .to_string();
+        assert!(out.contains("err_where (& __shoal_value , worth)"), "{out}");
+        let plain = expand(&quote!(), f.parse().unwrap()).unwrap().to_string();
+        assert!(plain.contains("Classify"), "{plain}");
+        assert!(error("retry_if = 3", f).contains("`retry_if = path`"));
+        assert!(error("retry_if = a, retry_if = b", f).contains("once"));
+        let tuple = "fn f() -> (u8, u8) { (1, 2) }";
+        assert!(error("num_returns = 2, retry_if = a", tuple).contains("one `Result<T, E>`"));
     }
 
     #[test]

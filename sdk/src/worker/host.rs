@@ -161,7 +161,7 @@ fn finish_call<A: Actor>(
             MoreReturns::default(),
         ),
     };
-    done_with(ctx, task_id, outcome, more);
+    done_with(ctx, task_id, outcome, more, false);
 }
 
 /// Hosts an actor of class `A` for the rest of this process's life: runs the constructor,

@@ -333,6 +333,7 @@ fn execute(ctx: &Context, function: Option<&'static RemoteFunction>, task: ExecT
     let task_id = task.task_id;
     ctx.work.set_current(Some(task_id));
     let mut more = MoreReturns::default();
+    let mut returned_error = false;
     let outcome = match function {
         // Cancelled before it began: it never does.
         _ if ctx.work.is_interrupted(task_id) => {
@@ -348,9 +349,11 @@ fn execute(ctx: &Context, function: Option<&'static RemoteFunction>, task: ExecT
             }
             let args = Args::new(task.args);
             RESOURCES.with(|r| *r.borrow_mut() = task.resources);
+            function::take_returned_error();
             let r = as_task(task_id, || {
                 std::panic::catch_unwind(AssertUnwindSafe(|| (f.invoke)(args)))
             });
+            returned_error = function::take_returned_error();
             RESOURCES.with(|r| *r.borrow_mut() = None);
             ctx.work.set_in_task(false);
             // Its other returns, if it has several (encoded before its first).
@@ -378,14 +381,18 @@ fn execute(ctx: &Context, function: Option<&'static RemoteFunction>, task: ExecT
     if task.stream.is_some() {
         ctx.work.end_pace(task_id);
     }
-    done_with(ctx, task_id, outcome, more);
+    // An `Err` worth a retry is told as such only when it is inline: a retry then leaves no
+    // stored copy behind (an error larger than the inline threshold stands, as a value).
+    let returned_error =
+        returned_error && matches!(outcome, TaskOutcome::Ok(ObjectValue::Inline(_)));
+    done_with(ctx, task_id, outcome, more, returned_error);
     ctx.work.set_current(None);
 }
 
 /// Reports a finished task with the refs inside its result (held until the report is
 /// queued).
 fn done(ctx: &Context, task_id: TaskId, outcome: TaskOutcome) {
-    done_with(ctx, task_id, outcome, MoreReturns::default());
+    done_with(ctx, task_id, outcome, MoreReturns::default(), false);
 }
 
 /// The other returns of a task with several, stored, with the refs inside them (held until
@@ -394,7 +401,13 @@ fn done(ctx: &Context, task_id: TaskId, outcome: TaskOutcome) {
 pub(super) struct MoreReturns(Vec<ReturnValue>, Vec<crate::object_ref::RawRef>);
 
 /// [`done`] for a task with several returns.
-pub(super) fn done_with(ctx: &Context, task_id: TaskId, outcome: TaskOutcome, more: MoreReturns) {
+pub(super) fn done_with(
+    ctx: &Context,
+    task_id: TaskId,
+    outcome: TaskOutcome,
+    more: MoreReturns,
+    returned_error: bool,
+) {
     let refs = function::take_result_refs();
     let (nested, more) = match outcome {
         TaskOutcome::Ok(_) => (crate::object_ref::ids_of(&refs), more.0),
@@ -405,6 +418,7 @@ pub(super) fn done_with(ctx: &Context, task_id: TaskId, outcome: TaskOutcome, mo
         outcome,
         nested,
         more,
+        returned_error,
     });
     drop(refs);
 }

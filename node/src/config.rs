@@ -19,6 +19,11 @@ pub struct NodeConfig {
     pub cpus: f64,
     /// Custom resources, `(name, amount)`.
     pub resources: Vec<(String, f64)>,
+    /// The ids of this machine's GPU devices that tasks and actors holding `GPU` are given
+    /// (Ray's GPU ids). Default: the node's own `CUDA_VISIBLE_DEVICES` if it lists devices,
+    /// else one per NVIDIA device the kernel driver lists (`/proc/driver/nvidia/gpus`). When
+    /// [`resources`](Self::resources) names no `GPU`, the node has one per device.
+    pub gpu_devices: Vec<u32>,
     /// Where the store's directory is made. Default: `/dev/shm` when it exists, else the
     /// temporary directory.
     pub store_parent: PathBuf,
@@ -110,6 +115,7 @@ impl Default for NodeConfig {
             socket: default_socket_path(),
             cpus,
             resources: Vec::new(),
+            gpu_devices: detect_gpus(),
             store_parent,
             store_bytes,
             spill_parent: default_spill_parent(),
@@ -176,6 +182,9 @@ impl NodeConfig {
         let mut r = ResourceSet::cpus(self.cpus);
         for (name, amount) in &self.resources {
             r = r.with(name, *amount);
+        }
+        if !self.gpu_devices.is_empty() && !self.resources.iter().any(|(n, _)| n == GPU) {
+            r = r.with(GPU, self.gpu_devices.len() as f64);
         }
         r
     }
@@ -255,6 +264,28 @@ pub fn user_runtime_dir() -> PathBuf {
     }
 }
 
+/// The resource whose units are GPU devices (Ray's `num_gpus`).
+const GPU: &str = crate::core::sched::GPU;
+
+/// This machine's GPU devices, as [`NodeConfig::gpu_devices`] finds them by default.
+pub fn detect_gpus() -> Vec<u32> {
+    if let Some(listed) = std::env::var_os("CUDA_VISIBLE_DEVICES") {
+        // Set, it decides: the devices it lists by number, up to the first it does not (as
+        // CUDA reads it: `-1` ends the list). Devices named by UUID are not numbered here.
+        return visible_devices(&listed.to_string_lossy());
+    }
+    let count = std::fs::read_dir("/proc/driver/nvidia/gpus").map_or(0, |d| d.count());
+    (0..count as u32).collect()
+}
+
+/// The devices a `CUDA_VISIBLE_DEVICES` value lists by number.
+fn visible_devices(listed: &str) -> Vec<u32> {
+    listed
+        .split(',')
+        .map_while(|s| s.trim().parse::<u32>().ok())
+        .collect()
+}
+
 /// The default spill parent, `shoal-spill-$UID` in the temporary directory: a directory of
 /// this user alone (mode 0700, like [`user_runtime_dir`]).
 pub fn default_spill_parent() -> PathBuf {
@@ -310,6 +341,35 @@ pub fn free_bytes(dir: &Path) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn visible_devices_are_read_as_cuda_reads_them() {
+        assert_eq!(visible_devices("0,1"), vec![0, 1]);
+        assert_eq!(visible_devices(" 3, 5 "), vec![3, 5]);
+        assert_eq!(visible_devices(""), Vec::<u32>::new());
+        // CUDA stops at the first it cannot read: `-1` hides the rest.
+        assert_eq!(visible_devices("2,-1,3"), vec![2]);
+        assert_eq!(visible_devices("GPU-8f1c2e4a"), Vec::<u32>::new());
+    }
+
+    #[test]
+    fn a_node_has_a_gpu_per_device_unless_told_otherwise() {
+        let c = NodeConfig {
+            gpu_devices: vec![0, 1, 2],
+            ..NodeConfig::default()
+        };
+        assert_eq!(c.total_resources().get_milli(GPU), 3000);
+        let told = NodeConfig {
+            resources: vec![(GPU.to_string(), 1.0)],
+            ..c
+        };
+        assert_eq!(told.total_resources().get_milli(GPU), 1000);
+        let none = NodeConfig {
+            gpu_devices: Vec::new(),
+            ..NodeConfig::default()
+        };
+        assert_eq!(none.total_resources().get_milli(GPU), 0);
+    }
 
     #[test]
     fn defaults_are_valid_and_sensible() {

@@ -163,6 +163,7 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         pipeline_depth: config.pipeline_depth,
         short_task: Duration::from_millis(2),
         max_start_failures: 3,
+        gpu_devices: config.gpu_devices.clone(),
     });
     let (tx, rx) = mpsc::channel(runtime::EVENT_QUEUE);
     let (stop, stopped) = (CancellationToken::new(), CancellationToken::new());

@@ -660,14 +660,25 @@ pub struct ExecTask {
     pub args: Vec<ArgValue>,
     /// The id the result will have (a large result is written under this id).
     pub return_id: ObjectId,
-    /// What a function task holds while it runs (its demand), unless it is the default
-    /// ([`ResourceSet::is_default_task_demand`]: `None`, so that the common task costs
-    /// nothing more to send); `None` for an actor's call too, which runs on what its actor
-    /// holds. (Boxed: the message stays small in the queues.)
-    pub resources: Option<Box<ResourceSet>>,
+    /// What a function task holds while it runs (its demand, and its GPU devices), unless
+    /// it is the default ([`ResourceSet::is_default_task_demand`]: `None`, so that the
+    /// common task costs nothing more to send); `None` for an actor's call too, which runs
+    /// on what its actor holds. (Boxed: the message stays small in the queues.)
+    pub holds: Option<Box<Holds>>,
     /// For a streaming generator: how many items it may yield before it waits for a
     /// [`ToClient::StreamAck`] (items it yields again, in a run after a failure, count).
     pub stream: Option<std::num::NonZeroU32>,
+}
+
+/// What a function task holds while it runs ([`ExecTask::holds`]), or an actor for its life
+/// ([`HostActor::holds`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holds {
+    /// Its demand.
+    pub resources: ResourceSet,
+    /// The GPU devices it is given, when it holds `GPU` (Ray's GPU ids; the worker sets
+    /// `CUDA_VISIBLE_DEVICES` to them while it runs).
+    pub gpu_ids: Vec<u32>,
 }
 
 /// How a process ended.
@@ -943,8 +954,10 @@ pub struct HostActor {
     pub concurrency_groups: Vec<(String, u32)>,
     /// 0 for the first process, then one more per restart.
     pub incarnation: u32,
-    /// What it holds for its whole life. (Boxed: [`ToClient`] stays small in the queues.)
-    pub resources: Box<ResourceSet>,
+    /// What it holds for its whole life: its demand, and the GPU devices it is given when
+    /// it holds `GPU` (the worker sets `CUDA_VISIBLE_DEVICES` to them before the
+    /// constructor runs). (Boxed: [`ToClient`] stays small in the queues.)
+    pub holds: Box<Holds>,
 }
 
 /// Where a task panicked (see [`TaskError::Panicked`]).

@@ -296,6 +296,20 @@ impl ActorOptions {
         self
     }
 
+    /// GPUs the actor holds for its life (Ray's `num_gpus`): whole devices, or a fraction
+    /// of one. Its process is given particular devices, which
+    /// [`gpu_ids`](crate::gpu_ids) names and `CUDA_VISIBLE_DEVICES` lists, set before its
+    /// constructor runs.
+    ///
+    /// ```no_run
+    /// # struct Model;
+    /// # #[shoal::actor] impl Model { pub fn new() -> Self { Model } }
+    /// let model = Model::options(shoal::ActorOptions::new().num_gpus(1.0)).remote();
+    /// ```
+    pub fn num_gpus(self, n: f64) -> Self {
+        self.resource(crate::options::GPU, n)
+    }
+
     /// Where the actor may be placed (Ray's scheduling strategies); see
     /// [`TaskOptions::strategy`](crate::TaskOptions::strategy).
     ///

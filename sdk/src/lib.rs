@@ -186,7 +186,9 @@
 //!   # let _ = all; Ok(()) }
 //!   ```
 //! - [`runtime_context`] says where the calling code runs: the node and peer, the task or
-//!   actor, and what it holds (Ray's `get_runtime_context()`, `get_assigned_resources()`).
+//!   actor, and what it holds (Ray's `get_runtime_context()`, `get_assigned_resources()`);
+//!   [`gpu_ids`] names the GPU devices it was given (Ray's `get_gpu_ids()`), for a task or
+//!   actor holding `GPU` ([`TaskOptions::num_gpus`], [`ActorOptions::num_gpus`]).
 //! - Workers are processes of your own executable, started by the node. Worker mode is
 //!   entered before `main` (or libtest's `main`) runs, so a worker never repeats the
 //!   program's side effects.
@@ -496,6 +498,9 @@ pub struct RuntimeContext {
     /// What the running task holds, or in an actor's worker what the actor holds (its
     /// demand, as Ray's `get_assigned_resources()`); empty in a program.
     pub resources: ResourceSet,
+    /// The GPU devices the running task, or this process's actor, was given (Ray's
+    /// `get_gpu_ids()`; see [`gpu_ids`]).
+    pub gpu_ids: Vec<u32>,
 }
 
 /// The [`RuntimeContext`] of the calling code (attaching to a node first, as [`init`] does).
@@ -516,5 +521,32 @@ pub fn runtime_context() -> RuntimeContext {
         task_id: worker::current_task(),
         actor_id: worker::host::hosted(),
         resources: worker::current_resources().unwrap_or_default(),
+        gpu_ids: worker::current_gpu_ids(),
     }
+}
+
+/// The GPU devices the running task, or this process's actor, was given: the ids of the
+/// node's devices, as Ray's `ray.get_gpu_ids()`. A task or actor holding `GPU` (say
+/// [`TaskOptions::num_gpus`]) is given that many whole devices, or part of one for a
+/// fraction (fractions share a device); the worker's `CUDA_VISIBLE_DEVICES` is set to
+/// them while it runs. Empty outside a task or actor, and for one that holds no `GPU`.
+///
+/// A node has one `GPU` per device it finds: the devices its own `CUDA_VISIBLE_DEVICES`
+/// lists, else the NVIDIA devices the kernel driver lists; `shoal node --resource GPU=n`
+/// sets the count instead.
+///
+/// ```no_run
+/// #[shoal::remote]
+/// fn train(steps: u32) -> Vec<u32> {
+///     let devices = shoal::gpu_ids(); // the same as CUDA_VISIBLE_DEVICES, as numbers
+///     // … open devices[0] with the CUDA library of your choice …
+///     # let _ = steps;
+///     devices
+/// }
+///
+/// use shoal::TaskOptions;
+/// let used = train.options(TaskOptions::new().num_gpus(1.0)).remote(1000);
+/// ```
+pub fn gpu_ids() -> Vec<u32> {
+    worker::current_gpu_ids()
 }

@@ -74,6 +74,9 @@ impl Default for TaskOptions {
     }
 }
 
+/// The resource whose units are GPU devices (Ray's `num_gpus`).
+pub(crate) const GPU: &str = "GPU";
+
 impl TaskOptions {
     /// The defaults: one CPU, three retries.
     ///
@@ -100,6 +103,20 @@ impl TaskOptions {
     pub fn num_cpus(mut self, n: f64) -> Self {
         self.resources = self.resources.with(shoal_protocol::CPU, n);
         self
+    }
+
+    /// GPUs the task holds (Ray's `num_gpus`): whole devices, or a fraction of one (shared
+    /// with other fractions). The task is given particular devices, which
+    /// [`gpu_ids`](crate::gpu_ids) names and `CUDA_VISIBLE_DEVICES` lists while it runs.
+    ///
+    /// ```no_run
+    /// # #[shoal::remote] fn embed(texts: Vec<String>) -> usize { texts.len() }
+    /// use shoal::TaskOptions;
+    /// // Half a device: two such tasks run at once on one GPU.
+    /// let n = embed.options(TaskOptions::new().num_gpus(0.5)).remote(vec!["a".to_string()]);
+    /// ```
+    pub fn num_gpus(self, n: f64) -> Self {
+        self.resource(GPU, n)
     }
 
     /// An amount of a custom resource (`--resource NAME=N` on the node); above one, a whole

@@ -24,6 +24,7 @@ pub(super) fn node(now: Instant, cpus: f64, capacity: u64) -> NodeCore {
         cpus,
         store_bytes: capacity,
         embedded: false,
+        gpu_devices: Vec::new(),
         ..NodeConfig::default()
     };
     let sched = Scheduler::new(SchedConfig {
@@ -32,6 +33,7 @@ pub(super) fn node(now: Instant, cpus: f64, capacity: u64) -> NodeCore {
         pipeline_depth: 1,
         short_task: Duration::from_millis(2),
         max_start_failures: 3,
+        gpu_devices: Vec::new(),
     });
     let mut core = NodeCore::new(now, NodeId([1; 16]), config, sched, "/store".into(), None);
     let hello = Hello {

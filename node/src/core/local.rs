@@ -867,8 +867,13 @@ impl NodeCore {
         };
         let (function, return_id) = (Box::from(entry.spec.function.as_str()), entry.ret);
         // (A call runs on its actor's: it is told those once, when the actor is hosted.)
-        let resources = match (&entry.spec.kind, &entry.spec.resources) {
-            (TaskKind::Function, r) if !r.is_default_task_demand() => Some(Box::new(r.clone())),
+        let holds = match (&entry.spec.kind, &entry.spec.resources) {
+            (TaskKind::Function, r) if !r.is_default_task_demand() => {
+                Some(Box::new(shoal_protocol::Holds {
+                    resources: r.clone(),
+                    gpu_ids: Vec::new(),
+                }))
+            }
             _ => None,
         };
         let stream = entry.stream.is_some();
@@ -878,7 +883,7 @@ impl NodeCore {
                 function,
                 args,
                 return_id,
-                resources,
+                holds,
                 stream: if stream {
                     self.stream_allowed(task)
                 } else {
@@ -887,6 +892,19 @@ impl NodeCore {
             }),
             Args::Pending(op) => Exec::Pending(op),
         })
+    }
+
+    /// The GPU devices `worker` holds for its lease (none if it holds no `GPU`).
+    fn gpu_ids(&mut self, worker: WorkerId) -> Vec<u32> {
+        let (ids, shared) = self.sched.gpu_ids(worker);
+        if shared {
+            tracing::warn!(
+                worker,
+                ?ids,
+                "GPU fractions left no device with room: devices shared past their capacity"
+            );
+        }
+        ids
     }
 
     /// A worker is ready for the actor created by `task`: hand it the actor, then its calls.
@@ -930,7 +948,8 @@ impl NodeCore {
             return;
         };
         let incarnation = self.actors.get(&actor).map_or(0, |a| a.incarnation);
-        tracing::debug!(worker, actor = %actor, class, incarnation, "hosting actor");
+        let gpu_ids = self.gpu_ids(worker);
+        tracing::debug!(worker, actor = %actor, class, incarnation, ?gpu_ids, "hosting actor");
         self.actors.hosted(actor, worker);
         self.tell_proc(
             conn,
@@ -941,7 +960,7 @@ impl NodeCore {
                 max_concurrency,
                 concurrency_groups,
                 incarnation,
-                resources: Box::new(resources),
+                holds: Box::new(shoal_protocol::Holds { resources, gpu_ids }),
             }),
         );
         self.pump_actor(now, actor);
@@ -1789,7 +1808,7 @@ impl NodeCore {
         entry.worker = Some(worker);
         let span = entry.span.clone();
         let _entered = span.enter();
-        let exec = match self.exec_for(task) {
+        let mut exec = match self.exec_for(task) {
             Ok(Exec::Ready(exec)) => exec,
             Ok(Exec::Pending(op)) => {
                 // The worker keeps the task's slot meanwhile.
@@ -1810,6 +1829,13 @@ impl NodeCore {
             e.worker_pid = pid;
         }
         self.worker_ran(worker, task);
+        if let Some(holds) = exec
+            .holds
+            .as_deref_mut()
+            .filter(|h| h.resources.get_milli(super::sched::GPU) > 0)
+        {
+            holds.gpu_ids = self.gpu_ids(worker);
+        }
         match self.worker_conns.get(&worker) {
             Some(conn) => self.tell_proc(*conn, ToClient::Execute(exec)),
             None => {

@@ -553,6 +553,7 @@ impl Sim {
             lineage_bytes: self.config.lineage_bytes,
             #[cfg(feature = "mesh")]
             mesh: None,
+            gpu_devices: Vec::new(),
             ..NodeConfig::default()
         };
         let node_id = NodeId([i as u8; 16]);
@@ -566,6 +567,7 @@ impl Sim {
             pipeline_depth: config.pipeline_depth,
             short_task: Duration::from_millis(2),
             max_start_failures: 3,
+            gpu_devices: Vec::new(),
         });
         let peer = PeerConfig {
             me: node.key,

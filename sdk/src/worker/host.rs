@@ -45,6 +45,14 @@ pub(crate) fn hosted_resources() -> Option<shoal_protocol::ResourceSet> {
     HOSTED_RESOURCES.get().cloned()
 }
 
+/// The GPU devices the actor hosted here was given.
+static HOSTED_GPU_IDS: std::sync::OnceLock<Vec<u32>> = std::sync::OnceLock::new();
+
+/// The GPU devices the actor hosted here was given, in an actor's worker.
+pub(crate) fn hosted_gpu_ids() -> Option<Vec<u32>> {
+    HOSTED_GPU_IDS.get().cloned()
+}
+
 /// The actor this process hosts, if it is an actor's.
 pub(crate) fn hosted() -> Option<shoal_protocol::ActorId> {
     HOSTED.get().copied()
@@ -174,7 +182,14 @@ fn finish_call<A: Actor>(
 pub fn host_actor<A: Actor>(host: HostActor) -> i32 {
     let ctx = runtime::get();
     let actor = host.actor_id;
-    if HOSTED.set(actor).is_err() | HOSTED_RESOURCES.set(*host.resources.clone()).is_err() {
+    if !host.holds.gpu_ids.is_empty() {
+        // Before the constructor, which may initialise CUDA.
+        super::set_visible_devices(&host.holds.gpu_ids);
+    }
+    if HOSTED.set(actor).is_err()
+        | HOSTED_RESOURCES.set(host.holds.resources.clone()).is_err()
+        | HOSTED_GPU_IDS.set(host.holds.gpu_ids.clone()).is_err()
+    {
         tracing::warn!(actor = %actor, "a second actor for a worker that hosts one");
     }
     let span = tracing::info_span!(
@@ -251,7 +266,7 @@ pub fn host_actor<A: Actor>(host: HostActor) -> i32 {
                 function,
                 args,
                 return_id,
-                resources: _,
+                holds: _,
                 stream,
             } = call;
             if let Some(allowed) = stream {

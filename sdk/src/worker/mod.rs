@@ -32,6 +32,46 @@ thread_local! {
     static CURRENT: std::cell::Cell<Option<TaskId>> = const { std::cell::Cell::new(None) };
     /// What the function task this thread runs holds, when not the default demand.
     static RESOURCES: RefCell<Option<Box<shoal_protocol::ResourceSet>>> = const { RefCell::new(None) };
+    /// The GPU devices the function task this thread runs was given.
+    static GPU_IDS: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The GPU devices the task or actor running here was given (Ray's `get_gpu_ids()`).
+pub(crate) fn current_gpu_ids() -> Vec<u32> {
+    if let Some(ids) = host::hosted_gpu_ids() {
+        return ids;
+    }
+    GPU_IDS.with(|g| g.borrow().clone())
+}
+
+/// This process's `CUDA_VISIBLE_DEVICES` as its node started it, before a task set it.
+static CUDA_ORIGINAL: std::sync::OnceLock<Option<std::ffi::OsString>> = std::sync::OnceLock::new();
+
+/// Whether a task set `CUDA_VISIBLE_DEVICES` and it was not put back yet.
+static CUDA_SET: AtomicBool = AtomicBool::new(false);
+
+/// Sets `CUDA_VISIBLE_DEVICES` to the devices a task or actor was given (as Ray does), or
+/// puts back the process's own value once a task that set it is done (`ids` empty).
+///
+/// The environment is changed while the SDK's other threads run: they read no environment
+/// variable through libc (Rust's own reads and writes of it take one lock), which is what
+/// makes this sound in practice. CUDA reads the variable when it is first initialised in the
+/// process: a program that uses devices from tasks should give them a worker each
+/// (`max_calls = 1`) or use an actor, which has a process of its own.
+pub(crate) fn set_visible_devices(ids: &[u32]) {
+    let original = CUDA_ORIGINAL.get_or_init(|| std::env::var_os("CUDA_VISIBLE_DEVICES"));
+    if ids.is_empty() {
+        if CUDA_SET.swap(false, Ordering::Relaxed) {
+            match original {
+                Some(v) => std::env::set_var("CUDA_VISIBLE_DEVICES", v),
+                None => std::env::remove_var("CUDA_VISIBLE_DEVICES"),
+            }
+        }
+        return;
+    }
+    let list: Vec<String> = ids.iter().map(u32::to_string).collect();
+    std::env::set_var("CUDA_VISIBLE_DEVICES", list.join(","));
+    CUDA_SET.store(true, Ordering::Relaxed);
 }
 
 /// What the task or actor running here holds (its demand), if this is a worker running one.
@@ -348,13 +388,27 @@ fn execute(ctx: &Context, function: Option<&'static RemoteFunction>, task: ExecT
                 ctx.work.stream_ack(task_id, allowed.get());
             }
             let args = Args::new(task.args);
-            RESOURCES.with(|r| *r.borrow_mut() = task.resources);
+            let (resources, gpu_ids) = match task.holds {
+                Some(h) => (Some(Box::new(h.resources)), h.gpu_ids),
+                None => (None, Vec::new()),
+            };
+            RESOURCES.with(|r| *r.borrow_mut() = resources);
+            if !gpu_ids.is_empty() {
+                set_visible_devices(&gpu_ids);
+            }
+            GPU_IDS.with(|g| *g.borrow_mut() = gpu_ids);
             function::take_returned_error();
             let r = as_task(task_id, || {
                 std::panic::catch_unwind(AssertUnwindSafe(|| (f.invoke)(args)))
             });
             returned_error = function::take_returned_error();
             RESOURCES.with(|r| *r.borrow_mut() = None);
+            if !GPU_IDS
+                .with(|g| std::mem::take(&mut *g.borrow_mut()))
+                .is_empty()
+            {
+                set_visible_devices(&[]);
+            }
             ctx.work.set_in_task(false);
             // Its other returns, if it has several (encoded before its first).
             let encoded_more = function::take_more_returns();

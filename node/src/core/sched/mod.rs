@@ -23,12 +23,16 @@ use std::time::{Duration, Instant};
 
 use shoal_protocol::{BinaryId, IdMap, ResourceSet, TaskError, TaskId, WorkerStatus};
 
+mod devices;
 pub mod placement;
 #[cfg(test)]
 mod tests;
 
 /// A node-local worker number.
 pub type WorkerId = u64;
+
+/// The resource whose units are devices that tasks are given by id (Ray's `num_gpus`).
+pub const GPU: &str = "GPU";
 
 /// Tuning knobs of the scheduler.
 #[derive(Clone, Debug)]
@@ -44,6 +48,9 @@ pub struct SchedConfig {
     /// A binary whose workers die this many times in a row before connecting is broken:
     /// its queued tasks fail.
     pub max_start_failures: u32,
+    /// The ids of the node's GPU devices (its own `CUDA_VISIBLE_DEVICES`); empty: `0..n`
+    /// for the `GPU` of [`total`](Self::total).
+    pub gpu_devices: Vec<u32>,
 }
 
 /// What [`Scheduler::withdraw`] ended.
@@ -162,12 +169,16 @@ pub struct Scheduler {
     actor_queue: VecDeque<(TaskId, Shape)>,
     /// Workers dedicated to actors (not counted against `max_workers`).
     actor_workers: usize,
+    /// Which GPU devices the workers whose lease holds `GPU` were given.
+    devices: devices::Devices,
 }
 
 impl Scheduler {
     /// A scheduler with nothing queued and no workers.
     pub fn new(config: SchedConfig) -> Self {
+        let gpus = (config.total.get_milli(GPU) / 1000) as usize;
         Self {
+            devices: devices::Devices::new(gpus, &config.gpu_devices),
             free: config.total.clone(),
             config,
             queues: IdMap::default(),
@@ -183,6 +194,42 @@ impl Scheduler {
             actor_queue: VecDeque::new(),
             actor_workers: 0,
         }
+    }
+
+    /// The GPU devices `worker` holds for its lease (Ray's GPU ids), and whether some had
+    /// to be shared past their capacity: given when first asked for, kept while its lease
+    /// holds `GPU`. Devices of workers whose lease no longer holds it go back first.
+    pub fn gpu_ids(&mut self, worker: WorkerId) -> (Vec<u32>, bool) {
+        let stale: Vec<WorkerId> = self
+            .devices
+            .holders()
+            .filter(|w| self.lease_gpu(*w) == 0)
+            .collect();
+        for w in stale {
+            self.devices.release(w);
+        }
+        let milli = self.lease_gpu(worker);
+        if milli == 0 {
+            return (Vec::new(), false);
+        }
+        // Kept while its lease holds as much (a new lease of another amount is given anew).
+        if let Some(ids) = self.devices.held_by(worker, milli) {
+            return (ids, false);
+        }
+        let given = self.devices.assign(worker, milli);
+        (given.ids, given.oversubscribed)
+    }
+
+    /// The milli-units of `GPU` that `worker`'s lease holds.
+    fn lease_gpu(&self, worker: WorkerId) -> u64 {
+        let shape = match self.workers.get(&worker).map(|w| &w.state) {
+            Some(State::Starting { shape: Some(shape) })
+            | Some(State::StartingActor { shape, .. })
+            | Some(State::Actor { shape, .. })
+            | Some(State::Leased { shape, .. }) => shape,
+            _ => return 0,
+        };
+        shape.demand.get_milli(GPU)
     }
 
     /// The next decision, if any.

@@ -7,6 +7,7 @@ fn config(cpus: f64) -> SchedConfig {
         pipeline_depth: 4,
         short_task: Duration::from_millis(2),
         max_start_failures: 3,
+        gpu_devices: Vec::new(),
     }
 }
 
@@ -425,4 +426,55 @@ fn a_retiring_worker_takes_no_more_tasks_and_stops_once_it_holds_none() {
     s.retire(t0, fresh[0]);
     assert_eq!(drain(&mut s), vec![Action::Kill { worker: fresh[0] }]);
     assert_eq!(s.free().get_milli("CPU"), 1000);
+}
+
+#[test]
+fn a_lease_that_holds_gpus_is_given_devices_until_it_ends() {
+    let t0 = Instant::now();
+    let mut s = Scheduler::new(SchedConfig {
+        total: ResourceSet::cpus(4.0).with(GPU, 2.0),
+        gpu_devices: vec![4, 7],
+        ..config(4.0)
+    });
+    s.binary_attached(BIN);
+    let one_gpu = ResourceSet::cpus(1.0).with(GPU, 1.0);
+    s.submit(t0, task(1), BIN, one_gpu.clone());
+    s.submit(t0, task(2), BIN, one_gpu.clone());
+    let w = spawned(&drain(&mut s));
+    assert_eq!(w.len(), 2);
+    for (i, pid) in [(0, 100), (1, 101)] {
+        s.worker_connected(t0, w[i], pid);
+    }
+    drain(&mut s);
+    let (a, shared) = s.gpu_ids(w[0]);
+    assert!(!shared);
+    assert_eq!(s.gpu_ids(w[0]).0, a, "kept while the lease lasts");
+    let (b, _) = s.gpu_ids(w[1]);
+    assert_eq!([a.clone(), b.clone()].concat().len(), 2);
+    assert_ne!(a, b);
+    assert!([4, 7].contains(&a[0]) && [4, 7].contains(&b[0]));
+    // Worker 0's lease ends (its worker idles): its device goes to the next lease.
+    let t1 = t0 + Duration::from_secs(1);
+    s.task_done(t1, w[0], task(1));
+    s.submit(t1, task(3), BIN, ResourceSet::cpus(1.0));
+    let next = drain(&mut s);
+    assert_eq!(
+        next,
+        vec![Action::Dispatch {
+            worker: w[0],
+            task: task(3)
+        }]
+    );
+    assert_eq!(s.gpu_ids(w[0]), (vec![], false), "a lease of no GPU: none");
+    s.submit(t1, task(4), BIN, one_gpu);
+    let w2 = spawned(&drain(&mut s));
+    s.worker_connected(t1, w2[0], 102);
+    drain(&mut s);
+    assert_eq!(
+        s.gpu_ids(w2[0]),
+        (a, false),
+        "the device worker 0 gave back"
+    );
+    // A worker that is not leased holds none.
+    assert_eq!(s.gpu_ids(999), (vec![], false));
 }

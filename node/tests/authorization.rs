@@ -145,6 +145,7 @@ fn a_peer_given_nothing_cannot_read_release_call_kill_or_download() {
             strategy: Default::default(),
             label_selector: Vec::new(),
             stream: None,
+            env: Vec::new(),
         };
         let msgs = [
             PeerMsg::Release { ids: vec![obj] },

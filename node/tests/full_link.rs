@@ -141,9 +141,13 @@ async fn a_peer_that_stops_reading_fails_its_tasks_instead_of_hanging() {
             strategy: Default::default(),
             label_selector: Vec::new(),
             stream: None,
+            env: Vec::new(),
         };
         pending.insert(spec.return_id());
-        client.send(vec![ToNode::Submit(spec)]).await.unwrap();
+        client
+            .send(vec![ToNode::Submit(Box::new(spec))])
+            .await
+            .unwrap();
     }
 
     // Every result ends as a typed error; none is left waiting.

@@ -1062,6 +1062,7 @@ fn forged_task_of_epoch(args: Vec<Arg>, kind: TaskKind, actor_epoch: u32) -> Pee
         strategy: Default::default(),
         label_selector: Vec::new(),
         stream: None,
+        env: Vec::new(),
     };
     PeerMsg::Submit(Box::new(shoal_protocol::mesh::RemoteTask {
         spec,

@@ -348,6 +348,46 @@ pub struct TaskSpec {
     /// each its owner's as soon as it is yielded; its first return ends the stream with the
     /// number of items (a `u64`) or the failure. Functions only, with `num_returns` 1.
     pub stream: Option<StreamSpec>,
+    /// Environment variables of the worker process it runs in (the part of Ray's
+    /// `runtime_env` that applies to native code), sorted by name: such tasks run in workers
+    /// started with them, kept apart from others. See [`check_env`].
+    pub env: Vec<(String, String)>,
+}
+
+/// The most bytes of names and values a task's [`TaskSpec::env`] may hold.
+pub const MAX_ENV_BYTES: usize = 64 * 1024;
+
+/// Why a task's environment variables cannot be given to a worker, if they cannot: a name
+/// that is empty or holds `=` or NUL, a value that holds NUL, a name given twice, more than
+/// [`MAX_ENV_BYTES`] in all, or a name the node keeps for itself or that changes how a
+/// process loads its code (`SHOAL_*`, `LD_*`, `DYLD_*`): a peer's task must not run other
+/// code than its signed binary.
+pub fn check_env(env: &[(String, String)]) -> Result<(), String> {
+    let mut bytes = 0;
+    for (i, (name, value)) in env.iter().enumerate() {
+        if name.is_empty() || name.contains(['=', '\0']) || value.contains('\0') {
+            return Err(format!("environment variable {name:?}: a name is not empty and holds no `=` or NUL, a value no NUL"));
+        }
+        let upper = name.to_ascii_uppercase();
+        if ["SHOAL_", "LD_", "DYLD_"]
+            .iter()
+            .any(|p| upper.starts_with(p))
+        {
+            return Err(format!(
+                "environment variable {name}: SHOAL_*, LD_* and DYLD_* cannot be set for a task"
+            ));
+        }
+        if env[..i].iter().any(|(n, _)| n == name) {
+            return Err(format!("environment variable {name} given twice"));
+        }
+        bytes += name.len() + value.len();
+    }
+    if bytes > MAX_ENV_BYTES {
+        return Err(format!(
+            "environment variables of {bytes} bytes (at most {MAX_ENV_BYTES})"
+        ));
+    }
+    Ok(())
 }
 
 /// How a streaming generator is paced.
@@ -1288,8 +1328,8 @@ pub struct PeerStatus {
 pub enum ToNode {
     /// The handshake; must be first.
     Hello(Hello),
-    /// Run a task.
-    Submit(TaskSpec),
+    /// Run a task. (Boxed: the other messages stay small in the queues.)
+    Submit(Box<TaskSpec>),
     /// A small object the sender made (`put`); the node keeps a copy for other readers.
     Put {
         /// Content id.
@@ -1678,9 +1718,10 @@ mod tests {
             strategy: Default::default(),
             label_selector: Vec::new(),
             stream: None,
+            env: Vec::new(),
         };
         let msgs = vec![
-            ToNode::Submit(spec),
+            ToNode::Submit(Box::new(spec)),
             ToNode::Done {
                 task_id: TaskId::new(ClientId(1), 1),
                 outcome: TaskOutcome::Err(TaskError::WorkerDied {

@@ -234,6 +234,7 @@ pub struct ActorOptions {
     pub(crate) max_task_retries: u32,
     pub(crate) max_pending_calls: u32,
     pub(crate) placement: crate::options::Placement,
+    pub(crate) env: Vec<(String, String)>,
 }
 
 impl Default for ActorOptions {
@@ -257,6 +258,7 @@ impl Default for ActorOptions {
             max_task_retries: 0,
             max_pending_calls: 0,
             placement: Default::default(),
+            env: Vec::new(),
         }
     }
 }
@@ -308,6 +310,21 @@ impl ActorOptions {
     /// ```
     pub fn num_gpus(self, n: f64) -> Self {
         self.resource(crate::options::GPU, n)
+    }
+
+    /// An environment variable of the actor's process, set before its constructor runs (the
+    /// `env_vars` of Ray's `runtime_env`); see [`TaskOptions::env`](crate::TaskOptions::env)
+    /// for the names refused.
+    ///
+    /// ```no_run
+    /// # struct Model;
+    /// # #[shoal::actor] impl Model { pub fn new() -> Self { Model } }
+    /// let options = shoal::ActorOptions::new().env("MODEL_DIR", "/srv/models");
+    /// let model = Model::options(options).remote();
+    /// ```
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        crate::options::set_env(&mut self.env, name, value);
+        self
     }
 
     /// Where the actor may be placed (Ray's scheduling strategies); see

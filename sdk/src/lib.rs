@@ -115,6 +115,8 @@
 //!   per call; `f::call(args…)` runs it here.
 //! - `#[shoal::remote(max_calls = n)]` has a worker run the function `n` times, then a
 //!   fresh process takes its place (Ray's `max_calls`).
+//! - `TaskOptions::env("K", "v")` (and `ActorOptions::env`) runs a task or actor in a worker
+//!   started with that environment variable (Ray's `runtime_env` `env_vars`).
 //! - `TaskOptions::retry_exceptions(true)` runs a task again when its function panics or
 //!   returns an `Err` (Ray's `retry_exceptions`); `#[shoal::remote(retry_if = f)]` narrows
 //!   the errors retried to those `f(&err)` accepts.

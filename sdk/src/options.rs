@@ -21,6 +21,17 @@ pub struct TaskOptions {
     pub(crate) placement: Placement,
     /// A streaming generator's window (see [`TaskOptions::backpressure`]).
     pub(crate) backpressure: u32,
+    /// Environment variables of its worker, sorted by name (see [`TaskOptions::env`]).
+    pub(crate) env: Vec<(String, String)>,
+}
+
+/// Sets `name` to `value` in `env`, kept sorted by name (a name set again takes the new
+/// value).
+pub(crate) fn set_env(env: &mut Vec<(String, String)>, name: &str, value: &str) {
+    match env.binary_search_by(|(n, _)| n.as_str().cmp(name)) {
+        Ok(i) => env[i].1 = value.to_string(),
+        Err(i) => env.insert(i, (name.to_string(), value.to_string())),
+    }
 }
 
 /// How many items a streaming generator runs ahead of its consumer by default.
@@ -70,6 +81,7 @@ impl Default for TaskOptions {
             retry_exceptions: false,
             placement: Placement::default(),
             backpressure: DEFAULT_BACKPRESSURE,
+            env: Vec::new(),
         }
     }
 }
@@ -117,6 +129,24 @@ impl TaskOptions {
     /// ```
     pub fn num_gpus(self, n: f64) -> Self {
         self.resource(GPU, n)
+    }
+
+    /// An environment variable of the worker process the task runs in (the `env_vars` of
+    /// Ray's `runtime_env`): such tasks run in workers started with these variables, kept
+    /// apart from the others, here or at the peer the task runs on. A library that reads a
+    /// variable once, when it loads, sees it. `SHOAL_*`, `LD_*` and `DYLD_*` are refused
+    /// (`TaskError::InvalidOptions`), and so are names with `=` or NUL and values with NUL.
+    ///
+    /// ```no_run
+    /// # #[shoal::remote] fn solve(n: u64) -> u64 { n }
+    /// use shoal::TaskOptions;
+    /// // Its numeric library uses 4 threads, and logs at debug level.
+    /// let options = TaskOptions::new().num_cpus(4.0).env("OMP_NUM_THREADS", "4").env("RUST_LOG", "debug");
+    /// let x = solve.options(options).remote(1_000);
+    /// ```
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        set_env(&mut self.env, name, value);
+        self
     }
 
     /// An amount of a custom resource (`--resource NAME=N` on the node); above one, a whole

@@ -358,6 +358,7 @@ fn submit_create<A: Actor>(
             retry_exceptions: false,
             placement: options.placement.clone(),
             backpressure: 0,
+            env: options.env.clone(),
         },
         TaskKind::CreateActor(create),
         args,
@@ -399,6 +400,7 @@ fn submit_spec(
         retry_exceptions,
         placement,
         backpressure,
+        env,
     } = options;
     let ret = ObjectId::for_return(task_id, 0);
     if ctx.is_shut_down() {
@@ -452,7 +454,7 @@ fn submit_spec(
     for i in 1..num_returns {
         ctx.add_owned_result(ObjectId::for_return(task_id, i), maker);
     }
-    ctx.push(ToNode::Submit(TaskSpec {
+    ctx.push(ToNode::Submit(Box::new(TaskSpec {
         task_id,
         function: name.to_string(),
         binary: ctx.binary,
@@ -470,7 +472,8 @@ fn submit_spec(
         stream: stream.then_some(shoal_protocol::StreamSpec {
             window: backpressure,
         }),
-    }));
+        env,
+    })));
     drop(nested);
     drop(keep);
     RawRef::counted(ret, ctx.client)

@@ -106,6 +106,15 @@ impl Streamer {
     }
 }
 
+/// The value of the environment variable `name` where it runs, and this node's peer.
+#[shoal::remote]
+fn env_var(name: String) -> (Option<String>, String) {
+    (
+        std::env::var(name).ok(),
+        shoal::peer_id().unwrap_or_default(),
+    )
+}
+
 fn expected_sum(n: u64, seed: u8) -> u64 {
     (0..n)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) as u64)
@@ -377,6 +386,13 @@ fn driver_entry() {
             assert_eq!(count.get_blocking().unwrap(), n);
             let read = bytes.get_blocking().unwrap();
             assert_eq!(read.iter().map(|b| *b as u64).sum::<u64>(), sum);
+            // A task with environment variables, run at b in a worker started with them.
+            let (value, peer) = env_var
+                .options(on("b").env("SPILL_ENV", "from-a"))
+                .remote("SPILL_ENV".to_string())
+                .get_blocking()
+                .unwrap();
+            println!("result env-{}-on {peer}", value.unwrap_or_default());
             // Failing there, each of its returns fails here.
             let (a, b) = fails_on_peer.options(on("b")).remote();
             for r in [b, a] {
@@ -672,6 +688,7 @@ fn an_object_made_on_b_is_consumed_on_c() {
     let lines = driver(&mesh.node(0).socket(), "returns", &[]);
     assert!(lines.contains(&format!("returns-made-on {b}")), "{lines:?}");
     assert!(lines.contains(&format!("returns-used-on {c}")), "{lines:?}");
+    assert!(lines.contains(&format!("env-from-a-on {b}")), "{lines:?}");
     let failed = format!("returns-failed at {b}");
     assert_eq!(
         lines.iter().filter(|l| **l == failed).count(),

@@ -75,7 +75,7 @@ impl NodeCore {
         let (kind, sent, binary, demand) = (
             e.spec.kind.clone(),
             e.sent,
-            e.spec.binary,
+            super::envs::pool_key(e.spec.binary, &e.spec.env),
             e.spec.resources.clone(),
         );
         if let Some(peer) = self.spill.spilled_to(&task) {
@@ -193,8 +193,8 @@ mod tests {
         let now = Instant::now();
         let mut core = node(now, 1.0, 1 << 20);
         let (a, b) = (spec(1, Vec::new(), 0), spec(2, Vec::new(), 0));
-        let out = send(&mut core, now, ToNode::Submit(a.clone()));
-        send(&mut core, now, ToNode::Submit(b.clone()));
+        let out = send(&mut core, now, ToNode::Submit(Box::new(a.clone())));
+        send(&mut core, now, ToNode::Submit(Box::new(b.clone())));
         let (_, out) = attach_worker(&mut core, now, &out, 10);
         assert_eq!(executed(&out, 10).len(), 1, "one CPU: the first runs");
         let out = send(&mut core, now, cancel(b.task_id, false, true));
@@ -217,9 +217,9 @@ mod tests {
         let now = Instant::now();
         let mut core = node(now, 1.0, 1 << 20);
         let (a, b) = (spec(1, Vec::new(), 3), spec(2, Vec::new(), 0));
-        let out = send(&mut core, now, ToNode::Submit(a.clone()));
+        let out = send(&mut core, now, ToNode::Submit(Box::new(a.clone())));
         let (_, _) = attach_worker(&mut core, now, &out, 10);
-        send(&mut core, now, ToNode::Submit(b.clone()));
+        send(&mut core, now, ToNode::Submit(Box::new(b.clone())));
         let out = send(&mut core, now, cancel(a.task_id, false, true));
         assert!(cancelled(&replies(&out), a.return_id()), "{out:?}");
         assert_eq!(
@@ -248,7 +248,7 @@ mod tests {
         let now = Instant::now();
         let mut core = node(now, 1.0, 1 << 20);
         let a = spec(1, Vec::new(), 3);
-        let out = send(&mut core, now, ToNode::Submit(a.clone()));
+        let out = send(&mut core, now, ToNode::Submit(Box::new(a.clone())));
         let (worker, _) = attach_worker(&mut core, now, &out, 10);
         let out = send(&mut core, now, cancel(a.task_id, true, true));
         assert!(cancelled(&replies(&out), a.return_id()), "{out:?}");
@@ -282,13 +282,13 @@ mod tests {
         for recursive in [true, false] {
             let mut core = node(now, 1.0, 1 << 20);
             let parent = spec(1, Vec::new(), 0);
-            let out = send(&mut core, now, ToNode::Submit(parent.clone()));
+            let out = send(&mut core, now, ToNode::Submit(Box::new(parent.clone())));
             attach_worker(&mut core, now, &out, 10);
             // The running task submits a child (waiting: the only CPU is the parent's).
             let mut child = spec(1, Vec::new(), 0);
             child.task_id = TaskId::new(ClientId(110), 1);
             child.owner = ClientId(110);
-            from(&mut core, now, 10, ToNode::Submit(child.clone()));
+            from(&mut core, now, 10, ToNode::Submit(Box::new(child.clone())));
             let out = send(&mut core, now, cancel(parent.task_id, false, recursive));
             assert!(cancelled(&replies(&out), parent.return_id()));
             let child_cancelled = cancelled(&to(&out, 10), child.return_id());
@@ -306,8 +306,8 @@ mod tests {
         let now = Instant::now();
         let mut core = node(now, 1.0, 1 << 20);
         let (a, b) = (spec(1, Vec::new(), 0), spec(2, Vec::new(), 0));
-        let out = send(&mut core, now, ToNode::Submit(a.clone()));
-        send(&mut core, now, ToNode::Submit(b.clone()));
+        let out = send(&mut core, now, ToNode::Submit(Box::new(a.clone())));
+        send(&mut core, now, ToNode::Submit(Box::new(b.clone())));
         attach_worker(&mut core, now, &out, 10);
         // Another program.
         let hello = Hello {

@@ -153,6 +153,7 @@ pub(super) fn spec(seq: u64, args: Vec<Arg>, retries: u32) -> TaskSpec {
         strategy: Default::default(),
         label_selector: Vec::new(),
         stream: None,
+        env: Vec::new(),
     }
 }
 

@@ -241,6 +241,7 @@ mod tests {
             strategy: Default::default(),
             label_selector: Vec::new(),
             stream: None,
+            env: Vec::new(),
         }
     }
 

@@ -98,6 +98,7 @@ impl NodeCore {
         }
         if let Some(b) = p.binary {
             self.sched.binary_detached(b);
+            self.envs.binary_detached(b, &mut self.sched);
         }
         // The actors it made end with it, unless detached, and are forgotten.
         for actor in self.actors.owned_by(p.client) {
@@ -214,7 +215,7 @@ impl NodeCore {
             ToNode::Submit(spec) => {
                 self.metrics.tasks_submitted += 1;
                 self.note_child(conn, spec.task_id);
-                self.submit(now, party, spec, 0)
+                self.submit(now, party, *spec, 0)
             }
             ToNode::Cancel {
                 task,
@@ -1263,7 +1264,8 @@ impl NodeCore {
         }
         if let (true, Some(e)) = (rerun, self.tasks.get(&task)) {
             tracing::info!(task = %task, object = %ret, "a task's result is being written here by another; running it again");
-            let (binary, demand) = (e.spec.binary, e.spec.resources.clone());
+            let binary = self.envs.key_for(&e.spec, &mut self.sched);
+            let demand = e.spec.resources.clone();
             self.sched.submit(now, task, binary, demand);
             return;
         }
@@ -1276,7 +1278,8 @@ impl NodeCore {
                 "panicked"
             };
             tracing::info!(task = %task, retries_left = e.retries_left, "the task {failed}; running it again (retry_exceptions)");
-            let (binary, demand) = (e.spec.binary, e.spec.resources.clone());
+            let binary = self.envs.key_for(&e.spec, &mut self.sched);
+            let demand = e.spec.resources.clone();
             self.sched.submit(now, task, binary, demand);
             return;
         }
@@ -1685,7 +1688,8 @@ impl NodeCore {
                     self.metrics.tasks_retried += 1;
                 }
                 tracing::info!(task = %task, retries_left = entry.retries_left, "retrying task");
-                let (binary, demand) = (entry.spec.binary, entry.spec.resources.clone());
+                let binary = self.envs.key_for(&entry.spec, &mut self.sched);
+                let demand = entry.spec.resources.clone();
                 self.sched.submit(now, task, binary, demand);
             } else {
                 self.fail_task(now, task, error.clone());
@@ -1751,7 +1755,8 @@ impl NodeCore {
                 tracing::info!(actor = %actor, pid, "restarting actor");
                 self.announce_actor(actor);
                 if let Some(entry) = self.tasks.get(&create_task) {
-                    let (binary, demand) = (entry.spec.binary, entry.spec.resources.clone());
+                    let binary = self.envs.key_for(&entry.spec, &mut self.sched);
+                    let demand = entry.spec.resources.clone();
                     self.sched.submit_actor(now, create_task, binary, demand);
                 }
             }
@@ -1772,27 +1777,46 @@ impl NodeCore {
     pub(super) fn apply_actions(&mut self, now: Instant) {
         while let Some(action) = self.sched.poll_action() {
             match action {
-                Action::Spawn { worker, binary } => match self.binaries.get(&binary) {
-                    Some(exe) => {
-                        self.metrics.workers_started += 1;
-                        let exe = exe.clone();
-                        let shipped = self.shipped.contains(&binary);
-                        self.out.push_back(Output::SpawnWorker {
-                            worker,
-                            binary,
-                            exe,
-                            shipped,
-                        });
-                    }
-                    None => {
-                        tracing::error!(%binary, "no executable known for binary");
-                        self.worker_exited(now, worker, WorkerEnd::FailedToStart);
-                    }
-                },
+                Action::Spawn { worker, binary } => {
+                    // A pool with environment variables runs its binary's workers with them.
+                    let (binary, env) = match self.envs.get(&binary) {
+                        Some(pool) => (pool.binary, pool.env.clone()),
+                        None => (binary, Vec::new()),
+                    };
+                    self.spawn(now, worker, binary, env)
+                }
                 Action::Dispatch { worker, task } => self.dispatch(now, worker, task),
                 Action::Kill { worker } => self.out.push_back(Output::KillWorker { worker }),
                 Action::Fail { task, error } => self.fail_task(now, task, error),
                 Action::HostActor { worker, task } => self.host_actor(now, worker, task),
+            }
+        }
+    }
+
+    /// Starts worker `worker` of `binary`, with environment variables `env`.
+    fn spawn(
+        &mut self,
+        now: Instant,
+        worker: WorkerId,
+        binary: shoal_protocol::BinaryId,
+        env: Vec<(String, String)>,
+    ) {
+        match self.binaries.get(&binary) {
+            Some(exe) => {
+                self.metrics.workers_started += 1;
+                let exe = exe.clone();
+                let shipped = self.shipped.contains(&binary);
+                self.out.push_back(Output::SpawnWorker {
+                    worker,
+                    binary,
+                    exe,
+                    shipped,
+                    env,
+                });
+            }
+            None => {
+                tracing::error!(%binary, "no executable known for binary");
+                self.worker_exited(now, worker, WorkerEnd::FailedToStart);
             }
         }
     }
@@ -2047,6 +2071,9 @@ fn invalid_options(spec: &TaskSpec) -> Option<String> {
             spec.num_returns,
             shoal_protocol::MAX_RETURNS
         ));
+    }
+    if let Err(reason) = shoal_protocol::check_env(&spec.env) {
+        return Some(reason);
     }
     if spec.num_returns > 1
         && !matches!(spec.kind, TaskKind::Function | TaskKind::ActorMethod { .. })

@@ -59,6 +59,7 @@ use crate::store::{StoreDone, StoreOp};
 
 pub mod actors;
 mod cancel;
+mod envs;
 mod groups;
 #[cfg(test)]
 mod harness;
@@ -413,6 +414,8 @@ pub enum Output {
         /// Whether the binary was shipped by a peer (it then runs sandboxed: another user,
         /// a memory limit), rather than a local program's own (run as today).
         shipped: bool,
+        /// Environment variables it is started with (its tasks' `TaskSpec::env`).
+        env: Vec<(String, String)>,
     },
     /// Kill a worker process (its end is reported as usual).
     KillWorker {
@@ -529,6 +532,8 @@ pub struct NodeCore {
     /// The binaries of `binaries` that were fetched from peers, not attached by a local
     /// program: their workers run sandboxed.
     shipped: HashSet<BinaryId>,
+    /// Worker pools of tasks with environment variables.
+    envs: envs::EnvPools,
     tasks: TaskTable,
     objects: ObjectTable,
     actors: ActorTable,
@@ -629,6 +634,7 @@ impl NodeCore {
             children: IdMap::default(),
             binaries: HashMap::new(),
             shipped: HashSet::new(),
+            envs: Default::default(),
             tasks: Default::default(),
             objects: Default::default(),
             actors: ActorTable::new(),

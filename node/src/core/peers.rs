@@ -934,7 +934,8 @@ impl NodeCore {
         let Some(entry) = self.tasks.get(&task) else {
             return;
         };
-        let (binary, demand) = (entry.spec.binary, entry.spec.resources.clone());
+        let binary = self.envs.key_for(&entry.spec, &mut self.sched);
+        let demand = entry.spec.resources.clone();
         let TaskKind::CreateActor(create) = &entry.spec.kind else {
             if matches!(entry.spec.kind, TaskKind::Function) && self.result_here(now, task) {
                 return;

@@ -207,7 +207,7 @@ mod tests {
         let ids = (0..3)
             .map(|i| ObjectId::for_return(task.task_id, i))
             .collect();
-        let out = send(core, now, ToNode::Submit(task.clone()));
+        let out = send(core, now, ToNode::Submit(Box::new(task.clone())));
         let (_, out) = attach_worker(core, now, &out, 10);
         assert_eq!(executed(&out, 10).len(), 1);
         (task, ids)
@@ -354,7 +354,7 @@ mod tests {
         for (seq, n) in [(1, 0), (2, shoal_protocol::MAX_RETURNS + 1)] {
             let mut task = spec(seq, Vec::new(), 0);
             task.num_returns = n;
-            let out = send(&mut core, now, ToNode::Submit(task.clone()));
+            let out = send(&mut core, now, ToNode::Submit(Box::new(task.clone())));
             assert!(
                 objects(&out).iter().any(|(id, v)| *id == task.return_id()
                     && matches!(v, ObjectValue::Error(TaskError::InvalidOptions { .. }))),

@@ -841,6 +841,7 @@ mod tests {
             strategy: Default::default(),
             label_selector: Vec::new(),
             stream: None,
+            env: Vec::new(),
         }
     }
 
@@ -858,10 +859,10 @@ mod tests {
     fn a_node_alone_answers_at_once_with_why_its_tasks_wait() {
         let now = Instant::now();
         let mut core = node(now, 1.0, 1 << 20);
-        let out = send(&mut core, now, ToNode::Submit(spec(1, 1.0)));
+        let out = send(&mut core, now, ToNode::Submit(Box::new(spec(1, 1.0))));
         spawned(&out);
-        send(&mut core, now, ToNode::Submit(spec(2, 1.0)));
-        let impossible = send(&mut core, now, ToNode::Submit(spec(3, 2.0)));
+        send(&mut core, now, ToNode::Submit(Box::new(spec(2, 1.0))));
+        let impossible = send(&mut core, now, ToNode::Submit(Box::new(spec(3, 2.0))));
         assert!(!impossible.is_empty());
         let later = now + Duration::from_millis(5);
         let r = reply(replies(&send(
@@ -900,7 +901,11 @@ mod tests {
         q.filters = vec!["colour=red".parse().unwrap()];
         let e = reply(replies(&send(&mut core, now, ask(q)))).unwrap_err();
         assert!(matches!(e, StateError::BadQuery(_)), "{e}");
-        let worker = spawned(&send(&mut core, now, ToNode::Submit(spec(1, 1.0))));
+        let worker = spawned(&send(
+            &mut core,
+            now,
+            ToNode::Submit(Box::new(spec(1, 1.0))),
+        ));
         let hello = Hello {
             magic: MAGIC,
             version: PROTOCOL_VERSION,

@@ -479,7 +479,7 @@ mod tests {
     ) -> (TaskSpec, Option<u32>) {
         let mut task = spec(1, Vec::new(), retries);
         task.stream = Some(StreamSpec { window });
-        let out = send(core, now, ToNode::Submit(task.clone()));
+        let out = send(core, now, ToNode::Submit(Box::new(task.clone())));
         let (_, out) = attach_worker(core, now, &out, conn);
         let allowed = to(&out, conn).into_iter().find_map(|m| match m {
             ToClient::Execute(e) => Some(e.stream.map(|a| a.get())),
@@ -701,7 +701,7 @@ mod tests {
         let mut closed = spec(2, Vec::new(), 0);
         closed.stream = Some(StreamSpec { window: 0 });
         for task in [several, closed] {
-            let out = send(&mut core, now, ToNode::Submit(task.clone()));
+            let out = send(&mut core, now, ToNode::Submit(Box::new(task.clone())));
             assert!(
                 replies(&out).iter().any(|m| matches!(m, ToClient::Object { id, value: ObjectValue::Error(TaskError::InvalidOptions { .. }) } if *id == task.return_id())),
                 "{out:?}"

@@ -142,7 +142,7 @@ mod tests {
         let mut core = node(now, 4.0, 1 << 20);
         let mut task = spec(1, Vec::new(), 0);
         task.resources = ResourceSet::cpus(1.5);
-        let out = send(&mut core, now, ToNode::Submit(task.clone()));
+        let out = send(&mut core, now, ToNode::Submit(Box::new(task.clone())));
         assert!(!out.iter().any(|o| matches!(o, Output::SpawnWorker { .. })));
         let failed = replies(&out).into_iter().any(|m| {
             matches!(m, ToClient::Object { id, value: ObjectValue::Error(TaskError::InvalidOptions { reason }) }
@@ -163,7 +163,7 @@ mod tests {
             concurrency_groups: Vec::new(),
             max_task_retries: 0,
         });
-        let out = send(&mut core, now, ToNode::Submit(create.clone()));
+        let out = send(&mut core, now, ToNode::Submit(Box::new(create.clone())));
         let failed = replies(&out).into_iter().any(|m| {
             matches!(m, ToClient::Object { id, value: ObjectValue::Error(TaskError::InvalidOptions { .. }) }
                 if id == create.return_id())
@@ -188,7 +188,7 @@ mod tests {
                 concurrency_groups: groups,
                 max_task_retries: 0,
             });
-            let out = send(&mut core, now, ToNode::Submit(create.clone()));
+            let out = send(&mut core, now, ToNode::Submit(Box::new(create.clone())));
             let failed = replies(&out).into_iter().any(|m| {
                 matches!(m, ToClient::Object { id, value: ObjectValue::Error(TaskError::InvalidOptions { reason }) }
                     if id == create.return_id() && reason.contains("concurrency group"))
@@ -198,7 +198,7 @@ mod tests {
         // Whole CPUs are fine.
         let mut two = spec(3, Vec::new(), 0);
         two.resources = ResourceSet::cpus(2.0);
-        let out = send(&mut core, now, ToNode::Submit(two));
+        let out = send(&mut core, now, ToNode::Submit(Box::new(two)));
         assert!(
             out.iter().any(|o| matches!(o, Output::SpawnWorker { .. })),
             "{out:?}"
@@ -224,7 +224,7 @@ mod tests {
             concurrency_groups: Vec::new(),
             max_task_retries: 0,
         });
-        let out = send(&mut core, now, ToNode::Submit(create));
+        let out = send(&mut core, now, ToNode::Submit(Box::new(create)));
         let (worker, _) = attach_worker(&mut core, now, &out, 10);
         let started = ToNode::ActorStarted {
             actor,
@@ -238,8 +238,8 @@ mod tests {
             c
         };
         let (running, queued) = (call(2), call(3));
-        send(&mut core, now, ToNode::Submit(running.clone()));
-        send(&mut core, now, ToNode::Submit(queued.clone()));
+        send(&mut core, now, ToNode::Submit(Box::new(running.clone())));
+        send(&mut core, now, ToNode::Submit(Box::new(queued.clone())));
         // A task's worker cannot end an actor it does not host.
         let out = send(&mut core, now, ToNode::ExitActor);
         assert!(out.is_empty(), "{out:?}");
@@ -265,7 +265,7 @@ mod tests {
             "{out:?}"
         );
         let later = call(4);
-        let out = send(&mut core, now, ToNode::Submit(later.clone()));
+        let out = send(&mut core, now, ToNode::Submit(Box::new(later.clone())));
         assert!(
             replies(&out).into_iter().any(|m| matches!(m, ToClient::Object { id, value: ObjectValue::Error(TaskError::ActorKilled { .. }) } if id == later.return_id())),
             "{out:?}"
@@ -305,7 +305,7 @@ mod tests {
         let actor = shoal_protocol::ActorId([seq as u8; 16]);
         let create = get_or_create(seq, name);
         let handle = create.return_id();
-        let out = send(core, now, ToNode::Submit(create));
+        let out = send(core, now, ToNode::Submit(Box::new(create)));
         let (worker, _) = attach_worker(core, now, &out, conn);
         let started = ToNode::ActorStarted {
             actor,
@@ -339,7 +339,7 @@ mod tests {
         // A task carries a copy of the handle (its ref is inside an argument).
         let mut task = spec(2, vec![Arg::Value(b"h".to_vec())], 0);
         task.nested = vec![handle];
-        let out = send(&mut core, now, ToNode::Submit(task.clone()));
+        let out = send(&mut core, now, ToNode::Submit(Box::new(task.clone())));
         let (_, out) = attach_worker(&mut core, now, &out, 11);
         assert_eq!(executed(&out, 11).len(), 1);
         // The task's process reads it: it holds the actor too.
@@ -403,7 +403,7 @@ mod tests {
         let (_, handle, worker) = started_actor(&mut core, now, 9, "svc", 10);
         // A get-or-create finds it: the handle it returns is not counted.
         let again = get_or_create(3, "svc");
-        send(&mut core, now, ToNode::Submit(again.clone()));
+        send(&mut core, now, ToNode::Submit(Box::new(again.clone())));
         send(
             &mut core,
             now,
@@ -425,7 +425,7 @@ mod tests {
         let mut core = node(now, 1.0, 1 << 20);
         let task = spec(1, Vec::new(), 0);
         let ret = task.return_id();
-        let out = send(&mut core, now, ToNode::Submit(task.clone()));
+        let out = send(&mut core, now, ToNode::Submit(Box::new(task.clone())));
         let (_, out) = attach_worker(&mut core, now, &out, 10);
         assert_eq!(executed(&out, 10).len(), 1);
         // Another copy of its result is being written here (a pull of an earlier run's).
@@ -460,9 +460,9 @@ mod tests {
         let mut core = node(now, 1.0, 1 << 20);
         let first = spec(1, Vec::new(), 0);
         let ret = first.return_id();
-        let out = send(&mut core, now, ToNode::Submit(first.clone()));
+        let out = send(&mut core, now, ToNode::Submit(Box::new(first.clone())));
         let second = spec(2, vec![Arg::Ref(ret)], 0);
-        send(&mut core, now, ToNode::Submit(second.clone()));
+        send(&mut core, now, ToNode::Submit(Box::new(second.clone())));
         let (_, _) = attach_worker(&mut core, now, &out, 10);
         let freed = |id| ObjectValue::Error(TaskError::ObjectFreed { id });
         // Only a holder frees: the worker holds nothing.
@@ -509,9 +509,9 @@ mod tests {
         let mut core = node(now, 1.0, 1 << 20);
         let first = spec(1, vec![Arg::Value(b"x".to_vec())], 0);
         let ret = first.return_id();
-        let out = send(&mut core, now, ToNode::Submit(first.clone()));
+        let out = send(&mut core, now, ToNode::Submit(Box::new(first.clone())));
         let second = spec(2, vec![Arg::Ref(ret)], 0);
-        send(&mut core, now, ToNode::Submit(second.clone()));
+        send(&mut core, now, ToNode::Submit(Box::new(second.clone())));
         let (_, out) = attach_worker(&mut core, now, &out, 10);
         assert_eq!(
             executed(&out, 10),
@@ -546,9 +546,9 @@ mod tests {
         let t0 = Instant::now();
         let mut core = node(t0, 1.0, 1 << 20);
         let first = spec(1, Vec::new(), 1);
-        let out = send(&mut core, t0, ToNode::Submit(first.clone()));
+        let out = send(&mut core, t0, ToNode::Submit(Box::new(first.clone())));
         let second = spec(2, vec![Arg::Ref(first.return_id())], 0);
-        send(&mut core, t0, ToNode::Submit(second.clone()));
+        send(&mut core, t0, ToNode::Submit(Box::new(second.clone())));
         let m = core.metrics();
         assert_eq!(m.counters.tasks_submitted, 2);
         let mut tasks = m.tasks.clone();
@@ -628,7 +628,7 @@ mod tests {
         let mut core = node(now, 1.0, 1 << 20);
         let task = spec(1, Vec::new(), 1);
         let ret = task.return_id();
-        let out = send(&mut core, now, ToNode::Submit(task.clone()));
+        let out = send(&mut core, now, ToNode::Submit(Box::new(task.clone())));
         let mut conn = 10;
         let (mut worker, mut out) = attach_worker(&mut core, now, &out, conn);
         for run in 0..2 {
@@ -680,7 +680,7 @@ mod tests {
         let mut core = node(now, 1.0, 1 << 20);
         let task = spec(1, Vec::new(), 1);
         let ret = task.return_id();
-        let out = send(&mut core, now, ToNode::Submit(task.clone()));
+        let out = send(&mut core, now, ToNode::Submit(Box::new(task.clone())));
         // A local program's binary: its workers are not sandboxed.
         assert!(
             out.iter()

@@ -455,7 +455,8 @@ impl Shell {
                 binary,
                 exe,
                 shipped,
-            } => self.spawn_worker(worker, binary, &exe, shipped),
+                env,
+            } => self.spawn_worker(worker, binary, &exe, shipped, &env),
             Output::KillWorker { worker } => match self.workers.get_mut(&worker) {
                 Some(w) => w.kill(),
                 None => tracing::debug!(worker, "kill of a worker that is not running"),
@@ -526,6 +527,7 @@ impl Shell {
         binary: shoal_protocol::BinaryId,
         exe: &std::path::Path,
         shipped: bool,
+        env: &[(String, String)],
     ) {
         let failed = |shell: &mut Self, error: &dyn std::fmt::Display| {
             tracing::error!(exe = %exe.display(), shipped, %error, "cannot start worker");
@@ -546,7 +548,7 @@ impl Shell {
         };
         // Its stdout and stderr come here, line by line, for its tasks' programs.
         let output = self.conn_events.as_ref().and_then(|e| e.upgrade());
-        match workers::spawn(worker, binary, exe, &self.socket, sandbox, output) {
+        match workers::spawn(worker, binary, exe, env, &self.socket, sandbox, output) {
             Ok((process, watcher, conn)) => {
                 if let (Some(conn), Some(events)) = (conn, events) {
                     let close = self.close.clone();

@@ -108,10 +108,13 @@ const OUTPUT_GRACE: Duration = Duration::from_millis(200);
 /// to `socket`; with it, it runs sandboxed (see [`super::sandbox`]) and talks to the node
 /// over an inherited socket whose other end is returned. With `output`, its stdout and
 /// stderr are read line by line into it (see [`Output`]); without, they are the node's.
+/// `env` are its tasks' environment variables (checked by the core: no `SHOAL_*`, `LD_*`,
+/// `DYLD_*`); a sandbox's own `HOME` and `TMPDIR` are kept.
 pub fn spawn(
     id: WorkerId,
     binary: shoal_protocol::BinaryId,
     exe: &Path,
+    env: &[(String, String)],
     socket: &Path,
     sandbox: Option<&Sandbox>,
     output: Option<mpsc::Sender<Event>>,
@@ -124,6 +127,7 @@ pub fn spawn(
     match sandbox {
         None => {
             cmd = tokio::process::Command::new(exe);
+            cmd.envs(env.iter().map(|(k, v)| (k, v)));
             cmd.env(ENV_SOCKET, socket);
         }
         Some(sandbox) => {
@@ -152,6 +156,7 @@ pub fn spawn(
                     cmd.env(key, v);
                 }
             }
+            cmd.envs(env.iter().map(|(k, v)| (k, v)));
             let fd = theirs.as_raw_fd();
             cmd.env("HOME", &prepared.workdir)
                 .env("TMPDIR", &prepared.workdir)

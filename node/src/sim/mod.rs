@@ -2045,6 +2045,7 @@ impl Sim {
             stream: stream.map(|(_, window)| shoal_protocol::StreamSpec { window }),
             strategy: placed.0,
             label_selector: placed.1,
+            env: Vec::new(),
         };
         let ret = spec.return_id();
         let more = spec.more_return_ids();
@@ -2056,7 +2057,7 @@ impl Sim {
             self.streams.insert(task, items);
             self.stream_ends.insert(ret, task);
         }
-        self.send(d, ToNode::Submit(spec));
+        self.send(d, ToNode::Submit(Box::new(spec)));
         let others = (1..)
             .zip(more.iter())
             .map(|(i, id)| (*id, other_return(task, i)));
@@ -2219,10 +2220,11 @@ impl Sim {
             stream: None,
             strategy: Default::default(),
             label_selector: Vec::new(),
+            env: Vec::new(),
         };
         let ret = spec.return_id();
         self.own(d, ret, None);
-        self.send(d, ToNode::Submit(spec));
+        self.send(d, ToNode::Submit(Box::new(spec)));
         actor
     }
 
@@ -2250,6 +2252,7 @@ impl Sim {
             stream: None,
             strategy: Default::default(),
             label_selector: Vec::new(),
+            env: Vec::new(),
         };
         let ret = spec.return_id();
         self.calls.insert(ret, task);
@@ -2258,7 +2261,7 @@ impl Sim {
         let expect =
             (behaviour(function).1 == Behaviour::Echo).then(|| ObjectValue::Inline(echo(&[tag])));
         self.own(d, ret, expect);
-        self.send(d, ToNode::Submit(spec));
+        self.send(d, ToNode::Submit(Box::new(spec)));
         // It waits for the result, as a program's `get` does (a large result stays at the
         // peer that made it until it is asked for).
         self.send(d, ToNode::Get { ids: vec![ret] });

@@ -237,6 +237,11 @@ impl Scheduler {
         self.actions.pop_front()
     }
 
+    /// Whether a driver of `binary` is attached.
+    pub fn is_live(&self, binary: BinaryId) -> bool {
+        self.live.contains_key(&binary)
+    }
+
     /// A driver of `binary` attached: its workers are worth keeping.
     pub fn binary_attached(&mut self, binary: BinaryId) {
         *self.live.entry(binary).or_insert(0) += 1;

@@ -1730,6 +1730,35 @@ fn bundles_lost_with_their_peer_are_placed_again_and_peers_free_the_bundles_of_a
     assert_clean(sim);
 }
 
+/// A peer that prepares bundles and never commits them holds them only for a while: they
+/// are freed after the prepare timeout, and a task needing that room runs.
+#[test]
+fn bundles_set_aside_for_a_commit_that_never_comes_are_freed() {
+    use shoal_protocol::{GroupId, ResourceSet};
+    let mut sim = mesh(&[1.0, 1.0]);
+    let d = sim.driver(0);
+    sim.run_for(Duration::from_secs(1));
+    // Peer 1 asks peer 0 to set its only CPU aside, and says nothing more.
+    let group = GroupId([7; 16]);
+    let bundles = vec![(0, ResourceSet::cpus(1.0))];
+    sim.forge(1, 0, PeerMsg::GroupPrepare { group, bundles });
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(sim.core(0).map(|c| c.census().groups), Some((0, 1)));
+    // A task pinned to peer 0 waits meanwhile.
+    let here = Strategy::on_peer(sim.peer_id(0));
+    let id = sim.submit_placed(d, "echo", TaskOpts::default(), here, vec![]);
+    sim.run_for(Duration::from_secs(10));
+    assert!(
+        !sim.results(d).contains_key(&id),
+        "it ran on a CPU set aside"
+    );
+    // Past the timeout, the CPU is free again, and the task runs.
+    sim.run_for(Duration::from_secs(25));
+    assert_eq!(sim.core(0).map(|c| c.census().groups), Some((0, 0)));
+    assert!(is_value(&sim.results(d)[&id]));
+    assert_clean(sim);
+}
+
 /// Seeds that once broke an invariant, replayed on every run (each names what it found;
 /// a change of the random scenario's draws may make one replay something else).
 #[test]

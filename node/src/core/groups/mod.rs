@@ -68,6 +68,10 @@ struct Round {
     waiting: Vec<PeerKey>,
 }
 
+/// How long bundles set aside for a peer's group wait for its commit before they are
+/// freed (a placer that prepares and never commits holds nothing for long).
+pub(crate) const PREPARE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Bundles this node holds for a group.
 #[derive(Debug)]
 pub(crate) struct Held {
@@ -76,6 +80,8 @@ pub(crate) struct Held {
     bundles: Vec<(u32, ResourceSet)>,
     /// The first this many of `bundles` are committed (offered); the rest are set aside.
     committed: usize,
+    /// When the bundles not committed were set aside.
+    prepared: Instant,
 }
 
 impl Held {
@@ -435,7 +441,7 @@ impl NodeCore {
                     .push((*i, g.bundles[*i as usize].clone()));
             }
         }
-        if !here.is_empty() && !self.hold_bundles(group, None, here) {
+        if !here.is_empty() && !self.hold_bundles(now, group, None, here) {
             return;
         }
         let mut waiting: Vec<PeerKey> = by_peer.keys().copied().collect();
@@ -456,6 +462,7 @@ impl NodeCore {
     /// Sets `bundles` of `group` aside here for `placer`, all or none; says whether it did.
     fn hold_bundles(
         &mut self,
+        now: Instant,
         group: GroupId,
         placer: Site,
         bundles: Vec<(u32, ResourceSet)>,
@@ -464,6 +471,7 @@ impl NodeCore {
             placer,
             bundles,
             committed: 0,
+            prepared: now,
         };
         if let Some(h) = self.groups.held.get(&group) {
             // More bundles of a group it holds (placed again after a loss): from the same
@@ -480,7 +488,10 @@ impl NodeCore {
             return false;
         }
         match self.groups.held.get_mut(&group) {
-            Some(h) => h.bundles.extend(more.bundles),
+            Some(h) => {
+                h.bundles.extend(more.bundles);
+                h.prepared = now;
+            }
             None => {
                 self.groups.held.insert(group, more);
             }
@@ -577,8 +588,24 @@ impl NodeCore {
         self.remove_group(now, group, &error.to_string());
     }
 
-    /// Groups waiting for room are looked at again.
+    /// Groups waiting for room are looked at again, and bundles set aside for peers that
+    /// did not commit them in time are freed.
     pub(super) fn groups_pass(&mut self, now: Instant) {
+        let mut stale: Vec<(GroupId, PeerKey)> = self
+            .groups
+            .held
+            .iter()
+            .filter(|(_, h)| h.committed < h.bundles.len())
+            .filter(|(_, h)| now.saturating_duration_since(h.prepared) >= PREPARE_TIMEOUT)
+            .filter_map(|(id, h)| h.placer.map(|p| (*id, p)))
+            .collect();
+        stale.sort();
+        for (group, placer) in stale {
+            tracing::warn!(%group, %placer, "placement group bundles set aside for a peer that never committed them; freed");
+            self.drop_uncommitted(now, group);
+            // If it still waits for this node's answer, it learns the bundles are gone.
+            self.tell_peer(placer, PeerMsg::GroupPrepared { group, ok: false });
+        }
         let mut waiting: Vec<GroupId> = self
             .groups
             .placed
@@ -598,7 +625,12 @@ impl NodeCore {
             .groups
             .placed
             .values()
-            .any(|g| g.round.is_none() && g.sites.iter().any(Option::is_none));
+            .any(|g| g.round.is_none() && g.sites.iter().any(Option::is_none))
+            || self
+                .groups
+                .held
+                .values()
+                .any(|h| h.placer.is_some() && h.committed < h.bundles.len());
         if !waiting {
             self.groups.next_pass = None;
         } else if self.groups.next_pass.is_none() {
@@ -614,7 +646,7 @@ impl NodeCore {
                     && bundles.len() <= MAX_BUNDLES
                     && invalid(&bundles.iter().map(|(_, b)| b.clone()).collect::<Vec<_>>())
                         .is_none();
-                let ok = sane && self.hold_bundles(group, Some(peer), bundles);
+                let ok = sane && self.hold_bundles(now, group, Some(peer), bundles);
                 tracing::debug!(%group, %peer, ok, "placement group bundles asked");
                 self.tell_peer(peer, PeerMsg::GroupPrepared { group, ok });
             }

@@ -1759,6 +1759,39 @@ fn bundles_set_aside_for_a_commit_that_never_comes_are_freed() {
     assert_clean(sim);
 }
 
+/// A holder of a group's handle at another node removes it: the removal goes to the node
+/// that placed it, which checks the secret the handle carries (the id alone is refused).
+#[test]
+fn a_placement_group_is_removed_from_another_node_with_its_handles_secret() {
+    use shoal_node::sim::group_token;
+    use shoal_protocol::{GroupStrategy, ResourceSet};
+    let mut sim = mesh(&[1.0, 1.0]);
+    let (d0, d1) = (sim.driver(0), sim.driver(1));
+    sim.run_for(Duration::from_secs(1));
+    let g = sim.create_group(
+        d0,
+        vec![ResourceSet::cpus(1.0); 2],
+        GroupStrategy::StrictSpread,
+    );
+    sim.run_for(Duration::from_secs(1));
+    assert!(ready(&sim, d0, g).is_some_and(is_value));
+    // Without the secret: refused at the placer, and the group stays.
+    sim.remove_group_placed_at(d1, g, [0; 16], 0);
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(sim.core(0).map(|c| c.census().groups), Some((1, 1)));
+    assert!(ready(&sim, d0, g).is_some_and(is_value));
+    // With it: removed everywhere, and the CPUs are free again.
+    sim.remove_group_placed_at(d1, g, group_token(g), 0);
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(sim.core(0).map(|c| c.census().groups), Some((0, 0)));
+    assert_eq!(sim.core(1).map(|c| c.census().groups), Some((0, 0)));
+    let here = Strategy::on_peer(sim.peer_id(1));
+    let id = sim.submit_placed(d1, "echo", TaskOpts::default(), here, vec![]);
+    sim.run_for(Duration::from_secs(2));
+    assert!(is_value(&sim.results(d1)[&id]));
+    assert_clean(sim);
+}
+
 /// Seeds that once broke an invariant, replayed on every run (each names what it found;
 /// a change of the random scenario's draws may make one replay something else).
 #[test]

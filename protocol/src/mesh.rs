@@ -439,6 +439,14 @@ pub enum PeerMsg {
         /// committed before stay.
         aborted: bool,
     },
+    /// Remove `group`, which the receiver placed, for a holder of its handle at the
+    /// sender's node (checked against the secret its handles carry).
+    GroupRemove {
+        /// The group.
+        group: crate::GroupId,
+        /// The secret of its handles.
+        token: [u8; 16],
+    },
 }
 
 /// A task sent to another peer.

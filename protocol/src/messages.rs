@@ -1506,12 +1506,20 @@ pub enum ToNode {
         strategy: crate::GroupStrategy,
         /// It outlives its creator (else it is removed when the creating process ends).
         detached: bool,
+        /// The secret of its handles: a removal must carry it (the group's id is not
+        /// secret: its resources' names carry it).
+        token: [u8; 16],
     },
-    /// Remove a placement group this node placed: its reservations are freed everywhere,
-    /// and the tasks and actors inside it end with [`TaskError::GroupRemoved`].
+    /// Remove a placement group: its reservations are freed everywhere, and the tasks and
+    /// actors inside it end with [`TaskError::GroupRemoved`]. Sent on to its placer when
+    /// that is another node.
     RemoveGroup {
         /// The group.
         group: crate::GroupId,
+        /// The secret of its handles.
+        token: [u8; 16],
+        /// The peer id of the node that placed it (the creator's node), if in a mesh.
+        placer: Option<String>,
     },
     /// Cancel a task the sender submitted (`shoal::cancel`): a queued task is dropped, a
     /// running one interrupted (see [`ToClient::Cancel`]); its result fails with

@@ -67,6 +67,10 @@ pub struct PlacementGroup {
     id: GroupId,
     bundles: u32,
     ready: ObjectRef<()>,
+    /// The secret its removal carries: holding the handle is the right to remove it.
+    token: [u8; 16],
+    /// The peer id of the node that placed it (its creator's), when in a mesh.
+    placer: Option<String>,
 }
 
 impl PlacementGroup {
@@ -196,6 +200,7 @@ pub fn placement_group_detached(
 fn create(bundles: Vec<ResourceSet>, strategy: GroupStrategy, detached: bool) -> PlacementGroup {
     let ctx = runtime::get();
     let id = GroupId(shoal_node::secret_bytes());
+    let token = shoal_node::secret_bytes();
     let ready = ObjectId::for_group(id);
     ctx.add_ref(ready, None);
     let count = bundles.len() as u32;
@@ -204,24 +209,31 @@ fn create(bundles: Vec<ResourceSet>, strategy: GroupStrategy, detached: bool) ->
         bundles,
         strategy,
         detached,
+        token,
     });
     PlacementGroup {
         id,
         bundles: count,
         ready: ObjectRef::from_raw(RawRef::counted(ready, ctx.client)),
+        token,
+        placer: ctx.peer_id().map(str::to_string),
     }
 }
 
 /// Removes a placement group (Ray's `remove_placement_group`): its bundles are freed on
 /// every peer, the tasks running in it fail with
-/// [`TaskError::GroupRemoved`](crate::TaskError::GroupRemoved), and its actors end. Only the
-/// node that placed the group (the one its creator is attached to) removes it; elsewhere
-/// this does nothing.
+/// [`TaskError::GroupRemoved`](crate::TaskError::GroupRemoved), and its actors end. Any
+/// holder of its handle may remove it, wherever in the mesh (the handle carries a secret
+/// that the node which placed the group checks: its id alone is not enough).
 ///
 /// ```no_run
 /// let pg = shoal::placement_group([shoal::ResourceSet::cpus(1.0)], Default::default());
 /// shoal::remove_placement_group(&pg);
 /// ```
 pub fn remove_placement_group(group: &PlacementGroup) {
-    runtime::get().push(ToNode::RemoveGroup { group: group.id });
+    runtime::get().push(ToNode::RemoveGroup {
+        group: group.id,
+        token: group.token,
+        placer: group.placer.clone(),
+    });
 }

@@ -106,6 +106,19 @@ impl Streamer {
     }
 }
 
+/// Whether `pg` is placed, as a task sees it (waiting up to 30 s), and this node's peer.
+#[shoal::remote]
+fn group_ready(pg: shoal::PlacementGroup) -> (bool, String) {
+    let ready = pg.wait(Duration::from_secs(30)).unwrap_or(false);
+    (ready, shoal::peer_id().unwrap_or_default())
+}
+
+/// Removes `pg` (from wherever it runs).
+#[shoal::remote]
+fn remove_group(pg: shoal::PlacementGroup) {
+    shoal::remove_placement_group(&pg);
+}
+
 /// The value of the environment variable `name` where it runs, and this node's peer.
 #[shoal::remote]
 fn env_var(name: String) -> (Option<String>, String) {
@@ -291,6 +304,14 @@ fn driver_entry() {
                 GroupStrategy::StrictSpread,
             );
             assert!(pg.wait(Duration::from_secs(30)).unwrap(), "not placed");
+            // Its handle, passed to a task at b: ready there too.
+            let at_b = TaskOptions::new().num_cpus(0.0).resource("b", 1.0);
+            let (ready, peer) = group_ready
+                .options(at_b)
+                .remote(pg.clone())
+                .get_blocking()
+                .unwrap();
+            println!("result group-ready-{ready}-on {peer}");
             for i in 0..2 {
                 let in_bundle = TaskOptions::new().strategy(pg.bundle(i));
                 let (_, peer) = slow_double
@@ -315,7 +336,14 @@ fn driver_entry() {
                 matches!(waited, Err(shoal::GetError::Timeout(_))),
                 "{waited:?}"
             );
-            shoal::remove_placement_group(&pg);
+            // Removed by a task at b, which holds a copy of its handle: the removal goes to
+            // this node, which placed it.
+            let at_b = TaskOptions::new().num_cpus(0.0).resource("b", 1.0);
+            remove_group
+                .options(at_b)
+                .remote(pg.clone())
+                .get_blocking()
+                .unwrap();
             assert_eq!(outside.get_blocking().unwrap().0, 10);
             match inside.get_blocking() {
                 Err(shoal::GetError::Task(TaskError::GroupRemoved { group, .. })) => {
@@ -717,6 +745,10 @@ fn an_object_made_on_b_is_consumed_on_c() {
             .unwrap_or_else(|| panic!("{what}: {lines:?}"))
     };
     let (b0, b1) = (on("bundle-0"), on("bundle-1"));
+    assert!(
+        lines.contains(&format!("group-ready-true-on {b}")),
+        "{lines:?}"
+    );
     assert_ne!(b0, b1, "{lines:?}");
     assert!(
         [b, c].contains(&b0.as_str()) && [b, c].contains(&b1.as_str()),

@@ -227,8 +227,22 @@ impl NodeCore {
                 bundles,
                 strategy,
                 detached,
-            } => self.create_group(now, party, group, bundles, strategy, detached),
-            ToNode::RemoveGroup { group } => self.remove_group(now, group, ""),
+                token,
+            } => {
+                let new = super::groups::NewGroup {
+                    group,
+                    bundles,
+                    strategy,
+                    detached,
+                    token,
+                };
+                self.create_group(now, party, new)
+            }
+            ToNode::RemoveGroup {
+                group,
+                token,
+                placer,
+            } => self.remove_group_for(now, party, group, token, placer),
             ToNode::Put { id, value, nested } => {
                 if ObjectId::for_content(&value) != id {
                     tracing::warn!(conn, object = %id, "put whose id is not its content hash; ignored");

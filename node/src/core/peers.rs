@@ -79,7 +79,8 @@ impl NodeCore {
             msg @ (PeerMsg::GroupPrepare { .. }
             | PeerMsg::GroupPrepared { .. }
             | PeerMsg::GroupCommit { .. }
-            | PeerMsg::GroupRelease { .. }) => self.group_msg(now, peer, msg),
+            | PeerMsg::GroupRelease { .. }
+            | PeerMsg::GroupRemove { .. }) => self.group_msg(now, peer, msg),
             PeerMsg::CodeRejected { task, reason } => {
                 // Only for a task this node sent that peer (so what is remembered is bounded
                 // by this node's own binaries).

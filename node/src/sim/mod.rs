@@ -2168,14 +2168,44 @@ impl Sim {
             bundles,
             strategy,
             detached: false,
+            token: group_token(group),
         };
         self.send(d, msg);
         group
     }
 
-    /// Driver `d` removes a placement group.
+    /// Driver `d` removes a placement group (its node placed it).
     pub fn remove_group(&mut self, d: usize, group: shoal_protocol::GroupId) {
-        self.send(d, ToNode::RemoveGroup { group });
+        let token = group_token(group);
+        let placer = None;
+        self.send(
+            d,
+            ToNode::RemoveGroup {
+                group,
+                token,
+                placer,
+            },
+        );
+    }
+
+    /// Driver `d` removes a placement group that node `placer` placed, with `token` (the
+    /// right one is [`group_token`]).
+    pub fn remove_group_placed_at(
+        &mut self,
+        d: usize,
+        group: shoal_protocol::GroupId,
+        token: [u8; 16],
+        placer: usize,
+    ) {
+        let placer = Some(self.peer_id(placer));
+        self.send(
+            d,
+            ToNode::RemoveGroup {
+                group,
+                token,
+                placer,
+            },
+        );
     }
 
     /// Driver `d` creates an actor (with `restarts` restarts) and gets its id.
@@ -2570,6 +2600,11 @@ fn brief(msg: &PeerMsg) -> String {
         PeerMsg::Object { id, .. } => format!("Object {id}"),
         other => format!("{other:?}").chars().take(60).collect(),
     }
+}
+
+/// The secret of the handles of a placement group the simulator made.
+pub fn group_token(group: shoal_protocol::GroupId) -> [u8; 16] {
+    group.0.map(|b| b ^ 0x5a)
 }
 
 /// The secret of a simulated actor's handles: every driver of the simulator holds a handle

@@ -38,6 +38,15 @@ use super::rights::Refused;
 use super::spill::{INFEASIBLE_GRACE, SPILL_INTERVAL};
 use super::{NodeCore, Party};
 
+/// A group as `ToNode::CreateGroup` asks for it.
+pub(super) struct NewGroup {
+    pub(super) group: GroupId,
+    pub(super) bundles: Vec<ResourceSet>,
+    pub(super) strategy: GroupStrategy,
+    pub(super) detached: bool,
+    pub(super) token: [u8; 16],
+}
+
 /// A node a bundle goes to: this one (`None`) or a peer.
 pub(crate) type Site = Option<PeerKey>;
 
@@ -45,6 +54,8 @@ pub(crate) type Site = Option<PeerKey>;
 #[derive(Debug)]
 pub(crate) struct Placed {
     creator: Party,
+    /// The secret of its handles, which a removal carries.
+    token: [u8; 16],
     detached: bool,
     bundles: Vec<ResourceSet>,
     strategy: GroupStrategy,
@@ -209,15 +220,14 @@ impl Groups {
 
 impl NodeCore {
     /// `ToNode::CreateGroup` from `party`, which holds the group's ready object from now on.
-    pub(super) fn create_group(
-        &mut self,
-        now: Instant,
-        party: Party,
-        group: GroupId,
-        bundles: Vec<ResourceSet>,
-        strategy: GroupStrategy,
-        detached: bool,
-    ) {
+    pub(super) fn create_group(&mut self, now: Instant, party: Party, new: NewGroup) {
+        let NewGroup {
+            group,
+            bundles,
+            strategy,
+            detached,
+            token,
+        } = new;
         let ready = ObjectId::for_group(group);
         let client = match party {
             Party::Proc(conn) => self.procs.get(&conn).map(|c| c.client),
@@ -245,6 +255,7 @@ impl NodeCore {
             group,
             Placed {
                 creator: party,
+                token,
                 detached,
                 bundles,
                 strategy,
@@ -287,7 +298,36 @@ impl NodeCore {
         true
     }
 
-    /// `ToNode::RemoveGroup`: frees the group everywhere; what runs in it ends.
+    /// `ToNode::RemoveGroup` from `party`, with the secret of the group's handles: removes
+    /// the group if this node placed it, or asks its placer to.
+    pub(super) fn remove_group_for(
+        &mut self,
+        now: Instant,
+        party: Party,
+        group: GroupId,
+        token: [u8; 16],
+        placer: Option<String>,
+    ) {
+        if let Some(g) = self.groups.placed.get(&group) {
+            if g.token == token {
+                self.remove_group(now, group, "");
+            } else {
+                // (From a peer, a process there asked: the peer only passed it on.)
+                tracing::warn!(%party, %group, "a placement group's removal without its handle's secret; refused");
+            }
+            return;
+        }
+        let placer = placer.as_deref().and_then(PeerKey::parse);
+        match (party, placer) {
+            (Party::Proc(_), Some(p)) if Some(p) != self.me => {
+                tracing::debug!(%group, placer = %p, "placement group removal sent on to its placer");
+                self.tell_peer(p, PeerMsg::GroupRemove { group, token });
+            }
+            _ => tracing::debug!(%group, "removal of a placement group not placed here; ignored"),
+        }
+    }
+
+    /// Frees the group everywhere; what runs in it ends.
     pub(super) fn remove_group(&mut self, now: Instant, group: GroupId, reason: &str) {
         let Some(g) = self.groups.placed.remove(&group) else {
             tracing::debug!(%group, "removal of a placement group not placed here; ignored");
@@ -666,6 +706,9 @@ impl NodeCore {
                 None => {}
             },
             PeerMsg::GroupPrepared { group, ok } => self.group_prepared(now, peer, group, ok),
+            PeerMsg::GroupRemove { group, token } => {
+                self.remove_group_for(now, Party::Peer(peer), group, token, None)
+            }
             _ => {}
         }
     }

@@ -1152,9 +1152,15 @@ impl NodeCore {
                 return;
             }
             TaskKind::ActorMethod { actor, token } => {
-                let queued = match self.directory.ended_with(&actor) {
-                    Some(e) if self.actors.get(&actor).is_none() => Err(e),
-                    _ => self
+                // (Only an actor not hosted here may have ended unhosted: the common call
+                // skips the lookup.)
+                let ended = match self.actors.get(&actor) {
+                    None => self.directory.ended_with(&actor),
+                    Some(_) => None,
+                };
+                let queued = match ended {
+                    Some(e) => Err(e),
+                    None => self
                         .actors
                         .check_token(actor, &token)
                         .and_then(|()| self.actors.enqueue(actor, client, task_id)),

@@ -157,6 +157,7 @@ fn a_peer_given_nothing_cannot_read_release_call_kill_or_download() {
                 locations: vec![],
                 owners: vec![],
                 actor_epoch: 0,
+                lent: vec![],
             })),
             PeerMsg::Kill {
                 actor,

@@ -1071,6 +1071,7 @@ fn forged_task_of_epoch(args: Vec<Arg>, kind: TaskKind, actor_epoch: u32) -> Pee
         locations: vec![],
         owners: vec![],
         actor_epoch,
+        lent: vec![],
     }))
 }
 
@@ -1809,4 +1810,56 @@ fn seeds_that_found_bugs_keep_every_invariant() {
         let v = scenario::random(seed);
         assert!(v.is_empty(), "seed {seed}: {v:#?}");
     }
+}
+
+#[test]
+fn an_actor_whose_handle_a_peer_keeps_lives_until_that_copy_goes() {
+    // Node 0 hosts the actor and runs no task: the task that keeps a copy of its handle
+    // runs on node 1, as does one that returns a copy in its result.
+    let mut sim = mesh(&[0.0, 1.0, 0.0]);
+    let d = sim.driver(0);
+    sim.run_for(Duration::from_secs(1));
+    let actor = sim.create_actor(d, 0, 0.0);
+    let handle = sim.handle_of(actor).unwrap();
+    sim.run_for(Duration::from_secs(1));
+    let carry = || vec![SimArg::Nested(handle), SimArg::Value(handle.0.to_vec())];
+    let kept = sim.submit_held(d, "keep", carry(), TaskOpts::default());
+    let passed = sim.submit(d, "pass", carry(), TaskOpts::default());
+    sim.run_for(Duration::from_secs(2));
+    assert_eq!(sim.runs_on(1), 2);
+    assert!(is_value(&sim.results(d)[&passed]));
+    sim.release(d, passed);
+    sim.release(d, kept);
+
+    // Its creator drops its handle: the copy kept at node 1 keeps the actor.
+    sim.release(d, handle);
+    sim.run_for(Duration::from_secs(2));
+    let call = sim.call(d, actor, "echo");
+    sim.run_for(Duration::from_secs(1));
+    assert!(
+        is_value(&sim.results(d)[&call]),
+        "{:?}",
+        sim.results(d)[&call]
+    );
+    sim.release(d, call);
+
+    // That copy goes too: the actor ends.
+    sim.drop_kept();
+    sim.run_for(Duration::from_secs(2));
+    let call = sim.call(d, actor, "echo");
+    sim.run_for(Duration::from_secs(1));
+    let v = &sim.results(d)[&call];
+    assert!(
+        is_error(v, |e| matches!(e, TaskError::ActorKilled { .. })),
+        "{v:?}"
+    );
+    sim.release(d, call);
+    // Nothing is left anywhere: every lend was given back.
+    sim.run_for(Duration::from_secs(1));
+    for n in 0..3 {
+        let census = sim.core(n).unwrap().census();
+        let objects = sim.core(n).unwrap().objects();
+        assert_eq!(census.objects, 0, "node {n}: {census:?} {objects:?}");
+    }
+    assert_clean(sim);
 }

@@ -300,13 +300,17 @@ pub enum PeerMsg {
         id: ObjectId,
         /// Its value.
         value: RemoteValue,
+        /// The refs inside the value that the sender lends the receiver (see
+        /// [`RemoteTask::lent`]).
+        lent: Vec<ObjectId>,
     },
     /// Send me object `id` once it is ready (answered by [`PeerMsg::Object`]).
     Fetch {
         /// The object.
         id: ObjectId,
     },
-    /// The sender no longer needs these objects held for it.
+    /// The sender no longer needs these objects held for it: copies kept for it, or refs
+    /// it was lent ([`RemoteTask::lent`]) and no longer holds.
     Release {
         /// The objects.
         ids: Vec<ObjectId>,
@@ -350,6 +354,11 @@ pub enum PeerMsg {
         request: u64,
         /// The actor, if a live one has the name here.
         actor: Option<ActorInfo>,
+        /// The actor's handle object, lent to the asker (see [`RemoteTask::lent`]) when the
+        /// sender counts the actor's handles (its creator is there): the handle the asker
+        /// builds is counted. `None`: it is not, and the actor lives until it is killed or
+        /// its creator ends.
+        held: Option<ObjectId>,
     },
     /// Lines written by tasks or actors of the receiver's process `owner` that ran at the
     /// sender.
@@ -389,6 +398,9 @@ pub enum PeerMsg {
         index: u32,
         /// Its value.
         value: RemoteValue,
+        /// The refs inside the value that the sender lends the receiver (see
+        /// [`RemoteTask::lent`]).
+        lent: Vec<ObjectId>,
     },
     /// The owner of the streaming generator `task` took its items up to `taken`: the peer
     /// running it may let it run further (see [`crate::ToNode::StreamTaken`]). Taken only
@@ -471,6 +483,15 @@ pub struct RemoteTask {
     /// than a call's epoch answers [`crate::TaskError::ActorMoved`] and ends the copy: two
     /// incarnations never both take calls that know of the newer one.
     pub actor_epoch: u32,
+    /// The refs the task carries inside its arguments (`spec.nested`) that the sender lends
+    /// the receiver: the sender counts the receiver as one holder of each until the
+    /// receiver says [`PeerMsg::Release`], which it does once nothing there holds the ref
+    /// any more (or at once, if it keeps the object alive by other means). This is how a
+    /// ref that went to another peer (an actor's handle kept in a state there, say) keeps
+    /// its object, and an actor its life, wherever the ref went: every peer a ref passes
+    /// through holds it at the peer it came from, so an object lives while any copy of its
+    /// ref does, in any process of the mesh.
+    pub lent: Vec<ObjectId>,
 }
 
 /// An object's value as it travels between peers.

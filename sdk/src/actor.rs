@@ -620,8 +620,9 @@ struct Inner {
     token: ActorToken,
     /// The actor's handle object (the return object of its creation), which every counted
     /// handle holds, in every process it was passed to: when the last is dropped, the actor
-    /// ends (as Ray counts actor handles). `None`: a handle that is not counted (found by
-    /// name at another peer, or by a get-or-create).
+    /// ends (as Ray counts actor handles). For a handle a get-or-create gave, the object of
+    /// that creation, which holds the actor's. `None`: a handle that is not counted (found
+    /// by name at a peer that does not count the actor's handles).
     handle: Option<ObjectRef<(ActorId, ActorToken)>>,
     /// [`ActorOptions::max_pending_calls`] (0: none).
     max_pending: u32,

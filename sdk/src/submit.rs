@@ -303,13 +303,14 @@ fn named<A: Actor>(
 ) -> Result<ActorHandle<A>, (ActorHandle<A>, ActorError)> {
     let e = match ret.get_blocking() {
         Ok((id, _)) if id == ActorHandle::id(&handle) => return Ok(handle),
-        // Get-or-create found another: a handle to it, not owned by us.
-        // (The node counts it as a handle that is not counted: that actor is kept.)
+        // Get-or-create found another: a handle to it, whose object is this creation's
+        // return, which the node made hold that actor's own handle object (where the node
+        // counts that actor's handles; elsewhere the actor is kept until killed).
         Ok((id, token)) => {
             return Ok(ActorHandle::from_raw(RawActor::new(
                 id,
                 token,
-                None,
+                Some(ret.clone()),
                 options.max_pending_calls,
             )))
         }

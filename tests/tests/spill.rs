@@ -218,6 +218,39 @@ impl Vault {
     }
 }
 
+/// Keeps a copy of an actor's handle in its state, and calls through it.
+#[derive(Default)]
+pub struct HandleKeeper {
+    kept: Option<shoal::ActorHandle<Marks>>,
+}
+
+#[shoal::actor]
+impl HandleKeeper {
+    pub fn new() -> Self {
+        HandleKeeper::default()
+    }
+
+    pub fn keep(&mut self, h: shoal::ActorHandle<Marks>) -> String {
+        self.kept = Some(h);
+        shoal::peer_id().unwrap_or_default()
+    }
+
+    /// Looks the actor up by name from here, and keeps that handle.
+    pub fn find(&mut self, name: String) -> String {
+        self.kept = Some(named::<Marks>(&name));
+        shoal::peer_id().unwrap_or_default()
+    }
+
+    pub fn marks(&self) -> Vec<String> {
+        let h = self.kept.as_ref().expect("a handle kept");
+        h.marks().get_blocking().expect("the kept actor answers")
+    }
+
+    pub fn drop_it(&mut self) {
+        self.kept = None;
+    }
+}
+
 /// Runs this test binary as a driver attached to `socket`, running `scenario`; returns the
 /// lines it printed that start with `result `.
 fn driver(socket: &Path, scenario: &str, args: &[(&str, String)]) -> Vec<String> {
@@ -294,6 +327,68 @@ fn driver_entry() {
                 expected_sum(n, 7)
             );
             println!("result driver-read ok");
+        }
+        "handles" => {
+            // An actor on c that takes c's CPU, under a name.
+            use shoal::ActorError;
+            let at_c = || {
+                ActorOptions::new()
+                    .num_cpus(1.0)
+                    .resource("c", 1.0)
+                    .name("counted-across-peers")
+            };
+            let marks = Marks::options(at_c()).remote();
+            marks.mark("one".to_string()).get_blocking().unwrap();
+            // An actor on b keeps a copy of its handle; the driver drops its own.
+            let at_b = ActorOptions::new().resource("b", 1.0);
+            let keeper = HandleKeeper::options(at_b).remote();
+            let kept_on = keeper.keep(marks.clone()).get_blocking().unwrap();
+            println!("result kept-on {kept_on}");
+            drop(marks);
+            // The copy at b keeps the actor: calls through it run.
+            let seen = keeper.marks().get_blocking().unwrap();
+            println!("result kept-marks {}", seen.join(","));
+            // The last copy goes: the actor ends, and its CPU at c and its name are free
+            // for another (its end reaches c a moment later: tried until then).
+            keeper.drop_it().get_blocking().unwrap();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let again = loop {
+                match Marks::options(at_c()).try_remote() {
+                    Ok(h) => break h,
+                    Err(ActorError::NameTaken(_)) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    Err(e) => panic!("the name was not freed: {e}"),
+                }
+            };
+            let mark = again.mark("two".to_string());
+            mark.get_blocking_timeout(Duration::from_secs(20)).unwrap();
+            println!("result replaced");
+            // An actor here (this node has no CPU: it stays with its creator), found by name
+            // from b: that handle is counted too.
+            let here = || ActorOptions::new().name("found-across-peers");
+            let marks = Marks::options(here()).remote();
+            marks.mark("three".to_string()).get_blocking().unwrap();
+            let found_on = keeper
+                .find("found-across-peers".to_string())
+                .get_blocking()
+                .unwrap();
+            println!("result found-on {found_on}");
+            drop(marks);
+            let seen = keeper.marks().get_blocking().unwrap();
+            println!("result found-marks {}", seen.join(","));
+            keeper.drop_it().get_blocking().unwrap();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                match Marks::options(here()).try_remote() {
+                    Ok(_) => break,
+                    Err(ActorError::NameTaken(_)) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    Err(e) => panic!("the name was not freed: {e}"),
+                }
+            }
+            println!("result found-freed");
         }
         "groups" => {
             // Two bundles of one CPU, on two different peers (this node has none): every
@@ -734,6 +829,19 @@ fn an_object_made_on_b_is_consumed_on_c() {
     assert_eq!(count(format!("stream-call-on {b}")), 7, "{lines:?}");
     assert_eq!(count("stream-call-items 7".into()), 1, "{lines:?}");
     assert_eq!(count(format!("split-call-on {b}")), 1, "{lines:?}");
+    // An actor whose handle an actor on b keeps lives on after the driver drops its own,
+    // and ends when that copy goes: its name and its CPU at c are free again.
+    let lines = driver(&mesh.node(0).socket(), "handles", &[]);
+    for line in [
+        format!("kept-on {b}"),
+        "kept-marks one".into(),
+        "replaced".into(),
+        format!("found-on {b}"),
+        "found-marks three".into(),
+        "found-freed".into(),
+    ] {
+        assert!(lines.contains(&line), "{line}: {lines:?}");
+    }
     // A placement group of a bundle on each of b and c: tasks and an actor run in their
     // bundle; removing it ends them and frees the CPUs.
     let lines = driver(&mesh.node(0).socket(), "groups", &[]);

@@ -487,7 +487,7 @@ impl NodeCore {
             tracing::debug!(%party, object = %id, "object freed");
             let pending = e.value.is_none();
             let freed = ObjectValue::Error(TaskError::ObjectFreed { id });
-            let release_to = e.remote.take().map(|r| r.release_to).unwrap_or_default();
+            let release_to = e.take_copies().map(|r| r.release_to).unwrap_or_default();
             if !pending {
                 e.value = Some(freed.clone());
             }
@@ -616,7 +616,11 @@ impl NodeCore {
         };
         self.actors.forget_if_dead(actor);
         let value = shoal_protocol::mesh::RemoteValue::Error(error);
-        let msg = shoal_protocol::mesh::PeerMsg::Object { id: ret, value };
+        let msg = shoal_protocol::mesh::PeerMsg::Object {
+            id: ret,
+            value,
+            lent: Vec::new(),
+        };
         self.tell_peer(peer, msg);
     }
 
@@ -1068,6 +1072,7 @@ impl NodeCore {
             e.push_to = Some(owner);
             e.owner = Some(spec.owner);
         }
+        self.unlend(ret);
         for id in &spec.nested {
             self.objects.pin(id);
         }
@@ -1103,6 +1108,9 @@ impl NodeCore {
                 e.push_to = Some(owner);
                 e.owner = Some(client);
             }
+            for id in entry.more.iter() {
+                self.unlend(*id);
+            }
             self.more_returns.insert(ret, entry.more.clone());
         }
         self.tasks.insert(task_id, entry);
@@ -1126,8 +1134,16 @@ impl NodeCore {
                         self.announce_actor(create.actor_id);
                     }
                     Ok(Registered::Existing(existing)) => {
-                        // The creator gets a handle to it that is not counted.
-                        self.actors.escape(existing);
+                        // The creator gets a handle to it, whose object (this creation's)
+                        // holds the actor's own handle object where that is counted here.
+                        let counted = self.actors.get(&existing).and_then(|a| {
+                            let id = ObjectId::for_return(a.create_task, 0);
+                            (self.handles.get(&id) == Some(&existing)).then_some(id)
+                        });
+                        match counted {
+                            Some(h) => self.set_nested(ret, vec![h]),
+                            None => self.actors.escape(existing),
+                        }
                         self.finish_task(now, task_id);
                         self.actor_id_ready(now, ret, existing);
                         return;
@@ -1602,15 +1618,11 @@ impl NodeCore {
         for (id, e) in freed.drain(..) {
             self.lineage.object_freed(id);
             if let Some(actor) = self.handles.remove(&id) {
-                if e.readers.is_empty() {
-                    self.unreferenced.push(actor);
-                } else {
-                    // A peer was given a handle: its holds are not counted here.
-                    tracing::debug!(actor = %actor, "a handle went to a peer: the actor lives until killed or its creator ends");
-                }
+                // Peers lent a handle hold it here until they no longer do.
+                self.unreferenced.push(actor);
             }
             if let Some(r) = &e.remote {
-                for p in &r.release_to {
+                for p in r.release_to.iter().chain(&r.lender) {
                     self.tell_peer(*p, shoal_protocol::mesh::PeerMsg::Release { ids: vec![id] });
                 }
             }

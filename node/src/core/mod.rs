@@ -912,7 +912,8 @@ impl NodeCore {
     }
 
     /// Every message to a peer goes here: the refs it carries become the peer's rights.
-    fn tell_peer(&mut self, peer: PeerKey, msg: PeerMsg) {
+    fn tell_peer(&mut self, peer: PeerKey, mut msg: PeerMsg) {
+        self.lend(peer, &mut msg);
         self.confer_rights(peer, &msg);
         if let PeerMsg::Submit(rt) = &msg {
             self.work_sent(peer, rt.spec.owner);

@@ -86,6 +86,9 @@ pub(crate) struct RemoteCopy {
     pub(crate) localizing: Vec<TaskId>,
     /// The mesh's directory was asked for holders already.
     pub(crate) asked_dht: bool,
+    /// The peer that lent this node its ref (`RemoteTask::lent`): it counts this node as a
+    /// holder until told `Release`, which this node says when the entry goes.
+    pub(crate) lender: Option<PeerKey>,
 }
 
 impl ObjEntry {
@@ -107,6 +110,28 @@ impl ObjEntry {
                 .remote
                 .as_ref()
                 .is_some_and(|r| r.holders.contains(&peer))
+    }
+
+    /// Takes its copies at peers (to let them go), keeping who lent it (still owed a
+    /// release when the entry goes).
+    pub(crate) fn take_copies(&mut self) -> Option<RemoteCopy> {
+        let r = self.remote.take()?;
+        if let Some(lender) = r.lender {
+            self.remote = Some(Box::new(RemoteCopy {
+                lender: Some(lender),
+                ..Default::default()
+            }));
+        }
+        Some(*r)
+    }
+
+    /// Whether a ref to it lent by a peer is kept alive here by other means, and so is
+    /// given back at once: its owner is here, a peer lent it already, or it is lent on to
+    /// peers (taking a lender then could make a ring of peers that hold each other).
+    pub(crate) fn anchored(&self) -> bool {
+        self.owner.is_some()
+            || self.remote.as_ref().is_some_and(|r| r.lender.is_some())
+            || self.holders.iter().any(|h| matches!(h, Party::Peer(_)))
     }
 
     /// Whether anything still references it.
@@ -166,8 +191,9 @@ impl ObjectTable {
         }
     }
 
-    /// `party` drops one ref to `id`. The caller then [`collect`](Self::collect)s it. Says
-    /// whether `party` held one (or was owed the value): a release of nothing changes nothing.
+    /// `party` drops one ref to `id`; once it holds none, it is no longer owed the value.
+    /// The caller then [`collect`](Self::collect)s it. Says whether `party` held one (or was
+    /// owed the value): a release of nothing changes nothing.
     pub(crate) fn release(&mut self, party: Party, id: &ObjectId) -> bool {
         let Some(e) = self.map.get_mut(id) else {
             return false;
@@ -177,7 +203,8 @@ impl ObjectTable {
             e.holders.swap_remove(pos);
             held = true;
         }
-        if e.push_to == Some(party) {
+        // Owed the value while it holds a ref still (a peer lent the ref besides, say).
+        if e.push_to == Some(party) && !e.holders.contains(&party) {
             e.push_to = None;
             held = true;
         }
@@ -208,6 +235,15 @@ impl ObjectTable {
             }
         }
         touched
+    }
+
+    /// `peer` is gone: the refs it lent are owed it no more.
+    pub(crate) fn lender_gone(&mut self, peer: PeerKey) {
+        for e in self.map.values_mut() {
+            if let Some(r) = e.remote.as_mut().filter(|r| r.lender == Some(peer)) {
+                r.lender = None;
+            }
+        }
     }
 
     /// One more pin on `id`, if it exists. Says whether it does.

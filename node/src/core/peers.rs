@@ -62,8 +62,17 @@ impl NodeCore {
                         RemoteValue::Shared { object, holders }
                     }
                 },
+                lent: Vec::new(),
             },
-            ToClient::ActorFound { request, actor, .. } => PeerMsg::ActorFound { request, actor },
+            ToClient::ActorFound {
+                request,
+                actor,
+                held,
+            } => PeerMsg::ActorFound {
+                request,
+                actor,
+                held,
+            },
             other => {
                 tracing::debug!(%peer, msg = ?std::mem::discriminant(&other), "a message with no meaning for a peer; dropped");
                 return;
@@ -72,7 +81,38 @@ impl NodeCore {
         self.tell_peer(peer, msg);
     }
 
-    pub(super) fn peer_msg(&mut self, now: Instant, peer: PeerKey, msg: PeerMsg) {
+    pub(super) fn peer_msg(&mut self, now: Instant, peer: PeerKey, mut msg: PeerMsg) {
+        // Refs lent with the message are this node's (held at `peer`) while it is handled,
+        // and after, for as long as something here keeps them.
+        let (lent, carrier) = match &mut msg {
+            PeerMsg::Submit(rt) => (std::mem::take(&mut rt.lent), None),
+            PeerMsg::Object { id, lent, .. } => (std::mem::take(lent), Some(*id)),
+            PeerMsg::StreamItem {
+                task, index, lent, ..
+            } => (
+                std::mem::take(lent),
+                Some(ObjectId::for_return(*task, *index)),
+            ),
+            PeerMsg::ActorFound { held, .. } => (held.iter().copied().collect(), None),
+            _ => (Vec::new(), None),
+        };
+        if lent.is_empty() {
+            return self.handle_peer_msg(now, peer, msg);
+        }
+        self.borrow(peer, &lent);
+        self.handle_peer_msg(now, peer, msg);
+        // The value that carried them holds them while it lives here.
+        if let Some(c) = carrier {
+            if self.objects.get(&c).is_some_and(|e| e.nested.is_empty()) {
+                self.set_nested(c, lent.clone());
+            }
+        }
+        for id in lent {
+            self.maybe_free(id);
+        }
+    }
+
+    fn handle_peer_msg(&mut self, now: Instant, peer: PeerKey, msg: PeerMsg) {
         let party = Party::Peer(peer);
         match msg {
             PeerMsg::Submit(rt) => self.remote_submit(now, peer, rt),
@@ -128,7 +168,7 @@ impl NodeCore {
                     self.requeue(now, task);
                 }
             }
-            PeerMsg::Object { id, value } => self.remote_object(now, peer, id, value),
+            PeerMsg::Object { id, value, .. } => self.remote_object(now, peer, id, value),
             PeerMsg::Fetch { id } => {
                 if self.check_read(now, peer, Request::Fetch(id)) {
                     self.fetch_requested(now, peer, id);
@@ -141,9 +181,9 @@ impl NodeCore {
                 force,
                 recursive,
             } => self.cancel_request(now, party, task, force, recursive),
-            PeerMsg::StreamItem { task, index, value } => {
-                self.peer_stream_item(now, peer, task, index, value)
-            }
+            PeerMsg::StreamItem {
+                task, index, value, ..
+            } => self.peer_stream_item(now, peer, task, index, value),
             PeerMsg::StreamTaken { task, taken } => self.stream_taken(party, task, taken),
             PeerMsg::Log { owner, lines } => self.peer_logs(peer, owner, lines),
             PeerMsg::StateAnswer { query, answer } => self.state_answered(now, peer, query, answer),
@@ -205,23 +245,38 @@ impl NodeCore {
             }
             PeerMsg::LookupActor { request, name } => {
                 let actor = self.actors.lookup(&name);
-                if let Some(a) = &actor {
-                    // A handle at another peer is not counted here.
-                    self.actors.escape(a.actor_id);
-                }
-                self.tell_peer(peer, PeerMsg::ActorFound { request, actor });
+                // Lent to the peer if its handles are counted here (else it lives on).
+                let held = actor
+                    .as_ref()
+                    .and_then(|a| self.hold_handle(party, a.actor_id));
+                let msg = PeerMsg::ActorFound {
+                    request,
+                    actor,
+                    held,
+                };
+                self.tell_peer(peer, msg);
             }
-            PeerMsg::ActorFound { request, actor } => match self.name_lookups.get(&request) {
+            PeerMsg::ActorFound {
+                request,
+                actor,
+                held,
+            } => match self.name_lookups.get(&request) {
                 Some(l) if l.peer == peer => {
                     let (conn, asked) = (l.conn, l.request);
                     self.name_lookups.remove(&request);
                     if let Some(a) = &actor {
                         self.directory.set_home(a.actor_id, peer);
                     }
+                    // The asker holds the handle object lent here (counted with the rest).
+                    let live = self.procs.contains_key(&conn);
+                    let held = held.filter(|_| actor.is_some() && live);
+                    if let Some(h) = held {
+                        self.objects.hold(Party::Proc(conn), &[h]);
+                    }
                     let msg = ToClient::ActorFound {
                         request: asked,
                         actor,
-                        held: None,
+                        held,
                     };
                     self.tell_proc(conn, msg);
                 }
@@ -243,6 +298,7 @@ impl NodeCore {
             let msg = PeerMsg::Object {
                 id,
                 value: RemoteValue::Shared { object, holders },
+                lent: Vec::new(),
             };
             self.tell_peer(peer, msg);
             return;
@@ -706,6 +762,83 @@ impl NodeCore {
         self.object_ready(now, id, value);
     }
 
+    // ---- lending ----
+
+    /// Lends `peer` the refs `msg` carries inside it (see `RemoteTask::lent`): `peer` holds
+    /// each here until it says `Release`. (Not to the peer that lent them here: its entry
+    /// lives while this node holds it, and would give them back at once.)
+    pub(super) fn lend(&mut self, peer: PeerKey, msg: &mut PeerMsg) {
+        let (refs, lent) = match msg {
+            PeerMsg::Submit(rt) => (rt.spec.nested.clone(), &mut rt.lent),
+            PeerMsg::Object { id, value, lent } if !matches!(value, RemoteValue::Error(_)) => {
+                (self.nested_of(id), lent)
+            }
+            PeerMsg::StreamItem {
+                task,
+                index,
+                value,
+                lent,
+            } if !matches!(value, RemoteValue::Error(_)) => {
+                (self.nested_of(&ObjectId::for_return(*task, *index)), lent)
+            }
+            _ => return,
+        };
+        lent.clear();
+        let party = Party::Peer(peer);
+        for id in refs {
+            let Some(e) = self.objects.get_mut(&id) else {
+                // Gone here already: nothing to lend (the peer's process holds nothing
+                // there either, as with a ref to an object freed before it was sent).
+                continue;
+            };
+            if e.remote.as_ref().is_some_and(|r| r.lender == Some(peer)) {
+                continue;
+            }
+            e.holders.push(party);
+            lent.push(id);
+        }
+    }
+
+    /// `id` is made here (a task for it runs here): it no longer hangs from the peer that
+    /// lent its ref, which is given back. (That peer, or one it hangs from, owns the task
+    /// and holds the result here: each would keep the other alive for good.)
+    pub(super) fn unlend(&mut self, id: ObjectId) {
+        let lender = self.objects.remote_mut(&id).and_then(|r| r.lender.take());
+        if let Some(lender) = lender {
+            self.tell_peer(lender, PeerMsg::Release { ids: vec![id] });
+        }
+    }
+
+    fn nested_of(&self, id: &ObjectId) -> Vec<ObjectId> {
+        self.objects
+            .get(id)
+            .map(|e| e.nested.clone())
+            .unwrap_or_default()
+    }
+
+    /// `peer` lent this node `ids`: each entry (made if new) takes `peer` as its lender,
+    /// unless something else keeps it alive, in which case the lend goes back at once.
+    fn borrow(&mut self, peer: PeerKey, ids: &[ObjectId]) {
+        let mut back = Vec::new();
+        for id in ids {
+            let e = self.objects.entry(*id);
+            if e.anchored() {
+                back.push(*id);
+                continue;
+            }
+            let value_here = e.value.is_some();
+            let r = e.remote.get_or_insert_with(Default::default);
+            r.lender = Some(peer);
+            // It can say where a copy is (it fetches one for this node if need be).
+            if !value_here && !r.holders.contains(&peer) {
+                r.holders.push(peer);
+            }
+        }
+        if !back.is_empty() {
+            self.tell_peer(peer, PeerMsg::Release { ids: back });
+        }
+    }
+
     // ---- rights ----
 
     /// The refs `msg` carries become `peer`'s rights to read them here; peers this node
@@ -720,7 +853,7 @@ impl NodeCore {
                 }));
                 ids.extend(rt.spec.nested.iter().copied());
             }
-            PeerMsg::Object { id, value } if !matches!(value, RemoteValue::Error(_)) => {
+            PeerMsg::Object { id, value, .. } if !matches!(value, RemoteValue::Error(_)) => {
                 ids.push(*id);
                 if let Some(e) = self.objects.get(id) {
                     // The refs inside its value go with it.
@@ -734,7 +867,8 @@ impl NodeCore {
             let Some(e) = self.objects.get_mut(&id) else {
                 continue;
             };
-            if !e.readable_by(peer) {
+            // (A reader for good: a hold it has now, as a lend, goes when it gives it back.)
+            if !e.readers.contains(&peer) {
                 e.readers.push(peer);
             }
             let Some(r) = e.remote.as_ref() else {
@@ -823,7 +957,14 @@ impl NodeCore {
         match request {
             Request::Fetch(id) => {
                 let value = RemoteValue::Error(TaskError::NotAllowed { id });
-                self.tell_peer(peer, PeerMsg::Object { id, value });
+                self.tell_peer(
+                    peer,
+                    PeerMsg::Object {
+                        id,
+                        value,
+                        lent: Vec::new(),
+                    },
+                );
             }
             Request::Serve(..) => self.refuse_waiting(request),
         }
@@ -1283,6 +1424,7 @@ impl NodeCore {
             owners,
             actor_epoch,
             spec,
+            lent: Vec::new(),
         })
     }
 
@@ -1326,7 +1468,14 @@ impl NodeCore {
             if let TaskKind::ActorMethod { .. } = rt.spec.kind {
                 let value = RemoteValue::Error(TaskError::NotAllowed { id });
                 let ret = rt.spec.return_id();
-                self.tell_peer(from, PeerMsg::Object { id: ret, value });
+                self.tell_peer(
+                    from,
+                    PeerMsg::Object {
+                        id: ret,
+                        value,
+                        lent: Vec::new(),
+                    },
+                );
             } else {
                 self.refuse(from, task, format!("it may not read argument {id} here"));
             }
@@ -1334,13 +1483,13 @@ impl NodeCore {
         }
         if let TaskKind::ActorMethod { actor, .. } = rt.spec.kind {
             // Its actor may be waiting for its binary: the call waits behind it.
-            let creating = self.spill.awaiting_binary.values_mut().find(|w| {
-                w.iter().any(
-                    |(_, t)| matches!(&t.spec.kind, TaskKind::CreateActor(c) if c.actor_id == actor),
-                )
+            let creating = self.spill.awaiting_binary.iter().find_map(|(b, w)| {
+                w.iter()
+                    .any(|(_, t)| matches!(&t.spec.kind, TaskKind::CreateActor(c) if c.actor_id == actor))
+                    .then_some(*b)
             });
-            if let Some(waiting) = creating {
-                waiting.push((from, rt));
+            if let Some(binary) = creating {
+                self.stash_for_binary(binary, from, rt);
                 return;
             }
             // Known here: hosted, placed by this node, or moved on (its calls follow).
@@ -1352,6 +1501,7 @@ impl NodeCore {
                 let msg = PeerMsg::Object {
                     id,
                     value: RemoteValue::Error(TaskError::NoSuchActor { actor }),
+                    lent: Vec::new(),
                 };
                 self.tell_peer(from, msg);
                 return;
@@ -1393,14 +1543,32 @@ impl NodeCore {
         if !self.spill.accepts_code {
             return self.refuse(from, task, "this peer does not take shipped code".into());
         }
-        let waiting = self.spill.awaiting_binary.entry(binary).or_default();
-        waiting.push((from, rt));
-        if waiting.len() > 1 {
+        if self.stash_for_binary(binary, from, rt) > 1 {
             return;
         }
         tracing::info!(%binary, peer = %from, "fetching a binary to run a peer's task");
         self.out
             .push_back(Output::Job(Job::FetchBinary { from, binary }));
+    }
+
+    /// Keeps peer `from`'s task until `binary` is here; the refs it carries stay while it
+    /// waits (its `lent` lists those pinned). Says how many tasks wait for `binary` now.
+    fn stash_for_binary(
+        &mut self,
+        binary: BinaryId,
+        from: PeerKey,
+        mut rt: Box<RemoteTask>,
+    ) -> usize {
+        rt.lent = rt
+            .spec
+            .nested
+            .iter()
+            .copied()
+            .filter(|id| self.objects.pin(id))
+            .collect();
+        let waiting = self.spill.awaiting_binary.entry(binary).or_default();
+        waiting.push((from, rt));
+        waiting.len()
     }
 
     fn binary_fetched(
@@ -1409,11 +1577,36 @@ impl NodeCore {
         binary: BinaryId,
         result: Result<PathBuf, FetchFailure>,
     ) {
-        let waiting = self
+        let mut waiting = self
             .spill
             .awaiting_binary
             .remove(&binary)
             .unwrap_or_default();
+        let pinned: Vec<ObjectId> = waiting
+            .iter_mut()
+            .flat_map(|(_, rt)| std::mem::take(&mut rt.lent))
+            .collect();
+        self.binary_fetched_for(now, binary, result, waiting);
+        self.unpin_stashed(pinned);
+    }
+
+    /// The refs pinned for peers' tasks that waited for their binary: let go.
+    fn unpin_stashed(&mut self, ids: Vec<ObjectId>) {
+        for id in &ids {
+            self.objects.unpin(id);
+        }
+        for id in ids {
+            self.maybe_free(id);
+        }
+    }
+
+    fn binary_fetched_for(
+        &mut self,
+        now: Instant,
+        binary: BinaryId,
+        result: Result<PathBuf, FetchFailure>,
+        waiting: Vec<(PeerKey, Box<RemoteTask>)>,
+    ) {
         match result {
             Ok(path) => {
                 tracing::info!(%binary, path = %path.display(), "binary fetched");
@@ -1488,7 +1681,15 @@ impl NodeCore {
             let party = Party::Peer(from);
             if let TaskKind::CreateActor(c) = &spec.kind {
                 let ret = spec.return_id();
-                if !self.objects.contains(&ret) {
+                let known = self.objects.get(&ret).map(|e| e.value.clone());
+                if let Some(Some(value)) = known {
+                    // The actor's id went out already (its entry lives on for a process
+                    // here that holds a handle): it goes out again; nothing is kept for the
+                    // peer (the value is inline).
+                    self.send(party, ToClient::Object { id: ret, value });
+                    return;
+                }
+                if known.is_none() {
                     // The actor's id went out already (and was let go): it goes out again.
                     match shoal_protocol::codec::encode(&(c.actor_id, c.token)) {
                         Ok(bytes) => {
@@ -1549,8 +1750,10 @@ impl NodeCore {
                 let Some(value) = self.objects.get(&id).and_then(|e| e.value.clone()) else {
                     continue;
                 };
+                // A large value stays here for the peer until it says `Release`; a small
+                // one it keeps itself (as when it went the first time).
                 let e = self.objects.entry(id);
-                if !e.holders.contains(&party) {
+                if matches!(value, ObjectValue::Shared(_)) && !e.holders.contains(&party) {
                     e.holders.push(party);
                 }
                 self.send(party, ToClient::Object { id, value });
@@ -1783,6 +1986,8 @@ impl NodeCore {
             TaskKind::ActorMethod { actor: a, .. } => *a == actor,
             TaskKind::Function => false,
         });
+        let pinned = taken.iter().flat_map(|(_, rt)| rt.lent.clone()).collect();
+        self.unpin_stashed(pinned);
         for (from, rt) in taken {
             if let TaskKind::ActorMethod { .. } = rt.spec.kind {
                 let error = TaskError::ActorKilled {
@@ -1791,7 +1996,14 @@ impl NodeCore {
                 };
                 let id = rt.spec.return_id();
                 let value = RemoteValue::Error(error);
-                self.tell_peer(from, PeerMsg::Object { id, value });
+                self.tell_peer(
+                    from,
+                    PeerMsg::Object {
+                        id,
+                        value,
+                        lent: Vec::new(),
+                    },
+                );
             }
         }
     }
@@ -2021,7 +2233,14 @@ impl NodeCore {
                 peer: me.to_string(),
             };
             let value = RemoteValue::Error(error);
-            self.tell_peer(peer, PeerMsg::Object { id, value });
+            self.tell_peer(
+                peer,
+                PeerMsg::Object {
+                    id,
+                    value,
+                    lent: Vec::new(),
+                },
+            );
         }
     }
 
@@ -2198,7 +2417,11 @@ impl NodeCore {
         for (_, rt) in self.spill.take_awaiting(|from, _| from == peer) {
             let (reason, task) = (LOST_YOU.to_string(), rt.spec.task_id);
             self.tell_peer(peer, PeerMsg::Refuse { task, reason });
+            self.unpin_stashed(rt.lent);
         }
+        // It counts this node's borrows no more (it wrote them off with this node): nothing
+        // is owed it.
+        self.objects.lender_gone(peer);
         self.party_gone(now, party);
         self.spill_pass(now);
     }

@@ -175,7 +175,7 @@ impl NodeCore {
         let e = self.objects.entry(id);
         e.owner.get_or_insert(spec.owner);
         e.value = None;
-        let (release, localizing) = match e.remote.take() {
+        let (release, localizing) = match e.take_copies() {
             Some(r) => (r.release_to, r.localizing),
             None => (Vec::new(), Vec::new()),
         };

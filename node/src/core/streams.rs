@@ -254,7 +254,15 @@ impl NodeCore {
                 };
                 // Kept for the peer until it says it has it (`Release`): sent again if the
                 // peer places the task here again before then.
-                self.tell_peer(peer, PeerMsg::StreamItem { task, index, value });
+                self.tell_peer(
+                    peer,
+                    PeerMsg::StreamItem {
+                        task,
+                        index,
+                        value,
+                        lent: Vec::new(),
+                    },
+                );
             }
         }
     }

@@ -131,7 +131,7 @@ mod tests {
     };
 
     use crate::core::harness::{
-        attach_worker, drain, executed, from, node, replies, send, sigkill, spec, DRIVER,
+        attach_worker, drain, executed, from, node, replies, send, sigkill, spec,
     };
     use crate::core::{Input, Output, WorkerEnd};
     use shoal_protocol::ObjectId;
@@ -397,26 +397,20 @@ mod tests {
     }
 
     #[test]
-    fn a_handle_that_is_not_counted_keeps_its_actor_until_killed() {
+    fn a_handle_a_get_or_create_found_is_counted_with_the_others() {
         let now = Instant::now();
         let mut core = node(now, 4.0, 1 << 20);
         let (_, handle, worker) = started_actor(&mut core, now, 9, "svc", 10);
-        // A get-or-create finds it: the handle it returns is not counted.
+        // A get-or-create finds it: the handle it returns holds the actor's handle object.
         let again = get_or_create(3, "svc");
         send(&mut core, now, ToNode::Submit(Box::new(again.clone())));
-        send(
-            &mut core,
-            now,
-            ToNode::Release {
-                ids: vec![again.return_id()],
-            },
-        );
+        // The creator drops its handle: the one the get-or-create gave keeps the actor.
         let out = send(&mut core, now, ToNode::Release { ids: vec![handle] });
         assert!(!killed(&out, worker), "{out:?}");
-        assert!(matches!(
-            lookup(&mut core, now, DRIVER, "svc"),
-            ToClient::ActorFound { actor: Some(_), .. }
-        ));
+        // It goes too: the actor ends.
+        let ids = vec![again.return_id()];
+        let out = send(&mut core, now, ToNode::Release { ids });
+        assert!(killed(&out, worker), "{out:?}");
     }
 
     #[test]

@@ -119,6 +119,8 @@ fn behaviour(function: &str) -> (Duration, Behaviour) {
         return (Duration::from_millis(2), Behaviour::Big(mib << 20));
     }
     match function {
+        "keep" => (Duration::from_millis(1), Behaviour::Keep),
+        "pass" => (Duration::from_millis(1), Behaviour::Pass),
         "panic" => (Duration::from_millis(1), Behaviour::Panic),
         "crash" => (Duration::from_millis(5), Behaviour::Crash),
         _ => (Duration::from_millis(1), Behaviour::Echo),
@@ -128,6 +130,11 @@ fn behaviour(function: &str) -> (Duration, Behaviour) {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Behaviour {
     Echo,
+    /// Holds the refs its arguments name (each argument an object id) past its end, as a
+    /// process that keeps refs it received in a state does, until [`Sim::drop_kept`].
+    Keep,
+    /// Returns the refs its arguments name inside its result (echo, with them `nested`).
+    Pass,
     Panic,
     Crash,
     Big(u64),
@@ -352,6 +359,10 @@ pub struct Sim {
     stream_seen: HashMap<TaskId, u32>,
     /// Actor calls submitted, by result.
     calls: HashMap<ObjectId, TaskId>,
+    /// The handle object of each actor a driver created.
+    handles: HashMap<ActorId, ObjectId>,
+    /// Refs `keep` tasks hold, as (node, worker's connection, ids).
+    kept: Vec<(usize, ConnId, Vec<ObjectId>)>,
     /// Per actor incarnation, per caller: the last call sequence seen.
     call_order: HashMap<(ActorId, u32, ClientId), u64>,
     violations: Vec<Violation>,
@@ -431,6 +442,8 @@ impl Sim {
             stream_ends: HashMap::new(),
             stream_seen: HashMap::new(),
             calls: HashMap::new(),
+            handles: HashMap::new(),
+            kept: Vec::new(),
             call_order: HashMap::new(),
             violations: Vec::new(),
             seen_start: HashMap::new(),
@@ -1382,7 +1395,7 @@ impl Sim {
                 );
                 return;
             }
-            Behaviour::Echo => {
+            Behaviour::Echo | Behaviour::Keep | Behaviour::Pass => {
                 let args: Vec<Vec<u8>> = exec
                     .args
                     .iter()
@@ -1394,13 +1407,43 @@ impl Sim {
                 TaskOutcome::Ok(ObjectValue::Inline(echo(&args)))
             }
         };
+        // The refs its arguments name, which it reads (and so holds) as a program does.
+        let refs: Vec<ObjectId> = match what {
+            Behaviour::Keep | Behaviour::Pass => exec
+                .args
+                .iter()
+                .filter_map(|a| match a {
+                    ArgValue::Inline(b) => <[u8; 32]>::try_from(b.as_slice()).ok(),
+                    ArgValue::Shared(..) => None,
+                })
+                .map(ObjectId)
+                .collect(),
+            _ => Vec::new(),
+        };
+        if !refs.is_empty() {
+            let hold = ToNode::Hold { ids: refs.clone() };
+            self.report_after(i, conn, WORKER_REPORT_LATENCY, hold);
+        }
+        let nested = match what {
+            Behaviour::Keep => {
+                self.kept.push((i, conn, refs));
+                Vec::new()
+            }
+            Behaviour::Pass => {
+                // Its refs go into the result; its own holds go once it is sent.
+                let release = ToNode::Release { ids: refs.clone() };
+                self.report_after(i, conn, WORKER_REPORT_LATENCY * 2, release);
+                refs
+            }
+            _ => Vec::new(),
+        };
         // Its report travels through the socket while the worker begins its next task: the
         // node may still take this one for running (and, say, stop it) meanwhile.
         let more = self.more_returns(exec.task_id, &outcome);
         let done = ToNode::Done {
             task_id: exec.task_id,
             outcome,
-            nested: Vec::new(),
+            nested,
             more,
             returned_error: false,
         };
@@ -2254,8 +2297,31 @@ impl Sim {
         };
         let ret = spec.return_id();
         self.own(d, ret, None);
+        self.handles.insert(actor, ret);
         self.send(d, ToNode::Submit(Box::new(spec)));
         actor
+    }
+
+    /// The handle object of `actor`, which a driver created: every counted handle holds it.
+    pub fn handle_of(&self, actor: ActorId) -> Option<ObjectId> {
+        self.handles.get(&actor).copied()
+    }
+
+    /// The `keep` tasks' processes drop the refs they kept (those still alive).
+    pub fn drop_kept(&mut self) {
+        for (i, conn, ids) in std::mem::take(&mut self.kept) {
+            let live = self.nodes[i].core.is_some()
+                && self.nodes[i].workers.values().any(|w| w.conn == conn);
+            if live {
+                self.input(
+                    i,
+                    Input::FromProc {
+                        conn,
+                        msgs: vec![ToNode::Release { ids }],
+                    },
+                );
+            }
+        }
     }
 
     /// Driver `d` calls `actor`; the call carries the driver's sequence number, which the
@@ -2538,6 +2604,7 @@ impl Sim {
             self.run_for(Duration::from_millis(100));
         }
         self.check_progress(Duration::ZERO);
+        self.drop_kept();
         for d in 0..self.drivers.len() {
             self.exit(d);
         }

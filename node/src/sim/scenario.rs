@@ -75,10 +75,37 @@ fn run_random(seed: u64) -> (Sim, Vec<Violation>) {
                     returns,
                     stream,
                 };
-                let f = if sim.rng().chance(0.15) {
+                let mut f = if sim.rng().chance(0.15) {
                     format!("big:{}", 1 + sim.rng().below(16))
                 } else {
                     format!("sleep:{ms}")
+                };
+                // Some carry a ref (an object's, or an actor's handle) to wherever they
+                // run, and keep it there past their end, or return it in their result.
+                let handles: Vec<ObjectId> = actors
+                    .iter()
+                    .filter(|(o, _)| *o == d)
+                    .filter_map(|(_, a)| sim.handle_of(*a))
+                    .collect();
+                let carried = [mine.as_slice(), handles.as_slice()].concat();
+                if !carried.is_empty() && sim.rng().chance(0.12) {
+                    let x = carried[sim.rng().below(carried.len() as u64) as usize];
+                    f = if sim.rng().chance(0.5) {
+                        "keep"
+                    } else {
+                        "pass"
+                    }
+                    .to_string();
+                    args = vec![SimArg::Nested(x), SimArg::Value(x.0.to_vec())];
+                }
+                let opts = if f == "keep" || f == "pass" {
+                    TaskOpts {
+                        returns: 1,
+                        stream: None,
+                        ..opts
+                    }
+                } else {
+                    opts
                 };
                 // Large results held and not asked for stay at their peers: a crash loses
                 // them, and a later `get` has their owner make them again.

@@ -1066,13 +1066,16 @@ impl NodeCore {
         }
         let task_id = spec.task_id;
         let ret = spec.return_id();
-        {
+        let lent_by = {
             let e = self.objects.entry(ret);
             e.holders.push(owner);
             e.push_to = Some(owner);
             e.owner = Some(spec.owner);
+            e.remote.as_mut().and_then(|r| r.lender.take())
+        };
+        if let Some(lender) = lent_by {
+            self.unlend(ret, lender);
         }
-        self.unlend(ret);
         for id in &spec.nested {
             self.objects.pin(id);
         }
@@ -1107,9 +1110,9 @@ impl NodeCore {
                 e.holders.push(owner);
                 e.push_to = Some(owner);
                 e.owner = Some(client);
-            }
-            for id in entry.more.iter() {
-                self.unlend(*id);
+                if let Some(lender) = e.remote.as_mut().and_then(|r| r.lender.take()) {
+                    self.unlend(*id, lender);
+                }
             }
             self.more_returns.insert(ret, entry.more.clone());
         }

@@ -799,14 +799,13 @@ impl NodeCore {
         }
     }
 
-    /// `id` is made here (a task for it runs here): it no longer hangs from the peer that
-    /// lent its ref, which is given back. (That peer, or one it hangs from, owns the task
-    /// and holds the result here: each would keep the other alive for good.)
-    pub(super) fn unlend(&mut self, id: ObjectId) {
-        let lender = self.objects.remote_mut(&id).and_then(|r| r.lender.take());
-        if let Some(lender) = lender {
-            self.tell_peer(lender, PeerMsg::Release { ids: vec![id] });
-        }
+    /// `id` is made here (a task for it runs here): it no longer hangs from `lender`, the
+    /// peer that lent its ref (taken off the entry), which is given it back. (That peer, or
+    /// one it hangs from, owns the task and holds the result here: each would keep the
+    /// other alive for good.)
+    pub(super) fn unlend(&mut self, id: ObjectId, lender: PeerKey) {
+        tracing::debug!(object = %id, %lender, "a ref lent here is made here: given back");
+        self.tell_peer(lender, PeerMsg::Release { ids: vec![id] });
     }
 
     fn nested_of(&self, id: &ObjectId) -> Vec<ObjectId> {

@@ -494,6 +494,27 @@ pub struct RemoteTask {
     pub lent: Vec<ObjectId>,
 }
 
+impl PeerMsg {
+    /// [`PeerMsg::Object`] with no refs lent yet (the sender's core lends those the value
+    /// holds as it sends it).
+    ///
+    /// ```
+    /// use shoal_protocol::mesh::{PeerMsg, RemoteValue};
+    /// use shoal_protocol::ObjectId;
+    ///
+    /// let id = ObjectId::for_content(b"x");
+    /// let msg = PeerMsg::object(id, RemoteValue::Inline(b"x".to_vec()));
+    /// assert!(matches!(msg, PeerMsg::Object { lent, .. } if lent.is_empty()));
+    /// ```
+    pub fn object(id: ObjectId, value: RemoteValue) -> Self {
+        PeerMsg::Object {
+            id,
+            value,
+            lent: Vec::new(),
+        }
+    }
+}
+
 /// An object's value as it travels between peers.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RemoteValue {

@@ -291,6 +291,21 @@ fn named<T: shoal::Actor>(name: &str) -> shoal::ActorHandle<T> {
     }
 }
 
+/// A `Marks` actor made with `options` once its name is free: the end of the actor that
+/// had it reaches its node a moment after its last handle goes (tried for 20 s at most).
+fn once_name_is_free(options: impl Fn() -> ActorOptions) -> shoal::ActorHandle<Marks> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match Marks::options(options()).try_remote() {
+            Ok(h) => return h,
+            Err(shoal::ActorError::NameTaken(_)) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("the name was not freed: {e}"),
+        }
+    }
+}
+
 /// The driver programs of the tests below (a no-op when run as a test of its own).
 #[test]
 fn driver_entry() {
@@ -330,7 +345,6 @@ fn driver_entry() {
         }
         "handles" => {
             // An actor on c that takes c's CPU, under a name.
-            use shoal::ActorError;
             let at_c = || {
                 ActorOptions::new()
                     .num_cpus(1.0)
@@ -351,16 +365,7 @@ fn driver_entry() {
             // The last copy goes: the actor ends, and its CPU at c and its name are free
             // for another (its end reaches c a moment later: tried until then).
             keeper.drop_it().get_blocking().unwrap();
-            let deadline = Instant::now() + Duration::from_secs(20);
-            let again = loop {
-                match Marks::options(at_c()).try_remote() {
-                    Ok(h) => break h,
-                    Err(ActorError::NameTaken(_)) if Instant::now() < deadline => {
-                        std::thread::sleep(Duration::from_millis(50));
-                    }
-                    Err(e) => panic!("the name was not freed: {e}"),
-                }
-            };
+            let again = once_name_is_free(at_c);
             let mark = again.mark("two".to_string());
             mark.get_blocking_timeout(Duration::from_secs(20)).unwrap();
             println!("result replaced");
@@ -378,16 +383,7 @@ fn driver_entry() {
             let seen = keeper.marks().get_blocking().unwrap();
             println!("result found-marks {}", seen.join(","));
             keeper.drop_it().get_blocking().unwrap();
-            let deadline = Instant::now() + Duration::from_secs(20);
-            loop {
-                match Marks::options(here()).try_remote() {
-                    Ok(_) => break,
-                    Err(ActorError::NameTaken(_)) if Instant::now() < deadline => {
-                        std::thread::sleep(Duration::from_millis(50));
-                    }
-                    Err(e) => panic!("the name was not freed: {e}"),
-                }
-            }
+            once_name_is_free(here);
             println!("result found-freed");
         }
         "groups" => {

@@ -616,11 +616,7 @@ impl NodeCore {
         };
         self.actors.forget_if_dead(actor);
         let value = shoal_protocol::mesh::RemoteValue::Error(error);
-        let msg = shoal_protocol::mesh::PeerMsg::Object {
-            id: ret,
-            value,
-            lent: Vec::new(),
-        };
+        let msg = shoal_protocol::mesh::PeerMsg::object(ret, value);
         self.tell_peer(peer, msg);
     }
 

@@ -295,11 +295,7 @@ impl NodeCore {
             .and_then(|e| e.remote.as_ref())
             .and_then(|r| Some((r.object?, r.holders.iter().map(|p| p.to_vec()).collect())));
         if let Some((object, holders)) = elsewhere {
-            let msg = PeerMsg::Object {
-                id,
-                value: RemoteValue::Shared { object, holders },
-                lent: Vec::new(),
-            };
+            let msg = PeerMsg::object(id, RemoteValue::Shared { object, holders });
             self.tell_peer(peer, msg);
             return;
         }
@@ -765,8 +761,9 @@ impl NodeCore {
     // ---- lending ----
 
     /// Lends `peer` the refs `msg` carries inside it (see `RemoteTask::lent`): `peer` holds
-    /// each here until it says `Release`. (Not to the peer that lent them here: its entry
-    /// lives while this node holds it, and would give them back at once.)
+    /// each here until it says `Release`. (Also to the peer that lent one here, which gives
+    /// it back at once: the list tells the receiver every ref the value holds, so that the
+    /// value pins them there.)
     pub(super) fn lend(&mut self, peer: PeerKey, msg: &mut PeerMsg) {
         let (refs, lent) = match msg {
             PeerMsg::Submit(rt) => (rt.spec.nested.clone(), &mut rt.lent),
@@ -791,9 +788,6 @@ impl NodeCore {
                 // there either, as with a ref to an object freed before it was sent).
                 continue;
             };
-            if e.remote.as_ref().is_some_and(|r| r.lender == Some(peer)) {
-                continue;
-            }
             e.holders.push(party);
             lent.push(id);
         }
@@ -956,14 +950,7 @@ impl NodeCore {
         match request {
             Request::Fetch(id) => {
                 let value = RemoteValue::Error(TaskError::NotAllowed { id });
-                self.tell_peer(
-                    peer,
-                    PeerMsg::Object {
-                        id,
-                        value,
-                        lent: Vec::new(),
-                    },
-                );
+                self.tell_peer(peer, PeerMsg::object(id, value));
             }
             Request::Serve(..) => self.refuse_waiting(request),
         }
@@ -1467,14 +1454,7 @@ impl NodeCore {
             if let TaskKind::ActorMethod { .. } = rt.spec.kind {
                 let value = RemoteValue::Error(TaskError::NotAllowed { id });
                 let ret = rt.spec.return_id();
-                self.tell_peer(
-                    from,
-                    PeerMsg::Object {
-                        id: ret,
-                        value,
-                        lent: Vec::new(),
-                    },
-                );
+                self.tell_peer(from, PeerMsg::object(ret, value));
             } else {
                 self.refuse(from, task, format!("it may not read argument {id} here"));
             }
@@ -1497,11 +1477,7 @@ impl NodeCore {
                 || self.directory.home(&actor).is_some_and(|home| home != from);
             if !known {
                 let id = rt.spec.return_id();
-                let msg = PeerMsg::Object {
-                    id,
-                    value: RemoteValue::Error(TaskError::NoSuchActor { actor }),
-                    lent: Vec::new(),
-                };
+                let msg = PeerMsg::object(id, RemoteValue::Error(TaskError::NoSuchActor { actor }));
                 self.tell_peer(from, msg);
                 return;
             }
@@ -1995,14 +1971,7 @@ impl NodeCore {
                 };
                 let id = rt.spec.return_id();
                 let value = RemoteValue::Error(error);
-                self.tell_peer(
-                    from,
-                    PeerMsg::Object {
-                        id,
-                        value,
-                        lent: Vec::new(),
-                    },
-                );
+                self.tell_peer(from, PeerMsg::object(id, value));
             }
         }
     }
@@ -2232,14 +2201,7 @@ impl NodeCore {
                 peer: me.to_string(),
             };
             let value = RemoteValue::Error(error);
-            self.tell_peer(
-                peer,
-                PeerMsg::Object {
-                    id,
-                    value,
-                    lent: Vec::new(),
-                },
-            );
+            self.tell_peer(peer, PeerMsg::object(id, value));
         }
     }
 

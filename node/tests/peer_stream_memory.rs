@@ -206,7 +206,7 @@ impl Client {
             let mut byte = [0u8; 1];
             tokio::select! {
                 answer = self.next_from_node() => {
-                    assert_eq!(answer, PeerMsg::ActorFound { request, actor: None, held: None });
+                    assert_eq!(answer, PeerMsg::ActorFound { request, actor: None, held: None, counted_at: None });
                     out.close().await.unwrap();
                     return;
                 }

@@ -1863,3 +1863,73 @@ fn an_actor_whose_handle_a_peer_keeps_lives_until_that_copy_goes() {
     }
     assert_clean(sim);
 }
+
+#[test]
+fn a_named_actor_placed_at_a_peer_counts_the_handles_found_by_name_anywhere() {
+    // Node 0 creates the actor and has no CPU: it lives at node 1. Its handles are counted
+    // at node 0, where its handle object is.
+    let mut sim = mesh(&[0.0, 1.0, 0.0]);
+    let (d0, d1, d2) = (sim.driver(0), sim.driver(1), sim.driver(2));
+    sim.run_for(Duration::from_secs(1));
+    let actor = sim.create_named_actor(d0, 0, 1.0, "svc", false);
+    let handle = sim.handle_of(actor).unwrap();
+    sim.run_for(Duration::from_secs(2));
+    assert_eq!(sim.core(1).unwrap().census().actors, 1);
+
+    // Found by name at a third node (through the directory, then the host, then the
+    // creator's node for a counted handle), at the host itself, and by a get-or-create at
+    // the host.
+    let far = sim.lookup(d2, "svc");
+    let near = sim.lookup(d1, "svc");
+    let other = sim.create_named_actor(d1, 0, 1.0, "svc", true);
+    let again = sim.handle_of(other).unwrap();
+    sim.run_for(Duration::from_secs(2));
+    let (Some((Some(a2), Some(h2))), Some((Some(a1), Some(h1)))) =
+        (sim.found(d2, far), sim.found(d1, near))
+    else {
+        panic!("{:?} {:?}", sim.found(d2, far), sim.found(d1, near));
+    };
+    assert_eq!((a2, a1), (actor, actor));
+    assert_eq!((h2, h1), (handle, handle));
+    assert!(matches!(&sim.results(d1)[&again], ObjectValue::Inline(_)));
+
+    // Each copy keeps the actor alive as the others go, in any order.
+    let mut copies = vec![(d0, handle), (d2, h2), (d1, h1), (d1, again)];
+    while let Some((d, h)) = copies.pop() {
+        if copies.is_empty() {
+            break;
+        }
+        sim.release(d, h);
+        sim.run_for(Duration::from_secs(2));
+        let call = sim.call(d2, actor, "echo");
+        sim.run_for(Duration::from_secs(1));
+        let v = &sim.results(d2)[&call];
+        assert!(is_value(v), "after {d}'s copy went: {v:?}");
+        sim.release(d2, call);
+    }
+
+    // The last goes: the actor ends (its host forgets it), and its name is free.
+    sim.release(d0, handle);
+    sim.run_for(Duration::from_secs(2));
+    let call = sim.call(d2, actor, "echo");
+    sim.run_for(Duration::from_secs(1));
+    let v = &sim.results(d2)[&call];
+    assert!(
+        is_error(v, |e| matches!(
+            e,
+            TaskError::ActorKilled { .. } | TaskError::NoSuchActor { .. }
+        )),
+        "{v:?}"
+    );
+    sim.release(d2, call);
+    let gone = sim.lookup(d2, "svc");
+    sim.run_for(Duration::from_secs(2));
+    assert_eq!(sim.found(d2, gone), Some((None, None)));
+    sim.run_for(Duration::from_secs(1));
+    for n in 0..3 {
+        let census = sim.core(n).unwrap().census();
+        let objects = sim.core(n).unwrap().objects();
+        assert_eq!(census.objects, 0, "node {n}: {census:?} {objects:?}");
+    }
+    assert_clean(sim);
+}

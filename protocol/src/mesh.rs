@@ -356,8 +356,32 @@ pub enum PeerMsg {
         actor: Option<ActorInfo>,
         /// The actor's handle object, lent to the asker (see [`RemoteTask::lent`]) when the
         /// sender counts the actor's handles (its creator is there): the handle the asker
-        /// builds is counted. `None`: it is not, and the actor lives until it is killed or
-        /// its creator ends.
+        /// builds is counted. `None`: see `counted_at`.
+        held: Option<ObjectId>,
+        /// With `held` `None`: the peer that counts the actor's handles (id as bytes), when
+        /// that is not the sender (the actor was placed at the sender by its creator's
+        /// node): the asker asks it for a counted handle ([`PeerMsg::LendHandle`]). `None`
+        /// too: its handles are not counted (it is detached), and it lives until killed.
+        counted_at: Option<Vec<u8>>,
+    },
+    /// Lend the sender `actor`'s handle object: it found the actor by name at the peer that
+    /// hosts it, which named the receiver as the node that counts its handles. Answered by
+    /// [`PeerMsg::HandleLent`]; taken only with the handles' secret.
+    LendHandle {
+        /// Request number.
+        request: u64,
+        /// The actor.
+        actor: crate::ids::ActorId,
+        /// Its handles' secret, as the lookup gave it.
+        token: crate::ids::ActorToken,
+    },
+    /// Answer to [`PeerMsg::LendHandle`]: the handle object, lent to the asker (see
+    /// [`RemoteTask::lent`]); `None` if the actor's handles are no longer counted here (its
+    /// last one went: it is ending).
+    HandleLent {
+        /// Request number.
+        request: u64,
+        /// The handle object.
         held: Option<ObjectId>,
     },
     /// Lines written by tasks or actors of the receiver's process `owner` that ran at the

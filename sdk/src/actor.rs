@@ -621,8 +621,8 @@ struct Inner {
     /// The actor's handle object (the return object of its creation), which every counted
     /// handle holds, in every process it was passed to: when the last is dropped, the actor
     /// ends (as Ray counts actor handles). For a handle a get-or-create gave, the object of
-    /// that creation, which holds the actor's. `None`: a handle that is not counted (found
-    /// by name at a peer that does not count the actor's handles).
+    /// that creation, which holds the actor's. `None`: a handle that is not counted (of a
+    /// detached actor).
     handle: Option<ObjectRef<(ActorId, ActorToken)>>,
     /// [`ActorOptions::max_pending_calls`] (0: none).
     max_pending: u32,
@@ -721,11 +721,9 @@ impl<'de> Deserialize<'de> for RawActor {
 ///
 /// The actor ends when it is [`kill`]ed, when its creator exits, or when its last handle is
 /// dropped, as Ray counts actor handles: copies passed to tasks and actors, returned in
-/// results, put, or found by name on the node that holds its creator count too, in every
-/// process, and the calls already made still finish. A [detached](ActorOptions::detached)
-/// actor lives until killed. A handle that cannot be counted keeps the actor until it is
-/// killed or its creator exits: one passed to another peer, found by name through another
-/// peer, or got by a get-or-create that found it.
+/// results, put, kept in an actor's state, found by name or got by a get-or-create count
+/// too, in every process of every peer, and the calls already made still finish. A
+/// [detached](ActorOptions::detached) actor lives until killed.
 pub struct ActorHandle<A: Actor> {
     methods: A::Methods,
     _a: PhantomData<fn() -> A>,

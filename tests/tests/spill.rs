@@ -369,6 +369,22 @@ fn driver_entry() {
             let mark = again.mark("two".to_string());
             mark.get_blocking_timeout(Duration::from_secs(20)).unwrap();
             println!("result replaced");
+            // Found by name from b while it lives at c: that handle is counted at this
+            // node, its creator's, and keeps it after the driver drops its own.
+            let found_on = keeper
+                .find("counted-across-peers".to_string())
+                .get_blocking()
+                .unwrap();
+            println!("result placed-found-on {found_on}");
+            drop(again);
+            let seen = keeper.marks().get_blocking().unwrap();
+            println!("result placed-found-marks {}", seen.join(","));
+            keeper.drop_it().get_blocking().unwrap();
+            // That copy goes: the actor ends, and c's CPU is free for another.
+            let last = once_name_is_free(at_c);
+            let mark = last.mark("four".to_string());
+            mark.get_blocking_timeout(Duration::from_secs(20)).unwrap();
+            println!("result placed-found-freed");
             // An actor here (this node has no CPU: it stays with its creator), found by name
             // from b: that handle is counted too.
             let here = || ActorOptions::new().name("found-across-peers");
@@ -832,6 +848,9 @@ fn an_object_made_on_b_is_consumed_on_c() {
         format!("kept-on {b}"),
         "kept-marks one".into(),
         "replaced".into(),
+        format!("placed-found-on {b}"),
+        "placed-found-marks two".into(),
+        "placed-found-freed".into(),
         format!("found-on {b}"),
         "found-marks three".into(),
         "found-freed".into(),

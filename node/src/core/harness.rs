@@ -7,6 +7,8 @@ use shoal_protocol::{
     Role, TaskId, TaskKind, TaskSpec, ToClient, ToNode, MAGIC, PROTOCOL_VERSION,
 };
 
+use shoal_protocol::mesh::PeerKey;
+
 use super::sched::{SchedConfig, Scheduler, WorkerId};
 use super::{Input, NodeCore, Output};
 use crate::config::NodeConfig;
@@ -20,6 +22,26 @@ pub(super) const BINARY: BinaryId = BinaryId([5; 32]);
 /// A node started at `now` with `cpus` CPUs and a store of `capacity` bytes, and one driver
 /// attached.
 pub(super) fn node(now: Instant, cpus: f64, capacity: u64) -> NodeCore {
+    node_with(now, cpus, capacity, None)
+}
+
+/// [`node`], a peer of a mesh as `me`.
+pub(super) fn peer_node(now: Instant, cpus: f64, capacity: u64, me: PeerKey) -> NodeCore {
+    let peer = super::PeerConfig {
+        me,
+        target: "sim".into(),
+        accepts_code: false,
+        labels: Vec::new(),
+    };
+    node_with(now, cpus, capacity, Some(peer))
+}
+
+/// Peer `n`'s id.
+pub(super) fn peer_key(n: u8) -> PeerKey {
+    PeerKey::from_bytes(&[n; 38]).unwrap_or_else(|| unreachable!("a valid peer id"))
+}
+
+fn node_with(now: Instant, cpus: f64, capacity: u64, peer: Option<super::PeerConfig>) -> NodeCore {
     let config = NodeConfig {
         cpus,
         store_bytes: capacity,
@@ -35,7 +57,7 @@ pub(super) fn node(now: Instant, cpus: f64, capacity: u64) -> NodeCore {
         max_start_failures: 3,
         gpu_devices: Vec::new(),
     });
-    let mut core = NodeCore::new(now, NodeId([1; 16]), config, sched, "/store".into(), None);
+    let mut core = NodeCore::new(now, NodeId([1; 16]), config, sched, "/store".into(), peer);
     let hello = Hello {
         magic: MAGIC,
         version: PROTOCOL_VERSION,

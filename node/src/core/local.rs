@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use shoal_protocol::mesh::PeerKey;
 use shoal_protocol::{
     codec, ActorId, ActorToken, Arg, ArgValue, ExecTask, Hello, HostActor, ObjectId, ObjectInfo,
     ObjectStats, ObjectValue, ReturnValue, Role, TaskError, TaskId, TaskKind, TaskOutcome,
@@ -15,7 +16,7 @@ use super::rights::Refused;
 use super::sched::{Action, WorkerId};
 use super::store::{After, Ready, Resume};
 use super::tasks::{FirstReturn, TaskEntry};
-use super::{ConnId, NodeCore, Output, Party, Proc, WorkerEnd};
+use super::{ConnId, Counted, NodeCore, Output, Party, Proc, WorkerEnd};
 use crate::store::{Holder, Location, OpId};
 
 impl NodeCore {
@@ -408,7 +409,10 @@ impl NodeCore {
                     };
                     return self.tell_proc(conn, msg);
                 };
-                let held = self.hold_handle(party, info.actor_id);
+                let (held, counted_at) = self.hold_handle(party, info.actor_id);
+                if let Some(at) = counted_at {
+                    return self.ask_lend(now, conn, request, info, at);
+                }
                 let msg = ToClient::ActorFound {
                     request,
                     actor: Some(info),
@@ -667,20 +671,51 @@ impl NodeCore {
         }
     }
 
-    /// Makes `party` one more holder of `actor`'s handle object, for a handle it found by
-    /// name, and returns the object; when the object is not at this node (its creator is
-    /// elsewhere, or it is detached), the handle cannot be counted: the actor then lives
-    /// until it is killed or its creator ends.
-    pub(super) fn hold_handle(&mut self, party: Party, actor: ActorId) -> Option<ObjectId> {
-        let held = self.actors.get(&actor).and_then(|a| {
-            let id = ObjectId::for_return(a.create_task, 0);
-            (self.handles.get(&id) == Some(&actor)).then_some(id)
-        });
-        match held {
-            Some(id) => self.objects.hold(party, &[id]),
-            None => self.actors.escape(actor),
+    /// Where `actor`'s handles are counted: its handle object here, the peer that counts
+    /// them (the creator's node of an actor placed here), or nowhere (it is detached).
+    pub(super) fn handles_counted(&self, actor: ActorId) -> Counted {
+        let counted = |task: TaskId| {
+            let id = ObjectId::for_return(task, 0);
+            (self.handles.get(&id) == Some(&actor)).then_some(Counted::Here(id))
+        };
+        if let Some(a) = self.actors.get(&actor) {
+            if let Some(here) = counted(a.create_task) {
+                return here;
+            }
+            if a.spec.detached {
+                return Counted::Nowhere;
+            }
+            return match self.tasks.get(&a.create_task).map(|e| e.owner) {
+                Some(Party::Peer(p)) if Some(p) != self.me => Counted::At(p),
+                _ => Counted::Nowhere,
+            };
         }
-        held
+        // Placed at a peer by this node.
+        let placed = self.directory.placement(&actor).map(|p| p.task);
+        placed.and_then(counted).unwrap_or(Counted::Nowhere)
+    }
+
+    /// Makes `party` one more holder of `actor`'s handle object, for a handle it found by
+    /// name, and returns the object. When that object is at a peer (the actor's creator's
+    /// node placed it here), that peer is returned instead, for the finder to ask it to lend
+    /// one. When the actor's handles are counted nowhere (it is detached), it lives until it
+    /// is killed.
+    pub(super) fn hold_handle(
+        &mut self,
+        party: Party,
+        actor: ActorId,
+    ) -> (Option<ObjectId>, Option<PeerKey>) {
+        match self.handles_counted(actor) {
+            Counted::Here(id) => {
+                self.objects.hold(party, &[id]);
+                (Some(id), None)
+            }
+            Counted::At(peer) => (None, Some(peer)),
+            Counted::Nowhere => {
+                self.actors.escape(actor);
+                (None, None)
+            }
+        }
     }
 
     /// Every counted handle of `actor` is gone (its handle object was freed): it ends once
@@ -1135,13 +1170,10 @@ impl NodeCore {
                     Ok(Registered::Existing(existing)) => {
                         // The creator gets a handle to it, whose object (this creation's)
                         // holds the actor's own handle object where that is counted here.
-                        let counted = self.actors.get(&existing).and_then(|a| {
-                            let id = ObjectId::for_return(a.create_task, 0);
-                            (self.handles.get(&id) == Some(&existing)).then_some(id)
-                        });
-                        match counted {
-                            Some(h) => self.set_nested(ret, vec![h]),
-                            None => self.actors.escape(existing),
+                        match self.handles_counted(existing) {
+                            Counted::Here(h) => self.set_nested(ret, vec![h]),
+                            Counted::At(peer) => self.ask_lend_to_nest(now, ret, existing, peer),
+                            Counted::Nowhere => self.actors.escape(existing),
                         }
                         self.finish_task(now, task_id);
                         self.actor_id_ready(now, ret, existing);

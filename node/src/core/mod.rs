@@ -495,16 +495,48 @@ struct Proc {
 /// link being torn down).
 const NAME_LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// A lookup of a name sent to the peer whose actor has it.
-#[derive(Debug, Clone, Copy)]
+/// A question about a named actor sent to a peer, answered within
+/// [`NAME_LOOKUP_TIMEOUT`].
+#[derive(Debug, Clone)]
 struct NameLookup {
-    /// The process that asked, and its request number.
-    conn: ConnId,
-    request: u64,
+    /// What the answer is for.
+    asked: Asked,
     /// The peer asked.
     peer: PeerKey,
-    /// When the asker is told nothing was found, if the peer has not answered.
+    /// When the question is given up, if the peer has not answered.
     deadline: Instant,
+}
+
+/// Where an actor's handles are counted ([`NodeCore::handles_counted`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Counted {
+    /// Here: every counted handle holds this object.
+    Here(ObjectId),
+    /// At this peer, its creator's node, which placed the actor here.
+    At(PeerKey),
+    /// Nowhere: it is detached (or its handles escaped counting).
+    Nowhere,
+}
+
+/// What a [`NameLookup`] waits for, and for whom.
+#[derive(Debug, Clone)]
+enum Asked {
+    /// Process `conn`'s lookup (its request `request`) of a name, sent to the peer whose
+    /// actor has it ([`PeerMsg::LookupActor`]).
+    Name { conn: ConnId, request: u64 },
+    /// The actor that lookup found, whose handles `peer` counts: a counted handle for the
+    /// process ([`PeerMsg::LendHandle`]).
+    Handle {
+        conn: ConnId,
+        request: u64,
+        actor: shoal_protocol::ActorInfo,
+    },
+    /// A counted handle of `actor`, which a get-or-create here found (hosted here, its
+    /// handles counted at `peer`), for the get-or-create's return object `ret` to hold.
+    Nest {
+        ret: ObjectId,
+        actor: shoal_protocol::ActorId,
+    },
 }
 
 /// The node's core. See the [module documentation](self).

@@ -12,8 +12,8 @@ use std::time::Instant;
 
 use shoal_protocol::mesh::{PeerKey, PeerMsg, RemoteTask, RemoteValue};
 use shoal_protocol::{
-    ActorId, ActorToken, Arg, BinaryId, CreateOutcome, ObjectId, ObjectValue, SharedObject,
-    TaskError, TaskId, TaskKind, ToClient, CPU,
+    ActorId, ActorInfo, ActorToken, Arg, BinaryId, CreateOutcome, ObjectId, ObjectValue,
+    SharedObject, TaskError, TaskId, TaskKind, ToClient, CPU,
 };
 
 use super::actors::directory::Route;
@@ -21,7 +21,9 @@ use super::rights::{Refused, Request};
 use super::sched::placement::{self, Demand, Placement};
 use super::spill::MAX_HOPS;
 use super::store::{After, Resume};
-use super::{ConnId, FetchFailure, Job, JobDone, NodeCore, Output, Party, ServedObject};
+use super::{
+    Asked, ConnId, Counted, FetchFailure, Job, JobDone, NodeCore, Output, Party, ServedObject,
+};
 use crate::store::{Holder, StoreFault};
 
 /// Why a task goes back to a peer this node declared lost.
@@ -72,6 +74,7 @@ impl NodeCore {
                 request,
                 actor,
                 held,
+                counted_at: None,
             },
             other => {
                 tracing::debug!(%peer, msg = ?std::mem::discriminant(&other), "a message with no meaning for a peer; dropped");
@@ -93,7 +96,9 @@ impl NodeCore {
                 std::mem::take(lent),
                 Some(ObjectId::for_return(*task, *index)),
             ),
-            PeerMsg::ActorFound { held, .. } => (held.iter().copied().collect(), None),
+            PeerMsg::ActorFound { held, .. } | PeerMsg::HandleLent { held, .. } => {
+                (held.iter().copied().collect(), None)
+            }
             _ => (Vec::new(), None),
         };
         if lent.is_empty() {
@@ -245,14 +250,16 @@ impl NodeCore {
             }
             PeerMsg::LookupActor { request, name } => {
                 let actor = self.actors.lookup(&name);
-                // Lent to the peer if its handles are counted here (else it lives on).
-                let held = actor
-                    .as_ref()
-                    .and_then(|a| self.hold_handle(party, a.actor_id));
+                // Lent to the peer if its handles are counted here; else where they are.
+                let (held, counted_at) = match &actor {
+                    Some(a) => self.hold_handle(party, a.actor_id),
+                    None => (None, None),
+                };
                 let msg = PeerMsg::ActorFound {
                     request,
                     actor,
                     held,
+                    counted_at: counted_at.map(|p| p.to_vec()),
                 };
                 self.tell_peer(peer, msg);
             }
@@ -260,28 +267,77 @@ impl NodeCore {
                 request,
                 actor,
                 held,
-            } => match self.name_lookups.get(&request) {
-                Some(l) if l.peer == peer => {
-                    let (conn, asked) = (l.conn, l.request);
-                    self.name_lookups.remove(&request);
-                    if let Some(a) = &actor {
-                        self.directory.set_home(a.actor_id, peer);
-                    }
-                    // The asker holds the handle object lent here (counted with the rest).
-                    let live = self.procs.contains_key(&conn);
-                    let held = held.filter(|_| actor.is_some() && live);
-                    if let Some(h) = held {
-                        self.objects.hold(Party::Proc(conn), &[h]);
-                    }
-                    let msg = ToClient::ActorFound {
-                        request: asked,
-                        actor,
-                        held,
-                    };
-                    self.tell_proc(conn, msg);
+                counted_at,
+            } => {
+                let asker = match self.name_lookups.get(&request) {
+                    Some(l) if l.peer == peer => match l.asked {
+                        Asked::Name { conn, request } => Some((conn, request)),
+                        _ => None,
+                    },
+                    _ => None,
+                };
+                let Some((conn, asked)) = asker else {
+                    tracing::debug!(%peer, request, "an ActorFound nobody asked it for; ignored");
+                    return;
+                };
+                self.name_lookups.remove(&request);
+                if let Some(a) = &actor {
+                    self.directory.set_home(a.actor_id, peer);
                 }
-                _ => tracing::debug!(%peer, request, "an ActorFound nobody asked it for; ignored"),
-            },
+                let counted_at = counted_at.as_deref().and_then(PeerKey::from_bytes);
+                if let (Some(info), None, Some(at)) = (&actor, held, counted_at) {
+                    // Its handles are counted at its creator's node: a handle from there.
+                    return self.ask_lend(now, conn, asked, info.clone(), at);
+                }
+                self.found_for(conn, asked, actor, held);
+            }
+            PeerMsg::LendHandle {
+                request,
+                actor,
+                token,
+            } => {
+                let held = match self.handles_counted(actor) {
+                    Counted::Here(h) if self.actor_token(&actor) == Some(token) => {
+                        self.objects.hold(party, &[h]);
+                        Some(h)
+                    }
+                    Counted::Here(_) => {
+                        tracing::warn!(actor = %actor, %peer, "a peer asked for a handle with a wrong secret; refused");
+                        None
+                    }
+                    _ => None,
+                };
+                self.tell_peer(peer, PeerMsg::HandleLent { request, held });
+            }
+            PeerMsg::HandleLent { request, held } => {
+                let asked = match self.name_lookups.get(&request) {
+                    Some(l) if l.peer == peer && !matches!(l.asked, Asked::Name { .. }) => {
+                        self.name_lookups.remove(&request).map(|l| l.asked)
+                    }
+                    _ => None,
+                };
+                match asked {
+                    Some(Asked::Handle {
+                        conn,
+                        request,
+                        actor,
+                    }) => {
+                        // None: its last handle went meanwhile, and it is ending.
+                        let actor = held.map(|_| actor);
+                        self.found_for(conn, request, actor, held);
+                    }
+                    Some(Asked::Nest { ret, actor }) => match held {
+                        Some(h) if self.objects.contains(&ret) => self.set_nested(ret, vec![h]),
+                        Some(_) => {}
+                        None => {
+                            tracing::debug!(actor = %actor, "a get-or-create found an actor whose last handle went meanwhile")
+                        }
+                    },
+                    _ => {
+                        tracing::debug!(%peer, request, "a HandleLent nobody asked it for; ignored")
+                    }
+                }
+            }
         }
     }
 
@@ -649,8 +705,7 @@ impl NodeCore {
                     let n = self.next_lookup;
                     self.next_lookup += 1;
                     let lookup = super::NameLookup {
-                        conn,
-                        request,
+                        asked: Asked::Name { conn, request },
                         peer,
                         deadline: now + super::NAME_LOOKUP_TIMEOUT,
                     };
@@ -2215,16 +2270,107 @@ impl NodeCore {
             .collect();
         ended.sort();
         for n in ended {
-            if let Some(l) = self.name_lookups.remove(&n) {
-                tracing::debug!(peer = %l.peer, "a lookup of a name ends unanswered");
-                let msg = ToClient::ActorFound {
-                    request: l.request,
-                    actor: None,
-                    held: None,
-                };
-                self.tell_proc(l.conn, msg);
+            let Some(l) = self.name_lookups.remove(&n) else {
+                continue;
+            };
+            tracing::debug!(peer = %l.peer, asked = ?l.asked, "a question about a named actor ends unanswered");
+            match l.asked {
+                Asked::Name { conn, request } | Asked::Handle { conn, request, .. } => {
+                    self.found_for(conn, request, None, None)
+                }
+                // Its handle cannot be counted: it lives until it is killed.
+                Asked::Nest { actor, .. } => self.actors.escape(actor),
             }
         }
+    }
+
+    /// Tells process `conn` what its lookup by name (its `request`) found: the actor, and
+    /// the handle object it now holds (lent here, or here), if its handles are counted.
+    fn found_for(
+        &mut self,
+        conn: ConnId,
+        request: u64,
+        actor: Option<ActorInfo>,
+        held: Option<ObjectId>,
+    ) {
+        // The asker holds the handle object (counted with the rest) if it is still here.
+        let live = self.procs.contains_key(&conn);
+        let held = held.filter(|_| actor.is_some() && live);
+        if let Some(h) = held {
+            self.objects.hold(Party::Proc(conn), &[h]);
+        }
+        let msg = ToClient::ActorFound {
+            request,
+            actor,
+            held,
+        };
+        self.tell_proc(conn, msg);
+    }
+
+    /// Process `conn`'s lookup by name found `actor`, whose handles `at` counts: asks it to
+    /// lend one (or takes one here, if that is this node). The process is told the actor
+    /// with the handle object it then holds, or nothing if that last handle went meanwhile.
+    pub(super) fn ask_lend(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        request: u64,
+        actor: ActorInfo,
+        at: PeerKey,
+    ) {
+        if Some(at) == self.me {
+            let held = match self.handles_counted(actor.actor_id) {
+                Counted::Here(h) => Some(h),
+                _ => None,
+            };
+            return self.found_for(conn, request, held.map(|_| actor), held);
+        }
+        let (id, token) = (actor.actor_id, actor.token);
+        let asked = Asked::Handle {
+            conn,
+            request,
+            actor,
+        };
+        self.ask_handle(now, at, id, token, asked);
+    }
+
+    /// A get-or-create here found `actor` (hosted here), whose handles `at` counts: its
+    /// return object `ret` holds a handle object lent from there, as soon as it comes.
+    pub(super) fn ask_lend_to_nest(
+        &mut self,
+        now: Instant,
+        ret: ObjectId,
+        actor: ActorId,
+        at: PeerKey,
+    ) {
+        let Some(token) = self.actor_token(&actor) else {
+            return self.actors.escape(actor);
+        };
+        self.ask_handle(now, at, actor, token, Asked::Nest { ret, actor });
+    }
+
+    fn ask_handle(
+        &mut self,
+        now: Instant,
+        at: PeerKey,
+        actor: ActorId,
+        token: ActorToken,
+        asked: Asked,
+    ) {
+        let request = self.next_lookup;
+        self.next_lookup += 1;
+        let lookup = super::NameLookup {
+            asked,
+            peer: at,
+            deadline: now + super::NAME_LOOKUP_TIMEOUT,
+        };
+        self.name_lookups.insert(request, lookup);
+        let msg = PeerMsg::LendHandle {
+            request,
+            actor,
+            token,
+        };
+        self.tell_peer(at, msg);
     }
 
     /// `peer`, lost, is seen again (a partition healed, or it restarted): copies of actors

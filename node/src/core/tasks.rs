@@ -131,7 +131,8 @@ mod tests {
     };
 
     use crate::core::harness::{
-        attach_worker, drain, executed, from, node, replies, send, sigkill, spec,
+        attach_worker, drain, executed, from, node, peer_key, peer_node, replies, send, sigkill,
+        spec,
     };
     use crate::core::{Input, Output, WorkerEnd};
     use shoal_protocol::ObjectId;
@@ -411,6 +412,43 @@ mod tests {
         let ids = vec![again.return_id()];
         let out = send(&mut core, now, ToNode::Release { ids });
         assert!(killed(&out, worker), "{out:?}");
+    }
+
+    #[test]
+    fn a_peer_is_lent_a_counted_handle_only_with_the_actors_secret() {
+        use shoal_protocol::mesh::PeerMsg;
+        let now = Instant::now();
+        let mut core = peer_node(now, 4.0, 1 << 20, peer_key(1));
+        let (actor, handle, worker) = started_actor(&mut core, now, 9, "svc", 10);
+        let asker = peer_key(2);
+        let ask = |core: &mut crate::core::NodeCore, request, token| {
+            let msgs = vec![PeerMsg::LendHandle {
+                request,
+                actor,
+                token: shoal_protocol::ActorToken(token),
+            }];
+            core.handle(now, Input::FromPeer { peer: asker, msgs });
+            drain(core)
+                .into_iter()
+                .find_map(|o| match o {
+                    Output::ToPeer {
+                        peer,
+                        msg: PeerMsg::HandleLent { request: r, held },
+                    } if peer == asker && r == request => Some(held),
+                    _ => None,
+                })
+                .unwrap_or_else(|| panic!("no answer to request {request}"))
+        };
+        // A wrong secret gets nothing (and holds nothing: the actor can still end).
+        assert_eq!(ask(&mut core, 1, [0; 16]), None);
+        // The right one gets the handle object, which the peer then holds.
+        assert_eq!(ask(&mut core, 2, [9; 16]), Some(handle));
+        let out = send(&mut core, now, ToNode::Release { ids: vec![handle] });
+        assert!(!killed(&out, worker), "{out:?}");
+        // The peer gives it back: the actor ends.
+        let msgs = vec![PeerMsg::Release { ids: vec![handle] }];
+        core.handle(now, Input::FromPeer { peer: asker, msgs });
+        assert!(killed(&drain(&mut core), worker));
     }
 
     #[test]

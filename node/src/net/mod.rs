@@ -747,7 +747,7 @@ impl Protocols {
             #[cfg(feature = "test-utils")]
             bulk: p(format!("/shoal/{mesh}/bulk/1"))?,
             code: p(format!("/shoal/{mesh}/code/1"))?,
-            ctl: p(format!("/shoal/{mesh}/ctl/10"))?,
+            ctl: p(format!("/shoal/{mesh}/ctl/11"))?,
             obj: p(format!("/shoal/{mesh}/obj/1"))?,
             load_topic: format!("shoal/{mesh}/load/v2"),
             admin_topic: format!("shoal/{mesh}/admin/v1"),

@@ -263,6 +263,9 @@ pub struct Driver {
     held: BTreeMap<ObjectId, Option<ObjectValue>>,
     /// Answers to its state queries ([`Sim::ask_state`]), by request.
     states: BTreeMap<u64, StateResult>,
+    /// Answers to its lookups by name ([`Sim::lookup`]), by request: the actor found and
+    /// the handle object it holds for it.
+    found: BTreeMap<u64, (Option<ActorId>, Option<ObjectId>)>,
     /// Its next request number.
     request: u64,
     /// Warnings its node sent it.
@@ -1040,6 +1043,15 @@ impl Sim {
             ToClient::Object { id, value } => (id, value),
             ToClient::State { request, reply } => {
                 self.drivers[d].states.insert(request, reply);
+                return;
+            }
+            ToClient::ActorFound {
+                request,
+                actor,
+                held,
+            } => {
+                let found = (actor.map(|a| a.actor_id), held);
+                self.drivers[d].found.insert(request, found);
                 return;
             }
             ToClient::Warning { message } => {
@@ -1884,6 +1896,7 @@ impl Sim {
             puts: BTreeMap::new(),
             held: BTreeMap::new(),
             states: BTreeMap::new(),
+            found: BTreeMap::new(),
             request: 0,
             warnings: Vec::new(),
             log_lines: Vec::new(),
@@ -2253,15 +2266,50 @@ impl Sim {
 
     /// Driver `d` creates an actor (with `restarts` restarts) and gets its id.
     pub fn create_actor(&mut self, d: usize, restarts: u32, cpus: f64) -> ActorId {
-        self.create_actor_with(d, restarts, cpus, false)
+        self.create_actor_with(d, restarts, cpus, false, None)
     }
 
     /// [`Sim::create_actor`], detached: it outlives its creator.
     pub fn create_detached_actor(&mut self, d: usize, restarts: u32, cpus: f64) -> ActorId {
-        self.create_actor_with(d, restarts, cpus, true)
+        self.create_actor_with(d, restarts, cpus, true, None)
     }
 
-    fn create_actor_with(&mut self, d: usize, restarts: u32, cpus: f64, detached: bool) -> ActorId {
+    /// [`Sim::create_actor`] under `name`; with `get_if_exists`, the creation's return
+    /// object ([`Sim::handle_of`]) may name another actor of that name.
+    pub fn create_named_actor(
+        &mut self,
+        d: usize,
+        restarts: u32,
+        cpus: f64,
+        name: &str,
+        get_if_exists: bool,
+    ) -> ActorId {
+        self.create_actor_with(d, restarts, cpus, false, Some((name, get_if_exists)))
+    }
+
+    /// Driver `d` looks up the actor named `name`; the answer is [`Sim::found`]`(d, request)`.
+    pub fn lookup(&mut self, d: usize, name: &str) -> u64 {
+        self.drivers[d].request += 1;
+        let request = self.drivers[d].request;
+        let name = name.to_string();
+        self.send(d, ToNode::LookupActor { request, name });
+        request
+    }
+
+    /// What driver `d`'s lookup `request` found: the actor, and the handle object the driver
+    /// now holds for it (released with [`Sim::release`]).
+    pub fn found(&self, d: usize, request: u64) -> Option<(Option<ActorId>, Option<ObjectId>)> {
+        self.drivers[d].found.get(&request).copied()
+    }
+
+    fn create_actor_with(
+        &mut self,
+        d: usize,
+        restarts: u32,
+        cpus: f64,
+        detached: bool,
+        name: Option<(&str, bool)>,
+    ) -> ActorId {
         let task = self.next_task(d);
         let mut id = [0u8; 16];
         id[..8].copy_from_slice(&self.drivers[d].client.0.to_le_bytes());
@@ -2278,8 +2326,8 @@ impl Sim {
             kind: TaskKind::CreateActor(ActorCreate {
                 actor_id: actor,
                 token: token_of(actor),
-                name: None,
-                get_if_exists: false,
+                name: name.map(|(n, _)| n.to_string()),
+                get_if_exists: name.is_some_and(|(_, g)| g),
                 max_restarts: restarts,
                 max_concurrency: 1,
                 detached,

@@ -37,6 +37,8 @@ fn run_random(seed: u64) -> (Sim, Vec<Violation>) {
         })
         .collect();
     let mut actors: Vec<(usize, shoal_protocol::ActorId)> = Vec::new();
+    let mut lookups: Vec<(usize, u64)> = Vec::new();
+    let mut names: Vec<String> = Vec::new();
     let total_cpus: f64 = sim.cpus().iter().sum();
     let mut actor_cpus = 0.0;
     let mut owned: Vec<(usize, ObjectId)> = Vec::new();
@@ -175,8 +177,24 @@ fn run_random(seed: u64) -> (Sim, Vec<Violation>) {
                     cpus = 0.0;
                 }
                 actor_cpus += cpus;
-                let a = sim.create_actor(d, restarts, cpus);
+                // Some under a name, which any driver may look up. (Each its own: names
+                // are unique per node, not across the mesh, so two nodes' creations of one
+                // name would both live.)
+                let a = if sim.rng().chance(0.3) {
+                    let name = format!("s{}", actors.len());
+                    names.push(name.clone());
+                    sim.create_named_actor(d, restarts, cpus, &name, false)
+                } else {
+                    sim.create_actor(d, restarts, cpus)
+                };
                 actors.push((d, a));
+            }
+            53..=55 if !names.is_empty() => {
+                // A lookup by name: the handle found is held until released below, or
+                // until the driver exits.
+                let name = names[sim.rng().below(names.len() as u64) as usize].clone();
+                let request = sim.lookup(d, &name);
+                lookups.push((d, request));
             }
             53..=79 => {
                 if let Some(&(_, a)) = pick(&mut sim, &actors) {
@@ -215,6 +233,13 @@ fn run_random(seed: u64) -> (Sim, Vec<Violation>) {
                         let force = sim.rng().chance(0.3);
                         sim.cancel(o, id, force, true);
                     }
+                }
+            }
+            86 if !lookups.is_empty() => {
+                let k = sim.rng().below(lookups.len() as u64) as usize;
+                let (o, request) = lookups.swap_remove(k);
+                if let Some((_, Some(h))) = sim.found(o, request) {
+                    sim.release(o, h);
                 }
             }
             86..=89 => {

@@ -76,10 +76,10 @@ pub struct Actor {
     pub calls_done: u64,
     /// Its last counted handle is gone: it ends once its calls are done.
     pub draining: bool,
-    /// A handle to it exists that is not counted (found by name, or by a get-or-create,
-    /// at a node where its handle object is not: it was created elsewhere, or spilled here):
-    /// it no longer ends when its counted handles are gone, only when it is killed or its
-    /// creator ends.
+    /// A handle to it exists that is not counted (found by name, or by a get-or-create, at
+    /// a node where its handles are counted nowhere; or one whose lend from the counting
+    /// node did not come in time): it no longer ends when its counted handles are gone,
+    /// only when it is killed or its creator ends.
     pub escaped: bool,
     /// Its span (`actor = %id`): entered while the core works on it.
     pub span: tracing::Span,

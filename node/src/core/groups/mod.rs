@@ -721,7 +721,27 @@ impl NodeCore {
             .and_then(|g| g.round.as_mut())
             .filter(|r| r.waiting.contains(&peer))
         else {
-            tracing::debug!(%group, %peer, "an answer to a prepare nobody is waiting for; ignored");
+            // A late yes to a round of a group placed here that ended without it (the peer
+            // was lost, say) sets bundles aside there for nothing: they are taken back at
+            // once, rather than after the peer's prepare timeout. (Bundles committed there
+            // stay; so do those of a round under way there. A group unknown here is left to
+            // that timeout.)
+            let late = self.groups.placed.get(&group).is_some_and(|g| {
+                !g.round
+                    .as_ref()
+                    .is_some_and(|r| r.sites.iter().any(|(_, s)| *s == Some(peer)))
+            });
+            if ok && late {
+                tracing::debug!(%group, %peer, "a late answer to a prepare; its bundles there are taken back");
+                let msg = PeerMsg::GroupRelease {
+                    group,
+                    reason: "its placement there was given up".into(),
+                    aborted: true,
+                };
+                self.tell_peer(peer, msg);
+            } else {
+                tracing::debug!(%group, %peer, "an answer to a prepare nobody is waiting for; ignored");
+            }
             return;
         };
         round.waiting.retain(|p| *p != peer);

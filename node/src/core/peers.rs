@@ -1790,6 +1790,19 @@ impl NodeCore {
             }
             return;
         }
+        if ran.is_some() {
+            // It failed here before, and its owner retries it: the failure it was told
+            // makes way for this run's outcome (a lend of its result kept the entry here).
+            tracing::debug!(task = %task, peer = %from, "a task that failed here is sent again; it runs again");
+            let more = spec.more_return_ids();
+            for id in std::iter::once(ret).chain(more) {
+                if let Some(e) = self.objects.get_mut(&id) {
+                    if matches!(e.value, Some(ObjectValue::Error(_))) {
+                        e.value = None;
+                    }
+                }
+            }
+        }
         let arg_ids: Vec<ObjectId> = spec
             .args
             .iter()

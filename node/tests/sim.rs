@@ -1933,3 +1933,51 @@ fn a_named_actor_placed_at_a_peer_counts_the_handles_found_by_name_anywhere() {
     }
     assert_clean(sim);
 }
+
+#[test]
+fn a_name_stays_taken_at_the_node_that_placed_its_actor_at_a_peer() {
+    // Node 0 has no CPU: the actor it creates lives at node 1, and its name stays node 0's.
+    let mut sim = mesh(&[0.0, 1.0]);
+    let d0 = sim.driver(0);
+    sim.run_for(Duration::from_secs(1));
+    let actor = sim.create_named_actor(d0, 0, 1.0, "svc", false);
+    let handle = sim.handle_of(actor).unwrap();
+    sim.run_for(Duration::from_secs(2));
+    assert_eq!(sim.core(1).unwrap().census().actors, 1);
+
+    // A second actor of that name is refused where the first was created; a get-or-create
+    // there gets the first, and its handle keeps it alive.
+    let twin = sim.create_named_actor(d0, 0, 1.0, "svc", false);
+    let refused = sim.handle_of(twin).unwrap();
+    let same = sim.create_named_actor(d0, 0, 1.0, "svc", true);
+    let found = sim.handle_of(same).unwrap();
+    sim.run_for(Duration::from_secs(2));
+    let v = &sim.results(d0)[&refused];
+    assert!(
+        is_error(v, |e| matches!(e, TaskError::ActorNameTaken { .. })),
+        "{v:?}"
+    );
+    assert!(matches!(&sim.results(d0)[&found], ObjectValue::Inline(_)));
+    assert_eq!(sim.core(1).unwrap().census().actors, 1, "no second actor");
+    sim.release(d0, refused);
+    sim.release(d0, handle);
+    sim.run_for(Duration::from_secs(2));
+    let call = sim.call(d0, actor, "echo");
+    sim.run_for(Duration::from_secs(1));
+    let v = &sim.results(d0)[&call];
+    assert!(is_value(v), "the get-or-create's handle holds it: {v:?}");
+    sim.release(d0, call);
+
+    // Once the last handle goes, the actor ends and its name is free at its creator.
+    sim.release(d0, found);
+    sim.run_for(Duration::from_secs(2));
+    assert_eq!(sim.core(1).unwrap().census().actors, 0);
+    let next = sim.create_named_actor(d0, 0, 1.0, "svc", false);
+    let new = sim.handle_of(next).unwrap();
+    sim.run_for(Duration::from_secs(2));
+    assert!(matches!(&sim.results(d0)[&new], ObjectValue::Inline(_)));
+    assert_eq!(sim.core(1).unwrap().census().actors, 1);
+    sim.release(d0, new);
+    sim.run_for(Duration::from_secs(2));
+    assert_clean(sim);
+}

@@ -695,6 +695,23 @@ impl NodeCore {
         placed.and_then(counted).unwrap_or(Counted::Nowhere)
     }
 
+    /// The live actor named `name` that this node placed at a peer, if any, and whether it
+    /// is of class `class`.
+    fn placed_by_name(&self, name: &str, class: &str) -> Option<(ActorId, bool)> {
+        self.directory
+            .placements()
+            .into_iter()
+            .find_map(|(actor, placed)| {
+                let e = self.tasks.get(&placed.task)?;
+                match &e.spec.kind {
+                    TaskKind::CreateActor(c) if c.name.as_deref() == Some(name) => {
+                        Some((actor, e.spec.function == class))
+                    }
+                    _ => None,
+                }
+            })
+    }
+
     /// Makes `party` one more holder of `actor`'s handle object, for a handle it found by
     /// name, and returns the object. When that object is at a peer (the actor's creator's
     /// node placed it here), that peer is returned instead, for the finder to ask it to lend
@@ -1156,7 +1173,17 @@ impl NodeCore {
         match kind {
             TaskKind::Function => {}
             TaskKind::CreateActor(create) => {
-                match self.actors.register(task_id, &class, &create, client) {
+                // A name is this node's as long as the actor it placed at a peer lives (the
+                // peer holds the name too, where it hosts the actor).
+                let placed = (create.name.as_deref())
+                    .and_then(|name| Some((name, self.placed_by_name(name, &class)?)));
+                let registered = match placed {
+                    Some((name, (existing, same_class))) => {
+                        super::actors::name_taken(&create, name, existing, same_class)
+                    }
+                    None => self.actors.register(task_id, &class, &create, client),
+                };
+                match registered {
                     Ok(Registered::New) => {
                         tracing::debug!(actor = %create.actor_id, class, name = ?create.name, "actor registered");
                         if let (Party::Proc(_), false) = (owner, create.detached) {

@@ -66,6 +66,9 @@ pub(crate) struct ObjEntry {
     pub(crate) owner_peer: Option<PeerKey>,
     /// Its bytes here were pulled from a peer (a copy, for `shoal status` and the metrics).
     pub(crate) pulled: bool,
+    /// Refs that peers held when they were written off as lost (a multiset): a release of
+    /// one that was on its way then is late, not wrong. See [`ObjectTable::late_release`].
+    pub(crate) written_off: Vec<PeerKey>,
 }
 
 /// Copies of an object held by peers.
@@ -220,6 +223,10 @@ impl ObjectTable {
         for (id, e) in self.map.iter_mut() {
             let before = (e.holders.len(), e.waiters.len(), e.push_to);
             let had = e.holders.contains(&party) || e.push_to == Some(party);
+            if let Party::Peer(peer) = party {
+                let held = e.holders.iter().filter(|h| **h == party).count();
+                e.written_off.extend(std::iter::repeat_n(peer, held));
+            }
             e.holders.retain(|h| *h != party);
             e.waiters.retain(|h| *h != party);
             if e.push_to == Some(party) {
@@ -235,6 +242,22 @@ impl ObjectTable {
             }
         }
         touched
+    }
+
+    /// A release of `id` by `peer`, which holds no ref to it: whether it gives back a ref
+    /// the peer held when it was written off as lost (a release sent before it heard of
+    /// the loss, or of a lend made just before it). Each such ref is given back once.
+    pub(crate) fn late_release(&mut self, peer: PeerKey, id: &ObjectId) -> bool {
+        let Some(e) = self.map.get_mut(id) else {
+            return false;
+        };
+        match e.written_off.iter().position(|p| *p == peer) {
+            Some(pos) => {
+                e.written_off.swap_remove(pos);
+                true
+            }
+            None => false,
+        }
     }
 
     /// `peer` is gone: the refs it lent are owed it no more.
@@ -441,6 +464,27 @@ mod tests {
         t.hold(A, &[x]);
         t.party_gone(peer);
         assert!(t.collect(x).is_empty(), "A still holds it");
+        assert_eq!(t.get(&x).unwrap().holders, vec![A]);
+    }
+
+    #[test]
+    fn a_written_off_peer_gives_back_each_ref_it_held_once() {
+        let mut t = ObjectTable::default();
+        let key = PeerKey::from_bytes(&[7; 38]).unwrap();
+        let peer = Party::Peer(key);
+        let x = put(&mut t, A, 1);
+        t.hold(peer, &[x, x]);
+        assert!(
+            !t.late_release(key, &x),
+            "it holds refs: a release is no late one"
+        );
+        t.party_gone(peer);
+        assert_eq!(t.get(&x).unwrap().holders, vec![A]);
+        // Two releases were on their way; a third is one it never held.
+        assert!(!t.release(peer, &x));
+        assert!(t.late_release(key, &x));
+        assert!(t.late_release(key, &x));
+        assert!(!t.late_release(key, &x));
         assert_eq!(t.get(&x).unwrap().holders, vec![A]);
     }
 

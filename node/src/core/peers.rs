@@ -196,6 +196,8 @@ impl NodeCore {
                 for id in ids {
                     if self.objects.release(party, &id) {
                         self.maybe_free(id);
+                    } else if self.objects.late_release(peer, &id) {
+                        tracing::debug!(object = %id, %peer, "a release of a ref written off with its peer");
                     } else if self.objects.contains(&id) && self.lineage.get(&id).is_none() {
                         // Not held by it: nothing changes (a peer releases only its own refs).
                         // (One made again here from its lineage is a new entry: a release of

@@ -159,6 +159,22 @@ pub enum Registered {
     Existing(ActorId),
 }
 
+/// A creation of an actor named `name` finds a live actor of that name, `existing`: a
+/// get-or-create of the same class gets it; anything else is refused.
+pub fn name_taken(
+    spec: &ActorCreate,
+    name: &str,
+    existing: ActorId,
+    same_class: bool,
+) -> Result<Registered, TaskError> {
+    match (spec.get_if_exists, same_class) {
+        (true, true) => Ok(Registered::Existing(existing)),
+        _ => Err(TaskError::ActorNameTaken {
+            name: name.to_string(),
+        }),
+    }
+}
+
 /// What happens to an actor whose worker process died.
 #[derive(Debug, PartialEq)]
 pub enum AfterDeath {
@@ -195,10 +211,7 @@ impl ActorTable {
         if let Some(name) = &spec.name {
             if let Some(existing) = self.names.get(name) {
                 let same_class = self.actors.get(existing).is_some_and(|a| a.class == class);
-                return match (spec.get_if_exists, same_class) {
-                    (true, true) => Ok(Registered::Existing(*existing)),
-                    _ => Err(TaskError::ActorNameTaken { name: name.clone() }),
-                };
+                return name_taken(spec, name, *existing, same_class);
             }
         }
         if self.actors.contains_key(&spec.actor_id) {

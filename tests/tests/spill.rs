@@ -369,6 +369,11 @@ fn driver_entry() {
             let mark = again.mark("two".to_string());
             mark.get_blocking_timeout(Duration::from_secs(20)).unwrap();
             println!("result replaced");
+            // Its name is this node's while it lives at c: an actor of that name that would
+            // stay here is refused.
+            let twin = Marks::options(ActorOptions::new().name("counted-across-peers"));
+            let refused = matches!(twin.try_remote(), Err(shoal::ActorError::NameTaken(_)));
+            println!("result twin-refused {refused}");
             // Found by name from b while it lives at c: that handle is counted at this
             // node, its creator's, and keeps it after the driver drops its own.
             let found_on = keeper
@@ -848,6 +853,7 @@ fn an_object_made_on_b_is_consumed_on_c() {
         format!("kept-on {b}"),
         "kept-marks one".into(),
         "replaced".into(),
+        "twin-refused true".into(),
         format!("placed-found-on {b}"),
         "placed-found-marks two".into(),
         "placed-found-freed".into(),

@@ -104,10 +104,10 @@ enum Command {
         #[arg(long)]
         socket: Option<PathBuf>,
     },
-    /// List tasks, actors, objects, peers or workers of the whole mesh (as `ray list`): the
-    /// node asks every peer it knows, and says which did not answer in time.
+    /// List tasks, actors, objects, peers, workers or placement groups of the whole mesh (as
+    /// `ray list`): the node asks every peer it knows, and says which did not answer in time.
     List {
-        /// tasks, actors, objects, peers or workers.
+        /// tasks, actors, objects, peers, workers, logs or placement-groups.
         kind: StateKind,
         /// Only rows whose field KEY is (or with `!=`, is not) VALUE; ids match by prefix.
         /// Repeat for several. `--filter help` lists the fields.

@@ -1671,6 +1671,31 @@ fn a_placement_group_holds_its_resources_until_it_is_removed() {
     sim.run_for(Duration::from_secs(3));
     assert!(!sim.results(d).contains_key(&outside));
     assert!(ready(&sim, d, second).is_none());
+    // Listed from the other peer: one created, with a bundle on each peer, one waiting.
+    let other = sim.driver(1);
+    let keys: Vec<String> = (0..2).map(|n| sim.key(n).to_string()).collect();
+    let groups = |sim: &mut Sim| {
+        let query =
+            shoal_protocol::state::StateQuery::new(shoal_protocol::state::StateKind::Groups);
+        match list(sim, other, query).rows {
+            shoal_protocol::state::StateRows::Groups(rows) => rows,
+            rows => panic!("{rows:?}"),
+        }
+    };
+    let rows = groups(&mut sim);
+    let row = |id| rows.iter().find(|r| r.group_id == id).expect("listed");
+    assert_eq!(
+        (row(g).state.as_str(), row(g).node.as_str()),
+        ("CREATED", keys[0].as_str())
+    );
+    let mut sites = row(g).sites.clone();
+    sites.sort();
+    let mut both = keys.clone();
+    both.sort();
+    assert_eq!(sites, both);
+    assert_eq!(row(g).strategy, "PACK");
+    assert_eq!(row(second).state, "PENDING");
+    assert_eq!(row(second).sites, vec!["-".to_string()]);
     // Inside it, tasks run.
     let inside = sim.submit_placed(d, "echo", TaskOpts::default(), in_group(g, Some(1)), vec![]);
     sim.run_for(Duration::from_secs(1));
@@ -1679,6 +1704,13 @@ fn a_placement_group_holds_its_resources_until_it_is_removed() {
     sim.run_for(Duration::from_secs(2));
     assert!(is_value(&sim.results(d)[&outside]));
     assert!(ready(&sim, d, second).is_some_and(is_value));
+    // A removed group is no longer listed.
+    let rows = groups(&mut sim);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(
+        (rows[0].group_id, rows[0].state.as_str()),
+        (second, "CREATED")
+    );
     assert_clean(sim);
 }
 

@@ -18,7 +18,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{ActorId, BinaryId, ClientId, ObjectId, TaskId};
+use crate::ids::{ActorId, BinaryId, ClientId, GroupId, ObjectId, TaskId};
 use crate::messages::ResourceSet;
 
 /// The most rows one query may ask for (from each peer, and in all).
@@ -43,17 +43,20 @@ pub enum StateKind {
     Workers,
     /// Lines that tasks and actors wrote to stdout and stderr.
     Logs,
+    /// Placement groups, each at the node that placed it.
+    Groups,
 }
 
 impl StateKind {
     /// Every kind.
-    pub const ALL: [StateKind; 6] = [
+    pub const ALL: [StateKind; 7] = [
         StateKind::Tasks,
         StateKind::Actors,
         StateKind::Objects,
         StateKind::Peers,
         StateKind::Workers,
         StateKind::Logs,
+        StateKind::Groups,
     ];
 
     /// Its name on the command line.
@@ -65,6 +68,7 @@ impl StateKind {
             StateKind::Peers => "peers",
             StateKind::Workers => "workers",
             StateKind::Logs => "logs",
+            StateKind::Groups => "placement-groups",
         }
     }
 
@@ -77,6 +81,7 @@ impl StateKind {
             StateKind::Peers => PeerRow::FIELDS,
             StateKind::Workers => WorkerRow::FIELDS,
             StateKind::Logs => LogRow::FIELDS,
+            StateKind::Groups => GroupRow::FIELDS,
         }
     }
 }
@@ -96,7 +101,8 @@ impl FromStr for StateKind {
             .find(|k| k.name() == s || k.name().trim_end_matches('s') == s)
             .ok_or_else(|| {
                 StateError::BadQuery(format!(
-                    "unknown kind {s:?}: expected tasks, actors, objects, peers, workers or logs"
+                    "unknown kind {s:?}: expected tasks, actors, objects, peers, workers, logs or \
+                     placement-groups"
                 ))
             })
     }
@@ -199,7 +205,7 @@ impl StateQuery {
         if self.summary
             && matches!(
                 self.kind,
-                StateKind::Peers | StateKind::Workers | StateKind::Logs
+                StateKind::Peers | StateKind::Workers | StateKind::Logs | StateKind::Groups
             )
         {
             return Err(StateError::BadQuery(format!(
@@ -761,6 +767,56 @@ impl Row for LogRow {
     }
 }
 
+/// A placement group, at the node that placed it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupRow {
+    /// The group.
+    pub group_id: GroupId,
+    /// The peer (or node) that placed it and answers for it.
+    pub node: String,
+    /// `PENDING` (not every bundle is placed yet) or `CREATED`.
+    pub state: String,
+    /// `PACK`, `SPREAD`, `STRICT_PACK` or `STRICT_SPREAD`.
+    pub strategy: String,
+    /// Each bundle's resources, in bundle order.
+    pub bundles: Vec<ResourceSet>,
+    /// The peer each bundle is on, in bundle order (`-`: not placed).
+    pub sites: Vec<String>,
+    /// It outlives its creator.
+    pub detached: bool,
+    /// How long ago it was asked for, in microseconds.
+    pub created_ago_us: u64,
+}
+
+impl Row for GroupRow {
+    const FIELDS: &'static [&'static str] = &[
+        "group_id",
+        "node",
+        "state",
+        "strategy",
+        "bundles",
+        "sites",
+        "detached",
+        "created_ago_us",
+    ];
+    fn cells(&self) -> Vec<(&'static str, Cell)> {
+        let bundles = self.bundles.iter().map(ResourceSet::to_string).collect();
+        vec![
+            ("group_id", self.group_id.to_hex().into()),
+            ("node", self.node.clone().into()),
+            ("state", self.state.clone().into()),
+            ("strategy", self.strategy.clone().into()),
+            ("bundles", Cell::List(bundles)),
+            ("sites", Cell::List(self.sites.clone())),
+            (
+                "detached",
+                (if self.detached { "yes" } else { "no" }).into(),
+            ),
+            ("created_ago_us", self.created_ago_us.into()),
+        ]
+    }
+}
+
 /// Rows of one kind.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StateRows {
@@ -776,6 +832,8 @@ pub enum StateRows {
     Workers(Vec<WorkerRow>),
     /// Lines of output.
     Logs(Vec<LogRow>),
+    /// Placement groups.
+    Groups(Vec<GroupRow>),
 }
 
 macro_rules! rows_from {
@@ -794,7 +852,8 @@ rows_from!(
     ObjectRow => Objects,
     PeerRow => Peers,
     WorkerRow => Workers,
-    LogRow => Logs
+    LogRow => Logs,
+    GroupRow => Groups
 );
 
 impl StateRows {
@@ -807,6 +866,7 @@ impl StateRows {
             StateKind::Peers => StateRows::Peers(Vec::new()),
             StateKind::Workers => StateRows::Workers(Vec::new()),
             StateKind::Logs => StateRows::Logs(Vec::new()),
+            StateKind::Groups => StateRows::Groups(Vec::new()),
         }
     }
 
@@ -819,6 +879,7 @@ impl StateRows {
             StateRows::Peers(_) => StateKind::Peers,
             StateRows::Workers(_) => StateKind::Workers,
             StateRows::Logs(_) => StateKind::Logs,
+            StateRows::Groups(_) => StateKind::Groups,
         }
     }
 
@@ -831,6 +892,7 @@ impl StateRows {
             StateRows::Peers(v) => v.len(),
             StateRows::Workers(v) => v.len(),
             StateRows::Logs(v) => v.len(),
+            StateRows::Groups(v) => v.len(),
         }
     }
 
@@ -851,6 +913,7 @@ impl StateRows {
             StateRows::Peers(v) => all(v),
             StateRows::Workers(v) => all(v),
             StateRows::Logs(v) => all(v),
+            StateRows::Groups(v) => all(v),
         }
     }
 
@@ -867,6 +930,11 @@ impl StateRows {
                     r.at_ago_us = r.at_ago_us.saturating_add(by);
                 }
             }
+            StateRows::Groups(v) => {
+                for r in v {
+                    r.created_ago_us = r.created_ago_us.saturating_add(by);
+                }
+            }
             _ => {}
         }
     }
@@ -881,6 +949,7 @@ impl StateRows {
             (StateRows::Peers(a), StateRows::Peers(b)) => a.extend(b),
             (StateRows::Workers(a), StateRows::Workers(b)) => a.extend(b),
             (StateRows::Logs(a), StateRows::Logs(b)) => a.extend(b),
+            (StateRows::Groups(a), StateRows::Groups(b)) => a.extend(b),
             _ => {}
         }
     }
@@ -917,6 +986,10 @@ impl StateRows {
             }
             StateRows::Workers(v) => {
                 v.sort_by(|a, b| a.node.cmp(&b.node).then(a.worker_id.cmp(&b.worker_id)));
+                v.truncate(limit);
+            }
+            StateRows::Groups(v) => {
+                v.sort_by(|a, b| a.node.cmp(&b.node).then(a.group_id.cmp(&b.group_id)));
                 v.truncate(limit);
             }
             StateRows::Logs(v) => {
@@ -1286,6 +1359,16 @@ mod tests {
                     binary: BinaryId([3; 32]),
                     state: "idle".into(),
                     tasks_done: 0,
+                }]),
+                StateKind::Groups => StateRows::Groups(vec![GroupRow {
+                    group_id: GroupId([4; 16]),
+                    node: node.clone(),
+                    state: "CREATED".into(),
+                    strategy: "PACK".into(),
+                    bundles: vec![ResourceSet::cpus(1.0)],
+                    sites: vec![node.clone()],
+                    detached: false,
+                    created_ago_us: 7,
                 }]),
                 StateKind::Logs => StateRows::Logs(vec![LogRow {
                     line: LogLine {

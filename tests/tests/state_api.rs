@@ -104,6 +104,12 @@ fn driver_entry() {
     for _ in 0..3 {
         tally.add(2).get_blocking().unwrap();
     }
+    // A detached placement group, a bundle on each of b and c, outlives it too.
+    let group = shoal::placement_group_detached(
+        vec![shoal::ResourceSet::cpus(0.5); 2],
+        shoal::GroupStrategy::StrictSpread,
+    );
+    assert!(group.wait(Duration::from_secs(30)).unwrap(), "not placed");
     println!("result done");
 }
 
@@ -330,7 +336,29 @@ fn every_peer_lists_the_same_mesh_and_a_silent_peer_is_named() {
             .map(|p| p["node"].as_str().unwrap())
             .collect();
         assert_eq!(told, ids.iter().map(String::as_str).collect());
+        // The group, told by the peer that placed it: a bundle on each of b and c.
+        let groups = cli_json(node, &["list", "placement-groups"]);
+        let rows = groups["rows"].as_array().unwrap();
+        assert_eq!(rows.len(), 1, "{groups}");
+        assert_eq!(rows[0]["state"], "CREATED", "{groups}");
+        assert_eq!(rows[0]["node"], ids[0].as_str());
+        assert_eq!(rows[0]["strategy"], "STRICT_SPREAD");
+        assert_eq!(rows[0]["detached"], "yes");
+        let sites: BTreeSet<&str> = rows[0]["sites"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap())
+            .collect();
+        assert_eq!(sites, BTreeSet::from([ids[1].as_str(), ids[2].as_str()]));
     }
+    let table = cli(mesh.node(1), &["list", "placement-groups"]);
+    assert!(
+        table.starts_with("GROUP_ID")
+            && table.contains("STRICT_SPREAD")
+            && table.contains("{CPU=0.5}"),
+        "{table}"
+    );
 
     // Filters, and `get` by a short id.
     let failed = cli_json(mesh.node(2), &["list", "tasks", "--filter", "state=failed"]);

@@ -101,6 +101,9 @@ fn columns(kind: StateKind) -> &'static [&'static str] {
         ],
         StateKind::Workers => &["node", "worker_id", "pid", "state", "tasks_done", "binary"],
         StateKind::Logs => &["node", "pid", "function", "stream", "text"],
+        StateKind::Groups => &[
+            "group_id", "node", "state", "strategy", "age", "bundles", "sites",
+        ],
     }
 }
 
@@ -127,7 +130,19 @@ fn task_extra(cells: &[(&'static str, Cell)], column: &str) -> Option<String> {
         _ => None,
     };
     match column {
-        "age" => num("arrived_ago_us").map(human_us),
+        "age" => num("arrived_ago_us")
+            .or_else(|| num("created_ago_us"))
+            .map(human_us),
+        // A group's bundles, each in braces (a bundle lists several resources).
+        "bundles" => match get("bundles") {
+            Some(Cell::List(v)) => Some(
+                v.iter()
+                    .map(|b| format!("{{{b}}}"))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            ),
+            _ => None,
+        },
         "run" => match (num("started_ago_us"), num("ended_ago_us")) {
             (Some(s), Some(e)) => Some(human_us(s.saturating_sub(e))),
             (Some(s), None) => Some(format!("{}+", human_us(s))),
@@ -168,6 +183,22 @@ fn write_table(out: &mut impl Write, rows: &StateRows) -> std::io::Result<()> {
             let cut = super::short_ids(text.iter().map(|r| r[i].clone()), 8);
             for (r, id) in text.iter_mut().zip(cut) {
                 r[i] = id;
+            }
+        }
+        if *c == "sites" {
+            // A group's peers, one per bundle: cut as the node column is.
+            let sites: Vec<Vec<String>> = all
+                .iter()
+                .map(|cells| match cells.iter().find(|(n, _)| *n == "sites") {
+                    Some((_, Cell::List(v))) => v.clone(),
+                    _ => Vec::new(),
+                })
+                .collect();
+            let names = sites.iter().flatten().map(String::as_str);
+            let width = shoal_protocol::state::unique_width(names, 8);
+            for (r, v) in text.iter_mut().zip(sites) {
+                let cut: Vec<String> = v.iter().map(|s| s.chars().take(width).collect()).collect();
+                r[i] = cut.join(",");
             }
         }
     }
@@ -280,6 +311,7 @@ pub(crate) fn resolve(ask: &Ask<'_>, kind: StateKind, id: &str) -> Result<(Strin
         StateKind::Workers => "worker_id",
         StateKind::Peers => "node",
         StateKind::Logs => bail!("lines have no id: `shoal logs --task ID` shows a task's"),
+        StateKind::Groups => "group_id",
     };
     if id.len() < 4 {
         bail!("an id of at least 4 characters, please");

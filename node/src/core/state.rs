@@ -505,6 +505,9 @@ impl NodeCore {
             StateKind::Logs => collect(query, self.log_rows(now), |_| {
                 (String::new(), String::new(), 0)
             }),
+            StateKind::Groups => collect(query, self.groups.rows(now, &node), |_| {
+                (String::new(), String::new(), 0)
+            }),
         };
         StateAnswer {
             node,

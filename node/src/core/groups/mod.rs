@@ -67,6 +67,8 @@ pub(crate) struct Placed {
     told: bool,
     /// Since when it has waited for room (for the infeasible grace).
     since: Instant,
+    /// When it was asked for.
+    created: Instant,
     /// Tasks submitted into it while it is not placed.
     parked: Vec<TaskId>,
 }
@@ -112,6 +114,44 @@ pub(crate) struct Groups {
     held: HashMap<GroupId, Held>,
     /// When groups waiting for room are looked at again.
     pub(crate) next_pass: Option<Instant>,
+}
+
+impl Groups {
+    /// A row for each group this node placed (`node`: this node's name, where a bundle is
+    /// here), for `shoal list placement-groups`.
+    pub(crate) fn rows(&self, now: Instant, node: &str) -> Vec<shoal_protocol::state::GroupRow> {
+        self.placed
+            .iter()
+            .map(|(id, g)| {
+                let sites: Vec<String> = g
+                    .sites
+                    .iter()
+                    .map(|s| match s {
+                        None => "-".to_string(),
+                        Some(None) => node.to_string(),
+                        Some(Some(peer)) => peer.to_string(),
+                    })
+                    .collect();
+                let placed = g.sites.iter().all(Option::is_some);
+                let state = match (placed, g.told) {
+                    (true, _) => "CREATED",
+                    // Placed once; a bundle's peer was lost and it is being placed again.
+                    (false, true) => "RESCHEDULING",
+                    (false, false) => "PENDING",
+                };
+                shoal_protocol::state::GroupRow {
+                    group_id: *id,
+                    node: node.to_string(),
+                    state: state.to_string(),
+                    strategy: g.strategy.to_string(),
+                    bundles: g.bundles.clone(),
+                    sites,
+                    detached: g.detached,
+                    created_ago_us: now.saturating_duration_since(g.created).as_micros() as u64,
+                }
+            })
+            .collect()
+    }
 }
 
 /// Where each bundle not yet placed goes, given where the others are (`placed`) and what
@@ -263,6 +303,7 @@ impl NodeCore {
                 round: None,
                 told: false,
                 since: now,
+                created: now,
                 parked: Vec::new(),
             },
         );

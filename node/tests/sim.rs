@@ -1896,6 +1896,16 @@ fn an_actor_whose_handle_a_peer_keeps_lives_until_that_copy_goes() {
     assert_clean(sim);
 }
 
+/// Driver `d` calls `actor`'s `echo`, and the outcome a second later (the call's ref is then
+/// released).
+fn echo_call(sim: &mut Sim, d: usize, actor: shoal_protocol::ActorId) -> ObjectValue {
+    let call = sim.call(d, actor, "echo");
+    sim.run_for(Duration::from_secs(1));
+    let v = sim.results(d)[&call].clone();
+    sim.release(d, call);
+    v
+}
+
 #[test]
 fn a_named_actor_placed_at_a_peer_counts_the_handles_found_by_name_anywhere() {
     // Node 0 creates the actor and has no CPU: it lives at node 1. Its handles are counted
@@ -1933,27 +1943,21 @@ fn a_named_actor_placed_at_a_peer_counts_the_handles_found_by_name_anywhere() {
         }
         sim.release(d, h);
         sim.run_for(Duration::from_secs(2));
-        let call = sim.call(d2, actor, "echo");
-        sim.run_for(Duration::from_secs(1));
-        let v = &sim.results(d2)[&call];
-        assert!(is_value(v), "after {d}'s copy went: {v:?}");
-        sim.release(d2, call);
+        let v = echo_call(&mut sim, d2, actor);
+        assert!(is_value(&v), "after {d}'s copy went: {v:?}");
     }
 
     // The last goes: the actor ends (its host forgets it), and its name is free.
     sim.release(d0, handle);
     sim.run_for(Duration::from_secs(2));
-    let call = sim.call(d2, actor, "echo");
-    sim.run_for(Duration::from_secs(1));
-    let v = &sim.results(d2)[&call];
+    let v = echo_call(&mut sim, d2, actor);
     assert!(
-        is_error(v, |e| matches!(
+        is_error(&v, |e| matches!(
             e,
             TaskError::ActorKilled { .. } | TaskError::NoSuchActor { .. }
         )),
         "{v:?}"
     );
-    sim.release(d2, call);
     let gone = sim.lookup(d2, "svc");
     sim.run_for(Duration::from_secs(2));
     assert_eq!(sim.found(d2, gone), Some((None, None)));
@@ -1994,11 +1998,8 @@ fn a_name_stays_taken_at_the_node_that_placed_its_actor_at_a_peer() {
     sim.release(d0, refused);
     sim.release(d0, handle);
     sim.run_for(Duration::from_secs(2));
-    let call = sim.call(d0, actor, "echo");
-    sim.run_for(Duration::from_secs(1));
-    let v = &sim.results(d0)[&call];
-    assert!(is_value(v), "the get-or-create's handle holds it: {v:?}");
-    sim.release(d0, call);
+    let v = echo_call(&mut sim, d0, actor);
+    assert!(is_value(&v), "the get-or-create's handle holds it: {v:?}");
 
     // Once the last handle goes, the actor ends and its name is free at its creator.
     sim.release(d0, found);

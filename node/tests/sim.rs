@@ -2014,3 +2014,50 @@ fn a_name_stays_taken_at_the_node_that_placed_its_actor_at_a_peer() {
     sim.run_for(Duration::from_secs(2));
     assert_clean(sim);
 }
+
+#[test]
+fn a_name_is_taken_anywhere_in_the_mesh_and_a_get_or_create_elsewhere_gets_its_actor() {
+    let mut sim = mesh(&[1.0, 1.0]);
+    let (d0, d1) = (sim.driver(0), sim.driver(1));
+    sim.run_for(Duration::from_secs(1));
+    let actor = sim.create_named_actor(d0, 0, 1.0, "svc", false);
+    let handle = sim.handle_of(actor).unwrap();
+    sim.run_for(Duration::from_secs(2));
+    assert_eq!(sim.core(0).unwrap().census().actors, 1);
+
+    // Node 1 asks the mesh before it creates an actor of that name: refused there, and a
+    // get-or-create there gets the actor at node 0, with a handle that keeps it alive.
+    let twin = sim.create_named_actor(d1, 0, 1.0, "svc", false);
+    let refused = sim.handle_of(twin).unwrap();
+    let same = sim.create_named_actor(d1, 0, 1.0, "svc", true);
+    let found = sim.handle_of(same).unwrap();
+    sim.run_for(Duration::from_secs(2));
+    let v = &sim.results(d1)[&refused];
+    assert!(
+        is_error(v, |e| matches!(e, TaskError::ActorNameTaken { .. })),
+        "{v:?}"
+    );
+    assert!(matches!(&sim.results(d1)[&found], ObjectValue::Inline(_)));
+    assert_eq!(sim.core(1).unwrap().census().actors, 0, "no second actor");
+    sim.release(d1, refused);
+    sim.release(d0, handle);
+    sim.run_for(Duration::from_secs(2));
+    let v = echo_call(&mut sim, d1, actor);
+    assert!(is_value(&v), "the get-or-create's handle holds it: {v:?}");
+
+    // Its last handle goes: the actor ends, and the name is free anywhere.
+    sim.release(d1, found);
+    sim.run_for(Duration::from_secs(2));
+    let v = echo_call(&mut sim, d0, actor);
+    assert!(
+        is_error(&v, |e| matches!(e, TaskError::ActorKilled { .. })),
+        "{v:?}"
+    );
+    let next = sim.create_named_actor(d1, 0, 1.0, "svc", false);
+    let new = sim.handle_of(next).unwrap();
+    sim.run_for(Duration::from_secs(2));
+    assert!(matches!(&sim.results(d1)[&new], ObjectValue::Inline(_)));
+    sim.release(d1, new);
+    sim.run_for(Duration::from_secs(2));
+    assert_clean(sim);
+}

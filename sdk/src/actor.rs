@@ -413,9 +413,16 @@ impl ActorOptions {
         self
     }
 
-    /// A name unique on the node, by which [`get_actor`] finds the actor from any program.
-    /// As in Ray, a named actor that is not [detached](Self::detached) still ends when its
-    /// last handle is dropped, and its name is then free.
+    /// A name unique in the mesh, by which [`get_actor`] finds the actor from any program
+    /// on any peer. As in Ray, a named actor that is not [detached](Self::detached) still
+    /// ends when its last handle is dropped, and its name is then free.
+    ///
+    /// There is no head to keep the names: the node that creates the actor first asks the
+    /// mesh's directory and the peer it names whether the name is taken (a creation made
+    /// while that peer is out of reach for 3 s goes ahead, and two creations racing on two
+    /// peers may both succeed; a lookup then finds one of them). A taken name fails the
+    /// creation with [`ActorError::NameTaken`], or gives the actor that has it when
+    /// [`get_if_exists`](Self::get_if_exists) is set.
     ///
     /// ```no_run
     /// # pub struct Counter;
@@ -423,7 +430,7 @@ impl ActorOptions {
     /// # impl Counter { pub fn new() -> Self { Counter } pub fn get(&self) -> u64 { 0 } }
     /// # fn main() -> Result<(), shoal::ActorError> {
     /// let hits = Counter::options(shoal::ActorOptions::new().name("hits")).remote();
-    /// // Elsewhere: in a task, an actor, or another program on the node.
+    /// // Elsewhere: in a task, an actor, or another program, on any peer of the mesh.
     /// let same = shoal::get_actor::<Counter>("hits")?;
     /// assert_eq!(shoal::ActorHandle::id(&same), shoal::ActorHandle::id(&hits));
     /// # Ok(()) }
@@ -877,7 +884,7 @@ pub fn exit_actor() -> ! {
 /// # #[shoal::actor] impl Counter { pub fn new() -> Self { Counter } pub fn incr(&self) {} }
 /// #[shoal::remote]
 /// fn record_hit() {
-///     // Any task, actor or program on the node finds the actor by its name.
+///     // Any task, actor or program, on any peer of the mesh, finds the actor by its name.
 ///     if let Ok(hits) = shoal::get_actor::<Counter>("hits") {
 ///         hits.incr();
 ///     }

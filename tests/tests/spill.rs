@@ -241,6 +241,12 @@ impl HandleKeeper {
         shoal::peer_id().unwrap_or_default()
     }
 
+    /// Whether an actor named `name` is refused here (it is taken elsewhere in the mesh).
+    pub fn twin_refused(&self, name: String) -> bool {
+        let twin = Marks::options(ActorOptions::new().name(name));
+        matches!(twin.try_remote(), Err(shoal::ActorError::NameTaken(_)))
+    }
+
     pub fn marks(&self) -> Vec<String> {
         let h = self.kept.as_ref().expect("a handle kept");
         h.marks().get_blocking().expect("the kept actor answers")
@@ -381,6 +387,12 @@ fn driver_entry() {
                 .get_blocking()
                 .unwrap();
             println!("result placed-found-on {found_on}");
+            // Its name is taken in the whole mesh: b, which found it, may not make another.
+            let refused = keeper
+                .twin_refused("counted-across-peers".to_string())
+                .get_blocking()
+                .unwrap();
+            println!("result twin-refused-on-b {refused}");
             drop(again);
             let seen = keeper.marks().get_blocking().unwrap();
             println!("result placed-found-marks {}", seen.join(","));
@@ -855,6 +867,7 @@ fn an_object_made_on_b_is_consumed_on_c() {
         "replaced".into(),
         "twin-refused true".into(),
         format!("placed-found-on {b}"),
+        "twin-refused-on-b true".into(),
         "placed-found-marks two".into(),
         "placed-found-freed".into(),
         format!("found-on {b}"),

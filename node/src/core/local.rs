@@ -19,6 +19,16 @@ use super::tasks::{FirstReturn, TaskEntry};
 use super::{ConnId, Counted, NodeCore, Output, Party, Proc, WorkerEnd};
 use crate::store::{Holder, Location, OpId};
 
+/// What registering an actor's creation came to ([`NodeCore::create_actor`]).
+enum Creation {
+    /// Registered: it goes on to be placed once its arguments are here.
+    Go,
+    /// It waits for a check of its name in the mesh (its own, or another creation's).
+    Waiting,
+    /// Nothing more to do: it failed, or a get-or-create found its actor.
+    Done,
+}
+
 impl NodeCore {
     pub(super) fn attached(&mut self, now: Instant, conn: ConnId, hello: Hello) {
         let mut worker = None;
@@ -695,6 +705,231 @@ impl NodeCore {
         placed.and_then(counted).unwrap_or(Counted::Nowhere)
     }
 
+    /// Registers the actor that `task` creates (its name checked here, and, when `may_claim`,
+    /// in the mesh): it goes on to be placed, waits for a check of its name, or is done (it
+    /// failed, or a get-or-create found its actor).
+    fn create_actor(&mut self, now: Instant, task: TaskId, may_claim: bool) -> Creation {
+        let Some(e) = self.tasks.get(&task) else {
+            return Creation::Done;
+        };
+        let TaskKind::CreateActor(create) = &e.spec.kind else {
+            return Creation::Go;
+        };
+        let create = create.clone();
+        let (class, client, owner, ret) = (e.spec.function.clone(), e.spec.owner, e.owner, e.ret);
+        // Another creation here is checking that name in the mesh: this one waits for it.
+        if let Some(first) = create.name.as_deref().and_then(|n| self.claim_of_name(n)) {
+            self.claim_waiters.entry(first).or_default().push(task);
+            return Creation::Waiting;
+        }
+        // A name is this node's as long as the actor it placed at a peer lives (the peer
+        // holds the name too, where it hosts the actor).
+        let placed = (create.name.as_deref())
+            .and_then(|name| Some((name, self.placed_by_name(name, &class)?)));
+        let registered = match placed {
+            Some((name, (existing, same_class))) => {
+                super::actors::name_taken(&create, name, existing, same_class)
+            }
+            None => self.actors.register(task, &class, &create, client),
+        };
+        match registered {
+            Ok(Registered::New) => {
+                tracing::debug!(actor = %create.actor_id, class, name = ?create.name, "actor registered");
+                if let (Party::Proc(_), false) = (owner, create.detached) {
+                    // Its creator holds this from now on, and so does every copy of its
+                    // handle, wherever it goes.
+                    self.handles.insert(ret, create.actor_id);
+                }
+                // A name is asked of the mesh first (a peer's creation was asked at its
+                // creator's node): its id goes out, and it is placed, once the mesh has
+                // said the name is not taken elsewhere.
+                let claiming = may_claim
+                    && matches!(owner, Party::Proc(_))
+                    && (create.name.as_deref())
+                        .is_some_and(|name| self.start_claim(now, task, name));
+                if claiming {
+                    return Creation::Waiting;
+                }
+                self.actor_id_ready(now, ret, create.actor_id);
+                self.announce_actor(create.actor_id);
+                Creation::Go
+            }
+            Ok(Registered::Existing(existing)) => {
+                // The creator gets a handle to it, whose object (this creation's) holds the
+                // actor's own handle object where that is counted here.
+                match self.handles_counted(existing) {
+                    Counted::Here(h) => self.set_nested(ret, vec![h]),
+                    Counted::At(peer) => self.ask_lend_to_nest(now, ret, existing, peer),
+                    Counted::Nowhere => self.actors.escape(existing),
+                }
+                self.finish_task(now, task);
+                self.actor_id_ready(now, ret, existing);
+                Creation::Done
+            }
+            Err(e) => {
+                // The handle its creator holds anyway (the options' `remote`) gives this
+                // error to every call made through it.
+                self.directory.end(create.actor_id, e.clone());
+                self.fail_task(now, task, e);
+                Creation::Done
+            }
+        }
+    }
+
+    /// The creation task of the actor here named `name`, while the mesh is asked whether
+    /// that name is taken elsewhere.
+    fn claim_of_name(&self, name: &str) -> Option<TaskId> {
+        let actor = self.actors.lookup(name)?.actor_id;
+        let first = self.actors.get(&actor)?.create_task;
+        self.claim_pending(first).then_some(first)
+    }
+
+    /// Whether the mesh is being asked about the name of the actor `task` creates.
+    fn claim_pending(&self, task: TaskId) -> bool {
+        (self.name_lookups.values())
+            .any(|l| matches!(l.asked, super::Asked::Claim { task: t } if t == task))
+    }
+
+    /// Whether the creation `task` waits for a check of its name in the mesh.
+    pub(super) fn checking_name(&self, task: &TaskId) -> bool {
+        self.claim_pending(*task) || self.claim_waiters.values().any(|w| w.contains(task))
+    }
+
+    /// The check of the name `first` creates ended: the creations of that name that waited
+    /// for it go on (each finds the actor `first` made, or is refused, or checks in turn).
+    fn wake_claim_waiters(&mut self, now: Instant, first: TaskId) {
+        let Some(waiting) = self.claim_waiters.remove(&first) else {
+            return;
+        };
+        for task in waiting {
+            if let Creation::Go = self.create_actor(now, task, true) {
+                if let Some(e) = self.tasks.get_mut(&task) {
+                    e.missing = e.missing.saturating_sub(1);
+                    if e.missing == 0 {
+                        self.deps_ready(now, task);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Asks the mesh whether `name`, of the actor that `task` creates here, is taken by an
+    /// actor elsewhere: ends in [`NodeCore::claim_free`] or [`NodeCore::claim_taken`], by
+    /// [`NAME_CLAIM_TIMEOUT`](super::NAME_CLAIM_TIMEOUT) at the latest. Says whether it
+    /// asked: only a peer with other peers in view does (a node alone has nobody to ask).
+    fn start_claim(&mut self, now: Instant, task: TaskId, name: &str) -> bool {
+        let Some(me) = self.me else {
+            return false;
+        };
+        if self.spill.peers.is_empty() {
+            return false;
+        }
+        let n = self.next_lookup;
+        self.next_lookup += 1;
+        let lookup = super::NameLookup {
+            asked: super::Asked::Claim { task },
+            peer: me,
+            deadline: now + super::NAME_CLAIM_TIMEOUT,
+        };
+        self.name_lookups.insert(n, lookup);
+        tracing::debug!(task = %task, name = %shoal_protocol::display_name(name), "asking the mesh whether an actor's name is taken");
+        self.out.push_back(Output::Job(super::Job::ResolveName {
+            asker: super::NameAsker::Claim(n),
+            name: name.to_string(),
+        }));
+        true
+    }
+
+    /// The actor `task` creates here, while it waits for its name's check.
+    pub(super) fn claiming(&self, task: TaskId) -> Option<ActorId> {
+        let e = self.tasks.get(&task)?;
+        let TaskKind::CreateActor(c) = &e.spec.kind else {
+            return None;
+        };
+        (self.actors.by_task(&task) == Some(c.actor_id)).then_some(c.actor_id)
+    }
+
+    /// The name of the actor `task` creates is not taken elsewhere (or the mesh did not say
+    /// in time): its id goes out, it is announced, and it is placed.
+    pub(super) fn claim_free(&mut self, now: Instant, task: TaskId) {
+        let found = self.claiming(task).zip(self.tasks.get_mut(&task));
+        if let Some((actor, e)) = found {
+            e.missing = e.missing.saturating_sub(1);
+            let (ret, ready) = (e.ret, e.missing == 0);
+            self.actor_id_ready(now, ret, actor);
+            self.announce_actor(actor);
+            if ready {
+                self.deps_ready(now, task);
+            }
+        }
+        self.wake_claim_waiters(now, task);
+    }
+
+    /// The name of the actor `task` was to create is taken by `found`, which lives at a
+    /// peer: the creation fails with `ActorNameTaken`, or, for a get-or-create of the same
+    /// class, gets `found`, its return object holding a counted handle of it (`held`, lent
+    /// by the peer asked, or one asked of `counted_at`, its creator's node).
+    pub(super) fn claim_taken(
+        &mut self,
+        now: Instant,
+        task: TaskId,
+        found: shoal_protocol::ActorInfo,
+        held: Option<ObjectId>,
+        counted_at: Option<PeerKey>,
+    ) {
+        let Some(mine) = self.claiming(task) else {
+            return self.wake_claim_waiters(now, task);
+        };
+        let Some(e) = self.tasks.get(&task) else {
+            return self.wake_claim_waiters(now, task);
+        };
+        let TaskKind::CreateActor(c) = &e.spec.kind else {
+            return;
+        };
+        let get = c.get_if_exists && found.class == e.spec.function;
+        let (ret, name) = (e.ret, c.name.clone().unwrap_or_default());
+        // The actor that was to be made here never is (nothing was announced or placed).
+        let calls = self.actors.forget(mine);
+        self.handles.remove(&ret);
+        if !get {
+            tracing::debug!(task = %task, name = %shoal_protocol::display_name(&name), actor = %found.actor_id, "an actor's name is taken at a peer; creation refused");
+            let err = TaskError::ActorNameTaken { name };
+            for t in calls {
+                self.fail_task(now, t, err.clone());
+            }
+            self.directory.end(mine, err.clone());
+            self.fail_task(now, task, err);
+            return self.wake_claim_waiters(now, task);
+        }
+        tracing::debug!(task = %task, actor = %found.actor_id, "a get-or-create found its actor at a peer");
+        for t in calls {
+            self.fail_task(now, t, TaskError::NoSuchActor { actor: mine });
+        }
+        match (held, counted_at) {
+            (Some(h), _) => self.set_nested(ret, vec![h]),
+            (None, Some(at)) if Some(at) == self.me => {
+                if let Counted::Here(h) = self.handles_counted(found.actor_id) {
+                    self.set_nested(ret, vec![h]);
+                }
+            }
+            (None, Some(at)) => {
+                let asked = super::Asked::Nest {
+                    ret,
+                    actor: found.actor_id,
+                };
+                self.ask_handle(now, at, found.actor_id, found.token, asked);
+            }
+            // Counted nowhere (it is detached): it lives until it is killed.
+            (None, None) => {}
+        }
+        self.finish_task(now, task);
+        match codec::encode(&(found.actor_id, found.token)) {
+            Ok(bytes) => self.object_ready(now, ret, ObjectValue::Inline(bytes)),
+            Err(e) => tracing::error!(error = %e, "cannot encode an actor id"),
+        }
+        self.wake_claim_waiters(now, task);
+    }
+
     /// The live actor named `name` that this node placed at a peer, if any, and whether it
     /// is of class `class`.
     fn placed_by_name(&self, name: &str, class: &str) -> Option<(ActorId, bool)> {
@@ -1147,7 +1382,7 @@ impl NodeCore {
         }
         let invalid = invalid_options(&spec);
         let kind = spec.kind.clone();
-        let (client, class) = (spec.owner, spec.function.clone());
+        let client = spec.owner;
         let entry = TaskEntry::new(now, spec, ret, owner, missing, hops);
         let span = entry.span.clone();
         let _entered = span.enter();
@@ -1172,49 +1407,17 @@ impl NodeCore {
         }
         match kind {
             TaskKind::Function => {}
-            TaskKind::CreateActor(create) => {
-                // A name is this node's as long as the actor it placed at a peer lives (the
-                // peer holds the name too, where it hosts the actor).
-                let placed = (create.name.as_deref())
-                    .and_then(|name| Some((name, self.placed_by_name(name, &class)?)));
-                let registered = match placed {
-                    Some((name, (existing, same_class))) => {
-                        super::actors::name_taken(&create, name, existing, same_class)
-                    }
-                    None => self.actors.register(task_id, &class, &create, client),
-                };
-                match registered {
-                    Ok(Registered::New) => {
-                        tracing::debug!(actor = %create.actor_id, class, name = ?create.name, "actor registered");
-                        if let (Party::Proc(_), false) = (owner, create.detached) {
-                            // Its creator holds this from now on, and so does every copy of
-                            // its handle, wherever it goes.
-                            self.handles.insert(ret, create.actor_id);
-                        }
-                        self.actor_id_ready(now, ret, create.actor_id);
-                        self.announce_actor(create.actor_id);
-                    }
-                    Ok(Registered::Existing(existing)) => {
-                        // The creator gets a handle to it, whose object (this creation's)
-                        // holds the actor's own handle object where that is counted here.
-                        match self.handles_counted(existing) {
-                            Counted::Here(h) => self.set_nested(ret, vec![h]),
-                            Counted::At(peer) => self.ask_lend_to_nest(now, ret, existing, peer),
-                            Counted::Nowhere => self.actors.escape(existing),
-                        }
-                        self.finish_task(now, task_id);
-                        self.actor_id_ready(now, ret, existing);
-                        return;
-                    }
-                    Err(e) => {
-                        // The handle its creator holds anyway (the options' `remote`) gives
-                        // this error to every call made through it.
-                        self.directory.end(create.actor_id, e.clone());
-                        self.fail_task(now, task_id, e);
-                        return;
+            TaskKind::CreateActor(_) => match self.create_actor(now, task_id, failed_dep.is_none())
+            {
+                Creation::Go => {}
+                Creation::Waiting => {
+                    missing += 1;
+                    if let Some(e) = self.tasks.get_mut(&task_id) {
+                        e.missing += 1;
                     }
                 }
-            }
+                Creation::Done => return,
+            },
             TaskKind::ActorMethod { actor, .. } if self.actor_is_remote(&actor) => {
                 // Sent at once, in order with the caller's other calls; the actor's peer
                 // waits for its arguments.

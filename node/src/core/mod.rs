@@ -240,13 +240,10 @@ pub enum Job {
         /// The actor.
         actor: shoal_protocol::ActorId,
     },
-    /// Ask the mesh's directory for a named actor, for a process; ends in
-    /// [`JobDone::NameResolved`].
+    /// Ask the mesh's directory for a named actor; ends in [`JobDone::NameResolved`].
     ResolveName {
-        /// Who asked.
-        conn: ConnId,
-        /// Its request number.
-        request: u64,
+        /// What the answer is for.
+        asker: NameAsker,
         /// The name.
         name: String,
     },
@@ -314,15 +311,28 @@ pub enum JobDone {
     /// A named actor, from the directory (its peer is then asked for it: only the peer
     /// gives the secret of its handles).
     NameResolved {
-        /// Who asked.
-        conn: ConnId,
-        /// Its request number.
-        request: u64,
+        /// What the answer is for.
+        asker: NameAsker,
         /// The name.
         name: String,
         /// The actor and its peer.
         found: Option<(shoal_protocol::ActorId, PeerKey)>,
     },
+}
+
+/// What a [`Job::ResolveName`] is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameAsker {
+    /// A process's lookup of a name (its request `request`).
+    Proc {
+        /// The process.
+        conn: ConnId,
+        /// Its request number.
+        request: u64,
+    },
+    /// The check that a name is free in the mesh before an actor of that name is created
+    /// here (the core's question number).
+    Claim(u64),
 }
 
 /// An operation on the mesh's directory (the DHT), with no completion.
@@ -495,6 +505,11 @@ struct Proc {
 /// link being torn down).
 const NAME_LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// How long the creation of a named actor waits to learn whether the name is taken elsewhere
+/// in the mesh: then the name is taken as free (the mesh has no head to ask; a directory or
+/// a peer that does not answer must not stop a program).
+const NAME_CLAIM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// A question about a named actor sent to a peer, answered within
 /// [`NAME_LOOKUP_TIMEOUT`].
 #[derive(Debug, Clone)]
@@ -537,6 +552,9 @@ enum Asked {
         ret: ObjectId,
         actor: shoal_protocol::ActorId,
     },
+    /// Whether the name of the actor that `task` creates here is free in the mesh: first
+    /// the directory is asked (`peer` is then this node), then the peer it names.
+    Claim { task: shoal_protocol::TaskId },
 }
 
 /// The node's core. See the [module documentation](self).
@@ -575,6 +593,9 @@ pub struct NodeCore {
     rights: Rights,
     /// Lookups of names sent to the peers whose actors have them, by number.
     name_lookups: HashMap<u64, NameLookup>,
+    /// Creations of actors waiting for the check of their name that another creation here
+    /// (the key) is making in the mesh.
+    claim_waiters: HashMap<shoal_protocol::TaskId, Vec<shoal_protocol::TaskId>>,
     next_lookup: u64,
     last_load: Option<Load>,
     /// Placement groups this node placed, and bundles it holds.
@@ -674,6 +695,7 @@ impl NodeCore {
             spill,
             rights: Rights::default(),
             name_lookups: HashMap::new(),
+            claim_waiters: HashMap::new(),
             next_lookup: 1,
             last_load: None,
             groups: groups::Groups::default(),
@@ -758,7 +780,7 @@ impl NodeCore {
             self.groups_pass(now);
         }
         if self.lookup_deadline().is_some_and(|t| t <= now) {
-            self.end_lookups(|l| l.deadline <= now);
+            self.end_lookups(now, |l| l.deadline <= now);
         }
         if self.questions.deadline().is_some_and(|t| t <= now) {
             self.state_deadline(now);

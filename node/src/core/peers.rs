@@ -22,7 +22,8 @@ use super::sched::placement::{self, Demand, Placement};
 use super::spill::MAX_HOPS;
 use super::store::{After, Resume};
 use super::{
-    Asked, ConnId, Counted, FetchFailure, Job, JobDone, NodeCore, Output, Party, ServedObject,
+    Asked, ConnId, Counted, FetchFailure, Job, JobDone, NameAsker, NodeCore, Output, Party,
+    ServedObject,
 };
 use crate::store::{Holder, StoreFault};
 
@@ -274,6 +275,11 @@ impl NodeCore {
                 let asker = match self.name_lookups.get(&request) {
                     Some(l) if l.peer == peer => match l.asked {
                         Asked::Name { conn, request } => Some((conn, request)),
+                        Asked::Claim { task } => {
+                            self.name_lookups.remove(&request);
+                            let counted_at = counted_at.as_deref().and_then(PeerKey::from_bytes);
+                            return self.claim_answered(now, task, actor, held, counted_at);
+                        }
                         _ => None,
                     },
                     _ => None,
@@ -693,8 +699,12 @@ impl NodeCore {
             }
             JobDone::ActorLocated { actor, found } => self.actor_located(now, actor, found),
             JobDone::NameResolved {
-                conn,
-                request,
+                asker: NameAsker::Claim(n),
+                name,
+                found,
+            } => self.claim_resolved(now, n, name, found),
+            JobDone::NameResolved {
+                asker: NameAsker::Proc { conn, request },
                 name,
                 found,
             } => match found {
@@ -2220,14 +2230,67 @@ impl NodeCore {
         }
     }
 
+    /// The directory answered the check of a name (question `n`): if it names another
+    /// actor, at a peer in view, that peer says whether the actor lives; else the name is
+    /// free.
+    fn claim_resolved(
+        &mut self,
+        now: Instant,
+        n: u64,
+        name: String,
+        found: Option<(ActorId, PeerKey)>,
+    ) {
+        let task = match self.name_lookups.get(&n) {
+            Some(l) if Some(l.peer) == self.me => match l.asked {
+                Asked::Claim { task } => task,
+                _ => return,
+            },
+            // Given up already (it took too long).
+            _ => return,
+        };
+        let mine = self.claiming(task);
+        match found {
+            Some((actor, peer))
+                if Some(actor) != mine
+                    && Some(peer) != self.me
+                    && self.spill.peers.contains_key(&peer) =>
+            {
+                if let Some(l) = self.name_lookups.get_mut(&n) {
+                    l.peer = peer;
+                }
+                self.tell_peer(peer, PeerMsg::LookupActor { request: n, name });
+            }
+            _ => {
+                self.name_lookups.remove(&n);
+                self.claim_free(now, task);
+            }
+        }
+    }
+
+    /// `peer` answered the check of the name of the actor `task` creates here.
+    fn claim_answered(
+        &mut self,
+        now: Instant,
+        task: TaskId,
+        actor: Option<ActorInfo>,
+        held: Option<ObjectId>,
+        counted_at: Option<PeerKey>,
+    ) {
+        match actor {
+            Some(found) if Some(found.actor_id) != self.claiming(task) => {
+                self.claim_taken(now, task, found, held, counted_at)
+            }
+            _ => self.claim_free(now, task),
+        }
+    }
+
     /// Looks a name up in the mesh for a local `LookupActor` that found nothing here.
     pub(super) fn lookup_remote(&mut self, conn: ConnId, request: u64, name: &str) -> bool {
         if self.me.is_none() {
             return false;
         }
         self.out.push_back(Output::Job(Job::ResolveName {
-            conn,
-            request,
+            asker: NameAsker::Proc { conn, request },
             name: name.to_string(),
         }));
         true
@@ -2276,7 +2339,7 @@ impl NodeCore {
     }
 
     /// Name lookups that `which` picks end with nothing found.
-    pub(super) fn end_lookups(&mut self, which: impl Fn(&super::NameLookup) -> bool) {
+    pub(super) fn end_lookups(&mut self, now: Instant, which: impl Fn(&super::NameLookup) -> bool) {
         let mut ended: Vec<u64> = self
             .name_lookups
             .iter()
@@ -2295,6 +2358,10 @@ impl NodeCore {
                 }
                 // Its handle cannot be counted: it lives until it is killed.
                 Asked::Nest { actor, .. } => self.actors.escape(actor),
+                Asked::Claim { task } => {
+                    tracing::info!(task = %task, "the mesh did not say in time whether an actor's name is taken elsewhere; it is taken here");
+                    self.claim_free(now, task);
+                }
             }
         }
     }
@@ -2364,7 +2431,7 @@ impl NodeCore {
         self.ask_handle(now, at, actor, token, Asked::Nest { ret, actor });
     }
 
-    fn ask_handle(
+    pub(super) fn ask_handle(
         &mut self,
         now: Instant,
         at: PeerKey,
@@ -2421,7 +2488,7 @@ impl NodeCore {
         for request in self.rights.drain(Some(peer)) {
             self.refuse_waiting(request);
         }
-        self.end_lookups(|l| l.peer == peer);
+        self.end_lookups(now, |l| l.peer == peer);
         self.metrics.peers_lost += 1;
         self.spill.write_off(peer);
         let lost = self.spill.take_spilled_to(peer);

@@ -575,7 +575,11 @@ impl NodeCore {
     ) -> Option<(TaskState, Option<String>)> {
         let demand = &e.spec.resources;
         if e.missing > 0 {
-            let reason = format!("{} arguments not ready", e.missing);
+            let reason = if self.checking_name(id) {
+                "asking the mesh whether its name is taken".to_string()
+            } else {
+                format!("{} arguments not ready", e.missing)
+            };
             return Some((TaskState::PendingArgsAvail, Some(reason)));
         }
         match &e.spec.kind {

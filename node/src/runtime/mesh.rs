@@ -221,18 +221,9 @@ impl NetSide {
                     .map(|(peer, loc)| (peer, loc.epoch));
                 Some(Input::Job(JobDone::ActorLocated { actor, found }))
             }),
-            Job::ResolveName {
-                conn,
-                request,
-                name,
-            } => Box::pin(async move {
+            Job::ResolveName { asker, name } => Box::pin(async move {
                 let found = resolve_name(&net, &name).await;
-                Some(Input::Job(JobDone::NameResolved {
-                    conn,
-                    request,
-                    name,
-                    found,
-                }))
+                Some(Input::Job(JobDone::NameResolved { asker, name, found }))
             }),
             Job::PutRecords { records } => Box::pin(async move {
                 for (key, value) in records {

@@ -1970,94 +1970,68 @@ fn a_named_actor_placed_at_a_peer_counts_the_handles_found_by_name_anywhere() {
     assert_clean(sim);
 }
 
-#[test]
-fn a_name_stays_taken_at_the_node_that_placed_its_actor_at_a_peer() {
-    // Node 0 has no CPU: the actor it creates lives at node 1, and its name stays node 0's.
-    let mut sim = mesh(&[0.0, 1.0]);
+/// Node 0 creates an actor named `svc`, which lives at node `host` (node 0 has no CPU when
+/// `cpus` says so); node `asker` then asks for that name: a second actor is refused there, a
+/// get-or-create there gets the first with a handle that keeps it alive, and once that last
+/// handle goes the actor ends and the name is free.
+fn a_taken_name(cpus: &[f64], host: usize, asker: usize) {
+    let mut sim = mesh(cpus);
     let d0 = sim.driver(0);
+    let da = if asker == 0 { d0 } else { sim.driver(asker) };
     sim.run_for(Duration::from_secs(1));
     let actor = sim.create_named_actor(d0, 0, 1.0, "svc", false);
     let handle = sim.handle_of(actor).unwrap();
     sim.run_for(Duration::from_secs(2));
-    assert_eq!(sim.core(1).unwrap().census().actors, 1);
+    assert_eq!(sim.core(host).unwrap().census().actors, 1);
+    let actors = |sim: &Sim| -> usize {
+        (0..cpus.len())
+            .map(|n| sim.core(n).unwrap().census().actors)
+            .sum()
+    };
 
-    // A second actor of that name is refused where the first was created; a get-or-create
-    // there gets the first, and its handle keeps it alive.
-    let twin = sim.create_named_actor(d0, 0, 1.0, "svc", false);
+    let twin = sim.create_named_actor(da, 0, 1.0, "svc", false);
     let refused = sim.handle_of(twin).unwrap();
-    let same = sim.create_named_actor(d0, 0, 1.0, "svc", true);
+    let same = sim.create_named_actor(da, 0, 1.0, "svc", true);
     let found = sim.handle_of(same).unwrap();
     sim.run_for(Duration::from_secs(2));
-    let v = &sim.results(d0)[&refused];
+    let v = &sim.results(da)[&refused];
     assert!(
         is_error(v, |e| matches!(e, TaskError::ActorNameTaken { .. })),
         "{v:?}"
     );
-    assert!(matches!(&sim.results(d0)[&found], ObjectValue::Inline(_)));
-    assert_eq!(sim.core(1).unwrap().census().actors, 1, "no second actor");
-    sim.release(d0, refused);
+    assert!(matches!(&sim.results(da)[&found], ObjectValue::Inline(_)));
+    assert_eq!(actors(&sim), 1, "no second actor");
+    sim.release(da, refused);
     sim.release(d0, handle);
     sim.run_for(Duration::from_secs(2));
-    let v = echo_call(&mut sim, d0, actor);
+    let v = echo_call(&mut sim, da, actor);
     assert!(is_value(&v), "the get-or-create's handle holds it: {v:?}");
 
-    // Once the last handle goes, the actor ends and its name is free at its creator.
-    sim.release(d0, found);
+    sim.release(da, found);
     sim.run_for(Duration::from_secs(2));
-    assert_eq!(sim.core(1).unwrap().census().actors, 0);
-    let next = sim.create_named_actor(d0, 0, 1.0, "svc", false);
+    let v = echo_call(&mut sim, d0, actor);
+    assert!(
+        is_error(&v, |e| matches!(
+            e,
+            TaskError::ActorKilled { .. } | TaskError::NoSuchActor { .. }
+        )),
+        "{v:?}"
+    );
+    let next = sim.create_named_actor(da, 0, 1.0, "svc", false);
     let new = sim.handle_of(next).unwrap();
     sim.run_for(Duration::from_secs(2));
-    assert!(matches!(&sim.results(d0)[&new], ObjectValue::Inline(_)));
-    assert_eq!(sim.core(1).unwrap().census().actors, 1);
-    sim.release(d0, new);
+    assert!(matches!(&sim.results(da)[&new], ObjectValue::Inline(_)));
+    sim.release(da, new);
     sim.run_for(Duration::from_secs(2));
     assert_clean(sim);
 }
 
 #[test]
+fn a_name_stays_taken_at_the_node_that_placed_its_actor_at_a_peer() {
+    a_taken_name(&[0.0, 1.0], 1, 0);
+}
+
+#[test]
 fn a_name_is_taken_anywhere_in_the_mesh_and_a_get_or_create_elsewhere_gets_its_actor() {
-    let mut sim = mesh(&[1.0, 1.0]);
-    let (d0, d1) = (sim.driver(0), sim.driver(1));
-    sim.run_for(Duration::from_secs(1));
-    let actor = sim.create_named_actor(d0, 0, 1.0, "svc", false);
-    let handle = sim.handle_of(actor).unwrap();
-    sim.run_for(Duration::from_secs(2));
-    assert_eq!(sim.core(0).unwrap().census().actors, 1);
-
-    // Node 1 asks the mesh before it creates an actor of that name: refused there, and a
-    // get-or-create there gets the actor at node 0, with a handle that keeps it alive.
-    let twin = sim.create_named_actor(d1, 0, 1.0, "svc", false);
-    let refused = sim.handle_of(twin).unwrap();
-    let same = sim.create_named_actor(d1, 0, 1.0, "svc", true);
-    let found = sim.handle_of(same).unwrap();
-    sim.run_for(Duration::from_secs(2));
-    let v = &sim.results(d1)[&refused];
-    assert!(
-        is_error(v, |e| matches!(e, TaskError::ActorNameTaken { .. })),
-        "{v:?}"
-    );
-    assert!(matches!(&sim.results(d1)[&found], ObjectValue::Inline(_)));
-    assert_eq!(sim.core(1).unwrap().census().actors, 0, "no second actor");
-    sim.release(d1, refused);
-    sim.release(d0, handle);
-    sim.run_for(Duration::from_secs(2));
-    let v = echo_call(&mut sim, d1, actor);
-    assert!(is_value(&v), "the get-or-create's handle holds it: {v:?}");
-
-    // Its last handle goes: the actor ends, and the name is free anywhere.
-    sim.release(d1, found);
-    sim.run_for(Duration::from_secs(2));
-    let v = echo_call(&mut sim, d0, actor);
-    assert!(
-        is_error(&v, |e| matches!(e, TaskError::ActorKilled { .. })),
-        "{v:?}"
-    );
-    let next = sim.create_named_actor(d1, 0, 1.0, "svc", false);
-    let new = sim.handle_of(next).unwrap();
-    sim.run_for(Duration::from_secs(2));
-    assert!(matches!(&sim.results(d1)[&new], ObjectValue::Inline(_)));
-    sim.release(d1, new);
-    sim.run_for(Duration::from_secs(2));
-    assert_clean(sim);
+    a_taken_name(&[1.0, 1.0], 0, 1);
 }

@@ -73,6 +73,13 @@ def rows(path):
     return found
 
 
+def figure(row):
+    """A row's value, to three significant figures or so, with its unit."""
+    v = row["value"]
+    text = f"{v:,.0f}" if v >= 100 else f"{v:,.2f}"
+    return f"{text} {row['unit']}"
+
+
 def table(shoal_path, ray_path):
     shoal, ray = rows(shoal_path), rows(ray_path)
     print("| row | Shoal | Ray | ratio |")
@@ -81,15 +88,14 @@ def table(shoal_path, ray_path):
     for name, r in ray.items():
         s = shoal.get(name)
         if s is None:
-            print(f"| {name} | - | {r['value']:,} {r['unit']} | - |")
+            print(f"| {name} | - | {figure(r)} | - |")
             continue
         # Every row of Ray's is a rate: higher is better.
         ratio = s["value"] / r["value"] if r["value"] else float("inf")
         mark = "" if ratio >= 10 else " (under 10x)"
         if ratio < 10:
             under.append(name)
-        print(f"| {name} | {s['value']:,} {s['unit']} | {r['value']:,} {r['unit']} "
-              f"| {ratio:,.2f}{mark} |")
+        print(f"| {name} | {figure(s)} | {figure(r)} | {ratio:,.2f}{mark} |")
     if under:
         print(f"\nunder 10x Ray: {', '.join(under)}")
 

@@ -319,7 +319,11 @@ impl NodeCore {
             }
             PeerMsg::HandleLent { request, held } => {
                 let asked = match self.name_lookups.get(&request) {
-                    Some(l) if l.peer == peer && !matches!(l.asked, Asked::Name { .. }) => {
+                    // (Only the questions that a lend answers.)
+                    Some(l)
+                        if l.peer == peer
+                            && matches!(l.asked, Asked::Handle { .. } | Asked::Nest { .. }) =>
+                    {
                         self.name_lookups.remove(&request).map(|l| l.asked)
                     }
                     _ => None,

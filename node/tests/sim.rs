@@ -1209,12 +1209,7 @@ fn an_actor_is_called_and_killed_only_with_a_handle() {
     let after = sim.call(d0, actor, "echo");
     sim.run_for(Duration::from_secs(2));
     assert!(
-        sim.results(d0)
-            .get(&after)
-            .is_some_and(|v| is_error(v, |e| matches!(
-                e,
-                TaskError::ActorKilled { .. } | TaskError::NoSuchActor { .. }
-            ))),
+        sim.results(d0).get(&after).is_some_and(ended),
         "{:?}",
         sim.results(d0).get(&after)
     );
@@ -1896,6 +1891,16 @@ fn an_actor_whose_handle_a_peer_keeps_lives_until_that_copy_goes() {
     assert_clean(sim);
 }
 
+/// Whether a call's outcome says its actor has ended (killed, or forgotten by its host).
+fn ended(v: &ObjectValue) -> bool {
+    is_error(v, |e| {
+        matches!(
+            e,
+            TaskError::ActorKilled { .. } | TaskError::NoSuchActor { .. }
+        )
+    })
+}
+
 /// Driver `d` calls `actor`'s `echo`, and the outcome a second later (the call's ref is then
 /// released).
 fn echo_call(sim: &mut Sim, d: usize, actor: shoal_protocol::ActorId) -> ObjectValue {
@@ -1951,13 +1956,7 @@ fn a_named_actor_placed_at_a_peer_counts_the_handles_found_by_name_anywhere() {
     sim.release(d0, handle);
     sim.run_for(Duration::from_secs(2));
     let v = echo_call(&mut sim, d2, actor);
-    assert!(
-        is_error(&v, |e| matches!(
-            e,
-            TaskError::ActorKilled { .. } | TaskError::NoSuchActor { .. }
-        )),
-        "{v:?}"
-    );
+    assert!(ended(&v), "{v:?}");
     let gone = sim.lookup(d2, "svc");
     sim.run_for(Duration::from_secs(2));
     assert_eq!(sim.found(d2, gone), Some((None, None)));
@@ -2010,13 +2009,7 @@ fn a_taken_name(cpus: &[f64], host: usize, asker: usize) {
     sim.release(da, found);
     sim.run_for(Duration::from_secs(2));
     let v = echo_call(&mut sim, d0, actor);
-    assert!(
-        is_error(&v, |e| matches!(
-            e,
-            TaskError::ActorKilled { .. } | TaskError::NoSuchActor { .. }
-        )),
-        "{v:?}"
-    );
+    assert!(ended(&v), "{v:?}");
     let next = sim.create_named_actor(da, 0, 1.0, "svc", false);
     let new = sim.handle_of(next).unwrap();
     sim.run_for(Duration::from_secs(2));

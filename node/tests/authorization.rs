@@ -175,7 +175,7 @@ fn a_peer_given_nothing_cannot_read_release_call_kill_or_download() {
         let dest = std::env::temp_dir().join(format!("shoal-authz-{}", std::process::id()));
         let object = SharedObject {
             size: SIZE as u64,
-            digest: Digest([0; 32]),
+            digest: Some(Digest([0; 32])),
         };
         // The pull writes into a file made for it (as the node makes a partial file).
         std::fs::File::create(&dest).unwrap();

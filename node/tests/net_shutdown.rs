@@ -251,7 +251,7 @@ fn a_peer_shut_down_stops_everything(transport: TransportKind) {
         let dest = std::env::temp_dir().join(format!("shoal-shutdown-{}", std::process::id()));
         let object = SharedObject {
             size: 1,
-            digest: Digest::of(b"x"),
+            digest: Some(Digest::of(b"x")),
         };
         assert!(matches!(
             a.pull_object(&[b.peer_id()], ObjectId([3; 32]), object, &dest)

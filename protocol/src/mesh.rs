@@ -546,7 +546,8 @@ pub enum RemoteValue {
     Inline(Vec<u8>),
     /// Large: stays in the stores of these peers (ids as bytes); pull it from them.
     Shared {
-        /// Size and digest.
+        /// Size and digest (always given: a value without its digest is refused, for every
+        /// copy is checked against it).
         object: SharedObject,
         /// Who holds a copy.
         holders: Vec<Vec<u8>>,

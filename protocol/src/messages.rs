@@ -665,8 +665,11 @@ pub struct ReturnValue {
 pub struct SharedObject {
     /// Length in bytes.
     pub size: u64,
-    /// blake3 of the bytes.
-    pub digest: Digest,
+    /// blake3 of the bytes; `None` while not taken yet. A `put` is sealed without it (hashing
+    /// is off the put's path): its node takes it when the object first leaves the node, is
+    /// spilled or is verified, and every copy made from then on is checked against it. A
+    /// value sent between peers always carries it.
+    pub digest: Option<Digest>,
 }
 
 /// The value of a ready object.
@@ -1355,7 +1358,9 @@ pub enum ToNode {
     Seal {
         /// The reservation made with [`ToNode::Create`].
         ticket: ObjectId,
-        /// The object's id (the content hash for a `put`).
+        /// The object's id: `ticket` itself for a `put` (its digest may be left out, for the
+        /// node to take later), or the content hash for a content-addressed put
+        /// (`put_content`, whose digest must be given and match it).
         id: ObjectId,
         /// Its size and digest.
         object: SharedObject,
@@ -1383,6 +1388,14 @@ pub enum ToNode {
     Objects {
         /// Request number.
         request: u64,
+    },
+    /// The digest of large object `id`, which the sender holds: the one recorded, or taken
+    /// now from the node's copy if none was yet. Answered by [`ToClient::Digest`].
+    Digest {
+        /// Request number.
+        request: u64,
+        /// The object.
+        id: ObjectId,
     },
     /// The sender dropped its last handle to these objects.
     Release {
@@ -1575,6 +1588,14 @@ pub enum ToClient {
         request: u64,
         /// The snapshot.
         status: Box<NodeStatus>,
+    },
+    /// Answer to [`ToNode::Digest`]: the object's digest, or why there is none (not a large
+    /// object this node holds, or its copy cannot be read).
+    Digest {
+        /// Request number.
+        request: u64,
+        /// The digest.
+        result: Result<Digest, TaskError>,
     },
     /// Become this actor (workers only): run its constructor, then its method calls, which
     /// arrive as [`ToClient::Execute`].

@@ -95,8 +95,9 @@ impl Serialize for RawSlice<'_> {
     }
 }
 
-/// Stores raw bytes (copied once, straight into shared memory when large) and returns a ref
-/// to them as [`Bytes`]. Equal bytes share one id and one copy.
+/// Stores raw bytes (copied once, straight into shared memory when large, and not hashed on
+/// the way in) and returns a ref to them as [`Bytes`]: a new object, as [`put`](crate::put)
+/// makes.
 ///
 /// ```no_run
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -108,7 +109,7 @@ impl Serialize for RawSlice<'_> {
 /// ```
 pub fn put_bytes(bytes: &[u8]) -> Result<ObjectRef<Bytes>, PutError> {
     let ctx = runtime::get();
-    crate::put::put_value(ctx, &RawSlice(bytes)).map(ObjectRef::from_raw)
+    crate::put::put_value(ctx, &RawSlice(bytes), crate::put::Ids::Fresh).map(ObjectRef::from_raw)
 }
 
 /// Types stored as a plain byte sequence, whose refs can be read as a [`ByteView`].
@@ -237,5 +238,17 @@ impl<T: ByteSequence> ObjectRef<T> {
     /// ```
     pub fn get_view_blocking(&self) -> Result<ByteView, GetError> {
         read_blocking(self.id(), None, view)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RawSlice;
+
+    #[test]
+    fn put_bytes_stores_what_a_vec_of_bytes_would() {
+        let sample: Vec<u8> = (0..=255).collect();
+        let raw = shoal_protocol::codec::encode(&RawSlice(&sample)).unwrap();
+        assert_eq!(raw, shoal_protocol::codec::encode(&sample).unwrap());
     }
 }

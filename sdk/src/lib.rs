@@ -261,7 +261,7 @@ pub use many::{free, get_all, get_all_blocking, wait, wait_blocking, Split};
 pub use object_ref::ObjectRef;
 pub use options::{TaskOptions, DEFAULT_BACKPRESSURE};
 pub use pool::ActorPool;
-pub use put::put;
+pub use put::{put, put_content};
 pub use queue::{Queue, QueueError};
 use runtime::Context;
 pub use runtime::InitOptions;

@@ -383,9 +383,13 @@ impl<'a, T: DeserializeOwned + Send + 'static> std::future::IntoFuture for &'a O
 
 impl<T> ObjectRef<T> {
     /// Waits for the object, then checks its bytes in the shared-memory store (read in place)
-    /// against the blake3 digest recorded when it was sealed. A mismatch is
-    /// [`TaskError::ObjectCorrupted`]. Small values travel whole inside messages: there is no
-    /// stored copy to check.
+    /// against its blake3 digest. A mismatch is [`TaskError::ObjectCorrupted`]. Small values
+    /// travel whole inside messages: there is no stored copy to check.
+    ///
+    /// The digest is the one recorded when the object was sealed, or for a [`put`] (which is
+    /// not hashed on its way in) the one its node took when the object first left the node,
+    /// was spilled or was verified: a put verified before any of those has its digest taken
+    /// then, from the copy that is still the original, and is checked against it from then on.
     ///
     /// ```no_run
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -401,18 +405,25 @@ impl<T> ObjectRef<T> {
     /// ```
     ///
     /// [`TaskError::ObjectCorrupted`]: crate::TaskError::ObjectCorrupted
+    /// [`put`]: crate::put
     pub fn verify_blocking(&self) -> Result<(), GetError> {
         let id = self.raw.id;
+        let ctx = runtime::get();
+        let mut recorded = None;
         read_blocking(id, None, |source| match source {
             Source::Inline(_) => Ok(()),
             Source::Mapped(map, obj) => {
-                let found = crate::shm::digest(&map);
-                if found == obj.digest {
+                let want = match (obj.digest, recorded) {
+                    (Some(d), _) | (None, Some(d)) => d,
+                    (None, None) => *recorded.insert(ctx.digest(id)?),
+                };
+                let found = shoal_node::store::digest(&map);
+                if found == want {
                     Ok(())
                 } else {
                     Err(GetError::Task(shoal_protocol::TaskError::ObjectCorrupted {
                         id,
-                        message: format!("its bytes hash to {found}, recorded {}", obj.digest),
+                        message: format!("its bytes hash to {found}, recorded {want}"),
                     }))
                 }
             }

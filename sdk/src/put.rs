@@ -1,8 +1,12 @@
-//! Storing values: [`put`], and the puts behind large task arguments and byte buffers.
+//! Storing values: [`put`], [`put_content`], and the puts behind large task arguments and
+//! byte buffers.
 //!
 //! A small value stays in this process (a copy goes to the node inline); a value above the
 //! node's inline threshold is encoded straight into a file of the shared-memory store and
-//! sealed under its content id. Equal values share one id and one copy.
+//! sealed. A `put` gets a fresh id at once and is not hashed on its way in: the node takes
+//! its digest when the object first leaves the node, is spilled or is verified. A
+//! [`put_content`] is named by its content's blake3 hash instead, so that equal values
+//! share one id and one copy, at the cost of hashing every byte before it returns.
 
 use std::sync::Arc;
 
@@ -16,8 +20,11 @@ use crate::shm;
 
 /// Stores `value` and returns a reference to it. Small values stay in this process (and a
 /// copy at the node); values above the inline threshold (64 KiB by default) are encoded
-/// straight into the node's shared-memory store, where other processes map them. Equal
-/// values share one id and one copy. Refs inside `value` stay alive as long as it does.
+/// straight into the node's shared-memory store, where other processes map them. Each put
+/// is a new object with a new id, as in Ray: a large one costs one copy of its bytes, no
+/// hashing (the node takes its digest later, when the object first leaves the node or is
+/// spilled, and checks every copy against it from then on). Use [`put_content`] to share
+/// one copy between equal values. Refs inside `value` stay alive as long as it does.
 ///
 /// ```no_run
 /// #[shoal::remote]
@@ -35,7 +42,35 @@ use crate::shm;
 /// ```
 pub fn put<T: Serialize>(value: &T) -> Result<ObjectRef<T>, PutError> {
     let ctx = runtime::get();
-    put_value(ctx, value).map(ObjectRef::from_raw)
+    put_value(ctx, value, Ids::Fresh).map(ObjectRef::from_raw)
+}
+
+/// Stores `value` under its content id (the blake3 hash of its encoding), as [`put`] does
+/// otherwise: equal values put anywhere on a node share one id and one copy in its store.
+/// Worth it for values put again and again (a model's weights every run, a dataset many
+/// drivers load); it hashes every byte before it returns, which [`put`] does not.
+///
+/// ```no_run
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let weights = vec![0.5f32; 1 << 20];
+/// let a = shoal::put_content(&weights)?;
+/// let b = shoal::put_content(&weights)?;
+/// assert_eq!(a.id(), b.id()); // one copy in the store
+/// assert_ne!(shoal::put(&weights)?.id(), a.id()); // a put is always a new object
+/// # Ok(()) }
+/// ```
+pub fn put_content<T: Serialize>(value: &T) -> Result<ObjectRef<T>, PutError> {
+    let ctx = runtime::get();
+    put_value(ctx, value, Ids::Content).map(ObjectRef::from_raw)
+}
+
+/// How a put's object is named.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Ids {
+    /// A fresh random id, given at once; no hashing on the put's path.
+    Fresh,
+    /// The content's hash: equal values share one id and one copy.
+    Content,
 }
 
 fn encode_error(e: impl std::fmt::Display) -> PutError {
@@ -46,6 +81,7 @@ fn encode_error(e: impl std::fmt::Display) -> PutError {
 pub(crate) fn put_value<T: Serialize + ?Sized>(
     ctx: &Context,
     value: &T,
+    ids: Ids,
 ) -> Result<RawRef, PutError> {
     if ctx.is_shut_down() {
         return Err(PutError::Shutdown);
@@ -58,11 +94,11 @@ pub(crate) fn put_value<T: Serialize + ?Sized>(
         if is_bare_ref(&bytes, &nested) {
             return Err(PutError::ObjectRef);
         }
-        return Ok(put_inline(ctx, bytes, nested));
+        return Ok(put_inline(ctx, bytes, nested, ids));
     }
     let ticket = shm::ticket();
     let mut nested = Vec::new();
-    let object = shm::write(ctx, ticket, len, |buf| {
+    let object = shm::write(ctx, ticket, len, hash_for(ids), |buf| {
         let (written, refs) =
             object_ref::collecting(|| shoal_protocol::codec::encode_into_slice(buf, value));
         nested = refs;
@@ -75,6 +111,13 @@ pub(crate) fn put_value<T: Serialize + ?Sized>(
     Ok(seal_put(ctx, ticket, object, nested))
 }
 
+fn hash_for(ids: Ids) -> shm::Hash {
+    match ids {
+        Ids::Fresh => shm::Hash::Later,
+        Ids::Content => shm::Hash::Now,
+    }
+}
+
 /// Whether `bytes` (a value's encoding, with the refs it holds) is one ref and nothing
 /// else: an `ObjectRef`, or a newtype around one.
 fn is_bare_ref(bytes: &[u8], nested: &[RawRef]) -> bool {
@@ -84,7 +127,7 @@ fn is_bare_ref(bytes: &[u8], nested: &[RawRef]) -> bool {
     shoal_protocol::codec::encode(&(only.id, only.owner)).is_ok_and(|alone| alone == bytes)
 }
 
-/// Stores already encoded bytes (a large task argument).
+/// Stores already encoded bytes (a large task argument) as a new object.
 pub(crate) fn put_encoded(
     ctx: &Context,
     bytes: Vec<u8>,
@@ -94,18 +137,21 @@ pub(crate) fn put_encoded(
         return Err(PutError::Shutdown);
     }
     if bytes.len() <= ctx.inline_threshold {
-        return Ok(put_inline(ctx, bytes, nested));
+        return Ok(put_inline(ctx, bytes, nested, Ids::Fresh));
     }
     let ticket = shm::ticket();
-    let object = shm::write(ctx, ticket, bytes.len(), |buf| {
+    let object = shm::write(ctx, ticket, bytes.len(), shm::Hash::Later, |buf| {
         buf.copy_from_slice(&bytes);
         Ok(())
     })?;
     Ok(seal_put(ctx, ticket, object, nested))
 }
 
-fn put_inline(ctx: &Context, bytes: Vec<u8>, nested: Vec<RawRef>) -> RawRef {
-    let id = ObjectId::for_content(&bytes);
+fn put_inline(ctx: &Context, bytes: Vec<u8>, nested: Vec<RawRef>, ids: Ids) -> RawRef {
+    let id = match ids {
+        Ids::Fresh => shm::ticket(),
+        Ids::Content => ObjectId::for_content(&bytes),
+    };
     let fresh = ctx.add_ref(id, Some(Value::Inline(Arc::new(bytes.clone()))));
     if fresh {
         ctx.push(ToNode::Put {
@@ -118,9 +164,10 @@ fn put_inline(ctx: &Context, bytes: Vec<u8>, nested: Vec<RawRef>) -> RawRef {
     RawRef::counted(id, ctx.client)
 }
 
-/// Seals a written put under its content id, unless this process holds equal bytes already.
+/// Seals a written put: under its ticket when it was not hashed, under its content id
+/// otherwise, unless this process holds equal bytes already.
 fn seal_put(ctx: &Context, ticket: ObjectId, object: SharedObject, nested: Vec<RawRef>) -> RawRef {
-    let id = ObjectId::from_digest(object.digest);
+    let id = object.digest.map_or(ticket, ObjectId::from_digest);
     if !ctx.add_ref(id, Some(Value::Shared(object))) {
         // Held here already: one copy is enough.
         ctx.push(ToNode::Abort { id: ticket });

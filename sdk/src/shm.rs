@@ -2,14 +2,15 @@
 //!
 //! A writer reserves room with the node under a ticket id, creates `<ticket>.partial` in the
 //! store directory, sizes and maps it, encodes the value straight into the mapping (no
-//! intermediate buffer), hashes it and asks the node to seal it; the node renames the file to
-//! the object's id. A reader maps `<id>` read-only. The bytes never pass through the node or
+//! intermediate buffer), hashes it only when its id is its content's hash (a `put_content`),
+//! and asks the node to seal it; the node renames the file to the object's id, and takes the
+//! digest of an object sealed without one when it first needs it. A reader maps `<id>` read-only. The bytes never pass through the node or
 //! a socket.
 
 use std::fs::OpenOptions;
 use std::path::Path;
 
-use shoal_protocol::{Digest, ObjectId, SharedObject, StoreError};
+use shoal_protocol::{ObjectId, SharedObject, StoreError};
 
 use crate::runtime::Context;
 
@@ -64,44 +65,81 @@ pub(crate) fn map(dir: &Path, id: &ObjectId, size: u64) -> std::io::Result<Mappe
     Ok(Mapped { map, _locked: file })
 }
 
-/// Inputs at least this long are hashed on two threads.
-const PARALLEL_HASH_MIN: usize = 4 << 20;
+/// Whether a write takes the digest of what it wrote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Hash {
+    /// Now, before the seal (a content-addressed put's id is its digest; a task's result).
+    Now,
+    /// Not here: the node takes it when it is first needed (a `put`).
+    Later,
+}
 
-/// The blake3 digest of `bytes`: the two halves of the hash tree on two threads for large
-/// inputs (the same digest as [`Digest::of`]).
-pub(crate) fn digest(bytes: &[u8]) -> Digest {
-    use blake3::hazmat::{left_subtree_len, merge_subtrees_root, HasherExt, Mode};
-    if bytes.len() < PARALLEL_HASH_MIN {
-        return Digest::of(bytes);
+/// A file mapped for writing, with what identifies it.
+struct Target {
+    map: memmap2::MmapMut,
+    /// Kept open, so that the file (and its inode number) lives as long as the mapping.
+    _file: std::fs::File,
+    /// Device and inode.
+    key: (u64, u64),
+}
+
+/// The mapping of the last file this process wrote, kept for the next write. The node
+/// recycles a freed object's file for the next reservation that fits it, so a program that
+/// puts, drops and puts again is often handed the same file: writing through a mapping
+/// whose pages are faulted in already costs a copy, where a fresh mapping costs a page-table
+/// entry per 4 KiB page to fill and, later, to tear down (together about as much as the copy
+/// of 800 MB on the machine measured). One file per process: if the node removes it rather
+/// than recycling it, its memory is given back when the next write replaces it.
+static LAST: std::sync::Mutex<Option<Target>> = std::sync::Mutex::new(None);
+
+impl Target {
+    /// `file` (a partial file the node made for this writer) mapped: through the kept
+    /// mapping when it is that same file, at the same length; freshly otherwise.
+    fn of(file: std::fs::File) -> Result<Target, StoreError> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = file
+            .metadata()
+            .map_err(|e| StoreError::Io(format!("reading a partial file: {e}")))?;
+        let key = (meta.dev(), meta.ino());
+        let kept = LAST
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .filter(|t| t.key == key && t.map.len() as u64 == meta.len());
+        if let Some(kept) = kept {
+            // The same file (kept open, its inode number cannot have been reused): the
+            // node gave it to this writer again. Its old mapping writes into it.
+            return Ok(Target {
+                _file: file,
+                ..kept
+            });
+        }
+        // Page tables filled in one go (a recycled file's pages are in memory already; a
+        // fault per 4 KiB page would cost more than the copy). SAFETY: the partial file is
+        // ours alone until the node renames it at the seal.
+        let map = unsafe { memmap2::MmapOptions::new().populate().map_mut(&file) }
+            .map_err(|e| StoreError::Io(e.to_string()))?;
+        Ok(Target {
+            map,
+            _file: file,
+            key,
+        })
     }
-    let split = left_subtree_len(bytes.len() as u64);
-    let (left, right) = bytes.split_at(split as usize);
-    let (l, r) = std::thread::scope(|s| {
-        let r = s.spawn(|| {
-            let mut h = blake3::Hasher::new();
-            h.set_input_offset(split);
-            h.update(right);
-            h.finalize_non_root()
-        });
-        let mut h = blake3::Hasher::new();
-        h.update(left);
-        let l = h.finalize_non_root();
-        (l, r.join())
-    });
-    match r {
-        Ok(r) => Digest(*merge_subtrees_root(&l, &r, Mode::Hash).as_bytes()),
-        // The hashing thread cannot panic on a slice; hash in one piece if it somehow did.
-        Err(_) => Digest::of(bytes),
+
+    /// Keeps this mapping for the next write (in place of the one kept before).
+    fn keep(self) {
+        *LAST.lock().unwrap_or_else(|e| e.into_inner()) = Some(self);
     }
 }
 
 /// Writes an object of `size` bytes, reserved under `ticket`, with `fill`; returns its
-/// description. The caller seals it (with `ToNode::Seal` for a put, `ToNode::Done` for a
-/// result). On failure the reservation is given back.
+/// description, with its digest if `hash` says so. The caller seals it (with `ToNode::Seal`
+/// for a put, `ToNode::Done` for a result). On failure the reservation is given back.
 pub(crate) fn write(
     ctx: &Context,
     ticket: ObjectId,
     size: usize,
+    hash: Hash,
     fill: impl FnOnce(&mut [u8]) -> Result<(), String>,
 ) -> Result<SharedObject, StoreError> {
     if !ctx.create(ticket, size as u64)? {
@@ -117,16 +155,14 @@ pub(crate) fn write(
             .write(true)
             .open(&partial)
             .map_err(|e| StoreError::Io(format!("opening {}: {e}", partial.display())))?;
-        // Page tables filled in one go (a recycled file's pages are in memory already; a
-        // fault per 4 KiB page would cost more than the copy). SAFETY: the partial file is
-        // ours alone until the node renames it at the seal.
-        let mut map = unsafe { memmap2::MmapOptions::new().populate().map_mut(&file) }
-            .map_err(|e| StoreError::Io(e.to_string()))?;
-        fill(&mut map).map_err(StoreError::Io)?;
-        Ok(SharedObject {
+        let mut target = Target::of(file)?;
+        fill(&mut target.map).map_err(StoreError::Io)?;
+        let object = SharedObject {
             size: size as u64,
-            digest: digest(&map),
-        })
+            digest: (hash == Hash::Now).then(|| shoal_node::store::digest(&target.map)),
+        };
+        target.keep();
+        Ok(object)
     })();
     if result.is_err() {
         // The node drops the reservation on the Abort and removes the file if it is still
@@ -144,24 +180,4 @@ pub(crate) fn write(
 /// A fresh ticket id for a reservation.
 pub(crate) fn ticket() -> ObjectId {
     ObjectId(shoal_node::random_bytes::<32>())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parallel_digest_is_blake3() {
-        for len in [
-            0,
-            1,
-            1024,
-            PARALLEL_HASH_MIN,
-            PARALLEL_HASH_MIN + 12345,
-            9 << 20,
-        ] {
-            let bytes: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
-            assert_eq!(digest(&bytes), Digest::of(&bytes), "len {len}");
-        }
-    }
 }

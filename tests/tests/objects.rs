@@ -67,16 +67,25 @@ fn a_64_mib_object_passes_between_two_tasks_through_shared_memory() {
 }
 
 #[test]
-fn equal_puts_share_one_object() {
+fn equal_content_puts_share_one_object_and_puts_are_each_new() {
     let _s = init();
     let big = vec![42u8; 3 * MIB];
-    let a = shoal::put(&big).unwrap();
-    let b = shoal::put(&big).unwrap();
+    let a = shoal::put_content(&big).unwrap();
+    let b = shoal::put_content(&big).unwrap();
     assert_eq!(a.id(), b.id());
-    let small_a = shoal::put(&"hello".to_string()).unwrap();
-    let small_b = shoal::put(&"hello".to_string()).unwrap();
+    let small_a = shoal::put_content(&"hello".to_string()).unwrap();
+    let small_b = shoal::put_content(&"hello".to_string()).unwrap();
     assert_eq!(small_a.id(), small_b.id());
-    assert_ne!(small_a.id(), shoal::put(&"other".to_string()).unwrap().id());
+    assert_ne!(
+        small_a.id(),
+        shoal::put_content(&"other".to_string()).unwrap().id()
+    );
+    // A `put` is a new object each time, large or small, and never one made by content.
+    let c = shoal::put(&big).unwrap();
+    assert_ne!(c.id(), shoal::put(&big).unwrap().id());
+    assert_ne!(c.id(), a.id());
+    assert_ne!(shoal::put(&"hello".to_string()).unwrap().id(), small_a.id());
+    assert_eq!(c.get_blocking().unwrap(), big);
     drop(a);
     // Still readable through the other handle.
     assert_eq!(b.get_blocking().unwrap().len(), 3 * MIB);

@@ -130,7 +130,14 @@ pub(super) fn sigkill(core: &mut NodeCore, now: Instant, worker: WorkerId, pid: 
 
 pub(super) fn done(core: &mut NodeCore, now: Instant, op: StoreOp, result: Result<(), StoreFault>) {
     let op = op.op.expect("an op the core waits for");
-    core.handle(now, Input::Store(StoreDone { op, result }));
+    core.handle(
+        now,
+        Input::Store(StoreDone {
+            op,
+            result,
+            digest: None,
+        }),
+    );
 }
 
 pub(super) fn ops(out: &[Output]) -> Vec<StoreOp> {

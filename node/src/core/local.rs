@@ -255,8 +255,11 @@ impl NodeCore {
                 placer,
             } => self.remove_group_for(now, party, group, token, placer),
             ToNode::Put { id, value, nested } => {
-                if ObjectId::for_content(&value) != id {
-                    tracing::warn!(conn, object = %id, "put whose id is not its content hash; ignored");
+                // A `put_content` is named by its content (equal values share it); a `put`
+                // by a random id, which must be new here: no put takes the id of an object
+                // this node knows (a result a task is still to give, say).
+                if ObjectId::for_content(&value) != id && self.objects.contains(&id) {
+                    tracing::warn!(conn, object = %id, "put under the id of an object this node knows; ignored");
                     return;
                 }
                 self.put_arrived(now, conn, id, ObjectValue::Inline(value), nested);
@@ -266,6 +269,7 @@ impl NodeCore {
                 let objects = self.object_list();
                 self.tell_proc(conn, ToClient::Objects { request, objects });
             }
+            ToNode::Digest { request, id } => self.digest_asked(conn, request, id),
             ToNode::Create { request, id, size } => {
                 self.create_asked(now, conn, request, id, size);
             }
@@ -279,8 +283,11 @@ impl NodeCore {
                     tracing::warn!(conn, object = %id, "seal of a reservation this process does not hold; ignored");
                     return;
                 }
-                if ticket != id && ObjectId::from_digest(object.digest) != id {
-                    tracing::warn!(conn, object = %id, "seal whose id is not its digest; dropped");
+                // A `put` keeps its (random) ticket as its id, new here as a `Put`'s is; a
+                // content-addressed one is named by its digest.
+                let content = object.digest.map(ObjectId::from_digest) == Some(id);
+                if (ticket != id && !content) || (ticket == id && self.objects.contains(&id)) {
+                    tracing::warn!(conn, object = %id, "seal under an id that is neither a new ticket nor its digest; dropped");
                     self.store_remove(&ticket);
                     return;
                 }

@@ -37,6 +37,21 @@ const SUPERSEDED: &str =
 /// node it was sent to knows.
 const ACTOR_HERE: &str = "its actor lives at your node now";
 
+/// A large value from a peer is only taken with its digest, which every copy is checked
+/// against: one without is malformed, and taken as the object being unavailable there.
+pub(super) fn with_digest(peer: PeerKey, id: ObjectId, value: RemoteValue) -> RemoteValue {
+    match value {
+        RemoteValue::Shared { object, .. } if object.digest.is_none() => {
+            tracing::warn!(%peer, object = %id, "a large value from a peer without its digest; taken as unavailable");
+            RemoteValue::Error(TaskError::ObjectUnavailable {
+                id,
+                message: format!("peer {peer} sent it without its digest"),
+            })
+        }
+        value => value,
+    }
+}
+
 fn peers_from(bytes: &[Vec<u8>]) -> Vec<PeerKey> {
     bytes
         .iter()
@@ -53,6 +68,11 @@ impl NodeCore {
                 value: match value {
                     ObjectValue::Inline(v) => RemoteValue::Inline(v),
                     ObjectValue::Error(e) => RemoteValue::Error(e),
+                    ObjectValue::Shared(object) if object.digest.is_none() => {
+                        // A put not hashed yet: it leaves with its digest.
+                        self.when_digested(id, Resume::TellPeer(peer, id));
+                        return;
+                    }
                     ObjectValue::Shared(object) => {
                         // A copy pulled here may be listed too; this node holds one.
                         let mut holders: Vec<Vec<u8>> =
@@ -392,6 +412,7 @@ impl NodeCore {
 
     /// A value from a peer: a result of a task sent there, or an object fetched.
     fn remote_object(&mut self, now: Instant, peer: PeerKey, id: ObjectId, value: RemoteValue) {
+        let value = with_digest(peer, id, value);
         // The id of an actor placed on `peer`: it took the actor in (or the actor ended).
         if let Some(actor) = self.directory.placed_by(&id, peer) {
             self.placement_answered(now, peer, actor, &value);
@@ -1049,6 +1070,10 @@ impl NodeCore {
     /// until [`object_served`](Self::object_served), once it is there.
     pub(super) fn serve(&mut self, request: u64, id: ObjectId) {
         let object = match self.objects.get(&id).and_then(|e| e.value.as_ref()) {
+            Some(ObjectValue::Shared(o)) if !self.stopping && o.digest.is_none() => {
+                self.when_digested(id, Resume::Serve(request, id));
+                return;
+            }
             Some(ObjectValue::Shared(o)) if !self.stopping => *o,
             _ => {
                 self.out.push_back(Output::Serve {
@@ -1058,17 +1083,17 @@ impl NodeCore {
                 return;
             }
         };
-        let object = match self.readable(id) {
-            Ok(ObjectValue::Shared(_)) => {
+        let object = match (self.readable(id), object.digest) {
+            (Ok(ObjectValue::Shared(_)), Some(digest)) => {
                 self.store.index.pin(&id);
                 Some(ServedObject {
                     id,
                     size: object.size,
-                    digest: object.digest,
+                    digest,
                 })
             }
-            Ok(_) => None,
-            Err(op) => {
+            (Ok(_), _) => None,
+            (Err(op), _) => {
                 self.park(op, Resume::Serve(request, id));
                 return;
             }

@@ -323,7 +323,7 @@ mod tests {
         reserve(&mut core, now, 10, ids[2], 4096);
         let object = SharedObject {
             size: 4096,
-            digest: Digest([3; 32]),
+            digest: Some(Digest([3; 32])),
         };
         let report = report(
             &task,

@@ -116,8 +116,10 @@ pub(super) enum After {
         object: SharedObject,
         new: bool,
     },
-    /// A spill ended.
+    /// A spill ended (with the object's digest, when it took one).
     Spilled { id: ObjectId, size: u64 },
+    /// An object's digest was taken (or not).
+    Digested { id: ObjectId },
     /// A spilled object is back in memory (or not).
     Restored { id: ObjectId },
 }
@@ -135,6 +137,21 @@ pub(super) enum Resume {
     Pump(ActorId),
     /// Open the object for a peer's transfer.
     Serve(u64, ObjectId),
+    /// Send a peer the object's value (which must carry its digest).
+    TellPeer(shoal_protocol::mesh::PeerKey, ObjectId),
+    /// Tell a stream's owner at a peer of its item (`task`, `owner`, `index`).
+    Item(TaskId, Party, u32),
+    /// Answer a process's `ToNode::Digest` (`conn`, `request`, object).
+    Digest(ConnId, u64, ObjectId),
+}
+
+/// A digest being taken: by a `Digest` op, or by the spill of an object that had none.
+#[derive(Debug)]
+struct Digesting {
+    /// The op that takes it.
+    op: OpId,
+    /// What waits for it.
+    waiters: Vec<Resume>,
 }
 
 /// The store as the core keeps it.
@@ -157,6 +174,8 @@ pub(super) struct CoreStore {
     /// Objects whose readers gave up waiting for room: their next read fails rather than
     /// waiting again.
     room_refused: Vec<ObjectId>,
+    /// Digests being taken, by object (see [`NodeCore::when_digested`]).
+    digesting: HashMap<ObjectId, Digesting>,
 }
 
 impl CoreStore {
@@ -171,6 +190,7 @@ impl CoreStore {
             pulls: HashMap::new(),
             room_waits: VecDeque::new(),
             room_refused: Vec::new(),
+            digesting: HashMap::new(),
         }
     }
 
@@ -227,14 +247,26 @@ impl NodeCore {
             self.store_op(OpKind::DropMemory { id, size }, None);
         }
         for id in plan.spill {
-            let size = self.store.index.sealed(&id).map_or(0, |o| o.size);
+            let sealed = self.store.index.sealed(&id);
+            let size = sealed.map_or(0, |o| o.size);
+            // A put not hashed yet: its spill takes the digest its restore is checked with
+            // (unless a digest op ahead of it does).
+            let digest = sealed.is_some_and(|o| o.digest.is_none())
+                && !self.store.digesting.contains_key(&id);
             self.store.index.spilled(&id);
             self.metrics.spills += 1;
             self.metrics.spilled_bytes += size;
-            self.store_op(
-                OpKind::Spill { id, size },
+            let op = self.store_op(
+                OpKind::Spill { id, size, digest },
                 Some(After::Spilled { id, size }),
             );
+            if let (true, Some(op)) = (digest, op) {
+                let waiting = Digesting {
+                    op,
+                    waiters: Vec::new(),
+                };
+                self.store.digesting.insert(id, waiting);
+            }
         }
         Ok(())
     }
@@ -483,6 +515,15 @@ impl NodeCore {
         let Some(object) = self.store.index.sealed(&id) else {
             return Err(unavailable(format!("object {id} is not sealed")));
         };
+        let Some(digest) = object.digest else {
+            // Its spill is taking the digest to check the read back with: after it.
+            return match self.store.digesting.get(&id) {
+                Some(d) => Ok(Ready::After(d.op)),
+                None => Err(unavailable(format!(
+                    "object {id} was spilled without a digest to check it with"
+                ))),
+            };
+        };
         if let Err(e) = self
             .make_room(object.size)
             .and_then(|()| self.store.index.restoring(&id))
@@ -521,10 +562,7 @@ impl NodeCore {
         self.store.index.pin(&id);
         self.metrics.restores += 1;
         self.metrics.restored_bytes += object.size;
-        let kind = OpKind::Restore {
-            id,
-            digest: object.digest,
-        };
+        let kind = OpKind::Restore { id, digest };
         let Some(op) = self.store_op(kind, Some(After::Restored { id })) else {
             return Err(unavailable("no restore was issued".into()));
         };
@@ -535,6 +573,133 @@ impl NodeCore {
     /// Runs `resume` once restore `op` has ended.
     pub(super) fn park(&mut self, op: OpId, resume: Resume) {
         self.store.parked.entry(op).or_default().push(resume);
+    }
+
+    /// Runs `resume` once shared object `id` has a digest (a value leaving the node must
+    /// carry one; a `put` is sealed without). The digest is taken from its memory file by a
+    /// [`OpKind::Digest`] op, or comes with the spill under way that takes it. If it cannot
+    /// be taken, the object's value is an error when `resume` runs.
+    pub(super) fn when_digested(&mut self, id: ObjectId, resume: Resume) {
+        if let Some(d) = self.store.digesting.get_mut(&id) {
+            d.waiters.push(resume);
+            return;
+        }
+        let in_memory = matches!(
+            self.store.index.location(&id),
+            Some(Location::Memory | Location::Both)
+        );
+        let sealed = self.store.index.sealed(&id);
+        if let Some(digest) = sealed.and_then(|o| o.digest) {
+            // (Taken meanwhile: the value is told it.)
+            self.digest_known(id, digest);
+        } else if in_memory && sealed.is_some() {
+            // (Ops run in order: the file is there until an op issued after this one.)
+            if let Some(op) = self.store_op(OpKind::Digest { id }, Some(After::Digested { id })) {
+                self.store.digesting.insert(
+                    id,
+                    Digesting {
+                        op,
+                        waiters: vec![resume],
+                    },
+                );
+                return;
+            }
+        } else {
+            tracing::error!(object = %id, "no copy to take a digest of");
+            self.digest_failed(id, "its node holds no copy to take its digest of".into());
+        }
+        let now = self.now;
+        self.resume(now, resume);
+    }
+
+    /// A process asks for the digest of object `id`: the recorded one, or one taken now.
+    pub(super) fn digest_asked(&mut self, conn: ConnId, request: u64, id: ObjectId) {
+        let result = match self.objects.get(&id).and_then(|e| e.value.as_ref()) {
+            Some(ObjectValue::Shared(o)) => match o.digest {
+                Some(d) => Ok(d),
+                None => return self.when_digested(id, Resume::Digest(conn, request, id)),
+            },
+            Some(ObjectValue::Error(e)) => Err(e.clone()),
+            Some(ObjectValue::Inline(_)) | None => Err(TaskError::ObjectUnavailable {
+                id,
+                message: "not a large object this node holds".into(),
+            }),
+        };
+        self.tell_proc(conn, ToClient::Digest { request, result });
+    }
+
+    /// Object `id`'s digest is `digest`: recorded in the index and in its value.
+    fn digest_known(&mut self, id: ObjectId, digest: shoal_protocol::Digest) {
+        self.store.index.set_digest(&id, digest);
+        if let Some(ObjectValue::Shared(o)) =
+            self.objects.get_mut(&id).and_then(|e| e.value.as_mut())
+        {
+            o.digest.get_or_insert(digest);
+        }
+    }
+
+    /// Object `id`'s digest cannot be taken: its copy here is unreadable, so it is
+    /// unavailable from now on.
+    fn digest_failed(&mut self, id: ObjectId, message: String) {
+        if let Some(e) = self.objects.get_mut(&id) {
+            if matches!(e.value, Some(ObjectValue::Shared(_))) {
+                e.value = Some(ObjectValue::Error(TaskError::ObjectUnavailable {
+                    id,
+                    message,
+                }));
+            }
+        }
+    }
+
+    /// Op `op`, which was to take object `id`'s digest, ended: with it, or with `fault`.
+    fn digest_done(
+        &mut self,
+        now: Instant,
+        id: ObjectId,
+        op: OpId,
+        digest: Option<shoal_protocol::Digest>,
+        fault: Option<&StoreFault>,
+    ) {
+        let waiters = match self.store.digesting.get(&id) {
+            Some(d) if d.op == op => self.store.digesting.remove(&id).map(|d| d.waiters),
+            _ => None,
+        }
+        .unwrap_or_default();
+        match digest {
+            Some(digest) => self.digest_known(id, digest),
+            None if !self.store.index.contains(&id) => {}
+            None => {
+                let message = fault.map_or_else(|| "no digest was taken".into(), |f| f.to_string());
+                if self
+                    .store
+                    .index
+                    .sealed(&id)
+                    .is_some_and(|o| o.digest.is_none())
+                    && !self.store.in_memory(&id)
+                {
+                    tracing::error!(object = %id, error = %message, "cannot take an object's digest");
+                    self.digest_failed(id, message);
+                } else if !waiters.is_empty() {
+                    // A spill that failed before it took it: the object is in memory still.
+                    for resume in waiters {
+                        self.when_digested(id, resume);
+                    }
+                    self.resume_parked(now, op);
+                    return;
+                }
+            }
+        }
+        for resume in waiters {
+            self.resume(now, resume);
+        }
+        self.resume_parked(now, op);
+    }
+
+    /// Runs what was parked on op `op`.
+    fn resume_parked(&mut self, now: Instant, op: OpId) {
+        for resume in self.store.parked.remove(&op).unwrap_or_default() {
+            self.resume(now, resume);
+        }
     }
 
     /// A store op ended.
@@ -611,7 +776,7 @@ impl NodeCore {
                 self.pulled_sealed(now, id, value);
             }
             After::Spilled { id, size } => {
-                if let Err(fault) = done.result {
+                if let Err(fault) = &done.result {
                     tracing::error!(object = %id, error = %fault, "cannot spill; it stays in memory");
                     if self.store.index.contains(&id) {
                         self.store.index.spill_failed(&id);
@@ -621,8 +786,24 @@ impl NodeCore {
                         self.store_op(OpKind::DropMemory { id, size }, None);
                     }
                 }
+                if self
+                    .store
+                    .digesting
+                    .get(&id)
+                    .is_some_and(|d| d.op == done.op)
+                {
+                    let fault = done.result.as_ref().err();
+                    self.digest_done(now, id, done.op, done.digest, fault);
+                }
             }
             After::Restored { id } => self.restored(now, id, done.op, done.result),
+            After::Digested { id } => {
+                if let Err(fault) = &done.result {
+                    tracing::error!(object = %id, error = %fault, "cannot take an object's digest");
+                }
+                let fault = done.result.as_ref().err();
+                self.digest_done(now, id, done.op, done.digest, fault);
+            }
         }
     }
 
@@ -680,9 +861,7 @@ impl NodeCore {
                 }
             }
         }
-        for resume in self.store.parked.remove(&op).unwrap_or_default() {
-            self.resume(now, resume);
-        }
+        self.resume_parked(now, op);
     }
 
     fn resume(&mut self, now: Instant, resume: Resume) {
@@ -700,6 +879,18 @@ impl NodeCore {
             }
             Resume::Pump(actor) => self.pump_actor(now, actor),
             Resume::Serve(request, id) => self.serve(request, id),
+            Resume::TellPeer(peer, id) => {
+                let value = self.objects.get(&id).and_then(|e| e.value.clone());
+                let value = value.unwrap_or_else(|| {
+                    ObjectValue::Error(TaskError::ObjectUnavailable {
+                        id,
+                        message: "freed before its digest was taken".into(),
+                    })
+                });
+                self.tell_peer_as_client(peer, ToClient::Object { id, value });
+            }
+            Resume::Item(task, owner, index) => self.announce_item(task, owner, index),
+            Resume::Digest(conn, request, id) => self.digest_asked(conn, request, id),
         }
     }
 }
@@ -771,9 +962,9 @@ mod tests {
         let ticket = ObjectId([seed; 32]);
         let object = SharedObject {
             size,
-            digest: Digest([seed; 32]),
+            digest: Some(Digest([seed; 32])),
         };
-        let id = ObjectId::from_digest(object.digest);
+        let id = ObjectId::from_digest(object.digest.expect("a content-addressed put"));
         let out = send(
             core,
             now,
@@ -819,9 +1010,9 @@ mod tests {
         drain(&mut core);
         let object = SharedObject {
             size: MB,
-            digest: Digest([4; 32]),
+            digest: Some(Digest([4; 32])),
         };
-        let outer = ObjectId::from_digest(object.digest);
+        let outer = ObjectId::from_digest(object.digest.expect("a content-addressed put"));
         let sealing = ops(&seal_holding(
             &mut core,
             now,
@@ -876,9 +1067,9 @@ mod tests {
 
         let object = SharedObject {
             size: 4 * MB,
-            digest: Digest([3; 32]),
+            digest: Some(Digest([3; 32])),
         };
-        let id = ObjectId::from_digest(object.digest);
+        let id = ObjectId::from_digest(object.digest.expect("a content-addressed put"));
         let seal = ops(&seal(&mut core, now, ticket, id, object));
         assert!(matches!(
             seal[..],
@@ -936,9 +1127,9 @@ mod tests {
         assert!(ops(&out).is_empty());
         let object = SharedObject {
             size: 20 * MB,
-            digest: Digest([1; 32]),
+            digest: Some(Digest([1; 32])),
         };
-        let sealed = ObjectId::from_digest(object.digest);
+        let sealed = ObjectId::from_digest(object.digest.expect("a content-addressed put"));
         let out = seal(&mut core, now, a, sealed, object);
         // Sealed, but pinned until its file is in place: still no room.
         assert!(created(&out).is_empty());
@@ -975,13 +1166,13 @@ mod tests {
         // A is sealed and in place: B is read back (A spilled), then sent.
         let object = SharedObject {
             size: 20 * MB,
-            digest: Digest([1; 32]),
+            digest: Some(Digest([1; 32])),
         };
         let out = seal(
             &mut core,
             now,
             a,
-            ObjectId::from_digest(object.digest),
+            ObjectId::from_digest(object.digest.expect("a content-addressed put")),
             object,
         );
         let mut got = replies(&out);
@@ -997,6 +1188,185 @@ mod tests {
             "{got:?}"
         );
         assert_eq!(core.store.room_waiting(), 0);
+    }
+
+    /// Completes every op in `out` the core waits for, as the files would: a `Digest` op,
+    /// or a spill asked to take one, finds `digest`.
+    fn complete_taking(
+        core: &mut NodeCore,
+        now: Instant,
+        out: &[Output],
+        digest: Digest,
+    ) -> Vec<Output> {
+        for op in ops(out) {
+            let Some(n) = op.op else { continue };
+            let taken = matches!(
+                op.kind,
+                OpKind::Digest { .. } | OpKind::Spill { digest: true, .. }
+            )
+            .then_some(digest);
+            let done = crate::store::StoreDone {
+                op: n,
+                result: Ok(()),
+                digest: taken,
+            };
+            core.handle(now, crate::core::Input::Store(done));
+        }
+        drain(core)
+    }
+
+    /// A `put` as the SDK makes one: sealed under its ticket, without a digest.
+    fn put_unhashed(core: &mut NodeCore, now: Instant, seed: u8, size: u64) -> ObjectId {
+        let id = ObjectId([seed; 32]);
+        let out = create(core, now, u64::from(seed), id, size);
+        complete(core, now, &out);
+        let object = SharedObject { size, digest: None };
+        let out = seal(core, now, id, id, object);
+        complete(core, now, &out);
+        id
+    }
+
+    fn digests(out: &[Output]) -> Vec<(u64, Result<Digest, TaskError>)> {
+        replies(out)
+            .into_iter()
+            .filter_map(|m| match m {
+                ToClient::Digest { request, result } => Some((request, result)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_put_sealed_without_its_digest_has_it_taken_once_when_first_asked() {
+        let (mut core, now) = node(25 * MB);
+        let a = put_unhashed(&mut core, now, 1, 10 * MB);
+        assert_eq!(core.store.index.sealed(&a).map(|o| o.digest), Some(None));
+        // A reader asks for its digest: taken from its memory file, once.
+        let out = send(&mut core, now, ToNode::Digest { request: 7, id: a });
+        let kinds: Vec<_> = ops(&out).into_iter().map(|o| o.kind).collect();
+        assert_eq!(kinds, [OpKind::Digest { id: a }]);
+        assert!(digests(&out).is_empty(), "answered once taken: {out:?}");
+        // Asked again meanwhile: waits for the same op.
+        let again = send(&mut core, now, ToNode::Digest { request: 8, id: a });
+        assert!(ops(&again).is_empty() && digests(&again).is_empty());
+        let d = Digest([9; 32]);
+        let out = complete_taking(&mut core, now, &out, d);
+        assert_eq!(digests(&out), [(7, Ok(d)), (8, Ok(d))]);
+        // Recorded: in the index, in the value every reader is told, and answered at once.
+        assert_eq!(core.store.index.sealed(&a).and_then(|o| o.digest), Some(d));
+        let out = send(&mut core, now, ToNode::Get { ids: vec![a] });
+        assert!(replies(&out).iter().any(|m| matches!(
+            m,
+            ToClient::Object { id, value: ObjectValue::Shared(o) } if *id == a && o.digest == Some(d)
+        )));
+        let out = send(&mut core, now, ToNode::Digest { request: 9, id: a });
+        assert!(ops(&out).is_empty());
+        assert_eq!(digests(&out), [(9, Ok(d))]);
+        // A small or unknown object has none.
+        let out = send(
+            &mut core,
+            now,
+            ToNode::Digest {
+                request: 10,
+                id: ObjectId([5; 32]),
+            },
+        );
+        assert!(matches!(
+            digests(&out)[..],
+            [(10, Err(TaskError::ObjectUnavailable { .. }))]
+        ));
+    }
+
+    #[test]
+    fn the_spill_of_a_put_without_its_digest_takes_it_and_its_read_back_is_checked_with_it() {
+        let (mut core, now) = node(25 * MB);
+        let b = put_unhashed(&mut core, now, 2, 20 * MB);
+        // C needs B's room: B is spilled, and its spill takes the digest.
+        let c = ObjectId([3; 32]);
+        let out = create(&mut core, now, 3, c, 20 * MB);
+        let kinds: Vec<_> = ops(&out).into_iter().map(|o| o.kind).collect();
+        assert!(
+            matches!(kinds[0], OpKind::Spill { id, digest: true, .. } if id == b),
+            "{kinds:?}"
+        );
+        // A read of B before the spill ended waits for it (no restore without a digest).
+        let get = send(&mut core, now, ToNode::Get { ids: vec![b] });
+        let restores = |out: &[Output]| {
+            ops(out)
+                .into_iter()
+                .filter_map(|o| match o.kind {
+                    OpKind::Restore { id, digest } if id == b => Some(digest),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        };
+        assert!(restores(&get).is_empty(), "{get:?}");
+        let d = Digest([8; 32]);
+        let mut out = complete_taking(&mut core, now, &out, d);
+        assert_eq!(core.store.index.sealed(&b).and_then(|o| o.digest), Some(d));
+        // C is written and sealed; B is read back for the reader, checked against the
+        // digest its spill took.
+        let object = SharedObject {
+            size: 20 * MB,
+            digest: Some(Digest([3; 32])),
+        };
+        out.extend(seal(
+            &mut core,
+            now,
+            c,
+            ObjectId::from_digest(Digest([3; 32])),
+            object,
+        ));
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            seen.extend(restores(&out));
+            out = complete_taking(&mut core, now, &out, Digest([0; 32]));
+        }
+        assert_eq!(seen, [d]);
+    }
+
+    #[test]
+    fn a_put_may_not_take_the_id_of_an_object_the_node_knows() {
+        // A task's result, still to come: a process that knows its id may not put it.
+        let (mut core, now) = node(25 * MB);
+        let task = crate::core::harness::spec(1, Vec::new(), 0);
+        let ret = ObjectId::for_return(task.task_id, 0);
+        send(&mut core, now, ToNode::Submit(Box::new(task)));
+        let forged = ToNode::Put {
+            id: ret,
+            value: b"forged".to_vec(),
+            nested: Vec::new(),
+        };
+        send(&mut core, now, forged);
+        let out = send(&mut core, now, ToNode::Get { ids: vec![ret] });
+        assert!(replies(&out).is_empty(), "{out:?}");
+        // Nor seal a large one under it.
+        let out = create(&mut core, now, 1, ret, MB);
+        complete(&mut core, now, &out);
+        let object = SharedObject {
+            size: MB,
+            digest: None,
+        };
+        let out = seal(&mut core, now, ret, ret, object);
+        let out = complete(&mut core, now, &out);
+        assert!(replies(&out).is_empty(), "{out:?}");
+        assert!(!core.store.index.contains(&ret));
+        // A new id is taken.
+        let id = ObjectId([6; 32]);
+        send(
+            &mut core,
+            now,
+            ToNode::Put {
+                id,
+                value: b"mine".to_vec(),
+                nested: Vec::new(),
+            },
+        );
+        let out = send(&mut core, now, ToNode::Get { ids: vec![id] });
+        assert!(replies(&out).iter().any(|m| matches!(
+            m,
+            ToClient::Object { value: ObjectValue::Inline(v), .. } if v == b"mine"
+        )));
     }
 
     #[test]
@@ -1176,9 +1546,9 @@ mod tests {
         drain(&mut core);
         let object = SharedObject {
             size: MB,
-            digest: Digest([5; 32]),
+            digest: Some(Digest([5; 32])),
         };
-        let id = ObjectId::from_digest(object.digest);
+        let id = ObjectId::from_digest(object.digest.expect("a content-addressed put"));
         let out = seal(&mut core, now, ticket, id, object);
         send(&mut core, now, ToNode::Get { ids: vec![id] });
         done(

@@ -228,7 +228,7 @@ impl NodeCore {
 
     /// Tells `owner` of item `index` of `task`: the process holds it from now on, or the peer
     /// that sent the task (which then owns it).
-    fn announce_item(&mut self, task: TaskId, owner: Party, index: u32) {
+    pub(super) fn announce_item(&mut self, task: TaskId, owner: Party, index: u32) {
         let id = ObjectId::for_return(task, index);
         let Some(e) = self.objects.get(&id) else {
             // Its holder left meanwhile.
@@ -243,6 +243,11 @@ impl NodeCore {
                 let value = match &e.value {
                     Some(ObjectValue::Inline(v)) => RemoteValue::Inline(v.clone()),
                     Some(ObjectValue::Error(err)) => RemoteValue::Error(err.clone()),
+                    Some(ObjectValue::Shared(object)) if object.digest.is_none() => {
+                        // Not hashed yet: it leaves with its digest.
+                        self.when_digested(id, super::store::Resume::Item(task, owner, index));
+                        return;
+                    }
                     Some(ObjectValue::Shared(object)) => RemoteValue::Shared {
                         object: *object,
                         holders: self.me.iter().map(|m| m.to_vec()).collect(),
@@ -314,6 +319,7 @@ impl NodeCore {
         value: RemoteValue,
     ) {
         let id = ObjectId::for_return(task, index);
+        let value = super::peers::with_digest(peer, id, value);
         let at = self.spill.spilled_to(&task);
         let refused = match self.tasks.get(&task) {
             // Ended meanwhile: nobody wants it.
@@ -518,7 +524,7 @@ mod tests {
         reserve(core, now, 10, big, 4096);
         let object = SharedObject {
             size: 4096,
-            digest: Digest([3; 32]),
+            digest: Some(Digest([3; 32])),
         };
         let out = from(core, now, 10, item(task, 1, ObjectValue::Shared(object)));
         (big, object, out)

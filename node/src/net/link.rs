@@ -1,5 +1,5 @@
 //! Control links: one long-lived stream per direction between two peers
-//! (`/shoal/<mesh>/ctl/11`), carrying [`PeerMsg`]s in order.
+//! (`/shoal/<mesh>/ctl/12`), carrying [`PeerMsg`]s in order.
 //!
 //! A message to a peer is encoded as a frame ([`shoal_protocol::frame`], at most
 //! [`MAX_PEER_MSG`] bytes of bincode [`PeerMsg`]) and goes into that peer's queue, bounded

@@ -635,6 +635,10 @@ impl NetHandle {
         if self.tasks.stopping() {
             return Err(objects::ObjectError::Stopped);
         }
+        // (The core takes a large value from a peer only with its digest.)
+        let Some(digest) = object.digest else {
+            return Err(objects::ObjectError::NoDigest(id));
+        };
         let mut control = self.streams.clone();
         let tracked =
             self.transfers
@@ -646,7 +650,7 @@ impl NetHandle {
             holders,
             id,
             object.size,
-            object.digest,
+            digest,
             dest,
             tracked.progress(),
         )
@@ -747,7 +751,7 @@ impl Protocols {
             #[cfg(feature = "test-utils")]
             bulk: p(format!("/shoal/{mesh}/bulk/1"))?,
             code: p(format!("/shoal/{mesh}/code/1"))?,
-            ctl: p(format!("/shoal/{mesh}/ctl/11"))?,
+            ctl: p(format!("/shoal/{mesh}/ctl/12"))?,
             obj: p(format!("/shoal/{mesh}/obj/1"))?,
             load_topic: format!("shoal/{mesh}/load/v2"),
             admin_topic: format!("shoal/{mesh}/admin/v1"),

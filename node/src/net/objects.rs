@@ -172,6 +172,9 @@ pub enum ObjectError {
     /// The holder does not hold the object.
     #[error("peer {0} does not hold the object")]
     NotFound(PeerId),
+    /// A pull asked for without the digest to check the copy with.
+    #[error("object {0} has no digest to check a copy with")]
+    NoDigest(ObjectId),
     /// The holder does not serve objects, or not now.
     #[error("peer {0} refused to serve the object")]
     Refused(PeerId),

@@ -351,6 +351,7 @@ impl Shell {
                     Some(StoreDone {
                         op: op.op?,
                         result: Err(StoreFault::Io("the store's file thread failed".into())),
+                        digest: None,
                     })
                 })
                 .collect();

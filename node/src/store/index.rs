@@ -223,7 +223,7 @@ impl StoreIndex {
             StoreError::Mismatch(format!("object {ticket} vanished while sealing"))
         })?;
         e.mem = Mem::Sealed;
-        e.digest = Some(object.digest);
+        e.digest = object.digest;
         e.last_use = self.next_tick();
         self.entries.insert(id, e);
         Ok(Sealed::New)
@@ -347,13 +347,25 @@ impl StoreIndex {
         })
     }
 
-    /// Size and digest of a sealed object.
+    /// Size and digest (if taken yet) of a sealed object.
     pub fn sealed(&self, id: &ObjectId) -> Option<SharedObject> {
         let e = self.entries.get(id)?;
+        if matches!(e.mem, Mem::Reserved { .. }) {
+            return None;
+        }
         Some(SharedObject {
             size: e.size,
-            digest: e.digest?,
+            digest: e.digest,
         })
+    }
+
+    /// Records the digest taken of sealed object `id`, if it has none yet.
+    pub fn set_digest(&mut self, id: &ObjectId, digest: Digest) {
+        if let Some(e) = self.entries.get_mut(id) {
+            if !matches!(e.mem, Mem::Reserved { .. }) {
+                e.digest.get_or_insert(digest);
+            }
+        }
     }
 
     /// Unsealed reservations of `holder`.
@@ -409,7 +421,10 @@ impl StoreIndex {
 
     /// Sealed objects.
     pub fn sealed_count(&self) -> u64 {
-        self.entries.values().filter(|e| e.digest.is_some()).count() as u64
+        self.entries
+            .values()
+            .filter(|e| !matches!(e.mem, Mem::Reserved { .. }))
+            .count() as u64
     }
 }
 
@@ -420,7 +435,7 @@ mod tests {
     fn obj(size: u64) -> SharedObject {
         SharedObject {
             size,
-            digest: Digest([size as u8; 32]),
+            digest: Some(Digest([size as u8; 32])),
         }
     }
 

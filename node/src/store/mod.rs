@@ -26,6 +26,38 @@ mod ops;
 pub use index::{Holder, Location, Plan, Sealed, StoreIndex};
 pub use ops::{OpId, OpKind, StoreDone, StoreFault, StoreOp};
 
+/// Inputs at least this long are hashed on two threads.
+const PARALLEL_HASH_MIN: usize = 4 << 20;
+
+/// The blake3 digest of `bytes`: the two halves of the hash tree on two threads for large
+/// inputs (the same digest as [`Digest::of`]). Shared by the node (which takes the digests
+/// of puts, checks restores) and the SDK (which checks copies in place).
+pub fn digest(bytes: &[u8]) -> Digest {
+    use blake3::hazmat::{left_subtree_len, merge_subtrees_root, HasherExt, Mode};
+    if bytes.len() < PARALLEL_HASH_MIN {
+        return Digest::of(bytes);
+    }
+    let split = left_subtree_len(bytes.len() as u64);
+    let (left, right) = bytes.split_at(split as usize);
+    let (l, r) = std::thread::scope(|s| {
+        let r = s.spawn(|| {
+            let mut h = blake3::Hasher::new();
+            h.set_input_offset(split);
+            h.update(right);
+            h.finalize_non_root()
+        });
+        let mut h = blake3::Hasher::new();
+        h.update(left);
+        let l = h.finalize_non_root();
+        (l, r.join())
+    });
+    match r {
+        Ok(r) => Digest(*merge_subtrees_root(&l, &r, Mode::Hash).as_bytes()),
+        // The hashing thread cannot panic on a slice; hash in one piece if it somehow did.
+        Err(_) => Digest::of(bytes),
+    }
+}
+
 /// The store's directories and files: the side of the store that does I/O. It carries out
 /// the core's [`StoreOp`]s, in order, on a blocking thread of the shell.
 #[derive(Debug)]
@@ -257,6 +289,7 @@ impl StoreFiles {
         if over > 0 {
             self.pool.shrink(over);
         }
+        let mut taken = None;
         let result = match op.kind {
             OpKind::Create { id, size } => self.create(&id, size),
             OpKind::Seal {
@@ -277,11 +310,30 @@ impl StoreFiles {
                 remove_file(&object_path(&self.spill_dir, &id));
                 Ok(())
             }
-            OpKind::Spill { id, size } => self.spill(&id, size, op.used),
+            OpKind::Spill { id, size, digest } => {
+                if digest {
+                    match self.digest(&id) {
+                        Ok(d) => taken = Some(d),
+                        Err(e) => {
+                            return op.op.map(|op| StoreDone {
+                                op,
+                                result: Err(e),
+                                digest: None,
+                            })
+                        }
+                    }
+                }
+                self.spill(&id, size, op.used)
+            }
+            OpKind::Digest { id } => self.digest(&id).map(|d| taken = Some(d)),
             OpKind::Restore { id, digest } => self.restore(&id, digest),
         };
         match (op.op, result) {
-            (Some(op), result) => Some(StoreDone { op, result }),
+            (Some(op), result) => Some(StoreDone {
+                op,
+                result,
+                digest: taken,
+            }),
             (None, Ok(())) => None,
             (None, Err(e)) => {
                 tracing::warn!(error = %e, "a store file operation failed");
@@ -355,11 +407,30 @@ impl StoreFiles {
         }
     }
 
+    /// The digest of object `id`'s memory file, read in place.
+    fn digest(&self, id: &ObjectId) -> Result<Digest, StoreFault> {
+        let path = object_path(&self.dir, id);
+        let file = std::fs::File::open(&path)
+            .map_err(|e| StoreFault::Io(format!("opening {}: {e}", path.display())))?;
+        let len = file
+            .metadata()
+            .map_err(|e| StoreFault::Io(format!("reading {}: {e}", path.display())))?
+            .len();
+        if len == 0 {
+            return Ok(Digest::of(&[]));
+        }
+        // SAFETY: a sealed object's file is never written again: its writer sealed it, and
+        // the store only renames, recycles or removes it, by ops that run after this one.
+        let map = unsafe { memmap2::Mmap::map(&file) }
+            .map_err(|e| StoreFault::Io(format!("mapping {}: {e}", path.display())))?;
+        Ok(digest(&map))
+    }
+
     fn restore(&self, id: &ObjectId, digest: Digest) -> Result<(), StoreFault> {
         let from = object_path(&self.spill_dir, id);
         let bytes = std::fs::read(&from)
             .map_err(|e| StoreFault::Io(format!("reading {}: {e}", from.display())))?;
-        let found = Digest::of(&bytes);
+        let found = self::digest(&bytes);
         if found != digest {
             return Err(StoreFault::Corrupted(format!(
                 "{} has digest {found}, recorded {digest}",
@@ -487,6 +558,21 @@ pub fn process_alive(pid: i32) -> bool {
 mod tests {
     use super::*;
 
+    #[test]
+    fn parallel_digest_is_blake3() {
+        for len in [
+            0,
+            1,
+            1024,
+            PARALLEL_HASH_MIN,
+            PARALLEL_HASH_MIN + 12345,
+            9 << 20,
+        ] {
+            let bytes: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+            assert_eq!(digest(&bytes), Digest::of(&bytes), "len {len}");
+        }
+    }
+
     fn op(kind: OpKind) -> StoreOp {
         StoreOp {
             op: Some(1),
@@ -548,7 +634,15 @@ mod tests {
         });
         write(&mut files, a, b"aaaaaa");
         assert!(object_path(files.dir(), &a).exists());
-        run(&mut files, OpKind::Spill { id: a, size: 6 }).unwrap();
+        run(
+            &mut files,
+            OpKind::Spill {
+                id: a,
+                size: 6,
+                digest: false,
+            },
+        )
+        .unwrap();
         assert!(!object_path(files.dir(), &a).exists());
         assert!(object_path(files.spill_dir(), &a).exists());
         let digest = Digest::of(b"aaaaaa");
@@ -561,7 +655,15 @@ mod tests {
         assert_eq!(mode(&object_path(files.spill_dir(), &a)), 0o600);
         // A corrupted disk copy is detected, not restored.
         write(&mut files, b, b"bbbbbb");
-        run(&mut files, OpKind::Spill { id: b, size: 6 }).unwrap();
+        run(
+            &mut files,
+            OpKind::Spill {
+                id: b,
+                size: 6,
+                digest: false,
+            },
+        )
+        .unwrap();
         std::fs::write(object_path(files.spill_dir(), &b), b"bbbbbX").unwrap();
         let digest = Digest::of(b"bbbbbb");
         assert!(matches!(
@@ -569,9 +671,39 @@ mod tests {
             Err(StoreFault::Corrupted(_))
         ));
         assert!(!object_path(files.dir(), &b).exists());
+        // A digest is taken of a memory file, or by a spill asked to; a file that is not
+        // there has none.
+        let taken = |files: &mut StoreFiles, kind| files.run(op(kind)).and_then(|d| d.digest);
+        let d = ObjectId([4; 32]);
+        write(&mut files, d, b"dddddd");
+        assert_eq!(
+            taken(&mut files, OpKind::Digest { id: d }),
+            Some(Digest::of(b"dddddd"))
+        );
+        let spill = OpKind::Spill {
+            id: d,
+            size: 6,
+            digest: true,
+        };
+        assert_eq!(taken(&mut files, spill), Some(Digest::of(b"dddddd")));
+        assert_eq!(taken(&mut files, OpKind::Digest { id: d }), None);
+        assert!(run(&mut files, OpKind::Digest { id: d }).is_err());
+        files.run(StoreOp {
+            op: None,
+            used: 0,
+            kind: OpKind::DropDisk { id: d },
+        });
         // A spill of a file that is not there fails and leaves nothing on disk.
         let c = ObjectId([3; 32]);
-        assert!(run(&mut files, OpKind::Spill { id: c, size: 6 }).is_err());
+        assert!(run(
+            &mut files,
+            OpKind::Spill {
+                id: c,
+                size: 6,
+                digest: false
+            }
+        )
+        .is_err());
         assert!(!object_path(files.spill_dir(), &c).exists());
         // Dropping files needs no completion.
         for kind in [
@@ -724,7 +856,15 @@ mod tests {
             assert!(!as_user(stranger, g, write, &partial), "gid {g}");
         }
         // A restored object is made the same way.
-        run(&mut files, OpKind::Spill { id, size: 6 }).unwrap();
+        run(
+            &mut files,
+            OpKind::Spill {
+                id,
+                size: 6,
+                digest: false,
+            },
+        )
+        .unwrap();
         assert!(!sealed.exists());
         let digest = Digest::of(b"sealed");
         run(&mut files, OpKind::Restore { id, digest }).unwrap();

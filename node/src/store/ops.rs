@@ -72,6 +72,15 @@ pub enum OpKind {
         id: ObjectId,
         /// Its length.
         size: u64,
+        /// Take its digest too (it has none yet): the restore checks the disk copy against
+        /// it. Given in [`StoreDone::digest`].
+        digest: bool,
+    },
+    /// Take the digest of an object in memory, which has none yet. Given in
+    /// [`StoreDone::digest`].
+    Digest {
+        /// The object.
+        id: ObjectId,
     },
     /// Read an object back from disk into memory, checking its digest (the disk copy stays).
     Restore {
@@ -113,4 +122,7 @@ pub struct StoreDone {
     pub op: OpId,
     /// How it went.
     pub result: Result<(), StoreFault>,
+    /// The digest a [`OpKind::Digest`] took, or a [`OpKind::Spill`] asked to (taken even
+    /// when the copy to disk then failed).
+    pub digest: Option<Digest>,
 }

@@ -323,6 +323,15 @@ impl Context {
         }
     }
 
+    /// The digest of large object `id` this process holds: the one the node recorded, or
+    /// one it takes now.
+    pub(crate) fn digest(&self, id: ObjectId) -> Result<shoal_protocol::Digest, GetError> {
+        match self.request(|request| ToNode::Digest { request, id })? {
+            ToClient::Digest { result, .. } => result.map_err(GetError::Task),
+            _ => Err(GetError::Disconnected),
+        }
+    }
+
     /// The node's status.
     pub(crate) fn status(&self) -> Result<NodeStatus, GetError> {
         match self.request(|request| ToNode::Status { request })? {
@@ -353,6 +362,7 @@ impl Context {
             ToClient::Created { request, .. }
             | ToClient::Status { request, .. }
             | ToClient::Objects { request, .. }
+            | ToClient::Digest { request, .. }
             | ToClient::State { request, .. }
             | ToClient::ActorFound { request, .. } => {
                 let waiter = self.lock_requests().remove(&request);

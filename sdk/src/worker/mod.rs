@@ -543,7 +543,8 @@ pub(crate) fn store_result(
     if bytes.len() <= ctx.inline_threshold {
         return TaskOutcome::Ok(ObjectValue::Inline(bytes));
     }
-    match crate::shm::write(ctx, id, bytes.len(), |buf| {
+    // Not hashed here: the node takes the digest when the result first leaves it.
+    match crate::shm::write(ctx, id, bytes.len(), crate::shm::Hash::Later, |buf| {
         buf.copy_from_slice(&bytes);
         Ok(())
     }) {

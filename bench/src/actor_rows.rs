@@ -57,6 +57,20 @@ pub fn register(reg: &mut Registry) {
         one_to_one::<Target, SyncCalls>,
     );
     reg.add(
+        "actor_call_latency_us_p50",
+        Unit::Micros,
+        "median time of one small call to an actor in another process on this node, from the \
+         call to its result in hand (Monarch's measure)",
+        call_latency::<50>,
+    );
+    reg.add(
+        "actor_call_latency_us_p99",
+        Unit::Micros,
+        "99th percentile of the time of one small call to an actor in another process on this \
+         node, from the call to its result in hand",
+        call_latency::<99>,
+    );
+    reg.add(
         "1_1_actor_calls_async",
         Unit::OpsPerSec,
         "1,000 small calls to one actor, then get all; per call",
@@ -453,6 +467,24 @@ fn one_to_one<T: TargetClass, W: OneToOne<T>>(b: &mut Bench) -> Result<()> {
     let shoal = connect()?;
     let target = start_targets::<T>(1, W::options())?;
     b.run_batches(|| W::batch(&target[0]))?;
+    drop(target);
+    drain(&shoal)
+}
+
+/// `actor_call_latency_us_p<P>`: small calls to one actor, one at a time, each timed.
+fn call_latency<const P: u32>(b: &mut Bench) -> Result<()> {
+    let shoal = connect()?;
+    let target = start_targets::<Target>(1, None)?;
+    b.run_percentile(f64::from(P), |d| {
+        let start = std::time::Instant::now();
+        let mut times = Vec::new();
+        while start.elapsed() < d {
+            let t = std::time::Instant::now();
+            check(&target[0].small()).map_err(Error::msg)?;
+            times.push(t.elapsed());
+        }
+        Ok(times)
+    })?;
     drop(target);
     drain(&shoal)
 }

@@ -132,6 +132,16 @@ impl Measurement {
     }
 }
 
+/// The `p`th percentile (0 to 100, nearest rank) of `times`, which it sorts; `None` for none.
+pub fn percentile(times: &mut [Duration], p: f64) -> Option<Duration> {
+    if times.is_empty() {
+        return None;
+    }
+    times.sort_unstable();
+    let rank = (p / 100.0 * times.len() as f64).ceil() as usize;
+    Some(times[rank.clamp(1, times.len()) - 1])
+}
+
 /// Mean and population standard deviation.
 pub fn mean_stdev(xs: &[f64]) -> (f64, f64) {
     if xs.is_empty() {
@@ -370,6 +380,44 @@ impl Bench {
             let note = format!(
                 "{figure:.6} {unit} (observed for {:.3} s)",
                 start.elapsed().as_secs_f64()
+            );
+            Ok((figure, note))
+        })
+    }
+
+    /// Measures a percentile of a latency (a `us` row): `round(d)` performs operations one
+    /// at a time for at least `d` and returns how long each took; a round's figure is the
+    /// `p`th percentile (nearest rank) of its operations' times, in microseconds, and the row's
+    /// value is the mean of the rounds' figures, as for every row.
+    ///
+    /// Prints the row's JSON line on stdout and returns the measurement.
+    pub fn run_percentile<F>(&mut self, p: f64, mut round: F) -> Result<Measurement>
+    where
+        F: FnMut(Duration) -> Result<Vec<Duration>>,
+    {
+        ensure!(
+            self.unit == Unit::Micros,
+            "row {}: a percentile of latencies is in us, not {}",
+            self.name,
+            self.unit
+        );
+        self.measure(|d| {
+            let mut times = round(d)?;
+            let figure = percentile(&mut times, p)
+                .context("a round of no operations")?
+                .as_secs_f64()
+                * 1e6;
+            let note = format!(
+                "p{p} {figure:.1} us of {} operations (p50 {:.1} us, max {:.1} us)",
+                times.len(),
+                percentile(&mut times, 50.0)
+                    .unwrap_or_default()
+                    .as_secs_f64()
+                    * 1e6,
+                percentile(&mut times, 100.0)
+                    .unwrap_or_default()
+                    .as_secs_f64()
+                    * 1e6,
             );
             Ok((figure, note))
         })
@@ -637,6 +685,32 @@ mod tests {
             b.run_sampled(|_| Ok(f64::NAN)).is_err(),
             "a figure must be finite"
         );
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank_and_rows_of_them_are_in_us() {
+        let us = Duration::from_micros;
+        let mut times: Vec<Duration> = (1..=100).rev().map(us).collect();
+        assert_eq!(percentile(&mut times, 50.0), Some(us(50)));
+        assert_eq!(percentile(&mut times, 99.0), Some(us(99)));
+        assert_eq!(percentile(&mut times, 100.0), Some(us(100)));
+        assert_eq!(percentile(&mut times, 0.0), Some(us(1)));
+        assert_eq!(percentile(&mut [us(7)], 99.0), Some(us(7)));
+        assert_eq!(percentile(&mut [], 50.0), None);
+        let quick = Method {
+            warmup: Duration::from_millis(1),
+            rounds: 2,
+            round: Duration::from_millis(1),
+        };
+        let mut b = Bench::new("l", Unit::Micros, quick, None);
+        let m = b
+            .run_percentile(99.0, |_| Ok((1..=200).map(us).collect()))
+            .unwrap();
+        assert_eq!(m.rounds, vec![198.0, 198.0]);
+        let mut b = Bench::new("l", Unit::Micros, quick, None);
+        assert!(b.run_percentile(50.0, |_| Ok(Vec::new())).is_err());
+        let mut b = Bench::new("r", Unit::OpsPerSec, quick, None);
+        assert!(b.run_percentile(50.0, |_| Ok(vec![us(1)])).is_err());
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //! - `remote_actor_calls_sync`: one small call to an actor on the other node, get its result.
 //! - `remote_actor_calls_async`: 1,000 small calls (100 under `--quick`) to that actor, then
 //!   get all; per call.
+//! - `remote_actor_call_latency_us_p50`, `_p99`: the calls of `remote_actor_calls_sync`, each
+//!   timed; a round's figure is the percentile of its calls' times (the driver reports it).
 //! - `object_transfer_gigabytes`: a 1 GiB object (256 MiB under `--quick`) pulled from the
 //!   other node into this node's store. Each operation has a task on the other node make a
 //!   fresh object (zeros but for a nonce), waits (untimed) until that node's `shoal status`
@@ -38,8 +40,10 @@
 //!
 //! ```text
 //! runner -> driver: round <nanoseconds>
-//! driver -> runner: shoal-bench-driver: done <amount> <timed nanoseconds> <batches> <wall nanoseconds>
+//! driver -> runner: shoal-bench-driver: done <amount> <timed ns> <batches> <wall ns> <p50 ns> <p99 ns>
 //! ```
+//!
+//! (the last two: percentiles of its batches' times)
 //!
 //! after the driver said `shoal-bench-driver: ready` (its set-up done), or
 //! `shoal-bench-driver: error <message>`. The driver ends when its stdin closes. The actor of
@@ -63,7 +67,7 @@ use anyhow::{anyhow, bail, ensure, Context as _, Result};
 use shoal::{ActorError, ActorOptions, Bytes, ObjectRef};
 use shoal_tests::{KillOnDrop, Mesh, NodeOptions, NodeProcess, TestDir};
 
-use crate::harness::{Bench, Registry, Tally, Unit};
+use crate::harness::{percentile, Bench, Registry, Tally, Unit};
 use crate::limits::{die_with_parent, FINISH_TIMEOUT};
 use crate::mesh_rows::{check_shoal_bin, unique_mesh};
 use crate::shoal_rows::noop;
@@ -138,6 +142,19 @@ pub fn register(reg: &mut Registry) {
         remote_actor_calls_sync,
     );
     reg.add(
+        "remote_actor_call_latency_us_p50",
+        Unit::Micros,
+        "median time of one small call to a named actor on another node, from the call to its \
+         result in hand",
+        remote_latency_p50,
+    );
+    reg.add(
+        "remote_actor_call_latency_us_p99",
+        Unit::Micros,
+        "99th percentile of the time of one small call to a named actor on another node",
+        remote_latency_p99,
+    );
+    reg.add(
         "remote_actor_calls_async",
         Unit::OpsPerSec,
         "1,000 small calls to a named actor on another node, then get all; per call",
@@ -208,16 +225,20 @@ enum Work {
     TasksAsync,
     ActorSync,
     ActorAsync,
+    /// Small calls one at a time, as `ActorSync`, for a percentile of their times (50 or 99).
+    ActorLatency(u32),
     Transfer,
     Join,
 }
 
 impl Work {
-    const ALL: [Work; 6] = [
+    const ALL: [Work; 8] = [
         Work::TasksSync,
         Work::TasksAsync,
         Work::ActorSync,
         Work::ActorAsync,
+        Work::ActorLatency(50),
+        Work::ActorLatency(99),
         Work::Transfer,
         Work::Join,
     ];
@@ -228,6 +249,8 @@ impl Work {
             Work::TasksAsync => "remote_tasks_async",
             Work::ActorSync => "remote_actor_calls_sync",
             Work::ActorAsync => "remote_actor_calls_async",
+            Work::ActorLatency(50) => "remote_actor_call_latency_us_p50",
+            Work::ActorLatency(_) => "remote_actor_call_latency_us_p99",
             Work::Transfer => "object_transfer_gigabytes",
             Work::Join => "mesh_join_seconds",
         }
@@ -238,7 +261,10 @@ impl Work {
     }
 
     fn uses_actor(self) -> bool {
-        matches!(self, Work::ActorSync | Work::ActorAsync)
+        matches!(
+            self,
+            Work::ActorSync | Work::ActorAsync | Work::ActorLatency(_)
+        )
     }
 }
 
@@ -256,6 +282,14 @@ fn remote_actor_calls_sync(b: &mut Bench) -> Result<()> {
 
 fn remote_actor_calls_async(b: &mut Bench) -> Result<()> {
     remote_row(b, Work::ActorAsync)
+}
+
+fn remote_latency_p50(b: &mut Bench) -> Result<()> {
+    remote_row(b, Work::ActorLatency(50))
+}
+
+fn remote_latency_p99(b: &mut Bench) -> Result<()> {
+    remote_row(b, Work::ActorLatency(99))
 }
 
 fn object_transfer_gigabytes(b: &mut Bench) -> Result<()> {
@@ -391,7 +425,15 @@ fn measure(b: &mut Bench, pair: &NodePair, work: Work) -> Result<()> {
         .expect("ready", SETUP_TIMEOUT + OP_TIMEOUT)
         .context("the driver's set-up")?;
     eprintln!("{}: driver ready: {ready}", b.name());
-    b.run_tallied(|d| driver.round(d))?;
+    if let Work::ActorLatency(p) = work {
+        b.run_sampled(|d| {
+            let (_, [p50, p99]) = driver.round(d)?;
+            let at = if p == 50 { p50 } else { p99 };
+            Ok(at.as_secs_f64() * 1e6)
+        })?;
+    } else {
+        b.run_tallied(|d| driver.round(d).map(|(t, _)| t))?;
+    }
     driver.finish()?;
     if let Some(host) = host {
         host.finish()?;
@@ -588,7 +630,9 @@ impl Program {
     }
 
     /// Has the driver work for at least `d`, and returns what it did.
-    fn round(&mut self, d: Duration) -> Result<Tally> {
+    /// One round of the driver's work: its tally, and the median and 99th percentile of the
+    /// times of its batches (of its operations, for rows of one operation per batch).
+    fn round(&mut self, d: Duration) -> Result<(Tally, [Duration; 2])> {
         let stdin = self
             .stdin
             .as_mut()
@@ -602,15 +646,19 @@ impl Program {
             .map(str::parse)
             .collect::<Result<_, _>>()
             .with_context(|| format!("the driver's round result {done:?}"))?;
-        let [amount, timed, batches, wall] = fields[..] else {
-            bail!("the driver's round result {done:?} is not 4 numbers");
+        let [amount, timed, batches, wall, p50, p99] = fields[..] else {
+            bail!("the driver's round result {done:?} is not 6 numbers");
         };
-        Ok(Tally {
+        let tally = Tally {
             amount,
             timed: Duration::from_nanos(timed),
             batches,
             wall: Duration::from_nanos(wall),
-        })
+        };
+        Ok((
+            tally,
+            [Duration::from_nanos(p50), Duration::from_nanos(p99)],
+        ))
     }
 
     /// Closes its stdin (its signal to clean up and exit) and checks that it exits
@@ -716,7 +764,7 @@ fn driver_main(work: Work) -> Result<()> {
     );
     let (mut batch, ready) = match work {
         Work::TasksSync | Work::TasksAsync => set_up_tasks(work, &remote)?,
-        Work::ActorSync | Work::ActorAsync => set_up_actor(work, &remote)?,
+        Work::ActorSync | Work::ActorAsync | Work::ActorLatency(_) => set_up_actor(work, &remote)?,
         Work::Transfer => set_up_transfer(&shoal, &remote)?,
         Work::Join => unreachable!("the join driver returned above"),
     };
@@ -730,18 +778,22 @@ fn driver_main(work: Work) -> Result<()> {
         let d = Duration::from_nanos(nanos);
         let start = Instant::now();
         let mut t = Tally::default();
+        let mut times = Vec::new();
         loop {
             let (amount, took) = batch()?;
             t.amount += amount;
             t.timed += took;
             t.batches += 1;
+            times.push(took);
             if start.elapsed() >= d {
                 break;
             }
         }
         t.wall = start.elapsed();
+        let mut at = |p| percentile(&mut times, p).unwrap_or_default().as_nanos();
+        let (p50, p99) = (at(50.0), at(99.0));
         say(&format!(
-            "done {} {} {} {}",
+            "done {} {} {} {} {p50} {p99}",
             t.amount,
             t.timed.as_nanos(),
             t.batches,
@@ -867,7 +919,7 @@ fn set_up_actor(work: Work, remote: &str) -> Result<(Batch, String)> {
         found.as_secs_f64()
     );
     let batch: Batch = match work {
-        Work::ActorSync => Box::new(move || {
+        Work::ActorSync | Work::ActorLatency(_) => Box::new(move || {
             let t = Instant::now();
             get_ok(&actor.small())?;
             Ok((1, t.elapsed()))

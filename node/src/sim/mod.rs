@@ -1132,7 +1132,9 @@ impl Sim {
                 if result.is_ok() {
                     // A `put` (not hashed: its ticket is its id) or a content-addressed one.
                     let (id, sealed) = match object.digest {
-                        Some(d) if ticket.0[31].is_multiple_of(2) => (ObjectId::from_digest(d), object),
+                        Some(d) if ticket.0[31].is_multiple_of(2) => {
+                            (ObjectId::from_digest(d), object)
+                        }
                         _ => (
                             ticket,
                             SharedObject {

@@ -89,8 +89,29 @@ struct Target {
 /// whose pages are faulted in already costs a copy, where a fresh mapping costs a page-table
 /// entry per 4 KiB page to fill and, later, to tear down (together about as much as the copy
 /// of 800 MB on the machine measured). One file per process: if the node removes it rather
-/// than recycling it, its memory is given back when the next write replaces it.
-static LAST: std::sync::Mutex<Option<Target>> = std::sync::Mutex::new(None);
+/// than recycling it, its memory is given back when the next write replaces it, or at
+/// [`forget_kept`] (the shutdown).
+static KEPT: std::sync::Mutex<Kept> = std::sync::Mutex::new(Kept {
+    target: None,
+    closed: false,
+});
+
+struct Kept {
+    target: Option<Target>,
+    /// Shut down: nothing is kept any more.
+    closed: bool,
+}
+
+fn kept() -> std::sync::MutexGuard<'static, Kept> {
+    KEPT.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Drops the kept mapping for good (at the shutdown: no store file stays mapped).
+pub(crate) fn forget_kept() {
+    let mut kept = kept();
+    kept.closed = true;
+    kept.target = None;
+}
 
 impl Target {
     /// `file` (a partial file the node made for this writer) mapped: through the kept
@@ -101,9 +122,8 @@ impl Target {
             .metadata()
             .map_err(|e| StoreError::Io(format!("reading a partial file: {e}")))?;
         let key = (meta.dev(), meta.ino());
-        let kept = LAST
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        let kept = kept()
+            .target
             .take()
             .filter(|t| t.key == key && t.map.len() as u64 == meta.len());
         if let Some(kept) = kept {
@@ -126,9 +146,13 @@ impl Target {
         })
     }
 
-    /// Keeps this mapping for the next write (in place of the one kept before).
+    /// Keeps this mapping for the next write (in place of the one kept before), unless
+    /// this process has shut down.
     fn keep(self) {
-        *LAST.lock().unwrap_or_else(|e| e.into_inner()) = Some(self);
+        let mut kept = kept();
+        if !kept.closed {
+            kept.target = Some(self);
+        }
     }
 }
 

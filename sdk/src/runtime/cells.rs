@@ -465,6 +465,18 @@ impl Context {
     }
 
     /// [`Self::is_done`] of each of `ids`, read at once.
+    /// Takes one more ref to each of `ids` (as many clones would, under one lock) and says
+    /// which are ready or failed.
+    pub(crate) fn hold_and_check(&self, ids: impl Iterator<Item = ObjectId>) -> Vec<bool> {
+        let mut cells = self.cells.lock();
+        ids.map(|id| {
+            let cell = cells.entry(id).or_insert_with(|| Cell::new(false));
+            cell.refs += 1;
+            !cell.is_pending()
+        })
+        .collect()
+    }
+
     pub(crate) fn are_done(&self, ids: impl Iterator<Item = ObjectId>) -> Vec<bool> {
         let cells = self.cells.lock();
         ids.map(|id| cells.get(&id).is_some_and(|c| !c.is_pending()))

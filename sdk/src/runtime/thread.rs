@@ -206,6 +206,7 @@ impl Context {
         if !self.close_for_shutdown() {
             return;
         }
+        crate::shm::forget_kept();
         let Some(handle) = lock(&self.thread.handle).take() else {
             return;
         };

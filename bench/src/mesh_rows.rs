@@ -27,6 +27,13 @@
 //!   rows share one mesh when run one after the other (see [`before_row`]); any other row
 //!   stops it first, so that idle peers never burn CPU under another row's measurement.
 //!
+//! - `code_ship_seconds`: two in-process peers (TCP loopback, one tokio runtime, so both
+//!   ends share this process's CPUs). The fetcher holds a first build of a program (this
+//!   executable, fetched whole from the other peer, untimed); each operation makes a
+//!   "rebuild" of it (bytes inserted near the start, so that everything after moves, and a
+//!   few overwritten in the middle), which the other peer serves signed, and times the
+//!   fetch of the rebuild: its chunk index, the chunks the fetcher lacks, and the checks.
+//!
 //! Everything waits with a deadline: a mesh that does not converge, a transfer that stalls or
 //! a peer that is never dropped fails the row instead of hanging the run.
 
@@ -113,6 +120,13 @@ pub fn register(reg: &mut Registry) {
         "1 GiB over a bare libp2p stream (the bulk protocol: Noise + Yamux over TCP loopback) \
          between two peers in two processes, acknowledged by the receiver",
         libp2p_stream_gigabytes,
+    );
+    reg.add(
+        "code_ship_seconds",
+        Unit::Seconds,
+        "a rebuilt program (this executable, changed near its start and in its middle) \
+         fetched by an in-process peer that holds the previous build, over TCP loopback",
+        code_ship_seconds,
     );
     reg.add_sized(
         "idle_peer_cpu_percent",
@@ -206,6 +220,124 @@ async fn start_peer(mesh: &str, peers: Vec<Multiaddr>) -> Result<NetHandle> {
     net::start(identity::Keypair::generate_ed25519(), config)
         .await
         .context("starting an in-process peer")
+}
+
+/// `code_ship_seconds`: see the module documentation.
+fn code_ship_seconds(b: &mut Bench) -> Result<()> {
+    use shoal_node::auth::code::Publisher;
+    use shoal_protocol::BinaryId;
+    let rt = runtime()?;
+    let exe = std::env::current_exe().context("this executable")?;
+    let first = std::fs::read(&exe).context("reading this executable")?;
+    let dir = std::env::temp_dir().join(format!("shoal-bench-code-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let result = rt.block_on(async {
+        let mesh = unique_mesh("code");
+        let publisher = Publisher::generate();
+        let holder = start_peer(&mesh, Vec::new()).await?;
+        let at = listen_addr(&holder, Instant::now() + Duration::from_secs(30)).await?;
+        let fetcher = start_peer_trusting(&mesh, vec![at], &publisher).await?;
+        let target = net::target();
+        let serve = |id: BinaryId, path: &Path| {
+            let manifest = publisher.sign(id.0, &target, 1).encode();
+            holder
+                .servable()
+                .insert(id, path.to_path_buf(), Some(manifest));
+            holder
+                .servable()
+                .grant(&id, fetcher.peer_id(), Instant::now());
+        };
+        let first_id = BinaryId(shoal_node::store::digest(&first).0);
+        serve(first_id, &exe);
+        let start = Instant::now();
+        fetch_within(&fetcher, holder.peer_id(), first_id).await?;
+        eprintln!(
+            "{}: the first build ({} bytes) fetched whole in {:.3} s",
+            b.name(),
+            first.len(),
+            start.elapsed().as_secs_f64()
+        );
+        let mut k = 0u64;
+        let mut sent = 0u64;
+        let before = fetcher.code_fetched_bytes();
+        let m = b.run_timed(|| {
+            k += 1;
+            let mut rebuilt = first.clone();
+            let at = 4096 + (k as usize * 7919) % 65536;
+            rebuilt.splice(at..at, format!("rebuild {k}").repeat(64).into_bytes());
+            let middle = rebuilt.len() / 2 + (k as usize * 104_729) % 1_000_000;
+            rebuilt[middle..middle + 64].fill(k as u8);
+            let path = dir.join(format!("rebuild-{k}"));
+            std::fs::write(&path, &rebuilt)?;
+            let id = BinaryId(shoal_node::store::digest(&rebuilt).0);
+            serve(id, &path);
+            let start = Instant::now();
+            let got = tokio::task::block_in_place(|| {
+                tokio::runtime::Handle::current().block_on(fetch_within(
+                    &fetcher,
+                    holder.peer_id(),
+                    id,
+                ))
+            })?;
+            let took = start.elapsed();
+            ensure!(
+                std::fs::read(&got)? == rebuilt,
+                "the fetched rebuild differs from the one served"
+            );
+            std::fs::remove_file(&path)?;
+            Ok(took)
+        });
+        sent += fetcher.code_fetched_bytes() - before;
+        m?;
+        eprintln!(
+            "{}: {k} rebuilds, {:.1} KB sent each on average (of {} bytes)",
+            b.name(),
+            sent as f64 / k.max(1) as f64 / 1e3,
+            first.len()
+        );
+        Ok(())
+    });
+    if let Err(e) = std::fs::remove_dir_all(&dir) {
+        eprintln!("cannot remove {}: {e}", dir.display());
+    }
+    shut_down(rt);
+    result
+}
+
+/// A peer as [`start_peer`] starts one, that runs binaries `publisher` signed.
+async fn start_peer_trusting(
+    mesh: &str,
+    peers: Vec<Multiaddr>,
+    publisher: &shoal_node::auth::code::Publisher,
+) -> Result<NetHandle> {
+    let mut config = NetConfig::new(shoal_node::auth::testing::token(mesh));
+    config.transport = TransportKind::Tcp;
+    config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse()?];
+    config.peers = peers;
+    config.mdns = false;
+    config.code_policy.trusted = vec![publisher.public()];
+    net::start(identity::Keypair::generate_ed25519(), config)
+        .await
+        .context("starting an in-process peer")
+}
+
+/// Fetches binary `id` from `holder` (connecting first, if need be), within a minute.
+async fn fetch_within(
+    fetcher: &NetHandle,
+    holder: libp2p::PeerId,
+    id: shoal_protocol::BinaryId,
+) -> Result<std::path::PathBuf> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match fetcher.fetch_binary(holder, id).await {
+            Ok(path) => return Ok(path),
+            // (Not connected yet, say.)
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(e).context("fetching a binary"),
+        }
+    }
 }
 
 /// The first listen address of a peer (with `/p2p/<id>`), once it listens.

@@ -55,9 +55,12 @@ pub fn all() -> Vec<Target> {
             .seeds(|| vec![frames(&[objects::ObjectRequest { id: ObjectId::for_content(b"x"), offset: 1 << 20, len: 4 << 20 }])]),
         Target::new("object_response", "ObjectResponse, read by a puller from a holder's stream", stream_header::<objects::ObjectResponse, { objects::MAX_HEADER }>)
             .generator(framed_one::<objects::ObjectResponse>),
-        Target::new("code_request", "CodeRequest, read by a code server from a peer's stream", stream_header::<code::CodeRequest, { code::MAX_HEADER }>)
+        Target::new("code_request", "CodeRequest, read by a code server from a peer's stream", stream_header::<code::CodeRequest, { code::MAX_REQUEST }>)
             .generator(framed_one::<code::CodeRequest>)
-            .seeds(|| vec![frames(&[code::CodeRequest { binary: BinaryId([7; 32]) }])]),
+            .seeds(|| vec![
+                frames(&[code::CodeRequest { binary: BinaryId([7; 32]), want: code::Want::Whole }]),
+                frames(&[code::CodeRequest { binary: BinaryId([7; 32]), want: code::Want::Ranges(vec![(0, 1 << 16), (1 << 20, 1 << 17)]) }]),
+            ]),
         Target::new("code_response", "CodeResponse, read by a fetcher from a holder's stream, and the manifest it carries checked as the fetcher does", code_response)
             .generator(framed_one::<code::CodeResponse>)
             .seeds(|| vec![

@@ -337,6 +337,31 @@ async fn binaries_are_shipped_by_hash_and_checked() {
     assert_eq!(b.servable().get(&id), Some((path.clone(), Some(manifest))));
     // Cached: a second fetch does not need a.
     assert_eq!(b.fetch_binary(a.peer_id(), id).await.unwrap(), path);
+    assert_eq!(b.code_fetched_bytes(), bytes.len() as u64);
+
+    // A rebuild (bytes inserted near the start, some changed in the middle, all after the
+    // insertion shifted) comes by its chunks: b takes those it holds in the first build from
+    // its own copy, and a sends the rest.
+    let mut rebuilt = bytes.clone();
+    rebuilt.splice(4096..4096, b"a new function".repeat(100));
+    let middle = rebuilt.len() / 2;
+    rebuilt[middle..middle + 64].fill(0xab);
+    let rebuilt_path = std::env::temp_dir().join(format!("shoal-rebuilt-{}", std::process::id()));
+    std::fs::write(&rebuilt_path, &rebuilt).unwrap();
+    let rebuilt_id = BinaryId(*blake3::hash(&rebuilt).as_bytes());
+    let signed = publisher.sign(rebuilt_id.0, &target, 1).encode();
+    a.servable()
+        .insert(rebuilt_id, rebuilt_path.clone(), Some(signed));
+    a.servable().grant(&rebuilt_id, b.peer_id(), Instant::now());
+    let got = b.fetch_binary(a.peer_id(), rebuilt_id).await.unwrap();
+    assert_eq!(std::fs::read(&got).unwrap(), rebuilt);
+    let sent = b.code_fetched_bytes() - bytes.len() as u64;
+    assert!(
+        sent * 20 < rebuilt.len() as u64,
+        "{sent} of {} bytes sent for a rebuild",
+        rebuilt.len()
+    );
+    std::fs::remove_file(&rebuilt_path).unwrap();
 
     // A file claimed under an id it does not hash to (a local program's claim) is never
     // shipped: the holder hashes it first. (The fetcher checks the bytes too.)

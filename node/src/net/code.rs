@@ -2,10 +2,18 @@
 //! id, from a peer that has it, checks the signed manifest that comes with it against its
 //! [`CodePolicy`], then the hash, and keeps it in a bounded cache.
 //!
-//! Protocol (`/shoal/<mesh>/code/1`, one libp2p stream per fetch): the asker sends a
+//! Protocol (`/shoal/<mesh>/code/2`, one libp2p stream per request): the asker sends a
 //! [`CodeRequest`] in a frame ([`shoal_protocol::frame`]); the holder answers with a framed
-//! [`CodeResponse`] and, if found, the binary's bytes. The asker checks the manifest in the
-//! response before it reads a byte of the binary. A holder serves a binary only to the peers
+//! [`CodeResponse`] and, if found, what was asked ([`Want`]): the binary's bytes, or the
+//! index of its content-defined chunks ([`super::chunks`]) in one frame, or the bytes of
+//! some of its ranges. The asker checks the manifest in the response before it reads a byte
+//! of the binary.
+//!
+//! A peer that holds other binaries (an earlier build of the same program, most often) asks
+//! for the index first, takes the chunks it holds already from its own files, and asks for
+//! the rest only: a rebuild ships what changed. Every chunk is checked against its hash in
+//! the index and the whole against the binary's id; when most of it would come anyway, or
+//! the index cannot be had, the whole binary is fetched. A holder serves a binary only to the peers
 //! it sent a task of that binary to (within [`GRANT_TTL`] of the last one); others are
 //! answered [`CodeResponse::NotAllowed`]. A peer started with code shipping off serves
 //! nothing (and fetches nothing: the node never asks it to).
@@ -22,6 +30,7 @@ use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 use shoal_protocol::BinaryId;
 
+use super::chunks::{self, Chunk};
 use super::framed::{self, FrameReader};
 use super::limits::{PeerLimits, StreamKind};
 use super::progress::Tracked;
@@ -40,14 +49,38 @@ pub const MAX_GRANTS: usize = 4096;
 /// Refused fetches are logged at most this often (each is counted).
 const NOT_ALLOWED_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Asks for a binary.
+/// Largest request (one asking for ranges names at most one per chunk).
+pub const MAX_REQUEST: usize = 8 << 20;
+/// Largest chunk index (one entry per chunk of at least [`super::chunks::MIN_CHUNK`] bytes
+/// of a binary of at most [`MAX_BINARY`]).
+pub const MAX_INDEX: usize = 24 << 20;
+/// Below this a binary is fetched whole.
+pub const DELTA_MIN: u64 = 1 << 20;
+/// A delta is not worth it when more than this share of the binary would come anyway.
+const DELTA_MAX_SHARE: f64 = 0.8;
+
+/// Asks for a binary, or part of it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CodeRequest {
     /// The binary's blake3 id.
     pub binary: BinaryId,
+    /// What of it.
+    pub want: Want,
 }
 
-/// The answer; `Found` is followed by `size` raw bytes.
+/// What a [`CodeRequest`] asks for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Want {
+    /// All its bytes.
+    Whole,
+    /// Its chunk index: one frame of `Vec<Chunk>`.
+    Index,
+    /// The bytes of these ranges (offset, length), in order, one after another: ranges in
+    /// increasing order that do not overlap, within the binary.
+    Ranges(Vec<(u64, u32)>),
+}
+
+/// The answer; `Found` is followed by what was asked.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CodeResponse {
     /// Here it comes.
@@ -63,6 +96,8 @@ pub enum CodeResponse {
     Refused,
     /// Held, but the asker was sent no task of it (recently): not served to it.
     NotAllowed,
+    /// The ranges asked for are not ranges of the binary.
+    BadRanges,
 }
 
 /// Why a fetch failed.
@@ -80,6 +115,14 @@ pub enum CodeError {
     /// The peer holds it but did not send this peer a task of it.
     #[error("peer {0} does not serve the binary to this peer")]
     NotAllowed(PeerId),
+    /// The peer's answer is not one to what was asked (a bad index, say).
+    #[error("peer {peer}: {message}")]
+    Malformed {
+        /// The peer.
+        peer: PeerId,
+        /// What is wrong.
+        message: String,
+    },
     /// The network has been shut down.
     #[error("the network has stopped")]
     Stopped,
@@ -103,6 +146,8 @@ pub enum CodeError {
 struct Held {
     path: PathBuf,
     manifest: Option<Vec<u8>>,
+    /// Its chunk index, once made.
+    index: Option<Arc<Vec<Chunk>>>,
     /// Peers it may go to, with when they were last sent a task of it.
     grants: HashMap<PeerId, Instant>,
 }
@@ -141,6 +186,7 @@ impl Servable {
                     Held {
                         path,
                         manifest,
+                        index: None,
                         grants: HashMap::new(),
                     },
                 );
@@ -153,6 +199,17 @@ impl Servable {
         self.held()
             .get(id)
             .map(|h| (h.path.clone(), h.manifest.clone()))
+    }
+
+    /// The chunk index of `id`, if made already.
+    fn index(&self, id: &BinaryId) -> Option<Arc<Vec<Chunk>>> {
+        self.held().get(id).and_then(|h| h.index.clone())
+    }
+
+    fn set_index(&self, id: &BinaryId, index: Arc<Vec<Chunk>>) {
+        if let Some(h) = self.held().get_mut(id) {
+            h.index = Some(index);
+        }
     }
 
     /// Stops serving `id`.
@@ -216,6 +273,10 @@ pub struct BinaryCache {
     entries: lru::LruCache<BinaryId, u64>,
     /// The manifests that came with them (served onward with them).
     manifests: HashMap<BinaryId, Vec<u8>>,
+    /// Their chunk indexes, once made (for the next fetch's delta).
+    indexes: HashMap<BinaryId, Arc<Vec<Chunk>>>,
+    /// Bytes of binaries received from peers, in all.
+    fetched: u64,
 }
 
 impl BinaryCache {
@@ -228,6 +289,8 @@ impl BinaryCache {
             used: 0,
             entries: lru::LruCache::unbounded(),
             manifests: HashMap::new(),
+            indexes: HashMap::new(),
+            fetched: 0,
         })
     }
 
@@ -265,6 +328,7 @@ impl BinaryCache {
             }
             self.used -= len;
             self.manifests.remove(&victim);
+            self.indexes.remove(&victim);
             let path = self.path(&victim);
             if let Err(e) = std::fs::remove_file(&path) {
                 // Not counted any more either way; a file left over is only disk space.
@@ -279,6 +343,20 @@ impl BinaryCache {
     pub fn used(&self) -> u64 {
         self.used
     }
+
+    /// Bytes of binaries received from peers so far (all of a whole fetch, the missing
+    /// chunks of a delta).
+    pub fn fetched(&self) -> u64 {
+        self.fetched
+    }
+
+    /// The binaries held, most recently used first, with their chunk indexes if made.
+    fn sources(&self) -> Vec<(BinaryId, Option<Arc<Vec<Chunk>>>)> {
+        self.entries
+            .iter()
+            .map(|(id, _)| (*id, self.indexes.get(id).cloned()))
+            .collect()
+    }
 }
 
 /// Serves one fetch to `peer`: only a binary it was sent a task of ([`Servable::grant`]).
@@ -288,15 +366,150 @@ pub async fn serve(
     servable: &Servable,
     enabled: bool,
 ) -> io::Result<()> {
-    let req: CodeRequest = tokio::time::timeout(STALL, framed::read_one(&mut stream, MAX_HEADER))
+    let req: CodeRequest = tokio::time::timeout(STALL, framed::read_one(&mut stream, MAX_REQUEST))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no request"))??;
-    let (response, bytes) = answer(servable, enabled, &req.binary, peer, Instant::now()).await;
-    framed::write(&mut stream, &response, MAX_HEADER).await?;
-    if let Some(b) = bytes {
-        stream.write_all(&b).await?;
+    let now = Instant::now();
+    if let Want::Ranges(ranges) = &req.want {
+        let (response, bytes) =
+            ranges_answer(servable, enabled, &req.binary, peer, now, ranges).await;
+        framed::write(&mut stream, &response, MAX_HEADER).await?;
+        if let Some(bytes) = bytes {
+            stream.write_all(&bytes).await?;
+        }
+        return stream.close().await;
+    }
+    let (response, bytes) = answer(servable, enabled, &req.binary, peer, now).await;
+    let Some(bytes) = bytes else {
+        framed::write(&mut stream, &response, MAX_HEADER).await?;
+        return stream.close().await;
+    };
+    if req.want == Want::Index {
+        let index = match servable.index(&req.binary) {
+            Some(index) => index,
+            None => {
+                let index = tokio::task::spawn_blocking(move || chunks::chunks(&bytes))
+                    .await
+                    .map(Arc::new)
+                    .map_err(io::Error::other)?;
+                servable.set_index(&req.binary, index.clone());
+                index
+            }
+        };
+        framed::write(&mut stream, &response, MAX_HEADER).await?;
+        framed::write(&mut stream, &*index, MAX_INDEX).await?;
+    } else {
+        framed::write(&mut stream, &response, MAX_HEADER).await?;
+        stream.write_all(&bytes).await?;
     }
     stream.close().await
+}
+
+/// The answer to `peer`'s request for `ranges` of `id`, with their bytes. They are read
+/// from the file alone and checked chunk by chunk against the binary's index (made from the
+/// whole, checked binary when it was asked for), so that no byte goes out that is not the
+/// binary's; ranges must be whole chunks of it.
+async fn ranges_answer(
+    servable: &Servable,
+    enabled: bool,
+    id: &BinaryId,
+    peer: PeerId,
+    now: Instant,
+    ranges: &[(u64, u32)],
+) -> (CodeResponse, Option<Vec<u8>>) {
+    let index = match servable.index(id) {
+        Some(index) if enabled && servable.allowed(id, &peer, now) => index,
+        // Refused, or asked for ranges before the index: as for the whole, then its index.
+        _ => {
+            let (response, bytes) = answer(servable, enabled, id, peer, now).await;
+            let Some(bytes) = bytes else {
+                return (response, None);
+            };
+            let made = tokio::task::spawn_blocking(move || (chunks::chunks(&bytes), bytes)).await;
+            let Ok((index, _)) = made else {
+                return (CodeResponse::NotFound, None);
+            };
+            let index = Arc::new(index);
+            servable.set_index(id, index.clone());
+            index
+        }
+    };
+    let Some((path, manifest)) = servable.get(id) else {
+        return (CodeResponse::NotFound, None);
+    };
+    let size = index.last().map_or(0, |c| c.offset + u64::from(c.len));
+    let Some(wanted) = chunks_of(&index, ranges) else {
+        tracing::warn!(%peer, binary = %id, "a request for ranges that are not whole chunks of the binary; refused");
+        return (CodeResponse::BadRanges, None);
+    };
+    let read = tokio::task::spawn_blocking(move || -> io::Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::File::open(&path)?;
+        let total: usize = wanted.iter().map(|c| c.len as usize).sum();
+        let mut out = vec![0u8; total];
+        let mut at = 0;
+        for c in wanted {
+            let chunk = &mut out[at..at + c.len as usize];
+            file.read_exact_at(chunk, c.offset)?;
+            if *blake3::hash(chunk).as_bytes() != c.hash {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{} changed since it was checked", path.display()),
+                ));
+            }
+            at += c.len as usize;
+        }
+        Ok(out)
+    })
+    .await
+    .unwrap_or_else(|e| Err(io::Error::other(e)));
+    match read {
+        Ok(bytes) => (CodeResponse::Found { size, manifest }, Some(bytes)),
+        Err(e) => {
+            tracing::warn!(binary = %id, error = %e, "not shipping a binary");
+            (CodeResponse::NotFound, None)
+        }
+    }
+}
+
+/// The chunks of `index` that `ranges` are made of, in order: `None` unless the ranges are
+/// in order, apart, and each a run of whole chunks.
+fn chunks_of(index: &[Chunk], ranges: &[(u64, u32)]) -> Option<Vec<Chunk>> {
+    let size = index.last().map_or(0, |c| c.offset + u64::from(c.len));
+    if !ranges_within(ranges, size) {
+        return None;
+    }
+    let mut out = Vec::new();
+    for (offset, len) in ranges {
+        let mut i = index.binary_search_by_key(offset, |c| c.offset).ok()?;
+        let end = offset + u64::from(*len);
+        loop {
+            let c = index.get(i)?;
+            out.push(*c);
+            let c_end = c.offset + u64::from(c.len);
+            if c_end == end {
+                break;
+            }
+            if c_end > end {
+                return None;
+            }
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
+/// Whether `ranges` are in increasing order, apart, and within `size` bytes.
+fn ranges_within(ranges: &[(u64, u32)], size: u64) -> bool {
+    let mut next = 0u64;
+    ranges.iter().all(|(offset, len)| {
+        let ok = *offset >= next
+            && offset
+                .checked_add(u64::from(*len))
+                .is_some_and(|end| end <= size);
+        next = offset.saturating_add(u64::from(*len));
+        ok
+    })
 }
 
 /// The answer to `peer`'s request for `id`, with the bytes to send after it.
@@ -345,7 +558,7 @@ async fn answer(
 /// can a file changed since be shipped).
 pub fn read_checked(path: &Path, id: &BinaryId) -> io::Result<Vec<u8>> {
     let bytes = std::fs::read(path)?;
-    let found = BinaryId(*blake3::hash(&bytes).as_bytes());
+    let found = BinaryId(crate::store::digest(&bytes).0);
     if found != *id {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
@@ -401,36 +614,39 @@ pub async fn fetch(
     }
     // Held until the fetch is done: fewer streams to one peer than it serves at once.
     let _slot = limits.outbound(peer, StreamKind::Code).await;
-    let mut stream = control
-        .open_stream(peer, protocol)
-        .await
-        .map_err(|e| io::Error::other(e.to_string()))?;
-    framed::write(&mut stream, &CodeRequest { binary: id }, MAX_HEADER).await?;
-    let mut stream = FrameReader::new(stream);
-    let response: CodeResponse = tokio::time::timeout(STALL, stream.next(MAX_HEADER))
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no answer"))??
-        .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "no answer"))?;
-    let (size, manifest) = match response {
-        CodeResponse::Found { size, manifest } if size <= MAX_BINARY => {
-            // Before a byte of the binary is read.
-            check
-                .manifest(&id, manifest.as_deref())
-                .map_err(CodeError::Rejected)?;
-            progress.set_total(size);
-            (size, manifest)
+    let sources = cache.lock().unwrap_or_else(|e| e.into_inner()).sources();
+    if !sources.is_empty() {
+        let asked = Asked {
+            protocol: &protocol,
+            peer,
+            id,
+            check: &check,
+            progress,
+        };
+        match fetch_delta(control, &asked, cache, sources).await {
+            Ok(Some(done)) => return Ok(done),
+            Ok(None) => {}
+            Err(
+                e @ (CodeError::Rejected(_)
+                | CodeError::NotFound(_)
+                | CodeError::Refused(_)
+                | CodeError::NotAllowed(_)
+                | CodeError::Stopped),
+            ) => return Err(e),
+            Err(e) => {
+                tracing::info!(binary = %id, %peer, error = %e, "fetching a binary by its chunks failed; fetching it whole");
+            }
         }
-        CodeResponse::Found { size, .. } => {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("a binary of {size} bytes exceeds the maximum"),
-            )
-            .into())
-        }
-        CodeResponse::NotFound => return Err(CodeError::NotFound(peer)),
-        CodeResponse::Refused => return Err(CodeError::Refused(peer)),
-        CodeResponse::NotAllowed => return Err(CodeError::NotAllowed(peer)),
+    }
+    let asked = Asked {
+        protocol: &protocol,
+        peer,
+        id,
+        check: &check,
+        progress,
     };
+    let (mut stream, size, manifest) = ask(control, &asked, Want::Whole).await?;
+    progress.set_total(size);
     let final_path = cache.lock().unwrap_or_else(|e| e.into_inner()).path(&id);
     let partial = final_path.with_extension("partial");
     let mut file = std::fs::File::create(&partial)?;
@@ -461,27 +677,19 @@ pub async fn fetch(
                 wanted: id,
             });
         }
-        use std::os::unix::fs::PermissionsExt;
-        file.set_permissions(std::fs::Permissions::from_mode(0o755))?;
-        file.sync_all()?;
-        std::fs::rename(&partial, &final_path)?;
+        place(&file, &partial, &final_path)?;
         Ok(())
     }
     .await;
     if let Err(e) = result {
-        match std::fs::remove_file(&partial) {
-            Err(rm) if rm.kind() != io::ErrorKind::NotFound => {
-                tracing::warn!(path = %partial.display(), error = %rm, "cannot remove a failed fetch");
-            }
-            _ => {}
-        }
+        remove_partial(&partial);
         return Err(e);
     }
-    let evicted =
-        cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, size, manifest.clone());
+    let evicted = {
+        let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+        cache.fetched += size;
+        cache.insert(id, size, manifest.clone())
+    };
     if !evicted.is_empty() {
         tracing::debug!(count = evicted.len(), "evicted cached binaries");
     }
@@ -489,9 +697,307 @@ pub async fn fetch(
     Ok((final_path, manifest))
 }
 
+/// Makes a fetched binary's file executable and puts it in its place in the cache. (Not
+/// synced to disk: the cache is not used again after a restart, and the binary runs from
+/// the page cache; a sync of a hundred megabytes would cost more than the transfer.)
+fn place(file: &std::fs::File, partial: &Path, final_path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    file.set_permissions(std::fs::Permissions::from_mode(0o755))?;
+    std::fs::rename(partial, final_path)
+}
+
+/// Removes the file of a fetch that failed.
+fn remove_partial(partial: &Path) {
+    match std::fs::remove_file(partial) {
+        Err(rm) if rm.kind() != io::ErrorKind::NotFound => {
+            tracing::warn!(path = %partial.display(), error = %rm, "cannot remove a failed fetch");
+        }
+        _ => {}
+    }
+}
+
+/// What a fetch asks of whom, and checks.
+struct Asked<'a> {
+    protocol: &'a libp2p::StreamProtocol,
+    peer: PeerId,
+    id: BinaryId,
+    check: &'a Check<'a>,
+    progress: &'a Tracked,
+}
+
+/// Opens a stream to the holder and asks for `want` of the binary: the stream (what was
+/// asked follows), the binary's size and manifest, the manifest checked before anything of
+/// the binary is read.
+async fn ask(
+    control: &mut libp2p_stream::Control,
+    asked: &Asked<'_>,
+    want: Want,
+) -> Result<(FrameReader<libp2p::Stream>, u64, Option<Vec<u8>>), CodeError> {
+    let (peer, id) = (asked.peer, asked.id);
+    let mut stream = control
+        .open_stream(peer, asked.protocol.clone())
+        .await
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    let request = CodeRequest { binary: id, want };
+    framed::write(&mut stream, &request, MAX_REQUEST).await?;
+    let mut stream = FrameReader::new(stream);
+    let response: CodeResponse = tokio::time::timeout(STALL, stream.next(MAX_HEADER))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no answer"))??
+        .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "no answer"))?;
+    match response {
+        CodeResponse::Found { size, manifest } if size <= MAX_BINARY => {
+            // Before a byte of the binary is read.
+            asked
+                .check
+                .manifest(&id, manifest.as_deref())
+                .map_err(CodeError::Rejected)?;
+            Ok((stream, size, manifest))
+        }
+        CodeResponse::Found { size, .. } => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("a binary of {size} bytes exceeds the maximum"),
+        )
+        .into()),
+        CodeResponse::NotFound => Err(CodeError::NotFound(peer)),
+        CodeResponse::Refused => Err(CodeError::Refused(peer)),
+        CodeResponse::NotAllowed => Err(CodeError::NotAllowed(peer)),
+        CodeResponse::BadRanges => Err(CodeError::Malformed {
+            peer,
+            message: "it refused the ranges asked for".into(),
+        }),
+    }
+}
+
+/// Whether `index` cuts `size` bytes into chunks, in order, each at most
+/// [`chunks::MAX_CHUNK`] long.
+fn index_covers(index: &[Chunk], size: u64) -> bool {
+    let mut at = 0u64;
+    index.iter().all(|c| {
+        let ok = c.offset == at && c.len > 0 && c.len as usize <= chunks::MAX_CHUNK;
+        at = at.saturating_add(u64::from(c.len));
+        ok
+    }) && at == size
+}
+
+/// Where this peer holds chunks: by hash, a file and the range in it.
+type HeldChunks = HashMap<[u8; 32], (PathBuf, u64, u32)>;
+
+/// Cached binaries whose chunks a delta may take (the most recently used).
+const DELTA_SOURCES: usize = 4;
+
+/// The chunks of the cached binaries `sources`, their indexes made (and kept) if need be.
+async fn held_chunks(
+    cache: &Mutex<BinaryCache>,
+    sources: Vec<(BinaryId, Option<Arc<Vec<Chunk>>>)>,
+) -> HeldChunks {
+    let mut held = HashMap::new();
+    for (id, index) in sources.into_iter().take(DELTA_SOURCES) {
+        let path = cache.lock().unwrap_or_else(|e| e.into_inner()).path(&id);
+        let index = match index {
+            Some(index) => index,
+            None => {
+                let p = path.clone();
+                let made = tokio::task::spawn_blocking(move || read_checked(&p, &id))
+                    .await
+                    .map_err(io::Error::other)
+                    .and_then(|read| read)
+                    .map(|bytes| Arc::new(chunks::chunks(&bytes)));
+                match made {
+                    Ok(index) => {
+                        let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+                        cache.indexes.insert(id, index.clone());
+                        index
+                    }
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), error = %e, "a cached binary cannot be read; not a source of chunks");
+                        continue;
+                    }
+                }
+            }
+        };
+        for c in index.iter() {
+            held.entry(c.hash)
+                .or_insert((path.clone(), c.offset, c.len));
+        }
+    }
+    held
+}
+
+/// Fetches binary `asked.id` by its chunks: its index, then the chunks this peer does not
+/// hold in its cached binaries. `None`: not worth it (most of it would come anyway); the
+/// caller fetches it whole.
+async fn fetch_delta(
+    control: &mut libp2p_stream::Control,
+    asked: &Asked<'_>,
+    cache: &Mutex<BinaryCache>,
+    sources: Vec<(BinaryId, Option<Arc<Vec<Chunk>>>)>,
+) -> Result<Option<(PathBuf, Option<Vec<u8>>)>, CodeError> {
+    let (peer, id) = (asked.peer, asked.id);
+    let (mut stream, size, manifest) = ask(control, asked, Want::Index).await?;
+    if size < DELTA_MIN {
+        return Ok(None);
+    }
+    let index: Vec<Chunk> = tokio::time::timeout(STALL, stream.next(MAX_INDEX))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no index"))??
+        .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "no index"))?;
+    drop(stream);
+    if !index_covers(&index, size) {
+        return Err(CodeError::Malformed {
+            peer,
+            message: format!("its chunk index does not cover the binary's {size} bytes"),
+        });
+    }
+    let held = held_chunks(cache, sources).await;
+    let mut ranges: Vec<(u64, u32)> = Vec::new();
+    let mut missing = 0u64;
+    for c in index.iter().filter(|c| !held.contains_key(&c.hash)) {
+        missing += u64::from(c.len);
+        match ranges.last_mut() {
+            // Adjacent to the last range (and short enough to merge): one range.
+            Some((o, l))
+                if *o + u64::from(*l) == c.offset
+                    && u64::from(*l) + u64::from(c.len) <= u64::from(u32::MAX) =>
+            {
+                *l += c.len;
+            }
+            _ => ranges.push((c.offset, c.len)),
+        }
+    }
+    if missing as f64 > DELTA_MAX_SHARE * size as f64 {
+        return Ok(None);
+    }
+    asked.progress.set_total(missing);
+    let mut incoming = match ranges.is_empty() {
+        true => None,
+        false => Some(ask(control, asked, Want::Ranges(ranges)).await?.0),
+    };
+    let final_path = cache.lock().unwrap_or_else(|e| e.into_inner()).path(&id);
+    let partial = final_path.with_extension("partial");
+    let mut file = std::fs::File::create(&partial)?;
+    let result: Result<(), CodeError> = async {
+        // Put together in memory (a binary is tens of megabytes), then hashed on two threads
+        // and written at once.
+        let mut whole = vec![0u8; usize::try_from(size).map_err(io::Error::other)?];
+        let mut sources: HashMap<PathBuf, std::fs::File> = HashMap::new();
+        for c in &index {
+            let at = c.offset as usize;
+            let chunk = &mut whole[at..at + c.len as usize];
+            match (held.get(&c.hash), incoming.as_mut()) {
+                (Some((path, offset, _)), _) => {
+                    // (This peer's own copy, checked when it came: the whole is checked
+                    // below.)
+                    use std::os::unix::fs::FileExt;
+                    let source = match sources.entry(path.clone()) {
+                        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                        std::collections::hash_map::Entry::Vacant(e) => {
+                            e.insert(std::fs::File::open(path)?)
+                        }
+                    };
+                    source.read_exact_at(chunk, *offset)?;
+                }
+                (None, Some(stream)) => {
+                    let mut got = 0;
+                    while got < chunk.len() {
+                        let n = tokio::time::timeout(STALL, stream.read_raw(&mut chunk[got..]))
+                            .await
+                            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "stalled"))??;
+                        if n == 0 {
+                            return Err(io::Error::new(
+                                io::ErrorKind::UnexpectedEof,
+                                "truncated chunks",
+                            )
+                            .into());
+                        }
+                        got += n;
+                        asked.progress.progress().add(n as u64);
+                    }
+                    if *blake3::hash(chunk).as_bytes() != c.hash {
+                        return Err(CodeError::Malformed {
+                            peer,
+                            message: format!("chunk at {} does not match its hash", c.offset),
+                        });
+                    }
+                }
+                (None, None) => {
+                    return Err(io::Error::other("a chunk neither held nor asked for").into())
+                }
+            }
+        }
+        drop(sources);
+        let found = BinaryId(crate::store::digest(&whole).0);
+        if found != id {
+            return Err(CodeError::HashMismatch {
+                peer,
+                found,
+                wanted: id,
+            });
+        }
+        std::io::Write::write_all(&mut file, &whole)?;
+        place(&file, &partial, &final_path)?;
+        Ok(())
+    }
+    .await;
+    if let Err(e) = result {
+        remove_partial(&partial);
+        return Err(e);
+    }
+    let evicted = {
+        let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+        cache.fetched += missing;
+        cache.indexes.insert(id, Arc::new(index));
+        cache.insert(id, size, manifest.clone())
+    };
+    if !evicted.is_empty() {
+        tracing::debug!(count = evicted.len(), "evicted cached binaries");
+    }
+    tracing::info!(binary = %id, %peer, bytes = size, sent = missing, "fetched a binary by its chunks");
+    Ok(Some((final_path, manifest)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ranges_and_indexes_are_checked_against_the_binary() {
+        assert!(ranges_within(&[], 10));
+        assert!(ranges_within(&[(0, 4), (4, 2), (8, 2)], 10));
+        assert!(!ranges_within(&[(8, 2), (0, 4)], 10), "out of order");
+        assert!(!ranges_within(&[(0, 4), (3, 2)], 10), "overlapping");
+        assert!(!ranges_within(&[(8, 3)], 10), "past the end");
+        assert!(!ranges_within(&[(u64::MAX, 3)], 10), "overflowing");
+        let chunk = |offset, len| Chunk {
+            offset,
+            len,
+            hash: [0; 32],
+        };
+        assert!(index_covers(&[chunk(0, 6), chunk(6, 4)], 10));
+        assert!(index_covers(&[], 0));
+        assert!(!index_covers(&[chunk(0, 6)], 10), "short");
+        assert!(
+            !index_covers(&[chunk(0, 6), chunk(5, 5)], 10),
+            "overlapping"
+        );
+        assert!(
+            !index_covers(&[chunk(0, 0), chunk(0, 10)], 10),
+            "empty chunk"
+        );
+        let big = (chunks::MAX_CHUNK + 1) as u32;
+        assert!(!index_covers(&[chunk(0, big)], u64::from(big)), "too long");
+        // Ranges served are runs of whole chunks.
+        let index = [chunk(0, 6), chunk(6, 4), chunk(10, 5)];
+        let offsets = |r: &[(u64, u32)]| {
+            chunks_of(&index, r).map(|cs| cs.iter().map(|c| c.offset).collect::<Vec<_>>())
+        };
+        assert_eq!(offsets(&[(0, 10)]), Some(vec![0, 6]));
+        assert_eq!(offsets(&[(0, 6), (10, 5)]), Some(vec![0, 10]));
+        assert_eq!(offsets(&[(6, 9)]), Some(vec![6, 10]));
+        assert_eq!(offsets(&[(0, 5)]), None, "part of a chunk");
+        assert_eq!(offsets(&[(2, 4)]), None, "not at a chunk's start");
+        assert_eq!(offsets(&[(6, 10)]), None, "past the end");
+    }
 
     #[test]
     fn the_cache_is_bounded_and_least_recently_used_goes_first() {

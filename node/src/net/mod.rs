@@ -47,6 +47,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
 pub mod admission;
+pub mod chunks;
 pub mod code;
 pub mod framed;
 pub mod limits;
@@ -583,6 +584,15 @@ impl NetHandle {
         Ok(path)
     }
 
+    /// Bytes of binaries this peer received from others so far (all of each whole fetch,
+    /// only the missing chunks of a fetch by chunks).
+    pub fn code_fetched_bytes(&self) -> u64 {
+        self.code_cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .fetched()
+    }
+
     /// Whether this peer takes binaries it does not hold.
     pub fn code_shipping(&self) -> bool {
         self.code_shipping
@@ -750,7 +760,7 @@ impl Protocols {
             rpc: p(format!("/shoal/{mesh}/rpc/1"))?,
             #[cfg(feature = "test-utils")]
             bulk: p(format!("/shoal/{mesh}/bulk/1"))?,
-            code: p(format!("/shoal/{mesh}/code/1"))?,
+            code: p(format!("/shoal/{mesh}/code/2"))?,
             ctl: p(format!("/shoal/{mesh}/ctl/12"))?,
             obj: p(format!("/shoal/{mesh}/obj/1"))?,
             load_topic: format!("shoal/{mesh}/load/v2"),

@@ -95,16 +95,21 @@ struct Pool {
 const POOL_MIN_FILE: u64 = 1 << 20;
 
 impl Pool {
-    /// Takes a pooled file of at least `size` bytes (and at most twice that), the smallest.
+    /// Takes a pooled file of at least `size` bytes (and at most twice that), the smallest;
+    /// of equal ones, the one pooled last: its pages are the likeliest in the caches, and a
+    /// writer that puts, drops and puts again gets back the file it still has mapped (the
+    /// SDK keeps its last write's mapping).
     fn take(&mut self, size: u64) -> Option<PathBuf> {
         let best = self
             .files
             .iter()
             .enumerate()
+            .rev()
             .filter(|(_, (_, len))| *len >= size && *len <= size.saturating_mul(2))
             .min_by_key(|(_, (_, len))| *len)
             .map(|(i, _)| i)?;
-        let (path, len) = self.files.swap_remove(best);
+        // (In order: the files stay in the order they were pooled.)
+        let (path, len) = self.files.remove(best);
         self.bytes -= len;
         Some(path)
     }
@@ -873,6 +878,32 @@ mod tests {
         assert!(!as_user(stranger, gid, read, &sealed));
         files.destroy();
         std::fs::remove_dir_all(&parent).unwrap();
+    }
+
+    #[test]
+    fn of_equal_pooled_files_the_last_pooled_is_taken_first() {
+        let dir = std::env::temp_dir().join(format!("shoal-pool-order-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut pool = Pool {
+            dir: dir.clone(),
+            files: Vec::new(),
+            bytes: 0,
+            limit: 64 << 20,
+            next: 0,
+        };
+        let size = 2 << 20;
+        for name in ["first", "second", "bigger"] {
+            let path = dir.join(name);
+            let len = if name == "bigger" { size + 1 } else { size };
+            std::fs::File::create(&path).unwrap().set_len(len).unwrap();
+            pool.recycle(&path, len);
+        }
+        // "second" was pooled after "first"; "bigger" is not the smallest that fits.
+        assert_eq!(pool.take(size), Some(dir.join("1")));
+        assert_eq!(pool.take(size), Some(dir.join("0")));
+        assert_eq!(pool.take(size), Some(dir.join("2")));
+        assert_eq!(pool.take(size), None);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -87,7 +87,7 @@ impl<'de> Deserialize<'de> for Bytes {
 }
 
 /// A borrowed buffer, encoded as [`Bytes`].
-struct RawSlice<'a>(&'a [u8]);
+pub(crate) struct RawSlice<'a>(pub(crate) &'a [u8]);
 
 impl Serialize for RawSlice<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -109,7 +109,7 @@ impl Serialize for RawSlice<'_> {
 /// ```
 pub fn put_bytes(bytes: &[u8]) -> Result<ObjectRef<Bytes>, PutError> {
     let ctx = runtime::get();
-    crate::put::put_value(ctx, &RawSlice(bytes), crate::put::Ids::Fresh).map(ObjectRef::from_raw)
+    crate::put::put_raw(ctx, bytes).map(ObjectRef::from_raw)
 }
 
 /// Types stored as a plain byte sequence, whose refs can be read as a [`ByteView`].
@@ -250,5 +250,20 @@ mod tests {
         let sample: Vec<u8> = (0..=255).collect();
         let raw = shoal_protocol::codec::encode(&RawSlice(&sample)).unwrap();
         assert_eq!(raw, shoal_protocol::codec::encode(&sample).unwrap());
+    }
+
+    #[test]
+    fn a_byte_sequence_is_its_length_then_its_bytes() {
+        // What the parallel copy of `put_raw` writes.
+        for len in [0usize, 1, 250, 251, 65_535, 65_536, 1 << 20] {
+            let bytes: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let mut want = shoal_protocol::codec::encode(&(len as u64)).unwrap();
+            want.extend_from_slice(&bytes);
+            assert_eq!(
+                shoal_protocol::codec::encode(&RawSlice(&bytes)).unwrap(),
+                want,
+                "{len}"
+            );
+        }
     }
 }

@@ -118,6 +118,56 @@ fn hash_for(ids: Ids) -> shm::Hash {
     }
 }
 
+/// Stores raw bytes as a byte sequence would be encoded (its length, then the bytes), as a
+/// new object: a large buffer is copied into the store on several threads, as Ray's put
+/// does (one thread's copy is below what memory can take).
+pub(crate) fn put_raw(ctx: &Context, bytes: &[u8]) -> Result<RawRef, PutError> {
+    let raw = crate::bytes::RawSlice(bytes);
+    let header = shoal_protocol::codec::encode(&(bytes.len() as u64)).map_err(encode_error)?;
+    let len = header.len() + bytes.len();
+    let same = shoal_protocol::codec::encoded_len(&raw).is_ok_and(|n| n == len);
+    if len < PARALLEL_COPY_MIN || !same || ctx.is_shut_down() {
+        return put_value(ctx, &raw, Ids::Fresh);
+    }
+    let ticket = shm::ticket();
+    let object = shm::write(ctx, ticket, len, shm::Hash::Later, |buf| {
+        let (head, body) = buf.split_at_mut(header.len());
+        head.copy_from_slice(&header);
+        parallel_copy(body, bytes);
+        Ok(())
+    })?;
+    Ok(seal_put(ctx, ticket, object, Vec::new()))
+}
+
+/// Buffers at least this long are copied on several threads.
+const PARALLEL_COPY_MIN: usize = 32 << 20;
+/// Threads a copy uses at most.
+const COPY_THREADS: usize = 4;
+
+/// `dst.copy_from_slice(src)`, in as many pieces as there are CPUs (at most
+/// [`COPY_THREADS`]), each on its own thread.
+fn parallel_copy(dst: &mut [u8], src: &[u8]) {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(COPY_THREADS);
+    if threads < 2 || src.len() < threads {
+        dst.copy_from_slice(src);
+        return;
+    }
+    let piece = src.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        let mut pieces = dst.chunks_mut(piece).zip(src.chunks(piece));
+        // This thread copies the first piece; the others go to their own threads.
+        let first = pieces.next();
+        for (d, s_) in pieces {
+            s.spawn(move || d.copy_from_slice(s_));
+        }
+        if let Some((d, s_)) = first {
+            d.copy_from_slice(s_);
+        }
+    });
+}
+
 /// Whether `bytes` (a value's encoding, with the refs it holds) is one ref and nothing
 /// else: an `ObjectRef`, or a newtype around one.
 fn is_bare_ref(bytes: &[u8], nested: &[RawRef]) -> bool {
@@ -181,4 +231,19 @@ fn seal_put(ctx: &Context, ticket: ObjectId, object: SharedObject, nested: Vec<R
     }
     drop(nested);
     RawRef::counted(id, ctx.client)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parallel_copy;
+
+    #[test]
+    fn a_parallel_copy_copies_every_byte_in_place() {
+        for len in [0usize, 1, 7, 4096, (1 << 20) + 3] {
+            let src: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
+            let mut dst = vec![0u8; len];
+            parallel_copy(&mut dst, &src);
+            assert!(dst == src, "{len}");
+        }
+    }
 }

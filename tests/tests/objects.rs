@@ -164,3 +164,17 @@ fn free_drops_a_value_while_its_refs_live_and_fails_its_reads() {
     // Other objects are untouched.
     assert_eq!(make.remote(10, 0).get_blocking().unwrap().len(), 10);
 }
+
+#[test]
+fn a_large_byte_buffer_copied_on_several_threads_reads_back_whole() {
+    let _s = init();
+    // Above the size put_bytes copies in pieces on several threads.
+    let data: Vec<u8> = (0..(40usize << 20) + 17)
+        .map(|i| (i * 7 % 253) as u8)
+        .collect();
+    let r = shoal::put_bytes(&data).unwrap();
+    let view = r.get_view_blocking().unwrap();
+    assert!(view.is_mapped());
+    assert!(view[..] == data[..]);
+    r.verify_blocking().unwrap();
+}

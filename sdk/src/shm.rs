@@ -4,8 +4,8 @@
 //! store directory, sizes and maps it, encodes the value straight into the mapping (no
 //! intermediate buffer), hashes it only when its id is its content's hash (a `put_content`),
 //! and asks the node to seal it; the node renames the file to the object's id, and takes the
-//! digest of an object sealed without one when it first needs it. A reader maps `<id>` read-only. The bytes never pass through the node or
-//! a socket.
+//! digest of an object sealed without one when it first needs it. A reader maps `<id>`
+//! read-only. The bytes never pass through the node or a socket.
 
 use std::fs::OpenOptions;
 use std::path::Path;
@@ -68,9 +68,9 @@ pub(crate) fn map(dir: &Path, id: &ObjectId, size: u64) -> std::io::Result<Mappe
 /// Whether a write takes the digest of what it wrote.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Hash {
-    /// Now, before the seal (a content-addressed put's id is its digest; a task's result).
+    /// Now, before the seal (a content-addressed put: its id is its digest).
     Now,
-    /// Not here: the node takes it when it is first needed (a `put`).
+    /// Not here: the node takes it when it is first needed (a `put`, a task's result).
     Later,
 }
 

@@ -379,6 +379,22 @@ pub async fn serve(
         }
         return stream.close().await;
     }
+    if let (Want::Index, Some(index)) = (&req.want, servable.index(&req.binary)) {
+        // Made from the whole binary when it was checked: the file need not be read again
+        // (ranges asked for next are checked against it chunk by chunk).
+        let response = match permit(servable, enabled, &req.binary, peer, now) {
+            Ok((_, manifest)) => CodeResponse::Found {
+                size: index.last().map_or(0, |c| c.offset + u64::from(c.len)),
+                manifest,
+            },
+            Err(refused) => refused,
+        };
+        framed::write(&mut stream, &response, MAX_HEADER).await?;
+        if matches!(response, CodeResponse::Found { .. }) {
+            framed::write(&mut stream, &*index, MAX_INDEX).await?;
+        }
+        return stream.close().await;
+    }
     let (response, bytes) = answer(servable, enabled, &req.binary, peer, now).await;
     let Some(bytes) = bytes else {
         framed::write(&mut stream, &response, MAX_HEADER).await?;
@@ -513,6 +529,25 @@ fn ranges_within(ranges: &[(u64, u32)], size: u64) -> bool {
 }
 
 /// The answer to `peer`'s request for `id`, with the bytes to send after it.
+/// Whether `peer` may have binary `id`: its path and manifest, or the answer that refuses.
+fn permit(
+    servable: &Servable,
+    enabled: bool,
+    id: &BinaryId,
+    peer: PeerId,
+    now: Instant,
+) -> Result<(PathBuf, Option<Vec<u8>>), CodeResponse> {
+    if !enabled {
+        return Err(CodeResponse::Refused);
+    }
+    let held = servable.get(id).ok_or(CodeResponse::NotFound)?;
+    if !servable.allowed(id, &peer, now) {
+        servable.count_not_allowed(id, &peer, now);
+        return Err(CodeResponse::NotAllowed);
+    }
+    Ok(held)
+}
+
 async fn answer(
     servable: &Servable,
     enabled: bool,
@@ -520,16 +555,10 @@ async fn answer(
     peer: PeerId,
     now: Instant,
 ) -> (CodeResponse, Option<Vec<u8>>) {
-    if !enabled {
-        return (CodeResponse::Refused, None);
-    }
-    let Some((path, manifest)) = servable.get(id) else {
-        return (CodeResponse::NotFound, None);
+    let (path, manifest) = match permit(servable, enabled, id, peer, now) {
+        Ok(held) => held,
+        Err(refused) => return (refused, None),
     };
-    if !servable.allowed(id, &peer, now) {
-        servable.count_not_allowed(id, &peer, now);
-        return (CodeResponse::NotAllowed, None);
-    }
     // Read and hashed on a blocking thread: a binary is tens of megabytes.
     let read = tokio::task::spawn_blocking({
         let (p, id) = (path.clone(), *id);

@@ -52,7 +52,7 @@ pub fn all() -> Vec<Target> {
             .seed_values(|| vec![report()]),
         Target::new("object_request", "ObjectRequest, read by an object server from a peer's stream", stream_header::<objects::ObjectRequest, { objects::MAX_HEADER }>)
             .generator(framed_one::<objects::ObjectRequest>)
-            .seeds(|| vec![frames(&[objects::ObjectRequest { id: ObjectId::for_content(b"x"), offset: 1 << 20, len: 4 << 20 }])]),
+            .seeds(|| vec![frames(&[objects::ObjectRequest { id: ObjectId::for_content(b"x"), offset: 1 << 20, len: 4 << 20, lane: true }])]),
         Target::new("object_response", "ObjectResponse, read by a puller from a holder's stream", stream_header::<objects::ObjectResponse, { objects::MAX_HEADER }>)
             .generator(framed_one::<objects::ObjectResponse>),
         Target::new("code_request", "CodeRequest, read by a code server from a peer's stream", stream_header::<code::CodeRequest, { code::MAX_REQUEST }>)

@@ -122,6 +122,8 @@ impl Holder {
 
 struct Mesh {
     puller: NetHandle,
+    /// Whether the holders serve on their sealed lanes and the puller takes them.
+    lanes: bool,
     holders: Vec<Holder>,
     protocol: StreamProtocol,
     dir: TestDir,
@@ -138,6 +140,11 @@ async fn peer(mesh: &str, peers: Vec<Multiaddr>) -> NetHandle {
 /// A puller connected to `holders` (`serving` of them serve objects, the rest do not speak
 /// the protocol), each with its own directory.
 async fn mesh_with(name: &str, holders: usize, serving: usize) -> Mesh {
+    mesh_lanes(name, holders, serving, true).await
+}
+
+/// [`mesh_with`], the lanes used or not.
+async fn mesh_lanes(name: &str, holders: usize, serving: usize, lanes: bool) -> Mesh {
     let dir = TestDir::new(&format!("shoal-objects-{name}"));
     // Not the node's own protocol name: the node may serve that one itself.
     let protocol = StreamProtocol::try_from_owned(format!("/shoal/{name}/obj-test/1")).unwrap();
@@ -146,7 +153,8 @@ async fn mesh_with(name: &str, holders: usize, serving: usize) -> Mesh {
         let net = peer(name, vec![]).await;
         let files = Arc::new(Files::default());
         if i < serving {
-            objects::spawn_server(net.streams(), protocol.clone(), files.clone()).unwrap();
+            let lane = if lanes { net.lane() } else { None };
+            objects::spawn_server(net.streams(), protocol.clone(), files.clone(), lane).unwrap();
         }
         let hdir = dir.join(format!("holder{i}"));
         std::fs::create_dir_all(&hdir).unwrap();
@@ -170,6 +178,7 @@ async fn mesh_with(name: &str, holders: usize, serving: usize) -> Mesh {
     .await;
     Mesh {
         puller,
+        lanes,
         holders: hs,
         protocol,
         dir,
@@ -194,10 +203,16 @@ impl Mesh {
         drop(f);
         let mut control = self.puller.streams();
         let progress = Progress::default();
+        let routes = if self.lanes {
+            self.puller.lane_routes()
+        } else {
+            Default::default()
+        };
         let r = objects::pull(
             &mut control,
             self.protocol.clone(),
             &PeerLimits::default(),
+            &routes,
             holders,
             id,
             bytes.len() as u64,
@@ -211,6 +226,14 @@ impl Mesh {
             assert!(progress.get() >= bytes.len() as u64);
         }
         (r, dest)
+    }
+
+    /// Object bytes the holders sent on their lanes.
+    fn lane_bytes(&self) -> u64 {
+        self.holders
+            .iter()
+            .map(|h| h.net.lane().expect("a holder's lane").bytes_sent())
+            .sum()
     }
 
     fn ids(&self, which: &[usize]) -> Vec<PeerId> {
@@ -236,31 +259,69 @@ fn assert_same(dest: &Path, bytes: &[u8]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_40_mib_object_is_pulled_byte_exact_from_one_holder() {
-    let m = mesh("obj-one", 1).await;
-    let bytes = data(40 * MIB + 12_345, 1);
-    let id = ObjectId([1; 32]);
-    m.holders[0].hold(id, &bytes);
-    let (r, dest) = m.pull(&m.ids(&[0]), id, &bytes).await;
-    r.unwrap();
-    assert_same(&dest, &bytes);
-    assert_eq!(m.holders[0].opens(), 1, "one stream for the whole object");
-    m.unpinned().await;
+    for lanes in [true, false] {
+        let m = mesh_lanes(&format!("obj-one-{lanes}"), 1, 1, lanes).await;
+        let bytes = data(40 * MIB + 12_345, 1);
+        let id = ObjectId([1; 32]);
+        m.holders[0].hold(id, &bytes);
+        let (r, dest) = m.pull(&m.ids(&[0]), id, &bytes).await;
+        r.unwrap();
+        assert_same(&dest, &bytes);
+        assert_eq!(m.holders[0].opens(), 1, "one stream for the whole object");
+        let on_lanes = if lanes { bytes.len() as u64 } else { 0 };
+        assert_eq!(m.lane_bytes(), on_lanes, "lanes {lanes}");
+        m.unpinned().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_100_mib_object_is_pulled_from_three_holders_at_once() {
-    let m = mesh("obj-three", 3).await;
-    let bytes = data(100 * MIB + 777, 2);
-    let id = ObjectId([2; 32]);
-    for h in &m.holders {
-        h.hold(id, &bytes);
+    for lanes in [true, false] {
+        let m = mesh_lanes(&format!("obj-three-{lanes}"), 3, 3, lanes).await;
+        let bytes = data(100 * MIB + 777, 2);
+        let id = ObjectId([2; 32]);
+        for h in &m.holders {
+            h.hold(id, &bytes);
+        }
+        let (r, dest) = m.pull(&m.ids(&[0, 1, 2]), id, &bytes).await;
+        r.unwrap();
+        assert_same(&dest, &bytes);
+        for h in &m.holders {
+            assert!(h.opens() >= 2, "every holder served pieces");
+            let lane = h.net.lane().unwrap().bytes_sent();
+            assert_eq!(lane > 0, lanes, "lanes {lanes}: {lane} bytes on the lane");
+        }
+        let on_lanes = if lanes { bytes.len() as u64 } else { 0 };
+        assert_eq!(m.lane_bytes(), on_lanes, "lanes {lanes}");
+        m.unpinned().await;
     }
-    let (r, dest) = m.pull(&m.ids(&[0, 1, 2]), id, &bytes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lane_that_cannot_be_reached_is_worked_around_on_the_stream() {
+    let m = mesh("obj-no-lane", 1).await;
+    let bytes = data(9 * MIB + 1, 30);
+    let id = ObjectId([30; 32]);
+    m.holders[0].hold(id, &bytes);
+    // The lane listens on 127.0.0.1 only: at 127.0.0.2 its port is closed.
+    let routes = m.puller.lane_routes();
+    let holder = m.holders[0].id();
+    routes.set(holder, "127.0.0.2".parse().unwrap());
+    let (r, dest) = m.pull(&[holder], id, &bytes).await;
     r.unwrap();
     assert_same(&dest, &bytes);
-    for h in &m.holders {
-        assert!(h.opens() >= 2, "every holder served pieces");
-    }
+    assert_eq!(m.lane_bytes(), 0, "every byte came on the stream");
+    assert_eq!(
+        m.holders[0].opens(),
+        2,
+        "asked once on the lane, once without"
+    );
+    // Now known unreachable: the next pull does not try the lane.
+    assert_eq!(routes.route(&holder), None);
+    let (r, dest) = m.pull(&[holder], id, &bytes).await;
+    r.unwrap();
+    assert_same(&dest, &bytes);
+    assert_eq!(m.holders[0].opens(), 3);
     m.unpinned().await;
 }
 
@@ -388,7 +449,17 @@ async fn raw(m: &Mesh, holder: PeerId, bytes: &[u8]) -> Vec<u8> {
 }
 
 fn request(id: ObjectId, offset: u64, len: u64) -> Vec<u8> {
-    framed::encode(&ObjectRequest { id, offset, len }, objects::MAX_HEADER).unwrap()
+    let lane = false;
+    framed::encode(
+        &ObjectRequest {
+            id,
+            offset,
+            len,
+            lane,
+        },
+        objects::MAX_HEADER,
+    )
+    .unwrap()
 }
 
 async fn answer(bytes: &[u8]) -> (ObjectResponse, Vec<u8>) {
@@ -429,6 +500,7 @@ async fn garbage_and_odd_ranges_leave_the_server_serving() {
     let found = ObjectResponse::Found {
         size: bytes.len() as u64,
         digest: Digest::of(&bytes),
+        lane: None,
     };
     assert_eq!(resp, found);
     assert_eq!(rest, &bytes[1000..6000]);
@@ -469,6 +541,7 @@ fn serve_half(net: &NetHandle, protocol: StreamProtocol, bytes: Arc<Vec<u8>>) {
                 let header = ObjectResponse::Found {
                     size: bytes.len() as u64,
                     digest: Digest::of(&bytes),
+                    lane: None,
                 };
                 framed::write(&mut s, &header, 1024).await.unwrap();
                 let end = (req.offset + req.len).min(bytes.len() as u64);
@@ -490,7 +563,8 @@ async fn a_holder_that_breaks_off_is_taken_over_where_it_stopped() {
     let id = ObjectId([12; 32]);
     serve_half(&m.holders[0].net, m.protocol.clone(), bytes.clone());
     for h in &m.holders[1..] {
-        objects::spawn_server(h.net.streams(), m.protocol.clone(), h.files.clone()).unwrap();
+        let lane = h.net.lane();
+        objects::spawn_server(h.net.streams(), m.protocol.clone(), h.files.clone(), lane).unwrap();
         h.hold(id, &bytes);
     }
     // One stream at a time (a small object): holder 1 continues from the middle.
@@ -503,6 +577,7 @@ async fn a_holder_that_breaks_off_is_taken_over_where_it_stopped() {
         m.holders[1].net.streams(),
         small_protocol.clone(),
         m.holders[1].files.clone(),
+        m.holders[1].net.lane(),
     )
     .unwrap();
     m.holders[1].hold(sid, &small);
@@ -516,6 +591,7 @@ async fn a_holder_that_breaks_off_is_taken_over_where_it_stopped() {
         &mut control,
         small_protocol,
         &PeerLimits::default(),
+        &m.puller.lane_routes(),
         &m.ids(&[0, 1]),
         sid,
         small.len() as u64,

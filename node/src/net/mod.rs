@@ -50,6 +50,7 @@ pub mod admission;
 pub mod chunks;
 pub mod code;
 pub mod framed;
+pub mod lane;
 pub mod limits;
 pub mod link;
 pub mod membership;
@@ -132,6 +133,11 @@ pub struct NetConfig {
     /// A control link that makes no progress (not even 1 MiB written) for this long while
     /// messages wait is broken: the peer has stopped reading. Default 20 s.
     pub link_stall: Duration,
+    /// Whether this peer sends large object ranges on its sealed lane ([`lane`]): a TCP
+    /// listener beside the first TCP listen address, its bytes sealed with AES-256-GCM
+    /// under keys handed over on the authenticated stream. Default on; off, every byte goes
+    /// on libp2p streams.
+    pub lane: bool,
 }
 
 impl NetConfig {
@@ -159,6 +165,7 @@ impl NetConfig {
             code_cache: None,
             code_cache_bytes: 2 << 30,
             link_stall: Duration::from_secs(20),
+            lane: true,
         }
     }
 }
@@ -340,6 +347,10 @@ pub struct NetHandle {
     links: link::Links,
     events: link::EventSink,
     obj_protocol: StreamProtocol,
+    /// This peer's sealed lane, when it has one.
+    lane: Option<Arc<lane::Lane>>,
+    /// Where peers' lanes are.
+    routes: lane::Routes,
     limits: limits::PeerLimits,
     tasks: Tasks,
     /// The per-process code cache to remove when the network stops (none when configured).
@@ -627,8 +638,9 @@ impl NetHandle {
             Ok(incoming) => {
                 let limits = self.limits.clone();
                 let stop = self.tasks.accept_token();
+                let lane = self.lane.clone();
                 self.tasks
-                    .spawn(objects::server(incoming, source, limits, stop))
+                    .spawn(objects::server(incoming, source, lane, limits, stop))
             }
             Err(e) => tracing::warn!(error = %e, "objects are served already"),
         }
@@ -657,6 +669,7 @@ impl NetHandle {
             &mut control,
             self.obj_protocol.clone(),
             &self.limits,
+            &self.routes,
             holders,
             id,
             object.size,
@@ -670,6 +683,17 @@ impl NetHandle {
     /// The objects and binaries being pulled to this peer now.
     pub fn transfers(&self) -> Vec<shoal_protocol::TransferStatus> {
         self.transfers.snapshot()
+    }
+
+    /// This peer's sealed lane, when it has one (for serving objects on other protocols,
+    /// in tests and benchmarks).
+    pub fn lane(&self) -> Option<Arc<lane::Lane>> {
+        self.lane.clone()
+    }
+
+    /// Where the lanes of this peer's connected peers are.
+    pub fn lane_routes(&self) -> lane::Routes {
+        self.routes.clone()
     }
 
     /// A control for opening and accepting bulk streams.
@@ -762,7 +786,7 @@ impl Protocols {
             bulk: p(format!("/shoal/{mesh}/bulk/1"))?,
             code: p(format!("/shoal/{mesh}/code/2"))?,
             ctl: p(format!("/shoal/{mesh}/ctl/12"))?,
-            obj: p(format!("/shoal/{mesh}/obj/1"))?,
+            obj: p(format!("/shoal/{mesh}/obj/2"))?,
             load_topic: format!("shoal/{mesh}/load/v2"),
             admin_topic: format!("shoal/{mesh}/admin/v1"),
         })
@@ -1037,6 +1061,24 @@ pub async fn start(key: identity::Keypair, config: NetConfig) -> Result<NetHandl
     let (bad_tx, bad_rx) = mpsc::channel::<PeerId>(BAD_PEERS);
     // What each peer may cost in streams and buffered bytes, shared by every acceptor.
     let limits = limits::PeerLimits::default();
+    let routes = lane::Routes::default();
+    let lane_ip = match config.transport {
+        TransportKind::Tcp if config.lane => lane::listen_ip(&config.listen),
+        _ => None,
+    };
+    let lane = match lane_ip {
+        Some(ip) => match lane::Lane::bind(ip, tasks.accept_token()).await {
+            Ok((lane, acceptor)) => {
+                tasks.spawn(acceptor.instrument(tracing::info_span!("lane", peer = %peer_id)));
+                Some(lane)
+            }
+            Err(e) => {
+                tracing::warn!(%ip, error = %e, "no sealed lane: objects go on streams only");
+                None
+            }
+        },
+        None => None,
+    };
     let started_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
@@ -1071,6 +1113,7 @@ pub async fn start(key: identity::Keypair, config: NetConfig) -> Result<NetHandl
         report_soon: false,
         events: events.clone(),
         tasks: tasks.clone(),
+        routes: routes.clone(),
     };
     let span = tracing::info_span!("net", peer = %peer_id);
     tasks.spawn_swarm(task.run(rx, bad_rx).instrument(span.clone()));
@@ -1128,6 +1171,8 @@ pub async fn start(key: identity::Keypair, config: NetConfig) -> Result<NetHandl
         links,
         events,
         obj_protocol,
+        lane,
+        routes,
         limits,
         tasks,
         temp_cache,
@@ -1425,6 +1470,8 @@ struct NetTask {
     events: link::EventSink,
     /// The network's tasks (notices to the node run as such) and its stop signals.
     tasks: Tasks,
+    /// Where peers' lanes are (the IPs of their connections).
+    routes: lane::Routes,
 }
 
 /// Answers a command. A requester that stopped waiting (its future was dropped) needs no
@@ -1777,6 +1824,8 @@ impl NetTask {
                     return;
                 }
                 tracing::debug!(%peer_id, addr = %endpoint.get_remote_address(), "connected");
+                self.routes
+                    .connected(peer_id, endpoint.get_remote_address());
                 if self.same_mesh.contains_key(&peer_id) {
                     self.membership.connected(
                         &peer_id,
@@ -1793,6 +1842,7 @@ impl NetTask {
             } => {
                 tracing::debug!(%peer_id, ?cause, num_established, "connection closed");
                 if num_established == 0 {
+                    self.routes.disconnected(&peer_id);
                     self.same_mesh.remove(&peer_id);
                     self.membership.disconnected(&peer_id, now);
                 }

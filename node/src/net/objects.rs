@@ -1,7 +1,7 @@
 //! Object transfer: a peer that needs a large object pulls its bytes, by id, from peers that
 //! hold it, into a file of the object's size, and checks them against its blake3 digest.
 //!
-//! Protocol (`/shoal/<mesh>/obj/1`, one libp2p stream per request): the puller sends an
+//! Protocol (`/shoal/<mesh>/obj/2`, one libp2p stream per request): the puller sends an
 //! [`ObjectRequest`] for a byte range, in a frame ([`shoal_protocol::frame`]); the holder answers with a framed [`ObjectResponse`]
 //! and, when `Found`, exactly `min(len, size - offset)` raw bytes, then closes the stream.
 //! After the small request the bytes flow one way only (libp2p-stream over yamux can stall
@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 
 use blake3::hazmat::{ChainingValue, HasherExt, Mode};
 use futures::future::BoxFuture;
-use futures::AsyncWriteExt;
+use futures::{AsyncReadExt, AsyncWriteExt};
 use libp2p::{PeerId, StreamProtocol};
 use serde::{Deserialize, Serialize};
 use shoal_protocol::{Digest, ObjectId};
@@ -50,6 +50,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::framed::{self, FrameReader};
+use super::lane::{self, Lane};
 use super::limits::{PeerLimits, StreamKind};
 use super::progress::Progress;
 use super::tasks;
@@ -90,6 +91,8 @@ pub struct ObjectRequest {
     pub offset: u64,
     /// How many bytes, at most.
     pub len: u64,
+    /// The asker can take the bytes on the holder's sealed lane ([`super::lane`]).
+    pub lane: bool,
 }
 
 /// The answer to an [`ObjectRequest`].
@@ -101,6 +104,9 @@ pub enum ObjectResponse {
         size: u64,
         /// The blake3 digest of all its bytes.
         digest: Digest,
+        /// When the asker can take the lane and the holder has one: the bytes come there,
+        /// not on this stream, which the holder closes once they are sent.
+        lane: Option<lane::Offer>,
     },
     /// Not held here (or no longer readable).
     NotFound,
@@ -277,15 +283,19 @@ fn timed_out(what: &str) -> io::Error {
 /// [`QUEUED`] once their request is in, then are answered `Refused`. The server ends when
 /// the returned task is aborted (which stops accepting the protocol and aborts the streams
 /// being served) or the swarm goes.
+///
+/// With a `lane`, ranges asked for on it go there (see [`super::lane`]).
 pub fn spawn_server(
     mut control: libp2p_stream::Control,
     protocol: StreamProtocol,
     source: Arc<dyn ObjectSource>,
+    lane: Option<Arc<Lane>>,
 ) -> Result<tokio::task::JoinHandle<()>, libp2p_stream::AlreadyRegistered> {
     let incoming = control.accept(protocol)?;
     Ok(tokio::spawn(server(
         incoming,
         source,
+        lane,
         PeerLimits::default(),
         CancellationToken::new(),
     )))
@@ -296,6 +306,7 @@ pub fn spawn_server(
 pub(crate) async fn server(
     incoming: libp2p_stream::IncomingStreams,
     source: Arc<dyn ObjectSource>,
+    lane: Option<Arc<Lane>>,
     limits: PeerLimits,
     stop: CancellationToken,
 ) {
@@ -309,13 +320,16 @@ pub(crate) async fn server(
         move |peer, mut stream, permit| {
             let source = source.clone();
             let serving = serving.clone();
+            let lane = lane.clone();
             let span = tracing::debug_span!("object_stream", %peer, object = tracing::field::Empty);
             async move {
                 let result = async {
                     let req = read_request(&mut stream).await?;
                     let permit = tokio::time::timeout(QUEUED, serving.acquire_owned()).await;
                     match permit.ok().and_then(Result::ok) {
-                        Some(_permit) => serve_request(stream, req, &*source, Some(peer)).await,
+                        Some(_permit) => {
+                            serve_request(stream, req, &*source, Some(peer), lane.as_deref()).await
+                        }
                         None => {
                             write_header(&mut stream, &ObjectResponse::Refused).await?;
                             close(&mut stream).await?;
@@ -399,15 +413,17 @@ pub async fn serve(
     source: &dyn ObjectSource,
 ) -> Result<u64, ObjectError> {
     let req = read_request(&mut stream).await?;
-    serve_request(stream, req, source, None).await
+    serve_request(stream, req, source, None, None).await
 }
 
-/// Serves one request, for `peer` when the stream's remote end is known.
+/// Serves one request, for `peer` when the stream's remote end is known, on `lane` when
+/// the asker can take it.
 async fn serve_request(
     mut stream: libp2p::Stream,
     req: ObjectRequest,
     source: &dyn ObjectSource,
     peer: Option<PeerId>,
+    lane: Option<&Lane>,
 ) -> Result<u64, ObjectError> {
     tracing::Span::current().record("object", tracing::field::display(req.id));
     let opening = match peer {
@@ -430,32 +446,83 @@ async fn serve_request(
         return Ok(0);
     };
     let size = served.size;
-    let header = if req.offset > size {
-        ObjectResponse::OutOfRange { size }
-    } else {
-        ObjectResponse::Found {
-            size,
-            digest: served.digest,
-        }
+    if req.offset > size {
+        write_header(&mut stream, &ObjectResponse::OutOfRange { size }).await?;
+        close(&mut stream).await?;
+        return Ok(0);
+    }
+    let end = req.offset + req.len.min(size - req.offset);
+    let offer = match lane {
+        Some(lane) if req.lane && end - req.offset >= lane::MIN_RANGE => match lane.offer() {
+            Ok(offer) => offer,
+            Err(e) => {
+                tracing::warn!(error = %e, "no lane offer; the bytes go on the stream");
+                None
+            }
+        },
+        _ => None,
+    };
+    let header = ObjectResponse::Found {
+        size,
+        digest: served.digest,
+        lane: offer.as_ref().map(|(offer, _)| offer.clone()),
     };
     write_header(&mut stream, &header).await?;
-    let mut sent = 0u64;
-    if req.offset <= size {
-        let end = req.offset + req.len.min(size - req.offset);
-        let mut buf = vec![0u8; CHUNK.min((end - req.offset) as usize)];
-        let mut at = req.offset;
-        while at < end {
-            let n = (end - at).min(buf.len() as u64) as usize;
-            file.read_exact_at(&mut buf[..n], at)?;
-            tokio::time::timeout(STALL, stream.write_all(&buf[..n]))
-                .await
-                .map_err(|_| timed_out("sending"))??;
-            at += n as u64;
-            sent += n as u64;
+    let sent = match offer {
+        Some((offer, claim)) => {
+            // The asker sends nothing more on the stream: anything read there (its end, or
+            // the connection's) means it has gone, and the lane with it.
+            let mut probe = [0u8; 1];
+            let mut socket = tokio::select! {
+                socket = claim.connection() => socket?,
+                _ = stream.read(&mut probe) => {
+                    return Err(io::Error::other("the asker left before taking the lane").into())
+                }
+            };
+            let shut = lane::ShutOnDrop::new(&socket);
+            let from = req.offset;
+            let mut sending = tokio::task::spawn_blocking(move || {
+                lane::send(
+                    &mut socket,
+                    lane::Source::File(&file),
+                    from,
+                    end,
+                    &offer.key,
+                )
+            });
+            let sent = tokio::select! {
+                sent = &mut sending => sent,
+                _ = stream.read(&mut probe) => {
+                    shut.now();
+                    sending.await
+                }
+            };
+            let sent = sent
+                .map_err(|e| io::Error::other(format!("the lane's sender failed: {e}")))?
+                .map_err(io::Error::from)?;
+            if let Some(lane) = lane {
+                lane.sent(sent);
+            }
+            sent
         }
-    }
+        None => {
+            let mut sent = 0u64;
+            let mut buf = vec![0u8; CHUNK.min((end - req.offset) as usize)];
+            let mut at = req.offset;
+            while at < end {
+                let n = (end - at).min(buf.len() as u64) as usize;
+                file.read_exact_at(&mut buf[..n], at)?;
+                tokio::time::timeout(STALL, stream.write_all(&buf[..n]))
+                    .await
+                    .map_err(|_| timed_out("sending"))??;
+                at += n as u64;
+                sent += n as u64;
+            }
+            drop(file);
+            sent
+        }
+    };
     close(&mut stream).await?;
-    drop(file);
     drop(served);
     Ok(sent)
 }
@@ -472,39 +539,88 @@ fn stream_error(peer: PeerId) -> impl Fn(io::Error) -> ObjectError {
     move |source| ObjectError::Stream { peer, source }
 }
 
-/// Pulls bytes `*at..end` of the object from `peer` into `file` at their offsets, feeding
-/// them to `hasher` in order; `*at` advances as bytes are written, so after a failure it
-/// says where to resume.
-#[allow(clippy::too_many_arguments)]
+/// How a puller reaches holders: its stream control, the protocol, its per-peer limits
+/// and the routes to holders' lanes.
+#[derive(Clone)]
+struct Asker {
+    control: libp2p_stream::Control,
+    protocol: StreamProtocol,
+    limits: PeerLimits,
+    routes: lane::Routes,
+}
+
+/// Where a range is going, and what it has hashed so far.
+struct Dest<'a> {
+    file: &'a File,
+    hasher: &'a mut blake3::Hasher,
+    buf: &'a mut [u8],
+    progress: &'a Progress,
+}
+
+/// Pulls bytes `*at..end` of the object from `peer` into `dest.file` at their offsets,
+/// feeding them to `dest.hasher` in order; `*at` advances as bytes are written, so after a
+/// failure it says where to resume. On the peer's lane when there is a route to it and the
+/// range is long enough; on the stream when the lane cannot be reached.
 async fn pull_range(
-    control: &mut libp2p_stream::Control,
-    protocol: &StreamProtocol,
-    limits: &PeerLimits,
+    asker: &mut Asker,
     peer: PeerId,
     want: Want,
-    file: &File,
+    dest: Dest<'_>,
     at: &mut u64,
     end: u64,
-    hasher: &mut blake3::Hasher,
-    buf: &mut [u8],
-    progress: &Progress,
 ) -> Result<(), ObjectError> {
+    let route = if end - *at >= lane::MIN_RANGE {
+        asker.routes.route(&peer)
+    } else {
+        None
+    };
+    let dest = match pull_range_on(asker, peer, want, dest, at, end, route).await? {
+        Pulled::Done => return Ok(()),
+        Pulled::Unreachable(dest) => dest,
+    };
+    match pull_range_on(asker, peer, want, dest, at, end, None).await? {
+        Pulled::Done => Ok(()),
+        Pulled::Unreachable(_) => Err(stream_error(peer)(io::Error::other(
+            "the holder offered its lane unasked",
+        ))),
+    }
+}
+
+/// How [`pull_range_on`] ended well.
+enum Pulled<'a> {
+    /// Every byte is in.
+    Done,
+    /// The holder's lane could not be reached: nothing was taken.
+    Unreachable(Dest<'a>),
+}
+
+/// [`pull_range`] on one stream, asking for the lane when there is a `route` to it.
+async fn pull_range_on<'a>(
+    asker: &mut Asker,
+    peer: PeerId,
+    want: Want,
+    dest: Dest<'a>,
+    at: &mut u64,
+    end: u64,
+    route: Option<std::net::IpAddr>,
+) -> Result<Pulled<'a>, ObjectError> {
     let err = stream_error(peer);
     // Held until the stream is done: fewer streams to one holder than it serves at once.
-    let _slot = limits.outbound(peer, StreamKind::Object).await;
-    let stream =
-        match tokio::time::timeout(STALL, control.open_stream(peer, protocol.clone())).await {
-            Err(_) => return Err(err(timed_out("opening a stream"))),
-            Ok(Err(libp2p_stream::OpenStreamError::UnsupportedProtocol(_))) => {
-                return Err(ObjectError::Refused(peer))
-            }
-            Ok(Err(e)) => return Err(err(io::Error::other(e.to_string()))),
-            Ok(Ok(s)) => s,
-        };
+    let _slot = asker.limits.outbound(peer, StreamKind::Object).await;
+    let opening = asker.control.open_stream(peer, asker.protocol.clone());
+    let stream = match tokio::time::timeout(STALL, opening).await {
+        Err(_) => return Err(err(timed_out("opening a stream"))),
+        Ok(Err(libp2p_stream::OpenStreamError::UnsupportedProtocol(_))) => {
+            return Err(ObjectError::Refused(peer))
+        }
+        Ok(Err(e)) => return Err(err(io::Error::other(e.to_string()))),
+        Ok(Ok(s)) => s,
+    };
     let req = ObjectRequest {
         id: want.id,
         offset: *at,
         len: end - *at,
+        lane: route.is_some(),
     };
     let mut stream = FrameReader::new(stream);
     tokio::time::timeout(STALL, framed::write(stream.get_mut(), &req, MAX_HEADER))
@@ -521,9 +637,13 @@ async fn pull_range(
                 "the stream ended before the answer",
             ))
         })?;
-    match response {
-        ObjectResponse::Found { size, digest } if size == want.size && digest == want.digest => {}
-        ObjectResponse::Found { size, digest } => {
+    let offer = match response {
+        ObjectResponse::Found { size, digest, lane }
+            if size == want.size && digest == want.digest =>
+        {
+            lane
+        }
+        ObjectResponse::Found { size, digest, .. } => {
             return Err(ObjectError::Mismatch {
                 peer,
                 id: want.id,
@@ -542,7 +662,47 @@ async fn pull_range(
                 size,
             })
         }
+    };
+    match (offer, route) {
+        (Some(offer), Some(ip)) => {
+            let socket = match lane::connect(ip, &offer).await {
+                Ok(socket) => socket,
+                Err(e) => {
+                    tracing::info!(%peer, %ip, port = offer.port, error = %e,
+                        "the holder's lane cannot be reached; the bytes come on the stream");
+                    asker.routes.unreachable(peer);
+                    return Ok(Pulled::Unreachable(dest));
+                }
+            };
+            receive_on_lane(peer, &mut stream, socket, offer, dest, at, end).await?;
+        }
+        (Some(_), None) => {
+            return Err(err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the holder offered its lane unasked",
+            )))
+        }
+        (None, _) => {
+            receive_on_stream(peer, &mut stream, dest, at, end).await?;
+        }
     }
+    // Every byte is in: a close that fails costs nothing but the log line.
+    if let Err(e) = close(stream.get_mut()).await {
+        tracing::debug!(%peer, error = %e, "an object stream did not close cleanly");
+    }
+    Ok(Pulled::Done)
+}
+
+/// The range's bytes, raw on the object stream.
+async fn receive_on_stream(
+    peer: PeerId,
+    stream: &mut FrameReader<libp2p::Stream>,
+    dest: Dest<'_>,
+    at: &mut u64,
+    end: u64,
+) -> Result<(), ObjectError> {
+    let err = stream_error(peer);
+    let buf = dest.buf;
     while *at < end {
         let want_now = (end - *at).min(buf.len() as u64) as usize;
         let mut filled = 0;
@@ -559,16 +719,75 @@ async fn pull_range(
             }
             filled += n;
         }
-        file.write_all_at(&buf[..filled], *at)?;
-        hasher.update(&buf[..filled]);
+        dest.file.write_all_at(&buf[..filled], *at)?;
+        dest.hasher.update(&buf[..filled]);
         *at += filled as u64;
-        progress.add(filled as u64);
-    }
-    // Every byte is in: a close that fails costs nothing but the log line.
-    if let Err(e) = close(stream.get_mut()).await {
-        tracing::debug!(%peer, error = %e, "an object stream did not close cleanly");
+        dest.progress.add(filled as u64);
     }
     Ok(())
+}
+
+/// The range's bytes, sealed on the holder's lane, taken on a blocking thread.
+///
+/// The holder sends nothing on the object stream until it has sent the range, then closes
+/// it: an error there (the connection to the holder is gone) ends the lane too.
+async fn receive_on_lane(
+    peer: PeerId,
+    stream: &mut FrameReader<libp2p::Stream>,
+    mut socket: std::net::TcpStream,
+    offer: lane::Offer,
+    dest: Dest<'_>,
+    at: &mut u64,
+    end: u64,
+) -> Result<(), ObjectError> {
+    let shut = lane::ShutOnDrop::new(&socket);
+    let file = dest.file.try_clone()?;
+    let mut hasher = std::mem::replace(dest.hasher, blake3::Hasher::new());
+    let progress = dest.progress.clone();
+    let mut from = *at;
+    let mut receiving = tokio::task::spawn_blocking(move || {
+        let sink = lane::Sink::File(&file, &mut hasher);
+        let result = lane::receive(
+            &mut socket,
+            sink,
+            &mut from,
+            end,
+            &offer.key,
+            Some(&progress),
+        );
+        (hasher, from, result)
+    });
+    let mut probe = [0u8; 1];
+    let mut watching = true;
+    let joined = loop {
+        tokio::select! {
+            joined = &mut receiving => break joined,
+            read = stream.read_raw(&mut probe), if watching => {
+                watching = false;
+                match read {
+                    // The holder has sent it all; the lane has the rest.
+                    Ok(0) => {}
+                    Ok(_) => {
+                        tracing::warn!(%peer, "the holder wrote on the stream of a lane transfer");
+                        shut.now();
+                    }
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "the object stream failed; ending the lane");
+                        shut.now();
+                    }
+                }
+            }
+        }
+    };
+    let (hasher, reached, result) =
+        joined.map_err(|e| io::Error::other(format!("the lane's receiver failed: {e}")))?;
+    *dest.hasher = hasher;
+    *at = reached;
+    match result {
+        Ok(()) => Ok(()),
+        Err(lane::LaneError::Sink(e)) => Err(ObjectError::Io(e)),
+        Err(e) => Err(stream_error(peer)(e.into())),
+    }
 }
 
 /// Pulls object `id` (`size` bytes, blake3 `digest`) from `holders` into `dest`, an
@@ -588,6 +807,7 @@ pub async fn pull(
     control: &mut libp2p_stream::Control,
     protocol: StreamProtocol,
     limits: &PeerLimits,
+    routes: &lane::Routes,
     holders: &[PeerId],
     id: ObjectId,
     size: u64,
@@ -605,8 +825,18 @@ pub async fn pull(
         return Err(ObjectError::NoHolders(id));
     }
     let want = Want { id, size, digest };
+    let asker = Asker {
+        control: control.clone(),
+        protocol,
+        limits: limits.clone(),
+        routes: routes.clone(),
+    };
     let started = Instant::now();
-    let file = std::fs::OpenOptions::new().write(true).open(dest)?;
+    // Read too: the lane writes through a mapping.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dest)?;
     if file.metadata()?.len() != size {
         file.set_len(size)?;
     }
@@ -626,18 +856,7 @@ pub async fn pull(
         candidates.clear();
     } else if unique.len() > 1 && size >= PARALLEL_MIN {
         let shared = Arc::new(file.try_clone()?);
-        match pull_parallel(
-            control,
-            &protocol,
-            limits,
-            &unique,
-            want,
-            shared,
-            &mut errors,
-            progress,
-        )
-        .await?
-        {
+        match pull_parallel(&asker, &unique, want, shared, &mut errors, progress).await? {
             Parallel::Done => {
                 tracing::debug!(object = %id, bytes = size, holders = unique.len(),
                     elapsed_ms = started.elapsed().as_millis() as u64, "pulled an object");
@@ -653,9 +872,7 @@ pub async fn pull(
         }
     }
     if pull_sequential(
-        control,
-        &protocol,
-        limits,
+        &mut asker.clone(),
         &candidates,
         want,
         &file,
@@ -691,9 +908,7 @@ fn all_failed(id: ObjectId, mut errors: Vec<ObjectError>) -> ObjectError {
 /// once a copy checks out, `Ok(false)` when the holders ran out, `Err` on a local failure.
 #[allow(clippy::too_many_arguments)]
 async fn pull_sequential(
-    control: &mut libp2p_stream::Control,
-    protocol: &StreamProtocol,
-    limits: &PeerLimits,
+    asker: &mut Asker,
     holders: &[PeerId],
     want: Want,
     file: &File,
@@ -713,20 +928,13 @@ async fn pull_sequential(
         }
         attempts[h] += 1;
         let from = at;
-        let result = pull_range(
-            control,
-            protocol,
-            limits,
-            peer,
-            want,
+        let dest = Dest {
             file,
-            &mut at,
-            want.size,
-            &mut hasher,
-            &mut buf,
+            hasher: &mut hasher,
+            buf: &mut buf,
             progress,
-        )
-        .await;
+        };
+        let result = pull_range(asker, peer, want, dest, &mut at, want.size).await;
         if at > from {
             sources.push(peer);
         }
@@ -796,9 +1004,7 @@ enum Parallel {
 /// digest mismatch, last) go to `errors`. `Err` on a local failure.
 #[allow(clippy::too_many_arguments)]
 async fn pull_parallel(
-    control: &mut libp2p_stream::Control,
-    protocol: &StreamProtocol,
-    limits: &PeerLimits,
+    asker: &Asker,
     holders: &[PeerId],
     want: Want,
     file: Arc<File>,
@@ -836,33 +1042,20 @@ async fn pull_parallel(
                 };
                 busy[h] += 1;
                 let pause = retry_at[h].map(|t| t.saturating_duration_since(Instant::now()));
-                let (mut control, protocol, limits, file, progress) = (
-                    control.clone(),
-                    protocol.clone(),
-                    limits.clone(),
-                    file.clone(),
-                    progress.clone(),
-                );
+                let (mut asker, file, progress) = (asker.clone(), file.clone(), progress.clone());
                 tasks.spawn(async move {
                     if let Some(pause) = pause {
                         tokio::time::sleep(pause).await;
                     }
                     let mut buf = vec![0u8; CHUNK.min((p.end - p.at) as usize)];
                     let from = p.at;
-                    let result = pull_range(
-                        &mut control,
-                        &protocol,
-                        &limits,
-                        peer,
-                        want,
-                        &file,
-                        &mut p.at,
-                        p.end,
-                        &mut p.hasher,
-                        &mut buf,
-                        &progress,
-                    )
-                    .await;
+                    let dest = Dest {
+                        file: &file,
+                        hasher: &mut p.hasher,
+                        buf: &mut buf,
+                        progress: &progress,
+                    };
+                    let result = pull_range(&mut asker, peer, want, dest, &mut p.at, p.end).await;
                     (h, p.at > from, p, result)
                 });
             }
@@ -1023,12 +1216,18 @@ mod tests {
             id: ObjectId([0xff; 32]),
             offset: u64::MAX,
             len: u64::MAX,
+            lane: true,
         })
         .unwrap();
         assert!(req.len() <= MAX_HEADER);
         let resp = codec::encode(&ObjectResponse::Found {
             size: u64::MAX,
             digest: Digest([0xff; 32]),
+            lane: Some(lane::Offer {
+                port: u16::MAX,
+                ticket: [0xff; 16],
+                key: lane::Secret([0xff; 32]),
+            }),
         })
         .unwrap();
         assert!(resp.len() <= MAX_HEADER);

@@ -13,6 +13,13 @@
 //!   1 GiB (256 MiB under `--quick`) over a new `/shoal/<mesh>/bulk/1` stream, acknowledged by
 //!   the receiver. The limit that `object_transfer_gigabytes` (one object pulled between two
 //!   node processes, over one such stream) is judged against.
+//! - `sealed_lane_gigabytes`: the node's sealed lane ([`net::lane`]: TCP, AES-256-GCM
+//!   frames) between two processes, with no file and no hash at either end: the sender is a
+//!   child (`shoal-bench __lane_source`) that owns a lane, as a holder does, and sends a
+//!   pattern; this process connects with the offer's ticket and opens every frame. One
+//!   operation is 1 GiB (256 MiB under `--quick`) under a fresh offer, timed from the ask to
+//!   the last frame opened. The fastest authenticated, encrypted channel between two
+//!   processes here, that `object_transfer_gigabytes` is judged against.
 //! - `failure_detect_seconds`: a mesh of [`FAILURE_MESH_NODES`] real `shoal node` processes
 //!   ([`shoal_tests::Mesh`]); one operation SIGKILLs one peer and polls the others' `shoal
 //!   status --json` until none lists it. The victim is then restarted with the same identity
@@ -120,6 +127,13 @@ pub fn register(reg: &mut Registry) {
         "1 GiB over a bare libp2p stream (the bulk protocol: Noise + Yamux over TCP loopback) \
          between two peers in two processes, acknowledged by the receiver",
         libp2p_stream_gigabytes,
+    );
+    reg.add(
+        "sealed_lane_gigabytes",
+        Unit::GbPerSec,
+        "1 GiB over the node's sealed lane (TCP loopback, AES-256-GCM frames) from a child \
+         process to this one, no file and no hash at either end",
+        sealed_lane_gigabytes,
     );
     reg.add(
         "code_ship_seconds",
@@ -616,6 +630,9 @@ impl StreamSink {
 /// Runs a hidden subcommand of this module if `args` (without the program name) names one;
 /// `None` otherwise.
 pub fn run_hidden(args: &[OsString]) -> Option<Result<()>> {
+    if args.first()?.to_str()? == LANE_CMD {
+        return Some(die_with_parent().and_then(|()| lane_source()));
+    }
     if args.first()?.to_str()? != SINK_CMD {
         return None;
     }
@@ -646,6 +663,142 @@ fn stream_sink(mesh: &str) -> Result<()> {
     })();
     shut_down(rt);
     result
+}
+
+// ---------------------------------------------------------------------------------------------
+// The sealed lane
+
+/// The hidden subcommand of the sending side of `sealed_lane_gigabytes`.
+const LANE_CMD: &str = "__lane_source";
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex<const N: usize>(text: &str) -> Result<[u8; N]> {
+    ensure!(text.len() == 2 * N, "{text:?} is not {N} bytes in hex");
+    let mut out = [0u8; N];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&text[2 * i..2 * i + 2], 16)
+            .with_context(|| format!("{text:?} is not hex"))?;
+    }
+    Ok(out)
+}
+
+/// `__lane_source`: a lane on a loopback port. For each line `send <bytes>` on stdin, makes
+/// an offer, prints it (`offer <port> <ticket> <key>`, hex), waits for its connection and
+/// sends that many bytes of a pattern on it; ends at end-of-file.
+fn lane_source() -> Result<()> {
+    let rt = runtime()?;
+    let result = (|| {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let lane = block_on_within(&rt, CONNECT_TIMEOUT, "binding the lane", async {
+            let (lane, acceptor) = net::lane::Lane::bind("127.0.0.1".parse()?, 0, stop.clone())
+                .await
+                .context("binding the lane")?;
+            let _acceptor = tokio::spawn(acceptor);
+            anyhow::Ok(lane)
+        })?;
+        let pattern: Vec<u8> = (0..=255u8).cycle().take(4099).collect();
+        for line in std::io::stdin().lines() {
+            let line = line?;
+            let bytes: u64 = line
+                .strip_prefix("send ")
+                .with_context(|| format!("the lane source was told {line:?}"))?
+                .parse()?;
+            let (offer, claim) = lane.offer()?.context("no room for an offer")?;
+            let mut out = std::io::stdout().lock();
+            writeln!(
+                out,
+                "offer {} {} {}",
+                offer.port,
+                hex(&offer.ticket),
+                hex(&offer.key.0)
+            )
+            .and_then(|()| out.flush())?;
+            drop(out);
+            let mut socket = block_on_within(&rt, CONNECT_TIMEOUT, "the lane's claim", async {
+                Ok(claim.connection().await?)
+            })?;
+            let source = net::lane::Source::Pattern(&pattern);
+            net::lane::send(&mut socket, source, 0, bytes, &offer.key)?;
+        }
+        stop.cancel();
+        Ok(())
+    })();
+    shut_down(rt);
+    result
+}
+
+fn sealed_lane_gigabytes(b: &mut Bench) -> Result<()> {
+    let total = if b.is_quick() {
+        STREAM_BYTES_QUICK
+    } else {
+        STREAM_BYTES
+    };
+    let rt = runtime()?;
+    let result = lane_rounds(b, &rt, total);
+    shut_down(rt);
+    result
+}
+
+fn lane_rounds(b: &mut Bench, rt: &tokio::runtime::Runtime, total: u64) -> Result<()> {
+    let exe = std::env::current_exe().context("finding the shoal-bench executable")?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg(LANE_CMD)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit());
+    let mut child = KillOnDrop::spawn("lane source child", &mut cmd)?;
+    let mut to_child = child
+        .child_mut()
+        .stdin
+        .take()
+        .context("the child's stdin")?;
+    let mut from_child = std::io::BufReader::new(
+        child
+            .child_mut()
+            .stdout
+            .take()
+            .context("the child's stdout")?,
+    );
+    eprintln!(
+        "{}: the sending lane in a child process (pid {}), the receiver here",
+        b.name(),
+        child.child_mut().id()
+    );
+    let mut transfer = |bytes: u64| -> Result<u64> {
+        writeln!(to_child, "send {bytes}").and_then(|()| to_child.flush())?;
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut from_child, &mut line)?;
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        let [_, port, ticket, key] = parts[..] else {
+            bail!("the lane source said {line:?}");
+        };
+        let offer = net::lane::Offer {
+            port: port.parse()?,
+            ticket: unhex(ticket)?,
+            key: net::lane::Secret(unhex(key)?),
+        };
+        let ip = "127.0.0.1".parse()?;
+        let mut socket = block_on_within(rt, CONNECT_TIMEOUT, "connecting to the lane", async {
+            Ok(net::lane::connect(ip, &offer).await?)
+        })?;
+        let mut at = 0;
+        net::lane::receive(
+            &mut socket,
+            net::lane::Sink::Discard,
+            &mut at,
+            bytes,
+            &offer.key,
+            None,
+        )?;
+        Ok(at)
+    };
+    transfer(STREAM_CHUNK as u64).context("the first (1 MiB) transfer")?;
+    b.run_batches(|| transfer(total))?;
+    drop(to_child);
+    child.finish(FINISH_TIMEOUT)
 }
 
 // ---------------------------------------------------------------------------------------------

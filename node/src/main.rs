@@ -462,6 +462,14 @@ struct NodeArgs {
     /// Never serve this machine's binaries to peers, nor take theirs.
     #[arg(long, env = "SHOAL_NO_CODE_SHIPPING")]
     no_code_shipping: bool,
+    /// The port of the sealed lane, the TCP listener beside the first TCP --listen address
+    /// that sends large objects to peers (AES-256-GCM, keyed on the peer's authenticated
+    /// connection) [default: any free port].
+    #[arg(long, env = "SHOAL_LANE_PORT", default_value_t = 0)]
+    lane_port: u16,
+    /// No sealed lane: objects go to peers on their libp2p connections only.
+    #[arg(long, env = "SHOAL_NO_LANE")]
+    no_lane: bool,
     /// Run code shipped by peers when it is signed by this publisher: its public key, 64
     /// hex digits, as `shoal publisher init` or `show` prints it (repeatable). The public
     /// key of this user's default publisher key ($XDG_CONFIG_HOME/shoal/publisher.key, else
@@ -1015,6 +1023,8 @@ fn run_node(args: NodeArgs, config_file: Option<PathBuf>) -> Result<()> {
             .collect::<Result<_>>()?;
         net.mdns = !args.no_mdns;
         net.code_shipping = !args.no_code_shipping;
+        net.lane = !args.no_lane;
+        net.lane_port = args.lane_port;
         net.labels = args.labels.clone();
         net.code_policy.trusted = args.trust_publisher.clone();
         match keyfile::default_public() {

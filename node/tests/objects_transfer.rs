@@ -717,3 +717,63 @@ async fn a_parallel_pull_asks_again_holders_whose_streams_were_lost() {
     }
     m.unpinned().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parallel_pull_on_lanes_survives_a_holder_cut_off_halfway() {
+    // Issue 16: pieces on the holders' lanes; holder 0's connection is closed once half the
+    // object is in. Its lane ends with the stream that controls it, and the rest of its
+    // pieces come from holder 1 (or from holder 0 again, redialled), checked as a whole.
+    let m = mesh("obj-cut", 2).await;
+    let bytes = data(128 * MIB + 4097, 40);
+    let id = ObjectId([40; 32]);
+    for h in &m.holders {
+        h.hold(id, &bytes);
+    }
+    let total = bytes.len() as u64;
+    let dest = m.dir.join("cut.partial");
+    std::fs::File::create(&dest)
+        .unwrap()
+        .set_len(total)
+        .unwrap();
+    let progress = Progress::default();
+    let watched = progress.clone();
+    let (puller, victim) = (m.puller.clone(), m.holders[0].id());
+    let cutter = tokio::spawn(async move {
+        loop {
+            let got = watched.get();
+            if got >= total / 2 {
+                puller.disconnect(victim);
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    });
+    let mut control = m.puller.streams();
+    let pulled = objects::pull(
+        &mut control,
+        m.protocol.clone(),
+        &PeerLimits::default(),
+        &m.puller.lane_routes(),
+        &m.ids(&[0, 1]),
+        id,
+        total,
+        Digest::of(&bytes),
+        &dest,
+        &progress,
+    )
+    .await;
+    let at_cut = cutter.await.unwrap();
+    pulled.unwrap();
+    assert_same(&dest, &bytes);
+    assert!(
+        at_cut < total,
+        "the cut came after the last byte ({at_cut})"
+    );
+    // A range cut short counts no bytes on its lane: less than the object went whole.
+    assert!(
+        m.lane_bytes() < total,
+        "no range was cut: {} bytes on lanes",
+        m.lane_bytes()
+    );
+    m.unpinned().await;
+}

@@ -160,16 +160,17 @@ pub fn listen_ip(addrs: &[Multiaddr]) -> Option<IpAddr> {
 }
 
 impl Lane {
-    /// Listens on `ip` (any free port). The returned future accepts connections until
-    /// `stop`; run it as a task.
+    /// Listens on `ip` and `port` (0: any free port). The returned future accepts
+    /// connections until `stop`; run it as a task.
     pub async fn bind(
         ip: IpAddr,
+        port: u16,
         stop: CancellationToken,
     ) -> io::Result<(
         Arc<Lane>,
         impl std::future::Future<Output = ()> + Send + 'static,
     )> {
-        let listener = tokio::net::TcpListener::bind(SocketAddr::new(ip, 0)).await?;
+        let listener = tokio::net::TcpListener::bind(SocketAddr::new(ip, port)).await?;
         let port = listener.local_addr()?.port();
         let lane = Arc::new(Lane {
             port,
@@ -410,8 +411,13 @@ pub fn send(
         match source {
             Source::File(file) => file.read_exact_at(&mut buf[..n], at)?,
             Source::Pattern(p) => {
-                for (i, b) in buf[..n].iter_mut().enumerate() {
-                    *b = p[(at as usize + i) % p.len()];
+                let mut from = (at % p.len() as u64) as usize;
+                let mut filled = 0;
+                while filled < n {
+                    let k = (p.len() - from).min(n - filled);
+                    buf[filled..filled + k].copy_from_slice(&p[from..from + k]);
+                    filled += k;
+                    from = 0;
                 }
             }
         }
@@ -780,7 +786,7 @@ mod tests {
     async fn only_the_ticket_of_an_offer_claims_it_and_only_once() {
         use tokio::io::AsyncWriteExt;
         let stop = CancellationToken::new();
-        let (lane, acceptor) = Lane::bind("127.0.0.1".parse().unwrap(), stop.clone())
+        let (lane, acceptor) = Lane::bind("127.0.0.1".parse().unwrap(), 0, stop.clone())
             .await
             .unwrap();
         let acceptor = tokio::spawn(acceptor);

@@ -138,6 +138,8 @@ pub struct NetConfig {
     /// under keys handed over on the authenticated stream. Default on; off, every byte goes
     /// on libp2p streams.
     pub lane: bool,
+    /// The lane's port (0: any free port).
+    pub lane_port: u16,
 }
 
 impl NetConfig {
@@ -166,6 +168,7 @@ impl NetConfig {
             code_cache_bytes: 2 << 30,
             link_stall: Duration::from_secs(20),
             lane: true,
+            lane_port: 0,
         }
     }
 }
@@ -1067,7 +1070,7 @@ pub async fn start(key: identity::Keypair, config: NetConfig) -> Result<NetHandl
         _ => None,
     };
     let lane = match lane_ip {
-        Some(ip) => match lane::Lane::bind(ip, tasks.accept_token()).await {
+        Some(ip) => match lane::Lane::bind(ip, config.lane_port, tasks.accept_token()).await {
             Ok((lane, acceptor)) => {
                 tasks.spawn(acceptor.instrument(tracing::info_span!("lane", peer = %peer_id)));
                 Some(lane)

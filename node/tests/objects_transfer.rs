@@ -719,6 +719,41 @@ async fn a_parallel_pull_asks_again_holders_whose_streams_were_lost() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lane_that_brings_nothing_is_worked_around_on_the_stream() {
+    // Something else answers at the lane's address: it takes the connection and closes it.
+    let m = mesh("obj-mute-lane", 1).await;
+    let bytes = data(6 * MIB + 5, 31);
+    let id = ObjectId([31; 32]);
+    m.holders[0].hold(id, &bytes);
+    let port = m.holders[0].net.lane().unwrap().port();
+    let mute = tokio::net::TcpListener::bind(("127.0.0.2", port))
+        .await
+        .unwrap();
+    let closer = tokio::spawn(async move {
+        let (socket, _) = mute.accept().await.unwrap();
+        drop(socket);
+    });
+    let holder = m.holders[0].id();
+    m.puller
+        .lane_routes()
+        .set(holder, "127.0.0.2".parse().unwrap());
+    let (r, dest) = m.pull(&[holder], id, &bytes).await;
+    r.unwrap();
+    assert_same(&dest, &bytes);
+    tokio::time::timeout(Duration::from_secs(5), closer)
+        .await
+        .expect("the lane was tried")
+        .unwrap();
+    assert_eq!(m.lane_bytes(), 0, "every byte came on the stream");
+    assert_eq!(
+        m.holders[0].opens(),
+        2,
+        "asked once on the lane, once without"
+    );
+    m.unpinned().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_parallel_pull_on_lanes_survives_a_holder_cut_off_halfway() {
     // Issue 16: pieces on the holders' lanes; holder 0's connection is closed once half the
     // object is in. Its lane ends with the stream that controls it, and the rest of its

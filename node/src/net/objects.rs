@@ -674,7 +674,18 @@ async fn pull_range_on<'a>(
                     return Ok(Pulled::Unreachable(dest));
                 }
             };
-            receive_on_lane(peer, &mut stream, socket, offer, dest, at, end).await?;
+            let from = *at;
+            let received = receive_on_lane(peer, &mut stream, socket, offer, dest, at, end).await;
+            if let Err(ObjectError::Stream { source, .. }) = &received {
+                // Connected, but not a byte came (a lane that closes what it accepts, say
+                // something else on that port): the next ask goes on the stream.
+                if *at == from && source.kind() != io::ErrorKind::InvalidData {
+                    tracing::info!(%peer, %ip, error = %source,
+                        "the holder's lane brought nothing; the next ask goes on the stream");
+                    asker.routes.unreachable(peer);
+                }
+            }
+            received?;
         }
         (Some(_), None) => {
             return Err(err(io::Error::new(

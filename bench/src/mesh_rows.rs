@@ -693,9 +693,14 @@ fn lane_source() -> Result<()> {
     let result = (|| {
         let stop = tokio_util::sync::CancellationToken::new();
         let lane = block_on_within(&rt, CONNECT_TIMEOUT, "binding the lane", async {
-            let (lane, acceptor) = net::lane::Lane::bind("127.0.0.1".parse()?, 0, stop.clone())
-                .await
-                .context("binding the lane")?;
+            let (lane, acceptor) = net::lane::Lane::bind(
+                "127.0.0.1".parse()?,
+                0,
+                net::lane::Routes::default(),
+                stop.clone(),
+            )
+            .await
+            .context("binding the lane")?;
             let _acceptor = tokio::spawn(acceptor);
             anyhow::Ok(lane)
         })?;

@@ -332,3 +332,321 @@ fn an_isolated_nodes_detached_actor_restarted_elsewhere_is_fenced_after_the_heal
         );
     }
 }
+
+// ---- A large object pulled from two holders, one of them cut off halfway ----
+
+/// Set (to anything) in the driver of the parallel pull test: see [`pull_driver_entry`].
+const ENV_PULL_DRIVER: &str = "SHOAL_NETLAB_PULL_DRIVER";
+
+/// The large object's bytes (a multiple of 8): 8 pieces of 32 MiB (and one of the few
+/// bytes of its encoding's header) when pulled from two holders.
+const PULL_SIZE: u64 = 256 << 20;
+
+/// The rate of everything the lab's bridge sends to node 2 during its pull: the object takes
+/// about 5 s, so the cut falls in the midst of pieces.
+const PULL_RATE: &str = "400mbit";
+
+/// Word `i` of the large object (splitmix64): no two pieces alike, no period.
+fn pattern_word(i: u64) -> u64 {
+    let mut z = i.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The peer id of the node this runs on.
+#[shoal::remote]
+fn where_am_i() -> String {
+    shoal::runtime_context().peer_id.unwrap_or_default()
+}
+
+/// `n` bytes of the pattern.
+#[shoal::remote]
+fn make_pattern(n: u64) -> shoal::Bytes {
+    let mut v = Vec::with_capacity(n as usize);
+    for i in 0..n / 8 {
+        v.extend_from_slice(&pattern_word(i).to_le_bytes());
+    }
+    shoal::Bytes(v)
+}
+
+/// Where it ran, the length of `b` and how many of its words differ from the pattern's.
+#[shoal::remote]
+fn check_pattern(b: shoal::Bytes) -> (String, u64, u64) {
+    let bad = b
+        .chunks(8)
+        .enumerate()
+        .filter(|(i, w)| **w != pattern_word(*i as u64).to_le_bytes()[..])
+        .count();
+    (
+        shoal::runtime_context().peer_id.unwrap_or_default(),
+        b.len() as u64,
+        bad as u64,
+    )
+}
+
+/// The driver of the parallel pull test (a no-op as a test of its own), attached to node 0
+/// of a lab whose node `i` has the resource `h<i>`. Prints `on h<i> <peer id>` for each
+/// node; has the object made at node 1 and checked at node 0 (which pulls a copy: two
+/// holders), prints `made <id>`; on a line of stdin has it checked at node 2 and prints
+/// `checked <peer id> <len> <words that differ>`; ends at the end of stdin.
+#[test]
+fn pull_driver_entry() {
+    use std::io::{BufRead, Write};
+    if std::env::var_os(ENV_PULL_DRIVER).is_none() {
+        return;
+    }
+    shoal::init().unwrap();
+    let on = |i: usize| {
+        shoal::TaskOptions::new()
+            .num_cpus(1.0)
+            .resource(&format!("h{i}"), 1.0)
+    };
+    let timeout = Duration::from_secs(120);
+    let say = |line: String| {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{line}").and_then(|()| out.flush()).unwrap();
+    };
+    // A worker of this binary at each node (nodes 1 and 2 fetch it at once) before the pull.
+    let placed: Vec<_> = (0..3).map(|i| where_am_i.options(on(i)).remote()).collect();
+    for (i, r) in placed.iter().enumerate() {
+        say(format!(
+            "on h{i} {}",
+            r.get_blocking_timeout(timeout).unwrap()
+        ));
+    }
+    let made = make_pattern.options(on(1)).remote(PULL_SIZE);
+    let (_, len, bad) = check_pattern
+        .options(on(0))
+        .remote(&made)
+        .get_blocking_timeout(timeout)
+        .unwrap();
+    assert_eq!((len, bad), (PULL_SIZE, 0), "the copy checked at node 0");
+    say(format!("made {}", made.id().to_hex()));
+    let mut stdin = std::io::stdin().lock();
+    let mut line = String::new();
+    stdin.read_line(&mut line).unwrap();
+    let (peer, len, bad) = check_pattern
+        .options(on(2))
+        .remote(&made)
+        .get_blocking_timeout(timeout)
+        .unwrap();
+    say(format!("checked {peer} {len} {bad}"));
+    // Until the test closes stdin.
+    while stdin.read_line(&mut line).unwrap() > 0 {}
+    drop(made);
+}
+
+/// The first whole line of the driver's output that starts with `prefix`; panics with the
+/// driver's output if it exits first or `timeout` passes.
+fn driver_line(
+    driver: &mut shoal_tests::KillOnDrop,
+    dir: &shoal_tests::TestDir,
+    prefix: &str,
+    timeout: Duration,
+) -> String {
+    let found = shoal_tests::wait_for(timeout, &format!("the driver's `{prefix}`"), || {
+        let out = std::fs::read_to_string(dir.join("driver.out"))?;
+        let whole = out.rfind('\n').map_or("", |end| &out[..end]);
+        if let Some(line) = whole.lines().find(|l| l.starts_with(prefix)) {
+            return Ok(Some(Ok(line.to_string())));
+        }
+        Ok(driver
+            .try_wait()?
+            .map(|s| Err(format!("the driver exited ({s}) before `{prefix}`"))))
+    });
+    match found {
+        Ok((Ok(line), _)) => line,
+        Ok((Err(e), _)) => panic!("{e}\n{}", driver_output(dir)),
+        Err(e) => panic!("{e:#}\n{}", driver_output(dir)),
+    }
+}
+
+fn driver_output(dir: &shoal_tests::TestDir) -> String {
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+    format!(
+        "driver stdout:\n{}\ndriver stderr:\n{}",
+        read("driver.out"),
+        read("driver.err")
+    )
+}
+
+/// Limits what the lab's bridge sends to node `i` (everything it receives) to `rate`.
+fn limit_rate_into(lab: &Lab, i: usize, rate: &str) {
+    let hub = lab.network().hub();
+    let port = format!("n{i}");
+    let args = [
+        "-n", &hub, "qdisc", "add", "dev", &port, "root", "tbf", "rate", rate, "burst", "1mb",
+        "latency", "100ms",
+    ];
+    let out = shoal_tests::run_with_timeout(Command::new("tc").args(args), CONVERGE).unwrap();
+    assert!(
+        out.status.success(),
+        "tc {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Node 2's pull of `object` as its status lists it: bytes in, bytes in all, holders asked.
+fn pull_of(lab: &Lab, object: &str) -> anyhow::Result<Option<(u64, u64, Vec<String>)>> {
+    let status = lab.node(2).try_status()?;
+    let transfers = status["transfers"].as_array().cloned().unwrap_or_default();
+    Ok(transfers
+        .iter()
+        .find(|t| t["id"].as_str() == Some(object))
+        .map(|t| {
+            let peers = t["peers"].as_array().into_iter().flatten();
+            (
+                t["done"].as_u64().unwrap_or(0),
+                t["total"].as_u64().unwrap_or(0),
+                peers
+                    .filter_map(|p| p.as_str().map(str::to_owned))
+                    .collect(),
+            )
+        }))
+}
+
+/// A 256 MiB result made at node 1 and copied to node 0 is read by a task at node 2, which
+/// pulls it in pieces from both holders at once (on their sealed lanes), at a limited rate;
+/// once past half, node 1 is isolated. The pull finishes from node 0 alone, and the task
+/// finds every byte right.
+#[test]
+fn a_large_object_pulled_from_two_holders_is_whole_after_one_is_cut_off_halfway() {
+    use std::io::Write;
+    if !skip_unless_available("netlab") {
+        return;
+    }
+    let _serial = serial();
+    let started = Instant::now();
+    let mut lab = Lab::start_with(3, |i| {
+        let mut o = options()
+            .arg("--resource")
+            .arg(format!("h{i}=1"))
+            .env("RUST_LOG", "info,shoal_node::net=debug");
+        // Room for the object, a copy being pulled and spare.
+        o.store_bytes = 1 << 30;
+        o
+    })
+    .unwrap();
+    lab.mesh().wait_converged(CONVERGE).unwrap();
+    let ids: Vec<String> = (0..3).map(|i| lab.node(i).peer_id().to_owned()).collect();
+    let dir = shoal_tests::TestDir::new("netlab-pull");
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command
+        .args(["--exact", "pull_driver_entry", "--nocapture", "--quiet"])
+        .env(ENV_PULL_DRIVER, "1")
+        .env("SHOAL_SOCKET", lab.node(0).socket())
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::fs::File::create(dir.join("driver.out")).unwrap())
+        .stderr(std::fs::File::create(dir.join("driver.err")).unwrap());
+    let mut driver = shoal_tests::KillOnDrop::spawn("pull driver", &mut command).unwrap();
+    let setup = Duration::from_secs(120);
+    for (i, id) in ids.iter().enumerate() {
+        let line = driver_line(&mut driver, &dir, &format!("on h{i} "), setup);
+        assert!(line.ends_with(id.as_str()), "h{i} is not node {i}: {line}");
+    }
+    let made = driver_line(&mut driver, &dir, "made ", setup);
+    let object = made["made ".len()..].to_string();
+    let context = |lab: &Lab| {
+        format!(
+            "{}\n{}",
+            driver_output(&dir),
+            lab.node(2).with_log("node 2")
+        )
+    };
+
+    // Node 2 pulls it from both holders, slowly enough that the cut falls in its midst.
+    limit_rate_into(&lab, 2, PULL_RATE);
+    let mut stdin = driver.child_mut().stdin.take().unwrap();
+    writeln!(stdin, "go").and_then(|()| stdin.flush()).unwrap();
+    let ((done, total, peers), _) = shoal_tests::wait_for(
+        Duration::from_secs(60),
+        "node 2's pull to pass half",
+        || {
+            let out = std::fs::read_to_string(dir.join("driver.out"))?;
+            assert!(
+                !out.contains("checked "),
+                "node 2's pull ended before it was seen past half\n{}",
+                context(&lab)
+            );
+            Ok(pull_of(&lab, &object)?.filter(|(done, total, _)| done * 100 >= total * 55))
+        },
+    )
+    .unwrap();
+    // Isolated, not just cut from node 2: a cut between two nodes alone leaves each in the
+    // other's view (they hear of each other through node 0), so nobody writes node 1 off.
+    lab.isolate(1).unwrap();
+    let cut_at = Instant::now();
+    // Still under way with the cut in force: node 1 was cut off in its midst.
+    let after = pull_of(&lab, &object).unwrap();
+    let mut holders = peers.clone();
+    holders.sort();
+    let mut both = vec![ids[0].clone(), ids[1].clone()];
+    both.sort();
+    assert_eq!(
+        holders,
+        both,
+        "node 2 pulls from nodes 0 and 1\n{}",
+        context(&lab)
+    );
+    assert!(
+        after.as_ref().is_some_and(|(d, t, _)| d < t),
+        "node 2's pull was over once the cut was in force ({done} of {total} bytes before \
+         it, {after:?} after)\n{}",
+        context(&lab)
+    );
+
+    let checked = driver_line(&mut driver, &dir, "checked ", Duration::from_secs(90));
+    let recovered = cut_at.elapsed();
+    assert_eq!(
+        checked,
+        format!("checked {} {PULL_SIZE} 0", ids[2]),
+        "node 2 read the object whole, with every word right\n{}",
+        context(&lab)
+    );
+    let log = std::fs::read_to_string(lab.node(2).log_path()).unwrap();
+    // Node 2 wrote node 1 off (its failure timeout after the cut)...
+    assert!(
+        log.lines()
+            .any(|l| l.contains("peer left the mesh") && l.contains(ids[1].as_str())),
+        "node 2 never wrote node 1 off\n{}",
+        context(&lab)
+    );
+    // ... node 1's pieces in flight failed, and node 0 finished them.
+    let failed: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("a holder failed") && l.contains(&object))
+        .collect();
+    assert!(
+        !failed.is_empty() && failed.iter().all(|l| l.contains(ids[1].as_str())),
+        "node 1, and only it, failed in node 2's pull\n{}",
+        context(&lab)
+    );
+    assert!(
+        log.lines().any(|l| l.contains("pulled an object")
+            && l.contains(&object)
+            && l.contains("holders=2")),
+        "node 2's pull was not one from two holders at once\n{}",
+        context(&lab)
+    );
+    // The lanes from node 1 end when node 2 writes node 1 off and closes its connection
+    // (after FAILURE_TIMEOUT), not after their 30 s stall: node 0 then sends the rest
+    // (about half the object at PULL_RATE, a few seconds).
+    assert!(
+        recovered <= FAILURE_TIMEOUT + Duration::from_secs(8),
+        "node 2's pull ended {recovered:?} after the cut\n{}",
+        context(&lab)
+    );
+    println!(
+        "node 1 cut off at {done} of {total} bytes of node 2's pull (from nodes 0 and 1); \
+         the pull ended with every byte right {recovered:?} after the cut, after {} \
+         failure(s) of node 1:\n{}\nthe test took {:?}",
+        failed.len(),
+        failed.join("\n"),
+        started.elapsed()
+    );
+    drop(stdin);
+    driver.finish(Duration::from_secs(30)).unwrap();
+}

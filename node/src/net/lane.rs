@@ -130,6 +130,8 @@ type Waiting = Mutex<HashMap<[u8; 16], oneshot::Sender<TcpStream>>>;
 /// A holder's lane: its listener's port and the offers not yet claimed.
 pub struct Lane {
     port: u16,
+    /// Where the lanes in use are watched (shut down when their peer goes).
+    routes: Routes,
     waiting: Arc<Waiting>,
     random: SystemRandom,
     /// Object bytes sent on the lane so far.
@@ -165,6 +167,7 @@ impl Lane {
     pub async fn bind(
         ip: IpAddr,
         port: u16,
+        routes: Routes,
         stop: CancellationToken,
     ) -> io::Result<(
         Arc<Lane>,
@@ -174,6 +177,7 @@ impl Lane {
         let port = listener.local_addr()?.port();
         let lane = Arc::new(Lane {
             port,
+            routes,
             waiting: Arc::default(),
             random: SystemRandom::new(),
             sent: Default::default(),
@@ -186,6 +190,12 @@ impl Lane {
     /// The lane's port.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// Watches `socket`, in use with `peer`, until the guard is dropped (see
+    /// [`Routes::watch`]).
+    pub fn watch(&self, peer: PeerId, socket: &TcpStream) -> Option<Watched> {
+        self.routes.watch(peer, socket)
     }
 
     /// Counts `bytes` sent on the lane.
@@ -324,6 +334,16 @@ async fn handshake(mut socket: tokio::net::TcpStream, waiting: &Waiting) -> io::
         .map_err(|_| io::Error::other("the offer was withdrawn before its connection came"))
 }
 
+/// A blocking socket's timeout, as the error it is.
+fn stalled(e: io::Error, what: &str) -> io::Error {
+    match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+            io::Error::new(io::ErrorKind::TimedOut, format!("the lane stalled {what}"))
+        }
+        _ => e,
+    }
+}
+
 /// A tokio socket as a blocking one, with stall timeouts.
 fn blocking(socket: tokio::net::TcpStream) -> io::Result<TcpStream> {
     let socket = socket.into_std()?;
@@ -425,7 +445,9 @@ pub fn send(
             .seal_in_place_separate_tag(nonce(frame), Aad::from(at.to_be_bytes()), &mut buf[..n])
             .map_err(|_| io::Error::other("sealing failed"))?;
         buf[n..n + TAG].copy_from_slice(tag.as_ref());
-        socket.write_all(&buf[..n + TAG])?;
+        socket
+            .write_all(&buf[..n + TAG])
+            .map_err(|e| stalled(e, "sending"))?;
         at += n as u64;
         frame += 1;
     }
@@ -513,7 +535,7 @@ pub fn receive(
                     format!("the lane ended {} bytes short", end - *at),
                 )
             } else {
-                e
+                stalled(e, "receiving")
             }
         };
         socket.read_exact(bytes).map_err(short)?;
@@ -550,6 +572,30 @@ pub struct Routes {
 struct RoutesInner {
     ips: HashMap<PeerId, IpAddr>,
     unreachable: HashMap<PeerId, Instant>,
+    /// The lane sockets in use with each peer, either way (clones, to shut them down when
+    /// the peer's last connection closes), by a number of their own.
+    sockets: HashMap<PeerId, Vec<(u64, TcpStream)>>,
+    next_socket: u64,
+}
+
+/// A lane socket watched by [`Routes`]: shut down when its peer's last connection closes;
+/// forgotten when dropped.
+pub struct Watched {
+    routes: Routes,
+    peer: PeerId,
+    number: u64,
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        let mut inner = self.routes.lock();
+        if let Some(list) = inner.sockets.get_mut(&self.peer) {
+            list.retain(|(n, _)| *n != self.number);
+            if list.is_empty() {
+                inner.sockets.remove(&self.peer);
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Routes {
@@ -571,10 +617,35 @@ impl Routes {
     }
 
     /// The last connection to `peer` closed.
+    ///
+    /// The lanes in use with `peer` are shut down: their transfers end now, as their
+    /// streams do, not after a stall.
     pub fn disconnected(&self, peer: &PeerId) {
+        let sockets = {
+            let mut inner = self.lock();
+            inner.ips.remove(peer);
+            inner.unreachable.remove(peer);
+            inner.sockets.remove(peer)
+        };
+        for (_, socket) in sockets.unwrap_or_default() {
+            if let Err(e) = socket.shutdown(Shutdown::Both) {
+                tracing::trace!(%peer, error = %e, "lane socket already closed");
+            }
+        }
+    }
+
+    /// Watches `socket`, a lane in use with `peer`, until the returned guard is dropped.
+    pub fn watch(&self, peer: PeerId, socket: &TcpStream) -> Option<Watched> {
+        let clone = socket.try_clone().ok()?;
         let mut inner = self.lock();
-        inner.ips.remove(peer);
-        inner.unreachable.remove(peer);
+        let number = inner.next_socket;
+        inner.next_socket += 1;
+        inner.sockets.entry(peer).or_default().push((number, clone));
+        Some(Watched {
+            routes: self.clone(),
+            peer,
+            number,
+        })
     }
 
     /// Where to reach `peer`'s lane: `None` when its IP is not known or its lane was
@@ -786,9 +857,14 @@ mod tests {
     async fn only_the_ticket_of_an_offer_claims_it_and_only_once() {
         use tokio::io::AsyncWriteExt;
         let stop = CancellationToken::new();
-        let (lane, acceptor) = Lane::bind("127.0.0.1".parse().unwrap(), 0, stop.clone())
-            .await
-            .unwrap();
+        let (lane, acceptor) = Lane::bind(
+            "127.0.0.1".parse().unwrap(),
+            0,
+            Routes::default(),
+            stop.clone(),
+        )
+        .await
+        .unwrap();
         let acceptor = tokio::spawn(acceptor);
         let (offer, claim) = lane.offer().unwrap().unwrap();
         // A stranger with a wrong ticket is closed and claims nothing.
@@ -816,6 +892,30 @@ mod tests {
         assert!(lane.waiting.lock().unwrap().is_empty());
         stop.cancel();
         acceptor.await.unwrap();
+    }
+
+    #[test]
+    fn a_peer_that_goes_ends_its_lanes_at_once() {
+        let r = Routes::default();
+        let (gone, stays) = (PeerId::random(), PeerId::random());
+        let (mut a, _a_far) = pair();
+        let (mut b, _b_far) = pair();
+        let _watched_a = r.watch(gone, &a).unwrap();
+        let watched_b = r.watch(stays, &b).unwrap();
+        // A blocked read on the lane of the peer that goes ends when it goes.
+        let reader = std::thread::spawn(move || {
+            let mut byte = [0u8; 1];
+            a.read(&mut byte)
+        });
+        r.disconnected(&gone);
+        assert!(matches!(reader.join().unwrap(), Ok(0) | Err(_)));
+        // The other peer's lane is untouched, and forgotten once its guard is dropped.
+        b.set_nonblocking(true).unwrap();
+        let mut byte = [0u8; 1];
+        let e = b.read(&mut byte).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+        drop(watched_b);
+        assert!(r.lock().sockets.is_empty());
     }
 
     #[test]

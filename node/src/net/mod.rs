@@ -1070,16 +1070,19 @@ pub async fn start(key: identity::Keypair, config: NetConfig) -> Result<NetHandl
         _ => None,
     };
     let lane = match lane_ip {
-        Some(ip) => match lane::Lane::bind(ip, config.lane_port, tasks.accept_token()).await {
-            Ok((lane, acceptor)) => {
-                tasks.spawn(acceptor.instrument(tracing::info_span!("lane", peer = %peer_id)));
-                Some(lane)
+        Some(ip) => {
+            match lane::Lane::bind(ip, config.lane_port, routes.clone(), tasks.accept_token()).await
+            {
+                Ok((lane, acceptor)) => {
+                    tasks.spawn(acceptor.instrument(tracing::info_span!("lane", peer = %peer_id)));
+                    Some(lane)
+                }
+                Err(e) => {
+                    tracing::warn!(%ip, error = %e, "no sealed lane: objects go on streams only");
+                    None
+                }
             }
-            Err(e) => {
-                tracing::warn!(%ip, error = %e, "no sealed lane: objects go on streams only");
-                None
-            }
-        },
+        }
         None => None,
     };
     let started_ms = SystemTime::now()

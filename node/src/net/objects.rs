@@ -480,6 +480,10 @@ async fn serve_request(
                 }
             };
             let shut = lane::ShutOnDrop::new(&socket);
+            let _watched = match (lane, peer) {
+                (Some(lane), Some(peer)) => lane.watch(peer, &socket),
+                _ => None,
+            };
             let from = req.offset;
             let mut sending = tokio::task::spawn_blocking(move || {
                 lane::send(
@@ -675,7 +679,9 @@ async fn pull_range_on<'a>(
                 }
             };
             let from = *at;
+            let watched = asker.routes.watch(peer, &socket);
             let received = receive_on_lane(peer, &mut stream, socket, offer, dest, at, end).await;
+            drop(watched);
             if let Err(ObjectError::Stream { source, .. }) = &received {
                 // Connected, but not a byte came (a lane that closes what it accepts, say
                 // something else on that port): the next ask goes on the stream.

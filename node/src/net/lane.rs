@@ -776,60 +776,44 @@ mod tests {
         let _sent_or_not = sender.join().unwrap();
 
         // One bit flipped in the second frame: the first stands, the second fails.
-        let (mut a, mut b) = pair();
-        let key = key(&secret(3));
-        let mut frames = Vec::new();
-        for (i, at) in [0u64, FRAME as u64].into_iter().enumerate() {
-            let mut buf = vec![9u8; FRAME];
-            let tag = key
-                .seal_in_place_separate_tag(nonce(i as u64), Aad::from(at.to_be_bytes()), &mut buf)
-                .unwrap();
-            frames.extend_from_slice(&buf);
-            frames.extend_from_slice(tag.as_ref());
-        }
+        let mut frames = sealed(3, 0, 0, 9);
+        frames.extend(sealed(3, 1, FRAME as u64, 9));
         frames[FRAME + TAG + 77] ^= 1;
-        let writer = std::thread::spawn(move || a.write_all(&frames));
-        let mut at = 0;
-        let e = receive(
-            &mut b,
-            Sink::Discard,
-            &mut at,
-            2 * FRAME as u64,
-            &secret(3),
-            None,
-        )
-        .unwrap_err();
+        let (e, at) = feed(frames, 3);
         assert!(matches!(e, LaneError::Forged { frame: 1, .. }), "{e}");
         assert_eq!(at, FRAME as u64);
+    }
+
+    /// Frame `number` at `offset`, of bytes `fill`, sealed under `secret(s)`, with its tag.
+    fn sealed(s: u8, number: u64, offset: u64, fill: u8) -> Vec<u8> {
+        let mut buf = vec![fill; FRAME];
+        let tag = key(&secret(s))
+            .seal_in_place_separate_tag(nonce(number), Aad::from(offset.to_be_bytes()), &mut buf)
+            .unwrap();
+        buf.extend_from_slice(tag.as_ref());
+        buf
+    }
+
+    /// Receives two frames' worth from `frames` under `secret(s)`: the error, and where
+    /// the receiver stopped.
+    fn feed(frames: Vec<u8>, s: u8) -> (LaneError, u64) {
+        let (mut a, mut b) = pair();
+        let writer = std::thread::spawn(move || a.write_all(&frames));
+        let mut at = 0;
+        let end = 2 * FRAME as u64;
+        let e = receive(&mut b, Sink::Discard, &mut at, end, &secret(s), None).unwrap_err();
         writer.join().unwrap().unwrap();
+        (e, at)
     }
 
     #[test]
     fn frames_out_of_place_do_not_open() {
         // Frame 0 of offset 0 replayed where frame 1 should be.
-        let (mut a, mut b) = pair();
-        let key = key(&secret(4));
-        let mut buf = vec![5u8; FRAME];
-        let tag = key
-            .seal_in_place_separate_tag(nonce(0), Aad::from(0u64.to_be_bytes()), &mut buf)
-            .unwrap();
-        let mut frames = buf.clone();
-        frames.extend_from_slice(tag.as_ref());
-        frames.extend_from_slice(&buf);
-        frames.extend_from_slice(tag.as_ref());
-        let writer = std::thread::spawn(move || a.write_all(&frames));
-        let mut at = 0;
-        let e = receive(
-            &mut b,
-            Sink::Discard,
-            &mut at,
-            2 * FRAME as u64,
-            &secret(4),
-            None,
-        )
-        .unwrap_err();
+        let mut frames = sealed(4, 0, 0, 5);
+        frames.extend(sealed(4, 0, 0, 5));
+        let (e, at) = feed(frames, 4);
         assert!(matches!(e, LaneError::Forged { frame: 1, .. }), "{e}");
-        writer.join().unwrap().unwrap();
+        assert_eq!(at, FRAME as u64);
     }
 
     #[test]

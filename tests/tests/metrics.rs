@@ -191,6 +191,12 @@ fn metrics_of_a_three_node_mesh_match_a_known_workload() {
     assert!(served(b) >= BIG as f64, "{b:?}");
     // Every byte pulled was served by some peer.
     assert!(served(a) + served(b) + served(c) >= pulled(a) + pulled(b) + pulled(c));
+    // On the sealed lanes (on loopback every lane is reached).
+    let lane = |s: &BTreeMap<String, f64>| sum(s, &["shoal_object_lane_sent_bytes_total"]);
+    assert!(lane(b) >= BIG as f64, "{b:?}");
+    for s in [a, b, c] {
+        assert_eq!(sum(s, &["shoal_object_lane_fallbacks_total"]), 0.0, "{s:?}");
+    }
     // Each task was handed to a worker: the dispatch histogram counts them.
     let dispatched = |s: &BTreeMap<String, f64>| sum(s, &["shoal_task_dispatch_seconds_count"]);
     assert_eq!(dispatched(b), SMALL_TASKS as f64 + 1.0, "{b:?}");

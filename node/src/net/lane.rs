@@ -576,6 +576,8 @@ struct RoutesInner {
     /// the peer's last connection closes), by a number of their own.
     sockets: HashMap<PeerId, Vec<(u64, TcpStream)>>,
     next_socket: u64,
+    /// Times a holder's lane could not be reached, or brought nothing.
+    fallbacks: u64,
 }
 
 /// A lane socket watched by [`Routes`]: shut down when its peer's last connection closes;
@@ -664,9 +666,16 @@ impl Routes {
     /// `peer`'s lane could not be reached.
     pub fn unreachable(&self, peer: PeerId) {
         let mut inner = self.lock();
+        inner.fallbacks += 1;
         if inner.ips.contains_key(&peer) {
             inner.unreachable.insert(peer, Instant::now());
         }
+    }
+
+    /// Times a holder's lane could not be reached, or brought nothing (its bytes then came
+    /// on the stream).
+    pub fn fallbacks(&self) -> u64 {
+        self.lock().fallbacks
     }
 
     /// Sets `peer`'s route by hand (tests of peers that are not connected through a swarm

@@ -270,13 +270,17 @@ impl Shell {
             Event::Metrics(reply) => {
                 let now = Instant::now();
                 #[cfg(feature = "mesh")]
-                let served = self.net.as_ref().map_or((0, 0), |n| n.served_count());
+                let (served, lane) = self
+                    .net
+                    .as_ref()
+                    .map_or(((0, 0), (0, 0)), |n| (n.served_count(), n.lane_counts()));
                 #[cfg(not(feature = "mesh"))]
-                let served = (0, 0);
+                let (served, lane) = ((0, 0), (0, 0));
                 let scrape = super::metrics::Scrape {
                     status: self.status(self.core.status(now)),
                     core: self.core.metrics(),
                     served,
+                    lane,
                 };
                 if reply.send(Box::new(scrape)).is_err() {
                     tracing::debug!("metrics asked for and not awaited");

@@ -86,6 +86,13 @@ impl NetSide {
     }
 
     /// Object streams served to peers that sent bytes, and the bytes sent.
+    /// Object bytes sent to peers on this node's sealed lane, and the times a holder's lane
+    /// could not be used.
+    pub(crate) fn lane_counts(&self) -> (u64, u64) {
+        let sent = self.net.lane().map_or(0, |lane| lane.bytes_sent());
+        (sent, self.net.lane_routes().fallbacks())
+    }
+
     pub(crate) fn served_count(&self) -> (u64, u64) {
         use std::sync::atomic::Ordering::Relaxed;
         (

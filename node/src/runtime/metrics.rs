@@ -38,6 +38,9 @@ pub struct Scrape {
     pub core: MetricsSnapshot,
     /// Object streams served to peers, and their bytes.
     pub served: (u64, u64),
+    /// Of those bytes, the ones sent on the sealed lane; and the times a holder's lane could
+    /// not be used by this node (the bytes came on the stream).
+    pub lane: (u64, u64),
 }
 
 impl Scrape {
@@ -343,6 +346,24 @@ impl Collector for Scrape {
                 ([("direction", "out")], self.served.1 as f64),
             ],
         )?;
+        counter(
+            e,
+            "object_lane_sent",
+            "Bytes of objects served to peers on this node's sealed lane (AES-256-GCM over a \
+             TCP connection of their own); the rest of object_transferred{direction=\"out\"} \
+             went on libp2p streams.",
+            Some(&Unit::Bytes),
+            self.lane.0,
+        )?;
+        counter(
+            e,
+            "object_lane_fallbacks",
+            "Times a holder's sealed lane could not be reached from this node, or brought \
+             nothing, and the bytes came on the libp2p stream (a firewall closing the lane's \
+             port, say).",
+            None,
+            self.lane.1,
+        )?;
         // Workers, processes and resources.
         let mut workers: std::collections::BTreeMap<String, u64> = Default::default();
         for w in &s.workers {
@@ -559,6 +580,7 @@ mod tests {
                 tasks: vec![("queued", "m::f".into(), 2)],
             },
             served: (1, 512),
+            lane: (256, 1),
         };
         let text = scrape.encode().unwrap();
         for line in [
@@ -574,6 +596,8 @@ mod tests {
             "shoal_task_dispatch_seconds_bucket{le=\"+Inf\"} 2",
             "shoal_object_transferred_bytes_total{direction=\"in\"} 1048576",
             "shoal_object_transferred_bytes_total{direction=\"out\"} 512",
+            "shoal_object_lane_sent_bytes_total 256",
+            "shoal_object_lane_fallbacks_total 1",
             "shoal_object_store_bytes{location=\"memory\"} 4096",
             "shoal_object_store_bytes{location=\"pulled\"} 1000",
             "shoal_workers{state=\"busy\"} 2",

@@ -312,7 +312,9 @@ fn a_stream_still_being_served_is_dropped_after_the_grace() {
     // inside `block_on`).
     let (mut control, to) = (b.streams(), a.peer_id());
     let opening = other_rt.spawn(async move {
-        let protocol = libp2p::StreamProtocol::new("/shoal/shutdown/obj/1");
+        let protocol = shoal_node::net::Protocols::for_mesh("shutdown")
+            .unwrap()
+            .obj;
         control.open_stream(to, protocol).await
     });
     let stream = block_on(&rt, opening).unwrap().unwrap();

@@ -4,6 +4,10 @@
 //! Protocol (`/shoal/<mesh>/obj/2`, one libp2p stream per request): the puller sends an
 //! [`ObjectRequest`] for a byte range, in a frame ([`shoal_protocol::frame`]); the holder answers with a framed [`ObjectResponse`]
 //! and, when `Found`, exactly `min(len, size - offset)` raw bytes, then closes the stream.
+//! A range of at least [`lane::MIN_RANGE`] bytes goes on the holder's sealed lane instead,
+//! when the puller can reach it (see [`super::lane`]): the answer then carries the lane's
+//! offer, the bytes come there, and the stream stays open, with nothing more on it, until
+//! they are sent.
 //! After the small request the bytes flow one way only (libp2p-stream over yamux can stall
 //! when both ends write much at once). `len = 0` asks for the size and digest alone. An
 //! `offset` past the object's end is answered `OutOfRange` with no bytes (`offset == size`

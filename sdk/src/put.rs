@@ -159,11 +159,11 @@ fn parallel_copy(dst: &mut [u8], src: &[u8]) {
         let mut pieces = dst.chunks_mut(piece).zip(src.chunks(piece));
         // This thread copies the first piece; the others go to their own threads.
         let first = pieces.next();
-        for (d, s_) in pieces {
-            s.spawn(move || d.copy_from_slice(s_));
+        for (to, from) in pieces {
+            s.spawn(move || to.copy_from_slice(from));
         }
-        if let Some((d, s_)) = first {
-            d.copy_from_slice(s_);
+        if let Some((to, from)) = first {
+            to.copy_from_slice(from);
         }
     });
 }

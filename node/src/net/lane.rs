@@ -194,7 +194,7 @@ impl Lane {
 
     /// Watches `socket`, in use with `peer`, until the guard is dropped (see
     /// [`Routes::watch`]).
-    pub fn watch(&self, peer: PeerId, socket: &TcpStream) -> Option<Watched> {
+    pub fn watch(&self, peer: PeerId, socket: &TcpStream) -> io::Result<Watched> {
         self.routes.watch(peer, socket)
     }
 
@@ -376,35 +376,6 @@ fn nonce(frame: u64) -> Nonce {
     Nonce::assume_unique_for_key(n)
 }
 
-/// Shuts a socket down when dropped: a transfer whose future is dropped ends its blocking
-/// thread at the next read or write.
-pub struct ShutOnDrop(Option<TcpStream>);
-
-impl ShutOnDrop {
-    /// Guards `socket` (a clone of the one in use).
-    pub fn new(socket: &TcpStream) -> Self {
-        Self(socket.try_clone().ok())
-    }
-}
-
-impl ShutOnDrop {
-    /// Shuts the socket down now: the transfer's thread fails at its next read or write.
-    pub fn now(&self) {
-        if let Some(s) = &self.0 {
-            // Already closed is fine: the transfer is over either way.
-            if let Err(e) = s.shutdown(Shutdown::Both) {
-                tracing::trace!(error = %e, "lane socket already closed");
-            }
-        }
-    }
-}
-
-impl Drop for ShutOnDrop {
-    fn drop(&mut self) {
-        self.now();
-    }
-}
-
 /// Where bytes come from for [`send`]: a file, or (for benchmarks) one buffer repeated.
 pub enum Source<'a> {
     /// Read at the range's offsets.
@@ -580,23 +551,49 @@ struct RoutesInner {
     fallbacks: u64,
 }
 
-/// A lane socket watched by [`Routes`]: shut down when its peer's last connection closes;
-/// forgotten when dropped.
+/// A lane socket watched by [`Routes`]: shut down when its peer's last connection closes,
+/// by [`Watched::now`], or when dropped (a transfer whose future is dropped ends its
+/// blocking thread at the next read or write); forgotten then.
 pub struct Watched {
     routes: Routes,
     peer: PeerId,
     number: u64,
 }
 
+impl Watched {
+    /// Shuts the socket down now: the transfer's thread fails at its next read or write.
+    pub fn now(&self) {
+        let inner = self.routes.lock();
+        let socket = inner
+            .sockets
+            .get(&self.peer)
+            .and_then(|list| list.iter().find(|(n, _)| *n == self.number));
+        if let Some((_, socket)) = socket {
+            shut(socket, &self.peer);
+        }
+    }
+}
+
 impl Drop for Watched {
     fn drop(&mut self) {
         let mut inner = self.routes.lock();
-        if let Some(list) = inner.sockets.get_mut(&self.peer) {
-            list.retain(|(n, _)| *n != self.number);
-            if list.is_empty() {
-                inner.sockets.remove(&self.peer);
-            }
+        let Some(list) = inner.sockets.get_mut(&self.peer) else {
+            return;
+        };
+        if let Some(i) = list.iter().position(|(n, _)| *n == self.number) {
+            let (_, socket) = list.swap_remove(i);
+            shut(&socket, &self.peer);
         }
+        if list.is_empty() {
+            inner.sockets.remove(&self.peer);
+        }
+    }
+}
+
+/// Shuts a lane socket down (already closed is fine: the transfer is over either way).
+fn shut(socket: &TcpStream, peer: &PeerId) {
+    if let Err(e) = socket.shutdown(Shutdown::Both) {
+        tracing::trace!(%peer, error = %e, "lane socket already closed");
     }
 }
 
@@ -630,20 +627,18 @@ impl Routes {
             inner.sockets.remove(peer)
         };
         for (_, socket) in sockets.unwrap_or_default() {
-            if let Err(e) = socket.shutdown(Shutdown::Both) {
-                tracing::trace!(%peer, error = %e, "lane socket already closed");
-            }
+            shut(&socket, peer);
         }
     }
 
     /// Watches `socket`, a lane in use with `peer`, until the returned guard is dropped.
-    pub fn watch(&self, peer: PeerId, socket: &TcpStream) -> Option<Watched> {
-        let clone = socket.try_clone().ok()?;
+    pub fn watch(&self, peer: PeerId, socket: &TcpStream) -> io::Result<Watched> {
+        let clone = socket.try_clone()?;
         let mut inner = self.lock();
         let number = inner.next_socket;
         inner.next_socket += 1;
         inner.sockets.entry(peer).or_default().push((number, clone));
-        Some(Watched {
+        Ok(Watched {
             routes: self.clone(),
             peer,
             number,

@@ -456,24 +456,27 @@ async fn serve_request(
         return Ok(0);
     }
     let end = req.offset + req.len.min(size - req.offset);
-    let offer = match lane {
-        Some(lane) if req.lane && end - req.offset >= lane::MIN_RANGE => match lane.offer() {
-            Ok(offer) => offer,
-            Err(e) => {
-                tracing::warn!(error = %e, "no lane offer; the bytes go on the stream");
-                None
+    // (A lane only for a known peer: its lanes end with its connection.)
+    let offer = match (lane, peer) {
+        (Some(lane), Some(peer)) if req.lane && end - req.offset >= lane::MIN_RANGE => {
+            match lane.offer() {
+                Ok(offer) => offer.map(|(offer, claim)| (lane, peer, offer, claim)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no lane offer; the bytes go on the stream");
+                    None
+                }
             }
-        },
+        }
         _ => None,
     };
     let header = ObjectResponse::Found {
         size,
         digest: served.digest,
-        lane: offer.as_ref().map(|(offer, _)| offer.clone()),
+        lane: offer.as_ref().map(|(_, _, offer, _)| offer.clone()),
     };
     write_header(&mut stream, &header).await?;
     let sent = match offer {
-        Some((offer, claim)) => {
+        Some((lane, peer, offer, claim)) => {
             // The asker sends nothing more on the stream: anything read there (its end, or
             // the connection's) means it has gone, and the lane with it.
             let mut probe = [0u8; 1];
@@ -483,11 +486,7 @@ async fn serve_request(
                     return Err(io::Error::other("the asker left before taking the lane").into())
                 }
             };
-            let shut = lane::ShutOnDrop::new(&socket);
-            let _watched = match (lane, peer) {
-                (Some(lane), Some(peer)) => lane.watch(peer, &socket),
-                _ => None,
-            };
+            let watched = lane.watch(peer, &socket)?;
             let from = req.offset;
             let mut sending = tokio::task::spawn_blocking(move || {
                 lane::send(
@@ -501,16 +500,14 @@ async fn serve_request(
             let sent = tokio::select! {
                 sent = &mut sending => sent,
                 _ = stream.read(&mut probe) => {
-                    shut.now();
+                    watched.now();
                     sending.await
                 }
             };
             let sent = sent
                 .map_err(|e| io::Error::other(format!("the lane's sender failed: {e}")))?
                 .map_err(io::Error::from)?;
-            if let Some(lane) = lane {
-                lane.sent(sent);
-            }
+            lane.sent(sent);
             sent
         }
         None => {
@@ -683,8 +680,9 @@ async fn pull_range_on<'a>(
                 }
             };
             let from = *at;
-            let watched = asker.routes.watch(peer, &socket);
-            let received = receive_on_lane(peer, &mut stream, socket, offer, dest, at, end).await;
+            let watched = asker.routes.watch(peer, &socket)?;
+            let received =
+                receive_on_lane(peer, &mut stream, socket, &watched, offer, dest, at, end).await;
             drop(watched);
             if let Err(ObjectError::Stream { source, .. }) = &received {
                 // Connected, but not a byte came (a lane that closes what it accepts, say
@@ -748,20 +746,22 @@ async fn receive_on_stream(
     Ok(())
 }
 
-/// The range's bytes, sealed on the holder's lane, taken on a blocking thread.
+/// The range's bytes, sealed on the holder's lane (`socket`, `watched`), taken on a
+/// blocking thread.
 ///
 /// The holder sends nothing on the object stream until it has sent the range, then closes
 /// it: an error there (the connection to the holder is gone) ends the lane too.
+#[allow(clippy::too_many_arguments)]
 async fn receive_on_lane(
     peer: PeerId,
     stream: &mut FrameReader<libp2p::Stream>,
     mut socket: std::net::TcpStream,
+    watched: &lane::Watched,
     offer: lane::Offer,
     dest: Dest<'_>,
     at: &mut u64,
     end: u64,
 ) -> Result<(), ObjectError> {
-    let shut = lane::ShutOnDrop::new(&socket);
     let file = dest.file.try_clone()?;
     let mut hasher = std::mem::replace(dest.hasher, blake3::Hasher::new());
     let progress = dest.progress.clone();
@@ -790,11 +790,11 @@ async fn receive_on_lane(
                     Ok(0) => {}
                     Ok(_) => {
                         tracing::warn!(%peer, "the holder wrote on the stream of a lane transfer");
-                        shut.now();
+                        watched.now();
                     }
                     Err(e) => {
                         tracing::debug!(%peer, error = %e, "the object stream failed; ending the lane");
-                        shut.now();
+                        watched.now();
                     }
                 }
             }

@@ -10,9 +10,14 @@
 //!
 //! In a worker, a wait inside a running task tells the node the task is blocked (see
 //! [`work`](super::work)), so that its CPU is lent out meanwhile.
+//!
+//! A blocking wait spins a little before it sleeps, while recent waits were short ([`Spin`]):
+//! on a virtual machine, waking a sleeping thread on an idle CPU costs tens of microseconds,
+//! as much as the rest of a small call's round trip.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Context as TaskCx, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -130,16 +135,138 @@ fn report_unhandled(id: ObjectId, error: &TaskError) {
 /// Set to `1`, failures of tasks whose results are dropped unread are not reported.
 const IGNORE_UNHANDLED: &str = "SHOAL_IGNORE_UNHANDLED_ERRORS";
 
+/// How long a blocking wait spins at most before it sleeps, unless `$SHOAL_SPIN_MICROS` says
+/// otherwise (0: never).
+const SPIN_LIMIT: Duration = Duration::from_micros(200);
+
+/// Names how long a blocking wait spins at most, in microseconds (0 turns spinning off).
+const SPIN_MICROS: &str = "SHOAL_SPIN_MICROS";
+
+/// When a blocking wait spins before it sleeps: only while the waits of this process are
+/// short. It keeps a moving average of how long they took (each counted as at most 8 times
+/// the limit), and spins, up to the limit, while that average is within it. A run of long
+/// waits (a get of a slow task) turns spinning off, so that they do not burn a CPU for
+/// nothing; a run of short ones turns it on again. Never on a machine with one CPU, where
+/// the spinner would only delay the thread it waits for.
+#[derive(Debug)]
+pub(crate) struct Spin {
+    /// The longest spin; zero for none.
+    limit: Duration,
+    /// The moving average of recent waits, in nanoseconds.
+    recent_nanos: AtomicU64,
+    /// Threads that may spin at once: half the CPUs (at least one), so that spinners leave
+    /// room for the threads they wait for.
+    most: usize,
+    /// Threads spinning now.
+    spinning: AtomicUsize,
+}
+
+impl Spin {
+    /// The limit from `$SHOAL_SPIN_MICROS`, else [`SPIN_LIMIT`]; none on one CPU.
+    fn from_env() -> Self {
+        let limit = match std::env::var(SPIN_MICROS) {
+            Ok(v) => match v.trim().parse::<u64>() {
+                Ok(us) => Duration::from_micros(us),
+                Err(_) => {
+                    tracing::warn!(value = %v, "{SPIN_MICROS} is not a number of microseconds; \
+                        using the default");
+                    SPIN_LIMIT
+                }
+            },
+            Err(_) => SPIN_LIMIT,
+        };
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self::new(if cpus > 1 { limit } else { Duration::ZERO }, cpus / 2)
+    }
+
+    fn new(limit: Duration, most: usize) -> Self {
+        Self {
+            limit,
+            recent_nanos: AtomicU64::new(0),
+            most: most.max(1),
+            spinning: AtomicUsize::new(0),
+        }
+    }
+
+    /// How long the next wait may spin.
+    fn budget(&self) -> Duration {
+        let limit = self.limit.as_nanos() as u64;
+        if limit > 0 && self.recent_nanos.load(Ordering::Relaxed) <= limit {
+            self.limit
+        } else {
+            Duration::ZERO
+        }
+    }
+
+    /// A wait took `waited`.
+    fn record(&self, waited: Duration) {
+        let cap = 8 * self.limit.as_nanos() as u64;
+        let sample = (waited.as_nanos() as u64).min(cap);
+        // Racing updates may lose one sample; the average stays an average.
+        let old = self.recent_nanos.load(Ordering::Relaxed);
+        self.recent_nanos
+            .store(old - old / 8 + sample / 8, Ordering::Relaxed);
+    }
+}
+
+impl Default for Spin {
+    fn default() -> Self {
+        Self::from_env()
+    }
+}
+
 /// The table of cells, and the condition variable blocking waits sleep on.
 #[derive(Debug, Default)]
 pub(crate) struct Cells {
     table: Mutex<IdMap<ObjectId, Cell>>,
     changed: Condvar,
+    /// Counts the changes of cells that blocking waits may be waiting for: a spinning wait
+    /// watches it.
+    changes: AtomicU64,
+    spin: Spin,
 }
 
 impl Cells {
     fn lock(&self) -> MutexGuard<'_, IdMap<ObjectId, Cell>> {
         self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Wakes the blocking waits: those asleep, and those spinning.
+    fn wake_blocked(&self) {
+        self.changes.fetch_add(1, Ordering::Release);
+        self.changed.notify_all();
+    }
+
+    /// The count of changes, to give [`Cells::spin_until`] (read before the cells are).
+    fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Acquire)
+    }
+
+    /// Spins until a cell changes after `seen` (a count from [`Cells::changes`]) or `until`,
+    /// unless as many threads as may spin do already; whether it spun.
+    fn spin_until(&self, seen: u64, until: Instant) -> bool {
+        let spinning = &self.spin.spinning;
+        if spinning.fetch_add(1, Ordering::Relaxed) >= self.spin.most {
+            spinning.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        self.spin_loop(seen, until);
+        spinning.fetch_sub(1, Ordering::Relaxed);
+        true
+    }
+
+    fn spin_loop(&self, seen: u64, until: Instant) {
+        loop {
+            for _ in 0..64 {
+                if self.changes.load(Ordering::Acquire) != seen {
+                    return;
+                }
+                std::hint::spin_loop();
+            }
+            if Instant::now() >= until {
+                return;
+            }
+        }
     }
 
     /// Sets `id`'s outcome (if the cell still exists) and wakes its waiters.
@@ -152,7 +279,7 @@ impl Cells {
             cell.state = state;
             std::mem::take(&mut cell.wakers)
         };
-        self.changed.notify_all();
+        self.wake_blocked();
         for w in wakers {
             w.wake();
         }
@@ -171,7 +298,7 @@ impl Cells {
                 }
             }
         }
-        self.changed.notify_all();
+        self.wake_blocked();
         for w in wakers {
             w.wake();
         }
@@ -253,7 +380,7 @@ impl Context {
         };
         match wakers {
             Some(wakers) => {
-                self.cells.changed.notify_all();
+                self.cells.wake_blocked();
                 for w in wakers {
                     w.wake();
                 }
@@ -287,9 +414,14 @@ impl Context {
     /// [`Self::poll_stream`], blocking this thread until there is a next.
     pub(crate) fn next_blocking(&self, end: ObjectId) -> StreamNext {
         let mut blocked = false;
+        let mut spin = self.start_spin(None);
         let next = loop {
+            let seen = self.cells.changes();
             if let Poll::Ready(next) = self.poll_stream(end, None) {
                 break next;
+            }
+            if spin.go(&self.cells, seen) {
+                continue;
             }
             if !blocked {
                 blocked = self.report_blocked();
@@ -309,6 +441,7 @@ impl Context {
                     .unwrap_or_else(|e| e.into_inner()),
             );
         };
+        spin.end(&self.cells);
         if blocked {
             self.report_unblocked();
         }
@@ -520,8 +653,11 @@ impl Context {
             self.push(ToNode::Get { ids: ask });
         }
         let mut blocked = None;
+        let mut spin = self.start_spin(deadline);
         let mut cells = self.cells.lock();
         loop {
+            // Read under the lock: a change not counted below comes after it.
+            let seen = self.cells.changes();
             let (mut done, mut failed) = (0, 0);
             for id in ids {
                 match cells.get(id).map(|c| &c.state) {
@@ -535,6 +671,14 @@ impl Context {
             }
             if enough(done, failed) {
                 break;
+            }
+            if spin.may_spin() {
+                drop(cells);
+                let spun = spin.go(&self.cells, seen);
+                cells = self.cells.lock();
+                if spun {
+                    continue;
+                }
             }
             if blocked.is_none() {
                 drop(cells);
@@ -562,6 +706,7 @@ impl Context {
             };
         }
         drop(cells);
+        spin.end(&self.cells);
         if blocked == Some(true) {
             self.report_unblocked();
         }
@@ -575,9 +720,14 @@ impl Context {
     ) -> Result<Value, GetError> {
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut blocked = false;
+        let mut spin = self.start_spin(deadline);
         let result = loop {
+            let seen = self.cells.changes();
             if let Poll::Ready(r) = self.poll_cell(id, None, true) {
                 break r;
+            }
+            if spin.go(&self.cells, seen) {
+                continue;
             }
             if !blocked {
                 blocked = self.report_blocked();
@@ -608,10 +758,23 @@ impl Context {
                 ),
             }
         };
+        spin.end(&self.cells);
         if blocked {
             self.report_unblocked();
         }
         result
+    }
+
+    /// The spinning phase of a blocking wait that starts now and ends by `deadline`.
+    fn start_spin(&self, deadline: Option<Instant>) -> SpinPhase {
+        let start = Instant::now();
+        let budget = self.cells.spin.budget();
+        let until = start + budget;
+        SpinPhase {
+            start,
+            until: deadline.map_or(until, |d| d.min(until)),
+            waited: false,
+        }
     }
 
     /// Waits (async) for one object.
@@ -620,6 +783,45 @@ impl Context {
             ctx: self,
             id,
             blocked: false,
+        }
+    }
+}
+
+/// A blocking wait's first phase: it spins (see [`Spin`]) until its budget is spent, then
+/// sleeps.
+struct SpinPhase {
+    start: Instant,
+    /// When spinning stops (at once when there is no budget).
+    until: Instant,
+    /// The wait did not end at its first look.
+    waited: bool,
+}
+
+impl SpinPhase {
+    /// Whether the budget is not spent yet.
+    fn may_spin(&mut self) -> bool {
+        self.waited = true;
+        Instant::now() < self.until
+    }
+
+    /// Spins until a cell changes after `seen`, if the budget is not spent and another
+    /// thread may spin; whether it spun (then the caller looks again). Once it may not, the
+    /// wait sleeps from then on.
+    fn go(&mut self, cells: &Cells, seen: u64) -> bool {
+        if !self.may_spin() {
+            return false;
+        }
+        if cells.spin_until(seen, self.until) {
+            return true;
+        }
+        self.until = self.start;
+        false
+    }
+
+    /// The wait is over: its length counts for the next ones' budgets.
+    fn end(self, cells: &Cells) {
+        if self.waited {
+            cells.spin.record(self.start.elapsed());
         }
     }
 }
@@ -650,5 +852,89 @@ impl Drop for ReadyFuture<'_> {
         if self.blocked {
             self.ctx.report_unblocked();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMIT: Duration = Duration::from_micros(200);
+
+    #[test]
+    fn long_waits_turn_spinning_off_and_short_ones_turn_it_on_again() {
+        let spin = Spin::new(LIMIT, 1);
+        assert_eq!(spin.budget(), LIMIT, "no wait yet: spins");
+        for _ in 0..4 {
+            spin.record(Duration::from_micros(40));
+        }
+        assert_eq!(spin.budget(), LIMIT, "short waits: spins");
+        // One get of a slow task is enough to stop it (counted as 8 limits at most).
+        spin.record(Duration::from_secs(5));
+        assert_eq!(
+            spin.budget(),
+            Duration::ZERO,
+            "after a long wait: sleeps at once"
+        );
+        // After a run of them, it takes a run of short waits to spin again.
+        for _ in 0..16 {
+            spin.record(Duration::from_secs(5));
+        }
+        let mut short = 0;
+        while spin.budget().is_zero() {
+            spin.record(Duration::from_micros(40));
+            short += 1;
+            assert!(short < 100, "short waits never turned spinning on again");
+        }
+        assert!(
+            short > 8,
+            "{short} short waits made up for a run of long ones"
+        );
+        assert_eq!(spin.budget(), LIMIT);
+    }
+
+    #[test]
+    fn waits_just_over_the_limit_keep_spinning_off() {
+        let spin = Spin::new(LIMIT, 1);
+        for _ in 0..64 {
+            spin.record(LIMIT * 2);
+        }
+        assert_eq!(spin.budget(), Duration::ZERO);
+    }
+
+    #[test]
+    fn no_limit_never_spins() {
+        let spin = Spin::new(Duration::ZERO, 4);
+        spin.record(Duration::from_micros(1));
+        assert_eq!(spin.budget(), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_spinning_wait_ends_at_a_change_and_only_so_many_spin_at_once() {
+        let cells = Arc::new(Cells {
+            spin: Spin::new(Duration::from_secs(60), 1),
+            ..Cells::default()
+        });
+        let seen = cells.changes();
+        let far = Instant::now() + Duration::from_secs(60);
+        let spinner = {
+            let cells = cells.clone();
+            std::thread::spawn(move || cells.spin_until(seen, far))
+        };
+        // Wait until the spinner holds the one slot: a second thread may not spin then.
+        while cells.spin.spinning.load(Ordering::Relaxed) == 0 {
+            std::thread::yield_now();
+        }
+        assert!(
+            !cells.spin_until(seen, far),
+            "a second thread spun beside the first"
+        );
+        assert_eq!(cells.spin.spinning.load(Ordering::Relaxed), 1);
+        cells.wake_blocked();
+        assert!(spinner.join().unwrap(), "the spinner did not spin");
+        assert_eq!(cells.spin.spinning.load(Ordering::Relaxed), 0);
+        // A spin past its end returns at once.
+        let past = Instant::now();
+        assert!(cells.spin_until(cells.changes(), past));
     }
 }

@@ -141,13 +141,16 @@ pub enum CodeError {
     Rejected(CodeRejection),
 }
 
+/// A binary's chunk index, made once.
+type IndexCell = tokio::sync::OnceCell<Arc<Vec<Chunk>>>;
+
 /// A binary this peer serves.
 #[derive(Debug)]
 struct Held {
     path: PathBuf,
     manifest: Option<Vec<u8>>,
-    /// Its chunk index, once made.
-    index: Option<Arc<Vec<Chunk>>>,
+    /// Its chunk index, once made (by the first that asks: the others wait for that one).
+    index: Arc<IndexCell>,
     /// Peers it may go to, with when they were last sent a task of it.
     grants: HashMap<PeerId, Instant>,
 }
@@ -186,7 +189,7 @@ impl Servable {
                     Held {
                         path,
                         manifest,
-                        index: None,
+                        index: Arc::default(),
                         grants: HashMap::new(),
                     },
                 );
@@ -201,14 +204,35 @@ impl Servable {
             .map(|h| (h.path.clone(), h.manifest.clone()))
     }
 
-    /// The chunk index of `id`, if made already.
-    fn index(&self, id: &BinaryId) -> Option<Arc<Vec<Chunk>>> {
-        self.held().get(id).and_then(|h| h.index.clone())
+    /// The chunk index of `id`: made from the whole file, once its hash is checked, by the
+    /// first caller (on a blocking thread); later callers get it at once, and those that
+    /// come while it is made wait for it. `None` if `id` is not held; an error if its file
+    /// cannot be read or no longer hashes to `id` (the next call tries again).
+    pub async fn index(&self, id: &BinaryId) -> Option<io::Result<Arc<Vec<Chunk>>>> {
+        let (path, cell) = {
+            let held = self.held();
+            let h = held.get(id)?;
+            (h.path.clone(), h.index.clone())
+        };
+        let id = *id;
+        let made = cell
+            .get_or_try_init(|| async move {
+                tokio::task::spawn_blocking(move || {
+                    read_checked(&path, &id).map(|bytes| Arc::new(chunks::chunks(&bytes)))
+                })
+                .await
+                .unwrap_or_else(|e| Err(io::Error::other(e)))
+            })
+            .await;
+        Some(made.cloned())
     }
 
-    fn set_index(&self, id: &BinaryId, index: Arc<Vec<Chunk>>) {
-        if let Some(h) = self.held().get_mut(id) {
-            h.index = Some(index);
+    /// Gives `id` (held) the index `index`, made elsewhere (a fetch by chunks brought it).
+    pub fn set_index(&self, id: &BinaryId, index: Arc<Vec<Chunk>>) {
+        if let Some(h) = self.held().get(id) {
+            if h.index.set(index).is_err() {
+                // Made already, from the same bytes.
+            }
         }
     }
 
@@ -339,6 +363,11 @@ impl BinaryCache {
         evicted
     }
 
+    /// The chunk index of the cached binary `id`, if made.
+    pub fn index(&self, id: &BinaryId) -> Option<Arc<Vec<Chunk>>> {
+        self.indexes.get(id).cloned()
+    }
+
     /// Bytes held.
     pub fn used(&self) -> u64 {
         self.used
@@ -379,46 +408,48 @@ pub async fn serve(
         }
         return stream.close().await;
     }
-    if let (Want::Index, Some(index)) = (&req.want, servable.index(&req.binary)) {
-        // Made from the whole binary when it was checked: the file need not be read again
-        // (ranges asked for next are checked against it chunk by chunk).
-        let response = match permit(servable, enabled, &req.binary, peer, now) {
-            Ok((_, manifest)) => CodeResponse::Found {
-                size: index.last().map_or(0, |c| c.offset + u64::from(c.len)),
-                manifest,
-            },
-            Err(refused) => refused,
-        };
+    if req.want == Want::Index {
+        // Made from the whole binary once its hash was checked (when the binary became
+        // servable, or at the first ask): the file need not be read again (ranges asked for
+        // next are checked against it chunk by chunk).
+        let (response, index) = index_answer(servable, enabled, &req.binary, peer, now).await;
         framed::write(&mut stream, &response, MAX_HEADER).await?;
-        if matches!(response, CodeResponse::Found { .. }) {
+        if let Some(index) = index {
             framed::write(&mut stream, &*index, MAX_INDEX).await?;
         }
         return stream.close().await;
     }
     let (response, bytes) = answer(servable, enabled, &req.binary, peer, now).await;
-    let Some(bytes) = bytes else {
-        framed::write(&mut stream, &response, MAX_HEADER).await?;
-        return stream.close().await;
-    };
-    if req.want == Want::Index {
-        let index = match servable.index(&req.binary) {
-            Some(index) => index,
-            None => {
-                let index = tokio::task::spawn_blocking(move || chunks::chunks(&bytes))
-                    .await
-                    .map(Arc::new)
-                    .map_err(io::Error::other)?;
-                servable.set_index(&req.binary, index.clone());
-                index
-            }
-        };
-        framed::write(&mut stream, &response, MAX_HEADER).await?;
-        framed::write(&mut stream, &*index, MAX_INDEX).await?;
-    } else {
-        framed::write(&mut stream, &response, MAX_HEADER).await?;
+    framed::write(&mut stream, &response, MAX_HEADER).await?;
+    if let Some(bytes) = bytes {
         stream.write_all(&bytes).await?;
     }
     stream.close().await
+}
+
+/// The answer to `peer`'s request for the chunk index of `id`, with the index.
+async fn index_answer(
+    servable: &Servable,
+    enabled: bool,
+    id: &BinaryId,
+    peer: PeerId,
+    now: Instant,
+) -> (CodeResponse, Option<Arc<Vec<Chunk>>>) {
+    let manifest = match permit(servable, enabled, id, peer, now) {
+        Ok((_, manifest)) => manifest,
+        Err(refused) => return (refused, None),
+    };
+    match servable.index(id).await {
+        Some(Ok(index)) => {
+            let size = index.last().map_or(0, |c| c.offset + u64::from(c.len));
+            (CodeResponse::Found { size, manifest }, Some(index))
+        }
+        Some(Err(e)) => {
+            tracing::warn!(binary = %id, error = %e, "not shipping a binary");
+            (CodeResponse::NotFound, None)
+        }
+        None => (CodeResponse::NotFound, None),
+    }
 }
 
 /// The answer to `peer`'s request for `ranges` of `id`, with their bytes. They are read
@@ -433,22 +464,10 @@ async fn ranges_answer(
     now: Instant,
     ranges: &[(u64, u32)],
 ) -> (CodeResponse, Option<Vec<u8>>) {
-    let index = match servable.index(id) {
-        Some(index) if enabled && servable.allowed(id, &peer, now) => index,
-        // Refused, or asked for ranges before the index: as for the whole, then its index.
-        _ => {
-            let (response, bytes) = answer(servable, enabled, id, peer, now).await;
-            let Some(bytes) = bytes else {
-                return (response, None);
-            };
-            let made = tokio::task::spawn_blocking(move || (chunks::chunks(&bytes), bytes)).await;
-            let Ok((index, _)) = made else {
-                return (CodeResponse::NotFound, None);
-            };
-            let index = Arc::new(index);
-            servable.set_index(id, index.clone());
-            index
-        }
+    // (Asked for ranges before the index: it is made now.)
+    let index = match index_answer(servable, enabled, id, peer, now).await {
+        (_, Some(index)) => index,
+        (refused, None) => return (refused, None),
     };
     let Some((path, manifest)) = servable.get(id) else {
         return (CodeResponse::NotFound, None);
@@ -1167,5 +1186,39 @@ mod tests {
             check.manifest(&id, Some(&stranger.sign(id.0, "t1", 1).encode())),
             Err(CodeRejection::UntrustedPublisher(_))
         ));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_binary_is_indexed_once_by_the_first_that_asks_and_checked_first() {
+        let bytes: Vec<u8> = (0..3u32 << 20)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        let (path, id) = scratch_exe("index-once", &bytes);
+        let servable = Servable::default();
+        assert!(servable.index(&id).await.is_none(), "not held: no index");
+        servable.insert(id, path.clone(), None);
+        // Concurrent askers share one index, made from the checked bytes.
+        let (a, b) = tokio::join!(servable.index(&id), servable.index(&id));
+        let (a, b) = (a.unwrap().unwrap(), b.unwrap().unwrap());
+        assert!(Arc::ptr_eq(&a, &b), "made twice");
+        assert_eq!(*a, chunks::chunks(&bytes));
+        // Made once: the file is not read again (a changed file does not change it; ranges
+        // read later are checked against it chunk by chunk).
+        std::fs::write(&path, b"changed").unwrap();
+        let again = servable.index(&id).await.unwrap().unwrap();
+        assert!(Arc::ptr_eq(&a, &again));
+
+        // A file that does not hash to its id is not indexed, and the next ask tries again.
+        let (other, other_id) = scratch_exe("index-bad", &bytes[..2 << 20]);
+        std::fs::write(&other, &bytes[..(2 << 20) - 1]).unwrap();
+        servable.insert(other_id, other.clone(), None);
+        let err = servable.index(&other_id).await.unwrap().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+        std::fs::write(&other, &bytes[..2 << 20]).unwrap();
+        let fixed = servable.index(&other_id).await.unwrap().unwrap();
+        assert_eq!(*fixed, chunks::chunks(&bytes[..2 << 20]));
+        for p in [path, other] {
+            std::fs::remove_file(p).unwrap();
+        }
     }
 }

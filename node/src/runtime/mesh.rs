@@ -157,7 +157,7 @@ impl NetSide {
                 false
             }
         });
-        self.net.servable().insert(binary, exe, manifest);
+        self.net.serve_binary(binary, exe, manifest);
     }
 
     pub(crate) fn dht(&self, op: DhtOp) {

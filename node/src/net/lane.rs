@@ -442,92 +442,162 @@ const WINDOW: u64 = 16 << 20;
 
 /// Receives bytes `*at..end` sealed under `secret` from `socket` (blocking) into `sink`;
 /// `*at` advances frame by frame as each one opens and is written, so after a failure it
-/// says where to resume.
+/// says where to resume (the hasher has then taken every byte before `*at`, and no other).
+///
+/// Into a file, the bytes are hashed on a thread of their own, a window behind the frames
+/// being read, so that reading and opening frames and hashing them use two CPUs.
 pub fn receive(
     socket: &mut TcpStream,
-    mut sink: Sink<'_>,
+    sink: Sink<'_>,
     at: &mut u64,
     end: u64,
     secret: &Secret,
     progress: Option<&Progress>,
 ) -> Result<(), LaneError> {
     let key = key(secret);
-    if let Sink::File(file, _) = &sink {
-        let len = file.metadata().map_err(LaneError::Sink)?.len();
-        if len < end {
-            return Err(LaneError::Sink(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("the file has {len} bytes, the range ends at {end}"),
-            )));
+    let (file, hasher) = match sink {
+        Sink::File(file, hasher) => (file, hasher),
+        Sink::Discard => {
+            let mut scratch = Vec::new();
+            let mut frame = 0u64;
+            while *at < end {
+                let n = (end - *at).min(FRAME as u64) as usize;
+                scratch.resize(n, 0);
+                open_frame(socket, &key, frame, *at, end, &mut scratch)?;
+                *at += n as u64;
+                frame += 1;
+                if let Some(p) = progress {
+                    p.add(n as u64);
+                }
+            }
+            return Ok(());
         }
+    };
+    let len = file.metadata().map_err(LaneError::Sink)?.len();
+    if len < end {
+        return Err(LaneError::Sink(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("the file has {len} bytes, the range ends at {end}"),
+        )));
     }
-    let mut scratch = Vec::new();
+    std::thread::scope(|scope| {
+        // Windows whose bytes were written, with how many of them to hash: at most one
+        // waits while another is hashed and a third is filled.
+        let (done, filled) = std::sync::mpsc::sync_channel::<(memmap2::MmapMut, usize)>(1);
+        let hashing = scope.spawn(move || {
+            for (map, len) in filled {
+                hasher.update(&map[..len]);
+            }
+        });
+        let result = receive_windows(socket, file, &key, at, end, progress, |map, len| {
+            if len > 0 && done.send((map, len)).is_err() {
+                // (Only if the hashing thread panicked: its join below says so.)
+                return Err(LaneError::Sink(io::Error::other(
+                    "the hashing thread ended",
+                )));
+            }
+            Ok(())
+        });
+        drop(done);
+        match hashing.join() {
+            Ok(()) => result,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    })
+}
+
+/// [`receive`] into `file`, a mapped window at a time, each handed to `hash` with the
+/// length of its bytes that opened once it is full, or at the end, or at a failure.
+fn receive_windows(
+    socket: &mut TcpStream,
+    file: &File,
+    key: &LessSafeKey,
+    at: &mut u64,
+    end: u64,
+    progress: Option<&Progress>,
+    mut hash: impl FnMut(memmap2::MmapMut, usize) -> Result<(), LaneError>,
+) -> Result<(), LaneError> {
     // The mapped part of the file, and the offset of its first byte.
     let mut window: Option<(memmap2::MmapMut, u64)> = None;
     let mut frame = 0u64;
-    while *at < end {
+    let result = loop {
+        if *at >= end {
+            break Ok(());
+        }
         let n = (end - *at).min(FRAME as u64) as usize;
-        let bytes: &mut [u8] = match &sink {
-            Sink::File(file, _) => {
-                let covered = window
-                    .as_ref()
-                    .is_some_and(|(map, from)| *at + n as u64 <= from + map.len() as u64);
-                if !covered {
-                    // The old mapping goes first.
-                    drop(window.take());
-                    let len = (end - *at).min(WINDOW);
-                    // SAFETY: the file is at least `end` bytes long (checked above) and
-                    // private to this transfer (the sink's contract), so nothing truncates
-                    // it under the mapping; the mapping lives in this function only.
-                    let map = unsafe {
-                        memmap2::MmapOptions::new()
-                            .offset(*at)
-                            .len(len as usize)
-                            .populate()
-                            .map_mut(*file)
-                    }
-                    .map_err(LaneError::Sink)?;
-                    window = Some((map, *at));
-                }
-                let (map, from) = window.as_mut().expect("mapped above");
-                let i = (*at - *from) as usize;
-                &mut map[i..i + n]
+        let covered = window
+            .as_ref()
+            .is_some_and(|(map, from)| *at + n as u64 <= from + map.len() as u64);
+        if !covered {
+            if let Some((map, from)) = window.take() {
+                hash(map, (*at - from) as usize)?;
             }
-            Sink::Discard => {
-                scratch.resize(n, 0);
-                &mut scratch[..n]
+            let len = (end - *at).min(WINDOW);
+            // SAFETY: the file is at least `end` bytes long (checked by the caller) and
+            // private to this transfer (the sink's contract), so nothing truncates it under
+            // the mapping; the mapping is dropped by this function or the hashing thread,
+            // both within the transfer.
+            let map = unsafe {
+                memmap2::MmapOptions::new()
+                    .offset(*at)
+                    .len(len as usize)
+                    .populate()
+                    .map_mut(file)
+            };
+            match map {
+                Ok(map) => window = Some((map, *at)),
+                Err(e) => break Err(LaneError::Sink(e)),
             }
-        };
-        let mut tag = [0u8; TAG];
-        let short = |e: io::Error| {
-            if e.kind() == io::ErrorKind::UnexpectedEof {
-                io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!("the lane ended {} bytes short", end - *at),
-                )
-            } else {
-                stalled(e, "receiving")
-            }
-        };
-        socket.read_exact(bytes).map_err(short)?;
-        socket.read_exact(&mut tag).map_err(short)?;
-        key.open_in_place_separate_tag(
-            nonce(frame),
-            Aad::from(at.to_be_bytes()),
-            Tag::from(tag),
-            bytes,
-            0..,
-        )
-        .map_err(|_| LaneError::Forged { frame, offset: *at })?;
-        if let Sink::File(_, hasher) = &mut sink {
-            hasher.update(bytes);
+        }
+        let (map, from) = window.as_mut().expect("mapped above");
+        let i = (*at - *from) as usize;
+        if let Err(e) = open_frame(socket, key, frame, *at, end, &mut map[i..i + n]) {
+            break Err(e);
         }
         *at += n as u64;
         frame += 1;
         if let Some(p) = progress {
             p.add(n as u64);
         }
+    };
+    // The bytes that opened in the last window are hashed too, whatever the outcome.
+    if let Some((map, from)) = window.take() {
+        hash(map, (*at - from) as usize)?;
     }
+    result
+}
+
+/// Reads frame number `frame` (the bytes at `at`, `bytes.len()` of them, and the tag) into
+/// `bytes` and opens it in place.
+fn open_frame(
+    socket: &mut TcpStream,
+    key: &LessSafeKey,
+    frame: u64,
+    at: u64,
+    end: u64,
+    bytes: &mut [u8],
+) -> Result<(), LaneError> {
+    let mut tag = [0u8; TAG];
+    let short = |e: io::Error| {
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("the lane ended {} bytes short", end - at),
+            )
+        } else {
+            stalled(e, "receiving")
+        }
+    };
+    socket.read_exact(bytes).map_err(short)?;
+    socket.read_exact(&mut tag).map_err(short)?;
+    key.open_in_place_separate_tag(
+        nonce(frame),
+        Aad::from(at.to_be_bytes()),
+        Tag::from(tag),
+        bytes,
+        0..,
+    )
+    .map_err(|_| LaneError::Forged { frame, offset: at })?;
     Ok(())
 }
 
@@ -808,6 +878,60 @@ mod tests {
         let e = receive(&mut b, Sink::Discard, &mut at, end, &secret(s), None).unwrap_err();
         writer.join().unwrap().unwrap();
         (e, at)
+    }
+
+    #[test]
+    fn into_a_file_the_bytes_before_a_forged_frame_stand_and_are_hashed_and_no_others() {
+        // Past the first mapped window, so that a window is hashed whole, then the part of
+        // the next one that opened.
+        let frames_in = WINDOW as usize / FRAME + 2;
+        let forged = frames_in - 1;
+        let mut wire = Vec::new();
+        for i in 0..frames_in {
+            wire.extend(sealed(6, i as u64, (i * FRAME) as u64, i as u8));
+        }
+        wire[forged * (FRAME + TAG) + 5] ^= 1;
+        let end = (frames_in * FRAME) as u64;
+        let path = std::env::temp_dir().join(format!("shoal-lane-forged-{}", std::process::id()));
+        let dst = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        dst.set_len(end).unwrap();
+        let (mut a, mut b) = pair();
+        let writer = std::thread::spawn(move || a.write_all(&wire));
+        let mut hasher = blake3::Hasher::new();
+        let mut at = 0;
+        let e = receive(
+            &mut b,
+            Sink::File(&dst, &mut hasher),
+            &mut at,
+            end,
+            &secret(6),
+            None,
+        )
+        .unwrap_err();
+        writer.join().unwrap().unwrap();
+        assert!(
+            matches!(e, LaneError::Forged { frame, .. } if frame == forged as u64),
+            "{e}"
+        );
+        assert_eq!(at, (forged * FRAME) as u64);
+        let expected: Vec<u8> = (0..forged).flat_map(|i| vec![i as u8; FRAME]).collect();
+        assert_eq!(
+            hasher.finalize(),
+            blake3::hash(&expected),
+            "hashed other bytes"
+        );
+        let got = std::fs::read(&path).unwrap();
+        assert!(
+            got[..expected.len()] == expected[..],
+            "the bytes before differ"
+        );
+        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]

@@ -551,8 +551,9 @@ fn a_large_object_pulled_from_two_holders_is_whole_after_one_is_cut_off_halfway(
     let object = made["made ".len()..].to_string();
     let context = |lab: &Lab| {
         format!(
-            "{}\n{}",
+            "{}\n{}\n{}",
             driver_output(&dir),
+            lab.node(0).with_log("node 0"),
             lab.node(2).with_log("node 2")
         )
     };
@@ -614,16 +615,31 @@ fn a_large_object_pulled_from_two_holders_is_whole_after_one_is_cut_off_halfway(
         "node 2 never wrote node 1 off\n{}",
         context(&lab)
     );
-    // ... node 1's pieces in flight failed, and node 0 finished them.
-    let failed: Vec<&str> = log
+    // ... node 1's pieces in flight failed, and node 0 finished them. A piece of node 0's
+    // may fail too and be asked again (CI once saw one of its streams end with its
+    // connection at the moment node 1 was written off); the pull must not have given up
+    // on either, and must have gone on with node 0.
+    let failures: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("a holder failed") && l.contains(&object))
         .collect();
+    let (failed, others): (Vec<&str>, Vec<&str>) =
+        failures.iter().partition(|l| l.contains(ids[1].as_str()));
     assert!(
-        !failed.is_empty() && failed.iter().all(|l| l.contains(ids[1].as_str())),
-        "node 1, and only it, failed in node 2's pull\n{}",
+        !failed.is_empty() && others.iter().all(|l| l.contains("again=true")),
+        "node 1 failed in node 2's pull, and node 0 was asked again if it failed\n{}",
         context(&lab)
     );
+    if !others.is_empty() {
+        println!(
+            "node 0 failed too (and was asked again):\n{}\nconnections at node 2:\n{}",
+            others.join("\n"),
+            log.lines()
+                .filter(|l| l.contains("connected") || l.contains("connection closed"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
     assert!(
         log.lines().any(|l| l.contains("pulled an object")
             && l.contains(&object)

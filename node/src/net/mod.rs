@@ -1858,13 +1858,22 @@ impl NetTask {
                 self.refresh_view(now);
             }
             SwarmEvent::ConnectionEstablished {
-                peer_id, endpoint, ..
+                peer_id,
+                endpoint,
+                connection_id,
+                ..
             } => {
                 if self.blocked(&peer_id) {
                     self.disconnect(peer_id);
                     return;
                 }
-                tracing::debug!(%peer_id, addr = %endpoint.get_remote_address(), "connected");
+                tracing::debug!(
+                    %peer_id,
+                    %connection_id,
+                    addr = %endpoint.get_remote_address(),
+                    dialer = endpoint.is_dialer(),
+                    "connected"
+                );
                 self.routes
                     .connected(peer_id, endpoint.get_remote_address());
                 if self.same_mesh.contains_key(&peer_id) {
@@ -1877,11 +1886,18 @@ impl NetTask {
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
+                connection_id,
                 num_established,
                 cause,
                 ..
             } => {
-                tracing::debug!(%peer_id, ?cause, num_established, "connection closed");
+                tracing::debug!(
+                    %peer_id,
+                    %connection_id,
+                    ?cause,
+                    num_established,
+                    "connection closed"
+                );
                 if num_established == 0 {
                     self.routes.disconnected(&peer_id);
                     self.same_mesh.remove(&peer_id);

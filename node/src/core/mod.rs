@@ -78,6 +78,7 @@ mod state;
 mod store;
 mod strategy;
 mod streams;
+pub mod swim;
 mod tasks;
 
 use actors::directory::Directory;

@@ -20,15 +20,52 @@
 //! with virtual time in the simulator (`sim::swim`) at 10,000 peers.
 
 use std::cmp::Reverse;
-use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::fmt::Debug;
 use std::hash::{BuildHasherDefault, Hash};
 use std::time::{Duration, Instant};
 
 /// Maps with a fixed hasher: the same inputs give the same iteration order, so a simulated
-/// run replays exactly.
-type Map<K, V> = HashMap<K, V, BuildHasherDefault<DefaultHasher>>;
+/// run replays exactly. (Its keys are admitted peers' names and sequence numbers; a keyed
+/// hash would buy nothing against a peer that grinds names, since the key would be known.)
+type Map<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
+
+/// A fast multiply-rotate hash (as rustc's Fx), finished with SplitMix64's mixer so that
+/// hashbrown's top bits are well spread.
+#[derive(Clone, Copy, Debug, Default)]
+struct FastHasher(u64);
+
+impl FastHasher {
+    fn add(&mut self, x: u64) {
+        self.0 = (self.0.rotate_left(5) ^ x).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl std::hash::Hasher for FastHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u32(&mut self, i: u32) {
+        self.add(u64::from(i));
+    }
+
+    fn write_u64(&mut self, i: u64) {
+        self.add(i);
+    }
+
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        mix(self.0)
+    }
+}
 
 /// Buckets of the anti-entropy digest.
 pub const SYNC_BUCKETS: usize = 64;
@@ -75,14 +112,21 @@ pub struct SwimConfig {
     pub suspicion_confirmations: u32,
     /// Each update is sent `retransmit_mult · ceil(log10(members + 1))` times.
     pub retransmit_mult: u32,
-    /// Updates piggybacked on one message at most.
+    /// Updates piggybacked on one probe message at most.
     pub max_piggyback: usize,
+    /// Updates in one gossip message at most.
+    pub max_gossip: usize,
+    /// Updates waiting to be sent at most: past it, the most sent go first (a storm of
+    /// joins is then finished by anti-entropy, not by gossip that grows with the mesh).
+    pub max_queued: usize,
     /// How often queued updates are gossiped, and to how many members.
     pub gossip_interval: Duration,
     /// Members each gossip round goes to.
     pub gossip_fanout: usize,
     /// How often the view's digest is compared with one member's.
     pub sync_interval: Duration,
+    /// Entries a periodic sync answers with at most (whole buckets; at least one).
+    pub max_sync_entries: usize,
     /// How long a dead member is remembered (so stale news of it does not bring it back).
     pub dead_retention: Duration,
     /// The local health multiplier's ceiling.
@@ -100,9 +144,12 @@ impl Default for SwimConfig {
             suspicion_confirmations: 3,
             retransmit_mult: 4,
             max_piggyback: 16,
+            max_gossip: 64,
+            max_queued: 256,
             gossip_interval: Duration::from_millis(200),
             gossip_fanout: 3,
             sync_interval: Duration::from_secs(1),
+            max_sync_entries: 512,
             dead_retention: Duration::from_secs(60),
             max_local_health: 8,
         }
@@ -182,6 +229,9 @@ pub enum Message<P> {
     Digest {
         /// One hash per bucket.
         buckets: Vec<u64>,
+        /// A joining peer's: answered with every entry of every bucket that differs;
+        /// otherwise with at most [`SwimConfig::max_sync_entries`].
+        join: bool,
     },
     /// The entries of buckets whose hashes differed, and the buckets the sender wants back.
     Entries {
@@ -207,7 +257,7 @@ impl<P> Message<P> {
             | Message::Gossip { updates: u } => 4 + updates(u),
             Message::PingReq { updates: u, .. } => 4 + peer_bytes + updates(u),
             Message::Nack { .. } => 4,
-            Message::Digest { buckets } => buckets.len() * 8,
+            Message::Digest { buckets, .. } => 1 + buckets.len() * 8,
             Message::Entries { entries, want } => updates(entries) + want.len() * 2,
         }
     }
@@ -293,7 +343,7 @@ impl<P: SwimPeer> Broadcasts<P> {
         }
     }
 
-    fn push(&mut self, update: Update<P>) {
+    fn push(&mut self, update: Update<P>, max: usize) {
         let id = self.next;
         self.next += 1;
         if let Some((sends, old, _)) = self.by_peer.remove(&update.peer) {
@@ -302,6 +352,12 @@ impl<P: SwimPeer> Broadcasts<P> {
         }
         self.order.insert((0, Reverse(id), update.peer.clone()));
         self.by_peer.insert(update.peer.clone(), (0, id, update));
+        while self.by_peer.len() > max.max(1) {
+            let Some((_, _, peer)) = self.order.pop_last() else {
+                break;
+            };
+            self.by_peer.remove(&peer);
+        }
     }
 
     /// Up to `max` updates, each counted as sent once more; dropped after `limit` sends.
@@ -367,6 +423,8 @@ pub struct Swim<P: SwimPeer> {
     probe_next: usize,
     up: usize,
     digest: [u64; SYNC_BUCKETS],
+    /// Entries in each bucket, dead ones included.
+    bucket_len: [u32; SYNC_BUCKETS],
     suspicions: Map<P, Suspicion<P>>,
     suspicion_timers: BinaryHeap<Reverse<(Instant, P)>>,
     probe: Option<Probe<P>>,
@@ -379,6 +437,8 @@ pub struct Swim<P: SwimPeer> {
     tombstones: VecDeque<(Instant, P, u64)>,
     broadcasts: Broadcasts<P>,
     local_health: u32,
+    /// Set while merging anti-entropy entries: news learnt that way is not gossiped on.
+    quiet: bool,
     rng: Rng,
     transmits: VecDeque<(P, Message<P>)>,
     events: VecDeque<Event<P>>,
@@ -407,6 +467,7 @@ impl<P: SwimPeer> Swim<P> {
             probe_next: 0,
             up: 0,
             digest: [0; SYNC_BUCKETS],
+            bucket_len: [0; SYNC_BUCKETS],
             suspicions: Map::default(),
             suspicion_timers: BinaryHeap::new(),
             probe: None,
@@ -419,13 +480,14 @@ impl<P: SwimPeer> Swim<P> {
             tombstones: VecDeque::new(),
             broadcasts: Broadcasts::new(),
             local_health: 0,
+            quiet: false,
             rng,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stats: SwimStats::default(),
         };
         swim.set(me.clone(), incarnation, Health::Alive);
-        swim.broadcasts.push(swim.self_update());
+        swim.spread(swim.self_update());
         swim
     }
 
@@ -497,6 +559,7 @@ impl<P: SwimPeer> Swim<P> {
                 seed.clone(),
                 Message::Digest {
                     buckets: self.digest.to_vec(),
+                    join: true,
                 },
             );
         }
@@ -511,7 +574,7 @@ impl<P: SwimPeer> Swim<P> {
             health: Health::Left,
             by: None,
         };
-        self.broadcasts.push(update.clone());
+        self.spread(update.clone());
         let targets = self.random_members(self.config.gossip_fanout.max(1), None);
         for t in targets {
             self.send(
@@ -561,6 +624,7 @@ impl<P: SwimPeer> Swim<P> {
                     peer,
                     Message::Digest {
                         buckets: self.digest.to_vec(),
+                        join: false,
                     },
                 );
             }
@@ -607,14 +671,30 @@ impl<P: SwimPeer> Swim<P> {
                 }
             }
             Message::Gossip { updates } => self.apply_all(now, updates),
-            Message::Digest { buckets } => {
+            Message::Digest { buckets, join } => {
                 if buckets.len() != SYNC_BUCKETS {
                     return;
                 }
-                let differ: Vec<u16> = (0..SYNC_BUCKETS)
-                    .filter(|&b| buckets[b] != self.digest[b])
-                    .map(|b| b as u16)
-                    .collect();
+                // From a random bucket on, so that bounded answers cover every bucket in
+                // turn; a periodic sync's answer is bounded, a join's is the whole view.
+                let first = self.rng.below(SYNC_BUCKETS);
+                let mut room = if join {
+                    usize::MAX
+                } else {
+                    self.config.max_sync_entries
+                };
+                let mut differ: Vec<u16> = Vec::new();
+                for b in (0..SYNC_BUCKETS).map(|i| (first + i) % SYNC_BUCKETS) {
+                    if buckets[b] == self.digest[b] {
+                        continue;
+                    }
+                    let len = self.bucket_len[b] as usize;
+                    if !differ.is_empty() && len > room {
+                        break;
+                    }
+                    room = room.saturating_sub(len);
+                    differ.push(b as u16);
+                }
                 if !differ.is_empty() {
                     self.stats.syncs_differed += 1;
                     self.send_entries(&from, &differ, differ.clone());
@@ -622,8 +702,12 @@ impl<P: SwimPeer> Swim<P> {
             }
             Message::Entries { entries, want } => {
                 for u in entries {
+                    // What the sender says of itself is news to pass on; the rest spread
+                    // by anti-entropy already.
+                    self.quiet = u.peer != from;
                     self.apply(now, u);
                 }
+                self.quiet = false;
                 let want: Vec<u16> = want
                     .into_iter()
                     .filter(|b| usize::from(*b) < SYNC_BUCKETS)
@@ -663,6 +747,13 @@ impl<P: SwimPeer> Swim<P> {
         self.config.retransmit_mult * (n.log10().ceil() as u32).max(1)
     }
 
+    /// Queues `u` to be gossiped, unless it was learnt by anti-entropy.
+    fn spread(&mut self, u: Update<P>) {
+        if !self.quiet || u.peer == self.me {
+            self.broadcasts.push(u, self.config.max_queued);
+        }
+    }
+
     fn piggyback(&mut self) -> Vec<Update<P>> {
         let limit = self.retransmit_limit();
         self.broadcasts.take(self.config.max_piggyback, limit)
@@ -692,7 +783,10 @@ impl<P: SwimPeer> Swim<P> {
                 self.digest[usize::from(bucket)] ^= old.digest();
                 old.health.is_up()
             }
-            None => false,
+            None => {
+                self.bucket_len[usize::from(bucket)] += 1;
+                false
+            }
         };
         self.digest[usize::from(bucket)] ^= new.digest();
         if health.is_up() && !was_up {
@@ -729,7 +823,7 @@ impl<P: SwimPeer> Swim<P> {
             (Health::Alive, None) => {
                 self.set(u.peer.clone(), u.incarnation, Health::Alive);
                 self.events.push_back(Event::Up(u.peer.clone()));
-                self.broadcasts.push(u);
+                self.spread(u);
             }
             (Health::Alive, Some((inc, health))) if u.incarnation > inc => {
                 self.set(u.peer.clone(), u.incarnation, Health::Alive);
@@ -743,7 +837,7 @@ impl<P: SwimPeer> Swim<P> {
                     }
                     Health::Alive => {}
                 }
-                self.broadcasts.push(u);
+                self.spread(u);
             }
             (Health::Alive, Some(_)) => {}
             (Health::Suspect, None) => {
@@ -793,7 +887,7 @@ impl<P: SwimPeer> Swim<P> {
             self.stats.refutations += 1;
             self.incarnation = u.incarnation + 1;
             self.set(self.me.clone(), self.incarnation, Health::Alive);
-            self.broadcasts.push(self.self_update());
+            self.spread(self.self_update());
         }
     }
 
@@ -828,7 +922,7 @@ impl<P: SwimPeer> Swim<P> {
         self.suspicion_timers
             .push(Reverse((deadline, u.peer.clone())));
         self.events.push_back(Event::Suspected(u.peer.clone()));
-        self.broadcasts.push(u);
+        self.spread(u);
     }
 
     fn confirm(&mut self, u: Update<P>) {
@@ -852,7 +946,7 @@ impl<P: SwimPeer> Swim<P> {
             }
         }
         // Passed on, so that others count it too.
-        self.broadcasts.push(u);
+        self.spread(u);
     }
 
     fn down(&mut self, now: Instant, u: Update<P>) {
@@ -864,7 +958,7 @@ impl<P: SwimPeer> Swim<P> {
             Health::Left => Event::Left(u.peer.clone()),
             _ => Event::Failed(u.peer.clone()),
         });
-        self.broadcasts.push(u);
+        self.spread(u);
     }
 
     fn expire_suspicions(&mut self, now: Instant) {
@@ -918,7 +1012,9 @@ impl<P: SwimPeer> Swim<P> {
                 .get(&peer)
                 .is_some_and(|m| !m.health.is_up() && m.incarnation == inc)
             {
-                self.members.remove(&peer);
+                if let Some(m) = self.members.remove(&peer) {
+                    self.bucket_len[usize::from(m.bucket)] -= 1;
+                }
             }
         }
     }
@@ -985,7 +1081,22 @@ impl<P: SwimPeer> Swim<P> {
                     nacks_expected: 0,
                     nacks: 0,
                 });
-                let updates = self.piggyback();
+                let mut updates = self.piggyback();
+                // Lifeguard's buddy system: a suspected member hears of it from its prober
+                // first, so it refutes at once.
+                if let Some(m) = self.members.get(&target) {
+                    if m.health == Health::Suspect {
+                        updates.insert(
+                            0,
+                            Update {
+                                peer: target.clone(),
+                                incarnation: m.incarnation,
+                                health: Health::Suspect,
+                                by: Some(self.me.clone()),
+                            },
+                        );
+                    }
+                }
                 self.send(target, Message::Ping { seq, updates });
             }
         }
@@ -1070,8 +1181,9 @@ impl<P: SwimPeer> Swim<P> {
         if self.broadcasts.len() == 0 {
             return;
         }
+        let limit = self.retransmit_limit();
         for t in self.random_members(self.config.gossip_fanout, None) {
-            let updates = self.piggyback();
+            let updates = self.broadcasts.take(self.config.max_gossip, limit);
             if updates.is_empty() {
                 break;
             }
@@ -1086,29 +1198,36 @@ impl<P: SwimPeer> Swim<P> {
         for b in buckets {
             mask[usize::from(*b)] = true;
         }
-        let mut entries: Vec<Update<P>> = self
+        let mut out: Vec<Message<P>> = Vec::new();
+        let mut chunk: Vec<Update<P>> = Vec::new();
+        let mut want = Some(want);
+        for (p, m) in self
             .members
             .iter()
             .filter(|(_, m)| mask[usize::from(m.bucket)])
-            .map(|(p, m)| Update {
+        {
+            chunk.push(Update {
                 peer: p.clone(),
                 incarnation: m.incarnation,
                 health: m.health,
                 by: (m.health == Health::Suspect).then(|| self.me.clone()),
-            })
-            .collect();
-        let mut want = Some(want);
-        loop {
-            let rest = entries.split_off(entries.len().min(MAX_ENTRIES));
-            let w = want.take().unwrap_or_default();
-            if entries.is_empty() && w.is_empty() {
-                break;
+            });
+            if chunk.len() == MAX_ENTRIES {
+                out.push(Message::Entries {
+                    entries: std::mem::take(&mut chunk),
+                    want: want.take().unwrap_or_default(),
+                });
             }
-            self.send(to.clone(), Message::Entries { entries, want: w });
-            if rest.is_empty() {
-                break;
-            }
-            entries = rest;
+        }
+        let want = want.unwrap_or_default();
+        if !chunk.is_empty() || !want.is_empty() {
+            out.push(Message::Entries {
+                entries: chunk,
+                want,
+            });
+        }
+        for m in out {
+            self.send(to.clone(), m);
         }
     }
 }

@@ -48,6 +48,7 @@ mod files;
 
 mod rng;
 pub mod scenario;
+pub mod swim;
 
 pub use files::SimFiles;
 pub use rng::Rng;

@@ -263,6 +263,7 @@ fn equal_digests_cost_one_small_message_and_a_difference_only_its_buckets() {
     let now = net.now;
     let digest = Message::Digest {
         buckets: net.peers[1].digest.to_vec(),
+        join: false,
     };
     net.peers[0].handle(now, 1, digest);
     assert!(
@@ -281,6 +282,7 @@ fn equal_digests_cost_one_small_message_and_a_difference_only_its_buckets() {
     );
     let digest = Message::Digest {
         buckets: net.peers[1].digest.to_vec(),
+        join: false,
     };
     net.peers[0].handle(now, 1, digest);
     let (to, m) = net.peers[0].poll_transmit().expect("an answer");

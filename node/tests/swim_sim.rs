@@ -64,7 +64,7 @@ fn a_thousand_peers_converge_and_a_crash_wave_of_a_tenth_is_detected_within_seco
     assert!(detected < Duration::from_secs(8), "{detected:?}");
 }
 
-/// The long form (`scripts/sim --scale`): about two and a half minutes of one CPU, and 3 GB
+/// The long form (`scripts/sim --scale`): about five minutes of one CPU here, and 3 GB
 /// (ten thousand views of ten thousand).
 #[test]
 #[ignore = "long form: scripts/sim --scale"]

@@ -102,6 +102,30 @@ fn one_crashed_peer_of_a_thousand_leaves_every_view_within_seconds() {
 }
 
 #[test]
+fn a_killed_peer_of_a_thousand_leaves_every_view_within_five_seconds() {
+    let mut sim = mesh(8, 1000, Duration::from_secs(2));
+    sim.run_until_converged(Duration::from_millis(250), Duration::from_secs(60))
+        .expect("converged");
+    let settle = sim.elapsed() + Duration::from_secs(5);
+    sim.run_until(settle);
+    let mut worst = Duration::ZERO;
+    for (round, victim) in [17usize, 404, 999, 3, 640].into_iter().enumerate() {
+        // Its connections close: its 8 connected peers probe it at once, and their
+        // suspicions confirm each other.
+        sim.kill(victim);
+        let detected = sim
+            .run_until_converged(Duration::from_millis(50), Duration::from_secs(30))
+            .expect("the kill was seen everywhere");
+        println!("kill {round}: peer {victim} left every view in {detected:?}");
+        worst = worst.max(detected);
+        let settle = sim.elapsed() + Duration::from_secs(5);
+        sim.run_until(settle);
+    }
+    assert_eq!(sim.false_deaths(), 0, "a live peer was declared dead");
+    assert!(worst < Duration::from_secs(5), "{worst:?}");
+}
+
+#[test]
 fn a_slow_peer_is_suspected_but_never_declared_dead() {
     let mut sim = mesh(3, 1000, Duration::from_secs(2));
     sim.run_until_converged(Duration::from_millis(250), Duration::from_secs(60))

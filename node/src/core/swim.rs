@@ -421,6 +421,8 @@ pub struct Swim<P: SwimPeer> {
     /// Members that are up (self excluded), in a shuffled order probed round-robin.
     probe_order: Vec<P>,
     probe_next: usize,
+    /// Members to probe before the round-robin goes on (the transport lost them).
+    probe_first: VecDeque<P>,
     up: usize,
     digest: [u64; SYNC_BUCKETS],
     /// Entries in each bucket, dead ones included.
@@ -465,6 +467,7 @@ impl<P: SwimPeer> Swim<P> {
             members: Map::default(),
             probe_order: Vec::new(),
             probe_next: 0,
+            probe_first: VecDeque::new(),
             up: 0,
             digest: [0; SYNC_BUCKETS],
             bucket_len: [0; SYNC_BUCKETS],
@@ -562,6 +565,27 @@ impl<P: SwimPeer> Swim<P> {
                     join: true,
                 },
             );
+        }
+    }
+
+    /// The transport's word that `peer` may be gone (its last connection closed, as when its
+    /// process is killed): it is the next member probed, and the next probe starts now
+    /// unless one is under way. Only a probe decides: a peer that answers stays.
+    pub fn probe_soon(&mut self, now: Instant, peer: &P) {
+        if *peer == self.me
+            || !self.members.get(peer).is_some_and(|m| m.health.is_up())
+            || self.probe_first.contains(peer)
+            || self.probe.as_ref().is_some_and(|p| p.target == *peer)
+        {
+            return;
+        }
+        // Bounded: a transport that loses many peers at once probes them in turn.
+        if self.probe_first.len() >= 64 {
+            return;
+        }
+        self.probe_first.push_back(peer.clone());
+        if self.probe.is_none() {
+            self.next_probe = self.next_probe.min(now);
         }
     }
 
@@ -1131,6 +1155,11 @@ impl<P: SwimPeer> Swim<P> {
     /// The next member up in the round-robin order; the order is reshuffled (without the
     /// members down) at the end of each round.
     fn next_target(&mut self) -> Option<P> {
+        while let Some(p) = self.probe_first.pop_front() {
+            if self.members.get(&p).is_some_and(|m| m.health.is_up()) {
+                return Some(p);
+            }
+        }
         for _ in 0..2 {
             while self.probe_next < self.probe_order.len() {
                 let p = self.probe_order[self.probe_next].clone();

@@ -55,6 +55,11 @@ enum Ev {
     },
     Wake(u32),
     Join(u32),
+    /// Peer `to`'s connection to `lost` closed.
+    Closed {
+        to: u32,
+        lost: u32,
+    },
 }
 
 /// The simulated mesh.
@@ -185,7 +190,30 @@ impl SwimSim {
         self.slow[i] = extra;
     }
 
-    /// Crashes peer `i`: it sends and answers nothing from now on.
+    /// Kills peer `i` as SIGKILL does: it sends and answers nothing from now on, and the
+    /// peers connected to it (its 4 neighbours either side on a ring: a bounded set) see
+    /// their connections close a millisecond later and probe it at once.
+    pub fn kill(&mut self, i: usize) {
+        self.crash(i);
+        let n = self.peers.len();
+        let at = self.now + Duration::from_millis(1);
+        for d in 1..=4 {
+            for j in [(i + d) % n, (i + n - d) % n] {
+                if j != i {
+                    self.push(
+                        at,
+                        Ev::Closed {
+                            to: j as u32,
+                            lost: i as u32,
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// Crashes peer `i` silently (power lost, or cut off): it sends and answers nothing from
+    /// now on, and nobody is told.
     pub fn crash(&mut self, i: usize) {
         if let Some(p) = self.peers[i].take() {
             self.crashed_at[i] = Some((self.now, None));
@@ -303,6 +331,13 @@ impl SwimSim {
                 };
                 p.tick(now);
                 i
+            }
+            Ev::Closed { to, lost } => {
+                let Some(p) = self.peers[to as usize].as_mut() else {
+                    return;
+                };
+                p.probe_soon(now, &lost);
+                to
             }
             Ev::Deliver { to, from, message } => {
                 let Some(p) = self.peers[to as usize].as_mut() else {

@@ -341,3 +341,35 @@ fn a_restarted_peer_refutes_its_own_tombstone_and_is_back() {
     }
     assert!(net.peers[2].incarnation() > 1);
 }
+
+#[test]
+fn a_hint_from_the_transport_probes_that_peer_next_and_only_the_probe_decides() {
+    let mut net = Net::new(5);
+    for i in 1..5 {
+        net.peers[i].join(&[0]);
+    }
+    net.run(Duration::from_secs(3));
+    // Peer 3 (alive) may be gone, says the transport: the next probe peer 0 starts, within a
+    // probe period, is of peer 3.
+    let now = net.now;
+    net.peers[0].probe_soon(now, &3);
+    let probes = net.peers[0].stats().probes;
+    let mut first = None;
+    for _ in 0..60 {
+        net.now += Duration::from_millis(10);
+        let now = net.now;
+        net.peers[0].tick(now);
+        let started = net.peers[0].stats().probes > probes;
+        let pings: Vec<u32> = std::iter::from_fn(|| net.peers[0].poll_transmit())
+            .filter(|(_, m)| matches!(m, Message::Ping { .. }))
+            .map(|(to, _)| to)
+            .collect();
+        if started {
+            first = pings.first().copied();
+            break;
+        }
+    }
+    assert_eq!(first, Some(3), "the hinted peer is probed next");
+    net.run(Duration::from_secs(2));
+    assert_eq!(net.peers[0].health(&3), Some(Health::Alive));
+}

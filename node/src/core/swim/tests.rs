@@ -28,6 +28,16 @@ impl Net {
         }
     }
 
+    /// Peers `0..n`, all joined through peer 0, after `settle` of running.
+    fn joined(n: u32, settle: Duration) -> Self {
+        let mut net = Self::new(n);
+        for i in 1..n as usize {
+            net.peers[i].join(&[0]);
+        }
+        net.run(settle);
+        net
+    }
+
     /// Delivers every message until none is left (no latency).
     fn flush(&mut self) {
         loop {
@@ -92,11 +102,7 @@ fn peers_joining_through_one_seed_learn_of_each_other() {
 
 #[test]
 fn a_silent_peer_is_suspected_then_declared_dead_by_all_and_a_live_one_is_not() {
-    let mut net = Net::new(6);
-    for i in 1..6 {
-        net.peers[i].join(&[0]);
-    }
-    net.run(Duration::from_secs(3));
+    let mut net = Net::joined(6, Duration::from_secs(3));
     for i in 0..6 {
         net.events(i);
     }
@@ -119,11 +125,7 @@ fn a_silent_peer_is_suspected_then_declared_dead_by_all_and_a_live_one_is_not() 
 
 #[test]
 fn a_suspicion_is_refuted_with_a_higher_incarnation() {
-    let mut net = Net::new(3);
-    for i in 1..3 {
-        net.peers[i].join(&[0]);
-    }
-    net.run(Duration::from_secs(2));
+    let mut net = Net::joined(3, Duration::from_secs(2));
     let before = net.peers[2].incarnation();
     // Peer 0 suspects peer 2 (as after a probe it missed).
     let now = net.now;
@@ -255,11 +257,7 @@ fn each_update_is_sent_a_bounded_number_of_times_then_dropped() {
 
 #[test]
 fn equal_digests_cost_one_small_message_and_a_difference_only_its_buckets() {
-    let mut net = Net::new(4);
-    for i in 1..4 {
-        net.peers[i].join(&[0]);
-    }
-    net.run(Duration::from_secs(4));
+    let mut net = Net::joined(4, Duration::from_secs(4));
     let now = net.now;
     let digest = Message::Digest {
         buckets: net.peers[1].digest.to_vec(),
@@ -303,11 +301,7 @@ fn equal_digests_cost_one_small_message_and_a_difference_only_its_buckets() {
 
 #[test]
 fn a_peer_that_left_is_left_everywhere_and_not_refuted() {
-    let mut net = Net::new(4);
-    for i in 1..4 {
-        net.peers[i].join(&[0]);
-    }
-    net.run(Duration::from_secs(3));
+    let mut net = Net::joined(4, Duration::from_secs(3));
     for i in 0..4 {
         net.events(i);
     }
@@ -321,11 +315,7 @@ fn a_peer_that_left_is_left_everywhere_and_not_refuted() {
 
 #[test]
 fn a_restarted_peer_refutes_its_own_tombstone_and_is_back() {
-    let mut net = Net::new(3);
-    for i in 1..3 {
-        net.peers[i].join(&[0]);
-    }
-    net.run(Duration::from_secs(2));
+    let mut net = Net::joined(3, Duration::from_secs(2));
     net.cut.push(2);
     let (_, max) = net.peers[0].suspicion_bounds();
     net.run(Duration::from_secs(2) + max);
@@ -344,11 +334,7 @@ fn a_restarted_peer_refutes_its_own_tombstone_and_is_back() {
 
 #[test]
 fn a_hint_from_the_transport_probes_that_peer_next_and_only_the_probe_decides() {
-    let mut net = Net::new(5);
-    for i in 1..5 {
-        net.peers[i].join(&[0]);
-    }
-    net.run(Duration::from_secs(3));
+    let mut net = Net::joined(5, Duration::from_secs(3));
     // Peer 3 (alive) may be gone, says the transport: the next probe peer 0 starts, within a
     // probe period, is of peer 3.
     let now = net.now;

@@ -29,9 +29,10 @@
 //! while the slot is taken (its log: "Channel is full, dropping inbound stream"); the puller
 //! then sees "the stream ended before the answer", or "connection is closed" when the reset
 //! comes before its request is written. So a holder whose stream is lost so
-//! ([`ObjectError::is_retryable`]) is asked again, after the other holders and a short pause
-//! ([`RETRY_AFTER`]), up to [`ATTEMPTS_PER_HOLDER`] times (a stream to a peer whose
-//! connection closed redials it); the pull fails only when no holder is left.
+//! ([`ObjectError::is_retryable`]) is asked again, after a short pause ([`RETRY_AFTER`]) and
+//! only once no holder that lost no stream is left (its pieces go to those), up to
+//! [`ATTEMPTS_PER_HOLDER`] times (a stream to a peer whose connection closed redials it); the
+//! pull fails only when no holder is left.
 //!
 //! Every read and write on a stream has a stall timeout ([`STALL`]); headers are bounded
 //! ([`MAX_HEADER`]).
@@ -1056,7 +1057,15 @@ async fn pull_parallel(
     let mut contributed = vec![false; holders.len()];
     let mut tasks = tokio::task::JoinSet::new();
     loop {
+        // A holder that lost a stream is asked again only when no holder that lost none is
+        // left: while one is, the pieces wait for it (a holder whose connection closed, as
+        // one written off by the failure detector, would be redialled, and a dial to a peer
+        // that is cut off waits out its timeout).
+        let clean = (0..holders.len()).any(|h| !failed[h] && failures[h] == 0);
         for (h, &peer) in holders.iter().enumerate() {
+            if clean && failures[h] > 0 {
+                continue;
+            }
             while !failed[h] && busy[h] < STREAMS_PER_HOLDER {
                 let Some(mut p) = queue.pop_front() else {
                     break;

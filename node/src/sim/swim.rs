@@ -83,8 +83,6 @@ pub struct SwimSim {
     live: usize,
     /// Bytes each peer sent and received.
     bytes: Vec<u64>,
-    /// Messages delivered.
-    delivered: u64,
     /// Messages delivered and their bytes, by kind (see [`kind`]).
     kinds: [(u64, u64); 7],
     /// `Failed` events about peers that had not crashed.
@@ -125,7 +123,6 @@ impl SwimSim {
             counted: vec![0; n],
             live: n,
             bytes: vec![0; n],
-            delivered: 0,
             kinds: [(0, 0); 7],
             false_deaths: 0,
             suspected: vec![0; n],
@@ -156,7 +153,7 @@ impl SwimSim {
 
     /// Messages delivered so far.
     pub fn delivered(&self) -> u64 {
-        self.delivered
+        self.kinds.iter().map(|(n, _)| n).sum()
     }
 
     /// Messages delivered and their bytes so far, by kind: ping, ping request, ack, nack,
@@ -226,14 +223,7 @@ impl SwimSim {
 
     /// Whether every live peer counts every other live peer up and every crashed one down.
     pub fn converged(&self) -> bool {
-        let want = self.live as i64 - 1;
-        (0..self.peers.len()).all(|i| {
-            if self.peers[i].is_some() {
-                self.counted[i] == want
-            } else {
-                self.counted[i] == 0
-            }
-        })
+        self.miscounted() == 0
     }
 
     /// Live peers whose view lacks a live peer or holds a crashed one, roughly: the peers
@@ -343,7 +333,6 @@ impl SwimSim {
                 let Some(p) = self.peers[to as usize].as_mut() else {
                     return;
                 };
-                self.delivered += 1;
                 let bytes = message.wire_bytes(PEER_ID_BYTES) as u64;
                 self.bytes[to as usize] += bytes;
                 let k = &mut self.kinds[kind(&message)];

@@ -10,6 +10,7 @@
 //! - [`messages`]: what travels in the frames ([`ToNode`], [`ToClient`]) and the values they
 //!   carry (task specs, objects, typed task errors, node status).
 //! - [`state`]: the state API's questions, rows and their merging (`shoal list`).
+//! - [`swim`]: what peers' membership tells each other.
 //!
 //! This crate has no async runtime and no networking in its dependency tree (CI checks it),
 //! so every decoder here is tested with plain byte slices.
@@ -35,6 +36,7 @@ pub mod ids;
 pub mod mesh;
 pub mod messages;
 pub mod state;
+pub mod swim;
 
 pub use codec::{DecodeError, EncodeError};
 pub use frame::FrameError;

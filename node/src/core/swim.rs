@@ -86,6 +86,17 @@ impl SwimPeer for u32 {
     }
 }
 
+/// A peer of a real mesh: the bytes of its libp2p peer id, folded eight at a time.
+impl SwimPeer for shoal_protocol::PeerKey {
+    fn stable_hash(&self) -> u64 {
+        self.as_bytes().chunks(8).fold(0u64, |h, c| {
+            let mut word = [0u8; 8];
+            word[..c.len()].copy_from_slice(c);
+            mix(h ^ u64::from_le_bytes(word))
+        })
+    }
+}
+
 /// SplitMix64's finalizer: a well-spread 64-bit hash of a 64-bit value.
 fn mix(x: u64) -> u64 {
     let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
@@ -131,6 +142,11 @@ pub struct SwimConfig {
     pub dead_retention: Duration,
     /// The local health multiplier's ceiling.
     pub max_local_health: u32,
+    /// Answers with more than [`SwimConfig::max_sync_entries`] entries (to a joining peer's
+    /// digest, or to a peer that wants whole buckets back) given per second at most, with a
+    /// burst of as many: past it such a request is answered as a periodic sync is, so a
+    /// small request cannot make this peer send its whole view over and over.
+    pub whole_answers_per_second: u32,
 }
 
 impl Default for SwimConfig {
@@ -152,6 +168,7 @@ impl Default for SwimConfig {
             max_sync_entries: 512,
             dead_retention: Duration::from_secs(60),
             max_local_health: 8,
+            whole_answers_per_second: 20,
         }
     }
 }
@@ -442,6 +459,8 @@ pub struct Swim<P: SwimPeer> {
     /// Set while merging anti-entropy entries: news learnt that way is not gossiped on.
     quiet: bool,
     rng: Rng,
+    /// Whole answers that may still be given now, and when they were last counted.
+    whole_answers: (f64, Instant),
     transmits: VecDeque<(P, Message<P>)>,
     events: VecDeque<Event<P>>,
     stats: SwimStats,
@@ -459,6 +478,7 @@ impl<P: SwimPeer> Swim<P> {
         let next_probe = stagger(&mut rng, config.probe_interval);
         let next_gossip = stagger(&mut rng, config.gossip_interval);
         let next_sync = stagger(&mut rng, config.sync_interval);
+        let config_whole = config.whole_answers_per_second;
         let mut swim = Self {
             me: me.clone(),
             config,
@@ -485,6 +505,7 @@ impl<P: SwimPeer> Swim<P> {
             local_health: 0,
             quiet: false,
             rng,
+            whole_answers: (f64::from(config_whole), now),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stats: SwimStats::default(),
@@ -702,7 +723,7 @@ impl<P: SwimPeer> Swim<P> {
                 // From a random bucket on, so that bounded answers cover every bucket in
                 // turn; a periodic sync's answer is bounded, a join's is the whole view.
                 let first = self.rng.below(SYNC_BUCKETS);
-                let mut room = if join {
+                let mut room = if join && self.whole_answer(now) {
                     usize::MAX
                 } else {
                     self.config.max_sync_entries
@@ -732,15 +753,45 @@ impl<P: SwimPeer> Swim<P> {
                     self.apply(now, u);
                 }
                 self.quiet = false;
-                let want: Vec<u16> = want
+                let mut want: Vec<u16> = want
                     .into_iter()
                     .filter(|b| usize::from(*b) < SYNC_BUCKETS)
                     .collect();
+                want.sort_unstable();
+                want.dedup();
+                let len: usize = want
+                    .iter()
+                    .map(|b| self.bucket_len[usize::from(*b)] as usize)
+                    .sum();
+                if len > self.config.max_sync_entries && !self.whole_answer(now) {
+                    // Over the rate of whole answers: as many buckets as a sync answer holds.
+                    let mut room = self.config.max_sync_entries;
+                    let mut kept = 0;
+                    for b in &want {
+                        let len = self.bucket_len[usize::from(*b)] as usize;
+                        if kept > 0 && len > room {
+                            break;
+                        }
+                        room = room.saturating_sub(len);
+                        kept += 1;
+                    }
+                    want.truncate(kept);
+                }
                 if !want.is_empty() {
                     self.send_entries(&from, &want, Vec::new());
                 }
             }
         }
+    }
+
+    /// Whether an answer larger than a sync's may be given now (one is counted if so).
+    fn whole_answer(&mut self, now: Instant) -> bool {
+        let rate = f64::from(self.config.whole_answers_per_second);
+        let (tokens, at) = self.whole_answers;
+        let tokens = (tokens + now.saturating_duration_since(at).as_secs_f64() * rate).min(rate);
+        let allowed = tokens >= 1.0;
+        self.whole_answers = (if allowed { tokens - 1.0 } else { tokens }, now);
+        allowed
     }
 
     fn send(&mut self, to: P, message: Message<P>) {

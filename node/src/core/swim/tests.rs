@@ -359,3 +359,63 @@ fn a_hint_from_the_transport_probes_that_peer_next_and_only_the_probe_decides() 
     net.run(Duration::from_secs(2));
     assert_eq!(net.peers[0].health(&3), Some(Health::Alive));
 }
+
+#[test]
+fn whole_view_answers_are_rate_limited_and_past_the_rate_bounded_like_a_sync() {
+    // A view of 2,000 members (more than a sync answer's 512), learnt by hand.
+    let now = Instant::now();
+    let mut big = Swim::new(0u32, 1, config(), 7, now);
+    let entries: Vec<Update<u32>> = (1..2000)
+        .map(|p| Update {
+            peer: p,
+            incarnation: 1,
+            health: Health::Alive,
+            by: None,
+        })
+        .collect();
+    for chunk in entries.chunks(MAX_ENTRIES) {
+        big.handle(
+            now,
+            1,
+            Message::Entries {
+                entries: chunk.to_vec(),
+                want: Vec::new(),
+            },
+        );
+    }
+    assert_eq!(big.entries(), 2000);
+    while big.poll_transmit().is_some() {}
+    let empty = Swim::new(5000u32, 1, config(), 7, now);
+    let asked = |big: &mut Swim<u32>, join: bool, want_all: bool| -> usize {
+        let m = if want_all {
+            Message::Entries {
+                entries: Vec::new(),
+                want: (0..SYNC_BUCKETS as u16).collect(),
+            }
+        } else {
+            Message::Digest {
+                buckets: empty.digest.to_vec(),
+                join,
+            }
+        };
+        big.handle(now, 5000, m);
+        std::iter::from_fn(|| big.poll_transmit())
+            .map(|(_, m)| match m {
+                Message::Entries { entries, .. } => entries.len(),
+                _ => 0,
+            })
+            .sum()
+    };
+    let rate = config().whole_answers_per_second as usize;
+    // The burst: whole views, to joins and to wants alike.
+    for i in 0..rate {
+        assert_eq!(asked(&mut big, true, i % 2 == 0), 2000, "answer {i}");
+    }
+    // Past it, within the same instant: bounded as a sync's answer is.
+    let bounded = asked(&mut big, true, false);
+    assert!(bounded > 0 && bounded <= 512 + 64, "{bounded}");
+    let bounded = asked(&mut big, false, true);
+    assert!(bounded > 0 && bounded <= 512 + 64, "{bounded}");
+    // A periodic sync is never more than that, whatever the rate.
+    assert!(asked(&mut big, false, false) <= 512 + 64);
+}

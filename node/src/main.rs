@@ -456,6 +456,13 @@ struct NodeArgs {
     /// Seconds after which a silent peer leaves this node's view.
     #[arg(long, env = "SHOAL_FAILURE_TIMEOUT", default_value_t = 3.0)]
     failure_timeout: f64,
+    /// How peers decide who is gone: `reports` (a peer whose load reports stop leaves after
+    /// --failure-timeout; every peer hears every other, fine up to a few dozen) or `swim`
+    /// (SWIM probing with Lifeguard's suspicion: a killed peer leaves every view in about 3 s
+    /// and each peer's cost stays bounded at any size). Every peer of a mesh must use the
+    /// same.
+    #[arg(long, env = "SHOAL_MEMBERSHIP", default_value = "reports", value_name = "KIND", action = clap::ArgAction::Set, value_parser = parse_membership)]
+    membership: bool,
     /// Do not join a mesh at all: a node for this machine only.
     #[arg(long, env = "SHOAL_NO_MESH")]
     no_mesh: bool,
@@ -565,6 +572,15 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
         _ => Err(format!(
             "expected KEY=VALUE (neither empty, no `(`, `)` or `!`), got {s:?}"
         )),
+    }
+}
+
+/// `--membership`: whether SWIM runs membership.
+fn parse_membership(s: &str) -> Result<bool, String> {
+    match s {
+        "reports" => Ok(false),
+        "swim" => Ok(true),
+        _ => Err(format!("`{s}`: expected `reports` or `swim`")),
     }
 }
 
@@ -1044,6 +1060,9 @@ fn run_node(args: NodeArgs, config_file: Option<PathBuf>) -> Result<()> {
             expiry,
             grace: (expiry / 3).min(Duration::from_secs(1)),
         };
+        net.swim = args
+            .membership
+            .then(shoal_node::core::swim::SwimConfig::default);
         // Binaries shipped from peers are kept with the node's identity.
         net.code_cache = Some(data_dir.join("code"));
         config.mesh = Some(shoal_node::config::MeshConfig { data_dir, net });
@@ -1134,6 +1153,11 @@ fn status_json(s: &NodeStatus) -> serde_json::Value {
         "labels": s.mesh.as_ref().map(|m| labels_json(&m.labels)),
         "listen_addrs": s.mesh.as_ref().map(|m| m.listen_addrs.clone()).unwrap_or_default(),
         "gossip": s.mesh.as_ref().map(|m| serde_json::json!({"bytes_out": m.gossip_bytes_out, "bytes_in": m.gossip_bytes_in})),
+        "membership": s.mesh.as_ref().and_then(|m| m.membership.as_ref()).map(|m| serde_json::json!({
+            "kind": "swim", "members_up": m.members_up, "suspected": m.suspected, "incarnation": m.incarnation,
+            "local_health": m.local_health, "probes": m.probes, "probes_failed": m.probes_failed,
+            "messages_out": m.sent, "bytes_out": m.bytes_out, "messages_in": m.received, "bytes_in": m.bytes_in, "lost": m.lost,
+        })),
         "transfers": s.mesh.as_ref().map(|m| m.transfers.iter().map(|t| {
             let (kind, id) = cli::pull::kind_and_id(t.what);
             serde_json::json!({"kind": kind, "id": id, "done": t.done, "total": t.total,

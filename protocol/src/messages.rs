@@ -1269,6 +1269,36 @@ pub struct MeshStatus {
     pub transfers: Vec<TransferStatus>,
     /// This node's labels (`shoal node --label`).
     pub labels: Vec<(String, String)>,
+    /// Membership's figures, when SWIM runs it (`shoal node --membership swim`).
+    pub membership: Option<MembershipStatus>,
+}
+
+/// Membership (SWIM with Lifeguard) as one node runs it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembershipStatus {
+    /// Members up (alive or suspected), this node included.
+    pub members_up: u64,
+    /// Members this node suspects now.
+    pub suspected: u64,
+    /// This node's incarnation.
+    pub incarnation: u64,
+    /// Lifeguard's local health multiplier (0 is healthy; it grows while this node misses
+    /// acks, as an overloaded node does).
+    pub local_health: u32,
+    /// Probes sent, and those that got no ack.
+    pub probes: u64,
+    /// Probes that got no ack.
+    pub probes_failed: u64,
+    /// Membership messages sent.
+    pub sent: u64,
+    /// Their bytes.
+    pub bytes_out: u64,
+    /// Membership messages received.
+    pub received: u64,
+    /// Their bytes.
+    pub bytes_in: u64,
+    /// Messages lost on the way (sends that failed or were dropped, receipts dropped).
+    pub lost: u64,
 }
 
 /// What a transfer brings.

@@ -559,6 +559,11 @@ impl<P: SwimPeer> Swim<P> {
         self.local_health
     }
 
+    /// Members this peer suspects now.
+    pub fn suspected(&self) -> usize {
+        self.suspicions.len()
+    }
+
     /// Counters.
     pub fn stats(&self) -> SwimStats {
         self.stats

@@ -34,6 +34,9 @@ pub const CONTROL_STREAMS_PER_PEER: usize = 2;
 pub const OBJECT_STREAMS_PER_PEER: usize = 32;
 /// Inbound binary fetches served at once per peer (a peer fetches a binary once).
 pub const CODE_STREAMS_PER_PEER: usize = 4;
+/// Inbound membership messages (one per stream) read at once per peer: SWIM sends a peer a
+/// few a second, a sync's answer up to a handful at once.
+pub const SWIM_STREAMS_PER_PEER: usize = 16;
 /// Inbound bulk streams (tests and benchmarks) served at once per peer.
 pub const BULK_STREAMS_PER_PEER: usize = 4;
 /// Bytes a peer's streams may hold in this node, read and not yet handed to the node: one
@@ -55,10 +58,18 @@ pub enum StreamKind {
     Code,
     /// Bulk transfers (`bulk`, tests and benchmarks).
     Bulk,
+    /// Membership messages (`swim`).
+    Swim,
 }
 
 impl StreamKind {
-    const ALL: [StreamKind; 4] = [Self::Control, Self::Object, Self::Code, Self::Bulk];
+    const ALL: [StreamKind; 5] = [
+        Self::Control,
+        Self::Object,
+        Self::Code,
+        Self::Bulk,
+        Self::Swim,
+    ];
 
     /// How many streams of this kind this node opens to one peer at once: half what a peer
     /// serves, so the streams this side has finished and the peer is still closing never
@@ -79,6 +90,7 @@ impl StreamKind {
             Self::Object => OBJECT_STREAMS_PER_PEER,
             Self::Code => CODE_STREAMS_PER_PEER,
             Self::Bulk => BULK_STREAMS_PER_PEER,
+            Self::Swim => SWIM_STREAMS_PER_PEER,
         }
     }
 
@@ -100,6 +112,7 @@ impl StreamKind {
             Self::Object => "obj",
             Self::Code => "code",
             Self::Bulk => "bulk",
+            Self::Swim => "swim",
         }
     }
 

@@ -58,6 +58,7 @@ pub mod objects;
 pub mod progress;
 #[cfg(feature = "test-utils")]
 pub mod rpc;
+pub mod swim;
 pub(crate) mod tasks;
 
 use crate::auth::Statement;
@@ -68,6 +69,11 @@ use tasks::Tasks;
 const COMMANDS: usize = 1024;
 /// Capacity of the channel of peers to disconnect for sending malformed data.
 const BAD_PEERS: usize = 64;
+/// With SWIM deciding who is gone, a peer whose load reports stop for this long still
+/// leaves the view (a backstop: its reports are what the scheduler works with).
+const SWIM_REPORT_EXPIRY: Duration = Duration::from_secs(30);
+/// How long a stopping node waits for its word that it leaves to go out.
+const SWIM_LEAVE_GRACE: Duration = Duration::from_millis(500);
 /// Rejected binaries remembered so that each is logged once.
 const REJECTIONS_LOGGED: std::num::NonZeroUsize =
     std::num::NonZeroUsize::new(1024).expect("not zero");
@@ -106,6 +112,10 @@ pub struct NetConfig {
     pub mdns: bool,
     /// The failure detector's timings.
     pub membership: MembershipConfig,
+    /// Membership by SWIM with Lifeguard ([`swim`]) instead of the load reports' expiry:
+    /// failure detection and the list of members cost each peer a bounded amount whatever
+    /// the mesh's size. Every peer of a mesh must use the same. `None`: the reports decide.
+    pub swim: Option<crate::core::swim::SwimConfig>,
     /// A load report goes out at least this often.
     pub report_interval: Duration,
     /// And at most this often (changes in between are merged).
@@ -155,6 +165,7 @@ impl NetConfig {
             peers: Vec::new(),
             mdns: true,
             membership: MembershipConfig::default(),
+            swim: None,
             report_interval: Duration::from_millis(1000),
             report_min_interval: Duration::from_millis(100),
             transport: TransportKind::Tcp,
@@ -278,6 +289,10 @@ pub struct MeshView {
     /// Bytes of load reports received (payloads, including relayed duplicates filtered by
     /// gossipsub: only those delivered here).
     pub gossip_bytes_in: u64,
+    /// Membership's figures, when SWIM runs it.
+    pub swim: Option<swim::SwimStatus>,
+    /// Times a peer was disconnected for sending malformed data.
+    pub bad_peers: u64,
 }
 
 /// Where the answer to a command goes.
@@ -802,6 +817,8 @@ pub struct Protocols {
     pub ctl: StreamProtocol,
     /// Object transfer.
     pub obj: StreamProtocol,
+    /// Membership messages (SWIM).
+    pub swim: StreamProtocol,
     /// The gossip topic of load reports.
     pub load_topic: String,
     /// The gossip topic of membership notices (revocations, renewed credentials).
@@ -825,6 +842,7 @@ impl Protocols {
             code: p(format!("/shoal/{mesh}/code/2"))?,
             ctl: p(format!("/shoal/{mesh}/ctl/12"))?,
             obj: p(format!("/shoal/{mesh}/obj/2"))?,
+            swim: p(format!("/shoal/{mesh}/swim/1"))?,
             load_topic: format!("shoal/{mesh}/load/v2"),
             admin_topic: format!("shoal/{mesh}/admin/v1"),
         })
@@ -1088,6 +1106,10 @@ pub async fn start(key: identity::Keypair, config: NetConfig) -> Result<NetHandl
     };
     let code_incoming = accept(&mut streams, code_protocol.clone())?;
     let ctl_incoming = accept(&mut streams, ctl_protocol.clone())?;
+    let swim_incoming = match config.swim {
+        Some(_) => Some(accept(&mut streams, protocols.swim.clone())?),
+        None => None,
+    };
     #[cfg(feature = "test-utils")]
     let bulk_incoming = accept(&mut streams, protocols.bulk.clone())?;
     let view = Arc::new(Mutex::new(MeshView {
@@ -1123,8 +1145,43 @@ pub async fn start(key: identity::Keypair, config: NetConfig) -> Result<NetHandl
     let started_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
+    let (swim_tx, swim_rx) = mpsc::channel(swim::INBOX);
+    let swim_net = config.swim.clone().map(|c| {
+        // The start time is the incarnation: a restarted node comes back above its last run.
+        swim::SwimNet::new(
+            peer_id,
+            started_ms,
+            c,
+            streams.clone(),
+            protocols.swim.clone(),
+            tasks.clone(),
+            Instant::now(),
+        )
+    });
+    let mut membership_config = config.membership;
+    if swim_net.is_some() {
+        // SWIM decides who is gone; a closed connection only makes its peer the next probed,
+        // and the reports' expiry is a backstop for a peer whose reports stopped for good.
+        membership_config.grace = Duration::MAX;
+        membership_config.expiry = membership_config.expiry.max(SWIM_REPORT_EXPIRY);
+    }
+    if let (Some(incoming), Some(s)) = (swim_incoming, &swim_net) {
+        tasks.spawn(
+            swim::accept(
+                incoming,
+                swim_tx,
+                bad_tx.clone(),
+                s.counters(),
+                limits.clone(),
+                tasks.accept_token(),
+            )
+            .instrument(tracing::info_span!("swim", peer = %peer_id)),
+        );
+    }
     let task = NetTask {
-        membership: Membership::new(config.membership),
+        membership: Membership::new(membership_config),
+        swim: swim_net,
+        bad_peers: 0,
         config,
         swarm,
         listeners,
@@ -1157,7 +1214,7 @@ pub async fn start(key: identity::Keypair, config: NetConfig) -> Result<NetHandl
         routes: routes.clone(),
     };
     let span = tracing::info_span!("net", peer = %peer_id);
-    tasks.spawn_swarm(task.run(rx, bad_rx).instrument(span.clone()));
+    tasks.spawn_swarm(task.run(rx, bad_rx, swim_rx).instrument(span.clone()));
     if let Some(dir) = config_state_dir {
         tasks.spawn(
             watch_state_dir(dir, peer_id, gate.clone(), tx.clone(), tasks.accept_token())
@@ -1486,6 +1543,10 @@ struct NetTask {
     next_admission_check: Instant,
     protocols: Protocols,
     membership: Membership<PeerId>,
+    /// Membership by SWIM, when configured: it decides who is gone.
+    swim: Option<swim::SwimNet>,
+    /// Times a peer was disconnected for sending malformed data.
+    bad_peers: u64,
     view: Arc<Mutex<MeshView>>,
     peer_id: PeerId,
     started_ms: u64,
@@ -1515,6 +1576,17 @@ struct NetTask {
     routes: lane::Routes,
 }
 
+/// Whether `peer` is kept apart from this node (a test hook).
+#[cfg(feature = "test-utils")]
+fn is_blocked(config: &NetConfig, peer: &PeerId) -> bool {
+    config.blocked.contains(peer)
+}
+
+#[cfg(not(feature = "test-utils"))]
+fn is_blocked(_: &NetConfig, _: &PeerId) -> bool {
+    false
+}
+
 /// Answers a command. A requester that stopped waiting (its future was dropped) needs no
 /// answer: that is not an error.
 fn answer<T>(reply: Reply<T>, result: Result<T, NetError>, what: &'static str) {
@@ -1529,11 +1601,20 @@ fn answer<T>(reply: Reply<T>, result: Result<T, NetError>, what: &'static str) {
 impl NetTask {
     /// Runs until the network is shut down (or every handle is gone, which stops
     /// everything at once), then closes the listeners and connections and drops the swarm.
-    async fn run(mut self, mut commands: mpsc::Receiver<Command>, mut bad: mpsc::Receiver<PeerId>) {
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut bad: mpsc::Receiver<PeerId>,
+        mut swim_in: mpsc::Receiver<(PeerId, shoal_protocol::swim::SwimWire)>,
+    ) {
         let stop = self.tasks.swarm_token();
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
+            let swim_due = self.swim.as_ref().map(|s| s.next_deadline());
+            let swim_timer = tokio::time::sleep_until(tokio::time::Instant::from_std(
+                swim_due.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600)),
+            ));
             tokio::select! {
                 () = stop.cancelled() => break,
                 ev = self.swarm.select_next_some() => self.swarm_event(ev),
@@ -1547,10 +1628,18 @@ impl NetTask {
                 },
                 Some(peer) = bad.recv() => {
                     tracing::warn!(%peer, "disconnecting a peer that sent malformed data");
+                    self.bad_peers += 1;
                     self.disconnect(peer);
                 }
                 _ = tick.tick() => self.tick(),
+                Some((peer, wire)) = swim_in.recv() => self.swim_message(peer, wire),
+                () = swim_timer, if swim_due.is_some() => {
+                    if let Some(s) = self.swim.as_mut() {
+                        s.tick(Instant::now());
+                    }
+                }
             }
+            self.swim_pump();
         }
         self.close().await;
         tracing::debug!("network task stopped");
@@ -1559,6 +1648,7 @@ impl NetTask {
     /// Stops listening and closes every connection, for at most [`tasks::CLOSE_GRACE`];
     /// whatever is still open then goes with the swarm.
     async fn close(&mut self) {
+        self.swim_leave().await;
         for id in std::mem::take(&mut self.listeners) {
             if !self.swarm.remove_listener(id) {
                 tracing::debug!(?id, "listener already closed");
@@ -1591,14 +1681,87 @@ impl NetTask {
     }
 
     /// Whether `peer` is kept apart from this one (a test hook).
-    #[cfg(feature = "test-utils")]
     fn blocked(&self, peer: &PeerId) -> bool {
-        self.config.blocked.contains(peer)
+        is_blocked(&self.config, peer)
     }
 
-    #[cfg(not(feature = "test-utils"))]
-    fn blocked(&self, _: &PeerId) -> bool {
-        false
+    /// A membership message from `peer`.
+    fn swim_message(&mut self, peer: PeerId, wire: shoal_protocol::swim::SwimWire) {
+        if self.blocked(&peer) {
+            return;
+        }
+        let Some(s) = self.swim.as_mut() else {
+            return;
+        };
+        if let Err(e) = s.handle(Instant::now(), peer, wire) {
+            tracing::warn!(%peer, error = %e, "a malformed membership message; disconnecting the sender");
+            self.bad_peers += 1;
+            self.disconnect(peer);
+        }
+    }
+
+    /// Acts on membership's changes and sends its messages (dialling members that are not
+    /// connected, at the addresses membership knows).
+    fn swim_pump(&mut self) {
+        let Some(s) = self.swim.as_mut() else {
+            return;
+        };
+        let events = s.events();
+        let swarm = &mut self.swarm;
+        let blocked = &self.config;
+        s.flush(|peer, addrs| {
+            if swarm.is_connected(&peer) || addrs.is_empty() || is_blocked(blocked, &peer) {
+                return;
+            }
+            let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+                .addresses(addrs)
+                .condition(libp2p::swarm::dial_opts::PeerCondition::DisconnectedAndNotDialing)
+                .build();
+            if let Err(e) = swarm.dial(opts) {
+                tracing::debug!(%peer, error = %e, "cannot dial a member");
+            }
+        });
+        for (peer, event) in events {
+            use crate::core::swim::Event;
+            match event {
+                Event::Up(_) => tracing::info!(%peer, "member up"),
+                Event::Suspected(_) => tracing::info!(%peer, "member suspected"),
+                Event::Refuted(_) => tracing::info!(%peer, "member refuted its suspicion"),
+                Event::Failed(_) | Event::Left(_) => {
+                    let because = if matches!(event, Event::Failed(_)) {
+                        "failed"
+                    } else {
+                        "left"
+                    };
+                    tracing::info!(%peer, because, "peer left the mesh");
+                    self.membership.remove(&peer);
+                    self.lost(peer);
+                }
+            }
+        }
+    }
+
+    /// Tells a few members that this node leaves, and waits (at most
+    /// [`SWIM_LEAVE_GRACE`], serving the swarm meanwhile) for those messages to go out.
+    async fn swim_leave(&mut self) {
+        let Some(s) = self.swim.as_mut() else {
+            return;
+        };
+        s.leave();
+        let sent = s.sent_all();
+        self.swim_pump();
+        let deadline = tokio::time::Instant::now() + SWIM_LEAVE_GRACE;
+        tokio::pin!(sent);
+        loop {
+            tokio::select! {
+                () = &mut sent => break,
+                () = tokio::time::sleep_until(deadline) => {
+                    tracing::debug!("leaving: not every member was told in time");
+                    break;
+                }
+                ev = self.swarm.select_next_some() => self.swarm_event(ev),
+            }
+        }
     }
 
     fn tick(&mut self) {
@@ -1771,6 +1934,8 @@ impl NetTask {
         v.peers = peers;
         v.gossip_bytes_out = self.gossip_out;
         v.gossip_bytes_in = self.gossip_in;
+        v.swim = self.swim.as_ref().map(|s| s.status());
+        v.bad_peers = self.bad_peers;
     }
 
     fn command(&mut self, cmd: Command) {
@@ -1855,6 +2020,9 @@ impl NetTask {
         match ev {
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!(%address, "listening");
+                if let Some(s) = self.swim.as_mut() {
+                    s.set_own_addrs(self.swarm.listeners().cloned().collect());
+                }
                 self.refresh_view(now);
             }
             SwarmEvent::ConnectionEstablished {
@@ -1902,6 +2070,9 @@ impl NetTask {
                     self.routes.disconnected(&peer_id);
                     self.same_mesh.remove(&peer_id);
                     self.membership.disconnected(&peer_id, now);
+                    if let Some(s) = self.swim.as_mut() {
+                        s.connection_lost(now, &peer_id);
+                    }
                 }
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
@@ -1934,6 +2105,18 @@ impl NetTask {
                 }
                 let first = !self.same_mesh.contains_key(&peer_id);
                 self.same_mesh.insert(peer_id, info.listen_addrs.clone());
+                if let Some(s) = self.swim.as_mut() {
+                    s.peer_addrs(&peer_id, &info.listen_addrs);
+                    // A node alone joins through whoever it meets; later ones join through
+                    // their bootstrap peers (a healed partition meets again that way).
+                    let bootstrap =
+                        self.config.peers.iter().any(
+                            |a| matches!(a.iter().last(), Some(Protocol::P2p(p)) if p == peer_id),
+                        );
+                    if first && (s.alone() || bootstrap) {
+                        s.join_through(&peer_id);
+                    }
+                }
                 if first {
                     let addr = info.listen_addrs.first().map(|a| a.to_string());
                     if let Some(Change::Joined(p)) = self.membership.connected(&peer_id, addr, now)
@@ -2054,6 +2237,11 @@ impl NetTask {
             report.accepts_code = false;
         }
         if source == self.peer_id || self.blocked(&source) {
+            return Ok(());
+        }
+        if self.swim.as_ref().is_some_and(|s| s.is_down(&source)) {
+            // Gone as membership sees it: a late report does not bring it back (a restarted
+            // peer comes back through membership, with a later incarnation).
             return Ok(());
         }
         let copy = Box::new(report.clone());

@@ -457,6 +457,46 @@ impl Collector for Scrape {
                     ([("direction", "out")], mesh.gossip_bytes_out as f64),
                 ],
             )?;
+            if let Some(m) = &mesh.membership {
+                family(
+                    e,
+                    "membership_members",
+                    "Members of the mesh as SWIM sees them: up (this node included), suspected.",
+                    None,
+                    MetricType::Gauge,
+                    [
+                        ([("state", "up")], m.members_up as f64),
+                        ([("state", "suspected")], m.suspected as f64),
+                    ],
+                )?;
+                family(
+                    e,
+                    "membership_local_health",
+                    "Lifeguard's local health multiplier (0 is healthy).",
+                    None,
+                    MetricType::Gauge,
+                    [([("node", "self")], f64::from(m.local_health))],
+                )?;
+                family(
+                    e,
+                    "membership",
+                    "Bytes of membership messages sent (out) and received (in).",
+                    Some(&Unit::Bytes),
+                    MetricType::Counter,
+                    [
+                        ([("direction", "in")], m.bytes_in as f64),
+                        ([("direction", "out")], m.bytes_out as f64),
+                    ],
+                )?;
+                family(
+                    e,
+                    "membership_messages_lost",
+                    "Membership messages lost on the way (SWIM survives their loss).",
+                    None,
+                    MetricType::Counter,
+                    [([("node", "self")], m.lost as f64)],
+                )?;
+            }
         }
         family(
             e,

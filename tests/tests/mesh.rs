@@ -1,6 +1,6 @@
 //! Real `shoal node` processes on loopback (ephemeral ports, mDNS off) forming meshes: they
-//! converge, a SIGKILLed peer leaves every view within the bound, a restarted one rejoins
-//! with the same peer id, a peer of another mesh never shows up, and `scripts/mesh` starts
+//! converge, a SIGKILLed peer leaves every view within the bound (with either membership:
+//! load reports, or SWIM), a restarted one rejoins with the same peer id, a peer of another mesh never shows up, and `scripts/mesh` starts
 //! and stops a mesh. Everything waits by polling `shoal status --json` with a deadline.
 //!
 //! Needs the `shoal` binary beside the test (`cargo test --workspace`, or
@@ -176,6 +176,84 @@ fn five_nodes_converge_and_a_killed_peer_leaves_and_rejoins() {
     mesh.wait_converged(CONVERGE_TIMEOUT).unwrap();
     println!(
         "the restarted peer was back in every view (and saw every peer) {:.3} s after its restart",
+        restarted_at.elapsed().as_secs_f64()
+    );
+}
+
+/// With SWIM running membership, a killed peer's connections close, the peers that held
+/// them probe it at once, and it is declared dead after the least suspicion: well under
+/// the reports' bound.
+const SWIM_DETECTION_BOUND: Duration = Duration::from_secs(5);
+
+/// Membership's figures in a `status --json` object: members up, suspected.
+fn members_up(status: &Value) -> Option<(u64, u64)> {
+    let m = &status["membership"];
+    Some((m["members_up"].as_u64()?, m["suspected"].as_u64()?))
+}
+
+#[test]
+fn under_swim_eight_nodes_converge_and_a_killed_peer_leaves_within_five_seconds_and_rejoins() {
+    let name = mesh_name("swim");
+    let options = NodeOptions::new()
+        .mesh(&name)
+        .args(["--membership", "swim"]);
+    let mut mesh = Mesh::start_with(8, &options, None).unwrap();
+    let took = mesh.wait_converged(CONVERGE_TIMEOUT).unwrap();
+    println!(
+        "8 processes under SWIM converged {:.3} s after they listened",
+        took.as_secs_f64()
+    );
+    let (_, waited) = wait_for(
+        Duration::from_secs(20),
+        "every node counts 8 members up",
+        || {
+            Ok(mesh
+                .nodes()
+                .iter()
+                .all(|n| {
+                    n.try_status()
+                        .is_ok_and(|s| members_up(&s).is_some_and(|(up, _)| up == 8))
+                })
+                .then_some(()))
+        },
+    )
+    .unwrap();
+    println!(
+        "membership counted 8 up everywhere {:.3} s later",
+        waited.as_secs_f64()
+    );
+
+    let victim = 5;
+    let victim_id = mesh.node(victim).peer_id().to_owned();
+    let killed_at = Instant::now();
+    mesh.node_mut(victim).kill_9().unwrap();
+    mesh.wait_gone(&victim_id, Duration::from_secs(20)).unwrap();
+    let detected = killed_at.elapsed();
+    println!(
+        "a SIGKILLed peer left every view in {:.3} s",
+        detected.as_secs_f64()
+    );
+    assert!(
+        detected < SWIM_DETECTION_BOUND,
+        "failure detection took {detected:?}, bound {SWIM_DETECTION_BOUND:?}"
+    );
+    // Nobody else was written off, and membership agrees with the views.
+    mesh.wait_converged(Duration::from_secs(5)).unwrap();
+    for (i, node) in mesh.nodes().iter().enumerate() {
+        if i != victim {
+            let status = node.status();
+            let (up, _) = members_up(&status).expect("membership in the status");
+            assert_eq!(up, 7, "node {i}: {}", status["membership"]);
+        }
+    }
+
+    // Back with the same identity and a later incarnation: in every view again.
+    let restarted_at = Instant::now();
+    mesh.node_mut(victim).restart().unwrap();
+    assert_eq!(mesh.node(victim).peer_id(), victim_id);
+    mesh.wait_converged(CONVERGE_TIMEOUT).unwrap();
+    println!(
+        "the restarted peer was back in every view {:.3} s after its restart",
         restarted_at.elapsed().as_secs_f64()
     );
 }

@@ -147,6 +147,10 @@ pub struct SwimConfig {
     /// burst of as many: past it such a request is answered as a periodic sync is, so a
     /// small request cannot make this peer send its whole view over and over.
     pub whole_answers_per_second: u32,
+    /// Every this many sync periods, the digest goes to a member declared dead (and not yet
+    /// forgotten) instead: one that was only cut off answers, learns it was declared dead,
+    /// refutes, and is back (so a healed partition heals the views too). 0: never.
+    pub reconnect_every: u32,
 }
 
 impl Default for SwimConfig {
@@ -169,6 +173,7 @@ impl Default for SwimConfig {
             dead_retention: Duration::from_secs(60),
             max_local_health: 8,
             whole_answers_per_second: 20,
+            reconnect_every: 5,
         }
     }
 }
@@ -459,6 +464,8 @@ pub struct Swim<P: SwimPeer> {
     /// Set while merging anti-entropy entries: news learnt that way is not gossiped on.
     quiet: bool,
     rng: Rng,
+    /// Sync periods since the start.
+    syncs: u64,
     /// Whole answers that may still be given now, and when they were last counted.
     whole_answers: (f64, Instant),
     transmits: VecDeque<(P, Message<P>)>,
@@ -505,6 +512,7 @@ impl<P: SwimPeer> Swim<P> {
             local_health: 0,
             quiet: false,
             rng,
+            syncs: 0,
             whole_answers: (f64::from(config_whole), now),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -669,7 +677,13 @@ impl<P: SwimPeer> Swim<P> {
         if now >= self.next_sync {
             self.next_sync = now + self.config.sync_interval;
             self.expire_tombstones(now);
-            if let Some(peer) = self.random_members(1, None).pop() {
+            self.syncs += 1;
+            let every = u64::from(self.config.reconnect_every);
+            let target = match self.random_dead() {
+                Some(dead) if every > 0 && self.syncs % every == 0 => Some(dead),
+                _ => self.random_members(1, None).pop(),
+            };
+            if let Some(peer) = target {
                 self.send(
                     peer,
                     Message::Digest {
@@ -1078,6 +1092,18 @@ impl<P: SwimPeer> Swim<P> {
                 self.send(r.asker, Message::Nack { seq: r.asker_seq });
             }
         }
+    }
+
+    /// A member declared dead (not one that left), at random.
+    fn random_dead(&mut self) -> Option<P> {
+        if self.tombstones.is_empty() {
+            return None;
+        }
+        let (_, peer, inc) = &self.tombstones[self.rng.below(self.tombstones.len())];
+        self.members
+            .get(peer)
+            .is_some_and(|m| m.health == Health::Dead && m.incarnation == *inc)
+            .then(|| peer.clone())
     }
 
     fn expire_tombstones(&mut self, now: Instant) {

@@ -13,6 +13,8 @@ struct Net {
     peers: Vec<Swim<u32>>,
     /// Peers whose messages are lost (both ways).
     cut: Vec<u32>,
+    /// Peers on one side of a partition: messages across it are lost.
+    side: Option<Vec<u32>>,
     sent: u64,
 }
 
@@ -24,6 +26,7 @@ impl Net {
             now,
             peers,
             cut: Vec::new(),
+            side: None,
             sent: 0,
         }
     }
@@ -48,6 +51,11 @@ impl Net {
                     self.sent += 1;
                     if self.cut.contains(&(i as u32)) || self.cut.contains(&to) {
                         continue;
+                    }
+                    if let Some(side) = &self.side {
+                        if side.contains(&(i as u32)) != side.contains(&to) {
+                            continue;
+                        }
                     }
                     let now = self.now;
                     self.peers[to as usize].handle(now, i as u32, m);
@@ -418,4 +426,28 @@ fn whole_view_answers_are_rate_limited_and_past_the_rate_bounded_like_a_sync() {
     assert!(bounded > 0 && bounded <= 512 + 64, "{bounded}");
     // A periodic sync is never more than that, whatever the rate.
     assert!(asked(&mut big, false, false) <= 512 + 64);
+}
+
+#[test]
+fn a_healed_partition_heals_the_views_without_a_new_join() {
+    let mut net = Net::joined(6, Duration::from_secs(3));
+    assert!((0..6).all(|i| net.peers[i].up() == 6));
+    // Peers 4 and 5 are cut off from the rest (they still hear each other): each side
+    // declares the other dead.
+    net.side = Some(vec![4, 5]);
+    net.run(Duration::from_secs(15));
+    for i in 0..4 {
+        assert_eq!(net.peers[i].up(), 4, "peer {i}");
+        assert_eq!(net.peers[i].health(&4), Some(Health::Dead));
+    }
+    for i in 4..6 {
+        assert_eq!(net.peers[i].up(), 2, "peer {i}");
+    }
+    // The cut heals. Nobody joins again: the digests sent now and then to members declared
+    // dead find them, they refute, and every view is whole again.
+    net.side = None;
+    net.run(Duration::from_secs(20));
+    for i in 0..6 {
+        assert_eq!(net.peers[i].up(), 6, "peer {i}");
+    }
 }

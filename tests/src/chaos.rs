@@ -109,6 +109,9 @@ pub struct ChaosOptions {
     pub store_bytes: u64,
     /// The nodes' failure timeout, in seconds.
     pub failure_timeout: f64,
+    /// Whether the nodes run membership by SWIM (`--membership swim`) rather than by their
+    /// load reports.
+    pub swim: bool,
     /// Work in flight per driver.
     pub window: usize,
     /// The fault kinds to draw from (a subset of [`FAULT_KINDS`]).
@@ -143,6 +146,7 @@ impl ChaosOptions {
             driver_bin,
             store_bytes: 256 << 20,
             failure_timeout: 3.0,
+            swim: false,
             window: 12,
             kinds: FAULT_KINDS.to_vec(),
             tolerated: Vec::new(),
@@ -624,6 +628,9 @@ pub fn run(options: &ChaosOptions) -> Result<Summary> {
             .mesh("chaos")
             .failure_timeout(options.failure_timeout)
             .store_dir(&store_dirs[i]);
+        if options.swim {
+            o = o.args(["--membership", "swim"]);
+        }
         o.store_bytes = options.store_bytes;
         o
     })?;

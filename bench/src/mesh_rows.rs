@@ -7,6 +7,10 @@
 //!   load report from each. Each operation builds a runtime of its own and shuts it down
 //!   afterwards, so the peers of earlier operations are gone (their tasks, sockets and
 //!   timers with them).
+//! - `swim_membership_converge_seconds_N` (N = 20 by default): the same with membership by
+//!   SWIM ([`NetConfig::swim`]), until every peer counts all N members up. Membership only:
+//!   the load reports still go through gossipsub, and at 100 peers in one process they do
+//!   not all arrive (that is `mesh_converge_seconds_100`; issue 15 part 2 replaces them).
 //! - `libp2p_stream_gigabytes`: two peers (`shoal_node::net`, TCP loopback) in two processes,
 //!   as two nodes are: the sender in this one, the receiver in a child (`shoal-bench
 //!   __libp2p_sink <mesh>`, a tokio runtime of its own); one operation is a [`bulk::send`] of
@@ -24,6 +28,7 @@
 //!   ([`shoal_tests::Mesh`]); one operation SIGKILLs one peer and polls the others' `shoal
 //!   status --json` until none lists it. The victim is then restarted with the same identity
 //!   and the mesh waited on until it has converged again (untimed).
+//! - `swim_failure_detect_seconds`: the same with `--membership swim`.
 //! - `idle_peer_cpu_percent_N`, `idle_peer_rss_megabytes_N`,
 //!   `idle_peer_gossip_bytes_per_second_N` (not in BENCH.md; N = 50 by default): N real
 //!   `shoal node` processes (1 CPU and a 64 MiB store each) left idle; one of them is
@@ -65,6 +70,8 @@ use crate::limits::{die_with_parent, FINISH_TIMEOUT};
 
 /// The N of `mesh_converge_seconds` when none is given.
 const CONVERGE_DEFAULT_PEERS: u64 = 10;
+/// The N of `swim_membership_converge_seconds` when none is given.
+const SWIM_CONVERGE_DEFAULT_PEERS: u64 = 20;
 /// How often the in-process waits look at the peers' views.
 const INPROC_POLL: Duration = Duration::from_millis(10);
 /// The bytes of one `libp2p_stream_gigabytes` operation.
@@ -116,6 +123,22 @@ pub fn register(reg: &mut Registry) {
         "N in-process peers over TCP loopback (one tokio runtime, mDNS off, all bootstrapped \
          from the first) started together, until each sees all the others with a load report",
         mesh_converge_seconds,
+    );
+    reg.add_sized(
+        "swim_membership_converge_seconds",
+        Unit::Seconds,
+        SWIM_CONVERGE_DEFAULT_PEERS,
+        "N in-process peers over TCP loopback with membership by SWIM (one tokio runtime, \
+         mDNS off, all bootstrapped from the first) started together, until each counts N \
+         members up",
+        swim_membership_converge_seconds,
+    );
+    reg.add(
+        "swim_failure_detect_seconds",
+        Unit::Seconds,
+        "in a mesh of 4 real `shoal node --membership swim` processes on loopback, one \
+         killed with SIGKILL: until no other lists it in `shoal status --json`",
+        |b| failure_detect(b, true),
     );
     reg.add(
         "failure_detect_seconds",
@@ -222,6 +245,11 @@ const SINK_TOKEN_ENV: &str = "SHOAL_BENCH_SINK_TOKEN";
 /// Starts a peer of `mesh` over TCP on an ephemeral loopback port, mDNS off, bootstrapped
 /// from `peers`, with the node's defaults otherwise.
 async fn start_peer(mesh: &str, peers: Vec<Multiaddr>) -> Result<NetHandle> {
+    start_peer_with(mesh, peers, false).await
+}
+
+/// [`start_peer`], with membership by SWIM if `swim`.
+async fn start_peer_with(mesh: &str, peers: Vec<Multiaddr>, swim: bool) -> Result<NetHandle> {
     // The sink child is given its parent's token: a mesh's authority is made once per
     // process, so its own would be another mesh's.
     let token = match std::env::var(SINK_TOKEN_ENV) {
@@ -234,6 +262,9 @@ async fn start_peer(mesh: &str, peers: Vec<Multiaddr>) -> Result<NetHandle> {
     config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse()?];
     config.peers = peers;
     config.mdns = false;
+    if swim {
+        config.swim = Some(shoal_node::core::swim::SwimConfig::default());
+    }
     net::start(identity::Keypair::generate_ed25519(), config)
         .await
         .context("starting an in-process peer")
@@ -441,7 +472,7 @@ fn open_fds() -> usize {
 /// One operation of `mesh_converge_seconds_N`: a fresh runtime, N peers started (the first,
 /// then the others bootstrapped from its address), until full views; then everything torn
 /// down. Returns the time from the first peer's start to full views.
-fn converge_once(n: usize, timeout: Duration) -> Result<Duration> {
+fn converge_once(n: usize, timeout: Duration, swim: bool) -> Result<Duration> {
     let rt = runtime()?;
     let mesh = unique_mesh("converge");
     // A backstop: the waits below have their deadline, but a peer that never starts would not.
@@ -449,16 +480,19 @@ fn converge_once(n: usize, timeout: Duration) -> Result<Duration> {
     let took = block_on_within(&rt, backstop, "an operation", async {
         let start = Instant::now();
         let deadline = start + timeout;
-        let first = start_peer(&mesh, Vec::new()).await?;
+        let first = start_peer_with(&mesh, Vec::new(), swim).await?;
         let bootstrap = listen_addr(&first, deadline).await?;
         let mut peers = Vec::with_capacity(n);
         peers.push(first);
         for _ in 1..n {
-            peers.push(start_peer(&mesh, vec![bootstrap.clone()]).await?);
+            peers.push(start_peer_with(&mesh, vec![bootstrap.clone()], swim).await?);
         }
-        let done = wait_full_views(&peers, deadline)
-            .await
-            .with_context(|| format!("{n} in-process peers did not converge within {timeout:?}"))?;
+        let done = if swim {
+            wait_members_up(&peers, deadline).await
+        } else {
+            wait_full_views(&peers, deadline).await
+        }
+        .with_context(|| format!("{n} in-process peers did not converge within {timeout:?}"))?;
         anyhow::Ok(done - start)
     });
     shut_down(rt);
@@ -466,7 +500,32 @@ fn converge_once(n: usize, timeout: Duration) -> Result<Duration> {
 }
 
 fn mesh_converge_seconds(b: &mut Bench) -> Result<()> {
-    let n = b.size().context("mesh_converge_seconds runs with a size")?;
+    converge_rows(b, false)
+}
+
+fn swim_membership_converge_seconds(b: &mut Bench) -> Result<()> {
+    converge_rows(b, true)
+}
+
+/// Waits until every peer's membership counts all of them up; returns when that was first
+/// observed. Fails after `deadline` with how far each peer got.
+async fn wait_members_up(peers: &[NetHandle], deadline: Instant) -> Result<Instant> {
+    let n = peers.len();
+    let up = |p: &NetHandle| p.view().swim.map_or(0, |s| s.members_up);
+    loop {
+        if peers.iter().all(|p| up(p) == n) {
+            return Ok(Instant::now());
+        }
+        if Instant::now() >= deadline {
+            let counts: Vec<usize> = peers.iter().map(up).collect();
+            bail!("members up as each peer counts them (of {n}): {counts:?}");
+        }
+        tokio::time::sleep(INPROC_POLL).await;
+    }
+}
+
+fn converge_rows(b: &mut Bench, swim: bool) -> Result<()> {
+    let n = b.size().context("the row runs with a size")?;
     ensure!(n >= 2, "a mesh of {n} peer(s) has nothing to converge");
     let n = usize::try_from(n).context("N too large")?;
     let timeout = Duration::from_secs(30 + 2 * n as u64);
@@ -480,7 +539,7 @@ fn mesh_converge_seconds(b: &mut Bench) -> Result<()> {
     let (mut fastest, mut slowest) = (Duration::MAX, Duration::ZERO);
     let mut ops = 0u32;
     b.run_timed(|| {
-        let took = converge_once(n, timeout)?;
+        let took = converge_once(n, timeout, swim)?;
         fastest = fastest.min(took);
         slowest = slowest.max(took);
         ops += 1;
@@ -831,10 +890,18 @@ pub(crate) fn check_shoal_bin(b: &Bench) -> Result<()> {
 }
 
 fn failure_detect_seconds(b: &mut Bench) -> Result<()> {
+    failure_detect(b, false)
+}
+
+/// `failure_detect_seconds`, or with `--membership swim` its SWIM form.
+fn failure_detect(b: &mut Bench, swim: bool) -> Result<()> {
     check_shoal_bin(b)?;
-    let options = NodeOptions::new()
+    let mut options = NodeOptions::new()
         .mesh(unique_mesh("failure"))
         .failure_timeout(FAILURE_TIMEOUT_SECS);
+    if swim {
+        options = options.args(["--membership", "swim"]);
+    }
     let mut mesh = Mesh::start_with(FAILURE_MESH_NODES, &options, None)
         .context("starting the node processes")?;
     let took = mesh

@@ -680,7 +680,7 @@ impl<P: SwimPeer> Swim<P> {
             self.syncs += 1;
             let every = u64::from(self.config.reconnect_every);
             let target = match self.random_dead() {
-                Some(dead) if every > 0 && self.syncs % every == 0 => Some(dead),
+                Some(dead) if every > 0 && self.syncs.is_multiple_of(every) => Some(dead),
                 _ => self.random_members(1, None).pop(),
             };
             if let Some(peer) = target {

@@ -511,7 +511,7 @@ fn swim_membership_converge_seconds(b: &mut Bench) -> Result<()> {
 /// observed. Fails after `deadline` with how far each peer got.
 async fn wait_members_up(peers: &[NetHandle], deadline: Instant) -> Result<Instant> {
     let n = peers.len();
-    let up = |p: &NetHandle| p.view().swim.map_or(0, |s| s.members_up);
+    let up = |p: &NetHandle| p.view().swim.map_or(0, |s| s.members_up as usize);
     loop {
         if peers.iter().all(|p| up(p) == n) {
             return Ok(Instant::now());

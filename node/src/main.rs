@@ -1154,7 +1154,7 @@ fn status_json(s: &NodeStatus) -> serde_json::Value {
         "listen_addrs": s.mesh.as_ref().map(|m| m.listen_addrs.clone()).unwrap_or_default(),
         "gossip": s.mesh.as_ref().map(|m| serde_json::json!({"bytes_out": m.gossip_bytes_out, "bytes_in": m.gossip_bytes_in})),
         "membership": s.mesh.as_ref().and_then(|m| m.membership.as_ref()).map(|m| serde_json::json!({
-            "kind": "swim", "members_up": m.members_up, "suspected": m.suspected, "incarnation": m.incarnation,
+            "kind": "swim", "members_up": m.members_up, "entries": m.entries, "suspected": m.suspected, "incarnation": m.incarnation, "queued": m.queued,
             "local_health": m.local_health, "probes": m.probes, "probes_failed": m.probes_failed,
             "messages_out": m.sent, "bytes_out": m.bytes_out, "messages_in": m.received, "bytes_in": m.bytes_in, "lost": m.lost,
         })),

@@ -5,22 +5,12 @@ use std::time::{Duration, Instant};
 
 use futures::{AsyncReadExt, AsyncWriteExt};
 use libp2p::{identity, Multiaddr, PeerId, StreamProtocol};
-use shoal_node::net::{self, NetConfig, NetHandle, TransportKind};
+use shoal_node::net::{self, NetHandle, TransportKind};
 use shoal_protocol::mesh::{PeerRequest, PeerResponse};
 
 mod inproc;
 
-fn config(mesh: &str, peers: Vec<Multiaddr>) -> NetConfig {
-    let mut c = NetConfig::new(shoal_node::auth::testing::token(mesh));
-    c.transport = TransportKind::Memory;
-    c.listen = vec!["/memory/0".parse().unwrap()];
-    c.peers = peers;
-    c.mdns = false;
-    c.report_interval = Duration::from_millis(300);
-    c
-}
-
-use inproc::{addr, start as peer, wait};
+use inproc::{addr, memory_config as config, start as peer, wait};
 
 fn sees(h: &NetHandle, others: &[&NetHandle]) -> bool {
     let view = h.view();

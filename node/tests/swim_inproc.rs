@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use futures::{AsyncReadExt, AsyncWriteExt};
 use libp2p::{Multiaddr, PeerId, StreamProtocol};
 use shoal_node::core::swim::SwimConfig;
-use shoal_node::net::{NetConfig, NetHandle, TransportKind};
+use shoal_node::net::{NetConfig, NetHandle};
 use shoal_protocol::swim::{SwimHealth, SwimUpdate, SwimWire};
 use shoal_protocol::{codec, frame};
 
@@ -17,18 +17,13 @@ mod inproc;
 use inproc::{addr, start as peer, wait};
 
 fn config(mesh: &str, peers: Vec<Multiaddr>) -> NetConfig {
-    let mut c = NetConfig::new(shoal_node::auth::testing::token(mesh));
-    c.transport = TransportKind::Memory;
-    c.listen = vec!["/memory/0".parse().unwrap()];
-    c.peers = peers;
-    c.mdns = false;
-    c.report_interval = Duration::from_millis(300);
+    let mut c = inproc::memory_config(mesh, peers);
     c.swim = Some(SwimConfig::default());
     c
 }
 
 fn members_up(h: &NetHandle) -> usize {
-    h.view().swim.map_or(0, |s| s.members_up)
+    h.view().swim.map_or(0, |s| s.members_up as usize)
 }
 
 /// Whether `h`'s view (membership and reports alike) holds exactly `others`.

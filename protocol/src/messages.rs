@@ -1278,6 +1278,8 @@ pub struct MeshStatus {
 pub struct MembershipStatus {
     /// Members up (alive or suspected), this node included.
     pub members_up: u64,
+    /// Members known, the dead ones still remembered included.
+    pub entries: u64,
     /// Members this node suspects now.
     pub suspected: u64,
     /// This node's incarnation.
@@ -1285,7 +1287,9 @@ pub struct MembershipStatus {
     /// Lifeguard's local health multiplier (0 is healthy; it grows while this node misses
     /// acks, as an overloaded node does).
     pub local_health: u32,
-    /// Probes sent, and those that got no ack.
+    /// Updates waiting to be gossiped.
+    pub queued: u64,
+    /// Probes sent.
     pub probes: u64,
     /// Probes that got no ack.
     pub probes_failed: u64,

@@ -107,6 +107,24 @@ fn check_documented_fields(node: &NodeProcess, mesh: &str, others: &BTreeSet<Str
     assert_eq!(&peer_ids_of_peers_json(&listed), others, "{listed}");
 }
 
+/// SIGKILLs node `victim` and waits until it has left every other view, which must happen
+/// within `bound`.
+fn kill_and_time(mesh: &mut Mesh, victim: usize, bound: Duration) {
+    let id = mesh.node(victim).peer_id().to_owned();
+    let killed_at = Instant::now();
+    mesh.node_mut(victim).kill_9().unwrap();
+    mesh.wait_gone(&id, Duration::from_secs(20)).unwrap();
+    let detected = killed_at.elapsed();
+    println!(
+        "a SIGKILLed peer left every view in {:.3} s",
+        detected.as_secs_f64()
+    );
+    assert!(
+        detected < bound,
+        "failure detection took {detected:?}, bound {bound:?}"
+    );
+}
+
 #[test]
 fn five_nodes_converge_and_a_killed_peer_leaves_and_rejoins() {
     let name = mesh_name("five");
@@ -150,18 +168,7 @@ fn five_nodes_converge_and_a_killed_peer_leaves_and_rejoins() {
     // SIGKILL one (not the bootstrap node): it leaves every other view within the bound.
     let victim = 3;
     let victim_id = ids[victim].clone();
-    let killed_at = Instant::now();
-    mesh.node_mut(victim).kill_9().unwrap();
-    mesh.wait_gone(&victim_id, Duration::from_secs(20)).unwrap();
-    let detected = killed_at.elapsed();
-    println!(
-        "a SIGKILLed peer left every view in {:.3} s",
-        detected.as_secs_f64()
-    );
-    assert!(
-        detected < DETECTION_BOUND,
-        "failure detection took {detected:?}, bound {DETECTION_BOUND:?}"
-    );
+    kill_and_time(&mut mesh, victim, DETECTION_BOUND);
     // The others still see each other.
     mesh.wait_converged(Duration::from_secs(5)).unwrap();
 
@@ -225,18 +232,7 @@ fn under_swim_eight_nodes_converge_and_a_killed_peer_leaves_within_five_seconds_
 
     let victim = 5;
     let victim_id = mesh.node(victim).peer_id().to_owned();
-    let killed_at = Instant::now();
-    mesh.node_mut(victim).kill_9().unwrap();
-    mesh.wait_gone(&victim_id, Duration::from_secs(20)).unwrap();
-    let detected = killed_at.elapsed();
-    println!(
-        "a SIGKILLed peer left every view in {:.3} s",
-        detected.as_secs_f64()
-    );
-    assert!(
-        detected < SWIM_DETECTION_BOUND,
-        "failure detection took {detected:?}, bound {SWIM_DETECTION_BOUND:?}"
-    );
+    kill_and_time(&mut mesh, victim, SWIM_DETECTION_BOUND);
     // Nobody else was written off, and membership agrees with the views.
     mesh.wait_converged(Duration::from_secs(5)).unwrap();
     for (i, node) in mesh.nodes().iter().enumerate() {

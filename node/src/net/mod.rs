@@ -290,7 +290,7 @@ pub struct MeshView {
     /// gossipsub: only those delivered here).
     pub gossip_bytes_in: u64,
     /// Membership's figures, when SWIM runs it.
-    pub swim: Option<swim::SwimStatus>,
+    pub swim: Option<shoal_protocol::MembershipStatus>,
     /// Times a peer was disconnected for sending malformed data.
     pub bad_peers: u64,
 }

@@ -35,7 +35,7 @@ use shoal_protocol::frame::{self, HEADER_LEN};
 use shoal_protocol::swim::{
     SwimHealth, SwimUpdate, SwimWire, MAX_SWIM_ADDR, MAX_SWIM_ADDRS, MAX_SWIM_BYTES,
 };
-use shoal_protocol::PeerKey;
+use shoal_protocol::{MembershipStatus, PeerKey};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -84,37 +84,6 @@ impl SwimCounters {
     fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
     }
-}
-
-/// Membership as the mesh view shows it.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct SwimStatus {
-    /// Members up (alive or suspected), this node included.
-    pub members_up: usize,
-    /// Members known, dead ones remembered included.
-    pub entries: usize,
-    /// Members this node suspects now.
-    pub suspected: usize,
-    /// This node's incarnation.
-    pub incarnation: u64,
-    /// Lifeguard's local health multiplier (0 is healthy).
-    pub local_health: u32,
-    /// Updates waiting to be gossiped.
-    pub queued: usize,
-    /// Probes sent, and probes that got no ack.
-    pub probes: u64,
-    /// Probes that failed.
-    pub probes_failed: u64,
-    /// Messages and bytes sent and received, and messages lost on the way.
-    pub sent: u64,
-    /// Bytes sent.
-    pub bytes_out: u64,
-    /// Messages received.
-    pub received: u64,
-    /// Bytes received.
-    pub bytes_in: u64,
-    /// Messages lost: failed or dropped sends, dropped receipts.
-    pub lost: u64,
 }
 
 /// Why a peer's membership message was refused.
@@ -380,17 +349,17 @@ impl SwimNet {
     }
 
     /// Membership's figures.
-    pub(crate) fn status(&self) -> SwimStatus {
+    pub(crate) fn status(&self) -> MembershipStatus {
         let c = &self.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let stats = self.swim.stats();
-        SwimStatus {
-            members_up: self.swim.up(),
-            entries: self.swim.entries(),
-            suspected: self.swim.suspected(),
+        MembershipStatus {
+            members_up: self.swim.up() as u64,
+            entries: self.swim.entries() as u64,
+            suspected: self.swim.suspected() as u64,
             incarnation: self.swim.incarnation(),
             local_health: self.swim.local_health(),
-            queued: self.swim.queued(),
+            queued: self.swim.queued() as u64,
             probes: stats.probes,
             probes_failed: stats.probes_failed,
             sent: get(&c.sent),

@@ -16,6 +16,18 @@ pub async fn wait(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// A peer of mesh `mesh` on the memory transport, bootstrapped from `peers`, mDNS off,
+/// reporting its load every 300 ms.
+pub fn memory_config(mesh: &str, peers: Vec<Multiaddr>) -> NetConfig {
+    let mut c = NetConfig::new(shoal_node::auth::testing::token(mesh));
+    c.transport = net::TransportKind::Memory;
+    c.listen = vec!["/memory/0".parse().unwrap()];
+    c.peers = peers;
+    c.mdns = false;
+    c.report_interval = Duration::from_millis(300);
+    c
+}
+
 /// Starts a peer with config `c` and waits until it listens.
 pub async fn start(c: NetConfig) -> NetHandle {
     let h = net::start(identity::Keypair::generate_ed25519(), c)

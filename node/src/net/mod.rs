@@ -1611,10 +1611,14 @@ impl NetTask {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
+            // No timer at all without SWIM: this loop is the swarm's hot path.
             let swim_due = self.swim.as_ref().map(|s| s.next_deadline());
-            let swim_timer = tokio::time::sleep_until(tokio::time::Instant::from_std(
-                swim_due.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600)),
-            ));
+            let swim_timer = async move {
+                match swim_due {
+                    Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 () = stop.cancelled() => break,
                 ev = self.swarm.select_next_some() => self.swarm_event(ev),
@@ -1633,7 +1637,7 @@ impl NetTask {
                 }
                 _ = tick.tick() => self.tick(),
                 Some((peer, wire)) = swim_in.recv() => self.swim_message(peer, wire),
-                () = swim_timer, if swim_due.is_some() => {
+                () = swim_timer => {
                     if let Some(s) = self.swim.as_mut() {
                         s.tick(Instant::now());
                     }

@@ -121,7 +121,8 @@ pub(crate) struct SwimNet {
 }
 
 fn key(peer: &PeerId) -> PeerKey {
-    // A libp2p peer id is at most 42 bytes (an identity multihash of an ed25519 key is 38).
+    // A libp2p peer id is at most 44 bytes (an inlined key of at most 42, or a sha-256
+    // multihash of 34; an ed25519 one is 38): it always fits.
     PeerKey::from_bytes(&peer.to_bytes()).expect("a peer id fits a PeerKey")
 }
 

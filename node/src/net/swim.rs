@@ -302,12 +302,12 @@ impl SwimNet {
     /// at the addresses known for it (`dial(peer, addrs)`).
     pub(crate) fn flush(&mut self, mut dial: impl FnMut(PeerId, Vec<Multiaddr>)) {
         while let Some((to, message)) = self.swim.poll_transmit() {
-            let Some(peer) = peer_id(&to) else {
+            // Names from the wire were checked to be peer ids when they came in.
+            let Some(peer) = peer_id(&to).filter(|p| *p != self.me) else {
+                tracing::debug!(?to, "a membership message to no valid other peer");
+                SwimCounters::add(&self.counters.send_failed, 1);
                 continue;
             };
-            if peer == self.me {
-                continue;
-            }
             let wire = self.encode_wire(message);
             let kind = wire.kind();
             let frame = match framed::encode(&wire, MAX_SWIM_BYTES) {

@@ -97,6 +97,38 @@ impl SwimPeer for shoal_protocol::PeerKey {
     }
 }
 
+/// A token bucket: at most `per_second` a second, with a burst of as many. Pure: it is
+/// told the time.
+#[derive(Clone, Copy, Debug)]
+pub struct Rate {
+    per_second: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl Rate {
+    /// A full bucket at `now`.
+    pub fn new(per_second: f64, now: Instant) -> Self {
+        Self {
+            per_second,
+            tokens: per_second,
+            at: now,
+        }
+    }
+
+    /// Whether one more is allowed at `now` (and counts it if so).
+    pub fn allow(&mut self, now: Instant) -> bool {
+        let refill = now.saturating_duration_since(self.at).as_secs_f64() * self.per_second;
+        self.tokens = (self.tokens + refill).min(self.per_second);
+        self.at = now;
+        let allowed = self.tokens >= 1.0;
+        if allowed {
+            self.tokens -= 1.0;
+        }
+        allowed
+    }
+}
+
 /// SplitMix64's finalizer: a well-spread 64-bit hash of a 64-bit value.
 fn mix(x: u64) -> u64 {
     let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
@@ -466,8 +498,8 @@ pub struct Swim<P: SwimPeer> {
     rng: Rng,
     /// Sync periods since the start.
     syncs: u64,
-    /// Whole answers that may still be given now, and when they were last counted.
-    whole_answers: (f64, Instant),
+    /// Answers larger than a sync's.
+    whole_answers: Rate,
     transmits: VecDeque<(P, Message<P>)>,
     events: VecDeque<Event<P>>,
     stats: SwimStats,
@@ -485,7 +517,7 @@ impl<P: SwimPeer> Swim<P> {
         let next_probe = stagger(&mut rng, config.probe_interval);
         let next_gossip = stagger(&mut rng, config.gossip_interval);
         let next_sync = stagger(&mut rng, config.sync_interval);
-        let config_whole = config.whole_answers_per_second;
+        let whole_answers = Rate::new(f64::from(config.whole_answers_per_second), now);
         let mut swim = Self {
             me: me.clone(),
             config,
@@ -513,7 +545,7 @@ impl<P: SwimPeer> Swim<P> {
             quiet: false,
             rng,
             syncs: 0,
-            whole_answers: (f64::from(config_whole), now),
+            whole_answers,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stats: SwimStats::default(),
@@ -679,9 +711,10 @@ impl<P: SwimPeer> Swim<P> {
             self.expire_tombstones(now);
             self.syncs += 1;
             let every = u64::from(self.config.reconnect_every);
-            let target = match self.random_dead() {
-                Some(dead) if every > 0 && self.syncs.is_multiple_of(every) => Some(dead),
-                _ => self.random_members(1, None).pop(),
+            let reconnect = every > 0 && self.syncs.is_multiple_of(every);
+            let target = match reconnect.then(|| self.random_dead()).flatten() {
+                Some(dead) => Some(dead),
+                None => self.random_members(1, None).pop(),
             };
             if let Some(peer) = target {
                 self.send(
@@ -742,23 +775,18 @@ impl<P: SwimPeer> Swim<P> {
                 // From a random bucket on, so that bounded answers cover every bucket in
                 // turn; a periodic sync's answer is bounded, a join's is the whole view.
                 let first = self.rng.below(SYNC_BUCKETS);
-                let mut room = if join && self.whole_answer(now) {
+                let room = if join && self.whole_answers.allow(now) {
                     usize::MAX
                 } else {
                     self.config.max_sync_entries
                 };
-                let mut differ: Vec<u16> = Vec::new();
-                for b in (0..SYNC_BUCKETS).map(|i| (first + i) % SYNC_BUCKETS) {
-                    if buckets[b] == self.digest[b] {
-                        continue;
-                    }
-                    let len = self.bucket_len[b] as usize;
-                    if !differ.is_empty() && len > room {
-                        break;
-                    }
-                    room = room.saturating_sub(len);
-                    differ.push(b as u16);
-                }
+                let differ = self.fitting(
+                    (0..SYNC_BUCKETS)
+                        .map(|i| (first + i) % SYNC_BUCKETS)
+                        .filter(|&b| buckets[b] != self.digest[b])
+                        .map(|b| b as u16),
+                    room,
+                );
                 if !differ.is_empty() {
                     self.stats.syncs_differed += 1;
                     self.send_entries(&from, &differ, differ.clone());
@@ -782,19 +810,9 @@ impl<P: SwimPeer> Swim<P> {
                     .iter()
                     .map(|b| self.bucket_len[usize::from(*b)] as usize)
                     .sum();
-                if len > self.config.max_sync_entries && !self.whole_answer(now) {
+                if len > self.config.max_sync_entries && !self.whole_answers.allow(now) {
                     // Over the rate of whole answers: as many buckets as a sync answer holds.
-                    let mut room = self.config.max_sync_entries;
-                    let mut kept = 0;
-                    for b in &want {
-                        let len = self.bucket_len[usize::from(*b)] as usize;
-                        if kept > 0 && len > room {
-                            break;
-                        }
-                        room = room.saturating_sub(len);
-                        kept += 1;
-                    }
-                    want.truncate(kept);
+                    want = self.fitting(want, self.config.max_sync_entries);
                 }
                 if !want.is_empty() {
                     self.send_entries(&from, &want, Vec::new());
@@ -803,14 +821,18 @@ impl<P: SwimPeer> Swim<P> {
         }
     }
 
-    /// Whether an answer larger than a sync's may be given now (one is counted if so).
-    fn whole_answer(&mut self, now: Instant) -> bool {
-        let rate = f64::from(self.config.whole_answers_per_second);
-        let (tokens, at) = self.whole_answers;
-        let tokens = (tokens + now.saturating_duration_since(at).as_secs_f64() * rate).min(rate);
-        let allowed = tokens >= 1.0;
-        self.whole_answers = (if allowed { tokens - 1.0 } else { tokens }, now);
-        allowed
+    /// Of `buckets`, in order, those whose entries fit `room` (the first always).
+    fn fitting(&self, buckets: impl IntoIterator<Item = u16>, mut room: usize) -> Vec<u16> {
+        let mut kept = Vec::new();
+        for b in buckets {
+            let len = self.bucket_len[usize::from(b)] as usize;
+            if !kept.is_empty() && len > room {
+                break;
+            }
+            room = room.saturating_sub(len);
+            kept.push(b);
+        }
+        kept
     }
 
     fn send(&mut self, to: P, message: Message<P>) {

@@ -43,7 +43,7 @@ use tracing::Instrument;
 use super::framed;
 use super::limits::{PeerLimits, StreamKind};
 use super::tasks::{self, Tasks};
-use crate::core::swim::{Event, Health, Message, Swim, SwimConfig, Update, SYNC_BUCKETS};
+use crate::core::swim::{Event, Health, Message, Rate, Swim, SwimConfig, Update, SYNC_BUCKETS};
 
 /// Messages being sent at once at most; past it a message is lost (and counted).
 pub const SENDS_IN_FLIGHT: usize = 256;
@@ -111,7 +111,7 @@ pub(crate) struct SwimNet {
     me: PeerId,
     own_addrs: Vec<Multiaddr>,
     book: lru::LruCache<PeerKey, Addrs>,
-    rates: lru::LruCache<PeerId, (f64, Instant)>,
+    rates: lru::LruCache<PeerId, Rate>,
     control: libp2p_stream::Control,
     protocol: StreamProtocol,
     sends: Arc<Semaphore>,
@@ -373,13 +373,9 @@ impl SwimNet {
 
     /// Whether a message from `peer` at `now` is within its rate (one is counted if so).
     fn within_rate(&mut self, peer: &PeerId, now: Instant) -> bool {
-        let (tokens, at) = *self.rates.get_or_insert(*peer, || (PEER_RATE, now));
-        let tokens =
-            (tokens + now.saturating_duration_since(at).as_secs_f64() * PEER_RATE).min(PEER_RATE);
-        let ok = tokens >= 1.0;
         self.rates
-            .put(*peer, (if ok { tokens - 1.0 } else { tokens }, now));
-        ok
+            .get_or_insert_mut(*peer, || Rate::new(PEER_RATE, now))
+            .allow(now)
     }
 
     fn log_refusal(&mut self, now: Instant, log: impl FnOnce()) {

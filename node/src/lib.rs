@@ -204,6 +204,11 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, NodeError> {
             target: net::target(),
             accepts_code: n.code_shipping(),
             labels: n.labels().to_vec(),
+            loads: if n.samples_loads() {
+                core::LoadView::sampled()
+            } else {
+                core::LoadView::Full
+            },
         })
     });
     #[cfg(not(feature = "mesh"))]

@@ -2028,3 +2028,134 @@ fn a_name_stays_taken_at_the_node_that_placed_its_actor_at_a_peer() {
 fn a_name_is_taken_anywhere_in_the_mesh_and_a_get_or_create_elsewhere_gets_its_actor() {
     a_taken_name(&[1.0, 1.0], 0, 1);
 }
+
+// ---- sampled loads (issue 15: load that scales) ----
+
+/// How long driver `d`'s results take to arrive once submitted (checked every 50 ms, up to
+/// `bound`).
+fn time_to_all_results(sim: &mut Sim, d: usize, bound: Duration) -> Duration {
+    let start = sim.elapsed();
+    while sim.waiting(d) > 0 {
+        assert!(
+            sim.elapsed() - start < bound,
+            "seed {}: {} results still missing after {bound:?}",
+            sim.seed(),
+            sim.waiting(d)
+        );
+        sim.run_for(Duration::from_millis(50));
+    }
+    sim.elapsed() - start
+}
+
+/// 40 peers of 2 CPUs, one driver submitting 800 tasks of 200 ms (160 CPU-seconds of work
+/// on 80 CPUs): how long until every result is in, and how many peers ran some.
+fn ramp(sample: Option<usize>, seed: u64) -> (Duration, usize, u64) {
+    trace_logs();
+    let n = 40;
+    let mut sim = Sim::new(
+        seed,
+        SimConfig {
+            nodes: n,
+            cpus: vec![2.0; n],
+            sample_loads: sample,
+            ..Default::default()
+        },
+    );
+    let d = sim.driver(0);
+    sim.run_for(Duration::from_secs(2));
+    let ids: Vec<_> = (0..800u32)
+        .map(|i| {
+            sim.submit(
+                d,
+                "sleep:200",
+                vec![SimArg::Value(i.to_le_bytes().to_vec())],
+                TaskOpts::default(),
+            )
+        })
+        .collect();
+    let took = time_to_all_results(&mut sim, d, Duration::from_secs(120));
+    for (i, id) in ids.iter().enumerate() {
+        let mut want = (i as u32).to_le_bytes().to_vec();
+        want.push(b'|');
+        assert_eq!(sim.results(d)[id], ObjectValue::Inline(want), "result {i}");
+    }
+    let busy = runs(&sim).iter().filter(|r| **r > 0).count();
+    let asks = sim.load_asks;
+    assert_clean(sim);
+    (took, busy, asks)
+}
+
+#[test]
+fn spilling_with_a_sample_of_loads_stays_within_a_bound_of_the_full_view() {
+    for seed in 1..=3 {
+        let (full, full_busy, full_asks) = ramp(None, seed);
+        let (sampled, sampled_busy, asks) = ramp(Some(1), seed);
+        println!(
+            "seed {seed}: full view {:.2} s ({full_busy} peers ran work), sampled {:.2} s \
+             ({sampled_busy} peers, {asks} rounds of asking)",
+            full.as_secs_f64(),
+            sampled.as_secs_f64()
+        );
+        assert_eq!(full_asks, 0, "a full view never asks");
+        assert!(asks > 0, "the sample was not enough: peers were asked");
+        assert!(
+            sampled_busy >= 36,
+            "seed {seed}: work reached {sampled_busy} of 40 peers"
+        );
+        // Ideal: 2 s of work per CPU. The sample may take a few rounds of asking longer.
+        assert!(
+            sampled.as_secs_f64() <= full.as_secs_f64() * 1.25 + 0.5,
+            "seed {seed}: sampled {sampled:?} against full {full:?}"
+        );
+    }
+}
+
+#[test]
+fn with_a_sample_of_loads_a_resource_only_one_peer_has_is_found_through_the_index() {
+    trace_logs();
+    let n = 30;
+    let mut resources = vec![Vec::new(); n];
+    resources[17] = vec![("TPU".to_string(), 1.0)];
+    let mut sim = Sim::new(
+        5,
+        SimConfig {
+            nodes: n,
+            cpus: vec![1.0; n],
+            resources,
+            sample_loads: Some(1),
+            ..Default::default()
+        },
+    );
+    let d = sim.driver(0);
+    sim.run_for(Duration::from_secs(2));
+    let needs = shoal_protocol::ResourceSet::cpus(1.0).with("TPU", 1.0);
+    let ids: Vec<_> = (0..3)
+        .map(|_| sim.submit_needing(d, "sleep:100", needs.clone(), 0))
+        .collect();
+    // Nobody has 2 TPUs: infeasible once the grace is over, with a sample as with a full
+    // view.
+    let never = sim.submit_needing(
+        d,
+        "echo",
+        shoal_protocol::ResourceSet::cpus(1.0).with("TPU", 2.0),
+        0,
+    );
+    time_to_all_results(&mut sim, d, Duration::from_secs(20));
+    for id in &ids {
+        assert!(is_value(&sim.results(d)[id]), "{:?}", sim.results(d)[id]);
+    }
+    assert_eq!(
+        sim.runs_on(17),
+        3,
+        "every TPU task ran on the one peer with a TPU"
+    );
+    assert!(
+        is_error(&sim.results(d)[&never], |e| matches!(
+            e,
+            TaskError::Infeasible { .. }
+        )),
+        "{:?}",
+        sim.results(d)[&never]
+    );
+    assert_clean(sim);
+}

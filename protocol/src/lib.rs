@@ -51,7 +51,7 @@ pub use messages::*;
 /// Four bytes at the start of every handshake, so a stray client is recognised at once.
 pub const MAGIC: [u8; 4] = *b"SHOL";
 /// Bumped on every incompatible change of [`messages`].
-pub const PROTOCOL_VERSION: u16 = 19;
+pub const PROTOCOL_VERSION: u16 = 20;
 /// The status a worker exits with when it stops a task it runs on [`ToClient::Cancel`]:
 /// nothing queued behind that task had started.
 pub const CANCELLED_EXIT: i32 = 87;

@@ -112,8 +112,10 @@ pub const MAX_REPORT_BYTES: usize = 16 * 1024;
 pub const MAX_REPORT_BINARIES: usize = 256;
 /// Addresses listed in one report at most.
 pub const MAX_REPORT_ADDRS: usize = 16;
-/// Longest address, mesh name or target triple accepted in a report.
+/// Longest address, mesh name, target triple, label or resource name accepted in a report.
 pub const MAX_REPORT_STRING: usize = 256;
+/// Labels in one report at most.
+pub const MAX_REPORT_LABELS: usize = 64;
 
 /// A peer's load, published on change (rate-limited) and at a keep-alive interval. Soft
 /// state: a receiver forgets a peer whose reports stop.
@@ -192,6 +194,15 @@ impl LoadReport {
         if self.total.0.len() > 64 || self.free.0.len() > 64 {
             return bad("too many resources".into());
         }
+        if self.labels.len() > MAX_REPORT_LABELS {
+            return bad(format!("{} labels", self.labels.len()));
+        }
+        let long = |s: &String| s.len() > MAX_REPORT_STRING;
+        if self.labels.iter().any(|(k, v)| long(k) || long(v))
+            || self.total.0.keys().chain(self.free.0.keys()).any(long)
+        {
+            return bad("an overlong label or resource name".into());
+        }
         for (name, free) in &self.free.0 {
             if *free > self.total.get_milli(name) {
                 return bad(format!("{name}: more free than total"));
@@ -230,6 +241,15 @@ pub fn actor_key(actor: &crate::ids::ActorId) -> Vec<u8> {
 /// The DHT key of a named actor's record (its value is the encoded [`crate::ids::ActorId`]).
 pub fn name_key(name: &str) -> Vec<u8> {
     let mut k = b"shoal/name/".to_vec();
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+/// The DHT key under which peers that have a resource (one of those few peers have: not
+/// CPUs or memory) announce themselves as providers, so that a peer that samples loads
+/// finds them without asking everyone.
+pub fn resource_key(name: &str) -> Vec<u8> {
+    let mut k = b"shoal/resource/".to_vec();
     k.extend_from_slice(name.as_bytes());
     k
 }

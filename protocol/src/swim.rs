@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::mesh::MAX_PEER_KEY;
+use crate::mesh::{LoadReport, MAX_PEER_KEY};
 
 /// Bytes of one encoded [`SwimWire`] at most.
 pub const MAX_SWIM_BYTES: usize = 128 * 1024;
@@ -57,6 +57,9 @@ pub enum SwimWire {
         seq: u32,
         /// Piggybacked updates.
         updates: Vec<SwimUpdate>,
+        /// The sender's own load, piggybacked (meshes that sample loads; see
+        /// [`SwimWire::Load`]).
+        load: Option<Box<LoadReport>>,
     },
     /// Please ping `target` for me.
     PingReq {
@@ -75,6 +78,8 @@ pub enum SwimWire {
         seq: u32,
         /// Piggybacked updates.
         updates: Vec<SwimUpdate>,
+        /// The sender's own load, piggybacked.
+        load: Option<Box<LoadReport>>,
     },
     /// The target did not answer the helper.
     Nack {
@@ -99,6 +104,15 @@ pub enum SwimWire {
         entries: Vec<SwimUpdate>,
         /// Buckets whose entries the receiver should send back.
         want: Vec<u16>,
+    },
+    /// What is your load now? (A peer about to spill samples a few members.) Answered
+    /// with [`SwimWire::Load`].
+    LoadAsk,
+    /// The sender's own load: an answer to [`SwimWire::LoadAsk`]. Loads travel only first
+    /// hand, so the receiver checks that the report is the sender's.
+    Load {
+        /// The report.
+        report: Box<LoadReport>,
     },
 }
 
@@ -167,6 +181,8 @@ impl SwimWire {
             SwimWire::Ping { updates, .. }
             | SwimWire::Ack { updates, .. }
             | SwimWire::Gossip { updates } => check_updates(updates),
+            // A load's own bounds depend on who sent it (`LoadReport::validate`).
+            SwimWire::LoadAsk | SwimWire::Load { .. } => Ok(()),
             SwimWire::PingReq {
                 target,
                 target_addrs,
@@ -198,6 +214,8 @@ impl SwimWire {
             SwimWire::Gossip { .. } => "gossip",
             SwimWire::Digest { .. } => "digest",
             SwimWire::Entries { .. } => "entries",
+            SwimWire::LoadAsk => "load-ask",
+            SwimWire::Load { .. } => "load",
         }
     }
 }
@@ -264,6 +282,7 @@ mod tests {
                 peer: vec![1; MAX_PEER_KEY + 1],
                 ..update(1, 0)
             }],
+            load: None,
         };
         assert_eq!(
             long_id.validate(),
@@ -275,6 +294,7 @@ mod tests {
                 by: Some(Vec::new()),
                 ..update(1, 0)
             }],
+            load: None,
         };
         assert_eq!(empty_by.validate(), Err(SwimWireError::PeerId(0)));
         let addrs = SwimWire::PingReq {

@@ -32,6 +32,7 @@ pub(super) fn peer_node(now: Instant, cpus: f64, capacity: u64, me: PeerKey) -> 
         target: "sim".into(),
         accepts_code: false,
         labels: Vec::new(),
+        loads: super::LoadView::Full,
     };
     node_with(now, cpus, capacity, Some(peer))
 }

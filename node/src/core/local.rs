@@ -828,7 +828,7 @@ impl NodeCore {
         let Some(me) = self.me else {
             return false;
         };
-        if self.spill.peers.is_empty() {
+        if !self.spill.knows_peers() {
             return false;
         }
         let n = self.next_lookup;

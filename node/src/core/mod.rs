@@ -87,6 +87,7 @@ use objects::ObjectTable;
 use rights::Rights;
 use sched::{Scheduler, WorkerId};
 use spill::Spill;
+pub use spill::{indexed_resource, LoadAsk, LoadView};
 use store::CoreStore;
 use tasks::TaskTable;
 
@@ -435,6 +436,9 @@ pub enum Output {
     },
     /// Tell the peers this node's load (it changed).
     Load(Load),
+    /// Ask peers for their loads now (the view is a sample, and tasks wait for room it does
+    /// not show): their answers come back as [`Input::PeerReport`]s.
+    AskLoads(LoadAsk),
     /// Let peers fetch this binary from here (those this node sends a task of it).
     ServeBinary {
         /// The binary.
@@ -651,6 +655,8 @@ pub struct PeerConfig {
     pub accepts_code: bool,
     /// Its labels, which label selectors match.
     pub labels: Vec<(String, String)>,
+    /// Whether it sees every peer's load or a sample.
+    pub loads: LoadView,
 }
 
 impl NodeCore {
@@ -670,6 +676,7 @@ impl NodeCore {
             Some(p) => {
                 let mut spill = Spill::new(p.target, p.accepts_code);
                 spill.labels = p.labels;
+                spill.view = p.loads;
                 (Some(p.me), spill)
             }
             None => (None, Spill::new(String::new(), false)),
@@ -743,7 +750,7 @@ impl NodeCore {
                     return;
                 }
                 let back = !self.spill.peers.contains_key(&peer);
-                self.spill.report(peer, *report);
+                self.spill.report(peer, *report, now);
                 if back {
                     self.peer_back(peer);
                 }
@@ -768,6 +775,9 @@ impl NodeCore {
         self.now = now;
         if self.stopping {
             return;
+        }
+        if self.spill.next_age.is_some_and(|t| t <= now) {
+            self.spill.age(now);
         }
         if self.spill.next_pass.is_some_and(|t| t <= now) {
             self.spill.next_pass = None;
@@ -813,6 +823,8 @@ impl NodeCore {
         }
         [
             self.spill.next_pass,
+            self.spill.next_age,
+            self.spill.next_ask(),
             self.groups.next_pass,
             self.rights.deadline(),
             self.lookup_deadline(),
@@ -839,6 +851,9 @@ impl NodeCore {
         self.groups_after(now);
         self.apply_actions(now);
         self.report_load();
+        if let Some(ask) = self.spill.wants_loads(now) {
+            self.out.push_back(Output::AskLoads(ask));
+        }
         let queued = self.sched.queued() > 0 || self.sched.actors_queued() > 0;
         let waiting = self.spill.has_waiting() || (queued && self.me.is_some());
         if (queued || self.spill.has_waiting()) && self.waits.next_check.is_none() {

@@ -735,9 +735,7 @@ impl NodeCore {
             } => match found {
                 // Its peer tells the actor (and the secret of its handles), if it is in view
                 // (a record may name a peer written off since).
-                Some((actor, peer))
-                    if Some(peer) != self.me && self.spill.peers.contains_key(&peer) =>
-                {
+                Some((actor, peer)) if Some(peer) != self.me && self.spill.in_view(&peer) => {
                     self.directory.set_home(actor, peer);
                     let n = self.next_lookup;
                     self.next_lookup += 1;
@@ -1231,11 +1229,14 @@ impl NodeCore {
                 self.run_here(now, task)
             }
             Placement::Wait => {
+                self.spill.want_loads(1, &demand);
                 self.spill.infeasible.forget(&task);
                 self.spill.remote_wait.push(task);
                 self.spill.no_room = Some(task);
             }
             Placement::Infeasible => {
+                // A sample may just not show the peers that have it.
+                self.spill.want_loads(1, &demand);
                 let (wait, binary) = match self.tasks.get(&task) {
                     Some(e) => (e.spec.wait_for_resources, e.spec.binary),
                     None => return,
@@ -1352,7 +1353,15 @@ impl NodeCore {
         // (Whether a peer has room costs a look at each peer's load: only when something
         // waits here.)
         let nothing_queued = self.sched.queued() == 0 && self.sched.actors_queued() == 0;
-        if nothing_queued || !self.spill.peers.values().any(|l| l.has_room()) {
+        if nothing_queued {
+            return;
+        }
+        if !self.spill.peers.values().any(|l| l.has_room()) {
+            // A sample may not show the peers with room: ask a few (for as many tasks as
+            // wait here beyond this node's own slots, which free up meanwhile).
+            let waiting = self.sched.queued() + self.sched.actors_queued();
+            self.spill
+                .want_loads(waiting, &shoal_protocol::ResourceSet::default());
             return;
         }
         // Actors waiting here for resources (others' actors hold them) while a peer has room.
@@ -2280,9 +2289,7 @@ impl NodeCore {
         let mine = self.claiming(task);
         match found {
             Some((actor, peer))
-                if Some(actor) != mine
-                    && Some(peer) != self.me
-                    && self.spill.peers.contains_key(&peer) =>
+                if Some(actor) != mine && Some(peer) != self.me && self.spill.in_view(&peer) =>
             {
                 if let Some(l) = self.name_lookups.get_mut(&n) {
                     l.peer = peer;

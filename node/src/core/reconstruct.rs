@@ -96,7 +96,7 @@ impl NodeCore {
         self.objects
             .get(id)
             .and_then(|e| e.remote.as_ref())
-            .is_some_and(|r| r.holders.iter().any(|p| self.spill.peers.contains_key(p)))
+            .is_some_and(|r| r.holders.iter().any(|p| self.spill.in_view(p)))
     }
 
     /// Whether `id` is lost here: gone from the table, or known to exist only at peers none
@@ -183,7 +183,7 @@ impl NodeCore {
         for p in release {
             // A holder still in view that could not give it (a pull failed) may drop its
             // copy; the others are gone, with their copies and this node's refs there.
-            if self.spill.peers.contains_key(&p) {
+            if self.spill.in_view(&p) {
                 self.tell_peer(p, PeerMsg::Release { ids: vec![id] });
             }
         }

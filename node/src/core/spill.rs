@@ -2,9 +2,20 @@
 //! wait for a peer with room, and the refusals and infeasibility it remembers.
 //!
 //! Pure bookkeeping; the decisions themselves are the rules of [`super::sched::placement`].
-//! A peer's room is estimated from its last gossiped report, minus what this node sent it
-//! since, plus what came back since (see [`PeerLoad::estimated_free`]).
+//! A peer's room is estimated from its last report, minus what this node sent it since, plus
+//! what came back since (see [`PeerLoad::estimated_free`]).
+//!
+//! What this node knows of loads is one of two views ([`LoadView`]):
+//! - **full**: every peer's gossiped report (small meshes, `--membership reports`); a peer
+//!   is in view while it reports;
+//! - **sampled**: loads arrive first hand and by chance (piggybacked on membership's probes)
+//!   or because this node asked ([`Spill::wants_loads`]: Sparrow's batch sampling, a few
+//!   candidates per task that waits for room, the tasks bound to whoever answers with room
+//!   first). The sample is bounded: the freshest [`LoadView::Sampled`] `keep` reports, each
+//!   for at most `fresh`; one that ages out or is pushed out is not a lost peer (membership
+//!   says who is lost), and a peer that runs tasks of this node stays in it.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -25,10 +36,70 @@ pub(crate) const REFUSAL_MEMORY: Duration = Duration::from_millis(500);
 /// How often tasks waiting for a peer with room are looked at again.
 pub(crate) const SPILL_INTERVAL: Duration = Duration::from_millis(250);
 
+/// Reports kept by default when loads are sampled.
+pub(crate) const SAMPLE_KEEP: usize = 64;
+/// How long a sampled report is used by default.
+pub(crate) const SAMPLE_FRESH: Duration = Duration::from_secs(5);
+/// Candidates asked per task that waits for room (Sparrow's `d`).
+pub(crate) const PROBES_PER_TASK: usize = 2;
+/// Candidates asked in one round at most, and at least (a round for one task still asks a
+/// few, since a random member may be busy too).
+pub(crate) const MAX_PROBES: usize = 32;
+const MIN_PROBES: usize = 4;
+/// How often a sample is aged (a report is used up to this much past its freshness).
+const AGE_EVERY: Duration = Duration::from_secs(1);
+/// Rounds of asking are at least this far apart...
+pub(crate) const PROBE_EVERY: Duration = Duration::from_millis(100);
+/// ... and at most this far while they find no room.
+pub(crate) const MAX_PROBE_EVERY: Duration = Duration::from_secs(2);
+
+/// What this node knows of its peers' loads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoadView {
+    /// Every peer's report (gossiped to all).
+    Full,
+    /// A bounded sample: at most `keep` reports, each used for at most `fresh`; more are
+    /// asked for when tasks wait for room.
+    Sampled {
+        /// Reports kept at most (peers running this node's tasks come on top).
+        keep: usize,
+        /// How long a report is used.
+        fresh: Duration,
+    },
+}
+
+impl LoadView {
+    /// The sampled view with its defaults.
+    pub fn sampled() -> Self {
+        LoadView::Sampled {
+            keep: SAMPLE_KEEP,
+            fresh: SAMPLE_FRESH,
+        }
+    }
+}
+
+/// A round of asking peers for their loads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoadAsk {
+    /// Members to ask (chosen at random by membership).
+    pub count: usize,
+    /// Resources that few peers have and the waiting tasks need: their providers (the
+    /// mesh's resource index) are asked too.
+    pub having: Vec<String>,
+}
+
+/// Whether peers must be asked for `name`: a resource that few peers have (not CPUs, and
+/// not a placement group's bundle, which is placed through the group).
+pub fn indexed_resource(name: &str) -> bool {
+    name != CPU && !name.contains("_group_")
+}
+
 /// What a peer last reported, and what was sent to it since.
 #[derive(Debug)]
 pub(crate) struct PeerLoad {
     pub(crate) report: LoadReport,
+    /// When the report arrived.
+    pub(crate) at: Instant,
     /// Demands of tasks spilled to it since that report.
     pub(crate) sent: Vec<ResourceSet>,
     /// Demands of tasks whose results came back since that report (their resources are
@@ -37,9 +108,10 @@ pub(crate) struct PeerLoad {
 }
 
 impl PeerLoad {
-    pub(crate) fn new(report: LoadReport) -> Self {
+    pub(crate) fn new(report: LoadReport, at: Instant) -> Self {
         Self {
             report,
+            at,
             sent: Vec::new(),
             returned: Vec::new(),
         }
@@ -107,10 +179,26 @@ pub(crate) struct Spill {
     pub(crate) accepts_code: bool,
     /// This node's labels.
     pub(crate) labels: Vec<(String, String)>,
-    /// The peers that reported, by their last report.
+    /// The peers that reported, by their last report (all of them, or a sample).
     pub(crate) peers: HashMap<PeerKey, PeerLoad>,
+    /// Which view of loads this is.
+    pub(crate) view: LoadView,
     /// Tasks of this node running at (or sent to) peers, with their return objects.
     spilled: IdMap<TaskId, (PeerKey, ObjectId)>,
+    /// How many of them each peer runs.
+    spilled_per_peer: HashMap<PeerKey, u32>,
+    /// Loads wanted (tasks wait for room the sample does not show), not yet asked for.
+    wanted: Option<LoadAsk>,
+    /// When loads were last asked for.
+    last_ask: Option<Instant>,
+    /// How far apart rounds of asking are now: [`PROBE_EVERY`], doubled (up to
+    /// [`MAX_PROBE_EVERY`]) after each round that found no room, so a saturated mesh is not
+    /// asked over and over.
+    ask_every: Duration,
+    /// Whether a report with room came since the last round.
+    found_room: bool,
+    /// When the sample is next aged.
+    pub(crate) next_age: Option<Instant>,
     /// Their return objects.
     spilled_ret: IdMap<ObjectId, TaskId>,
     /// The other returns of the tasks there that have several (also in `spilled_ret`).
@@ -149,7 +237,14 @@ impl Spill {
             accepts_code,
             labels: Vec::new(),
             peers: HashMap::new(),
+            view: LoadView::Full,
             spilled: Default::default(),
+            spilled_per_peer: HashMap::new(),
+            wanted: None,
+            last_ask: None,
+            ask_every: PROBE_EVERY,
+            found_room: true,
+            next_age: None,
             spilled_ret: Default::default(),
             spilled_more: Default::default(),
             refused: Default::default(),
@@ -185,6 +280,108 @@ impl Spill {
         self.peers.contains_key(peer) || self.contacts.peek(peer) == Some(&true)
     }
 
+    /// Whether `peer` is in this node's view of the mesh: with a full view, while it
+    /// reports; with a sample, while it is taken for alive (its report may have aged out of
+    /// the sample).
+    pub(crate) fn in_view(&self, peer: &PeerKey) -> bool {
+        match self.view {
+            LoadView::Full => self.peers.contains_key(peer),
+            LoadView::Sampled { .. } => self.alive(peer),
+        }
+    }
+
+    /// Whether this node knows of any peer.
+    pub(crate) fn knows_peers(&self) -> bool {
+        match self.view {
+            LoadView::Full => !self.peers.is_empty(),
+            LoadView::Sampled { .. } => {
+                !self.peers.is_empty() || self.contacts.iter().any(|(_, alive)| *alive)
+            }
+        }
+    }
+
+    /// With a sampled view: reports older than `fresh` go, and past `keep` the oldest go
+    /// (those of peers running this node's tasks stay). Neither is a loss.
+    pub(crate) fn age(&mut self, now: Instant) {
+        let LoadView::Sampled { keep, fresh } = self.view else {
+            return;
+        };
+        self.next_age = None;
+        let busy = &self.spilled_per_peer;
+        self.peers
+            .retain(|p, l| busy.contains_key(p) || now.saturating_duration_since(l.at) < fresh);
+        let spare = self.peers.keys().filter(|p| !busy.contains_key(*p)).count();
+        if spare > keep {
+            let mut by_age: Vec<(Instant, PeerKey)> = self
+                .peers
+                .iter()
+                .filter(|(p, _)| !busy.contains_key(*p))
+                .map(|(p, l)| (l.at, *p))
+                .collect();
+            by_age.sort();
+            for (_, p) in by_age.into_iter().take(spare - keep) {
+                self.peers.remove(&p);
+            }
+        }
+        if !self.peers.is_empty() {
+            self.next_age = Some(now + AGE_EVERY);
+        }
+    }
+
+    /// With a sampled view: `tasks` wait for room this view does not show (needing the
+    /// resources `having` that few peers have): more loads are wanted.
+    pub(crate) fn want_loads(&mut self, tasks: usize, having: &ResourceSet) {
+        if !matches!(self.view, LoadView::Sampled { .. }) || tasks == 0 {
+            return;
+        }
+        let w = self.wanted.get_or_insert(LoadAsk {
+            count: 0,
+            having: Vec::new(),
+        });
+        w.count = (w.count + tasks * PROBES_PER_TASK).clamp(MIN_PROBES, MAX_PROBES);
+        for name in having.0.keys().filter(|n| indexed_resource(n)) {
+            if !w.having.contains(name) {
+                w.having.push(name.clone());
+            }
+        }
+    }
+
+    /// The round of asking that is due at `now`, if one is (rounds are at least
+    /// [`PROBE_EVERY`] apart).
+    pub(crate) fn wants_loads(&mut self, now: Instant) -> Option<LoadAsk> {
+        self.wanted.as_ref()?;
+        if self
+            .last_ask
+            .is_some_and(|t| now.saturating_duration_since(t) < self.spacing())
+        {
+            return None;
+        }
+        self.ask_every = if self.found_room || self.last_ask.is_none() {
+            PROBE_EVERY
+        } else {
+            (self.ask_every * 2).min(MAX_PROBE_EVERY)
+        };
+        self.found_room = false;
+        self.last_ask = Some(now);
+        self.wanted.take()
+    }
+
+    /// When the next round of asking may go out, if one waits.
+    pub(crate) fn next_ask(&self) -> Option<Instant> {
+        self.wanted.as_ref()?;
+        self.last_ask.map(|t| t + self.spacing())
+    }
+
+    /// How long after the last round the next may go: short again as soon as a report
+    /// showed room.
+    fn spacing(&self) -> Duration {
+        if self.found_room {
+            PROBE_EVERY
+        } else {
+            self.ask_every
+        }
+    }
+
     /// Takes out the peers' tasks waiting for their binary that `pick` chooses, in the
     /// order they came.
     pub(crate) fn take_awaiting(
@@ -206,15 +403,35 @@ impl Spill {
         taken
     }
 
-    /// A report from `peer`: kept unless it is older than the one known.
-    pub(crate) fn report(&mut self, peer: PeerKey, report: LoadReport) {
+    /// A report from `peer` that arrived at `now`: kept unless it is older than the one
+    /// known.
+    pub(crate) fn report(&mut self, peer: PeerKey, report: LoadReport, now: Instant) {
         self.heard_from(peer);
-        match self.peers.get_mut(&peer) {
-            Some(l) if (l.report.started_ms, l.report.seq) >= (report.started_ms, report.seq) => {}
-            Some(l) => *l = PeerLoad::new(report),
-            None => {
-                self.peers.insert(peer, PeerLoad::new(report));
+        if let LoadView::Sampled { fresh, .. } = self.view {
+            self.next_age.get_or_insert(now + fresh);
+        }
+        let l = match self.peers.entry(peer) {
+            Entry::Occupied(mut e)
+                if (e.get().report.started_ms, e.get().report.seq)
+                    >= (report.started_ms, report.seq) =>
+            {
+                // The same report again (a sampled peer whose load did not change): still
+                // fresh. An older one: ignored.
+                if (e.get().report.started_ms, e.get().report.seq)
+                    == (report.started_ms, report.seq)
+                {
+                    e.get_mut().at = now;
+                }
+                return;
             }
+            Entry::Occupied(mut e) => {
+                e.insert(PeerLoad::new(report, now));
+                e.into_mut()
+            }
+            Entry::Vacant(e) => e.insert(PeerLoad::new(report, now)),
+        };
+        if l.has_room() {
+            self.found_room = true;
         }
     }
 
@@ -263,7 +480,10 @@ impl Spill {
         peer: PeerKey,
         demand: Option<ResourceSet>,
     ) {
-        self.spilled.insert(task, (peer, ret));
+        if let Some((before, _)) = self.spilled.insert(task, (peer, ret)) {
+            self.count_off(before);
+        }
+        *self.spilled_per_peer.entry(peer).or_default() += 1;
         self.spilled_ret.insert(ret, task);
         if !more.is_empty() {
             for id in more {
@@ -273,6 +493,15 @@ impl Spill {
         }
         if let (Some(l), Some(d)) = (self.peers.get_mut(&peer), demand) {
             l.sent.push(d);
+        }
+    }
+
+    fn count_off(&mut self, peer: PeerKey) {
+        if let Some(n) = self.spilled_per_peer.get_mut(&peer) {
+            *n -= 1;
+            if *n == 0 {
+                self.spilled_per_peer.remove(&peer);
+            }
         }
     }
 
@@ -289,7 +518,8 @@ impl Spill {
 
     /// `task` is no longer at a peer.
     pub(crate) fn unspill(&mut self, task: &TaskId) {
-        if let Some((_, ret)) = self.spilled.remove(task) {
+        if let Some((peer, ret)) = self.spilled.remove(task) {
+            self.count_off(peer);
             self.spilled_ret.remove(&ret);
             if let Some(more) = self.spilled_more.remove(task) {
                 for id in more.iter() {
@@ -403,7 +633,7 @@ mod tests {
 
     #[test]
     fn estimates_follow_what_was_sent_and_returned() {
-        let mut l = PeerLoad::new(report(2.0, 0.0, 0, 1));
+        let mut l = PeerLoad::new(report(2.0, 0.0, 0, 1), Instant::now());
         // Busy, but its queue takes two more tasks.
         assert_eq!(l.estimated_free().get_milli(CPU), 2000);
         l.sent.push(ResourceSet::cpus(1.0));
@@ -426,7 +656,7 @@ mod tests {
     #[test]
     fn an_actor_counts_only_resources_free_now() {
         // Busy with one task of two CPUs' worth: tasks may queue, an actor must not.
-        let mut l = PeerLoad::new(report(2.0, 1.0, 1, 1));
+        let mut l = PeerLoad::new(report(2.0, 1.0, 1, 1), Instant::now());
         assert_eq!(l.estimated_free().get_milli(CPU), 2000);
         assert_eq!(l.estimated_free_now().get_milli(CPU), 1000);
         l.sent.push(ResourceSet::cpus(1.0));
@@ -437,7 +667,7 @@ mod tests {
     #[test]
     fn stale_reports_are_ignored_and_new_ones_reset_the_estimate() {
         let mut s = Spill::new("t".into(), true);
-        s.report(key(1), report(2.0, 2.0, 0, 5));
+        s.report(key(1), report(2.0, 2.0, 0, 5), Instant::now());
         s.spilled(
             TaskId::new(shoal_protocol::ClientId(1), 1),
             ObjectId([1; 32]),
@@ -445,10 +675,10 @@ mod tests {
             key(1),
             Some(ResourceSet::cpus(1.0)),
         );
-        s.report(key(1), report(2.0, 0.0, 0, 4));
+        s.report(key(1), report(2.0, 0.0, 0, 4), Instant::now());
         assert_eq!(s.peers[&key(1)].report.free.get_milli(CPU), 2000);
         assert_eq!(s.peers[&key(1)].sent.len(), 1);
-        s.report(key(1), report(2.0, 1.0, 0, 6));
+        s.report(key(1), report(2.0, 1.0, 0, 6), Instant::now());
         assert_eq!(s.peers[&key(1)].report.free.get_milli(CPU), 1000);
         assert!(s.peers[&key(1)].sent.is_empty());
     }
@@ -487,6 +717,92 @@ mod tests {
         );
         s.forget_code_rejections(&a);
         assert!(s.code_rejections(&a, t0).is_empty());
+    }
+
+    fn sampled(keep: usize) -> Spill {
+        let mut s = Spill::new("t".into(), true);
+        s.view = LoadView::Sampled {
+            keep,
+            fresh: Duration::from_secs(5),
+        };
+        s
+    }
+
+    #[test]
+    fn a_sample_keeps_the_freshest_reports_and_those_of_peers_running_its_tasks() {
+        let t0 = Instant::now();
+        let mut s = sampled(2);
+        let task = TaskId::new(shoal_protocol::ClientId(1), 1);
+        for n in 1..=4u8 {
+            s.report(
+                key(n),
+                report(2.0, 2.0, 0, 1),
+                t0 + Duration::from_millis(u64::from(n)),
+            );
+        }
+        // Peer 1 (the oldest) runs a task of this node.
+        s.spilled(task, ObjectId([1; 32]), &[], key(1), None);
+        s.age(t0 + Duration::from_millis(10));
+        let mut kept: Vec<PeerKey> = s.peers.keys().copied().collect();
+        kept.sort();
+        assert_eq!(kept, vec![key(1), key(3), key(4)]);
+        // Pushed out is not lost: still in view.
+        assert!(s.in_view(&key(2)) && !s.written_off(&key(2)));
+        // The same report again keeps it fresh; past `fresh` the others age out.
+        s.report(key(4), report(2.0, 2.0, 0, 1), t0 + Duration::from_secs(3));
+        s.age(t0 + Duration::from_secs(6));
+        let mut kept: Vec<PeerKey> = s.peers.keys().copied().collect();
+        kept.sort();
+        assert_eq!(kept, vec![key(1), key(4)]);
+        // Once its task is back, peer 1 ages out too.
+        s.unspill(&task);
+        s.age(t0 + Duration::from_secs(6));
+        assert_eq!(s.peers.keys().copied().collect::<Vec<_>>(), vec![key(4)]);
+        // A full view keeps everything.
+        let mut full = Spill::new("t".into(), true);
+        full.report(key(1), report(2.0, 2.0, 0, 1), t0);
+        full.age(t0 + Duration::from_secs(60));
+        assert!(full.peers.contains_key(&key(1)));
+        assert!(!full.in_view(&key(2)));
+    }
+
+    #[test]
+    fn loads_are_asked_for_only_when_sampled_and_less_often_while_nobody_has_room() {
+        let t0 = Instant::now();
+        let mut full = Spill::new("t".into(), true);
+        full.want_loads(10, &ResourceSet::cpus(1.0));
+        assert_eq!(full.wants_loads(t0), None);
+
+        let mut s = sampled(8);
+        let gpu = ResourceSet::cpus(1.0).with("GPU", 1.0);
+        s.want_loads(1, &gpu);
+        s.want_loads(100, &ResourceSet::cpus(1.0));
+        let ask = s.wants_loads(t0).expect("a round is due");
+        assert_eq!(ask.count, MAX_PROBES);
+        assert_eq!(ask.having, vec!["GPU".to_string()]);
+        // One task alone still asks a few.
+        s.want_loads(1, &ResourceSet::cpus(1.0));
+        assert_eq!(s.wants_loads(t0), None, "rounds are spaced");
+        assert_eq!(s.next_ask(), Some(t0 + PROBE_EVERY));
+        let ask = s.wants_loads(t0 + PROBE_EVERY).expect("due");
+        assert_eq!(ask.count, MIN_PROBES);
+        assert!(ask.having.is_empty());
+        // Nobody answered with room: the next rounds back off, up to the cap.
+        let mut at = t0 + PROBE_EVERY;
+        let mut gaps = Vec::new();
+        for _ in 0..8 {
+            s.want_loads(1, &ResourceSet::cpus(1.0));
+            let next = s.next_ask().expect("a round waits");
+            assert!(s.wants_loads(next).is_some());
+            gaps.push(next - at);
+            at = next;
+        }
+        assert_eq!(gaps[0], PROBE_EVERY * 2);
+        assert_eq!(*gaps.last().unwrap(), MAX_PROBE_EVERY);
+        // A report with room: back to the short spacing.
+        s.report(key(1), report(2.0, 2.0, 0, 1), at);
+        s.want_loads(1, &ResourceSet::cpus(1.0));
+        assert!(s.wants_loads(at + PROBE_EVERY).is_some());
     }
 
     #[test]

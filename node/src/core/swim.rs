@@ -583,6 +583,31 @@ impl<P: SwimPeer> Swim<P> {
             .map(|(p, _)| p)
     }
 
+    /// Up to `n` members up (this peer excluded), chosen at random, each once.
+    pub fn sample_up(&mut self, n: usize) -> Vec<P> {
+        // Reservoir sampling: one pass, every member equally likely.
+        let mut chosen: Vec<P> = Vec::with_capacity(n);
+        if n == 0 {
+            return chosen;
+        }
+        let mut seen = 0usize;
+        for (p, m) in self.members.iter() {
+            if !m.health.is_up() || *p == self.me {
+                continue;
+            }
+            seen += 1;
+            if chosen.len() < n {
+                chosen.push(p.clone());
+            } else {
+                let j = self.rng.below(seen);
+                if j < n {
+                    chosen[j] = p.clone();
+                }
+            }
+        }
+        chosen
+    }
+
     /// Entries remembered, dead ones included (bounded by the mesh's size plus the dead of
     /// the last `dead_retention`).
     pub fn entries(&self) -> usize {

@@ -69,9 +69,8 @@ use tasks::Tasks;
 const COMMANDS: usize = 1024;
 /// Capacity of the channel of peers to disconnect for sending malformed data.
 const BAD_PEERS: usize = 64;
-/// With SWIM deciding who is gone, a peer whose load reports stop for this long still
-/// leaves the view (a backstop: its reports are what the scheduler works with).
-const SWIM_REPORT_EXPIRY: Duration = Duration::from_secs(30);
+/// Providers of a resource asked for their loads in one round at most.
+const RESOURCE_PROVIDERS_ASKED: usize = 16;
 /// How long a stopping node waits for its word that it leaves to go out.
 const SWIM_LEAVE_GRACE: Duration = Duration::from_millis(500);
 /// Rejected binaries remembered so that each is logged once.
@@ -300,6 +299,8 @@ type Reply<T> = oneshot::Sender<Result<T, NetError>>;
 
 enum Command {
     Load(Load),
+    /// Ask members for their loads (loads are sampled).
+    AskLoads(crate::core::LoadAsk),
     /// Apply and spread a revocation.
     Revoke(crate::auth::Revocation),
     /// Adopt and spread a publisher grant.
@@ -355,6 +356,7 @@ pub struct NetHandle {
     transfers: progress::Transfers,
     code_protocol: StreamProtocol,
     code_shipping: bool,
+    samples_loads: bool,
     labels: Vec<(String, String)>,
     /// Publishers trusted on this node's command line (and its user's own key).
     code_policy: Arc<crate::auth::code::CodePolicy>,
@@ -414,6 +416,21 @@ impl NetHandle {
                 tracing::debug!("load update dropped: the network has stopped");
             }
         }
+    }
+
+    /// Asks members for their loads (a mesh under SWIM samples them); the answers come as
+    /// reports. Never waits: a full command queue drops the round, and the node asks again
+    /// at its next look at waiting tasks.
+    pub fn ask_loads(&self, ask: crate::core::LoadAsk) {
+        if let Err(e) = self.commands.try_send(Command::AskLoads(ask)) {
+            tracing::debug!(error = %e, "a round of asking for loads dropped; the node asks again");
+        }
+    }
+
+    /// Whether this node samples its peers' loads (the mesh runs SWIM) rather than hearing
+    /// every report.
+    pub fn samples_loads(&self) -> bool {
+        self.samples_loads
     }
 
     /// Queues a command that has no answer, without waiting. Dropped, with a warning, when
@@ -1071,10 +1088,16 @@ pub async fn start(key: identity::Keypair, config: NetConfig) -> Result<NetHandl
     let mut swarm = build_swarm(key, &config, &protocols, &tasks, &gate)?;
     let topic = IdentTopic::new(protocols.load_topic.clone());
     let admin_topic = IdentTopic::new(protocols.admin_topic.clone());
-    for (t, what) in [
-        (&topic, "load reports"),
-        (&admin_topic, "membership notices"),
-    ] {
+    // Under SWIM loads are sampled (first hand, through membership): no topic of reports.
+    let topics: &[(&IdentTopic, &str)] = if config.swim.is_some() {
+        &[(&admin_topic, "membership notices")]
+    } else {
+        &[
+            (&topic, "load reports"),
+            (&admin_topic, "membership notices"),
+        ]
+    };
+    for (t, what) in topics.iter().copied() {
         swarm
             .behaviour_mut()
             .gossipsub
@@ -1158,12 +1181,14 @@ pub async fn start(key: identity::Keypair, config: NetConfig) -> Result<NetHandl
             Instant::now(),
         )
     });
+    let samples_loads = swim_net.is_some();
     let mut membership_config = config.membership;
     if swim_net.is_some() {
-        // SWIM decides who is gone; a closed connection only makes its peer the next probed,
-        // and the reports' expiry is a backstop for a peer whose reports stopped for good.
+        // SWIM alone decides who is gone: a closed connection only makes its peer the next
+        // probed, and loads are sampled, so a peer's reports come now and then, not as a
+        // heartbeat.
         membership_config.grace = Duration::MAX;
-        membership_config.expiry = membership_config.expiry.max(SWIM_REPORT_EXPIRY);
+        membership_config.expiry = Duration::MAX;
     }
     if let (Some(incoming), Some(s)) = (swim_incoming, &swim_net) {
         tasks.spawn(
@@ -1201,6 +1226,8 @@ pub async fn start(key: identity::Keypair, config: NetConfig) -> Result<NetHandl
         queries_put: HashMap::new(),
         queries_get: HashMap::new(),
         queries_providers: HashMap::new(),
+        resource_queries: HashMap::new(),
+        provided_resources: std::collections::BTreeSet::new(),
         #[cfg(feature = "test-utils")]
         requests: HashMap::new(),
         bootstrapped: false,
@@ -1262,6 +1289,7 @@ pub async fn start(key: identity::Keypair, config: NetConfig) -> Result<NetHandl
         transfers: progress::Transfers::default(),
         code_protocol,
         code_shipping,
+        samples_loads,
         labels,
         code_policy,
         gate: gate.clone(),
@@ -1559,6 +1587,10 @@ struct NetTask {
     queries_put: HashMap<QueryId, Reply<()>>,
     queries_get: HashMap<QueryId, Reply<Option<Vec<u8>>>>,
     queries_providers: HashMap<QueryId, (Vec<PeerId>, Reply<Vec<PeerId>>)>,
+    /// Lookups of a resource's providers under way (loads are sampled), by resource.
+    resource_queries: HashMap<QueryId, String>,
+    /// Resources few peers have that this node announces in the DHT (loads are sampled).
+    provided_resources: std::collections::BTreeSet<String>,
     #[cfg(feature = "test-utils")]
     requests: HashMap<request_response::OutboundRequestId, Reply<PeerResponse>>,
     bootstrapped: bool,
@@ -1697,10 +1729,22 @@ impl NetTask {
         let Some(s) = self.swim.as_mut() else {
             return;
         };
-        if let Err(e) = s.handle(Instant::now(), peer, wire) {
-            tracing::warn!(%peer, error = %e, "a malformed membership message; disconnecting the sender");
-            self.bad_peers += 1;
-            self.disconnect(peer);
+        let now = Instant::now();
+        match s.handle(now, peer, wire) {
+            Ok(received) => {
+                if let Some(report) = received.load {
+                    if let Err(reason) = self.accept_report(peer, *report, now) {
+                        tracing::warn!(%peer, %reason, "a load report refused; disconnecting the sender");
+                        self.bad_peers += 1;
+                        self.disconnect(peer);
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "a malformed membership message; disconnecting the sender");
+                self.bad_peers += 1;
+                self.disconnect(peer);
+            }
         }
     }
 
@@ -1786,7 +1830,16 @@ impl NetTask {
                     || (self.report_soon && since >= self.config.report_interval / 2)
             }
         };
-        if due {
+        if self.swim.is_some() {
+            // Sampled: the report goes with membership's messages; only its content changes.
+            if self.load_dirty || self.last_report.is_none() {
+                let report = self.report(now);
+                if let Some(s) = self.swim.as_mut() {
+                    s.set_load(report);
+                }
+                self.provide_resources();
+            }
+        } else if due {
             self.publish_report(now);
         }
         if now >= self.next_redial {
@@ -1834,7 +1887,55 @@ impl NetTask {
             .clamp(Duration::from_millis(500), Duration::from_secs(10))
     }
 
+    /// Announces in the DHT the resources few peers have that this node has (and withdraws
+    /// those it no longer has), so that peers sampling loads find it.
+    fn provide_resources(&mut self) {
+        let now: std::collections::BTreeSet<String> = self
+            .load
+            .total
+            .0
+            .keys()
+            .filter(|n| crate::core::indexed_resource(n))
+            .cloned()
+            .collect();
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        for gone in self.provided_resources.difference(&now) {
+            kad.stop_providing(&RecordKey::new(&shoal_protocol::mesh::resource_key(gone)));
+        }
+        for new in now.difference(&self.provided_resources) {
+            let key = RecordKey::new(&shoal_protocol::mesh::resource_key(new));
+            if let Err(e) = kad.start_providing(key) {
+                tracing::warn!(resource = %new, error = %e, "cannot announce a resource in the DHT");
+            }
+        }
+        self.provided_resources = now;
+    }
+
     fn publish_report(&mut self, now: Instant) {
+        let report = self.report(now);
+        let bytes = match codec::encode(&report) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode a load report");
+                return;
+            }
+        };
+        let len = bytes.len() as u64;
+        match self
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .publish(self.topic.clone(), bytes)
+        {
+            Ok(_) => self.gossip_out += len,
+            // Alone (or before anyone subscribed): nothing to do.
+            Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {}
+            Err(e) => tracing::debug!(error = %e, "load report not published"),
+        }
+    }
+
+    /// This node's next load report.
+    fn report(&mut self, now: Instant) -> LoadReport {
         self.seq += 1;
         // A client offers nothing (the others also disregard what a client offers).
         let client = self
@@ -1885,25 +1986,7 @@ impl NetTask {
         self.last_report = Some(now);
         self.load_dirty = false;
         self.report_soon = false;
-        let bytes = match codec::encode(&report) {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot encode a load report");
-                return;
-            }
-        };
-        let len = bytes.len() as u64;
-        match self
-            .swarm
-            .behaviour_mut()
-            .gossipsub
-            .publish(self.topic.clone(), bytes)
-        {
-            Ok(_) => self.gossip_out += len,
-            // Alone (or before anyone subscribed): nothing to do.
-            Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {}
-            Err(e) => tracing::debug!(error = %e, "load report not published"),
-        }
+        report
     }
 
     fn listen_addrs(&self) -> Vec<String> {
@@ -1914,9 +1997,49 @@ impl NetTask {
     }
 
     fn refresh_view(&self, now: Instant) {
+        let peers = match &self.swim {
+            Some(s) => self.swim_view(s, now),
+            None => self.reports_view(now),
+        };
+        let mut v = self.view.lock().unwrap_or_else(|e| e.into_inner());
+        v.listen_addrs = self.listen_addrs();
+        v.peers = peers;
+        v.gossip_bytes_out = self.gossip_out;
+        v.gossip_bytes_in = self.gossip_in;
+        v.swim = self.swim.as_ref().map(|s| s.status());
+        v.bad_peers = self.bad_peers;
+    }
+
+    /// The peers under SWIM: the members up, each with the last load it sent this node (if
+    /// one came: loads are sampled).
+    fn swim_view(&self, s: &swim::SwimNet, now: Instant) -> Vec<PeerView> {
+        s.members_up()
+            .into_iter()
+            .map(|id| {
+                let m = self.membership.get(&id);
+                let report = m.and_then(|m| m.report.clone());
+                PeerView {
+                    peer_id: id.to_string(),
+                    addrs: report
+                        .as_ref()
+                        .map(|r| r.addrs.clone())
+                        .filter(|a| !a.is_empty())
+                        .unwrap_or_else(|| s.addrs_of(&id).iter().map(|a| a.to_string()).collect()),
+                    report,
+                    last_heard_ms: m.map_or(0, |m| {
+                        now.saturating_duration_since(m.last_heard).as_millis() as u64
+                    }),
+                    rtt_us: m.and_then(|m| m.rtt).map(|d| d.as_micros() as u64),
+                    connected: self.swarm.is_connected(&id),
+                }
+            })
+            .collect()
+    }
+
+    /// The peers as their gossiped reports show them.
+    fn reports_view(&self, now: Instant) -> Vec<PeerView> {
         // A peer shows once its first report arrived: before that nothing is known of it.
-        let peers = self
-            .membership
+        self.membership
             .peers()
             .filter(|(_, m)| m.report.is_some())
             .map(|(id, m)| PeerView {
@@ -1932,14 +2055,7 @@ impl NetTask {
                 rtt_us: m.rtt.map(|d| d.as_micros() as u64),
                 connected: m.connected,
             })
-            .collect();
-        let mut v = self.view.lock().unwrap_or_else(|e| e.into_inner());
-        v.listen_addrs = self.listen_addrs();
-        v.peers = peers;
-        v.gossip_bytes_out = self.gossip_out;
-        v.gossip_bytes_in = self.gossip_in;
-        v.swim = self.swim.as_ref().map(|s| s.status());
-        v.bad_peers = self.bad_peers;
+            .collect()
     }
 
     fn command(&mut self, cmd: Command) {
@@ -1951,6 +2067,7 @@ impl NetTask {
                     self.load_dirty = true;
                 }
             }
+            Command::AskLoads(ask) => self.ask_loads(ask),
             #[cfg(feature = "test-utils")]
             Command::PublishRaw(bytes) => {
                 let topic = self.topic.clone();
@@ -2225,8 +2342,19 @@ impl NetTask {
         let Some(source) = source else {
             return Err("unsigned".into());
         };
-        let mut report: LoadReport =
+        let report: LoadReport =
             codec::decode(data, MAX_REPORT_BYTES).map_err(|e| e.to_string())?;
+        self.accept_report(source, report, now)
+    }
+
+    /// Checks and applies a load report from `source` (it must be `source`'s own); `Err`
+    /// says why it was refused.
+    fn accept_report(
+        &mut self,
+        source: PeerId,
+        mut report: LoadReport,
+        now: Instant,
+    ) -> Result<(), String> {
         report
             .validate(&source.to_bytes(), &self.config.mesh)
             .map_err(|e| e.to_string())?;
@@ -2268,6 +2396,26 @@ impl NetTask {
             }
         }
         Ok(())
+    }
+
+    /// A round of asking members for their loads: `ask.count` at random, and up to
+    /// [`RESOURCE_PROVIDERS_ASKED`] providers of each resource in `ask.having` once the DHT
+    /// has found them (one lookup per resource at a time).
+    fn ask_loads(&mut self, ask: crate::core::LoadAsk) {
+        let Some(s) = self.swim.as_mut() else {
+            tracing::debug!("asked for loads, but this node hears every report");
+            return;
+        };
+        let asked = s.ask_loads(ask.count, &[]);
+        tracing::trace!(asked, having = ?ask.having, "asking members for their loads");
+        for name in ask.having {
+            if self.resource_queries.values().any(|n| *n == name) {
+                continue;
+            }
+            let key = RecordKey::new(&shoal_protocol::mesh::resource_key(&name));
+            let id = self.swarm.behaviour_mut().kad.get_providers(key);
+            self.resource_queries.insert(id, name);
+        }
     }
 
     /// A peer that is no member any more: out of the view, disconnected, and the node told.
@@ -2441,6 +2589,24 @@ impl NetTask {
                     if let Some(mut q) = self.swarm.behaviour_mut().kad.query_mut(&id) {
                         q.finish();
                     }
+                }
+            }
+            QueryResult::GetProviders(r) if self.resource_queries.contains_key(&id) => {
+                if let Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) = &r {
+                    let found: Vec<PeerId> = providers
+                        .iter()
+                        .copied()
+                        .take(RESOURCE_PROVIDERS_ASKED)
+                        .collect();
+                    if let Some(s) = self.swim.as_mut() {
+                        s.ask_loads(0, &found);
+                    }
+                }
+                if let Err(e) = &r {
+                    tracing::debug!(error = %e, "resource provider lookup");
+                }
+                if step.last {
+                    self.resource_queries.remove(&id);
                 }
             }
             QueryResult::GetProviders(r) => {

@@ -18,6 +18,11 @@
 //! ([`SwimWire::validate`]) or names a peer id that is not one disconnects its sender, as
 //! any malformed frame does.
 //!
+//! Loads: in a mesh that samples loads, each ping and ack carries its sender's own load
+//! report, and a peer about to spill asks a few members for theirs ([`SwimWire::LoadAsk`],
+//! answered by [`SwimWire::Load`]). Loads travel only first hand: the network task checks
+//! that a report is its sender's ([`LoadReport::validate`]).
+//!
 //! Addresses: members are probed whether or not a connection to them is open, so updates
 //! carry where the member listens. Addresses a peer gave of itself (identify, over an
 //! admitted connection) are kept first; those learnt from others only fill gaps. The book
@@ -32,6 +37,7 @@ use std::time::{Duration, Instant};
 use futures::{AsyncReadExt, AsyncWriteExt, Future};
 use libp2p::{Multiaddr, PeerId, StreamProtocol};
 use shoal_protocol::frame::{self, HEADER_LEN};
+use shoal_protocol::mesh::LoadReport;
 use shoal_protocol::swim::{
     SwimHealth, SwimUpdate, SwimWire, MAX_SWIM_ADDR, MAX_SWIM_ADDRS, MAX_SWIM_BYTES,
 };
@@ -95,6 +101,9 @@ pub enum SwimNetError {
     /// A digest of the wrong size.
     #[error("a digest of {0} buckets (expected {SYNC_BUCKETS})")]
     Digest(usize),
+    /// A message of the loads' exchange where membership was expected.
+    #[error("not a membership message")]
+    NotMembership,
 }
 
 /// Where a member listens.
@@ -118,6 +127,18 @@ pub(crate) struct SwimNet {
     counters: Arc<SwimCounters>,
     tasks: Tasks,
     last_refusal_log: Option<Instant>,
+    /// This node's load report, piggybacked on its pings and acks and sent when asked
+    /// (`None`: loads are not sampled, or none is known yet).
+    own_load: Option<Box<LoadReport>>,
+    /// Messages of the loads' exchange waiting to go out.
+    extra: std::collections::VecDeque<(PeerId, SwimWire)>,
+}
+
+/// What a membership message brought besides membership.
+#[derive(Debug, Default)]
+pub(crate) struct Received {
+    /// The sender's load report (to be checked as the sender's).
+    pub(crate) load: Option<Box<LoadReport>>,
 }
 
 fn key(peer: &PeerId) -> PeerKey {
@@ -178,7 +199,34 @@ impl SwimNet {
             counters: Arc::default(),
             tasks,
             last_refusal_log: None,
+            own_load: None,
+            extra: std::collections::VecDeque::new(),
         }
+    }
+
+    /// This node's current load (loads are sampled: it goes with pings, acks and answers).
+    pub(crate) fn set_load(&mut self, report: LoadReport) {
+        self.own_load = Some(Box::new(report));
+    }
+
+    /// Asks up to `count` members up, at random, and each of `also`, for their loads.
+    /// Says how many were asked.
+    pub(crate) fn ask_loads(&mut self, count: usize, also: &[PeerId]) -> usize {
+        let mut asked: Vec<PeerId> = self
+            .swim
+            .sample_up(count)
+            .iter()
+            .filter_map(peer_id)
+            .collect();
+        for p in also {
+            if *p != self.me && !asked.contains(p) && !self.is_down(p) {
+                asked.push(*p);
+            }
+        }
+        for p in &asked {
+            self.extra.push_back((*p, SwimWire::LoadAsk));
+        }
+        asked.len()
     }
 
     /// The counters of the transport, for the read tasks.
@@ -223,6 +271,11 @@ impl SwimNet {
     /// The transport's word that `peer`'s last connection closed.
     pub(crate) fn connection_lost(&mut self, now: Instant, peer: &PeerId) {
         self.swim.probe_soon(now, &key(peer));
+    }
+
+    /// The other members up in this view.
+    pub(crate) fn members_up(&self) -> Vec<PeerId> {
+        self.swim.members_up().filter_map(peer_id).collect()
     }
 
     /// Whether no other member is up in this view.
@@ -270,18 +323,52 @@ impl SwimNet {
         now: Instant,
         from: PeerId,
         wire: SwimWire,
-    ) -> Result<(), SwimNetError> {
+    ) -> Result<Received, SwimNetError> {
         if !self.within_rate(&from, now) {
             SwimCounters::add(&self.counters.recv_dropped, 1);
             self.log_refusal(
                 now,
                 || tracing::warn!(peer = %from, "membership messages over the peer's rate dropped"),
             );
-            return Ok(());
+            return Ok(Received::default());
         }
+        let (wire, load) = match wire {
+            SwimWire::LoadAsk => {
+                match &self.own_load {
+                    Some(report) => self.extra.push_back((
+                        from,
+                        SwimWire::Load {
+                            report: report.clone(),
+                        },
+                    )),
+                    None => {
+                        tracing::debug!(peer = %from, "asked for a load this node does not share")
+                    }
+                }
+                return Ok(Received::default());
+            }
+            SwimWire::Load { report } => return Ok(Received { load: Some(report) }),
+            SwimWire::Ping { seq, updates, load } => (
+                SwimWire::Ping {
+                    seq,
+                    updates,
+                    load: None,
+                },
+                load,
+            ),
+            SwimWire::Ack { seq, updates, load } => (
+                SwimWire::Ack {
+                    seq,
+                    updates,
+                    load: None,
+                },
+                load,
+            ),
+            other => (other, None),
+        };
         let message = self.decode_wire(wire)?;
         self.swim.handle(now, key(&from), message);
-        Ok(())
+        Ok(Received { load })
     }
 
     /// The changes of the view since the last call.
@@ -301,14 +388,20 @@ impl SwimNet {
     /// Sends what membership has to send. A peer that is not connected is dialled first,
     /// at the addresses known for it (`dial(peer, addrs)`).
     pub(crate) fn flush(&mut self, mut dial: impl FnMut(PeerId, Vec<Multiaddr>)) {
-        while let Some((to, message)) = self.swim.poll_transmit() {
-            // Names from the wire were checked to be peer ids when they came in.
-            let Some(peer) = peer_id(&to).filter(|p| *p != self.me) else {
-                tracing::debug!(?to, "a membership message to no valid other peer");
-                SwimCounters::add(&self.counters.send_failed, 1);
-                continue;
+        loop {
+            let (peer, wire) = if let Some((to, message)) = self.swim.poll_transmit() {
+                // Names from the wire were checked to be peer ids when they came in.
+                let Some(peer) = peer_id(&to).filter(|p| *p != self.me) else {
+                    tracing::debug!(?to, "a membership message to no valid other peer");
+                    SwimCounters::add(&self.counters.send_failed, 1);
+                    continue;
+                };
+                (peer, self.encode_wire(message))
+            } else if let Some(extra) = self.extra.pop_front() {
+                extra
+            } else {
+                break;
             };
-            let wire = self.encode_wire(message);
             let kind = wire.kind();
             let frame = match framed::encode(&wire, MAX_SWIM_BYTES) {
                 Ok(f) => f,
@@ -427,6 +520,7 @@ impl SwimNet {
             Message::Ping { seq, updates: u } => SwimWire::Ping {
                 seq,
                 updates: updates(u),
+                load: self.own_load.clone(),
             },
             Message::PingReq {
                 seq,
@@ -445,6 +539,7 @@ impl SwimNet {
             Message::Ack { seq, updates: u } => SwimWire::Ack {
                 seq,
                 updates: updates(u),
+                load: self.own_load.clone(),
             },
             Message::Nack { seq } => SwimWire::Nack { seq },
             Message::Gossip { updates: u } => SwimWire::Gossip {
@@ -495,7 +590,9 @@ impl SwimNet {
             us.into_iter().map(|u| self.update_from_wire(u)).collect()
         };
         Ok(match w {
-            SwimWire::Ping { seq, updates: u } => Message::Ping {
+            SwimWire::Ping {
+                seq, updates: u, ..
+            } => Message::Ping {
                 seq,
                 updates: updates(u)?,
             },
@@ -514,7 +611,9 @@ impl SwimNet {
                     updates: u,
                 }
             }
-            SwimWire::Ack { seq, updates: u } => Message::Ack {
+            SwimWire::Ack {
+                seq, updates: u, ..
+            } => Message::Ack {
                 seq,
                 updates: updates(u)?,
             },
@@ -532,6 +631,8 @@ impl SwimNet {
                 entries: updates(entries)?,
                 want,
             },
+            // Taken apart by `handle`.
+            SwimWire::LoadAsk | SwimWire::Load { .. } => return Err(SwimNetError::NotMembership),
         })
     }
 }

@@ -488,6 +488,12 @@ impl Shell {
                 }
             }
             #[cfg(feature = "mesh")]
+            Output::AskLoads(ask) => {
+                if let Some(n) = &self.net {
+                    n.ask_loads(ask);
+                }
+            }
+            #[cfg(feature = "mesh")]
             Output::ServeBinary {
                 binary,
                 exe,
@@ -516,6 +522,7 @@ impl Shell {
             | Output::Serve { .. }
             | Output::Disconnect { .. }
             | Output::Load(_)
+            | Output::AskLoads(_)
             | Output::ServeBinary { .. }
             | Output::Dht(_)
             | Output::Job(_)) => {

@@ -147,6 +147,10 @@ impl NetSide {
         self.net.update_load(load);
     }
 
+    pub(crate) fn ask_loads(&self, ask: crate::core::LoadAsk) {
+        self.net.ask_loads(ask);
+    }
+
     pub(crate) fn serve_binary(&self, binary: BinaryId, exe: PathBuf, manifest: Option<Vec<u8>>) {
         // A local program's claim: a manifest that is not one is not passed on (peers would
         // reject it anyway), and the binary ships unsigned.

@@ -88,6 +88,14 @@ pub struct SimConfig {
     pub lineage_bytes: u64,
     /// Each node's labels (`--label`); none for nodes past the end.
     pub labels: Vec<Vec<(String, String)>>,
+    /// Each node's resources besides CPUs (`--resource`); none for nodes past the end.
+    pub resources: Vec<Vec<(String, f64)>>,
+    /// `None`: every node hears every report (a full view of loads). `Some(k)`: nodes
+    /// sample loads, as under SWIM: each report interval a node's report reaches `k` peers
+    /// at random (membership's probes carry it), and a node asking for loads gets the
+    /// current reports of the members it asks (at random, and the providers of the
+    /// resources it names) one round trip later.
+    pub sample_loads: Option<usize>,
 }
 
 impl Default for SimConfig {
@@ -100,6 +108,8 @@ impl Default for SimConfig {
             rejects_code: Vec::new(),
             lineage_bytes: crate::config::DEFAULT_LINEAGE_BYTES,
             labels: Vec::new(),
+            resources: Vec::new(),
+            sample_loads: None,
         }
     }
 }
@@ -393,6 +403,10 @@ pub struct Sim {
     trace: bool,
     /// Inputs handled, for the simulator's own speed.
     pub inputs: u64,
+    /// Rounds of asking for loads the nodes made (sampled loads).
+    pub load_asks: u64,
+    /// What the next task submitted holds, when not only CPUs ([`Sim::submit_needing`]).
+    next_resources: Option<ResourceSet>,
     /// Object requests of pulls, by request number.
     pulls: HashMap<u64, Pull>,
     next_request: u64,
@@ -469,6 +483,8 @@ impl Sim {
             knows: BTreeSet::new(),
             trace: std::env::var_os("SHOAL_SIM_TRACE").is_some(),
             inputs: 0,
+            load_asks: 0,
+            next_resources: None,
             pulls: HashMap::new(),
             next_request: 1,
             forged_pulls: HashMap::new(),
@@ -583,6 +599,7 @@ impl Sim {
             store_bytes: STORE_BYTES,
             embedded: false,
             lineage_bytes: self.config.lineage_bytes,
+            resources: self.config.resources.get(i).cloned().unwrap_or_default(),
             #[cfg(feature = "mesh")]
             mesh: None,
             gpu_devices: Vec::new(),
@@ -606,6 +623,10 @@ impl Sim {
             target: "sim".into(),
             accepts_code: true,
             labels,
+            loads: match self.config.sample_loads {
+                Some(_) => crate::core::LoadView::sampled(),
+                None => crate::core::LoadView::Full,
+            },
         };
         node.started_ms = self.now.duration_since(self.start).as_millis() as u64 + 1;
         node.seq = 0;
@@ -757,6 +778,7 @@ impl Sim {
             }
             Output::KillWorker { worker } => self.kill_worker(i, worker, 9),
             Output::Load(load) => self.nodes[i].load = Some(load),
+            Output::AskLoads(ask) => self.ask_loads(i, ask),
             Output::ServeBinary { .. } => {}
             Output::Dht(op) => match op {
                 DhtOp::StartProviding(id) => {
@@ -1656,33 +1678,94 @@ impl Sim {
         self.kill_worker(i, w, 9);
     }
 
-    fn reports(&mut self) {
-        for i in 0..self.nodes.len() {
-            let Some(load) = self.nodes[i].load.clone() else {
-                continue;
-            };
-            if !self.alive(i) {
+    /// Node `i`'s report now (a new one), if it runs and has a load.
+    fn report_of(&mut self, i: usize) -> Option<LoadReport> {
+        let load = self.nodes[i].load.clone()?;
+        if !self.alive(i) {
+            return None;
+        }
+        self.nodes[i].seq += 1;
+        Some(LoadReport {
+            peer: self.nodes[i].key.to_vec(),
+            mesh: "sim".into(),
+            seq: self.nodes[i].seq,
+            started_ms: self.nodes[i].started_ms,
+            total: load.total,
+            free: load.free,
+            queued: load.queued,
+            running: load.running,
+            store_capacity: load.store_capacity,
+            store_used: load.store_used,
+            target: "sim".into(),
+            binaries: load.binaries,
+            addrs: Vec::new(),
+            accepts_code: true,
+            labels: self.config.labels.get(i).cloned().unwrap_or_default(),
+        })
+    }
+
+    /// Node `i` asks peers for their loads: their reports arrive one round trip later.
+    fn ask_loads(&mut self, i: usize, ask: crate::core::LoadAsk) {
+        self.load_asks += 1;
+        let alive: Vec<usize> = (0..self.nodes.len())
+            .filter(|&j| j != i && self.alive(j))
+            .collect();
+        let mut asked: Vec<usize> = Vec::new();
+        for _ in 0..ask.count.min(alive.len()) {
+            let j = alive[self.rng.below(alive.len() as u64) as usize];
+            if !asked.contains(&j) {
+                asked.push(j);
+            }
+        }
+        for name in &ask.having {
+            let providers = alive.iter().copied().filter(|&j| {
+                self.config
+                    .resources
+                    .get(j)
+                    .is_some_and(|r| r.iter().any(|(n, _)| n == name))
+            });
+            for j in providers.take(16).collect::<Vec<_>>() {
+                if !asked.contains(&j) {
+                    asked.push(j);
+                }
+            }
+        }
+        for j in asked {
+            if self.cut.contains(&(i, j)) || self.cut.contains(&(j, i)) {
                 continue;
             }
-            self.nodes[i].seq += 1;
-            let report = LoadReport {
-                peer: self.nodes[i].key.to_vec(),
-                mesh: "sim".into(),
-                seq: self.nodes[i].seq,
-                started_ms: self.nodes[i].started_ms,
-                total: load.total,
-                free: load.free,
-                queued: load.queued,
-                running: load.running,
-                store_capacity: load.store_capacity,
-                store_used: load.store_used,
-                target: "sim".into(),
-                binaries: load.binaries,
-                addrs: Vec::new(),
-                accepts_code: true,
-                labels: self.config.labels.get(i).cloned().unwrap_or_default(),
+            let Some(report) = self.report_of(j) else {
+                continue;
             };
-            for to in 0..self.nodes.len() {
+            let at = self.now + self.latency() + self.latency();
+            let epoch = self.epochs.get(&(j, i)).copied().unwrap_or(0);
+            self.schedule(
+                at,
+                Event::Report {
+                    from: j,
+                    to: i,
+                    epoch,
+                    report: Box::new(report),
+                },
+            );
+        }
+    }
+
+    fn reports(&mut self) {
+        let sample = self.config.sample_loads;
+        for i in 0..self.nodes.len() {
+            let Some(report) = self.report_of(i) else {
+                continue;
+            };
+            // Sampled: the report reaches a few peers at random, as membership's probes
+            // carry it; full: every peer.
+            let targets: Vec<usize> = match sample {
+                None => (0..self.nodes.len()).collect(),
+                Some(k) => (0..k)
+                    .map(|_| self.rng.below(self.nodes.len() as u64) as usize)
+                    .collect(),
+            };
+            for to in targets {
                 if to == i
                     || self.cut.contains(&(i, to))
                     || self.muted.contains(&(i, to))
@@ -2096,6 +2179,22 @@ impl Sim {
         self.submit_with(d, function, args, opts, false, Default::default())
     }
 
+    /// Driver `d` submits `function()` holding `resources` (any, not only CPUs).
+    pub fn submit_needing(
+        &mut self,
+        d: usize,
+        function: &str,
+        resources: ResourceSet,
+        retries: u32,
+    ) -> ObjectId {
+        let opts = TaskOpts {
+            retries,
+            ..TaskOpts::default()
+        };
+        self.next_resources = Some(resources);
+        self.submit_with(d, function, Vec::new(), opts, true, Default::default())
+    }
+
     fn submit_with(
         &mut self,
         d: usize,
@@ -2147,7 +2246,10 @@ impl Sim {
             function: function.to_string(),
             binary: BINARY,
             args: wire,
-            resources: ResourceSet::cpus(opts.cpus),
+            resources: self
+                .next_resources
+                .take()
+                .unwrap_or_else(|| ResourceSet::cpus(opts.cpus)),
             max_retries: opts.retries,
             owner: self.drivers[d].client,
             kind: TaskKind::Function,

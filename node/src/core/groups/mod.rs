@@ -505,7 +505,18 @@ impl NodeCore {
                     self.sched.total()
                 );
                 self.fail_group(now, group, TaskError::Infeasible { demand, total });
+                return;
             }
+            // With a sample of loads, more peers are asked (and those with the resources
+            // few have).
+            let names = ResourceSet(
+                g.bundles
+                    .iter()
+                    .flat_map(|b| b.0.keys().map(|k| (k.clone(), 0)))
+                    .collect(),
+            );
+            let bundles = g.bundles.len();
+            self.spill.want_loads(bundles, &names);
             return;
         };
         let here: Vec<(u32, ResourceSet)> = sites

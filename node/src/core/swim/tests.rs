@@ -451,3 +451,23 @@ fn a_healed_partition_heals_the_views_without_a_new_join() {
         assert_eq!(net.peers[i].up(), 6, "peer {i}");
     }
 }
+
+#[test]
+fn a_sample_of_members_up_is_random_distinct_and_leaves_out_this_peer_and_the_dead() {
+    let mut net = Net::joined(12, Duration::from_secs(5));
+    net.cut.push(5);
+    net.run(Duration::from_secs(20));
+    assert_eq!(net.peers[0].health(&5), Some(Health::Dead));
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..50 {
+        let sample = net.peers[0].sample_up(4);
+        let distinct: std::collections::HashSet<_> = sample.iter().collect();
+        assert_eq!(distinct.len(), 4, "{sample:?}");
+        assert!(!sample.contains(&0) && !sample.contains(&5), "{sample:?}");
+        seen.extend(sample);
+    }
+    // Over 50 draws every one of the 10 live others comes up.
+    assert_eq!(seen.len(), 10);
+    assert_eq!(net.peers[0].sample_up(100).len(), 10);
+    assert!(net.peers[0].sample_up(0).is_empty());
+}

@@ -723,6 +723,20 @@ fn driver_entry() {
             assert_eq!(sum, expected_sum(4 << 20, 3));
             println!("result read ok");
         }
+        "resource" => {
+            // Tasks that need a resource only one peer has.
+            let n: u64 = arg("N").parse().unwrap();
+            let resource = arg("RESOURCE");
+            let on = TaskOptions::new().num_cpus(1.0).resource(&resource, 1.0);
+            let refs: Vec<_> = (0..n)
+                .map(|i| slow_double.options(on.clone()).remote(i, 50))
+                .collect();
+            for (i, r) in refs.into_iter().enumerate() {
+                let (v, peer) = r.get_blocking().unwrap();
+                assert_eq!(v, 2 * i as u64);
+                println!("result {i} {peer}");
+            }
+        }
         other => panic!("unknown scenario {other}"),
     }
 }
@@ -785,6 +799,62 @@ fn sixty_one_second_tasks_spread_over_three_one_cpu_peers() {
         "took {took:?}; per peer {per_peer:?}"
     );
     eprintln!("60 tasks on 3 peers in {took:?}: {per_peer:?}");
+}
+
+/// Peers of each line of a driver's output (`result <i> <peer>`), counted.
+fn per_peer(lines: &[String]) -> BTreeMap<String, usize> {
+    let mut per_peer: BTreeMap<String, usize> = BTreeMap::new();
+    for l in lines {
+        let peer = l.split_whitespace().nth(1).unwrap_or("").to_string();
+        *per_peer.entry(peer).or_default() += 1;
+    }
+    per_peer
+}
+
+#[test]
+fn under_swim_loads_are_sampled_yet_tasks_reach_every_peer_and_a_resource_one_has_is_found() {
+    let _turn = serial();
+    let name = "spill-swim";
+    let swim = || {
+        NodeOptions::new()
+            .cpus(1.0)
+            .args(["--membership", "swim"])
+    };
+    let mut options: Vec<NodeOptions> = (0..8).map(|_| swim()).collect();
+    options[6] = swim().arg("--resource").arg("tpu=1");
+    let mesh = mesh_of(name, options);
+    // No report topic: loads came only first hand, with membership's messages.
+    for node in mesh.nodes() {
+        let s = node.status();
+        assert_eq!(
+            s["gossip"]["bytes_in"].as_u64().unwrap_or(0),
+            0,
+            "load reports gossiped under SWIM: {s}"
+        );
+    }
+    let start = Instant::now();
+    let lines = driver(
+        &mesh.node(0).socket(),
+        "tasks",
+        &[("N", "48".into()), ("MS", "500".into())],
+    );
+    let took = start.elapsed();
+    assert_eq!(lines.len(), 48, "{lines:?}");
+    let counts = per_peer(&lines);
+    let peers: BTreeSet<&str> = mesh.nodes().iter().map(|n| n.peer_id()).collect();
+    let ran: BTreeSet<&str> = counts.keys().map(String::as_str).collect();
+    assert_eq!(ran, peers, "tasks ran on {counts:?}");
+    eprintln!("48 tasks of 0.5 s on 8 peers sampling loads in {took:?}: {counts:?}");
+    // 24 CPU-seconds on 8 CPUs: 3 s if spread perfectly, 24 s on one.
+    assert!(took < Duration::from_secs(12), "took {took:?}");
+
+    let lines = driver(
+        &mesh.node(0).socket(),
+        "resource",
+        &[("N", "3".into()), ("RESOURCE", "tpu".into())],
+    );
+    let tpu = mesh.node(6).peer_id().to_string();
+    assert_eq!(per_peer(&lines), BTreeMap::from([(tpu, 3)]), "{lines:?}");
 }
 
 #[test]

@@ -2159,3 +2159,77 @@ fn with_a_sample_of_loads_a_resource_only_one_peer_has_is_found_through_the_inde
     );
     assert_clean(sim);
 }
+
+/// One driver submits `tasks` tasks of 10 ms to `n` peers of 2 CPUs: when every peer has
+/// run one, and when every result is in.
+fn ramp_up(n: usize, tasks: u32, sample: Option<usize>) -> (Duration, Duration, u64) {
+    trace_logs();
+    let mut sim = Sim::new(
+        11,
+        SimConfig {
+            nodes: n,
+            cpus: vec![2.0; n],
+            sample_loads: sample,
+            ..Default::default()
+        },
+    );
+    let d = sim.driver(0);
+    sim.run_for(Duration::from_secs(2));
+    let start = sim.elapsed();
+    for i in 0..tasks {
+        sim.submit(
+            d,
+            "sleep:10",
+            vec![SimArg::Value(i.to_le_bytes().to_vec())],
+            TaskOpts::default(),
+        );
+    }
+    let mut everywhere = None;
+    while sim.waiting(d) > 0 {
+        assert!(
+            sim.elapsed() - start < Duration::from_secs(120),
+            "{} results missing",
+            sim.waiting(d)
+        );
+        sim.run_for(Duration::from_millis(20));
+        if everywhere.is_none() && runs(&sim).iter().all(|r| *r > 0) {
+            everywhere = Some(sim.elapsed() - start);
+        }
+    }
+    let all = sim.elapsed() - start;
+    let asks = sim.load_asks;
+    let ran = runs(&sim);
+    assert_clean(sim);
+    let everywhere = everywhere.unwrap_or_else(|| panic!("not every peer ran some: {ran:?}"));
+    (everywhere, all, asks)
+}
+
+#[test]
+fn ten_thousand_short_tasks_reach_every_one_of_a_hundred_peers_sampling_loads_within_seconds() {
+    let (everywhere, all, asks) = ramp_up(100, 10_000, Some(1));
+    println!(
+        "sampled: work on all 100 peers after {:.2} s, all 10,000 results after {:.2} s \
+         ({asks} rounds of asking)",
+        everywhere.as_secs_f64(),
+        all.as_secs_f64()
+    );
+    assert!(everywhere < Duration::from_secs(3), "{everywhere:?}");
+    // 100 CPU-seconds of work on 200 CPUs: 0.5 s if spread perfectly.
+    assert!(all < Duration::from_secs(10), "{all:?}");
+}
+
+/// The same ramp with a full view of loads, for comparison (`--ignored`: the full view's
+/// reports make it slow to simulate).
+#[test]
+#[ignore]
+fn ten_thousand_short_tasks_reach_every_one_of_a_hundred_peers_with_a_full_view() {
+    let (everywhere, all, asks) = ramp_up(100, 10_000, None);
+    println!(
+        "full view: work on all 100 peers after {:.2} s, all 10,000 results after {:.2} s",
+        everywhere.as_secs_f64(),
+        all.as_secs_f64()
+    );
+    assert_eq!(asks, 0);
+    assert!(everywhere < Duration::from_secs(3), "{everywhere:?}");
+    assert!(all < Duration::from_secs(10), "{all:?}");
+}

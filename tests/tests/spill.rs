@@ -815,11 +815,7 @@ fn per_peer(lines: &[String]) -> BTreeMap<String, usize> {
 fn under_swim_loads_are_sampled_yet_tasks_reach_every_peer_and_a_resource_one_has_is_found() {
     let _turn = serial();
     let name = "spill-swim";
-    let swim = || {
-        NodeOptions::new()
-            .cpus(1.0)
-            .args(["--membership", "swim"])
-    };
+    let swim = || NodeOptions::new().cpus(1.0).args(["--membership", "swim"]);
     let mut options: Vec<NodeOptions> = (0..8).map(|_| swim()).collect();
     options[6] = swim().arg("--resource").arg("tpu=1");
     let mesh = mesh_of(name, options);

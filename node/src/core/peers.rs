@@ -1418,6 +1418,13 @@ impl NodeCore {
         if !moved.is_empty() {
             self.sched.remove_queued(|t| !moved.contains(&t));
         }
+        // Tasks still wait here after every peer in view with room took its share: a sample
+        // may not show the others (a full view asks nobody).
+        let waiting = self.sched.queued();
+        if waiting > 0 {
+            self.spill
+                .want_loads(waiting, &shoal_protocol::ResourceSet::default());
+        }
     }
 
     /// Returns a peer's function task waiting in the queue here to its owner once it has

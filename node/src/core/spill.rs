@@ -86,6 +86,8 @@ pub struct LoadAsk {
     /// Resources that few peers have and the waiting tasks need: their providers (the
     /// mesh's resource index) are asked too.
     pub having: Vec<String>,
+    /// Peers whose loads this node has (fresh): the members asked are others.
+    pub skip: Vec<PeerKey>,
 }
 
 /// Whether peers must be asked for `name`: a resource that few peers have (not CPUs, and
@@ -337,6 +339,7 @@ impl Spill {
         let w = self.wanted.get_or_insert(LoadAsk {
             count: 0,
             having: Vec::new(),
+            skip: Vec::new(),
         });
         w.count = (w.count + tasks * PROBES_PER_TASK).clamp(MIN_PROBES, MAX_PROBES);
         for name in having.0.keys().filter(|n| indexed_resource(n)) {
@@ -363,7 +366,10 @@ impl Spill {
         };
         self.found_room = false;
         self.last_ask = Some(now);
-        self.wanted.take()
+        let mut ask = self.wanted.take()?;
+        ask.skip = self.peers.keys().copied().collect();
+        ask.skip.sort();
+        Some(ask)
     }
 
     /// When the next round of asking may go out, if one waits.
@@ -799,10 +805,11 @@ mod tests {
         }
         assert_eq!(gaps[0], PROBE_EVERY * 2);
         assert_eq!(*gaps.last().unwrap(), MAX_PROBE_EVERY);
-        // A report with room: back to the short spacing.
+        // A report with room: back to the short spacing, and that peer is not asked again.
         s.report(key(1), report(2.0, 2.0, 0, 1), at);
         s.want_loads(1, &ResourceSet::cpus(1.0));
-        assert!(s.wants_loads(at + PROBE_EVERY).is_some());
+        let ask = s.wants_loads(at + PROBE_EVERY).expect("due");
+        assert_eq!(ask.skip, vec![key(1)]);
     }
 
     #[test]

@@ -583,8 +583,9 @@ impl<P: SwimPeer> Swim<P> {
             .map(|(p, _)| p)
     }
 
-    /// Up to `n` members up (this peer excluded), chosen at random, each once.
-    pub fn sample_up(&mut self, n: usize) -> Vec<P> {
+    /// Up to `n` members up (this peer and those `skip` names excluded), chosen at random,
+    /// each once.
+    pub fn sample_up(&mut self, n: usize, skip: impl Fn(&P) -> bool) -> Vec<P> {
         // Reservoir sampling: one pass, every member equally likely.
         let mut chosen: Vec<P> = Vec::with_capacity(n);
         if n == 0 {
@@ -592,7 +593,7 @@ impl<P: SwimPeer> Swim<P> {
         }
         let mut seen = 0usize;
         for (p, m) in self.members.iter() {
-            if !m.health.is_up() || *p == self.me {
+            if !m.health.is_up() || *p == self.me || skip(p) {
                 continue;
             }
             seen += 1;

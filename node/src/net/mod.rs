@@ -2406,7 +2406,7 @@ impl NetTask {
             tracing::debug!("asked for loads, but this node hears every report");
             return;
         };
-        let asked = s.ask_loads(ask.count, &[]);
+        let asked = s.ask_loads(ask.count, &ask.skip, &[]);
         tracing::trace!(asked, having = ?ask.having, "asking members for their loads");
         for name in ask.having {
             if self.resource_queries.values().any(|n| *n == name) {
@@ -2599,7 +2599,7 @@ impl NetTask {
                         .take(RESOURCE_PROVIDERS_ASKED)
                         .collect();
                     if let Some(s) = self.swim.as_mut() {
-                        s.ask_loads(0, &found);
+                        s.ask_loads(0, &[], &found);
                     }
                 }
                 if let Err(e) = &r {

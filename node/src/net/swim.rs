@@ -209,12 +209,12 @@ impl SwimNet {
         self.own_load = Some(Box::new(report));
     }
 
-    /// Asks up to `count` members up, at random, and each of `also`, for their loads.
-    /// Says how many were asked.
-    pub(crate) fn ask_loads(&mut self, count: usize, also: &[PeerId]) -> usize {
+    /// Asks up to `count` members up, at random (not those in `skip`), and each of `also`,
+    /// for their loads. Says how many were asked.
+    pub(crate) fn ask_loads(&mut self, count: usize, skip: &[PeerKey], also: &[PeerId]) -> usize {
         let mut asked: Vec<PeerId> = self
             .swim
-            .sample_up(count)
+            .sample_up(count, |p| skip.binary_search(p).is_ok())
             .iter()
             .filter_map(peer_id)
             .collect();

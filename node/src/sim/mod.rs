@@ -1710,12 +1710,16 @@ impl Sim {
         let alive: Vec<usize> = (0..self.nodes.len())
             .filter(|&j| j != i && self.alive(j))
             .collect();
+        // At random, each once, not those whose loads the asker has.
+        let mut pool: Vec<usize> = alive
+            .iter()
+            .copied()
+            .filter(|&j| ask.skip.binary_search(&self.nodes[j].key).is_err())
+            .collect();
         let mut asked: Vec<usize> = Vec::new();
-        for _ in 0..ask.count.min(alive.len()) {
-            let j = alive[self.rng.below(alive.len() as u64) as usize];
-            if !asked.contains(&j) {
-                asked.push(j);
-            }
+        while asked.len() < ask.count && !pool.is_empty() {
+            let k = self.rng.below(pool.len() as u64) as usize;
+            asked.push(pool.swap_remove(k));
         }
         for name in &ask.having {
             let providers = alive.iter().copied().filter(|&j| {

@@ -460,7 +460,7 @@ fn a_sample_of_members_up_is_random_distinct_and_leaves_out_this_peer_and_the_de
     assert_eq!(net.peers[0].health(&5), Some(Health::Dead));
     let mut seen = std::collections::HashSet::new();
     for _ in 0..50 {
-        let sample = net.peers[0].sample_up(4);
+        let sample = net.peers[0].sample_up(4, |_| false);
         let distinct: std::collections::HashSet<_> = sample.iter().collect();
         assert_eq!(distinct.len(), 4, "{sample:?}");
         assert!(!sample.contains(&0) && !sample.contains(&5), "{sample:?}");
@@ -468,6 +468,8 @@ fn a_sample_of_members_up_is_random_distinct_and_leaves_out_this_peer_and_the_de
     }
     // Over 50 draws every one of the 10 live others comes up.
     assert_eq!(seen.len(), 10);
-    assert_eq!(net.peers[0].sample_up(100).len(), 10);
-    assert!(net.peers[0].sample_up(0).is_empty());
+    assert_eq!(net.peers[0].sample_up(100, |_| false).len(), 10);
+    let odd = net.peers[0].sample_up(100, |p| p % 2 == 0);
+    assert!(odd.len() == 5 && odd.iter().all(|p| p % 2 == 1), "{odd:?}");
+    assert!(net.peers[0].sample_up(0, |_| false).is_empty());
 }

@@ -192,6 +192,31 @@ pub fn register(reg: &mut Registry) {
          second in a mesh of N on loopback (not in BENCH.md)",
         idle_peer_gossip_bytes_per_second,
     );
+    reg.add_sized(
+        "swim_idle_peer_cpu_percent",
+        Unit::Percent,
+        IDLE_DEFAULT_PEERS,
+        "CPU time of one idle `shoal node --membership swim` process (loads sampled) in a mesh \
+         of N on loopback, in % of one CPU (issue 15's idle_peer_cpu_percent_N)",
+        |b| idle_row(b, Idle::Cpu, true),
+    );
+    reg.add_sized(
+        "swim_idle_peer_rss_megabytes",
+        Unit::Megabytes,
+        IDLE_DEFAULT_PEERS,
+        "resident memory (VmRSS) of one idle `shoal node --membership swim` process in a mesh \
+         of N on loopback, in 10^6 bytes",
+        |b| idle_row(b, Idle::Rss, true),
+    );
+    reg.add_sized(
+        "swim_idle_peer_gossip_bytes_per_second",
+        Unit::BytesPerSec,
+        IDLE_DEFAULT_PEERS,
+        "membership and load bytes (SWIM frames, loads riding on them, and any gossiped \
+         report) one idle `shoal node --membership swim` process sends and receives per second \
+         in a mesh of N on loopback (issue 15's idle_peer_gossip_bytes_per_second_N)",
+        |b| idle_row(b, Idle::Gossip, true),
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -951,6 +976,8 @@ fn failure_detect(b: &mut Bench, swim: bool) -> Result<()> {
 struct IdleMesh {
     /// Its size (the rows' N).
     n: usize,
+    /// Whether its nodes run `--membership swim`.
+    swim: bool,
     mesh: Mesh,
     /// The node observed: one in the middle, neither the bootstrap peer nor the last started.
     observed: usize,
@@ -962,7 +989,7 @@ static IDLE_MESH: Mutex<Option<IdleMesh>> = Mutex::new(None);
 /// Whether the row `name` runs on the idle mesh.
 fn uses_idle_mesh(name: &str) -> bool {
     matches!(
-        name,
+        name.strip_prefix("swim_").unwrap_or(name),
         "idle_peer_cpu_percent" | "idle_peer_rss_megabytes" | "idle_peer_gossip_bytes_per_second"
     )
 }
@@ -1026,8 +1053,11 @@ fn describe_views(views: &[Option<usize>]) -> String {
 impl IdleMesh {
     /// Starts `n` nodes and waits until they converge (or the deadline passes: then says how
     /// far they got and goes on), then lets them settle.
-    fn start(n: usize, name: &str, quick: bool) -> Result<Self> {
+    fn start(n: usize, swim: bool, name: &str, quick: bool) -> Result<Self> {
         let mut options = NodeOptions::new().mesh(unique_mesh("idle")).cpus(1.0);
+        if swim {
+            options = options.args(["--membership", "swim"]);
+        }
         options.store_bytes = IDLE_STORE_BYTES;
         options.startup_timeout = IDLE_STARTUP_TIMEOUT;
         eprintln!(
@@ -1106,6 +1136,7 @@ impl IdleMesh {
         std::thread::sleep(settle);
         Ok(Self {
             n,
+            swim,
             mesh,
             observed: n / 2,
         })
@@ -1121,15 +1152,15 @@ enum Idle {
 }
 
 fn idle_peer_cpu_percent(b: &mut Bench) -> Result<()> {
-    idle_row(b, Idle::Cpu)
+    idle_row(b, Idle::Cpu, false)
 }
 
 fn idle_peer_rss_megabytes(b: &mut Bench) -> Result<()> {
-    idle_row(b, Idle::Rss)
+    idle_row(b, Idle::Rss, false)
 }
 
 fn idle_peer_gossip_bytes_per_second(b: &mut Bench) -> Result<()> {
-    idle_row(b, Idle::Gossip)
+    idle_row(b, Idle::Gossip, false)
 }
 
 /// Clock ticks per second of `/proc/<pid>/stat`'s times.
@@ -1175,15 +1206,21 @@ fn rss_bytes(pid: u32) -> Result<u64> {
     Ok(kib * 1024)
 }
 
-/// A node's gossip byte counters (`gossip.bytes_out`, `gossip.bytes_in` of `status --json`).
-fn gossip_bytes(socket: &Path) -> Result<(u64, u64)> {
+/// A node's gossip byte counters (`gossip.bytes_out`, `gossip.bytes_in` of `status --json`),
+/// plus, under SWIM, its membership's (`membership.bytes_out`, `membership.bytes_in`).
+fn gossip_bytes(socket: &Path, swim: bool) -> Result<(u64, u64)> {
     let status = shoal_tests::status_json(socket)?;
-    let get = |key: &str| {
-        status["gossip"][key]
+    let get = |section: &str, key: &str| {
+        status[section][key]
             .as_u64()
-            .with_context(|| format!("no gossip.{key} in `shoal status --json`: {status}"))
+            .with_context(|| format!("no {section}.{key} in `shoal status --json`: {status}"))
     };
-    Ok((get("bytes_out")?, get("bytes_in")?))
+    let (mut out, mut into) = (get("gossip", "bytes_out")?, get("gossip", "bytes_in")?);
+    if swim {
+        out += get("membership", "bytes_out")?;
+        into += get("membership", "bytes_in")?;
+    }
+    Ok((out, into))
 }
 
 /// Minimum, mean and maximum.
@@ -1193,17 +1230,20 @@ fn spread(xs: &[f64]) -> (f64, f64, f64) {
     (min, xs.iter().sum::<f64>() / xs.len().max(1) as f64, max)
 }
 
-fn idle_row(b: &mut Bench, what: Idle) -> Result<()> {
+fn idle_row(b: &mut Bench, what: Idle, swim: bool) -> Result<()> {
     check_shoal_bin(b)?;
     let n = b.size().context("an idle row runs with a size")?;
     ensure!(n >= 2, "a mesh of {n} node(s) is not a mesh");
     let n = usize::try_from(n).context("N too large")?;
     let mut guard = IDLE_MESH.lock().unwrap_or_else(PoisonError::into_inner);
-    if guard.as_ref().is_some_and(|idle| idle.n != n) {
+    if guard
+        .as_ref()
+        .is_some_and(|idle| idle.n != n || idle.swim != swim)
+    {
         drop(guard.take());
     }
     if guard.is_none() {
-        *guard = Some(IdleMesh::start(n, b.name(), b.is_quick())?);
+        *guard = Some(IdleMesh::start(n, swim, b.name(), b.is_quick())?);
     } else {
         eprintln!("{}: on the idle mesh of the previous row", b.name());
     }
@@ -1240,7 +1280,7 @@ fn idle_row(b: &mut Bench, what: Idle) -> Result<()> {
     let (mut status_calls, mut status_time) = (0u32, Duration::ZERO);
     let mut gossip_now = || -> Result<(u64, u64)> {
         let t = Instant::now();
-        let bytes = gossip_bytes(&socket)?;
+        let bytes = gossip_bytes(&socket, swim)?;
         status_calls += 1;
         status_time += t.elapsed();
         Ok(bytes)
@@ -1311,9 +1351,9 @@ fn idle_row(b: &mut Bench, what: Idle) -> Result<()> {
         Idle::Gossip => {
             eprintln!(
                 "{}: of the gossip bytes observed, {gossip_out} went out and {gossip_in} came \
-                 in (load-report payloads only: libp2p's framing, encryption, ping, identify \
-                 and Kademlia are not counted); a `shoal status --json` took {:.3} s on \
-                 average",
+                 in (load-report payloads, and under SWIM its frames: libp2p's framing, \
+                 encryption, ping, identify and Kademlia are not counted); a `shoal status \
+                 --json` took {:.3} s on average",
                 b.name(),
                 status_time.as_secs_f64() / f64::from(status_calls.max(1))
             );

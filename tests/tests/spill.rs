@@ -854,6 +854,34 @@ fn under_swim_loads_are_sampled_yet_tasks_reach_every_peer_and_a_resource_one_ha
 }
 
 #[test]
+fn under_swim_ten_thousand_short_tasks_from_one_driver_reach_all_twenty_peers() {
+    let _turn = serial();
+    let options: Vec<NodeOptions> = (0..20)
+        .map(|_| NodeOptions::new().cpus(1.0).args(["--membership", "swim"]))
+        .collect();
+    let mesh = mesh_of("spill-ramp", options);
+    let start = Instant::now();
+    let lines = driver(
+        &mesh.node(0).socket(),
+        "tasks",
+        &[("N", "10000".into()), ("MS", "1".into())],
+    );
+    let took = start.elapsed();
+    assert_eq!(lines.len(), 10_000);
+    let counts = per_peer(&lines);
+    let peers: BTreeSet<&str> = mesh.nodes().iter().map(|n| n.peer_id()).collect();
+    let ran: BTreeSet<&str> = counts.keys().map(String::as_str).collect();
+    assert_eq!(ran, peers, "tasks ran on {counts:?}");
+    let (least, most) = (
+        counts.values().min().copied().unwrap_or(0),
+        counts.values().max().copied().unwrap_or(0),
+    );
+    eprintln!(
+        "10,000 tasks of 1 ms over 20 peers sampling loads: {took:?}, {least} to {most} a peer"
+    );
+}
+
+#[test]
 fn an_object_made_on_b_is_consumed_on_c() {
     let _turn = serial();
     let store = |o: NodeOptions| NodeOptions {

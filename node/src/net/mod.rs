@@ -1831,8 +1831,14 @@ impl NetTask {
             }
         };
         if self.swim.is_some() {
-            // Sampled: the report goes with membership's messages; only its content changes.
-            if self.load_dirty || self.last_report.is_none() {
+            // Sampled: the report goes with membership's messages. A new one (a new
+            // sequence number) at least every report interval, as gossip would: a receiver
+            // resets its estimate of this node's room on a new report (what it sent since,
+            // what this node refused).
+            let stale = self
+                .last_report
+                .is_none_or(|t| now.saturating_duration_since(t) >= self.config.report_interval);
+            if self.load_dirty || stale {
                 let report = self.report(now);
                 if let Some(s) = self.swim.as_mut() {
                     s.set_load(report);

@@ -2031,27 +2031,22 @@ fn a_name_is_taken_anywhere_in_the_mesh_and_a_get_or_create_elsewhere_gets_its_a
 
 // ---- sampled loads (issue 15: load that scales) ----
 
-/// How long driver `d`'s results take to arrive once submitted (checked every 50 ms, up to
-/// `bound`).
-fn time_to_all_results(sim: &mut Sim, d: usize, bound: Duration) -> Duration {
-    let start = sim.elapsed();
-    while sim.waiting(d) > 0 {
-        assert!(
-            sim.elapsed() - start < bound,
-            "seed {}: {} results still missing after {bound:?}",
-            sim.seed(),
-            sim.waiting(d)
-        );
-        sim.run_for(Duration::from_millis(50));
-    }
-    sim.elapsed() - start
+/// What a ramp measured.
+struct Ramp {
+    /// From the first submission until every peer had run a task (if every one did).
+    everywhere: Option<Duration>,
+    /// Until every result was in.
+    all: Duration,
+    /// Peers that ran some.
+    busy: usize,
+    /// Rounds of asking for loads.
+    asks: u64,
 }
 
-/// 40 peers of 2 CPUs, one driver submitting 800 tasks of 200 ms (160 CPU-seconds of work
-/// on 80 CPUs): how long until every result is in, and how many peers ran some.
-fn ramp(sample: Option<usize>, seed: u64) -> (Duration, usize, u64) {
+/// `n` peers of 2 CPUs, one driver on the first submitting `tasks` tasks of `ms` each; every
+/// result is checked.
+fn ramp(n: usize, tasks: u32, ms: u32, sample: Option<usize>, seed: u64) -> Ramp {
     trace_logs();
-    let n = 40;
     let mut sim = Sim::new(
         seed,
         SimConfig {
@@ -2063,17 +2058,30 @@ fn ramp(sample: Option<usize>, seed: u64) -> (Duration, usize, u64) {
     );
     let d = sim.driver(0);
     sim.run_for(Duration::from_secs(2));
-    let ids: Vec<_> = (0..800u32)
+    let start = sim.elapsed();
+    let ids: Vec<_> = (0..tasks)
         .map(|i| {
             sim.submit(
                 d,
-                "sleep:200",
+                &format!("sleep:{ms}"),
                 vec![SimArg::Value(i.to_le_bytes().to_vec())],
                 TaskOpts::default(),
             )
         })
         .collect();
-    let took = time_to_all_results(&mut sim, d, Duration::from_secs(120));
+    let mut everywhere = None;
+    while sim.waiting(d) > 0 {
+        assert!(
+            sim.elapsed() - start < Duration::from_secs(120),
+            "seed {seed}: {} results missing",
+            sim.waiting(d)
+        );
+        sim.run_for(Duration::from_millis(20));
+        if everywhere.is_none() && runs(&sim).iter().all(|r| *r > 0) {
+            everywhere = Some(sim.elapsed() - start);
+        }
+    }
+    let all = sim.elapsed() - start;
     for (i, id) in ids.iter().enumerate() {
         let mut want = (i as u32).to_le_bytes().to_vec();
         want.push(b'|');
@@ -2082,30 +2090,45 @@ fn ramp(sample: Option<usize>, seed: u64) -> (Duration, usize, u64) {
     let busy = runs(&sim).iter().filter(|r| **r > 0).count();
     let asks = sim.load_asks;
     assert_clean(sim);
-    (took, busy, asks)
+    Ramp {
+        everywhere,
+        all,
+        busy,
+        asks,
+    }
 }
 
 #[test]
 fn spilling_with_a_sample_of_loads_stays_within_a_bound_of_the_full_view() {
+    // 40 peers of 2 CPUs, 800 tasks of 200 ms: 160 CPU-seconds on 80 CPUs.
     for seed in 1..=3 {
-        let (full, full_busy, full_asks) = ramp(None, seed);
-        let (sampled, sampled_busy, asks) = ramp(Some(1), seed);
+        let full = ramp(40, 800, 200, None, seed);
+        let sampled = ramp(40, 800, 200, Some(1), seed);
         println!(
-            "seed {seed}: full view {:.2} s ({full_busy} peers ran work), sampled {:.2} s \
-             ({sampled_busy} peers, {asks} rounds of asking)",
-            full.as_secs_f64(),
-            sampled.as_secs_f64()
+            "seed {seed}: full view {:.2} s ({} peers ran work), sampled {:.2} s ({} peers, {} \
+             rounds of asking)",
+            full.all.as_secs_f64(),
+            full.busy,
+            sampled.all.as_secs_f64(),
+            sampled.busy,
+            sampled.asks
         );
-        assert_eq!(full_asks, 0, "a full view never asks");
-        assert!(asks > 0, "the sample was not enough: peers were asked");
+        assert_eq!(full.asks, 0, "a full view never asks");
         assert!(
-            sampled_busy >= 36,
-            "seed {seed}: work reached {sampled_busy} of 40 peers"
+            sampled.asks > 0,
+            "the sample was not enough: peers were asked"
+        );
+        assert!(
+            sampled.busy >= 36,
+            "seed {seed}: work reached {} of 40 peers",
+            sampled.busy
         );
         // Ideal: 2 s of work per CPU. The sample may take a few rounds of asking longer.
         assert!(
-            sampled.as_secs_f64() <= full.as_secs_f64() * 1.25 + 0.5,
-            "seed {seed}: sampled {sampled:?} against full {full:?}"
+            sampled.all.as_secs_f64() <= full.all.as_secs_f64() * 1.25 + 0.5,
+            "seed {seed}: sampled {:?} against full {:?}",
+            sampled.all,
+            full.all
         );
     }
 }
@@ -2140,7 +2163,8 @@ fn with_a_sample_of_loads_a_resource_only_one_peer_has_is_found_through_the_inde
         shoal_protocol::ResourceSet::cpus(1.0).with("TPU", 2.0),
         0,
     );
-    time_to_all_results(&mut sim, d, Duration::from_secs(20));
+    sim.run_for(Duration::from_secs(10));
+    assert_eq!(sim.waiting(d), 0, "every result is in");
     for id in &ids {
         assert!(is_value(&sim.results(d)[id]), "{:?}", sim.results(d)[id]);
     }
@@ -2160,53 +2184,10 @@ fn with_a_sample_of_loads_a_resource_only_one_peer_has_is_found_through_the_inde
     assert_clean(sim);
 }
 
-/// One driver submits `tasks` tasks of 10 ms to `n` peers of 2 CPUs: when every peer has
-/// run one, and when every result is in.
-fn ramp_up(n: usize, tasks: u32, sample: Option<usize>) -> (Duration, Duration, u64) {
-    trace_logs();
-    let mut sim = Sim::new(
-        11,
-        SimConfig {
-            nodes: n,
-            cpus: vec![2.0; n],
-            sample_loads: sample,
-            ..Default::default()
-        },
-    );
-    let d = sim.driver(0);
-    sim.run_for(Duration::from_secs(2));
-    let start = sim.elapsed();
-    for i in 0..tasks {
-        sim.submit(
-            d,
-            "sleep:10",
-            vec![SimArg::Value(i.to_le_bytes().to_vec())],
-            TaskOpts::default(),
-        );
-    }
-    let mut everywhere = None;
-    while sim.waiting(d) > 0 {
-        assert!(
-            sim.elapsed() - start < Duration::from_secs(120),
-            "{} results missing",
-            sim.waiting(d)
-        );
-        sim.run_for(Duration::from_millis(20));
-        if everywhere.is_none() && runs(&sim).iter().all(|r| *r > 0) {
-            everywhere = Some(sim.elapsed() - start);
-        }
-    }
-    let all = sim.elapsed() - start;
-    let asks = sim.load_asks;
-    let ran = runs(&sim);
-    assert_clean(sim);
-    let everywhere = everywhere.unwrap_or_else(|| panic!("not every peer ran some: {ran:?}"));
-    (everywhere, all, asks)
-}
-
 #[test]
 fn ten_thousand_short_tasks_reach_every_one_of_a_hundred_peers_sampling_loads_within_seconds() {
-    let (everywhere, all, asks) = ramp_up(100, 10_000, Some(1));
+    let r = ramp(100, 10_000, 10, Some(1), 11);
+    let (everywhere, all, asks) = (r.everywhere.expect("every peer ran some"), r.all, r.asks);
     println!(
         "sampled: work on all 100 peers after {:.2} s, all 10,000 results after {:.2} s \
          ({asks} rounds of asking)",
@@ -2223,7 +2204,8 @@ fn ten_thousand_short_tasks_reach_every_one_of_a_hundred_peers_sampling_loads_wi
 #[test]
 #[ignore]
 fn ten_thousand_short_tasks_reach_every_one_of_a_hundred_peers_with_a_full_view() {
-    let (everywhere, all, asks) = ramp_up(100, 10_000, None);
+    let r = ramp(100, 10_000, 10, None, 11);
+    let (everywhere, all, asks) = (r.everywhere.expect("every peer ran some"), r.all, r.asks);
     println!(
         "full view: work on all 100 peers after {:.2} s, all 10,000 results after {:.2} s",
         everywhere.as_secs_f64(),

@@ -777,28 +777,31 @@ fn mesh(n: usize, name: &str, options: NodeOptions) -> Mesh {
 fn sixty_one_second_tasks_spread_over_three_one_cpu_peers() {
     let _turn = serial();
     let mesh = mesh(3, "spill-tasks", NodeOptions::new().cpus(1.0));
-    let start = Instant::now();
-    let lines = driver(
-        &mesh.node(0).socket(),
-        "tasks",
-        &[("N", "60".into()), ("MS", "1000".into())],
-    );
-    let took = start.elapsed();
-    assert_eq!(lines.len(), 60, "{lines:?}");
-    let mut per_peer: BTreeMap<String, usize> = BTreeMap::new();
-    for l in &lines {
-        let peer = l.split_whitespace().nth(1).unwrap_or("").to_string();
-        *per_peer.entry(peer).or_default() += 1;
-    }
-    let peers: BTreeSet<&str> = mesh.nodes().iter().map(|n| n.peer_id()).collect();
-    let ran: BTreeSet<&str> = per_peer.keys().map(String::as_str).collect();
-    assert_eq!(ran, peers, "tasks ran on {per_peer:?}");
+    let (took, per_peer) = tasks_on_every_peer(&mesh, 60, 1000);
     // 60 one-second tasks on one CPU take 60 s; three peers share them.
     assert!(
         took < Duration::from_secs(40),
         "took {took:?}; per peer {per_peer:?}"
     );
     eprintln!("60 tasks on 3 peers in {took:?}: {per_peer:?}");
+}
+
+/// Runs `n` tasks of `ms` from a driver on node 0; checks every result and that every peer
+/// ran some. Returns how long the driver took and the tasks each peer ran.
+fn tasks_on_every_peer(mesh: &Mesh, n: usize, ms: u64) -> (Duration, BTreeMap<String, usize>) {
+    let start = Instant::now();
+    let lines = driver(
+        &mesh.node(0).socket(),
+        "tasks",
+        &[("N", n.to_string()), ("MS", ms.to_string())],
+    );
+    let took = start.elapsed();
+    assert_eq!(lines.len(), n, "{lines:?}");
+    let counts = per_peer(&lines);
+    let peers: BTreeSet<&str> = mesh.nodes().iter().map(|n| n.peer_id()).collect();
+    let ran: BTreeSet<&str> = counts.keys().map(String::as_str).collect();
+    assert_eq!(ran, peers, "tasks ran on {counts:?}");
+    (took, counts)
 }
 
 /// Peers of each line of a driver's output (`result <i> <peer>`), counted.
@@ -828,18 +831,7 @@ fn under_swim_loads_are_sampled_yet_tasks_reach_every_peer_and_a_resource_one_ha
             "load reports gossiped under SWIM: {s}"
         );
     }
-    let start = Instant::now();
-    let lines = driver(
-        &mesh.node(0).socket(),
-        "tasks",
-        &[("N", "48".into()), ("MS", "500".into())],
-    );
-    let took = start.elapsed();
-    assert_eq!(lines.len(), 48, "{lines:?}");
-    let counts = per_peer(&lines);
-    let peers: BTreeSet<&str> = mesh.nodes().iter().map(|n| n.peer_id()).collect();
-    let ran: BTreeSet<&str> = counts.keys().map(String::as_str).collect();
-    assert_eq!(ran, peers, "tasks ran on {counts:?}");
+    let (took, counts) = tasks_on_every_peer(&mesh, 48, 500);
     eprintln!("48 tasks of 0.5 s on 8 peers sampling loads in {took:?}: {counts:?}");
     // 24 CPU-seconds on 8 CPUs: 3 s if spread perfectly, 24 s on one.
     assert!(took < Duration::from_secs(12), "took {took:?}");
@@ -860,18 +852,7 @@ fn under_swim_ten_thousand_short_tasks_from_one_driver_reach_all_twenty_peers() 
         .map(|_| NodeOptions::new().cpus(1.0).args(["--membership", "swim"]))
         .collect();
     let mesh = mesh_of("spill-ramp", options);
-    let start = Instant::now();
-    let lines = driver(
-        &mesh.node(0).socket(),
-        "tasks",
-        &[("N", "10000".into()), ("MS", "1".into())],
-    );
-    let took = start.elapsed();
-    assert_eq!(lines.len(), 10_000);
-    let counts = per_peer(&lines);
-    let peers: BTreeSet<&str> = mesh.nodes().iter().map(|n| n.peer_id()).collect();
-    let ran: BTreeSet<&str> = counts.keys().map(String::as_str).collect();
-    assert_eq!(ran, peers, "tasks ran on {counts:?}");
+    let (took, counts) = tasks_on_every_peer(&mesh, 10_000, 1);
     let (least, most) = (
         counts.values().min().copied().unwrap_or(0),
         counts.values().max().copied().unwrap_or(0),

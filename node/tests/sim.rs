@@ -2136,9 +2136,11 @@ fn spilling_with_a_sample_of_loads_stays_within_a_bound_of_the_full_view() {
 #[test]
 fn with_a_sample_of_loads_a_resource_only_one_peer_has_is_found_through_the_index() {
     trace_logs();
-    let n = 30;
+    // Among 1,000 peers, random rounds of asking (up to 32 peers every 100 ms) find the one
+    // with a TPU in a second or two; the index finds it in one lookup.
+    let n = 1000;
     let mut resources = vec![Vec::new(); n];
-    resources[17] = vec![("TPU".to_string(), 1.0)];
+    resources[117] = vec![("TPU".to_string(), 1.0)];
     let mut sim = Sim::new(
         5,
         SimConfig {
@@ -2163,13 +2165,28 @@ fn with_a_sample_of_loads_a_resource_only_one_peer_has_is_found_through_the_inde
         shoal_protocol::ResourceSet::cpus(1.0).with("TPU", 2.0),
         0,
     );
+    let start = sim.elapsed();
+    while !ids.iter().all(|id| sim.results(d).contains_key(id)) {
+        assert!(
+            sim.elapsed() - start < Duration::from_secs(10),
+            "no TPU found"
+        );
+        sim.run_for(Duration::from_millis(20));
+    }
+    let found = sim.elapsed() - start;
+    println!(
+        "the TPU tasks ran {:.2} s after they were submitted",
+        found.as_secs_f64()
+    );
+    // Three tasks of 100 ms one after the other on its one TPU, and a lookup.
+    assert!(found < Duration::from_millis(600), "{found:?}");
     sim.run_for(Duration::from_secs(10));
     assert_eq!(sim.waiting(d), 0, "every result is in");
     for id in &ids {
         assert!(is_value(&sim.results(d)[id]), "{:?}", sim.results(d)[id]);
     }
     assert_eq!(
-        sim.runs_on(17),
+        sim.runs_on(117),
         3,
         "every TPU task ran on the one peer with a TPU"
     );

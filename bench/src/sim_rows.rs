@@ -39,6 +39,14 @@ pub fn register(reg: &mut Registry) {
          peers connected to it see their connections close); until it has left every view",
         sim_failure_detect_seconds,
     );
+    reg.add(
+        "sim_spill_ramp_seconds_10000_tasks_100_peers",
+        Unit::Seconds,
+        "SIMULATED peers, virtual seconds (node/src/sim): 100 peers of 2 CPUs sampling loads \
+         as under SWIM, one driver submits 10,000 tasks of 10 ms; until every result is in \
+         (every peer runs some; issue 15's spill_ramp_seconds_10000_tasks_100_peers)",
+        sim_spill_ramp_seconds,
+    );
     reg.add_sized(
         "sim_idle_peer_gossip_bytes_per_second",
         Unit::BytesPerSec,
@@ -47,6 +55,42 @@ pub fn register(reg: &mut Registry) {
          second in a converged mesh of N (38-byte peer ids), averaged over the peers",
         sim_idle_peer_gossip_bytes_per_second,
     );
+}
+
+fn sim_spill_ramp_seconds(b: &mut Bench) -> Result<()> {
+    let (peers, tasks) = (100, 10_000u32);
+    let mut seed = 0;
+    b.run_sampled(|_| {
+        seed += 1;
+        let mut sim = Sim::new(
+            seed,
+            SimConfig {
+                nodes: peers,
+                cpus: vec![2.0; peers],
+                sample_loads: Some(1),
+                ..Default::default()
+            },
+        );
+        let d = sim.driver(0);
+        sim.run_for(Duration::from_secs(2));
+        let start = sim.elapsed();
+        for i in 0..tasks {
+            let arg = SimArg::Value(i.to_le_bytes().to_vec());
+            sim.submit(d, "sleep:10", vec![arg], TaskOpts::default());
+        }
+        while sim.waiting(d) > 0 {
+            ensure!(
+                sim.elapsed() - start < Duration::from_secs(120),
+                "{} results missing after 120 s",
+                sim.waiting(d)
+            );
+            sim.run_for(Duration::from_millis(10));
+        }
+        let idle = (0..peers).filter(|&i| sim.runs_on(i) == 0).count();
+        ensure!(idle == 0, "{idle} peers ran nothing");
+        Ok((sim.elapsed() - start).as_secs_f64())
+    })?;
+    Ok(())
 }
 
 /// A mesh of `n` simulated peers joining over `n`/500 s.

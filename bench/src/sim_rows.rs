@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use shoal_node::sim::swim::{SwimSim, SwimSimConfig};
-use shoal_node::sim::{Sim, SimArg, SimConfig, TaskOpts};
+use shoal_node::sim::{scenario, Sim, SimArg, SimConfig, TaskOpts};
 
 use crate::{Bench, Registry, Unit};
 
@@ -62,33 +62,10 @@ fn sim_spill_ramp_seconds(b: &mut Bench) -> Result<()> {
     let mut seed = 0;
     b.run_sampled(|_| {
         seed += 1;
-        let mut sim = Sim::new(
-            seed,
-            SimConfig {
-                nodes: peers,
-                cpus: vec![2.0; peers],
-                sample_loads: Some(1),
-                ..Default::default()
-            },
-        );
-        let d = sim.driver(0);
-        sim.run_for(Duration::from_secs(2));
-        let start = sim.elapsed();
-        for i in 0..tasks {
-            let arg = SimArg::Value(i.to_le_bytes().to_vec());
-            sim.submit(d, "sleep:10", vec![arg], TaskOpts::default());
-        }
-        while sim.waiting(d) > 0 {
-            ensure!(
-                sim.elapsed() - start < Duration::from_secs(120),
-                "{} results missing after 120 s",
-                sim.waiting(d)
-            );
-            sim.run_for(Duration::from_millis(10));
-        }
-        let idle = (0..peers).filter(|&i| sim.runs_on(i) == 0).count();
-        ensure!(idle == 0, "{idle} peers ran nothing");
-        Ok((sim.elapsed() - start).as_secs_f64())
+        let r = scenario::ramp(peers, tasks, 10, Some(1), seed).map_err(anyhow::Error::msg)?;
+        ensure!(r.busy == peers, "{} peers ran nothing", peers - r.busy);
+        ensure!(r.violations.is_empty(), "{:?}", r.violations);
+        Ok(r.all.as_secs_f64())
     })?;
     Ok(())
 }

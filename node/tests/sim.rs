@@ -2031,71 +2031,12 @@ fn a_name_is_taken_anywhere_in_the_mesh_and_a_get_or_create_elsewhere_gets_its_a
 
 // ---- sampled loads (issue 15: load that scales) ----
 
-/// What a ramp measured.
-struct Ramp {
-    /// From the first submission until every peer had run a task (if every one did).
-    everywhere: Option<Duration>,
-    /// Until every result was in.
-    all: Duration,
-    /// Peers that ran some.
-    busy: usize,
-    /// Rounds of asking for loads.
-    asks: u64,
-}
-
-/// `n` peers of 2 CPUs, one driver on the first submitting `tasks` tasks of `ms` each; every
-/// result is checked.
-fn ramp(n: usize, tasks: u32, ms: u32, sample: Option<usize>, seed: u64) -> Ramp {
+/// [`scenario::ramp`], its violations and errors failing the test.
+fn ramp(n: usize, tasks: u32, ms: u32, sample: Option<usize>, seed: u64) -> scenario::Ramp {
     trace_logs();
-    let mut sim = Sim::new(
-        seed,
-        SimConfig {
-            nodes: n,
-            cpus: vec![2.0; n],
-            sample_loads: sample,
-            ..Default::default()
-        },
-    );
-    let d = sim.driver(0);
-    sim.run_for(Duration::from_secs(2));
-    let start = sim.elapsed();
-    let ids: Vec<_> = (0..tasks)
-        .map(|i| {
-            sim.submit(
-                d,
-                &format!("sleep:{ms}"),
-                vec![SimArg::Value(i.to_le_bytes().to_vec())],
-                TaskOpts::default(),
-            )
-        })
-        .collect();
-    let mut everywhere = None;
-    while sim.waiting(d) > 0 {
-        assert!(
-            sim.elapsed() - start < Duration::from_secs(120),
-            "seed {seed}: {} results missing",
-            sim.waiting(d)
-        );
-        sim.run_for(Duration::from_millis(20));
-        if everywhere.is_none() && runs(&sim).iter().all(|r| *r > 0) {
-            everywhere = Some(sim.elapsed() - start);
-        }
-    }
-    let all = sim.elapsed() - start;
-    for (i, id) in ids.iter().enumerate() {
-        let mut want = (i as u32).to_le_bytes().to_vec();
-        want.push(b'|');
-        assert_eq!(sim.results(d)[id], ObjectValue::Inline(want), "result {i}");
-    }
-    let busy = runs(&sim).iter().filter(|r| **r > 0).count();
-    let asks = sim.load_asks;
-    assert_clean(sim);
-    Ramp {
-        everywhere,
-        all,
-        busy,
-        asks,
-    }
+    let r = scenario::ramp(n, tasks, ms, sample, seed).unwrap_or_else(|e| panic!("{e}"));
+    assert!(r.violations.is_empty(), "seed {seed}: {:#?}", r.violations);
+    r
 }
 
 #[test]

@@ -10,6 +10,81 @@ use super::{Sim, SimArg, SimConfig, TaskOpts, Violation};
 /// How long the mesh gets to settle at the end of a run, and the bound on any wait.
 const SETTLE: Duration = Duration::from_secs(15);
 
+/// What a ramp ([`ramp`]) measured, in virtual time.
+#[derive(Debug)]
+pub struct Ramp {
+    /// From the first submission until every peer had run a task (if every one did).
+    pub everywhere: Option<Duration>,
+    /// Until every result was in.
+    pub all: Duration,
+    /// Peers that ran some.
+    pub busy: usize,
+    /// Rounds of asking for loads the peers made.
+    pub asks: u64,
+    /// What broke, once the mesh settled after the ramp.
+    pub violations: Vec<Violation>,
+}
+
+/// `n` peers of 2 CPUs (sampling loads from `k` reports an interval if `sample` is
+/// `Some(k)`), one driver on the first submitting `tasks` tasks of `ms` each. `Err` if the
+/// results are not all in within 120 virtual seconds, or one is wrong.
+pub fn ramp(
+    n: usize,
+    tasks: u32,
+    ms: u32,
+    sample: Option<usize>,
+    seed: u64,
+) -> Result<Ramp, String> {
+    let mut sim = Sim::new(
+        seed,
+        SimConfig {
+            nodes: n,
+            cpus: vec![2.0; n],
+            sample_loads: sample,
+            ..Default::default()
+        },
+    );
+    let d = sim.driver(0);
+    sim.run_for(Duration::from_secs(2));
+    let start = sim.elapsed();
+    let ids: Vec<ObjectId> = (0..tasks)
+        .map(|i| {
+            let arg = SimArg::Value(i.to_le_bytes().to_vec());
+            sim.submit(d, &format!("sleep:{ms}"), vec![arg], TaskOpts::default())
+        })
+        .collect();
+    let busy = |sim: &Sim| (0..n).filter(|&i| sim.runs_on(i) > 0).count();
+    let mut everywhere = None;
+    while sim.waiting(d) > 0 {
+        if sim.elapsed() - start >= Duration::from_secs(120) {
+            return Err(format!(
+                "seed {seed}: {} results missing after 120 s",
+                sim.waiting(d)
+            ));
+        }
+        sim.run_for(Duration::from_millis(10));
+        if everywhere.is_none() && busy(&sim) == n {
+            everywhere = Some(sim.elapsed() - start);
+        }
+    }
+    let all = sim.elapsed() - start;
+    for (i, id) in ids.iter().enumerate() {
+        let mut want = (i as u32).to_le_bytes().to_vec();
+        want.push(b'|');
+        let got = &sim.results(d)[id];
+        if *got != ObjectValue::Inline(want) {
+            return Err(format!("seed {seed}: result {i} is {got:?}"));
+        }
+    }
+    Ok(Ramp {
+        everywhere,
+        all,
+        busy: busy(&sim),
+        asks: sim.load_asks,
+        violations: sim.finish(Duration::from_secs(10)),
+    })
+}
+
 /// A randomized run: 2 to 4 peers, 1 to 3 drivers submitting tasks (chains of them, some
 /// failing or crashing their worker, some returning large objects) and calling actors,
 /// putting large objects and reading them back (more than the stores hold: they spill,
